@@ -1,0 +1,2 @@
+//! Studio service: the project database (source of truth), the asset library and its derived
+//! search index, the persistent job queue, and the HTTP API over them.
