@@ -154,3 +154,31 @@ fn generate_params_round_trip_through_json() {
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(serde_json::from_str::<GenerateParams>(&json).unwrap(), p);
 }
+
+fn i2v_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-i2v")
+}
+
+#[test]
+fn i2v_with_clip_embedding_and_first_frame_condition_matches_diffusers() {
+    let reference_path = i2v_dir().join("reference");
+    let mut t = candle_core::safetensors::load(reference_path.join("i2v.safetensors"), &Device::Cpu).unwrap();
+    let inputs = GenerateInputs {
+        latents: t.remove("latents"),
+        prompt_embeds: t.remove("prompt_embeds"),
+        negative_prompt_embeds: t.remove("negative_prompt_embeds"),
+    };
+    let mut p = params();
+    p.start_image = Some(videosdgx_engine::pipelines::ImageInput::Path(reference_path.join("start.png")));
+    let mut pipeline = WanPipeline::load(&i2v_dir(), &Device::Cpu, DType::F32).unwrap();
+    let video = pipeline.generate_with(&p, inputs, &mut quiet).unwrap();
+    let err = rel_err(&video.frames, &t["video"]);
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
+#[test]
+fn i2v_checkpoint_without_a_start_image_is_refused() {
+    let mut pipeline = WanPipeline::load(&i2v_dir(), &Device::Cpu, DType::F32).unwrap();
+    let err = pipeline.generate(&params(), &mut quiet).err().unwrap().to_string();
+    assert!(err.contains("image-to-video checkpoint; give a start image"), "{err}");
+}
