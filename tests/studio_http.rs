@@ -322,3 +322,53 @@ fn full_disk_gives_507_and_keeps_stored_assets() {
     assert_eq!(std::fs::read_dir(dir.path().join("assets/tmp")).unwrap().count(), 0);
     assert_eq!(s.get("/api/health").status, 200);
 }
+
+/// The database file is made read-only for the server's user (as root, the server runs as
+/// `nobody`, since root ignores file modes): reads work, writes get 503 and a clear message.
+#[test]
+fn read_only_database_serves_reads_and_refuses_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = start(&data);
+    let kept = new_project(&s, "kept");
+    s.stop();
+
+    let root = unsafe { libc::geteuid() } == 0;
+    const NOBODY: u32 = 65534;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        for entry in walk(&data) {
+            std::os::unix::fs::lchown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        std::os::unix::fs::lchown(data.join("studio.db"), Some(0), Some(0)).unwrap();
+    }
+    std::fs::set_permissions(data.join("studio.db"), std::fs::Permissions::from_mode(0o444)).unwrap();
+
+    let s = start_with(&data, &[], |cmd| {
+        if root {
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+    });
+    let r = s.get(&format!("/api/projects/{kept}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "kept");
+    let r = s.post("/api/projects", &json!({ "name": "new" }));
+    assert_eq!((r.status, r.error_code().as_str()), (503, "database_read_only"), "{}", r.json());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("read-only"));
+    assert_eq!(s.get("/api/projects").json().as_array().unwrap().len(), 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

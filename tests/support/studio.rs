@@ -195,6 +195,13 @@ impl Server {
         }
     }
 
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+    }
+
     pub fn sigkill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -99,11 +99,12 @@ async fn join_writer(handle: tokio::task::JoinHandle<Result<Staged>>) -> Result<
 }
 
 /// Sends `stream` to the writer; stops early when the writer has failed (e.g. too large).
-async fn feed<S, E>(tx: &mpsc::Sender<std::result::Result<Bytes, String>>, mut stream: S)
+async fn feed<S, E>(tx: &mpsc::Sender<std::result::Result<Bytes, String>>, stream: S)
 where
-    S: tokio_stream::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    S: tokio_stream::Stream<Item = std::result::Result<Bytes, E>>,
     E: std::fmt::Display,
 {
+    let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
         let failed = chunk.is_err();
         if tx.send(chunk.map_err(|e| e.to_string())).await.is_err() || failed {

@@ -621,7 +621,8 @@ mod tests {
             seen: Default::default(),
         });
         let app = Arc::new(
-            App::open_with_runners(StudioConfig::new(dir.path()), vec![flaky]).unwrap(),
+            App::open_with_runners(StudioConfig::new(dir.path()), vec![flaky as Arc<dyn JobRunner>])
+                .unwrap(),
         );
         let mut events = app.jobs.subscribe();
         let workers = JobQueue::start(&app, 1);
