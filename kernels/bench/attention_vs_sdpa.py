@@ -21,6 +21,7 @@ VARIANTS = {
     "attention_mma_d128_w8_n64": ("attention.cu", 128, 8, 128, (128 * 128 + 4 * 64 * 128) * 2),
     "attention_mma_d64_w8_n64": ("attention.cu", 64, 8, 128, (128 * 64 + 4 * 64 * 64) * 2),
     "attention_wgmma_d128": ("attention_sm90a.cu", 128, 8, 128, 5 * 128 * 128 * 2 + 1024),
+    "attention_wgmma_ws_d128": ("attention_sm90a.cu", 128, 12, 128, 7 * 128 * 128 * 2 + 1024 + 7 * 8),
 }
 dev = torch.device("cuda")
 cc = torch.cuda.get_device_capability()
@@ -109,6 +110,14 @@ def check(name, b, lq, lk, h, d):
 
 
 res = {"gpu": torch.cuda.get_device_name(), "cc": list(cc), "torch": torch.__version__, "checks": [], "timing": {}}
+if os.environ.get("PROFILE"):
+    # One launch per variant at the Wan shape, for a profiler wrapped around this script.
+    L, H, D = 32760, 12, 128
+    q = torch.randn(1, L, H, D, device=dev, dtype=torch.bfloat16)
+    for name in VARIANTS:
+        launch(name, q, q, q, torch.empty_like(q), D**-0.5)
+    torch.cuda.synchronize()
+    sys.exit(0)
 for name, (_, d, _, _, _) in VARIANTS.items():
     for b, lq, lk, h in ((1, 4096, 4096, 4), (2, 1000, 777, 3), (1, 300, 512, 2), (1, 32760, 512, 12)):
         r = check(name, b, lq, lk, h, d)

@@ -80,10 +80,14 @@ fn attention_variant(head_dim: usize, compute_capability: (i32, i32)) -> Option<
     }
 }
 
-/// The kernel [`attention`] runs for this head dim on a GPU of this compute capability, or
-/// `None` if it has none.
-pub fn attention_kernel_name(head_dim: usize, compute_capability: (i32, i32)) -> Option<&'static str> {
-    attention_variant(head_dim, compute_capability).map(|v| v.name)
+/// The kernel [`attention`] would run for a query like `q` (its device, dtype and head dim), or
+/// `None` when it has none: not on CUDA, not bf16, or an unsupported head dim.
+pub fn attention_kernel_for(q: &Tensor) -> Result<Option<&'static str>> {
+    let Device::Cuda(dev) = q.device() else { return Ok(None) };
+    if q.dtype() != DType::BF16 {
+        return Ok(None);
+    }
+    Ok(attention_variant(q.dim(candle_core::D::Minus1)?, compute_capability(dev)?).map(|v| v.name))
 }
 
 static POISON: AtomicBool = AtomicBool::new(false);
@@ -121,8 +125,8 @@ fn driver_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> candl
     move |e| candle_core::Error::Msg(format!("CUDA {what}: {e:?}"))
 }
 
-/// How long loading one module took and whether NVRTC ran.
-#[derive(Debug, Clone, PartialEq)]
+/// How long getting one module's CUBIN took and whether NVRTC ran.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CompileReport {
     pub module: &'static str,
     pub arch: String,
@@ -138,10 +142,7 @@ fn load(dev: &CudaDevice, src: &'static Source) -> Result<(Arc<CudaModule>, Opti
     let arch = arch(dev, src)?;
     let (cubin, origin) = nvrtc::cubin(src.name, src.code, &arch, &nvrtc::cache_dir())?;
     let module = dev.cuda_stream().context().load_module(Ptx::from_binary(cubin)).map_err(driver_err("module load"))?;
-    let report = match origin {
-        nvrtc::Origin::Compiled { ms } => CompileReport { module: src.name, arch, compiled: true, ms },
-        nvrtc::Origin::Cached { ms } => CompileReport { module: src.name, arch, compiled: false, ms },
-    };
+    let report = report(src, arch, origin);
     tracing::info!(
         "kernels: module {} for {} {} in {:.1} ms",
         report.module,
@@ -169,13 +170,38 @@ fn function(dev: &CudaDevice, src: &'static Source, name: &'static str) -> Resul
     Ok(f)
 }
 
+/// The modules this GPU can run.
+fn sources_for(dev: &CudaDevice) -> Result<impl Iterator<Item = &'static Source>> {
+    let hopper = compute_capability(dev)? == (9, 0);
+    Ok(ALL_SOURCES.into_iter().filter(move |s| hopper || !s.hopper_only))
+}
+
+/// Compiles every module this GPU can run into `cache` (or reads it from there) without loading
+/// it: NVRTC's cost, cold with an empty `cache`, cached with a filled one.
+pub fn compile_report(device: &Device, cache: &std::path::Path) -> Result<Vec<CompileReport>> {
+    let Device::Cuda(dev) = device else { bail!("compile_report needs a CUDA device, got {device:?}") };
+    sources_for(dev)?
+        .map(|src| {
+            let arch = arch(dev, src)?;
+            let (_, origin) = nvrtc::cubin(src.name, src.code, &arch, cache)?;
+            Ok(report(src, arch, origin))
+        })
+        .collect()
+}
+
+fn report(src: &Source, arch: String, origin: nvrtc::Origin) -> CompileReport {
+    match origin {
+        nvrtc::Origin::Compiled { ms } => CompileReport { module: src.name, arch, compiled: true, ms },
+        nvrtc::Origin::Cached { ms } => CompileReport { module: src.name, arch, compiled: false, ms },
+    }
+}
+
 /// Loads (compiling if not cached) every kernel module this GPU can run; returns one report per
 /// module newly loaded in this process.
 pub fn compile_all(device: &Device) -> Result<Vec<CompileReport>> {
     let Device::Cuda(dev) = device else { bail!("compile_all needs a CUDA device, got {device:?}") };
-    let hopper = compute_capability(dev)? == (9, 0);
     let mut reports = Vec::new();
-    for src in ALL_SOURCES.into_iter().filter(|s| hopper || !s.hopper_only) {
+    for src in sources_for(dev)? {
         if let (_, Some(r)) = load(dev, src)? {
             reports.push(r);
         }
@@ -278,7 +304,7 @@ impl CustomOp3 for FusedAttention {
 ///
 /// `q [B, Lq, H, D]`, `k`/`v [B, Lk, H, D]`, all bf16 on one CUDA device, D = 64 or 128, last
 /// dim contiguous (other dims may be strided views). Returns bf16 `[B, Lq, H, D]`. Errors,
-/// rather than falling back, on anything else. Which kernel runs: [`attention_kernel_name`].
+/// rather than falling back, on anything else. Which kernel runs: [`attention_kernel_for`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Result<Tensor> {
     let (b, _, h, d) = q.dims4()?;
     let (kb, lk, kh, kd) = k.dims4()?;
