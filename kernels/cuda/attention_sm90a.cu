@@ -261,3 +261,230 @@ __device__ __forceinline__ void attention_wgmma(const bf16_t *__restrict__ q, co
 
 // Measured on H200 (kernels/NOTES.md): staggering gained 2%, a third stage nothing.
 WGMMA_KERNEL(attention_wgmma_d128, true, 2)
+
+// ---------------------------------------------------------------------------------------------
+// Warp-specialised variant (FlashAttention-3 shape): warpgroup 0 only loads (cp.async into a
+// 3-stage ring, signalled through mbarriers), warpgroups 1 and 2 only compute, 64 query rows each.
+// Each consumer issues S_t = Q K_t^T and, behind it, O += P_{t-1} V_{t-1}, so the tensor cores have
+// the next product queued while softmax runs; the two consumers take turns issuing (named
+// barriers) so one's softmax overlaps the other's products. Registers move from the producer to
+// the consumers with setmaxnreg.
+
+constexpr int WS_STAGES = 3;
+constexpr int WS_THREADS = 384;
+
+__device__ __forceinline__ void mbar_init(u32 bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, int parity) {
+    asm volatile("{\n .reg .pred P1;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 " @P1 bra DONE;\n bra WAIT;\n DONE:\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+template <int ID> __device__ __forceinline__ void bar_sync_imm() { asm volatile("bar.sync %0, 256;\n" ::"n"(ID) : "memory"); }
+template <int ID> __device__ __forceinline__ void bar_arrive_imm() { asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// Producer-side tile load: 128 threads, 16 chunks each.
+__device__ __forceinline__ void ws_load_tile(u32 tile, const bf16_t *base, long long row_stride, int row0,
+                                             int rows_valid, int tid) {
+#pragma unroll
+#pragma unroll 1
+    for (int i = 0; i < 128 * 16 / 128; ++i) {
+        int idx = tid + i * 128;
+        int r = idx >> 4, c = idx & 15;
+        int row = row0 + r;
+        bool ok = row < rows_valid;
+        const bf16_t *src = base + (ok ? (long long)row * row_stride + c * 8 : 0);
+        cp_async16(tile + tile_off(128, r, c), src, ok ? 16 : 0);
+    }
+}
+
+template <int PRODUCER_REGS, int CONSUMER_REGS>
+__device__ __forceinline__ void attention_wgmma_ws(const bf16_t *__restrict__ q, const bf16_t *__restrict__ k, const bf16_t *__restrict__ v,
+                            bf16_t *__restrict__ o, int lq, int lk, long long q_sb, long long q_sl, long long q_sh,
+                            long long k_sb, long long k_sl, long long k_sh, long long v_sb, long long v_sl,
+                            long long v_sh, long long o_sb, long long o_sl, long long o_sh, float scale_log2) {
+    extern __shared__ __align__(1024) unsigned char smem_ws[];
+    const u32 base = (smem_addr(smem_ws) + 1023) & ~1023u;
+    const u32 qs = base;
+    const u32 ks = base + TILE_BYTES;                     // [WS_STAGES]
+    const u32 vs = base + (1 + WS_STAGES) * TILE_BYTES;   // [WS_STAGES]
+    const u32 bars = base + (1 + 2 * WS_STAGES) * TILE_BYTES;
+    const u32 q_full = bars;
+    auto full = [&](int s) { return bars + 8 + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 + 8 * WS_STAGES + 8 * s; };
+
+    const int wg = threadIdx.x / 128;
+    const int n_tiles = (lk + BN - 1) / BN;
+    const int m0 = blockIdx.x * BM;
+    const int h = blockIdx.y, b = blockIdx.z;
+
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 128);
+        for (int s = 0; s < WS_STAGES; ++s) {
+            mbar_init(full(s), 128);
+            mbar_init(empty(s), 256);
+        }
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer. Signals a tile one step late, after its copies landed and were fenced for the
+        // async proxy (cp.async writes through the generic proxy, wgmma reads through the async one).
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
+        const int tid = threadIdx.x;
+        const bf16_t *qb = q + b * q_sb + h * q_sh;
+        const bf16_t *kb = k + b * k_sb + h * k_sh;
+        const bf16_t *vb = v + b * v_sb + h * v_sh;
+        ws_load_tile(qs, qb, q_sl, m0, lq, tid);
+        cp_async_commit();
+        for (int t = 0; t < n_tiles; ++t) {
+            const int stage = t % WS_STAGES;
+            if (t >= WS_STAGES) mbar_wait(empty(stage), ((t / WS_STAGES) + 1) & 1);
+            ws_load_tile(ks + stage * TILE_BYTES, kb, k_sl, t * BN, lk, tid);
+            ws_load_tile(vs + stage * TILE_BYTES, vb, v_sl, t * BN, lk, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+            fence_proxy_async();
+            mbar_arrive(t == 0 ? q_full : full((t - 1) % WS_STAGES));
+        }
+        cp_async_wait_all();
+        fence_proxy_async();
+        mbar_arrive(full((n_tiles - 1) % WS_STAGES));
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS));
+        const int c = wg - 1;  // consumer: query rows c*64 .. c*64+63
+        const int warp_in_wg = (threadIdx.x / 32) % 4;
+        const int lane = threadIdx.x % 32;
+        const int g = lane >> 2, tig = lane & 3;
+        if (c == 1) bar_arrive_imm<1>();  // consumer 0 issues first
+
+        float acc[64];
+#pragma unroll
+        for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+        float row_max[2] = {NEG_INF, NEG_INF};
+        float row_sum[2] = {0.f, 0.f};
+        u32 pa[BN / 16][4];
+
+        mbar_wait(q_full, 0);
+        for (int t = 0; t < n_tiles; ++t) {
+            const int stage = t % WS_STAGES;
+            mbar_wait(full(stage), (t / WS_STAGES) & 1);
+            const u32 kt = ks + stage * TILE_BYTES;
+            const u32 vprev = vs + ((t + WS_STAGES - 1) % WS_STAGES) * TILE_BYTES;
+
+            float s[64];
+            if (c == 0) bar_sync_imm<1>();
+            else bar_sync_imm<2>();
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const u32 koff = (kk >> 2) * 128 * 128 + (kk & 3) * 32;
+                wgmma_ss_n128(s, smem_desc(qs + c * 64 * 128 + koff, 16, 1024), smem_desc(kt + koff, 16, 1024), kk > 0);
+            }
+            wgmma_commit();
+            if (t > 0) {
+#pragma unroll
+                for (int j = 0; j < BN / 16; ++j)
+                    wgmma_rs_n128_tb(acc, pa[j], smem_desc(vprev + j * 16 * 128, 128 * 128, 1024));
+                wgmma_commit();
+            }
+            if (c == 0) bar_arrive_imm<2>();
+            else bar_arrive_imm<1>();
+            if (t > 0) asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            else wgmma_wait0();
+
+            const int k0 = t * BN;
+            if (k0 + BN > lk) {
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) {
+                    int col = k0 + nt * 8 + tig * 2;
+                    if (col >= lk) { s[nt * 4 + 0] = NEG_INF; s[nt * 4 + 2] = NEG_INF; }
+                    if (col + 1 >= lk) { s[nt * 4 + 1] = NEG_INF; s[nt * 4 + 3] = NEG_INF; }
+                }
+            }
+            float alpha[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = NEG_INF;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * r], s[nt * 4 + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                float new_max = fmaxf(row_max[r], mx * scale_log2);
+                float base_max = new_max == NEG_INF ? 0.f : new_max;
+                alpha[r] = fast_exp2(row_max[r] - base_max);
+                row_max[r] = new_max;
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) {
+                    s[nt * 4 + 2 * r] = fast_exp2(s[nt * 4 + 2 * r] * scale_log2 - base_max);
+                    s[nt * 4 + 2 * r + 1] = fast_exp2(s[nt * 4 + 2 * r + 1] * scale_log2 - base_max);
+                    sum += s[nt * 4 + 2 * r] + s[nt * 4 + 2 * r + 1];
+                }
+                row_sum[r] = row_sum[r] * alpha[r] + sum;
+            }
+            // O (with P_{t-1} V_{t-1} in it) is ours again: release that stage, rescale.
+            wgmma_wait0();
+            if (t > 0) mbar_arrive(empty((t - 1) % WS_STAGES));
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt) {
+                acc[dt * 4 + 0] *= alpha[0];
+                acc[dt * 4 + 1] *= alpha[0];
+                acc[dt * 4 + 2] *= alpha[1];
+                acc[dt * 4 + 3] *= alpha[1];
+            }
+#pragma unroll
+            for (int j = 0; j < BN / 16; ++j) {
+                pa[j][0] = pack_bf16(s[(2 * j) * 4 + 0], s[(2 * j) * 4 + 1]);
+                pa[j][1] = pack_bf16(s[(2 * j) * 4 + 2], s[(2 * j) * 4 + 3]);
+                pa[j][2] = pack_bf16(s[(2 * j + 1) * 4 + 0], s[(2 * j + 1) * 4 + 1]);
+                pa[j][3] = pack_bf16(s[(2 * j + 1) * 4 + 2], s[(2 * j + 1) * 4 + 3]);
+            }
+        }
+        // The last tile's P V, then balance the turn barrier consumer 1 arrived on last.
+        const u32 vlast = vs + ((n_tiles - 1) % WS_STAGES) * TILE_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < BN / 16; ++j)
+            wgmma_rs_n128_tb(acc, pa[j], smem_desc(vlast + j * 16 * 128, 128 * 128, 1024));
+        wgmma_commit();
+        wgmma_wait0();
+        if (c == 0) bar_sync_imm<1>();
+
+        bf16_t *ob = o + b * o_sb + h * o_sh;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float l = row_sum[r];
+            l += __shfl_xor_sync(0xffffffff, l, 1);
+            l += __shfl_xor_sync(0xffffffff, l, 2);
+            float inv = l > 0.f ? 1.f / l : 0.f;
+            int row = m0 + c * 64 + warp_in_wg * 16 + g + r * 8;
+            if (row < lq) {
+                bf16_t *dst = ob + (long long)row * o_sl + tig * 2;
+#pragma unroll
+                for (int dt = 0; dt < D / 8; ++dt)
+                    *reinterpret_cast<u32 *>(dst + dt * 8) =
+                        pack_bf16(acc[dt * 4 + 2 * r] * inv, acc[dt * 4 + 2 * r + 1] * inv);
+            }
+        }
+    }
+}
+
+#define WS_KERNEL(NAME, PRODUCER_REGS, CONSUMER_REGS)                                                         \
+    extern "C" __global__ void __launch_bounds__(WS_THREADS, 1)                                               \
+        NAME(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *o, int lq, int lk, long long q_sb,      \
+             long long q_sl, long long q_sh, long long k_sb, long long k_sl, long long k_sh, long long v_sb,    \
+             long long v_sl, long long v_sh, long long o_sb, long long o_sl, long long o_sh, float scale_log2) { \
+        attention_wgmma_ws<PRODUCER_REGS, CONSUMER_REGS>(q, k, v, o, lq, lk, q_sb, q_sl, q_sh, k_sb, k_sl, k_sh, \
+                                                         v_sb, v_sl, v_sh, o_sb, o_sl, o_sh, scale_log2);      \
+    }
+
+WS_KERNEL(attention_wgmma_ws_d128, 56, 224)
+WS_KERNEL(attention_wgmma_ws240_d128, 24, 240)
