@@ -21,8 +21,6 @@ VARIANTS = {
     "attention_mma_d128_w8_n64": ("attention.cu", 128, 8, 128, (128 * 128 + 4 * 64 * 128) * 2),
     "attention_mma_d64_w8_n64": ("attention.cu", 64, 8, 128, (128 * 64 + 4 * 64 * 64) * 2),
     "attention_wgmma_d128": ("attention_sm90a.cu", 128, 8, 128, 5 * 128 * 128 * 2 + 1024),
-    "attention_wgmma_ws_d128": ("attention_sm90a.cu", 128, 12, 128, 7 * 128 * 128 * 2 + 1024 + 7 * 8),
-    "attention_wgmma_ws240_d128": ("attention_sm90a.cu", 128, 12, 128, 7 * 128 * 128 * 2 + 1024 + 7 * 8),
 }
 dev = torch.device("cuda")
 cc = torch.cuda.get_device_capability()
