@@ -21,6 +21,7 @@ VARIANTS = {
     "attention_mma_d128_w8_n64": ("attention.cu", 128, 8, 128, (128 * 128 + 4 * 64 * 128) * 2),
     "attention_mma_d64_w8_n64": ("attention.cu", 64, 8, 128, (128 * 64 + 4 * 64 * 64) * 2),
     "attention_wgmma_d128": ("attention_sm90a.cu", 128, 8, 128, 5 * 128 * 128 * 2 + 1024),
+    "attention_wgmma_tma_d128": ("attention_tma.cu", 128, 12, 128, 7 * 128 * 128 * 2 + 1024 + 7 * 8),
 }
 dev = torch.device("cuda")
 cc = torch.cuda.get_device_capability()
@@ -58,12 +59,59 @@ arch = f"sm_{cc[0]}{cc[1]}"
 MODULES = {"attention.cu": cupy.RawModule(path=nvrtc_cubin(os.path.join(CUDA_DIR, "attention.cu"), arch))}
 if cc == (9, 0) and any(v[0] == "attention_sm90a.cu" for v in VARIANTS.values()):
     MODULES["attention_sm90a.cu"] = cupy.RawModule(path=nvrtc_cubin(os.path.join(CUDA_DIR, "attention_sm90a.cu"), "sm_90a"))
+TMA = {}
+if cc == (9, 0) and any(v[0] == "attention_tma.cu" for v in VARIANTS.values()):
+    import ctypes
+
+    from cuda.bindings import driver as cu
+
+    cu.cuInit(0)
+    torch.zeros(1, device=dev)  # PyTorch's primary context, current on this thread
+    err, ctx = cu.cuCtxGetCurrent()
+    if int(ctx) == 0:
+        _, ctx = cu.cuDevicePrimaryCtxRetain(torch.cuda.current_device())
+        cu.cuCtxSetCurrent(ctx)
+    err, tma_mod = cu.cuModuleLoad(nvrtc_cubin(os.path.join(CUDA_DIR, "attention_tma.cu"), "sm_90a").encode())
+    assert err == cu.CUresult.CUDA_SUCCESS, err
+    MODULES["attention_tma.cu"] = None
+
+    def tensor_map(t):
+        """[B, L, H, D] bf16 as dims (D, H, L, B), 64 x 1 x 128 x 1 boxes, 128-byte swizzle."""
+        b, l, h, d = t.shape
+        err, tmap = cu.cuTensorMapEncodeTiled(
+            cu.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cu.cuuint32_t(4), t.data_ptr(),
+            [cu.cuuint64_t(x) for x in (d, h, l, b)],
+            [cu.cuuint64_t(x) for x in (t.stride(2) * 2, t.stride(1) * 2, t.stride(0) * 2)],
+            [cu.cuuint32_t(x) for x in (64, 1, 128, 1)], [cu.cuuint32_t(1)] * 4,
+            cu.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE, cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+            cu.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            cu.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+        assert err == cu.CUresult.CUDA_SUCCESS, err
+        return (ctypes.c_ubyte * 128).from_buffer_copy(ctypes.string_at(tmap.getPtr(), 128))
+
+    def launch_tma(name, q, k, v, o, scale):
+        _, d, _, bm, smem = VARIANTS[name]
+        err, fn = cu.cuModuleGetFunction(tma_mod, name.encode())
+        assert err == cu.CUresult.CUDA_SUCCESS, err
+        cu.cuFuncSetAttribute(fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        b, lq, h, _ = q.shape
+        # keep the maps alive with the launch
+        args = [tensor_map(q), tensor_map(k), tensor_map(v), ctypes.c_void_p(o.data_ptr()), ctypes.c_int(lq),
+                ctypes.c_int(k.shape[1]), ctypes.c_longlong(o.stride(0)), ctypes.c_longlong(o.stride(1)),
+                ctypes.c_longlong(o.stride(2)), ctypes.c_float(scale * 1.4426950408889634)]
+        ptrs = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        TMA["keep"] = (args, ptrs)
+        err, = cu.cuLaunchKernel(fn, (lq + bm - 1) // bm, h, b, 384, 1, 1, smem,
+                                 torch.cuda.current_stream().cuda_stream, ctypes.addressof(ptrs), 0)
+        assert err == cu.CUresult.CUDA_SUCCESS, err
 else:
     VARIANTS = {k: v for k, v in VARIANTS.items() if v[0] in MODULES}
 
 
 def launch(name, q, k, v, o, scale):
     src, d, warps, bm, smem = VARIANTS[name]
+    if src == "attention_tma.cu":
+        return launch_tma(name, q, k, v, o, scale)
     fn = MODULES[src].get_function(name)
     fn.max_dynamic_shared_size_bytes = smem
     b, lq, h, _ = q.shape
