@@ -20,7 +20,6 @@ CUDA_DIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__
 VARIANTS = {
     "attention_mma_d128_w8_n64": ("attention.cu", 128, 8, 128, (128 * 128 + 4 * 64 * 128) * 2),
     "attention_mma_d64_w8_n64": ("attention.cu", 64, 8, 128, (128 * 64 + 4 * 64 * 64) * 2),
-    "attention_wgmma_d128": ("attention_sm90a.cu", 128, 8, 128, 5 * 128 * 128 * 2 + 1024),
     "attention_wgmma_tma_d128": ("attention_tma.cu", 128, 12, 128, 7 * 128 * 128 * 2 + 1024 + 7 * 8),
 }
 dev = torch.device("cuda")
@@ -57,8 +56,6 @@ def nvrtc_cubin(path, arch):
 VARIANTS = {k: v for k, v in VARIANTS.items() if k.startswith(os.environ.get("ONLY", ""))}
 arch = f"sm_{cc[0]}{cc[1]}"
 MODULES = {"attention.cu": cupy.RawModule(path=nvrtc_cubin(os.path.join(CUDA_DIR, "attention.cu"), arch))}
-if cc == (9, 0) and any(v[0] == "attention_sm90a.cu" for v in VARIANTS.values()):
-    MODULES["attention_sm90a.cu"] = cupy.RawModule(path=nvrtc_cubin(os.path.join(CUDA_DIR, "attention_sm90a.cu"), "sm_90a"))
 TMA = {}
 if cc == (9, 0) and any(v[0] == "attention_tma.cu" for v in VARIANTS.values()):
     import ctypes

@@ -1,16 +1,21 @@
-// Fused multi-head attention forward for Hopper (sm_90a only), TMA-fed warp-specialised version: the two matrix products run on
-// wgmma (warpgroup MMA, operands in shared memory), bf16 in/out, fp32 accumulation, non-causal,
-// head dim 128. Same contract and layout as attention.cu: q [B, Lq, H, 128], k/v [B, Lk, H, 128],
-// o [B, Lq, H, 128], last dim contiguous, other dims strided.
+// Fused multi-head attention forward for Hopper (sm_90a only), the FlashAttention-3 structure:
+// bf16 in/out, fp32 accumulation, non-causal, head dim 128. Same contract as attention.cu:
+// q [B, Lq, H, 128], k/v [B, Lk, H, 128], o [B, Lq, H, 128], last dim contiguous; q/k/v arrive as
+// TMA tensor maps over (D, H, L, B), so any 16-byte-aligned strides work and rows past the end of
+// a sequence load as zeros.
 //
-// A block is two warpgroups (256 threads) and owns 128 query rows of one (batch, head); each
-// warpgroup owns 64 rows. Keys are walked in tiles of 128. Tiles are staged with cp.async, STAGES
-// deep, in the 128-byte-swizzled layout wgmma reads: a 128-element row is split into two
-// 64-element halves (128 bytes each), all rows' first halves then all rows' second halves; in
-// each 1024-byte group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ r.
-//   S = Q K^T : m64n128k16 x 8 (k over the head dim), A = Q and B = K from shared memory.
-//   online softmax on the S accumulators (registers), P rounded to bf16 in registers.
-//   O += P V  : m64n128k16 x 8 (k over the keys), A = P from registers, B = V (MN-major).
+// A block is three warpgroups and owns 128 query rows of one (batch, head):
+//   warpgroup 0, one thread: the producer. It copies Q once and each 128-key K/V tile with the
+//     bulk tensor copy engine into a 3-stage ring, each stage's "full" mbarrier counting bytes.
+//   warpgroups 1 and 2: consumers, 64 query rows each. Per key tile t a consumer issues
+//     S_t = Q K_t^T (m64n128k16 x 8, both operands in shared memory) and right behind it
+//     O += P_{t-1} V_{t-1} (A = P from registers, B = V MN-major), then does the online softmax of
+//     S_t while that second product runs; it then frees stage t-1 ("empty" mbarrier). The two
+//     consumers take turns issuing (named barriers 1 and 2), so one's softmax overlaps the other's
+//     products. setmaxnreg moves registers from the producer to the consumers.
+// Tiles sit in the 128-byte-swizzled layout wgmma reads and TMA writes: a 128-element row is two
+// 64-element halves (128 bytes each), all rows' first halves then all rows' second halves; in each
+// 1024-byte group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ r.
 
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
@@ -22,21 +27,9 @@ __device__ __forceinline__ u32 smem_addr(const void *p) {
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
     return r;
 }
-__device__ __forceinline__ void cp_async16(u32 dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-// cp.async writes through the generic proxy; wgmma reads through the async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Named barriers between the two warpgroups (id 0 is __syncthreads).
-__device__ __forceinline__ void bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     u32 r;
@@ -90,6 +83,7 @@ __device__ __forceinline__ void mbar_wait(u32 bar, int parity) {
                  "r"(parity)
                  : "memory");
 }
+// Named barriers 1 and 2 between the two consumer warpgroups (id 0 is __syncthreads).
 template <int ID> __device__ __forceinline__ void bar_sync_imm() { asm volatile("bar.sync %0, 256;\n" ::"n"(ID) : "memory"); }
 template <int ID> __device__ __forceinline__ void bar_arrive_imm() { asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory"); }
 

@@ -8,8 +8,8 @@ use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-    SyncOnDrop, result as driver,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop, result as driver,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
@@ -31,30 +31,34 @@ struct Source {
 
 const ATTENTION: Source =
     Source { name: "attention", code: include_str!("../../cuda/attention.cu"), hopper_only: false };
-const ATTENTION_SM90A: Source =
-    Source { name: "attention_sm90a", code: include_str!("../../cuda/attention_sm90a.cu"), hopper_only: true };
+const ATTENTION_TMA: Source =
+    Source { name: "attention_tma", code: include_str!("../../cuda/attention_tma.cu"), hopper_only: true };
 const NORM: Source = Source { name: "norm", code: include_str!("../../cuda/norm.cu"), hopper_only: false };
 const ROPE: Source = Source { name: "rope", code: include_str!("../../cuda/rope.cu"), hopper_only: false };
-const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_SM90A, &NORM, &ROPE];
+const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
 
-/// One compiled configuration of the attention kernel (see `attention.cu`, `attention_sm90a.cu`).
+/// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
 struct AttentionVariant {
     name: &'static str,
     source: &'static Source,
     threads: u32,
     block_m: usize,
     shared_bytes: u32,
+    /// Takes q/k/v as TMA tensor maps instead of pointers and strides.
+    tensor_maps: bool,
 }
 
-// Chosen by measurement (kernels/NOTES.md, H200): wgmma with two staggered warpgroups on Hopper;
-// elsewhere mma.sync with 8 warps and 64-key tiles.
-const ATTENTION_WGMMA_D128: AttentionVariant = AttentionVariant {
-    name: "attention_wgmma_d128",
-    source: &ATTENTION_SM90A,
-    threads: 256,
+// Chosen by measurement (kernels/NOTES.md): on Hopper the TMA-fed warp-specialised wgmma kernel
+// (1.01x cuDNN SDPA on H100); elsewhere mma.sync with 8 warps and 64-key tiles.
+const ATTENTION_TMA_D128: AttentionVariant = AttentionVariant {
+    name: "attention_wgmma_tma_d128",
+    source: &ATTENTION_TMA,
+    threads: 384,
     block_m: 128,
-    // Q tile + two K and two V tiles of 128 x 128 bf16, plus slack to align to 1024 bytes.
-    shared_bytes: 5 * 128 * 128 * 2 + 1024,
+    // Q tile + three K and three V tiles of 128 x 128 bf16, 1024 bytes of alignment slack and
+    // seven mbarriers.
+    shared_bytes: 7 * 128 * 128 * 2 + 1024 + 7 * 8,
+    tensor_maps: true,
 };
 const ATTENTION_MMA_D128: AttentionVariant = AttentionVariant {
     name: "attention_mma_d128_w8_n64",
@@ -62,6 +66,7 @@ const ATTENTION_MMA_D128: AttentionVariant = AttentionVariant {
     threads: 256,
     block_m: 128,
     shared_bytes: (128 * 128 + 4 * 64 * 128) * 2,
+    tensor_maps: false,
 };
 const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
     name: "attention_mma_d64_w8_n64",
@@ -69,11 +74,12 @@ const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
     threads: 256,
     block_m: 128,
     shared_bytes: (128 * 64 + 4 * 64 * 64) * 2,
+    tensor_maps: false,
 };
 
 fn attention_variant(head_dim: usize, compute_capability: (i32, i32)) -> Option<&'static AttentionVariant> {
     match (head_dim, compute_capability) {
-        (128, (9, 0)) => Some(&ATTENTION_WGMMA_D128),
+        (128, (9, 0)) => Some(&ATTENTION_TMA_D128),
         (128, _) => Some(&ATTENTION_MMA_D128),
         (64, _) => Some(&ATTENTION_MMA_D64),
         _ => None,
@@ -242,6 +248,48 @@ fn strides_bl_h(l: &Layout, what: &str) -> Result<[i64; 3]> {
     Ok([st[0] as i64, st[1] as i64, st[2] as i64])
 }
 
+/// A TMA tensor map (CUtensorMap: 128 opaque bytes), passed to the kernel by value.
+#[repr(C, align(128))]
+struct TensorMap([u64; 16]);
+
+// SAFETY: plain bytes the driver reads as a kernel parameter.
+unsafe impl DeviceRepr for TensorMap {}
+
+impl TensorMap {
+    /// Describes bf16 `[B, L, H, D]` at `ptr` (element strides `[sb, sl, sh]`, D contiguous) as
+    /// dims (D, H, L, B) read in boxes of 64 x 1 x 128 x 1 with 128-byte swizzle, the tile half
+    /// that attention_tma.cu expects; out-of-range rows read as zeros.
+    fn bhld(ptr: u64, [b, l, h, d]: [usize; 4], [sb, sl, sh]: [i64; 3]) -> Result<Self> {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let mut map = TensorMap([0; 16]);
+        let dims = [d as u64, h as u64, l as u64, b as u64];
+        let strides = [sh as u64 * 2, sl as u64 * 2, sb as u64 * 2];
+        let boxes = [64u32, 1, 128, 1];
+        let element_strides = [1u32; 4];
+        // SAFETY: every array has the rank's length; map is 128 bytes, 128-aligned.
+        let rc = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                (&mut map as *mut TensorMap).cast(),
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                4,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            bail!("fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for shape {:?}, strides {:?}", [b, l, h, d], [sb, sl, sh]);
+        }
+        Ok(map)
+    }
+}
+
 struct FusedAttention {
     scale: f32,
     variant: &'static AttentionVariant,
@@ -286,7 +334,22 @@ impl CustomOp3 for FusedAttention {
             block_dim: (self.variant.threads, 1, 1),
             shared_mem_bytes: smem,
         };
-        {
+        if self.variant.tensor_maps {
+            let maps = [
+                TensorMap::bhld(q, [b, lq, h, d], qst)?,
+                TensorMap::bhld(k, [b, lk, h, d], kst)?,
+                TensorMap::bhld(v, [b, lk, h, d], vst)?,
+            ];
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]).arg(&mut out).arg(&lq32).arg(&lk32);
+            for s in &ost {
+                launch.arg(s);
+            }
+            launch.arg(&scale_log2);
+            // SAFETY: argument list matches attention_wgmma_tma_d128 in attention_tma.cu; the maps
+            // describe live tensors that outlive the launch (their guards are held above).
+            unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
+        } else {
             let mut launch = stream.launch_builder(&func);
             launch.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&lq32).arg(&lk32);
             for s in qst.iter().chain(&kst).chain(&vst).chain(&ost) {
