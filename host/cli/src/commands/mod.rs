@@ -2,6 +2,7 @@
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
 mod assets;
+pub mod bench;
 mod jobs;
 mod project;
 mod serve;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Inspect, cancel and retry queued jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Measure GPU speed: Wan transformer forwards and the fused kernels (CUDA builds only).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(cmd) => project::run(&open(data)?, cmd),
         Command::Assets(cmd) => assets::run(&open(data)?, cmd),
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 
