@@ -1,0 +1,100 @@
+// Left column of a project: the script (planned into shots by the planner plugin) and the
+// character and style bible that the prompt expander uses to keep shots consistent.
+
+import * as endpoints from './endpoints.js';
+import { runJob } from './run-job.js';
+import { attempt, debounce, h, toast } from './ui.js';
+import { clearDraft, loadDraft, saveDraft } from './drafts.js';
+
+/** The bible stored with a storyboard: {style, characters: [{name, description}]}. */
+export function loadBible(board) {
+  try {
+    const parsed = JSON.parse(board.description || '{}');
+    return { style: parsed.style ?? '', characters: parsed.characters ?? [] };
+  } catch {
+    return { style: board.description ?? '', characters: [] };
+  }
+}
+
+export function bibleEditor({ project, board, bible }, onPlanned) {
+  const scriptKey = `script.${project.id}`;
+  const bibleKey = `bible.${board.id}`;
+  const script = h('textarea', {
+    id: 'script', rows: 9, 'aria-label': 'Script',
+    placeholder: 'Paste or write a script: scene headings (INT. KITCHEN – NIGHT), action lines, CHARACTER names and dialogue…',
+    value: loadDraft(scriptKey) ?? '', oninput: () => saveDraft(scriptKey, script.value),
+  });
+  const planButton = h('button', { class: 'primary', id: 'plan', onclick: plan }, 'Plan storyboard');
+  const planStatus = h('span', { class: 'small muted', 'aria-live': 'polite' });
+
+  const restored = loadDraft(bibleKey);
+  const current = restored ?? bible;
+  const style = h('textarea', { rows: 3, 'aria-label': 'Style', value: current.style,
+    placeholder: 'Look and feel shared by every shot: film stock, palette, lighting…', oninput: changed });
+  const characters = h('div', { class: 'stack' });
+  const saveState = h('span', { class: 'small muted', 'aria-live': 'polite' });
+
+  function characterRow(c = { name: '', description: '' }) {
+    const name = h('input', { value: c.name, placeholder: 'Name', 'aria-label': 'Character name', oninput: changed });
+    const description = h('textarea', { rows: 2, value: c.description, placeholder: 'Appearance, wardrobe, age…',
+      'aria-label': 'Character description', oninput: changed });
+    const row = h('div', { class: 'stack character' },
+      h('div', { class: 'row' }, name,
+        h('button', { class: 'ghost icon small', 'aria-label': 'Remove character', onclick: () => { row.remove(); changed(); } }, '✕')),
+      description);
+    row.read = () => ({ name: name.value.trim(), description: description.value.trim() });
+    return row;
+  }
+  function setBible(b) {
+    style.value = b.style;
+    characters.replaceChildren(...b.characters.map(characterRow));
+  }
+  function read() {
+    return { style: style.value, characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description) };
+  }
+  const persist = debounce(async () => {
+    const value = read();
+    const saved = await attempt('Saving the bible', () => endpoints.storyboards.update(board.id, { description: JSON.stringify(value) }));
+    if (saved) {
+      board.description = saved.description;
+      clearDraft(bibleKey);
+      saveState.textContent = 'Saved';
+    } else {
+      saveState.textContent = 'Not saved yet — kept as a draft';
+    }
+  }, 700);
+  function changed() {
+    saveDraft(bibleKey, read());
+    saveState.textContent = 'Editing…';
+    persist();
+  }
+
+  async function plan() {
+    const text = script.value.trim();
+    if (!text) { toast('Write or paste a script first.', 'error'); script.focus(); return; }
+    planButton.disabled = true;
+    planStatus.textContent = 'Planning…';
+    const job = await attempt('Planning the storyboard', () =>
+      runJob('plan', { storyboard_id: board.id, script: text }, project.id));
+    planButton.disabled = false;
+    planStatus.textContent = '';
+    if (!job) return;
+    const boards = await attempt('Reloading the storyboard', () => endpoints.storyboards.list(project.id));
+    const updated = boards?.find((b) => b.id === board.id);
+    if (updated) { Object.assign(board, updated); setBible(loadBible(updated)); clearDraft(bibleKey); }
+    toast('Storyboard planned.', 'ok');
+    onPlanned();
+  }
+
+  setBible(current);
+  if (restored) { saveState.textContent = 'Restored unsaved edits'; persist(); }
+
+  return h('div', { class: 'stack' },
+    h('section', { class: 'panel stack', 'aria-label': 'Script' }, h('h3', {}, 'Script'), script,
+      h('div', { class: 'row' }, planButton, planStatus)),
+    h('section', { class: 'panel stack', 'aria-label': 'Bible' },
+      h('div', { class: 'row' }, h('h3', { class: 'grow' }, 'Style & characters'), saveState),
+      h('div', { class: 'field' }, h('label', {}, 'Style'), style),
+      characters,
+      h('button', { class: 'small', onclick: () => { characters.append(characterRow()); changed(); } }, '+ Character')));
+}
