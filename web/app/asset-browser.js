@@ -43,15 +43,14 @@ export function assetBrowser({ onPick, fixed = {}, projects = [] } = {}) {
   const el = h('div', { class: 'asset-layout' }, filters, results);
 
   let offset = 0;
-  let total = null;
   let loading = null;
   let exhausted = false;
   let generation = 0;
 
   const params = () => ({
-    q: state.q, kind: state.kind, project: state.project, model: state.model,
+    q: state.q, kind: state.kind, project_id: state.project, model: state.model,
     tags: state.tags.split(',').map((t) => t.trim()).filter(Boolean).join(',') || undefined,
-    from: state.from, to: state.to, limit: PAGE, offset,
+    since: state.from, until: state.to, limit: PAGE, offset,
   });
 
   async function loadMore() {
@@ -63,12 +62,11 @@ export function assetBrowser({ onPick, fixed = {}, projects = [] } = {}) {
     loading = null;
     if (mine !== generation) return;
     if (!page) { sentinel.textContent = 'Search failed.'; exhausted = true; return; }
-    const hits = page.hits ?? page.assets ?? page;
-    total = page.total ?? null;
+    const hits = page;
     offset += hits.length;
     exhausted = hits.length < PAGE;
     grid.append(...hits.map(tile));
-    count.textContent = total !== null ? `${offset.toLocaleString()} of ${total.toLocaleString()}` : `${offset.toLocaleString()} shown`;
+    count.textContent = `${offset.toLocaleString()}${exhausted ? '' : '+'} shown`;
     sentinel.textContent = exhausted ? (offset ? 'End of results' : 'No assets match.') : '';
     // Keep filling while the sentinel is still on screen (large screens, short pages).
     if (!exhausted && sentinel.getBoundingClientRect().top < window.innerHeight + 400) loadMore();
@@ -87,7 +85,6 @@ export function assetBrowser({ onPick, fixed = {}, projects = [] } = {}) {
   function refresh() {
     generation += 1;
     offset = 0;
-    total = null;
     exhausted = false;
     loading = null;
     clear(grid);

@@ -1,7 +1,7 @@
 // The studio's HTTP routes used by the views, in one place: paths and request shapes follow
 // the server's OpenAPI document (/api/openapi.json).
 
-import { del, get, patch, post, query, request } from './api.js';
+import { del, get, patch, post, put, query, request } from './api.js';
 
 export const projects = {
   list: () => get('/api/projects'),
@@ -22,11 +22,11 @@ export const shots = {
   create: (storyboardId, fields) => post(`/api/storyboards/${storyboardId}/shots`, fields),
   update: (id, fields) => patch(`/api/shots/${id}`, fields),
   remove: (id) => del(`/api/shots/${id}`),
-  reorder: (storyboardId, order) => post(`/api/storyboards/${storyboardId}/shots/reorder`, { order }),
+  reorder: (storyboardId, order) => put(`/api/storyboards/${storyboardId}/shots/order`, { order }),
 };
 
 export const assets = {
-  search: (params, opts) => get(`/api/assets${query(params)}`, opts),
+  search: (params, opts) => get(`/api/assets/search${query(params)}`, opts),
   get: (id) => get(`/api/assets/${id}`),
   update: (id, fields) => patch(`/api/assets/${id}`, fields),
   upload: (file, fields) => {

@@ -37,7 +37,7 @@ export function put(job) {
 export async function reload() {
   const list = await get('/api/jobs?limit=200');
   jobs.clear();
-  for (const job of list.jobs ?? list) jobs.set(job.id, job);
+  for (const job of list) jobs.set(job.id, job);
   for (const fn of listeners) fn(null);
   updatePill();
 }
@@ -56,14 +56,20 @@ function connect() {
     banner.hidden = true;
     reload().catch(() => {});
   });
+  // `state` and `progress` events name the job; a job first seen here is fetched whole.
   const onEvent = (event) => {
     let data;
     try { data = JSON.parse(event.data); } catch { return; }
-    const job = data.job ?? data;
-    if (job && job.id !== undefined) put(job);
+    const id = data.job_id;
+    if (id === undefined) return;
+    const change = data.type === 'progress'
+      ? { id, progress: data.progress }
+      : { id, state: data.state, attempts: data.attempts, error: data.error };
+    if (jobs.has(id)) put(change);
+    else get(`/api/jobs/${id}`).then(put, () => {});
   };
-  source.addEventListener('message', onEvent);
-  source.addEventListener('job', onEvent);
+  source.addEventListener('state', onEvent);
+  source.addEventListener('progress', onEvent);
   source.addEventListener('error', () => {
     if (source.readyState === EventSource.CLOSED) {
       banner.hidden = false;

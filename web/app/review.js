@@ -49,8 +49,8 @@ export async function reviewScreen(container, { project, board, actions }) {
 
   /** The newest finished stitch of this storyboard, from the job history. */
   async function latestStitch() {
-    const list = await endpoints.jobs.list({ project_id: project.id, kind: 'stitch', state: 'succeeded' });
-    const stitches = (list.jobs ?? list).filter((j) => j.kind === 'stitch' && j.state === 'succeeded' && j.result?.asset_id);
+    const list = await endpoints.jobs.list({ state: 'succeeded', limit: 500 });
+    const stitches = list.filter((j) => j.kind === 'stitch' && j.project_id === project.id && j.result?.asset_id);
     return stitches.sort((a, b) => b.id - a.id)[0] ?? null;
   }
 
