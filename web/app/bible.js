@@ -6,14 +6,23 @@ import { runJob } from './run-job.js';
 import { attempt, debounce, h, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
 
-/** The bible stored with a storyboard: {style, characters: [{name, description}]}. */
+const EMPTY_STYLE = { look: '', lighting: '', negative: '' };
+
+/**
+ * The bible stored with a storyboard (its description, as JSON shaped like the plugin API's
+ * project settings): {style: {look, lighting, negative}, characters: [{id, name, description}]}.
+ * A plain-text description is taken as the look.
+ */
 export function loadBible(board) {
-  try {
-    const parsed = JSON.parse(board.description || '{}');
-    return { style: parsed.style ?? '', characters: parsed.characters ?? [] };
-  } catch {
-    return { style: board.description ?? '', characters: [] };
-  }
+  let parsed = null;
+  try { parsed = JSON.parse(board.description || '{}'); } catch { /* plain text */ }
+  if (!parsed || typeof parsed !== 'object') return { style: { ...EMPTY_STYLE, look: board.description ?? '' }, characters: [] };
+  return { style: { ...EMPTY_STYLE, ...parsed.style }, characters: parsed.characters ?? [] };
+}
+
+/** A stable id for a character, from its name (`Old Mara` → `old-mara`). */
+function characterId(name) {
+  return name.toLowerCase().normalize('NFKD').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
 }
 
 export function bibleEditor({ project, board, bible }, onPlanned) {
@@ -29,8 +38,12 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
 
   const restored = loadDraft(bibleKey);
   const current = restored ?? bible;
-  const style = h('textarea', { rows: 3, 'aria-label': 'Style', value: current.style,
-    placeholder: 'Look and feel shared by every shot: film stock, palette, lighting…', oninput: changed });
+  const look = h('textarea', { rows: 2, id: 'style-look', value: current.style.look,
+    placeholder: '35mm film, shallow depth of field, muted teal and amber', oninput: changed });
+  const lighting = h('input', { id: 'style-lighting', value: current.style.lighting,
+    placeholder: 'soft window light, warm practicals', oninput: changed });
+  const negative = h('input', { id: 'style-negative', value: current.style.negative,
+    placeholder: 'text, watermark, extra fingers', oninput: changed });
   const characters = h('div', { class: 'stack' });
   const saveState = h('span', { class: 'small muted', 'aria-live': 'polite' });
 
@@ -42,15 +55,17 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       h('div', { class: 'row' }, name,
         h('button', { class: 'ghost icon small', 'aria-label': 'Remove character', onclick: () => { row.remove(); changed(); } }, '✕')),
       description);
-    row.read = () => ({ name: name.value.trim(), description: description.value.trim() });
+    row.read = () => ({ id: c.id || characterId(name.value), name: name.value.trim(), description: description.value.trim() });
     return row;
   }
   function setBible(b) {
-    style.value = b.style;
+    look.value = b.style.look;
+    lighting.value = b.style.lighting;
+    negative.value = b.style.negative;
     characters.replaceChildren(...b.characters.map(characterRow));
   }
   function read() {
-    return { style: style.value, characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description) };
+    return { style: { look: look.value, lighting: lighting.value, negative: negative.value }, characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description) };
   }
   const persist = debounce(async () => {
     const value = read();
@@ -94,7 +109,10 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       h('div', { class: 'row' }, planButton, planStatus)),
     h('section', { class: 'panel stack', 'aria-label': 'Bible' },
       h('div', { class: 'row' }, h('h3', { class: 'grow' }, 'Style & characters'), saveState),
-      h('div', { class: 'field' }, h('label', {}, 'Style'), style),
+      h('div', { class: 'field' }, h('label', { for: 'style-look' }, 'Look'), look),
+      h('div', { class: 'field' }, h('label', { for: 'style-lighting' }, 'Lighting'), lighting),
+      h('div', { class: 'field' }, h('label', { for: 'style-negative' }, 'Always avoid'), negative),
+      h('label', {}, 'Characters'),
       characters,
       h('button', { class: 'small', onclick: () => { characters.append(characterRow()); changed(); } }, '+ Character')));
 }

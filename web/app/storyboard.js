@@ -11,7 +11,7 @@ import { clearDraft, loadDraft, saveDraft } from './drafts.js';
 
 const CAMERAS = ['static', 'slow pan left', 'slow pan right', 'dolly in', 'dolly out', 'tilt up', 'tilt down',
   'orbit', 'handheld', 'crane up', 'tracking shot', 'close-up', 'wide shot'];
-const TRANSITIONS = [['cut', 'Cut'], ['crossfade', 'Crossfade'], ['fade_black', 'Fade through black']];
+const TRANSITIONS = [['cut', 'Cut'], ['crossfade', 'Crossfade'], ['fade-through-black', 'Fade through black']];
 const EDITABLE = ['prompt', 'negative_prompt', 'duration_s', 'camera', 'transition', 'model', 'seed'];
 const PENDING = new Set(['draft', 'failed']);
 
@@ -122,7 +122,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
     },
     h('div', { class: 'thumb' }, take
       ? h('video', { src: `${endpoints.assets.fileUrl(take.asset_id)}#t=0.05`, preload: 'metadata', muted: true })
-      : (shot.references?.length ? h('img', { src: endpoints.assets.fileUrl(shot.references[0]), alt: '', loading: 'lazy' }) : '🎬')),
+      : (shot.references?.length ? h('img', { src: endpoints.assets.fileUrl(shot.references[0]), alt: '', loading: 'lazy' }) : h('span', { class: 'play', 'aria-hidden': 'true' }))),
     h('div', { class: 'row' }, h('span', { class: 'num' }, `#${shot.position + 1} · ${Number(shot.duration_s).toFixed(1)}s`),
       h('span', { class: 'spacer' }), h('span', { class: `badge ${shot.status}` }, shot.status)),
     h('div', { class: 'prompt' }, shot.prompt || h('span', { class: 'muted' }, 'No prompt yet')));
@@ -337,10 +337,10 @@ export async function storyboardEditor(container, { project, board, actions }) {
     const camera = input('camera', { list: 'cameras', placeholder: 'static' });
     const model = input('model', { list: 'models', placeholder: 'default model' });
     const modelsList = h('datalist', { id: 'models' });
-    attempt('Loading models', async () => {
-      const list = await endpoints.models.list();
+    // Suggestions only: without a model list the field still takes any name.
+    endpoints.models.list().then((list) => {
       modelsList.replaceChildren(...(list.models ?? list).map((m) => h('option', { value: m.name ?? m.id ?? m })));
-    });
+    }, () => {});
     const expandOut = h('div', { class: 'stack' });
     saveStateEl = h('span', { class: 'small muted', 'aria-live': 'polite' }, unsaved.has(shot.id) ? 'Not saved yet' : 'All changes saved');
     statusBadge = h('span', { class: `badge ${shot.status}` }, shot.status);

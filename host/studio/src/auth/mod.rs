@@ -132,14 +132,14 @@ async fn guard(State(auth): State<Auth>, mut request: Request, next: Next) -> Re
         return next.run(request).await;
     }
     let caller = identify(&auth, headers);
-    let path = request.uri().path();
+    let path = request.uri().path().to_owned();
     let public = path == "/api/health"
         || path == "/api/auth/login"
         || path == "/api/auth/session"
         || web::is_login_asset(path.trim_start_matches('/'));
     match &caller {
         Caller::Anonymous if !public => {
-            return if !path.starts_with("/api/") && *request.method() == Method::GET {
+            return if !path.starts_with("/api/") && request.method() == Method::GET {
                 web::login_page(StatusCode::UNAUTHORIZED)
             } else {
                 json_error(
@@ -271,8 +271,11 @@ struct LoginRequest {
     token: String,
 }
 
-async fn login(State(auth): State<Auth>, body: Option<Json<LoginRequest>>) -> Response {
-    let Some(Json(LoginRequest { token })) = body else {
+async fn login(
+    State(auth): State<Auth>,
+    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(LoginRequest { token })) = body else {
         return json_error(
             StatusCode::BAD_REQUEST,
             "bad_request",

@@ -54,12 +54,14 @@ impl CredentialStore {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create auth folder {}", dir.display()))?;
         let token_sha256 = match read_json::<TokenFile>(&dir.join("token.json"))? {
-            Some(file) => Some(parse_digest(&file.token_sha256).with_context(|| {
-                format!("{} is corrupt", dir.join("token.json").display())
-            })?),
+            Some(file) => Some(
+                parse_digest(&file.token_sha256)
+                    .with_context(|| format!("{} is corrupt", dir.join("token.json").display()))?,
+            ),
             None => None,
         };
-        let mut sessions = read_json::<SessionsFile>(&dir.join("sessions.json"))?.unwrap_or_default();
+        let mut sessions =
+            read_json::<SessionsFile>(&dir.join("sessions.json"))?.unwrap_or_default();
         let now = unix_now();
         sessions.sessions.retain(|_, s| s.expires_at > now);
         Ok(Self {
@@ -98,7 +100,7 @@ impl CredentialStore {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(candidate.trim().as_bytes()).into();
-        digest.ct_eq(&stored).into()
+        digest[..].ct_eq(&stored[..]).into()
     }
 
     pub fn create_session(&self) -> Result<NewSession> {
@@ -133,7 +135,11 @@ impl CredentialStore {
 
     pub fn end_session(&self, cookie_value: &str) -> Result<()> {
         let mut sessions = self.sessions.lock().unwrap();
-        if sessions.sessions.remove(&session_key(cookie_value)).is_some() {
+        if sessions
+            .sessions
+            .remove(&session_key(cookie_value))
+            .is_some()
+        {
             write_json(&self.dir.join("sessions.json"), &*sessions)?;
         }
         Ok(())

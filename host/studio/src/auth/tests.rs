@@ -7,7 +7,10 @@ fn app(dir: &Path, bind: &str, require_auth: bool) -> (Router, Option<String>) {
     let setup = Auth::for_bind(dir, bind.parse().unwrap(), require_auth).unwrap();
     let api = Router::new()
         .route("/api/health", get(|| async { "ok" }))
-        .route("/api/projects", get(|| async { "[]" }).post(|| async { "created" }))
+        .route(
+            "/api/projects",
+            get(|| async { "[]" }).post(|| async { "created" }),
+        )
         .merge(web::router());
     (protect(api, setup.auth), setup.new_token)
 }
@@ -38,7 +41,11 @@ fn only_loopback_binds_go_without_auth() {
         ("192.168.1.20", true),
     ];
     for (bind, required) in cases {
-        assert_eq!(auth_required_for(bind.parse().unwrap(), false), required, "{bind}");
+        assert_eq!(
+            auth_required_for(bind.parse().unwrap(), false),
+            required,
+            "{bind}"
+        );
     }
     assert!(auth_required_for("127.0.0.1".parse().unwrap(), true));
 }
@@ -59,7 +66,11 @@ async fn loopback_server_needs_no_login_and_creates_no_token() {
 async fn loopback_server_refuses_other_host_names() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _) = app(dir.path(), "127.0.0.1", false);
-    let (status, _, body) = call(&app, req("GET", "/api/projects").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = call(
+        &app,
+        req("GET", "/api/projects").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("host_not_allowed"), "{body}");
     let ok = Request::get("/api/projects")
@@ -88,16 +99,40 @@ async fn remote_server_answers_401_to_anonymous_calls_but_serves_login_page() {
     let dir = tempfile::tempdir().unwrap();
     let (app, token) = app(dir.path(), "0.0.0.0", false);
     assert!(token.unwrap().starts_with(TOKEN_PREFIX));
-    let (status, _, body) = call(&app, req("GET", "/api/projects").body(Body::empty()).unwrap()).await;
+    let (status, _, body) = call(
+        &app,
+        req("GET", "/api/projects").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body.contains("\"unauthorized\""), "{body}");
     let (status, headers, body) = call(&app, req("GET", "/").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
-    assert!(body.contains("login.js"), "the 401 page is the sign-in page");
-    let (status, _, _) = call(&app, req("GET", "/app/app.css").body(Body::empty()).unwrap()).await;
-    assert_eq!(status, StatusCode::OK, "the sign-in page's stylesheet is public");
-    let (status, _, _) = call(&app, req("GET", "/app/main.js").body(Body::empty()).unwrap()).await;
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        body.contains("login.js"),
+        "the 401 page is the sign-in page"
+    );
+    let (status, _, _) = call(
+        &app,
+        req("GET", "/app/app.css").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the sign-in page's stylesheet is public"
+    );
+    let (status, _, _) = call(
+        &app,
+        req("GET", "/app/main.js").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = call(&app, req("GET", "/api/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);

@@ -13,7 +13,6 @@ use rust_embed::{EmbeddedFile, RustEmbed};
 
 #[derive(RustEmbed)]
 #[folder = "../../web/"]
-#[exclude = "*.md"]
 struct WebFiles;
 
 /// The page a browser gets for `/` and for any extension-less path (client-side routes).
@@ -76,9 +75,8 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(file.metadata.mimetype()).unwrap_or(HeaderValue::from_static(
-            "application/octet-stream",
-        )),
+        HeaderValue::from_str(file.metadata.mimetype())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     // Revalidate every time: files are small and an upgraded binary must never run stale JS.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
