@@ -148,6 +148,8 @@ try {
   await step('upload an asset by drag and drop, then find it by search', async () => {
     await page.goto(`${BASE}/#/assets`);
     await page.getByRole('heading', { name: 'Asset library' }).waitFor();
+    await page.getByLabel('Tags for uploads').fill('keeper, portrait');
+    await page.getByLabel('Caption for uploads').fill('The keeper in his raincoat');
     const png = fs.readFileSync(path.join(FIXTURES, 'reference.png')).toString('base64');
     const drop = await page.evaluateHandle((b64) => {
       const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));

@@ -36,7 +36,7 @@ export const assets = {
     return request('POST', '/api/assets', form);
   },
   fileUrl: (id) => `/api/assets/${id}/file`,
-  downloadUrl: (id) => `/api/assets/${id}/file?download=1`,
+  downloadUrl: (id) => `/api/assets/${id}/file`,
 };
 
 export const jobs = {

@@ -25,11 +25,17 @@ export async function render(container) {
     upload([...e.dataTransfer.files]);
   });
 
+  const uploadProject = h('select', { 'aria-label': 'Project for uploads' }, h('option', { value: '' }, 'No project'),
+    projects.map((p) => h('option', { value: p.id }, p.name)));
+  const uploadTags = h('input', { placeholder: 'tags, comma separated', 'aria-label': 'Tags for uploads' });
+  const uploadCaption = h('input', { placeholder: 'caption', 'aria-label': 'Caption for uploads' });
+
   async function upload(files) {
     let added = 0;
+    const fields = { project_id: uploadProject.value, tags: uploadTags.value, caption: uploadCaption.value };
     for (const file of files) {
       dropzone.textContent = `Uploading ${file.name}…`;
-      if (await attempt(`Uploading ${file.name}`, () => endpoints.assets.upload(file, {}))) added += 1;
+      if (await attempt(`Uploading ${file.name}`, () => endpoints.assets.upload(file, fields))) added += 1;
     }
     dropzone.textContent = 'Drop images, videos or audio here, or press to choose files.';
     fileInput.value = '';
@@ -41,7 +47,9 @@ export async function render(container) {
 
   container.append(
     h('div', { class: 'page-head' }, h('h1', {}, 'Asset library')),
-    h('div', { class: 'stack' }, dropzone, fileInput, browser.el),
+    h('div', { class: 'stack' },
+      h('div', { class: 'row' }, h('span', { class: 'small muted' }, 'New uploads:'), uploadProject, uploadTags, uploadCaption),
+      dropzone, fileInput, browser.el),
   );
   browser.focus();
   return () => browser.destroy();

@@ -9,8 +9,9 @@ use std::path::Path;
 pub enum AuthCommand {
     /// Replace the access token (signing out every browser) and print the new one once.
     ResetToken {
-        #[command(flatten)]
-        output: super::Output,
+        /// Print `{"token": "..."}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -21,14 +22,16 @@ struct NewToken {
 
 pub fn run(data: &Path, cmd: AuthCommand) -> anyhow::Result<()> {
     match cmd {
-        AuthCommand::ResetToken { output } => {
+        AuthCommand::ResetToken { json } => {
             let token = videosdgx_studio::auth::reset_token(data)?;
-            output.print(&NewToken { token }, |t| {
-                format!(
-                    "New access token (shown only this once; every browser must sign in again):\n{}",
-                    t.token
-                )
-            })
+            if json {
+                println!("{}", serde_json::to_string_pretty(&NewToken { token })?);
+            } else {
+                println!(
+                    "New access token (shown only this once; every browser must sign in again):\n{token}"
+                );
+            }
+            Ok(())
         }
     }
 }
