@@ -24,7 +24,7 @@ export async function render(container) {
         h('table', {}, h('thead', {}, h('tr', {}, ['Plugin', 'Kind', 'Capabilities', 'Enabled', ''].map((t) => h('th', {}, t)))), table)),
       h('section', { class: 'panel', 'aria-label': 'Audit log' },
         h('div', { class: 'row' }, h('h3', { class: 'grow' }, 'Audit log'), auditFilter),
-        h('table', {}, h('thead', {}, h('tr', {}, ['When', 'Plugin', 'Job', 'Call', 'Outcome'].map((t) => h('th', {}, t)))), audit))));
+        h('table', {}, h('thead', {}, h('tr', {}, ['When', 'Plugin', 'Call', 'Capability', 'Outcome'].map((t) => h('th', {}, t)))), audit))));
 
   async function loadPlugins() {
     const list = await endpoints.plugins.list();
@@ -43,10 +43,10 @@ export async function render(container) {
         if (!ok) toggle.checked = !toggle.checked;
       } });
     return h('tr', { dataset: { pluginId: plugin.id } },
-      h('td', {}, h('strong', {}, plugin.id), h('div', { class: 'small muted' }, `v${plugin.version} · API ${plugin.api_version}`),
+      h('td', {}, h('strong', {}, plugin.name ?? plugin.id), h('div', { class: 'small muted mono' }, `${plugin.id} · v${plugin.version} · API ${plugin.api_version}`),
         plugin.description ? h('div', { class: 'small' }, plugin.description) : null),
       h('td', {}, plugin.world),
-      h('td', {}, capabilityList(plugin.grants ?? plugin.capabilities ?? [])),
+      h('td', {}, capabilityList(plugin.granted ?? [], plugin.denied ?? [])),
       h('td', {}, toggle),
       h('td', {}, h('button', { class: 'small danger', onclick: () => uninstall(plugin) }, 'Uninstall')));
   }
@@ -74,7 +74,7 @@ export async function render(container) {
     const grants = await grantDialog(inspected);
     if (!grants) return;
     const form = files();
-    form.append('grants', JSON.stringify(grants));
+    for (const capability of grants.grant) form.append('grant', capability);
     const installed = await attempt('Installing the plugin', () => endpoints.plugins.install(form));
     if (!installed) return;
     toast(`Installed ${installed.id ?? inspected.id}.`, 'ok');
@@ -89,38 +89,42 @@ export async function render(container) {
     const entries = page.entries ?? page;
     if (!entries.length) { clear(audit, h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No host calls recorded yet.'))); return; }
     clear(audit, entries.map((e) => h('tr', {},
-      h('td', { class: 'small' }, formatDate(e.at)), h('td', {}, e.plugin_id), h('td', {}, e.job_id ?? ''),
-      h('td', { class: 'mono' }, e.call), h('td', {}, h('span', { class: `badge ${/denied|refused|error/i.test(e.outcome) ? 'failed' : 'succeeded'}` }, e.outcome)))));
+      h('td', { class: 'small' }, formatDate(new Date(e.at_ms).toISOString())), h('td', {}, e.plugin_id),
+      h('td', { class: 'mono' }, e.function, e.detail ? h('div', { class: 'small muted' }, e.detail) : null),
+      h('td', { class: 'mono small' }, e.capability ?? ''),
+      h('td', {}, h('span', { class: `badge ${e.allowed && !e.error ? 'succeeded' : 'failed'}` },
+        !e.allowed ? 'refused' : e.error ? 'error' : 'ok'), e.error ? h('div', { class: 'small muted' }, e.error) : null))));
   }
 
   await attempt('Loading plugins', loadPlugins);
   await attempt('Loading the audit log', loadAudit);
 }
 
-function capabilityList(grants) {
-  if (!grants.length) return h('span', { class: 'muted small' }, 'none');
-  return h('div', { class: 'caps' }, grants.map((g) => {
-    const name = g.capability ?? g.name ?? g;
-    const granted = g.granted ?? true;
-    return h('span', { class: `cap ${granted ? 'granted' : 'refused'}`, title: granted ? 'granted' : 'refused' }, name);
-  }));
+function capabilityList(granted, denied) {
+  if (!granted.length && !denied.length) return h('span', { class: 'muted small' }, 'none');
+  return h('div', { class: 'caps' },
+    granted.map((name) => h('span', { class: 'cap granted', title: 'granted' }, name)),
+    denied.map((name) => h('span', { class: 'cap refused', title: 'refused' }, name)));
 }
 
 /**
  * Lists what the plugin asks for, one checkbox per capability (all unticked: nothing is granted
- * without a deliberate choice). Resolves with [{capability, granted}] or undefined.
+ * without a deliberate choice). Resolves with {grant: [capability…]} or undefined; every
+ * capability not ticked is refused.
  */
 function grantDialog(plugin) {
-  const requested = plugin.capabilities ?? plugin.requested ?? [];
-  const boxes = requested.map((cap) => {
-    const name = cap.name ?? cap;
-    return { name, box: h('input', { type: 'checkbox', id: `grant-${name}`, style: 'width:auto', dataset: { capability: name } }), why: cap.description ?? '' };
-  });
+  const requested = plugin.capabilities ?? [];
+  const boxes = requested.map((name) => ({
+    name,
+    box: h('input', { type: 'checkbox', id: `grant-${name.replace(/\W/g, '-')}`, style: 'width:auto', dataset: { capability: name } }),
+    why: plugin.explanations?.[name] ?? '',
+  }));
   return modal((close) => h('form', {
     id: 'grant-dialog',
-    onsubmit: (e) => { e.preventDefault(); close(boxes.map(({ name, box }) => ({ capability: name, granted: box.checked }))); },
+    onsubmit: (e) => { e.preventDefault(); close({ grant: boxes.filter((b) => b.box.checked).map((b) => b.name) }); },
   },
-  h('h2', {}, `Install ${plugin.id} ${plugin.version ?? ''}?`),
+  h('h2', {}, `Install ${plugin.name ?? plugin.id} ${plugin.version ?? ''}?`),
+  h('p', { class: 'small muted mono' }, `${plugin.id} · ${plugin.world} · API ${plugin.api_version}`),
   plugin.description ? h('p', { class: 'muted' }, plugin.description) : null,
   h('p', {}, requested.length
     ? 'This plugin asks for the capabilities below. Tick only those you grant; it cannot use the others.'
