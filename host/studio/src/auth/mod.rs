@@ -77,6 +77,14 @@ impl Auth {
     }
 }
 
+/// Prints a newly created access token to stderr, the one time it is shown.
+pub fn announce_new_token(token: &str) {
+    eprintln!(
+        "\n  Remote access needs this access token (shown only this once; \
+         `videosdgx auth reset-token` makes a new one):\n\n    {token}\n"
+    );
+}
+
 /// Replaces the access token (ending all sessions) and returns the new one.
 pub fn reset_token(data_dir: &Path) -> Result<String> {
     CredentialStore::open(data_dir)?.create_token()
