@@ -13,6 +13,8 @@ pub struct StudioConfig {
     pub data_dir: PathBuf,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Demand sign-in even on loopback (it is always demanded on other addresses).
+    pub require_auth: bool,
 }
 
 impl StudioConfig {
@@ -22,6 +24,7 @@ impl StudioConfig {
         StudioConfig {
             data_dir: data_dir.into(),
             max_upload_bytes: Self::DEFAULT_MAX_UPLOAD_BYTES,
+            require_auth: false,
         }
     }
 }

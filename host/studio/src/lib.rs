@@ -4,12 +4,14 @@
 pub mod api;
 pub mod app;
 pub mod assets;
+pub mod auth;
 pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod projects;
 pub mod server;
 pub mod shots;
+pub mod web;
 
 pub use app::{App, StudioConfig};
 pub use error::{Result, StudioError};

@@ -4,6 +4,7 @@
 //! [`router`].
 
 use crate::app::App;
+use crate::auth::Auth;
 use crate::error::{Result, StudioError};
 use crate::jobs::JobQueue;
 use axum::Router;
@@ -18,11 +19,13 @@ const CPU_WORKERS: usize = 2;
 /// How long shutdown waits for running jobs to reach a stopping point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The whole HTTP surface.
-pub fn router(app: Arc<App>) -> Router {
-    crate::api::routes()
+/// The whole HTTP surface: the API and the embedded web UI, behind the access policy.
+pub fn router(app: Arc<App>, auth: Auth) -> Router {
+    let routes = crate::api::routes()
         .route("/api/{*rest}", axum::routing::any(crate::api::not_found))
         .with_state(app)
+        .merge(crate::web::router());
+    crate::auth::protect(routes, auth)
 }
 
 /// Holds `<data>/serve.lock` so that two servers never run the same queue.
@@ -52,6 +55,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let _lock = ServerLock::acquire(app.data_dir())?;
+    let auth = Auth::for_bind(app.data_dir(), listener.local_addr()?.ip(), app.config.require_auth)?;
+    if let Some(token) = &auth.new_token {
+        crate::auth::announce_new_token(token);
+    }
     let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
     if !recovered.is_empty() {
         tracing::warn!(
@@ -69,7 +76,7 @@ pub async fn serve(
         // Ends event streams too, so open SSE connections do not hold the server up.
         stopping.jobs.stop();
     };
-    axum::serve(listener, router(app.clone()))
+    axum::serve(listener, router(app.clone(), auth.auth))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StudioError::from)?;

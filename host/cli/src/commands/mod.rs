@@ -2,6 +2,7 @@
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
 mod assets;
+mod auth;
 pub mod bench;
 mod jobs;
 mod project;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Measure GPU speed: Wan transformer forwards and the fused kernels (CUDA builds only).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Manage the access token for remote (non-loopback) access to `serve`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Assets(cmd) => assets::run(&open(data)?, cmd),
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Auth(cmd) => auth::run(&data, cmd),
     }
 }
 

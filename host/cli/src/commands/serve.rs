@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Largest accepted upload in bytes.
     #[arg(long, default_value_t = StudioConfig::DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
+    /// Ask for the access token even on loopback (always asked on any other address).
+    #[arg(long, env = "VIDEOSDGX_REQUIRE_AUTH")]
+    pub require_auth: bool,
 }
 
 pub fn run(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
@@ -23,6 +26,7 @@ pub fn run(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut config = StudioConfig::new(data.clone());
         config.max_upload_bytes = args.max_upload_bytes;
+        config.require_auth = args.require_auth;
         let app = tokio::task::spawn_blocking(move || App::open(config))
             .await?
             .with_context(|| format!("cannot open studio data in {}", data.display()))?;
