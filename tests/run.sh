@@ -2,4 +2,21 @@
 # The whole test suite, on a fresh machine: installs what the tests need, then runs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Browser end-to-end tests (tests/web_e2e.rs) drive Debian's headless Chromium with
+# playwright-core; neither is needed at run time, only here.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+if [ ! -d tests/web/node_modules/playwright-core ]; then
+  (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo test --workspace

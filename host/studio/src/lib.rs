@@ -1,2 +1,17 @@
 //! Studio service: the project database (source of truth), the asset library and its derived
 //! search index, the persistent job queue, and the HTTP API over them.
+
+pub mod api;
+pub mod app;
+pub mod assets;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod jobs;
+pub mod projects;
+pub mod server;
+pub mod shots;
+pub mod web;
+
+pub use app::{App, StudioConfig};
+pub use error::{Result, StudioError};

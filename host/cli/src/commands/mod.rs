@@ -1,13 +1,24 @@
 //! Command-line surface. One module per command group; each parses its own arguments
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
-use clap::{Parser, Subcommand};
+mod assets;
+mod auth;
+pub mod bench;
+mod jobs;
+mod project;
+mod serve;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 use std::path::PathBuf;
+use videosdgx_studio::{App, StudioConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "videosdgx", version, about = "Local AI video studio")]
 pub struct Cli {
-    /// Data directory (database, assets, models, caches).
+    /// Data directory (database, assets, models, caches). Default: the user's data directory
+    /// (e.g. ~/.local/share/videosdgx).
     #[arg(long, global = true, env = "VIDEOSDGX_DATA")]
     pub data: Option<PathBuf>,
     #[command(subcommand)]
@@ -15,8 +26,78 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Run the studio server (HTTP API and job queue) until SIGINT/SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Create, list, show, rename and delete projects.
+    #[command(subcommand)]
+    Project(project::ProjectCommand),
+    /// Import, search and reindex the asset library.
+    #[command(subcommand)]
+    Assets(assets::AssetsCommand),
+    /// Inspect, cancel and retry queued jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Measure GPU speed: Wan transformer forwards and the fused kernels (CUDA builds only).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Manage the access token for remote (non-loopback) access to `serve`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    let data = data_dir(cli.data)?;
+    match cli.command {
+        Command::Serve(args) => serve::run(data, args),
+        Command::Project(cmd) => project::run(&open(data)?, cmd),
+        Command::Assets(cmd) => assets::run(&open(data)?, cmd),
+        Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Auth(cmd) => auth::run(&data, cmd),
+    }
+}
+
+/// `--data`, else `$VIDEOSDGX_DATA`, else `<XDG data dir>/videosdgx`.
+pub fn data_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match explicit {
+        Some(dir) => Ok(dir),
+        None => dirs::data_dir()
+            .map(|d| d.join("videosdgx"))
+            .context("no data directory: pass --data DIR or set VIDEOSDGX_DATA"),
+    }
+}
+
+/// Opens the studio's data directory for a one-shot command.
+pub fn open(data: PathBuf) -> anyhow::Result<App> {
+    let shown = data.display().to_string();
+    App::open(StudioConfig::new(data))
+        .with_context(|| format!("cannot open studio data in {shown}"))
+}
+
+/// `--json` for commands that print records.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Output {
+    /// Print records as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `value` as pretty JSON, or as the text `text` makes of it.
+    pub fn print<T: Serialize>(
+        self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            let text = text(value);
+            if !text.is_empty() {
+                println!("{text}");
+            }
+        }
+        Ok(())
+    }
 }

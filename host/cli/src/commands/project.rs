@@ -1,0 +1,59 @@
+//! `videosdgx project ...`: project records.
+
+use super::Output;
+use clap::Subcommand;
+use videosdgx_studio::{App, projects};
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Create a project and print it.
+    Create {
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List projects.
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show one project.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Rename a project.
+    Rename {
+        id: i64,
+        name: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Delete a project with its storyboards and shots (its assets stay in the library).
+    Delete { id: i64 },
+}
+
+fn line(p: &projects::Project) -> String {
+    format!("{}\t{}\t{}", p.id, p.name, p.created_at)
+}
+
+pub fn run(app: &App, cmd: ProjectCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProjectCommand::Create { name, out } => {
+            out.print(&projects::create_project(&app.db, &name)?, line)
+        }
+        ProjectCommand::List { out } => out.print(&projects::list_projects(&app.db)?, |ps| {
+            ps.iter().map(line).collect::<Vec<_>>().join("\n")
+        }),
+        ProjectCommand::Show { id, out } => out.print(&projects::get_project(&app.db, id)?, line),
+        ProjectCommand::Rename { id, name, out } => {
+            out.print(&projects::rename_project(&app.db, id, &name)?, line)
+        }
+        ProjectCommand::Delete { id } => {
+            projects::delete_project(&app.db, id)?;
+            eprintln!("deleted project {id}");
+            Ok(())
+        }
+    }
+}

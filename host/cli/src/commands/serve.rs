@@ -1,0 +1,40 @@
+//! `videosdgx serve`: the studio server in the foreground.
+
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use videosdgx_studio::{App, StudioConfig, server};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to bind. The default keeps the studio private to this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// Largest accepted upload in bytes.
+    #[arg(long, default_value_t = StudioConfig::DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+    /// Ask for the access token even on loopback (always asked on any other address).
+    #[arg(long, env = "VIDEOSDGX_REQUIRE_AUTH")]
+    pub require_auth: bool,
+}
+
+pub fn run(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut config = StudioConfig::new(data.clone());
+        config.max_upload_bytes = args.max_upload_bytes;
+        config.require_auth = args.require_auth;
+        let app = tokio::task::spawn_blocking(move || App::open(config))
+            .await?
+            .with_context(|| format!("cannot open studio data in {}", data.display()))?;
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        server::serve(Arc::new(app), listener, server::shutdown_signal()).await?;
+        Ok(())
+    })
+}

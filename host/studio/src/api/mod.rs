@@ -1,0 +1,106 @@
+//! The HTTP API under `/api`: one router per resource, merged here, plus the OpenAPI document
+//! generated from the handlers' annotations. Handlers are thin: they parse, call the service
+//! layer ([`App`]) and map its errors with [`error::ApiError`].
+
+pub mod assets;
+pub mod error;
+pub mod jobs;
+pub mod projects;
+
+use crate::app::App;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use error::{ApiError, ApiResult, Json};
+use serde::Serialize;
+use std::sync::Arc;
+use utoipa::{OpenApi, ToSchema};
+
+/// Largest JSON request body.
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "VideosDGX studio API",
+        description = "Projects, storyboards, shots, assets and jobs."
+    ),
+    paths(
+        health,
+        projects::list_projects,
+        projects::create_project,
+        projects::get_project,
+        projects::rename_project,
+        projects::delete_project,
+        projects::list_storyboards,
+        projects::create_storyboard,
+        projects::get_storyboard,
+        projects::update_storyboard,
+        projects::delete_storyboard,
+        projects::list_shots,
+        projects::create_shot,
+        projects::reorder_shots,
+        projects::get_shot,
+        projects::update_shot,
+        projects::delete_shot,
+        assets::upload,
+        assets::get_asset,
+        assets::download,
+        assets::search,
+        jobs::list_jobs,
+        jobs::submit_job,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::retry_job,
+        jobs::all_events,
+        jobs::job_events,
+    ),
+    components(schemas(error::ErrorBody, crate::jobs::JobEvent))
+)]
+pub struct ApiDoc;
+
+/// Every `/api` route, without state. Other routers (plugins, web UI) are merged beside it in
+/// [`crate::server::router`].
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi))
+        .merge(projects::routes())
+        .merge(assets::routes())
+        .merge(jobs::routes())
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+}
+
+/// Unknown `/api` paths answer in the API's error shape.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+    pub schema_version: i64,
+    pub job_kinds: Vec<&'static str>,
+}
+
+#[utoipa::path(get, path = "/api/health", tag = "studio",
+    responses((status = 200, body = Health), (status = 503, body = error::ErrorBody)))]
+pub async fn health(State(app): State<Arc<App>>) -> ApiResult<Json<Health>> {
+    // A trivial query proves the database answers.
+    app.blocking(|a| {
+        a.db.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+    })
+    .await?;
+    Ok(Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        schema_version: crate::db::SCHEMA_VERSION,
+        job_kinds: app.jobs.kinds(),
+    }))
+}
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

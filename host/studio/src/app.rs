@@ -1,0 +1,83 @@
+//! The studio service as one value: configuration, database, asset library and job queue. The
+//! HTTP API, the CLI and plugins all go through it; it knows nothing of HTTP.
+
+use crate::assets::AssetLibrary;
+use crate::db::Db;
+use crate::error::{Result, StudioError};
+use crate::jobs::{JobQueue, JobRunner, runners};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct StudioConfig {
+    pub data_dir: PathBuf,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Demand sign-in even on loopback (it is always demanded on other addresses).
+    pub require_auth: bool,
+}
+
+impl StudioConfig {
+    pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+    pub fn new(data_dir: impl Into<PathBuf>) -> StudioConfig {
+        StudioConfig {
+            data_dir: data_dir.into(),
+            max_upload_bytes: Self::DEFAULT_MAX_UPLOAD_BYTES,
+            require_auth: false,
+        }
+    }
+}
+
+pub struct App {
+    pub config: StudioConfig,
+    pub db: Db,
+    pub assets: AssetLibrary,
+    pub jobs: JobQueue,
+}
+
+impl App {
+    /// Opens (creating) the data directory: `studio.db`, `assets/`, `index/`.
+    pub fn open(config: StudioConfig) -> Result<App> {
+        Self::open_with_runners(config, default_runners())
+    }
+
+    pub fn open_with_runners(
+        config: StudioConfig,
+        runners: Vec<Arc<dyn JobRunner>>,
+    ) -> Result<App> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StudioError::from(e)
+                .context_internal(format!("cannot create data directory {}", dir.display()))
+        })?;
+        let db = Db::open(&dir.join("studio.db"))?;
+        let assets = AssetLibrary::open(dir, &db)?;
+        Ok(App {
+            config,
+            db,
+            assets,
+            jobs: JobQueue::new(runners),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Runs blocking service code (SQLite, file I/O) off the async workers.
+    pub async fn blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&App) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || f(&app))
+            .await
+            .map_err(|e| StudioError::Internal(anyhow::anyhow!("service task failed: {e}")))?
+    }
+}
+
+/// The job kinds every build can run.
+pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
+    vec![Arc::new(runners::Reindex), Arc::new(runners::ImportFolder)]
+}

@@ -1,0 +1,404 @@
+//! The asset library: validated media files stored by content hash, their metadata rows, and the
+//! search index derived from those rows. Imports go stage -> validate -> store -> row -> index, so
+//! a failure at any step leaves what was stored before untouched.
+
+pub mod media;
+pub mod search;
+pub mod store;
+
+pub use media::{MediaInfo, MediaKind};
+pub use search::{SearchIndex, SearchQuery};
+pub use store::{BlobStore, Finished, Staged};
+
+use crate::db::{Db, now_ms, rfc3339};
+use crate::error::{Result, StudioError};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Asset {
+    pub id: i64,
+    pub sha256: String,
+    pub kind: MediaKind,
+    pub mime: String,
+    pub size_bytes: u64,
+    pub original_name: String,
+    pub project_id: Option<i64>,
+    pub caption: String,
+    pub tags: Vec<String>,
+    /// The prompt that generated it, if generated.
+    pub prompt: String,
+    pub model: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    #[serde(skip)]
+    pub created_ms: i64,
+}
+
+/// Metadata given with an import.
+#[derive(Debug, Clone, Default)]
+pub struct NewAsset {
+    pub name: String,
+    pub project_id: Option<i64>,
+    pub caption: String,
+    pub tags: Vec<String>,
+    pub prompt: String,
+    pub model: Option<String>,
+}
+
+/// A search result: the asset and its relevance (higher is better).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub score: f32,
+    #[serde(flatten)]
+    pub asset: Asset,
+}
+
+fn asset_from_row(row: &Row) -> rusqlite::Result<Asset> {
+    let kind: String = row.get("kind")?;
+    let tags: String = row.get("tags")?;
+    let created_ms: i64 = row.get("created_at")?;
+    Ok(Asset {
+        id: row.get("id")?,
+        sha256: row.get("sha256")?,
+        kind: kind.parse().unwrap_or(MediaKind::Image),
+        mime: row.get("mime")?,
+        size_bytes: row.get::<_, i64>("size_bytes")? as u64,
+        original_name: row.get("original_name")?,
+        project_id: row.get("project_id")?,
+        caption: row.get("caption")?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        prompt: row.get("prompt")?,
+        model: row.get("model")?,
+        width: row.get("width")?,
+        height: row.get("height")?,
+        created_at: rfc3339(created_ms),
+        created_ms,
+    })
+}
+
+/// Refuses names that try to act as paths. Names are only labels (files are stored by hash), but
+/// they end up in downloads and exports, so `../x`, `a/b`, `C:\x` and control characters are out.
+pub fn checked_file_name(name: &str) -> Result<String> {
+    let trimmed = name.trim();
+    let bad = trimmed.is_empty()
+        || trimmed == "."
+        || trimmed == ".."
+        || trimmed.contains(['/', '\\', ':'])
+        || trimmed.chars().any(char::is_control)
+        || trimmed.len() > 255;
+    if bad {
+        return Err(StudioError::Invalid(format!(
+            "file name {name:?} is not a plain file name (no paths, '..', ':' or control characters; \
+             at most 255 bytes)"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Lowercases, trims and de-duplicates tags; refuses tags that cannot round-trip a comma list.
+pub fn normalized_tags<S: AsRef<str>>(tags: &[S]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = tag.as_ref().trim().to_lowercase();
+        if tag.is_empty() {
+            continue;
+        }
+        if tag.len() > 64 || tag.contains(',') || tag.chars().any(char::is_control) {
+            return Err(StudioError::Invalid(format!(
+                "tag {tag:?} must be at most 64 bytes without commas or control characters"
+            )));
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+pub struct AssetLibrary {
+    store: BlobStore,
+    index: SearchIndex,
+}
+
+impl AssetLibrary {
+    /// Opens the blob store under `<data>/assets` and the index under `<data>/index`, rebuilding
+    /// the index from `db` when it is new, damaged or does not match the database.
+    pub fn open(data_dir: &Path, db: &Db) -> Result<AssetLibrary> {
+        let store = BlobStore::open(&data_dir.join("assets"))?;
+        let (index, fresh) = SearchIndex::open_or_create(&data_dir.join("index"))?;
+        let library = AssetLibrary { store, index };
+        let rows: i64 =
+            db.with(|c| Ok(c.query_row("SELECT count(*) FROM assets", [], |r| r.get(0))?))?;
+        if fresh || library.index.num_docs() != rows as u64 {
+            let count = library.reindex(db)?;
+            tracing::info!(count, "rebuilt the asset search index from the database");
+        }
+        Ok(library)
+    }
+
+    /// Rebuilds the search index from the database; returns the number of assets indexed.
+    pub fn reindex(&self, db: &Db) -> Result<u64> {
+        let assets = db.with(|c| {
+            let mut stmt = c.prepare("SELECT * FROM assets ORDER BY id")?;
+            let rows = stmt.query_map([], asset_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })?;
+        self.index.rebuild(assets.into_iter().map(Ok))
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
+    }
+
+    /// Where the bytes of `asset` are.
+    pub fn file_of(&self, asset: &Asset) -> PathBuf {
+        self.store.path_of(&asset.sha256)
+    }
+
+    /// Stages a new upload of at most `limit` bytes.
+    pub fn stage(&self, limit: Option<u64>) -> Result<Staged> {
+        self.store.stage(limit)
+    }
+
+    /// Validates and stores a staged file and records it. Returns the asset and whether it is new
+    /// (the same content imported again into the same project returns the existing asset).
+    pub fn import_staged(&self, db: &Db, staged: Staged, meta: &NewAsset) -> Result<(Asset, bool)> {
+        let (asset, created) = self.import_unindexed(db, staged, meta)?;
+        if created {
+            self.index.upsert(std::slice::from_ref(&asset))?;
+        }
+        Ok((asset, created))
+    }
+
+    /// Imports the file at `path` (its bytes are copied; the original is left alone).
+    pub fn import_file(&self, db: &Db, path: &Path, meta: &NewAsset) -> Result<(Asset, bool)> {
+        let staged = self.stage_file(path)?;
+        self.import_staged(db, staged, meta)
+    }
+
+    fn stage_file(&self, path: &Path) -> Result<Staged> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| StudioError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        let mut staged = self.stage(None)?;
+        staged.write_from(file)?;
+        Ok(staged)
+    }
+
+    /// Imports several files with one index commit. Files that are not media are reported, not
+    /// fatal; `on_file` sees each outcome (for progress and cancellation) and may stop the batch.
+    pub fn import_many(
+        &self,
+        db: &Db,
+        files: &[(PathBuf, NewAsset)],
+        mut on_file: impl FnMut(usize, &Result<(Asset, bool)>) -> std::ops::ControlFlow<()>,
+    ) -> Result<Vec<Result<(Asset, bool)>>> {
+        let mut outcomes = Vec::with_capacity(files.len());
+        let mut new_assets = Vec::new();
+        for (i, (path, meta)) in files.iter().enumerate() {
+            let outcome = self
+                .stage_file(path)
+                .and_then(|staged| self.import_unindexed(db, staged, meta));
+            if let Ok((asset, true)) = &outcome {
+                new_assets.push(asset.clone());
+            }
+            // Storage and database faults stop the batch; per-file content problems do not.
+            if matches!(
+                &outcome,
+                Err(StudioError::StorageFull(_)
+                    | StudioError::DatabaseBusy
+                    | StudioError::ReadOnly(_))
+            ) {
+                self.index.upsert(&new_assets)?;
+                return Err(outcome.err().expect("matched an error"));
+            }
+            let flow = on_file(i, &outcome);
+            outcomes.push(outcome);
+            if flow.is_break() {
+                break;
+            }
+        }
+        self.index.upsert(&new_assets)?;
+        Ok(outcomes)
+    }
+
+    fn import_unindexed(&self, db: &Db, staged: Staged, meta: &NewAsset) -> Result<(Asset, bool)> {
+        let name = checked_file_name(&meta.name)?;
+        let tags = normalized_tags(&meta.tags)?;
+        let finished = staged.finish()?;
+        let info = media::probe(finished.path(), &name)?;
+        if let Some(project) = meta.project_id {
+            crate::projects::get_project(db, project)?;
+        }
+        if let Some(existing) =
+            db.with(|c| find_by_content(c, &finished.sha256, meta.project_id))?
+        {
+            return Ok((existing, false));
+        }
+        let sha256 = finished.sha256.clone();
+        let len = finished.len;
+        self.store.commit(finished)?;
+        let asset = db.with(|c| {
+            Ok(c.query_row(
+                "INSERT INTO assets (sha256, kind, mime, size_bytes, original_name, project_id,
+                     caption, tags, prompt, model, width, height, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING *",
+                params![
+                    sha256,
+                    info.kind.as_str(),
+                    info.mime,
+                    len as i64,
+                    name,
+                    meta.project_id,
+                    meta.caption.trim(),
+                    serde_json::to_string(&tags).expect("strings serialize"),
+                    meta.prompt,
+                    meta.model,
+                    info.width,
+                    info.height,
+                    now_ms(),
+                ],
+                asset_from_row,
+            )?)
+        })?;
+        Ok((asset, true))
+    }
+
+    /// Assets matching `q`, best first.
+    pub fn search(&self, db: &Db, q: &SearchQuery) -> Result<Vec<SearchHit>> {
+        let hits = self.index.search(q)?;
+        db.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT * FROM assets WHERE id = ?1")?;
+            let mut out = Vec::with_capacity(hits.len());
+            for (id, score) in hits {
+                // An index entry for a row that no longer exists is skipped, not an error.
+                if let Some(asset) = stmt.query_row([id], asset_from_row).optional()? {
+                    out.push(SearchHit { score, asset });
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn find_by_content(c: &Connection, sha256: &str, project: Option<i64>) -> Result<Option<Asset>> {
+    Ok(c.query_row(
+        "SELECT * FROM assets WHERE sha256 = ?1 AND ifnull(project_id, 0) = ifnull(?2, 0)",
+        params![sha256, project],
+        asset_from_row,
+    )
+    .optional()?)
+}
+
+pub fn get_asset(db: &Db, id: i64) -> Result<Asset> {
+    db.with(|c| {
+        c.query_row("SELECT * FROM assets WHERE id = ?1", [id], asset_from_row)
+            .optional()?
+            .ok_or_else(|| StudioError::not_found("asset", id))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn png(seed: u8) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(4, 3, image::Rgb([seed, 1, 2]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    fn library() -> (tempfile::TempDir, Db, AssetLibrary) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("studio.db")).unwrap();
+        let lib = AssetLibrary::open(dir.path(), &db).unwrap();
+        (dir, db, lib)
+    }
+
+    fn add(lib: &AssetLibrary, db: &Db, bytes: &[u8], meta: NewAsset) -> Result<(Asset, bool)> {
+        let mut staged = lib.stage(None)?;
+        staged.write(bytes)?;
+        lib.import_staged(db, staged, &meta)
+    }
+
+    fn meta(name: &str, caption: &str, tags: &[&str]) -> NewAsset {
+        NewAsset {
+            name: name.into(),
+            caption: caption.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn same_content_twice_is_one_asset() {
+        let (_d, db, lib) = library();
+        let (a, new_a) = add(&lib, &db, &png(1), meta("a.png", "", &[])).unwrap();
+        let (b, new_b) = add(&lib, &db, &png(1), meta("b.png", "", &[])).unwrap();
+        assert!(new_a && !new_b);
+        assert_eq!(a.id, b.id);
+        assert_eq!(std::fs::read(lib.file_of(&a)).unwrap(), png(1));
+    }
+
+    #[test]
+    fn search_ranks_matches_and_applies_tag_filter() {
+        let (_d, db, lib) = library();
+        add(
+            &lib,
+            &db,
+            &png(1),
+            meta("1.png", "a red fox in snow", &["fox", "winter"]),
+        )
+        .unwrap();
+        add(&lib, &db, &png(2), meta("2.png", "a fox", &["fox"])).unwrap();
+        add(&lib, &db, &png(3), meta("3.png", "a blue whale", &["sea"])).unwrap();
+        let q = |text: &str, tags: &[&str]| SearchQuery {
+            text: text.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            limit: 10,
+            ..Default::default()
+        };
+        let hits = lib.search(&db, &q("fox", &[])).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert_eq!(
+            hits[0].asset.original_name, "2.png",
+            "shorter caption ranks first"
+        );
+        let hits = lib.search(&db, &q("fox", &["winter"])).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].asset.original_name, "1.png");
+    }
+
+    #[test]
+    fn corrupt_index_is_rebuilt_at_open() {
+        let (dir, db, lib) = library();
+        add(&lib, &db, &png(1), meta("1.png", "kept caption", &[])).unwrap();
+        drop(lib);
+        std::fs::write(dir.path().join("index/meta.json"), b"{ not json").unwrap();
+        let lib = AssetLibrary::open(dir.path(), &db).unwrap();
+        let q = SearchQuery {
+            text: "kept".into(),
+            limit: 5,
+            ..Default::default()
+        };
+        assert_eq!(lib.search(&db, &q).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn path_tricks_in_names_are_refused() {
+        for name in ["../x.png", "a/b.png", "..", "C:\\x.png", "x\0.png", ""] {
+            assert!(checked_file_name(name).is_err(), "{name:?}");
+        }
+        assert_eq!(checked_file_name(" shot 1.png ").unwrap(), "shot 1.png");
+    }
+}

@@ -1,0 +1,188 @@
+//! Numbered schema migrations, the only place the schema is defined. `PRAGMA user_version` records
+//! how many have been applied. Never edit an applied migration: append a new one.
+
+use crate::error::{Result, StudioError};
+use rusqlite::Connection;
+use std::path::Path;
+
+/// Migration `i` (0-based) takes the schema from version `i` to version `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: projects, storyboards, shots and their takes, assets, generation records, jobs.
+    r#"
+    CREATE TABLE projects (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+
+    CREATE TABLE storyboards (
+        id          INTEGER PRIMARY KEY,
+        project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        title       TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE INDEX storyboards_project ON storyboards(project_id);
+
+    CREATE TABLE assets (
+        id            INTEGER PRIMARY KEY,
+        sha256        TEXT NOT NULL CHECK (length(sha256) = 64),
+        kind          TEXT NOT NULL CHECK (kind IN ('image', 'video', 'audio')),
+        mime          TEXT NOT NULL,
+        size_bytes    INTEGER NOT NULL,
+        original_name TEXT NOT NULL,
+        project_id    INTEGER REFERENCES projects(id) ON DELETE SET NULL,
+        caption       TEXT NOT NULL DEFAULT '',
+        tags          TEXT NOT NULL DEFAULT '[]',   -- JSON array of strings
+        prompt        TEXT NOT NULL DEFAULT '',
+        model         TEXT,
+        width         INTEGER,
+        height        INTEGER,
+        created_at    INTEGER NOT NULL
+    );
+    -- One row per content per project: re-importing the same bytes returns the existing asset.
+    CREATE UNIQUE INDEX assets_content ON assets(sha256, ifnull(project_id, 0));
+    CREATE INDEX assets_project ON assets(project_id);
+
+    CREATE TABLE shots (
+        id              INTEGER PRIMARY KEY,
+        storyboard_id   INTEGER NOT NULL REFERENCES storyboards(id) ON DELETE CASCADE,
+        position        INTEGER NOT NULL,
+        prompt          TEXT NOT NULL DEFAULT '',
+        negative_prompt TEXT NOT NULL DEFAULT '',
+        duration_s      REAL NOT NULL DEFAULT 5.0 CHECK (duration_s > 0),
+        model           TEXT,
+        seed            INTEGER,
+        camera          TEXT NOT NULL DEFAULT '',
+        transition      TEXT NOT NULL DEFAULT 'cut',
+        status          TEXT NOT NULL DEFAULT 'draft'
+                        CHECK (status IN ('draft', 'queued', 'generating', 'generated', 'approved', 'failed')),
+        chosen_take_id  INTEGER REFERENCES takes(id) ON DELETE SET NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX shots_storyboard ON shots(storyboard_id, position);
+
+    -- Reference images/videos a shot is conditioned on, in order.
+    CREATE TABLE shot_references (
+        shot_id   INTEGER NOT NULL REFERENCES shots(id) ON DELETE CASCADE,
+        asset_id  INTEGER NOT NULL REFERENCES assets(id) ON DELETE CASCADE,
+        position  INTEGER NOT NULL,
+        PRIMARY KEY (shot_id, asset_id)
+    );
+
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY,
+        kind             TEXT NOT NULL,
+        lane             TEXT NOT NULL CHECK (lane IN ('gpu', 'cpu')),
+        params           TEXT NOT NULL,             -- JSON, as submitted
+        state            TEXT NOT NULL
+                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        max_attempts     INTEGER NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        progress         TEXT,                      -- JSON of the last progress event
+        result           TEXT,                      -- JSON
+        error            TEXT,
+        project_id       INTEGER REFERENCES projects(id) ON DELETE SET NULL,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER
+    );
+    CREATE INDEX jobs_state ON jobs(state, lane, id);
+
+    -- Everything needed to reproduce an output: the engine's GenerateParams as JSON, the model
+    -- and the engine version that ran it.
+    CREATE TABLE generations (
+        id             INTEGER PRIMARY KEY,
+        job_id         INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+        shot_id        INTEGER REFERENCES shots(id) ON DELETE SET NULL,
+        asset_id       INTEGER REFERENCES assets(id) ON DELETE SET NULL,
+        model          TEXT NOT NULL,
+        params         TEXT NOT NULL,
+        engine_version TEXT NOT NULL,
+        created_at     INTEGER NOT NULL
+    );
+
+    -- A take is one generated output of a shot; the shot's chosen_take_id picks one.
+    CREATE TABLE takes (
+        id            INTEGER PRIMARY KEY,
+        shot_id       INTEGER NOT NULL REFERENCES shots(id) ON DELETE CASCADE,
+        asset_id      INTEGER NOT NULL REFERENCES assets(id) ON DELETE CASCADE,
+        generation_id INTEGER REFERENCES generations(id) ON DELETE SET NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE INDEX takes_shot ON takes(shot_id);
+    "#,
+    // 2: installed plugins, the capabilities granted to each, and the audit log of host calls.
+    r#"
+    CREATE TABLE plugins (
+        id               TEXT PRIMARY KEY,
+        version          TEXT NOT NULL,
+        api_version      TEXT NOT NULL,
+        world            TEXT NOT NULL,
+        manifest         TEXT NOT NULL,             -- JSON
+        component_sha256 TEXT NOT NULL CHECK (length(component_sha256) = 64),
+        enabled          INTEGER NOT NULL DEFAULT 1,
+        installed_at     INTEGER NOT NULL
+    );
+
+    CREATE TABLE plugin_grants (
+        plugin_id   TEXT NOT NULL REFERENCES plugins(id) ON DELETE CASCADE,
+        capability  TEXT NOT NULL,
+        granted     INTEGER NOT NULL,
+        decided_at  INTEGER NOT NULL,
+        PRIMARY KEY (plugin_id, capability)
+    );
+
+    -- Kept when a plugin is removed: no foreign key on plugin_id.
+    CREATE TABLE audit_log (
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        plugin_id  TEXT NOT NULL,
+        job_id     INTEGER,
+        call       TEXT NOT NULL,
+        outcome    TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_plugin ON audit_log(plugin_id, at);
+    "#,
+];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies the migrations `conn` lacks, each in its own transaction with the version bump.
+pub(super) fn apply(conn: &Connection, path: &Path, read_only: bool) -> Result<()> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StudioError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION && read_only {
+        return Err(StudioError::ReadOnly(format!(
+            "{} needs upgrading from schema version {found} to {SCHEMA_VERSION} but cannot be written",
+            path.display()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            match StudioError::from(e) {
+                StudioError::Internal(e) => {
+                    StudioError::Internal(e.context(format!("migration {version} failed")))
+                }
+                other => other,
+            }
+        })?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Runs the studio: takes the data directory's server lock, recovers jobs cut off by a crash,
+//! starts the job workers and serves HTTP until SIGINT/SIGTERM, then stops gracefully (running
+//! jobs go back to the queue). Routers of other parts (plugins, web UI, auth) are merged in
+//! [`router`].
+
+use crate::app::App;
+use crate::auth::Auth;
+use crate::error::{Result, StudioError};
+use crate::jobs::JobQueue;
+use axum::Router;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// CPU-lane workers beside the single GPU-lane worker.
+const CPU_WORKERS: usize = 2;
+/// How long shutdown waits for running jobs to reach a stopping point.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The whole HTTP surface: the API and the embedded web UI, behind the access policy.
+pub fn router(app: Arc<App>, auth: Auth) -> Router {
+    let routes = crate::api::routes()
+        .route("/api/{*rest}", axum::routing::any(crate::api::not_found))
+        .with_state(app)
+        .merge(crate::web::router());
+    crate::auth::protect(routes, auth)
+}
+
+/// Holds `<data>/serve.lock` so that two servers never run the same queue.
+pub struct ServerLock {
+    _file: File,
+}
+
+impl ServerLock {
+    pub fn acquire(data_dir: &Path) -> Result<ServerLock> {
+        let path = data_dir.join("serve.lock");
+        let file = File::create(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ServerLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StudioError::Conflict(format!(
+                "another `videosdgx serve` is already using {}",
+                data_dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let _lock = ServerLock::acquire(app.data_dir())?;
+    let auth = Auth::for_bind(app.data_dir(), listener.local_addr()?.ip(), app.config.require_auth)?;
+    if let Some(token) = &auth.new_token {
+        crate::auth::announce_new_token(token);
+    }
+    let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            count = recovered.len(),
+            "jobs were cut off by the last stop"
+        );
+    }
+    let workers = JobQueue::start(&app, CPU_WORKERS);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data = %app.data_dir().display(), "studio ready");
+    let stopping = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping job workers and event streams");
+        // Ends event streams too, so open SSE connections do not hold the server up.
+        stopping.jobs.stop();
+    };
+    axum::serve(listener, router(app.clone(), auth.auth))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(StudioError::from)?;
+    let all = futures_join(workers);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!(
+            "jobs still running after the grace period; they will be recovered at next start"
+        );
+    }
+    Ok(())
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,260 @@
+//! Shared by the studio integration tests: runs a real `videosdgx serve` process on loopback
+//! against a data directory and talks HTTP to it.
+#![allow(dead_code)] // each test file uses a different part of this helper
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_videosdgx");
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data: PathBuf,
+    agent: ureq::Agent,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `videosdgx --data DATA serve` with `extra` arguments; `tweak` may adjust the command
+/// (e.g. resource limits) before it is spawned.
+pub fn start_with(data: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data")
+        .arg(data)
+        .args(["serve", "--port", &port.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn videosdgx serve");
+    // Keep the server's log on the test's stderr (shown when a test fails).
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[serve] {line}");
+        }
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        data: data.to_owned(),
+        agent,
+    };
+    server.wait_ready();
+    server
+}
+
+pub fn start(data: &Path) -> Server {
+    start_with(data, &[], |_| {})
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.bytes)
+            )
+        })
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// Asserts the API error shape and returns its code.
+    pub fn error_code(&self) -> String {
+        let body = self.json();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "error without a message: {body}");
+        body["error"]["code"]
+            .as_str()
+            .expect("error.code")
+            .to_owned()
+    }
+}
+
+fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let response = result.expect("HTTP request failed");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let bytes = response
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .expect("read body");
+    Reply {
+        status,
+        headers,
+        bytes,
+    }
+}
+
+/// GET on a fresh connection (usable from another thread), reading the body to its end.
+pub fn fetch(url: &str) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    reply(agent.get(url).call())
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.agent.get(self.url("/api/health")).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not answer /api/health within 60 s");
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        reply(self.agent.get(self.url(path)).call())
+    }
+
+    pub fn get_with(&self, path: &str, header: (&str, &str)) -> Reply {
+        reply(
+            self.agent
+                .get(self.url(path))
+                .header(header.0, header.1)
+                .call(),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        reply(self.agent.delete(self.url(path)).call())
+    }
+
+    /// Sends `body` as text with `Content-Type: application/json` (so malformed JSON can be sent).
+    pub fn send_raw_json(&self, method: &str, path: &str, body: &str) -> Reply {
+        let url = self.url(path);
+        let req = match method {
+            "POST" => self.agent.post(url),
+            "PATCH" => self.agent.patch(url),
+            "PUT" => self.agent.put(url),
+            other => panic!("unsupported method {other}"),
+        };
+        reply(req.header("content-type", "application/json").send(body))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send_raw_json("POST", path, &body.to_string())
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.send_raw_json("PATCH", path, &body.to_string())
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send_raw_json("PUT", path, &body.to_string())
+    }
+
+    /// Uploads `bytes` as a raw body; `query` carries name, project_id, tags, caption.
+    pub fn upload(&self, query: &str, bytes: &[u8]) -> Reply {
+        reply(
+            self.agent
+                .post(self.url(&format!("/api/assets?{query}")))
+                .header("content-type", "application/octet-stream")
+                .send(bytes),
+        )
+    }
+
+    pub fn upload_multipart(&self, boundary: &str, body: &[u8]) -> Reply {
+        reply(
+            self.agent
+                .post(self.url("/api/assets"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .send(body),
+        )
+    }
+
+    /// Polls job `id` until `done` accepts it.
+    pub fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = self.get(&format!("/api/jobs/{id}")).json();
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never got {what}: {job}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    pub fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small PNG whose pixels depend on `seed`, so each seed is distinct content.
+pub fn png(seed: u32, size: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let v = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(x * 31 + y * 17);
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}

@@ -1,0 +1,241 @@
+// Drives the VideosDGX web UI in headless Chromium against a running `videosdgx serve`.
+// Started by tests/web_e2e.rs, which owns the servers and passes them in the environment:
+//   VDGX_BASE         the studio on loopback (no sign-in)
+//   VDGX_AUTH_BASE    a second studio that requires sign-in, VDGX_AUTH_TOKEN its access token
+//   VDGX_SCREENSHOTS  folder for the screenshots of the main screens
+//   VDGX_FIXTURES     folder with an image to upload (reference.png)
+// Exits non-zero with a readable line on the first failed expectation.
+
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const BASE = must('VDGX_BASE');
+const SHOTS = must('VDGX_SCREENSHOTS');
+const FIXTURES = must('VDGX_FIXTURES');
+const STEP_TIMEOUT = 20_000;
+
+function must(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`environment variable ${name} is not set`);
+  return value;
+}
+
+let current = 'start';
+async function step(name, fn) {
+  current = name;
+  const started = Date.now();
+  await fn();
+  console.log(`ok   ${name} (${Date.now() - started} ms)`);
+}
+
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'vdgx-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.VDGX_CHROMIUM ?? '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1280, height: 800 },
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const pageErrors = [];
+fs.mkdirSync(SHOTS, { recursive: true });
+
+try {
+  const page = browser.pages()[0] ?? await browser.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+  const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  const api = async (method, url, body) => {
+    const response = await page.request.fetch(BASE + url, { method, data: body });
+    assert.ok(response.ok(), `${method} ${url} answered ${response.status()}: ${await response.text()}`);
+    return response.status() === 204 ? null : response.json();
+  };
+
+  await step('first load stays under 300 KB of JS and CSS, from this server only', async () => {
+    let bytes = 0;
+    const foreign = [];
+    page.on('response', async (r) => {
+      if (!r.url().startsWith(BASE)) foreign.push(r.url());
+      if (/\.(js|css)$/.test(new URL(r.url()).pathname)) bytes += (await r.body()).length;
+    });
+    await page.goto(BASE);
+    await page.getByRole('heading', { name: 'Projects' }).waitFor();
+    await page.waitForLoadState('networkidle');
+    page.removeAllListeners('response');
+    assert.ok(bytes > 10_000 && bytes < 300_000, `first load fetched ${bytes} bytes of JS and CSS`);
+    assert.deepEqual(foreign, [], 'no request may leave the studio server');
+  });
+
+  await step('create a project', async () => {
+    await page.getByLabel('New project name').fill('Lighthouse keeper');
+    await shot('01-projects');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    await page.waitForURL(/#\/projects\/\d+$/);
+    await page.getByRole('heading', { name: 'Lighthouse keeper' }).waitFor();
+  });
+  const projectId = Number(page.url().match(/projects\/(\d+)/)[1]);
+  const [board] = await api('GET', `/api/projects/${projectId}/storyboards`);
+
+  await step('add and edit shots; edits autosave', async () => {
+    const prompts = ['A lighthouse on a cliff at dusk, waves below',
+      'The keeper climbs the spiral stairs with a lantern',
+      'The lamp turns on, a beam sweeps the stormy sea'];
+    for (const prompt of prompts) {
+      await page.getByRole('button', { name: 'Add shot' }).click();
+      await page.locator('#shot-prompt').fill(prompt);
+    }
+    await page.locator('#shot-negative_prompt').fill('blurry, text');
+    await page.locator('#shot-duration_s').fill('2.5');
+    await page.locator('#shot-camera').fill('dolly in');
+    await page.locator('#shot-transition').selectOption('crossfade');
+    await page.getByText('All changes saved').waitFor();
+    const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.deepEqual(shots.map((s) => s.prompt), prompts);
+    assert.equal(shots[2].duration_s, 2.5);
+    assert.equal(shots[2].camera, 'dolly in');
+    assert.equal(shots[2].transition, 'crossfade');
+    assert.equal(shots[2].negative_prompt, 'blurry, text');
+  });
+
+  await step('reorder shots by dragging and with Alt+Arrow', async () => {
+    const before = await api('GET', `/api/storyboards/${board.id}/shots`);
+    const cards = page.locator('.timeline .shot-card[data-shot-id]');
+    await cards.nth(2).dragTo(cards.nth(0), { targetPosition: { x: 10, y: 40 } });
+    await page.waitForFunction(() => document.querySelector('.timeline .shot-card[data-shot-id]')?.textContent.includes('beam'));
+    let after = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.deepEqual(after.map((s) => s.id), [before[2].id, before[0].id, before[1].id]);
+    await cards.nth(0).focus();
+    await page.keyboard.press('Alt+ArrowRight');
+    await page.waitForFunction(() => document.querySelectorAll('.timeline .shot-card[data-shot-id]')[1]?.textContent.includes('beam'));
+    after = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.deepEqual(after.map((s) => s.id), [before[0].id, before[2].id, before[1].id]);
+  });
+
+  await step('duplicate and delete a shot (with confirmation)', async () => {
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    await page.getByRole('button', { name: 'Duplicate' }).click();
+    await page.getByText('Shot duplicated.').waitFor();
+    let shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.equal(shots.length, 4);
+    assert.equal(shots[1].prompt, shots[0].prompt);
+    await page.locator('#delete-shot').click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.waitForFunction(() => document.querySelectorAll('.timeline .shot-card[data-shot-id]').length === 3);
+    shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.equal(shots.length, 3);
+  });
+
+  await step('an edit made while the server fails is kept as a draft and saved later', async () => {
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    await page.route('**/api/shots/*', (route) => (route.request().method() === 'PATCH'
+      ? route.fulfill({ status: 503, contentType: 'application/json', body: '{"error":{"code":"unavailable","message":"studio restarting"}}' })
+      : route.continue()));
+    await page.locator('#shot-prompt').fill('A lighthouse on a cliff at dusk, gulls circling');
+    await page.getByText('Saving the shot failed: studio restarting').waitFor();
+    await page.reload();
+    await page.locator('#shot-prompt').waitFor();
+    assert.equal(await page.locator('#shot-prompt').inputValue(), 'A lighthouse on a cliff at dusk, gulls circling',
+      'the draft survives a reload');
+    await page.unroute('**/api/shots/*');
+    await page.getByText('All changes saved').waitFor();
+    const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.equal(shots[0].prompt, 'A lighthouse on a cliff at dusk, gulls circling');
+    await shot('02-storyboard');
+  });
+
+  await step('upload an asset by drag and drop, then find it by search', async () => {
+    await page.goto(`${BASE}/#/assets`);
+    await page.getByRole('heading', { name: 'Asset library' }).waitFor();
+    await page.getByLabel('Tags for uploads').fill('keeper, portrait');
+    await page.getByLabel('Caption for uploads').fill('The keeper in his raincoat');
+    const png = fs.readFileSync(path.join(FIXTURES, 'reference.png')).toString('base64');
+    const drop = await page.evaluateHandle((b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], 'keeper-portrait.png', { type: 'image/png' }));
+      return transfer;
+    }, png);
+    await page.locator('.dropzone').dispatchEvent('drop', { dataTransfer: drop });
+    await page.getByText('Added 1 file to the library.').waitFor();
+    await page.getByLabel('Search assets').fill('keeper');
+    await page.locator('.asset-tile').first().waitFor();
+    await page.getByLabel('Kind').selectOption('video');
+    await page.getByText('No assets match.').waitFor();
+    await page.getByLabel('Kind').selectOption('image');
+    await page.locator('.asset-tile').first().waitFor();
+    await shot('03-assets');
+  });
+
+  await step('attach the asset to a shot as its reference image', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(1).click();
+    await page.locator('#add-reference').click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByLabel('Search assets').fill('keeper');
+    await dialog.locator('.asset-tile').first().click();
+    await page.locator('.refs .ref').first().waitFor();
+    await page.getByText('All changes saved').waitFor();
+    const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.equal(shots[1].references.length, 1);
+  });
+
+  await step('the job queue page lists jobs', async () => {
+    await page.goto(`${BASE}/#/jobs`);
+    await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+    await shot('05-jobs');
+  });
+
+  await step('delete a project after confirming', async () => {
+    await page.goto(`${BASE}/#/`);
+    await page.getByLabel('New project name').fill('Scratch');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    await page.waitForURL(/#\/projects\/\d+$/);
+    await page.goto(`${BASE}/#/`);
+    const card = page.locator('.project-card', { hasText: 'Scratch' });
+    await card.getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click();
+    assert.equal(await card.count(), 1, 'cancel keeps the project');
+    await card.getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await page.getByText('Deleted “Scratch”.').waitFor();
+    assert.equal(await card.count(), 0);
+  });
+
+  if (process.env.VDGX_AUTH_BASE) {
+    const AUTH = process.env.VDGX_AUTH_BASE;
+    await step('a remote studio shows the sign-in page and accepts only its token', async () => {
+      const response = await page.goto(`${AUTH}/#/assets`);
+      assert.equal(response.status(), 401);
+      await page.getByLabel('Access token').fill('vdgx_not-the-token');
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByText('that access token is not valid').waitFor();
+      await shot('00-sign-in');
+      await page.getByLabel('Access token').fill(must('VDGX_AUTH_TOKEN'));
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('heading', { name: 'Asset library' }).waitFor();
+      const cookies = await browser.cookies(AUTH);
+      const session = cookies.find((c) => c.name === 'vdgx_session');
+      assert.ok(session?.httpOnly && session.sameSite === 'Strict', 'HttpOnly, SameSite=Strict session cookie');
+      // Writes from the signed-in page carry the CSRF token and succeed.
+      await page.goto(`${AUTH}/#/`);
+      await page.getByLabel('New project name').fill('Remote project');
+      await page.getByRole('button', { name: 'Create project' }).click();
+      await page.waitForURL(/#\/projects\/\d+$/);
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.getByLabel('Access token').waitFor();
+    });
+  }
+
+  assert.deepEqual(pageErrors, [], 'the pages threw no uncaught errors');
+  console.log('web e2e: all steps passed');
+} catch (err) {
+  console.error(`FAILED at step "${current}": ${err.message}`);
+  if (pageErrors.length) console.error(`page errors: ${pageErrors.join(' | ')}`);
+  try { await browser.pages()[0]?.screenshot({ path: path.join(SHOTS, 'failure.png') }); } catch { /* best effort */ }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  fs.rmSync(profile, { recursive: true, force: true });
+}

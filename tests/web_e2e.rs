@@ -1,0 +1,78 @@
+//! Browser end-to-end test of the web UI: starts real `videosdgx serve` processes with
+//! temporary data directories (one on loopback, one requiring sign-in) and runs
+//! tests/web/e2e.mjs, which drives the real UI in Debian's headless Chromium through
+//! playwright-core. Screenshots of the main screens land in tests/web/screenshots/.
+//! Prerequisites (installed by tests/run.sh): /usr/bin/chromium, node, and
+//! `npm ci` in tests/web/.
+
+#[path = "web_support/mod.rs"]
+mod web_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use web_support::Server;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn check_prerequisites(web_dir: &Path) {
+    let chromium = std::env::var("VDGX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run tests/run.sh (it installs Debian's chromium) or apt-get install chromium"
+    );
+    assert!(
+        web_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run tests/run.sh, or `npm ci` in {}",
+        web_dir.display()
+    );
+}
+
+/// A small PNG to upload, so the test needs no binary fixture.
+fn write_reference_png(dir: &Path) {
+    let image = image::RgbImage::from_fn(64, 36, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 7) as u8, 160])
+    });
+    image.save(dir.join("reference.png")).unwrap();
+}
+
+#[test]
+fn web_ui_end_to_end_in_headless_chromium() {
+    let web_dir = repo_root().join("tests/web");
+    check_prerequisites(&web_dir);
+    let fixtures = tempfile::tempdir().unwrap();
+    write_reference_png(fixtures.path());
+
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let auth_data = tempfile::tempdir().unwrap();
+    let auth_server = Server::start(auth_data.path(), &["--require-auth"]);
+    let token = auth_server.printed_token().expect("token printed at first start");
+
+    let screenshots = web_dir.join("screenshots");
+    let output = Command::new("node")
+        .arg(web_dir.join("e2e.mjs"))
+        .env("VDGX_BASE", &server.base)
+        .env("VDGX_AUTH_BASE", &auth_server.base)
+        .env("VDGX_AUTH_TOKEN", &token)
+        .env("VDGX_SCREENSHOTS", &screenshots)
+        .env("VDGX_FIXTURES", fixtures.path())
+        .output()
+        .expect("cannot run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        screenshots.display()
+    );
+    assert!(stdout.contains("web e2e: all steps passed"));
+    for name in ["01-projects", "02-storyboard", "03-assets", "00-sign-in"] {
+        assert!(
+            screenshots.join(format!("{name}.png")).exists(),
+            "screenshot {name}.png was saved"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+// The studio's HTTP routes used by the views, in one place: paths and request shapes follow
+// the server's OpenAPI document (/api/openapi.json).
+
+import { del, get, patch, post, put, query, request } from './api.js';
+
+export const projects = {
+  list: () => get('/api/projects'),
+  get: (id) => get(`/api/projects/${id}`),
+  create: (name) => post('/api/projects', { name }),
+  rename: (id, name) => patch(`/api/projects/${id}`, { name }),
+  remove: (id) => del(`/api/projects/${id}`),
+};
+
+export const storyboards = {
+  list: (projectId) => get(`/api/projects/${projectId}/storyboards`),
+  create: (projectId, title) => post(`/api/projects/${projectId}/storyboards`, { title }),
+  update: (id, fields) => patch(`/api/storyboards/${id}`, fields),
+};
+
+export const shots = {
+  list: (storyboardId) => get(`/api/storyboards/${storyboardId}/shots`),
+  create: (storyboardId, fields) => post(`/api/storyboards/${storyboardId}/shots`, fields),
+  update: (id, fields) => patch(`/api/shots/${id}`, fields),
+  remove: (id) => del(`/api/shots/${id}`),
+  reorder: (storyboardId, order) => put(`/api/storyboards/${storyboardId}/shots/order`, { order }),
+};
+
+export const assets = {
+  search: (params, opts) => get(`/api/assets/search${query(params)}`, opts),
+  get: (id) => get(`/api/assets/${id}`),
+  update: (id, fields) => patch(`/api/assets/${id}`, fields),
+  upload: (file, fields) => {
+    const form = new FormData();
+    for (const [key, value] of Object.entries(fields)) if (value !== undefined && value !== '') form.append(key, value);
+    form.append('file', file, file.name);
+    return request('POST', '/api/assets', form);
+  },
+  fileUrl: (id) => `/api/assets/${id}/file`,
+  downloadUrl: (id) => `/api/assets/${id}/file`,
+};
+
+export const jobs = {
+  list: (params) => get(`/api/jobs${query(params)}`),
+  get: (id) => get(`/api/jobs/${id}`),
+  submit: (kind, params, projectId) => post('/api/jobs', { kind, params, project_id: projectId }),
+  cancel: (id) => post(`/api/jobs/${id}/cancel`),
+  retry: (id) => post(`/api/jobs/${id}/retry`),
+};
+
+export const generations = {
+  get: (id) => get(`/api/generations/${id}`),
+};
+
+export const models = {
+  list: () => get('/api/models'),
+};
+
+export const plugins = {
+  list: () => get('/api/plugins'),
+  inspect: (form) => request('POST', '/api/plugins/inspect', form),
+  install: (form) => request('POST', '/api/plugins', form),
+  setEnabled: (id, enabled) => patch(`/api/plugins/${encodeURIComponent(id)}`, { enabled }),
+  uninstall: (id) => del(`/api/plugins/${encodeURIComponent(id)}`),
+  audit: (params) => get(`/api/plugins/audit${query(params)}`),
+};
