@@ -240,3 +240,26 @@ fn i2v_checkpoint_without_a_start_image_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn wan22_two_experts_switch_at_the_boundary_with_their_own_guidance_like_diffusers() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-wan22-two-experts");
+    let inputs = GenerateInputs {
+        latents: Some(reference("latents.safetensors", "latents")),
+        prompt_embeds: Some(reference("prompt_embeds.safetensors", "prompt_embeds")),
+        negative_prompt_embeds: Some(reference(
+            "negative_prompt_embeds.safetensors",
+            "negative_prompt_embeds",
+        )),
+    };
+    let mut p = params();
+    p.guidance_2 = Some(3.0);
+    let mut pipeline = WanPipeline::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let video = pipeline.generate_with(&p, inputs, &mut quiet).unwrap();
+    let mut map =
+        candle_core::safetensors::load(dir.join("reference/video.safetensors"), &Device::Cpu)
+            .unwrap();
+    let err = rel_err(&video.frames, &map.remove("video").unwrap());
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+}
