@@ -1,6 +1,8 @@
 //! Command-line surface. One module per command group; each parses its own arguments
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
+pub mod model;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -15,8 +17,14 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Run single model components (parity checks, debugging).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Model(command) => model::run(command),
+    }
 }
