@@ -277,12 +277,13 @@ impl FeedForward {
     }
 }
 
-/// Adds a learned `[1, n, dim]` table to per-token modulation `[B, S, n * dim]` in f32 and splits
-/// it into `n` tensors of `[B, S, dim]` (`S` is 1 for one timestep per sample).
+/// Adds a learned `[1, n, dim]` table to the time embedding in f32 and splits the sum into `n`
+/// tensors of `[B, S, dim]` (`S` is 1 for one timestep per sample). `temb` is `[B, S, n * dim]`
+/// (one slice per table row, in the blocks) or `[B, S, dim]` (shared by all rows, at the output).
 fn modulation(table: &Tensor, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
-    let (b, s, _) = temb.dims3()?;
+    let (b, s, width) = temb.dims3()?;
     let dim = table.dim(D::Minus1)?;
-    let temb = temb.to_dtype(DType::F32)?.reshape((b, s, n, dim))?;
+    let temb = temb.to_dtype(DType::F32)?.reshape((b, s, width / dim, dim))?;
     let table = table.to_dtype(DType::F32)?.reshape((1, 1, n, dim))?;
     let sum = temb.broadcast_add(&table)?;
     (0..n)
