@@ -4,7 +4,9 @@
 mod assets;
 mod auth;
 pub mod bench;
+mod generate;
 mod jobs;
+pub mod model;
 mod project;
 mod serve;
 
@@ -44,6 +46,11 @@ pub enum Command {
     /// Manage the access token for remote (non-loopback) access to `serve`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Run single model components (parity checks, debugging).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate a video with a Wan pipeline directory.
+    Generate(Box<generate::GenerateArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
+        Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => generate::run(*args),
     }
 }
 
@@ -99,5 +108,13 @@ impl Output {
             }
         }
         Ok(())
+    /// Run single model components (parity checks, debugging).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model(command) => model::run(command),
     }
 }
