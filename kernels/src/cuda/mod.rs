@@ -426,16 +426,15 @@ impl CustomOp1 for ModulatedNorm {
         }
         let rows = b * l;
         let mut out = output(&dev, rows * d)?;
-        let func = function(&dev, &NORM, "modulated_norm_bf16")?;
+        let func = function(&dev, &NORM, if d <= 2048 { "modulated_norm_bf16_d2048" } else { "modulated_norm_bf16_d6144" })?;
         let stream = dev.cuda_stream();
         let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
-        let terms = [&self.spec.weight, &self.spec.bias, &self.spec.scale, &self.spec.shift].map(f32_term);
+        let mut guards = Vec::new();
+        for t in [&self.spec.weight, &self.spec.bias, &self.spec.scale, &self.spec.shift] {
+            guards.push(f32_term(t)?);
+        }
         let mut ptrs = [0u64; 4];
         let mut syncs = Vec::new();
-        let mut guards = Vec::new();
-        for t in terms {
-            guards.push(t?);
-        }
         for (slot, g) in ptrs.iter_mut().zip(&guards) {
             if let Some((storage, offset)) = g {
                 let Storage::Cuda(cs) = &**storage else { bail!("modulated norm: terms must be on the CUDA device") };
@@ -444,35 +443,22 @@ impl CustomOp1 for ModulatedNorm {
                 syncs.push(sync);
             }
         }
-        let (d32, xs_row, ys_row, per, mode, eps) = (
-            d as i32,
-            st[1] as i64,
-            d as i64,
-            self.rows_per_mod as i32,
-            match self.spec.kind {
-                NormKind::Layer => 0i32,
-                NormKind::Rms => 1i32,
-            },
-            self.spec.eps as f32,
-        );
-        let threads = (d / 8).clamp(32, 256).next_multiple_of(32) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: ((d + 32) * 4) as u32,
+        let mode = match self.spec.kind {
+            NormKind::Layer => 0i32,
+            NormKind::Rms => 1i32,
         };
-        if cfg.shared_mem_bytes > 48 * 1024 {
-            func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
-                .map_err(driver_err("shared memory limit"))?;
-        }
+        let (rows32, d32, x_row, y_row, per, eps) =
+            (rows as i32, d as i32, st[1] as i64, d as i64, self.rows_per_mod as i32, self.spec.eps as f32);
+        // One warp per row, eight rows per block.
+        let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         {
             let mut launch = stream.launch_builder(&func);
             launch.arg(&x).arg(&mut out);
             for p in &ptrs {
                 launch.arg(p);
             }
-            launch.arg(&d32).arg(&xs_row).arg(&ys_row).arg(&per).arg(&mode).arg(&eps);
-            // SAFETY: arguments match modulated_norm_bf16 in norm.cu; shapes validated.
+            launch.arg(&rows32).arg(&d32).arg(&x_row).arg(&y_row).arg(&per).arg(&mode).arg(&eps);
+            // SAFETY: arguments match the modulated_norm kernels in norm.cu; shapes validated.
             unsafe { launch.launch(cfg) }.map_err(driver_err("norm launch"))?;
         }
         drop(syncs);
@@ -480,10 +466,17 @@ impl CustomOp1 for ModulatedNorm {
     }
 }
 
+/// The widest row the norm kernel keeps in registers (norm.cu's MAX_CHUNKS x 32 lanes x 8).
+const NORM_MAX_DIM: usize = 24 * 32 * 8;
+
 /// Fused norm + affine + modulation (see [`NormSpec`]) of bf16 `x [B, L, D]` on CUDA, computed in
-/// f32 and rounded once to bf16.
+/// f32 and rounded once to bf16. D up to 6144.
 pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
     let rows_per_mod = spec.validate(x)?;
+    let d = x.dim(2)?;
+    if d > NORM_MAX_DIM {
+        bail!("modulated norm: dim {d} is wider than the kernel's {NORM_MAX_DIM}");
+    }
     if x.dtype() != DType::BF16 || !x.device().is_cuda() {
         bail!("modulated norm: x must be bf16 on CUDA, got {:?} on {:?}", x.dtype(), x.device());
     }
@@ -519,8 +512,8 @@ impl CustomOp1 for Rope3d {
         let dev = xs.device().clone();
         let (b, l, h, d) = xl.shape().dims4()?;
         let st = xl.stride();
-        if st[3] != 1 || xl.start_offset() % 2 != 0 || st[..3].iter().any(|s| s % 2 != 0) {
-            bail!("rope3d: x must have a contiguous last dim and even offset/strides, strides {st:?}");
+        if st[3] != 1 || d % 8 != 0 || xl.start_offset() % 8 != 0 || st[..3].iter().any(|s| s % 8 != 0) {
+            bail!("rope3d: x must have a contiguous last dim (a multiple of 8) and 16-byte aligned offset/strides, strides {st:?}");
         }
         let mut out = output(&dev, b * l * h * d)?;
         let func = function(&dev, &ROPE, "rope3d_bf16")?;
@@ -531,8 +524,9 @@ impl CustomOp1 for Rope3d {
         let log2_theta = self.theta.log2() as f32;
         let xst = [st[0] as i64, st[1] as i64, st[2] as i64];
         let ost = [(l * h * d) as i64, (h * d) as i64, d as i64];
-        let pairs = l * h * d / 2;
-        let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // One thread per (token, 8-element chunk), looping over heads.
+        let chunks = l * d / 8;
+        let cfg = LaunchConfig { grid_dim: (chunks.div_ceil(256) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         {
             let mut launch = stream.launch_builder(&func);
             launch.arg(&x).arg(&mut out);
