@@ -17,7 +17,7 @@ use serde::Serialize;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// One Wan transformer forward at a preset's full published config with random weights.
+    /// One call of a Wan component at a preset's full published config with random weights.
     Wan(WanArgs),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
@@ -61,7 +61,8 @@ impl Preset {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Component {
-    Transformer,
+    /// The VAE decoding the clip's latents (the Wan 2.1 VAE, as the reference anchor times it).
+    Vae,
 }
 
 #[derive(Args, Debug)]
@@ -74,7 +75,7 @@ pub struct WanArgs {
     pub width: usize,
     #[arg(long, default_value_t = 81)]
     pub frames: usize,
-    #[arg(long, value_enum, default_value = "transformer")]
+    #[arg(long, value_enum, default_value = "vae")]
     pub component: Component,
     /// Timed repetitions (the median is reported); at least 5.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..))]
@@ -136,7 +137,7 @@ mod gpu {
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
+    use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
     fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
@@ -240,11 +241,12 @@ mod gpu {
         height: usize,
         width: usize,
         frames: usize,
-        tokens: usize,
-        params_b: f64,
-        fwd_ms: f64,
-        tflops: f64,
+        /// Median milliseconds of one call of the component.
+        ms: f64,
+        /// Useful TFLOP/s where the component has a FLOP count (the transformer).
+        tflops: Option<f64>,
         peak_gib: f64,
+        params_b: f64,
         reps: u32,
     }
 
@@ -252,29 +254,26 @@ mod gpu {
         let (dev, ctx) = cuda()?;
         let shape = args.preset.shape();
         let (f, h, w) = token_grid(&shape, args.height, args.width, args.frames)?;
-        let tokens = f * h * w;
-        let cfg = WanTransformerConfig {
-            num_attention_heads: shape.heads,
-            attention_head_dim: shape.head_dim,
-            ffn_dim: shape.ffn_dim,
-            num_layers: shape.layers,
-            in_channels: shape.in_channels,
-            out_channels: Some(shape.in_channels),
-            ..WanTransformerConfig::default()
-        };
         let params = Arc::new(AtomicUsize::new(0));
         let vb = VarBuilder::from_backend(Box::new(RandomWeights { params: params.clone() }), DType::BF16, dev.clone());
-        let model = WanTransformer3DModel::new(&cfg, vb).context("building the transformer")?;
-        let params_b = params.load(Ordering::Relaxed) as f64 / 1e9;
-        let latents = Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?.to_dtype(DType::BF16)?;
-        let timestep = Tensor::new(&[500f32], &dev)?;
-        let text = Tensor::randn(0f32, 1f32, (1, 512, cfg.text_dim), &dev)?.to_dtype(DType::BF16)?;
-        let peak = MemoryPeak::start(&ctx);
-        let fwd_ms = time_ms(&dev, args.warmup, args.reps, || {
-            model.forward(&latents, &timestep, &text, None)?;
-            Ok(())
-        })?;
-        let peak_gib = peak.finish();
+        let (ms, peak_gib) = match args.component {
+            Component::Vae => {
+                if shape.vae_stride != 8 {
+                    anyhow::bail!("the VAE benchmark covers the Wan 2.1 VAE (the reference anchor's); {:?} uses another", args.preset);
+                }
+                let z = 16;
+                let config: WanVaeConfig =
+                    serde_json::from_value(serde_json::json!({ "latents_mean": vec![0.0; z], "latents_std": vec![1.0; z] }))?;
+                let vae = AutoencoderKLWan::new(vb, config).context("building the VAE")?;
+                let latents = Tensor::randn(0f32, 1f32, (1, z, f, h * 2, w * 2), &dev)?.to_dtype(DType::BF16)?;
+                let peak = MemoryPeak::start(&ctx);
+                let ms = time_ms(&dev, 1, args.reps, || {
+                    vae.decode(&latents)?;
+                    Ok(())
+                })?;
+                (ms, peak.finish())
+            }
+        };
         let report = WanReport {
             gpu: ctx.name()?,
             preset: args.preset,
@@ -282,26 +281,25 @@ mod gpu {
             height: args.height,
             width: args.width,
             frames: args.frames,
-            tokens,
-            params_b,
-            fwd_ms,
-            tflops: transformer_flops(&shape, tokens) / fwd_ms / 1e9,
+            ms,
+            tflops: None,
             peak_gib,
+            params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
             reps: args.reps,
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!(
-                "{} on {}: {} tokens, {:.2}B params, forward {:.1} ms (median of {}), {:.0} TFLOP/s, peak {:.1} GiB",
+                "{} {} on {}: {:.1} ms (median of {}){}, peak {:.1} GiB, {:.2}B params",
                 serde_json::to_value(report.preset)?.as_str().unwrap_or_default(),
+                serde_json::to_value(report.component)?.as_str().unwrap_or_default(),
                 report.gpu,
-                report.tokens,
-                report.params_b,
-                report.fwd_ms,
+                report.ms,
                 report.reps,
-                report.tflops,
-                report.peak_gib
+                report.tflops.map(|t| format!(", {t:.0} TFLOP/s")).unwrap_or_default(),
+                report.peak_gib,
+                report.params_b
             );
         }
         Ok(())
