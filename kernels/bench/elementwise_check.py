@@ -111,6 +111,16 @@ for grid, h in (((3, 6, 10), 12), ((21, 30, 52), 12)):
     y = rope3d(x, grid)
     res["checks"].append(dict(kernel="rope3d", grid=grid, rel_err=rel(y, rope_reference(x, grid))))
 
+for per_token in (False, True):
+    x, y = torch.randn(2, 777, 1536, device=dev).bfloat16(), torch.randn(2, 777, 1536, device=dev).bfloat16()
+    g = torch.randn((2, 777, 1536) if per_token else (2, 1536), device=dev)
+    out = torch.full_like(x, float("nan"))
+    norm.get_function("gated_residual_bf16")(
+        ((2 * 777 * 1536 // 8 + 255) // 256,), (256,),
+        (ptr(x), ptr(y), ptr(g), ptr(out), np.int64(2 * 777), np.int32(1536), np.int32(1 if per_token else 777)))
+    ref = x.float() + y.float() * (g if per_token else g[:, None])
+    res["checks"].append(dict(kernel="gated_residual", per_token=per_token, rel_err=rel(out, ref)))
+
 x = torch.randn(1, 32760, 1536, device=dev).bfloat16()
 sc, sh = torch.randn(1, 1536, device=dev), torch.randn(1, 1536, device=dev)
 ms = ev_time(lambda: modulated_norm(x, sc, sh))

@@ -114,3 +114,24 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
 
 NORM_KERNEL(modulated_norm_bf16_d2048, 8)
 NORM_KERNEL(modulated_norm_bf16_d6144, 24)
+
+// Gated residual of Wan's blocks: out = x + y * gate in fp32, rounded once to bf16.
+// x, y, out: bf16 [rows, D] contiguous; gate: fp32, one row per `gate_rows_per` rows (as scale
+// above). One thread per 8 elements, 16-byte accesses; D a multiple of 8.
+extern "C" __global__ void gated_residual_bf16(const bf16_t *__restrict__ x, const bf16_t *__restrict__ y,
+                                               const float *__restrict__ gate, bf16_t *__restrict__ out,
+                                               long long rows, int d, int gate_rows_per) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int chunks = d / 8;
+    if (idx >= rows * chunks) return;
+    const long long r = idx / chunks;
+    const int j = (idx % chunks) * 8;
+    float a[8], b[8], g[8];
+    unpack8(*reinterpret_cast<const uint4 *>(x + r * d + j), a);
+    unpack8(*reinterpret_cast<const uint4 *>(y + r * d + j), b);
+    load8(gate + (r / gate_rows_per) * d, j, g);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a[e] += b[e] * g[e];
+    *reinterpret_cast<uint4 *>(out + r * d + j) =
+        make_uint4(pack_bf16(a[0], a[1]), pack_bf16(a[2], a[3]), pack_bf16(a[4], a[5]), pack_bf16(a[6], a[7]));
+}

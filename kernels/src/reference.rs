@@ -56,6 +56,15 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
     Ok(n)
 }
 
+/// Wan's gated residual `x + y * gate` over `[B, L, D]`, `gate` `[B, D]` (per sample) or
+/// `[B, L, D]` (per token); returns f32 `[B, L, D]`.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    crate::spec::validate_gated_residual(x, y, gate)?;
+    let gate = gate.to_dtype(DType::F32)?;
+    let gate = if gate.rank() == 2 { gate.unsqueeze(1)? } else { gate };
+    x.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(&gate)?
+}
+
 /// Per-token rotation angles of Wan's 3-D RoPE, `[L, Dh/2]` f32 as (cos, sin), computed in f64.
 pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Tensor, Tensor)> {
     let (t_dim, hw_dim) = RopeGrid::split(head_dim);

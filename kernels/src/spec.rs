@@ -66,6 +66,22 @@ impl NormSpec {
     }
 }
 
+/// Checks `x + y * gate`'s shapes: `x`, `y` `[B, L, D]`, `gate` `[B, D]` or `[B, L, D]`; returns
+/// how many rows of `x` share one row of `gate`.
+pub(crate) fn validate_gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<usize> {
+    let (b, l, d) = x.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!("gated residual input must be [batch, seq, dim], got {:?}", x.dims()))
+    })?;
+    if y.dims() != x.dims() {
+        bail!("gated residual: y {:?} must match x {:?}", y.dims(), x.dims());
+    }
+    match gate.dims() {
+        [gb, gd] if *gb == b && *gd == d => Ok(l),
+        [gb, gl, gd] if *gb == b && *gl == l && *gd == d => Ok(1),
+        other => bail!("gated residual: gate must be [{b}, {d}] or [{b}, {l}, {d}], got {other:?}"),
+    }
+}
+
 /// The latent token grid of a video: `frames * height * width` tokens in (f, h, w) order, as
 /// Wan's 3-D RoPE sees it after patching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

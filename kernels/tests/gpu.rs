@@ -107,6 +107,18 @@ fn modulated_norm_matches_reference_for_wan_norms() {
 }
 
 #[test]
+fn gated_residual_matches_reference_per_sample_and_per_token() {
+    let dev = gpu();
+    let (x, y) = (randn(&[2, 777, 1536], &dev), randn(&[2, 777, 1536], &dev));
+    for gate in [Tensor::randn(0f32, 1f32, (2, 1536), &dev).unwrap(), Tensor::randn(0f32, 1f32, (2, 777, 1536), &dev).unwrap()] {
+        let got = videosdgx_kernels::gated_residual(&x, &y, &gate).unwrap();
+        let want = reference::gated_residual(&cpu(&x), &cpu(&y), &cpu(&gate)).unwrap();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-2, "gate {:?} rel err {err}", gate.dims());
+    }
+}
+
+#[test]
 fn rope3d_matches_reference_on_a_wan_grid() {
     let dev = gpu();
     let grid = RopeGrid { frames: 3, height: 6, width: 10 };

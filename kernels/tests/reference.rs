@@ -171,3 +171,18 @@ fn rope_rejects_a_grid_that_does_not_cover_the_sequence() {
     let err = reference::rope3d(&tensor(&[1, 23, 2, 12], 1), grid, 10_000.0).unwrap_err().to_string();
     assert!(err.contains("has 24 tokens but the input has 23"), "{err}");
 }
+
+#[test]
+fn gated_residual_adds_the_gated_branch_per_sample() {
+    let (x, y, gate) = (tensor(&[2, 3, 8], 16), tensor(&[2, 3, 8], 17), tensor(&[2, 8], 18));
+    let got = reference::gated_residual(&x, &y, &gate).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (xv, yv, gv) = (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), gate.to_vec2::<f32>().unwrap());
+    let want: Vec<f32> = (0..xv.len()).map(|i| xv[i] + yv[i] * gv[i / 24][i % 8]).collect();
+    assert!(max_abs_diff(&got, &want) < 1e-6);
+}
+
+#[test]
+fn gated_residual_rejects_a_gate_of_another_width() {
+    let err = reference::gated_residual(&tensor(&[1, 3, 8], 1), &tensor(&[1, 3, 8], 2), &tensor(&[1, 7], 3)).unwrap_err().to_string();
+    assert!(err.contains("gate must be [1, 8] or [1, 3, 8]"), "{err}");
+}

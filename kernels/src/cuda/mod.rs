@@ -13,7 +13,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
 use half::bf16;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -492,6 +492,64 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
         shift: f32_on_device(&spec.shift)?,
     };
     x.apply_op1_no_bwd(&ModulatedNorm { spec, rows_per_mod })
+}
+
+struct GatedResidual {
+    gate: Tensor,
+    gate_rows_per: usize,
+}
+
+impl CustomOp2 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "gated-residual"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("gated residual runs on CUDA only; reference::gated_residual is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ys: &CudaStorage, yl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, d) = xl.shape().dims3()?;
+        for (name, layout) in [("x", xl), ("y", yl)] {
+            if !layout.is_contiguous() || layout.start_offset() % 8 != 0 {
+                bail!("gated residual: {name} must be contiguous and 16-byte aligned");
+            }
+        }
+        let rows = b * l;
+        let mut out = output(&dev, rows * d)?;
+        let func = function(&dev, &NORM, "gated_residual_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (y, _yg) = bf16_ptr(ys, yl, &stream)?;
+        let (gate_storage, gate_layout) = self.gate.storage_and_layout();
+        let Storage::Cuda(gs) = &*gate_storage else { bail!("gated residual: gate must be on the CUDA device") };
+        let (gate_base, _gg) = gs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+        let gate = gate_base + 4 * gate_layout.start_offset() as u64;
+        let (rows64, d32, per) = (rows as i64, d as i32, self.gate_rows_per as i32);
+        let cfg = LaunchConfig { grid_dim: ((rows * d / 8).div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        {
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&y).arg(&gate).arg(&mut out).arg(&rows64).arg(&d32).arg(&per);
+            // SAFETY: arguments match gated_residual_bf16 in norm.cu; shapes validated.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("gated residual launch"))?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, l, d))))
+    }
+}
+
+/// Wan's gated residual `x + y * gate` on CUDA: `x`, `y` bf16 `[B, L, D]` (D a multiple of 8),
+/// `gate` `[B, D]` or `[B, L, D]` read as f32; computed in f32, rounded once to bf16.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let gate_rows_per = crate::spec::validate_gated_residual(x, y, gate)?;
+    if x.dtype() != DType::BF16 || y.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!("gated residual: x and y must be bf16 on CUDA, got {:?}/{:?} on {:?}", x.dtype(), y.dtype(), x.device());
+    }
+    if x.dim(2)? % 8 != 0 {
+        bail!("gated residual: dim must be a multiple of 8, got {}", x.dim(2)?);
+    }
+    let gate = gate.to_device(x.device())?.to_dtype(DType::F32)?.contiguous()?;
+    x.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &GatedResidual { gate, gate_rows_per })
 }
 
 struct Rope3d {

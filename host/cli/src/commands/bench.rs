@@ -2,15 +2,8 @@
 //! published shapes, timed with CUDA events (median after warm-up). Reports only what was
 //! measured in this process on this GPU; it never loads model files or writes anything.
 //!
-//! Useful FLOPs of one Wan transformer forward (the same count as the reference anchor
-//! `shared/bench/diffusers_wan.py`), per layer with L video tokens, model width d, FFN width F
-//! and 512 text tokens:
-//!   2·L·(4d² + 2dF)      self-attention q/k/v/out projections and the FFN
-//!   + 4·L²·d             self-attention scores and weighted sum
-//!   + 2·L·2d²            cross-attention q and out projections
-//!   + 2·512·2d²          cross-attention k/v projections of the text
-//!   + 4·L·512·d          cross-attention scores and weighted sum
-//! Attention alone: 4·B·H·Lq·Lk·Dh.
+//! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
+//! rate is bytes in and out over time.
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -104,13 +97,6 @@ pub fn token_grid(shape: &WanShape, height: usize, width: usize, frames: usize) 
         anyhow::bail!("frames must be 4k+1 (the VAE compresses time by 4), got {frames}");
     }
     Ok(((frames - 1) / 4 + 1, height / cell, width / cell))
-}
-
-/// Useful FLOPs of one forward (module docs), batch 1, 512 text tokens.
-pub fn transformer_flops(shape: &WanShape, tokens: usize) -> f64 {
-    let (l, d, f, t) = (tokens as f64, (shape.heads * shape.head_dim) as f64, shape.ffn_dim as f64, 512.0);
-    shape.layers as f64
-        * (2.0 * l * (4.0 * d * d + 2.0 * d * f) + 4.0 * l * l * d + 2.0 * l * 2.0 * d * d + 2.0 * t * 2.0 * d * d + 4.0 * l * t * d)
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -339,22 +325,34 @@ mod gpu {
         let scale = (d as f32).powf(-0.5);
         let name = videosdgx_kernels::attention_kernel_for(&q)?.context("no fused attention kernel for this GPU")?;
         let mut timings = Vec::new();
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &k, &v, scale)?)))?;
+        let ms = time_ms(&dev, 3, args.reps, || {
+            videosdgx_kernels::attention(&q, &k, &v, scale)?;
+            Ok(())
+        })?;
         timings.push(KernelTiming { kernel: name.into(), shape: format!("self 1x{heads}x{l}x{d}"), ms, tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9), gbps: None });
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &kt, &vt, scale)?)))?;
+        let ms = time_ms(&dev, 3, args.reps, || {
+            videosdgx_kernels::attention(&q, &kt, &vt, scale)?;
+            Ok(())
+        })?;
         timings.push(KernelTiming { kernel: name.into(), shape: format!("cross 1x{heads}x{l}x512x{d}"), ms, tflops: Some(4.0 * (l * 512 * d * heads) as f64 / ms / 1e9), gbps: None });
 
         let width = heads * d;
         let x = bf16(&[1, l, width])?;
         let modulation = || Tensor::randn(0f32, 0.1f32, (1, width), &dev);
         let spec = NormSpec { scale: Some(modulation()?), shift: Some(modulation()?), ..NormSpec::new(NormKind::Layer, 1e-6) };
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::modulated_norm(&x, &spec)?)))?;
+        let ms = time_ms(&dev, 3, args.reps, || {
+            videosdgx_kernels::modulated_norm(&x, &spec)?;
+            Ok(())
+        })?;
         // bf16 in and out: the bytes it must move.
         let bytes = (2 * 2 * l * width) as f64;
         timings.push(KernelTiming { kernel: "modulated_norm_bf16".into(), shape: format!("layer 1x{l}x{width}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
 
         let grid = RopeGrid { frames: 21, height: 30, width: 52 };
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::rope3d(&q, grid, 10_000.0)?)))?;
+        let ms = time_ms(&dev, 3, args.reps, || {
+            videosdgx_kernels::rope3d(&q, grid, 10_000.0)?;
+            Ok(())
+        })?;
         let bytes = (2 * 2 * l * heads * d) as f64;
         timings.push(KernelTiming { kernel: "rope3d_bf16".into(), shape: format!("1x{l}x{heads}x{d}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
 
@@ -384,13 +382,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wan21_480p_81_frames_is_32760_tokens_and_the_anchor_flop_count() {
-        let shape = Preset::Wan21_1_3b.shape();
-        let (f, h, w) = token_grid(&shape, 480, 832, 81).unwrap();
+    fn wan21_480p_81_frames_is_a_21x30x52_token_grid() {
+        let (f, h, w) = token_grid(&Preset::Wan21_1_3b.shape(), 480, 832, 81).unwrap();
         assert_eq!((f, h, w), (21, 30, 52));
-        // 283 TFLOP per forward, as the anchor and docs/PERFORMANCE.md state.
-        let tflop = transformer_flops(&shape, f * h * w) / 1e12;
-        assert!((tflop - 283.0).abs() < 1.0, "{tflop}");
     }
 
     #[test]
