@@ -8,13 +8,13 @@
 # videosdgx-cuda-sm90.xz, gpu-checks.xz (the kernels crate's `gpu` test binary), the kernel
 # sources and kernels/bench/attention_vs_sdpa.py, the anchor diffusers_wan.py, and a diffusers
 # wheel (the device has PyTorch but not diffusers). STEPS default to all of:
-#   checks kernels wan13 wan14 wan22 anchor13 anchor14 sdpa
+#   checks kernels wan13 anchor13 sdpa elementwise wan14 anchor14 wan22
 # Results go to $OUT (one file per step) and a summary is printed last.
 set -uo pipefail
 
 BUNDLE="$(cd "$1" && pwd)"
 shift
-STEPS=("${@:-checks kernels wan13 anchor13 sdpa wan14 anchor14 wan22}")
+STEPS=("${@:-checks kernels wan13 anchor13 sdpa elementwise wan14 anchor14 wan22}")
 read -r -a STEPS <<<"${STEPS[*]}"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -55,6 +55,7 @@ for step in "${STEPS[@]}"; do
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;
+    elementwise) run elementwise python3 "$BUNDLE/bench/elementwise_check.py" "$BUNDLE/cuda" ;;
     *) echo "unknown step $step" >&2 ;;
   esac
 done
