@@ -8,13 +8,14 @@
 # videosdgx-cuda-sm90.xz, gpu-checks.xz (the kernels crate's `gpu` test binary), the kernel
 # sources and kernels/bench/attention_vs_sdpa.py, the anchor diffusers_wan.py, and a diffusers
 # wheel (the device has PyTorch but not diffusers). STEPS default to all of:
-#   checks kernels wan13 anchor13 sdpa elementwise wan14 anchor14 wan22
+#   checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# (bench wan defaults to 480x832, 81 frames)
 # Results go to $OUT (one file per step) and a summary is printed last.
 set -uo pipefail
 
 BUNDLE="$(cd "$1" && pwd)"
 shift
-STEPS=("${@:-checks kernels wan13 anchor13 sdpa elementwise wan14 anchor14 wan22}")
+STEPS=("${@:-checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
 read -r -a STEPS <<<"${STEPS[*]}"
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
@@ -49,9 +50,11 @@ for step in "${STEPS[@]}"; do
   case "$step" in
     checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
     kernels) run kernels "$BIN" bench kernels --json ;;
-    wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --height 480 --width 832 --frames 81 --json ;;
-    wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --height 480 --width 832 --frames 81 --json ;;
-    wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --height 480 --width 832 --frames 81 --json ;;
+    wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --json ;;
+    wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
+    wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
+    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --json ;;
+    anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;
