@@ -1,2 +1,5 @@
 //! Generation engine: loads diffusers checkpoints and runs the Wan family on candle (CPU or CUDA).
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
+
+pub mod hub;
+pub mod video;

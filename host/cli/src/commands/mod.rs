@@ -1,6 +1,8 @@
 //! Command-line surface. One module per command group; each parses its own arguments
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
+mod models;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -15,8 +17,27 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Download and list model pipelines.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    let data = data_dir(cli.data)?;
+    match cli.command {
+        Command::Models(command) => models::run(command, &data),
+    }
+}
+
+/// `--data`/`VIDEOSDGX_DATA`, else `$XDG_DATA_HOME/videosdgx` or `~/.local/share/videosdgx`.
+fn data_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("videosdgx"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("no data directory: pass --data DIR or set VIDEOSDGX_DATA"))?;
+    Ok(PathBuf::from(home).join(".local/share/videosdgx"))
 }
