@@ -20,7 +20,9 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub const SOURCE_FILE: &str = ".videosdgx-source.json";
 const CACHE_DIR: &str = ".hub-cache";
 /// Weight formats the engine cannot load; skipped when the repository also has safetensors.
-const UNUSED_WEIGHTS: &[&str] = &[".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf"];
+const UNUSED_WEIGHTS: &[&str] = &[
+    ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf",
+];
 
 /// Where a model was pulled from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,12 +67,16 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self { endpoint: endpoint.into().trim_end_matches('/').to_string(), token: None }
+        Self {
+            endpoint: endpoint.into().trim_end_matches('/').to_string(),
+            token: None,
+        }
     }
 
     /// `HF_ENDPOINT` (default huggingface.co) and `HF_TOKEN`, as the Python tools read them.
     pub fn from_env() -> Self {
-        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+        let endpoint =
+            std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
         Self::new(endpoint).with_token(std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()))
     }
 
@@ -92,7 +98,8 @@ impl Hub {
         check_repo_id(repo_id)?;
         let revision = revision.unwrap_or("main");
         let cache_dir = models_dir.join(CACHE_DIR);
-        std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+        std::fs::create_dir_all(&cache_dir)
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
         let api = ApiBuilder::from_cache(Cache::new(cache_dir.clone()))
             .with_endpoint(self.endpoint.clone())
             .with_token(self.token.clone())
@@ -100,11 +107,18 @@ impl Hub {
             .build()
             .context("setting up the hub client")?;
         let info = api
-            .repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()))
+            .repo(Repo::with_revision(
+                repo_id.to_string(),
+                RepoType::Model,
+                revision.to_string(),
+            ))
             .info()
             .map_err(|err| self.describe(err, repo_id, revision, None))?;
         let files = select_files(info.siblings.iter().map(|s| s.rfilename.as_str()))?;
-        ensure!(!files.is_empty(), "model repo {repo_id} at {revision} has no files");
+        ensure!(
+            !files.is_empty(),
+            "model repo {repo_id} at {revision} has no files"
+        );
         // Pin the commit so every file comes from the same snapshot even if the branch moves.
         let pinned = Repo::with_revision(repo_id.to_string(), RepoType::Model, info.sha.clone());
         let api_repo = api.repo(pinned.clone());
@@ -114,13 +128,21 @@ impl Hub {
             let path = match cache.get(file) {
                 Some(path) => path,
                 None => {
-                    let adapter = ProgressAdapter { file, file_index, files: files.len(), bytes: 0, file_size: 0, callback: &mut *progress };
+                    let adapter = ProgressAdapter {
+                        file,
+                        file_index,
+                        files: files.len(),
+                        bytes: 0,
+                        file_size: 0,
+                        callback: &mut *progress,
+                    };
                     api_repo
                         .download_with_progress(file, adapter)
                         .map_err(|err| self.describe(err, repo_id, revision, Some(file)))?
                 }
             };
-            let blob = std::fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))?;
+            let blob = std::fs::canonicalize(&path)
+                .with_context(|| format!("resolving {}", path.display()))?;
             check_blob(&blob, file)?;
             local.push(blob);
         }
@@ -134,10 +156,18 @@ impl Hub {
         install(models_dir, &source, &local)
     }
 
-    fn describe(&self, err: ApiError, repo_id: &str, revision: &str, file: Option<&str>) -> anyhow::Error {
+    fn describe(
+        &self,
+        err: ApiError,
+        repo_id: &str,
+        revision: &str,
+        file: Option<&str>,
+    ) -> anyhow::Error {
         let status = match &err {
             ApiError::RequestError(inner) => match inner.as_ref() {
-                ureq::Error::Status(code, response) => Some((*code, response.header("x-error-code").map(str::to_string))),
+                ureq::Error::Status(code, response) => {
+                    Some((*code, response.header("x-error-code").map(str::to_string)))
+                }
                 ureq::Error::Transport(_) => None,
             },
             _ => None,
@@ -151,10 +181,17 @@ impl Hub {
                 "{what} not found on {} ({}){}",
                 self.endpoint,
                 code.unwrap_or_else(|| "HTTP 404".into()),
-                if self.token.is_none() { "; for a gated or private repo set HF_TOKEN" } else { "" }
+                if self.token.is_none() {
+                    "; for a gated or private repo set HF_TOKEN"
+                } else {
+                    ""
+                }
             ),
-            Some((code, _)) => anyhow::anyhow!("{what}: the hub at {} answered HTTP {code}", self.endpoint),
-            None => anyhow::Error::new(err).context(format!("downloading {what} from {}", self.endpoint)),
+            Some((code, _)) => {
+                anyhow::anyhow!("{what}: the hub at {} answered HTTP {code}", self.endpoint)
+            }
+            None => anyhow::Error::new(err)
+                .context(format!("downloading {what} from {}", self.endpoint)),
         }
     }
 }
@@ -204,10 +241,13 @@ fn check_repo_id(repo_id: &str) -> Result<()> {
     let valid_part = |p: &str| {
         !p.is_empty()
             && !p.starts_with(['.', '-'])
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     ensure!(
-        (1..=2).contains(&parts.len()) && parts.iter().all(|p| valid_part(p)) && !repo_id.contains(".."),
+        (1..=2).contains(&parts.len())
+            && parts.iter().all(|p| valid_part(p))
+            && !repo_id.contains(".."),
         "invalid repo id {repo_id:?}: expected NAME or ORG/NAME (letters, digits, '-', '_', '.')"
     );
     Ok(())
@@ -235,18 +275,25 @@ fn select_files<'a>(names: impl Iterator<Item = &'a str>) -> Result<Vec<String>>
 /// The cache names a blob by its ETag; for LFS files that is the SHA-256 of the content, which
 /// catches a corrupted resume.
 fn check_blob(blob: &Path, file: &str) -> Result<()> {
-    let etag = blob.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let etag = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(());
     }
     let mut hasher = Sha256::new();
-    let mut reader = std::fs::File::open(blob).with_context(|| format!("opening {}", blob.display()))?;
-    std::io::copy(&mut reader, &mut hasher).with_context(|| format!("reading {}", blob.display()))?;
+    let mut reader =
+        std::fs::File::open(blob).with_context(|| format!("opening {}", blob.display()))?;
+    std::io::copy(&mut reader, &mut hasher)
+        .with_context(|| format!("reading {}", blob.display()))?;
     let actual = format!("{:x}", hasher.finalize());
     if !actual.eq_ignore_ascii_case(etag) {
         // Drop the bad blob so the next pull downloads it again.
         let _ = std::fs::remove_file(blob);
-        bail!("downloaded {file} is corrupt: SHA-256 {actual}, the hub announced {etag}; pull again");
+        bail!(
+            "downloaded {file} is corrupt: SHA-256 {actual}, the hub announced {etag}; pull again"
+        );
     }
     Ok(())
 }
@@ -256,18 +303,24 @@ fn install(models_dir: &Path, source: &PullSource, blobs: &[PathBuf]) -> Result<
     let flat_name = source.repo_id.replace('/', "--");
     let staging = models_dir.join(format!(".staging-{flat_name}"));
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("clearing {}", staging.display()))?;
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("clearing {}", staging.display()))?;
     }
     for (file, blob) in source.files.iter().zip(blobs) {
         let target = staging.join(file);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         if std::fs::hard_link(blob, &target).is_err() {
-            std::fs::copy(blob, &target).with_context(|| format!("copying {file} into {}", staging.display()))?;
+            std::fs::copy(blob, &target)
+                .with_context(|| format!("copying {file} into {}", staging.display()))?;
         }
     }
-    std::fs::write(staging.join(SOURCE_FILE), serde_json::to_vec_pretty(source)?)?;
+    std::fs::write(
+        staging.join(SOURCE_FILE),
+        serde_json::to_vec_pretty(source)?,
+    )?;
     let destination = models_dir.join(&source.repo_id);
     if let Some(parent) = destination.parent() {
         std::fs::create_dir_all(parent)?;
@@ -275,7 +328,8 @@ fn install(models_dir: &Path, source: &PullSource, blobs: &[PathBuf]) -> Result<
     if destination.exists() {
         let old = models_dir.join(format!(".replaced-{flat_name}"));
         let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(&destination, &old).with_context(|| format!("moving aside {}", destination.display()))?;
+        std::fs::rename(&destination, &old)
+            .with_context(|| format!("moving aside {}", destination.display()))?;
         std::fs::rename(&staging, &destination)?;
         std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     } else {
@@ -323,19 +377,31 @@ fn is_model_dir(dir: &Path) -> bool {
 }
 
 fn describe_model(models_dir: &Path, dir: &Path) -> Result<LocalModel> {
-    let name = dir.strip_prefix(models_dir).unwrap_or(dir).to_string_lossy().replace('\\', "/");
+    let name = dir
+        .strip_prefix(models_dir)
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .replace('\\', "/");
     let mut pipeline_class = None;
     let mut components = BTreeMap::new();
     let index_path = dir.join("model_index.json");
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
-        let index: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index_path.display()))?;
-        pipeline_class = index.get("_class_name").and_then(|v| v.as_str()).map(str::to_string);
+        let text = std::fs::read_to_string(&index_path)
+            .with_context(|| format!("reading {}", index_path.display()))?;
+        let index: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+        pipeline_class = index
+            .get("_class_name")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         if let Some(entries) = index.as_object() {
             for (key, value) in entries {
                 // Components are `"name": ["library", "Class"]`; `null` marks an absent optional one.
-                if let Some(class) = value.as_array().and_then(|pair| pair.get(1)).and_then(|c| c.as_str()) {
+                if let Some(class) = value
+                    .as_array()
+                    .and_then(|pair| pair.get(1))
+                    .and_then(|c| c.as_str())
+                {
                     components.insert(key.clone(), class.to_string());
                 }
             }
@@ -344,11 +410,21 @@ fn describe_model(models_dir: &Path, dir: &Path) -> Result<LocalModel> {
     let source_path = dir.join(SOURCE_FILE);
     let source = if source_path.is_file() {
         let text = std::fs::read_to_string(&source_path)?;
-        Some(serde_json::from_str(&text).with_context(|| format!("{} is malformed", source_path.display()))?)
+        Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is malformed", source_path.display()))?,
+        )
     } else {
         None
     };
-    Ok(LocalModel { name, path: dir.to_path_buf(), size_bytes: dir_size(dir)?, pipeline_class, components, source })
+    Ok(LocalModel {
+        name,
+        path: dir.to_path_buf(),
+        size_bytes: dir_size(dir)?,
+        pipeline_class,
+        components,
+        source,
+    })
 }
 
 fn dir_size(dir: &Path) -> Result<u64> {
@@ -356,7 +432,11 @@ fn dir_size(dir: &Path) -> Result<u64> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
         let metadata = std::fs::metadata(entry.path())?;
-        total += if metadata.is_dir() { dir_size(&entry.path())? } else { metadata.len() };
+        total += if metadata.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            metadata.len()
+        };
     }
     Ok(total)
 }

@@ -26,7 +26,11 @@ fn moving_frames(count: usize, width: u32, height: u32) -> Vec<RgbImage> {
 }
 
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-    let total: u64 = a.iter().zip(b.iter()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+    let total: u64 = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
     total as f64 / a.as_raw().len() as f64
 }
 
@@ -49,7 +53,10 @@ fn mp4_round_trip_keeps_frames_rate_and_generation_record() {
     for (original, decoded) in frames.iter().zip(&video.frames) {
         assert_eq!(decoded.dimensions(), (96, 64));
         let error = mean_abs_diff(original, decoded);
-        assert!(error < 6.0, "lossy coding drifted too far: mean abs error {error}");
+        assert!(
+            error < 6.0,
+            "lossy coding drifted too far: mean abs error {error}"
+        );
     }
 }
 
@@ -69,12 +76,19 @@ fn output_is_faststart_constrained_baseline_h264() {
         at += size;
     }
     assert_eq!(at, bytes.len(), "top-level boxes must tile the file");
-    assert_eq!(order, ["ftyp", "moov", "mdat"], "moov must precede mdat for progressive playback");
+    assert_eq!(
+        order,
+        ["ftyp", "moov", "mdat"],
+        "moov must precede mdat for progressive playback"
+    );
 
     let info = probe(&path).unwrap();
     // profile_idc 66 (baseline) with constraint_set1 (constrained baseline): plays everywhere.
     assert!(info.codec.starts_with("avc1.42"), "codec {}", info.codec);
-    assert!(bytes.windows(4).any(|w| w == b"avcC"), "avc1 sample entry carries avcC");
+    assert!(
+        bytes.windows(4).any(|w| w == b"avcC"),
+        "avc1 sample entry carries avcC"
+    );
 }
 
 #[test]
@@ -102,7 +116,10 @@ fn extract_frame_seeks_from_a_keyframe_and_matches_full_decode() {
     assert_eq!(extract_frame(&path, 0).unwrap(), all[0]);
     assert_eq!(extract_last_frame(&path).unwrap(), all[29]);
     let err = error_text(extract_frame(&path, 30).unwrap_err());
-    assert!(err.contains("frame 30 is out of range") && err.contains("30 frames"), "{err}");
+    assert!(
+        err.contains("frame 30 is out of range") && err.contains("30 frames"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,7 +138,10 @@ fn mismatched_frame_sizes_are_refused_naming_the_frame() {
     let mut frames = moving_frames(3, 64, 48);
     frames.push(RgbImage::new(32, 32));
     let err = error_text(write_mp4(&path, &frames, 8, &json!({})).unwrap_err());
-    assert!(err.contains("frame 3 is 32x32") && err.contains("64x48"), "{err}");
+    assert!(
+        err.contains("frame 3 is 32x32") && err.contains("64x48"),
+        "{err}"
+    );
     let err = error_text(write_mp4(&path, &[], 8, &json!({})).unwrap_err());
     assert!(err.contains("at least one frame"), "{err}");
 }
@@ -138,7 +158,10 @@ fn failed_write_keeps_the_previous_file_and_leaves_no_temporaries() {
     assert!(write_mp4(&path, &frames, 8, &json!({"take": 2})).is_err());
 
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["clip.mp4"]);
 }
 
@@ -156,7 +179,10 @@ fn truncated_mp4_is_reported_as_truncated() {
         let path = dir.path().join(format!("cut-{keep}.mp4"));
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let err = error_text(read_mp4(&path).unwrap_err());
-        assert!(err.contains("truncated") && err.contains(&format!("cut-{keep}.mp4")), "{keep}: {err}");
+        assert!(
+            err.contains("truncated") && err.contains(&format!("cut-{keep}.mp4")),
+            "{keep}: {err}"
+        );
     }
 }
 
@@ -166,7 +192,10 @@ fn non_mp4_file_is_rejected() {
     let path = dir.path().join("notes.mp4");
     std::fs::write(&path, "INT. KITCHEN - NIGHT\nA kettle whistles.\n").unwrap();
     let err = error_text(probe(&path).unwrap_err());
-    assert!(err.contains("not an MP4 file") && err.contains("notes.mp4"), "{err}");
+    assert!(
+        err.contains("not an MP4 file") && err.contains("notes.mp4"),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty.mp4");
     std::fs::write(&empty, "").unwrap();
@@ -203,7 +232,20 @@ fn corrupt_sample_data_errors_instead_of_panicking() {
 #[test]
 fn tensor_frames_round_like_diffusers_and_convert_back() {
     let device = candle_core::Device::Cpu;
-    let values = [0.0f32, 0.5, 1.0, 0.2, -0.3, 1.7, 0.499 / 255.0, 0.501 / 255.0, 0.25, 0.75, 0.3, 0.9];
+    let values = [
+        0.0f32,
+        0.5,
+        1.0,
+        0.2,
+        -0.3,
+        1.7,
+        0.499 / 255.0,
+        0.501 / 255.0,
+        0.25,
+        0.75,
+        0.3,
+        0.9,
+    ];
     let tensor = candle_core::Tensor::from_slice(&values, (2, 1, 2, 3), &device).unwrap();
     let frames = frames_from_tensor(&tensor).unwrap();
     assert_eq!(frames.len(), 2);
@@ -215,7 +257,8 @@ fn tensor_frames_round_like_diffusers_and_convert_back() {
     assert_eq!(back.dims(), &[2, 1, 2, 3]);
     assert_eq!(frames_from_tensor(&back).unwrap(), frames);
 
-    let four_channels = candle_core::Tensor::zeros((1, 2, 2, 4), candle_core::DType::F32, &device).unwrap();
+    let four_channels =
+        candle_core::Tensor::zeros((1, 2, 2, 4), candle_core::DType::F32, &device).unwrap();
     let err = error_text(frames_from_tensor(&four_channels).unwrap_err());
     assert!(err.contains("3 channels"), "{err}");
 }
@@ -226,7 +269,12 @@ fn png_frames_are_written_in_order_and_lossless() {
     let out = dir.path().join("frames");
     let frames = moving_frames(3, 40, 30);
     let paths = write_png_frames(&out, &frames).unwrap();
-    assert_eq!(paths, (0..3).map(|i| out.join(format!("frame_{i:05}.png"))).collect::<Vec<_>>());
+    assert_eq!(
+        paths,
+        (0..3)
+            .map(|i| out.join(format!("frame_{i:05}.png")))
+            .collect::<Vec<_>>()
+    );
     for (path, frame) in paths.iter().zip(&frames) {
         assert_eq!(&image::open(path).unwrap().to_rgb8(), frame);
     }

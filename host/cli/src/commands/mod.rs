@@ -38,6 +38,8 @@ fn data_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(xdg).join("videosdgx"));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow::anyhow!("no data directory: pass --data DIR or set VIDEOSDGX_DATA"))?;
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        anyhow::anyhow!("no data directory: pass --data DIR or set VIDEOSDGX_DATA")
+    })?;
     Ok(PathBuf::from(home).join(".local/share/videosdgx"))
 }

@@ -30,9 +30,15 @@ pub enum ModelsCommand {
 pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
     let models_dir = data.join("models");
     match command {
-        ModelsCommand::Pull { repo_id, revision, json } => {
+        ModelsCommand::Pull {
+            repo_id,
+            revision,
+            json,
+        } => {
             let mut reporter = PullReporter::default();
-            let dir = hub::pull(&repo_id, revision.as_deref(), &models_dir, &mut |p| reporter.update(p))?;
+            let dir = hub::pull(&repo_id, revision.as_deref(), &models_dir, &mut |p| {
+                reporter.update(p)
+            })?;
             if json {
                 println!("{}", serde_json::json!({ "repo_id": repo_id, "path": dir }));
             } else {
@@ -44,13 +50,24 @@ pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&models)?);
             } else if models.is_empty() {
-                println!("no models in {} (try `videosdgx models pull REPO_ID`)", models_dir.display());
+                println!(
+                    "no models in {} (try `videosdgx models pull REPO_ID`)",
+                    models_dir.display()
+                );
             } else {
                 for model in models {
                     let class = model.pipeline_class.as_deref().unwrap_or("-");
-                    let components: Vec<String> =
-                        model.components.iter().map(|(name, class)| format!("{name}={class}")).collect();
-                    println!("{}\t{}\t{class}\t{}", model.name, human_size(model.size_bytes), components.join(" "));
+                    let components: Vec<String> = model
+                        .components
+                        .iter()
+                        .map(|(name, class)| format!("{name}={class}"))
+                        .collect();
+                    println!(
+                        "{}\t{}\t{class}\t{}",
+                        model.name,
+                        human_size(model.size_bytes),
+                        components.join(" ")
+                    );
                 }
             }
         }
@@ -66,7 +83,9 @@ struct PullReporter {
 
 impl PullReporter {
     fn update(&mut self, progress: &PullProgress) {
-        let percent = (progress.bytes * 100).checked_div(progress.file_size).unwrap_or(100);
+        let percent = (progress.bytes * 100)
+            .checked_div(progress.file_size)
+            .unwrap_or(100);
         let key = (PathBuf::from(progress.file), percent);
         if self.shown.as_ref() == Some(&key) {
             return;
@@ -95,5 +114,9 @@ fn human_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -47,7 +47,8 @@ impl H264Encoder {
     pub fn new(width: u32, height: u32, fps: u32) -> Result<Self> {
         check_encodable_size(width, height)?;
         ensure!(fps > 0, "frame rate must be at least 1 fps");
-        let bitrate = (f64::from(width) * f64::from(height) * f64::from(fps) * BITS_PER_PIXEL) as u32;
+        let bitrate =
+            (f64::from(width) * f64::from(height) * f64::from(fps) * BITS_PER_PIXEL) as u32;
         let config = EncoderConfig::new()
             .usage_type(UsageType::CameraVideoNonRealTime)
             .profile(Profile::Baseline)
@@ -62,7 +63,12 @@ impl H264Encoder {
             .vui(VuiConfig::bt601());
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .context("initialising the H.264 encoder")?;
-        Ok(Self { encoder, width, height, params: None })
+        Ok(Self {
+            encoder,
+            width,
+            height,
+            params: None,
+        })
     }
 
     pub fn encode(&mut self, frame: &RgbImage) -> Result<EncodedSample> {
@@ -99,7 +105,10 @@ impl H264Encoder {
             // ConstantId strategy: later IDRs repeat identical sets, so the first pair describes the stream.
             self.params.get_or_insert(ParameterSets { sps, pps });
         }
-        ensure!(!data.is_empty(), "the H.264 encoder produced no picture for a frame");
+        ensure!(
+            !data.is_empty(),
+            "the H.264 encoder produced no picture for a frame"
+        );
         Ok(EncodedSample { data, is_keyframe })
     }
 
@@ -111,7 +120,10 @@ impl H264Encoder {
 /// H.264 4:2:0 crops in units of two pixels, so an odd size cannot be represented exactly;
 /// refusing it is better than silently growing the picture.
 pub fn check_encodable_size(width: u32, height: u32) -> Result<()> {
-    ensure!(width > 0 && height > 0, "frame size {width}x{height} is empty");
+    ensure!(
+        width > 0 && height > 0,
+        "frame size {width}x{height} is empty"
+    );
     ensure!(
         width % 2 == 0 && height % 2 == 0,
         "frame size {width}x{height} is odd: H.264 yuv420p needs an even width and height \
@@ -149,15 +161,22 @@ impl H264Decoder {
             matches!(length_size, 1 | 2 | 4),
             "avcC declares a NAL length size of {length_size} bytes (must be 1, 2 or 4)"
         );
-        let mut decoder = Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
-            .context("initialising the H.264 decoder")?;
+        let mut decoder =
+            Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new())
+                .context("initialising the H.264 decoder")?;
         let mut headers = Vec::new();
         for nal in [&params.sps, &params.pps] {
             headers.extend_from_slice(&[0, 0, 0, 1]);
             headers.extend_from_slice(nal);
         }
-        decoder.decode(&headers).context("the stream's SPS/PPS could not be decoded")?;
-        Ok(Self { decoder, length_size: length_size.into(), annex_b: Vec::new() })
+        decoder
+            .decode(&headers)
+            .context("the stream's SPS/PPS could not be decoded")?;
+        Ok(Self {
+            decoder,
+            length_size: length_size.into(),
+            annex_b: Vec::new(),
+        })
     }
 
     /// Decodes one sample; `None` while the decoder is still buffering.
@@ -165,21 +184,36 @@ impl H264Decoder {
         self.annex_b.clear();
         let mut rest = sample;
         while !rest.is_empty() {
-            ensure!(rest.len() >= self.length_size, "sample ends inside a NAL length prefix");
+            ensure!(
+                rest.len() >= self.length_size,
+                "sample ends inside a NAL length prefix"
+            );
             let (len_bytes, tail) = rest.split_at(self.length_size);
-            let len = len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            ensure!(len <= tail.len(), "NAL unit of {len} bytes overruns its {}-byte sample", sample.len());
+            let len = len_bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            ensure!(
+                len <= tail.len(),
+                "NAL unit of {len} bytes overruns its {}-byte sample",
+                sample.len()
+            );
             self.annex_b.extend_from_slice(&[0, 0, 0, 1]);
             self.annex_b.extend_from_slice(&tail[..len]);
             rest = &tail[len..];
         }
-        let picture = self.decoder.decode(&self.annex_b).context("corrupt H.264 sample")?;
+        let picture = self
+            .decoder
+            .decode(&self.annex_b)
+            .context("corrupt H.264 sample")?;
         Ok(picture.map(|yuv| to_rgb(&yuv)))
     }
 
     /// Pictures still held for reordering once every sample was fed.
     pub fn flush(&mut self) -> Result<Vec<RgbImage>> {
-        let frames = self.decoder.flush_remaining().context("flushing the H.264 decoder")?;
+        let frames = self
+            .decoder
+            .flush_remaining()
+            .context("flushing the H.264 decoder")?;
         Ok(frames.iter().map(to_rgb).collect())
     }
 }

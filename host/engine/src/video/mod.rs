@@ -41,11 +41,22 @@ pub struct DecodedVideo {
 
 /// Encodes `frames` as an H.264 MP4 at `path` with `metadata` embedded (atomically: the
 /// destination either keeps its old content or gets the complete new file).
-pub fn write_mp4(path: &Path, frames: &[RgbImage], fps: u32, metadata: &serde_json::Value) -> Result<()> {
+pub fn write_mp4(
+    path: &Path,
+    frames: &[RgbImage],
+    fps: u32,
+    metadata: &serde_json::Value,
+) -> Result<()> {
     (|| {
-        let first = frames.first().context("a video needs at least one frame, got none")?;
+        let first = frames
+            .first()
+            .context("a video needs at least one frame, got none")?;
         let size = first.dimensions();
-        if let Some((index, frame)) = frames.iter().enumerate().find(|(_, f)| f.dimensions() != size) {
+        if let Some((index, frame)) = frames
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.dimensions() != size)
+        {
             anyhow::bail!(
                 "frame {index} is {}x{} but frame 0 is {}x{}: every frame must have the same size",
                 frame.width(),
@@ -77,7 +88,11 @@ pub fn read_mp4(path: &Path) -> Result<DecodedVideo> {
         path.display(),
         frames.len()
     );
-    Ok(DecodedVideo { frames, fps: reader.fps, metadata: reader.metadata })
+    Ok(DecodedVideo {
+        frames,
+        fps: reader.fps,
+        metadata: reader.metadata,
+    })
 }
 
 /// Reads size, length, codec and metadata from the container only.

@@ -9,10 +9,10 @@ use super::h264::{EncodedSample, H264Decoder, H264Encoder, ParameterSets, codec_
 use anyhow::{Context, Result, bail, ensure};
 use image::RgbImage;
 use mp4_atom::{
-    Atom, Avc1, Avcc, Co64, Codec, Decode, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC,
-    Ftyp, Hdlr, Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov,
-    Mvhd, ReadFrom, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry,
-    Tkhd, Trak, Url, Visual, Vmhd,
+    Atom, Avc1, Avcc, Co64, Codec, Decode, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC, Ftyp,
+    Hdlr, Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov, Mvhd,
+    ReadFrom, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tkhd,
+    Trak, Url, Visual, Vmhd,
 };
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -62,11 +62,16 @@ impl Mp4Writer {
 
     pub fn push(&mut self, frame: &RgbImage) -> Result<()> {
         let index = self.sample_sizes.len();
-        let EncodedSample { data, is_keyframe } =
-            self.encoder.encode(frame).with_context(|| format!("frame {index}"))?;
-        self.payload.write_all(&data).context("spooling encoded video")?;
+        let EncodedSample { data, is_keyframe } = self
+            .encoder
+            .encode(frame)
+            .with_context(|| format!("frame {index}"))?;
+        self.payload
+            .write_all(&data)
+            .context("spooling encoded video")?;
         self.payload_len += data.len() as u64;
-        self.sample_sizes.push(u32::try_from(data.len()).context("encoded frame over 4 GiB")?);
+        self.sample_sizes
+            .push(u32::try_from(data.len()).context("encoded frame over 4 GiB")?);
         if is_keyframe {
             self.keyframes.push(index as u32 + 1);
         }
@@ -79,7 +84,10 @@ impl Mp4Writer {
 
     /// Writes `ftyp`, `moov` and `mdat` to a temporary file beside the destination, then renames it.
     pub fn finish(self, metadata: &serde_json::Value) -> Result<()> {
-        ensure!(!self.sample_sizes.is_empty(), "a video needs at least one frame, got none");
+        ensure!(
+            !self.sample_sizes.is_empty(),
+            "a video needs at least one frame, got none"
+        );
         let params = self
             .encoder
             .parameter_sets()
@@ -88,7 +96,9 @@ impl Mp4Writer {
         let ftyp = encode_atom(&Ftyp {
             major_brand: FourCC::new(b"isom"),
             minor_version: 512,
-            compatible_brands: [b"isom", b"iso2", b"avc1", b"mp41"].map(FourCC::new).to_vec(),
+            compatible_brands: [b"isom", b"iso2", b"avc1", b"mp41"]
+                .map(FourCC::new)
+                .to_vec(),
         })?;
         let mdat_header = encode_atom_header(b"mdat", self.payload_len)?;
         // Chunk offsets depend on the size of `moov`, which does not depend on their values.
@@ -151,11 +161,18 @@ impl Mp4Writer {
             ..Avc1::default()
         };
         let stbl = Stbl {
-            stsd: Stsd { codecs: vec![Codec::Avc1(avc1)] },
-            stts: Stts {
-                entries: vec![SttsEntry { sample_count: frames as u32, sample_delta: TICKS_PER_FRAME }],
+            stsd: Stsd {
+                codecs: vec![Codec::Avc1(avc1)],
             },
-            stss: Some(Stss { entries: self.keyframes.clone() }),
+            stts: Stts {
+                entries: vec![SttsEntry {
+                    sample_count: frames as u32,
+                    sample_delta: TICKS_PER_FRAME,
+                }],
+            },
+            stss: Some(Stss {
+                entries: self.keyframes.clone(),
+            }),
             stsc: Stsc {
                 entries: vec![StscEntry {
                     first_chunk: 1,
@@ -163,7 +180,11 @@ impl Mp4Writer {
                     sample_description_index: 1,
                 }],
             },
-            stsz: Stsz { samples: StszSamples::Different { sizes: self.sample_sizes.clone() } },
+            stsz: Stsz {
+                samples: StszSamples::Different {
+                    sizes: self.sample_sizes.clone(),
+                },
+            },
             stco,
             co64,
             ..Stbl::default()
@@ -185,11 +206,18 @@ impl Mp4Writer {
                     language: "und".into(),
                     ..Mdhd::default()
                 },
-                hdlr: Hdlr { handler: FourCC::new(b"vide"), name: "VideoHandler".into() },
+                hdlr: Hdlr {
+                    handler: FourCC::new(b"vide"),
+                    name: "VideoHandler".into(),
+                },
                 minf: Minf {
                     vmhd: Some(Vmhd::default()),
                     dinf: Dinf {
-                        dref: Dref { entries: vec![DrefEntry::Url(Url { location: String::new() })] },
+                        dref: Dref {
+                            entries: vec![DrefEntry::Url(Url {
+                                location: String::new(),
+                            })],
+                        },
                     },
                     stbl,
                     ..Minf::default()
@@ -215,7 +243,10 @@ impl Mp4Writer {
 
 fn metadata_box(metadata: &serde_json::Value) -> Result<Meta> {
     let mut meta = Meta {
-        hdlr: Hdlr { handler: FourCC::new(b"mdta"), name: String::new() },
+        hdlr: Hdlr {
+            handler: FourCC::new(b"mdta"),
+            name: String::new(),
+        },
         items: Vec::new(),
     };
     meta.push(Keys {
@@ -239,15 +270,26 @@ fn metadata_box(metadata: &serde_json::Value) -> Result<Meta> {
 }
 
 fn read_metadata(moov: &Moov) -> Result<serde_json::Value> {
-    let Some(meta) = &moov.meta else { return Ok(serde_json::Value::Null) };
+    let Some(meta) = &moov.meta else {
+        return Ok(serde_json::Value::Null);
+    };
     let (Some(keys), Some(ilst)) = (meta.get::<Keys>(), meta.get::<mp4_atom::Ilst>()) else {
         return Ok(serde_json::Value::Null);
     };
-    let Some(position) = keys.entries.iter().position(|k| k.key_value == METADATA_KEY) else {
+    let Some(position) = keys
+        .entries
+        .iter()
+        .position(|k| k.key_value == METADATA_KEY)
+    else {
         return Ok(serde_json::Value::Null);
     };
     let index = position as u32 + 1;
-    match ilst.mdta.iter().find(|(i, _)| *i == index).map(|(_, data)| &data.value) {
+    match ilst
+        .mdta
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, data)| &data.value)
+    {
         Some(IlstDataValue::Utf8(json)) => serde_json::from_str(json)
             .with_context(|| format!("metadata item {METADATA_KEY} is not valid JSON")),
         Some(_) => bail!("metadata item {METADATA_KEY} is not UTF-8 text"),
@@ -257,13 +299,18 @@ fn read_metadata(moov: &Moov) -> Result<serde_json::Value> {
 
 fn encode_atom<T: Atom>(atom: &T) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    atom.encode(&mut buf).with_context(|| format!("encoding the {} box", T::KIND))?;
+    atom.encode(&mut buf)
+        .with_context(|| format!("encoding the {} box", T::KIND))?;
     Ok(buf)
 }
 
 fn encode_atom_header(kind: &[u8; 4], body_len: u64) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    Header { kind: FourCC::new(kind), size: Some(body_len as usize) }.encode(&mut buf)?;
+    Header {
+        kind: FourCC::new(kind),
+        size: Some(body_len as usize),
+    }
+    .encode(&mut buf)?;
     Ok(buf)
 }
 
@@ -310,19 +357,28 @@ impl Mp4Reader {
         let avcc = match stbl.stsd.codecs.first() {
             Some(Codec::Avc1(avc1)) => &avc1.avcc,
             Some(Codec::Avc3(avc3)) => &avc3.avcc,
-            Some(other) => bail!("the video track is {}, only H.264 (avc1) can be decoded", codec_name(other)),
+            Some(other) => bail!(
+                "the video track is {}, only H.264 (avc1) can be decoded",
+                codec_name(other)
+            ),
             None => bail!("the video track has no sample description"),
         };
-        let (Some(sps), Some(pps)) =
-            (avcc.sequence_parameter_sets.first(), avcc.picture_parameter_sets.first())
-        else {
+        let (Some(sps), Some(pps)) = (
+            avcc.sequence_parameter_sets.first(),
+            avcc.picture_parameter_sets.first(),
+        ) else {
             bail!("the avcC box carries no SPS/PPS")
         };
-        let params = ParameterSets { sps: sps.clone(), pps: pps.clone() };
+        let params = ParameterSets {
+            sps: sps.clone(),
+            pps: pps.clone(),
+        };
         let samples = sample_locations(stbl)?;
         ensure!(!samples.is_empty(), "the video track has no frames");
-        if let Some((i, (offset, size))) =
-            samples.iter().enumerate().find(|(_, (o, s))| o + u64::from(*s) > file_len)
+        if let Some((i, (offset, size))) = samples
+            .iter()
+            .enumerate()
+            .find(|(_, (o, s))| o + u64::from(*s) > file_len)
         {
             bail!(
                 "the file is truncated: frame {i} lies at bytes {offset}..{} but the file has {file_len} bytes",
@@ -331,7 +387,12 @@ impl Mp4Reader {
         }
         let timescale = trak.mdia.mdhd.timescale;
         ensure!(timescale > 0, "the video track's timescale is 0");
-        let ticks: u64 = stbl.stts.entries.iter().map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta)).sum();
+        let ticks: u64 = stbl
+            .stts
+            .entries
+            .iter()
+            .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
+            .sum();
         ensure!(ticks > 0, "the video track has zero duration");
         let duration_s = ticks as f64 / f64::from(timescale);
         let (width, height) = match stbl.stsd.codecs.first() {
@@ -341,7 +402,12 @@ impl Mp4Reader {
         };
         Ok(Self {
             fps: samples.len() as f64 / duration_s,
-            keyframes: stbl.stss.as_ref().map(|s| s.entries.iter().map(|e| e.saturating_sub(1) as usize).collect()),
+            keyframes: stbl.stss.as_ref().map(|s| {
+                s.entries
+                    .iter()
+                    .map(|e| e.saturating_sub(1) as usize)
+                    .collect()
+            }),
             samples,
             codec: codec_string(&params.sps)?,
             metadata: read_metadata(&moov)?,
@@ -366,18 +432,32 @@ impl Mp4Reader {
             self.samples.len()
         );
         let keyframe = match &self.keyframes {
-            Some(keys) => keys.iter().copied().filter(|k| *k <= start).max().unwrap_or(0),
+            Some(keys) => keys
+                .iter()
+                .copied()
+                .filter(|k| *k <= start)
+                .max()
+                .unwrap_or(0),
             None => start,
         };
         let decoder = H264Decoder::new(&self.params, self.length_size)?;
-        Ok(FrameIter { reader: self, decoder, next_sample: keyframe, skip: start - keyframe, pending: Vec::new(), buf: Vec::new() })
+        Ok(FrameIter {
+            reader: self,
+            decoder,
+            next_sample: keyframe,
+            skip: start - keyframe,
+            pending: Vec::new(),
+            buf: Vec::new(),
+        })
     }
 
     fn read_sample(&mut self, index: usize, buf: &mut Vec<u8>) -> Result<()> {
         let (offset, size) = self.samples[index];
         buf.resize(size as usize, 0);
         self.file.seek(SeekFrom::Start(offset))?;
-        self.file.read_exact(buf).with_context(|| format!("reading frame {index}"))?;
+        self.file
+            .read_exact(buf)
+            .with_context(|| format!("reading frame {index}"))?;
         Ok(())
     }
 }
@@ -403,7 +483,11 @@ impl FrameIter<'_> {
                 let index = self.next_sample;
                 self.next_sample += 1;
                 self.reader.read_sample(index, &mut self.buf)?;
-                match self.decoder.decode(&self.buf).with_context(|| format!("decoding frame {index}"))? {
+                match self
+                    .decoder
+                    .decode(&self.buf)
+                    .with_context(|| format!("decoding frame {index}"))?
+                {
                     Some(frame) => frame,
                     None => continue,
                 }
@@ -440,14 +524,21 @@ fn find_moov(file: &mut BufReader<File>, file_len: u64) -> Result<Moov> {
         file.seek(SeekFrom::Start(position))?;
         let header = match Header::read_from(file) {
             Ok(header) => header,
-            Err(_) if seen_any => bail!("the file is truncated inside a box header at byte {position}"),
+            Err(_) if seen_any => {
+                bail!("the file is truncated inside a box header at byte {position}")
+            }
             Err(_) => bail!("not an MP4 file: no box header at the start"),
         };
         let header_len = file.stream_position()? - position;
-        let body_len = header.size.map_or(file_len - position - header_len, |s| s as u64);
+        let body_len = header
+            .size
+            .map_or(file_len - position - header_len, |s| s as u64);
         let leading = [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"].map(FourCC::new);
         if !seen_any && !leading.contains(&header.kind) {
-            bail!("not an MP4 file: it starts with {:?} instead of an ftyp box", header.kind.to_string());
+            bail!(
+                "not an MP4 file: it starts with {:?} instead of an ftyp box",
+                header.kind.to_string()
+            );
         }
         seen_any = true;
         if header.kind == Moov::KIND {
@@ -456,7 +547,10 @@ fn find_moov(file: &mut BufReader<File>, file_len: u64) -> Result<Moov> {
                 "the file is truncated: the moov box needs {body_len} bytes but only {} remain",
                 file_len - position - header_len
             );
-            ensure!(body_len <= MAX_MOOV_BYTES, "the moov box is {body_len} bytes, more than this reader accepts");
+            ensure!(
+                body_len <= MAX_MOOV_BYTES,
+                "the moov box is {body_len} bytes, more than this reader accepts"
+            );
             let mut body = vec![0u8; body_len as usize];
             file.read_exact(&mut body)?;
             return Moov::decode_body(&mut body.as_slice()).context("the moov box is malformed");
@@ -491,7 +585,10 @@ fn sample_locations(stbl: &Stbl) -> Result<Vec<(u64, u32)>> {
         let mut offset = *chunk_offset;
         for _ in 0..per_chunk {
             let size = *sizes.get(sample).with_context(|| {
-                format!("the sample tables disagree: chunks hold more than the {} sizes in stsz", sizes.len())
+                format!(
+                    "the sample tables disagree: chunks hold more than the {} sizes in stsz",
+                    sizes.len()
+                )
             })?;
             locations.push((offset, size));
             offset += u64::from(size);

@@ -73,10 +73,14 @@ fn white() -> [u8; 3] {
 pub enum Transition {
     Cut,
     /// The last `duration` frames of one segment blend into the first of the next (they overlap).
-    Crossfade { duration: Time },
+    Crossfade {
+        duration: Time,
+    },
     /// The first segment fades out to black over the first half of `duration`, the next fades
     /// in from black over the second half; nothing overlaps.
-    FadeThroughBlack { duration: Time },
+    FadeThroughBlack {
+        duration: Time,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -144,7 +148,12 @@ struct PlannedSegment {
 }
 
 enum PlannedSource {
-    Clip { path: PathBuf, start_s: f64, source_fps: f64, source_frames: usize },
+    Clip {
+        path: PathBuf,
+        start_s: f64,
+        source_fps: f64,
+        source_frames: usize,
+    },
     Title(TitleCard),
 }
 
@@ -167,7 +176,10 @@ pub fn render(
             }
             let fade_start = segment.frames - segment.fade_out;
             if k >= fade_start {
-                scale(&mut frame, 1.0 - (k - fade_start + 1) as f32 / segment.fade_out as f32);
+                scale(
+                    &mut frame,
+                    1.0 - (k - fade_start + 1) as f32 / segment.fade_out as f32,
+                );
             }
             if k < segment.crossfade_in {
                 let t = (k + 1) as f32 / (segment.crossfade_in + 1) as f32;
@@ -177,7 +189,11 @@ pub fn render(
                 next_held.push(frame);
             } else {
                 writer.push(&frame)?;
-                let step = RenderProgress { frame: writer.frames_written(), total: report.frames, segment: index };
+                let step = RenderProgress {
+                    frame: writer.frames_written(),
+                    total: report.frames,
+                    segment: index,
+                };
                 if progress(&step).is_break() {
                     return Err(RenderCancelled.into());
                 }
@@ -185,10 +201,14 @@ pub fn render(
             k += 1;
             Ok(())
         };
-        produce(segment, timeline, &mut sink).with_context(|| format!("rendering segment {index}"))?;
+        produce(segment, timeline, &mut sink)
+            .with_context(|| format!("rendering segment {index}"))?;
         held = next_held;
     }
-    ensure!(held.is_empty(), "the last segment cannot end in a crossfade");
+    ensure!(
+        held.is_empty(),
+        "the last segment cannot end in a crossfade"
+    );
     ensure!(
         writer.frames_written() == report.frames,
         "rendered {} frames but planned {}",
@@ -196,14 +216,22 @@ pub fn render(
         report.frames
     );
     let metadata = serde_json::json!({ "timeline": timeline });
-    writer.finish(&metadata).with_context(|| format!("writing {}", out.display()))?;
+    writer
+        .finish(&metadata)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(report)
 }
 
 fn plan(timeline: &Timeline) -> Result<Vec<PlannedSegment>> {
     check_encodable_size(timeline.width, timeline.height).context("timeline output size")?;
-    ensure!(timeline.fps > 0, "timeline frame rate must be at least 1 fps");
-    ensure!(!timeline.segments.is_empty(), "the timeline has no segments");
+    ensure!(
+        timeline.fps > 0,
+        "timeline frame rate must be at least 1 fps"
+    );
+    ensure!(
+        !timeline.segments.is_empty(),
+        "the timeline has no segments"
+    );
     ensure!(
         timeline.transitions.len() + 1 == timeline.segments.len(),
         "{} segments need {} transitions between them, got {}",
@@ -215,20 +243,28 @@ fn plan(timeline: &Timeline) -> Result<Vec<PlannedSegment>> {
         .segments
         .iter()
         .enumerate()
-        .map(|(index, segment)| plan_segment(segment, timeline.fps).with_context(|| format!("segment {index}")))
+        .map(|(index, segment)| {
+            plan_segment(segment, timeline.fps).with_context(|| format!("segment {index}"))
+        })
         .collect::<Result<Vec<_>>>()?;
     for (index, transition) in timeline.transitions.iter().enumerate() {
         match *transition {
             Transition::Cut => {}
             Transition::Crossfade { duration } => {
                 let frames = duration.frames(timeline.fps);
-                ensure!(frames > 0, "transition {index}: a crossfade needs at least one frame");
+                ensure!(
+                    frames > 0,
+                    "transition {index}: a crossfade needs at least one frame"
+                );
                 plan[index].crossfade_out = frames;
                 plan[index + 1].crossfade_in = frames;
             }
             Transition::FadeThroughBlack { duration } => {
                 let frames = duration.frames(timeline.fps);
-                ensure!(frames >= 2, "transition {index}: a fade through black needs at least two frames");
+                ensure!(
+                    frames >= 2,
+                    "transition {index}: a fade through black needs at least two frames"
+                );
                 plan[index].fade_out = frames.div_ceil(2);
                 plan[index + 1].fade_in = frames / 2;
             }
@@ -266,7 +302,9 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
                 "clip {}: trim {start_s:.3}s..{end_s:.3}s is outside the clip's 0..{length_s:.3}s",
                 clip.path.display()
             );
-            let frames = ((end_s.min(length_s) - start_s) * f64::from(fps)).round().max(1.0) as usize;
+            let frames = ((end_s.min(length_s) - start_s) * f64::from(fps))
+                .round()
+                .max(1.0) as usize;
             (
                 frames,
                 PlannedSource::Clip {
@@ -278,7 +316,14 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
             )
         }
     };
-    Ok(PlannedSegment { frames, source, crossfade_in: 0, crossfade_out: 0, fade_in: 0, fade_out: 0 })
+    Ok(PlannedSegment {
+        frames,
+        source,
+        crossfade_in: 0,
+        crossfade_out: 0,
+        fade_in: 0,
+        fade_out: 0,
+    })
 }
 
 fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
@@ -286,7 +331,10 @@ fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
     let mut start = 0;
     for segment in plan {
         start -= segment.crossfade_in;
-        segments.push(SegmentSpan { start_frame: start, frames: segment.frames });
+        segments.push(SegmentSpan {
+            start_frame: start,
+            frames: segment.frames,
+        });
         start += segment.frames;
     }
     RenderReport {
@@ -298,7 +346,11 @@ fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
 }
 
 /// Feeds `segment.frames` output-sized frames to `sink`, decoding a clip front to back once.
-fn produce(segment: &PlannedSegment, timeline: &Timeline, sink: &mut dyn FnMut(RgbImage) -> Result<()>) -> Result<()> {
+fn produce(
+    segment: &PlannedSegment,
+    timeline: &Timeline,
+    sink: &mut dyn FnMut(RgbImage) -> Result<()>,
+) -> Result<()> {
     let (width, height) = (timeline.width, timeline.height);
     match &segment.source {
         PlannedSource::Title(card) => {
@@ -307,7 +359,12 @@ fn produce(segment: &PlannedSegment, timeline: &Timeline, sink: &mut dyn FnMut(R
                 sink(frame.clone())?;
             }
         }
-        PlannedSource::Clip { path, start_s, source_fps, source_frames } => {
+        PlannedSource::Clip {
+            path,
+            start_s,
+            source_fps,
+            source_frames,
+        } => {
             // Output frame k shows the source frame on screen at start + k / fps.
             let source_index = |k: usize| {
                 let t = start_s + k as f64 / f64::from(timeline.fps);
@@ -321,9 +378,9 @@ fn produce(segment: &PlannedSegment, timeline: &Timeline, sink: &mut dyn FnMut(R
                 let wanted = source_index(k);
                 while current.as_ref().is_none_or(|(i, _)| *i < wanted) {
                     let index = current.as_ref().map_or(first, |(i, _)| i + 1);
-                    let frame = decoded
-                        .next()
-                        .with_context(|| format!("{} ended before frame {index}", path.display()))??;
+                    let frame = decoded.next().with_context(|| {
+                        format!("{} ended before frame {index}", path.display())
+                    })??;
                     current = Some((index, fit(frame, width, height)));
                 }
                 let (_, frame) = current.as_ref().expect("decoded above");
@@ -347,7 +404,12 @@ fn fit(frame: RgbImage, width: u32, height: u32) -> RgbImage {
     let scaled_h = ((f64::from(frame.height()) * scale).round() as u32).clamp(1, height);
     let scaled = imageops::resize(&frame, scaled_w, scaled_h, imageops::FilterType::CatmullRom);
     let mut canvas = RgbImage::from_pixel(width, height, Rgb([0, 0, 0]));
-    imageops::replace(&mut canvas, &scaled, i64::from((width - scaled_w) / 2), i64::from((height - scaled_h) / 2));
+    imageops::replace(
+        &mut canvas,
+        &scaled,
+        i64::from((width - scaled_w) / 2),
+        i64::from((height - scaled_h) / 2),
+    );
     canvas
 }
 

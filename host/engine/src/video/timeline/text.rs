@@ -14,7 +14,8 @@ const START_SIZE: f32 = 1.0 / 10.0;
 const MIN_SIZE_PX: f32 = 6.0;
 
 pub fn title_card(card: &TitleCard, width: u32, height: u32) -> RgbImage {
-    let font = FontRef::try_from_slice(FONT_BYTES).expect("the bundled font is a valid TrueType file");
+    let font =
+        FontRef::try_from_slice(FONT_BYTES).expect("the bundled font is a valid TrueType file");
     let mut image = RgbImage::from_pixel(width, height, Rgb(card.background));
     let max_width = width as f32 * TEXT_AREA;
     let max_height = height as f32 * TEXT_AREA;
@@ -22,7 +23,9 @@ pub fn title_card(card: &TitleCard, width: u32, height: u32) -> RgbImage {
     let lines = loop {
         let scaled = font.as_scaled(PxScale::from(size));
         let lines = wrap(&scaled, &card.text, max_width);
-        let fits_width = lines.iter().all(|line| line_width(&scaled, line) <= max_width);
+        let fits_width = lines
+            .iter()
+            .all(|line| line_width(&scaled, line) <= max_width);
         let fits_height = lines.len() as f32 * line_height(&scaled) <= max_height;
         if (fits_width && fits_height) || size <= MIN_SIZE_PX {
             break lines;
@@ -44,7 +47,10 @@ fn line_height<F: Font>(font: &impl ScaleFont<F>) -> f32 {
     font.ascent() - font.descent() + font.line_gap()
 }
 
-fn glyphs<'a, F: Font>(font: &'a impl ScaleFont<F>, text: &'a str) -> impl Iterator<Item = (GlyphId, f32)> + 'a {
+fn glyphs<'a, F: Font>(
+    font: &'a impl ScaleFont<F>,
+    text: &'a str,
+) -> impl Iterator<Item = (GlyphId, f32)> + 'a {
     let mut previous: Option<GlyphId> = None;
     let mut x = 0.0;
     text.chars().filter(|c| !c.is_control()).map(move |c| {
@@ -60,7 +66,9 @@ fn glyphs<'a, F: Font>(font: &'a impl ScaleFont<F>, text: &'a str) -> impl Itera
 }
 
 fn line_width<F: Font>(font: &impl ScaleFont<F>, line: &str) -> f32 {
-    glyphs(font, line).last().map_or(0.0, |(id, x)| x + font.h_advance(id))
+    glyphs(font, line)
+        .last()
+        .map_or(0.0, |(id, x)| x + font.h_advance(id))
 }
 
 /// Greedy word wrap; explicit newlines always break. A word wider than the line stays whole
@@ -70,7 +78,11 @@ fn wrap<F: Font>(font: &impl ScaleFont<F>, text: &str, max_width: f32) -> Vec<St
     for paragraph in text.lines() {
         let mut line = String::new();
         for word in paragraph.split_whitespace() {
-            let candidate = if line.is_empty() { word.to_string() } else { format!("{line} {word}") };
+            let candidate = if line.is_empty() {
+                word.to_string()
+            } else {
+                format!("{line} {word}")
+            };
             if line.is_empty() || line_width(font, &candidate) <= max_width {
                 line = candidate;
             } else {
@@ -82,11 +94,20 @@ fn wrap<F: Font>(font: &impl ScaleFont<F>, text: &str, max_width: f32) -> Vec<St
     lines
 }
 
-fn draw_line<F: Font>(image: &mut RgbImage, font: &impl ScaleFont<F>, line: &str, x: f32, baseline: f32, color: [u8; 3]) {
+fn draw_line<F: Font>(
+    image: &mut RgbImage,
+    font: &impl ScaleFont<F>,
+    line: &str,
+    x: f32,
+    baseline: f32,
+    color: [u8; 3],
+) {
     let (width, height) = image.dimensions();
     for (id, offset) in glyphs(font, line) {
         let glyph = id.with_scale_and_position(font.scale(), point(x + offset, baseline));
-        let Some(outline) = font.font().outline_glyph(glyph) else { continue };
+        let Some(outline) = font.font().outline_glyph(glyph) else {
+            continue;
+        };
         let bounds = outline.px_bounds();
         outline.draw(|gx, gy, coverage| {
             let px = bounds.min.x as i64 + i64::from(gx);
