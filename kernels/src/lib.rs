@@ -1,2 +1,22 @@
-//! Fused kernels: CUDA C++ sources in `kernels/cuda`, compiled with NVRTC for the GPU present,
-//! and CPU references that define what each kernel must compute.
+//! Fused kernels for the generation engine: CUDA C++ sources in `kernels/cuda`, compiled at run
+//! time with NVRTC for the exact GPU present (cached on disk by source hash and architecture) and
+//! exposed as candle ops, plus CPU references that define what each kernel must compute.
+//!
+//! The references are always built and run in CI; the CUDA side exists only with the `cuda`
+//! feature. Nothing here silently falls back: a CUDA entry point either runs its kernel or
+//! returns an error saying why it cannot (dtype, head dim, layout), and the caller decides.
+
+pub mod reference;
+mod spec;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+pub use spec::{NormKind, NormSpec, RopeGrid};
+
+#[cfg(feature = "cuda")]
+pub use cuda::{
+    CompileReport, attention, attention_kernel_for, compile_all, compile_report, kernel_cache_dir,
+    modulated_norm,
+    rope3d, set_poison_outputs,
+};

@@ -2,4 +2,6 @@
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
 pub mod hub;
+pub mod schedulers;
+pub mod vae;
 pub mod video;

@@ -1,6 +1,7 @@
 //! Command-line surface. One module per command group; each parses its own arguments
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
+pub mod bench;
 mod models;
 
 use clap::{Parser, Subcommand};
@@ -18,15 +19,18 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Measure GPU speed: Wan transformer forwards and the fused kernels (CUDA builds only).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Download and list model pipelines.
     #[command(subcommand)]
     Models(models::ModelsCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let data = data_dir(cli.data)?;
     match cli.command {
-        Command::Models(command) => models::run(command, &data),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Models(command) => models::run(command, &data_dir(cli.data)?),
     }
 }
 

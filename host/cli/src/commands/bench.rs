@@ -1,0 +1,411 @@
+//! `videosdgx bench`: GPU throughput of the engine and its fused kernels on random data of the
+//! published shapes, timed with CUDA events (median after warm-up). Reports only what was
+//! measured in this process on this GPU; it never loads model files or writes anything.
+//!
+//! Useful FLOPs of one Wan transformer forward (the same count as the reference anchor
+//! `shared/bench/diffusers_wan.py`), per layer with L video tokens, model width d, FFN width F
+//! and 512 text tokens:
+//!   2·L·(4d² + 2dF)      self-attention q/k/v/out projections and the FFN
+//!   + 4·L²·d             self-attention scores and weighted sum
+//!   + 2·L·2d²            cross-attention q and out projections
+//!   + 2·512·2d²          cross-attention k/v projections of the text
+//!   + 4·L·512·d          cross-attention scores and weighted sum
+//! Attention alone: 4·B·H·Lq·Lk·Dh.
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One Wan transformer forward at a preset's full published config with random weights.
+    Wan(WanArgs),
+    /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
+    Kernels(KernelArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Preset {
+    #[value(name = "wan2.1-1.3b")]
+    #[serde(rename = "wan2.1-1.3b")]
+    Wan21_1_3b,
+    #[value(name = "wan2.1-14b")]
+    #[serde(rename = "wan2.1-14b")]
+    Wan21_14b,
+    #[value(name = "wan2.2-5b")]
+    #[serde(rename = "wan2.2-5b")]
+    Wan22_5b,
+}
+
+/// The dimensions of a preset's published transformer config.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WanShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub layers: usize,
+    pub in_channels: usize,
+    /// Spatial downsampling of the VAE (8 for Wan 2.1, 16 for Wan 2.2's high-compression VAE).
+    pub vae_stride: usize,
+}
+
+impl Preset {
+    pub fn shape(self) -> WanShape {
+        match self {
+            Preset::Wan21_1_3b => WanShape { heads: 12, head_dim: 128, ffn_dim: 8960, layers: 30, in_channels: 16, vae_stride: 8 },
+            Preset::Wan21_14b => WanShape { heads: 40, head_dim: 128, ffn_dim: 13824, layers: 40, in_channels: 16, vae_stride: 8 },
+            Preset::Wan22_5b => WanShape { heads: 24, head_dim: 128, ffn_dim: 14336, layers: 30, in_channels: 48, vae_stride: 16 },
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    Transformer,
+}
+
+#[derive(Args, Debug)]
+pub struct WanArgs {
+    #[arg(long, value_enum, default_value = "wan2.1-1.3b")]
+    pub preset: Preset,
+    #[arg(long, default_value_t = 480)]
+    pub height: usize,
+    #[arg(long, default_value_t = 832)]
+    pub width: usize,
+    #[arg(long, default_value_t = 81)]
+    pub frames: usize,
+    #[arg(long, value_enum, default_value = "transformer")]
+    pub component: Component,
+    /// Timed repetitions (the median is reported); at least 5.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..))]
+    pub reps: u32,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(5..))]
+    pub reps: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The latent token grid the transformer sees: VAE-compressed, then patched by (1, 2, 2).
+pub fn token_grid(shape: &WanShape, height: usize, width: usize, frames: usize) -> anyhow::Result<(usize, usize, usize)> {
+    let cell = shape.vae_stride * 2;
+    if height % cell != 0 || width % cell != 0 {
+        anyhow::bail!("height and width must be multiples of {cell} for this preset, got {height}x{width}");
+    }
+    if frames == 0 || (frames - 1) % 4 != 0 {
+        anyhow::bail!("frames must be 4k+1 (the VAE compresses time by 4), got {frames}");
+    }
+    Ok(((frames - 1) / 4 + 1, height / cell, width / cell))
+}
+
+/// Useful FLOPs of one forward (module docs), batch 1, 512 text tokens.
+pub fn transformer_flops(shape: &WanShape, tokens: usize) -> f64 {
+    let (l, d, f, t) = (tokens as f64, (shape.heads * shape.head_dim) as f64, shape.ffn_dim as f64, 512.0);
+    shape.layers as f64
+        * (2.0 * l * (4.0 * d * d + 2.0 * d * f) + 4.0 * l * l * d + 2.0 * l * 2.0 * d * d + 2.0 * t * 2.0 * d * d + 4.0 * l * t * d)
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        match cmd {
+            BenchCommand::Wan(args) => gpu::wan(&args),
+            BenchCommand::Kernels(args) => gpu::kernels(&args),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = cmd;
+        anyhow::bail!("this videosdgx was built without CUDA; build the GPU binary with scripts/build-cuda.sh")
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::*;
+    use anyhow::Context;
+    use candle_core::cuda_backend::cudarc::driver::{CudaContext, result as driver, sys::CUevent_flags};
+    use candle_core::{DType, Device, Shape, Tensor};
+    use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
+    use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
+
+    fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
+        let dev = Device::new_cuda(0).context("no CUDA device")?;
+        let Device::Cuda(cd) = &dev else { unreachable!() };
+        let ctx = cd.cuda_stream().context().clone();
+        Ok((dev, ctx))
+    }
+
+    /// Median milliseconds of `reps` runs of `f` after `warmup`, between CUDA events on candle's stream.
+    fn time_ms(dev: &Device, warmup: u32, reps: u32, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+        let Device::Cuda(cd) = dev else { anyhow::bail!("timing needs a CUDA device") };
+        let stream = cd.cuda_stream();
+        for _ in 0..warmup {
+            f()?;
+        }
+        stream.synchronize()?;
+        let mut times = Vec::with_capacity(reps as usize);
+        for _ in 0..reps {
+            let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            f()?;
+            let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            end.synchronize()?;
+            times.push(f64::from(start.elapsed_ms(&end)?));
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
+    /// Samples device memory in use (cuMemGetInfo) every millisecond while alive; the peak
+    /// includes the CUDA context and candle's memory pool, so it bounds allocator-level peaks
+    /// (PyTorch's max_memory_allocated) from above.
+    struct MemoryPeak {
+        stop: Arc<AtomicBool>,
+        peak: Arc<AtomicUsize>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl MemoryPeak {
+        fn start(ctx: &Arc<CudaContext>) -> Self {
+            let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+            let (s, p, ctx) = (stop.clone(), peak.clone(), ctx.clone());
+            let thread = std::thread::spawn(move || {
+                if ctx.bind_to_thread().is_err() {
+                    return;
+                }
+                while !s.load(Ordering::Relaxed) {
+                    if let Ok((free, total)) = driver::mem_get_info() {
+                        p.fetch_max(total - free, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            Self { stop, peak, thread: Some(thread) }
+        }
+
+        fn finish(mut self) -> f64 {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            self.peak.load(Ordering::Relaxed) as f64 / (1u64 << 30) as f64
+        }
+    }
+
+    /// Random weights created on the device as each tensor is asked for: N(0, 1/fan_in) for
+    /// matrices, N(0, 0.02) for vectors (plus 1 for norm scales), so activations stay finite.
+    /// Counts the parameters it hands out.
+    struct RandomWeights {
+        params: Arc<AtomicUsize>,
+    }
+
+    impl SimpleBackend for RandomWeights {
+        fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            self.params.fetch_add(s.elem_count(), Ordering::Relaxed);
+            let dims = s.dims();
+            let t = if dims.len() >= 2 {
+                let fan_in: usize = dims[1..].iter().product();
+                Tensor::randn(0f32, (fan_in as f32).powf(-0.5), s, dev)?
+            } else {
+                let mean = if name.contains("norm") && name.ends_with("weight") { 1f32 } else { 0f32 };
+                Tensor::randn(mean, 0.02f32, s, dev)?
+            };
+            t.to_dtype(dtype)
+        }
+
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("random weights need the shape of {name}")
+        }
+
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    #[derive(Serialize)]
+    struct WanReport {
+        gpu: String,
+        preset: Preset,
+        component: Component,
+        height: usize,
+        width: usize,
+        frames: usize,
+        tokens: usize,
+        params_b: f64,
+        fwd_ms: f64,
+        tflops: f64,
+        peak_gib: f64,
+        reps: u32,
+    }
+
+    pub fn wan(args: &WanArgs) -> anyhow::Result<()> {
+        let (dev, ctx) = cuda()?;
+        let shape = args.preset.shape();
+        let (f, h, w) = token_grid(&shape, args.height, args.width, args.frames)?;
+        let tokens = f * h * w;
+        let cfg = WanTransformerConfig {
+            num_attention_heads: shape.heads,
+            attention_head_dim: shape.head_dim,
+            ffn_dim: shape.ffn_dim,
+            num_layers: shape.layers,
+            in_channels: shape.in_channels,
+            out_channels: Some(shape.in_channels),
+            ..WanTransformerConfig::default()
+        };
+        let params = Arc::new(AtomicUsize::new(0));
+        let vb = VarBuilder::from_backend(Box::new(RandomWeights { params: params.clone() }), DType::BF16, dev.clone());
+        let model = WanTransformer3DModel::new(&cfg, vb).context("building the transformer")?;
+        let params_b = params.load(Ordering::Relaxed) as f64 / 1e9;
+        let latents = Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?.to_dtype(DType::BF16)?;
+        let timestep = Tensor::new(&[500f32], &dev)?;
+        let text = Tensor::randn(0f32, 1f32, (1, 512, cfg.text_dim), &dev)?.to_dtype(DType::BF16)?;
+        let peak = MemoryPeak::start(&ctx);
+        let fwd_ms = time_ms(&dev, args.warmup, args.reps, || {
+            model.forward(&latents, &timestep, &text, None)?;
+            Ok(())
+        })?;
+        let peak_gib = peak.finish();
+        let report = WanReport {
+            gpu: ctx.name()?,
+            preset: args.preset,
+            component: args.component,
+            height: args.height,
+            width: args.width,
+            frames: args.frames,
+            tokens,
+            params_b,
+            fwd_ms,
+            tflops: transformer_flops(&shape, tokens) / fwd_ms / 1e9,
+            peak_gib,
+            reps: args.reps,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{} on {}: {} tokens, {:.2}B params, forward {:.1} ms (median of {}), {:.0} TFLOP/s, peak {:.1} GiB",
+                serde_json::to_value(report.preset)?.as_str().unwrap_or_default(),
+                report.gpu,
+                report.tokens,
+                report.params_b,
+                report.fwd_ms,
+                report.reps,
+                report.tflops,
+                report.peak_gib
+            );
+        }
+        Ok(())
+    }
+
+    #[derive(Serialize)]
+    struct KernelTiming {
+        kernel: String,
+        shape: String,
+        ms: f64,
+        tflops: Option<f64>,
+        gbps: Option<f64>,
+    }
+
+    #[derive(Serialize)]
+    struct KernelsReport {
+        gpu: String,
+        compile: Vec<videosdgx_kernels::CompileReport>,
+        compile_cached: Vec<videosdgx_kernels::CompileReport>,
+        timings: Vec<KernelTiming>,
+    }
+
+    pub fn kernels(args: &KernelArgs) -> anyhow::Result<()> {
+        let (dev, ctx) = cuda()?;
+        // Cold: an empty cache directory; cached: the same directory again.
+        let cache = tempfile::tempdir()?;
+        let compile = videosdgx_kernels::compile_report(&dev, cache.path())?;
+        let compile_cached = videosdgx_kernels::compile_report(&dev, cache.path())?;
+
+        let bf16 = |shape: &[usize]| -> anyhow::Result<Tensor> { Ok(Tensor::randn(0f32, 1f32, shape, &dev)?.to_dtype(DType::BF16)?) };
+        let (l, heads, d) = (32760usize, 12usize, 128usize);
+        let q = bf16(&[1, l, heads, d])?;
+        let k = bf16(&[1, l, heads, d])?;
+        let v = bf16(&[1, l, heads, d])?;
+        let kt = bf16(&[1, 512, heads, d])?;
+        let vt = bf16(&[1, 512, heads, d])?;
+        let scale = (d as f32).powf(-0.5);
+        let name = videosdgx_kernels::attention_kernel_for(&q)?.context("no fused attention kernel for this GPU")?;
+        let mut timings = Vec::new();
+        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &k, &v, scale)?)))?;
+        timings.push(KernelTiming { kernel: name.into(), shape: format!("self 1x{heads}x{l}x{d}"), ms, tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9), gbps: None });
+        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &kt, &vt, scale)?)))?;
+        timings.push(KernelTiming { kernel: name.into(), shape: format!("cross 1x{heads}x{l}x512x{d}"), ms, tflops: Some(4.0 * (l * 512 * d * heads) as f64 / ms / 1e9), gbps: None });
+
+        let width = heads * d;
+        let x = bf16(&[1, l, width])?;
+        let modulation = || Tensor::randn(0f32, 0.1f32, (1, width), &dev);
+        let spec = NormSpec { scale: Some(modulation()?), shift: Some(modulation()?), ..NormSpec::new(NormKind::Layer, 1e-6) };
+        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::modulated_norm(&x, &spec)?)))?;
+        // bf16 in and out: the bytes it must move.
+        let bytes = (2 * 2 * l * width) as f64;
+        timings.push(KernelTiming { kernel: "modulated_norm_bf16".into(), shape: format!("layer 1x{l}x{width}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
+
+        let grid = RopeGrid { frames: 21, height: 30, width: 52 };
+        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::rope3d(&q, grid, 10_000.0)?)))?;
+        let bytes = (2 * 2 * l * heads * d) as f64;
+        timings.push(KernelTiming { kernel: "rope3d_bf16".into(), shape: format!("1x{l}x{heads}x{d}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
+
+        let report = KernelsReport { gpu: ctx.name()?, compile, compile_cached, timings };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{}", report.gpu);
+            for (cold, warm) in report.compile.iter().zip(&report.compile_cached) {
+                println!("  NVRTC {:<16} {:<7} cold {:>8.1} ms, cached {:>6.1} ms", cold.module, cold.arch, cold.ms, warm.ms);
+            }
+            for t in &report.timings {
+                let rate = match (t.tflops, t.gbps) {
+                    (Some(tf), _) => format!("{tf:.0} TFLOP/s"),
+                    (_, Some(gb)) => format!("{gb:.0} GB/s"),
+                    _ => String::new(),
+                };
+                println!("  {:<28} {:<28} {:>8.3} ms  {rate}", t.kernel, t.shape, t.ms);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan21_480p_81_frames_is_32760_tokens_and_the_anchor_flop_count() {
+        let shape = Preset::Wan21_1_3b.shape();
+        let (f, h, w) = token_grid(&shape, 480, 832, 81).unwrap();
+        assert_eq!((f, h, w), (21, 30, 52));
+        // 283 TFLOP per forward, as the anchor and docs/PERFORMANCE.md state.
+        let tflop = transformer_flops(&shape, f * h * w) / 1e12;
+        assert!((tflop - 283.0).abs() < 1.0, "{tflop}");
+    }
+
+    #[test]
+    fn wan22_uses_its_16x_vae_grid() {
+        let (f, h, w) = token_grid(&Preset::Wan22_5b.shape(), 480, 832, 81).unwrap();
+        assert_eq!((f, h, w), (21, 15, 26));
+    }
+
+    #[test]
+    fn sizes_the_vae_cannot_encode_are_refused() {
+        let err = token_grid(&Preset::Wan21_1_3b.shape(), 481, 832, 81).unwrap_err().to_string();
+        assert!(err.contains("multiples of 16"), "{err}");
+        let err = token_grid(&Preset::Wan21_1_3b.shape(), 480, 832, 80).unwrap_err().to_string();
+        assert!(err.contains("4k+1"), "{err}");
+    }
+}

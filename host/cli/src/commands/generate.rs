@@ -1,0 +1,192 @@
+//! `videosdgx generate`: one video from a Wan pipeline directory, written as MP4 (with the
+//! generation parameters embedded) and/or as the raw `[frames, height, width, 3]` f32 tensor the
+//! reference returns. Progress goes to stderr; the printed record to stdout.
+
+use super::model::{DTypeArg, parse_device};
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use videosdgx_engine::pipelines::{
+    GenerateInputs, GenerateParams, ImageInput, Progress, WanPipeline,
+};
+use videosdgx_engine::schedulers::SchedulerKind;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Pipeline directory (diffusers layout: model_index.json and component folders).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    #[arg(long)]
+    pub height: usize,
+    #[arg(long)]
+    pub width: usize,
+    /// Pixel frames, 4k+1 for the Wan VAEs.
+    #[arg(long)]
+    pub frames: usize,
+    #[arg(long)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (off at 1 or below).
+    #[arg(long)]
+    pub guidance: f64,
+    /// Guidance of Wan 2.2's low-noise expert (defaults to --guidance).
+    #[arg(long)]
+    pub guidance_2: Option<f64>,
+    #[arg(long)]
+    pub seed: u64,
+    /// MP4 to write (H.264, generation parameters in its metadata).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Initial latents (safetensors, one tensor) instead of the seeded noise.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// Prompt embeddings (safetensors, one tensor `[1, L, text_dim]`) instead of encoding --prompt.
+    #[arg(long)]
+    pub prompt_embeds: Option<PathBuf>,
+    /// Negative prompt embeddings instead of encoding --negative-prompt.
+    #[arg(long)]
+    pub negative_prompt_embeds: Option<PathBuf>,
+    /// Also write the video as safetensors key `video`: f32 [frames, height, width, 3] in [0, 1].
+    #[arg(long)]
+    pub save_tensor: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Start frame (image-to-video).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Last frame (first+last-frame checkpoints).
+    #[arg(long)]
+    pub last_image: Option<PathBuf>,
+    /// Overrides the scheduler's flow shift (3.0 suits 480p, 5.0 suits 720p).
+    #[arg(long)]
+    pub flow_shift: Option<f64>,
+    /// Overrides the pipeline's scheduler.
+    #[arg(long, value_enum)]
+    pub scheduler: Option<SchedulerArg>,
+    /// Free the text encoder once the prompts are encoded.
+    #[arg(long)]
+    pub drop_text_encoder: bool,
+    /// Print the result record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SchedulerArg {
+    Unipc,
+    FlowEuler,
+}
+
+/// The single tensor of a safetensors file, named in errors by the flag it came from.
+fn single_tensor(path: &Path, flag: &str) -> Result<Tensor> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let mut values = tensors.into_values();
+    match (values.next(), values.next()) {
+        (Some(t), None) => Ok(t.to_dtype(DType::F32)?),
+        (None, _) => bail!("{flag}: {} holds no tensor", path.display()),
+        _ => bail!("{flag}: {} must hold exactly one tensor", path.display()),
+    }
+}
+
+fn params(args: &GenerateArgs) -> GenerateParams {
+    GenerateParams {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        height: args.height,
+        width: args.width,
+        frames: args.frames,
+        steps: args.steps,
+        guidance: args.guidance,
+        guidance_2: args.guidance_2,
+        seed: args.seed,
+        start_image: args.image.clone().map(ImageInput::Path),
+        end_image: args.last_image.clone().map(ImageInput::Path),
+        flow_shift: args.flow_shift,
+        scheduler: args.scheduler.map(|s| match s {
+            SchedulerArg::Unipc => SchedulerKind::Unipc,
+            SchedulerArg::FlowEuler => SchedulerKind::FlowEuler,
+        }),
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.out.is_none() && args.save_tensor.is_none() {
+        bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
+    }
+    let params = params(&args);
+    let inputs = GenerateInputs {
+        latents: args.latents.as_deref().map(|p| single_tensor(p, "--latents")).transpose()?,
+        prompt_embeds: args
+            .prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--prompt-embeds"))
+            .transpose()?,
+        negative_prompt_embeds: args
+            .negative_prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--negative-prompt-embeds"))
+            .transpose()?,
+    };
+    let device = parse_device(&args.device)?;
+    let dtype = match args.dtype {
+        DTypeArg::F32 => DType::F32,
+        DTypeArg::Bf16 => DType::BF16,
+    };
+    let started = std::time::Instant::now();
+    eprintln!("loading {}", args.model.display());
+    let mut pipeline = WanPipeline::load(&args.model, &device, dtype)?;
+    pipeline.keep_text_encoder(!args.drop_text_encoder);
+    let mut show = |p: &Progress| {
+        eprintln!("{:?} {}/{}", p.stage, p.step, p.total);
+        ControlFlow::Continue(())
+    };
+    let video = pipeline.generate_with(&params, inputs, &mut show)?;
+
+    if let Some(path) = &args.save_tensor {
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("video".to_string(), video.frames.clone())]),
+            path,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.out {
+        eprintln!("Writing {}", path.display());
+        let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
+        let record = serde_json::json!({ "generate": params, "model": args.model, "dtype": format!("{:?}", args.dtype) });
+        videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
+    }
+    let (frames, height, width, _) = video.frames.dims4()?;
+    let record = serde_json::json!({
+        "out": args.out,
+        "tensor": args.save_tensor,
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "fps": video.fps,
+        "seconds": started.elapsed().as_secs_f64(),
+        "params": params,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        println!(
+            "{frames} frames of {width}x{height} in {:.1}s -> {}",
+            started.elapsed().as_secs_f64(),
+            args.out
+                .as_ref()
+                .or(args.save_tensor.as_ref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

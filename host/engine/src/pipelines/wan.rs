@@ -1,0 +1,411 @@
+//! `WanPipeline`: one pipeline directory (diffusers layout) of the Wan family, run end to end.
+//!
+//! What the directory holds decides the mode: a transformer whose `in_channels` equals the VAE's
+//! `z_dim` denoises from text alone (T2V, and TI2V when `expand_timesteps` is set, which can also
+//! take a start image); a larger `in_channels` takes the VAE-encoded conditioning video plus its
+//! frame mask (I2V), and an `image_dim` adds the CLIP image embedding. With `boundary_ratio` and a
+//! `transformer_2`, the second expert takes over below `boundary_ratio * num_train_timesteps`.
+//! The VAE always runs in f32 (as the reference's examples load it); the other models in `dtype`.
+
+use super::prompt::encode_prompt;
+use super::{Cancelled, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise};
+use crate::loader::read_pipeline_index;
+use crate::models::clip_vision::CLIPVisionModel;
+use crate::models::umt5::UMT5EncoderModel;
+use crate::models::wan_transformer::WanTransformer3DModel;
+use crate::image_processor::CLIPImageProcessor;
+use crate::schedulers::Scheduler;
+use crate::tokenizer::PromptTokenizer;
+use crate::vae::AutoencoderKLWan;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+/// Frames per second of Wan's training videos, and of the written MP4.
+const WAN_FPS: u32 = 16;
+
+/// Tensors that replace what a generation would compute (reproduction and testing).
+#[derive(Default)]
+pub struct GenerateInputs {
+    /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw.
+    pub latents: Option<Tensor>,
+    /// `[1, L, text_dim]` instead of encoding `prompt`.
+    pub prompt_embeds: Option<Tensor>,
+    /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
+    pub negative_prompt_embeds: Option<Tensor>,
+}
+
+pub struct WanPipeline {
+    dir: PathBuf,
+    device: Device,
+    dtype: DType,
+    tokenizer: PromptTokenizer,
+    /// `None` after prompts were encoded with `keep_text_encoder` off; reloaded when needed.
+    text_encoder: Option<UMT5EncoderModel>,
+    keep_text_encoder: bool,
+    transformer: WanTransformer3DModel,
+    transformer_2: Option<WanTransformer3DModel>,
+    image_encoder: Option<(CLIPImageProcessor, CLIPVisionModel)>,
+    vae: AutoencoderKLWan,
+    boundary_ratio: Option<f64>,
+    expand_timesteps: bool,
+}
+
+fn component(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.is_dir() {
+        bail!("{}: the pipeline has no {name}/ folder", dir.display());
+    }
+    Ok(path)
+}
+
+impl WanPipeline {
+    /// Loads every component of the pipeline directory `dir` (weights memory-mapped).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index = read_pipeline_index(dir)?;
+        let setting = |key: &str| index.settings.get(key).cloned().unwrap_or_default();
+        let has = |name: &str| index.component(name).is_some();
+        let transformer = WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
+        let transformer_2 = if has("transformer_2") {
+            Some(WanTransformer3DModel::load(&component(dir, "transformer_2")?, device, dtype)?)
+        } else {
+            None
+        };
+        let boundary_ratio = setting("boundary_ratio").as_f64();
+        if boundary_ratio.is_some() != transformer_2.is_some() {
+            bail!(
+                "{}: boundary_ratio and transformer_2 must be set together (model_index.json)",
+                dir.display()
+            );
+        }
+        let image_encoder = if has("image_encoder") {
+            Some((
+                CLIPImageProcessor::from_dir(&component(dir, "image_processor")?)?,
+                CLIPVisionModel::load(&component(dir, "image_encoder")?, device, dtype)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+            dtype,
+            tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
+            text_encoder: Some(UMT5EncoderModel::load(&component(dir, "text_encoder")?, device, dtype)?),
+            keep_text_encoder: true,
+            transformer,
+            transformer_2,
+            image_encoder,
+            vae: AutoencoderKLWan::load(&component(dir, "vae")?, device, DType::F32)?,
+            boundary_ratio,
+            expand_timesteps: setting("expand_timesteps").as_bool().unwrap_or(false),
+        })
+    }
+
+    /// With `false`, the text encoder is dropped from memory once a generation's prompts are
+    /// encoded (and reloaded from disk by the next generation that needs it).
+    pub fn keep_text_encoder(&mut self, keep: bool) {
+        self.keep_text_encoder = keep;
+    }
+
+    pub fn text_encoder_loaded(&self) -> bool {
+        self.text_encoder.is_some()
+    }
+
+    pub fn generate(
+        &mut self,
+        params: &GenerateParams,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<GeneratedVideo> {
+        self.generate_with(params, GenerateInputs::default(), on_progress)
+    }
+
+    /// Pixel frames per latent frame and pixels per latent pixel (with the transformer's patch).
+    fn check_size(&self, params: &GenerateParams) -> Result<(usize, usize, usize)> {
+        let vae = self.vae.config();
+        let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
+        let patch = &self.transformer.config().patch_size;
+        let (ph, pw) = (patch[1], patch[2]);
+        if params.frames == 0 || (params.frames - 1) % ts != 0 {
+            bail!(
+                "frames must be {ts}k+1 (e.g. {}, {}), got {}",
+                ts + 1,
+                4 * ts + 1,
+                params.frames
+            );
+        }
+        if params.height == 0 || params.height % (ss * ph) != 0 || params.width == 0 || params.width % (ss * pw) != 0 {
+            bail!(
+                "height and width must be positive multiples of {} (VAE scale {ss} x patch {ph}x{pw}), got {}x{}",
+                ss * ph.max(pw),
+                params.width,
+                params.height
+            );
+        }
+        if params.steps == 0 {
+            bail!("steps must be at least 1");
+        }
+        Ok(((params.frames - 1) / ts + 1, params.height / ss, params.width / ss))
+    }
+
+    fn prompt_embeds(&mut self, text: &str) -> Result<Tensor> {
+        if self.text_encoder.is_none() {
+            self.text_encoder = Some(UMT5EncoderModel::load(
+                &component(&self.dir, "text_encoder")?,
+                &self.device,
+                self.dtype,
+            )?);
+        }
+        let encoder = self.text_encoder.as_ref().expect("loaded above");
+        encode_prompt(&self.tokenizer, encoder, text, &self.device)
+    }
+
+    /// Like [`Self::generate`], with tensors replacing the seeded noise or the prompt encoding.
+    pub fn generate_with(
+        &mut self,
+        params: &GenerateParams,
+        inputs: GenerateInputs,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<GeneratedVideo> {
+        let mut report = |stage, step, total| match on_progress(&Progress { stage, step, total }) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
+        };
+        let (lat_t, lat_h, lat_w) = self.check_size(params)?;
+        let z_dim = self.vae.config().z_dim;
+        let in_channels = self.transformer.config().in_channels;
+        let image_conditioned = in_channels != z_dim;
+        if image_conditioned && params.start_image.is_none() {
+            bail!("{}: this is an image-to-video checkpoint; give a start image", self.dir.display());
+        }
+        if !image_conditioned && !self.expand_timesteps && params.start_image.is_some() {
+            bail!("{}: this text-to-video checkpoint cannot take a start image", self.dir.display());
+        }
+        if params.end_image.is_some() && (params.start_image.is_none() || !image_conditioned) {
+            bail!("an end image needs a start image and an image-to-video checkpoint");
+        }
+        let guidance_on = params.guidance > 1.0;
+
+        // 1. Prompts.
+        report(Stage::EncodingPrompt, 0, 1)?;
+        let prompt_embeds = match inputs.prompt_embeds {
+            Some(t) => t,
+            None => self.prompt_embeds(&params.prompt)?,
+        };
+        let negative_embeds = match (guidance_on, inputs.negative_prompt_embeds) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(self.prompt_embeds(&params.negative_prompt)?),
+        };
+        if !self.keep_text_encoder {
+            self.text_encoder = None;
+        }
+        let text_dtype = self.transformer.dtype();
+        let prompt_embeds = prompt_embeds.to_device(&self.device)?.to_dtype(text_dtype)?;
+        let negative_embeds = negative_embeds
+            .map(|t| t.to_device(&self.device)?.to_dtype(text_dtype))
+            .transpose()?;
+        report(Stage::EncodingPrompt, 1, 1)?;
+
+        // 2. Image conditioning.
+        let start = params.start_image.as_ref().map(load_rgb).transpose()?;
+        let end = params.end_image.as_ref().map(load_rgb).transpose()?;
+        let image_embeds = match (&self.image_encoder, &start) {
+            (Some((processor, encoder)), Some(start)) if self.transformer.config().image_dim.is_some() => {
+                let mut pixels = vec![processor.preprocess(start, &self.device)?];
+                if let Some(end) = &end {
+                    pixels.push(processor.preprocess(end, &self.device)?);
+                }
+                let pixels = Tensor::cat(&pixels, 0)?.to_dtype(self.dtype)?;
+                Some(encoder.image_embeds(&pixels)?.to_dtype(text_dtype)?)
+            }
+            _ => None,
+        };
+        let condition = match &start {
+            None => None,
+            Some(start) => Some(self.image_condition(params, start, end.as_ref(), lat_t)?),
+        };
+
+        // 3. Noise and schedule.
+        let noise_channels = if image_conditioned { z_dim } else { in_channels };
+        let shape = (1, noise_channels, lat_t, lat_h, lat_w);
+        let mut latents = match inputs.latents {
+            Some(t) => {
+                if t.dims() != [1, noise_channels, lat_t, lat_h, lat_w] {
+                    bail!(
+                        "latents have shape {:?}; {}x{} px, {} frames needs [1, {noise_channels}, {lat_t}, {lat_h}, {lat_w}]",
+                        t.dims(),
+                        params.width,
+                        params.height,
+                        params.frames
+                    );
+                }
+                t.to_device(&self.device)?.to_dtype(DType::F32)?
+            }
+            None => initial_noise(params.seed, shape, &self.device)?,
+        };
+        let mut scheduler = Scheduler::load(
+            &component(&self.dir, "scheduler")?,
+            params.scheduler,
+            params.flow_shift,
+        )?;
+        scheduler.set_timesteps(params.steps)?;
+        let boundary = self
+            .boundary_ratio
+            .map(|r| r * scheduler.num_train_timesteps() as f64);
+        let timesteps = scheduler.timesteps().to_vec();
+
+        // 4. Denoising.
+        report(Stage::Denoising, 0, timesteps.len())?;
+        for (i, &t) in timesteps.iter().enumerate() {
+            let low_noise = boundary.is_some_and(|b| t < b);
+            let (model, guidance) = match (&self.transformer_2, low_noise) {
+                (Some(expert), true) => (expert, params.guidance_2.unwrap_or(params.guidance)),
+                _ => (&self.transformer, params.guidance),
+            };
+            let (input, timestep) = self.model_input(&latents, condition.as_ref(), t)?;
+            let input = input.to_dtype(text_dtype)?;
+            let cond = model.forward(&input, &timestep, &prompt_embeds, image_embeds.as_ref())?;
+            let prediction = match &negative_embeds {
+                Some(negative) => {
+                    let uncond = model.forward(&input, &timestep, negative, image_embeds.as_ref())?;
+                    (&uncond + ((cond - &uncond)? * guidance)?)?
+                }
+                None => cond,
+            };
+            latents = scheduler.step(&prediction.to_dtype(DType::F32)?, &latents)?;
+            report(Stage::Denoising, i + 1, timesteps.len())?;
+        }
+        if self.expand_timesteps
+            && let Some(Condition::FirstFrame { latent, mask }) = &condition
+        {
+            latents = blend_first_frame(&latents, latent, mask)?;
+        }
+
+        // 5. Decoding.
+        report(Stage::Decoding, 0, 1)?;
+        let video = self.vae.decode(&self.vae.denormalize_latents(&latents)?)?;
+        let frames = ((video.squeeze(0)?.permute((1, 2, 3, 0))? / 2.0)? + 0.5)?
+            .clamp(0f32, 1f32)?
+            .to_device(&Device::Cpu)?
+            .contiguous()?;
+        report(Stage::Decoding, 1, 1)?;
+        Ok(GeneratedVideo { frames, fps: WAN_FPS })
+    }
+
+    /// What the transformer sees at timestep `t`, and the timestep tensor it takes.
+    fn model_input(&self, latents: &Tensor, condition: Option<&Condition>, t: f64) -> Result<(Tensor, Tensor)> {
+        let scalar = Tensor::new(&[t as f32], &self.device)?;
+        Ok(match condition {
+            Some(Condition::Channels(c)) => (Tensor::cat(&[latents, c], 1)?, scalar),
+            Some(Condition::FirstFrame { latent, mask }) => {
+                (blend_first_frame(latents, latent, mask)?, self.token_timesteps(mask, t)?)
+            }
+            None if self.expand_timesteps => {
+                let mask = latents.narrow(1, 0, 1)?.ones_like()?;
+                (latents.clone(), self.token_timesteps(&mask, t)?)
+            }
+            None => (latents.clone(), scalar),
+        })
+    }
+
+    /// TI2V's per-token timesteps: `t` times the frame mask, one value per transformer patch.
+    fn token_timesteps(&self, mask: &Tensor, t: f64) -> Result<Tensor> {
+        let patch = &self.transformer.config().patch_size;
+        let (_, _, f, h, w) = mask.dims5()?;
+        let rows: Vec<u32> = (0..h).step_by(patch[1]).map(|i| i as u32).collect();
+        let cols: Vec<u32> = (0..w).step_by(patch[2]).map(|i| i as u32).collect();
+        let picked = mask
+            .squeeze(0)?
+            .squeeze(0)?
+            .index_select(&Tensor::new(rows.as_slice(), mask.device())?, 1)?
+            .index_select(&Tensor::new(cols.as_slice(), mask.device())?, 2)?;
+        let (_, hp, wp) = picked.dims3()?;
+        Ok((picked.reshape((1, f * hp * wp))? * t)?)
+    }
+
+    /// The VAE-encoded conditioning of an image-to-video run.
+    fn image_condition(
+        &self,
+        params: &GenerateParams,
+        start: &image::RgbImage,
+        end: Option<&image::RgbImage>,
+        lat_t: usize,
+    ) -> Result<Condition> {
+        let (h, w) = (params.height, params.width);
+        let first = image_tensor(start, h, w, &self.device)?;
+        let vae = &self.vae;
+        if self.expand_timesteps {
+            let latent = vae.normalize_latents(&vae.encode(&first)?)?;
+            let (_, _, _, lh, lw) = latent.dims5()?;
+            let mut mask = vec![1f32; lat_t * lh * lw];
+            mask[..lh * lw].fill(0.0);
+            let mask = Tensor::from_vec(mask, (1, 1, lat_t, lh, lw), &self.device)?;
+            return Ok(Condition::FirstFrame { latent, mask });
+        }
+        let f = params.frames;
+        let middle = if end.is_some() { f - 2 } else { f - 1 };
+        let mut parts = vec![first.clone()];
+        if middle > 0 {
+            parts.push(Tensor::zeros((1, 3, middle, h, w), DType::F32, &self.device)?);
+        }
+        if let Some(end) = end {
+            parts.push(image_tensor(end, h, w, &self.device)?);
+        }
+        let latent = vae.normalize_latents(&vae.encode(&Tensor::cat(&parts, 2)?)?)?;
+        let (_, _, _, lh, lw) = latent.dims5()?;
+        // Per pixel frame: 1 where the frame is given; the first frame counts `temporal_scale` times so
+        // the mask folds into `temporal_scale` channels per latent frame.
+        let ts = vae.config().temporal_scale();
+        let mut given = vec![0f32; f + ts - 1];
+        given[..ts].fill(1.0);
+        if end.is_some() {
+            given[f + ts - 2] = 1.0;
+        }
+        let mask = Tensor::from_vec(given, (1, lat_t, ts, 1, 1), &self.device)?
+            .broadcast_as((1, lat_t, ts, lh, lw))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        Ok(Condition::Channels(Tensor::cat(&[mask, latent], 1)?))
+    }
+}
+
+enum Condition {
+    /// Wan 2.1/2.2 I2V: frame mask and VAE latents, concatenated to the noise along channels.
+    Channels(Tensor),
+    /// TI2V: the first latent frame is replaced by the image's latent (mask 0 there, 1 elsewhere).
+    FirstFrame { latent: Tensor, mask: Tensor },
+}
+
+fn blend_first_frame(latents: &Tensor, latent: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let keep = mask.broadcast_as(latents.shape())?;
+    let given = (keep.ones_like()? - &keep)?.broadcast_mul(latent)?;
+    Ok((given + keep.mul(latents)?)?)
+}
+
+fn load_rgb(input: &ImageInput) -> Result<image::RgbImage> {
+    match input {
+        ImageInput::Path(path) => Ok(image::open(path)
+            .with_context(|| format!("reading the image {}", path.display()))?
+            .to_rgb8()),
+        ImageInput::Rgb { width, height, pixels } => {
+            image::RgbImage::from_raw(*width, *height, pixels.clone()).with_context(|| {
+                format!("an RGB image of {width}x{height} needs {} bytes, got {}", width * height * 3, pixels.len())
+            })
+        }
+    }
+}
+
+/// `[1, 3, 1, h, w]` in [-1, 1], resized (Lanczos3) when the image is not already `w`x`h`.
+fn image_tensor(img: &image::RgbImage, h: usize, w: usize, device: &Device) -> Result<Tensor> {
+    let img = if img.dimensions() != (w as u32, h as u32) {
+        image::imageops::resize(img, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+    } else {
+        img.clone()
+    };
+    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), device)?
+        .to_dtype(DType::F32)?
+        .permute((2, 0, 1))?;
+    Ok(((t / 127.5)? - 1.0)?.reshape((1, 3, 1, h, w))?)
+}

@@ -1,0 +1,87 @@
+//! Flow-matching Euler (diffusers `FlowMatchEulerDiscreteScheduler`, static shift): `x += (σ_next − σ)·v`.
+//! Like the reference, the shift is applied once to the training grid (which sets σ_max/σ_min) and
+//! again to the inference schedule.
+
+use super::{linspace, reject_enabled, round_f32};
+use anyhow::{Result, bail};
+use candle_core::{DType, Tensor};
+
+pub struct FlowMatchEulerDiscrete {
+    train_steps: usize,
+    shift: f64,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    step_index: usize,
+}
+
+impl FlowMatchEulerDiscrete {
+    pub fn from_config(config: &serde_json::Value, shift: Option<f64>) -> Result<Self> {
+        reject_enabled(
+            config,
+            &[
+                "use_dynamic_shifting",
+                "invert_sigmas",
+                "shift_terminal",
+                "use_karras_sigmas",
+                "use_exponential_sigmas",
+                "use_beta_sigmas",
+                "stochastic_sampling",
+            ],
+        )?;
+        let train_steps = config["num_train_timesteps"].as_u64().unwrap_or(1000) as usize;
+        if train_steps == 0 {
+            bail!("num_train_timesteps must be at least 1");
+        }
+        Ok(Self {
+            train_steps,
+            shift: shift.or(config["shift"].as_f64()).unwrap_or(1.0),
+            timesteps: vec![],
+            sigmas: vec![],
+            step_index: 0,
+        })
+    }
+
+    pub fn set_timesteps(&mut self, steps: usize) {
+        let n = self.train_steps as f64;
+        // σ_max/σ_min: the shifted ends of the training grid, computed in f32 by the reference.
+        let shift32 = self.shift as f32;
+        let shifted32 = |s: f32| shift32 * s / (1.0 + (shift32 - 1.0) * s);
+        let sigma_max = shifted32(1.0) as f64;
+        let sigma_min = shifted32(1.0 / self.train_steps as f32) as f64;
+        let shift = self.shift;
+        let sigmas: Vec<f64> = linspace(sigma_max * n, sigma_min * n, steps)
+            .into_iter()
+            .map(|t| t / n)
+            .map(|s| round_f32(shift * s / (1.0 + (shift - 1.0) * s)))
+            .collect();
+        self.timesteps = sigmas.iter().map(|s| (*s as f32 * n as f32) as f64).collect();
+        self.sigmas = sigmas;
+        self.sigmas.push(0.0);
+        self.step_index = 0;
+    }
+
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.train_steps
+    }
+
+    pub fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        let i = self.step_index;
+        if i >= self.timesteps.len() {
+            bail!("flow-Euler: step {i} past the end of a {}-step schedule", self.timesteps.len());
+        }
+        // The reference upcasts the sample (not the model output) to f32 for the update.
+        let dt = (self.sigmas[i + 1] as f32 - self.sigmas[i] as f32) as f64;
+        let out_dtype = model_output.dtype();
+        let prev = (sample.to_dtype(DType::F32)? + (model_output.to_dtype(DType::F32)? * dt)?)?;
+        self.step_index += 1;
+        Ok(prev.to_dtype(out_dtype)?)
+    }
+}

@@ -1,0 +1,561 @@
+//! CUDA entry points: load each kernel module for the GPU present (NVRTC CUBIN, disk-cached),
+//! check the inputs, and launch on candle's stream as custom ops. Every load is logged with the
+//! kernel's name and architecture, so a run's log says which kernel did the work.
+
+mod nvrtc;
+
+use crate::spec::{NormKind, NormSpec, RopeGrid};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, SyncOnDrop, result as driver,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use half::bf16;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use nvrtc::cache_dir as kernel_cache_dir;
+
+/// One kernel source file. `hopper_only` sources use wgmma and build for `sm_90a`, which only
+/// compute capability 9.0 runs.
+struct Source {
+    name: &'static str,
+    code: &'static str,
+    hopper_only: bool,
+}
+
+const ATTENTION: Source =
+    Source { name: "attention", code: include_str!("../../cuda/attention.cu"), hopper_only: false };
+const ATTENTION_TMA: Source =
+    Source { name: "attention_tma", code: include_str!("../../cuda/attention_tma.cu"), hopper_only: true };
+const NORM: Source = Source { name: "norm", code: include_str!("../../cuda/norm.cu"), hopper_only: false };
+const ROPE: Source = Source { name: "rope", code: include_str!("../../cuda/rope.cu"), hopper_only: false };
+const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
+
+/// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
+struct AttentionVariant {
+    name: &'static str,
+    source: &'static Source,
+    threads: u32,
+    block_m: usize,
+    shared_bytes: u32,
+    /// Takes q/k/v as TMA tensor maps instead of pointers and strides.
+    tensor_maps: bool,
+}
+
+// Chosen by measurement (kernels/NOTES.md): on Hopper the TMA-fed warp-specialised wgmma kernel
+// (1.01x cuDNN SDPA on H100); elsewhere mma.sync with 8 warps and 64-key tiles.
+const ATTENTION_TMA_D128: AttentionVariant = AttentionVariant {
+    name: "attention_wgmma_tma_d128",
+    source: &ATTENTION_TMA,
+    threads: 384,
+    block_m: 128,
+    // Q tile + three K and three V tiles of 128 x 128 bf16, 1024 bytes of alignment slack and
+    // seven mbarriers.
+    shared_bytes: 7 * 128 * 128 * 2 + 1024 + 7 * 8,
+    tensor_maps: true,
+};
+const ATTENTION_MMA_D128: AttentionVariant = AttentionVariant {
+    name: "attention_mma_d128_w8_n64",
+    source: &ATTENTION,
+    threads: 256,
+    block_m: 128,
+    shared_bytes: (128 * 128 + 4 * 64 * 128) * 2,
+    tensor_maps: false,
+};
+const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
+    name: "attention_mma_d64_w8_n64",
+    source: &ATTENTION,
+    threads: 256,
+    block_m: 128,
+    shared_bytes: (128 * 64 + 4 * 64 * 64) * 2,
+    tensor_maps: false,
+};
+
+fn attention_variant(head_dim: usize, compute_capability: (i32, i32)) -> Option<&'static AttentionVariant> {
+    match (head_dim, compute_capability) {
+        (128, (9, 0)) => Some(&ATTENTION_TMA_D128),
+        (128, _) => Some(&ATTENTION_MMA_D128),
+        (64, _) => Some(&ATTENTION_MMA_D64),
+        _ => None,
+    }
+}
+
+/// The kernel [`attention`] would run for a query like `q` (its device, dtype and head dim), or
+/// `None` when it has none: not on CUDA, not bf16, or an unsupported head dim.
+pub fn attention_kernel_for(q: &Tensor) -> Result<Option<&'static str>> {
+    let Device::Cuda(dev) = q.device() else { return Ok(None) };
+    if q.dtype() != DType::BF16 {
+        return Ok(None);
+    }
+    Ok(attention_variant(q.dim(candle_core::D::Minus1)?, compute_capability(dev)?).map(|v| v.name))
+}
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Checks only: fill every kernel output with NaN before the kernel runs, so an element the
+/// kernel fails to write shows up. Costs one memset per call.
+#[doc(hidden)]
+pub fn set_poison_outputs(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+type ModuleKey = (DeviceId, &'static str);
+fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
+    static MODULES: OnceLock<Mutex<HashMap<ModuleKey, Arc<CudaModule>>>> = OnceLock::new();
+    MODULES.get_or_init(Default::default)
+}
+
+fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
+    dev.cuda_stream().context().compute_capability().map_err(driver_err("compute capability"))
+}
+
+/// The NVRTC target for `src` on this GPU: its exact architecture, `sm_90a` for Hopper-only code.
+fn arch(dev: &CudaDevice, src: &Source) -> Result<String> {
+    let (major, minor) = compute_capability(dev)?;
+    if major < 8 {
+        bail!("the fused kernels need compute capability 8.0 or newer (mma.sync bf16), this GPU is {major}.{minor}");
+    }
+    if src.hopper_only && (major, minor) != (9, 0) {
+        bail!("kernel module {} needs sm_90a (Hopper), this GPU is {major}.{minor}", src.name);
+    }
+    Ok(format!("sm_{major}{minor}{}", if src.hopper_only { "a" } else { "" }))
+}
+
+fn driver_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> candle_core::Error {
+    move |e| candle_core::Error::Msg(format!("CUDA {what}: {e:?}"))
+}
+
+/// How long getting one module's CUBIN took and whether NVRTC ran.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CompileReport {
+    pub module: &'static str,
+    pub arch: String,
+    pub compiled: bool,
+    pub ms: f64,
+}
+
+fn load(dev: &CudaDevice, src: &'static Source) -> Result<(Arc<CudaModule>, Option<CompileReport>)> {
+    let mut map = modules().lock().expect("module map poisoned");
+    if let Some(m) = map.get(&(dev.id(), src.name)) {
+        return Ok((m.clone(), None));
+    }
+    let arch = arch(dev, src)?;
+    let (cubin, origin) = nvrtc::cubin(src.name, src.code, &arch, &nvrtc::cache_dir())?;
+    let module = dev.cuda_stream().context().load_module(Ptx::from_binary(cubin)).map_err(driver_err("module load"))?;
+    let report = report(src, arch, origin);
+    tracing::info!(
+        "kernels: module {} for {} {} in {:.1} ms",
+        report.module,
+        report.arch,
+        if report.compiled { "compiled by NVRTC" } else { "loaded from cache" },
+        report.ms
+    );
+    map.insert((dev.id(), src.name), module.clone());
+    Ok((module, Some(report)))
+}
+
+/// The kernel `name` of module `src`; its first use on a device is logged, so the log of any run
+/// names every kernel that did work in it.
+fn function(dev: &CudaDevice, src: &'static Source, name: &'static str) -> Result<CudaFunction> {
+    type Functions = Mutex<HashMap<(DeviceId, &'static str), CudaFunction>>;
+    static FUNCTIONS: OnceLock<Functions> = OnceLock::new();
+    let functions = FUNCTIONS.get_or_init(Default::default);
+    if let Some(f) = functions.lock().expect("function map poisoned").get(&(dev.id(), name)) {
+        return Ok(f.clone());
+    }
+    let (module, _) = load(dev, src)?;
+    let f = module.load_function(name).map_err(driver_err("function lookup"))?;
+    tracing::info!("kernels: running {name} ({}) on {}", src.name, arch(dev, src)?);
+    functions.lock().expect("function map poisoned").insert((dev.id(), name), f.clone());
+    Ok(f)
+}
+
+/// The modules this GPU can run.
+fn sources_for(dev: &CudaDevice) -> Result<impl Iterator<Item = &'static Source>> {
+    let hopper = compute_capability(dev)? == (9, 0);
+    Ok(ALL_SOURCES.into_iter().filter(move |s| hopper || !s.hopper_only))
+}
+
+/// Compiles every module this GPU can run into `cache` (or reads it from there) without loading
+/// it: NVRTC's cost, cold with an empty `cache`, cached with a filled one.
+pub fn compile_report(device: &Device, cache: &std::path::Path) -> Result<Vec<CompileReport>> {
+    let Device::Cuda(dev) = device else { bail!("compile_report needs a CUDA device, got {device:?}") };
+    sources_for(dev)?
+        .map(|src| {
+            let arch = arch(dev, src)?;
+            let (_, origin) = nvrtc::cubin(src.name, src.code, &arch, cache)?;
+            Ok(report(src, arch, origin))
+        })
+        .collect()
+}
+
+fn report(src: &Source, arch: String, origin: nvrtc::Origin) -> CompileReport {
+    match origin {
+        nvrtc::Origin::Compiled { ms } => CompileReport { module: src.name, arch, compiled: true, ms },
+        nvrtc::Origin::Cached { ms } => CompileReport { module: src.name, arch, compiled: false, ms },
+    }
+}
+
+/// Loads (compiling if not cached) every kernel module this GPU can run; returns one report per
+/// module newly loaded in this process.
+pub fn compile_all(device: &Device) -> Result<Vec<CompileReport>> {
+    let Device::Cuda(dev) = device else { bail!("compile_all needs a CUDA device, got {device:?}") };
+    let mut reports = Vec::new();
+    for src in sources_for(dev)? {
+        if let (_, Some(r)) = load(dev, src)? {
+            reports.push(r);
+        }
+    }
+    Ok(reports)
+}
+
+/// Device address of a bf16 operand's first element, with the guard that orders its use.
+fn bf16_ptr<'a>(s: &'a CudaStorage, l: &Layout, stream: &'a CudaStream) -> Result<(u64, SyncOnDrop<'a>)> {
+    let slice = s.as_cuda_slice::<bf16>()?;
+    let (ptr, sync) = slice.device_ptr(stream);
+    Ok((ptr + 2 * l.start_offset() as u64, sync))
+}
+
+/// Allocates the output and poisons it when checks asked for that.
+fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<bf16>> {
+    // SAFETY: every element is written by the kernel that follows (the GPU checks prove it by
+    // poisoning first).
+    let mut out = unsafe { dev.alloc::<bf16>(len) }?;
+    if POISON.load(Ordering::Relaxed) {
+        let stream = dev.cuda_stream();
+        let (ptr, _sync) = out.device_ptr_mut(&stream);
+        // SAFETY: ptr covers len bf16 allocated on this stream; 0xffff is a bf16 NaN.
+        unsafe { driver::memset_d8_async(ptr, 0xff, len * 2, stream.cu_stream()) }.map_err(driver_err("memset"))?;
+    }
+    Ok(out)
+}
+
+/// Element strides of a `[B, L, H, D]` operand, checked for what cp.async needs.
+fn strides_bl_h(l: &Layout, what: &str) -> Result<[i64; 3]> {
+    let st = l.stride();
+    if st.len() != 4 || st[3] != 1 {
+        bail!("fused attention: {what} must have a contiguous last dim, strides {st:?}");
+    }
+    if l.start_offset() % 8 != 0 || st[..3].iter().any(|s| s % 8 != 0) {
+        bail!("fused attention: {what} offset/strides must be multiples of 8 elements (16 bytes), got {} / {st:?}", l.start_offset());
+    }
+    Ok([st[0] as i64, st[1] as i64, st[2] as i64])
+}
+
+/// A TMA tensor map (CUtensorMap: 128 opaque bytes), passed to the kernel by value.
+#[repr(C, align(128))]
+struct TensorMap([u64; 16]);
+
+// SAFETY: plain bytes the driver reads as a kernel parameter.
+unsafe impl DeviceRepr for TensorMap {}
+
+impl TensorMap {
+    /// Describes bf16 `[B, L, H, D]` at `ptr` (element strides `[sb, sl, sh]`, D contiguous) as
+    /// dims (D, H, L, B) read in boxes of 64 x 1 x 128 x 1 with 128-byte swizzle, the tile half
+    /// that attention_tma.cu expects; out-of-range rows read as zeros.
+    fn bhld(ptr: u64, [b, l, h, d]: [usize; 4], [sb, sl, sh]: [i64; 3]) -> Result<Self> {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        let mut map = TensorMap([0; 16]);
+        let dims = [d as u64, h as u64, l as u64, b as u64];
+        let strides = [sh as u64 * 2, sl as u64 * 2, sb as u64 * 2];
+        let boxes = [64u32, 1, 128, 1];
+        let element_strides = [1u32; 4];
+        // SAFETY: every array has the rank's length; map is 128 bytes, 128-aligned.
+        let rc = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                (&mut map as *mut TensorMap).cast(),
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                4,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                element_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            bail!("fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for shape {:?}, strides {:?}", [b, l, h, d], [sb, sl, sh]);
+        }
+        Ok(map)
+    }
+}
+
+struct FusedAttention {
+    scale: f32,
+    variant: &'static AttentionVariant,
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("fused attention runs on CUDA only; reference::attention is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qs: &CudaStorage,
+        ql: &Layout,
+        ks: &CudaStorage,
+        kl: &Layout,
+        vs: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = qs.device().clone();
+        let (b, lq, h, d) = ql.shape().dims4()?;
+        let lk = kl.shape().dims4()?.1;
+        let (qst, kst, vst) = (strides_bl_h(ql, "q")?, strides_bl_h(kl, "k")?, strides_bl_h(vl, "v")?);
+        let mut out = output(&dev, b * lq * h * d)?;
+        let func = function(&dev, self.variant.source, self.variant.name)?;
+        let smem = self.variant.shared_bytes;
+        func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(driver_err("shared memory limit"))?;
+        let stream = dev.cuda_stream();
+        let (q, _qg) = bf16_ptr(qs, ql, &stream)?;
+        let (k, _kg) = bf16_ptr(ks, kl, &stream)?;
+        let (v, _vg) = bf16_ptr(vs, vl, &stream)?;
+        let ost = [(lq * h * d) as i64, (h * d) as i64, d as i64];
+        let (lq32, lk32) = (lq as i32, lk as i32);
+        let scale_log2 = self.scale * std::f32::consts::LOG2_E;
+        let cfg = LaunchConfig {
+            grid_dim: (lq.div_ceil(self.variant.block_m) as u32, h as u32, b as u32),
+            block_dim: (self.variant.threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        if self.variant.tensor_maps {
+            let maps = [
+                TensorMap::bhld(q, [b, lq, h, d], qst)?,
+                TensorMap::bhld(k, [b, lk, h, d], kst)?,
+                TensorMap::bhld(v, [b, lk, h, d], vst)?,
+            ];
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]).arg(&mut out).arg(&lq32).arg(&lk32);
+            for s in &ost {
+                launch.arg(s);
+            }
+            launch.arg(&scale_log2);
+            // SAFETY: argument list matches attention_wgmma_tma_d128 in attention_tma.cu; the maps
+            // describe live tensors that outlive the launch (their guards are held above).
+            unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
+        } else {
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&lq32).arg(&lk32);
+            for s in qst.iter().chain(&kst).chain(&vst).chain(&ost) {
+                launch.arg(s);
+            }
+            launch.arg(&scale_log2);
+            // SAFETY: argument list matches the kernel signature in attention.cu; shapes checked.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, lq, h, d))))
+    }
+}
+
+/// Fused multi-head attention, non-causal: `softmax(q k^T * softmax_scale) v`.
+///
+/// `q [B, Lq, H, D]`, `k`/`v [B, Lk, H, D]`, all bf16 on one CUDA device, D = 64 or 128, last
+/// dim contiguous (other dims may be strided views). Returns bf16 `[B, Lq, H, D]`. Errors,
+/// rather than falling back, on anything else. Which kernel runs: [`attention_kernel_for`].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Result<Tensor> {
+    let (b, _, h, d) = q.dims4()?;
+    let (kb, lk, kh, kd) = k.dims4()?;
+    if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
+        bail!("fused attention: shapes disagree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims());
+    }
+    if lk == 0 {
+        bail!("fused attention: k/v have no tokens");
+    }
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.dtype() != DType::BF16 {
+            bail!("fused attention: {name} must be bf16, got {:?}", t.dtype());
+        }
+        if !t.device().is_cuda() || !t.device().same_device(q.device()) {
+            bail!("fused attention: {name} must be on the CUDA device of q");
+        }
+    }
+    let Device::Cuda(dev) = q.device() else { unreachable!("checked above") };
+    let Some(variant) = attention_variant(d, compute_capability(dev)?) else {
+        bail!("fused attention: head_dim {d} not supported (64 or 128)");
+    };
+    q.apply_op3_no_bwd(k, v, &FusedAttention { scale: softmax_scale, variant })
+}
+
+struct ModulatedNorm {
+    spec: NormSpec,
+    rows_per_mod: usize,
+}
+
+/// Device pointer (with its storage guard) of an optional f32 term, 0 when absent.
+fn f32_term(t: &Option<Tensor>) -> Result<Option<(candle_core::StorageRef<'_>, usize)>> {
+    let Some(t) = t else { return Ok(None) };
+    let (storage, layout) = t.storage_and_layout();
+    if !layout.is_contiguous() {
+        bail!("modulated norm: terms must be contiguous");
+    }
+    let offset = layout.start_offset();
+    Ok(Some((storage, offset)))
+}
+
+impl CustomOp1 for ModulatedNorm {
+    fn name(&self) -> &'static str {
+        "modulated-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("modulated norm runs on CUDA only; reference::modulated_norm is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, d) = xl.shape().dims3()?;
+        let st = xl.stride();
+        if st[2] != 1 || st[0] != st[1] * l || xl.start_offset() % 8 != 0 || st[1] % 8 != 0 {
+            bail!("modulated norm: x must be rows of contiguous, 16-byte aligned values, strides {st:?}");
+        }
+        let rows = b * l;
+        let mut out = output(&dev, rows * d)?;
+        let func = function(&dev, &NORM, "modulated_norm_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let terms = [&self.spec.weight, &self.spec.bias, &self.spec.scale, &self.spec.shift].map(f32_term);
+        let mut ptrs = [0u64; 4];
+        let mut syncs = Vec::new();
+        let mut guards = Vec::new();
+        for t in terms {
+            guards.push(t?);
+        }
+        for (slot, g) in ptrs.iter_mut().zip(&guards) {
+            if let Some((storage, offset)) = g {
+                let Storage::Cuda(cs) = &**storage else { bail!("modulated norm: terms must be on the CUDA device") };
+                let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+                *slot = p + 4 * *offset as u64;
+                syncs.push(sync);
+            }
+        }
+        let (d32, xs_row, ys_row, per, mode, eps) = (
+            d as i32,
+            st[1] as i64,
+            d as i64,
+            self.rows_per_mod as i32,
+            match self.spec.kind {
+                NormKind::Layer => 0i32,
+                NormKind::Rms => 1i32,
+            },
+            self.spec.eps as f32,
+        );
+        let threads = (d / 8).clamp(32, 256).next_multiple_of(32) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: ((d + 32) * 4) as u32,
+        };
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
+                .map_err(driver_err("shared memory limit"))?;
+        }
+        {
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&mut out);
+            for p in &ptrs {
+                launch.arg(p);
+            }
+            launch.arg(&d32).arg(&xs_row).arg(&ys_row).arg(&per).arg(&mode).arg(&eps);
+            // SAFETY: arguments match modulated_norm_bf16 in norm.cu; shapes validated.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("norm launch"))?;
+        }
+        drop(syncs);
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, l, d))))
+    }
+}
+
+/// Fused norm + affine + modulation (see [`NormSpec`]) of bf16 `x [B, L, D]` on CUDA, computed in
+/// f32 and rounded once to bf16.
+pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
+    let rows_per_mod = spec.validate(x)?;
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!("modulated norm: x must be bf16 on CUDA, got {:?} on {:?}", x.dtype(), x.device());
+    }
+    let f32_on_device = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+        t.as_ref().map(|t| t.to_device(x.device())?.to_dtype(DType::F32)?.contiguous()).transpose()
+    };
+    let spec = NormSpec {
+        kind: spec.kind,
+        eps: spec.eps,
+        weight: f32_on_device(&spec.weight)?,
+        bias: f32_on_device(&spec.bias)?,
+        scale: f32_on_device(&spec.scale)?,
+        shift: f32_on_device(&spec.shift)?,
+    };
+    x.apply_op1_no_bwd(&ModulatedNorm { spec, rows_per_mod })
+}
+
+struct Rope3d {
+    grid: RopeGrid,
+    theta: f64,
+}
+
+impl CustomOp1 for Rope3d {
+    fn name(&self) -> &'static str {
+        "rope3d"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("rope3d runs on CUDA only; reference::rope3d is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, h, d) = xl.shape().dims4()?;
+        let st = xl.stride();
+        if st[3] != 1 || xl.start_offset() % 2 != 0 || st[..3].iter().any(|s| s % 2 != 0) {
+            bail!("rope3d: x must have a contiguous last dim and even offset/strides, strides {st:?}");
+        }
+        let mut out = output(&dev, b * l * h * d)?;
+        let func = function(&dev, &ROPE, "rope3d_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (t_dim, hw_dim) = RopeGrid::split(d);
+        let ints = [l, h, d, self.grid.height, self.grid.width, t_dim, hw_dim].map(|v| v as i32);
+        let log2_theta = self.theta.log2() as f32;
+        let xst = [st[0] as i64, st[1] as i64, st[2] as i64];
+        let ost = [(l * h * d) as i64, (h * d) as i64, d as i64];
+        let pairs = l * h * d / 2;
+        let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        {
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&mut out);
+            for i in &ints {
+                launch.arg(i);
+            }
+            launch.arg(&log2_theta);
+            for s in xst.iter().chain(&ost) {
+                launch.arg(s);
+            }
+            // SAFETY: arguments match rope3d_bf16 in rope.cu; shapes validated.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("rope launch"))?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, l, h, d))))
+    }
+}
+
+/// Wan's 3-D RoPE (see `reference::rope3d`) on bf16 `x [B, L, H, D]` on CUDA; returns a new
+/// bf16 tensor. Angles come from exact integer positions in f32.
+pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
+    grid.validate(x)?;
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!("rope3d: x must be bf16 on CUDA, got {:?} on {:?}", x.dtype(), x.device());
+    }
+    x.apply_op1_no_bwd(&Rope3d { grid, theta })
+}

@@ -1,0 +1,100 @@
+//! CPU references: the plain, obviously-right versions of what each CUDA kernel computes, in f32
+//! with candle's ordinary ops. They define correctness for the GPU checks and run in CI; they are
+//! never used as a silent stand-in for a kernel on the GPU.
+
+use crate::spec::{NormKind, NormSpec, RopeGrid};
+use candle_core::{D, DType, Result, Tensor, bail};
+
+/// Multi-head attention, non-causal: `softmax(q k^T * softmax_scale) v` per (batch, head).
+///
+/// `q [B, Lq, H, Dh]`, `k`/`v [B, Lk, H, Dh]`; returns f32 `[B, Lq, H, Dh]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Result<Tensor> {
+    let (b, lq, h, d) = q.dims4()?;
+    let (kb, _, kh, kd) = k.dims4()?;
+    if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
+        bail!("attention shapes disagree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims());
+    }
+    let heads_first = |t: &Tensor| t.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (heads_first(q)?, heads_first(k)?, heads_first(v)?);
+    let scores = (q.matmul(&k.t()?)? * f64::from(softmax_scale))?;
+    let scores = scores.broadcast_sub(&scores.max_keepdim(D::Minus1)?)?.exp()?;
+    let probs = scores.broadcast_div(&scores.sum_keepdim(D::Minus1)?)?;
+    let out = probs.matmul(&v)?;
+    debug_assert_eq!(out.dims(), [b, h, lq, d]);
+    out.transpose(1, 2)?.contiguous()
+}
+
+/// The normalisation and modulation described by `spec`, over the last dim of `x [B, L, D]`;
+/// returns f32 `[B, L, D]`.
+pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
+    spec.validate(x)?;
+    let x = x.to_dtype(DType::F32)?;
+    let centred = match spec.kind {
+        NormKind::Layer => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+        NormKind::Rms => x,
+    };
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let mut n = centred.broadcast_div(&(var + spec.eps)?.sqrt()?)?;
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
+    // Per-sample modulation [B, D] applies to every token: give it a sequence axis of 1.
+    let per_token = |t: &Tensor| -> Result<Tensor> {
+        let t = f32_of(t)?;
+        if t.rank() == 2 { t.unsqueeze(1) } else { Ok(t) }
+    };
+    if let Some(w) = &spec.weight {
+        n = n.broadcast_mul(&f32_of(w)?)?;
+    }
+    if let Some(bias) = &spec.bias {
+        n = n.broadcast_add(&f32_of(bias)?)?;
+    }
+    if let Some(scale) = &spec.scale {
+        n = n.broadcast_mul(&(per_token(scale)? + 1.0)?)?;
+    }
+    if let Some(shift) = &spec.shift {
+        n = n.broadcast_add(&per_token(shift)?)?;
+    }
+    Ok(n)
+}
+
+/// Per-token rotation angles of Wan's 3-D RoPE, `[L, Dh/2]` f32 as (cos, sin), computed in f64.
+pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Tensor, Tensor)> {
+    let (t_dim, hw_dim) = RopeGrid::split(head_dim);
+    let pairs = head_dim / 2;
+    let mut cos = Vec::with_capacity(grid.tokens() * pairs);
+    let mut sin = Vec::with_capacity(grid.tokens() * pairs);
+    for f in 0..grid.frames {
+        for y in 0..grid.height {
+            for x in 0..grid.width {
+                for j in 0..pairs {
+                    let (pos, i, n) = if 2 * j < t_dim {
+                        (f, j, t_dim)
+                    } else if 2 * j < t_dim + hw_dim {
+                        (y, j - t_dim / 2, hw_dim)
+                    } else {
+                        (x, j - (t_dim + hw_dim) / 2, hw_dim)
+                    };
+                    let angle = pos as f64 * theta.powf(-(2 * i) as f64 / n as f64);
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+    }
+    let shape = (grid.tokens(), pairs);
+    let dev = &candle_core::Device::Cpu;
+    Ok((Tensor::from_vec(cos, shape, dev)?, Tensor::from_vec(sin, shape, dev)?))
+}
+
+/// Wan's 3-D RoPE on `x [B, L, H, Dh]` with `L = grid.tokens()`: each adjacent pair
+/// `(x[2j], x[2j+1])` rotates by its token's angle; returns f32 `[B, L, H, Dh]`.
+pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
+    let (b, l, h, d) = grid.validate(x)?;
+    let (cos, sin) = rope3d_tables(grid, d, theta)?;
+    let (cos, sin) = (cos.to_device(x.device())?.reshape((1, l, 1, d / 2))?, sin.to_device(x.device())?.reshape((1, l, 1, d / 2))?);
+    let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
+    let x0 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
+    let x1 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+    let out0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let out1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::stack(&[out0, out1], 4)?.reshape((b, l, h, d))
+}

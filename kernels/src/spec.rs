@@ -1,0 +1,102 @@
+//! Parameters shared by the CPU references and the CUDA kernels, so both sides are called the
+//! same way and a test can hand one description to each.
+
+use candle_core::{Result, Tensor, bail};
+
+/// Which normalisation a [`NormSpec`] applies before its affine and modulation terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps)` over the last dimension.
+    Layer,
+    /// `x / sqrt(mean(x^2) + eps)` over the last dimension.
+    Rms,
+}
+
+/// A normalisation over the last dimension of `x [B, L, D]` followed by
+/// `y = (n * weight + bias) * (1 + scale) + shift`, every term optional.
+///
+/// `weight`/`bias` are `[D]`; `scale`/`shift` are `[B, D]` (one modulation per sample, Wan 2.1)
+/// or `[B, L, D]` (one per token, Wan 2.2 TI2V). All four are read as f32.
+#[derive(Debug, Clone)]
+pub struct NormSpec {
+    pub kind: NormKind,
+    pub eps: f64,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    pub scale: Option<Tensor>,
+    pub shift: Option<Tensor>,
+}
+
+impl NormSpec {
+    /// A plain norm with no affine or modulation terms.
+    pub fn new(kind: NormKind, eps: f64) -> Self {
+        Self { kind, eps, weight: None, bias: None, scale: None, shift: None }
+    }
+
+    /// Checks every optional term against `x`'s shape; returns how many rows of `x` share one
+    /// row of scale/shift (L for per-sample modulation, 1 for per-token).
+    pub(crate) fn validate(&self, x: &Tensor) -> Result<usize> {
+        let (b, l, d) = x.dims3().map_err(|_| {
+            candle_core::Error::Msg(format!("norm input must be [batch, seq, dim], got {:?}", x.dims()))
+        })?;
+        if d % 8 != 0 {
+            bail!("norm dim must be a multiple of 8, got {d}");
+        }
+        for (name, t) in [("weight", &self.weight), ("bias", &self.bias)] {
+            if let Some(t) = t
+                && t.dims() != [d]
+            {
+                bail!("norm {name} must be [{d}], got {:?}", t.dims());
+            }
+        }
+        let mut rows_per = None;
+        for (name, t) in [("scale", &self.scale), ("shift", &self.shift)] {
+            let Some(t) = t else { continue };
+            let per = match t.dims() {
+                [tb, td] if *tb == b && *td == d => l,
+                [tb, tl, td] if *tb == b && *tl == l && *td == d => 1,
+                other => bail!("norm {name} must be [{b}, {d}] or [{b}, {l}, {d}], got {other:?}"),
+            };
+            if rows_per.is_some_and(|p| p != per) {
+                bail!("norm scale and shift must have the same shape");
+            }
+            rows_per = Some(per);
+        }
+        Ok(rows_per.unwrap_or(l))
+    }
+}
+
+/// The latent token grid of a video: `frames * height * width` tokens in (f, h, w) order, as
+/// Wan's 3-D RoPE sees it after patching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RopeGrid {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl RopeGrid {
+    pub fn tokens(&self) -> usize {
+        self.frames * self.height * self.width
+    }
+
+    /// Wan's split of the head dim: height and width get `2 * (d / 6)` each, frames the rest.
+    pub fn split(head_dim: usize) -> (usize, usize) {
+        let hw = 2 * (head_dim / 6);
+        (head_dim - 2 * hw, hw)
+    }
+
+    pub(crate) fn validate(&self, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+        let (b, l, h, d) = x.dims4().map_err(|_| {
+            candle_core::Error::Msg(format!("rope input must be [batch, seq, heads, head_dim], got {:?}", x.dims()))
+        })?;
+        if l != self.tokens() {
+            bail!("rope grid {self:?} has {} tokens but the input has {l}", self.tokens());
+        }
+        let (t_dim, hw_dim) = Self::split(d);
+        if d % 2 != 0 || t_dim % 2 != 0 || hw_dim == 0 {
+            bail!("rope head_dim {d} cannot be split into even frame/height/width parts");
+        }
+        Ok((b, l, h, d))
+    }
+}
