@@ -73,7 +73,7 @@ pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Ten
                     } else {
                         (x, j - (t_dim + hw_dim) / 2, hw_dim)
                     };
-                    let angle = pos as f64 * theta.powf(-(2 * i) as f64 / n as f64);
+                    let angle = pos as f64 * theta.powf(-((2 * i) as f64) / n as f64);
                     cos.push(angle.cos() as f32);
                     sin.push(angle.sin() as f32);
                 }
