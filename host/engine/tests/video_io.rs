@@ -207,8 +207,17 @@ fn non_mp4_file_is_rejected() {
 fn mp4_without_a_video_track_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = std::fs::read(write_sample(dir.path())).unwrap();
-    // Relabel the only track's handler as audio.
-    let at = bytes.windows(4).position(|w| w == b"vide").unwrap();
+    // Relabel the only track's handler as audio: hdlr is fourcc, version/flags, pre_defined, type.
+    let handlers: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"hdlr")
+        .map(|(i, _)| i + 12)
+        .collect();
+    let at = *handlers
+        .iter()
+        .find(|&&at| &bytes[at..at + 4] == b"vide")
+        .unwrap();
     bytes[at..at + 4].copy_from_slice(b"soun");
     let path = dir.path().join("audio-only.mp4");
     std::fs::write(&path, &bytes).unwrap();

@@ -8,7 +8,7 @@ use openh264::OpenH264API;
 use openh264::decoder::{Decoder, DecoderConfig};
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
-    RateControlMode, UsageType, VuiConfig,
+    RateControlMode, VuiConfig,
 };
 use openh264::formats::{RgbSliceU8, YUVBuffer, YUVSource};
 
@@ -50,7 +50,6 @@ impl H264Encoder {
         let bitrate =
             (f64::from(width) * f64::from(height) * f64::from(fps) * BITS_PER_PIXEL) as u32;
         let config = EncoderConfig::new()
-            .usage_type(UsageType::CameraVideoNonRealTime)
             .profile(Profile::Baseline)
             .rate_control_mode(RateControlMode::Quality)
             .bitrate(BitRate::from_bps(bitrate.max(100_000)))

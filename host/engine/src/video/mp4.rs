@@ -9,10 +9,10 @@ use super::h264::{EncodedSample, H264Decoder, H264Encoder, ParameterSets, codec_
 use anyhow::{Context, Result, bail, ensure};
 use image::RgbImage;
 use mp4_atom::{
-    Atom, Avc1, Avcc, Co64, Codec, Decode, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC, Ftyp,
-    Hdlr, Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov, Mvhd,
-    ReadFrom, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tkhd,
-    Trak, Url, Visual, Vmhd,
+    Atom, Avc1, Avcc, Co64, Codec, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC, Ftyp, Hdlr,
+    Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov, Mvhd, ReadFrom,
+    Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tkhd, Trak, Url,
+    Visual, Vmhd,
 };
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
