@@ -1,5 +1,7 @@
 //! Generation engine: loads diffusers checkpoints and runs the Wan family on candle (CPU or CUDA).
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
-pub mod vae;
+pub mod hub;
 pub mod schedulers;
+pub mod vae;
+pub mod video;

@@ -20,19 +20,35 @@ fn pipeline_dir() -> PathBuf {
 fn reference(file: &str, key: &str) -> Tensor {
     let path = pipeline_dir().join("reference").join(file);
     let mut map = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    map.remove(key).unwrap_or_else(|| panic!("{file} has no {key}"))
+    map.remove(key)
+        .unwrap_or_else(|| panic!("{file} has no {key}"))
 }
 
 fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
     assert_eq!(out.dims(), reference.dims(), "shape");
-    let diff = (out - reference).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let norm = reference.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (out - reference)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let norm = reference
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (diff as f64 / norm as f64).sqrt()
 }
 
 fn params() -> GenerateParams {
-    let call: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(pipeline_dir().join("reference/call.json")).unwrap()).unwrap();
+    let call: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(pipeline_dir().join("reference/call.json")).unwrap(),
+    )
+    .unwrap();
     GenerateParams {
         prompt: call["prompt"].as_str().unwrap().into(),
         negative_prompt: call["negative_prompt"].as_str().unwrap().into(),
@@ -63,10 +79,16 @@ fn t2v_from_latents_and_prompt_embeds_matches_diffusers() {
     let inputs = GenerateInputs {
         latents: Some(reference("latents.safetensors", "latents")),
         prompt_embeds: Some(reference("prompt_embeds.safetensors", "prompt_embeds")),
-        negative_prompt_embeds: Some(reference("negative_prompt_embeds.safetensors", "negative_prompt_embeds")),
+        negative_prompt_embeds: Some(reference(
+            "negative_prompt_embeds.safetensors",
+            "negative_prompt_embeds",
+        )),
     };
     let video = load().generate_with(&params(), inputs, &mut quiet).unwrap();
-    let err = rel_err(&video.frames, &reference("video_from_embeds.safetensors", "video"));
+    let err = rel_err(
+        &video.frames,
+        &reference("video_from_embeds.safetensors", "video"),
+    );
     assert!(err <= TOLERANCE, "relative error {err:e}");
 }
 
@@ -78,9 +100,17 @@ fn t2v_from_prompt_text_through_tokenizer_and_umt5_matches_diffusers() {
     };
     let mut pipeline = load();
     pipeline.keep_text_encoder(false);
-    let video = pipeline.generate_with(&params(), inputs, &mut quiet).unwrap();
-    assert!(!pipeline.text_encoder_loaded(), "the text encoder was dropped after encoding");
-    let err = rel_err(&video.frames, &reference("video_from_prompt.safetensors", "video"));
+    let video = pipeline
+        .generate_with(&params(), inputs, &mut quiet)
+        .unwrap();
+    assert!(
+        !pipeline.text_encoder_loaded(),
+        "the text encoder was dropped after encoding"
+    );
+    let err = rel_err(
+        &video.frames,
+        &reference("video_from_prompt.safetensors", "video"),
+    );
     assert!(err <= TOLERANCE, "relative error {err:e}");
 }
 
@@ -94,7 +124,11 @@ fn progress_reports_every_step_and_a_break_cancels_between_steps() {
             ControlFlow::Continue(())
         })
         .unwrap();
-    let steps: Vec<usize> = seen.iter().filter(|p| p.stage == Stage::Denoising).map(|p| p.step).collect();
+    let steps: Vec<usize> = seen
+        .iter()
+        .filter(|p| p.stage == Stage::Denoising)
+        .map(|p| p.step)
+        .collect();
     assert_eq!(steps, [0, 1, 2, 3, 4]);
     assert_eq!(seen.last().unwrap().stage, Stage::Decoding);
     assert_eq!(video.frames.dims(), [5, 32, 32, 3]);
@@ -133,19 +167,32 @@ fn bad_sizes_and_latents_get_clear_errors() {
     let mut p = params();
     p.frames = 6;
     let err = pipeline.generate(&p, &mut quiet).err().unwrap().to_string();
-    assert!(err.contains("frames must be 4k+1") && err.contains("got 6"), "{err}");
+    assert!(
+        err.contains("frames must be 4k+1") && err.contains("got 6"),
+        "{err}"
+    );
 
     let mut p = params();
     p.width = 40;
     let err = pipeline.generate(&p, &mut quiet).err().unwrap().to_string();
-    assert!(err.contains("multiples of 16") && err.contains("40x32"), "{err}");
+    assert!(
+        err.contains("multiples of 16") && err.contains("40x32"),
+        "{err}"
+    );
 
     let inputs = GenerateInputs {
         latents: Some(Tensor::zeros((1, 4, 3, 4, 4), DType::F32, &Device::Cpu).unwrap()),
         ..Default::default()
     };
-    let err = pipeline.generate_with(&params(), inputs, &mut quiet).err().unwrap().to_string();
-    assert!(err.contains("[1, 4, 3, 4, 4]") && err.contains("[1, 4, 2, 4, 4]"), "{err}");
+    let err = pipeline
+        .generate_with(&params(), inputs, &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("[1, 4, 3, 4, 4]") && err.contains("[1, 4, 2, 4, 4]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -162,14 +209,18 @@ fn i2v_dir() -> PathBuf {
 #[test]
 fn i2v_with_clip_embedding_and_first_frame_condition_matches_diffusers() {
     let reference_path = i2v_dir().join("reference");
-    let mut t = candle_core::safetensors::load(reference_path.join("i2v.safetensors"), &Device::Cpu).unwrap();
+    let mut t =
+        candle_core::safetensors::load(reference_path.join("i2v.safetensors"), &Device::Cpu)
+            .unwrap();
     let inputs = GenerateInputs {
         latents: t.remove("latents"),
         prompt_embeds: t.remove("prompt_embeds"),
         negative_prompt_embeds: t.remove("negative_prompt_embeds"),
     };
     let mut p = params();
-    p.start_image = Some(videosdgx_engine::pipelines::ImageInput::Path(reference_path.join("start.png")));
+    p.start_image = Some(videosdgx_engine::pipelines::ImageInput::Path(
+        reference_path.join("start.png"),
+    ));
     let mut pipeline = WanPipeline::load(&i2v_dir(), &Device::Cpu, DType::F32).unwrap();
     let video = pipeline.generate_with(&p, inputs, &mut quiet).unwrap();
     let err = rel_err(&video.frames, &t["video"]);
@@ -179,6 +230,13 @@ fn i2v_with_clip_embedding_and_first_frame_condition_matches_diffusers() {
 #[test]
 fn i2v_checkpoint_without_a_start_image_is_refused() {
     let mut pipeline = WanPipeline::load(&i2v_dir(), &Device::Cpu, DType::F32).unwrap();
-    let err = pipeline.generate(&params(), &mut quiet).err().unwrap().to_string();
-    assert!(err.contains("image-to-video checkpoint; give a start image"), "{err}");
+    let err = pipeline
+        .generate(&params(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("image-to-video checkpoint; give a start image"),
+        "{err}"
+    );
 }

@@ -10,14 +10,30 @@ use videosdgx_engine::schedulers::{Scheduler, SchedulerKind};
 const TOLERANCE: f64 = 1e-5;
 
 fn fixture(name: &str) -> (PathBuf, HashMap<String, Tensor>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/schedulers").join(name);
-    let tensors = candle_core::safetensors::load(dir.join("steps.safetensors"), &Device::Cpu).unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/schedulers")
+        .join(name);
+    let tensors =
+        candle_core::safetensors::load(dir.join("steps.safetensors"), &Device::Cpu).unwrap();
     (dir, tensors)
 }
 
 fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
-    let diff = (out - reference).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let norm = reference.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (out - reference)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let norm = reference
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (diff as f64 / norm as f64).sqrt()
 }
 
@@ -26,11 +42,21 @@ fn check(name: &str) {
     let mut scheduler = Scheduler::load(&dir, None, None).unwrap();
     let want_timesteps = t["timesteps"].to_vec1::<f64>().unwrap();
     scheduler.set_timesteps(want_timesteps.len()).unwrap();
-    assert_eq!(scheduler.timesteps(), want_timesteps.as_slice(), "{name} timesteps");
-    assert_eq!(scheduler.sigmas(), t["sigmas"].to_vec1::<f64>().unwrap().as_slice(), "{name} sigmas");
+    assert_eq!(
+        scheduler.timesteps(),
+        want_timesteps.as_slice(),
+        "{name} timesteps"
+    );
+    assert_eq!(
+        scheduler.sigmas(),
+        t["sigmas"].to_vec1::<f64>().unwrap().as_slice(),
+        "{name} sigmas"
+    );
     let mut sample = t["sample_0"].clone();
     for i in 0..want_timesteps.len() {
-        sample = scheduler.step(&t[&format!("model_output_{i}")], &sample).unwrap();
+        sample = scheduler
+            .step(&t[&format!("model_output_{i}")], &sample)
+            .unwrap();
         let err = rel_err(&sample, &t[&format!("sample_{}", i + 1)]);
         assert!(err <= TOLERANCE, "{name} step {i}: relative error {err:e}");
     }
@@ -74,7 +100,10 @@ fn flow_shift_override_reaches_the_schedule() {
     shift3.set_timesteps(4).unwrap();
     shift5.set_timesteps(4).unwrap();
     let (_, reference) = fixture("unipc_shift5_4steps");
-    assert_eq!(shift5.sigmas(), reference["sigmas"].to_vec1::<f64>().unwrap().as_slice());
+    assert_eq!(
+        shift5.sigmas(),
+        reference["sigmas"].to_vec1::<f64>().unwrap().as_slice()
+    );
     assert_ne!(shift3.sigmas(), shift5.sigmas());
 }
 
@@ -85,16 +114,25 @@ fn scheduler_override_swaps_the_class_and_keeps_the_shift() {
     euler.set_timesteps(4).unwrap();
     let (_, reference) = fixture("flow_euler_shift5_4steps");
     assert!(matches!(euler, Scheduler::FlowEuler(_)));
-    assert_eq!(euler.sigmas(), reference["sigmas"].to_vec1::<f64>().unwrap().as_slice());
+    assert_eq!(
+        euler.sigmas(),
+        reference["sigmas"].to_vec1::<f64>().unwrap().as_slice()
+    );
 }
 
 #[test]
 fn unsupported_scheduler_configs_are_refused_by_name() {
     let karras = serde_json::json!({"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true,
         "prediction_type": "flow_prediction", "use_karras_sigmas": true});
-    let err = Scheduler::from_config(&karras, None, None).err().unwrap().to_string();
+    let err = Scheduler::from_config(&karras, None, None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("use_karras_sigmas"), "{err}");
     let ddim = serde_json::json!({"_class_name": "DDIMScheduler"});
-    let err = Scheduler::from_config(&ddim, None, None).err().unwrap().to_string();
+    let err = Scheduler::from_config(&ddim, None, None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("DDIMScheduler"), "{err}");
 }

@@ -9,12 +9,15 @@ use videosdgx_engine::vae::AutoencoderKLWan;
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vae").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/vae")
+        .join(name)
 }
 
 fn tensor(dir: &PathBuf, file: &str, key: &str) -> Tensor {
     let mut map = candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap();
-    map.remove(key).unwrap_or_else(|| panic!("{file} has no {key}"))
+    map.remove(key)
+        .unwrap_or_else(|| panic!("{file} has no {key}"))
 }
 
 fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
@@ -28,11 +31,15 @@ fn check(name: &str) {
     let dir = fixture(name);
     let vae = AutoencoderKLWan::load(&dir, &Device::Cpu, DType::F32).unwrap();
 
-    let latents = vae.encode(&tensor(&dir, "encode_in.safetensors", "sample")).unwrap();
+    let latents = vae
+        .encode(&tensor(&dir, "encode_in.safetensors", "sample"))
+        .unwrap();
     let err = rel_err(&latents, &tensor(&dir, "encode_out.safetensors", "latents"));
     assert!(err <= TOLERANCE, "{name} encode: relative error {err:e}");
 
-    let video = vae.decode(&tensor(&dir, "decode_in.safetensors", "latents")).unwrap();
+    let video = vae
+        .decode(&tensor(&dir, "decode_in.safetensors", "latents"))
+        .unwrap();
     let err = rel_err(&video, &tensor(&dir, "decode_out.safetensors", "sample"));
     assert!(err <= TOLERANCE, "{name} decode: relative error {err:e}");
 }
@@ -51,7 +58,9 @@ fn wan22_residual_patchified_vae_encodes_and_decodes_like_diffusers() {
 fn latent_normalisation_round_trips() {
     let vae = AutoencoderKLWan::load(&fixture("wan21"), &Device::Cpu, DType::F32).unwrap();
     let z = Tensor::randn(0f32, 1f32, (1, 4, 2, 3, 3), &Device::Cpu).unwrap();
-    let back = vae.denormalize_latents(&vae.normalize_latents(&z).unwrap()).unwrap();
+    let back = vae
+        .denormalize_latents(&vae.normalize_latents(&z).unwrap())
+        .unwrap();
     assert!(rel_err(&back, &z) < 1e-6);
 }
 
@@ -60,13 +69,29 @@ fn decode_rejects_latents_with_the_wrong_channel_count() {
     let vae = AutoencoderKLWan::load(&fixture("wan21"), &Device::Cpu, DType::F32).unwrap();
     let z = Tensor::zeros((1, 5, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
     let err = vae.decode(&z).unwrap_err().to_string();
-    assert!(err.contains("5 channels") && err.contains("z_dim is 4"), "{err}");
+    assert!(
+        err.contains("5 channels") && err.contains("z_dim is 4"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_weights_name_the_folder() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("wan21").join("config.json"), dir.path().join("config.json")).unwrap();
-    let err = format!("{:#}", AutoencoderKLWan::load(dir.path(), &Device::Cpu, DType::F32).err().unwrap());
-    assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains(&dir.path().display().to_string()), "{err}");
+    std::fs::copy(
+        fixture("wan21").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        AutoencoderKLWan::load(dir.path(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("diffusion_pytorch_model.safetensors")
+            && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
 }

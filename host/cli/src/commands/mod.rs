@@ -7,6 +7,7 @@ pub mod bench;
 mod jobs;
 mod project;
 mod serve;
+mod models;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -44,6 +45,9 @@ pub enum Command {
     /// Manage the access token for remote (non-loopback) access to `serve`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Download and list model pipelines.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
+        Command::Models(command) => models::run(command, &data),
     }
 }
 

@@ -54,7 +54,10 @@ impl FlowMatchEulerDiscrete {
             .map(|t| t / n)
             .map(|s| round_f32(shift * s / (1.0 + (shift - 1.0) * s)))
             .collect();
-        self.timesteps = sigmas.iter().map(|s| (*s as f32 * n as f32) as f64).collect();
+        self.timesteps = sigmas
+            .iter()
+            .map(|s| (*s as f32 * n as f32) as f64)
+            .collect();
         self.sigmas = sigmas;
         self.sigmas.push(0.0);
         self.step_index = 0;
@@ -75,7 +78,10 @@ impl FlowMatchEulerDiscrete {
     pub fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let i = self.step_index;
         if i >= self.timesteps.len() {
-            bail!("flow-Euler: step {i} past the end of a {}-step schedule", self.timesteps.len());
+            bail!(
+                "flow-Euler: step {i} past the end of a {}-step schedule",
+                self.timesteps.len()
+            );
         }
         // The reference upcasts the sample (not the model output) to f32 for the update.
         let dt = (self.sigmas[i + 1] as f32 - self.sigmas[i] as f32) as f64;

@@ -59,11 +59,12 @@ impl Scheduler {
         } else {
             path.to_path_buf()
         };
-        let text =
-            std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
         let config: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-        Self::from_config(&config, kind, flow_shift).with_context(|| format!("in {}", file.display()))
+        Self::from_config(&config, kind, flow_shift)
+            .with_context(|| format!("in {}", file.display()))
     }
 
     pub fn from_config(
@@ -86,7 +87,9 @@ impl Scheduler {
         });
         let kind = kind.unwrap_or(own);
         Ok(match (kind, kind == own) {
-            (SchedulerKind::Unipc, true) => Self::UniPc(UniPcMultistep::from_config(config, shift)?),
+            (SchedulerKind::Unipc, true) => {
+                Self::UniPc(UniPcMultistep::from_config(config, shift)?)
+            }
             (SchedulerKind::Unipc, false) => Self::UniPc(UniPcMultistep::from_config(
                 &serde_json::json!({ "num_train_timesteps": train_steps, "use_flow_sigmas": true,
                     "prediction_type": "flow_prediction" }),
@@ -95,10 +98,12 @@ impl Scheduler {
             (SchedulerKind::FlowEuler, true) => {
                 Self::FlowEuler(FlowMatchEulerDiscrete::from_config(config, shift)?)
             }
-            (SchedulerKind::FlowEuler, false) => Self::FlowEuler(FlowMatchEulerDiscrete::from_config(
-                &serde_json::json!({ "num_train_timesteps": train_steps }),
-                shift,
-            )?),
+            (SchedulerKind::FlowEuler, false) => {
+                Self::FlowEuler(FlowMatchEulerDiscrete::from_config(
+                    &serde_json::json!({ "num_train_timesteps": train_steps }),
+                    shift,
+                )?)
+            }
         })
     }
 

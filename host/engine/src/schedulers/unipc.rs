@@ -48,7 +48,9 @@ impl UniPcMultistep {
             bail!("UniPCMultistepScheduler is supported with use_flow_sigmas = true only");
         }
         if config["prediction_type"].as_str() != Some("flow_prediction") {
-            bail!("UniPCMultistepScheduler is supported with prediction_type = \"flow_prediction\" only");
+            bail!(
+                "UniPCMultistepScheduler is supported with prediction_type = \"flow_prediction\" only"
+            );
         }
         if config["predict_x0"].as_bool() == Some(false) {
             bail!("UniPCMultistepScheduler with flow_prediction needs predict_x0 = true");
@@ -70,7 +72,12 @@ impl UniPcMultistep {
         }
         let disable_corrector = config["disable_corrector"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as usize).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as usize)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             train_steps: config["num_train_timesteps"].as_u64().unwrap_or(1000) as usize,
@@ -104,7 +111,11 @@ impl UniPcMultistep {
         }
         // Timesteps are truncated to integers, as the reference's cast to int64 does.
         self.timesteps = sigmas.iter().map(|s| (s * n).trunc()).collect();
-        let last = if self.final_sigma_min { sigmas[sigmas.len() - 1] } else { 0.0 };
+        let last = if self.final_sigma_min {
+            sigmas[sigmas.len() - 1]
+        } else {
+            0.0
+        };
         sigmas.push(last);
         self.sigmas = sigmas.into_iter().map(round_f32).collect();
         self.model_outputs.clear();
@@ -135,12 +146,14 @@ impl UniPcMultistep {
     pub fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
         let i = self.step_index;
         if i >= self.timesteps.len() {
-            bail!("UniPC: step {i} past the end of a {}-step schedule", self.timesteps.len());
+            bail!(
+                "UniPC: step {i} past the end of a {}-step schedule",
+                self.timesteps.len()
+            );
         }
         let x0 = (sample - (model_output * self.sigmas[i])?)?;
-        let use_corrector = i > 0
-            && !self.disable_corrector.contains(&(i - 1))
-            && self.last_sample.is_some();
+        let use_corrector =
+            i > 0 && !self.disable_corrector.contains(&(i - 1)) && self.last_sample.is_some();
         let sample = match (&self.last_sample, use_corrector) {
             (Some(last), true) => self.corrector(&x0, last, self.this_order)?,
             _ => sample.clone(),
@@ -164,7 +177,12 @@ impl UniPcMultistep {
     }
 
     /// The B(h) coefficients shared by predictor and corrector: `(h_phi_1, B_h, R, b)` for `rks`.
-    fn coefficients(&self, h: f64, rks: &[f64], order: usize) -> (f64, f64, Vec<Vec<f64>>, Vec<f64>) {
+    fn coefficients(
+        &self,
+        h: f64,
+        rks: &[f64],
+        order: usize,
+    ) -> (f64, f64, Vec<Vec<f64>>, Vec<f64>) {
         let hh = -h;
         let h_phi_1 = hh.exp_m1();
         let mut h_phi_k = h_phi_1 / hh - 1.0;
@@ -186,7 +204,13 @@ impl UniPcMultistep {
 
     /// Differences of the older predictions to the newest, scaled by their log-SNR distances.
     /// `offset` is 0 for the predictor and 1 for the corrector (which sees one step later).
-    fn history(&self, order: usize, offset: usize, lambda_s0: f64, h: f64) -> Result<(Vec<f64>, Vec<Tensor>)> {
+    fn history(
+        &self,
+        order: usize,
+        offset: usize,
+        lambda_s0: f64,
+        h: f64,
+    ) -> Result<(Vec<f64>, Vec<Tensor>)> {
         let m = &self.model_outputs;
         let m0 = &m[m.len() - 1];
         let mut rks = Vec::with_capacity(order);

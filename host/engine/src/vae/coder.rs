@@ -80,7 +80,10 @@ impl Encoder {
                     out_dim,
                 )?));
                 if cfg.attn_scales.contains(&scale) {
-                    down.push(DownLayer::Attention(AttentionBlock::new(vbd.pp(down.len()), out_dim)?));
+                    down.push(DownLayer::Attention(AttentionBlock::new(
+                        vbd.pp(down.len()),
+                        out_dim,
+                    )?));
                 }
                 block_in = out_dim;
             }
@@ -96,7 +99,14 @@ impl Encoder {
         }
         let top = dims[levels];
         Ok(Self {
-            conv_in: CausalConv3d::new(vb.pp("conv_in"), in_channels, dims[0], (3, 3, 3), 1, (1, 1))?,
+            conv_in: CausalConv3d::new(
+                vb.pp("conv_in"),
+                in_channels,
+                dims[0],
+                (3, 3, 3),
+                1,
+                (1, 1),
+            )?,
             down,
             mid: MidBlock::new(vb.pp("mid_block"), top)?,
             head: Head::new(vb, top, 2 * cfg.z_dim)?,
@@ -180,7 +190,12 @@ impl Decoder {
                         None
                     },
                     shortcut: if up_flag {
-                        Some(DupUp3d::new(in_dim, out_dim, if temporal { 2 } else { 1 }, 2)?)
+                        Some(DupUp3d::new(
+                            in_dim,
+                            out_dim,
+                            if temporal { 2 } else { 1 },
+                            2,
+                        )?)
                     } else {
                         None
                     },
@@ -189,7 +204,12 @@ impl Decoder {
                 UpBlock {
                     resnets,
                     upsampler: if up_flag {
-                        Some(Resample::new(vb.pp("upsamplers.0"), out_dim, mode, out_dim / 2)?)
+                        Some(Resample::new(
+                            vb.pp("upsamplers.0"),
+                            out_dim,
+                            mode,
+                            out_dim / 2,
+                        )?)
                     } else {
                         None
                     },

@@ -137,7 +137,9 @@ impl CausalConv3d {
                 None => y,
             });
         }
-        let out = out.expect("kernel has at least one tap").broadcast_add(&self.bias)?;
+        let out = out
+            .expect("kernel has at least one tap")
+            .broadcast_add(&self.bias)?;
         unfold_frames(&out, b, t_out)
     }
 
@@ -368,7 +370,12 @@ impl Resample {
     }
 
     /// Doubles the frame count, except on the first chunk, which passes through (one image frame).
-    fn upsample_time(&self, x: &Tensor, conv: &CausalConv3d, cache: &mut FeatCache) -> Result<Tensor> {
+    fn upsample_time(
+        &self,
+        x: &Tensor,
+        conv: &CausalConv3d,
+        cache: &mut FeatCache,
+    ) -> Result<Tensor> {
         let idx = cache.claim();
         let y = match cache.slots[idx].clone() {
             Slot::Empty => {
@@ -400,7 +407,12 @@ impl Resample {
     }
 
     /// Halves the frame count, except on the first chunk, which is kept (one image frame).
-    fn downsample_time(&self, x: &Tensor, conv: &CausalConv3d, cache: &mut FeatCache) -> Result<Tensor> {
+    fn downsample_time(
+        &self,
+        x: &Tensor,
+        conv: &CausalConv3d,
+        cache: &mut FeatCache,
+    ) -> Result<Tensor> {
         let idx = cache.claim();
         match cache.slots[idx].clone() {
             Slot::Frames(prev) => {
@@ -466,7 +478,9 @@ impl DupUp3d {
     pub fn new(in_c: usize, out_c: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
         let factor = factor_t * factor_s * factor_s;
         if (out_c * factor) % in_c != 0 {
-            candle_core::bail!("DupUp3D: {out_c} channels times factor {factor} not divisible by {in_c}");
+            candle_core::bail!(
+                "DupUp3D: {out_c} channels times factor {factor} not divisible by {in_c}"
+            );
         }
         Ok(Self {
             out_c,

@@ -200,7 +200,10 @@ impl AutoencoderKLWan {
         let (_, c, f, h, w) = video.dims5()?;
         let p = self.config.patch();
         if c != self.config.image_channels() {
-            bail!("VAE encode: input has {c} channels, the VAE takes {}", self.config.image_channels());
+            bail!(
+                "VAE encode: input has {c} channels, the VAE takes {}",
+                self.config.image_channels()
+            );
         }
         if h % p != 0 || w % p != 0 {
             bail!("VAE encode: height {h} and width {w} must be divisible by the patch size {p}");
@@ -220,7 +223,10 @@ impl AutoencoderKLWan {
                 break;
             }
             cache.start_chunk();
-            chunks.push(self.encoder.forward(&x.narrow(1, start, len)?, &mut cache)?);
+            chunks.push(
+                self.encoder
+                    .forward(&x.narrow(1, start, len)?, &mut cache)?,
+            );
             start += len;
         }
         let moments = self.quant_conv.forward(&Tensor::cat(&chunks, 1)?, None)?;
@@ -235,7 +241,10 @@ impl AutoencoderKLWan {
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let (_, z, t, _, _) = latents.dims5()?;
         if z != self.config.z_dim {
-            bail!("VAE decode: latents have {z} channels, the VAE's z_dim is {}", self.config.z_dim);
+            bail!(
+                "VAE decode: latents have {z} channels, the VAE's z_dim is {}",
+                self.config.z_dim
+            );
         }
         let x = latents
             .to_device(&self.device)?
@@ -247,20 +256,36 @@ impl AutoencoderKLWan {
         let mut frames = Vec::with_capacity(t);
         for i in 0..t {
             cache.start_chunk();
-            frames.push(self.decoder.forward(&x.narrow(1, i, 1)?, &mut cache, i == 0)?);
+            frames.push(
+                self.decoder
+                    .forward(&x.narrow(1, i, 1)?, &mut cache, i == 0)?,
+            );
         }
         let out = unpatchify(&Tensor::cat(&frames, 1)?, self.config.patch())?;
-        Ok(out.clamp(-1f32, 1f32)?.permute((0, 2, 1, 3, 4))?.contiguous()?)
+        Ok(out
+            .clamp(-1f32, 1f32)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?)
     }
 
     fn latent_stats(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
         let z = self.config.z_dim;
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let mean = Tensor::from_vec(f32s(&self.config.latents_mean), (1, z, 1, 1, 1), like.device())?;
+        let mean = Tensor::from_vec(
+            f32s(&self.config.latents_mean),
+            (1, z, 1, 1, 1),
+            like.device(),
+        )?;
         // The reference multiplies by 1/std in f32 rather than dividing; keep its rounding.
-        let inv_std: Vec<f32> = f32s(&self.config.latents_std).iter().map(|s| 1.0 / s).collect();
+        let inv_std: Vec<f32> = f32s(&self.config.latents_std)
+            .iter()
+            .map(|s| 1.0 / s)
+            .collect();
         let inv_std = Tensor::from_vec(inv_std, (1, z, 1, 1, 1), like.device())?;
-        Ok((mean.to_dtype(like.dtype())?, inv_std.to_dtype(like.dtype())?))
+        Ok((
+            mean.to_dtype(like.dtype())?,
+            inv_std.to_dtype(like.dtype())?,
+        ))
     }
 
     /// Posterior latents -> the standardised latents the transformer works on.
