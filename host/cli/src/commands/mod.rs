@@ -1,6 +1,8 @@
 //! Command-line surface. One module per command group; each parses its own arguments
 //! and calls the library crates, printing records as text or, with `--json`, as JSON.
 
+mod plugins;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -15,8 +17,14 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Install, inspect and manage sandboxed plugins.
+    Plugins(plugins::PluginsArgs),
+}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    let data = cli.data.unwrap_or_else(|| PathBuf::from("videosdgx-data"));
+    match cli.command {
+        Command::Plugins(args) => plugins::run(args, &data),
+    }
 }
