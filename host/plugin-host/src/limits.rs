@@ -86,10 +86,6 @@ impl CallClock {
         let host = self.in_host + self.entered_host.map_or(Duration::ZERO, |e| now - e);
         (now - self.started).saturating_sub(host)
     }
-
-    pub fn host_time(&self) -> Duration {
-        self.in_host
-    }
 }
 
 /// Raised from the epoch callback when the plugin's own time runs out.

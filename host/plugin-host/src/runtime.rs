@@ -25,7 +25,7 @@ use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 /// How often the epoch advances: the granularity of time budgets.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Native stack a plugin may use; deeper recursion traps.
-const MAX_WASM_STACK: usize = 1 << 20;
+const MAX_WASM_STACK: usize = 512 << 10;
 const PACKAGE: &str = "videosdgx:plugin/";
 
 /// Everything a call needs besides the plugin: who serves its imports, what it may do.
@@ -222,12 +222,13 @@ fn outcome<T>(
     if let Some(exceeded) = err.downcast_ref::<GuestTimeExceeded>() {
         return Err(CallError::Timeout { plugin: id, budget: exceeded.0 });
     }
-    match err.downcast_ref::<Trap>() {
+    let mut message = match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return Err(CallError::OutOfFuel { plugin: id, fuel: state.limits().fuel }),
         Some(Trap::StackOverflow) => return Err(CallError::StackOverflow { plugin: id }),
-        _ => {}
-    }
-    let mut message = format!("{err:#}");
+        // The trap itself, without the wasm backtrace wasmtime attaches as context.
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    };
     let stderr = state.stderr.contents();
     if !stderr.is_empty() {
         message.push_str(&format!("; plugin stderr: {}", String::from_utf8_lossy(&stderr).trim()));
@@ -266,7 +267,7 @@ fn check_component(engine: &Engine, component: &Component, manifest: &Manifest) 
                     "plugin.toml says API {version} but the component imports `{name}`"
                 )));
             }
-            if !matches!(item, ComponentItem::ComponentInstance(_))
+            if !matches!(item.ty, ComponentItem::ComponentInstance(_))
                 || !["types", "log", "progress", "project", "assets", "generation", "text", "media"].contains(&interface)
             {
                 return Err(LoadError::UnsupportedImport(format!("`{name}` is not part of API {version}")));

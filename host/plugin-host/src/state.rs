@@ -212,10 +212,11 @@ impl project::Host for PluginState {
     async fn read_document(&mut self, name: String) -> Result<String, PluginError> {
         let call = self.begin("project.read-document", Some(Capability::ProjectRead), abbreviate(&name), name.len())?;
         let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
         let result = async {
             check_id("document name", &name)?;
             let text = services.read_document(&name).await?;
-            self.fits("project.read-document", text.len())?;
+            fits("project.read-document", text.len(), cap)?;
             Ok(text)
         }
         .await;
@@ -235,17 +236,12 @@ impl project::Host for PluginState {
     }
 }
 
-impl PluginState {
-    /// A value the host is about to hand the plugin must fit the transfer cap too.
-    fn fits(&self, function: &str, bytes: usize) -> Result<(), PluginError> {
-        if bytes > self.limits.max_transfer_bytes {
-            return Err(PluginError::Failed(format!(
-                "{function}: the result is {bytes} bytes, over the {} byte limit per call",
-                self.limits.max_transfer_bytes
-            )));
-        }
-        Ok(())
+/// A value the host is about to hand the plugin must fit the transfer cap too.
+fn fits(function: &str, bytes: usize, cap: usize) -> Result<(), PluginError> {
+    if bytes > cap {
+        return Err(PluginError::Failed(format!("{function}: the result is {bytes} bytes, over the {cap} byte limit per call")));
     }
+    Ok(())
 }
 
 impl assets::Host for PluginState {
@@ -355,9 +351,10 @@ impl text::Host for PluginState {
         let detail = format!("{} (max {max_tokens} tokens)", abbreviate(&prompt));
         let call = self.begin("text.complete", Some(Capability::TextGeneration), detail, prompt.len())?;
         let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
         let result = async {
             let text = services.complete_text(&prompt, max_tokens).await?;
-            self.fits("text.complete", text.len())?;
+            fits("text.complete", text.len(), cap)?;
             Ok(text)
         }
         .await;

@@ -159,7 +159,8 @@ async fn a_spinning_plugin_does_not_block_other_plugins() {
     let services = Arc::new(MemoryServices::default());
     let slow = context(services.clone(), hostile_grants(), Limits { guest_time: Duration::from_secs(2), fuel: u64::MAX, ..Limits::default() });
     let fast = context(services, hostile_grants(), Limits::default());
-    let spin = runtime().plan(&spinner, &slow, &input("loop"));
+    let spin_input = input("loop");
+    let spin = runtime().plan(&spinner, &slow, &spin_input);
     let echo = async {
         let started = Instant::now();
         let board = runtime().plan(&other, &fast, &input("echo quick")).await.unwrap();
