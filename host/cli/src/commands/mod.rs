@@ -8,6 +8,7 @@ mod jobs;
 mod project;
 mod serve;
 mod models;
+mod plugins;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -48,6 +49,8 @@ pub enum Command {
     /// Download and list model pipelines.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Install, inspect and manage sandboxed plugins.
+    Plugins(plugins::PluginsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
         Command::Models(command) => models::run(command, &data),
+        Command::Plugins(args) => plugins::run(args, &data),
     }
 }
 
