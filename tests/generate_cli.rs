@@ -13,12 +13,31 @@ fn generate(extra: &[&str]) -> Output {
     let dir = fixtures();
     let model = dir.to_str().unwrap();
     let mut args = vec![
-        "generate", "--model", model, "--prompt", "a cat walks  on the grass", "--negative-prompt",
-        "blurry, low quality", "--height", "32", "--width", "32", "--frames", "5", "--steps", "4",
-        "--guidance", "5.0", "--seed", "0",
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a cat walks  on the grass",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--frames",
+        "5",
+        "--steps",
+        "4",
+        "--guidance",
+        "5.0",
+        "--seed",
+        "0",
     ];
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_videosdgx")).args(&args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(&args)
+        .output()
+        .unwrap()
 }
 
 fn video(path: &Path) -> candle_core::Tensor {
@@ -28,8 +47,21 @@ fn video(path: &Path) -> candle_core::Tensor {
 
 fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let norm = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let norm = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (diff as f64 / norm as f64).sqrt()
 }
 
@@ -45,13 +77,29 @@ fn generate_from_reference_latents_and_embeds_saves_the_diffusers_video() {
         arg("negative_prompt_embeds.safetensors"),
     );
     let out = generate(&[
-        "--latents", &latents, "--prompt-embeds", &embeds, "--negative-prompt-embeds", &negative,
-        "--save-tensor", tensor.to_str().unwrap(),
+        "--latents",
+        &latents,
+        "--prompt-embeds",
+        &embeds,
+        "--negative-prompt-embeds",
+        &negative,
+        "--save-tensor",
+        tensor.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Denoising 4/4"), "progress on stderr: {stderr}");
-    let err = rel_err(&video(&tensor), &video(&reference.join("video_from_embeds.safetensors")));
+    assert!(
+        stderr.contains("Denoising 4/4"),
+        "progress on stderr: {stderr}"
+    );
+    let err = rel_err(
+        &video(&tensor),
+        &video(&reference.join("video_from_embeds.safetensors")),
+    );
     assert!(err <= 1e-3, "relative error {err:e}");
 }
 
@@ -60,13 +108,20 @@ fn generate_writes_an_mp4_with_the_generation_record() {
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = tmp.path().join("clip.mp4");
     let out = generate(&["--out", mp4.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["frames"], 5);
     let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
     assert_eq!(decoded.frames.len(), 5);
     assert_eq!(decoded.metadata["generate"]["seed"], 0);
-    assert_eq!(decoded.metadata["generate"]["prompt"], "a cat walks  on the grass");
+    assert_eq!(
+        decoded.metadata["generate"]["prompt"],
+        "a cat walks  on the grass"
+    );
 }
 
 #[test]
@@ -77,7 +132,10 @@ fn frames_that_are_not_4k_plus_1_fail_with_one_clear_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("error:") && last.contains("frames must be 4k+1"), "{stderr}");
+    assert!(
+        last.starts_with("error:") && last.contains("frames must be 4k+1"),
+        "{stderr}"
+    );
     assert!(!tensor.exists());
 }
 
@@ -85,11 +143,28 @@ fn frames_that_are_not_4k_plus_1_fail_with_one_clear_line() {
 fn latents_of_the_wrong_shape_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let latents = tmp.path().join("latents.safetensors");
-    let zeros = candle_core::Tensor::zeros((1, 4, 3, 4, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    candle_core::safetensors::save(&std::collections::HashMap::from([("x".to_string(), zeros)]), &latents).unwrap();
+    let zeros = candle_core::Tensor::zeros(
+        (1, 4, 3, 4, 4),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("x".to_string(), zeros)]),
+        &latents,
+    )
+    .unwrap();
     let tensor = tmp.path().join("video.safetensors");
-    let out = generate(&["--latents", latents.to_str().unwrap(), "--save-tensor", tensor.to_str().unwrap()]);
+    let out = generate(&[
+        "--latents",
+        latents.to_str().unwrap(),
+        "--save-tensor",
+        tensor.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("latents have shape [1, 4, 3, 4, 4]"), "{stderr}");
+    assert!(
+        stderr.contains("latents have shape [1, 4, 3, 4, 4]"),
+        "{stderr}"
+    );
 }

@@ -2,7 +2,7 @@
 //! tiny random VAEs from tests/fixtures/make_pipeline_fixtures.py, f32 on the CPU.
 
 use candle_core::{DType, Device, Tensor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use videosdgx_engine::vae::AutoencoderKLWan;
 
 /// Relative error allowed for one component in f32 (tests/fixtures/TOLERANCES.md).
@@ -14,7 +14,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn tensor(dir: &PathBuf, file: &str, key: &str) -> Tensor {
+fn tensor(dir: &Path, file: &str, key: &str) -> Tensor {
     let mut map = candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap();
     map.remove(key)
         .unwrap_or_else(|| panic!("{file} has no {key}"))

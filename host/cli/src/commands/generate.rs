@@ -124,7 +124,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let params = params(&args);
     let inputs = GenerateInputs {
-        latents: args.latents.as_deref().map(|p| single_tensor(p, "--latents")).transpose()?,
+        latents: args
+            .latents
+            .as_deref()
+            .map(|p| single_tensor(p, "--latents"))
+            .transpose()?,
         prompt_embeds: args
             .prompt_embeds
             .as_deref()

@@ -54,7 +54,14 @@ mod tests {
     fn noise_is_standard_normal() {
         let x = initial_noise(1, 100_000, &Device::Cpu).unwrap();
         let mean = x.mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let var = x.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap() - mean * mean;
+        let var = x
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            - mean * mean;
         assert!(mean.abs() < 0.02, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "variance {var}");
     }
@@ -62,10 +69,14 @@ mod tests {
     #[test]
     fn first_values_of_seed_zero_are_pinned() {
         // Changing these breaks every saved generation record; do so only with a migration note.
-        let x = initial_noise(0, 4, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
-        let pinned: [f32; 4] = PINNED_SEED0;
-        assert_eq!(x, pinned);
+        // (A tolerance, not equality: the platform's libm may round ln/cos/sin differently.)
+        let x = initial_noise(0, 4, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let pinned = [0.220_701_19f32, -0.025_042_875, 0.779_180_17, 1.826_508_4];
+        for (got, want) in x.iter().zip(pinned) {
+            assert!((got - want).abs() < 1e-6, "{x:?}");
+        }
     }
-
-    const PINNED_SEED0: [f32; 4] = [0.0; 4];
 }

@@ -8,12 +8,14 @@
 //! The VAE always runs in f32 (as the reference's examples load it); the other models in `dtype`.
 
 use super::prompt::encode_prompt;
-use super::{Cancelled, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise};
+use super::{
+    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
+};
+use crate::image_processor::CLIPImageProcessor;
 use crate::loader::read_pipeline_index;
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
 use crate::models::wan_transformer::WanTransformer3DModel;
-use crate::image_processor::CLIPImageProcessor;
 use crate::schedulers::Scheduler;
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::AutoencoderKLWan;
@@ -66,9 +68,14 @@ impl WanPipeline {
         let index = read_pipeline_index(dir)?;
         let setting = |key: &str| index.settings.get(key).cloned().unwrap_or_default();
         let has = |name: &str| index.component(name).is_some();
-        let transformer = WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
+        let transformer =
+            WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
         let transformer_2 = if has("transformer_2") {
-            Some(WanTransformer3DModel::load(&component(dir, "transformer_2")?, device, dtype)?)
+            Some(WanTransformer3DModel::load(
+                &component(dir, "transformer_2")?,
+                device,
+                dtype,
+            )?)
         } else {
             None
         };
@@ -92,7 +99,11 @@ impl WanPipeline {
             device: device.clone(),
             dtype,
             tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
-            text_encoder: Some(UMT5EncoderModel::load(&component(dir, "text_encoder")?, device, dtype)?),
+            text_encoder: Some(UMT5EncoderModel::load(
+                &component(dir, "text_encoder")?,
+                device,
+                dtype,
+            )?),
             keep_text_encoder: true,
             transformer,
             transformer_2,
@@ -127,7 +138,7 @@ impl WanPipeline {
         let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
         let patch = &self.transformer.config().patch_size;
         let (ph, pw) = (patch[1], patch[2]);
-        if params.frames == 0 || (params.frames - 1) % ts != 0 {
+        if params.frames == 0 || !(params.frames - 1).is_multiple_of(ts) {
             bail!(
                 "frames must be {ts}k+1 (e.g. {}, {}), got {}",
                 ts + 1,
@@ -135,7 +146,11 @@ impl WanPipeline {
                 params.frames
             );
         }
-        if params.height == 0 || params.height % (ss * ph) != 0 || params.width == 0 || params.width % (ss * pw) != 0 {
+        if params.height == 0
+            || !params.height.is_multiple_of(ss * ph)
+            || params.width == 0
+            || !params.width.is_multiple_of(ss * pw)
+        {
             bail!(
                 "height and width must be positive multiples of {} (VAE scale {ss} x patch {ph}x{pw}), got {}x{}",
                 ss * ph.max(pw),
@@ -146,7 +161,11 @@ impl WanPipeline {
         if params.steps == 0 {
             bail!("steps must be at least 1");
         }
-        Ok(((params.frames - 1) / ts + 1, params.height / ss, params.width / ss))
+        Ok((
+            (params.frames - 1) / ts + 1,
+            params.height / ss,
+            params.width / ss,
+        ))
     }
 
     fn prompt_embeds(&mut self, text: &str) -> Result<Tensor> {
@@ -177,10 +196,16 @@ impl WanPipeline {
         let in_channels = self.transformer.config().in_channels;
         let image_conditioned = in_channels != z_dim;
         if image_conditioned && params.start_image.is_none() {
-            bail!("{}: this is an image-to-video checkpoint; give a start image", self.dir.display());
+            bail!(
+                "{}: this is an image-to-video checkpoint; give a start image",
+                self.dir.display()
+            );
         }
         if !image_conditioned && !self.expand_timesteps && params.start_image.is_some() {
-            bail!("{}: this text-to-video checkpoint cannot take a start image", self.dir.display());
+            bail!(
+                "{}: this text-to-video checkpoint cannot take a start image",
+                self.dir.display()
+            );
         }
         if params.end_image.is_some() && (params.start_image.is_none() || !image_conditioned) {
             bail!("an end image needs a start image and an image-to-video checkpoint");
@@ -202,7 +227,9 @@ impl WanPipeline {
             self.text_encoder = None;
         }
         let text_dtype = self.transformer.dtype();
-        let prompt_embeds = prompt_embeds.to_device(&self.device)?.to_dtype(text_dtype)?;
+        let prompt_embeds = prompt_embeds
+            .to_device(&self.device)?
+            .to_dtype(text_dtype)?;
         let negative_embeds = negative_embeds
             .map(|t| t.to_device(&self.device)?.to_dtype(text_dtype))
             .transpose()?;
@@ -212,7 +239,9 @@ impl WanPipeline {
         let start = params.start_image.as_ref().map(load_rgb).transpose()?;
         let end = params.end_image.as_ref().map(load_rgb).transpose()?;
         let image_embeds = match (&self.image_encoder, &start) {
-            (Some((processor, encoder)), Some(start)) if self.transformer.config().image_dim.is_some() => {
+            (Some((processor, encoder)), Some(start))
+                if self.transformer.config().image_dim.is_some() =>
+            {
                 let mut pixels = vec![processor.preprocess(start, &self.device)?];
                 if let Some(end) = &end {
                     pixels.push(processor.preprocess(end, &self.device)?);
@@ -228,7 +257,11 @@ impl WanPipeline {
         };
 
         // 3. Noise and schedule.
-        let noise_channels = if image_conditioned { z_dim } else { in_channels };
+        let noise_channels = if image_conditioned {
+            z_dim
+        } else {
+            in_channels
+        };
         let shape = (1, noise_channels, lat_t, lat_h, lat_w);
         let mut latents = match inputs.latents {
             Some(t) => {
@@ -269,7 +302,8 @@ impl WanPipeline {
             let cond = model.forward(&input, &timestep, &prompt_embeds, image_embeds.as_ref())?;
             let prediction = match &negative_embeds {
                 Some(negative) => {
-                    let uncond = model.forward(&input, &timestep, negative, image_embeds.as_ref())?;
+                    let uncond =
+                        model.forward(&input, &timestep, negative, image_embeds.as_ref())?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
                 None => cond,
@@ -291,17 +325,26 @@ impl WanPipeline {
             .to_device(&Device::Cpu)?
             .contiguous()?;
         report(Stage::Decoding, 1, 1)?;
-        Ok(GeneratedVideo { frames, fps: WAN_FPS })
+        Ok(GeneratedVideo {
+            frames,
+            fps: WAN_FPS,
+        })
     }
 
     /// What the transformer sees at timestep `t`, and the timestep tensor it takes.
-    fn model_input(&self, latents: &Tensor, condition: Option<&Condition>, t: f64) -> Result<(Tensor, Tensor)> {
+    fn model_input(
+        &self,
+        latents: &Tensor,
+        condition: Option<&Condition>,
+        t: f64,
+    ) -> Result<(Tensor, Tensor)> {
         let scalar = Tensor::new(&[t as f32], &self.device)?;
         Ok(match condition {
             Some(Condition::Channels(c)) => (Tensor::cat(&[latents, c], 1)?, scalar),
-            Some(Condition::FirstFrame { latent, mask }) => {
-                (blend_first_frame(latents, latent, mask)?, self.token_timesteps(mask, t)?)
-            }
+            Some(Condition::FirstFrame { latent, mask }) => (
+                blend_first_frame(latents, latent, mask)?,
+                self.token_timesteps(mask, t)?,
+            ),
             None if self.expand_timesteps => {
                 let mask = latents.narrow(1, 0, 1)?.ones_like()?;
                 (latents.clone(), self.token_timesteps(&mask, t)?)
@@ -348,7 +391,11 @@ impl WanPipeline {
         let middle = if end.is_some() { f - 2 } else { f - 1 };
         let mut parts = vec![first.clone()];
         if middle > 0 {
-            parts.push(Tensor::zeros((1, 3, middle, h, w), DType::F32, &self.device)?);
+            parts.push(Tensor::zeros(
+                (1, 3, middle, h, w),
+                DType::F32,
+                &self.device,
+            )?);
         }
         if let Some(end) = end {
             parts.push(image_tensor(end, h, w, &self.device)?);
@@ -389,18 +436,29 @@ fn load_rgb(input: &ImageInput) -> Result<image::RgbImage> {
         ImageInput::Path(path) => Ok(image::open(path)
             .with_context(|| format!("reading the image {}", path.display()))?
             .to_rgb8()),
-        ImageInput::Rgb { width, height, pixels } => {
-            image::RgbImage::from_raw(*width, *height, pixels.clone()).with_context(|| {
-                format!("an RGB image of {width}x{height} needs {} bytes, got {}", width * height * 3, pixels.len())
-            })
-        }
+        ImageInput::Rgb {
+            width,
+            height,
+            pixels,
+        } => image::RgbImage::from_raw(*width, *height, pixels.clone()).with_context(|| {
+            format!(
+                "an RGB image of {width}x{height} needs {} bytes, got {}",
+                width * height * 3,
+                pixels.len()
+            )
+        }),
     }
 }
 
 /// `[1, 3, 1, h, w]` in [-1, 1], resized (Lanczos3) when the image is not already `w`x`h`.
 fn image_tensor(img: &image::RgbImage, h: usize, w: usize, device: &Device) -> Result<Tensor> {
     let img = if img.dimensions() != (w as u32, h as u32) {
-        image::imageops::resize(img, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+        image::imageops::resize(
+            img,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        )
     } else {
         img.clone()
     };

@@ -438,7 +438,7 @@ pub struct AvgDown3d {
 
 impl AvgDown3d {
     pub fn new(in_c: usize, out_c: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
-        if (in_c * factor_t * factor_s * factor_s) % out_c != 0 {
+        if !(in_c * factor_t * factor_s * factor_s).is_multiple_of(out_c) {
             candle_core::bail!(
                 "AvgDown3D: {in_c} channels times factor {} not divisible by {out_c}",
                 factor_t * factor_s * factor_s
@@ -477,7 +477,7 @@ pub struct DupUp3d {
 impl DupUp3d {
     pub fn new(in_c: usize, out_c: usize, factor_t: usize, factor_s: usize) -> Result<Self> {
         let factor = factor_t * factor_s * factor_s;
-        if (out_c * factor) % in_c != 0 {
+        if !(out_c * factor).is_multiple_of(in_c) {
             candle_core::bail!(
                 "DupUp3D: {out_c} channels times factor {factor} not divisible by {in_c}"
             );

@@ -205,7 +205,7 @@ impl AutoencoderKLWan {
                 self.config.image_channels()
             );
         }
-        if h % p != 0 || w % p != 0 {
+        if !h.is_multiple_of(p) || !w.is_multiple_of(p) {
             bail!("VAE encode: height {h} and width {w} must be divisible by the patch size {p}");
         }
         let x = video
