@@ -5,7 +5,16 @@
 use std::{env, fs, path::PathBuf};
 
 const WIT: &str = "../../wit/v0.1.0/plugin.wit";
-const IMPORTS: [&str; 8] = ["types", "log", "progress", "project", "assets", "generation", "text", "media"];
+const IMPORTS: [&str; 8] = [
+    "types",
+    "log",
+    "progress",
+    "project",
+    "assets",
+    "generation",
+    "text",
+    "media",
+];
 
 fn main() {
     println!("cargo::rerun-if-changed={WIT}");
@@ -20,7 +29,13 @@ fn main() {
         .collect();
     let mut out = String::new();
     for (world, iface, trait_name, func, args) in [
-        ("planner", "planning", "Planner", "plan", "input: $crate::types::PlanInput) -> Result<$crate::types::Storyboard"),
+        (
+            "planner",
+            "planning",
+            "Planner",
+            "plan",
+            "input: $crate::types::PlanInput) -> Result<$crate::types::Storyboard",
+        ),
         (
             "expander",
             "expansion",

@@ -10,7 +10,11 @@ use std::sync::OnceLock;
 pub fn repo_root() -> PathBuf {
     let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     while !dir.join("plugins").join("Cargo.toml").exists() {
-        assert!(dir.pop(), "no plugins/Cargo.toml above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "no plugins/Cargo.toml above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
     dir
 }
@@ -24,7 +28,14 @@ pub fn wasm_dir() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("plugins/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target)
@@ -34,7 +45,10 @@ pub fn wasm_dir() -> &'static Path {
             .env_remove("CARGO_BUILD_TARGET")
             .status()
             .expect("running cargo to build the guest plugins");
-        assert!(status.success(), "building the guest plugins failed ({status})");
+        assert!(
+            status.success(),
+            "building the guest plugins failed ({status})"
+        );
         target.join("wasm32-wasip2/release")
     })
 }

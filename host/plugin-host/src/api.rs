@@ -16,9 +16,17 @@ pub enum ApiError {
     #[error(
         "the plugin was built against API {wanted}, newer than this host's {newest} in that line: update VideosDGX to use it"
     )]
-    Newer { wanted: semver::Version, newest: semver::Version },
-    #[error("the plugin was built against API {wanted}, which this host does not support (it speaks {supported})")]
-    Unsupported { wanted: semver::Version, supported: String },
+    Newer {
+        wanted: semver::Version,
+        newest: semver::Version,
+    },
+    #[error(
+        "the plugin was built against API {wanted}, which this host does not support (it speaks {supported})"
+    )]
+    Unsupported {
+        wanted: semver::Version,
+        supported: String,
+    },
 }
 
 impl ApiVersion {
@@ -43,14 +51,21 @@ impl ApiVersion {
             };
             if same_line {
                 if *wanted > have {
-                    return Err(ApiError::Newer { wanted: wanted.clone(), newest: have });
+                    return Err(ApiError::Newer {
+                        wanted: wanted.clone(),
+                        newest: have,
+                    });
                 }
                 return Ok(api);
             }
         }
         Err(ApiError::Unsupported {
             wanted: wanted.clone(),
-            supported: ApiVersion::ALL.iter().map(|a| a.package_version().to_string()).collect::<Vec<_>>().join(", "),
+            supported: ApiVersion::ALL
+                .iter()
+                .map(|a| a.package_version().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 }

@@ -59,7 +59,9 @@ impl Capability {
     /// What granting it allows, for install prompts.
     pub fn explanation(self) -> &'static str {
         match self {
-            Capability::ProjectRead => "read the current project's documents (script, notes, storyboards)",
+            Capability::ProjectRead => {
+                "read the current project's documents (script, notes, storyboards)"
+            }
             Capability::ProjectWrite => "create and overwrite the current project's documents",
             Capability::AssetsRead => "search and read files in the asset library",
             Capability::AssetsWrite => "add files to the asset library",
@@ -72,7 +74,11 @@ impl Capability {
     }
 
     pub fn known_list() -> String {
-        Capability::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+        Capability::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -88,7 +94,12 @@ impl FromStr for Capability {
         Capability::ALL
             .into_iter()
             .find(|c| c.as_str() == s.trim())
-            .ok_or_else(|| format!("unknown capability `{s}`; known capabilities: {}", Capability::known_list()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown capability `{s}`; known capabilities: {}",
+                    Capability::known_list()
+                )
+            })
     }
 }
 

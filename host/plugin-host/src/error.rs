@@ -8,13 +8,24 @@ use std::time::Duration;
 pub enum CallError {
     /// The plugin ran and returned an error of its own.
     #[error("plugin `{plugin}` returned an error: {message}", message = describe(.error))]
-    Plugin { plugin: String, error: crate::PluginError },
-    #[error("plugin `{plugin}` ran out of time: its own code ran for more than {budget:?} (host calls excluded)")]
+    Plugin {
+        plugin: String,
+        error: crate::PluginError,
+    },
+    #[error(
+        "plugin `{plugin}` ran out of time: its own code ran for more than {budget:?} (host calls excluded)"
+    )]
     Timeout { plugin: String, budget: Duration },
     #[error("plugin `{plugin}` ran out of fuel: it executed more than {fuel} instructions")]
     OutOfFuel { plugin: String, fuel: u64 },
-    #[error("plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {wanted_mib} MiB)")]
-    MemoryLimit { plugin: String, limit_mib: usize, wanted_mib: usize },
+    #[error(
+        "plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {wanted_mib} MiB)"
+    )]
+    MemoryLimit {
+        plugin: String,
+        limit_mib: usize,
+        wanted_mib: usize,
+    },
     #[error("plugin `{plugin}` overflowed its stack (runaway recursion)")]
     StackOverflow { plugin: String },
     /// A trap or a malformed value crossing the boundary (such as a string longer than the
@@ -22,7 +33,11 @@ pub enum CallError {
     #[error("plugin `{plugin}` crashed: {message}")]
     Crashed { plugin: String, message: String },
     #[error("plugin `{plugin}` is a {actual}; it cannot be used as a {wanted}")]
-    WrongWorld { plugin: String, actual: crate::World, wanted: crate::World },
+    WrongWorld {
+        plugin: String,
+        actual: crate::World,
+        wanted: crate::World,
+    },
     #[error("plugin `{plugin}` is disabled")]
     Disabled { plugin: String },
 }

@@ -27,6 +27,6 @@ pub use registry::{InstalledPlugin, Registry, RegistryError};
 pub use runtime::{CallContext, Plugin, PluginRuntime};
 pub use services::{AuditEntry, HostServices, LogLevel};
 
+pub use types::PluginError;
 /// The plugin API's data types (storyboard, shot, timeline...), newest WIT version.
 pub use wit::latest::types;
-pub use types::PluginError;

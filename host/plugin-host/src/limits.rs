@@ -40,12 +40,20 @@ pub(crate) struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub fn new(max_bytes: usize) -> MemoryLimiter {
-        MemoryLimiter { max_bytes, refused: None }
+        MemoryLimiter {
+            max_bytes,
+            refused: None,
+        }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = Some(desired);
             return Ok(false);
@@ -53,7 +61,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
     }
 }
@@ -67,7 +80,11 @@ pub(crate) struct CallClock {
 
 impl CallClock {
     pub fn start() -> CallClock {
-        CallClock { started: Instant::now(), in_host: Duration::ZERO, entered_host: None }
+        CallClock {
+            started: Instant::now(),
+            in_host: Duration::ZERO,
+            entered_host: None,
+        }
     }
 
     pub fn enter_host(&mut self) {

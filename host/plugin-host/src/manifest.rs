@@ -47,7 +47,10 @@ impl fmt::Display for World {
 impl FromStr for World {
     type Err = ManifestError;
     fn from_str(s: &str) -> Result<Self, ManifestError> {
-        World::ALL.into_iter().find(|w| w.as_str() == s).ok_or_else(|| ManifestError::UnknownWorld(s.to_string()))
+        World::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| ManifestError::UnknownWorld(s.to_string()))
     }
 }
 
@@ -59,7 +62,9 @@ pub enum ManifestError {
     UnknownWorld(String),
     #[error("unknown capability `{0}`; known capabilities: {known}", known = Capability::known_list())]
     UnknownCapability(String),
-    #[error("plugin id `{0}` must be 1-64 lower-case letters, digits or dashes, starting with a letter")]
+    #[error(
+        "plugin id `{0}` must be 1-64 lower-case letters, digits or dashes, starting with a letter"
+    )]
     BadId(String),
     #[error("`{field}` = `{value}` is not a semantic version (like 0.1.0)")]
     BadVersion { field: &'static str, value: String },
@@ -98,20 +103,28 @@ struct RawManifest {
 
 impl Manifest {
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_string()))?;
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_string()))?;
         if !valid_id(&raw.id) {
             return Err(ManifestError::BadId(raw.id));
         }
-        let version = semver::Version::parse(&raw.version)
-            .map_err(|_| ManifestError::BadVersion { field: "version", value: raw.version.clone() })?;
-        let api_version = semver::Version::parse(&raw.api_version)
-            .map_err(|_| ManifestError::BadVersion { field: "api-version", value: raw.api_version.clone() })?;
+        let version =
+            semver::Version::parse(&raw.version).map_err(|_| ManifestError::BadVersion {
+                field: "version",
+                value: raw.version.clone(),
+            })?;
+        let api_version =
+            semver::Version::parse(&raw.api_version).map_err(|_| ManifestError::BadVersion {
+                field: "api-version",
+                value: raw.api_version.clone(),
+            })?;
         ApiVersion::supporting(&api_version)?;
         let world: World = raw.world.parse()?;
         let mut capabilities = Vec::new();
         for name in &raw.capabilities {
-            let capability: Capability =
-                name.parse().map_err(|_| ManifestError::UnknownCapability(name.clone()))?;
+            let capability: Capability = name
+                .parse()
+                .map_err(|_| ManifestError::UnknownCapability(name.clone()))?;
             if !capabilities.contains(&capability) {
                 capabilities.push(capability);
             }
@@ -136,5 +149,7 @@ impl Manifest {
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }

@@ -33,7 +33,10 @@ pub enum RegistryError {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RegistryError + '_ {
-    move |e| RegistryError::Io { path: path.display().to_string(), message: e.to_string() }
+    move |e| RegistryError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// What the user decided at install, and whether the plugin may run.
@@ -85,7 +88,9 @@ pub struct Registry {
 impl Registry {
     pub fn open(dir: &Path) -> Result<Registry, RegistryError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        Ok(Registry { dir: dir.to_path_buf() })
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Checks and installs a plugin. `decide` is asked about each requested capability
@@ -105,7 +110,11 @@ impl Registry {
         runtime.load(manifest.clone(), wasm)?;
         let (mut granted, mut denied) = (Vec::new(), Vec::new());
         for &capability in &manifest.capabilities {
-            if decide(&manifest, capability) { granted.push(capability) } else { denied.push(capability) }
+            if decide(&manifest, capability) {
+                granted.push(capability)
+            } else {
+                denied.push(capability)
+            }
         }
         let state = State {
             enabled: true,
@@ -119,10 +128,15 @@ impl Registry {
         let staging = self.dir.join(format!(".installing-{}", manifest.id));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let write = |name: &str, bytes: &[u8]| std::fs::write(staging.join(name), bytes).map_err(io(&staging));
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(staging.join(name), bytes).map_err(io(&staging))
+        };
         write(COMPONENT, wasm)?;
         write(MANIFEST, manifest_text.as_bytes())?;
-        write(STATE, &serde_json::to_vec_pretty(&state).expect("state serialises"))?;
+        write(
+            STATE,
+            &serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )?;
         std::fs::rename(&staging, &final_dir).map_err(io(&final_dir))?;
         Ok(installed(manifest, state))
     }
@@ -149,7 +163,11 @@ impl Registry {
     }
 
     /// Compiles (cached) and returns a plugin ready to call, with its grants.
-    pub fn load(&self, runtime: &PluginRuntime, id: &str) -> Result<(Plugin, Grants), RegistryError> {
+    pub fn load(
+        &self,
+        runtime: &PluginRuntime,
+        id: &str,
+    ) -> Result<(Plugin, Grants), RegistryError> {
         let plugin = self.get(id)?;
         if !plugin.enabled {
             return Err(RegistryError::Disabled(id.to_string()));
@@ -165,7 +183,11 @@ impl Registry {
         state.enabled = enabled;
         let path = self.plugin_dir(id)?.join(STATE);
         let partial = path.with_extension("partial");
-        std::fs::write(&partial, serde_json::to_vec_pretty(&state).expect("state serialises")).map_err(io(&partial))?;
+        std::fs::write(
+            &partial,
+            serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )
+        .map_err(io(&partial))?;
         std::fs::rename(&partial, &path).map_err(io(&path))?;
         self.get(id)
     }
@@ -178,7 +200,9 @@ impl Registry {
 
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), RegistryError> {
         let record = AuditRecord {
-            at_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             plugin_id: entry.plugin_id.clone(),
             function: entry.function.to_string(),
             capability: entry.capability,
@@ -189,12 +213,19 @@ impl Registry {
         let path = self.dir.join(AUDIT);
         let mut line = serde_json::to_vec(&record).expect("audit record serialises");
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         file.write_all(&line).map_err(io(&path))
     }
 
     /// Audit records, oldest first, of one plugin or all.
-    pub fn audit_records(&self, plugin_id: Option<&str>) -> Result<Vec<AuditRecord>, RegistryError> {
+    pub fn audit_records(
+        &self,
+        plugin_id: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, RegistryError> {
         let path = self.dir.join(AUDIT);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -209,7 +240,10 @@ impl Registry {
     }
 
     fn plugin_dir(&self, id: &str) -> Result<PathBuf, RegistryError> {
-        let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let valid = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         let dir = self.dir.join(id);
         if !valid || !dir.join(STATE).exists() {
             return Err(RegistryError::NotInstalled(id.to_string()));
@@ -220,7 +254,10 @@ impl Registry {
     fn state(&self, id: &str) -> Result<State, RegistryError> {
         let path = self.plugin_dir(id)?.join(STATE);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io { path: path.display().to_string(), message: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 }
 

@@ -10,7 +10,9 @@ use crate::limits::{GuestTimeExceeded, Limits};
 use crate::manifest::{Manifest, World};
 use crate::services::HostServices;
 use crate::state::PluginState;
-use crate::types::{GeneratedClip, ModelProfile, PlanInput, Shot, ShotPrompt, StitchResult, Storyboard};
+use crate::types::{
+    GeneratedClip, ModelProfile, PlanInput, Shot, ShotPrompt, StitchResult, Storyboard,
+};
 use crate::wit::{Bound, Linkers};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -80,7 +82,12 @@ impl PluginRuntime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating the plugin cache {}: {e}", dir.display()))?;
         }
-        Ok(PluginRuntime { engine, linkers, cache_dir: cache_dir.map(Path::to_path_buf), ticker_stop })
+        Ok(PluginRuntime {
+            engine,
+            linkers,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            ticker_stop,
+        })
     }
 
     /// Compiles (or loads from the cache), checks the component against its manifest and
@@ -105,7 +112,8 @@ impl PluginRuntime {
             ));
         }
         let Some(dir) = &self.cache_dir else {
-            return Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent(format!("{e:#}")));
+            return Component::new(&self.engine, wasm)
+                .map_err(|e| LoadError::NotAComponent(format!("{e:#}")));
         };
         let path = dir.join(format!("{}.cwasm", self.cache_key(wasm)));
         if path.exists() {
@@ -116,9 +124,12 @@ impl PluginRuntime {
                 return Ok(component);
             }
         }
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
-        let cache_err = |e: &dyn std::fmt::Display| LoadError::Cache { path: path.display().to_string(), message: e.to_string() };
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let cache_err = |e: &dyn std::fmt::Display| LoadError::Cache {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         let bytes = component.serialize().map_err(|e| cache_err(&e))?;
         let partial = path.with_extension("partial");
         std::fs::write(&partial, bytes).map_err(|e| cache_err(&e))?;
@@ -128,12 +139,23 @@ impl PluginRuntime {
 
     fn cache_key(&self, wasm: &[u8]) -> String {
         let mut engine_hash = std::hash::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let digest = Sha256::digest(wasm);
-        format!("{}-{:016x}", hex::encode(&digest[..16]), engine_hash.finish())
+        format!(
+            "{}-{:016x}",
+            hex::encode(&digest[..16]),
+            engine_hash.finish()
+        )
     }
 
-    pub async fn plan(&self, plugin: &Plugin, ctx: &CallContext, input: &PlanInput) -> Result<Storyboard, CallError> {
+    pub async fn plan(
+        &self,
+        plugin: &Plugin,
+        ctx: &CallContext,
+        input: &PlanInput,
+    ) -> Result<Storyboard, CallError> {
         self.require(plugin, World::Planner)?;
         let mut store = self.store(plugin, ctx);
         let result = plugin.bound.plan(&mut store, input).await;
@@ -150,7 +172,10 @@ impl PluginRuntime {
     ) -> Result<ShotPrompt, CallError> {
         self.require(plugin, World::Expander)?;
         let mut store = self.store(plugin, ctx);
-        let result = plugin.bound.expand(&mut store, shot, storyboard, model).await;
+        let result = plugin
+            .bound
+            .expand(&mut store, shot, storyboard, model)
+            .await;
         outcome(plugin, &store, result)
     }
 
@@ -164,7 +189,10 @@ impl PluginRuntime {
     ) -> Result<StitchResult, CallError> {
         self.require(plugin, World::Stitcher)?;
         let mut store = self.store(plugin, ctx);
-        let result = plugin.bound.stitch(&mut store, storyboard, clips, output_name).await;
+        let result = plugin
+            .bound
+            .stitch(&mut store, storyboard, clips, output_name)
+            .await;
         outcome(plugin, &store, result)
     }
 
@@ -181,10 +209,17 @@ impl PluginRuntime {
 
     /// A fresh store per call: its own memory cap, fuel, and guest-time deadline.
     fn store(&self, plugin: &Plugin, ctx: &CallContext) -> Store<PluginState> {
-        let state = PluginState::new(&plugin.manifest.id, ctx.grants.clone(), ctx.services.clone(), ctx.limits);
+        let state = PluginState::new(
+            &plugin.manifest.id,
+            ctx.grants.clone(),
+            ctx.services.clone(),
+            ctx.limits,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.set_fuel(ctx.limits.fuel).expect("fuel is enabled in the engine config");
+        store
+            .set_fuel(ctx.limits.fuel)
+            .expect("fuel is enabled in the engine config");
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
@@ -220,10 +255,18 @@ fn outcome<T>(
         });
     }
     if let Some(exceeded) = err.downcast_ref::<GuestTimeExceeded>() {
-        return Err(CallError::Timeout { plugin: id, budget: exceeded.0 });
+        return Err(CallError::Timeout {
+            plugin: id,
+            budget: exceeded.0,
+        });
     }
     let mut message = match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => return Err(CallError::OutOfFuel { plugin: id, fuel: state.limits().fuel }),
+        Some(Trap::OutOfFuel) => {
+            return Err(CallError::OutOfFuel {
+                plugin: id,
+                fuel: state.limits().fuel,
+            });
+        }
         Some(Trap::StackOverflow) => return Err(CallError::StackOverflow { plugin: id }),
         // The trap itself, without the wasm backtrace wasmtime attaches as context.
         Some(trap) => trap.to_string(),
@@ -231,29 +274,47 @@ fn outcome<T>(
     };
     let stderr = state.stderr.contents();
     if !stderr.is_empty() {
-        message.push_str(&format!("; plugin stderr: {}", String::from_utf8_lossy(&stderr).trim()));
+        message.push_str(&format!(
+            "; plugin stderr: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ));
     }
-    Err(CallError::Crashed { plugin: id, message })
+    Err(CallError::Crashed {
+        plugin: id,
+        message,
+    })
 }
 
 /// Checks that the component is what its manifest says: it exports the world's interface
 /// at the manifest's API version and imports only what this host provides.
-fn check_component(engine: &Engine, component: &Component, manifest: &Manifest) -> Result<(), LoadError> {
+fn check_component(
+    engine: &Engine,
+    component: &Component,
+    manifest: &Manifest,
+) -> Result<(), LoadError> {
     let ty = component.component_type();
     let version = manifest.api_version.to_string();
     let wanted = format!("{PACKAGE}{}@{version}", manifest.world.export_interface());
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     if !exports.iter().any(|name| *name == wanted) {
         let found = exports
             .iter()
             .filter_map(|name| {
                 let world = World::ALL.into_iter().find(|w| {
-                    name.strip_prefix(PACKAGE).is_some_and(|rest| rest.split('@').next() == Some(w.export_interface()))
+                    name.strip_prefix(PACKAGE)
+                        .is_some_and(|rest| rest.split('@').next() == Some(w.export_interface()))
                 })?;
                 Some(format!("`{name}` (a {world})"))
             })
             .collect::<Vec<_>>();
-        let found = if found.is_empty() { "no VideosDGX plugin interface".to_string() } else { found.join(", ") };
+        let found = if found.is_empty() {
+            "no VideosDGX plugin interface".to_string()
+        } else {
+            found.join(", ")
+        };
         return Err(LoadError::Mismatch(format!(
             "plugin.toml says world `{}` at API {version}, so the component must export `{wanted}`, but it exports {found}",
             manifest.world
@@ -268,9 +329,21 @@ fn check_component(engine: &Engine, component: &Component, manifest: &Manifest) 
                 )));
             }
             if !matches!(item.ty, ComponentItem::ComponentInstance(_))
-                || !["types", "log", "progress", "project", "assets", "generation", "text", "media"].contains(&interface)
+                || ![
+                    "types",
+                    "log",
+                    "progress",
+                    "project",
+                    "assets",
+                    "generation",
+                    "text",
+                    "media",
+                ]
+                .contains(&interface)
             {
-                return Err(LoadError::UnsupportedImport(format!("`{name}` is not part of API {version}")));
+                return Err(LoadError::UnsupportedImport(format!(
+                    "`{name}` is not part of API {version}"
+                )));
             }
         } else if !name.starts_with("wasi:") {
             return Err(LoadError::UnsupportedImport(format!("`{name}`")));
@@ -298,6 +371,8 @@ fn spawn_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
+        f.debug_struct("PluginRuntime")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
     }
 }

@@ -68,5 +68,9 @@ pub trait HostServices: Send + Sync {
 
     async fn probe(&self, asset_id: &str) -> Result<ClipInfo, PluginError>;
     async fn extract_frame(&self, asset_id: &str, index: u32) -> Result<AssetInfo, PluginError>;
-    async fn render_timeline(&self, timeline: Timeline, name: &str) -> Result<AssetInfo, PluginError>;
+    async fn render_timeline(
+        &self,
+        timeline: Timeline,
+        name: &str,
+    ) -> Result<AssetInfo, PluginError>;
 }

@@ -3,11 +3,11 @@
 //! stopped, and writes the call to the audit log. No import touches files or the network
 //! itself; WASI is linked with no preopened directories, no sockets and frozen clocks.
 
+use crate::PluginError;
 use crate::capability::{Capability, Grants};
 use crate::limits::{CallClock, Limits, MemoryLimiter};
 use crate::services::{AuditEntry, HostServices, LogLevel};
 use crate::wit::latest::{assets, generation, log, media, progress, project, text, types};
-use crate::PluginError;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
@@ -34,10 +34,18 @@ pub(crate) struct PluginState {
 }
 
 impl PluginState {
-    pub fn new(plugin_id: &str, grants: Grants, services: Arc<dyn HostServices>, limits: Limits) -> PluginState {
+    pub fn new(
+        plugin_id: &str,
+        grants: Grants,
+        services: Arc<dyn HostServices>,
+        limits: Limits,
+    ) -> PluginState {
         let stderr = MemoryOutputPipe::new(STDERR_BYTES);
         let mut wasi = WasiCtx::builder();
-        wasi.stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if !grants.allows(Capability::Clock) {
             wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
@@ -66,7 +74,11 @@ impl PluginState {
         detail: String,
         transfer_bytes: usize,
     ) -> Result<HostCall, PluginError> {
-        let call = HostCall { function, capability, detail };
+        let call = HostCall {
+            function,
+            capability,
+            detail,
+        };
         let checked = match capability {
             Some(capability) => self.grants.check(capability),
             None => Ok(()),
@@ -90,7 +102,11 @@ impl PluginState {
     }
 
     /// Ends a host import: restarts the plugin's clock and audits the outcome.
-    fn finish<T>(&mut self, call: HostCall, result: Result<T, PluginError>) -> Result<T, PluginError> {
+    fn finish<T>(
+        &mut self,
+        call: HostCall,
+        result: Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
         self.clock.leave_host();
         self.record(&call, false, result.as_ref().err());
         result
@@ -128,10 +144,15 @@ pub(crate) fn describe(err: &PluginError) -> String {
 /// An asset id, document name or similar: bounded, printable, no path tricks.
 fn check_id(kind: &str, id: &str) -> Result<(), PluginError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-        return Err(PluginError::InvalidInput(format!("{kind} `{}` is empty, too long or not printable", id.escape_debug())));
+        return Err(PluginError::InvalidInput(format!(
+            "{kind} `{}` is empty, too long or not printable",
+            id.escape_debug()
+        )));
     }
     if id.contains("..") || id.starts_with('/') || id.contains('\\') {
-        return Err(PluginError::InvalidInput(format!("{kind} `{id}` must not be a path")));
+        return Err(PluginError::InvalidInput(format!(
+            "{kind} `{id}` must not be a path"
+        )));
     }
     Ok(())
 }
@@ -176,7 +197,10 @@ impl HostMonotonicClock for FrozenClock {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -191,26 +215,41 @@ impl log::Host for PluginState {
             log::Level::Error => LogLevel::Error,
         };
         // Capped so a plugin cannot flood the host log.
-        self.services.log(&self.plugin_id, level, &truncate(&message, 2000));
+        self.services
+            .log(&self.plugin_id, level, &truncate(&message, 2000));
     }
 }
 
-
 impl progress::Host for PluginState {
     async fn report(&mut self, done: u32, total: u32, message: String) {
-        self.services.progress(&self.plugin_id, done.min(total), total, &abbreviate(&message));
+        self.services.progress(
+            &self.plugin_id,
+            done.min(total),
+            total,
+            &abbreviate(&message),
+        );
     }
 }
 
 impl project::Host for PluginState {
     async fn list_documents(&mut self) -> Result<Vec<String>, PluginError> {
-        let call = self.begin("project.list-documents", Some(Capability::ProjectRead), String::new(), 0)?;
+        let call = self.begin(
+            "project.list-documents",
+            Some(Capability::ProjectRead),
+            String::new(),
+            0,
+        )?;
         let result = self.services.list_documents().await;
         self.finish(call, result)
     }
 
     async fn read_document(&mut self, name: String) -> Result<String, PluginError> {
-        let call = self.begin("project.read-document", Some(Capability::ProjectRead), abbreviate(&name), name.len())?;
+        let call = self.begin(
+            "project.read-document",
+            Some(Capability::ProjectRead),
+            abbreviate(&name),
+            name.len(),
+        )?;
         let services = self.services.clone();
         let cap = self.limits.max_transfer_bytes;
         let result = async {
@@ -225,7 +264,12 @@ impl project::Host for PluginState {
 
     async fn write_document(&mut self, name: String, content: String) -> Result<(), PluginError> {
         let detail = format!("{} ({} bytes)", abbreviate(&name), content.len());
-        let call = self.begin("project.write-document", Some(Capability::ProjectWrite), detail, content.len())?;
+        let call = self.begin(
+            "project.write-document",
+            Some(Capability::ProjectWrite),
+            detail,
+            content.len(),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("document name", &name)?;
@@ -239,21 +283,40 @@ impl project::Host for PluginState {
 /// A value the host is about to hand the plugin must fit the transfer cap too.
 fn fits(function: &str, bytes: usize, cap: usize) -> Result<(), PluginError> {
     if bytes > cap {
-        return Err(PluginError::Failed(format!("{function}: the result is {bytes} bytes, over the {cap} byte limit per call")));
+        return Err(PluginError::Failed(format!(
+            "{function}: the result is {bytes} bytes, over the {cap} byte limit per call"
+        )));
     }
     Ok(())
 }
 
 impl assets::Host for PluginState {
-    async fn search(&mut self, query: String, limit: u32) -> Result<Vec<types::AssetInfo>, PluginError> {
+    async fn search(
+        &mut self,
+        query: String,
+        limit: u32,
+    ) -> Result<Vec<types::AssetInfo>, PluginError> {
         let detail = format!("{} (limit {limit})", abbreviate(&query));
-        let call = self.begin("assets.search", Some(Capability::AssetsRead), detail, query.len())?;
-        let result = self.services.search_assets(&query, limit.min(MAX_SEARCH_RESULTS)).await;
+        let call = self.begin(
+            "assets.search",
+            Some(Capability::AssetsRead),
+            detail,
+            query.len(),
+        )?;
+        let result = self
+            .services
+            .search_assets(&query, limit.min(MAX_SEARCH_RESULTS))
+            .await;
         self.finish(call, result)
     }
 
     async fn info(&mut self, id: String) -> Result<types::AssetInfo, PluginError> {
-        let call = self.begin("assets.info", Some(Capability::AssetsRead), abbreviate(&id), id.len())?;
+        let call = self.begin(
+            "assets.info",
+            Some(Capability::AssetsRead),
+            abbreviate(&id),
+            id.len(),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("asset id", &id)?;
@@ -265,7 +328,12 @@ impl assets::Host for PluginState {
 
     async fn read(&mut self, id: String, offset: u64, length: u32) -> Result<Vec<u8>, PluginError> {
         let detail = format!("{} @{offset}+{length}", abbreviate(&id));
-        let call = self.begin("assets.read", Some(Capability::AssetsRead), detail, id.len())?;
+        let call = self.begin(
+            "assets.read",
+            Some(Capability::AssetsRead),
+            detail,
+            id.len(),
+        )?;
         let services = self.services.clone();
         let length = length.min(u32::try_from(self.limits.max_transfer_bytes).unwrap_or(u32::MAX));
         let result = async {
@@ -284,7 +352,8 @@ impl assets::Host for PluginState {
         tags: Vec<String>,
     ) -> Result<types::AssetInfo, PluginError> {
         let detail = format!("{} ({mime}, {} bytes)", abbreviate(&name), data.len());
-        let size = data.len() + name.len() + mime.len() + tags.iter().map(String::len).sum::<usize>();
+        let size =
+            data.len() + name.len() + mime.len() + tags.iter().map(String::len).sum::<usize>();
         let call = self.begin("assets.write", Some(Capability::AssetsWrite), detail, size)?;
         let services = self.services.clone();
         let result = async {
@@ -312,13 +381,24 @@ fn request_bytes(request: &types::GenerationRequest) -> usize {
 }
 
 impl generation::Host for PluginState {
-    async fn image(&mut self, request: types::GenerationRequest) -> Result<types::AssetInfo, PluginError> {
-        let call = self.begin("generation.image", Some(Capability::Generate), describe_request(&request), request_bytes(&request))?;
+    async fn image(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let call = self.begin(
+            "generation.image",
+            Some(Capability::Generate),
+            describe_request(&request),
+            request_bytes(&request),
+        )?;
         let result = self.services.generate_image(request).await;
         self.finish(call, result)
     }
 
-    async fn text_to_video(&mut self, request: types::GenerationRequest) -> Result<types::AssetInfo, PluginError> {
+    async fn text_to_video(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
         let call = self.begin(
             "generation.text-to-video",
             Some(Capability::Generate),
@@ -334,8 +414,17 @@ impl generation::Host for PluginState {
         request: types::GenerationRequest,
         start_frame: String,
     ) -> Result<types::AssetInfo, PluginError> {
-        let detail = format!("from {}: {}", abbreviate(&start_frame), describe_request(&request));
-        let call = self.begin("generation.image-to-video", Some(Capability::Generate), detail, request_bytes(&request))?;
+        let detail = format!(
+            "from {}: {}",
+            abbreviate(&start_frame),
+            describe_request(&request)
+        );
+        let call = self.begin(
+            "generation.image-to-video",
+            Some(Capability::Generate),
+            detail,
+            request_bytes(&request),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("start frame asset id", &start_frame)?;
@@ -349,7 +438,12 @@ impl generation::Host for PluginState {
 impl text::Host for PluginState {
     async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
         let detail = format!("{} (max {max_tokens} tokens)", abbreviate(&prompt));
-        let call = self.begin("text.complete", Some(Capability::TextGeneration), detail, prompt.len())?;
+        let call = self.begin(
+            "text.complete",
+            Some(Capability::TextGeneration),
+            detail,
+            prompt.len(),
+        )?;
         let services = self.services.clone();
         let cap = self.limits.max_transfer_bytes;
         let result = async {
@@ -364,7 +458,12 @@ impl text::Host for PluginState {
 
 impl media::Host for PluginState {
     async fn probe(&mut self, asset_id: String) -> Result<types::ClipInfo, PluginError> {
-        let call = self.begin("media.probe", Some(Capability::Media), abbreviate(&asset_id), asset_id.len())?;
+        let call = self.begin(
+            "media.probe",
+            Some(Capability::Media),
+            abbreviate(&asset_id),
+            asset_id.len(),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("asset id", &asset_id)?;
@@ -374,9 +473,18 @@ impl media::Host for PluginState {
         self.finish(call, result)
     }
 
-    async fn extract_frame(&mut self, asset_id: String, index: u32) -> Result<types::AssetInfo, PluginError> {
+    async fn extract_frame(
+        &mut self,
+        asset_id: String,
+        index: u32,
+    ) -> Result<types::AssetInfo, PluginError> {
         let detail = format!("{} frame {index}", abbreviate(&asset_id));
-        let call = self.begin("media.extract-frame", Some(Capability::Media), detail, asset_id.len())?;
+        let call = self.begin(
+            "media.extract-frame",
+            Some(Capability::Media),
+            detail,
+            asset_id.len(),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("asset id", &asset_id)?;
@@ -386,9 +494,18 @@ impl media::Host for PluginState {
         self.finish(call, result)
     }
 
-    async fn render_timeline(&mut self, timeline: types::Timeline, name: String) -> Result<types::AssetInfo, PluginError> {
+    async fn render_timeline(
+        &mut self,
+        timeline: types::Timeline,
+        name: String,
+    ) -> Result<types::AssetInfo, PluginError> {
         let detail = format!("{} ({} items)", abbreviate(&name), timeline.items.len());
-        let call = self.begin("media.render-timeline", Some(Capability::Render), detail, name.len())?;
+        let call = self.begin(
+            "media.render-timeline",
+            Some(Capability::Render),
+            detail,
+            name.len(),
+        )?;
         let services = self.services.clone();
         let result = async {
             check_id("output name", &name)?;

@@ -13,7 +13,10 @@ impl Planner for Hostile {
         match input.script.split_whitespace().next().unwrap_or("") {
             "loop" => spin(),
             "allocate" => allocate(),
-            "recurse" => Err(PluginError::Failed(format!("depth {}", recurse(black_box(1))))),
+            "recurse" => Err(PluginError::Failed(format!(
+                "depth {}",
+                recurse(black_box(1))
+            ))),
             "trap" => core::arch::wasm32::unreachable(),
             "huge-string" => Ok(storyboard(huge_string())),
             "ungranted" => ungranted(),
@@ -22,7 +25,9 @@ impl Planner for Hostile {
             "invalid-ids" => invalid_ids(),
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
-            other => Err(PluginError::InvalidInput(format!("unknown misbehaviour `{other}`"))),
+            other => Err(PluginError::InvalidInput(format!(
+                "unknown misbehaviour `{other}`"
+            ))),
         }
     }
 }
@@ -32,7 +37,11 @@ videosdgx_plugin_sdk::export_planner!(Hostile);
 fn storyboard(title: String) -> Storyboard {
     Storyboard {
         title,
-        style: Style { look: String::new(), lighting: String::new(), negative: String::new() },
+        style: Style {
+            look: String::new(),
+            lighting: String::new(),
+            negative: String::new(),
+        },
         characters: Vec::new(),
         scenes: Vec::new(),
         shots: Vec::new(),
@@ -86,7 +95,9 @@ fn ungranted() -> Result<Storyboard, PluginError> {
         seed: 0,
     };
     host::generation::text_to_video(&request)?;
-    Err(PluginError::Failed("generation ran without the `generate` grant".into()))
+    Err(PluginError::Failed(
+        "generation ran without the `generate` grant".into(),
+    ))
 }
 
 fn files() -> Result<Storyboard, PluginError> {
@@ -95,10 +106,14 @@ fn files() -> Result<Storyboard, PluginError> {
             return Ok(storyboard(text));
         }
         if let Ok(entries) = std::fs::read_dir(path) {
-            return Ok(storyboard(format!("listed {} entries of {path}", entries.count())));
+            return Ok(storyboard(format!(
+                "listed {} entries of {path}",
+                entries.count()
+            )));
         }
     }
-    std::fs::write("escape.txt", b"x").map_err(|e| PluginError::Failed(format!("filesystem refused: {e}")))?;
+    std::fs::write("escape.txt", b"x")
+        .map_err(|e| PluginError::Failed(format!("filesystem refused: {e}")))?;
     Ok(storyboard("wrote escape.txt".into()))
 }
 
@@ -113,11 +128,19 @@ fn sockets() -> Result<Storyboard, PluginError> {
 fn invalid_ids() -> Result<Storyboard, PluginError> {
     let mut answers = Vec::new();
     answers.push(format!("{:?}", host::assets::info("no-such-asset").err()));
-    answers.push(format!("{:?}", host::assets::read("../../etc/passwd", 0, 64).err()));
+    answers.push(format!(
+        "{:?}",
+        host::assets::read("../../etc/passwd", 0, 64).err()
+    ));
     answers.push(format!("{:?}", host::media::probe("\0bad").err()));
-    answers.push(format!("{:?}", host::project::read_document("../secrets").err()));
+    answers.push(format!(
+        "{:?}",
+        host::project::read_document("../secrets").err()
+    ));
     if answers.iter().any(|a| a == "None") {
-        return Ok(storyboard(format!("a host API accepted an invalid id: {answers:?}")));
+        return Ok(storyboard(format!(
+            "a host API accepted an invalid id: {answers:?}"
+        )));
     }
     Err(PluginError::NotFound(answers.join("; ")))
 }

@@ -19,7 +19,11 @@ const WAN_NEGATIVE: &str = "overexposed, oversaturated, worst quality, messy bac
 struct PromptExpander;
 
 impl Expander for PromptExpander {
-    fn expand(shot: Shot, storyboard: Storyboard, model: ModelProfile) -> Result<ShotPrompt, PluginError> {
+    fn expand(
+        shot: Shot,
+        storyboard: Storyboard,
+        model: ModelProfile,
+    ) -> Result<ShotPrompt, PluginError> {
         let scene = storyboard
             .scenes
             .iter()
@@ -52,7 +56,11 @@ impl Expander for PromptExpander {
             negative.push(storyboard.style.negative.trim());
         }
         host::debug(&format!("expanded shot {}", shot.id));
-        Ok(ShotPrompt { shot_id: shot.id, prompt, negative_prompt: negative.join(", ") })
+        Ok(ShotPrompt {
+            shot_id: shot.id,
+            prompt,
+            negative_prompt: negative.join(", "),
+        })
     }
 }
 
@@ -65,7 +73,11 @@ enum Family {
 }
 
 fn family(model: &ModelProfile) -> Family {
-    if model.family.to_lowercase().starts_with("wan") { Family::Wan } else { Family::Generic }
+    if model.family.to_lowercase().starts_with("wan") {
+        Family::Wan
+    } else {
+        Family::Generic
+    }
 }
 
 struct Parts {
@@ -86,18 +98,34 @@ impl Parts {
         if !self.cast.is_empty() {
             out.push(self.cast.join(" "));
         }
-        out.extend([self.speech.clone(), self.setting.clone(), self.lighting.clone(), self.look.clone()]);
+        out.extend([
+            self.speech.clone(),
+            self.setting.clone(),
+            self.lighting.clone(),
+            self.look.clone(),
+        ]);
         join_sentences(&out)
     }
 
     /// Tag-style prompt for models trained on short captions.
     fn generic(&self) -> String {
         let mut out = vec![self.action.trim_end_matches('.').to_string()];
-        out.extend(self.cast.iter().map(|c| c.trim_end_matches('.').to_string()));
-        out.extend([self.camera.trim_end_matches('.').to_lowercase(), self.setting.clone(), self.lighting.clone()]);
+        out.extend(
+            self.cast
+                .iter()
+                .map(|c| c.trim_end_matches('.').to_string()),
+        );
+        out.extend([
+            self.camera.trim_end_matches('.').to_lowercase(),
+            self.setting.clone(),
+            self.lighting.clone(),
+        ]);
         out.push(self.look.clone());
         out.retain(|p| !p.trim().is_empty());
-        out.iter().map(|p| p.trim().trim_end_matches('.')).collect::<Vec<_>>().join(", ")
+        out.iter()
+            .map(|p| p.trim().trim_end_matches('.'))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -117,7 +145,11 @@ fn cast(shot: &Shot, storyboard: &Storyboard) -> Result<Vec<String>, PluginError
         .filter(|c| shot.character_ids.contains(&c.id))
         .map(|c| {
             let description = c.description.trim().trim_end_matches('.');
-            if description.is_empty() { format!("{}.", c.name) } else { format!("{}: {description}.", c.name) }
+            if description.is_empty() {
+                format!("{}.", c.name)
+            } else {
+                format!("{}: {description}.", c.name)
+            }
         })
         .collect())
 }
@@ -134,7 +166,10 @@ fn speech(shot: &Shot, storyboard: &Storyboard) -> String {
             if line.parenthetical.is_empty() {
                 format!("{name} is talking, lips moving.")
             } else {
-                format!("{name} is talking, {}, lips moving.", line.parenthetical.trim())
+                format!(
+                    "{name} is talking, {}, lips moving.",
+                    line.parenthetical.trim()
+                )
             }
         })
         .collect::<Vec<_>>()
@@ -165,14 +200,22 @@ fn camera_phrase(shot: &Shot) -> String {
         CameraMove::Orbit => "the camera orbits the subject",
     };
     let angle = shot.camera.angle.trim();
-    if angle.is_empty() { format!("{size}, {movement}:") } else { format!("{size}, {angle}, {movement}:") }
+    if angle.is_empty() {
+        format!("{size}, {movement}:")
+    } else {
+        format!("{size}, {angle}, {movement}:")
+    }
 }
 
 fn setting(scene: &Scene) -> String {
     if scene.location.trim().is_empty() {
         return String::new();
     }
-    let side = if scene.interior { "Interior" } else { "Exterior" };
+    let side = if scene.interior {
+        "Interior"
+    } else {
+        "Exterior"
+    };
     format!("{side}, {}", scene.location.trim().to_lowercase())
 }
 
@@ -190,14 +233,28 @@ fn lighting(scene: &Scene, style_lighting: &str) -> String {
     } else {
         ""
     };
-    [natural, style_lighting.trim()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(", ")
+    [natural, style_lighting.trim()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sentence(text: &str) -> String {
     let text = text.trim();
-    if text.is_empty() || text.ends_with(['.', '!', '?']) { text.to_string() } else { format!("{text}.") }
+    if text.is_empty() || text.ends_with(['.', '!', '?']) {
+        text.to_string()
+    } else {
+        format!("{text}.")
+    }
 }
 
 fn join_sentences(parts: &[String]) -> String {
-    parts.iter().map(|p| sentence(p)).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+    parts
+        .iter()
+        .map(|p| sentence(p))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -42,7 +42,11 @@ pub trait Planner {
 
 /// Turns one shot, in the context of its storyboard, into a model-ready prompt (world `expander`).
 pub trait Expander {
-    fn expand(shot: Shot, storyboard: Storyboard, model: ModelProfile) -> Result<ShotPrompt, PluginError>;
+    fn expand(
+        shot: Shot,
+        storyboard: Storyboard,
+        model: ModelProfile,
+    ) -> Result<ShotPrompt, PluginError>;
 }
 
 /// Turns generated clips into a rendered edit (world `stitcher`).

@@ -21,7 +21,11 @@ impl Stitcher for ShotStitcher {
         host::progress(0, 1, "rendering the final video");
         let output = host::media::render_timeline(&timeline, &output_name)?;
         host::progress(1, 1, "rendered");
-        host::info(&format!("rendered {} shots into {}", clips.len(), output.id));
+        host::info(&format!(
+            "rendered {} shots into {}",
+            clips.len(),
+            output.id
+        ));
         Ok(StitchResult { timeline, output })
     }
 }
@@ -30,7 +34,9 @@ videosdgx_plugin_sdk::export_stitcher!(ShotStitcher);
 
 fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline, PluginError> {
     check_clips(storyboard, clips)?;
-    let first = clips.first().ok_or_else(|| PluginError::InvalidInput("no clips to stitch".into()))?;
+    let first = clips
+        .first()
+        .ok_or_else(|| PluginError::InvalidInput("no clips to stitch".into()))?;
     let (width, height, fps) = (first.info.width, first.info.height, first.info.fps);
     for clip in clips {
         if (clip.info.width, clip.info.height, clip.info.fps) != (width, height, fps) {
@@ -46,7 +52,10 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
     }
     let mut previous_ms: Option<u32> = None;
     for shot in &storyboard.shots {
-        let clip = clips.iter().find(|c| c.shot_id == shot.id).expect("checked above");
+        let clip = clips
+            .iter()
+            .find(|c| c.shot_id == shot.id)
+            .expect("checked above");
         let duration_ms = shot.duration_ms.min(clip.info.duration_ms).max(1);
         let transition_in = fit_transition(shot.transition_in, previous_ms, duration_ms);
         items.push(TimelineItem::Clip(TimelineClip {
@@ -61,19 +70,37 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
     if let Some(title) = &storyboard.closing_title {
         items.push(TimelineItem::Title(title.clone()));
     }
-    Ok(Timeline { width, height, fps, items })
+    Ok(Timeline {
+        width,
+        height,
+        fps,
+        items,
+    })
 }
 
 /// Exactly one clip per shot, and no clip for a shot the storyboard lacks.
 fn check_clips(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<(), PluginError> {
     for shot in &storyboard.shots {
         match clips.iter().filter(|c| c.shot_id == shot.id).count() {
-            0 => return Err(PluginError::InvalidInput(format!("no clip was generated for shot `{}`", shot.id))),
+            0 => {
+                return Err(PluginError::InvalidInput(format!(
+                    "no clip was generated for shot `{}`",
+                    shot.id
+                )));
+            }
             1 => {}
-            n => return Err(PluginError::InvalidInput(format!("{n} clips for shot `{}`; expected one", shot.id))),
+            n => {
+                return Err(PluginError::InvalidInput(format!(
+                    "{n} clips for shot `{}`; expected one",
+                    shot.id
+                )));
+            }
         }
     }
-    if let Some(stray) = clips.iter().find(|c| !storyboard.shots.iter().any(|s| s.id == c.shot_id)) {
+    if let Some(stray) = clips
+        .iter()
+        .find(|c| !storyboard.shots.iter().any(|s| s.id == c.shot_id))
+    {
         return Err(PluginError::InvalidInput(format!(
             "clip `{}` is for shot `{}`, which is not in the storyboard",
             stray.asset_id, stray.shot_id
@@ -86,13 +113,23 @@ fn check_clips(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<(), P
 /// a title card) has nothing to blend with and fades in from black or cuts.
 fn fit_transition(planned: Transition, previous_ms: Option<u32>, duration_ms: u32) -> Transition {
     if planned.kind == TransitionKind::Cut {
-        return Transition { kind: TransitionKind::Cut, duration_ms: 0 };
+        return Transition {
+            kind: TransitionKind::Cut,
+            duration_ms: 0,
+        };
     }
     let room = previous_ms.map_or(duration_ms / 2, |prev| prev.min(duration_ms) / 2);
     let duration_ms = planned.duration_ms.min(room);
     if duration_ms == 0 {
-        return Transition { kind: TransitionKind::Cut, duration_ms: 0 };
+        return Transition {
+            kind: TransitionKind::Cut,
+            duration_ms: 0,
+        };
     }
-    let kind = if previous_ms.is_none() { TransitionKind::FadeThroughBlack } else { planned.kind };
+    let kind = if previous_ms.is_none() {
+        TransitionKind::FadeThroughBlack
+    } else {
+        planned.kind
+    };
     Transition { kind, duration_ms }
 }

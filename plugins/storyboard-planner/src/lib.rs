@@ -94,7 +94,12 @@ impl<'a> Builder<'a> {
                 Block::Title(_) => {}
                 Block::Scene(heading) => self.start_scene(heading),
                 Block::Transition(cue) => self.pending_transition = Some(cue),
-                Block::Direction { size, movement, angle, action } => {
+                Block::Direction {
+                    size,
+                    movement,
+                    angle,
+                    action,
+                } => {
                     let camera = Camera {
                         size: size.map_or(ShotSize::Medium, shot_size),
                         movement: movement.map_or(CameraMove::Fixed, camera_move),
@@ -106,7 +111,11 @@ impl<'a> Builder<'a> {
                     }
                 }
                 Block::Action(text) => self.action(text),
-                Block::Dialogue { speaker, parenthetical, text } => self.dialogue(speaker, parenthetical, text),
+                Block::Dialogue {
+                    speaker,
+                    parenthetical,
+                    text,
+                } => self.dialogue(speaker, parenthetical, text),
             }
         }
         if self.drafts.is_empty() {
@@ -115,8 +124,11 @@ impl<'a> Builder<'a> {
             ));
         }
         let shots = self.time_shots();
-        let opening_title = (self.settings.title_cards && !self.title.is_empty())
-            .then(|| TitleCard { text: self.title.clone(), duration_ms: OPENING_TITLE_MS });
+        let opening_title =
+            (self.settings.title_cards && !self.title.is_empty()).then(|| TitleCard {
+                text: self.title.clone(),
+                duration_ms: OPENING_TITLE_MS,
+            });
         Ok(Storyboard {
             title: self.title,
             style: self.settings.style.clone(),
@@ -158,7 +170,11 @@ impl<'a> Builder<'a> {
 
     fn dialogue(&mut self, speaker: String, parenthetical: String, text: String) {
         let id = self.character_id(&speaker);
-        let line = DialogueLine { character_id: id, parenthetical, text };
+        let line = DialogueLine {
+            character_id: id,
+            parenthetical,
+            text,
+        };
         let scene = self.current_scene();
         // The first line after an action belongs to that shot; further exchanges get their
         // own coverage on the speaker.
@@ -199,7 +215,9 @@ impl<'a> Builder<'a> {
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            let Some(close) = rest[open..].find(')') else { break };
+            let Some(close) = rest[open..].find(')') else {
+                break;
+            };
             let description = rest[open + 2..open + close].trim().to_string();
             if name.chars().filter(|c| c.is_alphabetic()).count() >= 2 {
                 let id = self.character_id(&name);
@@ -219,12 +237,19 @@ impl<'a> Builder<'a> {
             return known.id.clone();
         }
         let id = slug(name);
-        self.characters.push(Character { id: id.clone(), name: title_case(name), description: String::new() });
+        self.characters.push(Character {
+            id: id.clone(),
+            name: title_case(name),
+            description: String::new(),
+        });
         id
     }
 
     fn name_of(&self, id: &str) -> String {
-        self.characters.iter().find(|c| c.id == id).map_or_else(|| id.to_string(), |c| c.name.clone())
+        self.characters
+            .iter()
+            .find(|c| c.id == id)
+            .map_or_else(|| id.to_string(), |c| c.name.clone())
     }
 
     /// Characters on screen: those who speak and those named in the action.
@@ -249,7 +274,10 @@ impl<'a> Builder<'a> {
             let scene = self.scenes.get(draft.scene_index as usize - 1);
             let wanted_ms = wanted_duration_ms(draft);
             let parts = wanted_ms.div_ceil(longest_ms).max(1);
-            let base_camera = draft.camera.clone().unwrap_or_else(|| default_camera(draft, scene));
+            let base_camera = draft
+                .camera
+                .clone()
+                .unwrap_or_else(|| default_camera(draft, scene));
             let characters = self.characters_in(draft);
             for part in 0..parts {
                 per_scene[draft.scene_index as usize] += 1;
@@ -260,10 +288,16 @@ impl<'a> Builder<'a> {
                 } else {
                     // Continuations cut to tighter coverage so the split is not a jump cut.
                     camera.size = tighter(camera.size);
-                    Transition { kind: TransitionKind::Cut, duration_ms: 0 }
+                    Transition {
+                        kind: TransitionKind::Cut,
+                        duration_ms: 0,
+                    }
                 };
                 shots.push(Shot {
-                    id: format!("s{:02}-{:02}", draft.scene_index, per_scene[draft.scene_index as usize]),
+                    id: format!(
+                        "s{:02}-{:02}",
+                        draft.scene_index, per_scene[draft.scene_index as usize]
+                    ),
                     scene_index: draft.scene_index,
                     action: draft.action.clone(),
                     character_ids: characters.clone(),
@@ -280,18 +314,25 @@ impl<'a> Builder<'a> {
 
     fn transition_for(&self, draft: &Draft, very_first: bool) -> Transition {
         match draft.transition {
-            Some(TransitionCue::Cut) => Transition { kind: TransitionKind::Cut, duration_ms: 0 },
+            Some(TransitionCue::Cut) => Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
             Some(TransitionCue::Dissolve) => Transition {
                 kind: TransitionKind::Crossfade,
-                duration_ms: nonzero(self.settings.scene_transition.duration_ms, DEFAULT_DISSOLVE_MS),
+                duration_ms: nonzero(
+                    self.settings.scene_transition.duration_ms,
+                    DEFAULT_DISSOLVE_MS,
+                ),
             },
             Some(TransitionCue::FadeToBlack) => Transition {
                 kind: TransitionKind::FadeThroughBlack,
                 duration_ms: nonzero(self.settings.scene_transition.duration_ms, DEFAULT_FADE_MS),
             },
-            None if very_first && !self.settings.title_cards => {
-                Transition { kind: TransitionKind::Cut, duration_ms: 0 }
-            }
+            None if very_first && !self.settings.title_cards => Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
             None if draft.first_in_scene => self.settings.scene_transition,
             None => self.settings.shot_transition,
         }
@@ -301,9 +342,17 @@ impl<'a> Builder<'a> {
 /// How long a shot wants to be: long enough to read its dialogue and see its action.
 fn wanted_duration_ms(draft: &Draft) -> u32 {
     let action_words = draft.action.split_whitespace().count() as f32;
-    let spoken_words: f32 = draft.dialogue.iter().map(|l| l.text.split_whitespace().count() as f32).sum();
+    let spoken_words: f32 = draft
+        .dialogue
+        .iter()
+        .map(|l| l.text.split_whitespace().count() as f32)
+        .sum();
     let action_s = 1.5 + 0.12 * action_words;
-    let speech_s = if spoken_words > 0.0 { 0.8 + spoken_words / WORDS_PER_SECOND } else { 0.0 };
+    let speech_s = if spoken_words > 0.0 {
+        0.8 + spoken_words / WORDS_PER_SECOND
+    } else {
+        0.0
+    };
     (action_s.max(speech_s).clamp(2.0, 30.0) * 1000.0) as u32
 }
 
@@ -327,16 +376,24 @@ fn default_camera(draft: &Draft, scene: Option<&Scene>) -> Camera {
         }
     } else if !draft.dialogue.is_empty() {
         (ShotSize::MediumCloseUp, CameraMove::Fixed)
-    } else if has(&["hand", "hands", "eye", "eyes", "face", "fingers", "tear", "smile", "key", "ring"]) {
+    } else if has(&[
+        "hand", "hands", "eye", "eyes", "face", "fingers", "tear", "smile", "key", "ring",
+    ]) {
         (ShotSize::CloseUp, CameraMove::Fixed)
-    } else if has(&["walks", "runs", "strides", "drives", "rides", "chases", "rushes", "crosses", "follows"]) {
+    } else if has(&[
+        "walks", "runs", "strides", "drives", "rides", "chases", "rushes", "crosses", "follows",
+    ]) {
         (ShotSize::Medium, CameraMove::Tracking)
     } else if has(&["looks up", "rises", "soars", "flies", "towers"]) {
         (ShotSize::Wide, CameraMove::TiltUp)
     } else {
         (ShotSize::Medium, CameraMove::Fixed)
     };
-    Camera { size, movement, angle: String::new() }
+    Camera {
+        size,
+        movement,
+        angle: String::new(),
+    }
 }
 
 fn tighter(size: ShotSize) -> ShotSize {
@@ -402,7 +459,10 @@ fn title_case(name: &str) -> String {
         .map(|word| {
             let mut chars = word.chars();
             chars.next().map_or_else(String::new, |first| {
-                first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect()
+                first
+                    .to_uppercase()
+                    .chain(chars.flat_map(char::to_lowercase))
+                    .collect()
             })
         })
         .collect::<Vec<_>>()
@@ -445,7 +505,9 @@ fn refine_with_text_model(board: &mut Storyboard) {
                 return;
             }
             Err(err) => {
-                host::warn(&format!("text model unavailable ({err}): keeping the deterministic plan"));
+                host::warn(&format!(
+                    "text model unavailable ({err}): keeping the deterministic plan"
+                ));
                 return;
             }
         }

@@ -10,8 +10,17 @@ pub enum Block {
     Scene(SceneHeading),
     Action(String),
     /// A camera direction for the next shot, with the rest of its line (if any) as action.
-    Direction { size: Option<Size>, movement: Option<Move>, angle: String, action: String },
-    Dialogue { speaker: String, parenthetical: String, text: String },
+    Direction {
+        size: Option<Size>,
+        movement: Option<Move>,
+        angle: String,
+        action: String,
+    },
+    Dialogue {
+        speaker: String,
+        parenthetical: String,
+        text: String,
+    },
     Transition(TransitionCue),
 }
 
@@ -148,11 +157,21 @@ fn join(lines: &[&str]) -> String {
 fn scene_heading(line: &str) -> Option<SceneHeading> {
     let line = line.trim_start_matches('#').trim();
     let upper = line.to_uppercase();
-    let (interior, rest) = ["INT./EXT.", "INT/EXT", "I/E.", "I/E", "INT.", "INT ", "EXT.", "EXT "]
-        .iter()
-        .find(|prefix| upper.starts_with(**prefix))
-        .map(|prefix| (!prefix.starts_with("EXT"), line[prefix.len()..].trim()))?;
-    let (location, time_of_day) = match rest.rsplit_once(" - ").or_else(|| rest.rsplit_once(" — ")) {
+    let (interior, rest) = [
+        "INT./EXT.",
+        "INT/EXT",
+        "I/E.",
+        "I/E",
+        "INT.",
+        "INT ",
+        "EXT.",
+        "EXT ",
+    ]
+    .iter()
+    .find(|prefix| upper.starts_with(**prefix))
+    .map(|prefix| (!prefix.starts_with("EXT"), line[prefix.len()..].trim()))?;
+    let (location, time_of_day) = match rest.rsplit_once(" - ").or_else(|| rest.rsplit_once(" — "))
+    {
         Some((location, time)) => (location.trim(), time.trim()),
         None => (rest, ""),
     };
@@ -172,7 +191,9 @@ fn transition(line: &str) -> Option<TransitionCue> {
         "DISSOLVE TO" | "DISSOLVE" | "CROSSFADE" | "CROSSFADE TO" | "MATCH DISSOLVE TO" => {
             Some(TransitionCue::Dissolve)
         }
-        "FADE TO BLACK" | "FADE OUT" | "FADE IN" | "FADE THROUGH BLACK" => Some(TransitionCue::FadeToBlack),
+        "FADE TO BLACK" | "FADE OUT" | "FADE IN" | "FADE THROUGH BLACK" => {
+            Some(TransitionCue::FadeToBlack)
+        }
         _ => None,
     }
 }
@@ -217,9 +238,16 @@ fn direction(text: &str) -> Option<Block> {
     if after.chars().next().is_some_and(|c| c.is_alphanumeric()) {
         return None;
     }
-    let after = after.trim_start_matches([' ', ':', ',', '-', '—', '.']).trim();
+    let after = after
+        .trim_start_matches([' ', ':', ',', '-', '—', '.'])
+        .trim();
     let (angle, action) = split_angle(after);
-    Some(Block::Direction { size, movement, angle, action: action.to_string() })
+    Some(Block::Direction {
+        size,
+        movement,
+        angle,
+        action: action.to_string(),
+    })
 }
 
 /// A leading `(low angle)` in a direction is the angle.
@@ -238,7 +266,9 @@ fn is_character_cue(line: &str) -> bool {
     !name.is_empty()
         && name.len() <= 40
         && name.chars().any(|c| c.is_alphabetic())
-        && name.chars().all(|c| c.is_uppercase() || c.is_ascii_digit() || " .'-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_uppercase() || c.is_ascii_digit() || " .'-".contains(c))
         && !name.ends_with('.')
 }
 
@@ -273,7 +303,11 @@ fn dialogue(cue: &str, lines: &[&str]) -> Vec<Block> {
         }
     }
     if !text.is_empty() {
-        blocks.push(Block::Dialogue { speaker, parenthetical, text });
+        blocks.push(Block::Dialogue {
+            speaker,
+            parenthetical,
+            text,
+        });
     }
     blocks
 }

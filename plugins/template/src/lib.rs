@@ -32,7 +32,11 @@ impl Planner for Template {
                     action: text.replace('\n', " "),
                     character_ids: Vec::new(),
                     dialogue: Vec::new(),
-                    camera: Camera { size: ShotSize::Medium, movement: CameraMove::Fixed, angle: String::new() },
+                    camera: Camera {
+                        size: ShotSize::Medium,
+                        movement: CameraMove::Fixed,
+                        angle: String::new(),
+                    },
                     frames,
                     duration_ms: frames::duration_ms(frames, model),
                     transition_in: input.settings.shot_transition,

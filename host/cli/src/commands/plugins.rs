@@ -78,11 +78,19 @@ pub fn runtime(data: &Path) -> anyhow::Result<PluginRuntime> {
 pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
     let registry = registry(data)?;
     match args.command {
-        PluginsCommand::Install { file, manifest, grant, deny, json } => {
+        PluginsCommand::Install {
+            file,
+            manifest,
+            grant,
+            deny,
+            json,
+        } => {
             let manifest_text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading the manifest {}", manifest.display()))?;
-            let wasm = std::fs::read(&file).with_context(|| format!("reading the component {}", file.display()))?;
-            let parsed = Manifest::parse(&manifest_text).with_context(|| format!("{} is refused", manifest.display()))?;
+            let wasm = std::fs::read(&file)
+                .with_context(|| format!("reading the component {}", file.display()))?;
+            let parsed = Manifest::parse(&manifest_text)
+                .with_context(|| format!("{} is refused", manifest.display()))?;
             check_flags(&parsed, &grant, &deny)?;
             if !json {
                 describe_request(&parsed);
@@ -106,7 +114,9 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
             if let Some(e) = prompt_error {
                 return Err(e.context("reading the answer"));
             }
-            print(&installed, json, |p| format!("installed {}\n{}", p.manifest.id, detail(p)))
+            print(&installed, json, |p| {
+                format!("installed {}\n{}", p.manifest.id, detail(p))
+            })
         }
         PluginsCommand::List { json } => {
             let plugins = registry.list()?;
@@ -117,17 +127,28 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
             } else {
                 for p in &plugins {
                     let state = if p.enabled { "enabled" } else { "disabled" };
-                    println!("{:<24} {:<10} {:<9} {:<9} {}", p.manifest.id, p.manifest.version, p.manifest.world, state, p.manifest.description);
+                    println!(
+                        "{:<24} {:<10} {:<9} {:<9} {}",
+                        p.manifest.id,
+                        p.manifest.version,
+                        p.manifest.world,
+                        state,
+                        p.manifest.description
+                    );
                 }
             }
             Ok(())
         }
         PluginsCommand::Show { id, json } => print(&registry.get(&id)?, json, detail),
         PluginsCommand::Enable { id, json } => {
-            print(&registry.set_enabled(&id, true)?, json, |p| format!("enabled {}", p.manifest.id))
+            print(&registry.set_enabled(&id, true)?, json, |p| {
+                format!("enabled {}", p.manifest.id)
+            })
         }
         PluginsCommand::Disable { id, json } => {
-            print(&registry.set_enabled(&id, false)?, json, |p| format!("disabled {}", p.manifest.id))
+            print(&registry.set_enabled(&id, false)?, json, |p| {
+                format!("disabled {}", p.manifest.id)
+            })
         }
         PluginsCommand::Uninstall { id } => {
             registry.uninstall(&id)?;
@@ -151,7 +172,10 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
                         (Some(e), true) => format!("error: {e}"),
                         (None, true) => "ok".to_string(),
                     };
-                    println!("{} {:<20} {:<26} {:<8} {}", r.at_ms, r.plugin_id, r.function, verdict, r.detail);
+                    println!(
+                        "{} {:<20} {:<26} {:<8} {}",
+                        r.at_ms, r.plugin_id, r.function, verdict, r.detail
+                    );
                 }
             }
             Ok(())
@@ -160,10 +184,18 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
 }
 
 /// --grant/--deny may only name what the plugin asks for, and not both ways.
-fn check_flags(manifest: &Manifest, grant: &[Capability], deny: &[Capability]) -> anyhow::Result<()> {
+fn check_flags(
+    manifest: &Manifest,
+    grant: &[Capability],
+    deny: &[Capability],
+) -> anyhow::Result<()> {
     for capability in grant.iter().chain(deny) {
         if !manifest.capabilities.contains(capability) {
-            bail!("`{capability}` is not requested by plugin `{}` (it asks for: {})", manifest.id, requested(manifest));
+            bail!(
+                "`{capability}` is not requested by plugin `{}` (it asks for: {})",
+                manifest.id,
+                requested(manifest)
+            );
         }
     }
     let granted: BTreeSet<_> = grant.iter().collect();
@@ -177,11 +209,19 @@ fn requested(manifest: &Manifest) -> String {
     if manifest.capabilities.is_empty() {
         return "nothing".into();
     }
-    manifest.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+    manifest
+        .capabilities
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_request(manifest: &Manifest) {
-    println!("{} {} ({} plugin, API {})", manifest.name, manifest.version, manifest.world, manifest.api_version);
+    println!(
+        "{} {} ({} plugin, API {})",
+        manifest.name, manifest.version, manifest.world, manifest.api_version
+    );
     if !manifest.description.is_empty() {
         println!("  {}", manifest.description);
     }
@@ -196,7 +236,10 @@ fn describe_request(manifest: &Manifest) {
 }
 
 fn ask(capability: Capability) -> anyhow::Result<bool> {
-    print!("Grant `{capability}` ({})? [y/N] ", capability.explanation());
+    print!(
+        "Grant `{capability}` ({})? [y/N] ",
+        capability.explanation()
+    );
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -205,7 +248,14 @@ fn ask(capability: Capability) -> anyhow::Result<bool> {
 
 fn detail(p: &InstalledPlugin) -> String {
     let list = |caps: &[Capability]| {
-        if caps.is_empty() { "none".to_string() } else { caps.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ") }
+        if caps.is_empty() {
+            "none".to_string()
+        } else {
+            caps.iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     };
     format!(
         "id:          {}\nname:        {}\nversion:     {}\nworld:       {}\napi-version: {}\nenabled:     {}\ngranted:     {}\ndenied:      {}\nsha256:      {}\ndescription: {}",
@@ -222,7 +272,11 @@ fn detail(p: &InstalledPlugin) -> String {
     )
 }
 
-fn print(p: &InstalledPlugin, json: bool, text: impl Fn(&InstalledPlugin) -> String) -> anyhow::Result<()> {
+fn print(
+    p: &InstalledPlugin,
+    json: bool,
+    text: impl Fn(&InstalledPlugin) -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(p)?);
     } else {

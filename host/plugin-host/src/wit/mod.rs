@@ -26,12 +26,21 @@ pub(crate) struct Linkers {
 
 impl Linkers {
     pub fn new(engine: &Engine) -> wasmtime::Result<Linkers> {
-        Ok(Linkers { v0_1: v0_1_0::linker(engine)? })
+        Ok(Linkers {
+            v0_1: v0_1_0::linker(engine)?,
+        })
     }
 
-    pub fn bind(&self, api: ApiVersion, world: World, component: &Component) -> wasmtime::Result<Bound> {
+    pub fn bind(
+        &self,
+        api: ApiVersion,
+        world: World,
+        component: &Component,
+    ) -> wasmtime::Result<Bound> {
         match api {
-            ApiVersion::V0_1 => Ok(Bound::V0_1(v0_1_0::Bound::new(&self.v0_1, world, component)?)),
+            ApiVersion::V0_1 => Ok(Bound::V0_1(v0_1_0::Bound::new(
+                &self.v0_1, world, component,
+            )?)),
         }
     }
 }

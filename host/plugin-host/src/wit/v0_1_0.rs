@@ -56,12 +56,16 @@ mod stitcher {
 }
 
 /// The host-import interfaces, for `state.rs` to implement.
-pub use planner::videosdgx::plugin::{assets, generation, log, media, progress, project, text, types};
+pub use planner::videosdgx::plugin::{
+    assets, generation, log, media, progress, project, text, types,
+};
 
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    planner::Planner::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)?;
+    planner::Planner::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| {
+        state
+    })?;
     Ok(linker)
 }
 
@@ -72,7 +76,11 @@ pub(crate) enum Bound {
 }
 
 impl Bound {
-    pub fn new(linker: &Linker<PluginState>, world: World, component: &Component) -> wasmtime::Result<Bound> {
+    pub fn new(
+        linker: &Linker<PluginState>,
+        world: World,
+        component: &Component,
+    ) -> wasmtime::Result<Bound> {
         let pre = linker.instantiate_pre(component)?;
         Ok(match world {
             World::Planner => Bound::Planner(planner::PlannerPre::new(pre)?),
@@ -95,9 +103,14 @@ impl Bound {
         store: &mut Store<PluginState>,
         input: &types::PlanInput,
     ) -> wasmtime::Result<Result<types::Storyboard, types::PluginError>> {
-        let Bound::Planner(pre) = self else { return Err(self.wrong_world(World::Planner)) };
+        let Bound::Planner(pre) = self else {
+            return Err(self.wrong_world(World::Planner));
+        };
         let instance = pre.instantiate_async(&mut *store).await?;
-        instance.videosdgx_plugin_planning().call_plan(&mut *store, input).await
+        instance
+            .videosdgx_plugin_planning()
+            .call_plan(&mut *store, input)
+            .await
     }
 
     pub async fn expand(
@@ -107,9 +120,14 @@ impl Bound {
         storyboard: &types::Storyboard,
         model: &types::ModelProfile,
     ) -> wasmtime::Result<Result<types::ShotPrompt, types::PluginError>> {
-        let Bound::Expander(pre) = self else { return Err(self.wrong_world(World::Expander)) };
+        let Bound::Expander(pre) = self else {
+            return Err(self.wrong_world(World::Expander));
+        };
         let instance = pre.instantiate_async(&mut *store).await?;
-        instance.videosdgx_plugin_expansion().call_expand(&mut *store, shot, storyboard, model).await
+        instance
+            .videosdgx_plugin_expansion()
+            .call_expand(&mut *store, shot, storyboard, model)
+            .await
     }
 
     pub async fn stitch(
@@ -119,8 +137,13 @@ impl Bound {
         clips: &[types::GeneratedClip],
         output_name: &str,
     ) -> wasmtime::Result<Result<types::StitchResult, types::PluginError>> {
-        let Bound::Stitcher(pre) = self else { return Err(self.wrong_world(World::Stitcher)) };
+        let Bound::Stitcher(pre) = self else {
+            return Err(self.wrong_world(World::Stitcher));
+        };
         let instance = pre.instantiate_async(&mut *store).await?;
-        instance.videosdgx_plugin_stitching().call_stitch(&mut *store, storyboard, clips, output_name).await
+        instance
+            .videosdgx_plugin_stitching()
+            .call_stitch(&mut *store, storyboard, clips, output_name)
+            .await
     }
 }

@@ -41,11 +41,19 @@ impl MemoryServices {
             size_bytes: 0,
             tags: vec![],
         };
-        self.assets.lock().unwrap().insert(id.into(), (asset, clip_bytes(&info)));
+        self.assets
+            .lock()
+            .unwrap()
+            .insert(id.into(), (asset, clip_bytes(&info)));
     }
 
     pub fn audit_functions(&self) -> Vec<(String, bool)> {
-        self.audit.lock().unwrap().iter().map(|e| (e.function.to_string(), e.allowed)).collect()
+        self.audit
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.function.to_string(), e.allowed))
+            .collect()
     }
 }
 
@@ -72,18 +80,36 @@ impl HostServices for MemoryServices {
         Ok(self.documents.lock().unwrap().keys().cloned().collect())
     }
     async fn read_document(&self, name: &str) -> Result<String, PluginError> {
-        self.documents.lock().unwrap().get(name).cloned().ok_or_else(|| not_found("document", name))
+        self.documents
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("document", name))
     }
     async fn write_document(&self, name: &str, content: &str) -> Result<(), PluginError> {
-        self.documents.lock().unwrap().insert(name.into(), content.into());
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(name.into(), content.into());
         Ok(())
     }
     async fn search_assets(&self, query: &str, limit: u32) -> Result<Vec<AssetInfo>, PluginError> {
         let assets = self.assets.lock().unwrap();
-        Ok(assets.values().filter(|(a, _)| a.name.contains(query)).take(limit as usize).map(|(a, _)| a.clone()).collect())
+        Ok(assets
+            .values()
+            .filter(|(a, _)| a.name.contains(query))
+            .take(limit as usize)
+            .map(|(a, _)| a.clone())
+            .collect())
     }
     async fn asset_info(&self, id: &str) -> Result<AssetInfo, PluginError> {
-        self.assets.lock().unwrap().get(id).map(|(a, _)| a.clone()).ok_or_else(|| not_found("asset", id))
+        self.assets
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(a, _)| a.clone())
+            .ok_or_else(|| not_found("asset", id))
     }
     async fn read_asset(&self, id: &str, offset: u64, length: u32) -> Result<Vec<u8>, PluginError> {
         let assets = self.assets.lock().unwrap();
@@ -91,39 +117,76 @@ impl HostServices for MemoryServices {
         let start = (offset as usize).min(bytes.len());
         Ok(bytes[start..(start + length as usize).min(bytes.len())].to_vec())
     }
-    async fn write_asset(&self, name: &str, mime: &str, data: Vec<u8>, tags: Vec<String>) -> Result<AssetInfo, PluginError> {
+    async fn write_asset(
+        &self,
+        name: &str,
+        mime: &str,
+        data: Vec<u8>,
+        tags: Vec<String>,
+    ) -> Result<AssetInfo, PluginError> {
         let mut assets = self.assets.lock().unwrap();
         let id = format!("asset-{}", assets.len() + 1);
-        let info = AssetInfo { id: id.clone(), kind: AssetKind::Other, name: name.into(), mime: mime.into(), size_bytes: data.len() as u64, tags };
+        let info = AssetInfo {
+            id: id.clone(),
+            kind: AssetKind::Other,
+            name: name.into(),
+            mime: mime.into(),
+            size_bytes: data.len() as u64,
+            tags,
+        };
         assets.insert(id, (info.clone(), data));
         Ok(info)
     }
     async fn generate_image(&self, _request: GenerationRequest) -> Result<AssetInfo, PluginError> {
-        Err(PluginError::Failed("no image model in this test host".into()))
+        Err(PluginError::Failed(
+            "no image model in this test host".into(),
+        ))
     }
-    async fn generate_video(&self, _request: GenerationRequest, _start: Option<String>) -> Result<AssetInfo, PluginError> {
-        Err(PluginError::Failed("no video model in this test host".into()))
+    async fn generate_video(
+        &self,
+        _request: GenerationRequest,
+        _start: Option<String>,
+    ) -> Result<AssetInfo, PluginError> {
+        Err(PluginError::Failed(
+            "no video model in this test host".into(),
+        ))
     }
     async fn complete_text(&self, _prompt: &str, _max_tokens: u32) -> Result<String, PluginError> {
         tokio::time::sleep(self.text_delay).await;
-        self.text_reply.clone().ok_or_else(|| PluginError::Failed("no text model in this test host".into()))
+        self.text_reply
+            .clone()
+            .ok_or_else(|| PluginError::Failed("no text model in this test host".into()))
     }
     async fn probe(&self, asset_id: &str) -> Result<ClipInfo, PluginError> {
         let assets = self.assets.lock().unwrap();
-        let (_, bytes) = assets.get(asset_id).ok_or_else(|| not_found("asset", asset_id))?;
-        serde_json::from_slice(bytes).map_err(|_| PluginError::InvalidInput(format!("asset `{asset_id}` is not a video")))
+        let (_, bytes) = assets
+            .get(asset_id)
+            .ok_or_else(|| not_found("asset", asset_id))?;
+        serde_json::from_slice(bytes)
+            .map_err(|_| PluginError::InvalidInput(format!("asset `{asset_id}` is not a video")))
     }
     async fn extract_frame(&self, asset_id: &str, _index: u32) -> Result<AssetInfo, PluginError> {
         Err(not_found("asset", asset_id))
     }
-    async fn render_timeline(&self, timeline: Timeline, name: &str) -> Result<AssetInfo, PluginError> {
+    async fn render_timeline(
+        &self,
+        timeline: Timeline,
+        name: &str,
+    ) -> Result<AssetInfo, PluginError> {
         for item in &timeline.items {
             if let TimelineItem::Clip(clip) = item {
                 self.asset_info(&clip.asset_id).await?;
             }
         }
         self.rendered.lock().unwrap().push(timeline);
-        Ok(AssetInfo { id: "render-1".into(), kind: AssetKind::Video, name: name.into(), mime: "video/mp4".into(), size_bytes: 0, tags: vec![] })
+        Ok(AssetInfo {
+            id: "render-1".into(),
+            kind: AssetKind::Video,
+            name: name.into(),
+            mime: "video/mp4".into(),
+            size_bytes: 0,
+            tags: vec![],
+        })
     }
 }
 
@@ -136,9 +199,15 @@ pub fn runtime() -> &'static PluginRuntime {
 /// Loads the first-party or test plugin crate `name` with its shipped manifest.
 pub fn load(name: &str) -> Plugin {
     let manifest = Manifest::parse(&guests::manifest_text(name)).expect("shipped manifest parses");
-    runtime().load(manifest, &guests::component(name)).expect("shipped plugin loads")
+    runtime()
+        .load(manifest, &guests::component(name))
+        .expect("shipped plugin loads")
 }
 
 pub fn context(services: Arc<MemoryServices>, grants: Grants, limits: Limits) -> CallContext {
-    CallContext { services, grants, limits }
+    CallContext {
+        services,
+        grants,
+        limits,
+    }
 }
