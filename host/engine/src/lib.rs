@@ -1,7 +1,12 @@
 //! Generation engine: loads diffusers checkpoints and runs the Wan family on candle (CPU or CUDA).
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
+pub mod attention;
 pub mod hub;
+pub mod image_processor;
+pub mod loader;
+pub mod models;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod vae;
 pub mod video;

@@ -5,6 +5,7 @@ mod assets;
 mod auth;
 pub mod bench;
 mod jobs;
+pub mod model;
 mod project;
 mod serve;
 mod models;
@@ -51,6 +52,9 @@ pub enum Command {
     Models(models::ModelsCommand),
     /// Install, inspect and manage sandboxed plugins.
     Plugins(plugins::PluginsArgs),
+    /// Run single model components (parity checks, debugging).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Auth(cmd) => auth::run(&data, cmd),
         Command::Models(command) => models::run(command, &data),
         Command::Plugins(args) => plugins::run(args, &data),
+        Command::Model(command) => model::run(command),
     }
 }
 

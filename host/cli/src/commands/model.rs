@@ -1,0 +1,171 @@
+//! `videosdgx model ...`: run one model component on tensors from a safetensors file, for parity
+//! checks against the reference and for debugging checkpoints. The component is chosen by the class
+//! its config names; nothing here knows any model's dimensions.
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand, ValueEnum};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use videosdgx_engine::loader::{ComponentClass, component_class};
+use videosdgx_engine::models::{
+    clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
+};
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Run one component forward: inputs and outputs are named tensors in safetensors files.
+    ///
+    /// WanTransformer3DModel: hidden_states, timestep, encoder_hidden_states
+    /// [, encoder_hidden_states_image] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
+    /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
+    /// penultimate_hidden_state, pooler_output. AutoencoderKLWan: latents -> sample (decode), or
+    /// with --method encode: sample -> latents (posterior mode).
+    Forward(ForwardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    /// Component folder (config.json + safetensors weights).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Safetensors file with the named input tensors.
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Safetensors file to write the outputs to (f32).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Dtype the weights and activations run in.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// For AutoencoderKLWan: decode latents (default) or encode a sample.
+    #[arg(long, value_enum, default_value_t = Method::Decode)]
+    pub method: Method,
+    /// Print the written outputs as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Decode,
+    Encode,
+}
+
+pub fn run(command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Forward(args) => forward(&args),
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .with_context(|| format!("unknown device `{spec}`; use cpu, cuda or cuda:N"))?,
+    };
+    Device::new_cuda(ordinal).with_context(|| format!("cannot open device `{spec}`"))
+}
+
+fn forward(args: &ForwardArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let dtype = match args.dtype {
+        DTypeArg::F32 => DType::F32,
+        DTypeArg::Bf16 => DType::BF16,
+    };
+    let (class, class_name) = component_class(&args.model)?;
+    let inputs = candle_core::safetensors::load(&args.inputs, &device)
+        .with_context(|| format!("cannot read inputs {}", args.inputs.display()))?;
+    let input = |name: &str| -> Result<&Tensor> {
+        inputs.get(name).with_context(|| {
+            format!(
+                "{} has no tensor `{name}` (needed by {class_name})",
+                args.inputs.display()
+            )
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let outputs: Vec<(&str, Tensor)> = match class {
+        ComponentClass::WanTransformer3DModel => {
+            let model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
+            let sample = model.forward(
+                input("hidden_states")?,
+                input("timestep")?,
+                input("encoder_hidden_states")?,
+                inputs.get("encoder_hidden_states_image"),
+            )?;
+            vec![("sample", sample)]
+        }
+        ComponentClass::UMT5EncoderModel => {
+            let model = UMT5EncoderModel::load(&args.model, &device, dtype)?;
+            let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
+            vec![("last_hidden_state", hidden)]
+        }
+        ComponentClass::CLIPVisionModel => {
+            let model = CLIPVisionModel::load(&args.model, &device, dtype)?;
+            let out = model.forward(input("pixel_values")?)?;
+            vec![
+                ("last_hidden_state", out.last_hidden_state),
+                ("penultimate_hidden_state", out.penultimate_hidden_state),
+                ("pooler_output", out.pooler_output),
+            ]
+        }
+        ComponentClass::AutoencoderKLWan => bail!(
+            "{}: AutoencoderKLWan forward is not in this build yet (method {:?})",
+            args.model.display(),
+            args.method
+        ),
+        ComponentClass::Tokenizer | ComponentClass::Scheduler | ComponentClass::ImageProcessor => {
+            bail!("{}: {class_name} has no forward pass", args.model.display())
+        }
+    };
+    let elapsed = started.elapsed();
+    write_outputs(&args.out, &outputs)?;
+
+    let records: Vec<serde_json::Value> = outputs
+        .iter()
+        .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
+        .collect();
+    if args.json {
+        let record = serde_json::json!({
+            "class": class_name,
+            "out": args.out,
+            "seconds": elapsed.as_secs_f64(),
+            "outputs": records,
+        });
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        for (name, t) in &outputs {
+            println!("{name}\t{:?}", t.dims());
+        }
+        println!(
+            "{class_name} forward in {:.2}s -> {}",
+            elapsed.as_secs_f64(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_outputs(path: &Path, outputs: &[(&str, Tensor)]) -> Result<()> {
+    let tensors = outputs
+        .iter()
+        .map(|(name, t)| Ok((name.to_string(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
+    candle_core::safetensors::save(&tensors, path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,282 @@
+//! Memory-mapped safetensors weights of one component: a single file, or shards listed by a
+//! `*.safetensors.index.json`. Headers are validated when the files are opened; tensor data is
+//! copied out of the mapping only when a model asks for that tensor, so a checkpoint is read from
+//! disk once. This module must never guess shapes: models state them, and a mismatch is an error.
+
+use super::LoadError;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where one tensor lives and what its header says about it.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// Index into [`Checkpoint::files`].
+    pub file: usize,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range inside the mapped file (absolute, header included).
+    range: (usize, usize),
+}
+
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// The weights of one component directory, mapped but not yet read.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<MappedFile>,
+    tensors: BTreeMap<String, TensorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Maps the weights of `dir`: the shard index if there is one, else its single
+    /// `*.safetensors` file (preferring the diffusers/transformers default names).
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let listing = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut indexes = Vec::new();
+        let mut singles = Vec::new();
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".safetensors.index.json") {
+                indexes.push(name);
+            } else if name.ends_with(".safetensors") {
+                singles.push(name);
+            }
+        }
+        indexes.sort();
+        singles.sort();
+        const DEFAULTS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+        let preferred = |names: &[String], suffix: &str| -> Option<String> {
+            DEFAULTS
+                .iter()
+                .map(|stem| format!("{stem}{suffix}"))
+                .find(|candidate| names.contains(candidate))
+                .or_else(|| (names.len() == 1).then(|| names[0].clone()))
+        };
+        if let Some(index) = preferred(&indexes, ".safetensors.index.json") {
+            return Self::open_sharded(dir, &dir.join(index));
+        }
+        if let Some(single) = preferred(&singles, ".safetensors") {
+            let mut checkpoint = Self {
+                dir: dir.to_path_buf(),
+                files: Vec::new(),
+                tensors: BTreeMap::new(),
+            };
+            checkpoint.add_file(&dir.join(single), None)?;
+            return Ok(checkpoint);
+        }
+        if indexes.len() + singles.len() > 1 {
+            return Err(LoadError::AmbiguousWeights {
+                dir: dir.to_path_buf(),
+                files: indexes.into_iter().chain(singles).collect(),
+            });
+        }
+        Err(LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(index_path).map_err(|source| LoadError::Io {
+            path: index_path.to_path_buf(),
+            source,
+        })?;
+        let index: ShardIndex =
+            serde_json::from_str(&text).map_err(|source| LoadError::Config {
+                path: index_path.to_path_buf(),
+                source,
+            })?;
+        // shard file -> tensors the index places there
+        let mut shards: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tensor, shard) in &index.weight_map {
+            shards.entry(shard).or_default().push(tensor);
+        }
+        let mut checkpoint = Self {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        for (shard, tensors) in shards {
+            let path = dir.join(shard);
+            if !path.is_file() {
+                return Err(LoadError::MissingShard {
+                    index: index_path.to_path_buf(),
+                    shard: path,
+                    tensor: tensors[0].to_string(),
+                });
+            }
+            checkpoint.add_file(&path, Some(&tensors))?;
+        }
+        Ok(checkpoint)
+    }
+
+    /// Maps `path`, validates its header, and registers its tensors (only `expected` ones, when
+    /// an index says which tensors the shard must hold).
+    fn add_file(&mut self, path: &Path, expected: Option<&[&str]>) -> Result<(), LoadError> {
+        let file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the mapping is read-only; a checkpoint rewritten underneath a running process
+        // is outside what any loader can defend against (candle and safetensors map the same way).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|err| LoadError::BadHeader {
+                path: path.to_path_buf(),
+                reason: err.to_string(),
+            })?;
+        let data_start = 8 + header_len;
+        let infos: HashMap<String, &safetensors::tensor::TensorInfo> = metadata.tensors();
+        if let Some(expected) = expected
+            && let Some(absent) = expected.iter().find(|name| !infos.contains_key(**name))
+        {
+            return Err(LoadError::TensorNotInShard {
+                tensor: absent.to_string(),
+                file: path.to_path_buf(),
+            });
+        }
+        let file_index = self.files.len();
+        for (name, info) in infos {
+            if expected.is_some_and(|names| !names.contains(&name.as_str())) {
+                continue;
+            }
+            self.tensors.insert(
+                name,
+                TensorEntry {
+                    file: file_index,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: (
+                        data_start + info.data_offsets.0,
+                        data_start + info.data_offsets.1,
+                    ),
+                },
+            );
+        }
+        self.files.push(MappedFile {
+            path: path.to_path_buf(),
+            mmap,
+        });
+        Ok(())
+    }
+
+    /// The component directory these weights came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every tensor in the checkpoint, sorted by name.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorEntry)> {
+        self.tensors.iter().map(|(name, entry)| (name.as_str(), entry))
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name)
+    }
+
+    /// The file holding tensor entries with `file` index `i`.
+    pub fn file_path(&self, i: usize) -> &Path {
+        &self.files[i].path
+    }
+
+    /// Reads one tensor out of the mapping, checking its shape, converting to `dtype` on `device`.
+    pub fn load(
+        &self,
+        name: &str,
+        expected: Option<&Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor, LoadError> {
+        let entry = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
+            tensor: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        let path = &self.files[entry.file].path;
+        if let Some(expected) = expected
+            && expected.dims() != entry.shape.as_slice()
+        {
+            return Err(LoadError::ShapeMismatch {
+                tensor: name.to_string(),
+                file: path.clone(),
+                expected: expected.dims().to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        let stored = DType::try_from(entry.dtype)
+            .ok()
+            .filter(|dt| dt.is_float())
+            .ok_or_else(|| LoadError::UnsupportedDtype {
+                tensor: name.to_string(),
+                file: path.clone(),
+                dtype: entry.dtype.to_string(),
+            })?;
+        let bytes = &self.files[entry.file].mmap[entry.range.0..entry.range.1];
+        let candle_err = |err: candle_core::Error| LoadError::Tensor {
+            tensor: name.to_string(),
+            file: path.clone(),
+            reason: err.to_string(),
+        };
+        let tensor = Tensor::from_raw_buffer(bytes, stored, &entry.shape, device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle_err)?;
+        // The tensor now owns a copy: let the kernel drop the mapped pages so that loading a large
+        // checkpoint never holds the file pages and the weights in memory together.
+        #[cfg(unix)]
+        // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from the
+        // file if touched again, so no data is lost.
+        unsafe {
+            let _ = self.files[entry.file].mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.range.0,
+                entry.range.1 - entry.range.0,
+            );
+        }
+        Ok(tensor)
+    }
+
+    /// A `VarBuilder` whose every tensor request is served from this checkpoint.
+    pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Checkpoint {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, Some(&shape), dtype, device)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, None, dtype, device)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}

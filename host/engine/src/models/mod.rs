@@ -1,0 +1,139 @@
+//! Neural network components, one file per model family, each built from its reference config
+//! (`Config` fields carry the reference's names) and a `VarBuilder` whose prefixes spell the
+//! checkpoint keys. This module holds the few building blocks they share; it must never read files
+//! (the loader does) nor pick devices or dtypes (callers do).
+
+pub mod clip_vision;
+pub mod umt5;
+pub mod wan_transformer;
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// `nn.Linear(in_dim, out_dim, bias)` with the checkpoint's `weight` (`[out, in]`) and `bias`.
+pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias {
+        Some(vb.get(out_dim, "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// Applies a linear layer whose weights may be kept in another dtype than the activations
+/// (`_keep_in_fp32_modules`): the input is cast to the weights' dtype first, as PyTorch would
+/// require.
+pub(crate) fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    layer.forward(&x.to_dtype(layer.weight().dtype())?)
+}
+
+/// Layer normalisation over the last dimension computed in f32, like diffusers' `FP32LayerNorm`;
+/// returns the input dtype. `affine = false` is `elementwise_affine=False` (no checkpoint tensors).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(dim: usize, eps: f64, affine: bool, vb: VarBuilder) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (Some(vb.get(dim, "weight")?), Some(vb.get(dim, "bias")?))
+        } else {
+            (None, None)
+        };
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// The normalised tensor in f32 (callers that keep modulation in f32 use this directly).
+    pub(crate) fn forward_f32(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let mut y = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        if let Some(w) = &self.weight {
+            y = y.broadcast_mul(&w.to_dtype(DType::F32)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        }
+        Ok(y)
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_f32(x)?.to_dtype(x.dtype())
+    }
+}
+
+/// `torch.nn.RMSNorm` with a learned scale, computed in f32 and returned in the input dtype.
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = candle_nn::ops::rms_norm(
+            &x.to_dtype(DType::F32)?.contiguous()?,
+            &self.weight.to_dtype(DType::F32)?,
+            self.eps,
+        )?;
+        y.to_dtype(x.dtype())
+    }
+}
+
+/// Activation functions by the names transformers' `ACT2FN` and diffusers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// Exact (erf) GELU: `gelu`.
+    Gelu,
+    /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu-approximate`.
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)`: `quick_gelu` (OpenAI CLIP).
+    QuickGelu,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu-approximate" => Self::GeluTanh,
+            "quick_gelu" => Self::QuickGelu,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => x.gelu_erf(),
+            Self::GeluTanh => x.gelu(),
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::Relu => x.relu(),
+            Self::Silu => x.silu(),
+        }
+    }
+}
+
+/// Relative error ‖a − b‖ / ‖b‖ in f64, the metric of the parity tests and `model forward` checks.
+pub fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?;
+    let b = b.to_dtype(DType::F64)?;
+    let diff = (a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    Ok(if norm == 0.0 { diff } else { diff / norm })
+}

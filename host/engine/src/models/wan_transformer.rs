@@ -1,0 +1,646 @@
+//! `WanTransformer3DModel`: the Wan 2.1 / 2.2 diffusion transformer (T2V, I2V with the CLIP image
+//! branch, FLF2V image position embedding, TI2V per-token timesteps), following diffusers'
+//! `models/transformers/transformer_wan.py` line by line. Dimensions come only from the config.
+//! Attention goes through [`crate::attention`]; this file must never implement attention itself.
+
+use super::{Activation, LayerNorm, RmsNorm, apply_linear, linear};
+use crate::attention::attention;
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The reference config (`transformer/config.json`), field names as in diffusers'
+/// `WanTransformer3DModel.__init__`; missing fields take the reference defaults.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct WanTransformerConfig {
+    pub patch_size: Vec<usize>,
+    pub num_attention_heads: usize,
+    pub attention_head_dim: usize,
+    pub in_channels: usize,
+    pub out_channels: Option<usize>,
+    pub text_dim: usize,
+    pub freq_dim: usize,
+    pub ffn_dim: usize,
+    pub num_layers: usize,
+    pub cross_attn_norm: bool,
+    pub qk_norm: Option<String>,
+    pub eps: f64,
+    /// CLIP image-embedding width of I2V checkpoints (`None` for T2V).
+    pub image_dim: Option<usize>,
+    /// Input width of the extra image key/value projections in cross-attention (I2V).
+    pub added_kv_proj_dim: Option<usize>,
+    pub rope_max_seq_len: usize,
+    /// Learned position embedding over the two stacked image embeddings (FLF2V).
+    pub pos_embed_seq_len: Option<usize>,
+}
+
+impl Default for WanTransformerConfig {
+    fn default() -> Self {
+        Self {
+            patch_size: vec![1, 2, 2],
+            num_attention_heads: 40,
+            attention_head_dim: 128,
+            in_channels: 16,
+            out_channels: Some(16),
+            text_dim: 4096,
+            freq_dim: 256,
+            ffn_dim: 13824,
+            num_layers: 40,
+            cross_attn_norm: true,
+            qk_norm: Some("rms_norm_across_heads".into()),
+            eps: 1e-6,
+            image_dim: None,
+            added_kv_proj_dim: None,
+            rope_max_seq_len: 1024,
+            pos_embed_seq_len: None,
+        }
+    }
+}
+
+impl WanTransformerConfig {
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// `out_channels or in_channels`, as the reference resolves it.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+            .filter(|&c| c > 0)
+            .unwrap_or(self.in_channels)
+    }
+
+    fn patch(&self) -> Result<(usize, usize, usize)> {
+        match self.patch_size.as_slice() {
+            &[t, h, w] if t > 0 && h > 0 && w > 0 => Ok((t, h, w)),
+            other => candle_core::bail!("patch_size must be three positive integers, got {other:?}"),
+        }
+    }
+
+    /// Rotary split of one head: `h_dim = w_dim = 2 * (head_dim // 6)`, the rest for time.
+    fn rope_dims(&self) -> [usize; 3] {
+        let hw = 2 * (self.attention_head_dim / 6);
+        [self.attention_head_dim - 2 * hw, hw, hw]
+    }
+}
+
+/// 3-D rotary tables for one token grid: `cos`/`sin` of shape `[tokens, head_dim / 2]` (f32),
+/// one angle per interleaved pair.
+struct RotaryTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTables {
+    /// Angles in f64 then cast to f32, as `WanRotaryPosEmbed` computes them (theta 10000).
+    fn new(dims: [usize; 3], grid: [usize; 3], device: &Device) -> Result<Self> {
+        let freqs: Vec<Vec<f64>> = dims
+            .iter()
+            .map(|&dim| {
+                (0..dim / 2)
+                    .map(|j| 1.0 / 10000f64.powf((2 * j) as f64 / dim as f64))
+                    .collect()
+            })
+            .collect();
+        let half: usize = dims.iter().map(|d| d / 2).sum();
+        let tokens = grid.iter().product::<usize>();
+        let mut cos = Vec::with_capacity(tokens * half);
+        let mut sin = Vec::with_capacity(tokens * half);
+        for f in 0..grid[0] {
+            for h in 0..grid[1] {
+                for w in 0..grid[2] {
+                    for (axis, pos) in [f, h, w].into_iter().enumerate() {
+                        for freq in &freqs[axis] {
+                            let angle = pos as f64 * freq;
+                            cos.push(angle.cos() as f32);
+                            sin.push(angle.sin() as f32);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (tokens, half), device)?,
+            sin: Tensor::from_vec(sin, (tokens, half), device)?,
+        })
+    }
+
+    /// Rotates interleaved pairs of `x` (`[B, L, H, D]`) in f32; returns the input dtype.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, h, d) = x.dims4()?;
+        let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
+        let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
+        let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+        let cos = self.cos.reshape((1, l, 1, d / 2))?;
+        let sin = self.sin.reshape((1, l, 1, d / 2))?;
+        let even = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let odd = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+        Tensor::stack(&[even, odd], 4)?
+            .reshape((b, l, h, d))?
+            .to_dtype(x.dtype())
+    }
+}
+
+/// Text context length the reference hard-codes when splitting image tokens off the
+/// cross-attention context (`WanAttnProcessor`: "512 is the context length of the text encoder").
+const TEXT_CONTEXT_LEN: usize = 512;
+
+/// Extra key/value projections of I2V cross-attention over the CLIP image tokens.
+struct AddedKv {
+    add_k_proj: Linear,
+    add_v_proj: Linear,
+    norm_added_k: RmsNorm,
+}
+
+/// `WanAttention` with `WanAttnProcessor`.
+struct WanAttention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    added_kv: Option<AddedKv>,
+    heads: usize,
+}
+
+impl WanAttention {
+    fn new(
+        dim: usize,
+        heads: usize,
+        eps: f64,
+        added_kv_proj_dim: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = dim / heads * heads;
+        let added_kv = match added_kv_proj_dim {
+            Some(added) => Some(AddedKv {
+                add_k_proj: linear(added, inner, true, vb.pp("add_k_proj"))?,
+                add_v_proj: linear(added, inner, true, vb.pp("add_v_proj"))?,
+                norm_added_k: RmsNorm::new(inner, eps, vb.pp("norm_added_k"))?,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            to_q: linear(dim, inner, true, vb.pp("to_q"))?,
+            to_k: linear(dim, inner, true, vb.pp("to_k"))?,
+            to_v: linear(dim, inner, true, vb.pp("to_v"))?,
+            to_out: linear(inner, dim, true, vb.pp("to_out").pp(0))?,
+            norm_q: RmsNorm::new(inner, eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(inner, eps, vb.pp("norm_k"))?,
+            added_kv,
+            heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, inner) = x.dims3()?;
+        x.reshape((b, l, self.heads, inner / self.heads))
+    }
+
+    /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rope: Option<&RotaryTables>,
+    ) -> Result<Tensor> {
+        let mut context = context.unwrap_or(x).clone();
+        let mut image_context = None;
+        if self.added_kv.is_some() {
+            // Python slicing of `[:, :n - 512]` / `[:, n - 512:]`, including its negative-index
+            // behaviour when the context is shorter than the text length.
+            let n = context.dim(1)?;
+            let split = if n >= TEXT_CONTEXT_LEN {
+                n - TEXT_CONTEXT_LEN
+            } else {
+                n.saturating_sub(TEXT_CONTEXT_LEN - n)
+            };
+            image_context = Some(context.narrow(1, 0, split)?);
+            context = context.narrow(1, split, n - split)?;
+        }
+
+        let q = self.norm_q.forward(&self.to_q.forward(x)?)?;
+        let k = self.norm_k.forward(&self.to_k.forward(&context)?)?;
+        let v = self.to_v.forward(&context)?;
+        let (mut q, mut k, v) = (
+            self.split_heads(&q)?,
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        );
+        if let Some(rope) = rope {
+            q = rope.apply(&q)?;
+            k = rope.apply(&k)?;
+        }
+
+        let image_out = match (&self.added_kv, image_context) {
+            (Some(added), Some(image)) if image.dim(1)? > 0 => {
+                let k_img = added
+                    .norm_added_k
+                    .forward(&added.add_k_proj.forward(&image)?)?;
+                let v_img = added.add_v_proj.forward(&image)?;
+                let k_img = self.split_heads(&k_img)?;
+                let v_img = self.split_heads(&v_img)?;
+                Some(attention(&q, &k_img, &v_img)?.flatten_from(2)?)
+            }
+            _ => None,
+        };
+
+        let mut out = attention(&q, &k, &v)?.flatten_from(2)?;
+        if let Some(image_out) = image_out {
+            out = (out + image_out)?;
+        }
+        self.to_out.forward(&out)
+    }
+}
+
+/// diffusers `FeedForward` with a GELU projection (`net.0.proj`) and output (`net.2`).
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn new(dim: usize, inner: usize, out: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            proj: linear(dim, inner, true, vb.pp("net").pp(0).pp("proj"))?,
+            out: linear(inner, out, true, vb.pp("net").pp(2))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.out
+            .forward(&self.act.apply(&self.proj.forward(x)?)?)
+    }
+}
+
+/// Adds a learned `[1, n, dim]` table to the time embedding in f32 and splits the sum into `n`
+/// tensors of `[B, S, dim]` (`S` is 1 for one timestep per sample). `temb` is `[B, S, n * dim]`
+/// (one slice per table row, in the blocks) or `[B, S, dim]` (shared by all rows, at the output).
+fn modulation(table: &Tensor, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+    let (b, s, width) = temb.dims3()?;
+    let dim = table.dim(D::Minus1)?;
+    let temb = temb.to_dtype(DType::F32)?.reshape((b, s, width / dim, dim))?;
+    let table = table.to_dtype(DType::F32)?.reshape((1, 1, n, dim))?;
+    let sum = temb.broadcast_add(&table)?;
+    (0..n)
+        .map(|i| sum.narrow(2, i, 1)?.squeeze(2))
+        .collect()
+}
+
+/// `norm(x) * (1 + scale) + shift` in f32, cast back to the dtype of `x`.
+fn modulate(norm: &LayerNorm, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    norm.forward_f32(x)?
+        .broadcast_mul(&(scale + 1.0)?)?
+        .broadcast_add(shift)?
+        .to_dtype(x.dtype())
+}
+
+/// `x.float() + y * gate`, cast back to the dtype of `x`.
+fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    x.to_dtype(DType::F32)?
+        .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
+        .to_dtype(x.dtype())
+}
+
+/// `WanTransformerBlock`.
+struct WanTransformerBlock {
+    norm1: LayerNorm,
+    attn1: WanAttention,
+    attn2: WanAttention,
+    norm2: Option<LayerNorm>,
+    ffn: FeedForward,
+    norm3: LayerNorm,
+    /// `[1, 6, dim]`, kept in f32 (`_keep_in_fp32_modules`).
+    scale_shift_table: Tensor,
+}
+
+impl WanTransformerBlock {
+    fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.inner_dim();
+        let heads = cfg.num_attention_heads;
+        let fp32 = vb.to_dtype(DType::F32);
+        Ok(Self {
+            norm1: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm1"))?,
+            attn1: WanAttention::new(dim, heads, cfg.eps, None, vb.pp("attn1"))?,
+            attn2: WanAttention::new(dim, heads, cfg.eps, cfg.added_kv_proj_dim, vb.pp("attn2"))?,
+            norm2: if cfg.cross_attn_norm {
+                Some(LayerNorm::new(dim, cfg.eps, true, fp32.pp("norm2"))?)
+            } else {
+                None
+            },
+            ffn: FeedForward::new(dim, cfg.ffn_dim, dim, Activation::GeluTanh, vb.pp("ffn"))?,
+            norm3: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm3"))?,
+            scale_shift_table: fp32.get((1, 6, dim), "scale_shift_table")?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        timestep_proj: &Tensor,
+        rope: &RotaryTables,
+    ) -> Result<Tensor> {
+        let m = modulation(&self.scale_shift_table, timestep_proj, 6)?;
+        let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
+        let (c_shift_msa, c_scale_msa, c_gate_msa) = (&m[3], &m[4], &m[5]);
+
+        // 1. Self-attention
+        let normed = modulate(&self.norm1, x, shift_msa, scale_msa)?;
+        let attn = self.attn1.forward(&normed, None, Some(rope))?;
+        let x = gated_residual(x, &attn, gate_msa)?;
+
+        // 2. Cross-attention
+        let normed = match &self.norm2 {
+            Some(norm) => norm.forward(&x)?,
+            None => x.clone(),
+        };
+        let attn = self.attn2.forward(&normed, Some(context), None)?;
+        let x = (x + attn)?;
+
+        // 3. Feed-forward
+        let normed = modulate(&self.norm3, &x, c_shift_msa, c_scale_msa)?;
+        let ff = self.ffn.forward(&normed)?;
+        gated_residual(&x, &ff, c_gate_msa)
+    }
+}
+
+/// `WanImageEmbedding`: CLIP hidden states to the transformer width.
+struct WanImageEmbedding {
+    norm1: LayerNorm,
+    ff: FeedForward,
+    norm2: LayerNorm,
+    pos_embed: Option<Tensor>,
+}
+
+impl WanImageEmbedding {
+    fn new(in_dim: usize, out_dim: usize, pos_embed_seq_len: Option<usize>, vb: VarBuilder) -> Result<Self> {
+        // FP32LayerNorm with nn.LayerNorm defaults (eps 1e-5, affine); weights kept in f32.
+        let fp32 = vb.to_dtype(DType::F32);
+        Ok(Self {
+            norm1: LayerNorm::new(in_dim, 1e-5, true, fp32.pp("norm1"))?,
+            ff: FeedForward::new(in_dim, in_dim, out_dim, Activation::Gelu, vb.pp("ff"))?,
+            norm2: LayerNorm::new(out_dim, 1e-5, true, fp32.pp("norm2"))?,
+            pos_embed: match pos_embed_seq_len {
+                Some(len) => Some(vb.get((1, len, in_dim), "pos_embed")?),
+                None => None,
+            },
+        })
+    }
+
+    fn forward(&self, image: &Tensor) -> Result<Tensor> {
+        let mut image = image.clone();
+        if let Some(pos_embed) = &self.pos_embed {
+            // First and last frame embeddings are stacked into one sequence of twice the length.
+            let (_, seq, dim) = image.dims3()?;
+            image = image
+                .reshape(((), 2 * seq, dim))?
+                .broadcast_add(&pos_embed.to_dtype(image.dtype())?)?;
+        }
+        let x = self.norm1.forward(&image)?;
+        let x = self.ff.forward(&x)?;
+        self.norm2.forward(&x)
+    }
+}
+
+/// `WanTimeTextImageEmbedding`.
+struct ConditionEmbedder {
+    freq_dim: usize,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    time_proj: Linear,
+    text_linear_1: Linear,
+    text_linear_2: Linear,
+    image_embedder: Option<WanImageEmbedding>,
+}
+
+impl ConditionEmbedder {
+    fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.inner_dim();
+        // `time_embedder` is in `_keep_in_fp32_modules`.
+        let time = vb.pp("time_embedder").to_dtype(DType::F32);
+        let text = vb.pp("text_embedder");
+        Ok(Self {
+            freq_dim: cfg.freq_dim,
+            time_linear_1: linear(cfg.freq_dim, dim, true, time.pp("linear_1"))?,
+            time_linear_2: linear(dim, dim, true, time.pp("linear_2"))?,
+            time_proj: linear(dim, 6 * dim, true, vb.pp("time_proj"))?,
+            text_linear_1: linear(cfg.text_dim, dim, true, text.pp("linear_1"))?,
+            text_linear_2: linear(dim, dim, true, text.pp("linear_2"))?,
+            image_embedder: match cfg.image_dim {
+                Some(image_dim) => Some(WanImageEmbedding::new(
+                    image_dim,
+                    dim,
+                    cfg.pos_embed_seq_len,
+                    vb.pp("image_embedder"),
+                )?),
+                None => None,
+            },
+        })
+    }
+
+    /// Sinusoidal timestep features `[cos | sin]` in f32 (`Timesteps(flip_sin_to_cos=True,
+    /// downscale_freq_shift=0)`), computed in f32 arithmetic as the reference does.
+    fn timestep_features(&self, timestep: &Tensor) -> Result<Tensor> {
+        let dims = timestep.dims().to_vec();
+        let values = timestep.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let half = self.freq_dim / 2;
+        let log_period = -(10000f64.ln() as f32);
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (log_period * i as f32 / half as f32).exp())
+            .collect();
+        let mut out = Vec::with_capacity(values.len() * self.freq_dim);
+        for t in values {
+            out.extend(freqs.iter().map(|f| (t * f).cos()));
+            out.extend(freqs.iter().map(|f| (t * f).sin()));
+            if self.freq_dim % 2 == 1 {
+                out.push(0.0);
+            }
+        }
+        let mut shape = dims;
+        shape.push(self.freq_dim);
+        Tensor::from_vec(out, shape, timestep.device())
+    }
+
+    /// Returns `(temb [B,S,dim], timestep_proj [B,S,6*dim], text context, image context)`.
+    fn forward(
+        &self,
+        timestep: &Tensor,
+        text: &Tensor,
+        image: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+        let dtype = text.dtype();
+        let features = self.timestep_features(timestep)?;
+        let temb = apply_linear(&self.time_linear_1, &features)?.silu()?;
+        let temb = apply_linear(&self.time_linear_2, &temb)?.to_dtype(dtype)?;
+        let timestep_proj = self.time_proj.forward(&temb.silu()?)?;
+        let text = self.text_linear_1.forward(text)?.gelu()?;
+        let text = self.text_linear_2.forward(&text)?;
+        let image = match (&self.image_embedder, image) {
+            (Some(embedder), Some(image)) => Some(embedder.forward(image)?),
+            (None, Some(_)) => candle_core::bail!(
+                "encoder_hidden_states_image was given but this transformer has no image branch (image_dim is null)"
+            ),
+            _ => None,
+        };
+        Ok((temb, timestep_proj, text, image))
+    }
+}
+
+/// The Wan diffusion transformer.
+pub struct WanTransformer3DModel {
+    config: WanTransformerConfig,
+    /// Conv3d with kernel = stride = patch, applied as a matmul over flattened patches.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    condition_embedder: ConditionEmbedder,
+    blocks: Vec<WanTransformerBlock>,
+    norm_out: LayerNorm,
+    proj_out: Linear,
+    /// `[1, 2, dim]`, kept in f32.
+    scale_shift_table: Tensor,
+    dtype: DType,
+}
+
+impl WanTransformer3DModel {
+    pub fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (pt, ph, pw) = cfg.patch()?;
+        let dim = cfg.inner_dim();
+        let [t_dim, h_dim, _] = cfg.rope_dims();
+        if cfg.attention_head_dim % 2 != 0 || t_dim % 2 != 0 || h_dim == 0 {
+            candle_core::bail!(
+                "attention_head_dim {} cannot be split into even temporal/height/width rotary parts",
+                cfg.attention_head_dim
+            );
+        }
+        let blocks = (0..cfg.num_layers)
+            .map(|i| WanTransformerBlock::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let patch = vb.pp("patch_embedding");
+        Ok(Self {
+            patch_weight: patch.get((dim, cfg.in_channels, pt, ph, pw), "weight")?,
+            patch_bias: patch.get(dim, "bias")?,
+            condition_embedder: ConditionEmbedder::new(cfg, vb.pp("condition_embedder"))?,
+            blocks,
+            norm_out: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
+            proj_out: linear(dim, cfg.out_channels() * pt * ph * pw, true, vb.pp("proj_out"))?,
+            scale_shift_table: vb
+                .to_dtype(DType::F32)
+                .get((1, 2, dim), "scale_shift_table")?,
+            dtype: vb.dtype(),
+            config: cfg.clone(),
+        })
+    }
+
+    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let cfg: WanTransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
+        let vb = crate::loader::open_weights(dir, dtype, device)?;
+        Self::new(&cfg, vb)
+            .with_context(|| format!("loading WanTransformer3DModel from {}", dir.display()))
+    }
+
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.config
+    }
+
+    /// The dtype of the activations (the dtype the model was loaded in).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `[B, C, F, H, W]` latents to `[B, L, dim]` patch tokens.
+    fn patchify(&self, x: &Tensor, grid: [usize; 3]) -> Result<Tensor> {
+        let (pt, ph, pw) = self.config.patch()?;
+        let [f, h, w] = grid;
+        let (b, c, ..) = x.dims5()?;
+        let x = x
+            .narrow(2, 0, f * pt)?
+            .narrow(3, 0, h * ph)?
+            .narrow(4, 0, w * pw)?
+            .reshape(vec![b, c, f, pt, h, ph, w, pw])?
+            .permute([0, 2, 4, 6, 1, 3, 5, 7])?
+            .reshape((b, f * h * w, c * pt * ph * pw))?;
+        let weight = self.patch_weight.flatten_from(1)?;
+        x.broadcast_matmul(&weight.t()?)?
+            .broadcast_add(&self.patch_bias)
+    }
+
+    /// `[B, L, C * pt * ph * pw]` back to `[B, C, F, H, W]`.
+    fn unpatchify(&self, x: &Tensor, grid: [usize; 3]) -> Result<Tensor> {
+        let (pt, ph, pw) = self.config.patch()?;
+        let [f, h, w] = grid;
+        let b = x.dim(0)?;
+        let c = self.config.out_channels();
+        x.reshape(vec![b, f, h, w, pt, ph, pw, c])?
+            .permute([0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((b, c, f * pt, h * ph, w * pw))
+    }
+
+    /// Predicts the flow for `hidden_states` (`[B, C, F, H, W]`) at `timestep` (`[B]`, or `[B, L]`
+    /// with one timestep per patch token as Wan 2.2 TI2V uses), conditioned on text embeddings
+    /// (`[B, L_text, text_dim]`) and, for I2V, CLIP image embeddings (`[B, L_img, image_dim]`).
+    /// Returns `[B, out_channels, F, H, W]` in the model's dtype.
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        encoder_hidden_states_image: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (pt, ph, pw) = self.config.patch()?;
+        let (batch, channels, frames, height, width) = hidden_states.dims5()?;
+        if channels != self.config.in_channels {
+            candle_core::bail!(
+                "hidden_states has {channels} channels, the transformer expects in_channels = {}",
+                self.config.in_channels
+            );
+        }
+        let grid = [frames / pt, height / ph, width / pw];
+        let tokens = grid.iter().product::<usize>();
+        let device = hidden_states.device();
+
+        let rope = RotaryTables::new(self.config.rope_dims(), grid, device)?;
+        let x = self.patchify(&hidden_states.to_dtype(self.dtype)?, grid)?;
+
+        // One timestep per sample ([B], or [1] shared by the batch) or per token ([B, L]); all
+        // become [B or 1, S] and broadcast over the batch.
+        let timestep = match timestep.rank() {
+            0 => timestep.reshape((1, 1))?,
+            1 if timestep.dim(0)? == batch || timestep.dim(0)? == 1 => {
+                timestep.reshape((timestep.dim(0)?, 1))?
+            }
+            2 if timestep.dim(1)? == tokens => timestep.clone(),
+            _ => candle_core::bail!(
+                "timestep must have shape [{batch}] or [{batch}, {tokens}], got {:?}",
+                timestep.dims()
+            ),
+        };
+        let text = encoder_hidden_states.to_dtype(self.dtype)?;
+        let image = encoder_hidden_states_image
+            .map(|t| t.to_dtype(self.dtype))
+            .transpose()?;
+        let (temb, timestep_proj, text, image) =
+            self.condition_embedder
+                .forward(&timestep, &text, image.as_ref())?;
+        let context = match image {
+            Some(image) => Tensor::cat(&[image, text], 1)?,
+            None => text,
+        };
+
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(&x, &context, &timestep_proj, &rope)?;
+        }
+
+        let m = modulation(&self.scale_shift_table, &temb, 2)?;
+        let x = modulate(&self.norm_out, &x, &m[0], &m[1])?;
+        let x = self.proj_out.forward(&x)?;
+        self.unpatchify(&x, grid)
+    }
+}
