@@ -8,6 +8,9 @@
 # libcuda.so.1 is absent on such a machine, so the link goes against a stub that exports
 # the cu* entry points cudarc declares; the real driver resolves them at run time.
 # Everything is pinned to CUDA 13.0 so that candle's PTX uses an ISA the 13.0 driver accepts.
+# candle-kernels is built with scripts/candle-kernels/build.rs (a cargo patch, applied for this
+# build only): upstream's GGUF/MoE static kernels, which VideosDGX never runs and which take most
+# of an hour to compile on a 2-core builder, become aborting stubs.
 #
 # Output: dist/videosdgx-cuda-sm<CAP> (stripped) and dist/videosdgx-cuda-sm<CAP>.xz.
 # Run it on the GPU machine with the CUDA 13.0 libraries on the loader path, e.g.
@@ -47,8 +50,11 @@ for lib in cublas cublasLt nvrtc curand cudart; do
 done
 
 # Link stub for the driver: every cu* function cudarc's driver bindings declare.
-cudarc_src="$(cargo metadata --format-version 1 --manifest-path "$REPO/Cargo.toml" --features videosdgx/cuda 2>/dev/null |
-  "$PYTHON" -c 'import json,sys; m=json.load(sys.stdin); print(next(p["manifest_path"] for p in m["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')"
+crate_src() {
+  cargo metadata --format-version 1 --manifest-path "$REPO/Cargo.toml" --features videosdgx/cuda 2>/dev/null |
+    "$PYTHON" -c 'import json,sys; m=json.load(sys.stdin); print(next(p["manifest_path"] for p in m["packages"] if p["name"]==sys.argv[1]).rsplit("/",1)[0])' "$1"
+}
+cudarc_src="$(crate_src cudarc)"
 mkdir -p "$CUDA_ROOT/lib/stubs"
 grep -ohE '^\s+fn cu[A-Za-z0-9_]+\(' "$cudarc_src/src/driver/sys/mod.rs" |
   sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u |
@@ -61,10 +67,34 @@ export CUDARC_CUDA_VERSION=13000
 export CUDA_COMPUTE_CAP="$CAP"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target/cuda-sm$CAP}"
 
-cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features cuda
+kernels_src="$(crate_src candle-kernels)"
+patched="$TOOLS/$(basename "$kernels_src")-videosdgx"
+# Recreated only when our build script changed: cargo rebuilds a path dependency whose files are new.
+if ! cmp -s "$REPO/scripts/candle-kernels/build.rs" "$patched/build.rs"; then
+  rm -rf "$patched"
+  cp -r "$kernels_src" "$patched"
+  cp "$REPO/scripts/candle-kernels/build.rs" "$patched/build.rs"
+fi
+
+# The patch rewrites Cargo.lock's entry for candle-kernels: keep the repository's lock untouched.
+lock_backup="$(mktemp)"
+cp "$REPO/Cargo.lock" "$lock_backup"
+trap 'cp "$lock_backup" "$REPO/Cargo.lock"; rm -f "$lock_backup"' EXIT
+cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features cuda \
+  --config "patch.crates-io.candle-kernels.path=\"$patched\"" ${VIDEOSDGX_CARGO_EXTRA:-}
 mkdir -p "$REPO/dist"
-out="$REPO/dist/videosdgx-cuda-sm$CAP"
-cp "$CARGO_TARGET_DIR/release/videosdgx" "$out"
-strip "$out"
-xz -T0 -6 -kf "$out"
-ls -l "$out" "$out.xz" >&2
+ship() {
+  cp "$1" "$2"
+  strip "$2"
+  xz -T0 -6 -kf "$2"
+  ls -l "$2" "$2.xz" >&2
+}
+ship "$CARGO_TARGET_DIR/release/videosdgx" "$REPO/dist/videosdgx-cuda-sm$CAP"
+
+# With VIDEOSDGX_GPU_CHECKS=1, also the kernels' GPU checks (tests/gpu.rs) as a binary to run there.
+if [[ "${VIDEOSDGX_GPU_CHECKS:-0}" == 1 ]]; then
+  checks="$(cargo test --release --no-run --manifest-path "$REPO/Cargo.toml" -p videosdgx-kernels --features cuda \
+    --test gpu --config "patch.crates-io.candle-kernels.path=\"$patched\"" --message-format=json |
+    "$PYTHON" -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable")][-1])')"
+  ship "$checks" "$REPO/dist/gpu-checks-sm$CAP"
+fi

@@ -1,4 +1,4 @@
-// Fused normalisation with adaptive modulation, one block per row, fp32 math, one rounding.
+// Fused normalisation with adaptive modulation, one warp per row, fp32 math, one rounding.
 //
 //   mode 0 (LayerNorm): n = (x - mean) * rsqrt(var + eps)
 //   mode 1 (RMSNorm):   n = x * rsqrt(mean(x^2) + eps)
@@ -7,7 +7,9 @@
 // weight/bias ([D], fp32) and scale/shift (fp32) are optional (null). scale/shift hold one row
 // per `mod_rows_per` input rows: with x [B, L, D] and scale [B, D] pass L (Wan 2.1's per-sample
 // timestep modulation); with scale [B, L, D] pass 1 (Wan 2.2's per-token modulation).
-// x and y are bf16 [rows, D] with row strides in elements; D must be a multiple of 8.
+// x and y are bf16 [rows, D] with row strides in elements, 16-byte aligned; D a multiple of 8. The
+// row stays in registers (one read, one write): D at most 32 lanes x 8 x MAX_CHUNKS, one kernel
+// for D <= 2048 and one for D <= 6144, so narrow rows do not pay for wide ones' registers.
 
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
@@ -18,74 +20,118 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return r;
 }
 
-__device__ __forceinline__ float block_sum(float v, float *scratch) {
+__device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffff, v, o);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    __syncthreads();  // scratch may still be read by the previous reduction
-    if (lane == 0)
-        scratch[warp] = v;
-    __syncthreads();
-    float total = 0.f;
-    for (int w = 0; w < warps; ++w)
-        total += scratch[w];
-    return total;
+    return v;
 }
 
-extern "C" __global__ void modulated_norm_bf16(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
+__device__ __forceinline__ void unpack8(const uint4 &raw, float (&f)[8]) {
+    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+// 8 consecutive fp32 terms starting at p[j] (16-byte aligned: j is a multiple of 8).
+__device__ __forceinline__ void load8(const float *p, int j, float (&t)[8]) {
+    const float4 a = *reinterpret_cast<const float4 *>(p + j), b = *reinterpret_cast<const float4 *>(p + j + 4);
+    t[0] = a.x; t[1] = a.y; t[2] = a.z; t[3] = a.w; t[4] = b.x; t[5] = b.y; t[6] = b.z; t[7] = b.w;
+}
+
+template <int MAX_CHUNKS>  // 16-byte chunks per lane
+__device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
                                                const float *__restrict__ weight, const float *__restrict__ bias,
                                                const float *__restrict__ scale, const float *__restrict__ shift,
-                                               int d, long long x_stride, long long y_stride, int mod_rows_per,
-                                               int mode, float eps) {
-    extern __shared__ float row[];  // d floats, then 32 floats of reduction scratch
-    float *scratch = row + d;
-    const long long r = blockIdx.x;
+                                               int rows, int d, long long x_stride, long long y_stride,
+                                               int mod_rows_per, int mode, float eps) {
+    const int lane = threadIdx.x % 32;
+    const long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const int chunks = d / 8;
     const bf16_t *xr = x + r * x_stride;
 
-    float sum = 0.f, sumsq = 0.f;
-    for (int c = threadIdx.x; c < d / 8; c += blockDim.x) {
-        uint4 raw = *reinterpret_cast<const uint4 *>(xr + c * 8);
-        u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+    uint4 v[MAX_CHUNKS];
+    float sum = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float a = __uint_as_float(w[i] << 16), b = __uint_as_float(w[i] & 0xffff0000u);
-            row[c * 8 + 2 * i] = a;
-            row[c * 8 + 2 * i + 1] = b;
-            sum += a + b;
+    for (int i = 0; i < MAX_CHUNKS; ++i) {
+        const int c = lane + 32 * i;
+        if (c < chunks) {
+            v[i] = *reinterpret_cast<const uint4 *>(xr + c * 8);
+            float f[8];
+            unpack8(v[i], f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sum += f[e];
         }
     }
-    const float mean = mode == 0 ? block_sum(sum, scratch) / d : 0.f;
-    for (int c = threadIdx.x; c < d / 8; c += blockDim.x) {
+    const float mean = mode == 0 ? warp_sum(sum) / d : 0.f;
+    float sumsq = 0.f;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            float t = row[c * 8 + i] - mean;
-            sumsq += t * t;
+    for (int i = 0; i < MAX_CHUNKS; ++i) {
+        if (lane + 32 * i < chunks) {
+            float f[8];
+            unpack8(v[i], f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sumsq += (f[e] - mean) * (f[e] - mean);
         }
     }
-    const float rstd = rsqrtf(block_sum(sumsq, scratch) / d + eps);
+    const float rstd = rsqrtf(warp_sum(sumsq) / d + eps);
 
     const long long m = r / mod_rows_per;
     const float *sc = scale ? scale + m * d : nullptr;
     const float *sh = shift ? shift + m * d : nullptr;
     bf16_t *yr = y + r * y_stride;
-    for (int c = threadIdx.x; c < d / 8; c += blockDim.x) {
-        u32 out[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            float v2[2];
+    for (int i = 0; i < MAX_CHUNKS; ++i) {
+        const int c = lane + 32 * i;
+        if (c < chunks) {
+            const int j = c * 8;
+            float n[8], t[8];
+            unpack8(v[i], n);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                int j = c * 8 + 2 * i + e;
-                float n = (row[j] - mean) * rstd;
-                if (weight) n *= weight[j];
-                if (bias) n += bias[j];
-                if (sc) n *= 1.f + sc[j];
-                if (sh) n += sh[j];
-                v2[e] = n;
-            }
-            out[i] = pack_bf16(v2[0], v2[1]);
+            for (int e = 0; e < 8; ++e) n[e] = (n[e] - mean) * rstd;
+            if (weight) { load8(weight, j, t); for (int e = 0; e < 8; ++e) n[e] *= t[e]; }
+            if (bias) { load8(bias, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
+            if (sc) { load8(sc, j, t); for (int e = 0; e < 8; ++e) n[e] *= 1.f + t[e]; }
+            if (sh) { load8(sh, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
+            *reinterpret_cast<uint4 *>(yr + j) =
+                make_uint4(pack_bf16(n[0], n[1]), pack_bf16(n[2], n[3]), pack_bf16(n[4], n[5]), pack_bf16(n[6], n[7]));
         }
-        *reinterpret_cast<uint4 *>(yr + c * 8) = make_uint4(out[0], out[1], out[2], out[3]);
     }
+}
+
+#define NORM_KERNEL(NAME, MAX_CHUNKS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                   \
+        const bf16_t *x, bf16_t *y, const float *weight, const float *bias, const float *scale,              \
+        const float *shift, int rows, int d, long long x_stride, long long y_stride, int mod_rows_per,       \
+        int mode, float eps) {                                                                                \
+        modulated_norm<MAX_CHUNKS>(x, y, weight, bias, scale, shift, rows, d, x_stride, y_stride, mod_rows_per, \
+                                   mode, eps);                                                                \
+    }
+
+NORM_KERNEL(modulated_norm_bf16_d2048, 8)
+NORM_KERNEL(modulated_norm_bf16_d6144, 24)
+
+// Gated residual of Wan's blocks: out = x + y * gate in fp32, rounded once to bf16.
+// x, y, out: bf16 [rows, D] contiguous; gate: fp32, one row per `gate_rows_per` rows (as scale
+// above). One thread per 8 elements, 16-byte accesses; D a multiple of 8.
+extern "C" __global__ void gated_residual_bf16(const bf16_t *__restrict__ x, const bf16_t *__restrict__ y,
+                                               const float *__restrict__ gate, bf16_t *__restrict__ out,
+                                               long long rows, int d, int gate_rows_per) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int chunks = d / 8;
+    if (idx >= rows * chunks) return;
+    const long long r = idx / chunks;
+    const int j = (idx % chunks) * 8;
+    float a[8], b[8], g[8];
+    unpack8(*reinterpret_cast<const uint4 *>(x + r * d + j), a);
+    unpack8(*reinterpret_cast<const uint4 *>(y + r * d + j), b);
+    load8(gate + (r / gate_rows_per) * d, j, g);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a[e] += b[e] * g[e];
+    *reinterpret_cast<uint4 *>(out + r * d + j) =
+        make_uint4(pack_bf16(a[0], a[1]), pack_bf16(a[2], a[3]), pack_bf16(a[4], a[5]), pack_bf16(a[6], a[7]));
 }

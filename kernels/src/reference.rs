@@ -12,12 +12,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
     let (b, lq, h, d) = q.dims4()?;
     let (kb, _, kh, kd) = k.dims4()?;
     if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
-        bail!("attention shapes disagree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims());
+        bail!(
+            "attention shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
     }
     let heads_first = |t: &Tensor| t.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous();
     let (q, k, v) = (heads_first(q)?, heads_first(k)?, heads_first(v)?);
     let scores = (q.matmul(&k.t()?)? * f64::from(softmax_scale))?;
-    let scores = scores.broadcast_sub(&scores.max_keepdim(D::Minus1)?)?.exp()?;
+    let scores = scores
+        .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
+        .exp()?;
     let probs = scores.broadcast_div(&scores.sum_keepdim(D::Minus1)?)?;
     let out = probs.matmul(&v)?;
     debug_assert_eq!(out.dims(), [b, h, lq, d]);
@@ -56,6 +63,19 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
     Ok(n)
 }
 
+/// Wan's gated residual `x + y * gate` over `[B, L, D]`, `gate` `[B, D]` (per sample) or
+/// `[B, L, D]` (per token); returns f32 `[B, L, D]`.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    crate::spec::validate_gated_residual(x, y, gate)?;
+    let gate = gate.to_dtype(DType::F32)?;
+    let gate = if gate.rank() == 2 {
+        gate.unsqueeze(1)?
+    } else {
+        gate
+    };
+    x.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(&gate)?
+}
+
 /// Per-token rotation angles of Wan's 3-D RoPE, `[L, Dh/2]` f32 as (cos, sin), computed in f64.
 pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Tensor, Tensor)> {
     let (t_dim, hw_dim) = RopeGrid::split(head_dim);
@@ -82,7 +102,10 @@ pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Ten
     }
     let shape = (grid.tokens(), pairs);
     let dev = &candle_core::Device::Cpu;
-    Ok((Tensor::from_vec(cos, shape, dev)?, Tensor::from_vec(sin, shape, dev)?))
+    Ok((
+        Tensor::from_vec(cos, shape, dev)?,
+        Tensor::from_vec(sin, shape, dev)?,
+    ))
 }
 
 /// Wan's 3-D RoPE on `x [B, L, H, Dh]` with `L = grid.tokens()`: each adjacent pair
@@ -90,7 +113,10 @@ pub fn rope3d_tables(grid: RopeGrid, head_dim: usize, theta: f64) -> Result<(Ten
 pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
     let (b, l, h, d) = grid.validate(x)?;
     let (cos, sin) = rope3d_tables(grid, d, theta)?;
-    let (cos, sin) = (cos.to_device(x.device())?.reshape((1, l, 1, d / 2))?, sin.to_device(x.device())?.reshape((1, l, 1, d / 2))?);
+    let (cos, sin) = (
+        cos.to_device(x.device())?.reshape((1, l, 1, d / 2))?,
+        sin.to_device(x.device())?.reshape((1, l, 1, d / 2))?,
+    );
     let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
     let x0 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
     let x1 = pairs.narrow(4, 1, 1)?.squeeze(4)?;

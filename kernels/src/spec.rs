@@ -30,14 +30,24 @@ pub struct NormSpec {
 impl NormSpec {
     /// A plain norm with no affine or modulation terms.
     pub fn new(kind: NormKind, eps: f64) -> Self {
-        Self { kind, eps, weight: None, bias: None, scale: None, shift: None }
+        Self {
+            kind,
+            eps,
+            weight: None,
+            bias: None,
+            scale: None,
+            shift: None,
+        }
     }
 
     /// Checks every optional term against `x`'s shape; returns how many rows of `x` share one
     /// row of scale/shift (L for per-sample modulation, 1 for per-token).
     pub(crate) fn validate(&self, x: &Tensor) -> Result<usize> {
         let (b, l, d) = x.dims3().map_err(|_| {
-            candle_core::Error::Msg(format!("norm input must be [batch, seq, dim], got {:?}", x.dims()))
+            candle_core::Error::Msg(format!(
+                "norm input must be [batch, seq, dim], got {:?}",
+                x.dims()
+            ))
         })?;
         if d % 8 != 0 {
             bail!("norm dim must be a multiple of 8, got {d}");
@@ -66,6 +76,29 @@ impl NormSpec {
     }
 }
 
+/// Checks `x + y * gate`'s shapes: `x`, `y` `[B, L, D]`, `gate` `[B, D]` or `[B, L, D]`; returns
+/// how many rows of `x` share one row of `gate`.
+pub(crate) fn validate_gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<usize> {
+    let (b, l, d) = x.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "gated residual input must be [batch, seq, dim], got {:?}",
+            x.dims()
+        ))
+    })?;
+    if y.dims() != x.dims() {
+        bail!(
+            "gated residual: y {:?} must match x {:?}",
+            y.dims(),
+            x.dims()
+        );
+    }
+    match gate.dims() {
+        [gb, gd] if *gb == b && *gd == d => Ok(l),
+        [gb, gl, gd] if *gb == b && *gl == l && *gd == d => Ok(1),
+        other => bail!("gated residual: gate must be [{b}, {d}] or [{b}, {l}, {d}], got {other:?}"),
+    }
+}
+
 /// The latent token grid of a video: `frames * height * width` tokens in (f, h, w) order, as
 /// Wan's 3-D RoPE sees it after patching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +121,16 @@ impl RopeGrid {
 
     pub(crate) fn validate(&self, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
         let (b, l, h, d) = x.dims4().map_err(|_| {
-            candle_core::Error::Msg(format!("rope input must be [batch, seq, heads, head_dim], got {:?}", x.dims()))
+            candle_core::Error::Msg(format!(
+                "rope input must be [batch, seq, heads, head_dim], got {:?}",
+                x.dims()
+            ))
         })?;
         if l != self.tokens() {
-            bail!("rope grid {self:?} has {} tokens but the input has {l}", self.tokens());
+            bail!(
+                "rope grid {self:?} has {} tokens but the input has {l}",
+                self.tokens()
+            );
         }
         let (t_dim, hw_dim) = Self::split(d);
         if d % 2 != 0 || t_dim % 2 != 0 || hw_dim == 0 {

@@ -9,27 +9,62 @@ use videosdgx_kernels::{NormKind, NormSpec, RopeGrid, reference};
 fn gpu() -> Device {
     videosdgx_kernels::set_poison_outputs(true);
     let dev = Device::new_cuda(0).expect("the GPU checks need a CUDA device");
-    let seed = std::env::var("VIDEOSDGX_CHECK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
-    });
+    let seed = std::env::var("VIDEOSDGX_CHECK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+        });
     eprintln!("VIDEOSDGX_CHECK_SEED={seed}");
     dev.set_seed(seed).unwrap();
     dev
 }
 
 fn randn(shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::randn(0f32, 1f32, shape, dev).unwrap().to_dtype(DType::BF16).unwrap()
+    Tensor::randn(0f32, 1f32, shape, dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
 }
 
 /// ||got - want|| / ||want|| in f32 on the CPU; NaN anywhere in `got` fails.
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    let got = got.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let want = want.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let got = got
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let want = want
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     assert_eq!(got.dims(), want.dims());
     let values = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(values.iter().all(|v| v.is_finite()), "output has unwritten (NaN) or non-finite elements");
-    let diff = (got - &want).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-    diff / want.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+    assert!(
+        values.iter().all(|v| v.is_finite()),
+        "output has unwritten (NaN) or non-finite elements"
+    );
+    let diff = (got - &want)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt();
+    diff / want
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
 }
 
 fn cpu(t: &Tensor) -> Tensor {
@@ -41,8 +76,17 @@ fn attention_matches_reference_on_self_and_cross_shapes() {
     let dev = gpu();
     // (batch, q_len, kv_len, heads, head_dim): ragged lengths, Wan's short text cross-attention,
     // both head dims.
-    for (b, lq, lk, h, d) in [(2, 1000, 777, 3, 128), (1, 300, 512, 2, 128), (1, 2100, 2100, 2, 128), (1, 1500, 1037, 4, 64)] {
-        let (q, k, v) = (randn(&[b, lq, h, d], &dev), randn(&[b, lk, h, d], &dev), randn(&[b, lk, h, d], &dev));
+    for (b, lq, lk, h, d) in [
+        (2, 1000, 777, 3, 128),
+        (1, 300, 512, 2, 128),
+        (1, 2100, 2100, 2, 128),
+        (1, 1500, 1037, 4, 64),
+    ] {
+        let (q, k, v) = (
+            randn(&[b, lq, h, d], &dev),
+            randn(&[b, lk, h, d], &dev),
+            randn(&[b, lk, h, d], &dev),
+        );
         let scale = (d as f32).powf(-0.5);
         let got = videosdgx_kernels::attention(&q, &k, &v, scale).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
@@ -58,7 +102,11 @@ fn attention_reads_strided_views_of_a_fused_qkv_projection() {
     let (b, l, h, d) = (1, 700, 4, 128);
     // [B, L, 3, H, D] as a fused QKV linear would give it; q/k/v are views with no copy.
     let qkv = randn(&[b, l, 3, h, d], &dev);
-    let (q, k, v) = (qkv.i((.., .., 0)).unwrap(), qkv.i((.., .., 1)).unwrap(), qkv.i((.., .., 2)).unwrap());
+    let (q, k, v) = (
+        qkv.i((.., .., 0)).unwrap(),
+        qkv.i((.., .., 1)).unwrap(),
+        qkv.i((.., .., 2)).unwrap(),
+    );
     assert!(!q.is_contiguous());
     let got = videosdgx_kernels::attention(&q, &k, &v, 0.1).unwrap();
     let want = reference::attention(&cpu(&q), &cpu(&k), &cpu(&v), 0.1).unwrap();
@@ -70,10 +118,14 @@ fn attention_reads_strided_views_of_a_fused_qkv_projection() {
 fn attention_refuses_what_it_has_no_kernel_for() {
     let dev = gpu();
     let x = randn(&[1, 64, 2, 96], &dev);
-    let err = videosdgx_kernels::attention(&x, &x, &x, 0.1).unwrap_err().to_string();
+    let err = videosdgx_kernels::attention(&x, &x, &x, 0.1)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("head_dim 96 not supported"), "{err}");
     let x = Tensor::zeros((1, 64, 2, 128), DType::F32, &dev).unwrap();
-    let err = videosdgx_kernels::attention(&x, &x, &x, 0.1).unwrap_err().to_string();
+    let err = videosdgx_kernels::attention(&x, &x, &x, 0.1)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("must be bf16"), "{err}");
 }
 
@@ -83,14 +135,29 @@ fn modulated_norm_matches_reference_for_wan_norms() {
     let f32_randn = |shape: &[usize]| Tensor::randn(0f32, 1f32, shape, &dev).unwrap();
     // norm1/norm3 of Wan 2.1 1.3B: LayerNorm without affine, per-sample scale/shift.
     let x = randn(&[2, 777, 1536], &dev);
-    let spec = NormSpec { scale: Some(f32_randn(&[2, 1536])), shift: Some(f32_randn(&[2, 1536])), ..NormSpec::new(NormKind::Layer, 1e-6) };
+    let spec = NormSpec {
+        scale: Some(f32_randn(&[2, 1536])),
+        shift: Some(f32_randn(&[2, 1536])),
+        ..NormSpec::new(NormKind::Layer, 1e-6)
+    };
     // Wan 2.2 TI2V: per-token modulation, width 3072.
     let x22 = randn(&[1, 300, 3072], &dev);
-    let spec22 = NormSpec { scale: Some(f32_randn(&[1, 300, 3072])), shift: Some(f32_randn(&[1, 300, 3072])), ..NormSpec::new(NormKind::Layer, 1e-6) };
+    let spec22 = NormSpec {
+        scale: Some(f32_randn(&[1, 300, 3072])),
+        shift: Some(f32_randn(&[1, 300, 3072])),
+        ..NormSpec::new(NormKind::Layer, 1e-6)
+    };
     // norm2 (affine LayerNorm) and the q/k RMSNorm across heads of the 14B (width 5120).
     let x14 = randn(&[1, 100, 5120], &dev);
-    let affine = NormSpec { weight: Some(f32_randn(&[5120])), bias: Some(f32_randn(&[5120])), ..NormSpec::new(NormKind::Layer, 1e-6) };
-    let rms = NormSpec { weight: Some(f32_randn(&[5120])), ..NormSpec::new(NormKind::Rms, 1e-6) };
+    let affine = NormSpec {
+        weight: Some(f32_randn(&[5120])),
+        bias: Some(f32_randn(&[5120])),
+        ..NormSpec::new(NormKind::Layer, 1e-6)
+    };
+    let rms = NormSpec {
+        weight: Some(f32_randn(&[5120])),
+        ..NormSpec::new(NormKind::Rms, 1e-6)
+    };
     for (x, spec) in [(&x, &spec), (&x22, &spec22), (&x14, &affine), (&x14, &rms)] {
         let got = videosdgx_kernels::modulated_norm(x, spec).unwrap();
         let cpu_spec = NormSpec {
@@ -107,9 +174,28 @@ fn modulated_norm_matches_reference_for_wan_norms() {
 }
 
 #[test]
+fn gated_residual_matches_reference_per_sample_and_per_token() {
+    let dev = gpu();
+    let (x, y) = (randn(&[2, 777, 1536], &dev), randn(&[2, 777, 1536], &dev));
+    for gate in [
+        Tensor::randn(0f32, 1f32, (2, 1536), &dev).unwrap(),
+        Tensor::randn(0f32, 1f32, (2, 777, 1536), &dev).unwrap(),
+    ] {
+        let got = videosdgx_kernels::gated_residual(&x, &y, &gate).unwrap();
+        let want = reference::gated_residual(&cpu(&x), &cpu(&y), &cpu(&gate)).unwrap();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-2, "gate {:?} rel err {err}", gate.dims());
+    }
+}
+
+#[test]
 fn rope3d_matches_reference_on_a_wan_grid() {
     let dev = gpu();
-    let grid = RopeGrid { frames: 3, height: 6, width: 10 };
+    let grid = RopeGrid {
+        frames: 3,
+        height: 6,
+        width: 10,
+    };
     let x = randn(&[2, grid.tokens(), 12, 128], &dev);
     let got = videosdgx_kernels::rope3d(&x, grid, 10_000.0).unwrap();
     let want = reference::rope3d(&cpu(&x), grid, 10_000.0).unwrap();
@@ -129,6 +215,9 @@ fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();
     let reports = videosdgx_kernels::compile_all(&dev).unwrap();
     for r in &reports {
-        eprintln!("{} {} compiled={} {:.1} ms", r.module, r.arch, r.compiled, r.ms);
+        eprintln!(
+            "{} {} compiled={} {:.1} ms",
+            r.module, r.arch, r.compiled, r.ms
+        );
     }
 }

@@ -23,30 +23,52 @@ fn tensor(shape: &[usize], seed: u64) -> Tensor {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn attention_matches_scalar_softmax_loop() {
     let (b, lq, lk, h, d) = (2, 5, 7, 3, 8);
-    let (q, k, v) = (tensor(&[b, lq, h, d], 1), tensor(&[b, lk, h, d], 2), tensor(&[b, lk, h, d], 3));
+    let (q, k, v) = (
+        tensor(&[b, lq, h, d], 1),
+        tensor(&[b, lk, h, d], 2),
+        tensor(&[b, lk, h, d], 3),
+    );
     let scale = 0.35f32;
     let got = reference::attention(&q, &k, &v, scale).unwrap();
     assert_eq!(got.dims(), [b, lq, h, d]);
-    let (qv, kv, vv) = (q.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k.flatten_all().unwrap().to_vec1::<f32>().unwrap(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    let at = |l: usize, len: usize, bi: usize, hi: usize, di: usize| ((bi * len + l) * h + hi) * d + di;
+    let (qv, kv, vv) = (
+        q.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    let at =
+        |l: usize, len: usize, bi: usize, hi: usize, di: usize| ((bi * len + l) * h + hi) * d + di;
     let mut want = vec![0f32; b * lq * h * d];
     for bi in 0..b {
         for hi in 0..h {
             for i in 0..lq {
                 let scores: Vec<f64> = (0..lk)
-                    .map(|j| (0..d).map(|e| f64::from(qv[at(i, lq, bi, hi, e)]) * f64::from(kv[at(j, lk, bi, hi, e)])).sum::<f64>() * f64::from(scale))
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| {
+                                f64::from(qv[at(i, lq, bi, hi, e)])
+                                    * f64::from(kv[at(j, lk, bi, hi, e)])
+                            })
+                            .sum::<f64>()
+                            * f64::from(scale)
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = w.iter().sum();
                 for e in 0..d {
-                    let o: f64 = (0..lk).map(|j| w[j] / z * f64::from(vv[at(j, lk, bi, hi, e)])).sum();
+                    let o: f64 = (0..lk)
+                        .map(|j| w[j] / z * f64::from(vv[at(j, lk, bi, hi, e)]))
+                        .sum();
                     want[at(i, lq, bi, hi, e)] = o as f32;
                 }
             }
@@ -57,29 +79,65 @@ fn attention_matches_scalar_softmax_loop() {
 
 #[test]
 fn attention_over_one_key_returns_that_keys_value() {
-    let (q, k, v) = (tensor(&[1, 4, 2, 8], 4), tensor(&[1, 1, 2, 8], 5), tensor(&[1, 1, 2, 8], 6));
+    let (q, k, v) = (
+        tensor(&[1, 4, 2, 8], 4),
+        tensor(&[1, 1, 2, 8], 5),
+        tensor(&[1, 1, 2, 8], 6),
+    );
     let got = reference::attention(&q, &k, &v, 1.0).unwrap();
     let want = v.broadcast_as((1, 4, 2, 8)).unwrap().contiguous().unwrap();
-    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-6, "{diff}");
 }
 
 #[test]
 fn attention_rejects_mismatched_head_counts() {
-    let err = reference::attention(&tensor(&[1, 4, 2, 8], 1), &tensor(&[1, 4, 3, 8], 2), &tensor(&[1, 4, 3, 8], 3), 1.0)
-        .unwrap_err()
-        .to_string();
+    let err = reference::attention(
+        &tensor(&[1, 4, 2, 8], 1),
+        &tensor(&[1, 4, 3, 8], 2),
+        &tensor(&[1, 4, 3, 8], 3),
+        1.0,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("shapes disagree"), "{err}");
 }
 
 /// Scalar LayerNorm/RMSNorm + affine + modulation for one row.
-fn norm_row(x: &[f32], kind: NormKind, eps: f64, w: &[f32], bias: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+fn norm_row(
+    x: &[f32],
+    kind: NormKind,
+    eps: f64,
+    w: &[f32],
+    bias: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+) -> Vec<f32> {
     let n = x.len() as f64;
-    let mean = if kind == NormKind::Layer { x.iter().map(|&v| f64::from(v)).sum::<f64>() / n } else { 0.0 };
-    let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let mean = if kind == NormKind::Layer {
+        x.iter().map(|&v| f64::from(v)).sum::<f64>() / n
+    } else {
+        0.0
+    };
+    let var = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
     let rstd = 1.0 / (var + eps).sqrt();
     (0..x.len())
-        .map(|j| (((f64::from(x[j]) - mean) * rstd * f64::from(w[j]) + f64::from(bias[j])) * (1.0 + f64::from(scale[j])) + f64::from(shift[j])) as f32)
+        .map(|j| {
+            (((f64::from(x[j]) - mean) * rstd * f64::from(w[j]) + f64::from(bias[j]))
+                * (1.0 + f64::from(scale[j]))
+                + f64::from(shift[j])) as f32
+        })
         .collect()
 }
 
@@ -87,17 +145,44 @@ fn norm_row(x: &[f32], kind: NormKind, eps: f64, w: &[f32], bias: &[f32], scale:
 fn layer_norm_with_per_sample_modulation_matches_scalar_loop() {
     let (b, l, d) = (2, 3, 16);
     let x = tensor(&[b, l, d], 7);
-    let (w, bias, scale, shift) = (tensor(&[d], 8), tensor(&[d], 9), tensor(&[b, d], 10), tensor(&[b, d], 11));
-    let spec = NormSpec { weight: Some(w.clone()), bias: Some(bias.clone()), scale: Some(scale.clone()), shift: Some(shift.clone()), ..NormSpec::new(NormKind::Layer, 1e-6) };
-    let got = reference::modulated_norm(&x, &spec).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (w, bias, scale, shift) = (
+        tensor(&[d], 8),
+        tensor(&[d], 9),
+        tensor(&[b, d], 10),
+        tensor(&[b, d], 11),
+    );
+    let spec = NormSpec {
+        weight: Some(w.clone()),
+        bias: Some(bias.clone()),
+        scale: Some(scale.clone()),
+        shift: Some(shift.clone()),
+        ..NormSpec::new(NormKind::Layer, 1e-6)
+    };
+    let got = reference::modulated_norm(&x, &spec)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let (wv, bv) = (w.to_vec1::<f32>().unwrap(), bias.to_vec1::<f32>().unwrap());
-    let (sc, sh) = (scale.to_vec2::<f32>().unwrap(), shift.to_vec2::<f32>().unwrap());
+    let (sc, sh) = (
+        scale.to_vec2::<f32>().unwrap(),
+        shift.to_vec2::<f32>().unwrap(),
+    );
     let mut want = Vec::new();
     for bi in 0..b {
         for li in 0..l {
             let row = &xv[(bi * l + li) * d..][..d];
-            want.extend(norm_row(row, NormKind::Layer, 1e-6, &wv, &bv, &sc[bi], &sh[bi]));
+            want.extend(norm_row(
+                row,
+                NormKind::Layer,
+                1e-6,
+                &wv,
+                &bv,
+                &sc[bi],
+                &sh[bi],
+            ));
         }
     }
     assert!(max_abs_diff(&got, &want) < 1e-5);
@@ -108,33 +193,70 @@ fn rms_norm_with_per_token_modulation_uses_each_tokens_row() {
     let (b, l, d) = (1, 4, 8);
     let x = tensor(&[b, l, d], 12);
     let (scale, shift) = (tensor(&[b, l, d], 13), tensor(&[b, l, d], 14));
-    let spec = NormSpec { scale: Some(scale.clone()), shift: Some(shift.clone()), ..NormSpec::new(NormKind::Rms, 1e-5) };
-    let got = reference::modulated_norm(&x, &spec).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let spec = NormSpec {
+        scale: Some(scale.clone()),
+        shift: Some(shift.clone()),
+        ..NormSpec::new(NormKind::Rms, 1e-5)
+    };
+    let got = reference::modulated_norm(&x, &spec)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let (sc, sh) = (scale.flatten_all().unwrap().to_vec1::<f32>().unwrap(), shift.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let (sc, sh) = (
+        scale.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        shift.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
     let ones = vec![1f32; d];
     let zeros = vec![0f32; d];
     let mut want = Vec::new();
     for li in 0..l {
-        want.extend(norm_row(&xv[li * d..][..d], NormKind::Rms, 1e-5, &ones, &zeros, &sc[li * d..][..d], &sh[li * d..][..d]));
+        want.extend(norm_row(
+            &xv[li * d..][..d],
+            NormKind::Rms,
+            1e-5,
+            &ones,
+            &zeros,
+            &sc[li * d..][..d],
+            &sh[li * d..][..d],
+        ));
     }
     assert!(max_abs_diff(&got, &want) < 1e-5);
 }
 
 #[test]
 fn norm_rejects_modulation_of_the_wrong_shape() {
-    let spec = NormSpec { scale: Some(tensor(&[2, 15], 1)), ..NormSpec::new(NormKind::Layer, 1e-6) };
-    let err = reference::modulated_norm(&tensor(&[2, 3, 16], 2), &spec).unwrap_err().to_string();
-    assert!(err.contains("norm scale must be [2, 16] or [2, 3, 16]"), "{err}");
+    let spec = NormSpec {
+        scale: Some(tensor(&[2, 15], 1)),
+        ..NormSpec::new(NormKind::Layer, 1e-6)
+    };
+    let err = reference::modulated_norm(&tensor(&[2, 3, 16], 2), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("norm scale must be [2, 16] or [2, 3, 16]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn rope_rotates_each_pair_by_its_axis_angle() {
     // head_dim 12: height and width parts of 2 * (12 / 6) = 4, the frame part 12 - 8 = 4.
-    let grid = RopeGrid { frames: 2, height: 3, width: 4 };
+    let grid = RopeGrid {
+        frames: 2,
+        height: 3,
+        width: 4,
+    };
     let (h, d, theta) = (2, 12, 10_000.0f64);
     let x = tensor(&[1, grid.tokens(), h, d], 15);
-    let got = reference::rope3d(&x, grid, theta).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let got = reference::rope3d(&x, grid, theta)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut want = vec![0f32; xv.len()];
     for f in 0..grid.frames {
@@ -167,7 +289,49 @@ fn rope_splits_head_dim_128_as_wan_does() {
 
 #[test]
 fn rope_rejects_a_grid_that_does_not_cover_the_sequence() {
-    let grid = RopeGrid { frames: 2, height: 3, width: 4 };
-    let err = reference::rope3d(&tensor(&[1, 23, 2, 12], 1), grid, 10_000.0).unwrap_err().to_string();
+    let grid = RopeGrid {
+        frames: 2,
+        height: 3,
+        width: 4,
+    };
+    let err = reference::rope3d(&tensor(&[1, 23, 2, 12], 1), grid, 10_000.0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("has 24 tokens but the input has 23"), "{err}");
+}
+
+#[test]
+fn gated_residual_adds_the_gated_branch_per_sample() {
+    let (x, y, gate) = (
+        tensor(&[2, 3, 8], 16),
+        tensor(&[2, 3, 8], 17),
+        tensor(&[2, 8], 18),
+    );
+    let got = reference::gated_residual(&x, &y, &gate)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let (xv, yv, gv) = (
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        gate.to_vec2::<f32>().unwrap(),
+    );
+    let want: Vec<f32> = (0..xv.len())
+        .map(|i| xv[i] + yv[i] * gv[i / 24][i % 8])
+        .collect();
+    assert!(max_abs_diff(&got, &want) < 1e-6);
+}
+
+#[test]
+fn gated_residual_rejects_a_gate_of_another_width() {
+    let err = reference::gated_residual(
+        &tensor(&[1, 3, 8], 1),
+        &tensor(&[1, 3, 8], 2),
+        &tensor(&[1, 7], 3),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("gate must be [1, 8] or [1, 3, 8]"), "{err}");
 }

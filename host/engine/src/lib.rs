@@ -2,6 +2,7 @@
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
 pub mod attention;
+pub mod hub;
 pub mod image_processor;
 pub mod loader;
 pub mod models;
@@ -9,3 +10,4 @@ pub mod pipelines;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod vae;
+pub mod video;

@@ -8,12 +8,15 @@ use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg, SyncOnDrop, result as driver,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, SyncOnDrop, result as driver,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    Tensor, bail,
+};
 use half::bf16;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,12 +32,26 @@ struct Source {
     hopper_only: bool,
 }
 
-const ATTENTION: Source =
-    Source { name: "attention", code: include_str!("../../cuda/attention.cu"), hopper_only: false };
-const ATTENTION_TMA: Source =
-    Source { name: "attention_tma", code: include_str!("../../cuda/attention_tma.cu"), hopper_only: true };
-const NORM: Source = Source { name: "norm", code: include_str!("../../cuda/norm.cu"), hopper_only: false };
-const ROPE: Source = Source { name: "rope", code: include_str!("../../cuda/rope.cu"), hopper_only: false };
+const ATTENTION: Source = Source {
+    name: "attention",
+    code: include_str!("../../cuda/attention.cu"),
+    hopper_only: false,
+};
+const ATTENTION_TMA: Source = Source {
+    name: "attention_tma",
+    code: include_str!("../../cuda/attention_tma.cu"),
+    hopper_only: true,
+};
+const NORM: Source = Source {
+    name: "norm",
+    code: include_str!("../../cuda/norm.cu"),
+    hopper_only: false,
+};
+const ROPE: Source = Source {
+    name: "rope",
+    code: include_str!("../../cuda/rope.cu"),
+    hopper_only: false,
+};
 const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
 
 /// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
@@ -77,7 +94,10 @@ const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
     tensor_maps: false,
 };
 
-fn attention_variant(head_dim: usize, compute_capability: (i32, i32)) -> Option<&'static AttentionVariant> {
+fn attention_variant(
+    head_dim: usize,
+    compute_capability: (i32, i32),
+) -> Option<&'static AttentionVariant> {
     match (head_dim, compute_capability) {
         (128, (9, 0)) => Some(&ATTENTION_TMA_D128),
         (128, _) => Some(&ATTENTION_MMA_D128),
@@ -89,7 +109,9 @@ fn attention_variant(head_dim: usize, compute_capability: (i32, i32)) -> Option<
 /// The kernel [`attention`] would run for a query like `q` (its device, dtype and head dim), or
 /// `None` when it has none: not on CUDA, not bf16, or an unsupported head dim.
 pub fn attention_kernel_for(q: &Tensor) -> Result<Option<&'static str>> {
-    let Device::Cuda(dev) = q.device() else { return Ok(None) };
+    let Device::Cuda(dev) = q.device() else {
+        return Ok(None);
+    };
     if q.dtype() != DType::BF16 {
         return Ok(None);
     }
@@ -112,19 +134,30 @@ fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
 }
 
 fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
-    dev.cuda_stream().context().compute_capability().map_err(driver_err("compute capability"))
+    dev.cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(driver_err("compute capability"))
 }
 
 /// The NVRTC target for `src` on this GPU: its exact architecture, `sm_90a` for Hopper-only code.
 fn arch(dev: &CudaDevice, src: &Source) -> Result<String> {
     let (major, minor) = compute_capability(dev)?;
     if major < 8 {
-        bail!("the fused kernels need compute capability 8.0 or newer (mma.sync bf16), this GPU is {major}.{minor}");
+        bail!(
+            "the fused kernels need compute capability 8.0 or newer (mma.sync bf16), this GPU is {major}.{minor}"
+        );
     }
     if src.hopper_only && (major, minor) != (9, 0) {
-        bail!("kernel module {} needs sm_90a (Hopper), this GPU is {major}.{minor}", src.name);
+        bail!(
+            "kernel module {} needs sm_90a (Hopper), this GPU is {major}.{minor}",
+            src.name
+        );
     }
-    Ok(format!("sm_{major}{minor}{}", if src.hopper_only { "a" } else { "" }))
+    Ok(format!(
+        "sm_{major}{minor}{}",
+        if src.hopper_only { "a" } else { "" }
+    ))
 }
 
 fn driver_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> candle_core::Error {
@@ -140,20 +173,31 @@ pub struct CompileReport {
     pub ms: f64,
 }
 
-fn load(dev: &CudaDevice, src: &'static Source) -> Result<(Arc<CudaModule>, Option<CompileReport>)> {
+fn load(
+    dev: &CudaDevice,
+    src: &'static Source,
+) -> Result<(Arc<CudaModule>, Option<CompileReport>)> {
     let mut map = modules().lock().expect("module map poisoned");
     if let Some(m) = map.get(&(dev.id(), src.name)) {
         return Ok((m.clone(), None));
     }
     let arch = arch(dev, src)?;
     let (cubin, origin) = nvrtc::cubin(src.name, src.code, &arch, &nvrtc::cache_dir())?;
-    let module = dev.cuda_stream().context().load_module(Ptx::from_binary(cubin)).map_err(driver_err("module load"))?;
+    let module = dev
+        .cuda_stream()
+        .context()
+        .load_module(Ptx::from_binary(cubin))
+        .map_err(driver_err("module load"))?;
     let report = report(src, arch, origin);
     tracing::info!(
         "kernels: module {} for {} {} in {:.1} ms",
         report.module,
         report.arch,
-        if report.compiled { "compiled by NVRTC" } else { "loaded from cache" },
+        if report.compiled {
+            "compiled by NVRTC"
+        } else {
+            "loaded from cache"
+        },
         report.ms
     );
     map.insert((dev.id(), src.name), module.clone());
@@ -166,26 +210,43 @@ fn function(dev: &CudaDevice, src: &'static Source, name: &'static str) -> Resul
     type Functions = Mutex<HashMap<(DeviceId, &'static str), CudaFunction>>;
     static FUNCTIONS: OnceLock<Functions> = OnceLock::new();
     let functions = FUNCTIONS.get_or_init(Default::default);
-    if let Some(f) = functions.lock().expect("function map poisoned").get(&(dev.id(), name)) {
+    if let Some(f) = functions
+        .lock()
+        .expect("function map poisoned")
+        .get(&(dev.id(), name))
+    {
         return Ok(f.clone());
     }
     let (module, _) = load(dev, src)?;
-    let f = module.load_function(name).map_err(driver_err("function lookup"))?;
-    tracing::info!("kernels: running {name} ({}) on {}", src.name, arch(dev, src)?);
-    functions.lock().expect("function map poisoned").insert((dev.id(), name), f.clone());
+    let f = module
+        .load_function(name)
+        .map_err(driver_err("function lookup"))?;
+    tracing::info!(
+        "kernels: running {name} ({}) on {}",
+        src.name,
+        arch(dev, src)?
+    );
+    functions
+        .lock()
+        .expect("function map poisoned")
+        .insert((dev.id(), name), f.clone());
     Ok(f)
 }
 
 /// The modules this GPU can run.
 fn sources_for(dev: &CudaDevice) -> Result<impl Iterator<Item = &'static Source>> {
     let hopper = compute_capability(dev)? == (9, 0);
-    Ok(ALL_SOURCES.into_iter().filter(move |s| hopper || !s.hopper_only))
+    Ok(ALL_SOURCES
+        .into_iter()
+        .filter(move |s| hopper || !s.hopper_only))
 }
 
 /// Compiles every module this GPU can run into `cache` (or reads it from there) without loading
 /// it: NVRTC's cost, cold with an empty `cache`, cached with a filled one.
 pub fn compile_report(device: &Device, cache: &std::path::Path) -> Result<Vec<CompileReport>> {
-    let Device::Cuda(dev) = device else { bail!("compile_report needs a CUDA device, got {device:?}") };
+    let Device::Cuda(dev) = device else {
+        bail!("compile_report needs a CUDA device, got {device:?}")
+    };
     sources_for(dev)?
         .map(|src| {
             let arch = arch(dev, src)?;
@@ -197,15 +258,27 @@ pub fn compile_report(device: &Device, cache: &std::path::Path) -> Result<Vec<Co
 
 fn report(src: &Source, arch: String, origin: nvrtc::Origin) -> CompileReport {
     match origin {
-        nvrtc::Origin::Compiled { ms } => CompileReport { module: src.name, arch, compiled: true, ms },
-        nvrtc::Origin::Cached { ms } => CompileReport { module: src.name, arch, compiled: false, ms },
+        nvrtc::Origin::Compiled { ms } => CompileReport {
+            module: src.name,
+            arch,
+            compiled: true,
+            ms,
+        },
+        nvrtc::Origin::Cached { ms } => CompileReport {
+            module: src.name,
+            arch,
+            compiled: false,
+            ms,
+        },
     }
 }
 
 /// Loads (compiling if not cached) every kernel module this GPU can run; returns one report per
 /// module newly loaded in this process.
 pub fn compile_all(device: &Device) -> Result<Vec<CompileReport>> {
-    let Device::Cuda(dev) = device else { bail!("compile_all needs a CUDA device, got {device:?}") };
+    let Device::Cuda(dev) = device else {
+        bail!("compile_all needs a CUDA device, got {device:?}")
+    };
     let mut reports = Vec::new();
     for src in sources_for(dev)? {
         if let (_, Some(r)) = load(dev, src)? {
@@ -216,7 +289,11 @@ pub fn compile_all(device: &Device) -> Result<Vec<CompileReport>> {
 }
 
 /// Device address of a bf16 operand's first element, with the guard that orders its use.
-fn bf16_ptr<'a>(s: &'a CudaStorage, l: &Layout, stream: &'a CudaStream) -> Result<(u64, SyncOnDrop<'a>)> {
+fn bf16_ptr<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    stream: &'a CudaStream,
+) -> Result<(u64, SyncOnDrop<'a>)> {
     let slice = s.as_cuda_slice::<bf16>()?;
     let (ptr, sync) = slice.device_ptr(stream);
     Ok((ptr + 2 * l.start_offset() as u64, sync))
@@ -231,7 +308,8 @@ fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<bf16>> {
         let stream = dev.cuda_stream();
         let (ptr, _sync) = out.device_ptr_mut(&stream);
         // SAFETY: ptr covers len bf16 allocated on this stream; 0xffff is a bf16 NaN.
-        unsafe { driver::memset_d8_async(ptr, 0xff, len * 2, stream.cu_stream()) }.map_err(driver_err("memset"))?;
+        unsafe { driver::memset_d8_async(ptr, 0xff, len * 2, stream.cu_stream()) }
+            .map_err(driver_err("memset"))?;
     }
     Ok(out)
 }
@@ -243,7 +321,10 @@ fn strides_bl_h(l: &Layout, what: &str) -> Result<[i64; 3]> {
         bail!("fused attention: {what} must have a contiguous last dim, strides {st:?}");
     }
     if l.start_offset() % 8 != 0 || st[..3].iter().any(|s| s % 8 != 0) {
-        bail!("fused attention: {what} offset/strides must be multiples of 8 elements (16 bytes), got {} / {st:?}", l.start_offset());
+        bail!(
+            "fused attention: {what} offset/strides must be multiples of 8 elements (16 bytes), got {} / {st:?}",
+            l.start_offset()
+        );
     }
     Ok([st[0] as i64, st[1] as i64, st[2] as i64])
 }
@@ -284,7 +365,11 @@ impl TensorMap {
             )
         };
         if rc != sys::CUresult::CUDA_SUCCESS {
-            bail!("fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for shape {:?}, strides {:?}", [b, l, h, d], [sb, sl, sh]);
+            bail!(
+                "fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for shape {:?}, strides {:?}",
+                [b, l, h, d],
+                [sb, sl, sh]
+            );
         }
         Ok(map)
     }
@@ -300,7 +385,15 @@ impl CustomOp3 for FusedAttention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         bail!("fused attention runs on CUDA only; reference::attention is the CPU version")
     }
 
@@ -316,12 +409,19 @@ impl CustomOp3 for FusedAttention {
         let dev = qs.device().clone();
         let (b, lq, h, d) = ql.shape().dims4()?;
         let lk = kl.shape().dims4()?.1;
-        let (qst, kst, vst) = (strides_bl_h(ql, "q")?, strides_bl_h(kl, "k")?, strides_bl_h(vl, "v")?);
+        let (qst, kst, vst) = (
+            strides_bl_h(ql, "q")?,
+            strides_bl_h(kl, "k")?,
+            strides_bl_h(vl, "v")?,
+        );
         let mut out = output(&dev, b * lq * h * d)?;
         let func = function(&dev, self.variant.source, self.variant.name)?;
         let smem = self.variant.shared_bytes;
-        func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(driver_err("shared memory limit"))?;
+        func.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(driver_err("shared memory limit"))?;
         let stream = dev.cuda_stream();
         let (q, _qg) = bf16_ptr(qs, ql, &stream)?;
         let (k, _kg) = bf16_ptr(ks, kl, &stream)?;
@@ -341,7 +441,13 @@ impl CustomOp3 for FusedAttention {
                 TensorMap::bhld(v, [b, lk, h, d], vst)?,
             ];
             let mut launch = stream.launch_builder(&func);
-            launch.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]).arg(&mut out).arg(&lq32).arg(&lk32);
+            launch
+                .arg(&maps[0])
+                .arg(&maps[1])
+                .arg(&maps[2])
+                .arg(&mut out)
+                .arg(&lq32)
+                .arg(&lk32);
             for s in &ost {
                 launch.arg(s);
             }
@@ -351,7 +457,13 @@ impl CustomOp3 for FusedAttention {
             unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
         } else {
             let mut launch = stream.launch_builder(&func);
-            launch.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&lq32).arg(&lk32);
+            launch
+                .arg(&q)
+                .arg(&k)
+                .arg(&v)
+                .arg(&mut out)
+                .arg(&lq32)
+                .arg(&lk32);
             for s in qst.iter().chain(&kst).chain(&vst).chain(&ost) {
                 launch.arg(s);
             }
@@ -359,7 +471,10 @@ impl CustomOp3 for FusedAttention {
             // SAFETY: argument list matches the kernel signature in attention.cu; shapes checked.
             unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, lq, h, d))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, lq, h, d)),
+        ))
     }
 }
 
@@ -372,7 +487,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
     let (b, _, h, d) = q.dims4()?;
     let (kb, lk, kh, kd) = k.dims4()?;
     if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
-        bail!("fused attention: shapes disagree: q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims());
+        bail!(
+            "fused attention: shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
     }
     if lk == 0 {
         bail!("fused attention: k/v have no tokens");
@@ -385,11 +505,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
             bail!("fused attention: {name} must be on the CUDA device of q");
         }
     }
-    let Device::Cuda(dev) = q.device() else { unreachable!("checked above") };
+    let Device::Cuda(dev) = q.device() else {
+        unreachable!("checked above")
+    };
     let Some(variant) = attention_variant(d, compute_capability(dev)?) else {
         bail!("fused attention: head_dim {d} not supported (64 or 128)");
     };
-    q.apply_op3_no_bwd(k, v, &FusedAttention { scale: softmax_scale, variant })
+    q.apply_op3_no_bwd(
+        k,
+        v,
+        &FusedAttention {
+            scale: softmax_scale,
+            variant,
+        },
+    )
 }
 
 struct ModulatedNorm {
@@ -422,73 +551,109 @@ impl CustomOp1 for ModulatedNorm {
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
         if st[2] != 1 || st[0] != st[1] * l || xl.start_offset() % 8 != 0 || st[1] % 8 != 0 {
-            bail!("modulated norm: x must be rows of contiguous, 16-byte aligned values, strides {st:?}");
+            bail!(
+                "modulated norm: x must be rows of contiguous, 16-byte aligned values, strides {st:?}"
+            );
         }
         let rows = b * l;
         let mut out = output(&dev, rows * d)?;
-        let func = function(&dev, &NORM, "modulated_norm_bf16")?;
+        let func = function(
+            &dev,
+            &NORM,
+            if d <= 2048 {
+                "modulated_norm_bf16_d2048"
+            } else {
+                "modulated_norm_bf16_d6144"
+            },
+        )?;
         let stream = dev.cuda_stream();
         let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
-        let terms = [&self.spec.weight, &self.spec.bias, &self.spec.scale, &self.spec.shift].map(f32_term);
+        let mut guards = Vec::new();
+        for t in [
+            &self.spec.weight,
+            &self.spec.bias,
+            &self.spec.scale,
+            &self.spec.shift,
+        ] {
+            guards.push(f32_term(t)?);
+        }
         let mut ptrs = [0u64; 4];
         let mut syncs = Vec::new();
-        let mut guards = Vec::new();
-        for t in terms {
-            guards.push(t?);
-        }
         for (slot, g) in ptrs.iter_mut().zip(&guards) {
             if let Some((storage, offset)) = g {
-                let Storage::Cuda(cs) = &**storage else { bail!("modulated norm: terms must be on the CUDA device") };
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("modulated norm: terms must be on the CUDA device")
+                };
                 let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
                 *slot = p + 4 * *offset as u64;
                 syncs.push(sync);
             }
         }
-        let (d32, xs_row, ys_row, per, mode, eps) = (
+        let mode = match self.spec.kind {
+            NormKind::Layer => 0i32,
+            NormKind::Rms => 1i32,
+        };
+        let (rows32, d32, x_row, y_row, per, eps) = (
+            rows as i32,
             d as i32,
             st[1] as i64,
             d as i64,
             self.rows_per_mod as i32,
-            match self.spec.kind {
-                NormKind::Layer => 0i32,
-                NormKind::Rms => 1i32,
-            },
             self.spec.eps as f32,
         );
-        let threads = (d / 8).clamp(32, 256).next_multiple_of(32) as u32;
+        // One warp per row, eight rows per block.
         let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: ((d + 32) * 4) as u32,
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
         };
-        if cfg.shared_mem_bytes > 48 * 1024 {
-            func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
-                .map_err(driver_err("shared memory limit"))?;
-        }
         {
             let mut launch = stream.launch_builder(&func);
             launch.arg(&x).arg(&mut out);
             for p in &ptrs {
                 launch.arg(p);
             }
-            launch.arg(&d32).arg(&xs_row).arg(&ys_row).arg(&per).arg(&mode).arg(&eps);
-            // SAFETY: arguments match modulated_norm_bf16 in norm.cu; shapes validated.
+            launch
+                .arg(&rows32)
+                .arg(&d32)
+                .arg(&x_row)
+                .arg(&y_row)
+                .arg(&per)
+                .arg(&mode)
+                .arg(&eps);
+            // SAFETY: arguments match the modulated_norm kernels in norm.cu; shapes validated.
             unsafe { launch.launch(cfg) }.map_err(driver_err("norm launch"))?;
         }
         drop(syncs);
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, l, d))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, d)),
+        ))
     }
 }
 
+/// The widest row the norm kernel keeps in registers (norm.cu's MAX_CHUNKS x 32 lanes x 8).
+const NORM_MAX_DIM: usize = 24 * 32 * 8;
+
 /// Fused norm + affine + modulation (see [`NormSpec`]) of bf16 `x [B, L, D]` on CUDA, computed in
-/// f32 and rounded once to bf16.
+/// f32 and rounded once to bf16. D up to 6144.
 pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
     let rows_per_mod = spec.validate(x)?;
+    let d = x.dim(2)?;
+    if d > NORM_MAX_DIM {
+        bail!("modulated norm: dim {d} is wider than the kernel's {NORM_MAX_DIM}");
+    }
     if x.dtype() != DType::BF16 || !x.device().is_cuda() {
-        bail!("modulated norm: x must be bf16 on CUDA, got {:?} on {:?}", x.dtype(), x.device());
+        bail!(
+            "modulated norm: x must be bf16 on CUDA, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
     }
     let f32_on_device = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
-        t.as_ref().map(|t| t.to_device(x.device())?.to_dtype(DType::F32)?.contiguous()).transpose()
+        t.as_ref()
+            .map(|t| t.to_device(x.device())?.to_dtype(DType::F32)?.contiguous())
+            .transpose()
     };
     let spec = NormSpec {
         kind: spec.kind,
@@ -499,6 +664,109 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
         shift: f32_on_device(&spec.shift)?,
     };
     x.apply_op1_no_bwd(&ModulatedNorm { spec, rows_per_mod })
+}
+
+struct GatedResidual {
+    gate: Tensor,
+    gate_rows_per: usize,
+}
+
+impl CustomOp2 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("gated residual runs on CUDA only; reference::gated_residual is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ys: &CudaStorage,
+        yl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, d) = xl.shape().dims3()?;
+        for (name, layout) in [("x", xl), ("y", yl)] {
+            if !layout.is_contiguous() || layout.start_offset() % 8 != 0 {
+                bail!("gated residual: {name} must be contiguous and 16-byte aligned");
+            }
+        }
+        let rows = b * l;
+        let mut out = output(&dev, rows * d)?;
+        let func = function(&dev, &NORM, "gated_residual_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (y, _yg) = bf16_ptr(ys, yl, &stream)?;
+        let (gate_storage, gate_layout) = self.gate.storage_and_layout();
+        let Storage::Cuda(gs) = &*gate_storage else {
+            bail!("gated residual: gate must be on the CUDA device")
+        };
+        let (gate_base, _gg) = gs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+        let gate = gate_base + 4 * gate_layout.start_offset() as u64;
+        let (rows64, d32, per) = (rows as i64, d as i32, self.gate_rows_per as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * d / 8).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        {
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x)
+                .arg(&y)
+                .arg(&gate)
+                .arg(&mut out)
+                .arg(&rows64)
+                .arg(&d32)
+                .arg(&per);
+            // SAFETY: arguments match gated_residual_bf16 in norm.cu; shapes validated.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("gated residual launch"))?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, d)),
+        ))
+    }
+}
+
+/// Wan's gated residual `x + y * gate` on CUDA: `x`, `y` bf16 `[B, L, D]` (D a multiple of 8),
+/// `gate` `[B, D]` or `[B, L, D]` read as f32; computed in f32, rounded once to bf16.
+pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let gate_rows_per = crate::spec::validate_gated_residual(x, y, gate)?;
+    if x.dtype() != DType::BF16 || y.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!(
+            "gated residual: x and y must be bf16 on CUDA, got {:?}/{:?} on {:?}",
+            x.dtype(),
+            y.dtype(),
+            x.device()
+        );
+    }
+    if x.dim(2)? % 8 != 0 {
+        bail!(
+            "gated residual: dim must be a multiple of 8, got {}",
+            x.dim(2)?
+        );
+    }
+    let gate = gate
+        .to_device(x.device())?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    x.contiguous()?.apply_op2_no_bwd(
+        &y.contiguous()?,
+        &GatedResidual {
+            gate,
+            gate_rows_per,
+        },
+    )
 }
 
 struct Rope3d {
@@ -519,8 +787,14 @@ impl CustomOp1 for Rope3d {
         let dev = xs.device().clone();
         let (b, l, h, d) = xl.shape().dims4()?;
         let st = xl.stride();
-        if st[3] != 1 || xl.start_offset() % 2 != 0 || st[..3].iter().any(|s| s % 2 != 0) {
-            bail!("rope3d: x must have a contiguous last dim and even offset/strides, strides {st:?}");
+        if st[3] != 1
+            || d % 8 != 0
+            || xl.start_offset() % 8 != 0
+            || st[..3].iter().any(|s| s % 8 != 0)
+        {
+            bail!(
+                "rope3d: x must have a contiguous last dim (a multiple of 8) and 16-byte aligned offset/strides, strides {st:?}"
+            );
         }
         let mut out = output(&dev, b * l * h * d)?;
         let func = function(&dev, &ROPE, "rope3d_bf16")?;
@@ -531,8 +805,13 @@ impl CustomOp1 for Rope3d {
         let log2_theta = self.theta.log2() as f32;
         let xst = [st[0] as i64, st[1] as i64, st[2] as i64];
         let ost = [(l * h * d) as i64, (h * d) as i64, d as i64];
-        let pairs = l * h * d / 2;
-        let cfg = LaunchConfig { grid_dim: (pairs.div_ceil(256) as u32, b as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // One thread per (token, 8-element chunk), looping over heads.
+        let chunks = l * d / 8;
+        let cfg = LaunchConfig {
+            grid_dim: (chunks.div_ceil(256) as u32, b as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         {
             let mut launch = stream.launch_builder(&func);
             launch.arg(&x).arg(&mut out);
@@ -546,7 +825,10 @@ impl CustomOp1 for Rope3d {
             // SAFETY: arguments match rope3d_bf16 in rope.cu; shapes validated.
             unsafe { launch.launch(cfg) }.map_err(driver_err("rope launch"))?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, l, h, d))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, h, d)),
+        ))
     }
 }
 
@@ -555,7 +837,11 @@ impl CustomOp1 for Rope3d {
 pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
     grid.validate(x)?;
     if x.dtype() != DType::BF16 || !x.device().is_cuda() {
-        bail!("rope3d: x must be bf16 on CUDA, got {:?} on {:?}", x.dtype(), x.device());
+        bail!(
+            "rope3d: x must be bf16 on CUDA, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
     }
     x.apply_op1_no_bwd(&Rope3d { grid, theta })
 }

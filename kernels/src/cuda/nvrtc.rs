@@ -58,7 +58,10 @@ pub fn cubin(name: &str, src: &str, arch: &str, cache: &Path) -> Result<(Vec<u8>
     let start = Instant::now();
     // No --use_fast_math: RoPE needs accurate sincosf at large angles; kernels that want
     // approximate maths ask for it explicitly in PTX.
-    let options = [format!("--gpu-architecture={arch}"), "-std=c++17".to_string()];
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".to_string(),
+    ];
     let (major, minor) = nvrtc_version()?;
     let version = format!("nvrtc {major}.{minor}");
     let opts_joined = options.join(" ");
@@ -67,7 +70,12 @@ pub fn cubin(name: &str, src: &str, arch: &str, cache: &Path) -> Result<(Vec<u8>
     if let Ok(bytes) = std::fs::read(&path)
         && !bytes.is_empty()
     {
-        return Ok((bytes, Origin::Cached { ms: start.elapsed().as_secs_f64() * 1e3 }));
+        return Ok((
+            bytes,
+            Origin::Cached {
+                ms: start.elapsed().as_secs_f64() * 1e3,
+            },
+        ));
     }
     let bytes = compile(name, src, &options)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -81,13 +89,18 @@ pub fn cubin(name: &str, src: &str, arch: &str, cache: &Path) -> Result<(Vec<u8>
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("cache entries live in a directory");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
 
 fn compile(name: &str, src: &str, options: &[String]) -> Result<Vec<u8>> {
-    let c_src = CString::new(src).map_err(|_| candle_core::Error::Msg(format!("{name}: NUL in kernel source")))?;
+    let c_src = CString::new(src)
+        .map_err(|_| candle_core::Error::Msg(format!("{name}: NUL in kernel source")))?;
     let c_name = CString::new(format!("{name}.cu")).expect("kernel names have no NUL");
     let prog = result::create_program(&c_src, Some(&c_name))
         .map_err(|e| candle_core::Error::Msg(format!("{name}: nvrtcCreateProgram: {e:?}")))?;
@@ -97,14 +110,18 @@ fn compile(name: &str, src: &str, options: &[String]) -> Result<Vec<u8>> {
             // SAFETY: as above.
             let log = unsafe { result::get_program_log(prog) }.unwrap_or_default();
             // SAFETY: the log is NUL-terminated by NVRTC.
-            let log = unsafe { CStr::from_ptr(log.as_ptr()) }.to_string_lossy().into_owned();
+            let log = unsafe { CStr::from_ptr(log.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
             bail!("{name}: NVRTC compilation failed ({e:?}) with {options:?}:\n{log}");
         }
         let mut size = 0usize;
         // SAFETY: prog compiled successfully; out-parameter.
         let rc = unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) };
         if rc != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
-            bail!("{name}: no CUBIN from NVRTC ({rc:?}); the architecture must be a real one like sm_90");
+            bail!(
+                "{name}: no CUBIN from NVRTC ({rc:?}); the architecture must be a real one like sm_90"
+            );
         }
         let mut bytes = vec![0u8; size];
         // SAFETY: bytes has the size NVRTC reported.

@@ -9,6 +9,8 @@ mod jobs;
 pub mod model;
 mod project;
 mod serve;
+mod models;
+mod plugins;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +48,11 @@ pub enum Command {
     /// Manage the access token for remote (non-loopback) access to `serve`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Download and list model pipelines.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Install, inspect and manage sandboxed plugins.
+    Plugins(plugins::PluginsArgs),
     /// Run single model components (parity checks, debugging).
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -62,7 +69,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
-        Command::Model(cmd) => model::run(cmd),
+        Command::Models(command) => models::run(command, &data),
+        Command::Plugins(args) => plugins::run(args, &data),
+        Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
     }
 }
@@ -108,13 +117,5 @@ impl Output {
             }
         }
         Ok(())
-    /// Run single model components (parity checks, debugging).
-    #[command(subcommand)]
-    Model(model::ModelCommand),
-}
-
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Model(command) => model::run(command),
     }
 }

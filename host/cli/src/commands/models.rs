@@ -1,0 +1,122 @@
+//! `videosdgx models`: pull diffusers pipelines from the Hugging Face hub into the data
+//! directory and list what is installed.
+
+use anyhow::Result;
+use clap::Subcommand;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use videosdgx_engine::hub::{self, PullProgress};
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Download a pipeline repository (resumable) into <data>/models/<repo-id>.
+    /// Honours HF_ENDPOINT and HF_TOKEN.
+    Pull {
+        /// Repository id, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
+        repo_id: String,
+        /// Branch, tag or commit (default: main).
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List installed models with their sizes and component classes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
+    let models_dir = data.join("models");
+    match command {
+        ModelsCommand::Pull {
+            repo_id,
+            revision,
+            json,
+        } => {
+            let mut reporter = PullReporter::default();
+            let dir = hub::pull(&repo_id, revision.as_deref(), &models_dir, &mut |p| {
+                reporter.update(p)
+            })?;
+            if json {
+                println!("{}", serde_json::json!({ "repo_id": repo_id, "path": dir }));
+            } else {
+                println!("{}", dir.display());
+            }
+        }
+        ModelsCommand::List { json } => {
+            let models = hub::list(&models_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else if models.is_empty() {
+                println!(
+                    "no models in {} (try `videosdgx models pull REPO_ID`)",
+                    models_dir.display()
+                );
+            } else {
+                for model in models {
+                    let class = model.pipeline_class.as_deref().unwrap_or("-");
+                    let components: Vec<String> = model
+                        .components
+                        .iter()
+                        .map(|(name, class)| format!("{name}={class}"))
+                        .collect();
+                    println!(
+                        "{}\t{}\t{class}\t{}",
+                        model.name,
+                        human_size(model.size_bytes),
+                        components.join(" ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One stderr line per file, updated in place at most every percent.
+#[derive(Default)]
+struct PullReporter {
+    shown: Option<(PathBuf, u64)>,
+}
+
+impl PullReporter {
+    fn update(&mut self, progress: &PullProgress) {
+        let percent = (progress.bytes * 100)
+            .checked_div(progress.file_size)
+            .unwrap_or(100);
+        let key = (PathBuf::from(progress.file), percent);
+        if self.shown.as_ref() == Some(&key) {
+            return;
+        }
+        self.shown = Some(key);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}/{}] {} {percent:>3}% of {}",
+            progress.file_index + 1,
+            progress.files,
+            progress.file,
+            human_size(progress.file_size)
+        );
+        if progress.bytes >= progress.file_size {
+            let _ = writeln!(err);
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,84 @@
+//! Conversions between RGB frames and the `[F, H, W, 3]` f32 tensors pipelines return, and PNG dumps.
+
+use anyhow::{Context, Result, ensure};
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// Quantises `[F, H, W, 3]` values in [0, 1] to 8-bit frames exactly as diffusers does for its
+/// numpy outputs: clamp, then `(x * 255).round()` in f32, where numpy rounds halves to even.
+pub fn frames_from_tensor(video: &Tensor) -> Result<Vec<RgbImage>> {
+    let (frames, height, width, channels) = video.dims4().with_context(|| {
+        format!(
+            "video tensor must be [frames, height, width, 3], got {:?}",
+            video.dims()
+        )
+    })?;
+    ensure!(
+        channels == 3,
+        "video tensor must have 3 channels last, got shape {:?}",
+        video.dims()
+    );
+    let values = video
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let frame_len = height * width * 3;
+    Ok((0..frames)
+        .map(|f| {
+            let bytes = values[f * frame_len..(f + 1) * frame_len]
+                .iter()
+                .map(|x| (x.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
+                .collect();
+            RgbImage::from_raw(width as u32, height as u32, bytes)
+                .expect("length is height*width*3")
+        })
+        .collect())
+}
+
+/// Frames as an f32 `[F, H, W, 3]` tensor in [0, 1] (the inverse of [`frames_from_tensor`]).
+pub fn frames_to_tensor(frames: &[RgbImage], device: &Device) -> Result<Tensor> {
+    let first = frames.first().context("no frames to convert")?;
+    let (width, height) = first.dimensions();
+    let mut values = Vec::with_capacity(frames.len() * (width * height * 3) as usize);
+    for (index, frame) in frames.iter().enumerate() {
+        ensure!(
+            frame.dimensions() == (width, height),
+            "frame {index} is {}x{} but frame 0 is {width}x{height}",
+            frame.width(),
+            frame.height()
+        );
+        values.extend(frame.as_raw().iter().map(|b| f32::from(*b) / 255.0));
+    }
+    Ok(Tensor::from_vec(
+        values,
+        (frames.len(), height as usize, width as usize, 3),
+        device,
+    )?)
+}
+
+/// Writes `frame_00000.png`, `frame_00001.png`, ... into `dir` (created if missing); each file
+/// appears complete or not at all.
+pub fn write_png_frames(dir: &Path, frames: &[RgbImage]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    frames
+        .iter()
+        .enumerate()
+        .map(|(index, frame)| {
+            let path = dir.join(format!("frame_{index:05}.png"));
+            let mut file = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+            frame
+                .write_to(
+                    &mut BufWriter::new(file.as_file_mut()),
+                    image::ImageFormat::Png,
+                )
+                .with_context(|| format!("encoding {}", path.display()))?;
+            file.persist(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}

@@ -1,0 +1,125 @@
+//! Video I/O for the studio: H.264 MP4 files that browsers play (yuv420p, constrained baseline,
+//! `moov` first), reading them back to RGB frames, PNG frame dumps, the generation record
+//! embedded as MP4 metadata, tensor <-> frame conversion, and timeline rendering for the stitcher.
+//! Pure Rust plus bundled C sources: it must never shell out to ffmpeg or need system libraries.
+
+mod frames;
+mod h264;
+mod mp4;
+pub mod timeline;
+
+pub use frames::{frames_from_tensor, frames_to_tensor, write_png_frames};
+pub use mp4::{FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
+
+use anyhow::{Context, Result, ensure};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a video file holds, read from its container without decoding pictures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoInfo {
+    pub width: u32,
+    pub height: u32,
+    pub frames: usize,
+    pub fps: f64,
+    /// Seconds.
+    pub duration: f64,
+    /// RFC 6381 codec string, e.g. `avc1.42C01E`.
+    pub codec: String,
+    /// The embedded generation record, `null` when the file carries none.
+    pub metadata: serde_json::Value,
+}
+
+/// Every frame of a video plus its timing and embedded record.
+#[derive(Debug, Clone)]
+pub struct DecodedVideo {
+    pub frames: Vec<RgbImage>,
+    pub fps: f64,
+    pub metadata: serde_json::Value,
+}
+
+/// Encodes `frames` as an H.264 MP4 at `path` with `metadata` embedded (atomically: the
+/// destination either keeps its old content or gets the complete new file).
+pub fn write_mp4(
+    path: &Path,
+    frames: &[RgbImage],
+    fps: u32,
+    metadata: &serde_json::Value,
+) -> Result<()> {
+    (|| {
+        let first = frames
+            .first()
+            .context("a video needs at least one frame, got none")?;
+        let size = first.dimensions();
+        if let Some((index, frame)) = frames
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.dimensions() != size)
+        {
+            anyhow::bail!(
+                "frame {index} is {}x{} but frame 0 is {}x{}: every frame must have the same size",
+                frame.width(),
+                frame.height(),
+                size.0,
+                size.1
+            );
+        }
+        let mut writer = Mp4Writer::create(path, size.0, size.1, fps)?;
+        for frame in frames {
+            writer.push(frame)?;
+        }
+        writer.finish(metadata)
+    })()
+    .with_context(|| format!("writing video {}", path.display()))
+}
+
+/// Decodes every frame of an MP4.
+pub fn read_mp4(path: &Path) -> Result<DecodedVideo> {
+    let mut reader = Mp4Reader::open(path)?;
+    let expected = reader.frame_count();
+    let frames = reader
+        .frames_from(0)?
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("decoding video {}", path.display()))?;
+    ensure!(
+        frames.len() == expected,
+        "decoding video {}: got {} pictures for {expected} samples",
+        path.display(),
+        frames.len()
+    );
+    Ok(DecodedVideo {
+        frames,
+        fps: reader.fps,
+        metadata: reader.metadata,
+    })
+}
+
+/// Reads size, length, codec and metadata from the container only.
+pub fn probe(path: &Path) -> Result<VideoInfo> {
+    let reader = Mp4Reader::open(path)?;
+    Ok(VideoInfo {
+        width: reader.width,
+        height: reader.height,
+        frames: reader.frame_count(),
+        fps: reader.fps,
+        duration: reader.duration_s,
+        codec: reader.codec.clone(),
+        metadata: reader.metadata.clone(),
+    })
+}
+
+/// Decodes frame `index` (0-based), starting from the nearest keyframe before it.
+pub fn extract_frame(path: &Path, index: usize) -> Result<RgbImage> {
+    let mut reader = Mp4Reader::open(path)?;
+    let frame = reader.frames_from(index)?.next();
+    frame
+        .with_context(|| format!("frame {index} could not be decoded"))?
+        .with_context(|| format!("extracting frame {index} of {}", path.display()))
+}
+
+/// The last frame: the start image when a shot continues from a previous clip.
+pub fn extract_last_frame(path: &Path) -> Result<RgbImage> {
+    let frames = Mp4Reader::open(path)?.frame_count();
+    extract_frame(path, frames - 1)
+}

@@ -1,0 +1,615 @@
+//! The MP4 container for one H.264 video track: a streaming writer that puts `moov` before
+//! `mdat` (browsers can play and seek before the download ends) and a reader that walks the
+//! sample table, reading one sample at a time. Generation parameters travel as a
+//! QuickTime `mdta`-keyed metadata item (`com.videosdgx.generation`) holding JSON.
+//! The writer never leaves a partial file at the destination: it assembles a temporary file
+//! beside it and renames it into place.
+
+use super::h264::{EncodedSample, H264Decoder, H264Encoder, ParameterSets, codec_string};
+use anyhow::{Context, Result, bail, ensure};
+use image::RgbImage;
+use mp4_atom::{
+    Atom, Avc1, Avcc, Co64, Codec, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC, Ftyp, Hdlr,
+    Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov, Mvhd, ReadFrom,
+    Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tkhd, Trak, Url,
+    Visual, Vmhd,
+};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Key of the metadata item that carries the generation record.
+pub const METADATA_KEY: &str = "com.videosdgx.generation";
+/// Media timescale units per frame: a finer clock than the frame rate keeps durations exact.
+const TICKS_PER_FRAME: u32 = 1000;
+/// Movie (mvhd/tkhd) timescale: milliseconds.
+const MOVIE_TIMESCALE: u32 = 1000;
+/// A `moov` larger than this is not a video this studio made or can use.
+const MAX_MOOV_BYTES: u64 = 256 << 20;
+
+/// Encodes frames one at a time into an MP4 at `path`; nothing appears there until `finish`.
+pub struct Mp4Writer {
+    path: PathBuf,
+    encoder: H264Encoder,
+    /// Encoded samples are spooled here so memory stays flat however long the video is.
+    payload: BufWriter<File>,
+    payload_len: u64,
+    sample_sizes: Vec<u32>,
+    keyframes: Vec<u32>,
+    width: u32,
+    height: u32,
+    fps: u32,
+}
+
+impl Mp4Writer {
+    pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Self> {
+        let encoder = H264Encoder::new(width, height, fps)?;
+        let dir = parent_dir(path);
+        let payload = tempfile::tempfile_in(dir)
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            encoder,
+            payload: BufWriter::new(payload),
+            payload_len: 0,
+            sample_sizes: Vec::new(),
+            keyframes: Vec::new(),
+            width,
+            height,
+            fps,
+        })
+    }
+
+    pub fn push(&mut self, frame: &RgbImage) -> Result<()> {
+        let index = self.sample_sizes.len();
+        let EncodedSample { data, is_keyframe } = self
+            .encoder
+            .encode(frame)
+            .with_context(|| format!("frame {index}"))?;
+        self.payload
+            .write_all(&data)
+            .context("spooling encoded video")?;
+        self.payload_len += data.len() as u64;
+        self.sample_sizes
+            .push(u32::try_from(data.len()).context("encoded frame over 4 GiB")?);
+        if is_keyframe {
+            self.keyframes.push(index as u32 + 1);
+        }
+        Ok(())
+    }
+
+    pub fn frames_written(&self) -> usize {
+        self.sample_sizes.len()
+    }
+
+    /// Writes `ftyp`, `moov` and `mdat` to a temporary file beside the destination, then renames it.
+    pub fn finish(self, metadata: &serde_json::Value) -> Result<()> {
+        ensure!(
+            !self.sample_sizes.is_empty(),
+            "a video needs at least one frame, got none"
+        );
+        let params = self
+            .encoder
+            .parameter_sets()
+            .context("the H.264 encoder emitted no SPS/PPS")?
+            .clone();
+        let ftyp = encode_atom(&Ftyp {
+            major_brand: FourCC::new(b"isom"),
+            minor_version: 512,
+            compatible_brands: [b"isom", b"iso2", b"avc1", b"mp41"]
+                .map(FourCC::new)
+                .to_vec(),
+        })?;
+        let mdat_header = encode_atom_header(b"mdat", self.payload_len)?;
+        // Chunk offsets depend on the size of `moov`, which does not depend on their values.
+        let large = self.payload_len + (64 << 20) > u64::from(u32::MAX);
+        let probe = encode_atom(&self.moov(&params, metadata, 0, large)?)?;
+        let data_start = (ftyp.len() + probe.len() + mdat_header.len()) as u64;
+        let moov = encode_atom(&self.moov(&params, metadata, data_start, large)?)?;
+        debug_assert_eq!(moov.len(), probe.len());
+
+        let mut payload = self.payload.into_inner().map_err(|e| e.into_error())?;
+        payload.seek(SeekFrom::Start(0))?;
+        let dir = parent_dir(&self.path);
+        let mut out = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        {
+            let mut writer = BufWriter::new(out.as_file_mut());
+            writer.write_all(&ftyp)?;
+            writer.write_all(&moov)?;
+            writer.write_all(&mdat_header)?;
+            std::io::copy(&mut payload, &mut writer)?;
+            writer.flush()?;
+        }
+        out.as_file().sync_all()?;
+        out.persist(&self.path)
+            .with_context(|| format!("moving the finished video to {}", self.path.display()))?;
+        Ok(())
+    }
+
+    fn moov(
+        &self,
+        params: &ParameterSets,
+        metadata: &serde_json::Value,
+        data_start: u64,
+        large: bool,
+    ) -> Result<Moov> {
+        let frames = self.sample_sizes.len() as u64;
+        let media_timescale = self.fps * TICKS_PER_FRAME;
+        let movie_duration = frames * u64::from(MOVIE_TIMESCALE) / u64::from(self.fps);
+        let mut offsets = Vec::with_capacity(self.sample_sizes.len());
+        let mut offset = data_start;
+        for size in &self.sample_sizes {
+            offsets.push(offset);
+            offset += u64::from(*size);
+        }
+        let (stco, co64) = if large {
+            (None, Some(Co64 { entries: offsets }))
+        } else {
+            let entries = offsets.into_iter().map(|o| o as u32).collect();
+            (Some(Stco { entries }), None)
+        };
+        let avc1 = Avc1 {
+            visual: Visual {
+                data_reference_index: 1,
+                width: self.width as u16,
+                height: self.height as u16,
+                compressor: "VideosDGX H.264".into(),
+                ..Visual::default()
+            },
+            avcc: Avcc::new(&params.sps, &params.pps).context("building avcC")?,
+            ..Avc1::default()
+        };
+        let stbl = Stbl {
+            stsd: Stsd {
+                codecs: vec![Codec::Avc1(avc1)],
+            },
+            stts: Stts {
+                entries: vec![SttsEntry {
+                    sample_count: frames as u32,
+                    sample_delta: TICKS_PER_FRAME,
+                }],
+            },
+            stss: Some(Stss {
+                entries: self.keyframes.clone(),
+            }),
+            stsc: Stsc {
+                entries: vec![StscEntry {
+                    first_chunk: 1,
+                    samples_per_chunk: 1,
+                    sample_description_index: 1,
+                }],
+            },
+            stsz: Stsz {
+                samples: StszSamples::Different {
+                    sizes: self.sample_sizes.clone(),
+                },
+            },
+            stco,
+            co64,
+            ..Stbl::default()
+        };
+        let trak = Trak {
+            tkhd: Tkhd {
+                track_id: 1,
+                duration: movie_duration,
+                enabled: true,
+                in_movie: true,
+                width: FixedPoint::new(self.width as u16, 0),
+                height: FixedPoint::new(self.height as u16, 0),
+                ..Tkhd::default()
+            },
+            mdia: Mdia {
+                mdhd: Mdhd {
+                    timescale: media_timescale,
+                    duration: frames * u64::from(TICKS_PER_FRAME),
+                    language: "und".into(),
+                    ..Mdhd::default()
+                },
+                hdlr: Hdlr {
+                    handler: FourCC::new(b"vide"),
+                    name: "VideoHandler".into(),
+                },
+                minf: Minf {
+                    vmhd: Some(Vmhd::default()),
+                    dinf: Dinf {
+                        dref: Dref {
+                            entries: vec![DrefEntry::Url(Url {
+                                location: String::new(),
+                            })],
+                        },
+                    },
+                    stbl,
+                    ..Minf::default()
+                },
+            },
+            ..Trak::default()
+        };
+        Ok(Moov {
+            mvhd: Mvhd {
+                timescale: MOVIE_TIMESCALE,
+                duration: movie_duration,
+                rate: FixedPoint::new(1, 0),
+                volume: FixedPoint::new(1, 0),
+                next_track_id: 2,
+                ..Mvhd::default()
+            },
+            meta: Some(metadata_box(metadata)?),
+            trak: vec![trak],
+            ..Moov::default()
+        })
+    }
+}
+
+fn metadata_box(metadata: &serde_json::Value) -> Result<Meta> {
+    let mut meta = Meta {
+        hdlr: Hdlr {
+            handler: FourCC::new(b"mdta"),
+            name: String::new(),
+        },
+        items: Vec::new(),
+    };
+    meta.push(Keys {
+        entries: vec![KeyEntry {
+            key_namespace: FourCC::new(b"mdta"),
+            key_value: METADATA_KEY.to_string(),
+        }],
+    });
+    meta.push(mp4_atom::Ilst {
+        mdta: vec![(
+            1,
+            IlstData {
+                country_indicator: 0,
+                language_indicator: 0,
+                value: IlstDataValue::Utf8(serde_json::to_string(metadata)?),
+            },
+        )],
+        ..Default::default()
+    });
+    Ok(meta)
+}
+
+fn read_metadata(moov: &Moov) -> Result<serde_json::Value> {
+    let Some(meta) = &moov.meta else {
+        return Ok(serde_json::Value::Null);
+    };
+    let (Some(keys), Some(ilst)) = (meta.get::<Keys>(), meta.get::<mp4_atom::Ilst>()) else {
+        return Ok(serde_json::Value::Null);
+    };
+    let Some(position) = keys
+        .entries
+        .iter()
+        .position(|k| k.key_value == METADATA_KEY)
+    else {
+        return Ok(serde_json::Value::Null);
+    };
+    let index = position as u32 + 1;
+    match ilst
+        .mdta
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, data)| &data.value)
+    {
+        Some(IlstDataValue::Utf8(json)) => serde_json::from_str(json)
+            .with_context(|| format!("metadata item {METADATA_KEY} is not valid JSON")),
+        Some(_) => bail!("metadata item {METADATA_KEY} is not UTF-8 text"),
+        None => Ok(serde_json::Value::Null),
+    }
+}
+
+fn encode_atom<T: Atom>(atom: &T) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    atom.encode(&mut buf)
+        .with_context(|| format!("encoding the {} box", T::KIND))?;
+    Ok(buf)
+}
+
+fn encode_atom_header(kind: &[u8; 4], body_len: u64) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    Header {
+        kind: FourCC::new(kind),
+        size: Some(body_len as usize),
+    }
+    .encode(&mut buf)?;
+    Ok(buf)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The video track of an MP4, ready to read sample by sample.
+pub struct Mp4Reader {
+    file: BufReader<File>,
+    /// (file offset, size) of every sample in decode order.
+    samples: Vec<(u64, u32)>,
+    /// 0-based indices of sync samples; `None` means every sample is one.
+    keyframes: Option<Vec<usize>>,
+    params: ParameterSets,
+    length_size: u8,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub duration_s: f64,
+    pub codec: String,
+    pub metadata: serde_json::Value,
+}
+
+impl Mp4Reader {
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_inner(path).with_context(|| format!("reading video {}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> Result<Self> {
+        let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let mut file = BufReader::new(file);
+        let moov = find_moov(&mut file, file_len)?;
+        let trak = moov
+            .trak
+            .iter()
+            .find(|t| t.mdia.hdlr.handler == FourCC::new(b"vide"))
+            .context("the file has no video track")?;
+        let stbl = &trak.mdia.minf.stbl;
+        let avcc = match stbl.stsd.codecs.first() {
+            Some(Codec::Avc1(avc1)) => &avc1.avcc,
+            Some(Codec::Avc3(avc3)) => &avc3.avcc,
+            Some(other) => bail!(
+                "the video track is {}, only H.264 (avc1) can be decoded",
+                codec_name(other)
+            ),
+            None => bail!("the video track has no sample description"),
+        };
+        let (Some(sps), Some(pps)) = (
+            avcc.sequence_parameter_sets.first(),
+            avcc.picture_parameter_sets.first(),
+        ) else {
+            bail!("the avcC box carries no SPS/PPS")
+        };
+        let params = ParameterSets {
+            sps: sps.clone(),
+            pps: pps.clone(),
+        };
+        let samples = sample_locations(stbl)?;
+        ensure!(!samples.is_empty(), "the video track has no frames");
+        if let Some((i, (offset, size))) = samples
+            .iter()
+            .enumerate()
+            .find(|(_, (o, s))| o + u64::from(*s) > file_len)
+        {
+            bail!(
+                "the file is truncated: frame {i} lies at bytes {offset}..{} but the file has {file_len} bytes",
+                offset + u64::from(*size)
+            );
+        }
+        let timescale = trak.mdia.mdhd.timescale;
+        ensure!(timescale > 0, "the video track's timescale is 0");
+        let ticks: u64 = stbl
+            .stts
+            .entries
+            .iter()
+            .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
+            .sum();
+        ensure!(ticks > 0, "the video track has zero duration");
+        let duration_s = ticks as f64 / f64::from(timescale);
+        let (width, height) = match stbl.stsd.codecs.first() {
+            Some(Codec::Avc1(avc1)) => (avc1.visual.width, avc1.visual.height),
+            Some(Codec::Avc3(avc3)) => (avc3.visual.width, avc3.visual.height),
+            _ => unreachable!("checked above"),
+        };
+        Ok(Self {
+            fps: samples.len() as f64 / duration_s,
+            keyframes: stbl.stss.as_ref().map(|s| {
+                s.entries
+                    .iter()
+                    .map(|e| e.saturating_sub(1) as usize)
+                    .collect()
+            }),
+            samples,
+            codec: codec_string(&params.sps)?,
+            metadata: read_metadata(&moov)?,
+            params,
+            length_size: avcc.length_size,
+            width: width.into(),
+            height: height.into(),
+            duration_s,
+            file,
+        })
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Decodes frames `start..` in order; decoding starts at the nearest keyframe before `start`.
+    pub fn frames_from(&mut self, start: usize) -> Result<FrameIter<'_>> {
+        ensure!(
+            start < self.samples.len(),
+            "frame {start} is out of range: the video has {} frames",
+            self.samples.len()
+        );
+        let keyframe = match &self.keyframes {
+            Some(keys) => keys
+                .iter()
+                .copied()
+                .filter(|k| *k <= start)
+                .max()
+                .unwrap_or(0),
+            None => start,
+        };
+        let decoder = H264Decoder::new(&self.params, self.length_size)?;
+        Ok(FrameIter {
+            reader: self,
+            decoder,
+            next_sample: keyframe,
+            skip: start - keyframe,
+            pending: Vec::new(),
+            buf: Vec::new(),
+        })
+    }
+
+    fn read_sample(&mut self, index: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let (offset, size) = self.samples[index];
+        buf.resize(size as usize, 0);
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file
+            .read_exact(buf)
+            .with_context(|| format!("reading frame {index}"))?;
+        Ok(())
+    }
+}
+
+/// Decoded frames in presentation order for streams without reordering (what this studio writes).
+pub struct FrameIter<'a> {
+    reader: &'a mut Mp4Reader,
+    decoder: H264Decoder,
+    next_sample: usize,
+    /// Frames decoded only as references before the requested start.
+    skip: usize,
+    /// Pictures released by the final flush, oldest last.
+    pending: Vec<RgbImage>,
+    buf: Vec<u8>,
+}
+
+impl FrameIter<'_> {
+    fn next_frame(&mut self) -> Result<Option<RgbImage>> {
+        loop {
+            let frame = if let Some(frame) = self.pending.pop() {
+                frame
+            } else if self.next_sample < self.reader.samples.len() {
+                let index = self.next_sample;
+                self.next_sample += 1;
+                self.reader.read_sample(index, &mut self.buf)?;
+                match self
+                    .decoder
+                    .decode(&self.buf)
+                    .with_context(|| format!("decoding frame {index}"))?
+                {
+                    Some(frame) => frame,
+                    None => continue,
+                }
+            } else if self.next_sample == self.reader.samples.len() {
+                self.next_sample += 1;
+                self.pending = self.decoder.flush()?;
+                self.pending.reverse();
+                continue;
+            } else {
+                return Ok(None);
+            };
+            if self.skip > 0 {
+                self.skip -= 1;
+                continue;
+            }
+            return Ok(Some(frame));
+        }
+    }
+}
+
+impl Iterator for FrameIter<'_> {
+    type Item = Result<RgbImage>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_frame().transpose()
+    }
+}
+
+/// Walks top-level boxes without reading `mdat`, and decodes `moov`.
+fn find_moov(file: &mut BufReader<File>, file_len: u64) -> Result<Moov> {
+    let mut position = 0u64;
+    let mut seen_any = false;
+    while position < file_len {
+        file.seek(SeekFrom::Start(position))?;
+        let header = match Header::read_from(file) {
+            Ok(header) => header,
+            Err(_) if seen_any => {
+                bail!("the file is truncated inside a box header at byte {position}")
+            }
+            Err(_) => bail!("not an MP4 file: no box header at the start"),
+        };
+        let header_len = file.stream_position()? - position;
+        let body_len = header
+            .size
+            .map_or(file_len - position - header_len, |s| s as u64);
+        let leading = [b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"].map(FourCC::new);
+        if !seen_any && !leading.contains(&header.kind) {
+            bail!(
+                "not an MP4 file: it starts with {:?} instead of an ftyp box",
+                header.kind.to_string()
+            );
+        }
+        seen_any = true;
+        if header.kind == Moov::KIND {
+            ensure!(
+                position + header_len + body_len <= file_len,
+                "the file is truncated: the moov box needs {body_len} bytes but only {} remain",
+                file_len - position - header_len
+            );
+            ensure!(
+                body_len <= MAX_MOOV_BYTES,
+                "the moov box is {body_len} bytes, more than this reader accepts"
+            );
+            let mut body = vec![0u8; body_len as usize];
+            file.read_exact(&mut body)?;
+            return Moov::decode_body(&mut body.as_slice()).context("the moov box is malformed");
+        }
+        position += header_len + body_len;
+    }
+    bail!("the file has no moov box (truncated, or not a finished MP4)")
+}
+
+fn sample_locations(stbl: &Stbl) -> Result<Vec<(u64, u32)>> {
+    let sizes: Vec<u32> = match &stbl.stsz.samples {
+        StszSamples::Identical { count, size } => vec![*size; *count as usize],
+        StszSamples::Different { sizes } => sizes.clone(),
+    };
+    let chunk_offsets: Vec<u64> = match (&stbl.stco, &stbl.co64) {
+        (Some(stco), _) => stco.entries.iter().map(|o| u64::from(*o)).collect(),
+        (None, Some(co64)) => co64.entries.clone(),
+        (None, None) => bail!("the sample table has no chunk offsets (stco/co64)"),
+    };
+    let mut locations = Vec::with_capacity(sizes.len());
+    let mut sample = 0usize;
+    for (chunk, chunk_offset) in chunk_offsets.iter().enumerate() {
+        let chunk_number = chunk as u32 + 1;
+        let per_chunk = stbl
+            .stsc
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.first_chunk <= chunk_number)
+            .map(|e| e.samples_per_chunk)
+            .context("the sample-to-chunk table (stsc) is empty")?;
+        let mut offset = *chunk_offset;
+        for _ in 0..per_chunk {
+            let size = *sizes.get(sample).with_context(|| {
+                format!(
+                    "the sample tables disagree: chunks hold more than the {} sizes in stsz",
+                    sizes.len()
+                )
+            })?;
+            locations.push((offset, size));
+            offset += u64::from(size);
+            sample += 1;
+        }
+    }
+    ensure!(
+        sample == sizes.len(),
+        "the sample tables disagree: stsz lists {} samples but the chunks hold {sample}",
+        sizes.len()
+    );
+    Ok(locations)
+}
+
+fn codec_name(codec: &Codec) -> String {
+    match codec {
+        Codec::Hev1(_) | Codec::Hvc1(_) => "H.265/HEVC".into(),
+        Codec::Vp08(_) => "VP8".into(),
+        Codec::Vp09(_) => "VP9".into(),
+        Codec::Av01(_) => "AV1".into(),
+        Codec::Unknown(kind, _) => format!("an unknown codec ({kind})"),
+        _ => "not a supported video codec".into(),
+    }
+}

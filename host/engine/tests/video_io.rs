@@ -1,0 +1,290 @@
+//! MP4/PNG I/O as the studio uses it: round trips, the stream shape browsers need, the embedded
+//! generation record, and clear errors for files and frames that are not usable.
+
+use image::{Rgb, RgbImage};
+use serde_json::json;
+use std::path::Path;
+use videosdgx_engine::video::{
+    extract_frame, extract_last_frame, frames_from_tensor, frames_to_tensor, probe, read_mp4,
+    write_mp4, write_png_frames,
+};
+
+/// A gradient with a square that moves one step per frame, so frames differ and motion is coded.
+fn moving_frames(count: usize, width: u32, height: u32) -> Vec<RgbImage> {
+    (0..count)
+        .map(|f| {
+            RgbImage::from_fn(width, height, |x, y| {
+                let inside = (x as usize).wrapping_sub(f * 2) < 12 && (8..20).contains(&y);
+                if inside {
+                    Rgb([250, 240, 30])
+                } else {
+                    Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 100])
+                }
+            })
+        })
+        .collect()
+}
+
+fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    let total: u64 = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
+fn error_text(err: anyhow::Error) -> String {
+    format!("{err:#}")
+}
+
+#[test]
+fn mp4_round_trip_keeps_frames_rate_and_generation_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    let frames = moving_frames(20, 96, 64);
+    let record = json!({"prompt": "a red fox in snow", "seed": 42, "steps": 4, "guidance": 5.0});
+    write_mp4(&path, &frames, 16, &record).unwrap();
+
+    let video = read_mp4(&path).unwrap();
+    assert_eq!(video.frames.len(), 20);
+    assert_eq!(video.fps, 16.0);
+    assert_eq!(video.metadata, record);
+    for (original, decoded) in frames.iter().zip(&video.frames) {
+        assert_eq!(decoded.dimensions(), (96, 64));
+        let error = mean_abs_diff(original, decoded);
+        assert!(
+            error < 6.0,
+            "lossy coding drifted too far: mean abs error {error}"
+        );
+    }
+}
+
+#[test]
+fn output_is_faststart_constrained_baseline_h264() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    write_mp4(&path, &moving_frames(8, 64, 48), 8, &json!({})).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let mut order = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        order.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).to_string());
+        assert!(size >= 8, "box size {size} at {at}");
+        at += size;
+    }
+    assert_eq!(at, bytes.len(), "top-level boxes must tile the file");
+    assert_eq!(
+        order,
+        ["ftyp", "moov", "mdat"],
+        "moov must precede mdat for progressive playback"
+    );
+
+    let info = probe(&path).unwrap();
+    // profile_idc 66 (baseline) with constraint_set1 (constrained baseline): plays everywhere.
+    assert!(info.codec.starts_with("avc1.42"), "codec {}", info.codec);
+    assert!(
+        bytes.windows(4).any(|w| w == b"avcC"),
+        "avc1 sample entry carries avcC"
+    );
+}
+
+#[test]
+fn probe_reads_size_length_and_record_from_the_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    write_mp4(&path, &moving_frames(24, 64, 48), 12, &json!({"seed": 7})).unwrap();
+
+    let info = probe(&path).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (64, 48, 24));
+    assert_eq!(info.fps, 12.0);
+    assert!((info.duration - 2.0).abs() < 1e-9);
+    assert_eq!(info.metadata, json!({"seed": 7}));
+}
+
+#[test]
+fn extract_frame_seeks_from_a_keyframe_and_matches_full_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    // 8 fps with a keyframe every 2 s: frame 21 decodes from the keyframe at 16.
+    write_mp4(&path, &moving_frames(30, 64, 48), 8, &json!(null)).unwrap();
+    let all = read_mp4(&path).unwrap().frames;
+
+    assert_eq!(extract_frame(&path, 21).unwrap(), all[21]);
+    assert_eq!(extract_frame(&path, 0).unwrap(), all[0]);
+    assert_eq!(extract_last_frame(&path).unwrap(), all[29]);
+    let err = error_text(extract_frame(&path, 30).unwrap_err());
+    assert!(
+        err.contains("frame 30 is out of range") && err.contains("30 frames"),
+        "{err}"
+    );
+}
+
+#[test]
+fn odd_frame_size_is_refused_naming_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.mp4");
+    let err = error_text(write_mp4(&path, &moving_frames(2, 65, 48), 8, &json!({})).unwrap_err());
+    assert!(err.contains("65x48") && err.contains("even"), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn mismatched_frame_sizes_are_refused_naming_the_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.mp4");
+    let mut frames = moving_frames(3, 64, 48);
+    frames.push(RgbImage::new(32, 32));
+    let err = error_text(write_mp4(&path, &frames, 8, &json!({})).unwrap_err());
+    assert!(
+        err.contains("frame 3 is 32x32") && err.contains("64x48"),
+        "{err}"
+    );
+    let err = error_text(write_mp4(&path, &[], 8, &json!({})).unwrap_err());
+    assert!(err.contains("at least one frame"), "{err}");
+}
+
+#[test]
+fn failed_write_keeps_the_previous_file_and_leaves_no_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    write_mp4(&path, &moving_frames(4, 64, 48), 8, &json!({"take": 1})).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let mut frames = moving_frames(4, 64, 48);
+    frames[2] = RgbImage::new(64, 32);
+    assert!(write_mp4(&path, &frames, 8, &json!({"take": 2})).is_err());
+
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["clip.mp4"]);
+}
+
+fn write_sample(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("good.mp4");
+    write_mp4(&path, &moving_frames(10, 64, 48), 8, &json!({"seed": 1})).unwrap();
+    path
+}
+
+#[test]
+fn truncated_mp4_is_reported_as_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(write_sample(dir.path())).unwrap();
+    for keep in [bytes.len() / 2, 200, 12] {
+        let path = dir.path().join(format!("cut-{keep}.mp4"));
+        std::fs::write(&path, &bytes[..keep]).unwrap();
+        let err = error_text(read_mp4(&path).unwrap_err());
+        assert!(
+            err.contains("truncated") && err.contains(&format!("cut-{keep}.mp4")),
+            "{keep}: {err}"
+        );
+    }
+}
+
+#[test]
+fn non_mp4_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.mp4");
+    std::fs::write(&path, "INT. KITCHEN - NIGHT\nA kettle whistles.\n").unwrap();
+    let err = error_text(probe(&path).unwrap_err());
+    assert!(
+        err.contains("not an MP4 file") && err.contains("notes.mp4"),
+        "{err}"
+    );
+
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, "").unwrap();
+    let err = error_text(read_mp4(&empty).unwrap_err());
+    assert!(err.contains("no moov box"), "{err}");
+}
+
+#[test]
+fn mp4_without_a_video_track_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(write_sample(dir.path())).unwrap();
+    // Relabel the only track's handler as audio: hdlr is fourcc, version/flags, pre_defined, type.
+    let handlers: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"hdlr")
+        .map(|(i, _)| i + 12)
+        .collect();
+    let at = *handlers
+        .iter()
+        .find(|&&at| &bytes[at..at + 4] == b"vide")
+        .unwrap();
+    bytes[at..at + 4].copy_from_slice(b"soun");
+    let path = dir.path().join("audio-only.mp4");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = error_text(read_mp4(&path).unwrap_err());
+    assert!(err.contains("no video track"), "{err}");
+}
+
+#[test]
+fn corrupt_sample_data_errors_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(write_sample(dir.path())).unwrap();
+    let mdat = bytes.windows(4).position(|w| w == b"mdat").unwrap() + 4;
+    // Break the first NAL length prefix so it points past its sample.
+    bytes[mdat..mdat + 4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+    let path = dir.path().join("garbled.mp4");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = error_text(read_mp4(&path).unwrap_err());
+    assert!(err.contains("frame 0") && err.contains("overruns"), "{err}");
+}
+
+#[test]
+fn tensor_frames_round_like_diffusers_and_convert_back() {
+    let device = candle_core::Device::Cpu;
+    let values = [
+        0.0f32,
+        0.5,
+        1.0,
+        0.2,
+        -0.3,
+        1.7,
+        0.499 / 255.0,
+        0.501 / 255.0,
+        0.25,
+        0.75,
+        0.3,
+        0.9,
+    ];
+    let tensor = candle_core::Tensor::from_slice(&values, (2, 1, 2, 3), &device).unwrap();
+    let frames = frames_from_tensor(&tensor).unwrap();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].as_raw(), &[0, 128, 255, 51, 0, 255]);
+    // Expected values from numpy 2.4: 0.3 * 255 = 76.5 rounds to even (76).
+    assert_eq!(frames[1].as_raw(), &[0, 1, 64, 191, 76, 230]);
+
+    let back = frames_to_tensor(&frames, &device).unwrap();
+    assert_eq!(back.dims(), &[2, 1, 2, 3]);
+    assert_eq!(frames_from_tensor(&back).unwrap(), frames);
+
+    let four_channels =
+        candle_core::Tensor::zeros((1, 2, 2, 4), candle_core::DType::F32, &device).unwrap();
+    let err = error_text(frames_from_tensor(&four_channels).unwrap_err());
+    assert!(err.contains("3 channels"), "{err}");
+}
+
+#[test]
+fn png_frames_are_written_in_order_and_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("frames");
+    let frames = moving_frames(3, 40, 30);
+    let paths = write_png_frames(&out, &frames).unwrap();
+    assert_eq!(
+        paths,
+        (0..3)
+            .map(|i| out.join(format!("frame_{i:05}.png")))
+            .collect::<Vec<_>>()
+    );
+    for (path, frame) in paths.iter().zip(&frames) {
+        assert_eq!(&image::open(path).unwrap().to_rgb8(), frame);
+    }
+}

@@ -1,0 +1,522 @@
+//! The data of one plugin call's store, and the host imports: each import validates its
+//! arguments, asks the capability granter, runs the host service with the plugin's clock
+//! stopped, and writes the call to the audit log. No import touches files or the network
+//! itself; WASI is linked with no preopened directories, no sockets and frozen clocks.
+
+use crate::PluginError;
+use crate::capability::{Capability, Grants};
+use crate::limits::{CallClock, Limits, MemoryLimiter};
+use crate::services::{AuditEntry, HostServices, LogLevel};
+use crate::wit::latest::{assets, generation, log, media, progress, project, text, types};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+/// Longest id or document name accepted from a plugin.
+const MAX_ID_BYTES: usize = 256;
+/// Most of the guest's stderr kept to explain a crash.
+const STDERR_BYTES: usize = 4096;
+/// Most search results one call may return.
+const MAX_SEARCH_RESULTS: u32 = 1000;
+
+pub(crate) struct PluginState {
+    plugin_id: String,
+    grants: Grants,
+    services: Arc<dyn HostServices>,
+    limits: Limits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub clock: CallClock,
+    pub stderr: MemoryOutputPipe,
+}
+
+impl PluginState {
+    pub fn new(
+        plugin_id: &str,
+        grants: Grants,
+        services: Arc<dyn HostServices>,
+        limits: Limits,
+    ) -> PluginState {
+        let stderr = MemoryOutputPipe::new(STDERR_BYTES);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if !grants.allows(Capability::Clock) {
+            wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        PluginState {
+            plugin_id: plugin_id.to_string(),
+            grants,
+            services,
+            limits,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            clock: CallClock::start(),
+            stderr,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Starts a host import: checks arguments and grant, stops the plugin's clock.
+    fn begin(
+        &mut self,
+        function: &'static str,
+        capability: Option<Capability>,
+        detail: String,
+        transfer_bytes: usize,
+    ) -> Result<HostCall, PluginError> {
+        let call = HostCall {
+            function,
+            capability,
+            detail,
+        };
+        let checked = match capability {
+            Some(capability) => self.grants.check(capability),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            if transfer_bytes > self.limits.max_transfer_bytes {
+                Err(PluginError::InvalidInput(format!(
+                    "{function}: {transfer_bytes} bytes exceed the {} byte limit per call",
+                    self.limits.max_transfer_bytes
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = checked {
+            self.record(&call, matches!(err, PluginError::Denied(_)), Some(&err));
+            return Err(err);
+        }
+        self.clock.enter_host();
+        Ok(call)
+    }
+
+    /// Ends a host import: restarts the plugin's clock and audits the outcome.
+    fn finish<T>(
+        &mut self,
+        call: HostCall,
+        result: Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        self.clock.leave_host();
+        self.record(&call, false, result.as_ref().err());
+        result
+    }
+
+    fn record(&self, call: &HostCall, denied: bool, error: Option<&PluginError>) {
+        self.services.audit(AuditEntry {
+            plugin_id: self.plugin_id.clone(),
+            function: call.function,
+            capability: call.capability,
+            allowed: !denied,
+            error: error.map(describe),
+            detail: call.detail.clone(),
+        });
+    }
+}
+
+struct HostCall {
+    function: &'static str,
+    capability: Option<Capability>,
+    detail: String,
+}
+
+/// A one-line description of an error returned to a plugin.
+pub(crate) fn describe(err: &PluginError) -> String {
+    match err {
+        PluginError::Denied(cap) => format!("capability `{cap}` not granted"),
+        PluginError::NotFound(what) => format!("not found: {what}"),
+        PluginError::InvalidInput(why) => format!("invalid input: {why}"),
+        PluginError::Failed(why) => format!("failed: {why}"),
+        PluginError::Cancelled => "cancelled".to_string(),
+    }
+}
+
+/// An asset id, document name or similar: bounded, printable, no path tricks.
+fn check_id(kind: &str, id: &str) -> Result<(), PluginError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(PluginError::InvalidInput(format!(
+            "{kind} `{}` is empty, too long or not printable",
+            id.escape_debug()
+        )));
+    }
+    if id.contains("..") || id.starts_with('/') || id.contains('\\') {
+        return Err(PluginError::InvalidInput(format!(
+            "{kind} `{id}` must not be a path"
+        )));
+    }
+    Ok(())
+}
+
+/// Abbreviates an argument for the audit log.
+fn abbreviate(text: &str) -> String {
+    truncate(text, 80)
+}
+
+fn truncate(text: &str, keep: usize) -> String {
+    if text.len() <= keep {
+        return text.to_string();
+    }
+    let mut end = keep;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// The clock a plugin sees without the `clock` capability: always zero, so plugins are
+/// deterministic and cannot time the host.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl log::Host for PluginState {
+    async fn write(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        // Capped so a plugin cannot flood the host log.
+        self.services
+            .log(&self.plugin_id, level, &truncate(&message, 2000));
+    }
+}
+
+impl progress::Host for PluginState {
+    async fn report(&mut self, done: u32, total: u32, message: String) {
+        self.services.progress(
+            &self.plugin_id,
+            done.min(total),
+            total,
+            &abbreviate(&message),
+        );
+    }
+}
+
+impl project::Host for PluginState {
+    async fn list_documents(&mut self) -> Result<Vec<String>, PluginError> {
+        let call = self.begin(
+            "project.list-documents",
+            Some(Capability::ProjectRead),
+            String::new(),
+            0,
+        )?;
+        let result = self.services.list_documents().await;
+        self.finish(call, result)
+    }
+
+    async fn read_document(&mut self, name: String) -> Result<String, PluginError> {
+        let call = self.begin(
+            "project.read-document",
+            Some(Capability::ProjectRead),
+            abbreviate(&name),
+            name.len(),
+        )?;
+        let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
+        let result = async {
+            check_id("document name", &name)?;
+            let text = services.read_document(&name).await?;
+            fits("project.read-document", text.len(), cap)?;
+            Ok(text)
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn write_document(&mut self, name: String, content: String) -> Result<(), PluginError> {
+        let detail = format!("{} ({} bytes)", abbreviate(&name), content.len());
+        let call = self.begin(
+            "project.write-document",
+            Some(Capability::ProjectWrite),
+            detail,
+            content.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("document name", &name)?;
+            services.write_document(&name, &content).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+/// A value the host is about to hand the plugin must fit the transfer cap too.
+fn fits(function: &str, bytes: usize, cap: usize) -> Result<(), PluginError> {
+    if bytes > cap {
+        return Err(PluginError::Failed(format!(
+            "{function}: the result is {bytes} bytes, over the {cap} byte limit per call"
+        )));
+    }
+    Ok(())
+}
+
+impl assets::Host for PluginState {
+    async fn search(
+        &mut self,
+        query: String,
+        limit: u32,
+    ) -> Result<Vec<types::AssetInfo>, PluginError> {
+        let detail = format!("{} (limit {limit})", abbreviate(&query));
+        let call = self.begin(
+            "assets.search",
+            Some(Capability::AssetsRead),
+            detail,
+            query.len(),
+        )?;
+        let result = self
+            .services
+            .search_assets(&query, limit.min(MAX_SEARCH_RESULTS))
+            .await;
+        self.finish(call, result)
+    }
+
+    async fn info(&mut self, id: String) -> Result<types::AssetInfo, PluginError> {
+        let call = self.begin(
+            "assets.info",
+            Some(Capability::AssetsRead),
+            abbreviate(&id),
+            id.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset id", &id)?;
+            services.asset_info(&id).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn read(&mut self, id: String, offset: u64, length: u32) -> Result<Vec<u8>, PluginError> {
+        let detail = format!("{} @{offset}+{length}", abbreviate(&id));
+        let call = self.begin(
+            "assets.read",
+            Some(Capability::AssetsRead),
+            detail,
+            id.len(),
+        )?;
+        let services = self.services.clone();
+        let length = length.min(u32::try_from(self.limits.max_transfer_bytes).unwrap_or(u32::MAX));
+        let result = async {
+            check_id("asset id", &id)?;
+            services.read_asset(&id, offset, length).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn write(
+        &mut self,
+        name: String,
+        mime: String,
+        data: Vec<u8>,
+        tags: Vec<String>,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!("{} ({mime}, {} bytes)", abbreviate(&name), data.len());
+        let size =
+            data.len() + name.len() + mime.len() + tags.iter().map(String::len).sum::<usize>();
+        let call = self.begin("assets.write", Some(Capability::AssetsWrite), detail, size)?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset name", &name)?;
+            services.write_asset(&name, &mime, data, tags).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+fn describe_request(request: &types::GenerationRequest) -> String {
+    format!(
+        "{}x{}x{} seed {}: {}",
+        request.width,
+        request.height,
+        request.frames,
+        request.seed,
+        abbreviate(&request.prompt)
+    )
+}
+
+fn request_bytes(request: &types::GenerationRequest) -> usize {
+    request.prompt.len() + request.negative_prompt.len()
+}
+
+impl generation::Host for PluginState {
+    async fn image(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let call = self.begin(
+            "generation.image",
+            Some(Capability::Generate),
+            describe_request(&request),
+            request_bytes(&request),
+        )?;
+        let result = self.services.generate_image(request).await;
+        self.finish(call, result)
+    }
+
+    async fn text_to_video(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let call = self.begin(
+            "generation.text-to-video",
+            Some(Capability::Generate),
+            describe_request(&request),
+            request_bytes(&request),
+        )?;
+        let result = self.services.generate_video(request, None).await;
+        self.finish(call, result)
+    }
+
+    async fn image_to_video(
+        &mut self,
+        request: types::GenerationRequest,
+        start_frame: String,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!(
+            "from {}: {}",
+            abbreviate(&start_frame),
+            describe_request(&request)
+        );
+        let call = self.begin(
+            "generation.image-to-video",
+            Some(Capability::Generate),
+            detail,
+            request_bytes(&request),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("start frame asset id", &start_frame)?;
+            services.generate_video(request, Some(start_frame)).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+impl text::Host for PluginState {
+    async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
+        let detail = format!("{} (max {max_tokens} tokens)", abbreviate(&prompt));
+        let call = self.begin(
+            "text.complete",
+            Some(Capability::TextGeneration),
+            detail,
+            prompt.len(),
+        )?;
+        let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
+        let result = async {
+            let text = services.complete_text(&prompt, max_tokens).await?;
+            fits("text.complete", text.len(), cap)?;
+            Ok(text)
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+impl media::Host for PluginState {
+    async fn probe(&mut self, asset_id: String) -> Result<types::ClipInfo, PluginError> {
+        let call = self.begin(
+            "media.probe",
+            Some(Capability::Media),
+            abbreviate(&asset_id),
+            asset_id.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset id", &asset_id)?;
+            services.probe(&asset_id).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn extract_frame(
+        &mut self,
+        asset_id: String,
+        index: u32,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!("{} frame {index}", abbreviate(&asset_id));
+        let call = self.begin(
+            "media.extract-frame",
+            Some(Capability::Media),
+            detail,
+            asset_id.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset id", &asset_id)?;
+            services.extract_frame(&asset_id, index).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn render_timeline(
+        &mut self,
+        timeline: types::Timeline,
+        name: String,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!("{} ({} items)", abbreviate(&name), timeline.items.len());
+        let call = self.begin(
+            "media.render-timeline",
+            Some(Capability::Render),
+            detail,
+            name.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("output name", &name)?;
+            for item in &timeline.items {
+                if let types::TimelineItem::Clip(clip) = item {
+                    check_id("asset id", &clip.asset_id)?;
+                }
+            }
+            services.render_timeline(timeline, &name).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+}

@@ -1,0 +1,156 @@
+//! A deliberately misbehaving planner for the host's tests. The first word of the script
+//! picks the misbehaviour; each one must end the call with a clear error while the host
+//! keeps serving. Never install this outside tests.
+
+use std::hint::black_box;
+use videosdgx_plugin_sdk::types::{PlanInput, PluginError, Storyboard, Style};
+use videosdgx_plugin_sdk::{Planner, host};
+
+struct Hostile;
+
+impl Planner for Hostile {
+    fn plan(input: PlanInput) -> Result<Storyboard, PluginError> {
+        match input.script.split_whitespace().next().unwrap_or("") {
+            "loop" => spin(),
+            "allocate" => allocate(),
+            "recurse" => Err(PluginError::Failed(format!(
+                "depth {}",
+                recurse(black_box(1))
+            ))),
+            "trap" => core::arch::wasm32::unreachable(),
+            "huge-string" => Ok(storyboard(huge_string())),
+            "ungranted" => ungranted(),
+            "files" => files(),
+            "sockets" => sockets(),
+            "invalid-ids" => invalid_ids(),
+            "slow-host" => slow_host(),
+            "echo" => Ok(storyboard(input.script)),
+            other => Err(PluginError::InvalidInput(format!(
+                "unknown misbehaviour `{other}`"
+            ))),
+        }
+    }
+}
+
+videosdgx_plugin_sdk::export_planner!(Hostile);
+
+fn storyboard(title: String) -> Storyboard {
+    Storyboard {
+        title,
+        style: Style {
+            look: String::new(),
+            lighting: String::new(),
+            negative: String::new(),
+        },
+        characters: Vec::new(),
+        scenes: Vec::new(),
+        shots: Vec::new(),
+        opening_title: None,
+        closing_title: None,
+    }
+}
+
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+fn allocate() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+        black_box(&hoard);
+    }
+}
+
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    // Locals only: the native stack overflows, not the guest's in-memory shadow stack.
+    recurse(black_box(depth + 1)).wrapping_add(depth)
+}
+
+/// A string header claiming 3 GiB: the host must refuse to lift it, never allocate it.
+fn huge_string() -> String {
+    let small = String::with_capacity(16);
+    let ptr = small.as_ptr() as *mut u8;
+    std::mem::forget(small);
+    // SAFETY: never read by this guest; it only crosses the boundary as (ptr, len), which is
+    // what the host's bounds check is tested against.
+    unsafe { String::from_raw_parts(ptr, 3 << 30, 3 << 30) }
+}
+
+fn ungranted() -> Result<Storyboard, PluginError> {
+    let request = videosdgx_plugin_sdk::types::GenerationRequest {
+        prompt: "anything".into(),
+        negative_prompt: String::new(),
+        width: 64,
+        height: 64,
+        frames: 5,
+        steps: None,
+        guidance: None,
+        seed: 0,
+    };
+    host::generation::text_to_video(&request)?;
+    Err(PluginError::Failed(
+        "generation ran without the `generate` grant".into(),
+    ))
+}
+
+fn files() -> Result<Storyboard, PluginError> {
+    for path in ["/etc/passwd", ".", "/"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return Ok(storyboard(text));
+        }
+        if let Ok(entries) = std::fs::read_dir(path) {
+            return Ok(storyboard(format!(
+                "listed {} entries of {path}",
+                entries.count()
+            )));
+        }
+    }
+    std::fs::write("escape.txt", b"x")
+        .map_err(|e| PluginError::Failed(format!("filesystem refused: {e}")))?;
+    Ok(storyboard("wrote escape.txt".into()))
+}
+
+fn sockets() -> Result<Storyboard, PluginError> {
+    match std::net::TcpStream::connect("127.0.0.1:7860") {
+        Ok(_) => Ok(storyboard("connected to 127.0.0.1:7860".into())),
+        Err(e) => Err(PluginError::Failed(format!("network refused: {e}"))),
+    }
+}
+
+/// Every host API asked about things that do not exist; all answers must be errors.
+fn invalid_ids() -> Result<Storyboard, PluginError> {
+    let mut answers = Vec::new();
+    answers.push(format!("{:?}", host::assets::info("no-such-asset").err()));
+    answers.push(format!(
+        "{:?}",
+        host::assets::read("../../etc/passwd", 0, 64).err()
+    ));
+    answers.push(format!("{:?}", host::media::probe("\0bad").err()));
+    answers.push(format!(
+        "{:?}",
+        host::project::read_document("../secrets").err()
+    ));
+    if answers.iter().any(|a| a == "None") {
+        return Ok(storyboard(format!(
+            "a host API accepted an invalid id: {answers:?}"
+        )));
+    }
+    Err(PluginError::NotFound(answers.join("; ")))
+}
+
+/// Spends long in host calls (text generation) and little in its own code: host time must
+/// not count against the plugin's wall-clock budget.
+fn slow_host() -> Result<Storyboard, PluginError> {
+    let mut last = String::new();
+    for _ in 0..black_box(4) {
+        last = host::text::complete("sleep", 1)?;
+    }
+    Ok(storyboard(last))
+}

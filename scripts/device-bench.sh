@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Everything one GPU call runs, in one process tree on one card, so every ratio compares numbers
+# from the same machine: the GPU checks, our benchmarks, and the reference anchor.
+#
+#   scripts/device-bench.sh BUNDLE_DIR [STEPS...]
+#
+# BUNDLE_DIR holds what scripts/build-cuda.sh and `cargo test --no-run` produced, compressed:
+# videosdgx-cuda-sm90.xz, gpu-checks.xz (the kernels crate's `gpu` test binary), the kernel
+# sources and kernels/bench/attention_vs_sdpa.py, the anchor diffusers_wan.py, and a diffusers
+# wheel (the device has PyTorch but not diffusers). STEPS default to all of:
+#   checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# (bench wan defaults to 480x832, 81 frames)
+# Results go to $OUT (one file per step) and a summary is printed last.
+set -uo pipefail
+
+BUNDLE="$(cd "$1" && pwd)"
+shift
+STEPS=("${@:-checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
+read -r -a STEPS <<<"${STEPS[*]}"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+export PYTHONUNBUFFERED=1 RUST_LOG="${RUST_LOG:-info}"
+WORK=/tmp/videosdgx-bench
+mkdir -p "$WORK"
+for f in "$BUNDLE"/*.xz; do
+  [[ -e "$f" ]] || continue
+  xz -dc "$f" >"$WORK/$(basename "$f" .xz)" && chmod +x "$WORK/$(basename "$f" .xz)"
+done
+if ls "$BUNDLE"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$BUNDLE"/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+BIN="$WORK/videosdgx-cuda-sm90"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+run() {
+  local name="$1"
+  shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" >"$OUT/$name.txt" 2>"$OUT/$name.log"
+  local rc=$?
+  echo "--- $name rc=$rc in $((SECONDS - start)) s"
+  tail -n 25 "$OUT/$name.txt"
+  [[ $rc -eq 0 ]] || tail -n 15 "$OUT/$name.log"
+}
+
+for step in "${STEPS[@]}"; do
+  case "$step" in
+    checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
+    kernels) run kernels "$BIN" bench kernels --json ;;
+    wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --json ;;
+    wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
+    wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
+    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --json ;;
+    anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
+    anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
+    anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
+    sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;
+    elementwise) run elementwise python3 "$BUNDLE/bench/elementwise_check.py" "$BUNDLE/cuda" ;;
+    *) echo "unknown step $step" >&2 ;;
+  esac
+done

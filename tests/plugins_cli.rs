@@ -1,0 +1,200 @@
+//! `videosdgx plugins ...` end to end: install with grants decided on the command line,
+//! list/show/disable/enable/uninstall, and the install-time refusals a user can meet.
+
+#[path = "support/guests.rs"]
+mod guests;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn videosdgx(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("running videosdgx")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Writes `plugin.wasm` and `plugin.toml` for the plugin crate `name`, with the manifest
+/// edited by `edit`.
+fn stage(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> (String, String) {
+    let wasm = dir.join(format!("{name}.wasm"));
+    let toml = dir.join(format!("{name}.toml"));
+    std::fs::write(&wasm, guests::component(name)).unwrap();
+    std::fs::write(&toml, edit(guests::manifest_text(name))).unwrap();
+    (wasm.display().to_string(), toml.display().to_string())
+}
+
+#[test]
+fn install_list_show_disable_enable_uninstall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (wasm, toml) = stage(tmp.path(), "storyboard-planner", |m| m);
+    let out = stdout(&videosdgx(
+        &data,
+        &[
+            "plugins",
+            "install",
+            &wasm,
+            "--manifest",
+            &toml,
+            "--grant",
+            "text-generation",
+        ],
+    ));
+    assert!(
+        out.contains("text-generation   ask the local language model for text"),
+        "{out}"
+    );
+    assert!(out.contains("installed storyboard-planner"), "{out}");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&videosdgx(&data, &["plugins", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["id"], "storyboard-planner");
+    assert_eq!(list[0]["world"], "planner");
+    assert_eq!(list[0]["granted"], serde_json::json!(["text-generation"]));
+    assert_eq!(list[0]["enabled"], true);
+
+    let shown = stdout(&videosdgx(
+        &data,
+        &["plugins", "disable", "storyboard-planner"],
+    ));
+    assert_eq!(shown.trim(), "disabled storyboard-planner");
+    let show: serde_json::Value = serde_json::from_str(&stdout(&videosdgx(
+        &data,
+        &["plugins", "show", "storyboard-planner", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(show["enabled"], false);
+    stdout(&videosdgx(
+        &data,
+        &["plugins", "enable", "storyboard-planner"],
+    ));
+
+    let again = stderr(&videosdgx(
+        &data,
+        &["plugins", "install", &wasm, "--manifest", &toml],
+    ));
+    assert!(again.contains("already installed"), "{again}");
+
+    stdout(&videosdgx(
+        &data,
+        &["plugins", "uninstall", "storyboard-planner"],
+    ));
+    assert!(stdout(&videosdgx(&data, &["plugins", "list"])).contains("no plugins installed"));
+    let gone = stderr(&videosdgx(
+        &data,
+        &["plugins", "show", "storyboard-planner"],
+    ));
+    assert_eq!(
+        gone.trim(),
+        "error: plugin `storyboard-planner` is not installed"
+    );
+}
+
+#[test]
+fn without_a_terminal_unanswered_capabilities_are_denied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (wasm, toml) = stage(tmp.path(), "shot-stitcher", |m| m);
+    stdout(&videosdgx(
+        &data,
+        &["plugins", "install", &wasm, "--manifest", &toml],
+    ));
+    let show: serde_json::Value = serde_json::from_str(&stdout(&videosdgx(
+        &data,
+        &["plugins", "show", "shot-stitcher", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(show["granted"], serde_json::json!([]));
+    assert_eq!(show["denied"], serde_json::json!(["render"]));
+}
+
+#[test]
+fn install_refuses_what_the_host_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let refuse = |name: &str, edit: &dyn Fn(String) -> String| {
+        let (wasm, toml) = stage(tmp.path(), name, edit);
+        stderr(&videosdgx(
+            &data,
+            &["plugins", "install", &wasm, "--manifest", &toml],
+        ))
+    };
+    let err = refuse("template", &|m| {
+        m.replace("world = \"planner\"", "world = \"renderer\"")
+    });
+    assert!(err.contains("unknown world `renderer`"), "{err}");
+    let err = refuse("template", &|m| {
+        m.replace("api-version = \"0.1.0\"", "api-version = \"0.1.7\"")
+    });
+    assert!(err.contains("newer than this host's 0.1.0"), "{err}");
+    let err = refuse("template", &|m| {
+        m.replace("api-version = \"0.1.0\"", "api-version = \"2.0.0\"")
+    });
+    assert!(err.contains("does not support"), "{err}");
+    let err = refuse("template", &|m| {
+        m.replace("world = \"planner\"", "world = \"expander\"")
+    });
+    assert!(
+        err.contains("must export `videosdgx:plugin/expansion@0.1.0`"),
+        "{err}"
+    );
+    assert!(err.contains("(a planner)"), "{err}");
+    let err = refuse("template", &|m| {
+        m.replace("capabilities = []", "capabilities = [\"root\"]")
+    });
+    assert!(err.contains("unknown capability `root`"), "{err}");
+    let (_, toml) = stage(tmp.path(), "template", |m| m);
+    let not_wasm = tmp.path().join("notes.wasm");
+    std::fs::write(&not_wasm, b"hello").unwrap();
+    let err = stderr(&videosdgx(
+        &data,
+        &[
+            "plugins",
+            "install",
+            not_wasm.to_str().unwrap(),
+            "--manifest",
+            &toml,
+        ],
+    ));
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+    let (wasm, toml) = stage(tmp.path(), "template", |m| m);
+    let err = stderr(&videosdgx(
+        &data,
+        &[
+            "plugins",
+            "install",
+            &wasm,
+            "--manifest",
+            &toml,
+            "--grant",
+            "generate",
+        ],
+    ));
+    assert!(
+        err.contains("`generate` is not requested by plugin `template`"),
+        "{err}"
+    );
+    // Nothing was installed by any refused attempt.
+    assert!(stdout(&videosdgx(&data, &["plugins", "list"])).contains("no plugins installed"));
+}
