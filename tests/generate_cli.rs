@@ -1,6 +1,6 @@
 //! `videosdgx generate` end to end on the tiny Wan pipeline (tests/fixtures/tiny-wan-t2v): the
-//! saved tensor matches diffusers and the JSON record describes it; bad input exits with one
-//! readable line.
+//! saved tensor matches diffusers, the MP4 carries the generation record, bad input exits with
+//! one readable line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -101,6 +101,27 @@ fn generate_from_reference_latents_and_embeds_saves_the_diffusers_video() {
         &video(&reference.join("video_from_embeds.safetensors")),
     );
     assert!(err <= 1e-3, "relative error {err:e}");
+}
+
+#[test]
+fn generate_writes_an_mp4_with_the_generation_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp4 = tmp.path().join("clip.mp4");
+    let out = generate(&["--out", mp4.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["frames"], 5);
+    let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
+    assert_eq!(decoded.frames.len(), 5);
+    assert_eq!(decoded.metadata["generate"]["seed"], 0);
+    assert_eq!(
+        decoded.metadata["generate"]["prompt"],
+        "a cat walks  on the grass"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! `videosdgx generate`: one video from a Wan pipeline directory, written as the raw
-//! `[frames, height, width, 3]` f32 tensor the reference returns (MP4 output arrives with the
-//! video module). Progress goes to stderr; the printed record to stdout.
+//! `videosdgx generate`: one video from a Wan pipeline directory, written as MP4 (with the
+//! generation parameters embedded) and/or as the raw `[frames, height, width, 3]` f32 tensor the
+//! reference returns. Progress goes to stderr; the printed record to stdout.
 
 use super::model::{DTypeArg, parse_device};
 use anyhow::{Context, Result, bail};
@@ -39,6 +39,9 @@ pub struct GenerateArgs {
     pub guidance_2: Option<f64>,
     #[arg(long)]
     pub seed: u64,
+    /// MP4 to write (H.264, generation parameters in its metadata).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Initial latents (safetensors, one tensor) instead of the seeded noise.
     #[arg(long)]
     pub latents: Option<PathBuf>,
@@ -48,9 +51,9 @@ pub struct GenerateArgs {
     /// Negative prompt embeddings instead of encoding --negative-prompt.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
-    /// Write the video as safetensors key `video`: f32 [frames, height, width, 3] in [0, 1].
+    /// Also write the video as safetensors key `video`: f32 [frames, height, width, 3] in [0, 1].
     #[arg(long)]
-    pub save_tensor: PathBuf,
+    pub save_tensor: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -116,6 +119,9 @@ fn params(args: &GenerateArgs) -> GenerateParams {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.out.is_none() && args.save_tensor.is_none() {
+        bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
+    }
     let params = params(&args);
     let inputs = GenerateInputs {
         latents: args
@@ -149,14 +155,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let video = pipeline.generate_with(&params, inputs, &mut show)?;
 
-    let path = &args.save_tensor;
-    candle_core::safetensors::save(
-        &std::collections::HashMap::from([("video".to_string(), video.frames.clone())]),
-        path,
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = &args.save_tensor {
+        candle_core::safetensors::save(
+            &std::collections::HashMap::from([("video".to_string(), video.frames.clone())]),
+            path,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.out {
+        eprintln!("Writing {}", path.display());
+        let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
+        let record = serde_json::json!({ "generate": params, "model": args.model, "dtype": format!("{:?}", args.dtype) });
+        videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
+    }
     let (frames, height, width, _) = video.frames.dims4()?;
     let record = serde_json::json!({
+        "out": args.out,
         "tensor": args.save_tensor,
         "frames": frames,
         "height": height,
@@ -171,7 +185,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!(
             "{frames} frames of {width}x{height} in {:.1}s -> {}",
             started.elapsed().as_secs_f64(),
-            path.display()
+            args.out
+                .as_ref()
+                .or(args.save_tensor.as_ref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 use coder::{Decoder, Encoder};
 use layers::{CausalConv3d, FeatCache};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Frames the reference encodes per chunk after the first frame.
 const ENCODE_CHUNK: usize = 4;
@@ -122,34 +122,6 @@ pub struct AutoencoderKLWan {
     dtype: DType,
 }
 
-/// The safetensors files of a diffusers component folder: one file, or the shards its index names.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("diffusion_pytorch_model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).with_context(|| {
-        format!(
-            "{}: neither diffusion_pytorch_model.safetensors nor its index found",
-            dir.display()
-        )
-    })?;
-    let parsed: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
-    let map = parsed["weight_map"]
-        .as_object()
-        .with_context(|| format!("{}: no weight_map", index.display()))?;
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|v| v.as_str())
-        .map(|f| dir.join(f))
-        .collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
 impl AutoencoderKLWan {
     /// Loads a VAE component folder, memory-mapping its weights.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
@@ -158,10 +130,7 @@ impl AutoencoderKLWan {
             .with_context(|| format!("reading {}", config_path.display()))?;
         let config: WanVaeConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", config_path.display()))?;
-        let files = weight_files(dir)?;
-        // SAFETY: the files are only read; mutating them while mapped is the user's error, as with any mmap.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .with_context(|| format!("opening the weights in {}", dir.display()))?;
+        let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(vb, config).with_context(|| format!("loading the VAE in {}", dir.display()))
     }
 
