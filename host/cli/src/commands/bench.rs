@@ -51,9 +51,30 @@ pub struct WanShape {
 impl Preset {
     pub fn shape(self) -> WanShape {
         match self {
-            Preset::Wan21_1_3b => WanShape { heads: 12, head_dim: 128, ffn_dim: 8960, layers: 30, in_channels: 16, vae_stride: 8 },
-            Preset::Wan21_14b => WanShape { heads: 40, head_dim: 128, ffn_dim: 13824, layers: 40, in_channels: 16, vae_stride: 8 },
-            Preset::Wan22_5b => WanShape { heads: 24, head_dim: 128, ffn_dim: 14336, layers: 30, in_channels: 48, vae_stride: 16 },
+            Preset::Wan21_1_3b => WanShape {
+                heads: 12,
+                head_dim: 128,
+                ffn_dim: 8960,
+                layers: 30,
+                in_channels: 16,
+                vae_stride: 8,
+            },
+            Preset::Wan21_14b => WanShape {
+                heads: 40,
+                head_dim: 128,
+                ffn_dim: 13824,
+                layers: 40,
+                in_channels: 16,
+                vae_stride: 8,
+            },
+            Preset::Wan22_5b => WanShape {
+                heads: 24,
+                head_dim: 128,
+                ffn_dim: 14336,
+                layers: 30,
+                in_channels: 48,
+                vae_stride: 16,
+            },
         }
     }
 }
@@ -94,10 +115,17 @@ pub struct KernelArgs {
 }
 
 /// The latent token grid the transformer sees: VAE-compressed, then patched by (1, 2, 2).
-pub fn token_grid(shape: &WanShape, height: usize, width: usize, frames: usize) -> anyhow::Result<(usize, usize, usize)> {
+pub fn token_grid(
+    shape: &WanShape,
+    height: usize,
+    width: usize,
+    frames: usize,
+) -> anyhow::Result<(usize, usize, usize)> {
     let cell = shape.vae_stride * 2;
     if height % cell != 0 || width % cell != 0 {
-        anyhow::bail!("height and width must be multiples of {cell} for this preset, got {height}x{width}");
+        anyhow::bail!(
+            "height and width must be multiples of {cell} for this preset, got {height}x{width}"
+        );
     }
     if frames == 0 || (frames - 1) % 4 != 0 {
         anyhow::bail!("frames must be 4k+1 (the VAE compresses time by 4), got {frames}");
@@ -107,9 +135,18 @@ pub fn token_grid(shape: &WanShape, height: usize, width: usize, frames: usize) 
 
 /// Useful FLOPs of one forward (module docs), batch 1, 512 text tokens.
 pub fn transformer_flops(shape: &WanShape, tokens: usize) -> f64 {
-    let (l, d, f, t) = (tokens as f64, (shape.heads * shape.head_dim) as f64, shape.ffn_dim as f64, 512.0);
+    let (l, d, f, t) = (
+        tokens as f64,
+        (shape.heads * shape.head_dim) as f64,
+        shape.ffn_dim as f64,
+        512.0,
+    );
     shape.layers as f64
-        * (2.0 * l * (4.0 * d * d + 2.0 * d * f) + 4.0 * l * l * d + 2.0 * l * 2.0 * d * d + 2.0 * t * 2.0 * d * d + 4.0 * l * t * d)
+        * (2.0 * l * (4.0 * d * d + 2.0 * d * f)
+            + 4.0 * l * l * d
+            + 2.0 * l * 2.0 * d * d
+            + 2.0 * t * 2.0 * d * d
+            + 4.0 * l * t * d)
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -123,7 +160,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = cmd;
-        anyhow::bail!("this videosdgx was built without CUDA; build the GPU binary with scripts/build-cuda.sh")
+        anyhow::bail!(
+            "this videosdgx was built without CUDA; build the GPU binary with scripts/build-cuda.sh"
+        )
     }
 }
 
@@ -131,7 +170,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 mod gpu {
     use super::*;
     use anyhow::Context;
-    use candle_core::cuda_backend::cudarc::driver::{CudaContext, result as driver, sys::CUevent_flags};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaContext, result as driver, sys::CUevent_flags,
+    };
     use candle_core::{DType, Device, Shape, Tensor};
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
@@ -141,14 +182,23 @@ mod gpu {
 
     fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
         let dev = Device::new_cuda(0).context("no CUDA device")?;
-        let Device::Cuda(cd) = &dev else { unreachable!() };
+        let Device::Cuda(cd) = &dev else {
+            unreachable!()
+        };
         let ctx = cd.cuda_stream().context().clone();
         Ok((dev, ctx))
     }
 
     /// Median milliseconds of `reps` runs of `f` after `warmup`, between CUDA events on candle's stream.
-    fn time_ms(dev: &Device, warmup: u32, reps: u32, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-        let Device::Cuda(cd) = dev else { anyhow::bail!("timing needs a CUDA device") };
+    fn time_ms(
+        dev: &Device,
+        warmup: u32,
+        reps: u32,
+        mut f: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<f64> {
+        let Device::Cuda(cd) = dev else {
+            anyhow::bail!("timing needs a CUDA device")
+        };
         let stream = cd.cuda_stream();
         for _ in 0..warmup {
             f()?;
@@ -177,7 +227,10 @@ mod gpu {
 
     impl MemoryPeak {
         fn start(ctx: &Arc<CudaContext>) -> Self {
-            let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+            let (stop, peak) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicUsize::new(0)),
+            );
             let (s, p, ctx) = (stop.clone(), peak.clone(), ctx.clone());
             let thread = std::thread::spawn(move || {
                 if ctx.bind_to_thread().is_err() {
@@ -190,7 +243,11 @@ mod gpu {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
             });
-            Self { stop, peak, thread: Some(thread) }
+            Self {
+                stop,
+                peak,
+                thread: Some(thread),
+            }
         }
 
         fn finish(mut self) -> f64 {
@@ -210,14 +267,25 @@ mod gpu {
     }
 
     impl SimpleBackend for RandomWeights {
-        fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             self.params.fetch_add(s.elem_count(), Ordering::Relaxed);
             let dims = s.dims();
             let t = if dims.len() >= 2 {
                 let fan_in: usize = dims[1..].iter().product();
                 Tensor::randn(0f32, (fan_in as f32).powf(-0.5), s, dev)?
             } else {
-                let mean = if name.contains("norm") && name.ends_with("weight") { 1f32 } else { 0f32 };
+                let mean = if name.contains("norm") && name.ends_with("weight") {
+                    1f32
+                } else {
+                    0f32
+                };
                 Tensor::randn(mean, 0.02f32, s, dev)?
             };
             t.to_dtype(dtype)
@@ -263,12 +331,20 @@ mod gpu {
             ..WanTransformerConfig::default()
         };
         let params = Arc::new(AtomicUsize::new(0));
-        let vb = VarBuilder::from_backend(Box::new(RandomWeights { params: params.clone() }), DType::BF16, dev.clone());
+        let vb = VarBuilder::from_backend(
+            Box::new(RandomWeights {
+                params: params.clone(),
+            }),
+            DType::BF16,
+            dev.clone(),
+        );
         let model = WanTransformer3DModel::new(&cfg, vb).context("building the transformer")?;
         let params_b = params.load(Ordering::Relaxed) as f64 / 1e9;
-        let latents = Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?.to_dtype(DType::BF16)?;
+        let latents = Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?
+            .to_dtype(DType::BF16)?;
         let timestep = Tensor::new(&[500f32], &dev)?;
-        let text = Tensor::randn(0f32, 1f32, (1, 512, cfg.text_dim), &dev)?.to_dtype(DType::BF16)?;
+        let text =
+            Tensor::randn(0f32, 1f32, (1, 512, cfg.text_dim), &dev)?.to_dtype(DType::BF16)?;
         let peak = MemoryPeak::start(&ctx);
         let fwd_ms = time_ms(&dev, args.warmup, args.reps, || {
             model.forward(&latents, &timestep, &text, None)?;
@@ -294,7 +370,9 @@ mod gpu {
         } else {
             println!(
                 "{} on {}: {} tokens, {:.2}B params, forward {:.1} ms (median of {}), {:.0} TFLOP/s, peak {:.1} GiB",
-                serde_json::to_value(report.preset)?.as_str().unwrap_or_default(),
+                serde_json::to_value(report.preset)?
+                    .as_str()
+                    .unwrap_or_default(),
                 report.gpu,
                 report.tokens,
                 report.params_b,
@@ -331,7 +409,9 @@ mod gpu {
         let compile = videosdgx_kernels::compile_report(&dev, cache.path())?;
         let compile_cached = videosdgx_kernels::compile_report(&dev, cache.path())?;
 
-        let bf16 = |shape: &[usize]| -> anyhow::Result<Tensor> { Ok(Tensor::randn(0f32, 1f32, shape, &dev)?.to_dtype(DType::BF16)?) };
+        let bf16 = |shape: &[usize]| -> anyhow::Result<Tensor> {
+            Ok(Tensor::randn(0f32, 1f32, shape, &dev)?.to_dtype(DType::BF16)?)
+        };
         let (l, heads, d) = (32760usize, 12usize, 128usize);
         let q = bf16(&[1, l, heads, d])?;
         let k = bf16(&[1, l, heads, d])?;
@@ -339,34 +419,83 @@ mod gpu {
         let kt = bf16(&[1, 512, heads, d])?;
         let vt = bf16(&[1, 512, heads, d])?;
         let scale = (d as f32).powf(-0.5);
-        let name = videosdgx_kernels::attention_kernel_for(&q)?.context("no fused attention kernel for this GPU")?;
+        let name = videosdgx_kernels::attention_kernel_for(&q)?
+            .context("no fused attention kernel for this GPU")?;
         let mut timings = Vec::new();
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &k, &v, scale)?)))?;
-        timings.push(KernelTiming { kernel: name.into(), shape: format!("self 1x{heads}x{l}x{d}"), ms, tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9), gbps: None });
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::attention(&q, &kt, &vt, scale)?)))?;
-        timings.push(KernelTiming { kernel: name.into(), shape: format!("cross 1x{heads}x{l}x512x{d}"), ms, tflops: Some(4.0 * (l * 512 * d * heads) as f64 / ms / 1e9), gbps: None });
+        let ms = time_ms(&dev, 3, args.reps, || {
+            Ok(drop(videosdgx_kernels::attention(&q, &k, &v, scale)?))
+        })?;
+        timings.push(KernelTiming {
+            kernel: name.into(),
+            shape: format!("self 1x{heads}x{l}x{d}"),
+            ms,
+            tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9),
+            gbps: None,
+        });
+        let ms = time_ms(&dev, 3, args.reps, || {
+            Ok(drop(videosdgx_kernels::attention(&q, &kt, &vt, scale)?))
+        })?;
+        timings.push(KernelTiming {
+            kernel: name.into(),
+            shape: format!("cross 1x{heads}x{l}x512x{d}"),
+            ms,
+            tflops: Some(4.0 * (l * 512 * d * heads) as f64 / ms / 1e9),
+            gbps: None,
+        });
 
         let width = heads * d;
         let x = bf16(&[1, l, width])?;
         let modulation = || Tensor::randn(0f32, 0.1f32, (1, width), &dev);
-        let spec = NormSpec { scale: Some(modulation()?), shift: Some(modulation()?), ..NormSpec::new(NormKind::Layer, 1e-6) };
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::modulated_norm(&x, &spec)?)))?;
+        let spec = NormSpec {
+            scale: Some(modulation()?),
+            shift: Some(modulation()?),
+            ..NormSpec::new(NormKind::Layer, 1e-6)
+        };
+        let ms = time_ms(&dev, 3, args.reps, || {
+            Ok(drop(videosdgx_kernels::modulated_norm(&x, &spec)?))
+        })?;
         // bf16 in and out: the bytes it must move.
         let bytes = (2 * 2 * l * width) as f64;
-        timings.push(KernelTiming { kernel: "modulated_norm_bf16".into(), shape: format!("layer 1x{l}x{width}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
+        timings.push(KernelTiming {
+            kernel: "modulated_norm_bf16".into(),
+            shape: format!("layer 1x{l}x{width}"),
+            ms,
+            tflops: None,
+            gbps: Some(bytes / ms / 1e6),
+        });
 
-        let grid = RopeGrid { frames: 21, height: 30, width: 52 };
-        let ms = time_ms(&dev, 3, args.reps, || Ok(drop(videosdgx_kernels::rope3d(&q, grid, 10_000.0)?)))?;
+        let grid = RopeGrid {
+            frames: 21,
+            height: 30,
+            width: 52,
+        };
+        let ms = time_ms(&dev, 3, args.reps, || {
+            Ok(drop(videosdgx_kernels::rope3d(&q, grid, 10_000.0)?))
+        })?;
         let bytes = (2 * 2 * l * heads * d) as f64;
-        timings.push(KernelTiming { kernel: "rope3d_bf16".into(), shape: format!("1x{l}x{heads}x{d}"), ms, tflops: None, gbps: Some(bytes / ms / 1e6) });
+        timings.push(KernelTiming {
+            kernel: "rope3d_bf16".into(),
+            shape: format!("1x{l}x{heads}x{d}"),
+            ms,
+            tflops: None,
+            gbps: Some(bytes / ms / 1e6),
+        });
 
-        let report = KernelsReport { gpu: ctx.name()?, compile, compile_cached, timings };
+        let report = KernelsReport {
+            gpu: ctx.name()?,
+            compile,
+            compile_cached,
+            timings,
+        };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!("{}", report.gpu);
             for (cold, warm) in report.compile.iter().zip(&report.compile_cached) {
-                println!("  NVRTC {:<16} {:<7} cold {:>8.1} ms, cached {:>6.1} ms", cold.module, cold.arch, cold.ms, warm.ms);
+                println!(
+                    "  NVRTC {:<16} {:<7} cold {:>8.1} ms, cached {:>6.1} ms",
+                    cold.module, cold.arch, cold.ms, warm.ms
+                );
             }
             for t in &report.timings {
                 let rate = match (t.tflops, t.gbps) {
@@ -374,7 +503,10 @@ mod gpu {
                     (_, Some(gb)) => format!("{gb:.0} GB/s"),
                     _ => String::new(),
                 };
-                println!("  {:<28} {:<28} {:>8.3} ms  {rate}", t.kernel, t.shape, t.ms);
+                println!(
+                    "  {:<28} {:<28} {:>8.3} ms  {rate}",
+                    t.kernel, t.shape, t.ms
+                );
             }
         }
         Ok(())
@@ -403,9 +535,13 @@ mod tests {
 
     #[test]
     fn sizes_the_vae_cannot_encode_are_refused() {
-        let err = token_grid(&Preset::Wan21_1_3b.shape(), 481, 832, 81).unwrap_err().to_string();
+        let err = token_grid(&Preset::Wan21_1_3b.shape(), 481, 832, 81)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("multiples of 16"), "{err}");
-        let err = token_grid(&Preset::Wan21_1_3b.shape(), 480, 832, 80).unwrap_err().to_string();
+        let err = token_grid(&Preset::Wan21_1_3b.shape(), 480, 832, 80)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("4k+1"), "{err}");
     }
 }
