@@ -113,7 +113,7 @@ impl Hub {
                 revision.to_string(),
             ))
             .info()
-            .map_err(|err| self.describe(err, repo_id, revision, None))?;
+            .map_err(|err| self.explain(err, repo_id, revision, None))?;
         let files = select_files(info.siblings.iter().map(|s| s.rfilename.as_str()))?;
         ensure!(
             !files.is_empty(),
@@ -138,7 +138,7 @@ impl Hub {
                     };
                     api_repo
                         .download_with_progress(file, adapter)
-                        .map_err(|err| self.describe(err, repo_id, revision, Some(file)))?
+                        .map_err(|err| self.explain(err, repo_id, revision, Some(file)))?
                 }
             };
             let blob = std::fs::canonicalize(&path)
@@ -156,7 +156,7 @@ impl Hub {
         install(models_dir, &source, &local)
     }
 
-    fn describe(
+    fn explain(
         &self,
         err: ApiError,
         repo_id: &str,

@@ -124,7 +124,7 @@ pub fn check_encodable_size(width: u32, height: u32) -> Result<()> {
         "frame size {width}x{height} is empty"
     );
     ensure!(
-        width % 2 == 0 && height % 2 == 0,
+        width.is_multiple_of(2) && height.is_multiple_of(2),
         "frame size {width}x{height} is odd: H.264 yuv420p needs an even width and height \
          (resize or crop the frames to e.g. {}x{})",
         width & !1,

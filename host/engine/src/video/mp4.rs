@@ -354,9 +354,9 @@ impl Mp4Reader {
             .find(|t| t.mdia.hdlr.handler == FourCC::new(b"vide"))
             .context("the file has no video track")?;
         let stbl = &trak.mdia.minf.stbl;
-        let avcc = match stbl.stsd.codecs.first() {
-            Some(Codec::Avc1(avc1)) => &avc1.avcc,
-            Some(Codec::Avc3(avc3)) => &avc3.avcc,
+        let (avcc, visual) = match stbl.stsd.codecs.first() {
+            Some(Codec::Avc1(avc1)) => (&avc1.avcc, &avc1.visual),
+            Some(Codec::Avc3(avc3)) => (&avc3.avcc, &avc3.visual),
             Some(other) => bail!(
                 "the video track is {}, only H.264 (avc1) can be decoded",
                 codec_name(other)
@@ -395,11 +395,6 @@ impl Mp4Reader {
             .sum();
         ensure!(ticks > 0, "the video track has zero duration");
         let duration_s = ticks as f64 / f64::from(timescale);
-        let (width, height) = match stbl.stsd.codecs.first() {
-            Some(Codec::Avc1(avc1)) => (avc1.visual.width, avc1.visual.height),
-            Some(Codec::Avc3(avc3)) => (avc3.visual.width, avc3.visual.height),
-            _ => unreachable!("checked above"),
-        };
         Ok(Self {
             fps: samples.len() as f64 / duration_s,
             keyframes: stbl.stss.as_ref().map(|s| {
@@ -413,8 +408,8 @@ impl Mp4Reader {
             metadata: read_metadata(&moov)?,
             params,
             length_size: avcc.length_size,
-            width: width.into(),
-            height: height.into(),
+            width: visual.width.into(),
+            height: visual.height.into(),
             duration_s,
             file,
         })
