@@ -31,7 +31,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         projects::update_storyboard, projects::delete_storyboard,
         projects::list_shots, projects::create_shot, projects::reorder_shots,
         projects::get_shot, projects::update_shot, projects::delete_shot,
-        assets::upload, assets::get_asset, assets::download, assets::search,
+        assets::upload, assets::get_asset, assets::update_asset, assets::download, assets::search,
         jobs::list_jobs, jobs::submit_job, jobs::get_job, jobs::cancel_job, jobs::retry_job,
         jobs::all_events, jobs::job_events,
     ),
