@@ -24,7 +24,10 @@ fn json(data: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -58,29 +61,68 @@ fn project_create_assets_add_and_search_print_json_records() {
     let pid = id.to_string();
 
     let fox = png(dir.path(), "fox.png", 1);
-    let asset = json(&data, &[
-        "assets", "add", fox.to_str().unwrap(), "--project", &pid,
-        "--tags", "fox,snow", "--caption", "a red fox", "--json",
-    ]);
+    let asset = json(
+        &data,
+        &[
+            "assets",
+            "add",
+            fox.to_str().unwrap(),
+            "--project",
+            &pid,
+            "--tags",
+            "fox,snow",
+            "--caption",
+            "a red fox",
+            "--json",
+        ],
+    );
     assert!(asset["id"].as_i64().is_some());
     assert_eq!(asset["sha256"].as_str().unwrap().len(), 64);
     let owl = png(dir.path(), "owl.png", 2);
-    json(&data, &["assets", "add", owl.to_str().unwrap(), "--caption", "an owl at night", "--json"]);
+    json(
+        &data,
+        &[
+            "assets",
+            "add",
+            owl.to_str().unwrap(),
+            "--caption",
+            "an owl at night",
+            "--json",
+        ],
+    );
 
-    let hits = json(&data, &["assets", "search", "fox", "--kind", "image", "--project", &pid, "--json"]);
+    let hits = json(
+        &data,
+        &[
+            "assets",
+            "search",
+            "fox",
+            "--kind",
+            "image",
+            "--project",
+            &pid,
+            "--json",
+        ],
+    );
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0]["id"], asset["id"]);
     let all = json(&data, &["assets", "search", "", "--json"]);
     assert_eq!(all.as_array().unwrap().len(), 2);
-    let tagged = json(&data, &["assets", "search", "fox", "--tag", "snow", "--json"]);
+    let tagged = json(
+        &data,
+        &["assets", "search", "fox", "--tag", "snow", "--json"],
+    );
     assert_eq!(tagged.as_array().unwrap().len(), 1);
 
     let listed = json(&data, &["project", "list", "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let renamed = json(&data, &["project", "rename", &pid, "Teaser", "--json"]);
     assert_eq!(renamed["name"], "Teaser");
-    assert_eq!(json(&data, &["project", "show", &pid, "--json"])["name"], "Teaser");
+    assert_eq!(
+        json(&data, &["project", "show", &pid, "--json"])["name"],
+        "Teaser"
+    );
 }
 
 #[test]
@@ -88,7 +130,17 @@ fn reindex_rebuilds_a_deleted_index_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = png(dir.path(), "a.png", 3);
-    json(&data, &["assets", "add", file.to_str().unwrap(), "--caption", "lighthouse", "--json"]);
+    json(
+        &data,
+        &[
+            "assets",
+            "add",
+            file.to_str().unwrap(),
+            "--caption",
+            "lighthouse",
+            "--json",
+        ],
+    );
     std::fs::remove_dir_all(data.join("index")).unwrap();
     let out = json(&data, &["assets", "reindex", "--json"]);
     assert_eq!(out["indexed"], 1);
@@ -103,7 +155,10 @@ fn bad_input_exits_non_zero_with_one_readable_line() {
     let text = dir.path().join("notes.png");
     std::fs::write(&text, "not an image").unwrap();
     let line = error_line(&data, &["assets", "add", text.to_str().unwrap()]);
-    assert!(line.contains("notes.png") && line.contains("not an image"), "{line}");
+    assert!(
+        line.contains("notes.png") && line.contains("not an image"),
+        "{line}"
+    );
     let line = error_line(&data, &["assets", "add", "/no/such/file.png"]);
     assert!(line.contains("/no/such/file.png"), "{line}");
     let line = error_line(&data, &["project", "show", "42"]);
@@ -125,7 +180,10 @@ fn database_from_a_newer_version_is_refused_clearly() {
     conn.pragma_update(None, "user_version", 999).unwrap();
     drop(conn);
     let line = error_line(&data, &["project", "list"]);
-    assert!(line.contains("schema version 999") && line.contains("upgrade VideosDGX"), "{line}");
+    assert!(
+        line.contains("schema version 999") && line.contains("upgrade VideosDGX"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -143,9 +201,18 @@ fn jobs_list_show_cancel_and_retry_work_on_queued_rows() {
     drop(conn);
     let listed = json(&data, &["jobs", "list", "--json"]);
     let id = listed[0]["id"].as_i64().unwrap().to_string();
-    assert_eq!(json(&data, &["jobs", "show", &id, "--json"])["state"], "queued");
-    assert_eq!(json(&data, &["jobs", "cancel", &id, "--json"])["state"], "cancelled");
+    assert_eq!(
+        json(&data, &["jobs", "show", &id, "--json"])["state"],
+        "queued"
+    );
+    assert_eq!(
+        json(&data, &["jobs", "cancel", &id, "--json"])["state"],
+        "cancelled"
+    );
     let line = error_line(&data, &["jobs", "cancel", &id]);
     assert!(line.contains("already cancelled"), "{line}");
-    assert_eq!(json(&data, &["jobs", "retry", &id, "--json"])["state"], "queued");
+    assert_eq!(
+        json(&data, &["jobs", "retry", &id, "--json"])["state"],
+        "queued"
+    );
 }

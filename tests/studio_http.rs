@@ -42,7 +42,10 @@ fn projects_storyboards_and_shots_round_trip_with_reorder() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
     let project = new_project(&s, "Trailer");
-    let r = s.patch(&format!("/api/projects/{project}"), &json!({ "name": "Teaser" }));
+    let r = s.patch(
+        &format!("/api/projects/{project}"),
+        &json!({ "name": "Teaser" }),
+    );
     assert_eq!(r.json()["name"], "Teaser");
     let board = s.post(
         &format!("/api/projects/{project}/storyboards"),
@@ -66,9 +69,18 @@ fn projects_storyboards_and_shots_round_trip_with_reorder() {
         &json!({ "order": [shots[2], shots[0], shots[1]] }),
     );
     assert_eq!(r.status, 200, "{}", r.json());
-    let prompts: Vec<Value> = r.json().as_array().unwrap().iter().map(|s| s["prompt"].clone()).collect();
+    let prompts: Vec<Value> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["prompt"].clone())
+        .collect();
     assert_eq!(prompts, [json!("dusk"), json!("dawn"), json!("noon")]);
-    let r = s.patch(&format!("/api/shots/{}", shots[0]), &json!({ "status": "approved" }));
+    let r = s.patch(
+        &format!("/api/shots/{}", shots[0]),
+        &json!({ "status": "approved" }),
+    );
     assert_eq!(r.json()["status"], "approved");
     assert_eq!(r.json()["camera"], "dolly in");
     assert_eq!(s.delete(&format!("/api/shots/{}", shots[2])).status, 204);
@@ -86,7 +98,9 @@ fn uploaded_assets_are_searchable_and_download_with_range() {
     let project = new_project(&s, "p");
     let fox = png(1, 32);
     let r = s.upload(
-        &format!("name=fox.png&project_id={project}&tags=Fox,Winter&caption=a%20red%20fox%20in%20snow"),
+        &format!(
+            "name=fox.png&project_id={project}&tags=Fox,Winter&caption=a%20red%20fox%20in%20snow"
+        ),
         &fox,
     );
     assert_eq!(r.status, 201, "{}", r.json());
@@ -101,7 +115,11 @@ fn uploaded_assets_are_searchable_and_download_with_range() {
     assert_eq!(again.json()["id"], id);
     s.upload("name=whale.png&caption=a%20blue%20whale", &png(2, 32));
 
-    let hits = s.get(&format!("/api/assets/search?q=fox&kind=image&project_id={project}")).json();
+    let hits = s
+        .get(&format!(
+            "/api/assets/search?q=fox&kind=image&project_id={project}"
+        ))
+        .json();
     assert_eq!(hits.as_array().unwrap().len(), 1);
     assert_eq!(hits[0]["id"], id);
     assert!(hits[0]["score"].as_f64().unwrap() > 0.0);
@@ -123,7 +141,10 @@ fn uploaded_assets_are_searchable_and_download_with_range() {
         part.header("content-range"),
         Some(format!("bytes 8-15/{}", fox.len()).as_str())
     );
-    let past_end = s.get_with(&format!("/api/assets/{id}/file"), ("range", "bytes=999999-"));
+    let past_end = s.get_with(
+        &format!("/api/assets/{id}/file"),
+        ("range", "bytes=999999-"),
+    );
     assert_eq!(past_end.status, 416);
 }
 
@@ -145,17 +166,39 @@ fn malformed_json_wrong_types_and_unknown_fields_are_refused() {
         .json()["id"]
         .as_i64()
         .unwrap();
-    let r = s.post(&format!("/api/storyboards/{board}/shots"), &json!({ "duration_s": "long" }));
+    let r = s.post(
+        &format!("/api/storyboards/{board}/shots"),
+        &json!({ "duration_s": "long" }),
+    );
     assert_eq!(r.status, 422);
-    let r = s.post(&format!("/api/storyboards/{board}/shots"), &json!({ "duration_s": -1.0 }));
+    let r = s.post(
+        &format!("/api/storyboards/{board}/shots"),
+        &json!({ "duration_s": -1.0 }),
+    );
     assert_eq!(r.status, 422);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("duration_s"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duration_s")
+    );
     let r = s.post("/api/jobs", &json!({ "kind": "mine.bitcoin" }));
     assert_eq!(r.status, 422);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("assets.reindex"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("assets.reindex")
+    );
     // Nothing half-made was stored.
     assert_eq!(s.get("/api/projects").json().as_array().unwrap().len(), 1);
-    assert!(s.get(&format!("/api/storyboards/{board}/shots")).json().as_array().unwrap().is_empty());
+    assert!(
+        s.get(&format!("/api/storyboards/{board}/shots"))
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -172,10 +215,19 @@ fn unknown_ids_and_routes_are_404_and_bad_ids_400() {
         "/api/no-such-thing",
     ] {
         let r = s.get(path);
-        assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"), "{path}");
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (404, "not_found"),
+            "{path}"
+        );
     }
     let r = s.get("/api/projects/999");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("project 999"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("project 999")
+    );
     let r = s.get("/api/projects/abc");
     assert_eq!(r.status, 400);
     r.error_code();
@@ -190,11 +242,21 @@ fn oversized_uploads_are_refused_with_413_and_leave_nothing() {
     assert!(big.len() > 50_000);
     let r = s.upload("name=big.png", &big);
     assert_eq!((r.status, r.error_code().as_str()), (413, "too_large"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("50000"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("50000")
+    );
     let ok = s.upload("name=small.png", &png(4, 16));
     assert_eq!(ok.status, 201);
-    assert_eq!(s.get("/api/assets/search").json().as_array().unwrap().len(), 1);
-    let staging = std::fs::read_dir(dir.path().join("assets/tmp")).unwrap().count();
+    assert_eq!(
+        s.get("/api/assets/search").json().as_array().unwrap().len(),
+        1
+    );
+    let staging = std::fs::read_dir(dir.path().join("assets/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(staging, 0, "no partial file left behind");
 }
 
@@ -202,26 +264,56 @@ fn oversized_uploads_are_refused_with_413_and_leave_nothing() {
 fn files_that_are_not_media_are_refused_with_415() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    let r = s.upload("name=notes.png", b"just some text pretending to be a picture");
+    let r = s.upload(
+        "name=notes.png",
+        b"just some text pretending to be a picture",
+    );
     assert_eq!((r.status, r.error_code().as_str()), (415, "not_media"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("notes.png"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("notes.png")
+    );
     let mut truncated = png(5, 64);
     truncated.truncate(40);
     let r = s.upload("name=cut.png", &truncated);
     assert_eq!(r.status, 415);
-    assert!(s.get("/api/assets/search").json().as_array().unwrap().is_empty());
+    assert!(
+        s.get("/api/assets/search")
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn path_tricks_in_file_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    for name in ["..%2F..%2Fetc%2Fpasswd.png", "..", "a%2Fb.png", "C%3A%5Cx.png"] {
+    for name in [
+        "..%2F..%2Fetc%2Fpasswd.png",
+        "..",
+        "a%2Fb.png",
+        "C%3A%5Cx.png",
+    ] {
         let r = s.upload(&format!("name={name}"), &png(6, 8));
         assert_eq!(r.status, 422, "{name}: {}", r.json());
-        assert!(r.json()["error"]["message"].as_str().unwrap().contains("plain file name"));
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("plain file name")
+        );
     }
-    assert!(s.get("/api/assets/search").json().as_array().unwrap().is_empty());
+    assert!(
+        s.get("/api/assets/search")
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert!(!dir.path().parent().unwrap().join("etc").exists());
 }
 
@@ -233,9 +325,12 @@ fn multipart_upload_takes_fields_and_file_name() {
     let boundary = "XyZzY";
     let mut body = Vec::new();
     for (name, value) in [("project_id", project.to_string()), ("tags", "a,b".into())] {
-        body.extend(format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-        ).bytes());
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .bytes(),
+        );
     }
     body.extend(format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"shot.png\"\r\n\
@@ -283,10 +378,18 @@ fn locked_database_gives_503_and_loses_nothing() {
     let r = s.post("/api/projects", &json!({ "name": "blocked" }));
     assert_eq!((r.status, r.error_code().as_str()), (503, "database_busy"));
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("locked"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked")
+    );
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
-    assert_eq!(s.get(&format!("/api/projects/{kept}")).json()["name"], "kept");
+    assert_eq!(
+        s.get(&format!("/api/projects/{kept}")).json()["name"],
+        "kept"
+    );
     new_project(&s, "after");
     assert_eq!(s.get("/api/projects").json().as_array().unwrap().len(), 2);
 }
@@ -303,7 +406,10 @@ fn full_disk_gives_507_and_keeps_stored_assets() {
         cmd.pre_exec(|| {
             // Over the limit, write() fails with EFBIG instead of killing the process.
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit { rlim_cur: 300_000, rlim_max: 300_000 };
+            let limit = libc::rlimit {
+                rlim_cur: 300_000,
+                rlim_max: 300_000,
+            };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -318,8 +424,16 @@ fn full_disk_gives_507_and_keeps_stored_assets() {
     let r = s.upload("name=big.png", &big);
     assert_eq!((r.status, r.error_code().as_str()), (507, "storage_full"));
     assert_eq!(s.get(&format!("/api/assets/{id}/file")).bytes, small);
-    assert_eq!(s.get("/api/assets/search").json().as_array().unwrap().len(), 1);
-    assert_eq!(std::fs::read_dir(dir.path().join("assets/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        s.get("/api/assets/search").json().as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("assets/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert_eq!(s.get("/api/health").status, 200);
 }
 
@@ -344,7 +458,11 @@ fn read_only_database_serves_reads_and_refuses_writes() {
         }
         std::os::unix::fs::lchown(data.join("studio.db"), Some(0), Some(0)).unwrap();
     }
-    std::fs::set_permissions(data.join("studio.db"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(
+        data.join("studio.db"),
+        std::fs::Permissions::from_mode(0o444),
+    )
+    .unwrap();
 
     let s = start_with(&data, &[], |cmd| {
         if root {
@@ -355,8 +473,18 @@ fn read_only_database_serves_reads_and_refuses_writes() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["name"], "kept");
     let r = s.post("/api/projects", &json!({ "name": "new" }));
-    assert_eq!((r.status, r.error_code().as_str()), (503, "database_read_only"), "{}", r.json());
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("read-only"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "database_read_only"),
+        "{}",
+        r.json()
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only")
+    );
     assert_eq!(s.get("/api/projects").json().as_array().unwrap().len(), 1);
 }
 

@@ -33,7 +33,9 @@ fn mid_run(job: &Value) -> bool {
 fn count_assets(s: &studio::Server) -> usize {
     let mut total = 0;
     loop {
-        let page = s.get(&format!("/api/assets/search?limit=1000&offset={total}")).json();
+        let page = s
+            .get(&format!("/api/assets/search?limit=1000&offset={total}"))
+            .json();
         let n = page.as_array().unwrap().len();
         total += n;
         if n < 1000 {
@@ -48,8 +50,8 @@ fn sigkill_mid_job_requeues_it_or_marks_it_interrupted_when_attempts_are_spent()
     let data = dir.path().join("data");
     let folder_a = dir.path().join("a");
     let folder_b = dir.path().join("b");
-    media_folder(&folder_a, 600);
-    media_folder(&folder_b, 600);
+    media_folder(&folder_a, 1500);
+    media_folder(&folder_b, 1500);
 
     let s = start(&data);
     let again = submit_import(&s, &folder_a, 3);
@@ -61,18 +63,30 @@ fn sigkill_mid_job_requeues_it_or_marks_it_interrupted_when_attempts_are_spent()
     let s = start(&data);
     let spent = s.get(&format!("/api/jobs/{once}")).json();
     assert_eq!(spent["state"], "interrupted", "{spent}");
-    assert!(spent["error"].as_str().unwrap().contains("stopped while attempt 1"));
+    assert!(
+        spent["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped while attempt 1")
+    );
     let job = s.wait_job(again, "success", |j| j["state"] == "succeeded");
     assert_eq!(job["attempts"], 2, "{job}");
     let imported = job["result"]["imported"].as_u64().unwrap();
     let existing = job["result"]["existing"].as_u64().unwrap();
-    assert_eq!(imported + existing, 600, "{job}");
-    assert!(existing >= 5, "files imported before the kill were kept: {job}");
+    assert_eq!(imported + existing, 1500, "{job}");
+    assert!(
+        existing >= 5,
+        "files imported before the kill were kept: {job}"
+    );
 
     // The interrupted job can be retried and completes; the library has every file once.
-    assert_eq!(s.post(&format!("/api/jobs/{once}/retry"), &json!({})).status, 200);
+    assert_eq!(
+        s.post(&format!("/api/jobs/{once}/retry"), &json!({}))
+            .status,
+        200
+    );
     s.wait_job(once, "success", |j| j["state"] == "succeeded");
-    assert_eq!(count_assets(&s), 1200);
+    assert_eq!(count_assets(&s), 3000);
 }
 
 #[test]
@@ -82,12 +96,17 @@ fn sigterm_stops_gracefully_and_the_running_job_resumes_at_next_start() {
     let folder = dir.path().join("media");
     media_folder(&folder, 600);
     let mut s = start(&data);
+    // An open event stream must not hold up shutdown.
+    let events_url = format!("{}/api/jobs/events", s.base);
+    let listener = std::thread::spawn(move || studio::fetch(&events_url));
     let id = submit_import(&s, &folder, 1);
     s.wait_job(id, "to be mid-run", mid_run);
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
     let status = s.child.wait().unwrap();
     assert!(status.success(), "graceful exit, got {status}");
     drop(s);
+    let events = String::from_utf8(listener.join().unwrap().bytes).unwrap();
+    assert!(events.contains("event: progress"), "{events}");
 
     // Shutdown gave the attempt back: a job allowed one attempt still runs to completion.
     let s = start(&data);

@@ -74,7 +74,11 @@ pub struct Reply {
 impl Reply {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
-            panic!("status {}: body is not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.bytes))
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.bytes)
+            )
         })
     }
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -88,7 +92,10 @@ impl Reply {
         let body = self.json();
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(!message.is_empty(), "error without a message: {body}");
-        body["error"]["code"].as_str().expect("error.code").to_owned()
+        body["error"]["code"]
+            .as_str()
+            .expect("error.code")
+            .to_owned()
     }
 }
 
@@ -106,7 +113,20 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
         .limit(1 << 30)
         .read_to_vec()
         .expect("read body");
-    Reply { status, headers, bytes }
+    Reply {
+        status,
+        headers,
+        bytes,
+    }
+}
+
+/// GET on a fresh connection (usable from another thread), reading the body to its end.
+pub fn fetch(url: &str) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    reply(agent.get(url).call())
 }
 
 impl Server {
@@ -132,7 +152,12 @@ impl Server {
     }
 
     pub fn get_with(&self, path: &str, header: (&str, &str)) -> Reply {
-        reply(self.agent.get(self.url(path)).header(header.0, header.1).call())
+        reply(
+            self.agent
+                .get(self.url(path))
+                .header(header.0, header.1)
+                .call(),
+        )
     }
 
     pub fn delete(&self, path: &str) -> Reply {
@@ -177,7 +202,10 @@ impl Server {
         reply(
             self.agent
                 .post(self.url("/api/assets"))
-                .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
                 .send(body),
         )
     }
@@ -190,7 +218,10 @@ impl Server {
             if done(&job) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {id} never got {what}: {job}");
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never got {what}: {job}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -218,7 +249,9 @@ impl Drop for Server {
 /// A small PNG whose pixels depend on `seed`, so each seed is distinct content.
 pub fn png(seed: u32, size: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(size, size, |x, y| {
-        let v = seed.wrapping_mul(2_654_435_761).wrapping_add(x * 31 + y * 17);
+        let v = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(x * 31 + y * 17);
         image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
     });
     let mut out = std::io::Cursor::new(Vec::new());

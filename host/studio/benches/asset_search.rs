@@ -12,20 +12,75 @@ use videosdgx_studio::assets::{MediaKind, NewAsset, SearchQuery};
 use videosdgx_studio::{App, StudioConfig, projects};
 
 const WORDS: &[&str] = &[
-    "fox", "forest", "snow", "city", "night", "neon", "rain", "ocean", "wave", "sunset", "mountain",
-    "river", "bridge", "car", "train", "robot", "dragon", "castle", "desert", "storm", "cloud",
-    "flower", "garden", "portrait", "smile", "dance", "market", "street", "lantern", "fire",
-    "ice", "glass", "mirror", "shadow", "light", "golden", "silver", "red", "blue", "green",
-    "slow", "motion", "aerial", "close", "wide", "shot", "cinematic", "vintage", "film", "grain",
+    "fox",
+    "forest",
+    "snow",
+    "city",
+    "night",
+    "neon",
+    "rain",
+    "ocean",
+    "wave",
+    "sunset",
+    "mountain",
+    "river",
+    "bridge",
+    "car",
+    "train",
+    "robot",
+    "dragon",
+    "castle",
+    "desert",
+    "storm",
+    "cloud",
+    "flower",
+    "garden",
+    "portrait",
+    "smile",
+    "dance",
+    "market",
+    "street",
+    "lantern",
+    "fire",
+    "ice",
+    "glass",
+    "mirror",
+    "shadow",
+    "light",
+    "golden",
+    "silver",
+    "red",
+    "blue",
+    "green",
+    "slow",
+    "motion",
+    "aerial",
+    "close",
+    "wide",
+    "shot",
+    "cinematic",
+    "vintage",
+    "film",
+    "grain",
 ];
-const TAGS: &[&str] = &["broll", "hero", "draft", "final", "nature", "urban", "people", "animal", "sky", "water"];
-const MODELS: &[&str] = &["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b", "imported"];
+const TAGS: &[&str] = &[
+    "broll", "hero", "draft", "final", "nature", "urban", "people", "animal", "sky", "water",
+];
+const MODELS: &[&str] = &[
+    "wan2.1-t2v-1.3b",
+    "wan2.1-t2v-14b",
+    "wan2.2-ti2v-5b",
+    "imported",
+];
 
 /// Small deterministic generator so runs are comparable.
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
@@ -35,14 +90,21 @@ impl Lcg {
     }
     fn sentence(&mut self, min: u64, max: u64) -> String {
         let n = min + self.next() % (max - min);
-        (0..n).map(|_| self.pick(WORDS)).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|_| self.pick(WORDS))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 /// Fills the database with `n` asset rows (metadata only) and rebuilds the index from it.
 fn populate(app: &App, n: usize) -> (Vec<i64>, Duration) {
     let projects: Vec<i64> = (0..20)
-        .map(|i| projects::create_project(&app.db, &format!("project {i}")).unwrap().id)
+        .map(|i| {
+            projects::create_project(&app.db, &format!("project {i}"))
+                .unwrap()
+                .id
+        })
         .collect();
     let mut rng = Lcg(7);
     let year_ms = 365 * 24 * 3600 * 1000i64;
@@ -93,7 +155,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let n: usize = std::env::var("ASSET_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("ASSET_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
     let app = App::open(StudioConfig::new(dir.path())).unwrap();
     let (projects, rebuild) = populate(&app, n);
@@ -106,7 +171,9 @@ fn bench(c: &mut Criterion) {
     // Latency distribution over many different queries (criterion reports means, not tails).
     let mut rng = Lcg(11);
     for _ in 0..200 {
-        app.assets.search(&app.db, &query(&mut rng, &projects)).unwrap(); // warm caches
+        app.assets
+            .search(&app.db, &query(&mut rng, &projects))
+            .unwrap(); // warm caches
     }
     let mut times: Vec<Duration> = (0..5000)
         .map(|_| {
@@ -129,7 +196,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("asset_search");
     group.bench_function(format!("text_kind_project_{n}"), |b| {
         let mut rng = Lcg(13);
-        b.iter(|| app.assets.search(&app.db, &query(&mut rng, &projects)).unwrap())
+        b.iter(|| {
+            app.assets
+                .search(&app.db, &query(&mut rng, &projects))
+                .unwrap()
+        })
     });
     group.finish();
 

@@ -42,10 +42,14 @@ impl App {
         Self::open_with_runners(config, default_runners())
     }
 
-    pub fn open_with_runners(config: StudioConfig, runners: Vec<Arc<dyn JobRunner>>) -> Result<App> {
+    pub fn open_with_runners(
+        config: StudioConfig,
+        runners: Vec<Arc<dyn JobRunner>>,
+    ) -> Result<App> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
-            StudioError::from(e).context_internal(format!("cannot create data directory {}", dir.display()))
+            StudioError::from(e)
+                .context_internal(format!("cannot create data directory {}", dir.display()))
         })?;
         let db = Db::open(&dir.join("studio.db"))?;
         let assets = AssetLibrary::open(dir, &db)?;

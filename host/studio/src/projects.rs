@@ -79,9 +79,13 @@ pub fn list_projects(db: &Db) -> Result<Vec<Project>> {
 
 pub fn get_project(db: &Db, id: i64) -> Result<Project> {
     db.with(|c| {
-        c.query_row("SELECT * FROM projects WHERE id = ?1", [id], project_from_row)
-            .optional()?
-            .ok_or_else(|| StudioError::not_found("project", id))
+        c.query_row(
+            "SELECT * FROM projects WHERE id = ?1",
+            [id],
+            project_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StudioError::not_found("project", id))
     })
 }
 
@@ -136,9 +140,13 @@ pub fn list_storyboards(db: &Db, project_id: i64) -> Result<Vec<Storyboard>> {
 
 pub fn get_storyboard(db: &Db, id: i64) -> Result<Storyboard> {
     db.with(|c| {
-        c.query_row("SELECT * FROM storyboards WHERE id = ?1", [id], storyboard_from_row)
-            .optional()?
-            .ok_or_else(|| StudioError::not_found("storyboard", id))
+        c.query_row(
+            "SELECT * FROM storyboards WHERE id = ?1",
+            [id],
+            storyboard_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StudioError::not_found("storyboard", id))
     })
 }
 
@@ -184,14 +192,23 @@ mod tests {
         assert_eq!(p.name, "Trailer");
         let s = create_storyboard(&db, p.id, "Act 1", "").unwrap();
         delete_project(&db, p.id).unwrap();
-        assert!(matches!(get_storyboard(&db, s.id), Err(StudioError::NotFound { .. })));
-        assert!(matches!(delete_project(&db, p.id), Err(StudioError::NotFound { .. })));
+        assert!(matches!(
+            get_storyboard(&db, s.id),
+            Err(StudioError::NotFound { .. })
+        ));
+        assert!(matches!(
+            delete_project(&db, p.id),
+            Err(StudioError::NotFound { .. })
+        ));
     }
 
     #[test]
     fn blank_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("s.db")).unwrap();
-        assert!(matches!(create_project(&db, "  "), Err(StudioError::Invalid(_))));
+        assert!(matches!(
+            create_project(&db, "  "),
+            Err(StudioError::Invalid(_))
+        ));
     }
 }

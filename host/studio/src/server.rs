@@ -61,20 +61,30 @@ pub async fn serve(
     }
     let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
     if !recovered.is_empty() {
-        tracing::warn!(count = recovered.len(), "jobs were cut off by the last stop");
+        tracing::warn!(
+            count = recovered.len(),
+            "jobs were cut off by the last stop"
+        );
     }
     let workers = JobQueue::start(&app, CPU_WORKERS);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data = %app.data_dir().display(), "studio ready");
+    let stopping = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping job workers and event streams");
+        // Ends event streams too, so open SSE connections do not hold the server up.
+        stopping.jobs.stop();
+    };
     axum::serve(listener, router(app.clone(), auth.auth))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StudioError::from)?;
-    tracing::info!("shutting down: stopping job workers");
-    app.jobs.stop();
     let all = futures_join(workers);
     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
-        tracing::warn!("jobs still running after the grace period; they will be recovered at next start");
+        tracing::warn!(
+            "jobs still running after the grace period; they will be recovered at next start"
+        );
     }
     Ok(())
 }

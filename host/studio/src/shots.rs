@@ -8,7 +8,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub const SHOT_STATUSES: &[&str] = &["draft", "queued", "generating", "generated", "approved", "failed"];
+pub const SHOT_STATUSES: &[&str] = &[
+    "draft",
+    "queued",
+    "generating",
+    "generated",
+    "approved",
+    "failed",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Shot {
@@ -129,8 +136,9 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
         })
         .optional()?
         .ok_or_else(|| StudioError::not_found("shot", id))?;
-    let mut refs =
-        c.prepare_cached("SELECT asset_id FROM shot_references WHERE shot_id = ?1 ORDER BY position")?;
+    let mut refs = c.prepare_cached(
+        "SELECT asset_id FROM shot_references WHERE shot_id = ?1 ORDER BY position",
+    )?;
     shot.references = refs
         .query_map([id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -178,18 +186,25 @@ fn apply_fields(c: &Connection, id: i64, fields: &ShotFields) -> Result<()> {
     }
     if let Some(take) = fields.chosen_take_id {
         let owner: Option<i64> = c
-            .query_row("SELECT shot_id FROM takes WHERE id = ?1", [take], |r| r.get(0))
+            .query_row("SELECT shot_id FROM takes WHERE id = ?1", [take], |r| {
+                r.get(0)
+            })
             .optional()?;
         if owner != Some(id) {
-            return Err(StudioError::Invalid(format!("take {take} is not a take of shot {id}")));
+            return Err(StudioError::Invalid(format!(
+                "take {take} is not a take of shot {id}"
+            )));
         }
         set("chosen_take_id", &take)?;
     }
     if let Some(refs) = &fields.references {
         c.execute("DELETE FROM shot_references WHERE shot_id = ?1", [id])?;
         for (position, asset) in refs.iter().enumerate() {
-            let exists: bool =
-                c.query_row("SELECT EXISTS(SELECT 1 FROM assets WHERE id = ?1)", [asset], |r| r.get(0))?;
+            let exists: bool = c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM assets WHERE id = ?1)",
+                [asset],
+                |r| r.get(0),
+            )?;
             if !exists {
                 return Err(StudioError::Invalid(format!(
                     "reference asset {asset} does not exist"
@@ -229,7 +244,8 @@ pub fn get_shot(db: &Db, id: i64) -> Result<Shot> {
 pub fn list_shots(db: &Db, storyboard_id: i64) -> Result<Vec<Shot>> {
     get_storyboard(db, storyboard_id)?;
     db.with(|c| {
-        let mut stmt = c.prepare("SELECT id FROM shots WHERE storyboard_id = ?1 ORDER BY position")?;
+        let mut stmt =
+            c.prepare("SELECT id FROM shots WHERE storyboard_id = ?1 ORDER BY position")?;
         let ids: Vec<i64> = stmt
             .query_map([storyboard_id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -316,7 +332,11 @@ mod tests {
     }
 
     fn prompts(db: &Db, board: i64) -> Vec<String> {
-        list_shots(db, board).unwrap().into_iter().map(|s| s.prompt).collect()
+        list_shots(db, board)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.prompt)
+            .collect()
     }
 
     #[test]
@@ -325,7 +345,10 @@ mod tests {
         let ids: Vec<i64> = ["a", "b", "c"]
             .iter()
             .map(|p| {
-                let fields = ShotFields { prompt: Some(p.to_string()), ..Default::default() };
+                let fields = ShotFields {
+                    prompt: Some(p.to_string()),
+                    ..Default::default()
+                };
                 create_shot(&db, board, &fields).unwrap().id
             })
             .collect();
@@ -350,10 +373,25 @@ mod tests {
     #[test]
     fn unknown_status_and_missing_reference_are_refused() {
         let (_dir, db, board) = board();
-        let bad = ShotFields { status: Some("done".into()), ..Default::default() };
-        assert!(matches!(create_shot(&db, board, &bad), Err(StudioError::Invalid(_))));
-        let bad = ShotFields { references: Some(vec![99]), ..Default::default() };
-        assert!(matches!(create_shot(&db, board, &bad), Err(StudioError::Invalid(_))));
-        assert!(list_shots(&db, board).unwrap().is_empty(), "failed create left no row");
+        let bad = ShotFields {
+            status: Some("done".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            create_shot(&db, board, &bad),
+            Err(StudioError::Invalid(_))
+        ));
+        let bad = ShotFields {
+            references: Some(vec![99]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            create_shot(&db, board, &bad),
+            Err(StudioError::Invalid(_))
+        ));
+        assert!(
+            list_shots(&db, board).unwrap().is_empty(),
+            "failed create left no row"
+        );
     }
 }

@@ -65,11 +65,10 @@ fn line(j: &Job) -> String {
 
 pub fn run(app: &App, cmd: JobsCommand) -> anyhow::Result<()> {
     match cmd {
-        JobsCommand::List { state, limit, out } => {
-            out.print(&jobs::list_jobs(&app.db, state, limit)?, |js| {
+        JobsCommand::List { state, limit, out } => out
+            .print(&jobs::list_jobs(&app.db, state, limit)?, |js| {
                 js.iter().map(line).collect::<Vec<_>>().join("\n")
-            })
-        }
+            }),
         JobsCommand::Show { id, out } => out.print(&jobs::get_job(&app.db, id)?, |j| {
             format!(
                 "{}\nparams: {}\nresult: {}",

@@ -71,7 +71,8 @@ pub fn data_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// Opens the studio's data directory for a one-shot command.
 pub fn open(data: PathBuf) -> anyhow::Result<App> {
     let shown = data.display().to_string();
-    App::open(StudioConfig::new(data)).with_context(|| format!("cannot open studio data in {shown}"))
+    App::open(StudioConfig::new(data))
+        .with_context(|| format!("cannot open studio data in {shown}"))
 }
 
 /// `--json` for commands that print records.
@@ -84,7 +85,11 @@ pub struct Output {
 
 impl Output {
     /// Prints `value` as pretty JSON, or as the text `text` makes of it.
-    pub fn print<T: Serialize>(self, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    pub fn print<T: Serialize>(
+        self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value)?);
         } else {

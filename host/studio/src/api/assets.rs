@@ -23,7 +23,10 @@ type AppState = State<Arc<App>>;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         // The upload handler counts bytes itself against `max_upload_bytes`.
-        .route("/api/assets", post(upload).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/api/assets",
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/assets/search", get(search))
         .route("/api/assets/{id}", get(get_asset).patch(update_asset))
         .route("/api/assets/{id}/file", get(download))
@@ -52,7 +55,11 @@ impl UploadMeta {
                     StudioError::Invalid(format!("project_id {value:?} is not an integer"))
                 })?)
             }
-            other => return Err(StudioError::Invalid(format!("unknown form field {other:?}"))),
+            other => {
+                return Err(StudioError::Invalid(format!(
+                    "unknown form field {other:?}"
+                )));
+            }
         }
         Ok(())
     }
@@ -84,7 +91,8 @@ fn stage_writer(
     let handle = tokio::task::spawn_blocking(move || {
         let mut staged = app.assets.stage(Some(app.config.max_upload_bytes))?;
         while let Some(chunk) = rx.blocking_recv() {
-            let chunk = chunk.map_err(|e| StudioError::Invalid(format!("upload interrupted: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| StudioError::Invalid(format!("upload interrupted: {e}")))?;
             staged.write(&chunk)?;
         }
         Ok(staged)
@@ -179,14 +187,20 @@ pub async fn upload(
     let (asset, created) = app
         .blocking(move |a| a.assets.import_staged(&a.db, staged, &new_asset))
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(asset)))
 }
 
 #[utoipa::path(get, path = "/api/assets/{id}", tag = "assets", params(("id" = i64, Path)),
     responses((status = 200, body = Asset), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get_asset(State(app): AppState, Path(id): Path<i64>) -> ApiResult<Json<Asset>> {
-    Ok(Json(app.blocking(move |a| assets::get_asset(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| assets::get_asset(&a.db, id)).await?,
+    ))
 }
 
 /// Caption and tags to set; absent fields are kept.
@@ -283,8 +297,16 @@ impl SearchParams {
             project_id: self.project_id,
             tags: assets::normalized_tags(&tags)?,
             model: self.model,
-            since: self.since.as_deref().map(crate::db::parse_time).transpose()?,
-            until: self.until.as_deref().map(crate::db::parse_time).transpose()?,
+            since: self
+                .since
+                .as_deref()
+                .map(crate::db::parse_time)
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(crate::db::parse_time)
+                .transpose()?,
             limit: self.limit.unwrap_or(20),
             offset: self.offset.unwrap_or(0),
         })
@@ -299,5 +321,8 @@ pub async fn search(
     Query(params): Query<SearchParams>,
 ) -> ApiResult<Json<Vec<SearchHit>>> {
     let query = params.into_query()?;
-    Ok(Json(app.blocking(move |a| a.assets.search(&a.db, &query)).await?))
+    Ok(Json(
+        app.blocking(move |a| a.assets.search(&a.db, &query))
+            .await?,
+    ))
 }

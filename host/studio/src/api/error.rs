@@ -129,7 +129,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(p) => Ok(Path(p.0)),
-            Err(r) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_path", r.body_text())),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                r.body_text(),
+            )),
         }
     }
 }
@@ -145,7 +149,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(q) => Ok(Query(q.0)),
-            Err(r) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                r.body_text(),
+            )),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use utoipa::IntoParams;
 
@@ -45,7 +45,10 @@ pub async fn list_jobs(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Vec<Job>>> {
     let limit = params.limit.unwrap_or(100);
-    Ok(Json(app.blocking(move |a| jobs::list_jobs(&a.db, params.state, limit)).await?))
+    Ok(Json(
+        app.blocking(move |a| jobs::list_jobs(&a.db, params.state, limit))
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = NewJob,
@@ -89,17 +92,57 @@ fn sse_event(event: &JobEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
+/// Forwards job events to a client stream, starting with `first`: only those of `job` when
+/// given (ending after it finishes), all otherwise. Ends when the server shuts down.
+/// `receiver` must be subscribed before `first` was read, so that no change is missed.
+fn event_stream(
+    app: Arc<App>,
+    mut receiver: tokio::sync::broadcast::Receiver<JobEvent>,
+    job: Option<i64>,
+    first: Option<JobEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let mut closing = app.jobs.closing();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut next = first;
+        loop {
+            if let Some(event) = next.take() {
+                let finished = job.is_some()
+                    && matches!(&event, JobEvent::State { state, .. } if state.is_finished());
+                if tx.send(event).await.is_err() || finished {
+                    return;
+                }
+            }
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(e) if job.is_none_or(|id| e.job_id() == id) => next = Some(e),
+                    Ok(_) => {}
+                    // Missed events: the row says where the job is now.
+                    Err(RecvError::Lagged(_)) => {
+                        if let Some(id) = job {
+                            match app.blocking(move |a| jobs::get_job(&a.db, id)).await {
+                                Ok(row) => next = Some(state_event(&row)),
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = closing.wait_for(|closing| *closing) => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx).map(|e| Ok(sse_event(&e)))
+}
+
 #[utoipa::path(get, path = "/api/jobs/events", tag = "jobs",
     responses((status = 200, content_type = "text/event-stream", body = JobEvent,
         description = "`state` and `progress` events of every job")))]
 pub async fn all_events(
     State(app): AppState,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    // A lagging client skips the events it missed; the job rows stay authoritative.
-    let stream = BroadcastStream::new(app.jobs.subscribe())
-        .filter_map(|event| event.ok())
-        .map(|event| Ok(sse_event(&event)));
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let receiver = app.jobs.subscribe();
+    Sse::new(event_stream(app, receiver, None, None)).keep_alive(KeepAlive::default())
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs", params(("id" = i64, Path)),
@@ -110,33 +153,10 @@ pub async fn job_events(
     State(app): AppState,
     Path(id): Path<i64>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    // Subscribe before reading the row so no change between the two is missed.
-    let mut receiver = app.jobs.subscribe();
+    let receiver = app.jobs.subscribe();
     let job = app.blocking(move |a| jobs::get_job(&a.db, id)).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut event = state_event(&job);
-        loop {
-            let finished = matches!(&event, JobEvent::State { state, .. } if state.is_finished());
-            if tx.send(event).await.is_err() || finished {
-                return;
-            }
-            event = loop {
-                match receiver.recv().await {
-                    Ok(e) if e.job_id() == id => break e,
-                    Ok(_) => {}
-                    // Missed events: the row says where the job is now.
-                    Err(RecvError::Lagged(_)) => match app.blocking(move |a| jobs::get_job(&a.db, id)).await {
-                        Ok(job) => break state_event(&job),
-                        Err(_) => return,
-                    },
-                    Err(RecvError::Closed) => return,
-                }
-            };
-        }
-    });
-    let events = ReceiverStream::new(rx).map(|e| Ok(sse_event(&e)));
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    let stream = event_stream(app, receiver, Some(id), Some(state_event(&job)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 fn state_event(job: &Job) -> JobEvent {

@@ -22,18 +22,40 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "VideosDGX studio API", description = "Projects, storyboards, shots, assets and jobs."),
+    info(
+        title = "VideosDGX studio API",
+        description = "Projects, storyboards, shots, assets and jobs."
+    ),
     paths(
         health,
-        projects::list_projects, projects::create_project, projects::get_project,
-        projects::rename_project, projects::delete_project,
-        projects::list_storyboards, projects::create_storyboard, projects::get_storyboard,
-        projects::update_storyboard, projects::delete_storyboard,
-        projects::list_shots, projects::create_shot, projects::reorder_shots,
-        projects::get_shot, projects::update_shot, projects::delete_shot,
-        assets::upload, assets::get_asset, assets::update_asset, assets::download, assets::search,
-        jobs::list_jobs, jobs::submit_job, jobs::get_job, jobs::cancel_job, jobs::retry_job,
-        jobs::all_events, jobs::job_events,
+        projects::list_projects,
+        projects::create_project,
+        projects::get_project,
+        projects::rename_project,
+        projects::delete_project,
+        projects::list_storyboards,
+        projects::create_storyboard,
+        projects::get_storyboard,
+        projects::update_storyboard,
+        projects::delete_storyboard,
+        projects::list_shots,
+        projects::create_shot,
+        projects::reorder_shots,
+        projects::get_shot,
+        projects::update_shot,
+        projects::delete_shot,
+        assets::upload,
+        assets::get_asset,
+        assets::update_asset,
+        assets::download,
+        assets::search,
+        jobs::list_jobs,
+        jobs::submit_job,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::retry_job,
+        jobs::all_events,
+        jobs::job_events,
     ),
     components(schemas(error::ErrorBody, crate::jobs::JobEvent))
 )]
@@ -68,8 +90,10 @@ pub struct Health {
     responses((status = 200, body = Health), (status = 503, body = error::ErrorBody)))]
 pub async fn health(State(app): State<Arc<App>>) -> ApiResult<Json<Health>> {
     // A trivial query proves the database answers.
-    app.blocking(|a| a.db.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)))
-        .await?;
+    app.blocking(|a| {
+        a.db.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+    })
+    .await?;
     Ok(Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),

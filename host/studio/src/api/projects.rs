@@ -19,7 +19,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/projects", get(list_projects).post(create_project))
         .route(
             "/api/projects/{id}",
-            get(get_project).patch(rename_project).delete(delete_project),
+            get(get_project)
+                .patch(rename_project)
+                .delete(delete_project),
         )
         .route(
             "/api/projects/{id}/storyboards",
@@ -27,11 +29,19 @@ pub fn routes() -> Router<Arc<App>> {
         )
         .route(
             "/api/storyboards/{id}",
-            get(get_storyboard).patch(update_storyboard).delete(delete_storyboard),
+            get(get_storyboard)
+                .patch(update_storyboard)
+                .delete(delete_storyboard),
         )
-        .route("/api/storyboards/{id}/shots", get(list_shots).post(create_shot))
+        .route(
+            "/api/storyboards/{id}/shots",
+            get(list_shots).post(create_shot),
+        )
         .route("/api/storyboards/{id}/shots/order", put(reorder_shots))
-        .route("/api/shots/{id}", get(get_shot).patch(update_shot).delete(delete_shot))
+        .route(
+            "/api/shots/{id}",
+            get(get_shot).patch(update_shot).delete(delete_shot),
+        )
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -43,7 +53,9 @@ pub struct ProjectName {
 #[utoipa::path(get, path = "/api/projects", tag = "projects",
     responses((status = 200, body = [Project])))]
 pub async fn list_projects(State(app): AppState) -> ApiResult<Json<Vec<Project>>> {
-    Ok(Json(app.blocking(|a| projects::list_projects(&a.db)).await?))
+    Ok(Json(
+        app.blocking(|a| projects::list_projects(&a.db)).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/projects", tag = "projects", request_body = ProjectName,
@@ -52,14 +64,19 @@ pub async fn create_project(
     State(app): AppState,
     Json(body): Json<ProjectName>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
-    let project = app.blocking(move |a| projects::create_project(&a.db, &body.name)).await?;
+    let project = app
+        .blocking(move |a| projects::create_project(&a.db, &body.name))
+        .await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
 #[utoipa::path(get, path = "/api/projects/{id}", tag = "projects", params(("id" = i64, Path)),
     responses((status = 200, body = Project), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get_project(State(app): AppState, Path(id): Path<i64>) -> ApiResult<Json<Project>> {
-    Ok(Json(app.blocking(move |a| projects::get_project(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| projects::get_project(&a.db, id))
+            .await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/projects/{id}", tag = "projects", params(("id" = i64, Path)),
@@ -70,13 +87,17 @@ pub async fn rename_project(
     Path(id): Path<i64>,
     Json(body): Json<ProjectName>,
 ) -> ApiResult<Json<Project>> {
-    Ok(Json(app.blocking(move |a| projects::rename_project(&a.db, id, &body.name)).await?))
+    Ok(Json(
+        app.blocking(move |a| projects::rename_project(&a.db, id, &body.name))
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/projects/{id}", tag = "projects", params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub async fn delete_project(State(app): AppState, Path(id): Path<i64>) -> ApiResult<StatusCode> {
-    app.blocking(move |a| projects::delete_project(&a.db, id)).await?;
+    app.blocking(move |a| projects::delete_project(&a.db, id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -94,7 +115,10 @@ pub async fn list_storyboards(
     State(app): AppState,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Vec<Storyboard>>> {
-    Ok(Json(app.blocking(move |a| projects::list_storyboards(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| projects::list_storyboards(&a.db, id))
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/projects/{id}/storyboards", tag = "storyboards",
@@ -120,7 +144,10 @@ pub async fn get_storyboard(
     State(app): AppState,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Storyboard>> {
-    Ok(Json(app.blocking(move |a| projects::get_storyboard(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| projects::get_storyboard(&a.db, id))
+            .await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/storyboards/{id}", tag = "storyboards",
@@ -133,7 +160,12 @@ pub async fn update_storyboard(
 ) -> ApiResult<Json<Storyboard>> {
     Ok(Json(
         app.blocking(move |a| {
-            projects::update_storyboard(&a.db, id, body.title.as_deref(), body.description.as_deref())
+            projects::update_storyboard(
+                &a.db,
+                id,
+                body.title.as_deref(),
+                body.description.as_deref(),
+            )
         })
         .await?,
     ))
@@ -143,7 +175,8 @@ pub async fn update_storyboard(
     params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
 pub async fn delete_storyboard(State(app): AppState, Path(id): Path<i64>) -> ApiResult<StatusCode> {
-    app.blocking(move |a| projects::delete_storyboard(&a.db, id)).await?;
+    app.blocking(move |a| projects::delete_storyboard(&a.db, id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -152,7 +185,9 @@ pub async fn delete_storyboard(State(app): AppState, Path(id): Path<i64>) -> Api
     responses((status = 200, body = [Shot], description = "in storyboard order"),
         (status = 404, body = super::error::ErrorBody)))]
 pub async fn list_shots(State(app): AppState, Path(id): Path<i64>) -> ApiResult<Json<Vec<Shot>>> {
-    Ok(Json(app.blocking(move |a| shots::list_shots(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| shots::list_shots(&a.db, id)).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/storyboards/{id}/shots", tag = "shots",
@@ -164,7 +199,9 @@ pub async fn create_shot(
     Path(id): Path<i64>,
     Json(body): Json<ShotFields>,
 ) -> ApiResult<(StatusCode, Json<Shot>)> {
-    let shot = app.blocking(move |a| shots::create_shot(&a.db, id, &body)).await?;
+    let shot = app
+        .blocking(move |a| shots::create_shot(&a.db, id, &body))
+        .await?;
     Ok((StatusCode::CREATED, Json(shot)))
 }
 
@@ -183,13 +220,18 @@ pub async fn reorder_shots(
     Path(id): Path<i64>,
     Json(body): Json<ShotOrder>,
 ) -> ApiResult<Json<Vec<Shot>>> {
-    Ok(Json(app.blocking(move |a| shots::reorder_shots(&a.db, id, &body.order)).await?))
+    Ok(Json(
+        app.blocking(move |a| shots::reorder_shots(&a.db, id, &body.order))
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/shots/{id}", tag = "shots", params(("id" = i64, Path)),
     responses((status = 200, body = Shot), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get_shot(State(app): AppState, Path(id): Path<i64>) -> ApiResult<Json<Shot>> {
-    Ok(Json(app.blocking(move |a| shots::get_shot(&a.db, id)).await?))
+    Ok(Json(
+        app.blocking(move |a| shots::get_shot(&a.db, id)).await?,
+    ))
 }
 
 #[utoipa::path(patch, path = "/api/shots/{id}", tag = "shots", params(("id" = i64, Path)),
@@ -201,7 +243,10 @@ pub async fn update_shot(
     Path(id): Path<i64>,
     Json(body): Json<ShotFields>,
 ) -> ApiResult<Json<Shot>> {
-    Ok(Json(app.blocking(move |a| shots::update_shot(&a.db, id, &body)).await?))
+    Ok(Json(
+        app.blocking(move |a| shots::update_shot(&a.db, id, &body))
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/shots/{id}", tag = "shots", params(("id" = i64, Path)),

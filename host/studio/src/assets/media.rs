@@ -66,19 +66,22 @@ pub fn probe(path: &Path, name: &str) -> Result<MediaInfo> {
         if ok {
             Ok(())
         } else {
-            Err(not_media(format!("{mime} header is damaged or truncated ({what})")))
+            Err(not_media(format!(
+                "{mime} header is damaged or truncated ({what})"
+            )))
         }
     };
     match mime {
         "image/png" | "image/jpeg" | "image/gif" | "image/webp" => {
-            let reader = image::ImageReader::new(BufReader::new(File::open(path)?))
-                .with_guessed_format()?;
+            let reader =
+                image::ImageReader::new(BufReader::new(File::open(path)?)).with_guessed_format()?;
             let (width, height) = reader
                 .into_dimensions()
                 .map_err(|e| not_media(format!("{mime} header cannot be read: {e}")))?;
             if width == 0 || height == 0 {
                 return Err(not_media(format!("{mime} has zero size")));
             }
+            header("end of image", image_is_complete(&mut file, mime, len)?)?;
             return Ok(MediaInfo {
                 kind: MediaKind::Image,
                 mime,
@@ -111,6 +114,27 @@ pub fn probe(path: &Path, name: &str) -> Result<MediaInfo> {
         mime,
         width: None,
         height: None,
+    })
+}
+
+/// Checks the format's end marker, which a truncated upload lacks.
+fn image_is_complete(file: &mut File, mime: &str, len: u64) -> Result<bool> {
+    let tail_len = len.min(64);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    file.read_exact(&mut tail)?;
+    Ok(match mime {
+        "image/png" => tail.ends_with(b"IEND\xaeB`\x82"),
+        "image/jpeg" => tail.windows(2).any(|w| w == [0xff, 0xd9]),
+        "image/gif" => tail.last() == Some(&0x3b),
+        // RIFF length field: the bytes after it (padded to even).
+        _ => {
+            let mut head = [0u8; 8];
+            file.seek(SeekFrom::Start(0))?;
+            file.read_exact(&mut head)?;
+            let riff = u64::from(u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")));
+            riff + 8 == len || riff + 9 == len
+        }
     })
 }
 
@@ -253,7 +277,10 @@ mod tests {
     fn truncated_png_is_refused() {
         let bytes = png_bytes(8, 8);
         let f = file_with(&bytes[..20]);
-        assert!(matches!(probe(f.path(), "t.png"), Err(StudioError::NotMedia(_))));
+        assert!(matches!(
+            probe(f.path(), "t.png"),
+            Err(StudioError::NotMedia(_))
+        ));
     }
 
     #[test]
@@ -270,7 +297,10 @@ mod tests {
     #[test]
     fn wav_header_is_checked() {
         let mut wav = b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x44\xac\0\0\x88\x58\x01\0\x02\0\x10\0data\0\0\0\0".to_vec();
-        assert_eq!(probe(file_with(&wav).path(), "a.wav").unwrap().kind, MediaKind::Audio);
+        assert_eq!(
+            probe(file_with(&wav).path(), "a.wav").unwrap().kind,
+            MediaKind::Audio
+        );
         wav[22] = 0; // zero channels
         assert!(probe(file_with(&wav).path(), "a.wav").is_err());
     }
@@ -279,6 +309,9 @@ mod tests {
     fn known_but_unsupported_types_are_refused_by_name() {
         let f = file_with(b"%PDF-1.7\n...");
         let err = probe(f.path(), "doc.pdf").unwrap_err();
-        assert!(err.to_string().contains("not a supported media type"), "{err}");
+        assert!(
+            err.to_string().contains("not a supported media type"),
+            "{err}"
+        );
     }
 }

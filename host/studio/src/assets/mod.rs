@@ -132,7 +132,8 @@ impl AssetLibrary {
         let store = BlobStore::open(&data_dir.join("assets"))?;
         let (index, fresh) = SearchIndex::open_or_create(&data_dir.join("index"))?;
         let library = AssetLibrary { store, index };
-        let rows: i64 = db.with(|c| Ok(c.query_row("SELECT count(*) FROM assets", [], |r| r.get(0))?))?;
+        let rows: i64 =
+            db.with(|c| Ok(c.query_row("SELECT count(*) FROM assets", [], |r| r.get(0))?))?;
         if fresh || library.index.num_docs() != rows as u64 {
             let count = library.reindex(db)?;
             tracing::info!(count, "rebuilt the asset search index from the database");
@@ -185,9 +186,8 @@ impl AssetLibrary {
     }
 
     fn stage_file(&self, path: &Path) -> Result<Staged> {
-        let file = std::fs::File::open(path).map_err(|e| {
-            StudioError::Invalid(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| StudioError::Invalid(format!("cannot read {}: {e}", path.display())))?;
         let mut staged = self.stage(None)?;
         staged.write_from(file)?;
         Ok(staged)
@@ -213,7 +213,9 @@ impl AssetLibrary {
             // Storage and database faults stop the batch; per-file content problems do not.
             if matches!(
                 &outcome,
-                Err(StudioError::StorageFull(_) | StudioError::DatabaseBusy | StudioError::ReadOnly(_))
+                Err(StudioError::StorageFull(_)
+                    | StudioError::DatabaseBusy
+                    | StudioError::ReadOnly(_))
             ) {
                 self.index.upsert(&new_assets)?;
                 return Err(outcome.err().expect("matched an error"));
@@ -236,7 +238,9 @@ impl AssetLibrary {
         if let Some(project) = meta.project_id {
             crate::projects::get_project(db, project)?;
         }
-        if let Some(existing) = db.with(|c| find_by_content(c, &finished.sha256, meta.project_id))? {
+        if let Some(existing) =
+            db.with(|c| find_by_content(c, &finished.sha256, meta.project_id))?
+        {
             return Ok((existing, false));
         }
         let sha256 = finished.sha256.clone();
@@ -316,13 +320,12 @@ impl AssetLibrary {
 }
 
 fn find_by_content(c: &Connection, sha256: &str, project: Option<i64>) -> Result<Option<Asset>> {
-    Ok(c
-        .query_row(
-            "SELECT * FROM assets WHERE sha256 = ?1 AND ifnull(project_id, 0) = ifnull(?2, 0)",
-            params![sha256, project],
-            asset_from_row,
-        )
-        .optional()?)
+    Ok(c.query_row(
+        "SELECT * FROM assets WHERE sha256 = ?1 AND ifnull(project_id, 0) = ifnull(?2, 0)",
+        params![sha256, project],
+        asset_from_row,
+    )
+    .optional()?)
 }
 
 pub fn get_asset(db: &Db, id: i64) -> Result<Asset> {
@@ -380,7 +383,13 @@ mod tests {
     #[test]
     fn search_ranks_matches_and_applies_tag_filter() {
         let (_d, db, lib) = library();
-        add(&lib, &db, &png(1), meta("1.png", "a red fox in snow", &["fox", "winter"])).unwrap();
+        add(
+            &lib,
+            &db,
+            &png(1),
+            meta("1.png", "a red fox in snow", &["fox", "winter"]),
+        )
+        .unwrap();
         add(&lib, &db, &png(2), meta("2.png", "a fox", &["fox"])).unwrap();
         add(&lib, &db, &png(3), meta("3.png", "a blue whale", &["sea"])).unwrap();
         let q = |text: &str, tags: &[&str]| SearchQuery {
@@ -391,7 +400,10 @@ mod tests {
         };
         let hits = lib.search(&db, &q("fox", &[])).unwrap();
         assert_eq!(hits.len(), 2);
-        assert_eq!(hits[0].asset.original_name, "2.png", "shorter caption ranks first");
+        assert_eq!(
+            hits[0].asset.original_name, "2.png",
+            "shorter caption ranks first"
+        );
         let hits = lib.search(&db, &q("fox", &["winter"])).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].asset.original_name, "1.png");
@@ -404,7 +416,11 @@ mod tests {
         drop(lib);
         std::fs::write(dir.path().join("index/meta.json"), b"{ not json").unwrap();
         let lib = AssetLibrary::open(dir.path(), &db).unwrap();
-        let q = SearchQuery { text: "kept".into(), limit: 5, ..Default::default() };
+        let q = SearchQuery {
+            text: "kept".into(),
+            limit: 5,
+            ..Default::default()
+        };
         assert_eq!(lib.search(&db, &q).unwrap().len(), 1);
     }
 

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT};
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
+};
 
 /// Heap for the single indexing thread (tantivy's minimum is 15 MB).
 const WRITER_HEAP: usize = 32 * 1024 * 1024;
@@ -215,7 +217,10 @@ impl SearchIndex {
                 Some(ms) => Bound::Included(Term::from_field_i64(f.created, ms)),
                 None => Bound::Unbounded,
             };
-            clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(q.since), bound(q.until)))));
+            clauses.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(bound(q.since), bound(q.until))),
+            ));
         }
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(limit).and_offset(q.offset);

@@ -43,7 +43,10 @@ impl BlobStore {
         let dest = self.path_of(&staged.sha256);
         if !dest.exists() {
             std::fs::create_dir_all(dest.parent().expect("blob paths have a parent"))?;
-            staged.file.persist(&dest).map_err(|e| StudioError::from(e.error))?;
+            staged
+                .file
+                .persist(&dest)
+                .map_err(|e| StudioError::from(e.error))?;
         }
         Ok(dest)
     }
@@ -120,10 +123,16 @@ mod tests {
         staged.write(b"abc").unwrap();
         let done = staged.finish().unwrap();
         let sha = done.sha256.clone();
-        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let path = store.commit(done).unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"abc");
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -132,8 +141,14 @@ mod tests {
         let store = BlobStore::open(dir.path()).unwrap();
         let mut staged = store.stage(Some(4)).unwrap();
         staged.write(b"abcd").unwrap();
-        assert!(matches!(staged.write(b"e"), Err(StudioError::TooLarge { limit: 4 })));
+        assert!(matches!(
+            staged.write(b"e"),
+            Err(StudioError::TooLarge { limit: 4 })
+        ));
         drop(staged);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

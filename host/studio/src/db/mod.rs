@@ -59,13 +59,19 @@ impl Db {
 
     /// Runs `f` with the connection. Keep `f` short: every other caller waits for it.
     pub fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
     }
 
     /// Runs `f` inside one transaction, committed when `f` succeeds.
     pub fn transaction<R>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<R>) -> Result<R> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
@@ -95,7 +101,10 @@ pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -103,8 +112,11 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn parse_time(text: &str) -> Result<i64> {
     use time::format_description::well_known::Rfc3339;
     let parsed = time::OffsetDateTime::parse(text, &Rfc3339).or_else(|_| {
-        time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
-            .map(|d| d.midnight().assume_utc())
+        time::Date::parse(
+            text,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map(|d| d.midnight().assume_utc())
     });
     match parsed {
         Ok(t) => Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)),

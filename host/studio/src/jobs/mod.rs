@@ -212,15 +212,18 @@ impl JobContext {
             pace.stage_started = Instant::now();
         }
         let elapsed = pace.stage_started.elapsed().as_secs_f64();
-        let eta_s = (step > 0 && total >= step)
-            .then(|| elapsed / step as f64 * (total - step) as f64);
+        let eta_s =
+            (step > 0 && total >= step).then(|| elapsed / step as f64 * (total - step) as f64);
         let progress = JobProgress {
             stage: stage.to_owned(),
             step,
             total,
             eta_s,
         };
-        let due = pace.last_persist.is_none_or(|t| t.elapsed() >= PERSIST_EVERY) || step == total;
+        let due = pace
+            .last_persist
+            .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
+            || step == total;
         if due {
             pace.last_persist = Some(Instant::now());
             let json = serde_json::to_string(&progress).expect("progress serializes");
@@ -257,6 +260,7 @@ pub struct JobQueue {
     running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
     stopping: Arc<AtomicBool>,
     stopped: Notify,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl JobQueue {
@@ -268,6 +272,7 @@ impl JobQueue {
             running: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
             stopped: Notify::new(),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -279,6 +284,11 @@ impl JobQueue {
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.events.subscribe()
+    }
+
+    /// Becomes `true` when the queue stops; event streams end then so shutdown is not held up.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     fn announce(&self, job: &Job) {
@@ -344,10 +354,18 @@ impl JobQueue {
             let job = get_job(db, id)?;
             return Err(StudioError::Conflict(format!(
                 "job {id} is already {}",
-                serde_json::to_value(job.state).expect("state serializes").as_str().unwrap_or("")
+                serde_json::to_value(job.state)
+                    .expect("state serializes")
+                    .as_str()
+                    .unwrap_or("")
             )));
         };
-        if let Some(flag) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(flag) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             flag.store(true, Ordering::Relaxed);
         }
         self.announce(&job);
@@ -412,6 +430,7 @@ impl JobQueue {
     /// queue (the attempt is not counted), to resume at the next start.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.closing.send_replace(true);
         self.stopped.notify_waiters();
         for notify in self.wake.values() {
             notify.notify_waiters();
@@ -564,7 +583,11 @@ async fn run_job(app: &Arc<App>, job: Job) {
         }
     })
     .await
-    .unwrap_or_else(|panic| Err(StudioError::Internal(anyhow::anyhow!("job panicked: {panic}"))));
+    .unwrap_or_else(|panic| {
+        Err(StudioError::Internal(anyhow::anyhow!(
+            "job panicked: {panic}"
+        )))
+    });
     queue
         .running
         .lock()
@@ -572,10 +595,9 @@ async fn run_job(app: &Arc<App>, job: Job) {
         .remove(&job.id);
     let cancelled = cancel.load(Ordering::Relaxed);
     let app2 = app.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        app2.jobs.finish(&app2.db, &job, outcome, cancelled)
-    })
-    .await;
+    let stored =
+        tokio::task::spawn_blocking(move || app2.jobs.finish(&app2.db, &job, outcome, cancelled))
+            .await;
     match stored {
         Ok(Ok(job)) => tracing::info!(job = job.id, state = ?job.state, "job ended"),
         Ok(Err(e)) => tracing::error!("cannot record the end of a job: {e}"),
@@ -621,8 +643,11 @@ mod tests {
             seen: Default::default(),
         });
         let app = Arc::new(
-            App::open_with_runners(StudioConfig::new(dir.path()), vec![flaky as Arc<dyn JobRunner>])
-                .unwrap(),
+            App::open_with_runners(
+                StudioConfig::new(dir.path()),
+                vec![flaky as Arc<dyn JobRunner>],
+            )
+            .unwrap(),
         );
         let mut events = app.jobs.subscribe();
         let workers = JobQueue::start(&app, 1);
@@ -639,8 +664,7 @@ mod tests {
                 .await
                 .expect("job finished in time")
                 .unwrap();
-            let finished =
-                matches!(&event, JobEvent::State { state, .. } if state.is_finished());
+            let finished = matches!(&event, JobEvent::State { state, .. } if state.is_finished());
             seen.push(event);
             if finished {
                 break;
@@ -659,8 +683,12 @@ mod tests {
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.attempts, 2);
         assert_eq!(job.result.unwrap()["attempt"], 2);
-        assert!(events.iter().any(|e| matches!(e, JobEvent::Progress { progress, .. }
-            if progress.stage == "working" && progress.step == 1 && progress.total == 2)));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, JobEvent::Progress { progress, .. }
+            if progress.stage == "working" && progress.step == 1 && progress.total == 2))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
