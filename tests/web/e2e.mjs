@@ -168,6 +168,18 @@ try {
     await shot('03-assets');
   });
 
+  await step('tag and caption an asset', async () => {
+    await page.locator('.asset-tile').first().click();
+    const dialog = page.getByRole('dialog');
+    await dialog.getByLabel('Caption').fill('Elias at the lamp room door');
+    await dialog.getByLabel('Tags').fill('keeper, elias, reference');
+    await shot('04-asset-detail');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await page.getByText('Saved.').waitFor();
+    await page.getByLabel('Search assets').fill('elias');
+    await page.locator('.asset-tile', { hasText: 'Elias at the lamp room door' }).waitFor();
+  });
+
   await step('attach the asset to a shot as its reference image', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     await page.locator('.timeline .shot-card[data-shot-id]').nth(1).click();
@@ -181,9 +193,14 @@ try {
     assert.equal(shots[1].references.length, 1);
   });
 
-  await step('the job queue page lists jobs', async () => {
+  await step('the job queue shows a job submitted elsewhere reach its end, live', async () => {
     await page.goto(`${BASE}/#/jobs`);
     await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+    await page.waitForTimeout(300); // the event stream is open
+    const job = await api('POST', '/api/jobs', { kind: 'assets.reindex', params: {}, project_id: projectId });
+    const card = page.locator(`.job[data-job-id="${job.id}"]`);
+    await card.locator('.badge.succeeded').waitFor();
+    assert.match(await card.locator('.title').textContent(), /Reindex the asset library/);
     await shot('05-jobs');
   });
 

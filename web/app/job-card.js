@@ -13,7 +13,7 @@ export function jobTitle(job) {
   const p = job.params ?? {};
   const what = {
     generate: 'Generate', plan: 'Plan storyboard', expand: 'Expand prompt', stitch: 'Stitch',
-    render: 'Render',
+    render: 'Render', 'assets.reindex': 'Reindex the asset library', 'assets.import_folder': 'Import a folder',
   }[job.kind] ?? job.kind;
   const target = p.shot_id ? ` shot #${p.shot_id}` : p.storyboard_id ? ` storyboard #${p.storyboard_id}` : '';
   return `${what}${target}`;

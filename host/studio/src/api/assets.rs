@@ -28,7 +28,7 @@ pub fn routes() -> Router<Arc<App>> {
             post(upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/assets/search", get(search))
-        .route("/api/assets/{id}", get(get_asset))
+        .route("/api/assets/{id}", get(get_asset).patch(update_asset))
         .route("/api/assets/{id}/file", get(download))
 }
 
@@ -200,6 +200,32 @@ pub async fn upload(
 pub async fn get_asset(State(app): AppState, Path(id): Path<i64>) -> ApiResult<Json<Asset>> {
     Ok(Json(
         app.blocking(move |a| assets::get_asset(&a.db, id)).await?,
+    ))
+}
+
+/// Caption and tags to set; absent fields are kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetMetadata {
+    pub caption: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[utoipa::path(patch, path = "/api/assets/{id}", tag = "assets", params(("id" = i64, Path)),
+    request_body = AssetMetadata,
+    responses((status = 200, body = Asset), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn update_asset(
+    State(app): AppState,
+    Path(id): Path<i64>,
+    Json(meta): Json<AssetMetadata>,
+) -> ApiResult<Json<Asset>> {
+    Ok(Json(
+        app.blocking(move |a| {
+            a.assets
+                .update_metadata(&a.db, id, meta.caption.as_deref(), meta.tags.as_deref())
+        })
+        .await?,
     ))
 }
 

@@ -46,6 +46,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         projects::delete_shot,
         assets::upload,
         assets::get_asset,
+        assets::update_asset,
         assets::download,
         assets::search,
         jobs::list_jobs,

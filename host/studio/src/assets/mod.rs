@@ -272,6 +272,36 @@ impl AssetLibrary {
         Ok((asset, true))
     }
 
+    /// Replaces the caption and/or tags of asset `id` and reindexes it (the web UI's
+    /// "tag and caption"); absent values are kept.
+    pub fn update_metadata(
+        &self,
+        db: &Db,
+        id: i64,
+        caption: Option<&str>,
+        tags: Option<&[String]>,
+    ) -> Result<Asset> {
+        let current = get_asset(db, id)?;
+        let caption = caption.map_or(current.caption, |c| c.trim().to_owned());
+        if caption.chars().count() > 2000 {
+            return Err(StudioError::Invalid("caption must be at most 2000 characters".into()));
+        }
+        let tags = match tags {
+            Some(tags) => normalized_tags(tags)?,
+            None => current.tags,
+        };
+        let tags_json = serde_json::to_string(&tags).map_err(anyhow::Error::from)?;
+        let asset = db.with(|c| {
+            Ok(c.query_row(
+                "UPDATE assets SET caption = ?2, tags = ?3 WHERE id = ?1 RETURNING *",
+                params![id, caption, tags_json],
+                asset_from_row,
+            )?)
+        })?;
+        self.index.upsert(std::slice::from_ref(&asset))?;
+        Ok(asset)
+    }
+
     /// Assets matching `q`, best first.
     pub fn search(&self, db: &Db, q: &SearchQuery) -> Result<Vec<SearchHit>> {
         let hits = self.index.search(q)?;
