@@ -72,7 +72,9 @@ impl Filter {
             1 => Self::Lanczos,
             2 => Self::Bilinear,
             3 => Self::Bicubic,
-            other => bail!("unsupported resample filter {other} (supported: 1 Lanczos, 2 bilinear, 3 bicubic)"),
+            other => bail!(
+                "unsupported resample filter {other} (supported: 1 Lanczos, 2 bilinear, 3 bicubic)"
+            ),
         })
     }
 
@@ -142,7 +144,11 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, 
                 .map(|w| {
                     let w = if total != 0.0 { w / total } else { *w };
                     let scaled = w * (1u32 << PRECISION_BITS) as f64;
-                    (if scaled < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32
+                    (if scaled < 0.0 {
+                        scaled - 0.5
+                    } else {
+                        scaled + 0.5
+                    }) as i32
                 })
                 .collect();
             (xmin, fixed)
@@ -250,14 +256,16 @@ impl CLIPImageProcessor {
             }
         }
         if self.config.do_center_crop {
-            let (Some(ch), Some(cw)) = (self.config.crop_size.height, self.config.crop_size.width) else {
+            let (Some(ch), Some(cw)) = (self.config.crop_size.height, self.config.crop_size.width)
+            else {
                 bail!("crop_size needs `height` and `width`");
             };
             let (w, h) = image.dimensions();
             if cw > w || ch > h {
                 bail!("image of {w}x{h} is smaller than the {cw}x{ch} crop");
             }
-            image = image::imageops::crop_imm(&image, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+            image =
+                image::imageops::crop_imm(&image, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
         }
         let (w, h) = image.dimensions();
         let plane = (w * h) as usize;
@@ -275,6 +283,10 @@ impl CLIPImageProcessor {
                 data[c * plane + i] = v;
             }
         }
-        Ok(Tensor::from_vec(data, (1, 3, h as usize, w as usize), device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (1, 3, h as usize, w as usize),
+            device,
+        )?)
     }
 }

@@ -55,9 +55,12 @@ impl PromptTokenizer {
         } else {
             "<pad>".to_string()
         };
-        let pad_id = tokenizer
-            .token_to_id(&pad_token)
-            .with_context(|| format!("{}: padding token `{pad_token}` is not in the vocabulary", path.display()))?;
+        let pad_id = tokenizer.token_to_id(&pad_token).with_context(|| {
+            format!(
+                "{}: padding token `{pad_token}` is not in the vocabulary",
+                path.display()
+            )
+        })?;
         Ok(Self {
             tokenizer,
             pad_id,

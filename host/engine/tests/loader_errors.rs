@@ -8,7 +8,9 @@ use videosdgx_engine::loader::{self, LoadError};
 use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/components").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/components")
+        .join(name)
 }
 
 /// Copies a fixture's component folder into a fresh temp dir and returns (guard, folder).
@@ -75,7 +77,10 @@ fn shape_that_does_not_match_the_config_names_tensor_and_file() {
     let msg = load_error(&dir);
     assert!(msg.contains("`blocks.0.ffn.net.0.proj.weight`"), "{msg}");
     assert!(msg.contains("diffusion_pytorch_model.safetensors"), "{msg}");
-    assert!(msg.contains("[48, 32]") && msg.contains("[40, 32]"), "{msg}");
+    assert!(
+        msg.contains("[48, 32]") && msg.contains("[40, 32]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -84,8 +89,14 @@ fn missing_shard_names_the_shard_and_a_tensor_it_holds() {
     let shard = dir.join("diffusion_pytorch_model-00002-of-00004.safetensors");
     std::fs::remove_file(&shard).unwrap();
     let msg = load_error(&dir);
-    assert!(msg.contains("diffusion_pytorch_model-00002-of-00004.safetensors"), "{msg}");
-    assert!(msg.contains("diffusion_pytorch_model.safetensors.index.json"), "{msg}");
+    assert!(
+        msg.contains("diffusion_pytorch_model-00002-of-00004.safetensors"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("diffusion_pytorch_model.safetensors.index.json"),
+        "{msg}"
+    );
     assert!(msg.contains("places tensor `"), "{msg}");
 }
 
@@ -95,7 +106,10 @@ fn missing_tensor_is_named() {
     let index_path = dir.join("diffusion_pytorch_model.safetensors.index.json");
     let mut index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
-    index["weight_map"].as_object_mut().unwrap().remove("proj_out.bias");
+    index["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("proj_out.bias");
     std::fs::write(&index_path, index.to_string()).unwrap();
     let msg = load_error(&dir);
     assert!(msg.contains("`proj_out.bias` is missing"), "{msg}");
@@ -126,7 +140,15 @@ fn missing_config_names_the_file() {
 
 #[test]
 fn verify_accepts_an_intact_component() {
-    for name in ["wan_t2v", "wan_i2v", "wan_flf2v", "wan22_ti2v", "umt5", "umt5_relu", "clip_vision"] {
+    for name in [
+        "wan_t2v",
+        "wan_i2v",
+        "wan_flf2v",
+        "wan22_ti2v",
+        "umt5",
+        "umt5_relu",
+        "clip_vision",
+    ] {
         let report = loader::verify(&fixture(name).join("model")).unwrap();
         assert!(report.is_ok(), "{name}: {report:#?}");
         assert!(report.components[0].tensors > 0);
@@ -145,9 +167,22 @@ fn verify_reports_shape_mismatches_and_unexpected_tensors() {
     let report = loader::verify(&dir).unwrap();
     let component = &report.components[0];
     assert!(!report.is_ok());
-    let mismatched: Vec<&str> = component.shape_mismatches.iter().map(|m| m.tensor.as_str()).collect();
-    assert!(mismatched.contains(&"blocks.0.ffn.net.0.proj.weight"), "{mismatched:?}");
-    assert!(component.unexpected.iter().any(|t| t.starts_with("blocks.1.")), "{component:#?}");
+    let mismatched: Vec<&str> = component
+        .shape_mismatches
+        .iter()
+        .map(|m| m.tensor.as_str())
+        .collect();
+    assert!(
+        mismatched.contains(&"blocks.0.ffn.net.0.proj.weight"),
+        "{mismatched:?}"
+    );
+    assert!(
+        component
+            .unexpected
+            .iter()
+            .any(|t| t.starts_with("blocks.1.")),
+        "{component:#?}"
+    );
     assert!(component.missing.is_empty());
 }
 
@@ -155,7 +190,11 @@ fn verify_reports_shape_mismatches_and_unexpected_tensors() {
 fn verify_of_a_pipeline_checks_every_component() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    for (folder, fixture_name) in [("transformer", "wan_t2v"), ("text_encoder", "umt5"), ("image_encoder", "clip_vision")] {
+    for (folder, fixture_name) in [
+        ("transformer", "wan_t2v"),
+        ("text_encoder", "umt5"),
+        ("image_encoder", "clip_vision"),
+    ] {
         std::fs::create_dir_all(root.join(folder)).unwrap();
         for entry in std::fs::read_dir(fixture(fixture_name).join("model")).unwrap() {
             let entry = entry.unwrap();
@@ -164,11 +203,16 @@ fn verify_of_a_pipeline_checks_every_component() {
     }
     std::fs::create_dir_all(root.join("tokenizer")).unwrap();
     for file in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("umt5").join("tokenizer").join(file), root.join("tokenizer").join(file)).unwrap();
+        std::fs::copy(
+            fixture("umt5").join("tokenizer").join(file),
+            root.join("tokenizer").join(file),
+        )
+        .unwrap();
     }
     // Drop one tensor from the text encoder's only file by pointing the config at more layers.
     let te_config = root.join("text_encoder/config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&te_config).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&te_config).unwrap()).unwrap();
     config["num_layers"] = serde_json::json!(3);
     std::fs::write(&te_config, config.to_string()).unwrap();
     std::fs::write(
@@ -187,12 +231,21 @@ fn verify_of_a_pipeline_checks_every_component() {
     )
     .unwrap();
     let report = loader::verify(root).unwrap();
-    assert_eq!(report.pipeline_class.as_deref(), Some("WanImageToVideoPipeline"));
+    assert_eq!(
+        report.pipeline_class.as_deref(),
+        Some("WanImageToVideoPipeline")
+    );
     let names: Vec<&str> = report.components.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
     for component in &report.components {
         if component.name == "text_encoder" {
-            assert!(component.missing.iter().any(|t| t.starts_with("encoder.block.2.")), "{component:#?}");
+            assert!(
+                component
+                    .missing
+                    .iter()
+                    .any(|t| t.starts_with("encoder.block.2.")),
+                "{component:#?}"
+            );
         } else {
             assert!(component.is_ok(), "{component:#?}");
         }

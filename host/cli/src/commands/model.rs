@@ -167,7 +167,12 @@ fn forward(args: &ForwardArgs) -> Result<()> {
 fn write_outputs(path: &Path, outputs: &[(&str, Tensor)]) -> Result<()> {
     let tensors = outputs
         .iter()
-        .map(|(name, t)| Ok((name.to_string(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .map(|(name, t)| {
+            Ok((
+                name.to_string(),
+                t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            ))
+        })
         .collect::<Result<HashMap<String, Tensor>>>()?;
     candle_core::safetensors::save(&tensors, path)
         .with_context(|| format!("cannot write {}", path.display()))

@@ -185,7 +185,9 @@ impl Checkpoint {
 
     /// Every tensor in the checkpoint, sorted by name.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorEntry)> {
-        self.tensors.iter().map(|(name, entry)| (name.as_str(), entry))
+        self.tensors
+            .iter()
+            .map(|(name, entry)| (name.as_str(), entry))
     }
 
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
@@ -205,10 +207,13 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor, LoadError> {
-        let entry = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
-            tensor: name.to_string(),
-            dir: self.dir.clone(),
-        })?;
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: name.to_string(),
+                dir: self.dir.clone(),
+            })?;
         let path = &self.files[entry.file].path;
         if let Some(expected) = expected
             && expected.dims() != entry.shape.as_slice()
@@ -271,7 +276,12 @@ impl SimpleBackend for Checkpoint {
             .map_err(candle_core::Error::wrap)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(name, None, dtype, device)
             .map_err(candle_core::Error::wrap)
     }

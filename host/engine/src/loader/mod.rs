@@ -182,8 +182,9 @@ pub fn component_class(dir: &Path) -> Result<(ComponentClass, String), LoadError
         .or(header.image_processor_type)
         .ok_or_else(|| LoadError::BadConfig {
             path: path.clone(),
-            reason: "no `_class_name`, `architectures`, `tokenizer_class` or `image_processor_type`"
-                .into(),
+            reason:
+                "no `_class_name`, `architectures`, `tokenizer_class` or `image_processor_type`"
+                    .into(),
         })?;
     match ComponentClass::from_class_name(&class) {
         Some(kind) => Ok((kind, class)),
@@ -238,7 +239,12 @@ pub fn read_pipeline_index(dir: &Path) -> Result<PipelineIndex, LoadError> {
             continue;
         }
         match value.as_array().map(|a| a.as_slice()) {
-            Some([serde_json::Value::String(library), serde_json::Value::String(class)]) => {
+            Some(
+                [
+                    serde_json::Value::String(library),
+                    serde_json::Value::String(class),
+                ],
+            ) => {
                 components.push(PipelineComponent {
                     name: key,
                     library: library.clone(),

@@ -197,14 +197,12 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
     for (tensor, expected) in &requested {
         match checkpoint.entry(tensor) {
             None => report.missing.push(tensor.clone()),
-            Some(entry) if entry.shape != *expected => {
-                report.shape_mismatches.push(ShapeProblem {
-                    tensor: tensor.clone(),
-                    file: checkpoint.file_path(entry.file).to_path_buf(),
-                    expected: expected.clone(),
-                    found: entry.shape.clone(),
-                })
-            }
+            Some(entry) if entry.shape != *expected => report.shape_mismatches.push(ShapeProblem {
+                tensor: tensor.clone(),
+                file: checkpoint.file_path(entry.file).to_path_buf(),
+                expected: expected.clone(),
+                found: entry.shape.clone(),
+            }),
             Some(_) => {}
         }
     }
@@ -262,7 +260,9 @@ fn build_with(
         }
         ComponentClass::Tokenizer | ComponentClass::Scheduler | ComponentClass::ImageProcessor => {}
     }
-    Ok(std::mem::take(&mut *recorder.requested.lock().expect("recorder lock")))
+    Ok(std::mem::take(
+        &mut *recorder.requested.lock().expect("recorder lock"),
+    ))
 }
 
 /// A backend that records requests instead of reading data. It answers `contains_tensor` from

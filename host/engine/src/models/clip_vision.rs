@@ -168,7 +168,8 @@ impl CLIPVisionModel {
         use anyhow::Context;
         let cfg: CLIPVisionConfig = crate::loader::read_config(&dir.join("config.json"))?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&cfg, vb).with_context(|| format!("loading CLIPVisionModel from {}", dir.display()))
+        Self::new(&cfg, vb)
+            .with_context(|| format!("loading CLIPVisionModel from {}", dir.display()))
     }
 
     pub fn config(&self) -> &CLIPVisionConfig {
@@ -208,7 +209,9 @@ impl CLIPVisionModel {
             penultimate = x;
             x = layer.forward(&penultimate)?;
         }
-        let pooled = self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        let pooled = self
+            .post_layernorm
+            .forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok(CLIPVisionOutput {
             last_hidden_state: x,
             penultimate_hidden_state: penultimate,

@@ -54,8 +54,11 @@ impl UMT5Config {
             [act] => (false, *act),
             _ => candle_core::bail!("invalid feed_forward_proj `{}`", self.feed_forward_proj),
         };
-        let act = Activation::from_name(act)
-            .ok_or_else(|| candle_core::Error::Msg(format!("unsupported activation `{act}` in feed_forward_proj")))?;
+        let act = Activation::from_name(act).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "unsupported activation `{act}` in feed_forward_proj"
+            ))
+        })?;
         Ok((gated, act))
     }
 }
@@ -78,8 +81,7 @@ impl T5LayerNorm {
         let x = x.to_dtype(DType::F32)?;
         let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        x.to_dtype(self.weight.dtype())?
-            .broadcast_mul(&self.weight)
+        x.to_dtype(self.weight.dtype())?.broadcast_mul(&self.weight)
     }
 }
 
@@ -105,9 +107,10 @@ impl UMT5Attention {
             k: linear(cfg.d_model, inner, false, vb.pp("k"))?,
             v: linear(cfg.d_model, inner, false, vb.pp("v"))?,
             o: linear(inner, cfg.d_model, false, vb.pp("o"))?,
-            relative_attention_bias: vb
-                .pp("relative_attention_bias")
-                .get((cfg.relative_attention_num_buckets, cfg.num_heads), "weight")?,
+            relative_attention_bias: vb.pp("relative_attention_bias").get(
+                (cfg.relative_attention_num_buckets, cfg.num_heads),
+                "weight",
+            )?,
             num_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             num_buckets: cfg.relative_attention_num_buckets,
@@ -118,7 +121,11 @@ impl UMT5Attention {
     /// Bidirectional bucket of `memory - query`, in the f32 arithmetic the reference uses.
     fn bucket(&self, relative_position: i64) -> u32 {
         let num_buckets = (self.num_buckets / 2) as i64;
-        let mut bucket = if relative_position > 0 { num_buckets } else { 0 };
+        let mut bucket = if relative_position > 0 {
+            num_buckets
+        } else {
+            0
+        };
         let distance = relative_position.abs();
         let max_exact = num_buckets / 2;
         if distance < max_exact {
@@ -172,7 +179,12 @@ struct FeedForward {
 impl FeedForward {
     fn new(cfg: &UMT5Config, vb: VarBuilder) -> Result<Self> {
         let (gated, act) = cfg.feed_forward()?;
-        let wo = linear(cfg.d_ff, cfg.d_model, false, vb.to_dtype(DType::F32).pp("wo"))?;
+        let wo = linear(
+            cfg.d_ff,
+            cfg.d_model,
+            false,
+            vb.to_dtype(DType::F32).pp("wo"),
+        )?;
         Ok(if gated {
             Self {
                 wi_0: linear(cfg.d_model, cfg.d_ff, false, vb.pp("wi_0"))?,
@@ -212,7 +224,11 @@ impl UMT5Block {
         let attn = vb.pp("layer").pp(0);
         let ff = vb.pp("layer").pp(1);
         Ok(Self {
-            attn_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, attn.pp("layer_norm"))?,
+            attn_norm: T5LayerNorm::new(
+                cfg.d_model,
+                cfg.layer_norm_epsilon,
+                attn.pp("layer_norm"),
+            )?,
             attention: UMT5Attention::new(cfg, attn.pp("SelfAttention"))?,
             ff_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, ff.pp("layer_norm"))?,
             ff: FeedForward::new(cfg, ff.pp("DenseReluDense"))?,
@@ -221,7 +237,9 @@ impl UMT5Block {
 
     /// `x` is the f32 residual stream.
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let h = self.attention.forward(&self.attn_norm.forward(x)?, mask_bias)?;
+        let h = self
+            .attention
+            .forward(&self.attn_norm.forward(x)?, mask_bias)?;
         let x = (x + h.to_dtype(DType::F32)?)?;
         let h = self.ff.forward(&self.ff_norm.forward(&x)?)?;
         x + h.to_dtype(DType::F32)?
@@ -268,7 +286,8 @@ impl UMT5EncoderModel {
         use anyhow::Context;
         let cfg: UMT5Config = crate::loader::read_config(&dir.join("config.json"))?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&cfg, vb).with_context(|| format!("loading UMT5EncoderModel from {}", dir.display()))
+        Self::new(&cfg, vb)
+            .with_context(|| format!("loading UMT5EncoderModel from {}", dir.display()))
     }
 
     pub fn config(&self) -> &UMT5Config {

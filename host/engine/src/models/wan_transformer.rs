@@ -74,7 +74,9 @@ impl WanTransformerConfig {
     fn patch(&self) -> Result<(usize, usize, usize)> {
         match self.patch_size.as_slice() {
             &[t, h, w] if t > 0 && h > 0 && w > 0 => Ok((t, h, w)),
-            other => candle_core::bail!("patch_size must be three positive integers, got {other:?}"),
+            other => {
+                candle_core::bail!("patch_size must be three positive integers, got {other:?}")
+            }
         }
     }
 
@@ -272,8 +274,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.out
-            .forward(&self.act.apply(&self.proj.forward(x)?)?)
+        self.out.forward(&self.act.apply(&self.proj.forward(x)?)?)
     }
 }
 
@@ -283,12 +284,12 @@ impl FeedForward {
 fn modulation(table: &Tensor, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     let (b, s, width) = temb.dims3()?;
     let dim = table.dim(D::Minus1)?;
-    let temb = temb.to_dtype(DType::F32)?.reshape((b, s, width / dim, dim))?;
+    let temb = temb
+        .to_dtype(DType::F32)?
+        .reshape((b, s, width / dim, dim))?;
     let table = table.to_dtype(DType::F32)?.reshape((1, 1, n, dim))?;
     let sum = temb.broadcast_add(&table)?;
-    (0..n)
-        .map(|i| sum.narrow(2, i, 1)?.squeeze(2))
-        .collect()
+    (0..n).map(|i| sum.narrow(2, i, 1)?.squeeze(2)).collect()
 }
 
 /// `norm(x) * (1 + scale) + shift` in f32, cast back to the dtype of `x`.
@@ -378,7 +379,12 @@ struct WanImageEmbedding {
 }
 
 impl WanImageEmbedding {
-    fn new(in_dim: usize, out_dim: usize, pos_embed_seq_len: Option<usize>, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        in_dim: usize,
+        out_dim: usize,
+        pos_embed_seq_len: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         // FP32LayerNorm with nn.LayerNorm defaults (eps 1e-5, affine); weights kept in f32.
         let fp32 = vb.to_dtype(DType::F32);
         Ok(Self {
@@ -447,7 +453,10 @@ impl ConditionEmbedder {
     /// downscale_freq_shift=0)`), computed in f32 arithmetic as the reference does.
     fn timestep_features(&self, timestep: &Tensor) -> Result<Tensor> {
         let dims = timestep.dims().to_vec();
-        let values = timestep.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let values = timestep
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let half = self.freq_dim / 2;
         let log_period = -(10000f64.ln() as f32);
         let freqs: Vec<f32> = (0..half)
@@ -527,7 +536,12 @@ impl WanTransformer3DModel {
             condition_embedder: ConditionEmbedder::new(cfg, vb.pp("condition_embedder"))?,
             blocks,
             norm_out: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
-            proj_out: linear(dim, cfg.out_channels() * pt * ph * pw, true, vb.pp("proj_out"))?,
+            proj_out: linear(
+                dim,
+                cfg.out_channels() * pt * ph * pw,
+                true,
+                vb.pp("proj_out"),
+            )?,
             scale_shift_table: vb
                 .to_dtype(DType::F32)
                 .get((1, 2, dim), "scale_shift_table")?,
