@@ -7,10 +7,10 @@ pub mod bench;
 mod generate;
 mod jobs;
 pub mod model;
-mod project;
-mod serve;
 mod models;
 mod plugins;
+mod project;
+mod serve;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};

@@ -8,10 +8,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use videosdgx_engine::loader::{ComponentClass, component_class};
-use videosdgx_engine::vae::AutoencoderKLWan;
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
 };
+use videosdgx_engine::vae::AutoencoderKLWan;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
