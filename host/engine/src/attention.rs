@@ -79,7 +79,11 @@ fn chunked_attention(
     let out_dtype = q.dtype();
     // [B, H, L, D] in f32: matmuls per head, softmax accumulated in full precision.
     let q = q.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous()?;
-    let k_t = k.transpose(1, 2)?.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?;
+    let k_t = k
+        .transpose(1, 2)?
+        .to_dtype(DType::F32)?
+        .transpose(2, 3)?
+        .contiguous()?;
     let v = v.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous()?;
     let bias = match bias {
         Some(b) => Some(
