@@ -15,11 +15,41 @@ const SCORE_BLOCK_BYTES: usize = 256 << 20;
 /// Scaled dot-product attention, softmax scale `1/sqrt(head_dim)`, no mask.
 ///
 /// `q`: `[batch, q_len, heads, head_dim]`, `k`/`v`: `[batch, kv_len, heads, head_dim]`;
-/// returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
+/// returns `[batch, q_len, heads, head_dim]` in the dtype of `q`. With the `cuda` feature, bf16
+/// inputs on a GPU run the fused kernel of `videosdgx_kernels` (its first use is logged by name);
+/// CUDA inputs no kernel covers log a warning once and take the portable path.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
+    #[cfg(feature = "cuda")]
+    if let Some(out) = fused_attention(q, k, v, scale)? {
+        return Ok(out);
+    }
     chunked_attention(q, k, v, None, scale, SCORE_BLOCK_BYTES)
+}
+
+/// The fused kernel's result when one covers these inputs; `None` otherwise, with one warning per
+/// process when the inputs are on CUDA, so the slow path on a GPU is never silent.
+#[cfg(feature = "cuda")]
+fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    if !q.device().is_cuda() {
+        return Ok(None);
+    }
+    let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();
+    if same_dtype && videosdgx_kernels::attention_kernel_for(q)?.is_some() {
+        return videosdgx_kernels::attention(q, k, v, scale as f32).map(Some);
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "attention: no fused kernel for {:?}/{:?}/{:?} with head_dim {:?}; portable chunked path on CUDA (slow)",
+            q.dtype(),
+            k.dtype(),
+            v.dtype(),
+            q.dim(D::Minus1).ok()
+        )
+    });
+    Ok(None)
 }
 
 /// Attention with an additive score bias, for T5-style relative position bias and padding masks.
