@@ -9,7 +9,8 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v")
 }
 
-fn generate(extra: &[&str]) -> Output {
+/// Runs `generate` on the tiny pipeline (32x32, 4 steps, guidance 5) with `frames` and `extra`.
+fn generate(frames: &str, extra: &[&str]) -> Output {
     let dir = fixtures();
     let model = dir.to_str().unwrap();
     let mut args = vec![
@@ -25,7 +26,7 @@ fn generate(extra: &[&str]) -> Output {
         "--width",
         "32",
         "--frames",
-        "5",
+        frames,
         "--steps",
         "4",
         "--guidance",
@@ -76,16 +77,19 @@ fn generate_from_reference_latents_and_embeds_saves_the_diffusers_video() {
         arg("prompt_embeds.safetensors"),
         arg("negative_prompt_embeds.safetensors"),
     );
-    let out = generate(&[
-        "--latents",
-        &latents,
-        "--prompt-embeds",
-        &embeds,
-        "--negative-prompt-embeds",
-        &negative,
-        "--save-tensor",
-        tensor.to_str().unwrap(),
-    ]);
+    let out = generate(
+        "5",
+        &[
+            "--latents",
+            &latents,
+            "--prompt-embeds",
+            &embeds,
+            "--negative-prompt-embeds",
+            &negative,
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -107,7 +111,7 @@ fn generate_from_reference_latents_and_embeds_saves_the_diffusers_video() {
 fn generate_writes_an_mp4_with_the_generation_record() {
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = tmp.path().join("clip.mp4");
-    let out = generate(&["--out", mp4.to_str().unwrap(), "--json"]);
+    let out = generate("5", &["--out", mp4.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -128,7 +132,7 @@ fn generate_writes_an_mp4_with_the_generation_record() {
 fn frames_that_are_not_4k_plus_1_fail_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let tensor = tmp.path().join("video.safetensors");
-    let out = generate(&["--frames", "6", "--save-tensor", tensor.to_str().unwrap()]);
+    let out = generate("6", &["--save-tensor", tensor.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap();
@@ -155,12 +159,15 @@ fn latents_of_the_wrong_shape_are_refused_by_name() {
     )
     .unwrap();
     let tensor = tmp.path().join("video.safetensors");
-    let out = generate(&[
-        "--latents",
-        latents.to_str().unwrap(),
-        "--save-tensor",
-        tensor.to_str().unwrap(),
-    ]);
+    let out = generate(
+        "5",
+        &[
+            "--latents",
+            latents.to_str().unwrap(),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
