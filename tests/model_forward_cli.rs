@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/components").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/components")
+        .join(name)
 }
 
 fn forward(model: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -34,15 +36,29 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
         ("wan_i2v", &["sample"][..]),
         ("wan22_ti2v", &["sample"][..]),
         ("umt5", &["last_hidden_state"][..]),
-        ("clip_vision", &["last_hidden_state", "penultimate_hidden_state"][..]),
+        (
+            "clip_vision",
+            &["last_hidden_state", "penultimate_hidden_state"][..],
+        ),
     ] {
         let out = tmp.path().join(format!("{name}.safetensors"));
-        let result = forward(&fixture(name).join("model"), &fixture(name).join("inputs.safetensors"), &out, &["--json"]);
-        assert!(result.status.success(), "{name}: {}", String::from_utf8_lossy(&result.stderr));
+        let result = forward(
+            &fixture(name).join("model"),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &["--json"],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
         let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
         assert_eq!(record["outputs"][0]["name"], outputs[0]);
         let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-        let expected = candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
         for key in outputs {
             let err = relative_error(&got[*key], &expected[*key]);
             assert!(err <= 1e-4, "{name}/{key}: relative error {err:e}");
@@ -55,10 +71,21 @@ fn model_forward_in_bf16_stays_close_to_the_f32_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");
     let name = "wan_t2v";
-    let result = forward(&fixture(name).join("model"), &fixture(name).join("inputs.safetensors"), &out, &["--dtype", "bf16"]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = forward(
+        &fixture(name).join("model"),
+        &fixture(name).join("inputs.safetensors"),
+        &out,
+        &["--dtype", "bf16"],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let expected = candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+            .unwrap();
     let err = relative_error(&got["sample"], &expected["sample"]);
     assert!(err <= 2e-2, "bf16 relative error {err:e}");
 }
@@ -77,7 +104,10 @@ fn model_forward_without_a_required_input_names_it_in_one_line() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "{stderr}");
-    assert!(error_lines[0].contains("no tensor `hidden_states`"), "{stderr}");
+    assert!(
+        error_lines[0].contains("no tensor `hidden_states`"),
+        "{stderr}"
+    );
     assert!(!tmp.path().join("out.safetensors").exists());
 }
 
@@ -86,9 +116,21 @@ fn model_forward_on_an_unknown_class_names_the_class() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"_class_name": "LTXVideoTransformer3DModel"}"#).unwrap();
-    let result = forward(&dir, &fixture("wan_t2v").join("inputs.safetensors"), &tmp.path().join("o.safetensors"), &[]);
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"_class_name": "LTXVideoTransformer3DModel"}"#,
+    )
+    .unwrap();
+    let result = forward(
+        &dir,
+        &fixture("wan_t2v").join("inputs.safetensors"),
+        &tmp.path().join("o.safetensors"),
+        &[],
+    );
     assert!(!result.status.success());
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.contains("unknown component class `LTXVideoTransformer3DModel`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown component class `LTXVideoTransformer3DModel`"),
+        "{stderr}"
+    );
 }

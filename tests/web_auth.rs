@@ -41,7 +41,10 @@ fn non_loopback_server_requires_the_access_token_and_csrf_on_cookie_writes() {
     assert_eq!(error_code(&body(r)), "unauthorized");
     let r = http.get(url("/")).call().unwrap();
     assert_eq!(r.status(), 401);
-    assert!(body(r).contains("Access token"), "page loads get the sign-in page");
+    assert!(
+        body(r).contains("Access token"),
+        "page loads get the sign-in page"
+    );
     assert_eq!(http.get(url("/api/health")).call().unwrap().status(), 200);
 
     // API clients: the bearer token.
@@ -79,7 +82,11 @@ fn non_loopback_server_requires_the_access_token_and_csrf_on_cookie_writes() {
         .unwrap()
         .to_owned();
 
-    let r = http.get(url("/api/projects")).header("Cookie", &cookie).call().unwrap();
+    let r = http
+        .get(url("/api/projects"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = http
         .post(url("/api/projects"))
@@ -110,7 +117,11 @@ fn non_loopback_server_requires_the_access_token_and_csrf_on_cookie_writes() {
     let server = Server::start(data.path(), &["--host", "0.0.0.0"]);
     assert_eq!(server.printed_token(), None, "the token is shown only once");
     let url = |p: &str| format!("{}{p}", server.base);
-    let r = http.get(url("/api/projects")).header("Cookie", &cookie).call().unwrap();
+    let r = http
+        .get(url("/api/projects"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200, "sessions survive a restart");
     server.stop();
 
@@ -121,7 +132,11 @@ fn non_loopback_server_requires_the_access_token_and_csrf_on_cookie_writes() {
         .args(["auth", "reset-token", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let new_token = serde_json::from_slice::<Value>(&out.stdout).unwrap()["token"]
         .as_str()
         .unwrap()
@@ -129,13 +144,25 @@ fn non_loopback_server_requires_the_access_token_and_csrf_on_cookie_writes() {
     assert_ne!(new_token, token);
     let server = Server::start(data.path(), &["--host", "0.0.0.0"]);
     let url = |p: &str| format!("{}{p}", server.base);
-    let r = http.get(url("/api/projects")).header("Cookie", &cookie).call().unwrap();
+    let r = http
+        .get(url("/api/projects"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 401, "old sessions end with a token reset");
     let old = format!("Bearer {token}");
-    let r = http.get(url("/api/projects")).header("Authorization", &old).call().unwrap();
+    let r = http
+        .get(url("/api/projects"))
+        .header("Authorization", &old)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 401);
     let new = format!("Bearer {new_token}");
-    let r = http.get(url("/api/projects")).header("Authorization", &new).call().unwrap();
+    let r = http
+        .get(url("/api/projects"))
+        .header("Authorization", &new)
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -145,7 +172,10 @@ fn loopback_server_is_password_free_unless_auth_is_required() {
     let server = Server::start(data.path(), &[]);
     assert_eq!(server.printed_token(), None);
     let http = agent();
-    let r = http.get(format!("{}/api/projects", server.base)).call().unwrap();
+    let r = http
+        .get(format!("{}/api/projects", server.base))
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = http.get(format!("{}/", server.base)).call().unwrap();
     assert_eq!(r.status(), 200);
@@ -154,6 +184,9 @@ fn loopback_server_is_password_free_unless_auth_is_required() {
 
     let server = Server::start(data.path(), &["--require-auth"]);
     assert!(server.printed_token().is_some());
-    let r = http.get(format!("{}/api/projects", server.base)).call().unwrap();
+    let r = http
+        .get(format!("{}/api/projects", server.base))
+        .call()
+        .unwrap();
     assert_eq!(r.status(), 401);
 }

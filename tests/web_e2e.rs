@@ -48,7 +48,9 @@ fn web_ui_end_to_end_in_headless_chromium() {
     let server = Server::start(data.path(), &[]);
     let auth_data = tempfile::tempdir().unwrap();
     let auth_server = Server::start(auth_data.path(), &["--require-auth"]);
-    let token = auth_server.printed_token().expect("token printed at first start");
+    let token = auth_server
+        .printed_token()
+        .expect("token printed at first start");
 
     let screenshots = web_dir.join("screenshots");
     let output = Command::new("node")

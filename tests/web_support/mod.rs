@@ -88,7 +88,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("videosdgx serve did not answer /api/health within 120 s; log:\n{}", self.log());
+        panic!(
+            "videosdgx serve did not answer /api/health within 120 s; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {

@@ -7,10 +7,10 @@ pub mod bench;
 mod generate;
 mod jobs;
 pub mod model;
-mod project;
-mod serve;
 mod models;
 mod plugins;
+mod project;
+mod serve;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -48,7 +48,7 @@ pub enum Command {
     /// Manage the access token for remote (non-loopback) access to `serve`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
-    /// Download and list model pipelines.
+    /// Download, list and verify model pipelines.
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Install, inspect and manage sandboxed plugins.

@@ -8,10 +8,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use videosdgx_engine::loader::{ComponentClass, component_class};
-use videosdgx_engine::vae::AutoencoderKLWan;
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
 };
+use videosdgx_engine::vae::AutoencoderKLWan;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
@@ -167,7 +167,12 @@ fn forward(args: &ForwardArgs) -> Result<()> {
 fn write_outputs(path: &Path, outputs: &[(&str, Tensor)]) -> Result<()> {
     let tensors = outputs
         .iter()
-        .map(|(name, t)| Ok((name.to_string(), t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .map(|(name, t)| {
+            Ok((
+                name.to_string(),
+                t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            ))
+        })
         .collect::<Result<HashMap<String, Tensor>>>()?;
     candle_core::safetensors::save(&tensors, path)
         .with_context(|| format!("cannot write {}", path.display()))
