@@ -48,7 +48,7 @@ pub enum Command {
     /// Manage the access token for remote (non-loopback) access to `serve`.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
-    /// Download and list model pipelines.
+    /// Download, list and verify model pipelines.
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Install, inspect and manage sandboxed plugins.

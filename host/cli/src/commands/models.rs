@@ -1,5 +1,5 @@
 //! `videosdgx models`: pull diffusers pipelines from the Hugging Face hub into the data
-//! directory and list what is installed.
+//! directory, list what is installed, and verify a folder's tensors against its configs.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -22,6 +22,13 @@ pub enum ModelsCommand {
     },
     /// List installed models with their sizes and component classes.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every tensor of a pipeline or component folder against its config
+    /// (names, shapes, dtypes); exits non-zero when anything is wrong.
+    Verify {
+        dir: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -70,6 +77,46 @@ pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
                     );
                 }
             }
+        }
+        ModelsCommand::Verify { dir, json } => {
+            let report = videosdgx_engine::loader::verify(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for component in &report.components {
+                    let status = if component.is_ok() { "ok" } else { "FAILED" };
+                    println!(
+                        "{}\t{}\t{} tensors\t{status}",
+                        component.name, component.class_name, component.tensors
+                    );
+                    for problem in component
+                        .missing
+                        .iter()
+                        .map(|t| format!("missing {t}"))
+                        .chain(
+                            component
+                                .unexpected
+                                .iter()
+                                .map(|t| format!("unexpected {t}")),
+                        )
+                    {
+                        println!("  {problem}");
+                    }
+                    for mismatch in &component.shape_mismatches {
+                        println!(
+                            "  {} in {}: expected {:?}, found {:?}",
+                            mismatch.tensor,
+                            mismatch.file.display(),
+                            mismatch.expected,
+                            mismatch.found
+                        );
+                    }
+                    for problem in component.bad_dtypes.iter().chain(&component.errors) {
+                        println!("  {problem}");
+                    }
+                }
+            }
+            anyhow::ensure!(report.is_ok(), "{} failed verification", dir.display());
         }
     }
     Ok(())
