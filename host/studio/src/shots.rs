@@ -303,13 +303,9 @@ pub fn reorder_shots(db: &Db, storyboard_id: i64, order: &[i64]) -> Result<Vec<S
     list_shots(db, storyboard_id)
 }
 
-/// Records a generated output as a take of a shot (inside the caller's transaction).
-pub(crate) fn add_take(
-    c: &Connection,
-    shot_id: i64,
-    asset_id: i64,
-    generation_id: i64,
-) -> Result<Take> {
+/// Records a generated output as a take of a shot. For the generation runner and plugins:
+/// call it inside the transaction that writes the generation record.
+pub fn add_take(c: &Connection, shot_id: i64, asset_id: i64, generation_id: i64) -> Result<Take> {
     Ok(c.query_row(
         "INSERT INTO takes (shot_id, asset_id, generation_id, created_at) VALUES (?1, ?2, ?3, ?4)
          RETURNING *",

@@ -113,22 +113,23 @@ fn event_stream(
                     return;
                 }
             }
-            tokio::select! {
-                received = receiver.recv() => match received {
-                    Ok(e) if job.is_none_or(|id| e.job_id() == id) => next = Some(e),
-                    Ok(_) => {}
-                    // Missed events: the row says where the job is now.
-                    Err(RecvError::Lagged(_)) => {
-                        if let Some(id) = job {
-                            match app.blocking(move |a| jobs::get_job(&a.db, id)).await {
-                                Ok(row) => next = Some(state_event(&row)),
-                                Err(_) => return,
-                            }
+            let received = tokio::select! {
+                received = receiver.recv() => received,
+                _ = closing.wait_for(|closing| *closing) => return,
+            };
+            match received {
+                Ok(e) if job.is_none_or(|id| e.job_id() == id) => next = Some(e),
+                Ok(_) => {}
+                // Missed events: the row says where the job is now.
+                Err(RecvError::Lagged(_)) => {
+                    if let Some(id) = job {
+                        match app.blocking(move |a| jobs::get_job(&a.db, id)).await {
+                            Ok(row) => next = Some(state_event(&row)),
+                            Err(_) => return,
                         }
                     }
-                    Err(RecvError::Closed) => return,
-                },
-                _ = closing.wait_for(|closing| *closing) => return,
+                }
+                Err(RecvError::Closed) => return,
             }
         }
     });

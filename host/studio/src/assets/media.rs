@@ -148,8 +148,8 @@ fn iso_media_has_movie(file: &mut File, len: u64) -> Result<bool> {
         let mut head = [0u8; 16];
         file.read_exact(&mut head[..8])?;
         let mut size = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-        let kind = &head[4..8];
-        if offset == 0 && kind != b"ftyp" {
+        let kind: [u8; 4] = head[4..8].try_into().expect("4 bytes");
+        if offset == 0 && &kind != b"ftyp" {
             return Ok(false);
         }
         if size == 1 {
@@ -161,7 +161,7 @@ fn iso_media_has_movie(file: &mut File, len: u64) -> Result<bool> {
         if size < 8 || offset + size > len {
             return Ok(false);
         }
-        has_moov |= kind == b"moov";
+        has_moov |= &kind == b"moov";
         offset += size;
     }
     Ok(has_moov && offset == len)

@@ -218,7 +218,7 @@ impl AssetLibrary {
                     | StudioError::ReadOnly(_))
             ) {
                 self.index.upsert(&new_assets)?;
-                return Err(outcome.err().expect("matched an error"));
+                return Err(outcome.expect_err("matched an error"));
             }
             let flow = on_file(i, &outcome);
             outcomes.push(outcome);
