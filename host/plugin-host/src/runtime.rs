@@ -299,7 +299,7 @@ fn check_component(
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    if !exports.iter().any(|name| *name == wanted) {
+    if !exports.contains(&wanted) {
         let found = exports
             .iter()
             .filter_map(|name| {
