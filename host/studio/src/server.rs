@@ -55,7 +55,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let _lock = ServerLock::acquire(app.data_dir())?;
-    let auth = Auth::for_bind(app.data_dir(), listener.local_addr()?.ip(), app.config.require_auth)?;
+    let auth = Auth::for_bind(
+        app.data_dir(),
+        listener.local_addr()?.ip(),
+        app.config.require_auth,
+    )?;
     if let Some(token) = &auth.new_token {
         crate::auth::announce_new_token(token);
     }

@@ -284,7 +284,9 @@ impl AssetLibrary {
         let current = get_asset(db, id)?;
         let caption = caption.map_or(current.caption, |c| c.trim().to_owned());
         if caption.chars().count() > 2000 {
-            return Err(StudioError::Invalid("caption must be at most 2000 characters".into()));
+            return Err(StudioError::Invalid(
+                "caption must be at most 2000 characters".into(),
+            ));
         }
         let tags = match tags {
             Some(tags) => normalized_tags(tags)?,
