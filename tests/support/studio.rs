@@ -199,9 +199,13 @@ impl Server {
     }
 
     pub fn upload_multipart(&self, boundary: &str, body: &[u8]) -> Reply {
+        self.post_multipart("/api/assets", boundary, body)
+    }
+
+    pub fn post_multipart(&self, path: &str, boundary: &str, body: &[u8]) -> Reply {
         reply(
             self.agent
-                .post(self.url("/api/assets"))
+                .post(self.url(path))
                 .header(
                     "content-type",
                     format!("multipart/form-data; boundary={boundary}"),

@@ -12,7 +12,6 @@ pub mod capability;
 pub mod error;
 pub mod limits;
 pub mod manifest;
-pub mod registry;
 pub mod runtime;
 pub mod services;
 mod state;
@@ -23,7 +22,6 @@ pub use capability::{Capability, Grants};
 pub use error::{CallError, LoadError};
 pub use limits::Limits;
 pub use manifest::{Manifest, World};
-pub use registry::{InstalledPlugin, Registry, RegistryError};
 pub use runtime::{CallContext, Plugin, PluginRuntime};
 pub use services::{AuditEntry, HostServices, LogLevel};
 

@@ -10,6 +10,7 @@ pub mod model;
 mod models;
 mod plugins;
 mod project;
+mod render;
 mod serve;
 
 use anyhow::Context;
@@ -58,6 +59,8 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Generate a video with a Wan pipeline directory.
     Generate(Box<generate::GenerateArgs>),
+    /// Turn a screenplay into a finished video: plan, expand, generate each shot, stitch.
+    Render(Box<render::RenderArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,9 +73,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
         Command::Models(command) => models::run(command, &data),
-        Command::Plugins(args) => plugins::run(args, &data),
+        Command::Plugins(args) => plugins::run(args, &open(data)?),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
+        Command::Render(args) => render::run(open(data)?, *args),
     }
 }
 

@@ -5,8 +5,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use videosdgx_plugin_host::{Capability, InstalledPlugin, Manifest, PluginRuntime, Registry};
+use std::path::PathBuf;
+use videosdgx_plugin_host::{Capability, Manifest};
+use videosdgx_studio::App;
+use videosdgx_studio::plugins::registry::{self, InstalledPlugin};
 
 #[derive(Args, Debug)]
 pub struct PluginsArgs {
@@ -61,22 +63,15 @@ enum PluginsCommand {
     Audit {
         /// Only this plugin's calls.
         id: Option<String>,
+        /// The newest this many calls.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
         #[arg(long)]
         json: bool,
     },
 }
 
-/// Where installed plugins and the compiled-component cache live.
-pub fn registry(data: &Path) -> anyhow::Result<Registry> {
-    Ok(Registry::open(&data.join("plugins"))?)
-}
-
-pub fn runtime(data: &Path) -> anyhow::Result<PluginRuntime> {
-    PluginRuntime::new(Some(&data.join("cache").join("plugins")))
-}
-
-pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
-    let registry = registry(data)?;
+pub fn run(args: PluginsArgs, app: &App) -> anyhow::Result<()> {
     match args.command {
         PluginsCommand::Install {
             file,
@@ -97,8 +92,12 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
             }
             let interactive = std::io::stdin().is_terminal() && !json;
             let mut prompt_error = None;
-            let installed = registry
-                .install(&runtime(data)?, &manifest_text, &wasm, |_, capability| {
+            let installed = registry::install(
+                &app.db,
+                &app.plugins,
+                &manifest_text,
+                &wasm,
+                |capability| {
                     if grant.contains(&capability) {
                         return true;
                     }
@@ -109,17 +108,18 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
                         prompt_error = Some(e);
                         false
                     })
-                })
-                .with_context(|| format!("{} is refused", file.display()))?;
+                },
+            )
+            .with_context(|| format!("{} is refused", file.display()))?;
             if let Some(e) = prompt_error {
                 return Err(e.context("reading the answer"));
             }
             print(&installed, json, |p| {
-                format!("installed {}\n{}", p.manifest.id, detail(p))
+                format!("installed {}\n{}", p.id, detail(p))
             })
         }
         PluginsCommand::List { json } => {
-            let plugins = registry.list()?;
+            let plugins = registry::list(&app.db)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plugins)?);
             } else if plugins.is_empty() {
@@ -129,40 +129,38 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
                     let state = if p.enabled { "enabled" } else { "disabled" };
                     println!(
                         "{:<24} {:<10} {:<9} {:<9} {}",
-                        p.manifest.id,
-                        p.manifest.version,
-                        p.manifest.world,
-                        state,
-                        p.manifest.description
+                        p.id, p.version, p.world, state, p.description
                     );
                 }
             }
             Ok(())
         }
-        PluginsCommand::Show { id, json } => print(&registry.get(&id)?, json, detail),
+        PluginsCommand::Show { id, json } => print(&registry::get(&app.db, &id)?, json, detail),
         PluginsCommand::Enable { id, json } => {
-            print(&registry.set_enabled(&id, true)?, json, |p| {
-                format!("enabled {}", p.manifest.id)
+            print(&registry::set_enabled(&app.db, &id, true)?, json, |p| {
+                format!("enabled {}", p.id)
             })
         }
         PluginsCommand::Disable { id, json } => {
-            print(&registry.set_enabled(&id, false)?, json, |p| {
-                format!("disabled {}", p.manifest.id)
+            print(&registry::set_enabled(&app.db, &id, false)?, json, |p| {
+                format!("disabled {}", p.id)
             })
         }
         PluginsCommand::Uninstall { id } => {
-            registry.uninstall(&id)?;
+            registry::uninstall(&app.db, &app.plugins, &id)?;
             println!("uninstalled {id}");
             Ok(())
         }
-        PluginsCommand::Audit { id, json } => {
+        PluginsCommand::Audit { id, limit, json } => {
+            let mut records = registry::audit(&app.db, id.as_deref(), limit)?;
             if let Some(id) = &id
-                && registry.get(id).is_err()
-                && registry.audit_records(Some(id))?.is_empty()
+                && records.is_empty()
+                && registry::get(&app.db, id).is_err()
             {
                 bail!("plugin `{id}` is not installed and has no audit records");
             }
-            let records = registry.audit_records(id.as_deref())?;
+            // Oldest first, like a log.
+            records.reverse();
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
@@ -174,7 +172,7 @@ pub fn run(args: PluginsArgs, data: &Path) -> anyhow::Result<()> {
                     };
                     println!(
                         "{} {:<20} {:<26} {:<8} {}",
-                        r.at_ms, r.plugin_id, r.function, verdict, r.detail
+                        r.at, r.plugin_id, r.function, verdict, r.detail
                     );
                 }
             }
@@ -247,28 +245,25 @@ fn ask(capability: Capability) -> anyhow::Result<bool> {
 }
 
 fn detail(p: &InstalledPlugin) -> String {
-    let list = |caps: &[Capability]| {
+    let list = |caps: &[String]| {
         if caps.is_empty() {
             "none".to_string()
         } else {
-            caps.iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            caps.join(", ")
         }
     };
     format!(
         "id:          {}\nname:        {}\nversion:     {}\nworld:       {}\napi-version: {}\nenabled:     {}\ngranted:     {}\ndenied:      {}\nsha256:      {}\ndescription: {}",
-        p.manifest.id,
-        p.manifest.name,
-        p.manifest.version,
-        p.manifest.world,
-        p.manifest.api_version,
+        p.id,
+        p.name,
+        p.version,
+        p.world,
+        p.api_version,
         p.enabled,
         list(&p.granted),
         list(&p.denied),
         p.component_sha256,
-        p.manifest.description
+        p.description
     )
 }
 

@@ -148,6 +148,24 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_plugin ON audit_log(plugin_id, at);
     "#,
+    // 3: what the plugin registry and host services need beyond migration 2: the audit log's
+    // details (`call` holds `interface.function`, `outcome` is ok, denied or error), and the named
+    // text documents plugins read and write per project.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN capability TEXT;
+    ALTER TABLE audit_log ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit_log ADD COLUMN error TEXT;
+    ALTER TABLE audit_log ADD COLUMN project_id INTEGER;
+    CREATE INDEX audit_log_at ON audit_log(at);
+
+    CREATE TABLE project_documents (
+        project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 256),
+        content     TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (project_id, name)
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

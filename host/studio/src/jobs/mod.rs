@@ -199,6 +199,12 @@ impl JobContext {
         self.job_id
     }
 
+    /// The studio, owned: for work that hands it to something that outlives a borrow (plugin
+    /// host services).
+    pub fn app(&self) -> std::sync::Arc<App> {
+        self.app.clone()
+    }
+
     /// True once the job was cancelled or the server is shutting down.
     pub fn should_stop(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed)

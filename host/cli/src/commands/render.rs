@@ -1,0 +1,118 @@
+//! `videosdgx render SCRIPT.md`: a screenplay to a finished MP4 without the web UI: plan,
+//! expand, generate every shot, stitch. Progress goes to stderr, the report to stdout.
+
+use anyhow::Context;
+use clap::Args;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use videosdgx_studio::App;
+use videosdgx_studio::generation::RenderSettings;
+use videosdgx_studio::render::{RenderReport, RenderRequest, render};
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// The Markdown screenplay, or a folder holding `script.md` (as in projects/).
+    pub script: PathBuf,
+    /// The project to add the storyboard to (created if missing); default: the script's title.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Where to write the final video; default: `<script name>.mp4` in the current folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// An installed model's name (`videosdgx models list`); default: the only one installed.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value_t = RenderSettings::default().height)]
+    pub height: usize,
+    #[arg(long, default_value_t = RenderSettings::default().width)]
+    pub width: usize,
+    /// Denoising steps per shot.
+    #[arg(long, default_value_t = RenderSettings::default().steps)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (off at 1 or below).
+    #[arg(long, default_value_t = RenderSettings::default().guidance)]
+    pub guidance: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
+    let path = if args.script.is_dir() {
+        args.script.join("script.md")
+    } else {
+        args.script.clone()
+    };
+    let script = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the script {}", path.display()))?;
+    let out = args.out.unwrap_or_else(|| {
+        let stem = if args.script.is_dir() {
+            args.script.file_name()
+        } else {
+            args.script.file_stem()
+        };
+        PathBuf::from(stem.unwrap_or_else(|| "render".as_ref())).with_extension("mp4")
+    });
+    let request = RenderRequest {
+        script,
+        project: args.project,
+        model: args.model,
+        render: RenderSettings {
+            height: args.height,
+            width: args.width,
+            steps: args.steps,
+            guidance: args.guidance,
+        },
+        out,
+    };
+    let app = Arc::new(app);
+    let mut last = String::new();
+    let report = render(&app, &request, &mut |stage, step, total| {
+        let line = format!("{stage} {step}/{total}");
+        if line != last {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{line}");
+            last = line;
+        }
+        ControlFlow::Continue(())
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+fn summary(r: &RenderReport) -> String {
+    let mut text = format!(
+        "rendered \"{}\": {} shots, {} frames ({:.1} s at {} fps, {}x{})\n",
+        r.title,
+        r.shots.len(),
+        r.frames,
+        r.duration_s,
+        r.fps,
+        r.width,
+        r.height
+    );
+    for (i, shot) in r.shots.iter().enumerate() {
+        text.push_str(&format!(
+            "  shot {}: {} frames, seed {}, asset {}, generation {}\n",
+            i + 1,
+            shot.frames,
+            shot.seed,
+            shot.asset_id,
+            shot.generation_id
+        ));
+    }
+    text.push_str(&format!(
+        "project {}, storyboard {}, final asset {}\nwrote {}",
+        r.project_id,
+        r.storyboard_id,
+        r.asset_id,
+        r.out.display()
+    ));
+    text
+}

@@ -1,0 +1,151 @@
+//! The plugin job kinds the web UI submits, on the CPU lane: `plan` (script → the storyboard's
+//! shots and bible), `expand` (a shot → its prompt, without changing the shot) and `stitch`
+//! (chosen takes → one rendered video asset). Each parses its parameters and calls
+//! [`super::calls`]; a plugin failure fails the job with the runtime's explanation.
+
+use super::calls::{self, PlanRequest};
+use crate::app::App;
+use crate::error::{Result, StudioError};
+use crate::generation::RenderSettings;
+use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::projects::get_storyboard;
+use crate::shots::get_shot;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn parse<T: for<'de> Deserialize<'de>>(kind: &str, params: &Value) -> Result<T> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| StudioError::Invalid(format!("parameters of a {kind} job: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanParams {
+    storyboard_id: i64,
+    script: String,
+    plugin: Option<String>,
+    #[serde(default = "yes")]
+    title_cards: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `plan`: runs the planner plugin on a script and writes the storyboard's shots and bible.
+pub struct Plan;
+
+impl JobRunner for Plan {
+    fn kind(&self) -> &'static str {
+        "plan"
+    }
+    fn lane(&self) -> Lane {
+        Lane::Cpu
+    }
+    fn check(&self, app: &App, params: &Value) -> Result<()> {
+        let p: PlanParams = parse(self.kind(), params)?;
+        if p.script.trim().is_empty() {
+            return Err(StudioError::Invalid("the script is empty".into()));
+        }
+        get_storyboard(&app.db, p.storyboard_id)?;
+        super::registry::choose(&app.db, videosdgx_plugin_host::World::Planner, p.plugin.as_deref())
+            .map(drop)
+    }
+    fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
+        let p: PlanParams = parse(self.kind(), params)?;
+        let request = PlanRequest {
+            storyboard_id: p.storyboard_id,
+            script: p.script,
+            plugin: p.plugin,
+            render: RenderSettings::default(),
+            title_cards: p.title_cards,
+        };
+        let outcome = calls::plan(&ctx.app(), Some(ctx.job_id()), &request, &mut |s, i, n| {
+            ctx.progress(s, i, n)
+        })?;
+        Ok(serde_json::to_value(outcome).map_err(anyhow::Error::from)?)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpandParams {
+    shot_id: i64,
+    plugin: Option<String>,
+}
+
+/// `expand`: the expander plugin's prompt and negative prompt for a shot (the shot is left as
+/// it is; the user decides whether to use them).
+pub struct Expand;
+
+impl JobRunner for Expand {
+    fn kind(&self) -> &'static str {
+        "expand"
+    }
+    fn lane(&self) -> Lane {
+        Lane::Cpu
+    }
+    fn check(&self, app: &App, params: &Value) -> Result<()> {
+        let p: ExpandParams = parse(self.kind(), params)?;
+        get_shot(&app.db, p.shot_id)?;
+        super::registry::choose(&app.db, videosdgx_plugin_host::World::Expander, p.plugin.as_deref())
+            .map(drop)
+    }
+    fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
+        let p: ExpandParams = parse(self.kind(), params)?;
+        let prompt = calls::expand(
+            &ctx.app(),
+            Some(ctx.job_id()),
+            p.shot_id,
+            p.plugin.as_deref(),
+            &RenderSettings::default(),
+            &mut |s, i, n| ctx.progress(s, i, n),
+        )?;
+        Ok(json!({
+            "shot_id": p.shot_id,
+            "prompt": prompt.prompt,
+            "negative_prompt": prompt.negative_prompt,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StitchParams {
+    storyboard_id: i64,
+    plugin: Option<String>,
+}
+
+/// `stitch`: the stitcher plugin's edit of the chosen takes, rendered to one MP4 asset.
+pub struct Stitch;
+
+impl JobRunner for Stitch {
+    fn kind(&self) -> &'static str {
+        "stitch"
+    }
+    fn lane(&self) -> Lane {
+        Lane::Cpu
+    }
+    fn check(&self, app: &App, params: &Value) -> Result<()> {
+        let p: StitchParams = parse(self.kind(), params)?;
+        get_storyboard(&app.db, p.storyboard_id)?;
+        super::registry::choose(&app.db, videosdgx_plugin_host::World::Stitcher, p.plugin.as_deref())
+            .map(drop)
+    }
+    fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
+        let p: StitchParams = parse(self.kind(), params)?;
+        let outcome = calls::stitch(
+            &ctx.app(),
+            Some(ctx.job_id()),
+            p.storyboard_id,
+            p.plugin.as_deref(),
+            &mut |s, i, n| ctx.progress(s, i, n),
+        )?;
+        Ok(json!({
+            "storyboard_id": p.storyboard_id,
+            "asset_id": outcome.asset.id,
+            "plugin": outcome.plugin,
+            "timeline": outcome.timeline,
+        }))
+    }
+}

@@ -1,0 +1,256 @@
+//! Plugins over the studio's real HTTP API against a real `videosdgx serve`: inspect and install
+//! with a capability refused, the refused capability denied and audited when used, the planner
+//! and expander jobs the web UI runs, and hostile plugins failing only their own jobs.
+
+#[path = "support/guests.rs"]
+mod guests;
+#[path = "support/studio.rs"]
+mod studio;
+
+use serde_json::{Value, json};
+use studio::{Server, start};
+
+const BOUNDARY: &str = "vdgx-plugin-form";
+
+/// A multipart form with the plugin crate's component and manifest, and `grants`.
+fn form(name: &str, grants: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let disposition = match filename {
+            Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
+            None => format!("form-data; name=\"{field}\""),
+        };
+        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("component", Some("plugin.wasm"), &guests::component(name));
+    part(
+        "manifest",
+        Some("plugin.toml"),
+        guests::manifest_text(name).as_bytes(),
+    );
+    for grant in grants {
+        part("grant", None, grant.as_bytes());
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn install(s: &Server, name: &str, grants: &[&str]) -> Value {
+    let r = s.post_multipart("/api/plugins", BOUNDARY, &form(name, grants));
+    assert_eq!(r.status, 201, "{}", r.json());
+    r.json()
+}
+
+/// A project with one storyboard; returns (project id, storyboard id).
+fn storyboard(s: &Server) -> (i64, i64) {
+    let project = s.post("/api/projects", &json!({ "name": "Clockmaker" })).json()["id"]
+        .as_i64()
+        .unwrap();
+    let board = s.post(
+        &format!("/api/projects/{project}/storyboards"),
+        &json!({ "title": "Act 1" }),
+    );
+    (project, board.json()["id"].as_i64().unwrap())
+}
+
+/// Submits a job that is tried once and waits for it to finish.
+fn run_job(s: &Server, kind: &str, params: Value, project: i64) -> Value {
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": kind, "params": params, "project_id": project, "max_attempts": 1 }),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    let id = r.json()["id"].as_i64().unwrap();
+    s.wait_job(id, "finished", |job| {
+        matches!(job["state"].as_str(), Some("succeeded" | "failed"))
+    })
+}
+
+fn clockmaker_script() -> String {
+    std::fs::read_to_string(guests::repo_root().join("projects/clockmaker/script.md")).unwrap()
+}
+
+#[test]
+fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let (project, board) = storyboard(&s);
+
+    let inspected = s.post_multipart("/api/plugins/inspect", BOUNDARY, &form("hostile", &[]));
+    assert_eq!(inspected.status, 200, "{}", inspected.json());
+    let inspected = inspected.json();
+    assert_eq!(inspected["id"], "hostile");
+    assert_eq!(inspected["world"], "planner");
+    assert_eq!(
+        inspected["capabilities"],
+        json!(["text-generation", "assets:read", "media", "project:read"])
+    );
+    assert_eq!(
+        inspected["explanations"]["text-generation"],
+        "ask the local language model for text"
+    );
+    assert_eq!(s.get("/api/plugins").json(), json!([]));
+
+    let installed = install(&s, "hostile", &["assets:read", "media", "project:read"]);
+    assert_eq!(installed["denied"], json!(["text-generation"]));
+    assert_eq!(
+        installed["granted"],
+        json!(["assets:read", "media", "project:read"])
+    );
+    let again = s.post_multipart("/api/plugins", BOUNDARY, &form("hostile", &[]));
+    assert_eq!(again.status, 409);
+    let stray = s.post_multipart("/api/plugins", BOUNDARY, &form("template", &["generate"]));
+    assert_eq!(stray.status, 422);
+    assert!(
+        stray.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`generate` is not requested by plugin `template`")
+    );
+
+    // `slow-host` asks for text generation, which was refused.
+    let job = run_job(
+        &s,
+        "plan",
+        json!({ "storyboard_id": board, "script": "slow-host", "plugin": "hostile" }),
+        project,
+    );
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("plugin `hostile` returned an error: capability `text-generation` not granted"),
+        "{error}"
+    );
+
+    let audit = s.get("/api/plugins/audit?plugin_id=hostile&limit=10").json();
+    let entries = audit["entries"].as_array().unwrap();
+    let denied = entries
+        .iter()
+        .find(|e| e["function"] == "text.complete")
+        .unwrap_or_else(|| panic!("no text.complete in {audit}"));
+    assert_eq!(denied["allowed"], false);
+    assert_eq!(denied["capability"], "text-generation");
+    assert_eq!(denied["job_id"], job["id"]);
+    assert_eq!(denied["plugin_id"], "hostile");
+    assert!(denied["at_ms"].as_i64().unwrap() > 0);
+
+    // Disabled plugins are refused at submission; uninstalling keeps the audit log.
+    let r = s.patch("/api/plugins/hostile", &json!({ "enabled": false }));
+    assert_eq!(r.json()["enabled"], false);
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "plan", "params": { "storyboard_id": board, "script": "echo", "plugin": "hostile" } }),
+    );
+    assert_eq!(r.status, 422, "{}", r.json());
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("disabled"));
+    assert_eq!(s.delete("/api/plugins/hostile").status, 204);
+    assert_eq!(s.delete("/api/plugins/hostile").status, 404);
+    assert_eq!(s.get("/api/plugins").json(), json!([]));
+    let kept = s.get("/api/plugins/audit").json();
+    assert!(
+        kept["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["function"] == "text.complete"),
+        "{kept}"
+    );
+    s.stop();
+}
+
+#[test]
+fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let (project, board) = storyboard(&s);
+    install(&s, "hostile", &["assets:read", "media", "project:read"]);
+    install(&s, "storyboard-planner", &[]);
+    install(&s, "prompt-expander", &[]);
+
+    for (script, expected) in [
+        ("trap", "plugin `hostile` crashed"),
+        ("allocate", "plugin `hostile` exceeded its memory limit"),
+        ("huge-string", "plugin `hostile` crashed"),
+        ("invalid-ids", "not found: asset `no-such-asset`"),
+    ] {
+        let job = run_job(
+            &s,
+            "plan",
+            json!({ "storyboard_id": board, "script": script, "plugin": "hostile" }),
+            project,
+        );
+        assert_eq!(job["state"], "failed", "{script}: {job}");
+        let error = job["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{script}: {error}");
+        assert_eq!(s.get("/api/health").json()["status"], "ok");
+    }
+    // Nothing a failed plan did reached the storyboard.
+    let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
+    assert_eq!(shots, json!([]));
+
+    // With two planners enabled and none named, the first-party one plans.
+    let job = run_job(
+        &s,
+        "plan",
+        json!({ "storyboard_id": board, "script": clockmaker_script() }),
+        project,
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["plugin"], "storyboard-planner");
+    let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
+    let shots = shots.as_array().unwrap();
+    assert_eq!(shots.len(), 6);
+    assert_eq!(shots[3]["transition"], "crossfade");
+    assert!(shots[0]["camera"].as_str().unwrap().contains("wide shot"));
+    assert!((shots[0]["duration_s"].as_f64().unwrap() * 16.0).round() as i64 % 4 == 1);
+    let boards = s.get(&format!("/api/projects/{project}/storyboards")).json();
+    let bible: Value =
+        serde_json::from_str(boards[0]["description"].as_str().unwrap()).unwrap();
+    let names: Vec<&str> = bible["characters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Mara", "Tomas"]);
+
+    // The bible the user edits is what the expander uses; the shot itself is not changed.
+    let mut bible = bible;
+    bible["characters"][0]["description"] = json!("a clockmaker with a brass loupe");
+    bible["style"]["look"] = json!("35mm film still");
+    s.patch(
+        &format!("/api/storyboards/{board}"),
+        &json!({ "description": bible.to_string() }),
+    );
+    let shot = &shots[1];
+    let job = run_job(&s, "expand", json!({ "shot_id": shot["id"] }), project);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let prompt = job["result"]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("a clockmaker with a brass loupe"), "{prompt}");
+    assert!(prompt.contains("35mm film still"), "{prompt}");
+    assert!(!job["result"]["negative_prompt"].as_str().unwrap().is_empty());
+    let after = s.get(&format!("/api/shots/{}", shot["id"])).json();
+    assert_eq!(after["prompt"], shot["prompt"]);
+    s.stop();
+}
+
+#[test]
+fn openapi_documents_the_plugin_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let doc = s.get("/api/openapi.json").json();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/plugins",
+        "/api/plugins/inspect",
+        "/api/plugins/{id}",
+        "/api/plugins/audit",
+    ] {
+        assert!(paths.contains_key(p), "openapi lacks {p}");
+    }
+    assert!(doc["components"]["schemas"]["InstalledPlugin"].is_object());
+    s.stop();
+}

@@ -1,0 +1,200 @@
+//! `videosdgx render` end to end on the CPU: the first-party plugins installed through the CLI,
+//! the tiny random Wan model (tests/fixtures/tiny-wan-t2v) installed as a model, a two-shot
+//! screenplay planned, expanded, generated and stitched into one MP4 whose length is what the
+//! stitcher's edit says, with every shot's generation recorded in the studio database.
+
+#[path = "support/guests.rs"]
+mod guests;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SCRIPT: &str = "\
+# Paper Boats
+
+## EXT. CANAL - DAY
+
+WIDE SHOT: MARA kneels at the edge of the canal and sets a paper boat on the water.
+
+CLOSE ON the paper boat as it drifts away under the bridge.
+";
+
+fn videosdgx(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("running videosdgx")
+}
+
+fn succeeded(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn install_first_party(tmp: &Path, data: &Path) {
+    for (name, grants) in [
+        ("storyboard-planner", ""),
+        ("prompt-expander", ""),
+        ("shot-stitcher", "render"),
+    ] {
+        let wasm = tmp.join(format!("{name}.wasm"));
+        let toml = tmp.join(format!("{name}.toml"));
+        std::fs::write(&wasm, guests::component(name)).unwrap();
+        std::fs::write(&toml, guests::manifest_text(name)).unwrap();
+        let mut args = vec![
+            "plugins",
+            "install",
+            wasm.to_str().unwrap(),
+            "--manifest",
+            toml.to_str().unwrap(),
+        ];
+        if !grants.is_empty() {
+            args.extend(["--grant", grants]);
+        }
+        succeeded(videosdgx(data, &args));
+    }
+}
+
+/// Frames a duration in milliseconds takes at `fps`.
+fn frames(ms: &Value, fps: f64) -> i64 {
+    (ms.as_f64().unwrap() / 1000.0 * fps).round() as i64
+}
+
+#[test]
+fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(
+        &guests::repo_root().join("tests/fixtures/tiny-wan-t2v"),
+        &data.join("models/tiny-wan-t2v"),
+    );
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("final/paper-boats.mp4");
+
+    let output = videosdgx(
+        &data,
+        &[
+            "render",
+            script.to_str().unwrap(),
+            "--project",
+            "Boats",
+            "--out",
+            out.to_str().unwrap(),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "--model",
+            "tiny-wan-t2v",
+            "--json",
+        ],
+    );
+    let progress = String::from_utf8_lossy(&output.stderr).to_string();
+    let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
+    for stage in ["plan:", "expand", "shot 1/2: denoising", "shot 2/2", "stitch:"] {
+        assert!(progress.contains(stage), "no `{stage}` in progress:\n{progress}");
+    }
+
+    // Two shots, each generated from its expanded prompt at 4k+1 frames.
+    let shots = report["shots"].as_array().unwrap();
+    assert_eq!(shots.len(), 2, "{report}");
+    for shot in shots {
+        assert_eq!(shot["frames"].as_i64().unwrap() % 4, 1, "{shot}");
+        let prompt = shot["prompt"].as_str().unwrap();
+        assert!(prompt.contains("Exterior, canal"), "{prompt}");
+    }
+
+    // The file on disk is the stitched edit: a title card, then both shots joined by a cut.
+    let info = videosdgx_engine::video::probe(&out).unwrap();
+    assert_eq!((info.width, info.height), (32, 32));
+    let timeline = &report["timeline"];
+    let items = timeline["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{timeline}");
+    assert_eq!(items[0]["Title"]["text"], "Paper Boats");
+    let fps = timeline["fps"].as_f64().unwrap();
+    let mut expected = 0;
+    for item in items {
+        let (body, kind) = match (item.get("Clip"), item.get("Title")) {
+            (Some(clip), _) => (clip, clip["transition_in"]["kind"].as_str().unwrap()),
+            (None, Some(title)) => (title, "Cut"),
+            _ => panic!("unknown timeline item {item}"),
+        };
+        assert_ne!(kind, "Crossfade", "one scene: nothing overlaps");
+        expected += frames(&body["duration_ms"], fps);
+    }
+    assert_eq!(info.frames as i64, expected, "{timeline}");
+    assert_eq!(report["frames"].as_i64().unwrap(), expected);
+
+    // Every shot has its generation record and take; the final video is a project asset.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    for shot in shots {
+        let (model, asset): (String, i64) = db
+            .query_row(
+                "SELECT model, asset_id FROM generations WHERE id = ?1 AND shot_id = ?2",
+                [shot["generation_id"].as_i64(), shot["shot_id"].as_i64()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(model, "tiny-wan-t2v");
+        assert_eq!(Some(asset), shot["asset_id"].as_i64());
+        let chosen: Option<i64> = db
+            .query_row(
+                "SELECT takes.asset_id FROM shots JOIN takes ON takes.id = shots.chosen_take_id
+                 WHERE shots.id = ?1",
+                [shot["shot_id"].as_i64()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(chosen, Some(asset));
+    }
+    let (kind, project): (String, String) = db
+        .query_row(
+            "SELECT assets.kind, projects.name FROM assets JOIN projects ON projects.id = assets.project_id
+             WHERE assets.id = ?1",
+            [report["asset_id"].as_i64()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((kind.as_str(), project.as_str()), ("video", "Boats"));
+}
+
+#[test]
+fn render_without_plugins_says_what_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = videosdgx(&data, &["render", script.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no enabled planner plugin is installed"),
+        "{err}"
+    );
+}
