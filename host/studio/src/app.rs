@@ -4,6 +4,7 @@
 use crate::assets::AssetLibrary;
 use crate::db::Db;
 use crate::error::{Result, StudioError};
+use crate::generation::{GenerateRunner, Generator};
 use crate::jobs::{JobQueue, JobRunner, runners};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub struct App {
     pub db: Db,
     pub assets: AssetLibrary,
     pub jobs: JobQueue,
+    pub generator: Generator,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
             db,
             assets,
             jobs: JobQueue::new(runners),
+            generator: Generator::new(),
         })
     }
 
@@ -79,5 +82,9 @@ impl App {
 
 /// The job kinds every build can run.
 pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
-    vec![Arc::new(runners::Reindex), Arc::new(runners::ImportFolder)]
+    vec![
+        Arc::new(runners::Reindex),
+        Arc::new(runners::ImportFolder),
+        Arc::new(GenerateRunner),
+    ]
 }

@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod error;
+pub mod generation;
 pub mod jobs;
 pub mod projects;
 
@@ -56,6 +57,8 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         jobs::retry_job,
         jobs::all_events,
         jobs::job_events,
+        generation::list_models,
+        generation::get_generation,
     ),
     components(schemas(error::ErrorBody, crate::jobs::JobEvent))
 )]
@@ -70,6 +73,7 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(projects::routes())
         .merge(assets::routes())
         .merge(jobs::routes())
+        .merge(generation::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
 }
 
