@@ -62,8 +62,18 @@ fn install_list_show_disable_enable_uninstall() {
         ],
     ));
     assert!(
-        out.lines().any(|line| line.split_whitespace().collect::<Vec<_>>()
-            == ["text-generation", "ask", "the", "local", "language", "model", "for", "text"]),
+        out.lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "text-generation",
+                    "ask",
+                    "the",
+                    "local",
+                    "language",
+                    "model",
+                    "for",
+                    "text"
+                ]),
         "{out}"
     );
     assert!(out.contains("installed storyboard-planner"), "{out}");

@@ -420,7 +420,7 @@ fn full_disk_gives_507_and_keeps_stored_assets() {
     let r = s.upload("name=small.png", &small);
     assert_eq!(r.status, 201, "{}", r.json());
     let id = r.json()["id"].as_i64().unwrap();
-    let big = png(10, 400); // ~480 KB
+    let big = png(10, 700); // ~800 KB
     let r = s.upload("name=big.png", &big);
     assert_eq!((r.status, r.error_code().as_str()), (507, "storage_full"));
     assert_eq!(s.get(&format!("/api/assets/{id}/file")).bytes, small);

@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 use std::path::Path;
 use studio::{png, start};
 
-/// A folder of `n` distinct PNGs: importing it takes long enough to interrupt.
-fn media_folder(dir: &Path, n: u32) {
+/// A folder of `n` distinct PNGs (seeds `first..first + n`): importing it takes long enough to
+/// interrupt.
+fn media_folder(dir: &Path, first: u32, n: u32) {
     std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
+    for i in first..first + n {
         std::fs::write(dir.join(format!("frame{i:05}.png")), png(i, 48)).unwrap();
     }
 }
@@ -50,8 +51,8 @@ fn sigkill_mid_job_requeues_it_or_marks_it_interrupted_when_attempts_are_spent()
     let data = dir.path().join("data");
     let folder_a = dir.path().join("a");
     let folder_b = dir.path().join("b");
-    media_folder(&folder_a, 1500);
-    media_folder(&folder_b, 1500);
+    media_folder(&folder_a, 0, 1500);
+    media_folder(&folder_b, 1500, 1500);
 
     let s = start(&data);
     let again = submit_import(&s, &folder_a, 3);
@@ -94,7 +95,7 @@ fn sigterm_stops_gracefully_and_the_running_job_resumes_at_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let folder = dir.path().join("media");
-    media_folder(&folder, 600);
+    media_folder(&folder, 0, 600);
     let mut s = start(&data);
     // An open event stream must not hold up shutdown.
     let events_url = format!("{}/api/jobs/events", s.base);
@@ -119,7 +120,7 @@ fn sigterm_stops_gracefully_and_the_running_job_resumes_at_next_start() {
 fn cancelling_a_running_job_stops_it_between_files() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("media");
-    media_folder(&folder, 600);
+    media_folder(&folder, 0, 600);
     let s = start(&dir.path().join("data"));
     let id = submit_import(&s, &folder, 3);
     s.wait_job(id, "to be mid-run", mid_run);

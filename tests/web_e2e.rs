@@ -37,6 +37,30 @@ fn write_reference_png(dir: &Path) {
     image.save(dir.join("reference.png")).unwrap();
 }
 
+/// The tiny random Wan text-to-video pipeline, installed as the studio's only model.
+fn install_tiny_model(data: &Path) {
+    let from = repo_root().join("tests/fixtures/tiny-wan-t2v");
+    let to = data.join("models/tiny-wan-t2v");
+    for entry in walkdir(&from) {
+        let target = to.join(entry.strip_prefix(&from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &target).unwrap();
+    }
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn web_ui_end_to_end_in_headless_chromium() {
     let web_dir = repo_root().join("tests/web");
@@ -45,6 +69,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
     write_reference_png(fixtures.path());
 
     let data = tempfile::tempdir().unwrap();
+    install_tiny_model(data.path());
     let server = Server::start(data.path(), &[]);
     let auth_data = tempfile::tempdir().unwrap();
     let auth_server = Server::start(auth_data.path(), &["--require-auth"]);
@@ -71,7 +96,14 @@ fn web_ui_end_to_end_in_headless_chromium() {
         screenshots.display()
     );
     assert!(stdout.contains("web e2e: all steps passed"));
-    for name in ["01-projects", "02-storyboard", "03-assets", "00-sign-in"] {
+    for name in [
+        "00-sign-in",
+        "01-projects",
+        "02-storyboard",
+        "03-assets",
+        "05-jobs",
+        "06-review",
+    ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),
             "screenshot {name}.png was saved"

@@ -24,6 +24,17 @@ function must(name) {
 }
 
 let current = 'start';
+
+/** Polls `fn` until it returns a truthy value (or the step's timeout passes). */
+async function until(fn, timeout = STEP_TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${fn}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
 async function step(name, fn) {
   current = name;
   const started = Date.now();
@@ -54,16 +65,18 @@ try {
   };
 
   await step('first load stays under 300 KB of JS and CSS, from this server only', async () => {
-    let bytes = 0;
-    const foreign = [];
-    page.on('response', async (r) => {
-      if (!r.url().startsWith(BASE)) foreign.push(r.url());
-      if (/\.(js|css)$/.test(new URL(r.url()).pathname)) bytes += (await r.body()).length;
-    });
+    const responses = [];
+    page.on('response', (r) => responses.push(r));
     await page.goto(BASE);
     await page.getByRole('heading', { name: 'Projects' }).waitFor();
     await page.waitForLoadState('networkidle');
     page.removeAllListeners('response');
+    let bytes = 0;
+    const foreign = [];
+    for (const r of responses) {
+      if (!r.url().startsWith(BASE)) foreign.push(r.url());
+      if (/\.(js|css)$/.test(new URL(r.url()).pathname)) bytes += (await r.body()).length;
+    }
     assert.ok(bytes > 10_000 && bytes < 300_000, `first load fetched ${bytes} bytes of JS and CSS`);
     assert.deepEqual(foreign, [], 'no request may leave the studio server');
   });
@@ -191,6 +204,49 @@ try {
     await page.getByText('All changes saved').waitFor();
     const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
     assert.equal(shots[1].references.length, 1);
+  });
+
+  await step('set render settings, generate a shot with the tiny model, watch it reach done', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    for (const [key, value] of [['width', '32'], ['height', '32'], ['steps', '2'], ['guidance', '3']]) {
+      await page.locator(`#render-${key}`).fill(value);
+    }
+    await until(async () => JSON.parse((await api('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}').render?.width === 32);
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    await page.locator('#generate').click();
+    await page.getByText('Shot 1 queued for generation.').waitFor();
+    const job = await until(async () => (await api('GET', '/api/jobs')).find((j) => j.kind === 'generate'));
+    assert.deepEqual(job.params.render, { width: 32, height: 32, steps: 2, guidance: 3 });
+    await page.goto(`${BASE}/#/jobs`);
+    const card = page.locator(`.job[data-job-id="${job.id}"]`);
+    await card.locator('.badge.succeeded').waitFor({ timeout: 180_000 });
+    const done = await api('GET', `/api/jobs/${job.id}`);
+    assert.equal(done.progress.step, done.progress.total, 'the last progress event is complete');
+    const [first] = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.equal(first.status, 'generated');
+    assert.equal(first.takes.length, 1);
+    assert.equal(first.chosen_take_id, first.takes[0].id);
+    const generation = await api('GET', `/api/generations/${done.result.generation_id}`);
+    assert.equal(generation.params.prompt, first.prompt);
+    assert.equal(generation.model, 'tiny-wan-t2v');
+  });
+
+  await step('play the take in the review screen, seeking over HTTP Range', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}/review`);
+    await page.locator('video.player').first().waitFor();
+    const duration = await page.evaluate(() => new Promise((resolve, reject) => {
+      const video = document.querySelector('video.player');
+      const seek = () => {
+        video.addEventListener('seeked', () => resolve(video.duration), { once: true });
+        video.currentTime = video.duration / 2;
+      };
+      video.addEventListener('error', () => reject(new Error(`video error ${video.error?.code}`)), { once: true });
+      if (video.readyState >= 1) seek(); else video.addEventListener('loadedmetadata', seek, { once: true });
+    }));
+    const [first] = await api('GET', `/api/storyboards/${board.id}/shots`);
+    // Frames are rounded to the model's 4-frame grid, plus one: within 0.2 s of the shot's duration.
+    assert.ok(Math.abs(duration - first.duration_s) < 0.2, `a ${first.duration_s} s shot plays for ${duration} s`);
+    await shot('06-review');
   });
 
   await step('the job queue shows a job submitted elsewhere reach its end, live', async () => {

@@ -7,17 +7,21 @@ import { attempt, debounce, h, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
 
 const EMPTY_STYLE = { look: '', lighting: '', negative: '' };
+/** The Wan pipelines' defaults; the studio's `generate` job takes the same fields. */
+const DEFAULT_RENDER = { width: 832, height: 480, steps: 50, guidance: 5 };
 
 /**
  * The bible stored with a storyboard (its description, as JSON shaped like the plugin API's
- * project settings): {style: {look, lighting, negative}, characters: [{id, name, description}]}.
- * A plain-text description is taken as the look.
+ * project settings): {style: {look, lighting, negative}, characters: [{id, name, description}],
+ * render: {width, height, steps, guidance}}. A plain-text description is taken as the look.
  */
 export function loadBible(board) {
   let parsed = null;
   try { parsed = JSON.parse(board.description || '{}'); } catch { /* plain text */ }
-  if (!parsed || typeof parsed !== 'object') return { style: { ...EMPTY_STYLE, look: board.description ?? '' }, characters: [] };
-  return { style: { ...EMPTY_STYLE, ...parsed.style }, characters: parsed.characters ?? [] };
+  if (!parsed || typeof parsed !== 'object') {
+    return { style: { ...EMPTY_STYLE, look: board.description ?? '' }, characters: [], render: { ...DEFAULT_RENDER } };
+  }
+  return { style: { ...EMPTY_STYLE, ...parsed.style }, characters: parsed.characters ?? [], render: { ...DEFAULT_RENDER, ...parsed.render } };
 }
 
 /** A stable id for a character, from its name (`Old Mara` → `old-mara`). */
@@ -45,6 +49,13 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
   const negative = h('input', { id: 'style-negative', value: current.style.negative,
     placeholder: 'text, watermark, extra fingers', oninput: changed });
   const characters = h('div', { class: 'stack' });
+  const renderInput = (key, attrs) => h('input', { id: `render-${key}`, type: 'number', required: true, oninput: changed, ...attrs });
+  const render = {
+    width: renderInput('width', { min: 16, max: 2048, step: 16 }),
+    height: renderInput('height', { min: 16, max: 2048, step: 16 }),
+    steps: renderInput('steps', { min: 1, max: 200, step: 1 }),
+    guidance: renderInput('guidance', { min: 0, max: 20, step: 0.5 }),
+  };
   const saveState = h('span', { class: 'small muted', 'aria-live': 'polite' });
 
   function characterRow(c = { name: '', description: '' }) {
@@ -63,9 +74,15 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     lighting.value = b.style.lighting;
     negative.value = b.style.negative;
     characters.replaceChildren(...b.characters.map(characterRow));
+    for (const [key, field] of Object.entries(render)) field.value = b.render[key];
   }
   function read() {
-    return { style: { look: look.value, lighting: lighting.value, negative: negative.value }, characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description) };
+    const number = (key) => (render[key].value === '' ? DEFAULT_RENDER[key] : Number(render[key].value));
+    return {
+      style: { look: look.value, lighting: lighting.value, negative: negative.value },
+      characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description),
+      render: { width: number('width'), height: number('height'), steps: number('steps'), guidance: number('guidance') },
+    };
   }
   const persist = debounce(async () => {
     const value = read();
@@ -114,5 +131,11 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       h('div', { class: 'field' }, h('label', { for: 'style-negative' }, 'Always avoid'), negative),
       h('label', {}, 'Characters'),
       characters,
-      h('button', { class: 'small', onclick: () => { characters.append(characterRow()); changed(); } }, '+ Character')));
+      h('button', { class: 'small', onclick: () => { characters.append(characterRow()); changed(); } }, '+ Character'),
+      h('h3', {}, 'Render'),
+      h('div', { class: 'row wrap' },
+        h('div', { class: 'field' }, h('label', { for: 'render-width' }, 'Width'), render.width),
+        h('div', { class: 'field' }, h('label', { for: 'render-height' }, 'Height'), render.height),
+        h('div', { class: 'field' }, h('label', { for: 'render-steps' }, 'Steps'), render.steps),
+        h('div', { class: 'field' }, h('label', { for: 'render-guidance' }, 'Guidance'), render.guidance))));
 }

@@ -18,7 +18,9 @@ form.addEventListener('submit', async (event) => {
       const body = await response.json().catch(() => null);
       throw new Error(body?.error?.message ?? `sign-in failed (HTTP ${response.status})`);
     }
-    location.replace(location.pathname === '/login' ? '/' : location.href);
+    // A replace to the same URL with a #fragment would only scroll: reload to get the page itself.
+    if (location.pathname === '/login') location.replace(`/${location.hash}`);
+    else location.reload();
   } catch (err) {
     error.textContent = err.message === 'Failed to fetch'
       ? 'Cannot reach the studio server. Is it running?' : err.message;

@@ -5,6 +5,7 @@
 import * as endpoints from './endpoints.js';
 import { assetBrowser, assetThumb } from './asset-browser.js';
 import { runJob } from './run-job.js';
+import { loadBible } from './bible.js';
 import * as jobsFeed from './jobs-feed.js';
 import { attempt, clear, confirmDialog, debounce, h, modal, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
@@ -235,9 +236,14 @@ export async function storyboardEditor(container, { project, board, actions }) {
   }
 
   // --- generation -----------------------------------------------------------------------
+  /** A `generate` job's parameters: the shot, rendered with the bible's settings as saved. */
+  function generation(shot) {
+    return { shot_id: shot.id, render: loadBible(board).render };
+  }
+
   async function generate(shot) {
     await flush();
-    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('generate', { shot_id: shot.id }, project.id));
+    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('generate', generation(shot), project.id));
     if (!job) return;
     jobsFeed.put(job);
     toast(`Shot ${shot.position + 1} queued for generation.`, 'ok');
@@ -249,7 +255,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
     const pending = shots.filter((s) => PENDING.has(s.status));
     if (!pending.length) { toast('No pending shots: every shot is generated or queued.'); return; }
     for (const shot of pending) {
-      const job = await attempt(`Queuing shot ${shot.position + 1}`, () => endpoints.jobs.submit('generate', { shot_id: shot.id }, project.id));
+      const job = await attempt(`Queuing shot ${shot.position + 1}`, () => endpoints.jobs.submit('generate', generation(shot), project.id));
       if (!job) return;
       jobsFeed.put(job);
       watchShots(job.id);

@@ -11,3 +11,6 @@ pub mod schedulers;
 pub mod tokenizer;
 pub mod vae;
 pub mod video;
+
+/// Recorded with every generation, so that an output names the engine that made it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,7 +4,9 @@
 use crate::assets::AssetLibrary;
 use crate::db::Db;
 use crate::error::{Result, StudioError};
+use crate::generation::{GenerateRunner, Generator};
 use crate::jobs::{JobQueue, JobRunner, runners};
+use crate::plugins::Plugins;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ pub struct App {
     pub db: Db,
     pub assets: AssetLibrary,
     pub jobs: JobQueue,
+    pub generator: Generator,
+    pub plugins: Plugins,
 }
 
 impl App {
@@ -58,6 +62,8 @@ impl App {
             db,
             assets,
             jobs: JobQueue::new(runners),
+            generator: Generator::new(),
+            plugins: Plugins::new(dir),
         })
     }
 
@@ -79,5 +85,12 @@ impl App {
 
 /// The job kinds every build can run.
 pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
-    vec![Arc::new(runners::Reindex), Arc::new(runners::ImportFolder)]
+    vec![
+        Arc::new(runners::Reindex),
+        Arc::new(runners::ImportFolder),
+        Arc::new(GenerateRunner),
+        Arc::new(crate::plugins::runners::Plan),
+        Arc::new(crate::plugins::runners::Expand),
+        Arc::new(crate::plugins::runners::Stitch),
+    ]
 }

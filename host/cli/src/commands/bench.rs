@@ -116,12 +116,12 @@ pub fn token_grid(
     frames: usize,
 ) -> anyhow::Result<(usize, usize, usize)> {
     let cell = shape.vae_stride * 2;
-    if height % cell != 0 || width % cell != 0 {
+    if !height.is_multiple_of(cell) || !width.is_multiple_of(cell) {
         anyhow::bail!(
             "height and width must be multiples of {cell} for this preset, got {height}x{width}"
         );
     }
-    if frames == 0 || (frames - 1) % 4 != 0 {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
         anyhow::bail!("frames must be 4k+1 (the VAE compresses time by 4), got {frames}");
     }
     Ok(((frames - 1) / 4 + 1, height / cell, width / cell))
@@ -137,7 +137,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = cmd;
+        // Sizes the preset cannot take are refused first, as the GPU build would.
+        if let BenchCommand::Wan(args) = &cmd {
+            token_grid(&args.preset.shape(), args.height, args.width, args.frames)?;
+        }
         anyhow::bail!(
             "this videosdgx was built without CUDA; build the GPU binary with scripts/build-cuda.sh"
         )

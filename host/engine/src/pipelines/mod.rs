@@ -12,7 +12,7 @@ mod wan;
 
 pub use noise::initial_noise;
 pub use prompt::clean_prompt;
-pub use wan::{GenerateInputs, WanPipeline};
+pub use wan::{GenerateInputs, StartImage, WanPipeline};
 
 use crate::schedulers::SchedulerKind;
 use candle_core::Tensor;

@@ -38,6 +38,17 @@ pub struct GenerateInputs {
     pub negative_prompt_embeds: Option<Tensor>,
 }
 
+/// What a checkpoint does with a start image (image-to-video).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartImage {
+    /// Image-to-video checkpoints.
+    Required,
+    /// Wan 2.2 TI2V: text-to-video, or image-to-video when given one.
+    Optional,
+    /// Text-to-video checkpoints.
+    Unsupported,
+}
+
 pub struct WanPipeline {
     dir: PathBuf,
     device: Device,
@@ -122,6 +133,29 @@ impl WanPipeline {
 
     pub fn text_encoder_loaded(&self) -> bool {
         self.text_encoder.is_some()
+    }
+
+    /// Frames per second of the videos this pipeline generates.
+    pub fn fps(&self) -> u32 {
+        WAN_FPS
+    }
+
+    /// The frame count (`4k+1` for the Wan VAEs, at least one latent step) closest to `seconds`.
+    pub fn frames_for(&self, seconds: f64) -> usize {
+        let ts = self.vae.config().temporal_scale();
+        let steps = (seconds.max(0.0) * WAN_FPS as f64 / ts as f64).round() as usize;
+        ts * steps.max(1) + 1
+    }
+
+    /// Whether a generation needs, may take, or cannot take a start image.
+    pub fn start_image(&self) -> StartImage {
+        if self.transformer.config().in_channels != self.vae.config().z_dim {
+            StartImage::Required
+        } else if self.expand_timesteps {
+            StartImage::Optional
+        } else {
+            StartImage::Unsupported
+        }
     }
 
     pub fn generate(

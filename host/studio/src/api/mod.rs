@@ -4,7 +4,9 @@
 
 pub mod assets;
 pub mod error;
+pub mod generation;
 pub mod jobs;
+pub mod plugins;
 pub mod projects;
 
 use crate::app::App;
@@ -56,6 +58,14 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         jobs::retry_job,
         jobs::all_events,
         jobs::job_events,
+        generation::list_models,
+        generation::get_generation,
+        plugins::list_plugins,
+        plugins::inspect_plugin,
+        plugins::install_plugin,
+        plugins::update_plugin,
+        plugins::uninstall_plugin,
+        plugins::audit_log,
     ),
     components(schemas(error::ErrorBody, crate::jobs::JobEvent))
 )]
@@ -70,7 +80,10 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(projects::routes())
         .merge(assets::routes())
         .merge(jobs::routes())
+        .merge(generation::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Components are larger than JSON bodies: merged after the JSON limit, with their own.
+        .merge(plugins::routes())
 }
 
 /// Unknown `/api` paths answer in the API's error shape.

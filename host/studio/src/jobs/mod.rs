@@ -406,6 +406,15 @@ impl JobQueue {
     /// interrupted when their attempts are spent). Call once, before workers start.
     pub fn recover(&self, db: &Db) -> Result<Vec<Job>> {
         let jobs = db.with(|c| {
+            // A read-only database must still open for reading: write only when there is work.
+            let running: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')",
+                [],
+                |r| r.get(0),
+            )?;
+            if !running {
+                return Ok(Vec::new());
+            }
             let mut stmt = c.prepare(
                 "UPDATE jobs SET
                     state = CASE WHEN attempts >= max_attempts THEN 'interrupted' ELSE 'queued' END,

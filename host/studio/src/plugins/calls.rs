@@ -113,6 +113,9 @@ pub struct Bible {
     pub style: BibleStyle,
     #[serde(default)]
     pub characters: Vec<BibleCharacter>,
+    /// What else the bible holds (the web UI's render settings), kept as it is.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -146,7 +149,16 @@ impl Bible {
                 ..Default::default()
             },
             characters: Vec::new(),
+            rest: Default::default(),
         })
+    }
+
+    /// The render settings the web UI keeps in the bible; the defaults where it has none.
+    pub fn render_settings(&self) -> RenderSettings {
+        self.rest
+            .get("render")
+            .and_then(|r| serde_json::from_value(r.clone()).ok())
+            .unwrap_or_default()
     }
 
     fn style(&self) -> Style {
@@ -709,8 +721,12 @@ mod tests {
 
     #[test]
     fn bible_reads_json_or_plain_text() {
-        let bible = Bible::parse(r#"{"style":{"look":"noir"},"characters":[{"name":"Old Mara"}]}"#);
+        let text = r#"{"style":{"look":"noir"},"characters":[{"name":"Old Mara"}],"render":{"width":64,"height":32,"steps":3,"guidance":1.0}}"#;
+        let bible = Bible::parse(text);
         assert_eq!(bible.style.look, "noir");
+        assert_eq!(bible.render_settings().width, 64);
+        let again: serde_json::Value = serde_json::to_value(&bible).unwrap();
+        assert_eq!(again["render"]["steps"], 3, "unknown keys survive a rewrite");
         assert_eq!(bible.characters()[0].id, "old-mara");
         assert_eq!(Bible::parse("grainy 16mm").style.look, "grainy 16mm");
     }

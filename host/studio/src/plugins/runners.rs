@@ -3,10 +3,9 @@
 //! (chosen takes → one rendered video asset). Each parses its parameters and calls
 //! [`super::calls`]; a plugin failure fails the job with the runtime's explanation.
 
-use super::calls::{self, PlanRequest};
+use super::calls::{self, Bible, PlanRequest};
 use crate::app::App;
 use crate::error::{Result, StudioError};
-use crate::generation::RenderSettings;
 use crate::jobs::{JobContext, JobRunner, Lane};
 use crate::projects::get_storyboard;
 use crate::shots::get_shot;
@@ -53,11 +52,12 @@ impl JobRunner for Plan {
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: PlanParams = parse(self.kind(), params)?;
+        let board = get_storyboard(&ctx.app().db, p.storyboard_id)?;
         let request = PlanRequest {
             storyboard_id: p.storyboard_id,
             script: p.script,
             plugin: p.plugin,
-            render: RenderSettings::default(),
+            render: Bible::parse(&board.description).render_settings(),
             title_cards: p.title_cards,
         };
         let outcome = calls::plan(&ctx.app(), Some(ctx.job_id()), &request, &mut |s, i, n| {
@@ -93,12 +93,14 @@ impl JobRunner for Expand {
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: ExpandParams = parse(self.kind(), params)?;
+        let app = ctx.app();
+        let board = get_storyboard(&app.db, get_shot(&app.db, p.shot_id)?.storyboard_id)?;
         let prompt = calls::expand(
-            &ctx.app(),
+            &app,
             Some(ctx.job_id()),
             p.shot_id,
             p.plugin.as_deref(),
-            &RenderSettings::default(),
+            &Bible::parse(&board.description).render_settings(),
             &mut |s, i, n| ctx.progress(s, i, n),
         )?;
         Ok(json!({

@@ -1,0 +1,67 @@
+//! Routes for what generation needs and leaves behind: the installed models and the recorded
+//! generations (every parameter of an output, to reproduce it).
+
+use super::error::{ApiResult, Json, Path};
+use crate::app::App;
+use crate::generation::{self, Generation};
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+type AppState = State<Arc<App>>;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/models", get(list_models))
+        .route("/api/generations/{id}", get(get_generation))
+}
+
+/// A model directory under the data directory's `models/`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstalledModel {
+    /// What a shot's `model` field names, e.g. `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`.
+    pub name: String,
+    pub size_bytes: u64,
+    /// `_class_name` of its `model_index.json`, e.g. `WanPipeline`.
+    pub pipeline_class: Option<String>,
+    /// Component folder -> class.
+    pub components: BTreeMap<String, String>,
+    /// The hub repository it was pulled from, if pulled.
+    pub repo_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/models", tag = "generation",
+    responses((status = 200, body = [InstalledModel])))]
+pub async fn list_models(State(app): AppState) -> ApiResult<Json<Vec<InstalledModel>>> {
+    let models = app
+        .blocking(|a| generation::list_models(a.data_dir()))
+        .await?;
+    Ok(Json(
+        models
+            .into_iter()
+            .map(|m| InstalledModel {
+                name: m.name,
+                size_bytes: m.size_bytes,
+                pipeline_class: m.pipeline_class,
+                components: m.components,
+                repo_id: m.source.map(|s| s.repo_id),
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/generations/{id}", tag = "generation", params(("id" = i64, Path)),
+    responses((status = 200, body = Generation), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get_generation(
+    State(app): AppState,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Generation>> {
+    Ok(Json(
+        app.blocking(move |a| generation::get_generation(&a.db, id))
+            .await?,
+    ))
+}

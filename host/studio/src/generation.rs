@@ -1,0 +1,644 @@
+//! Generating a shot's video: the shot's model is looked up among the installed ones, the shot
+//! becomes the engine's `GenerateParams`, the Wan pipeline runs on the GPU lane, and the output
+//! is recorded as an asset, a generation record (every parameter needed to reproduce it) and a
+//! take of the shot. The last loaded pipeline stays in memory for the next shot.
+
+use crate::app::App;
+use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
+use crate::db::{Db, now_ms, rfc3339};
+use crate::error::{Result, StudioError};
+use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::shots::{self, Shot, ShotFields};
+use candle_core::{DType, Device};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use utoipa::ToSchema;
+use videosdgx_engine::hub::{self, LocalModel};
+use videosdgx_engine::pipelines::{
+    Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage, WanPipeline,
+};
+
+/// Where pulled and copied model directories live, under the data directory.
+pub fn models_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("models")
+}
+
+/// The installed models (`videosdgx models pull`, or folders copied into `models/`).
+pub fn list_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
+    Ok(hub::list(&models_dir(data_dir))?)
+}
+
+/// The directory of installed model `name`: a shot's `model` field names one.
+fn model_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
+    let models = list_models(data_dir)?;
+    if let Some(model) = models.iter().find(|m| m.name == name) {
+        return Ok(model.path.clone());
+    }
+    let installed: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    Err(StudioError::Invalid(format!(
+        "model `{name}` is not installed (installed: {}); pull it with `videosdgx models pull {name}`",
+        if installed.is_empty() {
+            "none".to_string()
+        } else {
+            installed.join(", ")
+        }
+    )))
+}
+
+/// The model a shot is generated with: its own, else the only installed one.
+fn shot_model(data_dir: &Path, shot: &Shot) -> Result<String> {
+    if let Some(model) = shot.model.as_deref().filter(|m| !m.is_empty()) {
+        return Ok(model.to_string());
+    }
+    match list_models(data_dir)?.as_slice() {
+        [only] => Ok(only.name.clone()),
+        [] => Err(StudioError::Invalid(
+            "no model is installed; pull one with `videosdgx models pull Wan-AI/Wan2.1-T2V-1.3B-Diffusers`"
+                .into(),
+        )),
+        _ => Err(StudioError::Invalid(format!(
+            "shot {} has no model and several are installed: choose one",
+            shot.position + 1
+        ))),
+    }
+}
+
+/// A recorded generation: what produced an output, enough to produce it again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Generation {
+    pub id: i64,
+    pub job_id: Option<i64>,
+    pub shot_id: Option<i64>,
+    pub asset_id: Option<i64>,
+    pub model: String,
+    /// The engine's parameters (prompt, size, frames, steps, guidance, seed, ...).
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub engine_version: String,
+    pub created_at: String,
+}
+
+pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
+    db.with(|c| {
+        c.query_row("SELECT * FROM generations WHERE id = ?1", [id], |row| {
+            let params: String = row.get("params")?;
+            Ok(Generation {
+                id: row.get("id")?,
+                job_id: row.get("job_id")?,
+                shot_id: row.get("shot_id")?,
+                asset_id: row.get("asset_id")?,
+                model: row.get("model")?,
+                params: serde_json::from_str(&params).unwrap_or(Value::String(params)),
+                engine_version: row.get("engine_version")?,
+                created_at: rfc3339(row.get("created_at")?),
+            })
+        })
+        .optional()?
+        .ok_or_else(|| StudioError::not_found("generation", id))
+    })
+}
+
+/// How to render: size, denoising steps and guidance, with the Wan pipelines' defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderSettings {
+    pub height: usize,
+    pub width: usize,
+    pub steps: usize,
+    /// Classifier-free guidance scale (off at 1 or below).
+    pub guidance: f64,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            height: 480,
+            width: 832,
+            steps: 50,
+            guidance: 5.0,
+        }
+    }
+}
+
+/// Upper bounds that keep a typo from queueing a job no GPU can finish.
+const MAX_SIDE: usize = 2048;
+const MAX_STEPS: usize = 200;
+
+impl RenderSettings {
+    pub fn check(&self) -> Result<()> {
+        if self.height > MAX_SIDE || self.width > MAX_SIDE {
+            return Err(StudioError::Invalid(format!(
+                "{}x{} is larger than the {MAX_SIDE}x{MAX_SIDE} the studio renders",
+                self.width, self.height
+            )));
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(StudioError::Invalid(format!(
+                "steps must be between 1 and {MAX_STEPS}, got {}",
+                self.steps
+            )));
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 {
+            return Err(StudioError::Invalid(format!(
+                "guidance must be a finite number >= 0, got {}",
+                self.guidance
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How long a video is: a duration (rounded to the model's frame grid) or a frame count.
+#[derive(Debug, Clone, Copy)]
+pub enum Length {
+    Seconds(f64),
+    Frames(usize),
+}
+
+/// One video to generate and record.
+#[derive(Debug, Clone)]
+pub struct VideoRequest {
+    pub project_id: Option<i64>,
+    /// The shot it becomes a take of, if any.
+    pub shot_id: Option<i64>,
+    /// An installed model's name.
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub length: Length,
+    /// A random seed is drawn (and recorded) when absent.
+    pub seed: Option<u64>,
+    /// Asset ids; the first image is the start frame of image-to-video models.
+    pub references: Vec<i64>,
+    pub render: RenderSettings,
+}
+
+/// A recorded output.
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoOutput {
+    pub asset: Asset,
+    pub generation_id: i64,
+    pub take_id: Option<i64>,
+    pub params: GenerateParams,
+}
+
+/// Runs Wan pipelines, one at a time, keeping the last one loaded.
+pub struct Generator {
+    device: Device,
+    dtype: DType,
+    loaded: Mutex<Option<(PathBuf, WanPipeline)>>,
+}
+
+impl Generator {
+    /// On the first CUDA GPU in bf16 when this build has CUDA and a GPU is present, else on the
+    /// CPU in f32.
+    pub fn new() -> Generator {
+        let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        Generator {
+            device,
+            dtype,
+            loaded: Mutex::new(None),
+        }
+    }
+
+    /// Generates shot `shot_id` as a new take, keeping the shot's status current.
+    pub fn generate_shot(
+        &self,
+        app: &App,
+        job_id: Option<i64>,
+        shot_id: i64,
+        render: &RenderSettings,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<VideoOutput> {
+        let shot = shots::get_shot(&app.db, shot_id)?;
+        let request = VideoRequest {
+            project_id: Some(project_of_shot(&app.db, shot.id)?),
+            shot_id: Some(shot.id),
+            model: shot_model(app.data_dir(), &shot)?,
+            prompt: shot.prompt.clone(),
+            negative_prompt: shot.negative_prompt.clone(),
+            length: Length::Seconds(shot.duration_s),
+            seed: shot.seed,
+            references: shot.references.clone(),
+            render: render.clone(),
+        };
+        set_status(&app.db, shot.id, "generating")?;
+        let outcome = self.generate_video(app, job_id, &request, on_progress);
+        let status = match &outcome {
+            Ok(_) => "generated",
+            Err(e) if is_cancelled(e) && shot.takes.is_empty() => "draft",
+            Err(e) if is_cancelled(e) => "generated",
+            Err(_) => "failed",
+        };
+        set_status(&app.db, shot.id, status)?;
+        outcome
+    }
+
+    /// Generates one video and records it (asset, generation record, take when for a shot).
+    pub fn generate_video(
+        &self,
+        app: &App,
+        job_id: Option<i64>,
+        request: &VideoRequest,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<VideoOutput> {
+        request.render.check()?;
+        let dir = model_dir(app.data_dir(), &request.model)?;
+        let (params, path) = self.render(app, &dir, request, on_progress)?;
+        let recorded = record(app, job_id, request, &params, &path);
+        let _ = std::fs::remove_file(&path);
+        recorded
+    }
+
+    fn render(
+        &self,
+        app: &App,
+        dir: &Path,
+        request: &VideoRequest,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<(GenerateParams, PathBuf)> {
+        let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.as_ref().is_none_or(|(path, _)| path != dir) {
+            *loaded = None; // free the previous model before loading the next
+            if on_progress("loading model", 0, 1).is_break() {
+                return Err(cancelled());
+            }
+            let pipeline = WanPipeline::load(dir, &self.device, self.dtype).map_err(|e| {
+                StudioError::Internal(e.context(format!("loading model `{}`", request.model)))
+            })?;
+            *loaded = Some((dir.to_path_buf(), pipeline));
+        }
+        let pipeline = &mut loaded.as_mut().expect("loaded above").1;
+        let params = GenerateParams {
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            height: request.render.height,
+            width: request.render.width,
+            frames: match request.length {
+                Length::Seconds(seconds) => pipeline.frames_for(seconds),
+                Length::Frames(frames) => frames,
+            },
+            steps: request.render.steps,
+            guidance: request.render.guidance,
+            guidance_2: None,
+            seed: request.seed.unwrap_or_else(random_seed),
+            start_image: start_image(app, &request.references, pipeline.start_image())?,
+            end_image: None,
+            flow_shift: None,
+            scheduler: None,
+        };
+        let mut report = |p: &Progress| {
+            let stage = match p.stage {
+                Stage::LoadingModel => "loading model",
+                Stage::EncodingPrompt => "encoding prompt",
+                Stage::Denoising => "denoising",
+                Stage::Decoding => "decoding",
+                Stage::Writing => "writing",
+            };
+            on_progress(stage, p.step as u64, p.total as u64)
+        };
+        let video = pipeline.generate(&params, &mut report)?;
+        if on_progress("writing", 0, 1).is_break() {
+            return Err(cancelled());
+        }
+        let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
+        let tmp = app.data_dir().join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let path = tmp.join(format!("generation-{}.mp4", random_seed()));
+        let metadata = json!({ "model": request.model, "generate": params });
+        videosdgx_engine::video::write_mp4(&path, &frames, video.fps, &metadata)?;
+        Ok((params, path))
+    }
+}
+
+impl Default for Generator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `err` is a generation stopped by its progress callback.
+pub fn is_cancelled(err: &StudioError) -> bool {
+    matches!(err, StudioError::Internal(e) if e.downcast_ref::<Cancelled>().is_some())
+}
+
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    // Seeds stay below 2^53 so that JSON clients (JavaScript numbers) round-trip them exactly.
+    u64::from_le_bytes(bytes) >> 11
+}
+
+fn project_of_shot(db: &Db, shot_id: i64) -> Result<i64> {
+    db.with(|c| {
+        Ok(c.query_row(
+            "SELECT s.project_id FROM shots JOIN storyboards s ON s.id = shots.storyboard_id
+             WHERE shots.id = ?1",
+            [shot_id],
+            |r| r.get(0),
+        )?)
+    })
+}
+
+fn set_status(db: &Db, shot_id: i64, status: &str) -> Result<()> {
+    let fields = ShotFields {
+        status: Some(status.to_string()),
+        ..Default::default()
+    };
+    shots::update_shot(db, shot_id, &fields).map(drop)
+}
+
+/// The start frame for image-to-video: the first image among `references`.
+fn start_image(app: &App, references: &[i64], wanted: StartImage) -> Result<Option<ImageInput>> {
+    if wanted == StartImage::Unsupported {
+        return Ok(None);
+    }
+    for id in references {
+        let asset = get_asset(&app.db, *id)?;
+        if asset.kind == MediaKind::Image {
+            return Ok(Some(ImageInput::Path(app.assets.file_of(&asset))));
+        }
+    }
+    match wanted {
+        StartImage::Required => Err(StudioError::Invalid(
+            "this is an image-to-video model: attach a reference image as the start frame".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Imports the MP4, then writes the generation record and the take in one transaction.
+fn record(
+    app: &App,
+    job_id: Option<i64>,
+    request: &VideoRequest,
+    params: &GenerateParams,
+    path: &Path,
+) -> Result<VideoOutput> {
+    let meta = NewAsset {
+        name: format!("generated-seed-{}.mp4", params.seed),
+        project_id: request.project_id,
+        caption: String::new(),
+        tags: vec!["generated".into()],
+        prompt: params.prompt.clone(),
+        model: Some(request.model.clone()),
+    };
+    let (asset, _) = app.assets.import_file(&app.db, path, &meta)?;
+    let params_json = serde_json::to_string(params).map_err(anyhow::Error::from)?;
+    let (generation_id, take_id) = app.db.transaction(|tx| {
+        let generation_id: i64 = tx.query_row(
+            "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            params![
+                job_id,
+                request.shot_id,
+                asset.id,
+                request.model,
+                params_json,
+                videosdgx_engine::VERSION,
+                now_ms()
+            ],
+            |r| r.get(0),
+        )?;
+        let Some(shot_id) = request.shot_id else {
+            return Ok((generation_id, None));
+        };
+        let take = shots::add_take(tx, shot_id, asset.id, generation_id)?;
+        tx.execute(
+            "UPDATE shots SET chosen_take_id = ?2 WHERE id = ?1 AND chosen_take_id IS NULL",
+            params![shot_id, take.id],
+        )?;
+        Ok((generation_id, Some(take.id)))
+    })?;
+    Ok(VideoOutput {
+        asset,
+        generation_id,
+        take_id,
+        params: params.clone(),
+    })
+}
+
+/// Parameters of a `generate` job: the shot supplies prompt, negative prompt, duration, model,
+/// seed and references.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateShot {
+    pub shot_id: i64,
+    #[serde(default)]
+    pub render: RenderSettings,
+}
+
+impl GenerateShot {
+    fn parse(params: &Value) -> Result<GenerateShot> {
+        let request: GenerateShot = serde_json::from_value(params.clone())
+            .map_err(|e| StudioError::Invalid(format!("parameters of a generate job: {e}")))?;
+        request.render.check()?;
+        Ok(request)
+    }
+}
+
+/// `generate`: one shot's video on the GPU lane.
+pub struct GenerateRunner;
+
+impl JobRunner for GenerateRunner {
+    fn kind(&self) -> &'static str {
+        "generate"
+    }
+    fn lane(&self) -> Lane {
+        Lane::Gpu
+    }
+    fn check(&self, app: &App, params: &Value) -> Result<()> {
+        let request = GenerateShot::parse(params)?;
+        let shot = shots::get_shot(&app.db, request.shot_id)?;
+        if shot.prompt.trim().is_empty() {
+            return Err(StudioError::Invalid(format!(
+                "shot {} has no prompt",
+                shot.position + 1
+            )));
+        }
+        model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+    }
+    fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
+        let request = GenerateShot::parse(params)?;
+        let output = app.generator.generate_shot(
+            app,
+            Some(ctx.job_id()),
+            request.shot_id,
+            &request.render,
+            &mut |stage, step, total| ctx.progress(stage, step, total),
+        )?;
+        Ok(json!({
+            "shot_id": request.shot_id,
+            "asset_id": output.asset.id,
+            "take_id": output.take_id,
+            "generation_id": output.generation_id,
+            "params": output.params,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::StudioConfig;
+    use crate::projects::{create_project, create_storyboard};
+    use videosdgx_engine::video;
+
+    /// A studio whose only model is the tiny random Wan text-to-video pipeline.
+    fn studio() -> (tempfile::TempDir, App) {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
+        copy_dir(&fixture, &models_dir(dir.path()).join("tiny-wan-t2v"));
+        let app = App::open(StudioConfig::new(dir.path())).unwrap();
+        (dir, app)
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy_dir(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+
+    fn shot(app: &App, fields: ShotFields) -> Shot {
+        let project = create_project(&app.db, "p").unwrap();
+        let board = create_storyboard(&app.db, project.id, "s", "").unwrap();
+        shots::create_shot(&app.db, board.id, &fields).unwrap()
+    }
+
+    fn tiny() -> RenderSettings {
+        RenderSettings {
+            height: 32,
+            width: 32,
+            steps: 2,
+            guidance: 3.0,
+        }
+    }
+
+    fn prompt(text: &str) -> ShotFields {
+        ShotFields {
+            prompt: Some(text.into()),
+            duration_s: Some(0.5),
+            seed: Some(7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_shot_becomes_a_recorded_playable_take() {
+        let (_dir, app) = studio();
+        let shot = shot(&app, prompt("a lighthouse at dusk"));
+        let mut stages = Vec::new();
+        let out = app
+            .generator
+            .generate_shot(&app, None, shot.id, &tiny(), &mut |stage, step, total| {
+                stages.push((stage.to_string(), step, total));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert!(stages.contains(&("denoising".into(), 2, 2)), "{stages:?}");
+
+        // 0.5 s at 16 fps is 8 frames: the nearest 4k+1 count is 9.
+        assert_eq!(out.params.frames, 9);
+        assert_eq!(out.params.seed, 7);
+        let info = video::probe(&app.assets.file_of(&out.asset)).unwrap();
+        assert_eq!((info.width, info.height, info.frames), (32, 32, 9));
+        assert_eq!(out.asset.model.as_deref(), Some("tiny-wan-t2v"));
+
+        let shot = shots::get_shot(&app.db, shot.id).unwrap();
+        assert_eq!(shot.status, "generated");
+        assert_eq!(shot.chosen_take_id, out.take_id);
+        let record = get_generation(&app.db, out.generation_id).unwrap();
+        let params: GenerateParams = serde_json::from_value(record.params).unwrap();
+        assert_eq!(params, out.params, "the record reproduces the output");
+    }
+
+    #[test]
+    fn a_cancelled_generation_records_nothing_and_leaves_the_shot_a_draft() {
+        let (_dir, app) = studio();
+        let shot = shot(&app, prompt("waves"));
+        let err = app
+            .generator
+            .generate_shot(&app, None, shot.id, &tiny(), &mut |stage, _, _| {
+                if stage == "denoising" {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap_err();
+        assert!(is_cancelled(&err), "{err}");
+        let shot = shots::get_shot(&app.db, shot.id).unwrap();
+        assert_eq!((shot.status.as_str(), shot.takes.len()), ("draft", 0));
+        let generations: i64 = app
+            .db
+            .with(|c| Ok(c.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(generations, 0);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_queueing() {
+        let (_dir, app) = studio();
+        let missing = shot(
+            &app,
+            ShotFields {
+                model: Some("Wan-AI/Wan2.1-T2V-14B-Diffusers".into()),
+                ..prompt("a storm")
+            },
+        );
+        let err = GenerateRunner
+            .check(&app, &json!({ "shot_id": missing.id }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "`Wan-AI/Wan2.1-T2V-14B-Diffusers` is not installed (installed: tiny-wan-t2v)"
+            ),
+            "{err}"
+        );
+
+        let fine = shot(&app, prompt("calm sea"));
+        for (params, expected) in [
+            (
+                json!({ "shot_id": fine.id, "render": { "steps": 0 } }),
+                "steps must be between 1 and 200",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "width": 100000 } }),
+                "larger than",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "fps": 8 } }),
+                "unknown field `fps`",
+            ),
+            (json!({ "shot_id": 999 }), "shot 999 not found"),
+        ] {
+            let err = GenerateRunner.check(&app, &params).unwrap_err().to_string();
+            assert!(err.contains(expected), "{params}: {err}");
+        }
+
+        let empty = shot(&app, ShotFields::default());
+        let err = GenerateRunner
+            .check(&app, &json!({ "shot_id": empty.id }))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "shot 1 has no prompt");
+    }
+}
