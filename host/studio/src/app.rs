@@ -57,13 +57,14 @@ impl App {
         })?;
         let db = Db::open(&dir.join("studio.db"))?;
         let assets = AssetLibrary::open(dir, &db)?;
+        let plugins = Plugins::new(dir);
         Ok(App {
             config,
             db,
             assets,
             jobs: JobQueue::new(runners),
             generator: Generator::new(),
-            plugins: Plugins::new(dir),
+            plugins,
         })
     }
 

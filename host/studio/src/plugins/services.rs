@@ -205,7 +205,7 @@ impl StudioServices {
 }
 
 fn failed(err: impl std::fmt::Display) -> PluginError {
-    PluginError::Failed(err.to_string())
+    PluginError::Failed(format!("{err:#}"))
 }
 
 pub fn asset_info(asset: &Asset) -> AssetInfo {
@@ -330,10 +330,10 @@ fn engine_timeline(
 impl HostServices for StudioServices {
     fn log(&self, plugin_id: &str, level: LogLevel, message: &str) {
         match level {
-            LogLevel::Debug => tracing::debug!(plugin = plugin_id, job = self.job_id, "{message}"),
-            LogLevel::Info => tracing::info!(plugin = plugin_id, job = self.job_id, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin = plugin_id, job = self.job_id, "{message}"),
-            LogLevel::Error => tracing::error!(plugin = plugin_id, job = self.job_id, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin = plugin_id, job = ?self.job_id, "{message}"),
+            LogLevel::Info => tracing::info!(plugin = plugin_id, job = ?self.job_id, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin = plugin_id, job = ?self.job_id, "{message}"),
+            LogLevel::Error => tracing::error!(plugin = plugin_id, job = ?self.job_id, "{message}"),
         }
     }
 
@@ -553,7 +553,8 @@ impl HostServices for StudioServices {
             .map_err(|e| PluginError::InvalidInput(e.to_string()))?;
         self.blocking(move |app| {
             let mut edit = engine_timeline(app, project_id, &timeline)?;
-            edit.metadata = serde_json::json!({ "timeline": format!("{timeline:?}") });
+            // The edit travels inside the file, as generations carry their parameters.
+            edit.metadata = serde_json::json!({ "timeline": timeline });
             let out = scratch(app, "render", "mp4")?;
             video::timeline::render(&edit, &out, &mut |p| {
                 monitor.report("rendering", p.frame as u64, p.total as u64)
