@@ -87,7 +87,10 @@ fn install_list_show_disable_enable_uninstall() {
     // The studio database holds the plugin; its component is stored by content.
     let sha = list[0]["component_sha256"].as_str().unwrap().to_string();
     let component = data.join("plugins").join(format!("{sha}.wasm"));
-    assert_eq!(std::fs::read(&component).unwrap(), std::fs::read(&wasm).unwrap());
+    assert_eq!(
+        std::fs::read(&component).unwrap(),
+        std::fs::read(&wasm).unwrap()
+    );
 
     let shown = stdout(&videosdgx(
         &data,
@@ -116,7 +119,10 @@ fn install_list_show_disable_enable_uninstall() {
         &["plugins", "uninstall", "storyboard-planner"],
     ));
     assert!(stdout(&videosdgx(&data, &["plugins", "list"])).contains("no plugins installed"));
-    assert!(!component.exists(), "the component file went with the plugin");
+    assert!(
+        !component.exists(),
+        "the component file went with the plugin"
+    );
     let gone = stderr(&videosdgx(
         &data,
         &["plugins", "show", "storyboard-planner"],

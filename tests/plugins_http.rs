@@ -46,7 +46,9 @@ fn install(s: &Server, name: &str, grants: &[&str]) -> Value {
 
 /// A project with one storyboard; returns (project id, storyboard id).
 fn storyboard(s: &Server) -> (i64, i64) {
-    let project = s.post("/api/projects", &json!({ "name": "Clockmaker" })).json()["id"]
+    let project = s
+        .post("/api/projects", &json!({ "name": "Clockmaker" }))
+        .json()["id"]
         .as_i64()
         .unwrap();
     let board = s.post(
@@ -121,11 +123,15 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["error"].as_str().unwrap();
     assert!(
-        error.contains("plugin `hostile` returned an error: capability `text-generation` not granted"),
+        error.contains(
+            "plugin `hostile` returned an error: capability `text-generation` not granted"
+        ),
         "{error}"
     );
 
-    let audit = s.get("/api/plugins/audit?plugin_id=hostile&limit=10").json();
+    let audit = s
+        .get("/api/plugins/audit?plugin_id=hostile&limit=10")
+        .json();
     let entries = audit["entries"].as_array().unwrap();
     let denied = entries
         .iter()
@@ -145,7 +151,12 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
         &json!({ "kind": "plan", "params": { "storyboard_id": board, "script": "echo", "plugin": "hostile" } }),
     );
     assert_eq!(r.status, 422, "{}", r.json());
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("disabled"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disabled")
+    );
     assert_eq!(s.delete("/api/plugins/hostile").status, 204);
     assert_eq!(s.delete("/api/plugins/hostile").status, 404);
     assert_eq!(s.get("/api/plugins").json(), json!([]));
@@ -206,9 +217,10 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     assert_eq!(shots[3]["transition"], "crossfade");
     assert!(shots[0]["camera"].as_str().unwrap().contains("wide shot"));
     assert!((shots[0]["duration_s"].as_f64().unwrap() * 16.0).round() as i64 % 4 == 1);
-    let boards = s.get(&format!("/api/projects/{project}/storyboards")).json();
-    let bible: Value =
-        serde_json::from_str(boards[0]["description"].as_str().unwrap()).unwrap();
+    let boards = s
+        .get(&format!("/api/projects/{project}/storyboards"))
+        .json();
+    let bible: Value = serde_json::from_str(boards[0]["description"].as_str().unwrap()).unwrap();
     let names: Vec<&str> = bible["characters"]
         .as_array()
         .unwrap()
@@ -229,9 +241,17 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     let job = run_job(&s, "expand", json!({ "shot_id": shot["id"] }), project);
     assert_eq!(job["state"], "succeeded", "{job}");
     let prompt = job["result"]["prompt"].as_str().unwrap();
-    assert!(prompt.contains("a clockmaker with a brass loupe"), "{prompt}");
+    assert!(
+        prompt.contains("a clockmaker with a brass loupe"),
+        "{prompt}"
+    );
     assert!(prompt.contains("35mm film still"), "{prompt}");
-    assert!(!job["result"]["negative_prompt"].as_str().unwrap().is_empty());
+    assert!(
+        !job["result"]["negative_prompt"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
     let after = s.get(&format!("/api/shots/{}", shot["id"])).json();
     assert_eq!(after["prompt"], shot["prompt"]);
     s.stop();

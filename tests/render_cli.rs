@@ -117,8 +117,17 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
     );
     let progress = String::from_utf8_lossy(&output.stderr).to_string();
     let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
-    for stage in ["plan:", "expand", "shot 1/2: denoising", "shot 2/2", "stitch:"] {
-        assert!(progress.contains(stage), "no `{stage}` in progress:\n{progress}");
+    for stage in [
+        "plan:",
+        "expand",
+        "shot 1/2: denoising",
+        "shot 2/2",
+        "stitch:",
+    ] {
+        assert!(
+            progress.contains(stage),
+            "no `{stage}` in progress:\n{progress}"
+        );
     }
 
     // Two shots, each generated from its expanded prompt at 4k+1 frames.

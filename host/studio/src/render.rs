@@ -112,14 +112,9 @@ pub fn render(
     let count = plan.shot_ids.len() as u64;
 
     for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
-        let expanded = calls::expand(
-            app,
-            None,
-            shot_id,
-            None,
-            &request.render,
-            &mut |_, _, _| progress("expand", index as u64, count),
-        )?;
+        let expanded = calls::expand(app, None, shot_id, None, &request.render, &mut |_, _, _| {
+            progress("expand", index as u64, count)
+        })?;
         let fields = ShotFields {
             prompt: Some(expanded.prompt),
             negative_prompt: Some(expanded.negative_prompt),

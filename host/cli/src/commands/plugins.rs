@@ -92,12 +92,8 @@ pub fn run(args: PluginsArgs, app: &App) -> anyhow::Result<()> {
             }
             let interactive = std::io::stdin().is_terminal() && !json;
             let mut prompt_error = None;
-            let installed = registry::install(
-                &app.db,
-                &app.plugins,
-                &manifest_text,
-                &wasm,
-                |capability| {
+            let installed =
+                registry::install(&app.db, &app.plugins, &manifest_text, &wasm, |capability| {
                     if grant.contains(&capability) {
                         return true;
                     }
@@ -108,9 +104,8 @@ pub fn run(args: PluginsArgs, app: &App) -> anyhow::Result<()> {
                         prompt_error = Some(e);
                         false
                     })
-                },
-            )
-            .with_context(|| format!("{} is refused", file.display()))?;
+                })
+                .with_context(|| format!("{} is refused", file.display()))?;
             if let Some(e) = prompt_error {
                 return Err(e.context("reading the answer"));
             }

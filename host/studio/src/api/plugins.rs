@@ -5,7 +5,7 @@
 use super::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::app::App;
 use crate::error::StudioError;
-use crate::plugins::registry::{self, AuditRecord, InstalledPlugin, Inspection};
+use crate::plugins::registry::{self, AuditRecord, Inspection, InstalledPlugin};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
@@ -51,9 +51,10 @@ async fn read_upload(mut form: Multipart) -> Result<Upload, ApiError> {
         match name.as_str() {
             "component" => component = Some(bytes.to_vec()),
             "manifest" => {
-                manifest = Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
-                    StudioError::Invalid("the manifest is not UTF-8 text".into())
-                })?)
+                manifest =
+                    Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                        StudioError::Invalid("the manifest is not UTF-8 text".into())
+                    })?)
             }
             "grant" => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -92,7 +93,9 @@ pub async fn list_plugins(State(app): AppState) -> ApiResult<Json<Vec<InstalledP
 pub async fn inspect_plugin(State(app): AppState, form: Multipart) -> ApiResult<Json<Inspection>> {
     let upload = read_upload(form).await?;
     let (_, inspection) = app
-        .blocking(move |a| registry::inspect(&a.db, &a.plugins, &upload.manifest, &upload.component))
+        .blocking(move |a| {
+            registry::inspect(&a.db, &a.plugins, &upload.manifest, &upload.component)
+        })
         .await?;
     Ok(Json(inspection))
 }
@@ -158,7 +161,10 @@ pub async fn update_plugin(
 #[utoipa::path(delete, path = "/api/plugins/{id}", tag = "plugins", params(("id" = String, Path)),
     responses((status = 204, description = "uninstalled; its audit records are kept"),
         (status = 404, body = super::error::ErrorBody)))]
-pub async fn uninstall_plugin(State(app): AppState, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn uninstall_plugin(
+    State(app): AppState,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     app.blocking(move |a| registry::uninstall(&a.db, &a.plugins, &id))
         .await?;
     Ok(StatusCode::NO_CONTENT)

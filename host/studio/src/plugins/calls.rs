@@ -93,7 +93,11 @@ fn prepare(
     id: &str,
     project_id: i64,
     job_id: Option<i64>,
-) -> Result<(Arc<videosdgx_plugin_host::Plugin>, CallContext, Arc<CallMonitor>)> {
+) -> Result<(
+    Arc<videosdgx_plugin_host::Plugin>,
+    CallContext,
+    Arc<CallMonitor>,
+)> {
     let (plugin, grants) = registry::load(&app.db, &app.plugins, id)?;
     let monitor = Arc::new(CallMonitor::default());
     let services = StudioServices::new(app.clone(), project_id, job_id, monitor.clone());
@@ -407,7 +411,10 @@ const MOVES: [(CameraMove, &str); 11] = [
 /// `wide shot, dolly in, low angle`: the shot's camera field, readable and parsed back.
 fn camera_text(camera: &Camera) -> String {
     let size = SIZES.iter().find(|(s, _)| *s == camera.size).map(|p| p.1);
-    let movement = MOVES.iter().find(|(m, _)| *m == camera.movement).map(|p| p.1);
+    let movement = MOVES
+        .iter()
+        .find(|(m, _)| *m == camera.movement)
+        .map(|p| p.1);
     [size, movement, Some(camera.angle.trim())]
         .into_iter()
         .flatten()
@@ -541,7 +548,7 @@ fn storyboard_for_plugins(
 fn fit_frames(seconds: f64, profile: &ModelProfile) -> u32 {
     let step = profile.frame_step.max(1);
     let k = (seconds.max(0.0) * f64::from(profile.fps) / f64::from(step)).round() as u32;
-    let longest = (profile.max_frames.saturating_sub(1)) / step;
+    let longest = profile.max_frames.saturating_sub(1) / step;
     step * k.clamp(1, longest.max(1)) + 1
 }
 
@@ -705,7 +712,10 @@ mod tests {
             angle: String::new(),
         };
         let camera = parse_camera("slow Dolly In", &base);
-        assert_eq!((camera.size, camera.movement), (ShotSize::Wide, CameraMove::DollyIn));
+        assert_eq!(
+            (camera.size, camera.movement),
+            (ShotSize::Wide, CameraMove::DollyIn)
+        );
         let camera = parse_camera("close up", &base);
         assert_eq!(camera.size, ShotSize::CloseUp);
     }
@@ -726,7 +736,10 @@ mod tests {
         assert_eq!(bible.style.look, "noir");
         assert_eq!(bible.render_settings().width, 64);
         let again: serde_json::Value = serde_json::to_value(&bible).unwrap();
-        assert_eq!(again["render"]["steps"], 3, "unknown keys survive a rewrite");
+        assert_eq!(
+            again["render"]["steps"], 3,
+            "unknown keys survive a rewrite"
+        );
         assert_eq!(bible.characters()[0].id, "old-mara");
         assert_eq!(Bible::parse("grainy 16mm").style.look, "grainy 16mm");
     }

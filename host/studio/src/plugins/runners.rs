@@ -47,8 +47,12 @@ impl JobRunner for Plan {
             return Err(StudioError::Invalid("the script is empty".into()));
         }
         get_storyboard(&app.db, p.storyboard_id)?;
-        super::registry::choose(&app.db, videosdgx_plugin_host::World::Planner, p.plugin.as_deref())
-            .map(drop)
+        super::registry::choose(
+            &app.db,
+            videosdgx_plugin_host::World::Planner,
+            p.plugin.as_deref(),
+        )
+        .map(drop)
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: PlanParams = parse(self.kind(), params)?;
@@ -88,8 +92,12 @@ impl JobRunner for Expand {
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: ExpandParams = parse(self.kind(), params)?;
         get_shot(&app.db, p.shot_id)?;
-        super::registry::choose(&app.db, videosdgx_plugin_host::World::Expander, p.plugin.as_deref())
-            .map(drop)
+        super::registry::choose(
+            &app.db,
+            videosdgx_plugin_host::World::Expander,
+            p.plugin.as_deref(),
+        )
+        .map(drop)
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: ExpandParams = parse(self.kind(), params)?;
@@ -131,8 +139,12 @@ impl JobRunner for Stitch {
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: StitchParams = parse(self.kind(), params)?;
         get_storyboard(&app.db, p.storyboard_id)?;
-        super::registry::choose(&app.db, videosdgx_plugin_host::World::Stitcher, p.plugin.as_deref())
-            .map(drop)
+        super::registry::choose(
+            &app.db,
+            videosdgx_plugin_host::World::Stitcher,
+            p.plugin.as_deref(),
+        )
+        .map(drop)
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: StitchParams = parse(self.kind(), params)?;

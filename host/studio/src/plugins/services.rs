@@ -63,7 +63,7 @@ pub struct StudioServices {
     monitor: Arc<CallMonitor>,
 }
 
-/// Largest asset a plugin may write in one call; the plugin host caps transfers lower anyway.
+/// Most bytes one `assets.read` returns; the plugin host caps transfers too.
 const MAX_READ: u32 = 32 << 20;
 
 impl StudioServices {
@@ -338,7 +338,11 @@ impl HostServices for StudioServices {
     }
 
     fn progress(&self, _plugin_id: &str, done: u32, total: u32, message: &str) {
-        let stage = if message.is_empty() { "plugin" } else { message };
+        let stage = if message.is_empty() {
+            "plugin"
+        } else {
+            message
+        };
         let _ = self.monitor.report(stage, done.into(), total.into());
     }
 
@@ -387,10 +391,8 @@ impl HostServices for StudioServices {
 
     async fn write_document(&self, name: &str, content: &str) -> Result<(), PluginError> {
         let (project_id, name, content) = (self.project_id, name.to_string(), content.to_string());
-        self.blocking(move |app| {
-            write_document(app, project_id, &name, &content).map_err(failed)
-        })
-        .await
+        self.blocking(move |app| write_document(app, project_id, &name, &content).map_err(failed))
+            .await
     }
 
     async fn search_assets(&self, query: &str, limit: u32) -> Result<Vec<AssetInfo>, PluginError> {
@@ -447,15 +449,15 @@ impl HostServices for StudioServices {
                 ..Default::default()
             };
             // The content decides the kind; a declared MIME type is not trusted.
-            let (asset, _) = app
-                .assets
-                .import_staged(&app.db, staged, &meta)
-                .map_err(|e| match e {
-                    StudioError::NotMedia(why) | StudioError::Invalid(why) => {
-                        PluginError::InvalidInput(why)
-                    }
-                    other => failed(other),
-                })?;
+            let (asset, _) =
+                app.assets
+                    .import_staged(&app.db, staged, &meta)
+                    .map_err(|e| match e {
+                        StudioError::NotMedia(why) | StudioError::Invalid(why) => {
+                            PluginError::InvalidInput(why)
+                        }
+                        other => failed(other),
+                    })?;
             Ok(asset_info(&asset))
         })
         .await
@@ -487,9 +489,13 @@ impl HostServices for StudioServices {
     ) -> Result<AssetInfo, PluginError> {
         let frames = request.frames as usize;
         if frames == 0 {
-            return Err(PluginError::InvalidInput("frames must be at least 1".into()));
+            return Err(PluginError::InvalidInput(
+                "frames must be at least 1".into(),
+            ));
         }
-        Ok(asset_info(&self.generate(request, frames, start_frame).await?))
+        Ok(asset_info(
+            &self.generate(request, frames, start_frame).await?,
+        ))
     }
 
     async fn complete_text(&self, _prompt: &str, _max_tokens: u32) -> Result<String, PluginError> {
@@ -532,8 +538,17 @@ impl HostServices for StudioServices {
             let frame = video::extract_frame(&path, index as usize).map_err(failed)?;
             let out = scratch(app, "frame", "png")?;
             frame.save(&out).map_err(failed)?;
-            let name = format!("{}-frame-{index}.png", asset.original_name.trim_end_matches(".mp4"));
-            Ok(asset_info(&import(app, project_id, &out, name, vec!["frame".into()])?))
+            let name = format!(
+                "{}-frame-{index}.png",
+                asset.original_name.trim_end_matches(".mp4")
+            );
+            Ok(asset_info(&import(
+                app,
+                project_id,
+                &out,
+                name,
+                vec!["frame".into()],
+            )?))
         })
         .await
     }
@@ -561,7 +576,9 @@ impl HostServices for StudioServices {
             })
             .map_err(|e| {
                 let _ = std::fs::remove_file(&out);
-                if e.downcast_ref::<video::timeline::RenderCancelled>().is_some() {
+                if e.downcast_ref::<video::timeline::RenderCancelled>()
+                    .is_some()
+                {
                     PluginError::Cancelled
                 } else {
                     PluginError::InvalidInput(format!("{e:#}"))
