@@ -185,7 +185,7 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
         ("trap", "plugin `hostile` crashed"),
         ("allocate", "plugin `hostile` exceeded its memory limit"),
         ("huge-string", "plugin `hostile` crashed"),
-        ("invalid-ids", "not found: asset `no-such-asset`"),
+        ("invalid-ids", "NotFound(\"asset `no-such-asset`\")"),
     ] {
         let job = run_job(
             &s,

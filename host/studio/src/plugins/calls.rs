@@ -58,10 +58,14 @@ fn drive<T>(
     report: Report,
     call: impl Future<Output = std::result::Result<T, CallError>>,
 ) -> Result<T> {
+    let stopped = || StudioError::Internal(anyhow::anyhow!("{label} was stopped"));
+    if report(label, 0, 1).is_break() {
+        return Err(stopped());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let mut call = std::pin::pin!(call);
         let mut tick = tokio::time::interval(RELAY_EVERY);
         let mut last = (label.to_string(), 0, 1);
@@ -77,14 +81,14 @@ fn drive<T>(
                     if report(&last.0, last.1, last.2).is_break() {
                         // Host work for the plugin (a generation, a render) sees this and ends.
                         monitor.request_stop();
-                        return Err(StudioError::Internal(anyhow::anyhow!(
-                            "{label} was stopped"
-                        )));
+                        return Err(stopped());
                     }
                 }
             }
         }
-    })
+    })?;
+    let _ = report(label, 1, 1);
+    Ok(outcome)
 }
 
 /// Loads plugin `id` and prepares its call context for `project_id`.
