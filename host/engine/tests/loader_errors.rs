@@ -255,7 +255,13 @@ fn verify_of_a_pipeline_checks_every_component() {
 #[test]
 fn verify_checks_every_tensor_of_whole_pipelines_vaes_included() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-    for name in ["tiny-wan-t2v", "tiny-wan-i2v", "tiny-wan22-two-experts"] {
+    for name in [
+        "tiny-wan-t2v",
+        "tiny-wan-i2v",
+        "tiny-wan-flf2v",
+        "tiny-wan22-two-experts",
+        "tiny-wan22-ti2v",
+    ] {
         let report = loader::verify(&fixtures.join(name)).unwrap();
         assert!(report.is_ok(), "{name}: {report:#?}");
         let vae = report.components.iter().find(|c| c.name == "vae").unwrap();
