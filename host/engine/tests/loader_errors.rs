@@ -251,3 +251,48 @@ fn verify_of_a_pipeline_checks_every_component() {
         }
     }
 }
+
+#[test]
+fn verify_checks_every_tensor_of_whole_pipelines_vaes_included() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    for name in [
+        "tiny-wan-t2v",
+        "tiny-wan-i2v",
+        "tiny-wan-flf2v",
+        "tiny-wan22-two-experts",
+        "tiny-wan22-ti2v",
+    ] {
+        let report = loader::verify(&fixtures.join(name)).unwrap();
+        assert!(report.is_ok(), "{name}: {report:#?}");
+        let vae = report.components.iter().find(|c| c.name == "vae").unwrap();
+        assert!(vae.tensors > 0, "{name}: {vae:#?}");
+    }
+}
+
+#[test]
+fn verify_names_a_vae_tensor_whose_shape_does_not_match_the_config() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = tmp.path().join("vae");
+    std::fs::create_dir_all(&vae).unwrap();
+    for entry in std::fs::read_dir(fixtures.join("tiny-wan-t2v/vae")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), vae.join(entry.file_name())).unwrap();
+    }
+    // A config asking for wider layers than the weights have.
+    let config_path = vae.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["base_dim"] = serde_json::json!(config["base_dim"].as_u64().unwrap() * 2);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let report = loader::verify(&vae).unwrap();
+    let component = &report.components[0];
+    assert!(
+        component
+            .shape_mismatches
+            .iter()
+            .any(|p| p.tensor == "encoder.conv_in.weight"),
+        "{component:#?}"
+    );
+}

@@ -1,13 +1,14 @@
 //! The whole Wan text-to-video pipeline (4 UniPC steps, guidance 5) against diffusers' `WanPipeline`
 //! on the tiny random pipeline tests/fixtures/tiny-wan-t2v, f32 on the CPU: from fixed latents and
-//! prompt embeddings, and from prompt text through the tokenizer and UMT5. Also the pipeline's
+//! prompt embeddings, and from prompt text through the tokenizer and UMT5; likewise the I2V, FLF2V,
+//! Wan 2.2 two-expert and TI2V-5B layouts on their tiny fixtures. Also the pipeline's
 //! contract: progress per step, cancellation, seeds, input errors.
 
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, Progress, Stage, WanPipeline,
+    Cancelled, GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanPipeline,
 };
 
 /// Relative error allowed for a whole pipeline run in f32 (tests/fixtures/TOLERANCES.md).
@@ -218,9 +219,7 @@ fn i2v_with_clip_embedding_and_first_frame_condition_matches_diffusers() {
         negative_prompt_embeds: t.remove("negative_prompt_embeds"),
     };
     let mut p = params();
-    p.start_image = Some(videosdgx_engine::pipelines::ImageInput::Path(
-        reference_path.join("start.png"),
-    ));
+    p.start_image = Some(ImageInput::Path(reference_path.join("start.png")));
     let mut pipeline = WanPipeline::load(&i2v_dir(), &Device::Cpu, DType::F32).unwrap();
     let video = pipeline.generate_with(&p, inputs, &mut quiet).unwrap();
     let err = rel_err(&video.frames, &t["video"]);
@@ -262,4 +261,61 @@ fn wan22_two_experts_switch_at_the_boundary_with_their_own_guidance_like_diffuse
             .unwrap();
     let err = rel_err(&video.frames, &map.remove("video").unwrap());
     assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// Runs the pipeline in `dir` from the latents and embeddings stored in `inputs`.
+fn run_from_inputs(dir: &Path, inputs: &Path, p: &GenerateParams) -> Tensor {
+    let mut t = candle_core::safetensors::load(inputs, &Device::Cpu).unwrap();
+    let inputs = GenerateInputs {
+        latents: t.remove("latents"),
+        prompt_embeds: t.remove("prompt_embeds"),
+        negative_prompt_embeds: t.remove("negative_prompt_embeds"),
+    };
+    let mut pipeline = WanPipeline::load(dir, &Device::Cpu, DType::F32).unwrap();
+    pipeline
+        .generate_with(p, inputs, &mut quiet)
+        .unwrap()
+        .frames
+}
+
+fn stored_video(path: &Path) -> Tensor {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .remove("video")
+        .unwrap()
+}
+
+#[test]
+fn flf2v_first_and_last_frame_match_diffusers() {
+    let dir = fixture_dir("tiny-wan-flf2v");
+    let reference = dir.join("reference");
+    let mut p = params();
+    p.start_image = Some(ImageInput::Path(reference.join("first.png")));
+    p.end_image = Some(ImageInput::Path(reference.join("last.png")));
+    let video = run_from_inputs(&dir, &reference.join("flf2v.safetensors"), &p);
+    let err = rel_err(&video, &stored_video(&reference.join("flf2v.safetensors")));
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
+#[test]
+fn wan22_ti2v_text_to_video_and_image_to_video_match_diffusers() {
+    let dir = fixture_dir("tiny-wan22-ti2v");
+    let reference = dir.join("reference");
+    let mut p = params();
+    (p.height, p.width) = (64, 64);
+    let inputs = reference.join("t2v.safetensors");
+    let video = run_from_inputs(&dir, &inputs, &p);
+    let err = rel_err(&video, &stored_video(&inputs));
+    assert!(err <= TOLERANCE, "text-to-video: relative error {err:e}");
+
+    p.start_image = Some(ImageInput::Path(reference.join("start.png")));
+    let video = run_from_inputs(&dir, &inputs, &p);
+    let err = rel_err(&video, &stored_video(&reference.join("i2v.safetensors")));
+    assert!(err <= TOLERANCE, "image-to-video: relative error {err:e}");
 }

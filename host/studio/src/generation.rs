@@ -327,6 +327,29 @@ impl Default for Generator {
     }
 }
 
+/// Shots left `generating` by a process that died mid-generation go back to what their takes
+/// say (their job is re-queued or marked interrupted by the queue's own recovery). For start-up,
+/// before any worker runs.
+pub fn recover_shots(db: &Db) -> Result<usize> {
+    db.with(|c| {
+        let stuck: bool = c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM shots WHERE status = 'generating')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !stuck {
+            return Ok(0);
+        }
+        Ok(c.execute(
+            "UPDATE shots SET status = CASE
+                 WHEN EXISTS (SELECT 1 FROM takes WHERE takes.shot_id = shots.id) THEN 'generated'
+                 ELSE 'draft' END
+             WHERE status = 'generating'",
+            [],
+        )?)
+    })
+}
+
 /// Whether `err` is a generation stopped by its progress callback.
 pub fn is_cancelled(err: &StudioError) -> bool {
     matches!(err, StudioError::Internal(e) if e.downcast_ref::<Cancelled>().is_some())
@@ -592,6 +615,16 @@ mod tests {
             .with(|c| Ok(c.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(generations, 0);
+    }
+
+    #[test]
+    fn shots_cut_off_mid_generation_are_reset_at_start() {
+        let (_dir, app) = studio();
+        let shot = shot(&app, prompt("fog"));
+        set_status(&app.db, shot.id, "generating").unwrap();
+        assert_eq!(recover_shots(&app.db).unwrap(), 1);
+        assert_eq!(shots::get_shot(&app.db, shot.id).unwrap().status, "draft");
+        assert_eq!(recover_shots(&app.db).unwrap(), 0);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub async fn serve(
         crate::auth::announce_new_token(token);
     }
     let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
+    app.blocking(|a| crate::generation::recover_shots(&a.db))
+        .await?;
     if !recovered.is_empty() {
         tracing::warn!(
             count = recovered.len(),

@@ -5,6 +5,7 @@
 
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::models::{clip_vision, umt5, wan_transformer};
+use crate::vae;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::Serialize;
@@ -253,10 +254,8 @@ fn build_with(
             clip_vision::CLIPVisionModel::new(&cfg, vb)?;
         }
         ComponentClass::AutoencoderKLWan => {
-            anyhow::bail!(
-                "{}: AutoencoderKLWan tensor layout is not checked by this build (headers and dtypes were)",
-                dir.display()
-            )
+            let cfg: vae::WanVaeConfig = super::read_config(&config)?;
+            vae::AutoencoderKLWan::new(vb, cfg)?;
         }
         ComponentClass::Tokenizer | ComponentClass::Scheduler | ComponentClass::ImageProcessor => {}
     }
