@@ -274,3 +274,76 @@ fn openapi_documents_the_plugin_routes() {
     assert!(doc["components"]["schemas"]["InstalledPlugin"].is_object());
     s.stop();
 }
+
+#[test]
+fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &guests::repo_root().join("tests/fixtures/tiny-wan-t2v"),
+        &dir.path().join("models/tiny-wan-t2v"),
+    );
+    let s = start(dir.path());
+    let (project, board) = storyboard(&s);
+    install(&s, "storyboard-planner", &[]);
+    install(&s, "shot-stitcher", &["render"]);
+    let script = "# Boats\n\n## EXT. CANAL - DAY\n\nMARA sets a paper boat on the water.\n\nCLOSE ON the boat drifting away.\n";
+    let job = run_job(
+        &s,
+        "plan",
+        json!({ "storyboard_id": board, "script": script }),
+        project,
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let early = run_job(&s, "stitch", json!({ "storyboard_id": board }), project);
+    assert_eq!(early["state"], "failed");
+    assert!(
+        early["error"]
+            .as_str()
+            .unwrap()
+            .contains("shot 1 has no chosen take"),
+        "{early}"
+    );
+    let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
+    for shot in shots.as_array().unwrap() {
+        let render = json!({ "height": 32, "width": 32, "steps": 2, "guidance": 1.0 });
+        let job = run_job(
+            &s,
+            "generate",
+            json!({ "shot_id": shot["id"], "render": render }),
+            project,
+        );
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let job = run_job(&s, "stitch", json!({ "storyboard_id": board }), project);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let asset = s
+        .get(&format!("/api/assets/{}", job["result"]["asset_id"]))
+        .json();
+    assert_eq!(asset["kind"], "video");
+    assert_eq!(asset["project_id"], project);
+    let items = job["result"]["timeline"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "title card and two clips: {items:?}");
+    let audit = s.get("/api/plugins/audit?plugin_id=shot-stitcher").json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["function"] == "media.render-timeline" && e["error"].is_null()),
+        "{audit}"
+    );
+    s.stop();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
