@@ -613,3 +613,87 @@ pub fn write_document(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{StudioConfig, projects};
+    use std::path::Path;
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn generation_media_and_documents_stay_inside_the_bound_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
+        copy_dir(&fixture, &dir.path().join("models/tiny-wan-t2v"));
+        let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
+        let mine = projects::create_project(&app.db, "mine").unwrap();
+        let theirs = projects::create_project(&app.db, "theirs").unwrap();
+        let services = StudioServices::new(app.clone(), mine.id, None, Arc::default());
+        let request = GenerationRequest {
+            prompt: "a paper boat on a canal".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            frames: 5,
+            steps: Some(2),
+            guidance: Some(1.0),
+            seed: 7,
+        };
+
+        let video = services
+            .generate_video(request.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(video.kind, AssetKind::Video);
+        let clip = services.probe(&video.id).await.unwrap();
+        assert_eq!((clip.width, clip.height, clip.frames), (32, 32, 5));
+        let frame = services.extract_frame(&video.id, 4).await.unwrap();
+        assert_eq!(
+            (frame.kind, frame.mime.as_str()),
+            (AssetKind::Image, "image/png")
+        );
+        assert!(matches!(
+            services.extract_frame(&video.id, 5).await,
+            Err(PluginError::InvalidInput(m)) if m.contains("past the end")
+        ));
+        let image = services.generate_image(request).await.unwrap();
+        assert_eq!(
+            (image.kind, image.mime.as_str()),
+            (AssetKind::Image, "image/png")
+        );
+        let bytes = services.read_asset(&image.id, 0, 8).await.unwrap();
+        assert_eq!(bytes, b"\x89PNG\r\n\x1a\n");
+
+        services.write_document("notes.md", "hello").await.unwrap();
+        assert_eq!(services.read_document("notes.md").await.unwrap(), "hello");
+        assert_eq!(services.list_documents().await.unwrap(), ["notes.md"]);
+
+        let outsider = StudioServices::new(app.clone(), theirs.id, None, Arc::default());
+        assert!(matches!(
+            outsider.asset_info(&video.id).await,
+            Err(PluginError::NotFound(_))
+        ));
+        assert!(matches!(
+            outsider.read_document("notes.md").await,
+            Err(PluginError::NotFound(_))
+        ));
+        assert!(matches!(
+            services.complete_text("hello", 8).await,
+            Err(PluginError::Failed(m)) if m.contains("no language model")
+        ));
+    }
+}
