@@ -5,6 +5,8 @@
 //! Prerequisites (installed by tests/run.sh): /usr/bin/chromium, node, and
 //! `npm ci` in tests/web/.
 
+#[path = "support/guests.rs"]
+mod guests;
 #[path = "web_support/mod.rs"]
 mod web_support;
 
@@ -67,6 +69,17 @@ fn web_ui_end_to_end_in_headless_chromium() {
     check_prerequisites(&web_dir);
     let fixtures = tempfile::tempdir().unwrap();
     write_reference_png(fixtures.path());
+    let planner = "storyboard-planner";
+    std::fs::write(
+        fixtures.path().join(format!("{planner}.wasm")),
+        guests::component(planner),
+    )
+    .unwrap();
+    std::fs::write(
+        fixtures.path().join(format!("{planner}.toml")),
+        guests::manifest_text(planner),
+    )
+    .unwrap();
 
     let data = tempfile::tempdir().unwrap();
     install_tiny_model(data.path());
@@ -103,6 +116,8 @@ fn web_ui_end_to_end_in_headless_chromium() {
         "03-assets",
         "05-jobs",
         "06-review",
+        "07-plugin-grants",
+        "08-plugins",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

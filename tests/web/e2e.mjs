@@ -3,7 +3,8 @@
 //   VDGX_BASE         the studio on loopback (no sign-in)
 //   VDGX_AUTH_BASE    a second studio that requires sign-in, VDGX_AUTH_TOKEN its access token
 //   VDGX_SCREENSHOTS  folder for the screenshots of the main screens
-//   VDGX_FIXTURES     folder with an image to upload (reference.png)
+//   VDGX_FIXTURES     folder with an image to upload (reference.png) and the planner plugin
+//                     (storyboard-planner.wasm, storyboard-planner.toml)
 // Exits non-zero with a readable line on the first failed expectation.
 
 import { chromium } from 'playwright-core';
@@ -16,6 +17,16 @@ const BASE = must('VDGX_BASE');
 const SHOTS = must('VDGX_SCREENSHOTS');
 const FIXTURES = must('VDGX_FIXTURES');
 const STEP_TIMEOUT = 20_000;
+const SCRIPT = `# The Clockmaker's Bird
+
+## INT. CLOCK SHOP - NIGHT
+
+MARA fits a tiny brass gear into a clockwork bird.
+
+## EXT. ROOFTOP - DAWN
+
+WIDE SHOT: Mara lets the clockwork bird go; it lifts off into the sunrise.
+`;
 
 function must(name) {
   const value = process.env[name];
@@ -276,6 +287,36 @@ try {
     assert.equal(await card.count(), 0);
   });
 
+  await step('install the planner plugin from its files, refusing the capability it asks for', async () => {
+    await page.goto(`${BASE}/#/plugins`);
+    await page.getByRole('heading', { name: 'Plugins' }).waitFor();
+    await page.locator('#plugin-component').setInputFiles(path.join(FIXTURES, 'storyboard-planner.wasm'));
+    await page.locator('#plugin-manifest').setInputFiles(path.join(FIXTURES, 'storyboard-planner.toml'));
+    await page.locator('#install-plugin').click();
+    const dialog = page.locator('#grant-dialog');
+    await dialog.locator('.cap', { hasText: 'text-generation' }).waitFor();
+    assert.equal(await dialog.locator('input[type=checkbox]').isChecked(), false, 'nothing is granted by default');
+    await shot('07-plugin-grants');
+    await dialog.getByRole('button', { name: 'Install with these grants' }).click();
+    await page.getByText('Installed storyboard-planner.').waitFor();
+    await page.locator('tr[data-plugin-id="storyboard-planner"] .cap.refused', { hasText: 'text-generation' }).waitFor();
+    const [planner] = await api('GET', '/api/plugins');
+    assert.deepEqual([planner.id, planner.granted, planner.denied], ['storyboard-planner', [], ['text-generation']]);
+  });
+
+  await step('plan a script with the planner plugin; its refused call is in the audit log', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    await page.locator('#script').fill(SCRIPT);
+    await page.locator('#plan').click();
+    await page.getByText('Storyboard planned.').waitFor({ timeout: 60_000 });
+    const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.ok(shots.length >= 2, `the plan has ${shots.length} shots`);
+    assert.ok(shots.some((s) => /bird/i.test(s.prompt)), shots.map((s) => s.prompt).join(' | '));
+    await page.goto(`${BASE}/#/plugins`);
+    await page.locator('.badge.failed', { hasText: 'refused' }).first().waitFor();
+    await shot('08-plugins');
+  });
+
   if (process.env.VDGX_AUTH_BASE) {
     const AUTH = process.env.VDGX_AUTH_BASE;
     await step('a remote studio shows the sign-in page and accepts only its token', async () => {
@@ -301,7 +342,7 @@ try {
     });
   }
 
-  assert.deepEqual(pageErrors, [], 'the pages threw no uncaught errors');
+  assert.deepEqual(pageErrors, [], `the pages threw uncaught errors: ${pageErrors.join(' | ')}`);
   console.log('web e2e: all steps passed');
 } catch (err) {
   console.error(`FAILED at step "${current}": ${err.message}`);
