@@ -4,9 +4,12 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[path = "support/models.rs"]
+mod models;
 #[path = "support/studio.rs"]
 mod studio;
 
+use models::install_tiny_model;
 use serde_json::{Value, json};
 use studio::{Server, start};
 
@@ -278,10 +281,7 @@ fn openapi_documents_the_plugin_routes() {
 #[test]
 fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &guests::repo_root().join("tests/fixtures/tiny-wan-t2v"),
-        &dir.path().join("models/tiny-wan-t2v"),
-    );
+    install_tiny_model(dir.path(), "tiny-wan-t2v");
     let s = start(dir.path());
     let (project, board) = storyboard(&s);
     install(&s, "storyboard-planner", &[]);
@@ -333,17 +333,4 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
         "{audit}"
     );
     s.stop();
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

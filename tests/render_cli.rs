@@ -5,7 +5,10 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[path = "support/models.rs"]
+mod models;
 
+use models::install_tiny_model;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -36,19 +39,6 @@ fn succeeded(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn install_first_party(tmp: &Path, data: &Path) {
@@ -84,10 +74,7 @@ fn frames(ms: &Value, fps: f64) -> i64 {
 fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    copy_dir(
-        &guests::repo_root().join("tests/fixtures/tiny-wan-t2v"),
-        &data.join("models/tiny-wan-t2v"),
-    );
+    install_tiny_model(&data, "tiny-wan-t2v");
     install_first_party(tmp.path(), &data);
     let script = tmp.path().join("paper-boats.md");
     std::fs::write(&script, SCRIPT).unwrap();

@@ -7,9 +7,12 @@
 
 #[path = "support/guests.rs"]
 mod guests;
+#[path = "support/models.rs"]
+mod models;
 #[path = "web_support/mod.rs"]
 mod web_support;
 
+use models::install_tiny_model;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use web_support::Server;
@@ -39,30 +42,6 @@ fn write_reference_png(dir: &Path) {
     image.save(dir.join("reference.png")).unwrap();
 }
 
-/// The tiny random Wan text-to-video pipeline, installed as the studio's only model.
-fn install_tiny_model(data: &Path) {
-    let from = repo_root().join("tests/fixtures/tiny-wan-t2v");
-    let to = data.join("models/tiny-wan-t2v");
-    for entry in walkdir(&from) {
-        let target = to.join(entry.strip_prefix(&from).unwrap());
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &target).unwrap();
-    }
-}
-
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walkdir(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 #[test]
 fn web_ui_end_to_end_in_headless_chromium() {
     let web_dir = repo_root().join("tests/web");
@@ -82,7 +61,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
     .unwrap();
 
     let data = tempfile::tempdir().unwrap();
-    install_tiny_model(data.path());
+    install_tiny_model(data.path(), "tiny-wan-t2v");
     let server = Server::start(data.path(), &[]);
     let auth_data = tempfile::tempdir().unwrap();
     let auth_server = Server::start(auth_data.path(), &["--require-auth"]);

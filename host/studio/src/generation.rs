@@ -510,23 +510,9 @@ impl JobRunner for GenerateRunner {
     }
 }
 
+/// Installs the tiny random Wan text-to-video pipeline of tests/fixtures as model `tiny-wan-t2v`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::app::StudioConfig;
-    use crate::projects::{create_project, create_storyboard};
-    use videosdgx_engine::video;
-
-    /// A studio whose only model is the tiny random Wan text-to-video pipeline.
-    fn studio() -> (tempfile::TempDir, App) {
-        let dir = tempfile::tempdir().unwrap();
-        let fixture =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
-        copy_dir(&fixture, &models_dir(dir.path()).join("tiny-wan-t2v"));
-        let app = App::open(StudioConfig::new(dir.path())).unwrap();
-        (dir, app)
-    }
-
+pub(crate) fn install_tiny_model(data_dir: &Path) {
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -538,6 +524,23 @@ mod tests {
                 std::fs::copy(&path, &target).unwrap();
             }
         }
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
+    copy_dir(&fixture, &models_dir(data_dir).join("tiny-wan-t2v"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::StudioConfig;
+    use crate::projects::{create_project, create_storyboard};
+    use videosdgx_engine::video;
+
+    fn studio() -> (tempfile::TempDir, App) {
+        let dir = tempfile::tempdir().unwrap();
+        install_tiny_model(dir.path());
+        let app = App::open(StudioConfig::new(dir.path())).unwrap();
+        (dir, app)
     }
 
     fn shot(app: &App, fields: ShotFields) -> Shot {

@@ -618,27 +618,11 @@ pub fn write_document(
 mod tests {
     use super::*;
     use crate::{StudioConfig, projects};
-    use std::path::Path;
-
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
 
     #[tokio::test]
     async fn generation_media_and_documents_stay_inside_the_bound_project() {
         let dir = tempfile::tempdir().unwrap();
-        let fixture =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
-        copy_dir(&fixture, &dir.path().join("models/tiny-wan-t2v"));
+        crate::generation::install_tiny_model(dir.path());
         let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
         let mine = projects::create_project(&app.db, "mine").unwrap();
         let theirs = projects::create_project(&app.db, "theirs").unwrap();
