@@ -17,5 +17,5 @@ pub use spec::{NormKind, NormSpec, RopeGrid};
 #[cfg(feature = "cuda")]
 pub use cuda::{
     CompileReport, attention, attention_kernel_for, compile_all, compile_report, gated_residual,
-    kernel_cache_dir, modulated_norm, rope3d, set_poison_outputs,
+    kernel_cache_dir, linear, modulated_norm, rope3d, set_poison_outputs,
 };

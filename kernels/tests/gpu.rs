@@ -211,6 +211,31 @@ fn rope3d_matches_reference_on_a_wan_grid() {
 }
 
 #[test]
+fn linear_with_fused_bias_and_gelu_matches_reference() {
+    let dev = gpu();
+    // Wan's q/k/v/out and FFN shapes at a reduced token count, a ragged row count, no bias.
+    for (rows, k, n, bias, gelu) in [
+        (1000, 1536, 1536, true, false),
+        (777, 1536, 8960, true, true),
+        (300, 8960, 1536, true, false),
+        (123, 256, 512, false, false),
+    ] {
+        let x = randn(&[1, rows, k], &dev);
+        let w = (randn(&[n, k], &dev).to_dtype(DType::F32).unwrap() * (k as f64).powf(-0.5))
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let b = bias.then(|| randn(&[n], &dev));
+        let got = videosdgx_kernels::linear(&x, &w, b.as_ref(), gelu).unwrap();
+        assert_eq!(got.dims(), [1, rows, n]);
+        let want = reference::linear(&cpu(&x), &cpu(&w), b.as_ref().map(cpu).as_ref(), gelu).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("linear {rows}x{k}x{n} bias {bias} gelu {gelu}: rel err {err:.2e}");
+        assert!(err < 1e-2, "linear {rows}x{k}x{n}: rel err {err}");
+    }
+}
+
+#[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();
     let reports = videosdgx_kernels::compile_all(&dev).unwrap();

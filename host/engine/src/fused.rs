@@ -7,6 +7,9 @@
 //! logged once per op, so the slow path on a GPU is never silent. The kernels compute in f32 and
 //! round once to the input dtype, as the candle versions do.
 //!
+//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual` (or `all`) turns kernels off for A/B timing;
+//! attention's own switch is `attention` in the same list ([`crate::attention`]).
+//!
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{Result, Tensor};
@@ -75,6 +78,41 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Op
     Ok(None)
 }
 
+/// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, as one
+/// cuBLASLt matmul with a fused epilogue (no separate bias or activation pass), in `x`'s dtype.
+pub(crate) fn linear(
+    layer: &candle_nn::Linear,
+    x: &Tensor,
+    gelu: bool,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::linear(layer, x, gelu)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "linear");
+    }
+    let _ = (layer, x, gelu);
+    Ok(None)
+}
+
+/// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused
+/// kernel of `op` off, so one binary can time both paths.
+#[cfg(feature = "cuda")]
+pub(crate) fn disabled(op: &str) -> bool {
+    use std::sync::OnceLock;
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("VIDEOSDGX_UNFUSED")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    off.iter().any(|o| o == op || o == "all")
+}
+
 /// One warning per op and process when a CUDA input takes the portable path.
 #[cfg(feature = "cuda")]
 fn warn_fallback(x: &Tensor, op: &'static str) {
@@ -120,13 +158,31 @@ mod cuda {
         }
     }
 
+    pub(super) fn linear(
+        layer: &candle_nn::Linear,
+        x: &Tensor,
+        gelu: bool,
+    ) -> Result<Option<Tensor>> {
+        let w = layer.weight();
+        if super::disabled("linear") || !bf16_cuda(x) || !bf16_cuda(w) || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        if layer.bias().is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
+            || x.dim(candle_core::D::Minus1)? != k
+        {
+            return Ok(None);
+        }
+        videosdgx_kernels::linear(x, w, layer.bias(), gelu).map(Some)
+    }
+
     pub(super) fn modulated_norm(
         x: &Tensor,
         kind: Norm,
         eps: f64,
         m: &Modulation<'_>,
     ) -> Result<Option<Tensor>> {
-        if !bf16_cuda(x) || x.rank() != 3 {
+        if super::disabled("norm") || !bf16_cuda(x) || x.rank() != 3 {
             return Ok(None);
         }
         let (b, l, d) = x.dims3()?;
@@ -173,7 +229,7 @@ mod cuda {
         x: &Tensor,
         [frames, height, width]: [usize; 3],
     ) -> Result<Option<Tensor>> {
-        if !bf16_cuda(x) || x.rank() != 4 {
+        if super::disabled("rope") || !bf16_cuda(x) || x.rank() != 4 {
             return Ok(None);
         }
         let (_, l, _, d) = x.dims4()?;
@@ -190,7 +246,12 @@ mod cuda {
     }
 
     pub(super) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Option<Tensor>> {
-        if !bf16_cuda(x) || !bf16_cuda(y) || x.rank() != 3 || y.dims() != x.dims() {
+        if super::disabled("residual")
+            || !bf16_cuda(x)
+            || !bf16_cuda(y)
+            || x.rank() != 3
+            || y.dims() != x.dims()
+        {
             return Ok(None);
         }
         let (b, l, d) = x.dims3()?;

@@ -6,6 +6,7 @@ mod nvrtc;
 
 use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
@@ -844,4 +845,133 @@ pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
         );
     }
     x.apply_op1_no_bwd(&Rope3d { grid, theta })
+}
+
+/// One cuBLASLt handle (with its 32 MiB Hopper workspace) per device, on candle's stream.
+fn blas_lt(dev: &CudaDevice) -> Result<Arc<CudaBlasLT>> {
+    type Handles = Mutex<HashMap<DeviceId, Arc<CudaBlasLT>>>;
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("cublasLt handles poisoned");
+    if let Some(h) = handles.get(&dev.id()) {
+        return Ok(h.clone());
+    }
+    let h = Arc::new(CudaBlasLT::new(dev.cuda_stream()).map_err(driver_err("cublasLt handle"))?);
+    tracing::info!("kernels: running cublasLt matmul with fused bias/GELU epilogue");
+    handles.insert(dev.id(), h.clone());
+    Ok(h)
+}
+
+struct LinearLt {
+    bias: Option<Tensor>,
+    gelu: bool,
+}
+
+impl CustomOp2 for LinearLt {
+    fn name(&self) -> &'static str {
+        "linear-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("linear runs on CUDA only; reference::linear is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (n, k) = wl.shape().dims2()?;
+        if !xl.is_contiguous() || !wl.is_contiguous() {
+            bail!("linear: x and weight must be contiguous");
+        }
+        let m = xl.shape().elem_count() / k;
+        let mut out = output(&dev, m * n)?;
+        let blas = blas_lt(&dev)?;
+        let x = xs.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let w = ws.as_cuda_slice::<bf16>()?.slice(wl.start_offset()..);
+        let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias_storage {
+            Some((storage, layout)) => {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("linear: bias must be on the CUDA device")
+                };
+                Some(cs.as_cuda_slice::<bf16>()?.slice(layout.start_offset()..))
+            }
+            None => None,
+        };
+        // Row-major y[m, n] = x[m, k] w[n, k]^T is column-major y^T (n x m) = w^T-view x^T:
+        // A = w read transposed (k x n, ld k), B = x (k x m, ld k), C ld n; the bias runs along
+        // C's rows, i.e. along y's last dim.
+        let cfg = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: n as u64,
+            n: m as u64,
+            k: k as u64,
+            alpha: 1.0,
+            lda: k as i64,
+            ldb: k as i64,
+            beta: 0.0,
+            ldc: n as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let act = self.gelu.then_some(Activation::Gelu);
+        // SAFETY: x is m x k, w is n x k, out is m x n and bias n, all bf16 on this device
+        // (shapes checked by `linear`); the views keep their guards until the call returns.
+        unsafe { Matmul::<bf16>::matmul(&*blas, cfg, &w, &x, &mut out, bias.as_ref(), act.as_ref()) }
+            .map_err(driver_err("cublasLt matmul"))?;
+        drop(bias);
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = n;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
+    }
+}
+
+/// `y = x w^T + bias`, optionally followed by GELU (tanh approximation), as one cuBLASLt matmul
+/// with a fused epilogue: `x [.., K]`, `weight [N, K]`, `bias [N]`, all bf16 on one CUDA device;
+/// accumulates in f32 and rounds once to bf16. Errors on anything else.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != k {
+        bail!(
+            "linear: x {:?} does not match weight {:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    if let Some(b) = bias
+        && b.dims() != [n]
+    {
+        bail!("linear: bias must be [{n}], got {:?}", b.dims());
+    }
+    for t in [Some(x), Some(weight), bias].into_iter().flatten() {
+        if t.dtype() != DType::BF16 || !t.device().is_cuda() || !t.device().same_device(x.device())
+        {
+            bail!(
+                "linear: operands must be bf16 on the CUDA device of x, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            );
+        }
+    }
+    let bias = bias.map(|b| b.contiguous()).transpose()?;
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &LinearLt { bias, gelu })
 }

@@ -180,6 +180,15 @@ struct AddedKv {
     norm_added_k: RmsNorm,
 }
 
+/// A linear layer through the fused dispatch point (cuBLASLt with the bias, and the FFN's GELU,
+/// in the matmul's epilogue on CUDA bf16), else candle's `Linear`.
+fn linear_fwd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    match crate::fused::linear(layer, x, false)? {
+        Some(y) => Ok(y),
+        None => layer.forward(x),
+    }
+}
+
 /// `WanAttention` with `WanAttnProcessor`.
 struct WanAttention {
     to_q: Linear,
@@ -268,9 +277,9 @@ impl WanAttention {
         };
         let (q, k, v) = section(names[0], dev, || {
             Ok((
-                self.to_q.forward(x)?,
-                self.to_k.forward(&context)?,
-                self.to_v.forward(&context)?,
+                linear_fwd(&self.to_q, x)?,
+                linear_fwd(&self.to_k, &context)?,
+                linear_fwd(&self.to_v, &context)?,
             ))
         })?;
         let (q, k) = section(names[1], dev, || {
@@ -302,7 +311,7 @@ impl WanAttention {
         if let Some(image_out) = image_out {
             out = (out + image_out)?;
         }
-        section(names[4], dev, || self.to_out.forward(&out))
+        section(names[4], dev, || linear_fwd(&self.to_out, &out))
     }
 }
 
@@ -324,6 +333,13 @@ impl FeedForward {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dev = x.device();
+        if self.act == Activation::GeluTanh
+            && let Some(h) = section("ffn.proj+act", dev, || {
+                crate::fused::linear(&self.proj, x, true)
+            })?
+        {
+            return section("ffn.out", dev, || linear_fwd(&self.out, &h));
+        }
         let h = section("ffn.proj", dev, || self.proj.forward(x))?;
         let h = section("ffn.act", dev, || self.act.apply(&h))?;
         section("ffn.out", dev, || self.out.forward(&h))
