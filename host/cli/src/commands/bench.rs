@@ -116,8 +116,8 @@ pub struct WanArgs {
     pub reps: u32,
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
-    /// After timing, run one more transformer forward with the device synchronised around each
-    /// section of a block and report where the time goes.
+    /// After timing, run the component once more with the device synchronised around each
+    /// section (transformer block parts, VAE layer kinds) and report where the time goes.
     #[arg(long)]
     pub profile: bool,
     #[arg(long)]
@@ -325,6 +325,23 @@ mod gpu {
         reps: u32,
     }
 
+    /// One call of `f` with the engine's section profiler on: synchronised wall time per section.
+    fn profiled(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<ProfileSection>> {
+        use videosdgx_engine::fused::profile;
+        profile::enable(true);
+        let result = f();
+        let sections = profile::report()
+            .into_iter()
+            .map(|(section, ms, calls)| ProfileSection {
+                section: section.into(),
+                ms,
+                calls,
+            })
+            .collect();
+        profile::enable(false);
+        result.map(|()| sections)
+    }
+
     #[derive(Serialize)]
     struct ProfileSection {
         section: String,
@@ -387,17 +404,10 @@ mod gpu {
                     );
                 }
                 if args.profile {
-                    videosdgx_engine::fused::profile::enable(true);
-                    model.forward(&latents, &timestep, &text, None)?;
-                    profile = videosdgx_engine::fused::profile::report()
-                        .into_iter()
-                        .map(|(section, ms, calls)| ProfileSection {
-                            section: section.into(),
-                            ms,
-                            calls,
-                        })
-                        .collect();
-                    videosdgx_engine::fused::profile::enable(false);
+                    profile = profiled(|| {
+                        model.forward(&latents, &timestep, &text, None)?;
+                        Ok(())
+                    })?;
                 }
                 (ms, peak)
             }
@@ -420,7 +430,14 @@ mod gpu {
                     vae.decode(&latents)?;
                     Ok(())
                 })?;
-                (ms, peak.finish())
+                let peak = peak.finish();
+                if args.profile {
+                    profile = profiled(|| {
+                        vae.decode(&latents)?;
+                        Ok(())
+                    })?;
+                }
+                (ms, peak)
             }
         };
         let report = WanReport {
