@@ -10,7 +10,8 @@
 # wheel (the device has PyTorch but not diffusers), and kernels/bench/wan_parity.py. STEPS default
 # to all of:
 #   checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22
-# wan13 also profiles one forward by section (--profile); parity compares our full-size 1.3B
+# wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
+# attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
 # forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
@@ -57,6 +58,8 @@ for step in "${STEPS[@]}"; do
     checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
     kernels) run kernels "$BIN" bench kernels --json ;;
     wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --profile --json ;;
+    wan13_unfused) VIDEOSDGX_UNFUSED=linear,norm,rope,residual run wan13_unfused "$BIN" bench wan \
+      --preset wan2.1-1.3b --component transformer --profile --json ;;
     parity)
       P=/tmp/parity
       mkdir -p "$P"
@@ -67,7 +70,7 @@ for step in "${STEPS[@]}"; do
       ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
-    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --json ;;
+    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;

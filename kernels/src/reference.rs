@@ -142,3 +142,22 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
     *dims.last_mut().expect("x has a last dim") = n;
     y.reshape(dims)
 }
+
+/// The Wan VAE's channel RMS norm: `x / max(||x||, 1e-12) * scale` over dim `channel_dim`
+/// (`scale` `[C]`), then SiLU when `silu`; returns f32 in the shape of `x`.
+pub fn channel_rms_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let c = x.dim(channel_dim)?;
+    let mut shape = vec![1; x.rank()];
+    shape[channel_dim] = c;
+    let norm = x.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
+    let y = x
+        .broadcast_div(&norm)?
+        .broadcast_mul(&scale.to_dtype(DType::F32)?.reshape(shape)?)?;
+    if silu { y.silu() } else { Ok(y) }
+}

@@ -78,21 +78,42 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Op
     Ok(None)
 }
 
-/// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, as one
-/// cuBLASLt matmul with a fused epilogue (no separate bias or activation pass), in `x`'s dtype.
+/// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, plus
+/// `residual` when given, as one cuBLASLt matmul with a fused epilogue (no separate bias,
+/// activation or residual pass), in `x`'s dtype.
 pub(crate) fn linear(
     layer: &candle_nn::Linear,
     x: &Tensor,
     gelu: bool,
+    residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        if let Some(y) = cuda::linear(layer, x, gelu)? {
+        if let Some(y) = cuda::linear(layer, x, gelu, residual)? {
             return Ok(Some(y));
         }
         warn_fallback(x, "linear");
     }
-    let _ = (layer, x, gelu);
+    let _ = (layer, x, gelu, residual);
+    Ok(None)
+}
+
+/// The Wan VAE's channel RMS norm (`x / max(||x||, 1e-12) * scale` over `channel_dim`, `scale`
+/// `[C]`), followed by SiLU when `silu`, in `x`'s dtype.
+pub(crate) fn channel_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::channel_norm(x, scale, channel_dim, silu)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "channel norm");
+    }
+    let _ = (x, scale, channel_dim, silu);
     Ok(None)
 }
 
@@ -162,18 +183,48 @@ mod cuda {
         layer: &candle_nn::Linear,
         x: &Tensor,
         gelu: bool,
+        residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let w = layer.weight();
         if super::disabled("linear") || !bf16_cuda(x) || !bf16_cuda(w) || w.rank() != 2 {
             return Ok(None);
         }
         let (n, k) = w.dims2()?;
-        if layer.bias().is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
+        if layer
+            .bias()
+            .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
             || x.dim(candle_core::D::Minus1)? != k
         {
             return Ok(None);
         }
-        videosdgx_kernels::linear(x, w, layer.bias(), gelu).map(Some)
+        match residual {
+            None => videosdgx_kernels::linear(x, w, layer.bias(), gelu).map(Some),
+            Some(r)
+                if !gelu
+                    && bf16_cuda(r)
+                    && r.rank() == x.rank()
+                    && r.dim(candle_core::D::Minus1)? == n =>
+            {
+                videosdgx_kernels::linear_residual(x, w, layer.bias(), r).map(Some)
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    pub(super) fn channel_norm(
+        x: &Tensor,
+        scale: &Tensor,
+        channel_dim: usize,
+        silu: bool,
+    ) -> Result<Option<Tensor>> {
+        if super::disabled("norm") || !bf16_cuda(x) || channel_dim >= x.rank() {
+            return Ok(None);
+        }
+        let inner: usize = x.dims()[channel_dim + 1..].iter().product();
+        if inner % 8 != 0 || scale.elem_count() != x.dim(channel_dim)? {
+            return Ok(None);
+        }
+        videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, silu).map(Some)
     }
 
     pub(super) fn modulated_norm(

@@ -183,7 +183,7 @@ struct AddedKv {
 /// A linear layer through the fused dispatch point (cuBLASLt with the bias, and the FFN's GELU,
 /// in the matmul's epilogue on CUDA bf16), else candle's `Linear`.
 fn linear_fwd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    match crate::fused::linear(layer, x, false)? {
+    match crate::fused::linear(layer, x, false, None)? {
         Some(y) => Ok(y),
         None => layer.forward(x),
     }
@@ -235,12 +235,14 @@ impl WanAttention {
         x.reshape((b, l, self.heads, inner / self.heads))
     }
 
-    /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise.
+    /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise;
+    /// with `residual`, returns `residual + attention` (one fused epilogue on CUDA bf16).
     fn forward(
         &self,
         x: &Tensor,
         context: Option<&Tensor>,
         rope: Option<&RotaryTables>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let mut context = context.unwrap_or(x).clone();
         let mut image_context = None;
@@ -311,7 +313,13 @@ impl WanAttention {
         if let Some(image_out) = image_out {
             out = (out + image_out)?;
         }
-        section(names[4], dev, || linear_fwd(&self.to_out, &out))
+        section(names[4], dev, || match residual {
+            None => linear_fwd(&self.to_out, &out),
+            Some(r) => match crate::fused::linear(&self.to_out, &out, false, Some(r))? {
+                Some(y) => Ok(y),
+                None => r + self.to_out.forward(&out)?,
+            },
+        })
     }
 }
 
@@ -335,7 +343,7 @@ impl FeedForward {
         let dev = x.device();
         if self.act == Activation::GeluTanh
             && let Some(h) = section("ffn.proj+act", dev, || {
-                crate::fused::linear(&self.proj, x, true)
+                crate::fused::linear(&self.proj, x, true, None)
             })?
         {
             return section("ffn.out", dev, || linear_fwd(&self.out, &h));
@@ -425,7 +433,7 @@ impl WanTransformerBlock {
         let normed = section("norm1.modulate", dev, || {
             modulate(&self.norm1, x, shift_msa, scale_msa)
         })?;
-        let attn = self.attn1.forward(&normed, None, Some(rope))?;
+        let attn = self.attn1.forward(&normed, None, Some(rope), None)?;
         let x = section("residual1.gated", dev, || {
             gated_residual(x, &attn, gate_msa)
         })?;
@@ -435,8 +443,8 @@ impl WanTransformerBlock {
             Some(norm) => norm.forward(&x),
             None => Ok(x.clone()),
         })?;
-        let attn = self.attn2.forward(&normed, Some(context), None)?;
-        let x = section("residual2.add", dev, || x + attn)?;
+        // The residual add rides in the output projection's epilogue.
+        let x = self.attn2.forward(&normed, Some(context), None, Some(&x))?;
 
         // 3. Feed-forward
         let normed = section("norm3.modulate", dev, || {

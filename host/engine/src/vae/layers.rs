@@ -222,7 +222,27 @@ impl RmsNorm {
 
     /// Normalises over `channel_dim` of `x`, whose trailing dims are `[c, h, w]`.
     pub fn forward(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
-        section("vae.norm", x.device(), || self.forward_inner(x, channel_dim))
+        section("vae.norm", x.device(), || match crate::fused::channel_norm(
+            x,
+            &self.scale,
+            channel_dim,
+            false,
+        )? {
+            Some(y) => Ok(y),
+            None => self.forward_inner(x, channel_dim),
+        })
+    }
+
+    /// `silu(forward(x))`, one fused pass on CUDA bf16.
+    pub fn forward_silu(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
+        section(
+            "vae.norm+silu",
+            x.device(),
+            || match crate::fused::channel_norm(x, &self.scale, channel_dim, true)? {
+                Some(y) => Ok(y),
+                None => candle_nn::ops::silu(&self.forward_inner(x, channel_dim)?),
+            },
+        )
     }
 
     fn forward_inner(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
@@ -272,11 +292,9 @@ impl ResidualBlock {
             Some(conv) => conv.forward(x, None)?,
             None => x.clone(),
         };
-        let x = self.norm1.forward(x, 2)?;
-        let x = section("vae.silu", dev, || candle_nn::ops::silu(&x))?;
+        let x = self.norm1.forward_silu(x, 2)?;
         let x = self.conv1.forward_cached(&x, cache)?;
-        let x = self.norm2.forward(&x, 2)?;
-        let x = section("vae.silu", dev, || candle_nn::ops::silu(&x))?;
+        let x = self.norm2.forward_silu(&x, 2)?;
         let x = self.conv2.forward_cached(&x, cache)?;
         section("vae.residual_add", dev, || x + h)
     }
@@ -544,8 +562,7 @@ impl Head {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let x = self.norm.forward(x, 2)?;
-        let x = section("vae.silu", x.device(), || candle_nn::ops::silu(&x))?;
+        let x = self.norm.forward_silu(x, 2)?;
         self.conv.forward_cached(&x, cache)
     }
 }
