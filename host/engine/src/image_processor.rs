@@ -53,6 +53,8 @@ impl Default for CLIPImageProcessorConfig {
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
             image_mean: vec![0.481_454_66, 0.457_827_5, 0.408_210_73],
+            // CLIP's constants digit for digit, as the reference config writes them.
+            #[allow(clippy::excessive_precision)]
             image_std: vec![0.268_629_54, 0.261_302_58, 0.275_777_1],
         }
     }

@@ -135,7 +135,7 @@ impl CLIPVisionModel {
         let act = Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
             candle_core::Error::Msg(format!("unsupported hidden_act `{}`", cfg.hidden_act))
         })?;
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             candle_core::bail!(
                 "image_size {} is not a multiple of patch_size {}",
                 cfg.image_size,

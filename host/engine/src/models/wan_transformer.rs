@@ -607,7 +607,7 @@ impl WanTransformer3DModel {
         let (pt, ph, pw) = cfg.patch()?;
         let dim = cfg.inner_dim();
         let [t_dim, h_dim, _] = cfg.rope_dims();
-        if cfg.attention_head_dim % 2 != 0 || t_dim % 2 != 0 || h_dim == 0 {
+        if !cfg.attention_head_dim.is_multiple_of(2) || !t_dim.is_multiple_of(2) || h_dim == 0 {
             candle_core::bail!(
                 "attention_head_dim {} cannot be split into even temporal/height/width rotary parts",
                 cfg.attention_head_dim
