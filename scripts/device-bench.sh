@@ -10,7 +10,8 @@
 # wheel (the device has PyTorch but not diffusers), and kernels/bench/wan_parity.py. STEPS default
 # to all of:
 #   checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22
-# wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
+# Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present) and
+# wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
 # attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
 # forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
