@@ -61,6 +61,19 @@ grep -ohE '^\s+fn cu[A-Za-z0-9_]+\(' "$cudarc_src/src/driver/sys/mod.rs" |
   awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/cuda_stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CUDA_ROOT/lib/stubs/libcuda.so" "$CUDA_ROOT/lib/stubs/cuda_stub.c"
 
+# With VIDEOSDGX_CUDNN=1: the `cudnn` feature (cuDNN convolutions for the VAE). cuDNN is not
+# downloaded: the link goes against a stub with soname libcudnn.so.9 exporting every cudnn*
+# function cudarc declares; at run time the loader must find a real libcudnn.so.9 (9.2 or newer),
+# e.g. the one PyTorch's nvidia-cudnn wheel installs.
+FEATURES=cuda
+if [[ "${VIDEOSDGX_CUDNN:-0}" == 1 ]]; then
+  FEATURES=cuda,cudnn
+  grep -ohE '^\s+fn cudnn[A-Za-z0-9_]+\(' "$cudarc_src/src/cudnn/sys/mod.rs" |
+    sed -E 's/^\s+fn (cudnn[A-Za-z0-9_]+)\(/\1/' | sort -u |
+    awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/cudnn_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$CUDA_ROOT/lib/stubs/libcudnn.so" "$CUDA_ROOT/lib/stubs/cudnn_stub.c"
+fi
+
 export CUDA_ROOT
 export PATH="$CUDA_ROOT/bin:$PATH"
 export CUDARC_CUDA_VERSION=13000
@@ -80,7 +93,7 @@ fi
 lock_backup="$(mktemp)"
 cp "$REPO/Cargo.lock" "$lock_backup"
 trap 'cp "$lock_backup" "$REPO/Cargo.lock"; rm -f "$lock_backup"' EXIT
-cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features cuda \
+cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features "$FEATURES" \
   --config "patch.crates-io.candle-kernels.path=\"$patched\"" ${VIDEOSDGX_CARGO_EXTRA:-}
 mkdir -p "$REPO/dist"
 ship() {

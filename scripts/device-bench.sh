@@ -7,18 +7,25 @@
 # BUNDLE_DIR holds what scripts/build-cuda.sh and `cargo test --no-run` produced, compressed:
 # videosdgx-cuda-sm90.xz, gpu-checks.xz (the kernels crate's `gpu` test binary), the kernel
 # sources and kernels/bench/attention_vs_sdpa.py, the anchor diffusers_wan.py, and a diffusers
-# wheel (the device has PyTorch but not diffusers). STEPS default to all of:
-#   checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# wheel (the device has PyTorch but not diffusers), and kernels/bench/wan_parity.py. STEPS default
+# to all of:
+#   checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present) and
+# wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
+# attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
+# forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
-# Results go to $OUT (one file per step) and a summary is printed last.
+# Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
+# brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
 
 BUNDLE="$(cd "$1" && pwd)"
 shift
-STEPS=("${@:-checks kernels wan13 anchor13 sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
+STEPS=("${@:-checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
 read -r -a STEPS <<<"${STEPS[*]}"
-OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT"
+PACK="${OUT:-/tmp/out}"
+OUT=/tmp/videosdgx-results
+mkdir -p "$OUT" "$PACK"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 export PYTHONUNBUFFERED=1 RUST_LOG="${RUST_LOG:-info}"
 WORK=/tmp/videosdgx-bench
@@ -39,26 +46,39 @@ run() {
   shift
   echo "=== $name: $*"
   local start=$SECONDS
-  "$@" >"$OUT/$name.txt" 2>"$OUT/$name.log"
+  timeout "${STEP_TIMEOUT:-300}" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.log"
   local rc=$?
   echo "--- $name rc=$rc in $((SECONDS - start)) s"
   tail -n 25 "$OUT/$name.txt"
   [[ $rc -eq 0 ]] || tail -n 15 "$OUT/$name.log"
+  tar czf "$PACK/results.tgz" -C "$OUT" .
 }
 
 for step in "${STEPS[@]}"; do
   case "$step" in
     checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
     kernels) run kernels "$BIN" bench kernels --json ;;
-    wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --json ;;
+    wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --profile --json ;;
+    wan13_unfused) VIDEOSDGX_UNFUSED=linear,norm,rope,residual run wan13_unfused "$BIN" bench wan \
+      --preset wan2.1-1.3b --component transformer --profile --json ;;
+    parity)
+      P=/tmp/parity
+      mkdir -p "$P"
+      run parity_prepare python3 "$BUNDLE/wan_parity.py" prepare "$P" "${PARITY_LAYERS:-30}"
+      run parity_ours "$BIN" model forward --model "$P/transformer" --inputs "$P/inputs.safetensors" \
+        --out "$P/ours.safetensors" --device cuda --dtype bf16 --json
+      run parity python3 "$BUNDLE/wan_parity.py" compare "$P"
+      ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
-    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --json ;;
+    vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;
     elementwise) run elementwise python3 "$BUNDLE/bench/elementwise_check.py" "$BUNDLE/cuda" ;;
+    probe) run probe bash -c 'python3 -c "import torch; print(torch.__version__, torch.backends.cudnn.version())";
+      find / -name "libcudnn*.so*" -not -path "/proc/*" 2>/dev/null | head -20; command -v nsys ncu' ;;
     *) echo "unknown step $step" >&2 ;;
   esac
 done

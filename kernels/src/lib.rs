@@ -16,6 +16,7 @@ pub use spec::{NormKind, NormSpec, RopeGrid};
 
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    CompileReport, attention, attention_kernel_for, compile_all, compile_report, gated_residual,
-    kernel_cache_dir, modulated_norm, rope3d, set_poison_outputs,
+    CompileReport, attention, attention_kernel_for, channel_rms_norm, compile_all, compile_report,
+    gated_residual, kernel_cache_dir, linear, linear_residual, modulated_norm, rope3d,
+    set_poison_outputs,
 };

@@ -124,3 +124,40 @@ pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
     let out1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
     Tensor::stack(&[out0, out1], 4)?.reshape((b, l, h, d))
 }
+
+/// `x w^T + bias`, then GELU (tanh approximation) when `gelu`: `x [.., K]`, `weight [N, K]`,
+/// `bias [N]`; returns f32 `[.., N]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / k;
+    let x = x.to_dtype(DType::F32)?.reshape((rows, k))?;
+    let mut y = x.matmul(&weight.to_dtype(DType::F32)?.t()?)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.to_dtype(DType::F32)?)?;
+    }
+    if gelu {
+        y = y.gelu()?;
+    }
+    *dims.last_mut().expect("x has a last dim") = n;
+    y.reshape(dims)
+}
+
+/// The Wan VAE's channel RMS norm: `x / max(||x||, 1e-12) * scale` over dim `channel_dim`
+/// (`scale` `[C]`), then SiLU when `silu`; returns f32 in the shape of `x`.
+pub fn channel_rms_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let c = x.dim(channel_dim)?;
+    let mut shape = vec![1; x.rank()];
+    shape[channel_dim] = c;
+    let norm = x.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
+    let y = x
+        .broadcast_div(&norm)?
+        .broadcast_mul(&scale.to_dtype(DType::F32)?.reshape(shape)?)?;
+    if silu { y.silu() } else { Ok(y) }
+}

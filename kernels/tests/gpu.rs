@@ -211,6 +211,69 @@ fn rope3d_matches_reference_on_a_wan_grid() {
 }
 
 #[test]
+fn linear_with_fused_bias_and_gelu_matches_reference() {
+    let dev = gpu();
+    // Wan's q/k/v/out and FFN shapes at a reduced token count, a ragged row count, no bias.
+    for (rows, k, n, bias, gelu) in [
+        (1000, 1536, 1536, true, false),
+        (777, 1536, 8960, true, true),
+        (300, 8960, 1536, true, false),
+        (123, 256, 512, false, false),
+    ] {
+        let x = randn(&[1, rows, k], &dev);
+        let w = (randn(&[n, k], &dev).to_dtype(DType::F32).unwrap() * (k as f64).powf(-0.5))
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let b = bias.then(|| randn(&[n], &dev));
+        let got = videosdgx_kernels::linear(&x, &w, b.as_ref(), gelu).unwrap();
+        assert_eq!(got.dims(), [1, rows, n]);
+        let want =
+            reference::linear(&cpu(&x), &cpu(&w), b.as_ref().map(cpu).as_ref(), gelu).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("linear {rows}x{k}x{n} bias {bias} gelu {gelu}: rel err {err:.2e}");
+        assert!(err < 1e-2, "linear {rows}x{k}x{n}: rel err {err}");
+    }
+    // The residual enters the epilogue (cross-attention's output projection plus x).
+    let (x, w, b, r) = (
+        randn(&[1, 500, 1536], &dev),
+        (randn(&[1536, 1536], &dev).to_dtype(DType::F32).unwrap() * (1536f64).powf(-0.5))
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap(),
+        randn(&[1536], &dev),
+        randn(&[1, 500, 1536], &dev),
+    );
+    let got = videosdgx_kernels::linear_residual(&x, &w, Some(&b), &r).unwrap();
+    let want = (reference::linear(&cpu(&x), &cpu(&w), Some(&cpu(&b)), false).unwrap()
+        + cpu(&r).to_dtype(DType::F32).unwrap())
+    .unwrap();
+    let err = rel_err(&got, &want);
+    eprintln!("linear + residual 500x1536x1536: rel err {err:.2e}");
+    assert!(err < 1e-2, "linear + residual: rel err {err}");
+}
+
+#[test]
+fn channel_rms_norm_matches_reference_on_vae_layouts() {
+    let dev = gpu();
+    // [b, t, c, h, w] with the channel dim 2 (the VAE's causal blocks), [n, c, h, w] with 1.
+    for (shape, channel_dim, silu) in [
+        (vec![1, 4, 96, 24, 40], 2, true),
+        (vec![1, 2, 384, 6, 8], 2, false),
+        (vec![3, 384, 10, 8], 1, false),
+    ] {
+        let x = randn(&shape, &dev);
+        let c = shape[channel_dim];
+        let scale = Tensor::randn(1f32, 0.1f32, c, &dev).unwrap();
+        let got = videosdgx_kernels::channel_rms_norm(&x, &scale, channel_dim, silu).unwrap();
+        let want = reference::channel_rms_norm(&cpu(&x), &cpu(&scale), channel_dim, silu).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("channel norm {shape:?} dim {channel_dim} silu {silu}: rel err {err:.2e}");
+        assert!(err < 1e-2, "channel norm {shape:?}: rel err {err}");
+    }
+}
+
+#[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();
     let reports = videosdgx_kernels::compile_all(&dev).unwrap();

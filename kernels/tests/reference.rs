@@ -335,3 +335,29 @@ fn gated_residual_rejects_a_gate_of_another_width() {
     .to_string();
     assert!(err.contains("gate must be [1, 8] or [1, 3, 8]"), "{err}");
 }
+
+#[test]
+fn linear_with_bias_and_tanh_gelu_matches_scalar_loop() {
+    let (rows, k, n) = (3, 5, 4);
+    let (x, w, b) = (
+        tensor(&[1, rows, k], 11),
+        tensor(&[n, k], 12),
+        tensor(&[n], 13),
+    );
+    let got = reference::linear(&x, &w, Some(&b), true).unwrap();
+    assert_eq!(got.dims(), [1, rows, n]);
+    let (xv, wv, bv) = (values(rows * k, 11), values(n * k, 12), values(n, 13));
+    let mut want = Vec::new();
+    for r in 0..rows {
+        for j in 0..n {
+            let y: f32 = (0..k).map(|i| xv[r * k + i] * wv[j * k + i]).sum::<f32>() + bv[j];
+            // GELU, tanh approximation (PyTorch's approximate="tanh").
+            let c = (2.0f32 / std::f32::consts::PI).sqrt();
+            want.push(0.5 * y * (1.0 + (c * (y + 0.044715 * y * y * y)).tanh()));
+        }
+    }
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-4, "{got:?} vs {want:?}");
+    let plain = reference::linear(&x, &w, None, false).unwrap();
+    assert_eq!(plain.dims(), [1, rows, n]);
+}

@@ -32,7 +32,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// process when the inputs are on CUDA, so the slow path on a GPU is never silent.
 #[cfg(feature = "cuda")]
 fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    if !q.device().is_cuda() {
+    if !q.device().is_cuda() || crate::fused::disabled("attention") {
         return Ok(None);
     }
     let same_dtype = k.dtype() == q.dtype() && v.dtype() == q.dtype();

@@ -6,6 +6,7 @@ mod nvrtc;
 
 use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
@@ -844,4 +845,284 @@ pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
         );
     }
     x.apply_op1_no_bwd(&Rope3d { grid, theta })
+}
+
+/// One cuBLASLt handle (with its 32 MiB Hopper workspace) per device, on candle's stream.
+fn blas_lt(dev: &CudaDevice) -> Result<Arc<CudaBlasLT>> {
+    type Handles = Mutex<HashMap<DeviceId, Arc<CudaBlasLT>>>;
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("cublasLt handles poisoned");
+    if let Some(h) = handles.get(&dev.id()) {
+        return Ok(h.clone());
+    }
+    let h = Arc::new(CudaBlasLT::new(dev.cuda_stream()).map_err(driver_err("cublasLt handle"))?);
+    tracing::info!("kernels: running cublasLt matmul with fused bias/GELU epilogue");
+    handles.insert(dev.id(), h.clone());
+    Ok(h)
+}
+
+struct LinearLt {
+    bias: Option<Tensor>,
+    gelu: bool,
+    /// Added to the product in the epilogue (`beta = 1`): same shape as the output.
+    residual: Option<Tensor>,
+}
+
+impl CustomOp2 for LinearLt {
+    fn name(&self) -> &'static str {
+        "linear-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("linear runs on CUDA only; reference::linear is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (n, k) = wl.shape().dims2()?;
+        if !xl.is_contiguous() || !wl.is_contiguous() {
+            bail!("linear: x and weight must be contiguous");
+        }
+        let m = xl.shape().elem_count() / k;
+        let mut out = output(&dev, m * n)?;
+        let residual_storage = self.residual.as_ref().map(|r| r.storage_and_layout());
+        if let Some((storage, layout)) = &residual_storage {
+            let Storage::Cuda(cs) = &**storage else {
+                bail!("linear: residual must be on the CUDA device")
+            };
+            let start = layout.start_offset();
+            let src = cs.as_cuda_slice::<bf16>()?.slice(start..start + m * n);
+            dev.cuda_stream()
+                .memcpy_dtod(&src, &mut out)
+                .map_err(driver_err("residual copy"))?;
+        }
+        let blas = blas_lt(&dev)?;
+        let x = xs.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let w = ws.as_cuda_slice::<bf16>()?.slice(wl.start_offset()..);
+        let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &bias_storage {
+            Some((storage, layout)) => {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("linear: bias must be on the CUDA device")
+                };
+                Some(cs.as_cuda_slice::<bf16>()?.slice(layout.start_offset()..))
+            }
+            None => None,
+        };
+        // Row-major y[m, n] = x[m, k] w[n, k]^T is column-major y^T (n x m) = w^T-view x^T:
+        // A = w read transposed (k x n, ld k), B = x (k x m, ld k), C ld n; the bias runs along
+        // C's rows, i.e. along y's last dim.
+        let cfg = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: n as u64,
+            n: m as u64,
+            k: k as u64,
+            alpha: 1.0,
+            lda: k as i64,
+            ldb: k as i64,
+            beta: if residual_storage.is_some() { 1.0 } else { 0.0 },
+            ldc: n as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let act = self.gelu.then_some(Activation::Gelu);
+        // SAFETY: x is m x k, w is n x k, out is m x n and bias n, all bf16 on this device
+        // (shapes checked by `linear`); the views keep their guards until the call returns.
+        unsafe {
+            Matmul::<bf16>::matmul(&*blas, cfg, &w, &x, &mut out, bias.as_ref(), act.as_ref())
+        }
+        .map_err(driver_err("cublasLt matmul"))?;
+        drop(bias);
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = n;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
+    }
+}
+
+/// `y = x w^T + bias`, optionally followed by GELU (tanh approximation), as one cuBLASLt matmul
+/// with a fused epilogue: `x [.., K]`, `weight [N, K]`, `bias [N]`, all bf16 on one CUDA device;
+/// accumulates in f32 and rounds once to bf16. Errors on anything else.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+    linear_impl(x, weight, bias, gelu, None)
+}
+
+/// `residual + x w^T + bias` as one cuBLASLt matmul (the residual enters as C with beta 1):
+/// `residual` bf16 of the output's shape; otherwise as [`linear`].
+pub fn linear_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    linear_impl(x, weight, bias, false, Some(residual))
+}
+
+fn linear_impl(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != k {
+        bail!(
+            "linear: x {:?} does not match weight {:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    if let Some(b) = bias
+        && b.dims() != [n]
+    {
+        bail!("linear: bias must be [{n}], got {:?}", b.dims());
+    }
+    if let Some(r) = residual {
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = n;
+        if r.dims() != dims.as_slice() {
+            bail!(
+                "linear: residual {:?} must have the output's shape {dims:?}",
+                r.dims()
+            );
+        }
+    }
+    for t in [Some(x), Some(weight), bias, residual]
+        .into_iter()
+        .flatten()
+    {
+        if t.dtype() != DType::BF16 || !t.device().is_cuda() || !t.device().same_device(x.device())
+        {
+            bail!(
+                "linear: operands must be bf16 on the CUDA device of x, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            );
+        }
+    }
+    let bias = bias.map(|b| b.contiguous()).transpose()?;
+    let residual = residual.map(|r| r.contiguous()).transpose()?;
+    x.contiguous()?.apply_op2_no_bwd(
+        &weight.contiguous()?,
+        &LinearLt {
+            bias,
+            gelu,
+            residual,
+        },
+    )
+}
+
+struct ChannelNorm {
+    scale: Tensor,
+    channel_dim: usize,
+    silu: bool,
+}
+
+impl CustomOp1 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "channel-rms-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("channel norm runs on CUDA only; reference::channel_rms_norm is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let dims = xl.shape().dims();
+        let c = dims[self.channel_dim];
+        let outer: usize = dims[..self.channel_dim].iter().product();
+        let inner: usize = dims[self.channel_dim + 1..].iter().product();
+        if !xl.is_contiguous() || xl.start_offset() % 8 != 0 || inner % 8 != 0 {
+            bail!(
+                "channel norm: x must be contiguous, 16-byte aligned, with a multiple of 8 pixels"
+            );
+        }
+        let mut out = output(&dev, outer * c * inner)?;
+        let func = function(&dev, &NORM, "channel_rms_norm_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (scale_storage, scale_layout) = self.scale.storage_and_layout();
+        let Storage::Cuda(ss) = &*scale_storage else {
+            bail!("channel norm: scale must be on the CUDA device")
+        };
+        let (scale_base, _sg) = ss.as_cuda_slice::<f32>()?.device_ptr(&stream);
+        let scale = scale_base + 4 * scale_layout.start_offset() as u64;
+        let (outer64, c32, inner64, silu) =
+            (outer as i64, c as i32, inner as i64, i32::from(self.silu));
+        let cfg = LaunchConfig {
+            grid_dim: ((outer * inner / 8).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        {
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x)
+                .arg(&mut out)
+                .arg(&scale)
+                .arg(&outer64)
+                .arg(&c32)
+                .arg(&inner64)
+                .arg(&silu);
+            // SAFETY: arguments match channel_rms_norm_bf16 in norm.cu; shapes checked.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("channel norm launch"))?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+    }
+}
+
+/// The Wan VAE's channel RMS norm on CUDA: `x / max(||x||, 1e-12) * scale` over dim
+/// `channel_dim` of bf16 `x` (contiguous; the dims after it a multiple of 8 elements), `scale`
+/// `[C]` read as f32, then SiLU when `silu`; computed in f32, rounded once to bf16.
+pub fn channel_rms_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<Tensor> {
+    let c = x.dim(channel_dim)?;
+    if scale.elem_count() != c {
+        bail!(
+            "channel norm: scale has {} values for {c} channels",
+            scale.elem_count()
+        );
+    }
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!(
+            "channel norm: x must be bf16 on CUDA, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
+    }
+    let scale = scale
+        .to_device(x.device())?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .contiguous()?;
+    x.contiguous()?.apply_op1_no_bwd(&ChannelNorm {
+        scale,
+        channel_dim,
+        silu,
+    })
 }

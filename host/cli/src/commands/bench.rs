@@ -75,8 +75,28 @@ impl Preset {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Component {
+    /// One transformer forward (one denoising step, batch 1, 512 text tokens).
+    Transformer,
     /// The VAE decoding the clip's latents (the Wan 2.1 VAE, as the reference anchor times it).
     Vae,
+}
+
+/// Useful FLOPs of one transformer forward over `tokens` latent tokens with 512 text tokens, the
+/// reference anchor's formula: per layer the q/k/v/out and FFN GEMMs, self-attention
+/// (4·L²·dim), cross-attention's q/out and k/v GEMMs, and cross-attention (4·L·512·dim).
+pub fn transformer_flops(shape: &WanShape, tokens: usize) -> f64 {
+    let (l, d, f, text) = (
+        tokens as f64,
+        (shape.heads * shape.head_dim) as f64,
+        shape.ffn_dim as f64,
+        512f64,
+    );
+    shape.layers as f64
+        * (2.0 * l * (4.0 * d * d + 2.0 * d * f)
+            + 4.0 * l * l * d
+            + 2.0 * l * 2.0 * d * d
+            + 2.0 * text * 2.0 * d * d
+            + 4.0 * l * text * d)
 }
 
 #[derive(Args, Debug)]
@@ -89,13 +109,17 @@ pub struct WanArgs {
     pub width: usize,
     #[arg(long, default_value_t = 81)]
     pub frames: usize,
-    #[arg(long, value_enum, default_value = "vae")]
+    #[arg(long, value_enum, default_value = "transformer")]
     pub component: Component,
     /// Timed repetitions (the median is reported); at least 5.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..))]
     pub reps: u32,
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
+    /// After timing, run the component once more with the device synchronised around each
+    /// section (transformer block parts, VAE layer kinds) and report where the time goes.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -158,6 +182,7 @@ mod gpu {
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
     use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
@@ -293,9 +318,38 @@ mod gpu {
         ms: f64,
         /// Useful TFLOP/s where the component has a FLOP count (the transformer).
         tflops: Option<f64>,
+        /// max |output| of the last timed call (finite random weights give a finite output).
+        output_max_abs: Option<f32>,
+        /// With --profile: synchronised wall time per section, summed over the layers.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        profile: Vec<ProfileSection>,
         peak_gib: f64,
         params_b: f64,
         reps: u32,
+    }
+
+    /// One call of `f` with the engine's section profiler on: synchronised wall time per section.
+    fn profiled(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<ProfileSection>> {
+        use videosdgx_engine::fused::profile;
+        profile::enable(true);
+        let result = f();
+        let sections = profile::report()
+            .into_iter()
+            .map(|(section, ms, calls)| ProfileSection {
+                section: section.into(),
+                ms,
+                calls,
+            })
+            .collect();
+        profile::enable(false);
+        result.map(|()| sections)
+    }
+
+    #[derive(Serialize)]
+    struct ProfileSection {
+        section: String,
+        ms: f64,
+        calls: usize,
     }
 
     pub fn wan(args: &WanArgs) -> anyhow::Result<()> {
@@ -310,7 +364,56 @@ mod gpu {
             DType::BF16,
             dev.clone(),
         );
+        let mut profile = Vec::new();
+        let mut output_max_abs = None;
         let (ms, peak_gib) = match args.component {
+            Component::Transformer => {
+                let config = WanTransformerConfig {
+                    patch_size: vec![1, 2, 2],
+                    num_attention_heads: shape.heads,
+                    attention_head_dim: shape.head_dim,
+                    in_channels: shape.in_channels,
+                    out_channels: Some(shape.in_channels),
+                    text_dim: 4096,
+                    freq_dim: 256,
+                    ffn_dim: shape.ffn_dim,
+                    num_layers: shape.layers,
+                    cross_attn_norm: true,
+                    qk_norm: Some("rms_norm_across_heads".into()),
+                    eps: 1e-6,
+                    ..WanTransformerConfig::default()
+                };
+                let model =
+                    WanTransformer3DModel::new(&config, vb).context("building the transformer")?;
+                let latents =
+                    Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?
+                        .to_dtype(DType::BF16)?;
+                let timestep = Tensor::new(&[500f32], &dev)?;
+                let text =
+                    Tensor::randn(0f32, 1f32, (1, 512, 4096), &dev)?.to_dtype(DType::BF16)?;
+                let peak = MemoryPeak::start(&ctx);
+                let mut out = None;
+                let ms = time_ms(&dev, args.warmup, args.reps, || {
+                    out = Some(model.forward(&latents, &timestep, &text, None)?);
+                    Ok(())
+                })?;
+                let peak = peak.finish();
+                if let Some(out) = out {
+                    output_max_abs = Some(
+                        out.to_dtype(DType::F32)?
+                            .abs()?
+                            .max_all()?
+                            .to_scalar::<f32>()?,
+                    );
+                }
+                if args.profile {
+                    profile = profiled(|| {
+                        model.forward(&latents, &timestep, &text, None)?;
+                        Ok(())
+                    })?;
+                }
+                (ms, peak)
+            }
             Component::Vae => {
                 if shape.vae_stride != 8 {
                     anyhow::bail!(
@@ -330,7 +433,14 @@ mod gpu {
                     vae.decode(&latents)?;
                     Ok(())
                 })?;
-                (ms, peak.finish())
+                let peak = peak.finish();
+                if args.profile {
+                    profile = profiled(|| {
+                        vae.decode(&latents)?;
+                        Ok(())
+                    })?;
+                }
+                (ms, peak)
             }
         };
         let report = WanReport {
@@ -341,7 +451,10 @@ mod gpu {
             width: args.width,
             frames: args.frames,
             ms,
-            tflops: None,
+            tflops: (args.component == Component::Transformer)
+                .then(|| transformer_flops(&shape, f * h * w) / ms / 1e9),
+            output_max_abs,
+            profile,
             peak_gib,
             params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
             reps: args.reps,
@@ -367,6 +480,9 @@ mod gpu {
                 report.peak_gib,
                 report.params_b
             );
+            for p in &report.profile {
+                println!("  {:<20} {:>9.2} ms  ({} calls)", p.section, p.ms, p.calls);
+            }
         }
         Ok(())
     }
@@ -511,6 +627,13 @@ mod tests {
     fn wan21_480p_81_frames_is_a_21x30x52_token_grid() {
         let (f, h, w) = token_grid(&Preset::Wan21_1_3b.shape(), 480, 832, 81).unwrap();
         assert_eq!((f, h, w), (21, 30, 52));
+    }
+
+    #[test]
+    fn transformer_flops_match_the_anchor_figure() {
+        // 283 TFLOP for the 1.3B forward at 480p/81f (docs/PERFORMANCE.md).
+        let tflop = transformer_flops(&Preset::Wan21_1_3b.shape(), 21 * 30 * 52) / 1e12;
+        assert!((tflop - 283.0).abs() < 1.0, "{tflop}");
     }
 
     #[test]

@@ -64,7 +64,47 @@ impl LayerNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, None, None)? {
+            return Ok(y);
+        }
         self.forward_f32(x)?.to_dtype(x.dtype())
+    }
+
+    /// `norm(x) * (1 + scale) + shift` in f32, cast back to the dtype of `x`; `shift`/`scale`
+    /// broadcast against `x` (`[B, 1, D]` per sample, `[B, L, D]` per token).
+    pub(crate) fn forward_modulated(
+        &self,
+        x: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+    ) -> Result<Tensor> {
+        if let Some(y) = self.fused(x, Some(shift), Some(scale))? {
+            return Ok(y);
+        }
+        self.forward_f32(x)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(shift)?
+            .to_dtype(x.dtype())
+    }
+
+    /// The fused kernel's result where one covers the inputs (CUDA bf16), else `None`.
+    fn fused(
+        &self,
+        x: &Tensor,
+        shift: Option<&Tensor>,
+        scale: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        crate::fused::modulated_norm(
+            x,
+            crate::fused::Norm::Layer,
+            self.eps,
+            crate::fused::Modulation {
+                weight: self.weight.as_ref(),
+                bias: self.bias.as_ref(),
+                scale,
+                shift,
+            },
+        )
     }
 }
 
@@ -84,6 +124,18 @@ impl RmsNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fused = crate::fused::modulated_norm(
+            x,
+            crate::fused::Norm::Rms,
+            f64::from(self.eps),
+            crate::fused::Modulation {
+                weight: Some(&self.weight),
+                ..Default::default()
+            },
+        )?;
+        if let Some(y) = fused {
+            return Ok(y);
+        }
         let y = candle_nn::ops::rms_norm(
             &x.to_dtype(DType::F32)?.contiguous()?,
             &self.weight.to_dtype(DType::F32)?,

@@ -5,6 +5,7 @@
 
 use super::{Activation, LayerNorm, RmsNorm, apply_linear, linear};
 use crate::attention::attention;
+use crate::fused::profile::section;
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
@@ -87,16 +88,36 @@ impl WanTransformerConfig {
     }
 }
 
-/// 3-D rotary tables for one token grid: `cos`/`sin` of shape `[tokens, head_dim / 2]` (f32),
-/// one angle per interleaved pair.
+/// 3-D rotary embedding of one token grid. The portable path uses `cos`/`sin` tables of shape
+/// `[tokens, head_dim / 2]` (f32, one angle per interleaved pair), built on first use; the fused
+/// kernel (CUDA bf16) computes the same angles itself and never needs them.
 struct RotaryTables {
-    cos: Tensor,
-    sin: Tensor,
+    dims: [usize; 3],
+    grid: [usize; 3],
+    device: Device,
+    tables: std::cell::OnceCell<(Tensor, Tensor)>,
 }
 
 impl RotaryTables {
+    fn new(dims: [usize; 3], grid: [usize; 3], device: &Device) -> Self {
+        Self {
+            dims,
+            grid,
+            device: device.clone(),
+            tables: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn tables(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(t) = self.tables.get() {
+            return Ok(t);
+        }
+        let t = Self::build(self.dims, self.grid, &self.device)?;
+        Ok(self.tables.get_or_init(|| t))
+    }
+
     /// Angles in f64 then cast to f32, as `WanRotaryPosEmbed` computes them (theta 10000).
-    fn new(dims: [usize; 3], grid: [usize; 3], device: &Device) -> Result<Self> {
+    fn build(dims: [usize; 3], grid: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {
         let freqs: Vec<Vec<f64>> = dims
             .iter()
             .map(|&dim| {
@@ -122,20 +143,24 @@ impl RotaryTables {
                 }
             }
         }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (tokens, half), device)?,
-            sin: Tensor::from_vec(sin, (tokens, half), device)?,
-        })
+        Ok((
+            Tensor::from_vec(cos, (tokens, half), device)?,
+            Tensor::from_vec(sin, (tokens, half), device)?,
+        ))
     }
 
     /// Rotates interleaved pairs of `x` (`[B, L, H, D]`) in f32; returns the input dtype.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::fused::rope3d(x, self.grid)? {
+            return Ok(y);
+        }
+        let (cos, sin) = self.tables()?;
         let (b, l, h, d) = x.dims4()?;
         let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
         let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
         let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
-        let cos = self.cos.reshape((1, l, 1, d / 2))?;
-        let sin = self.sin.reshape((1, l, 1, d / 2))?;
+        let cos = cos.reshape((1, l, 1, d / 2))?;
+        let sin = sin.reshape((1, l, 1, d / 2))?;
         let even = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
         let odd = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
         Tensor::stack(&[even, odd], 4)?
@@ -153,6 +178,15 @@ struct AddedKv {
     add_k_proj: Linear,
     add_v_proj: Linear,
     norm_added_k: RmsNorm,
+}
+
+/// A linear layer through the fused dispatch point (cuBLASLt with the bias, and the FFN's GELU,
+/// in the matmul's epilogue on CUDA bf16), else candle's `Linear`.
+fn linear_fwd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    match crate::fused::linear(layer, x, false, None)? {
+        Some(y) => Ok(y),
+        None => layer.forward(x),
+    }
 }
 
 /// `WanAttention` with `WanAttnProcessor`.
@@ -201,12 +235,14 @@ impl WanAttention {
         x.reshape((b, l, self.heads, inner / self.heads))
     }
 
-    /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise.
+    /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise;
+    /// with `residual`, returns `residual + attention` (one fused epilogue on CUDA bf16).
     fn forward(
         &self,
         x: &Tensor,
         context: Option<&Tensor>,
         rope: Option<&RotaryTables>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let mut context = context.unwrap_or(x).clone();
         let mut image_context = None;
@@ -223,17 +259,41 @@ impl WanAttention {
             context = context.narrow(1, split, n - split)?;
         }
 
-        let q = self.norm_q.forward(&self.to_q.forward(x)?)?;
-        let k = self.norm_k.forward(&self.to_k.forward(&context)?)?;
-        let v = self.to_v.forward(&context)?;
+        let dev = x.device();
+        let names = if rope.is_some() {
+            [
+                "self.qkv",
+                "self.qk_norm",
+                "self.rope",
+                "self.attention",
+                "self.out",
+            ]
+        } else {
+            [
+                "cross.qkv",
+                "cross.qk_norm",
+                "cross.rope",
+                "cross.attention",
+                "cross.out",
+            ]
+        };
+        let (q, k, v) = section(names[0], dev, || {
+            Ok((
+                linear_fwd(&self.to_q, x)?,
+                linear_fwd(&self.to_k, &context)?,
+                linear_fwd(&self.to_v, &context)?,
+            ))
+        })?;
+        let (q, k) = section(names[1], dev, || {
+            Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?))
+        })?;
         let (mut q, mut k, v) = (
             self.split_heads(&q)?,
             self.split_heads(&k)?,
             self.split_heads(&v)?,
         );
         if let Some(rope) = rope {
-            q = rope.apply(&q)?;
-            k = rope.apply(&k)?;
+            (q, k) = section(names[2], dev, || Ok((rope.apply(&q)?, rope.apply(&k)?)))?;
         }
 
         let image_out = match (&self.added_kv, image_context) {
@@ -249,11 +309,17 @@ impl WanAttention {
             _ => None,
         };
 
-        let mut out = attention(&q, &k, &v)?.flatten_from(2)?;
+        let mut out = section(names[3], dev, || attention(&q, &k, &v))?.flatten_from(2)?;
         if let Some(image_out) = image_out {
             out = (out + image_out)?;
         }
-        self.to_out.forward(&out)
+        section(names[4], dev, || match residual {
+            None => linear_fwd(&self.to_out, &out),
+            Some(r) => match crate::fused::linear(&self.to_out, &out, false, Some(r))? {
+                Some(y) => Ok(y),
+                None => r + self.to_out.forward(&out)?,
+            },
+        })
     }
 }
 
@@ -274,7 +340,17 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.out.forward(&self.act.apply(&self.proj.forward(x)?)?)
+        let dev = x.device();
+        if self.act == Activation::GeluTanh
+            && let Some(h) = section("ffn.proj+act", dev, || {
+                crate::fused::linear(&self.proj, x, true, None)
+            })?
+        {
+            return section("ffn.out", dev, || linear_fwd(&self.out, &h));
+        }
+        let h = section("ffn.proj", dev, || self.proj.forward(x))?;
+        let h = section("ffn.act", dev, || self.act.apply(&h))?;
+        section("ffn.out", dev, || self.out.forward(&h))
     }
 }
 
@@ -294,14 +370,14 @@ fn modulation(table: &Tensor, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
 
 /// `norm(x) * (1 + scale) + shift` in f32, cast back to the dtype of `x`.
 fn modulate(norm: &LayerNorm, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    norm.forward_f32(x)?
-        .broadcast_mul(&(scale + 1.0)?)?
-        .broadcast_add(shift)?
-        .to_dtype(x.dtype())
+    norm.forward_modulated(x, shift, scale)
 }
 
 /// `x.float() + y * gate`, cast back to the dtype of `x`.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if let Some(out) = crate::fused::gated_residual(x, y, gate)? {
+        return Ok(out);
+    }
     x.to_dtype(DType::F32)?
         .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
         .to_dtype(x.dtype())
@@ -346,27 +422,38 @@ impl WanTransformerBlock {
         timestep_proj: &Tensor,
         rope: &RotaryTables,
     ) -> Result<Tensor> {
-        let m = modulation(&self.scale_shift_table, timestep_proj, 6)?;
+        let dev = x.device();
+        let m = section("modulation", dev, || {
+            modulation(&self.scale_shift_table, timestep_proj, 6)
+        })?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (c_shift_msa, c_scale_msa, c_gate_msa) = (&m[3], &m[4], &m[5]);
 
         // 1. Self-attention
-        let normed = modulate(&self.norm1, x, shift_msa, scale_msa)?;
-        let attn = self.attn1.forward(&normed, None, Some(rope))?;
-        let x = gated_residual(x, &attn, gate_msa)?;
+        let normed = section("norm1.modulate", dev, || {
+            modulate(&self.norm1, x, shift_msa, scale_msa)
+        })?;
+        let attn = self.attn1.forward(&normed, None, Some(rope), None)?;
+        let x = section("residual1.gated", dev, || {
+            gated_residual(x, &attn, gate_msa)
+        })?;
 
         // 2. Cross-attention
-        let normed = match &self.norm2 {
-            Some(norm) => norm.forward(&x)?,
-            None => x.clone(),
-        };
-        let attn = self.attn2.forward(&normed, Some(context), None)?;
-        let x = (x + attn)?;
+        let normed = section("norm2", dev, || match &self.norm2 {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x.clone()),
+        })?;
+        // The residual add rides in the output projection's epilogue.
+        let x = self.attn2.forward(&normed, Some(context), None, Some(&x))?;
 
         // 3. Feed-forward
-        let normed = modulate(&self.norm3, &x, c_shift_msa, c_scale_msa)?;
+        let normed = section("norm3.modulate", dev, || {
+            modulate(&self.norm3, &x, c_shift_msa, c_scale_msa)
+        })?;
         let ff = self.ffn.forward(&normed)?;
-        gated_residual(&x, &ff, c_gate_msa)
+        section("residual3.gated", dev, || {
+            gated_residual(&x, &ff, c_gate_msa)
+        })
     }
 }
 
@@ -520,7 +607,7 @@ impl WanTransformer3DModel {
         let (pt, ph, pw) = cfg.patch()?;
         let dim = cfg.inner_dim();
         let [t_dim, h_dim, _] = cfg.rope_dims();
-        if !cfg.attention_head_dim.is_multiple_of(2) || t_dim % 2 != 0 || h_dim == 0 {
+        if !cfg.attention_head_dim.is_multiple_of(2) || !t_dim.is_multiple_of(2) || h_dim == 0 {
             candle_core::bail!(
                 "attention_head_dim {} cannot be split into even temporal/height/width rotary parts",
                 cfg.attention_head_dim
@@ -619,7 +706,7 @@ impl WanTransformer3DModel {
         let tokens = grid.iter().product::<usize>();
         let device = hidden_states.device();
 
-        let rope = RotaryTables::new(self.config.rope_dims(), grid, device)?;
+        let rope = RotaryTables::new(self.config.rope_dims(), grid, device);
         let x = self.patchify(&hidden_states.to_dtype(self.dtype)?, grid)?;
 
         // One timestep per sample ([B], or [1] shared by the batch) or per token ([B, L]); all

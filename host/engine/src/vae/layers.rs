@@ -6,6 +6,7 @@
 //! The temporal cache reproduces the reference's chunked decoding exactly (including its quirks), so
 //! chunked results equal the reference's; it must never be "simplified" into a plain causal conv.
 
+use crate::fused::profile::section;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -101,6 +102,10 @@ impl CausalConv3d {
     }
 
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        section("vae.conv3d", x.device(), || self.forward_inner(x, cache))
+    }
+
+    fn forward_inner(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
         let mut front = self.pad_t;
         let x = match cache {
             Some(prev) if self.pad_t > 0 => {
@@ -192,8 +197,10 @@ impl Conv2d {
 impl Module for Conv2d {
     /// `x`: `[n, c, h, w]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.bias)
+        section("vae.conv2d", x.device(), || {
+            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+                .broadcast_add(&self.bias)
+        })
     }
 }
 
@@ -215,6 +222,30 @@ impl RmsNorm {
 
     /// Normalises over `channel_dim` of `x`, whose trailing dims are `[c, h, w]`.
     pub fn forward(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
+        section("vae.norm", x.device(), || match crate::fused::channel_norm(
+            x,
+            &self.scale,
+            channel_dim,
+            false,
+        )? {
+            Some(y) => Ok(y),
+            None => self.forward_inner(x, channel_dim),
+        })
+    }
+
+    /// `silu(forward(x))`, one fused pass on CUDA bf16.
+    pub fn forward_silu(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
+        section(
+            "vae.norm+silu",
+            x.device(),
+            || match crate::fused::channel_norm(x, &self.scale, channel_dim, true)? {
+                Some(y) => Ok(y),
+                None => candle_nn::ops::silu(&self.forward_inner(x, channel_dim)?),
+            },
+        )
+    }
+
+    fn forward_inner(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let norm = xf.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
@@ -256,15 +287,16 @@ impl ResidualBlock {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let dev = x.device();
         let h = match &self.shortcut {
             Some(conv) => conv.forward(x, None)?,
             None => x.clone(),
         };
-        let x = candle_nn::ops::silu(&self.norm1.forward(x, 2)?)?;
+        let x = self.norm1.forward_silu(x, 2)?;
         let x = self.conv1.forward_cached(&x, cache)?;
-        let x = candle_nn::ops::silu(&self.norm2.forward(&x, 2)?)?;
+        let x = self.norm2.forward_silu(&x, 2)?;
         let x = self.conv2.forward_cached(&x, cache)?;
-        x + h
+        section("vae.residual_add", dev, || x + h)
     }
 }
 
@@ -285,6 +317,10 @@ impl AttentionBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        section("vae.attention", x.device(), || self.forward_inner(x))
+    }
+
+    fn forward_inner(&self, x: &Tensor) -> Result<Tensor> {
         let (folded, b, t) = fold_frames(x)?;
         let (n, c, h, w) = folded.dims4()?;
         let qkv = self.to_qkv.forward(&self.norm.forward(&folded, 1)?)?;
@@ -357,7 +393,9 @@ impl Resample {
         let folded = match self.mode {
             ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
                 let (_, _, h, w) = folded.dims4()?;
-                folded.upsample_nearest2d(2 * h, 2 * w)?
+                section("vae.upsample", folded.device(), || {
+                    folded.upsample_nearest2d(2 * h, 2 * w)
+                })?
             }
             // The reference pads one zero row/column at the bottom/right before the stride-2 conv.
             _ => folded.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?,
@@ -524,7 +562,7 @@ impl Head {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let x = candle_nn::ops::silu(&self.norm.forward(x, 2)?)?;
+        let x = self.norm.forward_silu(x, 2)?;
         self.conv.forward_cached(&x, cache)
     }
 }

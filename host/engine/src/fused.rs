@@ -1,0 +1,366 @@
+//! The one dispatch point for each fused elementwise kernel of `videosdgx_kernels` (modulated
+//! LayerNorm/RMSNorm, Wan's 3-D RoPE, gated residual), as [`crate::attention`] is for attention.
+//!
+//! Each function returns `Some(result)` when a fused kernel covers the inputs (the `cuda` feature,
+//! bf16 on a CUDA device, shapes the kernel takes) and `None` otherwise; the caller then runs its
+//! portable candle ops, so the CPU path stays exactly what it was. A CUDA input that falls back is
+//! logged once per op, so the slow path on a GPU is never silent. The kernels compute in f32 and
+//! round once to the input dtype, as the candle versions do.
+//!
+//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual` (or `all`) turns kernels off for A/B timing;
+//! attention's own switch is `attention` in the same list ([`crate::attention`]).
+//!
+//! [`profile`] times named sections of a forward when a benchmark asks for it.
+
+use candle_core::{Result, Tensor};
+
+/// Which normalisation [`modulated_norm`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Norm {
+    Layer,
+    Rms,
+}
+
+/// Optional terms of [`modulated_norm`]: `(n * weight + bias) * (1 + scale) + shift`.
+#[derive(Default)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct Modulation<'a> {
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+    /// `[B, D]`, `[B, 1, D]` (one per sample) or `[B, L, D]` (one per token).
+    pub scale: Option<&'a Tensor>,
+    pub shift: Option<&'a Tensor>,
+}
+
+/// Fused norm over the last dim of `x [B, L, D]` with the terms of `m`, in `x`'s dtype.
+pub(crate) fn modulated_norm(
+    x: &Tensor,
+    kind: Norm,
+    eps: f64,
+    m: Modulation<'_>,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::modulated_norm(x, kind, eps, &m)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "modulated norm");
+    }
+    let _ = (x, kind, eps, m);
+    Ok(None)
+}
+
+/// Fused Wan 3-D RoPE (theta 10000) of `x [B, L, H, D]` over the token grid `[frames, height,
+/// width]`, in `x`'s dtype.
+pub(crate) fn rope3d(x: &Tensor, grid: [usize; 3]) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::rope3d(x, grid)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "rope3d");
+    }
+    let _ = (x, grid);
+    Ok(None)
+}
+
+/// Fused `x + y * gate` (`x`, `y` `[B, L, D]`; `gate` `[B, D]`, `[B, 1, D]` or `[B, L, D]`),
+/// in `x`'s dtype.
+pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(out) = cuda::gated_residual(x, y, gate)? {
+            return Ok(Some(out));
+        }
+        warn_fallback(x, "gated residual");
+    }
+    let _ = (x, y, gate);
+    Ok(None)
+}
+
+/// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, plus
+/// `residual` when given, as one cuBLASLt matmul with a fused epilogue (no separate bias,
+/// activation or residual pass), in `x`'s dtype.
+pub(crate) fn linear(
+    layer: &candle_nn::Linear,
+    x: &Tensor,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::linear(layer, x, gelu, residual)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "linear");
+    }
+    let _ = (layer, x, gelu, residual);
+    Ok(None)
+}
+
+/// The Wan VAE's channel RMS norm (`x / max(||x||, 1e-12) * scale` over `channel_dim`, `scale`
+/// `[C]`), followed by SiLU when `silu`, in `x`'s dtype.
+pub(crate) fn channel_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::channel_norm(x, scale, channel_dim, silu)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "channel norm");
+    }
+    let _ = (x, scale, channel_dim, silu);
+    Ok(None)
+}
+
+/// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused
+/// kernel of `op` off, so one binary can time both paths.
+#[cfg(feature = "cuda")]
+pub(crate) fn disabled(op: &str) -> bool {
+    use std::sync::OnceLock;
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("VIDEOSDGX_UNFUSED")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    off.iter().any(|o| o == op || o == "all")
+}
+
+/// One warning per op and process when a CUDA input takes the portable path.
+#[cfg(feature = "cuda")]
+fn warn_fallback(x: &Tensor, op: &'static str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    if !x.device().is_cuda() {
+        return;
+    }
+    static WARNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .expect("warned set poisoned");
+    if warned.insert(op) {
+        tracing::warn!(
+            "{op}: no fused kernel for {:?} {:?}; portable candle ops on CUDA (slow)",
+            x.dtype(),
+            x.dims()
+        );
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Modulation, Norm};
+    use candle_core::{DType, Result, Tensor};
+    use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
+
+    /// The widest row the norm kernel takes (norm.cu).
+    const NORM_MAX_DIM: usize = 6144;
+
+    fn bf16_cuda(x: &Tensor) -> bool {
+        x.device().is_cuda() && x.dtype() == DType::BF16
+    }
+
+    /// A modulation term as `[B, D]` or `[B, L, D]` for `x [b, l, d]`, or `None` if it fits neither.
+    fn per_row(t: &Tensor, (b, l, d): (usize, usize, usize)) -> Option<Tensor> {
+        match *t.dims() {
+            [tb, td] if tb == b && td == d => Some(t.clone()),
+            [tb, 1, td] if tb == b && td == d => t.squeeze(1).ok(),
+            [tb, tl, td] if tb == b && tl == l && td == d => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn linear(
+        layer: &candle_nn::Linear,
+        x: &Tensor,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let w = layer.weight();
+        if super::disabled("linear") || !bf16_cuda(x) || !bf16_cuda(w) || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        if layer
+            .bias()
+            .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
+            || x.dim(candle_core::D::Minus1)? != k
+        {
+            return Ok(None);
+        }
+        match residual {
+            None => videosdgx_kernels::linear(x, w, layer.bias(), gelu).map(Some),
+            Some(r)
+                if !gelu
+                    && bf16_cuda(r)
+                    && r.rank() == x.rank()
+                    && r.dim(candle_core::D::Minus1)? == n =>
+            {
+                videosdgx_kernels::linear_residual(x, w, layer.bias(), r).map(Some)
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    pub(super) fn channel_norm(
+        x: &Tensor,
+        scale: &Tensor,
+        channel_dim: usize,
+        silu: bool,
+    ) -> Result<Option<Tensor>> {
+        if super::disabled("norm") || !bf16_cuda(x) || channel_dim >= x.rank() {
+            return Ok(None);
+        }
+        let inner: usize = x.dims()[channel_dim + 1..].iter().product();
+        if inner % 8 != 0 || scale.elem_count() != x.dim(channel_dim)? {
+            return Ok(None);
+        }
+        videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, silu).map(Some)
+    }
+
+    pub(super) fn modulated_norm(
+        x: &Tensor,
+        kind: Norm,
+        eps: f64,
+        m: &Modulation<'_>,
+    ) -> Result<Option<Tensor>> {
+        if super::disabled("norm") || !bf16_cuda(x) || x.rank() != 3 {
+            return Ok(None);
+        }
+        let (b, l, d) = x.dims3()?;
+        if d % 8 != 0 || d > NORM_MAX_DIM {
+            return Ok(None);
+        }
+        if [m.weight, m.bias]
+            .into_iter()
+            .flatten()
+            .any(|t| t.dims() != [d])
+        {
+            return Ok(None);
+        }
+        let mut terms = [None, None];
+        for (slot, t) in terms.iter_mut().zip([m.scale, m.shift]) {
+            if let Some(t) = t {
+                let Some(t) = per_row(t, (b, l, d)) else {
+                    return Ok(None);
+                };
+                *slot = Some(t);
+            }
+        }
+        let [scale, shift] = terms;
+        if let (Some(s), Some(t)) = (&scale, &shift)
+            && s.dims() != t.dims()
+        {
+            return Ok(None);
+        }
+        let spec = NormSpec {
+            kind: match kind {
+                Norm::Layer => NormKind::Layer,
+                Norm::Rms => NormKind::Rms,
+            },
+            eps,
+            weight: m.weight.cloned(),
+            bias: m.bias.cloned(),
+            scale,
+            shift,
+        };
+        videosdgx_kernels::modulated_norm(&x.contiguous()?, &spec).map(Some)
+    }
+
+    pub(super) fn rope3d(
+        x: &Tensor,
+        [frames, height, width]: [usize; 3],
+    ) -> Result<Option<Tensor>> {
+        if super::disabled("rope") || !bf16_cuda(x) || x.rank() != 4 {
+            return Ok(None);
+        }
+        let (_, l, _, d) = x.dims4()?;
+        let grid = RopeGrid {
+            frames,
+            height,
+            width,
+        };
+        let (t_dim, hw_dim) = RopeGrid::split(d);
+        if l != grid.tokens() || d % 8 != 0 || t_dim % 2 != 0 || hw_dim == 0 {
+            return Ok(None);
+        }
+        videosdgx_kernels::rope3d(x, grid, 10000.0).map(Some)
+    }
+
+    pub(super) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Option<Tensor>> {
+        if super::disabled("residual")
+            || !bf16_cuda(x)
+            || !bf16_cuda(y)
+            || x.rank() != 3
+            || y.dims() != x.dims()
+        {
+            return Ok(None);
+        }
+        let (b, l, d) = x.dims3()?;
+        if d % 8 != 0 {
+            return Ok(None);
+        }
+        let Some(gate) = per_row(gate, (b, l, d)) else {
+            return Ok(None);
+        };
+        videosdgx_kernels::gated_residual(x, y, &gate).map(Some)
+    }
+}
+
+/// Per-section wall time of a forward, for benchmarks: off unless [`profile::enable`] was called.
+/// When on, each section synchronises the device before and after, so the sum of the sections is
+/// the forward's time with the launch overlap between sections removed.
+pub mod profile {
+    use candle_core::{Device, Result};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static SECTIONS: Mutex<Vec<(&'static str, f64, usize)>> = Mutex::new(Vec::new());
+
+    /// Starts recording (and clears what was recorded), or stops it.
+    pub fn enable(on: bool) {
+        SECTIONS.lock().expect("profile poisoned").clear();
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    /// `(section, total milliseconds, calls)` in first-seen order.
+    pub fn report() -> Vec<(&'static str, f64, usize)> {
+        SECTIONS.lock().expect("profile poisoned").clone()
+    }
+
+    /// Runs `f`, timing it as `name` when profiling is on.
+    pub fn section<T>(
+        name: &'static str,
+        dev: &Device,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !ON.load(Ordering::Relaxed) {
+            return f();
+        }
+        dev.synchronize()?;
+        let start = Instant::now();
+        let out = f()?;
+        dev.synchronize()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut sections = SECTIONS.lock().expect("profile poisoned");
+        match sections.iter_mut().find(|s| s.0 == name) {
+            Some(s) => {
+                s.1 += ms;
+                s.2 += 1;
+            }
+            None => sections.push((name, ms, 1)),
+        }
+        Ok(out)
+    }
+}
