@@ -84,6 +84,7 @@ pub enum Component {
 /// Useful FLOPs of one transformer forward over `tokens` latent tokens with 512 text tokens, the
 /// reference anchor's formula: per layer the q/k/v/out and FFN GEMMs, self-attention
 /// (4·L²·dim), cross-attention's q/out and k/v GEMMs, and cross-attention (4·L·512·dim).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use it
 pub fn transformer_flops(shape: &WanShape, tokens: usize) -> f64 {
     let (l, d, f, text) = (
         tokens as f64,
