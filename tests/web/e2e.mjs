@@ -67,7 +67,7 @@ fs.mkdirSync(SHOTS, { recursive: true });
 try {
   const page = browser.pages()[0] ?? await browser.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
-  page.on('pageerror', (err) => pageErrors.push(err.message));
+  page.on('pageerror', (err) => pageErrors.push(`[${current}] ${err.message}\n${err.stack ?? ''}`));
   const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
   const api = async (method, url, body) => {
     const response = await page.request.fetch(BASE + url, { method, data: body });
