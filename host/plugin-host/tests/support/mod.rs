@@ -152,7 +152,10 @@ impl HostServices for MemoryServices {
         ))
     }
     async fn complete_text(&self, _prompt: &str, _max_tokens: u32) -> Result<String, PluginError> {
-        tokio::time::sleep(self.text_delay).await;
+        // Even a zero sleep waits for the timer's next 1 ms tick: skip it when no delay is asked.
+        if !self.text_delay.is_zero() {
+            tokio::time::sleep(self.text_delay).await;
+        }
         self.text_reply
             .clone()
             .ok_or_else(|| PluginError::Failed("no text model in this test host".into()))
