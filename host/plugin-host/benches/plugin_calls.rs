@@ -7,43 +7,8 @@ mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::sync::Arc;
-use support::{MemoryServices, context, guests};
-use videosdgx_plugin_host::types::{
-    ModelProfile, PlanInput, ProjectSettings, Style, Transition, TransitionKind,
-};
+use support::{MemoryServices, context, guests, input};
 use videosdgx_plugin_host::{Capability, Grants, Limits, Manifest, PluginRuntime};
-
-fn input(script: &str) -> PlanInput {
-    PlanInput {
-        script: script.into(),
-        settings: ProjectSettings {
-            title: String::new(),
-            style: Style {
-                look: String::new(),
-                lighting: String::new(),
-                negative: String::new(),
-            },
-            characters: vec![],
-            model: ModelProfile {
-                family: "wan2.1".into(),
-                width: 832,
-                height: 480,
-                fps: 16,
-                max_frames: 81,
-                frame_step: 4,
-            },
-            shot_transition: Transition {
-                kind: TransitionKind::Cut,
-                duration_ms: 0,
-            },
-            scene_transition: Transition {
-                kind: TransitionKind::Cut,
-                duration_ms: 0,
-            },
-            title_cards: false,
-        },
-    }
-}
 
 fn benches(c: &mut Criterion) {
     let wasm = guests::component("hostile");

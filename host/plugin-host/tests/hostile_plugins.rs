@@ -6,43 +6,8 @@ mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{MemoryServices, context, load, runtime};
-use videosdgx_plugin_host::types::{
-    ModelProfile, PlanInput, ProjectSettings, Style, Transition, TransitionKind,
-};
+use support::{MemoryServices, context, input, load, runtime};
 use videosdgx_plugin_host::{CallError, Capability, Grants, Limits, PluginError};
-
-fn input(script: &str) -> PlanInput {
-    PlanInput {
-        script: script.into(),
-        settings: ProjectSettings {
-            title: String::new(),
-            style: Style {
-                look: String::new(),
-                lighting: String::new(),
-                negative: String::new(),
-            },
-            characters: vec![],
-            model: ModelProfile {
-                family: "wan2.1".into(),
-                width: 832,
-                height: 480,
-                fps: 16,
-                max_frames: 81,
-                frame_step: 4,
-            },
-            shot_transition: Transition {
-                kind: TransitionKind::Cut,
-                duration_ms: 0,
-            },
-            scene_transition: Transition {
-                kind: TransitionKind::Crossfade,
-                duration_ms: 500,
-            },
-            title_cards: false,
-        },
-    }
-}
 
 fn hostile_grants() -> Grants {
     Grants::new([

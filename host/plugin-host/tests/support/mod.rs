@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use videosdgx_plugin_host::types::{
-    AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem,
+    AssetInfo, AssetKind, ClipInfo, GenerationRequest, ModelProfile, PlanInput, ProjectSettings,
+    Style, Timeline, TimelineItem, Transition, TransitionKind,
 };
 use videosdgx_plugin_host::{
     AuditEntry, CallContext, Grants, HostServices, Limits, LogLevel, Manifest, Plugin, PluginError,
@@ -212,5 +213,38 @@ pub fn context(services: Arc<MemoryServices>, grants: Grants, limits: Limits) ->
         services,
         grants,
         limits,
+    }
+}
+
+/// A planner input for `script` with empty style and the Wan 2.1 480p model profile.
+pub fn input(script: &str) -> PlanInput {
+    PlanInput {
+        script: script.into(),
+        settings: ProjectSettings {
+            title: String::new(),
+            style: Style {
+                look: String::new(),
+                lighting: String::new(),
+                negative: String::new(),
+            },
+            characters: vec![],
+            model: ModelProfile {
+                family: "wan2.1".into(),
+                width: 832,
+                height: 480,
+                fps: 16,
+                max_frames: 81,
+                frame_step: 4,
+            },
+            shot_transition: Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
+            scene_transition: Transition {
+                kind: TransitionKind::Crossfade,
+                duration_ms: 500,
+            },
+            title_cards: false,
+        },
     }
 }
