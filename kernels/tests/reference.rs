@@ -366,7 +366,7 @@ fn linear_with_bias_and_tanh_gelu_matches_scalar_loop() {
 /// reads frames `j * stride_t + tap` (tap-major channels in the weight), zero-padded spatially.
 fn frame_conv_loop(x: &Tensor, w: &Tensor, bias: &Tensor, spec: FrameConv) -> Vec<f32> {
     let (b, t, c, h, wd) = x.dims5().unwrap();
-    let (o, _, kh, kw) = w.dims4().unwrap();
+    let (_, _, kh, kw) = w.dims4().unwrap();
     let (t_out, h_out, w_out) = (
         spec.out_frames(t).unwrap(),
         spec.out_size(h, kh).unwrap(),
@@ -380,10 +380,10 @@ fn frame_conv_loop(x: &Tensor, w: &Tensor, bias: &Tensor, spec: FrameConv) -> Ve
     let mut out = Vec::new();
     for bi in 0..b {
         for j in 0..t_out {
-            for oc in 0..o {
+            for (oc, &b0) in bv.iter().enumerate() {
                 for y in 0..h_out {
                     for xo in 0..w_out {
-                        let mut acc = bv[oc];
+                        let mut acc = b0;
                         for tap in 0..spec.taps {
                             let frame = j * spec.stride_t + tap;
                             for ci in 0..c {
