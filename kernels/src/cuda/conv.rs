@@ -19,8 +19,26 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
-/// Workspace the algorithm search may hand to cuDNN; algorithms that want more are not tried.
-const FIND_WORKSPACE: usize = 1 << 30;
+/// Workspace the algorithm search may hand to cuDNN, in multiples of the input image's bytes (at
+/// least [`MIN_FIND_WORKSPACE`]); algorithms that want more are not tried. The fast
+/// precomputed-index GEMM asks for about 1.3x the image, FFT variants for many times that: this
+/// keeps the first decode's peak memory close to the later ones'.
+const FIND_WORKSPACE_PER_INPUT: usize = 2;
+const MIN_FIND_WORKSPACE: usize = 64 << 20;
+
+const ALGORITHMS: [sys::cudnnConvolutionFwdAlgo_t; 8] = {
+    use sys::cudnnConvolutionFwdAlgo_t::*;
+    [
+        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+        CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+    ]
+};
 
 fn cudnn_err(what: &'static str) -> impl FnOnce(result::CudnnError) -> candle_core::Error {
     move |e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}"))
@@ -194,24 +212,40 @@ struct Descriptors {
 }
 
 /// Runs every algorithm cuDNN offers for these descriptors on the real operands and keeps the
-/// fastest that succeeded within [`FIND_WORKSPACE`].
+/// fastest that succeeded. The search's scratch is as large as the hungriest algorithm within
+/// `limit` bytes asks for, and is freed afterwards.
 fn find_plan(
     dev: &CudaDevice,
     handle: sys::cudnnHandle_t,
     d: &Descriptors,
     (x, w, y): (u64, u64, u64),
+    limit: usize,
     what: &str,
 ) -> Result<Plan> {
     let stream = dev.cuda_stream();
+    let scratch_bytes = ALGORITHMS
+        .iter()
+        .filter_map(|&algo| {
+            // SAFETY: live handle and descriptors; algorithms that do not apply return an error.
+            unsafe {
+                result::get_convolution_forward_workspace_size(
+                    handle, d.x.0, d.w.0, d.conv.0, d.y.0, algo,
+                )
+            }
+            .ok()
+        })
+        .filter(|&bytes| bytes <= limit)
+        .max()
+        .unwrap_or(0);
     // SAFETY: scratch for the search only; cuDNN writes before it reads.
-    let mut scratch = unsafe { stream.alloc::<u8>(FIND_WORKSPACE) }
+    let mut scratch = unsafe { stream.alloc::<u8>(scratch_bytes.max(1)) }
         .map_err(super::driver_err("conv search workspace"))?;
     let (scratch_ptr, _guard) = scratch.device_ptr_mut(&stream);
-    const ALGOS: usize = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+    const ALGOS: usize = ALGORITHMS.len();
     // SAFETY: plain C structs that cuDNN fills.
     let mut found: [sys::cudnnConvolutionFwdAlgoPerf_t; ALGOS] = unsafe { std::mem::zeroed() };
     let mut count = 0;
-    // SAFETY: descriptors describe the operands at x, w, y; the workspace has FIND_WORKSPACE bytes.
+    // SAFETY: descriptors describe the operands at x, w, y; the workspace has scratch_bytes bytes.
     unsafe {
         sys::cudnnFindConvolutionForwardAlgorithmEx(
             handle,
@@ -226,14 +260,14 @@ fn find_plan(
             &mut count,
             found.as_mut_ptr(),
             scratch_ptr as *mut c_void,
-            FIND_WORKSPACE,
+            scratch_bytes,
         )
         .result()
     }
     .map_err(cudnn_err("algorithm search"))?;
     // Results come sorted by time.
     let best = found[..count as usize].iter().find(|p| {
-        p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= FIND_WORKSPACE
+        p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= scratch_bytes
     });
     let Some(best) = best else {
         bail!("cuDNN has no algorithm for the convolution {what}")
@@ -312,7 +346,8 @@ impl CustomOp3 for FrameConvOp {
                     "[{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
                     spec.pad, spec.stride
                 );
-                let plan = find_plan(&dev, handle, &d, (x, weight, y), &what)?;
+                let limit = (FIND_WORKSPACE_PER_INPUT * 2 * ck * h * w).max(MIN_FIND_WORKSPACE);
+                let plan = find_plan(&dev, handle, &d, (x, weight, y), limit, &what)?;
                 plans()
                     .lock()
                     .expect("conv plans poisoned")

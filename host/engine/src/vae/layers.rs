@@ -279,11 +279,13 @@ impl ResidualBlock {
             Some(conv) => conv.forward(x, None)?,
             None => x.clone(),
         };
-        let x = self.norm1.forward_silu(x, 2)?;
-        let x = self.conv1.forward_cached(&x, cache)?;
-        let x = self.norm2.forward_silu(&x, 2)?;
-        let x = self.conv2.forward_cached(&x, cache)?;
-        section("vae.residual_add", dev, || x + h)
+        // Reassigned rather than shadowed: a shadowed tensor lives to the end of the scope, and
+        // at full resolution each of these is hundreds of MiB.
+        let mut y = self.norm1.forward_silu(x, 2)?;
+        y = self.conv1.forward_cached(&y, cache)?;
+        y = self.norm2.forward_silu(&y, 2)?;
+        y = self.conv2.forward_cached(&y, cache)?;
+        section("vae.residual_add", dev, || y + h)
     }
 }
 

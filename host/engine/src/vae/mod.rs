@@ -222,19 +222,21 @@ impl AutoencoderKLWan {
             .contiguous()?;
         let x = self.post_quant_conv.forward(&x, None)?;
         let mut cache = FeatCache::default();
-        let mut frames = Vec::with_capacity(t);
+        let mut chunks = Vec::with_capacity(t);
         for i in 0..t {
             cache.start_chunk();
-            frames.push(
-                self.decoder
-                    .forward(&x.narrow(1, i, 1)?, &mut cache, i == 0)?,
+            let chunk = self
+                .decoder
+                .forward(&x.narrow(1, i, 1)?, &mut cache, i == 0)?;
+            // Finished chunk by chunk, so the whole video is copied once (by the cat), not thrice.
+            chunks.push(
+                unpatchify(&chunk, self.config.patch())?
+                    .clamp(-1f32, 1f32)?
+                    .permute((0, 2, 1, 3, 4))?
+                    .contiguous()?,
             );
         }
-        let out = unpatchify(&Tensor::cat(&frames, 1)?, self.config.patch())?;
-        Ok(out
-            .clamp(-1f32, 1f32)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()?)
+        Ok(Tensor::cat(&chunks, 2)?)
     }
 
     fn latent_stats(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
