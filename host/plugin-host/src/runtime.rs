@@ -6,7 +6,7 @@
 
 use crate::capability::Grants;
 use crate::error::{CallError, LoadError};
-use crate::limits::{GuestTimeExceeded, Limits};
+use crate::limits::{GuestTimeExceeded, Limits, MAX_TABLE_ELEMENTS};
 use crate::manifest::{Manifest, World};
 use crate::services::HostServices;
 use crate::state::PluginState;
@@ -22,8 +22,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
+/// Plugin calls that may run at once; one more fails to instantiate with a clear error.
+const MAX_CONCURRENT_CALLS: u32 = 64;
+/// Core instances, memories and tables one plugin's component may hold (a Rust guest has its
+/// module plus the WASI adapter's few shims).
+const CORE_INSTANCES_PER_CALL: u32 = 8;
+const MEMORIES_PER_CALL: u32 = 2;
+const TABLES_PER_CALL: u32 = 4;
+/// Most of a linear memory, and of a table, that a finished call's slot keeps mapped (only
+/// pages a call touched are resident at all).
+const KEEP_RESIDENT_MEMORY: usize = 16 << 20;
+const KEEP_RESIDENT_TABLE: usize = 1 << 20;
 /// How often the epoch advances: the granularity of time budgets.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Native stack a plugin may use; deeper recursion traps.
@@ -73,7 +87,8 @@ impl PluginRuntime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
         let engine = Engine::new(&config)?;
         let linkers = Linkers::new(&engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -232,6 +247,34 @@ impl PluginRuntime {
         });
         store
     }
+}
+
+/// The pooling instance allocator: every call still gets a fresh instance in a fresh store
+/// (memory and tables are reset to the component's initial image between calls), but from
+/// slots mapped once, instead of mapping and unmapping memory, tables and the async stack on
+/// every call. Each slot may grow to wasm32's 4 GiB; the per-call [`Limits`] cap what a call
+/// actually uses.
+fn pool() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(MAX_CONCURRENT_CALLS)
+        .total_stacks(MAX_CONCURRENT_CALLS)
+        .total_core_instances(MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
+        .total_memories(MAX_CONCURRENT_CALLS * MEMORIES_PER_CALL)
+        .total_tables(MAX_CONCURRENT_CALLS * TABLES_PER_CALL)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_CALL)
+        .max_memories_per_component(MEMORIES_PER_CALL)
+        .max_tables_per_component(TABLES_PER_CALL)
+        .table_elements(MAX_TABLE_ELEMENTS);
+    // With the kernel's PAGEMAP_SCAN (Linux 6.7+), a finished call's slot is reset by
+    // rewriting only the pages it dirtied, which stay mapped: the next call takes no page
+    // faults and no `madvise`. Without it, resetting by `memset` would touch every kept byte,
+    // so memory is handed back to the kernel instead.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
+    }
+    pool
 }
 
 /// Turns the raw result of a call into the user-facing outcome.

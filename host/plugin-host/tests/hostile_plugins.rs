@@ -218,3 +218,21 @@ async fn a_spinning_plugin_does_not_block_other_plugins() {
         "echo waited {took:?} behind the spinner"
     );
 }
+
+#[tokio::test]
+async fn every_call_starts_from_the_plugins_initial_state() {
+    // The pooling allocator reuses memory slots; what a call wrote must never reach the next.
+    let plugin = load("hostile");
+    let ctx = context(
+        Arc::new(MemoryServices::default()),
+        hostile_grants(),
+        Limits::default(),
+    );
+    for _ in 0..3 {
+        let board = runtime()
+            .plan(&plugin, &ctx, &input("remember"))
+            .await
+            .unwrap();
+        assert_eq!(board.title, "call 1, found 0 bytes");
+    }
+}
