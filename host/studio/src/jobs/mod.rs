@@ -136,7 +136,8 @@ pub struct NewJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: Value,
-    /// Attempts before the job is failed (default 3).
+    /// Attempts before the job is failed (default: the kind's; 3 for most, 1 for plugin
+    /// jobs, whose failures are deterministic).
     pub max_attempts: Option<u32>,
     pub project_id: Option<i64>,
 }
@@ -173,6 +174,11 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
 pub trait JobRunner: Send + Sync {
     fn kind(&self) -> &'static str;
     fn lane(&self) -> Lane;
+    /// Attempts a job of this kind gets unless its submitter says otherwise. Kinds whose
+    /// failures repeat on every run (a plugin's trap or limit breach) should say 1.
+    fn default_attempts(&self) -> u32 {
+        3
+    }
     /// Refuses bad parameters at submission, before a row is written.
     fn check(&self, app: &App, params: &Value) -> Result<()>;
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value>;
@@ -314,7 +320,9 @@ impl JobQueue {
                 self.kinds().join(", ")
             ))
         })?;
-        let max_attempts = new.max_attempts.unwrap_or(3);
+        let max_attempts = new
+            .max_attempts
+            .unwrap_or_else(|| runner.default_attempts());
         if !(1..=100).contains(&max_attempts) {
             return Err(StudioError::Invalid("max_attempts must be 1 to 100".into()));
         }
