@@ -24,6 +24,8 @@ use utoipa::ToSchema;
 const POLL: Duration = Duration::from_secs(1);
 /// How often a running job's progress is written to the database and its cancel flag re-read.
 const PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// How often [`run_to_end`] hands on the latest progress when no report came.
+const RELAY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -520,6 +522,57 @@ impl JobQueue {
         self.announce(&finished);
         Ok(finished)
     }
+}
+
+/// Submits `new` to this process's running queue and waits for it to finish, handing
+/// `progress` the job's latest progress on every report and at least every
+/// [`RELAY_EVERY`]; when `progress` says `Break` the job is cancelled (and still awaited, so
+/// that it ends in a recorded state). Returns the job as finally stored, in any final state.
+pub async fn run_to_end(
+    app: &Arc<App>,
+    new: NewJob,
+    progress: &mut dyn FnMut(&JobProgress) -> ControlFlow<()>,
+) -> Result<Job> {
+    // Subscribed before submitting, so no event of the job is missed.
+    let mut events = app.jobs.subscribe();
+    let id = app.blocking(move |a| a.jobs.submit(a, &new)).await?.id;
+    let mut latest = JobProgress {
+        stage: "queued".into(),
+        step: 0,
+        total: 1,
+        eta_s: None,
+    };
+    let mut tick = tokio::time::interval(RELAY_EVERY);
+    let mut cancelling = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(JobEvent::Progress { job_id, progress }) if job_id == id => latest = progress,
+                Ok(JobEvent::State { job_id, state, .. }) if job_id == id && state.is_finished() => {
+                    break;
+                }
+                Ok(_) => continue,
+                // Missed events: the tick reads the stored job.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                let job = app.blocking(move |a| get_job(&a.db, id)).await?;
+                if job.state.is_finished() {
+                    break;
+                }
+            }
+        }
+        if !cancelling && progress(&latest).is_break() {
+            cancelling = true;
+            match app.blocking(move |a| a.jobs.cancel(&a.db, id)).await {
+                // It finished meanwhile: what it ended as is returned below.
+                Ok(_) | Err(StudioError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    app.blocking(move |a| get_job(&a.db, id)).await
 }
 
 pub fn get_job(db: &Db, id: i64) -> Result<Job> {
