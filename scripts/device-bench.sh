@@ -7,9 +7,12 @@
 # BUNDLE_DIR holds what scripts/build-cuda.sh and `cargo test --no-run` produced, compressed:
 # videosdgx-cuda-sm90.xz, gpu-checks.xz (the kernels crate's `gpu` test binary), the kernel
 # sources and kernels/bench/attention_vs_sdpa.py, the anchor diffusers_wan.py, and a diffusers
-# wheel (the device has PyTorch but not diffusers), and kernels/bench/wan_parity.py. STEPS default
-# to all of:
-#   checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# wheel (the device has PyTorch but not diffusers), kernels/bench/wan_parity.py, and
+# tests/fixtures/gpu_parity.py with a copy of tests/fixtures as fixtures/. STEPS default to all of:
+#   checks fixtures kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22
+# fixtures runs every committed reference fixture (components, VAEs, tiny pipelines) through the
+# shipped binary on CUDA in bf16 and compares with the stored diffusers/transformers outputs at the
+# 2e-2 bound of tests/fixtures/TOLERANCES.md (one line per check, summary in fixtures.json).
 # Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present) and
 # wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
 # attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
@@ -21,7 +24,7 @@ set -uo pipefail
 
 BUNDLE="$(cd "$1" && pwd)"
 shift
-STEPS=("${@:-checks kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
+STEPS=("${@:-checks fixtures kernels wan13 anchor13 parity sdpa elementwise vae anchorvae wan14 anchor14 wan22}")
 read -r -a STEPS <<<"${STEPS[*]}"
 PACK="${OUT:-/tmp/out}"
 OUT=/tmp/videosdgx-results
@@ -57,6 +60,8 @@ run() {
 for step in "${STEPS[@]}"; do
   case "$step" in
     checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
+    fixtures) run fixtures python3 "$BUNDLE/gpu_parity.py" "$BIN" "$BUNDLE/fixtures" --device cuda --dtype bf16 \
+      --json "$OUT/fixtures.json" ;;
     kernels) run kernels "$BIN" bench kernels --json ;;
     wan13) run wan13 "$BIN" bench wan --preset wan2.1-1.3b --component transformer --profile --json ;;
     wan13_unfused) VIDEOSDGX_UNFUSED=linear,norm,rope,residual run wan13_unfused "$BIN" bench wan \
