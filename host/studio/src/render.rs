@@ -98,8 +98,8 @@ fn project_named(app: &App, name: &str) -> Result<projects::Project> {
 
 /// Runs the whole pipeline as jobs on the queue, with the queue's workers running in this
 /// process for the length of the render (so no `serve` may be running on the same data
-/// directory). `progress(stage, step, total)` hears every job's progress; `Break` cancels the
-/// running job and ends the render with an error.
+/// directory; jobs queued before run first, in order). `progress(stage, step, total)` hears
+/// every job's progress; `Break` cancels the running job and ends the render with an error.
 pub async fn render(
     app: &Arc<App>,
     request: &RenderRequest,
