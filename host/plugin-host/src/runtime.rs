@@ -27,8 +27,6 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-/// Plugin calls that may run at once; one more fails to instantiate with a clear error.
-const MAX_CONCURRENT_CALLS: u32 = 64;
 /// Core instances, memories and tables one plugin's component may hold (a Rust guest has its
 /// module plus the WASI adapter's few shims).
 const CORE_INSTANCES_PER_CALL: u32 = 8;
@@ -79,6 +77,9 @@ impl Drop for PluginRuntime {
 }
 
 impl PluginRuntime {
+    /// Plugin calls that may run at once; one more is refused with [`CallError::Busy`].
+    pub const MAX_CONCURRENT_CALLS: u32 = 64;
+
     /// A runtime whose compiled components are cached in `cache_dir` (none when `None`).
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginRuntime> {
         let mut config = Config::new();
@@ -256,11 +257,11 @@ impl PluginRuntime {
 /// actually uses.
 fn pool() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(MAX_CONCURRENT_CALLS)
-        .total_stacks(MAX_CONCURRENT_CALLS)
-        .total_core_instances(MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
-        .total_memories(MAX_CONCURRENT_CALLS * MEMORIES_PER_CALL)
-        .total_tables(MAX_CONCURRENT_CALLS * TABLES_PER_CALL)
+    pool.total_component_instances(PluginRuntime::MAX_CONCURRENT_CALLS)
+        .total_stacks(PluginRuntime::MAX_CONCURRENT_CALLS)
+        .total_core_instances(PluginRuntime::MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
+        .total_memories(PluginRuntime::MAX_CONCURRENT_CALLS * MEMORIES_PER_CALL)
+        .total_tables(PluginRuntime::MAX_CONCURRENT_CALLS * TABLES_PER_CALL)
         .max_core_instances_per_component(CORE_INSTANCES_PER_CALL)
         .max_memories_per_component(MEMORIES_PER_CALL)
         .max_tables_per_component(TABLES_PER_CALL)
@@ -295,6 +296,15 @@ fn outcome<T>(
             plugin: id,
             limit_mib: state.limits().memory_bytes >> 20,
             wanted_mib: wanted >> 20,
+        });
+    }
+    let pool_full = err
+        .chain()
+        .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>());
+    if pool_full {
+        return Err(CallError::Busy {
+            plugin: id,
+            running: PluginRuntime::MAX_CONCURRENT_CALLS,
         });
     }
     if let Some(exceeded) = err.downcast_ref::<GuestTimeExceeded>() {
