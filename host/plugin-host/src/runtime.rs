@@ -1,8 +1,8 @@
 //! The plugin runtime: one wasmtime engine (Cranelift, component model, async, fuel, epoch
 //! interruption), a disk cache of compiled components, component checks against the
-//! manifest, and the calls into plugins, each in a fresh store with its own limits. A call
-//! that traps or breaches a limit ends with a [`CallError`]; the runtime and every other
-//! plugin carry on.
+//! manifest, and the calls into plugins, each in a fresh store with its own limits and a
+//! fresh instance from a pool of pre-mapped slots. A call that traps or breaches a limit ends
+//! with a [`CallError`]; the runtime and every other plugin carry on.
 
 use crate::capability::Grants;
 use crate::error::{CallError, LoadError};
@@ -28,10 +28,11 @@ use wasmtime::{
 };
 
 /// Core instances, memories and tables one plugin's component may hold (a Rust guest has its
-/// module plus the WASI adapter's few shims).
-const CORE_INSTANCES_PER_CALL: u32 = 8;
+/// module plus the WASI adapter's few shims; room is left for composed components). Each
+/// memory slot reserves 4 GiB of address space (not memory): the pool reserves about 0.5 TiB.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
 const MEMORIES_PER_CALL: u32 = 2;
-const TABLES_PER_CALL: u32 = 4;
+const TABLES_PER_CALL: u32 = 8;
 /// Most of a linear memory, and of a table, that a finished call's slot keeps mapped (only
 /// pages a call touched are resident at all).
 const KEEP_RESIDENT_MEMORY: usize = 16 << 20;

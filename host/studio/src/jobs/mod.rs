@@ -775,6 +775,68 @@ mod tests {
         assert_eq!(job.error.as_deref(), Some("attempt 2 failed"));
     }
 
+    /// Reports progress until told to stop.
+    struct UntilStopped;
+
+    impl JobRunner for UntilStopped {
+        fn kind(&self) -> &'static str {
+            "test.until_stopped"
+        }
+        fn lane(&self) -> Lane {
+            Lane::Cpu
+        }
+        fn check(&self, _app: &App, _params: &Value) -> Result<()> {
+            Ok(())
+        }
+        fn run(&self, _app: &App, ctx: &JobContext, _params: &Value) -> Result<Value> {
+            for step in 0.. {
+                if ctx.progress("spinning", step, 1_000_000).is_break() {
+                    return Err(StudioError::Invalid(format!("stopped at step {step}")));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            unreachable!()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_to_end_relays_progress_and_break_cancels_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Arc::new(
+            App::open_with_runners(
+                StudioConfig::new(dir.path()),
+                vec![Arc::new(UntilStopped) as Arc<dyn JobRunner>],
+            )
+            .unwrap(),
+        );
+        let workers = JobQueue::start(&app, 1);
+        let new = NewJob {
+            kind: "test.until_stopped".into(),
+            params: Value::Null,
+            max_attempts: None,
+            project_id: None,
+        };
+        let mut reports = Vec::new();
+        let job = run_to_end(&app, new, &mut |p| {
+            reports.push(p.clone());
+            if p.stage == "spinning" && p.step >= 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+        assert_eq!(job.attempts, 1);
+        assert!(job.error.unwrap().starts_with("cancelled: stopped at step"));
+        assert!(reports.iter().any(|p| p.stage == "spinning" && p.step >= 3));
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
     #[test]
     fn running_jobs_are_requeued_or_interrupted_at_recovery() {
         let dir = tempfile::tempdir().unwrap();
