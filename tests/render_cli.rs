@@ -291,6 +291,47 @@ fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
 }
 
 #[test]
+fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let jobs = || -> i64 {
+        let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+        db.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let out = videosdgx(
+        &data,
+        &["render", script.to_str().unwrap(), "--model", "nope"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model `nope` is not installed (installed: tiny-wan-t2v)"),
+        "{err}"
+    );
+    assert_eq!(jobs(), 0);
+
+    // A server holds the queue's lock: render does not run its jobs beside it.
+    let lock = std::fs::File::create(data.join("serve.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = videosdgx(&data, &["render", script.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "another `videosdgx serve` or `videosdgx render` is already running the jobs of"
+        ),
+        "{err}"
+    );
+    assert_eq!(jobs(), 0);
+}
+
+#[test]
 fn render_without_plugins_says_what_to_install() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

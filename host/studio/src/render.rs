@@ -9,7 +9,7 @@
 use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
-use crate::generation::RenderSettings;
+use crate::generation::{self, RenderSettings};
 use crate::jobs::{self, Job, JobState, NewJob};
 use crate::plugins::calls::PlanOutcome;
 use crate::plugins::registry;
@@ -110,6 +110,7 @@ pub async fn render(
     for world in [World::Planner, World::Expander, World::Stitcher] {
         registry::choose(&app.db, world, None)?;
     }
+    generation::resolve_model(app.data_dir(), request.model.as_deref())?;
     let lock = ServerLock::acquire(app.data_dir())?;
     let workers = QueueWorkers::start(app, lock).await?;
     let outcome = render_on_queue(app, request, progress).await;
@@ -233,7 +234,13 @@ async fn run(app: &Arc<App>, new: NewJob, what: &str, progress: Progress<'_>) ->
     let job = jobs::run_to_end(app, new, &mut |p| {
         progress(&format!("{what}: {}", p.stage), p.step, p.total)
     })
-    .await?;
+    .await
+    .map_err(|err| match err {
+        // Refused at submission: say which step was.
+        StudioError::Invalid(m) => StudioError::Invalid(format!("{what}: {m}")),
+        StudioError::Conflict(m) => StudioError::Conflict(format!("{what}: {m}")),
+        other => other.context_internal(what.to_string()),
+    })?;
     let failure = match job.state {
         JobState::Succeeded => return Ok(job),
         JobState::Cancelled => {
