@@ -542,7 +542,8 @@ pub async fn run_to_end(
         total: 1,
         eta_s: None,
     };
-    let mut tick = tokio::time::interval(RELAY_EVERY);
+    // The first tick only after a period: "queued" is reported only for a job that waits.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RELAY_EVERY, RELAY_EVERY);
     let mut cancelling = false;
     loop {
         tokio::select! {
