@@ -332,6 +332,57 @@ fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything()
 }
 
 #[test]
+fn render_finishes_when_its_stderr_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("s.mp4");
+    // As under `2>&1 | head`: every write to stderr fails. The job workers log (info level)
+    // and must not die of it, or the render would wait for its next job forever.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "render",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the render hung with its stderr closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(out.exists());
+}
+
+#[test]
 fn render_without_plugins_says_what_to_install() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -104,7 +104,10 @@ async fn stop_on_ctrl_c(interrupted: Arc<AtomicBool>) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }
-    eprintln!("stopping: cancelling the running job (Ctrl-C again to quit at once)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "stopping: cancelling the running job (Ctrl-C again to quit at once)"
+    );
     interrupted.store(true, Ordering::Relaxed);
     if tokio::signal::ctrl_c().await.is_ok() {
         std::process::exit(130);
