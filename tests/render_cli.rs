@@ -332,6 +332,62 @@ fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything()
 }
 
 #[test]
+fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let weights = data.join("models/tiny-wan-t2v/transformer/diffusion_pytorch_model.safetensors");
+    std::fs::write(&weights, b"not safetensors").unwrap();
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("s.mp4");
+
+    let output = videosdgx(
+        &data,
+        &[
+            "render",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+        ],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("error: shot 1/2 (job 4) failed: loading model `tiny-wan-t2v`"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // The job used its attempts, its error is recorded, the shot says it failed, and the
+    // render went no further.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let (state, attempts, error): (String, i64, String) = db
+        .query_row(
+            "SELECT state, attempts, error FROM jobs WHERE id = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((state.as_str(), attempts), ("failed", 3));
+    assert!(error.contains("loading model"), "{error}");
+    let (later, status): (i64, String) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM jobs WHERE id > 4), status FROM shots ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((later, status.as_str()), (0, "failed"));
+}
+
+#[test]
 fn render_finishes_when_its_stderr_is_closed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
