@@ -1,7 +1,7 @@
 //! Runs the studio: takes the data directory's server lock, recovers jobs cut off by a crash,
 //! starts the job workers ([`QueueWorkers`], also what `render` runs its jobs on) and serves
-//! HTTP until SIGINT/SIGTERM, then stops gracefully (running jobs go back to the queue). Routers of other parts (plugins, web UI, auth) are merged in
-//! [`router`].
+//! HTTP until SIGINT/SIGTERM, then stops gracefully (running jobs go back to the queue).
+//! Routers of other parts (plugins, web UI, auth) are merged in [`router`].
 
 use crate::app::App;
 use crate::auth::Auth;
