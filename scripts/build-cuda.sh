@@ -106,7 +106,7 @@ ship "$CARGO_TARGET_DIR/release/videosdgx" "$REPO/dist/videosdgx-cuda-sm$CAP"
 
 # With VIDEOSDGX_GPU_CHECKS=1, also the kernels' GPU checks (tests/gpu.rs) as a binary to run there.
 if [[ "${VIDEOSDGX_GPU_CHECKS:-0}" == 1 ]]; then
-  checks="$(cargo test --release --no-run --manifest-path "$REPO/Cargo.toml" -p videosdgx-kernels --features cuda \
+  checks="$(cargo test --release --no-run --manifest-path "$REPO/Cargo.toml" -p videosdgx-kernels --features "$FEATURES" \
     --test gpu --config "patch.crates-io.candle-kernels.path=\"$patched\"" --message-format=json |
     "$PYTHON" -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable")][-1])')"
   ship "$checks" "$REPO/dist/gpu-checks-sm$CAP"

@@ -13,8 +13,9 @@
 # fixtures runs every committed reference fixture (components, VAEs, tiny pipelines) through the
 # shipped binary on CUDA in bf16 and compares with the stored diffusers/transformers outputs at the
 # 2e-2 bound of tests/fixtures/TOLERANCES.md (one line per check, summary in fixtures.json).
-# Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present) and
-# wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
+# Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present),
+# vaememory (the reference VAE decode's device memory in use, measured as ours is:
+# kernels/bench/vae_memory.py) and wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
 # attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
 # forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
@@ -78,6 +79,7 @@ for step in "${STEPS[@]}"; do
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
+    vaememory) run vaememory python3 "$BUNDLE/bench/vae_memory.py" ;;
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;

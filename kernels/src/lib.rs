@@ -12,8 +12,10 @@ mod spec;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-pub use spec::{NormKind, NormSpec, RopeGrid};
+pub use spec::{FrameConv, NormKind, NormSpec, RopeGrid};
 
+#[cfg(feature = "cudnn")]
+pub use cuda::frame_conv;
 #[cfg(feature = "cuda")]
 pub use cuda::{
     CompileReport, attention, attention_kernel_for, channel_rms_norm, compile_all, compile_report,

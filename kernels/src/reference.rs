@@ -2,7 +2,7 @@
 //! with candle's ordinary ops. They define correctness for the GPU checks and run in CI; they are
 //! never used as a silent stand-in for a kernel on the GPU.
 
-use crate::spec::{NormKind, NormSpec, RopeGrid};
+use crate::spec::{FrameConv, NormKind, NormSpec, RopeGrid};
 use candle_core::{D, DType, Result, Tensor, bail};
 
 /// Multi-head attention, non-causal: `softmax(q k^T * softmax_scale) v` per (batch, head).
@@ -160,4 +160,30 @@ pub fn channel_rms_norm(
         .broadcast_div(&norm)?
         .broadcast_mul(&scale.to_dtype(DType::F32)?.reshape(shape)?)?;
     if silu { y.silu() } else { Ok(y) }
+}
+
+/// A [`FrameConv`] with candle's ordinary ops, in `x`'s dtype on `x`'s device (the engine's
+/// portable path): the frames each output frame reads are gathered side by side on the channel
+/// dim, then one 2-D convolution runs over every output frame.
+pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
+    let [b, t_out, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
+    let frames_of_tap = |tap: usize| {
+        if spec.stride_t == 1 {
+            return x.narrow(1, tap, t_out);
+        }
+        let picked = (0..t_out)
+            .map(|j| x.narrow(1, tap + j * spec.stride_t, 1))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&picked, 1)
+    };
+    let taps = (0..spec.taps)
+        .map(frames_of_tap)
+        .collect::<Result<Vec<_>>>()?;
+    let windows = Tensor::cat(&taps, 2)?;
+    let (_, _, ck, h, w) = windows.dims5()?;
+    windows
+        .reshape((b * t_out, ck, h, w))?
+        .conv2d(weight, spec.pad, spec.stride, 1, 1)?
+        .broadcast_add(&bias.reshape((1, o, 1, 1))?)?
+        .reshape((b, t_out, o, h_out, w_out))
 }

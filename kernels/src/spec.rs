@@ -139,3 +139,78 @@ impl RopeGrid {
         Ok((b, l, h, d))
     }
 }
+
+/// A convolution over frames-major video `x [B, T, C, H, W]`: each output frame reads `taps`
+/// consecutive input frames (one every `stride_t` frames) as a single `taps * C`-channel image and
+/// convolves it with a `[O, taps * C, kh, kw]` kernel, `pad` zeros around each spatial side and
+/// `stride` in both spatial dims. The output is `[B, T_out, O, H_out, W_out]`.
+///
+/// A causal 3-D convolution (time already padded) is `taps = kt` with its kernel's temporal taps
+/// moved in front of the channels (`[O, C, kt, kh, kw]` → `[O, kt, C, kh, kw]`); a per-frame 2-D
+/// convolution is `taps = 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameConv {
+    pub taps: usize,
+    pub stride_t: usize,
+    pub pad: usize,
+    pub stride: usize,
+}
+
+impl FrameConv {
+    /// Output frames for `t` input frames, or an error when there are fewer than `taps`.
+    pub fn out_frames(&self, t: usize) -> Result<usize> {
+        if self.taps == 0 || self.stride_t == 0 || self.stride == 0 {
+            bail!("frame conv: taps and strides must be positive, got {self:?}");
+        }
+        if t < self.taps {
+            bail!("frame conv needs at least {} frames, got {t}", self.taps);
+        }
+        Ok((t - self.taps) / self.stride_t + 1)
+    }
+
+    /// Output size of one spatial dim of `size` pixels under a kernel of `k`.
+    pub fn out_size(&self, size: usize, k: usize) -> Result<usize> {
+        if size + 2 * self.pad < k {
+            bail!(
+                "frame conv: kernel {k} is larger than {size} pixels padded by {}",
+                self.pad
+            );
+        }
+        Ok((size + 2 * self.pad - k) / self.stride + 1)
+    }
+
+    /// Checks `x [B, T, C, H, W]`, `weight [O, taps * C, kh, kw]` and `bias [O]` against each
+    /// other; returns the output shape.
+    pub fn output_shape(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<[usize; 5]> {
+        let (b, t, c, h, w) = x.dims5().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "frame conv input must be [batch, frames, channels, height, width], got {:?}",
+                x.dims()
+            ))
+        })?;
+        let (o, ck, kh, kw) = weight.dims4().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "frame conv weight must be [out, taps*in, kh, kw], got {:?}",
+                weight.dims()
+            ))
+        })?;
+        if ck != self.taps * c {
+            bail!(
+                "frame conv weight {:?} needs {} input channels ({} taps x {c}), has {ck}",
+                weight.dims(),
+                self.taps * c,
+                self.taps
+            );
+        }
+        if bias.dims() != [o] {
+            bail!("frame conv bias must be [{o}], got {:?}", bias.dims());
+        }
+        Ok([
+            b,
+            self.out_frames(t)?,
+            o,
+            self.out_size(h, kh)?,
+            self.out_size(w, kw)?,
+        ])
+    }
+}

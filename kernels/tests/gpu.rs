@@ -273,6 +273,86 @@ fn channel_rms_norm_matches_reference_on_vae_layouts() {
     }
 }
 
+#[cfg(feature = "cudnn")]
+#[test]
+fn frame_conv_matches_reference_on_vae_convolutions() {
+    use videosdgx_kernels::FrameConv;
+    let dev = gpu();
+    // The decoder's causal 3x3x3 conv with its cache frames, its temporal upsampler (3x1x1), a
+    // stride-2 2-D downsampler and a 1x1 shortcut, at odd sizes; two batch items.
+    for (shape, o, k, spec) in [
+        (
+            [1, 6, 96, 40, 52],
+            96,
+            3,
+            FrameConv {
+                taps: 3,
+                stride_t: 1,
+                pad: 1,
+                stride: 1,
+            },
+        ),
+        (
+            [2, 4, 64, 18, 22],
+            128,
+            1,
+            FrameConv {
+                taps: 3,
+                stride_t: 1,
+                pad: 0,
+                stride: 1,
+            },
+        ),
+        (
+            [1, 5, 32, 24, 30],
+            32,
+            1,
+            FrameConv {
+                taps: 3,
+                stride_t: 2,
+                pad: 0,
+                stride: 1,
+            },
+        ),
+        (
+            [1, 3, 48, 33, 41],
+            48,
+            3,
+            FrameConv {
+                taps: 1,
+                stride_t: 1,
+                pad: 0,
+                stride: 2,
+            },
+        ),
+        (
+            [2, 2, 192, 16, 16],
+            96,
+            1,
+            FrameConv {
+                taps: 1,
+                stride_t: 1,
+                pad: 0,
+                stride: 1,
+            },
+        ),
+    ] {
+        let c = shape[2];
+        let x = randn(&shape, &dev);
+        let w = (randn(&[o, spec.taps * c, k, k], &dev)
+            * (1.0 / ((spec.taps * c * k * k) as f64).sqrt()))
+        .unwrap();
+        let bias = randn(&[o], &dev);
+        let got = videosdgx_kernels::frame_conv(&x, &w, &bias, spec).unwrap();
+        let f32_cpu = |t: &Tensor| cpu(t).to_dtype(DType::F32).unwrap();
+        let want =
+            reference::frame_conv(&f32_cpu(&x), &f32_cpu(&w), &f32_cpu(&bias), spec).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("frame conv {shape:?} -> {o}, k {k}, {spec:?}: rel err {err:.2e}");
+        assert!(err < 1e-2, "frame conv {shape:?} {spec:?}: rel err {err}");
+    }
+}
+
 #[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();

@@ -2,7 +2,7 @@
 //! math as diffusers' transformer_wan.py states it), plus the errors bad input must give.
 
 use candle_core::{Device, Tensor};
-use videosdgx_kernels::{NormKind, NormSpec, RopeGrid, reference};
+use videosdgx_kernels::{FrameConv, NormKind, NormSpec, RopeGrid, reference};
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -360,4 +360,142 @@ fn linear_with_bias_and_tanh_gelu_matches_scalar_loop() {
     assert!(max_abs_diff(&got, &want) < 1e-4, "{got:?} vs {want:?}");
     let plain = reference::linear(&x, &w, None, false).unwrap();
     assert_eq!(plain.dims(), [1, rows, n]);
+}
+
+/// The causal 3-D convolution a [`FrameConv`] stands for, from its definition: output frame `j`
+/// reads frames `j * stride_t + tap` (tap-major channels in the weight), zero-padded spatially.
+fn frame_conv_loop(x: &Tensor, w: &Tensor, bias: &Tensor, spec: FrameConv) -> Vec<f32> {
+    let (b, t, c, h, wd) = x.dims5().unwrap();
+    let (_, _, kh, kw) = w.dims4().unwrap();
+    let (t_out, h_out, w_out) = (
+        spec.out_frames(t).unwrap(),
+        spec.out_size(h, kh).unwrap(),
+        spec.out_size(wd, kw).unwrap(),
+    );
+    let (xv, wv, bv) = (
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        bias.to_vec1::<f32>().unwrap(),
+    );
+    let mut out = Vec::new();
+    for bi in 0..b {
+        for j in 0..t_out {
+            for (oc, &b0) in bv.iter().enumerate() {
+                for y in 0..h_out {
+                    for xo in 0..w_out {
+                        let mut acc = b0;
+                        for tap in 0..spec.taps {
+                            let frame = j * spec.stride_t + tap;
+                            for ci in 0..c {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy =
+                                            (y * spec.stride + ky) as isize - spec.pad as isize;
+                                        let ix =
+                                            (xo * spec.stride + kx) as isize - spec.pad as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize
+                                        {
+                                            continue;
+                                        }
+                                        let xi = (((bi * t + frame) * c + ci) * h + iy as usize)
+                                            * wd
+                                            + ix as usize;
+                                        let wi = ((oc * spec.taps * c + tap * c + ci) * kh + ky)
+                                            * kw
+                                            + kx;
+                                        acc += xv[xi] * wv[wi];
+                                    }
+                                }
+                            }
+                        }
+                        out.push(acc);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn frame_conv_matches_the_causal_conv3d_loop() {
+    // A kernel-3 causal conv, a temporal stride-2 downsampler, a strided 2-D conv, a 1x1 shortcut.
+    for (shape, o, k, spec) in [
+        (
+            [2, 5, 3, 6, 7],
+            4,
+            3,
+            FrameConv {
+                taps: 3,
+                stride_t: 1,
+                pad: 1,
+                stride: 1,
+            },
+        ),
+        (
+            [1, 6, 2, 5, 5],
+            3,
+            1,
+            FrameConv {
+                taps: 3,
+                stride_t: 2,
+                pad: 0,
+                stride: 1,
+            },
+        ),
+        (
+            [1, 3, 4, 7, 6],
+            2,
+            3,
+            FrameConv {
+                taps: 1,
+                stride_t: 1,
+                pad: 0,
+                stride: 2,
+            },
+        ),
+        (
+            [2, 2, 5, 4, 4],
+            6,
+            1,
+            FrameConv {
+                taps: 1,
+                stride_t: 1,
+                pad: 0,
+                stride: 1,
+            },
+        ),
+    ] {
+        let x = tensor(&shape, 11);
+        let w = tensor(&[o, spec.taps * shape[2], k, k], 12);
+        let bias = tensor(&[o], 13);
+        let got = reference::frame_conv(&x, &w, &bias, spec).unwrap();
+        let want = frame_conv_loop(&x, &w, &bias, spec);
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{shape:?} {spec:?}");
+    }
+}
+
+#[test]
+fn frame_conv_rejects_a_weight_for_another_window() {
+    let spec = FrameConv {
+        taps: 3,
+        stride_t: 1,
+        pad: 1,
+        stride: 1,
+    };
+    let x = tensor(&[1, 4, 2, 5, 5], 1);
+    let err = reference::frame_conv(&x, &tensor(&[3, 2, 3, 3], 2), &tensor(&[3], 3), spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs 6 input channels (3 taps x 2)"), "{err}");
+    let err = reference::frame_conv(
+        &tensor(&[1, 2, 2, 5, 5], 1),
+        &tensor(&[3, 6, 3, 3], 2),
+        &tensor(&[3], 3),
+        spec,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("at least 3 frames, got 2"), "{err}");
 }

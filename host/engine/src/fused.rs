@@ -7,12 +7,13 @@
 //! logged once per op, so the slow path on a GPU is never silent. The kernels compute in f32 and
 //! round once to the input dtype, as the candle versions do.
 //!
-//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual` (or `all`) turns kernels off for A/B timing;
+//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual,conv` (or `all`) turns kernels off for A/B timing;
 //! attention's own switch is `attention` in the same list ([`crate::attention`]).
 //!
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{Result, Tensor};
+use videosdgx_kernels::FrameConv;
 
 /// Which normalisation [`modulated_norm`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,28 @@ pub(crate) fn channel_norm(
     }
     let _ = (x, scale, channel_dim, silu);
     Ok(None)
+}
+
+/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: one cuDNN
+/// call per batch item with the `cudnn` feature on CUDA bf16, otherwise candle's ops
+/// ([`videosdgx_kernels::reference::frame_conv`], which defines it).
+pub(crate) fn frame_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if !disabled("conv") && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16 {
+        let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
+        let in_frame: usize = x.dims()[2..].iter().product();
+        if in_frame % 8 == 0 && (o * h_out * w_out) % 8 == 0 {
+            return videosdgx_kernels::frame_conv(x, weight, bias, spec);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    warn_fallback(x, "frame conv");
+    videosdgx_kernels::reference::frame_conv(x, weight, bias, spec)
 }
 
 /// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused

@@ -2,7 +2,11 @@
 //! check the inputs, and launch on candle's stream as custom ops. Every load is logged with the
 //! kernel's name and architecture, so a run's log says which kernel did the work.
 
+#[cfg(feature = "cudnn")]
+mod conv;
 mod nvrtc;
+#[cfg(feature = "cudnn")]
+pub use conv::frame_conv;
 
 use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;

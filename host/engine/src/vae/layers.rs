@@ -2,13 +2,15 @@
 //! residual and attention blocks, spatial/temporal resampling and the Wan 2.2 shortcut reshapes.
 //!
 //! Every tensor here is laid out frames-major, `[batch, frames, channels, height, width]`, so that a
-//! 3D convolution is a sum of 2D convolutions over frame slices and spatial ops see `[b*t, c, h, w]`.
+//! 3D convolution reads each window of frames as one wide 2D image ([`FrameConv`]) and spatial ops
+//! see `[b*t, c, h, w]`.
 //! The temporal cache reproduces the reference's chunked decoding exactly (including its quirks), so
 //! chunked results equal the reference's; it must never be "simplified" into a plain causal conv.
 
 use crate::fused::profile::section;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use videosdgx_kernels::FrameConv;
 
 /// Frames of context a kernel-3 causal convolution needs from the previous chunk.
 const CACHE_FRAMES: usize = 2;
@@ -69,12 +71,11 @@ fn unfold_frames(x: &Tensor, b: usize, t: usize) -> Result<Tensor> {
 /// `Conv3d` that pads time on the front only (causal), optionally taking the previous chunk's
 /// frames in place of that padding.
 pub struct CausalConv3d {
-    /// One `[out, in, kh, kw]` kernel per temporal tap.
-    taps: Vec<Tensor>,
+    /// `[out, kt * in, kh, kw]`: the temporal taps in front of the input channels ([`FrameConv`]).
+    weight: Tensor,
     bias: Tensor,
-    stride_t: usize,
+    conv: FrameConv,
     pad_t: usize,
-    pad_hw: usize,
 }
 
 impl CausalConv3d {
@@ -87,17 +88,20 @@ impl CausalConv3d {
         padding: (usize, usize),
     ) -> Result<Self> {
         let (kt, kh, kw) = kernel;
-        let weight = vb.get((out_c, in_c, kt, kh, kw), "weight")?;
-        let taps = (0..kt)
-            .map(|i| weight.narrow(2, i, 1)?.squeeze(2)?.contiguous())
-            .collect::<Result<Vec<_>>>()?;
-        let bias = vb.get(out_c, "bias")?.reshape((1, out_c, 1, 1))?;
+        let weight = vb
+            .get((out_c, in_c, kt, kh, kw), "weight")?
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((out_c, kt * in_c, kh, kw))?;
         Ok(Self {
-            taps,
-            bias,
-            stride_t,
+            weight,
+            bias: vb.get(out_c, "bias")?,
+            conv: FrameConv {
+                taps: kt,
+                stride_t,
+                pad: padding.1,
+                stride: 1,
+            },
             pad_t: 2 * padding.0,
-            pad_hw: padding.1,
         })
     }
 
@@ -119,33 +123,7 @@ impl CausalConv3d {
         } else {
             x
         };
-        let (b, t, c, h, w) = x.dims5()?;
-        let kt = self.taps.len();
-        if t < kt {
-            candle_core::bail!("causal conv needs at least {kt} frames, got {t}");
-        }
-        let t_out = (t - kt) / self.stride_t + 1;
-        let mut out: Option<Tensor> = None;
-        for (i, tap) in self.taps.iter().enumerate() {
-            let slice = if self.stride_t == 1 {
-                x.narrow(1, i, t_out)?
-            } else {
-                let picked = (0..t_out)
-                    .map(|j| x.narrow(1, i + j * self.stride_t, 1))
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&picked, 1)?
-            };
-            let slice = slice.contiguous()?.reshape((b * t_out, c, h, w))?;
-            let y = slice.conv2d(tap, self.pad_hw, 1, 1, 1)?;
-            out = Some(match out {
-                Some(acc) => (acc + y)?,
-                None => y,
-            });
-        }
-        let out = out
-            .expect("kernel has at least one tap")
-            .broadcast_add(&self.bias)?;
-        unfold_frames(&out, b, t_out)
+        crate::fused::frame_conv(&x, &self.weight, &self.bias, self.conv)
     }
 
     /// The reference's chunked call: the conv sees the previous chunk's last frames, and the last
@@ -172,8 +150,7 @@ impl CausalConv3d {
 pub struct Conv2d {
     weight: Tensor,
     bias: Tensor,
-    padding: usize,
-    stride: usize,
+    conv: FrameConv,
 }
 
 impl Conv2d {
@@ -187,9 +164,13 @@ impl Conv2d {
     ) -> Result<Self> {
         Ok(Self {
             weight: vb.get((out_c, in_c, kernel, kernel), "weight")?,
-            bias: vb.get(out_c, "bias")?.reshape((1, out_c, 1, 1))?,
-            padding,
-            stride,
+            bias: vb.get(out_c, "bias")?,
+            conv: FrameConv {
+                taps: 1,
+                stride_t: 1,
+                pad: padding,
+                stride,
+            },
         })
     }
 }
@@ -198,8 +179,14 @@ impl Module for Conv2d {
     /// `x`: `[n, c, h, w]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         section("vae.conv2d", x.device(), || {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-                .broadcast_add(&self.bias)
+            let (n, c, h, w) = x.dims4()?;
+            let y = crate::fused::frame_conv(
+                &x.reshape((1, n, c, h, w))?,
+                &self.weight,
+                &self.bias,
+                self.conv,
+            )?;
+            y.squeeze(0)
         })
     }
 }

@@ -1,0 +1,414 @@
+//! [`FrameConv`] on cuDNN. In the frames-major `[B, T, C, H, W]` layout the `taps` frames one
+//! output frame reads are one contiguous `[taps * C, H, W]` image, so each output frame is a
+//! single-image 2-D convolution read in place: no gathering copy, no partial sums, one rounding
+//! (f32 accumulation). One call per output frame also keeps cuDNN's workspace small, which is
+//! what lets it use its fast precomputed-index GEMM at full resolution. (A single call over all
+//! frames would need a descriptor whose images overlap, for which cuDNN offers no algorithm.)
+//! The algorithm for each shape is measured once with `cudnnFindConvolutionForwardAlgorithmEx`
+//! and logged; the bias goes in with one `cudnnAddTensor` over the whole output.
+
+use super::{bf16_ptr, output};
+use crate::spec::FrameConv;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
+
+/// Workspace the algorithm search may hand to cuDNN; algorithms that want more are not tried.
+const FIND_WORKSPACE: usize = 1 << 30;
+
+fn cudnn_err(what: &'static str) -> impl FnOnce(result::CudnnError) -> candle_core::Error {
+    move |e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}"))
+}
+
+/// A cuDNN handle bound to one thread (cuDNN handles are not thread-safe).
+struct Handle(sys::cudnnHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate and dropped once.
+        let _ = unsafe { result::destroy_handle(self.0) };
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<DeviceId, Handle>> = RefCell::new(HashMap::new());
+}
+
+/// This thread's handle for `dev`, set to the device's stream.
+fn handle(dev: &CudaDevice) -> Result<sys::cudnnHandle_t> {
+    let stream = dev.cuda_stream();
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let handle = match handles.get(&dev.id()) {
+            Some(h) => h.0,
+            None => {
+                stream
+                    .context()
+                    .bind_to_thread()
+                    .map_err(super::driver_err("bind context"))?;
+                let h = result::create_handle().map_err(cudnn_err("create handle"))?;
+                handles.insert(dev.id(), Handle(h));
+                h
+            }
+        };
+        // SAFETY: the handle is live and the stream belongs to this device.
+        unsafe { result::set_stream(handle, stream.cu_stream() as *mut _) }
+            .map_err(cudnn_err("set stream"))?;
+        Ok(handle)
+    })
+}
+
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+
+impl TensorDesc {
+    fn new(dims: [usize; 4], strides: [usize; 4]) -> Result<Self> {
+        let desc =
+            Self(result::create_tensor_descriptor().map_err(cudnn_err("tensor descriptor"))?);
+        let (dims, strides) = (dims.map(|d| d as i32), strides.map(|s| s as i32));
+        // SAFETY: a fresh descriptor and four dims/strides.
+        unsafe {
+            result::set_tensornd_descriptor(
+                desc.0,
+                sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+                4,
+                dims.as_ptr(),
+                strides.as_ptr(),
+            )
+        }
+        .map_err(cudnn_err("tensor descriptor"))?;
+        Ok(desc)
+    }
+
+    fn packed(dims: [usize; 4]) -> Result<Self> {
+        let [_, c, h, w] = dims;
+        Self::new(dims, [c * h * w, h * w, w, 1])
+    }
+}
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { result::destroy_tensor_descriptor(self.0) };
+    }
+}
+
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+
+impl FilterDesc {
+    fn new(dims: [usize; 4]) -> Result<Self> {
+        let desc =
+            Self(result::create_filter_descriptor().map_err(cudnn_err("filter descriptor"))?);
+        let [k, c, h, w] = dims.map(|d| d as i32);
+        // SAFETY: a fresh descriptor.
+        unsafe {
+            result::set_filter4d_descriptor(
+                desc.0,
+                sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                [k, c, h, w],
+            )
+        }
+        .map_err(cudnn_err("filter descriptor"))?;
+        Ok(desc)
+    }
+}
+
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { result::destroy_filter_descriptor(self.0) };
+    }
+}
+
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl ConvDesc {
+    fn new(pad: usize, stride: usize) -> Result<Self> {
+        let desc =
+            Self(result::create_convolution_descriptor().map_err(cudnn_err("conv descriptor"))?);
+        let (pad, stride) = (pad as i32, stride as i32);
+        // SAFETY: a fresh descriptor. Accumulation in f32, tensor cores allowed.
+        unsafe {
+            result::set_convolution2d_descriptor(
+                desc.0,
+                pad,
+                pad,
+                stride,
+                stride,
+                1,
+                1,
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            )
+        }
+        .map_err(cudnn_err("conv descriptor"))?;
+        // SAFETY: as above.
+        unsafe {
+            result::set_convolution_math_type(desc.0, sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+        }
+        .map_err(cudnn_err("conv math type"))?;
+        Ok(desc)
+    }
+}
+
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { result::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+/// The algorithm measured fastest for one convolution shape, and the workspace it needs.
+#[derive(Clone, Copy)]
+struct Plan {
+    algo: sys::cudnnConvolutionFwdAlgo_t,
+    workspace: usize,
+}
+
+/// Everything that decides cuDNN's choice: window channels, size, output channels, kernel size,
+/// padding and stride.
+type PlanKey = (DeviceId, [usize; 8]);
+
+fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
+    static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
+    PLANS.get_or_init(Default::default)
+}
+
+/// The device's workspace, grown when a plan needs more; one stream, so reuse is ordered.
+fn workspaces() -> &'static Mutex<HashMap<DeviceId, CudaSlice<u8>>> {
+    static WORKSPACES: OnceLock<Mutex<HashMap<DeviceId, CudaSlice<u8>>>> = OnceLock::new();
+    WORKSPACES.get_or_init(Default::default)
+}
+
+struct Descriptors {
+    x: TensorDesc,
+    w: FilterDesc,
+    conv: ConvDesc,
+    y: TensorDesc,
+}
+
+/// Runs every algorithm cuDNN offers for these descriptors on the real operands and keeps the
+/// fastest that succeeded within [`FIND_WORKSPACE`].
+fn find_plan(
+    dev: &CudaDevice,
+    handle: sys::cudnnHandle_t,
+    d: &Descriptors,
+    (x, w, y): (u64, u64, u64),
+    what: &str,
+) -> Result<Plan> {
+    let stream = dev.cuda_stream();
+    // SAFETY: scratch for the search only; cuDNN writes before it reads.
+    let mut scratch = unsafe { stream.alloc::<u8>(FIND_WORKSPACE) }
+        .map_err(super::driver_err("conv search workspace"))?;
+    let (scratch_ptr, _guard) = scratch.device_ptr_mut(&stream);
+    const ALGOS: usize = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
+    // SAFETY: plain C structs that cuDNN fills.
+    let mut found: [sys::cudnnConvolutionFwdAlgoPerf_t; ALGOS] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    // SAFETY: descriptors describe the operands at x, w, y; the workspace has FIND_WORKSPACE bytes.
+    unsafe {
+        sys::cudnnFindConvolutionForwardAlgorithmEx(
+            handle,
+            d.x.0,
+            x as *const c_void,
+            d.w.0,
+            w as *const c_void,
+            d.conv.0,
+            d.y.0,
+            y as *mut c_void,
+            ALGOS as i32,
+            &mut count,
+            found.as_mut_ptr(),
+            scratch_ptr as *mut c_void,
+            FIND_WORKSPACE,
+        )
+        .result()
+    }
+    .map_err(cudnn_err("algorithm search"))?;
+    // Results come sorted by time.
+    let best = found[..count as usize].iter().find(|p| {
+        p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && p.memory <= FIND_WORKSPACE
+    });
+    let Some(best) = best else {
+        bail!("cuDNN has no algorithm for the convolution {what}")
+    };
+    tracing::info!(
+        "cuDNN conv {what}: {:?} ({:.3} ms, workspace {} MiB, of {count} tried)",
+        best.algo,
+        best.time,
+        best.memory >> 20
+    );
+    Ok(Plan {
+        algo: best.algo,
+        workspace: best.memory,
+    })
+}
+
+struct FrameConvOp(FrameConv);
+
+impl CustomOp3 for FrameConvOp {
+    fn name(&self) -> &'static str {
+        "frame-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("frame conv runs on CUDA only; reference::frame_conv is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let spec = self.0;
+        let dev = xs.device().clone();
+        let (b, t, c, h, w) = xl.shape().dims5()?;
+        let (o, ck, kh, kw) = wl.shape().dims4()?;
+        let t_out = spec.out_frames(t)?;
+        let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
+        let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
+        let d = Descriptors {
+            x: TensorDesc::packed([1, ck, h, w])?,
+            w: FilterDesc::new([o, ck, kh, kw])?,
+            conv: ConvDesc::new(spec.pad, spec.stride)?,
+            y: TensorDesc::packed([1, o, h_out, w_out])?,
+        };
+        let mut out = output(&dev, b * t_out * out_frame)?;
+        let stream = dev.cuda_stream();
+        let handle = handle(&dev)?;
+        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (weight, _wg) = bf16_ptr(ws, wl, &stream)?;
+        let (bias, _bg) = bf16_ptr(bs, bl, &stream)?;
+        let (y, y_guard) = out.device_ptr_mut(&stream);
+
+        let key = (dev.id(), [ck, h, w, o, kh, kw, spec.pad, spec.stride]);
+        let known = plans()
+            .lock()
+            .expect("conv plans poisoned")
+            .get(&key)
+            .copied();
+        let plan = match known {
+            Some(plan) => plan,
+            None => {
+                let what = format!(
+                    "[{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
+                    spec.pad, spec.stride
+                );
+                let plan = find_plan(&dev, handle, &d, (x, weight, y), &what)?;
+                plans()
+                    .lock()
+                    .expect("conv plans poisoned")
+                    .insert(key, plan);
+                plan
+            }
+        };
+
+        let mut workspaces = workspaces().lock().expect("conv workspaces poisoned");
+        if workspaces
+            .get(&dev.id())
+            .is_none_or(|ws| ws.len() < plan.workspace)
+        {
+            // SAFETY: scratch memory cuDNN writes before reading.
+            let ws = unsafe { stream.alloc::<u8>(plan.workspace.max(1)) }
+                .map_err(super::driver_err("conv workspace"))?;
+            workspaces.insert(dev.id(), ws);
+        }
+        let (workspace, _wsg) = workspaces[&dev.id()].device_ptr(&stream);
+        let (one, zero) = (1f32, 0f32);
+        for (item, frame) in (0..b).flat_map(|item| (0..t_out).map(move |j| (item, j))) {
+            let first_in = item * t + frame * spec.stride_t;
+            let first_out = item * t_out + frame;
+            // SAFETY: output frame `frame` of batch item `item` reads the `taps` contiguous input
+            // frames from `first_in` (in bounds: t_out from out_frames) and writes one packed
+            // output frame; the workspace holds the plan's bytes; alpha/beta are f32 as bf16
+            // data requires.
+            unsafe {
+                result::convolution_forward(
+                    handle,
+                    &one as *const f32 as *const c_void,
+                    d.x.0,
+                    (x + 2 * (first_in * in_frame) as u64) as *const c_void,
+                    d.w.0,
+                    weight as *const c_void,
+                    d.conv.0,
+                    plan.algo,
+                    workspace as *mut c_void,
+                    plan.workspace,
+                    &zero as *const f32 as *const c_void,
+                    d.y.0,
+                    (y + 2 * (first_out * out_frame) as u64) as *mut c_void,
+                )
+            }
+            .map_err(cudnn_err("convolution"))?;
+        }
+        let bias_desc = TensorDesc::packed([1, o, 1, 1])?;
+        let out_desc = TensorDesc::packed([b * t_out, o, h_out, w_out])?;
+        // SAFETY: bias is [o] bf16, broadcast over the packed output; y += bias.
+        unsafe {
+            sys::cudnnAddTensor(
+                handle,
+                &one as *const f32 as *const c_void,
+                bias_desc.0,
+                bias as *const c_void,
+                &one as *const f32 as *const c_void,
+                out_desc.0,
+                y as *mut c_void,
+            )
+            .result()
+        }
+        .map_err(cudnn_err("bias add"))?;
+        drop(y_guard);
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from_dims(&[b, t_out, o, h_out, w_out]),
+        ))
+    }
+}
+
+/// [`FrameConv`] of bf16 `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`
+/// on one CUDA device, through cuDNN (f32 accumulation, rounded once to bf16). Input and output
+/// frames must start 16-byte aligned (`C*H*W` and `O*H_out*W_out` multiples of 8), as cuDNN's
+/// tensor-core algorithms need. Errors on anything else.
+pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
+    let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
+    let in_frame: usize = x.dims()[2..].iter().product();
+    if in_frame % 8 != 0 || (o * h_out * w_out) % 8 != 0 {
+        bail!(
+            "frame conv: frames of {in_frame} and {} elements are not 16-byte aligned",
+            o * h_out * w_out
+        );
+    }
+    for t in [x, weight, bias] {
+        if t.dtype() != DType::BF16 || !t.device().is_cuda() || !t.device().same_device(x.device())
+        {
+            bail!(
+                "frame conv: operands must be bf16 on the CUDA device of x, got {:?} on {:?}",
+                t.dtype(),
+                t.device()
+            );
+        }
+    }
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &FrameConvOp(spec),
+    )
+}
