@@ -61,11 +61,11 @@ fn storyboard(s: &Server) -> (i64, i64) {
     (project, board.json()["id"].as_i64().unwrap())
 }
 
-/// Submits a job that is tried once and waits for it to finish.
+/// Submits a job with its kind's default attempts and waits for it to finish.
 fn run_job(s: &Server, kind: &str, params: Value, project: i64) -> Value {
     let r = s.post(
         "/api/jobs",
-        &json!({ "kind": kind, "params": params, "project_id": project, "max_attempts": 1 }),
+        &json!({ "kind": kind, "params": params, "project_id": project }),
     );
     assert_eq!(r.status, 201, "{}", r.json());
     let id = r.json()["id"].as_i64().unwrap();
@@ -197,6 +197,12 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
             project,
         );
         assert_eq!(job["state"], "failed", "{script}: {job}");
+        // A plugin's failure is deterministic: it is not retried.
+        assert_eq!(
+            (job["attempts"].as_i64(), job["max_attempts"].as_i64()),
+            (Some(1), Some(1)),
+            "{job}"
+        );
         let error = job["error"].as_str().unwrap();
         assert!(error.contains(expected), "{script}: {error}");
         assert_eq!(s.get("/api/health").json()["status"], "ok");
@@ -257,6 +263,36 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     );
     let after = s.get(&format!("/api/shots/{}", shot["id"])).json();
     assert_eq!(after["prompt"], shot["prompt"]);
+    s.stop();
+}
+
+#[test]
+fn plugin_job_cut_off_by_a_crash_is_interrupted_not_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let (project, board) = storyboard(&s);
+    install(&s, "hostile", &["assets:read", "media", "project:read"]);
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "plan", "params": { "storyboard_id": board, "script": "loop", "plugin": "hostile" },
+                 "project_id": project }),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    let id = r.json()["id"].as_i64().unwrap();
+    s.wait_job(id, "to run", |job| job["state"] == "running");
+    s.sigkill();
+
+    let s = start(dir.path());
+    let job = s.get(&format!("/api/jobs/{id}")).json();
+    assert_eq!(job["state"], "interrupted", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped while attempt 1"),
+        "{job}"
+    );
     s.stop();
 }
 
@@ -332,5 +368,42 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
             .any(|e| e["function"] == "media.render-timeline" && e["error"].is_null()),
         "{audit}"
     );
+
+    // Planning again would replace shots that have takes: refused unless asked for.
+    let takes: Vec<i64> = s
+        .get(&format!("/api/storyboards/{board}/shots"))
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|shot| shot["takes"][0]["asset_id"].as_i64().unwrap())
+        .collect();
+    let again = json!({ "storyboard_id": board, "script": script });
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "plan", "params": again, "project_id": project }),
+    );
+    assert_eq!(r.status, 409, "{}", r.json());
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("already has generated takes (shot 1, 2)") && message.contains("replace"),
+        "{message}"
+    );
+    let mut replace = again.clone();
+    replace["replace"] = json!(true);
+    let job = run_job(&s, "plan", replace, project);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
+    assert!(
+        shots
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|shot| shot["takes"] == json!([]))
+    );
+    for asset in takes {
+        let r = s.get(&format!("/api/assets/{asset}"));
+        assert_eq!(r.status, 200, "take asset {asset} is still in the library");
+    }
     s.stop();
 }

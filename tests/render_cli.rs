@@ -1,7 +1,8 @@
 //! `videosdgx render` end to end on the CPU: the first-party plugins installed through the CLI,
 //! the tiny random Wan model (tests/fixtures/tiny-wan-t2v) installed as a model, a two-shot
 //! screenplay planned, expanded, generated and stitched into one MP4 whose length is what the
-//! stitcher's edit says, with every shot's generation recorded in the studio database.
+//! stitcher's edit says, with every step run and recorded as a job of the studio's queue and
+//! every shot's generation recorded in the studio database; Ctrl-C cancels the running job.
 
 #[path = "support/guests.rs"]
 mod guests;
@@ -10,8 +11,9 @@ mod models;
 
 use models::install_tiny_model;
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const SCRIPT: &str = "\
 # Paper Boats
@@ -178,6 +180,262 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
         )
         .unwrap();
     assert_eq!((kind.as_str(), project.as_str()), ("video", "Boats"));
+
+    // Every step ran on the job queue as the job kinds the web UI submits, each once.
+    let mut stmt = db
+        .prepare("SELECT kind, state, attempts FROM jobs ORDER BY id")
+        .unwrap();
+    let jobs: Vec<(String, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["plan", "expand", "expand", "generate", "generate", "stitch"]
+    );
+    assert!(
+        jobs.iter().all(|j| (j.1.as_str(), j.2) == ("succeeded", 1)),
+        "{jobs:?}"
+    );
+    for shot in shots {
+        let job: i64 = db
+            .query_row(
+                "SELECT job_id FROM generations WHERE id = ?1",
+                [shot["generation_id"].as_i64()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(Some(job), shot["job_id"].as_i64(), "{shot}");
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("never.mp4");
+    // Enough denoising steps that the interrupt lands mid-generation.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "render",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--steps",
+            "200",
+            "--guidance",
+            "5",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the render ended before generating:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("shot 1/2: denoising") {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stderr.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{seen}");
+    assert!(
+        seen.contains("error: render stopped: shot 1/2 (job 4) was cancelled"),
+        "{seen}"
+    );
+    assert!(!out.exists());
+
+    // The job is recorded as cancelled, the shot is left a draft without a take, and nothing
+    // after it ran.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let (kind, state): (String, String) = db
+        .query_row("SELECT kind, state FROM jobs WHERE id = 4", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((kind.as_str(), state.as_str()), ("generate", "cancelled"));
+    let later: i64 = db
+        .query_row("SELECT count(*) FROM jobs WHERE id > 4", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(later, 0);
+    let (status, takes): (String, i64) = db
+        .query_row(
+            "SELECT status, (SELECT count(*) FROM takes) FROM shots ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), takes), ("draft", 0));
+}
+
+#[test]
+fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let jobs = || -> i64 {
+        let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+        db.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let out = videosdgx(
+        &data,
+        &["render", script.to_str().unwrap(), "--model", "nope"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model `nope` is not installed (installed: tiny-wan-t2v)"),
+        "{err}"
+    );
+    assert_eq!(jobs(), 0);
+
+    // A server holds the queue's lock: render does not run its jobs beside it.
+    let lock = std::fs::File::create(data.join("serve.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = videosdgx(&data, &["render", script.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "another `videosdgx serve` or `videosdgx render` is already running the jobs of"
+        ),
+        "{err}"
+    );
+    assert_eq!(jobs(), 0);
+}
+
+#[test]
+fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let weights = data.join("models/tiny-wan-t2v/transformer/diffusion_pytorch_model.safetensors");
+    std::fs::write(&weights, b"not safetensors").unwrap();
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("s.mp4");
+
+    let output = videosdgx(
+        &data,
+        &[
+            "render",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+        ],
+    );
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("error: shot 1/2 (job 4) failed: loading model `tiny-wan-t2v`"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // The job used its attempts, its error is recorded, the shot says it failed, and the
+    // render went no further.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let (state, attempts, error): (String, i64, String) = db
+        .query_row(
+            "SELECT state, attempts, error FROM jobs WHERE id = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((state.as_str(), attempts), ("failed", 3));
+    assert!(error.contains("loading model"), "{error}");
+    let (later, status): (i64, String) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM jobs WHERE id > 4), status FROM shots ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((later, status.as_str()), (0, "failed"));
+}
+
+#[test]
+fn render_finishes_when_its_stderr_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    let script = tmp.path().join("s.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("s.mp4");
+    // As under `2>&1 | head`: every write to stderr fails. The job workers log (info level)
+    // and must not die of it, or the render would wait for its next job forever.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "render",
+            script.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the render hung with its stderr closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(out.exists());
 }
 
 #[test]

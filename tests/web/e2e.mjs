@@ -164,6 +164,8 @@ try {
       'the draft survives a reload');
     await page.unroute('**/api/shots/*');
     await page.getByText('All changes saved').waitFor();
+    assert.equal(await page.locator('.toast.error', { hasText: 'Saving the shot failed' }).count(), 0,
+      'a later successful save takes the stale failure toast down');
     const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
     assert.equal(shots[0].prompt, 'A lighthouse on a cliff at dusk, gulls circling');
     await shot('02-storyboard');
@@ -307,8 +309,18 @@ try {
   await step('plan a script with the planner plugin; its refused call is in the audit log', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     await page.locator('#script').fill(SCRIPT);
+    const [generated] = await api('GET', `/api/storyboards/${board.id}/shots`);
+    const takeAsset = generated.takes[0].asset_id;
     await page.locator('#plan').click();
+    // The first shot has a take: planning again asks before replacing the shots.
+    const dialog = page.getByRole('dialog');
+    await dialog.getByText('Some shots already have generated takes').waitFor({ timeout: 60_000 });
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    assert.equal((await api('GET', `/api/storyboards/${board.id}/shots`))[0].id, generated.id, 'cancel keeps the shots');
+    await page.locator('#plan').click();
+    await dialog.getByRole('button', { name: 'Replace shots' }).click();
     await page.getByText('Storyboard planned.').waitFor({ timeout: 60_000 });
+    assert.equal((await api('GET', `/api/assets/${takeAsset}`)).id, takeAsset, 'the replaced take stays in the library');
     const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
     assert.ok(shots.length >= 2, `the plan has ${shots.length} shots`);
     assert.ok(shots.some((s) => /bird/i.test(s.prompt)), shots.map((s) => s.prompt).join(' | '));

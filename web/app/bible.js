@@ -3,7 +3,7 @@
 
 import * as endpoints from './endpoints.js';
 import { runJob } from './run-job.js';
-import { attempt, debounce, h, toast } from './ui.js';
+import { attempt, confirmDialog, debounce, h, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
 
 const EMPTY_STYLE = { look: '', lighting: '', negative: '' };
@@ -101,13 +101,31 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     persist();
   }
 
+  /**
+   * Runs the planner. A storyboard whose shots already have takes is only re-planned when the
+   * user agrees to replace its shots (the studio answers 409 otherwise); the takes' videos stay
+   * in the asset library either way. Resolves undefined when the user keeps the shots.
+   */
+  async function planJob(text) {
+    const params = { storyboard_id: board.id, script: text };
+    try {
+      return await runJob('plan', params, project.id);
+    } catch (err) {
+      if (err?.status !== 409) throw err;
+      const replace = await confirmDialog('Replace the planned shots?',
+        'Some shots already have generated takes. Planning again replaces every shot of this ' +
+        'storyboard; the takes\' videos stay in the asset library.', 'Replace shots');
+      if (!replace) return undefined;
+      return runJob('plan', { ...params, replace: true }, project.id);
+    }
+  }
+
   async function plan() {
     const text = script.value.trim();
     if (!text) { toast('Write or paste a script first.', 'error'); script.focus(); return; }
     planButton.disabled = true;
     planStatus.textContent = 'Planning…';
-    const job = await attempt('Planning the storyboard', () =>
-      runJob('plan', { storyboard_id: board.id, script: text }, project.id));
+    const job = await attempt('Planning the storyboard', () => planJob(text));
     planButton.disabled = false;
     planStatus.textContent = '';
     if (!job) return;

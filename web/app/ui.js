@@ -48,13 +48,23 @@ export function toast(message, kind = 'info') {
   return el;
 }
 
-/** Runs an async action, showing its failure as a readable toast. Returns its result or undefined. */
+/** The error toast each action (by its `what`) last left on screen. */
+const failures = new Map();
+
+/**
+ * Runs an async action, showing its failure as a readable toast. Returns its result or
+ * undefined. A later success of the same action takes its stale failure toast down.
+ */
 export async function attempt(what, action) {
   try {
-    return await action();
+    const result = await action();
+    failures.get(what)?.remove();
+    failures.delete(what);
+    return result;
   } catch (err) {
     if (err?.name === 'AbortError') return undefined;
-    toast(`${what} failed: ${err.message}`, 'error');
+    failures.get(what)?.remove();
+    failures.set(what, toast(`${what} failed: ${err.message}`, 'error'));
     return undefined;
   }
 }

@@ -9,9 +9,13 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log_level())),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (`videosdgx render ... 2>&1 | head`) must not panic the thread that
+        // logs, which may be a job worker: tracing-subscriber reports its own write errors with
+        // `eprintln!`, which panics when stderr is gone.
+        .log_internal_errors(false)
         .init();
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,6 +40,11 @@ pub enum CallError {
     },
     #[error("plugin `{plugin}` is disabled")]
     Disabled { plugin: String },
+    /// Every slot of the instance pool is taken by running calls.
+    #[error(
+        "plugin `{plugin}` was not started: {running} plugin calls are already running; try again when one ends"
+    )]
+    Busy { plugin: String, running: u32 },
 }
 
 impl CallError {
@@ -62,6 +67,7 @@ impl CallError {
             CallError::Crashed { .. } => "plugin_crashed",
             CallError::WrongWorld { .. } => "plugin_wrong_world",
             CallError::Disabled { .. } => "plugin_disabled",
+            CallError::Busy { .. } => "plugin_busy",
         }
     }
 }

@@ -6,6 +6,10 @@
 use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 
+/// Most elements a plugin's table may grow to (function references; Rust guests use a few
+/// hundred).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
 /// Limits for one call into a plugin.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
@@ -67,7 +71,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
 

@@ -1,12 +1,12 @@
 //! The plugin runtime: one wasmtime engine (Cranelift, component model, async, fuel, epoch
 //! interruption), a disk cache of compiled components, component checks against the
-//! manifest, and the calls into plugins, each in a fresh store with its own limits. A call
-//! that traps or breaches a limit ends with a [`CallError`]; the runtime and every other
-//! plugin carry on.
+//! manifest, and the calls into plugins, each in a fresh store with its own limits and a
+//! fresh instance from a pool of pre-mapped slots. A call that traps or breaches a limit ends
+//! with a [`CallError`]; the runtime and every other plugin carry on.
 
 use crate::capability::Grants;
 use crate::error::{CallError, LoadError};
-use crate::limits::{GuestTimeExceeded, Limits};
+use crate::limits::{GuestTimeExceeded, Limits, MAX_TABLE_ELEMENTS};
 use crate::manifest::{Manifest, World};
 use crate::services::HostServices;
 use crate::state::PluginState;
@@ -22,8 +22,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
+/// Core instances, memories and tables one plugin's component may hold (a Rust guest has its
+/// module plus the WASI adapter's few shims; room is left for composed components). Each
+/// memory slot reserves 4 GiB of address space (not memory): the pool reserves about 0.5 TiB.
+const CORE_INSTANCES_PER_CALL: u32 = 16;
+const MEMORIES_PER_CALL: u32 = 2;
+const TABLES_PER_CALL: u32 = 8;
+/// Most of a linear memory, and of a table, that a finished call's slot keeps mapped (only
+/// pages a call touched are resident at all).
+const KEEP_RESIDENT_MEMORY: usize = 16 << 20;
+const KEEP_RESIDENT_TABLE: usize = 1 << 20;
 /// How often the epoch advances: the granularity of time budgets.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Native stack a plugin may use; deeper recursion traps.
@@ -65,6 +78,9 @@ impl Drop for PluginRuntime {
 }
 
 impl PluginRuntime {
+    /// Plugin calls that may run at once; one more is refused with [`CallError::Busy`].
+    pub const MAX_CONCURRENT_CALLS: u32 = 64;
+
     /// A runtime whose compiled components are cached in `cache_dir` (none when `None`).
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginRuntime> {
         let mut config = Config::new();
@@ -73,7 +89,8 @@ impl PluginRuntime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
         let engine = Engine::new(&config)?;
         let linkers = Linkers::new(&engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -234,6 +251,34 @@ impl PluginRuntime {
     }
 }
 
+/// The pooling instance allocator: every call still gets a fresh instance in a fresh store
+/// (memory and tables are reset to the component's initial image between calls), but from
+/// slots mapped once, instead of mapping and unmapping memory, tables and the async stack on
+/// every call. Each slot may grow to wasm32's 4 GiB; the per-call [`Limits`] cap what a call
+/// actually uses.
+fn pool() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(PluginRuntime::MAX_CONCURRENT_CALLS)
+        .total_stacks(PluginRuntime::MAX_CONCURRENT_CALLS)
+        .total_core_instances(PluginRuntime::MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
+        .total_memories(PluginRuntime::MAX_CONCURRENT_CALLS * MEMORIES_PER_CALL)
+        .total_tables(PluginRuntime::MAX_CONCURRENT_CALLS * TABLES_PER_CALL)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_CALL)
+        .max_memories_per_component(MEMORIES_PER_CALL)
+        .max_tables_per_component(TABLES_PER_CALL)
+        .table_elements(MAX_TABLE_ELEMENTS);
+    // With the kernel's PAGEMAP_SCAN (Linux 6.7+), a finished call's slot is reset by
+    // rewriting only the pages it dirtied, which stay mapped: the next call takes no page
+    // faults and no `madvise`. Without it, resetting by `memset` would touch every kept byte,
+    // so memory is handed back to the kernel instead.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
+    }
+    pool
+}
+
 /// Turns the raw result of a call into the user-facing outcome.
 fn outcome<T>(
     plugin: &Plugin,
@@ -252,6 +297,15 @@ fn outcome<T>(
             plugin: id,
             limit_mib: state.limits().memory_bytes >> 20,
             wanted_mib: wanted >> 20,
+        });
+    }
+    let pool_full = err
+        .chain()
+        .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>());
+    if pool_full {
+        return Err(CallError::Busy {
+            plugin: id,
+            running: PluginRuntime::MAX_CONCURRENT_CALLS,
         });
     }
     if let Some(exceeded) = err.downcast_ref::<GuestTimeExceeded>() {

@@ -6,8 +6,10 @@ mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{MemoryServices, context, input, load, runtime};
-use videosdgx_plugin_host::{CallError, Capability, Grants, Limits, PluginError};
+use support::{MemoryServices, context, guests, input, load, runtime};
+use videosdgx_plugin_host::{
+    CallError, Capability, Grants, Limits, Manifest, PluginError, PluginRuntime,
+};
 
 fn hostile_grants() -> Grants {
     Grants::new([
@@ -217,4 +219,79 @@ async fn a_spinning_plugin_does_not_block_other_plugins() {
         took < Duration::from_secs(1),
         "echo waited {took:?} behind the spinner"
     );
+}
+
+#[tokio::test]
+async fn every_call_starts_from_the_plugins_initial_state() {
+    // The pooling allocator reuses memory slots; what a call wrote must never reach the next.
+    let plugin = load("hostile");
+    let ctx = context(
+        Arc::new(MemoryServices::default()),
+        hostile_grants(),
+        Limits::default(),
+    );
+    for _ in 0..3 {
+        let board = runtime()
+            .plan(&plugin, &ctx, &input("remember"))
+            .await
+            .unwrap();
+        assert_eq!(board.title, "call 1, found 0 bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_beyond_the_concurrent_limit_is_refused_and_the_pool_recovers() {
+    // A runtime of its own, so that filling its pool cannot disturb other tests.
+    let runtime = Arc::new(PluginRuntime::new(None).unwrap());
+    let manifest = Manifest::parse(&guests::manifest_text("hostile")).unwrap();
+    let plugin = Arc::new(
+        runtime
+            .load(manifest, &guests::component("hostile"))
+            .unwrap(),
+    );
+    let limits = Limits {
+        guest_time: Duration::from_secs(30),
+        fuel: u64::MAX,
+        ..Limits::default()
+    };
+    let ctx = Arc::new(context(
+        Arc::new(MemoryServices::default()),
+        hostile_grants(),
+        limits,
+    ));
+    let mut spinners = tokio::task::JoinSet::new();
+    for _ in 0..PluginRuntime::MAX_CONCURRENT_CALLS {
+        let (runtime, plugin, ctx) = (runtime.clone(), plugin.clone(), ctx.clone());
+        spinners.spawn(async move { runtime.plan(&plugin, &ctx, &input("loop")).await });
+    }
+    // Every spinner has its instance once the pool refuses the next call.
+    let started = Instant::now();
+    let refused = loop {
+        match runtime
+            .plan(&plugin, &ctx, &input("echo one too many"))
+            .await
+        {
+            Err(err) => break err,
+            Ok(_) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        matches!(refused, CallError::Busy { running: 64, .. }),
+        "{refused}"
+    );
+    assert_eq!(
+        refused.to_string(),
+        "plugin `hostile` was not started: 64 plugin calls are already running; try again when one ends"
+    );
+
+    spinners.abort_all();
+    while spinners.join_next().await.is_some() {}
+    let board = runtime
+        .plan(&plugin, &ctx, &input("echo after"))
+        .await
+        .expect("the slots came back");
+    assert_eq!(board.title, "echo after");
 }

@@ -54,15 +54,36 @@ fn shot_model(data_dir: &Path, shot: &Shot) -> Result<String> {
     if let Some(model) = shot.model.as_deref().filter(|m| !m.is_empty()) {
         return Ok(model.to_string());
     }
+    only_model(
+        data_dir,
+        &format!("shot {} has no model and", shot.position + 1),
+    )
+}
+
+/// The model a generation of `wanted` would use: `wanted` when it is installed, else the only
+/// installed model. For callers that refuse before queueing work (`render`).
+pub fn resolve_model(data_dir: &Path, wanted: Option<&str>) -> Result<String> {
+    match wanted.filter(|m| !m.is_empty()) {
+        Some(name) => model_dir(data_dir, name).map(|_| name.to_string()),
+        None => only_model(data_dir, "no model was named and"),
+    }
+}
+
+/// The one installed model; `why` starts the error when several are.
+fn only_model(data_dir: &Path, why: &str) -> Result<String> {
     match list_models(data_dir)?.as_slice() {
         [only] => Ok(only.name.clone()),
         [] => Err(StudioError::Invalid(
             "no model is installed; pull one with `videosdgx models pull Wan-AI/Wan2.1-T2V-1.3B-Diffusers`"
                 .into(),
         )),
-        _ => Err(StudioError::Invalid(format!(
-            "shot {} has no model and several are installed: choose one",
-            shot.position + 1
+        several => Err(StudioError::Invalid(format!(
+            "{why} several are installed ({}): choose one",
+            several
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

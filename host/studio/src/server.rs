@@ -1,7 +1,7 @@
 //! Runs the studio: takes the data directory's server lock, recovers jobs cut off by a crash,
-//! starts the job workers and serves HTTP until SIGINT/SIGTERM, then stops gracefully (running
-//! jobs go back to the queue). Routers of other parts (plugins, web UI, auth) are merged in
-//! [`router`].
+//! starts the job workers ([`QueueWorkers`], also what `render` runs its jobs on) and serves
+//! HTTP until SIGINT/SIGTERM, then stops gracefully (running jobs go back to the queue).
+//! Routers of other parts (plugins, web UI, auth) are merged in [`router`].
 
 use crate::app::App;
 use crate::auth::Auth;
@@ -28,7 +28,7 @@ pub fn router(app: Arc<App>, auth: Auth) -> Router {
     crate::auth::protect(routes, auth)
 }
 
-/// Holds `<data>/serve.lock` so that two servers never run the same queue.
+/// Holds `<data>/serve.lock` so that two processes never run the same queue.
 pub struct ServerLock {
     _file: File,
 }
@@ -40,10 +40,54 @@ impl ServerLock {
         match file.try_lock() {
             Ok(()) => Ok(ServerLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StudioError::Conflict(format!(
-                "another `videosdgx serve` is already using {}",
+                "another `videosdgx serve` or `videosdgx render` is already running the jobs of {}",
                 data_dir.display()
             ))),
             Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// The job queue at work in this process: the data directory's lock held, jobs and shots cut
+/// off by a crash recovered, and the lane workers running until [`QueueWorkers::stop`].
+/// `serve` runs one for its lifetime; `render` runs one for the length of a render.
+pub struct QueueWorkers {
+    app: Arc<App>,
+    _lock: ServerLock,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl QueueWorkers {
+    pub async fn start(app: &Arc<App>, lock: ServerLock) -> Result<QueueWorkers> {
+        let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
+        app.blocking(|a| crate::generation::recover_shots(&a.db))
+            .await?;
+        if !recovered.is_empty() {
+            tracing::warn!(
+                count = recovered.len(),
+                "jobs were cut off by the last stop"
+            );
+        }
+        Ok(QueueWorkers {
+            app: app.clone(),
+            _lock: lock,
+            handles: JobQueue::start(app, CPU_WORKERS),
+        })
+    }
+
+    /// Stops the workers and waits for them a grace period: running jobs go back to the queue
+    /// to resume at the next start.
+    pub async fn stop(self) {
+        self.app.jobs.stop();
+        let all = async {
+            for handle in self.handles {
+                let _ = handle.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::warn!(
+                "jobs still running after the grace period; they will be recovered at next start"
+            );
         }
     }
 }
@@ -54,7 +98,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let _lock = ServerLock::acquire(app.data_dir())?;
+    let lock = ServerLock::acquire(app.data_dir())?;
     let auth = Auth::for_bind(
         app.data_dir(),
         listener.local_addr()?.ip(),
@@ -63,16 +107,7 @@ pub async fn serve(
     if let Some(token) = &auth.new_token {
         crate::auth::announce_new_token(token);
     }
-    let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
-    app.blocking(|a| crate::generation::recover_shots(&a.db))
-        .await?;
-    if !recovered.is_empty() {
-        tracing::warn!(
-            count = recovered.len(),
-            "jobs were cut off by the last stop"
-        );
-    }
-    let workers = JobQueue::start(&app, CPU_WORKERS);
+    let workers = QueueWorkers::start(&app, lock).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data = %app.data_dir().display(), "studio ready");
     let stopping = app.clone();
@@ -86,19 +121,8 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StudioError::from)?;
-    let all = futures_join(workers);
-    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
-        tracing::warn!(
-            "jobs still running after the grace period; they will be recovered at next start"
-        );
-    }
+    workers.stop().await;
     Ok(())
-}
-
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for handle in handles {
-        let _ = handle.await;
-    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -3,6 +3,8 @@
 //! keeps serving. Never install this outside tests.
 
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use videosdgx_plugin_sdk::types::{PlanInput, PluginError, Storyboard, Style};
 use videosdgx_plugin_sdk::{Planner, host};
 
@@ -25,6 +27,7 @@ impl Planner for Hostile {
             "invalid-ids" => invalid_ids(),
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
+            "remember" => Ok(storyboard(remember())),
             other => Err(PluginError::InvalidInput(format!(
                 "unknown misbehaviour `{other}`"
             ))),
@@ -48,6 +51,19 @@ fn storyboard(title: String) -> Storyboard {
         opening_title: None,
         closing_title: None,
     }
+}
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+static SCRIBBLE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Counts calls in a global and leaves 4 MiB of heap dirty: a call that started from what an
+/// earlier one left would see a count above 1 or the scribble.
+fn remember() -> String {
+    let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut scribble = SCRIBBLE.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = scribble.len();
+    scribble.resize(4 << 20, 0xAB);
+    format!("call {calls}, found {seen} bytes")
 }
 
 fn spin() -> ! {

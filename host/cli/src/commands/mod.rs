@@ -63,6 +63,17 @@ pub enum Command {
     Render(Box<render::RenderArgs>),
 }
 
+impl Cli {
+    /// The log level when `RUST_LOG` is unset: `render` prints its own progress, so the job
+    /// queue's per-job log lines would only interleave with it.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Render(_) => "warn",
+            _ => "info",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let data = data_dir(cli.data)?;
     match cli.command {

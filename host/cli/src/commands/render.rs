@@ -1,5 +1,6 @@
 //! `videosdgx render SCRIPT.md`: a screenplay to a finished MP4 without the web UI: plan,
-//! expand, generate every shot, stitch. Progress goes to stderr, the report to stdout.
+//! expand, generate every shot, stitch, each a job on the studio's queue, run in this process.
+//! Progress goes to stderr, the report to stdout; Ctrl-C cancels the running job.
 
 use anyhow::Context;
 use clap::Args;
@@ -7,6 +8,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use videosdgx_studio::App;
 use videosdgx_studio::generation::RenderSettings;
 use videosdgx_studio::render::{RenderReport, RenderRequest, render};
@@ -68,15 +70,25 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
         out,
     };
     let app = Arc::new(app);
-    let mut last = String::new();
-    let report = render(&app, &request, &mut |stage, step, total| {
-        let line = format!("{stage} {step}/{total}");
-        if line != last {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{line}");
-            last = line;
-        }
-        ControlFlow::Continue(())
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        tokio::spawn(stop_on_ctrl_c(interrupted.clone()));
+        let mut last = String::new();
+        render(&app, &request, &mut |stage, step, total| {
+            let line = format!("{stage} {step}/{total}");
+            if line != last {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{line}");
+                last = line;
+            }
+            if interrupted.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -84,6 +96,22 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
         println!("{}", summary(&report));
     }
     Ok(())
+}
+
+/// The first Ctrl-C cancels the running job (the render then ends with an error, the job
+/// recorded as cancelled); a second one quits at once.
+async fn stop_on_ctrl_c(interrupted: Arc<AtomicBool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "stopping: cancelling the running job (Ctrl-C again to quit at once)"
+    );
+    interrupted.store(true, Ordering::Relaxed);
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
 }
 
 fn summary(r: &RenderReport) -> String {
@@ -99,12 +127,13 @@ fn summary(r: &RenderReport) -> String {
     );
     for (i, shot) in r.shots.iter().enumerate() {
         text.push_str(&format!(
-            "  shot {}: {} frames, seed {}, asset {}, generation {}\n",
+            "  shot {}: {} frames, seed {}, asset {}, generation {}, job {}\n",
             i + 1,
             shot.frames,
             shot.seed,
             shot.asset_id,
-            shot.generation_id
+            shot.generation_id,
+            shot.job_id
         ));
     }
     text.push_str(&format!(

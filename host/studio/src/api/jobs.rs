@@ -52,7 +52,10 @@ pub async fn list_jobs(
 }
 
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = NewJob,
-    responses((status = 201, body = Job), (status = 422, body = super::error::ErrorBody)))]
+    responses((status = 201, body = Job), (status = 422, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody,
+            description = "the job would undo work: a `plan` of a storyboard whose shots have \
+                generated takes, without `\"replace\": true` in its params")))]
 pub async fn submit_job(
     State(app): AppState,
     Json(new): Json<NewJob>,

@@ -24,6 +24,8 @@ use utoipa::ToSchema;
 const POLL: Duration = Duration::from_secs(1);
 /// How often a running job's progress is written to the database and its cancel flag re-read.
 const PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// How often [`run_to_end`] hands on the latest progress when no report came.
+const RELAY_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -136,7 +138,8 @@ pub struct NewJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: Value,
-    /// Attempts before the job is failed (default 3).
+    /// Attempts before the job is failed (default: the kind's; 3 for most, 1 for plugin
+    /// jobs, whose failures are deterministic).
     pub max_attempts: Option<u32>,
     pub project_id: Option<i64>,
 }
@@ -173,6 +176,11 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
 pub trait JobRunner: Send + Sync {
     fn kind(&self) -> &'static str;
     fn lane(&self) -> Lane;
+    /// Attempts a job of this kind gets unless its submitter says otherwise. Kinds whose
+    /// failures repeat on every run (a plugin's trap or limit breach) should say 1.
+    fn default_attempts(&self) -> u32 {
+        3
+    }
     /// Refuses bad parameters at submission, before a row is written.
     fn check(&self, app: &App, params: &Value) -> Result<()>;
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value>;
@@ -314,7 +322,9 @@ impl JobQueue {
                 self.kinds().join(", ")
             ))
         })?;
-        let max_attempts = new.max_attempts.unwrap_or(3);
+        let max_attempts = new
+            .max_attempts
+            .unwrap_or_else(|| runner.default_attempts());
         if !(1..=100).contains(&max_attempts) {
             return Err(StudioError::Invalid("max_attempts must be 1 to 100".into()));
         }
@@ -512,6 +522,58 @@ impl JobQueue {
         self.announce(&finished);
         Ok(finished)
     }
+}
+
+/// Submits `new` to this process's running queue and waits for it to finish, handing
+/// `progress` the job's latest progress on every report and at least every
+/// [`RELAY_EVERY`]; when `progress` says `Break` the job is cancelled (and still awaited, so
+/// that it ends in a recorded state). Returns the job as finally stored, in any final state.
+pub async fn run_to_end(
+    app: &Arc<App>,
+    new: NewJob,
+    progress: &mut dyn FnMut(&JobProgress) -> ControlFlow<()>,
+) -> Result<Job> {
+    // Subscribed before submitting, so no event of the job is missed.
+    let mut events = app.jobs.subscribe();
+    let id = app.blocking(move |a| a.jobs.submit(a, &new)).await?.id;
+    let mut latest = JobProgress {
+        stage: "queued".into(),
+        step: 0,
+        total: 1,
+        eta_s: None,
+    };
+    // The first tick only after a period: "queued" is reported only for a job that waits.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RELAY_EVERY, RELAY_EVERY);
+    let mut cancelling = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(JobEvent::Progress { job_id, progress }) if job_id == id => latest = progress,
+                Ok(JobEvent::State { job_id, state, .. }) if job_id == id && state.is_finished() => {
+                    break;
+                }
+                Ok(_) => continue,
+                // Missed events: the tick reads the stored job.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                let job = app.blocking(move |a| get_job(&a.db, id)).await?;
+                if job.state.is_finished() {
+                    break;
+                }
+            }
+        }
+        if !cancelling && progress(&latest).is_break() {
+            cancelling = true;
+            match app.blocking(move |a| a.jobs.cancel(&a.db, id)).await {
+                // It finished meanwhile: what it ended as is returned below.
+                Ok(_) | Err(StudioError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    app.blocking(move |a| get_job(&a.db, id)).await
 }
 
 pub fn get_job(db: &Db, id: i64) -> Result<Job> {
@@ -712,6 +774,68 @@ mod tests {
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(job.attempts, 2);
         assert_eq!(job.error.as_deref(), Some("attempt 2 failed"));
+    }
+
+    /// Reports progress until told to stop.
+    struct UntilStopped;
+
+    impl JobRunner for UntilStopped {
+        fn kind(&self) -> &'static str {
+            "test.until_stopped"
+        }
+        fn lane(&self) -> Lane {
+            Lane::Cpu
+        }
+        fn check(&self, _app: &App, _params: &Value) -> Result<()> {
+            Ok(())
+        }
+        fn run(&self, _app: &App, ctx: &JobContext, _params: &Value) -> Result<Value> {
+            for step in 0.. {
+                if ctx.progress("spinning", step, 1_000_000).is_break() {
+                    return Err(StudioError::Invalid(format!("stopped at step {step}")));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            unreachable!()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_to_end_relays_progress_and_break_cancels_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Arc::new(
+            App::open_with_runners(
+                StudioConfig::new(dir.path()),
+                vec![Arc::new(UntilStopped) as Arc<dyn JobRunner>],
+            )
+            .unwrap(),
+        );
+        let workers = JobQueue::start(&app, 1);
+        let new = NewJob {
+            kind: "test.until_stopped".into(),
+            params: Value::Null,
+            max_attempts: None,
+            project_id: None,
+        };
+        let mut reports = Vec::new();
+        let job = run_to_end(&app, new, &mut |p| {
+            reports.push(p.clone());
+            if p.stage == "spinning" && p.step >= 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+        assert_eq!(job.attempts, 1);
+        assert!(job.error.unwrap().starts_with("cancelled: stopped at step"));
+        assert!(reports.iter().any(|p| p.stage == "spinning" && p.step >= 3));
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
     }
 
     #[test]

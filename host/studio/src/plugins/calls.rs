@@ -240,9 +240,11 @@ pub struct PlanRequest {
     pub render: RenderSettings,
     /// Add opening/closing title cards when the script has a title.
     pub title_cards: bool,
+    /// Replace shots that already have generated takes (see [`refuse_losing_takes`]).
+    pub replace: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanOutcome {
     pub plugin: String,
     pub storyboard_id: i64,
@@ -253,9 +255,33 @@ pub struct PlanOutcome {
     pub characters: usize,
 }
 
+/// Refuses (as a conflict) to re-plan a storyboard whose shots have generated takes unless
+/// `replace`: re-planning replaces the shots, and with them the takes' place in the
+/// storyboard. Even when replaced, the takes' videos and generation records stay in the
+/// asset library; a plan never deletes an asset.
+pub fn refuse_losing_takes(app: &App, storyboard_id: i64, replace: bool) -> Result<()> {
+    if replace {
+        return Ok(());
+    }
+    let with_takes: Vec<String> = shots::list_shots(&app.db, storyboard_id)?
+        .iter()
+        .filter(|s| !s.takes.is_empty())
+        .map(|s| (s.position + 1).to_string())
+        .collect();
+    if with_takes.is_empty() {
+        return Ok(());
+    }
+    Err(StudioError::Conflict(format!(
+        "storyboard {storyboard_id} already has generated takes (shot {}); planning it again \
+         would replace its shots. Plan into a new storyboard, or ask to replace them \
+         (`replace: true`); their videos stay in the asset library",
+        with_takes.join(", ")
+    )))
+}
+
 /// Plans `request.script` with the planner plugin and replaces the storyboard's shots with the
-/// plan; characters and style go into the storyboard's bible (characters already there keep
-/// the descriptions the user wrote).
+/// plan (refused when they have takes, unless `request.replace`); characters and style go into
+/// the storyboard's bible (characters already there keep the descriptions the user wrote).
 pub fn plan(
     app: &Arc<App>,
     job_id: Option<i64>,
@@ -267,6 +293,7 @@ pub fn plan(
     }
     let board = get_storyboard(&app.db, request.storyboard_id)?;
     let id = registry::choose(&app.db, World::Planner, request.plugin.as_deref())?;
+    refuse_losing_takes(app, board.id, request.replace)?;
     let bible = Bible::parse(&board.description);
     let scene_transition = Transition {
         kind: TransitionKind::Crossfade,
@@ -300,6 +327,8 @@ pub fn plan(
             "planner `{id}` found no shots in the script"
         )));
     }
+    // Takes may have been generated while the plugin ran.
+    refuse_losing_takes(app, board.id, request.replace)?;
     let shot_ids = write_plan(app, &board, &bible, &planned)?;
     Ok(PlanOutcome {
         plugin: id,
@@ -351,6 +380,7 @@ fn write_plan(
     let mut shot_ids = Vec::new();
     // Shots are written through the shots module (its checks and ordering) after the old ones
     // go; a failure part-way leaves the new shots written so far, never a mix with the old.
+    // A deleted shot's takes go with it; their assets and generation records stay.
     for id in old {
         shots::delete_shot(&app.db, id)?;
     }

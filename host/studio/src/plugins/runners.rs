@@ -1,7 +1,10 @@
 //! The plugin job kinds the web UI submits, on the CPU lane: `plan` (script → the storyboard's
 //! shots and bible), `expand` (a shot → its prompt, without changing the shot) and `stitch`
 //! (chosen takes → one rendered video asset). Each parses its parameters and calls
-//! [`super::calls`]; a plugin failure fails the job with the runtime's explanation.
+//! [`super::calls`]; a plugin failure fails the job with the runtime's explanation. A plugin's
+//! trap, timeout or limit breach would happen again on a retry, so these jobs get one attempt
+//! unless their submitter asks for more (a crash of the studio mid-call marks them
+//! interrupted).
 
 use super::calls::{self, Bible, PlanRequest};
 use crate::app::App;
@@ -25,6 +28,9 @@ struct PlanParams {
     plugin: Option<String>,
     #[serde(default = "yes")]
     title_cards: bool,
+    /// Replace shots that have generated takes (refused otherwise).
+    #[serde(default)]
+    replace: bool,
 }
 
 fn yes() -> bool {
@@ -41,6 +47,9 @@ impl JobRunner for Plan {
     fn lane(&self) -> Lane {
         Lane::Cpu
     }
+    fn default_attempts(&self) -> u32 {
+        1
+    }
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: PlanParams = parse(self.kind(), params)?;
         if p.script.trim().is_empty() {
@@ -51,8 +60,8 @@ impl JobRunner for Plan {
             &app.db,
             videosdgx_plugin_host::World::Planner,
             p.plugin.as_deref(),
-        )
-        .map(drop)
+        )?;
+        calls::refuse_losing_takes(app, p.storyboard_id, p.replace)
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: PlanParams = parse(self.kind(), params)?;
@@ -63,6 +72,7 @@ impl JobRunner for Plan {
             plugin: p.plugin,
             render: Bible::parse(&board.description).render_settings(),
             title_cards: p.title_cards,
+            replace: p.replace,
         };
         let outcome = calls::plan(&ctx.app(), Some(ctx.job_id()), &request, &mut |s, i, n| {
             ctx.progress(s, i, n)
@@ -88,6 +98,9 @@ impl JobRunner for Expand {
     }
     fn lane(&self) -> Lane {
         Lane::Cpu
+    }
+    fn default_attempts(&self) -> u32 {
+        1
     }
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: ExpandParams = parse(self.kind(), params)?;
@@ -135,6 +148,9 @@ impl JobRunner for Stitch {
     }
     fn lane(&self) -> Lane {
         Lane::Cpu
+    }
+    fn default_attempts(&self) -> u32 {
+        1
     }
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: StitchParams = parse(self.kind(), params)?;
