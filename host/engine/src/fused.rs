@@ -118,8 +118,8 @@ pub(crate) fn channel_norm(
     Ok(None)
 }
 
-/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: one cuDNN
-/// call per batch item with the `cudnn` feature on CUDA bf16, otherwise candle's ops
+/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: cuDNN,
+/// one call per output frame, with the `cudnn` feature on CUDA bf16 or f32; otherwise candle's ops
 /// ([`videosdgx_kernels::reference::frame_conv`], which defines it).
 pub(crate) fn frame_conv(
     x: &Tensor,
@@ -128,7 +128,13 @@ pub(crate) fn frame_conv(
     spec: FrameConv,
 ) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
-    if !disabled("conv") && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16 {
+    if !disabled("conv")
+        && x.device().is_cuda()
+        && matches!(
+            x.dtype(),
+            candle_core::DType::BF16 | candle_core::DType::F32
+        )
+    {
         let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
         let in_frame: usize = x.dims()[2..].iter().product();
         if in_frame % 8 == 0 && (o * h_out * w_out) % 8 == 0 {

@@ -7,13 +7,14 @@
 //! The algorithm for each shape is measured once with `cudnnFindConvolutionForwardAlgorithmEx`
 //! and logged; the bias goes in with one `cudnnAddTensor` over the whole output.
 
-use super::{bf16_ptr, output};
+use super::{output, typed_ptr};
 use crate::spec::FrameConv;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use half::bf16;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -85,27 +86,21 @@ fn handle(dev: &CudaDevice) -> Result<sys::cudnnHandle_t> {
 struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    fn new(dims: [usize; 4], strides: [usize; 4]) -> Result<Self> {
+    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4], strides: [usize; 4]) -> Result<Self> {
         let desc =
             Self(result::create_tensor_descriptor().map_err(cudnn_err("tensor descriptor"))?);
         let (dims, strides) = (dims.map(|d| d as i32), strides.map(|s| s as i32));
         // SAFETY: a fresh descriptor and four dims/strides.
         unsafe {
-            result::set_tensornd_descriptor(
-                desc.0,
-                sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
-                4,
-                dims.as_ptr(),
-                strides.as_ptr(),
-            )
+            result::set_tensornd_descriptor(desc.0, dtype, 4, dims.as_ptr(), strides.as_ptr())
         }
         .map_err(cudnn_err("tensor descriptor"))?;
         Ok(desc)
     }
 
-    fn packed(dims: [usize; 4]) -> Result<Self> {
+    fn packed(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
         let [_, c, h, w] = dims;
-        Self::new(dims, [c * h * w, h * w, w, 1])
+        Self::new(dtype, dims, [c * h * w, h * w, w, 1])
     }
 }
 
@@ -119,7 +114,7 @@ impl Drop for TensorDesc {
 struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    fn new(dims: [usize; 4]) -> Result<Self> {
+    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
         let desc =
             Self(result::create_filter_descriptor().map_err(cudnn_err("filter descriptor"))?);
         let [k, c, h, w] = dims.map(|d| d as i32);
@@ -127,7 +122,7 @@ impl FilterDesc {
         unsafe {
             result::set_filter4d_descriptor(
                 desc.0,
-                sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+                dtype,
                 sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
                 [k, c, h, w],
             )
@@ -147,11 +142,11 @@ impl Drop for FilterDesc {
 struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDesc {
-    fn new(pad: usize, stride: usize) -> Result<Self> {
+    fn new(pad: usize, stride: usize, math: sys::cudnnMathType_t) -> Result<Self> {
         let desc =
             Self(result::create_convolution_descriptor().map_err(cudnn_err("conv descriptor"))?);
         let (pad, stride) = (pad as i32, stride as i32);
-        // SAFETY: a fresh descriptor. Accumulation in f32, tensor cores allowed.
+        // SAFETY: a fresh descriptor. Accumulation in f32.
         unsafe {
             result::set_convolution2d_descriptor(
                 desc.0,
@@ -167,10 +162,8 @@ impl ConvDesc {
         }
         .map_err(cudnn_err("conv descriptor"))?;
         // SAFETY: as above.
-        unsafe {
-            result::set_convolution_math_type(desc.0, sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
-        }
-        .map_err(cudnn_err("conv math type"))?;
+        unsafe { result::set_convolution_math_type(desc.0, math) }
+            .map_err(cudnn_err("conv math type"))?;
         Ok(desc)
     }
 }
@@ -189,9 +182,9 @@ struct Plan {
     workspace: usize,
 }
 
-/// Everything that decides cuDNN's choice: window channels, size, output channels, kernel size,
-/// padding and stride.
-type PlanKey = (DeviceId, [usize; 8]);
+/// Everything that decides cuDNN's choice: data type, window channels, size, output channels,
+/// kernel size, padding and stride.
+type PlanKey = (DeviceId, [usize; 9]);
 
 fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
     static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
@@ -312,6 +305,26 @@ impl CustomOp3 for FrameConvOp {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
+        use sys::cudnnDataType_t::{CUDNN_DATA_BFLOAT16, CUDNN_DATA_FLOAT};
+        use sys::cudnnMathType_t::{CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH};
+        let operands = [(xs, xl), (ws, wl), (bs, bl)];
+        match xs.dtype() {
+            DType::BF16 => self.run::<bf16>(operands, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_OP_MATH),
+            // cuDNN's default math lets f32 convolutions use TF32 tensor cores, as PyTorch's
+            // default (`torch.backends.cudnn.allow_tf32`) does for the reference.
+            DType::F32 => self.run::<f32>(operands, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
+            dtype => bail!("frame conv runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+impl FrameConvOp {
+    fn run<T: CudaDType + DeviceRepr + 'static>(
+        &self,
+        [(xs, xl), (ws, wl), (bs, bl)]: [(&CudaStorage, &Layout); 3],
+        dtype: sys::cudnnDataType_t,
+        math: sys::cudnnMathType_t,
+    ) -> Result<(CudaStorage, Shape)> {
         let spec = self.0;
         let dev = xs.device().clone();
         let (b, t, c, h, w) = xl.shape().dims5()?;
@@ -320,20 +333,23 @@ impl CustomOp3 for FrameConvOp {
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
         let d = Descriptors {
-            x: TensorDesc::packed([1, ck, h, w])?,
-            w: FilterDesc::new([o, ck, kh, kw])?,
-            conv: ConvDesc::new(spec.pad, spec.stride)?,
-            y: TensorDesc::packed([1, o, h_out, w_out])?,
+            x: TensorDesc::packed(dtype, [1, ck, h, w])?,
+            w: FilterDesc::new(dtype, [o, ck, kh, kw])?,
+            conv: ConvDesc::new(spec.pad, spec.stride, math)?,
+            y: TensorDesc::packed(dtype, [1, o, h_out, w_out])?,
         };
-        let mut out = output(&dev, b * t_out * out_frame)?;
+        let mut out = output::<T>(&dev, b * t_out * out_frame)?;
         let stream = dev.cuda_stream();
         let handle = handle(&dev)?;
-        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
-        let (weight, _wg) = bf16_ptr(ws, wl, &stream)?;
-        let (bias, _bg) = bf16_ptr(bs, bl, &stream)?;
+        let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
+        let (weight, _wg) = typed_ptr::<T>(ws, wl, &stream)?;
+        let (bias, _bg) = typed_ptr::<T>(bs, bl, &stream)?;
         let (y, y_guard) = out.device_ptr_mut(&stream);
 
-        let key = (dev.id(), [ck, h, w, o, kh, kw, spec.pad, spec.stride]);
+        let key = (
+            dev.id(),
+            [dtype as usize, ck, h, w, o, kh, kw, spec.pad, spec.stride],
+        );
         let known = plans()
             .lock()
             .expect("conv plans poisoned")
@@ -346,7 +362,8 @@ impl CustomOp3 for FrameConvOp {
                     "[{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
                     spec.pad, spec.stride
                 );
-                let limit = (FIND_WORKSPACE_PER_INPUT * 2 * ck * h * w).max(MIN_FIND_WORKSPACE);
+                let limit = (FIND_WORKSPACE_PER_INPUT * size_of::<T>() * ck * h * w)
+                    .max(MIN_FIND_WORKSPACE);
                 let plan = find_plan(&dev, handle, &d, (x, weight, y), limit, &what)?;
                 plans()
                     .lock()
@@ -374,13 +391,13 @@ impl CustomOp3 for FrameConvOp {
             // SAFETY: output frame `frame` of batch item `item` reads the `taps` contiguous input
             // frames from `first_in` (in bounds: t_out from out_frames) and writes one packed
             // output frame; the workspace holds the plan's bytes; alpha/beta are f32 as bf16
-            // data requires.
+            // and f32 data require.
             unsafe {
                 result::convolution_forward(
                     handle,
                     &one as *const f32 as *const c_void,
                     d.x.0,
-                    (x + 2 * (first_in * in_frame) as u64) as *const c_void,
+                    (x + (size_of::<T>() * first_in * in_frame) as u64) as *const c_void,
                     d.w.0,
                     weight as *const c_void,
                     d.conv.0,
@@ -389,13 +406,13 @@ impl CustomOp3 for FrameConvOp {
                     plan.workspace,
                     &zero as *const f32 as *const c_void,
                     d.y.0,
-                    (y + 2 * (first_out * out_frame) as u64) as *mut c_void,
+                    (y + (size_of::<T>() * first_out * out_frame) as u64) as *mut c_void,
                 )
             }
             .map_err(cudnn_err("convolution"))?;
         }
-        let bias_desc = TensorDesc::packed([1, o, 1, 1])?;
-        let out_desc = TensorDesc::packed([b * t_out, o, h_out, w_out])?;
+        let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
+        let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
         // SAFETY: bias is [o] bf16, broadcast over the packed output; y += bias.
         unsafe {
             sys::cudnnAddTensor(
@@ -418,8 +435,9 @@ impl CustomOp3 for FrameConvOp {
     }
 }
 
-/// [`FrameConv`] of bf16 `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`
-/// on one CUDA device, through cuDNN (f32 accumulation, rounded once to bf16). Input and output
+/// [`FrameConv`] of `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`, all
+/// bf16 or all f32 on one CUDA device, through cuDNN (f32 accumulation, rounded once; TF32 tensor
+/// cores for f32, as PyTorch allows by default). Input and output
 /// frames must start 16-byte aligned (`C*H*W` and `O*H_out*W_out` multiples of 8), as cuDNN's
 /// tensor-core algorithms need. Errors on anything else.
 pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
@@ -431,11 +449,14 @@ pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -
             o * h_out * w_out
         );
     }
+    if !matches!(x.dtype(), DType::BF16 | DType::F32) {
+        bail!("frame conv runs on bf16 or f32, got {:?}", x.dtype());
+    }
     for t in [x, weight, bias] {
-        if t.dtype() != DType::BF16 || !t.device().is_cuda() || !t.device().same_device(x.device())
-        {
+        if t.dtype() != x.dtype() || !t.device().is_cuda() || !t.device().same_device(x.device()) {
             bail!(
-                "frame conv: operands must be bf16 on the CUDA device of x, got {:?} on {:?}",
+                "frame conv: operands must be {:?} on the CUDA device of x, got {:?} on {:?}",
+                x.dtype(),
                 t.dtype(),
                 t.device()
             );

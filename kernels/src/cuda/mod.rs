@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     LaunchConfig, PushKernelArg, SyncOnDrop, result as driver,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
-use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
     Tensor, bail,
@@ -299,21 +299,31 @@ fn bf16_ptr<'a>(
     l: &Layout,
     stream: &'a CudaStream,
 ) -> Result<(u64, SyncOnDrop<'a>)> {
-    let slice = s.as_cuda_slice::<bf16>()?;
+    typed_ptr::<bf16>(s, l, stream)
+}
+
+/// Device address of a `T` operand's first element, with the guard that orders its use.
+fn typed_ptr<'a, T: CudaDType + 'static>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    stream: &'a CudaStream,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let slice = s.as_cuda_slice::<T>()?;
     let (ptr, sync) = slice.device_ptr(stream);
-    Ok((ptr + 2 * l.start_offset() as u64, sync))
+    Ok((ptr + (size_of::<T>() * l.start_offset()) as u64, sync))
 }
 
 /// Allocates the output and poisons it when checks asked for that.
-fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<bf16>> {
+fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every element is written by the kernel that follows (the GPU checks prove it by
     // poisoning first).
-    let mut out = unsafe { dev.alloc::<bf16>(len) }?;
+    let mut out = unsafe { dev.alloc::<T>(len) }?;
     if POISON.load(Ordering::Relaxed) {
         let stream = dev.cuda_stream();
         let (ptr, _sync) = out.device_ptr_mut(&stream);
-        // SAFETY: ptr covers len bf16 allocated on this stream; 0xffff is a bf16 NaN.
-        unsafe { driver::memset_d8_async(ptr, 0xff, len * 2, stream.cu_stream()) }
+        // SAFETY: ptr covers len T allocated on this stream; all-ones bytes are a NaN in bf16
+        // and f32.
+        unsafe { driver::memset_d8_async(ptr, 0xff, len * size_of::<T>(), stream.cu_stream()) }
             .map_err(driver_err("memset"))?;
     }
     Ok(out)
@@ -419,7 +429,7 @@ impl CustomOp3 for FusedAttention {
             strides_bl_h(kl, "k")?,
             strides_bl_h(vl, "v")?,
         );
-        let mut out = output(&dev, b * lq * h * d)?;
+        let mut out = output::<bf16>(&dev, b * lq * h * d)?;
         let func = function(&dev, self.variant.source, self.variant.name)?;
         let smem = self.variant.shared_bytes;
         func.set_attribute(
@@ -561,7 +571,7 @@ impl CustomOp1 for ModulatedNorm {
             );
         }
         let rows = b * l;
-        let mut out = output(&dev, rows * d)?;
+        let mut out = output::<bf16>(&dev, rows * d)?;
         let func = function(
             &dev,
             &NORM,
@@ -706,7 +716,7 @@ impl CustomOp2 for GatedResidual {
             }
         }
         let rows = b * l;
-        let mut out = output(&dev, rows * d)?;
+        let mut out = output::<bf16>(&dev, rows * d)?;
         let func = function(&dev, &NORM, "gated_residual_bf16")?;
         let stream = dev.cuda_stream();
         let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
@@ -801,7 +811,7 @@ impl CustomOp1 for Rope3d {
                 "rope3d: x must have a contiguous last dim (a multiple of 8) and 16-byte aligned offset/strides, strides {st:?}"
             );
         }
-        let mut out = output(&dev, b * l * h * d)?;
+        let mut out = output::<bf16>(&dev, b * l * h * d)?;
         let func = function(&dev, &ROPE, "rope3d_bf16")?;
         let stream = dev.cuda_stream();
         let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
@@ -903,7 +913,7 @@ impl CustomOp2 for LinearLt {
             bail!("linear: x and weight must be contiguous");
         }
         let m = xl.shape().elem_count() / k;
-        let mut out = output(&dev, m * n)?;
+        let mut out = output::<bf16>(&dev, m * n)?;
         let residual_storage = self.residual.as_ref().map(|r| r.storage_and_layout());
         if let Some((storage, layout)) = &residual_storage {
             let Storage::Cuda(cs) = &**storage else {
@@ -1062,7 +1072,7 @@ impl CustomOp1 for ChannelNorm {
                 "channel norm: x must be contiguous, 16-byte aligned, with a multiple of 8 pixels"
             );
         }
-        let mut out = output(&dev, outer * c * inner)?;
+        let mut out = output::<bf16>(&dev, outer * c * inner)?;
         let func = function(&dev, &NORM, "channel_rms_norm_bf16")?;
         let stream = dev.cuda_stream();
         let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
