@@ -83,8 +83,9 @@ for step in "${STEPS[@]}"; do
       ;;
     pipeline)
       W=/tmp/wanpipe S="${PIPELINE_STEPS:-50}"
-      [[ -e "$W/latents.safetensors" ]] || run pipeline_prepare python3 "$BUNDLE/bench/wan_pipeline.py" prepare "$W" \
+      [[ -e "$W/size.json" ]] || run pipeline_prepare python3 "$BUNDLE/bench/wan_pipeline.py" prepare "$W" \
         --text-from "$BUNDLE/fixtures/tiny-wan-t2v"
+      rm -f /tmp/wanpipe.mp4 "$W/ours.safetensors" "$W/anchor.safetensors" "$W/anchor.json"
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/pipeline_ours_mem.txt" &
       SMI=$!
       run pipeline_ours bash -c '"$@" 2> >(while IFS= read -r l; do echo "$EPOCHREALTIME $l"; done >&2); rc=$?

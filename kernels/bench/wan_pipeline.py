@@ -14,11 +14,13 @@ negative_prompt_embeds.safetensors ([1, 512, text_dim]) and latents.safetensors 
 all seeded. `--layout tiny` is the same structure at toy width, to check the script on a CPU.
 
 anchor runs WanPipeline on them (transformer bf16, VAE f32 as the diffusers Wan examples load it, guidance 5,
-output_type "np") after one 2-step warm-up call at the same size (excludes lazy init: cuDNN/cuBLAS handles,
-kernel autotuning, the allocator's first growth). Timings are wall clock around synchronized CUDA work:
-per-step from callback_on_step_end timestamps, decode_s from the last step to the returned frames. Prints JSON
-and writes anchor.json and the video (safetensors key `video`, f32 [frames, height, width, 3] in [0, 1], the
-layout `videosdgx generate --save-tensor` writes) to DIR/anchor.safetensors.
+output_type "np") after one untimed 2-step warm-up call at the same size, which takes the lazy init (cuDNN and
+cuBLAS handles, autotuning, the allocator's growth) and during which device memory in use is sampled as
+kernels/bench/reference_memory.py samples it (max_memory_allocated spans both calls). Timings are wall clock
+around synchronized CUDA work: per-step from callback_on_step_end timestamps, decode_s from the last step to the
+returned frames. Prints JSON and writes anchor.json and the video (safetensors key `video`, f32
+[frames, height, width, 3] in [0, 1], the layout `videosdgx generate --save-tensor` writes) to
+DIR/anchor.safetensors.
 
 compare reads DIR/ours.safetensors and DIR/anchor.safetensors and prints their relative difference; with
 --ours-log (our generate's stderr, each line prefixed with $EPOCHREALTIME) it adds our per-step and decode times.
@@ -58,7 +60,6 @@ GIB = 2**30
 
 def prepare(a):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import AutoTokenizer, UMT5EncoderModel
 
     layout = LAYOUTS[a.layout]
     torch.manual_seed(0)
@@ -67,14 +68,16 @@ def prepare(a):
         qk_norm="rms_norm_across_heads", eps=1e-6, **layout["transformer"],
     ).to(torch.bfloat16)
     vae = AutoencoderKLWan(**layout["vae"]).to(torch.bfloat16)
-    pipe = WanPipeline(
-        tokenizer=AutoTokenizer.from_pretrained(Path(a.text_from) / "tokenizer"),
-        text_encoder=UMT5EncoderModel.from_pretrained(Path(a.text_from) / "text_encoder"),
-        transformer=transformer, vae=vae, scheduler=UniPCMultistepScheduler(**SCHEDULER),
-    )
-    out = Path(a.dir)
+    out, text_from = Path(a.dir), Path(a.text_from)
     shutil.rmtree(out, ignore_errors=True)
-    pipe.save_pretrained(out, safe_serialization=True)
+    WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                scheduler=UniPCMultistepScheduler(**SCHEDULER)).save_pretrained(out, safe_serialization=True)
+    # The prompt side is copied verbatim (loaded by both pipelines, never run: the prompts come as embeddings).
+    index, text_index = (json.loads((d / "model_index.json").read_text()) for d in (out, text_from))
+    for part in ("tokenizer", "text_encoder"):
+        shutil.copytree(text_from / part, out / part)
+        index[part] = text_index[part]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     g = torch.Generator().manual_seed(1)
     text_dim = layout["transformer"]["text_dim"]
@@ -98,10 +101,8 @@ def anchor(a):
     vae = AutoencoderKLWan.from_pretrained(d, subfolder="vae", torch_dtype=torch.float32)
     dtype = dict(bf16=torch.bfloat16, f32=torch.float32)[a.dtype]
     pipe = WanPipeline.from_pretrained(d, vae=vae, torch_dtype=dtype).to(dev)
-    inputs = {k: load_file(d / f"{k}.safetensors")[k].to(dev)
+    inputs = {k: load_file(d / f"{k}.safetensors")[k].to(dev, torch.float32 if k == "latents" else dtype)
               for k in ("latents", "prompt_embeds", "negative_prompt_embeds")}
-    inputs["prompt_embeds"] = inputs["prompt_embeds"].to(dtype)
-    inputs["negative_prompt_embeds"] = inputs["negative_prompt_embeds"].to(dtype)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     stamps = []
 
@@ -114,7 +115,8 @@ def anchor(a):
         stamps.clear()
         sync()
         start = time.perf_counter()
-        video = pipe(height=size["height"], width=size["width"], num_frames=size["frames"], **inputs, num_inference_steps=steps, guidance_scale=5.0, output_type="np",
+        video = pipe(height=size["height"], width=size["width"], num_frames=size["frames"], **inputs,
+                     num_inference_steps=steps, guidance_scale=5.0, output_type="np",
                      callback_on_step_end=on_step).frames[0]
         sync()
         return start, time.perf_counter(), torch.from_numpy(video).float()
@@ -127,22 +129,22 @@ def anchor(a):
             peak[0] = max(peak[0], total - free)
             time.sleep(0.001)
 
-    with torch.no_grad():
-        call(2)  # warm-up: lazy init and autotuning, not timed
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-        start, end, video = call(a.steps)
-        if cuda:
-            stop.set()
-            sampler.join()
-    steps = [b - a_ for a_, b in zip([start] + stamps[:-1], stamps)]
+    # Device memory is sampled in the warm-up (same shapes, so the same peak) to keep the sampler thread's GIL
+    # traffic out of the timed call.
+    if cuda:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+    call(2)
+    if cuda:
+        stop.set()
+        sampler.join()
+    start, end, video = call(a.steps)
+    step_s = [b - a_ for a_, b in zip([start] + stamps[:-1], stamps)]
     save_file({"video": video.contiguous()}, d / "anchor.safetensors")
     res = dict(
-        gpu=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, dtype=a.dtype, steps=a.steps, **size,
-        total_s=end - start, denoise_s=stamps[-1] - start, per_step_s=statistics.median(steps),
-        first_step_s=steps[0], decode_s=end - stamps[-1],
+        gpu=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, dtype=a.dtype,
+        steps=a.steps, **size, total_s=end - start, denoise_s=stamps[-1] - start,
+        per_step_s=statistics.median(step_s), first_step_s=step_s[0], decode_s=end - stamps[-1],
         video_mean=video.mean().item(), video_std=video.std().item(),
     )
     if cuda:
