@@ -24,6 +24,10 @@ DIR/anchor.safetensors.
 
 compare reads DIR/ours.safetensors and DIR/anchor.safetensors and prints their relative difference; with
 --ours-log (our generate's stderr, each line prefixed with $EPOCHREALTIME) it adds our per-step and decode times.
+
+Checked on the CPU (diffusers 0.42.1, torch 2.15 CPU, our debug build): video rel L2 ours vs anchor 5.7e-7 in
+f32 (tiny, 32x48, 9 frames, 6 steps), 1.1e-6 in f32 (1.3B layout, 32x32, 5 frames, 2 steps), 1.9e-3 with the
+transformer in bf16 (tiny).
 """
 
 import argparse
