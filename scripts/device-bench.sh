@@ -19,6 +19,12 @@
 # attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
 # forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
+# pipeline (on request) runs the whole Wan 2.1 T2V pipeline, ours then diffusers' WanPipeline, on one random
+# 1.3B pipeline directory with the same latents and prompt embeddings (kernels/bench/wan_pipeline.py prepare,
+# kept in /tmp/wanpipe between calls on a warm machine): 480x832, 81 frames, PIPELINE_STEPS (default 50) UniPC
+# steps, guidance 5, bf16. Ours writes /tmp/wanpipe.mp4 and the video tensor; its progress lines are
+# timestamped for per-step and decode times, its device memory sampled by nvidia-smi every 100 ms. The anchor
+# times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -74,6 +80,25 @@ for step in "${STEPS[@]}"; do
       run parity_ours "$BIN" model forward --model "$P/transformer" --inputs "$P/inputs.safetensors" \
         --out "$P/ours.safetensors" --device cuda --dtype bf16 --json
       run parity python3 "$BUNDLE/wan_parity.py" compare "$P"
+      ;;
+    pipeline)
+      W=/tmp/wanpipe S="${PIPELINE_STEPS:-50}"
+      [[ -e "$W/size.json" ]] || run pipeline_prepare python3 "$BUNDLE/bench/wan_pipeline.py" prepare "$W" \
+        --text-from "$BUNDLE/fixtures/tiny-wan-t2v"
+      rm -f /tmp/wanpipe.mp4 "$W/ours.safetensors" "$W/anchor.safetensors" "$W/anchor.json"
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$OUT/pipeline_ours_mem.txt" &
+      SMI=$!
+      run pipeline_ours bash -c '"$@" 2> >(while IFS= read -r l; do echo "$EPOCHREALTIME $l"; done >&2); rc=$?
+        wait $!; exit $rc' _ "$BIN" generate --model "$W" --prompt "" --latents "$W/latents.safetensors" \
+        --prompt-embeds "$W/prompt_embeds.safetensors" --negative-prompt-embeds "$W/negative_prompt_embeds.safetensors" \
+        --height 480 --width 832 --frames 81 --steps "$S" --guidance 5 --seed 0 --device cuda --dtype bf16 \
+        --out /tmp/wanpipe.mp4 --save-tensor "$W/ours.safetensors" --json
+      kill "$SMI"
+      echo "ours: mp4 $(stat -c %s /tmp/wanpipe.mp4 2>/dev/null || echo missing) bytes; nvidia-smi memory.used" \
+        "peak $(sort -n "$OUT/pipeline_ours_mem.txt" | tail -n 1) MiB, idle $(head -n 1 "$OUT/pipeline_ours_mem.txt") MiB" |
+        tee "$OUT/pipeline_ours_summary.txt"
+      run pipeline_anchor python3 "$BUNDLE/bench/wan_pipeline.py" anchor "$W" --steps "$S"
+      run pipeline python3 "$BUNDLE/bench/wan_pipeline.py" compare "$W" --ours-log "$OUT/pipeline_ours.log"
       ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
