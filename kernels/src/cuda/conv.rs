@@ -39,6 +39,10 @@ const ALGORITHMS: [sys::cudnnConvolutionFwdAlgo_t; 3] = {
     ]
 };
 
+fn cudnn_err(what: &'static str) -> impl FnOnce(result::CudnnError) -> candle_core::Error {
+    move |e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}"))
+}
+
 /// A cuDNN handle bound to one thread (cuDNN handles are not thread-safe).
 struct Handle(sys::cudnnHandle_t);
 
