@@ -246,7 +246,8 @@ mod cuda {
         channel_dim: usize,
         silu: bool,
     ) -> Result<Option<Tensor>> {
-        if super::disabled("norm") || !bf16_cuda(x) || channel_dim >= x.rank() {
+        let f32_cuda = x.device().is_cuda() && x.dtype() == DType::F32;
+        if super::disabled("norm") || !(bf16_cuda(x) || f32_cuda) || channel_dim >= x.rank() {
             return Ok(None);
         }
         let inner: usize = x.dims()[channel_dim + 1..].iter().product();

@@ -1062,20 +1062,37 @@ impl CustomOp1 for ChannelNorm {
     }
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        match xs.dtype() {
+            DType::BF16 => self.run::<bf16>(xs, xl, "channel_rms_norm_bf16", 8),
+            DType::F32 => self.run::<f32>(xs, xl, "channel_rms_norm_f32", 4),
+            dtype => bail!("channel norm runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+impl ChannelNorm {
+    /// Launches `kernel`, which handles `per_thread` pixels (16 bytes of `T`) per thread.
+    fn run<T: CudaDType + DeviceRepr + 'static>(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        kernel: &'static str,
+        per_thread: usize,
+    ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
         let dims = xl.shape().dims();
         let c = dims[self.channel_dim];
         let outer: usize = dims[..self.channel_dim].iter().product();
         let inner: usize = dims[self.channel_dim + 1..].iter().product();
-        if !xl.is_contiguous() || xl.start_offset() % 8 != 0 || inner % 8 != 0 {
+        if !xl.is_contiguous() || xl.start_offset() % per_thread != 0 || inner % per_thread != 0 {
             bail!(
-                "channel norm: x must be contiguous, 16-byte aligned, with a multiple of 8 pixels"
+                "channel norm: x must be contiguous, 16-byte aligned, with a multiple of {per_thread} pixels"
             );
         }
-        let mut out = output::<bf16>(&dev, outer * c * inner)?;
-        let func = function(&dev, &NORM, "channel_rms_norm_bf16")?;
+        let mut out = output::<T>(&dev, outer * c * inner)?;
+        let func = function(&dev, &NORM, kernel)?;
         let stream = dev.cuda_stream();
-        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
         let (scale_storage, scale_layout) = self.scale.storage_and_layout();
         let Storage::Cuda(ss) = &*scale_storage else {
             bail!("channel norm: scale must be on the CUDA device")
@@ -1085,7 +1102,7 @@ impl CustomOp1 for ChannelNorm {
         let (outer64, c32, inner64, silu) =
             (outer as i64, c as i32, inner as i64, i32::from(self.silu));
         let cfg = LaunchConfig {
-            grid_dim: ((outer * inner / 8).div_ceil(256) as u32, 1, 1),
+            grid_dim: ((outer * inner / per_thread).div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -1099,7 +1116,7 @@ impl CustomOp1 for ChannelNorm {
                 .arg(&c32)
                 .arg(&inner64)
                 .arg(&silu);
-            // SAFETY: arguments match channel_rms_norm_bf16 in norm.cu; shapes checked.
+            // SAFETY: arguments match channel_rms_norm_{bf16,f32} in norm.cu; shapes checked.
             unsafe { launch.launch(cfg) }.map_err(driver_err("channel norm launch"))?;
         }
         Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
@@ -1107,8 +1124,8 @@ impl CustomOp1 for ChannelNorm {
 }
 
 /// The Wan VAE's channel RMS norm on CUDA: `x / max(||x||, 1e-12) * scale` over dim
-/// `channel_dim` of bf16 `x` (contiguous; the dims after it a multiple of 8 elements), `scale`
-/// `[C]` read as f32, then SiLU when `silu`; computed in f32, rounded once to bf16.
+/// `channel_dim` of bf16 or f32 `x` (contiguous; the dims after it 16 bytes' worth of elements),
+/// `scale` `[C]` read as f32, then SiLU when `silu`; computed in f32, rounded once to `x`'s dtype.
 pub fn channel_rms_norm(
     x: &Tensor,
     scale: &Tensor,
@@ -1122,9 +1139,9 @@ pub fn channel_rms_norm(
             scale.elem_count()
         );
     }
-    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+    if !matches!(x.dtype(), DType::BF16 | DType::F32) || !x.device().is_cuda() {
         bail!(
-            "channel norm: x must be bf16 on CUDA, got {:?} on {:?}",
+            "channel norm: x must be bf16 or f32 on CUDA, got {:?} on {:?}",
             x.dtype(),
             x.device()
         );
