@@ -12,7 +12,7 @@ mod models;
 use models::install_tiny_model;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const SCRIPT: &str = "\
@@ -67,6 +67,45 @@ fn install_first_party(tmp: &Path, data: &Path) {
     }
 }
 
+/// A data dir (inside the returned temp dir) with the tiny model and the first-party plugins.
+fn studio_with_model_and_plugins() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    install_first_party(tmp.path(), &data);
+    (tmp, data)
+}
+
+/// `videosdgx render SCRIPT --out OUT` at `size` x `size` pixels, to be spawned by the caller.
+fn render_command(
+    data: &Path,
+    script: &Path,
+    out: &Path,
+    size: &str,
+    steps: &str,
+    guidance: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_videosdgx"));
+    command
+        .arg("--data")
+        .arg(data)
+        .arg("render")
+        .arg(script)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--height",
+            size,
+            "--width",
+            size,
+            "--steps",
+            steps,
+            "--guidance",
+            guidance,
+        ]);
+    command
+}
+
 /// Frames a duration in milliseconds takes at `fps`.
 fn frames(ms: &Value, fps: f64) -> i64 {
     (ms.as_f64().unwrap() / 1000.0 * fps).round() as i64
@@ -74,10 +113,7 @@ fn frames(ms: &Value, fps: f64) -> i64 {
 
 #[test]
 fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
+    let (tmp, data) = studio_with_model_and_plugins();
     let script = tmp.path().join("paper-boats.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("final/paper-boats.mp4");
@@ -213,33 +249,12 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
 
 #[test]
 fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
+    let (tmp, data) = studio_with_model_and_plugins();
     let script = tmp.path().join("paper-boats.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("never.mp4");
     // Enough denoising steps that the interrupt lands mid-generation.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "render",
-            script.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args([
-            "--height",
-            "64",
-            "--width",
-            "64",
-            "--steps",
-            "200",
-            "--guidance",
-            "5",
-        ])
+    let mut child = render_command(&data, &script, &out, "64", "200", "5")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -292,10 +307,7 @@ fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
 
 #[test]
 fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
+    let (tmp, data) = studio_with_model_and_plugins();
     let script = tmp.path().join("s.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let jobs = || -> i64 {
@@ -333,10 +345,7 @@ fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything()
 
 #[test]
 fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
+    let (tmp, data) = studio_with_model_and_plugins();
     let weights = data.join("models/tiny-wan-t2v/transformer/diffusion_pytorch_model.safetensors");
     std::fs::write(&weights, b"not safetensors").unwrap();
     let script = tmp.path().join("s.md");
@@ -389,34 +398,13 @@ fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
 
 #[test]
 fn render_finishes_when_its_stderr_is_closed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
+    let (tmp, data) = studio_with_model_and_plugins();
     let script = tmp.path().join("s.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("s.mp4");
     // As under `2>&1 | head`: every write to stderr fails. The job workers log (info level)
     // and must not die of it, or the render would wait for its next job forever.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .arg("--data")
-        .arg(&data)
-        .args([
-            "render",
-            script.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args([
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--steps",
-            "2",
-            "--guidance",
-            "1",
-        ])
+    let mut child = render_command(&data, &script, &out, "32", "2", "1")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
