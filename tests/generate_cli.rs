@@ -175,3 +175,42 @@ fn latents_of_the_wrong_shape_are_refused_by_name() {
         "{stderr}"
     );
 }
+
+#[test]
+fn prompt_embeddings_stand_in_for_the_prompt() {
+    let dir = fixtures();
+    let reference = dir.join("reference");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+            .args(["generate", "--model", dir.to_str().unwrap()])
+            .args([
+                "--height", "32", "--width", "32", "--frames", "5", "--steps", "2",
+            ])
+            .args(["--guidance", "5", "--seed", "0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--prompt"), "{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("video.safetensors");
+    let file = |name: &str| reference.join(name).to_str().unwrap().to_string();
+    let out = run(&[
+        "--prompt-embeds",
+        &file("prompt_embeds.safetensors"),
+        "--negative-prompt-embeds",
+        &file("negative_prompt_embeds.safetensors"),
+        "--save-tensor",
+        tensor.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(video(&tensor).dims(), [5, 32, 32, 3]);
+}

@@ -18,8 +18,9 @@ pub struct GenerateArgs {
     /// Pipeline directory (diffusers layout: model_index.json and component folders).
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long)]
-    pub prompt: String,
+    /// What to generate; may be left out when --prompt-embeds replaces it.
+    #[arg(long, required_unless_present = "prompt_embeds")]
+    pub prompt: Option<String>,
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
     #[arg(long)]
@@ -99,7 +100,7 @@ fn single_tensor(path: &Path, flag: &str) -> Result<Tensor> {
 
 fn params(args: &GenerateArgs) -> GenerateParams {
     GenerateParams {
-        prompt: args.prompt.clone(),
+        prompt: args.prompt.clone().unwrap_or_default(),
         negative_prompt: args.negative_prompt.clone(),
         height: args.height,
         width: args.width,
