@@ -203,7 +203,7 @@ struct Descriptors {
 }
 
 /// Runs every algorithm cuDNN offers for these descriptors on the real operands and keeps the
-/// fastest that succeeded. The search's scratch is as large as the hungriest algorithm within
+/// fastest of [`ALGORITHMS`] that succeeded. The search's scratch is as large as the hungriest algorithm within
 /// `limit` bytes asks for, and is freed afterwards.
 fn find_plan(
     dev: &CudaDevice,
