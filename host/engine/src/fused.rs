@@ -137,7 +137,7 @@ pub(crate) fn frame_conv(
     {
         let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
         let in_frame: usize = x.dims()[2..].iter().product();
-        if in_frame % 8 == 0 && (o * h_out * w_out) % 8 == 0 {
+        if in_frame.is_multiple_of(8) && (o * h_out * w_out).is_multiple_of(8) {
             return videosdgx_kernels::frame_conv(x, weight, bias, spec);
         }
     }
@@ -251,7 +251,7 @@ mod cuda {
             return Ok(None);
         }
         let inner: usize = x.dims()[channel_dim + 1..].iter().product();
-        if inner % 8 != 0 || scale.elem_count() != x.dim(channel_dim)? {
+        if !inner.is_multiple_of(8) || scale.elem_count() != x.dim(channel_dim)? {
             return Ok(None);
         }
         videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, silu).map(Some)

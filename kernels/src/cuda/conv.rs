@@ -443,7 +443,7 @@ impl FrameConvOp {
 pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
     let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
     let in_frame: usize = x.dims()[2..].iter().product();
-    if in_frame % 8 != 0 || (o * h_out * w_out) % 8 != 0 {
+    if !in_frame.is_multiple_of(8) || !(o * h_out * w_out).is_multiple_of(8) {
         bail!(
             "frame conv: frames of {in_frame} and {} elements are not 16-byte aligned",
             o * h_out * w_out

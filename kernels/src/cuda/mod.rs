@@ -335,7 +335,7 @@ fn strides_bl_h(l: &Layout, what: &str) -> Result<[i64; 3]> {
     if st.len() != 4 || st[3] != 1 {
         bail!("fused attention: {what} must have a contiguous last dim, strides {st:?}");
     }
-    if l.start_offset() % 8 != 0 || st[..3].iter().any(|s| s % 8 != 0) {
+    if !l.start_offset().is_multiple_of(8) || st[..3].iter().any(|s| !s.is_multiple_of(8)) {
         bail!(
             "fused attention: {what} offset/strides must be multiples of 8 elements (16 bytes), got {} / {st:?}",
             l.start_offset()
@@ -565,7 +565,11 @@ impl CustomOp1 for ModulatedNorm {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
-        if st[2] != 1 || st[0] != st[1] * l || xl.start_offset() % 8 != 0 || st[1] % 8 != 0 {
+        if st[2] != 1
+            || st[0] != st[1] * l
+            || !xl.start_offset().is_multiple_of(8)
+            || !st[1].is_multiple_of(8)
+        {
             bail!(
                 "modulated norm: x must be rows of contiguous, 16-byte aligned values, strides {st:?}"
             );
@@ -804,7 +808,7 @@ impl CustomOp1 for Rope3d {
         let st = xl.stride();
         if st[3] != 1
             || d % 8 != 0
-            || xl.start_offset() % 8 != 0
+            || !xl.start_offset().is_multiple_of(8)
             || st[..3].iter().any(|s| s % 8 != 0)
         {
             bail!(
@@ -966,7 +970,6 @@ impl CustomOp2 for LinearLt {
             Matmul::<bf16>::matmul(&*blas, cfg, &w, &x, &mut out, bias.as_ref(), act.as_ref())
         }
         .map_err(driver_err("cublasLt matmul"))?;
-        drop(bias);
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = n;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
@@ -1084,7 +1087,10 @@ impl ChannelNorm {
         let c = dims[self.channel_dim];
         let outer: usize = dims[..self.channel_dim].iter().product();
         let inner: usize = dims[self.channel_dim + 1..].iter().product();
-        if !xl.is_contiguous() || xl.start_offset() % per_thread != 0 || inner % per_thread != 0 {
+        if !xl.is_contiguous()
+            || !xl.start_offset().is_multiple_of(per_thread)
+            || !inner.is_multiple_of(per_thread)
+        {
             bail!(
                 "channel norm: x must be contiguous, 16-byte aligned, with a multiple of {per_thread} pixels"
             );
