@@ -11,32 +11,24 @@ fn fixtures() -> PathBuf {
 
 /// Runs `generate` on the tiny pipeline (32x32, 4 steps, guidance 5) with `frames` and `extra`.
 fn generate(frames: &str, extra: &[&str]) -> Output {
-    let dir = fixtures();
-    let model = dir.to_str().unwrap();
     let mut args = vec![
-        "generate",
-        "--model",
-        model,
         "--prompt",
         "a cat walks  on the grass",
         "--negative-prompt",
         "blurry, low quality",
-        "--height",
-        "32",
-        "--width",
-        "32",
-        "--frames",
-        frames,
-        "--steps",
-        "4",
-        "--guidance",
-        "5.0",
-        "--seed",
-        "0",
     ];
     args.extend_from_slice(extra);
+    generate_without_prompt(frames, &args)
+}
+
+/// [`generate`] with no prompt of its own: `extra` gives one, or embeddings.
+fn generate_without_prompt(frames: &str, extra: &[&str]) -> Output {
+    let dir = fixtures();
     Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args(&args)
+        .args(["generate", "--model", dir.to_str().unwrap()])
+        .args(["--height", "32", "--width", "32", "--frames", frames])
+        .args(["--steps", "4", "--guidance", "5.0", "--seed", "0"])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -178,20 +170,8 @@ fn latents_of_the_wrong_shape_are_refused_by_name() {
 
 #[test]
 fn prompt_embeddings_stand_in_for_the_prompt() {
-    let dir = fixtures();
-    let reference = dir.join("reference");
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-            .args(["generate", "--model", dir.to_str().unwrap()])
-            .args([
-                "--height", "32", "--width", "32", "--frames", "5", "--steps", "2",
-            ])
-            .args(["--guidance", "5", "--seed", "0"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let out = run(&[]);
+    let reference = fixtures().join("reference");
+    let out = generate_without_prompt("5", &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--prompt"), "{stderr}");
@@ -199,14 +179,17 @@ fn prompt_embeddings_stand_in_for_the_prompt() {
     let tmp = tempfile::tempdir().unwrap();
     let tensor = tmp.path().join("video.safetensors");
     let file = |name: &str| reference.join(name).to_str().unwrap().to_string();
-    let out = run(&[
-        "--prompt-embeds",
-        &file("prompt_embeds.safetensors"),
-        "--negative-prompt-embeds",
-        &file("negative_prompt_embeds.safetensors"),
-        "--save-tensor",
-        tensor.to_str().unwrap(),
-    ]);
+    let out = generate_without_prompt(
+        "5",
+        &[
+            "--prompt-embeds",
+            &file("prompt_embeds.safetensors"),
+            "--negative-prompt-embeds",
+            &file("negative_prompt_embeds.safetensors"),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -179,6 +179,15 @@ impl FrameConv {
         Ok((size + 2 * self.pad - k) / self.stride + 1)
     }
 
+    /// Whether every input and output frame starts 16-byte aligned (`C*H*W` and
+    /// `O*H_out*W_out` multiples of 8 elements), as cuDNN's tensor-core algorithms need for
+    /// the one-call-per-frame convolution.
+    pub fn frames_aligned(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<bool> {
+        let [_, _, o, h_out, w_out] = self.output_shape(x, weight, bias)?;
+        let in_frame: usize = x.dims()[2..].iter().product();
+        Ok(in_frame.is_multiple_of(8) && (o * h_out * w_out).is_multiple_of(8))
+    }
+
     /// Checks `x [B, T, C, H, W]`, `weight [O, taps * C, kh, kw]` and `bias [O]` against each
     /// other; returns the output shape.
     pub fn output_shape(&self, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<[usize; 5]> {

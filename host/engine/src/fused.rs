@@ -134,12 +134,9 @@ pub(crate) fn frame_conv(
             x.dtype(),
             candle_core::DType::BF16 | candle_core::DType::F32
         )
+        && spec.frames_aligned(x, weight, bias)?
     {
-        let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
-        let in_frame: usize = x.dims()[2..].iter().product();
-        if in_frame.is_multiple_of(8) && (o * h_out * w_out).is_multiple_of(8) {
-            return videosdgx_kernels::frame_conv(x, weight, bias, spec);
-        }
+        return videosdgx_kernels::frame_conv(x, weight, bias, spec);
     }
     #[cfg(feature = "cuda")]
     warn_fallback(x, "frame conv");

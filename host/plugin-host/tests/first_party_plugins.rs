@@ -5,26 +5,15 @@
 mod support;
 
 use std::sync::Arc;
-use support::{MemoryServices, context, guests, load, runtime};
+use support::{MemoryServices, context, guests, load, runtime, wan_profile};
 use videosdgx_plugin_host::types::{
-    CameraMove, Character, ClipInfo, GeneratedClip, ModelProfile, PlanInput, ProjectSettings,
-    ShotSize, Storyboard, Style, TimelineItem, Transition, TransitionKind,
+    CameraMove, Character, ClipInfo, GeneratedClip, PlanInput, ProjectSettings, ShotSize,
+    Storyboard, Style, TimelineItem, Transition, TransitionKind,
 };
 use videosdgx_plugin_host::{Capability, Grants, Limits, PluginError};
 
 const MARA: &str = "a clockmaker in her thirties, sharp face, dark hair tied up with a pencil";
 const TOMAS: &str = "a boy of ten, round face, freckles";
-
-fn wan() -> ModelProfile {
-    ModelProfile {
-        family: "wan2.1".into(),
-        width: 832,
-        height: 480,
-        fps: 16,
-        max_frames: 81,
-        frame_step: 4,
-    }
-}
 
 fn settings() -> ProjectSettings {
     ProjectSettings {
@@ -46,7 +35,7 @@ fn settings() -> ProjectSettings {
                 description: TOMAS.into(),
             },
         ],
-        model: wan(),
+        model: wan_profile(),
         shot_transition: Transition {
             kind: TransitionKind::Cut,
             duration_ms: 0,
@@ -217,7 +206,7 @@ async fn expander_keeps_characters_identical_across_shots() {
     for shot in &board.shots {
         prompts.push(
             runtime()
-                .expand(&expander, &ctx, shot, &board, &wan())
+                .expand(&expander, &ctx, shot, &board, &wan_profile())
                 .await
                 .unwrap(),
         );
@@ -262,7 +251,7 @@ async fn expander_refuses_a_shot_with_an_unknown_character() {
     let expander = load("prompt-expander");
     let ctx = context(Arc::default(), Grants::default(), Limits::default());
     let err = runtime()
-        .expand(&expander, &ctx, &board.shots[0], &board, &wan())
+        .expand(&expander, &ctx, &board.shots[0], &board, &wan_profile())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("character `ghost`"), "{err}");

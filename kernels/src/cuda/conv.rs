@@ -437,16 +437,13 @@ impl FrameConvOp {
 
 /// [`FrameConv`] of `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`, all
 /// bf16 or all f32 on one CUDA device, through cuDNN (f32 accumulation, rounded once; TF32 tensor
-/// cores for f32, as PyTorch allows by default). Input and output
-/// frames must start 16-byte aligned (`C*H*W` and `O*H_out*W_out` multiples of 8), as cuDNN's
-/// tensor-core algorithms need. Errors on anything else.
+/// cores for f32, as PyTorch allows by default). Frames must be
+/// [`FrameConv::frames_aligned`]. Errors on anything else.
 pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
-    let [_, _, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
-    let in_frame: usize = x.dims()[2..].iter().product();
-    if !in_frame.is_multiple_of(8) || !(o * h_out * w_out).is_multiple_of(8) {
+    if !spec.frames_aligned(x, weight, bias)? {
         bail!(
-            "frame conv: frames of {in_frame} and {} elements are not 16-byte aligned",
-            o * h_out * w_out
+            "frame conv: input or output frames of {:?} are not 16-byte aligned",
+            x.dims()
         );
     }
     if !matches!(x.dtype(), DType::BF16 | DType::F32) {

@@ -293,15 +293,6 @@ pub fn compile_all(device: &Device) -> Result<Vec<CompileReport>> {
     Ok(reports)
 }
 
-/// Device address of a bf16 operand's first element, with the guard that orders its use.
-fn bf16_ptr<'a>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    stream: &'a CudaStream,
-) -> Result<(u64, SyncOnDrop<'a>)> {
-    typed_ptr::<bf16>(s, l, stream)
-}
-
 /// Device address of a `T` operand's first element, with the guard that orders its use.
 fn typed_ptr<'a, T: CudaDType + 'static>(
     s: &'a CudaStorage,
@@ -438,9 +429,9 @@ impl CustomOp3 for FusedAttention {
         )
         .map_err(driver_err("shared memory limit"))?;
         let stream = dev.cuda_stream();
-        let (q, _qg) = bf16_ptr(qs, ql, &stream)?;
-        let (k, _kg) = bf16_ptr(ks, kl, &stream)?;
-        let (v, _vg) = bf16_ptr(vs, vl, &stream)?;
+        let (q, _qg) = typed_ptr::<bf16>(qs, ql, &stream)?;
+        let (k, _kg) = typed_ptr::<bf16>(ks, kl, &stream)?;
+        let (v, _vg) = typed_ptr::<bf16>(vs, vl, &stream)?;
         let ost = [(lq * h * d) as i64, (h * d) as i64, d as i64];
         let (lq32, lk32) = (lq as i32, lk as i32);
         let scale_log2 = self.scale * std::f32::consts::LOG2_E;
@@ -586,7 +577,7 @@ impl CustomOp1 for ModulatedNorm {
             },
         )?;
         let stream = dev.cuda_stream();
-        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
         let mut guards = Vec::new();
         for t in [
             &self.spec.weight,
@@ -723,8 +714,8 @@ impl CustomOp2 for GatedResidual {
         let mut out = output::<bf16>(&dev, rows * d)?;
         let func = function(&dev, &NORM, "gated_residual_bf16")?;
         let stream = dev.cuda_stream();
-        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
-        let (y, _yg) = bf16_ptr(ys, yl, &stream)?;
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
+        let (y, _yg) = typed_ptr::<bf16>(ys, yl, &stream)?;
         let (gate_storage, gate_layout) = self.gate.storage_and_layout();
         let Storage::Cuda(gs) = &*gate_storage else {
             bail!("gated residual: gate must be on the CUDA device")
@@ -818,7 +809,7 @@ impl CustomOp1 for Rope3d {
         let mut out = output::<bf16>(&dev, b * l * h * d)?;
         let func = function(&dev, &ROPE, "rope3d_bf16")?;
         let stream = dev.cuda_stream();
-        let (x, _xg) = bf16_ptr(xs, xl, &stream)?;
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
         let (t_dim, hw_dim) = RopeGrid::split(d);
         let ints = [l, h, d, self.grid.height, self.grid.width, t_dim, hw_dim].map(|v| v as i32);
         let log2_theta = self.theta.log2() as f32;

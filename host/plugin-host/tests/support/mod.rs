@@ -217,6 +217,18 @@ pub fn context(services: Arc<MemoryServices>, grants: Grants, limits: Limits) ->
 }
 
 /// A planner input for `script` with empty style and the Wan 2.1 480p model profile.
+/// The Wan 2.1 480p model profile the studio hands plugins.
+pub fn wan_profile() -> ModelProfile {
+    ModelProfile {
+        family: "wan2.1".into(),
+        width: 832,
+        height: 480,
+        fps: 16,
+        max_frames: 81,
+        frame_step: 4,
+    }
+}
+
 pub fn input(script: &str) -> PlanInput {
     PlanInput {
         script: script.into(),
@@ -228,14 +240,7 @@ pub fn input(script: &str) -> PlanInput {
                 negative: String::new(),
             },
             characters: vec![],
-            model: ModelProfile {
-                family: "wan2.1".into(),
-                width: 832,
-                height: 480,
-                fps: 16,
-                max_frames: 81,
-                frame_step: 4,
-            },
+            model: wan_profile(),
             shot_transition: Transition {
                 kind: TransitionKind::Cut,
                 duration_ms: 0,
