@@ -80,8 +80,13 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
     const float *sc = scale ? scale + m * d : nullptr;
     const float *sh = shift ? shift + m * d : nullptr;
     bf16_t *yr = y + r * y_stride;
-    const int l = rope_head_dim ? r % rope_seq : 0;
-    const int f_pos = l / (grid_h * grid_w), h_pos = (l / grid_w) % grid_h, w_pos = l % grid_w;
+    int f_pos = 0, h_pos = 0, w_pos = 0;
+    if (rope_head_dim) {
+        const int l = r % rope_seq;
+        f_pos = l / (grid_h * grid_w);
+        h_pos = (l / grid_w) % grid_h;
+        w_pos = l % grid_w;
+    }
 #pragma unroll
     for (int i = 0; i < MAX_CHUNKS; ++i) {
         const int c = lane + 32 * i;

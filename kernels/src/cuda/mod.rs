@@ -702,6 +702,7 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
         bias: f32_on_device(&spec.bias)?,
         scale: f32_on_device(&spec.scale)?,
         shift: f32_on_device(&spec.shift)?,
+        rope: spec.rope,
     };
     x.apply_op1_no_bwd(&ModulatedNorm { spec, rows_per_mod })
 }
