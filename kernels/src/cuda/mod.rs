@@ -582,10 +582,11 @@ impl CustomOp1 for ModulatedNorm {
         let func = function(
             &dev,
             &NORM,
-            if d <= 2048 {
-                "modulated_norm_bf16_d2048"
-            } else {
-                "modulated_norm_bf16_d6144"
+            match (d <= 2048, self.spec.rope.is_some()) {
+                (true, false) => "modulated_norm_bf16_d2048",
+                (false, false) => "modulated_norm_bf16_d6144",
+                (true, true) => "modulated_norm_rope_bf16_d2048",
+                (false, true) => "modulated_norm_rope_bf16_d6144",
             },
         )?;
         let stream = dev.cuda_stream();
@@ -623,7 +624,7 @@ impl CustomOp1 for ModulatedNorm {
             self.rows_per_mod as i32,
             self.spec.eps as f32,
         );
-        // head_dim 0 turns the RoPE stage off; the other terms are then unused.
+        // The kernels without RoPE ignore these.
         let rope = self.spec.rope.map_or(Ok([0i32; 6]), |r| -> Result<_> {
             let (t_dim, hw_dim) = RopeGrid::split_checked(r.head_dim)?;
             let i = |v: usize| v as i32;
