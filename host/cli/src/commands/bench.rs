@@ -1,6 +1,8 @@
 //! `videosdgx bench`: GPU throughput of the engine and its fused kernels on random data of the
-//! published shapes, timed with CUDA events (median after warm-up). Reports only what was
-//! measured in this process on this GPU; it never loads model files or writes anything.
+//! published shapes, timed with CUDA events (median after warm-up). `bench wan --component pipeline`
+//! instead times a whole generation through the engine's `WanPipeline` (module `gpu::pipeline`), in
+//! wall clock between device synchronisations. Reports only what was measured in this process on
+//! this GPU; it never loads model files or writes anything.
 //!
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
