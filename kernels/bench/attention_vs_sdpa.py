@@ -34,7 +34,8 @@ def nvrtc_cubin(path, arch):
     cands = glob.glob("/usr/local/cuda*/targets/x86_64-linux/lib/libnvrtc.so.13") + glob.glob("/usr/local/cuda*/lib64/libnvrtc.so.13")
     lib = ctypes.CDLL(cands[0])
     prog = ctypes.c_void_p()
-    src = open(path, "rb").read()
+    # As the Rust side compiles it: common.cuh, then the .cu file.
+    src = open(os.path.join(os.path.dirname(path), "common.cuh"), "rb").read() + open(path, "rb").read()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, os.path.basename(path).encode(), 0, None, None) == 0
     opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
     rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))

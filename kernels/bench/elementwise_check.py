@@ -16,8 +16,15 @@ import torch
 CUDA_DIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "cuda")
 dev = torch.device("cuda")
 opts = ("-std=c++17",)
-norm = cupy.RawModule(code=open(os.path.join(CUDA_DIR, "norm.cu")).read(), backend="nvrtc", options=opts)
-rope = cupy.RawModule(code=open(os.path.join(CUDA_DIR, "rope.cu")).read(), backend="nvrtc", options=opts)
+
+
+def source(name):
+    """A kernel module as the Rust side compiles it: common.cuh, then the .cu file."""
+    return "".join(open(os.path.join(CUDA_DIR, f)).read() for f in ("common.cuh", name))
+
+
+norm = cupy.RawModule(code=source("norm.cu"), backend="nvrtc", options=opts)
+rope = cupy.RawModule(code=source("rope.cu"), backend="nvrtc", options=opts)
 ptr = lambda t: np.uint64(t.data_ptr() if t is not None else 0)  # noqa: E731
 
 
@@ -48,7 +55,8 @@ def modulated_norm(x, scale, shift, weight=None, bias=None, mode=0, eps=1e-6):
     norm.get_function("modulated_norm_bf16_d2048" if d <= 2048 else "modulated_norm_bf16_d6144")(
         ((b * l + 7) // 8,), (256,),
         (ptr(x), ptr(y), ptr(weight), ptr(bias), ptr(scale), ptr(shift), np.int32(b * l), np.int32(d),
-         np.int64(x.stride(1)), np.int64(d), np.int32(per), np.int32(mode), np.float32(eps)))
+         np.int64(x.stride(1)), np.int64(d), np.int32(per), np.int32(mode), np.float32(eps),
+         *[np.int32(0)] * 6, np.float32(0)))  # RoPE stage off (rope_head_dim 0)
     return y
 
 

@@ -10,9 +10,6 @@
 // Self-contained: no CUDA headers, so NVRTC needs no include path. bf16 is moved as raw
 // 16-bit words; conversion and the matrix ops are inline PTX.
 
-typedef unsigned short bf16_t;
-typedef unsigned int u32;
-
 #define NEG_INF (__int_as_float(0xff800000))
 
 __device__ __forceinline__ u32 smem_addr(const void *p) {
@@ -50,12 +47,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], u32 b
 }
 
 // Packs two floats into bf16x2 (round to nearest even), lo in the low half.
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -17,9 +17,6 @@
 // 64-element halves (128 bytes each), all rows' first halves then all rows' second halves; in each
 // 1024-byte group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ r.
 
-typedef unsigned short bf16_t;
-typedef unsigned int u32;
-
 #define NEG_INF (__int_as_float(0xff800000))
 
 __device__ __forceinline__ u32 smem_addr(const void *p) {
@@ -31,11 +28,6 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -3,6 +3,9 @@
 //   mode 0 (LayerNorm): n = (x - mean) * rsqrt(var + eps)
 //   mode 1 (RMSNorm):   n = x * rsqrt(mean(x^2) + eps)
 //   y = (n * weight + bias) * (1 + scale) + shift
+//   then, when rope_head_dim > 0, each head's pairs of y rotated by Wan's 3-D RoPE (rope.cu) at the
+//   row's token (rows are rope_seq tokens per batch item in (f, h, w) order of a grid_h x grid_w
+//   frame): the q/k path of Wan's self-attention (RMS norm across heads, then RoPE) in one pass.
 //
 // weight/bias ([D], fp32) and scale/shift (fp32) are optional (null). scale/shift hold one row
 // per `mod_rows_per` input rows: with x [B, L, D] and scale [B, D] pass L (Wan 2.1's per-sample
@@ -10,15 +13,6 @@
 // x and y are bf16 [rows, D] with row strides in elements, 16-byte aligned; D a multiple of 8. The
 // row stays in registers (one read, one write): D at most 32 lanes x 8 x MAX_CHUNKS, one kernel
 // for D <= 2048 and one for D <= 6144, so narrow rows do not pay for wide ones' registers.
-
-typedef unsigned short bf16_t;
-typedef unsigned int u32;
-
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -47,7 +41,9 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
                                                const float *__restrict__ weight, const float *__restrict__ bias,
                                                const float *__restrict__ scale, const float *__restrict__ shift,
                                                int rows, int d, long long x_stride, long long y_stride,
-                                               int mod_rows_per, int mode, float eps) {
+                                               int mod_rows_per, int mode, float eps, int rope_head_dim,
+                                               int rope_seq, int grid_h, int grid_w, int t_dim, int hw_dim,
+                                               float log2_theta) {
     const int lane = threadIdx.x % 32;
     const long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (r >= rows) return;
@@ -84,6 +80,13 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
     const float *sc = scale ? scale + m * d : nullptr;
     const float *sh = shift ? shift + m * d : nullptr;
     bf16_t *yr = y + r * y_stride;
+    int f_pos = 0, h_pos = 0, w_pos = 0;
+    if (rope_head_dim) {
+        const int l = r % rope_seq;
+        f_pos = l / (grid_h * grid_w);
+        h_pos = (l / grid_w) % grid_h;
+        w_pos = l % grid_w;
+    }
 #pragma unroll
     for (int i = 0; i < MAX_CHUNKS; ++i) {
         const int c = lane + 32 * i;
@@ -97,6 +100,17 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
             if (bias) { load8(bias, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
             if (sc) { load8(sc, j, t); for (int e = 0; e < 8; ++e) n[e] *= 1.f + t[e]; }
             if (sh) { load8(sh, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
+            if (rope_head_dim) {
+                const int pair = (j % rope_head_dim) / 2;
+#pragma unroll
+                for (int p = 0; p < 4; ++p) {
+                    float sn, cs;
+                    rope_sincos(pair + p, f_pos, h_pos, w_pos, t_dim, hw_dim, log2_theta, &sn, &cs);
+                    const float a = n[2 * p], b = n[2 * p + 1];
+                    n[2 * p] = a * cs - b * sn;
+                    n[2 * p + 1] = a * sn + b * cs;
+                }
+            }
             *reinterpret_cast<uint4 *>(yr + j) =
                 make_uint4(pack_bf16(n[0], n[1]), pack_bf16(n[2], n[3]), pack_bf16(n[4], n[5]), pack_bf16(n[6], n[7]));
         }
@@ -107,9 +121,11 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                   \
         const bf16_t *x, bf16_t *y, const float *weight, const float *bias, const float *scale,              \
         const float *shift, int rows, int d, long long x_stride, long long y_stride, int mod_rows_per,       \
-        int mode, float eps) {                                                                                \
+        int mode, float eps, int rope_head_dim, int rope_seq, int grid_h, int grid_w, int t_dim, int hw_dim, \
+        float log2_theta) {                                                                                   \
         modulated_norm<MAX_CHUNKS>(x, y, weight, bias, scale, shift, rows, d, x_stride, y_stride, mod_rows_per, \
-                                   mode, eps);                                                                \
+                                   mode, eps, rope_head_dim, rope_seq, grid_h, grid_w, t_dim, hw_dim,        \
+                                   log2_theta);                                                               \
     }
 
 NORM_KERNEL(modulated_norm_bf16_d2048, 8)
@@ -136,75 +152,77 @@ extern "C" __global__ void gated_residual_bf16(const bf16_t *__restrict__ x, con
         make_uint4(pack_bf16(a[0], a[1]), pack_bf16(a[2], a[3]), pack_bf16(a[4], a[5]), pack_bf16(a[6], a[7]));
 }
 
+// 16 bytes of pixels as fp32: 8 bf16 or 4 f32 values, loaded and stored in one access.
+template <typename T> struct Pixels16;
+template <> struct Pixels16<bf16_t> {
+    static constexpr int N = 8;
+    __device__ static void load(const bf16_t *p, float (&v)[8]) { unpack8(*reinterpret_cast<const uint4 *>(p), v); }
+    __device__ static void store(bf16_t *p, const float (&v)[8]) {
+        *reinterpret_cast<uint4 *>(p) =
+            make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+    }
+};
+template <> struct Pixels16<float> {
+    static constexpr int N = 4;
+    __device__ static void load(const float *p, float (&v)[4]) {
+        const float4 r = *reinterpret_cast<const float4 *>(p);
+        v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
+    __device__ static void store(float *p, const float (&v)[4]) {
+        *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+
 // The Wan VAE's RMS norm over channels (F.normalize over dim 1 times sqrt(C) * gamma), optionally
-// followed by SiLU: x, y bf16 [outer, C, inner] contiguous (inner = the pixels after the channel
-// dim, a multiple of 8); scale fp32 [C] = sqrt(C) * gamma. y = x / max(||x||_C, 1e-12) * scale,
-// SiLU'd when `silu`, in fp32, rounded once. One thread per 8 adjacent pixels: 16-byte loads,
-// coalesced across the warp; the channel loop reads the 8 pixels' column twice (sum, then write).
-extern "C" __global__ void channel_rms_norm_bf16(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
+// followed by SiLU: x, y [outer, C, inner] contiguous in bf16 or f32 (inner = the pixels after the
+// channel dim, a multiple of 16 bytes' worth); scale fp32 [C] = sqrt(C) * gamma.
+// y = x / max(||x||_C, 1e-12) * scale, SiLU'd when `silu`, in fp32, rounded once. One thread per 16
+// bytes of adjacent pixels, coalesced across the warp; the channel loop reads the pixels' column
+// twice (sum, then write). y may be a view into a larger buffer (the VAE writes behind cached frames).
+template <typename T>
+__device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__restrict__ y,
                                                  const float *__restrict__ scale, long long outer, int c,
                                                  long long inner, int silu) {
+    using P = Pixels16<T>;
+    constexpr int N = P::N;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long groups = inner / 8;
+    const long long groups = inner / N;
     if (idx >= outer * groups) return;
     const long long o = idx / groups;
-    const long long p = (idx % groups) * 8;
-    const bf16_t *xp = x + o * c * inner + p;
-    bf16_t *yp = y + o * c * inner + p;
-    float ss[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int ch = 0; ch < c; ++ch) {
-        float v[8];
-        unpack8(*reinterpret_cast<const uint4 *>(xp + ch * inner), v);
+    const long long p = (idx % groups) * N;
+    const T *xp = x + o * c * inner + p;
+    T *yp = y + o * c * inner + p;
+    float ss[N];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) ss[e] += v[e] * v[e];
+    for (int e = 0; e < N; ++e) ss[e] = 0.f;
+    for (int ch = 0; ch < c; ++ch) {
+        float v[N];
+        P::load(xp + ch * inner, v);
+#pragma unroll
+        for (int e = 0; e < N; ++e) ss[e] += v[e] * v[e];
     }
 #pragma unroll
-    for (int e = 0; e < 8; ++e) ss[e] = 1.f / fmaxf(sqrtf(ss[e]), 1e-12f);
+    for (int e = 0; e < N; ++e) ss[e] = 1.f / fmaxf(sqrtf(ss[e]), 1e-12f);
     for (int ch = 0; ch < c; ++ch) {
-        float v[8];
-        unpack8(*reinterpret_cast<const uint4 *>(xp + ch * inner), v);
+        float v[N];
+        P::load(xp + ch * inner, v);
         const float s = scale[ch];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
+        for (int e = 0; e < N; ++e) {
             v[e] *= ss[e] * s;
             if (silu) v[e] = v[e] / (1.f + __expf(-v[e]));
         }
-        *reinterpret_cast<uint4 *>(yp + ch * inner) =
-            make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+        P::store(yp + ch * inner, v);
     }
 }
 
-// The same over f32 activations (the pipelines keep the VAE in f32, as the reference does): four
-// pixels per thread with 16-byte loads, `inner` a multiple of 4.
-extern "C" __global__ void channel_rms_norm_f32(const float *__restrict__ x, float *__restrict__ y,
-                                                const float *__restrict__ scale, long long outer, int c,
-                                                long long inner, int silu) {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long groups = inner / 4;
-    if (idx >= outer * groups) return;
-    const long long o = idx / groups;
-    const long long p = (idx % groups) * 4;
-    const float *xp = x + o * c * inner + p;
-    float *yp = y + o * c * inner + p;
-    float ss[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int ch = 0; ch < c; ++ch) {
-        const float4 v = *reinterpret_cast<const float4 *>(xp + ch * inner);
-        ss[0] += v.x * v.x;
-        ss[1] += v.y * v.y;
-        ss[2] += v.z * v.z;
-        ss[3] += v.w * v.w;
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) ss[e] = 1.f / fmaxf(sqrtf(ss[e]), 1e-12f);
-    for (int ch = 0; ch < c; ++ch) {
-        const float4 raw = *reinterpret_cast<const float4 *>(xp + ch * inner);
-        float v[4] = {raw.x, raw.y, raw.z, raw.w};
-        const float s = scale[ch];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            v[e] *= ss[e] * s;
-            if (silu) v[e] = v[e] / (1.f + __expf(-v[e]));
-        }
-        *reinterpret_cast<float4 *>(yp + ch * inner) = make_float4(v[0], v[1], v[2], v[3]);
-    }
+extern "C" __global__ void channel_rms_norm_bf16(const bf16_t *x, bf16_t *y, const float *scale, long long outer,
+                                                 int c, long long inner, int silu) {
+    channel_rms_norm<bf16_t>(x, y, scale, outer, c, inner, silu);
+}
+
+// The pipelines keep the VAE in f32, as the reference does.
+extern "C" __global__ void channel_rms_norm_f32(const float *x, float *y, const float *scale, long long outer,
+                                                int c, long long inner, int silu) {
+    channel_rms_norm<float>(x, y, scale, outer, c, inner, silu);
 }

@@ -7,15 +7,6 @@
 // integer positions, accurate sincosf) and applies them to that chunk of every head with 16-byte
 // loads and stores. Strides and the base must be 16-byte aligned; D a multiple of 8.
 
-typedef unsigned short bf16_t;
-typedef unsigned int u32;
-
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
 __device__ __forceinline__ u32 rotate(u32 pair, float c, float s) {
     const float a = __uint_as_float(pair << 16), b = __uint_as_float(pair & 0xffff0000u);
     return pack_bf16(a * c - b * s, a * s + b * c);
@@ -34,18 +25,8 @@ extern "C" __global__ void rope3d_bf16(const bf16_t *__restrict__ x, bf16_t *__r
 
     float cs[4], sn[4];
 #pragma unroll
-    for (int p = 0; p < 4; ++p) {
-        const int j = chunk * 4 + p;
-        int pos, i, n;
-        if (2 * j < t_dim) {
-            pos = f_pos; i = j; n = t_dim;
-        } else if (2 * j < t_dim + hw_dim) {
-            pos = h_pos; i = j - t_dim / 2; n = hw_dim;
-        } else {
-            pos = w_pos; i = j - (t_dim + hw_dim) / 2; n = hw_dim;
-        }
-        sincosf(pos * exp2f(-(2.f * i / n) * log2_theta), &sn[p], &cs[p]);
-    }
+    for (int p = 0; p < 4; ++p)
+        rope_sincos(chunk * 4 + p, f_pos, h_pos, w_pos, t_dim, hw_dim, log2_theta, &sn[p], &cs[p]);
 
     const bf16_t *xr = x + b * x_sb + l * x_sl + chunk * 8;
     bf16_t *yr = y + b * y_sb + l * y_sl + chunk * 8;

@@ -12,13 +12,13 @@ mod spec;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-pub use spec::{FrameConv, NormKind, NormSpec, RopeGrid};
+pub use spec::{FrameConv, NormKind, NormRope, NormSpec, RopeGrid};
 
 #[cfg(feature = "cudnn")]
 pub use cuda::frame_conv;
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    CompileReport, attention, attention_kernel_for, channel_rms_norm, compile_all, compile_report,
-    gated_residual, kernel_cache_dir, linear, linear_residual, modulated_norm, rope3d,
-    set_poison_outputs,
+    CompileReport, attention, attention_kernel_for, channel_rms_norm, channel_rms_norm_into,
+    compile_all, compile_report, gated_residual, kernel_cache_dir, linear, linear_residual,
+    modulated_norm, rope3d, set_poison_outputs,
 };

@@ -60,6 +60,11 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
     if let Some(shift) = &spec.shift {
         n = n.broadcast_add(&per_token(shift)?)?;
     }
+    if let Some(rope) = &spec.rope {
+        let (b, l, d) = n.dims3()?;
+        let heads = (b, l, d / rope.head_dim, rope.head_dim);
+        n = rope3d(&n.reshape(heads)?, rope.grid, rope.theta)?.reshape((b, l, d))?;
+    }
     Ok(n)
 }
 

@@ -13,7 +13,8 @@ pub enum NormKind {
 }
 
 /// A normalisation over the last dimension of `x [B, L, D]` followed by
-/// `y = (n * weight + bias) * (1 + scale) + shift`, every term optional.
+/// `y = (n * weight + bias) * (1 + scale) + shift`, every term optional, then optionally Wan's
+/// 3-D RoPE of each head of `y`.
 ///
 /// `weight`/`bias` are `[D]`; `scale`/`shift` are `[B, D]` (one modulation per sample, Wan 2.1)
 /// or `[B, L, D]` (one per token, Wan 2.2 TI2V). All four are read as f32.
@@ -25,6 +26,16 @@ pub struct NormSpec {
     pub bias: Option<Tensor>,
     pub scale: Option<Tensor>,
     pub shift: Option<Tensor>,
+    pub rope: Option<NormRope>,
+}
+
+/// The RoPE a [`NormSpec`] applies to its output, read as `[B, L, D / head_dim, head_dim]`:
+/// the q/k path of Wan's self-attention (RMS norm across heads, then RoPE) in one pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormRope {
+    pub grid: RopeGrid,
+    pub head_dim: usize,
+    pub theta: f64,
 }
 
 impl NormSpec {
@@ -37,6 +48,7 @@ impl NormSpec {
             bias: None,
             scale: None,
             shift: None,
+            rope: None,
         }
     }
 
@@ -71,6 +83,26 @@ impl NormSpec {
                 bail!("norm scale and shift must have the same shape");
             }
             rows_per = Some(per);
+        }
+        if let Some(rope) = &self.rope {
+            if l != rope.grid.tokens() {
+                bail!(
+                    "rope grid {:?} has {} tokens but the norm input has {l}",
+                    rope.grid,
+                    rope.grid.tokens()
+                );
+            }
+            // The kernel rotates 8-element chunks, which must not straddle two heads.
+            if rope.head_dim == 0
+                || !d.is_multiple_of(rope.head_dim)
+                || !rope.head_dim.is_multiple_of(8)
+            {
+                bail!(
+                    "rope head_dim {} must be a multiple of 8 dividing the norm dim {d}",
+                    rope.head_dim
+                );
+            }
+            RopeGrid::split_checked(rope.head_dim)?;
         }
         Ok(rows_per.unwrap_or(l))
     }
@@ -119,6 +151,15 @@ impl RopeGrid {
         (head_dim - 2 * hw, hw)
     }
 
+    /// [`Self::split`], refusing head dims that have no even frame/height/width parts.
+    pub(crate) fn split_checked(head_dim: usize) -> Result<(usize, usize)> {
+        let (t_dim, hw_dim) = Self::split(head_dim);
+        if !head_dim.is_multiple_of(2) || !t_dim.is_multiple_of(2) || hw_dim == 0 {
+            bail!("rope head_dim {head_dim} cannot be split into even frame/height/width parts");
+        }
+        Ok((t_dim, hw_dim))
+    }
+
     pub(crate) fn validate(&self, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
         let (b, l, h, d) = x.dims4().map_err(|_| {
             candle_core::Error::Msg(format!(
@@ -132,10 +173,7 @@ impl RopeGrid {
                 self.tokens()
             );
         }
-        let (t_dim, hw_dim) = Self::split(d);
-        if d % 2 != 0 || t_dim % 2 != 0 || hw_dim == 0 {
-            bail!("rope head_dim {d} cannot be split into even frame/height/width parts");
-        }
+        Self::split_checked(d)?;
         Ok((b, l, h, d))
     }
 }

@@ -4,7 +4,7 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use videosdgx_kernels::{NormKind, NormSpec, RopeGrid, reference};
+use videosdgx_kernels::{NormKind, NormRope, NormSpec, RopeGrid, reference};
 
 fn gpu() -> Device {
     videosdgx_kernels::set_poison_outputs(true);
@@ -174,6 +174,39 @@ fn modulated_norm_matches_reference_for_wan_norms() {
 }
 
 #[test]
+fn rms_norm_with_rope_matches_reference_for_wan_self_attention() {
+    let dev = gpu();
+    let grid = RopeGrid {
+        frames: 3,
+        height: 6,
+        width: 10,
+    };
+    // q/k of the 1.3B (12 heads) and the 14B (40 heads), two batch items.
+    for heads in [12, 40] {
+        let d = heads * 128;
+        let x = randn(&[2, grid.tokens(), d], &dev);
+        let spec = NormSpec {
+            weight: Some(Tensor::randn(1f32, 0.1f32, d, &dev).unwrap()),
+            rope: Some(NormRope {
+                grid,
+                head_dim: 128,
+                theta: 10_000.0,
+            }),
+            ..NormSpec::new(NormKind::Rms, 1e-6)
+        };
+        let got = videosdgx_kernels::modulated_norm(&x, &spec).unwrap();
+        let cpu_spec = NormSpec {
+            weight: spec.weight.as_ref().map(cpu),
+            ..spec.clone()
+        };
+        let want = reference::modulated_norm(&cpu(&x), &cpu_spec).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rms norm + rope, {heads} heads: rel err {err:.2e}");
+        assert!(err < 1e-2, "rms norm + rope, {heads} heads: rel err {err}");
+    }
+}
+
+#[test]
 fn gated_residual_matches_reference_per_sample_and_per_token() {
     let dev = gpu();
     let (x, y) = (randn(&[2, 777, 1536], &dev), randn(&[2, 777, 1536], &dev));
@@ -280,6 +313,61 @@ fn channel_rms_norm_matches_reference_on_vae_layouts() {
             );
         }
     }
+}
+
+#[test]
+fn channel_rms_norm_into_writes_only_its_view() {
+    let dev = gpu();
+    // The VAE's use: 4 frames normalised into a 6-frame buffer behind 2 cached frames.
+    let (cached, shape) = (2, [1, 4, 96, 24, 40]);
+    let x = randn(&shape, &dev);
+    let scale = Tensor::randn(1f32, 0.1f32, 96, &dev).unwrap();
+    let want = reference::channel_rms_norm(&cpu(&x), &cpu(&scale), 2, true).unwrap();
+    for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 1e-5)] {
+        let buffer = randn(&[1, cached + 4, 96, 24, 40], &dev)
+            .to_dtype(dtype)
+            .unwrap();
+        let before = cpu(&buffer);
+        let view = buffer.narrow(1, cached, 4).unwrap();
+        videosdgx_kernels::channel_rms_norm_into(
+            &view,
+            &x.to_dtype(dtype).unwrap(),
+            &scale,
+            2,
+            true,
+        )
+        .unwrap();
+        let err = rel_err(&buffer.narrow(1, cached, 4).unwrap(), &want);
+        eprintln!("channel norm into a view, {dtype:?}: rel err {err:.2e}");
+        assert!(err < bound, "channel norm into {dtype:?}: rel err {err}");
+        let f32_front = |t: &Tensor| {
+            t.narrow(1, 0, cached)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let diff = (f32_front(&cpu(&buffer)) - f32_front(&before))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "the cached frames in front of the view changed");
+    }
+    // A view that is not contiguous (the frames of two batch items) is refused.
+    let buffer = randn(&[2, 6, 96, 24, 40], &dev);
+    let err = videosdgx_kernels::channel_rms_norm_into(
+        &buffer.narrow(1, 2, 4).unwrap(),
+        &randn(&[2, 4, 96, 24, 40], &dev),
+        &scale,
+        2,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("contiguous view"), "{err}");
 }
 
 #[cfg(feature = "cudnn")]

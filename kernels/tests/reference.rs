@@ -2,7 +2,7 @@
 //! math as diffusers' transformer_wan.py states it), plus the errors bad input must give.
 
 use candle_core::{Device, Tensor};
-use videosdgx_kernels::{FrameConv, NormKind, NormSpec, RopeGrid, reference};
+use videosdgx_kernels::{FrameConv, NormKind, NormRope, NormSpec, RopeGrid, reference};
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -279,6 +279,89 @@ fn rope_rotates_each_pair_by_its_axis_angle() {
         }
     }
     assert!(max_abs_diff(&got, &want) < 1e-5);
+}
+
+#[test]
+fn rms_norm_with_rope_rotates_each_normalised_head() {
+    // Wan's self-attention q path: RMS norm across the heads with a weight, then each head's RoPE.
+    // head_dim 24 splits into frame, height and width parts of 8 each (4 pairs each).
+    let grid = RopeGrid {
+        frames: 2,
+        height: 3,
+        width: 4,
+    };
+    let (heads, hd, theta, eps) = (2, 24, 10_000.0f64, 1e-6);
+    let d = heads * hd;
+    let x = tensor(&[1, grid.tokens(), d], 21);
+    let w = values(d, 22);
+    let spec = NormSpec {
+        weight: Some(Tensor::new(w.as_slice(), &Device::Cpu).unwrap()),
+        rope: Some(NormRope {
+            grid,
+            head_dim: hd,
+            theta,
+        }),
+        ..NormSpec::new(NormKind::Rms, eps)
+    };
+    let got = reference::modulated_norm(&x, &spec)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let zeros = vec![0f32; d];
+    let mut want = Vec::with_capacity(xv.len());
+    for (l, row) in xv.chunks(d).enumerate() {
+        let n = norm_row(row, NormKind::Rms, eps, &w, &zeros, &zeros, &zeros);
+        let pos = [
+            l / (grid.height * grid.width),
+            (l / grid.width) % grid.height,
+            l % grid.width,
+        ];
+        for head in n.chunks(hd) {
+            for (j, pair) in head.chunks(2).enumerate() {
+                let (axis, i) = (j / 4, j % 4);
+                let angle = pos[axis] as f64 * theta.powf(-(2.0 * i as f64) / 8.0);
+                let (a, b) = (f64::from(pair[0]), f64::from(pair[1]));
+                want.push((a * angle.cos() - b * angle.sin()) as f32);
+                want.push((a * angle.sin() + b * angle.cos()) as f32);
+            }
+        }
+    }
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "max abs diff {diff}");
+}
+
+#[test]
+fn norm_rope_rejects_heads_that_do_not_tile_the_row() {
+    let grid = RopeGrid {
+        frames: 1,
+        height: 2,
+        width: 2,
+    };
+    let spec = NormSpec {
+        rope: Some(NormRope {
+            grid,
+            head_dim: 16,
+            theta: 10_000.0,
+        }),
+        ..NormSpec::new(NormKind::Rms, 1e-6)
+    };
+    let err = reference::modulated_norm(&tensor(&[1, 4, 40], 3), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("must be a multiple of 8 dividing the norm dim 40"),
+        "{err}"
+    );
+    let err = reference::modulated_norm(&tensor(&[1, 5, 32], 3), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 4 tokens but the norm input has 5"),
+        "{err}"
+    );
 }
 
 #[test]

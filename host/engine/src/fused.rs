@@ -31,6 +31,9 @@ pub(crate) struct Modulation<'a> {
     /// `[B, D]`, `[B, 1, D]` (one per sample) or `[B, L, D]` (one per token).
     pub scale: Option<&'a Tensor>,
     pub shift: Option<&'a Tensor>,
+    /// Wan's 3-D RoPE (theta 10000) over the token grid `[frames, height, width]`, applied to
+    /// each `head_dim` slice of the result.
+    pub rope: Option<([usize; 3], usize)>,
 }
 
 /// Fused norm over the last dim of `x [B, L, D]` with the terms of `m`, in `x`'s dtype.
@@ -49,6 +52,32 @@ pub(crate) fn modulated_norm(
     }
     let _ = (x, kind, eps, m);
     Ok(None)
+}
+
+/// Wan's self-attention q/k path, RMS norm (with `weight`) of `x [B, L, D]` across the heads and
+/// then the 3-D RoPE of each `head_dim` slice, as one fused pass. `None` where no kernel covers it
+/// (the caller then runs the norm and the RoPE, which log their own fallbacks).
+pub(crate) fn rms_norm_rope(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    grid: [usize; 3],
+    head_dim: usize,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        let m = Modulation {
+            weight: Some(weight),
+            rope: Some((grid, head_dim)),
+            ..Default::default()
+        };
+        cuda::modulated_norm(x, Norm::Rms, eps, &m)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, weight, eps, grid, head_dim);
+        Ok(None)
+    }
 }
 
 /// Fused Wan 3-D RoPE (theta 10000) of `x [B, L, H, D]` over the token grid `[frames, height,
@@ -116,6 +145,27 @@ pub(crate) fn channel_norm(
     }
     let _ = (x, scale, channel_dim, silu);
     Ok(None)
+}
+
+/// [`channel_norm`] written into `dst` (a view of x's shape, e.g. part of a larger buffer);
+/// returns whether a fused kernel wrote it. On `false` the caller computes the norm with
+/// [`channel_norm`] (which logs a fallback) and copies it.
+pub(crate) fn channel_norm_into(
+    dst: &Tensor,
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::channel_norm_into(dst, x, scale, channel_dim, silu)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (dst, x, scale, channel_dim, silu);
+        Ok(false)
+    }
 }
 
 /// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: cuDNN,
@@ -186,7 +236,7 @@ fn warn_fallback(x: &Tensor, op: &'static str) {
 mod cuda {
     use super::{Modulation, Norm};
     use candle_core::{DType, Result, Tensor};
-    use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
+    use videosdgx_kernels::{NormKind, NormRope, NormSpec, RopeGrid};
 
     /// The widest row the norm kernel takes (norm.cu).
     const NORM_MAX_DIM: usize = 6144;
@@ -237,21 +287,47 @@ mod cuda {
         }
     }
 
+    /// Whether the channel-norm kernel takes `x` (bf16 or f32 on CUDA, 8-pixel groups).
+    fn channel_norm_takes(x: &Tensor, scale: &Tensor, channel_dim: usize) -> Result<bool> {
+        let f32_cuda = x.device().is_cuda() && x.dtype() == DType::F32;
+        if super::disabled("norm") || !(bf16_cuda(x) || f32_cuda) || channel_dim >= x.rank() {
+            return Ok(false);
+        }
+        let inner: usize = x.dims()[channel_dim + 1..].iter().product();
+        Ok(inner.is_multiple_of(8) && scale.elem_count() == x.dim(channel_dim)?)
+    }
+
     pub(super) fn channel_norm(
         x: &Tensor,
         scale: &Tensor,
         channel_dim: usize,
         silu: bool,
     ) -> Result<Option<Tensor>> {
-        let f32_cuda = x.device().is_cuda() && x.dtype() == DType::F32;
-        if super::disabled("norm") || !(bf16_cuda(x) || f32_cuda) || channel_dim >= x.rank() {
-            return Ok(None);
-        }
-        let inner: usize = x.dims()[channel_dim + 1..].iter().product();
-        if !inner.is_multiple_of(8) || scale.elem_count() != x.dim(channel_dim)? {
+        if !channel_norm_takes(x, scale, channel_dim)? {
             return Ok(None);
         }
         videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, silu).map(Some)
+    }
+
+    pub(super) fn channel_norm_into(
+        dst: &Tensor,
+        x: &Tensor,
+        scale: &Tensor,
+        channel_dim: usize,
+        silu: bool,
+    ) -> Result<bool> {
+        // The kernel writes a contiguous destination: one batch item's frames, for instance.
+        let aligned = dst.layout().start_offset().is_multiple_of(8);
+        if !channel_norm_takes(x, scale, channel_dim)?
+            || !dst.is_contiguous()
+            || !aligned
+            || dst.dims() != x.dims()
+            || dst.dtype() != x.dtype()
+        {
+            return Ok(false);
+        }
+        videosdgx_kernels::channel_rms_norm_into(dst, x, scale, channel_dim, silu)?;
+        Ok(true)
     }
 
     pub(super) fn modulated_norm(
@@ -289,6 +365,31 @@ mod cuda {
         {
             return Ok(None);
         }
+        let rope = match m.rope {
+            None => None,
+            Some(([frames, height, width], head_dim)) => {
+                let grid = RopeGrid {
+                    frames,
+                    height,
+                    width,
+                };
+                let (t_dim, hw_dim) = RopeGrid::split(head_dim);
+                if super::disabled("rope")
+                    || l != grid.tokens()
+                    || !head_dim.is_multiple_of(8)
+                    || !d.is_multiple_of(head_dim)
+                    || !t_dim.is_multiple_of(2)
+                    || hw_dim == 0
+                {
+                    return Ok(None);
+                }
+                Some(NormRope {
+                    grid,
+                    head_dim,
+                    theta: 10000.0,
+                })
+            }
+        };
         let spec = NormSpec {
             kind: match kind {
                 Norm::Layer => NormKind::Layer,
@@ -299,6 +400,7 @@ mod cuda {
             bias: m.bias.cloned(),
             scale,
             shift,
+            rope,
         };
         videosdgx_kernels::modulated_norm(&x.contiguous()?, &spec).map(Some)
     }

@@ -19,8 +19,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
-    Tensor, bail,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp2, Layout, Result, Shape,
+    Storage, Tensor, bail,
 };
 use half::bf16;
 use std::collections::HashMap;
@@ -39,22 +39,34 @@ struct Source {
 
 const ATTENTION: Source = Source {
     name: "attention",
-    code: include_str!("../../cuda/attention.cu"),
+    code: concat!(
+        include_str!("../../cuda/common.cuh"),
+        include_str!("../../cuda/attention.cu")
+    ),
     hopper_only: false,
 };
 const ATTENTION_TMA: Source = Source {
     name: "attention_tma",
-    code: include_str!("../../cuda/attention_tma.cu"),
+    code: concat!(
+        include_str!("../../cuda/common.cuh"),
+        include_str!("../../cuda/attention_tma.cu")
+    ),
     hopper_only: true,
 };
 const NORM: Source = Source {
     name: "norm",
-    code: include_str!("../../cuda/norm.cu"),
+    code: concat!(
+        include_str!("../../cuda/common.cuh"),
+        include_str!("../../cuda/norm.cu")
+    ),
     hopper_only: false,
 };
 const ROPE: Source = Source {
     name: "rope",
-    code: include_str!("../../cuda/rope.cu"),
+    code: concat!(
+        include_str!("../../cuda/common.cuh"),
+        include_str!("../../cuda/rope.cu")
+    ),
     hopper_only: false,
 };
 const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
@@ -611,6 +623,20 @@ impl CustomOp1 for ModulatedNorm {
             self.rows_per_mod as i32,
             self.spec.eps as f32,
         );
+        // head_dim 0 turns the RoPE stage off; the other terms are then unused.
+        let rope = self.spec.rope.map_or(Ok([0i32; 6]), |r| -> Result<_> {
+            let (t_dim, hw_dim) = RopeGrid::split_checked(r.head_dim)?;
+            let i = |v: usize| v as i32;
+            Ok([
+                i(r.head_dim),
+                i(r.grid.tokens()),
+                i(r.grid.height),
+                i(r.grid.width),
+                i(t_dim),
+                i(hw_dim),
+            ])
+        })?;
+        let log2_theta = self.spec.rope.map_or(0.0, |r| r.theta.log2() as f32);
         // One warp per row, eight rows per block.
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(8) as u32, 1, 1),
@@ -631,6 +657,10 @@ impl CustomOp1 for ModulatedNorm {
                 .arg(&per)
                 .arg(&mode)
                 .arg(&eps);
+            for v in &rope {
+                launch.arg(v);
+            }
+            launch.arg(&log2_theta);
             // SAFETY: arguments match the modulated_norm kernels in norm.cu; shapes validated.
             unsafe { launch.launch(cfg) }.map_err(driver_err("norm launch"))?;
         }
@@ -672,6 +702,7 @@ pub fn modulated_norm(x: &Tensor, spec: &NormSpec) -> Result<Tensor> {
         bias: f32_on_device(&spec.bias)?,
         scale: f32_on_device(&spec.scale)?,
         shift: f32_on_device(&spec.shift)?,
+        rope: spec.rope,
     };
     x.apply_op1_no_bwd(&ModulatedNorm { spec, rows_per_mod })
 }
@@ -1056,24 +1087,96 @@ impl CustomOp1 for ChannelNorm {
     }
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + DeviceRepr + 'static>(
+            op: &ChannelNorm,
+            xs: &CudaStorage,
+            xl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = xs.device().clone();
+            let mut out = output::<T>(&dev, xl.shape().elem_count())?;
+            let stream = dev.cuda_stream();
+            let (y, guard) = out.device_ptr_mut(&stream);
+            op.launch::<T>(xs, xl, y)?;
+            drop(guard);
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+        }
         match xs.dtype() {
-            DType::BF16 => self.run::<bf16>(xs, xl, "channel_rms_norm_bf16", 8),
-            DType::F32 => self.run::<f32>(xs, xl, "channel_rms_norm_f32", 4),
+            DType::BF16 => run::<bf16>(self, xs, xl),
+            DType::F32 => run::<f32>(self, xs, xl),
+            dtype => bail!("channel norm runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+/// Writes the norm of the second operand into the first, a view of the same shape (the VAE writes
+/// its convolution input behind the cached frames of the buffer the convolution reads).
+impl InplaceOp2 for ChannelNorm {
+    fn name(&self) -> &'static str {
+        "channel-rms-norm-into"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        bail!("channel norm runs on CUDA only; reference::channel_rms_norm is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        ds: &mut CudaStorage,
+        dl: &Layout,
+        xs: &CudaStorage,
+        xl: &Layout,
+    ) -> Result<()> {
+        fn run<T: CudaDType + DeviceRepr + 'static>(
+            op: &ChannelNorm,
+            ds: &mut CudaStorage,
+            dl: &Layout,
+            xs: &CudaStorage,
+            xl: &Layout,
+        ) -> Result<()> {
+            if !dl.is_contiguous() || dl.shape() != xl.shape() {
+                bail!(
+                    "channel norm: the destination must be a contiguous view of x's shape {:?}, got {:?}",
+                    xl.shape(),
+                    dl.shape()
+                );
+            }
+            if !dl.start_offset().is_multiple_of(16 / size_of::<T>()) {
+                bail!("channel norm: the destination must be 16-byte aligned");
+            }
+            let stream = xs.device().cuda_stream();
+            let (base, _yg) = ds.as_cuda_slice_mut::<T>()?.device_ptr_mut(&stream);
+            op.launch::<T>(xs, xl, base + (size_of::<T>() * dl.start_offset()) as u64)
+        }
+        if ds.dtype() != xs.dtype() {
+            bail!(
+                "channel norm: destination {:?}, x {:?}",
+                ds.dtype(),
+                xs.dtype()
+            );
+        }
+        match xs.dtype() {
+            DType::BF16 => run::<bf16>(self, ds, dl, xs, xl),
+            DType::F32 => run::<f32>(self, ds, dl, xs, xl),
             dtype => bail!("channel norm runs on bf16 or f32, got {dtype:?}"),
         }
     }
 }
 
 impl ChannelNorm {
-    /// Launches `kernel`, which handles `per_thread` pixels (16 bytes of `T`) per thread.
-    fn run<T: CudaDType + DeviceRepr + 'static>(
+    /// Launches `channel_rms_norm_{bf16,f32}` on `x`, writing the contiguous output at device
+    /// address `y`. Each thread handles 16 bytes of pixels.
+    fn launch<T: CudaDType + DeviceRepr + 'static>(
         &self,
         xs: &CudaStorage,
         xl: &Layout,
-        kernel: &'static str,
-        per_thread: usize,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = xs.device().clone();
+        y: u64,
+    ) -> Result<()> {
+        let kernel = match xs.dtype() {
+            DType::BF16 => "channel_rms_norm_bf16",
+            _ => "channel_rms_norm_f32",
+        };
+        let per_thread = 16 / size_of::<T>();
+        let dev = xs.device();
         let dims = xl.shape().dims();
         let c = dims[self.channel_dim];
         let outer: usize = dims[..self.channel_dim].iter().product();
@@ -1086,8 +1189,7 @@ impl ChannelNorm {
                 "channel norm: x must be contiguous, 16-byte aligned, with a multiple of {per_thread} pixels"
             );
         }
-        let mut out = output::<T>(&dev, outer * c * inner)?;
-        let func = function(&dev, &NORM, kernel)?;
+        let func = function(dev, &NORM, kernel)?;
         let stream = dev.cuda_stream();
         let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
         let (scale_storage, scale_layout) = self.scale.storage_and_layout();
@@ -1103,20 +1205,47 @@ impl ChannelNorm {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        {
-            let mut launch = stream.launch_builder(&func);
-            launch
-                .arg(&x)
-                .arg(&mut out)
-                .arg(&scale)
-                .arg(&outer64)
-                .arg(&c32)
-                .arg(&inner64)
-                .arg(&silu);
-            // SAFETY: arguments match channel_rms_norm_{bf16,f32} in norm.cu; shapes checked.
-            unsafe { launch.launch(cfg) }.map_err(driver_err("channel norm launch"))?;
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&x)
+            .arg(&y)
+            .arg(&scale)
+            .arg(&outer64)
+            .arg(&c32)
+            .arg(&inner64)
+            .arg(&silu);
+        // SAFETY: arguments match channel_rms_norm_{bf16,f32} in norm.cu; shapes checked, and `y`
+        // covers x's elements (a fresh output, or a destination view checked by the caller).
+        unsafe { launch.launch(cfg) }.map_err(driver_err("channel norm launch"))?;
+        Ok(())
+    }
+
+    /// Checks `scale` against `x` and returns the op with `scale` as a flat f32 tensor on x's device.
+    fn new(x: &Tensor, scale: &Tensor, channel_dim: usize, silu: bool) -> Result<Self> {
+        let c = x.dim(channel_dim)?;
+        if scale.elem_count() != c {
+            bail!(
+                "channel norm: scale has {} values for {c} channels",
+                scale.elem_count()
+            );
         }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+        if !matches!(x.dtype(), DType::BF16 | DType::F32) || !x.device().is_cuda() {
+            bail!(
+                "channel norm: x must be bf16 or f32 on CUDA, got {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            );
+        }
+        let scale = scale
+            .to_device(x.device())?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .contiguous()?;
+        Ok(Self {
+            scale,
+            channel_dim,
+            silu,
+        })
     }
 }
 
@@ -1129,28 +1258,19 @@ pub fn channel_rms_norm(
     channel_dim: usize,
     silu: bool,
 ) -> Result<Tensor> {
-    let c = x.dim(channel_dim)?;
-    if scale.elem_count() != c {
-        bail!(
-            "channel norm: scale has {} values for {c} channels",
-            scale.elem_count()
-        );
-    }
-    if !matches!(x.dtype(), DType::BF16 | DType::F32) || !x.device().is_cuda() {
-        bail!(
-            "channel norm: x must be bf16 or f32 on CUDA, got {:?} on {:?}",
-            x.dtype(),
-            x.device()
-        );
-    }
-    let scale = scale
-        .to_device(x.device())?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .contiguous()?;
-    x.contiguous()?.apply_op1_no_bwd(&ChannelNorm {
-        scale,
-        channel_dim,
-        silu,
-    })
+    let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// [`channel_rms_norm`] written into `dst`, a contiguous 16-byte-aligned view of x's shape and
+/// dtype (typically `narrow` of a larger buffer); nothing outside the view is touched.
+pub fn channel_rms_norm_into(
+    dst: &Tensor,
+    x: &Tensor,
+    scale: &Tensor,
+    channel_dim: usize,
+    silu: bool,
+) -> Result<()> {
+    let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
+    dst.inplace_op2(&x.contiguous()?, &op)
 }

@@ -103,6 +103,7 @@ impl LayerNorm {
                 bias: self.bias.as_ref(),
                 scale,
                 shift,
+                rope: None,
             },
         )
     }
@@ -142,6 +143,17 @@ impl RmsNorm {
             self.eps,
         )?;
         y.to_dtype(x.dtype())
+    }
+
+    /// `forward(x)` with Wan's 3-D RoPE of each `head_dim` slice over the token `grid`, where
+    /// one fused kernel does both (CUDA bf16); `None` otherwise.
+    pub(crate) fn forward_rope(
+        &self,
+        x: &Tensor,
+        grid: [usize; 3],
+        head_dim: usize,
+    ) -> Result<Option<Tensor>> {
+        crate::fused::rms_norm_rope(x, &self.weight, f64::from(self.eps), grid, head_dim)
     }
 }
 

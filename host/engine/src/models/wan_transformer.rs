@@ -235,6 +235,27 @@ impl WanAttention {
         x.reshape((b, l, self.heads, inner / self.heads))
     }
 
+    /// `norm(x)` split into heads, then rotated when `rope` is given: one fused pass where a
+    /// kernel covers it.
+    fn norm_heads(
+        &self,
+        norm: &RmsNorm,
+        x: &Tensor,
+        rope: Option<&RotaryTables>,
+    ) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)? / self.heads;
+        if let Some(rope) = rope
+            && let Some(y) = norm.forward_rope(x, rope.grid, head_dim)?
+        {
+            return self.split_heads(&y);
+        }
+        let y = self.split_heads(&norm.forward(x)?)?;
+        match rope {
+            Some(rope) => rope.apply(&y),
+            None => Ok(y),
+        }
+    }
+
     /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise;
     /// with `residual`, returns `residual + attention` (one fused epilogue on CUDA bf16).
     fn forward(
@@ -263,19 +284,12 @@ impl WanAttention {
         let names = if rope.is_some() {
             [
                 "self.qkv",
-                "self.qk_norm",
-                "self.rope",
+                "self.qk_norm+rope",
                 "self.attention",
                 "self.out",
             ]
         } else {
-            [
-                "cross.qkv",
-                "cross.qk_norm",
-                "cross.rope",
-                "cross.attention",
-                "cross.out",
-            ]
+            ["cross.qkv", "cross.qk_norm", "cross.attention", "cross.out"]
         };
         let (q, k, v) = section(names[0], dev, || {
             Ok((
@@ -285,16 +299,12 @@ impl WanAttention {
             ))
         })?;
         let (q, k) = section(names[1], dev, || {
-            Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?))
+            Ok((
+                self.norm_heads(&self.norm_q, &q, rope)?,
+                self.norm_heads(&self.norm_k, &k, rope)?,
+            ))
         })?;
-        let (mut q, mut k, v) = (
-            self.split_heads(&q)?,
-            self.split_heads(&k)?,
-            self.split_heads(&v)?,
-        );
-        if let Some(rope) = rope {
-            (q, k) = section(names[2], dev, || Ok((rope.apply(&q)?, rope.apply(&k)?)))?;
-        }
+        let v = self.split_heads(&v)?;
 
         let image_out = match (&self.added_kv, image_context) {
             (Some(added), Some(image)) if image.dim(1)? > 0 => {
@@ -309,11 +319,11 @@ impl WanAttention {
             _ => None,
         };
 
-        let mut out = section(names[3], dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let mut out = section(names[2], dev, || attention(&q, &k, &v))?.flatten_from(2)?;
         if let Some(image_out) = image_out {
             out = (out + image_out)?;
         }
-        section(names[4], dev, || match residual {
+        section(names[3], dev, || match residual {
             None => linear_fwd(&self.to_out, &out),
             Some(r) => match crate::fused::linear(&self.to_out, &out, false, Some(r))? {
                 Some(y) => Ok(y),

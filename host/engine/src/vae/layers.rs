@@ -106,10 +106,6 @@ impl CausalConv3d {
     }
 
     pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
-        section("vae.conv3d", x.device(), || self.forward_inner(x, cache))
-    }
-
-    fn forward_inner(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
         let mut front = self.pad_t;
         let x = match cache {
             Some(prev) if self.pad_t > 0 => {
@@ -123,25 +119,71 @@ impl CausalConv3d {
         } else {
             x
         };
-        crate::fused::frame_conv(&x, &self.weight, &self.bias, self.conv)
+        self.convolve(&x)
     }
 
-    /// The reference's chunked call: the conv sees the previous chunk's last frames, and the last
-    /// `CACHE_FRAMES` frames (topped up from the previous chunk when this one is shorter) are kept.
+    /// The convolution of an input already padded in time.
+    fn convolve(&self, padded: &Tensor) -> Result<Tensor> {
+        section("vae.conv3d", padded.device(), || {
+            crate::fused::frame_conv(padded, &self.weight, &self.bias, self.conv)
+        })
+    }
+
+    /// The reference's chunked call: the conv reads the previous chunk's last `CACHE_FRAMES`
+    /// input frames (zeros before the first chunk) in front of this chunk's, and keeps the last
+    /// `CACHE_FRAMES` frames of that input for the next chunk. For a causal kernel-3 conv this is
+    /// exactly the reference's bookkeeping (it keeps up to two frames, topped up from the previous
+    /// chunk, and zero-pads what is missing).
     pub fn forward_cached(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let idx = cache.claim();
-        let prev = match &cache.slots[idx] {
-            Slot::Frames(prev) => Some(prev.clone()),
-            _ => None,
-        };
-        let mut keep = last_frames(x, CACHE_FRAMES)?;
-        if let Some(prev) = &prev
-            && frames(&keep) < CACHE_FRAMES
-        {
-            keep = Tensor::cat(&[&last_frames(prev, 1)?, &keep], 1)?;
+        self.forward_cached_with(x, cache, |input| {
+            input.slice_set(&x.contiguous()?, 1, CACHE_FRAMES)
+        })
+    }
+
+    /// [`Self::forward_cached`] of `silu(norm(x))`, the norm written straight behind the cached
+    /// frames (no separate activation, no concatenation copy: at full resolution each is hundreds
+    /// of MiB of the decoder's peak).
+    pub fn forward_cached_normed(
+        &self,
+        norm: &RmsNorm,
+        x: &Tensor,
+        cache: &mut FeatCache,
+    ) -> Result<Tensor> {
+        self.forward_cached_with(x, cache, |input| {
+            norm.forward_silu_into(x, input, CACHE_FRAMES)
+        })
+    }
+
+    /// Builds the conv's input `[cached frames, fill]`, where `fill` writes the chunk's
+    /// `frames(x)` frames behind the cached ones, convolves it and caches its last frames.
+    fn forward_cached_with(
+        &self,
+        x: &Tensor,
+        cache: &mut FeatCache,
+        fill: impl FnOnce(&Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        if self.pad_t != CACHE_FRAMES {
+            candle_core::bail!(
+                "a cached causal conv pads {CACHE_FRAMES} frames in front, this one {}",
+                self.pad_t
+            );
         }
-        let y = self.forward(x, prev.as_ref())?;
-        cache.slots[idx] = Slot::Frames(keep);
+        let (b, t, c, h, w) = x.dims5()?;
+        let idx = cache.claim();
+        let front = match std::mem::replace(&mut cache.slots[idx], Slot::Empty) {
+            Slot::Frames(prev) if prev.dims() == [b, CACHE_FRAMES, c, h, w] => prev,
+            Slot::Empty => Tensor::zeros((b, CACHE_FRAMES, c, h, w), x.dtype(), x.device())?,
+            _ => candle_core::bail!("the VAE's chunk cache is out of step with its layers"),
+        };
+        // SAFETY: every element is written before the buffer is read: the first CACHE_FRAMES
+        // frames by `slice_set` below, the others by `fill`, and `fill` failing drops it unread.
+        let input =
+            unsafe { Tensor::empty((b, CACHE_FRAMES + t, c, h, w), x.dtype(), x.device()) }?;
+        input.slice_set(&front, 1, 0)?;
+        drop(front);
+        fill(&input)?;
+        let y = self.convolve(&input)?;
+        cache.slots[idx] = Slot::Frames(input.narrow(1, t, CACHE_FRAMES)?.copy()?);
         Ok(y)
     }
 }
@@ -220,6 +262,19 @@ impl RmsNorm {
         })
     }
 
+    /// [`Self::forward_silu`] over the channels (dim 2) of `x` `[b, t, c, h, w]`, written into
+    /// frames `[offset, offset + t)` of `buf` `[b, t', c, h, w]`.
+    pub fn forward_silu_into(&self, x: &Tensor, buf: &Tensor, offset: usize) -> Result<()> {
+        let view = buf.narrow(1, offset, frames(x))?;
+        let fused = section("vae.norm+silu", x.device(), || {
+            crate::fused::channel_norm_into(&view, x, &self.scale, 2, true)
+        })?;
+        if !fused {
+            buf.slice_set(&self.forward_silu(x, 2)?, 1, offset)?;
+        }
+        Ok(())
+    }
+
     /// `silu(forward(x))`, one fused pass on CUDA bf16.
     pub fn forward_silu(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
         section(
@@ -281,10 +336,8 @@ impl ResidualBlock {
         };
         // Reassigned rather than shadowed: a shadowed tensor lives to the end of the scope, and
         // at full resolution each of these is hundreds of MiB.
-        let mut y = self.norm1.forward_silu(x, 2)?;
-        y = self.conv1.forward_cached(&y, cache)?;
-        y = self.norm2.forward_silu(&y, 2)?;
-        y = self.conv2.forward_cached(&y, cache)?;
+        let mut y = self.conv1.forward_cached_normed(&self.norm1, x, cache)?;
+        y = self.conv2.forward_cached_normed(&self.norm2, &y, cache)?;
         section("vae.residual_add", dev, || y + h)
     }
 }
@@ -551,8 +604,7 @@ impl Head {
     }
 
     pub fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        let x = self.norm.forward_silu(x, 2)?;
-        self.conv.forward_cached(&x, cache)
+        self.conv.forward_cached_normed(&self.norm, x, cache)
     }
 }
 

@@ -1,0 +1,29 @@
+// Shared by every kernel source: each module is compiled as this header followed by its .cu file
+// (kernels/src/cuda/mod.rs), since NVRTC compiles a single string without include paths.
+
+typedef unsigned short bf16_t;
+typedef unsigned int u32;
+
+// Two floats rounded to nearest into a bf16 pair, `lo` in the low half.
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// Wan's 3-D RoPE angle of pair `j` of a head (elements 2j, 2j+1) for the token at (f, h, w): the
+// head dim splits into a frame part of t_dim, then height and width parts of hw_dim each; pair i of
+// a part of size n at position p rotates by p * theta^(-2i/n). fp32 with exact integer positions
+// and accurate sincosf.
+__device__ __forceinline__ void rope_sincos(int j, int f_pos, int h_pos, int w_pos, int t_dim, int hw_dim,
+                                            float log2_theta, float *sn, float *cs) {
+    int pos, i, n;
+    if (2 * j < t_dim) {
+        pos = f_pos; i = j; n = t_dim;
+    } else if (2 * j < t_dim + hw_dim) {
+        pos = h_pos; i = j - t_dim / 2; n = hw_dim;
+    } else {
+        pos = w_pos; i = j - (t_dim + hw_dim) / 2; n = hw_dim;
+    }
+    sincosf(pos * exp2f(-(2.f * i / n) * log2_theta), sn, cs);
+}
