@@ -7,6 +7,8 @@
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
 
+mod configs;
+
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -185,6 +187,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 mod gpu {
     mod pipeline;
 
+    use super::configs::transformer_config;
     use super::*;
     use anyhow::Context;
     use candle_core::cuda_backend::cudarc::driver::{
@@ -194,7 +197,7 @@ mod gpu {
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
+    use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
     use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
@@ -323,25 +326,6 @@ mod gpu {
             .to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default()
-    }
-
-    /// The preset's published transformer config.
-    fn transformer_config(shape: &WanShape) -> WanTransformerConfig {
-        WanTransformerConfig {
-            patch_size: vec![1, 2, 2],
-            num_attention_heads: shape.heads,
-            attention_head_dim: shape.head_dim,
-            in_channels: shape.in_channels,
-            out_channels: Some(shape.in_channels),
-            text_dim: 4096,
-            freq_dim: 256,
-            ffn_dim: shape.ffn_dim,
-            num_layers: shape.layers,
-            cross_attn_norm: true,
-            qk_norm: Some("rms_norm_across_heads".into()),
-            eps: 1e-6,
-            ..WanTransformerConfig::default()
-        }
     }
 
     #[derive(Serialize)]

@@ -9,7 +9,10 @@
 //! never duplicates the pipeline's loop: it only times it.
 
 use super::{MemoryPeak, RandomWeights};
-use crate::commands::bench::{Preset, WanArgs};
+use crate::commands::bench::configs::{
+    pipeline_settings, transformer_config, umt5_xxl, unipc_config,
+};
+use crate::commands::bench::{Component, Preset, WanArgs};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
@@ -19,14 +22,14 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use videosdgx_engine::models::umt5::{UMT5Config, UMT5EncoderModel};
+use videosdgx_engine::models::umt5::UMT5EncoderModel;
 use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, MAX_SEQUENCE_LENGTH, Progress, Stage, WanParts, WanPipeline,
     encode_tokens,
 };
 use videosdgx_engine::tokenizer::EncodedPrompt;
-use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
+use videosdgx_engine::vae::AutoencoderKLWan;
 
 /// Real tokens of the prompt and of the negative prompt (the rest of the 512 is padding): a
 /// detailed prompt, and Wan's stock negative prompt, which tokenises to about this length.
@@ -34,68 +37,6 @@ const PROMPT_TOKENS: usize = 96;
 const NEGATIVE_PROMPT_TOKENS: usize = 128;
 const GUIDANCE: f64 = 5.0;
 const WARMUP_STEPS: usize = 2;
-
-/// UMT5-XXL as the Wan checkpoints ship it (`text_encoder/config.json`).
-fn umt5_xxl() -> UMT5Config {
-    UMT5Config {
-        vocab_size: 256384,
-        d_model: 4096,
-        d_kv: 64,
-        d_ff: 10240,
-        num_layers: 24,
-        num_heads: 64,
-        relative_attention_num_buckets: 32,
-        relative_attention_max_distance: 128,
-        layer_norm_epsilon: 1e-6,
-        feed_forward_proj: "gated-gelu".into(),
-    }
-}
-
-/// The preset's VAE (`vae/config.json`; latents_mean/std are 0/1, random weights have no scale to
-/// undo), the shift of its scheduler config and whether the pipeline expands timesteps (TI2V).
-fn pipeline_settings(preset: Preset) -> anyhow::Result<(WanVaeConfig, f64, bool)> {
-    Ok(match preset {
-        Preset::Wan21_1_3b | Preset::Wan21_14b => (
-            serde_json::from_value(serde_json::json!({
-                "z_dim": 16, "latents_mean": [0.0; 16], "latents_std": [1.0; 16],
-            }))?,
-            3.0,
-            false,
-        ),
-        // Wan2.2-TI2V-5B: the high-compression VAE (16x spatially with its 2x2 patch).
-        Preset::Wan22_5b => (
-            serde_json::from_value(serde_json::json!({
-                "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
-                "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [false, true, true],
-                "is_residual": true, "in_channels": 12, "out_channels": 12, "patch_size": 2,
-                "scale_factor_spatial": 16, "scale_factor_temporal": 4,
-                "latents_mean": [0.0; 48], "latents_std": [1.0; 48],
-            }))?,
-            5.0,
-            true,
-        ),
-    })
-}
-
-/// `UniPCMultistepScheduler` as the Wan diffusers checkpoints configure it.
-fn unipc_config(flow_shift: f64) -> serde_json::Value {
-    serde_json::json!({
-        "_class_name": "UniPCMultistepScheduler",
-        "num_train_timesteps": 1000,
-        "prediction_type": "flow_prediction",
-        "use_flow_sigmas": true,
-        "flow_shift": flow_shift,
-        "solver_order": 2,
-        "solver_type": "bh2",
-        "predict_x0": true,
-        "lower_order_final": true,
-        "final_sigmas_type": "zero",
-        "timestep_spacing": "linspace",
-        "disable_corrector": [],
-        "thresholding": false,
-        "steps_offset": 0,
-    })
-}
 
 /// `len` real random token ids (never the padding id 0), padded to [`MAX_SEQUENCE_LENGTH`].
 fn random_tokens(len: usize, vocab: usize) -> anyhow::Result<EncodedPrompt> {
@@ -115,7 +56,7 @@ fn random_tokens(len: usize, vocab: usize) -> anyhow::Result<EncodedPrompt> {
 struct PipelineReport {
     gpu: String,
     preset: Preset,
-    component: &'static str,
+    component: Component,
     height: usize,
     width: usize,
     frames: usize,
@@ -238,21 +179,22 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
             dev.clone(),
         )
     };
-    let (vae_config, flow_shift, expand_timesteps) = pipeline_settings(args.preset)?;
+    let settings = pipeline_settings(args.preset)?;
     let encoder = UMT5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
         .context("building the text encoder")?;
     let transformer =
         WanTransformer3DModel::new(&super::transformer_config(&shape), random(DType::BF16))
             .context("building the transformer")?;
-    let vae = AutoencoderKLWan::new(random(DType::F32), vae_config).context("building the VAE")?;
+    let vae =
+        AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;
     let mut pipeline = WanPipeline::from_parts(
         WanParts {
             transformer,
             transformer_2: None,
             image_encoder: None,
             vae,
-            scheduler_config: unipc_config(flow_shift),
-            expand_timesteps,
+            scheduler_config: unipc_config(settings.flow_shift),
+            expand_timesteps: settings.expand_timesteps,
             text: None,
             name: format!("random {}", super::preset_name(args.preset)),
         },
@@ -284,7 +226,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     let report = PipelineReport {
         gpu: ctx.name()?,
         preset: args.preset,
-        component: "pipeline",
+        component: Component::Pipeline,
         height: args.height,
         width: args.width,
         frames: args.frames,
