@@ -31,8 +31,8 @@ use videosdgx_engine::pipelines::{
 use videosdgx_engine::tokenizer::EncodedPrompt;
 use videosdgx_engine::vae::AutoencoderKLWan;
 
-/// Real tokens of the prompt and of the negative prompt (the rest of the 512 is padding): a
-/// detailed prompt, and Wan's stock negative prompt, which tokenises to about this length.
+/// Real tokens of the prompt and of the negative prompt, a long prompt's length; the rest of the
+/// 512 is padding (the encoder runs on all 512 either way, as the pipeline's does).
 const PROMPT_TOKENS: usize = 96;
 const NEGATIVE_PROMPT_TOKENS: usize = 128;
 const GUIDANCE: f64 = 5.0;
@@ -182,9 +182,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     let settings = pipeline_settings(args.preset)?;
     let encoder = UMT5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
         .context("building the text encoder")?;
-    let transformer =
-        WanTransformer3DModel::new(&super::transformer_config(&shape), random(DType::BF16))
-            .context("building the transformer")?;
+    let transformer = WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
+        .context("building the transformer")?;
     let vae =
         AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;
     let mut pipeline = WanPipeline::from_parts(
