@@ -104,7 +104,7 @@ for step in "${STEPS[@]}"; do
       run pipeline_bench "$BIN" bench wan --preset wan2.1-1.3b --component pipeline --height 480 --width 832 \
         --frames 81 --steps "$S" --json
       ;;
-    wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --json ;;
+    wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;

@@ -3,9 +3,11 @@
 //   mode 0 (LayerNorm): n = (x - mean) * rsqrt(var + eps)
 //   mode 1 (RMSNorm):   n = x * rsqrt(mean(x^2) + eps)
 //   y = (n * weight + bias) * (1 + scale) + shift
-//   then, when rope_head_dim > 0, each head's pairs of y rotated by Wan's 3-D RoPE (rope.cu) at the
+//   then, in the _rope kernels, each head's pairs of y rotated by Wan's 3-D RoPE (rope.cu) at the
 //   row's token (rows are rope_seq tokens per batch item in (f, h, w) order of a grid_h x grid_w
 //   frame): the q/k path of Wan's self-attention (RMS norm across heads, then RoPE) in one pass.
+//   rope_head_dim divides 256, so a lane's chunks (lane + 32 i) * 8 all sit at the same place in
+//   their heads and share 4 angles, computed once per row. The other kernels carry no RoPE code.
 //
 // weight/bias ([D], fp32) and scale/shift (fp32) are optional (null). scale/shift hold one row
 // per `mod_rows_per` input rows: with x [B, L, D] and scale [B, D] pass L (Wan 2.1's per-sample
@@ -36,7 +38,7 @@ __device__ __forceinline__ void load8(const float *p, int j, float (&t)[8]) {
     t[0] = a.x; t[1] = a.y; t[2] = a.z; t[3] = a.w; t[4] = b.x; t[5] = b.y; t[6] = b.z; t[7] = b.w;
 }
 
-template <int MAX_CHUNKS>  // 16-byte chunks per lane
+template <int MAX_CHUNKS, bool ROPE>  // 16-byte chunks per lane
 __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
                                                const float *__restrict__ weight, const float *__restrict__ bias,
                                                const float *__restrict__ scale, const float *__restrict__ shift,
@@ -80,12 +82,14 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
     const float *sc = scale ? scale + m * d : nullptr;
     const float *sh = shift ? shift + m * d : nullptr;
     bf16_t *yr = y + r * y_stride;
-    int f_pos = 0, h_pos = 0, w_pos = 0;
-    if (rope_head_dim) {
+    float rope_sin[4], rope_cos[4];
+    if (ROPE) {
         const int l = r % rope_seq;
-        f_pos = l / (grid_h * grid_w);
-        h_pos = (l / grid_w) % grid_h;
-        w_pos = l % grid_w;
+        const int pair = (lane * 8 % rope_head_dim) / 2;
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+            rope_sincos(pair + p, l / (grid_h * grid_w), (l / grid_w) % grid_h, l % grid_w, t_dim, hw_dim,
+                        log2_theta, &rope_sin[p], &rope_cos[p]);
     }
 #pragma unroll
     for (int i = 0; i < MAX_CHUNKS; ++i) {
@@ -100,15 +104,12 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
             if (bias) { load8(bias, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
             if (sc) { load8(sc, j, t); for (int e = 0; e < 8; ++e) n[e] *= 1.f + t[e]; }
             if (sh) { load8(sh, j, t); for (int e = 0; e < 8; ++e) n[e] += t[e]; }
-            if (rope_head_dim) {
-                const int pair = (j % rope_head_dim) / 2;
+            if (ROPE) {
 #pragma unroll
                 for (int p = 0; p < 4; ++p) {
-                    float sn, cs;
-                    rope_sincos(pair + p, f_pos, h_pos, w_pos, t_dim, hw_dim, log2_theta, &sn, &cs);
                     const float a = n[2 * p], b = n[2 * p + 1];
-                    n[2 * p] = a * cs - b * sn;
-                    n[2 * p + 1] = a * sn + b * cs;
+                    n[2 * p] = a * rope_cos[p] - b * rope_sin[p];
+                    n[2 * p + 1] = a * rope_sin[p] + b * rope_cos[p];
                 }
             }
             *reinterpret_cast<uint4 *>(yr + j) =
@@ -117,19 +118,21 @@ __device__ __forceinline__ void modulated_norm(const bf16_t *__restrict__ x, bf1
     }
 }
 
-#define NORM_KERNEL(NAME, MAX_CHUNKS)                                                                         \
+#define NORM_KERNEL(NAME, MAX_CHUNKS, ROPE)                                                                         \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                                   \
         const bf16_t *x, bf16_t *y, const float *weight, const float *bias, const float *scale,              \
         const float *shift, int rows, int d, long long x_stride, long long y_stride, int mod_rows_per,       \
         int mode, float eps, int rope_head_dim, int rope_seq, int grid_h, int grid_w, int t_dim, int hw_dim, \
         float log2_theta) {                                                                                   \
-        modulated_norm<MAX_CHUNKS>(x, y, weight, bias, scale, shift, rows, d, x_stride, y_stride, mod_rows_per, \
+        modulated_norm<MAX_CHUNKS, ROPE>(x, y, weight, bias, scale, shift, rows, d, x_stride, y_stride, mod_rows_per, \
                                    mode, eps, rope_head_dim, rope_seq, grid_h, grid_w, t_dim, hw_dim,        \
                                    log2_theta);                                                               \
     }
 
-NORM_KERNEL(modulated_norm_bf16_d2048, 8)
-NORM_KERNEL(modulated_norm_bf16_d6144, 24)
+NORM_KERNEL(modulated_norm_bf16_d2048, 8, false)
+NORM_KERNEL(modulated_norm_bf16_d6144, 24, false)
+NORM_KERNEL(modulated_norm_rope_bf16_d2048, 8, true)
+NORM_KERNEL(modulated_norm_rope_bf16_d6144, 24, true)
 
 // Gated residual of Wan's blocks: out = x + y * gate in fp32, rounded once to bf16.
 // x, y, out: bf16 [rows, D] contiguous; gate: fp32, one row per `gate_rows_per` rows (as scale

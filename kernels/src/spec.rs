@@ -92,13 +92,15 @@ impl NormSpec {
                     rope.grid.tokens()
                 );
             }
-            // The kernel rotates 8-element chunks, which must not straddle two heads.
+            // The kernel rotates 8-element chunks, which must not straddle two heads, and a
+            // warp's 256-element stride must land at the same place of a head.
             if rope.head_dim == 0
                 || !d.is_multiple_of(rope.head_dim)
                 || !rope.head_dim.is_multiple_of(8)
+                || !256usize.is_multiple_of(rope.head_dim)
             {
                 bail!(
-                    "rope head_dim {} must be a multiple of 8 dividing the norm dim {d}",
+                    "rope head_dim {} must be a multiple of 8 dividing 256 and the norm dim {d}",
                     rope.head_dim
                 );
             }

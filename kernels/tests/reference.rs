@@ -284,13 +284,13 @@ fn rope_rotates_each_pair_by_its_axis_angle() {
 #[test]
 fn rms_norm_with_rope_rotates_each_normalised_head() {
     // Wan's self-attention q path: RMS norm across the heads with a weight, then each head's RoPE.
-    // head_dim 24 splits into frame, height and width parts of 8 each (4 pairs each).
+    // head_dim 64 splits into a frame part of 24 and height and width parts of 20 each.
     let grid = RopeGrid {
         frames: 2,
         height: 3,
         width: 4,
     };
-    let (heads, hd, theta, eps) = (2, 24, 10_000.0f64, 1e-6);
+    let (heads, hd, theta, eps) = (2, 64, 10_000.0f64, 1e-6);
     let d = heads * hd;
     let x = tensor(&[1, grid.tokens(), d], 21);
     let w = values(d, 22);
@@ -314,15 +314,21 @@ fn rms_norm_with_rope_rotates_each_normalised_head() {
     let mut want = Vec::with_capacity(xv.len());
     for (l, row) in xv.chunks(d).enumerate() {
         let n = norm_row(row, NormKind::Rms, eps, &w, &zeros, &zeros, &zeros);
-        let pos = [
+        let (f, y, x) = (
             l / (grid.height * grid.width),
             (l / grid.width) % grid.height,
             l % grid.width,
-        ];
+        );
         for head in n.chunks(hd) {
             for (j, pair) in head.chunks(2).enumerate() {
-                let (axis, i) = (j / 4, j % 4);
-                let angle = pos[axis] as f64 * theta.powf(-(2.0 * i as f64) / 8.0);
+                // Pairs 0-11 follow the frame (part of 24), 12-21 the row, 22-31 the column
+                // (parts of 20), each with frequencies theta^(-2i/part).
+                let (pos, i, part) = match j {
+                    0..12 => (f, j, 24.0),
+                    12..22 => (y, j - 12, 20.0),
+                    _ => (x, j - 22, 20.0),
+                };
+                let angle = pos as f64 * theta.powf(-(2.0 * i as f64) / part);
                 let (a, b) = (f64::from(pair[0]), f64::from(pair[1]));
                 want.push((a * angle.cos() - b * angle.sin()) as f32);
                 want.push((a * angle.sin() + b * angle.cos()) as f32);
@@ -352,7 +358,7 @@ fn norm_rope_rejects_heads_that_do_not_tile_the_row() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("must be a multiple of 8 dividing the norm dim 40"),
+        err.contains("must be a multiple of 8 dividing 256 and the norm dim 40"),
         "{err}"
     );
     let err = reference::modulated_norm(&tensor(&[1, 5, 32], 3), &spec)

@@ -377,6 +377,7 @@ mod cuda {
                 if super::disabled("rope")
                     || l != grid.tokens()
                     || !head_dim.is_multiple_of(8)
+                    || !256usize.is_multiple_of(head_dim)
                     || !d.is_multiple_of(head_dim)
                     || !t_dim.is_multiple_of(2)
                     || hw_dim == 0

@@ -4,13 +4,13 @@
 
 #[cfg(feature = "cudnn")]
 mod conv;
+mod gemm;
 mod nvrtc;
 #[cfg(feature = "cudnn")]
 pub use conv::frame_conv;
 
 use crate::spec::{NormKind, NormSpec, RopeGrid};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
@@ -582,10 +582,11 @@ impl CustomOp1 for ModulatedNorm {
         let func = function(
             &dev,
             &NORM,
-            if d <= 2048 {
-                "modulated_norm_bf16_d2048"
-            } else {
-                "modulated_norm_bf16_d6144"
+            match (d <= 2048, self.spec.rope.is_some()) {
+                (true, false) => "modulated_norm_bf16_d2048",
+                (false, false) => "modulated_norm_bf16_d6144",
+                (true, true) => "modulated_norm_rope_bf16_d2048",
+                (false, true) => "modulated_norm_rope_bf16_d6144",
             },
         )?;
         let stream = dev.cuda_stream();
@@ -623,7 +624,7 @@ impl CustomOp1 for ModulatedNorm {
             self.rows_per_mod as i32,
             self.spec.eps as f32,
         );
-        // head_dim 0 turns the RoPE stage off; the other terms are then unused.
+        // The kernels without RoPE ignore these.
         let rope = self.spec.rope.map_or(Ok([0i32; 6]), |r| -> Result<_> {
             let (t_dim, hw_dim) = RopeGrid::split_checked(r.head_dim)?;
             let i = |v: usize| v as i32;
@@ -887,23 +888,6 @@ pub fn rope3d(x: &Tensor, grid: RopeGrid, theta: f64) -> Result<Tensor> {
     x.apply_op1_no_bwd(&Rope3d { grid, theta })
 }
 
-/// One cuBLASLt handle (with its 32 MiB Hopper workspace) per device, on candle's stream.
-fn blas_lt(dev: &CudaDevice) -> Result<Arc<CudaBlasLT>> {
-    type Handles = Mutex<HashMap<DeviceId, Arc<CudaBlasLT>>>;
-    static HANDLES: OnceLock<Handles> = OnceLock::new();
-    let mut handles = HANDLES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("cublasLt handles poisoned");
-    if let Some(h) = handles.get(&dev.id()) {
-        return Ok(h.clone());
-    }
-    let h = Arc::new(CudaBlasLT::new(dev.cuda_stream()).map_err(driver_err("cublasLt handle"))?);
-    tracing::info!("kernels: running cublasLt matmul with fused bias/GELU epilogue");
-    handles.insert(dev.id(), h.clone());
-    Ok(h)
-}
-
 struct LinearLt {
     bias: Option<Tensor>,
     gelu: bool,
@@ -951,47 +935,35 @@ impl CustomOp2 for LinearLt {
                 .memcpy_dtod(&src, &mut out)
                 .map_err(driver_err("residual copy"))?;
         }
-        let blas = blas_lt(&dev)?;
-        let x = xs.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
-        let w = ws.as_cuda_slice::<bf16>()?.slice(wl.start_offset()..);
+        let stream = dev.cuda_stream();
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
+        let (w, _wg) = typed_ptr::<bf16>(ws, wl, &stream)?;
         let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias_storage {
             Some((storage, layout)) => {
                 let Storage::Cuda(cs) = &**storage else {
                     bail!("linear: bias must be on the CUDA device")
                 };
-                Some(cs.as_cuda_slice::<bf16>()?.slice(layout.start_offset()..))
+                Some(typed_ptr::<bf16>(cs, layout, &stream)?)
             }
             None => None,
         };
-        // Row-major y[m, n] = x[m, k] w[n, k]^T is column-major y^T (n x m) = w^T-view x^T:
-        // A = w read transposed (k x n, ld k), B = x (k x m, ld k), C ld n; the bias runs along
-        // C's rows, i.e. along y's last dim.
-        let cfg = MatmulConfig {
-            transa: true,
-            transb: false,
-            transc: false,
-            m: n as u64,
-            n: m as u64,
-            k: k as u64,
-            alpha: 1.0,
-            lda: k as i64,
-            ldb: k as i64,
-            beta: if residual_storage.is_some() { 1.0 } else { 0.0 },
-            ldc: n as i64,
-            stride_a: None,
-            stride_b: None,
-            stride_c: None,
-            stride_bias: None,
-            batch_size: None,
+        let (d, out_guard) = out.device_ptr_mut(&stream);
+        let gemm = gemm::Gemm {
+            rows: m,
+            n,
+            k,
+            x,
+            w,
+            d,
+            bias: bias.as_ref().map(|(p, _)| *p),
+            gelu: self.gelu,
+            accumulate: residual_storage.is_some(),
         };
-        let act = self.gelu.then_some(Activation::Gelu);
         // SAFETY: x is m x k, w is n x k, out is m x n and bias n, all bf16 on this device
-        // (shapes checked by `linear`); the views keep their guards until the call returns.
-        unsafe {
-            Matmul::<bf16>::matmul(&*blas, cfg, &w, &x, &mut out, bias.as_ref(), act.as_ref())
-        }
-        .map_err(driver_err("cublasLt matmul"))?;
+        // (shapes checked by `linear`), and their guards outlive the enqueued GEMM's inputs.
+        unsafe { gemm::gemm_bf16(&dev, &gemm) }?;
+        drop(out_guard);
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = n;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))

@@ -53,8 +53,9 @@ fn frames(x: &Tensor) -> usize {
 fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
     let t = frames(x);
     let n = n.min(t);
-    // A copy, so the cache does not keep the whole activation alive.
-    x.narrow(1, t - n, n)?.copy()
+    // A copy of these frames alone (`copy` would clone the whole storage), so the cache does not
+    // keep the whole activation alive.
+    x.narrow(1, t - n, n)?.force_contiguous()
 }
 
 /// `[b, t, c, h, w]` -> `[b*t, c, h, w]` and back.
@@ -183,7 +184,7 @@ impl CausalConv3d {
         drop(front);
         fill(&input)?;
         let y = self.convolve(&input)?;
-        cache.slots[idx] = Slot::Frames(input.narrow(1, t, CACHE_FRAMES)?.copy()?);
+        cache.slots[idx] = Slot::Frames(last_frames(&input, CACHE_FRAMES)?);
         Ok(y)
     }
 }
@@ -628,5 +629,54 @@ impl MidBlock {
         let x = self.first.forward(x, cache)?;
         let x = self.attention.forward(&x)?;
         self.second.forward(&x, cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Storage};
+    use candle_nn::VarBuilder;
+
+    /// Elements held by the storage behind `t` (not just its view).
+    fn storage_len(t: &Tensor) -> usize {
+        let (storage, _) = t.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(cpu) => cpu.as_slice::<f32>().unwrap().len(),
+            _ => unreachable!("the test runs on the CPU"),
+        }
+    }
+
+    #[test]
+    fn cached_conv_keeps_only_its_cached_frames_in_memory() {
+        let dev = Device::Cpu;
+        let vb = VarBuilder::from_tensors(
+            [
+                (
+                    "weight".to_string(),
+                    Tensor::ones((4, 4, 3, 3, 3), DType::F32, &dev).unwrap(),
+                ),
+                (
+                    "bias".to_string(),
+                    Tensor::zeros(4, DType::F32, &dev).unwrap(),
+                ),
+            ]
+            .into(),
+            DType::F32,
+            &dev,
+        );
+        let conv = CausalConv3d::new(vb, 4, 4, (3, 3, 3), 1, (1, 1)).unwrap();
+        let mut cache = FeatCache::default();
+        for t in [1, 4, 4] {
+            cache.start_chunk();
+            let x = Tensor::randn(0f32, 1f32, (1, t, 4, 8, 8), &dev).unwrap();
+            conv.forward_cached(&x, &mut cache).unwrap();
+            let Slot::Frames(kept) = &cache.slots[0] else {
+                panic!("the conv cached nothing")
+            };
+            assert_eq!(kept.dims(), [1, CACHE_FRAMES, 4, 8, 8]);
+            // A view of the whole chunk would keep every frame of it alive.
+            assert_eq!(storage_len(kept), CACHE_FRAMES * 4 * 8 * 8);
+        }
     }
 }
