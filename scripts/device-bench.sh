@@ -24,7 +24,9 @@
 # kept in /tmp/wanpipe between calls on a warm machine): 480x832, 81 frames, PIPELINE_STEPS (default 50) UniPC
 # steps, guidance 5, bf16. Ours writes /tmp/wanpipe.mp4 and the video tensor; its progress lines are
 # timestamped for per-step and decode times, its device memory sampled by nvidia-smi every 100 ms. The anchor
-# times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings.
+# times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings. Then
+# `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
+# weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -99,6 +101,8 @@ for step in "${STEPS[@]}"; do
         tee "$OUT/pipeline_ours_summary.txt"
       run pipeline_anchor python3 "$BUNDLE/bench/wan_pipeline.py" anchor "$W" --steps "$S"
       run pipeline python3 "$BUNDLE/bench/wan_pipeline.py" compare "$W" --ours-log "$OUT/pipeline_ours.log"
+      run pipeline_bench "$BIN" bench wan --preset wan2.1-1.3b --component pipeline --height 480 --width 832 \
+        --frames 81 --steps "$S" --json
       ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;

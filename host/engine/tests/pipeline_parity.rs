@@ -2,14 +2,18 @@
 //! on the tiny random pipeline tests/fixtures/tiny-wan-t2v, f32 on the CPU: from fixed latents and
 //! prompt embeddings, and from prompt text through the tokenizer and UMT5; likewise the I2V, FLF2V,
 //! Wan 2.2 two-expert and TI2V-5B layouts on their tiny fixtures. Also the pipeline's
-//! contract: progress per step, cancellation, seeds, input errors.
+//! contract: progress per step, cancellation, seeds, input errors, and a pipeline built from models
+//! already in memory (no text encoder: prompt embeddings only).
 
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use videosdgx_engine::loader::{open_weights, read_config};
+use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanPipeline,
+    Cancelled, GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanParts, WanPipeline,
 };
+use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
 
 /// Relative error allowed for a whole pipeline run in f32 (tests/fixtures/TOLERANCES.md).
 const TOLERANCE: f64 = 1e-3;
@@ -113,6 +117,96 @@ fn t2v_from_prompt_text_through_tokenizer_and_umt5_matches_diffusers() {
         &reference("video_from_prompt.safetensors", "video"),
     );
     assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
+/// The t2v fixture's transformer, VAE and scheduler built in memory from VarBuilders over its
+/// weights, without the prompt side: what the GPU benchmark does with random weights.
+fn parts_without_text() -> WanParts {
+    let dir = pipeline_dir();
+    let weights = |name: &str, dtype| open_weights(&dir.join(name), dtype, &Device::Cpu).unwrap();
+    let config = |path: &str| -> serde_json::Value { read_config(&dir.join(path)).unwrap() };
+    let transformer_config: WanTransformerConfig =
+        serde_json::from_value(config("transformer/config.json")).unwrap();
+    let vae_config: WanVaeConfig = serde_json::from_value(config("vae/config.json")).unwrap();
+    WanParts {
+        transformer: WanTransformer3DModel::new(
+            &transformer_config,
+            weights("transformer", DType::F32),
+        )
+        .unwrap(),
+        transformer_2: None,
+        image_encoder: None,
+        vae: AutoencoderKLWan::new(weights("vae", DType::F32), vae_config).unwrap(),
+        scheduler_config: config("scheduler/scheduler_config.json"),
+        expand_timesteps: false,
+        text: None,
+        name: "in-memory tiny t2v".into(),
+    }
+}
+
+#[test]
+fn pipeline_from_parts_runs_on_prompt_embeds_like_diffusers() {
+    let mut pipeline =
+        WanPipeline::from_parts(parts_without_text(), &Device::Cpu, DType::F32).unwrap();
+    let inputs = GenerateInputs {
+        latents: Some(reference("latents.safetensors", "latents")),
+        prompt_embeds: Some(reference("prompt_embeds.safetensors", "prompt_embeds")),
+        negative_prompt_embeds: Some(reference(
+            "negative_prompt_embeds.safetensors",
+            "negative_prompt_embeds",
+        )),
+    };
+    let video = pipeline
+        .generate_with(&params(), inputs, &mut quiet)
+        .unwrap();
+    let err = rel_err(
+        &video.frames,
+        &reference("video_from_embeds.safetensors", "video"),
+    );
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+    assert_eq!(video.latents.dims(), [1, 4, 2, 4, 4]);
+}
+
+#[test]
+fn pipeline_without_text_encoder_refuses_a_generation_lacking_prompt_embeds() {
+    let mut pipeline =
+        WanPipeline::from_parts(parts_without_text(), &Device::Cpu, DType::F32).unwrap();
+    assert!(!pipeline.text_encoder_loaded());
+    let err = pipeline
+        .generate(&params(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("in-memory tiny t2v: this pipeline has no text encoder")
+            && err.contains("negative prompt embeddings"),
+        "{err}"
+    );
+    // Guidance on: the prompt embeddings alone are not enough.
+    let inputs = GenerateInputs {
+        prompt_embeds: Some(reference("prompt_embeds.safetensors", "prompt_embeds")),
+        ..Default::default()
+    };
+    let err = pipeline
+        .generate_with(&params(), inputs, &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no text encoder"), "{err}");
+}
+
+#[test]
+fn pipeline_from_parts_refuses_an_unknown_scheduler_class() {
+    let mut parts = parts_without_text();
+    parts.scheduler_config["_class_name"] = "DDIMScheduler".into();
+    let err = WanPipeline::from_parts(parts, &Device::Cpu, DType::F32)
+        .err()
+        .unwrap();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("scheduler_config.json") && err.contains("\"DDIMScheduler\""),
+        "{err}"
+    );
 }
 
 #[test]

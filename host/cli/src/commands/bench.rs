@@ -1,9 +1,13 @@
 //! `videosdgx bench`: GPU throughput of the engine and its fused kernels on random data of the
-//! published shapes, timed with CUDA events (median after warm-up). Reports only what was
-//! measured in this process on this GPU; it never loads model files or writes anything.
+//! published shapes, timed with CUDA events (median after warm-up). `bench wan --component pipeline`
+//! instead times a whole generation through the engine's `WanPipeline` (module `gpu::pipeline`), in
+//! wall clock between device synchronisations. Reports only what was measured in this process on
+//! this GPU; it never loads model files or writes anything.
 //!
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
+
+mod configs;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -79,6 +83,9 @@ pub enum Component {
     Transformer,
     /// The VAE decoding the clip's latents (the Wan 2.1 VAE, as the reference anchor times it).
     Vae,
+    /// The whole text-to-video generation: UMT5-XXL on the prompt and the negative prompt,
+    /// `--steps` UniPC steps with guidance 5 (two transformer forwards each), the f32 VAE decode.
+    Pipeline,
 }
 
 /// Useful FLOPs of one transformer forward over `tokens` latent tokens with 512 text tokens, the
@@ -112,9 +119,13 @@ pub struct WanArgs {
     pub frames: usize,
     #[arg(long, value_enum, default_value = "transformer")]
     pub component: Component,
-    /// Timed repetitions (the median is reported); at least 5.
+    /// Timed repetitions of the transformer or VAE (the median is reported); at least 5. The
+    /// pipeline runs once timed (after a 2-step warm-up): its step time is the median over its steps.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..))]
     pub reps: u32,
+    /// Denoising steps of the pipeline component; at least 5.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..))]
+    pub steps: u32,
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
     /// After timing, run the component once more with the device synchronised around each
@@ -174,6 +185,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    mod pipeline;
+
+    use super::configs::transformer_config;
     use super::*;
     use anyhow::Context;
     use candle_core::cuda_backend::cudarc::driver::{
@@ -183,7 +197,7 @@ mod gpu {
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
+    use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
     use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
@@ -307,6 +321,13 @@ mod gpu {
         }
     }
 
+    fn preset_name(preset: Preset) -> String {
+        preset
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
     #[derive(Serialize)]
     struct WanReport {
         gpu: String,
@@ -369,23 +390,8 @@ mod gpu {
         let mut output_max_abs = None;
         let (ms, peak_gib) = match args.component {
             Component::Transformer => {
-                let config = WanTransformerConfig {
-                    patch_size: vec![1, 2, 2],
-                    num_attention_heads: shape.heads,
-                    attention_head_dim: shape.head_dim,
-                    in_channels: shape.in_channels,
-                    out_channels: Some(shape.in_channels),
-                    text_dim: 4096,
-                    freq_dim: 256,
-                    ffn_dim: shape.ffn_dim,
-                    num_layers: shape.layers,
-                    cross_attn_norm: true,
-                    qk_norm: Some("rms_norm_across_heads".into()),
-                    eps: 1e-6,
-                    ..WanTransformerConfig::default()
-                };
-                let model =
-                    WanTransformer3DModel::new(&config, vb).context("building the transformer")?;
+                let model = WanTransformer3DModel::new(&transformer_config(&shape), vb)
+                    .context("building the transformer")?;
                 let latents =
                     Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?
                         .to_dtype(DType::BF16)?;
@@ -443,6 +449,7 @@ mod gpu {
                 }
                 (ms, peak)
             }
+            Component::Pipeline => return pipeline::bench(args, &dev, &ctx),
         };
         let report = WanReport {
             gpu: ctx.name()?,
@@ -465,9 +472,7 @@ mod gpu {
         } else {
             println!(
                 "{} {} on {}: {:.1} ms (median of {}){}, peak {:.1} GiB, {:.2}B params",
-                serde_json::to_value(report.preset)?
-                    .as_str()
-                    .unwrap_or_default(),
+                preset_name(report.preset),
                 serde_json::to_value(report.component)?
                     .as_str()
                     .unwrap_or_default(),

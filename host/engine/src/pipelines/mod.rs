@@ -11,8 +11,8 @@ mod prompt;
 mod wan;
 
 pub use noise::initial_noise;
-pub use prompt::clean_prompt;
-pub use wan::{GenerateInputs, StartImage, WanPipeline};
+pub use prompt::{MAX_SEQUENCE_LENGTH, clean_prompt, encode_tokens};
+pub use wan::{GenerateInputs, StartImage, TextSide, WanParts, WanPipeline};
 
 use crate::schedulers::SchedulerKind;
 use candle_core::Tensor;
@@ -90,4 +90,7 @@ pub struct GeneratedVideo {
     /// f32 `[frames, height, width, 3]` in [0, 1] on the CPU: the reference's `output_type="np"`.
     pub frames: Tensor,
     pub fps: u32,
+    /// f32 `[1, C, T, H/s, W/s]` the VAE decoded, on the generating device (before the clamp that
+    /// bounds `frames`, so a diverged run shows here).
+    pub latents: Tensor,
 }

@@ -3,7 +3,7 @@
 //! positions zeroed as the Wan pipelines do. Never decides guidance or which prompts to encode.
 
 use crate::models::umt5::UMT5EncoderModel;
-use crate::tokenizer::PromptTokenizer;
+use crate::tokenizer::{EncodedPrompt, PromptTokenizer};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -26,6 +26,16 @@ pub fn encode_prompt(
     device: &Device,
 ) -> Result<Tensor> {
     let encoded = tokenizer.encode(&clean_prompt(text), MAX_SEQUENCE_LENGTH)?;
+    encode_tokens(encoder, &encoded, device)
+}
+
+/// `[1, L, d_model]` f32 embeddings of already tokenised text (`L` its padded length), zero past
+/// its last real token: what the transformer attends to.
+pub fn encode_tokens(
+    encoder: &UMT5EncoderModel,
+    encoded: &EncodedPrompt,
+    device: &Device,
+) -> Result<Tensor> {
     let len = encoded.input_ids.len();
     let ids = Tensor::from_vec(encoded.input_ids.clone(), (1, len), device)?;
     let mask = Tensor::from_vec(encoded.attention_mask.clone(), (1, len), device)?;

@@ -6,13 +6,18 @@
 //! frame mask (I2V), and an `image_dim` adds the CLIP image embedding. With `boundary_ratio` and a
 //! `transformer_2`, the second expert takes over below `boundary_ratio * num_train_timesteps`.
 //! The VAE always runs in f32 (as the reference's examples load it); the other models in `dtype`.
+//!
+//! [`WanPipeline::load`] reads a directory into [`WanParts`]; [`WanPipeline::from_parts`] takes
+//! models already in memory (the GPU benchmark's random weights). A pipeline without a
+//! [`TextSide`] runs only on prompt embeddings given in [`GenerateInputs`]. This module never
+//! writes files.
 
 use super::prompt::encode_prompt;
 use super::{
     Cancelled, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
 };
 use crate::image_processor::CLIPImageProcessor;
-use crate::loader::read_pipeline_index;
+use crate::loader::{read_config, read_pipeline_index};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
 use crate::models::wan_transformer::WanTransformer3DModel;
@@ -49,19 +54,59 @@ pub enum StartImage {
     Unsupported,
 }
 
+/// The prompt side of a pipeline: its tokenizer and UMT5 encoder. The encoder can be dropped
+/// between generations (see [`WanPipeline::keep_text_encoder`]) and is then reloaded from `encoder_dir`.
+pub struct TextSide {
+    pub tokenizer: PromptTokenizer,
+    /// `None` until first needed, or after being dropped.
+    pub encoder: Option<UMT5EncoderModel>,
+    /// The `text_encoder` folder the encoder is (re)loaded from.
+    pub encoder_dir: PathBuf,
+}
+
+impl TextSide {
+    /// Reads the `tokenizer/` and `text_encoder/` folders of the pipeline directory `dir`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let encoder_dir = component(dir, "text_encoder")?;
+        Ok(Self {
+            tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
+            encoder: Some(UMT5EncoderModel::load(&encoder_dir, device, dtype)?),
+            encoder_dir,
+        })
+    }
+}
+
+/// The models of a pipeline already in memory, and the settings that tie them together: what
+/// [`WanPipeline::from_parts`] takes ([`WanPipeline::load`] reads them from a directory).
+pub struct WanParts {
+    pub transformer: WanTransformer3DModel,
+    /// Wan 2.2's low-noise expert and its `boundary_ratio`: it denoises the timesteps below
+    /// `boundary_ratio * num_train_timesteps`.
+    pub transformer_2: Option<(WanTransformer3DModel, f64)>,
+    /// The CLIP image encoder of image-to-video checkpoints whose transformer has an `image_dim`.
+    pub image_encoder: Option<(CLIPImageProcessor, CLIPVisionModel)>,
+    pub vae: AutoencoderKLWan,
+    /// `scheduler_config.json`; each generation builds its [`Scheduler`] from it.
+    pub scheduler_config: serde_json::Value,
+    /// Wan 2.2 TI2V's per-token timesteps (`expand_timesteps` of `model_index.json`).
+    pub expand_timesteps: bool,
+    /// `None`: every generation must bring its prompt embeddings ([`GenerateInputs`]).
+    pub text: Option<TextSide>,
+    /// Names the pipeline in error messages (its directory when loaded from one).
+    pub name: String,
+}
+
 pub struct WanPipeline {
-    dir: PathBuf,
+    name: String,
     device: Device,
     dtype: DType,
-    tokenizer: PromptTokenizer,
-    /// `None` after prompts were encoded with `keep_text_encoder` off; reloaded when needed.
-    text_encoder: Option<UMT5EncoderModel>,
+    text: Option<TextSide>,
     keep_text_encoder: bool,
     transformer: WanTransformer3DModel,
-    transformer_2: Option<WanTransformer3DModel>,
+    transformer_2: Option<(WanTransformer3DModel, f64)>,
     image_encoder: Option<(CLIPImageProcessor, CLIPVisionModel)>,
     vae: AutoencoderKLWan,
-    boundary_ratio: Option<f64>,
+    scheduler_config: serde_json::Value,
     expand_timesteps: bool,
 }
 
@@ -81,22 +126,17 @@ impl WanPipeline {
         let has = |name: &str| index.component(name).is_some();
         let transformer =
             WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
-        let transformer_2 = if has("transformer_2") {
-            Some(WanTransformer3DModel::load(
-                &component(dir, "transformer_2")?,
-                device,
-                dtype,
-            )?)
-        } else {
-            None
-        };
-        let boundary_ratio = setting("boundary_ratio").as_f64();
-        if boundary_ratio.is_some() != transformer_2.is_some() {
-            bail!(
+        let transformer_2 = match (has("transformer_2"), setting("boundary_ratio").as_f64()) {
+            (true, Some(ratio)) => Some((
+                WanTransformer3DModel::load(&component(dir, "transformer_2")?, device, dtype)?,
+                ratio,
+            )),
+            (false, None) => None,
+            _ => bail!(
                 "{}: boundary_ratio and transformer_2 must be set together (model_index.json)",
                 dir.display()
-            );
-        }
+            ),
+        };
         let image_encoder = if has("image_encoder") {
             Some((
                 CLIPImageProcessor::from_dir(&component(dir, "image_processor")?)?,
@@ -105,23 +145,41 @@ impl WanPipeline {
         } else {
             None
         };
+        let scheduler_config =
+            read_config(&component(dir, "scheduler")?.join("scheduler_config.json"))?;
+        Self::from_parts(
+            WanParts {
+                transformer,
+                transformer_2,
+                image_encoder,
+                vae: AutoencoderKLWan::load(&component(dir, "vae")?, device, DType::F32)?,
+                scheduler_config,
+                expand_timesteps: setting("expand_timesteps").as_bool().unwrap_or(false),
+                text: Some(TextSide::load(dir, device, dtype)?),
+                name: dir.display().to_string(),
+            },
+            device,
+            dtype,
+        )
+    }
+
+    /// A pipeline over models already in memory. `dtype` is the one the text and image encoders
+    /// run in (the VAE keeps its own); the scheduler config must name a supported scheduler.
+    pub fn from_parts(parts: WanParts, device: &Device, dtype: DType) -> Result<Self> {
+        Scheduler::from_config(&parts.scheduler_config, None, None)
+            .with_context(|| format!("{}: scheduler/scheduler_config.json", parts.name))?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            name: parts.name,
             device: device.clone(),
             dtype,
-            tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
-            text_encoder: Some(UMT5EncoderModel::load(
-                &component(dir, "text_encoder")?,
-                device,
-                dtype,
-            )?),
+            text: parts.text,
             keep_text_encoder: true,
-            transformer,
-            transformer_2,
-            image_encoder,
-            vae: AutoencoderKLWan::load(&component(dir, "vae")?, device, DType::F32)?,
-            boundary_ratio,
-            expand_timesteps: setting("expand_timesteps").as_bool().unwrap_or(false),
+            transformer: parts.transformer,
+            transformer_2: parts.transformer_2,
+            image_encoder: parts.image_encoder,
+            vae: parts.vae,
+            scheduler_config: parts.scheduler_config,
+            expand_timesteps: parts.expand_timesteps,
         })
     }
 
@@ -132,7 +190,9 @@ impl WanPipeline {
     }
 
     pub fn text_encoder_loaded(&self) -> bool {
-        self.text_encoder.is_some()
+        self.text
+            .as_ref()
+            .is_some_and(|text| text.encoder.is_some())
     }
 
     /// Frames per second of the videos this pipeline generates.
@@ -202,16 +262,19 @@ impl WanPipeline {
         ))
     }
 
-    fn prompt_embeds(&mut self, text: &str) -> Result<Tensor> {
-        if self.text_encoder.is_none() {
-            self.text_encoder = Some(UMT5EncoderModel::load(
-                &component(&self.dir, "text_encoder")?,
+    fn prompt_embeds(&mut self, prompt: &str) -> Result<Tensor> {
+        let Some(text) = &mut self.text else {
+            bail!("{}: this pipeline has no text encoder", self.name);
+        };
+        let encoder = match &mut text.encoder {
+            Some(encoder) => encoder,
+            None => text.encoder.insert(UMT5EncoderModel::load(
+                &text.encoder_dir,
                 &self.device,
                 self.dtype,
-            )?);
-        }
-        let encoder = self.text_encoder.as_ref().expect("loaded above");
-        encode_prompt(&self.tokenizer, encoder, text, &self.device)
+            )?),
+        };
+        encode_prompt(&text.tokenizer, encoder, prompt, &self.device)
     }
 
     /// Like [`Self::generate`], with tensors replacing the seeded noise or the prompt encoding.
@@ -232,19 +295,32 @@ impl WanPipeline {
         if image_conditioned && params.start_image.is_none() {
             bail!(
                 "{}: this is an image-to-video checkpoint; give a start image",
-                self.dir.display()
+                self.name
             );
         }
         if !image_conditioned && !self.expand_timesteps && params.start_image.is_some() {
             bail!(
                 "{}: this text-to-video checkpoint cannot take a start image",
-                self.dir.display()
+                self.name
             );
         }
         if params.end_image.is_some() && (params.start_image.is_none() || !image_conditioned) {
             bail!("an end image needs a start image and an image-to-video checkpoint");
         }
         let guidance_on = params.guidance > 1.0;
+        let missing_embeds = inputs.prompt_embeds.is_none()
+            || (guidance_on && inputs.negative_prompt_embeds.is_none());
+        if self.text.is_none() && missing_embeds {
+            bail!(
+                "{}: this pipeline has no text encoder; give the prompt embeddings{}",
+                self.name,
+                if guidance_on {
+                    " and, with guidance on, the negative prompt embeddings"
+                } else {
+                    ""
+                }
+            );
+        }
 
         // 1. Prompts.
         report(Stage::EncodingPrompt, 0, 1)?;
@@ -257,8 +333,10 @@ impl WanPipeline {
             (true, Some(t)) => Some(t),
             (true, None) => Some(self.prompt_embeds(&params.negative_prompt)?),
         };
-        if !self.keep_text_encoder {
-            self.text_encoder = None;
+        if !self.keep_text_encoder
+            && let Some(text) = &mut self.text
+        {
+            text.encoder = None;
         }
         let text_dtype = self.transformer.dtype();
         let prompt_embeds = prompt_embeds
@@ -312,15 +390,13 @@ impl WanPipeline {
             }
             None => initial_noise(params.seed, shape, &self.device)?,
         };
-        let mut scheduler = Scheduler::load(
-            &component(&self.dir, "scheduler")?,
-            params.scheduler,
-            params.flow_shift,
-        )?;
+        let mut scheduler =
+            Scheduler::from_config(&self.scheduler_config, params.scheduler, params.flow_shift)?;
         scheduler.set_timesteps(params.steps)?;
         let boundary = self
-            .boundary_ratio
-            .map(|r| r * scheduler.num_train_timesteps() as f64);
+            .transformer_2
+            .as_ref()
+            .map(|(_, ratio)| ratio * scheduler.num_train_timesteps() as f64);
         let timesteps = scheduler.timesteps().to_vec();
 
         // 4. Denoising.
@@ -328,7 +404,7 @@ impl WanPipeline {
         for (i, &t) in timesteps.iter().enumerate() {
             let low_noise = boundary.is_some_and(|b| t < b);
             let (model, guidance) = match (&self.transformer_2, low_noise) {
-                (Some(expert), true) => (expert, params.guidance_2.unwrap_or(params.guidance)),
+                (Some((expert, _)), true) => (expert, params.guidance_2.unwrap_or(params.guidance)),
                 _ => (&self.transformer, params.guidance),
             };
             let (input, timestep) = self.model_input(&latents, condition.as_ref(), t)?;
@@ -362,6 +438,7 @@ impl WanPipeline {
         Ok(GeneratedVideo {
             frames,
             fps: WAN_FPS,
+            latents,
         })
     }
 

@@ -1,0 +1,141 @@
+//! The published configs the GPU benchmarks build with random weights: each preset's transformer,
+//! VAE and UniPC scheduler, and the UMT5-XXL text encoder, as the Wan diffusers checkpoints ship
+//! them. Only data: building and timing the models is the `gpu` module's.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use them
+
+use super::{Preset, WanShape};
+use videosdgx_engine::models::umt5::UMT5Config;
+use videosdgx_engine::models::wan_transformer::WanTransformerConfig;
+use videosdgx_engine::vae::WanVaeConfig;
+
+/// The preset's published transformer config.
+pub fn transformer_config(shape: &WanShape) -> WanTransformerConfig {
+    WanTransformerConfig {
+        patch_size: vec![1, 2, 2],
+        num_attention_heads: shape.heads,
+        attention_head_dim: shape.head_dim,
+        in_channels: shape.in_channels,
+        out_channels: Some(shape.in_channels),
+        text_dim: 4096,
+        freq_dim: 256,
+        ffn_dim: shape.ffn_dim,
+        num_layers: shape.layers,
+        cross_attn_norm: true,
+        qk_norm: Some("rms_norm_across_heads".into()),
+        eps: 1e-6,
+        ..WanTransformerConfig::default()
+    }
+}
+
+/// UMT5-XXL as the Wan checkpoints ship it (`text_encoder/config.json`).
+pub fn umt5_xxl() -> UMT5Config {
+    UMT5Config {
+        vocab_size: 256384,
+        d_model: 4096,
+        d_kv: 64,
+        d_ff: 10240,
+        num_layers: 24,
+        num_heads: 64,
+        relative_attention_num_buckets: 32,
+        relative_attention_max_distance: 128,
+        layer_norm_epsilon: 1e-6,
+        feed_forward_proj: "gated-gelu".into(),
+    }
+}
+
+/// What a preset's pipeline directory adds to its transformer.
+pub struct PipelineSettings {
+    /// `vae/config.json` (latents_mean/std 0 and 1: random weights have no scale to undo).
+    pub vae: WanVaeConfig,
+    /// `flow_shift` of the scheduler config.
+    pub flow_shift: f64,
+    /// `expand_timesteps` of `model_index.json` (Wan 2.2 TI2V).
+    pub expand_timesteps: bool,
+}
+
+pub fn pipeline_settings(preset: Preset) -> anyhow::Result<PipelineSettings> {
+    Ok(match preset {
+        // Wan 2.1 T2V 1.3B and 14B at 480p.
+        Preset::Wan21_1_3b | Preset::Wan21_14b => PipelineSettings {
+            vae: serde_json::from_value(serde_json::json!({
+                "z_dim": 16, "latents_mean": vec![0.0; 16], "latents_std": vec![1.0; 16],
+            }))?,
+            flow_shift: 3.0,
+            expand_timesteps: false,
+        },
+        // Wan2.2-TI2V-5B: the high-compression VAE (16x spatially with its 2x2 patch).
+        Preset::Wan22_5b => PipelineSettings {
+            vae: serde_json::from_value(serde_json::json!({
+                "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
+                "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [false, true, true],
+                "is_residual": true, "in_channels": 12, "out_channels": 12, "patch_size": 2,
+                "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+                "latents_mean": vec![0.0; 48], "latents_std": vec![1.0; 48],
+            }))?,
+            flow_shift: 5.0,
+            expand_timesteps: true,
+        },
+    })
+}
+
+/// `UniPCMultistepScheduler` as the Wan diffusers checkpoints configure it.
+pub fn unipc_config(flow_shift: f64) -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "UniPCMultistepScheduler",
+        "num_train_timesteps": 1000,
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": true,
+        "flow_shift": flow_shift,
+        "solver_order": 2,
+        "solver_type": "bh2",
+        "predict_x0": true,
+        "lower_order_final": true,
+        "final_sigmas_type": "zero",
+        "timestep_spacing": "linspace",
+        "disable_corrector": [],
+        "thresholding": false,
+        "steps_offset": 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::bench::token_grid;
+    use videosdgx_engine::schedulers::Scheduler;
+
+    #[test]
+    fn bench_unipc_schedules_like_the_wan_checkpoint_config() {
+        // tests/fixtures/tiny-wan-t2v ships the scheduler config of the Wan 2.1 diffusers checkpoints.
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-wan-t2v/scheduler");
+        let mut ours = Scheduler::from_config(&unipc_config(3.0), None, None).unwrap();
+        let mut wan = Scheduler::load(&fixture, None, None).unwrap();
+        ours.set_timesteps(50).unwrap();
+        wan.set_timesteps(50).unwrap();
+        assert_eq!(ours.timesteps(), wan.timesteps());
+        assert_eq!(ours.sigmas(), wan.sigmas());
+    }
+
+    #[test]
+    fn each_preset_vae_fits_its_transformer_and_token_grid() {
+        for preset in [Preset::Wan21_1_3b, Preset::Wan21_14b, Preset::Wan22_5b] {
+            let shape = preset.shape();
+            let PipelineSettings {
+                vae,
+                expand_timesteps,
+                ..
+            } = pipeline_settings(preset).unwrap();
+            assert_eq!(vae.z_dim, shape.in_channels, "{preset:?}");
+            assert_eq!(vae.spatial_scale(), shape.vae_stride, "{preset:?}");
+            assert_eq!(vae.temporal_scale(), 4, "{preset:?}");
+            assert_eq!(vae.image_channels(), 3, "{preset:?}");
+            assert_eq!(expand_timesteps, preset == Preset::Wan22_5b);
+            let (f, h, w) = token_grid(&shape, 480, 832, 81).unwrap();
+            assert_eq!(
+                (f, h * 2, w * 2),
+                (21, 480 / shape.vae_stride, 832 / shape.vae_stride)
+            );
+        }
+    }
+}
