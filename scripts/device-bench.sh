@@ -15,7 +15,8 @@
 # 2e-2 bound of tests/fixtures/TOLERANCES.md (one line per check, summary in fixtures.json).
 # Also on request: probe (PyTorch/cuDNN versions, cuDNN libraries, profilers present),
 # memvae, mem13, mem14 (the reference's device memory in use for the VAE decode, the 1.3B and the
-# 14B forward, measured as ours is: kernels/bench/reference_memory.py) and wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
+# 14B forward, measured as ours is: kernels/bench/reference_memory.py), vae22 and memvae22 (Wan 2.2's
+# high-compression VAE, ours and the reference's) and wan13_unfused. wan13 and vae also profile one call by section (--profile); wan13_unfused is wan13 with only
 # attention fused (VIDEOSDGX_UNFUSED), the A/B of the other kernels; parity compares our full-size 1.3B
 # forward (bf16, CUDA) with diffusers' on the same random weights (PARITY_LAYERS, default 30).
 # (bench wan defaults to 480x832, 81 frames)
@@ -107,9 +108,10 @@ for step in "${STEPS[@]}"; do
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
+    vae22) run vae22 "$BIN" bench wan --preset wan2.2-5b --component vae --profile --json ;;
     anchorvae) run anchorvae python3 "$BUNDLE/diffusers_wan.py" vae ;;
-    memvae | mem13 | mem14) run "$step" python3 "$BUNDLE/bench/reference_memory.py" \
-      "$(case "$step" in memvae) echo vae ;; mem13) echo wan2.1-1.3b ;; *) echo wan2.1-14b ;; esac)" ;;
+    memvae | memvae22 | mem13 | mem14) run "$step" python3 "$BUNDLE/bench/reference_memory.py" \
+      "$(case "$step" in memvae) echo vae ;; memvae22) echo vae22 ;; mem13) echo wan2.1-1.3b ;; *) echo wan2.1-14b ;; esac)" ;;
     anchor13) run anchor13 python3 "$BUNDLE/diffusers_wan.py" wan2.1-1.3b ;;
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;

@@ -81,7 +81,8 @@ impl Preset {
 pub enum Component {
     /// One transformer forward (one denoising step, batch 1, 512 text tokens).
     Transformer,
-    /// The VAE decoding the clip's latents (the Wan 2.1 VAE, as the reference anchor times it).
+    /// The preset's VAE decoding the clip's latents in bf16 (Wan 2.1's for 1.3B and 14B, as the
+    /// reference anchor times it; Wan 2.2's high-compression VAE for 5B).
     Vae,
     /// The whole text-to-video generation: UMT5-XXL on the prompt and the negative prompt,
     /// `--steps` UniPC steps with guidance 5 (two transformer forwards each), the f32 VAE decode.
@@ -187,7 +188,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 mod gpu {
     mod pipeline;
 
-    use super::configs::transformer_config;
+    use super::configs::{self, transformer_config};
     use super::*;
     use anyhow::Context;
     use candle_core::cuda_backend::cudarc::driver::{
@@ -198,7 +199,7 @@ mod gpu {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
-    use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
+    use videosdgx_engine::vae::AutoencoderKLWan;
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
     fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
@@ -422,16 +423,8 @@ mod gpu {
                 (ms, peak)
             }
             Component::Vae => {
-                if shape.vae_stride != 8 {
-                    anyhow::bail!(
-                        "the VAE benchmark covers the Wan 2.1 VAE (the reference anchor's); {:?} uses another",
-                        args.preset
-                    );
-                }
-                let z = 16;
-                let config: WanVaeConfig = serde_json::from_value(
-                    serde_json::json!({ "latents_mean": vec![0.0; z], "latents_std": vec![1.0; z] }),
-                )?;
+                let config = configs::pipeline_settings(args.preset)?.vae;
+                let z = config.z_dim;
                 let vae = AutoencoderKLWan::new(vb, config).context("building the VAE")?;
                 let latents = Tensor::randn(0f32, 1f32, (1, z, f, h * 2, w * 2), &dev)?
                     .to_dtype(DType::BF16)?;
