@@ -22,10 +22,11 @@ use std::sync::{Mutex, OnceLock};
 
 /// Workspace the algorithm search may hand to cuDNN, in multiples of the input image's bytes (at
 /// least [`MIN_FIND_WORKSPACE`]); algorithms that want more are not tried. The fast
-/// precomputed-index GEMM asks for about 1.3x the image, FFT variants for many times that: this
-/// keeps the first decode's peak memory close to the later ones'.
-const FIND_WORKSPACE_PER_INPUT: usize = 2;
-const MIN_FIND_WORKSPACE: usize = 64 << 20;
+/// precomputed-index GEMM asks for 1.3x the image at 288 channels and 4.5x at 1024 (Wan 2.2's
+/// decoder), and at 2x and 64 MiB it was refused there, leaving the plain implicit GEMM at 10-30x
+/// its time; the explicit GEMM's im2col (9x for a 3x3 kernel) stays out of reach.
+const FIND_WORKSPACE_PER_INPUT: usize = 8;
+const MIN_FIND_WORKSPACE: usize = 256 << 20;
 
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
 /// shapes timing noise sometimes picked them, and then a frame other than the one searched on was
