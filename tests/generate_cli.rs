@@ -111,6 +111,25 @@ fn generate_writes_an_mp4_with_the_generation_record() {
     );
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["frames"], 5);
+    // Every stage is timed, and the stages account for the whole run.
+    let stages = record["stage_seconds"].as_object().unwrap();
+    let names: Vec<&str> = stages.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "Decoding",
+            "Denoising",
+            "EncodingPrompt",
+            "LoadingModel",
+            "Writing"
+        ]
+    );
+    let sum: f64 = stages.values().map(|s| s.as_f64().unwrap()).sum();
+    let total = record["seconds"].as_f64().unwrap();
+    assert!(
+        sum <= total && sum > 0.9 * total,
+        "stages {sum} s of {total} s"
+    );
     let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
     assert_eq!(decoded.frames.len(), 5);
     assert_eq!(decoded.metadata["generate"]["seed"], 0);

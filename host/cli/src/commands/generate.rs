@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, ImageInput, Progress, WanPipeline,
+    GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanPipeline,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 
@@ -119,6 +120,48 @@ fn params(args: &GenerateArgs) -> GenerateParams {
     }
 }
 
+/// Wall-clock seconds per stage of a generation, from one stage's first progress report to the
+/// next stage's (the GPU work of a stage may finish inside the next one's first moments).
+struct StageClock {
+    current: Stage,
+    since: Instant,
+    seconds: Vec<(Stage, f64)>,
+}
+
+impl StageClock {
+    fn new(first: Stage) -> Self {
+        Self {
+            current: first,
+            since: Instant::now(),
+            seconds: Vec::new(),
+        }
+    }
+
+    fn enter(&mut self, stage: Stage) {
+        if stage != self.current {
+            self.close();
+            self.current = stage;
+        }
+    }
+
+    fn close(&mut self) {
+        let now = Instant::now();
+        self.seconds
+            .push((self.current, (now - self.since).as_secs_f64()));
+        self.since = now;
+    }
+
+    /// Seconds by stage: `{"Decoding": s, "Denoising": s, "EncodingPrompt": s, ...}`.
+    fn finish(mut self) -> std::collections::BTreeMap<String, f64> {
+        self.close();
+        let mut by_stage = std::collections::BTreeMap::new();
+        for (stage, s) in self.seconds {
+            *by_stage.entry(format!("{stage:?}")).or_default() += s;
+        }
+        by_stage
+    }
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
@@ -146,15 +189,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         DTypeArg::F32 => DType::F32,
         DTypeArg::Bf16 => DType::BF16,
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let mut stages = StageClock::new(Stage::LoadingModel);
     eprintln!("loading {}", args.model.display());
     let mut pipeline = WanPipeline::load(&args.model, &device, dtype)?;
     pipeline.keep_text_encoder(!args.drop_text_encoder);
     let mut show = |p: &Progress| {
         eprintln!("{:?} {}/{}", p.stage, p.step, p.total);
+        stages.enter(p.stage);
         ControlFlow::Continue(())
     };
     let video = pipeline.generate_with(&params, inputs, &mut show)?;
+    stages.enter(Stage::Writing);
 
     if let Some(path) = &args.save_tensor {
         candle_core::safetensors::save(
@@ -170,6 +216,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
     }
     let (frames, height, width, _) = video.frames.dims4()?;
+    let stage_seconds = stages.finish();
     let record = serde_json::json!({
         "out": args.out,
         "tensor": args.save_tensor,
@@ -178,6 +225,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "width": width,
         "fps": video.fps,
         "seconds": started.elapsed().as_secs_f64(),
+        "stage_seconds": stage_seconds,
         "params": params,
     });
     if args.json {
