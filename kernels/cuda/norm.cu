@@ -179,34 +179,47 @@ template <> struct Pixels16<float> {
 // The Wan VAE's RMS norm over channels (F.normalize over dim 1 times sqrt(C) * gamma), optionally
 // followed by SiLU: x, y [outer, C, inner] contiguous in bf16 or f32 (inner = the pixels after the
 // channel dim, a multiple of 16 bytes' worth); scale fp32 [C] = sqrt(C) * gamma.
-// y = x / max(||x||_C, 1e-12) * scale, SiLU'd when `silu`, in fp32, rounded once. One thread per 16
-// bytes of adjacent pixels, coalesced across the warp; the channel loop reads the pixels' column
-// twice (sum, then write). y may be a view into a larger buffer (the VAE writes behind cached frames).
+// y = x / max(||x||_C, 1e-12) * scale, SiLU'd when `silu`, in fp32, rounded once. A thread owns 16
+// bytes of adjacent pixels and every `slices`-th channel of them: the block's 256 threads are
+// `slices` rows of 256 / slices pixel groups, so a warp's loads are coalesced along the pixels, and
+// wide, small images (Wan 2.2's 1024 channels at 30 x 52) still fill the GPU. Partial sums of
+// squares meet in shared memory; each thread then writes its channels. y may be a view into a
+// larger buffer (the VAE writes behind cached frames).
 template <typename T>
 __device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__restrict__ y,
                                                  const float *__restrict__ scale, long long outer, int c,
-                                                 long long inner, int silu) {
+                                                 long long inner, int silu, int slices) {
     using P = Pixels16<T>;
     constexpr int N = P::N;
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ float partial[256 * N];
+    const int per_block = blockDim.x / slices;  // pixel groups a block covers
+    const int slice = threadIdx.x / per_block, g = threadIdx.x % per_block;
+    const long long idx = (long long)blockIdx.x * per_block + g;
     const long long groups = inner / N;
-    if (idx >= outer * groups) return;
-    const long long o = idx / groups;
-    const long long p = (idx % groups) * N;
+    const bool live = idx < outer * groups;  // dead threads still meet at the barrier
+    const long long o = live ? idx / groups : 0;
+    const long long p = live ? (idx % groups) * N : 0;
     const T *xp = x + o * c * inner + p;
     T *yp = y + o * c * inner + p;
     float ss[N];
 #pragma unroll
     for (int e = 0; e < N; ++e) ss[e] = 0.f;
-    for (int ch = 0; ch < c; ++ch) {
+    for (int ch = slice; live && ch < c; ch += slices) {
         float v[N];
         P::load(xp + ch * inner, v);
 #pragma unroll
         for (int e = 0; e < N; ++e) ss[e] += v[e] * v[e];
     }
 #pragma unroll
-    for (int e = 0; e < N; ++e) ss[e] = 1.f / fmaxf(sqrtf(ss[e]), 1e-12f);
-    for (int ch = 0; ch < c; ++ch) {
+    for (int e = 0; e < N; ++e) partial[threadIdx.x * N + e] = ss[e];
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+        float total = 0.f;
+        for (int s = 0; s < slices; ++s) total += partial[(s * per_block + g) * N + e];
+        ss[e] = 1.f / fmaxf(sqrtf(total), 1e-12f);
+    }
+    for (int ch = slice; live && ch < c; ch += slices) {
         float v[N];
         P::load(xp + ch * inner, v);
         const float s = scale[ch];
@@ -219,13 +232,15 @@ __device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__r
     }
 }
 
-extern "C" __global__ void channel_rms_norm_bf16(const bf16_t *x, bf16_t *y, const float *scale, long long outer,
-                                                 int c, long long inner, int silu) {
-    channel_rms_norm<bf16_t>(x, y, scale, outer, c, inner, silu);
+extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_bf16(const bf16_t *x, bf16_t *y, const float *scale,
+                                                                      long long outer, int c, long long inner,
+                                                                      int silu, int slices) {
+    channel_rms_norm<bf16_t>(x, y, scale, outer, c, inner, silu, slices);
 }
 
 // The pipelines keep the VAE in f32, as the reference does.
-extern "C" __global__ void channel_rms_norm_f32(const float *x, float *y, const float *scale, long long outer,
-                                                int c, long long inner, int silu) {
-    channel_rms_norm<float>(x, y, scale, outer, c, inner, silu);
+extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_f32(const float *x, float *y, const float *scale,
+                                                                     long long outer, int c, long long inner, int silu,
+                                                                     int slices) {
+    channel_rms_norm<float>(x, y, scale, outer, c, inner, silu, slices);
 }

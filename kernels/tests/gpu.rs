@@ -293,6 +293,8 @@ fn channel_rms_norm_matches_reference_on_vae_layouts() {
     for (shape, channel_dim, silu) in [
         (vec![1, 4, 96, 24, 40], 2, true),
         (vec![1, 2, 384, 6, 8], 2, false),
+        // Wan 2.2's decoder: many channels, few pixels (the channels split over 32 threads).
+        (vec![1, 2, 1024, 30, 52], 2, true),
         (vec![3, 384, 10, 8], 1, false),
     ] {
         let x = randn(&shape, &dev);

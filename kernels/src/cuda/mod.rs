@@ -1170,10 +1170,27 @@ impl ChannelNorm {
         };
         let (scale_base, _sg) = ss.as_cuda_slice::<f32>()?.device_ptr(&stream);
         let scale = scale_base + 4 * scale_layout.start_offset() as u64;
-        let (outer64, c32, inner64, silu) =
-            (outer as i64, c as i32, inner as i64, i32::from(self.silu));
+        // Enough threads to fill an H100 or a GB10 (about 2048 resident per SM): split the channels
+        // of each pixel group over `slices` threads when the pixel groups alone are too few.
+        const TARGET_THREADS: usize = 1 << 18;
+        let groups = outer * inner / per_thread;
+        let slices = TARGET_THREADS
+            .div_ceil(groups.max(1))
+            .next_power_of_two()
+            .min(32)
+            .min(1 << c.max(1).ilog2());
+        if groups == 0 {
+            return Ok(());
+        }
+        let (outer64, c32, inner64, silu, slices32) = (
+            outer as i64,
+            c as i32,
+            inner as i64,
+            i32::from(self.silu),
+            slices as i32,
+        );
         let cfg = LaunchConfig {
-            grid_dim: ((outer * inner / per_thread).div_ceil(256) as u32, 1, 1),
+            grid_dim: (groups.div_ceil(256 / slices) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -1185,7 +1202,8 @@ impl ChannelNorm {
             .arg(&outer64)
             .arg(&c32)
             .arg(&inner64)
-            .arg(&silu);
+            .arg(&silu)
+            .arg(&slices32);
         // SAFETY: arguments match channel_rms_norm_{bf16,f32} in norm.cu; shapes checked, and `y`
         // covers x's elements (a fresh output, or a destination view checked by the caller).
         unsafe { launch.launch(cfg) }.map_err(driver_err("channel norm launch"))?;
