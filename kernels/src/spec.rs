@@ -38,6 +38,33 @@ pub struct NormRope {
     pub theta: f64,
 }
 
+impl NormRope {
+    /// Checks that this RoPE fits a norm over `tokens` rows of width `dim`.
+    pub fn check(&self, tokens: usize, dim: usize) -> Result<()> {
+        if tokens != self.grid.tokens() {
+            bail!(
+                "rope grid {:?} has {} tokens but the norm input has {tokens}",
+                self.grid,
+                self.grid.tokens()
+            );
+        }
+        // The kernel rotates 8-element chunks, which must not straddle two heads, and a warp's
+        // 256-element stride must land at the same place of a head.
+        if self.head_dim == 0
+            || !dim.is_multiple_of(self.head_dim)
+            || !self.head_dim.is_multiple_of(8)
+            || !256usize.is_multiple_of(self.head_dim)
+        {
+            bail!(
+                "rope head_dim {} must be a multiple of 8 dividing 256 and the norm dim {dim}",
+                self.head_dim
+            );
+        }
+        RopeGrid::split_checked(self.head_dim)?;
+        Ok(())
+    }
+}
+
 impl NormSpec {
     /// A plain norm with no affine or modulation terms.
     pub fn new(kind: NormKind, eps: f64) -> Self {
@@ -85,26 +112,7 @@ impl NormSpec {
             rows_per = Some(per);
         }
         if let Some(rope) = &self.rope {
-            if l != rope.grid.tokens() {
-                bail!(
-                    "rope grid {:?} has {} tokens but the norm input has {l}",
-                    rope.grid,
-                    rope.grid.tokens()
-                );
-            }
-            // The kernel rotates 8-element chunks, which must not straddle two heads, and a
-            // warp's 256-element stride must land at the same place of a head.
-            if rope.head_dim == 0
-                || !d.is_multiple_of(rope.head_dim)
-                || !rope.head_dim.is_multiple_of(8)
-                || !256usize.is_multiple_of(rope.head_dim)
-            {
-                bail!(
-                    "rope head_dim {} must be a multiple of 8 dividing 256 and the norm dim {d}",
-                    rope.head_dim
-                );
-            }
-            RopeGrid::split_checked(rope.head_dim)?;
+            rope.check(l, d)?;
         }
         Ok(rows_per.unwrap_or(l))
     }

@@ -368,27 +368,19 @@ mod cuda {
         let rope = match m.rope {
             None => None,
             Some(([frames, height, width], head_dim)) => {
-                let grid = RopeGrid {
-                    frames,
-                    height,
-                    width,
-                };
-                let (t_dim, hw_dim) = RopeGrid::split(head_dim);
-                if super::disabled("rope")
-                    || l != grid.tokens()
-                    || !head_dim.is_multiple_of(8)
-                    || !256usize.is_multiple_of(head_dim)
-                    || !d.is_multiple_of(head_dim)
-                    || !t_dim.is_multiple_of(2)
-                    || hw_dim == 0
-                {
-                    return Ok(None);
-                }
-                Some(NormRope {
-                    grid,
+                let rope = NormRope {
+                    grid: RopeGrid {
+                        frames,
+                        height,
+                        width,
+                    },
                     head_dim,
                     theta: 10000.0,
-                })
+                };
+                if super::disabled("rope") || rope.check(l, d).is_err() {
+                    return Ok(None);
+                }
+                Some(rope)
             }
         };
         let spec = NormSpec {

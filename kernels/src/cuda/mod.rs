@@ -624,19 +624,19 @@ impl CustomOp1 for ModulatedNorm {
             self.rows_per_mod as i32,
             self.spec.eps as f32,
         );
-        // The kernels without RoPE ignore these.
-        let rope = self.spec.rope.map_or(Ok([0i32; 6]), |r| -> Result<_> {
-            let (t_dim, hw_dim) = RopeGrid::split_checked(r.head_dim)?;
-            let i = |v: usize| v as i32;
-            Ok([
-                i(r.head_dim),
-                i(r.grid.tokens()),
-                i(r.grid.height),
-                i(r.grid.width),
-                i(t_dim),
-                i(hw_dim),
-            ])
-        })?;
+        // The kernels without RoPE ignore these; `modulated_norm` validated the RoPE.
+        let rope = self.spec.rope.map_or([0i32; 6], |r| {
+            let (t_dim, hw_dim) = RopeGrid::split(r.head_dim);
+            [
+                r.head_dim,
+                r.grid.tokens(),
+                r.grid.height,
+                r.grid.width,
+                t_dim,
+                hw_dim,
+            ]
+            .map(|v| v as i32)
+        });
         let log2_theta = self.spec.rope.map_or(0.0, |r| r.theta.log2() as f32);
         // One warp per row, eight rows per block.
         let cfg = LaunchConfig {
