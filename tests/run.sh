@@ -19,4 +19,10 @@ if [ ! -d tests/web/node_modules/playwright-core ]; then
   (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# rustup installs rust-toolchain.toml's toolchain on first use, but never adds its targets to a
+# toolchain that is already installed; the guest plugins need wasm32-wasip2 (idempotent).
+if command -v rustup >/dev/null; then
+  rustup target add wasm32-wasip2 >/dev/null
+fi
+
 cargo test --workspace

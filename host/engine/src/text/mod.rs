@@ -1,0 +1,4 @@
+//! Language and vision-language models in the transformers layout (Qwen3, Gemma 3 with its SigLIP
+//! vision tower): one decoder shared by every family, text generation with a KV cache, sampling,
+//! chat templates and JSON-Schema-constrained output, and the hidden states that image and video
+//! pipelines use as prompt embeddings. Like the rest of the engine it never touches the studio.
