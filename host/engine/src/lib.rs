@@ -9,6 +9,7 @@ pub mod loader;
 pub mod models;
 pub mod pipelines;
 pub mod schedulers;
+pub mod text;
 pub mod tokenizer;
 pub mod vae;
 pub mod video;
