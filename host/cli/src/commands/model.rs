@@ -11,6 +11,8 @@ use videosdgx_engine::loader::{ComponentClass, component_class};
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
 };
+use videosdgx_engine::text::decoder::{HiddenStates, Logits};
+use videosdgx_engine::text::model::{LanguageModel, ModelInput};
 use videosdgx_engine::vae::AutoencoderKLWan;
 
 #[derive(Subcommand, Debug)]
@@ -21,7 +23,9 @@ pub enum ModelCommand {
     /// [, encoder_hidden_states_image] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
     /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan: latents -> sample (decode), or
-    /// with --method encode: sample -> latents (posterior mode).
+    /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
+    /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
+    /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     Forward(ForwardArgs),
 }
 
@@ -45,6 +49,10 @@ pub struct ForwardArgs {
     /// For AutoencoderKLWan: decode latents (default) or encode a sample.
     #[arg(long, value_enum, default_value_t = Method::Decode)]
     pub method: Method,
+    /// For language models: also write `hidden_states`, every layer's output stacked as
+    /// [layers + 1, B, T, hidden] (transformers' `output_hidden_states=True`).
+    #[arg(long)]
+    pub hidden_states: bool,
     /// Print the written outputs as JSON.
     #[arg(long)]
     pub json: bool,
@@ -131,6 +139,29 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
             }
+        }
+        ComponentClass::LanguageModel(_) => {
+            let model = LanguageModel::load(&args.model, &device, dtype)?;
+            let hidden = if args.hidden_states {
+                HiddenStates::All
+            } else {
+                HiddenStates::None
+            };
+            let input = ModelInput {
+                input_ids: input("input_ids")?,
+                attention_mask: inputs.get("attention_mask"),
+                pixel_values: inputs.get("pixel_values"),
+                token_type_ids: inputs.get("token_type_ids"),
+            };
+            let out = model.forward(&input, &hidden, Logits::All)?;
+            let mut outputs = vec![(
+                "logits",
+                out.logits.expect("the head runs for all positions"),
+            )];
+            if args.hidden_states {
+                outputs.push(("hidden_states", Tensor::stack(&out.hidden_states, 0)?));
+            }
+            outputs
         }
         ComponentClass::Tokenizer | ComponentClass::Scheduler | ComponentClass::ImageProcessor => {
             bail!("{}: {class_name} has no forward pass", args.model.display())

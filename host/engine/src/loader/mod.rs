@@ -87,6 +87,9 @@ pub enum ComponentClass {
     Scheduler,
     /// `CLIPImageProcessor` (`preprocessor_config.json`).
     ImageProcessor,
+    /// A transformers language model (`Qwen3ForCausalLM`, `Gemma3ForCausalLM`,
+    /// `Gemma3ForConditionalGeneration`).
+    LanguageModel(crate::text::model::Architecture),
 }
 
 impl ComponentClass {
@@ -101,6 +104,9 @@ impl ComponentClass {
         "UniPCMultistepScheduler",
         "FlowMatchEulerDiscreteScheduler",
         "CLIPImageProcessor",
+        "Qwen3ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Gemma3ForConditionalGeneration",
     ];
 
     /// Maps a reference class name to the component kind, as diffusers' loader does.
@@ -113,7 +119,7 @@ impl ComponentClass {
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
             "CLIPImageProcessor" => Self::ImageProcessor,
-            _ => return None,
+            _ => Self::LanguageModel(crate::text::model::Architecture::from_name(name)?),
         })
     }
 
@@ -125,6 +131,7 @@ impl ComponentClass {
                 | Self::UMT5EncoderModel
                 | Self::CLIPVisionModel
                 | Self::AutoencoderKLWan
+                | Self::LanguageModel(_)
         )
     }
 }

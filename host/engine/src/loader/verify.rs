@@ -257,6 +257,10 @@ fn build_with(
             let cfg: vae::WanVaeConfig = super::read_config(&config)?;
             vae::AutoencoderKLWan::new(vb, cfg)?;
         }
+        ComponentClass::LanguageModel(_) => {
+            let cfg = crate::text::model::LanguageModelConfig::read(dir)?;
+            crate::text::model::LanguageModel::new(&cfg, vb)?;
+        }
         ComponentClass::Tokenizer | ComponentClass::Scheduler | ComponentClass::ImageProcessor => {}
     }
     Ok(std::mem::take(

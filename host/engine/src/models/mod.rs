@@ -118,10 +118,15 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
+        Ok(Self::from_weight(vb.get(dim, "weight")?, eps))
+    }
+
+    /// A norm whose scale was derived at load (Gemma folds its `1 + weight` in).
+    pub(crate) fn from_weight(weight: Tensor, eps: f64) -> Self {
+        Self {
+            weight,
             eps: eps as f32,
-        })
+        }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -159,7 +164,7 @@ impl RmsNorm {
 
 /// Activation functions by the names transformers' `ACT2FN` and diffusers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
+pub enum Activation {
     /// Exact (erf) GELU: `gelu`.
     Gelu,
     /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu-approximate`.

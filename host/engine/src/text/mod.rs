@@ -2,3 +2,12 @@
 //! vision tower): one decoder shared by every family, text generation with a KV cache, sampling,
 //! chat templates and JSON-Schema-constrained output, and the hidden states that image and video
 //! pipelines use as prompt embeddings. Like the rest of the engine it never touches the studio.
+
+pub mod cache;
+pub mod decoder;
+pub mod gemma3;
+pub mod generation;
+pub mod mask;
+pub mod model;
+pub mod qwen3;
+pub mod rope_config;

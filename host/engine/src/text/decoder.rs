@@ -1,0 +1,577 @@
+//! The decoder-only transformer that Qwen3 and Gemma 3 share (transformers'
+//! `modeling_qwen3.py` and `modeling_gemma3.py` side by side): token embeddings, layers of
+//! RMS-normed self-attention with grouped key/value heads, query/key norms and rotary positions
+//! (full or sliding-window), a gated MLP, a final norm and the language-model head. Each family's
+//! file turns its config into a [`DecoderConfig`] and names its checkpoint prefixes; nothing here
+//! knows a family or reads files.
+
+use super::cache::DecoderCache;
+use super::mask::AttentionLayout;
+use crate::models::{Activation, RmsNorm, linear};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// Where the norms sit around each sub-layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// Llama/Qwen: `h + attn(norm(h))`, then `h + mlp(post_attention_layernorm(h))`.
+    Pre,
+    /// Gemma 2/3: every sub-layer is normed before and after (`post_attention_layernorm`,
+    /// `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    Sandwich,
+}
+
+/// Rotary position embedding of one attention kind, as transformers' `rope_parameters` give it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParams {
+    pub theta: f64,
+    /// `rope_type: "linear"` divides positions by this factor; 1 for `default`.
+    pub linear_factor: f64,
+}
+
+/// What one layer's self-attention sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerAttention {
+    /// Keys more than this many positions behind the query are masked (`sliding_attention`).
+    pub sliding_window: Option<usize>,
+    pub rope: RopeParams,
+}
+
+/// The shape and numerics of a decoder, whatever family's config it came from.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub hidden_act: Activation,
+    pub attention_bias: bool,
+    /// Softmax scale of the attention scores.
+    pub attention_scale: f64,
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma's norms scale by `1 + weight`; Qwen's by `weight`.
+    pub norm_weight_offset: f64,
+    pub norm_placement: NormPlacement,
+    /// Gemma multiplies the embeddings by `sqrt(hidden_size)`, rounded to the weights' dtype.
+    pub embedding_scale: Option<f64>,
+    pub tie_word_embeddings: bool,
+    /// One entry per layer.
+    pub layers: Vec<LayerAttention>,
+}
+
+impl DecoderConfig {
+    pub fn num_hidden_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Checks the relations the layers rely on, so that a bad config fails at load with a reason
+    /// rather than as a shape error mid-forward.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
+            return Err("num_attention_heads and num_key_value_heads must be positive".into());
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim
+            ));
+        }
+        if self.layers.is_empty() {
+            return Err("the model has no layers".into());
+        }
+        Ok(())
+    }
+}
+
+/// RMS norm in f32, scaled by `weight + offset` (Gemma's `1 + weight` is folded in at load).
+fn rms_norm(dim: usize, cfg: &DecoderConfig, vb: VarBuilder) -> Result<RmsNorm> {
+    let weight = vb.get(dim, "weight")?;
+    let weight = if cfg.norm_weight_offset == 0.0 {
+        weight
+    } else {
+        (weight.to_dtype(DType::F32)? + cfg.norm_weight_offset)?.to_dtype(weight.dtype())?
+    };
+    Ok(RmsNorm::from_weight(weight, cfg.rms_norm_eps))
+}
+
+/// `cos` and `sin` of every position of a batch for one rotary embedding: `[B, T, head_dim / 2]`.
+struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+}
+
+impl RotaryEmbedding {
+    fn new(params: &RopeParams, head_dim: usize) -> Self {
+        // transformers computes inv_freq in f32 from an int64 arange; the linear factor divides it.
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / head_dim as f32;
+                1.0 / (params.theta as f32).powf(exponent) / params.linear_factor as f32
+            })
+            .collect();
+        Self { inv_freq }
+    }
+
+    fn cos_sin(
+        &self,
+        positions: &[Vec<u32>],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t, half) = (positions.len(), positions[0].len(), self.inv_freq.len());
+        let mut angles = Vec::with_capacity(b * t * half);
+        for row in positions {
+            for &p in row {
+                angles.extend(self.inv_freq.iter().map(|f| p as f32 * f));
+            }
+        }
+        let angles = Tensor::from_vec(angles, (b, t, half), device)?;
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(cfg: &DecoderConfig, qk_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let bias = cfg.attention_bias;
+        let (q_norm, k_norm) = if qk_norm {
+            (
+                Some(rms_norm(d, cfg, vb.pp("q_norm"))?),
+                Some(rms_norm(d, cfg, vb.pp("k_norm"))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: linear(cfg.hidden_size, h * d, bias, vb.pp("q_proj"))?,
+            k_proj: linear(cfg.hidden_size, kv * d, bias, vb.pp("k_proj"))?,
+            v_proj: linear(cfg.hidden_size, kv * d, bias, vb.pp("v_proj"))?,
+            o_proj: linear(h * d, cfg.hidden_size, bias, vb.pp("o_proj"))?,
+            q_norm,
+            k_norm,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+            scale: cfg.attention_scale,
+        })
+    }
+
+    /// `x`: `[B, T, hidden]`; `mask`: additive `[B, 1, T, L]` over the cached and new keys.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let project = |layer: &Linear, heads: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+            let y = layer.forward(x)?.reshape((b, t, heads, d))?;
+            let y = match norm {
+                Some(norm) => norm.forward(&y)?,
+                None => y,
+            };
+            y.transpose(1, 2)?.contiguous()
+        };
+        let (cos, sin) = cos_sin;
+        let q = candle_nn::rotary_emb::rope(
+            &project(&self.q_proj, self.heads, &self.q_norm)?,
+            cos,
+            sin,
+        )?;
+        let k = candle_nn::rotary_emb::rope(
+            &project(&self.k_proj, self.kv_heads, &self.k_norm)?,
+            cos,
+            sin,
+        )?;
+        let v = project(&self.v_proj, self.kv_heads, &None)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let out = self.attend(&q, &k, &v, mask)?;
+        self.o_proj
+            .forward(&out.transpose(1, 2)?.reshape((b, t, self.heads * d))?)
+    }
+
+    /// Grouped-query attention without repeating keys: the query heads that share a key/value
+    /// head are stacked along the query axis, so each key is read once per group.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let l = k.dim(2)?;
+        let groups = h / self.kv_heads;
+        let q = q.reshape((b, self.kv_heads, groups * t, d))?;
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
+        let scores = scores
+            .reshape((b, self.kv_heads, groups, t, l))?
+            .broadcast_add(&mask.unsqueeze(1)?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(v.dtype())?
+            .reshape((b, self.kv_heads, groups * t, l))?;
+        probs.matmul(v)?.reshape((b, h, t, d))
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: linear(h, i, false, vb.pp("up_proj"))?,
+            down_proj: linear(i, h, false, vb.pp("down_proj"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    /// Sandwich placement only.
+    feedforward_norms: Option<(RmsNorm, RmsNorm)>,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &DecoderConfig, qk_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let feedforward_norms = match cfg.norm_placement {
+            NormPlacement::Pre => None,
+            NormPlacement::Sandwich => Some((
+                rms_norm(h, cfg, vb.pp("pre_feedforward_layernorm"))?,
+                rms_norm(h, cfg, vb.pp("post_feedforward_layernorm"))?,
+            )),
+        };
+        Ok(Self {
+            input_layernorm: rms_norm(h, cfg, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, qk_norm, vb.pp("self_attn"))?,
+            post_attention_layernorm: rms_norm(h, cfg, vb.pp("post_attention_layernorm"))?,
+            feedforward_norms,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: &Tensor,
+        cache: Option<&mut candle_nn::kv_cache::KvCache>,
+    ) -> Result<Tensor> {
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, cos_sin, mask, cache)?;
+        match &self.feedforward_norms {
+            None => {
+                let x = (x + attn)?;
+                let mlp = self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&x)?)?;
+                x + mlp
+            }
+            Some((pre, post)) => {
+                let x = (x + self.post_attention_layernorm.forward(&attn)?)?;
+                let mlp = self.mlp.forward(&pre.forward(&x)?)?;
+                x + post.forward(&mlp)?
+            }
+        }
+    }
+}
+
+/// Which hidden states a forward keeps, numbered as transformers' `output_hidden_states`:
+/// 0 is the embedding output, `i` the output of layer `i - 1`, the last one the final norm's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HiddenStates {
+    None,
+    All,
+    /// Only these indices; layers past the largest are not run.
+    Layers(Vec<usize>),
+}
+
+/// What a forward returns.
+pub struct DecoderOutput {
+    /// `[B, T', vocab]` in f32 for the positions asked for; `None` when the forward stopped
+    /// early for hidden states.
+    pub logits: Option<Tensor>,
+    /// The kept hidden states, in index order.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// Which positions the language-model head runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position (`model forward`).
+    All,
+    /// The last position only (generation: the head over a large vocabulary dominates prefill
+    /// otherwise).
+    Last,
+    /// None (text encoders).
+    Skip,
+}
+
+pub struct Decoder {
+    cfg: DecoderConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rotary: Vec<(RopeParams, RotaryEmbedding)>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// `model` is positioned at the decoder's prefix (`model.`, `model.language_model.`, ...);
+    /// `lm_head` at the head's, unused when the embeddings are tied. `qk_norm`: Qwen3 and
+    /// Gemma 3 norm queries and keys per head.
+    pub fn new(
+        cfg: DecoderConfig,
+        qk_norm: bool,
+        model: VarBuilder,
+        lm_head: VarBuilder,
+    ) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let embed_tokens = model
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers())
+            .map(|i| DecoderLayer::new(&cfg, qk_norm, model.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            lm_head.get((cfg.vocab_size, cfg.hidden_size), "weight")?
+        };
+        let mut rotary: Vec<(RopeParams, RotaryEmbedding)> = Vec::new();
+        for layer in &cfg.layers {
+            if !rotary.iter().any(|(p, _)| *p == layer.rope) {
+                rotary.push((
+                    layer.rope.clone(),
+                    RotaryEmbedding::new(&layer.rope, cfg.head_dim),
+                ));
+            }
+        }
+        Ok(Self {
+            norm: rms_norm(cfg.hidden_size, &cfg, model.pp("norm"))?,
+            embed_tokens,
+            layers,
+            lm_head,
+            rotary,
+            dtype: model.dtype(),
+            device: model.device().clone(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token embeddings `[B, T, hidden]`, scaled where the family scales them.
+    pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        let max = ids.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= self.cfg.vocab_size {
+            candle_core::bail!(
+                "token id {max} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            );
+        }
+        let x = self
+            .embed_tokens
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        match self.cfg.embedding_scale {
+            // The reference multiplies by the scale cast to the weights' dtype.
+            Some(scale) => {
+                let scale = Tensor::new(scale as f32, &self.device)?.to_dtype(self.dtype)?;
+                x.broadcast_mul(&scale)
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// Runs the layers over `embeds` (`[B, T, hidden]`), whose keys extend `cache` (or start a
+    /// sequence when there is none), under the masks of `layout`.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        layout: &AttentionLayout,
+        mut cache: Option<&mut DecoderCache>,
+        hidden: &HiddenStates,
+        logits: Logits,
+    ) -> Result<DecoderOutput> {
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if layout.batch() != b || layout.len() != past + t {
+            candle_core::bail!(
+                "attention mask covers {} sequences of {} tokens, the input has {b} of {} ({past} cached)",
+                layout.batch(),
+                layout.len(),
+                past + t
+            );
+        }
+        let last_needed = match hidden {
+            HiddenStates::Layers(ids) if logits == Logits::Skip => {
+                ids.iter().copied().max().unwrap_or(0)
+            }
+            _ => self.layers.len() + 1,
+        };
+        let keep = |i: usize| match hidden {
+            HiddenStates::None => false,
+            HiddenStates::All => true,
+            HiddenStates::Layers(ids) => ids.contains(&i),
+        };
+        let positions = layout.positions(past, t);
+        let cos_sin = self
+            .rotary
+            .iter()
+            .map(|(_, rope)| rope.cos_sin(&positions, self.dtype, &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        let full_mask = layout.additive_mask(past, t, None, &self.device)?;
+        let windows: Vec<usize> = {
+            let mut w: Vec<usize> = self
+                .cfg
+                .layers
+                .iter()
+                .filter_map(|l| l.sliding_window)
+                .collect();
+            w.sort_unstable();
+            w.dedup();
+            w
+        };
+        let window_masks = windows
+            .iter()
+            .map(|&w| layout.additive_mask(past, t, Some(w), &self.device))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut states = Vec::new();
+        let mut x = embeds.to_dtype(self.dtype)?;
+        if keep(0) {
+            states.push(x.clone());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i + 1 > last_needed {
+                return Ok(DecoderOutput {
+                    logits: None,
+                    hidden_states: states,
+                });
+            }
+            let spec = &self.cfg.layers[i];
+            let rope = self
+                .rotary
+                .iter()
+                .position(|(p, _)| *p == spec.rope)
+                .expect("every layer's rope is built");
+            let mask = match spec.sliding_window {
+                Some(w) => &window_masks[windows.binary_search(&w).expect("window mask built")],
+                None => &full_mask,
+            };
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
+            x = layer.forward(&x, &cos_sin[rope], mask, layer_cache)?;
+            // The last layer's own output is replaced by the final norm's in transformers' list.
+            if i + 1 < self.layers.len() && keep(i + 1) {
+                states.push(x.clone());
+            }
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        let x = self.norm.forward(&x)?;
+        if keep(self.layers.len()) {
+            states.push(x.clone());
+        }
+        let logits = match logits {
+            Logits::Skip => None,
+            Logits::All => Some(self.head(&x)?),
+            Logits::Last => Some(self.head(&x.narrow(1, t - 1, 1)?)?),
+        };
+        Ok(DecoderOutput {
+            logits,
+            hidden_states: states,
+        })
+    }
+
+    /// The language-model head in f32, soft-capped where the family caps it.
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = x
+            .broadcast_matmul(&self.lm_head.t()?)?
+            .to_dtype(DType::F32)?;
+        match self.cfg.final_logit_softcapping {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+
+    /// A cache for `batch` sequences of up to `capacity` tokens, allocated on first use.
+    pub fn new_cache(&self, capacity: usize) -> DecoderCache {
+        DecoderCache::new(self.layers.len(), capacity)
+    }
+
+    /// Checks a model's last hidden width against the embeddings (used when splicing image
+    /// features into a prompt).
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// The head's last dimension, `vocab_size`.
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens
+            .dim(D::Minus2)
+            .unwrap_or(self.cfg.vocab_size)
+    }
+}
