@@ -1,7 +1,10 @@
-//! `CLIPImageProcessor` (`image_processor/preprocessor_config.json`): turns an RGB image into the
-//! `pixel_values` the CLIP image encoder takes, as transformers' PIL backend does: resize (Pillow's
-//! two-pass fixed-point convolution, horizontal then vertical, rounding to 8 bits after each pass),
-//! center crop, rescale, normalize. Bit-exact with Pillow on 8-bit images. Never decodes files.
+//! Image processors (`preprocessor_config.json`) that turn an RGB image into the `pixel_values` of
+//! an image encoder: `CLIPImageProcessor` (Wan's CLIP) as transformers' PIL backend does, and
+//! `Gemma3ImageProcessor` (Gemma 3's SigLIP) as its torchvision backend does by default. Both share
+//! one resize (the two-pass fixed-point convolution, horizontal then vertical, rounding to 8 bits
+//! after each pass, which Pillow and torch's uint8 antialiased kernel both use; they differ only
+//! in the weights' fixed-point precision, see [`Backend`]) and one rescale/normalize. Bit-exact
+//! with the reference on 8-bit images. Never decodes files: callers pass decoded RGB.
 
 use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
@@ -120,16 +123,36 @@ impl Filter {
     }
 }
 
-/// Fixed-point precision of Pillow's 8-bit resampling.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Which reference's arithmetic to reproduce: the resize's fixed-point weights and the order of
+/// the rescale/normalize operations differ between transformers' two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The PIL backend: Pillow's 22-bit weights; `x * rescale_factor` in f64, then
+    /// `(x - mean) / std` in f32.
+    Pillow,
+    /// The torchvision backend on a CPU with AVX2, whose uint8 bilinear/bicubic resize is torch's
+    /// antialiased kernel: int16 weights, as many fraction bits (at most 22) as keep the largest
+    /// weight below 2^15; rescale fused into normalize: `(x - mean / rescale_factor) /
+    /// (std / rescale_factor)` in f32.
+    Torchvision,
+}
 
-/// For each output index: first input index and integer weights (Pillow's `precompute_coeffs` and
-/// `normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
+/// Fixed-point precision of Pillow's 8-bit resampling.
+const PILLOW_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// One pass of the resize: the weights' fraction bits and, per output index, the first input
+/// index and the integer weights (Pillow's `precompute_coeffs` and `normalize_coeffs_8bpc`, or
+/// torch's `_compute_indices_int16_weights_aa`).
+struct Coefficients {
+    precision: u32,
+    taps: Vec<(usize, Vec<i32>)>,
+}
+
+fn coefficients(in_size: usize, out_size: usize, filter: Filter, backend: Backend) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = filter.support() * filter_scale;
-    (0..out_size)
+    let normalized: Vec<(usize, Vec<f64>)> = (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -139,11 +162,32 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, 
                 .map(|x| filter.weight((x as f64 - center + 0.5) * inverse_scale))
                 .collect();
             let total: f64 = weights.iter().sum();
+            let weights = weights
+                .iter()
+                .map(|w| if total != 0.0 { w / total } else { *w })
+                .collect();
+            (xmin, weights)
+        })
+        .collect();
+    let precision = match backend {
+        Backend::Pillow => PILLOW_PRECISION_BITS,
+        Backend::Torchvision => {
+            let w_max = normalized
+                .iter()
+                .flat_map(|(_, w)| w.iter().copied())
+                .fold(f64::NEG_INFINITY, f64::max);
+            (0..PILLOW_PRECISION_BITS)
+                .find(|p| (0.5 + w_max * (1u32 << (p + 1)) as f64) as i64 >= 1 << 15)
+                .unwrap_or(PILLOW_PRECISION_BITS)
+        }
+    };
+    let taps = normalized
+        .into_iter()
+        .map(|(xmin, weights)| {
             let fixed = weights
                 .iter()
                 .map(|w| {
-                    let w = if total != 0.0 { w / total } else { *w };
-                    let scaled = w * (1u32 << PRECISION_BITS) as f64;
+                    let scaled = w * (1u32 << precision) as f64;
                     (if scaled < 0.0 {
                         scaled - 0.5
                     } else {
@@ -153,50 +197,47 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, 
                 .collect();
             (xmin, fixed)
         })
-        .collect()
+        .collect();
+    Coefficients { precision, taps }
 }
 
-fn clip8(acc: i32) -> u8 {
-    if acc >= (1 << PRECISION_BITS << 8) {
-        255
-    } else if acc <= 0 {
-        0
-    } else {
-        (acc >> PRECISION_BITS) as u8
-    }
+/// Rounds a fixed-point accumulator to 8 bits, saturating.
+fn clip8(acc: i32, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
 }
 
-/// Pillow's `Image.resize` for RGB: horizontal pass then vertical pass, each rounded to 8 bits.
-fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+/// `Image.resize` / torch's uint8 antialiased `interpolate` for RGB: horizontal pass then
+/// vertical pass, each rounded to 8 bits; a dimension that keeps its size is not resampled.
+fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter, backend: Backend) -> RgbImage {
     let (w0, h0) = image.dimensions();
     let mut current = image.clone();
     if width != w0 {
-        let coeffs = coefficients(w0 as usize, width as usize, filter);
+        let c = coefficients(w0 as usize, width as usize, filter, backend);
         let mut out = RgbImage::new(width, h0);
         for y in 0..h0 {
-            for (x, (start, weights)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+            for (x, (start, weights)) in c.taps.iter().enumerate() {
+                for ch in 0..3 {
+                    let mut acc: i32 = 1 << (c.precision - 1);
                     for (i, w) in weights.iter().enumerate() {
-                        acc += current.get_pixel((start + i) as u32, y)[c] as i32 * w;
+                        acc += current.get_pixel((start + i) as u32, y)[ch] as i32 * w;
                     }
-                    out.get_pixel_mut(x as u32, y)[c] = clip8(acc);
+                    out.get_pixel_mut(x as u32, y)[ch] = clip8(acc, c.precision);
                 }
             }
         }
         current = out;
     }
     if height != h0 {
-        let coeffs = coefficients(h0 as usize, height as usize, filter);
+        let c = coefficients(h0 as usize, height as usize, filter, backend);
         let mut out = RgbImage::new(width, height);
-        for (y, (start, weights)) in coeffs.iter().enumerate() {
+        for (y, (start, weights)) in c.taps.iter().enumerate() {
             for x in 0..width {
-                for c in 0..3 {
-                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                for ch in 0..3 {
+                    let mut acc: i32 = 1 << (c.precision - 1);
                     for (i, w) in weights.iter().enumerate() {
-                        acc += current.get_pixel(x, (start + i) as u32)[c] as i32 * w;
+                        acc += current.get_pixel(x, (start + i) as u32)[ch] as i32 * w;
                     }
-                    out.get_pixel_mut(x, y as u32)[c] = clip8(acc);
+                    out.get_pixel_mut(x, y as u32)[ch] = clip8(acc, c.precision);
                 }
             }
         }
@@ -205,19 +246,98 @@ fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage
     current
 }
 
+/// The rescale and normalize steps, in the operation order of either backend.
+#[derive(Debug, Clone)]
+struct PixelScaling {
+    rescale_factor: Option<f64>,
+    mean_std: Option<([f32; 3], [f32; 3])>,
+    backend: Backend,
+}
+
+impl PixelScaling {
+    fn new(
+        do_rescale: bool,
+        rescale_factor: f64,
+        do_normalize: bool,
+        image_mean: &[f32],
+        image_std: &[f32],
+        backend: Backend,
+    ) -> Result<Self> {
+        let (Ok(mean), Ok(std)) = (
+            <[f32; 3]>::try_from(image_mean),
+            <[f32; 3]>::try_from(image_std),
+        ) else {
+            bail!("image_mean and image_std must have 3 values");
+        };
+        Ok(Self {
+            rescale_factor: do_rescale.then_some(rescale_factor),
+            mean_std: do_normalize.then_some((mean, std)),
+            backend,
+        })
+    }
+
+    /// The value of channel `c` for one 8-bit sample.
+    fn value(&self, v: u8, c: usize) -> f32 {
+        match (self.backend, self.rescale_factor, self.mean_std) {
+            (Backend::Torchvision, Some(factor), Some((mean, std))) => {
+                let inverse = (1.0 / factor) as f32;
+                (v as f32 - mean[c] * inverse) / (std[c] * inverse)
+            }
+            (Backend::Torchvision, Some(factor), None) => v as f32 * factor as f32,
+            (_, rescale, mean_std) => {
+                let x = match rescale {
+                    Some(factor) => (v as f64 * factor) as f32,
+                    None => v as f32,
+                };
+                match mean_std {
+                    Some((mean, std)) => (x - mean[c]) / std[c],
+                    None => x,
+                }
+            }
+        }
+    }
+
+    /// `[1, 3, H, W]` f32 planes of `image`.
+    fn pixel_values(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let (w, h) = image.dimensions();
+        let plane = (w * h) as usize;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, pixel) in image.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = self.value(pixel[c], c);
+            }
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (1, 3, h as usize, w as usize),
+            device,
+        )?)
+    }
+}
+
 /// The image preprocessing of the CLIP image encoder.
 pub struct CLIPImageProcessor {
     config: CLIPImageProcessorConfig,
     filter: Filter,
+    scaling: PixelScaling,
 }
 
 impl CLIPImageProcessor {
     pub fn new(config: CLIPImageProcessorConfig) -> Result<Self> {
-        if config.image_mean.len() != 3 || config.image_std.len() != 3 {
-            bail!("image_mean and image_std must have 3 values");
-        }
         let filter = Filter::from_pil(config.resample)?;
-        Ok(Self { config, filter })
+        let scaling = PixelScaling::new(
+            config.do_rescale,
+            config.rescale_factor,
+            config.do_normalize,
+            &config.image_mean,
+            &config.image_std,
+            Backend::Pillow,
+        )?;
+        Ok(Self {
+            config,
+            filter,
+            scaling,
+        })
     }
 
     /// Reads `dir/preprocessor_config.json`.
@@ -252,7 +372,7 @@ impl CLIPImageProcessor {
         if self.config.do_resize {
             let (w, h) = self.resized_size(image.width(), image.height())?;
             if (w, h) != image.dimensions() {
-                image = resize(&image, w, h, self.filter);
+                image = resize(&image, w, h, self.filter, Backend::Pillow);
             }
         }
         if self.config.do_center_crop {
@@ -267,26 +387,111 @@ impl CLIPImageProcessor {
             image =
                 image::imageops::crop_imm(&image, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
         }
-        let (w, h) = image.dimensions();
-        let plane = (w * h) as usize;
-        let mut data = vec![0f32; 3 * plane];
-        for (i, pixel) in image.pixels().enumerate() {
-            for c in 0..3 {
-                let mut v = pixel[c] as f64;
-                if self.config.do_rescale {
-                    v *= self.config.rescale_factor;
-                }
-                let mut v = v as f32;
-                if self.config.do_normalize {
-                    v = (v - self.config.image_mean[c]) / self.config.image_std[c];
-                }
-                data[c * plane + i] = v;
-            }
+        self.scaling.pixel_values(&image, device)
+    }
+}
+
+/// The reference config, field names and defaults as in `Gemma3ImageProcessor`. The published
+/// configs write `null` for the pan-and-scan settings, which means "off".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Gemma3ImageProcessorConfig {
+    pub do_resize: bool,
+    pub size: SizeSpec,
+    /// PIL resampling filter id: 1 Lanczos, 2 bilinear, 3 bicubic.
+    pub resample: u32,
+    pub do_rescale: bool,
+    pub rescale_factor: f64,
+    pub do_normalize: bool,
+    pub image_mean: Vec<f32>,
+    pub image_std: Vec<f32>,
+    pub do_pan_and_scan: Option<bool>,
+}
+
+impl Default for Gemma3ImageProcessorConfig {
+    fn default() -> Self {
+        Self {
+            do_resize: true,
+            size: SizeSpec {
+                height: Some(224),
+                width: Some(224),
+                ..Default::default()
+            },
+            resample: 2,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: vec![0.5; 3],
+            image_std: vec![0.5; 3],
+            do_pan_and_scan: None,
         }
-        Ok(Tensor::from_vec(
-            data,
-            (1, 3, h as usize, w as usize),
-            device,
-        )?)
+    }
+}
+
+/// The image preprocessing of Gemma 3's vision tower: resize to `size` (no crop), rescale,
+/// normalize; one image in, one `[1, 3, height, width]` out.
+pub struct Gemma3ImageProcessor {
+    config: Gemma3ImageProcessorConfig,
+    filter: Filter,
+    backend: Backend,
+    scaling: PixelScaling,
+}
+
+impl Gemma3ImageProcessor {
+    /// Matches the torchvision backend, which `AutoImageProcessor` picks whenever torchvision is
+    /// installed; [`Self::with_backend`] selects the PIL one.
+    pub fn new(config: Gemma3ImageProcessorConfig) -> Result<Self> {
+        Self::with_backend(config, Backend::Torchvision)
+    }
+
+    pub fn with_backend(config: Gemma3ImageProcessorConfig, backend: Backend) -> Result<Self> {
+        if config.do_pan_and_scan == Some(true) {
+            // Pan and scan adds crops of wide images, each with its own image tokens and a prompt
+            // the processor rewrites; running without it would silently change the model's input.
+            bail!("do_pan_and_scan is true, but Gemma 3 pan-and-scan is not supported");
+        }
+        let filter = Filter::from_pil(config.resample)?;
+        if backend == Backend::Torchvision && matches!(filter, Filter::Lanczos) {
+            bail!("resample 1 (Lanczos) is only reproduced for the PIL backend");
+        }
+        if config.do_resize && (config.size.height.is_none() || config.size.width.is_none()) {
+            bail!("Gemma 3 preprocessor size needs `height` and `width`");
+        }
+        let scaling = PixelScaling::new(
+            config.do_rescale,
+            config.rescale_factor,
+            config.do_normalize,
+            &config.image_mean,
+            &config.image_std,
+            backend,
+        )?;
+        Ok(Self {
+            config,
+            filter,
+            backend,
+            scaling,
+        })
+    }
+
+    /// Reads `dir/preprocessor_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        let config: Gemma3ImageProcessorConfig = crate::loader::read_config(&path)?;
+        Self::new(config).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
+    }
+
+    /// `pixel_values` `[1, 3, height, width]` (f32) for one RGB image.
+    pub fn preprocess(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        if image.width() == 0 || image.height() == 0 {
+            bail!("cannot preprocess an empty image");
+        }
+        let size = &self.config.size;
+        let image = match (self.config.do_resize, size.width, size.height) {
+            (true, Some(w), Some(h)) if (w, h) != image.dimensions() => {
+                resize(image, w, h, self.filter, self.backend)
+            }
+            _ => image.clone(),
+        };
+        self.scaling.pixel_values(&image, device)
     }
 }

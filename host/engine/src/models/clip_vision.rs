@@ -3,10 +3,10 @@
 //! of the second-to-last encoder layer, which [`CLIPVisionModel::image_embeds`] returns without
 //! running the last layer. Image preprocessing lives in [`crate::image_processor`].
 
-use super::{Activation, LayerNorm, linear};
-use crate::attention::attention;
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use super::LayerNorm;
+use super::vit::{EncoderDims, EncoderLayer, PatchEmbedding, encoder_layers};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -41,67 +41,6 @@ impl Default for CLIPVisionConfig {
     }
 }
 
-struct CLIPAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    heads: usize,
-}
-
-impl CLIPAttention {
-    fn new(cfg: &CLIPVisionConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.hidden_size;
-        Ok(Self {
-            q_proj: linear(d, d, true, vb.pp("q_proj"))?,
-            k_proj: linear(d, d, true, vb.pp("k_proj"))?,
-            v_proj: linear(d, d, true, vb.pp("v_proj"))?,
-            out_proj: linear(d, d, true, vb.pp("out_proj"))?,
-            heads: cfg.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
-        let shape = (b, l, self.heads, d / self.heads);
-        let q = self.q_proj.forward(x)?.reshape(shape)?;
-        let k = self.k_proj.forward(x)?.reshape(shape)?;
-        let v = self.v_proj.forward(x)?.reshape(shape)?;
-        self.out_proj
-            .forward(&attention(&q, &k, &v)?.flatten_from(2)?)
-    }
-}
-
-struct CLIPEncoderLayer {
-    layer_norm1: LayerNorm,
-    self_attn: CLIPAttention,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-}
-
-impl CLIPEncoderLayer {
-    fn new(cfg: &CLIPVisionConfig, act: Activation, vb: VarBuilder) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        Ok(Self {
-            layer_norm1: LayerNorm::new(d, eps, true, vb.pp("layer_norm1"))?,
-            self_attn: CLIPAttention::new(cfg, vb.pp("self_attn"))?,
-            layer_norm2: LayerNorm::new(d, eps, true, vb.pp("layer_norm2"))?,
-            fc1: linear(d, cfg.intermediate_size, true, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(cfg.intermediate_size, d, true, vb.pp("mlp").pp("fc2"))?,
-            act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
-        let h = self.fc2.forward(&self.act.apply(&h)?)?;
-        x + h
-    }
-}
-
 /// Outputs of a full [`CLIPVisionModel::forward`].
 pub struct CLIPVisionOutput {
     /// `[B, 1 + patches, hidden]`: output of the last encoder layer.
@@ -115,13 +54,12 @@ pub struct CLIPVisionOutput {
 
 pub struct CLIPVisionModel {
     class_embedding: Tensor,
-    patch_weight: Tensor,
+    patch_embedding: PatchEmbedding,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
-    layers: Vec<CLIPEncoderLayer>,
+    layers: Vec<EncoderLayer>,
     post_layernorm: LayerNorm,
     config: CLIPVisionConfig,
-    dtype: DType,
 }
 
 impl CLIPVisionModel {
@@ -132,34 +70,32 @@ impl CLIPVisionModel {
         } else {
             vb
         };
-        let act = Activation::from_name(&cfg.hidden_act).ok_or_else(|| {
-            candle_core::Error::Msg(format!("unsupported hidden_act `{}`", cfg.hidden_act))
-        })?;
-        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
-            candle_core::bail!(
-                "image_size {} is not a multiple of patch_size {}",
-                cfg.image_size,
-                cfg.patch_size
-            );
-        }
+        let dims = EncoderDims::new(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.layer_norm_eps,
+            &cfg.hidden_act,
+        )?;
         let d = cfg.hidden_size;
-        let p = cfg.patch_size;
-        let positions = (cfg.image_size / p).pow(2) + 1;
         let emb = vb.pp("embeddings");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| CLIPEncoderLayer::new(cfg, act, vb.pp("encoder").pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
+        let patch_embedding = PatchEmbedding::new(
+            cfg.num_channels,
+            d,
+            cfg.image_size,
+            cfg.patch_size,
+            false,
+            emb.pp("patch_embedding"),
+        )?;
+        let positions = patch_embedding.num_patches() + 1;
         Ok(Self {
             class_embedding: emb.get(d, "class_embedding")?,
-            patch_weight: emb
-                .pp("patch_embedding")
-                .get((d, cfg.num_channels, p, p), "weight")?,
             position_embedding: emb.pp("position_embedding").get((positions, d), "weight")?,
+            patch_embedding,
             pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, true, vb.pp("pre_layrnorm"))?,
-            layers,
+            layers: encoder_layers(&dims, cfg.num_hidden_layers, vb.pp("encoder"))?,
             post_layernorm: LayerNorm::new(d, cfg.layer_norm_eps, true, vb.pp("post_layernorm"))?,
             config: cfg.clone(),
-            dtype: vb.dtype(),
         })
     }
 
@@ -178,23 +114,9 @@ impl CLIPVisionModel {
 
     /// Patch + class + position embeddings followed by `pre_layrnorm`.
     fn embed(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixel_values.dims4()?;
-        let (size, p) = (self.config.image_size, self.config.patch_size);
-        if (c, h, w) != (self.config.num_channels, size, size) {
-            candle_core::bail!(
-                "pixel_values has shape {:?}, the image encoder expects [B, {}, {size}, {size}]",
-                pixel_values.dims(),
-                self.config.num_channels
-            );
-        }
-        let (gh, gw) = (h / p, w / p);
+        let patches = self.patch_embedding.forward(pixel_values)?;
+        let b = patches.dim(0)?;
         let d = self.config.hidden_size;
-        let patches = pixel_values
-            .to_dtype(self.dtype)?
-            .reshape(vec![b, c, gh, p, gw, p])?
-            .permute([0, 2, 4, 1, 3, 5])?
-            .reshape((b, gh * gw, c * p * p))?;
-        let patches = patches.broadcast_matmul(&self.patch_weight.flatten_from(1)?.t()?)?;
         let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
         let x = Tensor::cat(&[class, patches], 1)?
             .broadcast_add(&self.position_embedding.unsqueeze(0)?)?;

@@ -6,8 +6,10 @@
 pub mod cache;
 pub mod decoder;
 pub mod gemma3;
+pub mod gemma3_vision;
 pub mod generation;
 pub mod mask;
 pub mod model;
 pub mod qwen3;
 pub mod rope_config;
+pub mod siglip;
