@@ -212,6 +212,21 @@ fn tojson_writes_what_pythons_json_dumps_writes() {
 }
 
 #[test]
+fn python_string_methods_strip_pythons_whitespace() {
+    let source = "{{ messages[0].content.strip() }}|{{ messages[0].content.lstrip() }}|{{ messages[0].content.rstrip(' ') }}";
+    let template = ChatTemplate::new(source.into(), "inline", Default::default()).unwrap();
+    let rendered = template
+        .render(
+            &[ChatMessage::text("user", "\u{1c} abc \u{1c} ")],
+            false,
+            &no_extra(),
+        )
+        .unwrap();
+    // What Python's str methods give (U+001C is whitespace to them, not to Rust).
+    assert_eq!(rendered, "abc|abc \u{1c} |\u{1c} abc \u{1c}");
+}
+
+#[test]
 fn bad_inputs_are_refused() {
     let template = template("qwen3");
     let err = template.render(&[], true, &no_extra()).unwrap_err();

@@ -148,7 +148,7 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         // minijinja would escape by file extension; transformers never escapes.
         env.set_auto_escape_callback(|_| AutoEscape::None);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_method);
         env.add_filter("tojson", tojson);
         env.add_filter("trim", python_trim);
         env.add_function("raise_exception", raise_exception);
@@ -337,6 +337,26 @@ fn describe(err: &Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Python's string and dict methods (`.startswith()`, `.split()`, `.items()`, ...) from
+/// minijinja-contrib, with `.strip()`, `.lstrip()` and `.rstrip()` given no argument trimming
+/// Python's whitespace, as `trim` does.
+fn python_method(
+    state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
+    if let (Some(text), []) = (value.as_str(), args) {
+        match method {
+            "strip" => return Ok(Value::from(text.trim_matches(is_python_space))),
+            "lstrip" => return Ok(Value::from(text.trim_start_matches(is_python_space))),
+            "rstrip" => return Ok(Value::from(text.trim_end_matches(is_python_space))),
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 /// `raise_exception(message)`: the template refusing its input (Gemma 3: roles must alternate).
