@@ -4,12 +4,16 @@
 //! pipelines use as prompt embeddings. Like the rest of the engine it never touches the studio.
 
 pub mod cache;
+pub mod chat_template;
 pub mod decoder;
 pub mod gemma3;
 pub mod gemma3_vision;
 pub mod generation;
+pub mod generation_config;
 pub mod mask;
 pub mod model;
 pub mod qwen3;
 pub mod rope_config;
+pub mod sampling;
 pub mod siglip;
+pub mod stop;
