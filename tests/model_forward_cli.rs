@@ -134,3 +134,74 @@ fn model_forward_on_an_unknown_class_names_the_class() {
         "{stderr}"
     );
 }
+
+fn text_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/text")
+        .join(name)
+}
+
+#[test]
+fn model_forward_runs_language_models_with_hidden_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen3_sliding", "gemma3_text"] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let dir = text_fixture(name);
+        let result = forward(
+            &dir.join("model"),
+            &dir.join("forward_inputs.safetensors"),
+            &out,
+            &["--hidden-states"],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join("forward_outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        for key in ["logits", "hidden_states"] {
+            assert_eq!(got[key].dims(), expected[key].dims(), "{name}/{key}");
+            let err = relative_error(&got[key], &expected[key]);
+            assert!(err <= 1e-4, "{name}/{key}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn generate_text_writes_transformers_greedy_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = text_fixture("qwen3");
+    let out = tmp.path().join("sequences.safetensors");
+    let result = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args([
+            "generate-text",
+            "--greedy",
+            "--max-new-tokens",
+            "32",
+            "--model",
+        ])
+        .arg(dir.join("model"))
+        .arg("--input-ids")
+        .arg(dir.join("generate_inputs.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("generate_outputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(got["sequences"].dtype(), candle_core::DType::I64);
+    assert_eq!(
+        got["sequences"].to_vec2::<i64>().unwrap(),
+        expected["sequences"].to_vec2::<i64>().unwrap()
+    );
+}

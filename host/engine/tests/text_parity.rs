@@ -8,9 +8,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
-use videosdgx_engine::text::generation::{Greedy, Prompts, StopAt, generate};
+use videosdgx_engine::text::generation::{Prompts, StopAt, generate};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
+use videosdgx_engine::text::sampling::{Sampler, SamplingParams};
 
+const VISION_FIXTURES: &[&str] = &["gemma3_vlm", "gemma3_vlm_hub_layout"];
 const TEXT_FIXTURES: &[&str] = &[
     "qwen3",
     "qwen3_sliding",
@@ -80,6 +82,43 @@ fn text_models_match_transformers_logits_and_hidden_states() {
 }
 
 #[test]
+fn gemma3_with_images_matches_transformers_in_both_checkpoint_layouts() {
+    for name in VISION_FIXTURES {
+        check_forward(name);
+    }
+}
+
+#[test]
+fn image_tokens_without_pixels_or_of_another_count_are_refused() {
+    let name = "gemma3_vlm";
+    let model = load(name);
+    let inputs = tensors(name, "forward_inputs.safetensors");
+    let without_pixels = ModelInput {
+        input_ids: &inputs["input_ids"],
+        attention_mask: inputs.get("attention_mask"),
+        pixel_values: None,
+        token_type_ids: inputs.get("token_type_ids"),
+    };
+    let err = model
+        .forward(&without_pixels, &HiddenStates::None, Logits::All)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no pixel_values"), "{err}");
+    let one_image = inputs["pixel_values"].narrow(0, 0, 1).unwrap();
+    let too_few = ModelInput {
+        pixel_values: Some(&one_image),
+        ..without_pixels
+    };
+    let err = model
+        .forward(&too_few, &HiddenStates::None, Logits::All)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("do not match"), "{err}");
+}
+
+#[test]
 fn chosen_hidden_states_equal_the_full_forward_and_stop_early() {
     let name = "gemma3_text";
     let model = load(name);
@@ -122,9 +161,13 @@ fn greedy_generation_matches_transformers_token_for_token() {
             eos_token_ids: eos.into_iter().collect(),
             pad_token_id: 0,
         };
-        let generated = generate(&model, &prompts, &stop, &mut Greedy, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let generated = generate(
+            &model,
+            &prompts,
+            &stop,
+            &mut Sampler::new(SamplingParams::greedy()).unwrap(),
+            &mut |_| ControlFlow::Continue(()),
+        )
         .unwrap();
         assert_eq!(generated.sequences, expected, "{name}");
     }

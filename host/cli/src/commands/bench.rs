@@ -18,6 +18,50 @@ pub enum BenchCommand {
     Wan(WanArgs),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
+    /// A language model at a preset's published size with random weights: prefill, greedy
+    /// decoding through the KV cache, and the text-encoder call (every hidden state).
+    Llm(LlmArgs),
+}
+
+/// Language models whose published configs `bench llm` builds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LlmPreset {
+    #[value(name = "qwen3-4b")]
+    Qwen3_4b,
+    #[value(name = "qwen3-8b")]
+    Qwen3_8b,
+    #[value(name = "gemma3-4b")]
+    Gemma3_4b,
+    #[value(name = "gemma3-12b")]
+    Gemma3_12b,
+}
+
+impl LlmPreset {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench reports it
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qwen3_4b => "qwen3-4b",
+            Self::Qwen3_8b => "qwen3-8b",
+            Self::Gemma3_4b => "gemma3-4b",
+            Self::Gemma3_12b => "gemma3-12b",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LlmArgs {
+    #[arg(long, value_enum, default_value = "qwen3-4b")]
+    pub preset: LlmPreset,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub prompt_tokens: usize,
+    /// Decoding steps after the prefill (at least 2: the step time is their median).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..).map(|v| v as usize))]
+    pub new_tokens: usize,
+    /// Prompt length of the text-encoder call.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    pub encode_tokens: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -170,6 +214,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Wan(args) => gpu::wan(&args),
             BenchCommand::Kernels(args) => gpu::kernels(&args),
+            BenchCommand::Llm(args) => gpu::llm(&args),
         }
     }
     #[cfg(not(feature = "cuda"))]
@@ -186,6 +231,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    mod llm;
     mod pipeline;
 
     use super::configs::{self, transformer_config};
@@ -501,6 +547,11 @@ mod gpu {
         compile: Vec<videosdgx_kernels::CompileReport>,
         compile_cached: Vec<videosdgx_kernels::CompileReport>,
         timings: Vec<KernelTiming>,
+    }
+
+    pub fn llm(args: &LlmArgs) -> anyhow::Result<()> {
+        let (dev, ctx) = cuda()?;
+        llm::bench(args, &dev, &ctx)
     }
 
     pub fn kernels(args: &KernelArgs) -> anyhow::Result<()> {

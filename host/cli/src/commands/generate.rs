@@ -185,10 +185,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .transpose()?,
     };
     let device = parse_device(&args.device)?;
-    let dtype = match args.dtype {
-        DTypeArg::F32 => DType::F32,
-        DTypeArg::Bf16 => DType::BF16,
-    };
+    let dtype: DType = args.dtype.into();
     let started = Instant::now();
     let mut stages = StageClock::new(Stage::LoadingModel);
     eprintln!("loading {}", args.model.display());

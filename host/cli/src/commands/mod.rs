@@ -12,6 +12,7 @@ mod plugins;
 mod project;
 mod render;
 mod serve;
+mod text;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -59,6 +60,8 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Generate a video with a Wan pipeline directory.
     Generate(Box<generate::GenerateArgs>),
+    /// Continue token ids with a language model (transformers' `generate`), ids in and out.
+    GenerateText(Box<text::GenerateTextArgs>),
     /// Turn a screenplay into a finished video: plan, expand, generate each shot, stitch.
     Render(Box<render::RenderArgs>),
 }
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
         Command::Render(args) => render::run(open(data)?, *args),
+        Command::GenerateText(args) => text::generate_text(&args),
     }
 }
 

@@ -64,6 +64,15 @@ pub enum DTypeArg {
     Bf16,
 }
 
+impl From<DTypeArg> for DType {
+    fn from(dtype: DTypeArg) -> DType {
+        match dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Decode,
@@ -91,10 +100,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let dtype = match args.dtype {
-        DTypeArg::F32 => DType::F32,
-        DTypeArg::Bf16 => DType::BF16,
-    };
+    let dtype = args.dtype.into();
     let (class, class_name) = component_class(&args.model)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("cannot read inputs {}", args.inputs.display()))?;

@@ -119,15 +119,19 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self::from_weight(vb.get(dim, "weight")?, eps))
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps: eps as f32,
+        })
     }
 
-    /// A norm whose scale was derived at load (Gemma folds its `1 + weight` in).
-    pub(crate) fn from_weight(weight: Tensor, eps: f64) -> Self {
-        Self {
-            weight,
+    /// Gemma's RMS norm, scaled by `1 + weight` in f32 (the reference rounds once, after the
+    /// scale); the sum is taken once at load and kept in f32.
+    pub(crate) fn gemma(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: (vb.get(dim, "weight")?.to_dtype(DType::F32)? + 1.0)?,
             eps: eps as f32,
-        }
+        })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -160,29 +164,6 @@ impl RmsNorm {
         head_dim: usize,
     ) -> Result<Option<Tensor>> {
         crate::fused::rms_norm_rope(x, &self.weight, f64::from(self.eps), grid, head_dim)
-    }
-}
-
-/// Gemma's RMS norm (`Gemma3RMSNorm`): checkpoints store `weight` as an offset from 1, and the
-/// scale `1 + weight` multiplies in f32 before the cast back (`(x * w).to(dtype)`, unlike Llama's
-/// `x.to(dtype) * w`), so the scale is kept in f32 whatever the weights' dtype.
-#[derive(Debug, Clone)]
-pub(crate) struct GemmaRmsNorm {
-    scale: Tensor,
-    eps: f32,
-}
-
-impl GemmaRmsNorm {
-    pub(crate) fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            scale: (vb.get(dim, "weight")?.to_dtype(DType::F32)? + 1.0)?,
-            eps: eps as f32,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::rms_norm(&x32, &self.scale, self.eps)?.to_dtype(x.dtype())
     }
 }
 

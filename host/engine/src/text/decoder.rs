@@ -8,7 +8,7 @@
 use super::cache::DecoderCache;
 use super::mask::AttentionLayout;
 use crate::models::{Activation, RmsNorm, linear};
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 /// Where the norms sit around each sub-layer.
@@ -19,6 +19,15 @@ pub enum NormPlacement {
     /// Gemma 2/3: every sub-layer is normed before and after (`post_attention_layernorm`,
     /// `pre_feedforward_layernorm`, `post_feedforward_layernorm`).
     Sandwich,
+}
+
+/// How an RMS norm's learned weight scales the normalised value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormScale {
+    /// Llama/Qwen: `x * weight`.
+    Weight,
+    /// Gemma: `x * (1 + weight)`.
+    OnePlusWeight,
 }
 
 /// Rotary position embedding of one attention kind, as transformers' `rope_parameters` give it.
@@ -52,8 +61,7 @@ pub struct DecoderConfig {
     /// Softmax scale of the attention scores.
     pub attention_scale: f64,
     pub final_logit_softcapping: Option<f64>,
-    /// Gemma's norms scale by `1 + weight`; Qwen's by `weight`.
-    pub norm_weight_offset: f64,
+    pub norm_scale: NormScale,
     pub norm_placement: NormPlacement,
     /// Gemma multiplies the embeddings by `sqrt(hidden_size)`, rounded to the weights' dtype.
     pub embedding_scale: Option<f64>,
@@ -95,15 +103,11 @@ impl DecoderConfig {
     }
 }
 
-/// RMS norm in f32, scaled by `weight + offset` (Gemma's `1 + weight` is folded in at load).
 fn rms_norm(dim: usize, cfg: &DecoderConfig, vb: VarBuilder) -> Result<RmsNorm> {
-    let weight = vb.get(dim, "weight")?;
-    let weight = if cfg.norm_weight_offset == 0.0 {
-        weight
-    } else {
-        (weight.to_dtype(DType::F32)? + cfg.norm_weight_offset)?.to_dtype(weight.dtype())?
-    };
-    Ok(RmsNorm::from_weight(weight, cfg.rms_norm_eps))
+    match cfg.norm_scale {
+        NormScale::Weight => RmsNorm::new(dim, cfg.rms_norm_eps, vb),
+        NormScale::OnePlusWeight => RmsNorm::gemma(dim, cfg.rms_norm_eps, vb),
+    }
 }
 
 /// `cos` and `sin` of every position of a batch for one rotary embedding: `[B, T, head_dim / 2]`.
@@ -198,12 +202,13 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let project = |layer: &Linear, heads: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = layer.forward(x)?.reshape((b, t, heads, d))?;
+            let y = layer.forward(x)?;
             let y = match norm {
-                Some(norm) => norm.forward(&y)?,
+                // Normed per head: rows of head_dim, the rank-3 layout the fused kernel takes.
+                Some(norm) => norm.forward(&y.reshape((b, t * heads, d))?)?,
                 None => y,
             };
-            y.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
         };
         let (cos, sin) = cos_sin;
         let q = candle_nn::rotary_emb::rope(
@@ -560,18 +565,5 @@ impl Decoder {
     /// A cache for `batch` sequences of up to `capacity` tokens, allocated on first use.
     pub fn new_cache(&self, capacity: usize) -> DecoderCache {
         DecoderCache::new(self.layers.len(), capacity)
-    }
-
-    /// Checks a model's last hidden width against the embeddings (used when splicing image
-    /// features into a prompt).
-    pub fn hidden_size(&self) -> usize {
-        self.cfg.hidden_size
-    }
-
-    /// The head's last dimension, `vocab_size`.
-    pub fn vocab_size(&self) -> usize {
-        self.embed_tokens
-            .dim(D::Minus2)
-            .unwrap_or(self.cfg.vocab_size)
     }
 }

@@ -6,8 +6,9 @@
 //! `attn_logit_softcapping` is read by the reference but never applied, so it is not here. LTX-2
 //! encodes its prompts with every hidden state of the 12B.
 
-use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement};
+use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement, NormScale};
 use super::rope_config::{RopeEntry, RopeParameters};
+use super::siglip::SiglipVisionConfig;
 use crate::models::Activation;
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -140,7 +141,7 @@ impl Gemma3TextConfig {
             attention_bias: self.attention_bias,
             attention_scale: self.query_pre_attn_scalar.powf(-0.5),
             final_logit_softcapping: self.final_logit_softcapping,
-            norm_weight_offset: 1.0,
+            norm_scale: NormScale::OnePlusWeight,
             norm_placement: NormPlacement::Sandwich,
             embedding_scale: Some((self.hidden_size as f64).sqrt()),
             tie_word_embeddings: self.tie_word_embeddings,
@@ -160,7 +161,7 @@ pub fn gemma3_for_causal_lm(cfg: DecoderConfig, vb: VarBuilder) -> Result<Decode
 #[serde(default)]
 pub struct Gemma3Config {
     pub text_config: Gemma3TextConfig,
-    pub vision_config: serde_json::Value,
+    pub vision_config: SiglipVisionConfig,
     pub mm_tokens_per_image: usize,
     #[serde(alias = "boi_token_id")]
     pub boi_token_index: u32,
@@ -174,7 +175,7 @@ impl Default for Gemma3Config {
     fn default() -> Self {
         Self {
             text_config: Gemma3TextConfig::default(),
-            vision_config: serde_json::Value::Object(Default::default()),
+            vision_config: SiglipVisionConfig::default(),
             mm_tokens_per_image: 256,
             boi_token_index: 255_999,
             eoi_token_index: 256_000,
@@ -183,19 +184,14 @@ impl Default for Gemma3Config {
     }
 }
 
-/// The language model of a `Gemma3ForConditionalGeneration` checkpoint, in the layout the hub's
-/// files use (`language_model.model.*`) or the one transformers 5 writes
-/// (`model.language_model.*`, `lm_head`).
+/// The language model of a `Gemma3ForConditionalGeneration` checkpoint, at the prefix
+/// [`super::gemma3_vision::gemma3_prefixes`] found; the head sits beside it where untied.
 pub fn gemma3_language_model(cfg: DecoderConfig, vb: VarBuilder) -> Result<Decoder> {
-    if vb.contains_tensor("language_model.model.embed_tokens.weight") {
-        let lm = vb.pp("language_model");
-        Decoder::new(cfg, true, lm.pp("model"), lm.pp("lm_head"))
-    } else {
-        Decoder::new(
-            cfg,
-            true,
-            vb.pp("model").pp("language_model"),
-            vb.pp("lm_head"),
-        )
-    }
+    let prefix =
+        super::gemma3_vision::gemma3_prefixes(|key| vb.contains_tensor(key))?.language_model;
+    let lm_head = match prefix.strip_suffix(".model") {
+        Some(outer) => vb.pp(outer).pp("lm_head"),
+        None => vb.pp("lm_head"),
+    };
+    Decoder::new(cfg, true, vb.pp(prefix), lm_head)
 }

@@ -5,45 +5,12 @@
 //! language model splices these features in place of its image tokens; this module never runs
 //! the language model nor builds prompts.
 
-use super::siglip::{SiglipVisionConfig, SiglipVisionModel};
-use crate::models::GemmaRmsNorm;
+use super::gemma3::Gemma3Config;
+use super::siglip::SiglipVisionModel;
+use crate::models::RmsNorm;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
 use std::path::Path;
-
-/// What the vision side reads of `text_config` (`Gemma3TextConfig`, same default).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(default)]
-pub struct Gemma3TextDims {
-    pub hidden_size: usize,
-}
-
-impl Default for Gemma3TextDims {
-    fn default() -> Self {
-        Self { hidden_size: 2304 }
-    }
-}
-
-/// The fields of a Gemma 3 `config.json` (`Gemma3Config`) its vision side reads; names and
-/// defaults as the reference's, so the whole `config.json` deserialises into it.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(default)]
-pub struct Gemma3VisionConfig {
-    pub vision_config: SiglipVisionConfig,
-    pub text_config: Gemma3TextDims,
-    pub mm_tokens_per_image: usize,
-}
-
-impl Default for Gemma3VisionConfig {
-    fn default() -> Self {
-        Self {
-            vision_config: SiglipVisionConfig::default(),
-            text_config: Gemma3TextDims::default(),
-            mm_tokens_per_image: 256,
-        }
-    }
-}
 
 /// Where each part of a Gemma 3 checkpoint keeps its keys, for `VarBuilder::pp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,13 +78,13 @@ pub fn gemma3_prefixes(has_key: impl Fn(&str) -> bool) -> Result<Gemma3Prefixes>
 
 pub struct Gemma3MultiModalProjector {
     mm_input_projection_weight: Tensor,
-    mm_soft_emb_norm: GemmaRmsNorm,
+    mm_soft_emb_norm: RmsNorm,
     patches_per_image: usize,
     kernel_size: usize,
 }
 
 impl Gemma3MultiModalProjector {
-    pub fn new(cfg: &Gemma3VisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Gemma3Config, vb: VarBuilder) -> Result<Self> {
         let vision = &cfg.vision_config;
         let tokens = cfg.mm_tokens_per_image;
         let patches_per_image = vision.image_size / vision.patch_size.max(1);
@@ -139,7 +106,7 @@ impl Gemma3MultiModalProjector {
                 (vision.hidden_size, cfg.text_config.hidden_size),
                 "mm_input_projection_weight",
             )?,
-            mm_soft_emb_norm: GemmaRmsNorm::new(
+            mm_soft_emb_norm: RmsNorm::gemma(
                 vision.hidden_size,
                 vision.layer_norm_eps,
                 vb.pp("mm_soft_emb_norm"),
@@ -172,7 +139,7 @@ pub struct Gemma3Vision {
 
 impl Gemma3Vision {
     /// `vb` sits at the checkpoint's root; the key layout is found by [`gemma3_prefixes`].
-    pub fn new(cfg: &Gemma3VisionConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Gemma3Config, vb: VarBuilder) -> Result<Self> {
         let prefixes = gemma3_prefixes(|key| vb.contains_tensor(key))?;
         Ok(Self {
             vision_tower: SiglipVisionModel::new(&cfg.vision_config, vb.pp(prefixes.vision_tower))?,
@@ -186,7 +153,7 @@ impl Gemma3Vision {
     /// Reads `dir/config.json` and the memory-mapped weights of a Gemma 3 checkpoint folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let cfg: Gemma3VisionConfig = crate::loader::read_config(&dir.join("config.json"))?;
+        let cfg: Gemma3Config = crate::loader::read_config(&dir.join("config.json"))?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&cfg, vb)
             .with_context(|| format!("loading Gemma 3 vision from {}", dir.display()))

@@ -6,7 +6,9 @@
 use super::decoder::{HiddenStates, Logits};
 use super::mask::AttentionLayout;
 use super::model::LanguageModel;
-use candle_core::{DType, Device, Result, Tensor};
+use super::sampling::Sampler;
+use anyhow::{Result, bail};
+use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 
 /// Chooses the next token of one sequence from its logits (`[vocab]`, f32).
@@ -15,25 +17,11 @@ pub trait NextToken {
     fn choose(&mut self, sequence: usize, logits: &[f32], history: &[u32]) -> Result<u32>;
 }
 
-/// `do_sample=False`: the highest logit, the first of equals (as `torch.argmax`).
-pub struct Greedy;
-
-impl NextToken for Greedy {
-    fn choose(&mut self, _: usize, logits: &[f32], _: &[u32]) -> Result<u32> {
-        argmax(logits)
-    }
-}
-
-pub(crate) fn argmax(logits: &[f32]) -> Result<u32> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &v) in logits.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((i, v));
-        }
-    }
-    match best {
-        Some((i, v)) if !v.is_nan() => Ok(i as u32),
-        _ => candle_core::bail!("no token can be chosen: the logits are empty or NaN"),
+/// One sampler for the whole batch (its random stream runs across the rows, as one
+/// `torch.multinomial` call over the batch draws them).
+impl NextToken for Sampler {
+    fn choose(&mut self, _: usize, logits: &[f32], history: &[u32]) -> Result<u32> {
+        self.next_token(logits, history)
     }
 }
 
@@ -105,11 +93,11 @@ pub fn generate(
     let batch = prompts.input_ids.len();
     let prompt_len = prompts.input_ids.first().map_or(0, Vec::len);
     if batch == 0 || prompt_len == 0 || prompts.input_ids.iter().any(|r| r.len() != prompt_len) {
-        candle_core::bail!("prompts must be non-empty and padded to one length");
+        bail!("prompts must be non-empty and padded to one length");
     }
     let mut layout = AttentionLayout::for_generation(&prompts.attention_mask)?;
     if layout.batch() != batch || layout.len() != prompt_len {
-        candle_core::bail!("the attention mask does not match the prompts' shape");
+        bail!("the attention mask does not match the prompts' shape");
     }
     if let Some(types) = &prompts.token_type_ids {
         layout = layout.with_image_blocks(types)?;
@@ -169,7 +157,7 @@ pub fn generate(
     })
 }
 
-fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
     let (b, t) = (rows.len(), rows[0].len());
     Tensor::from_vec(rows.concat(), (b, t), device)
 }

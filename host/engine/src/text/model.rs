@@ -4,6 +4,7 @@
 
 use super::decoder::{Decoder, DecoderOutput, HiddenStates, Logits};
 use super::gemma3::{self, Gemma3Config, Gemma3TextConfig};
+use super::gemma3_vision::Gemma3Vision;
 use super::mask::AttentionLayout;
 use super::qwen3::{self, Qwen3Config};
 use crate::loader::{LoadError, read_config};
@@ -110,29 +111,33 @@ pub struct ModelInput<'a> {
 pub struct LanguageModel {
     architecture: Architecture,
     decoder: Decoder,
+    /// Gemma 3's vision tower and projector, and the token its soft image tokens replace.
+    vision: Option<(Gemma3Vision, u32)>,
 }
 
 impl LanguageModel {
     /// Builds the model from its config over `vb` (the checkpoint's root).
     pub fn new(config: &LanguageModelConfig, vb: VarBuilder) -> anyhow::Result<Self> {
         let architecture = config.architecture();
-        let decoder = match config {
-            LanguageModelConfig::Qwen3(cfg) => {
-                qwen3::qwen3_for_causal_lm(cfg.decoder_config().map_err(anyhow::Error::msg)?, vb)?
-            }
-            LanguageModelConfig::Gemma3Text(cfg) => {
-                gemma3::gemma3_for_causal_lm(cfg.decoder_config().map_err(anyhow::Error::msg)?, vb)?
-            }
-            LanguageModelConfig::Gemma3(cfg) => gemma3::gemma3_language_model(
-                cfg.text_config
-                    .decoder_config()
-                    .map_err(anyhow::Error::msg)?,
-                vb,
-            )?,
+        let text = |cfg: std::result::Result<_, String>| cfg.map_err(anyhow::Error::msg);
+        let (decoder, vision) = match config {
+            LanguageModelConfig::Qwen3(cfg) => (
+                qwen3::qwen3_for_causal_lm(text(cfg.decoder_config())?, vb)?,
+                None,
+            ),
+            LanguageModelConfig::Gemma3Text(cfg) => (
+                gemma3::gemma3_for_causal_lm(text(cfg.decoder_config())?, vb)?,
+                None,
+            ),
+            LanguageModelConfig::Gemma3(cfg) => (
+                gemma3::gemma3_language_model(text(cfg.text_config.decoder_config())?, vb.clone())?,
+                Some((Gemma3Vision::new(cfg, vb)?, cfg.image_token_index)),
+            ),
         };
         Ok(Self {
             architecture,
             decoder,
+            vision,
         })
     }
 
@@ -159,12 +164,72 @@ impl LanguageModel {
         &self.decoder
     }
 
-    /// The prompt's embeddings, with image features spliced in where the model sees images.
+    /// Whether the model sees images (and which token stands for one soft image token).
+    pub fn image_token_id(&self) -> Option<u32> {
+        self.vision.as_ref().map(|(_, id)| *id)
+    }
+
+    /// The prompt's embeddings, with the image features of `pixel_values` (`[images, 3, H, W]`)
+    /// in place of the image tokens, in order, as `inputs_embeds.masked_scatter` places them.
     pub fn embed(&self, input_ids: &Tensor, pixel_values: Option<&Tensor>) -> Result<Tensor> {
-        if pixel_values.is_some() {
-            candle_core::bail!("{} does not take images", self.architecture.name());
+        let Some((vision, image_token)) = &self.vision else {
+            if pixel_values.is_some() {
+                candle_core::bail!("{} does not take images", self.architecture.name());
+            }
+            return self.decoder.embed(input_ids);
+        };
+        let ids = token_rows(input_ids, "input_ids")?.concat();
+        let (b, t) = input_ids.dims2()?;
+        let is_image: Vec<bool> = ids.iter().map(|id| id == image_token).collect();
+        // The image token may lie past the embedding table; its rows are replaced anyway.
+        let text_ids: Vec<u32> = ids
+            .iter()
+            .zip(&is_image)
+            .map(|(&id, &image)| if image { 0 } else { id })
+            .collect();
+        let device = self.decoder.device();
+        let embeds = self
+            .decoder
+            .embed(&Tensor::from_vec(text_ids, (b, t), device)?)?;
+        let image_tokens = is_image.iter().filter(|&&image| image).count();
+        let Some(pixel_values) = pixel_values else {
+            if image_tokens > 0 {
+                candle_core::bail!(
+                    "input_ids hold {image_tokens} image tokens but no pixel_values were given"
+                );
+            }
+            return Ok(embeds);
+        };
+        let features = vision.image_features(pixel_values)?;
+        let (images, per_image, hidden) = features.dims3()?;
+        if images * per_image != image_tokens {
+            candle_core::bail!(
+                "image features and image tokens do not match: {image_tokens} image tokens for \
+                 {images} images of {per_image} tokens each"
+            );
         }
-        self.decoder.embed(input_ids)
+        // Text rows, then image rows; every position picks its row from the stack.
+        let rows = Tensor::cat(
+            &[
+                embeds.reshape((b * t, hidden))?,
+                features
+                    .reshape((images * per_image, hidden))?
+                    .to_dtype(embeds.dtype())?,
+            ],
+            0,
+        )?;
+        let mut next_feature = b * t;
+        let order: Vec<u32> = is_image
+            .iter()
+            .enumerate()
+            .map(|(position, &image)| {
+                let row = if image { next_feature } else { position };
+                next_feature += usize::from(image);
+                row as u32
+            })
+            .collect();
+        rows.index_select(&Tensor::from_vec(order, b * t, device)?, 0)?
+            .reshape((b, t, hidden))
     }
 
     /// One forward over a whole batch, as `model(input_ids, attention_mask, ...)` in transformers.
@@ -174,9 +239,9 @@ impl LanguageModel {
         hidden: &HiddenStates,
         logits: Logits,
     ) -> Result<DecoderOutput> {
-        let ids = rows(input.input_ids, "input_ids")?;
+        let ids = token_rows(input.input_ids, "input_ids")?;
         let mask = match input.attention_mask {
-            Some(mask) => rows(mask, "attention_mask")?,
+            Some(mask) => token_rows(mask, "attention_mask")?,
             None => ids.iter().map(|row| vec![1; row.len()]).collect(),
         };
         let mut layout = AttentionLayout::for_forward(&mask)?;
@@ -188,7 +253,7 @@ impl LanguageModel {
             );
         }
         if let Some(types) = input.token_type_ids {
-            layout = layout.with_image_blocks(&rows(types, "token_type_ids")?)?;
+            layout = layout.with_image_blocks(&token_rows(types, "token_type_ids")?)?;
         }
         let embeds = self.embed(input.input_ids, input.pixel_values)?;
         self.decoder.forward(&embeds, &layout, None, hidden, logits)
@@ -214,7 +279,7 @@ impl LanguageModel {
 }
 
 /// A `[B, T]` integer tensor as rows of u32, refusing other ranks and negative ids by name.
-pub(crate) fn rows(t: &Tensor, name: &str) -> Result<Vec<Vec<u32>>> {
+pub fn token_rows(t: &Tensor, name: &str) -> Result<Vec<Vec<u32>>> {
     if t.rank() != 2 {
         candle_core::bail!("{name} must be [batch, tokens], got {:?}", t.dims());
     }

@@ -3,7 +3,7 @@
 //! windows on the layers `layer_types` (or `use_sliding_window` + `max_window_layers`) names.
 //! FLUX.2 [klein] encodes its prompts with this model's hidden states.
 
-use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement};
+use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement, NormScale};
 use super::rope_config::{RopeEntry, RopeParameters};
 use crate::models::Activation;
 use candle_core::Result;
@@ -116,7 +116,7 @@ impl Qwen3Config {
             attention_bias: self.attention_bias,
             attention_scale: (self.head_dim as f64).powf(-0.5),
             final_logit_softcapping: None,
-            norm_weight_offset: 0.0,
+            norm_scale: NormScale::Weight,
             norm_placement: NormPlacement::Pre,
             embedding_scale: None,
             tie_word_embeddings: self.tie_word_embeddings,

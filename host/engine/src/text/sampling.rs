@@ -25,6 +25,18 @@ pub struct SamplingParams {
 }
 
 impl SamplingParams {
+    /// `do_sample=False` with no repetition penalty: the highest logit each step.
+    pub fn greedy() -> SamplingParams {
+        SamplingParams {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         ensure!(
             self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0,

@@ -3,9 +3,13 @@
 //! them. Only data: building and timing the models is the `gpu` module's.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use them
 
-use super::{Preset, WanShape};
+use super::{LlmPreset, Preset, WanShape};
 use videosdgx_engine::models::umt5::UMT5Config;
 use videosdgx_engine::models::wan_transformer::WanTransformerConfig;
+use videosdgx_engine::text::gemma3::Gemma3TextConfig;
+use videosdgx_engine::text::model::LanguageModelConfig;
+use videosdgx_engine::text::qwen3::Qwen3Config;
+use videosdgx_engine::text::rope_config::RopeEntry;
 use videosdgx_engine::vae::WanVaeConfig;
 
 /// The preset's published transformer config.
@@ -137,5 +141,53 @@ mod tests {
                 (21, 480 / shape.vae_stride, 832 / shape.vae_stride)
             );
         }
+    }
+}
+
+/// The published language model configs (`config.json` of Qwen/Qwen3-4B and -8B, and the
+/// `text_config` of google/gemma-3-4b-it and -12b-it).
+pub fn llm_config(preset: LlmPreset) -> LanguageModelConfig {
+    let qwen3 = |hidden_size, intermediate_size, tie_word_embeddings| {
+        LanguageModelConfig::Qwen3(Qwen3Config {
+            vocab_size: 151_936,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: 36,
+            num_attention_heads: 32,
+            num_key_value_heads: Some(8),
+            head_dim: 128,
+            rope_theta: Some(1_000_000.0),
+            tie_word_embeddings,
+            ..Qwen3Config::default()
+        })
+    };
+    let gemma3 = |hidden_size,
+                  intermediate_size,
+                  num_hidden_layers,
+                  num_attention_heads,
+                  num_key_value_heads| {
+        LanguageModelConfig::Gemma3Text(Gemma3TextConfig {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim: 256,
+            sliding_window: Some(1024),
+            rope_theta: Some(1_000_000.0),
+            rope_local_base_freq: Some(10_000.0),
+            rope_scaling: Some(RopeEntry {
+                rope_type: Some("linear".into()),
+                rope_theta: None,
+                factor: Some(8.0),
+            }),
+            ..Gemma3TextConfig::default()
+        })
+    };
+    match preset {
+        LlmPreset::Qwen3_4b => qwen3(2560, 9728, true),
+        LlmPreset::Qwen3_8b => qwen3(4096, 12_288, false),
+        LlmPreset::Gemma3_4b => gemma3(2560, 10_240, 34, 8, 4),
+        LlmPreset::Gemma3_12b => gemma3(3840, 15_360, 48, 16, 8),
     }
 }

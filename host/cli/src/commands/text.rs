@@ -1,0 +1,115 @@
+//! `videosdgx generate-text` (token ids in, token ids out: the parity contract with
+//! transformers' `generate`) and `videosdgx chat` (a conversation with a language model folder,
+//! streamed to stdout).
+
+use super::model::{DTypeArg, parse_device};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use videosdgx_engine::text::generation::{Prompts, StopAt, generate};
+use videosdgx_engine::text::generation_config::GenerationConfig;
+use videosdgx_engine::text::model::{LanguageModel, token_rows};
+use videosdgx_engine::text::sampling::{Sampler, SamplingParams};
+
+#[derive(Args, Debug)]
+pub struct GenerateTextArgs {
+    /// Model folder in the transformers layout (config.json, safetensors, generation_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Safetensors file with `input_ids` (int64 [B, T], left-padded) and optionally
+    /// `attention_mask`.
+    #[arg(long)]
+    pub input_ids: PathBuf,
+    #[arg(long)]
+    pub max_new_tokens: usize,
+    /// Greedy decoding (`do_sample=False`); otherwise sampled with the model's defaults,
+    /// overridden by the options below.
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler (the same seed gives the same tokens on every run).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Safetensors file to write `sequences` (int64 [B, T + new]) to.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+pub fn generate_text(args: &GenerateTextArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let inputs = candle_core::safetensors::load(&args.input_ids, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", args.input_ids.display()))?;
+    let input_ids = inputs
+        .get("input_ids")
+        .with_context(|| format!("{} has no tensor `input_ids`", args.input_ids.display()))?;
+    let input_ids = token_rows(input_ids, "input_ids")?;
+    let attention_mask = match inputs.get("attention_mask") {
+        Some(mask) => token_rows(mask, "attention_mask")?,
+        None => input_ids.iter().map(|row| vec![1; row.len()]).collect(),
+    };
+    let model = LanguageModel::load(&args.model, &device, args.dtype.into())?;
+    let defaults = GenerationConfig::from_dir(&args.model)?;
+    let stop = StopAt {
+        max_new_tokens: args.max_new_tokens,
+        eos_token_ids: defaults.eos_token_ids.clone(),
+        pad_token_id: defaults
+            .pad_token_id
+            .or(defaults.eos_token_ids.first().copied())
+            .unwrap_or(0),
+    };
+    let params = if args.greedy {
+        SamplingParams::greedy()
+    } else {
+        let defaults = defaults.sampling_params(args.seed);
+        SamplingParams {
+            do_sample: true,
+            temperature: args.temperature.unwrap_or(defaults.temperature),
+            top_k: args.top_k.unwrap_or(defaults.top_k),
+            top_p: args.top_p.unwrap_or(defaults.top_p),
+            repetition_penalty: args
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            seed: args.seed,
+        }
+    };
+    let mut sampler = Sampler::new(params)?;
+    let prompts = Prompts {
+        input_ids,
+        attention_mask,
+        pixel_values: None,
+        token_type_ids: None,
+    };
+    let generated = generate(&model, &prompts, &stop, &mut sampler, &mut |_| {
+        ControlFlow::Continue(())
+    })?;
+    let (b, t) = (generated.sequences.len(), generated.sequences[0].len());
+    let flat: Vec<i64> = generated
+        .sequences
+        .concat()
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let sequences = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
+    candle_core::safetensors::save(&[("sequences", sequences)].into_iter().collect(), &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "{} new tokens per sequence ({:?}) -> {}",
+        t - generated.prompt_len,
+        generated.finish,
+        args.out.display()
+    );
+    Ok(())
+}
