@@ -9,6 +9,7 @@
 
 mod configs;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
