@@ -60,6 +60,9 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Generate a video with a Wan pipeline directory.
     Generate(Box<generate::GenerateArgs>),
+    /// Ask a language model (streams its answer; --image to show it pictures, --json-schema for
+    /// structured output).
+    Chat(Box<text::ChatArgs>),
     /// Continue token ids with a language model (transformers' `generate`), ids in and out.
     GenerateText(Box<text::GenerateTextArgs>),
     /// Turn a screenplay into a finished video: plan, expand, generate each shot, stitch.
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Render(args) => render::run(open(data)?, *args),
         Command::GenerateText(args) => text::generate_text(&args),
+        Command::Chat(args) => text::chat(&args),
     }
 }
 

@@ -8,6 +8,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use videosdgx_engine::text::chat::{ChatModel, ChatOptions};
+use videosdgx_engine::text::chat_template::{ChatMessage, ContentPart, MessageContent};
 use videosdgx_engine::text::generation::{Prompts, StopAt, generate};
 use videosdgx_engine::text::generation_config::GenerationConfig;
 use videosdgx_engine::text::model::{LanguageModel, token_rows};
@@ -111,5 +113,108 @@ pub fn generate_text(args: &GenerateTextArgs) -> Result<()> {
         generated.finish,
         args.out.display()
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// Model folder in the transformers layout, with tokenizer.json and a chat template.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// What to ask.
+    pub question: String,
+    /// A system message before the question.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// An image to show the model with the question (models that see: Gemma 3 4B and larger);
+    /// repeat for several.
+    #[arg(long)]
+    pub image: Vec<PathBuf>,
+    /// A JSON Schema file the answer must satisfy (the answer is then that JSON).
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// 0 for greedy decoding; the model's default when left out.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Ends the answer before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Print the reply as one JSON record instead of streaming its text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn chat(args: &ChatArgs) -> Result<()> {
+    use std::io::Write;
+    let device = parse_device(&args.device)?;
+    let json_schema = match &args.json_schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let images = args
+        .image
+        .iter()
+        .map(|path| {
+            Ok(image::open(path)
+                .with_context(|| format!("cannot read image {}", path.display()))?
+                .to_rgb8())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let model = ChatModel::load(&args.model, &device, args.dtype.into())?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::text("system", system));
+    }
+    let question = if images.is_empty() {
+        MessageContent::Text(args.question.clone())
+    } else {
+        let mut parts: Vec<ContentPart> = images.iter().map(|_| ContentPart::Image).collect();
+        parts.push(ContentPart::Text {
+            text: args.question.clone(),
+        });
+        MessageContent::Parts(parts)
+    };
+    messages.push(ChatMessage {
+        role: "user".into(),
+        content: question,
+        extra: Default::default(),
+    });
+    let options = ChatOptions {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        json_schema,
+        ..ChatOptions::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let streaming = !args.json;
+    let reply = model.chat(&messages, &images, &options, &mut |piece| {
+        if streaming {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&reply)?)?;
+    } else {
+        writeln!(stdout)?;
+    }
     Ok(())
 }

@@ -66,8 +66,10 @@ pub enum FinishReason {
     EndOfTurn,
     /// The token budget ran out.
     MaxTokens,
-    /// The caller stopped it between tokens (cancellation, a stop string).
+    /// The caller stopped it between tokens (cancellation).
     Stopped,
+    /// A stop string appeared (chat).
+    StopString,
 }
 
 /// The prompts followed by the generated tokens (`sequences` of transformers), and why it ended.

@@ -17,3 +17,4 @@ pub mod rope_config;
 pub mod sampling;
 pub mod siglip;
 pub mod stop;
+pub mod chat;
