@@ -2,15 +2,30 @@
 //! always gets a document that parses and validates, whatever the model would have written. The
 //! schema becomes a grammar (llguidance), and before each token the grammar masks the logits of
 //! every token that could not continue a valid document. It never samples and never runs a model:
-//! the generation loop does, keeping the contract mask → sample → accept.
+//! the generation loop does, keeping the contract mask → sample → accept:
+//!
+//! ```text
+//! let vocab = TokenVocabulary::new(&tokenizer, &eos_ids)?;      // once per tokenizer
+//! let mut constraint = JsonConstraint::new(&vocab, &schema)?;   // once per generation
+//! while !constraint.is_finished() && tokens.len() < max_tokens {
+//!     let mut logits = model.next_logits(&tokens)?;
+//!     constraint.mask_logits(&mut logits)?;
+//!     let token = sampler.sample(&logits);
+//!     constraint.accept(token)?;
+//!     tokens.push(token);
+//! }
+//! constraint.check_complete()?;                                 // Incomplete if the budget ran out
+//! ```
 //!
 //! The output is compact single-line JSON with `", "` and `": "` as separators (the `json.dumps`
 //! default, what models write on one line): no other whitespace, since a weak model given free
 //! whitespace can spend its whole token budget on it.
 //!
-//! Numbers are bounded only where the schema bounds them (`minimum`/`maximum`): `1e999` is JSON
-//! but no f64, and serde_json refuses it, so schemas whose numbers get parsed should bound them.
-//! An integer may come out as `-0`, which serde_json reads as the float -0.0.
+//! The schema means what JSON Schema says: an object without `"additionalProperties": false` lets
+//! the model add keys of its own. Numbers are bounded only where the schema bounds them
+//! (`minimum`/`maximum`): `1e999` is JSON but no f64, and serde_json refuses it, so schemas whose
+//! numbers get parsed should bound them. An integer may come out as `-0`, which serde_json reads
+//! as the float -0.0.
 //!
 //! A token budget can end before the document does. [`JsonConstraint::check_complete`] says so
 //! with [`ConstraintError::Incomplete`] rather than letting broken JSON through: the caller
