@@ -4,7 +4,9 @@
 //! pipelines use as prompt embeddings. Like the rest of the engine it never touches the studio.
 
 pub mod cache;
+pub mod chat;
 pub mod chat_template;
+pub mod constrained;
 pub mod decoder;
 pub mod gemma3;
 pub mod gemma3_vision;
@@ -17,4 +19,3 @@ pub mod rope_config;
 pub mod sampling;
 pub mod siglip;
 pub mod stop;
-pub mod chat;
