@@ -475,8 +475,26 @@ impl Gemma3ImageProcessor {
 
     /// Reads `dir/preprocessor_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        // Published checkpoints ship `preprocessor_config.json`; transformers 5 saves a processor
+        // as `processor_config.json` with the image processor's settings under `image_processor`.
         let path = dir.join("preprocessor_config.json");
-        let config: Gemma3ImageProcessorConfig = crate::loader::read_config(&path)?;
+        let (config, path) = if path.is_file() {
+            (crate::loader::read_config(&path)?, path)
+        } else {
+            #[derive(Deserialize)]
+            struct ProcessorConfig {
+                image_processor: Gemma3ImageProcessorConfig,
+            }
+            let path = dir.join("processor_config.json");
+            if !path.is_file() {
+                bail!(
+                    "{} has no preprocessor_config.json or processor_config.json",
+                    dir.display()
+                );
+            }
+            let config: ProcessorConfig = crate::loader::read_config(&path)?;
+            (config.image_processor, path)
+        };
         Self::new(config).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))
     }
 

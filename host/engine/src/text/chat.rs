@@ -93,7 +93,10 @@ impl ChatModel {
             LanguageModelConfig::Gemma3(cfg) => {
                 let token = |id: u32, what: &str| {
                     tokenizer.id_to_token(id).with_context(|| {
-                        format!("{}: the {what} token {id} is not in tokenizer.json", dir.display())
+                        format!(
+                            "{}: the {what} token {id} is not in tokenizer.json",
+                            dir.display()
+                        )
                     })
                 };
                 let boi_token = token(cfg.boi_token_index, "start-of-image")?;
@@ -132,7 +135,12 @@ impl ChatModel {
 
     /// The prompt's token ids as the template and tokenizer make them, with the images' soft
     /// tokens in place.
-    pub fn prompt_ids(&self, messages: &[ChatMessage], images: usize, options: &ChatOptions) -> Result<Vec<u32>> {
+    pub fn prompt_ids(
+        &self,
+        messages: &[ChatMessage],
+        images: usize,
+        options: &ChatOptions,
+    ) -> Result<Vec<u32>> {
         let mut prompt = self
             .template
             .render(messages, true, &options.template_variables)?;
@@ -175,7 +183,10 @@ impl ChatModel {
                 .map(|image| input.processor.preprocess(image, &device))
                 .collect::<Result<Vec<_>>>()?;
             prompts.pixel_values = Some(Tensor::cat(&pixels, 0)?);
-            let image_token = self.model.image_token_id().expect("a model that sees has one");
+            let image_token = self
+                .model
+                .image_token_id()
+                .expect("a model that sees has one");
             prompts.token_type_ids = Some(vec![
                 prompts.input_ids[0]
                     .iter()
@@ -185,7 +196,10 @@ impl ChatModel {
         }
         let eos = self.defaults.end_of_turn_ids.clone();
         if eos.is_empty() {
-            bail!("{}: no end-of-turn token in generation_config.json or config.json", self.dir.display());
+            bail!(
+                "{}: no end-of-turn token in generation_config.json or config.json",
+                self.dir.display()
+            );
         }
         let stop = StopAt {
             max_new_tokens: options
@@ -225,7 +239,11 @@ impl ChatModel {
                     return ControlFlow::Break(());
                 }
             }
-            if stream.stopped { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if stream.stopped {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })?;
         if let Some(err) = stream_error {
             return Err(err);
@@ -264,7 +282,9 @@ impl ChatModel {
         }
         params.top_k = options.top_k.unwrap_or(params.top_k);
         params.top_p = options.top_p.unwrap_or(params.top_p);
-        params.repetition_penalty = options.repetition_penalty.unwrap_or(params.repetition_penalty);
+        params.repetition_penalty = options
+            .repetition_penalty
+            .unwrap_or(params.repetition_penalty);
         params
     }
 }
