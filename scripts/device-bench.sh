@@ -28,6 +28,10 @@
 # times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings. Then
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
+# llm4, llm8, llm4g, llm12 (on request): `bench llm` for Qwen3-4B, Qwen3-8B, Gemma 3 4B and 12B (random weights
+# of the published configs: prefill of 1,000 tokens, 256 greedy decoding steps, every hidden state of 512
+# tokens); anchorllm* the same through transformers (kernels/bench/llm_reference.py), compiledllm* with
+# torch.compile over a static cache.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -65,6 +69,10 @@ run() {
   tail -n 25 "$OUT/$name.txt"
   [[ $rc -eq 0 ]] || tail -n 15 "$OUT/$name.log"
   tar czf "$PACK/results.tgz" -C "$OUT" .
+}
+
+llm_preset() {
+  case "$1" in llm4) echo qwen3-4b ;; llm8) echo qwen3-8b ;; llm4g) echo gemma3-4b ;; llm12) echo gemma3-12b ;; esac
 }
 
 for step in "${STEPS[@]}"; do
@@ -116,6 +124,11 @@ for step in "${STEPS[@]}"; do
     anchor14) run anchor14 python3 "$BUNDLE/diffusers_wan.py" wan2.1-14b ;;
     sdpa) run sdpa python3 "$BUNDLE/bench/attention_vs_sdpa.py" "$BUNDLE/cuda" ;;
     elementwise) run elementwise python3 "$BUNDLE/bench/elementwise_check.py" "$BUNDLE/cuda" ;;
+    llm4 | llm8 | llm4g | llm12) run "$step" "$BIN" bench llm --preset "$(llm_preset "$step")" --json ;;
+    anchorllm4 | anchorllm8 | anchorllm4g | anchorllm12) run "$step" python3 "$BUNDLE/bench/llm_reference.py" \
+      --preset "$(llm_preset "${step#anchor}")" ;;
+    compiledllm4 | compiledllm8 | compiledllm4g | compiledllm12) STEP_TIMEOUT=540 run "$step" python3 \
+      "$BUNDLE/bench/llm_reference.py" --preset "$(llm_preset "${step#compiled}")" --compile ;;
     probe) run probe bash -c 'python3 -c "import torch; print(torch.__version__, torch.backends.cudnn.version())";
       find / -name "libcudnn*.so*" -not -path "/proc/*" 2>/dev/null | head -20; command -v nsys ncu' ;;
     *) echo "unknown step $step" >&2 ;;

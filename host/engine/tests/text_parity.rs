@@ -251,3 +251,34 @@ fn a_missing_tensor_names_the_tensor_and_an_unknown_architecture_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn verify_checks_a_language_model_folder_against_its_config() {
+    let report = videosdgx_engine::loader::verify(&fixture("gemma3_vlm_hub_layout").join("model"))
+        .unwrap();
+    let component = &report.components[0];
+    assert!(component.is_ok(), "{component:?}");
+    assert_eq!(component.class_name, "Gemma3ForConditionalGeneration");
+
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("qwen3").join("model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    // A config that no longer matches the weights: every projection is reported by name.
+    let config = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"intermediate_size\": 100", "\"intermediate_size\": 96");
+    std::fs::write(&config, text).unwrap();
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    let problems: Vec<&str> = report.components[0]
+        .shape_mismatches
+        .iter()
+        .map(|p| p.tensor.as_str())
+        .collect();
+    assert!(
+        problems.contains(&"model.layers.0.mlp.gate_proj.weight"),
+        "{problems:?}"
+    );
+}
