@@ -251,7 +251,7 @@ fn images_for_a_model_that_cannot_see_or_of_another_count_are_refused() {
     let err = qwen
         .chat(
             &ask("What is this?"),
-            &[picture.clone()],
+            std::slice::from_ref(&picture),
             &greedy(2),
             &mut |_| ControlFlow::Continue(()),
         )

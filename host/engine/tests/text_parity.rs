@@ -254,8 +254,8 @@ fn a_missing_tensor_names_the_tensor_and_an_unknown_architecture_is_named() {
 
 #[test]
 fn verify_checks_a_language_model_folder_against_its_config() {
-    let report = videosdgx_engine::loader::verify(&fixture("gemma3_vlm_hub_layout").join("model"))
-        .unwrap();
+    let report =
+        videosdgx_engine::loader::verify(&fixture("gemma3_vlm_hub_layout").join("model")).unwrap();
     let component = &report.components[0];
     assert!(component.is_ok(), "{component:?}");
     assert_eq!(component.class_name, "Gemma3ForConditionalGeneration");

@@ -6,8 +6,8 @@
 //! `attn_logit_softcapping` is read by the reference but never applied, so it is not here. LTX-2
 //! encodes its prompts with every hidden state of the 12B.
 
+use super::config::{RopeEntry, RopeParameters, layer_types};
 use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement, NormScale};
-use super::rope_config::{RopeEntry, RopeParameters};
 use super::siglip::SiglipVisionConfig;
 use crate::models::Activation;
 use candle_core::Result;
@@ -76,28 +76,14 @@ impl Gemma3TextConfig {
         if self.use_bidirectional_attention {
             return Err("use_bidirectional_attention (embedding models) is not supported".into());
         }
-        let layer_types = match &self.layer_types {
-            Some(types) if types.len() == self.num_hidden_layers => types.clone(),
-            Some(types) => {
-                return Err(format!(
-                    "layer_types has {} entries for {} layers",
-                    types.len(),
-                    self.num_hidden_layers
-                ));
+        let pattern = self.sliding_window_pattern.max(1);
+        let layer_types = layer_types(self.layer_types.as_deref(), self.num_hidden_layers, |i| {
+            if (i + 1) % pattern != 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
             }
-            None => {
-                let pattern = self.sliding_window_pattern.max(1);
-                (0..self.num_hidden_layers)
-                    .map(|i| {
-                        if (i + 1) % pattern != 0 {
-                            "sliding_attention".into()
-                        } else {
-                            "full_attention".into()
-                        }
-                    })
-                    .collect()
-            }
-        };
+        })?;
         let layers = layer_types
             .iter()
             .map(|kind| {

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod chat;
 pub mod chat_template;
+pub mod config;
 pub mod constrained;
 pub mod decoder;
 pub mod gemma3;
@@ -15,7 +16,6 @@ pub mod generation_config;
 pub mod mask;
 pub mod model;
 pub mod qwen3;
-pub mod rope_config;
 pub mod sampling;
 pub mod siglip;
 pub mod stop;

@@ -3,8 +3,8 @@
 //! windows on the layers `layer_types` (or `use_sliding_window` + `max_window_layers`) names.
 //! FLUX.2 [klein] encodes its prompts with this model's hidden states.
 
+use super::config::{RopeEntry, RopeParameters, layer_types};
 use super::decoder::{Decoder, DecoderConfig, LayerAttention, NormPlacement, NormScale};
-use super::rope_config::{RopeEntry, RopeParameters};
 use crate::models::Activation;
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -63,25 +63,13 @@ impl Default for Qwen3Config {
 impl Qwen3Config {
     pub fn decoder_config(&self) -> std::result::Result<DecoderConfig, String> {
         let sliding_window = self.sliding_window.filter(|_| self.use_sliding_window);
-        let layer_types = match &self.layer_types {
-            Some(types) if types.len() == self.num_hidden_layers => types.clone(),
-            Some(types) => {
-                return Err(format!(
-                    "layer_types has {} entries for {} layers",
-                    types.len(),
-                    self.num_hidden_layers
-                ));
+        let layer_types = layer_types(self.layer_types.as_deref(), self.num_hidden_layers, |i| {
+            if sliding_window.is_some() && i >= self.max_window_layers {
+                "sliding_attention"
+            } else {
+                "full_attention"
             }
-            None => (0..self.num_hidden_layers)
-                .map(|i| {
-                    if sliding_window.is_some() && i >= self.max_window_layers {
-                        "sliding_attention".into()
-                    } else {
-                        "full_attention".into()
-                    }
-                })
-                .collect(),
-        };
+        })?;
         let theta = self.rope_theta.unwrap_or(10_000.0);
         let layers = layer_types
             .iter()

@@ -6,10 +6,10 @@
 use super::{LlmPreset, Preset, WanShape};
 use videosdgx_engine::models::umt5::UMT5Config;
 use videosdgx_engine::models::wan_transformer::WanTransformerConfig;
+use videosdgx_engine::text::config::RopeEntry;
 use videosdgx_engine::text::gemma3::Gemma3TextConfig;
 use videosdgx_engine::text::model::LanguageModelConfig;
 use videosdgx_engine::text::qwen3::Qwen3Config;
-use videosdgx_engine::text::rope_config::RopeEntry;
 use videosdgx_engine::vae::WanVaeConfig;
 
 /// The preset's published transformer config.
@@ -102,48 +102,6 @@ pub fn unipc_config(flow_shift: f64) -> serde_json::Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::commands::bench::token_grid;
-    use videosdgx_engine::schedulers::Scheduler;
-
-    #[test]
-    fn bench_unipc_schedules_like_the_wan_checkpoint_config() {
-        // tests/fixtures/tiny-wan-t2v ships the scheduler config of the Wan 2.1 diffusers checkpoints.
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/tiny-wan-t2v/scheduler");
-        let mut ours = Scheduler::from_config(&unipc_config(3.0), None, None).unwrap();
-        let mut wan = Scheduler::load(&fixture, None, None).unwrap();
-        ours.set_timesteps(50).unwrap();
-        wan.set_timesteps(50).unwrap();
-        assert_eq!(ours.timesteps(), wan.timesteps());
-        assert_eq!(ours.sigmas(), wan.sigmas());
-    }
-
-    #[test]
-    fn each_preset_vae_fits_its_transformer_and_token_grid() {
-        for preset in [Preset::Wan21_1_3b, Preset::Wan21_14b, Preset::Wan22_5b] {
-            let shape = preset.shape();
-            let PipelineSettings {
-                vae,
-                expand_timesteps,
-                ..
-            } = pipeline_settings(preset).unwrap();
-            assert_eq!(vae.z_dim, shape.in_channels, "{preset:?}");
-            assert_eq!(vae.spatial_scale(), shape.vae_stride, "{preset:?}");
-            assert_eq!(vae.temporal_scale(), 4, "{preset:?}");
-            assert_eq!(vae.image_channels(), 3, "{preset:?}");
-            assert_eq!(expand_timesteps, preset == Preset::Wan22_5b);
-            let (f, h, w) = token_grid(&shape, 480, 832, 81).unwrap();
-            assert_eq!(
-                (f, h * 2, w * 2),
-                (21, 480 / shape.vae_stride, 832 / shape.vae_stride)
-            );
-        }
-    }
-}
-
 /// The published language model configs (`config.json` of Qwen/Qwen3-4B and -8B, and the
 /// `text_config` of google/gemma-3-4b-it and -12b-it).
 pub fn llm_config(preset: LlmPreset) -> LanguageModelConfig {
@@ -189,5 +147,47 @@ pub fn llm_config(preset: LlmPreset) -> LanguageModelConfig {
         LlmPreset::Qwen3_8b => qwen3(4096, 12_288, false),
         LlmPreset::Gemma3_4b => gemma3(2560, 10_240, 34, 8, 4),
         LlmPreset::Gemma3_12b => gemma3(3840, 15_360, 48, 16, 8),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::bench::token_grid;
+    use videosdgx_engine::schedulers::Scheduler;
+
+    #[test]
+    fn bench_unipc_schedules_like_the_wan_checkpoint_config() {
+        // tests/fixtures/tiny-wan-t2v ships the scheduler config of the Wan 2.1 diffusers checkpoints.
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-wan-t2v/scheduler");
+        let mut ours = Scheduler::from_config(&unipc_config(3.0), None, None).unwrap();
+        let mut wan = Scheduler::load(&fixture, None, None).unwrap();
+        ours.set_timesteps(50).unwrap();
+        wan.set_timesteps(50).unwrap();
+        assert_eq!(ours.timesteps(), wan.timesteps());
+        assert_eq!(ours.sigmas(), wan.sigmas());
+    }
+
+    #[test]
+    fn each_preset_vae_fits_its_transformer_and_token_grid() {
+        for preset in [Preset::Wan21_1_3b, Preset::Wan21_14b, Preset::Wan22_5b] {
+            let shape = preset.shape();
+            let PipelineSettings {
+                vae,
+                expand_timesteps,
+                ..
+            } = pipeline_settings(preset).unwrap();
+            assert_eq!(vae.z_dim, shape.in_channels, "{preset:?}");
+            assert_eq!(vae.spatial_scale(), shape.vae_stride, "{preset:?}");
+            assert_eq!(vae.temporal_scale(), 4, "{preset:?}");
+            assert_eq!(vae.image_channels(), 3, "{preset:?}");
+            assert_eq!(expand_timesteps, preset == Preset::Wan22_5b);
+            let (f, h, w) = token_grid(&shape, 480, 832, 81).unwrap();
+            assert_eq!(
+                (f, h * 2, w * 2),
+                (21, 480 / shape.vae_stride, 832 / shape.vae_stride)
+            );
+        }
     }
 }

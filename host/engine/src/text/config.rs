@@ -1,7 +1,9 @@
-//! Rotary-embedding settings as transformers 5 standardises them (`rope_parameters`, one dict or
-//! one per layer type) and as older `config.json` files on the hub still spell them (`rope_theta`,
-//! `rope_scaling`, Gemma 3's `rope_local_base_freq`). Only the rope types whose frequencies the
-//! engine computes are accepted; any other is refused by name instead of silently mis-rotating.
+//! Config fields the language-model families spell alike: the attention kind of each layer
+//! (`layer_types`), and rotary-embedding settings as transformers 5 standardises them
+//! (`rope_parameters`, one dict or one per layer type) and as older `config.json` files on the hub
+//! still spell them (`rope_theta`, `rope_scaling`, Gemma 3's `rope_local_base_freq`). Only the
+//! rope types whose frequencies the engine computes are accepted; any other is refused by name
+//! instead of silently mis-rotating.
 
 use super::decoder::RopeParams;
 use serde::Deserialize;
@@ -55,5 +57,23 @@ impl RopeParameters {
             Self::Single(entry) => Some(entry.clone()),
             Self::PerLayerType(map) => map.get(layer_type).cloned().flatten(),
         }
+    }
+}
+
+/// `layer_types` as given (one per layer), or derived per layer index by the family's rule.
+pub fn layer_types(
+    given: Option<&[String]>,
+    num_hidden_layers: usize,
+    derive: impl Fn(usize) -> &'static str,
+) -> Result<Vec<String>, String> {
+    match given {
+        Some(types) if types.len() == num_hidden_layers => Ok(types.to_vec()),
+        Some(types) => Err(format!(
+            "layer_types has {} entries for {num_hidden_layers} layers",
+            types.len()
+        )),
+        None => Ok((0..num_hidden_layers)
+            .map(|i| derive(i).to_string())
+            .collect()),
     }
 }
