@@ -201,6 +201,8 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
+        // `[B, T, heads, D]`, rotated in that layout, then viewed as `[B, heads, T, D]`: at one
+        // token (decoding) the view is already contiguous, so nothing is copied.
         let project = |layer: &Linear, heads: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
             let y = layer.forward(x)?;
             let y = match norm {
@@ -208,20 +210,19 @@ impl Attention {
                 Some(norm) => norm.forward(&y.reshape((b, t * heads, d))?)?,
                 None => y,
             };
-            y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, t, heads, d))
         };
         let (cos, sin) = cos_sin;
-        let q = candle_nn::rotary_emb::rope(
-            &project(&self.q_proj, self.heads, &self.q_norm)?,
-            cos,
-            sin,
-        )?;
-        let k = candle_nn::rotary_emb::rope(
-            &project(&self.k_proj, self.kv_heads, &self.k_norm)?,
-            cos,
-            sin,
-        )?;
-        let v = project(&self.v_proj, self.kv_heads, &None)?;
+        let rotate = |y: Tensor| -> Result<Tensor> {
+            candle_nn::rotary_emb::rope_thd(&y, cos, sin)?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rotate(project(&self.q_proj, self.heads, &self.q_norm)?)?;
+        let k = rotate(project(&self.k_proj, self.kv_heads, &self.k_norm)?)?;
+        let v = project(&self.v_proj, self.kv_heads, &None)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
@@ -238,13 +239,17 @@ impl Attention {
         let l = k.dim(2)?;
         let groups = h / self.kv_heads;
         let q = q.reshape((b, self.kv_heads, groups * t, d))?;
-        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * self.scale)?;
-        let scores = scores
+        // Scores in the model's dtype, as the reference's eager attention keeps them; the softmax
+        // accumulates in f32 either way.
+        let scores = (q.matmul(&k.t()?)? * self.scale)?
             .reshape((b, self.kv_heads, groups, t, l))?
             .broadcast_add(&mask.unsqueeze(1)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(v.dtype())?
-            .reshape((b, self.kv_heads, groups * t, l))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((
+            b,
+            self.kv_heads,
+            groups * t,
+            l,
+        ))?;
         probs.matmul(v)?.reshape((b, h, t, d))
     }
 }
@@ -487,7 +492,7 @@ impl Decoder {
             .iter()
             .map(|(_, rope)| rope.cos_sin(&positions, self.dtype, &self.device))
             .collect::<Result<Vec<_>>>()?;
-        let full_mask = layout.additive_mask(past, t, None, &self.device)?;
+        let full_mask = layout.additive_mask(past, t, None, self.dtype, &self.device)?;
         let windows: Vec<usize> = {
             let mut w: Vec<usize> = self
                 .cfg
@@ -501,7 +506,7 @@ impl Decoder {
         };
         let window_masks = windows
             .iter()
-            .map(|&w| layout.additive_mask(past, t, Some(w), &self.device))
+            .map(|&w| layout.additive_mask(past, t, Some(w), self.dtype, &self.device))
             .collect::<Result<Vec<_>>>()?;
 
         let mut states = Vec::new();

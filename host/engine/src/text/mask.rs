@@ -1,10 +1,10 @@
 //! Which keys each query may attend to, as transformers' `masking_utils` builds it: causal,
 //! optionally within a sliding window, with padded keys masked, and with the tokens of one image
-//! attending to each other in both directions (Gemma 3). Masks are additive (0 or the f32
-//! minimum, like transformers' eager attention), so a query whose keys are all masked averages
-//! them instead of producing NaN.
+//! attending to each other in both directions (Gemma 3). Masks are additive (0 or the dtype's
+//! most negative finite value, like transformers' eager attention), so a query whose keys are all
+//! masked averages them instead of producing NaN.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// The padding, positions and image blocks of a batch of sequences, for every token so far.
 #[derive(Debug, Clone)]
@@ -133,15 +133,23 @@ impl AttentionLayout {
             .collect()
     }
 
-    /// The additive mask `[B, 1, len, start + len]` of the queries `start..start + len` over
-    /// every key so far, causal and within `sliding_window` when given.
+    /// The additive mask `[B, 1, len, start + len]` in `dtype` of the queries
+    /// `start..start + len` over every key so far, causal and within `sliding_window` when given.
     pub fn additive_mask(
         &self,
         start: usize,
         len: usize,
         sliding_window: Option<usize>,
+        dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        // `torch.finfo(dtype).min`: f32's minimum would round to -inf in bf16, and a row of -inf
+        // turns into NaN in the softmax.
+        let masked = match dtype {
+            DType::BF16 => -3.389_531_4e38,
+            DType::F16 => -65_504.0,
+            _ => f32::MIN,
+        };
         let keys = start + len;
         let mut values = Vec::with_capacity(self.batch() * len * keys);
         for b in 0..self.batch() {
@@ -154,11 +162,11 @@ impl AttentionLayout {
                     let visible = (kv <= q || same_image)
                         && sliding_window.is_none_or(|w| kv + w > q)
                         && self.real[b][kv];
-                    values.push(if visible { 0.0 } else { f32::MIN });
+                    values.push(if visible { 0.0 } else { masked });
                 }
             }
         }
-        Tensor::from_vec(values, (self.batch(), 1, len, keys), device)
+        Tensor::from_vec(values, (self.batch(), 1, len, keys), device)?.to_dtype(dtype)
     }
 }
 
@@ -168,7 +176,7 @@ mod tests {
 
     fn visible(layout: &AttentionLayout, window: Option<usize>) -> Vec<Vec<bool>> {
         let mask = layout
-            .additive_mask(0, layout.len(), window, &Device::Cpu)
+            .additive_mask(0, layout.len(), window, DType::F32, &Device::Cpu)
             .unwrap()
             .squeeze(1)
             .unwrap()
