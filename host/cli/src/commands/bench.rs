@@ -61,6 +61,10 @@ pub struct LlmArgs {
     /// Prompt length of the text-encoder call.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub encode_tokens: usize,
+    /// After timing, run the prefill and 8 decoding steps once more with the device synchronised
+    /// around each section (summed over the layers) and report where the time goes.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -22,6 +22,24 @@ pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) 
     Ok(Linear::new(weight, bias))
 }
 
+/// `x w^T + b`, plus `residual` when given, through the fused dispatch point where it covers the
+/// inputs (one cuBLASLt matmul with the bias and the residual in its epilogue, on CUDA bf16),
+/// else candle's `Linear`.
+pub(crate) fn linear_forward(
+    layer: &Linear,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    if let Some(y) = crate::fused::linear(layer, x, false, residual)? {
+        return Ok(y);
+    }
+    let y = layer.forward(x)?;
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
+    }
+}
+
 /// Applies a linear layer whose weights may be kept in another dtype than the activations
 /// (`_keep_in_fp32_modules`): the input is cast to the weights' dtype first, as PyTorch would
 /// require.

@@ -3,7 +3,7 @@
 //! `models/transformers/transformer_wan.py` line by line. Dimensions come only from the config.
 //! Attention goes through [`crate::attention`]; this file must never implement attention itself.
 
-use super::{Activation, LayerNorm, RmsNorm, apply_linear, linear};
+use super::{Activation, LayerNorm, RmsNorm, apply_linear, linear, linear_forward};
 use crate::attention::attention;
 use crate::fused::profile::section;
 use candle_core::{D, DType, Device, Module, Result, Tensor};
@@ -180,15 +180,6 @@ struct AddedKv {
     norm_added_k: RmsNorm,
 }
 
-/// A linear layer through the fused dispatch point (cuBLASLt with the bias, and the FFN's GELU,
-/// in the matmul's epilogue on CUDA bf16), else candle's `Linear`.
-fn linear_fwd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    match crate::fused::linear(layer, x, false, None)? {
-        Some(y) => Ok(y),
-        None => layer.forward(x),
-    }
-}
-
 /// `WanAttention` with `WanAttnProcessor`.
 struct WanAttention {
     to_q: Linear,
@@ -293,9 +284,9 @@ impl WanAttention {
         };
         let (q, k, v) = section(names[0], dev, || {
             Ok((
-                linear_fwd(&self.to_q, x)?,
-                linear_fwd(&self.to_k, &context)?,
-                linear_fwd(&self.to_v, &context)?,
+                linear_forward(&self.to_q, x, None)?,
+                linear_forward(&self.to_k, &context, None)?,
+                linear_forward(&self.to_v, &context, None)?,
             ))
         })?;
         let (q, k) = section(names[1], dev, || {
@@ -324,7 +315,7 @@ impl WanAttention {
             out = (out + image_out)?;
         }
         section(names[3], dev, || match residual {
-            None => linear_fwd(&self.to_out, &out),
+            None => linear_forward(&self.to_out, &out, None),
             Some(r) => match crate::fused::linear(&self.to_out, &out, false, Some(r))? {
                 Some(y) => Ok(y),
                 None => r + self.to_out.forward(&out)?,
@@ -356,7 +347,7 @@ impl FeedForward {
                 crate::fused::linear(&self.proj, x, true, None)
             })?
         {
-            return section("ffn.out", dev, || linear_fwd(&self.out, &h));
+            return section("ffn.out", dev, || linear_forward(&self.out, &h, None));
         }
         let h = section("ffn.proj", dev, || self.proj.forward(x))?;
         let h = section("ffn.act", dev, || self.act.apply(&h))?;

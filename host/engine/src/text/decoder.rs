@@ -7,8 +7,9 @@
 
 use super::cache::DecoderCache;
 use super::mask::AttentionLayout;
-use crate::models::{Activation, RmsNorm, linear};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use crate::fused::profile::section;
+use crate::models::{Activation, RmsNorm, linear, linear_forward};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 /// Where the norms sit around each sub-layer.
@@ -191,20 +192,23 @@ impl Attention {
         })
     }
 
-    /// `x`: `[B, T, hidden]`; `mask`: additive `[B, 1, T, L]` over the cached and new keys.
+    /// `x`: `[B, T, hidden]`; `mask`: additive `[B, 1, T, L]` over the cached and new keys;
+    /// `residual` is added to the output projection (in its epilogue where fused).
     fn forward(
         &self,
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
         mask: &Tensor,
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
+        let dev = x.device();
         // `[B, T, heads, D]`, rotated in that layout, then viewed as `[B, heads, T, D]`: at one
         // token (decoding) the view is already contiguous, so nothing is copied.
         let project = |layer: &Linear, heads: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-            let y = layer.forward(x)?;
+            let y = linear_forward(layer, x, None)?;
             let y = match norm {
                 // Normed per head: rows of head_dim, the rank-3 layout the fused kernel takes.
                 Some(norm) => norm.forward(&y.reshape((b, t * heads, d))?)?,
@@ -218,18 +222,23 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = rotate(project(&self.q_proj, self.heads, &self.q_norm)?)?;
-        let k = rotate(project(&self.k_proj, self.kv_heads, &self.k_norm)?)?;
-        let v = project(&self.v_proj, self.kv_heads, &None)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let (q, k, v) = section("attn.qkv+norm+rope", dev, || {
+            let q = rotate(project(&self.q_proj, self.heads, &self.q_norm)?)?;
+            let k = rotate(project(&self.k_proj, self.kv_heads, &self.k_norm)?)?;
+            let v = project(&self.v_proj, self.kv_heads, &None)?
+                .transpose(1, 2)?
+                .contiguous()?;
+            Ok((q, k, v))
+        })?;
         let (k, v) = match cache {
-            Some(cache) => cache.append(&k, &v)?,
+            Some(cache) => section("attn.cache", dev, || cache.append(&k, &v))?,
             None => (k, v),
         };
-        let out = self.attend(&q, &k, &v, mask)?;
-        self.o_proj
-            .forward(&out.transpose(1, 2)?.reshape((b, t, self.heads * d))?)
+        let out = section("attn.scores+softmax", dev, || self.attend(&q, &k, &v, mask))?;
+        section("attn.out", dev, || {
+            let out = out.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
+            linear_forward(&self.o_proj, &out, residual)
+        })
     }
 
     /// Grouped-query attention without repeating keys: the query heads that share a key/value
@@ -272,9 +281,24 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    /// `residual` is added to the down projection (in its epilogue where fused).
+    fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let dev = x.device();
+        let hidden = section("mlp.gate+up", dev, || {
+            // Gemma's tanh GELU rides in the gate projection's epilogue where fused.
+            let fused_gate = match self.act {
+                Activation::GeluTanh => crate::fused::linear(&self.gate_proj, x, true, None)?,
+                _ => None,
+            };
+            let gate = match fused_gate {
+                Some(gate) => gate,
+                None => self.act.apply(&linear_forward(&self.gate_proj, x, None)?)?,
+            };
+            gate * linear_forward(&self.up_proj, x, None)?
+        })?;
+        section("mlp.down", dev, || {
+            linear_forward(&self.down_proj, &hidden, residual)
+        })
     }
 }
 
@@ -313,21 +337,22 @@ impl DecoderLayer {
         mask: &Tensor,
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
     ) -> Result<Tensor> {
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(x)?, cos_sin, mask, cache)?;
+        let dev = x.device();
+        let norm = |norm: &RmsNorm, x: &Tensor| section("norms", dev, || norm.forward(x));
+        let h = norm(&self.input_layernorm, x)?;
         match &self.feedforward_norms {
+            // The residual adds ride in the projections' epilogues.
             None => {
-                let x = (x + attn)?;
-                let mlp = self
-                    .mlp
-                    .forward(&self.post_attention_layernorm.forward(&x)?)?;
-                x + mlp
+                let x = self.self_attn.forward(&h, cos_sin, mask, cache, Some(x))?;
+                let h = norm(&self.post_attention_layernorm, &x)?;
+                self.mlp.forward(&h, Some(&x))
             }
+            // Gemma norms each sub-layer's output before its residual add.
             Some((pre, post)) => {
-                let x = (x + self.post_attention_layernorm.forward(&attn)?)?;
-                let mlp = self.mlp.forward(&pre.forward(&x)?)?;
-                x + post.forward(&mlp)?
+                let attn = self.self_attn.forward(&h, cos_sin, mask, cache, None)?;
+                let x = (x + norm(&self.post_attention_layernorm, &attn)?)?;
+                let mlp = self.mlp.forward(&norm(pre, &x)?, None)?;
+                x + norm(post, &mlp)?
             }
         }
     }
@@ -486,13 +511,6 @@ impl Decoder {
             HiddenStates::All => true,
             HiddenStates::Layers(ids) => ids.contains(&i),
         };
-        let positions = layout.positions(past, t);
-        let cos_sin = self
-            .rotary
-            .iter()
-            .map(|(_, rope)| rope.cos_sin(&positions, self.dtype, &self.device))
-            .collect::<Result<Vec<_>>>()?;
-        let full_mask = layout.additive_mask(past, t, None, self.dtype, &self.device)?;
         let windows: Vec<usize> = {
             let mut w: Vec<usize> = self
                 .cfg
@@ -504,10 +522,21 @@ impl Decoder {
             w.dedup();
             w
         };
-        let window_masks = windows
-            .iter()
-            .map(|&w| layout.additive_mask(past, t, Some(w), self.dtype, &self.device))
-            .collect::<Result<Vec<_>>>()?;
+        let (cos_sin, full_mask, window_masks) =
+            section("rope tables+masks", &self.device, || {
+                let positions = layout.positions(past, t);
+                let cos_sin = self
+                    .rotary
+                    .iter()
+                    .map(|(_, rope)| rope.cos_sin(&positions, self.dtype, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
+                let full_mask = layout.additive_mask(past, t, None, self.dtype, &self.device)?;
+                let window_masks = windows
+                    .iter()
+                    .map(|&w| layout.additive_mask(past, t, Some(w), self.dtype, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((cos_sin, full_mask, window_masks))
+            })?;
 
         let mut states = Vec::new();
         let mut x = embeds.to_dtype(self.dtype)?;
@@ -545,11 +574,13 @@ impl Decoder {
         if keep(self.layers.len()) {
             states.push(x.clone());
         }
-        let logits = match logits {
-            Logits::Skip => None,
-            Logits::All => Some(self.head(&x)?),
-            Logits::Last => Some(self.head(&x.narrow(1, t - 1, 1)?)?),
-        };
+        let logits = section("head", &self.device, || {
+            Ok(match logits {
+                Logits::Skip => None,
+                Logits::All => Some(self.head(&x)?),
+                Logits::Last => Some(self.head(&x.narrow(1, t - 1, 1)?)?),
+            })
+        })?;
         Ok(DecoderOutput {
             logits,
             hidden_states: states,

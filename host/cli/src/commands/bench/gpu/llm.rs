@@ -36,7 +36,7 @@ struct LlmReport {
     /// Median over the decoding steps.
     decode_ms_per_token: f64,
     decode_tokens_per_s: f64,
-    /// Device-to-device copy, read plus write bytes over time.
+    /// Device-to-device memcpy, read plus write bytes over time.
     copy_gb_per_s: f64,
     /// Weight bytes one decoding step reads (every parameter; a tied head reads the embeddings).
     weight_gb_per_token: f64,
@@ -46,6 +46,45 @@ struct LlmReport {
     /// Every hidden state of one prompt (median).
     encode_ms: f64,
     peak_gib: f64,
+    /// With --profile: synchronised milliseconds per section of the prefill, and of one
+    /// decoding step (the mean of 8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prefill_profile: Vec<Section>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    decode_profile: Vec<Section>,
+}
+
+#[derive(Serialize)]
+struct Section {
+    section: &'static str,
+    ms: f64,
+}
+
+/// Synchronised time per section of one generation of `new_tokens` tokens.
+fn profile(
+    model: &LanguageModel,
+    prompt: &[u32],
+    stop: &StopAt,
+    new_tokens: usize,
+    dev: &Device,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    use videosdgx_engine::fused::profile;
+    profile::enable(true);
+    let result = run_once(
+        model,
+        prompt,
+        &StopAt {
+            max_new_tokens: new_tokens,
+            ..stop.clone()
+        },
+        dev,
+    );
+    let sections = profile::report()
+        .into_iter()
+        .map(|(name, ms, _)| (name, ms))
+        .collect();
+    profile::enable(false);
+    result.map(|_| sections)
 }
 
 pub fn bench(args: &LlmArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
@@ -101,6 +140,26 @@ pub fn bench(args: &LlmArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         Ok(())
     })?;
     let peak_gib = peak.finish();
+    let (mut prefill_profile, mut decode_profile) = (Vec::new(), Vec::new());
+    if args.profile {
+        const STEPS: usize = 8;
+        let prefill = profile(&model, &prompt, &stop, 1, dev)?;
+        let with_steps = profile(&model, &prompt, &stop, 1 + STEPS, dev)?;
+        for (section, ms) in &with_steps {
+            let before = prefill
+                .iter()
+                .find(|(s, _)| s == section)
+                .map_or(0.0, |(_, ms)| *ms);
+            prefill_profile.push(Section {
+                section,
+                ms: before,
+            });
+            decode_profile.push(Section {
+                section,
+                ms: (ms - before) / STEPS as f64,
+            });
+        }
+    }
 
     let weight_gb_per_token = params as f64 * 2.0 / 1e9;
     let roofline_tokens_per_s = copy_gb_per_s / weight_gb_per_token;
@@ -122,6 +181,8 @@ pub fn bench(args: &LlmArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         encode_tokens: args.encode_tokens,
         encode_ms,
         peak_gib,
+        prefill_profile,
+        decode_profile,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -142,6 +203,12 @@ pub fn bench(args: &LlmArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
             report.encode_ms,
             report.peak_gib
         );
+        for (prefill, decode) in report.prefill_profile.iter().zip(&report.decode_profile) {
+            println!(
+                "  {:<22} prefill {:>8.2} ms  decode step {:>6.3} ms",
+                prefill.section, prefill.ms, decode.ms
+            );
+        }
     }
     Ok(())
 }
@@ -181,12 +248,18 @@ fn run_once(
     Ok((prefill_ms, steps))
 }
 
-/// GB/s of a device-to-device copy of 1 GiB (read and write counted).
+/// GB/s of a device-to-device `cuMemcpy` of 1 GiB (read and write counted), what the reference
+/// measures with `Tensor.copy_`.
 fn copy_bandwidth(dev: &Device) -> anyhow::Result<f64> {
+    let Device::Cuda(cuda) = dev else {
+        anyhow::bail!("the copy bandwidth needs a CUDA device")
+    };
+    let stream = cuda.cuda_stream();
     let bytes = 1usize << 30;
-    let x = Tensor::randn(0f32, 1f32, bytes / 4, dev)?;
+    let src = stream.alloc_zeros::<u8>(bytes)?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes)?;
     let ms = time_ms(dev, 2, 10, || {
-        x.copy()?;
+        stream.memcpy_dtod(&src, &mut dst)?;
         Ok(())
     })?;
     Ok(2.0 * bytes as f64 / ms / 1e6)
