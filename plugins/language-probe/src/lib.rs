@@ -1,6 +1,6 @@
 //! A planner built against API 0.2.0 that asks the host's language model, for the host's
 //! tests: the script's first word picks the call, the rest is its argument, and the answer
-//! comes back as the storyboard's title. Some calls are hostile on purpose (oversized or
+//! comes back as the storyboard's title (with one placeholder shot, since a plan needs one). Some calls are hostile on purpose (oversized or
 //! malformed requests) and must end with a clear error. Never install this outside tests.
 
 wit_bindgen::generate!({
@@ -10,11 +10,14 @@ wit_bindgen::generate!({
 
 use exports::videosdgx::plugin::planning::Guest;
 use videosdgx::plugin::text::{self, ChatMessage, ChatOptions, ChatReply};
-use videosdgx::plugin::types::{PlanInput, PluginError, Storyboard, Style};
+use videosdgx::plugin::types::{
+    Camera, CameraMove, PlanInput, PluginError, Scene, Shot, ShotSize, Storyboard, Style,
+    Transition, TransitionKind,
+};
 use videosdgx::plugin::vision;
 
 /// What `chat-json` asks for.
-const SCHEMA: &str = r#"{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": false}"#;
+const SCHEMA: &str = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"], "additionalProperties": false}"#;
 
 struct Probe;
 
@@ -55,12 +58,12 @@ fn user(text: &str) -> ChatMessage {
     }
 }
 
-/// Greedy, short, optionally under a JSON Schema.
+/// Greedy, at most 60 tokens, optionally under a JSON Schema.
 fn chat(messages: Vec<ChatMessage>, json_schema: Option<&str>) -> Result<ChatReply, PluginError> {
     text::chat(
         &messages,
         &ChatOptions {
-            max_tokens: 40,
+            max_tokens: 60,
             temperature: 0.0,
             seed: 0,
             stop: Vec::new(),
@@ -78,8 +81,31 @@ fn storyboard(title: String) -> Storyboard {
             negative: String::new(),
         },
         characters: Vec::new(),
-        scenes: Vec::new(),
-        shots: Vec::new(),
+        scenes: vec![Scene {
+            index: 0,
+            heading: "INT. PROBE - DAY".into(),
+            interior: true,
+            location: "PROBE".into(),
+            time_of_day: "DAY".into(),
+        }],
+        shots: vec![Shot {
+            id: "s01-01".into(),
+            scene_index: 0,
+            action: "The answer.".into(),
+            character_ids: Vec::new(),
+            dialogue: Vec::new(),
+            camera: Camera {
+                size: ShotSize::Wide,
+                movement: CameraMove::Fixed,
+                angle: String::new(),
+            },
+            frames: 17,
+            duration_ms: 1000,
+            transition_in: Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
+        }],
         opening_title: None,
         closing_title: None,
     }

@@ -205,9 +205,13 @@ fn shown_images(app: &App, id: i64) -> Result<Vec<RgbImage>> {
         StudioError::Invalid(format!("asset {id} cannot be shown to the model: {e}"))
     };
     match asset.kind {
-        MediaKind::Image => Ok(vec![
-            image::open(&path).map_err(|e| unreadable(&e))?.to_rgb8(),
-        ]),
+        MediaKind::Image => {
+            // Stored files have no extension: the format comes from the content.
+            let reader = image::ImageReader::open(&path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| unreadable(&e))?;
+            Ok(vec![reader.decode().map_err(|e| unreadable(&e))?.to_rgb8()])
+        }
         MediaKind::Video => {
             let frames = video::probe(&path).map_err(|e| unreadable(&e))?.frames;
             evenly_spaced(frames, VIDEO_FRAMES)
