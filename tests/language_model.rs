@@ -287,7 +287,10 @@ fn plugin_text_calls_are_answered_by_the_language_model_as_gpu_jobs() {
     // A schema that is JSON but no JSON Schema fails the call clearly; the studio carries on.
     let err = failure(&s, board, "chat-wrong-schema hi");
     assert!(err.contains("the language model's job"), "{err}");
-    assert!(err.to_lowercase().contains("schema"), "{err}");
+    assert!(
+        err.contains("invalid JSON schema: type must be a string"),
+        "{err}"
+    );
     assert_eq!(answer(&s, board, "complete Again.").is_empty(), false);
 }
 
@@ -408,4 +411,49 @@ fn without_a_language_model_text_calls_fail_naming_what_to_install() {
         "{err}"
     );
     assert!(chat_jobs(&s).is_empty(), "nothing was queued");
+}
+
+#[test]
+fn cancelling_the_plugin_job_cancels_the_language_model_job_it_waits_for() {
+    let data = tempfile::tempdir().unwrap();
+    install_qwen(data.path());
+    let s = start(data.path());
+    install_probe(&s);
+    let board = storyboard(&s);
+    let plan = ask(&s, board, "complete-until-cancelled Tell a long story.");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !chat_jobs(&s).iter().any(|j| j["state"] == "running") {
+        assert!(Instant::now() < deadline, "no chat job ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        s.post(&format!("/api/jobs/{plan}/cancel"), &json!({}))
+            .status,
+        200
+    );
+    assert_eq!(finished(&s, plan)["state"], "cancelled");
+    // Nobody waits for the chat job any more: it is cancelled, not left to run or queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let chat = chat_jobs(&s);
+        if chat
+            .iter()
+            .all(|j| j["state"] != "running" && j["state"] != "queued")
+        {
+            assert!(chat.iter().any(|j| j["state"] == "cancelled"), "{chat:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chat jobs still running: {chat:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let count = chat_jobs(&s).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        chat_jobs(&s).len(),
+        count,
+        "the stopped plugin asks nothing more"
+    );
 }

@@ -133,3 +133,59 @@ fn release(resident: &mut Option<Resident>, next: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(path)
+    }
+
+    #[test]
+    fn the_resident_model_is_reused_and_released_only_for_another() {
+        let gpu = GpuModel::new();
+        let (wan, qwen) = (fixture("tiny-wan-t2v"), fixture("text/qwen3/model"));
+        let mut loads = Vec::new();
+        let mut report = |stage: &str, _: u64, _: u64| {
+            loads.push(stage.to_string());
+            ControlFlow::Continue(())
+        };
+        for _ in 0..2 {
+            gpu.with_language("qwen", &qwen, &mut report, |model, _| {
+                assert!(!model.sees_images());
+                Ok(())
+            })
+            .unwrap();
+        }
+        gpu.with_video("wan", &wan, &mut report, |_, _| Ok(()))
+            .unwrap();
+        gpu.with_language("qwen", &qwen, &mut report, |_, _| Ok(()))
+            .unwrap();
+        assert_eq!(
+            loads,
+            [
+                "loading language model",
+                "loading model",
+                "loading language model"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stop_before_loading_loads_nothing() {
+        let gpu = GpuModel::new();
+        let err = gpu
+            .with_language(
+                "qwen",
+                &fixture("text/qwen3/model"),
+                &mut |_, _, _| ControlFlow::Break(()),
+                |_, _| Ok(()),
+            )
+            .unwrap_err();
+        assert!(crate::generation::is_cancelled(&err), "{err}");
+        assert!(gpu.lock().is_none());
+    }
+}
