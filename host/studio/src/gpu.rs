@@ -23,8 +23,15 @@ pub struct GpuModel {
 }
 
 enum Resident {
-    Video { dir: PathBuf, pipeline: WanPipeline },
-    Language { dir: PathBuf, model: ChatModel },
+    // Boxed: both structs are kilobytes large, and the slot holds one at a time.
+    Video {
+        dir: PathBuf,
+        pipeline: Box<WanPipeline>,
+    },
+    Language {
+        dir: PathBuf,
+        model: Box<ChatModel>,
+    },
 }
 
 impl Resident {
@@ -68,7 +75,7 @@ impl GpuModel {
                 .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))?;
             *resident = Some(Resident::Video {
                 dir: dir.to_path_buf(),
-                pipeline,
+                pipeline: Box::new(pipeline),
             });
         }
         match resident.as_mut() {
@@ -95,7 +102,7 @@ impl GpuModel {
             })?;
             *resident = Some(Resident::Language {
                 dir: dir.to_path_buf(),
-                model,
+                model: Box::new(model),
             });
         }
         match resident.as_ref() {

@@ -25,7 +25,7 @@ pub fn routes() -> Router<Arc<App>> {
 #[utoipa::path(get, path = "/api/language-model", tag = "generation",
     responses((status = 200, body = LanguageModel), (status = 422, body = super::error::ErrorBody)))]
 pub async fn get_language_model(State(app): AppState) -> ApiResult<Json<LanguageModel>> {
-    Ok(Json(app.blocking(|a| language::configured(a)).await?))
+    Ok(Json(app.blocking(language::configured).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
