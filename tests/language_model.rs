@@ -457,3 +457,68 @@ fn cancelling_the_plugin_job_cancels_the_language_model_job_it_waits_for() {
         "the stopped plugin asks nothing more"
     );
 }
+
+#[test]
+fn vision_describe_shows_a_video_as_evenly_spaced_frames() {
+    let data = tempfile::tempdir().unwrap();
+    install_gemma(data.path());
+    // A real 5-frame clip from the tiny Wan pipeline.
+    let clip = data.path().join("clip.mp4");
+    let wan = guests::repo_root().join("tests/fixtures/tiny-wan-t2v");
+    stdout(&videosdgx(
+        data.path(),
+        &[
+            "generate",
+            "--model",
+            wan.to_str().unwrap(),
+            "--prompt",
+            "a harbour at dawn",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--frames",
+            "5",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "--seed",
+            "1",
+            "--out",
+            clip.to_str().unwrap(),
+        ],
+    ));
+    let s = start(data.path());
+    install_probe(&s);
+    let board = storyboard(&s);
+    let upload = |name: &str, bytes: &[u8]| {
+        let r = s.upload(&format!("name={name}&project_id={}", board.0), bytes);
+        assert_eq!(r.status, 201, "{}", r.json());
+        r.json()["id"].as_i64().unwrap()
+    };
+    let video = upload("clip.mp4", &std::fs::read(&clip).unwrap());
+    let frame =
+        std::fs::read(guests::repo_root().join("tests/fixtures/text/gemma3_vlm_chat/image.png"))
+            .unwrap();
+    let image = upload("image.png", &frame);
+
+    let prompt_tokens = |asset: i64| {
+        answer(&s, board, &format!("describe {asset} What happens?"));
+        let chat = chat_jobs(&s);
+        let job = chat
+            .iter()
+            .find(|j| j["params"]["messages"][0]["images"] == json!([asset]))
+            .expect("the describe call ran as a chat job");
+        assert_eq!(job["state"], "succeeded", "{job}");
+        job["result"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let (one_image, video_frames) = (prompt_tokens(image), prompt_tokens(video));
+    // Four frames are shown for the video where one image is shown for the picture: three more
+    // image blocks, each at least its 4 soft tokens between `<start_of_image>` and
+    // `<end_of_image>`.
+    assert!(
+        video_frames >= one_image + 3 * 6,
+        "{one_image} tokens for an image, {video_frames} for the video"
+    );
+}
