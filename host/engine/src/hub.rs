@@ -1,10 +1,10 @@
-//! Model management against the Hugging Face hub: pull a diffusers pipeline repository into
-//! `<models>/<repo-id>` and list what is installed.
+//! Model management against the Hugging Face hub: pull a diffusers pipeline or a transformers
+//! language model repository into `<models>/<repo-id>` and list what is installed.
 //! Downloads go through `hf-hub` into `<models>/.hub-cache` (HF cache layout, so an interrupted
 //! file resumes from its `.part` with an HTTP range request); the model directory is then
 //! assembled from hard links to the cached blobs, so nothing is stored twice. A pulled
 //! directory appears whole or not at all. This module never loads or checks tensors: that is
-//! `loader::verify`.
+//! `loader::verify`; it reads only the JSON files that say what a folder is.
 
 use anyhow::{Context, Result, bail, ensure};
 use hf_hub::api::Progress;
@@ -44,6 +44,19 @@ pub struct PullProgress<'a> {
     pub file_size: u64,
 }
 
+/// What an installed model directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A diffusers pipeline (`model_index.json`): video or image generation.
+    Pipeline,
+    /// A transformers language model whose `config.json` names an architecture of
+    /// [`crate::text::model::Architecture`].
+    Language,
+    /// Pulled, but neither of the above.
+    Other,
+}
+
 /// An installed model directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalModel {
@@ -51,6 +64,9 @@ pub struct LocalModel {
     pub name: String,
     pub path: PathBuf,
     pub size_bytes: u64,
+    pub kind: ModelKind,
+    /// For language models, the architecture `config.json` names, e.g. `Qwen3ForCausalLM`.
+    pub architecture: Option<String>,
     /// `_class_name` of `model_index.json`, e.g. `WanPipeline`.
     pub pipeline_class: Option<String>,
     /// Component folder -> class, from `model_index.json`.
@@ -339,8 +355,8 @@ fn install(models_dir: &Path, source: &PullSource, blobs: &[PathBuf]) -> Result<
     Ok(destination)
 }
 
-/// Model directories under `models_dir` (`name/` or `org/name/` holding `model_index.json`
-/// or a pull record), sorted by name.
+/// Model directories under `models_dir` (`name/` or `org/name/` holding `model_index.json`, a
+/// language model's `config.json` or a pull record), sorted by name.
 pub fn list(models_dir: &Path) -> Result<Vec<LocalModel>> {
     let mut models = Vec::new();
     if !models_dir.exists() {
@@ -373,7 +389,19 @@ fn visible_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn is_model_dir(dir: &Path) -> bool {
-    dir.join("model_index.json").is_file() || dir.join(SOURCE_FILE).is_file()
+    dir.join("model_index.json").is_file()
+        || dir.join(SOURCE_FILE).is_file()
+        || language_architecture(dir).is_some()
+}
+
+/// The first of `config.json`'s `architectures` when it is a language model the engine runs.
+/// A missing or malformed `config.json` makes a folder no language model (not an error: a
+/// pipeline's folder or a stray one may have any `config.json`).
+fn language_architecture(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let name = config.get("architectures")?.get(0)?.as_str()?;
+    crate::text::model::Architecture::from_name(name).map(|a| a.name().to_string())
 }
 
 fn describe_model(models_dir: &Path, dir: &Path) -> Result<LocalModel> {
@@ -417,10 +445,20 @@ fn describe_model(models_dir: &Path, dir: &Path) -> Result<LocalModel> {
     } else {
         None
     };
+    let architecture = language_architecture(dir);
+    let kind = if index_path.is_file() {
+        ModelKind::Pipeline
+    } else if architecture.is_some() {
+        ModelKind::Language
+    } else {
+        ModelKind::Other
+    };
     Ok(LocalModel {
         name,
         path: dir.to_path_buf(),
         size_bytes: dir_size(dir)?,
+        kind,
+        architecture,
         pipeline_class,
         components,
         source,

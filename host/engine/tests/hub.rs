@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use videosdgx_engine::hub::{Hub, PullProgress, list};
+use videosdgx_engine::hub::{Hub, ModelKind, PullProgress, list};
 
 const REPO: &str = "acme/tiny-wan";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -314,6 +315,10 @@ fn pull_downloads_a_pipeline_into_the_models_dir() {
     let model = &listed[0];
     assert_eq!(model.name, REPO);
     assert_eq!(model.pipeline_class.as_deref(), Some("WanPipeline"));
+    assert_eq!(
+        (model.kind, model.architecture.as_deref()),
+        (ModelKind::Pipeline, None)
+    );
     assert_eq!(model.components["transformer"], "WanTransformer3DModel");
     assert_eq!(model.components["text_encoder"], "UMT5EncoderModel");
     assert!(
@@ -442,4 +447,57 @@ fn unreachable_hub_names_the_endpoint() {
             .unwrap_err()
     );
     assert!(err.contains(&endpoint), "{err}");
+}
+
+#[test]
+fn hand_copied_language_models_are_listed_with_their_architecture() {
+    let models = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text");
+    for (fixture, name) in [
+        ("qwen3/model", "Qwen/Qwen3-tiny"),
+        ("gemma3_vlm_chat/model", "gemma-tiny"),
+    ] {
+        let target = models.path().join(name);
+        std::fs::create_dir_all(&target).unwrap();
+        for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+        }
+    }
+    // A config.json naming an architecture the engine does not run is no model.
+    let stray = models.path().join("bert");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(
+        stray.join("config.json"),
+        r#"{"architectures": ["BertModel"]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(models.path().join("broken")).unwrap();
+    std::fs::write(models.path().join("broken/config.json"), "{not json").unwrap();
+
+    let listed = list(models.path()).unwrap();
+    let seen: Vec<(&str, ModelKind, Option<&str>)> = listed
+        .iter()
+        .map(|m| (m.name.as_str(), m.kind, m.architecture.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "Qwen/Qwen3-tiny",
+                ModelKind::Language,
+                Some("Qwen3ForCausalLM")
+            ),
+            (
+                "gemma-tiny",
+                ModelKind::Language,
+                Some("Gemma3ForConditionalGeneration")
+            ),
+        ]
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|m| m.size_bytes > 100_000 && m.pipeline_class.is_none())
+    );
 }

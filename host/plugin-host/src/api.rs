@@ -9,6 +9,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum ApiVersion {
     V0_1,
+    V0_2,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -31,12 +32,13 @@ pub enum ApiError {
 
 impl ApiVersion {
     /// Oldest first.
-    pub const ALL: [ApiVersion; 1] = [ApiVersion::V0_1];
+    pub const ALL: [ApiVersion; 2] = [ApiVersion::V0_1, ApiVersion::V0_2];
 
     /// The exact package version whose WIT this host carries for this line.
     pub fn package_version(self) -> semver::Version {
         match self {
             ApiVersion::V0_1 => semver::Version::new(0, 1, 0),
+            ApiVersion::V0_2 => semver::Version::new(0, 2, 0),
         }
     }
 

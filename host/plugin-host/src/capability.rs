@@ -20,6 +20,9 @@ pub enum Capability {
     Generate,
     #[serde(rename = "text-generation")]
     TextGeneration,
+    /// Questions about images and videos (API 0.2.0's `vision`).
+    #[serde(rename = "vision")]
+    Vision,
     #[serde(rename = "media")]
     Media,
     #[serde(rename = "render")]
@@ -30,13 +33,14 @@ pub enum Capability {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Capability::ProjectRead,
         Capability::ProjectWrite,
         Capability::AssetsRead,
         Capability::AssetsWrite,
         Capability::Generate,
         Capability::TextGeneration,
+        Capability::Vision,
         Capability::Media,
         Capability::Render,
         Capability::Clock,
@@ -50,6 +54,7 @@ impl Capability {
             Capability::AssetsWrite => "assets:write",
             Capability::Generate => "generate",
             Capability::TextGeneration => "text-generation",
+            Capability::Vision => "vision",
             Capability::Media => "media",
             Capability::Render => "render",
             Capability::Clock => "clock",
@@ -67,6 +72,9 @@ impl Capability {
             Capability::AssetsWrite => "add files to the asset library",
             Capability::Generate => "queue image and video generation jobs on the GPU",
             Capability::TextGeneration => "ask the local language model for text",
+            Capability::Vision => {
+                "ask the local language model about the images and videos it may read"
+            }
             Capability::Media => "probe video assets and extract frames",
             Capability::Render => "render edit lists into new video assets",
             Capability::Clock => "read the current time",

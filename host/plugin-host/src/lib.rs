@@ -26,5 +26,7 @@ pub use runtime::{CallContext, Plugin, PluginRuntime};
 pub use services::{AuditEntry, HostServices, LogLevel};
 
 pub use types::PluginError;
+/// The records of `text.chat`, newest WIT version.
+pub use wit::latest::text::{ChatMessage, ChatOptions, ChatReply, FinishReason};
 /// The plugin API's data types (storyboard, shot, timeline...), newest WIT version.
 pub use wit::latest::types;

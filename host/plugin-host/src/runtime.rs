@@ -383,17 +383,7 @@ fn check_component(
                 )));
             }
             if !matches!(item.ty, ComponentItem::ComponentInstance(_))
-                || ![
-                    "types",
-                    "log",
-                    "progress",
-                    "project",
-                    "assets",
-                    "generation",
-                    "text",
-                    "media",
-                ]
-                .contains(&interface)
+                || !crate::wit::imports(manifest.api()).contains(&interface)
             {
                 return Err(LoadError::UnsupportedImport(format!(
                     "`{name}` is not part of API {version}"

@@ -6,6 +6,7 @@
 use crate::PluginError;
 use crate::capability::Capability;
 use crate::types::{AssetInfo, ClipInfo, GenerationRequest, Timeline};
+use crate::{ChatMessage, ChatOptions, ChatReply};
 use async_trait::async_trait;
 
 /// Severity of a plugin's log line.
@@ -65,6 +66,14 @@ pub trait HostServices: Send + Sync {
         start_frame: Option<String>,
     ) -> Result<AssetInfo, PluginError>;
     async fn complete_text(&self, prompt: &str, max_tokens: u32) -> Result<String, PluginError>;
+    /// `options.json_schema`, when present, is JSON (the plugin host checked).
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        options: ChatOptions,
+    ) -> Result<ChatReply, PluginError>;
+    /// Answers `question` about an image or video asset.
+    async fn describe(&self, asset_id: &str, question: &str) -> Result<String, PluginError>;
 
     async fn probe(&self, asset_id: &str) -> Result<ClipInfo, PluginError>;
     async fn extract_frame(&self, asset_id: &str, index: u32) -> Result<AssetInfo, PluginError>;

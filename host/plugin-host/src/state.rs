@@ -7,7 +7,9 @@ use crate::PluginError;
 use crate::capability::{Capability, Grants};
 use crate::limits::{CallClock, Limits, MemoryLimiter};
 use crate::services::{AuditEntry, HostServices, LogLevel};
-use crate::wit::latest::{assets, generation, log, media, progress, project, text, types};
+use crate::wit::latest::{assets, generation, log, media, progress, project, text, types, vision};
+use crate::wit::v0_1_0;
+use crate::{ChatMessage, ChatOptions, ChatReply};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
@@ -20,6 +22,13 @@ const MAX_ID_BYTES: usize = 256;
 const STDERR_BYTES: usize = 4096;
 /// Most search results one call may return.
 const MAX_SEARCH_RESULTS: u32 = 1000;
+/// Bounds of one `text.chat` request beyond the transfer cap: turns, images shown (each costs
+/// the model hundreds of tokens), stop strings and their length, and the JSON Schema's size.
+const MAX_CHAT_MESSAGES: usize = 256;
+const MAX_CHAT_IMAGES: usize = 16;
+const MAX_STOP_STRINGS: usize = 16;
+const MAX_STOP_BYTES: usize = 256;
+const MAX_SCHEMA_BYTES: usize = 64 << 10;
 
 pub(crate) struct PluginState {
     plugin_id: String,
@@ -435,7 +444,8 @@ impl generation::Host for PluginState {
     }
 }
 
-impl text::Host for PluginState {
+impl PluginState {
+    /// `text.complete`, the same in every API version.
     async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
         let detail = format!("{} (max {max_tokens} tokens)", abbreviate(&prompt));
         let call = self.begin(
@@ -449,6 +459,134 @@ impl text::Host for PluginState {
         let result = async {
             let text = services.complete_text(&prompt, max_tokens).await?;
             fits("text.complete", text.len(), cap)?;
+            Ok(text)
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+impl text::Host for PluginState {
+    async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
+        PluginState::complete(self, prompt, max_tokens).await
+    }
+
+    async fn chat(
+        &mut self,
+        messages: Vec<ChatMessage>,
+        options: ChatOptions,
+    ) -> Result<ChatReply, PluginError> {
+        let last = messages.last().map_or("", |m| m.text.as_str());
+        let detail = format!(
+            "{} messages, max {} tokens{}: {}",
+            messages.len(),
+            options.max_tokens,
+            if options.json_schema.is_some() {
+                ", JSON"
+            } else {
+                ""
+            },
+            abbreviate(last)
+        );
+        let call = self.begin(
+            "text.chat",
+            Some(Capability::TextGeneration),
+            detail,
+            chat_bytes(&messages, &options),
+        )?;
+        let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
+        let result = async {
+            check_chat(&messages, &options)?;
+            let reply = services.chat(messages, options).await?;
+            fits("text.chat", reply.text.len(), cap)?;
+            Ok(reply)
+        }
+        .await;
+        self.finish(call, result)
+    }
+}
+
+impl v0_1_0::text::Host for PluginState {
+    async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
+        PluginState::complete(self, prompt, max_tokens).await
+    }
+}
+
+fn chat_bytes(messages: &[ChatMessage], options: &ChatOptions) -> usize {
+    let messages: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.text.len() + m.images.iter().map(String::len).sum::<usize>())
+        .sum();
+    messages
+        + options.stop.iter().map(String::len).sum::<usize>()
+        + options.json_schema.as_ref().map_or(0, String::len)
+}
+
+/// The shape of a chat request: bounded counts, printable ids, a JSON Schema that is JSON.
+fn check_chat(messages: &[ChatMessage], options: &ChatOptions) -> Result<(), PluginError> {
+    let invalid = |why: String| Err(PluginError::InvalidInput(format!("text.chat: {why}")));
+    if messages.is_empty() || messages.len() > MAX_CHAT_MESSAGES {
+        return invalid(format!(
+            "{} messages; send 1 to {MAX_CHAT_MESSAGES}",
+            messages.len()
+        ));
+    }
+    let images = messages.iter().map(|m| m.images.len()).sum::<usize>();
+    if images > MAX_CHAT_IMAGES {
+        return invalid(format!(
+            "{images} images; at most {MAX_CHAT_IMAGES} per request"
+        ));
+    }
+    for message in messages {
+        check_id("message role", &message.role)?;
+        for id in &message.images {
+            check_id("image asset id", id)?;
+        }
+    }
+    if options.stop.len() > MAX_STOP_STRINGS
+        || options
+            .stop
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+    {
+        return invalid(format!(
+            "at most {MAX_STOP_STRINGS} stop strings of 1 to {MAX_STOP_BYTES} bytes"
+        ));
+    }
+    if let Some(schema) = &options.json_schema {
+        if schema.len() > MAX_SCHEMA_BYTES {
+            return invalid(format!(
+                "the JSON Schema is {} bytes, over the {MAX_SCHEMA_BYTES} byte limit",
+                schema.len()
+            ));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(schema) {
+            return invalid(format!("the JSON Schema is not JSON: {e}"));
+        }
+    }
+    Ok(())
+}
+
+impl vision::Host for PluginState {
+    async fn describe(
+        &mut self,
+        asset_id: String,
+        question: String,
+    ) -> Result<String, PluginError> {
+        let detail = format!("{}: {}", abbreviate(&asset_id), abbreviate(&question));
+        let call = self.begin(
+            "vision.describe",
+            Some(Capability::Vision),
+            detail,
+            asset_id.len() + question.len(),
+        )?;
+        let services = self.services.clone();
+        let cap = self.limits.max_transfer_bytes;
+        let result = async {
+            check_id("asset id", &asset_id)?;
+            let text = services.describe(&asset_id, &question).await?;
+            fits("vision.describe", text.len(), cap)?;
             Ok(text)
         }
         .await;

@@ -5,6 +5,7 @@ use crate::assets::AssetLibrary;
 use crate::db::Db;
 use crate::error::{Result, StudioError};
 use crate::generation::{GenerateRunner, Generator};
+use crate::gpu::GpuModel;
 use crate::jobs::{JobQueue, JobRunner, runners};
 use crate::plugins::Plugins;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ pub struct App {
     pub db: Db,
     pub assets: AssetLibrary,
     pub jobs: JobQueue,
+    /// The GPU lane's one resident model, shared by generation and the language model.
+    pub gpu: Arc<GpuModel>,
     pub generator: Generator,
     pub plugins: Plugins,
 }
@@ -58,12 +61,14 @@ impl App {
         let db = Db::open(&dir.join("studio.db"))?;
         let assets = AssetLibrary::open(dir, &db)?;
         let plugins = Plugins::new(dir);
+        let gpu = Arc::new(GpuModel::new());
         Ok(App {
             config,
             db,
             assets,
             jobs: JobQueue::new(runners),
-            generator: Generator::new(),
+            generator: Generator::new(gpu.clone()),
+            gpu,
             plugins,
         })
     }
@@ -90,6 +95,7 @@ pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
         Arc::new(runners::Reindex),
         Arc::new(runners::ImportFolder),
         Arc::new(GenerateRunner),
+        Arc::new(crate::language::ChatRunner),
         Arc::new(crate::plugins::runners::Plan),
         Arc::new(crate::plugins::runners::Expand),
         Arc::new(crate::plugins::runners::Stitch),

@@ -1,25 +1,26 @@
 //! Generating a shot's video: the shot's model is looked up among the installed ones, the shot
 //! becomes the engine's `GenerateParams`, the Wan pipeline runs on the GPU lane, and the output
 //! is recorded as an asset, a generation record (every parameter needed to reproduce it) and a
-//! take of the shot. The last loaded pipeline stays in memory for the next shot.
+//! take of the shot. The pipeline stays resident on the GPU lane ([`crate::gpu`]) for the next
+//! shot until a job needs another model.
 
 use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
+use crate::gpu::GpuModel;
 use crate::jobs::{JobContext, JobRunner, Lane};
 use crate::shots::{self, Shot, ShotFields};
-use candle_core::{DType, Device};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use utoipa::ToSchema;
-use videosdgx_engine::hub::{self, LocalModel};
+use videosdgx_engine::hub::{self, LocalModel, ModelKind};
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage, WanPipeline,
+    Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage,
 };
 
 /// Where pulled and copied model directories live, under the data directory.
@@ -27,14 +28,22 @@ pub fn models_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("models")
 }
 
-/// The installed models (`videosdgx models pull`, or folders copied into `models/`).
+/// The installed models (`videosdgx models pull`, or folders copied into `models/`), of every
+/// kind.
 pub fn list_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
     Ok(hub::list(&models_dir(data_dir))?)
 }
 
+/// The installed models that generate video: what a shot's `model` may name.
+pub fn video_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
+    let mut models = list_models(data_dir)?;
+    models.retain(|m| m.kind != ModelKind::Language);
+    Ok(models)
+}
+
 /// The directory of installed model `name`: a shot's `model` field names one.
 fn model_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
-    let models = list_models(data_dir)?;
+    let models = video_models(data_dir)?;
     if let Some(model) = models.iter().find(|m| m.name == name) {
         return Ok(model.path.clone());
     }
@@ -71,7 +80,7 @@ pub fn resolve_model(data_dir: &Path, wanted: Option<&str>) -> Result<String> {
 
 /// The one installed model; `why` starts the error when several are.
 fn only_model(data_dir: &Path, why: &str) -> Result<String> {
-    match list_models(data_dir)?.as_slice() {
+    match video_models(data_dir)?.as_slice() {
         [only] => Ok(only.name.clone()),
         [] => Err(StudioError::Invalid(
             "no model is installed; pull one with `videosdgx models pull Wan-AI/Wan2.1-T2V-1.3B-Diffusers`"
@@ -207,28 +216,14 @@ pub struct VideoOutput {
     pub params: GenerateParams,
 }
 
-/// Runs Wan pipelines, one at a time, keeping the last one loaded.
+/// Runs Wan pipelines on the GPU lane's resident model.
 pub struct Generator {
-    device: Device,
-    dtype: DType,
-    loaded: Mutex<Option<(PathBuf, WanPipeline)>>,
+    gpu: Arc<GpuModel>,
 }
 
 impl Generator {
-    /// On the first CUDA GPU in bf16 when this build has CUDA and a GPU is present, else on the
-    /// CPU in f32.
-    pub fn new() -> Generator {
-        let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
-        let dtype = if device.is_cuda() {
-            DType::BF16
-        } else {
-            DType::F32
-        };
-        Generator {
-            device,
-            dtype,
-            loaded: Mutex::new(None),
-        }
+    pub fn new(gpu: Arc<GpuModel>) -> Generator {
+        Generator { gpu }
     }
 
     /// Generates shot `shot_id` as a new take, keeping the shot's status current.
@@ -288,47 +283,40 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
         let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if loaded.as_ref().is_none_or(|(path, _)| path != dir) {
-            *loaded = None; // free the previous model before loading the next
-            if on_progress("loading model", 0, 1).is_break() {
-                return Err(cancelled());
-            }
-            let pipeline = WanPipeline::load(dir, &self.device, self.dtype).map_err(|e| {
-                StudioError::Internal(e.context(format!("loading model `{}`", request.model)))
-            })?;
-            *loaded = Some((dir.to_path_buf(), pipeline));
-        }
-        let pipeline = &mut loaded.as_mut().expect("loaded above").1;
-        let params = GenerateParams {
-            prompt: request.prompt.clone(),
-            negative_prompt: request.negative_prompt.clone(),
-            height: request.render.height,
-            width: request.render.width,
-            frames: match request.length {
-                Length::Seconds(seconds) => pipeline.frames_for(seconds),
-                Length::Frames(frames) => frames,
-            },
-            steps: request.render.steps,
-            guidance: request.render.guidance,
-            guidance_2: None,
-            seed: request.seed.unwrap_or_else(random_seed),
-            start_image: start_image(app, &request.references, pipeline.start_image())?,
-            end_image: None,
-            flow_shift: None,
-            scheduler: None,
-        };
-        let mut report = |p: &Progress| {
-            let stage = match p.stage {
-                Stage::LoadingModel => "loading model",
-                Stage::EncodingPrompt => "encoding prompt",
-                Stage::Denoising => "denoising",
-                Stage::Decoding => "decoding",
-                Stage::Writing => "writing",
-            };
-            on_progress(stage, p.step as u64, p.total as u64)
-        };
-        let video = pipeline.generate(&params, &mut report)?;
+        let (params, video) =
+            self.gpu
+                .with_video(&request.model, dir, on_progress, |pipeline, on_progress| {
+                    let params = GenerateParams {
+                        prompt: request.prompt.clone(),
+                        negative_prompt: request.negative_prompt.clone(),
+                        height: request.render.height,
+                        width: request.render.width,
+                        frames: match request.length {
+                            Length::Seconds(seconds) => pipeline.frames_for(seconds),
+                            Length::Frames(frames) => frames,
+                        },
+                        steps: request.render.steps,
+                        guidance: request.render.guidance,
+                        guidance_2: None,
+                        seed: request.seed.unwrap_or_else(random_seed),
+                        start_image: start_image(app, &request.references, pipeline.start_image())?,
+                        end_image: None,
+                        flow_shift: None,
+                        scheduler: None,
+                    };
+                    let mut report = |p: &Progress| {
+                        let stage = match p.stage {
+                            Stage::LoadingModel => "loading model",
+                            Stage::EncodingPrompt => "encoding prompt",
+                            Stage::Denoising => "denoising",
+                            Stage::Decoding => "decoding",
+                            Stage::Writing => "writing",
+                        };
+                        on_progress(stage, p.step as u64, p.total as u64)
+                    };
+                    let video = pipeline.generate(&params, &mut report)?;
+                    Ok((params, video))
+                })?;
         if on_progress("writing", 0, 1).is_break() {
             return Err(cancelled());
         }
@@ -339,12 +327,6 @@ impl Generator {
         let metadata = json!({ "model": request.model, "generate": params });
         videosdgx_engine::video::write_mp4(&path, &frames, video.fps, &metadata)?;
         Ok((params, path))
-    }
-}
-
-impl Default for Generator {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

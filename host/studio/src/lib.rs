@@ -8,11 +8,14 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod generation;
+pub mod gpu;
 pub mod jobs;
+pub mod language;
 pub mod plugins;
 pub mod projects;
 pub mod render;
 pub mod server;
+pub mod settings;
 pub mod shots;
 pub mod web;
 

@@ -27,7 +27,7 @@ use videosdgx_plugin_host::World;
 use videosdgx_plugin_host::types::Timeline;
 
 /// Hears `(stage, step, total)` of every job of a render; `Break` cancels the running job.
-pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>;
+pub type Progress<'a> = &'a mut (dyn FnMut(&str, u64, u64) -> ControlFlow<()> + Send);
 
 /// What to render.
 #[derive(Debug, Clone)]

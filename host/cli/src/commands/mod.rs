@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
-        Command::Models(command) => models::run(command, &data),
+        Command::Models(command) => models::run(command, data),
         Command::Plugins(args) => plugins::run(args, &open(data)?),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),

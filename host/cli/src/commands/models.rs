@@ -1,18 +1,20 @@
-//! `videosdgx models`: pull diffusers pipelines from the Hugging Face hub into the data
-//! directory, list what is installed, and verify a folder's tensors against its configs.
+//! `videosdgx models`: pull diffusers pipelines and language models from the Hugging Face hub
+//! into the data directory, list what is installed, choose the studio's language model, and
+//! verify a folder's tensors against its configs.
 
 use anyhow::Result;
 use clap::Subcommand;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use videosdgx_engine::hub::{self, PullProgress};
+use std::path::PathBuf;
+use videosdgx_engine::hub::{self, ModelKind, PullProgress};
+use videosdgx_studio::language::{self, ChosenBy};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
-    /// Download a pipeline repository (resumable) into <data>/models/<repo-id>.
-    /// Honours HF_ENDPOINT and HF_TOKEN.
+    /// Download a pipeline or language model repository (resumable) into
+    /// <data>/models/<repo-id>. Honours HF_ENDPOINT and HF_TOKEN.
     Pull {
-        /// Repository id, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
+        /// Repository id, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers or Qwen/Qwen3-4B.
         repo_id: String,
         /// Branch, tag or commit (default: main).
         #[arg(long)]
@@ -20,10 +22,17 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List installed models with their sizes and component classes.
+    /// List installed models with their kinds, sizes and classes, and the language model the
+    /// studio uses.
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// Choose the installed language model that answers the studio's text requests (kept in
+    /// the studio's settings; default: the smallest installed Qwen3 or Gemma 3).
+    UseLlm {
+        /// An installed language model's name, as `models list` shows it.
+        name: String,
     },
     /// Check every tensor of a pipeline or component folder against its config
     /// (names, shapes, dtypes); exits non-zero when anything is wrong.
@@ -34,7 +43,7 @@ pub enum ModelsCommand {
     },
 }
 
-pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
+pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
     let models_dir = data.join("models");
     match command {
         ModelsCommand::Pull {
@@ -53,30 +62,64 @@ pub fn run(command: ModelsCommand, data: &Path) -> Result<()> {
             }
         }
         ModelsCommand::List { json } => {
+            let app = super::open(data)?;
             let models = hub::list(&models_dir)?;
+            // No language model installed is not an error when listing.
+            let language = language::configured(&app).ok();
             if json {
-                println!("{}", serde_json::to_string_pretty(&models)?);
+                let listing = serde_json::json!({ "models": models, "language_model": language });
+                println!("{}", serde_json::to_string_pretty(&listing)?);
             } else if models.is_empty() {
                 println!(
                     "no models in {} (try `videosdgx models pull REPO_ID`)",
                     models_dir.display()
                 );
             } else {
-                for model in models {
-                    let class = model.pipeline_class.as_deref().unwrap_or("-");
-                    let components: Vec<String> = model
-                        .components
-                        .iter()
-                        .map(|(name, class)| format!("{name}={class}"))
-                        .collect();
+                for model in &models {
+                    let (kind, class, details) = match model.kind {
+                        ModelKind::Pipeline => (
+                            "pipeline",
+                            model.pipeline_class.as_deref().unwrap_or("-"),
+                            model
+                                .components
+                                .iter()
+                                .map(|(name, class)| format!("{name}={class}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ),
+                        ModelKind::Language => (
+                            "language",
+                            model.architecture.as_deref().unwrap_or("-"),
+                            String::new(),
+                        ),
+                        ModelKind::Other => ("other", "-", String::new()),
+                    };
                     println!(
-                        "{}\t{}\t{class}\t{}",
+                        "{}\t{kind}\t{}\t{class}\t{details}",
                         model.name,
-                        human_size(model.size_bytes),
-                        components.join(" ")
+                        human_size(model.size_bytes)
                     );
                 }
+                match &language {
+                    Some(chosen) => println!(
+                        "language model: {} ({})",
+                        chosen.name,
+                        match chosen.chosen_by {
+                            ChosenBy::Setting => "chosen with `models use-llm`",
+                            ChosenBy::Default =>
+                                "the smallest installed; choose with `models use-llm`",
+                        }
+                    ),
+                    None => println!(
+                        "language model: none installed (try `videosdgx models pull {}`)",
+                        language::SUGGESTED
+                    ),
+                }
             }
+        }
+        ModelsCommand::UseLlm { name } => {
+            let chosen = language::choose(&super::open(data)?, &name)?;
+            println!("language model: {} ({})", chosen.name, chosen.architecture);
         }
         ModelsCommand::Verify { dir, json } => {
             let report = videosdgx_engine::loader::verify(&dir)?;

@@ -1,12 +1,13 @@
 //! Bindings of every WIT version this host speaks, side by side (one module per version,
 //! generated from wit/vX.Y.Z), and the dispatch from a loaded plugin to its version's module.
-//! The host's own code (services, runtime) uses only the `latest` types; each older module
-//! converts at its boundary.
+//! The host's own code (services, runtime) uses only the `latest` types; older modules share
+//! them wherever their interfaces did not change.
 
 pub mod v0_1_0;
+pub mod v0_2_0;
 
 /// The newest WIT version; its types are the host's vocabulary.
-pub use v0_1_0 as latest;
+pub use v0_2_0 as latest;
 
 use crate::api::ApiVersion;
 use crate::manifest::World;
@@ -14,20 +15,31 @@ use crate::state::PluginState;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
+/// The interfaces a component built against `api` may import.
+pub(crate) fn imports(api: ApiVersion) -> &'static [&'static str] {
+    match api {
+        ApiVersion::V0_1 => v0_1_0::IMPORTS,
+        ApiVersion::V0_2 => v0_2_0::IMPORTS,
+    }
+}
+
 /// A plugin's component, pre-linked against its version's imports.
 pub(crate) enum Bound {
     V0_1(v0_1_0::Bound),
+    V0_2(v0_2_0::Bound),
 }
 
-/// A linker with the host imports of every version, plus bare WASI.
+/// A linker per version with its host imports, plus bare WASI.
 pub(crate) struct Linkers {
     v0_1: Linker<PluginState>,
+    v0_2: Linker<PluginState>,
 }
 
 impl Linkers {
     pub fn new(engine: &Engine) -> wasmtime::Result<Linkers> {
         Ok(Linkers {
             v0_1: v0_1_0::linker(engine)?,
+            v0_2: v0_2_0::linker(engine)?,
         })
     }
 
@@ -37,11 +49,10 @@ impl Linkers {
         world: World,
         component: &Component,
     ) -> wasmtime::Result<Bound> {
-        match api {
-            ApiVersion::V0_1 => Ok(Bound::V0_1(v0_1_0::Bound::new(
-                &self.v0_1, world, component,
-            )?)),
-        }
+        Ok(match api {
+            ApiVersion::V0_1 => Bound::V0_1(v0_1_0::Bound::new(&self.v0_1, world, component)?),
+            ApiVersion::V0_2 => Bound::V0_2(v0_2_0::Bound::new(&self.v0_2, world, component)?),
+        })
     }
 }
 
@@ -53,6 +64,7 @@ impl Bound {
     ) -> wasmtime::Result<Result<latest::types::Storyboard, latest::types::PluginError>> {
         match self {
             Bound::V0_1(bound) => bound.plan(store, input).await,
+            Bound::V0_2(bound) => bound.plan(store, input).await,
         }
     }
 
@@ -65,6 +77,7 @@ impl Bound {
     ) -> wasmtime::Result<Result<latest::types::ShotPrompt, latest::types::PluginError>> {
         match self {
             Bound::V0_1(bound) => bound.expand(store, shot, storyboard, model).await,
+            Bound::V0_2(bound) => bound.expand(store, shot, storyboard, model).await,
         }
     }
 
@@ -77,6 +90,111 @@ impl Bound {
     ) -> wasmtime::Result<Result<latest::types::StitchResult, latest::types::PluginError>> {
         match self {
             Bound::V0_1(bound) => bound.stitch(store, storyboard, clips, output_name).await,
+            Bound::V0_2(bound) => bound.stitch(store, storyboard, clips, output_name).await,
         }
     }
 }
+
+/// The pre-instantiated worlds of one version's bindings (modules `planner`, `expander` and
+/// `stitcher` in the calling module) and the calls into their exports. The worlds' exports
+/// are the same in every version, with the `latest` types.
+macro_rules! bound_worlds {
+    () => {
+        pub(crate) enum Bound {
+            Planner(planner::PlannerPre<PluginState>),
+            Expander(expander::ExpanderPre<PluginState>),
+            Stitcher(stitcher::StitcherPre<PluginState>),
+        }
+
+        impl Bound {
+            pub fn new(
+                linker: &Linker<PluginState>,
+                world: crate::manifest::World,
+                component: &wasmtime::component::Component,
+            ) -> wasmtime::Result<Bound> {
+                use crate::manifest::World;
+                let pre = linker.instantiate_pre(component)?;
+                Ok(match world {
+                    World::Planner => Bound::Planner(planner::PlannerPre::new(pre)?),
+                    World::Expander => Bound::Expander(expander::ExpanderPre::new(pre)?),
+                    World::Stitcher => Bound::Stitcher(stitcher::StitcherPre::new(pre)?),
+                })
+            }
+
+            fn wrong_world(&self, wanted: crate::manifest::World) -> wasmtime::Error {
+                use crate::manifest::World;
+                let have = match self {
+                    Bound::Planner(_) => World::Planner,
+                    Bound::Expander(_) => World::Expander,
+                    Bound::Stitcher(_) => World::Stitcher,
+                };
+                wasmtime::Error::msg(format!("this plugin is a {have}, not a {wanted}"))
+            }
+
+            pub async fn plan(
+                &self,
+                store: &mut wasmtime::Store<PluginState>,
+                input: &crate::wit::latest::types::PlanInput,
+            ) -> wasmtime::Result<
+                Result<
+                    crate::wit::latest::types::Storyboard,
+                    crate::wit::latest::types::PluginError,
+                >,
+            > {
+                let Bound::Planner(pre) = self else {
+                    return Err(self.wrong_world(crate::manifest::World::Planner));
+                };
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .videosdgx_plugin_planning()
+                    .call_plan(&mut *store, input)
+                    .await
+            }
+
+            pub async fn expand(
+                &self,
+                store: &mut wasmtime::Store<PluginState>,
+                shot: &crate::wit::latest::types::Shot,
+                storyboard: &crate::wit::latest::types::Storyboard,
+                model: &crate::wit::latest::types::ModelProfile,
+            ) -> wasmtime::Result<
+                Result<
+                    crate::wit::latest::types::ShotPrompt,
+                    crate::wit::latest::types::PluginError,
+                >,
+            > {
+                let Bound::Expander(pre) = self else {
+                    return Err(self.wrong_world(crate::manifest::World::Expander));
+                };
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .videosdgx_plugin_expansion()
+                    .call_expand(&mut *store, shot, storyboard, model)
+                    .await
+            }
+
+            pub async fn stitch(
+                &self,
+                store: &mut wasmtime::Store<PluginState>,
+                storyboard: &crate::wit::latest::types::Storyboard,
+                clips: &[crate::wit::latest::types::GeneratedClip],
+                output_name: &str,
+            ) -> wasmtime::Result<
+                Result<
+                    crate::wit::latest::types::StitchResult,
+                    crate::wit::latest::types::PluginError,
+                >,
+            > {
+                let Bound::Stitcher(pre) = self else {
+                    return Err(self.wrong_world(crate::manifest::World::Stitcher));
+                };
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .videosdgx_plugin_stitching()
+                    .call_stitch(&mut *store, storyboard, clips, output_name)
+                    .await
+            }
+        }
+    };
+}
+pub(crate) use bound_worlds;

@@ -15,8 +15,8 @@ use videosdgx_plugin_host::types::{
     Style, Timeline, TimelineItem, Transition, TransitionKind,
 };
 use videosdgx_plugin_host::{
-    AuditEntry, CallContext, Grants, HostServices, Limits, LogLevel, Manifest, Plugin, PluginError,
-    PluginRuntime,
+    AuditEntry, CallContext, ChatMessage, ChatOptions, ChatReply, FinishReason, Grants,
+    HostServices, Limits, LogLevel, Manifest, Plugin, PluginError, PluginRuntime,
 };
 
 /// Host services over in-memory documents and assets. Text generation answers with a fixed
@@ -160,6 +160,25 @@ impl HostServices for MemoryServices {
         self.text_reply
             .clone()
             .ok_or_else(|| PluginError::Failed("no text model in this test host".into()))
+    }
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        options: ChatOptions,
+    ) -> Result<ChatReply, PluginError> {
+        let text = self.complete_text("", options.max_tokens).await?;
+        Ok(ChatReply {
+            generated_tokens: text.len() as u32,
+            prompt_tokens: messages.len() as u32,
+            text,
+            finish: FinishReason::EndOfTurn,
+        })
+    }
+    async fn describe(&self, asset_id: &str, _question: &str) -> Result<String, PluginError> {
+        if !self.assets.lock().unwrap().contains_key(asset_id) {
+            return Err(not_found("asset", asset_id));
+        }
+        self.complete_text("", 0).await
     }
     async fn probe(&self, asset_id: &str) -> Result<ClipInfo, PluginError> {
         let assets = self.assets.lock().unwrap();

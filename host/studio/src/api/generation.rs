@@ -11,6 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
+use videosdgx_engine::hub::ModelKind;
 
 type AppState = State<Arc<App>>;
 
@@ -23,9 +24,15 @@ pub fn routes() -> Router<Arc<App>> {
 /// A model directory under the data directory's `models/`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstalledModel {
-    /// What a shot's `model` field names, e.g. `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`.
+    /// What a shot's `model` field (pipelines) or the language model setting names, e.g.
+    /// `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`.
     pub name: String,
     pub size_bytes: u64,
+    /// `pipeline`, `language` or `other`.
+    #[schema(value_type = String)]
+    pub kind: ModelKind,
+    /// A language model's architecture, e.g. `Qwen3ForCausalLM`.
+    pub architecture: Option<String>,
     /// `_class_name` of its `model_index.json`, e.g. `WanPipeline`.
     pub pipeline_class: Option<String>,
     /// Component folder -> class.
@@ -46,6 +53,8 @@ pub async fn list_models(State(app): AppState) -> ApiResult<Json<Vec<InstalledMo
             .map(|m| InstalledModel {
                 name: m.name,
                 size_bytes: m.size_bytes,
+                kind: m.kind,
+                architecture: m.architecture,
                 pipeline_class: m.pipeline_class,
                 components: m.components,
                 repo_id: m.source.map(|s| s.repo_id),

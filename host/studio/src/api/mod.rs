@@ -6,6 +6,7 @@ pub mod assets;
 pub mod error;
 pub mod generation;
 pub mod jobs;
+pub mod language;
 pub mod plugins;
 pub mod projects;
 
@@ -60,6 +61,8 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         jobs::job_events,
         generation::list_models,
         generation::get_generation,
+        language::get_language_model,
+        language::choose_language_model,
         plugins::list_plugins,
         plugins::inspect_plugin,
         plugins::install_plugin,
@@ -81,6 +84,7 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(assets::routes())
         .merge(jobs::routes())
         .merge(generation::routes())
+        .merge(language::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Components are larger than JSON bodies: merged after the JSON limit, with their own.
         .merge(plugins::routes())

@@ -166,6 +166,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project_id, name)
     );
     "#,
+    // 4: studio-wide settings the user chose (e.g. the language model), one value per key.
+    r#"
+    CREATE TABLE settings (
+        key         TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

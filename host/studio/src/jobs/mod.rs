@@ -528,14 +528,19 @@ impl JobQueue {
 /// `progress` the job's latest progress on every report and at least every
 /// [`RELAY_EVERY`]; when `progress` says `Break` the job is cancelled (and still awaited, so
 /// that it ends in a recorded state). Returns the job as finally stored, in any final state.
+/// Dropped before the end (its caller was stopped), it cancels the job: nobody waits for it.
 pub async fn run_to_end(
     app: &Arc<App>,
     new: NewJob,
-    progress: &mut dyn FnMut(&JobProgress) -> ControlFlow<()>,
+    progress: &mut (dyn FnMut(&JobProgress) -> ControlFlow<()> + Send),
 ) -> Result<Job> {
     // Subscribed before submitting, so no event of the job is missed.
     let mut events = app.jobs.subscribe();
     let id = app.blocking(move |a| a.jobs.submit(a, &new)).await?.id;
+    let mut abandoned = CancelOnDrop {
+        app: app.clone(),
+        id: Some(id),
+    };
     let mut latest = JobProgress {
         stage: "queued".into(),
         step: 0,
@@ -573,7 +578,25 @@ pub async fn run_to_end(
             }
         }
     }
+    abandoned.id = None;
     app.blocking(move |a| get_job(&a.db, id)).await
+}
+
+/// Cancels job `id` when dropped, unless it was disarmed (`id` taken) first.
+struct CancelOnDrop {
+    app: Arc<App>,
+    id: Option<i64>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            match self.app.jobs.cancel(&self.app.db, id) {
+                Ok(_) | Err(StudioError::Conflict(_)) => {}
+                Err(e) => tracing::warn!(job = id, "cannot cancel an abandoned job: {e}"),
+            }
+        }
+    }
 }
 
 pub fn get_job(db: &Db, id: i64) -> Result<Job> {

@@ -10,6 +10,8 @@ use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::StudioError;
 use crate::generation::{Length, RenderSettings, VideoRequest};
+use crate::jobs::{self, JobState, NewJob};
+use crate::language::{self, ChatAnswer, ChatRequest, ChatSettings, ChatTurn, Finish};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use std::io::{Read, Seek, SeekFrom};
@@ -20,7 +22,10 @@ use videosdgx_engine::video;
 use videosdgx_plugin_host::types::{
     AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem, TransitionKind,
 };
-use videosdgx_plugin_host::{AuditEntry, HostServices, LogLevel, PluginError};
+use videosdgx_plugin_host::{
+    AuditEntry, ChatMessage, ChatOptions, ChatReply, FinishReason, HostServices, LogLevel,
+    PluginError,
+};
 
 /// Shared between a running call and whoever drives it: the latest progress the plugin (or a
 /// host service working for it) reported, and a flag that asks the work to stop.
@@ -65,6 +70,8 @@ pub struct StudioServices {
 
 /// Most bytes one `assets.read` returns; the plugin host caps transfers too.
 const MAX_READ: u32 = 32 << 20;
+/// The answer budget of `vision.describe`.
+const DESCRIBE_TOKENS: u32 = 256;
 
 impl StudioServices {
     pub fn new(
@@ -133,7 +140,7 @@ impl StudioServices {
                 )));
             }
         }
-        let installed = crate::generation::list_models(app.data_dir()).map_err(failed)?;
+        let installed = crate::generation::video_models(app.data_dir()).map_err(failed)?;
         match installed.as_slice() {
             [only] => Ok(only.name.clone()),
             [] => Err(PluginError::Failed(
@@ -146,6 +153,42 @@ impl StudioServices {
                     .map(|m| m.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            ))),
+        }
+    }
+
+    /// Runs `request` as a `chat` job on the GPU lane and waits for its answer. The plugin's
+    /// own job shows the chat job's progress; stopping the plugin's call cancels the chat job
+    /// (the call is dropped, and `run_to_end` cancels what nobody waits for).
+    async fn ask(&self, request: ChatRequest) -> Result<ChatAnswer, PluginError> {
+        // Without a language model the service is unavailable (`failed`), not the input bad.
+        self.blocking(|app| language::configured(app).map(drop).map_err(failed))
+            .await?;
+        let new = NewJob {
+            kind: "chat".into(),
+            params: serde_json::to_value(&request).map_err(failed)?,
+            max_attempts: None,
+            project_id: Some(self.project_id),
+        };
+        let monitor = self.monitor.clone();
+        let job = jobs::run_to_end(&self.app, new, &mut |p| {
+            monitor.report(&format!("language model: {}", p.stage), p.step, p.total)
+        })
+        .await
+        .map_err(|e| match e {
+            StudioError::Invalid(why) => PluginError::InvalidInput(why),
+            e @ StudioError::NotFound { .. } => PluginError::NotFound(e.to_string()),
+            other => failed(other),
+        })?;
+        match job.state {
+            JobState::Succeeded => {
+                serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)
+            }
+            JobState::Cancelled => Err(PluginError::Cancelled),
+            _ => Err(PluginError::Failed(format!(
+                "the language model's job {} failed: {}",
+                job.id,
+                job.error.as_deref().unwrap_or("no error recorded")
             ))),
         }
     }
@@ -201,6 +244,14 @@ impl StudioServices {
             Ok(output.asset)
         })
         .await
+    }
+}
+
+fn user_turn(text: &str, images: Vec<i64>) -> ChatTurn {
+    ChatTurn {
+        role: "user".into(),
+        text: text.into(),
+        images,
     }
 }
 
@@ -498,10 +549,90 @@ impl HostServices for StudioServices {
         ))
     }
 
-    async fn complete_text(&self, _prompt: &str, _max_tokens: u32) -> Result<String, PluginError> {
-        Err(PluginError::Failed(
-            "this VideosDGX has no language model: text generation is not available yet".into(),
-        ))
+    async fn complete_text(&self, prompt: &str, max_tokens: u32) -> Result<String, PluginError> {
+        let request = ChatRequest {
+            messages: vec![user_turn(prompt, Vec::new())],
+            options: ChatSettings {
+                max_tokens,
+                ..ChatSettings::default()
+            },
+        };
+        Ok(self.ask(request).await?.text)
+    }
+
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        options: ChatOptions,
+    ) -> Result<ChatReply, PluginError> {
+        let json_schema = match &options.json_schema {
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                PluginError::InvalidInput(format!("the JSON Schema is not JSON: {e}"))
+            })?),
+            None => None,
+        };
+        let project_id = self.project_id;
+        let messages = self
+            .blocking(move |app| {
+                messages
+                    .into_iter()
+                    .map(|m| {
+                        let images = m
+                            .images
+                            .iter()
+                            .map(|id| Self::project_asset(app, project_id, id).map(|a| a.id))
+                            .collect::<Result<_, _>>()?;
+                        Ok(ChatTurn {
+                            role: m.role,
+                            text: m.text,
+                            images,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, PluginError>>()
+            })
+            .await?;
+        let request = ChatRequest {
+            messages,
+            options: ChatSettings {
+                max_tokens: options.max_tokens,
+                temperature: Some(options.temperature),
+                seed: options.seed,
+                stop: options.stop,
+                json_schema,
+            },
+        };
+        let answer = self.ask(request).await?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(ChatReply {
+            text: answer.text,
+            prompt_tokens: count(answer.prompt_tokens),
+            generated_tokens: count(answer.generated_tokens),
+            finish: match answer.finish {
+                Finish::EndOfTurn => FinishReason::EndOfTurn,
+                Finish::MaxTokens => FinishReason::MaxTokens,
+                Finish::StopString => FinishReason::StopString,
+            },
+        })
+    }
+
+    async fn describe(&self, asset_id: &str, question: &str) -> Result<String, PluginError> {
+        let (project_id, id) = (self.project_id, asset_id.to_string());
+        let asset = self
+            .blocking(move |app| Self::project_asset(app, project_id, &id))
+            .await?;
+        if !matches!(asset.kind, MediaKind::Image | MediaKind::Video) {
+            return Err(PluginError::InvalidInput(format!(
+                "asset `{asset_id}` is audio: only images and videos can be described"
+            )));
+        }
+        let request = ChatRequest {
+            messages: vec![user_turn(question, vec![asset.id])],
+            options: ChatSettings {
+                max_tokens: DESCRIBE_TOKENS,
+                ..ChatSettings::default()
+            },
+        };
+        Ok(self.ask(request).await?.text)
     }
 
     async fn probe(&self, asset_id: &str) -> Result<ClipInfo, PluginError> {
@@ -677,7 +808,7 @@ mod tests {
         ));
         assert!(matches!(
             services.complete_text("hello", 8).await,
-            Err(PluginError::Failed(m)) if m.contains("no language model")
+            Err(PluginError::Failed(m)) if m.contains("no language model is installed; pull one with `videosdgx models pull Qwen/Qwen3-4B`")
         ));
     }
 }
