@@ -248,8 +248,8 @@ impl Attention {
         let l = k.dim(2)?;
         let groups = h / self.kv_heads;
         let q = q.reshape((b, self.kv_heads, groups * t, d))?;
-        // Scores in the model's dtype, as the reference's eager attention keeps them; the softmax
-        // accumulates in f32 either way.
+        // Scores in the model's dtype, as the reference's eager attention keeps them (candle's
+        // CUDA softmax accumulates in f32, as the reference's upcast softmax does).
         let scores = (q.matmul(&k.t()?)? * self.scale)?
             .reshape((b, self.kv_heads, groups, t, l))?
             .broadcast_add(&mask.unsqueeze(1)?)?;
