@@ -172,7 +172,7 @@ impl ChatTemplate {
     /// The prompt for `messages`, as `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=..., **extra)`. `extra` carries the template's own keyword
     /// variables (Qwen3's `enable_thinking`, `tools`, `documents`); they override special tokens.
-    /// serde_json orders object keys, so a `tools` schema renders its keys sorted.
+    /// Object keys keep their order (serde_json with `preserve_order`), as Python dicts do.
     pub fn render(
         &self,
         messages: &[ChatMessage],
