@@ -164,18 +164,18 @@ fn install_refuses_what_the_host_cannot_run() {
     });
     assert!(err.contains("unknown world `renderer`"), "{err}");
     let err = refuse("template", &|m| {
-        m.replace("api-version = \"0.1.0\"", "api-version = \"0.1.7\"")
+        m.replace("api-version = \"0.2.0\"", "api-version = \"0.2.7\"")
     });
-    assert!(err.contains("newer than this host's 0.1.0"), "{err}");
+    assert!(err.contains("newer than this host's 0.2.0"), "{err}");
     let err = refuse("template", &|m| {
-        m.replace("api-version = \"0.1.0\"", "api-version = \"2.0.0\"")
+        m.replace("api-version = \"0.2.0\"", "api-version = \"2.0.0\"")
     });
     assert!(err.contains("does not support"), "{err}");
     let err = refuse("template", &|m| {
         m.replace("world = \"planner\"", "world = \"expander\"")
     });
     assert!(
-        err.contains("must export `videosdgx:plugin/expansion@0.1.0`"),
+        err.contains("must export `videosdgx:plugin/expansion@0.2.0`"),
         "{err}"
     );
     assert!(err.contains("(a planner)"), "{err}");

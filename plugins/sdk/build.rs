@@ -1,11 +1,12 @@
-//! Writes the `export_planner!`/`export_expander!`/`export_stitcher!` macros with the WIT
+//! Writes the `export_planner!`/`export_expander!`/`export_stitcher!`/`export_reviewer!` macros with the WIT
 //! package inlined, so a plugin crate generates only its own world's exports and shares the
 //! SDK's bindings for every host import (no path to the WIT files from the plugin crate).
 
 use std::{env, fs, path::PathBuf};
 
-const WIT: &str = "../../wit/v0.1.0/plugin.wit";
-const IMPORTS: [&str; 8] = [
+const WIT: &str = "../../wit/v0.2.0/plugin.wit";
+const VERSION: &str = "0.2.0";
+const IMPORTS: [&str; 9] = [
     "types",
     "log",
     "progress",
@@ -13,6 +14,7 @@ const IMPORTS: [&str; 8] = [
     "assets",
     "generation",
     "text",
+    "vision",
     "media",
 ];
 
@@ -23,7 +25,7 @@ fn main() {
         .iter()
         .map(|name| {
             format!(
-                "\"videosdgx:plugin/{name}@0.1.0\": ::videosdgx_plugin_sdk::bindings::videosdgx::plugin::{name},\n"
+                "\"videosdgx:plugin/{name}@{VERSION}\": ::videosdgx_plugin_sdk::bindings::videosdgx::plugin::{name},\n"
             )
         })
         .collect();
@@ -49,6 +51,13 @@ fn main() {
             "Stitcher",
             "stitch",
             "storyboard: $crate::types::Storyboard, clips: Vec<$crate::types::GeneratedClip>, output_name: String) -> Result<$crate::types::StitchResult",
+        ),
+        (
+            "reviewer",
+            "reviewing",
+            "Reviewer",
+            "review",
+            "shot: $crate::types::Shot, prompt: $crate::types::ShotPrompt, take: $crate::types::Take, storyboard: $crate::types::Storyboard) -> Result<$crate::types::TakeReview",
         ),
     ] {
         let params: Vec<&str> = args

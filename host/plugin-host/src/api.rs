@@ -6,7 +6,8 @@
 use std::fmt;
 
 /// One WIT package version with bindings in this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// Ordered oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum ApiVersion {
     V0_1,
     V0_2,

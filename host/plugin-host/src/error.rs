@@ -32,6 +32,9 @@ pub enum CallError {
     /// plugin's memory).
     #[error("plugin `{plugin}` crashed: {message}")]
     Crashed { plugin: String, message: String },
+    /// The plugin returned a value outside what its world allows (e.g. a review's score).
+    #[error("plugin `{plugin}` returned an unusable result: {message}")]
+    BadOutput { plugin: String, message: String },
     #[error("plugin `{plugin}` is a {actual}; it cannot be used as a {wanted}")]
     WrongWorld {
         plugin: String,
@@ -65,6 +68,7 @@ impl CallError {
             CallError::MemoryLimit { .. } => "plugin_memory_limit",
             CallError::StackOverflow { .. } => "plugin_stack_overflow",
             CallError::Crashed { .. } => "plugin_crashed",
+            CallError::BadOutput { .. } => "plugin_bad_output",
             CallError::WrongWorld { .. } => "plugin_wrong_world",
             CallError::Disabled { .. } => "plugin_disabled",
             CallError::Busy { .. } => "plugin_busy",

@@ -4,7 +4,8 @@
 //!
 //! Flow: [`Manifest::parse`] the plugin.toml, [`PluginRuntime::load`] the component (checked
 //! against the manifest, compiled once and cached), then call [`PluginRuntime::plan`],
-//! [`expand`](PluginRuntime::expand) or [`stitch`](PluginRuntime::stitch) with a
+//! [`expand`](PluginRuntime::expand), [`stitch`](PluginRuntime::stitch) or
+//! [`review`](PluginRuntime::review) with a
 //! [`CallContext`] holding the user's [`Grants`] and the per-call [`Limits`].
 
 pub mod api;

@@ -15,16 +15,31 @@ pub enum World {
     Planner,
     Expander,
     Stitcher,
+    Reviewer,
 }
 
 impl World {
-    pub const ALL: [World; 3] = [World::Planner, World::Expander, World::Stitcher];
+    pub const ALL: [World; 4] = [
+        World::Planner,
+        World::Expander,
+        World::Stitcher,
+        World::Reviewer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             World::Planner => "planner",
             World::Expander => "expander",
             World::Stitcher => "stitcher",
+            World::Reviewer => "reviewer",
+        }
+    }
+
+    /// The oldest API version that has this world.
+    pub fn since(self) -> ApiVersion {
+        match self {
+            World::Reviewer => ApiVersion::V0_2,
+            _ => ApiVersion::V0_1,
         }
     }
 
@@ -34,6 +49,7 @@ impl World {
             World::Planner => "planning",
             World::Expander => "expansion",
             World::Stitcher => "stitching",
+            World::Reviewer => "reviewing",
         }
     }
 }
@@ -58,8 +74,16 @@ impl FromStr for World {
 pub enum ManifestError {
     #[error("plugin.toml is not valid TOML or misses a field: {0}")]
     Syntax(String),
-    #[error("unknown world `{0}`: this host runs `planner`, `expander` and `stitcher` plugins")]
+    #[error(
+        "unknown world `{0}`: this host runs `planner`, `expander`, `stitcher` and `reviewer` plugins"
+    )]
     UnknownWorld(String),
+    #[error("world `{world}` exists from API {since} on; the plugin says api-version = {api}")]
+    WorldTooNew {
+        world: World,
+        since: ApiVersion,
+        api: semver::Version,
+    },
     #[error("unknown capability `{0}`; known capabilities: {known}", known = Capability::known_list())]
     UnknownCapability(String),
     #[error(
@@ -118,8 +142,15 @@ impl Manifest {
                 field: "api-version",
                 value: raw.api_version.clone(),
             })?;
-        ApiVersion::supporting(&api_version)?;
+        let api = ApiVersion::supporting(&api_version)?;
         let world: World = raw.world.parse()?;
+        if api < world.since() {
+            return Err(ManifestError::WorldTooNew {
+                world,
+                since: world.since(),
+                api: api_version,
+            });
+        }
         let mut capabilities = Vec::new();
         for name in &raw.capabilities {
             let capability: Capability = name

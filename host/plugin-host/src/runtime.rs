@@ -11,7 +11,8 @@ use crate::manifest::{Manifest, World};
 use crate::services::HostServices;
 use crate::state::PluginState;
 use crate::types::{
-    GeneratedClip, ModelProfile, PlanInput, Shot, ShotPrompt, StitchResult, Storyboard,
+    GeneratedClip, ModelProfile, PlanInput, TakeReview, Shot, ShotPrompt, StitchResult, Storyboard,
+    Take,
 };
 use crate::wit::{Bound, Linkers};
 use sha2::{Digest, Sha256};
@@ -213,6 +214,29 @@ impl PluginRuntime {
         outcome(plugin, &store, result)
     }
 
+    pub async fn review(
+        &self,
+        plugin: &Plugin,
+        ctx: &CallContext,
+        shot: &Shot,
+        prompt: &ShotPrompt,
+        take: &Take,
+        storyboard: &Storyboard,
+    ) -> Result<TakeReview, CallError> {
+        self.require(plugin, World::Reviewer)?;
+        let mut store = self.store(plugin, ctx);
+        let result = plugin
+            .bound
+            .review(&mut store, shot, prompt, take, storyboard)
+            .await;
+        let review = outcome(plugin, &store, result)?;
+        check_review(&review).map_err(|message| CallError::BadOutput {
+            plugin: plugin.manifest.id.clone(),
+            message,
+        })?;
+        Ok(review)
+    }
+
     fn require(&self, plugin: &Plugin, wanted: World) -> Result<(), CallError> {
         if plugin.manifest.world != wanted {
             return Err(CallError::WrongWorld {
@@ -249,6 +273,32 @@ impl PluginRuntime {
         });
         store
     }
+}
+
+/// Longest reasons or revised prompt a review may hold: a review is read by people and becomes
+/// a prompt, so anything longer is a broken or hostile reviewer.
+pub const MAX_REVIEW_TEXT_BYTES: usize = 16 << 10;
+
+fn check_review(review: &TakeReview) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&review.score) {
+        return Err(format!("score {} is not between 0 and 1", review.score));
+    }
+    let texts = [
+        ("reasons", Some(&review.reasons)),
+        ("revised-prompt", review.revised_prompt.as_ref()),
+        ("revised-negative-prompt", review.revised_negative_prompt.as_ref()),
+    ];
+    for (field, text) in texts {
+        if let Some(text) = text
+            && text.len() > MAX_REVIEW_TEXT_BYTES
+        {
+            return Err(format!(
+                "{field} is {} bytes; a review holds at most {MAX_REVIEW_TEXT_BYTES}",
+                text.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The pooling instance allocator: every call still gets a fresh instance in a fresh store

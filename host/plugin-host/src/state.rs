@@ -488,9 +488,15 @@ impl text::Host for PluginState {
             },
             abbreviate(last)
         );
+        // Showing the model images is seeing them: that is the `vision` grant's to allow.
+        let capability = if messages.iter().any(|m| !m.images.is_empty()) {
+            Capability::Vision
+        } else {
+            Capability::TextGeneration
+        };
         let call = self.begin(
             "text.chat",
-            Some(Capability::TextGeneration),
+            Some(capability),
             detail,
             chat_bytes(&messages, &options),
         )?;

@@ -1,7 +1,7 @@
 //! API 0.2.0 beside 0.1.0: a 0.2.0 plugin reaches `text.chat` and `vision.describe` under their
 //! capabilities, with every call audited; oversized or malformed chat requests from a hostile
 //! plugin end with a clear `invalid-input` before any host service runs, and the runtime keeps
-//! serving. (The first-party plugins, built against 0.1.0, keep passing their own tests.)
+//! serving. (tests/reviewers.rs shows a plugin built against 0.1.0 still working.)
 
 mod support;
 

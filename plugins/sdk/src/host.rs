@@ -1,7 +1,7 @@
 //! The host's APIs, as plain functions. Each one is capability-checked and audited by the
 //! host; a call without the grant returns [`PluginError::Denied`](crate::types::PluginError).
 
-pub use crate::bindings::videosdgx::plugin::{assets, generation, media, project, text};
+pub use crate::bindings::videosdgx::plugin::{assets, generation, media, project, text, vision};
 use crate::bindings::videosdgx::plugin::{log as host_log, progress as host_progress};
 
 /// Writes an info line to the host log, tagged with this plugin's id.

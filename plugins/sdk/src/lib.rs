@@ -16,11 +16,11 @@
 #[doc(hidden)]
 pub use wit_bindgen;
 
-/// Raw bindings of the host imports (`videosdgx:plugin@0.1.0`, world `host`).
+/// Raw bindings of the host imports (`videosdgx:plugin@0.2.0`, world `host`).
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "host",
         generate_unused_types: true,
         additional_derives: [PartialEq],
@@ -32,8 +32,12 @@ pub mod host;
 
 pub use bindings::videosdgx::plugin::types;
 use types::{
-    GeneratedClip, ModelProfile, PlanInput, PluginError, Shot, ShotPrompt, StitchResult, Storyboard,
+    GeneratedClip, ModelProfile, PlanInput, PluginError, Shot, ShotPrompt, StitchResult,
+    Storyboard, Take, TakeReview,
 };
+
+/// The WIT package version this SDK builds against: `api-version` in a plugin's plugin.toml.
+pub const API_VERSION: &str = "0.2.0";
 
 /// Turns a script or brief into a storyboard (world `planner`).
 pub trait Planner {
@@ -56,6 +60,16 @@ pub trait Stitcher {
         clips: Vec<GeneratedClip>,
         output_name: String,
     ) -> Result<StitchResult, PluginError>;
+}
+
+/// Judges one generated take against the shot it was made for (world `reviewer`).
+pub trait Reviewer {
+    fn review(
+        shot: Shot,
+        prompt: ShotPrompt,
+        take: Take,
+        storyboard: Storyboard,
+    ) -> Result<TakeReview, PluginError>;
 }
 
 include!(concat!(env!("OUT_DIR"), "/export_macros.rs"));

@@ -26,7 +26,18 @@ struct StoryboardPlanner;
 impl Planner for StoryboardPlanner {
     fn plan(input: PlanInput) -> Result<Storyboard, PluginError> {
         check_model(&input.settings)?;
-        let blocks = screenplay::parse(&input.script);
+        let mut blocks = screenplay::parse(&input.script);
+        if !has_scene(&blocks) {
+            let script = screenplay_from_brief(&input.script)?;
+            blocks = screenplay::parse(&script);
+            if !has_scene(&blocks) {
+                return Err(PluginError::Failed(format!(
+                    "the language model's screenplay for this brief has no scene heading, so it \
+                     cannot be planned; it began: {:?}",
+                    script.chars().take(200).collect::<String>()
+                )));
+            }
+        }
         let mut board = Builder::new(&input.settings).build(blocks)?;
         refine_with_text_model(&mut board);
         host::info(&format!(
@@ -480,6 +491,57 @@ fn contains_word(haystack: &str, word: &str) -> bool {
         let after = haystack[i + word.len()..].chars().next();
         !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
     })
+}
+
+fn has_scene(blocks: &[Block]) -> bool {
+    blocks.iter().any(|b| matches!(b, Block::Scene(_)))
+}
+
+/// What the language model is told a screenplay looks like: exactly what [`screenplay::parse`]
+/// reads.
+const SCREENWRITER: &str = "You are a screenwriter. Write a short screenplay in Markdown for \
+     the brief you are given. Format, exactly: a first line `# Title`; each scene starts with a \
+     heading line such as `INT. WORKSHOP - NIGHT` or `EXT. BEACH - DAY`; then short action \
+     paragraphs, each one shot, describing only what the camera sees; a character's first \
+     appearance gives their look in parentheses, e.g. `MARA (30s, short grey hair, blue apron) \
+     walks in.`; dialogue as a line with the character's name in capitals followed by the \
+     spoken line on the next line. Keep to the number of scenes, characters and the length the \
+     brief asks for. Write nothing but the screenplay.";
+
+/// A brief (no scene heading) turned into a screenplay by the language model: greedy, so the
+/// same brief and model give the same plan.
+fn screenplay_from_brief(brief: &str) -> Result<String, PluginError> {
+    let message = |role: &str, text: &str| host::text::ChatMessage {
+        role: role.into(),
+        text: text.into(),
+        images: Vec::new(),
+    };
+    let options = host::text::ChatOptions {
+        max_tokens: 1500,
+        temperature: 0.0,
+        seed: 0,
+        stop: Vec::new(),
+        json_schema: None,
+    };
+    host::progress(0, 1, "writing a screenplay from the brief");
+    let reply = host::text::chat(
+        &[message("system", SCREENWRITER), message("user", brief.trim())],
+        &options,
+    )
+    .map_err(|err| match err {
+        PluginError::Denied(_) => PluginError::InvalidInput(
+            "the script has no scene heading (such as `INT. KITCHEN - DAY`), so it is a brief, \
+             and planning from a brief needs the language model: grant this plugin \
+             `text-generation`, or write a screenplay"
+                .into(),
+        ),
+        PluginError::Failed(why) => PluginError::Failed(format!(
+            "planning from a brief needs a language model: {why}"
+        )),
+        other => other,
+    })?;
+    host::progress(1, 1, "writing a screenplay from the brief");
+    Ok(reply.text)
 }
 
 /// Asks the host's text model to turn each action into one visual sentence. Any refusal

@@ -27,6 +27,8 @@ pub(crate) fn imports(api: ApiVersion) -> &'static [&'static str] {
 pub(crate) enum Bound {
     V0_1(v0_1_0::Bound),
     V0_2(v0_2_0::Bound),
+    /// The `reviewer` world, from 0.2.0 on (the manifest check refuses older ones).
+    Reviewer(v0_2_0::BoundReviewer),
 }
 
 /// A linker per version with its host imports, plus bare WASI.
@@ -49,9 +51,15 @@ impl Linkers {
         world: World,
         component: &Component,
     ) -> wasmtime::Result<Bound> {
-        Ok(match api {
-            ApiVersion::V0_1 => Bound::V0_1(v0_1_0::Bound::new(&self.v0_1, world, component)?),
-            ApiVersion::V0_2 => Bound::V0_2(v0_2_0::Bound::new(&self.v0_2, world, component)?),
+        Ok(match (api, world) {
+            (ApiVersion::V0_1, World::Reviewer) => {
+                return Err(wasmtime::Error::msg("API 0.1.0 has no reviewer world"));
+            }
+            (ApiVersion::V0_1, _) => Bound::V0_1(v0_1_0::Bound::new(&self.v0_1, world, component)?),
+            (ApiVersion::V0_2, World::Reviewer) => {
+                Bound::Reviewer(v0_2_0::BoundReviewer::new(&self.v0_2, component)?)
+            }
+            (ApiVersion::V0_2, _) => Bound::V0_2(v0_2_0::Bound::new(&self.v0_2, world, component)?),
         })
     }
 }
@@ -65,6 +73,7 @@ impl Bound {
         match self {
             Bound::V0_1(bound) => bound.plan(store, input).await,
             Bound::V0_2(bound) => bound.plan(store, input).await,
+            Bound::Reviewer(_) => Err(not_a(World::Reviewer, World::Planner)),
         }
     }
 
@@ -78,6 +87,7 @@ impl Bound {
         match self {
             Bound::V0_1(bound) => bound.expand(store, shot, storyboard, model).await,
             Bound::V0_2(bound) => bound.expand(store, shot, storyboard, model).await,
+            Bound::Reviewer(_) => Err(not_a(World::Reviewer, World::Expander)),
         }
     }
 
@@ -91,11 +101,31 @@ impl Bound {
         match self {
             Bound::V0_1(bound) => bound.stitch(store, storyboard, clips, output_name).await,
             Bound::V0_2(bound) => bound.stitch(store, storyboard, clips, output_name).await,
+            Bound::Reviewer(_) => Err(not_a(World::Reviewer, World::Stitcher)),
+        }
+    }
+
+    pub async fn review(
+        &self,
+        store: &mut Store<PluginState>,
+        shot: &latest::types::Shot,
+        prompt: &latest::types::ShotPrompt,
+        take: &latest::types::Take,
+        storyboard: &latest::types::Storyboard,
+    ) -> wasmtime::Result<Result<latest::types::TakeReview, latest::types::PluginError>> {
+        match self {
+            Bound::Reviewer(bound) => bound.review(store, shot, prompt, take, storyboard).await,
+            // The runtime checks the world before calling; this is the same check, kept local.
+            _ => Err(wasmtime::Error::msg("this plugin is not a reviewer")),
         }
     }
 }
 
-/// The pre-instantiated worlds of one version's bindings (modules `planner`, `expander` and
+fn not_a(have: World, wanted: World) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("this plugin is a {have}, not a {wanted}"))
+}
+
+/// The pre-instantiated worlds that every version has (modules `planner`, `expander` and
 /// `stitcher` in the calling module) and the calls into their exports. The worlds' exports
 /// are the same in every version, with the `latest` types.
 macro_rules! bound_worlds {
@@ -118,6 +148,9 @@ macro_rules! bound_worlds {
                     World::Planner => Bound::Planner(planner::PlannerPre::new(pre)?),
                     World::Expander => Bound::Expander(expander::ExpanderPre::new(pre)?),
                     World::Stitcher => Bound::Stitcher(stitcher::StitcherPre::new(pre)?),
+                    World::Reviewer => {
+                        return Err(wasmtime::Error::msg("reviewers are bound by Linkers::bind"));
+                    }
                 })
             }
 

@@ -56,6 +56,26 @@ mod stitcher {
     });
 }
 
+mod reviewer {
+    wasmtime::component::bindgen!({
+        path: "../../wit/v0.2.0",
+        world: "reviewer",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "videosdgx:plugin/types": super::planner::videosdgx::plugin::types,
+            "videosdgx:plugin/log": super::planner::videosdgx::plugin::log,
+            "videosdgx:plugin/progress": super::planner::videosdgx::plugin::progress,
+            "videosdgx:plugin/project": super::planner::videosdgx::plugin::project,
+            "videosdgx:plugin/assets": super::planner::videosdgx::plugin::assets,
+            "videosdgx:plugin/generation": super::planner::videosdgx::plugin::generation,
+            "videosdgx:plugin/text": super::planner::videosdgx::plugin::text,
+            "videosdgx:plugin/vision": super::planner::videosdgx::plugin::vision,
+            "videosdgx:plugin/media": super::planner::videosdgx::plugin::media,
+        },
+    });
+}
+
 /// The host-import interfaces, for `state.rs` to implement.
 pub use planner::videosdgx::plugin::{
     assets, generation, log, media, progress, project, text, types, vision,
@@ -84,3 +104,32 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
 }
 
 super::bound_worlds!();
+
+/// A pre-linked `reviewer` component (a world that 0.1.0 does not have).
+pub(crate) struct BoundReviewer(reviewer::ReviewerPre<PluginState>);
+
+impl BoundReviewer {
+    pub fn new(
+        linker: &Linker<PluginState>,
+        component: &wasmtime::component::Component,
+    ) -> wasmtime::Result<BoundReviewer> {
+        Ok(BoundReviewer(reviewer::ReviewerPre::new(
+            linker.instantiate_pre(component)?,
+        )?))
+    }
+
+    pub async fn review(
+        &self,
+        store: &mut wasmtime::Store<PluginState>,
+        shot: &types::Shot,
+        prompt: &types::ShotPrompt,
+        take: &types::Take,
+        storyboard: &types::Storyboard,
+    ) -> wasmtime::Result<Result<types::TakeReview, types::PluginError>> {
+        let instance = self.0.instantiate_async(&mut *store).await?;
+        instance
+            .videosdgx_plugin_reviewing()
+            .call_review(&mut *store, shot, prompt, take, storyboard)
+            .await
+    }
+}

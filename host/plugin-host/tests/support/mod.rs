@@ -28,6 +28,8 @@ pub struct MemoryServices {
     pub audit: Mutex<Vec<AuditEntry>>,
     pub logs: Mutex<Vec<(LogLevel, String)>>,
     pub rendered: Mutex<Vec<Timeline>>,
+    /// Every `text.chat` request's messages, in order.
+    pub chats: Mutex<Vec<Vec<ChatMessage>>>,
     pub text_delay: Duration,
     pub text_reply: Option<String>,
 }
@@ -166,6 +168,7 @@ impl HostServices for MemoryServices {
         messages: Vec<ChatMessage>,
         options: ChatOptions,
     ) -> Result<ChatReply, PluginError> {
+        self.chats.lock().unwrap().push(messages.clone());
         let text = self.complete_text("", options.max_tokens).await?;
         Ok(ChatReply {
             generated_tokens: text.len() as u32,
@@ -188,8 +191,26 @@ impl HostServices for MemoryServices {
         serde_json::from_slice(bytes)
             .map_err(|_| PluginError::InvalidInput(format!("asset `{asset_id}` is not a video")))
     }
-    async fn extract_frame(&self, asset_id: &str, _index: u32) -> Result<AssetInfo, PluginError> {
-        Err(not_found("asset", asset_id))
+    /// Frame `index` of a video as a new image asset `<video>-frame-<index>`.
+    async fn extract_frame(&self, asset_id: &str, index: u32) -> Result<AssetInfo, PluginError> {
+        let info = self.probe(asset_id).await?;
+        if index >= info.frames {
+            return Err(PluginError::InvalidInput(format!(
+                "frame {index} of a {}-frame video",
+                info.frames
+            )));
+        }
+        let frame = AssetInfo {
+            id: format!("{asset_id}-frame-{index}"),
+            kind: AssetKind::Image,
+            name: format!("{asset_id}-frame-{index}.png"),
+            mime: "image/png".into(),
+            size_bytes: 0,
+            tags: vec![],
+        };
+        let mut assets = self.assets.lock().unwrap();
+        assets.insert(frame.id.clone(), (frame.clone(), Vec::new()));
+        Ok(frame)
     }
     async fn render_timeline(
         &self,

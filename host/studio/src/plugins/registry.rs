@@ -338,6 +338,7 @@ pub fn choose(db: &Db, world: World, wanted: Option<&str>) -> Result<String> {
         World::Planner => "storyboard-planner",
         World::Expander => "prompt-expander",
         World::Stitcher => "shot-stitcher",
+        World::Reviewer => "reviewer",
     };
     match enabled.as_slice() {
         [] => Err(StudioError::Invalid(format!(
