@@ -1,5 +1,6 @@
-// Left column of a project: the script (planned into shots by the planner plugin) and the
-// character and style bible that the prompt expander uses to keep shots consistent.
+// Left column of a project: a brief or a script (planned into shots by the planner plugin), the
+// character and style bible that the prompt expander uses to keep shots consistent, and the
+// render settings with the project's attempt limit for the take reviewer.
 
 import * as endpoints from './endpoints.js';
 import { runJob } from './run-job.js';
@@ -13,15 +14,21 @@ const DEFAULT_RENDER = { width: 832, height: 480, steps: 50, guidance: 5 };
 /**
  * The bible stored with a storyboard (its description, as JSON shaped like the plugin API's
  * project settings): {style: {look, lighting, negative}, characters: [{id, name, description}],
- * render: {width, height, steps, guidance}}. A plain-text description is taken as the look.
+ * render: {width, height, steps, guidance}}; `rest` holds its other keys, written back as they
+ * are (as the studio's own bible reader keeps them).
+ *
+ * A description that is not such JSON was written as the storyboard's description (through the
+ * API or the CLI), not as a look: it is not shown as the look, and the first bible save keeps
+ * it as the bible's `description` key, so the text survives and never leaks into prompts.
  */
 export function loadBible(board) {
   let parsed = null;
   try { parsed = JSON.parse(board.description || '{}'); } catch { /* plain text */ }
-  if (!parsed || typeof parsed !== 'object') {
-    return { style: { ...EMPTY_STYLE, look: board.description ?? '' }, characters: [], render: { ...DEFAULT_RENDER } };
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    return { style: { ...EMPTY_STYLE }, characters: [], render: { ...DEFAULT_RENDER }, rest: { description: board.description } };
   }
-  return { style: { ...EMPTY_STYLE, ...parsed.style }, characters: parsed.characters ?? [], render: { ...DEFAULT_RENDER, ...parsed.render } };
+  const { style, characters, render, ...rest } = parsed;
+  return { style: { ...EMPTY_STYLE, ...style }, characters: characters ?? [], render: { ...DEFAULT_RENDER, ...render }, rest };
 }
 
 /** A stable id for a character, from its name (`Old Mara` → `old-mara`). */
@@ -30,18 +37,29 @@ function characterId(name) {
 }
 
 export function bibleEditor({ project, board, bible }, onPlanned) {
+  const briefKey = `brief.${project.id}`;
   const scriptKey = `script.${project.id}`;
   const bibleKey = `bible.${board.id}`;
+  const attemptsKey = `attempts.${project.id}`;
+  const brief = h('textarea', {
+    id: 'brief', rows: 3, 'aria-label': 'Brief',
+    placeholder: 'Say what you want: a 30-second ad for noise-cancelling headphones, two scenes, one character…',
+    value: loadDraft(briefKey) ?? '', oninput: () => saveDraft(briefKey, brief.value),
+  });
   const script = h('textarea', {
     id: 'script', rows: 9, 'aria-label': 'Script',
     placeholder: 'Paste or write a script: scene headings (INT. KITCHEN – NIGHT), action lines, CHARACTER names and dialogue…',
     value: loadDraft(scriptKey) ?? '', oninput: () => saveDraft(scriptKey, script.value),
   });
-  const planButton = h('button', { class: 'primary', id: 'plan', onclick: plan }, 'Plan storyboard');
+  const briefButton = h('button', { class: 'primary', id: 'plan-brief', onclick: () => plan(brief, briefStatus) }, 'Plan from brief');
+  const briefStatus = h('span', { class: 'small muted', 'aria-live': 'polite' });
+  const planButton = h('button', { class: 'primary', id: 'plan', onclick: () => plan(script, planStatus) }, 'Plan storyboard');
   const planStatus = h('span', { class: 'small muted', 'aria-live': 'polite' });
 
   const restored = loadDraft(bibleKey);
   const current = restored ?? bible;
+  // Bible keys this editor does not show (see loadBible), carried into every save.
+  let rest = bible.rest;
   const look = h('textarea', { rows: 2, id: 'style-look', value: current.style.look,
     placeholder: '35mm film, shallow depth of field, muted teal and amber', oninput: changed });
   const lighting = h('input', { id: 'style-lighting', value: current.style.lighting,
@@ -56,6 +74,9 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     steps: renderInput('steps', { min: 1, max: 200, step: 1 }),
     guidance: renderInput('guidance', { min: 0, max: 20, step: 0.5 }),
   };
+  const restoredAttempts = loadDraft(attemptsKey);
+  const maxAttempts = h('input', { id: 'max-attempts', type: 'number', min: 1, max: 10, step: 1, required: true,
+    value: restoredAttempts ?? project.max_attempts ?? 3, oninput: attemptsChanged });
   const saveState = h('span', { class: 'small muted', 'aria-live': 'polite' });
 
   function characterRow(c = { name: '', description: '' }) {
@@ -86,7 +107,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
   }
   const persist = debounce(async () => {
     const value = read();
-    const saved = await attempt('Saving the bible', () => endpoints.storyboards.update(board.id, { description: JSON.stringify(value) }));
+    const saved = await attempt('Saving the bible', () => endpoints.storyboards.update(board.id, { description: JSON.stringify({ ...rest, ...value }) }));
     if (saved) {
       board.description = saved.description;
       clearDraft(bibleKey);
@@ -99,6 +120,29 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     saveDraft(bibleKey, read());
     saveState.textContent = 'Editing…';
     persist();
+  }
+
+  // The attempt limit is the project's (PATCH /api/projects/{id}); the draft holds the typed text.
+  const persistAttempts = debounce(async () => {
+    const typed = maxAttempts.value;
+    const value = Number(typed);
+    if (!Number.isInteger(value) || value < 1 || value > 10) {
+      saveState.textContent = 'Attempts must be a whole number from 1 to 10';
+      return;
+    }
+    const saved = await attempt('Saving the attempt limit', () => endpoints.projects.update(project.id, { max_attempts: value }));
+    if (saved) {
+      project.max_attempts = saved.max_attempts;
+      if (loadDraft(attemptsKey) === typed) clearDraft(attemptsKey);
+      saveState.textContent = 'Saved';
+    } else {
+      saveState.textContent = 'Not saved yet — kept as a draft';
+    }
+  }, 700);
+  function attemptsChanged() {
+    saveDraft(attemptsKey, maxAttempts.value);
+    saveState.textContent = 'Editing…';
+    persistAttempts();
   }
 
   /**
@@ -120,26 +164,44 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     }
   }
 
-  async function plan() {
-    const text = script.value.trim();
-    if (!text) { toast('Write or paste a script first.', 'error'); script.focus(); return; }
+  /** Plans from `source` (the brief or the script box); the text stays in its box either way. */
+  async function plan(source, status) {
+    const text = source.value.trim();
+    if (!text) {
+      toast(source === brief ? 'Write a brief first.' : 'Write or paste a script first.', 'error');
+      source.focus();
+      return;
+    }
+    briefButton.disabled = true;
     planButton.disabled = true;
-    planStatus.textContent = 'Planning…';
-    const job = await attempt('Planning the storyboard', () => planJob(text));
+    status.textContent = source === brief ? 'Writing a screenplay and planning…' : 'Planning…';
+    const job = await attempt(source === brief ? 'Planning from the brief' : 'Planning the storyboard', () => planJob(text));
+    briefButton.disabled = false;
     planButton.disabled = false;
-    planStatus.textContent = '';
+    status.textContent = '';
     if (!job) return;
     const boards = await attempt('Reloading the storyboard', () => endpoints.storyboards.list(project.id));
     const updated = boards?.find((b) => b.id === board.id);
-    if (updated) { Object.assign(board, updated); setBible(loadBible(updated)); clearDraft(bibleKey); }
+    if (updated) {
+      Object.assign(board, updated);
+      const planned = loadBible(updated);
+      rest = planned.rest;
+      setBible(planned);
+      clearDraft(bibleKey);
+    }
     toast('Storyboard planned.', 'ok');
     onPlanned();
   }
 
   setBible(current);
   if (restored) { saveState.textContent = 'Restored unsaved edits'; persist(); }
+  if (restoredAttempts !== null) { saveState.textContent = 'Restored unsaved edits'; persistAttempts(); }
 
   return h('div', { class: 'stack' },
+    h('section', { class: 'panel stack', 'aria-label': 'Brief' }, h('h3', {}, 'Brief'),
+      h('p', { class: 'small muted' }, 'Describe the video in plain words; the planner writes the screenplay with the language model.'),
+      brief,
+      h('div', { class: 'row' }, briefButton, briefStatus)),
     h('section', { class: 'panel stack', 'aria-label': 'Script' }, h('h3', {}, 'Script'), script,
       h('div', { class: 'row' }, planButton, planStatus)),
     h('section', { class: 'panel stack', 'aria-label': 'Bible' },
@@ -155,5 +217,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         h('div', { class: 'field' }, h('label', { for: 'render-width' }, 'Width'), render.width),
         h('div', { class: 'field' }, h('label', { for: 'render-height' }, 'Height'), render.height),
         h('div', { class: 'field' }, h('label', { for: 'render-steps' }, 'Steps'), render.steps),
-        h('div', { class: 'field' }, h('label', { for: 'render-guidance' }, 'Guidance'), render.guidance))));
+        h('div', { class: 'field' }, h('label', { for: 'render-guidance' }, 'Guidance'), render.guidance),
+        h('div', { class: 'field' }, h('label', { for: 'max-attempts', title: 'How many takes the reviewer may ask for per shot' },
+          'Attempts (1–10)'), maxAttempts))));
 }

@@ -7,7 +7,8 @@ export const projects = {
   list: () => get('/api/projects'),
   get: (id) => get(`/api/projects/${id}`),
   create: (name) => post('/api/projects', { name }),
-  rename: (id, name) => patch(`/api/projects/${id}`, { name }),
+  /** `fields`: {name?, max_attempts?}. */
+  update: (id, fields) => patch(`/api/projects/${id}`, fields),
   remove: (id) => del(`/api/projects/${id}`),
 };
 

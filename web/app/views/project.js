@@ -19,7 +19,7 @@ export async function render(container, { projectId, tab }) {
   const rename = h('button', { class: 'ghost small', 'aria-label': 'Rename project', onclick: async () => {
     const name = await promptDialog('Rename project', 'Project name', project.name, 'Rename');
     if (!name || name === project.name) return;
-    const renamed = await attempt('Renaming the project', () => endpoints.projects.rename(projectId, name));
+    const renamed = await attempt('Renaming the project', () => endpoints.projects.update(projectId, { name }));
     if (renamed) { project.name = renamed.name; title.textContent = renamed.name; toast('Renamed.', 'ok'); }
   } }, '✎');
   const tabLink = (id, label) => h('button', {
