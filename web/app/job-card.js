@@ -12,7 +12,7 @@ const ACTIVE = new Set(['queued', 'running']);
 export function jobTitle(job) {
   const p = job.params ?? {};
   const what = {
-    generate: 'Generate', plan: 'Plan storyboard', expand: 'Expand prompt', stitch: 'Stitch',
+    shoot: 'Generate & review', generate: 'Generate', plan: 'Plan storyboard', expand: 'Expand prompt', stitch: 'Stitch',
     render: 'Render', 'assets.reindex': 'Reindex the asset library', 'assets.import_folder': 'Import a folder',
   }[job.kind] ?? job.kind;
   const target = p.shot_id ? ` shot #${p.shot_id}` : p.storyboard_id ? ` storyboard #${p.storyboard_id}` : '';
@@ -27,7 +27,10 @@ export function jobCard(job, { onReproduce } = {}) {
   const badge = h('span', { class: 'badge' });
   const title = h('span', { class: 'title ellipsis grow' });
   const bar = h('div');
-  const meta = h('div', { class: 'meta' });
+  // Two fixed lines: the stage as the job reports it ("attempt 2/3: generating: denoising"),
+  // then step and ETA, so a long stage never pushes the numbers out of view.
+  const stage = h('div', { class: 'meta ellipsis' });
+  const counts = h('div', { class: 'meta' });
   const error = h('div', { class: 'error', hidden: true });
   const preview = h('img', { class: 'preview', alt: 'Preview frame', hidden: true });
   const cancel = h('button', { class: 'small', onclick: () => attempt('Cancelling the job', async () => {
@@ -42,7 +45,7 @@ export function jobCard(job, { onReproduce } = {}) {
   const el = h('div', { class: 'job', dataset: { jobId: job.id } },
     h('div', { class: 'row' }, title, badge),
     h('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100 }, bar),
-    meta, preview, error,
+    stage, counts, preview, error,
     h('div', { class: 'row' }, cancel, retry, reproduce));
   let current = job;
 
@@ -56,7 +59,10 @@ export function jobCard(job, { onReproduce } = {}) {
     const fraction = state === 'succeeded' ? 1 : p.total ? Math.min(1, p.step / p.total) : 0;
     bar.style.width = `${(fraction * 100).toFixed(1)}%`;
     el.querySelector('.progress').setAttribute('aria-valuenow', Math.round(fraction * 100));
-    meta.textContent = describe(next, p);
+    const [stageText, countText] = describe(next, p);
+    stage.textContent = stageText;
+    stage.title = stageText;
+    counts.textContent = countText;
     const previewUrl = p.preview_url ?? (p.preview ? `data:image/png;base64,${p.preview}` : null);
     if (previewUrl && ACTIVE.has(state)) {
       if (preview.getAttribute('src') !== previewUrl) preview.src = previewUrl;
@@ -68,27 +74,27 @@ export function jobCard(job, { onReproduce } = {}) {
     error.textContent = next.error ?? '';
     cancel.hidden = !ACTIVE.has(state);
     retry.hidden = !['failed', 'cancelled', 'interrupted'].includes(state);
-    reproduce.hidden = !(onReproduce && next.kind === 'generate' && state === 'succeeded');
+    reproduce.hidden = !(onReproduce && jobsFeed.TAKE_KINDS.has(next.kind) && state === 'succeeded');
   }
 
   update(job);
   return { el, update };
 }
 
+/** The card's two status lines: what the job is doing, and its step and ETA. */
 function describe(job, p) {
   switch (job.state) {
     case 'running': {
-      const stage = p.stage ? String(p.stage).replace(/_/g, ' ') : 'starting';
-      const steps = p.total ? ` · step ${p.step} of ${p.total}` : '';
-      const eta = p.eta_s !== undefined && p.eta_s !== null ? ` · ETA ${formatDuration(p.eta_s)}` : '';
-      return `${stage}${steps}${eta}`;
+      const steps = p.total ? `step ${p.step} of ${p.total}` : '';
+      const eta = p.eta_s !== undefined && p.eta_s !== null ? `ETA ${formatDuration(p.eta_s)}` : '';
+      return [p.stage ? String(p.stage) : 'starting', [steps, eta].filter(Boolean).join(' · ')];
     }
-    case 'queued': return 'waiting for its lane';
-    case 'succeeded': return job.finished_at ? `done ${new Date(job.finished_at).toLocaleTimeString()}` : 'done';
-    case 'failed': return `failed after ${job.attempts ?? 1} attempt(s)`;
-    case 'interrupted': return 'interrupted by a server restart';
-    case 'cancelled': return 'cancelled';
-    default: return job.state ?? '';
+    case 'queued': return ['waiting for its lane', ''];
+    case 'succeeded': return [job.finished_at ? `done ${new Date(job.finished_at).toLocaleTimeString()}` : 'done', ''];
+    case 'failed': return [`failed after ${job.attempts ?? 1} attempt(s)`, ''];
+    case 'interrupted': return ['interrupted by a server restart', ''];
+    case 'cancelled': return ['cancelled', ''];
+    default: return [job.state ?? '', ''];
   }
 }
 

@@ -4,6 +4,9 @@
 
 import { get } from './api.js';
 
+/** Job kinds that add takes to a shot: `shoot` (generate, review, retry) and plain `generate`. */
+export const TAKE_KINDS = new Set(['shoot', 'generate']);
+
 const jobs = new Map();
 const listeners = new Set();
 let source = null;

@@ -1,11 +1,12 @@
-// Review and finish: a seekable player per shot with its takes to pick from, the stitcher,
-// and the stitched result with its download.
+// Review and finish: a seekable player per shot with its takes and their reviews to pick from,
+// the shots that need the user's attention, the stitcher, and the stitched result with its
+// download.
 
 import * as endpoints from './endpoints.js';
 import * as jobsFeed from './jobs-feed.js';
 import { runJob } from './run-job.js';
-import { shotVideo } from './storyboard.js';
-import { attempt, clear, h, toast } from './ui.js';
+import { attentionNote, shotVideo, takeReview } from './storyboard.js';
+import { attempt, clear, confirmDialog, h, toast } from './ui.js';
 
 export async function reviewScreen(container, { project, board, actions }) {
   const grid = h('div', { class: 'review-grid' });
@@ -29,15 +30,17 @@ export async function reviewScreen(container, { project, board, actions }) {
         h('div', { class: 'row' }, h('strong', {}, `Shot ${shot.position + 1}`),
           h('span', { class: `badge ${shot.status}` }, shot.status), h('span', { class: 'spacer' }),
           h('span', { class: 'muted small' }, shot.transition)),
+        attentionNote(shot),
         take
           ? h('video', { class: 'player', src: endpoints.assets.fileUrl(take.asset_id), controls: true, preload: 'metadata' })
           : h('div', { class: 'thumb player' }, 'Not generated yet'),
-        (shot.takes ?? []).length > 1 ? h('div', { class: 'row wrap' }, h('span', { class: 'small muted' }, 'Takes:'),
-          shot.takes.map((t, i) => h('button', {
-            class: 'small', 'aria-pressed': String(t.id === take?.id),
+        h('div', { class: 'small muted ellipsis', title: shot.prompt }, shot.prompt),
+        (shot.takes ?? []).map((t, i) => h('div', { class: 'take-line', dataset: { takeId: t.id } },
+          h('button', {
+            class: 'small', 'aria-pressed': String(t.id === take?.id), title: 'Use this take',
             onclick: () => choose(shot, t),
-          }, `${t.id === take?.id ? '✓ ' : ''}${i + 1}`))) : null,
-        h('div', { class: 'small muted ellipsis', title: shot.prompt }, shot.prompt));
+          }, `${t.id === take?.id ? '✓ ' : ''}Take ${i + 1}`),
+          takeReview(t.review))));
     }));
   }
 
@@ -75,6 +78,10 @@ export async function reviewScreen(container, { project, board, actions }) {
       toast(`Generate shot${missing.length > 1 ? 's' : ''} ${missing.map((s) => s.position + 1).join(', ')} first.`, 'error');
       return;
     }
+    const attention = shots.filter((s) => s.attention);
+    if (attention.length && !await confirmDialog('Stitch with shots that need attention?',
+      `${attention.map((s) => `Shot ${s.position + 1}: ${s.attention}`).join('\n')}\n\n` +
+      'Choosing a take of a shot settles it. Stitch the chosen takes as they are?', 'Stitch anyway')) return;
     stitchButton.disabled = true;
     const job = await attempt('Stitching', () => runJob('stitch', { storyboard_id: board.id }, project.id));
     stitchButton.disabled = false;
@@ -82,7 +89,7 @@ export async function reviewScreen(container, { project, board, actions }) {
   }
 
   const unsubscribe = jobsFeed.subscribe((job) => {
-    if (job?.project_id === project.id && job.kind === 'generate' && job.state === 'succeeded') attempt('Reloading shots', reload);
+    if (job?.project_id === project.id && jobsFeed.TAKE_KINDS.has(job.kind) && job.state === 'succeeded') attempt('Reloading shots', reload);
   });
   await reload();
   return { reload: () => attempt('Reloading', reload), destroy: unsubscribe };

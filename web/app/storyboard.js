@@ -29,6 +29,29 @@ export function shotVideo(shot) {
   return takes.find((t) => t.id === shot.chosen_take_id) ?? takes[takes.length - 1] ?? null;
 }
 
+/**
+ * A take's review as the reviewer plugin left it: score, verdict and reasons. The reasons are
+ * plugin-written and untrusted, so they only ever become text nodes (and a title).
+ */
+export function takeReview(review) {
+  if (!review) return h('div', { class: 'take-review' }, h('span', { class: 'small muted' }, 'not reviewed'));
+  const accepted = review.verdict === 'accept';
+  const score = Number.isFinite(review.score) ? review.score.toFixed(2) : '–';
+  return h('div', { class: 'take-review' },
+    h('div', { class: 'row' },
+      h('span', { class: 'score', title: 'Reviewer score, 0 to 1' }, score),
+      h('span', { class: `badge ${accepted ? 'accepted' : 'retry'}` }, accepted ? 'accepted' : 'retry')),
+    h('div', { class: 'reasons small', title: review.reasons }, review.reasons));
+}
+
+/** The marker of a shot that needs the user to look: a badge and, unless `compact`, the sentence. */
+export function attentionNote(shot, { compact = false } = {}) {
+  if (!shot.attention) return null;
+  if (compact) return h('span', { class: 'badge attention', title: shot.attention, 'aria-label': `Needs attention: ${shot.attention}` }, '⚠');
+  return h('div', { class: 'attention-note', role: 'note' },
+    h('span', { class: 'badge attention' }, '⚠ needs attention'), ' ', shot.attention);
+}
+
 export async function storyboardEditor(container, { project, board, actions }) {
   let shots = [];
   let selectedId = loadDraft(`selected.${board.id}`);
@@ -86,6 +109,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
         const index = shots.findIndex((s) => s.id === id);
         if (index >= 0) shots[index] = { ...result, ...unsaved.get(id) };
         updateCard(shots[index]);
+        if (id === selectedId) refreshEditor();
       }
       setSaveState('All changes saved');
     })();
@@ -96,7 +120,9 @@ export async function storyboardEditor(container, { project, board, actions }) {
   let saveStateEl = null;
   function setSaveState(text) { if (saveStateEl) saveStateEl.textContent = text; }
 
-  function edit(shot, key, value) {
+  function edit(stale, key, value) {
+    // The editor's controls may hold a shot object that a refresh has since replaced.
+    const shot = shots.find((s) => s.id === stale.id) ?? stale;
     shot[key] = value;
     unsaved.set(shot.id, { ...unsaved.get(shot.id), [key]: value });
     persistDrafts();
@@ -108,7 +134,9 @@ export async function storyboardEditor(container, { project, board, actions }) {
   // --- timeline -----------------------------------------------------------------------
   function drawTimeline() {
     const total = shots.reduce((sum, s) => sum + (Number(s.duration_s) || 0), 0);
-    summary.textContent = `${shots.length} shot${shots.length === 1 ? '' : 's'} · ${total.toFixed(1)} s`;
+    const attention = shots.filter((s) => s.attention).length;
+    summary.textContent = `${shots.length} shot${shots.length === 1 ? '' : 's'} · ${total.toFixed(1)} s`
+      + (attention ? ` · ${attention} need${attention === 1 ? 's' : ''} attention` : '');
     clear(timeline, shots.map(card),
       h('button', { class: 'shot-card add-card', id: 'add-shot', onclick: addShot, 'aria-label': 'Add shot' }, '+ Add shot'));
   }
@@ -116,7 +144,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
   function card(shot) {
     const take = shotVideo(shot);
     const el = h('div', {
-      class: 'shot-card', role: 'option', tabindex: 0, draggable: 'true',
+      class: shot.attention ? 'shot-card attention' : 'shot-card', role: 'option', tabindex: 0, draggable: 'true',
       'aria-selected': String(shot.id === selectedId), dataset: { shotId: shot.id },
       onclick: () => select(shot.id),
       onkeydown: (e) => onCardKey(e, shot),
@@ -125,7 +153,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
       ? h('video', { src: `${endpoints.assets.fileUrl(take.asset_id)}#t=0.05`, preload: 'metadata', muted: true })
       : (shot.references?.length ? h('img', { src: endpoints.assets.fileUrl(shot.references[0]), alt: '', loading: 'lazy' }) : h('span', { class: 'play', 'aria-hidden': 'true' }))),
     h('div', { class: 'row' }, h('span', { class: 'num' }, `#${shot.position + 1} · ${Number(shot.duration_s).toFixed(1)}s`),
-      h('span', { class: 'spacer' }), h('span', { class: `badge ${shot.status}` }, shot.status)),
+      h('span', { class: 'spacer' }), attentionNote(shot, { compact: true }), h('span', { class: `badge ${shot.status}` }, shot.status)),
     h('div', { class: 'prompt' }, shot.prompt || h('span', { class: 'muted' }, 'No prompt yet')));
     el.addEventListener('dragstart', (e) => {
       e.dataTransfer.setData('text/x-shot', String(shot.id));
@@ -236,18 +264,21 @@ export async function storyboardEditor(container, { project, board, actions }) {
   }
 
   // --- generation -----------------------------------------------------------------------
-  /** A `generate` job's parameters: the shot, rendered with the bible's settings as saved. */
+  /**
+   * A `shoot` job's parameters: the shot, rendered with the bible's settings as saved. The
+   * studio generates it, has the reviewer look at the take and regenerates up to the
+   * project's attempt limit.
+   */
   function generation(shot) {
     return { shot_id: shot.id, render: loadBible(board).render };
   }
 
   async function generate(shot) {
     await flush();
-    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('generate', generation(shot), project.id));
+    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('shoot', generation(shot), project.id));
     if (!job) return;
     jobsFeed.put(job);
     toast(`Shot ${shot.position + 1} queued for generation.`, 'ok');
-    watchShots(job.id);
   }
 
   async function generatePending() {
@@ -255,27 +286,27 @@ export async function storyboardEditor(container, { project, board, actions }) {
     const pending = shots.filter((s) => PENDING.has(s.status));
     if (!pending.length) { toast('No pending shots: every shot is generated or queued.'); return; }
     for (const shot of pending) {
-      const job = await attempt(`Queuing shot ${shot.position + 1}`, () => endpoints.jobs.submit('generate', generation(shot), project.id));
+      const job = await attempt(`Queuing shot ${shot.position + 1}`, () => endpoints.jobs.submit('shoot', generation(shot), project.id));
       if (!job) return;
       jobsFeed.put(job);
-      watchShots(job.id);
     }
     toast(`${pending.length} shot${pending.length > 1 ? 's' : ''} queued.`, 'ok');
   }
 
-  // Refresh shot cards (status, new takes) whenever one of our jobs changes state.
-  const watched = new Set();
-  function watchShots(jobId) { watched.add(jobId); }
+  // Refresh shot cards (status, new takes, reviews) whenever a take job of this project changes
+  // state, or a shoot moves to another attempt's phase ("attempt 2/3: reviewing" means take 2
+  // exists; "attempt 3/3: generating" means its review does).
   const reloadSoon = debounce(() => attempt('Refreshing shots', async () => {
     applyServerShots(await endpoints.shots.list(board.id));
     drawTimeline();
-    refreshEditorStatus();
+    refreshEditor();
   }), 300);
-  const lastState = new Map();
+  const lastPhase = new Map();
   const unsubscribe = jobsFeed.subscribe((job) => {
-    if (!job || job.project_id !== project.id || job.kind !== 'generate') return;
-    if (lastState.get(job.id) === job.state) return;
-    lastState.set(job.id, job.state);
+    if (!job || job.project_id !== project.id || !jobsFeed.TAKE_KINDS.has(job.kind)) return;
+    const phase = `${job.state} ${String(job.progress?.stage ?? '').match(/^attempt \d+\/\d+: \w+/)?.[0] ?? ''}`;
+    if (lastPhase.get(job.id) === phase) return;
+    lastPhase.set(job.id, phase);
     reloadSoon();
   });
 
@@ -297,9 +328,16 @@ export async function storyboardEditor(container, { project, board, actions }) {
         h('button', { class: 'small', onclick: () => clear(out) }, 'Dismiss')));
   }
 
+  /** The parameters a finished take job used: a shoot's are those of the take it chose. */
+  function takeParams(job) {
+    if (job.kind !== 'shoot') return job.result?.params ?? job.result?.generation?.params ?? job.params?.params ?? null;
+    const attempts = job.result?.attempts ?? [];
+    return attempts.find((a) => a.take_id === job.result.chosen_take_id) ?? attempts[attempts.length - 1] ?? null;
+  }
+
   /** Copies a finished generation's parameters back into its shot. */
   async function reproduce(job) {
-    const params = job.result?.params ?? job.result?.generation?.params ?? job.params?.params ?? null;
+    const params = takeParams(job);
     const shot = shots.find((s) => s.id === (job.params?.shot_id ?? job.result?.shot_id));
     if (!shot || !params) { toast('This job has no generation parameters to copy.', 'error'); return; }
     if (params.prompt !== undefined) edit(shot, 'prompt', params.prompt);
@@ -312,10 +350,48 @@ export async function storyboardEditor(container, { project, board, actions }) {
   }
 
   // --- editor -------------------------------------------------------------------------
+  // Parts of the editor that change while the user types (a shoot adds takes and reviews, a
+  // chosen take clears the shot's attention) are updated in place; the fields are left alone.
   let statusBadge = null;
-  function refreshEditorStatus() {
+  let attentionBox = null;
+  let takesBox = null;
+  let generateButton = null;
+  function refreshEditor() {
     const shot = shots.find((s) => s.id === selectedId);
-    if (shot && statusBadge) { statusBadge.className = `badge ${shot.status}`; statusBadge.textContent = shot.status; }
+    if (!shot || !statusBadge) return;
+    statusBadge.className = `badge ${shot.status}`;
+    statusBadge.textContent = shot.status;
+    clear(attentionBox, attentionNote(shot));
+    drawTakes(shot);
+    generateButton.textContent = shot.takes?.length ? 'Regenerate' : 'Generate';
+  }
+
+  function chooseTake(shot, take) {
+    edit(shot, 'chosen_take_id', take.id);
+    refreshEditor();
+  }
+
+  /**
+   * The shot's takes, each with its review; the chosen one is pressed. Redrawn only when they
+   * changed (an autosave must not reload the videos), keeping keyboard focus on its take.
+   */
+  function drawTakes(shot) {
+    const takes = shot.takes ?? [];
+    const drawn = JSON.stringify([shot.id, shot.chosen_take_id, shot.chosen_by_user, takes.map((t) => [t.id, t.review?.id])]);
+    if (takesBox.dataset.drawn === drawn) return;
+    takesBox.dataset.drawn = drawn;
+    const focused = takesBox.contains(document.activeElement) ? document.activeElement.closest('[data-take-id]')?.dataset.takeId : null;
+    clear(takesBox, takes.length ? [h('label', {}, `Takes (${takes.length})`),
+      h('div', { class: 'takes' }, takes.map((t) => {
+        const chosen = t.id === shot.chosen_take_id;
+        return h('div', { class: 'take', dataset: { takeId: t.id } },
+          h('button', { class: 'take-pick', 'aria-pressed': String(chosen), title: 'Use this take', onclick: () => chooseTake(shot, t) },
+            h('div', { class: 'thumb' }, h('video', { src: `${endpoints.assets.fileUrl(t.asset_id)}#t=0.05`, preload: 'metadata', muted: true })),
+            h('div', { class: 'row small' }, h('span', { class: 'grow' }, `Take #${t.id}`),
+              chosen ? h('span', { class: 'chosen' }, shot.chosen_by_user ? '✓ your choice' : '✓ chosen') : null)),
+          takeReview(t.review));
+      }))] : []);
+    if (focused) takesBox.querySelector(`[data-take-id="${focused}"] button`)?.focus();
   }
 
   function drawEditor() {
@@ -350,6 +426,9 @@ export async function storyboardEditor(container, { project, board, actions }) {
     const expandOut = h('div', { class: 'stack' });
     saveStateEl = h('span', { class: 'small muted', 'aria-live': 'polite' }, unsaved.has(shot.id) ? 'Not saved yet' : 'All changes saved');
     statusBadge = h('span', { class: `badge ${shot.status}` }, shot.status);
+    attentionBox = h('div');
+    takesBox = h('div', { class: 'field' });
+    generateButton = h('button', { class: 'primary', id: 'generate', onclick: () => generate(shot) });
 
     const refs = h('div', { class: 'refs' }, (shot.references ?? []).map((assetId) => h('div', { class: 'ref' },
       assetThumb({ id: assetId, kind: 'image' }),
@@ -359,9 +438,9 @@ export async function storyboardEditor(container, { project, board, actions }) {
       } }, '✕'))),
     h('button', { class: 'small', id: 'add-reference', onclick: () => pickReference(shot) }, '+ Reference image'));
 
-    const takes = shot.takes ?? [];
     clear(editorBox, h('section', { class: 'panel stack shot-editor', 'aria-label': `Shot ${shot.position + 1}` },
       h('div', { class: 'row' }, h('h2', {}, `Shot ${shot.position + 1}`), statusBadge, h('span', { class: 'spacer' }), saveStateEl),
+      attentionBox,
       field('Prompt', input('prompt', { rows: 3, placeholder: 'What the camera sees' })),
       field('Negative prompt', input('negative_prompt', { rows: 2, placeholder: 'What to avoid' })),
       h('div', { class: 'grid-3' },
@@ -374,18 +453,14 @@ export async function storyboardEditor(container, { project, board, actions }) {
       h('datalist', { id: 'cameras' }, CAMERAS.map((c) => h('option', { value: c }))), modelsList,
       h('div', { class: 'field' }, h('label', {}, 'Character & reference images'), refs),
       expandOut,
-      takes.length ? h('div', { class: 'field' }, h('label', {}, `Takes (${takes.length})`),
-        h('div', { class: 'takes' }, takes.map((t) => h('button', {
-          class: 'take', 'aria-pressed': String(t.id === shot.chosen_take_id), title: 'Use this take',
-          onclick: () => { edit(shot, 'chosen_take_id', t.id); drawEditor(); },
-        }, h('div', { class: 'thumb' }, h('video', { src: `${endpoints.assets.fileUrl(t.asset_id)}#t=0.05`, preload: 'metadata', muted: true })),
-        h('div', { class: 'small' }, `Take #${t.id}`))))) : null,
+      takesBox,
       h('div', { class: 'row wrap' },
         h('button', { id: 'expand', onclick: () => expand(shot, expandOut) }, 'Expand prompt'),
-        h('button', { class: 'primary', id: 'generate', onclick: () => generate(shot) }, takes.length ? 'Regenerate' : 'Generate'),
+        generateButton,
         h('span', { class: 'spacer' }),
         h('button', { class: 'small', id: 'duplicate', onclick: () => duplicate(shot) }, 'Duplicate'),
         h('button', { class: 'small danger', id: 'delete-shot', onclick: () => remove(shot) }, 'Delete'))));
+    refreshEditor();
   }
 
   async function pickReference(shot) {
