@@ -1,5 +1,6 @@
 //! Browser end-to-end test of the web UI: starts real `videosdgx serve` processes with
-//! temporary data directories (one on loopback, one requiring sign-in) and runs
+//! temporary data directories (one on loopback, one requiring sign-in, one whose shots are
+//! reviewed) and runs
 //! tests/web/e2e.mjs, which drives the real UI in Debian's headless Chromium through
 //! playwright-core. Screenshots of the main screens land in tests/web/screenshots/.
 //! Prerequisites (installed by tests/run.sh): /usr/bin/chromium, node, and
@@ -12,7 +13,7 @@ mod models;
 #[path = "web_support/mod.rs"]
 mod web_support;
 
-use models::install_tiny_model;
+use models::{install_as, install_tiny_model};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use web_support::Server;
@@ -32,6 +33,48 @@ fn check_prerequisites(web_dir: &Path) {
         "playwright-core is missing: run tests/run.sh, or `npm ci` in {}",
         web_dir.display()
     );
+}
+
+/// Runs `videosdgx --data DATA ARGS…`, which must succeed.
+fn videosdgx(data: &Path, args: &[&str]) {
+    let output = Command::new(web_support::binary())
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("cannot run videosdgx");
+    assert!(
+        output.status.success(),
+        "videosdgx {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A data directory whose shots get reviewed: the tiny video model, the tiny Gemma 3 that sees
+/// images (reviews need one), and the test reviewer that asks for another take whenever the
+/// prompt starts with `always-retry`, as the only enabled reviewer. Its verdicts are fixed, so
+/// the UI's scores, reasons and attention can be asserted exactly.
+fn reviewed_studio(data: &Path, fixtures: &Path) {
+    install_tiny_model(data, "tiny-wan-t2v");
+    install_as(data, "text/gemma3_vlm_chat/model", "google/gemma3-tiny");
+    let reviewer = "hostile-reviewer";
+    let component = fixtures.join(format!("{reviewer}.wasm"));
+    let manifest = fixtures.join(format!("{reviewer}.toml"));
+    std::fs::write(&component, guests::component(reviewer)).unwrap();
+    std::fs::write(&manifest, guests::manifest_text(reviewer)).unwrap();
+    videosdgx(
+        data,
+        &[
+            "plugins",
+            "install",
+            component.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--deny",
+            "media",
+        ],
+    );
+    videosdgx(data, &["plugins", "disable", "reviewer"]);
 }
 
 /// A small PNG to upload, so the test needs no binary fixture.
@@ -68,6 +111,9 @@ fn web_ui_end_to_end_in_headless_chromium() {
     let token = auth_server
         .printed_token()
         .expect("token printed at first start");
+    let review_data = tempfile::tempdir().unwrap();
+    reviewed_studio(review_data.path(), fixtures.path());
+    let review_server = Server::start(review_data.path(), &[]);
 
     let screenshots = web_dir.join("screenshots");
     let output = Command::new("node")
@@ -75,6 +121,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
         .env("VDGX_BASE", &server.base)
         .env("VDGX_AUTH_BASE", &auth_server.base)
         .env("VDGX_AUTH_TOKEN", &token)
+        .env("VDGX_REVIEW_BASE", &review_server.base)
         .env("VDGX_SCREENSHOTS", &screenshots)
         .env("VDGX_FIXTURES", fixtures.path())
         .output()
@@ -97,6 +144,9 @@ fn web_ui_end_to_end_in_headless_chromium() {
         "06-review",
         "07-plugin-grants",
         "08-plugins",
+        "09-brief-failed",
+        "10-takes-reviewed",
+        "11-review-attention",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

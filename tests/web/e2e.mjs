@@ -2,6 +2,8 @@
 // Started by tests/web_e2e.rs, which owns the servers and passes them in the environment:
 //   VDGX_BASE         the studio on loopback (no sign-in)
 //   VDGX_AUTH_BASE    a second studio that requires sign-in, VDGX_AUTH_TOKEN its access token
+//   VDGX_REVIEW_BASE  a third studio with the tiny video model, a tiny language model that sees
+//                     images, and a reviewer that never accepts a take (its only enabled one)
 //   VDGX_SCREENSHOTS  folder for the screenshots of the main screens
 //   VDGX_FIXTURES     folder with an image to upload (reference.png) and the planner plugin
 //                     (storyboard-planner.wasm, storyboard-planner.toml)
@@ -17,6 +19,7 @@ const BASE = must('VDGX_BASE');
 const SHOTS = must('VDGX_SCREENSHOTS');
 const FIXTURES = must('VDGX_FIXTURES');
 const STEP_TIMEOUT = 20_000;
+const BRIEF = 'a 30-second ad for noise-cancelling headphones, two scenes, one character';
 const SCRIPT = `# The Clockmaker's Bird
 
 ## INT. CLOCK SHOP - NIGHT
@@ -219,29 +222,37 @@ try {
     assert.equal(shots[1].references.length, 1);
   });
 
-  await step('set render settings, generate a shot with the tiny model, watch it reach done', async () => {
+  await step('set render settings and the attempt limit, shoot a shot with the tiny model (no reviews without a vision model)', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     for (const [key, value] of [['width', '32'], ['height', '32'], ['steps', '2'], ['guidance', '3']]) {
       await page.locator(`#render-${key}`).fill(value);
     }
+    await page.locator('#max-attempts').fill('2');
     await until(async () => JSON.parse((await api('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}').render?.width === 32);
+    await until(async () => (await api('GET', `/api/projects/${projectId}`)).max_attempts === 2);
     await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
     await page.locator('#generate').click();
     await page.getByText('Shot 1 queued for generation.').waitFor();
-    const job = await until(async () => (await api('GET', '/api/jobs')).find((j) => j.kind === 'generate'));
+    const job = await until(async () => (await api('GET', '/api/jobs')).find((j) => j.kind === 'shoot'));
     assert.deepEqual(job.params.render, { width: 32, height: 32, steps: 2, guidance: 3 });
     await page.goto(`${BASE}/#/jobs`);
     const card = page.locator(`.job[data-job-id="${job.id}"]`);
     await card.locator('.badge.succeeded').waitFor({ timeout: 180_000 });
+    assert.match(await card.locator('.title').textContent(), /Generate & review shot/);
     const done = await api('GET', `/api/jobs/${job.id}`);
-    assert.equal(done.progress.step, done.progress.total, 'the last progress event is complete');
+    assert.equal(done.result.attempts.length, 1, 'without a vision model the shot is generated once');
+    assert.match(done.result.review_note ?? '', /reviews are off/);
     const [first] = await api('GET', `/api/storyboards/${board.id}/shots`);
     assert.equal(first.status, 'generated');
     assert.equal(first.takes.length, 1);
     assert.equal(first.chosen_take_id, first.takes[0].id);
-    const generation = await api('GET', `/api/generations/${done.result.generation_id}`);
+    assert.equal(first.takes[0].review, null);
+    const generation = await api('GET', `/api/generations/${done.result.attempts[0].generation_id}`);
     assert.equal(generation.params.prompt, first.prompt);
     assert.equal(generation.model, 'tiny-wan-t2v');
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    await page.locator('.take .take-review', { hasText: 'not reviewed' }).waitFor();
   });
 
   await step('play the take in the review screen, seeking over HTTP Range', async () => {
@@ -328,6 +339,123 @@ try {
     await page.locator('.badge.failed', { hasText: 'refused' }).first().waitFor();
     await shot('08-plugins');
   });
+
+  await step('plan from a brief without a language model: the failure is readable and the brief is kept', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    await page.getByLabel('Brief').fill(BRIEF);
+    await page.getByRole('button', { name: 'Plan from brief' }).click();
+    const failure = page.locator('.toast.error', { hasText: 'Planning from the brief failed' });
+    await failure.waitFor({ timeout: 60_000 });
+    assert.match(await failure.textContent(), /language model/);
+    await shot('09-brief-failed');
+    await page.reload();
+    assert.equal(await page.getByLabel('Brief').inputValue(), BRIEF, 'the brief survives a reload');
+  });
+
+  await step('a plain storyboard description stays out of Look and survives a bible save', async () => {
+    const description = 'Spring campaign: a calm ad about green tea';
+    const project = await api('POST', '/api/projects', { name: 'Tea ad' });
+    const tea = await api('POST', `/api/projects/${project.id}/storyboards`, { title: 'Storyboard' });
+    await api('PATCH', `/api/storyboards/${tea.id}`, { description });
+    await page.goto(`${BASE}/#/projects/${project.id}`);
+    await page.locator('#style-look').waitFor();
+    assert.equal(await page.locator('#style-look').inputValue(), '');
+    await page.locator('#style-lighting').fill('morning window light');
+    const saved = await until(async () => {
+      const bible = JSON.parse((await api('GET', `/api/projects/${project.id}/storyboards`))[0].description);
+      return bible.style?.lighting === 'morning window light' && bible;
+    });
+    assert.equal(saved.description, description, 'the description is kept in the bible');
+    assert.equal(saved.style.look, '');
+    await page.reload();
+    await page.locator('#style-look').waitFor();
+    assert.equal(await page.locator('#style-look').inputValue(), '');
+    assert.equal(await page.locator('#style-lighting').inputValue(), 'morning window light');
+  });
+
+  if (process.env.VDGX_REVIEW_BASE) {
+    const REVIEW = process.env.VDGX_REVIEW_BASE;
+    const reviewApi = async (method, url, body) => {
+      const response = await page.request.fetch(REVIEW + url, { method, data: body });
+      assert.ok(response.ok(), `${method} ${url} answered ${response.status()}: ${await response.text()}`);
+      return response.status() === 204 ? null : response.json();
+    };
+    let shotId;
+    let projectId;
+    await step('a shot the reviewer never accepts: each take shows its review, the shot needs attention', async () => {
+      projectId = (await reviewApi('POST', '/api/projects', { name: 'Reviewed ad' })).id;
+      await page.goto(`${REVIEW}/#/projects/${projectId}`);
+      for (const [key, value] of [['width', '32'], ['height', '32'], ['steps', '2']]) {
+        await page.locator(`#render-${key}`).fill(value);
+      }
+      await page.locator('#max-attempts').fill('2');
+      await until(async () => (await reviewApi('GET', `/api/projects/${projectId}`)).max_attempts === 2);
+      await page.getByRole('button', { name: 'Add shot' }).click();
+      // The test reviewer's first prompt word picks its behaviour: ask for another take, always.
+      await page.locator('#shot-prompt').fill('always-retry a lighthouse at dusk');
+      await page.getByText('All changes saved').waitFor();
+      await until(async () => JSON.parse((await reviewApi('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}').render?.width === 32);
+      await page.locator('#generate').click();
+      // The project's queue shows the loop's stage as the job reports it.
+      await page.locator('.queue .job .meta', { hasText: /^attempt [12]\/2: / }).first().waitFor({ timeout: 180_000 });
+      const job = await until(async () => (await reviewApi('GET', '/api/jobs')).find((j) => j.kind === 'shoot'));
+      await page.locator(`.queue .job[data-job-id="${job.id}"] .badge.succeeded`).waitFor({ timeout: 180_000 });
+      const [board] = await reviewApi('GET', `/api/projects/${projectId}/storyboards`);
+      const [reviewed] = await reviewApi('GET', `/api/storyboards/${board.id}/shots`);
+      shotId = reviewed.id;
+      assert.equal(reviewed.takes.length, 2, 'the attempt limit ends the loop');
+      assert.deepEqual(reviewed.takes.map((t) => t.review?.verdict), ['retry', 'retry']);
+      assert.match(reviewed.attention ?? '', /^All 2 takes failed review/);
+      const takes = page.locator('.take');
+      await until(async () => await takes.count() === 2);
+      assert.deepEqual(await page.locator('.take .score').allTextContents(), ['0.10', '0.20']);
+      assert.deepEqual(await page.locator('.take .badge').allTextContents(), ['retry', 'retry']);
+      assert.equal(await page.locator('.take .reasons').first().textContent(), 'never good enough');
+      await page.locator('.take-pick[aria-pressed="true"]', { hasText: '✓ chosen' }).waitFor();
+      await page.locator('.shot-editor .attention-note', { hasText: 'All 2 takes failed review' }).waitFor();
+      await page.locator('.timeline .shot-card.attention .badge.attention').waitFor();
+      await page.getByText('1 needs attention').waitFor();
+      await shot('10-takes-reviewed');
+    });
+
+    await step('review page: the attention badge and sentence; stitching asks first; one click settles the shot', async () => {
+      await page.goto(`${REVIEW}/#/projects/${projectId}/review`);
+      const article = page.locator(`article[data-shot-id="${shotId}"]`);
+      await article.locator('.attention-note', { hasText: 'All 2 takes failed review' }).waitFor();
+      assert.deepEqual(await article.locator('.take-line .score').allTextContents(), ['0.10', '0.20']);
+      await shot('11-review-attention');
+      await page.locator('#stitch').click();
+      const dialog = page.getByRole('dialog');
+      await dialog.getByText(/Shot 1: All 2 takes failed review/).waitFor();
+      await dialog.getByRole('button', { name: 'Cancel' }).click();
+      assert.equal((await reviewApi('GET', '/api/jobs')).filter((j) => j.kind === 'stitch').length, 0,
+        'cancel stitches nothing');
+      // Choosing a take (here with the keyboard) marks it the user's and clears the attention.
+      await article.getByRole('button', { name: 'Take 1' }).focus();
+      await page.keyboard.press('Enter');
+      await until(async () => (await reviewApi('GET', `/api/shots/${shotId}`)).attention === null);
+      await article.locator('.attention-note').waitFor({ state: 'detached' });
+      const chosen = await reviewApi('GET', `/api/shots/${shotId}`);
+      assert.equal(chosen.chosen_by_user, true);
+      assert.equal(chosen.chosen_take_id, chosen.takes[0].id);
+    });
+
+    await step('a review\'s reasons are shown as text, never as markup', async () => {
+      const reasons = '<img src=x onerror="window.__reviewMarkup = 1"> bad <b>frame</b>';
+      await page.route('**/api/storyboards/*/shots', async (route) => {
+        const shots = await (await route.fetch()).json();
+        for (const t of shots[0].takes) if (t.review) t.review.reasons = reasons;
+        await route.fulfill({ json: shots });
+      });
+      await page.reload();
+      const shown = page.locator('.take-line .reasons').first();
+      await shown.waitFor();
+      assert.equal(await shown.textContent(), reasons);
+      assert.equal(await page.locator('.take-line .reasons img, .take-line .reasons b').count(), 0);
+      assert.equal(await page.evaluate(() => window.__reviewMarkup), undefined);
+      await page.unroute('**/api/storyboards/*/shots');
+    });
+  }
 
   if (process.env.VDGX_AUTH_BASE) {
     const AUTH = process.env.VDGX_AUTH_BASE;
