@@ -342,14 +342,14 @@ try {
 
   await step('plan from a brief without a language model: the failure is readable and the brief is kept', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
-    await page.getByLabel('Brief').fill(BRIEF);
+    await page.getByRole('textbox', { name: 'Brief' }).fill(BRIEF);
     await page.getByRole('button', { name: 'Plan from brief' }).click();
     const failure = page.locator('.toast.error', { hasText: 'Planning from the brief failed' });
     await failure.waitFor({ timeout: 60_000 });
     assert.match(await failure.textContent(), /language model/);
     await shot('09-brief-failed');
     await page.reload();
-    assert.equal(await page.getByLabel('Brief').inputValue(), BRIEF, 'the brief survives a reload');
+    assert.equal(await page.getByRole('textbox', { name: 'Brief' }).inputValue(), BRIEF, 'the brief survives a reload');
   });
 
   await step('a plain storyboard description stays out of Look and survives a bible save', async () => {

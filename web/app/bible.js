@@ -43,7 +43,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
   const attemptsKey = `attempts.${project.id}`;
   const brief = h('textarea', {
     id: 'brief', rows: 3, 'aria-label': 'Brief',
-    placeholder: 'Say what you want: a 30-second ad for noise-cancelling headphones, two scenes, one character…',
+    placeholder: 'A 30-second ad for noise-cancelling headphones, two scenes, one character',
     value: loadDraft(briefKey) ?? '', oninput: () => saveDraft(briefKey, brief.value),
   });
   const script = h('textarea', {
@@ -174,7 +174,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     }
     briefButton.disabled = true;
     planButton.disabled = true;
-    status.textContent = source === brief ? 'Writing a screenplay and planning…' : 'Planning…';
+    status.textContent = 'Planning…';
     const job = await attempt(source === brief ? 'Planning from the brief' : 'Planning the storyboard', () => planJob(text));
     briefButton.disabled = false;
     planButton.disabled = false;
@@ -199,7 +199,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
 
   return h('div', { class: 'stack' },
     h('section', { class: 'panel stack', 'aria-label': 'Brief' }, h('h3', {}, 'Brief'),
-      h('p', { class: 'small muted' }, 'Describe the video in plain words; the planner writes the screenplay with the language model.'),
+      h('div', { class: 'small muted' }, 'Describe the video in plain words; the planner writes the screenplay with the language model.'),
       brief,
       h('div', { class: 'row' }, briefButton, briefStatus)),
     h('section', { class: 'panel stack', 'aria-label': 'Script' }, h('h3', {}, 'Script'), script,

@@ -149,11 +149,12 @@ export async function storyboardEditor(container, { project, board, actions }) {
       onclick: () => select(shot.id),
       onkeydown: (e) => onCardKey(e, shot),
     },
+    attentionNote(shot, { compact: true }),
     h('div', { class: 'thumb' }, take
       ? h('video', { src: `${endpoints.assets.fileUrl(take.asset_id)}#t=0.05`, preload: 'metadata', muted: true })
       : (shot.references?.length ? h('img', { src: endpoints.assets.fileUrl(shot.references[0]), alt: '', loading: 'lazy' }) : h('span', { class: 'play', 'aria-hidden': 'true' }))),
     h('div', { class: 'row' }, h('span', { class: 'num' }, `#${shot.position + 1} · ${Number(shot.duration_s).toFixed(1)}s`),
-      h('span', { class: 'spacer' }), attentionNote(shot, { compact: true }), h('span', { class: `badge ${shot.status}` }, shot.status)),
+      h('span', { class: 'spacer' }), h('span', { class: `badge ${shot.status}` }, shot.status)),
     h('div', { class: 'prompt' }, shot.prompt || h('span', { class: 'muted' }, 'No prompt yet')));
     el.addEventListener('dragstart', (e) => {
       e.dataTransfer.setData('text/x-shot', String(shot.id));
