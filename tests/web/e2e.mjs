@@ -300,9 +300,12 @@ try {
     assert.equal(await card.count(), 0);
   });
 
-  await step('install the planner plugin from its files, refusing the capability it asks for', async () => {
+  await step('replace the built-in planner with one installed from its files, refusing the capability it asks for', async () => {
     await page.goto(`${BASE}/#/plugins`);
     await page.getByRole('heading', { name: 'Plugins' }).waitFor();
+    await page.locator('tr[data-plugin-id="storyboard-planner"]').getByRole('button', { name: 'Uninstall' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Uninstall' }).click();
+    await page.getByText('Uninstalled storyboard-planner.').waitFor();
     await page.locator('#plugin-component').setInputFiles(path.join(FIXTURES, 'storyboard-planner.wasm'));
     await page.locator('#plugin-manifest').setInputFiles(path.join(FIXTURES, 'storyboard-planner.toml'));
     await page.locator('#install-plugin').click();
@@ -313,7 +316,7 @@ try {
     await dialog.getByRole('button', { name: 'Install with these grants' }).click();
     await page.getByText('Installed storyboard-planner.').waitFor();
     await page.locator('tr[data-plugin-id="storyboard-planner"] .cap.refused', { hasText: 'text-generation' }).waitFor();
-    const [planner] = await api('GET', '/api/plugins');
+    const planner = (await api('GET', '/api/plugins')).find((p) => p.id === 'storyboard-planner');
     assert.deepEqual([planner.id, planner.granted, planner.denied], ['storyboard-planner', [], ['text-generation']]);
   });
 
