@@ -14,7 +14,8 @@ use videosdgx_plugin_sdk::types::{PluginError, Shot, Storyboard};
 /// rewording but a model gone astray.
 const MAX_ACTION_CHARS: usize = 600;
 const MAX_CAMERA_CHARS: usize = 200;
-/// Both fields at their longest (about 4 characters a token) and the JSON around them.
+/// Twice both fields at their longest (about 4 characters a token): room for the JSON around
+/// them and for words that take several tokens.
 const ANSWER_TOKENS: u32 = 400;
 
 const INSTRUCTIONS: &str = "You adapt one shot of a storyboard to the wording a video or image \
