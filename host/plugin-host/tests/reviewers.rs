@@ -224,7 +224,7 @@ async fn hostile_reviewers_end_with_clear_errors_and_the_runtime_keeps_serving()
         "{err}"
     );
 
-    // Building 100 MB takes the guest a while: only the size check may stop it.
+    // Writing 100 MiB takes longer than the loop's 300 ms on a busy machine: the default budget.
     let err = review(
         "hostile-reviewer",
         "huge-reason",
