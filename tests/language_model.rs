@@ -20,7 +20,6 @@ use studio::{Server, start};
 
 const QWEN: &str = "Qwen/Qwen3-tiny";
 const GEMMA: &str = "google/gemma3-tiny";
-const BOUNDARY: &str = "vdgx-language-form";
 
 fn install_qwen(data: &Path) {
     install_as(data, "text/qwen3/model", QWEN);
@@ -55,28 +54,11 @@ fn stderr(out: &Output) -> String {
 
 /// Installs the language probe (API 0.2.0) with `text-generation` and `vision` granted.
 fn install_probe(s: &Server) {
-    let mut body = Vec::new();
-    let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        let disposition = match filename {
-            Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
-            None => format!("form-data; name=\"{field}\""),
-        };
-        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    };
-    part(
-        "component",
-        Some("plugin.wasm"),
+    let r = s.install_plugin(
         &guests::component("language-probe"),
+        &guests::manifest_text("language-probe"),
+        &["text-generation", "vision"],
     );
-    let manifest = guests::manifest_text("language-probe");
-    part("manifest", Some("plugin.toml"), manifest.as_bytes());
-    part("grant", None, b"text-generation");
-    part("grant", None, b"vision");
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    let r = s.post_multipart("/api/plugins", BOUNDARY, &body);
     assert_eq!(r.status, 201, "{}", r.json());
 }
 

@@ -48,7 +48,9 @@ fn stage(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> (String, St
 fn install_list_show_disable_enable_uninstall() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let (wasm, toml) = stage(tmp.path(), "storyboard-planner", |m| m);
+    let (wasm, toml) = stage(tmp.path(), "template", |m| {
+        m.replace("capabilities = []", "capabilities = [\"text-generation\"]")
+    });
     let out = stdout(&videosdgx(
         &data,
         &[
@@ -76,11 +78,17 @@ fn install_list_show_disable_enable_uninstall() {
                 ]),
         "{out}"
     );
-    assert!(out.contains("installed storyboard-planner"), "{out}");
+    assert!(out.contains("installed template"), "{out}");
 
     let list: serde_json::Value =
         serde_json::from_str(&stdout(&videosdgx(&data, &["plugins", "list", "--json"]))).unwrap();
-    assert_eq!(list[0]["id"], "storyboard-planner");
+    let list: Vec<&serde_json::Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["id"] == "template")
+        .collect();
+    assert_eq!(list[0]["first_party"], false);
     assert_eq!(list[0]["world"], "planner");
     assert_eq!(list[0]["granted"], serde_json::json!(["text-generation"]));
     assert_eq!(list[0]["enabled"], true);
@@ -92,21 +100,15 @@ fn install_list_show_disable_enable_uninstall() {
         std::fs::read(&wasm).unwrap()
     );
 
-    let shown = stdout(&videosdgx(
-        &data,
-        &["plugins", "disable", "storyboard-planner"],
-    ));
-    assert_eq!(shown.trim(), "disabled storyboard-planner");
+    let shown = stdout(&videosdgx(&data, &["plugins", "disable", "template"]));
+    assert_eq!(shown.trim(), "disabled template");
     let show: serde_json::Value = serde_json::from_str(&stdout(&videosdgx(
         &data,
-        &["plugins", "show", "storyboard-planner", "--json"],
+        &["plugins", "show", "template", "--json"],
     )))
     .unwrap();
     assert_eq!(show["enabled"], false);
-    stdout(&videosdgx(
-        &data,
-        &["plugins", "enable", "storyboard-planner"],
-    ));
+    stdout(&videosdgx(&data, &["plugins", "enable", "template"]));
 
     let again = stderr(&videosdgx(
         &data,
@@ -114,38 +116,109 @@ fn install_list_show_disable_enable_uninstall() {
     ));
     assert!(again.contains("already installed"), "{again}");
 
-    stdout(&videosdgx(
-        &data,
-        &["plugins", "uninstall", "storyboard-planner"],
-    ));
-    assert!(stdout(&videosdgx(&data, &["plugins", "list"])).contains("no plugins installed"));
+    stdout(&videosdgx(&data, &["plugins", "uninstall", "template"]));
+    assert!(!stdout(&videosdgx(&data, &["plugins", "list"])).contains("template"));
     assert!(
         !component.exists(),
         "the component file went with the plugin"
     );
-    let gone = stderr(&videosdgx(
-        &data,
-        &["plugins", "show", "storyboard-planner"],
-    ));
-    assert_eq!(gone.trim(), "error: plugin `storyboard-planner` not found");
+    let gone = stderr(&videosdgx(&data, &["plugins", "show", "template"]));
+    assert_eq!(gone.trim(), "error: plugin `template` not found");
 }
 
 #[test]
 fn without_a_terminal_unanswered_capabilities_are_denied() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let (wasm, toml) = stage(tmp.path(), "shot-stitcher", |m| m);
+    let (wasm, toml) = stage(tmp.path(), "shot-stitcher", |m| {
+        m.replace("id = \"shot-stitcher\"", "id = \"my-stitcher\"")
+    });
     stdout(&videosdgx(
         &data,
         &["plugins", "install", &wasm, "--manifest", &toml],
     ));
     let show: serde_json::Value = serde_json::from_str(&stdout(&videosdgx(
         &data,
-        &["plugins", "show", "shot-stitcher", "--json"],
+        &["plugins", "show", "my-stitcher", "--json"],
     )))
     .unwrap();
     assert_eq!(show["granted"], serde_json::json!([]));
     assert_eq!(show["denied"], serde_json::json!(["render"]));
+}
+
+#[test]
+fn first_party_plugins_come_installed_and_stay_as_the_user_leaves_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let list = |data: &Path| -> Vec<serde_json::Value> {
+        let out = stdout(&videosdgx(data, &["plugins", "list", "--json"]));
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let fresh = list(&data);
+    let ids: Vec<&str> = fresh.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "prompt-expander",
+            "reviewer",
+            "shot-stitcher",
+            "storyboard-planner"
+        ]
+    );
+    for plugin in &fresh {
+        assert_eq!(plugin["first_party"], true, "{plugin}");
+        assert_eq!(plugin["enabled"], true, "{plugin}");
+        assert_eq!(plugin["granted"], plugin["capabilities"], "{plugin}");
+    }
+    let text = stdout(&videosdgx(&data, &["plugins", "list"]));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("reviewer") && l.contains("first-party")),
+        "{text}"
+    );
+
+    // What the user did survives the next start.
+    stdout(&videosdgx(&data, &["plugins", "disable", "reviewer"]));
+    stdout(&videosdgx(
+        &data,
+        &["plugins", "uninstall", "shot-stitcher"],
+    ));
+    let after = list(&data);
+    assert!(
+        after.iter().all(|p| p["id"] != "shot-stitcher"),
+        "{after:?}"
+    );
+    let reviewer = after.iter().find(|p| p["id"] == "reviewer").unwrap();
+    assert_eq!(reviewer["enabled"], false);
+
+    // A data directory from an older binary (another component under the planner's name) is
+    // upgraded to this binary's component, and stays disabled if the user disabled it.
+    let planner_sha = after
+        .iter()
+        .find(|p| p["id"] == "storyboard-planner")
+        .unwrap()["component_sha256"]
+        .clone();
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    db.execute(
+        "UPDATE plugins SET enabled = 0, component_sha256 =
+             (SELECT component_sha256 FROM plugins WHERE id = 'prompt-expander')
+         WHERE id = 'storyboard-planner'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let upgraded = list(&data);
+    let planner = upgraded
+        .iter()
+        .find(|p| p["id"] == "storyboard-planner")
+        .unwrap();
+    assert_eq!(planner["component_sha256"], planner_sha);
+    assert_eq!(planner["enabled"], false);
+    assert!(upgraded.iter().all(|p| p["id"] != "shot-stitcher"));
 }
 
 #[test]

@@ -181,8 +181,6 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     let s = start(dir.path());
     let (project, board) = storyboard(&s);
     install(&s, "hostile", &["assets:read", "media", "project:read"]);
-    install(&s, "storyboard-planner", &[]);
-    install(&s, "prompt-expander", &[]);
 
     for (script, expected) in [
         ("trap", "plugin `hostile` crashed"),
@@ -320,8 +318,6 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     install_tiny_model(dir.path(), "tiny-wan-t2v");
     let s = start(dir.path());
     let (project, board) = storyboard(&s);
-    install(&s, "storyboard-planner", &[]);
-    install(&s, "shot-stitcher", &["render"]);
     let script = "# Boats\n\n## EXT. CANAL - DAY\n\nMARA sets a paper boat on the water.\n\nCLOSE ON the boat drifting away.\n";
     let job = run_job(
         &s,

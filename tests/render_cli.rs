@@ -1,11 +1,9 @@
-//! `videosdgx render` end to end on the CPU: the first-party plugins installed through the CLI,
-//! the tiny random Wan model (tests/fixtures/tiny-wan-t2v) installed as a model, a two-shot
+//! `videosdgx render` end to end on the CPU on a fresh data directory holding only the tiny
+//! random Wan model (tests/fixtures/tiny-wan-t2v; the first-party plugins come with it), a two-shot
 //! screenplay planned, expanded, generated and stitched into one MP4 whose length is what the
 //! stitcher's edit says, with every step run and recorded as a job of the studio's queue and
 //! every shot's generation recorded in the studio database; Ctrl-C cancels the running job.
 
-#[path = "support/guests.rs"]
-mod guests;
 #[path = "support/models.rs"]
 mod models;
 
@@ -43,36 +41,12 @@ fn succeeded(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn install_first_party(tmp: &Path, data: &Path) {
-    for (name, grants) in [
-        ("storyboard-planner", ""),
-        ("prompt-expander", ""),
-        ("shot-stitcher", "render"),
-    ] {
-        let wasm = tmp.join(format!("{name}.wasm"));
-        let toml = tmp.join(format!("{name}.toml"));
-        std::fs::write(&wasm, guests::component(name)).unwrap();
-        std::fs::write(&toml, guests::manifest_text(name)).unwrap();
-        let mut args = vec![
-            "plugins",
-            "install",
-            wasm.to_str().unwrap(),
-            "--manifest",
-            toml.to_str().unwrap(),
-        ];
-        if !grants.is_empty() {
-            args.extend(["--grant", grants]);
-        }
-        succeeded(videosdgx(data, &args));
-    }
-}
-
-/// A data dir (inside the returned temp dir) with the tiny model and the first-party plugins.
-fn studio_with_model_and_plugins() -> (tempfile::TempDir, PathBuf) {
+/// A data dir (inside the returned temp dir) with only the tiny model: the first-party plugins
+/// come with the binary.
+fn studio_with_model() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     install_tiny_model(&data, "tiny-wan-t2v");
-    install_first_party(tmp.path(), &data);
     (tmp, data)
 }
 
@@ -113,7 +87,7 @@ fn frames(ms: &Value, fps: f64) -> i64 {
 
 #[test]
 fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
-    let (tmp, data) = studio_with_model_and_plugins();
+    let (tmp, data) = studio_with_model();
     let script = tmp.path().join("paper-boats.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("final/paper-boats.mp4");
@@ -145,7 +119,7 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
     for stage in [
         "plan:",
         "expand",
-        "shot 1/2: denoising",
+        "shot 1/2: attempt 1/1: generating: denoising",
         "shot 2/2",
         "stitch:",
     ] {
@@ -154,6 +128,13 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
             "no `{stage}` in progress:\n{progress}"
         );
     }
+
+    // Without a language model that sees, takes go unreviewed: one attempt each, said once.
+    let note = report["review_note"].as_str().unwrap();
+    assert!(
+        note.starts_with("reviews are off: no language model is installed"),
+        "{note}"
+    );
 
     // Two shots, each generated from its expanded prompt at 4k+1 frames.
     let shots = report["shots"].as_array().unwrap();
@@ -229,7 +210,9 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
     let kinds: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
     assert_eq!(
         kinds,
-        ["plan", "expand", "expand", "generate", "generate", "stitch"]
+        [
+            "plan", "expand", "expand", "shoot", "generate", "shoot", "generate", "stitch"
+        ]
     );
     assert!(
         jobs.iter().all(|j| (j.1.as_str(), j.2) == ("succeeded", 1)),
@@ -243,13 +226,16 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(Some(job), shot["job_id"].as_i64(), "{shot}");
+        assert_eq!(Some(job), shot["attempts"][0]["job_id"].as_i64(), "{shot}");
+        assert_eq!(shot["attempts"].as_array().unwrap().len(), 1, "{shot}");
+        assert!(shot["attempts"][0]["review"].is_null(), "{shot}");
+        assert!(shot["attention"].is_null(), "{shot}");
     }
 }
 
 #[test]
 fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
-    let (tmp, data) = studio_with_model_and_plugins();
+    let (tmp, data) = studio_with_model();
     let script = tmp.path().join("paper-boats.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("never.mp4");
@@ -268,7 +254,7 @@ fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
             "the render ended before generating:\n{seen}"
         );
         seen.push_str(&line);
-        if line.starts_with("shot 1/2: denoising") {
+        if line.starts_with("shot 1/2: attempt 1/1: generating: denoising") {
             break;
         }
     }
@@ -277,22 +263,24 @@ fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
     let status = child.wait().unwrap();
     assert!(!status.success(), "{seen}");
     assert!(
-        seen.contains("error: render stopped: shot 1/2 (job 4) was cancelled"),
+        seen.contains("error: stopped: shot 1/2 (job 4) was cancelled"),
         "{seen}"
     );
     assert!(!out.exists());
 
-    // The job is recorded as cancelled, the shot is left a draft without a take, and nothing
-    // after it ran.
+    // The shot's job and the generation it waited for are recorded as cancelled, the shot is
+    // left a draft without a take, and nothing after them ran.
     let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
-    let (kind, state): (String, String) = db
-        .query_row("SELECT kind, state FROM jobs WHERE id = 4", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!((kind.as_str(), state.as_str()), ("generate", "cancelled"));
+    for (id, kind) in [(4, "shoot"), (5, "generate")] {
+        let (found, state): (String, String) = db
+            .query_row("SELECT kind, state FROM jobs WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((found.as_str(), state.as_str()), (kind, "cancelled"));
+    }
     let later: i64 = db
-        .query_row("SELECT count(*) FROM jobs WHERE id > 4", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM jobs WHERE id > 5", [], |r| r.get(0))
         .unwrap();
     assert_eq!(later, 0);
     let (status, takes): (String, i64) = db
@@ -307,7 +295,7 @@ fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
 
 #[test]
 fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything() {
-    let (tmp, data) = studio_with_model_and_plugins();
+    let (tmp, data) = studio_with_model();
     let script = tmp.path().join("s.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let jobs = || -> i64 {
@@ -345,7 +333,7 @@ fn render_refuses_a_missing_model_or_a_running_server_before_queueing_anything()
 
 #[test]
 fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
-    let (tmp, data) = studio_with_model_and_plugins();
+    let (tmp, data) = studio_with_model();
     let weights = data.join("models/tiny-wan-t2v/transformer/diffusion_pytorch_model.safetensors");
     std::fs::write(&weights, b"not safetensors").unwrap();
     let script = tmp.path().join("s.md");
@@ -370,7 +358,10 @@ fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(
-        err.contains("error: shot 1/2 (job 4) failed: loading model `tiny-wan-t2v`"),
+        err.contains(
+            "error: shot 1/2 (job 4) failed: attempt 1/1: generating (job 5) failed: loading \
+             model `tiny-wan-t2v`"
+        ),
         "{err}"
     );
     assert!(!out.exists());
@@ -379,7 +370,7 @@ fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
     let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
     let (state, attempts, error): (String, i64, String) = db
         .query_row(
-            "SELECT state, attempts, error FROM jobs WHERE id = 4",
+            "SELECT state, attempts, error FROM jobs WHERE id = 5",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
@@ -388,7 +379,7 @@ fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
     assert!(error.contains("loading model"), "{error}");
     let (later, status): (i64, String) = db
         .query_row(
-            "SELECT (SELECT count(*) FROM jobs WHERE id > 4), status FROM shots ORDER BY id LIMIT 1",
+            "SELECT (SELECT count(*) FROM jobs WHERE id > 5), status FROM shots ORDER BY id LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -398,7 +389,7 @@ fn a_failed_generation_job_ends_the_render_with_an_error_naming_the_shot() {
 
 #[test]
 fn render_finishes_when_its_stderr_is_closed() {
-    let (tmp, data) = studio_with_model_and_plugins();
+    let (tmp, data) = studio_with_model();
     let script = tmp.path().join("s.md");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = tmp.path().join("s.mp4");
@@ -427,11 +418,14 @@ fn render_finishes_when_its_stderr_is_closed() {
 }
 
 #[test]
-fn render_without_plugins_says_what_to_install() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+fn render_without_a_planner_says_what_to_install() {
+    let (tmp, data) = studio_with_model();
     let script = tmp.path().join("s.md");
     std::fs::write(&script, SCRIPT).unwrap();
+    succeeded(videosdgx(
+        &data,
+        &["plugins", "uninstall", "storyboard-planner"],
+    ));
     let out = videosdgx(&data, &["render", script.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -26,6 +26,6 @@ if command -v rustup >/dev/null; then
 fi
 
 cargo test --workspace
-# The guest plugins' own unit tests (prompt construction, verdict parsing) run natively.
+# The guest plugins' own unit tests (prompt construction, answer parsing) run natively.
 cargo test --manifest-path plugins/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" \
-  -p reviewer
+  -p reviewer -p prompt-expander

@@ -24,7 +24,12 @@ pub fn wasm_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = repo_root();
-        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins-wasm");
+        // `<target>/plugins-wasm`, where the studio's build script builds the first-party
+        // plugins: the same artefacts serve both.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+            .join("plugins-wasm");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)

@@ -214,6 +214,31 @@ impl Server {
         )
     }
 
+    /// Installs a plugin through `POST /api/plugins` with `grants` granted.
+    pub fn install_plugin(&self, component: &[u8], manifest: &str, grants: &[&str]) -> Reply {
+        const BOUNDARY: &str = "vdgx-plugin-form";
+        let mut body = Vec::new();
+        let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
+            body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+            let disposition = match filename {
+                Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
+                None => format!("form-data; name=\"{field}\""),
+            };
+            body.extend_from_slice(
+                format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        };
+        part("component", Some("plugin.wasm"), component);
+        part("manifest", Some("plugin.toml"), manifest.as_bytes());
+        for grant in grants {
+            part("grant", None, grant.as_bytes());
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        self.post_multipart("/api/plugins", BOUNDARY, &body)
+    }
+
     /// Polls job `id` until `done` accepts it.
     pub fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -11,8 +11,8 @@ use crate::manifest::{Manifest, World};
 use crate::services::HostServices;
 use crate::state::PluginState;
 use crate::types::{
-    GeneratedClip, ModelProfile, PlanInput, TakeReview, Shot, ShotPrompt, StitchResult, Storyboard,
-    Take,
+    GeneratedClip, ModelProfile, PlanInput, Shot, ShotPrompt, StitchResult, Storyboard, Take,
+    TakeReview,
 };
 use crate::wit::{Bound, Linkers};
 use sha2::{Digest, Sha256};
@@ -286,7 +286,10 @@ fn check_review(review: &TakeReview) -> Result<(), String> {
     let texts = [
         ("reasons", Some(&review.reasons)),
         ("revised-prompt", review.revised_prompt.as_ref()),
-        ("revised-negative-prompt", review.revised_negative_prompt.as_ref()),
+        (
+            "revised-negative-prompt",
+            review.revised_negative_prompt.as_ref(),
+        ),
     ];
     for (field, text) in texts {
         if let Some(text) = text

@@ -505,7 +505,7 @@ impl text::Host for PluginState {
         let result = async {
             check_chat(&messages, &options)?;
             let reply = services.chat(messages, options).await?;
-            fits("text.chat", reply.text.len(), cap)?;
+            fits("text.chat", reply.text.len() + reply.model.len(), cap)?;
             Ok(reply)
         }
         .await;

@@ -182,7 +182,11 @@ async fn an_answer_that_is_not_the_verdict_counts_as_accept_with_a_note() {
     .await
     .unwrap();
     assert_eq!(review.verdict, Verdict::Accept);
-    assert!(review.reasons.starts_with("Not reviewed"), "{}", review.reasons);
+    assert!(
+        review.reasons.starts_with("Not reviewed"),
+        "{}",
+        review.reasons
+    );
 }
 
 #[tokio::test]
@@ -197,7 +201,10 @@ async fn the_reviewer_without_the_vision_grant_is_denied() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("capability `vision` not granted"), "{err}");
+    assert!(
+        err.to_string().contains("capability `vision` not granted"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -217,9 +224,16 @@ async fn hostile_reviewers_end_with_clear_errors_and_the_runtime_keeps_serving()
         "{err}"
     );
 
-    let err = review("hostile-reviewer", "huge-reason", grants(), limits, &services)
-        .await
-        .unwrap_err();
+    // Writing 100 MiB takes longer than the loop's 300 ms on a busy machine: the default budget.
+    let err = review(
+        "hostile-reviewer",
+        "huge-reason",
+        grants(),
+        Limits::default(),
+        &services,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), "plugin_bad_output", "{err}");
     assert!(
         err.to_string()
@@ -230,12 +244,24 @@ async fn hostile_reviewers_end_with_clear_errors_and_the_runtime_keeps_serving()
     let err = review("hostile-reviewer", "nan-score", grants(), limits, &services)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("score NaN is not between 0 and 1"), "{err}");
+    assert!(
+        err.to_string().contains("score NaN is not between 0 and 1"),
+        "{err}"
+    );
 
-    let err = review("hostile-reviewer", "vision-ungranted", grants(), limits, &services)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("capability `vision` not granted"), "{err}");
+    let err = review(
+        "hostile-reviewer",
+        "vision-ungranted",
+        grants(),
+        limits,
+        &services,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("capability `vision` not granted"),
+        "{err}"
+    );
     let denied = services
         .audit_functions()
         .into_iter()
@@ -254,22 +280,33 @@ async fn hostile_reviewers_end_with_clear_errors_and_the_runtime_keeps_serving()
     .await
     .unwrap();
     assert_eq!(review.verdict, Verdict::Retry);
-    assert_eq!(review.revised_prompt.as_deref(), Some("always-retry, attempt 2"));
+    assert_eq!(
+        review.revised_prompt.as_deref(),
+        Some("always-retry attempt 2")
+    );
 }
 
 #[tokio::test]
 async fn a_reviewer_is_not_a_planner_and_the_reviewer_world_needs_api_0_2() {
     let plugin = load("reviewer");
     let ctx = context(services("{}"), reviewer_grants(), Limits::default());
-    let err = runtime().plan(&plugin, &ctx, &input("echo")).await.unwrap_err();
+    let err = runtime()
+        .plan(&plugin, &ctx, &input("echo"))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, CallError::WrongWorld { actual: World::Reviewer, wanted: World::Planner, .. }),
+        matches!(
+            err,
+            CallError::WrongWorld {
+                actual: World::Reviewer,
+                wanted: World::Planner,
+                ..
+            }
+        ),
         "{err}"
     );
-    let text = support::guests::manifest_text("reviewer").replace(
-        "api-version = \"0.2.0\"",
-        "api-version = \"0.1.0\"",
-    );
+    let text = support::guests::manifest_text("reviewer")
+        .replace("api-version = \"0.2.0\"", "api-version = \"0.1.0\"");
     let err = Manifest::parse(&text).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -287,7 +324,10 @@ async fn a_plugin_built_against_0_1_still_loads_plans_and_reaches_the_language_m
         Grants::new([Capability::TextGeneration]),
         Limits::default(),
     );
-    let board = runtime().plan(&plugin, &ctx, &input("echo hello")).await.unwrap();
+    let board = runtime()
+        .plan(&plugin, &ctx, &input("echo hello"))
+        .await
+        .unwrap();
     assert_eq!(board.title, "hello");
     let board = runtime()
         .plan(&plugin, &ctx, &input("complete say hi"))
@@ -299,7 +339,10 @@ async fn a_plugin_built_against_0_1_still_loads_plans_and_reaches_the_language_m
         ..Limits::default()
     };
     let ctx = context(services, Grants::new(Vec::new()), limits);
-    let err = runtime().plan(&plugin, &ctx, &input("loop")).await.unwrap_err();
+    let err = runtime()
+        .plan(&plugin, &ctx, &input("loop"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, CallError::Timeout { .. } | CallError::OutOfFuel { .. }),
         "{err}"

@@ -44,7 +44,8 @@ pub struct App {
 }
 
 impl App {
-    /// Opens (creating) the data directory: `studio.db`, `assets/`, `index/`.
+    /// Opens (creating) the data directory: `studio.db`, `assets/`, `index/`, and the
+    /// first-party plugins installed or upgraded.
     pub fn open(config: StudioConfig) -> Result<App> {
         Self::open_with_runners(config, default_runners())
     }
@@ -61,6 +62,7 @@ impl App {
         let db = Db::open(&dir.join("studio.db"))?;
         let assets = AssetLibrary::open(dir, &db)?;
         let plugins = Plugins::new(dir);
+        crate::plugins::first_party::sync(&db, &plugins)?;
         let gpu = Arc::new(GpuModel::new());
         Ok(App {
             config,
@@ -95,6 +97,7 @@ pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
         Arc::new(runners::Reindex),
         Arc::new(runners::ImportFolder),
         Arc::new(GenerateRunner),
+        Arc::new(crate::shoot::ShootRunner),
         Arc::new(crate::language::ChatRunner),
         Arc::new(crate::plugins::runners::Plan),
         Arc::new(crate::plugins::runners::Expand),

@@ -157,6 +157,8 @@ impl Default for RenderSettings {
 /// Upper bounds that keep a typo from queueing a job no GPU can finish.
 const MAX_SIDE: usize = 2048;
 const MAX_STEPS: usize = 200;
+/// Longest prompt a job may carry (the text encoders read far less).
+const MAX_PROMPT_BYTES: usize = 64 << 10;
 
 impl RenderSettings {
     pub fn check(&self) -> Result<()> {
@@ -226,26 +228,28 @@ impl Generator {
         Generator { gpu }
     }
 
-    /// Generates shot `shot_id` as a new take, keeping the shot's status current.
+    /// Generates a shot as a new take, keeping the shot's status current.
     pub fn generate_shot(
         &self,
         app: &App,
         job_id: Option<i64>,
-        shot_id: i64,
-        render: &RenderSettings,
+        wanted: &GenerateShot,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<VideoOutput> {
-        let shot = shots::get_shot(&app.db, shot_id)?;
+        let shot = shots::get_shot(&app.db, wanted.shot_id)?;
         let request = VideoRequest {
             project_id: Some(project_of_shot(&app.db, shot.id)?),
             shot_id: Some(shot.id),
             model: shot_model(app.data_dir(), &shot)?,
-            prompt: shot.prompt.clone(),
-            negative_prompt: shot.negative_prompt.clone(),
+            prompt: wanted.prompt.clone().unwrap_or_else(|| shot.prompt.clone()),
+            negative_prompt: wanted
+                .negative_prompt
+                .clone()
+                .unwrap_or_else(|| shot.negative_prompt.clone()),
             length: Length::Seconds(shot.duration_s),
-            seed: shot.seed,
+            seed: wanted.seed.or(shot.seed),
             references: shot.references.clone(),
-            render: render.clone(),
+            render: wanted.render.clone(),
         };
         set_status(&app.db, shot.id, "generating")?;
         let outcome = self.generate_video(app, job_id, &request, on_progress);
@@ -403,6 +407,24 @@ fn start_image(app: &App, references: &[i64], wanted: StartImage) -> Result<Opti
     }
 }
 
+/// The library name of a generated video: `<project>-shot-<n>-take-<k>.mp4` for a shot's take
+/// (unique within a project), `<project>-seed-<seed>.mp4` otherwise.
+fn output_name(db: &Db, request: &VideoRequest, seed: u64) -> Result<String> {
+    let project = match request.project_id {
+        Some(id) => crate::plugins::calls::file_stem(&crate::projects::get_project(db, id)?.name),
+        None => "generated".into(),
+    };
+    let Some(shot_id) = request.shot_id else {
+        return Ok(format!("{project}-seed-{seed}.mp4"));
+    };
+    let shot = shots::get_shot(db, shot_id)?;
+    Ok(format!(
+        "{project}-shot-{}-take-{}.mp4",
+        shot.position + 1,
+        shot.takes.len() + 1
+    ))
+}
+
 /// Imports the MP4, then writes the generation record and the take in one transaction.
 fn record(
     app: &App,
@@ -412,7 +434,7 @@ fn record(
     path: &Path,
 ) -> Result<VideoOutput> {
     let meta = NewAsset {
-        name: format!("generated-seed-{}.mp4", params.seed),
+        name: output_name(&app.db, request, params.seed)?,
         project_id: request.project_id,
         caption: String::new(),
         tags: vec!["generated".into()],
@@ -455,13 +477,20 @@ fn record(
 }
 
 /// Parameters of a `generate` job: the shot supplies prompt, negative prompt, duration, model,
-/// seed and references.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// seed and references. A prompt, negative prompt or seed given here replaces the shot's for
+/// this take only (the review loop's retries); the shot keeps what the user wrote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateShot {
     pub shot_id: i64,
     #[serde(default)]
     pub render: RenderSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl GenerateShot {
@@ -469,6 +498,27 @@ impl GenerateShot {
         let request: GenerateShot = serde_json::from_value(params.clone())
             .map_err(|e| StudioError::Invalid(format!("parameters of a generate job: {e}")))?;
         request.render.check()?;
+        if request
+            .prompt
+            .as_deref()
+            .is_some_and(|p| p.len() > MAX_PROMPT_BYTES)
+            || request
+                .negative_prompt
+                .as_deref()
+                .is_some_and(|p| p.len() > MAX_PROMPT_BYTES)
+        {
+            return Err(StudioError::Invalid(format!(
+                "a prompt holds at most {MAX_PROMPT_BYTES} bytes"
+            )));
+        }
+        if let Some(seed) = request.seed
+            && i64::try_from(seed).is_err()
+        {
+            return Err(StudioError::Invalid(format!(
+                "seed {seed} is larger than {}",
+                i64::MAX
+            )));
+        }
         Ok(request)
     }
 }
@@ -486,7 +536,13 @@ impl JobRunner for GenerateRunner {
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let request = GenerateShot::parse(params)?;
         let shot = shots::get_shot(&app.db, request.shot_id)?;
-        if shot.prompt.trim().is_empty() {
+        if request
+            .prompt
+            .as_deref()
+            .unwrap_or(&shot.prompt)
+            .trim()
+            .is_empty()
+        {
             return Err(StudioError::Invalid(format!(
                 "shot {} has no prompt",
                 shot.position + 1
@@ -499,8 +555,7 @@ impl JobRunner for GenerateRunner {
         let output = app.generator.generate_shot(
             app,
             Some(ctx.job_id()),
-            request.shot_id,
-            &request.render,
+            &request,
             &mut |stage, step, total| ctx.progress(stage, step, total),
         )?;
         Ok(json!({
@@ -552,6 +607,15 @@ mod tests {
         shots::create_shot(&app.db, board.id, &fields).unwrap()
     }
 
+    /// Shot `shot_id` at the tiny size, as the shot says.
+    fn of(shot_id: i64) -> GenerateShot {
+        GenerateShot {
+            shot_id,
+            render: tiny(),
+            ..Default::default()
+        }
+    }
+
     fn tiny() -> RenderSettings {
         RenderSettings {
             height: 32,
@@ -577,7 +641,7 @@ mod tests {
         let mut stages = Vec::new();
         let out = app
             .generator
-            .generate_shot(&app, None, shot.id, &tiny(), &mut |stage, step, total| {
+            .generate_shot(&app, None, &of(shot.id), &mut |stage, step, total| {
                 stages.push((stage.to_string(), step, total));
                 ControlFlow::Continue(())
             })
@@ -605,7 +669,7 @@ mod tests {
         let shot = shot(&app, prompt("waves"));
         let err = app
             .generator
-            .generate_shot(&app, None, shot.id, &tiny(), &mut |stage, _, _| {
+            .generate_shot(&app, None, &of(shot.id), &mut |stage, _, _| {
                 if stage == "denoising" {
                     ControlFlow::Break(())
                 } else {

@@ -16,6 +16,7 @@ pub mod projects;
 pub mod render;
 pub mod server;
 pub mod settings;
+pub mod shoot;
 pub mod shots;
 pub mod web;
 

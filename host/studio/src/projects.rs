@@ -11,10 +11,22 @@ use utoipa::ToSchema;
 pub struct Project {
     pub id: i64,
     pub name: String,
+    /// How many takes the review loop makes of a shot at most (1 to 10).
+    pub max_attempts: u32,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
 }
+
+/// Fields of a project to change; absent ones keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFields {
+    pub name: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Storyboard {
@@ -30,6 +42,7 @@ fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
     Ok(Project {
         id: row.get("id")?,
         name: row.get("name")?,
+        max_attempts: row.get("max_attempts")?,
         created_at: rfc3339(row.get("created_at")?),
         updated_at: rfc3339(row.get("updated_at")?),
     })
@@ -89,12 +102,26 @@ pub fn get_project(db: &Db, id: i64) -> Result<Project> {
     })
 }
 
-pub fn rename_project(db: &Db, id: i64, name: &str) -> Result<Project> {
-    let name = checked_name("project name", name)?;
+pub fn update_project(db: &Db, id: i64, fields: &ProjectFields) -> Result<Project> {
+    let name = match &fields.name {
+        Some(name) => Some(checked_name("project name", name)?),
+        None => None,
+    };
+    if let Some(n) = fields.max_attempts
+        && !MAX_ATTEMPTS.contains(&n)
+    {
+        return Err(StudioError::Invalid(format!(
+            "max_attempts must be between {} and {}, got {n}",
+            MAX_ATTEMPTS.start(),
+            MAX_ATTEMPTS.end()
+        )));
+    }
     db.with(|c| {
         c.query_row(
-            "UPDATE projects SET name = ?2, updated_at = ?3 WHERE id = ?1 RETURNING *",
-            params![id, name, now_ms()],
+            "UPDATE projects SET name = coalesce(?2, name),
+                 max_attempts = coalesce(?3, max_attempts), updated_at = ?4
+             WHERE id = ?1 RETURNING *",
+            params![id, name, fields.max_attempts, now_ms()],
             project_from_row,
         )
         .optional()?

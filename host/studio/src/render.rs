@@ -1,38 +1,38 @@
-//! Headless storyboard-to-video, what `videosdgx render` runs: plan the script into a new
-//! storyboard with the planner plugin, expand every shot's prompt with the expander plugin
-//! (written into the shot), generate every shot on the engine (recorded as generations and
-//! takes), stitch the takes with the stitcher plugin, and copy the rendered MP4 out. Every step
-//! is a job of the kind the web UI submits (`plan`, `expand`, `generate`, `stitch`), run by the
-//! job queue's workers in this process and recorded like any other; nothing here is
-//! CLI-specific and nothing here does a step's work itself.
+//! Headless storyboard-to-video, what `videosdgx render` runs: plan the script (or brief) into a
+//! new storyboard with the planner plugin, expand every shot's prompt with the expander plugin
+//! (written into the shot), shoot every shot (generate, review, regenerate: [`crate::shoot`];
+//! recorded as generations, takes and reviews), stitch the chosen takes with the stitcher
+//! plugin, and copy the rendered MP4 out. Every step is a job of the kind the web UI submits
+//! (`plan`, `expand`, `shoot`, `stitch`), run by the job queue's workers in this process and
+//! recorded like any other; nothing here is CLI-specific and nothing here does a step's work
+//! itself.
 
 use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
 use crate::generation::{self, RenderSettings};
-use crate::jobs::{self, Job, JobState, NewJob};
+use crate::jobs::NewJob;
+use crate::jobs::steps::{run_step, step_result};
 use crate::plugins::calls::PlanOutcome;
 use crate::plugins::registry;
-use crate::projects;
+use crate::projects::{self, ProjectFields};
 use crate::server::{QueueWorkers, ServerLock};
+use crate::shoot::{self, Attempt, ShootOutcome};
 use crate::shots::{self, ShotFields};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use videosdgx_engine::pipelines::GenerateParams;
 use videosdgx_plugin_host::World;
 use videosdgx_plugin_host::types::Timeline;
 
 /// Hears `(stage, step, total)` of every job of a render; `Break` cancels the running job.
-pub type Progress<'a> = &'a mut (dyn FnMut(&str, u64, u64) -> ControlFlow<()> + Send);
+pub use crate::jobs::steps::Progress;
 
 /// What to render.
 #[derive(Debug, Clone)]
 pub struct RenderRequest {
-    /// Markdown screenplay.
+    /// A Markdown screenplay, or a brief for the planner to turn into one.
     pub script: String,
     /// The project to add the storyboard to (created when missing); the script's title when
     /// absent.
@@ -40,21 +40,30 @@ pub struct RenderRequest {
     /// An installed model's name; the only installed model when absent.
     pub model: Option<String>,
     pub render: RenderSettings,
+    /// Takes per shot at most (the project's limit); the project's own when absent.
+    pub max_attempts: Option<u32>,
     /// Where the final MP4 is written.
     pub out: PathBuf,
 }
 
+/// One shot of a render: its chosen take, and every attempt the review loop made.
 #[derive(Debug, Clone, Serialize)]
 pub struct RenderedShot {
     pub shot_id: i64,
-    /// The `generate` job that made it.
+    /// The `shoot` job that made its takes.
     pub job_id: i64,
+    /// The chosen take: what the stitch shows.
+    pub take_id: i64,
     pub prompt: String,
     pub negative_prompt: String,
     pub asset_id: i64,
     pub generation_id: i64,
     pub frames: usize,
     pub seed: u64,
+    /// Every take generated, in order, with its review.
+    pub attempts: Vec<Attempt>,
+    /// Why this shot needs the user's attention (every attempt failed review).
+    pub attention: Option<String>,
 }
 
 /// What `render` did, for the terminal and `--json`.
@@ -64,6 +73,8 @@ pub struct RenderReport {
     pub storyboard_id: i64,
     pub title: String,
     pub shots: Vec<RenderedShot>,
+    /// Why takes went unreviewed (no reviewer, or no language model that sees images).
+    pub review_note: Option<String>,
     /// The stitched video in the asset library.
     pub asset_id: i64,
     pub out: PathBuf,
@@ -84,6 +95,30 @@ fn script_title(script: &str) -> Option<String> {
         .find_map(|line| line.strip_prefix("# "))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
+}
+
+/// A title for a brief: its first line, cut at a word within 60 characters.
+fn brief_title(brief: &str) -> String {
+    let line = brief
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("Untitled");
+    let mut title = String::new();
+    for word in line.split_whitespace() {
+        if title.len() + word.len() >= 60 {
+            break;
+        }
+        if !title.is_empty() {
+            title.push(' ');
+        }
+        title.push_str(word);
+    }
+    if title.is_empty() {
+        line.chars().take(60).collect()
+    } else {
+        title
+    }
 }
 
 fn project_named(app: &App, name: &str) -> Result<projects::Project> {
@@ -123,12 +158,20 @@ async fn render_on_queue(
     request: &RenderRequest,
     progress: Progress<'_>,
 ) -> Result<RenderReport> {
-    let title = script_title(&request.script).unwrap_or_else(|| "Untitled".into());
+    let title = script_title(&request.script).unwrap_or_else(|| brief_title(&request.script));
     let project = project_named(app, request.project.as_deref().unwrap_or(&title))?;
     // The plan, expand and stitch jobs read the render settings from the storyboard's bible,
     // as they do for a storyboard the web UI made.
     let bible = json!({ "render": request.render });
     let board = projects::create_storyboard(&app.db, project.id, &title, &bible.to_string())?;
+    if let Some(max_attempts) = request.max_attempts {
+        let fields = ProjectFields {
+            max_attempts: Some(max_attempts),
+            ..Default::default()
+        };
+        projects::update_project(&app.db, project.id, &fields)?;
+    }
+    let review_note = shoot::reviews_off(app, None);
     let job = |kind: &str, params: Value| NewJob {
         kind: kind.into(),
         params,
@@ -138,13 +181,15 @@ async fn render_on_queue(
 
     let params =
         json!({ "storyboard_id": board.id, "script": request.script, "title_cards": true });
-    let plan: PlanOutcome = result(run(app, job("plan", params), "plan", progress).await?)?;
+    let plan: PlanOutcome =
+        step_result(run_step(app, job("plan", params), "plan", progress).await?)?;
     let count = plan.shot_ids.len();
 
     for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
         let what = format!("expand {}/{count}", index + 1);
         let params = json!({ "shot_id": shot_id });
-        let expanded: Expanded = result(run(app, job("expand", params), &what, progress).await?)?;
+        let expanded: Expanded =
+            step_result(run_step(app, job("expand", params), &what, progress).await?)?;
         let fields = ShotFields {
             prompt: Some(expanded.prompt),
             negative_prompt: Some(expanded.negative_prompt),
@@ -158,23 +203,33 @@ async fn render_on_queue(
     for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
         let what = format!("shot {}/{count}", index + 1);
         let params = json!({ "shot_id": shot_id, "render": request.render });
-        let done = run(app, job("generate", params), &what, progress).await?;
+        let done = run_step(app, job("shoot", params), &what, progress).await?;
         let job_id = done.id;
-        let generated: Generated = result(done)?;
+        let shot: ShootOutcome = step_result(done)?;
+        let chosen = shot
+            .attempts
+            .iter()
+            .find(|a| Some(a.take_id) == shot.chosen_take_id)
+            .or(shot.attempts.last())
+            .ok_or_else(|| StudioError::Internal(anyhow::anyhow!("{what} made no take")))?;
         rendered.push(RenderedShot {
             shot_id,
             job_id,
-            prompt: generated.params.prompt,
-            negative_prompt: generated.params.negative_prompt,
-            asset_id: generated.asset_id,
-            generation_id: generated.generation_id,
-            frames: generated.params.frames,
-            seed: generated.params.seed,
+            take_id: chosen.take_id,
+            prompt: chosen.prompt.clone(),
+            negative_prompt: chosen.negative_prompt.clone(),
+            asset_id: chosen.asset_id,
+            generation_id: chosen.generation_id,
+            frames: chosen.frames,
+            seed: chosen.seed,
+            attention: shot.attention.clone(),
+            attempts: shot.attempts,
         });
     }
 
     let params = json!({ "storyboard_id": board.id });
-    let stitched: Stitched = result(run(app, job("stitch", params), "stitch", progress).await?)?;
+    let stitched: Stitched =
+        step_result(run_step(app, job("stitch", params), "stitch", progress).await?)?;
     let asset = get_asset(&app.db, stitched.asset_id)?;
     copy_out(&app.assets.file_of(&asset), &request.out)?;
     let info = videosdgx_engine::video::probe(&request.out)
@@ -184,6 +239,7 @@ async fn render_on_queue(
         storyboard_id: board.id,
         title,
         shots: rendered,
+        review_note,
         asset_id: asset.id,
         out: request.out.clone(),
         width: info.width,
@@ -202,61 +258,11 @@ struct Expanded {
     negative_prompt: String,
 }
 
-/// What a `generate` job returns.
-#[derive(Deserialize)]
-struct Generated {
-    asset_id: i64,
-    generation_id: i64,
-    params: GenerateParams,
-}
-
 /// What a `stitch` job returns.
 #[derive(Deserialize)]
 struct Stitched {
     asset_id: i64,
     timeline: Timeline,
-}
-
-/// A succeeded job's result, as the job kind's runner writes it.
-fn result<T: DeserializeOwned>(job: Job) -> Result<T> {
-    serde_json::from_value(job.result.unwrap_or_default()).map_err(|e| {
-        StudioError::Internal(anyhow::anyhow!(
-            "job {} ({}) returned an unexpected result: {e}",
-            job.id,
-            job.kind
-        ))
-    })
-}
-
-/// Runs one job to its end, relaying its progress as `what: stage`; the job when it
-/// succeeded, else an error naming `what` and the job.
-async fn run(app: &Arc<App>, new: NewJob, what: &str, progress: Progress<'_>) -> Result<Job> {
-    let job = jobs::run_to_end(app, new, &mut |p| {
-        progress(&format!("{what}: {}", p.stage), p.step, p.total)
-    })
-    .await
-    .map_err(|err| match err {
-        // Refused at submission: say which step was.
-        StudioError::Invalid(m) => StudioError::Invalid(format!("{what}: {m}")),
-        StudioError::Conflict(m) => StudioError::Conflict(format!("{what}: {m}")),
-        other => other.context_internal(what.to_string()),
-    })?;
-    let failure = match job.state {
-        JobState::Succeeded => return Ok(job),
-        JobState::Cancelled => {
-            return Err(StudioError::Conflict(format!(
-                "render stopped: {what} (job {}) was cancelled",
-                job.id
-            )));
-        }
-        JobState::Interrupted => "was interrupted",
-        _ => "failed",
-    };
-    Err(StudioError::Internal(anyhow::anyhow!(
-        "{what} (job {}) {failure}: {}",
-        job.id,
-        job.error.as_deref().unwrap_or("no error recorded")
-    )))
 }
 
 /// Copies the final video to `out` so that `out` is either absent or complete.

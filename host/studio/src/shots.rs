@@ -1,5 +1,6 @@
 //! Ordered shots of a storyboard, their reference assets, and their takes (generated outputs, one
-//! of which may be chosen). Positions are always 0..n without gaps.
+//! of which may be chosen, each with the reviewer's verdict once reviewed). Positions are always
+//! 0..n without gaps.
 
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
@@ -35,6 +36,10 @@ pub struct Shot {
     /// One of draft, queued, generating, generated, approved, failed.
     pub status: String,
     pub chosen_take_id: Option<i64>,
+    /// The user picked the chosen take (the review loop then never replaces it).
+    pub chosen_by_user: bool,
+    /// Why the user should look at this shot, e.g. every attempt failed review.
+    pub attention: Option<String>,
     pub takes: Vec<Take>,
     pub created_at: String,
     pub updated_at: String,
@@ -47,6 +52,39 @@ pub struct Take {
     pub asset_id: i64,
     pub generation_id: Option<i64>,
     pub created_at: String,
+    /// The reviewer's verdict, when the take was reviewed.
+    pub review: Option<Review>,
+}
+
+/// A reviewer plugin's judgement of one take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Review {
+    pub id: i64,
+    pub take_id: i64,
+    pub plugin_id: String,
+    /// `accept` or `retry`.
+    pub verdict: String,
+    /// From 0 (unusable) to 1 (exactly the shot).
+    pub score: f64,
+    pub reasons: String,
+    pub revised_prompt: Option<String>,
+    pub revised_negative_prompt: Option<String>,
+    /// 1 for the first attempt of the run that made the take.
+    pub attempt: u32,
+    pub created_at: String,
+}
+
+/// A review to record; see [`add_review`].
+#[derive(Debug, Clone)]
+pub struct NewReview {
+    pub take_id: i64,
+    pub plugin_id: String,
+    pub accept: bool,
+    pub score: f64,
+    pub reasons: String,
+    pub revised_prompt: Option<String>,
+    pub revised_negative_prompt: Option<String>,
+    pub attempt: u32,
 }
 
 /// Fields of a shot to set; absent fields keep their value (or the default on creation).
@@ -109,6 +147,22 @@ fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
         asset_id: row.get("asset_id")?,
         generation_id: row.get("generation_id")?,
         created_at: rfc3339(row.get("created_at")?),
+        review: None,
+    })
+}
+
+fn review_from_row(row: &Row) -> rusqlite::Result<Review> {
+    Ok(Review {
+        id: row.get("id")?,
+        take_id: row.get("take_id")?,
+        plugin_id: row.get("plugin_id")?,
+        verdict: row.get("verdict")?,
+        score: row.get("score")?,
+        reasons: row.get("reasons")?,
+        revised_prompt: row.get("revised_prompt")?,
+        revised_negative_prompt: row.get("revised_negative_prompt")?,
+        attempt: row.get("attempt")?,
+        created_at: rfc3339(row.get("created_at")?),
     })
 }
 
@@ -129,6 +183,8 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
                 references: Vec::new(),
                 status: row.get("status")?,
                 chosen_take_id: row.get("chosen_take_id")?,
+                chosen_by_user: row.get("chosen_by_user")?,
+                attention: row.get("attention")?,
                 takes: Vec::new(),
                 created_at: rfc3339(row.get("created_at")?),
                 updated_at: rfc3339(row.get("updated_at")?),
@@ -146,6 +202,15 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
     shot.takes = takes
         .query_map([id], take_from_row)?
         .collect::<rusqlite::Result<_>>()?;
+    let mut reviews = c.prepare_cached(
+        "SELECT r.* FROM take_reviews r JOIN takes t ON t.id = r.take_id WHERE t.shot_id = ?1",
+    )?;
+    for review in reviews.query_map([id], review_from_row)? {
+        let review = review?;
+        if let Some(take) = shot.takes.iter_mut().find(|t| t.id == review.take_id) {
+            take.review = Some(review);
+        }
+    }
     Ok(shot)
 }
 
@@ -196,6 +261,9 @@ fn apply_fields(c: &Connection, id: i64, fields: &ShotFields) -> Result<()> {
             )));
         }
         set("chosen_take_id", &take)?;
+        // The user's choice: the review loop keeps it, and the shot needs no more attention.
+        set("chosen_by_user", &true)?;
+        set("attention", &None::<String>)?;
     }
     if let Some(refs) = &fields.references {
         c.execute("DELETE FROM shot_references WHERE shot_id = ?1", [id])?;
@@ -312,6 +380,46 @@ pub fn add_take(c: &Connection, shot_id: i64, asset_id: i64, generation_id: i64)
         params![shot_id, asset_id, generation_id, now_ms()],
         take_from_row,
     )?)
+}
+
+/// Records the review of a take (a take is reviewed once).
+pub fn add_review(db: &Db, review: &NewReview) -> Result<Review> {
+    db.with(|c| {
+        Ok(c.query_row(
+            "INSERT INTO take_reviews (take_id, plugin_id, verdict, score, reasons, revised_prompt,
+                 revised_negative_prompt, attempt, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING *",
+            params![
+                review.take_id,
+                review.plugin_id,
+                if review.accept { "accept" } else { "retry" },
+                review.score,
+                review.reasons,
+                review.revised_prompt,
+                review.revised_negative_prompt,
+                review.attempt,
+                now_ms()
+            ],
+            review_from_row,
+        )?)
+    })
+}
+
+/// What the review loop decided for a shot: its chosen take and whether it needs the user's
+/// attention. A take the user chose stays chosen and needs none.
+pub fn settle(db: &Db, id: i64, best_take: Option<i64>, attention: Option<&str>) -> Result<Shot> {
+    db.transaction(|tx| {
+        load_shot(tx, id)?;
+        tx.execute(
+            "UPDATE shots SET attention = CASE WHEN chosen_by_user THEN NULL ELSE ?2 END,
+                 updated_at = ?3,
+                 chosen_take_id = CASE WHEN chosen_by_user OR ?4 IS NULL THEN chosen_take_id
+                                       ELSE ?4 END
+             WHERE id = ?1",
+            params![id, attention, now_ms(), best_take],
+        )?;
+        load_shot(tx, id)
+    })
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl Reviewer for HostileReviewer {
             "nan-score" => Ok(review(Verdict::Accept, f32::NAN, "no idea".into())),
             // Never satisfied: the host's attempt limit must end the loop.
             "always-retry" => Ok(TakeReview {
-                revised_prompt: Some(format!("always-retry, attempt {}", take.attempt + 1)),
+                revised_prompt: Some(format!("always-retry attempt {}", take.attempt + 1)),
                 ..review(
                     Verdict::Retry,
                     0.1 * take.attempt as f32,

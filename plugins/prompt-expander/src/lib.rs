@@ -2,8 +2,17 @@
 //! Characters are described with the same words, in the same order, in every shot they
 //! appear in (that is what keeps faces and costumes stable across independently generated
 //! clips); camera, setting, lighting and style follow in a model-specific template, and the
-//! negative prompt joins the model's usual defects with the project's own. Deterministic.
+//! negative prompt joins the model's usual defects with the project's own.
+//!
+//! With `text-generation` the language model rewrites only the action sentence and the camera
+//! phrase in the words the target model family responds to (`rewrite`); the template still
+//! assembles the prompt, so character descriptions, setting, lighting and look are never the
+//! model's to change. Without the grant, without a model or with an unusable answer, the
+//! template's own wording is used: the prompt is then deterministic.
 
+mod rewrite;
+
+use rewrite::Rewrite;
 use videosdgx_plugin_sdk::types::{
     CameraMove, ModelProfile, PluginError, Scene, Shot, ShotPrompt, ShotSize, Storyboard,
 };
@@ -35,7 +44,7 @@ impl Expander for PromptExpander {
                 ))
             })?;
         let cast = cast(&shot, &storyboard)?;
-        let parts = Parts {
+        let mut parts = Parts {
             camera: camera_phrase(&shot),
             action: sentence(&shot.action),
             cast,
@@ -44,12 +53,16 @@ impl Expander for PromptExpander {
             look: storyboard.style.look.trim().to_string(),
             lighting: lighting(scene, &storyboard.style.lighting),
         };
-        let prompt = match family(&model) {
+        let family = family(&model);
+        if let Some(rewrite) = rewrite::ask(&shot, &storyboard, &parts, family, &model.family)? {
+            parts.apply(rewrite);
+        }
+        let prompt = match family {
             Family::Wan => parts.wan(),
-            Family::Generic => parts.generic(),
+            Family::Flux | Family::Ltx | Family::Generic => parts.generic(),
         };
         let mut negative = vec![COMMON_NEGATIVE];
-        if family(&model) == Family::Wan {
+        if family == Family::Wan {
             negative.push(WAN_NEGATIVE);
         }
         if !storyboard.style.negative.trim().is_empty() {
@@ -66,15 +79,24 @@ impl Expander for PromptExpander {
 
 videosdgx_plugin_sdk::export_expander!(PromptExpander);
 
-#[derive(PartialEq)]
+/// Model families whose prompts are worded differently. Wan has its own template; FLUX and
+/// LTX-2 share the generic one and differ in what the language model is asked to write.
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Family {
     Wan,
+    Flux,
+    Ltx,
     Generic,
 }
 
 fn family(model: &ModelProfile) -> Family {
-    if model.family.to_lowercase().starts_with("wan") {
+    let name = model.family.to_lowercase();
+    if name.starts_with("wan") {
         Family::Wan
+    } else if name.starts_with("flux") {
+        Family::Flux
+    } else if name.starts_with("ltx") {
+        Family::Ltx
     } else {
         Family::Generic
     }
@@ -91,6 +113,13 @@ struct Parts {
 }
 
 impl Parts {
+    /// The language model's action and camera in place of the template's, in the template's
+    /// shapes: the action a sentence, the camera a phrase ending in a colon.
+    fn apply(&mut self, rewrite: Rewrite) {
+        self.action = sentence(&rewrite.action);
+        self.camera = format!("{}:", rewrite.camera);
+    }
+
     /// Wan follows long natural-language captions: camera first, then subject and action,
     /// then who is who, then place, light and look.
     fn wan(&self) -> String {
@@ -257,4 +286,152 @@ fn join_sentences(parts: &[String]) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use videosdgx_plugin_sdk::types::{
+        Camera, Character, DialogueLine, Style, Transition, TransitionKind,
+    };
+
+    pub(crate) const MARA: &str = "a clockmaker in her thirties, dark hair tied up with a pencil";
+    pub(crate) const TOMAS: &str = "a boy of ten, round face, freckles";
+
+    pub(crate) fn shot() -> Shot {
+        Shot {
+            id: "s01-02".into(),
+            scene_index: 1,
+            action: "Mara lifts the brass clock to the light".into(),
+            character_ids: vec!["tomas".into(), "mara".into()],
+            dialogue: vec![DialogueLine {
+                character_id: "mara".into(),
+                parenthetical: "whispering".into(),
+                text: "It still ticks.".into(),
+            }],
+            camera: Camera {
+                size: ShotSize::CloseUp,
+                movement: CameraMove::DollyIn,
+                angle: "low angle".into(),
+            },
+            frames: 81,
+            duration_ms: 5062,
+            transition_in: Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
+        }
+    }
+
+    pub(crate) fn storyboard() -> Storyboard {
+        let character = |id: &str, name: &str, description: &str| Character {
+            id: id.into(),
+            name: name.into(),
+            description: description.into(),
+        };
+        Storyboard {
+            title: "The Clockmaker's Bird".into(),
+            style: Style {
+                look: "35mm film still".into(),
+                lighting: "warm tungsten practicals".into(),
+                negative: String::new(),
+            },
+            characters: vec![
+                character("mara", "Mara", MARA),
+                character("tomas", "Tomas", TOMAS),
+            ],
+            scenes: vec![Scene {
+                index: 1,
+                heading: "INT. CLOCK SHOP - NIGHT".into(),
+                interior: true,
+                location: "CLOCK SHOP".into(),
+                time_of_day: "NIGHT".into(),
+            }],
+            shots: vec![shot()],
+            opening_title: None,
+            closing_title: None,
+        }
+    }
+
+    /// The template's parts for [`shot`], as `expand` builds them.
+    pub(crate) fn parts() -> Parts {
+        let (shot, storyboard) = (shot(), storyboard());
+        Parts {
+            camera: camera_phrase(&shot),
+            action: sentence(&shot.action),
+            cast: cast(&shot, &storyboard).unwrap(),
+            speech: speech(&shot, &storyboard),
+            setting: setting(&storyboard.scenes[0]),
+            look: storyboard.style.look.clone(),
+            lighting: lighting(&storyboard.scenes[0], &storyboard.style.lighting),
+        }
+    }
+
+    fn profile(family: &str) -> ModelProfile {
+        ModelProfile {
+            family: family.into(),
+            width: 832,
+            height: 480,
+            fps: 16,
+            max_frames: 81,
+            frame_step: 4,
+        }
+    }
+
+    #[test]
+    fn the_family_is_read_from_the_start_of_the_profile_name() {
+        for (name, expected) in [
+            ("wan2.1", Family::Wan),
+            ("Wan2.2-TI2V", Family::Wan),
+            ("flux.1-dev", Family::Flux),
+            ("FLUX.2", Family::Flux),
+            ("ltx-2", Family::Ltx),
+            ("LTX-Video", Family::Ltx),
+            ("hunyuan-video", Family::Generic),
+            ("not-flux", Family::Generic),
+        ] {
+            assert_eq!(family(&profile(name)), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_action_and_camera_in_the_templates_shapes() {
+        let mut wan = parts();
+        wan.apply(Rewrite {
+            action: "Mara raises the brass clock toward the lamp, her eyes narrowing".into(),
+            camera: "Close-up from below, slow push in".into(),
+        });
+        assert!(
+            wan.wan().starts_with(
+                "Close-up from below, slow push in: Mara raises the brass clock toward the \
+                 lamp, her eyes narrowing. Mara: "
+            ),
+            "{}",
+            wan.wan()
+        );
+        assert!(
+            wan.generic().starts_with(
+                "Mara raises the brass clock toward the lamp, her eyes narrowing, Mara: "
+            ),
+            "{}",
+            wan.generic()
+        );
+        assert!(
+            wan.generic()
+                .contains(", close-up from below, slow push in")
+        );
+    }
+
+    #[test]
+    fn descriptions_stay_verbatim_whatever_the_rewrite_says() {
+        let mut hostile = parts();
+        hostile.apply(Rewrite {
+            action: "Mara, a tall blonde man, lifts the clock; Tomas is an old woman".into(),
+            camera: "Wide shot".into(),
+        });
+        for prompt in [hostile.wan(), hostile.generic()] {
+            assert!(prompt.contains(&format!("Mara: {MARA}")), "{prompt}");
+            assert!(prompt.contains(&format!("Tomas: {TOMAS}")), "{prompt}");
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! from what happens in them), a length that fits the model's frame rule, and the characters
 //! seen in them, whose descriptions come from the project's character bible or from their
 //! introduction in the script (`MARA (30s, oil-stained apron)`). With the `text-generation`
-//! capability each shot's action is refined into a visual sentence; without it the plan is
-//! fully deterministic.
+//! capability a brief (a script with no scene heading) is first written into a screenplay by
+//! the language model, and each shot's action is refined into a visual sentence; without it a
+//! brief is refused and the plan is fully deterministic.
 
 mod screenplay;
 
@@ -27,16 +28,8 @@ impl Planner for StoryboardPlanner {
     fn plan(input: PlanInput) -> Result<Storyboard, PluginError> {
         check_model(&input.settings)?;
         let mut blocks = screenplay::parse(&input.script);
-        if !has_scene(&blocks) {
-            let script = screenplay_from_brief(&input.script)?;
-            blocks = screenplay::parse(&script);
-            if !has_scene(&blocks) {
-                return Err(PluginError::Failed(format!(
-                    "the language model's screenplay for this brief has no scene heading, so it \
-                     cannot be planned; it began: {:?}",
-                    script.chars().take(200).collect::<String>()
-                )));
-            }
+        if is_brief(&blocks) {
+            blocks = screenplay_from_brief(&input.script)?;
         }
         let mut board = Builder::new(&input.settings).build(blocks)?;
         refine_with_text_model(&mut board);
@@ -497,6 +490,12 @@ fn has_scene(blocks: &[Block]) -> bool {
     blocks.iter().any(|b| matches!(b, Block::Scene(_)))
 }
 
+/// A brief has words but no scene heading; a script with nothing but a title is no brief, only
+/// empty, and is not worth asking the language model about.
+fn is_brief(blocks: &[Block]) -> bool {
+    !has_scene(blocks) && blocks.iter().any(|b| !matches!(b, Block::Title(_)))
+}
+
 /// What the language model is told a screenplay looks like: exactly what [`screenplay::parse`]
 /// reads.
 const SCREENWRITER: &str = "You are a screenwriter. Write a short screenplay in Markdown for \
@@ -508,16 +507,22 @@ const SCREENWRITER: &str = "You are a screenwriter. Write a short screenplay in 
      spoken line on the next line. Keep to the number of scenes, characters and the length the \
      brief asks for. Write nothing but the screenplay.";
 
-/// A brief (no scene heading) turned into a screenplay by the language model: greedy, so the
-/// same brief and model give the same plan.
-fn screenplay_from_brief(brief: &str) -> Result<String, PluginError> {
+/// Tokens the screenplay may take: 1500, plus twice the brief's own (about 4 bytes a token) as
+/// a long brief makes a longer screenplay, within the studio's limit of 8192.
+fn screenplay_tokens(brief: &str) -> u32 {
+    (1500 + brief.len() / 2).min(8192) as u32
+}
+
+/// A brief (no scene heading) turned into a screenplay by the language model and parsed:
+/// greedy, so the same brief and model give the same plan.
+fn screenplay_from_brief(brief: &str) -> Result<Vec<Block>, PluginError> {
     let message = |role: &str, text: &str| host::text::ChatMessage {
         role: role.into(),
         text: text.into(),
         images: Vec::new(),
     };
     let options = host::text::ChatOptions {
-        max_tokens: 1500,
+        max_tokens: screenplay_tokens(brief),
         temperature: 0.0,
         seed: 0,
         stop: Vec::new(),
@@ -525,7 +530,10 @@ fn screenplay_from_brief(brief: &str) -> Result<String, PluginError> {
     };
     host::progress(0, 1, "writing a screenplay from the brief");
     let reply = host::text::chat(
-        &[message("system", SCREENWRITER), message("user", brief.trim())],
+        &[
+            message("system", SCREENWRITER),
+            message("user", brief.trim()),
+        ],
         &options,
     )
     .map_err(|err| match err {
@@ -541,7 +549,23 @@ fn screenplay_from_brief(brief: &str) -> Result<String, PluginError> {
         other => other,
     })?;
     host::progress(1, 1, "writing a screenplay from the brief");
-    Ok(reply.text)
+    if reply.finish == host::text::FinishReason::MaxTokens {
+        host::warn(&format!(
+            "the language model `{}` used all {} tokens: the plan covers only the screenplay \
+             it wrote until then",
+            reply.model, options.max_tokens
+        ));
+    }
+    let blocks = screenplay::parse(&reply.text);
+    if !has_scene(&blocks) {
+        return Err(PluginError::Failed(format!(
+            "the language model `{}` wrote no scene heading (such as `INT. KITCHEN - DAY`) for \
+             this brief, so there is nothing to plan; it began: {:?}",
+            reply.model,
+            reply.text.trim().chars().take(200).collect::<String>()
+        )));
+    }
+    Ok(blocks)
 }
 
 /// Asks the host's text model to turn each action into one visual sentence. Any refusal

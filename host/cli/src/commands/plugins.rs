@@ -122,9 +122,10 @@ pub fn run(args: PluginsArgs, app: &App) -> anyhow::Result<()> {
             } else {
                 for p in &plugins {
                     let state = if p.enabled { "enabled" } else { "disabled" };
+                    let origin = if p.first_party { "first-party" } else { "" };
                     println!(
-                        "{:<24} {:<10} {:<9} {:<9} {}",
-                        p.id, p.version, p.world, state, p.description
+                        "{:<24} {:<10} {:<9} {:<9} {:<12} {}",
+                        p.id, p.version, p.world, state, origin, p.description
                     );
                 }
             }

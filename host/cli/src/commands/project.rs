@@ -48,7 +48,11 @@ pub fn run(app: &App, cmd: ProjectCommand) -> anyhow::Result<()> {
         }),
         ProjectCommand::Show { id, out } => out.print(&projects::get_project(&app.db, id)?, line),
         ProjectCommand::Rename { id, name, out } => {
-            out.print(&projects::rename_project(&app.db, id, &name)?, line)
+            let fields = projects::ProjectFields {
+                name: Some(name),
+                ..Default::default()
+            };
+            out.print(&projects::update_project(&app.db, id, &fields)?, line)
         }
         ProjectCommand::Delete { id } => {
             projects::delete_project(&app.db, id)?;

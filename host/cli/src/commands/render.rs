@@ -1,6 +1,7 @@
-//! `videosdgx render SCRIPT.md`: a screenplay to a finished MP4 without the web UI: plan,
-//! expand, generate every shot, stitch, each a job on the studio's queue, run in this process.
-//! Progress goes to stderr, the report to stdout; Ctrl-C cancels the running job.
+//! `videosdgx render SCRIPT.md` (or `--brief "..."`): a screenplay or a brief to a finished MP4
+//! without the web UI: plan, expand, shoot every shot (generate, review, regenerate), stitch,
+//! each a job on the studio's queue, run in this process. Progress goes to stderr, the report to
+//! stdout; Ctrl-C cancels the running job.
 
 use anyhow::Context;
 use clap::Args;
@@ -16,7 +17,16 @@ use videosdgx_studio::render::{RenderReport, RenderRequest, render};
 #[derive(Args, Debug)]
 pub struct RenderArgs {
     /// The Markdown screenplay, or a folder holding `script.md` (as in projects/).
-    pub script: PathBuf,
+    #[arg(required_unless_present = "brief", conflicts_with = "brief")]
+    pub script: Option<PathBuf>,
+    /// A brief instead of a screenplay ("a 30-second ad for headphones, two scenes, one
+    /// character"): the planner writes the screenplay with the language model.
+    #[arg(long)]
+    pub brief: Option<String>,
+    /// Takes per shot at most when the reviewer asks for another (the project's limit, 1 to
+    /// 10; default 3).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
     /// The project to add the storyboard to (created if missing); default: the script's title.
     #[arg(long)]
     pub project: Option<String>,
@@ -42,21 +52,28 @@ pub struct RenderArgs {
 }
 
 pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
-    let path = if args.script.is_dir() {
-        args.script.join("script.md")
-    } else {
-        args.script.clone()
+    let (script, out) = match (&args.script, &args.brief) {
+        (Some(script), _) => {
+            let path = if script.is_dir() {
+                script.join("script.md")
+            } else {
+                script.clone()
+            };
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the script {}", path.display()))?;
+            let stem = if script.is_dir() {
+                script.file_name()
+            } else {
+                script.file_stem()
+            };
+            let out =
+                PathBuf::from(stem.unwrap_or_else(|| "render".as_ref())).with_extension("mp4");
+            (text, out)
+        }
+        (None, Some(brief)) => (brief.clone(), PathBuf::from("render.mp4")),
+        (None, None) => anyhow::bail!("give a screenplay or --brief"),
     };
-    let script = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the script {}", path.display()))?;
-    let out = args.out.unwrap_or_else(|| {
-        let stem = if args.script.is_dir() {
-            args.script.file_name()
-        } else {
-            args.script.file_stem()
-        };
-        PathBuf::from(stem.unwrap_or_else(|| "render".as_ref())).with_extension("mp4")
-    });
+    let out = args.out.unwrap_or(out);
     let request = RenderRequest {
         script,
         project: args.project,
@@ -67,6 +84,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             steps: args.steps,
             guidance: args.guidance,
         },
+        max_attempts: args.max_attempts,
         out,
     };
     let app = Arc::new(app);
@@ -135,6 +153,19 @@ fn summary(r: &RenderReport) -> String {
             shot.generation_id,
             shot.job_id
         ));
+        for attempt in shot.attempts.iter().filter(|a| a.review.is_some()) {
+            let review = attempt.review.as_ref().expect("filtered");
+            text.push_str(&format!(
+                "    take {} (seed {}): {} {:.2}: {}\n",
+                attempt.attempt, attempt.seed, review.verdict, review.score, review.reasons
+            ));
+        }
+        if let Some(why) = &shot.attention {
+            text.push_str(&format!("    needs your attention: {why}\n"));
+        }
+    }
+    if let Some(note) = &r.review_note {
+        text.push_str(&format!("note: {note}\n"));
     }
     text.push_str(&format!(
         "project {}, storyboard {}, final asset {}\nwrote {}",

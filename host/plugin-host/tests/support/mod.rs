@@ -19,6 +19,9 @@ use videosdgx_plugin_host::{
     HostServices, Limits, LogLevel, Manifest, Plugin, PluginError, PluginRuntime,
 };
 
+/// The language model `MemoryServices` says answered a `text.chat`.
+pub const TEXT_MODEL: &str = "tiny/qwen3";
+
 /// Host services over in-memory documents and assets. Text generation answers with a fixed
 /// sentence after `text_delay` (to stand for a slow model).
 #[derive(Default)]
@@ -30,6 +33,8 @@ pub struct MemoryServices {
     pub rendered: Mutex<Vec<Timeline>>,
     /// Every `text.chat` request's messages, in order.
     pub chats: Mutex<Vec<Vec<ChatMessage>>>,
+    /// Every `text.chat` request's options, in order.
+    pub chat_options: Mutex<Vec<ChatOptions>>,
     pub text_delay: Duration,
     pub text_reply: Option<String>,
 }
@@ -169,11 +174,13 @@ impl HostServices for MemoryServices {
         options: ChatOptions,
     ) -> Result<ChatReply, PluginError> {
         self.chats.lock().unwrap().push(messages.clone());
+        self.chat_options.lock().unwrap().push(options.clone());
         let text = self.complete_text("", options.max_tokens).await?;
         Ok(ChatReply {
             generated_tokens: text.len() as u32,
             prompt_tokens: messages.len() as u32,
             text,
+            model: TEXT_MODEL.into(),
             finish: FinishReason::EndOfTurn,
         })
     }

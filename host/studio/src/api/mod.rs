@@ -34,7 +34,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         projects::list_projects,
         projects::create_project,
         projects::get_project,
-        projects::rename_project,
+        projects::update_project,
         projects::delete_project,
         projects::list_storyboards,
         projects::create_storyboard,

@@ -2,7 +2,7 @@
 
 use super::error::{ApiResult, Json, Path};
 use crate::app::App;
-use crate::projects::{self, Project, Storyboard};
+use crate::projects::{self, Project, ProjectFields, Storyboard};
 use crate::shots::{self, Shot, ShotFields};
 use axum::Router;
 use axum::extract::State;
@@ -20,7 +20,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route(
             "/api/projects/{id}",
             get(get_project)
-                .patch(rename_project)
+                .patch(update_project)
                 .delete(delete_project),
         )
         .route(
@@ -80,15 +80,16 @@ pub async fn get_project(State(app): AppState, Path(id): Path<i64>) -> ApiResult
 }
 
 #[utoipa::path(patch, path = "/api/projects/{id}", tag = "projects", params(("id" = i64, Path)),
-    request_body = ProjectName,
-    responses((status = 200, body = Project), (status = 404, body = super::error::ErrorBody)))]
-pub async fn rename_project(
+    request_body = ProjectFields,
+    responses((status = 200, body = Project), (status = 404, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)))]
+pub async fn update_project(
     State(app): AppState,
     Path(id): Path<i64>,
-    Json(body): Json<ProjectName>,
+    Json(body): Json<ProjectFields>,
 ) -> ApiResult<Json<Project>> {
     Ok(Json(
-        app.blocking(move |a| projects::rename_project(&a.db, id, &body.name))
+        app.blocking(move |a| projects::update_project(&a.db, id, &body))
             .await?,
     ))
 }

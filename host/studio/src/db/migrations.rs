@@ -174,6 +174,36 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at  INTEGER NOT NULL
     );
     "#,
+    // 5: the agentic loop and first-party plugins. A take's review (a reviewer plugin's verdict,
+    // kept beside the take and never deleting it); the shot's `attention` (why the user should
+    // look: every attempt failed review) and whether the user chose its take; the project's
+    // attempt limit. Plugins that come with the binary are marked, and a first-party plugin the
+    // user uninstalled is remembered so that a restart does not bring it back.
+    r#"
+    CREATE TABLE take_reviews (
+        id                      INTEGER PRIMARY KEY,
+        take_id                 INTEGER NOT NULL UNIQUE REFERENCES takes(id) ON DELETE CASCADE,
+        plugin_id               TEXT NOT NULL,
+        verdict                 TEXT NOT NULL CHECK (verdict IN ('accept', 'retry')),
+        score                   REAL NOT NULL CHECK (score BETWEEN 0 AND 1),
+        reasons                 TEXT NOT NULL,
+        revised_prompt          TEXT,
+        revised_negative_prompt TEXT,
+        attempt                 INTEGER NOT NULL CHECK (attempt >= 1),
+        created_at              INTEGER NOT NULL
+    );
+
+    ALTER TABLE shots ADD COLUMN attention TEXT;
+    ALTER TABLE shots ADD COLUMN chosen_by_user INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3
+        CHECK (max_attempts BETWEEN 1 AND 10);
+
+    ALTER TABLE plugins ADD COLUMN first_party INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE removed_first_party_plugins (
+        id          TEXT PRIMARY KEY,
+        removed_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -5,6 +5,7 @@
 //! here knows what a job does; runners live in [`runners`].
 
 pub mod runners;
+pub mod steps;
 
 use crate::app::App;
 use crate::db::{Db, now_ms, rfc3339};

@@ -1,6 +1,6 @@
-//! The three things plugins do for a storyboard, as studio operations: plan a script into its
-//! shots and bible, expand one shot into a model-ready prompt, and stitch the chosen takes into
-//! one rendered video. Each turns studio rows into the plugin API's records, runs the chosen
+//! The four things plugins do for a storyboard, as studio operations: plan a script into its
+//! shots and bible, expand one shot into a model-ready prompt, review a generated take, and
+//! stitch the chosen takes into one rendered video. Each turns studio rows into the plugin API's records, runs the chosen
 //! plugin in the sandbox on a private executor (relaying its progress, stopping it on request)
 //! and writes what came back. A plugin that traps or breaches a limit fails the operation with
 //! the runtime's explanation; nothing else is affected.
@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use videosdgx_plugin_host::types::{
     Camera, CameraMove, Character, GeneratedClip, ModelProfile, PlanInput, ProjectSettings, Scene,
-    Shot, ShotPrompt, ShotSize, Storyboard, Style, Timeline, Transition, TransitionKind,
+    Shot, ShotPrompt, ShotSize, Storyboard, Style, Take, TakeReview, Timeline, Transition,
+    TransitionKind,
 };
 use videosdgx_plugin_host::{CallContext, CallError, Limits, World};
 
@@ -616,6 +617,67 @@ pub fn expand(
             &storyboard.shots[index],
             &storyboard,
             &profile,
+        ),
+    )
+}
+
+/// A take to review: what it is and what it was generated from.
+#[derive(Debug, Clone)]
+pub struct TakeToReview {
+    pub shot_id: i64,
+    pub asset_id: i64,
+    pub seed: u64,
+    /// 1 for the first attempt of the run.
+    pub attempt: u32,
+    pub prompt: String,
+    pub negative_prompt: String,
+}
+
+/// Reviews a take of a shot with reviewer plugin `id`, which looks at the take through the
+/// host's media and vision calls.
+pub fn review(
+    app: &Arc<App>,
+    job_id: Option<i64>,
+    id: &str,
+    take: &TakeToReview,
+    render: &RenderSettings,
+    report: Report,
+) -> Result<TakeReview> {
+    let shot = shots::get_shot(&app.db, take.shot_id)?;
+    let board = get_storyboard(&app.db, shot.storyboard_id)?;
+    let profile = model_profile(render);
+    let (storyboard, ids) = storyboard_for_plugins(app, board.id, &profile)?;
+    let index = ids
+        .iter()
+        .position(|(studio, _)| *studio == shot.id)
+        .expect("the shot is in its storyboard");
+    let asset = get_asset(&app.db, take.asset_id)?;
+    let info = videosdgx_engine::video::probe(&app.assets.file_of(&asset))
+        .map_err(|e| StudioError::Internal(e.context(format!("probing asset {}", asset.id))))?;
+    let prompt = ShotPrompt {
+        shot_id: storyboard.shots[index].id.clone(),
+        prompt: take.prompt.clone(),
+        negative_prompt: take.negative_prompt.clone(),
+    };
+    let take = Take {
+        asset_id: asset.id.to_string(),
+        seed: take.seed,
+        attempt: take.attempt,
+        info: clip_info(&info),
+    };
+    let (plugin, ctx, monitor) = prepare(app, id, board.project_id, job_id)?;
+    let runtime = app.plugins.runtime()?;
+    drive(
+        &format!("reviewing with `{id}`"),
+        &monitor,
+        report,
+        runtime.review(
+            &plugin,
+            &ctx,
+            &storyboard.shots[index],
+            &prompt,
+            &take,
+            &storyboard,
         ),
     )
 }

@@ -1,10 +1,11 @@
 //! Plugins in the studio: the registry of installed plugins in the database ([`registry`]), the
-//! host services a plugin call reaches, implemented over the studio ([`services`]), the calls
-//! that plan, expand and stitch a storyboard ([`calls`]) and the job kinds that run them
-//! ([`runners`]). The sandbox itself (limits, grants, WIT bindings) is the plugin host's; this
+//! plugins that come with the binary ([`first_party`]), the host services a plugin call
+//! reaches, implemented over the studio ([`services`]), the calls that plan, expand, stitch
+//! and review ([`calls`]) and the job kinds that run them ([`runners`]). The sandbox itself (limits, grants, WIT bindings) is the plugin host's; this
 //! module never lets a plugin reach anything except through [`services::StudioServices`].
 
 pub mod calls;
+pub mod first_party;
 pub mod registry;
 pub mod runners;
 pub mod services;

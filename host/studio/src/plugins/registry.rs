@@ -23,12 +23,14 @@ pub struct InstalledPlugin {
     pub name: String,
     pub version: String,
     pub api_version: String,
-    /// planner, expander or stitcher.
+    /// planner, expander, stitcher or reviewer.
     pub world: String,
     pub description: String,
     /// What the plugin asked for.
     pub capabilities: Vec<String>,
     pub enabled: bool,
+    /// Came with the binary (installed at first start, upgraded by newer binaries).
+    pub first_party: bool,
     pub granted: Vec<String>,
     pub denied: Vec<String>,
     pub component_sha256: String,
@@ -180,6 +182,83 @@ pub fn install(
     get(db, &manifest.id)
 }
 
+/// What [`put_first_party`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstPartyOutcome {
+    Installed,
+    Upgraded,
+    /// Already this component, or left alone: uninstalled by the user, replaced by the user's
+    /// own plugin of the same id, or newer than this binary's.
+    Unchanged,
+}
+
+/// Installs a plugin that comes with the binary, granting what its manifest asks for, or
+/// upgrades an installed first-party plugin to this binary's component when that is not older.
+/// An upgrade keeps whether the plugin is enabled and every grant the user decided; a
+/// capability the new version adds is granted. The component was built with the binary, so it
+/// is not compiled here: that happens at its first call.
+pub fn put_first_party(
+    db: &Db,
+    plugins: &Plugins,
+    manifest: &Manifest,
+    wasm: &[u8],
+) -> Result<FirstPartyOutcome> {
+    let sha = hex::encode(Sha256::digest(wasm));
+    let installed = db.with(|c| load_row(c, &manifest.id))?;
+    let removed: bool = db.with(|c| {
+        Ok(c.query_row(
+            "SELECT EXISTS(SELECT 1 FROM removed_first_party_plugins WHERE id = ?1)",
+            [&manifest.id],
+            |r| r.get(0),
+        )?)
+    })?;
+    let outcome = match &installed {
+        None if removed => return Ok(FirstPartyOutcome::Unchanged),
+        None => FirstPartyOutcome::Installed,
+        Some(p) if !p.first_party || p.component_sha256 == sha => {
+            return Ok(FirstPartyOutcome::Unchanged);
+        }
+        Some(p) if p.manifest.version > manifest.version => {
+            return Ok(FirstPartyOutcome::Unchanged);
+        }
+        Some(_) => FirstPartyOutcome::Upgraded,
+    };
+    plugins.store_component(&sha, wasm)?;
+    let manifest_json = serde_json::to_string(manifest).map_err(anyhow::Error::from)?;
+    let now = now_ms();
+    db.transaction(|tx| {
+        tx.execute(
+            "INSERT INTO plugins
+                (id, version, api_version, world, manifest, component_sha256, enabled,
+                 installed_at, first_party)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, 1)
+             ON CONFLICT (id) DO UPDATE SET version = ?2, api_version = ?3, world = ?4,
+                manifest = ?5, component_sha256 = ?6",
+            params![
+                manifest.id,
+                manifest.version.to_string(),
+                manifest.api_version.to_string(),
+                manifest.world.as_str(),
+                manifest_json,
+                sha,
+                now
+            ],
+        )?;
+        for capability in &manifest.capabilities {
+            tx.execute(
+                "INSERT OR IGNORE INTO plugin_grants (plugin_id, capability, granted, decided_at)
+                 VALUES (?1, ?2, 1, ?3)",
+                params![manifest.id, capability.as_str(), now],
+            )?;
+        }
+        Ok(())
+    })?;
+    if let Some(old) = installed {
+        remove_unused_component(db, plugins, &old.component_sha256)?;
+    }
+    Ok(outcome)
+}
+
 fn already_installed(id: &str) -> StudioError {
     StudioError::Conflict(format!(
         "plugin `{id}` is already installed; uninstall it first"
@@ -193,7 +272,8 @@ fn names(capabilities: &[Capability]) -> Vec<String> {
 fn load_row(c: &rusqlite::Connection, id: &str) -> Result<Option<InstalledPlugin>> {
     let row = c
         .query_row(
-            "SELECT manifest, component_sha256, enabled, installed_at FROM plugins WHERE id = ?1",
+            "SELECT manifest, component_sha256, enabled, installed_at, first_party
+             FROM plugins WHERE id = ?1",
             [id],
             |r| {
                 Ok((
@@ -201,11 +281,12 @@ fn load_row(c: &rusqlite::Connection, id: &str) -> Result<Option<InstalledPlugin
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, i64>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             },
         )
         .optional()?;
-    let Some((manifest_json, sha, enabled, installed_at)) = row else {
+    let Some((manifest_json, sha, enabled, installed_at, first_party)) = row else {
         return Ok(None);
     };
     let manifest: Manifest = serde_json::from_str(&manifest_json).map_err(|e| {
@@ -234,6 +315,7 @@ fn load_row(c: &rusqlite::Connection, id: &str) -> Result<Option<InstalledPlugin
         description: manifest.description.clone(),
         capabilities: names(&manifest.capabilities),
         enabled,
+        first_party,
         granted,
         denied,
         component_sha256: sha,
@@ -274,26 +356,40 @@ pub fn set_enabled(db: &Db, id: &str, enabled: bool) -> Result<InstalledPlugin> 
 }
 
 /// Removes the plugin and its grants; its audit records stay. The component's file goes when
-/// no other installed plugin shares it.
+/// no other installed plugin shares it. A first-party plugin stays removed: later starts do not
+/// install it again.
 pub fn uninstall(db: &Db, plugins: &Plugins, id: &str) -> Result<()> {
     let sha = db.transaction(|tx| {
-        let sha: Option<String> = tx
+        let removed: Option<(String, bool)> = tx
             .query_row(
-                "DELETE FROM plugins WHERE id = ?1 RETURNING component_sha256",
+                "DELETE FROM plugins WHERE id = ?1 RETURNING component_sha256, first_party",
                 [id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let sha = sha.ok_or_else(|| not_installed(id))?;
-        let shared: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM plugins WHERE component_sha256 = ?1)",
-            [&sha],
-            |r| r.get(0),
-        )?;
-        Ok((!shared).then_some(sha))
+        let (sha, first_party) = removed.ok_or_else(|| not_installed(id))?;
+        if first_party {
+            tx.execute(
+                "INSERT OR REPLACE INTO removed_first_party_plugins (id, removed_at) VALUES (?1, ?2)",
+                params![id, now_ms()],
+            )?;
+        }
+        Ok(sha)
     })?;
-    if let Some(sha) = sha {
-        plugins.remove_component(&sha);
+    remove_unused_component(db, plugins, &sha)
+}
+
+/// Deletes a component's file when no installed plugin uses it any more.
+fn remove_unused_component(db: &Db, plugins: &Plugins, sha: &str) -> Result<()> {
+    let used: bool = db.with(|c| {
+        Ok(c.query_row(
+            "SELECT EXISTS(SELECT 1 FROM plugins WHERE component_sha256 = ?1)",
+            [sha],
+            |r| r.get(0),
+        )?)
+    })?;
+    if !used {
+        plugins.remove_component(sha);
     }
     Ok(())
 }

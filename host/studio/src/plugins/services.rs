@@ -605,6 +605,7 @@ impl HostServices for StudioServices {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(ChatReply {
             text: answer.text,
+            model: answer.model,
             prompt_tokens: count(answer.prompt_tokens),
             generated_tokens: count(answer.generated_tokens),
             finish: match answer.finish {
