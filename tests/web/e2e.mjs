@@ -109,8 +109,10 @@ try {
     const prompts = ['A lighthouse on a cliff at dusk, waves below',
       'The keeper climbs the spiral stairs with a lantern',
       'The lamp turns on, a beam sweeps the stormy sea'];
-    for (const prompt of prompts) {
+    for (const [i, prompt] of prompts.entries()) {
       await page.getByRole('button', { name: 'Add shot' }).click();
+      // The new shot's editor replaces the previous one once the server has created it.
+      await page.getByRole('heading', { name: `Shot ${i + 1}`, exact: true }).waitFor();
       await page.locator('#shot-prompt').fill(prompt);
     }
     await page.locator('#shot-negative_prompt').fill('blurry, text');
@@ -364,10 +366,9 @@ try {
     await page.locator('#style-look').waitFor();
     assert.equal(await page.locator('#style-look').inputValue(), '');
     await page.locator('#style-lighting').fill('morning window light');
-    const saved = await until(async () => {
-      const bible = JSON.parse((await api('GET', `/api/projects/${project.id}/storyboards`))[0].description);
-      return bible.style?.lighting === 'morning window light' && bible;
-    });
+    await page.getByText('Saved', { exact: true }).waitFor();
+    const saved = JSON.parse((await api('GET', `/api/projects/${project.id}/storyboards`))[0].description);
+    assert.equal(saved.style.lighting, 'morning window light');
     assert.equal(saved.description, description, 'the description is kept in the bible');
     assert.equal(saved.style.look, '');
     await page.reload();

@@ -54,6 +54,7 @@ export function jobCard(job, { onReproduce } = {}) {
     const state = next.state ?? 'queued';
     const p = next.progress ?? {};
     title.textContent = jobTitle(next);
+    title.title = title.textContent;
     badge.className = `badge ${state}`;
     badge.textContent = state;
     const fraction = state === 'succeeded' ? 1 : p.total ? Math.min(1, p.step / p.total) : 0;

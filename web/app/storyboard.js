@@ -47,7 +47,7 @@ export function takeReview(review) {
 /** The marker of a shot that needs the user to look: a badge and, unless `compact`, the sentence. */
 export function attentionNote(shot, { compact = false } = {}) {
   if (!shot.attention) return null;
-  if (compact) return h('span', { class: 'badge attention', title: shot.attention, 'aria-label': `Needs attention: ${shot.attention}` }, '⚠');
+  if (compact) return h('span', { class: 'badge attention', role: 'img', title: shot.attention, 'aria-label': `Needs attention: ${shot.attention}` }, '⚠');
   return h('div', { class: 'attention-note', role: 'note' },
     h('span', { class: 'badge attention' }, '⚠ needs attention'), ' ', shot.attention);
 }
