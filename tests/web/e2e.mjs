@@ -289,7 +289,8 @@ try {
     assert.equal(await card.count(), 0);
   });
 
-  await step('install the planner plugin from its files, refusing the capability it asks for', async () => {
+  await step('replace the first-party planner with one installed from its files, refusing the capability it asks for', async () => {
+    await api('DELETE', '/api/plugins/storyboard-planner');
     await page.goto(`${BASE}/#/plugins`);
     await page.getByRole('heading', { name: 'Plugins' }).waitFor();
     await page.locator('#plugin-component').setInputFiles(path.join(FIXTURES, 'storyboard-planner.wasm'));
@@ -302,7 +303,7 @@ try {
     await dialog.getByRole('button', { name: 'Install with these grants' }).click();
     await page.getByText('Installed storyboard-planner.').waitFor();
     await page.locator('tr[data-plugin-id="storyboard-planner"] .cap.refused', { hasText: 'text-generation' }).waitFor();
-    const [planner] = await api('GET', '/api/plugins');
+    const planner = (await api('GET', '/api/plugins')).find((p) => p.id === 'storyboard-planner');
     assert.deepEqual([planner.id, planner.granted, planner.denied], ['storyboard-planner', [], ['text-generation']]);
   });
 
