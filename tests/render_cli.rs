@@ -434,3 +434,34 @@ fn render_without_a_planner_says_what_to_install() {
         "{err}"
     );
 }
+
+#[test]
+fn an_example_project_renders_on_a_fresh_data_directory_without_any_install_step() {
+    let (tmp, data) = studio_with_model();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../projects/aurora-headphones");
+    let out = tmp.path().join("aurora.mp4");
+    let report: Value = serde_json::from_str(&succeeded(videosdgx(
+        &data,
+        &[
+            "render",
+            project.to_str().unwrap(),
+            "--model",
+            "tiny-wan-t2v",
+            "--out",
+            out.to_str().unwrap(),
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert!(report["shots"].as_array().unwrap().len() >= 2, "{report}");
+    let info = videosdgx_engine::video::probe(&out).unwrap();
+    assert_eq!(info.frames as i64, report["frames"].as_i64().unwrap());
+}

@@ -302,7 +302,7 @@ try {
     assert.equal(await card.count(), 0);
   });
 
-  await step('replace the built-in planner with one installed from its files, refusing the capability it asks for', async () => {
+  await step('replace the first-party planner with one installed from its files, refusing the capability it asks for', async () => {
     await page.goto(`${BASE}/#/plugins`);
     await page.getByRole('heading', { name: 'Plugins' }).waitFor();
     await page.locator('tr[data-plugin-id="storyboard-planner"]').getByRole('button', { name: 'Uninstall' }).click();

@@ -64,6 +64,8 @@ pub struct RenderedShot {
     pub attempts: Vec<Attempt>,
     /// Why this shot needs the user's attention (every attempt failed review).
     pub attention: Option<String>,
+    /// How its review ended early (a failing reviewer), if it did.
+    pub review_note: Option<String>,
 }
 
 /// What `render` did, for the terminal and `--json`.
@@ -223,6 +225,7 @@ async fn render_on_queue(
             frames: chosen.frames,
             seed: chosen.seed,
             attention: shot.attention.clone(),
+            review_note: shot.review_note.filter(|_| review_note.is_none()),
             attempts: shot.attempts,
         });
     }

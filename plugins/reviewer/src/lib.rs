@@ -17,7 +17,9 @@ use videosdgx_plugin_sdk::{Reviewer, host};
 const ACCEPT_SCORE: f32 = 0.6;
 /// Frames shown per video take (beginning, middle, end): enough to see action and freezes.
 const FRAMES_SHOWN: u32 = 3;
-const ANSWER_TOKENS: u32 = 400;
+/// Room for the longest answer the schema allows in a real tokenizer; a model that rambles
+/// past it (no closing brace) gets an unreviewed take, as for any unreadable answer.
+const ANSWER_TOKENS: u32 = 1024;
 
 /// What the model must answer (as JSON).
 const ANSWER_SCHEMA: &str = r#"{
@@ -25,8 +27,8 @@ const ANSWER_SCHEMA: &str = r#"{
   "properties": {
     "shows_the_shot": {"type": "boolean"},
     "score": {"type": "number", "minimum": 0, "maximum": 1},
-    "problems": {"type": "array", "items": {"type": "string", "maxLength": 160}, "maxItems": 6},
-    "revised_prompt": {"type": "string", "maxLength": 1500}
+    "problems": {"type": "array", "items": {"type": "string", "maxLength": 120}, "maxItems": 4},
+    "revised_prompt": {"type": "string", "maxLength": 800}
   },
   "required": ["shows_the_shot", "score", "problems", "revised_prompt"],
   "additionalProperties": false
@@ -66,8 +68,17 @@ impl Reviewer for TakeReviewer {
                 stop: Vec::new(),
                 json_schema: Some(ANSWER_SCHEMA.into()),
             },
-        )?;
-        let review = read_answer(&reply.text, &shot, &prompt, &storyboard);
+        );
+        let review = match reply {
+            Ok(reply) => read_answer(&reply.text, &shot, &prompt, &storyboard),
+            // The model was asked but gave no complete answer (its JSON ran past the budget):
+            // as unreadable as a wrong one.
+            Err(PluginError::Failed(why)) => {
+                host::warn(&format!("take {} not reviewed: {why}", take.attempt));
+                not_reviewed(&why)
+            }
+            Err(other) => return Err(other),
+        };
         host::info(&format!(
             "take {} of shot {}: {:?} ({:.2})",
             take.attempt, shot.id, review.verdict, review.score
@@ -182,16 +193,9 @@ fn read_answer(
     let answer: Answer = match serde_json::from_str(text.trim()) {
         Ok(answer) => answer,
         Err(err) => {
-            return TakeReview {
-                verdict: Verdict::Accept,
-                score: 0.0,
-                reasons: format!(
-                    "Not reviewed: the vision model's answer was not the verdict asked for ({err}); \
-                     the take is kept as it is."
-                ),
-                revised_prompt: None,
-                revised_negative_prompt: None,
-            };
+            return not_reviewed(&format!(
+                "the vision model's answer was not the verdict asked for ({err})"
+            ));
         }
     };
     let score = if answer.score.is_finite() {
@@ -232,6 +236,17 @@ fn read_answer(
             storyboard,
         )),
         revised_negative_prompt: Some(revised_negative(&prompt.negative_prompt, &problems)),
+    }
+}
+
+/// An `accept` that says why the take went unreviewed: a confused model never stalls a render.
+fn not_reviewed(why: &str) -> TakeReview {
+    TakeReview {
+        verdict: Verdict::Accept,
+        score: 0.0,
+        reasons: format!("Not reviewed: {why}; the take is kept as it is."),
+        revised_prompt: None,
+        revised_negative_prompt: None,
     }
 }
 

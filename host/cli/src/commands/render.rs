@@ -163,6 +163,9 @@ fn summary(r: &RenderReport) -> String {
         if let Some(why) = &shot.attention {
             text.push_str(&format!("    needs your attention: {why}\n"));
         }
+        if let Some(note) = &shot.review_note {
+            text.push_str(&format!("    note: {note}\n"));
+        }
     }
     if let Some(note) = &r.review_note {
         text.push_str(&format!("note: {note}\n"));
