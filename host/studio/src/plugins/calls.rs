@@ -115,7 +115,8 @@ fn prepare(
 }
 
 /// The bible a storyboard keeps in its description (the web UI edits it): the style and the
-/// characters the planner and expander use. A plain-text description is the look.
+/// characters the planner and expander use. A plain-text description is the storyboard's
+/// description, not its look: it is kept under `description`, as the web UI keeps it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Bible {
     #[serde(default)]
@@ -153,12 +154,10 @@ impl Bible {
             return Bible::default();
         }
         serde_json::from_str(description).unwrap_or_else(|_| Bible {
-            style: BibleStyle {
-                look: description.to_string(),
-                ..Default::default()
-            },
-            characters: Vec::new(),
-            rest: Default::default(),
+            rest: [("description".into(), description.into())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
         })
     }
 
@@ -837,6 +836,12 @@ mod tests {
             "unknown keys survive a rewrite"
         );
         assert_eq!(bible.characters()[0].id, "old-mara");
-        assert_eq!(Bible::parse("grainy 16mm").style.look, "grainy 16mm");
+        let plain = Bible::parse("A short about boats");
+        assert_eq!(
+            plain.style,
+            BibleStyle::default(),
+            "a description is not a look"
+        );
+        assert_eq!(plain.rest["description"], "A short about boats");
     }
 }
