@@ -10,6 +10,7 @@ mod nvrtc;
 pub use conv::frame_conv;
 
 use crate::spec::{NormKind, NormSpec, RopeGrid};
+use crate::targets::{self, AttentionVariant, NORM, ROPE, Source, attention_variant};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -28,100 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use nvrtc::cache_dir as kernel_cache_dir;
-
-/// One kernel source file. `hopper_only` sources use wgmma and build for `sm_90a`, which only
-/// compute capability 9.0 runs.
-struct Source {
-    name: &'static str,
-    code: &'static str,
-    hopper_only: bool,
-}
-
-const ATTENTION: Source = Source {
-    name: "attention",
-    code: concat!(
-        include_str!("../../cuda/common.cuh"),
-        include_str!("../../cuda/attention.cu")
-    ),
-    hopper_only: false,
-};
-const ATTENTION_TMA: Source = Source {
-    name: "attention_tma",
-    code: concat!(
-        include_str!("../../cuda/common.cuh"),
-        include_str!("../../cuda/attention_tma.cu")
-    ),
-    hopper_only: true,
-};
-const NORM: Source = Source {
-    name: "norm",
-    code: concat!(
-        include_str!("../../cuda/common.cuh"),
-        include_str!("../../cuda/norm.cu")
-    ),
-    hopper_only: false,
-};
-const ROPE: Source = Source {
-    name: "rope",
-    code: concat!(
-        include_str!("../../cuda/common.cuh"),
-        include_str!("../../cuda/rope.cu")
-    ),
-    hopper_only: false,
-};
-const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
-
-/// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
-struct AttentionVariant {
-    name: &'static str,
-    source: &'static Source,
-    threads: u32,
-    block_m: usize,
-    shared_bytes: u32,
-    /// Takes q/k/v as TMA tensor maps instead of pointers and strides.
-    tensor_maps: bool,
-}
-
-// Chosen by measurement (kernels/NOTES.md): on Hopper the TMA-fed warp-specialised wgmma kernel
-// (1.01x cuDNN SDPA on H100); elsewhere mma.sync with 8 warps and 64-key tiles.
-const ATTENTION_TMA_D128: AttentionVariant = AttentionVariant {
-    name: "attention_wgmma_tma_d128",
-    source: &ATTENTION_TMA,
-    threads: 384,
-    block_m: 128,
-    // Q tile + three K and three V tiles of 128 x 128 bf16, 1024 bytes of alignment slack and
-    // seven mbarriers.
-    shared_bytes: 7 * 128 * 128 * 2 + 1024 + 7 * 8,
-    tensor_maps: true,
-};
-const ATTENTION_MMA_D128: AttentionVariant = AttentionVariant {
-    name: "attention_mma_d128_w8_n64",
-    source: &ATTENTION,
-    threads: 256,
-    block_m: 128,
-    shared_bytes: (128 * 128 + 4 * 64 * 128) * 2,
-    tensor_maps: false,
-};
-const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
-    name: "attention_mma_d64_w8_n64",
-    source: &ATTENTION,
-    threads: 256,
-    block_m: 128,
-    shared_bytes: (128 * 64 + 4 * 64 * 64) * 2,
-    tensor_maps: false,
-};
-
-fn attention_variant(
-    head_dim: usize,
-    compute_capability: (i32, i32),
-) -> Option<&'static AttentionVariant> {
-    match (head_dim, compute_capability) {
-        (128, (9, 0)) => Some(&ATTENTION_TMA_D128),
-        (128, _) => Some(&ATTENTION_MMA_D128),
-        (64, _) => Some(&ATTENTION_MMA_D64),
-        _ => None,
-    }
-}
 
 /// The kernel [`attention`] would run for a query like `q` (its device, dtype and head dim), or
 /// `None` when it has none: not on CUDA, not bf16, or an unsupported head dim.
@@ -157,24 +64,9 @@ fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
         .map_err(driver_err("compute capability"))
 }
 
-/// The NVRTC target for `src` on this GPU: its exact architecture, `sm_90a` for Hopper-only code.
+/// The NVRTC target for `src` on this GPU (see [`targets::arch`]).
 fn arch(dev: &CudaDevice, src: &Source) -> Result<String> {
-    let (major, minor) = compute_capability(dev)?;
-    if major < 8 {
-        bail!(
-            "the fused kernels need compute capability 8.0 or newer (mma.sync bf16), this GPU is {major}.{minor}"
-        );
-    }
-    if src.hopper_only && (major, minor) != (9, 0) {
-        bail!(
-            "kernel module {} needs sm_90a (Hopper), this GPU is {major}.{minor}",
-            src.name
-        );
-    }
-    Ok(format!(
-        "sm_{major}{minor}{}",
-        if src.hopper_only { "a" } else { "" }
-    ))
+    targets::arch(compute_capability(dev)?, src).map_err(candle_core::Error::Msg)
 }
 
 fn driver_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> candle_core::Error {
@@ -252,10 +144,7 @@ fn function(dev: &CudaDevice, src: &'static Source, name: &'static str) -> Resul
 
 /// The modules this GPU can run.
 fn sources_for(dev: &CudaDevice) -> Result<impl Iterator<Item = &'static Source>> {
-    let hopper = compute_capability(dev)? == (9, 0);
-    Ok(ALL_SOURCES
-        .into_iter()
-        .filter(move |s| hopper || !s.hopper_only))
+    Ok(targets::sources_for(compute_capability(dev)?))
 }
 
 /// Compiles every module this GPU can run into `cache` (or reads it from there) without loading
@@ -264,9 +153,16 @@ pub fn compile_report(device: &Device, cache: &std::path::Path) -> Result<Vec<Co
     let Device::Cuda(dev) = device else {
         bail!("compile_report needs a CUDA device, got {device:?}")
     };
-    sources_for(dev)?
+    compile_for(compute_capability(dev)?, cache)
+}
+
+/// Compiles every module a GPU of capability `cc` runs, for its architecture, into `cache`
+/// (or reads it from there). NVRTC needs no such GPU: this is how the kernels are checked for
+/// cards that are not present (GB10's sm_121).
+pub fn compile_for(cc: targets::Capability, cache: &std::path::Path) -> Result<Vec<CompileReport>> {
+    targets::sources_for(cc)
         .map(|src| {
-            let arch = arch(dev, src)?;
+            let arch = targets::arch(cc, src).map_err(candle_core::Error::Msg)?;
             let (_, origin) = nvrtc::cubin(src.name, src.code, &arch, cache)?;
             Ok(report(src, arch, origin))
         })

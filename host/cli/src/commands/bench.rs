@@ -190,8 +190,16 @@ pub struct WanArgs {
 pub struct KernelArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(5..))]
     pub reps: u32,
+    /// Only compile every kernel module with NVRTC for this compute capability (`sm_121`, `121`
+    /// or `12.1`: GB10), whether or not such a GPU is present, and report; no timing.
+    #[arg(long, value_parser = parse_capability)]
+    pub compile_for: Option<videosdgx_kernels::targets::Capability>,
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_capability(text: &str) -> Result<videosdgx_kernels::targets::Capability, String> {
+    videosdgx_kernels::targets::parse_capability(text)
 }
 
 /// The latent token grid the transformer sees: VAE-compressed, then patched by (1, 2, 2).
@@ -560,6 +568,18 @@ mod gpu {
     }
 
     pub fn kernels(args: &KernelArgs) -> anyhow::Result<()> {
+        if let Some(cc) = args.compile_for {
+            let cache = tempfile::tempdir()?;
+            let compiled = videosdgx_kernels::compile_for(cc, cache.path())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&compiled)?);
+            } else {
+                for c in &compiled {
+                    println!("{:<16} {:<8} compiled by NVRTC in {:.0} ms", c.module, c.arch, c.ms);
+                }
+            }
+            return Ok(());
+        }
         let (dev, ctx) = cuda()?;
         // Cold: an empty cache directory; cached: the same directory again.
         let cache = tempfile::tempdir()?;
