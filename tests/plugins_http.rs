@@ -13,36 +13,21 @@ use models::install_tiny_model;
 use serde_json::{Value, json};
 use studio::{Server, start};
 
-const BOUNDARY: &str = "vdgx-plugin-form";
-
 /// A multipart form with the plugin crate's component and manifest, and `grants`.
 fn form(name: &str, grants: &[&str]) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        let disposition = match filename {
-            Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
-            None => format!("form-data; name=\"{field}\""),
-        };
-        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    };
-    part("component", Some("plugin.wasm"), &guests::component(name));
-    part(
-        "manifest",
-        Some("plugin.toml"),
-        guests::manifest_text(name).as_bytes(),
-    );
-    for grant in grants {
-        part("grant", None, grant.as_bytes());
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
+    studio::plugin_form(
+        &guests::component(name),
+        &guests::manifest_text(name),
+        grants,
+    )
 }
 
 fn install(s: &Server, name: &str, grants: &[&str]) -> Value {
-    let r = s.post_multipart("/api/plugins", BOUNDARY, &form(name, grants));
+    let r = s.post_multipart(
+        "/api/plugins",
+        studio::PLUGIN_FORM_BOUNDARY,
+        &form(name, grants),
+    );
     assert_eq!(r.status, 201, "{}", r.json());
     r.json()
 }
@@ -101,7 +86,11 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     let s = start(dir.path());
     let (project, board) = storyboard(&s);
 
-    let inspected = s.post_multipart("/api/plugins/inspect", BOUNDARY, &form("hostile", &[]));
+    let inspected = s.post_multipart(
+        "/api/plugins/inspect",
+        studio::PLUGIN_FORM_BOUNDARY,
+        &form("hostile", &[]),
+    );
     assert_eq!(inspected.status, 200, "{}", inspected.json());
     let inspected = inspected.json();
     assert_eq!(inspected["id"], "hostile");
@@ -122,9 +111,17 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
         installed["granted"],
         json!(["assets:read", "media", "project:read"])
     );
-    let again = s.post_multipart("/api/plugins", BOUNDARY, &form("hostile", &[]));
+    let again = s.post_multipart(
+        "/api/plugins",
+        studio::PLUGIN_FORM_BOUNDARY,
+        &form("hostile", &[]),
+    );
     assert_eq!(again.status, 409);
-    let stray = s.post_multipart("/api/plugins", BOUNDARY, &form("template", &["generate"]));
+    let stray = s.post_multipart(
+        "/api/plugins",
+        studio::PLUGIN_FORM_BOUNDARY,
+        &form("template", &["generate"]),
+    );
     assert_eq!(stray.status, 422);
     assert!(
         stray.json()["error"]["message"]

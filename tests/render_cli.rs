@@ -440,27 +440,11 @@ fn an_example_project_renders_on_a_fresh_data_directory_without_any_install_step
     let (tmp, data) = studio_with_model();
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../projects/aurora-headphones");
     let out = tmp.path().join("aurora.mp4");
-    let report: Value = serde_json::from_str(&succeeded(videosdgx(
-        &data,
-        &[
-            "render",
-            project.to_str().unwrap(),
-            "--model",
-            "tiny-wan-t2v",
-            "--out",
-            out.to_str().unwrap(),
-            "--height",
-            "32",
-            "--width",
-            "32",
-            "--steps",
-            "2",
-            "--guidance",
-            "1",
-            "--json",
-        ],
-    )))
-    .unwrap();
+    let output = render_command(&data, &project, &out, "32", "2", "1")
+        .args(["--model", "tiny-wan-t2v", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
     assert!(report["shots"].as_array().unwrap().len() >= 2, "{report}");
     let info = videosdgx_engine::video::probe(&out).unwrap();
     assert_eq!(info.frames as i64, report["frames"].as_i64().unwrap());

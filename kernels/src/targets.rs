@@ -163,7 +163,11 @@ mod tests {
         for src in sources_for(GB10) {
             assert_eq!(arch(GB10, src).unwrap(), "sm_121");
         }
-        assert!(arch(GB10, &ATTENTION_TMA).unwrap_err().contains("needs sm_90a"));
+        assert!(
+            arch(GB10, &ATTENTION_TMA)
+                .unwrap_err()
+                .contains("needs sm_90a")
+        );
     }
 
     #[test]

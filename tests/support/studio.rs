@@ -216,27 +216,8 @@ impl Server {
 
     /// Installs a plugin through `POST /api/plugins` with `grants` granted.
     pub fn install_plugin(&self, component: &[u8], manifest: &str, grants: &[&str]) -> Reply {
-        const BOUNDARY: &str = "vdgx-plugin-form";
-        let mut body = Vec::new();
-        let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
-            body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-            let disposition = match filename {
-                Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
-                None => format!("form-data; name=\"{field}\""),
-            };
-            body.extend_from_slice(
-                format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
-            );
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        };
-        part("component", Some("plugin.wasm"), component);
-        part("manifest", Some("plugin.toml"), manifest.as_bytes());
-        for grant in grants {
-            part("grant", None, grant.as_bytes());
-        }
-        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-        self.post_multipart("/api/plugins", BOUNDARY, &body)
+        let body = plugin_form(component, manifest, grants);
+        self.post_multipart("/api/plugins", PLUGIN_FORM_BOUNDARY, &body)
     }
 
     /// Polls job `id` until `done` accepts it.
@@ -273,6 +254,30 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub const PLUGIN_FORM_BOUNDARY: &str = "vdgx-plugin-form";
+
+/// The multipart form `POST /api/plugins` takes: a component, its manifest and the grants.
+pub fn plugin_form(component: &[u8], manifest: &str, grants: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut part = |field: &str, filename: Option<&str>, bytes: &[u8]| {
+        body.extend_from_slice(format!("--{PLUGIN_FORM_BOUNDARY}\r\n").as_bytes());
+        let disposition = match filename {
+            Some(f) => format!("form-data; name=\"{field}\"; filename=\"{f}\""),
+            None => format!("form-data; name=\"{field}\""),
+        };
+        body.extend_from_slice(format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("component", Some("plugin.wasm"), component);
+    part("manifest", Some("plugin.toml"), manifest.as_bytes());
+    for grant in grants {
+        part("grant", None, grant.as_bytes());
+    }
+    body.extend_from_slice(format!("--{PLUGIN_FORM_BOUNDARY}--\r\n").as_bytes());
+    body
 }
 
 /// A small PNG whose pixels depend on `seed`, so each seed is distinct content.

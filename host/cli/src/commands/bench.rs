@@ -575,7 +575,10 @@ mod gpu {
                 println!("{}", serde_json::to_string_pretty(&compiled)?);
             } else {
                 for c in &compiled {
-                    println!("{:<16} {:<8} compiled by NVRTC in {:.0} ms", c.module, c.arch, c.ms);
+                    println!(
+                        "{:<16} {:<8} compiled by NVRTC in {:.0} ms",
+                        c.module, c.arch, c.ms
+                    );
                 }
             }
             return Ok(());
