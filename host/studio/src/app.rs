@@ -79,6 +79,29 @@ impl App {
         &self.config.data_dir
     }
 
+    /// A new file name under `<data>/tmp` for a job's output before it becomes an asset, e.g.
+    /// `generation-1f2e….mp4`.
+    pub fn scratch_file(&self, what: &str, ext: &str) -> Result<PathBuf> {
+        let dir = self.scratch_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| StudioError::Internal(e.into()))?;
+        Ok(dir.join(format!("{what}-{}.{ext}", hex::encode(bytes))))
+    }
+
+    /// Removes what jobs cut off by a crash left in `<data>/tmp`. Only jobs write there, and
+    /// they run only under the queue's lock: call it holding that lock, before any worker runs.
+    pub fn clear_scratch(&self) -> Result<()> {
+        match std::fs::remove_dir_all(self.scratch_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.data_dir().join("tmp")
+    }
+
     /// Runs blocking service code (SQLite, file I/O) off the async workers.
     pub async fn blocking<R: Send + 'static>(
         self: &Arc<Self>,

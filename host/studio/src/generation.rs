@@ -325,9 +325,7 @@ impl Generator {
             return Err(cancelled());
         }
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
-        let tmp = app.data_dir().join("tmp");
-        std::fs::create_dir_all(&tmp)?;
-        let path = tmp.join(format!("generation-{}.mp4", random_seed()));
+        let path = app.scratch_file("generation", "mp4")?;
         let metadata = json!({ "model": request.model, "generate": params });
         videosdgx_engine::video::write_mp4(&path, &frames, video.fps, &metadata)?;
         Ok((params, path))
@@ -441,33 +439,36 @@ fn record(
         prompt: params.prompt.clone(),
         model: Some(request.model.clone()),
     };
-    let (asset, _) = app.assets.import_file(&app.db, path, &meta)?;
     let params_json = serde_json::to_string(params).map_err(anyhow::Error::from)?;
-    let (generation_id, take_id) = app.db.transaction(|tx| {
-        let generation_id: i64 = tx.query_row(
-            "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-            params![
-                job_id,
-                request.shot_id,
-                asset.id,
-                request.model,
-                params_json,
-                videosdgx_engine::VERSION,
-                now_ms()
-            ],
-            |r| r.get(0),
-        )?;
-        let Some(shot_id) = request.shot_id else {
-            return Ok((generation_id, None));
-        };
-        let take = shots::add_take(tx, shot_id, asset.id, generation_id)?;
-        tx.execute(
-            "UPDATE shots SET chosen_take_id = ?2 WHERE id = ?1 AND chosen_take_id IS NULL",
-            params![shot_id, take.id],
-        )?;
-        Ok((generation_id, Some(take.id)))
-    })?;
+    // The asset, its generation record and the take in one transaction: a crash never leaves a
+    // generated video that is not a take with its record.
+    let (asset, (generation_id, take_id)) =
+        app.assets
+            .import_file_recording(&app.db, path, &meta, |tx, asset| {
+                let generation_id: i64 = tx.query_row(
+                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    params![
+                        job_id,
+                        request.shot_id,
+                        asset.id,
+                        request.model,
+                        params_json,
+                        videosdgx_engine::VERSION,
+                        now_ms()
+                    ],
+                    |r| r.get(0),
+                )?;
+                let Some(shot_id) = request.shot_id else {
+                    return Ok((generation_id, None));
+                };
+                let take = shots::add_take(tx, shot_id, asset.id, generation_id)?;
+                tx.execute(
+                    "UPDATE shots SET chosen_take_id = ?2 WHERE id = ?1 AND chosen_take_id IS NULL",
+                    params![shot_id, take.id],
+                )?;
+                Ok((generation_id, Some(take.id)))
+            })?;
     Ok(VideoOutput {
         asset,
         generation_id,

@@ -59,6 +59,7 @@ pub struct QueueWorkers {
 
 impl QueueWorkers {
     pub async fn start(app: &Arc<App>, lock: ServerLock) -> Result<QueueWorkers> {
+        app.blocking(|a| a.clear_scratch()).await?;
         let recovered = app.blocking(|a| a.jobs.recover(&a.db)).await?;
         app.blocking(|a| crate::generation::recover_shots(&a.db))
             .await?;

@@ -230,7 +230,37 @@ impl AssetLibrary {
         Ok(outcomes)
     }
 
+    /// Imports the file at `path` and writes what `then` records about the asset (a generation
+    /// and a take) in the same transaction as the asset's row: a crash leaves both or neither.
+    pub fn import_file_recording<T>(
+        &self,
+        db: &Db,
+        path: &Path,
+        meta: &NewAsset,
+        then: impl FnOnce(&rusqlite::Transaction, &Asset) -> Result<T>,
+    ) -> Result<(Asset, T)> {
+        let staged = self.stage_file(path)?;
+        let (asset, created, recorded) = self.import_unindexed_with(db, staged, meta, then)?;
+        if created {
+            self.index.upsert(std::slice::from_ref(&asset))?;
+        }
+        Ok((asset, recorded))
+    }
+
     fn import_unindexed(&self, db: &Db, staged: Staged, meta: &NewAsset) -> Result<(Asset, bool)> {
+        let (asset, created, ()) = self.import_unindexed_with(db, staged, meta, |_, _| Ok(()))?;
+        Ok((asset, created))
+    }
+
+    /// The blob is stored first, then the row and `then`'s records in one transaction: a crash
+    /// in between leaves an unreferenced blob, never a row without its file.
+    fn import_unindexed_with<T>(
+        &self,
+        db: &Db,
+        staged: Staged,
+        meta: &NewAsset,
+        then: impl FnOnce(&rusqlite::Transaction, &Asset) -> Result<T>,
+    ) -> Result<(Asset, bool, T)> {
         let name = checked_file_name(&meta.name)?;
         let tags = normalized_tags(&meta.tags)?;
         let finished = staged.finish()?;
@@ -238,16 +268,20 @@ impl AssetLibrary {
         if let Some(project) = meta.project_id {
             crate::projects::get_project(db, project)?;
         }
-        if let Some(existing) =
-            db.with(|c| find_by_content(c, &finished.sha256, meta.project_id))?
-        {
-            return Ok((existing, false));
-        }
         let sha256 = finished.sha256.clone();
         let len = finished.len;
-        self.store.commit(finished)?;
-        let asset = db.with(|c| {
-            Ok(c.query_row(
+        if db
+            .with(|c| find_by_content(c, &sha256, meta.project_id))?
+            .is_none()
+        {
+            self.store.commit(finished)?;
+        }
+        db.transaction(|c| {
+            if let Some(existing) = find_by_content(c, &sha256, meta.project_id)? {
+                let recorded = then(c, &existing)?;
+                return Ok((existing, false, recorded));
+            }
+            let asset = c.query_row(
                 "INSERT INTO assets (sha256, kind, mime, size_bytes, original_name, project_id,
                      caption, tags, prompt, model, width, height, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING *",
@@ -267,9 +301,10 @@ impl AssetLibrary {
                     now_ms(),
                 ],
                 asset_from_row,
-            )?)
-        })?;
-        Ok((asset, true))
+            )?;
+            let recorded = then(c, &asset)?;
+            Ok((asset, true, recorded))
+        })
     }
 
     /// Replaces the caption and/or tags of asset `id` and reindexes it (the web UI's

@@ -305,11 +305,7 @@ fn import(
 
 /// A scratch file under the data directory, for outputs before they become assets.
 fn scratch(app: &App, what: &str, ext: &str) -> Result<std::path::PathBuf, PluginError> {
-    let dir = app.data_dir().join("tmp");
-    std::fs::create_dir_all(&dir).map_err(failed)?;
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(failed)?;
-    Ok(dir.join(format!("{what}-{}.{ext}", hex::encode(bytes))))
+    app.scratch_file(what, ext).map_err(failed)
 }
 
 /// The plugin API's edit list as the engine's timeline, with asset ids resolved to files of
