@@ -256,6 +256,88 @@ impl Drop for Server {
     }
 }
 
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// A live Server-Sent Events stream: events arrive on `events`; `close` hangs up (as a browser
+/// tab that goes away).
+pub struct SseStream {
+    pub events: std::sync::mpsc::Receiver<SseEvent>,
+    socket: std::net::TcpStream,
+}
+
+impl SseStream {
+    pub fn next(&self, within: Duration) -> Option<SseEvent> {
+        self.events.recv_timeout(within).ok()
+    }
+
+    pub fn close(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Server {
+    /// Opens `path` as an event stream, sending `Last-Event-ID` when given. HTTP/1.0, so the
+    /// body is the plain event stream until the connection closes.
+    pub fn sse(&self, path: &str, last_event_id: Option<&str>) -> SseStream {
+        use std::io::Write;
+        let address = self.base.trim_start_matches("http://");
+        let mut socket = std::net::TcpStream::connect(address).unwrap();
+        let mut request =
+            format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_event_id {
+            request += &format!("Last-Event-ID: {id}\r\n");
+        }
+        request += "\r\n";
+        socket.write_all(request.as_bytes()).unwrap();
+        let mut lines = BufReader::new(socket.try_clone().unwrap()).lines();
+        let status = lines.next().unwrap().unwrap();
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        for line in lines.by_ref() {
+            if line.unwrap().is_empty() {
+                break;
+            }
+        }
+        let (sender, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut event = SseEvent {
+                id: None,
+                event: String::new(),
+                data: String::new(),
+            };
+            for line in lines.map_while(Result::ok) {
+                if line.is_empty() {
+                    if !event.event.is_empty() || !event.data.is_empty() {
+                        let done = std::mem::replace(
+                            &mut event,
+                            SseEvent {
+                                id: None,
+                                event: String::new(),
+                                data: String::new(),
+                            },
+                        );
+                        if sender.send(done).is_err() {
+                            return;
+                        }
+                    }
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    event.id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event.event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    event.data += v.trim();
+                }
+            }
+        });
+        SseStream { events, socket }
+    }
+}
+
 pub const PLUGIN_FORM_BOUNDARY: &str = "vdgx-plugin-form";
 
 /// The multipart form `POST /api/plugins` takes: a component, its manifest and the grants.

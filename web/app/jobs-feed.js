@@ -73,6 +73,8 @@ function connect() {
   };
   source.addEventListener('state', onEvent);
   source.addEventListener('progress', onEvent);
+  // The server no longer keeps what this page missed (it reconnected late): start afresh.
+  source.addEventListener('reset', () => reload().catch(() => {}));
   source.addEventListener('error', () => {
     if (source.readyState === EventSource.CLOSED) {
       banner.hidden = false;

@@ -3,10 +3,11 @@
 
 use super::error::{ApiResult, Json, Path, Query};
 use crate::app::App;
+use crate::jobs::journal::{Missed, Numbered};
 use crate::jobs::{self, Job, JobEvent, JobState, NewJob};
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -84,35 +85,107 @@ pub async fn retry_job(State(app): AppState, Path(id): Path<i64>) -> ApiResult<J
     Ok(Json(app.blocking(move |a| a.jobs.retry(&a.db, id)).await?))
 }
 
-fn sse_event(event: &JobEvent) -> Event {
+/// One message of an event stream.
+enum Outgoing {
+    /// A journal event: sent with its id, so that a reconnecting client can resume after it.
+    Numbered(Numbered),
+    /// A job's state read from its row (the start of a job's stream, or after a gap).
+    Current(JobEvent),
+    /// The client missed more events than the journal keeps: it must reload what it shows.
+    Reset,
+}
+
+fn sse_event(app: &App, outgoing: &Outgoing) -> Event {
+    let event = match outgoing {
+        Outgoing::Reset => {
+            return Event::default().event("reset").data(r#"{"type":"reset"}"#);
+        }
+        Outgoing::Numbered(numbered) => &numbered.event,
+        Outgoing::Current(event) => event,
+    };
     let name = match event {
         JobEvent::State { .. } => "state",
         JobEvent::Progress { .. } => "progress",
     };
-    Event::default()
+    let sse = Event::default()
         .event(name)
         .json_data(event)
-        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+        .unwrap_or_else(|_| Event::default().comment("unserializable event"));
+    match outgoing {
+        Outgoing::Numbered(numbered) => sse.id(app.jobs.journal().id(numbered.n)),
+        _ => sse,
+    }
 }
 
-/// Forwards job events to a client stream, starting with `first`: only those of `job` when
-/// given (ending after it finishes), all otherwise. Ends when the server shuts down.
-/// `receiver` must be subscribed before `first` was read, so that no change is missed.
+/// The `Last-Event-ID` a reconnecting EventSource sends.
+fn last_event_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Forwards job events to a client stream: only those of `job` when given (starting with its
+/// current state and ending after it finishes), all otherwise. A client resuming after
+/// `last_id` first gets the events it missed, in order, or `reset` when it missed too many.
+/// Ends when the server shuts down.
 fn event_stream(
     app: Arc<App>,
-    mut receiver: tokio::sync::broadcast::Receiver<JobEvent>,
     job: Option<i64>,
-    first: Option<JobEvent>,
+    last_id: Option<String>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let mut closing = app.jobs.closing();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let stream_app = app.clone();
     tokio::spawn(async move {
-        let mut next = first;
+        let journal = app.jobs.journal();
+        let (mut receiver, missed, head) = journal.resume(last_id.as_deref());
+        let wanted = |e: &JobEvent| job.is_none_or(|id| e.job_id() == id);
+        let finishes = |e: &JobEvent| {
+            job.is_some() && matches!(e, JobEvent::State { state, .. } if state.is_finished())
+        };
+        // The row is read after subscribing, so no change is missed in between.
+        let current = |app: Arc<App>| async move {
+            match job {
+                Some(id) => app
+                    .blocking(move |a| jobs::get_job(&a.db, id))
+                    .await
+                    .ok()
+                    .map(|row| Outgoing::Current(state_event(&row))),
+                None => None,
+            }
+        };
+        let mut backlog: Vec<Outgoing> = Vec::new();
+        // The journal's events up to `seen` are dealt with (sent, or not this stream's): the
+        // missed ones follow it; a new or reset client is current as of subscribing.
+        let mut seen = head;
+        match missed {
+            Missed::Events(events) if last_id.is_some() => {
+                seen = events.first().map_or(head, |e| e.n - 1);
+                backlog.extend(events.into_iter().map(Outgoing::Numbered));
+            }
+            Missed::Events(_) => backlog.extend(current(app.clone()).await),
+            Missed::Gap => {
+                backlog.push(Outgoing::Reset);
+                backlog.extend(current(app.clone()).await);
+            }
+        }
         loop {
-            if let Some(event) = next.take() {
-                let finished = job.is_some()
-                    && matches!(&event, JobEvent::State { state, .. } if state.is_finished());
-                if tx.send(event).await.is_err() || finished {
+            for outgoing in backlog.drain(..) {
+                let event = match &outgoing {
+                    Outgoing::Numbered(n) if n.n <= seen => continue,
+                    Outgoing::Numbered(n) => {
+                        seen = n.n;
+                        if !wanted(&n.event) {
+                            continue;
+                        }
+                        Some(&n.event)
+                    }
+                    Outgoing::Current(event) => Some(event),
+                    Outgoing::Reset => None,
+                };
+                let done = event.is_some_and(finishes);
+                if tx.send(outgoing).await.is_err() || done {
                     return;
                 }
             }
@@ -121,32 +194,34 @@ fn event_stream(
                 _ = closing.wait_for(|closing| *closing) => return,
             };
             match received {
-                Ok(e) if job.is_none_or(|id| e.job_id() == id) => next = Some(e),
-                Ok(_) => {}
-                // Missed events: the row says where the job is now.
-                Err(RecvError::Lagged(_)) => {
-                    if let Some(id) = job {
-                        match app.blocking(move |a| jobs::get_job(&a.db, id)).await {
-                            Ok(row) => next = Some(state_event(&row)),
-                            Err(_) => return,
-                        }
+                Ok(numbered) => backlog.push(Outgoing::Numbered(numbered)),
+                // The broadcast ran ahead of this client: the journal has what it missed.
+                Err(RecvError::Lagged(_)) => match journal.since(&journal.id(seen)) {
+                    Missed::Events(events) => {
+                        backlog.extend(events.into_iter().map(Outgoing::Numbered))
                     }
-                }
+                    Missed::Gap => {
+                        backlog.push(Outgoing::Reset);
+                        backlog.extend(current(app.clone()).await);
+                    }
+                },
                 Err(RecvError::Closed) => return,
             }
         }
     });
-    ReceiverStream::new(rx).map(|e| Ok(sse_event(&e)))
+    ReceiverStream::new(rx).map(move |e| Ok(sse_event(&stream_app, &e)))
 }
 
 #[utoipa::path(get, path = "/api/jobs/events", tag = "jobs",
     responses((status = 200, content_type = "text/event-stream", body = JobEvent,
-        description = "`state` and `progress` events of every job")))]
+        description = "`state` and `progress` events of every job, each with an id; sent \
+            `Last-Event-ID`, the stream first replays the events after it, or sends `reset` \
+            when they are no longer kept")))]
 pub async fn all_events(
     State(app): AppState,
+    headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let receiver = app.jobs.subscribe();
-    Sse::new(event_stream(app, receiver, None, None)).keep_alive(KeepAlive::default())
+    Sse::new(event_stream(app, None, last_event_id(&headers))).keep_alive(KeepAlive::default())
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs", params(("id" = i64, Path)),
@@ -156,10 +231,10 @@ pub async fn all_events(
 pub async fn job_events(
     State(app): AppState,
     Path(id): Path<i64>,
+    headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let receiver = app.jobs.subscribe();
-    let job = app.blocking(move |a| jobs::get_job(&a.db, id)).await?;
-    let stream = event_stream(app, receiver, Some(id), Some(state_event(&job)));
+    app.blocking(move |a| jobs::get_job(&a.db, id)).await?;
+    let stream = event_stream(app, Some(id), last_event_id(&headers));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

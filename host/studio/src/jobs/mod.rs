@@ -4,12 +4,14 @@
 //! off by a crash: it is re-queued, or marked interrupted once its attempts are spent. Nothing
 //! here knows what a job does; runners live in [`runners`].
 
+pub mod journal;
 pub mod runners;
 pub mod steps;
 
 use crate::app::App;
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
+use journal::{Journal, Numbered};
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -193,7 +195,7 @@ pub struct JobContext {
     job_id: i64,
     cancel: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
-    events: broadcast::Sender<JobEvent>,
+    events: Arc<Journal>,
     pace: Mutex<Pace>,
 }
 
@@ -256,7 +258,7 @@ impl JobContext {
                 Err(e) => tracing::warn!(job = self.job_id, "cannot persist progress: {e}"),
             }
         }
-        let _ = self.events.send(JobEvent::Progress {
+        self.events.publish(JobEvent::Progress {
             job_id: self.job_id,
             progress,
         });
@@ -270,7 +272,7 @@ impl JobContext {
 
 pub struct JobQueue {
     runners: HashMap<&'static str, Arc<dyn JobRunner>>,
-    events: broadcast::Sender<JobEvent>,
+    events: Arc<Journal>,
     wake: HashMap<Lane, Notify>,
     running: Mutex<HashMap<i64, Arc<AtomicBool>>>,
     stopping: Arc<AtomicBool>,
@@ -282,7 +284,7 @@ impl JobQueue {
     pub fn new(runners: Vec<Arc<dyn JobRunner>>) -> JobQueue {
         JobQueue {
             runners: runners.into_iter().map(|r| (r.kind(), r)).collect(),
-            events: broadcast::channel(1024).0,
+            events: Arc::new(Journal::new()),
             wake: [(Lane::Gpu, Notify::new()), (Lane::Cpu, Notify::new())].into(),
             running: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -297,8 +299,13 @@ impl JobQueue {
         kinds
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Numbered> {
         self.events.subscribe()
+    }
+
+    /// The numbered journal of events, for clients that reconnect (`Last-Event-ID`).
+    pub fn journal(&self) -> &Journal {
+        &self.events
     }
 
     /// Becomes `true` when the queue stops; event streams end then so shutdown is not held up.
@@ -307,7 +314,7 @@ impl JobQueue {
     }
 
     fn announce(&self, job: &Job) {
-        let _ = self.events.send(JobEvent::State {
+        self.events.publish(JobEvent::State {
             job_id: job.id,
             state: job.state,
             attempts: job.attempts,
@@ -553,7 +560,7 @@ pub async fn run_to_end(
     let mut cancelling = false;
     loop {
         tokio::select! {
-            event = events.recv() => match event {
+            event = events.recv() => match event.map(|e| e.event) {
                 Ok(JobEvent::Progress { job_id, progress }) if job_id == id => latest = progress,
                 Ok(JobEvent::State { job_id, state, .. }) if job_id == id && state.is_finished() => {
                     break;
@@ -764,7 +771,8 @@ mod tests {
             let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
                 .await
                 .expect("job finished in time")
-                .unwrap();
+                .unwrap()
+                .event;
             let finished = matches!(&event, JobEvent::State { state, .. } if state.is_finished());
             seen.push(event);
             if finished {
