@@ -557,6 +557,8 @@ mod gpu {
     #[derive(Serialize)]
     struct KernelsReport {
         gpu: String,
+        /// The GPU shares the host's memory (GB10): loads then release the file's pages.
+        shares_host_memory: bool,
         compile: Vec<videosdgx_kernels::CompileReport>,
         compile_cached: Vec<videosdgx_kernels::CompileReport>,
         timings: Vec<KernelTiming>,
@@ -667,6 +669,7 @@ mod gpu {
 
         let report = KernelsReport {
             gpu: ctx.name()?,
+            shares_host_memory: videosdgx_engine::loader::memory::shares_host_memory(&dev),
             compile,
             compile_cached,
             timings,
@@ -674,7 +677,15 @@ mod gpu {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            println!("{}", report.gpu);
+            println!(
+                "{} ({} memory)",
+                report.gpu,
+                if report.shares_host_memory {
+                    "shares the host's"
+                } else {
+                    "its own"
+                }
+            );
             for (cold, warm) in report.compile.iter().zip(&report.compile_cached) {
                 println!(
                     "  NVRTC {:<16} {:<7} cold {:>8.1} ms, cached {:>6.1} ms",

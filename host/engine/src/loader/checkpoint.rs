@@ -4,6 +4,7 @@
 //! disk once. This module must never guess shapes: models state them, and a mismatch is an error.
 
 use super::LoadError;
+use super::memory::{self, FileCache};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use memmap2::Mmap;
@@ -25,6 +26,7 @@ pub struct TensorEntry {
 
 struct MappedFile {
     path: PathBuf,
+    file: File,
     mmap: Mmap,
 }
 
@@ -173,6 +175,7 @@ impl Checkpoint {
         }
         self.files.push(MappedFile {
             path: path.to_path_buf(),
+            file,
             mmap,
         });
         Ok(())
@@ -244,15 +247,21 @@ impl Checkpoint {
             .map_err(candle_err)?;
         // The tensor now owns a copy: let the kernel drop the mapped pages so that loading a large
         // checkpoint never holds the file pages and the weights in memory together.
+        let mapped = &self.files[entry.file];
+        let len = entry.range.1 - entry.range.0;
         #[cfg(unix)]
         // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from the
         // file if touched again, so no data is lost.
         unsafe {
-            let _ = self.files[entry.file].mmap.unchecked_advise_range(
+            let _ = mapped.mmap.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
                 entry.range.0,
-                entry.range.1 - entry.range.0,
+                len,
             );
+        }
+        // Where the copy shares the host's memory, the page cache's copy goes too.
+        if FileCache::for_device(device) == FileCache::Release {
+            memory::release(&mapped.file, entry.range.0, len);
         }
         Ok(tensor)
     }

@@ -7,6 +7,7 @@
 //! dimensions of a published checkpoint: shapes come from each component's config.
 
 mod checkpoint;
+pub mod memory;
 mod verify;
 
 pub use checkpoint::{Checkpoint, TensorEntry};
