@@ -216,3 +216,58 @@ fn prompt_embeddings_stand_in_for_the_prompt() {
     );
     assert_eq!(video(&tensor).dims(), [5, 32, 32, 3]);
 }
+
+#[test]
+fn a_distill_preset_sets_the_schedule_and_turns_guidance_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp4 = tmp.path().join("clip.mp4");
+    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", fixtures().to_str().unwrap()])
+        .args([
+            "--prompt", "a cat", "--height", "32", "--width", "32", "--frames", "5",
+        ])
+        .args(["--seed", "3", "--preset", "wan2.1-distill-4step"])
+        .args(["--out", mp4.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = &videosdgx_engine::video::read_mp4(&mp4).unwrap().metadata["generate"];
+    assert_eq!(record["steps"], 4);
+    assert_eq!(record["guidance"], 1.0);
+    assert_eq!(record["flow_shift"], 5.0);
+    assert_eq!(record["scheduler"], "flow-euler");
+    assert_eq!(
+        record["denoising_steps"],
+        serde_json::json!([1000, 750, 500, 250])
+    );
+
+    // An unknown preset is named with the known ones; a preset and its own settings conflict.
+    let out = generate_without_prompt("5", &["--prompt", "a cat", "--preset", "turbo"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--preset") && err.contains("--steps"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", fixtures().to_str().unwrap()])
+        .args([
+            "--prompt", "a cat", "--height", "32", "--width", "32", "--frames", "5",
+        ])
+        .args([
+            "--seed",
+            "3",
+            "--preset",
+            "turbo",
+            "--out",
+            mp4.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown preset `turbo` (known: wan2.1-distill-4step, wan2.2-distill-4step)"),
+        "{err}"
+    );
+}

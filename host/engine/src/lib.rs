@@ -8,6 +8,7 @@ pub mod image_processor;
 pub mod loader;
 pub mod models;
 pub mod pipelines;
+pub mod presets;
 pub mod schedulers;
 pub mod text;
 pub mod tokenizer;

@@ -68,6 +68,7 @@ fn params() -> GenerateParams {
         end_image: None,
         flow_shift: None,
         scheduler: None,
+        denoising_steps: None,
     }
 }
 

@@ -136,3 +136,56 @@ fn unsupported_scheduler_configs_are_refused_by_name() {
         .to_string();
     assert!(err.contains("DDIMScheduler"), "{err}");
 }
+
+#[test]
+fn the_step_distilled_schedule_matches_lightx2v() {
+    let (dir, t) = fixture("step_distill_4step");
+    let mut scheduler = Scheduler::load(&dir, None, None).unwrap();
+    scheduler.set_timestep_list(&[1000, 750, 500, 250]).unwrap();
+    let close = |ours: &[f64], theirs: Vec<f64>, what: &str| {
+        assert_eq!(ours.len(), theirs.len(), "{what}");
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{what}: {ours:?} vs {theirs:?}"
+            );
+        }
+    };
+    close(
+        scheduler.timesteps(),
+        t["timesteps"].to_vec1().unwrap(),
+        "timesteps",
+    );
+    close(scheduler.sigmas(), t["sigmas"].to_vec1().unwrap(), "sigmas");
+    let mut sample = t["sample_0"].clone();
+    for i in 0..4 {
+        sample = scheduler
+            .step(&t[&format!("model_output_{i}")], &sample)
+            .unwrap();
+        let err = rel_err(&sample, &t[&format!("sample_{}", i + 1)]);
+        assert!(err <= TOLERANCE, "step {i}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn bad_timestep_lists_are_refused_and_unipc_takes_none() {
+    let (dir, _) = fixture("step_distill_4step");
+    let mut euler = Scheduler::load(&dir, None, None).unwrap();
+    for (list, why) in [
+        (&[][..], "empty"),
+        (&[1000, 1000][..], "fall strictly"),
+        (&[250, 500][..], "fall strictly"),
+        (&[1001, 500][..], "outside 1..=1000"),
+        (&[500, 0][..], "outside 1..=1000"),
+    ] {
+        let err = euler.set_timestep_list(list).unwrap_err().to_string();
+        assert!(err.contains(why), "{list:?}: {err}");
+    }
+    let (dir, _) = fixture("unipc_wan_shift3");
+    let mut unipc = Scheduler::load(&dir, None, None).unwrap();
+    let err = unipc
+        .set_timestep_list(&[1000, 500])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("flow-Euler"), "{err}");
+}

@@ -307,6 +307,7 @@ impl Generator {
                         end_image: None,
                         flow_shift: None,
                         scheduler: None,
+                        denoising_steps: None,
                     };
                     let mut report = |p: &Progress| {
                         let stage = match p.stage {

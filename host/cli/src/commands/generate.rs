@@ -31,11 +31,15 @@ pub struct GenerateArgs {
     /// Pixel frames, 4k+1 for the Wan VAEs.
     #[arg(long)]
     pub frames: usize,
-    #[arg(long)]
-    pub steps: usize,
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    pub steps: Option<usize>,
     /// Classifier-free guidance scale (off at 1 or below).
-    #[arg(long)]
-    pub guidance: f64,
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    pub guidance: Option<f64>,
+    /// Scheduler, shift, timesteps and guidance as published for a distilled model, in one go:
+    /// `wan2.1-distill-4step`, `wan2.2-distill-4step` (LightX2V's 4-step models and LoRAs).
+    #[arg(long, conflicts_with_all = ["scheduler", "flow_shift", "guidance_2"])]
+    pub preset: Option<String>,
     /// Guidance of Wan 2.2's low-noise expert (defaults to --guidance).
     #[arg(long)]
     pub guidance_2: Option<f64>,
@@ -99,15 +103,15 @@ fn single_tensor(path: &Path, flag: &str) -> Result<Tensor> {
     }
 }
 
-fn params(args: &GenerateArgs) -> GenerateParams {
-    GenerateParams {
+fn params(args: &GenerateArgs) -> anyhow::Result<GenerateParams> {
+    let mut params = GenerateParams {
         prompt: args.prompt.clone().unwrap_or_default(),
         negative_prompt: args.negative_prompt.clone(),
         height: args.height,
         width: args.width,
         frames: args.frames,
-        steps: args.steps,
-        guidance: args.guidance,
+        steps: args.steps.unwrap_or_default(),
+        guidance: args.guidance.unwrap_or_default(),
         guidance_2: args.guidance_2,
         seed: args.seed,
         start_image: args.image.clone().map(ImageInput::Path),
@@ -117,7 +121,12 @@ fn params(args: &GenerateArgs) -> GenerateParams {
             SchedulerArg::Unipc => SchedulerKind::Unipc,
             SchedulerArg::FlowEuler => SchedulerKind::FlowEuler,
         }),
+        denoising_steps: None,
+    };
+    if let Some(name) = &args.preset {
+        videosdgx_engine::presets::preset(name)?.apply(&mut params);
     }
+    Ok(params)
 }
 
 /// Wall-clock seconds per stage of a generation, from one stage's first progress report to the
@@ -166,7 +175,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
-    let params = params(&args);
+    let params = params(&args)?;
     let inputs = GenerateInputs {
         latents: args
             .latents

@@ -48,6 +48,12 @@ pub struct GenerateParams {
     /// Overrides the pipeline's scheduler class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<SchedulerKind>,
+    /// The training-grid timesteps to denoise at, instead of `steps` evenly spaced ones: the
+    /// schedule a step-distilled model was trained on (LightX2V's `denoising_step_list`, e.g.
+    /// `[1000, 750, 500, 250]`; flow-Euler only, its length must equal `steps`). See
+    /// [`crate::presets`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoising_steps: Option<Vec<u32>>,
 }
 
 /// An input image: a file (PNG or JPEG) or RGB pixels.

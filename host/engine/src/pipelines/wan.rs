@@ -392,7 +392,15 @@ impl WanPipeline {
         };
         let mut scheduler =
             Scheduler::from_config(&self.scheduler_config, params.scheduler, params.flow_shift)?;
-        scheduler.set_timesteps(params.steps)?;
+        match &params.denoising_steps {
+            Some(list) if list.len() != params.steps => bail!(
+                "{} denoising timesteps were given for {} steps",
+                list.len(),
+                params.steps
+            ),
+            Some(list) => scheduler.set_timestep_list(list)?,
+            None => scheduler.set_timesteps(params.steps)?,
+        }
         let boundary = self
             .transformer_2
             .as_ref()

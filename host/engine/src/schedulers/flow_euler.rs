@@ -63,6 +63,39 @@ impl FlowMatchEulerDiscrete {
         self.step_index = 0;
     }
 
+    /// A step-distilled schedule (LightX2V's `WanStepDistillScheduler`): step `i` is at the
+    /// shifted noise level of training timestep `timesteps[i]` (σ = t / T, then the shift, in f32
+    /// as the reference computes it), and the last step goes to σ = 0. Timesteps must fall
+    /// strictly, within 1..=T.
+    pub fn set_timestep_list(&mut self, timesteps: &[u32]) -> Result<()> {
+        let train = self.train_steps as u32;
+        if timesteps.is_empty() {
+            bail!("the denoising timestep list is empty");
+        }
+        if let Some(t) = timesteps.iter().find(|t| **t == 0 || **t > train) {
+            bail!("denoising timestep {t} is outside 1..={train}");
+        }
+        if timesteps.windows(2).any(|w| w[1] >= w[0]) {
+            bail!("denoising timesteps must fall strictly: {timesteps:?}");
+        }
+        let shift = self.shift as f32;
+        self.sigmas = timesteps
+            .iter()
+            .map(|&t| {
+                let s = t as f32 / train as f32;
+                (shift * s / (1.0 + (shift - 1.0) * s)) as f64
+            })
+            .collect();
+        self.timesteps = self
+            .sigmas
+            .iter()
+            .map(|s| (*s as f32 * train as f32) as f64)
+            .collect();
+        self.sigmas.push(0.0);
+        self.step_index = 0;
+        Ok(())
+    }
+
     pub fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }

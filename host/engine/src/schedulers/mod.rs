@@ -119,6 +119,17 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Prepares a run that denoises at the given training-grid timesteps (a step-distilled
+    /// model's schedule); flow-Euler only.
+    pub fn set_timestep_list(&mut self, timesteps: &[u32]) -> Result<()> {
+        match self {
+            Self::FlowEuler(s) => s.set_timestep_list(timesteps),
+            Self::UniPc(_) => bail!(
+                "a denoising timestep list needs the flow-Euler scheduler (UniPC plans its own steps)"
+            ),
+        }
+    }
+
     /// The timestep the model sees at each step (UniPC's are whole numbers, as in the reference).
     pub fn timesteps(&self) -> &[f64] {
         match self {

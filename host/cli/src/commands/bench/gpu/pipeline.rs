@@ -214,6 +214,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         end_image: None,
         flow_shift: None,
         scheduler: None,
+        denoising_steps: None,
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
