@@ -165,7 +165,7 @@ fn under_load_every_write_is_kept_every_event_delivered_and_every_job_ends() {
                     match (client + i) % 10 {
                         0..=3 => {
                             let path = match mine.last() {
-                                Some(id) if i % 2 == 0 => format!("/api/projects/{id}"),
+                                Some(id) if i.is_multiple_of(2) => format!("/api/projects/{id}"),
                                 _ => "/api/jobs?limit=20".to_string(),
                             };
                             let r = reads.time(|| s.get(&path));
@@ -189,7 +189,7 @@ fn under_load_every_write_is_kept_every_event_delivered_and_every_job_ends() {
                         7 | 8 => {
                             let r = writes
                                 .time(|| s.post("/api/jobs", &json!({ "kind": "assets.reindex" })));
-                            if r.status == 201 && i % 3 == 0 {
+                            if r.status == 201 && i.is_multiple_of(3) {
                                 let id = r.json()["id"].as_i64().unwrap();
                                 let c = writes
                                     .time(|| s.post(&format!("/api/jobs/{id}/cancel"), &json!({})));

@@ -39,6 +39,12 @@ struct Kept {
     events: VecDeque<Numbered>,
 }
 
+impl Default for Journal {
+    fn default() -> Journal {
+        Journal::new()
+    }
+}
+
 impl Journal {
     pub fn new() -> Journal {
         let epoch = std::time::SystemTime::now()
