@@ -436,16 +436,36 @@ fn render_without_a_planner_says_what_to_install() {
 }
 
 #[test]
-fn an_example_project_renders_on_a_fresh_data_directory_without_any_install_step() {
+fn an_example_project_renders_on_a_fresh_data_directory_with_a_distill_preset() {
     let (tmp, data) = studio_with_model();
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../projects/aurora-headphones");
     let out = tmp.path().join("aurora.mp4");
     let output = render_command(&data, &project, &out, "32", "2", "1")
-        .args(["--model", "tiny-wan-t2v", "--json"])
+        .args([
+            "--model",
+            "tiny-wan-t2v",
+            "--json",
+            "--preset",
+            "wan2.1-distill-4step",
+        ])
         .output()
         .unwrap();
     let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
     assert!(report["shots"].as_array().unwrap().len() >= 2, "{report}");
     let info = videosdgx_engine::video::probe(&out).unwrap();
     assert_eq!(info.frames as i64, report["frames"].as_i64().unwrap());
+    // Every shot ran the distilled schedule, and its generation record says so.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let mut records = db.prepare("SELECT params FROM generations").unwrap();
+    for params in records.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        let params: Value = serde_json::from_str(&params.unwrap()).unwrap();
+        assert_eq!(
+            params["denoising_steps"],
+            serde_json::json!([1000, 750, 500, 250])
+        );
+        assert_eq!(
+            (params["steps"].as_u64(), params["guidance"].as_f64()),
+            (Some(4), Some(1.0))
+        );
+    }
 }

@@ -141,6 +141,10 @@ pub struct RenderSettings {
     pub steps: usize,
     /// Classifier-free guidance scale (off at 1 or below).
     pub guidance: f64,
+    /// A named schedule for a distilled model (`wan2.1-distill-4step`, ...), which sets the
+    /// steps, shift and guidance itself (`videosdgx_engine::presets`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 impl Default for RenderSettings {
@@ -150,6 +154,7 @@ impl Default for RenderSettings {
             width: 832,
             steps: 50,
             guidance: 5.0,
+            preset: None,
         }
     }
 }
@@ -162,6 +167,10 @@ const MAX_PROMPT_BYTES: usize = 64 << 10;
 
 impl RenderSettings {
     pub fn check(&self) -> Result<()> {
+        if let Some(name) = &self.preset {
+            videosdgx_engine::presets::preset(name)
+                .map_err(|e| StudioError::Invalid(e.to_string()))?;
+        }
         if self.height > MAX_SIDE || self.width > MAX_SIDE {
             return Err(StudioError::Invalid(format!(
                 "{}x{} is larger than the {MAX_SIDE}x{MAX_SIDE} the studio renders",
@@ -290,7 +299,7 @@ impl Generator {
         let (params, video) =
             self.gpu
                 .with_video(&request.model, dir, on_progress, |pipeline, on_progress| {
-                    let params = GenerateParams {
+                    let mut params = GenerateParams {
                         prompt: request.prompt.clone(),
                         negative_prompt: request.negative_prompt.clone(),
                         height: request.render.height,
@@ -309,6 +318,9 @@ impl Generator {
                         scheduler: None,
                         denoising_steps: None,
                     };
+                    if let Some(name) = &request.render.preset {
+                        videosdgx_engine::presets::preset(name)?.apply(&mut params);
+                    }
                     let mut report = |p: &Progress| {
                         let stage = match p.stage {
                             Stage::LoadingModel => "loading model",
@@ -624,6 +636,7 @@ mod tests {
             width: 32,
             steps: 2,
             guidance: 3.0,
+            preset: None,
         }
     }
 

@@ -46,6 +46,10 @@ pub struct RenderArgs {
     /// Classifier-free guidance scale (off at 1 or below).
     #[arg(long, default_value_t = RenderSettings::default().guidance)]
     pub guidance: f64,
+    /// A distilled model's schedule (`wan2.1-distill-4step`, `wan2.2-distill-4step`): sets the
+    /// steps, shift and guidance, in place of --steps and --guidance.
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -83,6 +87,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             width: args.width,
             steps: args.steps,
             guidance: args.guidance,
+            preset: args.preset,
         },
         max_attempts: args.max_attempts,
         out,

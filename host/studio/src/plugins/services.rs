@@ -229,6 +229,7 @@ impl StudioServices {
                     width: request.width as usize,
                     steps: request.steps.map_or(defaults.steps, |s| s as usize),
                     guidance: request.guidance.unwrap_or(defaults.guidance),
+                    preset: None,
                 },
             };
             let output = app
