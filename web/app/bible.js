@@ -68,6 +68,9 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     placeholder: 'text, watermark, extra fingers', oninput: changed });
   const characters = h('div', { class: 'stack' });
   const renderInput = (key, attrs) => h('input', { id: `render-${key}`, type: 'number', required: true, oninput: changed, ...attrs });
+  // A distilled model's schedule (the studio's presets) sets steps and guidance itself.
+  const preset = h('select', { id: 'render-preset', onchange: () => { presetChanged(); changed(); } },
+    h('option', { value: '' }, 'Standard (steps and guidance below)'));
   const render = {
     width: renderInput('width', { min: 16, max: 2048, step: 16 }),
     height: renderInput('height', { min: 16, max: 2048, step: 16 }),
@@ -96,13 +99,26 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     negative.value = b.style.negative;
     characters.replaceChildren(...b.characters.map(characterRow));
     for (const [key, field] of Object.entries(render)) field.value = b.render[key];
+    setPreset(b.render.preset ?? '');
+  }
+  /** Selects `name`, adding it as an option until the list arrives (or if the server lost it). */
+  function setPreset(name) {
+    if (name && ![...preset.options].some((o) => o.value === name)) preset.append(h('option', { value: name }, name));
+    preset.value = name;
+    presetChanged();
+  }
+  function presetChanged() {
+    render.steps.disabled = render.guidance.disabled = preset.value !== '';
   }
   function read() {
     const number = (key) => (render[key].value === '' ? DEFAULT_RENDER[key] : Number(render[key].value));
     return {
       style: { look: look.value, lighting: lighting.value, negative: negative.value },
       characters: [...characters.children].map((r) => r.read()).filter((c) => c.name || c.description),
-      render: { width: number('width'), height: number('height'), steps: number('steps'), guidance: number('guidance') },
+      render: {
+        width: number('width'), height: number('height'), steps: number('steps'), guidance: number('guidance'),
+        ...(preset.value ? { preset: preset.value } : {}),
+      },
     };
   }
   const persist = debounce(async () => {
@@ -194,6 +210,12 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
   }
 
   setBible(current);
+  endpoints.presets.list().then((list) => {
+    const chosen = preset.value;
+    preset.replaceChildren(preset.options[0],
+      ...list.map((p) => h('option', { value: p.name, title: p.description }, `${p.name} (${p.steps} steps)`)));
+    setPreset(chosen);
+  }, () => { /* the standard schedule still works; the list comes with the next visit */ });
   if (restored) { saveState.textContent = 'Restored unsaved edits'; persist(); }
   if (restoredAttempts !== null) { saveState.textContent = 'Restored unsaved edits'; persistAttempts(); }
 
@@ -218,6 +240,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         h('div', { class: 'field' }, h('label', { for: 'render-height' }, 'Height'), render.height),
         h('div', { class: 'field' }, h('label', { for: 'render-steps' }, 'Steps'), render.steps),
         h('div', { class: 'field' }, h('label', { for: 'render-guidance' }, 'Guidance'), render.guidance),
+        h('div', { class: 'field' }, h('label', { for: 'render-preset' }, 'Schedule'), preset),
         h('div', { class: 'field' }, h('label', { for: 'max-attempts', title: 'How many takes the reviewer may ask for per shot' },
           'Attempts (1–10)'), maxAttempts))));
 }

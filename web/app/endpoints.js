@@ -56,6 +56,10 @@ export const models = {
   list: () => get('/api/models'),
 };
 
+export const presets = {
+  list: () => get('/api/presets'),
+};
+
 export const plugins = {
   list: () => get('/api/plugins'),
   inspect: (form) => request('POST', '/api/plugins/inspect', form),

@@ -18,7 +18,33 @@ type AppState = State<Arc<App>>;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/models", get(list_models))
+        .route("/api/presets", get(list_presets))
         .route("/api/generations/{id}", get(get_generation))
+}
+
+/// A named schedule for distilled models (a render setting's `preset`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresetInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub steps: usize,
+    pub guidance: f64,
+}
+
+#[utoipa::path(get, path = "/api/presets", tag = "generation",
+    responses((status = 200, body = [PresetInfo])))]
+pub async fn list_presets() -> Json<Vec<PresetInfo>> {
+    Json(
+        videosdgx_engine::presets::PRESETS
+            .iter()
+            .map(|p| PresetInfo {
+                name: p.name,
+                description: p.description,
+                steps: p.denoising_steps.len(),
+                guidance: p.guidance,
+            })
+            .collect(),
+    )
 }
 
 /// A model directory under the data directory's `models/`.

@@ -60,6 +60,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         jobs::all_events,
         jobs::job_events,
         generation::list_models,
+        generation::list_presets,
         generation::get_generation,
         language::get_language_model,
         language::choose_language_model,
