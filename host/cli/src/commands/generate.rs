@@ -122,6 +122,8 @@ fn params(args: &GenerateArgs) -> anyhow::Result<GenerateParams> {
             SchedulerArg::FlowEuler => SchedulerKind::FlowEuler,
         }),
         denoising_steps: None,
+        loras: Vec::new(),
+        lora_mode: Default::default(),
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);
