@@ -154,7 +154,9 @@ fn switching_loras_equals_applying_the_new_ones_alone() {
     let comfy = lora(&fixtures().join("lora/comfy.safetensors"), 0.7);
 
     model.set_loras(&[kohya], LoraMode::Merge).unwrap();
-    model.set_loras(&[comfy.clone()], LoraMode::Merge).unwrap();
+    model
+        .set_loras(std::slice::from_ref(&comfy), LoraMode::Merge)
+        .unwrap();
     let switched = forward(&model, &t2v_inputs());
     let mut fresh = load(&t2v_dir());
     fresh.set_loras(&[comfy], LoraMode::Merge).unwrap();

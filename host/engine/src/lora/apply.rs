@@ -5,8 +5,8 @@
 //! becomes a side path of that layer instead, and the full deltas (not low rank) are merged.
 //! `scale` is strength × alpha / rank, or the strength where a file gives no alpha.
 
-use super::LoraError;
 use super::file::{LoraFile, LoraModule, looks_like};
+use super::{LoraError, ShapeMismatch};
 use crate::loader::Checkpoint;
 use crate::models::{Linear, LowRank};
 use candle_core::{DType, Tensor};
@@ -244,14 +244,14 @@ fn plan(
         if fits {
             return Ok(());
         }
-        Err(LoraError::Shape {
+        Err(LoraError::Shape(Box::new(ShapeMismatch {
             path: path(),
             key: key.to_string(),
             class,
             weight: inventory.weights[weight].0.clone(),
             expected: inventory.weights[weight].1.clone(),
             found: file.shape(key).to_vec(),
-        })
+        })))
     };
     // A full delta of `module`'s weight `leaf`; `false` when the model has no such weight.
     let full = |module: &LoraModule, key: &String, leaf: &str, deltas: &mut Vec<(usize, Delta)>| {

@@ -54,17 +54,10 @@ pub enum LoraError {
         missing: &'static str,
     },
     #[error(
-        "{}: `{key}` has shape {found:?}, which does not fit {class} weight `{weight}` of shape {expected:?}",
-        path.display()
+        "{}: `{}` has shape {:?}, which does not fit {} weight `{}` of shape {:?}",
+        .0.path.display(), .0.key, .0.found, .0.class, .0.weight, .0.expected
     )]
-    Shape {
-        path: PathBuf,
-        key: String,
-        class: &'static str,
-        weight: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    Shape(Box<ShapeMismatch>),
     #[error("{}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
     #[error("applying {}: {source}", path.display())]
@@ -72,6 +65,17 @@ pub enum LoraError {
         path: PathBuf,
         source: candle_core::Error,
     },
+}
+
+/// A LoRA tensor that does not fit the weight its key names.
+#[derive(Debug)]
+pub struct ShapeMismatch {
+    pub path: PathBuf,
+    pub key: String,
+    pub class: &'static str,
+    pub weight: String,
+    pub expected: Vec<usize>,
+    pub found: Vec<usize>,
 }
 
 /// At most 20 names, then how many more.
