@@ -381,7 +381,7 @@ fn plan(
     if !matched {
         let keys: Vec<&str> = file.keys().collect();
         let looks_like = match looks_like(keys.iter().copied()) {
-            Some(arch) => format!("its keys look like a {arch} LoRA (e.g. `{}`)", keys[0]),
+            Some(arch) => format!("its keys look like a LoRA for {arch} (e.g. `{}`)", keys[0]),
             None => format!(
                 "its keys (e.g. {}) belong to another architecture",
                 keys.iter()

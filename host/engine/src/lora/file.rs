@@ -366,6 +366,11 @@ pub(crate) fn looks_like<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Opt
             "Stable Diffusion / SDXL (UNet)",
         ),
         (&["lora_te", "text_encoder", "text_model"], "a text encoder"),
+        // Diffusers' name for the blocks of most other DiTs.
+        (
+            &["transformer_blocks"],
+            "LTX-Video, SD3, CogVideoX or another DiT",
+        ),
     ];
     MARKERS.iter().find_map(|(markers, name)| {
         keys.clone()

@@ -44,7 +44,7 @@ pub enum LoraError {
         path: PathBuf,
         class: &'static str,
         keys: usize,
-        /// "its keys look like a FLUX.1 LoRA (…)", or the first keys when nothing is recognised.
+        /// "its keys look like a LoRA for FLUX.1 (…)", or the first keys when nothing is recognised.
         looks_like: String,
     },
     #[error("{}: `{key}` has no `{missing}` to pair with", path.display())]
