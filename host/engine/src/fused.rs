@@ -110,13 +110,17 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Op
 
 /// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, plus
 /// `residual` when given, as one cuBLASLt matmul with a fused epilogue (no separate bias,
-/// activation or residual pass), in `x`'s dtype.
+/// activation or residual pass), in `x`'s dtype. A layer with LoRA side paths is left to its own
+/// forward, whose output they must join before the activation.
 pub(crate) fn linear(
-    layer: &candle_nn::Linear,
+    layer: &crate::models::Linear,
     x: &Tensor,
     gelu: bool,
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
+    if !layer.adapters().is_empty() {
+        return Ok(None);
+    }
     #[cfg(feature = "cuda")]
     {
         if let Some(y) = cuda::linear(layer, x, gelu, residual)? {
@@ -256,7 +260,7 @@ mod cuda {
     }
 
     pub(super) fn linear(
-        layer: &candle_nn::Linear,
+        layer: &crate::models::Linear,
         x: &Tensor,
         gelu: bool,
         residual: Option<&Tensor>,

@@ -6,6 +6,7 @@ pub mod fused;
 pub mod hub;
 pub mod image_processor;
 pub mod loader;
+pub mod lora;
 pub mod models;
 pub mod pipelines;
 pub mod presets;

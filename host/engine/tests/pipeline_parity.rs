@@ -69,6 +69,8 @@ fn params() -> GenerateParams {
         flow_shift: None,
         scheduler: None,
         denoising_steps: None,
+        loras: Vec::new(),
+        lora_mode: Default::default(),
     }
 }
 

@@ -317,6 +317,8 @@ impl Generator {
                         flow_shift: None,
                         scheduler: None,
                         denoising_steps: None,
+                        loras: Vec::new(),
+                        lora_mode: Default::default(),
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

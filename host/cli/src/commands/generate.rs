@@ -2,13 +2,14 @@
 //! generation parameters embedded) and/or as the raw `[frames, height, width, 3]` f32 tensor the
 //! reference returns. Progress goes to stderr; the printed record to stdout.
 
-use super::model::{DTypeArg, parse_device};
+use super::model::{DTypeArg, LoraModeArg, parse_device};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanPipeline,
 };
@@ -77,6 +78,13 @@ pub struct GenerateArgs {
     /// Overrides the pipeline's scheduler.
     #[arg(long, value_enum)]
     pub scheduler: Option<SchedulerArg>,
+    /// A LoRA applied to the transformer: FILE[:STRENGTH] (strength 1 by default), or
+    /// FILE:HIGH,LOW for the two experts of Wan 2.2 A14B. Repeatable.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    pub loras: Vec<LoraSpec>,
+    /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
+    #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
+    pub lora_mode: LoraModeArg,
     /// Free the text encoder once the prompts are encoded.
     #[arg(long)]
     pub drop_text_encoder: bool,
@@ -122,6 +130,8 @@ fn params(args: &GenerateArgs) -> anyhow::Result<GenerateParams> {
             SchedulerArg::FlowEuler => SchedulerKind::FlowEuler,
         }),
         denoising_steps: None,
+        loras: args.loras.clone(),
+        lora_mode: args.lora_mode.into(),
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);
@@ -175,7 +185,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
-    let params = params(&args)?;
+    let mut params = params(&args)?;
     let inputs = GenerateInputs {
         latents: args
             .latents
@@ -207,6 +217,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let video = pipeline.generate_with(&params, inputs, &mut show)?;
     stages.enter(Stage::Writing);
+    // The record names each LoRA by its content too.
+    params.loras = video.loras.clone();
 
     if let Some(path) = &args.save_tensor {
         candle_core::safetensors::save(

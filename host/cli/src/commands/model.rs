@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use videosdgx_engine::loader::{ComponentClass, component_class};
+use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
 };
@@ -53,9 +55,31 @@ pub struct ForwardArgs {
     /// [layers + 1, B, T, hidden] (transformers' `output_hidden_states=True`).
     #[arg(long)]
     pub hidden_states: bool,
+    /// For diffusion transformers: a LoRA applied before the forward, FILE[:STRENGTH] (strength
+    /// 1 by default). Repeatable; kohya, diffusers/PEFT and ComfyUI/LightX2V files.
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
+    pub loras: Vec<LoraSpec>,
+    /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
+    #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
+    pub lora_mode: LoraModeArg,
     /// Print the written outputs as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LoraModeArg {
+    Merge,
+    Runtime,
+}
+
+impl From<LoraModeArg> for LoraMode {
+    fn from(mode: LoraModeArg) -> LoraMode {
+        match mode {
+            LoraModeArg::Merge => LoraMode::Merge,
+            LoraModeArg::Runtime => LoraMode::Runtime,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -113,10 +137,18 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         })
     };
 
+    if !args.loras.is_empty() && class != ComponentClass::WanTransformer3DModel {
+        bail!(
+            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel)"
+        );
+    }
+    let loras = open_loras(&args.loras)?;
+
     let started = std::time::Instant::now();
     let outputs: Vec<(&str, Tensor)> = match class {
         ComponentClass::WanTransformer3DModel => {
-            let model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
+            let mut model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
+            model.set_loras(&loras, args.lora_mode.into())?;
             let sample = model.forward(
                 input("hidden_states")?,
                 input("timestep")?,
@@ -181,11 +213,23 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
         .collect();
     if args.json {
+        let loras = loras
+            .iter()
+            .map(|lora| {
+                Ok(serde_json::json!({
+                    "path": lora.file.path(),
+                    "sha256": lora.file.sha256()?,
+                    "strength": lora.strength,
+                    "format": lora.file.format(),
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let record = serde_json::json!({
             "class": class_name,
             "out": args.out,
             "seconds": elapsed.as_secs_f64(),
             "outputs": records,
+            "loras": loras,
         });
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -199,6 +243,25 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens each `--lora` file; one component takes one strength per LoRA.
+fn open_loras(specs: &[LoraSpec]) -> Result<Vec<Lora>> {
+    specs
+        .iter()
+        .map(|spec| {
+            if spec.strength_2.is_some() {
+                bail!(
+                    "--lora {}: HIGH,LOW strengths are for two-expert pipelines (videosdgx generate); give one strength",
+                    spec.path.display()
+                );
+            }
+            Ok(Lora {
+                file: Arc::new(LoraFile::open(&spec.path)?),
+                strength: spec.strength,
+            })
+        })
+        .collect()
 }
 
 fn write_outputs(path: &Path, outputs: &[(&str, Tensor)]) -> Result<()> {

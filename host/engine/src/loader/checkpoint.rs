@@ -12,6 +12,7 @@ use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where one tensor lives and what its header says about it.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ struct MappedFile {
     path: PathBuf,
     file: File,
     mmap: Mmap,
+    /// The header's `__metadata__` (free-form strings).
+    metadata: HashMap<String, String>,
 }
 
 /// The weights of one component directory, mapped but not yet read.
@@ -93,6 +96,17 @@ impl Checkpoint {
         })
     }
 
+    /// Maps one safetensors file (a LoRA, a single-file checkpoint).
+    pub fn open_file(path: &Path) -> Result<Self, LoadError> {
+        let mut checkpoint = Self {
+            dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        checkpoint.add_file(path, None)?;
+        Ok(checkpoint)
+    }
+
     fn open_sharded(dir: &Path, index_path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(index_path).map_err(|source| LoadError::Io {
             path: index_path.to_path_buf(),
@@ -146,6 +160,7 @@ impl Checkpoint {
                 reason: err.to_string(),
             })?;
         let data_start = 8 + header_len;
+        let file_metadata = metadata.metadata().clone().unwrap_or_default();
         let infos: HashMap<String, &safetensors::tensor::TensorInfo> = metadata.tensors();
         if let Some(expected) = expected
             && let Some(absent) = expected.iter().find(|name| !infos.contains_key(**name))
@@ -177,6 +192,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             file,
             mmap,
+            metadata: file_metadata,
         });
         Ok(())
     }
@@ -200,6 +216,11 @@ impl Checkpoint {
     /// The file holding tensor entries with `file` index `i`.
     pub fn file_path(&self, i: usize) -> &Path {
         &self.files[i].path
+    }
+
+    /// The `__metadata__` strings of the file with index `i`.
+    pub fn file_metadata(&self, i: usize) -> &HashMap<String, String> {
+        &self.files[i].metadata
     }
 
     /// Reads one tensor out of the mapping, checking its shape, converting to `dtype` on `device`.
@@ -269,6 +290,44 @@ impl Checkpoint {
     /// A `VarBuilder` whose every tensor request is served from this checkpoint.
     pub fn into_var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    /// Like [`Self::into_var_builder`], for a checkpoint that stays mapped after the model is
+    /// built (LoRAs re-read the original weights from it).
+    pub fn shared_var_builder(
+        self: Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Shared(self)), dtype, device.clone())
+    }
+}
+
+struct Shared(Arc<Checkpoint>);
+
+impl SimpleBackend for Shared {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get(shape, name, init, dtype, device)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
     }
 }
 

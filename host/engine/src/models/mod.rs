@@ -4,27 +4,21 @@
 //! (the loader does) nor pick devices or dtypes (callers do).
 
 pub mod clip_vision;
+mod linear;
 pub mod umt5;
 pub(crate) mod vit;
 pub mod wan_transformer;
 
-use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+pub(crate) use linear::linear;
+pub use linear::{Linear, LowRank};
 
-/// `nn.Linear(in_dim, out_dim, bias)` with the checkpoint's `weight` (`[out, in]`) and `bias`.
-pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias {
-        Some(vb.get(out_dim, "bias")?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
+use crate::lora::{LoraError, Visitor, Weight};
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// `x w^T + b`, plus `residual` when given, through the fused dispatch point where it covers the
 /// inputs (one cuBLASLt matmul with the bias and the residual in its epilogue, on CUDA bf16),
-/// else candle's `Linear`.
+/// else the layer's own forward (with its side paths).
 pub(crate) fn linear_forward(
     layer: &Linear,
     x: &Tensor,
@@ -54,6 +48,8 @@ pub(crate) struct LayerNorm {
     weight: Option<Tensor>,
     bias: Option<Tensor>,
     eps: f64,
+    /// The checkpoint prefix of `weight` and `bias`.
+    name: String,
 }
 
 impl LayerNorm {
@@ -63,7 +59,28 @@ impl LayerNorm {
         } else {
             (None, None)
         };
-        Ok(Self { weight, bias, eps })
+        Ok(Self {
+            weight,
+            bias,
+            eps,
+            name: vb.prefix(),
+        })
+    }
+
+    /// Its learned tensors, for LoRA.
+    pub(crate) fn visit_weights(
+        &mut self,
+        f: &mut Visitor<'_>,
+    ) -> std::result::Result<(), LoraError> {
+        for (leaf, tensor) in [("weight", &mut self.weight), ("bias", &mut self.bias)] {
+            if let Some(tensor) = tensor {
+                f(Weight::Tensor {
+                    name: format!("{}.{leaf}", self.name),
+                    tensor,
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The normalised tensor in f32 (callers that keep modulation in f32 use this directly).
@@ -133,6 +150,9 @@ impl LayerNorm {
 pub(crate) struct RmsNorm {
     weight: Tensor,
     eps: f32,
+    /// The checkpoint name of `weight`; `None` where `weight` is not the checkpoint's tensor
+    /// (Gemma's `1 + weight`), which LoRAs then leave alone.
+    name: Option<String>,
 }
 
 impl RmsNorm {
@@ -140,6 +160,7 @@ impl RmsNorm {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
             eps: eps as f32,
+            name: Some(format!("{}.weight", vb.prefix())),
         })
     }
 
@@ -149,7 +170,22 @@ impl RmsNorm {
         Ok(Self {
             weight: (vb.get(dim, "weight")?.to_dtype(DType::F32)? + 1.0)?,
             eps: eps as f32,
+            name: None,
         })
+    }
+
+    /// Its learned scale, for LoRA.
+    pub(crate) fn visit_weights(
+        &mut self,
+        f: &mut Visitor<'_>,
+    ) -> std::result::Result<(), LoraError> {
+        match &self.name {
+            Some(name) => f(Weight::Tensor {
+                name: name.clone(),
+                tensor: &mut self.weight,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {

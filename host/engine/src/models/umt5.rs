@@ -3,10 +3,10 @@
 //! The residual stream is kept in f32: the reference keeps `wo` in f32 (`_keep_in_fp32_modules`),
 //! which promotes the stream to f32 after the first feed-forward when running in half precision.
 
-use super::{Activation, apply_linear, linear};
+use super::{Activation, Linear, apply_linear, linear};
 use crate::attention::attention_with_bias;
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 

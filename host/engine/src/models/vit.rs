@@ -3,10 +3,10 @@
 //! one implementation, so the two towers cannot drift apart. Holds no model-specific logic (class
 //! tokens, position embeddings and final norms stay in each model) and never reads files.
 
-use super::{Activation, LayerNorm, linear};
+use super::{Activation, LayerNorm, Linear, linear};
 use crate::attention::attention;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// The dimensions of one encoder layer, read from either model's config.
 #[derive(Debug, Clone, Copy)]

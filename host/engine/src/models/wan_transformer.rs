@@ -3,13 +3,16 @@
 //! `models/transformers/transformer_wan.py` line by line. Dimensions come only from the config.
 //! Attention goes through [`crate::attention`]; this file must never implement attention itself.
 
-use super::{Activation, LayerNorm, RmsNorm, apply_linear, linear, linear_forward};
+use super::{Activation, LayerNorm, Linear, RmsNorm, apply_linear, linear, linear_forward};
 use crate::attention::attention;
 use crate::fused::profile::section;
+use crate::loader::Checkpoint;
+use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `WanTransformer3DModel.__init__`; missing fields take the reference defaults.
@@ -221,6 +224,25 @@ impl WanAttention {
         })
     }
 
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        for linear in [
+            &mut self.to_q,
+            &mut self.to_k,
+            &mut self.to_v,
+            &mut self.to_out,
+        ] {
+            f(Weight::Linear(linear))?;
+        }
+        self.norm_q.visit_weights(f)?;
+        self.norm_k.visit_weights(f)?;
+        if let Some(added) = &mut self.added_kv {
+            f(Weight::Linear(&mut added.add_k_proj))?;
+            f(Weight::Linear(&mut added.add_v_proj))?;
+            added.norm_added_k.visit_weights(f)?;
+        }
+        Ok(())
+    }
+
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, inner) = x.dims3()?;
         x.reshape((b, l, self.heads, inner / self.heads))
@@ -340,6 +362,11 @@ impl FeedForward {
         })
     }
 
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        f(Weight::Linear(&mut self.proj))?;
+        f(Weight::Linear(&mut self.out))
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dev = x.device();
         if self.act == Activation::GeluTanh
@@ -416,6 +443,26 @@ impl WanTransformerBlock {
         })
     }
 
+    /// `prefix` is the block's checkpoint path (`blocks.N`).
+    fn visit_weights(
+        &mut self,
+        prefix: &str,
+        f: &mut Visitor<'_>,
+    ) -> std::result::Result<(), LoraError> {
+        self.norm1.visit_weights(f)?;
+        self.attn1.visit_weights(f)?;
+        self.attn2.visit_weights(f)?;
+        if let Some(norm) = &mut self.norm2 {
+            norm.visit_weights(f)?;
+        }
+        self.ffn.visit_weights(f)?;
+        self.norm3.visit_weights(f)?;
+        f(Weight::Tensor {
+            name: format!("{prefix}.scale_shift_table"),
+            tensor: &mut self.scale_shift_table,
+        })
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -486,6 +533,19 @@ impl WanImageEmbedding {
         })
     }
 
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        self.norm1.visit_weights(f)?;
+        self.ff.visit_weights(f)?;
+        self.norm2.visit_weights(f)?;
+        if let Some(pos_embed) = &mut self.pos_embed {
+            f(Weight::Tensor {
+                name: "condition_embedder.image_embedder.pos_embed".into(),
+                tensor: pos_embed,
+            })?;
+        }
+        Ok(())
+    }
+
     fn forward(&self, image: &Tensor) -> Result<Tensor> {
         let mut image = image.clone();
         if let Some(pos_embed) = &self.pos_embed {
@@ -535,6 +595,22 @@ impl ConditionEmbedder {
                 None => None,
             },
         })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        for linear in [
+            &mut self.time_linear_1,
+            &mut self.time_linear_2,
+            &mut self.time_proj,
+            &mut self.text_linear_1,
+            &mut self.text_linear_2,
+        ] {
+            f(Weight::Linear(linear))?;
+        }
+        match &mut self.image_embedder {
+            Some(embedder) => embedder.visit_weights(f),
+            None => Ok(()),
+        }
     }
 
     /// Sinusoidal timestep features `[cos | sin]` in f32 (`Timesteps(flip_sin_to_cos=True,
@@ -601,6 +677,7 @@ pub struct WanTransformer3DModel {
     /// `[1, 2, dim]`, kept in f32.
     scale_shift_table: Tensor,
     dtype: DType,
+    lora: LoraState,
 }
 
 impl WanTransformer3DModel {
@@ -635,16 +712,21 @@ impl WanTransformer3DModel {
                 .get((1, 2, dim), "scale_shift_table")?,
             dtype: vb.dtype(),
             config: cfg.clone(),
+            lora: LoraState::default(),
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder.
+    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
+    /// stay mapped: LoRAs restore the weights they change from them.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
         let cfg: WanTransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&cfg, vb)
-            .with_context(|| format!("loading WanTransformer3DModel from {}", dir.display()))
+        let checkpoint = Arc::new(Checkpoint::open(dir)?);
+        let vb = checkpoint.clone().shared_var_builder(dtype, device);
+        let mut model = Self::new(&cfg, vb)
+            .with_context(|| format!("loading WanTransformer3DModel from {}", dir.display()))?;
+        model.lora = LoraState::from_checkpoint(checkpoint);
+        Ok(model)
     }
 
     pub fn config(&self) -> &WanTransformerConfig {
@@ -745,4 +827,119 @@ impl WanTransformer3DModel {
         let x = self.proj_out.forward(&x)?;
         self.unpatchify(&x, grid)
     }
+}
+
+impl Adaptable for WanTransformer3DModel {
+    fn class_name(&self) -> &'static str {
+        "WanTransformer3DModel"
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        f(Weight::Tensor {
+            name: "patch_embedding.weight".into(),
+            tensor: &mut self.patch_weight,
+        })?;
+        f(Weight::Tensor {
+            name: "patch_embedding.bias".into(),
+            tensor: &mut self.patch_bias,
+        })?;
+        self.condition_embedder.visit_weights(f)?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.visit_weights(&format!("blocks.{i}"), f)?;
+        }
+        self.norm_out.visit_weights(f)?;
+        f(Weight::Linear(&mut self.proj_out))?;
+        f(Weight::Tensor {
+            name: "scale_shift_table".into(),
+            tensor: &mut self.scale_shift_table,
+        })
+    }
+
+    fn aliases(&self, name: &str) -> Vec<String> {
+        original_name(name).into_iter().collect()
+    }
+
+    fn lora_state(&mut self) -> &mut LoraState {
+        &mut self.lora
+    }
+}
+
+/// The name the original Wan release gives the diffusers weight `name`, as ComfyUI, LightX2V
+/// and musubi-tuner LoRAs spell it: the inverse of diffusers' `TRANSFORMER_KEYS_RENAME_DICT`
+/// (`scripts/convert_wan_to_diffusers.py`). `None` where both releases agree.
+fn original_name(name: &str) -> Option<String> {
+    const TOP: &[(&str, &str)] = &[
+        (
+            "condition_embedder.time_embedder.linear_1.",
+            "time_embedding.0.",
+        ),
+        (
+            "condition_embedder.time_embedder.linear_2.",
+            "time_embedding.2.",
+        ),
+        (
+            "condition_embedder.text_embedder.linear_1.",
+            "text_embedding.0.",
+        ),
+        (
+            "condition_embedder.text_embedder.linear_2.",
+            "text_embedding.2.",
+        ),
+        ("condition_embedder.time_proj.", "time_projection.1."),
+        (
+            "condition_embedder.image_embedder.norm1.",
+            "img_emb.proj.0.",
+        ),
+        (
+            "condition_embedder.image_embedder.ff.net.0.proj.",
+            "img_emb.proj.1.",
+        ),
+        (
+            "condition_embedder.image_embedder.ff.net.2.",
+            "img_emb.proj.3.",
+        ),
+        (
+            "condition_embedder.image_embedder.norm2.",
+            "img_emb.proj.4.",
+        ),
+        (
+            "condition_embedder.image_embedder.pos_embed",
+            "img_emb.emb_pos",
+        ),
+        ("proj_out.", "head.head."),
+        ("scale_shift_table", "head.modulation"),
+    ];
+    // Inside `blocks.N.`; the original calls the norms norm1, norm3 (cross-attention), norm2.
+    const BLOCK: &[(&str, &str)] = &[
+        ("attn1.to_q.", "self_attn.q."),
+        ("attn1.to_k.", "self_attn.k."),
+        ("attn1.to_v.", "self_attn.v."),
+        ("attn1.to_out.0.", "self_attn.o."),
+        ("attn1.norm_q.", "self_attn.norm_q."),
+        ("attn1.norm_k.", "self_attn.norm_k."),
+        ("attn2.to_q.", "cross_attn.q."),
+        ("attn2.to_k.", "cross_attn.k."),
+        ("attn2.to_v.", "cross_attn.v."),
+        ("attn2.to_out.0.", "cross_attn.o."),
+        ("attn2.norm_q.", "cross_attn.norm_q."),
+        ("attn2.norm_k.", "cross_attn.norm_k."),
+        ("attn2.add_k_proj.", "cross_attn.k_img."),
+        ("attn2.add_v_proj.", "cross_attn.v_img."),
+        ("attn2.norm_added_k.", "cross_attn.norm_k_img."),
+        ("ffn.net.0.proj.", "ffn.0."),
+        ("ffn.net.2.", "ffn.2."),
+        ("norm2.", "norm3."),
+        ("scale_shift_table", "modulation"),
+    ];
+    let rename = |table: &[(&str, &str)], name: &str| {
+        table.iter().find_map(|(ours, theirs)| {
+            name.strip_prefix(ours)
+                .map(|rest| format!("{theirs}{rest}"))
+        })
+    };
+    if let Some(rest) = name.strip_prefix("blocks.") {
+        let (index, inner) = rest.split_once('.')?;
+        return rename(BLOCK, inner).map(|inner| format!("blocks.{index}.{inner}"));
+    }
+    rename(TOP, name)
 }

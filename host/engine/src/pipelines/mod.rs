@@ -14,6 +14,7 @@ pub use noise::initial_noise;
 pub use prompt::{MAX_SEQUENCE_LENGTH, clean_prompt, encode_tokens};
 pub use wan::{GenerateInputs, StartImage, TextSide, WanParts, WanPipeline};
 
+use crate::lora::{LoraMode, LoraSpec};
 use crate::schedulers::SchedulerKind;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,16 @@ pub struct GenerateParams {
     /// [`crate::presets`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denoising_steps: Option<Vec<u32>>,
+    /// LoRAs applied to the transformer(s), in order, each with its strength(s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraSpec>,
+    /// How the LoRAs are applied (merged into the weights unless asked otherwise).
+    #[serde(default, skip_serializing_if = "is_merge")]
+    pub lora_mode: LoraMode,
+}
+
+fn is_merge(mode: &LoraMode) -> bool {
+    *mode == LoraMode::Merge
 }
 
 /// An input image: a file (PNG or JPEG) or RGB pixels.
@@ -99,4 +110,6 @@ pub struct GeneratedVideo {
     /// f32 `[1, C, T, H/s, W/s]` the VAE decoded, on the generating device (before the clamp that
     /// bounds `frames`, so a diverged run shows here).
     pub latents: Tensor,
+    /// The LoRAs applied, as the parameters gave them, each with its file's SHA-256.
+    pub loras: Vec<LoraSpec>,
 }

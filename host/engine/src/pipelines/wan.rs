@@ -9,8 +9,10 @@
 //!
 //! [`WanPipeline::load`] reads a directory into [`WanParts`]; [`WanPipeline::from_parts`] takes
 //! models already in memory (the GPU benchmark's random weights). A pipeline without a
-//! [`TextSide`] runs only on prompt embeddings given in [`GenerateInputs`]. This module never
-//! writes files.
+//! [`TextSide`] runs only on prompt embeddings given in [`GenerateInputs`]. The LoRAs of
+//! [`GenerateParams::loras`] are applied to the transformer(s) before each generation
+//! ([`WanPipeline::set_loras`]; nothing is done when they are the ones applied already). This
+//! module never writes files.
 
 use super::prompt::encode_prompt;
 use super::{
@@ -18,6 +20,7 @@ use super::{
 };
 use crate::image_processor::CLIPImageProcessor;
 use crate::loader::{read_config, read_pipeline_index};
+use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
 use crate::models::wan_transformer::WanTransformer3DModel;
@@ -28,6 +31,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Frames per second of Wan's training videos, and of the written MP4.
 const WAN_FPS: u32 = 16;
@@ -108,6 +112,9 @@ pub struct WanPipeline {
     vae: AutoencoderKLWan,
     scheduler_config: serde_json::Value,
     expand_timesteps: bool,
+    /// The LoRA files applied now, kept mapped so that a change of strengths reads no header
+    /// again.
+    lora_files: Vec<Arc<LoraFile>>,
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -180,7 +187,63 @@ impl WanPipeline {
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
             expand_timesteps: parts.expand_timesteps,
+            lora_files: Vec::new(),
         })
+    }
+
+    /// Applies `specs` to the transformer(s), replacing the LoRAs applied before: `strength` to
+    /// `transformer` and `strength_2` (else `strength`) to Wan 2.2's low-noise `transformer_2`.
+    /// Returns the specs with each file's SHA-256; a spec that names one must match it.
+    pub fn set_loras(&mut self, specs: &[LoraSpec], mode: LoraMode) -> Result<Vec<LoraSpec>> {
+        let mut files = Vec::with_capacity(specs.len());
+        let mut resolved = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if spec.strength_2.is_some() && self.transformer_2.is_none() {
+                bail!(
+                    "{}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
+                    self.name,
+                    spec.path.display()
+                );
+            }
+            let file = match self.lora_files.iter().find(|f| f.path() == spec.path) {
+                Some(file) => file.clone(),
+                None => Arc::new(LoraFile::open(&spec.path)?),
+            };
+            let sha256 = file.sha256()?.to_string();
+            if let Some(expected) = &spec.sha256
+                && *expected != sha256
+            {
+                bail!(
+                    "{}: SHA-256 is {sha256}, but the generation asks for {expected}",
+                    spec.path.display()
+                );
+            }
+            resolved.push(LoraSpec {
+                sha256: Some(sha256),
+                ..spec.clone()
+            });
+            files.push(file);
+        }
+        let with = |strength: fn(&LoraSpec) -> f64| -> Vec<Lora> {
+            files
+                .iter()
+                .zip(specs)
+                .map(|(file, spec)| Lora {
+                    file: file.clone(),
+                    strength: strength(spec),
+                })
+                .collect()
+        };
+        self.transformer
+            .set_loras(&with(|s| s.strength), mode)
+            .context("transformer")?;
+        if let Some((expert, _)) = &mut self.transformer_2 {
+            expert
+                .set_loras(&with(|s| s.strength_2.unwrap_or(s.strength)), mode)
+                .context("transformer_2")?;
+        }
+        self.lora_files = files;
+        Ok(resolved)
     }
 
     /// With `false`, the text encoder is dropped from memory once a generation's prompts are
@@ -289,6 +352,7 @@ impl WanPipeline {
             ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
         };
         let (lat_t, lat_h, lat_w) = self.check_size(params)?;
+        let loras = self.set_loras(&params.loras, params.lora_mode)?;
         let z_dim = self.vae.config().z_dim;
         let in_channels = self.transformer.config().in_channels;
         let image_conditioned = in_channels != z_dim;
@@ -447,6 +511,7 @@ impl WanPipeline {
             frames,
             fps: WAN_FPS,
             latents,
+            loras,
         })
     }
 

@@ -8,9 +8,9 @@
 use super::cache::DecoderCache;
 use super::mask::AttentionLayout;
 use crate::fused::profile::section;
-use crate::models::{Activation, RmsNorm, linear, linear_forward};
+use crate::models::{Activation, Linear, RmsNorm, linear, linear_forward};
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Where the norms sit around each sub-layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -215,6 +215,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         flow_shift: None,
         scheduler: None,
         denoising_steps: None,
+        loras: Vec::new(),
+        lora_mode: Default::default(),
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
