@@ -22,6 +22,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The whole HTTP surface: the API and the embedded web UI, behind the access policy.
 pub fn router(app: Arc<App>, auth: Auth) -> Router {
     let routes = crate::api::routes()
+        .route("/api", axum::routing::any(crate::api::not_found))
         .route("/api/{*rest}", axum::routing::any(crate::api::not_found))
         .with_state(app)
         .merge(crate::web::router());

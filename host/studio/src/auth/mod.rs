@@ -91,6 +91,8 @@ pub fn reset_token(data_dir: &Path) -> Result<String> {
 }
 
 /// Adds the `/api/auth/*` routes to `router` and puts every route behind the access policy.
+/// A method a route does not serve answers 405 in the API's error shape (set here, once every
+/// route is known, and inside the policy).
 pub fn protect(router: Router, auth: Auth) -> Router {
     let auth_routes = Router::new()
         .route("/api/auth/session", get(session))
@@ -99,6 +101,7 @@ pub fn protect(router: Router, auth: Auth) -> Router {
         .with_state(auth.clone());
     router
         .merge(auth_routes)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(middleware::from_fn_with_state(auth, guard))
 }
 

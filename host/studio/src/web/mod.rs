@@ -24,7 +24,16 @@ pub const LOGIN: &str = "login.html";
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/login", axum::routing::get(login))
-        .fallback(axum::routing::get(static_file))
+        .fallback(axum::routing::get(static_file).fallback(not_a_page_method))
+}
+
+/// Pages are only read; any other method answers in the API's error shape.
+async fn not_a_page_method() -> Response {
+    crate::auth::json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the studio's pages and files are only read (GET)",
+    )
 }
 
 async fn login(headers: HeaderMap) -> Response {
