@@ -211,6 +211,7 @@ fn unknown_api_routes_are_404_and_pages_refuse_writes() {
         let r = s.send(method, path, &[], b"");
         refused(&r, 404, "not_found", "no such API");
     }
+    refused(&s.get("/app/no-such-module.js"), 404, "not_found", "no-such-module.js");
     // The web UI's files and pages are only read.
     for path in ["/", "/index.html", "/projects/1"] {
         let r = s.send("POST", path, &[], b"");

@@ -69,7 +69,11 @@ pub fn is_login_asset(path: &str) -> bool {
 
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = WebFiles::get(path) else {
-        return (StatusCode::NOT_FOUND, "not found").into_response();
+        return crate::auth::json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("the studio has no file /{path}"),
+        );
     };
     let etag = etag(&file);
     let unchanged = headers
