@@ -118,7 +118,10 @@ pub async fn serve(
         // Ends event streams too, so open SSE connections do not hold the server up.
         stopping.jobs.stop();
     };
-    axum::serve(listener, router(app.clone(), auth.auth))
+    // The peer address keys the sign-in rate limit.
+    let service = router(app.clone(), auth.auth)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StudioError::from)?;
