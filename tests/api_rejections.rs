@@ -211,7 +211,12 @@ fn unknown_api_routes_are_404_and_pages_refuse_writes() {
         let r = s.send(method, path, &[], b"");
         refused(&r, 404, "not_found", "no such API");
     }
-    refused(&s.get("/app/no-such-module.js"), 404, "not_found", "no-such-module.js");
+    refused(
+        &s.get("/app/no-such-module.js"),
+        404,
+        "not_found",
+        "no-such-module.js",
+    );
     // The web UI's files and pages are only read.
     for path in ["/", "/index.html", "/projects/1"] {
         let r = s.send("POST", path, &[], b"");
@@ -225,7 +230,9 @@ fn ranges_outside_a_file_are_416_with_content_range() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
     let image = png(2, 8);
-    let id = s.upload("name=dot.png", &image).json()["id"].as_i64().unwrap();
+    let id = s.upload("name=dot.png", &image).json()["id"]
+        .as_i64()
+        .unwrap();
     let r = s.get_with(
         &format!("/api/assets/{id}/file"),
         ("range", "bytes=100000-100010"),

@@ -203,7 +203,12 @@ fn login_from(server: &Server, source: &str, token: &str) -> (u16, Option<u64>, 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         let server_addr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-        socket.connect(server_addr).await.unwrap().into_std().unwrap()
+        socket
+            .connect(server_addr)
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap()
     });
     stream.set_nonblocking(false).unwrap();
     let body = serde_json::json!({ "token": token }).to_string();
@@ -222,7 +227,11 @@ fn login_from(server: &Server, source: &str, token: &str) -> (u16, Option<u64>, 
     let status = head[9..12].parse().unwrap();
     let retry_after = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
         .map(|v| v.trim().parse().unwrap());
     (status, retry_after, body.to_owned())
 }
@@ -239,7 +248,10 @@ fn failed_logins_are_rate_limited_per_client_and_others_still_sign_in() {
     let (status, retry_after, body) = login_from(&server, "127.0.0.2", "vdgx_guess");
     assert_eq!(status, 429, "{body}");
     assert_eq!(error_code(&body), "too_many_attempts");
-    assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)), "{retry_after:?}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=60).contains(&s)),
+        "{retry_after:?}"
+    );
     let (status, _, body) = login_from(&server, "127.0.0.2", &token);
     assert_eq!(status, 429, "the right token waits too: {body}");
     // Another client is not held back by the guesser.

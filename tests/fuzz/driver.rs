@@ -53,10 +53,7 @@ impl Options {
         };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
-            let mut value = |flag: &str| {
-                args.next()
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
+            let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
             let number = |flag: &str, text: String| {
                 text.parse::<u64>()
                     .map_err(|_| format!("{flag} takes a whole number, not {text:?}"))
@@ -64,14 +61,11 @@ impl Options {
             match arg.as_str() {
                 "--iters" => options.iterations = number("--iters", value("--iters")?)?,
                 "--secs" => {
-                    options.duration = Some(Duration::from_secs(number(
-                        "--secs",
-                        value("--secs")?,
-                    )?))
+                    options.duration =
+                        Some(Duration::from_secs(number("--secs", value("--secs")?)?))
                 }
                 "--timeout" => {
-                    options.timeout =
-                        Duration::from_secs(number("--timeout", value("--timeout")?)?)
+                    options.timeout = Duration::from_secs(number("--timeout", value("--timeout")?)?)
                 }
                 "--seed" => {
                     let text = value("--seed")?;
@@ -106,10 +100,7 @@ pub fn main(targets: &[Target]) -> i32 {
         .find(|name| !targets.iter().any(|t| t.name == name.as_str()))
     {
         let names: Vec<_> = targets.iter().map(|t| t.name).collect();
-        eprintln!(
-            "fuzz: no target {unknown:?}; targets: {}",
-            names.join(", ")
-        );
+        eprintln!("fuzz: no target {unknown:?}; targets: {}", names.join(", "));
         return 2;
     }
     start_watchdog(options.timeout);

@@ -134,7 +134,11 @@ pub fn scheduler_config() -> Box<dyn FnMut(&[u8])> {
         let Ok(config) = serde_json::from_slice::<serde_json::Value>(input) else {
             return;
         };
-        for kind in [None, Some(SchedulerKind::Unipc), Some(SchedulerKind::FlowEuler)] {
+        for kind in [
+            None,
+            Some(SchedulerKind::Unipc),
+            Some(SchedulerKind::FlowEuler),
+        ] {
             if let Ok(mut scheduler) = Scheduler::from_config(&config, kind, None) {
                 for steps in [1, 4, 50] {
                     let _ = scheduler.set_timesteps(steps);

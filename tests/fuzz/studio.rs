@@ -82,7 +82,8 @@ pub fn media() -> Box<dyn FnMut(&[u8])> {
             return;
         };
         if info.kind == videosdgx_studio::assets::media::MediaKind::Image
-            && let Ok(reader) = image::ImageReader::open(&path).and_then(|r| r.with_guessed_format())
+            && let Ok(reader) =
+                image::ImageReader::open(&path).and_then(|r| r.with_guessed_format())
             && let Ok(image) = reader.decode()
         {
             let _ = image.to_rgb8();
@@ -129,15 +130,25 @@ pub fn router() -> Box<dyn FnMut(&[u8])> {
     let router = videosdgx_studio::server::router(app, auth.auth);
     let setup = [
         ("POST /api/projects", r#"{"name": "p"}"#.as_bytes().to_vec()),
-        ("POST /api/projects/1/storyboards", br#"{"title": "s"}"#.to_vec()),
-        ("POST /api/storyboards/1/shots", br#"{"prompt": "x"}"#.to_vec()),
+        (
+            "POST /api/projects/1/storyboards",
+            br#"{"title": "s"}"#.to_vec(),
+        ),
+        (
+            "POST /api/storyboards/1/shots",
+            br#"{"prompt": "x"}"#.to_vec(),
+        ),
     ];
     for (line, body) in setup {
         let mut input = format!("{line}\ncontent-type: application/json\n\n").into_bytes();
         input.extend_from_slice(&body);
         let request = parse_request(&input).unwrap();
         let response = runtime.block_on(router.clone().oneshot(request)).unwrap();
-        assert!(response.status().is_success(), "{line}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{line}: {}",
+            response.status()
+        );
     }
     let png = include_bytes!("corpus/media/png-4x4");
     let upload = Request::post("/api/assets?name=a.png&project_id=1")
@@ -173,7 +184,9 @@ pub fn router() -> Box<dyn FnMut(&[u8])> {
                 .ok()
                 .filter(|v| {
                     v["error"]["code"].is_string()
-                        && v["error"]["message"].as_str().is_some_and(|m| !m.is_empty())
+                        && v["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| !m.is_empty())
                 });
             assert!(
                 shape.is_some(),
@@ -209,7 +222,9 @@ fn parse_request(input: &[u8]) -> Option<Request<Body>> {
     let mut request = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).ok()?)
         .uri(uri)
-        .body(Body::from(input.get(split + 2..).unwrap_or_default().to_vec()))
+        .body(Body::from(
+            input.get(split + 2..).unwrap_or_default().to_vec(),
+        ))
         .ok()?;
     for line in lines {
         if let Some((name, value)) = line.split_once(':')

@@ -5,9 +5,7 @@
 
 use crate::error::StudioError;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
-use axum::extract::rejection::{
-    JsonRejection, PathRejection, QueryRejection,
-};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};

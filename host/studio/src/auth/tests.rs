@@ -241,7 +241,11 @@ async fn failed_logins_are_limited_per_client_address() {
     let (status, headers, body) = call(&app, login_from("10.1.1.1", &token)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body.contains("\"too_many_attempts\""), "{body}");
-    let wait: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     // Another address signs in.
     let (status, headers, _) = call(&app, login_from("10.1.1.2", &token)).await;
@@ -258,7 +262,10 @@ fn token_check_accepts_only_the_exact_token() {
     assert!(!store.verify_token(""), "no token yet: nothing verifies");
     let token = store.create_token().unwrap();
     assert!(store.verify_token(&token));
-    assert!(store.verify_token(&format!(" {token}\n")), "pasted with whitespace");
+    assert!(
+        store.verify_token(&format!(" {token}\n")),
+        "pasted with whitespace"
+    );
     let flip = |i: usize| {
         let mut bytes = token.clone().into_bytes();
         bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
