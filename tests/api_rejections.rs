@@ -163,10 +163,9 @@ fn bodies_over_the_limit_are_413() {
     );
     refused(&r, 413, "too_large", "larger than");
     // Plugin forms: 64 MiB.
-    let mut form = format!(
-        "--b\r\nContent-Disposition: form-data; name=\"component\"; filename=\"p.wasm\"\r\n\r\n"
-    )
-    .into_bytes();
+    let mut form =
+        b"--b\r\nContent-Disposition: form-data; name=\"component\"; filename=\"p.wasm\"\r\n\r\n"
+            .to_vec();
     form.resize(form.len() + (65 << 20), b'x');
     form.extend_from_slice(b"\r\n--b--\r\n");
     refused(

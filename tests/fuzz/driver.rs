@@ -19,11 +19,14 @@ pub const MEMORY_BOUND: usize = 1 << 30;
 /// Inputs grow to at most this many bytes past their largest seed.
 const GROWTH: usize = 4096;
 
+/// What a target's setup returns: the function that takes one input.
+pub type Run = Box<dyn FnMut(&[u8])>;
+
 /// One fuzz target: `setup` prepares what every input shares (a data directory, a server) and
 /// returns the function that takes one input.
 pub struct Target {
     pub name: &'static str,
-    pub setup: fn() -> Box<dyn FnMut(&[u8])>,
+    pub setup: fn() -> Run,
     /// The format's keywords and delimiters, spliced into inputs.
     pub dictionary: &'static [&'static [u8]],
 }
@@ -217,7 +220,7 @@ struct Outcome {
     problem: Option<String>,
 }
 
-fn run_one(target: &'static str, run: &mut Box<dyn FnMut(&[u8])>, input: &[u8]) -> Outcome {
+fn run_one(target: &'static str, run: &mut Run, input: &[u8]) -> Outcome {
     {
         let mut current = CURRENT.lock().unwrap();
         current.target = target;

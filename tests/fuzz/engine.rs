@@ -2,6 +2,7 @@
 //! model and scheduler configs) and the MP4 reader. Each writes the input where the engine
 //! expects a file and calls the engine's own entry point; errors are fine, panics are not.
 
+use crate::driver::Run;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use videosdgx_engine::loader::{self, Checkpoint};
@@ -55,7 +56,7 @@ fn folder_with(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// A single `model.safetensors`: header validation, then every tensor read as a model would.
-pub fn safetensors() -> Box<dyn FnMut(&[u8])> {
+pub fn safetensors() -> Run {
     let (guard, dir) = folder_with(&[]);
     Box::new(move |input| {
         let _ = &guard;
@@ -70,7 +71,7 @@ pub fn safetensors() -> Box<dyn FnMut(&[u8])> {
 }
 
 /// A shard index over two real shards of the tiny Wan transformer.
-pub fn safetensors_index() -> Box<dyn FnMut(&[u8])> {
+pub fn safetensors_index() -> Run {
     let shards = "components/wan_t2v/model";
     let (guard, dir) = folder_with(&[
         (
@@ -100,7 +101,7 @@ pub fn safetensors_index() -> Box<dyn FnMut(&[u8])> {
 
 /// `config.json` and `model_index.json` as every loader reads them, and a Wan transformer
 /// built from the config over the tiny real checkpoint (shapes come from the config).
-pub fn model_config() -> Box<dyn FnMut(&[u8])> {
+pub fn model_config() -> Run {
     let (guard, dir) = folder_with(&[(
         "diffusion_pytorch_model.safetensors",
         "tiny-wan-t2v/transformer/diffusion_pytorch_model.safetensors",
@@ -129,7 +130,7 @@ pub fn model_config() -> Box<dyn FnMut(&[u8])> {
 }
 
 /// `scheduler_config.json`: both schedulers, as configured and swapped, over a few step counts.
-pub fn scheduler_config() -> Box<dyn FnMut(&[u8])> {
+pub fn scheduler_config() -> Run {
     Box::new(|input| {
         let Ok(config) = serde_json::from_slice::<serde_json::Value>(input) else {
             return;
@@ -149,7 +150,7 @@ pub fn scheduler_config() -> Box<dyn FnMut(&[u8])> {
 }
 
 /// The MP4 reader: container, sample tables, then the first frames through the decoder.
-pub fn mp4() -> Box<dyn FnMut(&[u8])> {
+pub fn mp4() -> Run {
     let (guard, dir) = folder_with(&[]);
     let path = dir.join("clip.mp4");
     Box::new(move |input| {

@@ -5,6 +5,7 @@
 #[allow(dead_code)] // the planner reads every field; this target only parses
 mod screenplay;
 
+use crate::driver::Run;
 use videosdgx_plugin_host::Manifest;
 
 pub const TOML_TOKENS: &[&[u8]] = &[
@@ -66,7 +67,7 @@ pub const SCREENPLAY_TOKENS: &[&[u8]] = &[
     b"\r\n",
 ];
 
-pub fn manifest() -> Box<dyn FnMut(&[u8])> {
+pub fn manifest() -> Run {
     Box::new(|input| {
         if let Ok(text) = std::str::from_utf8(input) {
             let _ = Manifest::parse(text);
@@ -74,7 +75,7 @@ pub fn manifest() -> Box<dyn FnMut(&[u8])> {
     })
 }
 
-pub fn screenplay() -> Box<dyn FnMut(&[u8])> {
+pub fn screenplay() -> Run {
     Box::new(|input| {
         let _ = screenplay::parse(&String::from_utf8_lossy(input));
     })

@@ -3,6 +3,7 @@
 //! real router in process (`tower::ServiceExt::oneshot`), JSON routes and multipart uploads.
 //! A route may refuse anything, but never with a 500 and never outside the error shape.
 
+use crate::driver::Run;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use std::sync::Arc;
@@ -73,7 +74,7 @@ pub const MEDIA_TOKENS: &[&[u8]] = &[
 ];
 
 /// Probes the input as an upload would be, then decodes an accepted image.
-pub fn media() -> Box<dyn FnMut(&[u8])> {
+pub fn media() -> Run {
     let dir = tempfile::tempdir().unwrap();
     Box::new(move |input| {
         let path = dir.path().join("upload");
@@ -92,7 +93,7 @@ pub fn media() -> Box<dyn FnMut(&[u8])> {
 }
 
 /// Every request body and query type the API reads, deserialized from the same bytes.
-pub fn api_bodies() -> Box<dyn FnMut(&[u8])> {
+pub fn api_bodies() -> Run {
     fn json<T: serde::de::DeserializeOwned>(input: &[u8]) {
         let _ = serde_json::from_slice::<T>(input);
     }
@@ -119,7 +120,7 @@ pub fn api_bodies() -> Box<dyn FnMut(&[u8])> {
 /// A studio on a fresh data directory with project, storyboard, shot and asset 1, and a
 /// function that sends one request through its whole router and checks the answer. The
 /// `api_routes` and `multipart` targets share it; their corpora differ.
-pub fn router() -> Box<dyn FnMut(&[u8])> {
+pub fn router() -> Run {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
