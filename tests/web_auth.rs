@@ -190,3 +190,76 @@ fn loopback_server_is_password_free_unless_auth_is_required() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// `POST /api/auth/login` sent over a connection from `source` (a loopback address), so that
+/// one test machine can be several clients. Returns status, `Retry-After` and body.
+fn login_from(server: &Server, source: &str, token: &str) -> (u16, Option<u64>, String) {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let server_addr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+        socket
+            .connect(server_addr)
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    let body = serde_json::json!({ "token": token }).to_string();
+    let mut stream = stream;
+    write!(
+        stream,
+        "POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.port,
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let retry_after = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .map(|v| v.trim().parse().unwrap());
+    (status, retry_after, body.to_owned())
+}
+
+#[test]
+fn failed_logins_are_rate_limited_per_client_and_others_still_sign_in() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--host", "0.0.0.0"]);
+    let token = server.printed_token().unwrap();
+    for attempt in 1..=10 {
+        let (status, _, body) = login_from(&server, "127.0.0.2", "vdgx_guess");
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+    let (status, retry_after, body) = login_from(&server, "127.0.0.2", "vdgx_guess");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(error_code(&body), "too_many_attempts");
+    assert!(
+        retry_after.is_some_and(|s| (1..=60).contains(&s)),
+        "{retry_after:?}"
+    );
+    let (status, _, body) = login_from(&server, "127.0.0.2", &token);
+    assert_eq!(status, 429, "the right token waits too: {body}");
+    // Another client is not held back by the guesser.
+    let (status, _, body) = login_from(&server, "127.0.0.3", &token);
+    assert_eq!(status, 200, "{body}");
+    let r = agent()
+        .post(format!("{}/api/auth/login", server.base))
+        .send_json(serde_json::json!({ "token": token }))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

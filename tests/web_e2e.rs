@@ -91,17 +91,18 @@ fn web_ui_end_to_end_in_headless_chromium() {
     check_prerequisites(&web_dir);
     let fixtures = tempfile::tempdir().unwrap();
     write_reference_png(fixtures.path());
-    let planner = "storyboard-planner";
-    std::fs::write(
-        fixtures.path().join(format!("{planner}.wasm")),
-        guests::component(planner),
-    )
-    .unwrap();
-    std::fs::write(
-        fixtures.path().join(format!("{planner}.toml")),
-        guests::manifest_text(planner),
-    )
-    .unwrap();
+    for plugin in ["storyboard-planner", "hostile"] {
+        std::fs::write(
+            fixtures.path().join(format!("{plugin}.wasm")),
+            guests::component(plugin),
+        )
+        .unwrap();
+        std::fs::write(
+            fixtures.path().join(format!("{plugin}.toml")),
+            guests::manifest_text(plugin),
+        )
+        .unwrap();
+    }
 
     let data = tempfile::tempdir().unwrap();
     install_tiny_model(data.path(), "tiny-wan-t2v");
@@ -124,6 +125,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
         .env("VDGX_REVIEW_BASE", &review_server.base)
         .env("VDGX_SCREENSHOTS", &screenshots)
         .env("VDGX_FIXTURES", fixtures.path())
+        .env("VDGX_MODELS", data.path().join("models"))
         .output()
         .expect("cannot run node");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -147,6 +149,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
         "09-brief-failed",
         "10-takes-reviewed",
         "11-review-attention",
+        "12-hostile-storyboard",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

@@ -164,6 +164,17 @@ impl Server {
         reply(self.agent.delete(self.url(path)).call())
     }
 
+    /// Sends `body` with any method and headers, exactly as given (no Content-Type is added).
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        reply(self.agent.run(request.body(body.to_vec()).unwrap()))
+    }
+
     /// Sends `body` as text with `Content-Type: application/json` (so malformed JSON can be sent).
     pub fn send_raw_json(&self, method: &str, path: &str, body: &str) -> Reply {
         let url = self.url(path);

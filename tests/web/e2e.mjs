@@ -4,9 +4,10 @@
 //   VDGX_AUTH_BASE    a second studio that requires sign-in, VDGX_AUTH_TOKEN its access token
 //   VDGX_REVIEW_BASE  a third studio with the tiny video model, a tiny language model that sees
 //                     images, and a reviewer that never accepts a take (its only enabled one)
+//   VDGX_MODELS       the models folder of VDGX_BASE's data directory
 //   VDGX_SCREENSHOTS  folder for the screenshots of the main screens
-//   VDGX_FIXTURES     folder with an image to upload (reference.png) and the planner plugin
-//                     (storyboard-planner.wasm, storyboard-planner.toml)
+//   VDGX_FIXTURES     folder with an image to upload (reference.png), the planner plugin
+//                     (storyboard-planner.wasm, .toml) and the hostile one (hostile.wasm, .toml)
 // Exits non-zero with a readable line on the first failed expectation.
 
 import { chromium } from 'playwright-core';
@@ -382,6 +383,91 @@ try {
       .render?.preset === 'wan2.1-distill-4step');
     await page.reload();
     assert.equal(await page.locator('#render-preset').inputValue(), 'wan2.1-distill-4step');
+  });
+
+  await step('markup from a planner, an asset name and a model folder is shown as text; no script runs; layout holds', async () => {
+    const component = fs.readFileSync(path.join(FIXTURES, 'hostile.wasm'));
+    const manifest = fs.readFileSync(path.join(FIXTURES, 'hostile.toml'));
+    const installed = await page.request.post(`${BASE}/api/plugins`, {
+      multipart: {
+        component: { name: 'hostile.wasm', mimeType: 'application/wasm', buffer: component },
+        manifest: { name: 'plugin.toml', mimeType: 'text/plain', buffer: manifest },
+      },
+    });
+    assert.equal(installed.status(), 201, await installed.text());
+    const project = await api('POST', '/api/projects', { name: '<img src=x onerror="window.__pwned=\'project\'">' });
+    const hostileBoard = await api('POST', `/api/projects/${project.id}/storyboards`, { title: 'Storyboard' });
+    const job = await api('POST', '/api/jobs', {
+      kind: 'plan', params: { storyboard_id: hostileBoard.id, script: 'markup', plugin: 'hostile' },
+    });
+    await until(async () => (await api('GET', `/api/jobs/${job.id}`)).state === 'succeeded', 60_000);
+    const assetName = '<img src=x onerror="window.__pwned=\'asset\'">.png';
+    const uploaded = await page.request.post(
+      `${BASE}/api/assets?name=${encodeURIComponent(assetName)}&project_id=${project.id}`,
+      { data: fs.readFileSync(path.join(FIXTURES, 'reference.png')), headers: { 'content-type': 'image/png' } });
+    assert.equal(uploaded.status(), 201, await uploaded.text());
+
+    const noScriptRan = async (where) => {
+      assert.equal(await page.evaluate(() => window.__pwned), undefined, `script ran on ${where}`);
+      assert.equal(await page.locator('img[src="x"], a[href^="javascript:"]').count(), 0, `markup became elements on ${where}`);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 0, `${where} is ${overflow}px wider than the window`);
+    };
+    /** Every element whose own text holds `needle` stays inside its parent's box. */
+    const staysInside = async (needle, where) => {
+      const escapes = await page.evaluate((needle) => {
+        const out = [];
+        for (const el of document.querySelectorAll('body *')) {
+          const own = [...el.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.includes(needle));
+          const value = (el.value ?? '').includes?.(needle);
+          if (!own && !value) continue;
+          const box = el.getBoundingClientRect();
+          const parent = el.parentElement.getBoundingClientRect();
+          if (box.width > 0 && (box.left < parent.left - 1 || box.right > parent.right + 1)) {
+            out.push(`${el.tagName}.${el.className} ${Math.round(box.width)}px in ${Math.round(parent.width)}px`);
+          }
+        }
+        return out;
+      }, needle);
+      assert.deepEqual(escapes, [], `on ${where}, text escapes its box`);
+    };
+
+    await page.goto(`${BASE}/#/projects/${project.id}`);
+    await page.locator('.shot-card[data-shot-id]').first().waitFor();
+    await until(async () => (await page.locator('.shot-card[data-shot-id]').count()) === 2);
+    const pageText = await page.locator('body').innerText();
+    assert.ok(pageText.includes('onerror="window.__pwned'), 'the markup is shown as text');
+    await page.locator('.shot-card[data-shot-id]').first().click();
+    await page.locator('#shot-prompt').waitFor();
+    assert.match(await page.locator('#shot-prompt').inputValue(), /<img src=x onerror=/);
+    await noScriptRan('the storyboard');
+    await staysInside('WWWWWWWWWW', 'the storyboard');
+    await shot('12-hostile-storyboard');
+
+    await page.goto(`${BASE}/#/assets`);
+    await page.getByText(assetName).first().waitFor();
+    await noScriptRan('the asset library');
+    await staysInside('onerror', 'the asset library');
+
+    await page.goto(`${BASE}/#/jobs`);
+    await page.locator('.job').first().waitFor();
+    await noScriptRan('the job list');
+
+    // A model folder named with markup (kind "other", listed beside the video models; it is
+    // removed again so that later steps keep a single video model).
+    const modelName = '<img src=x onerror="window.__pwned=\'model\'">';
+    const modelDir = path.join(must('VDGX_MODELS'), modelName);
+    fs.mkdirSync(modelDir);
+    fs.writeFileSync(path.join(modelDir, '.videosdgx-source.json'), JSON.stringify({
+      repo_id: modelName, revision: 'main', commit: '0', endpoint: 'local', files: [],
+    }));
+    await page.goto(`${BASE}/#/projects/${project.id}`);
+    await page.locator('.shot-card[data-shot-id]').first().click();
+    await page.locator('#models option').first().waitFor({ state: 'attached' });
+    const models = await page.locator('#models option').evaluateAll((options) => options.map((o) => o.value));
+    assert.ok(models.some((m) => m.includes('onerror="window.__pwned=\'model\'"')), `the markup model is listed: ${models}`);
+    await noScriptRan('the shot editor with the model list');
+    fs.rmSync(modelDir, { recursive: true });
   });
 
   if (process.env.VDGX_REVIEW_BASE) {

@@ -130,6 +130,22 @@ fn unknown_component_class_names_class_and_config() {
     assert!(msg.contains("config.json"), "{msg}");
 }
 
+/// Found by the `model_config` fuzz target: zero heads divided by zero in the attention layers.
+#[test]
+fn config_with_zero_or_overflowing_heads_is_an_error() {
+    let (_tmp, dir) = copy_component("wan_i2v");
+    let config = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    for (heads, head_dim) in [(0, 128), (0, 0), (usize::MAX, 2)] {
+        json["num_attention_heads"] = heads.into();
+        json["attention_head_dim"] = head_dim.into();
+        std::fs::write(&config, json.to_string()).unwrap();
+        let msg = load_error(&dir);
+        assert!(msg.contains("num_attention_heads"), "{msg}");
+    }
+}
+
 #[test]
 fn missing_config_names_the_file() {
     let (_tmp, dir) = copy_component("wan_t2v");

@@ -22,6 +22,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The whole HTTP surface: the API and the embedded web UI, behind the access policy.
 pub fn router(app: Arc<App>, auth: Auth) -> Router {
     let routes = crate::api::routes()
+        .route("/api", axum::routing::any(crate::api::not_found))
         .route("/api/{*rest}", axum::routing::any(crate::api::not_found))
         .with_state(app)
         .merge(crate::web::router());
@@ -118,7 +119,10 @@ pub async fn serve(
         // Ends event streams too, so open SSE connections do not hold the server up.
         stopping.jobs.stop();
     };
-    axum::serve(listener, router(app.clone(), auth.auth))
+    // The peer address keys the sign-in rate limit.
+    let service = router(app.clone(), auth.auth)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(StudioError::from)?;

@@ -1,11 +1,15 @@
 //! A deliberately misbehaving planner for the host's tests. The first word of the script
 //! picks the misbehaviour; each one must end the call with a clear error while the host
-//! keeps serving. Never install this outside tests.
+//! keeps serving, or (`markup`) return hostile text the web UI must show as text. Never
+//! install this outside tests.
 
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use videosdgx_plugin_sdk::types::{PlanInput, PluginError, Storyboard, Style};
+use videosdgx_plugin_sdk::types::{
+    Camera, CameraMove, Character, DialogueLine, PlanInput, PluginError, Scene, Shot, ShotSize,
+    Storyboard, Style, TitleCard, Transition, TransitionKind,
+};
 use videosdgx_plugin_sdk::{Planner, host};
 
 struct Hostile;
@@ -28,6 +32,7 @@ impl Planner for Hostile {
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
             "remember" => Ok(storyboard(remember())),
+            "markup" => Ok(markup()),
             other => Err(PluginError::InvalidInput(format!(
                 "unknown misbehaviour `{other}`"
             ))),
@@ -49,6 +54,71 @@ fn storyboard(title: String) -> Storyboard {
         scenes: Vec::new(),
         shots: Vec::new(),
         opening_title: None,
+        closing_title: None,
+    }
+}
+
+/// Markup and script where a page shows plugin text: an `onerror` that sets
+/// `window.__pwned`, a `javascript:` link, a right-to-left override and a 2000-character word.
+/// The browser test checks that every one of them is shown as text and stays in its box.
+fn markup() -> Storyboard {
+    let img = |field: &str| format!("<img src=x onerror=\"window.__pwned='{field}'\">");
+    let link = "<a href=\"javascript:window.__pwned='link'\">click</a>";
+    let long = "W".repeat(2000);
+    let rtl = "\u{202e}gnp.exe";
+    let shot = |id: &str, action: String, line: String| Shot {
+        id: id.into(),
+        scene_index: 0,
+        action,
+        character_ids: vec!["x".into()],
+        dialogue: vec![DialogueLine {
+            character_id: "x".into(),
+            parenthetical: img("parenthetical"),
+            text: line,
+        }],
+        camera: Camera {
+            size: ShotSize::Medium,
+            movement: CameraMove::Fixed,
+            angle: img("angle"),
+        },
+        frames: 17,
+        duration_ms: 1062,
+        transition_in: Transition {
+            kind: TransitionKind::Cut,
+            duration_ms: 0,
+        },
+    };
+    Storyboard {
+        title: format!("{} {link} {rtl}", img("title")),
+        style: Style {
+            look: img("look"),
+            lighting: link.into(),
+            negative: long.clone(),
+        },
+        characters: vec![Character {
+            id: "x".into(),
+            name: format!("{}{rtl}", img("character")),
+            description: link.into(),
+        }],
+        scenes: vec![Scene {
+            index: 0,
+            heading: img("scene"),
+            interior: true,
+            location: long.clone(),
+            time_of_day: rtl.into(),
+        }],
+        shots: vec![
+            shot(
+                "s01-01",
+                format!("{} {link}", img("action")),
+                img("dialogue"),
+            ),
+            shot("s01-02", long.clone(), format!("{link} {rtl}")),
+        ],
+        opening_title: Some(TitleCard {
+            text: img("opening"),
+            duration_ms: 1000,
+        }),
         closing_title: None,
     }
 }

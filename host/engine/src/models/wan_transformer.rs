@@ -683,6 +683,19 @@ pub struct WanTransformer3DModel {
 impl WanTransformer3DModel {
     pub fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
         let (pt, ph, pw) = cfg.patch()?;
+        // A config from a stranger's checkpoint must fail here, not divide by zero or overflow.
+        if cfg.num_attention_heads == 0
+            || cfg
+                .num_attention_heads
+                .checked_mul(cfg.attention_head_dim)
+                .is_none()
+        {
+            candle_core::bail!(
+                "num_attention_heads {} with attention_head_dim {} gives no usable model width",
+                cfg.num_attention_heads,
+                cfg.attention_head_dim
+            );
+        }
         let dim = cfg.inner_dim();
         let [t_dim, h_dim, _] = cfg.rope_dims();
         if !cfg.attention_head_dim.is_multiple_of(2) || !t_dim.is_multiple_of(2) || h_dim == 0 {

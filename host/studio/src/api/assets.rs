@@ -2,13 +2,13 @@
 //! Range, and search. Upload bodies are streamed to a staging file and counted against the
 //! configured limit; they are never held in memory whole.
 
-use super::error::{ApiError, ApiResult, Json, Path, Query};
+use super::error::{ApiError, ApiResult, Json, Multipart, Path, Query, is_multipart};
 use crate::app::App;
 use crate::assets::{self, Asset, NewAsset, SearchHit, SearchQuery, Staged};
 use crate::error::{Result, StudioError};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -148,17 +148,11 @@ pub async fn upload(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .is_some_and(is_multipart);
     let staged = if multipart {
-        let mut form = Multipart::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+        let Multipart(mut form) = Multipart::from_request(request, &()).await?;
         let mut staged = None;
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?
-        {
+        while let Some(field) = form.next_field().await? {
             let field_name = field.name().unwrap_or_default().to_owned();
             if field_name == "file" {
                 if meta.name.is_none() {
@@ -169,10 +163,7 @@ pub async fn upload(
                 drop(tx);
                 staged = Some(join_writer(handle).await?);
             } else {
-                let value = field
-                    .text()
-                    .await
-                    .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+                let value = field.text().await?;
                 meta.set_field(&field_name, value)?;
             }
         }
@@ -231,7 +222,8 @@ pub async fn update_asset(
 
 #[utoipa::path(get, path = "/api/assets/{id}/file", tag = "assets", params(("id" = i64, Path)),
     responses((status = 200, description = "the file"), (status = 206, description = "the requested range"),
-        (status = 404, body = super::error::ErrorBody), (status = 416, description = "range not satisfiable")))]
+        (status = 404, body = super::error::ErrorBody),
+        (status = 416, body = super::error::ErrorBody, description = "range not satisfiable")))]
 pub async fn download(
     State(app): AppState,
     Path(id): Path<i64>,
@@ -252,6 +244,9 @@ pub async fn download(
         .await
         .map_err(StudioError::from)?;
     let mut response = served.map(Body::new).into_response();
+    if let Some(refusal) = conditional_refusal(&response, asset.size_bytes) {
+        return Ok(refusal);
+    }
     if response.status().is_success() {
         let headers = response.headers_mut();
         if let Ok(mime) = HeaderValue::from_str(&asset.mime) {
@@ -264,6 +259,31 @@ pub async fn download(
         }
     }
     Ok(response)
+}
+
+/// `ServeFile`'s own refusals (a range outside the file, a failed `If-Match`) come with an empty
+/// body; they get the API's error shape instead, keeping `Content-Range: bytes */size`.
+fn conditional_refusal(response: &Response, size: u64) -> Option<Response> {
+    let error = match response.status() {
+        StatusCode::RANGE_NOT_SATISFIABLE => ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the requested range is not within the file ({size} bytes)"),
+        ),
+        StatusCode::PRECONDITION_FAILED => ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the file does not match the request's If-Match or If-Unmodified-Since",
+        ),
+        _ => return None,
+    };
+    let mut refusal = error.into_response();
+    if let Some(range) = response.headers().get(header::CONTENT_RANGE) {
+        refusal
+            .headers_mut()
+            .insert(header::CONTENT_RANGE, range.clone());
+    }
+    Some(refusal)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

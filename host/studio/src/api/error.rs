@@ -1,7 +1,10 @@
 //! The API's error response `{"error": {"code", "message"}}` and extractors that turn axum's own
-//! rejections (bad JSON, wrong types, bad path or query values) into that same shape.
+//! rejections (bad JSON, wrong types, bad path or query values, malformed multipart forms,
+//! bodies over the limit, a missing content type) into that same shape. Handlers use these
+//! extractors, never axum's, so no rejection reaches a client as plain text.
 
 use crate::error::StudioError;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, header, request::Parts};
@@ -79,6 +82,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a body over the route's limit (`DefaultBodyLimit`), whichever extractor read it.
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "the request body is larger than this endpoint accepts",
+    )
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let message = rejection.body_text();
@@ -94,8 +106,34 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "expected a request with `Content-Type: application/json`",
             ),
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
             _ => ApiError::new(rejection.status(), "bad_request", message),
         }
+    }
+}
+
+impl From<MultipartRejection> for ApiError {
+    fn from(_: MultipartRejection) -> Self {
+        // Its one cause: the Content-Type has no usable `boundary` parameter.
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_multipart",
+            "the `multipart/form-data` Content-Type names no boundary",
+        )
+    }
+}
+
+impl From<MultipartError> for ApiError {
+    fn from(err: MultipartError) -> Self {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return body_too_large();
+        }
+        // A body that stops mid-form is the client's fault (axum calls it a 500).
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_multipart",
+            format!("malformed multipart form: {}", err.body_text()),
+        )
     }
 }
 
@@ -156,6 +194,40 @@ where
             )),
         }
     }
+}
+
+/// `axum::extract::Multipart` whose rejections use the API error shape: a request that is not
+/// `multipart/form-data` at all is 415, one without a boundary 400. Errors while reading fields
+/// convert with `?` (413 past the body limit, 400 for a malformed form).
+pub struct Multipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for Multipart {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_multipart);
+        if !multipart {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a `multipart/form-data` request",
+            ));
+        }
+        Ok(Multipart(
+            axum::extract::Multipart::from_request(req, state).await?,
+        ))
+    }
+}
+
+/// Whether a Content-Type value names `multipart/form-data` (any case, any parameters).
+pub fn is_multipart(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("multipart/form-data"))
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -2,12 +2,12 @@
 //! install with the capabilities the user granted, enable/disable, uninstall, and the audit log
 //! of their host calls. Components arrive as multipart forms (`component` + `manifest` files).
 
-use super::error::{ApiError, ApiResult, Json, Path, Query};
+use super::error::{ApiError, ApiResult, Json, Multipart, Path, Query};
 use crate::app::App;
 use crate::error::StudioError;
 use crate::plugins::registry::{self, AuditRecord, Inspection, InstalledPlugin};
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use serde::{Deserialize, Serialize};
@@ -39,15 +39,11 @@ struct Upload {
     grants: Vec<Capability>,
 }
 
-fn bad_form(err: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::new(err.status(), "bad_multipart", err.body_text())
-}
-
-async fn read_upload(mut form: Multipart) -> Result<Upload, ApiError> {
+async fn read_upload(Multipart(mut form): Multipart) -> Result<Upload, ApiError> {
     let (mut component, mut manifest, mut grants) = (None, None, Vec::new());
-    while let Some(field) = form.next_field().await.map_err(bad_form)? {
+    while let Some(field) = form.next_field().await? {
         let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field.bytes().await.map_err(bad_form)?;
+        let bytes = field.bytes().await?;
         match name.as_str() {
             "component" => component = Some(bytes.to_vec()),
             "manifest" => {

@@ -8,24 +8,27 @@
 //! loopback server answers only to loopback host names (no DNS rebinding). This module decides
 //! who may call; it never looks at what the call does.
 
+mod limit;
 mod store;
 
+use limit::{LoginLimiter, MAX_FAILURES};
 pub use store::{CredentialStore, SESSION_LIFETIME, TOKEN_PREFIX};
 
 use crate::web;
 use anyhow::Result;
 use axum::{
     Json, Router,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 
 /// Name of the browser session cookie.
@@ -38,6 +41,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub struct Auth {
     store: Arc<CredentialStore>,
     required: bool,
+    failed_logins: Arc<LoginLimiter>,
 }
 
 /// What [`Auth::for_bind`] decided, for `serve` to tell the user.
@@ -67,6 +71,7 @@ impl Auth {
             auth: Auth {
                 store: Arc::new(store),
                 required,
+                failed_logins: Arc::default(),
             },
             new_token,
         })
@@ -91,6 +96,8 @@ pub fn reset_token(data_dir: &Path) -> Result<String> {
 }
 
 /// Adds the `/api/auth/*` routes to `router` and puts every route behind the access policy.
+/// A method a route does not serve answers 405 in the API's error shape (set here, once every
+/// route is known, and inside the policy).
 pub fn protect(router: Router, auth: Auth) -> Router {
     let auth_routes = Router::new()
         .route("/api/auth/session", get(session))
@@ -99,8 +106,13 @@ pub fn protect(router: Router, auth: Auth) -> Router {
         .with_state(auth.clone());
     router
         .merge(auth_routes)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(middleware::from_fn_with_state(auth, guard))
 }
+
+/// The peer address of the connection, when the server was started with connect info.
+#[derive(Clone, Copy)]
+struct Client(Option<IpAddr>);
 
 /// Who is calling, as established by [`guard`] and seen by the auth handlers.
 #[derive(Clone)]
@@ -116,6 +128,11 @@ enum Caller {
 }
 
 async fn guard(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    request.extensions_mut().insert(Client(client));
     let headers = request.headers();
     let writes = !matches!(
         *request.method(),
@@ -281,15 +298,9 @@ struct LoginRequest {
 
 async fn login(
     State(auth): State<Auth>,
-    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
+    axum::Extension(Client(client)): axum::Extension<Client>,
+    crate::api::error::Json(LoginRequest { token }): crate::api::error::Json<LoginRequest>,
 ) -> Response {
-    let Ok(Json(LoginRequest { token })) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "send JSON {\"token\": \"vdgx_…\"}",
-        );
-    };
     if !auth.required {
         return Json(SessionInfo {
             auth_required: false,
@@ -298,7 +309,23 @@ async fn login(
         })
         .into_response();
     }
+    if let Some(wait) = auth.failed_logins.blocked_for(client, Instant::now()) {
+        let seconds = wait.as_secs() + 1;
+        let mut response = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            &format!(
+                "{MAX_FAILURES} wrong access tokens within a minute from this address; \
+                 try again in {seconds} s"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return response;
+    }
     if !auth.store.verify_token(&token) {
+        auth.failed_logins.record_failure(client, Instant::now());
         // Slows down guessing; a 256-bit token cannot be guessed anyway.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         return json_error(
@@ -308,6 +335,7 @@ async fn login(
              `videosdgx auth reset-token` makes a new one)",
         );
     }
+    auth.failed_logins.record_success(client);
     match auth.store.create_session() {
         Ok(session) => {
             let cookie = format!(

@@ -217,3 +217,69 @@ async fn login_cookie_is_httponly_strict_and_writes_need_the_csrf_token() {
         .unwrap();
     assert_eq!(call(&app, after).await.0, StatusCode::UNAUTHORIZED);
 }
+
+fn login_from(client: &str, token: &str) -> Request<Body> {
+    let mut request = req("POST", "/api/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(format!(r#"{{"token":"{token}"}}"#)))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("{client}:50000").parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(addr));
+    request
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, token) = app(dir.path(), "0.0.0.0", false);
+    let token = token.unwrap();
+    for _ in 0..MAX_FAILURES {
+        let (status, _, _) = call(&app, login_from("10.1.1.1", "vdgx_guess")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // The guesser is refused even with the right token, and told when to come back.
+    let (status, headers, body) = call(&app, login_from("10.1.1.1", &token)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("\"too_many_attempts\""), "{body}");
+    let wait: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another address signs in.
+    let (status, headers, _) = call(&app, login_from("10.1.1.2", &token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get(header::SET_COOKIE).is_some());
+}
+
+/// `verify_token` compares SHA-256 digests with `subtle::ConstantTimeEq`: how long it takes says
+/// nothing about how much of a guess was right. Near misses at either end must all fail.
+#[test]
+fn token_check_accepts_only_the_exact_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CredentialStore::open(dir.path()).unwrap();
+    assert!(!store.verify_token(""), "no token yet: nothing verifies");
+    let token = store.create_token().unwrap();
+    assert!(store.verify_token(&token));
+    assert!(
+        store.verify_token(&format!(" {token}\n")),
+        "pasted with whitespace"
+    );
+    let flip = |i: usize| {
+        let mut bytes = token.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(bytes).unwrap()
+    };
+    for candidate in [
+        flip(token.len() - 1),
+        flip(TOKEN_PREFIX.len()),
+        flip(0),
+        token[..token.len() - 1].to_owned(),
+        format!("{token}0"),
+        token.to_uppercase(),
+        String::new(),
+    ] {
+        assert!(!store.verify_token(&candidate), "{candidate:?}");
+    }
+}

@@ -24,7 +24,16 @@ pub const LOGIN: &str = "login.html";
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/login", axum::routing::get(login))
-        .fallback(axum::routing::get(static_file))
+        .fallback(axum::routing::get(static_file).fallback(not_a_page_method))
+}
+
+/// Pages are only read; any other method answers in the API's error shape.
+async fn not_a_page_method() -> Response {
+    crate::auth::json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the studio's pages and files are only read (GET)",
+    )
 }
 
 async fn login(headers: HeaderMap) -> Response {
@@ -60,7 +69,11 @@ pub fn is_login_asset(path: &str) -> bool {
 
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = WebFiles::get(path) else {
-        return (StatusCode::NOT_FOUND, "not found").into_response();
+        return crate::auth::json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("the studio has no file /{path}"),
+        );
     };
     let etag = etag(&file);
     let unchanged = headers
