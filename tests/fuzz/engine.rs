@@ -1,11 +1,13 @@
 //! Engine targets: what a downloaded checkpoint brings (safetensors headers, shard indexes,
-//! model and scheduler configs) and the MP4 reader. Each writes the input where the engine
+//! model and scheduler configs, LoRA files) and the MP4 reader. Each writes the input where the engine
 //! expects a file and calls the engine's own entry point; errors are fine, panics are not.
 
 use crate::driver::Run;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use videosdgx_engine::loader::{self, Checkpoint};
+use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode};
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionConfig, umt5::UMT5Config, wan_transformer::WanTransformer3DModel,
     wan_transformer::WanTransformerConfig,
@@ -125,6 +127,35 @@ pub fn model_config() -> Run {
         }
         if loader::read_config::<WanTransformerConfig>(&config).is_ok() {
             let _ = WanTransformer3DModel::load(&dir, &Device::Cpu, DType::F32);
+        }
+    })
+}
+
+/// A LoRA file as users download them: its keys grouped and matched to the tiny Wan
+/// transformer's weights, then applied merged and as side paths (and taken off again).
+pub fn lora() -> Run {
+    let (guard, dir) = folder_with(&[]);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut model = WanTransformer3DModel::load(
+        &fixtures.join("tiny-wan-t2v/transformer"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    Box::new(move |input| {
+        let _ = &guard;
+        let path = dir.join("lora.safetensors");
+        std::fs::write(&path, input).unwrap();
+        let Ok(file) = LoraFile::open(&path) else {
+            return;
+        };
+        let loras = [Lora {
+            file: Arc::new(file),
+            strength: 0.8,
+        }];
+        for mode in [LoraMode::Merge, LoraMode::Runtime] {
+            let _ = model.set_loras(&loras, mode);
+            model.set_loras(&[], mode).unwrap();
         }
     })
 }

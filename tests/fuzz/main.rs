@@ -33,6 +33,11 @@ const TARGETS: &[Target] = &[
         dictionary: engine::JSON_TOKENS,
     },
     Target {
+        name: "lora",
+        setup: engine::lora,
+        dictionary: engine::JSON_TOKENS,
+    },
+    Target {
         name: "scheduler_config",
         setup: engine::scheduler_config,
         dictionary: engine::JSON_TOKENS,
