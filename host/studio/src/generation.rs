@@ -34,10 +34,11 @@ pub fn list_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
     Ok(hub::list(&models_dir(data_dir))?)
 }
 
-/// The installed models that generate video: what a shot's `model` may name.
+/// The installed models that generate video (diffusers pipelines): what a shot's `model` may
+/// name. Folders that are neither a pipeline nor a language model are not candidates.
 pub fn video_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
     let mut models = list_models(data_dir)?;
-    models.retain(|m| m.kind != ModelKind::Language);
+    models.retain(|m| m.kind == ModelKind::Pipeline);
     Ok(models)
 }
 
@@ -760,5 +761,17 @@ mod tests {
             .check(&app, &json!({ "shot_id": empty.id }))
             .unwrap_err();
         assert_eq!(err.to_string(), "shot 1 has no prompt");
+    }
+
+    #[test]
+    fn only_pipelines_are_video_models() {
+        let (dir, _app) = studio();
+        // A folder with a file that is neither a pipeline nor a language model: not a candidate.
+        let stray = models_dir(dir.path()).join("<b>notes</b>");
+        std::fs::create_dir_all(&stray).unwrap();
+        std::fs::write(stray.join("README.md"), "not a model").unwrap();
+        assert_eq!(resolve_model(dir.path(), None).unwrap(), "tiny-wan-t2v");
+        let err = resolve_model(dir.path(), Some("<b>notes</b>")).unwrap_err();
+        assert!(err.to_string().contains("is not installed"), "{err}");
     }
 }
