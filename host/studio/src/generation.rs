@@ -538,6 +538,25 @@ impl GenerateShot {
         }
         Ok(request)
     }
+
+    /// Whether this generation can run: its shot has a prompt (or this one gives it) and its
+    /// model is installed. What the `generate` and `shoot` jobs check at submission.
+    pub fn check_runnable(&self, app: &App) -> Result<()> {
+        let shot = shots::get_shot(&app.db, self.shot_id)?;
+        if self
+            .prompt
+            .as_deref()
+            .unwrap_or(&shot.prompt)
+            .trim()
+            .is_empty()
+        {
+            return Err(StudioError::Invalid(format!(
+                "shot {} has no prompt",
+                shot.position + 1
+            )));
+        }
+        model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+    }
 }
 
 /// `generate`: one shot's video on the GPU lane.
@@ -551,21 +570,7 @@ impl JobRunner for GenerateRunner {
         Lane::Gpu
     }
     fn check(&self, app: &App, params: &Value) -> Result<()> {
-        let request = GenerateShot::parse(params)?;
-        let shot = shots::get_shot(&app.db, request.shot_id)?;
-        if request
-            .prompt
-            .as_deref()
-            .unwrap_or(&shot.prompt)
-            .trim()
-            .is_empty()
-        {
-            return Err(StudioError::Invalid(format!(
-                "shot {} has no prompt",
-                shot.position + 1
-            )));
-        }
-        model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+        GenerateShot::parse(params)?.check_runnable(app)
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request = GenerateShot::parse(params)?;

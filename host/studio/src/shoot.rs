@@ -9,7 +9,7 @@
 
 use crate::app::App;
 use crate::error::{Result, StudioError};
-use crate::generation::{GenerateRunner, GenerateShot, RenderSettings};
+use crate::generation::{GenerateShot, RenderSettings};
 use crate::jobs::steps::{Progress, run_step, step_result};
 use crate::jobs::{JobContext, JobRunner, Lane, NewJob};
 use crate::language;
@@ -295,15 +295,13 @@ impl JobRunner for ShootRunner {
         if let Some(id) = &p.reviewer {
             registry::choose(&app.db, World::Reviewer, Some(id))?;
         }
-        let generate = GenerateShot {
+        p.render.check()?;
+        GenerateShot {
             shot_id: p.shot_id,
             render: p.render,
             ..Default::default()
-        };
-        GenerateRunner.check(
-            app,
-            &serde_json::to_value(generate).map_err(anyhow::Error::from)?,
-        )
+        }
+        .check_runnable(app)
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p = Self::parse(params)?;
