@@ -8,9 +8,11 @@
 
 mod checkpoint;
 pub mod memory;
+mod state_dict;
 mod verify;
 
 pub use checkpoint::{Checkpoint, TensorEntry};
+pub use state_dict::StateDict;
 pub use verify::{ComponentReport, ShapeProblem, VerificationReport, verify};
 
 use candle_core::{DType, Device};
