@@ -8,7 +8,7 @@
 //! ```
 
 use super::layers::{Conv, upsample_nearest};
-use super::{dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
@@ -74,17 +74,22 @@ impl Compact {
             scale,
         })
     }
+}
 
-    pub(super) fn scale(&self) -> usize {
+impl Network for Compact {
+    fn scale(&self) -> usize {
         self.scale
     }
 
+    /// Spandrel has no size requirements for it.
+    fn padding(&self) -> Padding {
+        Padding::NONE
+    }
     /// One pixel per convolution; the pixel shuffle and the nearest base add none.
-    pub(super) fn receptive_radius(&self) -> usize {
+    fn receptive_radius(&self) -> usize {
         self.body.len() + 1
     }
-
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = x.clone();
         for (conv, slopes) in &self.body {
             out = conv.forward(&out)?;
@@ -102,7 +107,7 @@ impl Compact {
 /// `scale² × out`, with `out` tried as the input channels, then 3, 4 and 1.
 fn scale_and_output_channels(channels: usize, in_channels: usize) -> Option<(usize, usize)> {
     [in_channels, 3, 4, 1].into_iter().find_map(|out| {
-        if out == 0 || channels % out != 0 {
+        if out == 0 || !channels.is_multiple_of(out) {
             return None;
         }
         let squared = channels / out;

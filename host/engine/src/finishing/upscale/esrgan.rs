@@ -8,7 +8,7 @@
 //! ```
 
 use super::layers::{Conv, leaky_relu, upsample_nearest};
-use super::{Padding, dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
@@ -287,13 +287,14 @@ impl Esrgan {
             scale: net_scale / factor,
         })
     }
+}
 
-    pub(super) fn scale(&self) -> usize {
+impl Network for Esrgan {
+    fn scale(&self) -> usize {
         self.scale
     }
-
     /// Spandrel asks for 2 pixels, and a multiple of 4 when the input is pixel-unshuffled.
-    pub(super) fn padding(&self) -> Padding {
+    fn padding(&self) -> Padding {
         let multiple_of = if self.shuffle.is_some() { 4 } else { 1 };
         Padding {
             minimum: 2usize.next_multiple_of(multiple_of),
@@ -301,15 +302,13 @@ impl Esrgan {
             window: 1,
         }
     }
-
     /// One pixel per 3×3 convolution, counted at the network's input resolution (those after
     /// upsampling see less), times the unshuffle factor.
-    pub(super) fn receptive_radius(&self) -> usize {
+    fn receptive_radius(&self) -> usize {
         let convs = 2 + 15 * self.blocks.len() + self.up_convs.len() + 2;
         convs * self.shuffle.unwrap_or(1)
     }
-
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = match self.shuffle {
             Some(factor) => candle_nn::ops::pixel_unshuffle(x, factor)?,
             None => x.clone(),

@@ -59,12 +59,6 @@ impl Architecture {
     }
 }
 
-enum Net {
-    Esrgan(esrgan::Esrgan),
-    Compact(compact::Compact),
-    SwinIr(swinir::SwinIr),
-}
-
 /// How an input is padded before the network: spandrel's `SizeRequirements` (reflect, then
 /// replicate beyond what reflection reaches) and the network's own reflect padding to a multiple
 /// (SwinIR's window).
@@ -75,48 +69,27 @@ struct Padding {
     window: usize,
 }
 
-impl Net {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::Esrgan(net) => net.forward(x)?,
-            Self::Compact(net) => net.forward(x)?,
-            Self::SwinIr(net) => net.forward(x)?,
-        })
-    }
+impl Padding {
+    const NONE: Self = Self {
+        minimum: 0,
+        multiple_of: 1,
+        window: 1,
+    };
+}
 
-    fn padding(&self) -> Padding {
-        match self {
-            Self::Esrgan(net) => net.padding(),
-            Self::Compact(_) => Padding {
-                minimum: 0,
-                multiple_of: 1,
-                window: 1,
-            },
-            Self::SwinIr(net) => net.padding(),
-        }
-    }
-
+/// What [`Upscaler`] needs of a network.
+trait Network: Send + Sync {
+    /// The network on an input already padded as [`Network::padding`] asks.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn padding(&self) -> Padding;
     /// How far (input pixels) an output pixel sees, over-estimated.
-    fn receptive_radius(&self) -> usize {
-        match self {
-            Self::Esrgan(net) => net.receptive_radius(),
-            Self::Compact(net) => net.receptive_radius(),
-            Self::SwinIr(net) => net.receptive_radius(),
-        }
-    }
-
-    fn scale(&self) -> usize {
-        match self {
-            Self::Esrgan(net) => net.scale(),
-            Self::Compact(net) => net.scale(),
-            Self::SwinIr(net) => net.scale(),
-        }
-    }
+    fn receptive_radius(&self) -> usize;
+    fn scale(&self) -> usize;
 }
 
 /// An upscaling model, ready to run on one device in one dtype.
 pub struct Upscaler {
-    net: Net,
+    net: Box<dyn Network>,
     architecture: Architecture,
     path: PathBuf,
     device: Device,
@@ -144,9 +117,11 @@ impl Upscaler {
         };
         let vb = dict.var_builder(dtype, device);
         let net = match architecture {
-            Architecture::Esrgan => esrgan::Esrgan::load(dict, vb).map(Net::Esrgan),
-            Architecture::Compact => compact::Compact::load(dict, vb).map(Net::Compact),
-            Architecture::SwinIr => swinir::SwinIr::load(dict, vb).map(Net::SwinIr),
+            Architecture::Esrgan => {
+                esrgan::Esrgan::load(dict, vb).map(|n| Box::new(n) as Box<dyn Network>)
+            }
+            Architecture::Compact => compact::Compact::load(dict, vb).map(|n| Box::new(n) as _),
+            Architecture::SwinIr => swinir::SwinIr::load(dict, vb).map(|n| Box::new(n) as _),
         }
         .with_context(|| format!("loading {} from {}", architecture.name(), path.display()))?;
         Ok(Self {

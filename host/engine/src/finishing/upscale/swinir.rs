@@ -15,7 +15,7 @@
 //! SwinIR's `check_image_size` does.
 
 use super::layers::{Conv, leaky_relu, per_channel, upsample_nearest};
-use super::{Padding, dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::{LayerNorm, Linear, linear, linear_forward};
 use anyhow::{Result, bail};
@@ -89,7 +89,7 @@ impl WindowAttention {
         let span = 2 * window - 1;
         let table_name = "relative_position_bias_table";
         let heads = vb.get_unchecked(table_name)?.dim(1)?;
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             bail!(
                 "{}: {heads} heads do not divide {dim} channels",
                 vb.prefix()
@@ -408,30 +408,6 @@ impl SwinIr {
             window,
         })
     }
-
-    pub(super) fn scale(&self) -> usize {
-        self.reconstruction.scale()
-    }
-
-    /// Spandrel asks for 16 pixels; the network pads to a multiple of its window.
-    pub(super) fn padding(&self) -> Padding {
-        Padding {
-            minimum: 16,
-            multiple_of: 1,
-            window: self.window,
-        }
-    }
-
-    /// A window per Swin block (attention mixes a whole window), a pixel per 3×3 convolution.
-    pub(super) fn receptive_radius(&self) -> usize {
-        let body: usize = self
-            .layers
-            .iter()
-            .map(|layer| layer.blocks.len() * self.window + layer.conv.radius())
-            .sum();
-        1 + body + self.conv_after_body.radius() + self.reconstruction.convs()
-    }
-
     /// The body: patch norm, the RSTBs, the final norm, on `x [B, C, H, W]`.
     fn features(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
@@ -442,9 +418,31 @@ impl SwinIr {
         }
         unembed(&self.norm.forward(&tokens)?, (h, w))
     }
+}
 
+impl Network for SwinIr {
+    fn scale(&self) -> usize {
+        self.reconstruction.scale()
+    }
+    /// Spandrel asks for 16 pixels; the network pads to a multiple of its window.
+    fn padding(&self) -> Padding {
+        Padding {
+            minimum: 16,
+            multiple_of: 1,
+            window: self.window,
+        }
+    }
+    /// A window per Swin block (attention mixes a whole window), a pixel per 3×3 convolution.
+    fn receptive_radius(&self) -> usize {
+        let body: usize = self
+            .layers
+            .iter()
+            .map(|layer| layer.blocks.len() * self.window + layer.conv.radius())
+            .sum();
+        1 + body + self.conv_after_body.radius() + self.reconstruction.convs()
+    }
     /// `x`: `[B, 3, H, W]` with `H` and `W` multiples of the window.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x.broadcast_sub(&self.mean)? * self.img_range)?;
         let first = self.conv_first.forward(&x)?;
         let body = (self.conv_after_body.forward(&self.features(&first)?)? + &first)?;
