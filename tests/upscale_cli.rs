@@ -78,19 +78,29 @@ fn model_forward_detects_each_upscaler_and_matches_spandrel() {
 
 #[test]
 fn model_forward_in_tiles_matches_the_whole_frame() {
+    // Compact's tile boxes (5 pixels and 4 around) lie inside its 14 x 17 frame; the others'
+    // cover it, batched.
+    let compact = "RealESRGAN Compact";
     check(
-        "esrgan_x1_tiles",
+        "compact_x4",
         "model.safetensors",
-        &["--tile", "16"],
-        "ESRGAN",
-        1,
+        &["--tile", "5"],
+        compact,
+        4,
     );
     check(
-        "swinir_tiles",
+        "esrgan_x4",
         "model.safetensors",
-        &["--tile", "10"],
+        &["--tile", "4"],
+        "ESRGAN",
+        4,
+    );
+    check(
+        "swinir_pixelshuffle_x2",
+        "model.safetensors",
+        &["--tile", "4"],
         "SwinIR",
-        1,
+        2,
     );
 }
 

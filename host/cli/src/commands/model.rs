@@ -139,10 +139,12 @@ fn forward(args: &ForwardArgs) -> Result<()> {
     if args.model.is_file() {
         return forward_state_dict(args, &device, dtype);
     }
-    if args.tile.is_some() {
-        bail!("--tile: only upscalers (a state-dict file as --model) run in tiles");
-    }
     let (class, class_name) = component_class(&args.model)?;
+    if args.tile.is_some() {
+        bail!(
+            "--tile: {class_name} does not run in tiles (upscalers do: a state-dict file as --model)"
+        );
+    }
     let inputs = read_inputs(&args.inputs, &device)?;
     let input = |name: &str| input(&inputs, &args.inputs, name, &class_name);
 
