@@ -203,6 +203,19 @@ fn unknown_and_malformed_state_dicts_are_refused_by_file_and_tensor() {
         assert!(err.contains(needle), "{needle} not in: {err}");
     }
 
+    // Swin2SR shares SwinIR's keys; spandrel tells it by `patch_embed.proj`, and so does this.
+    let mut swin2sr = weights("swinir_denoise_w7");
+    swin2sr.insert(
+        "patch_embed.proj.weight".to_string(),
+        Tensor::ones((8, 8, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let path = write(dir.path(), "swin2sr.safetensors", swin2sr);
+    let err = load_error(&path);
+    assert!(
+        err.contains("swin2sr.safetensors") && err.contains("match none"),
+        "{err}"
+    );
+
     let mut grey = weights("swinir_denoise_w7");
     grey.insert(
         "conv_first.weight".to_string(),

@@ -23,9 +23,10 @@ pub const ARCHITECTURES: [&str; 3] = ["RealESRGAN Compact", "SwinIR", "ESRGAN"];
 /// whose far edge barely matters, while the tiny fixtures are covered exactly.
 const MAX_OVERLAP: usize = 32;
 
-/// Input pixels (tiles × padded tile area) one forward takes: several tiles per call keep a GPU
-/// busy, and the bound keeps activation memory independent of the frame size.
-const TILE_BATCH_PIXELS: usize = 1 << 20;
+/// Input pixels (tiles × padded tile area) one forward takes, about eight 256-pixel tiles: several
+/// tiles per call keep a GPU busy, and the bound keeps activation memory independent of the frame
+/// size (a ×4 model holds 16× this many pixels per feature map after upsampling).
+const TILE_BATCH_PIXELS: usize = 1 << 19;
 
 /// Which network a state dict holds, detected from its keys as spandrel does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,12 @@ const SLOPE: f64 = 0.2;
 
 pub(super) fn detect(dict: &StateDict) -> bool {
     let block = "layers.0.residual_group.blocks.0";
-    dict.contains(&format!("{block}.norm1.weight"))
+    // HAT and Swin2SR have these keys too; spandrel tries them first and knows them by
+    // `relative_position_index_SA` and `patch_embed.proj` (neither is supported here).
+    let other =
+        dict.contains("relative_position_index_SA") || dict.contains("patch_embed.proj.weight");
+    !other
+        && dict.contains(&format!("{block}.norm1.weight"))
         && (dict.contains("conv_first.weight") || dict.contains("conv_first.1.weight"))
         && dict.contains(&format!("{block}.mlp.fc1.bias"))
         && dict.contains(&format!("{block}.attn.relative_position_index"))
