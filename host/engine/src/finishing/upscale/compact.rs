@@ -85,10 +85,12 @@ impl Network for Compact {
     fn padding(&self) -> Padding {
         Padding::NONE
     }
+
     /// One pixel per convolution; the pixel shuffle and the nearest base add none.
     fn receptive_radius(&self) -> usize {
         self.body.len() + 1
     }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = x.clone();
         for (conv, slopes) in &self.body {

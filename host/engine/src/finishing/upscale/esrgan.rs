@@ -293,6 +293,7 @@ impl Network for Esrgan {
     fn scale(&self) -> usize {
         self.scale
     }
+
     /// Spandrel asks for 2 pixels, and a multiple of 4 when the input is pixel-unshuffled.
     fn padding(&self) -> Padding {
         let multiple_of = if self.shuffle.is_some() { 4 } else { 1 };
@@ -302,12 +303,14 @@ impl Network for Esrgan {
             window: 1,
         }
     }
+
     /// One pixel per 3×3 convolution, counted at the network's input resolution (those after
     /// upsampling see less), times the unshuffle factor.
     fn receptive_radius(&self) -> usize {
         let convs = 2 + 15 * self.blocks.len() + self.up_convs.len() + 2;
         convs * self.shuffle.unwrap_or(1)
     }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = match self.shuffle {
             Some(factor) => candle_nn::ops::pixel_unshuffle(x, factor)?,

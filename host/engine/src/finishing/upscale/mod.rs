@@ -227,10 +227,12 @@ impl Upscaler {
             let out = self.net.forward(&Tensor::cat(&boxes, 0)?)?;
             for (i, &(_, r, c)) in chunk.iter().enumerate() {
                 let (row, col) = (&rows[r], &cols[c]);
+                // Copied out, so that the chunk's boxes are freed before the next forward.
                 cores.push(
                     out.i(i..i + 1)?
                         .narrow(2, (row.start - row.box_start) * scale, row.len * scale)?
-                        .narrow(3, (col.start - col.box_start) * scale, col.len * scale)?,
+                        .narrow(3, (col.start - col.box_start) * scale, col.len * scale)?
+                        .contiguous()?,
                 );
             }
         }

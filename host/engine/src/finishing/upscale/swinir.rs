@@ -429,6 +429,7 @@ impl Network for SwinIr {
     fn scale(&self) -> usize {
         self.reconstruction.scale()
     }
+
     /// Spandrel asks for 16 pixels; the network pads to a multiple of its window.
     fn padding(&self) -> Padding {
         Padding {
@@ -437,6 +438,7 @@ impl Network for SwinIr {
             window: self.window,
         }
     }
+
     /// A window per Swin block (attention mixes a whole window), a pixel per 3×3 convolution.
     fn receptive_radius(&self) -> usize {
         let body: usize = self
@@ -446,6 +448,7 @@ impl Network for SwinIr {
             .sum();
         1 + body + self.conv_after_body.radius() + self.reconstruction.convs()
     }
+
     /// `x`: `[B, 3, H, W]` with `H` and `W` multiples of the window.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x.broadcast_sub(&self.mean)? * self.img_range)?;
