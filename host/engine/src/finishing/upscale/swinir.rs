@@ -164,8 +164,9 @@ struct SwinBlock {
 }
 
 impl SwinBlock {
-    /// `x [B, H·W, C]` over an `h × w` grid (multiples of the window).
-    fn forward(&self, x: &Tensor, (h, w): (usize, usize), mask: &Tensor) -> Result<Tensor> {
+    /// `x [B, H·W, C]` over an `h × w` grid (multiples of the window); `mask` is that of
+    /// [`shift_mask`], present whenever a block shifts.
+    fn forward(&self, x: &Tensor, (h, w): (usize, usize), mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, _, c) = x.dims3()?;
         let ws = self.window;
         let mut y = self.norm1.forward(x)?.reshape((b, h, w, c))?;
@@ -177,7 +178,7 @@ impl SwinBlock {
             .reshape((b, h / ws, ws, w / ws, ws, c))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * (h / ws) * (w / ws), ws * ws, c))?;
-        let mask = (self.shift > 0).then_some(mask);
+        let mask = mask.filter(|_| self.shift > 0);
         let y = self
             .attn
             .forward(&windows, mask)?
@@ -203,7 +204,7 @@ struct Rstb {
 }
 
 impl Rstb {
-    fn forward(&self, x: &Tensor, size: (usize, usize), mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, size: (usize, usize), mask: Option<&Tensor>) -> Result<Tensor> {
         let mut y = x.clone();
         for block in &self.blocks {
             y = block.forward(&y, size, mask)?;
@@ -413,13 +414,21 @@ impl SwinIr {
             window,
         })
     }
+
     /// The body: patch norm, the RSTBs, the final norm, on `x [B, C, H, W]`.
     fn features(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let mask = shift_mask(h, w, self.window, x.dtype(), x.device())?;
+        let shifted = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.blocks)
+            .any(|b| b.shift > 0);
+        let mask = shifted
+            .then(|| shift_mask(h, w, self.window, x.dtype(), x.device()))
+            .transpose()?;
         let mut tokens = self.patch_norm.forward(&embed(x)?)?;
         for layer in &self.layers {
-            tokens = layer.forward(&tokens, (h, w), &mask)?;
+            tokens = layer.forward(&tokens, (h, w), mask.as_ref())?;
         }
         unembed(&self.norm.forward(&tokens)?, (h, w))
     }
