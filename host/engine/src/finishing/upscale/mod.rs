@@ -148,7 +148,7 @@ impl Upscaler {
     /// `[B, 3, H·scale, W·scale]` on the model's device: what spandrel's `ImageModelDescriptor`
     /// returns for it. With `tile = Some(n)` the frame goes through in tiles of `n × n` input
     /// pixels (rounded up to the model's alignment), each with the receptive field around it (at
-    /// most [`MAX_OVERLAP`] pixels a side) and centre-cropped, several tiles per forward; memory
+    /// most 32 pixels a side) and centre-cropped, several tiles per forward; memory
     /// then depends on the tile, not the frame.
     pub fn upscale(&self, image: &Tensor, tile: Option<usize>) -> Result<Tensor> {
         let (_, channels, h, w) = image.dims4().ok().unwrap_or_default();
