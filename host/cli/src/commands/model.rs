@@ -8,7 +8,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use videosdgx_engine::loader::{ComponentClass, component_class};
+use videosdgx_engine::finishing::{self, upscale::Upscaler};
+use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
@@ -28,12 +29,18 @@ pub enum ModelCommand {
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
+    ///
+    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth), its
+    /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
+    /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
+    /// --tile.
     Forward(ForwardArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Component folder (config.json + safetensors weights).
+    /// Component folder (config.json + safetensors weights), or a finishing model's state-dict
+    /// file.
     #[arg(long)]
     pub model: PathBuf,
     /// Safetensors file with the named input tensors.
@@ -62,6 +69,10 @@ pub struct ForwardArgs {
     /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
     #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
     pub lora_mode: LoraModeArg,
+    /// For upscalers: run in tiles of N x N input pixels (batched, overlapping by the model's
+    /// receptive field, at most 32 pixels) instead of the whole frame at once.
+    #[arg(long, value_name = "N")]
+    pub tile: Option<usize>,
     /// Print the written outputs as JSON.
     #[arg(long)]
     pub json: bool,
@@ -125,17 +136,17 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = args.dtype.into();
+    if args.model.is_file() {
+        return forward_state_dict(args, &device, dtype);
+    }
     let (class, class_name) = component_class(&args.model)?;
-    let inputs = candle_core::safetensors::load(&args.inputs, &device)
-        .with_context(|| format!("cannot read inputs {}", args.inputs.display()))?;
-    let input = |name: &str| -> Result<&Tensor> {
-        inputs.get(name).with_context(|| {
-            format!(
-                "{} has no tensor `{name}` (needed by {class_name})",
-                args.inputs.display()
-            )
-        })
-    };
+    if args.tile.is_some() {
+        bail!(
+            "--tile: {class_name} does not run in tiles (upscalers do: a state-dict file as --model)"
+        );
+    }
+    let inputs = read_inputs(&args.inputs, &device)?;
+    let input = |name: &str| input(&inputs, &args.inputs, name, &class_name);
 
     if !args.loras.is_empty() && class != ComponentClass::WanTransformer3DModel {
         bail!(
@@ -206,13 +217,8 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         }
     };
     let elapsed = started.elapsed();
-    write_outputs(&args.out, &outputs)?;
-
-    let records: Vec<serde_json::Value> = outputs
-        .iter()
-        .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
-        .collect();
-    if args.json {
+    // Hashing the LoRA files is only worth it for the JSON record.
+    let details = if args.json {
         let loras = loras
             .iter()
             .map(|lora| {
@@ -224,16 +230,85 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
-        let record = serde_json::json!({
+        serde_json::json!({ "loras": loras })
+    } else {
+        serde_json::Value::Null
+    };
+    report(args, &class_name, elapsed, &outputs, details)
+}
+
+/// `--model FILE`: a bare state dict, dispatched on the kind of finishing model its keys show.
+fn forward_state_dict(args: &ForwardArgs, device: &Device, dtype: DType) -> Result<()> {
+    if !args.loras.is_empty() {
+        bail!("--lora: LoRAs adapt diffusion transformers (a component folder as --model)");
+    }
+    let dict = StateDict::open(&args.model)?;
+    let kind = finishing::Kind::detect(&dict)?;
+    let inputs = read_inputs(&args.inputs, device)?;
+    let started = std::time::Instant::now();
+    let (name, outputs, details) = match kind {
+        finishing::Kind::Upscaler(architecture) => {
+            let model = Upscaler::from_state_dict(&dict, device, dtype)?;
+            let image = input(&inputs, &args.inputs, "image", architecture.name())?;
+            let details = serde_json::json!({
+                "architecture": model.architecture(),
+                "scale": model.scale(),
+                "tile": args.tile,
+            });
+            let image = model.upscale(image, args.tile)?;
+            (model.architecture(), vec![("image", image)], details)
+        }
+    };
+    report(args, name, started.elapsed(), &outputs, details)
+}
+
+fn read_inputs(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read inputs {}", path.display()))
+}
+
+/// Input `name` of the inputs file, or an error saying which model needed it.
+fn input<'a>(
+    inputs: &'a HashMap<String, Tensor>,
+    path: &Path,
+    name: &str,
+    needed_by: &str,
+) -> Result<&'a Tensor> {
+    inputs.get(name).with_context(|| {
+        format!(
+            "{} has no tensor `{name}` (needed by {needed_by})",
+            path.display()
+        )
+    })
+}
+
+/// Writes the outputs and prints them: one line each, or a JSON record with `details` merged in.
+fn report(
+    args: &ForwardArgs,
+    class_name: &str,
+    elapsed: std::time::Duration,
+    outputs: &[(&str, Tensor)],
+    details: serde_json::Value,
+) -> Result<()> {
+    write_outputs(&args.out, outputs)?;
+    if args.json {
+        let mut record = serde_json::json!({
             "class": class_name,
             "out": args.out,
             "seconds": elapsed.as_secs_f64(),
-            "outputs": records,
-            "loras": loras,
+            "outputs": outputs
+                .iter()
+                .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
+                .collect::<Vec<_>>(),
         });
+        if let (Some(record), serde_json::Value::Object(details)) =
+            (record.as_object_mut(), details)
+        {
+            record.extend(details);
+        }
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        for (name, t) in &outputs {
+        for (name, t) in outputs {
             println!("{name}\t{:?}", t.dims());
         }
         println!(
