@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 /// What a `Resampler` keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Table {
-    /// `interpolation_matrix(len_in, len_out)`, transposed: [len_in, len_out].
+    /// `interpolation_matrix(len_in, len_out)`: [len_out, len_in].
     Interpolation {
         len_in: usize,
         len_out: usize,
@@ -43,10 +43,7 @@ impl Resampler {
                 len_in,
                 len_out,
                 dtype,
-            } => interpolation_matrix(len_in, len_out, device)?
-                .t()?
-                .contiguous()?
-                .to_dtype(dtype)?,
+            } => interpolation_matrix(len_in, len_out, device)?.to_dtype(dtype)?,
             Table::Ramp(n) => Tensor::arange(0u32, n as u32, device)?,
         };
         tables.insert(key, table.clone());
@@ -58,8 +55,12 @@ impl Resampler {
     /// it is two matmuls with interpolation matrices (at most two non-zero taps a row): exact,
     /// and fast on the GPU. When the size is an exact multiple or divisor of the input, this also
     /// equals `scale_factor=` mode, which derives its sampling ratio from the factor instead.
+    ///
+    /// Neither pass moves the image: along W the rows of all planes are one [B·C·H, W] matrix
+    /// times [W, out_w]; along H one [out_h, H] matrix, broadcast over the planes with a zero
+    /// batch stride (no copy), times each [H, out_w] plane.
     pub fn resize_bilinear(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+        let (b, c, h, w) = x.dims4()?;
         let matrix = |len_in, len_out| {
             let key = Table::Interpolation {
                 len_in,
@@ -70,17 +71,12 @@ impl Resampler {
         };
         let mut x = x.clone();
         if w != out_w {
-            // [.., H, W] @ [W, out_w]
-            x = x.contiguous()?.broadcast_matmul(&matrix(w, out_w)?)?;
+            x = x.contiguous()?.broadcast_matmul(&matrix(w, out_w)?.t()?)?;
         }
         if h != out_h {
-            // Along H on the transposed image, so that the matrix again is the right-hand factor.
-            x = x
-                .transpose(2, 3)?
-                .contiguous()?
-                .broadcast_matmul(&matrix(h, out_h)?)?
-                .transpose(2, 3)?
-                .contiguous()?;
+            x = matrix(h, out_h)?
+                .broadcast_as((b, c, out_h, h))?
+                .matmul(&x.contiguous()?)?;
         }
         Ok(x)
     }
