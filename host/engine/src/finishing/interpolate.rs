@@ -122,19 +122,23 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
         "{path}: not a RIFE flownet (no `block0.conv0.0.0.weight` / `block0.lastconv.0.weight`); known versions: {}",
         known_versions()
     );
+    // Dimension `i` of a tensor the detection reads, or an error naming it (never a panic).
+    let dim = |name: &str, i: usize| -> Result<usize> {
+        let shape = dict.shape(name)?;
+        shape.get(i).copied().with_context(|| {
+            format!("{path}: tensor `{name}` has shape {shape:?}, not a convolution weight")
+        })
+    };
     let mut widths = Vec::new();
     while dict.contains(&format!("block{}.conv0.1.0.weight", widths.len())) {
-        widths.push(dict.shape(&format!("block{}.conv0.1.0.weight", widths.len()))?[0]);
+        widths.push(dim(&format!("block{}.conv0.1.0.weight", widths.len()), 0)?);
     }
     let head = if dict.contains("encode.cnn0.weight") {
-        Some((
-            dict.shape("encode.cnn0.weight")?[0],
-            dict.shape("encode.cnn3.weight")?[1],
-        ))
+        Some((dim("encode.cnn0.weight", 0)?, dim("encode.cnn3.weight", 1)?))
     } else {
         None
     };
-    let lastconv = dict.shape("block0.lastconv.0.weight")?[1];
+    let lastconv = dim("block0.lastconv.0.weight", 1)?;
     VARIANTS
         .iter()
         .find(|v| v.widths == widths && v.head == head && v.features == (lastconv == 4 * 13))
@@ -148,7 +152,7 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
 }
 
 fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    // LeakyReLU(0.2) as max(x, 0.2·x): one op fewer than candle_nn's max/min form.
+    // LeakyReLU(0.2) as max(x, 0.2·x): two ops where candle_nn's max/min form takes five.
     x.maximum(&(x * 0.2)?)
 }
 
