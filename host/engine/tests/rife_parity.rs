@@ -247,3 +247,25 @@ fn forward_wants_the_nets_multiple_and_interpolate_a_timestep_between() {
     assert!(out.min_all().unwrap().to_scalar::<f32>().unwrap() >= 0.0);
     assert!(out.max_all().unwrap().to_scalar::<f32>().unwrap() <= 1.0);
 }
+
+#[test]
+fn half_precision_stays_close_to_the_f32_reference() {
+    // f16 on the CPU as a stand-in for the GPU's bf16 (candle's CPU matmul has no bf16): the
+    // casts around the f32 warp and the resize matrices in the model's dtype are exercised.
+    let scratch = tempfile::tempdir().unwrap();
+    for version in ["4.6", "4.25"] {
+        let rife = Rife::load(
+            &rife_fixtures::flownet(version, scratch.path()),
+            &Device::Cpu,
+            DType::F16,
+        )
+        .unwrap();
+        let inputs = rife_fixtures::load(version, "inputs.safetensors");
+        let outputs = rife_fixtures::load(version, "outputs.safetensors");
+        let out = rife.forward(&inputs["img0"], &inputs["img1"], 0.5).unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        let err = relative_error(&out, &outputs["image"]).unwrap();
+        eprintln!("{version} f16: relative error {err:.2e}");
+        assert!(err <= 2e-2, "{version} f16: relative error {err:e}");
+    }
+}
