@@ -446,10 +446,12 @@ impl Rife {
         let rgb = |x: &Tensor| x.narrow(1, 0, 3);
         let encoded = |x: &Tensor| x.narrow(1, 3, x.dim(1)? - 3);
 
-        let mut state: Option<BlockOutput> = None;
-        let (mut warped0, mut warped1) = (src0.clone(), src1.clone());
+        // After each block: its estimate, and both sources warped by its flow ([2B, ..] like
+        // `sources`), which is what the next block reads (the reference warps the features there,
+        // with this same flow).
+        let mut state: Option<(BlockOutput, Tensor)> = None;
         for (i, (block, &scale)) in self.blocks.iter().zip(self.variant.scales).enumerate() {
-            let next = match state.take() {
+            let estimate = match state.take() {
                 None => {
                     // [img0, img1, f0, f1, t]
                     let mut parts = vec![rgb(&src0)?, rgb(&src1)?];
@@ -459,8 +461,9 @@ impl Rife {
                     parts.push(timestep.clone());
                     block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?
                 }
-                Some(prev) => {
+                Some((prev, warped)) => {
                     // [warped img0, warped img1, warped f0, warped f1, t, mask, features, flow]
+                    let (warped0, warped1) = split(&warped)?;
                     let mut parts = vec![rgb(&warped0)?, rgb(&warped1)?];
                     if self.head.is_some() {
                         parts.extend([encoded(&warped0)?, encoded(&warped1)?]);
@@ -481,19 +484,20 @@ impl Rife {
                     }
                 }
             };
-            // The last block's warp needs only the frames; earlier ones also warp the features
-            // for the next block (the reference warps them there, with this same flow).
-            let last = i + 1 == self.blocks.len();
-            let (a, b_) = if last {
-                (rgb(&src0)?, rgb(&src1)?)
+            // The last warp needs only the frames.
+            let image = if i + 1 == self.blocks.len() {
+                rgb(&sources)?
             } else {
-                (src0.clone(), src1.clone())
+                sources.clone()
             };
-            let flows = Tensor::cat(&[next.flow.narrow(1, 0, 2)?, next.flow.narrow(1, 2, 2)?], 0)?;
-            (warped0, warped1) = split(&self.resampler.warp(&Tensor::cat(&[a, b_], 0)?, &flows)?)?;
-            state = Some(next);
+            let flow = &estimate.flow;
+            let flows = Tensor::cat(&[flow.narrow(1, 0, 2)?, flow.narrow(1, 2, 2)?], 0)?;
+            let warped = self.resampler.warp(&image, &flows)?;
+            state = Some((estimate, warped));
         }
-        let mask = candle_nn::ops::sigmoid(&state.expect("IFNet has blocks").mask)?;
+        let (estimate, warped) = state.expect("IFNet has blocks");
+        let (warped0, warped1) = split(&warped)?;
+        let mask = candle_nn::ops::sigmoid(&estimate.mask)?;
         let keep = (1.0 - &mask)?;
         warped0.broadcast_mul(&mask)? + warped1.broadcast_mul(&keep)?
     }
