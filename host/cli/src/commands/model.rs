@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use videosdgx_engine::finishing::{self, upscale::Upscaler};
+use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
@@ -256,10 +256,29 @@ fn forward_state_dict(args: &ForwardArgs, device: &Device, dtype: DType) -> Resu
                 "tile": args.tile,
             });
             let image = model.upscale(image, args.tile)?;
-            (model.architecture(), vec![("image", image)], details)
+            (
+                model.architecture().to_string(),
+                vec![("image", image)],
+                details,
+            )
+        }
+        finishing::Kind::Interpolator => {
+            if args.tile.is_some() {
+                bail!("--tile: RIFE does not run in tiles (upscalers do)");
+            }
+            let rife = Rife::from_state_dict(&dict, device, dtype)?;
+            let name = format!("RIFE {}", rife.version());
+            let input = |tensor: &str| input(&inputs, &args.inputs, tensor, &name);
+            let timestep = input("timestep")?.to_dtype(DType::F32)?.flatten_all()?;
+            let [timestep] = timestep.to_vec1::<f32>()?[..] else {
+                bail!("`timestep` must hold one value, not {:?}", timestep.dims());
+            };
+            let image = rife.forward(input("img0")?, input("img1")?, timestep)?;
+            let details = serde_json::json!({ "version": rife.version() });
+            (name, vec![("image", image)], details)
         }
     };
-    report(args, name, started.elapsed(), &outputs, details)
+    report(args, &name, started.elapsed(), &outputs, details)
 }
 
 fn read_inputs(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {

@@ -2,6 +2,9 @@
 //! Upscalers and RIFE frame interpolation are loaded from the bare state dicts users download
 //! (`loader::StateDict`), their architecture read from the keys as spandrel does.
 
+pub mod interpolate;
+pub mod resample;
+pub mod scene_cut;
 pub mod upscale;
 
 use crate::loader::StateDict;
@@ -11,6 +14,8 @@ use crate::loader::StateDict;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Upscaler(upscale::Architecture),
+    /// A RIFE v4.x flownet (its version is told apart when it loads).
+    Interpolator,
 }
 
 impl Kind {
@@ -19,10 +24,15 @@ impl Kind {
         if let Some(architecture) = upscale::Architecture::detect(dict) {
             return Ok(Self::Upscaler(architecture));
         }
+        if interpolate::is_rife_flownet(dict) {
+            return Ok(Self::Interpolator);
+        }
         anyhow::bail!(
-            "{}: not a finishing model this build knows; its keys match none of the upscalers ({})",
+            "{}: not a finishing model this build knows; its keys match none of the upscalers ({}) \
+             nor a RIFE flownet ({})",
             dict.path().display(),
-            upscale::ARCHITECTURES.join(", ")
+            upscale::ARCHITECTURES.join(", "),
+            interpolate::known_versions()
         )
     }
 }
