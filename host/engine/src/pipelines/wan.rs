@@ -11,8 +11,10 @@
 //! models already in memory (the GPU benchmark's random weights). A pipeline without a
 //! [`TextSide`] runs only on prompt embeddings given in [`GenerateInputs`]. The LoRAs of
 //! [`GenerateParams::loras`] are applied to the transformer(s) before each generation
-//! ([`WanPipeline::set_loras`]; nothing is done when they are the ones applied already). This
-//! module never writes files.
+//! ([`WanPipeline::set_loras`]; nothing is done when they are the ones applied already). With
+//! [`GenerateParams::cache`], each transformer (each Wan 2.2 expert) gets a [`StepCache`] whose
+//! guidance branches keep their own state, and the output reports the steps each branch computed.
+//! This module never writes files.
 
 use super::prompt::encode_prompt;
 use super::{
@@ -25,6 +27,9 @@ use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
 use crate::models::wan_transformer::WanTransformer3DModel;
 use crate::schedulers::Scheduler;
+use crate::schedulers::step_cache::{
+    CacheMethod, CacheReport, CacheScope, Calibration, StepCache, Wan21Checkpoint,
+};
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::AutoencoderKLWan;
 use anyhow::{Context, Result, bail};
@@ -115,6 +120,9 @@ pub struct WanPipeline {
     /// The LoRA files applied now, kept mapped so that a change of strengths reads no header
     /// again.
     lora_files: Vec<Arc<LoraFile>>,
+    /// TeaCache/MagCache tables from `transformer/step_cache.json`, which take precedence over the
+    /// published ones (see [`WanPipeline::calibration`]).
+    calibration: Option<Calibration>,
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -131,8 +139,8 @@ impl WanPipeline {
         let index = read_pipeline_index(dir)?;
         let setting = |key: &str| index.settings.get(key).cloned().unwrap_or_default();
         let has = |name: &str| index.component(name).is_some();
-        let transformer =
-            WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
+        let transformer_dir = component(dir, "transformer")?;
+        let transformer = WanTransformer3DModel::load(&transformer_dir, device, dtype)?;
         let transformer_2 = match (has("transformer_2"), setting("boundary_ratio").as_f64()) {
             (true, Some(ratio)) => Some((
                 WanTransformer3DModel::load(&component(dir, "transformer_2")?, device, dtype)?,
@@ -154,7 +162,7 @@ impl WanPipeline {
         };
         let scheduler_config =
             read_config(&component(dir, "scheduler")?.join("scheduler_config.json"))?;
-        Self::from_parts(
+        let mut pipeline = Self::from_parts(
             WanParts {
                 transformer,
                 transformer_2,
@@ -167,7 +175,9 @@ impl WanPipeline {
             },
             device,
             dtype,
-        )
+        )?;
+        pipeline.calibration = Calibration::load(&transformer_dir)?;
+        Ok(pipeline)
     }
 
     /// A pipeline over models already in memory. `dtype` is the one the text and image encoders
@@ -188,6 +198,7 @@ impl WanPipeline {
             scheduler_config: parts.scheduler_config,
             expand_timesteps: parts.expand_timesteps,
             lora_files: Vec::new(),
+            calibration: None,
         })
     }
 
@@ -279,6 +290,72 @@ impl WanPipeline {
         } else {
             StartImage::Unsupported
         }
+    }
+
+    /// The TeaCache/MagCache tables of this checkpoint: `transformer/step_cache.json` when the
+    /// pipeline has one, else the published tables of the Wan 2.1 checkpoint its transformer config
+    /// describes (the references pick them by checkpoint directory name): 1536 wide with 30 layers
+    /// is T2V-1.3B, 5120 wide with 40 layers T2V-14B, or I2V-14B with 36 input channels and a
+    /// 1280-wide image branch, 480P or 720P as the pipeline's name says. Wan 2.2 and other
+    /// checkpoints have no published Wan 2.1 tables: an error says so.
+    pub fn calibration(&self) -> Result<Calibration> {
+        if let Some(calibration) = &self.calibration {
+            return Ok(calibration.clone());
+        }
+        let c = self.transformer.config();
+        let wan21 = self.transformer_2.is_none() && !self.expand_timesteps;
+        let shape = (
+            c.in_channels,
+            c.image_dim,
+            c.pos_embed_seq_len,
+            c.inner_dim(),
+            c.num_layers,
+        );
+        let name = self.name.to_ascii_uppercase();
+        let checkpoint = match shape {
+            _ if !wan21 => None,
+            (16, None, None, 1536, 30) => Some(Wan21Checkpoint::T2v1_3B),
+            (16, None, None, 5120, 40) => Some(Wan21Checkpoint::T2v14B),
+            (36, Some(1280), None, 5120, 40) if name.contains("720P") => {
+                Some(Wan21Checkpoint::I2v14B720P)
+            }
+            (36, Some(1280), None, 5120, 40) if name.contains("480P") => {
+                Some(Wan21Checkpoint::I2v14B480P)
+            }
+            (36, Some(1280), None, 5120, 40) => bail!(
+                "{}: a Wan 2.1 I2V-14B checkpoint, but its name says neither 480P nor 720P, which picks the calibrated step-cache table",
+                self.name
+            ),
+            _ => None,
+        };
+        match checkpoint {
+            Some(checkpoint) => Ok(Calibration::wan21(checkpoint)),
+            None => bail!(
+                "{}: TeaCache and MagCache need a table calibrated for the checkpoint, published only for Wan 2.1 T2V-1.3B, T2V-14B and I2V-14B 480P/720P; give transformer/step_cache.json or use easycache",
+                self.name
+            ),
+        }
+    }
+
+    /// One [`StepCache`] per transformer for a generation of `steps` steps, or none.
+    fn step_caches(
+        &self,
+        params: &GenerateParams,
+        steps: usize,
+        branches: usize,
+    ) -> Result<Vec<StepCache>> {
+        let Some(spec) = params.cache else {
+            return Ok(Vec::new());
+        };
+        let calibration = match spec.method {
+            CacheMethod::EasyCache => None,
+            CacheMethod::TeaCache | CacheMethod::MagCache => Some(self.calibration()?),
+        };
+        let experts = 1 + usize::from(self.transformer_2.is_some());
+        (0..experts)
+            .map(|_| StepCache::new(spec, steps, branches, calibration.as_ref()))
+            .collect::<Result<_>>()
+            .with_context(|| format!("{}: cache {spec}", self.name))
     }
 
     pub fn generate(
@@ -470,22 +547,32 @@ impl WanPipeline {
             .as_ref()
             .map(|(_, ratio)| ratio * scheduler.num_train_timesteps() as f64);
         let timesteps = scheduler.timesteps().to_vec();
+        let branches = 1 + usize::from(negative_embeds.is_some());
+        let mut caches = self.step_caches(params, timesteps.len(), branches)?;
 
         // 4. Denoising.
         report(Stage::Denoising, 0, timesteps.len())?;
         for (i, &t) in timesteps.iter().enumerate() {
             let low_noise = boundary.is_some_and(|b| t < b);
-            let (model, guidance) = match (&self.transformer_2, low_noise) {
-                (Some((expert, _)), true) => (expert, params.guidance_2.unwrap_or(params.guidance)),
-                _ => (&self.transformer, params.guidance),
+            let (model, guidance, expert) = match (&self.transformer_2, low_noise) {
+                (Some((expert, _)), true) => {
+                    (expert, params.guidance_2.unwrap_or(params.guidance), 1)
+                }
+                _ => (&self.transformer, params.guidance, 0),
             };
+            let mut cache = caches.get_mut(expert);
             let (input, timestep) = self.model_input(&latents, condition.as_ref(), t)?;
             let input = input.to_dtype(text_dtype)?;
-            let cond = model.forward(&input, &timestep, &prompt_embeds, image_embeds.as_ref())?;
+            let call = |text| ModelCall {
+                input: &input,
+                timestep: &timestep,
+                text,
+                image: image_embeds.as_ref(),
+            };
+            let cond = predict(model, cache.as_deref_mut(), i, 0, call(&prompt_embeds))?;
             let prediction = match &negative_embeds {
                 Some(negative) => {
-                    let uncond =
-                        model.forward(&input, &timestep, negative, image_embeds.as_ref())?;
+                    let uncond = predict(model, cache.as_deref_mut(), i, 1, call(negative))?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
                 None => cond,
@@ -512,6 +599,7 @@ impl WanPipeline {
             fps: WAN_FPS,
             latents,
             loras,
+            cache: params.cache.map(|spec| CacheReport::merge(spec, &caches)),
         })
     }
 
@@ -599,6 +687,54 @@ impl WanPipeline {
             .transpose(1, 2)?
             .contiguous()?;
         Ok(Condition::Channels(Tensor::cat(&[mask, latent], 1)?))
+    }
+}
+
+/// The inputs of one transformer call.
+struct ModelCall<'a> {
+    input: &'a Tensor,
+    timestep: &'a Tensor,
+    text: &'a Tensor,
+    image: Option<&'a Tensor>,
+}
+
+/// One transformer call at `step` for guidance `branch` (0 cond, 1 uncond), through `cache` when
+/// there is one: the cache decides whether the blocks (or, for EasyCache, the whole call) run or
+/// their stored residual is added instead.
+fn predict(
+    model: &WanTransformer3DModel,
+    cache: Option<&mut StepCache>,
+    step: usize,
+    branch: usize,
+    call: ModelCall,
+) -> Result<Tensor> {
+    let forward = || model.forward(call.input, call.timestep, call.text, call.image);
+    let Some(cache) = cache else {
+        return Ok(forward()?);
+    };
+    match cache.scope() {
+        CacheScope::Model => {
+            // The residual is taken over the latents alone, without I2V's condition channels, as
+            // the reference takes it over `x` before concatenating `y`.
+            let latents = call.input.narrow(1, 0, model.config().out_channels())?;
+            if cache.reuse(step, branch, &latents)? {
+                return cache.apply(branch, &latents);
+            }
+            let output = forward()?;
+            cache.computed(branch, &latents, &output)?;
+            Ok(output)
+        }
+        CacheScope::Blocks => {
+            let embedded = model.embed(call.input, call.timestep, call.text, call.image)?;
+            let hidden = if cache.reuse(step, branch, &embedded.temb)? {
+                cache.apply(branch, &embedded.hidden)?
+            } else {
+                let hidden = model.blocks(&embedded)?;
+                cache.computed(branch, &embedded.hidden, &hidden)?;
+                hidden
+            };
+            Ok(model.head(&embedded, &hidden)?)
+        }
     }
 }
 
