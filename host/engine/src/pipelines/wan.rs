@@ -572,7 +572,7 @@ impl WanPipeline {
             let cond = predict(model, cache.as_deref_mut(), i, 0, call(&prompt_embeds))?;
             let prediction = match &negative_embeds {
                 Some(negative) => {
-                    let uncond = predict(model, cache.as_deref_mut(), i, 1, call(negative))?;
+                    let uncond = predict(model, cache, i, 1, call(negative))?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
                 None => cond,

@@ -58,7 +58,7 @@ impl MagCache {
         steps: usize,
         branches: usize,
     ) -> Result<Self> {
-        if table.len() < 2 || table.len() % 2 != 0 {
+        if table.len() < 2 || !table.len().is_multiple_of(2) {
             bail!(
                 "MagCache magnitude ratios must come in cond/uncond pairs, got {} values",
                 table.len()
