@@ -212,3 +212,15 @@ fn easycache_runs_each_wan22_expert_with_its_own_state() {
     assert_eq!(report.skipped.cond, [7, 8]);
     assert_eq!(report.skipped.uncond, [7, 8]);
 }
+
+#[test]
+fn without_guidance_only_the_cond_branch_is_cached() {
+    let mut p = params(10, Some(CacheSpec::new(CacheMethod::MagCache)));
+    p.guidance = 1.0;
+    let report = generate("tiny-wan-t2v", &p).unwrap().cache.unwrap();
+    assert!(report.computed.uncond.is_empty() && report.skipped.uncond.is_empty());
+    assert_eq!(report.computed.len() + report.skipped.len(), 10);
+    // One branch: int(10 * 0.2) = 2 calls, steps 0 and 1, always compute.
+    assert_eq!(report.computed.cond[..2], [0, 1]);
+    assert!(!report.skipped.cond.is_empty(), "{report:?}");
+}

@@ -25,7 +25,7 @@ use crate::loader::{read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
-use crate::models::wan_transformer::WanTransformer3DModel;
+use crate::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
 use crate::schedulers::Scheduler;
 use crate::schedulers::step_cache::{
     CacheMethod, CacheReport, CacheScope, Calibration, StepCache, Wan21Checkpoint,
@@ -294,39 +294,17 @@ impl WanPipeline {
 
     /// The TeaCache/MagCache tables of this checkpoint: `transformer/step_cache.json` when the
     /// pipeline has one, else the published tables of the Wan 2.1 checkpoint its transformer config
-    /// describes (the references pick them by checkpoint directory name): 1536 wide with 30 layers
-    /// is T2V-1.3B, 5120 wide with 40 layers T2V-14B, or I2V-14B with 36 input channels and a
-    /// 1280-wide image branch, 480P or 720P as the pipeline's name says. Wan 2.2 and other
-    /// checkpoints have no published Wan 2.1 tables: an error says so.
+    /// describes ([`wan21_checkpoint`]). Wan 2.2 and other checkpoints have no published tables:
+    /// an error says so.
     pub fn calibration(&self) -> Result<Calibration> {
         if let Some(calibration) = &self.calibration {
             return Ok(calibration.clone());
         }
-        let c = self.transformer.config();
         let wan21 = self.transformer_2.is_none() && !self.expand_timesteps;
-        let shape = (
-            c.in_channels,
-            c.image_dim,
-            c.pos_embed_seq_len,
-            c.inner_dim(),
-            c.num_layers,
-        );
-        let name = self.name.to_ascii_uppercase();
-        let checkpoint = match shape {
-            _ if !wan21 => None,
-            (16, None, None, 1536, 30) => Some(Wan21Checkpoint::T2v1_3B),
-            (16, None, None, 5120, 40) => Some(Wan21Checkpoint::T2v14B),
-            (36, Some(1280), None, 5120, 40) if name.contains("720P") => {
-                Some(Wan21Checkpoint::I2v14B720P)
-            }
-            (36, Some(1280), None, 5120, 40) if name.contains("480P") => {
-                Some(Wan21Checkpoint::I2v14B480P)
-            }
-            (36, Some(1280), None, 5120, 40) => bail!(
-                "{}: a Wan 2.1 I2V-14B checkpoint, but its name says neither 480P nor 720P, which picks the calibrated step-cache table",
-                self.name
-            ),
-            _ => None,
+        let checkpoint = if wan21 {
+            wan21_checkpoint(self.transformer.config(), &self.name)?
+        } else {
+            None
         };
         match checkpoint {
             Some(checkpoint) => Ok(Calibration::wan21(checkpoint)),
@@ -690,6 +668,38 @@ impl WanPipeline {
     }
 }
 
+/// The Wan 2.1 checkpoint a transformer config describes, for its published step-cache tables
+/// (the references pick them by checkpoint directory name): 1536 wide with 30 layers is T2V-1.3B,
+/// 5120 wide with 40 layers T2V-14B, 36 input channels with a 1280-wide image branch I2V-14B,
+/// 480P or 720P as the last component of `name` (the pipeline directory) says, in any case.
+fn wan21_checkpoint(c: &WanTransformerConfig, name: &str) -> Result<Option<Wan21Checkpoint>> {
+    let folder = Path::new(name)
+        .file_name()
+        .map_or(name.to_string(), |n| n.to_string_lossy().into_owned())
+        .to_ascii_uppercase();
+    let shape = (
+        c.in_channels,
+        c.image_dim,
+        c.pos_embed_seq_len,
+        c.inner_dim(),
+        c.num_layers,
+    );
+    Ok(match shape {
+        (16, None, None, 1536, 30) => Some(Wan21Checkpoint::T2v1_3B),
+        (16, None, None, 5120, 40) => Some(Wan21Checkpoint::T2v14B),
+        (36, Some(1280), None, 5120, 40) if folder.contains("720P") => {
+            Some(Wan21Checkpoint::I2v14B720P)
+        }
+        (36, Some(1280), None, 5120, 40) if folder.contains("480P") => {
+            Some(Wan21Checkpoint::I2v14B480P)
+        }
+        (36, Some(1280), None, 5120, 40) => bail!(
+            "{name}: a Wan 2.1 I2V-14B checkpoint whose folder name says neither 480P nor 720P, which picks its step-cache table"
+        ),
+        _ => None,
+    })
+}
+
 /// The inputs of one transformer call.
 struct ModelCall<'a> {
     input: &'a Tensor,
@@ -786,4 +796,57 @@ fn image_tensor(img: &image::RgbImage, h: usize, w: usize, device: &Device) -> R
         .to_dtype(DType::F32)?
         .permute((2, 0, 1))?;
     Ok(((t / 127.5)? - 1.0)?.reshape((1, 3, 1, h, w))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published diffusers configs' dimensions (Wan-AI/Wan2.1-*-Diffusers).
+    fn config(
+        in_channels: usize,
+        image_dim: Option<usize>,
+        heads: usize,
+        layers: usize,
+    ) -> WanTransformerConfig {
+        WanTransformerConfig {
+            in_channels,
+            image_dim,
+            num_attention_heads: heads,
+            attention_head_dim: 128,
+            num_layers: layers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wan21_checkpoints_are_told_apart_by_config_and_folder_name() {
+        let pick = |c: &WanTransformerConfig, name: &str| wan21_checkpoint(c, name).unwrap();
+        let t2v_small = config(16, None, 12, 30);
+        let t2v = config(16, None, 40, 40);
+        let i2v = config(36, Some(1280), 40, 40);
+        assert_eq!(pick(&t2v_small, "m"), Some(Wan21Checkpoint::T2v1_3B));
+        assert_eq!(pick(&t2v, "m"), Some(Wan21Checkpoint::T2v14B));
+        assert_eq!(
+            pick(&i2v, "/models/Wan2.1-I2V-14B-480P-Diffusers"),
+            Some(Wan21Checkpoint::I2v14B480P)
+        );
+        assert_eq!(
+            pick(&i2v, "/models/480p/wan2.1-i2v-14b-720p/"),
+            Some(Wan21Checkpoint::I2v14B720P),
+            "the folder's own name decides"
+        );
+        let err = wan21_checkpoint(&i2v, "/models/i2v")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither 480P nor 720P"), "{err}");
+        // FLF2V (learned image position embedding), TI2V-5B and anything else: no table.
+        let flf2v = WanTransformerConfig {
+            pos_embed_seq_len: Some(514),
+            ..i2v.clone()
+        };
+        assert_eq!(pick(&flf2v, "Wan2.1-FLF2V-14B-720P"), None);
+        assert_eq!(pick(&config(48, None, 24, 30), "Wan2.2-TI2V-5B"), None);
+        assert_eq!(pick(&config(4, None, 2, 2), "tiny"), None);
+    }
 }
