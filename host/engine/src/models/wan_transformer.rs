@@ -885,7 +885,8 @@ impl WanTransformer3DModel {
 pub struct WanEmbedded {
     /// Patch tokens entering the first block, `[B, L, dim]`.
     pub hidden: Tensor,
-    /// The time embedding `[B, S, dim]` (the original Wan's `e`), which TeaCache watches.
+    /// The time embedding `[B, S, dim]` (the original Wan's `e`), which TeaCache watches; in the
+    /// model's dtype, as diffusers keeps it (the original keeps it in f32).
     pub temb: Tensor,
     timestep_proj: Tensor,
     context: Tensor,

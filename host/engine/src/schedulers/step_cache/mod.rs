@@ -376,7 +376,7 @@ impl StepCache {
     }
 }
 
-/// `mean(|a - b|)` (`mean(|a|)` without `b`) in f32, as the references reduce on the GPU.
+/// `mean(|a - b|)` (`mean(|a|)` without `b`) in f32, as the references' torch reductions give it.
 fn mean_abs(a: &Tensor, b: Option<&Tensor>) -> Result<f32> {
     let a = a.to_dtype(candle_core::DType::F32)?;
     let x = match b {
