@@ -4,13 +4,16 @@
 //! prompt embeddings, f32 on the CPU. Each method must compute and skip exactly the steps the
 //! reference does, per guidance branch, and give the reference's cached video (which differs from
 //! the uncached one by more than the tolerance, so a cache that recomputes or reuses the wrong
-//! residual fails). Also: the built-in Wan 2.1 tables against the reference sources, a clear error
-//! where a checkpoint has no calibration, and one cache per Wan 2.2 expert.
+//! residual fails); EasyCache also on the tiny I2V pipeline. Also: the built-in Wan 2.1 tables
+//! against the reference sources, a clear error where a checkpoint has no calibration, one cache
+//! per Wan 2.2 expert, and guidance off.
 
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, GeneratedVideo, WanPipeline};
+use videosdgx_engine::pipelines::{
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, WanPipeline,
+};
 use videosdgx_engine::schedulers::step_cache::{
     BranchSteps, CacheMethod, CacheSpec, Calibration, Wan21Checkpoint,
 };
@@ -135,6 +138,47 @@ fn magcache_skips_what_the_reference_and_diffusers_hook_skip() {
 #[test]
 fn easycache_skips_what_the_reference_skips() {
     matches_reference(CacheMethod::EasyCache);
+}
+
+/// I2V: the transformer takes the latents plus 8 condition channels; EasyCache's residual spans
+/// the latents alone, as the reference's `x` before `y` is concatenated.
+#[test]
+fn easycache_on_image_to_video_skips_what_the_reference_skips() {
+    let record = record();
+    let case = &record["cases"]["easycache_i2v"];
+    let dir = fixtures().join("tiny-wan-i2v");
+    let mut stored =
+        candle_core::safetensors::load(dir.join("reference/i2v.safetensors"), &Device::Cpu)
+            .unwrap();
+    let inputs = GenerateInputs {
+        latents: stored.remove("latents"),
+        prompt_embeds: stored.remove("prompt_embeds"),
+        negative_prompt_embeds: stored.remove("negative_prompt_embeds"),
+    };
+    let mut p = params(
+        10,
+        Some(CacheSpec {
+            method: CacheMethod::EasyCache,
+            threshold: case["threshold"].as_f64().unwrap(),
+        }),
+    );
+    p.start_image = Some(ImageInput::Path(dir.join("reference/start.png")));
+    let mut pipeline = WanPipeline::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let video = pipeline
+        .generate_with(&p, inputs, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let report = video.cache.unwrap();
+    assert_eq!(report.computed, steps(&case["computed"]), "computed steps");
+    assert_eq!(report.skipped, steps(&case["skipped"]), "skipped steps");
+    let cached = tensor("step_cache_videos.safetensors", "i2v_easycache");
+    let uncached = tensor("step_cache_videos.safetensors", "i2v_no_cache");
+    let err = rel_err(&video.frames, &cached);
+    assert!(err <= TOLERANCE, "relative error {err:e}");
+    let apart = rel_err(&uncached, &cached);
+    assert!(
+        apart > TOLERANCE && err < apart / 10.0,
+        "{apart:e} apart, ours {err:e}"
+    );
 }
 
 #[test]
