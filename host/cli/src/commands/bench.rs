@@ -2,12 +2,14 @@
 //! published shapes, timed with CUDA events (median after warm-up). `bench wan --component pipeline`
 //! instead times a whole generation through the engine's `WanPipeline` (module `gpu::pipeline`), in
 //! wall clock between device synchronisations. Reports only what was measured in this process on
-//! this GPU; it never loads model files or writes anything.
+//! this GPU; it never loads model files or writes anything. `bench upscale` and `bench interpolate`
+//! (module `frames`, any build) time a finishing model's state dict on a clip of random frames.
 //!
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
 
 mod configs;
+mod frames;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
@@ -22,6 +24,10 @@ pub enum BenchCommand {
     /// A language model at a preset's published size with random weights: prefill, greedy
     /// decoding through the KV cache, and the text-encoder call (every hidden state).
     Llm(LlmArgs),
+    /// An upscaler state dict on a clip of random frames (every frame, in batches).
+    Upscale(frames::FramesArgs),
+    /// A RIFE flownet on a clip of random frames: x2, the frame between each pair of neighbours.
+    Interpolate(frames::FramesArgs),
 }
 
 /// Language models whose published configs `bench llm` builds.
@@ -222,12 +228,18 @@ pub fn token_grid(
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match &cmd {
+        BenchCommand::Upscale(args) => return frames::upscale(args),
+        BenchCommand::Interpolate(args) => return frames::interpolate(args),
+        _ => {}
+    }
     #[cfg(feature = "cuda")]
     {
         match cmd {
             BenchCommand::Wan(args) => gpu::wan(&args),
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
+            BenchCommand::Upscale(_) | BenchCommand::Interpolate(_) => unreachable!("run above"),
         }
     }
     #[cfg(not(feature = "cuda"))]
