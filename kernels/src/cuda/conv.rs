@@ -186,9 +186,9 @@ struct Plan {
     workspace: usize,
 }
 
-/// Everything that decides cuDNN's choice: data type, window channels, size, output channels,
-/// kernel size, padding and stride.
-type PlanKey = (DeviceId, [usize; 9]);
+/// Everything that decides cuDNN's choice: data type, images per call, window channels, size,
+/// output channels, kernel size, padding and stride.
+type PlanKey = (DeviceId, [usize; 10]);
 
 fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
     static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
