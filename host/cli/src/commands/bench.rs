@@ -8,6 +8,7 @@
 //! rate is bytes in and out over time.
 
 mod configs;
+mod finish;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
@@ -22,6 +23,10 @@ pub enum BenchCommand {
     /// A language model at a preset's published size with random weights: prefill, greedy
     /// decoding through the KV cache, and the text-encoder call (every hidden state).
     Llm(LlmArgs),
+    /// H.264 encoding speed and bit rate at a finish target's size and rate (`4k24`), on the CPU.
+    Encode(finish::EncodeArgs),
+    /// The streaming finish of a clip (decode, RIFE, upscale, resize, encode), time per stage.
+    Finish(finish::FinishArgs),
 }
 
 /// Language models whose published configs `bench llm` builds.
@@ -228,10 +233,18 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Wan(args) => gpu::wan(&args),
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
+            BenchCommand::Encode(args) => finish::encode(&args),
+            BenchCommand::Finish(args) => finish::finish(&args),
         }
     }
     #[cfg(not(feature = "cuda"))]
     {
+        // The finishing path runs on the CPU too.
+        match &cmd {
+            BenchCommand::Encode(args) => return finish::encode(args),
+            BenchCommand::Finish(args) => return finish::finish(args),
+            _ => {}
+        }
         // Sizes the preset cannot take are refused first, as the GPU build would.
         if let BenchCommand::Wan(args) = &cmd {
             token_grid(&args.preset.shape(), args.height, args.width, args.frames)?;
