@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::StudioError;
+use crate::finishing::{Finished, NO_INTERPOLATOR, NO_UPSCALER};
 use crate::generation::{Length, RenderSettings, VideoRequest};
 use crate::jobs::{self, JobState, NewJob};
 use crate::language::{self, ChatAnswer, ChatRequest, ChatSettings, ChatTurn, Finish};
@@ -18,6 +19,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use videosdgx_engine::finishing::finish::FinishTarget;
 use videosdgx_engine::video;
 use videosdgx_plugin_host::types::{
     AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem, TransitionKind,
@@ -245,6 +247,62 @@ impl StudioServices {
             Ok(output.asset)
         })
         .await
+    }
+
+    /// Runs a `finish` job of a video asset of the bound project to `target` and waits for the
+    /// new asset; like [`StudioServices::ask`], the plugin's job shows its progress and
+    /// stopping the call cancels it.
+    async fn finish(&self, asset_id: &str, target: String) -> Result<AssetInfo, PluginError> {
+        let (project_id, id) = (self.project_id, asset_id.to_string());
+        let asset = self
+            .blocking(move |app| Self::project_asset(app, project_id, &id))
+            .await?;
+        if asset.kind != MediaKind::Video {
+            return Err(PluginError::InvalidInput(format!(
+                "asset `{asset_id}` is not a video"
+            )));
+        }
+        let target: FinishTarget = target
+            .parse()
+            .map_err(|e| PluginError::InvalidInput(format!("{e:#}")))?;
+        let new = NewJob {
+            kind: "finish".into(),
+            params: serde_json::json!({ "asset_id": asset.id, "target": target }),
+            max_attempts: None,
+            project_id: Some(self.project_id),
+        };
+        let monitor = self.monitor.clone();
+        let job = jobs::run_to_end(&self.app, new, &mut |p| {
+            monitor.report(&format!("finish: {}", p.stage), p.step, p.total)
+        })
+        .await
+        .map_err(|e| match e {
+            // A missing model is the studio's to fix, not the plugin's input.
+            StudioError::Invalid(why) if why == NO_UPSCALER || why == NO_INTERPOLATOR => {
+                PluginError::Failed(why)
+            }
+            StudioError::Invalid(why) => PluginError::InvalidInput(why),
+            e @ StudioError::NotFound { .. } => PluginError::NotFound(e.to_string()),
+            other => failed(other),
+        })?;
+        match job.state {
+            JobState::Succeeded => {
+                let finished: Finished =
+                    serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)?;
+                self.blocking(move |app| {
+                    get_asset(&app.db, finished.asset_id)
+                        .map(|a| asset_info(&a))
+                        .map_err(failed)
+                })
+                .await
+            }
+            JobState::Cancelled => Err(PluginError::Cancelled),
+            _ => Err(PluginError::Failed(format!(
+                "the finish job {} failed: {}",
+                job.id,
+                job.error.as_deref().unwrap_or("no error recorded")
+            ))),
+        }
     }
 }
 
@@ -722,6 +780,19 @@ impl HostServices for StudioServices {
             )?))
         })
         .await
+    }
+
+    async fn upscale(
+        &self,
+        asset_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<AssetInfo, PluginError> {
+        self.finish(asset_id, format!("{width}x{height}")).await
+    }
+
+    async fn interpolate(&self, asset_id: &str, fps: u32) -> Result<AssetInfo, PluginError> {
+        self.finish(asset_id, format!("@{fps}")).await
     }
 }
 
