@@ -1,4 +1,29 @@
 //! Finishing: what turns a generator's 480p/720p clip at 16–24 fps into the delivered piece.
 //! Upscalers and RIFE frame interpolation are loaded from the bare state dicts users download
 //! (`loader::StateDict`), their architecture read from the keys as spandrel does.
+
 pub mod finish;
+pub mod upscale;
+
+use crate::loader::StateDict;
+
+/// The kind of finishing model a bare state dict holds, read from its keys: what a caller given
+/// only a file (`videosdgx model forward --model FILE`) dispatches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Upscaler(upscale::Architecture),
+}
+
+impl Kind {
+    /// The kind whose keys the state dict has, or an error listing the known ones.
+    pub fn detect(dict: &StateDict) -> anyhow::Result<Self> {
+        if let Some(architecture) = upscale::Architecture::detect(dict) {
+            return Ok(Self::Upscaler(architecture));
+        }
+        anyhow::bail!(
+            "{}: not a finishing model this build knows; its keys match none of the upscalers ({})",
+            dict.path().display(),
+            upscale::ARCHITECTURES.join(", ")
+        )
+    }
+}

@@ -1,0 +1,107 @@
+//! Real-ESRGAN's SRVGGNetCompact (spandrel's `RealESRGAN Compact`): a plain stack of 3×3
+//! convolutions with PReLU at the input resolution, one pixel shuffle, and the nearest-upsampled
+//! input added so that the network only learns the residual.
+//!
+//! ```text
+//! body.0 conv → body.1 prelu → (conv → prelu) × num_conv → body.last conv → pixel_shuffle
+//!   + nearest(x)
+//! ```
+
+use super::layers::{Conv, upsample_nearest};
+use super::{dim, expect_rgb, seq_len};
+use crate::loader::StateDict;
+use anyhow::{Result, bail};
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+pub(super) fn detect(dict: &StateDict) -> bool {
+    dict.contains("body.0.weight") && dict.contains("body.1.weight")
+}
+
+pub(super) struct Compact {
+    /// Each convolution before the last with its PReLU slopes (`[1, C, 1, 1]`).
+    body: Vec<(Conv, Tensor)>,
+    conv_last: Conv,
+    scale: usize,
+}
+
+impl Compact {
+    pub(super) fn load(dict: &StateDict, vb: VarBuilder) -> Result<Self> {
+        let last = seq_len(dict, "body").saturating_sub(1);
+        let in_channels = dim(dict, "body.0.weight", 1)?;
+        let num_feat = dim(dict, "body.0.weight", 0)?;
+        let num_conv = last.saturating_sub(2) / 2;
+        let (scale, out_channels) =
+            scale_and_output_channels(dim(dict, &format!("body.{last}.bias"), 0)?, in_channels)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: `body.{last}` has no (scale, channels) with scale² × channels = its outputs",
+                        dict.path().display()
+                    )
+                })?;
+        expect_rgb(dict, in_channels, out_channels)?;
+        if last != 2 * num_conv + 2 {
+            bail!(
+                "{}: `body` ends at index {last}; a compact network has an even count of conv/PReLU pairs before its last conv",
+                dict.path().display()
+            );
+        }
+        let body = (0..=num_conv)
+            .map(|i| {
+                let conv = Conv::new(vb.pp(format!("body.{}", 2 * i)), if i == 0 { in_channels } else { num_feat }, num_feat, 3)?;
+                let slopes = vb.pp(format!("body.{}", 2 * i + 1)).get(num_feat, "weight")?;
+                Ok((conv, slopes.reshape((1, num_feat, 1, 1))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let conv_last = Conv::new(vb.pp(format!("body.{last}")), num_feat, out_channels * scale * scale, 3)?;
+        Ok(Self {
+            body,
+            conv_last,
+            scale,
+        })
+    }
+
+    pub(super) fn scale(&self) -> usize {
+        self.scale
+    }
+
+    /// One pixel per convolution; the pixel shuffle and the nearest base add none.
+    pub(super) fn receptive_radius(&self) -> usize {
+        self.body.len() + 1
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut out = x.clone();
+        for (conv, slopes) in &self.body {
+            out = conv.forward(&out)?;
+            // PReLU: x where positive, slope · x elsewhere.
+            out = out.ge(0f32)?.where_cond(&out, &out.broadcast_mul(slopes)?)?;
+        }
+        let out = candle_nn::ops::pixel_shuffle(&self.conv_last.forward(&out)?, self.scale)?;
+        Ok((out + upsample_nearest(x, self.scale)?)?)
+    }
+}
+
+/// Spandrel's `get_scale_and_output_channels`: the pixel shuffle's input channels are
+/// `scale² × out`, with `out` tried as the input channels, then 3, 4 and 1.
+fn scale_and_output_channels(channels: usize, in_channels: usize) -> Option<(usize, usize)> {
+    [in_channels, 3, 4, 1].into_iter().find_map(|out| {
+        if out == 0 || channels % out != 0 {
+            return None;
+        }
+        let squared = channels / out;
+        let scale = squared.isqrt();
+        (scale * scale == squared).then_some((scale, out))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scale_and_channels_from_the_pixel_shuffle_width() {
+        assert_eq!(super::scale_and_output_channels(48, 3), Some((4, 3)));
+        assert_eq!(super::scale_and_output_channels(12, 3), Some((2, 3)));
+        assert_eq!(super::scale_and_output_channels(3, 3), Some((1, 3)));
+        assert_eq!(super::scale_and_output_channels(64, 3), Some((4, 4)));
+    }
+}

@@ -1,0 +1,104 @@
+//! The pieces the upscalers share: convolutions, activations and spandrel's padding.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use videosdgx_kernels::FrameConv;
+
+/// `nn.Conv2d(in, out, k, padding=k // 2)`. With a bias it runs through the engine's convolution
+/// dispatch point (cuDNN with the bias added in place where the `cudnn` feature covers it,
+/// candle's conv2d otherwise).
+pub(super) struct Conv(candle_nn::Conv2d);
+
+impl Conv {
+    pub(super) fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Self> {
+        let config = Conv2dConfig {
+            padding: kernel / 2,
+            ..Default::default()
+        };
+        candle_nn::conv2d(in_channels, out_channels, kernel, config, vb).map(Self)
+    }
+
+    pub(super) fn no_bias(vb: VarBuilder, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Self> {
+        let config = Conv2dConfig {
+            padding: kernel / 2,
+            ..Default::default()
+        };
+        candle_nn::conv2d_no_bias(in_channels, out_channels, kernel, config, vb).map(Self)
+    }
+
+    /// The same convolution with its output multiplied by `factor` (folded into the weights).
+    pub(super) fn scaled(self, factor: f64) -> Result<Self> {
+        let weight = (self.0.weight() * factor)?;
+        let bias = self.0.bias().map(|b| b * factor).transpose()?;
+        Ok(Self(candle_nn::Conv2d::new(weight, bias, *self.0.config())))
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(bias) = self.0.bias() else {
+            return self.0.forward(x);
+        };
+        let spec = FrameConv {
+            taps: 1,
+            stride_t: 1,
+            pad: self.0.config().padding,
+            stride: 1,
+        };
+        crate::fused::frame_conv(&x.unsqueeze(1)?, self.0.weight(), bias, spec)?.squeeze(1)
+    }
+}
+
+/// `LeakyReLU(slope)` for a slope in (0, 1): `max(x, slope·x)`, two passes instead of candle's four.
+pub(super) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    x.maximum(&(x * slope)?)
+}
+
+/// Pads the bottom and right of `x [B, C, H, W]` by `pad_h` and `pad_w` as spandrel's
+/// `pad_tensor` does: reflection (which reaches at most `size - 1` pixels), then replication of
+/// the last row or column for the rest.
+pub(super) fn pad_reflect_then_replicate(x: &Tensor, pad_h: usize, pad_w: usize) -> Result<Tensor> {
+    let pad = |x: Tensor, dim: usize, pad: usize| -> Result<Tensor> {
+        if pad == 0 {
+            return Ok(x);
+        }
+        let size = x.dim(dim)?;
+        let reflect = pad.min(size - 1);
+        let index: Vec<u32> = (0..size)
+            .chain((0..reflect).map(|i| size - 2 - i))
+            .chain(std::iter::repeat_n(size - 1 - reflect, pad - reflect))
+            .map(|i| i as u32)
+            .collect();
+        let index = Tensor::from_vec(index, size + pad, x.device())?;
+        x.index_select(&index, dim)
+    };
+    pad(pad(x.clone(), 2, pad_h)?, 3, pad_w)
+}
+
+/// Nearest-neighbour upsampling by an integer factor (`F.interpolate(mode="nearest")`).
+pub(super) fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(h * factor, w * factor)
+}
+
+/// A per-channel vector as `[1, C, 1, 1]`, for broadcasting over images.
+pub(super) fn per_channel(values: &[f32], dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    Tensor::from_slice(values, (1, values.len(), 1, 1), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn padding_reflects_then_replicates_like_spandrel() {
+        // torch: F.pad(F.pad(x, (0, 2), "reflect"), (0, 3), "replicate") for x = [0, 1, 2].
+        let x = Tensor::new(&[0f32, 1., 2.], &Device::Cpu).unwrap().reshape((1, 1, 1, 3)).unwrap();
+        let y = pad_reflect_then_replicate(&x, 0, 5).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0., 1., 2., 1., 0., 0., 0., 0.]
+        );
+    }
+}
