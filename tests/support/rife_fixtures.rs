@@ -1,6 +1,7 @@
 //! The RIFE fixtures of tests/fixtures/finishing/rife (make_rife_fixtures.py): each version's
 //! flownet is either committed (`flownet.pkl`) or rebuilt here from `flownet.json` with the
 //! script's weight generator, bit for bit, so that eight IFNets cost no repository space.
+#![allow(dead_code)] // each test file uses a different part of this helper
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
