@@ -1,6 +1,7 @@
 //! `videosdgx model ...`: run one model component on tensors from a safetensors file, for parity
-//! checks against the reference and for debugging checkpoints. The component is chosen by the class
-//! its config names; nothing here knows any model's dimensions.
+//! checks against the reference and for debugging checkpoints. A component folder is chosen by the
+//! class its config names; a single state-dict file by what its keys hold. Nothing here knows any
+//! model's dimensions.
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
@@ -8,7 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use videosdgx_engine::loader::{ComponentClass, component_class};
+use videosdgx_engine::finishing::interpolate::{self, Rife};
+use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
     clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
@@ -28,12 +30,16 @@ pub enum ModelCommand {
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
+    ///
+    /// A state-dict FILE as --model (`.pkl`, `.pth`, `.safetensors`) is recognised by its keys.
+    /// RIFE flownet (IFNet v4.6, 4.22-4.26, lite/heavy): img0, img1 [B, 3, H, W] in [0, 1], H and W
+    /// multiples of the version's 32/64/128, timestep (one element) -> image (the merged frame).
     Forward(ForwardArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Component folder (config.json + safetensors weights).
+    /// Component folder (config.json + safetensors weights), or a state-dict file (RIFE flownet).
     #[arg(long)]
     pub model: PathBuf,
     /// Safetensors file with the named input tensors.
@@ -124,10 +130,78 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let dtype = args.dtype.into();
-    let (class, class_name) = component_class(&args.model)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("cannot read inputs {}", args.inputs.display()))?;
+    if args.model.is_file() {
+        forward_file(args, &device, &inputs)
+    } else {
+        forward_component(args, &device, &inputs)
+    }
+}
+
+/// What a state-dict file given as `--model` holds, told from its keys.
+enum FileModel {
+    Rife,
+}
+
+fn file_model(dict: &StateDict) -> Result<FileModel> {
+    if interpolate::is_rife_flownet(dict) {
+        return Ok(FileModel::Rife);
+    }
+    bail!(
+        "{}: not a model file this engine knows (RIFE flownets: {}); a diffusers component is a folder",
+        dict.path().display(),
+        interpolate::known_versions()
+    )
+}
+
+fn forward_file(
+    args: &ForwardArgs,
+    device: &Device,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<()> {
+    if !args.loras.is_empty() {
+        bail!(
+            "--lora: {} is not a diffusion transformer",
+            args.model.display()
+        );
+    }
+    let dtype = args.dtype.into();
+    let dict = StateDict::open(&args.model)?;
+    let kind = file_model(&dict)?;
+    let input = |name: &str, model: &str| -> Result<&Tensor> {
+        inputs.get(name).with_context(|| {
+            format!(
+                "{} has no tensor `{name}` (needed by {model})",
+                args.inputs.display()
+            )
+        })
+    };
+    let started = std::time::Instant::now();
+    let (class_name, outputs) = match kind {
+        FileModel::Rife => {
+            let rife = Rife::from_state_dict(&dict, device, dtype)?;
+            let name = format!("RIFE {}", rife.version());
+            let timestep = input("timestep", &name)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?;
+            let [timestep] = timestep.to_vec1::<f32>()?[..] else {
+                bail!("`timestep` must hold one value, not {:?}", timestep.dims());
+            };
+            let image = rife.forward(input("img0", &name)?, input("img1", &name)?, timestep)?;
+            (name, vec![("image", image)])
+        }
+    };
+    report(args, &class_name, started.elapsed(), &outputs, Vec::new())
+}
+
+fn forward_component(
+    args: &ForwardArgs,
+    device: &Device,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let dtype = args.dtype.into();
+    let (class, class_name) = component_class(&args.model)?;
     let input = |name: &str| -> Result<&Tensor> {
         inputs.get(name).with_context(|| {
             format!(
@@ -147,7 +221,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let outputs: Vec<(&str, Tensor)> = match class {
         ComponentClass::WanTransformer3DModel => {
-            let mut model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
+            let mut model = WanTransformer3DModel::load(&args.model, device, dtype)?;
             model.set_loras(&loras, args.lora_mode.into())?;
             let sample = model.forward(
                 input("hidden_states")?,
@@ -158,12 +232,12 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             vec![("sample", sample)]
         }
         ComponentClass::UMT5EncoderModel => {
-            let model = UMT5EncoderModel::load(&args.model, &device, dtype)?;
+            let model = UMT5EncoderModel::load(&args.model, device, dtype)?;
             let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
             vec![("last_hidden_state", hidden)]
         }
         ComponentClass::CLIPVisionModel => {
-            let model = CLIPVisionModel::load(&args.model, &device, dtype)?;
+            let model = CLIPVisionModel::load(&args.model, device, dtype)?;
             let out = model.forward(input("pixel_values")?)?;
             vec![
                 ("last_hidden_state", out.last_hidden_state),
@@ -172,14 +246,14 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             ]
         }
         ComponentClass::AutoencoderKLWan => {
-            let vae = AutoencoderKLWan::load(&args.model, &device, dtype)?;
+            let vae = AutoencoderKLWan::load(&args.model, device, dtype)?;
             match args.method {
                 Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
             }
         }
         ComponentClass::LanguageModel(_) => {
-            let model = LanguageModel::load(&args.model, &device, dtype)?;
+            let model = LanguageModel::load(&args.model, device, dtype)?;
             let hidden = if args.hidden_states {
                 HiddenStates::All
             } else {
@@ -205,25 +279,35 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             bail!("{}: {class_name} has no forward pass", args.model.display())
         }
     };
-    let elapsed = started.elapsed();
-    write_outputs(&args.out, &outputs)?;
+    let loras = loras
+        .iter()
+        .map(|lora| {
+            Ok(serde_json::json!({
+                "path": lora.file.path(),
+                "sha256": lora.file.sha256()?,
+                "strength": lora.strength,
+                "format": lora.file.format(),
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    report(args, &class_name, started.elapsed(), &outputs, loras)
+}
+
+/// Writes the outputs and prints what was written (JSON with --json).
+fn report(
+    args: &ForwardArgs,
+    class_name: &str,
+    elapsed: std::time::Duration,
+    outputs: &[(&str, Tensor)],
+    loras: Vec<serde_json::Value>,
+) -> Result<()> {
+    write_outputs(&args.out, outputs)?;
 
     let records: Vec<serde_json::Value> = outputs
         .iter()
         .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
         .collect();
     if args.json {
-        let loras = loras
-            .iter()
-            .map(|lora| {
-                Ok(serde_json::json!({
-                    "path": lora.file.path(),
-                    "sha256": lora.file.sha256()?,
-                    "strength": lora.strength,
-                    "format": lora.file.format(),
-                }))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let record = serde_json::json!({
             "class": class_name,
             "out": args.out,
@@ -233,7 +317,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        for (name, t) in &outputs {
+        for (name, t) in outputs {
             println!("{name}\t{:?}", t.dims());
         }
         println!(

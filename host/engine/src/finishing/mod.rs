@@ -3,6 +3,9 @@
 //! (`loader::StateDict`), their architecture read from the keys as spandrel does.
 
 pub mod finish;
+pub mod interpolate;
+pub mod resample;
+pub mod scene_cut;
 pub mod upscale;
 
 use crate::loader::StateDict;
