@@ -29,8 +29,10 @@ fn spec(target: &str) -> FinishSpec {
     }
 }
 
-const UPSCALER: &str = "upscalers/DEV.safetensors";
-const RIFE: &str = "rife/DEV.safetensors";
+/// A RealESRGAN Compact x2 with spandrel's random weights, and a RIFE 4.6 flownet.pkl (f16,
+/// weights from a name hash): real architectures at test size.
+const UPSCALER: &str = "upscalers/compact_x2/model.safetensors";
+const RIFE: &str = "rife/4.6/flownet.pkl";
 
 /// Source frames 48x32: three warm frames with a slowly moving bar, then a hard cut to three
 /// cold ones, so an in-between frame across the cut would be a visible mix of both.

@@ -523,10 +523,11 @@ fn source_picture(
         PlannedFrame::Source(index) => window.tensor(index),
         PlannedFrame::Between { left, t } => {
             window.load_through(left + 1)?;
-            // A blend across a cut is a double exposure of two shots: hold the nearer frame.
+            // A blend across a cut is a double exposure of two shots: hold the nearer frame (as
+            // `FramePlan::hold_across_cuts` does; cuts are found as the frames stream in).
             if window.cut_after(left)? {
                 report.held_at_cuts += 1;
-                return window.tensor(if t < 0.5 { left } else { left + 1 });
+                return window.tensor(if t <= 0.5 { left } else { left + 1 });
             }
             let rife =
                 interpolator.context("the plan draws new frames but no RIFE model is loaded")?;

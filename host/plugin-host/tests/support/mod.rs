@@ -263,7 +263,14 @@ impl HostServices for MemoryServices {
         let info = self.probe(asset_id).await?;
         let id = format!("{asset_id}-{fps}fps");
         let frames = (u64::from(info.duration_ms) * u64::from(fps) / 1000) as u32;
-        self.add_video(&id, ClipInfo { fps, frames, ..info });
+        self.add_video(
+            &id,
+            ClipInfo {
+                fps,
+                frames,
+                ..info
+            },
+        );
         self.asset_info(&id).await
     }
 }
