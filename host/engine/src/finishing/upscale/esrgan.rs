@@ -104,9 +104,7 @@ impl Layout {
                 .keys()
                 .iter()
                 .filter_map(|k| {
-                    let rest = k
-                        .strip_prefix("upconv")
-                        .or_else(|| k.strip_prefix("conv_up"))?;
+                    let rest = k.strip_prefix("upconv").or_else(|| k.strip_prefix("conv_up"))?;
                     let (digit, kind) = rest.split_at_checked(1)?;
                     matches!(kind, ".weight" | ".bias").then(|| digit.parse::<usize>().ok())?
                 })
@@ -119,9 +117,7 @@ impl Layout {
     fn up_conv(self, dict: &StateDict, stage: usize) -> String {
         match self {
             Self::Old => format!("model.{}", 3 * stage),
-            Self::BasicSr | Self::Bsrgan => {
-                either(dict, format!("conv_up{stage}"), format!("upconv{stage}"))
-            }
+            Self::BasicSr | Self::Bsrgan => either(dict, format!("conv_up{stage}"), format!("upconv{stage}")),
         }
     }
 
@@ -142,11 +138,7 @@ impl Layout {
 
 /// `preferred` when the file has its weight, else `other` (whose absence the loader reports).
 fn either(dict: &StateDict, preferred: String, other: String) -> String {
-    if dict.contains(&format!("{preferred}.weight")) {
-        preferred
-    } else {
-        other
-    }
+    if dict.contains(&format!("{preferred}.weight")) { preferred } else { other }
 }
 
 pub(super) fn detect(dict: &StateDict) -> bool {
@@ -172,16 +164,11 @@ impl DenseBlock {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
         let x3 = leaky_relu(&conv3.forward(&Tensor::cat(&[x, &x1, &x2], 1)?)?, SLOPE)?;
-        let mut x4 = leaky_relu(
-            &conv4.forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)?)?,
-            SLOPE,
-        )?;
+        let mut x4 = leaky_relu(&conv4.forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)?)?, SLOPE)?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        let x5 = self
-            .conv5
-            .forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1)?)?;
+        let x5 = self.conv5.forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1)?)?;
         Ok((x5 + x)?)
     }
 }
@@ -251,8 +238,7 @@ impl Esrgan {
                 conv(&name(3), num_filters + 2 * growth, growth)?,
                 conv(&name(4), num_filters + 3 * growth, growth)?,
             ];
-            let conv5 =
-                conv(&name(5), num_filters + 4 * growth, num_filters)?.scaled(RESIDUAL_SCALE)?;
+            let conv5 = conv(&name(5), num_filters + 4 * growth, num_filters)?.scaled(RESIDUAL_SCALE)?;
             let conv1x1 = match layout.conv1x1(block, rdb) {
                 Some(name) if dict.contains(&format!("{name}.weight")) => {
                     Some(Conv::no_bias(vb.pp(name), num_filters, growth, 1)?)
@@ -266,13 +252,7 @@ impl Esrgan {
             })
         };
         let blocks = (0..num_blocks)
-            .map(|b| {
-                Ok(Rrdb([
-                    dense_block(b, 1)?,
-                    dense_block(b, 2)?,
-                    dense_block(b, 3)?,
-                ]))
-            })
+            .map(|b| Ok(Rrdb([dense_block(b, 1)?, dense_block(b, 2)?, dense_block(b, 3)?])))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             shuffle,

@@ -241,11 +241,9 @@ impl Upscaler {
             let boxes = chunk
                 .iter()
                 .map(|&(b, r, c)| {
-                    x.i(b..b + 1)?.narrow(2, rows[r].box_start, box_h)?.narrow(
-                        3,
-                        cols[c].box_start,
-                        box_w,
-                    )
+                    x.i(b..b + 1)?
+                        .narrow(2, rows[r].box_start, box_h)?
+                        .narrow(3, cols[c].box_start, box_w)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let out = self.net.forward(&Tensor::cat(&boxes, 0)?)?;
@@ -312,13 +310,7 @@ fn seq_len(dict: &StateDict, prefix: &str) -> usize {
     let prefix = format!("{prefix}.");
     dict.keys()
         .iter()
-        .filter_map(|k| {
-            k.strip_prefix(&prefix)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|k| k.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)

@@ -90,10 +90,7 @@ impl WindowAttention {
         let table_name = "relative_position_bias_table";
         let heads = vb.get_unchecked(table_name)?.dim(1)?;
         if heads == 0 || dim % heads != 0 {
-            bail!(
-                "{}: {heads} heads do not divide {dim} channels",
-                vb.prefix()
-            );
+            bail!("{}: {heads} heads do not divide {dim} channels", vb.prefix());
         }
         let table = vb.get((span * span, heads), table_name)?;
         // Index of the table row for each (query, key) pair of a window, as the reference's
@@ -238,18 +235,11 @@ enum Reconstruction {
         conv_last: Conv,
     },
     /// Restoration at ×1: the output is the input plus `conv_last` of the features.
-    Residual {
-        conv_last: Conv,
-    },
+    Residual { conv_last: Conv },
 }
 
 impl Reconstruction {
-    fn load(
-        dict: &StateDict,
-        vb: &VarBuilder,
-        embed_dim: usize,
-        out_channels: usize,
-    ) -> Result<Self> {
+    fn load(dict: &StateDict, vb: &VarBuilder, embed_dim: usize, out_channels: usize) -> Result<Self> {
         let conv = |name: &str, i: usize, o: usize| Conv::new(vb.pp(name), i, o, 3);
         Ok(if dict.contains("conv_before_upsample.0.weight") {
             let num_feat = dim(dict, "conv_before_upsample.0.weight", 0)?;
@@ -347,17 +337,9 @@ impl SwinIr {
         };
         expect_rgb(dict, in_channels, out_channels)?;
         let first_block = "layers.0.residual_group.blocks.0";
-        let window = dim(
-            dict,
-            &format!("{first_block}.attn.relative_position_index"),
-            0,
-        )?
-        .isqrt();
+        let window = dim(dict, &format!("{first_block}.attn.relative_position_index"), 0)?.isqrt();
         if window == 0 {
-            bail!(
-                "{}: `{first_block}.attn.relative_position_index` is empty",
-                dict.path().display()
-            );
+            bail!("{}: `{first_block}.attn.relative_position_index` is empty", dict.path().display());
         }
         // The training resolution, from the stored mask of the first shifted block; windows
         // only shift when it is larger than one window.
