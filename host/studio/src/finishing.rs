@@ -521,3 +521,260 @@ impl JobRunner for FinishRunner {
         Ok(serde_json::to_value(finished).map_err(anyhow::Error::from)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::StudioConfig;
+    use crate::generation::{GenerateShot, RenderSettings, install_tiny_model};
+    use crate::jobs::{JobQueue, JobState, NewJob, run_to_end};
+    use crate::projects::{create_project, create_storyboard};
+    use crate::shots::ShotFields;
+    use std::sync::Arc;
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/finishing")
+            .join(path)
+    }
+
+    /// The tiny Compact x2 upscaler and RIFE 4.6 flownet, under the names users give them.
+    fn install_finishing_models(data: &Path) {
+        let dir = finishing_dir(data);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            fixture("upscalers/compact_x2/model.safetensors"),
+            dir.join("compact_x2.safetensors"),
+        )
+        .unwrap();
+        std::fs::copy(fixture("rife/4.6/flownet.pkl"), dir.join("flownet.pkl")).unwrap();
+    }
+
+    /// A studio with the tiny Wan model and one generated 32x32 take of 9 frames at 16 fps.
+    fn studio_with_take() -> (tempfile::TempDir, Arc<App>, Take) {
+        let dir = tempfile::tempdir().unwrap();
+        install_tiny_model(dir.path());
+        let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
+        let project = create_project(&app.db, "Harbour").unwrap();
+        let board = create_storyboard(&app.db, project.id, "s", "").unwrap();
+        let fields = ShotFields {
+            prompt: Some("a lighthouse at dusk".into()),
+            duration_s: Some(0.5),
+            seed: Some(7),
+            ..Default::default()
+        };
+        let shot = shots::create_shot(&app.db, board.id, &fields).unwrap();
+        let request = GenerateShot {
+            shot_id: shot.id,
+            render: RenderSettings {
+                height: 32,
+                width: 32,
+                steps: 2,
+                guidance: 1.0,
+                preset: None,
+            },
+            ..Default::default()
+        };
+        let output = app
+            .generator
+            .generate_shot(&app, None, &request, &mut |_, _, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let take = shots::get_take(&app.db, output.take_id.unwrap()).unwrap();
+        (dir, app, take)
+    }
+
+    fn count(app: &App, table: &str) -> i64 {
+        app.db
+            .with(|c| Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_take_is_finished_into_a_new_recorded_take_through_the_queue() {
+        let (dir, app, source) = studio_with_take();
+        install_finishing_models(dir.path());
+        let workers = JobQueue::start(&app, 1);
+        let new = NewJob {
+            kind: "finish".into(),
+            params: json!({ "take_id": source.id, "target": "96x64@x2" }),
+            max_attempts: None,
+            project_id: None,
+        };
+        let mut stages = Vec::new();
+        let job = run_to_end(&app, new, &mut |p| {
+            stages.push(p.stage.clone());
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+        app.jobs.stop();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(job.state, JobState::Succeeded, "{:?}", job.error);
+        assert_eq!(job.lane, Lane::Gpu);
+        let finished: Finished = serde_json::from_value(job.result.unwrap()).unwrap();
+        // 9 frames at 16 fps, x2: 17 frames at 32 fps; 32x32 upscaled and pillarboxed in 96x64.
+        assert_eq!(
+            (
+                finished.width,
+                finished.height,
+                finished.fps,
+                finished.frames
+            ),
+            (96, 64, 32, 17)
+        );
+
+        let shot = shots::get_shot(&app.db, source.shot_id).unwrap();
+        assert_eq!(shot.takes.len(), 2);
+        let take = shot
+            .takes
+            .iter()
+            .find(|t| Some(t.id) == finished.take_id)
+            .unwrap();
+        assert_eq!(take.finished_from, Some(source.id));
+        assert_eq!(take.finish_target.as_deref(), Some("96x64@x2"));
+        assert_eq!(
+            shot.chosen_take_id,
+            Some(source.id),
+            "the user's choice stays"
+        );
+
+        let record =
+            crate::generation::get_generation(&app.db, take.generation_id.unwrap()).unwrap();
+        assert_eq!(record.kind, "finish");
+        assert_eq!(record.model, "compact_x2.safetensors + flownet.pkl");
+        assert_eq!(record.engine_version, videosdgx_engine::VERSION);
+        let params = &record.params;
+        assert_eq!(params["target"], "96x64@x2");
+        assert_eq!(params["source"]["take_id"], source.id);
+        assert_eq!(
+            params["source"]["generation_id"],
+            json!(source.generation_id)
+        );
+        assert_eq!(params["upscaler"]["architecture"], "RealESRGAN Compact");
+        assert_eq!(params["upscaler"]["scale"], 2);
+        assert_eq!(
+            params["upscaler"]["sha256"],
+            sha256_of(&fixture("upscalers/compact_x2/model.safetensors")).unwrap()
+        );
+        assert_eq!(params["interpolator"]["file"], "flownet.pkl");
+        assert_eq!(params["interpolator"]["version"], "4.6");
+        assert!(params["report"]["timings"]["encode_s"].as_f64().unwrap() > 0.0);
+
+        let asset = get_asset(&app.db, finished.asset_id).unwrap();
+        assert_eq!(asset.tags, ["finished"]);
+        let info = video::probe(&app.assets.file_of(&asset)).unwrap();
+        assert_eq!((info.width, info.height, info.frames), (96, 64, 17));
+        assert_eq!(info.fps, 32.0);
+        // The MP4 carries the same finish (the record adds only the engine's report).
+        let mut embedded = params.clone();
+        embedded.as_object_mut().unwrap().remove("report");
+        assert_eq!(info.metadata["finish"], embedded);
+        assert!(stages.iter().any(|s| s == "finishing"), "{stages:?}");
+    }
+
+    #[test]
+    fn bad_finishes_are_refused_at_submission_and_lose_nothing() {
+        let (dir, app, take) = studio_with_take();
+        let before: Vec<i64> = ["takes", "assets", "generations", "jobs"]
+            .iter()
+            .map(|t| count(&app, t))
+            .collect();
+        let submit = |params: Value| {
+            let new = NewJob {
+                kind: "finish".into(),
+                params,
+                max_attempts: None,
+                project_id: None,
+            };
+            app.jobs.submit(&app, &new).unwrap_err().to_string()
+        };
+        for (params, expected) in [
+            (
+                json!({ "take_id": take.id, "target": "16k" }),
+                "unknown finish target `16k`",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "15360x8640@24" }),
+                "exceeds the H.264 encoder's 3840x2160 limit",
+            ),
+            (json!({ "take_id": take.id, "target": "4k24" }), NO_UPSCALER),
+            (
+                json!({ "take_id": take.id, "target": "x2" }),
+                NO_INTERPOLATOR,
+            ),
+            (
+                json!({ "take_id": 999, "target": "4k" }),
+                "take 999 not found",
+            ),
+            (json!({ "target": "4k" }), "either a take_id or an asset_id"),
+        ] {
+            let err = submit(params.clone());
+            assert!(err.contains(expected), "{params}: {err}");
+        }
+
+        install_finishing_models(dir.path());
+        std::fs::write(
+            finishing_dir(dir.path()).join("broken.pth"),
+            b"PK\x03\x04 not a zip",
+        )
+        .unwrap();
+        for (params, expected) in [
+            (
+                json!({ "take_id": take.id, "target": "4k", "upscaler": "nope.pth" }),
+                "`nope.pth` is not in models/finishing/ (installed: broken.pth, compact_x2.safetensors, flownet.pkl)",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "4k", "upscaler": "broken.pth" }),
+                "`broken.pth` cannot be used: neither an upscaler",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "4k", "upscaler": "flownet.pkl" }),
+                "`flownet.pkl` is not an upscaler",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "4k", "upscaler": "../../studio.db" }),
+                "is not in models/finishing/",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "4k", "tile": 1 }),
+                "tile must be 64 to 4096 pixels",
+            ),
+        ] {
+            let err = submit(params.clone());
+            assert!(err.contains(expected), "{params}: {err}");
+        }
+        let after: Vec<i64> = ["takes", "assets", "generations", "jobs"]
+            .iter()
+            .map(|t| count(&app, t))
+            .collect();
+        assert_eq!(before, after);
+
+        let listed = list_finishing_models(dir.path()).unwrap();
+        let kinds: Vec<_> = listed
+            .iter()
+            .map(|m| (m.file.as_str(), m.kind, m.scale, m.version.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("broken.pth", FinishingKind::Unusable, None, None),
+                (
+                    "compact_x2.safetensors",
+                    FinishingKind::Upscaler,
+                    Some(2),
+                    None
+                ),
+                (
+                    "flownet.pkl",
+                    FinishingKind::Interpolator,
+                    None,
+                    Some("4.6")
+                ),
+            ]
+        );
+    }
+}

@@ -138,8 +138,9 @@ impl FromStr for FinishTarget {
             let (width, height) = size_text.split_once('x').ok_or_else(unknown)?;
             let parse = |n: &str| n.parse::<u32>().map_err(|_| unknown());
             let (width, height) = (parse(width)?, parse(height)?);
+            // One message, not a context chain: serde shows only the outermost line.
             check_encodable_size(width, height)
-                .with_context(|| format!("finish target `{text}`"))?;
+                .map_err(|e| anyhow::anyhow!("finish target `{text}`: {e}"))?;
             let size = TargetSize {
                 width,
                 height,
