@@ -543,41 +543,40 @@ fn source_picture(
     }
 }
 
-/// Output pictures `[B, 3, h, w]` resized on the device to the plan's content size, framed with
-/// black bars to the output size, and brought back as 8-bit frames.
+/// Output pictures `[B, 3, h, w]` in [0, 1] resized on the device to the plan's content size,
+/// quantised there (a quarter of the bytes cross to the host, already interleaved), then framed
+/// with black bars to the output size by row copies on the host.
 fn to_frames(pictures: &Tensor, plan: &FinishPlan) -> Result<Vec<RgbImage>> {
     let (batch, _, height, width) = pictures.dims4()?;
     let (content_w, content_h) = (plan.content_width as usize, plan.content_height as usize);
-    let mut pictures = if (width, height) == (content_w, content_h) {
+    let pictures = if (width, height) == (content_w, content_h) {
         pictures.clone()
     } else {
         pictures.upsample_bilinear2d(content_h, content_w, false)?
     };
-    let (out_w, out_h) = (plan.width as usize, plan.height as usize);
-    if (content_w, content_h) != (out_w, out_h) {
-        let left = (out_w - content_w) / 2;
-        let top = (out_h - content_h) / 2;
-        pictures = pictures
-            .pad_with_zeros(3, left, out_w - content_w - left)?
-            .pad_with_zeros(2, top, out_h - content_h - top)?;
-    }
-    // Quantised on the device: a quarter of the bytes cross to the host.
-    let bytes = (pictures.clamp(0f32, 1f32)? * 255.0)?
-        .round()?
+    // Every stage keeps values in [0, 1] (the upscaler clamps, RIFE blends convexly, bilinear
+    // interpolates), so x * 255 + 0.5 truncated is the rounded byte without a clamp pass.
+    let bytes = pictures
+        .affine(255.0, 0.5)?
         .to_dtype(DType::U8)?
         .permute((0, 2, 3, 1))?
+        .contiguous()?
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1::<u8>()?;
-    let frame_len = out_w * out_h * 3;
-    Ok((0..batch)
-        .map(|i| {
-            RgbImage::from_raw(
-                out_w as u32,
-                out_h as u32,
-                bytes[i * frame_len..(i + 1) * frame_len].to_vec(),
-            )
-            .expect("length is height*width*3")
+    let (out_w, out_h) = (plan.width as usize, plan.height as usize);
+    let (left, top) = ((out_w - content_w) / 2, (out_h - content_h) / 2);
+    let row = content_w * 3;
+    Ok(bytes
+        .chunks_exact(content_h * row)
+        .take(batch)
+        .map(|content| {
+            let mut frame = vec![0u8; out_w * out_h * 3];
+            for (y, source) in content.chunks_exact(row).enumerate() {
+                let start = ((top + y) * out_w + left) * 3;
+                frame[start..start + row].copy_from_slice(source);
+            }
+            RgbImage::from_raw(out_w as u32, out_h as u32, frame).expect("sized from the plan")
         })
         .collect())
 }
