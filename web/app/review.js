@@ -29,13 +29,13 @@ export async function reviewScreen(container, { project, board, actions }) {
   clear(actions, stitchButton);
   const finishTarget = h('select', { id: 'finish-target' },
     FINISH_TARGETS.map(([value, label]) => h('option', { value }, label)));
-  const finishPiece = h('input', { type: 'checkbox', id: 'finish-piece' });
+  const finishPiece = h('input', { type: 'checkbox', id: 'finish-piece', style: 'width:auto' });
   const finishModels = h('div', { class: 'small muted', id: 'finish-models' }, 'Looking for finishing models…');
   const finishing = h('section', { class: 'panel stack', 'aria-label': 'Finish' },
     h('h3', {}, 'Finish'),
-    h('div', { class: 'row' },
+    h('div', { class: 'row wrap' },
       h('div', { class: 'field' }, h('label', { for: 'finish-target' }, 'Deliver as'), finishTarget),
-      h('label', { class: 'row small', for: 'finish-piece' }, finishPiece, 'Finish the piece when stitching')),
+      h('div', { class: 'row' }, finishPiece, h('label', { for: 'finish-piece', style: 'margin:0' }, 'Finish the piece when stitching'))),
     finishModels);
   container.append(final, finishing, h('section', { class: 'panel stack', 'aria-label': 'Shots' }, h('h3', {}, 'Shots'), grid));
   let shots = [];

@@ -819,6 +819,71 @@ mod tests {
     use super::*;
     use crate::{StudioConfig, projects};
 
+    /// `media.upscale` and `media.interpolate` run `finish` jobs on the queue for assets of the
+    /// bound project only, and say what to install when no model is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upscale_and_interpolate_are_finish_jobs_of_the_bound_project() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::generation::install_tiny_model(dir.path());
+        let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
+        let mine = projects::create_project(&app.db, "mine").unwrap();
+        let theirs = projects::create_project(&app.db, "theirs").unwrap();
+        let services = StudioServices::new(app.clone(), mine.id, None, Arc::default());
+        let workers = crate::jobs::JobQueue::start(&app, 1);
+        let request = GenerationRequest {
+            prompt: "a paper boat on a canal".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            frames: 5,
+            steps: Some(2),
+            guidance: Some(1.0),
+            seed: 7,
+        };
+        let video = services.generate_video(request, None).await.unwrap();
+        assert!(matches!(
+            services.upscale(&video.id, 64, 64).await,
+            Err(PluginError::Failed(m)) if m == crate::finishing::NO_UPSCALER
+        ));
+
+        let finishing = crate::finishing::finishing_dir(dir.path());
+        std::fs::create_dir_all(&finishing).unwrap();
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/finishing");
+        std::fs::copy(
+            fixtures.join("upscalers/compact_x2/model.safetensors"),
+            finishing.join("compact.safetensors"),
+        )
+        .unwrap();
+        std::fs::copy(
+            fixtures.join("rife/4.6/flownet.pkl"),
+            finishing.join("flownet.pkl"),
+        )
+        .unwrap();
+        let upscaled = services.upscale(&video.id, 64, 64).await.unwrap();
+        let clip = services.probe(&upscaled.id).await.unwrap();
+        assert_eq!((clip.width, clip.height, clip.frames), (64, 64, 5));
+        let retimed = services.interpolate(&video.id, 32).await.unwrap();
+        let clip = services.probe(&retimed.id).await.unwrap();
+        assert_eq!(
+            (clip.width, clip.height, clip.fps, clip.frames),
+            (32, 32, 32, 9)
+        );
+        assert!(matches!(
+            services.upscale(&video.id, 15360, 8640).await,
+            Err(PluginError::InvalidInput(m)) if m.contains("3840x2160")
+        ));
+        let outsider = StudioServices::new(app.clone(), theirs.id, None, Arc::default());
+        assert!(matches!(
+            outsider.upscale(&video.id, 64, 64).await,
+            Err(PluginError::NotFound(_))
+        ));
+        app.jobs.stop();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn generation_media_and_documents_stay_inside_the_bound_project() {
         let dir = tempfile::tempdir().unwrap();
