@@ -1,7 +1,6 @@
 //! `videosdgx model ...`: run one model component on tensors from a safetensors file, for parity
-//! checks against the reference and for debugging checkpoints. A component folder is chosen by the
-//! class its config names; a single state-dict file by what its keys hold. Nothing here knows any
-//! model's dimensions.
+//! checks against the reference and for debugging checkpoints. The component is chosen by the class
+//! its config names; nothing here knows any model's dimensions.
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
@@ -9,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use videosdgx_engine::finishing::interpolate::{self, Rife};
+use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
@@ -31,15 +30,19 @@ pub enum ModelCommand {
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     ///
-    /// A state-dict FILE as --model (`.pkl`, `.pth`, `.safetensors`) is recognised by its keys.
-    /// RIFE flownet (IFNet v4.6, 4.22-4.26, lite/heavy): img0, img1 [B, 3, H, W] in [0, 1], H and W
-    /// multiples of the version's 32/64/128, timestep (one element) -> image (the merged frame).
+    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth/.pkl), its
+    /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
+    /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
+    /// --tile. RIFE flownet (IFNet v4.6, 4.22-4.26, lite/heavy): img0, img1 [B, 3, H, W] in
+    /// [0, 1], H and W multiples of the version's 32/64/128, timestep (one element) -> image
+    /// (the merged frame).
     Forward(ForwardArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
-    /// Component folder (config.json + safetensors weights), or a state-dict file (RIFE flownet).
+    /// Component folder (config.json + safetensors weights), or a finishing model's state-dict
+    /// file.
     #[arg(long)]
     pub model: PathBuf,
     /// Safetensors file with the named input tensors.
@@ -68,6 +71,10 @@ pub struct ForwardArgs {
     /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
     #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
     pub lora_mode: LoraModeArg,
+    /// For upscalers: run in tiles of N x N input pixels (batched, overlapping by the model's
+    /// receptive field, at most 32 pixels) instead of the whole frame at once.
+    #[arg(long, value_name = "N")]
+    pub tile: Option<usize>,
     /// Print the written outputs as JSON.
     #[arg(long)]
     pub json: bool,
@@ -130,86 +137,18 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let inputs = candle_core::safetensors::load(&args.inputs, &device)
-        .with_context(|| format!("cannot read inputs {}", args.inputs.display()))?;
+    let dtype = args.dtype.into();
     if args.model.is_file() {
-        forward_file(args, &device, &inputs)
-    } else {
-        forward_component(args, &device, &inputs)
+        return forward_state_dict(args, &device, dtype);
     }
-}
-
-/// What a state-dict file given as `--model` holds, told from its keys.
-enum FileModel {
-    Rife,
-}
-
-fn file_model(dict: &StateDict) -> Result<FileModel> {
-    if interpolate::is_rife_flownet(dict) {
-        return Ok(FileModel::Rife);
-    }
-    bail!(
-        "{}: not a model file this engine knows (RIFE flownets: {}); a diffusers component is a folder",
-        dict.path().display(),
-        interpolate::known_versions()
-    )
-}
-
-fn forward_file(
-    args: &ForwardArgs,
-    device: &Device,
-    inputs: &HashMap<String, Tensor>,
-) -> Result<()> {
-    if !args.loras.is_empty() {
+    let (class, class_name) = component_class(&args.model)?;
+    if args.tile.is_some() {
         bail!(
-            "--lora: {} is not a diffusion transformer",
-            args.model.display()
+            "--tile: {class_name} does not run in tiles (upscalers do: a state-dict file as --model)"
         );
     }
-    let dtype = args.dtype.into();
-    let dict = StateDict::open(&args.model)?;
-    let kind = file_model(&dict)?;
-    let input = |name: &str, model: &str| -> Result<&Tensor> {
-        inputs.get(name).with_context(|| {
-            format!(
-                "{} has no tensor `{name}` (needed by {model})",
-                args.inputs.display()
-            )
-        })
-    };
-    let started = std::time::Instant::now();
-    let (class_name, outputs) = match kind {
-        FileModel::Rife => {
-            let rife = Rife::from_state_dict(&dict, device, dtype)?;
-            let name = format!("RIFE {}", rife.version());
-            let timestep = input("timestep", &name)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?;
-            let [timestep] = timestep.to_vec1::<f32>()?[..] else {
-                bail!("`timestep` must hold one value, not {:?}", timestep.dims());
-            };
-            let image = rife.forward(input("img0", &name)?, input("img1", &name)?, timestep)?;
-            (name, vec![("image", image)])
-        }
-    };
-    report(args, &class_name, started.elapsed(), &outputs, Vec::new())
-}
-
-fn forward_component(
-    args: &ForwardArgs,
-    device: &Device,
-    inputs: &HashMap<String, Tensor>,
-) -> Result<()> {
-    let dtype = args.dtype.into();
-    let (class, class_name) = component_class(&args.model)?;
-    let input = |name: &str| -> Result<&Tensor> {
-        inputs.get(name).with_context(|| {
-            format!(
-                "{} has no tensor `{name}` (needed by {class_name})",
-                args.inputs.display()
-            )
-        })
-    };
+    let inputs = read_inputs(&args.inputs, &device)?;
+    let input = |name: &str| input(&inputs, &args.inputs, name, &class_name);
 
     if !args.loras.is_empty() && class != ComponentClass::WanTransformer3DModel {
         bail!(
@@ -221,7 +160,7 @@ fn forward_component(
     let started = std::time::Instant::now();
     let outputs: Vec<(&str, Tensor)> = match class {
         ComponentClass::WanTransformer3DModel => {
-            let mut model = WanTransformer3DModel::load(&args.model, device, dtype)?;
+            let mut model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
             model.set_loras(&loras, args.lora_mode.into())?;
             let sample = model.forward(
                 input("hidden_states")?,
@@ -232,12 +171,12 @@ fn forward_component(
             vec![("sample", sample)]
         }
         ComponentClass::UMT5EncoderModel => {
-            let model = UMT5EncoderModel::load(&args.model, device, dtype)?;
+            let model = UMT5EncoderModel::load(&args.model, &device, dtype)?;
             let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
             vec![("last_hidden_state", hidden)]
         }
         ComponentClass::CLIPVisionModel => {
-            let model = CLIPVisionModel::load(&args.model, device, dtype)?;
+            let model = CLIPVisionModel::load(&args.model, &device, dtype)?;
             let out = model.forward(input("pixel_values")?)?;
             vec![
                 ("last_hidden_state", out.last_hidden_state),
@@ -246,14 +185,14 @@ fn forward_component(
             ]
         }
         ComponentClass::AutoencoderKLWan => {
-            let vae = AutoencoderKLWan::load(&args.model, device, dtype)?;
+            let vae = AutoencoderKLWan::load(&args.model, &device, dtype)?;
             match args.method {
                 Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
             }
         }
         ComponentClass::LanguageModel(_) => {
-            let model = LanguageModel::load(&args.model, device, dtype)?;
+            let model = LanguageModel::load(&args.model, &device, dtype)?;
             let hidden = if args.hidden_states {
                 HiddenStates::All
             } else {
@@ -279,42 +218,116 @@ fn forward_component(
             bail!("{}: {class_name} has no forward pass", args.model.display())
         }
     };
-    let loras = loras
-        .iter()
-        .map(|lora| {
-            Ok(serde_json::json!({
-                "path": lora.file.path(),
-                "sha256": lora.file.sha256()?,
-                "strength": lora.strength,
-                "format": lora.file.format(),
-            }))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    report(args, &class_name, started.elapsed(), &outputs, loras)
+    let elapsed = started.elapsed();
+    // Hashing the LoRA files is only worth it for the JSON record.
+    let details = if args.json {
+        let loras = loras
+            .iter()
+            .map(|lora| {
+                Ok(serde_json::json!({
+                    "path": lora.file.path(),
+                    "sha256": lora.file.sha256()?,
+                    "strength": lora.strength,
+                    "format": lora.file.format(),
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        serde_json::json!({ "loras": loras })
+    } else {
+        serde_json::Value::Null
+    };
+    report(args, &class_name, elapsed, &outputs, details)
 }
 
-/// Writes the outputs and prints what was written (JSON with --json).
+/// `--model FILE`: a bare state dict, dispatched on the kind of finishing model its keys show.
+fn forward_state_dict(args: &ForwardArgs, device: &Device, dtype: DType) -> Result<()> {
+    if !args.loras.is_empty() {
+        bail!("--lora: LoRAs adapt diffusion transformers (a component folder as --model)");
+    }
+    let dict = StateDict::open(&args.model)?;
+    let kind = finishing::Kind::detect(&dict)?;
+    let inputs = read_inputs(&args.inputs, device)?;
+    let started = std::time::Instant::now();
+    let (name, outputs, details) = match kind {
+        finishing::Kind::Upscaler(architecture) => {
+            let model = Upscaler::from_state_dict(&dict, device, dtype)?;
+            let image = input(&inputs, &args.inputs, "image", architecture.name())?;
+            let details = serde_json::json!({
+                "architecture": model.architecture(),
+                "scale": model.scale(),
+                "tile": args.tile,
+            });
+            let image = model.upscale(image, args.tile)?;
+            (model.architecture().to_string(), vec![("image", image)], details)
+        }
+        finishing::Kind::Rife => {
+            if args.tile.is_some() {
+                bail!("--tile: a RIFE flownet does not run in tiles (upscalers do)");
+            }
+            let rife = Rife::from_state_dict(&dict, device, dtype)?;
+            let name = format!("RIFE {}", rife.version());
+            let timestep = input(&inputs, &args.inputs, "timestep", &name)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?;
+            let [timestep] = timestep.to_vec1::<f32>()?[..] else {
+                bail!("`timestep` must hold one value, not {:?}", timestep.dims());
+            };
+            let image = rife.forward(
+                input(&inputs, &args.inputs, "img0", &name)?,
+                input(&inputs, &args.inputs, "img1", &name)?,
+                timestep,
+            )?;
+            let details = serde_json::json!({ "version": rife.version() });
+            (name, vec![("image", image)], details)
+        }
+    };
+    report(args, &name, started.elapsed(), &outputs, details)
+}
+
+fn read_inputs(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read inputs {}", path.display()))
+}
+
+/// Input `name` of the inputs file, or an error saying which model needed it.
+fn input<'a>(
+    inputs: &'a HashMap<String, Tensor>,
+    path: &Path,
+    name: &str,
+    needed_by: &str,
+) -> Result<&'a Tensor> {
+    inputs.get(name).with_context(|| {
+        format!(
+            "{} has no tensor `{name}` (needed by {needed_by})",
+            path.display()
+        )
+    })
+}
+
+/// Writes the outputs and prints them: one line each, or a JSON record with `details` merged in.
 fn report(
     args: &ForwardArgs,
     class_name: &str,
     elapsed: std::time::Duration,
     outputs: &[(&str, Tensor)],
-    loras: Vec<serde_json::Value>,
+    details: serde_json::Value,
 ) -> Result<()> {
     write_outputs(&args.out, outputs)?;
-
-    let records: Vec<serde_json::Value> = outputs
-        .iter()
-        .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
-        .collect();
     if args.json {
-        let record = serde_json::json!({
+        let mut record = serde_json::json!({
             "class": class_name,
             "out": args.out,
             "seconds": elapsed.as_secs_f64(),
-            "outputs": records,
-            "loras": loras,
+            "outputs": outputs
+                .iter()
+                .map(|(name, t)| serde_json::json!({ "name": name, "shape": t.dims() }))
+                .collect::<Vec<_>>(),
         });
+        if let (Some(record), serde_json::Value::Object(details)) =
+            (record.as_object_mut(), details)
+        {
+            record.extend(details);
+        }
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         for (name, t) in outputs {

@@ -8,7 +8,7 @@
 //! ```
 
 use super::layers::{Conv, upsample_nearest};
-use super::{dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
@@ -31,14 +31,16 @@ impl Compact {
         let in_channels = dim(dict, "body.0.weight", 1)?;
         let num_feat = dim(dict, "body.0.weight", 0)?;
         let num_conv = last.saturating_sub(2) / 2;
-        let (scale, out_channels) =
-            scale_and_output_channels(dim(dict, &format!("body.{last}.bias"), 0)?, in_channels)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}: `body.{last}` has no (scale, channels) with scale² × channels = its outputs",
-                        dict.path().display()
-                    )
-                })?;
+        let (scale, out_channels) = scale_and_output_channels(
+            dim(dict, &format!("body.{last}.bias"), 0)?,
+            in_channels,
+        )
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: `body.{last}` has no (scale, channels) with scale² × channels = its outputs",
+                dict.path().display()
+            )
+        })?;
         expect_rgb(dict, in_channels, out_channels)?;
         if last != 2 * num_conv + 2 {
             bail!(
@@ -48,34 +50,55 @@ impl Compact {
         }
         let body = (0..=num_conv)
             .map(|i| {
-                let conv = Conv::new(vb.pp(format!("body.{}", 2 * i)), if i == 0 { in_channels } else { num_feat }, num_feat, 3)?;
-                let slopes = vb.pp(format!("body.{}", 2 * i + 1)).get(num_feat, "weight")?;
+                let conv = Conv::new(
+                    vb.pp(format!("body.{}", 2 * i)),
+                    if i == 0 { in_channels } else { num_feat },
+                    num_feat,
+                    3,
+                )?;
+                let slopes = vb
+                    .pp(format!("body.{}", 2 * i + 1))
+                    .get(num_feat, "weight")?;
                 Ok((conv, slopes.reshape((1, num_feat, 1, 1))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let conv_last = Conv::new(vb.pp(format!("body.{last}")), num_feat, out_channels * scale * scale, 3)?;
+        let conv_last = Conv::new(
+            vb.pp(format!("body.{last}")),
+            num_feat,
+            out_channels * scale * scale,
+            3,
+        )?;
         Ok(Self {
             body,
             conv_last,
             scale,
         })
     }
+}
 
-    pub(super) fn scale(&self) -> usize {
+impl Network for Compact {
+    fn scale(&self) -> usize {
         self.scale
     }
 
+    /// Spandrel has no size requirements for it.
+    fn padding(&self) -> Padding {
+        Padding::NONE
+    }
+
     /// One pixel per convolution; the pixel shuffle and the nearest base add none.
-    pub(super) fn receptive_radius(&self) -> usize {
+    fn receptive_radius(&self) -> usize {
         self.body.len() + 1
     }
 
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = x.clone();
         for (conv, slopes) in &self.body {
             out = conv.forward(&out)?;
             // PReLU: x where positive, slope · x elsewhere.
-            out = out.ge(0f32)?.where_cond(&out, &out.broadcast_mul(slopes)?)?;
+            out = out
+                .ge(0f32)?
+                .where_cond(&out, &out.broadcast_mul(slopes)?)?;
         }
         let out = candle_nn::ops::pixel_shuffle(&self.conv_last.forward(&out)?, self.scale)?;
         Ok((out + upsample_nearest(x, self.scale)?)?)
@@ -86,7 +109,7 @@ impl Compact {
 /// `scale² × out`, with `out` tried as the input channels, then 3, 4 and 1.
 fn scale_and_output_channels(channels: usize, in_channels: usize) -> Option<(usize, usize)> {
     [in_channels, 3, 4, 1].into_iter().find_map(|out| {
-        if out == 0 || channels % out != 0 {
+        if out == 0 || !channels.is_multiple_of(out) {
             return None;
         }
         let squared = channels / out;

@@ -8,7 +8,7 @@
 //! ```
 
 use super::layers::{Conv, leaky_relu, upsample_nearest};
-use super::{Padding, dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
@@ -104,7 +104,9 @@ impl Layout {
                 .keys()
                 .iter()
                 .filter_map(|k| {
-                    let rest = k.strip_prefix("upconv").or_else(|| k.strip_prefix("conv_up"))?;
+                    let rest = k
+                        .strip_prefix("upconv")
+                        .or_else(|| k.strip_prefix("conv_up"))?;
                     let (digit, kind) = rest.split_at_checked(1)?;
                     matches!(kind, ".weight" | ".bias").then(|| digit.parse::<usize>().ok())?
                 })
@@ -117,7 +119,9 @@ impl Layout {
     fn up_conv(self, dict: &StateDict, stage: usize) -> String {
         match self {
             Self::Old => format!("model.{}", 3 * stage),
-            Self::BasicSr | Self::Bsrgan => either(dict, format!("conv_up{stage}"), format!("upconv{stage}")),
+            Self::BasicSr | Self::Bsrgan => {
+                either(dict, format!("conv_up{stage}"), format!("upconv{stage}"))
+            }
         }
     }
 
@@ -138,7 +142,11 @@ impl Layout {
 
 /// `preferred` when the file has its weight, else `other` (whose absence the loader reports).
 fn either(dict: &StateDict, preferred: String, other: String) -> String {
-    if dict.contains(&format!("{preferred}.weight")) { preferred } else { other }
+    if dict.contains(&format!("{preferred}.weight")) {
+        preferred
+    } else {
+        other
+    }
 }
 
 pub(super) fn detect(dict: &StateDict) -> bool {
@@ -164,11 +172,16 @@ impl DenseBlock {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
         let x3 = leaky_relu(&conv3.forward(&Tensor::cat(&[x, &x1, &x2], 1)?)?, SLOPE)?;
-        let mut x4 = leaky_relu(&conv4.forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)?)?, SLOPE)?;
+        let mut x4 = leaky_relu(
+            &conv4.forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)?)?,
+            SLOPE,
+        )?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        let x5 = self.conv5.forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1)?)?;
+        let x5 = self
+            .conv5
+            .forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1)?)?;
         Ok((x5 + x)?)
     }
 }
@@ -238,7 +251,8 @@ impl Esrgan {
                 conv(&name(3), num_filters + 2 * growth, growth)?,
                 conv(&name(4), num_filters + 3 * growth, growth)?,
             ];
-            let conv5 = conv(&name(5), num_filters + 4 * growth, num_filters)?.scaled(RESIDUAL_SCALE)?;
+            let conv5 =
+                conv(&name(5), num_filters + 4 * growth, num_filters)?.scaled(RESIDUAL_SCALE)?;
             let conv1x1 = match layout.conv1x1(block, rdb) {
                 Some(name) if dict.contains(&format!("{name}.weight")) => {
                     Some(Conv::no_bias(vb.pp(name), num_filters, growth, 1)?)
@@ -252,7 +266,13 @@ impl Esrgan {
             })
         };
         let blocks = (0..num_blocks)
-            .map(|b| Ok(Rrdb([dense_block(b, 1)?, dense_block(b, 2)?, dense_block(b, 3)?])))
+            .map(|b| {
+                Ok(Rrdb([
+                    dense_block(b, 1)?,
+                    dense_block(b, 2)?,
+                    dense_block(b, 3)?,
+                ]))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             shuffle,
@@ -267,13 +287,15 @@ impl Esrgan {
             scale: net_scale / factor,
         })
     }
+}
 
-    pub(super) fn scale(&self) -> usize {
+impl Network for Esrgan {
+    fn scale(&self) -> usize {
         self.scale
     }
 
     /// Spandrel asks for 2 pixels, and a multiple of 4 when the input is pixel-unshuffled.
-    pub(super) fn padding(&self) -> Padding {
+    fn padding(&self) -> Padding {
         let multiple_of = if self.shuffle.is_some() { 4 } else { 1 };
         Padding {
             minimum: 2usize.next_multiple_of(multiple_of),
@@ -284,12 +306,12 @@ impl Esrgan {
 
     /// One pixel per 3×3 convolution, counted at the network's input resolution (those after
     /// upsampling see less), times the unshuffle factor.
-    pub(super) fn receptive_radius(&self) -> usize {
+    fn receptive_radius(&self) -> usize {
         let convs = 2 + 15 * self.blocks.len() + self.up_convs.len() + 2;
         convs * self.shuffle.unwrap_or(1)
     }
 
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = match self.shuffle {
             Some(factor) => candle_nn::ops::pixel_unshuffle(x, factor)?,
             None => x.clone(),

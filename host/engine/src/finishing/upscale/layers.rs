@@ -10,7 +10,12 @@ use videosdgx_kernels::FrameConv;
 pub(super) struct Conv(candle_nn::Conv2d);
 
 impl Conv {
-    pub(super) fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Self> {
+    pub(super) fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+    ) -> Result<Self> {
         let config = Conv2dConfig {
             padding: kernel / 2,
             ..Default::default()
@@ -18,7 +23,12 @@ impl Conv {
         candle_nn::conv2d(in_channels, out_channels, kernel, config, vb).map(Self)
     }
 
-    pub(super) fn no_bias(vb: VarBuilder, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Self> {
+    pub(super) fn no_bias(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+    ) -> Result<Self> {
         let config = Conv2dConfig {
             padding: kernel / 2,
             ..Default::default()
@@ -82,7 +92,11 @@ pub(super) fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
 }
 
 /// A per-channel vector as `[1, C, 1, 1]`, for broadcasting over images.
-pub(super) fn per_channel(values: &[f32], dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub(super) fn per_channel(
+    values: &[f32],
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     Tensor::from_slice(values, (1, values.len(), 1, 1), device)?.to_dtype(dtype)
 }
 
@@ -94,7 +108,10 @@ mod tests {
     #[test]
     fn padding_reflects_then_replicates_like_spandrel() {
         // torch: F.pad(F.pad(x, (0, 2), "reflect"), (0, 3), "replicate") for x = [0, 1, 2].
-        let x = Tensor::new(&[0f32, 1., 2.], &Device::Cpu).unwrap().reshape((1, 1, 1, 3)).unwrap();
+        let x = Tensor::new(&[0f32, 1., 2.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 3))
+            .unwrap();
         let y = pad_reflect_then_replicate(&x, 0, 5).unwrap();
         assert_eq!(
             y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -23,9 +23,10 @@ pub const ARCHITECTURES: [&str; 3] = ["RealESRGAN Compact", "SwinIR", "ESRGAN"];
 /// whose far edge barely matters, while the tiny fixtures are covered exactly.
 const MAX_OVERLAP: usize = 32;
 
-/// Input pixels (tiles × padded tile area) one forward takes: several tiles per call keep a GPU
-/// busy, and the bound keeps activation memory independent of the frame size.
-const TILE_BATCH_PIXELS: usize = 1 << 20;
+/// Input pixels (tiles × padded tile area) one forward takes, about eight 256-pixel tiles: several
+/// tiles per call keep a GPU busy, and the bound keeps activation memory independent of the frame
+/// size (a ×4 model holds 16× this many pixels per feature map after upsampling).
+const TILE_BATCH_PIXELS: usize = 1 << 19;
 
 /// Which network a state dict holds, detected from its keys as spandrel does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +60,6 @@ impl Architecture {
     }
 }
 
-enum Net {
-    Esrgan(esrgan::Esrgan),
-    Compact(compact::Compact),
-    SwinIr(swinir::SwinIr),
-}
-
 /// How an input is padded before the network: spandrel's `SizeRequirements` (reflect, then
 /// replicate beyond what reflection reaches) and the network's own reflect padding to a multiple
 /// (SwinIR's window).
@@ -75,48 +70,27 @@ struct Padding {
     window: usize,
 }
 
-impl Net {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::Esrgan(net) => net.forward(x)?,
-            Self::Compact(net) => net.forward(x)?,
-            Self::SwinIr(net) => net.forward(x)?,
-        })
-    }
+impl Padding {
+    const NONE: Self = Self {
+        minimum: 0,
+        multiple_of: 1,
+        window: 1,
+    };
+}
 
-    fn padding(&self) -> Padding {
-        match self {
-            Self::Esrgan(net) => net.padding(),
-            Self::Compact(_) => Padding {
-                minimum: 0,
-                multiple_of: 1,
-                window: 1,
-            },
-            Self::SwinIr(net) => net.padding(),
-        }
-    }
-
+/// What [`Upscaler`] needs of a network.
+trait Network: Send + Sync {
+    /// The network on an input already padded as [`Network::padding`] asks.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn padding(&self) -> Padding;
     /// How far (input pixels) an output pixel sees, over-estimated.
-    fn receptive_radius(&self) -> usize {
-        match self {
-            Self::Esrgan(net) => net.receptive_radius(),
-            Self::Compact(net) => net.receptive_radius(),
-            Self::SwinIr(net) => net.receptive_radius(),
-        }
-    }
-
-    fn scale(&self) -> usize {
-        match self {
-            Self::Esrgan(net) => net.scale(),
-            Self::Compact(net) => net.scale(),
-            Self::SwinIr(net) => net.scale(),
-        }
-    }
+    fn receptive_radius(&self) -> usize;
+    fn scale(&self) -> usize;
 }
 
 /// An upscaling model, ready to run on one device in one dtype.
 pub struct Upscaler {
-    net: Net,
+    net: Box<dyn Network>,
     architecture: Architecture,
     path: PathBuf,
     device: Device,
@@ -144,9 +118,11 @@ impl Upscaler {
         };
         let vb = dict.var_builder(dtype, device);
         let net = match architecture {
-            Architecture::Esrgan => esrgan::Esrgan::load(dict, vb).map(Net::Esrgan),
-            Architecture::Compact => compact::Compact::load(dict, vb).map(Net::Compact),
-            Architecture::SwinIr => swinir::SwinIr::load(dict, vb).map(Net::SwinIr),
+            Architecture::Esrgan => {
+                esrgan::Esrgan::load(dict, vb).map(|n| Box::new(n) as Box<dyn Network>)
+            }
+            Architecture::Compact => compact::Compact::load(dict, vb).map(|n| Box::new(n) as _),
+            Architecture::SwinIr => swinir::SwinIr::load(dict, vb).map(|n| Box::new(n) as _),
         }
         .with_context(|| format!("loading {} from {}", architecture.name(), path.display()))?;
         Ok(Self {
@@ -172,7 +148,7 @@ impl Upscaler {
     /// `[B, 3, H·scale, W·scale]` on the model's device: what spandrel's `ImageModelDescriptor`
     /// returns for it. With `tile = Some(n)` the frame goes through in tiles of `n × n` input
     /// pixels (rounded up to the model's alignment), each with the receptive field around it (at
-    /// most [`MAX_OVERLAP`] pixels a side) and centre-cropped, several tiles per forward; memory
+    /// most 32 pixels a side) and centre-cropped, several tiles per forward; memory
     /// then depends on the tile, not the frame.
     pub fn upscale(&self, image: &Tensor, tile: Option<usize>) -> Result<Tensor> {
         let (_, channels, h, w) = image.dims4().ok().unwrap_or_default();
@@ -241,18 +217,22 @@ impl Upscaler {
             let boxes = chunk
                 .iter()
                 .map(|&(b, r, c)| {
-                    x.i(b..b + 1)?
-                        .narrow(2, rows[r].box_start, box_h)?
-                        .narrow(3, cols[c].box_start, box_w)
+                    x.i(b..b + 1)?.narrow(2, rows[r].box_start, box_h)?.narrow(
+                        3,
+                        cols[c].box_start,
+                        box_w,
+                    )
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let out = self.net.forward(&Tensor::cat(&boxes, 0)?)?;
             for (i, &(_, r, c)) in chunk.iter().enumerate() {
                 let (row, col) = (&rows[r], &cols[c]);
+                // Copied out, so that the chunk's boxes are freed before the next forward.
                 cores.push(
                     out.i(i..i + 1)?
                         .narrow(2, (row.start - row.box_start) * scale, row.len * scale)?
-                        .narrow(3, (col.start - col.box_start) * scale, col.len * scale)?,
+                        .narrow(3, (col.start - col.box_start) * scale, col.len * scale)?
+                        .contiguous()?,
                 );
             }
         }
@@ -310,7 +290,13 @@ fn seq_len(dict: &StateDict, prefix: &str) -> usize {
     let prefix = format!("{prefix}.");
     dict.keys()
         .iter()
-        .filter_map(|k| k.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(&prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)

@@ -15,7 +15,7 @@
 //! SwinIR's `check_image_size` does.
 
 use super::layers::{Conv, leaky_relu, per_channel, upsample_nearest};
-use super::{Padding, dim, expect_rgb, seq_len};
+use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::{LayerNorm, Linear, linear, linear_forward};
 use anyhow::{Result, bail};
@@ -32,7 +32,12 @@ const SLOPE: f64 = 0.2;
 
 pub(super) fn detect(dict: &StateDict) -> bool {
     let block = "layers.0.residual_group.blocks.0";
-    dict.contains(&format!("{block}.norm1.weight"))
+    // HAT and Swin2SR have these keys too; spandrel tries them first and knows them by
+    // `relative_position_index_SA` and `patch_embed.proj` (neither is supported here).
+    let other =
+        dict.contains("relative_position_index_SA") || dict.contains("patch_embed.proj.weight");
+    !other
+        && dict.contains(&format!("{block}.norm1.weight"))
         && (dict.contains("conv_first.weight") || dict.contains("conv_first.1.weight"))
         && dict.contains(&format!("{block}.mlp.fc1.bias"))
         && dict.contains(&format!("{block}.attn.relative_position_index"))
@@ -89,8 +94,11 @@ impl WindowAttention {
         let span = 2 * window - 1;
         let table_name = "relative_position_bias_table";
         let heads = vb.get_unchecked(table_name)?.dim(1)?;
-        if heads == 0 || dim % heads != 0 {
-            bail!("{}: {heads} heads do not divide {dim} channels", vb.prefix());
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            bail!(
+                "{}: {heads} heads do not divide {dim} channels",
+                vb.prefix()
+            );
         }
         let table = vb.get((span * span, heads), table_name)?;
         // Index of the table row for each (query, key) pair of a window, as the reference's
@@ -156,8 +164,9 @@ struct SwinBlock {
 }
 
 impl SwinBlock {
-    /// `x [B, H·W, C]` over an `h × w` grid (multiples of the window).
-    fn forward(&self, x: &Tensor, (h, w): (usize, usize), mask: &Tensor) -> Result<Tensor> {
+    /// `x [B, H·W, C]` over an `h × w` grid (multiples of the window); `mask` is that of
+    /// [`shift_mask`], present whenever a block shifts.
+    fn forward(&self, x: &Tensor, (h, w): (usize, usize), mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, _, c) = x.dims3()?;
         let ws = self.window;
         let mut y = self.norm1.forward(x)?.reshape((b, h, w, c))?;
@@ -169,7 +178,7 @@ impl SwinBlock {
             .reshape((b, h / ws, ws, w / ws, ws, c))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * (h / ws) * (w / ws), ws * ws, c))?;
-        let mask = (self.shift > 0).then_some(mask);
+        let mask = mask.filter(|_| self.shift > 0);
         let y = self
             .attn
             .forward(&windows, mask)?
@@ -195,7 +204,7 @@ struct Rstb {
 }
 
 impl Rstb {
-    fn forward(&self, x: &Tensor, size: (usize, usize), mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, size: (usize, usize), mask: Option<&Tensor>) -> Result<Tensor> {
         let mut y = x.clone();
         for block in &self.blocks {
             y = block.forward(&y, size, mask)?;
@@ -235,11 +244,18 @@ enum Reconstruction {
         conv_last: Conv,
     },
     /// Restoration at ×1: the output is the input plus `conv_last` of the features.
-    Residual { conv_last: Conv },
+    Residual {
+        conv_last: Conv,
+    },
 }
 
 impl Reconstruction {
-    fn load(dict: &StateDict, vb: &VarBuilder, embed_dim: usize, out_channels: usize) -> Result<Self> {
+    fn load(
+        dict: &StateDict,
+        vb: &VarBuilder,
+        embed_dim: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
         let conv = |name: &str, i: usize, o: usize| Conv::new(vb.pp(name), i, o, 3);
         Ok(if dict.contains("conv_before_upsample.0.weight") {
             let num_feat = dim(dict, "conv_before_upsample.0.weight", 0)?;
@@ -337,9 +353,17 @@ impl SwinIr {
         };
         expect_rgb(dict, in_channels, out_channels)?;
         let first_block = "layers.0.residual_group.blocks.0";
-        let window = dim(dict, &format!("{first_block}.attn.relative_position_index"), 0)?.isqrt();
+        let window = dim(
+            dict,
+            &format!("{first_block}.attn.relative_position_index"),
+            0,
+        )?
+        .isqrt();
         if window == 0 {
-            bail!("{}: `{first_block}.attn.relative_position_index` is empty", dict.path().display());
+            bail!(
+                "{}: `{first_block}.attn.relative_position_index` is empty",
+                dict.path().display()
+            );
         }
         // The training resolution, from the stored mask of the first shifted block; windows
         // only shift when it is larger than one window.
@@ -391,12 +415,32 @@ impl SwinIr {
         })
     }
 
-    pub(super) fn scale(&self) -> usize {
+    /// The body: patch norm, the RSTBs, the final norm, on `x [B, C, H, W]`.
+    fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let shifted = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.blocks)
+            .any(|b| b.shift > 0);
+        let mask = shifted
+            .then(|| shift_mask(h, w, self.window, x.dtype(), x.device()))
+            .transpose()?;
+        let mut tokens = self.patch_norm.forward(&embed(x)?)?;
+        for layer in &self.layers {
+            tokens = layer.forward(&tokens, (h, w), mask.as_ref())?;
+        }
+        unembed(&self.norm.forward(&tokens)?, (h, w))
+    }
+}
+
+impl Network for SwinIr {
+    fn scale(&self) -> usize {
         self.reconstruction.scale()
     }
 
     /// Spandrel asks for 16 pixels; the network pads to a multiple of its window.
-    pub(super) fn padding(&self) -> Padding {
+    fn padding(&self) -> Padding {
         Padding {
             minimum: 16,
             multiple_of: 1,
@@ -405,7 +449,7 @@ impl SwinIr {
     }
 
     /// A window per Swin block (attention mixes a whole window), a pixel per 3×3 convolution.
-    pub(super) fn receptive_radius(&self) -> usize {
+    fn receptive_radius(&self) -> usize {
         let body: usize = self
             .layers
             .iter()
@@ -414,19 +458,8 @@ impl SwinIr {
         1 + body + self.conv_after_body.radius() + self.reconstruction.convs()
     }
 
-    /// The body: patch norm, the RSTBs, the final norm, on `x [B, C, H, W]`.
-    fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let mask = shift_mask(h, w, self.window, x.dtype(), x.device())?;
-        let mut tokens = self.patch_norm.forward(&embed(x)?)?;
-        for layer in &self.layers {
-            tokens = layer.forward(&tokens, (h, w), &mask)?;
-        }
-        unembed(&self.norm.forward(&tokens)?, (h, w))
-    }
-
     /// `x`: `[B, 3, H, W]` with `H` and `W` multiples of the window.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x.broadcast_sub(&self.mean)? * self.img_range)?;
         let first = self.conv_first.forward(&x)?;
         let body = (self.conv_after_body.forward(&self.features(&first)?)? + &first)?;
