@@ -79,7 +79,7 @@ fn generated(name: &str, shape: &[usize]) -> Vec<f32> {
         while 4usize.pow(e) < fan_in {
             e += 1;
         }
-        2.0 / 2f32.powi(e as i32)
+        1.0 / 2f32.powi(e as i32)
     };
     let offset = if name.ends_with(".beta") { 1.0 } else { 0.0 };
     (0..n)

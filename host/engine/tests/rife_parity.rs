@@ -52,6 +52,18 @@ fn parity(version: &str) {
         assert!(err <= TOLERANCE, "{version} {key}: relative error {err:e}");
     }
 
+    // One timestep per pair: pair 0 at `timestep`, pair 1 at `timestep_b`.
+    let each = [scalar(&inputs, "timestep"), scalar(&inputs, "timestep_b")];
+    let out = rife.forward_each(img0, img1, &each).unwrap();
+    for (i, key) in ["image", "image_b"].into_iter().enumerate() {
+        let got = out.narrow(0, i, 1).unwrap();
+        let err = relative_error(&got, &outputs[key].narrow(0, i, 1).unwrap()).unwrap();
+        assert!(
+            err <= TOLERANCE,
+            "{version} pair {i} at its own timestep: relative error {err:e}"
+        );
+    }
+
     // `interpolate` on the frames cropped to a size no modulo divides: padded, run, cropped back.
     let [h, w] = rife_fixtures::versions()[version]["interpolate_size"]
         .as_array()
@@ -239,6 +251,11 @@ fn forward_wants_the_nets_multiple_and_interpolate_a_timestep_between() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("timestep"), "{err}");
+    let err = rife
+        .interpolate_each(&frame(20, 20), &frame(20, 20), &[0.25, 0.5])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 timesteps for 1 pairs"), "{err}");
     // Any size comes back as it went in (the padding is cropped off), and within [0, 1].
     let out = rife
         .interpolate(&frame(20, 36), &frame(20, 36), 0.25)
@@ -246,4 +263,26 @@ fn forward_wants_the_nets_multiple_and_interpolate_a_timestep_between() {
     assert_eq!(out.dims(), [1, 3, 20, 36]);
     assert!(out.min_all().unwrap().to_scalar::<f32>().unwrap() >= 0.0);
     assert!(out.max_all().unwrap().to_scalar::<f32>().unwrap() <= 1.0);
+}
+
+#[test]
+fn half_precision_stays_close_to_the_f32_reference() {
+    // f16 on the CPU as a stand-in for the GPU's bf16 (candle's CPU matmul has no bf16): the
+    // casts around the f32 warp and the resize matrices in the model's dtype are exercised.
+    let scratch = tempfile::tempdir().unwrap();
+    for version in ["4.6", "4.25"] {
+        let rife = Rife::load(
+            &rife_fixtures::flownet(version, scratch.path()),
+            &Device::Cpu,
+            DType::F16,
+        )
+        .unwrap();
+        let inputs = rife_fixtures::load(version, "inputs.safetensors");
+        let outputs = rife_fixtures::load(version, "outputs.safetensors");
+        let out = rife.forward(&inputs["img0"], &inputs["img1"], 0.5).unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        let err = relative_error(&out, &outputs["image"]).unwrap();
+        eprintln!("{version} f16: relative error {err:.2e}");
+        assert!(err <= 2e-2, "{version} f16: relative error {err:e}");
+    }
 }

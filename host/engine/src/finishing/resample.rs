@@ -1,44 +1,166 @@
 //! Image resampling that candle lacks, written with tensor ops only so that one implementation runs
 //! on the CPU and on CUDA: PyTorch's bilinear `F.interpolate` and the bilinear backward warp that
 //! optical-flow nets (RIFE) do with `F.grid_sample`. Layout NCHW throughout.
+//!
+//! A `Resampler` keeps the tables these need (interpolation matrices, index ramps) per size, on the
+//! device that used them: a video resamples the same sizes every frame, and a fresh host-to-device
+//! upload per call would make the GPU stream drain each time. For the same reason scalars are
+//! made on the device (`Tensor::full`) rather than uploaded.
 
 use candle_core::{D, DType, Device, Result, Tensor};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
-/// `F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)` on [B, C, H, W],
-/// any factor up or down (no antialiasing, as PyTorch's default). Separable, so it is two matmuls
-/// with precomputed interpolation matrices (at most two non-zero taps a row): exact, and fast on
-/// the GPU. When the size is an exact multiple or divisor of the input, this also equals
-/// `scale_factor=` mode, which derives its sampling ratio from the factor instead of the sizes.
-pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let mut x = x.clone();
-    if w != out_w {
-        // [.., H, W] @ [W, out_w]
-        let m = interpolation_matrix(w, out_w, x.dtype(), x.device())?.t()?;
-        x = x.contiguous()?.broadcast_matmul(&m)?;
+/// What a `Resampler` keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Table {
+    /// `interpolation_matrix(len_in, len_out)`: [len_out, len_in].
+    Interpolation {
+        len_in: usize,
+        len_out: usize,
+        dtype: DType,
+    },
+    /// 0, 1, ..., n − 1 as u32.
+    Ramp(usize),
+}
+
+/// Bilinear resize and backward warp with their tables made once per size (see the module).
+#[derive(Default)]
+pub struct Resampler {
+    tables: Mutex<HashMap<Table, Tensor>>,
+}
+
+impl Resampler {
+    fn table(&self, key: Table, device: &Device) -> Result<Tensor> {
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(table) = tables.get(&key)
+            && table.device().same_device(device)
+        {
+            return Ok(table.clone());
+        }
+        let table = match key {
+            Table::Interpolation {
+                len_in,
+                len_out,
+                dtype,
+            } => interpolation_matrix(len_in, len_out, device)?.to_dtype(dtype)?,
+            Table::Ramp(n) => Tensor::arange(0u32, n as u32, device)?,
+        };
+        tables.insert(key, table.clone());
+        Ok(table)
     }
-    if h != out_h {
-        // Along H on the transposed image, so that the matrix again is the right-hand factor.
-        let m = interpolation_matrix(h, out_h, x.dtype(), x.device())?.t()?;
-        x = x
-            .transpose(2, 3)?
-            .contiguous()?
-            .broadcast_matmul(&m)?
-            .transpose(2, 3)?
-            .contiguous()?;
+
+    /// `F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)` on
+    /// [B, C, H, W], any factor up or down (no antialiasing, as PyTorch's default). Separable, so
+    /// it is two matmuls with interpolation matrices (at most two non-zero taps a row): exact,
+    /// and fast on the GPU. When the size is an exact multiple or divisor of the input, this also
+    /// equals `scale_factor=` mode, which derives its sampling ratio from the factor instead.
+    ///
+    /// Neither pass moves the image: along W the rows of all planes are one [B·C·H, W] matrix
+    /// times [W, out_w]; along H one [out_h, H] matrix, broadcast over the planes with a zero
+    /// batch stride (no copy), times each [H, out_w] plane.
+    pub fn resize_bilinear(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let matrix = |len_in, len_out| {
+            let key = Table::Interpolation {
+                len_in,
+                len_out,
+                dtype: x.dtype(),
+            };
+            self.table(key, x.device())
+        };
+        let mut x = x.clone();
+        if w != out_w {
+            x = x.contiguous()?.broadcast_matmul(&matrix(w, out_w)?.t()?)?;
+        }
+        if h != out_h {
+            x = matrix(h, out_h)?
+                .broadcast_as((b, c, out_h, h))?
+                .matmul(&x.contiguous()?)?;
+        }
+        Ok(x)
     }
-    Ok(x)
+
+    /// Backward warp: output(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with border
+    /// padding. `image` [B, C, H, W], `flow` [B, 2, H, W] in pixels (x first). This is RIFE's
+    /// `warplayer.warp`: `grid_sample(mode="bilinear", padding_mode="border", align_corners=True)`
+    /// on the normalised grid plus flow / ((size − 1) / 2), which is a displacement in pixels.
+    /// Computed in f32 (as `warp` does) and returned in the image's dtype.
+    ///
+    /// The four neighbours of every output pixel are fetched with one `index_select` from the
+    /// image laid out as rows of channels, [B·H·W, C], so the index costs 4·B·H·W whatever C is.
+    pub fn warp(&self, image: &Tensor, flow: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = image.dims4()?;
+        if flow.dims() != [b, 2, h, w] {
+            candle_core::bail!(
+                "warp: flow {:?} does not match image {:?} (want [B, 2, H, W])",
+                flow.dims(),
+                image.dims()
+            )
+        }
+        let device = image.device();
+        let flow = flow.to_dtype(DType::F32)?;
+        let ramp =
+            |n| -> Result<Tensor> { self.table(Table::Ramp(n), device)?.to_dtype(DType::F32) };
+        let xs = ramp(w)?.reshape((1, 1, w))?;
+        let ys = ramp(h)?.reshape((1, h, 1))?;
+        // Border padding: the sample point itself is clamped into the image.
+        let x = clamp(
+            &flow.narrow(1, 0, 1)?.squeeze(1)?.broadcast_add(&xs)?,
+            0.0,
+            (w - 1) as f32,
+        )?;
+        let y = clamp(
+            &flow.narrow(1, 1, 1)?.squeeze(1)?.broadcast_add(&ys)?,
+            0.0,
+            (h - 1) as f32,
+        )?;
+        let x0 = x.floor()?;
+        let y0 = y.floor()?;
+        let fx = (&x - &x0)?;
+        let fy = (&y - &y0)?;
+        // At the last row or column the upper neighbour has weight 0; clamping keeps it in range.
+        let x1 = clamp(&(&x0 + 1.0)?, 0.0, (w - 1) as f32)?;
+        let y1 = clamp(&(&y0 + 1.0)?, 0.0, (h - 1) as f32)?;
+        let row0 = (y0 * w as f64)?;
+        let row1 = (y1 * w as f64)?;
+        // Offsets within one image are exact in f32 (below 2^24 pixels); the batch offset is
+        // added in u32 so that batches of large frames stay exact too.
+        let local = Tensor::stack(
+            &[
+                (&row0 + &x0)?,
+                (&row0 + &x1)?,
+                (&row1 + &x0)?,
+                (&row1 + &x1)?,
+            ],
+            1,
+        )?
+        .to_dtype(DType::U32)?;
+        let base = (self.table(Table::Ramp(b), device)? * (h * w) as f64)?.reshape((b, 1, 1, 1))?;
+        let index = local.broadcast_add(&base)?.flatten_all()?;
+        let gx = (1.0 - &fx)?;
+        let gy = (1.0 - &fy)?;
+        let weights = Tensor::stack(&[(&gx * &gy)?, (&fx * &gy)?, (&gx * &fy)?, (&fx * &fy)?], 1)?
+            .reshape((b, 4, h * w, 1))?;
+        let rows = image
+            .to_dtype(DType::F32)?
+            .permute((0, 2, 3, 1))?
+            .reshape((b * h * w, c))?;
+        rows.index_select(&index, 0)?
+            .reshape((b, 4, h * w, c))?
+            .broadcast_mul(&weights)?
+            .sum(1)?
+            .reshape((b, h, w, c))?
+            .permute((0, 3, 1, 2))?
+            .to_dtype(image.dtype())?
+            .contiguous()
+    }
 }
 
 /// The [out, in] matrix of 1-D bilinear interpolation with half-pixel centres, as PyTorch's
 /// `upsample_bilinear2d` samples: source = (dst + 0.5) · in/out − 0.5, clamped at 0 below, the
 /// upper neighbour clamped to the last sample.
-fn interpolation_matrix(
-    len_in: usize,
-    len_out: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
+fn interpolation_matrix(len_in: usize, len_out: usize, device: &Device) -> Result<Tensor> {
     let ratio = len_in as f32 / len_out as f32;
     let mut m = vec![0f32; len_out * len_in];
     for dst in 0..len_out {
@@ -49,86 +171,14 @@ fn interpolation_matrix(
         m[dst * len_in + i0] += 1.0 - l1;
         m[dst * len_in + i1] += l1;
     }
-    Tensor::from_vec(m, (len_out, len_in), device)?.to_dtype(dtype)
+    Tensor::from_vec(m, (len_out, len_in), device)
 }
 
-/// Backward warp: output(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with border
-/// padding. `image` [B, C, H, W], `flow` [B, 2, H, W] in pixels (x first). This is RIFE's
-/// `warplayer.warp`: `grid_sample(mode="bilinear", padding_mode="border", align_corners=True)` on
-/// the normalised grid plus flow / ((size − 1) / 2), which is exactly a displacement in pixels.
-/// Computed in f32 (as `warp` does) and returned in the image's dtype.
-///
-/// The four neighbours of every output pixel are fetched with one `index_select` from the image
-/// laid out as rows of channels, [B·H·W, C], so the index costs 4·B·H·W whatever C is.
-pub fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = image.dims4()?;
-    let (fb, two, fh, fw) = flow.dims4()?;
-    if (fb, two, fh, fw) != (b, 2, h, w) {
-        candle_core::bail!(
-            "warp: flow {:?} does not match image {:?} (want [B, 2, H, W])",
-            flow.dims(),
-            image.dims()
-        )
-    }
-    let device = image.device();
-    let dtype = image.dtype();
-    let flow = flow.to_dtype(DType::F32)?;
-    let xs = Tensor::arange(0u32, w as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((1, 1, w))?;
-    let ys = Tensor::arange(0u32, h as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((1, h, 1))?;
-    // Border padding: the sample point itself is clamped into the image.
-    let x = flow
-        .narrow(1, 0, 1)?
-        .squeeze(1)?
-        .broadcast_add(&xs)?
-        .clamp(0f32, (w - 1) as f32)?;
-    let y = flow
-        .narrow(1, 1, 1)?
-        .squeeze(1)?
-        .broadcast_add(&ys)?
-        .clamp(0f32, (h - 1) as f32)?;
-    let x0 = x.floor()?;
-    let y0 = y.floor()?;
-    let fx = (&x - &x0)?;
-    let fy = (&y - &y0)?;
-    // At the last row or column the upper neighbour has weight 0; clamping keeps it in range.
-    let x1 = (&x0 + 1.0)?.clamp(0f32, (w - 1) as f32)?;
-    let y1 = (&y0 + 1.0)?.clamp(0f32, (h - 1) as f32)?;
-    let row0 = (y0 * w as f64)?;
-    let row1 = (y1 * w as f64)?;
-    // Offsets within one image are exact in f32 (below 2^24 pixels); the batch offset is added
-    // in u32 so that batches of large frames stay exact too.
-    let local = Tensor::stack(
-        &[
-            (&row0 + &x0)?,
-            (&row0 + &x1)?,
-            (&row1 + &x0)?,
-            (&row1 + &x1)?,
-        ],
-        1,
-    )?
-    .to_dtype(DType::U32)?;
-    let base = (Tensor::arange(0u32, b as u32, device)? * (h * w) as f64)?.reshape((b, 1, 1, 1))?;
-    let index = local.broadcast_add(&base)?.flatten_all()?;
-    let gx = (1.0 - &fx)?;
-    let gy = (1.0 - &fy)?;
-    let weights = Tensor::stack(&[(&gx * &gy)?, (&fx * &gy)?, (&gx * &fy)?, (&fx * &fy)?], 1)?
-        .reshape((b, 4, h * w, 1))?;
-    let rows = image
-        .to_dtype(DType::F32)?
-        .permute((0, 2, 3, 1))?
-        .reshape((b * h * w, c))?;
-    rows.index_select(&index, 0)?
-        .reshape((b, 4, h * w, c))?
-        .broadcast_mul(&weights)?
-        .sum(1)?
-        .reshape((b, h, w, c))?
-        .permute((0, 3, 1, 2))?
-        .to_dtype(dtype)?
-        .contiguous()
+/// `x.clamp(lo, hi)` with the bounds made on the device (candle's scalar `clamp` uploads them).
+pub fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    let bound = |v: f32| Tensor::full(v, (), x.device())?.to_dtype(x.dtype());
+    x.broadcast_maximum(&bound(lo)?)?
+        .broadcast_minimum(&bound(hi)?)
 }
 
 /// Pads [B, C, H, W] with zeros on the bottom and right up to multiples of `multiple`.
@@ -166,12 +216,12 @@ mod tests {
         // -> [0, 1, 3, 4]: half-pixel centres, edges clamped.
         let x = t(&[0.0, 4.0], (1, 1, 1, 2));
         assert_eq!(
-            values(&resize_bilinear(&x, 1, 4).unwrap()),
+            values(&Resampler::default().resize_bilinear(&x, 1, 4).unwrap()),
             [0.0, 1.0, 3.0, 4.0]
         );
         // Along H the same; a 2x2 up to 4x4 has the outer product of both.
         let x = t(&[0.0, 4.0, 8.0, 12.0], (1, 1, 2, 2));
-        let y = resize_bilinear(&x, 4, 4).unwrap();
+        let y = Resampler::default().resize_bilinear(&x, 4, 4).unwrap();
         assert_eq!(
             values(&y),
             [
@@ -184,13 +234,22 @@ mod tests {
     fn resize_down_averages_the_two_middle_samples() {
         // Down by 4: source = 4·dst + 1.5, halfway between samples 1 and 2 of each group.
         let x = t(&[0., 1., 2., 3., 4., 5., 6., 7.], (1, 1, 1, 8));
-        assert_eq!(values(&resize_bilinear(&x, 1, 2).unwrap()), [1.5, 5.5]);
+        assert_eq!(
+            values(&Resampler::default().resize_bilinear(&x, 1, 2).unwrap()),
+            [1.5, 5.5]
+        );
         // Down by 3 (an odd factor): source = 3·dst + 1, exactly sample 1 of each group.
         let x = t(&[0., 1., 2., 3., 4., 5.], (1, 1, 1, 6));
-        assert_eq!(values(&resize_bilinear(&x, 1, 2).unwrap()), [1.0, 4.0]);
+        assert_eq!(
+            values(&Resampler::default().resize_bilinear(&x, 1, 2).unwrap()),
+            [1.0, 4.0]
+        );
         // Non-integer ratio 3 -> 2: sources 0.25 and 1.75.
         let x = t(&[0., 4., 8.], (1, 1, 1, 3));
-        assert_eq!(values(&resize_bilinear(&x, 1, 2).unwrap()), [1.0, 7.0]);
+        assert_eq!(
+            values(&Resampler::default().resize_bilinear(&x, 1, 2).unwrap()),
+            [1.0, 7.0]
+        );
     }
 
     #[test]
@@ -199,7 +258,7 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 4, 4))
             .unwrap();
-        let y = resize_bilinear(&x, 2, 2).unwrap();
+        let y = Resampler::default().resize_bilinear(&x, 2, 2).unwrap();
         assert_eq!(y.dims(), [2, 3, 2, 2]);
         // Each 4x4 plane p (values 16p .. 16p + 15) down by 2 samples at 1/2 → 16p + 2.5 + ...
         let got = values(&y);
@@ -217,10 +276,16 @@ mod tests {
         // 1x3 image [10, 20, 30]; flow +1 reads the right neighbour, the last pixel clamps.
         let image = t(&[10., 20., 30.], (1, 1, 1, 3));
         let flow = t(&[1., 1., 1., 0., 0., 0.], (1, 2, 1, 3));
-        assert_eq!(values(&warp(&image, &flow).unwrap()), [20., 30., 30.]);
+        assert_eq!(
+            values(&Resampler::default().warp(&image, &flow).unwrap()),
+            [20., 30., 30.]
+        );
         // Flow −5 runs off the left: border padding repeats the first pixel.
         let flow = t(&[-5., -5., -5., 0., 0., 0.], (1, 2, 1, 3));
-        assert_eq!(values(&warp(&image, &flow).unwrap()), [10., 10., 10.]);
+        assert_eq!(
+            values(&Resampler::default().warp(&image, &flow).unwrap()),
+            [10., 10., 10.]
+        );
     }
 
     #[test]
@@ -236,10 +301,33 @@ mod tests {
         let centre = [0.5, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, -0.5];
         let quarter = [0.25, 0.25, 0.25, 0.25, 0., 0., 0., 0.];
         let flow = t(&[centre, quarter].concat(), (2, 2, 2, 2));
-        let got = values(&warp(&image, &flow).unwrap());
+        let got = values(&Resampler::default().warp(&image, &flow).unwrap());
         assert_eq!(got[..8], [15., 15., 15., 15., 30., 30., 30., 30.]);
         // x + 0.25: 0.75·left + 0.25·right on the first column; the last column clamps.
         assert_eq!(got[8..12], [2.5, 10., 22.5, 30.]);
+    }
+
+    #[test]
+    fn a_resampler_keeps_its_tables_apart_by_size_and_dtype() {
+        let resampler = Resampler::default();
+        let x = t(&[0.0, 4.0], (1, 1, 1, 2));
+        for _ in 0..2 {
+            let up = resampler.resize_bilinear(&x, 1, 4).unwrap();
+            assert_eq!(values(&up), [0.0, 1.0, 3.0, 4.0]);
+            let x64 = x.to_dtype(DType::F64).unwrap();
+            let up = resampler.resize_bilinear(&x64, 1, 3).unwrap();
+            let got: Vec<f64> = up.flatten_all().unwrap().to_vec1().unwrap();
+            // 2 -> 3: sources 1/6 and 5/6 of the way between the ends, and the clamped 0.
+            assert_eq!(up.dtype(), DType::F64);
+            assert!((got[1] - 2.0).abs() < 1e-6 && got[0] == 0.0, "{got:?}");
+        }
+        let image = t(&[10., 20., 30.], (1, 1, 1, 3));
+        let flow = t(&[0.5, 0.5, 0.5, 0., 0., 0.], (1, 2, 1, 3));
+        assert_eq!(
+            values(&resampler.warp(&image, &flow).unwrap()),
+            [15., 25., 30.]
+        );
+        assert_eq!(values(&clamp(&image, 12.0, 25.0).unwrap()), [12., 20., 25.]);
     }
 
     #[test]
@@ -247,7 +335,8 @@ mod tests {
         let image = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
         let flow = Tensor::zeros((1, 2, 4, 5), DType::F32, &Device::Cpu).unwrap();
         assert!(
-            warp(&image, &flow)
+            Resampler::default()
+                .warp(&image, &flow)
                 .unwrap_err()
                 .to_string()
                 .contains("flow")
