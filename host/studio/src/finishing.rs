@@ -22,11 +22,13 @@ use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
+use videosdgx_engine::finishing::Kind;
 use videosdgx_engine::finishing::finish::{
     ClipShape, FinishCancelled, FinishPlan, FinishSpec, FinishTarget, finish_video,
 };
 use videosdgx_engine::finishing::interpolate::Rife;
 use videosdgx_engine::finishing::upscale::Upscaler;
+use videosdgx_engine::loader::StateDict;
 use videosdgx_engine::pipelines::Cancelled;
 use videosdgx_engine::video;
 
@@ -77,7 +79,7 @@ pub struct FinishingModel {
     pub path: PathBuf,
 }
 
-/// Reads what `path` is by loading it on the CPU (an upscaler first, then a flownet).
+/// Reads what `path` is: its keys tell the kind, and loading it on the CPU checks the weights.
 fn describe(path: &Path) -> Result<FinishingModel> {
     let file = path
         .file_name()
@@ -93,26 +95,27 @@ fn describe(path: &Path) -> Result<FinishingModel> {
         error: None,
         path: path.to_path_buf(),
     };
-    let upscaler = match Upscaler::load(path, &Device::Cpu, DType::F32) {
-        Ok(upscaler) => {
-            model.kind = FinishingKind::Upscaler;
-            model.architecture = Some(upscaler.architecture().to_string());
-            model.scale = Some(upscaler.scale());
-            return Ok(model);
-        }
-        Err(e) => e,
-    };
-    match Rife::load(path, &Device::Cpu, DType::F32) {
-        Ok(rife) => {
-            model.kind = FinishingKind::Interpolator;
-            model.architecture = Some("RIFE".into());
-            model.version = Some(rife.version().to_string());
-        }
-        Err(rife) => {
-            model.error = Some(format!(
-                "neither an upscaler ({upscaler:#}) nor a RIFE flownet ({rife:#})"
-            ));
-        }
+    let loaded = StateDict::open(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|dict| match Kind::detect(&dict)? {
+            Kind::Upscaler(_) => {
+                let upscaler = Upscaler::from_state_dict(&dict, &Device::Cpu, DType::F32)?;
+                model.kind = FinishingKind::Upscaler;
+                model.architecture = Some(upscaler.architecture().to_string());
+                model.scale = Some(upscaler.scale());
+                Ok(())
+            }
+            Kind::Rife => {
+                let rife = Rife::from_state_dict(&dict, &Device::Cpu, DType::F32)?;
+                model.kind = FinishingKind::Interpolator;
+                model.architecture = Some("RIFE".into());
+                model.version = Some(rife.version().to_string());
+                Ok(())
+            }
+        });
+    if let Err(e) = loaded {
+        model.kind = FinishingKind::Unusable;
+        model.error = Some(format!("{e:#}"));
     }
     Ok(model)
 }
@@ -722,14 +725,24 @@ mod tests {
             b"PK\x03\x04 not a zip",
         )
         .unwrap();
+        // Real safetensors, but tensors of no model.
+        std::fs::copy(
+            fixture("upscalers/compact_x2/inputs.safetensors"),
+            finishing_dir(dir.path()).join("other.safetensors"),
+        )
+        .unwrap();
         for (params, expected) in [
             (
                 json!({ "take_id": take.id, "target": "4k", "upscaler": "nope.pth" }),
-                "`nope.pth` is not in models/finishing/ (installed: broken.pth, compact_x2.safetensors, flownet.pkl)",
+                "`nope.pth` is not in models/finishing/ (installed: broken.pth, compact_x2.safetensors, flownet.pkl, other.safetensors)",
             ),
             (
                 json!({ "take_id": take.id, "target": "4k", "upscaler": "broken.pth" }),
-                "`broken.pth` cannot be used: neither an upscaler",
+                "`broken.pth` cannot be used: ",
+            ),
+            (
+                json!({ "take_id": take.id, "target": "4k", "upscaler": "other.safetensors" }),
+                "not a model file this engine knows",
             ),
             (
                 json!({ "take_id": take.id, "target": "4k", "upscaler": "flownet.pkl" }),
@@ -754,6 +767,8 @@ mod tests {
         assert_eq!(before, after);
 
         let listed = list_finishing_models(dir.path()).unwrap();
+        let broken = listed[0].error.as_deref().unwrap();
+        assert!(broken.contains("broken.pth"), "{broken}");
         let kinds: Vec<_> = listed
             .iter()
             .map(|m| (m.file.as_str(), m.kind, m.scale, m.version.as_deref()))
@@ -774,6 +789,7 @@ mod tests {
                     None,
                     Some("4.6")
                 ),
+                ("other.safetensors", FinishingKind::Unusable, None, None),
             ]
         );
     }
