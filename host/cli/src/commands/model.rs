@@ -258,7 +258,11 @@ fn forward_state_dict(args: &ForwardArgs, device: &Device, dtype: DType) -> Resu
                 "tile": args.tile,
             });
             let image = model.upscale(image, args.tile)?;
-            (model.architecture().to_string(), vec![("image", image)], details)
+            (
+                model.architecture().to_string(),
+                vec![("image", image)],
+                details,
+            )
         }
         finishing::Kind::Rife => {
             if args.tile.is_some() {

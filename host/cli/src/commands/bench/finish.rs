@@ -1,5 +1,5 @@
 //! `bench encode` and `bench finish`: the finishing path's speed on this machine, CPU or GPU.
-//! `encode` pushes synthetic frames (a moving gradient) through the H.264 MP4 writer at a
+//! `encode` pushes synthetic frames (a moving gradient under grain) through the H.264 MP4 writer at a
 //! finish target's size and rate; `finish` runs the streaming finish on a clip with the given
 //! models and prints the time of each stage. Both write only the output they are given (or a
 //! temporary file, removed).
@@ -71,11 +71,16 @@ pub fn encode(args: &EncodeArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("encode.mp4");
     // Frames are made before timing: only the writer (RGB->YUV, H.264, spooling) is measured.
-    let frames: Vec<RgbImage> = (0..8)
+    // A moving gradient under fine grain, which generated video has and which costs bits.
+    let frames: Vec<RgbImage> = (0..8u32)
         .map(|f| {
             RgbImage::from_fn(width, height, |x, y| {
                 let shift = x + f * 24;
-                Rgb([(shift % 256) as u8, ((y + shift / 3) % 256) as u8, 90])
+                let grain = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503) ^ f)
+                    .wrapping_mul(2_246_822_519)
+                    >> 28;
+                let base = [(shift % 256) as u8, ((y + shift / 3) % 256) as u8, 90];
+                Rgb(base.map(|c| c.saturating_add(grain as u8)))
             })
         })
         .collect();
