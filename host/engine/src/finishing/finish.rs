@@ -467,17 +467,13 @@ pub fn finish_video(
     let total = plan.frames.len();
     let mut stop = false;
     for batch in plan.frames.chunks(BATCH_FRAMES) {
-        let mut pictures = Vec::with_capacity(batch.len());
-        for planned in batch {
-            pictures.push(source_picture(
-                *planned,
-                &mut window,
-                models.interpolator.as_ref(),
-                &mut stages,
-                &mut report,
-            )?);
-        }
-        let pictures = Tensor::cat(&pictures, 0)?;
+        let pictures = batch_pictures(
+            batch,
+            &mut window,
+            models.interpolator.as_ref(),
+            &mut stages,
+            &mut report,
+        )?;
         let pictures = match upscaler {
             Some(upscaler) => stages.time(Stage::Upscale, || {
                 upscaler
@@ -512,35 +508,65 @@ pub fn finish_video(
     Ok(report)
 }
 
-/// The picture of one planned frame at the source size, `[1, 3, H, W]` f32 on the device.
-fn source_picture(
-    planned: PlannedFrame,
+/// The pictures of a batch of planned frames at the source size, `[B, 3, H, W]` f32 on the
+/// device. Every in-between frame of the batch goes through RIFE in one call, each at its own
+/// timestep; the source frames they need are held by their tensors, since the window moves on.
+fn batch_pictures(
+    batch: &[PlannedFrame],
     window: &mut SourceWindow<'_>,
     interpolator: Option<&Rife>,
     stages: &mut Stages,
     report: &mut FinishReport,
 ) -> Result<Tensor> {
-    match planned {
-        PlannedFrame::Source(index) => window.tensor(index),
-        PlannedFrame::Between { left, t } => {
-            window.load_through(left + 1)?;
-            // A blend across a cut is a double exposure of two shots: hold the nearer frame (as
-            // `FramePlan::hold_across_cuts` does; cuts are found as the frames stream in).
-            if window.cut_after(left)? {
-                report.held_at_cuts += 1;
-                return window.tensor(if t <= 0.5 { left } else { left + 1 });
+    let mut pictures: Vec<Option<Tensor>> = Vec::with_capacity(batch.len());
+    // (slot in the batch, left frame, right frame, timestep)
+    let mut blends = Vec::new();
+    for planned in batch {
+        match *planned {
+            PlannedFrame::Source(index) => pictures.push(Some(window.tensor(index)?)),
+            PlannedFrame::Between { left, t } => {
+                window.load_through(left + 1)?;
+                // A blend across a cut is a double exposure of two shots: hold the nearer frame
+                // (as `FramePlan::hold_across_cuts` does; cuts are found as frames stream in).
+                if window.cut_after(left)? {
+                    report.held_at_cuts += 1;
+                    pictures.push(Some(window.tensor(if t <= 0.5 {
+                        left
+                    } else {
+                        left + 1
+                    })?));
+                } else {
+                    blends.push((
+                        pictures.len(),
+                        window.tensor(left)?,
+                        window.tensor(left + 1)?,
+                        t,
+                    ));
+                    pictures.push(None);
+                }
             }
-            let rife =
-                interpolator.context("the plan draws new frames but no RIFE model is loaded")?;
-            let (a, b) = (window.tensor(left)?, window.tensor(left + 1)?);
-            report.interpolated += 1;
-            stages.time(Stage::Interpolate, || {
-                rife.interpolate(&a, &b, t).with_context(|| {
-                    format!("interpolating between frames {left} and {}", left + 1)
-                })
-            })
         }
     }
+    if !blends.is_empty() {
+        let rife = interpolator.context("the plan draws new frames but no RIFE model is loaded")?;
+        let lefts: Vec<&Tensor> = blends.iter().map(|(_, a, _, _)| a).collect();
+        let rights: Vec<&Tensor> = blends.iter().map(|(_, _, b, _)| b).collect();
+        let timesteps: Vec<f32> = blends.iter().map(|(_, _, _, t)| *t).collect();
+        let drawn = stages.time(Stage::Interpolate, || {
+            rife.interpolate_each(
+                &Tensor::cat(&lefts, 0)?,
+                &Tensor::cat(&rights, 0)?,
+                &timesteps,
+            )
+            .context("interpolating frames")
+        })?;
+        for (row, (slot, ..)) in blends.iter().enumerate() {
+            pictures[*slot] = Some(drawn.narrow(0, row, 1)?);
+        }
+        report.interpolated += blends.len();
+    }
+    let pictures: Vec<Tensor> = pictures.into_iter().flatten().collect();
+    Ok(Tensor::cat(&pictures, 0)?)
 }
 
 /// Output pictures `[B, 3, h, w]` in [0, 1] resized on the device to the plan's content size,
