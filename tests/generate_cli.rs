@@ -271,3 +271,87 @@ fn a_distill_preset_sets_the_schedule_and_turns_guidance_off() {
         "{err}"
     );
 }
+
+#[test]
+fn a_step_cache_reports_the_steps_each_branch_computed_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp4 = tmp.path().join("clip.mp4");
+    let out = generate(
+        "5",
+        &[
+            "--cache",
+            "teacache:0.2",
+            "--out",
+            mp4.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cache = &record["cache"];
+    assert_eq!(cache["method"], "teacache");
+    assert_eq!(cache["threshold"], 0.2);
+    let count = |key: &str| {
+        ["cond", "uncond"]
+            .iter()
+            .map(|b| cache[key][b].as_array().unwrap().len())
+            .sum::<usize>()
+    };
+    // 4 steps x 2 guidance branches, each call either computed or skipped.
+    assert_eq!(count("computed") + count("skipped"), 8, "{cache}");
+    // TeaCache always computes the first and last steps.
+    for branch in ["cond", "uncond"] {
+        let computed = &cache["computed"][branch];
+        assert_eq!(computed[0], 0, "{cache}");
+        assert_eq!(computed.as_array().unwrap().last().unwrap(), 3, "{cache}");
+    }
+    assert_eq!(
+        record["params"]["cache"],
+        serde_json::json!({"method": "teacache", "threshold": 0.2})
+    );
+    // The MP4's generation record carries the spec and the steps.
+    let metadata = videosdgx_engine::video::read_mp4(&mp4).unwrap().metadata;
+    assert_eq!(metadata["generate"]["cache"], record["params"]["cache"]);
+    assert_eq!(metadata["cache"], *cache);
+}
+
+#[test]
+fn without_a_step_cache_the_record_has_no_cache_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("video.safetensors");
+    let out = generate("5", &["--save-tensor", tensor.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(record.get("cache").is_none(), "{record}");
+    assert!(record["params"].get("cache").is_none(), "{record}");
+}
+
+#[test]
+fn a_bad_cache_spec_is_refused_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("video.safetensors");
+    for (spec, expected) in [
+        ("foo", "unknown cache method \"foo\""),
+        (
+            "teacache:-1",
+            "the teacache threshold must be a positive number, got -1",
+        ),
+        ("magcache:fast", "is not a number"),
+    ] {
+        let out = generate(
+            "5",
+            &["--cache", spec, "--save-tensor", tensor.to_str().unwrap()],
+        );
+        assert!(!out.status.success(), "{spec}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--cache") && stderr.contains(expected),
+            "{spec}: {stderr}"
+        );
+        assert!(!tensor.exists());
+    }
+}

@@ -70,7 +70,7 @@ fn other_files_and_bad_inputs_fail_with_one_line() {
     rife_fixtures::write_generated(&[("body.0.weight".into(), vec![8, 3, 3, 3])], &other);
     let line = one_error_line(&forward(&other, &inputs, &out, &[]));
     assert!(
-        line.contains("4x_upscaler.safetensors") && line.contains("not a model file"),
+        line.contains("4x_upscaler.safetensors") && line.contains("not a finishing model"),
         "{line}"
     );
     assert!(

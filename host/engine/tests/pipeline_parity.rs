@@ -71,6 +71,7 @@ fn params() -> GenerateParams {
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        cache: None,
     }
 }
 

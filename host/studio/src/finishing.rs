@@ -105,7 +105,7 @@ fn describe(path: &Path) -> Result<FinishingModel> {
                 model.scale = Some(upscaler.scale());
                 Ok(())
             }
-            Kind::Rife => {
+            Kind::Interpolator => {
                 let rife = Rife::from_state_dict(&dict, &Device::Cpu, DType::F32)?;
                 model.kind = FinishingKind::Interpolator;
                 model.architecture = Some("RIFE".into());
@@ -742,7 +742,7 @@ mod tests {
             ),
             (
                 json!({ "take_id": take.id, "target": "4k", "upscaler": "other.safetensors" }),
-                "not a model file this engine knows",
+                "not a finishing model this build knows",
             ),
             (
                 json!({ "take_id": take.id, "target": "4k", "upscaler": "flownet.pkl" }),

@@ -325,6 +325,7 @@ impl Generator {
                         denoising_steps: None,
                         loras: Vec::new(),
                         lora_mode: Default::default(),
+                        cache: None,
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -4,6 +4,8 @@
 //! (f32 accumulation). One call per output frame also keeps cuDNN's workspace small, which is
 //! what lets it use its fast precomputed-index GEMM at full resolution. (A single call over all
 //! frames would need a descriptor whose images overlap, for which cuDNN offers no algorithm.)
+//! With one tap the windows do not overlap, and all frames go to cuDNN as one batch of images:
+//! the image models (upscalers, RIFE) call it that way, on many small images.
 //! The algorithm for each shape is measured once with `cudnnFindConvolutionForwardAlgorithmEx`
 //! and logged; the bias goes in with one `cudnnAddTensor` over the whole output.
 
@@ -27,6 +29,9 @@ use std::sync::{Mutex, OnceLock};
 /// its time; the explicit GEMM's im2col (9x for a 3x3 kernel) stays out of reach.
 const FIND_WORKSPACE_PER_INPUT: usize = 8;
 const MIN_FIND_WORKSPACE: usize = 256 << 20;
+
+/// Input bytes of one cuDNN call over a batch of one-tap frames (see `FrameConvOp::run`).
+const BATCH_INPUT_BYTES: usize = 64 << 20;
 
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
 /// shapes timing noise sometimes picked them, and then a frame other than the one searched on was
@@ -333,11 +338,25 @@ impl FrameConvOp {
         let t_out = spec.out_frames(t)?;
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
+        // A one-tap convolution reads every frame on its own (the image models' 2-D layers): then
+        // frames go to cuDNN in equal batches of at most BATCH_INPUT_BYTES (one plan fits every
+        // call), which keeps small images efficient and leaves large frames (and their
+        // workspace) one per call as before.
+        let frames = b * t_out;
+        let images = if spec.taps == 1 && spec.stride_t == 1 {
+            let most = (BATCH_INPUT_BYTES / (size_of::<T>() * in_frame)).clamp(1, frames);
+            (1..=most)
+                .rev()
+                .find(|n| frames.is_multiple_of(*n))
+                .unwrap_or(1)
+        } else {
+            1
+        };
         let d = Descriptors {
-            x: TensorDesc::packed(dtype, [1, ck, h, w])?,
+            x: TensorDesc::packed(dtype, [images, ck, h, w])?,
             w: FilterDesc::new(dtype, [o, ck, kh, kw])?,
             conv: ConvDesc::new(spec.pad, spec.stride, math)?,
-            y: TensorDesc::packed(dtype, [1, o, h_out, w_out])?,
+            y: TensorDesc::packed(dtype, [images, o, h_out, w_out])?,
         };
         let mut out = output::<T>(&dev, b * t_out * out_frame)?;
         let stream = dev.cuda_stream();
@@ -349,7 +368,18 @@ impl FrameConvOp {
 
         let key = (
             dev.id(),
-            [dtype as usize, ck, h, w, o, kh, kw, spec.pad, spec.stride],
+            [
+                dtype as usize,
+                images,
+                ck,
+                h,
+                w,
+                o,
+                kh,
+                kw,
+                spec.pad,
+                spec.stride,
+            ],
         );
         let known = plans()
             .lock()
@@ -360,10 +390,10 @@ impl FrameConvOp {
             Some(plan) => plan,
             None => {
                 let what = format!(
-                    "[{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
+                    "{images} x [{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
                     spec.pad, spec.stride
                 );
-                let limit = (FIND_WORKSPACE_PER_INPUT * size_of::<T>() * ck * h * w)
+                let limit = (FIND_WORKSPACE_PER_INPUT * size_of::<T>() * images * ck * h * w)
                     .max(MIN_FIND_WORKSPACE);
                 let plan = find_plan(&dev, handle, &d, (x, weight, y), limit, &what)?;
                 plans()
@@ -386,13 +416,21 @@ impl FrameConvOp {
         }
         let (workspace, _wsg) = workspaces[&dev.id()].device_ptr(&stream);
         let (one, zero) = (1f32, 0f32);
-        for (item, frame) in (0..b).flat_map(|item| (0..t_out).map(move |j| (item, j))) {
-            let first_in = item * t + frame * spec.stride_t;
-            let first_out = item * t_out + frame;
-            // SAFETY: output frame `frame` of batch item `item` reads the `taps` contiguous input
-            // frames from `first_in` (in bounds: t_out from out_frames) and writes one packed
-            // output frame; the workspace holds the plan's bytes; alpha/beta are f32 as bf16
-            // and f32 data require.
+        let calls: Vec<(usize, usize)> = if images > 1 {
+            // taps = 1 and stride_t = 1: input frame i is output frame i.
+            (0..frames).step_by(images).map(|f| (f, f)).collect()
+        } else {
+            (0..b)
+                .flat_map(|item| (0..t_out).map(move |frame| (item, frame)))
+                .map(|(item, frame)| (item * t + frame * spec.stride_t, item * t_out + frame))
+                .collect()
+        };
+        for (first_in, first_out) in calls {
+            // SAFETY: the call reads `images` packed windows of `taps` contiguous input frames
+            // from `first_in` (in bounds: t_out from out_frames; several images per call only
+            // when taps = 1, in batches that divide the frames) and writes `images` packed
+            // output frames from `first_out`; the workspace holds the plan's bytes; alpha/beta
+            // are f32 as bf16 and f32 data require.
             unsafe {
                 result::convolution_forward(
                     handle,

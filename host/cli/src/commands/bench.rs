@@ -2,13 +2,17 @@
 //! published shapes, timed with CUDA events (median after warm-up). `bench wan --component pipeline`
 //! instead times a whole generation through the engine's `WanPipeline` (module `gpu::pipeline`), in
 //! wall clock between device synchronisations. Reports only what was measured in this process on
-//! this GPU; it never loads model files or writes anything.
+//! this GPU; it never loads model files or writes anything. `bench upscale` and `bench interpolate`
+//! (module `frames`, any build) time a finishing model's state dict on a clip of random frames;
+//! `bench encode` and `bench finish` (module `finish`, any build) time H.264 encoding at a finish
+//! target and the streaming finish of a clip, stage by stage.
 //!
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
 
 mod configs;
 mod finish;
+mod frames;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand, ValueEnum};
@@ -23,6 +27,10 @@ pub enum BenchCommand {
     /// A language model at a preset's published size with random weights: prefill, greedy
     /// decoding through the KV cache, and the text-encoder call (every hidden state).
     Llm(LlmArgs),
+    /// An upscaler state dict on a clip of random frames (every frame, in batches).
+    Upscale(frames::FramesArgs),
+    /// A RIFE flownet on a clip of random frames: x2, the frame between each pair of neighbours.
+    Interpolate(frames::FramesArgs),
     /// H.264 encoding speed and bit rate at a finish target's size and rate (`4k24`), on the CPU.
     Encode(finish::EncodeArgs),
     /// The streaming finish of a clip (decode, RIFE, upscale, resize, encode), time per stage.
@@ -227,24 +235,27 @@ pub fn token_grid(
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match &cmd {
+        BenchCommand::Upscale(args) => return frames::upscale(args),
+        BenchCommand::Interpolate(args) => return frames::interpolate(args),
+        BenchCommand::Encode(args) => return finish::encode(args),
+        BenchCommand::Finish(args) => return finish::finish(args),
+        _ => {}
+    }
     #[cfg(feature = "cuda")]
     {
         match cmd {
             BenchCommand::Wan(args) => gpu::wan(&args),
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
-            BenchCommand::Encode(args) => finish::encode(&args),
-            BenchCommand::Finish(args) => finish::finish(&args),
+            BenchCommand::Upscale(_)
+            | BenchCommand::Interpolate(_)
+            | BenchCommand::Encode(_)
+            | BenchCommand::Finish(_) => unreachable!("run above"),
         }
     }
     #[cfg(not(feature = "cuda"))]
     {
-        // The finishing path runs on the CPU too.
-        match &cmd {
-            BenchCommand::Encode(args) => return finish::encode(args),
-            BenchCommand::Finish(args) => return finish::finish(args),
-            _ => {}
-        }
         // Sizes the preset cannot take are refused first, as the GPU build would.
         if let BenchCommand::Wan(args) = &cmd {
             token_grid(&args.preset.shape(), args.height, args.width, args.frames)?;

@@ -30,12 +30,10 @@ pub enum ModelCommand {
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     ///
-    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth/.pkl), its
+    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth), its
     /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
     /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
-    /// --tile. RIFE flownet (IFNet v4.6, 4.22-4.26, lite/heavy): img0, img1 [B, 3, H, W] in
-    /// [0, 1], H and W multiples of the version's 32/64/128, timestep (one element) -> image
-    /// (the merged frame).
+    /// --tile.
     Forward(ForwardArgs),
 }
 
@@ -264,23 +262,18 @@ fn forward_state_dict(args: &ForwardArgs, device: &Device, dtype: DType) -> Resu
                 details,
             )
         }
-        finishing::Kind::Rife => {
+        finishing::Kind::Interpolator => {
             if args.tile.is_some() {
-                bail!("--tile: a RIFE flownet does not run in tiles (upscalers do)");
+                bail!("--tile: RIFE does not run in tiles (upscalers do)");
             }
             let rife = Rife::from_state_dict(&dict, device, dtype)?;
             let name = format!("RIFE {}", rife.version());
-            let timestep = input(&inputs, &args.inputs, "timestep", &name)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?;
+            let input = |tensor: &str| input(&inputs, &args.inputs, tensor, &name);
+            let timestep = input("timestep")?.to_dtype(DType::F32)?.flatten_all()?;
             let [timestep] = timestep.to_vec1::<f32>()?[..] else {
                 bail!("`timestep` must hold one value, not {:?}", timestep.dims());
             };
-            let image = rife.forward(
-                input(&inputs, &args.inputs, "img0", &name)?,
-                input(&inputs, &args.inputs, "img1", &name)?,
-                timestep,
-            )?;
+            let image = rife.forward(input("img0")?, input("img1")?, timestep)?;
             let details = serde_json::json!({ "version": rife.version() });
             (name, vec![("image", image)], details)
         }

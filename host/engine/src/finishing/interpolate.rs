@@ -27,9 +27,10 @@
 
 use super::resample::{Resampler, clamp, pad_to_multiple};
 use crate::loader::StateDict;
+use crate::models::conv::{Conv2d, ConvTranspose2d};
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// One row of the table above.
@@ -166,25 +167,11 @@ struct Head {
 
 impl Head {
     fn load(vb: VarBuilder, hidden: usize, out: usize) -> candle_core::Result<Self> {
-        let same = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let down = Conv2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
-        let up = ConvTranspose2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
         Ok(Self {
-            cnn0: candle_nn::conv2d(3, hidden, 3, down, vb.pp("cnn0"))?,
-            cnn1: candle_nn::conv2d(hidden, hidden, 3, same, vb.pp("cnn1"))?,
-            cnn2: candle_nn::conv2d(hidden, hidden, 3, same, vb.pp("cnn2"))?,
-            cnn3: candle_nn::conv_transpose2d(hidden, out, 4, up, vb.pp("cnn3"))?,
+            cnn0: Conv2d::load(vb.pp("cnn0"), 3, hidden, 3, 2, true)?,
+            cnn1: Conv2d::load(vb.pp("cnn1"), hidden, hidden, 3, 1, true)?,
+            cnn2: Conv2d::load(vb.pp("cnn2"), hidden, hidden, 3, 1, true)?,
+            cnn3: ConvTranspose2d::load(vb.pp("cnn3"), hidden, out)?,
         })
     }
 
@@ -197,26 +184,21 @@ impl Head {
     }
 }
 
-/// `ResConv`: LeakyReLU(conv(x) · beta + x).
+/// `ResConv`: LeakyReLU(conv(x) · beta + x), with `beta` folded into the convolution.
 struct ResConv {
     conv: Conv2d,
-    beta: Tensor,
 }
 
 impl ResConv {
     fn load(vb: VarBuilder, c: usize) -> candle_core::Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let beta = vb.get((1, c, 1, 1), "beta")?;
         Ok(Self {
-            conv: candle_nn::conv2d(c, c, 3, cfg, vb.pp("conv"))?,
-            beta: vb.get((1, c, 1, 1), "beta")?,
+            conv: Conv2d::load(vb.pp("conv"), c, c, 3, 1, true)?.scaled_per_channel(&beta)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        leaky_relu(&(self.conv.forward(x)?.broadcast_mul(&self.beta)? + x)?)
+        leaky_relu(&(self.conv.forward(x)? + x)?)
     }
 }
 
@@ -244,26 +226,16 @@ impl IfBlock {
         c: usize,
         features: bool,
     ) -> candle_core::Result<Self> {
-        let down = Conv2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
-        let up = ConvTranspose2dConfig {
-            padding: 1,
-            stride: 2,
-            ..Default::default()
-        };
         let outputs = if features { 13 } else { 6 };
         Ok(Self {
             conv0: [
-                candle_nn::conv2d(in_planes, c / 2, 3, down, vb.pp("conv0.0.0"))?,
-                candle_nn::conv2d(c / 2, c, 3, down, vb.pp("conv0.1.0"))?,
+                Conv2d::load(vb.pp("conv0.0.0"), in_planes, c / 2, 3, 2, true)?,
+                Conv2d::load(vb.pp("conv0.1.0"), c / 2, c, 3, 2, true)?,
             ],
             convblock: (0..8)
                 .map(|i| ResConv::load(vb.pp(format!("convblock.{i}")), c))
                 .collect::<candle_core::Result<_>>()?,
-            lastconv: candle_nn::conv_transpose2d(c, 4 * outputs, 4, up, vb.pp("lastconv.0"))?,
+            lastconv: ConvTranspose2d::load(vb.pp("lastconv.0"), c, 4 * outputs)?,
             features,
         })
     }

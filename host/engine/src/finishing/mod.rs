@@ -15,22 +15,22 @@ use crate::loader::StateDict;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Upscaler(upscale::Architecture),
-    /// A RIFE v4.x flownet (its version is read when it loads).
-    Rife,
+    /// A RIFE v4.x flownet (its version is told apart when it loads).
+    Interpolator,
 }
 
 impl Kind {
     /// The kind whose keys the state dict has, or an error listing the known ones.
     pub fn detect(dict: &StateDict) -> anyhow::Result<Self> {
-        if interpolate::is_rife_flownet(dict) {
-            return Ok(Self::Rife);
-        }
         if let Some(architecture) = upscale::Architecture::detect(dict) {
             return Ok(Self::Upscaler(architecture));
         }
+        if interpolate::is_rife_flownet(dict) {
+            return Ok(Self::Interpolator);
+        }
         anyhow::bail!(
-            "{}: not a model file this engine knows; its keys match none of the upscalers ({}) \
-             and no RIFE flownet ({})",
+            "{}: not a finishing model this build knows; its keys match none of the upscalers ({}) \
+             nor a RIFE flownet ({})",
             dict.path().display(),
             upscale::ARCHITECTURES.join(", "),
             interpolate::known_versions()

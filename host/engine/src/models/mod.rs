@@ -4,6 +4,7 @@
 //! (the loader does) nor pick devices or dtypes (callers do).
 
 pub mod clip_vision;
+pub mod conv;
 mod linear;
 pub mod umt5;
 pub(crate) mod vit;

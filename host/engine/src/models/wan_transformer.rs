@@ -790,6 +790,25 @@ impl WanTransformer3DModel {
         encoder_hidden_states: &Tensor,
         encoder_hidden_states_image: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let embedded = self.embed(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            encoder_hidden_states_image,
+        )?;
+        let x = self.blocks(&embedded)?;
+        self.head(&embedded, &x)
+    }
+
+    /// The first part of [`Self::forward`]: patch tokens, time embedding and context. A step cache
+    /// then runs [`Self::blocks`] or reuses their residual, and [`Self::head`] finishes.
+    pub fn embed(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        encoder_hidden_states_image: Option<&Tensor>,
+    ) -> Result<WanEmbedded> {
         let (pt, ph, pw) = self.config.patch()?;
         let (batch, channels, frames, height, width) = hidden_states.dims5()?;
         if channels != self.config.in_channels {
@@ -829,17 +848,50 @@ impl WanTransformer3DModel {
             Some(image) => Tensor::cat(&[image, text], 1)?,
             None => text,
         };
-
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(&x, &context, &timestep_proj, &rope)?;
-        }
-
-        let m = modulation(&self.scale_shift_table, &temb, 2)?;
-        let x = modulate(&self.norm_out, &x, &m[0], &m[1])?;
-        let x = self.proj_out.forward(&x)?;
-        self.unpatchify(&x, grid)
+        Ok(WanEmbedded {
+            hidden: x,
+            temb,
+            timestep_proj,
+            context,
+            rope,
+            grid,
+        })
     }
+
+    /// The transformer blocks over the embedded tokens: `[B, L, dim]`.
+    pub fn blocks(&self, embedded: &WanEmbedded) -> Result<Tensor> {
+        let mut x = embedded.hidden.clone();
+        for block in &self.blocks {
+            x = block.forward(
+                &x,
+                &embedded.context,
+                &embedded.timestep_proj,
+                &embedded.rope,
+            )?;
+        }
+        Ok(x)
+    }
+
+    /// The output norm, projection and unpatchify of the blocks' output `x`.
+    pub fn head(&self, embedded: &WanEmbedded, x: &Tensor) -> Result<Tensor> {
+        let m = modulation(&self.scale_shift_table, &embedded.temb, 2)?;
+        let x = modulate(&self.norm_out, x, &m[0], &m[1])?;
+        let x = self.proj_out.forward(&x)?;
+        self.unpatchify(&x, embedded.grid)
+    }
+}
+
+/// What [`WanTransformer3DModel::embed`] computes once per call for the blocks and the head.
+pub struct WanEmbedded {
+    /// Patch tokens entering the first block, `[B, L, dim]`.
+    pub hidden: Tensor,
+    /// The time embedding `[B, S, dim]` (the original Wan's `e`), which TeaCache watches; in the
+    /// model's dtype, as diffusers keeps it (the original keeps it in f32).
+    pub temb: Tensor,
+    timestep_proj: Tensor,
+    context: Tensor,
+    rope: RotaryTables,
+    grid: [usize; 3],
 }
 
 impl Adaptable for WanTransformer3DModel {

@@ -16,6 +16,7 @@ pub use wan::{GenerateInputs, StartImage, TextSide, WanParts, WanPipeline};
 
 use crate::lora::{LoraMode, LoraSpec};
 use crate::schedulers::SchedulerKind;
+use crate::schedulers::step_cache::{CacheReport, CacheSpec};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub struct GenerateParams {
     /// How the LoRAs are applied (merged into the weights unless asked otherwise).
     #[serde(default, skip_serializing_if = "is_merge")]
     pub lora_mode: LoraMode,
+    /// Step caching (TeaCache, MagCache, EasyCache) and its threshold; off when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 }
 
 fn is_merge(mode: &LoraMode) -> bool {
@@ -112,4 +116,6 @@ pub struct GeneratedVideo {
     pub latents: Tensor,
     /// The LoRAs applied, as the parameters gave them, each with its file's SHA-256.
     pub loras: Vec<LoraSpec>,
+    /// With [`GenerateParams::cache`]: the steps each guidance branch computed and skipped.
+    pub cache: Option<CacheReport>,
 }

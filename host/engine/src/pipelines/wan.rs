@@ -11,8 +11,10 @@
 //! models already in memory (the GPU benchmark's random weights). A pipeline without a
 //! [`TextSide`] runs only on prompt embeddings given in [`GenerateInputs`]. The LoRAs of
 //! [`GenerateParams::loras`] are applied to the transformer(s) before each generation
-//! ([`WanPipeline::set_loras`]; nothing is done when they are the ones applied already). This
-//! module never writes files.
+//! ([`WanPipeline::set_loras`]; nothing is done when they are the ones applied already). With
+//! [`GenerateParams::cache`], each transformer (each Wan 2.2 expert) gets a [`StepCache`] whose
+//! guidance branches keep their own state, and the output reports the steps each branch computed.
+//! This module never writes files.
 
 use super::prompt::encode_prompt;
 use super::{
@@ -23,8 +25,11 @@ use crate::loader::{read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
-use crate::models::wan_transformer::WanTransformer3DModel;
+use crate::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
 use crate::schedulers::Scheduler;
+use crate::schedulers::step_cache::{
+    CacheMethod, CacheReport, CacheScope, Calibration, StepCache, Wan21Checkpoint,
+};
 use crate::tokenizer::PromptTokenizer;
 use crate::vae::AutoencoderKLWan;
 use anyhow::{Context, Result, bail};
@@ -115,6 +120,9 @@ pub struct WanPipeline {
     /// The LoRA files applied now, kept mapped so that a change of strengths reads no header
     /// again.
     lora_files: Vec<Arc<LoraFile>>,
+    /// TeaCache/MagCache tables from `transformer/step_cache.json`, which take precedence over the
+    /// published ones (see [`WanPipeline::calibration`]).
+    calibration: Option<Calibration>,
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -131,8 +139,8 @@ impl WanPipeline {
         let index = read_pipeline_index(dir)?;
         let setting = |key: &str| index.settings.get(key).cloned().unwrap_or_default();
         let has = |name: &str| index.component(name).is_some();
-        let transformer =
-            WanTransformer3DModel::load(&component(dir, "transformer")?, device, dtype)?;
+        let transformer_dir = component(dir, "transformer")?;
+        let transformer = WanTransformer3DModel::load(&transformer_dir, device, dtype)?;
         let transformer_2 = match (has("transformer_2"), setting("boundary_ratio").as_f64()) {
             (true, Some(ratio)) => Some((
                 WanTransformer3DModel::load(&component(dir, "transformer_2")?, device, dtype)?,
@@ -154,7 +162,7 @@ impl WanPipeline {
         };
         let scheduler_config =
             read_config(&component(dir, "scheduler")?.join("scheduler_config.json"))?;
-        Self::from_parts(
+        let mut pipeline = Self::from_parts(
             WanParts {
                 transformer,
                 transformer_2,
@@ -167,7 +175,9 @@ impl WanPipeline {
             },
             device,
             dtype,
-        )
+        )?;
+        pipeline.calibration = Calibration::load(&transformer_dir)?;
+        Ok(pipeline)
     }
 
     /// A pipeline over models already in memory. `dtype` is the one the text and image encoders
@@ -188,6 +198,7 @@ impl WanPipeline {
             scheduler_config: parts.scheduler_config,
             expand_timesteps: parts.expand_timesteps,
             lora_files: Vec::new(),
+            calibration: None,
         })
     }
 
@@ -279,6 +290,50 @@ impl WanPipeline {
         } else {
             StartImage::Unsupported
         }
+    }
+
+    /// The TeaCache/MagCache tables of this checkpoint: `transformer/step_cache.json` when the
+    /// pipeline has one, else the published tables of the Wan 2.1 checkpoint its transformer config
+    /// describes ([`wan21_checkpoint`]). Wan 2.2 and other checkpoints have no published tables:
+    /// an error says so.
+    pub fn calibration(&self) -> Result<Calibration> {
+        if let Some(calibration) = &self.calibration {
+            return Ok(calibration.clone());
+        }
+        let wan21 = self.transformer_2.is_none() && !self.expand_timesteps;
+        let checkpoint = if wan21 {
+            wan21_checkpoint(self.transformer.config(), &self.name)?
+        } else {
+            None
+        };
+        match checkpoint {
+            Some(checkpoint) => Ok(Calibration::wan21(checkpoint)),
+            None => bail!(
+                "{}: TeaCache and MagCache need a table calibrated for the checkpoint, published only for Wan 2.1 T2V-1.3B, T2V-14B and I2V-14B 480P/720P; give transformer/step_cache.json or use easycache",
+                self.name
+            ),
+        }
+    }
+
+    /// One [`StepCache`] per transformer for a generation of `steps` steps, or none.
+    fn step_caches(
+        &self,
+        params: &GenerateParams,
+        steps: usize,
+        branches: usize,
+    ) -> Result<Vec<StepCache>> {
+        let Some(spec) = params.cache else {
+            return Ok(Vec::new());
+        };
+        let calibration = match spec.method {
+            CacheMethod::EasyCache => None,
+            CacheMethod::TeaCache | CacheMethod::MagCache => Some(self.calibration()?),
+        };
+        let experts = 1 + usize::from(self.transformer_2.is_some());
+        (0..experts)
+            .map(|_| StepCache::new(spec, steps, branches, calibration.as_ref()))
+            .collect::<Result<_>>()
+            .with_context(|| format!("{}: cache {spec}", self.name))
     }
 
     pub fn generate(
@@ -470,22 +525,32 @@ impl WanPipeline {
             .as_ref()
             .map(|(_, ratio)| ratio * scheduler.num_train_timesteps() as f64);
         let timesteps = scheduler.timesteps().to_vec();
+        let branches = 1 + usize::from(negative_embeds.is_some());
+        let mut caches = self.step_caches(params, timesteps.len(), branches)?;
 
         // 4. Denoising.
         report(Stage::Denoising, 0, timesteps.len())?;
         for (i, &t) in timesteps.iter().enumerate() {
             let low_noise = boundary.is_some_and(|b| t < b);
-            let (model, guidance) = match (&self.transformer_2, low_noise) {
-                (Some((expert, _)), true) => (expert, params.guidance_2.unwrap_or(params.guidance)),
-                _ => (&self.transformer, params.guidance),
+            let (model, guidance, expert) = match (&self.transformer_2, low_noise) {
+                (Some((expert, _)), true) => {
+                    (expert, params.guidance_2.unwrap_or(params.guidance), 1)
+                }
+                _ => (&self.transformer, params.guidance, 0),
             };
+            let mut cache = caches.get_mut(expert);
             let (input, timestep) = self.model_input(&latents, condition.as_ref(), t)?;
             let input = input.to_dtype(text_dtype)?;
-            let cond = model.forward(&input, &timestep, &prompt_embeds, image_embeds.as_ref())?;
+            let call = |text| ModelCall {
+                input: &input,
+                timestep: &timestep,
+                text,
+                image: image_embeds.as_ref(),
+            };
+            let cond = predict(model, cache.as_deref_mut(), i, 0, call(&prompt_embeds))?;
             let prediction = match &negative_embeds {
                 Some(negative) => {
-                    let uncond =
-                        model.forward(&input, &timestep, negative, image_embeds.as_ref())?;
+                    let uncond = predict(model, cache, i, 1, call(negative))?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
                 None => cond,
@@ -512,6 +577,7 @@ impl WanPipeline {
             fps: WAN_FPS,
             latents,
             loras,
+            cache: params.cache.map(|spec| CacheReport::merge(spec, &caches)),
         })
     }
 
@@ -602,6 +668,86 @@ impl WanPipeline {
     }
 }
 
+/// The Wan 2.1 checkpoint a transformer config describes, for its published step-cache tables
+/// (the references pick them by checkpoint directory name): 1536 wide with 30 layers is T2V-1.3B,
+/// 5120 wide with 40 layers T2V-14B, 36 input channels with a 1280-wide image branch I2V-14B,
+/// 480P or 720P as the last component of `name` (the pipeline directory) says, in any case.
+fn wan21_checkpoint(c: &WanTransformerConfig, name: &str) -> Result<Option<Wan21Checkpoint>> {
+    let folder = Path::new(name)
+        .file_name()
+        .map_or(name.to_string(), |n| n.to_string_lossy().into_owned())
+        .to_ascii_uppercase();
+    let shape = (
+        c.in_channels,
+        c.image_dim,
+        c.pos_embed_seq_len,
+        c.inner_dim(),
+        c.num_layers,
+    );
+    Ok(match shape {
+        (16, None, None, 1536, 30) => Some(Wan21Checkpoint::T2v1_3B),
+        (16, None, None, 5120, 40) => Some(Wan21Checkpoint::T2v14B),
+        (36, Some(1280), None, 5120, 40) if folder.contains("720P") => {
+            Some(Wan21Checkpoint::I2v14B720P)
+        }
+        (36, Some(1280), None, 5120, 40) if folder.contains("480P") => {
+            Some(Wan21Checkpoint::I2v14B480P)
+        }
+        (36, Some(1280), None, 5120, 40) => bail!(
+            "{name}: a Wan 2.1 I2V-14B checkpoint whose folder name says neither 480P nor 720P, which picks its step-cache table"
+        ),
+        _ => None,
+    })
+}
+
+/// The inputs of one transformer call.
+struct ModelCall<'a> {
+    input: &'a Tensor,
+    timestep: &'a Tensor,
+    text: &'a Tensor,
+    image: Option<&'a Tensor>,
+}
+
+/// One transformer call at `step` for guidance `branch` (0 cond, 1 uncond), through `cache` when
+/// there is one: the cache decides whether the blocks (or, for EasyCache, the whole call) run or
+/// their stored residual is added instead.
+fn predict(
+    model: &WanTransformer3DModel,
+    cache: Option<&mut StepCache>,
+    step: usize,
+    branch: usize,
+    call: ModelCall,
+) -> Result<Tensor> {
+    let forward = || model.forward(call.input, call.timestep, call.text, call.image);
+    let Some(cache) = cache else {
+        return Ok(forward()?);
+    };
+    match cache.scope() {
+        CacheScope::Model => {
+            // The residual is taken over the latents alone, without I2V's condition channels, as
+            // the reference takes it over `x` before concatenating `y`.
+            let latents = call.input.narrow(1, 0, model.config().out_channels())?;
+            if cache.reuse(step, branch, &latents)? {
+                return cache.apply(branch, &latents);
+            }
+            let output = forward()?;
+            cache.computed(branch, &latents, &output)?;
+            Ok(output)
+        }
+        CacheScope::Blocks => {
+            let embedded = model.embed(call.input, call.timestep, call.text, call.image)?;
+            let hidden = if cache.reuse(step, branch, &embedded.temb)? {
+                cache.apply(branch, &embedded.hidden)?
+            } else {
+                let hidden = model.blocks(&embedded)?;
+                cache.computed(branch, &embedded.hidden, &hidden)?;
+                hidden
+            };
+            Ok(model.head(&embedded, &hidden)?)
+        }
+    }
+}
+
 enum Condition {
     /// Wan 2.1/2.2 I2V: frame mask and VAE latents, concatenated to the noise along channels.
     Channels(Tensor),
@@ -650,4 +796,57 @@ fn image_tensor(img: &image::RgbImage, h: usize, w: usize, device: &Device) -> R
         .to_dtype(DType::F32)?
         .permute((2, 0, 1))?;
     Ok(((t / 127.5)? - 1.0)?.reshape((1, 3, 1, h, w))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published diffusers configs' dimensions (Wan-AI/Wan2.1-*-Diffusers).
+    fn config(
+        in_channels: usize,
+        image_dim: Option<usize>,
+        heads: usize,
+        layers: usize,
+    ) -> WanTransformerConfig {
+        WanTransformerConfig {
+            in_channels,
+            image_dim,
+            num_attention_heads: heads,
+            attention_head_dim: 128,
+            num_layers: layers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wan21_checkpoints_are_told_apart_by_config_and_folder_name() {
+        let pick = |c: &WanTransformerConfig, name: &str| wan21_checkpoint(c, name).unwrap();
+        let t2v_small = config(16, None, 12, 30);
+        let t2v = config(16, None, 40, 40);
+        let i2v = config(36, Some(1280), 40, 40);
+        assert_eq!(pick(&t2v_small, "m"), Some(Wan21Checkpoint::T2v1_3B));
+        assert_eq!(pick(&t2v, "m"), Some(Wan21Checkpoint::T2v14B));
+        assert_eq!(
+            pick(&i2v, "/models/Wan2.1-I2V-14B-480P-Diffusers"),
+            Some(Wan21Checkpoint::I2v14B480P)
+        );
+        assert_eq!(
+            pick(&i2v, "/models/480p/wan2.1-i2v-14b-720p/"),
+            Some(Wan21Checkpoint::I2v14B720P),
+            "the folder's own name decides"
+        );
+        let err = wan21_checkpoint(&i2v, "/models/i2v")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither 480P nor 720P"), "{err}");
+        // FLF2V (learned image position embedding), TI2V-5B and anything else: no table.
+        let flf2v = WanTransformerConfig {
+            pos_embed_seq_len: Some(514),
+            ..i2v.clone()
+        };
+        assert_eq!(pick(&flf2v, "Wan2.1-FLF2V-14B-720P"), None);
+        assert_eq!(pick(&config(48, None, 24, 30), "Wan2.2-TI2V-5B"), None);
+        assert_eq!(pick(&config(4, None, 2, 2), "tiny"), None);
+    }
 }

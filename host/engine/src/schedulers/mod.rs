@@ -2,9 +2,11 @@
 //! `UniPCMultistepScheduler` with flow sigmas (the Wan pipelines' default) and
 //! `FlowMatchEulerDiscreteScheduler`. Both reproduce the reference's timesteps and sigmas (computed in
 //! f64 as numpy does, stored rounded to f32 as the reference stores them) and its update rules.
-//! A scheduler only does arithmetic on the tensors it is given; it never runs a model.
+//! A scheduler only does arithmetic on the tensors it is given; it never runs a model. [`step_cache`]
+//! decides, step by step, which transformer calls a generation may skip.
 
 mod flow_euler;
+pub mod step_cache;
 mod unipc;
 
 pub use flow_euler::FlowMatchEulerDiscrete;

@@ -7,9 +7,10 @@
 //!   + nearest(x)
 //! ```
 
-use super::layers::{Conv, upsample_nearest};
+use super::layers::upsample_nearest;
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
+use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -20,8 +21,8 @@ pub(super) fn detect(dict: &StateDict) -> bool {
 
 pub(super) struct Compact {
     /// Each convolution before the last with its PReLU slopes (`[1, C, 1, 1]`).
-    body: Vec<(Conv, Tensor)>,
-    conv_last: Conv,
+    body: Vec<(Conv2d, Tensor)>,
+    conv_last: Conv2d,
     scale: usize,
 }
 
@@ -50,11 +51,13 @@ impl Compact {
         }
         let body = (0..=num_conv)
             .map(|i| {
-                let conv = Conv::new(
+                let conv = Conv2d::load(
                     vb.pp(format!("body.{}", 2 * i)),
                     if i == 0 { in_channels } else { num_feat },
                     num_feat,
                     3,
+                    1,
+                    true,
                 )?;
                 let slopes = vb
                     .pp(format!("body.{}", 2 * i + 1))
@@ -62,11 +65,13 @@ impl Compact {
                 Ok((conv, slopes.reshape((1, num_feat, 1, 1))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let conv_last = Conv::new(
+        let conv_last = Conv2d::load(
             vb.pp(format!("body.{last}")),
             num_feat,
             out_channels * scale * scale,
             3,
+            1,
+            true,
         )?;
         Ok(Self {
             body,

@@ -7,9 +7,10 @@
 //!   → hr conv → lrelu → conv_last
 //! ```
 
-use super::layers::{Conv, leaky_relu, upsample_nearest};
+use super::layers::{leaky_relu, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
+use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -155,12 +156,12 @@ pub(super) fn detect(dict: &StateDict) -> bool {
 
 /// Residual dense block: five convolutions, each fed every earlier output.
 struct DenseBlock {
-    convs: [Conv; 4],
+    convs: [Conv2d; 4],
     /// Its output is scaled by [`RESIDUAL_SCALE`]; the factor is folded into the weights.
-    conv5: Conv,
+    conv5: Conv2d,
     /// ESRGAN+: a 1×1 path from the input added to the second output, and that output added to
     /// the fourth.
-    conv1x1: Option<Conv>,
+    conv1x1: Option<Conv2d>,
 }
 
 impl DenseBlock {
@@ -202,12 +203,12 @@ impl Rrdb {
 pub(super) struct Esrgan {
     /// Real-ESRGAN x2/x1: the input is pixel-unshuffled by this factor first.
     shuffle: Option<usize>,
-    conv_first: Conv,
+    conv_first: Conv2d,
     blocks: Vec<Rrdb>,
-    trunk_conv: Conv,
-    up_convs: Vec<Conv>,
-    hr_conv: Conv,
-    conv_last: Conv,
+    trunk_conv: Conv2d,
+    up_convs: Vec<Conv2d>,
+    hr_conv: Conv2d,
+    conv_last: Conv2d,
     scale: usize,
 }
 
@@ -242,7 +243,7 @@ impl Esrgan {
             );
         }
 
-        let conv = |name: &str, i: usize, o: usize| Conv::new(vb.pp(name), i, o, 3);
+        let conv = |name: &str, i: usize, o: usize| Conv2d::load(vb.pp(name), i, o, 3, 1, true);
         let dense_block = |block: usize, rdb: usize| -> Result<DenseBlock> {
             let name = |c: usize| layout.rdb_conv(block, rdb, c);
             let convs = [
@@ -255,7 +256,7 @@ impl Esrgan {
                 conv(&name(5), num_filters + 4 * growth, num_filters)?.scaled(RESIDUAL_SCALE)?;
             let conv1x1 = match layout.conv1x1(block, rdb) {
                 Some(name) if dict.contains(&format!("{name}.weight")) => {
-                    Some(Conv::no_bias(vb.pp(name), num_filters, growth, 1)?)
+                    Some(Conv2d::load(vb.pp(name), num_filters, growth, 1, 1, false)?)
                 }
                 _ => None,
             };

@@ -1,63 +1,6 @@
-//! The pieces the upscalers share: convolutions, activations and spandrel's padding.
+//! The pieces the upscalers share: activations, upsampling and spandrel's padding.
 
-use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
-use videosdgx_kernels::FrameConv;
-
-/// `nn.Conv2d(in, out, k, padding=k // 2)`. With a bias it runs through the engine's convolution
-/// dispatch point (cuDNN with the bias added in place where the `cudnn` feature covers it,
-/// candle's conv2d otherwise).
-pub(super) struct Conv(candle_nn::Conv2d);
-
-impl Conv {
-    pub(super) fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-    ) -> Result<Self> {
-        let config = Conv2dConfig {
-            padding: kernel / 2,
-            ..Default::default()
-        };
-        candle_nn::conv2d(in_channels, out_channels, kernel, config, vb).map(Self)
-    }
-
-    pub(super) fn no_bias(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-    ) -> Result<Self> {
-        let config = Conv2dConfig {
-            padding: kernel / 2,
-            ..Default::default()
-        };
-        candle_nn::conv2d_no_bias(in_channels, out_channels, kernel, config, vb).map(Self)
-    }
-
-    /// The same convolution with its output multiplied by `factor` (folded into the weights).
-    pub(super) fn scaled(self, factor: f64) -> Result<Self> {
-        let weight = (self.0.weight() * factor)?;
-        let bias = self.0.bias().map(|b| b * factor).transpose()?;
-        Ok(Self(candle_nn::Conv2d::new(weight, bias, *self.0.config())))
-    }
-}
-
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(bias) = self.0.bias() else {
-            return self.0.forward(x);
-        };
-        let spec = FrameConv {
-            taps: 1,
-            stride_t: 1,
-            pad: self.0.config().padding,
-            stride: 1,
-        };
-        crate::fused::frame_conv(&x.unsqueeze(1)?, self.0.weight(), bias, spec)?.squeeze(1)
-    }
-}
+use candle_core::{DType, Result, Tensor};
 
 /// `LeakyReLU(slope)` for a slope in (0, 1): `max(x, slope·x)`, two passes instead of candle's four.
 pub(super) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {

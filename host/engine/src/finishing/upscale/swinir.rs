@@ -14,9 +14,10 @@
 //! The input is reflect-padded to a multiple of the window beforehand ([`super::Upscaler`]), as
 //! SwinIR's `check_image_size` does.
 
-use super::layers::{Conv, leaky_relu, per_channel, upsample_nearest};
+use super::layers::{leaky_relu, per_channel, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
+use crate::models::conv::Conv2d;
 use crate::models::{LayerNorm, Linear, linear, linear_forward};
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Module, Tensor};
@@ -45,20 +46,20 @@ pub(super) fn detect(dict: &StateDict) -> bool {
 
 /// `conv` (`1conv`) or `conv.0`, LeakyReLU, `conv.2` (1×1), LeakyReLU, `conv.4` (`3conv`).
 enum ResiConv {
-    One(Conv),
-    Three([Conv; 3]),
+    One(Conv2d),
+    Three([Conv2d; 3]),
 }
 
 impl ResiConv {
     fn load(vb: VarBuilder, three: bool, dim: usize) -> Result<Self> {
         Ok(if three {
             Self::Three([
-                Conv::new(vb.pp("0"), dim, dim / 4, 3)?,
-                Conv::new(vb.pp("2"), dim / 4, dim / 4, 1)?,
-                Conv::new(vb.pp("4"), dim / 4, dim, 3)?,
+                Conv2d::load(vb.pp("0"), dim, dim / 4, 3, 1, true)?,
+                Conv2d::load(vb.pp("2"), dim / 4, dim / 4, 1, 1, true)?,
+                Conv2d::load(vb.pp("4"), dim / 4, dim, 3, 1, true)?,
             ])
         } else {
-            Self::One(Conv::new(vb, dim, dim, 3)?)
+            Self::One(Conv2d::load(vb, dim, dim, 3, 1, true)?)
         })
     }
 
@@ -227,25 +228,25 @@ fn unembed(x: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
 
 enum Reconstruction {
     PixelShuffle {
-        before: Conv,
+        before: Conv2d,
         /// Each convolution and the pixel shuffle factor after it.
-        upsample: Vec<(Conv, usize)>,
-        conv_last: Conv,
+        upsample: Vec<(Conv2d, usize)>,
+        conv_last: Conv2d,
     },
     PixelShuffleDirect {
-        conv: Conv,
+        conv: Conv2d,
         scale: usize,
     },
     NearestConv {
-        before: Conv,
+        before: Conv2d,
         /// One per ×2 step.
-        up: Vec<Conv>,
-        hr: Conv,
-        conv_last: Conv,
+        up: Vec<Conv2d>,
+        hr: Conv2d,
+        conv_last: Conv2d,
     },
     /// Restoration at ×1: the output is the input plus `conv_last` of the features.
     Residual {
-        conv_last: Conv,
+        conv_last: Conv2d,
     },
 }
 
@@ -256,7 +257,7 @@ impl Reconstruction {
         embed_dim: usize,
         out_channels: usize,
     ) -> Result<Self> {
-        let conv = |name: &str, i: usize, o: usize| Conv::new(vb.pp(name), i, o, 3);
+        let conv = |name: &str, i: usize, o: usize| Conv2d::load(vb.pp(name), i, o, 3, 1, true);
         Ok(if dict.contains("conv_before_upsample.0.weight") {
             let num_feat = dim(dict, "conv_before_upsample.0.weight", 0)?;
             let before = conv("conv_before_upsample.0", embed_dim, num_feat)?;
@@ -324,7 +325,7 @@ impl Reconstruction {
 }
 
 pub(super) struct SwinIr {
-    conv_first: Conv,
+    conv_first: Conv2d,
     patch_norm: LayerNorm,
     layers: Vec<Rstb>,
     norm: LayerNorm,
@@ -402,7 +403,7 @@ impl SwinIr {
             .collect::<Result<Vec<_>>>()?;
 
         Ok(Self {
-            conv_first: Conv::new(vb.pp("conv_first"), in_channels, embed_dim, 3)?,
+            conv_first: Conv2d::load(vb.pp("conv_first"), in_channels, embed_dim, 3, 1, true)?,
             patch_norm: LayerNorm::new(embed_dim, LN_EPS, true, vb.pp("patch_embed.norm"))?,
             layers,
             norm: LayerNorm::new(embed_dim, LN_EPS, true, vb.pp("norm"))?,

@@ -1,0 +1,196 @@
+//! The 2-D convolutions of the image models (upscalers, RIFE): `nn.Conv2d` with "same" padding
+//! (`kernel / 2`) and any stride, and the `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)`
+//! RIFE upsamples with. Both run through the engine's convolution dispatch point
+//! (`fused::frame_conv`: cuDNN with the bias added in place where the `cudnn` feature covers the
+//! input, candle's conv2d otherwise), so every image model gets the fast path from one place.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use videosdgx_kernels::FrameConv;
+
+/// `nn.Conv2d(in, out, kernel, stride, padding=kernel // 2)`.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+}
+
+impl Conv2d {
+    /// Reads `weight` [out, in, k, k] and, when `bias`, `bias` [out] under `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
+        let bias = bias.then(|| vb.get(out_channels, "bias")).transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            padding: kernel / 2,
+            stride,
+        })
+    }
+
+    /// The same convolution with its output multiplied by `factor` (folded into the weights).
+    pub fn scaled(self, factor: f64) -> Result<Self> {
+        Ok(Self {
+            weight: (self.weight * factor)?,
+            bias: self.bias.map(|b| b * factor).transpose()?,
+            ..self
+        })
+    }
+
+    /// The same convolution with output channel `o` multiplied by `factor[o]`, folded into the
+    /// weights; `factor` has one value per output channel in any shape (RIFE's `beta` is
+    /// [1, out, 1, 1]).
+    pub fn scaled_per_channel(self, factor: &Tensor) -> Result<Self> {
+        let factor = factor.to_dtype(self.weight.dtype())?.flatten_all()?;
+        let per_channel = factor.reshape((factor.elem_count(), 1, 1, 1))?;
+        Ok(Self {
+            weight: self.weight.broadcast_mul(&per_channel)?,
+            bias: self.bias.map(|b| b.broadcast_mul(&factor)).transpose()?,
+            ..self
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(bias) = &self.bias else {
+            return x.conv2d(&self.weight, self.padding, self.stride, 1, 1);
+        };
+        let spec = FrameConv {
+            taps: 1,
+            stride_t: 1,
+            pad: self.padding,
+            stride: self.stride,
+        };
+        crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec)?.squeeze(1)
+    }
+}
+
+/// `nn.ConvTranspose2d(in, out, kernel_size=4, stride=2, padding=1)`, computed as a 3x3
+/// convolution to `4·out` channels followed by a 2x pixel shuffle (the sub-pixel form: each of
+/// the four output phases reads a 2x2 window of the kernel). Exact, and it runs on the same
+/// convolution path as every other layer instead of a direct transposed kernel.
+pub struct ConvTranspose2d {
+    conv: Conv2d,
+}
+
+impl ConvTranspose2d {
+    /// Reads the transposed layout `weight` [in, out, 4, 4] and `bias` [out] under `vb`.
+    pub fn load(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let weight = vb.get((in_channels, out_channels, 4, 4), "weight")?;
+        let bias = vb.get(out_channels, "bias")?;
+        Ok(Self {
+            conv: Conv2d {
+                weight: sub_pixel_weight(&weight)?,
+                bias: Some(bias.unsqueeze(1)?.repeat((1, 4))?.flatten_all()?),
+                padding: 1,
+                stride: 1,
+            },
+        })
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::pixel_shuffle(&self.conv.forward(x)?, 2)
+    }
+}
+
+/// Output row `2i + a` of the transposed convolution reads input rows `i - 1, i, i + 1` through
+/// kernel rows `TAPS[a]` (`None`: that row does not contribute), from `2m - 1 + ky = 2i + a`.
+const TAPS: [[Option<usize>; 3]; 2] = [[Some(3), Some(1), None], [None, Some(2), Some(0)]];
+
+/// The 3x3 weights [4·out, in, 3, 3] of the sub-pixel form of a transposed [in, out, 4, 4]
+/// kernel, output channels ordered as `pixel_shuffle(2)` reads them (`o·4 + 2a + b`).
+fn sub_pixel_weight(weight: &Tensor) -> Result<Tensor> {
+    let (in_channels, out_channels, _, _) = weight.dims4()?;
+    // [out, in, 4, 4]: the (kernel row, kernel column) taps picked per phase below.
+    let weight = weight.transpose(0, 1)?.contiguous()?;
+    let zero = weight.narrow(2, 0, 1)?.narrow(3, 0, 1)?.zeros_like()?;
+    let mut phases = Vec::with_capacity(4);
+    for rows in TAPS {
+        for cols in TAPS {
+            let mut kernel_rows = Vec::with_capacity(3);
+            for row in rows {
+                let taps = cols
+                    .iter()
+                    .map(|&col| match (row, col) {
+                        (Some(r), Some(c)) => weight.narrow(2, r, 1)?.narrow(3, c, 1),
+                        _ => Ok(zero.clone()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                kernel_rows.push(Tensor::cat(&taps, 3)?);
+            }
+            phases.push(Tensor::cat(&kernel_rows, 2)?); // [out, in, 3, 3]
+        }
+    }
+    // [out, 4, in, 3, 3] -> [out·4, in, 3, 3]
+    Tensor::stack(&phases, 1)?.reshape((out_channels * 4, in_channels, 3, 3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    #[test]
+    fn the_sub_pixel_form_equals_the_transposed_convolution() {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (5, 3, 4, 4), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 7, 6), &dev).unwrap();
+        let expected = x
+            .conv_transpose2d(&weight, 1, 0, 2, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        let vb = VarBuilder::from_tensors(
+            HashMap::from([("weight".into(), weight), ("bias".into(), bias)]),
+            DType::F32,
+            &dev,
+        );
+        let got = ConvTranspose2d::load(vb, 5, 3)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        assert_eq!(got.dims(), [2, 3, 14, 12]);
+        let err = crate::models::relative_error(&got, &expected).unwrap();
+        assert!(err < 1e-6, "relative error {err:e}");
+    }
+
+    #[test]
+    fn a_folded_scale_equals_scaling_the_output() {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([
+            (
+                "weight".to_string(),
+                Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap(),
+            ),
+            (
+                "bias".to_string(),
+                Tensor::randn(0f32, 1.0, 4, &dev).unwrap(),
+            ),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let conv = Conv2d::load(vb, 3, 4, 3, 2, true).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 9, 8), &dev).unwrap();
+        let beta = Tensor::new(&[0.5f32, -1.0, 2.0, 0.25], &dev)
+            .unwrap()
+            .reshape((1, 4, 1, 1))
+            .unwrap();
+        let expected = conv.forward(&x).unwrap().broadcast_mul(&beta).unwrap();
+        assert_eq!(expected.dims(), [1, 4, 5, 4]);
+        let got = conv.scaled_per_channel(&beta).unwrap().forward(&x).unwrap();
+        let err = crate::models::relative_error(&got, &expected).unwrap();
+        assert!(err < 1e-6, "relative error {err:e}");
+    }
+}
