@@ -469,3 +469,113 @@ fn an_example_project_renders_on_a_fresh_data_directory_with_a_distill_preset() 
         );
     }
 }
+
+/// Copies the tiny Compact x2 upscaler and RIFE 4.6 flownet of tests/fixtures/finishing into
+/// `<data>/models/finishing/`, as a user drops downloaded files there.
+fn install_finishing_models(data: &Path) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/finishing");
+    let dir = data.join("models/finishing");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (fixture, name) in [
+        (
+            "upscalers/compact_x2/model.safetensors",
+            "realesr-compact-x2.safetensors",
+        ),
+        ("rife/4.6/flownet.pkl", "flownet.pkl"),
+    ] {
+        std::fs::copy(fixtures.join(fixture), dir.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn render_finish_delivers_the_stitched_piece_at_4k24() {
+    let (tmp, data) = studio_with_model();
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("paper-boats-4k.mp4");
+    let args = |finish: &str| {
+        vec![
+            "render".to_string(),
+            script.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--height".into(),
+            "32".into(),
+            "--width".into(),
+            "32".into(),
+            "--steps".into(),
+            "2".into(),
+            "--guidance".into(),
+            "1".into(),
+            "--finish".into(),
+            finish.into(),
+            "--json".into(),
+        ]
+    };
+    let run = |finish: &str| {
+        let args = args(finish);
+        videosdgx(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // Without finishing models, or with a target no encoder takes, nothing is queued.
+    for (finish, expected) in [
+        ("4k24", "no upscaler is installed: put a Real-ESRGAN"),
+        ("16k", "unknown finish target `16k`"),
+    ] {
+        let output = run(finish);
+        assert!(!output.status.success());
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(err.contains(expected), "{finish}: {err}");
+    }
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let jobs: i64 = db
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 0);
+
+    install_finishing_models(&data);
+    let report: Value = serde_json::from_str(&succeeded(run("4k24"))).unwrap();
+    let info = videosdgx_engine::video::probe(&out).unwrap();
+    assert_eq!((info.width, info.height), (3840, 2160));
+    assert_eq!(info.fps, 24.0);
+    assert_eq!(info.codec, "avc1.42C033", "4K24 is H.264 level 5.1");
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(3840), Some(2160))
+    );
+    let finish = &report["finish"];
+    assert_eq!(finish["target"], "4k@24");
+    assert_eq!(report["asset_id"], finish["asset_id"]);
+    // The stitched 16 fps piece of N frames becomes floor((N - 1) * 24 / 16) + 1 frames.
+    let stitched: i64 = db
+        .query_row(
+            "SELECT json_extract(params, '$.source.frames') FROM generations WHERE kind = 'finish'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(info.frames as i64, (stitched - 1) * 24 / 16 + 1);
+    assert_eq!(finish["frames"].as_i64(), Some(info.frames as i64));
+    assert_eq!(
+        info.metadata["finish"]["upscaler"]["file"],
+        "realesr-compact-x2.safetensors"
+    );
+    assert_eq!(info.metadata["finish"]["interpolator"]["version"], "4.6");
+
+    // The finish ran as its own job on the GPU lane after the stitch.
+    let mut stmt = db
+        .prepare("SELECT kind, lane, state FROM jobs ORDER BY id DESC LIMIT 2")
+        .unwrap();
+    let last: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        last,
+        [
+            ("finish".into(), "gpu".into(), "succeeded".into()),
+            ("stitch".into(), "cpu".into(), "succeeded".into())
+        ]
+    );
+}

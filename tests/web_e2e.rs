@@ -78,6 +78,22 @@ fn reviewed_studio(data: &Path, fixtures: &Path) {
 }
 
 /// A small PNG to upload, so the test needs no binary fixture.
+/// The tiny Compact x2 upscaler and RIFE 4.6 flownet, dropped into `models/finishing/`.
+fn install_finishing_models(data: &Path) {
+    let fixtures = repo_root().join("tests/fixtures/finishing");
+    let dir = data.join("models/finishing");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (fixture, name) in [
+        (
+            "upscalers/compact_x2/model.safetensors",
+            "realesr-compact-x2.safetensors",
+        ),
+        ("rife/4.6/flownet.pkl", "flownet.pkl"),
+    ] {
+        std::fs::copy(fixtures.join(fixture), dir.join(name)).unwrap();
+    }
+}
+
 fn write_reference_png(dir: &Path) {
     let image = image::RgbImage::from_fn(64, 36, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 7) as u8, 160])
@@ -106,6 +122,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
 
     let data = tempfile::tempdir().unwrap();
     install_tiny_model(data.path(), "tiny-wan-t2v");
+    install_finishing_models(data.path());
     let server = Server::start(data.path(), &[]);
     let auth_data = tempfile::tempdir().unwrap();
     let auth_server = Server::start(auth_data.path(), &["--require-auth"]);

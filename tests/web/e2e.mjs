@@ -276,6 +276,46 @@ try {
     await shot('06-review');
   });
 
+  await step('finish the stitched piece to 4K24: the finished piece plays in Chromium at 3840x2160', async () => {
+    // A one-shot storyboard of its own, generated at the tiny size, so that every shot has a take.
+    const own = await api('POST', '/api/projects', { name: 'Finished piece' });
+    const ownBoard = await api('POST', `/api/projects/${own.id}/storyboards`, { title: 'Finale' });
+    const ownShot = await api('POST', `/api/storyboards/${ownBoard.id}/shots`, { prompt: 'a harbour at dawn', duration_s: 0.5, seed: 3 });
+    const generated = await api('POST', '/api/jobs', {
+      kind: 'generate', project_id: own.id,
+      params: { shot_id: ownShot.id, render: { width: 32, height: 32, steps: 2, guidance: 1 } },
+    });
+    await until(async () => (await api('GET', `/api/jobs/${generated.id}`)).state === 'succeeded', 180_000);
+    await page.goto(`${BASE}/#/projects/${own.id}/review`);
+    // The panel names the models a finish uses.
+    await page.locator('#finish-models', { hasText: 'RealESRGAN Compact ×2' }).waitFor();
+    await page.locator('#finish-models', { hasText: 'RIFE 4.6' }).waitFor();
+    await page.locator('#finish-target').selectOption('4k24');
+    await page.locator('#finish-piece').check();
+    await page.locator('#stitch').click();
+    await page.getByText(/finished to 4k@24 \(3840×2160, 24 fps\)/).waitFor({ timeout: 300_000 });
+    const stitch = (await api('GET', '/api/jobs')).find((j) => j.kind === 'stitch' && j.project_id === own.id);
+    assert.equal(stitch.params.finish, '4k24');
+    const frames = stitch.result.finish.frames;
+    const played = await page.evaluate(() => new Promise((resolve, reject) => {
+      const video = document.querySelector('#final-video');
+      const report = () => resolve({ width: video.videoWidth, height: video.videoHeight, duration: video.duration });
+      video.addEventListener('error', () => reject(new Error(`video error ${video.error?.code}`)), { once: true });
+      if (video.readyState >= 1) report(); else video.addEventListener('loadedmetadata', report, { once: true });
+    }));
+    assert.deepEqual([played.width, played.height], [3840, 2160]);
+    assert.ok(Math.abs(played.duration - frames / 24) < 0.05, `${frames} frames at 24 fps play for ${played.duration} s`);
+    // The browser decodes a 4K picture, not only the header: a frame is painted.
+    const painted = await page.evaluate(() => new Promise((resolve) => {
+      const video = document.querySelector('#final-video');
+      video.requestVideoFrameCallback((_, meta) => resolve([meta.width, meta.height]));
+      video.muted = true;
+      video.play();
+    }));
+    assert.deepEqual(painted, [3840, 2160]);
+    await shot('07-finished-4k');
+  });
+
   await step('the job queue shows a job submitted elsewhere reach its end, live', async () => {
     await page.goto(`${BASE}/#/jobs`);
     await page.getByRole('heading', { name: 'Jobs' }).waitFor();

@@ -56,6 +56,11 @@ export const models = {
   list: () => get('/api/models'),
 };
 
+export const finishing = {
+  /** {models: [{file, kind, architecture, scale, version, size_bytes, error}], upscaler_help, interpolator_help}. */
+  models: () => get('/api/finishing/models'),
+};
+
 export const presets = {
   list: () => get('/api/presets'),
 };

@@ -14,8 +14,10 @@ export function jobTitle(job) {
   const what = {
     shoot: 'Generate & review', generate: 'Generate', plan: 'Plan storyboard', expand: 'Expand prompt', stitch: 'Stitch',
     render: 'Render', 'assets.reindex': 'Reindex the asset library', 'assets.import_folder': 'Import a folder',
+    finish: `Finish as ${p.target}`,
   }[job.kind] ?? job.kind;
-  const target = p.shot_id ? ` shot #${p.shot_id}` : p.storyboard_id ? ` storyboard #${p.storyboard_id}` : '';
+  const target = p.shot_id ? ` shot #${p.shot_id}` : p.storyboard_id ? ` storyboard #${p.storyboard_id}`
+    : p.take_id ? ` take #${p.take_id}` : p.asset_id ? ` asset #${p.asset_id}` : '';
   return `${what}${target}`;
 }
 

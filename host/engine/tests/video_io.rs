@@ -288,3 +288,53 @@ fn png_frames_are_written_in_order_and_lossless() {
         assert_eq!(&image::open(path).unwrap().to_rgb8(), frame);
     }
 }
+
+/// 4K is what finishing delivers: 3840x2160 frames go through the writer at level 5.1 and the
+/// bit rate the pixel rate asks for, and come back at that size, count and rate.
+#[test]
+fn a_4k_clip_round_trips_at_level_5_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("uhd.mp4");
+    let frames = moving_frames(3, 3840, 2160);
+    write_mp4(&path, &frames, 24, &json!({"finish": "4k24"})).unwrap();
+
+    let info = probe(&path).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (3840, 2160, 3));
+    assert_eq!(info.fps, 24.0);
+    // avc1.PPCCLL: constrained baseline (42 C0), level 5.1 (0x33).
+    assert_eq!(info.codec, "avc1.42C033");
+    let video = read_mp4(&path).unwrap();
+    assert_eq!(video.frames.len(), 3);
+    for (original, decoded) in frames.iter().zip(&video.frames) {
+        assert_eq!(decoded.dimensions(), (3840, 2160));
+        let error = mean_abs_diff(original, decoded);
+        assert!(error < 6.0, "4K coding drifted: mean abs error {error}");
+    }
+}
+
+#[test]
+fn levels_and_bit_rates_follow_size_and_rate() {
+    use videosdgx_engine::video::{check_encodable_size, level_name, target_bitrate};
+    assert_eq!(level_name(3840, 2160, 24).unwrap(), "5.1");
+    assert_eq!(level_name(3840, 2160, 60).unwrap(), "5.2");
+    assert_eq!(level_name(1920, 1080, 24).unwrap(), "4.0");
+    assert_eq!(level_name(832, 480, 16).unwrap(), "3.0");
+    let err = level_name(3840, 2160, 120).unwrap_err().to_string();
+    assert!(err.contains("more than H.264 level 5.2 holds"), "{err}");
+    let mbps = |w, h, fps| f64::from(target_bitrate(w, h, fps)) / 1e6;
+    assert!(
+        (35.0..=45.0).contains(&mbps(3840, 2160, 24)),
+        "{}",
+        mbps(3840, 2160, 24)
+    );
+    assert!(
+        (8.0..=12.0).contains(&mbps(1920, 1080, 24)),
+        "{}",
+        mbps(1920, 1080, 24)
+    );
+    let err = check_encodable_size(15360, 8640).unwrap_err().to_string();
+    assert!(
+        err.contains("exceeds the H.264 encoder's 3840x2160 limit"),
+        "{err}"
+    );
+}

@@ -75,7 +75,9 @@ impl Capability {
             Capability::Vision => {
                 "ask the local language model about the images and videos it may read"
             }
-            Capability::Media => "probe video assets and extract frames",
+            Capability::Media => {
+                "probe video assets, extract frames, upscale and interpolate videos"
+            }
             Capability::Render => "render edit lists into new video assets",
             Capability::Clock => "read the current time",
         }

@@ -82,4 +82,14 @@ pub trait HostServices: Send + Sync {
         timeline: Timeline,
         name: &str,
     ) -> Result<AssetInfo, PluginError>;
+    /// A new video asset: `asset_id` upscaled to fit `width`x`height` (GPU work the host
+    /// queues).
+    async fn upscale(
+        &self,
+        asset_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<AssetInfo, PluginError>;
+    /// A new video asset: `asset_id` retimed to `fps` by frame interpolation.
+    async fn interpolate(&self, asset_id: &str, fps: u32) -> Result<AssetInfo, PluginError>;
 }

@@ -663,4 +663,47 @@ impl media::Host for PluginState {
         .await;
         self.finish(call, result)
     }
+
+    async fn upscale(
+        &mut self,
+        asset_id: String,
+        width: u32,
+        height: u32,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!("{} to {width}x{height}", abbreviate(&asset_id));
+        let call = self.begin(
+            "media.upscale",
+            Some(Capability::Media),
+            detail,
+            asset_id.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset id", &asset_id)?;
+            services.upscale(&asset_id, width, height).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
+    async fn interpolate(
+        &mut self,
+        asset_id: String,
+        fps: u32,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = format!("{} to {fps} fps", abbreviate(&asset_id));
+        let call = self.begin(
+            "media.interpolate",
+            Some(Capability::Media),
+            detail,
+            asset_id.len(),
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            check_id("asset id", &asset_id)?;
+            services.interpolate(&asset_id, fps).await
+        }
+        .await;
+        self.finish(call, result)
+    }
 }

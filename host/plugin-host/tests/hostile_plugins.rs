@@ -128,6 +128,42 @@ async fn an_ungranted_capability_is_denied_and_audited() {
 }
 
 #[tokio::test]
+async fn upscaling_without_the_media_grant_is_denied_and_audited() {
+    let plugin = load("hostile");
+    let services = Arc::new(MemoryServices::default());
+    services.add_video(
+        "1",
+        videosdgx_plugin_host::types::ClipInfo {
+            width: 832,
+            height: 480,
+            frames: 33,
+            fps: 16,
+            duration_ms: 2062,
+        },
+    );
+    let grants = Grants::new([Capability::TextGeneration, Capability::ProjectRead]);
+    let ctx = context(services.clone(), grants, Limits::default());
+    let err = runtime()
+        .plan(&plugin, &ctx, &input("upscale-ungranted"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.plugin_error(),
+        Some(&PluginError::Denied("media".into())),
+        "{err}"
+    );
+    let audit = services.audit.lock().unwrap();
+    let entry = audit
+        .iter()
+        .find(|e| e.function == "media.upscale")
+        .expect("audited");
+    assert!(!entry.allowed);
+    assert_eq!(entry.capability, Some(Capability::Media));
+    // Nothing was made.
+    assert_eq!(services.assets.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn files_cannot_be_read_or_written() {
     let (result, _) = misbehave("files", Limits::default()).await;
     let err = result.unwrap_err();

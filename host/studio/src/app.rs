@@ -120,6 +120,7 @@ pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
         Arc::new(runners::Reindex),
         Arc::new(runners::ImportFolder),
         Arc::new(GenerateRunner),
+        Arc::new(crate::finishing::FinishRunner),
         Arc::new(crate::shoot::ShootRunner),
         Arc::new(crate::language::ChatRunner),
         Arc::new(crate::plugins::runners::Plan),

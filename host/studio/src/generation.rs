@@ -106,7 +106,11 @@ pub struct Generation {
     pub shot_id: Option<i64>,
     pub asset_id: Option<i64>,
     pub model: String,
-    /// The engine's parameters (prompt, size, frames, steps, guidance, seed, ...).
+    /// `generate` (a model made it from a prompt) or `finish` (another video upscaled and
+    /// retimed; `params` holds the finish).
+    pub kind: String,
+    /// The engine's parameters (prompt, size, frames, steps, guidance, seed, ...), or the
+    /// finish's (target, source, models and their SHA-256).
     #[schema(value_type = Object)]
     pub params: Value,
     pub engine_version: String,
@@ -123,6 +127,7 @@ pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
                 shot_id: row.get("shot_id")?,
                 asset_id: row.get("asset_id")?,
                 model: row.get("model")?,
+                kind: row.get("kind")?,
                 params: serde_json::from_str(&params).unwrap_or(Value::String(params)),
                 engine_version: row.get("engine_version")?,
                 created_at: rfc3339(row.get("created_at")?),

@@ -1,5 +1,5 @@
-//! The model the GPU lane holds. One model is resident at a time, a Wan pipeline or a language
-//! model, on the device every GPU job uses (CUDA in bf16 when built with `cuda` and a GPU is
+//! The model the GPU lane holds. One model is resident at a time, a Wan pipeline, a language
+//! model or a pair of finishing models (upscaler, RIFE), on the device every GPU job uses (CUDA in bf16 when built with `cuda` and a GPU is
 //! present, else the CPU in f32). A job that needs the resident model reuses it; a job that
 //! needs another one releases it first (logged), so two models never share the accelerator's
 //! memory. Holding the lock while a model runs also serialises the plugins' own generations
@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
 use videosdgx_engine::pipelines::{Cancelled, WanPipeline};
 use videosdgx_engine::text::chat::ChatModel;
 
@@ -32,12 +33,22 @@ enum Resident {
         dir: PathBuf,
         model: Box<ChatModel>,
     },
+    /// The upscaler and interpolator files of a finish, loaded together.
+    Finishing {
+        files: (Option<PathBuf>, Option<PathBuf>),
+        models: Box<FinishModels>,
+    },
 }
 
 impl Resident {
     fn dir(&self) -> &Path {
         match self {
             Resident::Video { dir, .. } | Resident::Language { dir, .. } => dir,
+            Resident::Finishing { files, .. } => files
+                .0
+                .as_deref()
+                .or(files.1.as_deref())
+                .unwrap_or(Path::new("finishing")),
         }
     }
 }
@@ -107,6 +118,32 @@ impl GpuModel {
         }
         match resident.as_ref() {
             Some(Resident::Language { model, .. }) => f(model, report),
+            _ => unreachable!("made resident above"),
+        }
+    }
+
+    /// Runs `f` on the finishing models `spec` names (loaded as [`GpuModel::with_video`]
+    /// does, stage `loading finishing models`), with the device frames go to.
+    pub fn with_finishing<R>(
+        &self,
+        spec: &FinishSpec,
+        report: Report,
+        f: impl FnOnce(&FinishModels, &Device, Report) -> Result<R>,
+    ) -> Result<R> {
+        let mut resident = self.lock();
+        let files = (spec.upscaler.clone(), spec.interpolator.clone());
+        if !matches!(&*resident, Some(Resident::Finishing { files: f, .. }) if *f == files) {
+            release(&mut resident, "finishing models");
+            loading(report, "loading finishing models")?;
+            let models = FinishModels::load(spec, &self.device, self.dtype)
+                .map_err(|e| StudioError::Invalid(format!("{e:#}")))?;
+            *resident = Some(Resident::Finishing {
+                files,
+                models: Box::new(models),
+            });
+        }
+        match resident.as_ref() {
+            Some(Resident::Finishing { models, .. }) => f(models, &self.device, report),
             _ => unreachable!("made resident above"),
         }
     }

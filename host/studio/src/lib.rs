@@ -7,6 +7,7 @@ pub mod assets;
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod finishing;
 pub mod generation;
 pub mod gpu;
 pub mod jobs;

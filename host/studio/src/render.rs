@@ -5,11 +5,13 @@
 //! plugin, and copy the rendered MP4 out. Every step is a job of the kind the web UI submits
 //! (`plan`, `expand`, `shoot`, `stitch`), run by the job queue's workers in this process and
 //! recorded like any other; nothing here is CLI-specific and nothing here does a step's work
-//! itself.
+//! itself. With `finish` the stitch step finishes the piece (a `finish` job on the GPU lane:
+//! upscaled, retimed, re-encoded) and the finished file is what is delivered.
 
 use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
+use crate::finishing::{self, Finished};
 use crate::generation::{self, RenderSettings};
 use crate::jobs::NewJob;
 use crate::jobs::steps::{run_step, step_result};
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::finishing::finish::{ClipShape, FinishTarget};
 use videosdgx_plugin_host::World;
 use videosdgx_plugin_host::types::Timeline;
 
@@ -44,6 +47,8 @@ pub struct RenderRequest {
     pub max_attempts: Option<u32>,
     /// Where the final MP4 is written.
     pub out: PathBuf,
+    /// Finish the stitched piece to this target (`4k24`) before delivering it.
+    pub finish: Option<FinishTarget>,
 }
 
 /// One shot of a render: its chosen take, and every attempt the review loop made.
@@ -77,8 +82,10 @@ pub struct RenderReport {
     pub shots: Vec<RenderedShot>,
     /// Why takes went unreviewed (no reviewer, or no language model that sees images).
     pub review_note: Option<String>,
-    /// The stitched video in the asset library.
+    /// The delivered video in the asset library (the finished piece when finishing).
     pub asset_id: i64,
+    /// The finish of the stitched piece, when asked for.
+    pub finish: Option<Finished>,
     pub out: PathBuf,
     pub width: u32,
     pub height: u32,
@@ -148,6 +155,16 @@ pub async fn render(
         registry::choose(&app.db, world, None)?;
     }
     generation::resolve_model(app.data_dir(), request.model.as_deref())?;
+    if let Some(target) = &request.finish {
+        let profile = crate::plugins::calls::model_profile(&request.render);
+        let piece = ClipShape {
+            width: profile.width,
+            height: profile.height,
+            frames: profile.max_frames as usize,
+            fps: f64::from(profile.fps),
+        };
+        finishing::check_available(app, piece, target)?;
+    }
     let lock = ServerLock::acquire(app.data_dir())?;
     let workers = QueueWorkers::start(app, lock).await?;
     let outcome = render_on_queue(app, request, progress).await;
@@ -230,7 +247,10 @@ async fn render_on_queue(
         });
     }
 
-    let params = json!({ "storyboard_id": board.id });
+    let mut params = json!({ "storyboard_id": board.id });
+    if let Some(target) = &request.finish {
+        params["finish"] = json!(target);
+    }
     let stitched: Stitched =
         step_result(run_step(app, job("stitch", params), "stitch", progress).await?)?;
     let asset = get_asset(&app.db, stitched.asset_id)?;
@@ -244,6 +264,7 @@ async fn render_on_queue(
         shots: rendered,
         review_note,
         asset_id: asset.id,
+        finish: stitched.finish,
         out: request.out.clone(),
         width: info.width,
         height: info.height,
@@ -266,6 +287,7 @@ struct Expanded {
 struct Stitched {
     asset_id: i64,
     timeline: Timeline,
+    finish: Option<Finished>,
 }
 
 /// Copies the final video to `out` so that `out` is either absent or complete.

@@ -262,7 +262,7 @@ fn next_seed(seed: u64) -> u64 {
 
 /// Runs `future` to its end on a runtime of its own: the job runs on a blocking thread, and
 /// the plugin calls between steps start runtimes of their own, so none may be entered here.
-fn block_on<F: Future>(future: F) -> Result<F::Output> {
+pub(crate) fn block_on<F: Future>(future: F) -> Result<F::Output> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -51,6 +51,10 @@ pub struct Take {
     pub shot_id: i64,
     pub asset_id: i64,
     pub generation_id: Option<i64>,
+    /// The take this one is a finish of (upscaled, interpolated), if it is one.
+    pub finished_from: Option<i64>,
+    /// The finish target it was made to, e.g. `4k@24`.
+    pub finish_target: Option<String>,
     pub created_at: String,
     /// The reviewer's verdict, when the take was reviewed.
     pub review: Option<Review>,
@@ -146,6 +150,8 @@ fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
         shot_id: row.get("shot_id")?,
         asset_id: row.get("asset_id")?,
         generation_id: row.get("generation_id")?,
+        finished_from: row.get("finished_from")?,
+        finish_target: row.get("finish_target")?,
         created_at: rfc3339(row.get("created_at")?),
         review: None,
     })
@@ -380,6 +386,31 @@ pub fn add_take(c: &Connection, shot_id: i64, asset_id: i64, generation_id: i64)
         params![shot_id, asset_id, generation_id, now_ms()],
         take_from_row,
     )?)
+}
+
+/// Records a finish of take `source` as a new take of the same shot.
+pub fn add_finished_take(
+    c: &Connection,
+    source: &Take,
+    asset_id: i64,
+    generation_id: i64,
+    target: &str,
+) -> Result<Take> {
+    Ok(c.query_row(
+        "INSERT INTO takes (shot_id, asset_id, generation_id, finished_from, finish_target, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING *",
+        params![source.shot_id, asset_id, generation_id, source.id, target, now_ms()],
+        take_from_row,
+    )?)
+}
+
+/// One take, by id.
+pub fn get_take(db: &Db, id: i64) -> Result<Take> {
+    db.with(|c| {
+        c.query_row("SELECT * FROM takes WHERE id = ?1", [id], take_from_row)
+            .optional()?
+            .ok_or_else(|| StudioError::not_found("take", id))
+    })
 }
 
 /// Records the review of a take (a take is reviewed once).

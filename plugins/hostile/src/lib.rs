@@ -26,6 +26,7 @@ impl Planner for Hostile {
             "trap" => core::arch::wasm32::unreachable(),
             "huge-string" => Ok(storyboard(huge_string())),
             "ungranted" => ungranted(),
+            "upscale-ungranted" => upscale_ungranted(),
             "files" => files(),
             "sockets" => sockets(),
             "invalid-ids" => invalid_ids(),
@@ -183,6 +184,14 @@ fn ungranted() -> Result<Storyboard, PluginError> {
     host::generation::text_to_video(&request)?;
     Err(PluginError::Failed(
         "generation ran without the `generate` grant".into(),
+    ))
+}
+
+/// Asks the host to upscale a video (GPU work, behind `media`) when run without that grant.
+fn upscale_ungranted() -> Result<Storyboard, PluginError> {
+    host::media::upscale("1", 3840, 2160)?;
+    Err(PluginError::Failed(
+        "media.upscale ran without the `media` grant".into(),
     ))
 }
 

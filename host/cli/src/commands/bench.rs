@@ -3,12 +3,15 @@
 //! instead times a whole generation through the engine's `WanPipeline` (module `gpu::pipeline`), in
 //! wall clock between device synchronisations. Reports only what was measured in this process on
 //! this GPU; it never loads model files or writes anything. `bench upscale` and `bench interpolate`
-//! (module `frames`, any build) time a finishing model's state dict on a clip of random frames.
+//! (module `frames`, any build) time a finishing model's state dict on a clip of random frames;
+//! `bench encode` and `bench finish` (module `finish`, any build) time H.264 encoding at a finish
+//! target and the streaming finish of a clip, stage by stage.
 //!
 //! Useful FLOPs of attention: 4·B·H·Lq·Lk·Dh; of the elementwise kernels none are counted, their
 //! rate is bytes in and out over time.
 
 mod configs;
+mod finish;
 mod frames;
 
 use clap::builder::TypedValueParser;
@@ -28,6 +31,10 @@ pub enum BenchCommand {
     Upscale(frames::FramesArgs),
     /// A RIFE flownet on a clip of random frames: x2, the frame between each pair of neighbours.
     Interpolate(frames::FramesArgs),
+    /// H.264 encoding speed and bit rate at a finish target's size and rate (`4k24`), on the CPU.
+    Encode(finish::EncodeArgs),
+    /// The streaming finish of a clip (decode, RIFE, upscale, resize, encode), time per stage.
+    Finish(finish::FinishArgs),
 }
 
 /// Language models whose published configs `bench llm` builds.
@@ -231,6 +238,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match &cmd {
         BenchCommand::Upscale(args) => return frames::upscale(args),
         BenchCommand::Interpolate(args) => return frames::interpolate(args),
+        BenchCommand::Encode(args) => return finish::encode(args),
+        BenchCommand::Finish(args) => return finish::finish(args),
         _ => {}
     }
     #[cfg(feature = "cuda")]
@@ -239,7 +248,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Wan(args) => gpu::wan(&args),
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
-            BenchCommand::Upscale(_) | BenchCommand::Interpolate(_) => unreachable!("run above"),
+            BenchCommand::Upscale(_)
+            | BenchCommand::Interpolate(_)
+            | BenchCommand::Encode(_)
+            | BenchCommand::Finish(_) => unreachable!("run above"),
         }
     }
     #[cfg(not(feature = "cuda"))]

@@ -44,7 +44,8 @@ pub enum Command {
     /// Inspect, cancel and retry queued jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
-    /// Measure GPU speed: Wan transformer forwards and the fused kernels (CUDA builds only).
+    /// Measure speed: Wan transformer forwards and the fused kernels (CUDA builds only), H.264
+    /// encoding and the finish (any build).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Manage the access token for remote (non-loopback) access to `serve`.

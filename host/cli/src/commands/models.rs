@@ -7,7 +7,40 @@ use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
 use videosdgx_engine::hub::{self, ModelKind, PullProgress};
+use videosdgx_studio::finishing::{self, FinishingKind, FinishingModel};
 use videosdgx_studio::language::{self, ChosenBy};
+
+/// The finishing models (upscalers, RIFE) under `models/finishing/`, and what to install when
+/// one kind is missing.
+fn print_finishing(data: &std::path::Path, models: &[FinishingModel]) {
+    println!(
+        "finishing models ({}):",
+        finishing::finishing_dir(data).display()
+    );
+    for model in models {
+        let what = match model.kind {
+            FinishingKind::Upscaler => format!(
+                "upscaler\t{} x{}",
+                model.architecture.as_deref().unwrap_or("-"),
+                model.scale.unwrap_or(1)
+            ),
+            FinishingKind::Interpolator => format!(
+                "interpolator\tRIFE {}",
+                model.version.as_deref().unwrap_or("-")
+            ),
+            FinishingKind::Unusable => {
+                format!("unusable\t{}", model.error.as_deref().unwrap_or("-"))
+            }
+        };
+        println!("  {}\t{what}\t{}", model.file, human_size(model.size_bytes));
+    }
+    if !models.iter().any(|m| m.kind == FinishingKind::Upscaler) {
+        println!("  {}", finishing::NO_UPSCALER);
+    }
+    if !models.iter().any(|m| m.kind == FinishingKind::Interpolator) {
+        println!("  {}", finishing::NO_INTERPOLATOR);
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub enum ModelsCommand {
@@ -22,8 +55,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List installed models with their kinds, sizes and classes, and the language model the
-    /// studio uses.
+    /// List installed models with their kinds, sizes and classes, the language model the
+    /// studio uses, and the finishing models (upscalers, RIFE) in <data>/models/finishing.
     List {
         #[arg(long)]
         json: bool,
@@ -62,12 +95,17 @@ pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
             }
         }
         ModelsCommand::List { json } => {
-            let app = super::open(data)?;
+            let app = super::open(data.clone())?;
             let models = hub::list(&models_dir)?;
             // No language model installed is not an error when listing.
             let language = language::configured(&app).ok();
+            let finishing_models = finishing::list_finishing_models(&data)?;
             if json {
-                let listing = serde_json::json!({ "models": models, "language_model": language });
+                let listing = serde_json::json!({
+                    "models": models,
+                    "language_model": language,
+                    "finishing": finishing_models,
+                });
                 println!("{}", serde_json::to_string_pretty(&listing)?);
             } else if models.is_empty() {
                 println!(
@@ -115,6 +153,9 @@ pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
                         language::SUGGESTED
                     ),
                 }
+            }
+            if !json {
+                print_finishing(&data, &finishing_models);
             }
         }
         ModelsCommand::UseLlm { name } => {

@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use videosdgx_engine::finishing::finish::FinishTarget;
 use videosdgx_studio::App;
 use videosdgx_studio::generation::RenderSettings;
 use videosdgx_studio::render::{RenderReport, RenderRequest, render};
@@ -50,6 +51,11 @@ pub struct RenderArgs {
     /// steps, shift and guidance, in place of --steps and --guidance.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Finish the stitched piece before writing it: a size and/or frame rate such as `4k24`,
+    /// `1080p30`, `x2` or `1920x1080@24` (upscaled and interpolated with the models in
+    /// DATA/models/finishing/; docs/finishing.md).
+    #[arg(long)]
+    pub finish: Option<FinishTarget>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +97,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
         },
         max_attempts: args.max_attempts,
         out,
+        finish: args.finish,
     };
     let app = Arc::new(app);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -174,6 +181,17 @@ fn summary(r: &RenderReport) -> String {
     }
     if let Some(note) = &r.review_note {
         text.push_str(&format!("note: {note}\n"));
+    }
+    if let Some(finish) = &r.finish {
+        text.push_str(&format!(
+            "finished to {} ({}x{} at {} fps, {} frames) from asset {}\n",
+            finish.target,
+            finish.width,
+            finish.height,
+            finish.fps,
+            finish.frames,
+            finish.source_asset_id
+        ));
     }
     text.push_str(&format!(
         "project {}, storyboard {}, final asset {}\nwrote {}",

@@ -2,6 +2,7 @@
 //! Upscalers and RIFE frame interpolation are loaded from the bare state dicts users download
 //! (`loader::StateDict`), their architecture read from the keys as spandrel does.
 
+pub mod finish;
 pub mod interpolate;
 pub mod resample;
 pub mod scene_cut;

@@ -9,6 +9,7 @@ mod mp4;
 pub mod timeline;
 
 pub use frames::{frames_from_tensor, frames_to_tensor, write_png_frames};
+pub use h264::{check_encodable_size, level_name, target_bitrate};
 pub use mp4::{FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
 
 use anyhow::{Context, Result, ensure};

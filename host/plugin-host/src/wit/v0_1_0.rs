@@ -1,7 +1,8 @@
 //! Bindings of `videosdgx:plugin@0.1.0` (wit/v0.1.0). Every interface but `text` is the same
-//! in 0.2.0, so those reuse the newest bindings' types and host traits, registered under their
-//! 0.1.0 names: a 0.1.0 plugin is served by exactly the code that serves a 0.2.0 one. Only
-//! 0.1.0's `text` (which has no `chat`) has bindings of its own.
+//! in 0.2.0 or a subset of it (0.2.0's `media` adds `upscale` and `interpolate`, which a 0.1.0
+//! component cannot import), so those reuse the newest bindings' types and host traits,
+//! registered under their 0.1.0 names: a 0.1.0 plugin is served by exactly the code that serves
+//! a 0.2.0 one. Only 0.1.0's `text` (which has no `chat`) has bindings of its own.
 
 use crate::state::PluginState;
 use crate::wit::latest;

@@ -239,6 +239,40 @@ impl HostServices for MemoryServices {
             tags: vec![],
         })
     }
+    /// The video recorded again at the new size, as `<video>-<width>x<height>`.
+    async fn upscale(
+        &self,
+        asset_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<AssetInfo, PluginError> {
+        let info = self.probe(asset_id).await?;
+        let id = format!("{asset_id}-{width}x{height}");
+        self.add_video(
+            &id,
+            ClipInfo {
+                width,
+                height,
+                ..info
+            },
+        );
+        self.asset_info(&id).await
+    }
+    /// The video recorded again at the new rate, as `<video>-<fps>fps`.
+    async fn interpolate(&self, asset_id: &str, fps: u32) -> Result<AssetInfo, PluginError> {
+        let info = self.probe(asset_id).await?;
+        let id = format!("{asset_id}-{fps}fps");
+        let frames = (u64::from(info.duration_ms) * u64::from(fps) / 1000) as u32;
+        self.add_video(
+            &id,
+            ClipInfo {
+                fps,
+                frames,
+                ..info
+            },
+        );
+        self.asset_info(&id).await
+    }
 }
 
 /// A runtime without a disk cache, shared by a test binary.

@@ -1,8 +1,9 @@
-//! Routes for what generation needs and leaves behind: the installed models and the recorded
-//! generations (every parameter of an output, to reproduce it).
+//! Routes for what generation needs and leaves behind: the installed models (finishing models
+//! too) and the recorded generations (every parameter of an output, to reproduce it).
 
 use super::error::{ApiResult, Json, Path};
 use crate::app::App;
+use crate::finishing::{self, FinishingKind, FinishingModel};
 use crate::generation::{self, Generation};
 use axum::Router;
 use axum::extract::State;
@@ -20,6 +21,34 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/models", get(list_models))
         .route("/api/presets", get(list_presets))
         .route("/api/generations/{id}", get(get_generation))
+        .route("/api/finishing/models", get(list_finishing_models))
+}
+
+/// The finishing models installed under `models/finishing/`, and what to install for a kind
+/// that is missing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinishingModels {
+    pub models: Vec<FinishingModel>,
+    /// What to put in `models/finishing/` when no upscaler is there.
+    pub upscaler_help: Option<&'static str>,
+    /// What to put there when no RIFE flownet is.
+    pub interpolator_help: Option<&'static str>,
+}
+
+#[utoipa::path(get, path = "/api/finishing/models", tag = "generation",
+    responses((status = 200, body = FinishingModels)))]
+pub async fn list_finishing_models(State(app): AppState) -> ApiResult<Json<FinishingModels>> {
+    let models = app
+        .blocking(|a| finishing::list_finishing_models(a.data_dir()))
+        .await?;
+    let missing = |kind: FinishingKind, help: &'static str| {
+        (!models.iter().any(|m| m.kind == kind)).then_some(help)
+    };
+    Ok(Json(FinishingModels {
+        upscaler_help: missing(FinishingKind::Upscaler, finishing::NO_UPSCALER),
+        interpolator_help: missing(FinishingKind::Interpolator, finishing::NO_INTERPOLATOR),
+        models,
+    }))
 }
 
 /// A named schedule for distilled models (a render setting's `preset`).

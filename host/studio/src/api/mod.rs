@@ -62,6 +62,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         generation::list_models,
         generation::list_presets,
         generation::get_generation,
+        generation::list_finishing_models,
         language::get_language_model,
         language::choose_language_model,
         plugins::list_plugins,

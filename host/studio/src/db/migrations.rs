@@ -204,6 +204,15 @@ pub const MIGRATIONS: &[&str] = &[
         removed_at  INTEGER NOT NULL
     );
     "#,
+    // 6: finishing. A generation record is a model's generation or a finish of another video
+    // (upscaled, interpolated, re-encoded: its params hold the finish and the models' SHA-256);
+    // a finished take names the take it was finished from and the target (`4k24`).
+    r#"
+    ALTER TABLE generations ADD COLUMN kind TEXT NOT NULL DEFAULT 'generate'
+        CHECK (kind IN ('generate', 'finish'));
+    ALTER TABLE takes ADD COLUMN finished_from INTEGER REFERENCES takes(id) ON DELETE SET NULL;
+    ALTER TABLE takes ADD COLUMN finish_target TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -9,11 +9,15 @@
 use super::calls::{self, Bible, PlanRequest};
 use crate::app::App;
 use crate::error::{Result, StudioError};
-use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::finishing::{self, Finished};
+use crate::jobs::steps::{run_step, step_result};
+use crate::jobs::{JobContext, JobRunner, Lane, NewJob};
 use crate::projects::get_storyboard;
+use crate::shoot::block_on;
 use crate::shots::get_shot;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use videosdgx_engine::finishing::finish::{ClipShape, FinishTarget};
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: &str, params: &Value) -> Result<T> {
     serde_json::from_value(params.clone())
@@ -137,9 +141,14 @@ impl JobRunner for Expand {
 struct StitchParams {
     storyboard_id: i64,
     plugin: Option<String>,
+    /// Finish the stitched piece to this target (`4k24`): the delivered file is the finished
+    /// one.
+    #[serde(default)]
+    finish: Option<FinishTarget>,
 }
 
-/// `stitch`: the stitcher plugin's edit of the chosen takes, rendered to one MP4 asset.
+/// `stitch`: the stitcher plugin's edit of the chosen takes, rendered to one MP4 asset, then,
+/// with `finish`, finished by a `finish` job on the GPU lane into the delivered asset.
 pub struct Stitch;
 
 impl JobRunner for Stitch {
@@ -154,13 +163,25 @@ impl JobRunner for Stitch {
     }
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let p: StitchParams = parse(self.kind(), params)?;
-        get_storyboard(&app.db, p.storyboard_id)?;
+        let board = get_storyboard(&app.db, p.storyboard_id)?;
         super::registry::choose(
             &app.db,
             videosdgx_plugin_host::World::Stitcher,
             p.plugin.as_deref(),
-        )
-        .map(drop)
+        )?;
+        if let Some(target) = &p.finish {
+            // The piece is rendered at the storyboard's size and the models' rate.
+            let render = Bible::parse(&board.description).render_settings();
+            let profile = calls::model_profile(&render);
+            let piece = ClipShape {
+                width: profile.width,
+                height: profile.height,
+                frames: profile.max_frames as usize,
+                fps: f64::from(profile.fps),
+            };
+            finishing::check_available(app, piece, target)?;
+        }
+        Ok(())
     }
     fn run(&self, _app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let p: StitchParams = parse(self.kind(), params)?;
@@ -171,11 +192,31 @@ impl JobRunner for Stitch {
             p.plugin.as_deref(),
             &mut |s, i, n| ctx.progress(s, i, n),
         )?;
+        let Some(target) = p.finish else {
+            return Ok(json!({
+                "storyboard_id": p.storyboard_id,
+                "asset_id": outcome.asset.id,
+                "plugin": outcome.plugin,
+                "timeline": outcome.timeline,
+            }));
+        };
+        let new = NewJob {
+            kind: "finish".into(),
+            params: json!({ "asset_id": outcome.asset.id, "target": target }),
+            max_attempts: None,
+            project_id: outcome.asset.project_id,
+        };
+        let done = block_on(run_step(&ctx.app(), new, "finish", &mut |s, i, n| {
+            ctx.progress(s, i, n)
+        }))??;
+        let finished: Finished = step_result(done)?;
         Ok(json!({
             "storyboard_id": p.storyboard_id,
-            "asset_id": outcome.asset.id,
+            "asset_id": finished.asset_id,
+            "stitched_asset_id": outcome.asset.id,
             "plugin": outcome.plugin,
             "timeline": outcome.timeline,
+            "finish": finished,
         }))
     }
 }

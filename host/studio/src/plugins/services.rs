@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::StudioError;
+use crate::finishing::{Finished, NO_INTERPOLATOR, NO_UPSCALER};
 use crate::generation::{Length, RenderSettings, VideoRequest};
 use crate::jobs::{self, JobState, NewJob};
 use crate::language::{self, ChatAnswer, ChatRequest, ChatSettings, ChatTurn, Finish};
@@ -18,6 +19,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use videosdgx_engine::finishing::finish::FinishTarget;
 use videosdgx_engine::video;
 use videosdgx_plugin_host::types::{
     AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem, TransitionKind,
@@ -245,6 +247,62 @@ impl StudioServices {
             Ok(output.asset)
         })
         .await
+    }
+
+    /// Runs a `finish` job of a video asset of the bound project to `target` and waits for the
+    /// new asset; like [`StudioServices::ask`], the plugin's job shows its progress and
+    /// stopping the call cancels it.
+    async fn finish(&self, asset_id: &str, target: String) -> Result<AssetInfo, PluginError> {
+        let (project_id, id) = (self.project_id, asset_id.to_string());
+        let asset = self
+            .blocking(move |app| Self::project_asset(app, project_id, &id))
+            .await?;
+        if asset.kind != MediaKind::Video {
+            return Err(PluginError::InvalidInput(format!(
+                "asset `{asset_id}` is not a video"
+            )));
+        }
+        let target: FinishTarget = target
+            .parse()
+            .map_err(|e| PluginError::InvalidInput(format!("{e:#}")))?;
+        let new = NewJob {
+            kind: "finish".into(),
+            params: serde_json::json!({ "asset_id": asset.id, "target": target }),
+            max_attempts: None,
+            project_id: Some(self.project_id),
+        };
+        let monitor = self.monitor.clone();
+        let job = jobs::run_to_end(&self.app, new, &mut |p| {
+            monitor.report(&format!("finish: {}", p.stage), p.step, p.total)
+        })
+        .await
+        .map_err(|e| match e {
+            // A missing model is the studio's to fix, not the plugin's input.
+            StudioError::Invalid(why) if why == NO_UPSCALER || why == NO_INTERPOLATOR => {
+                PluginError::Failed(why)
+            }
+            StudioError::Invalid(why) => PluginError::InvalidInput(why),
+            e @ StudioError::NotFound { .. } => PluginError::NotFound(e.to_string()),
+            other => failed(other),
+        })?;
+        match job.state {
+            JobState::Succeeded => {
+                let finished: Finished =
+                    serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)?;
+                self.blocking(move |app| {
+                    get_asset(&app.db, finished.asset_id)
+                        .map(|a| asset_info(&a))
+                        .map_err(failed)
+                })
+                .await
+            }
+            JobState::Cancelled => Err(PluginError::Cancelled),
+            _ => Err(PluginError::Failed(format!(
+                "the finish job {} failed: {}",
+                job.id,
+                job.error.as_deref().unwrap_or("no error recorded")
+            ))),
+        }
     }
 }
 
@@ -723,6 +781,19 @@ impl HostServices for StudioServices {
         })
         .await
     }
+
+    async fn upscale(
+        &self,
+        asset_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<AssetInfo, PluginError> {
+        self.finish(asset_id, format!("{width}x{height}")).await
+    }
+
+    async fn interpolate(&self, asset_id: &str, fps: u32) -> Result<AssetInfo, PluginError> {
+        self.finish(asset_id, format!("@{fps}")).await
+    }
 }
 
 /// Creates or replaces a named document of a project.
@@ -747,6 +818,71 @@ pub fn write_document(
 mod tests {
     use super::*;
     use crate::{StudioConfig, projects};
+
+    /// `media.upscale` and `media.interpolate` run `finish` jobs on the queue for assets of the
+    /// bound project only, and say what to install when no model is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upscale_and_interpolate_are_finish_jobs_of_the_bound_project() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::generation::install_tiny_model(dir.path());
+        let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
+        let mine = projects::create_project(&app.db, "mine").unwrap();
+        let theirs = projects::create_project(&app.db, "theirs").unwrap();
+        let services = StudioServices::new(app.clone(), mine.id, None, Arc::default());
+        let workers = crate::jobs::JobQueue::start(&app, 1);
+        let request = GenerationRequest {
+            prompt: "a paper boat on a canal".into(),
+            negative_prompt: String::new(),
+            width: 32,
+            height: 32,
+            frames: 5,
+            steps: Some(2),
+            guidance: Some(1.0),
+            seed: 7,
+        };
+        let video = services.generate_video(request, None).await.unwrap();
+        assert!(matches!(
+            services.upscale(&video.id, 64, 64).await,
+            Err(PluginError::Failed(m)) if m == crate::finishing::NO_UPSCALER
+        ));
+
+        let finishing = crate::finishing::finishing_dir(dir.path());
+        std::fs::create_dir_all(&finishing).unwrap();
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/finishing");
+        std::fs::copy(
+            fixtures.join("upscalers/compact_x2/model.safetensors"),
+            finishing.join("compact.safetensors"),
+        )
+        .unwrap();
+        std::fs::copy(
+            fixtures.join("rife/4.6/flownet.pkl"),
+            finishing.join("flownet.pkl"),
+        )
+        .unwrap();
+        let upscaled = services.upscale(&video.id, 64, 64).await.unwrap();
+        let clip = services.probe(&upscaled.id).await.unwrap();
+        assert_eq!((clip.width, clip.height, clip.frames), (64, 64, 5));
+        let retimed = services.interpolate(&video.id, 32).await.unwrap();
+        let clip = services.probe(&retimed.id).await.unwrap();
+        assert_eq!(
+            (clip.width, clip.height, clip.fps, clip.frames),
+            (32, 32, 32, 9)
+        );
+        assert!(matches!(
+            services.upscale(&video.id, 15360, 8640).await,
+            Err(PluginError::InvalidInput(m)) if m.contains("3840x2160")
+        ));
+        let outsider = StudioServices::new(app.clone(), theirs.id, None, Arc::default());
+        assert!(matches!(
+            outsider.upscale(&video.id, 64, 64).await,
+            Err(PluginError::NotFound(_))
+        ));
+        app.jobs.stop();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    }
 
     #[tokio::test]
     async fn generation_media_and_documents_stay_inside_the_bound_project() {
