@@ -423,6 +423,12 @@ try {
       .render?.preset === 'wan2.1-distill-4step');
     await page.reload();
     assert.equal(await page.locator('#render-preset').inputValue(), 'wan2.1-distill-4step');
+    // Step caching is saved with the render settings and comes back after a reload.
+    await page.locator('#render-cache').selectOption('magcache');
+    await until(async () => JSON.parse((await api('GET', `/api/projects/${project.id}/storyboards`))[0].description)
+      .render?.cache === 'magcache');
+    await page.reload();
+    assert.equal(await page.locator('#render-cache').inputValue(), 'magcache');
   });
 
   await step('markup from a planner, an asset name and a model folder is shown as text; no script runs; layout holds', async () => {

@@ -575,6 +575,7 @@ mod tests {
                 steps: 2,
                 guidance: 1.0,
                 preset: None,
+                cache: None,
             },
             ..Default::default()
         };

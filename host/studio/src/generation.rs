@@ -22,6 +22,7 @@ use videosdgx_engine::hub::{self, LocalModel, ModelKind};
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage,
 };
+use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
 /// Where pulled and copied model directories live, under the data directory.
 pub fn models_dir(data_dir: &Path) -> PathBuf {
@@ -151,6 +152,11 @@ pub struct RenderSettings {
     /// steps, shift and guidance itself (`videosdgx_engine::presets`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
+    /// Step caching, `METHOD[:THRESHOLD]` (`teacache`, `magcache`, `easycache`; the method's
+    /// published threshold when none is given): skips transformer evaluations whose output
+    /// barely changes (`videosdgx_engine::schedulers::step_cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 impl Default for RenderSettings {
@@ -161,6 +167,7 @@ impl Default for RenderSettings {
             steps: 50,
             guidance: 5.0,
             preset: None,
+            cache: None,
         }
     }
 }
@@ -172,11 +179,23 @@ const MAX_STEPS: usize = 200;
 const MAX_PROMPT_BYTES: usize = 64 << 10;
 
 impl RenderSettings {
+    /// The parsed `cache` setting.
+    pub fn cache_spec(&self) -> Result<Option<CacheSpec>> {
+        self.cache
+            .as_deref()
+            .map(|text| {
+                text.parse::<CacheSpec>()
+                    .map_err(|e| StudioError::Invalid(format!("cache: {e}")))
+            })
+            .transpose()
+    }
+
     pub fn check(&self) -> Result<()> {
         if let Some(name) = &self.preset {
             videosdgx_engine::presets::preset(name)
                 .map_err(|e| StudioError::Invalid(e.to_string()))?;
         }
+        self.cache_spec()?;
         if self.height > MAX_SIDE || self.width > MAX_SIDE {
             return Err(StudioError::Invalid(format!(
                 "{}x{} is larger than the {MAX_SIDE}x{MAX_SIDE} the studio renders",
@@ -325,7 +344,7 @@ impl Generator {
                         denoising_steps: None,
                         loras: Vec::new(),
                         lora_mode: Default::default(),
-                        cache: None,
+                        cache: request.render.cache_spec()?,
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);
@@ -651,6 +670,7 @@ mod tests {
             steps: 2,
             guidance: 3.0,
             preset: None,
+            cache: None,
         }
     }
 
@@ -690,6 +710,34 @@ mod tests {
         let record = get_generation(&app.db, out.generation_id).unwrap();
         let params: GenerateParams = serde_json::from_value(record.params).unwrap();
         assert_eq!(params, out.params, "the record reproduces the output");
+    }
+
+    #[test]
+    fn step_caching_is_chosen_per_generation_and_recorded() {
+        let (_dir, app) = studio();
+        let shot = shot(&app, prompt("a lighthouse at dusk"));
+        let request = GenerateShot {
+            render: RenderSettings {
+                cache: Some("teacache:0.2".into()),
+                ..tiny()
+            },
+            ..of(shot.id)
+        };
+        let out = app
+            .generator
+            .generate_shot(&app, None, &request, &mut |_, _, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let expected: CacheSpec = "teacache:0.2".parse().unwrap();
+        assert_eq!(out.params.cache, Some(expected));
+        let record = get_generation(&app.db, out.generation_id).unwrap();
+        let params: GenerateParams = serde_json::from_value(record.params).unwrap();
+        assert_eq!(
+            params.cache,
+            Some(expected),
+            "the record says how it was made"
+        );
     }
 
     #[test]
@@ -760,6 +808,14 @@ mod tests {
             (
                 json!({ "shot_id": fine.id, "render": { "fps": 8 } }),
                 "unknown field `fps`",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cache": "fastcache" } }),
+                "cache: unknown cache method \"fastcache\"",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cache": "teacache:-1" } }),
+                "threshold must be a positive number",
             ),
             (json!({ "shot_id": 999 }), "shot 999 not found"),
         ] {

@@ -51,6 +51,10 @@ pub struct RenderArgs {
     /// steps, shift and guidance, in place of --steps and --guidance.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Step caching for every shot, `METHOD[:THRESHOLD]`: `teacache`, `magcache` or `easycache`
+    /// (docs/generation.md, "Step caching").
+    #[arg(long)]
+    pub cache: Option<String>,
     /// Finish the stitched piece before writing it: a size and/or frame rate such as `4k24`,
     /// `1080p30`, `x2` or `1920x1080@24` (upscaled and interpolated with the models in
     /// DATA/models/finishing/; docs/finishing.md).
@@ -94,6 +98,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             steps: args.steps,
             guidance: args.guidance,
             preset: args.preset,
+            cache: args.cache,
         },
         max_attempts: args.max_attempts,
         out,

@@ -232,6 +232,7 @@ impl StudioServices {
                     steps: request.steps.map_or(defaults.steps, |s| s as usize),
                     guidance: request.guidance.unwrap_or(defaults.guidance),
                     preset: None,
+                    cache: None,
                 },
             };
             let output = app
