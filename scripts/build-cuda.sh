@@ -65,8 +65,8 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${WHEELS[*]}" ]]; then
 fi
 HOST_CUDA="$TOOLS/py/nvidia/cu13"
 CUDA_ROOT="$HOST_CUDA"
-CC_TARGET=cc
-STRIP_TARGET=strip
+CC_TARGET="cc"
+STRIP_TARGET="strip"
 if ((CROSS)); then
   # shellcheck source=scripts/aarch64-env.sh
   source "$REPO/scripts/aarch64-env.sh"
@@ -88,8 +88,12 @@ fi
 
 # The wheels ship only sonames (libcublas.so.13); the linker looks for libcublas.so.
 for lib in cublas cublasLt nvrtc curand cudart; do
-  soname="$(cd "$CUDA_ROOT/lib" && ls "lib$lib.so."* | grep -E "^lib$lib\.so\.[0-9]+$" | head -n1)"
-  ln -sf "$soname" "$CUDA_ROOT/lib/lib$lib.so"
+  for file in "$CUDA_ROOT/lib/lib$lib.so."*; do
+    if [[ "$(basename "$file")" =~ ^lib$lib\.so\.[0-9]+$ ]]; then
+      ln -sf "$(basename "$file")" "$CUDA_ROOT/lib/lib$lib.so"
+      break
+    fi
+  done
 done
 
 # Link stub for the driver: every cu* function cudarc's driver bindings declare.
@@ -144,8 +148,10 @@ fi
 lock_backup="$(mktemp)"
 cp "$REPO/Cargo.lock" "$lock_backup"
 trap 'cp "$lock_backup" "$REPO/Cargo.lock"; rm -f "$lock_backup"' EXIT
+# VIDEOSDGX_CARGO_EXTRA: more cargo arguments, split on spaces.
+read -ra extra <<<"${VIDEOSDGX_CARGO_EXTRA:-}"
 cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features "$FEATURES" "${TARGET_ARGS[@]}" \
-  --config "patch.crates-io.candle-kernels.path=\"$patched\"" ${VIDEOSDGX_CARGO_EXTRA:-}
+  --config "patch.crates-io.candle-kernels.path=\"$patched\"" "${extra[@]}"
 mkdir -p "$REPO/dist"
 ship() {
   cp "$1" "$2"
