@@ -8,7 +8,7 @@
 //! builds the aarch64 binary and names it in `VIDEOSDGX_AARCH64_BIN`.
 
 use candle_core::{Device, Tensor};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -88,11 +88,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// (for the keys it holds) within `tolerance`.
 fn compare(what: &str, arm: &Path, x86: &Path, reference: &Path, tolerance: f64) {
     let (arm, x86, reference) = (load(arm), load(x86), load(reference));
-    let mut keys: Vec<&String> = x86.keys().collect();
-    keys.sort();
+    let keys: BTreeSet<&String> = x86.keys().collect();
     assert_eq!(
-        arm.keys().collect::<std::collections::BTreeSet<_>>(),
-        keys.iter().copied().collect(),
+        arm.keys().collect::<BTreeSet<_>>(),
+        keys,
         "{what}: the builds wrote different tensors"
     );
     for key in keys {
