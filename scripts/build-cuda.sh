@@ -162,13 +162,15 @@ ship() {
 ship "$OUT/videosdgx" "$REPO/dist/videosdgx-cuda-sm$CAP$SUFFIX"
 
 if ((CROSS)); then
-  # No aarch64 GPU here: the shipped binary runs under qemu-user with the aarch64 CUDA libraries
-  # and the driver stub on its loader path (-E sets it for the guest's loader only), for
-  # `--version` and a CPU `model forward` of the tiny Wan transformer.
-  # The loader wants the stubs under their sonames, which only this run's directory gives them.
+  # No aarch64 GPU here: the shipped binary runs under qemu-user for `--version` and a CPU
+  # `model forward` of the tiny Wan transformer, with the aarch64 CUDA libraries and the stubs on
+  # the guest's loader path (-E: the guest's only). The loader looks the stubs up by soname,
+  # which only this run's directory names them by.
   smoke="$(mktemp -d)"
   ln -s "$CUDA_ROOT/lib/stubs/libcuda.so" "$smoke/libcuda.so.1"
-  [[ -f "$CUDA_ROOT/lib/stubs/libcudnn.so" ]] && ln -s "$CUDA_ROOT/lib/stubs/libcudnn.so" "$smoke/libcudnn.so.9"
+  if [[ "$FEATURES" == *cudnn* ]]; then
+    ln -s "$CUDA_ROOT/lib/stubs/libcudnn.so" "$smoke/libcudnn.so.9"
+  fi
   read -ra runner <<<"$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
   guest=("${runner[@]}" -E "LD_LIBRARY_PATH=$CUDA_ROOT/lib:$smoke" "$REPO/dist/videosdgx-cuda-sm$CAP$SUFFIX")
   "${guest[@]}" --version
