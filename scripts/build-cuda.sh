@@ -3,6 +3,14 @@
 #
 #   scripts/build-cuda.sh [COMPUTE_CAP]     # 90 = H100/H200 (default), 121 = DGX Spark GB10
 #
+# The binary's architecture follows the machine the GPU sits in: 90 builds for x86-64, 121 for
+# aarch64 (DGX Spark's Grace CPU). VIDEOSDGX_TARGET=<rust target triple> overrides that. An
+# aarch64 build on an x86-64 machine is a cross build: candle's kernels are PTX and the host tools
+# (nvcc) stay x86-64, the libraries it links against (cudart, cuBLAS, NVRTC, cuRAND) come from the
+# same CUDA 13.0 wheels for linux aarch64, the driver stubs and the C code crates bundle are built
+# with Debian's aarch64 cross gcc (scripts/aarch64-env.sh installs it), and the result is run
+# under qemu-user for `--version` and a CPU `model forward` before it is shipped.
+#
 # Tools come from PyPI (CUDA 13.0 wheels, pinned below) into $VIDEOSDGX_CUDA_TOOLS
 # (default ~/.cache/videosdgx/cuda-13.0), never into the repository. The driver library
 # libcuda.so.1 is absent on such a machine, so the link goes against a stub that exports
@@ -12,15 +20,29 @@
 # build only): upstream's GGUF/MoE static kernels, which VideosDGX never runs and which take most
 # of an hour to compile on a 2-core builder, become aborting stubs.
 #
-# Output: dist/videosdgx-cuda-sm<CAP> (stripped) and dist/videosdgx-cuda-sm<CAP>.xz.
+# Output: dist/videosdgx-cuda-sm<CAP>[-aarch64] (stripped) and the same with .xz.
 # Run it on the GPU machine with the CUDA 13.0 libraries on the loader path, e.g.
 #   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib ./videosdgx-cuda-sm90 bench wan
+#   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/sbsa-linux/lib ./videosdgx-cuda-sm121-aarch64 bench wan
 set -euo pipefail
 
 CAP="${1:-${CUDA_COMPUTE_CAP:-90}}"
 case "$CAP" in 90 | 121) ;; *) echo "error: compute capability must be 90 or 121, got '$CAP'" >&2; exit 2 ;; esac
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+HOST="$(rustc -vV | sed -n 's/^host: //p')"
+if [[ "$CAP" == 121 ]]; then default_target=aarch64-unknown-linux-gnu; else default_target=x86_64-unknown-linux-gnu; fi
+TARGET="${VIDEOSDGX_TARGET:-$default_target}"
+CROSS=0
+if [[ "$TARGET" != "$HOST" ]]; then
+  if [[ "$HOST" != x86_64-unknown-linux-gnu || "$TARGET" != aarch64-unknown-linux-gnu ]]; then
+    echo "error: cross builds are for aarch64-unknown-linux-gnu on x86-64 only (host $HOST, target $TARGET)" >&2
+    exit 2
+  fi
+  CROSS=1
+fi
+SUFFIX=""
+[[ "$TARGET" == aarch64-* ]] && SUFFIX=-aarch64
 TOOLS="${VIDEOSDGX_CUDA_TOOLS:-$HOME/.cache/videosdgx/cuda-13.0}"
 PYTHON="${PYTHON:-python3}"
 WHEELS=(
@@ -41,12 +63,37 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${WHEELS[*]}" ]]; then
   "$PYTHON" -m pip install --quiet --no-deps --target "$TOOLS/py" "${WHEELS[@]}"
   echo "${WHEELS[*]}" >"$stamp"
 fi
-CUDA_ROOT="$TOOLS/py/nvidia/cu13"
+HOST_CUDA="$TOOLS/py/nvidia/cu13"
+CUDA_ROOT="$HOST_CUDA"
+CC_TARGET="cc"
+STRIP_TARGET="strip"
+if ((CROSS)); then
+  # shellcheck source=scripts/aarch64-env.sh
+  source "$REPO/scripts/aarch64-env.sh"
+  CC_TARGET="$CC_aarch64_unknown_linux_gnu"
+  STRIP_TARGET=aarch64-linux-gnu-strip
+  # The libraries the aarch64 binary links against and loads: the same pins, linux aarch64 wheels
+  # (manylinux_2_17 for some, manylinux_2_27 for the others).
+  TARGET_WHEELS=(nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25)
+  stamp="$TOOLS/.wheels-aarch64"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${TARGET_WHEELS[*]}" ]]; then
+    echo "installing the CUDA 13.0 aarch64 libraries into $TOOLS/py-aarch64" >&2
+    rm -rf "$TOOLS/py-aarch64"
+    "$PYTHON" -m pip install --quiet --no-deps --only-binary=:all: --platform manylinux_2_17_aarch64 \
+      --platform manylinux_2_27_aarch64 --target "$TOOLS/py-aarch64" "${TARGET_WHEELS[@]}"
+    echo "${TARGET_WHEELS[*]}" >"$stamp"
+  fi
+  CUDA_ROOT="$TOOLS/py-aarch64/nvidia/cu13"
+fi
 
 # The wheels ship only sonames (libcublas.so.13); the linker looks for libcublas.so.
 for lib in cublas cublasLt nvrtc curand cudart; do
-  soname="$(cd "$CUDA_ROOT/lib" && ls "lib$lib.so."* | grep -E "^lib$lib\.so\.[0-9]+$" | head -n1)"
-  ln -sf "$soname" "$CUDA_ROOT/lib/lib$lib.so"
+  for file in "$CUDA_ROOT/lib/lib$lib.so."*; do
+    if [[ "$(basename "$file")" =~ ^lib$lib\.so\.[0-9]+$ ]]; then
+      ln -sf "$(basename "$file")" "$CUDA_ROOT/lib/lib$lib.so"
+      break
+    fi
+  done
 done
 
 # Link stub for the driver: every cu* function cudarc's driver bindings declare.
@@ -59,7 +106,7 @@ mkdir -p "$CUDA_ROOT/lib/stubs"
 grep -ohE '^\s+fn cu[A-Za-z0-9_]+\(' "$cudarc_src/src/driver/sys/mod.rs" |
   sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u |
   awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/cuda_stub.c"
-cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CUDA_ROOT/lib/stubs/libcuda.so" "$CUDA_ROOT/lib/stubs/cuda_stub.c"
+"$CC_TARGET" -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CUDA_ROOT/lib/stubs/libcuda.so" "$CUDA_ROOT/lib/stubs/cuda_stub.c"
 
 # With VIDEOSDGX_CUDNN=1: the `cudnn` feature (cuDNN convolutions for the VAE). cuDNN is not
 # downloaded: the link goes against a stub with soname libcudnn.so.9 exporting every cudnn*
@@ -71,14 +118,22 @@ if [[ "${VIDEOSDGX_CUDNN:-0}" == 1 ]]; then
   grep -ohE '^\s+fn cudnn[A-Za-z0-9_]+\(' "$cudarc_src/src/cudnn/sys/mod.rs" |
     sed -E 's/^\s+fn (cudnn[A-Za-z0-9_]+)\(/\1/' | sort -u |
     awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/cudnn_stub.c"
-  cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$CUDA_ROOT/lib/stubs/libcudnn.so" "$CUDA_ROOT/lib/stubs/cudnn_stub.c"
+  "$CC_TARGET" -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$CUDA_ROOT/lib/stubs/libcudnn.so" "$CUDA_ROOT/lib/stubs/cudnn_stub.c"
 fi
 
+# cudarc links against $CUDA_ROOT/lib (the target's libraries); nvcc (PTX only) is the host's.
 export CUDA_ROOT
-export PATH="$CUDA_ROOT/bin:$PATH"
+export PATH="$HOST_CUDA/bin:$PATH"
 export CUDARC_CUDA_VERSION=13000
 export CUDA_COMPUTE_CAP="$CAP"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target/cuda-sm$CAP}"
+# A native build keeps cargo's host layout (<target dir>/release); a cross build adds the triple.
+TARGET_ARGS=()
+OUT="$CARGO_TARGET_DIR/release"
+if ((CROSS)); then
+  TARGET_ARGS=(--target "$TARGET")
+  OUT="$CARGO_TARGET_DIR/$TARGET/release"
+fi
 
 kernels_src="$(crate_src candle-kernels)"
 patched="$TOOLS/$(basename "$kernels_src")-videosdgx"
@@ -93,21 +148,42 @@ fi
 lock_backup="$(mktemp)"
 cp "$REPO/Cargo.lock" "$lock_backup"
 trap 'cp "$lock_backup" "$REPO/Cargo.lock"; rm -f "$lock_backup"' EXIT
-cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features "$FEATURES" \
-  --config "patch.crates-io.candle-kernels.path=\"$patched\"" ${VIDEOSDGX_CARGO_EXTRA:-}
+# VIDEOSDGX_CARGO_EXTRA: more cargo arguments, split on spaces.
+read -ra extra <<<"${VIDEOSDGX_CARGO_EXTRA:-}"
+cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features "$FEATURES" "${TARGET_ARGS[@]}" \
+  --config "patch.crates-io.candle-kernels.path=\"$patched\"" "${extra[@]}"
 mkdir -p "$REPO/dist"
 ship() {
   cp "$1" "$2"
-  strip "$2"
+  "$STRIP_TARGET" "$2"
   xz -T0 -6 -kf "$2"
   ls -l "$2" "$2.xz" >&2
 }
-ship "$CARGO_TARGET_DIR/release/videosdgx" "$REPO/dist/videosdgx-cuda-sm$CAP"
+ship "$OUT/videosdgx" "$REPO/dist/videosdgx-cuda-sm$CAP$SUFFIX"
+
+if ((CROSS)); then
+  # No aarch64 GPU here: the shipped binary runs under qemu-user for `--version` and a CPU
+  # `model forward` of the tiny Wan transformer, with the aarch64 CUDA libraries and the stubs on
+  # the guest's loader path (-E: the guest's only). The loader looks the stubs up by soname,
+  # which only this run's directory names them by.
+  smoke="$(mktemp -d)"
+  ln -s "$CUDA_ROOT/lib/stubs/libcuda.so" "$smoke/libcuda.so.1"
+  if [[ "$FEATURES" == *cudnn* ]]; then
+    ln -s "$CUDA_ROOT/lib/stubs/libcudnn.so" "$smoke/libcudnn.so.9"
+  fi
+  read -ra runner <<<"$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
+  guest=("${runner[@]}" -E "LD_LIBRARY_PATH=$CUDA_ROOT/lib:$smoke" "$REPO/dist/videosdgx-cuda-sm$CAP$SUFFIX")
+  "${guest[@]}" --version
+  fixture="$REPO/tests/fixtures/components/wan_t2v"
+  "${guest[@]}" model forward --device cpu --model "$fixture/model" --inputs "$fixture/inputs.safetensors" \
+    --out "$smoke/out.safetensors" --json
+  rm -rf "$smoke"
+fi
 
 # With VIDEOSDGX_GPU_CHECKS=1, also the kernels' GPU checks (tests/gpu.rs) as a binary to run there.
 if [[ "${VIDEOSDGX_GPU_CHECKS:-0}" == 1 ]]; then
-  checks="$(cargo test --release --no-run --manifest-path "$REPO/Cargo.toml" -p videosdgx-kernels --features "$FEATURES" \
+  checks="$(cargo test --release --no-run --manifest-path "$REPO/Cargo.toml" -p videosdgx-kernels --features "$FEATURES" "${TARGET_ARGS[@]}" \
     --test gpu --config "patch.crates-io.candle-kernels.path=\"$patched\"" --message-format=json |
     "$PYTHON" -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable")][-1])')"
-  ship "$checks" "$REPO/dist/gpu-checks-sm$CAP"
+  ship "$checks" "$REPO/dist/gpu-checks-sm$CAP$SUFFIX"
 fi

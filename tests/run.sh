@@ -29,3 +29,12 @@ cargo test --workspace
 # The guest plugins' own unit tests (prompt construction, answer parsing) run natively.
 cargo test --manifest-path plugins/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" \
   -p reviewer -p prompt-expander
+
+# The aarch64 build (DGX Spark's Grace CPU), cross-compiled and run under qemu-user beside the
+# native build on the tiny fixtures (tests/aarch64_qemu.rs). The script installs the cross tools
+# when it can and fails otherwise; VIDEOSDGX_SKIP_AARCH64=1 skips this step explicitly.
+if [ "${VIDEOSDGX_SKIP_AARCH64:-0}" = 1 ]; then
+  echo "skipping the aarch64 cross build and qemu run (VIDEOSDGX_SKIP_AARCH64=1)" >&2
+else
+  scripts/cross-aarch64.sh cargo test -p videosdgx --test aarch64_qemu -- --ignored --nocapture
+fi

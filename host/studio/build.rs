@@ -3,6 +3,7 @@
 //! `<target>/plugins-wasm`, shared with the test suite's guest build (tests/support/guests.rs),
 //! and are copied into `OUT_DIR` for `include_bytes!`.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::{env, fs};
@@ -68,11 +69,17 @@ fn main() {
 }
 
 /// `<target>/plugins-wasm`: `OUT_DIR` is `<target>[/<triple>]/<profile>/build/<crate>/out`.
+/// The components do not depend on the host's target, so a cross build (`--target`, e.g.
+/// scripts/cross-aarch64.sh) shares the native build's directory instead of building them again.
 fn shared_target_dir(out: &Path) -> PathBuf {
-    out.ancestors()
-        .nth(4)
-        .map(|target| target.join("plugins-wasm"))
-        .unwrap_or_else(|| out.join("plugins-wasm"))
+    let Some(mut target) = out.ancestors().nth(4) else {
+        return out.join("plugins-wasm");
+    };
+    let triple = env::var("TARGET").expect("cargo sets TARGET for build scripts");
+    if target.file_name() == Some(OsStr::new(&triple)) {
+        target = target.parent().unwrap_or(target);
+    }
+    target.join("plugins-wasm")
 }
 
 /// rustup installs rust-toolchain.toml's toolchain but not its targets when the toolchain is

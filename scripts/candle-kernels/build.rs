@@ -50,11 +50,19 @@ fn main() -> Result<()> {
     let c = out_dir.join("moe_stub.c");
     let o = out_dir.join("moe_stub.o");
     std::fs::write(&c, stub).unwrap();
-    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
-    assert!(Command::new(cc).args(["-c", "-fPIC", "-O2", "-o"]).arg(&o).arg(&c).status().unwrap().success());
+    // The stub goes into the target's binary: in a cross build (scripts/build-cuda.sh 121 on
+    // x86-64) the target's compiler and archiver, named as the cc crate reads them.
+    let target = env::var("TARGET").unwrap().replace('-', "_");
+    let tool = |name: &str, default: &str| {
+        println!("cargo::rerun-if-env-changed={name}_{target}");
+        env::var(format!("{name}_{target}"))
+            .or_else(|_| env::var(name))
+            .unwrap_or_else(|_| default.into())
+    };
+    assert!(Command::new(tool("CC", "cc")).args(["-c", "-fPIC", "-O2", "-o"]).arg(&o).arg(&c).status().unwrap().success());
     let lib = out_dir.join("libmoe.a");
     let _ = std::fs::remove_file(&lib);
-    assert!(Command::new("ar").arg("rcs").arg(&lib).arg(&o).status().unwrap().success());
+    assert!(Command::new(tool("AR", "ar")).arg("rcs").arg(&lib).arg(&o).status().unwrap().success());
     println!("cargo:rustc-link-search={}", out_dir.display());
     println!("cargo:rustc-link-lib=static=moe");
     Ok(())
