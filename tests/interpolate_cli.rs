@@ -3,34 +3,15 @@
 //! Practical-RIFE IFNet) from tests/fixtures/finishing/rife; files that are no known model and
 //! inputs the net cannot take fail with one readable line.
 
+#[path = "support/model_forward.rs"]
+mod model_forward;
+use model_forward::{forward, one_error_line};
+
 #[path = "support/rife_fixtures.rs"]
 mod rife_fixtures;
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn forward(model: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args(["model", "forward", "--model"])
-        .arg(model)
-        .arg("--inputs")
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn one_error_line(output: &Output) -> String {
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    lines[0].to_string()
-}
 
 #[test]
 fn a_flownet_file_runs_rife_and_matches_the_reference() {

@@ -2,27 +2,18 @@
 //! run it: the component is picked from its config, outputs land in a safetensors file and match
 //! the reference; bad inputs fail with one readable line.
 
+#[path = "support/model_forward.rs"]
+mod model_forward;
+use model_forward::{forward, one_error_line};
+
 use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/components")
         .join(name)
-}
-
-fn forward(model: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args(["model", "forward", "--model"])
-        .arg(model)
-        .arg("--inputs")
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
 }
 
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
@@ -100,14 +91,8 @@ fn model_forward_without_a_required_input_names_it_in_one_line() {
         &tmp.path().join("out.safetensors"),
         &[],
     );
-    assert!(!result.status.success());
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(error_lines.len(), 1, "{stderr}");
-    assert!(
-        error_lines[0].contains("no tensor `hidden_states`"),
-        "{stderr}"
-    );
+    let line = one_error_line(&result);
+    assert!(line.contains("no tensor `hidden_states`"), "{line}");
     assert!(!tmp.path().join("out.safetensors").exists());
 }
 

@@ -2,27 +2,17 @@
 //! (tests/fixtures/finishing/upscalers): the architecture is read from the state dict, the
 //! output matches spandrel whole and in tiles, and files it cannot take fail with one line.
 
+#[path = "support/model_forward.rs"]
+mod model_forward;
+use model_forward::{forward, one_error_line};
+
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/finishing/upscalers")
         .join(name)
-}
-
-fn forward(model: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args(["model", "forward", "--model"])
-        .arg(model)
-        .arg("--inputs")
-        .arg(inputs)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
 }
 
 fn image(path: &Path) -> Tensor {
@@ -109,21 +99,14 @@ fn model_forward_on_a_file_it_cannot_take_names_it_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = fixture("compact_x2").join("inputs.safetensors");
     let out = tmp.path().join("out.safetensors");
-    let error_line = |result: &Output| -> String {
-        assert!(!result.status.success());
-        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
-        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "{stderr}");
-        lines[0].to_string()
-    };
 
     let garbage = tmp.path().join("4x_broken.pth");
     std::fs::write(&garbage, b"PK\x03\x04 truncated").unwrap();
-    let line = error_line(&forward(&garbage, &inputs, &out, &[]));
+    let line = one_error_line(&forward(&garbage, &inputs, &out, &[]));
     assert!(line.contains("4x_broken.pth"), "{line}");
 
     // A state dict of no known architecture: the inputs file is one.
-    let line = error_line(&forward(&inputs, &inputs, &out, &[]));
+    let line = one_error_line(&forward(&inputs, &inputs, &out, &[]));
     for needle in [
         "inputs.safetensors",
         "ESRGAN",
@@ -135,7 +118,7 @@ fn model_forward_on_a_file_it_cannot_take_names_it_in_one_line() {
 
     // The right model with inputs that lack `image`.
     let model = fixture("compact_x2").join("model.safetensors");
-    let line = error_line(&forward(&model, &model, &out, &[]));
+    let line = one_error_line(&forward(&model, &model, &out, &[]));
     assert!(line.contains("no tensor `image`"), "{line}");
     assert!(!out.exists());
 }
