@@ -559,6 +559,8 @@ try {
       assert.match(reviewed.attention ?? '', /^All 2 takes failed review/);
       const takes = page.locator('.take');
       await until(async () => await takes.count() === 2);
+      // Each take's review arrives with the take's own refresh: wait for both scores.
+      await until(async () => (await page.locator('.take .score').count()) === 2);
       assert.deepEqual(await page.locator('.take .score').allTextContents(), ['0.10', '0.20']);
       assert.deepEqual(await page.locator('.take .badge').allTextContents(), ['retry', 'retry']);
       assert.equal(await page.locator('.take .reasons').first().textContent(), 'never good enough');
