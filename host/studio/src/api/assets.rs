@@ -106,16 +106,23 @@ async fn join_writer(handle: tokio::task::JoinHandle<Result<Staged>>) -> Result<
         .map_err(|e| StudioError::Internal(anyhow::anyhow!("upload task failed: {e}")))?
 }
 
-/// Sends `stream` to the writer; stops early when the writer has failed (e.g. too large).
+/// Sends `stream` to the writer. When the writer stops early (the upload is too large, the disk
+/// is full) the rest of the body is still read and dropped: a client that is still sending then
+/// receives the error response, where an unread body would have the connection reset under it.
+/// The body is bounded by the upload limit, so the draining is too.
 async fn feed<S, E>(tx: &mpsc::Sender<std::result::Result<Bytes, String>>, stream: S)
 where
     S: tokio_stream::Stream<Item = std::result::Result<Bytes, E>>,
     E: std::fmt::Display,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut writing = true;
     while let Some(chunk) = stream.next().await {
         let failed = chunk.is_err();
-        if tx.send(chunk.map_err(|e| e.to_string())).await.is_err() || failed {
+        if writing && tx.send(chunk.map_err(|e| e.to_string())).await.is_err() {
+            writing = false;
+        }
+        if failed {
             return;
         }
     }
