@@ -166,33 +166,9 @@ impl StudioServices {
         // Without a language model the service is unavailable (`failed`), not the input bad.
         self.blocking(|app| language::configured(app).map(drop).map_err(failed))
             .await?;
-        let new = NewJob {
-            kind: "chat".into(),
-            params: serde_json::to_value(&request).map_err(failed)?,
-            max_attempts: None,
-            project_id: Some(self.project_id),
-        };
-        let monitor = self.monitor.clone();
-        let job = jobs::run_to_end(&self.app, new, &mut |p| {
-            monitor.report(&format!("language model: {}", p.stage), p.step, p.total)
-        })
-        .await
-        .map_err(|e| match e {
-            StudioError::Invalid(why) => PluginError::InvalidInput(why),
-            e @ StudioError::NotFound { .. } => PluginError::NotFound(e.to_string()),
-            other => failed(other),
-        })?;
-        match job.state {
-            JobState::Succeeded => {
-                serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)
-            }
-            JobState::Cancelled => Err(PluginError::Cancelled),
-            _ => Err(PluginError::Failed(format!(
-                "the language model's job {} failed: {}",
-                job.id,
-                job.error.as_deref().unwrap_or("no error recorded")
-            ))),
-        }
+        let params = serde_json::to_value(&request).map_err(failed)?;
+        self.run_job("chat", params, "language model", "the language model's job")
+            .await
     }
 
     async fn generate(
@@ -266,40 +242,59 @@ impl StudioServices {
         let target: FinishTarget = target
             .parse()
             .map_err(|e| PluginError::InvalidInput(format!("{e:#}")))?;
+        let params = serde_json::json!({ "asset_id": asset.id, "target": target });
+        let finished: Finished = self
+            .run_job("finish", params, "finish", "the finish job")
+            .await
+            .map_err(|e| match e {
+                // A missing model is the studio's to fix, not the plugin's input.
+                PluginError::InvalidInput(why) if why == NO_UPSCALER || why == NO_INTERPOLATOR => {
+                    PluginError::Failed(why)
+                }
+                other => other,
+            })?;
+        self.blocking(move |app| {
+            get_asset(&app.db, finished.asset_id)
+                .map(|a| asset_info(&a))
+                .map_err(failed)
+        })
+        .await
+    }
+
+    /// Runs a `kind` job of the bound project to its end and returns its result. The plugin's
+    /// own job shows the job's progress (stages prefixed with `label`); stopping the plugin's
+    /// call cancels the job (`run_to_end` cancels what nobody waits for). `what` names the job
+    /// in the failure message.
+    async fn run_job<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        params: serde_json::Value,
+        label: &str,
+        what: &str,
+    ) -> Result<T, PluginError> {
         let new = NewJob {
-            kind: "finish".into(),
-            params: serde_json::json!({ "asset_id": asset.id, "target": target }),
+            kind: kind.into(),
+            params,
             max_attempts: None,
             project_id: Some(self.project_id),
         };
         let monitor = self.monitor.clone();
         let job = jobs::run_to_end(&self.app, new, &mut |p| {
-            monitor.report(&format!("finish: {}", p.stage), p.step, p.total)
+            monitor.report(&format!("{label}: {}", p.stage), p.step, p.total)
         })
         .await
         .map_err(|e| match e {
-            // A missing model is the studio's to fix, not the plugin's input.
-            StudioError::Invalid(why) if why == NO_UPSCALER || why == NO_INTERPOLATOR => {
-                PluginError::Failed(why)
-            }
             StudioError::Invalid(why) => PluginError::InvalidInput(why),
             e @ StudioError::NotFound { .. } => PluginError::NotFound(e.to_string()),
             other => failed(other),
         })?;
         match job.state {
             JobState::Succeeded => {
-                let finished: Finished =
-                    serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)?;
-                self.blocking(move |app| {
-                    get_asset(&app.db, finished.asset_id)
-                        .map(|a| asset_info(&a))
-                        .map_err(failed)
-                })
-                .await
+                serde_json::from_value(job.result.unwrap_or_default()).map_err(failed)
             }
             JobState::Cancelled => Err(PluginError::Cancelled),
             _ => Err(PluginError::Failed(format!(
-                "the finish job {} failed: {}",
+                "{what} {} failed: {}",
                 job.id,
                 job.error.as_deref().unwrap_or("no error recorded")
             ))),
