@@ -6,15 +6,13 @@ use crate::driver::Run;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use videosdgx_engine::families::wan::vae::WanVaeConfig;
 use videosdgx_engine::loader::{self, Checkpoint};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode};
-use videosdgx_engine::models::{
-    clip_vision::CLIPVisionConfig, umt5::UMT5Config, wan_transformer::WanTransformer3DModel,
-    wan_transformer::WanTransformerConfig,
-};
+use videosdgx_engine::models::{clip_vision::CLIPVisionConfig, umt5::UMT5Config};
 use videosdgx_engine::schedulers::{Scheduler, SchedulerKind};
 use videosdgx_engine::text::model::LanguageModelConfig;
-use videosdgx_engine::vae::WanVaeConfig;
 use videosdgx_engine::video::Mp4Reader;
 
 pub const JSON_TOKENS: &[&[u8]] = &[

@@ -1,7 +1,9 @@
-//! Generation engine: loads diffusers checkpoints and runs the Wan family on candle (CPU or CUDA).
+//! Generation engine: loads diffusers checkpoints and runs their model families on candle (CPU or
+//! CUDA): language models, video and image diffusion, finishing.
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
 pub mod attention;
+pub mod families;
 pub mod finishing;
 pub mod fused;
 pub mod hub;
@@ -14,7 +16,6 @@ pub mod presets;
 pub mod schedulers;
 pub mod text;
 pub mod tokenizer;
-pub mod vae;
 pub mod video;
 
 /// Recorded with every generation, so that an output names the engine that made it.

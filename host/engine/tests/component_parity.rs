@@ -5,10 +5,10 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::clip_vision::CLIPVisionModel;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::models::umt5::UMT5EncoderModel;
-use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
 use videosdgx_engine::tokenizer::PromptTokenizer;
 
 const TOLERANCE: f64 = 1e-4;

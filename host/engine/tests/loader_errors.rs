@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::loader::{self, LoadError};
-use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

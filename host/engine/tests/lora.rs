@@ -6,12 +6,12 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::loader::Checkpoint;
 use videosdgx_engine::lora::{
     Adaptable, Lora, LoraError, LoraFile, LoraFormat, LoraMode, LoraSpec, Weight,
 };
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")

@@ -8,12 +8,13 @@
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use videosdgx_engine::families::wan::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use videosdgx_engine::families::wan::vae::{AutoencoderKLWan, WanVaeConfig};
+use videosdgx_engine::families::wan::{WanParts, WanPipeline};
 use videosdgx_engine::loader::{open_weights, read_config};
-use videosdgx_engine::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanParts, WanPipeline,
+    Cancelled, GenerateInputs, GenerateParams, ImageInput, Progress, Stage,
 };
-use videosdgx_engine::vae::{AutoencoderKLWan, WanVaeConfig};
 
 /// Relative error allowed for a whole pipeline run in f32 (tests/fixtures/TOLERANCES.md).
 const TOLERANCE: f64 = 1e-3;

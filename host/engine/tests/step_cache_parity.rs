@@ -11,9 +11,8 @@
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, WanPipeline,
-};
+use videosdgx_engine::families::wan::WanPipeline;
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, GeneratedVideo, ImageInput};
 use videosdgx_engine::schedulers::step_cache::{
     BranchSteps, CacheMethod, CacheSpec, Calibration, Wan21Checkpoint,
 };

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
-use videosdgx_engine::vae::AutoencoderKLWan;
+use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 
 /// Relative error allowed for one component in f32 (tests/fixtures/TOLERANCES.md).
 const TOLERANCE: f64 = 1e-4;

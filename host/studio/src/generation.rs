@@ -323,7 +323,7 @@ impl Generator {
         let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
         let (params, video) =
             self.gpu
-                .with_video(&request.model, dir, on_progress, |pipeline, on_progress| {
+                .with_pipeline(&request.model, dir, on_progress, |pipeline, on_progress| {
                     let mut params = GenerateParams {
                         prompt: request.prompt.clone(),
                         negative_prompt: request.negative_prompt.clone(),
@@ -337,7 +337,11 @@ impl Generator {
                         guidance: request.render.guidance,
                         guidance_2: None,
                         seed: request.seed.unwrap_or_else(random_seed),
-                        start_image: start_image(app, &request.references, pipeline.start_image())?,
+                        start_image: start_image(
+                            app,
+                            &request.references,
+                            pipeline.capabilities().start_image,
+                        )?,
                         end_image: None,
                         flow_shift: None,
                         scheduler: None,
@@ -359,7 +363,7 @@ impl Generator {
                         };
                         on_progress(stage, p.step as u64, p.total as u64)
                     };
-                    let video = pipeline.generate(&params, &mut report)?;
+                    let video = pipeline.generate(&params, Default::default(), &mut report)?;
                     Ok((params, video))
                 })?;
         if on_progress("writing", 0, 1).is_break() {

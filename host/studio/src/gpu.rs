@@ -1,4 +1,4 @@
-//! The model the GPU lane holds. One model is resident at a time, a Wan pipeline, a language
+//! The model the GPU lane holds. One model is resident at a time, a generation pipeline, a language
 //! model or a pair of finishing models (upscaler, RIFE), on the device every GPU job uses (CUDA in bf16 when built with `cuda` and a GPU is
 //! present, else the CPU in f32). A job that needs the resident model reuses it; a job that
 //! needs another one releases it first (logged), so two models never share the accelerator's
@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
-use videosdgx_engine::pipelines::{Cancelled, WanPipeline};
+use videosdgx_engine::pipelines::{Cancelled, Pipeline};
 use videosdgx_engine::text::chat::ChatModel;
 
 /// Receives `(stage, step, total)`; `Break` stops the work.
@@ -25,9 +25,9 @@ pub struct GpuModel {
 
 enum Resident {
     // Boxed: both structs are kilobytes large, and the slot holds one at a time.
-    Video {
+    Generation {
         dir: PathBuf,
-        pipeline: Box<WanPipeline>,
+        pipeline: Box<Pipeline>,
     },
     Language {
         dir: PathBuf,
@@ -43,7 +43,7 @@ enum Resident {
 impl Resident {
     fn dir(&self) -> &Path {
         match self {
-            Resident::Video { dir, .. } | Resident::Language { dir, .. } => dir,
+            Resident::Generation { dir, .. } | Resident::Language { dir, .. } => dir,
             Resident::Finishing { files, .. } => files
                 .0
                 .as_deref()
@@ -68,34 +68,34 @@ impl GpuModel {
         }
     }
 
-    /// Runs `f` on the Wan pipeline of installed model `name` (in `dir`), loading it first
+    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`), loading it first
     /// (reported as stage `loading model`, which may stop it) unless it is resident. `f` gets
     /// `report` back for its own progress.
-    pub fn with_video<R>(
+    pub fn with_pipeline<R>(
         &self,
         name: &str,
         dir: &Path,
         report: Report,
-        f: impl FnOnce(&mut WanPipeline, Report) -> Result<R>,
+        f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
     ) -> Result<R> {
         let mut resident = self.lock();
-        if !matches!(&*resident, Some(Resident::Video { dir: d, .. }) if d == dir) {
+        if !matches!(&*resident, Some(Resident::Generation { dir: d, .. }) if d == dir) {
             release(&mut resident, name);
             loading(report, "loading model")?;
-            let pipeline = WanPipeline::load(dir, &self.device, self.dtype)
+            let pipeline = Pipeline::open(dir, &self.device, self.dtype)
                 .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))?;
-            *resident = Some(Resident::Video {
+            *resident = Some(Resident::Generation {
                 dir: dir.to_path_buf(),
                 pipeline: Box::new(pipeline),
             });
         }
         match resident.as_mut() {
-            Some(Resident::Video { pipeline, .. }) => f(pipeline, report),
+            Some(Resident::Generation { pipeline, .. }) => f(pipeline, report),
             _ => unreachable!("made resident above"),
         }
     }
 
-    /// Runs `f` on the language model `name` (in `dir`), as [`GpuModel::with_video`] does
+    /// Runs `f` on the language model `name` (in `dir`), as [`GpuModel::with_pipeline`] does
     /// (stage `loading language model`).
     pub fn with_language<R>(
         &self,
@@ -122,7 +122,7 @@ impl GpuModel {
         }
     }
 
-    /// Runs `f` on the finishing models `spec` names (loaded as [`GpuModel::with_video`]
+    /// Runs `f` on the finishing models `spec` names (loaded as [`GpuModel::with_pipeline`]
     /// does, stage `loading finishing models`), with the device frames go to.
     pub fn with_finishing<R>(
         &self,
@@ -204,7 +204,7 @@ mod tests {
             })
             .unwrap();
         }
-        gpu.with_video("wan", &wan, &mut report, |_, _| Ok(()))
+        gpu.with_pipeline("wan", &wan, &mut report, |_, _| Ok(()))
             .unwrap();
         gpu.with_language("qwen", &qwen, &mut report, |_, _| Ok(()))
             .unwrap();

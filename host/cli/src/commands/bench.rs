@@ -281,8 +281,8 @@ mod gpu {
     use candle_nn::var_builder::{SimpleBackend, VarBuilder};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
-    use videosdgx_engine::vae::AutoencoderKLWan;
+    use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
+    use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
     fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {

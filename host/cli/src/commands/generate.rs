@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, ImageInput, Progress, Stage, WanPipeline,
+    GenerateInputs, GenerateParams, ImageInput, Pipeline, Progress, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -216,14 +216,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let mut stages = StageClock::new(Stage::LoadingModel);
     eprintln!("loading {}", args.model.display());
-    let mut pipeline = WanPipeline::load(&args.model, &device, dtype)?;
+    let mut pipeline = Pipeline::open(&args.model, &device, dtype)?;
     pipeline.keep_text_encoder(!args.drop_text_encoder);
     let mut show = |p: &Progress| {
         eprintln!("{:?} {}/{}", p.stage, p.step, p.total);
         stages.enter(p.stage);
         ControlFlow::Continue(())
     };
-    let video = pipeline.generate_with(&params, inputs, &mut show)?;
+    let video = pipeline.generate(&params, inputs, &mut show)?;
     stages.enter(Stage::Writing);
     // The record names each LoRA by its content too.
     params.loras = video.loras.clone();

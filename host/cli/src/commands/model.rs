@@ -8,15 +8,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
+use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
-use videosdgx_engine::models::{
-    clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel, wan_transformer::WanTransformer3DModel,
-};
+use videosdgx_engine::models::{clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel};
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
-use videosdgx_engine::vae::AutoencoderKLWan;
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {

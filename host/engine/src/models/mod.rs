@@ -8,7 +8,6 @@ pub mod conv;
 mod linear;
 pub mod umt5;
 pub(crate) mod vit;
-pub mod wan_transformer;
 
 pub(crate) use linear::linear;
 pub use linear::{Linear, LowRank};

@@ -1,18 +1,23 @@
-//! Generation pipelines: the Wan family's text-to-video, image-to-video (start frame, and first +
-//! last frame where the checkpoint supports it), Wan 2.2's two experts and TI2V, with classifier-free
-//! guidance, per-step progress and cancellation between steps.
+//! The one entry point to generation: [`Pipeline::open`] reads a model directory's
+//! `model_index.json`, dispatches on its `_class_name` to the family that implements it
+//! ([`crate::families`]) and says what the model can do ([`Capabilities`]); every family takes the
+//! same request ([`GenerateParams`]) and reports progress and cancellation the same way. Callers
+//! (the studio, the CLI) never name a family.
 //!
-//! [`GenerateParams`] is the reproducible record of a generation (it is embedded in the output MP4).
+//! [`GenerateParams`] is the reproducible record of a generation (it is embedded in the output).
 //! The initial noise comes from the CPU generator documented in [`noise`], so a seed gives the same
-//! video on the CPU and the GPU. This module orchestrates models; it never writes files.
+//! output on the CPU and the GPU. This module orchestrates models; it never writes files.
 
 mod noise;
-mod prompt;
-mod wan;
 
 pub use noise::initial_noise;
-pub use prompt::{MAX_SEQUENCE_LENGTH, clean_prompt, encode_tokens};
-pub use wan::{GenerateInputs, StartImage, TextSide, WanParts, WanPipeline};
+
+use crate::families::wan::WanPipeline;
+use crate::loader::read_pipeline_index;
+use anyhow::bail;
+use candle_core::{DType, Device};
+use std::ops::ControlFlow;
+use std::path::Path;
 
 use crate::lora::{LoraMode, LoraSpec};
 use crate::schedulers::SchedulerKind;
@@ -101,7 +106,7 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// The callback asked to stop; returned (inside `anyhow::Error`) by `WanPipeline::generate`.
+/// The callback asked to stop; returned (inside `anyhow::Error`) by [`Pipeline::generate`].
 /// Test with `err.downcast_ref::<Cancelled>()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("generation cancelled")]
@@ -118,4 +123,104 @@ pub struct GeneratedVideo {
     pub loras: Vec<LoraSpec>,
     /// With [`GenerateParams::cache`]: the steps each guidance branch computed and skipped.
     pub cache: Option<CacheReport>,
+}
+
+/// Tensors that replace what a generation would compute (reproduction and testing).
+#[derive(Default)]
+pub struct GenerateInputs {
+    /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw.
+    pub latents: Option<Tensor>,
+    /// `[1, L, text_dim]` instead of encoding `prompt`.
+    pub prompt_embeds: Option<Tensor>,
+    /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
+    pub negative_prompt_embeds: Option<Tensor>,
+}
+
+/// What a checkpoint does with a start image (image-to-video).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartImage {
+    /// Image-to-video checkpoints.
+    Required,
+    /// Wan 2.2 TI2V: text-to-video, or image-to-video when given one.
+    Optional,
+    /// Text-to-video checkpoints.
+    Unsupported,
+}
+
+/// What a pipeline makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Output {
+    Video { fps: u32 },
+    Image,
+}
+
+/// What a model can do: what the studio asks instead of naming a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub output: Output,
+    /// Whether a generation needs, may take, or cannot take a start image.
+    pub start_image: StartImage,
+}
+
+/// A model directory's pipeline, whatever its family.
+pub enum Pipeline {
+    Wan(Box<WanPipeline>),
+}
+
+impl Pipeline {
+    /// The `_class_name`s of `model_index.json` that [`Pipeline::open`] knows.
+    pub const CLASSES: &[&str] = &["WanPipeline", "WanImageToVideoPipeline"];
+
+    /// Loads the pipeline in `dir` (weights memory-mapped), chosen by its `model_index.json`.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Pipeline> {
+        let index = read_pipeline_index(dir)?;
+        Ok(match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => {
+                Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?))
+            }
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        })
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Pipeline::Wan(wan) => Capabilities {
+                output: Output::Video { fps: wan.fps() },
+                start_image: wan.start_image(),
+            },
+        }
+    }
+
+    /// The frame count closest to `seconds` that the model generates (1 for an image model).
+    pub fn frames_for(&self, seconds: f64) -> usize {
+        match self {
+            Pipeline::Wan(wan) => wan.frames_for(seconds),
+        }
+    }
+
+    /// Keeps the text encoder in memory between generations (the default), or drops it after
+    /// encoding so the denoiser has the memory to itself.
+    pub fn keep_text_encoder(&mut self, keep: bool) {
+        match self {
+            Pipeline::Wan(wan) => wan.keep_text_encoder(keep),
+        }
+    }
+
+    /// Runs one generation; `inputs` replace the seeded noise or the prompt encoding.
+    pub fn generate(
+        &mut self,
+        params: &GenerateParams,
+        inputs: GenerateInputs,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    ) -> anyhow::Result<GeneratedVideo> {
+        match self {
+            Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
+        }
+    }
 }

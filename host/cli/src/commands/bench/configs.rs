@@ -4,13 +4,13 @@
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use them
 
 use super::{LlmPreset, Preset, WanShape};
+use videosdgx_engine::families::wan::transformer::WanTransformerConfig;
+use videosdgx_engine::families::wan::vae::WanVaeConfig;
 use videosdgx_engine::models::umt5::UMT5Config;
-use videosdgx_engine::models::wan_transformer::WanTransformerConfig;
 use videosdgx_engine::text::config::RopeEntry;
 use videosdgx_engine::text::gemma3::Gemma3TextConfig;
 use videosdgx_engine::text::model::LanguageModelConfig;
 use videosdgx_engine::text::qwen3::Qwen3Config;
-use videosdgx_engine::vae::WanVaeConfig;
 
 /// The preset's published transformer config.
 pub fn transformer_config(shape: &WanShape) -> WanTransformerConfig {

@@ -22,14 +22,13 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+use videosdgx_engine::families::wan::prompt::{MAX_SEQUENCE_LENGTH, encode_tokens};
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
+use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
+use videosdgx_engine::families::wan::{WanParts, WanPipeline};
 use videosdgx_engine::models::umt5::UMT5EncoderModel;
-use videosdgx_engine::models::wan_transformer::WanTransformer3DModel;
-use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, MAX_SEQUENCE_LENGTH, Progress, Stage, WanParts, WanPipeline,
-    encode_tokens,
-};
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
 use videosdgx_engine::tokenizer::EncodedPrompt;
-use videosdgx_engine::vae::AutoencoderKLWan;
 
 /// Real tokens of the prompt and of the negative prompt, a long prompt's length; the rest of the
 /// 512 is padding (the encoder runs on all 512 either way, as the pipeline's does).

@@ -3,11 +3,11 @@
 //! `models/transformers/transformer_wan.py` line by line. Dimensions come only from the config.
 //! Attention goes through [`crate::attention`]; this file must never implement attention itself.
 
-use super::{Activation, LayerNorm, Linear, RmsNorm, apply_linear, linear, linear_forward};
 use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::loader::Checkpoint;
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
+use crate::models::{Activation, LayerNorm, Linear, RmsNorm, apply_linear, linear, linear_forward};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;

@@ -17,21 +17,22 @@
 //! This module never writes files.
 
 use super::prompt::encode_prompt;
-use super::{
-    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
-};
+use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
+use super::vae::AutoencoderKLWan;
 use crate::image_processor::CLIPImageProcessor;
 use crate::loader::{read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::umt5::UMT5EncoderModel;
-use crate::models::wan_transformer::{WanTransformer3DModel, WanTransformerConfig};
+use crate::pipelines::{
+    Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
+    StartImage, initial_noise,
+};
 use crate::schedulers::Scheduler;
 use crate::schedulers::step_cache::{
     CacheMethod, CacheReport, CacheScope, Calibration, StepCache, Wan21Checkpoint,
 };
 use crate::tokenizer::PromptTokenizer;
-use crate::vae::AutoencoderKLWan;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
@@ -40,28 +41,6 @@ use std::sync::Arc;
 
 /// Frames per second of Wan's training videos, and of the written MP4.
 const WAN_FPS: u32 = 16;
-
-/// Tensors that replace what a generation would compute (reproduction and testing).
-#[derive(Default)]
-pub struct GenerateInputs {
-    /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw.
-    pub latents: Option<Tensor>,
-    /// `[1, L, text_dim]` instead of encoding `prompt`.
-    pub prompt_embeds: Option<Tensor>,
-    /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
-    pub negative_prompt_embeds: Option<Tensor>,
-}
-
-/// What a checkpoint does with a start image (image-to-video).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartImage {
-    /// Image-to-video checkpoints.
-    Required,
-    /// Wan 2.2 TI2V: text-to-video, or image-to-video when given one.
-    Optional,
-    /// Text-to-video checkpoints.
-    Unsupported,
-}
 
 /// The prompt side of a pipeline: its tokenizer and UMT5 encoder. The encoder can be dropped
 /// between generations (see [`WanPipeline::keep_text_encoder`]) and is then reloaded from `encoder_dir`.
