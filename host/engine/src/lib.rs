@@ -2,6 +2,7 @@
 //! It never touches the database, the web or plugins: the studio drives it through its public API.
 
 pub mod attention;
+pub mod families;
 pub mod finishing;
 pub mod fused;
 pub mod hub;
