@@ -68,6 +68,41 @@ fn kl_odd_three_blocks_without_quant_convs_or_attention_match_diffusers() {
 }
 
 #[test]
+fn attention_weights_under_the_deprecated_names_load_too() {
+    let renamed = tempfile::tempdir().unwrap();
+    let source = fixture("kl-tiny");
+    std::fs::copy(
+        source.join("config.json"),
+        renamed.path().join("config.json"),
+    )
+    .unwrap();
+    let weights = candle_core::safetensors::load(
+        source.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let weights: std::collections::HashMap<String, Tensor> = weights
+        .into_iter()
+        .map(|(name, tensor)| {
+            let name = name
+                .replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.");
+            (name, tensor)
+        })
+        .collect();
+    assert!(weights.contains_key("encoder.mid_block.attentions.0.query.weight"));
+    candle_core::safetensors::save(
+        &weights,
+        renamed.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let vae = AutoencoderKL::load(renamed.path(), &Device::Cpu, DType::F32).unwrap();
+    check("kl-tiny", |x| vae.encode(x), |z| vae.decode(z));
+}
+
+#[test]
 fn flux2_tiny_encodes_and_decodes_like_diffusers() {
     let vae = flux2();
     check("flux2-tiny", |x| vae.encode(x), |z| vae.decode(z));

@@ -111,32 +111,26 @@ pub(crate) struct CoderConfig<'a> {
 impl CoderConfig<'_> {
     /// The resnets' activation; an error names any option this engine does not build.
     fn validate(&self) -> std::result::Result<Activation, String> {
-        for (field, types, supported) in [
+        let blocks = [
             (
                 "down_block_types",
                 self.down_block_types,
                 "DownEncoderBlock2D",
-            ),
-            ("up_block_types", self.up_block_types, "UpDecoderBlock2D"),
-        ] {
-            if let Some(other) = types.iter().find(|t| *t != supported) {
-                return Err(format!(
-                    "unsupported block type `{other}` in {field} (only {supported} is supported)"
-                ));
-            }
-        }
-        for (field, types, widths) in [
-            (
-                "down_block_types",
-                self.down_block_types,
                 self.block_out_channels,
             ),
             (
                 "up_block_types",
                 self.up_block_types,
+                "UpDecoderBlock2D",
                 self.decoder_block_out_channels,
             ),
-        ] {
+        ];
+        for (field, types, supported, widths) in blocks {
+            if let Some(other) = types.iter().find(|t| *t != supported) {
+                return Err(format!(
+                    "unsupported block type `{other}` in {field} (only {supported} is supported)"
+                ));
+            }
             if widths.is_empty() || types.len() != widths.len() {
                 return Err(format!(
                     "{field} has {} entries for {} block widths; there must be one block per width",
@@ -145,20 +139,14 @@ impl CoderConfig<'_> {
                 ));
             }
         }
-        let widths = self
+        let groups = self.norm_num_groups;
+        let mut widths = self
             .block_out_channels
             .iter()
             .chain(self.decoder_block_out_channels);
-        if self.norm_num_groups == 0 {
-            return Err("norm_num_groups is 0".into());
-        }
-        if let Some(width) = widths
-            .into_iter()
-            .find(|&&w| !w.is_multiple_of(self.norm_num_groups))
-        {
+        if let Some(width) = widths.find(|&&w| w == 0 || groups == 0 || !w.is_multiple_of(groups)) {
             return Err(format!(
-                "norm_num_groups {} does not divide the block width {width}",
-                self.norm_num_groups
+                "block widths must be positive multiples of norm_num_groups {groups}; {width} is not"
             ));
         }
         if self.in_channels == 0 || self.out_channels == 0 || self.latent_channels == 0 {
@@ -253,12 +241,20 @@ struct SpatialAttention {
 
 impl SpatialAttention {
     fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        // Checkpoints of diffusers' deprecated `AttentionBlock` name the projections `query`,
+        // `key`, `value` and `proj_attn`; diffusers renames them at load, and so does this.
+        let [q, k, v, out] = if vb.contains_tensor("query.weight") {
+            ["query", "key", "value", "proj_attn"]
+        } else {
+            ["to_q", "to_k", "to_v", "to_out.0"]
+        };
+        let projection = |name| linear(channels, channels, true, vb.pp(name));
         Ok(Self {
             group_norm: GroupNorm::new(channels, groups, NORM_EPS, vb.pp("group_norm"))?,
-            to_q: linear(channels, channels, true, vb.pp("to_q"))?,
-            to_k: linear(channels, channels, true, vb.pp("to_k"))?,
-            to_v: linear(channels, channels, true, vb.pp("to_v"))?,
-            to_out: linear(channels, channels, true, vb.pp("to_out.0"))?,
+            to_q: projection(q)?,
+            to_k: projection(k)?,
+            to_v: projection(v)?,
+            to_out: projection(out)?,
         })
     }
 
