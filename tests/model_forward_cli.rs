@@ -57,6 +57,64 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
     }
 }
 
+fn vae_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/vae")
+        .join(name)
+}
+
+#[test]
+fn model_forward_decodes_and_encodes_with_the_image_vaes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, method, input, output, key) in [
+        ("kl-tiny", "decode", "decode_in", "decode_out", "sample"),
+        ("flux2-tiny", "encode", "encode_in", "encode_out", "latents"),
+    ] {
+        let dir = vae_fixture(name);
+        let out = tmp.path().join(format!("{name}-{method}.safetensors"));
+        let mut extra = vec!["--json"];
+        if method == "encode" {
+            extra.extend(["--method", "encode"]);
+        }
+        let result = forward(
+            &dir,
+            &dir.join(format!("{input}.safetensors")),
+            &out,
+            &extra,
+        );
+        assert!(
+            result.status.success(),
+            "{name} {method}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["outputs"][0]["name"], key, "{name} {method}");
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join(format!("{output}.safetensors")), &Device::Cpu)
+                .unwrap();
+        let err = relative_error(&got[key], &expected[key]);
+        assert!(err <= 1e-4, "{name} {method}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn model_forward_on_latents_of_the_wrong_shape_names_the_shape_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    // kl-odd's latents have 3 channels; kl-tiny decodes 4.
+    let result = forward(
+        &vae_fixture("kl-tiny"),
+        &vae_fixture("kl-odd").join("decode_in.safetensors"),
+        &tmp.path().join("out.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("[1, 3, 5, 3]") && line.contains("[batch, 4, height, width]"),
+        "{line}"
+    );
+}
+
 #[test]
 fn model_forward_in_bf16_stays_close_to_the_f32_reference() {
     let tmp = tempfile::tempdir().unwrap();

@@ -8,12 +8,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
-use videosdgx_engine::models::{clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel};
+use videosdgx_engine::models::{
+    autoencoder_kl::AutoencoderKL, clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel,
+};
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
 
@@ -24,7 +27,8 @@ pub enum ModelCommand {
     /// WanTransformer3DModel: hidden_states, timestep, encoder_hidden_states
     /// [, encoder_hidden_states_image] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
     /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
-    /// penultimate_hidden_state, pooler_output. AutoencoderKLWan: latents -> sample (decode), or
+    /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
+    /// AutoencoderKLFlux2: latents -> sample (decode; the image VAEs' sample is not clamped), or
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
@@ -54,7 +58,8 @@ pub struct ForwardArgs {
     /// Dtype the weights and activations run in.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
-    /// For AutoencoderKLWan: decode latents (default) or encode a sample.
+    /// For VAEs (AutoencoderKLWan, AutoencoderKL, AutoencoderKLFlux2): decode latents (default)
+    /// or encode a sample.
     #[arg(long, value_enum, default_value_t = Method::Decode)]
     pub method: Method,
     /// For language models: also write `hidden_states`, every layer's output stacked as
@@ -183,6 +188,20 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         }
         ComponentClass::AutoencoderKLWan => {
             let vae = AutoencoderKLWan::load(&args.model, &device, dtype)?;
+            match args.method {
+                Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
+                Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
+            }
+        }
+        ComponentClass::AutoencoderKL => {
+            let vae = AutoencoderKL::load(&args.model, &device, dtype)?;
+            match args.method {
+                Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
+                Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
+            }
+        }
+        ComponentClass::AutoencoderKLFlux2 => {
+            let vae = AutoencoderKLFlux2::load(&args.model, &device, dtype)?;
             match args.method {
                 Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],

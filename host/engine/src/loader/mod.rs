@@ -84,6 +84,10 @@ pub enum ComponentClass {
     UMT5EncoderModel,
     CLIPVisionModel,
     AutoencoderKLWan,
+    /// The 2-D image VAE of FLUX.1.
+    AutoencoderKL,
+    /// FLUX.2's image VAE: `AutoencoderKL`'s encoder and decoder plus BatchNorm statistics.
+    AutoencoderKLFlux2,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -101,6 +105,8 @@ impl ComponentClass {
         "UMT5EncoderModel",
         "CLIPVisionModel",
         "AutoencoderKLWan",
+        "AutoencoderKL",
+        "AutoencoderKLFlux2",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -119,6 +125,8 @@ impl ComponentClass {
             "UMT5EncoderModel" => Self::UMT5EncoderModel,
             "CLIPVisionModel" => Self::CLIPVisionModel,
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
+            "AutoencoderKL" => Self::AutoencoderKL,
+            "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
             "CLIPImageProcessor" => Self::ImageProcessor,
@@ -134,6 +142,8 @@ impl ComponentClass {
                 | Self::UMT5EncoderModel
                 | Self::CLIPVisionModel
                 | Self::AutoencoderKLWan
+                | Self::AutoencoderKL
+                | Self::AutoencoderKLFlux2
                 | Self::LanguageModel(_)
         )
     }

@@ -4,8 +4,9 @@
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
+use crate::families::flux2;
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::models::{clip_vision, umt5};
+use crate::models::{autoencoder_kl, clip_vision, umt5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::Serialize;
@@ -174,7 +175,7 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
     report.tensors = checkpoint.tensors().count();
     for (tensor, entry) in checkpoint.tensors() {
         let float = DType::try_from(entry.dtype).is_ok_and(|dt| dt.is_float());
-        if !float {
+        if !float && !ignorable(class, tensor) {
             report.bad_dtypes.push(format!(
                 "{tensor} ({}, {})",
                 entry.dtype,
@@ -222,6 +223,8 @@ fn ignorable(class: ComponentClass, tensor: &str) -> bool {
         ComponentClass::UMT5EncoderModel => tensor == "encoder.embed_tokens.weight",
         // A non-persistent buffer that older checkpoints saved.
         ComponentClass::CLIPVisionModel => tensor.ends_with("embeddings.position_ids"),
+        // The BatchNorm's (int64) step counter, which inference never reads.
+        ComponentClass::AutoencoderKLFlux2 => tensor == "bn.num_batches_tracked",
         _ => false,
     }
 }
@@ -256,6 +259,14 @@ fn build_with(
         ComponentClass::AutoencoderKLWan => {
             let cfg: vae::WanVaeConfig = super::read_config(&config)?;
             vae::AutoencoderKLWan::new(vb, cfg)?;
+        }
+        ComponentClass::AutoencoderKL => {
+            let cfg: autoencoder_kl::AutoencoderKLConfig = super::read_config(&config)?;
+            autoencoder_kl::AutoencoderKL::new(&cfg, vb)?;
+        }
+        ComponentClass::AutoencoderKLFlux2 => {
+            let cfg: flux2::vae::AutoencoderKLFlux2Config = super::read_config(&config)?;
+            flux2::vae::AutoencoderKLFlux2::new(&cfg, vb)?;
         }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;

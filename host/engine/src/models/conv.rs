@@ -1,8 +1,9 @@
-//! The 2-D convolutions of the image models (upscalers, RIFE): `nn.Conv2d` with "same" padding
-//! (`kernel / 2`) and any stride, and the `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)`
-//! RIFE upsamples with. Both run through the engine's convolution dispatch point
-//! (`fused::frame_conv`: cuDNN with the bias added in place where the `cudnn` feature covers the
-//! input, candle's conv2d otherwise), so every image model gets the fast path from one place.
+//! The 2-D convolutions of the image models (upscalers, RIFE, the image VAEs): `nn.Conv2d` with
+//! "same" padding (`kernel / 2`, or any other) and any stride, and the
+//! `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)` RIFE upsamples with. Both run through the
+//! engine's convolution dispatch point (`fused::frame_conv`: cuDNN with the bias added in place
+//! where the `cudnn` feature covers the input, candle's conv2d otherwise), so every image model
+//! gets the fast path from one place.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -34,6 +35,12 @@ impl Conv2d {
             padding: kernel / 2,
             stride,
         })
+    }
+
+    /// The same convolution with `padding` zeros on every side instead of `kernel / 2` (diffusers'
+    /// `Downsample2D` pads asymmetrically itself, then convolves with none).
+    pub fn with_padding(self, padding: usize) -> Self {
+        Self { padding, ..self }
     }
 
     /// The same convolution with its output multiplied by `factor` (folded into the weights).

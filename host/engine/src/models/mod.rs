@@ -3,12 +3,15 @@
 //! checkpoint keys. This module holds the few building blocks they share; it must never read files
 //! (the loader does) nor pick devices or dtypes (callers do).
 
+pub mod autoencoder_kl;
 pub mod clip_vision;
 pub mod conv;
+mod group_norm;
 mod linear;
 pub mod umt5;
 pub(crate) mod vit;
 
+pub(crate) use group_norm::GroupNorm;
 pub(crate) use linear::linear;
 pub use linear::{Linear, LowRank};
 

@@ -1,0 +1,3 @@
+//! FLUX.2: its image VAE (and, later, its transformer and pipelines).
+
+pub mod vae;
