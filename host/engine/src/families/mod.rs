@@ -4,4 +4,5 @@
 //! engine reach a family through [`crate::pipelines::Pipeline`], which opens a model directory and
 //! dispatches on its `model_index.json`.
 
+pub mod flux2;
 pub mod wan;

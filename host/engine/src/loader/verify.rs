@@ -4,6 +4,7 @@
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
+use crate::families::flux2::transformer as flux2_transformer;
 use crate::families::wan::{transformer as wan_transformer, vae};
 use crate::models::{clip_vision, umt5};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -244,6 +245,10 @@ fn build_with(
         ComponentClass::WanTransformer3DModel => {
             let cfg: wan_transformer::WanTransformerConfig = super::read_config(&config)?;
             wan_transformer::WanTransformer3DModel::new(&cfg, vb)?;
+        }
+        ComponentClass::Flux2Transformer2DModel => {
+            let cfg: flux2_transformer::Flux2TransformerConfig = super::read_config(&config)?;
+            flux2_transformer::Flux2Transformer2DModel::new(&cfg, vb)?;
         }
         ComponentClass::UMT5EncoderModel => {
             let cfg: umt5::UMT5Config = super::read_config(&config)?;

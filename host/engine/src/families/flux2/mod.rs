@@ -1,0 +1,3 @@
+//! FLUX.2 [dev] and [klein] (diffusers `transformer_flux2.py`, `pipelines/flux2/`).
+
+pub mod transformer;
