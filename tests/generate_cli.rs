@@ -355,3 +355,88 @@ fn a_bad_cache_spec_is_refused_with_a_clear_message() {
         assert!(!tensor.exists());
     }
 }
+
+/// `generate` on the tiny FLUX.2 [klein] pipeline (tests/fixtures/tiny-flux2-klein).
+fn generate_image(extra: &[&str]) -> Output {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-flux2-klein");
+    let latents = dir.join("reference/latents.safetensors");
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", dir.to_str().unwrap()])
+        .args([
+            "--prompt",
+            "a red fox in the snow",
+            "--height",
+            "32",
+            "--width",
+            "48",
+        ])
+        .args(["--steps", "4", "--guidance", "1", "--seed", "3"])
+        .args(["--latents", latents.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_image_model_writes_a_png_with_its_record_and_the_reference_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (png, tensor) = (
+        tmp.path().join("fox.png"),
+        tmp.path().join("fox.safetensors"),
+    );
+    let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-flux2-klein/reference");
+    let (ref0, ref1) = (refs.join("reference_0.png"), refs.join("reference_1.png"));
+    let out = generate_image(&[
+        "--image",
+        ref0.to_str().unwrap(),
+        "--image",
+        ref1.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--save-tensor",
+        tensor.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut saved = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let image = saved.remove("image").expect("key `image`");
+    let mut expected = candle_core::safetensors::load(
+        refs.join("references.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = rel_err(&image, &expected.remove("image").unwrap());
+    assert!(err <= 1e-3, "relative error {err:e}");
+
+    assert_eq!(image::image_dimensions(&png).unwrap(), (48, 32));
+    let record = videosdgx_engine::video::read_png_metadata(&png).unwrap();
+    assert_eq!(record["generate"]["prompt"], "a red fox in the snow");
+    assert_eq!(record["generate"]["seed"], 3);
+    assert_eq!(
+        record["generate"]["references"].as_array().unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn an_image_model_refuses_frames_and_a_video_model_refuses_two_start_frames() {
+    let out = generate_image(&["--frames", "5", "--save-tensor", "/dev/null"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is an image model"), "{stderr}");
+
+    let png = fixtures().join("../tiny-flux2-klein/reference/reference_0.png");
+    let png = png.to_str().unwrap();
+    let out = generate(
+        "5",
+        &["--image", png, "--image", png, "--save-tensor", "/dev/null"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("one start frame"), "{stderr}");
+}

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::clip_vision::CLIPVisionModel;
 use videosdgx_engine::models::relative_error;
@@ -66,6 +67,95 @@ fn wan_flf2v_transformer_with_image_position_embedding_matches_diffusers() {
 #[test]
 fn wan22_transformer_with_per_token_timesteps_matches_diffusers() {
     check_wan("wan22_ti2v");
+}
+
+fn flux2_model(name: &str) -> Flux2Transformer2DModel {
+    Flux2Transformer2DModel::load(&fixture(name).join("model"), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn flux2_forward(
+    model: &Flux2Transformer2DModel,
+    inputs: &HashMap<String, Tensor>,
+) -> candle_core::Result<Tensor> {
+    model.forward(
+        &inputs["hidden_states"],
+        &inputs["encoder_hidden_states"],
+        &inputs["timestep"],
+        &inputs["img_ids"],
+        &inputs["txt_ids"],
+        inputs.get("guidance"),
+    )
+}
+
+fn check_flux2(name: &str) {
+    let model = flux2_model(name);
+    let inputs = tensors(name, "inputs.safetensors");
+    let expected = &tensors(name, "outputs.safetensors")["sample"];
+    let sample = flux2_forward(&model, &inputs).unwrap();
+    eprintln!(
+        "{name}: relative error {:e}",
+        relative_error(&sample, expected).unwrap()
+    );
+    assert_close(name, &sample, expected);
+}
+
+#[test]
+fn flux2_klein_transformer_without_guidance_matches_diffusers() {
+    check_flux2("flux2-klein-tiny");
+}
+
+#[test]
+fn flux2_dev_transformer_with_guidance_embedding_matches_diffusers() {
+    check_flux2("flux2-dev-tiny");
+}
+
+#[test]
+fn flux2_transformer_with_unequal_rope_axes_and_reference_image_ids_matches_diffusers() {
+    check_flux2("flux2-odd");
+}
+
+#[test]
+fn flux2_transformer_rejects_inputs_of_the_wrong_shape_by_name() {
+    let model = flux2_model("flux2-klein-tiny");
+    let inputs = tensors("flux2-klein-tiny", "inputs.safetensors");
+    let with = |name: &str, tensor: Tensor| {
+        let mut inputs = inputs.clone();
+        inputs.insert(name.to_string(), tensor);
+        flux2_forward(&model, &inputs).unwrap_err().to_string()
+    };
+    let wide = Tensor::zeros((2, 6, 9), DType::F32, &Device::Cpu).unwrap();
+    let err = with("hidden_states", wide);
+    assert!(
+        err.contains("hidden_states")
+            && err.contains("[2, 6, 9]")
+            && err.contains("in_channels = 8"),
+        "{err}"
+    );
+    let short = inputs["img_ids"].narrow(1, 0, 5).unwrap();
+    let err = with("img_ids", short);
+    assert!(
+        err.contains("img_ids")
+            && err.contains("[2, 5, 4]")
+            && err.contains("hidden_states (6 tokens)"),
+        "{err}"
+    );
+    let narrow = inputs["txt_ids"].narrow(2, 0, 3).unwrap();
+    let err = with("txt_ids", narrow);
+    assert!(
+        err.contains("txt_ids") && err.contains("[2, 5, 3]"),
+        "{err}"
+    );
+    let text = Tensor::zeros((2, 5, 16), DType::F32, &Device::Cpu).unwrap();
+    let err = with("encoder_hidden_states", text);
+    assert!(
+        err.contains("encoder_hidden_states") && err.contains("[2, 5, 16]"),
+        "{err}"
+    );
+    let err = with(
+        "timestep",
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
+    assert!(err.contains("timestep") && err.contains("[3]"), "{err}");
 }
 
 #[test]

@@ -73,6 +73,7 @@ fn params() -> GenerateParams {
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        references: Vec::new(),
     }
 }
 

@@ -71,6 +71,7 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache,
+        references: Vec::new(),
     }
 }
 

@@ -349,6 +349,7 @@ impl Generator {
                         loras: Vec::new(),
                         lora_mode: Default::default(),
                         cache: request.render.cache_spec()?,
+                        references: Vec::new(),
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

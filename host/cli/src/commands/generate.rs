@@ -1,7 +1,8 @@
-//! `videosdgx generate`: one video from a Wan pipeline directory, written as MP4 (with the
-//! generation parameters embedded) and/or as the raw `[frames, height, width, 3]` f32 tensor the
-//! reference returns. Progress goes to stderr; the printed record to stdout. With `--cache`, the
-//! record (and the MP4's metadata) lists the steps each guidance branch computed and skipped.
+//! `videosdgx generate`: one video or image from a pipeline directory (any family the engine
+//! opens), written as MP4 or PNG (with the generation parameters embedded) and/or as the raw f32
+//! tensor the reference returns with `output_type="np"`. Progress goes to stderr; the printed
+//! record to stdout. With `--cache`, the record (and the MP4's metadata) lists the steps each
+//! guidance branch computed and skipped.
 
 use super::model::{DTypeArg, LoraModeArg, parse_device};
 use anyhow::{Context, Result, bail};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, ImageInput, Pipeline, Progress, Stage,
+    Capabilities, GenerateInputs, GenerateParams, ImageInput, Output, Pipeline, Progress, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -31,9 +32,10 @@ pub struct GenerateArgs {
     pub height: usize,
     #[arg(long)]
     pub width: usize,
-    /// Pixel frames, 4k+1 for the Wan VAEs.
+    /// Pixel frames, 4k+1 for the Wan VAEs; required for video models (an image model makes
+    /// one).
     #[arg(long)]
-    pub frames: usize,
+    pub frames: Option<usize>,
     #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
     pub steps: Option<usize>,
     /// Classifier-free guidance scale (off at 1 or below).
@@ -48,7 +50,7 @@ pub struct GenerateArgs {
     pub guidance_2: Option<f64>,
     #[arg(long)]
     pub seed: u64,
-    /// MP4 to write (H.264, generation parameters in its metadata).
+    /// MP4 (video models) or PNG (image models) to write, the generation parameters embedded.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Initial latents (safetensors, one tensor) instead of the seeded noise.
@@ -60,7 +62,8 @@ pub struct GenerateArgs {
     /// Negative prompt embeddings instead of encoding --negative-prompt.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
-    /// Also write the video as safetensors key `video`: f32 [frames, height, width, 3] in [0, 1].
+    /// Also write the output as safetensors: key `video`, f32 [frames, height, width, 3] in
+    /// [0, 1], or for an image model key `image`, f32 [height, width, 3].
     #[arg(long)]
     pub save_tensor: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
@@ -68,9 +71,10 @@ pub struct GenerateArgs {
     pub device: String,
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
-    /// Start frame (image-to-video).
+    /// Start frame of an image-to-video model, or a reference image of an image model (FLUX.2:
+    /// repeatable, for multi-reference editing).
     #[arg(long)]
-    pub image: Option<PathBuf>,
+    pub image: Vec<PathBuf>,
     /// Last frame (first+last-frame checkpoints).
     #[arg(long)]
     pub last_image: Option<PathBuf>,
@@ -118,18 +122,39 @@ fn single_tensor(path: &Path, flag: &str) -> Result<Tensor> {
     }
 }
 
-fn params(args: &GenerateArgs) -> anyhow::Result<GenerateParams> {
+/// The request `args` make to a model that can do what `capabilities` say.
+fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<GenerateParams> {
+    let (frames, start_image, references) = match capabilities.output {
+        Output::Image => {
+            if args.frames.is_some_and(|f| f != 1) {
+                bail!("--frames: {} is an image model", args.model.display());
+            }
+            let references = args.image.iter().cloned().map(ImageInput::Path).collect();
+            (1, None, references)
+        }
+        Output::Video { .. } => {
+            let Some(frames) = args.frames else {
+                bail!("--frames is required for a video model");
+            };
+            let start_image = match args.image.as_slice() {
+                [] => None,
+                [image] => Some(ImageInput::Path(image.clone())),
+                _ => bail!("--image: a video model takes one start frame"),
+            };
+            (frames, start_image, Vec::new())
+        }
+    };
     let mut params = GenerateParams {
         prompt: args.prompt.clone().unwrap_or_default(),
         negative_prompt: args.negative_prompt.clone(),
         height: args.height,
         width: args.width,
-        frames: args.frames,
+        frames,
         steps: args.steps.unwrap_or_default(),
         guidance: args.guidance.unwrap_or_default(),
         guidance_2: args.guidance_2,
         seed: args.seed,
-        start_image: args.image.clone().map(ImageInput::Path),
+        start_image,
         end_image: args.last_image.clone().map(ImageInput::Path),
         flow_shift: args.flow_shift,
         scheduler: args.scheduler.map(|s| match s {
@@ -140,6 +165,7 @@ fn params(args: &GenerateArgs) -> anyhow::Result<GenerateParams> {
         loras: args.loras.clone(),
         lora_mode: args.lora_mode.into(),
         cache: args.cache,
+        references,
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);
@@ -193,7 +219,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
-    let mut params = params(&args)?;
     let inputs = GenerateInputs {
         latents: args
             .latents
@@ -218,6 +243,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     eprintln!("loading {}", args.model.display());
     let mut pipeline = Pipeline::open(&args.model, &device, dtype)?;
     pipeline.keep_text_encoder(!args.drop_text_encoder);
+    let capabilities = pipeline.capabilities();
+    let mut params = params(&args, &capabilities)?;
     let mut show = |p: &Progress| {
         eprintln!("{:?} {}/{}", p.stage, p.step, p.total);
         stages.enter(p.stage);
@@ -228,9 +255,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     // The record names each LoRA by its content too.
     params.loras = video.loras.clone();
 
+    let image = capabilities.output == Output::Image;
     if let Some(path) = &args.save_tensor {
+        let (key, tensor) = if image {
+            ("image", video.frames.squeeze(0)?)
+        } else {
+            ("video", video.frames.clone())
+        };
         candle_core::safetensors::save(
-            &std::collections::HashMap::from([("video".to_string(), video.frames.clone())]),
+            &std::collections::HashMap::from([(key.to_string(), tensor)]),
             path,
         )
         .with_context(|| format!("writing {}", path.display()))?;
@@ -242,7 +275,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if let Some(cache) = &video.cache {
             record["cache"] = serde_json::to_value(cache)?;
         }
-        videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
+        if image {
+            videosdgx_engine::video::write_png(path, &frames[0], &record)?;
+        } else {
+            videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
+        }
     }
     let (frames, height, width, _) = video.frames.dims4()?;
     let stage_seconds = stages.finish();

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
@@ -25,7 +26,9 @@ pub enum ModelCommand {
     /// Run one component forward: inputs and outputs are named tensors in safetensors files.
     ///
     /// WanTransformer3DModel: hidden_states, timestep, encoder_hidden_states
-    /// [, encoder_hidden_states_image] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
+    /// [, encoder_hidden_states_image] -> sample. Flux2Transformer2DModel: hidden_states,
+    /// encoder_hidden_states, timestep (t / 1000, as the pipelines pass it), img_ids, txt_ids (f32
+    /// or integer) [, guidance] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
     /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
     /// AutoencoderKLFlux2: latents -> sample (decode; the image VAEs' sample is not clamped), or
@@ -152,9 +155,13 @@ fn forward(args: &ForwardArgs) -> Result<()> {
     let inputs = read_inputs(&args.inputs, &device)?;
     let input = |name: &str| input(&inputs, &args.inputs, name, &class_name);
 
-    if !args.loras.is_empty() && class != ComponentClass::WanTransformer3DModel {
+    let adaptable = matches!(
+        class,
+        ComponentClass::WanTransformer3DModel | ComponentClass::Flux2Transformer2DModel
+    );
+    if !args.loras.is_empty() && !adaptable {
         bail!(
-            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel)"
+            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, Flux2Transformer2DModel)"
         );
     }
     let loras = open_loras(&args.loras)?;
@@ -169,6 +176,19 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 input("timestep")?,
                 input("encoder_hidden_states")?,
                 inputs.get("encoder_hidden_states_image"),
+            )?;
+            vec![("sample", sample)]
+        }
+        ComponentClass::Flux2Transformer2DModel => {
+            let mut model = Flux2Transformer2DModel::load(&args.model, &device, dtype)?;
+            model.set_loras(&loras, args.lora_mode.into())?;
+            let sample = model.forward(
+                input("hidden_states")?,
+                input("encoder_hidden_states")?,
+                input("timestep")?,
+                input("img_ids")?,
+                input("txt_ids")?,
+                inputs.get("guidance"),
             )?;
             vec![("sample", sample)]
         }

@@ -81,6 +81,7 @@ pub enum LoadError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ComponentClass {
     WanTransformer3DModel,
+    Flux2Transformer2DModel,
     UMT5EncoderModel,
     CLIPVisionModel,
     AutoencoderKLWan,
@@ -102,6 +103,7 @@ pub enum ComponentClass {
 impl ComponentClass {
     const KNOWN: &'static [&'static str] = &[
         "WanTransformer3DModel",
+        "Flux2Transformer2DModel",
         "UMT5EncoderModel",
         "CLIPVisionModel",
         "AutoencoderKLWan",
@@ -122,6 +124,7 @@ impl ComponentClass {
     pub fn from_class_name(name: &str) -> Option<Self> {
         Some(match name {
             "WanTransformer3DModel" => Self::WanTransformer3DModel,
+            "Flux2Transformer2DModel" => Self::Flux2Transformer2DModel,
             "UMT5EncoderModel" => Self::UMT5EncoderModel,
             "CLIPVisionModel" => Self::CLIPVisionModel,
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
@@ -139,6 +142,7 @@ impl ComponentClass {
         matches!(
             self,
             Self::WanTransformer3DModel
+                | Self::Flux2Transformer2DModel
                 | Self::UMT5EncoderModel
                 | Self::CLIPVisionModel
                 | Self::AutoencoderKLWan

@@ -248,6 +248,10 @@ fn build_with(
             let cfg: wan_transformer::WanTransformerConfig = super::read_config(&config)?;
             wan_transformer::WanTransformer3DModel::new(&cfg, vb)?;
         }
+        ComponentClass::Flux2Transformer2DModel => {
+            let cfg: flux2::transformer::Flux2TransformerConfig = super::read_config(&config)?;
+            flux2::transformer::Flux2Transformer2DModel::new(&cfg, vb)?;
+        }
         ComponentClass::UMT5EncoderModel => {
             let cfg: umt5::UMT5Config = super::read_config(&config)?;
             umt5::UMT5EncoderModel::new(&cfg, vb)?;

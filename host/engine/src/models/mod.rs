@@ -6,8 +6,10 @@
 pub mod autoencoder_kl;
 pub mod clip_vision;
 pub mod conv;
+pub(crate) mod embeddings;
 mod group_norm;
 mod linear;
+pub(crate) mod rope;
 pub mod umt5;
 pub(crate) mod vit;
 
@@ -35,6 +37,17 @@ pub(crate) fn linear_forward(
         Some(r) => y + r,
         None => Ok(y),
     }
+}
+
+/// `x + y * gate` computed in f32 (`gate` f32, broadcasting against `y`), cast back to the dtype
+/// of `x`: the gated residual of adaLN-modulated blocks, one fused pass where a kernel covers it.
+pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if let Some(out) = crate::fused::gated_residual(x, y, gate)? {
+        return Ok(out);
+    }
+    x.to_dtype(DType::F32)?
+        .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
+        .to_dtype(x.dtype())
 }
 
 /// Applies a linear layer whose weights may be kept in another dtype than the activations

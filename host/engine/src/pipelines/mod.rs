@@ -12,6 +12,7 @@ mod noise;
 
 pub use noise::initial_noise;
 
+use crate::families::flux2::pipeline::Flux2Pipeline;
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
 use anyhow::bail;
@@ -70,6 +71,10 @@ pub struct GenerateParams {
     /// Step caching (TeaCache, MagCache, EasyCache) and its threshold; off when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Reference images an image model conditions on (FLUX.2's multi-reference editing: a
+    /// character sheet, a previous keyframe).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<ImageInput>,
 }
 
 fn is_merge(mode: &LoraMode) -> bool {
@@ -87,6 +92,29 @@ pub enum ImageInput {
         /// `width * height * 3` bytes, row-major RGB.
         pixels: Vec<u8>,
     },
+}
+
+impl ImageInput {
+    /// The image as 8-bit RGB, whatever the file's colour type.
+    pub fn load_rgb(&self) -> anyhow::Result<image::RgbImage> {
+        use anyhow::Context;
+        match self {
+            ImageInput::Path(path) => Ok(image::open(path)
+                .with_context(|| format!("reading the image {}", path.display()))?
+                .to_rgb8()),
+            ImageInput::Rgb {
+                width,
+                height,
+                pixels,
+            } => image::RgbImage::from_raw(*width, *height, pixels.clone()).with_context(|| {
+                format!(
+                    "an RGB image of {width}x{height} needs {} bytes, got {}",
+                    width * height * 3,
+                    pixels.len()
+                )
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +143,7 @@ pub struct Cancelled;
 pub struct GeneratedVideo {
     /// f32 `[frames, height, width, 3]` in [0, 1] on the CPU: the reference's `output_type="np"`.
     pub frames: Tensor,
+    /// 0 for an image.
     pub fps: u32,
     /// f32 `[1, C, T, H/s, W/s]` the VAE decoded, on the generating device (before the clamp that
     /// bounds `frames`, so a diverged run shows here).
@@ -167,11 +196,17 @@ pub struct Capabilities {
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
+    Flux2(Box<Flux2Pipeline>),
 }
 
 impl Pipeline {
     /// The `_class_name`s of `model_index.json` that [`Pipeline::open`] knows.
-    pub const CLASSES: &[&str] = &["WanPipeline", "WanImageToVideoPipeline"];
+    pub const CLASSES: &[&str] = &[
+        "WanPipeline",
+        "WanImageToVideoPipeline",
+        "Flux2KleinPipeline",
+        "Flux2Pipeline",
+    ];
 
     /// Loads the pipeline in `dir` (weights memory-mapped), chosen by its `model_index.json`.
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Pipeline> {
@@ -179,6 +214,9 @@ impl Pipeline {
         Ok(match index.class_name.as_str() {
             "WanPipeline" | "WanImageToVideoPipeline" => {
                 Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?))
+            }
+            "Flux2KleinPipeline" | "Flux2Pipeline" => {
+                Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
             }
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
@@ -194,6 +232,10 @@ impl Pipeline {
                 output: Output::Video { fps: wan.fps() },
                 start_image: wan.start_image(),
             },
+            Pipeline::Flux2(_) => Capabilities {
+                output: Output::Image,
+                start_image: StartImage::Unsupported,
+            },
         }
     }
 
@@ -201,6 +243,7 @@ impl Pipeline {
     pub fn frames_for(&self, seconds: f64) -> usize {
         match self {
             Pipeline::Wan(wan) => wan.frames_for(seconds),
+            Pipeline::Flux2(_) => 1,
         }
     }
 
@@ -209,6 +252,7 @@ impl Pipeline {
     pub fn keep_text_encoder(&mut self, keep: bool) {
         match self {
             Pipeline::Wan(wan) => wan.keep_text_encoder(keep),
+            Pipeline::Flux2(flux) => flux.keep_text_encoder(keep),
         }
     }
 
@@ -221,6 +265,7 @@ impl Pipeline {
     ) -> anyhow::Result<GeneratedVideo> {
         match self {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
+            Pipeline::Flux2(flux) => flux.generate(params, inputs, on_progress),
         }
     }
 }

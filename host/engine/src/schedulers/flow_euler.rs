@@ -1,6 +1,8 @@
-//! Flow-matching Euler (diffusers `FlowMatchEulerDiscreteScheduler`, static shift): `x += (σ_next − σ)·v`.
-//! Like the reference, the shift is applied once to the training grid (which sets σ_max/σ_min) and
-//! again to the inference schedule.
+//! Flow-matching Euler (diffusers `FlowMatchEulerDiscreteScheduler`): `x += (σ_next − σ)·v`.
+//! With a static shift, like the reference, the shift is applied once to the training grid (which
+//! sets σ_max/σ_min) and again to the inference schedule. With `use_dynamic_shifting` (the FLUX
+//! pipelines) the pipeline gives the sigmas and a `mu` that depends on the image size, and the
+//! schedule is their time shift ([`FlowMatchEulerDiscrete::set_sigmas`]).
 
 use super::{linspace, reject_enabled, round_f32};
 use anyhow::{Result, bail};
@@ -9,9 +11,19 @@ use candle_core::{DType, Tensor};
 pub struct FlowMatchEulerDiscrete {
     train_steps: usize,
     shift: f64,
+    /// `use_dynamic_shifting`: the schedule needs the pipeline's `mu`.
+    time_shift: Option<TimeShift>,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
     step_index: usize,
+}
+
+/// `time_shift_type`: how `mu` bends the schedule, `e^mu / (e^mu + (1/σ − 1))` or
+/// `mu / (mu + (1/σ − 1))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeShift {
+    Exponential,
+    Linear,
 }
 
 impl FlowMatchEulerDiscrete {
@@ -19,7 +31,6 @@ impl FlowMatchEulerDiscrete {
         reject_enabled(
             config,
             &[
-                "use_dynamic_shifting",
                 "invert_sigmas",
                 "shift_terminal",
                 "use_karras_sigmas",
@@ -32,13 +43,62 @@ impl FlowMatchEulerDiscrete {
         if train_steps == 0 {
             bail!("num_train_timesteps must be at least 1");
         }
+        let dynamic = config["use_dynamic_shifting"].as_bool().unwrap_or(false);
+        let time_shift = match (dynamic, config["time_shift_type"].as_str()) {
+            (false, _) => None,
+            (true, None | Some("exponential")) => Some(TimeShift::Exponential),
+            (true, Some("linear")) => Some(TimeShift::Linear),
+            (true, Some(other)) => bail!("unknown time_shift_type {other:?}"),
+        };
         Ok(Self {
             train_steps,
             shift: shift.or(config["shift"].as_f64()).unwrap_or(1.0),
+            time_shift,
             timesteps: vec![],
             sigmas: vec![],
             step_index: 0,
         })
+    }
+
+    /// Whether the schedule takes the pipeline's `mu` ([`Self::set_sigmas`]).
+    pub fn dynamic_shifting(&self) -> bool {
+        self.time_shift.is_some()
+    }
+
+    /// The schedule of the given sigmas (`set_timesteps(sigmas=..., mu=...)`): time-shifted by
+    /// `mu` with dynamic shifting, else shifted by the static shift; both in f32 as numpy
+    /// computes them on the reference's f32 array. Timesteps are `σ·T`; a last σ of 0 is added.
+    pub fn set_sigmas(&mut self, sigmas: &[f64], mu: Option<f64>) -> Result<()> {
+        if sigmas.is_empty() {
+            bail!("the sigma schedule is empty");
+        }
+        let shift = |s: f32| -> Result<f32> {
+            Ok(match (self.time_shift, mu) {
+                (Some(TimeShift::Exponential), Some(mu)) => {
+                    let e = mu.exp() as f32;
+                    e / (e + (1.0 / s - 1.0))
+                }
+                (Some(TimeShift::Linear), Some(mu)) => {
+                    let mu = mu as f32;
+                    mu / (mu + (1.0 / s - 1.0))
+                }
+                (Some(_), None) => bail!("use_dynamic_shifting needs the pipeline's mu"),
+                (None, _) => {
+                    let shift = self.shift as f32;
+                    shift * s / (1.0 + (shift - 1.0) * s)
+                }
+            })
+        };
+        let sigmas = sigmas
+            .iter()
+            .map(|&s| shift(s as f32))
+            .collect::<Result<Vec<f32>>>()?;
+        let train = self.train_steps as f32;
+        self.timesteps = sigmas.iter().map(|&s| (s * train) as f64).collect();
+        self.sigmas = sigmas.into_iter().map(f64::from).collect();
+        self.sigmas.push(0.0);
+        self.step_index = 0;
+        Ok(())
     }
 
     pub fn set_timesteps(&mut self, steps: usize) {

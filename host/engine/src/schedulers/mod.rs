@@ -116,6 +116,9 @@ impl Scheduler {
         }
         match self {
             Self::UniPc(s) => s.set_timesteps(steps),
+            Self::FlowEuler(s) if s.dynamic_shifting() => bail!(
+                "this flow-Euler scheduler uses dynamic shifting: its pipeline sets the sigmas and mu"
+            ),
             Self::FlowEuler(s) => s.set_timesteps(steps),
         }
         Ok(())

@@ -1,16 +1,18 @@
 //! Video I/O for the studio: H.264 MP4 files that browsers play (yuv420p, constrained baseline,
 //! `moov` first), reading them back to RGB frames, PNG frame dumps, the generation record
-//! embedded as MP4 metadata, tensor <-> frame conversion, and timeline rendering for the stitcher.
+//! embedded as MP4 metadata and in PNG stills, tensor <-> frame conversion, and timeline rendering for the stitcher.
 //! Pure Rust plus bundled C sources: it must never shell out to ffmpeg or need system libraries.
 
 mod frames;
 mod h264;
 mod mp4;
+mod png;
 pub mod timeline;
 
 pub use frames::{frames_from_tensor, frames_to_tensor, write_png_frames};
 pub use h264::{check_encodable_size, level_name, target_bitrate};
 pub use mp4::{FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
+pub use png::{read_png_metadata, write_png};
 
 use anyhow::{Context, Result, ensure};
 use image::RgbImage;

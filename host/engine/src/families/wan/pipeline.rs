@@ -446,8 +446,16 @@ impl WanPipeline {
         report(Stage::EncodingPrompt, 1, 1)?;
 
         // 2. Image conditioning.
-        let start = params.start_image.as_ref().map(load_rgb).transpose()?;
-        let end = params.end_image.as_ref().map(load_rgb).transpose()?;
+        let start = params
+            .start_image
+            .as_ref()
+            .map(ImageInput::load_rgb)
+            .transpose()?;
+        let end = params
+            .end_image
+            .as_ref()
+            .map(ImageInput::load_rgb)
+            .transpose()?;
         let image_embeds = match (&self.image_encoder, &start) {
             (Some((processor, encoder)), Some(start))
                 if self.transformer.config().image_dim.is_some() =>
@@ -738,25 +746,6 @@ fn blend_first_frame(latents: &Tensor, latent: &Tensor, mask: &Tensor) -> Result
     let keep = mask.broadcast_as(latents.shape())?;
     let given = (keep.ones_like()? - &keep)?.broadcast_mul(latent)?;
     Ok((given + keep.mul(latents)?)?)
-}
-
-fn load_rgb(input: &ImageInput) -> Result<image::RgbImage> {
-    match input {
-        ImageInput::Path(path) => Ok(image::open(path)
-            .with_context(|| format!("reading the image {}", path.display()))?
-            .to_rgb8()),
-        ImageInput::Rgb {
-            width,
-            height,
-            pixels,
-        } => image::RgbImage::from_raw(*width, *height, pixels.clone()).with_context(|| {
-            format!(
-                "an RGB image of {width}x{height} needs {} bytes, got {}",
-                width * height * 3,
-                pixels.len()
-            )
-        }),
-    }
 }
 
 /// `[1, 3, 1, h, w]` in [-1, 1], resized (Lanczos3) when the image is not already `w`x`h`.

@@ -7,7 +7,11 @@ use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::loader::Checkpoint;
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
-use crate::models::{Activation, LayerNorm, Linear, RmsNorm, apply_linear, linear, linear_forward};
+use crate::models::embeddings::{TimestepEmbedding, timestep_features};
+use crate::models::rope::{apply_interleaved, rope_tables};
+use crate::models::{
+    Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
+};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -119,37 +123,18 @@ impl RotaryTables {
         Ok(self.tables.get_or_init(|| t))
     }
 
-    /// Angles in f64 then cast to f32, as `WanRotaryPosEmbed` computes them (theta 10000).
+    /// Angles in f64 then cast to f32, as `WanRotaryPosEmbed` computes them (theta 10000), for
+    /// the tokens of the grid in (frame, row, column) order.
     fn build(dims: [usize; 3], grid: [usize; 3], device: &Device) -> Result<(Tensor, Tensor)> {
-        let freqs: Vec<Vec<f64>> = dims
-            .iter()
-            .map(|&dim| {
-                (0..dim / 2)
-                    .map(|j| 1.0 / 10000f64.powf((2 * j) as f64 / dim as f64))
-                    .collect()
-            })
-            .collect();
-        let half: usize = dims.iter().map(|d| d / 2).sum();
-        let tokens = grid.iter().product::<usize>();
-        let mut cos = Vec::with_capacity(tokens * half);
-        let mut sin = Vec::with_capacity(tokens * half);
+        let mut positions = Vec::with_capacity(grid.iter().product::<usize>() * 3);
         for f in 0..grid[0] {
             for h in 0..grid[1] {
                 for w in 0..grid[2] {
-                    for (axis, pos) in [f, h, w].into_iter().enumerate() {
-                        for freq in &freqs[axis] {
-                            let angle = pos as f64 * freq;
-                            cos.push(angle.cos() as f32);
-                            sin.push(angle.sin() as f32);
-                        }
-                    }
+                    positions.extend([f as f64, h as f64, w as f64]);
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (tokens, half), device)?,
-            Tensor::from_vec(sin, (tokens, half), device)?,
-        ))
+        rope_tables(&positions, &dims, 10000.0, device)
     }
 
     /// Rotates interleaved pairs of `x` (`[B, L, H, D]`) in f32; returns the input dtype.
@@ -158,17 +143,7 @@ impl RotaryTables {
             return Ok(y);
         }
         let (cos, sin) = self.tables()?;
-        let (b, l, h, d) = x.dims4()?;
-        let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
-        let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
-        let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
-        let cos = cos.reshape((1, l, 1, d / 2))?;
-        let sin = sin.reshape((1, l, 1, d / 2))?;
-        let even = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let odd = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
-        Tensor::stack(&[even, odd], 4)?
-            .reshape((b, l, h, d))?
-            .to_dtype(x.dtype())
+        apply_interleaved(x, cos, sin)
     }
 }
 
@@ -401,16 +376,6 @@ fn modulate(norm: &LayerNorm, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Res
     norm.forward_modulated(x, shift, scale)
 }
 
-/// `x.float() + y * gate`, cast back to the dtype of `x`.
-fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if let Some(out) = crate::fused::gated_residual(x, y, gate)? {
-        return Ok(out);
-    }
-    x.to_dtype(DType::F32)?
-        .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
-        .to_dtype(x.dtype())
-}
-
 /// `WanTransformerBlock`.
 struct WanTransformerBlock {
     norm1: LayerNorm,
@@ -564,8 +529,7 @@ impl WanImageEmbedding {
 /// `WanTimeTextImageEmbedding`.
 struct ConditionEmbedder {
     freq_dim: usize,
-    time_linear_1: Linear,
-    time_linear_2: Linear,
+    time_embedder: TimestepEmbedding,
     time_proj: Linear,
     text_linear_1: Linear,
     text_linear_2: Linear,
@@ -580,8 +544,7 @@ impl ConditionEmbedder {
         let text = vb.pp("text_embedder");
         Ok(Self {
             freq_dim: cfg.freq_dim,
-            time_linear_1: linear(cfg.freq_dim, dim, true, time.pp("linear_1"))?,
-            time_linear_2: linear(dim, dim, true, time.pp("linear_2"))?,
+            time_embedder: TimestepEmbedding::new(cfg.freq_dim, dim, true, time)?,
             time_proj: linear(dim, 6 * dim, true, vb.pp("time_proj"))?,
             text_linear_1: linear(cfg.text_dim, dim, true, text.pp("linear_1"))?,
             text_linear_2: linear(dim, dim, true, text.pp("linear_2"))?,
@@ -598,9 +561,8 @@ impl ConditionEmbedder {
     }
 
     fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        self.time_embedder.visit_weights(f)?;
         for linear in [
-            &mut self.time_linear_1,
-            &mut self.time_linear_2,
             &mut self.time_proj,
             &mut self.text_linear_1,
             &mut self.text_linear_2,
@@ -613,32 +575,6 @@ impl ConditionEmbedder {
         }
     }
 
-    /// Sinusoidal timestep features `[cos | sin]` in f32 (`Timesteps(flip_sin_to_cos=True,
-    /// downscale_freq_shift=0)`), computed in f32 arithmetic as the reference does.
-    fn timestep_features(&self, timestep: &Tensor) -> Result<Tensor> {
-        let dims = timestep.dims().to_vec();
-        let values = timestep
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let half = self.freq_dim / 2;
-        let log_period = -(10000f64.ln() as f32);
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (log_period * i as f32 / half as f32).exp())
-            .collect();
-        let mut out = Vec::with_capacity(values.len() * self.freq_dim);
-        for t in values {
-            out.extend(freqs.iter().map(|f| (t * f).cos()));
-            out.extend(freqs.iter().map(|f| (t * f).sin()));
-            if self.freq_dim % 2 == 1 {
-                out.push(0.0);
-            }
-        }
-        let mut shape = dims;
-        shape.push(self.freq_dim);
-        Tensor::from_vec(out, shape, timestep.device())
-    }
-
     /// Returns `(temb [B,S,dim], timestep_proj [B,S,6*dim], text context, image context)`.
     fn forward(
         &self,
@@ -647,9 +583,8 @@ impl ConditionEmbedder {
         image: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
         let dtype = text.dtype();
-        let features = self.timestep_features(timestep)?;
-        let temb = apply_linear(&self.time_linear_1, &features)?.silu()?;
-        let temb = apply_linear(&self.time_linear_2, &temb)?.to_dtype(dtype)?;
+        let features = timestep_features(timestep, self.freq_dim)?;
+        let temb = self.time_embedder.forward(&features)?.to_dtype(dtype)?;
         let timestep_proj = self.time_proj.forward(&temb.silu()?)?;
         let text = self.text_linear_1.forward(text)?.gelu()?;
         let text = self.text_linear_2.forward(&text)?;

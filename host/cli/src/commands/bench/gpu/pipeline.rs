@@ -217,6 +217,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        references: Vec::new(),
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;

@@ -1,0 +1,882 @@
+//! `Flux2Transformer2DModel`: the FLUX.2 [dev] and [klein] diffusion transformer, following
+//! diffusers' `models/transformers/transformer_flux2.py`: double-stream blocks (image and text
+//! tokens with their own weights meeting in one joint attention, text first), then single-stream
+//! "parallel" blocks over the concatenated sequence, all modulated by one time (and guidance)
+//! embedding shared across the blocks. This is the plain forward that `Flux2Pipeline` and
+//! `Flux2KleinPipeline` call; the reference-image KV cache (`kv_cache_mode`) is not implemented.
+//! Dimensions come only from the config. Attention goes through [`crate::attention`].
+
+use crate::attention::attention;
+use crate::fused::profile::section;
+use crate::loader::Checkpoint;
+use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
+use crate::models::embeddings::{TimestepEmbedding, timestep_features};
+use crate::models::rope::{apply_interleaved, rope_tables};
+use crate::models::{LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward};
+use candle_core::{D, DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The reference config (`transformer/config.json`), field names as in diffusers'
+/// `Flux2Transformer2DModel.__init__`; missing fields take the reference defaults (FLUX.2 [dev]).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Flux2TransformerConfig {
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub out_channels: Option<usize>,
+    /// Double-stream blocks.
+    pub num_layers: usize,
+    /// Single-stream blocks.
+    pub num_single_layers: usize,
+    pub attention_head_dim: usize,
+    pub num_attention_heads: usize,
+    /// Width of `encoder_hidden_states` (the text encoder's stacked hidden states).
+    pub joint_attention_dim: usize,
+    pub timestep_guidance_channels: usize,
+    pub mlp_ratio: f64,
+    /// Rotary dims of the (t, h, w, l) position axes; they must sum to `attention_head_dim`.
+    pub axes_dims_rope: Vec<usize>,
+    pub rope_theta: f64,
+    pub eps: f64,
+    /// Whether the model embeds a guidance scale ([dev]; [klein] has none).
+    pub guidance_embeds: bool,
+}
+
+impl Default for Flux2TransformerConfig {
+    fn default() -> Self {
+        Self {
+            patch_size: 1,
+            in_channels: 128,
+            out_channels: None,
+            num_layers: 8,
+            num_single_layers: 48,
+            attention_head_dim: 128,
+            num_attention_heads: 48,
+            joint_attention_dim: 15360,
+            timestep_guidance_channels: 256,
+            mlp_ratio: 3.0,
+            axes_dims_rope: vec![32; 4],
+            rope_theta: 2000.0,
+            eps: 1e-6,
+            guidance_embeds: true,
+        }
+    }
+}
+
+impl Flux2TransformerConfig {
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// `out_channels or in_channels`, as the reference resolves it.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+            .filter(|&c| c > 0)
+            .unwrap_or(self.in_channels)
+    }
+
+    /// `int(dim * mlp_ratio)`: the hidden width of every SwiGLU MLP.
+    fn mlp_hidden_dim(&self) -> usize {
+        (self.inner_dim() as f64 * self.mlp_ratio) as usize
+    }
+
+    /// A config from a stranger's checkpoint must fail here, by field, not deep in a forward.
+    fn validate(&self) -> Result<()> {
+        let heads = self.num_attention_heads;
+        let head_dim = self.attention_head_dim;
+        if heads == 0 || head_dim == 0 || heads.checked_mul(head_dim).is_none() {
+            candle_core::bail!(
+                "num_attention_heads {heads} with attention_head_dim {head_dim} gives no usable model width"
+            );
+        }
+        let axes = &self.axes_dims_rope;
+        if axes.is_empty()
+            || axes.iter().any(|d| *d == 0 || !d.is_multiple_of(2))
+            || axes.iter().sum::<usize>() != head_dim
+        {
+            candle_core::bail!(
+                "axes_dims_rope {axes:?} must be positive even dims summing to attention_head_dim {head_dim}"
+            );
+        }
+        if self.patch_size == 0
+            || self.in_channels == 0
+            || self.joint_attention_dim == 0
+            || self.timestep_guidance_channels == 0
+        {
+            candle_core::bail!(
+                "patch_size, in_channels, joint_attention_dim and timestep_guidance_channels must be positive"
+            );
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_hidden_dim() == 0 {
+            candle_core::bail!("mlp_ratio {} gives no MLP hidden width", self.mlp_ratio);
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            candle_core::bail!("rope_theta must be positive, got {}", self.rope_theta);
+        }
+        Ok(())
+    }
+}
+
+/// Splits the last dim of `x` into heads of `head_dim`: `[B, L, H * D]` to `[B, L, H, D]`.
+fn split_heads(x: &Tensor, head_dim: usize) -> Result<Tensor> {
+    let (b, l, inner) = x.dims3()?;
+    x.reshape((b, l, inner / head_dim, head_dim))
+}
+
+/// `torch.nn.RMSNorm(head_dim)` of each head of `x` (`[B, L, H, D]`), run over `[B, L * H, D]`
+/// so the fused norm kernel takes it.
+fn norm_heads(norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
+    let (b, l, h, d) = x.dims4()?;
+    norm.forward(&x.reshape((b, l * h, d))?)?
+        .reshape((b, l, h, d))
+}
+
+/// `Flux2SwiGLU`: `silu(x[..., :half]) * x[..., half:]`.
+fn swiglu(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    x.narrow(D::Minus1, 0, half)?
+        .silu()?
+        .mul(&x.narrow(D::Minus1, half, half)?)
+}
+
+/// `Flux2PosEmbed`: the rotary `cos`/`sin` tables (`[L, head_dim / 2]`, one angle per interleaved
+/// pair) of a sequence of 4-D position ids.
+struct Flux2PosEmbed {
+    axes_dim: Vec<usize>,
+    theta: f64,
+}
+
+impl Flux2PosEmbed {
+    /// `ids` are `[L, axes]` rows (f32 after `ids.float()`, as the reference reads them) of each
+    /// sequence in order, one table over all of them (`torch.cat` of the per-sequence tables).
+    fn forward(&self, ids: &[&[f32]], device: &Device) -> Result<(Tensor, Tensor)> {
+        let axes = self.axes_dim.len();
+        let positions: Vec<f64> = ids
+            .iter()
+            .flat_map(|rows| rows.chunks_exact(axes).flatten())
+            .map(|&p| f64::from(p))
+            .collect();
+        rope_tables(&positions, &self.axes_dim, self.theta, device)
+    }
+}
+
+/// The position ids `ids` (`[L, n]` or `[B, L, n]`, any numeric dtype) of the `len` tokens of
+/// `tokens`, as f32 rows of the first `axes` columns. Like the reference, a batch of ids uses its
+/// first row (the pipelines give every sample the same ids) and extra columns are ignored.
+fn position_rows(
+    ids: &Tensor,
+    name: &str,
+    tokens: &str,
+    len: usize,
+    axes: usize,
+) -> Result<Vec<f32>> {
+    let fits = match ids.dims() {
+        &[rows, cols] => rows == len && cols >= axes,
+        &[batch, rows, cols] => batch > 0 && rows == len && cols >= axes,
+        _ => false,
+    };
+    if !fits {
+        candle_core::bail!(
+            "{name} has shape {:?}; it must hold one row of {axes} positions per token of {tokens} ({len} tokens): [{len}, {axes}] or [batch, {len}, {axes}]",
+            ids.dims()
+        );
+    }
+    let ids = if ids.rank() == 3 {
+        ids.get(0)?
+    } else {
+        ids.clone()
+    };
+    ids.narrow(1, 0, axes)?
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// The rotary tables of the joint sequence (text tokens, then image tokens).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        apply_interleaved(x, &self.cos, &self.sin)
+    }
+}
+
+/// `Flux2TimestepGuidanceEmbeddings`: `Timesteps` features of the timestep (and guidance) through
+/// bias-free `TimestepEmbedding` MLPs, summed.
+struct Flux2TimestepGuidanceEmbeddings {
+    channels: usize,
+    timestep_embedder: TimestepEmbedding,
+    guidance_embedder: Option<TimestepEmbedding>,
+}
+
+impl Flux2TimestepGuidanceEmbeddings {
+    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (channels, dim) = (cfg.timestep_guidance_channels, cfg.inner_dim());
+        Ok(Self {
+            channels,
+            timestep_embedder: TimestepEmbedding::new(
+                channels,
+                dim,
+                false,
+                vb.pp("timestep_embedder"),
+            )?,
+            guidance_embedder: if cfg.guidance_embeds {
+                Some(TimestepEmbedding::new(
+                    channels,
+                    dim,
+                    false,
+                    vb.pp("guidance_embedder"),
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        self.timestep_embedder.visit_weights(f)?;
+        match &mut self.guidance_embedder {
+            Some(embedder) => embedder.visit_weights(f),
+            None => Ok(()),
+        }
+    }
+
+    /// `timestep` and `guidance` already scaled by 1000, in the model's dtype; returns `[B, dim]`.
+    /// As in the reference, a guidance the model has no embedder for is ignored.
+    fn forward(&self, timestep: &Tensor, guidance: Option<&Tensor>) -> Result<Tensor> {
+        let embed = |embedder: &TimestepEmbedding, t: &Tensor| {
+            embedder.forward(&timestep_features(t, self.channels)?.to_dtype(t.dtype())?)
+        };
+        let temb = embed(&self.timestep_embedder, timestep)?;
+        match (&self.guidance_embedder, guidance) {
+            (Some(embedder), Some(guidance)) => temb.broadcast_add(&embed(embedder, guidance)?),
+            _ => Ok(temb),
+        }
+    }
+}
+
+/// `Flux2Modulation`: `linear(silu(temb))`, split into `sets` triples of (shift, scale, gate).
+struct Flux2Modulation {
+    linear: Linear,
+    sets: usize,
+}
+
+impl Flux2Modulation {
+    fn new(dim: usize, sets: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            linear: linear(dim, dim * 3 * sets, false, vb.pp("linear"))?,
+            sets,
+        })
+    }
+
+    /// `Flux2Modulation.forward` then `split`: `3 * sets` tensors of `[B, 1, dim]`, in f32 for
+    /// the modulated norms and gated residuals.
+    fn forward(&self, temb: &Tensor) -> Result<Vec<Tensor>> {
+        let params = linear_forward(&self.linear, &temb.silu()?, None)?.to_dtype(DType::F32)?;
+        let (b, width) = params.dims2()?;
+        let dim = width / (3 * self.sets);
+        (0..3 * self.sets)
+            .map(|i| params.narrow(1, i * dim, dim)?.reshape((b, 1, dim)))
+            .collect()
+    }
+}
+
+/// `Flux2FeedForward`: bias-free SwiGLU MLP (`linear_in` to twice the hidden width, `linear_out`).
+struct Flux2FeedForward {
+    linear_in: Linear,
+    linear_out: Linear,
+}
+
+impl Flux2FeedForward {
+    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            linear_in: linear(dim, 2 * hidden, false, vb.pp("linear_in"))?,
+            linear_out: linear(hidden, dim, false, vb.pp("linear_out"))?,
+        })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        f(Weight::Linear(&mut self.linear_in))?;
+        f(Weight::Linear(&mut self.linear_out))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dev = x.device();
+        let h = section("ffn.in", dev, || linear_forward(&self.linear_in, x, None))?;
+        let h = section("ffn.act", dev, || swiglu(&h))?;
+        section("ffn.out", dev, || {
+            linear_forward(&self.linear_out, &h, None)
+        })
+    }
+}
+
+/// `Flux2Attention` with `Flux2AttnProcessor`: the double-stream joint attention. Image and text
+/// tokens have their own projections and per-head RMS q/k norms; attention runs over
+/// `[text, image]` with the joint rotary tables, and the result splits back into the two streams.
+struct Flux2Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    to_out: Linear,
+    add_q_proj: Linear,
+    add_k_proj: Linear,
+    add_v_proj: Linear,
+    norm_added_q: RmsNorm,
+    norm_added_k: RmsNorm,
+    to_add_out: Linear,
+    head_dim: usize,
+}
+
+impl Flux2Attention {
+    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, head_dim, eps) = (cfg.inner_dim(), cfg.attention_head_dim, cfg.eps);
+        let proj = |name: &str| linear(dim, dim, false, vb.pp(name));
+        Ok(Self {
+            to_q: proj("to_q")?,
+            to_k: proj("to_k")?,
+            to_v: proj("to_v")?,
+            norm_q: RmsNorm::new(head_dim, eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(head_dim, eps, vb.pp("norm_k"))?,
+            to_out: linear(dim, dim, false, vb.pp("to_out").pp(0))?,
+            add_q_proj: proj("add_q_proj")?,
+            add_k_proj: proj("add_k_proj")?,
+            add_v_proj: proj("add_v_proj")?,
+            norm_added_q: RmsNorm::new(head_dim, eps, vb.pp("norm_added_q"))?,
+            norm_added_k: RmsNorm::new(head_dim, eps, vb.pp("norm_added_k"))?,
+            to_add_out: proj("to_add_out")?,
+            head_dim,
+        })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        for linear in [
+            &mut self.to_q,
+            &mut self.to_k,
+            &mut self.to_v,
+            &mut self.to_out,
+            &mut self.add_q_proj,
+            &mut self.add_k_proj,
+            &mut self.add_v_proj,
+            &mut self.to_add_out,
+        ] {
+            f(Weight::Linear(linear))?;
+        }
+        for norm in [
+            &mut self.norm_q,
+            &mut self.norm_k,
+            &mut self.norm_added_q,
+            &mut self.norm_added_k,
+        ] {
+            norm.visit_weights(f)?;
+        }
+        Ok(())
+    }
+
+    /// `(q, k, v)` of `x`, split into heads, with q and k normed.
+    fn qkv(
+        &self,
+        x: &Tensor,
+        [to_q, to_k, to_v]: [&Linear; 3],
+        [norm_q, norm_k]: [&RmsNorm; 2],
+    ) -> Result<[Tensor; 3]> {
+        let dev = x.device();
+        let (q, k, v) = section("attn.qkv", dev, || {
+            Ok((
+                linear_forward(to_q, x, None)?,
+                linear_forward(to_k, x, None)?,
+                linear_forward(to_v, x, None)?,
+            ))
+        })?;
+        let (q, k) = section("attn.qk_norm", dev, || {
+            Ok((
+                norm_heads(norm_q, &split_heads(&q, self.head_dim)?)?,
+                norm_heads(norm_k, &split_heads(&k, self.head_dim)?)?,
+            ))
+        })?;
+        Ok([q, k, split_heads(&v, self.head_dim)?])
+    }
+
+    /// Returns the attention outputs of the image stream `x` and the text stream `context`.
+    fn forward(&self, x: &Tensor, context: &Tensor, rope: &Rope) -> Result<(Tensor, Tensor)> {
+        let dev = x.device();
+        let [q, k, v] = self.qkv(
+            x,
+            [&self.to_q, &self.to_k, &self.to_v],
+            [&self.norm_q, &self.norm_k],
+        )?;
+        let [cq, ck, cv] = self.qkv(
+            context,
+            [&self.add_q_proj, &self.add_k_proj, &self.add_v_proj],
+            [&self.norm_added_q, &self.norm_added_k],
+        )?;
+        let (q, k) = section("attn.rope", dev, || {
+            Ok((
+                rope.apply(&Tensor::cat(&[cq, q], 1)?)?,
+                rope.apply(&Tensor::cat(&[ck, k], 1)?)?,
+            ))
+        })?;
+        let v = Tensor::cat(&[cv, v], 1)?;
+        let out = section("attn.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let text_len = context.dim(1)?;
+        let image_len = out.dim(1)? - text_len;
+        section("attn.out", dev, || {
+            Ok((
+                linear_forward(&self.to_out, &out.narrow(1, text_len, image_len)?, None)?,
+                linear_forward(&self.to_add_out, &out.narrow(1, 0, text_len)?, None)?,
+            ))
+        })
+    }
+}
+
+/// Clamps to the f16 range where the stream is f16, as the reference does after each block.
+fn clip_f16(x: Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F16 {
+        x.clamp(-65504f32, 65504f32)
+    } else {
+        Ok(x)
+    }
+}
+
+/// `Flux2TransformerBlock`: one double-stream block.
+struct Flux2TransformerBlock {
+    norm1: LayerNorm,
+    norm1_context: LayerNorm,
+    attn: Flux2Attention,
+    norm2: LayerNorm,
+    ff: Flux2FeedForward,
+    norm2_context: LayerNorm,
+    ff_context: Flux2FeedForward,
+}
+
+impl Flux2TransformerBlock {
+    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, hidden, eps) = (cfg.inner_dim(), cfg.mlp_hidden_dim(), cfg.eps);
+        let norm = |name: &str| LayerNorm::new(dim, eps, false, vb.pp(name));
+        Ok(Self {
+            norm1: norm("norm1")?,
+            norm1_context: norm("norm1_context")?,
+            attn: Flux2Attention::new(cfg, vb.pp("attn"))?,
+            norm2: norm("norm2")?,
+            ff: Flux2FeedForward::new(dim, hidden, vb.pp("ff"))?,
+            norm2_context: norm("norm2_context")?,
+            ff_context: Flux2FeedForward::new(dim, hidden, vb.pp("ff_context"))?,
+        })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        self.attn.visit_weights(f)?;
+        self.ff.visit_weights(f)?;
+        self.ff_context.visit_weights(f)
+    }
+
+    /// `mod_img` / `mod_txt`: the six (shift, scale, gate) × (attention, MLP) tensors of each
+    /// stream. Returns the new `(context, x)`, as the reference orders them.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        mod_img: &[Tensor],
+        mod_txt: &[Tensor],
+        rope: &Rope,
+    ) -> Result<(Tensor, Tensor)> {
+        let dev = x.device();
+        let [
+            shift_msa,
+            scale_msa,
+            gate_msa,
+            shift_mlp,
+            scale_mlp,
+            gate_mlp,
+        ] = mod_img
+        else {
+            candle_core::bail!("double-stream image modulation must hold 6 tensors");
+        };
+        let [
+            c_shift_msa,
+            c_scale_msa,
+            c_gate_msa,
+            c_shift_mlp,
+            c_scale_mlp,
+            c_gate_mlp,
+        ] = mod_txt
+        else {
+            candle_core::bail!("double-stream text modulation must hold 6 tensors");
+        };
+
+        let (normed, normed_context) = section("norm1.modulate", dev, || {
+            Ok((
+                self.norm1.forward_modulated(x, shift_msa, scale_msa)?,
+                self.norm1_context
+                    .forward_modulated(context, c_shift_msa, c_scale_msa)?,
+            ))
+        })?;
+        let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope)?;
+
+        // Image stream.
+        let x = section("residual.gated", dev, || gated_residual(x, &attn, gate_msa))?;
+        let normed = section("norm2.modulate", dev, || {
+            self.norm2.forward_modulated(&x, shift_mlp, scale_mlp)
+        })?;
+        let ff = self.ff.forward(&normed)?;
+        let x = section("residual.gated", dev, || gated_residual(&x, &ff, gate_mlp))?;
+
+        // Text stream.
+        let context = section("residual.gated", dev, || {
+            gated_residual(context, &context_attn, c_gate_msa)
+        })?;
+        let normed = section("norm2.modulate", dev, || {
+            self.norm2_context
+                .forward_modulated(&context, c_shift_mlp, c_scale_mlp)
+        })?;
+        let ff = self.ff_context.forward(&normed)?;
+        let context = section("residual.gated", dev, || {
+            gated_residual(&context, &ff, c_gate_mlp)
+        })?;
+        Ok((clip_f16(context)?, x))
+    }
+}
+
+/// `Flux2ParallelSelfAttention` with `Flux2ParallelSelfAttnProcessor`: one fused projection to
+/// q, k, v and the SwiGLU MLP input, attention and MLP side by side, one output projection over
+/// their concatenation.
+struct Flux2ParallelSelfAttention {
+    to_qkv_mlp_proj: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    to_out: Linear,
+    head_dim: usize,
+}
+
+impl Flux2ParallelSelfAttention {
+    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let (dim, hidden, head_dim) = (
+            cfg.inner_dim(),
+            cfg.mlp_hidden_dim(),
+            cfg.attention_head_dim,
+        );
+        Ok(Self {
+            to_qkv_mlp_proj: linear(dim, 3 * dim + 2 * hidden, false, vb.pp("to_qkv_mlp_proj"))?,
+            norm_q: RmsNorm::new(head_dim, cfg.eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(head_dim, cfg.eps, vb.pp("norm_k"))?,
+            to_out: linear(dim + hidden, dim, false, vb.pp("to_out"))?,
+            head_dim,
+        })
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        f(Weight::Linear(&mut self.to_qkv_mlp_proj))?;
+        self.norm_q.visit_weights(f)?;
+        self.norm_k.visit_weights(f)?;
+        f(Weight::Linear(&mut self.to_out))
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
+        let dev = x.device();
+        let h = section("single.qkv_mlp", dev, || {
+            linear_forward(&self.to_qkv_mlp_proj, x, None)
+        })?;
+        let dim = self.to_out.weight().dim(0)?;
+        let mlp_width = h.dim(D::Minus1)? - 3 * dim;
+        let part = |i: usize| split_heads(&h.narrow(D::Minus1, i * dim, dim)?, self.head_dim);
+        let (q, k) = section("single.qk_norm+rope", dev, || {
+            Ok((
+                rope.apply(&norm_heads(&self.norm_q, &part(0)?)?)?,
+                rope.apply(&norm_heads(&self.norm_k, &part(1)?)?)?,
+            ))
+        })?;
+        let v = part(2)?;
+        let out = section("single.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let mlp = section("single.mlp_act", dev, || {
+            swiglu(&h.narrow(D::Minus1, 3 * dim, mlp_width)?)
+        })?;
+        section("single.out", dev, || {
+            linear_forward(&self.to_out, &Tensor::cat(&[out, mlp], D::Minus1)?, None)
+        })
+    }
+}
+
+/// `Flux2SingleTransformerBlock`: one single-stream block over `[text, image]` tokens.
+struct Flux2SingleTransformerBlock {
+    norm: LayerNorm,
+    attn: Flux2ParallelSelfAttention,
+}
+
+impl Flux2SingleTransformerBlock {
+    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm: LayerNorm::new(cfg.inner_dim(), cfg.eps, false, vb.pp("norm"))?,
+            attn: Flux2ParallelSelfAttention::new(cfg, vb.pp("attn"))?,
+        })
+    }
+
+    /// `modulation`: the block's (shift, scale, gate).
+    fn forward(&self, x: &Tensor, modulation: &[Tensor], rope: &Rope) -> Result<Tensor> {
+        let dev = x.device();
+        let [shift, scale, gate] = modulation else {
+            candle_core::bail!("single-stream modulation must hold 3 tensors");
+        };
+        let normed = section("norm.modulate", dev, || {
+            self.norm.forward_modulated(x, shift, scale)
+        })?;
+        let attn = self.attn.forward(&normed, rope)?;
+        clip_f16(section("residual.gated", dev, || {
+            gated_residual(x, &attn, gate)
+        })?)
+    }
+}
+
+/// `AdaLayerNormContinuous(dim, dim, elementwise_affine=False, bias=False)`: the output norm,
+/// modulated by `linear(silu(temb))`, whose first half is the **scale** and second the shift (the
+/// reverse of the blocks' order).
+struct AdaLayerNormContinuous {
+    linear: Linear,
+    norm: LayerNorm,
+}
+
+impl AdaLayerNormContinuous {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            linear: linear(dim, 2 * dim, false, vb.pp("linear"))?,
+            norm: LayerNorm::new(dim, eps, false, vb.pp("norm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let emb = linear_forward(&self.linear, &temb.silu()?.to_dtype(x.dtype())?, None)?
+            .to_dtype(DType::F32)?;
+        let (b, width) = emb.dims2()?;
+        let dim = width / 2;
+        let scale = emb.narrow(1, 0, dim)?.reshape((b, 1, dim))?;
+        let shift = emb.narrow(1, dim, dim)?.reshape((b, 1, dim))?;
+        self.norm.forward_modulated(x, &shift, &scale)
+    }
+}
+
+/// The FLUX.2 diffusion transformer.
+pub struct Flux2Transformer2DModel {
+    config: Flux2TransformerConfig,
+    pos_embed: Flux2PosEmbed,
+    time_guidance_embed: Flux2TimestepGuidanceEmbeddings,
+    double_stream_modulation_img: Flux2Modulation,
+    double_stream_modulation_txt: Flux2Modulation,
+    single_stream_modulation: Flux2Modulation,
+    x_embedder: Linear,
+    context_embedder: Linear,
+    transformer_blocks: Vec<Flux2TransformerBlock>,
+    single_transformer_blocks: Vec<Flux2SingleTransformerBlock>,
+    norm_out: AdaLayerNormContinuous,
+    proj_out: Linear,
+    dtype: DType,
+    lora: LoraState,
+}
+
+impl Flux2Transformer2DModel {
+    pub fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let dim = cfg.inner_dim();
+        Ok(Self {
+            pos_embed: Flux2PosEmbed {
+                axes_dim: cfg.axes_dims_rope.clone(),
+                theta: cfg.rope_theta,
+            },
+            time_guidance_embed: Flux2TimestepGuidanceEmbeddings::new(
+                cfg,
+                vb.pp("time_guidance_embed"),
+            )?,
+            double_stream_modulation_img: Flux2Modulation::new(
+                dim,
+                2,
+                vb.pp("double_stream_modulation_img"),
+            )?,
+            double_stream_modulation_txt: Flux2Modulation::new(
+                dim,
+                2,
+                vb.pp("double_stream_modulation_txt"),
+            )?,
+            single_stream_modulation: Flux2Modulation::new(
+                dim,
+                1,
+                vb.pp("single_stream_modulation"),
+            )?,
+            x_embedder: linear(cfg.in_channels, dim, false, vb.pp("x_embedder"))?,
+            context_embedder: linear(
+                cfg.joint_attention_dim,
+                dim,
+                false,
+                vb.pp("context_embedder"),
+            )?,
+            transformer_blocks: (0..cfg.num_layers)
+                .map(|i| Flux2TransformerBlock::new(cfg, vb.pp("transformer_blocks").pp(i)))
+                .collect::<Result<_>>()?,
+            single_transformer_blocks: (0..cfg.num_single_layers)
+                .map(|i| {
+                    Flux2SingleTransformerBlock::new(cfg, vb.pp("single_transformer_blocks").pp(i))
+                })
+                .collect::<Result<_>>()?,
+            norm_out: AdaLayerNormContinuous::new(dim, cfg.eps, vb.pp("norm_out"))?,
+            proj_out: linear(
+                dim,
+                cfg.patch_size * cfg.patch_size * cfg.out_channels(),
+                false,
+                vb.pp("proj_out"),
+            )?,
+            dtype: vb.dtype(),
+            config: cfg.clone(),
+            lora: LoraState::default(),
+        })
+    }
+
+    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
+    /// stay mapped: LoRAs restore the weights they change from them.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let cfg: Flux2TransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
+        let checkpoint = Arc::new(Checkpoint::open(dir)?);
+        let vb = checkpoint.clone().shared_var_builder(dtype, device);
+        let mut model = Self::new(&cfg, vb)
+            .with_context(|| format!("loading Flux2Transformer2DModel from {}", dir.display()))?;
+        model.lora = LoraState::from_checkpoint(checkpoint);
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &Flux2TransformerConfig {
+        &self.config
+    }
+
+    /// The dtype of the activations (the dtype the model was loaded in).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Predicts the flow of the packed latent tokens `hidden_states` (`[B, L_img, in_channels]`)
+    /// at `timestep` (`[B]` or `[1]`, in [0, 1]: the pipelines pass `t / 1000` and the model
+    /// scales it back), conditioned on `encoder_hidden_states` (`[B, L_txt,
+    /// joint_attention_dim]`), with the 4-D position ids `img_ids` (`[L_img, 4]` or `[B, L_img,
+    /// 4]`) and `txt_ids` (likewise), and for guidance-distilled models ([dev]) the guidance scale
+    /// `guidance` (`[B]` or `[1]`). Returns `sample`, `[B, L_img, patch_size² · out_channels]`, in
+    /// the model's dtype.
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: &Tensor,
+        timestep: &Tensor,
+        img_ids: &Tensor,
+        txt_ids: &Tensor,
+        guidance: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (batch, image_len, channels) = hidden_states.dims3().map_err(|_| {
+            candle_core::Error::msg(format!(
+                "hidden_states must have shape [batch, image tokens, {}], got {:?}",
+                cfg.in_channels,
+                hidden_states.dims()
+            ))
+        })?;
+        if channels != cfg.in_channels {
+            candle_core::bail!(
+                "hidden_states has shape {:?}: its last dimension must be in_channels = {}",
+                hidden_states.dims(),
+                cfg.in_channels
+            );
+        }
+        let text_len = match encoder_hidden_states.dims() {
+            &[b, len, width] if b == batch && width == cfg.joint_attention_dim => len,
+            other => candle_core::bail!(
+                "encoder_hidden_states must have shape [{batch}, text tokens, {}] (joint_attention_dim), got {other:?}",
+                cfg.joint_attention_dim
+            ),
+        };
+        // `timestep.to(dtype) * 1000`, as the reference scales it (after rounding to the dtype).
+        let scaled = |t: &Tensor, name: &str| match t.dims() {
+            &[n] if n == batch || n == 1 => t.to_dtype(self.dtype)? * 1000.0,
+            other => candle_core::bail!("{name} must have shape [{batch}] or [1], got {other:?}"),
+        };
+        let timestep = scaled(timestep, "timestep")?;
+        let guidance = guidance.map(|g| scaled(g, "guidance")).transpose()?;
+
+        let axes = cfg.axes_dims_rope.len();
+        let image_rows = position_rows(img_ids, "img_ids", "hidden_states", image_len, axes)?;
+        let text_rows = position_rows(txt_ids, "txt_ids", "encoder_hidden_states", text_len, axes)?;
+        let device = hidden_states.device();
+        let (cos, sin) = self.pos_embed.forward(&[&text_rows, &image_rows], device)?;
+        let rope = Rope { cos, sin };
+
+        // 1. Time (and guidance) embedding and the modulation shared by all blocks.
+        let temb = self
+            .time_guidance_embed
+            .forward(&timestep, guidance.as_ref())?;
+        let mod_img = self.double_stream_modulation_img.forward(&temb)?;
+        let mod_txt = self.double_stream_modulation_txt.forward(&temb)?;
+        let mod_single = self.single_stream_modulation.forward(&temb)?;
+
+        // 2. Input projections.
+        let mut x = linear_forward(&self.x_embedder, &hidden_states.to_dtype(self.dtype)?, None)?;
+        let mut context = linear_forward(
+            &self.context_embedder,
+            &encoder_hidden_states.to_dtype(self.dtype)?,
+            None,
+        )?;
+
+        // 3. Double-stream blocks.
+        for block in &self.transformer_blocks {
+            (context, x) = block.forward(&x, &context, &mod_img, &mod_txt, &rope)?;
+        }
+
+        // 4. Single-stream blocks over [text, image].
+        let mut joint = Tensor::cat(&[context, x], 1)?;
+        for block in &self.single_transformer_blocks {
+            joint = block.forward(&joint, &mod_single, &rope)?;
+        }
+        let x = joint.narrow(1, text_len, image_len)?;
+
+        // 5. Output.
+        let x = self.norm_out.forward(&x, &temb)?;
+        linear_forward(&self.proj_out, &x, None)
+    }
+}
+
+impl Adaptable for Flux2Transformer2DModel {
+    fn class_name(&self) -> &'static str {
+        "Flux2Transformer2DModel"
+    }
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        self.time_guidance_embed.visit_weights(f)?;
+        for modulation in [
+            &mut self.double_stream_modulation_img,
+            &mut self.double_stream_modulation_txt,
+            &mut self.single_stream_modulation,
+        ] {
+            f(Weight::Linear(&mut modulation.linear))?;
+        }
+        f(Weight::Linear(&mut self.x_embedder))?;
+        f(Weight::Linear(&mut self.context_embedder))?;
+        for block in &mut self.transformer_blocks {
+            block.visit_weights(f)?;
+        }
+        for block in &mut self.single_transformer_blocks {
+            block.attn.visit_weights(f)?;
+        }
+        f(Weight::Linear(&mut self.norm_out.linear))?;
+        f(Weight::Linear(&mut self.proj_out))
+    }
+
+    /// Diffusers / PEFT files name the weights as the checkpoint does; the original release's
+    /// names (fused q/k/v) have no one-to-one counterpart here.
+    fn aliases(&self, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn lora_state(&mut self) -> &mut LoraState {
+        &mut self.lora
+    }
+}
