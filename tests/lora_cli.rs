@@ -100,6 +100,46 @@ fn model_forward_with_two_loras_matches_diffusers_merged_and_at_run_time() {
 }
 
 #[test]
+fn model_forward_of_flux2_with_a_peft_lora_matches_diffusers_merged_and_at_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("components/flux2-klein-tiny");
+    let reference = dir.join("lora/reference.safetensors");
+    let (model, inputs) = (
+        fixture("components/flux2-klein-tiny/model"),
+        fixture("components/flux2-klein-tiny/inputs.safetensors"),
+    );
+    // Saved by Flux2KleinPipeline.save_lora_weights (`transformer.` keys), and the same bare.
+    for file in ["peft", "peft_bare"] {
+        let lora = format!(
+            "{}:0.8",
+            dir.join(format!("lora/{file}.safetensors")).display()
+        );
+        for (mode, key) in [("merge", "fused"), ("runtime", "unfused")] {
+            let out = tmp.path().join(format!("{file}-{mode}.safetensors"));
+            let args = [
+                "model",
+                "forward",
+                "--model",
+                &model,
+                "--inputs",
+                &inputs,
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+                "--lora",
+                &lora,
+                "--lora-mode",
+                mode,
+            ];
+            let record = succeeded(&videosdgx(&args));
+            assert_eq!(record["loras"][0]["format"], "diffusers", "{file}");
+            let err = relative_error(&tensor(&out, "sample"), &tensor(&reference, key)).unwrap();
+            assert!(err <= 1e-4, "{file} {mode}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
 fn model_forward_strength_defaults_to_one() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");

@@ -26,6 +26,8 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
     for (name, outputs) in [
         ("wan_i2v", &["sample"][..]),
         ("wan22_ti2v", &["sample"][..]),
+        ("flux2-klein-tiny", &["sample"][..]),
+        ("flux2-odd", &["sample"][..]),
         ("umt5", &["last_hidden_state"][..]),
         (
             "clip_vision",
@@ -152,6 +154,30 @@ fn model_forward_without_a_required_input_names_it_in_one_line() {
     let line = one_error_line(&result);
     assert!(line.contains("no tensor `hidden_states`"), "{line}");
     assert!(!tmp.path().join("out.safetensors").exists());
+}
+
+#[test]
+fn model_forward_of_flux2_with_ids_of_the_wrong_length_names_the_tensor_and_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "flux2-dev-tiny";
+    let mut inputs =
+        candle_core::safetensors::load(fixture(name).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let short = inputs["img_ids"].narrow(0, 0, 8).unwrap();
+    inputs.insert("img_ids".into(), short);
+    let bad = tmp.path().join("inputs.safetensors");
+    candle_core::safetensors::save(&inputs, &bad).unwrap();
+    let result = forward(
+        &fixture(name).join("model"),
+        &bad,
+        &tmp.path().join("out.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("img_ids has shape [8, 4]") && line.contains("hidden_states (9 tokens)"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -346,7 +346,7 @@ pub(crate) fn looks_like<'a>(keys: impl Iterator<Item = &'a str> + Clone) -> Opt
                 "single_blocks",
                 "single_transformer_blocks",
             ],
-            "FLUX.1",
+            "FLUX.1 or FLUX.2",
         ),
         (&["audio_attn", "audio_ff", "av_ca_"], "LTX-2"),
         (

@@ -173,9 +173,9 @@ fn position_rows(
     len: usize,
     axes: usize,
 ) -> Result<Vec<f32>> {
-    let fits = match ids.dims() {
-        &[rows, cols] => rows == len && cols >= axes,
-        &[batch, rows, cols] => batch > 0 && rows == len && cols >= axes,
+    let fits = match *ids.dims() {
+        [rows, cols] => rows == len && cols >= axes,
+        [batch, rows, cols] => batch > 0 && rows == len && cols >= axes,
         _ => false,
     };
     if !fits {
@@ -788,17 +788,21 @@ impl Flux2Transformer2DModel {
                 cfg.in_channels
             );
         }
-        let text_len = match encoder_hidden_states.dims() {
-            &[b, len, width] if b == batch && width == cfg.joint_attention_dim => len,
-            other => candle_core::bail!(
-                "encoder_hidden_states must have shape [{batch}, text tokens, {}] (joint_attention_dim), got {other:?}",
-                cfg.joint_attention_dim
+        let text_len = match *encoder_hidden_states.dims() {
+            [b, len, width] if b == batch && width == cfg.joint_attention_dim => len,
+            _ => candle_core::bail!(
+                "encoder_hidden_states must have shape [{batch}, text tokens, {}] (joint_attention_dim), got {:?}",
+                cfg.joint_attention_dim,
+                encoder_hidden_states.dims()
             ),
         };
         // `timestep.to(dtype) * 1000`, as the reference scales it (after rounding to the dtype).
-        let scaled = |t: &Tensor, name: &str| match t.dims() {
-            &[n] if n == batch || n == 1 => t.to_dtype(self.dtype)? * 1000.0,
-            other => candle_core::bail!("{name} must have shape [{batch}] or [1], got {other:?}"),
+        let scaled = |t: &Tensor, name: &str| match *t.dims() {
+            [n] if n == batch || n == 1 => t.to_dtype(self.dtype)? * 1000.0,
+            _ => candle_core::bail!(
+                "{name} must have shape [{batch}] or [1], got {:?}",
+                t.dims()
+            ),
         };
         let timestep = scaled(timestep, "timestep")?;
         let guidance = guidance.map(|g| scaled(g, "guidance")).transpose()?;
