@@ -464,8 +464,10 @@ impl CustomOp1 for ModulatedNorm {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
+        // Rows are addressed as one run of `b * l` rows `st[1]` apart; a single batch may be a
+        // narrowed view (the image tokens of a joint text+image sequence).
         if st[2] != 1
-            || st[0] != st[1] * l
+            || (b > 1 && st[0] != st[1] * l)
             || !xl.start_offset().is_multiple_of(8)
             || !st[1].is_multiple_of(8)
         {
