@@ -125,7 +125,9 @@ for step in "${STEPS[@]}"; do
     flux2 | flux2vae | flux2pipe | flux2dev)
       preset=klein-4b component=transformer
       case "$step" in flux2vae) component=vae ;; flux2pipe) component=pipeline ;; flux2dev) preset=dev ;; esac
-      run "$step" "$BIN" bench flux2 --preset "$preset" --component "$component" --json ;;
+      profile=()
+      [[ "$step" == flux2 ]] && profile=(--profile)
+      run "$step" "$BIN" bench flux2 --preset "$preset" --component "$component" "${profile[@]}" --json ;;
     anchorflux2 | anchorflux2vae | anchorflux2pipe | anchorflux2dev | compiledflux2 | compiledflux2pipe)
       preset=klein-4b component=transformer compile=()
       case "$step" in *vae) component=vae ;; *pipe) component=pipeline ;; *dev) preset=dev ;; esac

@@ -328,7 +328,7 @@ fn group_norm_matches_reference_on_image_vae_layouts() {
         (vec![1, 64, 200, 136], 4, true),
         (vec![3, 12, 8, 8], 3, false),
     ] {
-        let x = (randn(&shape, &dev) * 3.0 + 2.0).unwrap();
+        let x = randn(&shape, &dev).affine(3.0, 2.0).unwrap();
         let c = shape[1];
         let weight = Tensor::randn(1f32, 0.2f32, c, &dev).unwrap();
         let bias = Tensor::randn(0f32, 0.2f32, c, &dev).unwrap();
@@ -340,14 +340,22 @@ fn group_norm_matches_reference_on_image_vae_layouts() {
                 videosdgx_kernels::group_norm(&x, &weight, &bias, groups, 1e-6, silu).unwrap();
             assert_eq!(got.dtype(), dtype);
             let err = rel_err(&got, &want);
-            eprintln!("group norm {dtype:?} {shape:?} groups {groups} silu {silu}: rel err {err:.2e}");
+            eprintln!(
+                "group norm {dtype:?} {shape:?} groups {groups} silu {silu}: rel err {err:.2e}"
+            );
             assert!(err < bound, "group norm {dtype:?} {shape:?}: rel err {err}");
         }
     }
     let odd = randn(&[1, 8, 3, 5], &dev);
-    let (w, b) = (Tensor::ones(8, DType::F32, &dev).unwrap(), Tensor::zeros(8, DType::F32, &dev).unwrap());
+    let (w, b) = (
+        Tensor::ones(8, DType::F32, &dev).unwrap(),
+        Tensor::zeros(8, DType::F32, &dev).unwrap(),
+    );
     let err = videosdgx_kernels::group_norm(&odd, &w, &b, 3, 1e-6, false).unwrap_err();
-    assert!(err.to_string().contains("3 groups do not divide 8"), "{err}");
+    assert!(
+        err.to_string().contains("3 groups do not divide 8"),
+        "{err}"
+    );
 }
 
 #[test]
