@@ -23,15 +23,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__device__ __forceinline__ void unpack8(const uint4 &raw, float (&f)[8]) {
-    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
 // 8 consecutive fp32 terms starting at p[j] (16-byte aligned: j is a multiple of 8).
 __device__ __forceinline__ void load8(const float *p, int j, float (&t)[8]) {
     const float4 a = *reinterpret_cast<const float4 *>(p + j), b = *reinterpret_cast<const float4 *>(p + j + 4);
@@ -348,4 +339,25 @@ extern "C" __global__ void __launch_bounds__(256) group_norm_apply_f32(const flo
                                                                       int channels_per_group, long long pixels,
                                                                       float eps, int silu) {
     group_norm_apply<float>(x, y, stats, weight, bias, total, channels, channels_per_group, pixels, eps, silu);
+}
+
+// SwiGLU of the gated half-split used by FLUX.2's feed-forwards: x [rows, 2 * half] bf16 with row
+// stride x_row (a view into a fused projection), y [rows, half] contiguous,
+// y = silu(x[:, :half]) * x[:, half:] in fp32, rounded once. A thread owns 8 adjacent outputs.
+extern "C" __global__ void __launch_bounds__(256) swiglu_bf16(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
+                                                              long long rows, long long half, long long x_row) {
+    const long long idx = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (idx >= rows * half) return;
+    const long long row = idx / half, j = idx % half;
+    float g[8], u[8];
+    unpack8(*reinterpret_cast<const uint4 *>(x + row * x_row + j), g);
+    unpack8(*reinterpret_cast<const uint4 *>(x + row * x_row + half + j), u);
+    u32 out[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const float a = g[2 * p] / (1.f + __expf(-g[2 * p])) * u[2 * p];
+        const float b = g[2 * p + 1] / (1.f + __expf(-g[2 * p + 1])) * u[2 * p + 1];
+        out[p] = pack_bf16(a, b);
+    }
+    *reinterpret_cast<uint4 *>(y + idx) = make_uint4(out[0], out[1], out[2], out[3]);
 }

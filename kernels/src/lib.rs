@@ -21,5 +21,6 @@ pub use cuda::frame_conv;
 pub use cuda::{
     CompileReport, attention, attention_kernel_for, channel_rms_norm, channel_rms_norm_into,
     compile_all, compile_for, compile_report, gated_residual, group_norm, kernel_cache_dir, linear,
-    linear_residual, modulated_norm, rope3d, set_poison_outputs,
+    linear_residual, modulated_norm, rms_norm_rope, rope_tables, rope3d, set_poison_outputs,
+    swiglu,
 };

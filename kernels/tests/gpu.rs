@@ -359,6 +359,59 @@ fn group_norm_matches_reference_on_image_vae_layouts() {
 }
 
 #[test]
+fn rotary_tables_with_and_without_the_head_norm_match_reference() {
+    let dev = gpu();
+    // FLUX's q/k: a view into a fused projection (token stride wider than the heads), two
+    // batches, and head dims 128 and 64.
+    for (b, l, h, d, extra) in [
+        (1, 300, 24, 128, 9216),
+        (2, 77, 4, 64, 0),
+        (1, 8, 3, 256, 64),
+    ] {
+        let fused = randn(&[b, l, h * d + extra], &dev);
+        let x = fused
+            .narrow(2, 0, h * d)
+            .unwrap()
+            .reshape((b, l, h, d))
+            .unwrap();
+        let angles = Tensor::rand(-3f32, 3f32, (l, d / 2), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let weight = Tensor::randn(1f32, 0.2f32, d, &dev).unwrap();
+        let want =
+            reference::rms_norm_rope(&cpu(&x), Some(&cpu(&weight)), &cpu(&cos), &cpu(&sin), 1e-6)
+                .unwrap();
+        let got = videosdgx_kernels::rms_norm_rope(&x, Some(&weight), &cos, &sin, 1e-6).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rms_norm_rope {b}x{l}x{h}x{d}: rel err {err:.2e}");
+        assert!(err < 1e-2, "rms_norm_rope {b}x{l}x{h}x{d}: rel err {err}");
+        let want = reference::rope_tables(&cpu(&x), &cpu(&cos), &cpu(&sin)).unwrap();
+        let got = videosdgx_kernels::rope_tables(&x, &cos, &sin).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rope_tables {b}x{l}x{h}x{d}: rel err {err:.2e}");
+        assert!(err < 1e-2, "rope_tables {b}x{l}x{h}x{d}: rel err {err}");
+    }
+    let x = randn(&[1, 4, 2, 64], &dev);
+    let short = Tensor::zeros((3, 32), DType::F32, &dev).unwrap();
+    let err = videosdgx_kernels::rope_tables(&x, &short, &short).unwrap_err();
+    assert!(err.to_string().contains("do not fit 4 tokens"), "{err}");
+}
+
+#[test]
+fn swiglu_matches_reference_on_a_view_of_a_fused_projection() {
+    let dev = gpu();
+    for (rows, half, before) in [(4608, 9216, 9216), (3, 16, 0), (1000, 24, 8)] {
+        let fused = randn(&[rows, before + 2 * half], &dev);
+        let x = fused.narrow(1, before, 2 * half).unwrap();
+        let want = reference::swiglu(&cpu(&x)).unwrap();
+        let got = videosdgx_kernels::swiglu(&x).unwrap();
+        assert_eq!(got.dims(), [rows, half]);
+        let err = rel_err(&got, &want);
+        eprintln!("swiglu {rows}x{half} (offset {before}): rel err {err:.2e}");
+        assert!(err < 1e-2, "swiglu {rows}x{half}: rel err {err}");
+    }
+}
+
+#[test]
 fn channel_rms_norm_into_writes_only_its_view() {
     let dev = gpu();
     // The VAE's use: 4 frames normalised into a 6-frame buffer behind 2 cached frames.

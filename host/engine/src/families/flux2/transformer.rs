@@ -136,6 +136,9 @@ fn norm_heads(norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
 
 /// `Flux2SwiGLU`: `silu(x[..., :half]) * x[..., half:]`.
 fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::fused::swiglu(x)? {
+        return Ok(y);
+    }
     let half = x.dim(D::Minus1)? / 2;
     x.narrow(D::Minus1, 0, half)?
         .silu()?
@@ -205,6 +208,14 @@ struct Rope {
 impl Rope {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         apply_interleaved(x, &self.cos, &self.sin)
+    }
+
+    /// The rotation of `x` `[B, L, H, D]` after `norm` of each head (one pass where fused).
+    fn apply_normed(&self, norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
+        match norm.forward_heads_rope(x, &self.cos, &self.sin)? {
+            Some(y) => Ok(y),
+            None => self.apply(&norm_heads(norm, x)?),
+        }
     }
 }
 
@@ -589,8 +600,8 @@ impl Flux2ParallelSelfAttention {
         let part = |i: usize| split_heads(&h.narrow(D::Minus1, i * dim, dim)?, self.head_dim);
         let (q, k) = section("single.qk_norm+rope", dev, || {
             Ok((
-                rope.apply(&norm_heads(&self.norm_q, &part(0)?)?)?,
-                rope.apply(&norm_heads(&self.norm_k, &part(1)?)?)?,
+                rope.apply_normed(&self.norm_q, &part(0)?)?,
+                rope.apply_normed(&self.norm_k, &part(1)?)?,
             ))
         })?;
         let v = part(2)?;
