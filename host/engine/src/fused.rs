@@ -145,7 +145,10 @@ pub(crate) fn swiglu(x: &Tensor) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
         let half = x.dims().last().copied().unwrap_or(0) / 2;
-        if x.device().is_cuda() && x.dtype() == DType::BF16 && half % 8 == 0 && !disabled("swiglu")
+        if x.device().is_cuda()
+            && x.dtype() == candle_core::DType::BF16
+            && half % 8 == 0
+            && !disabled("swiglu")
         {
             return videosdgx_kernels::swiglu(x).map(Some);
         }
