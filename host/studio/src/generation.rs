@@ -10,6 +10,7 @@ use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
 use crate::gpu::GpuModel;
 use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::models;
 use crate::shots::{self, Shot, ShotFields};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -18,85 +19,20 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
-use videosdgx_engine::hub::{self, LocalModel, ModelKind};
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
-/// Where pulled and copied model directories live, under the data directory.
-pub fn models_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("models")
-}
-
-/// The installed models (`videosdgx models pull`, or folders copied into `models/`), of every
-/// kind.
-pub fn list_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
-    Ok(hub::list(&models_dir(data_dir))?)
-}
-
-/// The installed models that generate video (diffusers pipelines): what a shot's `model` may
-/// name. Folders that are neither a pipeline nor a language model are not candidates.
-pub fn video_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
-    let mut models = list_models(data_dir)?;
-    models.retain(|m| m.kind == ModelKind::Pipeline);
-    Ok(models)
-}
-
-/// The directory of installed model `name`: a shot's `model` field names one.
-fn model_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
-    let models = video_models(data_dir)?;
-    if let Some(model) = models.iter().find(|m| m.name == name) {
-        return Ok(model.path.clone());
-    }
-    let installed: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    Err(StudioError::Invalid(format!(
-        "model `{name}` is not installed (installed: {}); pull it with `videosdgx models pull {name}`",
-        if installed.is_empty() {
-            "none".to_string()
-        } else {
-            installed.join(", ")
-        }
-    )))
-}
-
-/// The model a shot is generated with: its own, else the only installed one.
+/// The model a shot is generated with: its own, else the only installed video model.
 fn shot_model(data_dir: &Path, shot: &Shot) -> Result<String> {
     if let Some(model) = shot.model.as_deref().filter(|m| !m.is_empty()) {
         return Ok(model.to_string());
     }
-    only_model(
+    models::only_video_model(
         data_dir,
         &format!("shot {} has no model and", shot.position + 1),
     )
-}
-
-/// The model a generation of `wanted` would use: `wanted` when it is installed, else the only
-/// installed model. For callers that refuse before queueing work (`render`).
-pub fn resolve_model(data_dir: &Path, wanted: Option<&str>) -> Result<String> {
-    match wanted.filter(|m| !m.is_empty()) {
-        Some(name) => model_dir(data_dir, name).map(|_| name.to_string()),
-        None => only_model(data_dir, "no model was named and"),
-    }
-}
-
-/// The one installed model; `why` starts the error when several are.
-fn only_model(data_dir: &Path, why: &str) -> Result<String> {
-    match video_models(data_dir)?.as_slice() {
-        [only] => Ok(only.name.clone()),
-        [] => Err(StudioError::Invalid(
-            "no model is installed; pull one with `videosdgx models pull Wan-AI/Wan2.1-T2V-1.3B-Diffusers`"
-                .into(),
-        )),
-        several => Err(StudioError::Invalid(format!(
-            "{why} several are installed ({}): choose one",
-            several
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// A recorded generation: what produced an output, enough to produce it again.
@@ -306,7 +242,7 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<VideoOutput> {
         request.render.check()?;
-        let dir = model_dir(app.data_dir(), &request.model)?;
+        let dir = models::video_model_dir(app.data_dir(), &request.model)?;
         let (params, path) = self.render(app, &dir, request, on_progress)?;
         let recorded = record(app, job_id, request, &params, &path);
         let _ = std::fs::remove_file(&path);
@@ -585,7 +521,7 @@ impl GenerateShot {
                 shot.position + 1
             )));
         }
-        model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+        models::video_model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
     }
 }
 
@@ -623,6 +559,12 @@ impl JobRunner for GenerateRunner {
 /// Installs the tiny random Wan text-to-video pipeline of tests/fixtures as model `tiny-wan-t2v`.
 #[cfg(test)]
 pub(crate) fn install_tiny_model(data_dir: &Path) {
+    install_fixture_model(data_dir, "tiny-wan-t2v");
+}
+
+/// Installs the tiny random pipeline `name` of tests/fixtures as model `name`.
+#[cfg(test)]
+pub(crate) fn install_fixture_model(data_dir: &Path, name: &str) {
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -635,8 +577,10 @@ pub(crate) fn install_tiny_model(data_dir: &Path) {
             }
         }
     }
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
-    copy_dir(&fixture, &models_dir(data_dir).join("tiny-wan-t2v"));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
+    copy_dir(&fixture, &models::models_dir(data_dir).join(name));
 }
 
 #[cfg(test)]
@@ -839,11 +783,14 @@ mod tests {
     fn only_pipelines_are_video_models() {
         let (dir, _app) = studio();
         // A folder with a file that is neither a pipeline nor a language model: not a candidate.
-        let stray = models_dir(dir.path()).join("<b>notes</b>");
+        let stray = models::models_dir(dir.path()).join("<b>notes</b>");
         std::fs::create_dir_all(&stray).unwrap();
         std::fs::write(stray.join("README.md"), "not a model").unwrap();
-        assert_eq!(resolve_model(dir.path(), None).unwrap(), "tiny-wan-t2v");
-        let err = resolve_model(dir.path(), Some("<b>notes</b>")).unwrap_err();
+        assert_eq!(
+            models::resolve_model(dir.path(), None).unwrap(),
+            "tiny-wan-t2v"
+        );
+        let err = models::resolve_model(dir.path(), Some("<b>notes</b>")).unwrap_err();
         assert!(err.to_string().contains("is not installed"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ pub mod generation;
 pub mod gpu;
 pub mod jobs;
 pub mod language;
+pub mod models;
 pub mod plugins;
 pub mod projects;
 pub mod render;

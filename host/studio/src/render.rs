@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
 use crate::finishing::{self, Finished};
-use crate::generation::{self, RenderSettings};
+use crate::generation::RenderSettings;
 use crate::jobs::NewJob;
 use crate::jobs::steps::{run_step, step_result};
 use crate::plugins::calls::PlanOutcome;
@@ -154,7 +154,7 @@ pub async fn render(
     for world in [World::Planner, World::Expander, World::Stitcher] {
         registry::choose(&app.db, world, None)?;
     }
-    generation::resolve_model(app.data_dir(), request.model.as_deref())?;
+    crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
     if let Some(target) = &request.finish {
         let profile = crate::plugins::calls::model_profile(&request.render);
         let piece = ClipShape {

@@ -142,7 +142,7 @@ impl StudioServices {
                 )));
             }
         }
-        let installed = crate::generation::video_models(app.data_dir()).map_err(failed)?;
+        let installed = crate::models::video_models(app.data_dir()).map_err(failed)?;
         match installed.as_slice() {
             [only] => Ok(only.name.clone()),
             [] => Err(PluginError::Failed(
