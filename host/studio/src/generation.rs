@@ -190,7 +190,7 @@ pub struct VideoOutput {
 
 /// Runs Wan pipelines on the GPU lane's resident model.
 pub struct Generator {
-    gpu: Arc<GpuModel>,
+    pub(crate) gpu: Arc<GpuModel>,
 }
 
 impl Generator {
@@ -218,7 +218,13 @@ impl Generator {
                 .unwrap_or_else(|| shot.negative_prompt.clone()),
             length: Length::Seconds(shot.duration_s),
             seed: wanted.seed.or(shot.seed),
-            references: shot.references.clone(),
+            // The keyframe, when the shot has one, is the start frame (`start_image` takes the
+            // first image; a text-to-video model takes none).
+            references: shot
+                .keyframe_asset_id
+                .into_iter()
+                .chain(shot.references.iter().copied())
+                .collect(),
             render: wanted.render.clone(),
         };
         set_status(&app.db, shot.id, "generating")?;
@@ -291,14 +297,7 @@ impl Generator {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);
                     }
                     let mut report = |p: &Progress| {
-                        let stage = match p.stage {
-                            Stage::LoadingModel => "loading model",
-                            Stage::EncodingPrompt => "encoding prompt",
-                            Stage::Denoising => "denoising",
-                            Stage::Decoding => "decoding",
-                            Stage::Writing => "writing",
-                        };
-                        on_progress(stage, p.step as u64, p.total as u64)
+                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
                     };
                     let video = pipeline.generate(&params, Default::default(), &mut report)?;
                     Ok((params, video))
@@ -342,7 +341,18 @@ pub fn is_cancelled(err: &StudioError) -> bool {
     matches!(err, StudioError::Internal(e) if e.downcast_ref::<Cancelled>().is_some())
 }
 
-fn random_seed() -> u64 {
+/// How a generation's stage is shown in a job's progress.
+pub(crate) fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::LoadingModel => "loading model",
+        Stage::EncodingPrompt => "encoding prompt",
+        Stage::Denoising => "denoising",
+        Stage::Decoding => "decoding",
+        Stage::Writing => "writing",
+    }
+}
+
+pub(crate) fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     // Seeds stay below 2^53 so that JSON clients (JavaScript numbers) round-trip them exactly.
