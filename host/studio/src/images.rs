@@ -82,7 +82,14 @@ impl Generator {
     ) -> Result<(ImageOutput, T)> {
         let model = models::image_model(app.data_dir())?;
         let references = reference_images(app, request.project_id, &request.references)?;
-        let (params, path) = self.render_image(app, &model.name, &model.path, request, references, on_progress)?;
+        let (params, path) = self.render_image(
+            app,
+            &model.name,
+            &model.path,
+            request,
+            references,
+            on_progress,
+        )?;
         let recorded = record(app, job_id, &model.name, request, &params, &path, then);
         let _ = std::fs::remove_file(&path);
         let (asset, generation_id, then) = recorded?;

@@ -67,7 +67,11 @@ pub fn list_looks(db: &Db, storyboard_id: i64) -> Result<Vec<Look>> {
 pub fn choose_look(db: &Db, id: i64) -> Result<Look> {
     db.transaction(|tx| {
         let look = tx
-            .query_row("SELECT * FROM character_looks WHERE id = ?1", [id], look_from_row)
+            .query_row(
+                "SELECT * FROM character_looks WHERE id = ?1",
+                [id],
+                look_from_row,
+            )
             .optional()?
             .ok_or_else(|| StudioError::not_found("look", id))?;
         tx.execute(
@@ -128,10 +132,16 @@ fn bible_character(app: &App, storyboard_id: i64, character_id: &str) -> Result<
 
 /// The settings an image of storyboard `storyboard_id` is made with: the job's, else the
 /// bible's (a keyframe must have its video's size).
-fn settings(app: &App, storyboard_id: i64, given: Option<RenderSettings>) -> Result<RenderSettings> {
+fn settings(
+    app: &App,
+    storyboard_id: i64,
+    given: Option<RenderSettings>,
+) -> Result<RenderSettings> {
     let render = match given {
         Some(render) => render,
-        None => Bible::parse(&get_storyboard(&app.db, storyboard_id)?.description).render_settings(),
+        None => {
+            Bible::parse(&get_storyboard(&app.db, storyboard_id)?.description).render_settings()
+        }
     };
     render.check()?;
     Ok(render)
@@ -182,7 +192,11 @@ pub fn make_look(
     let image = ImageRequest {
         project_id: project.id,
         shot_id: None,
-        name: format!("{}-look-{}-seed-{seed}.png", file_stem(&project.name), character.id),
+        name: format!(
+            "{}-look-{}-seed-{seed}.png",
+            file_stem(&project.name),
+            character.id
+        ),
         tags: vec![
             "generated".into(),
             "look".into(),
@@ -197,19 +211,23 @@ pub fn make_look(
         steps: render.steps,
         guidance: render.guidance,
     };
-    let (output, look) =
-        app.generator
-            .generate_image(app, job_id, &image, on_progress, |tx, asset, generation_id| {
-                Ok(tx.query_row(
-                    "INSERT INTO character_looks
+    let (output, look) = app.generator.generate_image(
+        app,
+        job_id,
+        &image,
+        on_progress,
+        |tx, asset, generation_id| {
+            Ok(tx.query_row(
+                "INSERT INTO character_looks
                          (storyboard_id, character_id, asset_id, generation_id, chosen, created_at)
                      VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM character_looks
                          WHERE storyboard_id = ?1 AND character_id = ?2 AND chosen = 1), ?5)
                      RETURNING *",
-                    params![board.id, character.id, asset.id, generation_id, now_ms()],
-                    look_from_row,
-                )?)
-            })?;
+                params![board.id, character.id, asset.id, generation_id, now_ms()],
+                look_from_row,
+            )?)
+        },
+    )?;
     Ok(LookOutcome {
         look,
         generation_id: output.generation_id,
@@ -336,9 +354,12 @@ impl JobRunner for LookRunner {
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeLook = parse("look", params)?;
-        let outcome = make_look(app, Some(ctx.job_id()), &request, &mut |stage, step, total| {
-            ctx.progress(stage, step, total)
-        })?;
+        let outcome = make_look(
+            app,
+            Some(ctx.job_id()),
+            &request,
+            &mut |stage, step, total| ctx.progress(stage, step, total),
+        )?;
         Ok(json!(outcome))
     }
 }
@@ -362,10 +383,171 @@ impl JobRunner for KeyframeRunner {
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeKeyframe = parse("keyframe", params)?;
-        let outcome =
-            make_keyframe(app, Some(ctx.job_id()), &request, &mut |stage, step, total| {
-                ctx.progress(stage, step, total)
-            })?;
+        let outcome = make_keyframe(
+            app,
+            Some(ctx.job_id()),
+            &request,
+            &mut |stage, step, total| ctx.progress(stage, step, total),
+        )?;
         Ok(json!(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::StudioConfig;
+    use crate::generation::{GenerateShot, get_generation, install_fixture_model};
+    use crate::projects::{create_project, create_storyboard};
+    use crate::shots::ShotFields;
+    use videosdgx_engine::pipelines::{GenerateParams, ImageInput};
+
+    const BIBLE: &str = r#"{"style":{"look":"noir"},"characters":[{"id":"mara","name":"Mara","description":"a clockmaker in her sixties, silver bun"}],"render":{"width":32,"height":32,"steps":2,"guidance":3.0}}"#;
+
+    fn studio(models: &[&str]) -> (tempfile::TempDir, App, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        for model in models {
+            install_fixture_model(dir.path(), model);
+        }
+        let app = App::open(StudioConfig::new(dir.path())).unwrap();
+        let project = create_project(&app.db, "Clock").unwrap();
+        let board = create_storyboard(&app.db, project.id, "s", BIBLE).unwrap();
+        (dir, app, board.id)
+    }
+
+    fn go(_: &str, _: u64, _: u64) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    fn look_of(board: i64, character: &str) -> Value {
+        json!({ "storyboard_id": board, "character_id": character, "seed": 3 })
+    }
+
+    #[test]
+    fn looks_are_recorded_tagged_images_and_the_first_is_chosen() {
+        let (_dir, app, board) = studio(&["tiny-flux2-klein"]);
+        let request: MakeLook = parse("look", &look_of(board, "mara")).unwrap();
+        let first = make_look(&app, None, &request, &mut go).unwrap();
+        let second = make_look(
+            &app,
+            None,
+            &MakeLook {
+                seed: Some(4),
+                ..request
+            },
+            &mut go,
+        )
+        .unwrap();
+        assert!(first.look.chosen && !second.look.chosen);
+        let asset = crate::assets::get_asset(&app.db, first.look.asset_id).unwrap();
+        assert_eq!(asset.kind, crate::assets::MediaKind::Image);
+        assert!(
+            asset.tags.contains(&"character:mara".to_string()),
+            "{:?}",
+            asset.tags
+        );
+        assert_eq!((asset.width, asset.height), (Some(32), Some(32)));
+        assert!(first.prompt.contains("silver bun"), "{}", first.prompt);
+
+        // The PNG carries the record the database keeps.
+        let embedded =
+            videosdgx_engine::video::read_png_metadata(&app.assets.file_of(&asset)).unwrap();
+        let record = get_generation(&app.db, first.generation_id).unwrap();
+        assert_eq!(record.model, "tiny-flux2-klein");
+        assert_eq!(embedded["generate"], record.params);
+        assert_eq!(record.asset_id, Some(asset.id));
+
+        let chosen = choose_look(&app.db, second.look.id).unwrap();
+        assert!(chosen.chosen);
+        let looks = list_looks(&app.db, board).unwrap();
+        assert_eq!(
+            looks.iter().map(|l| l.chosen).collect::<Vec<_>>(),
+            [false, true]
+        );
+    }
+
+    #[test]
+    fn bad_look_and_keyframe_requests_are_refused_before_queueing() {
+        let (_dir, app, board) = studio(&["tiny-wan-i2v"]);
+        let err = LookRunner
+            .check(&app, &look_of(board, "mara"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, models::NO_IMAGE_MODEL);
+        let err = LookRunner
+            .check(&app, &look_of(board, "bob"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!("storyboard {board}'s bible has no character `bob` (characters: mara)")
+        );
+        let shot = shots::create_shot(&app.db, board, &ShotFields::default()).unwrap();
+        let err = KeyframeRunner
+            .check(&app, &json!({ "shot_id": shot.id }))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "shot 1 has no prompt");
+        assert!(list_looks(&app.db, board).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_keyframe_is_the_start_frame_of_the_shots_video() {
+        let (_dir, app, board) = studio(&["tiny-flux2-klein", "tiny-wan-i2v"]);
+        let project = projects::get_project(&app.db, 1).unwrap();
+        assert!(
+            enabled(&app, &project).unwrap(),
+            "on when both kinds are installed"
+        );
+        let fields = ShotFields {
+            prompt: Some("Mara winds a clock".into()),
+            keyframe_prompt: Some("Mara at her bench, a clock in her hands".into()),
+            duration_s: Some(0.25),
+            seed: Some(5),
+            ..Default::default()
+        };
+        let shot = shots::create_shot(&app.db, board, &fields).unwrap();
+        let keyframe = make_keyframe(
+            &app,
+            None,
+            &MakeKeyframe {
+                shot_id: shot.id,
+                seed: None,
+                render: None,
+            },
+            &mut go,
+        )
+        .unwrap();
+        assert_eq!(keyframe.prompt, "Mara at her bench, a clock in her hands");
+        assert_eq!(keyframe.seed, 5);
+        let shot = shots::get_shot(&app.db, shot.id).unwrap();
+        assert_eq!(shot.keyframe_asset_id, Some(keyframe.asset_id));
+        let record = get_generation(&app.db, keyframe.generation_id).unwrap();
+        assert_eq!(record.shot_id, Some(shot.id));
+
+        let take = app
+            .generator
+            .generate_shot(
+                &app,
+                None,
+                &GenerateShot {
+                    shot_id: shot.id,
+                    render: Bible::parse(BIBLE).render_settings(),
+                    ..Default::default()
+                },
+                &mut go,
+            )
+            .unwrap();
+        let keyframe_file = app
+            .assets
+            .file_of(&crate::assets::get_asset(&app.db, keyframe.asset_id).unwrap());
+        assert_eq!(
+            take.params.start_image,
+            Some(ImageInput::Path(keyframe_file))
+        );
+        let recorded: GenerateParams =
+            serde_json::from_value(get_generation(&app.db, take.generation_id).unwrap().params)
+                .unwrap();
+        assert_eq!(recorded, take.params);
     }
 }

@@ -99,7 +99,11 @@ impl ImageInput {
     pub fn load_rgb(&self) -> anyhow::Result<image::RgbImage> {
         use anyhow::Context;
         match self {
-            ImageInput::Path(path) => Ok(image::open(path)
+            // The format comes from the content: the studio's asset files have no extension.
+            ImageInput::Path(path) => Ok(image::ImageReader::open(path)
+                .and_then(|reader| reader.with_guessed_format())
+                .map_err(image::ImageError::IoError)
+                .and_then(|reader| reader.decode())
                 .with_context(|| format!("reading the image {}", path.display()))?
                 .to_rgb8()),
             ImageInput::Rgb {
