@@ -160,6 +160,12 @@ fn summary(r: &RenderReport) -> String {
         r.width,
         r.height
     );
+    for made in &r.looks {
+        text.push_str(&format!(
+            "  look of {}: asset {}, generation {}\n",
+            made.look.character_id, made.look.asset_id, made.generation_id
+        ));
+    }
     for (i, shot) in r.shots.iter().enumerate() {
         text.push_str(&format!(
             "  shot {}: {} frames, seed {}, asset {}, generation {}, job {}\n",
@@ -170,6 +176,12 @@ fn summary(r: &RenderReport) -> String {
             shot.generation_id,
             shot.job_id
         ));
+        if let Some(keyframe) = &shot.keyframe {
+            text.push_str(&format!(
+                "    started from keyframe asset {} (generation {})\n",
+                keyframe.asset_id, keyframe.generation_id
+            ));
+        }
         for attempt in shot.attempts.iter().filter(|a| a.review.is_some()) {
             let review = attempt.review.as_ref().expect("filtered");
             text.push_str(&format!(
@@ -184,7 +196,7 @@ fn summary(r: &RenderReport) -> String {
             text.push_str(&format!("    note: {note}\n"));
         }
     }
-    if let Some(note) = &r.review_note {
+    for note in r.review_note.iter().chain(&r.keyframes_note) {
         text.push_str(&format!("note: {note}\n"));
     }
     if let Some(finish) = &r.finish {
