@@ -2,15 +2,21 @@
 //! a character renders through a character look (FLUX.2 [klein]) → a keyframe per shot
 //! conditioned on that look → image-to-video from each keyframe (Wan 2.1 I2V) → stitch, every
 //! asset recorded with its generation record; a project that asks for keyframes without an
-//! image model installed is refused before anything is written.
+//! image model installed is refused before anything is written; a plugin's `generation.image`
+//! (the image probe, API 0.2.0) with and without references, and its bad inputs.
 
+#[path = "support/guests.rs"]
+mod guests;
 #[path = "support/models.rs"]
 mod models;
+#[path = "support/studio.rs"]
+mod studio;
 
 use models::install_tiny_model;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
+use studio::Server;
 
 const SCRIPT: &str = "\
 # Paper Boats
@@ -140,6 +146,13 @@ fn a_shared_character_renders_through_look_keyframes_and_image_to_video() {
         let keyframe_asset = keyframe["asset_id"].as_i64().unwrap();
         let (model, params) = recorded_params(&db, keyframe["generation_id"].as_i64().unwrap());
         assert_eq!(model, "tiny-flux2-klein");
+        // The expander's keyframe prompt: a still, with the character's description verbatim.
+        let prompt = params["prompt"].as_str().unwrap();
+        assert!(prompt.starts_with("Still frame, "), "{prompt}");
+        assert!(
+            prompt.contains("30s, short grey hair, blue raincoat"),
+            "{prompt}"
+        );
         assert_eq!(params["references"], serde_json::json!([look_file]));
         assert_eq!(png_record(&db, &data, keyframe_asset)["generate"], params);
         let on_shot: Option<i64> = db
@@ -233,4 +246,133 @@ fn keyframes_without_an_image_model_are_refused_before_anything_is_written() {
         })
         .unwrap();
     assert_eq!(setting, Some(true), "the project keeps its setting");
+}
+
+/// Runs the image probe with `script` as a `plan` job; the finished job.
+fn probe(s: &Server, project: i64, board: i64, script: &str) -> Value {
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "plan", "project_id": project,
+                 "params": { "storyboard_id": board, "script": script, "plugin": "image-probe" } }),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    s.wait_job(r.json()["id"].as_i64().unwrap(), "finished", |job| {
+        matches!(job["state"].as_str(), Some("succeeded" | "failed"))
+    })
+}
+
+fn failed_with(job: &Value, message: &str) {
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains(message), "{error}");
+}
+
+/// The asset id a probe made (its storyboard title).
+fn made(job: &Value) -> i64 {
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job["result"]["title"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn plugins_generate_images_with_references_and_bad_inputs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let s = studio::start(&data);
+    let r = s.install_plugin(
+        &guests::component("image-probe"),
+        &guests::manifest_text("image-probe"),
+        &["generate"],
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    let project = s
+        .post("/api/projects", &json!({ "name": "Harbour" }))
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let board = s
+        .post(
+            &format!("/api/projects/{project}/storyboards"),
+            &json!({ "title": "Act 1" }),
+        )
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let count = |table: &str| -> i64 {
+        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+
+    // No image model: `invalid-input` naming what to install, and nothing written.
+    let job = probe(&s, project, board, "- a lighthouse at dusk");
+    failed_with(
+        &job,
+        "no image model is installed; pull one with `videosdgx models pull black-forest-labs/FLUX.2-klein-4B`",
+    );
+    assert_eq!((count("assets"), count("generations")), (0, 0));
+
+    // Installed (copied in while the server runs): a still, then one that references it.
+    install_tiny_model(&data, "tiny-flux2-klein");
+    let plain = made(&probe(&s, project, board, "- a lighthouse at dusk"));
+    let referenced = made(&probe(
+        &s,
+        project,
+        board,
+        &format!("{plain} the same lighthouse at night"),
+    ));
+    let file_of = |asset: i64| {
+        let sha: String = db
+            .query_row("SELECT sha256 FROM assets WHERE id = ?1", [asset], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        data.join("assets").join(&sha[..2]).join(&sha)
+    };
+    for (asset, references) in [(plain, json!(null)), (referenced, json!([file_of(plain)]))] {
+        let (generation, model, kind): (i64, String, String) = db
+            .query_row(
+                "SELECT g.id, g.model, a.kind FROM generations g JOIN assets a ON a.id = g.asset_id
+                 WHERE a.id = ?1",
+                [asset],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (model.as_str(), kind.as_str()),
+            ("tiny-flux2-klein", "image")
+        );
+        let (_, params) = recorded_params(&db, generation);
+        assert_eq!(params["references"], references, "{params}");
+        assert_eq!(
+            (params["width"].as_i64(), params["seed"].as_i64()),
+            (Some(64), Some(11))
+        );
+        // The record the studio keeps is the one the PNG carries: reproducible from either.
+        let embedded = videosdgx_engine::video::read_png_metadata(&file_of(asset)).unwrap();
+        assert_eq!(embedded["generate"], params);
+        let api = s.get(&format!("/api/generations/{generation}")).json();
+        assert_eq!(api["params"], params);
+    }
+
+    // A reference that is a video, or not in the project: refused, nothing new written.
+    let clip = tmp.path().join("clip.mp4");
+    let frames = vec![image::RgbImage::new(64, 64); 5];
+    videosdgx_engine::video::write_mp4(&clip, &frames, 16, &json!({})).unwrap();
+    let video = s.upload(
+        &format!("name=clip.mp4&project_id={project}"),
+        &std::fs::read(&clip).unwrap(),
+    );
+    assert_eq!(video.status, 201, "{}", video.json());
+    let video = video.json()["id"].as_i64().unwrap();
+    let generations = count("generations");
+    let job = probe(&s, project, board, &format!("{video} a lighthouse"));
+    failed_with(
+        &job,
+        &format!("reference `{video}` is a video asset, not an image"),
+    );
+    let job = probe(&s, project, board, "424242 a lighthouse");
+    failed_with(&job, "asset `424242`");
+    assert_eq!(count("generations"), generations);
+    s.stop();
 }

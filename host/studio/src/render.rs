@@ -259,6 +259,7 @@ async fn render_on_queue(
         let fields = ShotFields {
             prompt: Some(expanded.prompt),
             negative_prompt: Some(expanded.negative_prompt),
+            keyframe_prompt: Some(expanded.keyframe_prompt),
             model: request.model.clone(),
             ..Default::default()
         };
@@ -366,6 +367,7 @@ async fn render_on_queue(
 struct Expanded {
     prompt: String,
     negative_prompt: String,
+    keyframe_prompt: String,
 }
 
 /// What a `stitch` job returns.

@@ -677,6 +677,7 @@ pub fn review(
         shot_id: storyboard.shots[index].id.clone(),
         prompt: take.prompt.clone(),
         negative_prompt: take.negative_prompt.clone(),
+        keyframe_prompt: shot.keyframe_prompt.clone(),
     };
     let take = Take {
         asset_id: asset.id.to_string(),
