@@ -93,6 +93,10 @@ pub struct RenderSettings {
     /// barely changes (`videosdgx_engine::schedulers::step_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// The installed image model that makes keyframes and character looks; FLUX.2 [klein] when
+    /// absent ([`crate::models::image_model`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_model: Option<String>,
 }
 
 impl Default for RenderSettings {
@@ -104,6 +108,7 @@ impl Default for RenderSettings {
             guidance: 5.0,
             preset: None,
             cache: None,
+            image_model: None,
         }
     }
 }
@@ -630,6 +635,7 @@ mod tests {
             guidance: 3.0,
             preset: None,
             cache: None,
+            image_model: None,
         }
     }
 

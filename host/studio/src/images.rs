@@ -36,6 +36,8 @@ pub struct ImageRequest {
     pub height: usize,
     pub steps: usize,
     pub guidance: f64,
+    /// An installed image model's name; FLUX.2 [klein] (or the only one) when absent.
+    pub model: Option<String>,
 }
 
 /// A recorded image.
@@ -80,7 +82,7 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
         then: impl FnOnce(&Transaction, &Asset, i64) -> Result<T>,
     ) -> Result<(ImageOutput, T)> {
-        let model = models::image_model(app.data_dir())?;
+        let model = models::image_model(app.data_dir(), request.model.as_deref())?;
         let references = reference_images(app, request.project_id, &request.references)?;
         let (params, path) = self.render_image(
             app,

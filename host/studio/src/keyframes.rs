@@ -103,7 +103,7 @@ fn chosen_look(db: &Db, storyboard_id: i64, character_id: &str) -> Result<Option
 /// naming what to install.
 pub fn enabled(app: &App, project: &Project) -> Result<bool> {
     match project.keyframes {
-        Some(true) => models::image_model(app.data_dir()).map(|_| true),
+        Some(true) => models::image_model(app.data_dir(), None).map(|_| true),
         Some(false) => Ok(false),
         None => models::keyframes_possible(app.data_dir()),
     }
@@ -210,6 +210,7 @@ pub fn make_look(
         height: render.height,
         steps: render.steps,
         guidance: render.guidance,
+        model: render.image_model.clone(),
     };
     let (output, look) = app.generator.generate_image(
         app,
@@ -311,6 +312,7 @@ pub fn make_keyframe(
         height: render.height,
         steps: render.steps,
         guidance: render.guidance,
+        model: render.image_model.clone(),
     };
     let (output, ()): (ImageOutput, ()) =
         app.generator
@@ -349,8 +351,8 @@ impl JobRunner for LookRunner {
     fn check(&self, app: &App, params: &Value) -> Result<()> {
         let request: MakeLook = parse("look", params)?;
         bible_character(app, request.storyboard_id, &request.character_id)?;
-        settings(app, request.storyboard_id, request.render)?;
-        models::image_model(app.data_dir()).map(drop)
+        let render = settings(app, request.storyboard_id, request.render)?;
+        models::image_model(app.data_dir(), render.image_model.as_deref()).map(drop)
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeLook = parse("look", params)?;
@@ -378,8 +380,8 @@ impl JobRunner for KeyframeRunner {
         let request: MakeKeyframe = parse("keyframe", params)?;
         let shot = shots::get_shot(&app.db, request.shot_id)?;
         keyframe_prompt(&shot)?;
-        settings(app, shot.storyboard_id, request.render)?;
-        models::image_model(app.data_dir()).map(drop)
+        let render = settings(app, shot.storyboard_id, request.render)?;
+        models::image_model(app.data_dir(), render.image_model.as_deref()).map(drop)
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeKeyframe = parse("keyframe", params)?;

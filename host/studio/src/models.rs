@@ -119,10 +119,28 @@ pub fn only_video_model(data_dir: &Path, why: &str) -> Result<String> {
 /// What to install when no image model is.
 pub const NO_IMAGE_MODEL: &str = "no image model is installed; pull one with `videosdgx models pull black-forest-labs/FLUX.2-klein-4B`";
 
-/// The image model keyframes, looks and plugins' images use: FLUX.2 [klein] when one is
-/// installed (distilled for few steps, made for reference editing), else the first by name.
-pub fn image_model(data_dir: &Path) -> Result<LocalModel> {
+/// The image model keyframes, looks and plugins' images use: `wanted` when given, else FLUX.2
+/// [klein] when one is installed (distilled for few steps, made for reference editing), else the
+/// first by name.
+pub fn image_model(data_dir: &Path, wanted: Option<&str>) -> Result<LocalModel> {
     let models = image_models(data_dir)?;
+    if let Some(name) = wanted.filter(|n| !n.is_empty()) {
+        return models
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let installed: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+                StudioError::Invalid(format!(
+                    "image model `{name}` is not installed (image models installed: {})",
+                    if installed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        installed.join(", ")
+                    }
+                ))
+            });
+    }
     let klein = models
         .iter()
         .position(|m| m.pipeline_class.as_deref() == Some("Flux2KleinPipeline"));
@@ -160,7 +178,7 @@ mod tests {
     fn a_models_kind_decides_its_role() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!keyframes_possible(dir.path()).unwrap());
-        let err = image_model(dir.path()).unwrap_err().to_string();
+        let err = image_model(dir.path(), None).unwrap_err().to_string();
         assert_eq!(err, NO_IMAGE_MODEL);
 
         install(dir.path(), "tiny-wan-t2v");
@@ -173,7 +191,15 @@ mod tests {
             names(image_models(dir.path()).unwrap()),
             ["tiny-flux2-klein"]
         );
-        assert_eq!(image_model(dir.path()).unwrap().name, "tiny-flux2-klein");
+        assert_eq!(
+            image_model(dir.path(), None).unwrap().name,
+            "tiny-flux2-klein"
+        );
+        let err = image_model(dir.path(), Some("tiny-wan-t2v")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image model `tiny-wan-t2v` is not installed (image models installed: tiny-flux2-klein)"
+        );
         // A text-to-video model cannot start from a keyframe.
         assert!(!keyframes_possible(dir.path()).unwrap());
         let err = resolve_model(dir.path(), Some("tiny-flux2-klein")).unwrap_err();

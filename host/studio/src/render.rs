@@ -207,6 +207,7 @@ fn keyframes_plan(
                 .into(),
         ));
     }
+    crate::models::image_model(app.data_dir(), request.render.image_model.as_deref())?;
     let video = crate::models::video_models(app.data_dir())?
         .into_iter()
         .find(|m| m.name == model);

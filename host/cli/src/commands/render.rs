@@ -55,6 +55,10 @@ pub struct RenderArgs {
     /// (docs/generation.md, "Step caching").
     #[arg(long)]
     pub cache: Option<String>,
+    /// The installed image model that makes the character looks and keyframes (when the project
+    /// uses keyframes); default: FLUX.2 [klein] when installed.
+    #[arg(long)]
+    pub image_model: Option<String>,
     /// Finish the stitched piece before writing it: a size and/or frame rate such as `4k24`,
     /// `1080p30`, `x2` or `1920x1080@24` (upscaled and interpolated with the models in
     /// DATA/models/finishing/; docs/finishing.md).
@@ -99,6 +103,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             guidance: args.guidance,
             preset: args.preset,
             cache: args.cache,
+            image_model: args.image_model,
         },
         max_attempts: args.max_attempts,
         out,

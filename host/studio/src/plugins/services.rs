@@ -210,6 +210,7 @@ impl StudioServices {
                     guidance: request.guidance.unwrap_or(defaults.guidance),
                     preset: None,
                     cache: None,
+                    image_model: None,
                 },
             };
             let output = app
@@ -610,6 +611,7 @@ impl HostServices for StudioServices {
                 height: request.height as usize,
                 steps: request.steps.map_or(defaults.steps, |s| s as usize),
                 guidance: request.guidance.unwrap_or(defaults.guidance),
+                model: None,
             };
             let (output, ()) = app
                 .generator
