@@ -928,6 +928,7 @@ mod tests {
     async fn generation_media_and_documents_stay_inside_the_bound_project() {
         let dir = tempfile::tempdir().unwrap();
         crate::generation::install_tiny_model(dir.path());
+        crate::generation::install_fixture_model(dir.path(), "tiny-flux2-klein");
         let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
         let mine = projects::create_project(&app.db, "mine").unwrap();
         let theirs = projects::create_project(&app.db, "theirs").unwrap();
@@ -959,7 +960,10 @@ mod tests {
             services.extract_frame(&video.id, 5).await,
             Err(PluginError::InvalidInput(m)) if m.contains("past the end")
         ));
-        let image = services.generate_image(request).await.unwrap();
+        let image = services
+            .generate_image(request.clone(), Vec::new())
+            .await
+            .unwrap();
         assert_eq!(
             (image.kind, image.mime.as_str()),
             (AssetKind::Image, "image/png")
@@ -979,6 +983,10 @@ mod tests {
         assert!(matches!(
             outsider.read_document("notes.md").await,
             Err(PluginError::NotFound(_))
+        ));
+        assert!(matches!(
+            outsider.generate_image(request, vec![image.id.clone()]).await,
+            Err(PluginError::NotFound(m)) if m == format!("asset `{}`", image.id)
         ));
         assert!(matches!(
             services.complete_text("hello", 8).await,
