@@ -147,6 +147,26 @@ fn settings(
     Ok(render)
 }
 
+/// A reference portrait's prompt: the character's description verbatim (as every shot's prompt
+/// has it), the piece's look, and a plain framing that shows the face.
+fn look_prompt(character: &Character, look: &str) -> String {
+    let mut parts = vec![format!(
+        "Character reference portrait of {}",
+        character.name
+    )];
+    parts.extend(
+        [character.description.as_str(), look]
+            .into_iter()
+            .map(|part| part.trim().trim_end_matches('.'))
+            .filter(|part| !part.is_empty())
+            .map(str::to_string),
+    );
+    parts.push(
+        "Head and shoulders, facing the camera, plain neutral background, even soft light".into(),
+    );
+    parts.join(". ") + "."
+}
+
 /// Parameters of a `look` job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -183,12 +203,7 @@ pub fn make_look(
     let render = settings(app, board.id, request.render.clone())?;
     let project = projects::get_project(&app.db, board.project_id)?;
     let seed = request.seed.unwrap_or_else(random_seed);
-    let prompt = format!(
-        "Character reference portrait of {}: {}. {} Head and shoulders, facing the camera, plain neutral background, even soft light.",
-        character.name,
-        character.description.trim_end_matches('.'),
-        bible.style.look
-    );
+    let prompt = look_prompt(&character, &bible.style.look);
     let image = ImageRequest {
         project_id: project.id,
         shot_id: None,
