@@ -3,7 +3,8 @@
 //! conditioned on that look → image-to-video from each keyframe (Wan 2.1 I2V) → stitch, every
 //! asset recorded with its generation record; a project that asks for keyframes without an
 //! image model installed is refused before anything is written; a plugin's `generation.image`
-//! (the image probe, API 0.2.0) with and without references, and its bad inputs.
+//! (the image probe, API 0.2.0) with and without references, and its bad inputs; looks refused
+//! at submission (no image model, an unknown character).
 
 #[path = "support/guests.rs"]
 mod guests;
@@ -312,8 +313,41 @@ fn plugins_generate_images_with_references_and_bad_inputs_are_refused() {
     );
     assert_eq!((count("assets"), count("generations")), (0, 0));
 
+    // Looks are refused at submission, before a job row exists: without an image model, and
+    // for a character the bible does not have.
+    let bible =
+        json!({ "characters": [{ "id": "mara", "name": "Mara", "description": "a keeper" }] });
+    let r = s.patch(
+        &format!("/api/storyboards/{board}"),
+        &json!({ "description": bible.to_string() }),
+    );
+    assert_eq!(r.status, 200, "{}", r.json());
+    let look = |character: &str| {
+        s.post(
+            "/api/jobs",
+            &json!({ "kind": "look", "project_id": project,
+                     "params": { "storyboard_id": board, "character_id": character } }),
+        )
+    };
+    let r = look("mara");
+    assert_eq!(r.status, 422, "{}", r.json());
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no image model is installed"),
+        "{}",
+        r.json()
+    );
+
     // Installed (copied in while the server runs): a still, then one that references it.
     install_tiny_model(&data, "tiny-flux2-klein");
+    let r = look("bob");
+    assert_eq!(r.status, 422, "{}", r.json());
+    assert_eq!(
+        r.json()["error"]["message"],
+        format!("storyboard {board}'s bible has no character `bob` (characters: mara)")
+    );
     let plain = made(&probe(&s, project, board, "- a lighthouse at dusk"));
     let referenced = made(&probe(
         &s,

@@ -423,6 +423,13 @@ try {
     assert.equal(generation.params.references.length, 1);
     await shot('13-keyframes');
 
+    // Reproduce on the keyframe's job copies its prompt and seed back into the shot.
+    await page.locator(`.job[data-job-id="${job.id}"]`).getByRole('button', { name: 'Reproduce' }).click();
+    await until(async () => {
+      const [again] = await api('GET', `/api/storyboards/${board.id}/shots`);
+      return again.keyframe_prompt === generation.params.prompt && again.seed === generation.params.seed;
+    });
+
     await page.locator('#keyframes').selectOption('off');
     await until(async () => (await api('GET', `/api/projects/${projectId}`)).keyframes === false);
   });

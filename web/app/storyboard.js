@@ -339,7 +339,10 @@ export async function storyboardEditor(container, { project, board, actions }) {
   }
 
   /** Copies a finished generation's parameters back into its shot (a keyframe's into its keyframe prompt). */
-  async function reproduce(job) {
+  async function reproduce(seen) {
+    // The live feed carries a job's state, not its result: fetch the finished job whole.
+    const job = seen.result ? seen : await attempt('Loading the job', () => endpoints.jobs.get(seen.id));
+    if (!job) return;
     const params = takeParams(job);
     const shot = shots.find((s) => s.id === (job.params?.shot_id ?? job.result?.shot_id));
     if (!shot || !params) { toast('This job has no generation parameters to copy.', 'error'); return; }
