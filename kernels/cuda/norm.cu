@@ -244,3 +244,108 @@ extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_f32(const flo
                                                                      int slices) {
     channel_rms_norm<float>(x, y, scale, outer, c, inner, silu, slices);
 }
+
+// GroupNorm over NC[spatial] tensors, as torch.nn.GroupNorm (+ SiLU): a (batch, group) row is the
+// contiguous run of its channels' pixels. Pass 1 sums each row's values and squares in chunks of
+// GN_CHUNK elements (f32 within a block, f64 across blocks), pass 2 normalises and applies the
+// per-channel affine, in f32, rounding once.
+#define GN_CHUNK 16384
+
+template <typename T>
+__device__ __forceinline__ void group_norm_stats(const T *__restrict__ x, double *__restrict__ stats,
+                                                 long long row_len) {
+    using P = Pixels16<T>;
+    constexpr int N = P::N;
+    __shared__ float partial[2][32];
+    const long long row = blockIdx.y;
+    const long long start = (long long)blockIdx.x * GN_CHUNK;
+    const long long end = min(start + GN_CHUNK, row_len);
+    const T *xp = x + row * row_len;
+    float s = 0.f, ss = 0.f;
+    for (long long i = start + (long long)threadIdx.x * N; i < end; i += (long long)blockDim.x * N) {
+        float v[N];
+        P::load(xp + i, v);
+#pragma unroll
+        for (int e = 0; e < N; ++e) {
+            s += v[e];
+            ss += v[e] * v[e];
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        s += __shfl_xor_sync(0xffffffffu, s, off);
+        ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        partial[0][warp] = s;
+        partial[1][warp] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0, total_sq = 0.0;
+        for (int w = 0; w < (int)(blockDim.x / 32); ++w) {
+            total += partial[0][w];
+            total_sq += partial[1][w];
+        }
+        atomicAdd(&stats[2 * row], total);
+        atomicAdd(&stats[2 * row + 1], total_sq);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void group_norm_apply(const T *__restrict__ x, T *__restrict__ y,
+                                                 const double *__restrict__ stats,
+                                                 const float *__restrict__ weight,
+                                                 const float *__restrict__ bias, long long total, int channels,
+                                                 int channels_per_group, long long pixels, float eps,
+                                                 int silu) {
+    using P = Pixels16<T>;
+    constexpr int N = P::N;
+    const long long idx = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * N;
+    if (idx >= total) return;
+    // `pixels` is a multiple of N, so a thread's N values share one channel and one row.
+    const long long channel = idx / pixels;  // over batch * channels
+    const long long row = channel / channels_per_group;
+    const double n = (double)channels_per_group * pixels;
+    const double mean = stats[2 * row] / n;
+    const double var = fmax(stats[2 * row + 1] / n - mean * mean, 0.0);
+    const float m = (float)mean, r = rsqrtf((float)var + eps);
+    const int c = (int)(channel % channels);
+    const float w = weight[c] * r, b = bias[c] - m * w;
+    float v[N];
+    P::load(x + idx, v);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+        float t = v[e] * w + b;
+        if (silu) t = t / (1.f + __expf(-t));
+        v[e] = t;
+    }
+    P::store(y + idx, v);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_stats_bf16(const bf16_t *x, double *stats,
+                                                                       long long row_len) {
+    group_norm_stats<bf16_t>(x, stats, row_len);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_stats_f32(const float *x, double *stats,
+                                                                      long long row_len) {
+    group_norm_stats<float>(x, stats, row_len);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_apply_bf16(const bf16_t *x, bf16_t *y,
+                                                                       const double *stats, const float *weight,
+                                                                       const float *bias, long long total,
+                                                                       int channels, int channels_per_group,
+                                                                       long long pixels, float eps, int silu) {
+    group_norm_apply<bf16_t>(x, y, stats, weight, bias, total, channels, channels_per_group, pixels, eps, silu);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_apply_f32(const float *x, float *y, const double *stats,
+                                                                      const float *weight, const float *bias,
+                                                                      long long total, int channels,
+                                                                      int channels_per_group, long long pixels,
+                                                                      float eps, int silu) {
+    group_norm_apply<float>(x, y, stats, weight, bias, total, channels, channels_per_group, pixels, eps, silu);
+}

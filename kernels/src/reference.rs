@@ -167,6 +167,30 @@ pub fn channel_rms_norm(
     if silu { y.silu() } else { Ok(y) }
 }
 
+/// `torch.nn.GroupNorm(groups, C, eps)` over `x` `[B, C, ...]` in f32, then SiLU when `silu`:
+/// what [`crate::group_norm`] computes on CUDA.
+pub fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let grouped = x.to_dtype(DType::F32)?.reshape((dims[0], groups, ()))?;
+    let centered = grouped.broadcast_sub(&grouped.mean_keepdim(2)?)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    let mut shape = vec![1; dims.len()];
+    shape[1] = dims[1];
+    let y = centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .reshape(dims)?
+        .broadcast_mul(&weight.to_dtype(DType::F32)?.reshape(shape.clone())?)?
+        .broadcast_add(&bias.to_dtype(DType::F32)?.reshape(shape)?)?;
+    if silu { y.silu() } else { Ok(y) }
+}
+
 /// A [`FrameConv`] with candle's ordinary ops, in `x`'s dtype on `x`'s device (the engine's
 /// portable path): the frames each output frame reads are gathered side by side on the channel
 /// dim, then one 2-D convolution runs over every output frame.

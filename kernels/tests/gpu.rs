@@ -318,6 +318,47 @@ fn channel_rms_norm_matches_reference_on_vae_layouts() {
 }
 
 #[test]
+fn group_norm_matches_reference_on_image_vae_layouts() {
+    let dev = gpu();
+    // [n, c, h, w] of the FLUX VAEs' decoder (32 groups), rows longer than one statistics block,
+    // a non-zero mean (the f64 sums must not cancel), and a tiny group count.
+    for (shape, groups, silu) in [
+        (vec![1, 128, 96, 80], 32, true),
+        (vec![2, 512, 16, 24], 32, false),
+        (vec![1, 64, 200, 136], 4, true),
+        (vec![3, 12, 8, 8], 3, false),
+    ] {
+        let x = randn(&shape, &dev).affine(3.0, 2.0).unwrap();
+        let c = shape[1];
+        let weight = Tensor::randn(1f32, 0.2f32, c, &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.2f32, c, &dev).unwrap();
+        let want = reference::group_norm(&cpu(&x), &cpu(&weight), &cpu(&bias), groups, 1e-6, silu)
+            .unwrap();
+        for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 1e-5)] {
+            let x = x.to_dtype(dtype).unwrap();
+            let got =
+                videosdgx_kernels::group_norm(&x, &weight, &bias, groups, 1e-6, silu).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let err = rel_err(&got, &want);
+            eprintln!(
+                "group norm {dtype:?} {shape:?} groups {groups} silu {silu}: rel err {err:.2e}"
+            );
+            assert!(err < bound, "group norm {dtype:?} {shape:?}: rel err {err}");
+        }
+    }
+    let odd = randn(&[1, 8, 3, 5], &dev);
+    let (w, b) = (
+        Tensor::ones(8, DType::F32, &dev).unwrap(),
+        Tensor::zeros(8, DType::F32, &dev).unwrap(),
+    );
+    let err = videosdgx_kernels::group_norm(&odd, &w, &b, 3, 1e-6, false).unwrap_err();
+    assert!(
+        err.to_string().contains("3 groups do not divide 8"),
+        "{err}"
+    );
+}
+
+#[test]
 fn channel_rms_norm_into_writes_only_its_view() {
     let dev = gpu();
     // The VAE's use: 4 frames normalised into a 6-frame buffer behind 2 cached frames.

@@ -108,6 +108,27 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Op
     Ok(None)
 }
 
+/// `torch.nn.GroupNorm` of `x` `[B, C, ...]` with the per-channel affine (and SiLU when `silu`)
+/// as two kernel passes, where a kernel covers the inputs.
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::group_norm(x, weight, bias, groups, eps, silu)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "group norm");
+    }
+    let _ = (x, weight, bias, groups, eps, silu);
+    Ok(None)
+}
+
 /// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, plus
 /// `residual` when given, as one cuBLASLt matmul with a fused epilogue (no separate bias,
 /// activation or residual pass), in `x`'s dtype. A layer with LoRA side paths is left to its own
@@ -439,6 +460,26 @@ mod cuda {
             return Ok(None);
         };
         videosdgx_kernels::gated_residual(x, y, &gate).map(Some)
+    }
+
+    pub(super) fn group_norm(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Option<Tensor>> {
+        let per_thread = 16 / x.dtype().size_in_bytes();
+        let pixels: usize = x.dims().iter().skip(2).product();
+        let covered = matches!(x.dtype(), DType::BF16 | DType::F32)
+            && x.device().is_cuda()
+            && x.rank() >= 3
+            && pixels.is_multiple_of(per_thread);
+        if super::disabled("norm") || !covered {
+            return Ok(None);
+        }
+        videosdgx_kernels::group_norm(x, weight, bias, groups, eps, silu).map(Some)
     }
 }
 

@@ -464,8 +464,10 @@ impl CustomOp1 for ModulatedNorm {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
+        // Rows are addressed as one run of `b * l` rows `st[1]` apart; a single batch may be a
+        // narrowed view (the image tokens of a joint text+image sequence).
         if st[2] != 1
-            || st[0] != st[1] * l
+            || (b > 1 && st[0] != st[1] * l)
             || !xl.start_offset().is_multiple_of(8)
             || !st[1].is_multiple_of(8)
         {
@@ -1159,4 +1161,180 @@ pub fn channel_rms_norm_into(
 ) -> Result<()> {
     let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
     dst.inplace_op2(&x.contiguous()?, &op)
+}
+
+/// `torch.nn.GroupNorm` (+ SiLU) as two kernels of norm.cu: per-(batch, group) sums, then the
+/// normalisation and per-channel affine.
+struct GroupNormOp {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+}
+
+impl CustomOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "group-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("group norm runs on CUDA only; reference::group_norm is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + DeviceRepr + 'static>(
+            op: &GroupNormOp,
+            xs: &CudaStorage,
+            xl: &Layout,
+            [stats_kernel, apply_kernel]: [&'static str; 2],
+        ) -> Result<(CudaStorage, Shape)> {
+            let per_thread = 16 / size_of::<T>();
+            let dims = xl.shape().dims();
+            let (b, c) = (dims[0], dims[1]);
+            let pixels: usize = dims[2..].iter().product();
+            if !xl.is_contiguous()
+                || !xl.start_offset().is_multiple_of(per_thread)
+                || !pixels.is_multiple_of(per_thread)
+            {
+                bail!(
+                    "group norm: x must be contiguous, 16-byte aligned, with a multiple of {per_thread} pixels per channel"
+                );
+            }
+            let dev = xs.device().clone();
+            let stream = dev.cuda_stream();
+            let total = xl.shape().elem_count();
+            let rows = b * op.groups;
+            let row_len = total / rows.max(1);
+            let mut out = output::<T>(&dev, total)?;
+            let stats = dev.alloc_zeros::<f64>(2 * rows)?;
+            if total == 0 {
+                return Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()));
+            }
+            let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
+            let (stats_ptr, _sg) = stats.device_ptr(&stream);
+            let row_len64 = row_len as i64;
+            let chunks = row_len.div_ceil(GROUP_NORM_CHUNK) as u32;
+            let func = function(&dev, &NORM, stats_kernel)?;
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&stats_ptr).arg(&row_len64);
+            let cfg = LaunchConfig {
+                grid_dim: (chunks, rows as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match group_norm_stats_* in norm.cu; x holds rows * row_len
+            // elements and stats 2 * rows zeroed f64.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("group norm statistics launch"))?;
+
+            let terms = [&op.weight, &op.bias]
+                .map(|t| t.storage_and_layout())
+                .map(|(storage, layout)| (storage, layout.start_offset()));
+            let mut ptrs = [0u64; 2];
+            let mut syncs = Vec::new();
+            for (slot, (storage, offset)) in ptrs.iter_mut().zip(&terms) {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("group norm: weight and bias must be on the CUDA device")
+                };
+                let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+                *slot = p + 4 * *offset as u64;
+                syncs.push(sync);
+            }
+            let (y, _yg) = out.device_ptr_mut(&stream);
+            let (total64, c32, per_group, pixels64, silu) = (
+                total as i64,
+                c as i32,
+                (c / op.groups) as i32,
+                pixels as i64,
+                i32::from(op.silu),
+            );
+            let func = function(&dev, &NORM, apply_kernel)?;
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x)
+                .arg(&y)
+                .arg(&stats_ptr)
+                .arg(&ptrs[0])
+                .arg(&ptrs[1])
+                .arg(&total64)
+                .arg(&c32)
+                .arg(&per_group)
+                .arg(&pixels64)
+                .arg(&op.eps)
+                .arg(&silu);
+            let cfg = LaunchConfig {
+                grid_dim: ((total / per_thread).div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match group_norm_apply_* in norm.cu; y is a fresh output of
+            // x's size, weight and bias hold c f32 each (checked by `group_norm`).
+            unsafe { launch.launch(cfg) }.map_err(driver_err("group norm launch"))?;
+            drop((_yg, syncs));
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+        }
+        match xs.dtype() {
+            DType::BF16 => run::<bf16>(
+                self,
+                xs,
+                xl,
+                ["group_norm_stats_bf16", "group_norm_apply_bf16"],
+            ),
+            DType::F32 => run::<f32>(
+                self,
+                xs,
+                xl,
+                ["group_norm_stats_f32", "group_norm_apply_f32"],
+            ),
+            dtype => bail!("group norm runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+/// Elements of a (batch, group) row one block of the statistics pass sums (`GN_CHUNK`).
+const GROUP_NORM_CHUNK: usize = 16384;
+
+/// `torch.nn.GroupNorm(groups, C, eps)` on CUDA over `x` `[B, C, ...]` (bf16 or f32, the pixels
+/// of a channel 16 bytes' worth of elements), with `weight`/`bias` `[C]` read as f32, then SiLU
+/// when `silu`: statistics in f64 across blocks, the rest in f32, rounded once to `x`'s dtype.
+pub fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if x.rank() < 2 || !matches!(x.dtype(), DType::BF16 | DType::F32) || !x.device().is_cuda() {
+        bail!(
+            "group norm: x must be [batch, channels, ...] bf16 or f32 on CUDA, got {:?} {:?} on {:?}",
+            x.dims(),
+            x.dtype(),
+            x.device()
+        );
+    }
+    let c = x.dim(1)?;
+    if groups == 0 || !c.is_multiple_of(groups) {
+        bail!("group norm: {groups} groups do not divide {c} channels");
+    }
+    let flat = |t: &Tensor, what: &str| -> Result<Tensor> {
+        if t.elem_count() != c {
+            bail!(
+                "group norm: {what} has {} values for {c} channels",
+                t.elem_count()
+            );
+        }
+        t.to_device(x.device())?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .contiguous()
+    };
+    let op = GroupNormOp {
+        weight: flat(weight, "weight")?,
+        bias: flat(bias, "bias")?,
+        groups,
+        eps: eps as f32,
+        silu,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op)
 }

@@ -22,6 +22,9 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// One call of a Wan component at a preset's full published config with random weights.
     Wan(WanArgs),
+    /// FLUX.2 at a preset's published size with random weights: the transformer, the VAE
+    /// decode, or a whole generation from prompt embeddings.
+    Flux2(Flux2Args),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
     /// A language model at a preset's published size with random weights: prefill, greedy
@@ -76,6 +79,64 @@ pub struct LlmArgs {
     pub encode_tokens: usize,
     /// After timing, run the prefill and 8 decoding steps once more with the device synchronised
     /// around each section (summed over the layers) and report where the time goes.
+    #[arg(long)]
+    pub profile: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// FLUX.2 transformers whose published configs `bench flux2` builds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Flux2Preset {
+    /// FLUX.2 [klein] 4B: 5 double and 20 single blocks of width 3072, Qwen3-4B text (7680).
+    #[value(name = "klein-4b")]
+    Klein4b,
+    /// FLUX.2 [dev] 32B: 8 double and 48 single blocks of width 6144, Mistral text (15360).
+    #[value(name = "dev")]
+    Dev,
+}
+
+impl Flux2Preset {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench reports it
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Klein4b => "flux2-klein-4b",
+            Self::Dev => "flux2-dev",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flux2Component {
+    /// One transformer forward.
+    Transformer,
+    /// The VAE decoding the image's latents.
+    Vae,
+    /// A whole generation from prompt embeddings: `--steps` steps and the decode.
+    Pipeline,
+}
+
+#[derive(Args, Debug)]
+pub struct Flux2Args {
+    #[arg(long, value_enum, default_value = "klein-4b")]
+    pub preset: Flux2Preset,
+    #[arg(long, default_value_t = 1024)]
+    pub height: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    #[arg(long, value_enum, default_value = "transformer")]
+    pub component: Flux2Component,
+    /// Denoising steps of the pipeline component (4: the distilled [klein] models).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..).map(|v| v as usize))]
+    pub steps: usize,
+    /// Timed repetitions of the transformer or the VAE (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
+    pub reps: u32,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    /// After timing the transformer, run it once more with the device synchronised around each
+    /// section (summed over the blocks) and report where the time goes.
     #[arg(long)]
     pub profile: bool,
     #[arg(long)]
@@ -246,6 +307,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     {
         match cmd {
             BenchCommand::Wan(args) => gpu::wan(&args),
+            BenchCommand::Flux2(args) => {
+                let (dev, ctx) = gpu::cuda()?;
+                gpu::flux2::bench(&args, &dev, &ctx)
+            }
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
             BenchCommand::Upscale(_)
@@ -268,6 +333,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    pub(super) mod flux2;
     mod llm;
     mod pipeline;
 
@@ -285,7 +351,7 @@ mod gpu {
     use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
     use videosdgx_kernels::{NormKind, NormSpec, RopeGrid};
 
-    fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
+    pub(super) fn cuda() -> anyhow::Result<(Device, Arc<CudaContext>)> {
         let dev = Device::new_cuda(0).context("no CUDA device")?;
         let Device::Cuda(cd) = &dev else {
             unreachable!()
@@ -386,7 +452,10 @@ mod gpu {
                 let fan_in: usize = dims[1..].iter().product();
                 Tensor::randn(0f32, (fan_in as f32).powf(-0.5), s, dev)?
             } else {
-                let mean = if name.contains("norm") && name.ends_with("weight") {
+                // Norm scales and BatchNorm variances near 1 (a variance must stay positive).
+                let mean = if (name.contains("norm") && name.ends_with("weight"))
+                    || name.ends_with("running_var")
+                {
                     1f32
                 } else {
                     0f32
@@ -435,7 +504,9 @@ mod gpu {
     }
 
     /// One call of `f` with the engine's section profiler on: synchronised wall time per section.
-    fn profiled(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<ProfileSection>> {
+    pub(super) fn profiled(
+        f: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<ProfileSection>> {
         use videosdgx_engine::fused::profile;
         profile::enable(true);
         let result = f();
@@ -452,7 +523,7 @@ mod gpu {
     }
 
     #[derive(Serialize)]
-    struct ProfileSection {
+    pub(super) struct ProfileSection {
         section: String,
         ms: f64,
         calls: usize,

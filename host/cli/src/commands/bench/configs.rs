@@ -3,7 +3,9 @@
 //! them. Only data: building and timing the models is the `gpu` module's.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use them
 
-use super::{LlmPreset, Preset, WanShape};
+use super::{Flux2Preset, LlmPreset, Preset, WanShape};
+use videosdgx_engine::families::flux2::transformer::Flux2TransformerConfig;
+use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2Config;
 use videosdgx_engine::families::wan::transformer::WanTransformerConfig;
 use videosdgx_engine::families::wan::vae::WanVaeConfig;
 use videosdgx_engine::models::umt5::UMT5Config;
@@ -148,6 +150,41 @@ pub fn llm_config(preset: LlmPreset) -> LanguageModelConfig {
         LlmPreset::Gemma3_4b => gemma3(2560, 10_240, 34, 8, 4),
         LlmPreset::Gemma3_12b => gemma3(3840, 15_360, 48, 16, 8),
     }
+}
+
+/// The preset's published `transformer/config.json`.
+pub fn flux2_transformer(preset: Flux2Preset) -> Flux2TransformerConfig {
+    match preset {
+        Flux2Preset::Klein4b => Flux2TransformerConfig {
+            num_layers: 5,
+            num_single_layers: 20,
+            num_attention_heads: 24,
+            joint_attention_dim: 7680,
+            guidance_embeds: false,
+            ..Flux2TransformerConfig::default()
+        },
+        Flux2Preset::Dev => Flux2TransformerConfig::default(),
+    }
+}
+
+/// The FLUX.2 VAE (`vae/config.json`, the reference's defaults).
+pub fn flux2_vae() -> AutoencoderKLFlux2Config {
+    AutoencoderKLFlux2Config::default()
+}
+
+/// `scheduler/scheduler_config.json` of the FLUX.2 pipelines.
+pub fn flux2_scheduler() -> serde_json::Value {
+    serde_json::json!({
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": true,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+        "time_shift_type": "exponential"
+    })
 }
 
 #[cfg(test)]

@@ -50,6 +50,18 @@ struct QwenText {
     dir: PathBuf,
 }
 
+/// The models of a pipeline already in memory: what [`Flux2Pipeline::from_parts`] takes
+/// ([`Flux2Pipeline::load`] reads them from a directory). Without a text encoder every
+/// generation brings its prompt embeddings.
+pub struct Flux2Parts {
+    pub transformer: Flux2Transformer2DModel,
+    pub vae: AutoencoderKLFlux2,
+    /// `scheduler_config.json`; each generation builds its scheduler from it.
+    pub scheduler_config: serde_json::Value,
+    /// Names the pipeline in error messages.
+    pub name: String,
+}
+
 pub struct Flux2Pipeline {
     name: String,
     device: Device,
@@ -73,7 +85,7 @@ fn component(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 impl Flux2Pipeline {
-    /// Loads the pipeline directory `dir` (weights memory-mapped; the VAE in f32).
+    /// Loads the pipeline directory `dir` (weights memory-mapped).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let index = read_pipeline_index(dir)?;
         let variant = match index.class_name.as_str() {
@@ -115,11 +127,32 @@ impl Flux2Pipeline {
                 device,
                 dtype,
             )?,
-            vae: AutoencoderKLFlux2::load(&component(dir, "vae")?, device, DType::F32)?,
+            vae: AutoencoderKLFlux2::load(&component(dir, "vae")?, device, dtype)?,
             scheduler_config: read_config(
                 &component(dir, "scheduler")?.join("scheduler_config.json"),
             )?,
         })
+    }
+
+    /// A pipeline over models in memory, with no text encoder: a distilled [klein] when the
+    /// transformer has no guidance embedding, else [dev].
+    pub fn from_parts(parts: Flux2Parts, device: &Device, dtype: DType) -> Self {
+        let variant = if parts.transformer.config().guidance_embeds {
+            Variant::Dev
+        } else {
+            Variant::Klein { distilled: true }
+        };
+        Self {
+            name: parts.name,
+            device: device.clone(),
+            dtype,
+            variant,
+            text: None,
+            keep_text_encoder: true,
+            transformer: parts.transformer,
+            vae: parts.vae,
+            scheduler_config: parts.scheduler_config,
+        }
     }
 
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
@@ -242,12 +275,12 @@ impl Flux2Pipeline {
         }
 
         report(Stage::Decoding, 0, 1)?;
-        let latents = unpack(&latents.to_dtype(DType::F32)?, grid_h, grid_w)?;
+        let latents = unpack(&latents, grid_h, grid_w)?;
         let z = self
             .vae
             .unpatchify_latents(&self.vae.denormalize_latents(&latents)?)?;
         let image = self.vae.decode(&z)?;
-        let frames = ((image.squeeze(0)?.permute((1, 2, 0))? / 2.0)? + 0.5)?
+        let frames = ((image.squeeze(0)?.permute((1, 2, 0))?.to_dtype(DType::F32)? / 2.0)? + 0.5)?
             .clamp(0f32, 1f32)?
             .unsqueeze(0)?
             .to_device(&Device::Cpu)?;
@@ -255,7 +288,7 @@ impl Flux2Pipeline {
         Ok(GeneratedVideo {
             frames,
             fps: 0,
-            latents: z,
+            latents: z.to_dtype(DType::F32)?,
             loras: Vec::new(),
             cache: None,
         })
@@ -364,7 +397,7 @@ impl Flux2Pipeline {
                     .to_dtype(DType::F32)?
                     .permute((2, 0, 1))?
                     .unsqueeze(0)?;
-            let pixels = ((pixels / 127.5)? - 1.0)?;
+            let pixels = ((pixels / 127.5)? - 1.0)?.to_dtype(self.dtype)?;
             let latents = self
                 .vae
                 .normalize_latents(&self.vae.patchify_latents(&self.vae.encode(&pixels)?)?)?;
@@ -436,7 +469,7 @@ fn unpack(tokens: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 }
 
 /// Position ids `(t, y, x, 0)` of an `h`x`w` token grid, row-major: `[h·w, 4]`.
-fn grid_ids(t: u32, h: usize, w: usize, device: &Device) -> Result<Tensor> {
+pub fn grid_ids(t: u32, h: usize, w: usize, device: &Device) -> Result<Tensor> {
     let ids: Vec<f32> = (0..h)
         .flat_map(|y| (0..w).flat_map(move |x| [t as f32, y as f32, x as f32, 0.0]))
         .collect();
@@ -444,7 +477,7 @@ fn grid_ids(t: u32, h: usize, w: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Position ids `(0, 0, 0, l)` of `len` text tokens: `[len, 4]`.
-fn text_ids(len: usize, device: &Device) -> Result<Tensor> {
+pub fn text_ids(len: usize, device: &Device) -> Result<Tensor> {
     let ids: Vec<f32> = (0..len).flat_map(|l| [0.0, 0.0, 0.0, l as f32]).collect();
     Ok(Tensor::from_vec(ids, (len, 4), device)?)
 }
@@ -455,12 +488,17 @@ mod tests {
 
     #[test]
     fn empirical_mu_matches_the_reference() {
-        // Values from diffusers' compute_empirical_mu.
-        assert!(
-            (empirical_mu(4096, 4) - 2.0117).abs() < 1e-3,
-            "{}",
-            empirical_mu(4096, 4)
-        );
+        // diffusers' compute_empirical_mu at 1024² (4,096 tokens) and 512²-ish sizes.
+        for (tokens, steps, mu) in [
+            (4096, 4, 2.291179894115571),
+            (4096, 50, 2.0233511571292637),
+            (1024, 28, 1.8591765771805644),
+        ] {
+            assert!(
+                (empirical_mu(tokens, steps) - mu).abs() < 1e-12,
+                "{tokens} {steps}"
+            );
+        }
         assert!((empirical_mu(5000, 50) - (0.00016927 * 5000.0 + 0.45666666)).abs() < 1e-12);
     }
 

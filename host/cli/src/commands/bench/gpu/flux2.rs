@@ -1,0 +1,248 @@
+//! `bench flux2`: FLUX.2 at a preset's published size with random weights, in bf16: one
+//! transformer forward (batch 1, 512 text tokens, the image's latent tokens), the VAE decode, or
+//! a whole generation through the engine's own [`Flux2Pipeline`] from prompt embeddings
+//! (`--steps` flow-Euler steps, the VAE decode and the copy to the host; the text encoder is
+//! `bench llm`'s business). The generation is timed once after an untimed run of the same size.
+
+use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
+use crate::commands::bench::configs::{flux2_scheduler, flux2_transformer, flux2_vae};
+use crate::commands::bench::{Flux2Args, Flux2Component};
+use anyhow::Context;
+use candle_core::cuda_backend::cudarc::driver::CudaContext;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use videosdgx_engine::families::flux2::pipeline::{Flux2Parts, Flux2Pipeline, grid_ids, text_ids};
+use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
+use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
+
+/// Text tokens: the pipelines pad every prompt to 512.
+const TEXT_TOKENS: usize = 512;
+/// Pixels per latent token: the VAE's 8x downsampling and the 2x2 patch.
+const PIXELS_PER_TOKEN: usize = 16;
+
+#[derive(Serialize)]
+struct Report {
+    gpu: String,
+    preset: String,
+    component: Flux2Component,
+    height: usize,
+    width: usize,
+    /// Median milliseconds of one call (transformer, VAE), or of the whole generation.
+    ms: f64,
+    /// The generation's stages: median step, decode (with the copy to the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<usize>,
+    /// max |x| of the output (finite random weights give a finite output).
+    output_max_abs: f32,
+    /// With --profile: synchronised wall time per section of the transformer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<ProfileSection>,
+    peak_gib: f64,
+    params_b: f64,
+}
+
+fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
+    let m = t
+        .to_dtype(DType::F32)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    anyhow::ensure!(m.is_finite(), "the output is not finite (max |x| = {m})");
+    Ok(m)
+}
+
+pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
+    if !args.height.is_multiple_of(PIXELS_PER_TOKEN) || !args.width.is_multiple_of(PIXELS_PER_TOKEN)
+    {
+        anyhow::bail!("height and width must be multiples of {PIXELS_PER_TOKEN}");
+    }
+    let (gh, gw) = (
+        args.height / PIXELS_PER_TOKEN,
+        args.width / PIXELS_PER_TOKEN,
+    );
+    let params = Arc::new(AtomicUsize::new(0));
+    let vb = VarBuilder::from_backend(
+        Box::new(RandomWeights {
+            params: params.clone(),
+        }),
+        DType::BF16,
+        dev.clone(),
+    );
+    let config = flux2_transformer(args.preset);
+    let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
+    let peak = MemoryPeak::start(ctx);
+    let mut profile = Vec::new();
+    let (ms, output, stages) = match args.component {
+        Flux2Component::Transformer => {
+            let model = Flux2Transformer2DModel::new(&config, vb.clone())
+                .context("building the transformer")?;
+            let hidden = bf16(Tensor::randn(
+                0f32,
+                1f32,
+                (1, gh * gw, config.in_channels),
+                dev,
+            )?)?;
+            let text = bf16(Tensor::randn(
+                0f32,
+                1f32,
+                (1, TEXT_TOKENS, config.joint_attention_dim),
+                dev,
+            )?)?;
+            let timestep = bf16(Tensor::new(&[0.5f32], dev)?)?;
+            let guidance = config
+                .guidance_embeds
+                .then(|| bf16(Tensor::new(&[4f32], dev)?))
+                .transpose()?;
+            let (img_ids, txt_ids) = (grid_ids(0, gh, gw, dev)?, text_ids(TEXT_TOKENS, dev)?);
+            let mut out = None;
+            let ms = time_ms(dev, args.warmup, args.reps, || {
+                out = Some(model.forward(
+                    &hidden,
+                    &text,
+                    &timestep,
+                    &img_ids,
+                    &txt_ids,
+                    guidance.as_ref(),
+                )?);
+                Ok(())
+            })?;
+            if args.profile {
+                profile = profiled(|| {
+                    let forward = || {
+                        let guidance = guidance.as_ref();
+                        model.forward(&hidden, &text, &timestep, &img_ids, &txt_ids, guidance)
+                    };
+                    forward()?;
+                    Ok(())
+                })?;
+            }
+            (ms, out.context("no timed call")?, None)
+        }
+        Flux2Component::Vae => {
+            let vae =
+                AutoencoderKLFlux2::new(&flux2_vae(), vb.pp("vae")).context("building the VAE")?;
+            let z = bf16(Tensor::randn(0f32, 1f32, (1, 32, gh * 2, gw * 2), dev)?)?;
+            let mut out = None;
+            let ms = time_ms(dev, 1, args.reps, || {
+                out = Some(vae.decode(&z)?);
+                Ok(())
+            })?;
+            (ms, out.context("no timed call")?, None)
+        }
+        Flux2Component::Pipeline => {
+            let mut pipeline = Flux2Pipeline::from_parts(
+                Flux2Parts {
+                    transformer: Flux2Transformer2DModel::new(&config, vb.pp("transformer"))
+                        .context("building the transformer")?,
+                    vae: AutoencoderKLFlux2::new(&flux2_vae(), vb.pp("vae"))
+                        .context("building the VAE")?,
+                    scheduler_config: flux2_scheduler(),
+                    name: format!("random {}", args.preset.name()),
+                },
+                dev,
+                DType::BF16,
+            );
+            let embeds = Tensor::randn(
+                0f32,
+                1f32,
+                (1, TEXT_TOKENS, config.joint_attention_dim),
+                dev,
+            )?;
+            let params = GenerateParams {
+                prompt: String::new(),
+                negative_prompt: String::new(),
+                height: args.height,
+                width: args.width,
+                frames: 1,
+                steps: args.steps,
+                guidance: 4.0,
+                guidance_2: None,
+                seed: 0,
+                start_image: None,
+                end_image: None,
+                flow_shift: None,
+                scheduler: None,
+                denoising_steps: None,
+                loras: Vec::new(),
+                lora_mode: Default::default(),
+                cache: None,
+                references: Vec::new(),
+            };
+            let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
+                let inputs = GenerateInputs {
+                    prompt_embeds: Some(embeds.clone()),
+                    ..Default::default()
+                };
+                let (mut steps, mut decode) = (Vec::new(), Vec::new());
+                dev.synchronize()?;
+                let start = Instant::now();
+                let image = pipeline.generate(&params, inputs, &mut |p: &Progress| {
+                    if dev.synchronize().is_err() {
+                        return ControlFlow::Break(());
+                    }
+                    match p.stage {
+                        Stage::Denoising => steps.push(Instant::now()),
+                        Stage::Decoding => decode.push(Instant::now()),
+                        _ => {}
+                    }
+                    ControlFlow::Continue(())
+                })?;
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                Ok((ms, steps, decode, image.frames))
+            };
+            run().context("the warm-up run")?;
+            let (ms, steps, decode, frames) = run()?;
+            let between = |a: &Instant, b: &Instant| b.duration_since(*a).as_secs_f64() * 1e3;
+            let mut step_ms: Vec<f64> = steps.windows(2).map(|w| between(&w[0], &w[1])).collect();
+            step_ms.sort_by(f64::total_cmp);
+            let ([decode_start, decode_end], Some(step)) =
+                (decode.as_slice(), step_ms.get(step_ms.len() / 2))
+            else {
+                anyhow::bail!("the pipeline reported no steps or no decoding");
+            };
+            (ms, frames, Some((*step, between(decode_start, decode_end))))
+        }
+    };
+    let peak_gib = peak.finish();
+    let report = Report {
+        gpu: ctx.name()?,
+        preset: args.preset.name().into(),
+        component: args.component,
+        height: args.height,
+        width: args.width,
+        ms,
+        step_ms: stages.map(|s| s.0),
+        decode_ms: stages.map(|s| s.1),
+        steps: stages.map(|_| args.steps),
+        output_max_abs: max_abs(&output)?,
+        profile,
+        peak_gib,
+        params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} {:?} on {}, {}x{}: {:.1} ms; peak {:.1} GiB, {:.2}B params",
+            report.preset,
+            report.component,
+            report.gpu,
+            report.height,
+            report.width,
+            report.ms,
+            report.peak_gib,
+            report.params_b
+        );
+    }
+    Ok(())
+}
