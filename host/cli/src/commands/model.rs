@@ -16,7 +16,7 @@ use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
-    autoencoder_kl::AutoencoderKL, clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel,
+    autoencoder_kl::AutoencoderKL, clip_vision::CLIPVisionModel, t5::T5EncoderModel,
 };
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
@@ -193,7 +193,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             vec![("sample", sample)]
         }
         ComponentClass::UMT5EncoderModel => {
-            let model = UMT5EncoderModel::load(&args.model, &device, dtype)?;
+            let model = T5EncoderModel::load(&args.model, &device, dtype)?;
             let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
             vec![("last_hidden_state", hidden)]
         }

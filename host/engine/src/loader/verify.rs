@@ -4,9 +4,9 @@
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
-use crate::families::flux2;
+use crate::families::{flux, flux2};
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::models::{autoencoder_kl, clip_vision, umt5};
+use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::Serialize;
@@ -220,9 +220,13 @@ fn ignorable(class: ComponentClass, tensor: &str) -> bool {
         // `_keys_to_ignore_on_load_unexpected = ["norm_added_q"]`
         ComponentClass::WanTransformer3DModel => tensor.contains("norm_added_q"),
         // The embedding is tied to `shared.weight`; checkpoints may store both names.
-        ComponentClass::UMT5EncoderModel => tensor == "encoder.embed_tokens.weight",
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
+            tensor == "encoder.embed_tokens.weight"
+        }
         // A non-persistent buffer that older checkpoints saved.
-        ComponentClass::CLIPVisionModel => tensor.ends_with("embeddings.position_ids"),
+        ComponentClass::CLIPVisionModel | ComponentClass::CLIPTextModel => {
+            tensor.ends_with("embeddings.position_ids")
+        }
         // The BatchNorm's (int64) step counter, which inference never reads.
         ComponentClass::AutoencoderKLFlux2 => tensor == "bn.num_batches_tracked",
         _ => false,
@@ -252,9 +256,17 @@ fn build_with(
             let cfg: flux2::transformer::Flux2TransformerConfig = super::read_config(&config)?;
             flux2::transformer::Flux2Transformer2DModel::new(&cfg, vb)?;
         }
-        ComponentClass::UMT5EncoderModel => {
-            let cfg: umt5::UMT5Config = super::read_config(&config)?;
-            umt5::UMT5EncoderModel::new(&cfg, vb)?;
+        ComponentClass::FluxTransformer2DModel => {
+            let cfg: flux::transformer::FluxTransformerConfig = super::read_config(&config)?;
+            flux::transformer::FluxTransformer2DModel::new(&cfg, vb)?;
+        }
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
+            let cfg: t5::T5Config = super::read_config(&config)?;
+            t5::T5EncoderModel::new(&cfg, vb)?;
+        }
+        ComponentClass::CLIPTextModel => {
+            let cfg: clip_text::CLIPTextConfig = super::read_config(&config)?;
+            clip_text::CLIPTextModel::new(&cfg, vb)?;
         }
         ComponentClass::CLIPVisionModel => {
             let cfg: clip_vision::CLIPVisionConfig = super::read_config(&config)?;

@@ -23,7 +23,7 @@ use crate::image_processor::CLIPImageProcessor;
 use crate::loader::{read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
-use crate::models::umt5::UMT5EncoderModel;
+use crate::models::t5::T5EncoderModel;
 use crate::pipelines::{
     Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
     StartImage, initial_noise,
@@ -47,7 +47,7 @@ const WAN_FPS: u32 = 16;
 pub struct TextSide {
     pub tokenizer: PromptTokenizer,
     /// `None` until first needed, or after being dropped.
-    pub encoder: Option<UMT5EncoderModel>,
+    pub encoder: Option<T5EncoderModel>,
     /// The `text_encoder` folder the encoder is (re)loaded from.
     pub encoder_dir: PathBuf,
 }
@@ -58,7 +58,7 @@ impl TextSide {
         let encoder_dir = component(dir, "text_encoder")?;
         Ok(Self {
             tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
-            encoder: Some(UMT5EncoderModel::load(&encoder_dir, device, dtype)?),
+            encoder: Some(T5EncoderModel::load(&encoder_dir, device, dtype)?),
             encoder_dir,
         })
     }
@@ -365,7 +365,7 @@ impl WanPipeline {
         };
         let encoder = match &mut text.encoder {
             Some(encoder) => encoder,
-            None => text.encoder.insert(UMT5EncoderModel::load(
+            None => text.encoder.insert(T5EncoderModel::load(
                 &text.encoder_dir,
                 &self.device,
                 self.dtype,
