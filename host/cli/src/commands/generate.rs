@@ -62,6 +62,13 @@ pub struct GenerateArgs {
     /// Negative prompt embeddings instead of encoding --negative-prompt.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
+    /// FLUX.1: the pooled CLIP embedding (safetensors, one tensor `[1, pooled_dim]`) that goes
+    /// with --prompt-embeds (the T5 states).
+    #[arg(long, requires = "prompt_embeds")]
+    pub pooled_prompt_embeds: Option<PathBuf>,
+    /// FLUX.1: the pooled CLIP embedding that goes with --negative-prompt-embeds.
+    #[arg(long, requires = "negative_prompt_embeds")]
+    pub negative_pooled_prompt_embeds: Option<PathBuf>,
     /// Also write the output as safetensors: key `video`, f32 [frames, height, width, 3] in
     /// [0, 1], or for an image model key `image`, f32 [height, width, 3].
     #[arg(long)]
@@ -234,6 +241,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .negative_prompt_embeds
             .as_deref()
             .map(|p| single_tensor(p, "--negative-prompt-embeds"))
+            .transpose()?,
+        pooled_prompt_embeds: args
+            .pooled_prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--pooled-prompt-embeds"))
+            .transpose()?,
+        negative_pooled_prompt_embeds: args
+            .negative_pooled_prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--negative-pooled-prompt-embeds"))
             .transpose()?,
     };
     let device = parse_device(&args.device)?;

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
@@ -16,7 +17,8 @@ use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
-    autoencoder_kl::AutoencoderKL, clip_vision::CLIPVisionModel, t5::T5EncoderModel,
+    autoencoder_kl::AutoencoderKL, clip_text::CLIPTextModel, clip_vision::CLIPVisionModel,
+    t5::T5EncoderModel,
 };
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
@@ -28,8 +30,10 @@ pub enum ModelCommand {
     /// WanTransformer3DModel: hidden_states, timestep, encoder_hidden_states
     /// [, encoder_hidden_states_image] -> sample. Flux2Transformer2DModel: hidden_states,
     /// encoder_hidden_states, timestep (t / 1000, as the pipelines pass it), img_ids, txt_ids (f32
-    /// or integer) [, guidance] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
-    /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
+    /// or integer) [, guidance] -> sample. FluxTransformer2DModel: the same plus
+    /// pooled_projections (ids [L, 3]). UMT5EncoderModel, T5EncoderModel: input_ids,
+    /// attention_mask -> last_hidden_state. CLIPTextModel: input_ids -> last_hidden_state,
+    /// pooler_output. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
     /// AutoencoderKLFlux2: latents -> sample (decode; the image VAEs' sample is not clamped), or
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
@@ -157,11 +161,13 @@ fn forward(args: &ForwardArgs) -> Result<()> {
 
     let adaptable = matches!(
         class,
-        ComponentClass::WanTransformer3DModel | ComponentClass::Flux2Transformer2DModel
+        ComponentClass::WanTransformer3DModel
+            | ComponentClass::Flux2Transformer2DModel
+            | ComponentClass::FluxTransformer2DModel
     );
     if !args.loras.is_empty() && !adaptable {
         bail!(
-            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, Flux2Transformer2DModel)"
+            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel)"
         );
     }
     let loras = open_loras(&args.loras)?;
@@ -192,10 +198,32 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             )?;
             vec![("sample", sample)]
         }
-        ComponentClass::UMT5EncoderModel => {
+        ComponentClass::FluxTransformer2DModel => {
+            let mut model = FluxTransformer2DModel::load(&args.model, &device, dtype)?;
+            model.set_loras(&loras, args.lora_mode.into())?;
+            let sample = model.forward(
+                input("hidden_states")?,
+                input("encoder_hidden_states")?,
+                input("pooled_projections")?,
+                input("timestep")?,
+                input("img_ids")?,
+                input("txt_ids")?,
+                inputs.get("guidance"),
+            )?;
+            vec![("sample", sample)]
+        }
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
             let model = T5EncoderModel::load(&args.model, &device, dtype)?;
             let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
             vec![("last_hidden_state", hidden)]
+        }
+        ComponentClass::CLIPTextModel => {
+            let model = CLIPTextModel::load(&args.model, &device, dtype)?;
+            let out = model.forward(input("input_ids")?)?;
+            vec![
+                ("last_hidden_state", out.last_hidden_state),
+                ("pooler_output", out.pooler_output),
+            ]
         }
         ComponentClass::CLIPVisionModel => {
             let model = CLIPVisionModel::load(&args.model, &device, dtype)?;

@@ -12,6 +12,7 @@ mod noise;
 
 pub use noise::initial_noise;
 
+use crate::families::flux::pipeline::FluxPipeline;
 use crate::families::flux2::pipeline::Flux2Pipeline;
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
@@ -163,6 +164,11 @@ pub struct GenerateInputs {
     pub prompt_embeds: Option<Tensor>,
     /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
     pub negative_prompt_embeds: Option<Tensor>,
+    /// FLUX.1's pooled CLIP embedding `[1, pooled_dim]`, given with `prompt_embeds`.
+    pub pooled_prompt_embeds: Option<Tensor>,
+    /// FLUX.1's pooled CLIP embedding of the negative prompt, given with
+    /// `negative_prompt_embeds`.
+    pub negative_pooled_prompt_embeds: Option<Tensor>,
 }
 
 /// What a checkpoint does with a start image (image-to-video).
@@ -191,11 +197,26 @@ pub struct Capabilities {
     pub output: Output,
     /// Whether a generation needs, may take, or cannot take a start image.
     pub start_image: StartImage,
+    /// What an image model does with [`GenerateParams::references`].
+    pub references: References,
+}
+
+/// What a checkpoint does with reference images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum References {
+    /// Video models and plain text-to-image models.
+    Unsupported,
+    /// FLUX.2: any number of references the generation conditions on.
+    Optional,
+    /// FLUX.1 Kontext: exactly one, the image to edit.
+    EditOne,
 }
 
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
+    Flux(Box<FluxPipeline>),
     Flux2(Box<Flux2Pipeline>),
 }
 
@@ -204,6 +225,8 @@ impl Pipeline {
     pub const CLASSES: &[&str] = &[
         "WanPipeline",
         "WanImageToVideoPipeline",
+        "FluxPipeline",
+        "FluxKontextPipeline",
         "Flux2KleinPipeline",
         "Flux2Pipeline",
     ];
@@ -214,6 +237,9 @@ impl Pipeline {
         Ok(match index.class_name.as_str() {
             "WanPipeline" | "WanImageToVideoPipeline" => {
                 Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?))
+            }
+            "FluxPipeline" | "FluxKontextPipeline" => {
+                Pipeline::Flux(Box::new(FluxPipeline::load(dir, device, dtype)?))
             }
             "Flux2KleinPipeline" | "Flux2Pipeline" => {
                 Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
@@ -231,10 +257,21 @@ impl Pipeline {
             Pipeline::Wan(wan) => Capabilities {
                 output: Output::Video { fps: wan.fps() },
                 start_image: wan.start_image(),
+                references: References::Unsupported,
+            },
+            Pipeline::Flux(flux) => Capabilities {
+                output: Output::Image,
+                start_image: StartImage::Unsupported,
+                references: if flux.is_kontext() {
+                    References::EditOne
+                } else {
+                    References::Unsupported
+                },
             },
             Pipeline::Flux2(_) => Capabilities {
                 output: Output::Image,
                 start_image: StartImage::Unsupported,
+                references: References::Optional,
             },
         }
     }
@@ -243,7 +280,7 @@ impl Pipeline {
     pub fn frames_for(&self, seconds: f64) -> usize {
         match self {
             Pipeline::Wan(wan) => wan.frames_for(seconds),
-            Pipeline::Flux2(_) => 1,
+            Pipeline::Flux(_) | Pipeline::Flux2(_) => 1,
         }
     }
 
@@ -252,6 +289,7 @@ impl Pipeline {
     pub fn keep_text_encoder(&mut self, keep: bool) {
         match self {
             Pipeline::Wan(wan) => wan.keep_text_encoder(keep),
+            Pipeline::Flux(flux) => flux.keep_text_encoder(keep),
             Pipeline::Flux2(flux) => flux.keep_text_encoder(keep),
         }
     }
@@ -265,6 +303,7 @@ impl Pipeline {
     ) -> anyhow::Result<GeneratedVideo> {
         match self {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
+            Pipeline::Flux(flux) => flux.generate(params, inputs, on_progress),
             Pipeline::Flux2(flux) => flux.generate(params, inputs, on_progress),
         }
     }

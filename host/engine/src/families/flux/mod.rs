@@ -3,3 +3,4 @@
 //! text encoders are [`crate::models::clip_text`] and [`crate::models::t5`].
 
 pub mod transformer;
+pub mod pipeline;

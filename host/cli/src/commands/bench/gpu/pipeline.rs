@@ -131,6 +131,7 @@ fn generate(
             latents: None,
             prompt_embeds: Some(prompt_embeds),
             negative_prompt_embeds: Some(negative_prompt_embeds),
+            ..Default::default()
         },
         &mut |p: &Progress| match dev.synchronize() {
             Ok(()) => {

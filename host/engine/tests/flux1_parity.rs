@@ -1,0 +1,356 @@
+//! FLUX.1 against the reference on the tiny random fixtures of
+//! tests/fixtures/make_flux1_fixtures.py, f32 on the CPU: the components (`CLIPTextModel`,
+//! `T5EncoderModel` in both feed-forward forms, `FluxTransformer2DModel` [dev] / [schnell] / odd)
+//! within 1e-4, and the `FluxPipeline` / `FluxKontextPipeline` runs within 1e-3
+//! (tests/fixtures/TOLERANCES.md).
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use videosdgx_engine::families::flux::pipeline::FluxPipeline;
+use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
+use videosdgx_engine::models::clip_text::CLIPTextModel;
+use videosdgx_engine::models::relative_error;
+use videosdgx_engine::models::t5::T5EncoderModel;
+use videosdgx_engine::pipelines::{
+    Capabilities, GenerateInputs, GenerateParams, ImageInput, Output, Pipeline, Progress,
+    References, StartImage,
+};
+
+const COMPONENT_TOLERANCE: f64 = 1e-4;
+const PIPELINE_TOLERANCE: f64 = 1e-3;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn component(name: &str) -> PathBuf {
+    fixtures().join("components").join(name)
+}
+
+fn tensors(name: &str, file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(component(name).join(file), &Device::Cpu).unwrap()
+}
+
+fn assert_close(what: &str, got: &Tensor, expected: &Tensor, tolerance: f64) {
+    assert_eq!(got.dims(), expected.dims(), "{what}: shape");
+    let err = relative_error(got, expected).unwrap();
+    eprintln!("{what}: relative error {err:e}");
+    assert!(err <= tolerance, "{what}: relative error {err:e} > {tolerance:e}");
+}
+
+fn check_clip(name: &str) {
+    let model =
+        CLIPTextModel::load(&component(name).join("model"), &Device::Cpu, DType::F32).unwrap();
+    let inputs = tensors(name, "inputs.safetensors");
+    let expected = tensors(name, "outputs.safetensors");
+    let out = model.forward(&inputs["input_ids"]).unwrap();
+    for (key, got) in [
+        ("last_hidden_state", &out.last_hidden_state),
+        ("pooler_output", &out.pooler_output),
+    ] {
+        assert_close(&format!("{name}/{key}"), got, &expected[key], COMPONENT_TOLERANCE);
+    }
+}
+
+#[test]
+fn clip_text_model_pooling_at_the_highest_id_matches_transformers() {
+    check_clip("clip_text");
+}
+
+#[test]
+fn clip_text_model_pooling_at_the_first_eos_matches_transformers() {
+    check_clip("clip_text_eos");
+}
+
+#[test]
+fn clip_text_model_rejects_sequences_longer_than_its_positions() {
+    let model =
+        CLIPTextModel::load(&component("clip_text").join("model"), &Device::Cpu, DType::F32)
+            .unwrap();
+    let ids = Tensor::zeros((1, 21), DType::I64, &Device::Cpu).unwrap();
+    let err = model.forward(&ids).err().unwrap().to_string();
+    assert!(err.contains("21 tokens") && err.contains("max_position_embeddings"), "{err}");
+    let ids = Tensor::full(64i64, (1, 3), &Device::Cpu).unwrap();
+    let err = model.forward(&ids).err().unwrap().to_string();
+    assert!(err.contains("token 64") && err.contains("vocabulary"), "{err}");
+}
+
+fn check_t5(name: &str) {
+    let model =
+        T5EncoderModel::load(&component(name).join("model"), &Device::Cpu, DType::F32).unwrap();
+    let inputs = tensors(name, "inputs.safetensors");
+    let expected = &tensors(name, "outputs.safetensors")["last_hidden_state"];
+    let hidden = model
+        .forward(&inputs["input_ids"], &inputs["attention_mask"])
+        .unwrap();
+    assert_close(name, &hidden, expected, COMPONENT_TOLERANCE);
+}
+
+#[test]
+fn t5_v1_1_encoder_with_the_first_layers_shared_position_bias_matches_transformers() {
+    check_t5("t5");
+}
+
+#[test]
+fn original_t5_encoder_with_relu_feed_forward_matches_transformers() {
+    check_t5("t5_relu");
+}
+
+fn flux_model(name: &str) -> FluxTransformer2DModel {
+    FluxTransformer2DModel::load(&component(name).join("model"), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn flux_forward(
+    model: &FluxTransformer2DModel,
+    inputs: &HashMap<String, Tensor>,
+) -> candle_core::Result<Tensor> {
+    model.forward(
+        &inputs["hidden_states"],
+        &inputs["encoder_hidden_states"],
+        &inputs["pooled_projections"],
+        &inputs["timestep"],
+        &inputs["img_ids"],
+        &inputs["txt_ids"],
+        inputs.get("guidance"),
+    )
+}
+
+fn check_flux(name: &str) {
+    let model = flux_model(name);
+    let inputs = tensors(name, "inputs.safetensors");
+    let expected = &tensors(name, "outputs.safetensors")["sample"];
+    let sample = flux_forward(&model, &inputs).unwrap();
+    assert_close(name, &sample, expected, COMPONENT_TOLERANCE);
+}
+
+#[test]
+fn flux1_dev_transformer_with_guidance_embedding_matches_diffusers() {
+    check_flux("flux1-dev-tiny");
+}
+
+#[test]
+fn flux1_schnell_transformer_with_batched_ids_matches_diffusers() {
+    check_flux("flux1-schnell-tiny");
+}
+
+#[test]
+fn flux1_transformer_with_unequal_rope_axes_and_kontext_ids_matches_diffusers() {
+    check_flux("flux1-odd");
+}
+
+#[test]
+fn flux1_transformer_rejects_bad_inputs_by_name() {
+    let model = flux_model("flux1-dev-tiny");
+    let inputs = tensors("flux1-dev-tiny", "inputs.safetensors");
+    let with = |name: &str, tensor: Option<Tensor>| {
+        let mut inputs = inputs.clone();
+        match tensor {
+            Some(tensor) => inputs.insert(name.to_string(), tensor),
+            None => inputs.remove(name),
+        };
+        flux_forward(&model, &inputs).unwrap_err().to_string()
+    };
+    let zeros = |shape: &[usize]| Some(Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap());
+    let err = with("pooled_projections", zeros(&[1, 7]));
+    assert!(err.contains("pooled_projections") && err.contains("[1, 7]"), "{err}");
+    let err = with("hidden_states", zeros(&[1, 12, 15]));
+    assert!(err.contains("hidden_states") && err.contains("in_channels"), "{err}");
+    let err = with("img_ids", zeros(&[11, 3]));
+    assert!(err.contains("img_ids") && err.contains("[11, 3]"), "{err}");
+    let err = with("guidance", None);
+    assert!(err.contains("guidance"), "{err}");
+}
+
+fn pipeline_dir(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+fn reference(pipeline: &str, file: &str, key: &str) -> Tensor {
+    let path = pipeline_dir(pipeline).join("reference").join(file);
+    let mut map = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    map.remove(key)
+        .unwrap_or_else(|| panic!("{file} has no {key}"))
+}
+
+fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
+    GenerateParams {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        height: 32,
+        width: 48,
+        frames: 1,
+        steps: 4,
+        guidance,
+        guidance_2: None,
+        seed: 0,
+        start_image: None,
+        end_image: None,
+        flow_shift: None,
+        scheduler: None,
+        denoising_steps: None,
+        loras: Vec::new(),
+        lora_mode: Default::default(),
+        cache: None,
+        references,
+    }
+}
+
+fn quiet(_: &Progress) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+/// Runs `params` from the fixture's latents; returns `[H, W, 3]`.
+fn generate(pipeline: &mut Pipeline, name: &str, params: &GenerateParams) -> Tensor {
+    let inputs = GenerateInputs {
+        latents: Some(reference(name, "latents.safetensors", "latents")),
+        ..Default::default()
+    };
+    let out = pipeline.generate(params, inputs, &mut quiet).unwrap();
+    assert_eq!(out.frames.dims(), [1, 32, 48, 3]);
+    out.frames.squeeze(0).unwrap()
+}
+
+fn open(name: &str) -> Pipeline {
+    Pipeline::open(&pipeline_dir(name), &Device::Cpu, DType::F32).unwrap()
+}
+
+const PROMPT: &str = "a red car drives along a mountain road at night";
+
+#[test]
+fn flux1_dev_prompt_embeddings_match_diffusers() {
+    let mut pipeline = FluxPipeline::load(
+        &pipeline_dir("tiny-flux1-dev"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let embeds = pipeline.encode_prompt(PROMPT).unwrap();
+    for (key, got) in [
+        ("prompt_embeds", &embeds.prompt_embeds),
+        ("pooled_prompt_embeds", &embeds.pooled_prompt_embeds),
+    ] {
+        let expected = reference("tiny-flux1-dev", "prompt_embeds.safetensors", key);
+        assert_close(key, got, &expected, COMPONENT_TOLERANCE);
+    }
+}
+
+#[test]
+fn flux1_dev_text_to_image_matches_diffusers() {
+    let mut pipeline = open("tiny-flux1-dev");
+    assert_eq!(
+        pipeline.capabilities(),
+        Capabilities {
+            output: Output::Image,
+            start_image: StartImage::Unsupported,
+            references: References::Unsupported,
+        }
+    );
+    for (prompt, name) in [
+        (PROMPT, "text_to_image"),
+        ("waves crash on a rocky beach", "other_prompt"),
+    ] {
+        let image = generate(&mut pipeline, "tiny-flux1-dev", &params(prompt, 3.5, Vec::new()));
+        let expected = reference("tiny-flux1-dev", &format!("{name}.safetensors"), "image");
+        assert_close(name, &image, &expected, PIPELINE_TOLERANCE);
+    }
+}
+
+#[test]
+fn flux1_dev_with_true_cfg_and_a_negative_prompt_matches_diffusers() {
+    let mut pipeline = FluxPipeline::load(
+        &pipeline_dir("tiny-flux1-dev"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    pipeline.set_true_cfg_scale(4.0);
+    let mut params = params(PROMPT, 3.5, Vec::new());
+    params.negative_prompt = "low quality, blurry".into();
+    let inputs = GenerateInputs {
+        latents: Some(reference("tiny-flux1-dev", "latents.safetensors", "latents")),
+        ..Default::default()
+    };
+    let out = pipeline.generate(&params, inputs, &mut quiet).unwrap();
+    let expected = reference("tiny-flux1-dev", "true_cfg.safetensors", "image");
+    assert_close("true_cfg", &out.frames.squeeze(0).unwrap(), &expected, PIPELINE_TOLERANCE);
+}
+
+#[test]
+fn flux1_dev_from_given_prompt_embeddings_matches_diffusers() {
+    let mut pipeline = open("tiny-flux1-dev");
+    let embeds = |key| reference("tiny-flux1-dev", "prompt_embeds.safetensors", key);
+    let inputs = GenerateInputs {
+        latents: Some(reference("tiny-flux1-dev", "latents.safetensors", "latents")),
+        prompt_embeds: Some(embeds("prompt_embeds")),
+        pooled_prompt_embeds: Some(embeds("pooled_prompt_embeds")),
+        ..Default::default()
+    };
+    let out = pipeline
+        .generate(&params("", 3.5, Vec::new()), inputs, &mut quiet)
+        .unwrap();
+    let expected = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
+    assert_close("embeds", &out.frames.squeeze(0).unwrap(), &expected, PIPELINE_TOLERANCE);
+    // The T5 states alone are not enough.
+    let inputs = GenerateInputs {
+        prompt_embeds: Some(embeds("prompt_embeds")),
+        ..Default::default()
+    };
+    let err = pipeline
+        .generate(&params("", 3.5, Vec::new()), inputs, &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("pooled"), "{err}");
+}
+
+fn edit_image() -> ImageInput {
+    ImageInput::Path(pipeline_dir("tiny-flux1-kontext").join("reference/image.png"))
+}
+
+#[test]
+fn flux1_kontext_editing_an_auto_resized_image_matches_diffusers() {
+    let mut pipeline = open("tiny-flux1-kontext");
+    assert_eq!(pipeline.capabilities().references, References::EditOne);
+    let image = generate(
+        &mut pipeline,
+        "tiny-flux1-kontext",
+        &params("make the car blue", 2.5, vec![edit_image()]),
+    );
+    let expected = reference("tiny-flux1-kontext", "edit.safetensors", "image");
+    assert_close("edit", &image, &expected, PIPELINE_TOLERANCE);
+}
+
+#[test]
+fn flux1_pipelines_reject_missing_or_extra_images() {
+    let mut kontext = open("tiny-flux1-kontext");
+    let err = kontext
+        .generate(&params("edit", 2.5, Vec::new()), GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("Kontext") && err.contains("--image"), "{err}");
+    let two = vec![edit_image(), edit_image()];
+    let err = kontext
+        .generate(&params("edit", 2.5, two), GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("one image"), "{err}");
+    let mut dev = open("tiny-flux1-dev");
+    let err = dev
+        .generate(&params("x", 3.5, vec![edit_image()]), GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no reference images"), "{err}");
+    let mut odd = params("x", 3.5, Vec::new());
+    odd.width = 40;
+    let err = dev
+        .generate(&odd, GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("multiples of 16"), "{err}");
+}
