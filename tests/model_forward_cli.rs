@@ -28,7 +28,11 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
         ("wan22_ti2v", &["sample"][..]),
         ("flux2-klein-tiny", &["sample"][..]),
         ("flux2-odd", &["sample"][..]),
+        ("flux1-dev-tiny", &["sample"][..]),
+        ("flux1-schnell-tiny", &["sample"][..]),
         ("umt5", &["last_hidden_state"][..]),
+        ("t5", &["last_hidden_state"][..]),
+        ("clip_text", &["last_hidden_state", "pooler_output"][..]),
         (
             "clip_vision",
             &["last_hidden_state", "penultimate_hidden_state"][..],
@@ -178,6 +182,32 @@ fn model_forward_of_flux2_with_ids_of_the_wrong_length_names_the_tensor_and_shap
         line.contains("img_ids has shape [8, 4]") && line.contains("hidden_states (9 tokens)"),
         "{line}"
     );
+}
+
+#[test]
+fn model_forward_of_flux1_without_pooled_projections_or_guidance_names_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "flux1-dev-tiny";
+    let inputs =
+        candle_core::safetensors::load(fixture(name).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    for (drop, expected) in [
+        ("pooled_projections", "no tensor `pooled_projections`"),
+        ("guidance", "give `guidance`"),
+    ] {
+        let mut inputs = inputs.clone();
+        inputs.remove(drop);
+        let bad = tmp.path().join("inputs.safetensors");
+        candle_core::safetensors::save(&inputs, &bad).unwrap();
+        let result = forward(
+            &fixture(name).join("model"),
+            &bad,
+            &tmp.path().join("out.safetensors"),
+            &[],
+        );
+        let line = one_error_line(&result);
+        assert!(line.contains(expected), "{drop}: {line}");
+    }
 }
 
 #[test]
