@@ -210,6 +210,38 @@ fn model_forward_of_flux1_without_pooled_projections_or_guidance_names_what_is_m
     }
 }
 
+/// Single files in the original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`),
+/// recognised from their keys, the config read from their shapes.
+#[test]
+fn model_forward_runs_original_single_files_of_the_flux_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, file, class) in [
+        ("flux1-single-file", "flux1-tiny.safetensors", "FluxTransformer2DModel"),
+        ("flux2-dev-tiny", "original.safetensors", "Flux2Transformer2DModel"),
+    ] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let result = forward(
+            &fixture(name).join(file),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &["--json"],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["class"], class);
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        let err = relative_error(&got["sample"], &expected["sample"]);
+        assert!(err <= 1e-4, "{name}: relative error {err:e}");
+    }
+}
+
 #[test]
 fn model_forward_on_an_unknown_class_names_the_class() {
     let tmp = tempfile::tempdir().unwrap();

@@ -354,3 +354,96 @@ fn flux1_pipelines_reject_missing_or_extra_images() {
         .to_string();
     assert!(err.contains("multiples of 16"), "{err}");
 }
+
+/// A FLUX.1 transformer in Black Forest Labs' names (`flux1-dev.safetensors`) in a folder beside
+/// the diffusers config (a pipeline's `transformer/` holding the downloaded file).
+#[test]
+fn flux1_original_single_file_in_a_folder_with_its_config_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = component("flux1-dev-tiny");
+    std::fs::copy(fixture.join("model/config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture.join("original.safetensors"),
+        tmp.path().join("flux1-dev.safetensors"),
+    )
+    .unwrap();
+    let model = FluxTransformer2DModel::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let sample = flux_forward(&model, &tensors("flux1-dev-tiny", "inputs.safetensors")).unwrap();
+    let expected = &tensors("flux1-dev-tiny", "outputs.safetensors")["sample"];
+    assert_close("flux1-dev-tiny/original", &sample, expected, COMPONENT_TOLERANCE);
+}
+
+/// A bare FLUX.1 file: the config comes from the shapes (rotary axes 16/56/56 scaled to the head
+/// dim of 32).
+#[test]
+fn flux1_bare_single_file_infers_its_config_and_matches_diffusers() {
+    let file = component("flux1-single-file").join("flux1-tiny.safetensors");
+    let model = FluxTransformer2DModel::load(&file, &Device::Cpu, DType::F32).unwrap();
+    let cfg = model.config();
+    assert_eq!(cfg.axes_dims_rope, [4, 14, 14]);
+    assert!(!cfg.guidance_embeds);
+    assert_eq!((cfg.num_layers, cfg.num_single_layers), (1, 1));
+    let sample = flux_forward(&model, &tensors("flux1-single-file", "inputs.safetensors")).unwrap();
+    let expected = &tensors("flux1-single-file", "outputs.safetensors")["sample"];
+    assert_close("flux1-single-file", &sample, expected, COMPONENT_TOLERANCE);
+}
+
+/// `flux2-dev.safetensors`: the FLUX.2 transformer in Black Forest Labs' names, bare.
+#[test]
+fn flux2_bare_single_file_matches_diffusers() {
+    use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
+    let file = component("flux2-dev-tiny").join("original.safetensors");
+    let model = Flux2Transformer2DModel::load(&file, &Device::Cpu, DType::F32).unwrap();
+    let inputs = tensors("flux2-dev-tiny", "inputs.safetensors");
+    let sample = model
+        .forward(
+            &inputs["hidden_states"],
+            &inputs["encoder_hidden_states"],
+            &inputs["timestep"],
+            &inputs["img_ids"],
+            &inputs["txt_ids"],
+            inputs.get("guidance"),
+        )
+        .unwrap();
+    let expected = &tensors("flux2-dev-tiny", "outputs.safetensors")["sample"];
+    assert_close("flux2-dev-tiny/original", &sample, expected, COMPONENT_TOLERANCE);
+}
+
+#[test]
+fn single_files_with_unknown_tensors_or_of_another_model_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = component("flux1-single-file").join("flux1-tiny.safetensors");
+    let mut weights = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    weights.insert(
+        "double_blocks.0.img_attn.lora_up.weight".into(),
+        Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let extra = tmp.path().join("extra.safetensors");
+    candle_core::safetensors::save(&weights, &extra).unwrap();
+    let err = format!(
+        "{:#}",
+        FluxTransformer2DModel::load(&extra, &Device::Cpu, DType::F32).err().unwrap()
+    );
+    assert!(
+        err.contains("double_blocks.0.img_attn.lora_up.weight") && err.contains("extra.safetensors"),
+        "{err}"
+    );
+
+    let flux2 = component("flux2-dev-tiny").join("original.safetensors");
+    let err = format!(
+        "{:#}",
+        FluxTransformer2DModel::load(&flux2, &Device::Cpu, DType::F32).err().unwrap()
+    );
+    assert!(err.contains("Flux2Transformer2DModel"), "{err}");
+
+    // A truncated file names the tensor it lacks.
+    weights.remove("double_blocks.0.img_attn.lora_up.weight");
+    weights.remove("single_blocks.0.linear2.weight");
+    let short = tmp.path().join("short.safetensors");
+    candle_core::safetensors::save(&weights, &short).unwrap();
+    let err = format!(
+        "{:#}",
+        FluxTransformer2DModel::load(&short, &Device::Cpu, DType::F32).err().unwrap()
+    );
+    assert!(err.contains("single_blocks.0.linear2.weight"), "{err}");
+}

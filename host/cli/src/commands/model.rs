@@ -14,6 +14,7 @@ use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
+use videosdgx_engine::loader::single_file::{self, OriginalLayout};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
@@ -40,7 +41,9 @@ pub enum ModelCommand {
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     ///
-    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth), its
+    /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer in the original release's
+    /// names (`flux1-dev.safetensors`, `flux2-dev.safetensors`: config read from the shapes), or a
+    /// bare state dict (safetensors or a PyTorch .pth), its
     /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
     /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
     /// --tile.
@@ -147,10 +150,23 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = args.dtype.into();
-    if args.model.is_file() {
-        return forward_state_dict(args, &device, dtype);
-    }
-    let (class, class_name) = component_class(&args.model)?;
+    let (class, class_name) = if args.model.is_file() {
+        // A transformer in its original release's names (`flux1-dev.safetensors`), else a
+        // finishing model's state dict.
+        match single_file::detect_file(&args.model)? {
+            Some(OriginalLayout::Flux1Transformer) => (
+                ComponentClass::FluxTransformer2DModel,
+                "FluxTransformer2DModel".to_string(),
+            ),
+            Some(OriginalLayout::Flux2Transformer) => (
+                ComponentClass::Flux2Transformer2DModel,
+                "Flux2Transformer2DModel".to_string(),
+            ),
+            None => return forward_state_dict(args, &device, dtype),
+        }
+    } else {
+        component_class(&args.model)?
+    };
     if args.tile.is_some() {
         bail!(
             "--tile: {class_name} does not run in tiles (upscalers do: a state-dict file as --model)"

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 pub mod memory;
+pub mod single_file;
 mod state_dict;
 mod verify;
 

@@ -8,7 +8,7 @@
 
 use crate::attention::attention;
 use crate::fused::profile::section;
-use crate::loader::Checkpoint;
+use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::feed_forward::FeedForward;
@@ -21,7 +21,6 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
-use std::sync::Arc;
 
 /// `FluxPosEmbed(theta=10000, ...)`: FLUX.1 fixes the rotary base.
 const ROPE_THETA: f64 = 10000.0;
@@ -343,16 +342,21 @@ impl FluxTransformer2DModel {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
-    /// stay mapped: LoRAs restore the weights they change from them.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let cfg: FluxTransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let checkpoint = Arc::new(Checkpoint::open(dir)?);
-        let vb = checkpoint.clone().shared_var_builder(dtype, device);
-        let mut model = Self::new(&cfg, vb)
-            .with_context(|| format!("loading FluxTransformer2DModel from {}", dir.display()))?;
-        model.lora = LoraState::from_checkpoint(checkpoint);
+    /// Reads a `transformer` folder (`config.json` and the memory-mapped weights, which stay
+    /// mapped: LoRAs restore the weights they change from them), or a single file in the
+    /// original release's names (`flux1-dev.safetensors`; see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let (mut model, checkpoint) = single_file::load_model(
+            path,
+            OriginalLayout::Flux1Transformer,
+            SingleFile::flux_config,
+            dtype,
+            device,
+            Self::new,
+        )?;
+        if let Some(checkpoint) = checkpoint {
+            model.lora = LoraState::from_checkpoint(checkpoint);
+        }
         Ok(model)
     }
 

@@ -8,7 +8,7 @@
 
 use crate::attention::attention;
 use crate::fused::profile::section;
-use crate::loader::Checkpoint;
+use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::joint_attention::{
@@ -22,7 +22,6 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `Flux2Transformer2DModel.__init__`; missing fields take the reference defaults (FLUX.2 [dev]).
@@ -506,16 +505,21 @@ impl Flux2Transformer2DModel {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
-    /// stay mapped: LoRAs restore the weights they change from them.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let cfg: Flux2TransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let checkpoint = Arc::new(Checkpoint::open(dir)?);
-        let vb = checkpoint.clone().shared_var_builder(dtype, device);
-        let mut model = Self::new(&cfg, vb)
-            .with_context(|| format!("loading Flux2Transformer2DModel from {}", dir.display()))?;
-        model.lora = LoraState::from_checkpoint(checkpoint);
+    /// Reads a `transformer` folder (`config.json` and the memory-mapped weights, which stay
+    /// mapped: LoRAs restore the weights they change from them), or a single file in the
+    /// original release's names (`flux2-dev.safetensors`; see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let (mut model, checkpoint) = single_file::load_model(
+            path,
+            OriginalLayout::Flux2Transformer,
+            SingleFile::flux2_config,
+            dtype,
+            device,
+            Self::new,
+        )?;
+        if let Some(checkpoint) = checkpoint {
+            model.lora = LoraState::from_checkpoint(checkpoint);
+        }
         Ok(model)
     }
 
