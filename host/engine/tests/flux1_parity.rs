@@ -447,3 +447,63 @@ fn single_files_with_unknown_tensors_or_of_another_model_are_refused_by_name() {
     );
     assert!(err.contains("single_blocks.0.linear2.weight"), "{err}");
 }
+
+fn vae_tensor(name: &str, file: &str, key: &str) -> Tensor {
+    let path = fixtures().join("vae").join(name).join(file);
+    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()[key].clone()
+}
+
+/// FLUX.1's `ae.safetensors` layout (latent-diffusion names, 1x1-convolution attention) of the
+/// image VAE fixtures, beside their diffusers config: encode and decode as diffusers.
+#[test]
+fn ldm_vae_single_files_encode_and_decode_as_diffusers() {
+    use videosdgx_engine::models::autoencoder_kl::AutoencoderKL;
+    for name in ["kl-tiny", "kl-odd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fixtures().join("vae").join(name);
+        std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
+        std::fs::copy(dir.join("ae.safetensors"), tmp.path().join("ae.safetensors")).unwrap();
+        let vae = AutoencoderKL::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+        let latents = vae
+            .encode(&vae_tensor(name, "encode_in.safetensors", "sample"))
+            .unwrap();
+        let expected = vae_tensor(name, "encode_out.safetensors", "latents");
+        assert_close(&format!("{name}/ae encode"), &latents, &expected, COMPONENT_TOLERANCE);
+        let sample = vae
+            .decode(&vae_tensor(name, "decode_in.safetensors", "latents"))
+            .unwrap();
+        let expected = vae_tensor(name, "decode_out.safetensors", "sample");
+        assert_close(&format!("{name}/ae decode"), &sample, &expected, COMPONENT_TOLERANCE);
+    }
+}
+
+/// A bare `ae.safetensors` carries no config: everything but the group count (32, as published)
+/// and the latent scaling comes from the shapes.
+#[test]
+fn ldm_vae_config_is_read_from_the_shapes() {
+    use videosdgx_engine::loader::single_file::{self, OriginalLayout, Weights};
+    let file = fixtures().join("vae/kl-odd/ae.safetensors");
+    let Weights::Original(original) = single_file::open(&file).unwrap() else {
+        panic!("ae.safetensors is in the original layout");
+    };
+    assert_eq!(original.layout(), OriginalLayout::LdmVae);
+    let cfg = original.ldm_vae_config().unwrap();
+    assert_eq!(cfg.block_out_channels, [4, 8, 12]);
+    assert_eq!(
+        (cfg.layers_per_block, cfg.latent_channels, cfg.norm_num_groups),
+        (1, 3, 32)
+    );
+    assert!(!cfg.mid_block_add_attention);
+    // 4 channels do not make 32 groups: the load fails by name, not in a forward.
+    let err = format!(
+        "{:#}",
+        videosdgx_engine::models::autoencoder_kl::AutoencoderKL::load(
+            &file,
+            &Device::Cpu,
+            DType::F32
+        )
+        .err()
+        .unwrap()
+    );
+    assert!(err.contains("ae.safetensors") && err.contains("32"), "{err}");
+}

@@ -41,8 +41,9 @@ pub enum ModelCommand {
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     ///
-    /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer in the original release's
-    /// names (`flux1-dev.safetensors`, `flux2-dev.safetensors`: config read from the shapes), or a
+    /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer or FLUX.1's VAE in the
+    /// original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`,
+    /// `ae.safetensors`: config read from the shapes), or a
     /// bare state dict (safetensors or a PyTorch .pth), its
     /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
     /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
@@ -162,6 +163,9 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 ComponentClass::Flux2Transformer2DModel,
                 "Flux2Transformer2DModel".to_string(),
             ),
+            Some(OriginalLayout::LdmVae) => {
+                (ComponentClass::AutoencoderKL, "AutoencoderKL".to_string())
+            }
             None => return forward_state_dict(args, &device, dtype),
         }
     } else {

@@ -2,9 +2,11 @@
 //! `from_single_file` converts them (`loaders/single_file_utils.py`): the FLUX.1 transformer
 //! (`flux1-dev.safetensors`, `flux1-schnell.safetensors`:
 //! `convert_flux_transformer_checkpoint_to_diffusers`) and the FLUX.2 one (`flux2-dev.safetensors`:
-//! `convert_flux2_transformer_checkpoint_to_diffusers`). Nothing is converted up front: a
+//! `convert_flux2_transformer_checkpoint_to_diffusers`), and the latent-diffusion VAE layout of
+//! FLUX.1's `ae.safetensors` (`convert_ldm_vae_checkpoint`). Nothing is converted up front: a
 //! `VarBuilder` backend answers each diffusers name with the original tensor it comes from (a
-//! fused q/k/v projection split by rows, the output norm's shift/scale halves swapped), so the
+//! fused q/k/v projection split by rows, the output norm's shift/scale halves swapped, a 1x1
+//! convolution read as a linear layer), so the
 //! file is read once, as for a diffusers folder. Files carry no config: the dimensions are read
 //! from the tensor shapes, and a `config.json` beside the weights (a pipeline's `transformer/`
 //! folder holding the single file) takes precedence.
@@ -12,6 +14,7 @@
 use super::{Checkpoint, LoadError};
 use crate::families::flux::transformer::FluxTransformerConfig;
 use crate::families::flux2::transformer::Flux2TransformerConfig;
+use crate::models::autoencoder_kl::AutoencoderKLConfig;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::de::DeserializeOwned;
@@ -26,6 +29,9 @@ pub enum OriginalLayout {
     Flux1Transformer,
     /// Black Forest Labs' FLUX.2 transformer (`double_stream_modulation_img`, no `vector_in`).
     Flux2Transformer,
+    /// The latent-diffusion `AutoencoderKL` (`encoder.down.N.block.M`, `mid.attn_1`), as FLUX.1's
+    /// `ae.safetensors` and Stable Diffusion checkpoints have it.
+    LdmVae,
 }
 
 impl OriginalLayout {
@@ -34,6 +40,7 @@ impl OriginalLayout {
         match self {
             Self::Flux1Transformer => "FluxTransformer2DModel",
             Self::Flux2Transformer => "Flux2Transformer2DModel",
+            Self::LdmVae => "AutoencoderKL",
         }
     }
 }
@@ -48,16 +55,21 @@ enum Part {
     RowsFrom(usize),
     /// `swap_scale_shift`: the two halves of the rows exchanged.
     SwapHalves,
+    /// `conv_attn_to_linear`: a 1x1 convolution's kernel as a linear weight.
+    Squeeze,
 }
 
 /// An opened checkpoint in one of the original layouts.
 pub struct SingleFile {
     checkpoint: Arc<Checkpoint>,
     layout: OriginalLayout,
-    /// `model.diffusion_model.` where the file keeps the training wrapper's prefix.
+    /// `model.diffusion_model.` (`first_stage_model.`, `vae.` for a VAE) where the file keeps
+    /// the training wrapper's prefix.
     prefix: &'static str,
     /// The model width (`img_in.weight` rows), by which fused projections split.
     width: usize,
+    /// A VAE's decoder up blocks, which the original numbers from the bottom.
+    up_blocks: usize,
 }
 
 /// Where a component's weights come from.
@@ -138,38 +150,43 @@ pub fn detect_file(path: &Path) -> Result<Option<OriginalLayout>, LoadError> {
 impl SingleFile {
     /// Recognises an original layout by its marker tensors; `None` for anything else.
     pub fn detect(checkpoint: Arc<Checkpoint>) -> Result<Option<Self>, LoadError> {
-        let prefix = if checkpoint
-            .entry("model.diffusion_model.img_in.weight")
-            .is_some()
-        {
-            "model.diffusion_model."
-        } else {
-            ""
-        };
+        let prefix = ["model.diffusion_model.", "first_stage_model.", "vae."]
+            .into_iter()
+            .find(|prefix| {
+                checkpoint.entry(&format!("{prefix}img_in.weight")).is_some()
+                    || checkpoint
+                        .entry(&format!("{prefix}encoder.conv_in.weight"))
+                        .is_some()
+            })
+            .unwrap_or("");
         let has = |key: &str| checkpoint.entry(&format!("{prefix}{key}")).is_some();
-        let layout = if !has("double_blocks.0.img_attn.qkv.weight") || !has("img_in.weight") {
-            return Ok(None);
-        } else if has("vector_in.in_layer.weight") {
-            OriginalLayout::Flux1Transformer
-        } else if has("double_stream_modulation_img.lin.weight") {
-            OriginalLayout::Flux2Transformer
+        let layout = if has("double_blocks.0.img_attn.qkv.weight") && has("img_in.weight") {
+            if has("vector_in.in_layer.weight") {
+                OriginalLayout::Flux1Transformer
+            } else if has("double_stream_modulation_img.lin.weight") {
+                OriginalLayout::Flux2Transformer
+            } else {
+                return Ok(None);
+            }
+        } else if has("encoder.down.0.block.0.conv1.weight")
+            && has("decoder.up.0.block.0.conv1.weight")
+        {
+            OriginalLayout::LdmVae
         } else {
             return Ok(None);
         };
-        let img_in = format!("{prefix}img_in.weight");
-        let width = checkpoint
-            .entry(&img_in)
-            .map(|entry| entry.shape[0])
-            .ok_or_else(|| LoadError::MissingTensor {
-                tensor: img_in,
-                dir: checkpoint.dir().to_path_buf(),
-            })?;
-        Ok(Some(Self {
+        let mut file = Self {
             checkpoint,
             layout,
             prefix,
-            width,
-        }))
+            width: 0,
+            up_blocks: 0,
+        };
+        match layout {
+            OriginalLayout::LdmVae => file.up_blocks = file.count("decoder.up"),
+            _ => file.width = file.shape("img_in.weight")?[0],
+        }
+        Ok(Some(file))
     }
 
     pub fn layout(&self) -> OriginalLayout {
@@ -190,6 +207,7 @@ impl SingleFile {
             layout: self.layout,
             prefix: self.prefix,
             width: self.width,
+            up_blocks: self.up_blocks,
             used: used.clone(),
         };
         (
@@ -320,6 +338,37 @@ impl SingleFile {
     }
 }
 
+impl SingleFile {
+    /// The `AutoencoderKL` config the shapes imply. `norm_num_groups` is not recorded: 32, as
+    /// every published VAE of this layout has it. The latent scaling is FLUX.1's (0.3611, shift
+    /// 0.1159; what `from_single_file` reads from FLUX.1's VAE config) for 16 latent channels,
+    /// else Stable Diffusion's 0.18215.
+    pub fn ldm_vae_config(&self) -> Result<AutoencoderKLConfig, LoadError> {
+        let blocks = self.count("encoder.down");
+        let block_out_channels = (0..blocks)
+            .map(|i| Ok(self.shape(&format!("encoder.down.{i}.block.0.conv1.weight"))?[0]))
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        let latent_channels = self.shape("decoder.conv_in.weight")?[1];
+        let flux = latent_channels == 16;
+        Ok(AutoencoderKLConfig {
+            in_channels: self.shape("encoder.conv_in.weight")?[1],
+            out_channels: self.shape("decoder.conv_out.weight")?[0],
+            down_block_types: vec!["DownEncoderBlock2D".into(); blocks],
+            up_block_types: vec!["UpDecoderBlock2D".into(); blocks],
+            block_out_channels,
+            layers_per_block: self.count("encoder.down.0.block"),
+            latent_channels,
+            norm_num_groups: 32,
+            scaling_factor: if flux { 0.3611 } else { 0.18215 },
+            shift_factor: flux.then_some(0.1159),
+            use_quant_conv: self.has("quant_conv.weight"),
+            use_post_quant_conv: self.has("post_quant_conv.weight"),
+            mid_block_add_attention: self.has("encoder.mid.attn_1.q.weight"),
+            ..AutoencoderKLConfig::default()
+        })
+    }
+}
+
 /// The original tensors a [`SingleFile::var_builder`] read.
 #[derive(Clone)]
 pub struct Used(Arc<Mutex<BTreeSet<String>>>);
@@ -329,6 +378,7 @@ struct Mapped {
     layout: OriginalLayout,
     prefix: &'static str,
     width: usize,
+    up_blocks: usize,
     used: Used,
 }
 
@@ -338,6 +388,7 @@ impl Mapped {
         let (key, part) = match self.layout {
             OriginalLayout::Flux1Transformer => flux1_source(name)?,
             OriginalLayout::Flux2Transformer => flux2_source(name)?,
+            OriginalLayout::LdmVae => ldm_vae_source(name, self.up_blocks)?,
         };
         Some((format!("{}{key}", self.prefix), part))
     }
@@ -366,6 +417,8 @@ impl Mapped {
                 &[full.narrow(0, rows / 2, rows / 2)?, full.narrow(0, 0, rows / 2)?],
                 0,
             )?,
+            Part::Squeeze if full.rank() > 2 => full.flatten_from(1)?,
+            Part::Squeeze => full,
             _ => {
                 return Err(candle_core::Error::wrap(LoadError::Tensor {
                     tensor: key,
@@ -532,6 +585,58 @@ fn flux2_source(name: &str) -> Option<(String, Part)> {
     rename(TOP, name)
 }
 
+/// `convert_ldm_vae_checkpoint`, backwards: the original name of an `AutoencoderKL` tensor
+/// (`up_blocks` decoder blocks, which the original numbers from the lowest resolution).
+fn ldm_vae_source(name: &str, up_blocks: usize) -> Option<(String, Part)> {
+    use Part::*;
+    const ATTENTION: &[(&str, &str, Part)] = &[
+        ("group_norm", "norm", Whole),
+        ("to_q.weight", "q.weight", Squeeze),
+        ("to_k.weight", "k.weight", Squeeze),
+        ("to_v.weight", "v.weight", Squeeze),
+        ("to_out.0.weight", "proj_out.weight", Squeeze),
+        ("to_q", "q", Whole),
+        ("to_k", "k", Whole),
+        ("to_v", "v", Whole),
+        ("to_out.0", "proj_out", Whole),
+    ];
+    let (coder, rest) = name.split_once('.')?;
+    match coder {
+        "quant_conv" | "post_quant_conv" => return Some((name.to_string(), Whole)),
+        "encoder" | "decoder" => {}
+        _ => return None,
+    }
+    let resnet = |leaf: &str| leaf.replace("conv_shortcut", "nin_shortcut");
+    let (inner, part) = if let Some(leaf) = rest.strip_prefix("conv_norm_out") {
+        (format!("norm_out{leaf}"), Whole)
+    } else if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
+        (rest.to_string(), Whole)
+    } else if let Some((i, block_rest)) = block(rest, "down_blocks") {
+        if let Some((j, leaf)) = block(block_rest, "resnets") {
+            (format!("down.{i}.block.{j}.{}", resnet(leaf)), Whole)
+        } else {
+            let leaf = block_rest.strip_prefix("downsamplers.0.conv")?;
+            (format!("down.{i}.downsample.conv{leaf}"), Whole)
+        }
+    } else if let Some((i, block_rest)) = block(rest, "up_blocks") {
+        let i = up_blocks.checked_sub(1 + i.parse::<usize>().ok()?)?;
+        if let Some((j, leaf)) = block(block_rest, "resnets") {
+            (format!("up.{i}.block.{j}.{}", resnet(leaf)), Whole)
+        } else {
+            let leaf = block_rest.strip_prefix("upsamplers.0.conv")?;
+            (format!("up.{i}.upsample.conv{leaf}"), Whole)
+        }
+    } else if let Some((j, leaf)) = block(rest, "mid_block.resnets") {
+        let j = j.parse::<usize>().ok()? + 1;
+        (format!("mid.block_{j}.{}", resnet(leaf)), Whole)
+    } else {
+        let inner = rest.strip_prefix("mid_block.attentions.0.")?;
+        let (key, part) = rename(ATTENTION, inner)?;
+        (format!("mid.attn_1.{key}"), part)
+    };
+    Some((format!("{coder}.{inner}"), part))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +668,34 @@ mod tests {
             Some(("single_blocks.2.linear2.bias".into(), Part::Whole))
         );
         assert_eq!(flux1_source("transformer_blocks.0.attn.to_qkv.weight"), None);
+    }
+
+    #[test]
+    fn vae_names_map_to_the_latent_diffusion_originals() {
+        assert_eq!(
+            ldm_vae_source("decoder.up_blocks.0.resnets.2.conv_shortcut.weight", 4),
+            Some(("decoder.up.3.block.2.nin_shortcut.weight".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.mid_block.attentions.0.to_out.0.weight", 4),
+            Some(("encoder.mid.attn_1.proj_out.weight".into(), Part::Squeeze))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.mid_block.attentions.0.to_q.bias", 4),
+            Some(("encoder.mid.attn_1.q.bias".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("decoder.mid_block.resnets.1.norm2.bias", 4),
+            Some(("decoder.mid.block_2.norm2.bias".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.conv_norm_out.weight", 4),
+            Some(("encoder.norm_out.weight".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.down_blocks.1.downsamplers.0.conv.bias", 4),
+            Some(("encoder.down.1.downsample.conv.bias".into(), Part::Whole))
+        );
     }
 
     #[test]
