@@ -93,28 +93,47 @@ pub fn open(path: &Path) -> Result<Weights, LoadError> {
     })
 }
 
-/// Builds a model of the class `layout` converts to from `path` (a folder or one file) in
-/// either naming, with `build(config, vb)`. The config is `path/config.json` for a folder that
-/// has one, else (a bare original file) what `infer` reads from the shapes. Returns the model and,
-/// for diffusers weights, the checkpoint that stays mapped for LoRAs to restore from.
+/// How [`load_model`] makes a model: the config reader's rules and the constructor.
+pub struct Builder<C, M> {
+    pub layout: OriginalLayout,
+    /// The config a bare original file implies (its shapes).
+    pub infer: fn(&SingleFile) -> Result<C, LoadError>,
+    /// Checks a config before building, the error naming what is wrong in it.
+    pub check: fn(&C) -> Result<(), String>,
+    pub build: fn(&C, VarBuilder<'static>) -> candle_core::Result<M>,
+}
+
+/// Builds a model of the class `builder.layout` converts to from `path` (a folder or one file)
+/// in either naming. The config is `path/config.json` for a folder that has one, else (a bare
+/// original file) what `builder.infer` reads from the shapes. Returns the model and, for
+/// diffusers weights, the checkpoint that stays mapped for LoRAs to restore from.
 pub fn load_model<C: DeserializeOwned, M>(
     path: &Path,
-    layout: OriginalLayout,
-    infer: impl Fn(&SingleFile) -> Result<C, LoadError>,
+    builder: Builder<C, M>,
     dtype: DType,
     device: &Device,
-    build: impl FnOnce(&C, VarBuilder<'static>) -> candle_core::Result<M>,
 ) -> anyhow::Result<(M, Option<Arc<Checkpoint>>)> {
     use anyhow::Context;
+    let layout = builder.layout;
     let context = || format!("loading {} from {}", layout.class_name(), path.display());
     let config = path.join("config.json");
     let config = (path.is_dir() && config.is_file()).then_some(config);
+    let checked = |cfg: C, source: &Path| -> Result<C, LoadError> {
+        (builder.check)(&cfg).map_err(|reason| LoadError::BadConfig {
+            path: source.to_path_buf(),
+            reason,
+        })?;
+        Ok(cfg)
+    };
     match open(path)? {
         Weights::Diffusers(checkpoint) => {
             let config = config.unwrap_or_else(|| path.join("config.json"));
-            let cfg: C = super::read_config(&config)?;
+            let cfg = checked(super::read_config(&config)?, &config)?;
             let vb = checkpoint.clone().shared_var_builder(dtype, device);
-            Ok((build(&cfg, vb).with_context(context)?, Some(checkpoint)))
+            Ok((
+                (builder.build)(&cfg, vb).with_context(context)?,
+                Some(checkpoint),
+            ))
         }
         Weights::Original(file) => {
             if file.layout != layout {
@@ -126,11 +145,11 @@ pub fn load_model<C: DeserializeOwned, M>(
                 );
             }
             let cfg = match config {
-                Some(config) => super::read_config(&config)?,
-                None => infer(&file)?,
+                Some(config) => checked(super::read_config(&config)?, &config)?,
+                None => checked((builder.infer)(&file)?, file.path())?,
             };
             let (vb, used) = file.var_builder(dtype, device);
-            let model = build(&cfg, vb).with_context(context)?;
+            let model = (builder.build)(&cfg, vb).with_context(context)?;
             file.check_all_used(&used)?;
             Ok((model, None))
         }

@@ -624,21 +624,13 @@ impl AutoencoderKL {
     /// [`crate::loader::single_file`]).
     pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use crate::loader::single_file::{self, OriginalLayout, SingleFile};
-        let build = |config: &AutoencoderKLConfig, vb: VarBuilder<'static>| {
-            config
-                .coder_config()
-                .validate()
-                .map_err(candle_core::Error::msg)?;
-            Self::new(config, vb)
+        let builder = single_file::Builder {
+            layout: OriginalLayout::LdmVae,
+            infer: SingleFile::ldm_vae_config,
+            check: |config: &AutoencoderKLConfig| config.coder_config().validate().map(drop),
+            build: Self::new,
         };
-        let (model, _) = single_file::load_model(
-            path,
-            OriginalLayout::LdmVae,
-            SingleFile::ldm_vae_config,
-            dtype,
-            device,
-            build,
-        )?;
+        let (model, _) = single_file::load_model(path, builder, dtype, device)?;
         Ok(model)
     }
 

@@ -346,14 +346,13 @@ impl FluxTransformer2DModel {
     /// mapped: LoRAs restore the weights they change from them), or a single file in the
     /// original release's names (`flux1-dev.safetensors`; see [`crate::loader::single_file`]).
     pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        let (mut model, checkpoint) = single_file::load_model(
-            path,
-            OriginalLayout::Flux1Transformer,
-            SingleFile::flux_config,
-            dtype,
-            device,
-            Self::new,
-        )?;
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Flux1Transformer,
+            infer: SingleFile::flux_config,
+            check: |_| Ok(()),
+            build: Self::new,
+        };
+        let (mut model, checkpoint) = single_file::load_model(path, builder, dtype, device)?;
         if let Some(checkpoint) = checkpoint {
             model.lora = LoraState::from_checkpoint(checkpoint);
         }
