@@ -491,11 +491,15 @@ fn flux1_dev_and_kontext_generate_the_diffusers_images() {
         );
         let mut saved = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
         let mut expected = candle_core::safetensors::load(
-            refs.join(pipeline).join(format!("reference/{reference}.safetensors")),
+            refs.join(pipeline)
+                .join(format!("reference/{reference}.safetensors")),
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let err = rel_err(&saved.remove("image").unwrap(), &expected.remove("image").unwrap());
+        let err = rel_err(
+            &saved.remove("image").unwrap(),
+            &expected.remove("image").unwrap(),
+        );
         assert!(err <= 1e-3, "{pipeline}: relative error {err:e}");
         assert_eq!(image::image_dimensions(&png).unwrap(), (48, 32));
     }
@@ -505,17 +509,25 @@ fn flux1_dev_and_kontext_generate_the_diffusers_images() {
 fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_image() {
     let refs = fixtures().join("../tiny-flux1-dev/reference");
     let tmp = tempfile::tempdir().unwrap();
-    let embeds =
-        candle_core::safetensors::load(refs.join("prompt_embeds.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
-    let (t5, pooled) = (tmp.path().join("t5.safetensors"), tmp.path().join("pooled.safetensors"));
+    let embeds = candle_core::safetensors::load(
+        refs.join("prompt_embeds.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (t5, pooled) = (
+        tmp.path().join("t5.safetensors"),
+        tmp.path().join("pooled.safetensors"),
+    );
     candle_core::safetensors::save(
         &std::collections::HashMap::from([("e".to_string(), embeds["prompt_embeds"].clone())]),
         &t5,
     )
     .unwrap();
     candle_core::safetensors::save(
-        &std::collections::HashMap::from([("p".to_string(), embeds["pooled_prompt_embeds"].clone())]),
+        &std::collections::HashMap::from([(
+            "p".to_string(),
+            embeds["pooled_prompt_embeds"].clone(),
+        )]),
         &pooled,
     )
     .unwrap();
@@ -524,7 +536,12 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
         "tiny-flux1-dev",
         "ignored",
         "3.5",
-        &["--prompt-embeds", t5.to_str().unwrap(), "--save-tensor", tensor.to_str().unwrap()],
+        &[
+            "--prompt-embeds",
+            t5.to_str().unwrap(),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -543,16 +560,33 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
             tensor.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut saved = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
-    let mut expected =
-        candle_core::safetensors::load(refs.join("text_to_image.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
-    let err = rel_err(&saved.remove("image").unwrap(), &expected.remove("image").unwrap());
+    let mut expected = candle_core::safetensors::load(
+        refs.join("text_to_image.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = rel_err(
+        &saved.remove("image").unwrap(),
+        &expected.remove("image").unwrap(),
+    );
     assert!(err <= 1e-3, "relative error {err:e}");
 
-    let out = generate_flux1("tiny-flux1-kontext", "edit", "2.5", &["--save-tensor", "/dev/null"]);
+    let out = generate_flux1(
+        "tiny-flux1-kontext",
+        "edit",
+        "2.5",
+        &["--save-tensor", "/dev/null"],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Kontext") && stderr.contains("--image"), "{stderr}");
+    assert!(
+        stderr.contains("Kontext") && stderr.contains("--image"),
+        "{stderr}"
+    );
 }

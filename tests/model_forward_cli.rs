@@ -216,8 +216,16 @@ fn model_forward_of_flux1_without_pooled_projections_or_guidance_names_what_is_m
 fn model_forward_runs_original_single_files_of_the_flux_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, file, class) in [
-        ("flux1-single-file", "flux1-tiny.safetensors", "FluxTransformer2DModel"),
-        ("flux2-dev-tiny", "original.safetensors", "Flux2Transformer2DModel"),
+        (
+            "flux1-single-file",
+            "flux1-tiny.safetensors",
+            "FluxTransformer2DModel",
+        ),
+        (
+            "flux2-dev-tiny",
+            "original.safetensors",
+            "Flux2Transformer2DModel",
+        ),
     ] {
         let out = tmp.path().join(format!("{name}.safetensors"));
         let result = forward(

@@ -37,7 +37,10 @@ fn assert_close(what: &str, got: &Tensor, expected: &Tensor, tolerance: f64) {
     assert_eq!(got.dims(), expected.dims(), "{what}: shape");
     let err = relative_error(got, expected).unwrap();
     eprintln!("{what}: relative error {err:e}");
-    assert!(err <= tolerance, "{what}: relative error {err:e} > {tolerance:e}");
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:e} > {tolerance:e}"
+    );
 }
 
 fn check_clip(name: &str) {
@@ -50,7 +53,12 @@ fn check_clip(name: &str) {
         ("last_hidden_state", &out.last_hidden_state),
         ("pooler_output", &out.pooler_output),
     ] {
-        assert_close(&format!("{name}/{key}"), got, &expected[key], COMPONENT_TOLERANCE);
+        assert_close(
+            &format!("{name}/{key}"),
+            got,
+            &expected[key],
+            COMPONENT_TOLERANCE,
+        );
     }
 }
 
@@ -66,15 +74,24 @@ fn clip_text_model_pooling_at_the_first_eos_matches_transformers() {
 
 #[test]
 fn clip_text_model_rejects_sequences_longer_than_its_positions() {
-    let model =
-        CLIPTextModel::load(&component("clip_text").join("model"), &Device::Cpu, DType::F32)
-            .unwrap();
+    let model = CLIPTextModel::load(
+        &component("clip_text").join("model"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     let ids = Tensor::zeros((1, 21), DType::I64, &Device::Cpu).unwrap();
     let err = model.forward(&ids).err().unwrap().to_string();
-    assert!(err.contains("21 tokens") && err.contains("max_position_embeddings"), "{err}");
+    assert!(
+        err.contains("21 tokens") && err.contains("max_position_embeddings"),
+        "{err}"
+    );
     let ids = Tensor::full(64i64, (1, 3), &Device::Cpu).unwrap();
     let err = model.forward(&ids).err().unwrap().to_string();
-    assert!(err.contains("token 64") && err.contains("vocabulary"), "{err}");
+    assert!(
+        err.contains("token 64") && err.contains("vocabulary"),
+        "{err}"
+    );
 }
 
 fn check_t5(name: &str) {
@@ -154,9 +171,15 @@ fn flux1_transformer_rejects_bad_inputs_by_name() {
     };
     let zeros = |shape: &[usize]| Some(Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap());
     let err = with("pooled_projections", zeros(&[1, 7]));
-    assert!(err.contains("pooled_projections") && err.contains("[1, 7]"), "{err}");
+    assert!(
+        err.contains("pooled_projections") && err.contains("[1, 7]"),
+        "{err}"
+    );
     let err = with("hidden_states", zeros(&[1, 12, 15]));
-    assert!(err.contains("hidden_states") && err.contains("in_channels"), "{err}");
+    assert!(
+        err.contains("hidden_states") && err.contains("in_channels"),
+        "{err}"
+    );
     let err = with("img_ids", zeros(&[11, 3]));
     assert!(err.contains("img_ids") && err.contains("[11, 3]"), "{err}");
     let err = with("guidance", None);
@@ -220,12 +243,8 @@ const PROMPT: &str = "a red car drives along a mountain road at night";
 
 #[test]
 fn flux1_dev_prompt_embeddings_match_diffusers() {
-    let mut pipeline = FluxPipeline::load(
-        &pipeline_dir("tiny-flux1-dev"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let mut pipeline =
+        FluxPipeline::load(&pipeline_dir("tiny-flux1-dev"), &Device::Cpu, DType::F32).unwrap();
     let embeds = pipeline.encode_prompt(PROMPT).unwrap();
     for (key, got) in [
         ("prompt_embeds", &embeds.prompt_embeds),
@@ -251,7 +270,11 @@ fn flux1_dev_text_to_image_matches_diffusers() {
         (PROMPT, "text_to_image"),
         ("waves crash on a rocky beach", "other_prompt"),
     ] {
-        let image = generate(&mut pipeline, "tiny-flux1-dev", &params(prompt, 3.5, Vec::new()));
+        let image = generate(
+            &mut pipeline,
+            "tiny-flux1-dev",
+            &params(prompt, 3.5, Vec::new()),
+        );
         let expected = reference("tiny-flux1-dev", &format!("{name}.safetensors"), "image");
         assert_close(name, &image, &expected, PIPELINE_TOLERANCE);
     }
@@ -259,22 +282,27 @@ fn flux1_dev_text_to_image_matches_diffusers() {
 
 #[test]
 fn flux1_dev_with_true_cfg_and_a_negative_prompt_matches_diffusers() {
-    let mut pipeline = FluxPipeline::load(
-        &pipeline_dir("tiny-flux1-dev"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+    let mut pipeline =
+        FluxPipeline::load(&pipeline_dir("tiny-flux1-dev"), &Device::Cpu, DType::F32).unwrap();
     pipeline.set_true_cfg_scale(4.0);
     let mut params = params(PROMPT, 3.5, Vec::new());
     params.negative_prompt = "low quality, blurry".into();
     let inputs = GenerateInputs {
-        latents: Some(reference("tiny-flux1-dev", "latents.safetensors", "latents")),
+        latents: Some(reference(
+            "tiny-flux1-dev",
+            "latents.safetensors",
+            "latents",
+        )),
         ..Default::default()
     };
     let out = pipeline.generate(&params, inputs, &mut quiet).unwrap();
     let expected = reference("tiny-flux1-dev", "true_cfg.safetensors", "image");
-    assert_close("true_cfg", &out.frames.squeeze(0).unwrap(), &expected, PIPELINE_TOLERANCE);
+    assert_close(
+        "true_cfg",
+        &out.frames.squeeze(0).unwrap(),
+        &expected,
+        PIPELINE_TOLERANCE,
+    );
 }
 
 #[test]
@@ -282,7 +310,11 @@ fn flux1_dev_from_given_prompt_embeddings_matches_diffusers() {
     let mut pipeline = open("tiny-flux1-dev");
     let embeds = |key| reference("tiny-flux1-dev", "prompt_embeds.safetensors", key);
     let inputs = GenerateInputs {
-        latents: Some(reference("tiny-flux1-dev", "latents.safetensors", "latents")),
+        latents: Some(reference(
+            "tiny-flux1-dev",
+            "latents.safetensors",
+            "latents",
+        )),
         prompt_embeds: Some(embeds("prompt_embeds")),
         pooled_prompt_embeds: Some(embeds("pooled_prompt_embeds")),
         ..Default::default()
@@ -291,7 +323,12 @@ fn flux1_dev_from_given_prompt_embeddings_matches_diffusers() {
         .generate(&params("", 3.5, Vec::new()), inputs, &mut quiet)
         .unwrap();
     let expected = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
-    assert_close("embeds", &out.frames.squeeze(0).unwrap(), &expected, PIPELINE_TOLERANCE);
+    assert_close(
+        "embeds",
+        &out.frames.squeeze(0).unwrap(),
+        &expected,
+        PIPELINE_TOLERANCE,
+    );
     // The T5 states alone are not enough.
     let inputs = GenerateInputs {
         prompt_embeds: Some(embeds("prompt_embeds")),
@@ -326,21 +363,33 @@ fn flux1_kontext_editing_an_auto_resized_image_matches_diffusers() {
 fn flux1_pipelines_reject_missing_or_extra_images() {
     let mut kontext = open("tiny-flux1-kontext");
     let err = kontext
-        .generate(&params("edit", 2.5, Vec::new()), GenerateInputs::default(), &mut quiet)
+        .generate(
+            &params("edit", 2.5, Vec::new()),
+            GenerateInputs::default(),
+            &mut quiet,
+        )
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("Kontext") && err.contains("--image"), "{err}");
     let two = vec![edit_image(), edit_image()];
     let err = kontext
-        .generate(&params("edit", 2.5, two), GenerateInputs::default(), &mut quiet)
+        .generate(
+            &params("edit", 2.5, two),
+            GenerateInputs::default(),
+            &mut quiet,
+        )
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("one image"), "{err}");
     let mut dev = open("tiny-flux1-dev");
     let err = dev
-        .generate(&params("x", 3.5, vec![edit_image()]), GenerateInputs::default(), &mut quiet)
+        .generate(
+            &params("x", 3.5, vec![edit_image()]),
+            GenerateInputs::default(),
+            &mut quiet,
+        )
         .err()
         .unwrap()
         .to_string();
@@ -361,7 +410,11 @@ fn flux1_pipelines_reject_missing_or_extra_images() {
 fn flux1_original_single_file_in_a_folder_with_its_config_matches_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = component("flux1-dev-tiny");
-    std::fs::copy(fixture.join("model/config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture.join("model/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     std::fs::copy(
         fixture.join("original.safetensors"),
         tmp.path().join("flux1-dev.safetensors"),
@@ -370,7 +423,12 @@ fn flux1_original_single_file_in_a_folder_with_its_config_matches_diffusers() {
     let model = FluxTransformer2DModel::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
     let sample = flux_forward(&model, &tensors("flux1-dev-tiny", "inputs.safetensors")).unwrap();
     let expected = &tensors("flux1-dev-tiny", "outputs.safetensors")["sample"];
-    assert_close("flux1-dev-tiny/original", &sample, expected, COMPONENT_TOLERANCE);
+    assert_close(
+        "flux1-dev-tiny/original",
+        &sample,
+        expected,
+        COMPONENT_TOLERANCE,
+    );
 }
 
 /// A bare FLUX.1 file: the config comes from the shapes (rotary axes 16/56/56 scaled to the head
@@ -406,7 +464,12 @@ fn flux2_bare_single_file_matches_diffusers() {
         )
         .unwrap();
     let expected = &tensors("flux2-dev-tiny", "outputs.safetensors")["sample"];
-    assert_close("flux2-dev-tiny/original", &sample, expected, COMPONENT_TOLERANCE);
+    assert_close(
+        "flux2-dev-tiny/original",
+        &sample,
+        expected,
+        COMPONENT_TOLERANCE,
+    );
 }
 
 #[test]
@@ -422,17 +485,22 @@ fn single_files_with_unknown_tensors_or_of_another_model_are_refused_by_name() {
     candle_core::safetensors::save(&weights, &extra).unwrap();
     let err = format!(
         "{:#}",
-        FluxTransformer2DModel::load(&extra, &Device::Cpu, DType::F32).err().unwrap()
+        FluxTransformer2DModel::load(&extra, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
     );
     assert!(
-        err.contains("double_blocks.0.img_attn.lora_up.weight") && err.contains("extra.safetensors"),
+        err.contains("double_blocks.0.img_attn.lora_up.weight")
+            && err.contains("extra.safetensors"),
         "{err}"
     );
 
     let flux2 = component("flux2-dev-tiny").join("original.safetensors");
     let err = format!(
         "{:#}",
-        FluxTransformer2DModel::load(&flux2, &Device::Cpu, DType::F32).err().unwrap()
+        FluxTransformer2DModel::load(&flux2, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
     );
     assert!(err.contains("Flux2Transformer2DModel"), "{err}");
 
@@ -443,7 +511,9 @@ fn single_files_with_unknown_tensors_or_of_another_model_are_refused_by_name() {
     candle_core::safetensors::save(&weights, &short).unwrap();
     let err = format!(
         "{:#}",
-        FluxTransformer2DModel::load(&short, &Device::Cpu, DType::F32).err().unwrap()
+        FluxTransformer2DModel::load(&short, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
     );
     assert!(err.contains("single_blocks.0.linear2.weight"), "{err}");
 }
@@ -462,18 +532,32 @@ fn ldm_vae_single_files_encode_and_decode_as_diffusers() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = fixtures().join("vae").join(name);
         std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
-        std::fs::copy(dir.join("ae.safetensors"), tmp.path().join("ae.safetensors")).unwrap();
+        std::fs::copy(
+            dir.join("ae.safetensors"),
+            tmp.path().join("ae.safetensors"),
+        )
+        .unwrap();
         let vae = AutoencoderKL::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
         let latents = vae
             .encode(&vae_tensor(name, "encode_in.safetensors", "sample"))
             .unwrap();
         let expected = vae_tensor(name, "encode_out.safetensors", "latents");
-        assert_close(&format!("{name}/ae encode"), &latents, &expected, COMPONENT_TOLERANCE);
+        assert_close(
+            &format!("{name}/ae encode"),
+            &latents,
+            &expected,
+            COMPONENT_TOLERANCE,
+        );
         let sample = vae
             .decode(&vae_tensor(name, "decode_in.safetensors", "latents"))
             .unwrap();
         let expected = vae_tensor(name, "decode_out.safetensors", "sample");
-        assert_close(&format!("{name}/ae decode"), &sample, &expected, COMPONENT_TOLERANCE);
+        assert_close(
+            &format!("{name}/ae decode"),
+            &sample,
+            &expected,
+            COMPONENT_TOLERANCE,
+        );
     }
 }
 
@@ -490,7 +574,11 @@ fn ldm_vae_config_is_read_from_the_shapes() {
     let cfg = original.ldm_vae_config().unwrap();
     assert_eq!(cfg.block_out_channels, [4, 8, 12]);
     assert_eq!(
-        (cfg.layers_per_block, cfg.latent_channels, cfg.norm_num_groups),
+        (
+            cfg.layers_per_block,
+            cfg.latent_channels,
+            cfg.norm_num_groups
+        ),
         (1, 3, 32)
     );
     assert!(!cfg.mid_block_add_attention);
@@ -505,5 +593,8 @@ fn ldm_vae_config_is_read_from_the_shapes() {
         .err()
         .unwrap()
     );
-    assert!(err.contains("ae.safetensors") && err.contains("32"), "{err}");
+    assert!(
+        err.contains("ae.safetensors") && err.contains("32"),
+        "{err}"
+    );
 }

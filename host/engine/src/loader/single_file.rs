@@ -172,7 +172,9 @@ impl SingleFile {
         let prefix = ["model.diffusion_model.", "first_stage_model.", "vae."]
             .into_iter()
             .find(|prefix| {
-                checkpoint.entry(&format!("{prefix}img_in.weight")).is_some()
+                checkpoint
+                    .entry(&format!("{prefix}img_in.weight"))
+                    .is_some()
                     || checkpoint
                         .entry(&format!("{prefix}encoder.conv_in.weight"))
                         .is_some()
@@ -412,7 +414,13 @@ impl Mapped {
         Some((format!("{}{key}", self.prefix), part))
     }
 
-    fn load(&self, name: &str, shape: Option<&Shape>, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn load(
+        &self,
+        name: &str,
+        shape: Option<&Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let Some((key, part)) = self.source(name) else {
             return Err(candle_core::Error::wrap(LoadError::MissingTensor {
                 tensor: name.to_string(),
@@ -433,7 +441,10 @@ impl Mapped {
             Part::Rows(i) if (i + 1) * d <= rows => full.narrow(0, i * d, d)?,
             Part::RowsFrom(i) if i * d < rows => full.narrow(0, i * d, rows - i * d)?,
             Part::SwapHalves if rows % 2 == 0 => Tensor::cat(
-                &[full.narrow(0, rows / 2, rows / 2)?, full.narrow(0, 0, rows / 2)?],
+                &[
+                    full.narrow(0, rows / 2, rows / 2)?,
+                    full.narrow(0, 0, rows / 2)?,
+                ],
                 0,
             )?,
             Part::Squeeze if full.rank() > 2 => full.flatten_from(1)?,
@@ -472,7 +483,12 @@ impl SimpleBackend for Mapped {
         self.load(name, Some(&shape), dtype, device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(name, None, dtype, device)
     }
 
@@ -500,15 +516,43 @@ fn block<'a>(name: &'a str, group: &str) -> Option<(&'a str, &'a str)> {
 fn flux1_source(name: &str) -> Option<(String, Part)> {
     use Part::*;
     const TOP: &[(&str, &str, Part)] = &[
-        ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer", Whole),
-        ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer", Whole),
-        ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer", Whole),
-        ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer", Whole),
-        ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer", Whole),
-        ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer", Whole),
+        (
+            "time_text_embed.timestep_embedder.linear_1",
+            "time_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.timestep_embedder.linear_2",
+            "time_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_1",
+            "guidance_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_2",
+            "guidance_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.text_embedder.linear_1",
+            "vector_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.text_embedder.linear_2",
+            "vector_in.out_layer",
+            Whole,
+        ),
         ("context_embedder", "txt_in", Whole),
         ("x_embedder", "img_in", Whole),
-        ("norm_out.linear", "final_layer.adaLN_modulation.1", SwapHalves),
+        (
+            "norm_out.linear",
+            "final_layer.adaLN_modulation.1",
+            SwapHalves,
+        ),
         ("proj_out", "final_layer.linear", Whole),
     ];
     const DOUBLE: &[(&str, &str, Part)] = &[
@@ -520,10 +564,22 @@ fn flux1_source(name: &str) -> Option<(String, Part)> {
         ("attn.add_q_proj", "txt_attn.qkv", Rows(0)),
         ("attn.add_k_proj", "txt_attn.qkv", Rows(1)),
         ("attn.add_v_proj", "txt_attn.qkv", Rows(2)),
-        ("attn.norm_q.weight", "img_attn.norm.query_norm.scale", Whole),
+        (
+            "attn.norm_q.weight",
+            "img_attn.norm.query_norm.scale",
+            Whole,
+        ),
         ("attn.norm_k.weight", "img_attn.norm.key_norm.scale", Whole),
-        ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale", Whole),
-        ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale", Whole),
+        (
+            "attn.norm_added_q.weight",
+            "txt_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        (
+            "attn.norm_added_k.weight",
+            "txt_attn.norm.key_norm.scale",
+            Whole,
+        ),
         ("attn.to_out.0", "img_attn.proj", Whole),
         ("attn.to_add_out", "txt_attn.proj", Whole),
         ("ff.net.0.proj", "img_mlp.0", Whole),
@@ -557,16 +613,48 @@ fn flux1_source(name: &str) -> Option<(String, Part)> {
 fn flux2_source(name: &str) -> Option<(String, Part)> {
     use Part::*;
     const TOP: &[(&str, &str, Part)] = &[
-        ("time_guidance_embed.timestep_embedder.linear_1", "time_in.in_layer", Whole),
-        ("time_guidance_embed.timestep_embedder.linear_2", "time_in.out_layer", Whole),
-        ("time_guidance_embed.guidance_embedder.linear_1", "guidance_in.in_layer", Whole),
-        ("time_guidance_embed.guidance_embedder.linear_2", "guidance_in.out_layer", Whole),
-        ("double_stream_modulation_img.linear", "double_stream_modulation_img.lin", Whole),
-        ("double_stream_modulation_txt.linear", "double_stream_modulation_txt.lin", Whole),
-        ("single_stream_modulation.linear", "single_stream_modulation.lin", Whole),
+        (
+            "time_guidance_embed.timestep_embedder.linear_1",
+            "time_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.timestep_embedder.linear_2",
+            "time_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.guidance_embedder.linear_1",
+            "guidance_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.guidance_embedder.linear_2",
+            "guidance_in.out_layer",
+            Whole,
+        ),
+        (
+            "double_stream_modulation_img.linear",
+            "double_stream_modulation_img.lin",
+            Whole,
+        ),
+        (
+            "double_stream_modulation_txt.linear",
+            "double_stream_modulation_txt.lin",
+            Whole,
+        ),
+        (
+            "single_stream_modulation.linear",
+            "single_stream_modulation.lin",
+            Whole,
+        ),
         ("context_embedder", "txt_in", Whole),
         ("x_embedder", "img_in", Whole),
-        ("norm_out.linear", "final_layer.adaLN_modulation.1", SwapHalves),
+        (
+            "norm_out.linear",
+            "final_layer.adaLN_modulation.1",
+            SwapHalves,
+        ),
         ("proj_out", "final_layer.linear", Whole),
     ];
     const DOUBLE: &[(&str, &str, Part)] = &[
@@ -576,10 +664,22 @@ fn flux2_source(name: &str) -> Option<(String, Part)> {
         ("attn.add_q_proj", "txt_attn.qkv", Rows(0)),
         ("attn.add_k_proj", "txt_attn.qkv", Rows(1)),
         ("attn.add_v_proj", "txt_attn.qkv", Rows(2)),
-        ("attn.norm_q.weight", "img_attn.norm.query_norm.scale", Whole),
+        (
+            "attn.norm_q.weight",
+            "img_attn.norm.query_norm.scale",
+            Whole,
+        ),
         ("attn.norm_k.weight", "img_attn.norm.key_norm.scale", Whole),
-        ("attn.norm_added_q.weight", "txt_attn.norm.query_norm.scale", Whole),
-        ("attn.norm_added_k.weight", "txt_attn.norm.key_norm.scale", Whole),
+        (
+            "attn.norm_added_q.weight",
+            "txt_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        (
+            "attn.norm_added_k.weight",
+            "txt_attn.norm.key_norm.scale",
+            Whole,
+        ),
         ("attn.to_out.0", "img_attn.proj", Whole),
         ("attn.to_add_out", "txt_attn.proj", Whole),
         ("ff.linear_in", "img_mlp.0", Whole),
@@ -686,14 +786,20 @@ mod tests {
             flux1_source("single_transformer_blocks.2.proj_out.bias"),
             Some(("single_blocks.2.linear2.bias".into(), Part::Whole))
         );
-        assert_eq!(flux1_source("transformer_blocks.0.attn.to_qkv.weight"), None);
+        assert_eq!(
+            flux1_source("transformer_blocks.0.attn.to_qkv.weight"),
+            None
+        );
     }
 
     #[test]
     fn vae_names_map_to_the_latent_diffusion_originals() {
         assert_eq!(
             ldm_vae_source("decoder.up_blocks.0.resnets.2.conv_shortcut.weight", 4),
-            Some(("decoder.up.3.block.2.nin_shortcut.weight".into(), Part::Whole))
+            Some((
+                "decoder.up.3.block.2.nin_shortcut.weight".into(),
+                Part::Whole
+            ))
         );
         assert_eq!(
             ldm_vae_source("encoder.mid_block.attentions.0.to_out.0.weight", 4),

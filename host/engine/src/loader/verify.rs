@@ -4,8 +4,8 @@
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
-use crate::families::{flux, flux2};
 use crate::families::wan::{transformer as wan_transformer, vae};
+use crate::families::{flux, flux2};
 use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};

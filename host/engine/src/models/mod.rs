@@ -4,8 +4,8 @@
 //! (the loader does) nor pick devices or dtypes (callers do).
 
 pub mod autoencoder_kl;
-pub mod clip_vision;
 pub mod clip_text;
+pub mod clip_vision;
 pub mod conv;
 pub(crate) mod embeddings;
 pub(crate) mod feed_forward;

@@ -315,7 +315,11 @@ impl T5EncoderModel {
         let cfg: T5Config = crate::loader::read_config(&dir.join("config.json"))?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&cfg, vb).with_context(|| {
-            format!("loading the {} encoder from {}", cfg.model_type, dir.display())
+            format!(
+                "loading the {} encoder from {}",
+                cfg.model_type,
+                dir.display()
+            )
         })
     }
 

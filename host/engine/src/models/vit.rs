@@ -76,9 +76,7 @@ impl Attention {
         let k = self.k_proj.forward(x)?.reshape(shape)?;
         let v = self.v_proj.forward(x)?.reshape(shape)?;
         let out = match mask {
-            Some(mask) => {
-                attention_with_bias(&q, &k, &v, mask, 1.0 / (head_dim as f64).sqrt())?
-            }
+            Some(mask) => attention_with_bias(&q, &k, &v, mask, 1.0 / (head_dim as f64).sqrt())?,
             None => attention(&q, &k, &v)?,
         };
         self.out_proj.forward(&out.flatten_from(2)?)
@@ -114,7 +112,9 @@ impl EncoderLayer {
 
     /// [`Self::forward`] with an additive attention score bias (`[B or 1, heads or 1, L, L]`).
     pub(crate) fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&self.act.apply(&h)?)?;
         x + h

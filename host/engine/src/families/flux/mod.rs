@@ -2,5 +2,5 @@
 //! `pipelines/flux/`. The VAE is the shared [`crate::models::autoencoder_kl::AutoencoderKL`]; the
 //! text encoders are [`crate::models::clip_text`] and [`crate::models::t5`].
 
-pub mod transformer;
 pub mod pipeline;
+pub mod transformer;

@@ -221,11 +221,7 @@ impl FluxPipeline {
                 }
                 latents.to_device(&self.device)?
             }
-            None => initial_noise(
-                params.seed,
-                (1, channels, latent_h, latent_w),
-                &self.device,
-            )?,
+            None => initial_noise(params.seed, (1, channels, latent_h, latent_w), &self.device)?,
         };
         let mut latents = pack(&latents.to_dtype(self.dtype)?)?;
         let tokens = grid_h * grid_w;
@@ -243,7 +239,10 @@ impl FluxPipeline {
         let mut scheduler = FlowMatchEulerDiscrete::from_config(&self.scheduler_config, None)
             .with_context(|| format!("{}: scheduler", self.name))?;
         let sigmas = linspace(1.0, 1.0 / params.steps as f64, params.steps);
-        scheduler.set_sigmas(&sigmas, Some(calculate_shift(&self.scheduler_config, tokens)))?;
+        scheduler.set_sigmas(
+            &sigmas,
+            Some(calculate_shift(&self.scheduler_config, tokens)),
+        )?;
         let guidance = match self.transformer.config().guidance_embeds {
             true => Some(Tensor::full(params.guidance as f32, 1, &self.device)?),
             false => None,
@@ -259,11 +258,8 @@ impl FluxPipeline {
                 None => latents.clone(),
             };
             let predict = |embeds: &PromptEmbeds| -> Result<Tensor> {
-                let text_ids = Tensor::zeros(
-                    (embeds.prompt_embeds.dim(1)?, 3),
-                    DType::F32,
-                    &self.device,
-                )?;
+                let text_ids =
+                    Tensor::zeros((embeds.prompt_embeds.dim(1)?, 3), DType::F32, &self.device)?;
                 let out = self.transformer.forward(
                     &input,
                     &embeds.prompt_embeds,
@@ -278,8 +274,8 @@ impl FluxPipeline {
             let mut noise_pred = predict(&positive)?;
             if let Some(negative) = &negative {
                 let negative_pred = predict(negative)?;
-                noise_pred = (&negative_pred
-                    + ((noise_pred - &negative_pred)? * self.true_cfg_scale)?)?;
+                noise_pred =
+                    (&negative_pred + ((noise_pred - &negative_pred)? * self.true_cfg_scale)?)?;
             }
             latents = scheduler.step(&noise_pred, &latents)?;
             report(Stage::Denoising, i + 1, timesteps.len())?;
@@ -409,18 +405,22 @@ impl FluxPipeline {
         let t5_ids = text.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
         let clip = match &mut text.clip {
             Some(clip) => clip,
-            None => text
-                .clip
-                .insert(CLIPTextModel::load(&text.clip_dir, &self.device, self.dtype)?),
+            None => text.clip.insert(CLIPTextModel::load(
+                &text.clip_dir,
+                &self.device,
+                self.dtype,
+            )?),
         };
         let len = clip_ids.input_ids.len();
         let ids = Tensor::from_vec(clip_ids.input_ids, (1, len), &self.device)?;
         let pooled_prompt_embeds = clip.forward(&ids)?.pooler_output;
         let t5 = match &mut text.t5 {
             Some(t5) => t5,
-            None => text
-                .t5
-                .insert(T5EncoderModel::load(&text.t5_dir, &self.device, self.dtype)?),
+            None => text.t5.insert(T5EncoderModel::load(
+                &text.t5_dir,
+                &self.device,
+                self.dtype,
+            )?),
         };
         let len = t5_ids.input_ids.len();
         let ids = Tensor::from_vec(t5_ids.input_ids, (1, len), &self.device)?;
@@ -451,8 +451,8 @@ impl FluxPipeline {
         // `pil_to_numpy` (/ 255) then `normalize` (2x - 1), in f32.
         let pixels = (((pixels / 255.0)? * 2.0)? - 1.0)?.to_dtype(self.dtype)?;
         let vae = self.vae.config();
-        let latents = ((self.vae.encode(&pixels)? - vae.shift_factor.unwrap_or(0.0))?
-            * vae.scaling_factor)?;
+        let latents =
+            ((self.vae.encode(&pixels)? - vae.shift_factor.unwrap_or(0.0))? * vae.scaling_factor)?;
         let (_, _, h, w) = latents.dims4()?;
         Ok((pack(&latents)?, grid_ids(1, h / 2, w / 2, &self.device)?))
     }

@@ -12,7 +12,9 @@ use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::feed_forward::FeedForward;
-use crate::models::joint_attention::{HeadProjections, JointAttention, PosEmbed, Rope, position_rows};
+use crate::models::joint_attention::{
+    HeadProjections, JointAttention, PosEmbed, Rope, position_rows,
+};
 use crate::models::normalization::{AdaLayerNormContinuous, AdaLayerNormZero};
 use crate::models::{
     Activation, LayerNorm, Linear, clip_f16, gated_residual, linear, linear_forward,
@@ -152,7 +154,12 @@ impl CombinedEmbeddings {
 
     /// `timestep` and `guidance` already scaled by 1000 in the model's dtype; `pooled` `[B,
     /// pooled_projection_dim]`. Returns `temb`, `[B, dim]`.
-    fn forward(&self, timestep: &Tensor, guidance: Option<&Tensor>, pooled: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        timestep: &Tensor,
+        guidance: Option<&Tensor>,
+        pooled: &Tensor,
+    ) -> Result<Tensor> {
         let embed = |embedder: &TimestepEmbedding, t: &Tensor| {
             embedder.forward(&timestep_features(t, TIME_CHANNELS)?.to_dtype(pooled.dtype())?)
         };
@@ -179,7 +186,8 @@ struct FluxTransformerBlock {
 impl FluxTransformerBlock {
     fn new(cfg: &FluxTransformerConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.inner_dim();
-        let ff = |name: &str| FeedForward::new(dim, 4 * dim, dim, Activation::GeluTanh, vb.pp(name));
+        let ff =
+            |name: &str| FeedForward::new(dim, 4 * dim, dim, Activation::GeluTanh, vb.pp(name));
         Ok(Self {
             norm1: AdaLayerNormZero::new(dim, 6, vb.pp("norm1"))?,
             norm1_context: AdaLayerNormZero::new(dim, 6, vb.pp("norm1_context"))?,
@@ -284,12 +292,16 @@ impl FluxSingleTransformerBlock {
             Activation::GeluTanh.apply(&linear_forward(&self.proj_mlp, &normed, None)?)
         })?;
         let [q, k, v] = self.attn.forward(&normed)?;
-        let (q, k) = section("single.rope", dev, || Ok((rope.apply(&q)?, rope.apply(&k)?)))?;
+        let (q, k) = section("single.rope", dev, || {
+            Ok((rope.apply(&q)?, rope.apply(&k)?))
+        })?;
         let out = section("single.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
         let h = section("single.out", dev, || {
             linear_forward(&self.proj_out, &Tensor::cat(&[out, mlp], D::Minus1)?, None)
         })?;
-        clip_f16(section("residual.gated", dev, || gated_residual(x, &h, gate))?)
+        clip_f16(section("residual.gated", dev, || {
+            gated_residual(x, &h, gate)
+        })?)
     }
 }
 
@@ -319,7 +331,12 @@ impl FluxTransformer2DModel {
                 theta: ROPE_THETA,
             },
             time_text_embed: CombinedEmbeddings::new(cfg, vb.pp("time_text_embed"))?,
-            context_embedder: linear(cfg.joint_attention_dim, dim, true, vb.pp("context_embedder"))?,
+            context_embedder: linear(
+                cfg.joint_attention_dim,
+                dim,
+                true,
+                vb.pp("context_embedder"),
+            )?,
             x_embedder: linear(cfg.in_channels, dim, true, vb.pp("x_embedder"))?,
             transformer_blocks: (0..cfg.num_layers)
                 .map(|i| FluxTransformerBlock::new(cfg, vb.pp("transformer_blocks").pp(i)))

@@ -494,7 +494,10 @@ mod tests {
             (4096, 50, 2.0233511571292637),
             (1024, 28, 1.8591765771805644),
         ] {
-            assert!((empirical_mu(tokens, steps) - mu).abs() < 1e-12, "{tokens} {steps}");
+            assert!(
+                (empirical_mu(tokens, steps) - mu).abs() < 1e-12,
+                "{tokens} {steps}"
+            );
         }
         assert!((empirical_mu(5000, 50) - (0.00016927 * 5000.0 + 0.45666666)).abs() < 1e-12);
     }

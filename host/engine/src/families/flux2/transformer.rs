@@ -15,9 +15,7 @@ use crate::models::joint_attention::{
     JointAttention, PosEmbed, Rope, norm_heads, position_rows, split_heads,
 };
 use crate::models::normalization::AdaLayerNormContinuous;
-use crate::models::{
-    LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward,
-};
+use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
