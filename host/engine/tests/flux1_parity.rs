@@ -598,3 +598,33 @@ fn ldm_vae_config_is_read_from_the_shapes() {
         "{err}"
     );
 }
+
+/// FLUX.1's CLIP tokenizer as the published folders ship it (`vocab.json`, `merges.txt`) and as
+/// `save_pretrained` writes it (`tokenizer.json`): transformers' `CLIPTokenizer` ids, padded to 77.
+#[test]
+fn clip_tokenizer_from_vocab_and_merges_or_tokenizer_json_matches_transformers() {
+    use videosdgx_engine::tokenizer::PromptTokenizer;
+    let dir = component("clip_tokenizer");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).unwrap()).unwrap();
+    for tokenizer in [
+        PromptTokenizer::clip_from_dir(&dir).unwrap(),
+        PromptTokenizer::clip_from_dir(&pipeline_dir("tiny-flux1-dev").join("tokenizer")).unwrap(),
+    ] {
+        for (prompt, ids) in expected["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(expected["input_ids"].as_array().unwrap())
+        {
+            let got = tokenizer.encode(prompt.as_str().unwrap(), 77).unwrap();
+            let ids: Vec<u32> = ids
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(got.input_ids, ids, "{prompt}");
+        }
+    }
+}

@@ -111,7 +111,7 @@ impl FluxPipeline {
         let clip_dir = component(dir, "text_encoder")?;
         let t5_dir = component(dir, "text_encoder_2")?;
         let text = FluxText {
-            clip_tokenizer: PromptTokenizer::from_dir(&tokenizer_dir)?,
+            clip_tokenizer: PromptTokenizer::clip_from_dir(&tokenizer_dir)?,
             clip_max_length: tokenizer_config["model_max_length"]
                 .as_u64()
                 .map_or(CLIP_MAX_LENGTH, |n| n as usize),
