@@ -628,3 +628,17 @@ fn clip_tokenizer_from_vocab_and_merges_or_tokenizer_json_matches_transformers()
         }
     }
 }
+
+#[test]
+fn the_flux1_pipelines_and_components_verify_clean() {
+    for dir in [
+        pipeline_dir("tiny-flux1-dev"),
+        pipeline_dir("tiny-flux1-kontext"),
+        component("clip_text").join("model"),
+        component("t5").join("model"),
+        component("flux1-odd").join("model"),
+    ] {
+        let report = videosdgx_engine::loader::verify(&dir).unwrap();
+        assert!(report.is_ok(), "{}: {report:#?}", dir.display());
+    }
+}
