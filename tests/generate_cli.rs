@@ -469,6 +469,25 @@ fn flux1_dev_and_kontext_generate_the_diffusers_images() {
             "text_to_image",
         ),
         (
+            "tiny-flux1-dev",
+            "a red car drives along a mountain road at night",
+            "3.5",
+            vec![
+                "--negative-prompt",
+                "low quality, blurry",
+                "--true-cfg",
+                "4",
+            ],
+            "true_cfg",
+        ),
+        (
+            "tiny-flux1-dev",
+            "a red car drives along a mountain road at night",
+            "3.5",
+            vec!["--max-sequence-length", "256"],
+            "max_sequence_length_256",
+        ),
+        (
             "tiny-flux1-kontext",
             "make the car blue",
             "2.5",

@@ -10,7 +10,8 @@ use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, Tr
 
 /// `CLIPTokenizer`'s word regex: the special tokens, English contractions, letter runs, single
 /// digits and runs of other non-space characters.
-const CLIP_WORDS: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_WORDS: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// The BPE vocabulary (a JSON object) and merges (a JSON array of pairs) of a CLIP tokenizer
 /// folder: from `tokenizer.json`'s model, else from `vocab.json` and `merges.txt`.
@@ -35,9 +36,9 @@ fn clip_vocab_and_merges(dir: &Path) -> Result<(serde_json::Value, serde_json::V
         .lines()
         .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
         .map(|line| {
-            let (a, b) = line.split_once(' ').with_context(|| {
-                format!("{}: malformed merge `{line}`", merges_path.display())
-            })?;
+            let (a, b) = line
+                .split_once(' ')
+                .with_context(|| format!("{}: malformed merge `{line}`", merges_path.display()))?;
             Ok(serde_json::json!([a, b]))
         })
         .collect::<Result<_>>()?;
@@ -136,12 +137,10 @@ impl PromptTokenizer {
         );
         let (vocab, merges) = clip_vocab_and_merges(dir)?;
         let id = |token: &str| {
-            vocab.get(token).and_then(|id| id.as_u64()).with_context(|| {
-                format!(
-                    "{}: the CLIP vocabulary has no `{token}`",
-                    dir.display()
-                )
-            })
+            vocab
+                .get(token)
+                .and_then(|id| id.as_u64())
+                .with_context(|| format!("{}: the CLIP vocabulary has no `{token}`", dir.display()))
         };
         let added: Vec<serde_json::Value> = [&bos, &eos, &unk, &pad]
             .into_iter()

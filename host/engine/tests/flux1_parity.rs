@@ -217,6 +217,8 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         lora_mode: Default::default(),
         cache: None,
         references,
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 
@@ -284,9 +286,9 @@ fn flux1_dev_text_to_image_matches_diffusers() {
 fn flux1_dev_with_true_cfg_and_a_negative_prompt_matches_diffusers() {
     let mut pipeline =
         FluxPipeline::load(&pipeline_dir("tiny-flux1-dev"), &Device::Cpu, DType::F32).unwrap();
-    pipeline.set_true_cfg_scale(4.0);
     let mut params = params(PROMPT, 3.5, Vec::new());
     params.negative_prompt = "low quality, blurry".into();
+    params.true_cfg_scale = Some(4.0);
     let inputs = GenerateInputs {
         latents: Some(reference(
             "tiny-flux1-dev",
@@ -394,6 +396,14 @@ fn flux1_pipelines_reject_missing_or_extra_images() {
         .unwrap()
         .to_string();
     assert!(err.contains("no reference images"), "{err}");
+    let mut long = params("x", 3.5, Vec::new());
+    long.max_sequence_length = Some(513);
+    let err = dev
+        .generate(&long, GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("max_sequence_length"), "{err}");
     let mut odd = params("x", 3.5, Vec::new());
     odd.width = 40;
     let err = dev
@@ -641,4 +651,24 @@ fn the_flux1_pipelines_and_components_verify_clean() {
         let report = videosdgx_engine::loader::verify(&dir).unwrap();
         assert!(report.is_ok(), "{}: {report:#?}", dir.display());
     }
+}
+
+/// 256 T5 tokens, as the published [schnell] examples encode.
+#[test]
+fn flux1_dev_with_256_t5_tokens_matches_diffusers() {
+    let mut pipeline = open("tiny-flux1-dev");
+    let mut params = params(PROMPT, 3.5, Vec::new());
+    params.max_sequence_length = Some(256);
+    let image = generate(&mut pipeline, "tiny-flux1-dev", &params);
+    let expected = reference(
+        "tiny-flux1-dev",
+        "max_sequence_length_256.safetensors",
+        "image",
+    );
+    assert_close(
+        "max_sequence_length_256",
+        &image,
+        &expected,
+        PIPELINE_TOLERANCE,
+    );
 }

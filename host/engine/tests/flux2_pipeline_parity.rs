@@ -47,6 +47,8 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         lora_mode: Default::default(),
         cache: None,
         references,
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 

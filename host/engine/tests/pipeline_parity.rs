@@ -74,6 +74,8 @@ fn params() -> GenerateParams {
         lora_mode: Default::default(),
         cache: None,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 

@@ -72,6 +72,8 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         lora_mode: Default::default(),
         cache,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 

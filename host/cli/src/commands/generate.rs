@@ -62,6 +62,13 @@ pub struct GenerateArgs {
     /// Negative prompt embeddings instead of encoding --negative-prompt.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
+    /// FLUX.1: T5 tokens per prompt (512 by default; the published [schnell] examples use 256).
+    #[arg(long, value_name = "N")]
+    pub max_sequence_length: Option<usize>,
+    /// FLUX.1: true classifier-free guidance with --negative-prompt at this scale (above 1), on
+    /// top of the embedded --guidance (the reference's `true_cfg_scale`).
+    #[arg(long, value_name = "SCALE")]
+    pub true_cfg: Option<f64>,
     /// FLUX.1: the pooled CLIP embedding (safetensors, one tensor `[1, pooled_dim]`) that goes
     /// with --prompt-embeds (the T5 states).
     #[arg(long, requires = "prompt_embeds")]
@@ -173,6 +180,8 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         lora_mode: args.lora_mode.into(),
         cache: args.cache,
         references,
+        max_sequence_length: args.max_sequence_length,
+        true_cfg_scale: args.true_cfg,
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -76,6 +76,14 @@ pub struct GenerateParams {
     /// character sheet, a previous keyframe).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<ImageInput>,
+    /// FLUX.1: T5 tokens per prompt (`max_sequence_length`; 512 unless `model_index.json` says
+    /// otherwise; the published [schnell] examples use 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sequence_length: Option<usize>,
+    /// FLUX.1: `true_cfg_scale`, classifier-free guidance with the negative prompt on top of the
+    /// embedded guidance (off unless above 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_cfg_scale: Option<f64>,
 }
 
 fn is_merge(mode: &LoraMode) -> bool {
@@ -301,6 +309,16 @@ impl Pipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> anyhow::Result<GeneratedVideo> {
+        if !matches!(self, Pipeline::Flux(_)) {
+            if params.max_sequence_length.is_some() {
+                bail!(
+                    "max_sequence_length is a FLUX.1 setting; this pipeline's prompt length is fixed"
+                );
+            }
+            if params.true_cfg_scale.is_some() {
+                bail!("true_cfg_scale is a FLUX.1 setting; this pipeline's guidance is `guidance`");
+            }
+        }
         match self {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
             Pipeline::Flux(flux) => flux.generate(params, inputs, on_progress),

@@ -83,9 +83,8 @@ pub struct FluxPipeline {
     transformer: FluxTransformer2DModel,
     vae: AutoencoderKL,
     scheduler_config: serde_json::Value,
+    /// T5 tokens per prompt unless a generation asks for another length.
     max_sequence_length: usize,
-    /// `true_cfg_scale`: above 1 with a negative prompt, a second (negative) prediction per step.
-    true_cfg_scale: f64,
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -142,7 +141,6 @@ impl FluxPipeline {
                 .get("max_sequence_length")
                 .and_then(|v| v.as_u64())
                 .map_or(MAX_SEQUENCE_LENGTH, |n| n as usize),
-            true_cfg_scale: 1.0,
         })
     }
 
@@ -154,13 +152,6 @@ impl FluxPipeline {
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
     pub fn keep_text_encoder(&mut self, keep: bool) {
         self.keep_text_encoder = keep;
-    }
-
-    /// The reference's `true_cfg_scale` (1 by default: off): above 1, every step also predicts
-    /// with the negative prompt and extrapolates away from it (on top of [dev]'s embedded
-    /// guidance).
-    pub fn set_true_cfg_scale(&mut self, scale: f64) {
-        self.true_cfg_scale = scale;
     }
 
     /// Pixels per packed latent token side: the VAE's downsampling times the 2x2 patch.
@@ -179,7 +170,13 @@ impl FluxPipeline {
             ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
         };
         let (grid_h, grid_w) = self.check(params)?;
-        let true_cfg = self.true_cfg_scale > 1.0
+        let max_length = params
+            .max_sequence_length
+            .unwrap_or(self.max_sequence_length);
+        // `true_cfg_scale`: above 1 with a negative prompt, a second (negative) prediction per
+        // step, extrapolated away from (on top of [dev]'s embedded guidance).
+        let true_cfg_scale = params.true_cfg_scale.unwrap_or(1.0);
+        let true_cfg = true_cfg_scale > 1.0
             && (!params.negative_prompt.is_empty()
                 || (inputs.negative_prompt_embeds.is_some()
                     && inputs.negative_pooled_prompt_embeds.is_some()));
@@ -187,6 +184,7 @@ impl FluxPipeline {
         report(Stage::EncodingPrompt, 0, 1)?;
         let positive = self.embeds(
             &params.prompt,
+            max_length,
             inputs.prompt_embeds,
             inputs.pooled_prompt_embeds,
             "",
@@ -194,6 +192,7 @@ impl FluxPipeline {
         let negative = if true_cfg {
             Some(self.embeds(
                 &params.negative_prompt,
+                max_length,
                 inputs.negative_prompt_embeds,
                 inputs.negative_pooled_prompt_embeds,
                 "negative ",
@@ -274,8 +273,7 @@ impl FluxPipeline {
             let mut noise_pred = predict(&positive)?;
             if let Some(negative) = &negative {
                 let negative_pred = predict(negative)?;
-                noise_pred =
-                    (&negative_pred + ((noise_pred - &negative_pred)? * self.true_cfg_scale)?)?;
+                noise_pred = (&negative_pred + ((noise_pred - &negative_pred)? * true_cfg_scale)?)?;
             }
             latents = scheduler.step(&noise_pred, &latents)?;
             report(Stage::Denoising, i + 1, timesteps.len())?;
@@ -345,6 +343,11 @@ impl FluxPipeline {
         if params.cache.is_some() {
             bail!("{}: step caching is implemented for Wan only", self.name);
         }
+        if let Some(n) = params.max_sequence_length
+            && !(1..=MAX_SEQUENCE_LENGTH).contains(&n)
+        {
+            bail!("max_sequence_length must be 1 to {MAX_SEQUENCE_LENGTH}, got {n}");
+        }
         if !params.loras.is_empty() {
             bail!(
                 "{}: LoRAs on FLUX.1 pipelines are not supported yet",
@@ -358,6 +361,7 @@ impl FluxPipeline {
     fn embeds(
         &mut self,
         prompt: &str,
+        max_length: usize,
         embeds: Option<Tensor>,
         pooled: Option<Tensor>,
         which: &str,
@@ -367,7 +371,7 @@ impl FluxPipeline {
                 prompt_embeds,
                 pooled_prompt_embeds,
             },
-            (None, None) => self.encode_prompt(prompt)?,
+            (None, None) => self.encode(prompt, max_length)?,
             _ => bail!(
                 "{}: FLUX.1 takes {which}prompt embeddings together with their pooled embeddings (--{}prompt-embeds and --{}pooled-prompt-embeds)",
                 self.name,
@@ -397,12 +401,16 @@ impl FluxPipeline {
     }
 
     /// `encode_prompt`: CLIP's pooled output of the prompt padded to `model_max_length`, and
-    /// T5's hidden states of the prompt padded to `max_sequence_length` (no attention mask, as
-    /// the pipelines call it).
+    /// T5's hidden states of the prompt padded to the pipeline's `max_sequence_length` (no
+    /// attention mask, as the pipelines call it).
     pub fn encode_prompt(&mut self, prompt: &str) -> Result<PromptEmbeds> {
+        self.encode(prompt, self.max_sequence_length)
+    }
+
+    fn encode(&mut self, prompt: &str, max_length: usize) -> Result<PromptEmbeds> {
         let text = &mut self.text;
         let clip_ids = text.clip_tokenizer.encode(prompt, text.clip_max_length)?;
-        let t5_ids = text.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
+        let t5_ids = text.t5_tokenizer.encode(prompt, max_length)?;
         let clip = match &mut text.clip {
             Some(clip) => clip,
             None => text.clip.insert(CLIPTextModel::load(

@@ -219,6 +219,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         lora_mode: Default::default(),
         cache: None,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
