@@ -672,3 +672,56 @@ fn flux1_dev_with_256_t5_tokens_matches_diffusers() {
         PIPELINE_TOLERANCE,
     );
 }
+
+/// A pipeline folder whose `transformer/` and `vae/` hold the single files users download
+/// (`flux1-dev.safetensors`, `ae.safetensors`) beside the diffusers configs.
+#[test]
+fn a_pipeline_with_single_file_transformer_and_vae_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = pipeline_dir("tiny-flux1-dev");
+    for entry in walk(&source) {
+        let relative = entry.strip_prefix(&source).unwrap();
+        if relative.starts_with("reference")
+            || relative.extension().is_some_and(|e| e == "safetensors")
+                && (relative.starts_with("transformer") || relative.starts_with("vae"))
+        {
+            continue;
+        }
+        let target = tmp.path().join(relative);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, target).unwrap();
+    }
+    for (file, folder) in [
+        ("flux1-dev.safetensors", "transformer"),
+        ("ae.safetensors", "vae"),
+    ] {
+        std::fs::copy(
+            source.join("reference").join(file),
+            tmp.path().join(folder).join(file),
+        )
+        .unwrap();
+    }
+    let mut pipeline = Pipeline::open(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let image = generate(
+        &mut pipeline,
+        "tiny-flux1-dev",
+        &params(PROMPT, 3.5, Vec::new()),
+    );
+    let expected = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
+    assert_close("single files", &image, &expected, PIPELINE_TOLERANCE);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|entry| {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
