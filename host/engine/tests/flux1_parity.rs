@@ -725,3 +725,29 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A diffusers/PEFT LoRA on every kind of linear layer of FLUX.1, merged and as run-time side
+/// paths, against diffusers' `fuse_lora` and PEFT layers.
+#[test]
+fn flux1_transformer_with_a_peft_lora_matches_diffusers() {
+    use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode};
+    let lora = Lora {
+        file: std::sync::Arc::new(
+            LoraFile::open(&component("flux1-dev-tiny").join("lora/peft.safetensors")).unwrap(),
+        ),
+        strength: 0.8,
+    };
+    let mut model = flux_model("flux1-dev-tiny");
+    let inputs = tensors("flux1-dev-tiny", "inputs.safetensors");
+    let expected = tensors("flux1-dev-tiny", "lora/reference.safetensors");
+    for (mode, key) in [(LoraMode::Merge, "fused"), (LoraMode::Runtime, "unfused")] {
+        model.set_loras(std::slice::from_ref(&lora), mode).unwrap();
+        let sample = flux_forward(&model, &inputs).unwrap();
+        assert_close(
+            &format!("lora {key}"),
+            &sample,
+            &expected[key],
+            COMPONENT_TOLERANCE,
+        );
+    }
+}
