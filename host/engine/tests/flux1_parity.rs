@@ -751,3 +751,35 @@ fn flux1_transformer_with_a_peft_lora_matches_diffusers() {
         );
     }
 }
+
+/// [schnell]'s scheduler (static shift 1, no dynamic shifting: `mu` is ignored) in a copy of
+/// the [dev] pipeline.
+#[test]
+fn flux1_with_the_schnell_scheduler_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = pipeline_dir("tiny-flux1-dev");
+    for entry in walk(&source) {
+        let relative = entry.strip_prefix(&source).unwrap();
+        if !relative.starts_with("reference") {
+            let target = tmp.path().join(relative);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&entry, target).unwrap();
+        }
+    }
+    std::fs::copy(
+        source.join("reference/schnell_scheduler_config.json"),
+        tmp.path().join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let mut pipeline = Pipeline::open(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let image = generate(
+        &mut pipeline,
+        "tiny-flux1-dev",
+        &params(PROMPT, 3.5, Vec::new()),
+    );
+    let expected = reference("tiny-flux1-dev", "schnell_scheduler.safetensors", "image");
+    assert_close("schnell_scheduler", &image, &expected, PIPELINE_TOLERANCE);
+    let dynamic = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
+    let moved = relative_error(&expected, &dynamic).unwrap();
+    assert!(moved > 1e-2, "the schedules differ by only {moved:e}");
+}
