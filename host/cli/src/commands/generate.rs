@@ -86,7 +86,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Start frame of an image-to-video model, or a reference image of an image model (FLUX.2:
-    /// repeatable, for multi-reference editing).
+    /// repeatable, for multi-reference editing; FLUX.1 Kontext: the one image to edit).
     #[arg(long)]
     pub image: Vec<PathBuf>,
     /// Last frame (first+last-frame checkpoints).
