@@ -436,10 +436,13 @@ impl Mapped {
         }
         let d = self.width;
         let rows = full.dim(0)?;
+        // Parts are copied out: a view would keep the whole fused tensor alive once per part.
         let tensor = match part {
             Part::Whole => full,
-            Part::Rows(i) if (i + 1) * d <= rows => full.narrow(0, i * d, d)?,
-            Part::RowsFrom(i) if i * d < rows => full.narrow(0, i * d, rows - i * d)?,
+            Part::Rows(i) if (i + 1) * d <= rows => full.narrow(0, i * d, d)?.force_contiguous()?,
+            Part::RowsFrom(i) if i * d < rows => {
+                full.narrow(0, i * d, rows - i * d)?.force_contiguous()?
+            }
             Part::SwapHalves if rows % 2 == 0 => Tensor::cat(
                 &[
                     full.narrow(0, rows / 2, rows / 2)?,
