@@ -673,18 +673,19 @@ fn flux1_dev_with_256_t5_tokens_matches_diffusers() {
     );
 }
 
-/// A pipeline folder whose `transformer/` and `vae/` hold the single files users download
-/// (`flux1-dev.safetensors`, `ae.safetensors`) beside the diffusers configs.
+/// A pipeline folder laid out as the published ones and what users download: `transformer/`
+/// and `vae/` holding the single files (`flux1-dev.safetensors`, `ae.safetensors`) beside the
+/// diffusers configs, `tokenizer/` holding CLIP's `vocab.json` and `merges.txt` and no
+/// `tokenizer.json`. It verifies clean and generates as diffusers.
 #[test]
-fn a_pipeline_with_single_file_transformer_and_vae_matches_diffusers() {
+fn a_pipeline_with_single_files_and_a_clip_vocabulary_matches_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
     let source = pipeline_dir("tiny-flux1-dev");
     for entry in walk(&source) {
         let relative = entry.strip_prefix(&source).unwrap();
-        if relative.starts_with("reference")
-            || relative.extension().is_some_and(|e| e == "safetensors")
-                && (relative.starts_with("transformer") || relative.starts_with("vae"))
-        {
+        let weights = relative.extension().is_some_and(|e| e == "safetensors")
+            && (relative.starts_with("transformer") || relative.starts_with("vae"));
+        if relative.starts_with("reference") || relative.starts_with("tokenizer/") || weights {
             continue;
         }
         let target = tmp.path().join(relative);
@@ -701,6 +702,16 @@ fn a_pipeline_with_single_file_transformer_and_vae_matches_diffusers() {
         )
         .unwrap();
     }
+    std::fs::create_dir(tmp.path().join("tokenizer")).unwrap();
+    for file in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+        std::fs::copy(
+            component("clip_tokenizer").join(file),
+            tmp.path().join("tokenizer").join(file),
+        )
+        .unwrap();
+    }
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
     let mut pipeline = Pipeline::open(tmp.path(), &Device::Cpu, DType::F32).unwrap();
     let image = generate(
         &mut pipeline,
@@ -709,6 +720,26 @@ fn a_pipeline_with_single_file_transformer_and_vae_matches_diffusers() {
     );
     let expected = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
     assert_close("single files", &image, &expected, PIPELINE_TOLERANCE);
+
+    // A shape the config does not imply is reported through the original name.
+    let config_path = tmp.path().join("transformer/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["joint_attention_dim"] = 24.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    let transformer = report
+        .components
+        .iter()
+        .find(|c| c.name == "transformer")
+        .unwrap();
+    assert!(
+        transformer
+            .shape_mismatches
+            .iter()
+            .any(|p| p.tensor == "txt_in.weight (as context_embedder.weight)"),
+        "{transformer:#?}"
+    );
 }
 
 /// Every file under `dir`.

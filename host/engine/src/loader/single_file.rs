@@ -237,6 +237,23 @@ impl SingleFile {
         )
     }
 
+    /// The stored tensor that diffusers' `name` comes from and the shape `name` has once its
+    /// part is taken, from the header alone (what `verify` compares with the config's shapes);
+    /// `None` where the file has no such tensor.
+    pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
+        let (key, part) = source(self.layout, self.prefix, self.up_blocks, name)?;
+        let shape = &self.checkpoint.entry(&key)?.shape;
+        let (rows, rest) = shape.split_first()?;
+        let d = self.width;
+        let shape = match part {
+            Part::Whole | Part::SwapHalves => shape.clone(),
+            Part::Rows(_) => [&[d], rest].concat(),
+            Part::RowsFrom(i) => [&[rows.saturating_sub(i * d)], rest].concat(),
+            Part::Squeeze => shape.iter().take(2).copied().collect(),
+        };
+        Some((key, shape))
+    }
+
     /// After a model was built: every tensor of the file must have been read, else the file
     /// holds something the model does not (another variant, a truncated conversion).
     pub fn check_all_used(&self, used: &Used) -> Result<(), LoadError> {
@@ -403,15 +420,24 @@ struct Mapped {
     used: Used,
 }
 
+/// The original tensor (with the file's `prefix`) and part that diffusers' `name` comes from.
+fn source(
+    layout: OriginalLayout,
+    prefix: &str,
+    up_blocks: usize,
+    name: &str,
+) -> Option<(String, Part)> {
+    let (key, part) = match layout {
+        OriginalLayout::Flux1Transformer => flux1_source(name)?,
+        OriginalLayout::Flux2Transformer => flux2_source(name)?,
+        OriginalLayout::LdmVae => ldm_vae_source(name, up_blocks)?,
+    };
+    Some((format!("{prefix}{key}"), part))
+}
+
 impl Mapped {
-    /// The original tensor (with the file's prefix) and part that diffusers' `name` comes from.
     fn source(&self, name: &str) -> Option<(String, Part)> {
-        let (key, part) = match self.layout {
-            OriginalLayout::Flux1Transformer => flux1_source(name)?,
-            OriginalLayout::Flux2Transformer => flux2_source(name)?,
-            OriginalLayout::LdmVae => ldm_vae_source(name, self.up_blocks)?,
-        };
-        Some((format!("{}{key}", self.prefix), part))
+        source(self.layout, self.prefix, self.up_blocks, name)
     }
 
     fn load(
