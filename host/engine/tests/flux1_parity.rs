@@ -814,3 +814,60 @@ fn flux1_with_the_schnell_scheduler_matches_diffusers() {
     let moved = relative_error(&expected, &dynamic).unwrap();
     assert!(moved > 1e-2, "the schedules differ by only {moved:e}");
 }
+
+/// A diffusers/PEFT LoRA at strength 0.8 on the [dev] pipeline, merged and at run time; the
+/// generation records it with its SHA-256, and two strengths (HIGH,LOW) are refused.
+#[test]
+fn flux1_dev_with_a_lora_matches_diffusers() {
+    use videosdgx_engine::lora::{LoraMode, LoraSpec};
+    let mut pipeline = open("tiny-flux1-dev");
+    let file = pipeline_dir("tiny-flux1-dev").join("reference/peft_lora.safetensors");
+    let expected = reference("tiny-flux1-dev", "lora.safetensors", "image");
+    for mode in [LoraMode::Merge, LoraMode::Runtime] {
+        let mut params = params(PROMPT, 3.5, Vec::new());
+        params.loras = vec![
+            format!("{}:0.8", file.display())
+                .parse::<LoraSpec>()
+                .unwrap(),
+        ];
+        params.lora_mode = mode;
+        let inputs = GenerateInputs {
+            latents: Some(reference(
+                "tiny-flux1-dev",
+                "latents.safetensors",
+                "latents",
+            )),
+            ..Default::default()
+        };
+        let out = pipeline.generate(&params, inputs, &mut quiet).unwrap();
+        assert_close(
+            &format!("lora {mode:?}"),
+            &out.frames.squeeze(0).unwrap(),
+            &expected,
+            PIPELINE_TOLERANCE,
+        );
+        assert_eq!(out.loras.len(), 1);
+        assert_eq!(out.loras[0].sha256.as_ref().map(String::len), Some(64));
+    }
+    // Without LoRAs the next generation is the plain model again.
+    let plain = generate(
+        &mut pipeline,
+        "tiny-flux1-dev",
+        &params(PROMPT, 3.5, Vec::new()),
+    );
+    let expected = reference("tiny-flux1-dev", "text_to_image.safetensors", "image");
+    assert_close("after the lora", &plain, &expected, PIPELINE_TOLERANCE);
+
+    let mut two = params(PROMPT, 3.5, Vec::new());
+    two.loras = vec![
+        format!("{}:1,0", file.display())
+            .parse::<LoraSpec>()
+            .unwrap(),
+    ];
+    let err = pipeline
+        .generate(&two, GenerateInputs::default(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("two strengths"), "{err}");
+}

@@ -13,6 +13,7 @@
 use super::transformer::FluxTransformer2DModel;
 use crate::image_processor::pil_lanczos;
 use crate::loader::{read_config, read_pipeline_index};
+use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
@@ -26,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// T5 tokens per prompt: the pipelines' `max_sequence_length` default (the published [schnell]
 /// examples pass 256; `model_index.json` may say so with a `max_sequence_length` entry).
@@ -85,6 +87,8 @@ pub struct FluxPipeline {
     scheduler_config: serde_json::Value,
     /// T5 tokens per prompt unless a generation asks for another length.
     max_sequence_length: usize,
+    /// The LoRA files applied now, kept open for the next generation that names them.
+    lora_files: Vec<Arc<LoraFile>>,
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -141,6 +145,7 @@ impl FluxPipeline {
                 .get("max_sequence_length")
                 .and_then(|v| v.as_u64())
                 .map_or(MAX_SEQUENCE_LENGTH, |n| n as usize),
+            lora_files: Vec::new(),
         })
     }
 
@@ -152,6 +157,32 @@ impl FluxPipeline {
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
     pub fn keep_text_encoder(&mut self, keep: bool) {
         self.keep_text_encoder = keep;
+    }
+
+    /// Applies `specs` to the transformer, replacing the LoRAs applied before. Returns the specs
+    /// with each file's SHA-256; a spec that names one must match it.
+    pub fn set_loras(&mut self, specs: &[LoraSpec], mode: LoraMode) -> Result<Vec<LoraSpec>> {
+        if let Some(spec) = specs.iter().find(|spec| spec.strength_2.is_some()) {
+            bail!(
+                "{}: `{}` gives two strengths (HIGH,LOW), but FLUX.1 has one transformer",
+                self.name,
+                spec.path.display()
+            );
+        }
+        let (files, resolved) = crate::lora::resolve_specs(specs, &self.lora_files)?;
+        let loras: Vec<Lora> = files
+            .iter()
+            .zip(specs)
+            .map(|(file, spec)| Lora {
+                file: file.clone(),
+                strength: spec.strength,
+            })
+            .collect();
+        self.transformer
+            .set_loras(&loras, mode)
+            .context("transformer")?;
+        self.lora_files = files;
+        Ok(resolved)
     }
 
     /// Pixels per packed latent token side: the VAE's downsampling times the 2x2 patch.
@@ -170,6 +201,7 @@ impl FluxPipeline {
             ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
         };
         let (grid_h, grid_w) = self.check(params)?;
+        let loras = self.set_loras(&params.loras, params.lora_mode)?;
         let max_length = params
             .max_sequence_length
             .unwrap_or(self.max_sequence_length);
@@ -293,7 +325,7 @@ impl FluxPipeline {
             frames,
             fps: 0,
             latents: z.to_dtype(DType::F32)?,
-            loras: Vec::new(),
+            loras,
             cache: None,
         })
     }
@@ -347,12 +379,6 @@ impl FluxPipeline {
             && !(1..=MAX_SEQUENCE_LENGTH).contains(&n)
         {
             bail!("max_sequence_length must be 1 to {MAX_SEQUENCE_LENGTH}, got {n}");
-        }
-        if !params.loras.is_empty() {
-            bail!(
-                "{}: LoRAs on FLUX.1 pipelines are not supported yet",
-                self.name
-            );
         }
         Ok((params.height / unit, params.width / unit))
     }

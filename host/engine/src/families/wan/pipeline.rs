@@ -185,35 +185,16 @@ impl WanPipeline {
     /// `transformer` and `strength_2` (else `strength`) to Wan 2.2's low-noise `transformer_2`.
     /// Returns the specs with each file's SHA-256; a spec that names one must match it.
     pub fn set_loras(&mut self, specs: &[LoraSpec], mode: LoraMode) -> Result<Vec<LoraSpec>> {
-        let mut files = Vec::with_capacity(specs.len());
-        let mut resolved = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if spec.strength_2.is_some() && self.transformer_2.is_none() {
-                bail!(
-                    "{}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
-                    self.name,
-                    spec.path.display()
-                );
-            }
-            let file = match self.lora_files.iter().find(|f| f.path() == spec.path) {
-                Some(file) => file.clone(),
-                None => Arc::new(LoraFile::open(&spec.path)?),
-            };
-            let sha256 = file.sha256()?.to_string();
-            if let Some(expected) = &spec.sha256
-                && *expected != sha256
-            {
-                bail!(
-                    "{}: SHA-256 is {sha256}, but the generation asks for {expected}",
-                    spec.path.display()
-                );
-            }
-            resolved.push(LoraSpec {
-                sha256: Some(sha256),
-                ..spec.clone()
-            });
-            files.push(file);
+        if self.transformer_2.is_none()
+            && let Some(spec) = specs.iter().find(|spec| spec.strength_2.is_some())
+        {
+            bail!(
+                "{}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
+                self.name,
+                spec.path.display()
+            );
         }
+        let (files, resolved) = crate::lora::resolve_specs(specs, &self.lora_files)?;
         let with = |strength: fn(&LoraSpec) -> f64| -> Vec<Lora> {
             files
                 .iter()
