@@ -257,13 +257,13 @@ impl FluxPipeline {
         let mut latents = pack(&latents.to_dtype(self.dtype)?)?;
         let tokens = grid_h * grid_w;
         let mut ids = grid_ids(0, grid_h, grid_w, &self.device)?;
-        let image_tokens = match self.kontext {
-            true => {
-                let (tokens, image_ids) = self.encode_image(&params.references[0])?;
-                ids = Tensor::cat(&[&ids, &image_ids], 0)?;
-                Some(tokens)
-            }
-            false => None,
+        // Kontext: the image to edit, appended after the generated tokens.
+        let image_tokens = if self.kontext {
+            let (tokens, image_ids) = self.encode_image(&params.references[0])?;
+            ids = Tensor::cat(&[&ids, &image_ids], 0)?;
+            Some(tokens)
+        } else {
+            None
         };
         report(Stage::EncodingPrompt, 1, 1)?;
 
@@ -274,9 +274,10 @@ impl FluxPipeline {
             &sigmas,
             Some(calculate_shift(&self.scheduler_config, tokens)),
         )?;
-        let guidance = match self.transformer.config().guidance_embeds {
-            true => Some(Tensor::full(params.guidance as f32, 1, &self.device)?),
-            false => None,
+        let guidance = if self.transformer.config().guidance_embeds {
+            Some(Tensor::full(params.guidance as f32, 1, &self.device)?)
+        } else {
+            None
         };
         let timesteps = scheduler.timesteps().to_vec();
         report(Stage::Denoising, 0, timesteps.len())?;
