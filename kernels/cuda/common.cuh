@@ -11,6 +11,16 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return r;
 }
 
+// Eight packed bf16 values (16 bytes) as floats, in order.
+__device__ __forceinline__ void unpack8(const uint4 &raw, float (&f)[8]) {
+    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
 // Wan's 3-D RoPE angle of pair `j` of a head (elements 2j, 2j+1) for the token at (f, h, w): the
 // head dim splits into a frame part of t_dim, then height and width parts of hw_dim each; pair i of
 // a part of size n at position p rotates by p * theta^(-2i/n). fp32 with exact integer positions

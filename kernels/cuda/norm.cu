@@ -23,15 +23,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__device__ __forceinline__ void unpack8(const uint4 &raw, float (&f)[8]) {
-    const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-
 // 8 consecutive fp32 terms starting at p[j] (16-byte aligned: j is a multiple of 8).
 __device__ __forceinline__ void load8(const float *p, int j, float (&t)[8]) {
     const float4 a = *reinterpret_cast<const float4 *>(p + j), b = *reinterpret_cast<const float4 *>(p + j + 4);
@@ -243,4 +234,130 @@ extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_f32(const flo
                                                                      long long outer, int c, long long inner, int silu,
                                                                      int slices) {
     channel_rms_norm<float>(x, y, scale, outer, c, inner, silu, slices);
+}
+
+// GroupNorm over NC[spatial] tensors, as torch.nn.GroupNorm (+ SiLU): a (batch, group) row is the
+// contiguous run of its channels' pixels. Pass 1 sums each row's values and squares in chunks of
+// GN_CHUNK elements (f32 within a block, f64 across blocks), pass 2 normalises and applies the
+// per-channel affine, in f32, rounding once.
+#define GN_CHUNK 16384
+
+template <typename T>
+__device__ __forceinline__ void group_norm_stats(const T *__restrict__ x, double *__restrict__ stats,
+                                                 long long row_len) {
+    using P = Pixels16<T>;
+    constexpr int N = P::N;
+    __shared__ float partial[2][32];
+    const long long row = blockIdx.y;
+    const long long start = (long long)blockIdx.x * GN_CHUNK;
+    const long long end = min(start + GN_CHUNK, row_len);
+    const T *xp = x + row * row_len;
+    float s = 0.f, ss = 0.f;
+    for (long long i = start + (long long)threadIdx.x * N; i < end; i += (long long)blockDim.x * N) {
+        float v[N];
+        P::load(xp + i, v);
+#pragma unroll
+        for (int e = 0; e < N; ++e) {
+            s += v[e];
+            ss += v[e] * v[e];
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        s += __shfl_xor_sync(0xffffffffu, s, off);
+        ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        partial[0][warp] = s;
+        partial[1][warp] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0, total_sq = 0.0;
+        for (int w = 0; w < (int)(blockDim.x / 32); ++w) {
+            total += partial[0][w];
+            total_sq += partial[1][w];
+        }
+        atomicAdd(&stats[2 * row], total);
+        atomicAdd(&stats[2 * row + 1], total_sq);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void group_norm_apply(const T *__restrict__ x, T *__restrict__ y,
+                                                 const double *__restrict__ stats,
+                                                 const float *__restrict__ weight,
+                                                 const float *__restrict__ bias, long long total, int channels,
+                                                 int channels_per_group, long long pixels, float eps,
+                                                 int silu) {
+    using P = Pixels16<T>;
+    constexpr int N = P::N;
+    const long long idx = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * N;
+    if (idx >= total) return;
+    // `pixels` is a multiple of N, so a thread's N values share one channel and one row.
+    const long long channel = idx / pixels;  // over batch * channels
+    const long long row = channel / channels_per_group;
+    const double n = (double)channels_per_group * pixels;
+    const double mean = stats[2 * row] / n;
+    const double var = fmax(stats[2 * row + 1] / n - mean * mean, 0.0);
+    const float m = (float)mean, r = rsqrtf((float)var + eps);
+    const int c = (int)(channel % channels);
+    const float w = weight[c] * r, b = bias[c] - m * w;
+    float v[N];
+    P::load(x + idx, v);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+        float t = v[e] * w + b;
+        if (silu) t = t / (1.f + __expf(-t));
+        v[e] = t;
+    }
+    P::store(y + idx, v);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_stats_bf16(const bf16_t *x, double *stats,
+                                                                       long long row_len) {
+    group_norm_stats<bf16_t>(x, stats, row_len);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_stats_f32(const float *x, double *stats,
+                                                                      long long row_len) {
+    group_norm_stats<float>(x, stats, row_len);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_apply_bf16(const bf16_t *x, bf16_t *y,
+                                                                       const double *stats, const float *weight,
+                                                                       const float *bias, long long total,
+                                                                       int channels, int channels_per_group,
+                                                                       long long pixels, float eps, int silu) {
+    group_norm_apply<bf16_t>(x, y, stats, weight, bias, total, channels, channels_per_group, pixels, eps, silu);
+}
+
+extern "C" __global__ void __launch_bounds__(256) group_norm_apply_f32(const float *x, float *y, const double *stats,
+                                                                      const float *weight, const float *bias,
+                                                                      long long total, int channels,
+                                                                      int channels_per_group, long long pixels,
+                                                                      float eps, int silu) {
+    group_norm_apply<float>(x, y, stats, weight, bias, total, channels, channels_per_group, pixels, eps, silu);
+}
+
+// SwiGLU of the gated half-split used by FLUX.2's feed-forwards: x [rows, 2 * half] bf16 with row
+// stride x_row (a view into a fused projection), y [rows, half] contiguous,
+// y = silu(x[:, :half]) * x[:, half:] in fp32, rounded once. A thread owns 8 adjacent outputs.
+extern "C" __global__ void __launch_bounds__(256) swiglu_bf16(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
+                                                              long long rows, long long half, long long x_row) {
+    const long long idx = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (idx >= rows * half) return;
+    const long long row = idx / half, j = idx % half;
+    float g[8], u[8];
+    unpack8(*reinterpret_cast<const uint4 *>(x + row * x_row + j), g);
+    unpack8(*reinterpret_cast<const uint4 *>(x + row * x_row + half + j), u);
+    u32 out[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const float a = g[2 * p] / (1.f + __expf(-g[2 * p])) * u[2 * p];
+        const float b = g[2 * p + 1] / (1.f + __expf(-g[2 * p + 1])) * u[2 * p + 1];
+        out[p] = pack_bf16(a, b);
+    }
+    *reinterpret_cast<uint4 *>(y + idx) = make_uint4(out[0], out[1], out[2], out[3]);
 }

@@ -37,3 +37,47 @@ extern "C" __global__ void rope3d_bf16(const bf16_t *__restrict__ x, bf16_t *__r
             make_uint4(rotate(v.x, cs[0], sn[0]), rotate(v.y, cs[1], sn[1]), rotate(v.z, cs[2], sn[2]), rotate(v.w, cs[3], sn[3]));
     }
 }
+
+// Rotary embedding from tables, optionally after a per-head RMS norm: the q/k path of FLUX-style
+// attention (`norm_q`/`norm_k` over each head of dim D, then `apply_rotary_emb` with interleaved
+// pairs). x [B, L, H, D] bf16 with any 16-byte aligned token/head strides (a view into a fused
+// projection), weight fp32 [D] (null: no affine), cos/sin fp32 [L, D/2]; y [B, L, H, D] contiguous.
+// One warp per (token, head); lane i owns elements [8i, 8i + 8) for D <= 256 (a multiple of 8).
+// y = rope(x * rsqrt(mean(x^2) + eps) * weight) when `norm`, else rope(x); fp32, rounded once.
+extern "C" __global__ void __launch_bounds__(256) rms_norm_rope_bf16(
+    const bf16_t *__restrict__ x, bf16_t *__restrict__ y, const float *__restrict__ weight,
+    const float *__restrict__ cos_t, const float *__restrict__ sin_t, long long vectors, int seq, int heads, int d,
+    long long x_sb, long long x_sl, long long x_sh, int norm, float eps) {
+    const long long vec = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (vec >= vectors) return;  // whole warps leave together
+    const int h = vec % heads;
+    const long long token = vec / heads;
+    const int l = token % seq;
+    const long long b = token / seq;
+    const bool live = lane * 8 < d;
+    float v[8];
+    float ss = 0.f;
+    if (live) {
+        unpack8(*reinterpret_cast<const uint4 *>(x + b * x_sb + l * x_sl + h * x_sh + lane * 8), v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (!live) return;
+    const float r = norm ? rsqrtf(ss / d + eps) : 1.f;
+    const float *cs = cos_t + (long long)l * (d / 2) + lane * 4;
+    const float *sn = sin_t + (long long)l * (d / 2) + lane * 4;
+    u32 out[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        float a = v[2 * p] * r, c = v[2 * p + 1] * r;
+        if (weight) {
+            a *= weight[lane * 8 + 2 * p];
+            c *= weight[lane * 8 + 2 * p + 1];
+        }
+        out[p] = pack_bf16(a * cs[p] - c * sn[p], a * sn[p] + c * cs[p]);
+    }
+    *reinterpret_cast<uint4 *>(y + vec * d + lane * 8) = make_uint4(out[0], out[1], out[2], out[3]);
+}

@@ -167,6 +167,77 @@ pub fn channel_rms_norm(
     if silu { y.silu() } else { Ok(y) }
 }
 
+/// `torch.nn.GroupNorm(groups, C, eps)` over `x` `[B, C, ...]` in f32, then SiLU when `silu`:
+/// what [`crate::group_norm`] computes on CUDA.
+pub fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let grouped = x.to_dtype(DType::F32)?.reshape((dims[0], groups, ()))?;
+    let centered = grouped.broadcast_sub(&grouped.mean_keepdim(2)?)?;
+    let var = centered.sqr()?.mean_keepdim(2)?;
+    let mut shape = vec![1; dims.len()];
+    shape[1] = dims[1];
+    let y = centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .reshape(dims)?
+        .broadcast_mul(&weight.to_dtype(DType::F32)?.reshape(shape.clone())?)?
+        .broadcast_add(&bias.to_dtype(DType::F32)?.reshape(shape)?)?;
+    if silu { y.silu() } else { Ok(y) }
+}
+
+/// `torch.nn.RMSNorm(D, eps)` of every head of `x` `[B, L, H, D]` (times `weight` `[D]` when
+/// given), then the rotary embedding of the interleaved pairs `(x[2j], x[2j+1])` by the angles
+/// whose `cos`/`sin` are `[L, D / 2]`, in f32: what [`crate::rms_norm_rope`] computes on CUDA.
+pub fn rms_norm_rope(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let (b, l, h, d) = x.dims4()?;
+    let x = x.to_dtype(DType::F32)?;
+    let mut normed = x.broadcast_div(&(x.sqr()?.mean_keepdim(3)? + eps)?.sqrt()?)?;
+    if let Some(w) = weight {
+        normed = normed.broadcast_mul(&w.to_dtype(DType::F32)?.reshape((1, 1, 1, d))?)?;
+    }
+    rotate_pairs(&normed.reshape((b, l, h, d / 2, 2))?, cos, sin)
+}
+
+/// Rotates `pairs` `[B, L, H, D/2, 2]` (f32) by the angles of `cos`/`sin` `[L, D/2]`.
+fn rotate_pairs(pairs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, l, h, half, _) = pairs.dims5()?;
+    let (x1, x2) = (pairs.narrow(4, 0, 1)?, pairs.narrow(4, 1, 1)?);
+    let cos = cos.to_dtype(DType::F32)?.reshape((1, l, 1, half, 1))?;
+    let sin = sin.to_dtype(DType::F32)?.reshape((1, l, 1, half, 1))?;
+    let even = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let odd = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[even, odd], 4)?.reshape((b, l, h, half * 2))
+}
+
+/// The rotary embedding alone: [`rms_norm_rope`] without the norm (what [`crate::rope_tables`]
+/// computes on CUDA).
+pub fn rope_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, l, h, d) = x.dims4()?;
+    let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
+    rotate_pairs(&pairs, cos, sin)
+}
+
+/// `silu(x[..., :n]) * x[..., n:]` in f32: what [`crate::swiglu`] computes on CUDA.
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let half = x.dim(candle_core::D::Minus1)? / 2;
+    x.narrow(candle_core::D::Minus1, 0, half)?
+        .silu()?
+        .mul(&x.narrow(candle_core::D::Minus1, half, half)?)
+}
+
 /// A [`FrameConv`] with candle's ordinary ops, in `x`'s dtype on `x`'s device (the engine's
 /// portable path): the frames each output frame reads are gathered side by side on the channel
 /// dim, then one 2-D convolution runs over every output frame.

@@ -318,6 +318,96 @@ fn channel_rms_norm_matches_reference_on_vae_layouts() {
 }
 
 #[test]
+fn group_norm_matches_reference_on_image_vae_layouts() {
+    let dev = gpu();
+    // [n, c, h, w] of the FLUX VAEs' decoder (32 groups), rows longer than one statistics block,
+    // a non-zero mean (the f64 sums must not cancel), and a tiny group count.
+    for (shape, groups, silu) in [
+        (vec![1, 128, 96, 80], 32, true),
+        (vec![2, 512, 16, 24], 32, false),
+        (vec![1, 64, 200, 136], 4, true),
+        (vec![3, 12, 8, 8], 3, false),
+    ] {
+        let x = randn(&shape, &dev).affine(3.0, 2.0).unwrap();
+        let c = shape[1];
+        let weight = Tensor::randn(1f32, 0.2f32, c, &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.2f32, c, &dev).unwrap();
+        let want = reference::group_norm(&cpu(&x), &cpu(&weight), &cpu(&bias), groups, 1e-6, silu)
+            .unwrap();
+        for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 1e-5)] {
+            let x = x.to_dtype(dtype).unwrap();
+            let got =
+                videosdgx_kernels::group_norm(&x, &weight, &bias, groups, 1e-6, silu).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let err = rel_err(&got, &want);
+            eprintln!(
+                "group norm {dtype:?} {shape:?} groups {groups} silu {silu}: rel err {err:.2e}"
+            );
+            assert!(err < bound, "group norm {dtype:?} {shape:?}: rel err {err}");
+        }
+    }
+    let odd = randn(&[1, 8, 3, 5], &dev);
+    let (w, b) = (
+        Tensor::ones(8, DType::F32, &dev).unwrap(),
+        Tensor::zeros(8, DType::F32, &dev).unwrap(),
+    );
+    let err = videosdgx_kernels::group_norm(&odd, &w, &b, 3, 1e-6, false).unwrap_err();
+    assert!(
+        err.to_string().contains("3 groups do not divide 8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rotary_tables_with_and_without_the_head_norm_match_reference() {
+    let dev = gpu();
+    // FLUX's q/k: a view into a fused projection (token stride wider than the heads), two
+    // batches, and head dims 128 and 64.
+    for (b, l, h, d, extra) in [
+        (1, 300, 24, 128, 9216),
+        (2, 77, 4, 64, 0),
+        (1, 8, 3, 256, 256),
+    ] {
+        let fused = randn(&[b, l, (h * d + extra) / d, d], &dev);
+        let x = fused.narrow(2, 0, h).unwrap();
+        let angles = Tensor::rand(-3f32, 3f32, (l, d / 2), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let weight = Tensor::randn(1f32, 0.2f32, d, &dev).unwrap();
+        let want =
+            reference::rms_norm_rope(&cpu(&x), Some(&cpu(&weight)), &cpu(&cos), &cpu(&sin), 1e-6)
+                .unwrap();
+        let got = videosdgx_kernels::rms_norm_rope(&x, Some(&weight), &cos, &sin, 1e-6).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rms_norm_rope {b}x{l}x{h}x{d}: rel err {err:.2e}");
+        assert!(err < 1e-2, "rms_norm_rope {b}x{l}x{h}x{d}: rel err {err}");
+        let want = reference::rope_tables(&cpu(&x), &cpu(&cos), &cpu(&sin)).unwrap();
+        let got = videosdgx_kernels::rope_tables(&x, &cos, &sin).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rope_tables {b}x{l}x{h}x{d}: rel err {err:.2e}");
+        assert!(err < 1e-2, "rope_tables {b}x{l}x{h}x{d}: rel err {err}");
+    }
+    let x = randn(&[1, 4, 2, 64], &dev);
+    let short = Tensor::zeros((3, 32), DType::F32, &dev).unwrap();
+    let err = videosdgx_kernels::rope_tables(&x, &short, &short).unwrap_err();
+    assert!(err.to_string().contains("do not fit 4 tokens"), "{err}");
+}
+
+#[test]
+fn swiglu_matches_reference_on_a_view_of_a_fused_projection() {
+    let dev = gpu();
+    for (rows, half, before) in [(4608, 9216, 9216), (3, 16, 0), (1000, 24, 8)] {
+        let fused = randn(&[rows, before + 2 * half], &dev);
+        let x = fused.narrow(1, before, 2 * half).unwrap();
+        let want = reference::swiglu(&cpu(&x)).unwrap();
+        let got = videosdgx_kernels::swiglu(&x).unwrap();
+        assert_eq!(got.dims(), [rows, half]);
+        let err = rel_err(&got, &want);
+        eprintln!("swiglu {rows}x{half} (offset {before}): rel err {err:.2e}");
+        assert!(err < 1e-2, "swiglu {rows}x{half}: rel err {err}");
+    }
+}
+
+#[test]
 fn channel_rms_norm_into_writes_only_its_view() {
     let dev = gpu();
     // The VAE's use: 4 frames normalised into a 6-frame buffer behind 2 cached frames.

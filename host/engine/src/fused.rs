@@ -108,6 +108,77 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Op
     Ok(None)
 }
 
+/// The per-head RMS norm (`weight` `[D]`) of `x` `[B, L, H, D]` then the rotary embedding of
+/// interleaved pairs from the tables `cos`/`sin` `[L, D / 2]`, as one kernel pass; `None` where no
+/// kernel covers the inputs (the caller then runs the two, which log their own fallbacks).
+pub(crate) fn rms_norm_rope_tables(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::rope_tables_covered(x) && !disabled("norm") {
+        return videosdgx_kernels::rms_norm_rope(x, Some(weight), cos, sin, eps).map(Some);
+    }
+    let _ = (x, weight, eps, cos, sin);
+    Ok(None)
+}
+
+/// The rotary embedding of the interleaved pairs of `x` `[B, L, H, D]` from the tables
+/// `cos`/`sin` `[L, D / 2]`.
+pub(crate) fn rope_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if cuda::rope_tables_covered(x) {
+            return videosdgx_kernels::rope_tables(x, cos, sin).map(Some);
+        }
+        warn_fallback(x, "rotary tables");
+    }
+    let _ = (x, cos, sin);
+    Ok(None)
+}
+
+/// `silu(x[..., :n]) * x[..., n:]` (FLUX.2's SwiGLU) in one pass.
+pub(crate) fn swiglu(x: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        let half = x.dims().last().copied().unwrap_or(0) / 2;
+        if x.device().is_cuda()
+            && x.dtype() == candle_core::DType::BF16
+            && half % 8 == 0
+            && !disabled("swiglu")
+        {
+            return videosdgx_kernels::swiglu(x).map(Some);
+        }
+        warn_fallback(x, "swiglu");
+    }
+    let _ = x;
+    Ok(None)
+}
+
+/// `torch.nn.GroupNorm` of `x` `[B, C, ...]` with the per-channel affine (and SiLU when `silu`)
+/// as two kernel passes, where a kernel covers the inputs.
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(y) = cuda::group_norm(x, weight, bias, groups, eps, silu)? {
+            return Ok(Some(y));
+        }
+        warn_fallback(x, "group norm");
+    }
+    let _ = (x, weight, bias, groups, eps, silu);
+    Ok(None)
+}
+
 /// `x w^T + b` of a `Linear` layer, followed by tanh-approximated GELU when `gelu`, plus
 /// `residual` when given, as one cuBLASLt matmul with a fused epilogue (no separate bias,
 /// activation or residual pass), in `x`'s dtype. A layer with LoRA side paths is left to its own
@@ -439,6 +510,42 @@ mod cuda {
             return Ok(None);
         };
         videosdgx_kernels::gated_residual(x, y, &gate).map(Some)
+    }
+
+    /// Whether the rotary-table kernels take `x` `[B, L, H, D]`: bf16 on CUDA, a contiguous head
+    /// dim of 8k up to 256, 16-byte aligned strides.
+    pub(super) fn rope_tables_covered(x: &Tensor) -> bool {
+        if super::disabled("rope") || !bf16_cuda(x) || x.rank() != 4 {
+            return false;
+        }
+        let d = x.dims()[3];
+        let (_, layout) = x.storage_and_layout();
+        let st = layout.stride();
+        d % 8 == 0
+            && d <= 256
+            && st[3] == 1
+            && st[..3].iter().all(|s| s % 8 == 0)
+            && layout.start_offset() % 8 == 0
+    }
+
+    pub(super) fn group_norm(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Option<Tensor>> {
+        let per_thread = 16 / x.dtype().size_in_bytes();
+        let pixels: usize = x.dims().iter().skip(2).product();
+        let covered = matches!(x.dtype(), DType::BF16 | DType::F32)
+            && x.device().is_cuda()
+            && x.rank() >= 3
+            && pixels.is_multiple_of(per_thread);
+        if super::disabled("norm") || !covered {
+            return Ok(None);
+        }
+        videosdgx_kernels::group_norm(x, weight, bias, groups, eps, silu).map(Some)
     }
 }
 

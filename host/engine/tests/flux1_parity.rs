@@ -582,17 +582,27 @@ fn ldm_vae_config_is_read_from_the_shapes() {
     };
     assert_eq!(original.layout(), OriginalLayout::LdmVae);
     let cfg = original.ldm_vae_config().unwrap();
-    assert_eq!(cfg.block_out_channels, [4, 8, 12]);
+    let published: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("vae/kl-odd/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::json!(cfg.block_out_channels),
+        published["block_out_channels"]
+    );
+    assert_eq!(
+        serde_json::json!([cfg.layers_per_block, cfg.latent_channels]),
+        serde_json::json!([published["layers_per_block"], published["latent_channels"]])
+    );
     assert_eq!(
         (
-            cfg.layers_per_block,
-            cfg.latent_channels,
-            cfg.norm_num_groups
+            cfg.norm_num_groups,
+            cfg.mid_block_add_attention,
+            cfg.use_quant_conv
         ),
-        (1, 3, 32)
+        (32, false, false)
     );
-    assert!(!cfg.mid_block_add_attention);
-    // 4 channels do not make 32 groups: the load fails by name, not in a forward.
+    // Its first widths do not make 32 groups: the load fails by name, not in a forward.
     let err = format!(
         "{:#}",
         videosdgx_engine::models::autoencoder_kl::AutoencoderKL::load(

@@ -445,7 +445,7 @@ fn f32_term(t: &Option<Tensor>) -> Result<Option<(candle_core::StorageRef<'_>, u
     let Some(t) = t else { return Ok(None) };
     let (storage, layout) = t.storage_and_layout();
     if !layout.is_contiguous() {
-        bail!("modulated norm: terms must be contiguous");
+        bail!("kernel operands (norm weights, modulation terms, rotary tables) must be contiguous");
     }
     let offset = layout.start_offset();
     Ok(Some((storage, offset)))
@@ -464,8 +464,10 @@ impl CustomOp1 for ModulatedNorm {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
+        // Rows are addressed as one run of `b * l` rows `st[1]` apart; a single batch may be a
+        // narrowed view (the image tokens of a joint text+image sequence).
         if st[2] != 1
-            || st[0] != st[1] * l
+            || (b > 1 && st[0] != st[1] * l)
             || !xl.start_offset().is_multiple_of(8)
             || !st[1].is_multiple_of(8)
         {
@@ -1159,4 +1161,411 @@ pub fn channel_rms_norm_into(
 ) -> Result<()> {
     let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
     dst.inplace_op2(&x.contiguous()?, &op)
+}
+
+/// `torch.nn.GroupNorm` (+ SiLU) as two kernels of norm.cu: per-(batch, group) sums, then the
+/// normalisation and per-channel affine.
+struct GroupNormOp {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+}
+
+impl CustomOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "group-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("group norm runs on CUDA only; reference::group_norm is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + DeviceRepr + 'static>(
+            op: &GroupNormOp,
+            xs: &CudaStorage,
+            xl: &Layout,
+            [stats_kernel, apply_kernel]: [&'static str; 2],
+        ) -> Result<(CudaStorage, Shape)> {
+            let per_thread = 16 / size_of::<T>();
+            let dims = xl.shape().dims();
+            let (b, c) = (dims[0], dims[1]);
+            let pixels: usize = dims[2..].iter().product();
+            if !xl.is_contiguous()
+                || !xl.start_offset().is_multiple_of(per_thread)
+                || !pixels.is_multiple_of(per_thread)
+            {
+                bail!(
+                    "group norm: x must be contiguous, 16-byte aligned, with a multiple of {per_thread} pixels per channel"
+                );
+            }
+            let dev = xs.device().clone();
+            let stream = dev.cuda_stream();
+            let total = xl.shape().elem_count();
+            let rows = b * op.groups;
+            let row_len = total / rows.max(1);
+            let mut out = output::<T>(&dev, total)?;
+            let stats = dev.alloc_zeros::<f64>(2 * rows)?;
+            if total == 0 {
+                return Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()));
+            }
+            let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
+            let (stats_ptr, _sg) = stats.device_ptr(&stream);
+            let row_len64 = row_len as i64;
+            let chunks = row_len.div_ceil(GROUP_NORM_CHUNK) as u32;
+            let func = function(&dev, &NORM, stats_kernel)?;
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&stats_ptr).arg(&row_len64);
+            let cfg = LaunchConfig {
+                grid_dim: (chunks, rows as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match group_norm_stats_* in norm.cu; x holds rows * row_len
+            // elements and stats 2 * rows zeroed f64.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("group norm statistics launch"))?;
+
+            let terms = [&op.weight, &op.bias]
+                .map(|t| t.storage_and_layout())
+                .map(|(storage, layout)| (storage, layout.start_offset()));
+            let mut ptrs = [0u64; 2];
+            let mut syncs = Vec::new();
+            for (slot, (storage, offset)) in ptrs.iter_mut().zip(&terms) {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("group norm: weight and bias must be on the CUDA device")
+                };
+                let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+                *slot = p + 4 * *offset as u64;
+                syncs.push(sync);
+            }
+            let (y, _yg) = out.device_ptr_mut(&stream);
+            let (total64, c32, per_group, pixels64, silu) = (
+                total as i64,
+                c as i32,
+                (c / op.groups) as i32,
+                pixels as i64,
+                i32::from(op.silu),
+            );
+            let func = function(&dev, &NORM, apply_kernel)?;
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x)
+                .arg(&y)
+                .arg(&stats_ptr)
+                .arg(&ptrs[0])
+                .arg(&ptrs[1])
+                .arg(&total64)
+                .arg(&c32)
+                .arg(&per_group)
+                .arg(&pixels64)
+                .arg(&op.eps)
+                .arg(&silu);
+            let cfg = LaunchConfig {
+                grid_dim: ((total / per_thread).div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match group_norm_apply_* in norm.cu; y is a fresh output of
+            // x's size, weight and bias hold c f32 each (checked by `group_norm`).
+            unsafe { launch.launch(cfg) }.map_err(driver_err("group norm launch"))?;
+            drop((_yg, syncs));
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
+        }
+        match xs.dtype() {
+            DType::BF16 => run::<bf16>(
+                self,
+                xs,
+                xl,
+                ["group_norm_stats_bf16", "group_norm_apply_bf16"],
+            ),
+            DType::F32 => run::<f32>(
+                self,
+                xs,
+                xl,
+                ["group_norm_stats_f32", "group_norm_apply_f32"],
+            ),
+            dtype => bail!("group norm runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+/// Elements of a (batch, group) row one block of the statistics pass sums (`GN_CHUNK`).
+const GROUP_NORM_CHUNK: usize = 16384;
+
+/// `torch.nn.GroupNorm(groups, C, eps)` on CUDA over `x` `[B, C, ...]` (bf16 or f32, the pixels
+/// of a channel 16 bytes' worth of elements), with `weight`/`bias` `[C]` read as f32, then SiLU
+/// when `silu`: statistics in f64 across blocks, the rest in f32, rounded once to `x`'s dtype.
+pub fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if x.rank() < 2 || !matches!(x.dtype(), DType::BF16 | DType::F32) || !x.device().is_cuda() {
+        bail!(
+            "group norm: x must be [batch, channels, ...] bf16 or f32 on CUDA, got {:?} {:?} on {:?}",
+            x.dims(),
+            x.dtype(),
+            x.device()
+        );
+    }
+    let c = x.dim(1)?;
+    if groups == 0 || !c.is_multiple_of(groups) {
+        bail!("group norm: {groups} groups do not divide {c} channels");
+    }
+    let flat = |t: &Tensor, what: &str| -> Result<Tensor> {
+        if t.elem_count() != c {
+            bail!(
+                "group norm: {what} has {} values for {c} channels",
+                t.elem_count()
+            );
+        }
+        t.to_device(x.device())?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .contiguous()
+    };
+    let op = GroupNormOp {
+        weight: flat(weight, "weight")?,
+        bias: flat(bias, "bias")?,
+        groups,
+        eps: eps as f32,
+        silu,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// Table RoPE, after a per-head RMS norm when `norm` (rope.cu `rms_norm_rope_bf16`).
+struct NormRopeTables {
+    norm: bool,
+    weight: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    eps: f32,
+}
+
+impl CustomOp1 for NormRopeTables {
+    fn name(&self) -> &'static str {
+        "rms-norm-rope-tables"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("rms_norm_rope runs on CUDA only; reference::rms_norm_rope is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, h, d) = xl.shape().dims4()?;
+        let st = xl.stride();
+        if st[3] != 1 || !xl.start_offset().is_multiple_of(8) || st[..3].iter().any(|s| s % 8 != 0)
+        {
+            bail!(
+                "rms_norm_rope: x must have a contiguous last dim and 16-byte aligned offset/strides, strides {st:?}"
+            );
+        }
+        let vectors = b * l * h;
+        let mut out = output::<bf16>(&dev, vectors * d)?;
+        if vectors == 0 {
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()));
+        }
+        let func = function(&dev, &ROPE, "rms_norm_rope_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
+        // Device addresses of the f32 operands: cos, sin, weight (0: none).
+        let terms = [
+            Some(self.cos.clone()),
+            Some(self.sin.clone()),
+            self.weight.clone(),
+        ];
+        let guards = terms.iter().map(f32_term).collect::<Result<Vec<_>>>()?;
+        let mut ptrs = [0u64; 3];
+        let mut syncs = Vec::new();
+        for (slot, g) in ptrs.iter_mut().zip(&guards) {
+            if let Some((storage, offset)) = g {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("rms_norm_rope: tables and weight must be on the CUDA device")
+                };
+                let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+                *slot = p + 4 * *offset as u64;
+                syncs.push(sync);
+            }
+        }
+        let [cos, sin, weight] = ptrs;
+        let (vectors64, seq, heads, d32) = (vectors as i64, l as i32, h as i32, d as i32);
+        let xst = [st[0] as i64, st[1] as i64, st[2] as i64];
+        let cfg = LaunchConfig {
+            // One warp per (token, head).
+            grid_dim: ((vectors * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&x)
+            .arg(&mut out)
+            .arg(&weight)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&vectors64)
+            .arg(&seq)
+            .arg(&heads)
+            .arg(&d32);
+        for s in &xst {
+            launch.arg(s);
+        }
+        let norm = i32::from(self.norm);
+        launch.arg(&norm).arg(&self.eps);
+        // SAFETY: arguments match rms_norm_rope_bf16 in rope.cu; shapes, strides and tables
+        // validated by `rms_norm_rope`.
+        unsafe { launch.launch(cfg) }.map_err(driver_err("rms_norm_rope launch"))?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, h, d)),
+        ))
+    }
+}
+
+/// `torch.nn.RMSNorm(D, eps)` (with `weight` `[D]`, or none) of every head of bf16 `x`
+/// `[B, L, H, D]` on CUDA (any 16-byte aligned strides), then the rotary embedding of
+/// interleaved pairs by the angles whose `cos`/`sin` are `[L, D / 2]` (`reference::rms_norm_rope`):
+/// FLUX's q/k path in one pass; returns a contiguous bf16 tensor.
+pub fn rms_norm_rope(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    rope_tables_op(x, Some((weight, eps)), cos, sin)
+}
+
+/// The rotary embedding of interleaved pairs of bf16 `x` `[B, L, H, D]` on CUDA by the angles
+/// whose `cos`/`sin` are `[L, D / 2]` (`reference::rope_tables`, diffusers' `apply_rotary_emb`
+/// with `use_real_unbind_dim=-1`); returns a contiguous bf16 tensor.
+pub fn rope_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    rope_tables_op(x, None, cos, sin)
+}
+
+fn rope_tables_op(
+    x: &Tensor,
+    norm: Option<(Option<&Tensor>, f64)>,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
+    let (_, l, _, d) = x.dims4()?;
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!(
+            "rotary tables: x must be bf16 on CUDA, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
+    }
+    if d % 8 != 0 || d > 256 {
+        bail!("rotary tables: head dim {d} must be a multiple of 8 up to 256");
+    }
+    if cos.dims() != [l, d / 2] || sin.dims() != [l, d / 2] {
+        bail!(
+            "rotary tables {:?}/{:?} do not fit {l} tokens of head dim {d}",
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    let (weight, eps) = norm.unwrap_or((None, 0.0));
+    if weight.is_some_and(|w| w.elem_count() != d) {
+        bail!("rms_norm_rope: the weight must hold {d} values");
+    }
+    let f32_on = |t: &Tensor| -> Result<Tensor> {
+        t.to_device(x.device())?.to_dtype(DType::F32)?.contiguous()
+    };
+    let op = NormRopeTables {
+        norm: norm.is_some(),
+        weight: weight.map(|w| f32_on(&w.flatten_all()?)).transpose()?,
+        cos: f32_on(cos)?,
+        sin: f32_on(sin)?,
+        eps: eps as f32,
+    };
+    x.apply_op1_no_bwd(&op)
+}
+
+/// SwiGLU over the last dim (norm.cu `swiglu_bf16`).
+struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("swiglu runs on CUDA only; reference::swiglu is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let dims = xl.shape().dims();
+        let width = *dims.last().unwrap_or(&0);
+        let half = width / 2;
+        let rows = xl.shape().elem_count() / width.max(1);
+        let st = xl.stride();
+        let row_stride = if dims.len() >= 2 {
+            st[st.len() - 2]
+        } else {
+            width
+        };
+        // Rows must be evenly spaced: every dim before the last collapses into one stride.
+        let regular = (0..dims.len().saturating_sub(2))
+            .all(|i| dims[i] == 1 || st[i] == st[i + 1] * dims[i + 1]);
+        if st[dims.len() - 1] != 1
+            || !regular
+            || half % 8 != 0
+            || row_stride % 8 != 0
+            || !xl.start_offset().is_multiple_of(8)
+        {
+            bail!(
+                "swiglu: x must have a contiguous last dim of 16 * k values and 16-byte aligned rows, shape {dims:?} strides {st:?}"
+            );
+        }
+        let mut out = output::<bf16>(&dev, rows * half)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank checked") = half;
+        if rows * half == 0 {
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)));
+        }
+        let func = function(&dev, &NORM, "swiglu_bf16")?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
+        let (rows64, half64, row64) = (rows as i64, half as i64, row_stride as i64);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * half / 8).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&x)
+            .arg(&mut out)
+            .arg(&rows64)
+            .arg(&half64)
+            .arg(&row64);
+        // SAFETY: arguments match swiglu_bf16 in norm.cu; layout checked above.
+        unsafe { launch.launch(cfg) }.map_err(driver_err("swiglu launch"))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(shape)))
+    }
+}
+
+/// `silu(x[..., :n]) * x[..., n:]` of bf16 `x` `[..., 2n]` on CUDA (rows may be a view with
+/// any 16-byte aligned stride, e.g. a slice of a fused projection): FLUX.2's SwiGLU.
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() || x.rank() == 0 {
+        bail!(
+            "swiglu: x must be bf16 on CUDA, got {:?} {:?} on {:?}",
+            x.dims(),
+            x.dtype(),
+            x.device()
+        );
+    }
+    x.apply_op1_no_bwd(&SwiGlu)
 }

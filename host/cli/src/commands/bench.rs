@@ -135,6 +135,10 @@ pub struct Flux2Args {
     pub reps: u32,
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
+    /// After timing the transformer, run it once more with the device synchronised around each
+    /// section (summed over the blocks) and report where the time goes.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -500,7 +504,9 @@ mod gpu {
     }
 
     /// One call of `f` with the engine's section profiler on: synchronised wall time per section.
-    fn profiled(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<ProfileSection>> {
+    pub(super) fn profiled(
+        f: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<ProfileSection>> {
         use videosdgx_engine::fused::profile;
         profile::enable(true);
         let result = f();
@@ -517,7 +523,7 @@ mod gpu {
     }
 
     #[derive(Serialize)]
-    struct ProfileSection {
+    pub(super) struct ProfileSection {
         section: String,
         ms: f64,
         calls: usize,

@@ -217,11 +217,17 @@ impl ResnetBlock {
         })
     }
 
+    /// `norm -> act`, with SiLU (the VAEs' activation) fused into the norm.
+    fn norm_act(&self, norm: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+        match self.act {
+            Activation::Silu => norm.forward_silu(x),
+            act => act.apply(&norm.forward(x)?),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.act.apply(&self.norm1.forward(x)?)?;
-        h = self.conv1.forward(&h)?;
-        h = self.act.apply(&self.norm2.forward(&h)?)?;
-        h = self.conv2.forward(&h)?;
+        let mut h = self.conv1.forward(&self.norm_act(&self.norm1, x)?)?;
+        h = self.conv2.forward(&self.norm_act(&self.norm2, &h)?)?;
         match &self.conv_shortcut {
             Some(conv) => conv.forward(x)? + h,
             None => x + h,
@@ -396,7 +402,7 @@ impl OutputHead {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&self.norm.forward(x)?.silu()?)
+        self.conv.forward(&self.norm.forward_silu(x)?)
     }
 }
 

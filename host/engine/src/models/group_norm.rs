@@ -35,6 +35,25 @@ impl GroupNorm {
     /// Normalises `x` `[batch, channels, ...]` over each group of channels and every position;
     /// returns the input dtype.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// [`GroupNorm::forward`] then SiLU, fused on CUDA (the resnets' `norm -> act -> conv`).
+    pub(crate) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if let Some(y) =
+            crate::fused::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu)?
+        {
+            return Ok(y);
+        }
+        let y = self.portable(x)?;
+        if silu { y.silu() } else { Ok(y) }
+    }
+
+    fn portable(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() < 2 || dims[1] != self.weight.elem_count() {
             candle_core::bail!(

@@ -92,6 +92,14 @@ impl Rope {
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         apply_interleaved(x, &self.cos, &self.sin)
     }
+
+    /// The rotation of `x` `[B, L, H, D]` after `norm` of each head (one pass where fused).
+    pub(crate) fn apply_normed(&self, norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
+        match norm.forward_heads_rope(x, &self.cos, &self.sin)? {
+            Some(y) => Ok(y),
+            None => self.apply(&norm_heads(norm, x)?),
+        }
+    }
 }
 
 /// The q/k/v projections of one stream with their per-head RMS q/k norms (`to_q`, `to_k`,
@@ -171,23 +179,44 @@ impl HeadProjections {
         self.norm_k.visit_weights(f)
     }
 
-    /// `(q, k, v)` of `x`, split into heads, with q and k normed (not yet rotated).
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
-        let dev = x.device();
-        let (q, k, v) = section("attn.qkv", dev, || {
+    /// `(q, k, v)` of `x`, split into heads.
+    fn project(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        let (q, k, v) = section("attn.qkv", x.device(), || {
             Ok((
                 linear_forward(&self.to_q, x, None)?,
                 linear_forward(&self.to_k, x, None)?,
                 linear_forward(&self.to_v, x, None)?,
             ))
         })?;
-        let (q, k) = section("attn.qk_norm", dev, || {
+        Ok([
+            split_heads(&q, self.head_dim)?,
+            split_heads(&k, self.head_dim)?,
+            split_heads(&v, self.head_dim)?,
+        ])
+    }
+
+    /// `(q, k, v)` of a whole sequence `x` whose rotary tables are `rope`: q and k normed and
+    /// rotated (one pass where fused).
+    pub(crate) fn forward_rotated(&self, x: &Tensor, rope: &Rope) -> Result<[Tensor; 3]> {
+        let [q, k, v] = self.project(x)?;
+        let (q, k) = section("attn.qk_norm+rope", x.device(), || {
             Ok((
-                norm_heads(&self.norm_q, &split_heads(&q, self.head_dim)?)?,
-                norm_heads(&self.norm_k, &split_heads(&k, self.head_dim)?)?,
+                rope.apply_normed(&self.norm_q, &q)?,
+                rope.apply_normed(&self.norm_k, &k)?,
             ))
         })?;
-        Ok([q, k, split_heads(&v, self.head_dim)?])
+        Ok([q, k, v])
+    }
+
+    /// `(q, k, v)` of `x`, split into heads, with q and k normed (not yet rotated: the joint
+    /// attention rotates the concatenated streams).
+    fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        let dev = x.device();
+        let [q, k, v] = self.project(x)?;
+        let (q, k) = section("attn.qk_norm", dev, || {
+            Ok((norm_heads(&self.norm_q, &q)?, norm_heads(&self.norm_k, &k)?))
+        })?;
+        Ok([q, k, v])
     }
 }
 

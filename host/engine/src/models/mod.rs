@@ -248,6 +248,18 @@ impl RmsNorm {
     ) -> Result<Option<Tensor>> {
         crate::fused::rms_norm_rope(x, &self.weight, f64::from(self.eps), grid, head_dim)
     }
+
+    /// The norm of each head of `x` `[B, L, H, D]` (this norm's dim is `D`), then the rotary
+    /// embedding of the tables `cos`/`sin` `[L, D / 2]` ([`rope::apply_interleaved`]), where one
+    /// fused kernel does both (CUDA bf16); `None` otherwise.
+    pub(crate) fn forward_heads_rope(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        crate::fused::rms_norm_rope_tables(x, &self.weight, f64::from(self.eps), cos, sin)
+    }
 }
 
 /// Activation functions by the names transformers' `ACT2FN` and diffusers use.

@@ -60,6 +60,9 @@ pub(crate) fn apply_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Resul
             cos.dims()
         );
     }
+    if let Some(y) = crate::fused::rope_tables(x, cos, sin)? {
+        return Ok(y);
+    }
     let pairs = x.to_dtype(DType::F32)?.reshape((b, l, h, d / 2, 2))?;
     let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
     let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;

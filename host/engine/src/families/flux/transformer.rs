@@ -291,10 +291,7 @@ impl FluxSingleTransformerBlock {
         let mlp = section("single.mlp", dev, || {
             Activation::GeluTanh.apply(&linear_forward(&self.proj_mlp, &normed, None)?)
         })?;
-        let [q, k, v] = self.attn.forward(&normed)?;
-        let (q, k) = section("single.rope", dev, || {
-            Ok((rope.apply(&q)?, rope.apply(&k)?))
-        })?;
+        let [q, k, v] = self.attn.forward_rotated(&normed, rope)?;
         let out = section("single.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
         let h = section("single.out", dev, || {
             linear_forward(&self.proj_out, &Tensor::cat(&[out, mlp], D::Minus1)?, None)

@@ -11,9 +11,7 @@ use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
-use crate::models::joint_attention::{
-    JointAttention, PosEmbed, Rope, norm_heads, position_rows, split_heads,
-};
+use crate::models::joint_attention::{JointAttention, PosEmbed, Rope, position_rows, split_heads};
 use crate::models::normalization::AdaLayerNormContinuous;
 use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
 use candle_core::{D, DType, Device, Result, Tensor};
@@ -124,6 +122,9 @@ impl Flux2TransformerConfig {
 
 /// `Flux2SwiGLU`: `silu(x[..., :half]) * x[..., half:]`.
 fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::fused::swiglu(x)? {
+        return Ok(y);
+    }
     let half = x.dim(D::Minus1)? / 2;
     x.narrow(D::Minus1, 0, half)?
         .silu()?
@@ -383,8 +384,8 @@ impl Flux2ParallelSelfAttention {
         let part = |i: usize| split_heads(&h.narrow(D::Minus1, i * dim, dim)?, self.head_dim);
         let (q, k) = section("single.qk_norm+rope", dev, || {
             Ok((
-                rope.apply(&norm_heads(&self.norm_q, &part(0)?)?)?,
-                rope.apply(&norm_heads(&self.norm_k, &part(1)?)?)?,
+                rope.apply_normed(&self.norm_q, &part(0)?)?,
+                rope.apply_normed(&self.norm_k, &part(1)?)?,
             ))
         })?;
         let v = part(2)?;

@@ -4,7 +4,7 @@
 //! (`--steps` flow-Euler steps, the VAE decode and the copy to the host; the text encoder is
 //! `bench llm`'s business). The generation is timed once after an untimed run of the same size.
 
-use super::{MemoryPeak, RandomWeights, time_ms};
+use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
 use crate::commands::bench::configs::{flux2_scheduler, flux2_transformer, flux2_vae};
 use crate::commands::bench::{Flux2Args, Flux2Component};
 use anyhow::Context;
@@ -44,6 +44,9 @@ struct Report {
     steps: Option<usize>,
     /// max |x| of the output (finite random weights give a finite output).
     output_max_abs: f32,
+    /// With --profile: synchronised wall time per section of the transformer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<ProfileSection>,
     peak_gib: f64,
     params_b: f64,
 }
@@ -78,6 +81,7 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
     let config = flux2_transformer(args.preset);
     let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
     let peak = MemoryPeak::start(ctx);
+    let mut profile = Vec::new();
     let (ms, output, stages) = match args.component {
         Flux2Component::Transformer => {
             let model = Flux2Transformer2DModel::new(&config, vb.clone())
@@ -112,6 +116,16 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
                 )?);
                 Ok(())
             })?;
+            if args.profile {
+                profile = profiled(|| {
+                    let forward = || {
+                        let guidance = guidance.as_ref();
+                        model.forward(&hidden, &text, &timestep, &img_ids, &txt_ids, guidance)
+                    };
+                    forward()?;
+                    Ok(())
+                })?;
+            }
             (ms, out.context("no timed call")?, None)
         }
         Flux2Component::Vae => {
@@ -213,6 +227,7 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
         decode_ms: stages.map(|s| s.1),
         steps: stages.map(|_| args.steps),
         output_max_abs: max_abs(&output)?,
+        profile,
         peak_gib,
         params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
     };
