@@ -127,6 +127,8 @@ fn models_list_shows_language_models_and_the_chosen_one() {
     assert!(listed.contains("no models in"), "{listed}");
 
     install_tiny_model(data.path(), "tiny-wan-t2v");
+    install_tiny_model(data.path(), "tiny-wan-i2v");
+    install_tiny_model(data.path(), "tiny-flux2-klein");
     install_qwen(data.path());
     install_gemma(data.path());
     let listed = stdout(&videosdgx(data.path(), &["models", "list"]));
@@ -143,8 +145,21 @@ fn models_list_shows_language_models_and_the_chosen_one() {
         line(GEMMA).contains("\tGemma3ForConditionalGeneration"),
         "{listed}"
     );
-    assert!(line("tiny-wan-t2v").contains("\tpipeline\t"), "{listed}");
-    assert!(line("tiny-wan-t2v").contains("\tWanPipeline\t"), "{listed}");
+    // A pipeline's kind is what it makes, and the line says what it takes.
+    assert!(line("tiny-wan-t2v").contains("\tvideo\t"), "{listed}");
+    assert!(
+        line("tiny-wan-t2v").ends_with("\tWanPipeline\ttext -> video (16 fps)"),
+        "{listed}"
+    );
+    assert!(
+        line("tiny-wan-i2v").ends_with("\tstart image, text -> video (16 fps)"),
+        "{listed}"
+    );
+    assert!(line("tiny-flux2-klein").contains("\timage\t"), "{listed}");
+    assert!(
+        line("tiny-flux2-klein").ends_with("\tFlux2KleinPipeline\ttext, reference images -> image"),
+        "{listed}"
+    );
     // The Gemma 3 fixture is the smaller on disk: the default until one is chosen.
     assert!(
         listed.contains(&format!("language model: {GEMMA} (the smallest installed")),
@@ -161,7 +176,10 @@ fn models_list_shows_language_models_and_the_chosen_one() {
     assert_eq!(listed["language_model"]["name"], QWEN);
     assert_eq!(listed["language_model"]["chosen_by"], "setting");
     assert_eq!(listed["language_model"]["sees_images"], false);
-    assert_eq!(listed["models"].as_array().unwrap().len(), 3);
+    assert_eq!(listed["models"].as_array().unwrap().len(), 5);
+    let flux = &listed["models"][2];
+    assert_eq!(flux["name"], "tiny-flux2-klein");
+    assert_eq!(flux["capabilities"]["output"]["kind"], "image");
 
     let err = stderr(&videosdgx(
         data.path(),

@@ -122,6 +122,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
 
     let data = tempfile::tempdir().unwrap();
     install_tiny_model(data.path(), "tiny-wan-t2v");
+    install_tiny_model(data.path(), "tiny-flux2-klein");
     install_finishing_models(data.path());
     let server = Server::start(data.path(), &[]);
     let auth_data = tempfile::tempdir().unwrap();
@@ -167,6 +168,7 @@ fn web_ui_end_to_end_in_headless_chromium() {
         "10-takes-reviewed",
         "11-review-attention",
         "12-hostile-storyboard",
+        "13-keyframes",
     ] {
         assert!(
             screenshots.join(format!("{name}.png")).exists(),

@@ -25,7 +25,7 @@ const SCRIPT = `# The Clockmaker's Bird
 
 ## INT. CLOCK SHOP - NIGHT
 
-MARA fits a tiny brass gear into a clockwork bird.
+MARA (60s, silver hair in a bun, leather apron) fits a tiny brass gear into a clockwork bird.
 
 ## EXT. ROOFTOP - DAWN
 
@@ -386,6 +386,54 @@ try {
     await shot('08-plugins');
   });
 
+  await step('a character\'s looks and a shot\'s keyframe: generate, choose, see; a text-to-video model does not use it', async () => {
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    // FLUX.2 takes references of 64 pixels a side or more.
+    for (const [key, value] of [['width', '64'], ['height', '64'], ['steps', '2'], ['guidance', '1']]) {
+      await page.locator(`#render-${key}`).fill(value);
+    }
+    await until(async () => JSON.parse((await api('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}').render?.width === 64);
+    await page.reload();
+    // The planned bible's one character, Mara (a saved character has a Look area).
+    const character = page.locator('.character', { has: page.locator('.looks') });
+    await character.first().waitFor();
+    assert.equal(await character.count(), 1);
+    await character.getByRole('button', { name: 'Generate look' }).click();
+    await character.locator('.look').first().waitFor({ timeout: 120_000 });
+    await character.getByRole('button', { name: 'Generate another look' }).click();
+    await until(async () => (await character.locator('.look').count()) === 2, 120_000);
+    await character.locator('.look').nth(1).click();
+    await character.locator('.look[aria-pressed="true"]').nth(0).waitFor();
+    const looks = await api('GET', `/api/storyboards/${board.id}/looks`);
+    assert.deepEqual(looks.map((l) => [l.character_id, l.chosen]), [['mara', false], ['mara', true]]);
+
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    await page.locator('#shot-keyframe_prompt').waitFor();
+    assert.match(await page.locator('#shot-keyframe_prompt').inputValue(), /^Still frame|^$/);
+    await page.getByText('tiny-wan-t2v is a text-to-video model').waitFor();
+    await page.locator('#generate-keyframe').click();
+    await page.locator('.keyframe img').waitFor({ timeout: 120_000 });
+    assert.equal(await page.locator('#generate-keyframe').textContent(), 'Regenerate keyframe');
+    const [first] = await api('GET', `/api/storyboards/${board.id}/shots`);
+    assert.ok(first.keyframe_asset_id, 'the shot has its keyframe');
+    const job = (await api('GET', '/api/jobs')).find((j) => j.kind === 'keyframe' && j.state === 'succeeded');
+    assert.deepEqual(job.result.looks, [looks[1].id], 'the keyframe used the chosen look');
+    const generation = await api('GET', `/api/generations/${job.result.generation_id}`);
+    assert.equal(generation.model, 'tiny-flux2-klein');
+    assert.equal(generation.params.references.length, 1);
+    await shot('13-keyframes');
+
+    // Reproduce on the keyframe's job copies its prompt and seed back into the shot.
+    await page.locator(`.job[data-job-id="${job.id}"]`).getByRole('button', { name: 'Reproduce' }).click();
+    await until(async () => {
+      const [again] = await api('GET', `/api/storyboards/${board.id}/shots`);
+      return again.keyframe_prompt === generation.params.prompt && again.seed === generation.params.seed;
+    });
+
+    await page.locator('#keyframes').selectOption('off');
+    await until(async () => (await api('GET', `/api/projects/${projectId}`)).keyframes === false);
+  });
+
   await step('plan from a brief without a language model: the failure is readable and the brief is kept', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     await page.getByRole('textbox', { name: 'Brief' }).fill(BRIEF);
@@ -499,14 +547,11 @@ try {
     await page.locator('.job').first().waitFor();
     await noScriptRan('the job list');
 
-    // A model folder named with markup (kind "other", listed beside the video models; it is
-    // removed again so that later steps keep a single video model).
+    // A video model in a folder named with markup (a copy of the tiny one, so the shot's model
+    // picker lists it; removed again so that later steps keep a single video model).
     const modelName = '<img src=x onerror="window.__pwned=\'model\'">';
     const modelDir = path.join(must('VDGX_MODELS'), modelName);
-    fs.mkdirSync(modelDir);
-    fs.writeFileSync(path.join(modelDir, '.videosdgx-source.json'), JSON.stringify({
-      repo_id: modelName, revision: 'main', commit: '0', endpoint: 'local', files: [],
-    }));
+    fs.cpSync(path.join(must('VDGX_MODELS'), 'tiny-wan-t2v'), modelDir, { recursive: true });
     await page.goto(`${BASE}/#/projects/${project.id}`);
     await page.locator('.shot-card[data-shot-id]').first().click();
     await page.locator('#models option').first().waitFor({ state: 'attached' });

@@ -1,8 +1,10 @@
 // Left column of a project: a brief or a script (planned into shots by the planner plugin), the
-// character and style bible that the prompt expander uses to keep shots consistent, and the
-// render settings with the project's attempt limit for the take reviewer.
+// character and style bible that the prompt expander uses to keep shots consistent (with each
+// character's looks), and the render settings with the project's attempt limit for the take
+// reviewer and its keyframes setting.
 
 import * as endpoints from './endpoints.js';
+import { lookArea } from './looks.js';
 import { runJob } from './run-job.js';
 import { attempt, confirmDialog, debounce, h, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
@@ -86,6 +88,16 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
   const restoredAttempts = loadDraft(attemptsKey);
   const maxAttempts = h('input', { id: 'max-attempts', type: 'number', min: 1, max: 10, step: 1, required: true,
     value: restoredAttempts ?? project.max_attempts ?? 3, oninput: attemptsChanged });
+  // Keyframes are the project's setting; automatic (null) until the user chooses.
+  const keyframes = h('select', { id: 'keyframes', onchange: keyframesChanged },
+    ...(project.keyframes === null || project.keyframes === undefined
+      ? [h('option', { value: '' }, 'Automatic (image + image-to-video models installed)')] : []),
+    h('option', { value: 'on' }, 'On: looks, keyframes, then image-to-video'),
+    h('option', { value: 'off' }, 'Off'));
+  keyframes.value = project.keyframes === true ? 'on' : project.keyframes === false ? 'off' : '';
+  // The image model of looks and keyframes: the studio's choice (FLUX.2 [klein]) unless picked.
+  const imageModel = h('select', { id: 'render-image-model', onchange: changed },
+    h('option', { value: '' }, 'Default (FLUX.2 [klein] when installed)'));
   const saveState = h('span', { class: 'small muted', 'aria-live': 'polite' });
 
   function characterRow(c = { name: '', description: '' }) {
@@ -95,7 +107,9 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     const row = h('div', { class: 'stack character' },
       h('div', { class: 'row' }, name,
         h('button', { class: 'ghost icon small', 'aria-label': 'Remove character', onclick: () => { row.remove(); changed(); } }, '✕')),
-      description);
+      description,
+      // Looks belong to a saved character (the bible's id); a new one gets them once saved.
+      c.id ? lookArea({ project, board, characterId: c.id }) : null);
     row.read = () => ({ id: c.id || characterId(name.value), name: name.value.trim(), description: description.value.trim() });
     return row;
   }
@@ -110,6 +124,12 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     // A threshold set elsewhere (`teacache:0.1`) stays selectable as it is.
     if (method && ![...cache.options].some((o) => o.value === method)) cache.append(h('option', { value: method }, method));
     cache.value = method;
+    setImageModel(b.render.image_model ?? '');
+  }
+  /** Selects `name`, adding it as an option until the model list arrives. */
+  function setImageModel(name) {
+    if (name && ![...imageModel.options].some((o) => o.value === name)) imageModel.append(h('option', { value: name }, name));
+    imageModel.value = name;
   }
   /** Selects `name`, adding it as an option until the list arrives (or if the server lost it). */
   function setPreset(name) {
@@ -129,6 +149,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         width: number('width'), height: number('height'), steps: number('steps'), guidance: number('guidance'),
         ...(preset.value ? { preset: preset.value } : {}),
         ...(cache.value ? { cache: cache.value } : {}),
+        ...(imageModel.value ? { image_model: imageModel.value } : {}),
       },
     };
   }
@@ -166,6 +187,16 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       saveState.textContent = 'Not saved yet — kept as a draft';
     }
   }, 700);
+  async function keyframesChanged() {
+    if (!keyframes.value) return;
+    const saved = await attempt('Saving the keyframes setting',
+      () => endpoints.projects.update(project.id, { keyframes: keyframes.value === 'on' }));
+    if (saved) {
+      project.keyframes = saved.keyframes;
+      keyframes.querySelector('option[value=""]')?.remove();
+      saveState.textContent = 'Saved';
+    }
+  }
   function attemptsChanged() {
     saveDraft(attemptsKey, maxAttempts.value);
     saveState.textContent = 'Editing…';
@@ -227,6 +258,12 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       ...list.map((p) => h('option', { value: p.name, title: p.description }, `${p.name} (${p.steps} steps)`)));
     setPreset(chosen);
   }, () => { /* the standard schedule still works; the list comes with the next visit */ });
+  endpoints.models.list().then((list) => {
+    const chosen = imageModel.value;
+    imageModel.replaceChildren(imageModel.options[0],
+      ...list.filter((m) => m.role === 'image').map((m) => h('option', { value: m.name }, m.name)));
+    setImageModel(chosen);
+  }, () => { /* the default image model still works */ });
   if (restored) { saveState.textContent = 'Restored unsaved edits'; persist(); }
   if (restoredAttempts !== null) { saveState.textContent = 'Restored unsaved edits'; persistAttempts(); }
 
@@ -255,5 +292,9 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         h('div', { class: 'field' }, h('label', { for: 'render-cache', title: 'Skips denoising steps that barely change the picture' },
           'Step cache'), cache),
         h('div', { class: 'field' }, h('label', { for: 'max-attempts', title: 'How many takes the reviewer may ask for per shot' },
-          'Attempts (1–10)'), maxAttempts))));
+          'Attempts (1–10)'), maxAttempts)),
+      h('div', { class: 'row wrap' },
+        h('div', { class: 'field' }, h('label', { for: 'keyframes', title: 'Start every shot from a still of its first moment, with the characters\' chosen looks' },
+          'Keyframes'), keyframes),
+        h('div', { class: 'field' }, h('label', { for: 'render-image-model' }, 'Image model (looks, keyframes)'), imageModel))));
 }

@@ -7,7 +7,7 @@ export const projects = {
   list: () => get('/api/projects'),
   get: (id) => get(`/api/projects/${id}`),
   create: (name) => post('/api/projects', { name }),
-  /** `fields`: {name?, max_attempts?}. */
+  /** `fields`: {name?, max_attempts?, keyframes?}. */
   update: (id, fields) => patch(`/api/projects/${id}`, fields),
   remove: (id) => del(`/api/projects/${id}`),
 };
@@ -24,6 +24,12 @@ export const shots = {
   update: (id, fields) => patch(`/api/shots/${id}`, fields),
   remove: (id) => del(`/api/shots/${id}`),
   reorder: (storyboardId, order) => put(`/api/storyboards/${storyboardId}/shots/order`, { order }),
+};
+
+export const looks = {
+  /** A storyboard's character looks: [{id, character_id, asset_id, generation_id, chosen}]. */
+  list: (storyboardId) => get(`/api/storyboards/${storyboardId}/looks`),
+  choose: (id) => patch(`/api/looks/${id}`, { chosen: true }),
 };
 
 export const assets = {

@@ -14,7 +14,7 @@ export function jobTitle(job) {
   const what = {
     shoot: 'Generate & review', generate: 'Generate', plan: 'Plan storyboard', expand: 'Expand prompt', stitch: 'Stitch',
     render: 'Render', 'assets.reindex': 'Reindex the asset library', 'assets.import_folder': 'Import a folder',
-    finish: `Finish as ${p.target}`,
+    finish: `Finish as ${p.target}`, keyframe: 'Keyframe of', look: `Look of ${p.character_id} in`,
   }[job.kind] ?? job.kind;
   const target = p.shot_id ? ` shot #${p.shot_id}` : p.storyboard_id ? ` storyboard #${p.storyboard_id}`
     : p.take_id ? ` take #${p.take_id}` : p.asset_id ? ` asset #${p.asset_id}` : '';
@@ -77,7 +77,7 @@ export function jobCard(job, { onReproduce } = {}) {
     error.textContent = next.error ?? '';
     cancel.hidden = !ACTIVE.has(state);
     retry.hidden = !['failed', 'cancelled', 'interrupted'].includes(state);
-    reproduce.hidden = !(onReproduce && jobsFeed.TAKE_KINDS.has(next.kind) && state === 'succeeded');
+    reproduce.hidden = !(onReproduce && (jobsFeed.TAKE_KINDS.has(next.kind) || next.kind === 'keyframe') && state === 'succeeded');
   }
 
   update(job);

@@ -4,6 +4,7 @@
 
 import * as endpoints from './endpoints.js';
 import { assetBrowser, assetThumb } from './asset-browser.js';
+import { keyframeBox } from './keyframe.js';
 import { runJob } from './run-job.js';
 import { loadBible } from './bible.js';
 import * as jobsFeed from './jobs-feed.js';
@@ -13,7 +14,7 @@ import { clearDraft, loadDraft, saveDraft } from './drafts.js';
 const CAMERAS = ['static', 'slow pan left', 'slow pan right', 'dolly in', 'dolly out', 'tilt up', 'tilt down',
   'orbit', 'handheld', 'crane up', 'tracking shot', 'close-up', 'wide shot'];
 const TRANSITIONS = [['cut', 'Cut'], ['crossfade', 'Crossfade'], ['fade-through-black', 'Fade through black']];
-const EDITABLE = ['prompt', 'negative_prompt', 'duration_s', 'camera', 'transition', 'model', 'seed'];
+const EDITABLE = ['prompt', 'negative_prompt', 'keyframe_prompt', 'duration_s', 'camera', 'transition', 'model', 'seed'];
 const PENDING = new Set(['draft', 'failed']);
 
 /** The fields of a shot that a copy (duplicate) carries. */
@@ -304,7 +305,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
   }), 300);
   const lastPhase = new Map();
   const unsubscribe = jobsFeed.subscribe((job) => {
-    if (!job || job.project_id !== project.id || !jobsFeed.TAKE_KINDS.has(job.kind)) return;
+    if (!job || job.project_id !== project.id || !(jobsFeed.TAKE_KINDS.has(job.kind) || job.kind === 'keyframe')) return;
     const phase = `${job.state} ${String(job.progress?.stage ?? '').match(/^attempt \d+\/\d+: \w+/)?.[0] ?? ''}`;
     if (lastPhase.get(job.id) === phase) return;
     lastPhase.set(job.id, phase);
@@ -331,16 +332,27 @@ export async function storyboardEditor(container, { project, board, actions }) {
 
   /** The parameters a finished take job used: a shoot's are those of the take it chose. */
   function takeParams(job) {
+    if (job.kind === 'keyframe') return job.result ?? null;
     if (job.kind !== 'shoot') return job.result?.params ?? job.result?.generation?.params ?? job.params?.params ?? null;
     const attempts = job.result?.attempts ?? [];
     return attempts.find((a) => a.take_id === job.result.chosen_take_id) ?? attempts[attempts.length - 1] ?? null;
   }
 
-  /** Copies a finished generation's parameters back into its shot. */
-  async function reproduce(job) {
+  /** Copies a finished generation's parameters back into its shot (a keyframe's into its keyframe prompt). */
+  async function reproduce(seen) {
+    // The live feed carries a job's state, not its result: fetch the finished job whole.
+    const job = seen.result ? seen : await attempt('Loading the job', () => endpoints.jobs.get(seen.id));
+    if (!job) return;
     const params = takeParams(job);
     const shot = shots.find((s) => s.id === (job.params?.shot_id ?? job.result?.shot_id));
     if (!shot || !params) { toast('This job has no generation parameters to copy.', 'error'); return; }
+    if (job.kind === 'keyframe') {
+      edit(shot, 'keyframe_prompt', params.prompt);
+      edit(shot, 'seed', params.seed);
+      select(shot.id);
+      toast(`Copied the keyframe prompt and seed into shot ${shot.position + 1}.`, 'ok');
+      return;
+    }
     if (params.prompt !== undefined) edit(shot, 'prompt', params.prompt);
     if (params.negative_prompt !== undefined) edit(shot, 'negative_prompt', params.negative_prompt);
     if (params.seed !== undefined) edit(shot, 'seed', params.seed);
@@ -357,9 +369,15 @@ export async function storyboardEditor(container, { project, board, actions }) {
   let attentionBox = null;
   let takesBox = null;
   let generateButton = null;
+  let keyframe = null;
+  // Installed models: the shot's model picker lists video models; the keyframe box notes a
+  // text-to-video one. Suggestions only: without the list the field still takes any name.
+  let models = [];
+  const modelsLoaded = endpoints.models.list().then((list) => { models = list; }, () => {});
   function refreshEditor() {
     const shot = shots.find((s) => s.id === selectedId);
     if (!shot || !statusBadge) return;
+    keyframe.refresh(shot);
     statusBadge.className = `badge ${shot.status}`;
     statusBadge.textContent = shot.status;
     clear(attentionBox, attentionNote(shot));
@@ -420,10 +438,11 @@ export async function storyboardEditor(container, { project, board, actions }) {
     const camera = input('camera', { list: 'cameras', placeholder: 'static' });
     const model = input('model', { list: 'models', placeholder: 'default model' });
     const modelsList = h('datalist', { id: 'models' });
-    // Suggestions only: without a model list the field still takes any name.
-    endpoints.models.list().then((list) => {
-      modelsList.replaceChildren(...(list.models ?? list).map((m) => h('option', { value: m.name ?? m.id ?? m })));
-    }, () => {});
+    modelsLoaded.then(() => {
+      modelsList.replaceChildren(...models.filter((m) => m.role === 'video').map((m) => h('option', { value: m.name })));
+      keyframe.refresh(shots.find((s) => s.id === selectedId) ?? shot);
+    });
+    keyframe = keyframeBox({ project, board, models: () => models, save: flush, made: () => attempt('Reloading shots', reload) });
     const expandOut = h('div', { class: 'stack' });
     saveStateEl = h('span', { class: 'small muted', 'aria-live': 'polite' }, unsaved.has(shot.id) ? 'Not saved yet' : 'All changes saved');
     statusBadge = h('span', { class: `badge ${shot.status}` }, shot.status);
@@ -453,6 +472,8 @@ export async function storyboardEditor(container, { project, board, actions }) {
         field('Seed (empty = random)', input('seed', { type: 'number', min: 0, step: 1 }))),
       h('datalist', { id: 'cameras' }, CAMERAS.map((c) => h('option', { value: c }))), modelsList,
       h('div', { class: 'field' }, h('label', {}, 'Character & reference images'), refs),
+      field('Keyframe prompt', input('keyframe_prompt', { rows: 2, placeholder: 'The first moment as a still (empty: the prompt)' })),
+      keyframe.el,
       expandOut,
       takesBox,
       h('div', { class: 'row wrap' },

@@ -4,8 +4,9 @@
 //! file resumes from its `.part` with an HTTP range request); the model directory is then
 //! assembled from hard links to the cached blobs, so nothing is stored twice. A pulled
 //! directory appears whole or not at all. This module never loads or checks tensors: that is
-//! `loader::verify`; it reads only the JSON files that say what a folder is.
+//! `loader::verify`; it reads only the JSON files that say what a folder is (and what a pipeline makes).
 
+use crate::pipelines::{Capabilities, Pipeline};
 use anyhow::{Context, Result, bail, ensure};
 use hf_hub::api::Progress;
 use hf_hub::api::sync::{ApiBuilder, ApiError};
@@ -71,6 +72,9 @@ pub struct LocalModel {
     pub pipeline_class: Option<String>,
     /// Component folder -> class, from `model_index.json`.
     pub components: BTreeMap<String, String>,
+    /// For pipelines the engine runs, what they make and take ([`Pipeline::inspect`]); `None`
+    /// for other kinds and for pipelines it cannot run.
+    pub capabilities: Option<Capabilities>,
     pub source: Option<PullSource>,
 }
 
@@ -461,6 +465,10 @@ fn describe_model(models_dir: &Path, dir: &Path) -> Result<LocalModel> {
         architecture,
         pipeline_class,
         components,
+        capabilities: match kind {
+            ModelKind::Pipeline => Pipeline::inspect(dir).ok(),
+            _ => None,
+        },
         source,
     })
 }

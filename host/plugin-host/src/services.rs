@@ -58,7 +58,13 @@ pub trait HostServices: Send + Sync {
         tags: Vec<String>,
     ) -> Result<AssetInfo, PluginError>;
 
-    async fn generate_image(&self, request: GenerationRequest) -> Result<AssetInfo, PluginError>;
+    /// A still from the image model, conditioned on `references` (image asset ids, possibly
+    /// none).
+    async fn generate_image(
+        &self,
+        request: GenerationRequest,
+        references: Vec<String>,
+    ) -> Result<AssetInfo, PluginError>;
     /// Text-to-video, or image-to-video when `start_frame` (an image asset id) is given.
     async fn generate_video(
         &self,

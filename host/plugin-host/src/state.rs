@@ -26,6 +26,8 @@ const MAX_SEARCH_RESULTS: u32 = 1000;
 /// the model hundreds of tokens), stop strings and their length, and the JSON Schema's size.
 const MAX_CHAT_MESSAGES: usize = 256;
 const MAX_CHAT_IMAGES: usize = 16;
+/// Reference images of one `generation.image` call.
+const MAX_REFERENCES: usize = 8;
 const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 const MAX_SCHEMA_BYTES: usize = 64 << 10;
@@ -393,15 +395,9 @@ impl generation::Host for PluginState {
     async fn image(
         &mut self,
         request: types::GenerationRequest,
+        references: Vec<String>,
     ) -> Result<types::AssetInfo, PluginError> {
-        let call = self.begin(
-            "generation.image",
-            Some(Capability::Generate),
-            describe_request(&request),
-            request_bytes(&request),
-        )?;
-        let result = self.services.generate_image(request).await;
-        self.finish(call, result)
+        PluginState::image(self, request, references).await
     }
 
     async fn text_to_video(
@@ -444,7 +440,70 @@ impl generation::Host for PluginState {
     }
 }
 
+impl v0_1_0::generation::Host for PluginState {
+    async fn image(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
+        PluginState::image(self, request, Vec::new()).await
+    }
+
+    async fn text_to_video(
+        &mut self,
+        request: types::GenerationRequest,
+    ) -> Result<types::AssetInfo, PluginError> {
+        generation::Host::text_to_video(self, request).await
+    }
+
+    async fn image_to_video(
+        &mut self,
+        request: types::GenerationRequest,
+        start_frame: String,
+    ) -> Result<types::AssetInfo, PluginError> {
+        generation::Host::image_to_video(self, request, start_frame).await
+    }
+}
+
 impl PluginState {
+    /// `generation.image`; 0.1.0's takes no references.
+    async fn image(
+        &mut self,
+        request: types::GenerationRequest,
+        references: Vec<String>,
+    ) -> Result<types::AssetInfo, PluginError> {
+        let detail = if references.is_empty() {
+            describe_request(&request)
+        } else {
+            format!(
+                "with {}: {}",
+                abbreviate(&references.join(",")),
+                describe_request(&request)
+            )
+        };
+        let bytes = request_bytes(&request) + references.iter().map(String::len).sum::<usize>();
+        let call = self.begin(
+            "generation.image",
+            Some(Capability::Generate),
+            detail,
+            bytes,
+        )?;
+        let services = self.services.clone();
+        let result = async {
+            if references.len() > MAX_REFERENCES {
+                return Err(PluginError::InvalidInput(format!(
+                    "{} reference images; at most {MAX_REFERENCES}",
+                    references.len()
+                )));
+            }
+            for id in &references {
+                check_id("reference asset id", id)?;
+            }
+            services.generate_image(request, references).await
+        }
+        .await;
+        self.finish(call, result)
+    }
+
     /// `text.complete`, the same in every API version.
     async fn complete(&mut self, prompt: String, max_tokens: u32) -> Result<String, PluginError> {
         let detail = format!("{} (max {max_tokens} tokens)", abbreviate(&prompt));

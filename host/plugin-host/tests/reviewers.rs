@@ -103,6 +103,7 @@ async fn review(
         shot_id: "s01-01".into(),
         prompt: prompt.into(),
         negative_prompt: "blurry".into(),
+        keyframe_prompt: String::new(),
     };
     let ctx = context(services.clone(), grants, limits);
     runtime()

@@ -120,6 +120,8 @@ pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
         Arc::new(runners::Reindex),
         Arc::new(runners::ImportFolder),
         Arc::new(GenerateRunner),
+        Arc::new(crate::keyframes::LookRunner),
+        Arc::new(crate::keyframes::KeyframeRunner),
         Arc::new(crate::finishing::FinishRunner),
         Arc::new(crate::shoot::ShootRunner),
         Arc::new(crate::language::ChatRunner),

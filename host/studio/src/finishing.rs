@@ -11,8 +11,8 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::{Result, StudioError};
-use crate::generation::models_dir;
 use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::models::models_dir;
 use crate::shots::{self, Take};
 use candle_core::{DType, Device};
 use rusqlite::params;
@@ -576,6 +576,7 @@ mod tests {
                 guidance: 1.0,
                 preset: None,
                 cache: None,
+                image_model: None,
             },
             ..Default::default()
         };

@@ -10,6 +10,7 @@ use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
 use crate::gpu::GpuModel;
 use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::models;
 use crate::shots::{self, Shot, ShotFields};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -18,85 +19,20 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
-use videosdgx_engine::hub::{self, LocalModel, ModelKind};
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
-/// Where pulled and copied model directories live, under the data directory.
-pub fn models_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("models")
-}
-
-/// The installed models (`videosdgx models pull`, or folders copied into `models/`), of every
-/// kind.
-pub fn list_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
-    Ok(hub::list(&models_dir(data_dir))?)
-}
-
-/// The installed models that generate video (diffusers pipelines): what a shot's `model` may
-/// name. Folders that are neither a pipeline nor a language model are not candidates.
-pub fn video_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
-    let mut models = list_models(data_dir)?;
-    models.retain(|m| m.kind == ModelKind::Pipeline);
-    Ok(models)
-}
-
-/// The directory of installed model `name`: a shot's `model` field names one.
-fn model_dir(data_dir: &Path, name: &str) -> Result<PathBuf> {
-    let models = video_models(data_dir)?;
-    if let Some(model) = models.iter().find(|m| m.name == name) {
-        return Ok(model.path.clone());
-    }
-    let installed: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    Err(StudioError::Invalid(format!(
-        "model `{name}` is not installed (installed: {}); pull it with `videosdgx models pull {name}`",
-        if installed.is_empty() {
-            "none".to_string()
-        } else {
-            installed.join(", ")
-        }
-    )))
-}
-
-/// The model a shot is generated with: its own, else the only installed one.
+/// The model a shot is generated with: its own, else the only installed video model.
 fn shot_model(data_dir: &Path, shot: &Shot) -> Result<String> {
     if let Some(model) = shot.model.as_deref().filter(|m| !m.is_empty()) {
         return Ok(model.to_string());
     }
-    only_model(
+    models::only_video_model(
         data_dir,
         &format!("shot {} has no model and", shot.position + 1),
     )
-}
-
-/// The model a generation of `wanted` would use: `wanted` when it is installed, else the only
-/// installed model. For callers that refuse before queueing work (`render`).
-pub fn resolve_model(data_dir: &Path, wanted: Option<&str>) -> Result<String> {
-    match wanted.filter(|m| !m.is_empty()) {
-        Some(name) => model_dir(data_dir, name).map(|_| name.to_string()),
-        None => only_model(data_dir, "no model was named and"),
-    }
-}
-
-/// The one installed model; `why` starts the error when several are.
-fn only_model(data_dir: &Path, why: &str) -> Result<String> {
-    match video_models(data_dir)?.as_slice() {
-        [only] => Ok(only.name.clone()),
-        [] => Err(StudioError::Invalid(
-            "no model is installed; pull one with `videosdgx models pull Wan-AI/Wan2.1-T2V-1.3B-Diffusers`"
-                .into(),
-        )),
-        several => Err(StudioError::Invalid(format!(
-            "{why} several are installed ({}): choose one",
-            several
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// A recorded generation: what produced an output, enough to produce it again.
@@ -157,6 +93,10 @@ pub struct RenderSettings {
     /// barely changes (`videosdgx_engine::schedulers::step_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// The installed image model that makes keyframes and character looks; FLUX.2 [klein] when
+    /// absent ([`crate::models::image_model`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_model: Option<String>,
 }
 
 impl Default for RenderSettings {
@@ -168,6 +108,7 @@ impl Default for RenderSettings {
             guidance: 5.0,
             preset: None,
             cache: None,
+            image_model: None,
         }
     }
 }
@@ -254,7 +195,7 @@ pub struct VideoOutput {
 
 /// Runs Wan pipelines on the GPU lane's resident model.
 pub struct Generator {
-    gpu: Arc<GpuModel>,
+    pub(crate) gpu: Arc<GpuModel>,
 }
 
 impl Generator {
@@ -282,7 +223,13 @@ impl Generator {
                 .unwrap_or_else(|| shot.negative_prompt.clone()),
             length: Length::Seconds(shot.duration_s),
             seed: wanted.seed.or(shot.seed),
-            references: shot.references.clone(),
+            // The keyframe, when the shot has one, is the start frame (`start_image` takes the
+            // first image; a text-to-video model takes none).
+            references: shot
+                .keyframe_asset_id
+                .into_iter()
+                .chain(shot.references.iter().copied())
+                .collect(),
             render: wanted.render.clone(),
         };
         set_status(&app.db, shot.id, "generating")?;
@@ -306,7 +253,7 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<VideoOutput> {
         request.render.check()?;
-        let dir = model_dir(app.data_dir(), &request.model)?;
+        let dir = models::video_model_dir(app.data_dir(), &request.model)?;
         let (params, path) = self.render(app, &dir, request, on_progress)?;
         let recorded = record(app, job_id, request, &params, &path);
         let _ = std::fs::remove_file(&path);
@@ -357,14 +304,7 @@ impl Generator {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);
                     }
                     let mut report = |p: &Progress| {
-                        let stage = match p.stage {
-                            Stage::LoadingModel => "loading model",
-                            Stage::EncodingPrompt => "encoding prompt",
-                            Stage::Denoising => "denoising",
-                            Stage::Decoding => "decoding",
-                            Stage::Writing => "writing",
-                        };
-                        on_progress(stage, p.step as u64, p.total as u64)
+                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
                     };
                     let video = pipeline.generate(&params, Default::default(), &mut report)?;
                     Ok((params, video))
@@ -408,7 +348,18 @@ pub fn is_cancelled(err: &StudioError) -> bool {
     matches!(err, StudioError::Internal(e) if e.downcast_ref::<Cancelled>().is_some())
 }
 
-fn random_seed() -> u64 {
+/// How a generation's stage is shown in a job's progress.
+pub(crate) fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::LoadingModel => "loading model",
+        Stage::EncodingPrompt => "encoding prompt",
+        Stage::Denoising => "denoising",
+        Stage::Decoding => "decoding",
+        Stage::Writing => "writing",
+    }
+}
+
+pub(crate) fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     // Seeds stay below 2^53 so that JSON clients (JavaScript numbers) round-trip them exactly.
@@ -587,7 +538,7 @@ impl GenerateShot {
                 shot.position + 1
             )));
         }
-        model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+        models::video_model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
     }
 }
 
@@ -625,6 +576,12 @@ impl JobRunner for GenerateRunner {
 /// Installs the tiny random Wan text-to-video pipeline of tests/fixtures as model `tiny-wan-t2v`.
 #[cfg(test)]
 pub(crate) fn install_tiny_model(data_dir: &Path) {
+    install_fixture_model(data_dir, "tiny-wan-t2v");
+}
+
+/// Installs the tiny random pipeline `name` of tests/fixtures as model `name`.
+#[cfg(test)]
+pub(crate) fn install_fixture_model(data_dir: &Path, name: &str) {
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -637,8 +594,10 @@ pub(crate) fn install_tiny_model(data_dir: &Path) {
             }
         }
     }
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v");
-    copy_dir(&fixture, &models_dir(data_dir).join("tiny-wan-t2v"));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
+    copy_dir(&fixture, &models::models_dir(data_dir).join(name));
 }
 
 #[cfg(test)]
@@ -678,6 +637,7 @@ mod tests {
             guidance: 3.0,
             preset: None,
             cache: None,
+            image_model: None,
         }
     }
 
@@ -841,11 +801,14 @@ mod tests {
     fn only_pipelines_are_video_models() {
         let (dir, _app) = studio();
         // A folder with a file that is neither a pipeline nor a language model: not a candidate.
-        let stray = models_dir(dir.path()).join("<b>notes</b>");
+        let stray = models::models_dir(dir.path()).join("<b>notes</b>");
         std::fs::create_dir_all(&stray).unwrap();
         std::fs::write(stray.join("README.md"), "not a model").unwrap();
-        assert_eq!(resolve_model(dir.path(), None).unwrap(), "tiny-wan-t2v");
-        let err = resolve_model(dir.path(), Some("<b>notes</b>")).unwrap_err();
+        assert_eq!(
+            models::resolve_model(dir.path(), None).unwrap(),
+            "tiny-wan-t2v"
+        );
+        let err = models::resolve_model(dir.path(), Some("<b>notes</b>")).unwrap_err();
         assert!(err.to_string().contains("is not installed"), "{err}");
     }
 }

@@ -13,6 +13,9 @@ pub struct Project {
     pub name: String,
     /// How many takes the review loop makes of a shot at most (1 to 10).
     pub max_attempts: u32,
+    /// Whether shots start from keyframes (character looks, then a still per shot, then
+    /// image-to-video); `None`: when an image model and an image-to-video model are installed.
+    pub keyframes: Option<bool>,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
@@ -24,6 +27,7 @@ pub struct Project {
 pub struct ProjectFields {
     pub name: Option<String>,
     pub max_attempts: Option<u32>,
+    pub keyframes: Option<bool>,
 }
 
 pub const MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=10;
@@ -43,6 +47,7 @@ fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
         id: row.get("id")?,
         name: row.get("name")?,
         max_attempts: row.get("max_attempts")?,
+        keyframes: row.get("keyframes")?,
         created_at: rfc3339(row.get("created_at")?),
         updated_at: rfc3339(row.get("updated_at")?),
     })
@@ -119,9 +124,10 @@ pub fn update_project(db: &Db, id: i64, fields: &ProjectFields) -> Result<Projec
     db.with(|c| {
         c.query_row(
             "UPDATE projects SET name = coalesce(?2, name),
-                 max_attempts = coalesce(?3, max_attempts), updated_at = ?4
+                 max_attempts = coalesce(?3, max_attempts), updated_at = ?4,
+                 keyframes = coalesce(?5, keyframes)
              WHERE id = ?1 RETURNING *",
-            params![id, name, fields.max_attempts, now_ms()],
+            params![id, name, fields.max_attempts, now_ms(), fields.keyframes],
             project_from_row,
         )
         .optional()?

@@ -1,9 +1,11 @@
 //! Headless storyboard-to-video, what `videosdgx render` runs: plan the script (or brief) into a
 //! new storyboard with the planner plugin, expand every shot's prompt with the expander plugin
-//! (written into the shot), shoot every shot (generate, review, regenerate: [`crate::shoot`];
+//! (written into the shot), when the project uses keyframes make a look of every character on
+//! screen that has none chosen and a keyframe of every shot ([`crate::keyframes`]), shoot every
+//! shot (generate from its keyframe, review, regenerate: [`crate::shoot`];
 //! recorded as generations, takes and reviews), stitch the chosen takes with the stitcher
 //! plugin, and copy the rendered MP4 out. Every step is a job of the kind the web UI submits
-//! (`plan`, `expand`, `shoot`, `stitch`), run by the job queue's workers in this process and
+//! (`plan`, `expand`, `look`, `keyframe`, `shoot`, `stitch`), run by the job queue's workers in this process and
 //! recorded like any other; nothing here is CLI-specific and nothing here does a step's work
 //! itself. With `finish` the stitch step finishes the piece (a `finish` job on the GPU lane:
 //! upscaled, retimed, re-encoded) and the finished file is what is delivered.
@@ -12,9 +14,10 @@ use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
 use crate::finishing::{self, Finished};
-use crate::generation::{self, RenderSettings};
+use crate::generation::RenderSettings;
 use crate::jobs::NewJob;
 use crate::jobs::steps::{run_step, step_result};
+use crate::keyframes::{self, KeyframeOutcome, LookOutcome};
 use crate::plugins::calls::PlanOutcome;
 use crate::plugins::registry;
 use crate::projects::{self, ProjectFields};
@@ -71,6 +74,8 @@ pub struct RenderedShot {
     pub attention: Option<String>,
     /// How its review ended early (a failing reviewer), if it did.
     pub review_note: Option<String>,
+    /// The keyframe its takes started from, when the render made keyframes.
+    pub keyframe: Option<KeyframeOutcome>,
 }
 
 /// What `render` did, for the terminal and `--json`.
@@ -82,6 +87,11 @@ pub struct RenderReport {
     pub shots: Vec<RenderedShot>,
     /// Why takes went unreviewed (no reviewer, or no language model that sees images).
     pub review_note: Option<String>,
+    /// The character looks made for the shots' keyframes (one per character on screen that had
+    /// no chosen look).
+    pub looks: Vec<LookOutcome>,
+    /// Why shots did not start from keyframes, when they did not.
+    pub keyframes_note: Option<String>,
     /// The delivered video in the asset library (the finished piece when finishing).
     pub asset_id: i64,
     /// The finish of the stitched piece, when asked for.
@@ -154,7 +164,8 @@ pub async fn render(
     for world in [World::Planner, World::Expander, World::Stitcher] {
         registry::choose(&app.db, world, None)?;
     }
-    generation::resolve_model(app.data_dir(), request.model.as_deref())?;
+    let model = crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
+    let keyframes = keyframes_plan(app, request, &model)?;
     if let Some(target) = &request.finish {
         let profile = crate::plugins::calls::model_profile(&request.render);
         let piece = ClipShape {
@@ -167,14 +178,51 @@ pub async fn render(
     }
     let lock = ServerLock::acquire(app.data_dir())?;
     let workers = QueueWorkers::start(app, lock).await?;
-    let outcome = render_on_queue(app, request, progress).await;
+    let outcome = render_on_queue(app, request, keyframes, progress).await;
     workers.stop().await;
     outcome
+}
+
+/// Whether the render makes keyframes (`Ok`), or why not (`Err`): the project's setting (on by
+/// default when an image model and an image-to-video model are installed), and whether the
+/// render's model starts from an image. A project that asks for keyframes without an image model
+/// installed is refused.
+fn keyframes_plan(
+    app: &App,
+    request: &RenderRequest,
+    model: &str,
+) -> Result<std::result::Result<(), String>> {
+    let title = script_title(&request.script).unwrap_or_else(|| brief_title(&request.script));
+    let name = request.project.as_deref().unwrap_or(&title);
+    let wanted = match projects::list_projects(&app.db)?
+        .into_iter()
+        .find(|p| p.name == name)
+    {
+        Some(project) => keyframes::enabled(app, &project)?,
+        None => crate::models::keyframes_possible(app.data_dir())?,
+    };
+    if !wanted {
+        return Ok(Err(
+            "keyframes are off (the project's setting, or no image model and image-to-video model installed)"
+                .into(),
+        ));
+    }
+    crate::models::image_model(app.data_dir(), request.render.image_model.as_deref())?;
+    let video = crate::models::video_models(app.data_dir())?
+        .into_iter()
+        .find(|m| m.name == model);
+    if !video.as_ref().is_some_and(crate::models::takes_start_image) {
+        return Ok(Err(format!(
+            "keyframes are not used: `{model}` is a text-to-video model"
+        )));
+    }
+    Ok(Ok(()))
 }
 
 async fn render_on_queue(
     app: &Arc<App>,
     request: &RenderRequest,
+    keyframes: std::result::Result<(), String>,
     progress: Progress<'_>,
 ) -> Result<RenderReport> {
     let title = script_title(&request.script).unwrap_or_else(|| brief_title(&request.script));
@@ -212,10 +260,47 @@ async fn render_on_queue(
         let fields = ShotFields {
             prompt: Some(expanded.prompt),
             negative_prompt: Some(expanded.negative_prompt),
+            keyframe_prompt: Some(expanded.keyframe_prompt),
             model: request.model.clone(),
             ..Default::default()
         };
         shots::update_shot(&app.db, shot_id, &fields)?;
+    }
+
+    // Keyframes: a look per character on screen (unless one is chosen already), then a still
+    // per shot from the chosen looks; each shot's takes start from its still.
+    let mut looks = Vec::new();
+    let mut stills = vec![None; count];
+    if keyframes.is_ok() {
+        let mut on_screen: Vec<String> = Vec::new();
+        for &shot_id in &plan.shot_ids {
+            for character in crate::plugins::calls::shot_characters(app, shot_id)? {
+                if !on_screen.contains(&character.id) {
+                    on_screen.push(character.id);
+                }
+            }
+        }
+        let chosen: Vec<String> = keyframes::list_looks(&app.db, board.id)?
+            .into_iter()
+            .filter(|l| l.chosen)
+            .map(|l| l.character_id)
+            .collect();
+        for character in on_screen.iter().filter(|c| !chosen.contains(c)) {
+            let params = json!({
+                "storyboard_id": board.id, "character_id": character, "render": request.render,
+            });
+            let what = format!("look of {character}");
+            looks.push(step_result(
+                run_step(app, job("look", params), &what, progress).await?,
+            )?);
+        }
+        for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
+            let what = format!("keyframe {}/{count}", index + 1);
+            let params = json!({ "shot_id": shot_id, "render": request.render });
+            let made: KeyframeOutcome =
+                step_result(run_step(app, job("keyframe", params), &what, progress).await?)?;
+            stills[index] = Some(made);
+        }
     }
 
     let mut rendered = Vec::new();
@@ -244,6 +329,7 @@ async fn render_on_queue(
             attention: shot.attention.clone(),
             review_note: shot.review_note.filter(|_| review_note.is_none()),
             attempts: shot.attempts,
+            keyframe: stills[index].take(),
         });
     }
 
@@ -263,6 +349,8 @@ async fn render_on_queue(
         title,
         shots: rendered,
         review_note,
+        looks,
+        keyframes_note: keyframes.err(),
         asset_id: asset.id,
         finish: stitched.finish,
         out: request.out.clone(),
@@ -280,6 +368,7 @@ async fn render_on_queue(
 struct Expanded {
     prompt: String,
     negative_prompt: String,
+    keyframe_prompt: String,
 }
 
 /// What a `stitch` job returns.

@@ -40,6 +40,10 @@ pub struct Shot {
     pub chosen_by_user: bool,
     /// Why the user should look at this shot, e.g. every attempt failed review.
     pub attention: Option<String>,
+    /// The still its image-to-video generation starts from (an image asset), if one was made.
+    pub keyframe_asset_id: Option<i64>,
+    /// What the keyframe shows (the expander's still-image prompt); the shot's prompt when empty.
+    pub keyframe_prompt: String,
     pub takes: Vec<Take>,
     pub created_at: String,
     pub updated_at: String,
@@ -106,6 +110,7 @@ pub struct ShotFields {
     pub references: Option<Vec<i64>>,
     pub status: Option<String>,
     pub chosen_take_id: Option<i64>,
+    pub keyframe_prompt: Option<String>,
 }
 
 impl ShotFields {
@@ -191,6 +196,8 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
                 chosen_take_id: row.get("chosen_take_id")?,
                 chosen_by_user: row.get("chosen_by_user")?,
                 attention: row.get("attention")?,
+                keyframe_asset_id: row.get("keyframe_asset_id")?,
+                keyframe_prompt: row.get("keyframe_prompt")?,
                 takes: Vec::new(),
                 created_at: rfc3339(row.get("created_at")?),
                 updated_at: rfc3339(row.get("updated_at")?),
@@ -254,6 +261,9 @@ fn apply_fields(c: &Connection, id: i64, fields: &ShotFields) -> Result<()> {
     }
     if let Some(v) = &fields.status {
         set("status", v)?;
+    }
+    if let Some(v) = &fields.keyframe_prompt {
+        set("keyframe_prompt", v)?;
     }
     if let Some(take) = fields.chosen_take_id {
         let owner: Option<i64> = c

@@ -9,6 +9,10 @@
 //! assembles the prompt, so character descriptions, setting, lighting and look are never the
 //! model's to change. Without the grant, without a model or with an unusable answer, the
 //! template's own wording is used: the prompt is then deterministic.
+//!
+//! The keyframe prompt describes the shot's first moment as a still (the start frame of
+//! image-to-video): the framing without camera movement, the template's action, the cast
+//! verbatim, place, light and look; it is always the template's.
 
 mod rewrite;
 
@@ -53,6 +57,7 @@ impl Expander for PromptExpander {
             look: storyboard.style.look.trim().to_string(),
             lighting: lighting(scene, &storyboard.style.lighting),
         };
+        let keyframe_prompt = parts.keyframe(framing(shot.camera.size));
         let family = family(&model);
         if let Some(rewrite) = rewrite::ask(&shot, &storyboard, &parts, family, &model.family)? {
             parts.apply(rewrite);
@@ -73,6 +78,7 @@ impl Expander for PromptExpander {
             shot_id: shot.id,
             prompt,
             negative_prompt: negative.join(", "),
+            keyframe_prompt,
         })
     }
 }
@@ -129,6 +135,22 @@ impl Parts {
         }
         out.extend([
             self.speech.clone(),
+            self.setting.clone(),
+            self.lighting.clone(),
+            self.look.clone(),
+        ]);
+        join_sentences(&out)
+    }
+
+    /// A still of the shot's first moment: no camera movement, no speech.
+    fn keyframe(&self, framing: &str) -> String {
+        let mut out = vec![format!(
+            "Still frame, {}: {}",
+            framing.to_lowercase(),
+            self.action
+        )];
+        out.extend(self.cast.iter().cloned());
+        out.extend([
             self.setting.clone(),
             self.lighting.clone(),
             self.look.clone(),
@@ -205,8 +227,8 @@ fn speech(shot: &Shot, storyboard: &Storyboard) -> String {
         .join(" ")
 }
 
-fn camera_phrase(shot: &Shot) -> String {
-    let size = match shot.camera.size {
+fn framing(size: ShotSize) -> &'static str {
+    match size {
         ShotSize::ExtremeWide => "Extreme wide establishing shot",
         ShotSize::Wide => "Wide shot",
         ShotSize::Medium => "Medium shot",
@@ -214,7 +236,11 @@ fn camera_phrase(shot: &Shot) -> String {
         ShotSize::CloseUp => "Close-up",
         ShotSize::ExtremeCloseUp => "Extreme close-up",
         ShotSize::Insert => "Insert shot, detail",
-    };
+    }
+}
+
+fn camera_phrase(shot: &Shot) -> String {
+    let size = framing(shot.camera.size);
     let movement = match shot.camera.movement {
         CameraMove::Fixed => "locked-off camera",
         CameraMove::PanLeft => "the camera pans slowly left",
@@ -432,6 +458,20 @@ pub(crate) mod tests {
         for prompt in [hostile.wan(), hostile.generic()] {
             assert!(prompt.contains(&format!("Mara: {MARA}")), "{prompt}");
             assert!(prompt.contains(&format!("Tomas: {TOMAS}")), "{prompt}");
+        }
+    }
+
+    #[test]
+    fn the_keyframe_is_a_still_with_the_cast_verbatim() {
+        let keyframe = parts().keyframe(framing(ShotSize::CloseUp));
+        assert!(
+            keyframe.starts_with("Still frame, close-up: Mara lifts the brass clock to the light."),
+            "{keyframe}"
+        );
+        assert!(keyframe.contains(&format!("Mara: {MARA}")), "{keyframe}");
+        assert!(keyframe.contains(&format!("Tomas: {TOMAS}")), "{keyframe}");
+        for motion in ["dolly", "lips moving", "camera"] {
+            assert!(!keyframe.contains(motion), "{motion}: {keyframe}");
         }
     }
 }

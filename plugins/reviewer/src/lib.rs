@@ -362,6 +362,7 @@ mod tests {
             shot_id: "s01-02".into(),
             prompt: format!("Close-up, dolly in. Mara lifts a brass clock. MARA is {MARA}."),
             negative_prompt: "blurry, watermark".into(),
+            keyframe_prompt: String::new(),
         }
     }
 

@@ -6,9 +6,11 @@ use anyhow::Result;
 use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
-use videosdgx_engine::hub::{self, ModelKind, PullProgress};
+use videosdgx_engine::hub::{self, LocalModel, ModelKind, PullProgress};
+use videosdgx_engine::pipelines::{Output, StartImage};
 use videosdgx_studio::finishing::{self, FinishingKind, FinishingModel};
 use videosdgx_studio::language::{self, ChosenBy};
+use videosdgx_studio::models::Role;
 
 /// The finishing models (upscalers, RIFE) under `models/finishing/`, and what to install when
 /// one kind is missing.
@@ -76,6 +78,23 @@ pub enum ModelsCommand {
     },
 }
 
+/// What a pipeline takes and makes, for `models list`.
+fn takes(model: &LocalModel) -> String {
+    let Some(capabilities) = model.capabilities else {
+        return "not supported by this engine".into();
+    };
+    match (capabilities.output, capabilities.start_image) {
+        (Output::Image, _) => "text, reference images -> image".into(),
+        (Output::Video { fps }, StartImage::Required) => {
+            format!("start image, text -> video ({fps} fps)")
+        }
+        (Output::Video { fps }, StartImage::Optional) => {
+            format!("text, optional start image -> video ({fps} fps)")
+        }
+        (Output::Video { fps }, StartImage::Unsupported) => format!("text -> video ({fps} fps)"),
+    }
+}
+
 pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
     let models_dir = data.join("models");
     match command {
@@ -114,27 +133,20 @@ pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
                 );
             } else {
                 for model in &models {
-                    let (kind, class, details) = match model.kind {
-                        ModelKind::Pipeline => (
-                            "pipeline",
-                            model.pipeline_class.as_deref().unwrap_or("-"),
-                            model
-                                .components
-                                .iter()
-                                .map(|(name, class)| format!("{name}={class}"))
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                        ),
-                        ModelKind::Language => (
-                            "language",
-                            model.architecture.as_deref().unwrap_or("-"),
-                            String::new(),
-                        ),
-                        ModelKind::Other => ("other", "-", String::new()),
+                    let role = Role::of(model);
+                    let (class, details) = match model.kind {
+                        ModelKind::Pipeline => {
+                            (model.pipeline_class.as_deref().unwrap_or("-"), takes(model))
+                        }
+                        ModelKind::Language => {
+                            (model.architecture.as_deref().unwrap_or("-"), String::new())
+                        }
+                        ModelKind::Other => ("-", String::new()),
                     };
                     println!(
-                        "{}\t{kind}\t{}\t{class}\t{details}",
+                        "{}\t{}\t{}\t{class}\t{details}",
                         model.name,
+                        role.name(),
                         human_size(model.size_bytes)
                     );
                 }

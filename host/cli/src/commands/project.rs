@@ -30,6 +30,16 @@ pub enum ProjectCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Whether the project's shots start from keyframes (character looks, then a still per
+    /// shot, then image-to-video); by default on when an image model and an image-to-video
+    /// model are installed.
+    Keyframes {
+        id: i64,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Delete a project with its storyboards and shots (its assets stay in the library).
     Delete { id: i64 },
 }
@@ -50,6 +60,13 @@ pub fn run(app: &App, cmd: ProjectCommand) -> anyhow::Result<()> {
         ProjectCommand::Rename { id, name, out } => {
             let fields = projects::ProjectFields {
                 name: Some(name),
+                ..Default::default()
+            };
+            out.print(&projects::update_project(&app.db, id, &fields)?, line)
+        }
+        ProjectCommand::Keyframes { id, setting, out } => {
+            let fields = projects::ProjectFields {
+                keyframes: Some(setting == "on"),
                 ..Default::default()
             };
             out.print(&projects::update_project(&app.db, id, &fields)?, line)

@@ -55,6 +55,10 @@ pub struct RenderArgs {
     /// (docs/generation.md, "Step caching").
     #[arg(long)]
     pub cache: Option<String>,
+    /// The installed image model that makes the character looks and keyframes (when the project
+    /// uses keyframes); default: FLUX.2 [klein] when installed.
+    #[arg(long)]
+    pub image_model: Option<String>,
     /// Finish the stitched piece before writing it: a size and/or frame rate such as `4k24`,
     /// `1080p30`, `x2` or `1920x1080@24` (upscaled and interpolated with the models in
     /// DATA/models/finishing/; docs/finishing.md).
@@ -99,6 +103,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             guidance: args.guidance,
             preset: args.preset,
             cache: args.cache,
+            image_model: args.image_model,
         },
         max_attempts: args.max_attempts,
         out,
@@ -160,6 +165,12 @@ fn summary(r: &RenderReport) -> String {
         r.width,
         r.height
     );
+    for made in &r.looks {
+        text.push_str(&format!(
+            "  look of {}: asset {}, generation {}\n",
+            made.look.character_id, made.look.asset_id, made.generation_id
+        ));
+    }
     for (i, shot) in r.shots.iter().enumerate() {
         text.push_str(&format!(
             "  shot {}: {} frames, seed {}, asset {}, generation {}, job {}\n",
@@ -170,6 +181,12 @@ fn summary(r: &RenderReport) -> String {
             shot.generation_id,
             shot.job_id
         ));
+        if let Some(keyframe) = &shot.keyframe {
+            text.push_str(&format!(
+                "    started from keyframe asset {} (generation {})\n",
+                keyframe.asset_id, keyframe.generation_id
+            ));
+        }
         for attempt in shot.attempts.iter().filter(|a| a.review.is_some()) {
             let review = attempt.review.as_ref().expect("filtered");
             text.push_str(&format!(
@@ -184,7 +201,7 @@ fn summary(r: &RenderReport) -> String {
             text.push_str(&format!("    note: {note}\n"));
         }
     }
-    if let Some(note) = &r.review_note {
+    for note in r.review_note.iter().chain(&r.keyframes_note) {
         text.push_str(&format!("note: {note}\n"));
     }
     if let Some(finish) = &r.finish {

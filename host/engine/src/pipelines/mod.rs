@@ -108,7 +108,11 @@ impl ImageInput {
     pub fn load_rgb(&self) -> anyhow::Result<image::RgbImage> {
         use anyhow::Context;
         match self {
-            ImageInput::Path(path) => Ok(image::open(path)
+            // The format comes from the content: the studio's asset files have no extension.
+            ImageInput::Path(path) => Ok(image::ImageReader::open(path)
+                .and_then(|reader| reader.with_guessed_format())
+                .map_err(image::ImageError::IoError)
+                .and_then(|reader| reader.decode())
                 .with_context(|| format!("reading the image {}", path.display()))?
                 .to_rgb8()),
             ImageInput::Rgb {
@@ -180,7 +184,7 @@ pub struct GenerateInputs {
 }
 
 /// What a checkpoint does with a start image (image-to-video).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartImage {
     /// Image-to-video checkpoints.
@@ -192,7 +196,7 @@ pub enum StartImage {
 }
 
 /// What a pipeline makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Output {
     Video { fps: u32 },
@@ -200,7 +204,7 @@ pub enum Output {
 }
 
 /// What a model can do: what the studio asks instead of naming a family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     pub output: Output,
     /// Whether a generation needs, may take, or cannot take a start image.
@@ -252,6 +256,29 @@ impl Pipeline {
             "Flux2KleinPipeline" | "Flux2Pipeline" => {
                 Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
             }
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        })
+    }
+
+    /// What the pipeline in `dir` can do, from `model_index.json` and the component configs
+    /// alone (no weights are read): what listing installed models needs.
+    pub fn inspect(dir: &Path) -> anyhow::Result<Capabilities> {
+        let index = read_pipeline_index(dir)?;
+        Ok(match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => Capabilities {
+                output: Output::Video {
+                    fps: crate::families::wan::pipeline::WAN_FPS,
+                },
+                start_image: WanPipeline::inspect_start_image(dir, &index)?,
+            },
+            "Flux2KleinPipeline" | "Flux2Pipeline" => Capabilities {
+                output: Output::Image,
+                start_image: StartImage::Unsupported,
+            },
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -323,6 +350,47 @@ impl Pipeline {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
             Pipeline::Flux(flux) => flux.generate(params, inputs, on_progress),
             Pipeline::Flux2(flux) => flux.generate(params, inputs, on_progress),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspecting_the_configs_says_what_loading_says() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for (name, output, start_image) in [
+            (
+                "tiny-wan-t2v",
+                Output::Video { fps: 16 },
+                StartImage::Unsupported,
+            ),
+            (
+                "tiny-wan-i2v",
+                Output::Video { fps: 16 },
+                StartImage::Required,
+            ),
+            (
+                "tiny-wan22-ti2v",
+                Output::Video { fps: 16 },
+                StartImage::Optional,
+            ),
+            ("tiny-flux2-klein", Output::Image, StartImage::Unsupported),
+        ] {
+            let dir = fixtures.join(name);
+            let inspected = Pipeline::inspect(&dir).unwrap();
+            assert_eq!(
+                inspected,
+                Capabilities {
+                    output,
+                    start_image
+                },
+                "{name}"
+            );
+            let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
+            assert_eq!(loaded.capabilities(), inspected, "{name}");
         }
     }
 }

@@ -184,28 +184,6 @@ macro_rules! bound_worlds {
                     .await
             }
 
-            pub async fn expand(
-                &self,
-                store: &mut wasmtime::Store<PluginState>,
-                shot: &crate::wit::latest::types::Shot,
-                storyboard: &crate::wit::latest::types::Storyboard,
-                model: &crate::wit::latest::types::ModelProfile,
-            ) -> wasmtime::Result<
-                Result<
-                    crate::wit::latest::types::ShotPrompt,
-                    crate::wit::latest::types::PluginError,
-                >,
-            > {
-                let Bound::Expander(pre) = self else {
-                    return Err(self.wrong_world(crate::manifest::World::Expander));
-                };
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .videosdgx_plugin_expansion()
-                    .call_expand(&mut *store, shot, storyboard, model)
-                    .await
-            }
-
             pub async fn stitch(
                 &self,
                 store: &mut wasmtime::Store<PluginState>,

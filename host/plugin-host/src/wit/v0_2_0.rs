@@ -105,6 +105,25 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
 
 super::bound_worlds!();
 
+impl Bound {
+    pub async fn expand(
+        &self,
+        store: &mut wasmtime::Store<PluginState>,
+        shot: &types::Shot,
+        storyboard: &types::Storyboard,
+        model: &types::ModelProfile,
+    ) -> wasmtime::Result<Result<types::ShotPrompt, types::PluginError>> {
+        let Bound::Expander(pre) = self else {
+            return Err(self.wrong_world(crate::manifest::World::Expander));
+        };
+        let instance = pre.instantiate_async(&mut *store).await?;
+        instance
+            .videosdgx_plugin_expansion()
+            .call_expand(&mut *store, shot, storyboard, model)
+            .await
+    }
+}
+
 /// A pre-linked `reviewer` component (a world that 0.1.0 does not have).
 pub(crate) struct BoundReviewer(reviewer::ReviewerPre<PluginState>);
 

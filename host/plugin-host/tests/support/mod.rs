@@ -145,7 +145,11 @@ impl HostServices for MemoryServices {
         assets.insert(id, (info.clone(), data));
         Ok(info)
     }
-    async fn generate_image(&self, _request: GenerationRequest) -> Result<AssetInfo, PluginError> {
+    async fn generate_image(
+        &self,
+        _request: GenerationRequest,
+        _references: Vec<String>,
+    ) -> Result<AssetInfo, PluginError> {
         Err(PluginError::Failed(
             "no image model in this test host".into(),
         ))

@@ -5,6 +5,7 @@ use super::error::{ApiResult, Json, Path};
 use crate::app::App;
 use crate::finishing::{self, FinishingKind, FinishingModel};
 use crate::generation::{self, Generation};
+use crate::models::{self, Role};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
 use videosdgx_engine::hub::ModelKind;
+use videosdgx_engine::pipelines::Capabilities;
 
 type AppState = State<Arc<App>>;
 
@@ -86,6 +88,14 @@ pub struct InstalledModel {
     /// `pipeline`, `language` or `other`.
     #[schema(value_type = String)]
     pub kind: ModelKind,
+    /// What it is for: `video` (a shot's model), `image` (keyframes, character looks),
+    /// `language` or `other`.
+    pub role: Role,
+    /// For pipelines the engine runs: what they make (`output`: `{kind: video, fps}` or
+    /// `{kind: image}`) and whether they need, may take or cannot take a start image
+    /// (`start_image`: `required`, `optional`, `unsupported`).
+    #[schema(value_type = Option<Object>)]
+    pub capabilities: Option<Capabilities>,
     /// A language model's architecture, e.g. `Qwen3ForCausalLM`.
     pub architecture: Option<String>,
     /// `_class_name` of its `model_index.json`, e.g. `WanPipeline`.
@@ -99,13 +109,13 @@ pub struct InstalledModel {
 #[utoipa::path(get, path = "/api/models", tag = "generation",
     responses((status = 200, body = [InstalledModel])))]
 pub async fn list_models(State(app): AppState) -> ApiResult<Json<Vec<InstalledModel>>> {
-    let models = app
-        .blocking(|a| generation::list_models(a.data_dir()))
-        .await?;
+    let models = app.blocking(|a| models::list_models(a.data_dir())).await?;
     Ok(Json(
         models
             .into_iter()
             .map(|m| InstalledModel {
+                role: Role::of(&m),
+                capabilities: m.capabilities,
                 name: m.name,
                 size_bytes: m.size_bytes,
                 kind: m.kind,

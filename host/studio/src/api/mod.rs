@@ -7,6 +7,7 @@ pub mod error;
 pub mod generation;
 pub mod jobs;
 pub mod language;
+pub mod looks;
 pub mod plugins;
 pub mod projects;
 
@@ -65,6 +66,8 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         generation::list_finishing_models,
         language::get_language_model,
         language::choose_language_model,
+        looks::list_looks,
+        looks::update_look,
         plugins::list_plugins,
         plugins::inspect_plugin,
         plugins::install_plugin,
@@ -87,6 +90,7 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(jobs::routes())
         .merge(generation::routes())
         .merge(language::routes())
+        .merge(looks::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Components are larger than JSON bodies: merged after the JSON limit, with their own.
         .merge(plugins::routes())

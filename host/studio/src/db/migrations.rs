@@ -213,6 +213,29 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE takes ADD COLUMN finished_from INTEGER REFERENCES takes(id) ON DELETE SET NULL;
     ALTER TABLE takes ADD COLUMN finish_target TEXT;
     "#,
+    // 7: character looks and keyframes. A look is a reference portrait of a bible character (an
+    // image asset with its generation record), one of them chosen per character; a shot's
+    // keyframe is the still its image-to-video generation starts from, with the prompt the
+    // expander wrote for it; a project's `keyframes` is on, off, or NULL for "when an image model
+    // and an image-to-video model are installed".
+    r#"
+    CREATE TABLE character_looks (
+        id            INTEGER PRIMARY KEY,
+        storyboard_id INTEGER NOT NULL REFERENCES storyboards(id) ON DELETE CASCADE,
+        character_id  TEXT NOT NULL,
+        asset_id      INTEGER NOT NULL REFERENCES assets(id) ON DELETE CASCADE,
+        generation_id INTEGER REFERENCES generations(id) ON DELETE SET NULL,
+        chosen        INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE INDEX character_looks_character ON character_looks(storyboard_id, character_id);
+    CREATE UNIQUE INDEX character_looks_chosen ON character_looks(storyboard_id, character_id)
+        WHERE chosen = 1;
+
+    ALTER TABLE shots ADD COLUMN keyframe_asset_id INTEGER REFERENCES assets(id) ON DELETE SET NULL;
+    ALTER TABLE shots ADD COLUMN keyframe_prompt TEXT NOT NULL DEFAULT '';
+    ALTER TABLE projects ADD COLUMN keyframes INTEGER CHECK (keyframes IN (0, 1));
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -10,7 +10,7 @@ pub use job::{ChatAnswer, ChatRequest, ChatRunner, ChatSettings, ChatTurn, Finis
 
 use crate::app::App;
 use crate::error::{Result, StudioError};
-use crate::generation::list_models;
+use crate::models::list_models;
 use crate::settings;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -104,7 +104,7 @@ pub fn configured(app: &App) -> Result<LanguageModel> {
             StudioError::Invalid(format!(
                 "no language model is installed; pull one with `videosdgx models pull {SUGGESTED}` \
                  (or copy a Qwen3 or Gemma 3 folder into {})",
-                crate::generation::models_dir(app.data_dir()).display()
+                crate::models::models_dir(app.data_dir()).display()
             ))
         })
 }

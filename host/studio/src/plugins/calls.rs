@@ -177,7 +177,7 @@ impl Bible {
         }
     }
 
-    fn characters(&self) -> Vec<Character> {
+    pub fn characters(&self) -> Vec<Character> {
         self.characters
             .iter()
             .filter(|c| !c.name.trim().is_empty() || !c.id.trim().is_empty())
@@ -578,6 +578,26 @@ fn storyboard_for_plugins(
     ))
 }
 
+/// The bible's characters on screen in shot `shot_id` (as the plan placed them), which its
+/// keyframe shows.
+pub fn shot_characters(app: &App, shot_id: i64) -> Result<Vec<Character>> {
+    let shot = shots::get_shot(&app.db, shot_id)?;
+    let board = get_storyboard(&app.db, shot.storyboard_id)?;
+    let profile = model_profile(&Bible::parse(&board.description).render_settings());
+    let (storyboard, ids) = storyboard_for_plugins(app, board.id, &profile)?;
+    let planned = ids
+        .iter()
+        .zip(&storyboard.shots)
+        .find(|((studio, _), _)| *studio == shot_id)
+        .map(|(_, shot)| shot.character_ids.clone())
+        .unwrap_or_default();
+    Ok(storyboard
+        .characters
+        .into_iter()
+        .filter(|c| planned.contains(&c.id))
+        .collect())
+}
+
 /// The model's frame count closest to `seconds` (`step·k + 1`, at most `max_frames`).
 fn fit_frames(seconds: f64, profile: &ModelProfile) -> u32 {
     let step = profile.frame_step.max(1);
@@ -657,6 +677,7 @@ pub fn review(
         shot_id: storyboard.shots[index].id.clone(),
         prompt: take.prompt.clone(),
         negative_prompt: take.negative_prompt.clone(),
+        keyframe_prompt: shot.keyframe_prompt.clone(),
     };
     let take = Take {
         asset_id: asset.id.to_string(),

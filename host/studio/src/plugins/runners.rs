@@ -132,6 +132,7 @@ impl JobRunner for Expand {
             "shot_id": p.shot_id,
             "prompt": prompt.prompt,
             "negative_prompt": prompt.negative_prompt,
+            "keyframe_prompt": prompt.keyframe_prompt,
         }))
     }
 }

@@ -11,6 +11,7 @@ use crate::db::now_ms;
 use crate::error::StudioError;
 use crate::finishing::{Finished, NO_INTERPOLATOR, NO_UPSCALER};
 use crate::generation::{Length, RenderSettings, VideoRequest};
+use crate::images::ImageRequest;
 use crate::jobs::{self, JobState, NewJob};
 use crate::language::{self, ChatAnswer, ChatRequest, ChatSettings, ChatTurn, Finish};
 use async_trait::async_trait;
@@ -142,7 +143,7 @@ impl StudioServices {
                 )));
             }
         }
-        let installed = crate::generation::video_models(app.data_dir()).map_err(failed)?;
+        let installed = crate::models::video_models(app.data_dir()).map_err(failed)?;
         match installed.as_slice() {
             [only] => Ok(only.name.clone()),
             [] => Err(PluginError::Failed(
@@ -209,6 +210,7 @@ impl StudioServices {
                     guidance: request.guidance.unwrap_or(defaults.guidance),
                     preset: None,
                     cache: None,
+                    image_model: None,
                 },
             };
             let output = app
@@ -216,11 +218,7 @@ impl StudioServices {
                 .generate_video(app, job_id, &request, &mut |stage, step, total| {
                     monitor.report(stage, step, total)
                 })
-                .map_err(|e| match e {
-                    StudioError::Invalid(why) => PluginError::InvalidInput(why),
-                    e if crate::generation::is_cancelled(&e) => PluginError::Cancelled,
-                    other => failed(other),
-                })?;
+                .map_err(generation_error)?;
             Ok(output.asset)
         })
         .await
@@ -307,6 +305,15 @@ fn user_turn(text: &str, images: Vec<i64>) -> ChatTurn {
         role: "user".into(),
         text: text.into(),
         images,
+    }
+}
+
+/// A generation's error as the plugin sees it: the request's fault, a stop, or the host's.
+fn generation_error(err: StudioError) -> PluginError {
+    match err {
+        StudioError::Invalid(why) => PluginError::InvalidInput(why),
+        e if crate::generation::is_cancelled(&e) => PluginError::Cancelled,
+        other => failed(other),
     }
 }
 
@@ -565,21 +572,58 @@ impl HostServices for StudioServices {
         .await
     }
 
-    async fn generate_image(&self, request: GenerationRequest) -> Result<AssetInfo, PluginError> {
-        let video = self.generate(request, 1, None).await?;
-        let project_id = self.project_id;
+    async fn generate_image(
+        &self,
+        request: GenerationRequest,
+        references: Vec<String>,
+    ) -> Result<AssetInfo, PluginError> {
+        let (project_id, job_id, monitor) = (self.project_id, self.job_id, self.monitor.clone());
         self.blocking(move |app| {
-            let frame = video::extract_frame(&app.assets.file_of(&video), 0).map_err(failed)?;
-            let path = scratch(app, "image", "png")?;
-            frame.save(&path).map_err(failed)?;
-            let name = video.original_name.replace(".mp4", ".png");
-            Ok(asset_info(&import(
-                app,
+            let references = references
+                .iter()
+                .map(|id| {
+                    let asset = Self::project_asset(app, project_id, id)?;
+                    if asset.kind != MediaKind::Image {
+                        return Err(PluginError::InvalidInput(format!(
+                            "reference `{id}` is a {} asset, not an image",
+                            asset.kind.as_str()
+                        )));
+                    }
+                    Ok(asset.id)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let project = crate::projects::get_project(&app.db, project_id).map_err(failed)?;
+            let defaults = RenderSettings::default();
+            let image = ImageRequest {
                 project_id,
-                &path,
-                name,
-                vec!["generated".into()],
-            )?))
+                shot_id: None,
+                name: format!(
+                    "{}-image-seed-{}.png",
+                    crate::plugins::calls::file_stem(&project.name),
+                    request.seed
+                ),
+                tags: vec!["generated".into()],
+                prompt: request.prompt,
+                negative_prompt: request.negative_prompt,
+                seed: Some(request.seed),
+                references,
+                width: request.width as usize,
+                height: request.height as usize,
+                steps: request.steps.map_or(defaults.steps, |s| s as usize),
+                guidance: request.guidance.unwrap_or(defaults.guidance),
+                model: None,
+            };
+            let (output, ()) = app
+                .generator
+                .generate_image(
+                    app,
+                    job_id,
+                    &image,
+                    &mut |stage, step, total| monitor.report(stage, step, total),
+                    |_, _, _| Ok(()),
+                )
+                .map_err(generation_error)?;
+            Ok(asset_info(&output.asset))
         })
         .await
     }
@@ -884,6 +928,7 @@ mod tests {
     async fn generation_media_and_documents_stay_inside_the_bound_project() {
         let dir = tempfile::tempdir().unwrap();
         crate::generation::install_tiny_model(dir.path());
+        crate::generation::install_fixture_model(dir.path(), "tiny-flux2-klein");
         let app = Arc::new(App::open(StudioConfig::new(dir.path())).unwrap());
         let mine = projects::create_project(&app.db, "mine").unwrap();
         let theirs = projects::create_project(&app.db, "theirs").unwrap();
@@ -915,7 +960,10 @@ mod tests {
             services.extract_frame(&video.id, 5).await,
             Err(PluginError::InvalidInput(m)) if m.contains("past the end")
         ));
-        let image = services.generate_image(request).await.unwrap();
+        let image = services
+            .generate_image(request.clone(), Vec::new())
+            .await
+            .unwrap();
         assert_eq!(
             (image.kind, image.mime.as_str()),
             (AssetKind::Image, "image/png")
@@ -935,6 +983,10 @@ mod tests {
         assert!(matches!(
             outsider.read_document("notes.md").await,
             Err(PluginError::NotFound(_))
+        ));
+        assert!(matches!(
+            outsider.generate_image(request, vec![image.id.clone()]).await,
+            Err(PluginError::NotFound(m)) if m == format!("asset `{}`", image.id)
         ));
         assert!(matches!(
             services.complete_text("hello", 8).await,

@@ -18,9 +18,9 @@
 
 use super::prompt::encode_prompt;
 use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
-use super::vae::AutoencoderKLWan;
+use super::vae::{AutoencoderKLWan, WanVaeConfig};
 use crate::image_processor::CLIPImageProcessor;
-use crate::loader::{read_config, read_pipeline_index};
+use crate::loader::{PipelineIndex, read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Frames per second of Wan's training videos, and of the written MP4.
-const WAN_FPS: u32 = 16;
+pub const WAN_FPS: u32 = 16;
 
 /// The prompt side of a pipeline: its tokenizer and UMT5 encoder. The encoder can be dropped
 /// between generations (see [`WanPipeline::keep_text_encoder`]) and is then reloaded from `encoder_dir`.
@@ -102,6 +102,19 @@ pub struct WanPipeline {
     /// TeaCache/MagCache tables from `transformer/step_cache.json`, which take precedence over the
     /// published ones (see [`WanPipeline::calibration`]).
     calibration: Option<Calibration>,
+}
+
+/// A transformer that takes more channels than the VAE's latents takes the encoded start image
+/// with them (image-to-video); Wan 2.2 TI2V's per-token timesteps let a text-to-video
+/// transformer start from an image too.
+fn start_image_rule(in_channels: usize, z_dim: usize, expand_timesteps: bool) -> StartImage {
+    if in_channels != z_dim {
+        StartImage::Required
+    } else if expand_timesteps {
+        StartImage::Optional
+    } else {
+        StartImage::Unsupported
+    }
 }
 
 fn component(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -243,13 +256,28 @@ impl WanPipeline {
 
     /// Whether a generation needs, may take, or cannot take a start image.
     pub fn start_image(&self) -> StartImage {
-        if self.transformer.config().in_channels != self.vae.config().z_dim {
-            StartImage::Required
-        } else if self.expand_timesteps {
-            StartImage::Optional
-        } else {
-            StartImage::Unsupported
-        }
+        start_image_rule(
+            self.transformer.config().in_channels,
+            self.vae.config().z_dim,
+            self.expand_timesteps,
+        )
+    }
+
+    /// [`WanPipeline::start_image`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_start_image(dir: &Path, index: &PipelineIndex) -> Result<StartImage> {
+        let transformer: WanTransformerConfig =
+            read_config(&component(dir, "transformer")?.join("config.json"))?;
+        let vae: WanVaeConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
+        let expand_timesteps = index
+            .settings
+            .get("expand_timesteps")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Ok(start_image_rule(
+            transformer.in_channels,
+            vae.z_dim,
+            expand_timesteps,
+        ))
     }
 
     /// The TeaCache/MagCache tables of this checkpoint: `transformer/step_cache.json` when the
