@@ -352,6 +352,14 @@ fn edit_image() -> ImageInput {
 fn flux1_kontext_editing_an_auto_resized_image_matches_diffusers() {
     let mut pipeline = open("tiny-flux1-kontext");
     assert_eq!(pipeline.capabilities().references, References::EditOne);
+    // What listing installed models reads from the configs alone says the same.
+    for name in ["tiny-flux1-kontext", "tiny-flux1-dev"] {
+        assert_eq!(
+            Pipeline::inspect(&pipeline_dir(name)).unwrap(),
+            open(name).capabilities(),
+            "{name}"
+        );
+    }
     let image = generate(
         &mut pipeline,
         "tiny-flux1-kontext",
