@@ -440,3 +440,172 @@ fn an_image_model_refuses_frames_and_a_video_model_refuses_two_start_frames() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("one start frame"), "{stderr}");
 }
+
+/// `generate` on the tiny FLUX.1 pipelines (tests/fixtures/tiny-flux1-dev, tiny-flux1-kontext).
+fn generate_flux1(pipeline: &str, prompt: &str, guidance: &str, extra: &[&str]) -> Output {
+    let dir = fixtures().join("..").join(pipeline);
+    let latents = dir.join("reference/latents.safetensors");
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", dir.to_str().unwrap()])
+        .args(["--prompt", prompt, "--height", "32", "--width", "48"])
+        .args(["--steps", "4", "--guidance", guidance, "--seed", "5"])
+        .args(["--latents", latents.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn flux1_dev_and_kontext_generate_the_diffusers_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = fixtures().join("..");
+    let image = refs.join("tiny-flux1-kontext/reference/image.png");
+    for (pipeline, prompt, guidance, extra, reference) in [
+        (
+            "tiny-flux1-dev",
+            "a red car drives along a mountain road at night",
+            "3.5",
+            vec![],
+            "text_to_image",
+        ),
+        (
+            "tiny-flux1-dev",
+            "a red car drives along a mountain road at night",
+            "3.5",
+            vec![
+                "--negative-prompt",
+                "low quality, blurry",
+                "--true-cfg",
+                "4",
+            ],
+            "true_cfg",
+        ),
+        (
+            "tiny-flux1-dev",
+            "a red car drives along a mountain road at night",
+            "3.5",
+            vec!["--max-sequence-length", "256"],
+            "max_sequence_length_256",
+        ),
+        (
+            "tiny-flux1-kontext",
+            "make the car blue",
+            "2.5",
+            vec!["--image", image.to_str().unwrap()],
+            "edit",
+        ),
+    ] {
+        let (png, tensor) = (
+            tmp.path().join(format!("{reference}.png")),
+            tmp.path().join(format!("{reference}.safetensors")),
+        );
+        let mut args = extra.clone();
+        args.extend(["--out", png.to_str().unwrap()]);
+        args.extend(["--save-tensor", tensor.to_str().unwrap()]);
+        let out = generate_flux1(pipeline, prompt, guidance, &args);
+        assert!(
+            out.status.success(),
+            "{pipeline}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut saved = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+        let mut expected = candle_core::safetensors::load(
+            refs.join(pipeline)
+                .join(format!("reference/{reference}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let err = rel_err(
+            &saved.remove("image").unwrap(),
+            &expected.remove("image").unwrap(),
+        );
+        assert!(err <= 1e-3, "{pipeline}: relative error {err:e}");
+        assert_eq!(image::image_dimensions(&png).unwrap(), (48, 32));
+    }
+}
+
+#[test]
+fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_image() {
+    let refs = fixtures().join("../tiny-flux1-dev/reference");
+    let tmp = tempfile::tempdir().unwrap();
+    let embeds = candle_core::safetensors::load(
+        refs.join("prompt_embeds.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let (t5, pooled) = (
+        tmp.path().join("t5.safetensors"),
+        tmp.path().join("pooled.safetensors"),
+    );
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("e".to_string(), embeds["prompt_embeds"].clone())]),
+        &t5,
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([(
+            "p".to_string(),
+            embeds["pooled_prompt_embeds"].clone(),
+        )]),
+        &pooled,
+    )
+    .unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let out = generate_flux1(
+        "tiny-flux1-dev",
+        "ignored",
+        "3.5",
+        &[
+            "--prompt-embeds",
+            t5.to_str().unwrap(),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--pooled-prompt-embeds"), "{stderr}");
+
+    let out = generate_flux1(
+        "tiny-flux1-dev",
+        "ignored",
+        "3.5",
+        &[
+            "--prompt-embeds",
+            t5.to_str().unwrap(),
+            "--pooled-prompt-embeds",
+            pooled.to_str().unwrap(),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut saved = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let mut expected = candle_core::safetensors::load(
+        refs.join("text_to_image.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = rel_err(
+        &saved.remove("image").unwrap(),
+        &expected.remove("image").unwrap(),
+    );
+    assert!(err <= 1e-3, "relative error {err:e}");
+
+    let out = generate_flux1(
+        "tiny-flux1-kontext",
+        "edit",
+        "2.5",
+        &["--save-tensor", "/dev/null"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Kontext") && stderr.contains("--image"),
+        "{stderr}"
+    );
+}

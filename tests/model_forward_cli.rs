@@ -28,7 +28,11 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
         ("wan22_ti2v", &["sample"][..]),
         ("flux2-klein-tiny", &["sample"][..]),
         ("flux2-odd", &["sample"][..]),
+        ("flux1-dev-tiny", &["sample"][..]),
+        ("flux1-schnell-tiny", &["sample"][..]),
         ("umt5", &["last_hidden_state"][..]),
+        ("t5", &["last_hidden_state"][..]),
+        ("clip_text", &["last_hidden_state", "pooler_output"][..]),
         (
             "clip_vision",
             &["last_hidden_state", "penultimate_hidden_state"][..],
@@ -178,6 +182,72 @@ fn model_forward_of_flux2_with_ids_of_the_wrong_length_names_the_tensor_and_shap
         line.contains("img_ids has shape [8, 4]") && line.contains("hidden_states (9 tokens)"),
         "{line}"
     );
+}
+
+#[test]
+fn model_forward_of_flux1_without_pooled_projections_or_guidance_names_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "flux1-dev-tiny";
+    let inputs =
+        candle_core::safetensors::load(fixture(name).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    for (drop, expected) in [
+        ("pooled_projections", "no tensor `pooled_projections`"),
+        ("guidance", "give `guidance`"),
+    ] {
+        let mut inputs = inputs.clone();
+        inputs.remove(drop);
+        let bad = tmp.path().join("inputs.safetensors");
+        candle_core::safetensors::save(&inputs, &bad).unwrap();
+        let result = forward(
+            &fixture(name).join("model"),
+            &bad,
+            &tmp.path().join("out.safetensors"),
+            &[],
+        );
+        let line = one_error_line(&result);
+        assert!(line.contains(expected), "{drop}: {line}");
+    }
+}
+
+/// Single files in the original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`),
+/// recognised from their keys, the config read from their shapes.
+#[test]
+fn model_forward_runs_original_single_files_of_the_flux_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, file, class) in [
+        (
+            "flux1-single-file",
+            "flux1-tiny.safetensors",
+            "FluxTransformer2DModel",
+        ),
+        (
+            "flux2-dev-tiny",
+            "original.safetensors",
+            "Flux2Transformer2DModel",
+        ),
+    ] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let result = forward(
+            &fixture(name).join(file),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &["--json"],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["class"], class);
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        let err = relative_error(&got["sample"], &expected["sample"]);
+        assert!(err <= 1e-4, "{name}: relative error {err:e}");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use videosdgx_engine::families::wan::transformer::{WanTransformer3DModel, WanTra
 use videosdgx_engine::families::wan::vae::WanVaeConfig;
 use videosdgx_engine::loader::{self, Checkpoint};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode};
-use videosdgx_engine::models::{clip_vision::CLIPVisionConfig, umt5::UMT5Config};
+use videosdgx_engine::models::{clip_vision::CLIPVisionConfig, t5::T5Config};
 use videosdgx_engine::schedulers::{Scheduler, SchedulerKind};
 use videosdgx_engine::text::model::LanguageModelConfig;
 use videosdgx_engine::video::Mp4Reader;
@@ -113,7 +113,7 @@ pub fn model_config() -> Run {
         std::fs::write(dir.join("model_index.json"), input).unwrap();
         let _ = loader::component_class(&dir);
         let _ = loader::read_pipeline_index(&dir);
-        let _ = loader::read_config::<UMT5Config>(&config);
+        let _ = loader::read_config::<T5Config>(&config);
         let _ = loader::read_config::<CLIPVisionConfig>(&config);
         let _ = loader::read_config::<WanVaeConfig>(&config);
         if let Ok(language) = LanguageModelConfig::read(&dir) {

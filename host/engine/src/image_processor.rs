@@ -206,6 +206,12 @@ fn clip8(acc: i32, precision: u32) -> u8 {
     (acc >> precision).clamp(0, 255) as u8
 }
 
+/// Pillow's `Image.resize(size, Image.LANCZOS)` of an RGB image, bit-exact: how diffusers'
+/// `VaeImageProcessor` (default `resample="lanczos"`) resizes the images pipelines encode.
+pub(crate) fn pil_lanczos(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(image, width, height, Filter::Lanczos, Backend::Pillow)
+}
+
 /// `Image.resize` / torch's uint8 antialiased `interpolate` for RGB: horizontal pass then
 /// vertical pass, each rounded to 8 bits; a dimension that keeps its size is not resampled.
 fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter, backend: Backend) -> RgbImage {

@@ -9,7 +9,7 @@ use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::clip_vision::CLIPVisionModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::models::umt5::UMT5EncoderModel;
+use videosdgx_engine::models::t5::T5EncoderModel;
 use videosdgx_engine::tokenizer::PromptTokenizer;
 
 const TOLERANCE: f64 = 1e-4;
@@ -161,7 +161,7 @@ fn flux2_transformer_rejects_inputs_of_the_wrong_shape_by_name() {
 #[test]
 fn umt5_encoder_with_padding_mask_matches_transformers() {
     let model =
-        UMT5EncoderModel::load(&fixture("umt5").join("model"), &Device::Cpu, DType::F32).unwrap();
+        T5EncoderModel::load(&fixture("umt5").join("model"), &Device::Cpu, DType::F32).unwrap();
     let inputs = tensors("umt5", "inputs.safetensors");
     let expected = tensors("umt5", "outputs.safetensors");
     let hidden = model
@@ -172,7 +172,7 @@ fn umt5_encoder_with_padding_mask_matches_transformers() {
 
 #[test]
 fn umt5_encoder_with_relu_feed_forward_matches_transformers() {
-    let model = UMT5EncoderModel::load(
+    let model = T5EncoderModel::load(
         &fixture("umt5_relu").join("model"),
         &Device::Cpu,
         DType::F32,

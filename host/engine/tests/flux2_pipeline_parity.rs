@@ -10,7 +10,7 @@ use videosdgx_engine::families::flux2::pipeline::Flux2Pipeline;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::pipelines::{
     Capabilities, GenerateInputs, GenerateParams, ImageInput, Output, Pipeline, Progress,
-    StartImage,
+    References, StartImage,
 };
 
 /// Relative error allowed for a whole pipeline run in f32 (tests/fixtures/TOLERANCES.md).
@@ -47,6 +47,8 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         lora_mode: Default::default(),
         cache: None,
         references,
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 
@@ -96,6 +98,7 @@ fn klein_is_an_image_model_that_takes_references() {
         Capabilities {
             output: Output::Image,
             start_image: StartImage::Unsupported,
+            references: References::Optional,
         }
     );
 }
@@ -136,6 +139,7 @@ fn prompt_embeddings_stand_in_for_the_prompt() {
             "negative_prompt_embeds.safetensors",
             "prompt_embeds",
         )),
+        ..Default::default()
     };
     let mut request = params(4.0, vec![]);
     request.prompt = "ignored".into();

@@ -74,6 +74,8 @@ fn params() -> GenerateParams {
         lora_mode: Default::default(),
         cache: None,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 
@@ -94,6 +96,7 @@ fn t2v_from_latents_and_prompt_embeds_matches_diffusers() {
             "negative_prompt_embeds.safetensors",
             "negative_prompt_embeds",
         )),
+        ..Default::default()
     };
     let video = load().generate_with(&params(), inputs, &mut quiet).unwrap();
     let err = rel_err(
@@ -161,6 +164,7 @@ fn pipeline_from_parts_runs_on_prompt_embeds_like_diffusers() {
             "negative_prompt_embeds.safetensors",
             "negative_prompt_embeds",
         )),
+        ..Default::default()
     };
     let video = pipeline
         .generate_with(&params(), inputs, &mut quiet)
@@ -317,6 +321,7 @@ fn i2v_with_clip_embedding_and_first_frame_condition_matches_diffusers() {
         latents: t.remove("latents"),
         prompt_embeds: t.remove("prompt_embeds"),
         negative_prompt_embeds: t.remove("negative_prompt_embeds"),
+        ..Default::default()
     };
     let mut p = params();
     p.start_image = Some(ImageInput::Path(reference_path.join("start.png")));
@@ -351,6 +356,7 @@ fn wan22_two_experts_switch_at_the_boundary_with_their_own_guidance_like_diffuse
             "negative_prompt_embeds.safetensors",
             "negative_prompt_embeds",
         )),
+        ..Default::default()
     };
     let mut p = params();
     p.guidance_2 = Some(3.0);
@@ -376,6 +382,7 @@ fn run_from_inputs(dir: &Path, inputs: &Path, p: &GenerateParams) -> Tensor {
         latents: t.remove("latents"),
         prompt_embeds: t.remove("prompt_embeds"),
         negative_prompt_embeds: t.remove("negative_prompt_embeds"),
+        ..Default::default()
     };
     let mut pipeline = WanPipeline::load(dir, &Device::Cpu, DType::F32).unwrap();
     pipeline

@@ -72,6 +72,8 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         lora_mode: Default::default(),
         cache,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     }
 }
 
@@ -83,6 +85,7 @@ fn generate(dir: &str, params: &GenerateParams) -> anyhow::Result<GeneratedVideo
             "negative_prompt_embeds.safetensors",
             "negative_prompt_embeds",
         )),
+        ..Default::default()
     };
     let mut pipeline = WanPipeline::load(&fixtures().join(dir), &Device::Cpu, DType::F32)?;
     pipeline.generate_with(params, inputs, &mut |_| ControlFlow::Continue(()))
@@ -154,6 +157,7 @@ fn easycache_on_image_to_video_skips_what_the_reference_skips() {
         latents: stored.remove("latents"),
         prompt_embeds: stored.remove("prompt_embeds"),
         negative_prompt_embeds: stored.remove("negative_prompt_embeds"),
+        ..Default::default()
     };
     let mut p = params(
         10,

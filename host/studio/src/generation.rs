@@ -297,6 +297,8 @@ impl Generator {
                         lora_mode: Default::default(),
                         cache: request.render.cache_spec()?,
                         references: Vec::new(),
+                        max_sequence_length: None,
+                        true_cfg_scale: None,
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -134,6 +134,8 @@ impl Generator {
             lora_mode: Default::default(),
             cache: None,
             references: references.into_iter().map(ImageInput::Path).collect(),
+            max_sequence_length: None,
+            true_cfg_scale: None,
         };
         let image = self
             .gpu

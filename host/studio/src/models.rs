@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
 use videosdgx_engine::hub::{self, LocalModel, ModelKind};
-use videosdgx_engine::pipelines::{Output, StartImage};
+use videosdgx_engine::pipelines::{Output, References, StartImage};
 
 /// Where pulled and copied model directories live, under the data directory.
 pub fn models_dir(data_dir: &Path) -> PathBuf {
@@ -121,7 +121,7 @@ pub const NO_IMAGE_MODEL: &str = "no image model is installed; pull one with `vi
 
 /// The image model keyframes, looks and plugins' images use: `wanted` when given, else FLUX.2
 /// [klein] when one is installed (distilled for few steps, made for reference editing), else the
-/// first by name.
+/// first by name that generates from text alone (FLUX.1 Kontext only edits an image).
 pub fn image_model(data_dir: &Path, wanted: Option<&str>) -> Result<LocalModel> {
     let models = image_models(data_dir)?;
     if let Some(name) = wanted.filter(|n| !n.is_empty()) {
@@ -144,7 +144,11 @@ pub fn image_model(data_dir: &Path, wanted: Option<&str>) -> Result<LocalModel> 
     let klein = models
         .iter()
         .position(|m| m.pipeline_class.as_deref() == Some("Flux2KleinPipeline"));
-    match klein.or((!models.is_empty()).then_some(0)) {
+    let from_text = models.iter().position(|m| {
+        m.capabilities
+            .is_none_or(|c| c.references != References::EditOne)
+    });
+    match klein.or(from_text).or((!models.is_empty()).then_some(0)) {
         Some(index) => Ok(models[index].clone()),
         None => Err(StudioError::Invalid(NO_IMAGE_MODEL.into())),
     }

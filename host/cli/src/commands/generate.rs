@@ -62,6 +62,20 @@ pub struct GenerateArgs {
     /// Negative prompt embeddings instead of encoding --negative-prompt.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
+    /// FLUX.1: T5 tokens per prompt (512 by default; the published [schnell] examples use 256).
+    #[arg(long, value_name = "N")]
+    pub max_sequence_length: Option<usize>,
+    /// FLUX.1: true classifier-free guidance with --negative-prompt at this scale (above 1), on
+    /// top of the embedded --guidance (the reference's `true_cfg_scale`).
+    #[arg(long, value_name = "SCALE")]
+    pub true_cfg: Option<f64>,
+    /// FLUX.1: the pooled CLIP embedding (safetensors, one tensor `[1, pooled_dim]`) that goes
+    /// with --prompt-embeds (the T5 states).
+    #[arg(long, requires = "prompt_embeds")]
+    pub pooled_prompt_embeds: Option<PathBuf>,
+    /// FLUX.1: the pooled CLIP embedding that goes with --negative-prompt-embeds.
+    #[arg(long, requires = "negative_prompt_embeds")]
+    pub negative_pooled_prompt_embeds: Option<PathBuf>,
     /// Also write the output as safetensors: key `video`, f32 [frames, height, width, 3] in
     /// [0, 1], or for an image model key `image`, f32 [height, width, 3].
     #[arg(long)]
@@ -72,7 +86,7 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Start frame of an image-to-video model, or a reference image of an image model (FLUX.2:
-    /// repeatable, for multi-reference editing).
+    /// repeatable, for multi-reference editing; FLUX.1 Kontext: the one image to edit).
     #[arg(long)]
     pub image: Vec<PathBuf>,
     /// Last frame (first+last-frame checkpoints).
@@ -166,6 +180,8 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         lora_mode: args.lora_mode.into(),
         cache: args.cache,
         references,
+        max_sequence_length: args.max_sequence_length,
+        true_cfg_scale: args.true_cfg,
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);
@@ -234,6 +250,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .negative_prompt_embeds
             .as_deref()
             .map(|p| single_tensor(p, "--negative-prompt-embeds"))
+            .transpose()?,
+        pooled_prompt_embeds: args
+            .pooled_prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--pooled-prompt-embeds"))
+            .transpose()?,
+        negative_pooled_prompt_embeds: args
+            .negative_pooled_prompt_embeds
+            .as_deref()
+            .map(|p| single_tensor(p, "--negative-pooled-prompt-embeds"))
             .transpose()?,
     };
     let device = parse_device(&args.device)?;

@@ -8,15 +8,18 @@ use clap::{Args, Subcommand, ValueEnum};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
+use videosdgx_engine::loader::single_file::{self, OriginalLayout};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use videosdgx_engine::models::{
-    autoencoder_kl::AutoencoderKL, clip_vision::CLIPVisionModel, umt5::UMT5EncoderModel,
+    autoencoder_kl::AutoencoderKL, clip_text::CLIPTextModel, clip_vision::CLIPVisionModel,
+    t5::T5EncoderModel,
 };
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
@@ -28,15 +31,20 @@ pub enum ModelCommand {
     /// WanTransformer3DModel: hidden_states, timestep, encoder_hidden_states
     /// [, encoder_hidden_states_image] -> sample. Flux2Transformer2DModel: hidden_states,
     /// encoder_hidden_states, timestep (t / 1000, as the pipelines pass it), img_ids, txt_ids (f32
-    /// or integer) [, guidance] -> sample. UMT5EncoderModel: input_ids, attention_mask ->
-    /// last_hidden_state. CLIPVisionModel: pixel_values -> last_hidden_state,
+    /// or integer) [, guidance] -> sample. FluxTransformer2DModel: the same plus
+    /// pooled_projections (ids [L, 3]). UMT5EncoderModel, T5EncoderModel: input_ids,
+    /// attention_mask -> last_hidden_state. CLIPTextModel: input_ids -> last_hidden_state,
+    /// pooler_output. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
     /// AutoencoderKLFlux2: latents -> sample (decode; the image VAEs' sample is not clamped), or
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     ///
-    /// A FILE instead of a folder is a bare state dict (safetensors or a PyTorch .pth), its
+    /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer or FLUX.1's VAE in the
+    /// original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`,
+    /// `ae.safetensors`: config read from the shapes), or a
+    /// bare state dict (safetensors or a PyTorch .pth), its
     /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
     /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
     /// --tile.
@@ -143,10 +151,26 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = args.dtype.into();
-    if args.model.is_file() {
-        return forward_state_dict(args, &device, dtype);
-    }
-    let (class, class_name) = component_class(&args.model)?;
+    let (class, class_name) = if args.model.is_file() {
+        // A transformer in its original release's names (`flux1-dev.safetensors`), else a
+        // finishing model's state dict.
+        match single_file::detect_file(&args.model)? {
+            Some(OriginalLayout::Flux1Transformer) => (
+                ComponentClass::FluxTransformer2DModel,
+                "FluxTransformer2DModel".to_string(),
+            ),
+            Some(OriginalLayout::Flux2Transformer) => (
+                ComponentClass::Flux2Transformer2DModel,
+                "Flux2Transformer2DModel".to_string(),
+            ),
+            Some(OriginalLayout::LdmVae) => {
+                (ComponentClass::AutoencoderKL, "AutoencoderKL".to_string())
+            }
+            None => return forward_state_dict(args, &device, dtype),
+        }
+    } else {
+        component_class(&args.model)?
+    };
     if args.tile.is_some() {
         bail!(
             "--tile: {class_name} does not run in tiles (upscalers do: a state-dict file as --model)"
@@ -157,11 +181,13 @@ fn forward(args: &ForwardArgs) -> Result<()> {
 
     let adaptable = matches!(
         class,
-        ComponentClass::WanTransformer3DModel | ComponentClass::Flux2Transformer2DModel
+        ComponentClass::WanTransformer3DModel
+            | ComponentClass::Flux2Transformer2DModel
+            | ComponentClass::FluxTransformer2DModel
     );
     if !args.loras.is_empty() && !adaptable {
         bail!(
-            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, Flux2Transformer2DModel)"
+            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel)"
         );
     }
     let loras = open_loras(&args.loras)?;
@@ -192,10 +218,32 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             )?;
             vec![("sample", sample)]
         }
-        ComponentClass::UMT5EncoderModel => {
-            let model = UMT5EncoderModel::load(&args.model, &device, dtype)?;
+        ComponentClass::FluxTransformer2DModel => {
+            let mut model = FluxTransformer2DModel::load(&args.model, &device, dtype)?;
+            model.set_loras(&loras, args.lora_mode.into())?;
+            let sample = model.forward(
+                input("hidden_states")?,
+                input("encoder_hidden_states")?,
+                input("pooled_projections")?,
+                input("timestep")?,
+                input("img_ids")?,
+                input("txt_ids")?,
+                inputs.get("guidance"),
+            )?;
+            vec![("sample", sample)]
+        }
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
+            let model = T5EncoderModel::load(&args.model, &device, dtype)?;
             let hidden = model.forward(input("input_ids")?, input("attention_mask")?)?;
             vec![("last_hidden_state", hidden)]
+        }
+        ComponentClass::CLIPTextModel => {
+            let model = CLIPTextModel::load(&args.model, &device, dtype)?;
+            let out = model.forward(input("input_ids")?)?;
+            vec![
+                ("last_hidden_state", out.last_hidden_state),
+                ("pooler_output", out.pooler_output),
+            ]
         }
         ComponentClass::CLIPVisionModel => {
             let model = CLIPVisionModel::load(&args.model, &device, dtype)?;

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
 use videosdgx_engine::hub::{self, LocalModel, ModelKind, PullProgress};
-use videosdgx_engine::pipelines::{Output, StartImage};
+use videosdgx_engine::pipelines::{Output, References, StartImage};
 use videosdgx_studio::finishing::{self, FinishingKind, FinishingModel};
 use videosdgx_studio::language::{self, ChosenBy};
 use videosdgx_studio::models::Role;
@@ -84,7 +84,11 @@ fn takes(model: &LocalModel) -> String {
         return "not supported by this engine".into();
     };
     match (capabilities.output, capabilities.start_image) {
-        (Output::Image, _) => "text, reference images -> image".into(),
+        (Output::Image, _) => match capabilities.references {
+            References::Optional => "text, reference images -> image".into(),
+            References::EditOne => "image to edit, text -> image".into(),
+            References::Unsupported => "text -> image".into(),
+        },
         (Output::Video { fps }, StartImage::Required) => {
             format!("start image, text -> video ({fps} fps)")
         }

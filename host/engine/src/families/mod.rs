@@ -4,5 +4,6 @@
 //! engine reach a family through [`crate::pipelines::Pipeline`], which opens a model directory and
 //! dispatches on its `model_index.json`.
 
+pub mod flux;
 pub mod flux2;
 pub mod wan;

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 pub mod memory;
+pub mod single_file;
 mod state_dict;
 mod verify;
 
@@ -82,8 +83,13 @@ pub enum LoadError {
 pub enum ComponentClass {
     WanTransformer3DModel,
     Flux2Transformer2DModel,
+    FluxTransformer2DModel,
     UMT5EncoderModel,
+    /// transformers' `T5EncoderModel` (FLUX.1's T5-XXL).
+    T5EncoderModel,
     CLIPVisionModel,
+    /// transformers' `CLIPTextModel` (FLUX.1's CLIP-L).
+    CLIPTextModel,
     AutoencoderKLWan,
     /// The 2-D image VAE of FLUX.1.
     AutoencoderKL,
@@ -104,14 +110,19 @@ impl ComponentClass {
     const KNOWN: &'static [&'static str] = &[
         "WanTransformer3DModel",
         "Flux2Transformer2DModel",
+        "FluxTransformer2DModel",
         "UMT5EncoderModel",
+        "T5EncoderModel",
         "CLIPVisionModel",
+        "CLIPTextModel",
         "AutoencoderKLWan",
         "AutoencoderKL",
         "AutoencoderKLFlux2",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
+        "CLIPTokenizer",
+        "CLIPTokenizerFast",
         "UniPCMultistepScheduler",
         "FlowMatchEulerDiscreteScheduler",
         "CLIPImageProcessor",
@@ -125,12 +136,16 @@ impl ComponentClass {
         Some(match name {
             "WanTransformer3DModel" => Self::WanTransformer3DModel,
             "Flux2Transformer2DModel" => Self::Flux2Transformer2DModel,
+            "FluxTransformer2DModel" => Self::FluxTransformer2DModel,
             "UMT5EncoderModel" => Self::UMT5EncoderModel,
+            "T5EncoderModel" => Self::T5EncoderModel,
             "CLIPVisionModel" => Self::CLIPVisionModel,
+            "CLIPTextModel" => Self::CLIPTextModel,
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
             "AutoencoderKL" => Self::AutoencoderKL,
             "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
-            "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" => Self::Tokenizer,
+            "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
+            | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
             "CLIPImageProcessor" => Self::ImageProcessor,
             _ => Self::LanguageModel(crate::text::model::Architecture::from_name(name)?),
@@ -143,8 +158,11 @@ impl ComponentClass {
             self,
             Self::WanTransformer3DModel
                 | Self::Flux2Transformer2DModel
+                | Self::FluxTransformer2DModel
                 | Self::UMT5EncoderModel
+                | Self::T5EncoderModel
                 | Self::CLIPVisionModel
+                | Self::CLIPTextModel
                 | Self::AutoencoderKLWan
                 | Self::AutoencoderKL
                 | Self::AutoencoderKLFlux2

@@ -3,16 +3,17 @@
 //! (recorded by a backend that hands out zero-stride placeholders, so nothing is allocated); they
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
+use super::single_file::SingleFile;
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
-use crate::families::flux2;
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::models::{autoencoder_kl, clip_vision, umt5};
+use crate::families::{flux, flux2};
+use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A tensor whose stored shape differs from what the config implies.
 #[derive(Debug, Clone, Serialize)]
@@ -145,7 +146,14 @@ fn verify_component(
     }
     match class {
         ComponentClass::Tokenizer => {
-            if let Err(err) = crate::tokenizer::PromptTokenizer::from_dir(dir) {
+            // transformers rebuilds a CLIP tokenizer from its vocabulary (FLUX.1's ships no
+            // `tokenizer.json`), as the pipelines do.
+            let tokenizer = if class_name.starts_with("CLIPTokenizer") {
+                crate::tokenizer::PromptTokenizer::clip_from_dir(dir)
+            } else {
+                crate::tokenizer::PromptTokenizer::from_dir(dir)
+            };
+            if let Err(err) = tokenizer {
                 report.errors.push(format!("{err:#}"));
             }
         }
@@ -166,7 +174,7 @@ fn verify_component(
 
 fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport) {
     let checkpoint = match Checkpoint::open(dir) {
-        Ok(checkpoint) => checkpoint,
+        Ok(checkpoint) => Arc::new(checkpoint),
         Err(err) => {
             report.errors.push(err.to_string());
             return;
@@ -183,10 +191,20 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
             ));
         }
     }
+    // A single file in the original release's names (a downloaded `flux1-dev.safetensors` in
+    // `transformer/`) is compared through the names it maps to.
+    let original = match SingleFile::detect(checkpoint.clone()) {
+        Ok(original) => original.map(Arc::new),
+        Err(err) => {
+            report.errors.push(err.to_string());
+            return;
+        }
+    };
 
     let stored: BTreeSet<String> = checkpoint.tensors().map(|(n, _)| n.to_string()).collect();
     let recorder = Recorder {
         stored: stored.clone(),
+        original: original.clone(),
         requested: Mutex::new(BTreeMap::new()),
     };
     let requested = match build_with(dir, class, recorder) {
@@ -196,21 +214,35 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
             return;
         }
     };
+    let mut used = BTreeSet::new();
     for (tensor, expected) in &requested {
-        match checkpoint.entry(tensor) {
+        let found = match &original {
+            Some(file) => file
+                .mapped(tensor)
+                .map(|(key, shape)| (format!("{key} (as {tensor})"), key, shape)),
+            None => checkpoint
+                .entry(tensor)
+                .map(|entry| (tensor.clone(), tensor.clone(), entry.shape.clone())),
+        };
+        match found {
             None => report.missing.push(tensor.clone()),
-            Some(entry) if entry.shape != *expected => report.shape_mismatches.push(ShapeProblem {
-                tensor: tensor.clone(),
-                file: checkpoint.file_path(entry.file).to_path_buf(),
-                expected: expected.clone(),
-                found: entry.shape.clone(),
-            }),
-            Some(_) => {}
+            Some((shown, key, shape)) => {
+                if shape != *expected {
+                    let file = checkpoint.entry(&key).map_or(0, |entry| entry.file);
+                    report.shape_mismatches.push(ShapeProblem {
+                        tensor: shown,
+                        file: checkpoint.file_path(file).to_path_buf(),
+                        expected: expected.clone(),
+                        found: shape,
+                    });
+                }
+                used.insert(key);
+            }
         }
     }
     report.unexpected = stored
         .into_iter()
-        .filter(|t| !requested.contains_key(t) && !ignorable(class, t))
+        .filter(|t| !used.contains(t) && !ignorable(class, t))
         .collect();
 }
 
@@ -220,9 +252,13 @@ fn ignorable(class: ComponentClass, tensor: &str) -> bool {
         // `_keys_to_ignore_on_load_unexpected = ["norm_added_q"]`
         ComponentClass::WanTransformer3DModel => tensor.contains("norm_added_q"),
         // The embedding is tied to `shared.weight`; checkpoints may store both names.
-        ComponentClass::UMT5EncoderModel => tensor == "encoder.embed_tokens.weight",
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
+            tensor == "encoder.embed_tokens.weight"
+        }
         // A non-persistent buffer that older checkpoints saved.
-        ComponentClass::CLIPVisionModel => tensor.ends_with("embeddings.position_ids"),
+        ComponentClass::CLIPVisionModel | ComponentClass::CLIPTextModel => {
+            tensor.ends_with("embeddings.position_ids")
+        }
         // The BatchNorm's (int64) step counter, which inference never reads.
         ComponentClass::AutoencoderKLFlux2 => tensor == "bn.num_batches_tracked",
         _ => false,
@@ -252,9 +288,17 @@ fn build_with(
             let cfg: flux2::transformer::Flux2TransformerConfig = super::read_config(&config)?;
             flux2::transformer::Flux2Transformer2DModel::new(&cfg, vb)?;
         }
-        ComponentClass::UMT5EncoderModel => {
-            let cfg: umt5::UMT5Config = super::read_config(&config)?;
-            umt5::UMT5EncoderModel::new(&cfg, vb)?;
+        ComponentClass::FluxTransformer2DModel => {
+            let cfg: flux::transformer::FluxTransformerConfig = super::read_config(&config)?;
+            flux::transformer::FluxTransformer2DModel::new(&cfg, vb)?;
+        }
+        ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
+            let cfg: t5::T5Config = super::read_config(&config)?;
+            t5::T5EncoderModel::new(&cfg, vb)?;
+        }
+        ComponentClass::CLIPTextModel => {
+            let cfg: clip_text::CLIPTextConfig = super::read_config(&config)?;
+            clip_text::CLIPTextModel::new(&cfg, vb)?;
         }
         ComponentClass::CLIPVisionModel => {
             let cfg: clip_vision::CLIPVisionConfig = super::read_config(&config)?;
@@ -287,6 +331,8 @@ fn build_with(
 /// the real checkpoint so constructors pick the same optional layouts they would when loading.
 struct Recorder {
     stored: BTreeSet<String>,
+    /// The stored file in the original names, if it is one: `contains_tensor` answers through it.
+    original: Option<Arc<SingleFile>>,
     requested: Mutex<BTreeMap<String, Vec<usize>>>,
 }
 
@@ -315,6 +361,9 @@ impl SimpleBackend for SharedRecorder {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.stored.contains(name)
+        match &self.0.original {
+            Some(file) => file.mapped(name).is_some(),
+            None => self.0.stored.contains(name),
+        }
     }
 }

@@ -21,6 +21,39 @@ pub use file::{LoraFile, LoraFormat};
 use crate::loader::LoadError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Opens the files `specs` name (reusing those of `opened` with the same path) and checks each
+/// against the SHA-256 its spec gives. Returns the files and the specs with their SHA-256 filled
+/// in, as a generation records them.
+pub fn resolve_specs(
+    specs: &[LoraSpec],
+    opened: &[Arc<LoraFile>],
+) -> anyhow::Result<(Vec<Arc<LoraFile>>, Vec<LoraSpec>)> {
+    let mut files = Vec::with_capacity(specs.len());
+    let mut resolved = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let file = match opened.iter().find(|f| f.path() == spec.path) {
+            Some(file) => file.clone(),
+            None => Arc::new(LoraFile::open(&spec.path)?),
+        };
+        let sha256 = file.sha256()?.to_string();
+        if let Some(expected) = &spec.sha256
+            && *expected != sha256
+        {
+            anyhow::bail!(
+                "{}: SHA-256 is {sha256}, but the generation asks for {expected}",
+                spec.path.display()
+            );
+        }
+        resolved.push(LoraSpec {
+            sha256: Some(sha256),
+            ..spec.clone()
+        });
+        files.push(file);
+    }
+    Ok((files, resolved))
+}
 
 /// Why a LoRA could not be applied. Each variant names the file, and the key or weight at fault.
 #[derive(Debug, thiserror::Error)]

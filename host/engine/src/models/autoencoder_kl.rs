@@ -625,13 +625,19 @@ impl AutoencoderKL {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `vae` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config = read_coder_config(dir, AutoencoderKLConfig::coder_config)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading AutoencoderKL from {}", dir.display()))
+    /// Reads a `vae` folder (`config.json` and the memory-mapped weights), or a single file in
+    /// the latent-diffusion names (FLUX.1's `ae.safetensors`; see
+    /// [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        use crate::loader::single_file::{self, OriginalLayout, SingleFile};
+        let builder = single_file::Builder {
+            layout: OriginalLayout::LdmVae,
+            infer: SingleFile::ldm_vae_config,
+            check: |config: &AutoencoderKLConfig| config.coder_config().validate().map(drop),
+            build: Self::new,
+        };
+        let (model, _) = single_file::load_model(path, builder, dtype, device)?;
+        Ok(model)
     }
 
     pub fn config(&self) -> &AutoencoderKLConfig {

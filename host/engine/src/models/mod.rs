@@ -4,13 +4,17 @@
 //! (the loader does) nor pick devices or dtypes (callers do).
 
 pub mod autoencoder_kl;
+pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
 pub(crate) mod embeddings;
+pub(crate) mod feed_forward;
 mod group_norm;
+pub(crate) mod joint_attention;
 mod linear;
+pub(crate) mod normalization;
 pub(crate) mod rope;
-pub mod umt5;
+pub mod t5;
 pub(crate) mod vit;
 
 pub(crate) use group_norm::GroupNorm;
@@ -48,6 +52,15 @@ pub(crate) fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Te
     x.to_dtype(DType::F32)?
         .add(&y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?
         .to_dtype(x.dtype())
+}
+
+/// Clamps to the f16 range where the stream is f16, as the FLUX transformers do after each block.
+pub(crate) fn clip_f16(x: Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F16 {
+        x.clamp(-65504f32, 65504f32)
+    } else {
+        Ok(x)
+    }
 }
 
 /// Applies a linear layer whose weights may be kept in another dtype than the activations

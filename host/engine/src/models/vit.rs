@@ -1,10 +1,11 @@
-//! The parts CLIP's and SigLIP's vision towers share (transformers' `CLIPEncoderLayer` and
-//! `SiglipEncoderLayer` are the same pre-norm layer; both embed patches with a stride-`patch` conv):
-//! one implementation, so the two towers cannot drift apart. Holds no model-specific logic (class
+//! The parts CLIP's and SigLIP's vision towers and CLIP's text tower share (transformers'
+//! `CLIPEncoderLayer` and `SiglipEncoderLayer` are the same pre-norm layer; the text tower runs it
+//! with a causal mask; the vision towers embed patches with a stride-`patch` conv): one
+//! implementation, so the towers cannot drift apart. Holds no model-specific logic (class
 //! tokens, position embeddings and final norms stay in each model) and never reads files.
 
 use super::{Activation, LayerNorm, Linear, linear};
-use crate::attention::attention;
+use crate::attention::{attention, attention_with_bias};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -66,14 +67,19 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `mask`: an additive f32 score bias (the text tower's causal mask), or none.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
-        let shape = (b, l, self.heads, d / self.heads);
+        let head_dim = d / self.heads;
+        let shape = (b, l, self.heads, head_dim);
         let q = self.q_proj.forward(x)?.reshape(shape)?;
         let k = self.k_proj.forward(x)?.reshape(shape)?;
         let v = self.v_proj.forward(x)?.reshape(shape)?;
-        self.out_proj
-            .forward(&attention(&q, &k, &v)?.flatten_from(2)?)
+        let out = match mask {
+            Some(mask) => attention_with_bias(&q, &k, &v, mask, 1.0 / (head_dim as f64).sqrt())?,
+            None => attention(&q, &k, &v)?,
+        };
+        self.out_proj.forward(&out.flatten_from(2)?)
     }
 }
 
@@ -101,7 +107,14 @@ impl EncoderLayer {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
+        self.forward_masked(x, None)
+    }
+
+    /// [`Self::forward`] with an additive attention score bias (`[B or 1, heads or 1, L, L]`).
+    pub(crate) fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&self.act.apply(&h)?)?;
         x + h

@@ -12,6 +12,7 @@ mod noise;
 
 pub use noise::initial_noise;
 
+use crate::families::flux::pipeline::FluxPipeline;
 use crate::families::flux2::pipeline::Flux2Pipeline;
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
@@ -75,6 +76,14 @@ pub struct GenerateParams {
     /// character sheet, a previous keyframe).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<ImageInput>,
+    /// FLUX.1: T5 tokens per prompt (`max_sequence_length`; 512 unless `model_index.json` says
+    /// otherwise; the published [schnell] examples use 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sequence_length: Option<usize>,
+    /// FLUX.1: `true_cfg_scale`, classifier-free guidance with the negative prompt on top of the
+    /// embedded guidance (off unless above 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_cfg_scale: Option<f64>,
 }
 
 fn is_merge(mode: &LoraMode) -> bool {
@@ -167,6 +176,11 @@ pub struct GenerateInputs {
     pub prompt_embeds: Option<Tensor>,
     /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
     pub negative_prompt_embeds: Option<Tensor>,
+    /// FLUX.1's pooled CLIP embedding `[1, pooled_dim]`, given with `prompt_embeds`.
+    pub pooled_prompt_embeds: Option<Tensor>,
+    /// FLUX.1's pooled CLIP embedding of the negative prompt, given with
+    /// `negative_prompt_embeds`.
+    pub negative_pooled_prompt_embeds: Option<Tensor>,
 }
 
 /// What a checkpoint does with a start image (image-to-video).
@@ -195,11 +209,29 @@ pub struct Capabilities {
     pub output: Output,
     /// Whether a generation needs, may take, or cannot take a start image.
     pub start_image: StartImage,
+    /// What an image model does with [`GenerateParams::references`] (records written before
+    /// it existed read as unsupported).
+    #[serde(default)]
+    pub references: References,
+}
+
+/// What a checkpoint does with reference images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum References {
+    /// Video models and plain text-to-image models.
+    #[default]
+    Unsupported,
+    /// FLUX.2: any number of references the generation conditions on.
+    Optional,
+    /// FLUX.1 Kontext: exactly one, the image to edit.
+    EditOne,
 }
 
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
+    Flux(Box<FluxPipeline>),
     Flux2(Box<Flux2Pipeline>),
 }
 
@@ -208,6 +240,8 @@ impl Pipeline {
     pub const CLASSES: &[&str] = &[
         "WanPipeline",
         "WanImageToVideoPipeline",
+        "FluxPipeline",
+        "FluxKontextPipeline",
         "Flux2KleinPipeline",
         "Flux2Pipeline",
     ];
@@ -218,6 +252,9 @@ impl Pipeline {
         Ok(match index.class_name.as_str() {
             "WanPipeline" | "WanImageToVideoPipeline" => {
                 Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?))
+            }
+            "FluxPipeline" | "FluxKontextPipeline" => {
+                Pipeline::Flux(Box::new(FluxPipeline::load(dir, device, dtype)?))
             }
             "Flux2KleinPipeline" | "Flux2Pipeline" => {
                 Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
@@ -240,10 +277,21 @@ impl Pipeline {
                     fps: crate::families::wan::pipeline::WAN_FPS,
                 },
                 start_image: WanPipeline::inspect_start_image(dir, &index)?,
+                references: References::Unsupported,
+            },
+            "FluxPipeline" | "FluxKontextPipeline" => Capabilities {
+                output: Output::Image,
+                start_image: StartImage::Unsupported,
+                references: if index.class_name == "FluxKontextPipeline" {
+                    References::EditOne
+                } else {
+                    References::Unsupported
+                },
             },
             "Flux2KleinPipeline" | "Flux2Pipeline" => Capabilities {
                 output: Output::Image,
                 start_image: StartImage::Unsupported,
+                references: References::Optional,
             },
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
@@ -258,10 +306,21 @@ impl Pipeline {
             Pipeline::Wan(wan) => Capabilities {
                 output: Output::Video { fps: wan.fps() },
                 start_image: wan.start_image(),
+                references: References::Unsupported,
+            },
+            Pipeline::Flux(flux) => Capabilities {
+                output: Output::Image,
+                start_image: StartImage::Unsupported,
+                references: if flux.is_kontext() {
+                    References::EditOne
+                } else {
+                    References::Unsupported
+                },
             },
             Pipeline::Flux2(_) => Capabilities {
                 output: Output::Image,
                 start_image: StartImage::Unsupported,
+                references: References::Optional,
             },
         }
     }
@@ -270,7 +329,7 @@ impl Pipeline {
     pub fn frames_for(&self, seconds: f64) -> usize {
         match self {
             Pipeline::Wan(wan) => wan.frames_for(seconds),
-            Pipeline::Flux2(_) => 1,
+            Pipeline::Flux(_) | Pipeline::Flux2(_) => 1,
         }
     }
 
@@ -279,6 +338,7 @@ impl Pipeline {
     pub fn keep_text_encoder(&mut self, keep: bool) {
         match self {
             Pipeline::Wan(wan) => wan.keep_text_encoder(keep),
+            Pipeline::Flux(flux) => flux.keep_text_encoder(keep),
             Pipeline::Flux2(flux) => flux.keep_text_encoder(keep),
         }
     }
@@ -290,8 +350,19 @@ impl Pipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> anyhow::Result<GeneratedVideo> {
+        if !matches!(self, Pipeline::Flux(_)) {
+            if params.max_sequence_length.is_some() {
+                bail!(
+                    "max_sequence_length is a FLUX.1 setting; this pipeline's prompt length is fixed"
+                );
+            }
+            if params.true_cfg_scale.is_some() {
+                bail!("true_cfg_scale is a FLUX.1 setting; this pipeline's guidance is `guidance`");
+            }
+        }
         match self {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
+            Pipeline::Flux(flux) => flux.generate(params, inputs, on_progress),
             Pipeline::Flux2(flux) => flux.generate(params, inputs, on_progress),
         }
     }
@@ -325,11 +396,8 @@ mod tests {
             let dir = fixtures.join(name);
             let inspected = Pipeline::inspect(&dir).unwrap();
             assert_eq!(
-                inspected,
-                Capabilities {
-                    output,
-                    start_image
-                },
+                (inspected.output, inspected.start_image),
+                (output, start_image),
                 "{name}"
             );
             let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();

@@ -8,7 +8,7 @@ use videosdgx_engine::families::flux2::transformer::Flux2TransformerConfig;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2Config;
 use videosdgx_engine::families::wan::transformer::WanTransformerConfig;
 use videosdgx_engine::families::wan::vae::WanVaeConfig;
-use videosdgx_engine::models::umt5::UMT5Config;
+use videosdgx_engine::models::t5::T5Config;
 use videosdgx_engine::text::config::RopeEntry;
 use videosdgx_engine::text::gemma3::Gemma3TextConfig;
 use videosdgx_engine::text::model::LanguageModelConfig;
@@ -34,8 +34,8 @@ pub fn transformer_config(shape: &WanShape) -> WanTransformerConfig {
 }
 
 /// UMT5-XXL as the Wan checkpoints ship it (`text_encoder/config.json`).
-pub fn umt5_xxl() -> UMT5Config {
-    UMT5Config {
+pub fn umt5_xxl() -> T5Config {
+    T5Config {
         vocab_size: 256384,
         d_model: 4096,
         d_kv: 64,
@@ -46,6 +46,7 @@ pub fn umt5_xxl() -> UMT5Config {
         relative_attention_max_distance: 128,
         layer_norm_epsilon: 1e-6,
         feed_forward_proj: "gated-gelu".into(),
+        model_type: "umt5".into(),
     }
 }
 

@@ -8,16 +8,16 @@
 
 use crate::attention::attention;
 use crate::fused::profile::section;
-use crate::loader::Checkpoint;
+use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
-use crate::models::rope::{apply_interleaved, rope_tables};
-use crate::models::{LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward};
+use crate::models::joint_attention::{JointAttention, PosEmbed, Rope, position_rows, split_heads};
+use crate::models::normalization::AdaLayerNormContinuous;
+use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `Flux2Transformer2DModel.__init__`; missing fields take the reference defaults (FLUX.2 [dev]).
@@ -120,20 +120,6 @@ impl Flux2TransformerConfig {
     }
 }
 
-/// Splits the last dim of `x` into heads of `head_dim`: `[B, L, H * D]` to `[B, L, H, D]`.
-fn split_heads(x: &Tensor, head_dim: usize) -> Result<Tensor> {
-    let (b, l, inner) = x.dims3()?;
-    x.reshape((b, l, inner / head_dim, head_dim))
-}
-
-/// `torch.nn.RMSNorm(head_dim)` of each head of `x` (`[B, L, H, D]`), run over `[B, L * H, D]`
-/// so the fused norm kernel takes it.
-fn norm_heads(norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
-    let (b, l, h, d) = x.dims4()?;
-    norm.forward(&x.reshape((b, l * h, d))?)?
-        .reshape((b, l, h, d))
-}
-
 /// `Flux2SwiGLU`: `silu(x[..., :half]) * x[..., half:]`.
 fn swiglu(x: &Tensor) -> Result<Tensor> {
     if let Some(y) = crate::fused::swiglu(x)? {
@@ -143,80 +129,6 @@ fn swiglu(x: &Tensor) -> Result<Tensor> {
     x.narrow(D::Minus1, 0, half)?
         .silu()?
         .mul(&x.narrow(D::Minus1, half, half)?)
-}
-
-/// `Flux2PosEmbed`: the rotary `cos`/`sin` tables (`[L, head_dim / 2]`, one angle per interleaved
-/// pair) of a sequence of 4-D position ids.
-struct Flux2PosEmbed {
-    axes_dim: Vec<usize>,
-    theta: f64,
-}
-
-impl Flux2PosEmbed {
-    /// `ids` are `[L, axes]` rows (f32 after `ids.float()`, as the reference reads them) of each
-    /// sequence in order, one table over all of them (`torch.cat` of the per-sequence tables).
-    fn forward(&self, ids: &[&[f32]], device: &Device) -> Result<(Tensor, Tensor)> {
-        let axes = self.axes_dim.len();
-        let positions: Vec<f64> = ids
-            .iter()
-            .flat_map(|rows| rows.chunks_exact(axes).flatten())
-            .map(|&p| f64::from(p))
-            .collect();
-        rope_tables(&positions, &self.axes_dim, self.theta, device)
-    }
-}
-
-/// The position ids `ids` (`[L, n]` or `[B, L, n]`, any numeric dtype) of the `len` tokens of
-/// `tokens`, as f32 rows of the first `axes` columns. Like the reference, a batch of ids uses its
-/// first row (the pipelines give every sample the same ids) and extra columns are ignored.
-fn position_rows(
-    ids: &Tensor,
-    name: &str,
-    tokens: &str,
-    len: usize,
-    axes: usize,
-) -> Result<Vec<f32>> {
-    let fits = match *ids.dims() {
-        [rows, cols] => rows == len && cols >= axes,
-        [batch, rows, cols] => batch > 0 && rows == len && cols >= axes,
-        _ => false,
-    };
-    if !fits {
-        candle_core::bail!(
-            "{name} has shape {:?}; it must hold one row of {axes} positions per token of {tokens} ({len} tokens): [{len}, {axes}] or [batch, {len}, {axes}]",
-            ids.dims()
-        );
-    }
-    let ids = if ids.rank() == 3 {
-        ids.get(0)?
-    } else {
-        ids.clone()
-    };
-    ids.narrow(1, 0, axes)?
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()
-}
-
-/// The rotary tables of the joint sequence (text tokens, then image tokens).
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        apply_interleaved(x, &self.cos, &self.sin)
-    }
-
-    /// The rotation of `x` `[B, L, H, D]` after `norm` of each head (one pass where fused).
-    fn apply_normed(&self, norm: &RmsNorm, x: &Tensor) -> Result<Tensor> {
-        match norm.forward_heads_rope(x, &self.cos, &self.sin)? {
-            Some(y) => Ok(y),
-            None => self.apply(&norm_heads(norm, x)?),
-        }
-    }
 }
 
 /// `Flux2TimestepGuidanceEmbeddings`: `Timesteps` features of the timestep (and guidance) through
@@ -328,140 +240,12 @@ impl Flux2FeedForward {
     }
 }
 
-/// `Flux2Attention` with `Flux2AttnProcessor`: the double-stream joint attention. Image and text
-/// tokens have their own projections and per-head RMS q/k norms; attention runs over
-/// `[text, image]` with the joint rotary tables, and the result splits back into the two streams.
-struct Flux2Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    norm_q: RmsNorm,
-    norm_k: RmsNorm,
-    to_out: Linear,
-    add_q_proj: Linear,
-    add_k_proj: Linear,
-    add_v_proj: Linear,
-    norm_added_q: RmsNorm,
-    norm_added_k: RmsNorm,
-    to_add_out: Linear,
-    head_dim: usize,
-}
-
-impl Flux2Attention {
-    fn new(cfg: &Flux2TransformerConfig, vb: VarBuilder) -> Result<Self> {
-        let (dim, head_dim, eps) = (cfg.inner_dim(), cfg.attention_head_dim, cfg.eps);
-        let proj = |name: &str| linear(dim, dim, false, vb.pp(name));
-        Ok(Self {
-            to_q: proj("to_q")?,
-            to_k: proj("to_k")?,
-            to_v: proj("to_v")?,
-            norm_q: RmsNorm::new(head_dim, eps, vb.pp("norm_q"))?,
-            norm_k: RmsNorm::new(head_dim, eps, vb.pp("norm_k"))?,
-            to_out: linear(dim, dim, false, vb.pp("to_out").pp(0))?,
-            add_q_proj: proj("add_q_proj")?,
-            add_k_proj: proj("add_k_proj")?,
-            add_v_proj: proj("add_v_proj")?,
-            norm_added_q: RmsNorm::new(head_dim, eps, vb.pp("norm_added_q"))?,
-            norm_added_k: RmsNorm::new(head_dim, eps, vb.pp("norm_added_k"))?,
-            to_add_out: proj("to_add_out")?,
-            head_dim,
-        })
-    }
-
-    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
-        for linear in [
-            &mut self.to_q,
-            &mut self.to_k,
-            &mut self.to_v,
-            &mut self.to_out,
-            &mut self.add_q_proj,
-            &mut self.add_k_proj,
-            &mut self.add_v_proj,
-            &mut self.to_add_out,
-        ] {
-            f(Weight::Linear(linear))?;
-        }
-        for norm in [
-            &mut self.norm_q,
-            &mut self.norm_k,
-            &mut self.norm_added_q,
-            &mut self.norm_added_k,
-        ] {
-            norm.visit_weights(f)?;
-        }
-        Ok(())
-    }
-
-    /// `(q, k, v)` of `x`, split into heads, with q and k normed.
-    fn qkv(
-        &self,
-        x: &Tensor,
-        [to_q, to_k, to_v]: [&Linear; 3],
-        [norm_q, norm_k]: [&RmsNorm; 2],
-    ) -> Result<[Tensor; 3]> {
-        let dev = x.device();
-        let (q, k, v) = section("attn.qkv", dev, || {
-            Ok((
-                linear_forward(to_q, x, None)?,
-                linear_forward(to_k, x, None)?,
-                linear_forward(to_v, x, None)?,
-            ))
-        })?;
-        let (q, k) = section("attn.qk_norm", dev, || {
-            Ok((
-                norm_heads(norm_q, &split_heads(&q, self.head_dim)?)?,
-                norm_heads(norm_k, &split_heads(&k, self.head_dim)?)?,
-            ))
-        })?;
-        Ok([q, k, split_heads(&v, self.head_dim)?])
-    }
-
-    /// Returns the attention outputs of the image stream `x` and the text stream `context`.
-    fn forward(&self, x: &Tensor, context: &Tensor, rope: &Rope) -> Result<(Tensor, Tensor)> {
-        let dev = x.device();
-        let [q, k, v] = self.qkv(
-            x,
-            [&self.to_q, &self.to_k, &self.to_v],
-            [&self.norm_q, &self.norm_k],
-        )?;
-        let [cq, ck, cv] = self.qkv(
-            context,
-            [&self.add_q_proj, &self.add_k_proj, &self.add_v_proj],
-            [&self.norm_added_q, &self.norm_added_k],
-        )?;
-        let (q, k) = section("attn.rope", dev, || {
-            Ok((
-                rope.apply(&Tensor::cat(&[cq, q], 1)?)?,
-                rope.apply(&Tensor::cat(&[ck, k], 1)?)?,
-            ))
-        })?;
-        let v = Tensor::cat(&[cv, v], 1)?;
-        let out = section("attn.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
-        let text_len = context.dim(1)?;
-        let image_len = out.dim(1)? - text_len;
-        section("attn.out", dev, || {
-            Ok((
-                linear_forward(&self.to_out, &out.narrow(1, text_len, image_len)?, None)?,
-                linear_forward(&self.to_add_out, &out.narrow(1, 0, text_len)?, None)?,
-            ))
-        })
-    }
-}
-
-/// Clamps to the f16 range where the stream is f16, as the reference does after each block.
-fn clip_f16(x: Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F16 {
-        x.clamp(-65504f32, 65504f32)
-    } else {
-        Ok(x)
-    }
-}
-
 /// `Flux2TransformerBlock`: one double-stream block.
 struct Flux2TransformerBlock {
     norm1: LayerNorm,
     norm1_context: LayerNorm,
-    attn: Flux2Attention,
+    /// `Flux2Attention`: the joint attention without biases.
+    attn: JointAttention,
     norm2: LayerNorm,
     ff: Flux2FeedForward,
     norm2_context: LayerNorm,
@@ -475,7 +259,7 @@ impl Flux2TransformerBlock {
         Ok(Self {
             norm1: norm("norm1")?,
             norm1_context: norm("norm1_context")?,
-            attn: Flux2Attention::new(cfg, vb.pp("attn"))?,
+            attn: JointAttention::new(dim, cfg.attention_head_dim, eps, false, vb.pp("attn"))?,
             norm2: norm("norm2")?,
             ff: Flux2FeedForward::new(dim, hidden, vb.pp("ff"))?,
             norm2_context: norm("norm2_context")?,
@@ -645,37 +429,11 @@ impl Flux2SingleTransformerBlock {
     }
 }
 
-/// `AdaLayerNormContinuous(dim, dim, elementwise_affine=False, bias=False)`: the output norm,
-/// modulated by `linear(silu(temb))`, whose first half is the **scale** and second the shift (the
-/// reverse of the blocks' order).
-struct AdaLayerNormContinuous {
-    linear: Linear,
-    norm: LayerNorm,
-}
-
-impl AdaLayerNormContinuous {
-    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            linear: linear(dim, 2 * dim, false, vb.pp("linear"))?,
-            norm: LayerNorm::new(dim, eps, false, vb.pp("norm"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let emb = linear_forward(&self.linear, &temb.silu()?.to_dtype(x.dtype())?, None)?
-            .to_dtype(DType::F32)?;
-        let (b, width) = emb.dims2()?;
-        let dim = width / 2;
-        let scale = emb.narrow(1, 0, dim)?.reshape((b, 1, dim))?;
-        let shift = emb.narrow(1, dim, dim)?.reshape((b, 1, dim))?;
-        self.norm.forward_modulated(x, &shift, &scale)
-    }
-}
-
 /// The FLUX.2 diffusion transformer.
 pub struct Flux2Transformer2DModel {
     config: Flux2TransformerConfig,
-    pos_embed: Flux2PosEmbed,
+    /// `Flux2PosEmbed`.
+    pos_embed: PosEmbed,
     time_guidance_embed: Flux2TimestepGuidanceEmbeddings,
     double_stream_modulation_img: Flux2Modulation,
     double_stream_modulation_txt: Flux2Modulation,
@@ -695,7 +453,7 @@ impl Flux2Transformer2DModel {
         cfg.validate()?;
         let dim = cfg.inner_dim();
         Ok(Self {
-            pos_embed: Flux2PosEmbed {
+            pos_embed: PosEmbed {
                 axes_dim: cfg.axes_dims_rope.clone(),
                 theta: cfg.rope_theta,
             },
@@ -733,7 +491,7 @@ impl Flux2Transformer2DModel {
                     Flux2SingleTransformerBlock::new(cfg, vb.pp("single_transformer_blocks").pp(i))
                 })
                 .collect::<Result<_>>()?,
-            norm_out: AdaLayerNormContinuous::new(dim, cfg.eps, vb.pp("norm_out"))?,
+            norm_out: AdaLayerNormContinuous::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
             proj_out: linear(
                 dim,
                 cfg.patch_size * cfg.patch_size * cfg.out_channels(),
@@ -746,16 +504,20 @@ impl Flux2Transformer2DModel {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
-    /// stay mapped: LoRAs restore the weights they change from them.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let cfg: Flux2TransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let checkpoint = Arc::new(Checkpoint::open(dir)?);
-        let vb = checkpoint.clone().shared_var_builder(dtype, device);
-        let mut model = Self::new(&cfg, vb)
-            .with_context(|| format!("loading Flux2Transformer2DModel from {}", dir.display()))?;
-        model.lora = LoraState::from_checkpoint(checkpoint);
+    /// Reads a `transformer` folder (`config.json` and the memory-mapped weights, which stay
+    /// mapped: LoRAs restore the weights they change from them), or a single file in the
+    /// original release's names (`flux2-dev.safetensors`; see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Flux2Transformer,
+            infer: SingleFile::flux2_config,
+            check: |_| Ok(()),
+            build: Self::new,
+        };
+        let (mut model, checkpoint) = single_file::load_model(path, builder, dtype, device)?;
+        if let Some(checkpoint) = checkpoint {
+            model.lora = LoraState::from_checkpoint(checkpoint);
+        }
         Ok(model)
     }
 
@@ -822,8 +584,7 @@ impl Flux2Transformer2DModel {
         let image_rows = position_rows(img_ids, "img_ids", "hidden_states", image_len, axes)?;
         let text_rows = position_rows(txt_ids, "txt_ids", "encoder_hidden_states", text_len, axes)?;
         let device = hidden_states.device();
-        let (cos, sin) = self.pos_embed.forward(&[&text_rows, &image_rows], device)?;
-        let rope = Rope { cos, sin };
+        let rope = self.pos_embed.forward(&[&text_rows, &image_rows], device)?;
 
         // 1. Time (and guidance) embedding and the modulation shared by all blocks.
         let temb = self
@@ -881,7 +642,7 @@ impl Adaptable for Flux2Transformer2DModel {
         for block in &mut self.single_transformer_blocks {
             block.attn.visit_weights(f)?;
         }
-        f(Weight::Linear(&mut self.norm_out.linear))?;
+        self.norm_out.visit_weights(f)?;
         f(Weight::Linear(&mut self.proj_out))
     }
 

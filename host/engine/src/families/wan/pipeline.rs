@@ -23,7 +23,7 @@ use crate::image_processor::CLIPImageProcessor;
 use crate::loader::{PipelineIndex, read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
-use crate::models::umt5::UMT5EncoderModel;
+use crate::models::t5::T5EncoderModel;
 use crate::pipelines::{
     Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
     StartImage, initial_noise,
@@ -47,7 +47,7 @@ pub const WAN_FPS: u32 = 16;
 pub struct TextSide {
     pub tokenizer: PromptTokenizer,
     /// `None` until first needed, or after being dropped.
-    pub encoder: Option<UMT5EncoderModel>,
+    pub encoder: Option<T5EncoderModel>,
     /// The `text_encoder` folder the encoder is (re)loaded from.
     pub encoder_dir: PathBuf,
 }
@@ -58,7 +58,7 @@ impl TextSide {
         let encoder_dir = component(dir, "text_encoder")?;
         Ok(Self {
             tokenizer: PromptTokenizer::from_dir(&component(dir, "tokenizer")?)?,
-            encoder: Some(UMT5EncoderModel::load(&encoder_dir, device, dtype)?),
+            encoder: Some(T5EncoderModel::load(&encoder_dir, device, dtype)?),
             encoder_dir,
         })
     }
@@ -198,35 +198,16 @@ impl WanPipeline {
     /// `transformer` and `strength_2` (else `strength`) to Wan 2.2's low-noise `transformer_2`.
     /// Returns the specs with each file's SHA-256; a spec that names one must match it.
     pub fn set_loras(&mut self, specs: &[LoraSpec], mode: LoraMode) -> Result<Vec<LoraSpec>> {
-        let mut files = Vec::with_capacity(specs.len());
-        let mut resolved = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if spec.strength_2.is_some() && self.transformer_2.is_none() {
-                bail!(
-                    "{}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
-                    self.name,
-                    spec.path.display()
-                );
-            }
-            let file = match self.lora_files.iter().find(|f| f.path() == spec.path) {
-                Some(file) => file.clone(),
-                None => Arc::new(LoraFile::open(&spec.path)?),
-            };
-            let sha256 = file.sha256()?.to_string();
-            if let Some(expected) = &spec.sha256
-                && *expected != sha256
-            {
-                bail!(
-                    "{}: SHA-256 is {sha256}, but the generation asks for {expected}",
-                    spec.path.display()
-                );
-            }
-            resolved.push(LoraSpec {
-                sha256: Some(sha256),
-                ..spec.clone()
-            });
-            files.push(file);
+        if self.transformer_2.is_none()
+            && let Some(spec) = specs.iter().find(|spec| spec.strength_2.is_some())
+        {
+            bail!(
+                "{}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
+                self.name,
+                spec.path.display()
+            );
         }
+        let (files, resolved) = crate::lora::resolve_specs(specs, &self.lora_files)?;
         let with = |strength: fn(&LoraSpec) -> f64| -> Vec<Lora> {
             files
                 .iter()
@@ -393,7 +374,7 @@ impl WanPipeline {
         };
         let encoder = match &mut text.encoder {
             Some(encoder) => encoder,
-            None => text.encoder.insert(UMT5EncoderModel::load(
+            None => text.encoder.insert(T5EncoderModel::load(
                 &text.encoder_dir,
                 &self.device,
                 self.dtype,

@@ -2,7 +2,7 @@
 //! pipeline's tokenizer (padded to `MAX_SEQUENCE_LENGTH`) and the UMT5 encoder, with the padding
 //! positions zeroed as the Wan pipelines do. Never decides guidance or which prompts to encode.
 
-use crate::models::umt5::UMT5EncoderModel;
+use crate::models::t5::T5EncoderModel;
 use crate::tokenizer::{EncodedPrompt, PromptTokenizer};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -21,7 +21,7 @@ pub fn clean_prompt(text: &str) -> String {
 /// `[1, MAX_SEQUENCE_LENGTH, d_model]` embeddings of `text`, zero past its last token.
 pub fn encode_prompt(
     tokenizer: &PromptTokenizer,
-    encoder: &UMT5EncoderModel,
+    encoder: &T5EncoderModel,
     text: &str,
     device: &Device,
 ) -> Result<Tensor> {
@@ -32,7 +32,7 @@ pub fn encode_prompt(
 /// `[1, L, d_model]` f32 embeddings of already tokenised text (`L` its padded length), zero past
 /// its last real token: what the transformer attends to.
 pub fn encode_tokens(
-    encoder: &UMT5EncoderModel,
+    encoder: &T5EncoderModel,
     encoded: &EncodedPrompt,
     device: &Device,
 ) -> Result<Tensor> {

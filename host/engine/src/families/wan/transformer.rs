@@ -8,6 +8,7 @@ use crate::fused::profile::section;
 use crate::loader::Checkpoint;
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
+use crate::models::feed_forward::FeedForward;
 use crate::models::rope::{apply_interleaved, rope_tables};
 use crate::models::{
     Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
@@ -318,42 +319,6 @@ impl WanAttention {
                 None => r + self.to_out.forward(&out)?,
             },
         })
-    }
-}
-
-/// diffusers `FeedForward` with a GELU projection (`net.0.proj`) and output (`net.2`).
-struct FeedForward {
-    proj: Linear,
-    out: Linear,
-    act: Activation,
-}
-
-impl FeedForward {
-    fn new(dim: usize, inner: usize, out: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            proj: linear(dim, inner, true, vb.pp("net").pp(0).pp("proj"))?,
-            out: linear(inner, out, true, vb.pp("net").pp(2))?,
-            act,
-        })
-    }
-
-    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
-        f(Weight::Linear(&mut self.proj))?;
-        f(Weight::Linear(&mut self.out))
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dev = x.device();
-        if self.act == Activation::GeluTanh
-            && let Some(h) = section("ffn.proj+act", dev, || {
-                crate::fused::linear(&self.proj, x, true, None)
-            })?
-        {
-            return section("ffn.out", dev, || linear_forward(&self.out, &h, None));
-        }
-        let h = section("ffn.proj", dev, || self.proj.forward(x))?;
-        let h = section("ffn.act", dev, || self.act.apply(&h))?;
-        section("ffn.out", dev, || self.out.forward(&h))
     }
 }
 

@@ -177,6 +177,8 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
                 lora_mode: Default::default(),
                 cache: None,
                 references: Vec::new(),
+                max_sequence_length: None,
+                true_cfg_scale: None,
             };
             let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
                 let inputs = GenerateInputs {

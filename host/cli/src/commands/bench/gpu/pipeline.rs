@@ -26,7 +26,7 @@ use videosdgx_engine::families::wan::prompt::{MAX_SEQUENCE_LENGTH, encode_tokens
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::families::wan::{WanParts, WanPipeline};
-use videosdgx_engine::models::umt5::UMT5EncoderModel;
+use videosdgx_engine::models::t5::T5EncoderModel;
 use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
 use videosdgx_engine::tokenizer::EncodedPrompt;
 
@@ -107,7 +107,7 @@ fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
 /// One generation: the text encoder on both prompts, then the pipeline with their embeddings.
 fn generate(
     dev: &Device,
-    encoder: &UMT5EncoderModel,
+    encoder: &T5EncoderModel,
     pipeline: &mut WanPipeline,
     params: &GenerateParams,
 ) -> anyhow::Result<Timings> {
@@ -131,6 +131,7 @@ fn generate(
             latents: None,
             prompt_embeds: Some(prompt_embeds),
             negative_prompt_embeds: Some(negative_prompt_embeds),
+            ..Default::default()
         },
         &mut |p: &Progress| match dev.synchronize() {
             Ok(()) => {
@@ -179,7 +180,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         )
     };
     let settings = pipeline_settings(args.preset)?;
-    let encoder = UMT5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
+    let encoder = T5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
         .context("building the text encoder")?;
     let transformer = WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
         .context("building the transformer")?;
@@ -218,6 +219,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         lora_mode: Default::default(),
         cache: None,
         references: Vec::new(),
+        max_sequence_length: None,
+        true_cfg_scale: None,
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;

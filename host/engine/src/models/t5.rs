@@ -1,7 +1,11 @@
-//! `UMT5EncoderModel`, the Wan text encoder, in the transformers layout
-//! (`models/umt5/modeling_umt5.py`). Unlike T5, every layer owns its relative position bias.
-//! The residual stream is kept in f32: the reference keeps `wo` in f32 (`_keep_in_fp32_modules`),
-//! which promotes the stream to f32 after the first feed-forward when running in half precision.
+//! The T5 encoders in the transformers layout: `T5EncoderModel` (`models/t5/modeling_t5.py`,
+//! FLUX.1's T5-XXL v1.1 with gated-GELU feed-forwards, or the original T5 with ReLU ones) and
+//! `UMT5EncoderModel` (`models/umt5/modeling_umt5.py`, the Wan text encoder). One implementation:
+//! the two differ only in where the relative position bias lives, which the config's `model_type`
+//! says (T5: the first layer owns it and every layer adds that same bias; UMT5: every layer owns
+//! its own). The residual stream is kept in f32: the references keep `wo` in f32
+//! (`_keep_in_fp32_modules`), which promotes the stream to f32 after the first feed-forward when
+//! running in half precision.
 
 use super::{Activation, Linear, apply_linear, linear};
 use crate::attention::attention_with_bias;
@@ -10,10 +14,14 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 
-/// The reference config (`text_encoder/config.json`), field names as in `UMT5Config`.
+/// The reference config (`text_encoder/config.json`), field names as in `T5Config` and
+/// `UMT5Config` (the same fields); missing fields take `UMT5Config`'s defaults.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default)]
-pub struct UMT5Config {
+pub struct T5Config {
+    /// `t5` or `umt5`: whether only the first layer (T5) or every layer (UMT5) owns a relative
+    /// position bias.
+    pub model_type: String,
     pub vocab_size: usize,
     pub d_model: usize,
     pub d_kv: usize,
@@ -27,9 +35,10 @@ pub struct UMT5Config {
     pub feed_forward_proj: String,
 }
 
-impl Default for UMT5Config {
+impl Default for T5Config {
     fn default() -> Self {
         Self {
+            model_type: "umt5".into(),
             vocab_size: 250112,
             d_model: 512,
             d_kv: 64,
@@ -44,7 +53,16 @@ impl Default for UMT5Config {
     }
 }
 
-impl UMT5Config {
+impl T5Config {
+    /// Whether every layer owns a relative position bias (UMT5), not only the first (T5).
+    fn bias_per_layer(&self) -> Result<bool> {
+        match self.model_type.as_str() {
+            "umt5" => Ok(true),
+            "t5" => Ok(false),
+            other => candle_core::bail!("model_type `{other}` is neither t5 nor umt5"),
+        }
+    }
+
     /// `(is_gated_act, dense_act_fn)` as `UMT5Config.__post_init__` derives them.
     fn feed_forward(&self) -> Result<(bool, Activation)> {
         let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
@@ -88,32 +106,37 @@ impl T5LayerNorm {
     }
 }
 
-/// Self-attention with this layer's relative position bias; no softmax scaling (folded into the
-/// weights, as in T5).
-struct UMT5Attention {
+/// Self-attention with a relative position bias (this layer's, or the first layer's in T5); no
+/// softmax scaling (folded into the weights, as in T5).
+struct T5Attention {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    relative_attention_bias: Tensor,
+    /// `None` in T5's layers after the first (`has_relative_attention_bias=False`).
+    relative_attention_bias: Option<Tensor>,
     num_heads: usize,
     d_kv: usize,
     num_buckets: usize,
     max_distance: usize,
 }
 
-impl UMT5Attention {
-    fn new(cfg: &UMT5Config, vb: VarBuilder) -> Result<Self> {
+impl T5Attention {
+    fn new(cfg: &T5Config, has_bias: bool, vb: VarBuilder) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         Ok(Self {
             q: linear(cfg.d_model, inner, false, vb.pp("q"))?,
             k: linear(cfg.d_model, inner, false, vb.pp("k"))?,
             v: linear(cfg.d_model, inner, false, vb.pp("v"))?,
             o: linear(inner, cfg.d_model, false, vb.pp("o"))?,
-            relative_attention_bias: vb.pp("relative_attention_bias").get(
-                (cfg.relative_attention_num_buckets, cfg.num_heads),
-                "weight",
-            )?,
+            relative_attention_bias: if has_bias {
+                Some(vb.pp("relative_attention_bias").get(
+                    (cfg.relative_attention_num_buckets, cfg.num_heads),
+                    "weight",
+                )?)
+            } else {
+                None
+            },
             num_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             num_buckets: cfg.relative_attention_num_buckets,
@@ -142,36 +165,38 @@ impl UMT5Attention {
         bucket as u32
     }
 
-    /// `[1, heads, len, len]` bias in f32.
-    fn position_bias(&self, len: usize, device: &Device) -> Result<Tensor> {
+    /// `[1, heads, len, len]` bias in f32, for a layer that owns one.
+    fn position_bias(&self, len: usize, device: &Device) -> Result<Option<Tensor>> {
+        let Some(table) = &self.relative_attention_bias else {
+            return Ok(None);
+        };
         let buckets: Vec<u32> = (0..len as i64)
             .flat_map(|query| (0..len as i64).map(move |memory| (query, memory)))
             .map(|(query, memory)| self.bucket(memory - query))
             .collect();
         let buckets = Tensor::from_vec(buckets, len * len, device)?;
-        self.relative_attention_bias
+        table
             .to_dtype(DType::F32)?
             .index_select(&buckets, 0)?
             .reshape((len, len, self.num_heads))?
             .permute((2, 0, 1))?
             .unsqueeze(0)
+            .map(Some)
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+    /// `bias`: the position bias plus the padding mask, `[B, heads, len, len]` in f32.
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (b, len, _) = x.dims3()?;
         let shape = (b, len, self.num_heads, self.d_kv);
         let q = self.q.forward(x)?.reshape(shape)?;
         let k = self.k.forward(x)?.reshape(shape)?;
         let v = self.v.forward(x)?.reshape(shape)?;
-        let bias = self
-            .position_bias(len, x.device())?
-            .broadcast_add(mask_bias)?;
-        let out = attention_with_bias(&q, &k, &v, &bias, 1.0)?;
+        let out = attention_with_bias(&q, &k, &v, bias, 1.0)?;
         self.o.forward(&out.flatten_from(2)?)
     }
 }
 
-/// `UMT5DenseGatedActDense` or `UMT5DenseActDense`; `wo` is kept in f32.
+/// `T5DenseGatedActDense` or `T5DenseActDense`; `wo` is kept in f32.
 struct FeedForward {
     wi_0: Linear,
     wi_1: Option<Linear>,
@@ -180,7 +205,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(cfg: &UMT5Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let (gated, act) = cfg.feed_forward()?;
         let wo = linear(
             cfg.d_ff,
@@ -215,16 +240,16 @@ impl FeedForward {
     }
 }
 
-/// `UMT5Block` of the encoder: self-attention then feed-forward, each pre-normed and residual.
-struct UMT5Block {
+/// `T5Block` of the encoder: self-attention then feed-forward, each pre-normed and residual.
+struct T5Block {
     attn_norm: T5LayerNorm,
-    attention: UMT5Attention,
+    attention: T5Attention,
     ff_norm: T5LayerNorm,
     ff: FeedForward,
 }
 
-impl UMT5Block {
-    fn new(cfg: &UMT5Config, vb: VarBuilder) -> Result<Self> {
+impl T5Block {
+    fn new(cfg: &T5Config, has_bias: bool, vb: VarBuilder) -> Result<Self> {
         let attn = vb.pp("layer").pp(0);
         let ff = vb.pp("layer").pp(1);
         Ok(Self {
@@ -233,33 +258,32 @@ impl UMT5Block {
                 cfg.layer_norm_epsilon,
                 attn.pp("layer_norm"),
             )?,
-            attention: UMT5Attention::new(cfg, attn.pp("SelfAttention"))?,
+            attention: T5Attention::new(cfg, has_bias, attn.pp("SelfAttention"))?,
             ff_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, ff.pp("layer_norm"))?,
             ff: FeedForward::new(cfg, ff.pp("DenseReluDense"))?,
         })
     }
 
-    /// `x` is the f32 residual stream.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let h = self
-            .attention
-            .forward(&self.attn_norm.forward(x)?, mask_bias)?;
+    /// `x` is the f32 residual stream, `bias` the position bias plus the padding mask.
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let h = self.attention.forward(&self.attn_norm.forward(x)?, bias)?;
         let x = (x + h.to_dtype(DType::F32)?)?;
         let h = self.ff.forward(&self.ff_norm.forward(&x)?)?;
         x + h.to_dtype(DType::F32)?
     }
 }
 
-/// The UMT5 encoder stack with its token embedding.
-pub struct UMT5EncoderModel {
+/// The T5 / UMT5 encoder stack with its token embedding.
+pub struct T5EncoderModel {
     embed_tokens: Tensor,
-    blocks: Vec<UMT5Block>,
+    blocks: Vec<T5Block>,
     final_layer_norm: T5LayerNorm,
-    config: UMT5Config,
+    config: T5Config,
 }
 
-impl UMT5EncoderModel {
-    pub fn new(cfg: &UMT5Config, vb: VarBuilder) -> Result<Self> {
+impl T5EncoderModel {
+    pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+        let per_layer = cfg.bias_per_layer()?;
         // The encoder embedding is tied to `shared`; checkpoints store one name or both.
         let embed_name = if vb.contains_tensor("shared.weight")
             || !vb.contains_tensor("encoder.embed_tokens.weight")
@@ -271,7 +295,7 @@ impl UMT5EncoderModel {
         let embed_tokens = vb.get((cfg.vocab_size, cfg.d_model), embed_name)?;
         let encoder = vb.pp("encoder");
         let blocks = (0..cfg.num_layers)
-            .map(|i| UMT5Block::new(cfg, encoder.pp("block").pp(i)))
+            .map(|i| T5Block::new(cfg, per_layer || i == 0, encoder.pp("block").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
@@ -288,13 +312,18 @@ impl UMT5EncoderModel {
     /// Reads `dir/config.json` and the memory-mapped weights of a `text_encoder` folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let cfg: UMT5Config = crate::loader::read_config(&dir.join("config.json"))?;
+        let cfg: T5Config = crate::loader::read_config(&dir.join("config.json"))?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&cfg, vb)
-            .with_context(|| format!("loading UMT5EncoderModel from {}", dir.display()))
+        Self::new(&cfg, vb).with_context(|| {
+            format!(
+                "loading the {} encoder from {}",
+                cfg.model_type,
+                dir.display()
+            )
+        })
     }
 
-    pub fn config(&self) -> &UMT5Config {
+    pub fn config(&self) -> &T5Config {
         &self.config
     }
 
@@ -330,8 +359,16 @@ impl UMT5EncoderModel {
                 &Tensor::full(f32::MIN, (b, len), x.device())?,
             )?
             .reshape((b, 1, 1, len))?;
+        // Block 0 always owns a bias; T5's later blocks reuse it (mask included).
+        let mut bias = None;
         for block in &self.blocks {
-            x = block.forward(&x, &mask_bias)?;
+            if let Some(own) = block.attention.position_bias(len, x.device())? {
+                bias = Some(own.broadcast_add(&mask_bias)?);
+            }
+            let Some(bias) = &bias else {
+                candle_core::bail!("the first T5 block has no relative position bias");
+            };
+            x = block.forward(&x, bias)?;
         }
         self.final_layer_norm.forward(&x)
     }

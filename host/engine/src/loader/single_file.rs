@@ -1,0 +1,866 @@
+//! Single-file checkpoints in the original release's key names, read as diffusers'
+//! `from_single_file` converts them (`loaders/single_file_utils.py`): the FLUX.1 transformer
+//! (`flux1-dev.safetensors`, `flux1-schnell.safetensors`:
+//! `convert_flux_transformer_checkpoint_to_diffusers`) and the FLUX.2 one (`flux2-dev.safetensors`:
+//! `convert_flux2_transformer_checkpoint_to_diffusers`), and the latent-diffusion VAE layout of
+//! FLUX.1's `ae.safetensors` (`convert_ldm_vae_checkpoint`). Nothing is converted up front: a
+//! `VarBuilder` backend answers each diffusers name with the original tensor it comes from (a
+//! fused q/k/v projection split by rows, the output norm's shift/scale halves swapped, a 1x1
+//! convolution read as a linear layer), so the
+//! file is read once, as for a diffusers folder. Files carry no config: the dimensions are read
+//! from the tensor shapes, and a `config.json` beside the weights (a pipeline's `transformer/`
+//! folder holding the single file) takes precedence.
+
+use super::{Checkpoint, LoadError};
+use crate::families::flux::transformer::FluxTransformerConfig;
+use crate::families::flux2::transformer::Flux2TransformerConfig;
+use crate::models::autoencoder_kl::AutoencoderKLConfig;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The original layouts this module reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginalLayout {
+    /// Black Forest Labs' FLUX.1 transformer (`double_blocks.N.img_attn.qkv`, `vector_in`, ...).
+    Flux1Transformer,
+    /// Black Forest Labs' FLUX.2 transformer (`double_stream_modulation_img`, no `vector_in`).
+    Flux2Transformer,
+    /// The latent-diffusion `AutoencoderKL` (`encoder.down.N.block.M`, `mid.attn_1`), as FLUX.1's
+    /// `ae.safetensors` and Stable Diffusion checkpoints have it.
+    LdmVae,
+}
+
+impl OriginalLayout {
+    /// The diffusers class the layout converts to.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Flux1Transformer => "FluxTransformer2DModel",
+            Self::Flux2Transformer => "Flux2Transformer2DModel",
+            Self::LdmVae => "AutoencoderKL",
+        }
+    }
+}
+
+/// Which rows of the original tensor a diffusers tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Whole,
+    /// Rows `[i·d, (i+1)·d)` of a fused projection (`d` the model width).
+    Rows(usize),
+    /// Rows `[i·d, end)`: the MLP input after q, k, v in FLUX.1's `linear1`.
+    RowsFrom(usize),
+    /// `swap_scale_shift`: the two halves of the rows exchanged.
+    SwapHalves,
+    /// `conv_attn_to_linear`: a 1x1 convolution's kernel as a linear weight.
+    Squeeze,
+}
+
+/// An opened checkpoint in one of the original layouts.
+pub struct SingleFile {
+    checkpoint: Arc<Checkpoint>,
+    layout: OriginalLayout,
+    /// `model.diffusion_model.` (`first_stage_model.`, `vae.` for a VAE) where the file keeps
+    /// the training wrapper's prefix.
+    prefix: &'static str,
+    /// The model width (`img_in.weight` rows), by which fused projections split.
+    width: usize,
+    /// A VAE's decoder up blocks, which the original numbers from the bottom.
+    up_blocks: usize,
+}
+
+/// Where a component's weights come from.
+pub enum Weights {
+    /// Diffusers names.
+    Diffusers(Arc<Checkpoint>),
+    /// Original names, mapped.
+    Original(SingleFile),
+}
+
+/// Opens the weights at `path`: a component folder, or one safetensors file, in either naming.
+pub fn open(path: &Path) -> Result<Weights, LoadError> {
+    let checkpoint = Arc::new(if path.is_file() {
+        Checkpoint::open_file(path)?
+    } else {
+        Checkpoint::open(path)?
+    });
+    Ok(match SingleFile::detect(checkpoint.clone())? {
+        Some(file) => Weights::Original(file),
+        None => Weights::Diffusers(checkpoint),
+    })
+}
+
+/// How [`load_model`] makes a model: the config reader's rules and the constructor.
+pub struct Builder<C, M> {
+    pub layout: OriginalLayout,
+    /// The config a bare original file implies (its shapes).
+    pub infer: fn(&SingleFile) -> Result<C, LoadError>,
+    /// Checks a config before building, the error naming what is wrong in it.
+    pub check: fn(&C) -> Result<(), String>,
+    pub build: fn(&C, VarBuilder<'static>) -> candle_core::Result<M>,
+}
+
+/// Builds a model of the class `builder.layout` converts to from `path` (a folder or one file)
+/// in either naming. The config is `path/config.json` for a folder that has one, else (a bare
+/// original file) what `builder.infer` reads from the shapes. Returns the model and, for
+/// diffusers weights, the checkpoint that stays mapped for LoRAs to restore from.
+pub fn load_model<C: DeserializeOwned, M>(
+    path: &Path,
+    builder: Builder<C, M>,
+    dtype: DType,
+    device: &Device,
+) -> anyhow::Result<(M, Option<Arc<Checkpoint>>)> {
+    use anyhow::Context;
+    let layout = builder.layout;
+    let context = || format!("loading {} from {}", layout.class_name(), path.display());
+    let config = path.join("config.json");
+    let config = (path.is_dir() && config.is_file()).then_some(config);
+    let checked = |cfg: C, source: &Path| -> Result<C, LoadError> {
+        (builder.check)(&cfg).map_err(|reason| LoadError::BadConfig {
+            path: source.to_path_buf(),
+            reason,
+        })?;
+        Ok(cfg)
+    };
+    match open(path)? {
+        Weights::Diffusers(checkpoint) => {
+            let config = config.unwrap_or_else(|| path.join("config.json"));
+            let cfg = checked(super::read_config(&config)?, &config)?;
+            let vb = checkpoint.clone().shared_var_builder(dtype, device);
+            Ok((
+                (builder.build)(&cfg, vb).with_context(context)?,
+                Some(checkpoint),
+            ))
+        }
+        Weights::Original(file) => {
+            if file.layout != layout {
+                anyhow::bail!(
+                    "{}: the file holds a {} in the original layout, not a {}",
+                    file.path().display(),
+                    file.layout.class_name(),
+                    layout.class_name()
+                );
+            }
+            let cfg = match config {
+                Some(config) => checked(super::read_config(&config)?, &config)?,
+                None => checked((builder.infer)(&file)?, file.path())?,
+            };
+            let (vb, used) = file.var_builder(dtype, device);
+            let model = (builder.build)(&cfg, vb).with_context(context)?;
+            file.check_all_used(&used)?;
+            Ok((model, None))
+        }
+    }
+}
+
+/// The original layout of the safetensors file at `path`, from its header alone; `None` for
+/// other files (a finishing model's state dict, a PyTorch pickle).
+pub fn detect_file(path: &Path) -> Result<Option<OriginalLayout>, LoadError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Ok(None);
+    }
+    let checkpoint = Arc::new(Checkpoint::open_file(path)?);
+    Ok(SingleFile::detect(checkpoint)?.map(|file| file.layout))
+}
+
+impl SingleFile {
+    /// Recognises an original layout by its marker tensors; `None` for anything else.
+    pub fn detect(checkpoint: Arc<Checkpoint>) -> Result<Option<Self>, LoadError> {
+        let prefix = ["model.diffusion_model.", "first_stage_model.", "vae."]
+            .into_iter()
+            .find(|prefix| {
+                checkpoint
+                    .entry(&format!("{prefix}img_in.weight"))
+                    .is_some()
+                    || checkpoint
+                        .entry(&format!("{prefix}encoder.conv_in.weight"))
+                        .is_some()
+            })
+            .unwrap_or("");
+        let has = |key: &str| checkpoint.entry(&format!("{prefix}{key}")).is_some();
+        let layout = if has("double_blocks.0.img_attn.qkv.weight") && has("img_in.weight") {
+            if has("vector_in.in_layer.weight") {
+                OriginalLayout::Flux1Transformer
+            } else if has("double_stream_modulation_img.lin.weight") {
+                OriginalLayout::Flux2Transformer
+            } else {
+                return Ok(None);
+            }
+        } else if has("encoder.down.0.block.0.conv1.weight")
+            && has("decoder.up.0.block.0.conv1.weight")
+        {
+            OriginalLayout::LdmVae
+        } else {
+            return Ok(None);
+        };
+        let mut file = Self {
+            checkpoint,
+            layout,
+            prefix,
+            width: 0,
+            up_blocks: 0,
+        };
+        match layout {
+            OriginalLayout::LdmVae => file.up_blocks = file.count("decoder.up"),
+            _ => file.width = file.shape("img_in.weight")?[0],
+        }
+        Ok(Some(file))
+    }
+
+    pub fn layout(&self) -> OriginalLayout {
+        self.layout
+    }
+
+    /// The file (the first, for a sharded one), for messages.
+    pub fn path(&self) -> &Path {
+        self.checkpoint.file_path(0)
+    }
+
+    /// A `VarBuilder` serving diffusers names, and a record of the original tensors it read
+    /// (for [`Self::check_all_used`]).
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> (VarBuilder<'static>, Used) {
+        let used = Used(Arc::new(Mutex::new(BTreeSet::new())));
+        let backend = Mapped {
+            checkpoint: self.checkpoint.clone(),
+            layout: self.layout,
+            prefix: self.prefix,
+            width: self.width,
+            up_blocks: self.up_blocks,
+            used: used.clone(),
+        };
+        (
+            VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+            used,
+        )
+    }
+
+    /// The stored tensor that diffusers' `name` comes from and the shape `name` has once its
+    /// part is taken, from the header alone (what `verify` compares with the config's shapes);
+    /// `None` where the file has no such tensor.
+    pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
+        let (key, part) = source(self.layout, self.prefix, self.up_blocks, name)?;
+        let shape = &self.checkpoint.entry(&key)?.shape;
+        let (rows, rest) = shape.split_first()?;
+        let d = self.width;
+        let shape = match part {
+            Part::Whole | Part::SwapHalves => shape.clone(),
+            Part::Rows(_) => [&[d], rest].concat(),
+            Part::RowsFrom(i) => [&[rows.saturating_sub(i * d)], rest].concat(),
+            Part::Squeeze => shape.iter().take(2).copied().collect(),
+        };
+        Some((key, shape))
+    }
+
+    /// After a model was built: every tensor of the file must have been read, else the file
+    /// holds something the model does not (another variant, a truncated conversion).
+    pub fn check_all_used(&self, used: &Used) -> Result<(), LoadError> {
+        let used = used.0.lock().map_err(|_| LoadError::Tensor {
+            tensor: String::new(),
+            file: self.path().to_path_buf(),
+            reason: "the record of read tensors is poisoned".into(),
+        })?;
+        match self
+            .checkpoint
+            .tensors()
+            .map(|(name, _)| name)
+            .find(|name| !used.contains(*name))
+        {
+            Some(unknown) => Err(LoadError::Tensor {
+                tensor: unknown.to_string(),
+                file: self
+                    .checkpoint
+                    .file_path(self.checkpoint.entry(unknown).map_or(0, |e| e.file))
+                    .to_path_buf(),
+                reason: format!(
+                    "not a tensor of a {} in the original layout",
+                    self.layout.class_name()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn shape(&self, key: &str) -> Result<&[usize], LoadError> {
+        let name = format!("{}{key}", self.prefix);
+        self.checkpoint
+            .entry(&name)
+            .map(|entry| entry.shape.as_slice())
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: name,
+                dir: self.checkpoint.dir().to_path_buf(),
+            })
+    }
+
+    /// How many `{group}.N.` blocks the file has.
+    fn count(&self, group: &str) -> usize {
+        let start = format!("{}{group}.", self.prefix);
+        self.checkpoint
+            .tensors()
+            .filter_map(|(name, _)| name.strip_prefix(&start)?.split('.').next()?.parse().ok())
+            .map(|i: usize| i + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.checkpoint
+            .entry(&format!("{}{key}", self.prefix))
+            .is_some()
+    }
+
+    /// The head dim, from the q norm's scale.
+    fn head_dim(&self) -> Result<usize, LoadError> {
+        Ok(self.shape("double_blocks.0.img_attn.norm.query_norm.scale")?[0])
+    }
+
+    /// The published models' rotary axes, which the weights do not record, scaled to the head
+    /// dim: `axes` of 128.
+    fn rope_axes(&self, axes: &[usize]) -> Result<Vec<usize>, LoadError> {
+        let head_dim = self.head_dim()?;
+        let scaled: Vec<usize> = axes.iter().map(|a| a * head_dim / 128).collect();
+        if scaled.iter().any(|a| *a == 0 || a % 2 == 1) || scaled.iter().sum::<usize>() != head_dim
+        {
+            return Err(LoadError::BadConfig {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "the rotary axes of a head dim of {head_dim} cannot be inferred from the weights; put a config.json with axes_dims_rope beside them"
+                ),
+            });
+        }
+        Ok(scaled)
+    }
+
+    /// The `FluxTransformer2DModel` config the shapes imply (rotary axes 16/56/56 scaled).
+    pub fn flux_config(&self) -> Result<FluxTransformerConfig, LoadError> {
+        let img_in = self.shape("img_in.weight")?;
+        let head_dim = self.head_dim()?;
+        Ok(FluxTransformerConfig {
+            patch_size: 1,
+            in_channels: img_in[1],
+            out_channels: Some(self.shape("final_layer.linear.weight")?[0]),
+            num_layers: self.count("double_blocks"),
+            num_single_layers: self.count("single_blocks"),
+            attention_head_dim: head_dim,
+            num_attention_heads: self.width / head_dim,
+            joint_attention_dim: self.shape("txt_in.weight")?[1],
+            pooled_projection_dim: self.shape("vector_in.in_layer.weight")?[1],
+            guidance_embeds: self.has("guidance_in.in_layer.weight"),
+            axes_dims_rope: self.rope_axes(&[16, 56, 56])?,
+        })
+    }
+
+    /// The `Flux2Transformer2DModel` config the shapes imply (rotary axes 32/32/32/32 scaled,
+    /// the reference's theta and eps).
+    pub fn flux2_config(&self) -> Result<Flux2TransformerConfig, LoadError> {
+        let img_in = self.shape("img_in.weight")?;
+        let head_dim = self.head_dim()?;
+        let fused = self.shape("single_blocks.0.linear1.weight")?[0];
+        Ok(Flux2TransformerConfig {
+            patch_size: 1,
+            in_channels: img_in[1],
+            out_channels: Some(self.shape("final_layer.linear.weight")?[0]),
+            num_layers: self.count("double_blocks"),
+            num_single_layers: self.count("single_blocks"),
+            attention_head_dim: head_dim,
+            num_attention_heads: self.width / head_dim,
+            joint_attention_dim: self.shape("txt_in.weight")?[1],
+            timestep_guidance_channels: self.shape("time_in.in_layer.weight")?[1],
+            mlp_ratio: (fused - 3 * self.width) as f64 / (2 * self.width) as f64,
+            axes_dims_rope: self.rope_axes(&[32, 32, 32, 32])?,
+            guidance_embeds: self.has("guidance_in.in_layer.weight"),
+            ..Flux2TransformerConfig::default()
+        })
+    }
+}
+
+impl SingleFile {
+    /// The `AutoencoderKL` config the shapes imply. `norm_num_groups` is not recorded: 32, as
+    /// every published VAE of this layout has it. The latent scaling is FLUX.1's (0.3611, shift
+    /// 0.1159; what `from_single_file` reads from FLUX.1's VAE config) for 16 latent channels,
+    /// else Stable Diffusion's 0.18215.
+    pub fn ldm_vae_config(&self) -> Result<AutoencoderKLConfig, LoadError> {
+        let blocks = self.count("encoder.down");
+        let block_out_channels = (0..blocks)
+            .map(|i| Ok(self.shape(&format!("encoder.down.{i}.block.0.conv1.weight"))?[0]))
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        let latent_channels = self.shape("decoder.conv_in.weight")?[1];
+        let flux = latent_channels == 16;
+        Ok(AutoencoderKLConfig {
+            in_channels: self.shape("encoder.conv_in.weight")?[1],
+            out_channels: self.shape("decoder.conv_out.weight")?[0],
+            down_block_types: vec!["DownEncoderBlock2D".into(); blocks],
+            up_block_types: vec!["UpDecoderBlock2D".into(); blocks],
+            block_out_channels,
+            layers_per_block: self.count("encoder.down.0.block"),
+            latent_channels,
+            norm_num_groups: 32,
+            scaling_factor: if flux { 0.3611 } else { 0.18215 },
+            shift_factor: flux.then_some(0.1159),
+            use_quant_conv: self.has("quant_conv.weight"),
+            use_post_quant_conv: self.has("post_quant_conv.weight"),
+            mid_block_add_attention: self.has("encoder.mid.attn_1.q.weight"),
+            ..AutoencoderKLConfig::default()
+        })
+    }
+}
+
+/// The original tensors a [`SingleFile::var_builder`] read.
+#[derive(Clone)]
+pub struct Used(Arc<Mutex<BTreeSet<String>>>);
+
+struct Mapped {
+    checkpoint: Arc<Checkpoint>,
+    layout: OriginalLayout,
+    prefix: &'static str,
+    width: usize,
+    up_blocks: usize,
+    used: Used,
+}
+
+/// The original tensor (with the file's `prefix`) and part that diffusers' `name` comes from.
+fn source(
+    layout: OriginalLayout,
+    prefix: &str,
+    up_blocks: usize,
+    name: &str,
+) -> Option<(String, Part)> {
+    let (key, part) = match layout {
+        OriginalLayout::Flux1Transformer => flux1_source(name)?,
+        OriginalLayout::Flux2Transformer => flux2_source(name)?,
+        OriginalLayout::LdmVae => ldm_vae_source(name, up_blocks)?,
+    };
+    Some((format!("{prefix}{key}"), part))
+}
+
+impl Mapped {
+    fn source(&self, name: &str) -> Option<(String, Part)> {
+        source(self.layout, self.prefix, self.up_blocks, name)
+    }
+
+    fn load(
+        &self,
+        name: &str,
+        shape: Option<&Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some((key, part)) = self.source(name) else {
+            return Err(candle_core::Error::wrap(LoadError::MissingTensor {
+                tensor: name.to_string(),
+                dir: self.checkpoint.dir().to_path_buf(),
+            }));
+        };
+        let full = self
+            .checkpoint
+            .load(&key, None, dtype, device)
+            .map_err(candle_core::Error::wrap)?;
+        if let Ok(mut used) = self.used.0.lock() {
+            used.insert(key.clone());
+        }
+        let d = self.width;
+        let rows = full.dim(0)?;
+        // Parts are copied out: a view would keep the whole fused tensor alive once per part.
+        let tensor = match part {
+            Part::Whole => full,
+            Part::Rows(i) if (i + 1) * d <= rows => full.narrow(0, i * d, d)?.force_contiguous()?,
+            Part::RowsFrom(i) if i * d < rows => {
+                full.narrow(0, i * d, rows - i * d)?.force_contiguous()?
+            }
+            Part::SwapHalves if rows % 2 == 0 => Tensor::cat(
+                &[
+                    full.narrow(0, rows / 2, rows / 2)?,
+                    full.narrow(0, 0, rows / 2)?,
+                ],
+                0,
+            )?,
+            Part::Squeeze if full.rank() > 2 => full.flatten_from(1)?,
+            Part::Squeeze => full,
+            _ => {
+                return Err(candle_core::Error::wrap(LoadError::Tensor {
+                    tensor: key,
+                    file: self.checkpoint.file_path(0).to_path_buf(),
+                    reason: format!("{rows} rows do not split into {name} (model width {d})"),
+                }));
+            }
+        };
+        if let Some(shape) = shape
+            && tensor.dims() != shape.dims()
+        {
+            return Err(candle_core::Error::wrap(LoadError::ShapeMismatch {
+                tensor: format!("{key} (as {name})"),
+                file: self.checkpoint.file_path(0).to_path_buf(),
+                expected: shape.dims().to_vec(),
+                found: tensor.dims().to_vec(),
+            }));
+        }
+        Ok(tensor)
+    }
+}
+
+impl SimpleBackend for Mapped {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, Some(&shape), dtype, device)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, None, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.source(name)
+            .is_some_and(|(key, _)| self.checkpoint.entry(&key).is_some())
+    }
+}
+
+/// `theirs` + the rest of `name` after `ours`, where `name` is `ours` or `ours.*`.
+fn rename(table: &[(&str, &str, Part)], name: &str) -> Option<(String, Part)> {
+    table.iter().find_map(|&(ours, theirs, part)| {
+        let rest = name.strip_prefix(ours)?;
+        (rest.is_empty() || rest.starts_with('.')).then(|| (format!("{theirs}{rest}"), part))
+    })
+}
+
+/// Splits `blocks.N.inner` into `N` and `inner`.
+fn block<'a>(name: &'a str, group: &str) -> Option<(&'a str, &'a str)> {
+    name.strip_prefix(group)?.strip_prefix('.')?.split_once('.')
+}
+
+/// `convert_flux_transformer_checkpoint_to_diffusers`, backwards: the original name of a
+/// `FluxTransformer2DModel` tensor.
+fn flux1_source(name: &str) -> Option<(String, Part)> {
+    use Part::*;
+    const TOP: &[(&str, &str, Part)] = &[
+        (
+            "time_text_embed.timestep_embedder.linear_1",
+            "time_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.timestep_embedder.linear_2",
+            "time_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_1",
+            "guidance_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.guidance_embedder.linear_2",
+            "guidance_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.text_embedder.linear_1",
+            "vector_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_text_embed.text_embedder.linear_2",
+            "vector_in.out_layer",
+            Whole,
+        ),
+        ("context_embedder", "txt_in", Whole),
+        ("x_embedder", "img_in", Whole),
+        (
+            "norm_out.linear",
+            "final_layer.adaLN_modulation.1",
+            SwapHalves,
+        ),
+        ("proj_out", "final_layer.linear", Whole),
+    ];
+    const DOUBLE: &[(&str, &str, Part)] = &[
+        ("norm1.linear", "img_mod.lin", Whole),
+        ("norm1_context.linear", "txt_mod.lin", Whole),
+        ("attn.to_q", "img_attn.qkv", Rows(0)),
+        ("attn.to_k", "img_attn.qkv", Rows(1)),
+        ("attn.to_v", "img_attn.qkv", Rows(2)),
+        ("attn.add_q_proj", "txt_attn.qkv", Rows(0)),
+        ("attn.add_k_proj", "txt_attn.qkv", Rows(1)),
+        ("attn.add_v_proj", "txt_attn.qkv", Rows(2)),
+        (
+            "attn.norm_q.weight",
+            "img_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        ("attn.norm_k.weight", "img_attn.norm.key_norm.scale", Whole),
+        (
+            "attn.norm_added_q.weight",
+            "txt_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        (
+            "attn.norm_added_k.weight",
+            "txt_attn.norm.key_norm.scale",
+            Whole,
+        ),
+        ("attn.to_out.0", "img_attn.proj", Whole),
+        ("attn.to_add_out", "txt_attn.proj", Whole),
+        ("ff.net.0.proj", "img_mlp.0", Whole),
+        ("ff.net.2", "img_mlp.2", Whole),
+        ("ff_context.net.0.proj", "txt_mlp.0", Whole),
+        ("ff_context.net.2", "txt_mlp.2", Whole),
+    ];
+    const SINGLE: &[(&str, &str, Part)] = &[
+        ("norm.linear", "modulation.lin", Whole),
+        ("attn.to_q", "linear1", Rows(0)),
+        ("attn.to_k", "linear1", Rows(1)),
+        ("attn.to_v", "linear1", Rows(2)),
+        ("proj_mlp", "linear1", RowsFrom(3)),
+        ("attn.norm_q.weight", "norm.query_norm.scale", Whole),
+        ("attn.norm_k.weight", "norm.key_norm.scale", Whole),
+        ("proj_out", "linear2", Whole),
+    ];
+    if let Some((i, inner)) = block(name, "transformer_blocks") {
+        let (key, part) = rename(DOUBLE, inner)?;
+        return Some((format!("double_blocks.{i}.{key}"), part));
+    }
+    if let Some((i, inner)) = block(name, "single_transformer_blocks") {
+        let (key, part) = rename(SINGLE, inner)?;
+        return Some((format!("single_blocks.{i}.{key}"), part));
+    }
+    rename(TOP, name)
+}
+
+/// `convert_flux2_transformer_checkpoint_to_diffusers`, backwards: the original name of a
+/// `Flux2Transformer2DModel` tensor.
+fn flux2_source(name: &str) -> Option<(String, Part)> {
+    use Part::*;
+    const TOP: &[(&str, &str, Part)] = &[
+        (
+            "time_guidance_embed.timestep_embedder.linear_1",
+            "time_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.timestep_embedder.linear_2",
+            "time_in.out_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.guidance_embedder.linear_1",
+            "guidance_in.in_layer",
+            Whole,
+        ),
+        (
+            "time_guidance_embed.guidance_embedder.linear_2",
+            "guidance_in.out_layer",
+            Whole,
+        ),
+        (
+            "double_stream_modulation_img.linear",
+            "double_stream_modulation_img.lin",
+            Whole,
+        ),
+        (
+            "double_stream_modulation_txt.linear",
+            "double_stream_modulation_txt.lin",
+            Whole,
+        ),
+        (
+            "single_stream_modulation.linear",
+            "single_stream_modulation.lin",
+            Whole,
+        ),
+        ("context_embedder", "txt_in", Whole),
+        ("x_embedder", "img_in", Whole),
+        (
+            "norm_out.linear",
+            "final_layer.adaLN_modulation.1",
+            SwapHalves,
+        ),
+        ("proj_out", "final_layer.linear", Whole),
+    ];
+    const DOUBLE: &[(&str, &str, Part)] = &[
+        ("attn.to_q", "img_attn.qkv", Rows(0)),
+        ("attn.to_k", "img_attn.qkv", Rows(1)),
+        ("attn.to_v", "img_attn.qkv", Rows(2)),
+        ("attn.add_q_proj", "txt_attn.qkv", Rows(0)),
+        ("attn.add_k_proj", "txt_attn.qkv", Rows(1)),
+        ("attn.add_v_proj", "txt_attn.qkv", Rows(2)),
+        (
+            "attn.norm_q.weight",
+            "img_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        ("attn.norm_k.weight", "img_attn.norm.key_norm.scale", Whole),
+        (
+            "attn.norm_added_q.weight",
+            "txt_attn.norm.query_norm.scale",
+            Whole,
+        ),
+        (
+            "attn.norm_added_k.weight",
+            "txt_attn.norm.key_norm.scale",
+            Whole,
+        ),
+        ("attn.to_out.0", "img_attn.proj", Whole),
+        ("attn.to_add_out", "txt_attn.proj", Whole),
+        ("ff.linear_in", "img_mlp.0", Whole),
+        ("ff.linear_out", "img_mlp.2", Whole),
+        ("ff_context.linear_in", "txt_mlp.0", Whole),
+        ("ff_context.linear_out", "txt_mlp.2", Whole),
+    ];
+    const SINGLE: &[(&str, &str, Part)] = &[
+        ("attn.to_qkv_mlp_proj", "linear1", Whole),
+        ("attn.to_out", "linear2", Whole),
+        ("attn.norm_q.weight", "norm.query_norm.scale", Whole),
+        ("attn.norm_k.weight", "norm.key_norm.scale", Whole),
+    ];
+    if let Some((i, inner)) = block(name, "transformer_blocks") {
+        let (key, part) = rename(DOUBLE, inner)?;
+        return Some((format!("double_blocks.{i}.{key}"), part));
+    }
+    if let Some((i, inner)) = block(name, "single_transformer_blocks") {
+        let (key, part) = rename(SINGLE, inner)?;
+        return Some((format!("single_blocks.{i}.{key}"), part));
+    }
+    rename(TOP, name)
+}
+
+/// `convert_ldm_vae_checkpoint`, backwards: the original name of an `AutoencoderKL` tensor
+/// (`up_blocks` decoder blocks, which the original numbers from the lowest resolution).
+fn ldm_vae_source(name: &str, up_blocks: usize) -> Option<(String, Part)> {
+    use Part::*;
+    const ATTENTION: &[(&str, &str, Part)] = &[
+        ("group_norm", "norm", Whole),
+        ("to_q.weight", "q.weight", Squeeze),
+        ("to_k.weight", "k.weight", Squeeze),
+        ("to_v.weight", "v.weight", Squeeze),
+        ("to_out.0.weight", "proj_out.weight", Squeeze),
+        ("to_q", "q", Whole),
+        ("to_k", "k", Whole),
+        ("to_v", "v", Whole),
+        ("to_out.0", "proj_out", Whole),
+    ];
+    let (coder, rest) = name.split_once('.')?;
+    match coder {
+        "quant_conv" | "post_quant_conv" => return Some((name.to_string(), Whole)),
+        "encoder" | "decoder" => {}
+        _ => return None,
+    }
+    let resnet = |leaf: &str| leaf.replace("conv_shortcut", "nin_shortcut");
+    let (inner, part) = if let Some(leaf) = rest.strip_prefix("conv_norm_out") {
+        (format!("norm_out{leaf}"), Whole)
+    } else if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
+        (rest.to_string(), Whole)
+    } else if let Some((i, block_rest)) = block(rest, "down_blocks") {
+        if let Some((j, leaf)) = block(block_rest, "resnets") {
+            (format!("down.{i}.block.{j}.{}", resnet(leaf)), Whole)
+        } else {
+            let leaf = block_rest.strip_prefix("downsamplers.0.conv")?;
+            (format!("down.{i}.downsample.conv{leaf}"), Whole)
+        }
+    } else if let Some((i, block_rest)) = block(rest, "up_blocks") {
+        let i = up_blocks.checked_sub(1 + i.parse::<usize>().ok()?)?;
+        if let Some((j, leaf)) = block(block_rest, "resnets") {
+            (format!("up.{i}.block.{j}.{}", resnet(leaf)), Whole)
+        } else {
+            let leaf = block_rest.strip_prefix("upsamplers.0.conv")?;
+            (format!("up.{i}.upsample.conv{leaf}"), Whole)
+        }
+    } else if let Some((j, leaf)) = block(rest, "mid_block.resnets") {
+        let j = j.parse::<usize>().ok()? + 1;
+        (format!("mid.block_{j}.{}", resnet(leaf)), Whole)
+    } else {
+        let inner = rest.strip_prefix("mid_block.attentions.0.")?;
+        let (key, part) = rename(ATTENTION, inner)?;
+        (format!("mid.attn_1.{key}"), part)
+    };
+    Some((format!("{coder}.{inner}"), part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flux1_names_map_to_the_fused_originals() {
+        assert_eq!(
+            flux1_source("transformer_blocks.3.attn.add_k_proj.bias"),
+            Some(("double_blocks.3.txt_attn.qkv.bias".into(), Part::Rows(1)))
+        );
+        assert_eq!(
+            flux1_source("single_transformer_blocks.0.proj_mlp.weight"),
+            Some(("single_blocks.0.linear1.weight".into(), Part::RowsFrom(3)))
+        );
+        assert_eq!(
+            flux1_source("single_transformer_blocks.0.attn.norm_k.weight"),
+            Some(("single_blocks.0.norm.key_norm.scale".into(), Part::Whole))
+        );
+        assert_eq!(
+            flux1_source("norm_out.linear.weight"),
+            Some((
+                "final_layer.adaLN_modulation.1.weight".into(),
+                Part::SwapHalves
+            ))
+        );
+        // `proj_out` inside a single block is not the top-level one.
+        assert_eq!(
+            flux1_source("single_transformer_blocks.2.proj_out.bias"),
+            Some(("single_blocks.2.linear2.bias".into(), Part::Whole))
+        );
+        assert_eq!(
+            flux1_source("transformer_blocks.0.attn.to_qkv.weight"),
+            None
+        );
+    }
+
+    #[test]
+    fn vae_names_map_to_the_latent_diffusion_originals() {
+        assert_eq!(
+            ldm_vae_source("decoder.up_blocks.0.resnets.2.conv_shortcut.weight", 4),
+            Some((
+                "decoder.up.3.block.2.nin_shortcut.weight".into(),
+                Part::Whole
+            ))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.mid_block.attentions.0.to_out.0.weight", 4),
+            Some(("encoder.mid.attn_1.proj_out.weight".into(), Part::Squeeze))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.mid_block.attentions.0.to_q.bias", 4),
+            Some(("encoder.mid.attn_1.q.bias".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("decoder.mid_block.resnets.1.norm2.bias", 4),
+            Some(("decoder.mid.block_2.norm2.bias".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.conv_norm_out.weight", 4),
+            Some(("encoder.norm_out.weight".into(), Part::Whole))
+        );
+        assert_eq!(
+            ldm_vae_source("encoder.down_blocks.1.downsamplers.0.conv.bias", 4),
+            Some(("encoder.down.1.downsample.conv.bias".into(), Part::Whole))
+        );
+    }
+
+    #[test]
+    fn flux2_names_map_to_the_originals() {
+        assert_eq!(
+            flux2_source("single_transformer_blocks.1.attn.to_qkv_mlp_proj.weight"),
+            Some(("single_blocks.1.linear1.weight".into(), Part::Whole))
+        );
+        assert_eq!(
+            flux2_source("transformer_blocks.0.ff_context.linear_out.weight"),
+            Some(("double_blocks.0.txt_mlp.2.weight".into(), Part::Whole))
+        );
+    }
+}
