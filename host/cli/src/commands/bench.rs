@@ -22,9 +22,9 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// One call of a Wan component at a preset's full published config with random weights.
     Wan(WanArgs),
-    /// FLUX.2 at a preset's published size with random weights: the transformer, the VAE
-    /// decode, or a whole generation from prompt embeddings.
-    Flux2(Flux2Args),
+    /// FLUX.1 or FLUX.2 at a preset's published size with random weights: the transformer, the
+    /// VAE decode, or (FLUX.2) a whole generation from prompt embeddings.
+    Flux(FluxArgs),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
     /// A language model at a preset's published size with random weights: prefill, greedy
@@ -85,30 +85,38 @@ pub struct LlmArgs {
     pub json: bool,
 }
 
-/// FLUX.2 transformers whose published configs `bench flux2` builds.
+/// FLUX transformers whose published configs `bench flux` builds.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Flux2Preset {
+pub enum FluxPreset {
+    /// FLUX.1 [dev] 12B: 19 double and 38 single blocks of width 3072, T5-XXL text, guidance.
+    #[value(name = "flux1-dev")]
+    Flux1Dev,
+    /// FLUX.1 [schnell]: [dev] without the guidance embedding.
+    #[value(name = "flux1-schnell")]
+    Flux1Schnell,
     /// FLUX.2 [klein] 4B: 5 double and 20 single blocks of width 3072, Qwen3-4B text (7680).
-    #[value(name = "klein-4b")]
-    Klein4b,
+    #[value(name = "flux2-klein-4b")]
+    Flux2Klein4b,
     /// FLUX.2 [dev] 32B: 8 double and 48 single blocks of width 6144, Mistral text (15360).
-    #[value(name = "dev")]
-    Dev,
+    #[value(name = "flux2-dev")]
+    Flux2Dev,
 }
 
-impl Flux2Preset {
+impl FluxPreset {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench reports it
     pub fn name(self) -> &'static str {
         match self {
-            Self::Klein4b => "flux2-klein-4b",
-            Self::Dev => "flux2-dev",
+            Self::Flux1Dev => "flux1-dev",
+            Self::Flux1Schnell => "flux1-schnell",
+            Self::Flux2Klein4b => "flux2-klein-4b",
+            Self::Flux2Dev => "flux2-dev",
         }
     }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Flux2Component {
+pub enum FluxComponent {
     /// One transformer forward.
     Transformer,
     /// The VAE decoding the image's latents.
@@ -118,15 +126,15 @@ pub enum Flux2Component {
 }
 
 #[derive(Args, Debug)]
-pub struct Flux2Args {
-    #[arg(long, value_enum, default_value = "klein-4b")]
-    pub preset: Flux2Preset,
+pub struct FluxArgs {
+    #[arg(long, value_enum, default_value = "flux2-klein-4b")]
+    pub preset: FluxPreset,
     #[arg(long, default_value_t = 1024)]
     pub height: usize,
     #[arg(long, default_value_t = 1024)]
     pub width: usize,
     #[arg(long, value_enum, default_value = "transformer")]
-    pub component: Flux2Component,
+    pub component: FluxComponent,
     /// Denoising steps of the pipeline component (4: the distilled [klein] models).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..).map(|v| v as usize))]
     pub steps: usize,
@@ -307,9 +315,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     {
         match cmd {
             BenchCommand::Wan(args) => gpu::wan(&args),
-            BenchCommand::Flux2(args) => {
+            BenchCommand::Flux(args) => {
                 let (dev, ctx) = gpu::cuda()?;
-                gpu::flux2::bench(&args, &dev, &ctx)
+                gpu::flux::bench(&args, &dev, &ctx)
             }
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
@@ -333,7 +341,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    pub(super) mod flux2;
+    pub(super) mod flux;
     mod llm;
     mod pipeline;
 

@@ -3,11 +3,13 @@
 //! them. Only data: building and timing the models is the `gpu` module's.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))] // the GPU bench and the tests use them
 
-use super::{Flux2Preset, LlmPreset, Preset, WanShape};
+use super::{FluxPreset, LlmPreset, Preset, WanShape};
+use videosdgx_engine::families::flux::transformer::FluxTransformerConfig;
 use videosdgx_engine::families::flux2::transformer::Flux2TransformerConfig;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2Config;
 use videosdgx_engine::families::wan::transformer::WanTransformerConfig;
 use videosdgx_engine::families::wan::vae::WanVaeConfig;
+use videosdgx_engine::models::autoencoder_kl::AutoencoderKLConfig;
 use videosdgx_engine::models::t5::T5Config;
 use videosdgx_engine::text::config::RopeEntry;
 use videosdgx_engine::text::gemma3::Gemma3TextConfig;
@@ -153,18 +155,43 @@ pub fn llm_config(preset: LlmPreset) -> LanguageModelConfig {
     }
 }
 
-/// The preset's published `transformer/config.json`.
-pub fn flux2_transformer(preset: Flux2Preset) -> Flux2TransformerConfig {
+/// A FLUX.2 preset's published `transformer/config.json`; `None` for FLUX.1.
+pub fn flux2_transformer(preset: FluxPreset) -> Option<Flux2TransformerConfig> {
     match preset {
-        Flux2Preset::Klein4b => Flux2TransformerConfig {
+        FluxPreset::Flux2Klein4b => Some(Flux2TransformerConfig {
             num_layers: 5,
             num_single_layers: 20,
             num_attention_heads: 24,
             joint_attention_dim: 7680,
             guidance_embeds: false,
             ..Flux2TransformerConfig::default()
-        },
-        Flux2Preset::Dev => Flux2TransformerConfig::default(),
+        }),
+        FluxPreset::Flux2Dev => Some(Flux2TransformerConfig::default()),
+        FluxPreset::Flux1Dev | FluxPreset::Flux1Schnell => None,
+    }
+}
+
+/// A FLUX.1 preset's published `transformer/config.json` (the reference's defaults are [dev]'s).
+pub fn flux1_transformer(preset: FluxPreset) -> FluxTransformerConfig {
+    FluxTransformerConfig {
+        guidance_embeds: preset != FluxPreset::Flux1Schnell,
+        ..FluxTransformerConfig::default()
+    }
+}
+
+/// FLUX.1's VAE (`vae/config.json` of black-forest-labs/FLUX.1-dev).
+pub fn flux1_vae() -> AutoencoderKLConfig {
+    AutoencoderKLConfig {
+        block_out_channels: vec![128, 256, 512, 512],
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        layers_per_block: 2,
+        latent_channels: 16,
+        scaling_factor: 0.3611,
+        shift_factor: Some(0.1159),
+        use_quant_conv: false,
+        use_post_quant_conv: false,
+        ..AutoencoderKLConfig::default()
     }
 }
 

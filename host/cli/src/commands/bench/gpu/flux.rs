@@ -1,12 +1,14 @@
-//! `bench flux2`: FLUX.2 at a preset's published size with random weights, in bf16: one
+//! `bench flux`: FLUX.1 or FLUX.2 at a preset's published size with random weights, in bf16: one
 //! transformer forward (batch 1, 512 text tokens, the image's latent tokens), the VAE decode, or
-//! a whole generation through the engine's own [`Flux2Pipeline`] from prompt embeddings
+//! (FLUX.2) a whole generation through the engine's own [`Flux2Pipeline`] from prompt embeddings
 //! (`--steps` flow-Euler steps, the VAE decode and the copy to the host; the text encoder is
 //! `bench llm`'s business). The generation is timed once after an untimed run of the same size.
 
 use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
-use crate::commands::bench::configs::{flux2_scheduler, flux2_transformer, flux2_vae};
-use crate::commands::bench::{Flux2Args, Flux2Component};
+use crate::commands::bench::configs::{
+    flux1_transformer, flux1_vae, flux2_scheduler, flux2_transformer, flux2_vae,
+};
+use crate::commands::bench::{FluxArgs, FluxComponent};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
@@ -16,9 +18,11 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::pipeline::{Flux2Parts, Flux2Pipeline, grid_ids, text_ids};
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
+use videosdgx_engine::models::autoencoder_kl::AutoencoderKL;
 use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
 
 /// Text tokens: the pipelines pad every prompt to 512.
@@ -30,7 +34,7 @@ const PIXELS_PER_TOKEN: usize = 16;
 struct Report {
     gpu: String,
     preset: String,
-    component: Flux2Component,
+    component: FluxComponent,
     height: usize,
     width: usize,
     /// Median milliseconds of one call (transformer, VAE), or of the whole generation.
@@ -61,7 +65,18 @@ fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
     Ok(m)
 }
 
-pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
+/// Position ids `(0, y, x)` of FLUX.1's image tokens and `(0, 0, 0)` of its text tokens.
+fn flux1_ids(gh: usize, gw: usize, dev: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+    let image: Vec<f32> = (0..gh)
+        .flat_map(|y| (0..gw).flat_map(move |x| [0.0, y as f32, x as f32]))
+        .collect();
+    Ok((
+        Tensor::from_vec(image, (gh * gw, 3), dev)?,
+        Tensor::zeros((TEXT_TOKENS, 3), DType::F32, dev)?,
+    ))
+}
+
+pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
     if !args.height.is_multiple_of(PIXELS_PER_TOKEN) || !args.width.is_multiple_of(PIXELS_PER_TOKEN)
     {
         anyhow::bail!("height and width must be multiples of {PIXELS_PER_TOKEN}");
@@ -78,12 +93,89 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
         DType::BF16,
         dev.clone(),
     );
-    let config = flux2_transformer(args.preset);
     let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
     let peak = MemoryPeak::start(ctx);
     let mut profile = Vec::new();
+    let Some(config) = flux2_transformer(args.preset) else {
+        // FLUX.1: the transformer and the VAE.
+        let (ms, output) = match args.component {
+            FluxComponent::Transformer => {
+                let config = flux1_transformer(args.preset);
+                let model = FluxTransformer2DModel::new(&config, vb.clone())
+                    .context("building the transformer")?;
+                let hidden = bf16(Tensor::randn(
+                    0f32,
+                    1f32,
+                    (1, gh * gw, config.in_channels),
+                    dev,
+                )?)?;
+                let text = bf16(Tensor::randn(
+                    0f32,
+                    1f32,
+                    (1, TEXT_TOKENS, config.joint_attention_dim),
+                    dev,
+                )?)?;
+                let pooled = bf16(Tensor::randn(
+                    0f32,
+                    1f32,
+                    (1, config.pooled_projection_dim),
+                    dev,
+                )?)?;
+                let timestep = bf16(Tensor::new(&[0.5f32], dev)?)?;
+                let guidance = config
+                    .guidance_embeds
+                    .then(|| bf16(Tensor::new(&[3.5f32], dev)?))
+                    .transpose()?;
+                let (img_ids, txt_ids) = flux1_ids(gh, gw, dev)?;
+                let forward = || {
+                    model.forward(
+                        &hidden,
+                        &text,
+                        &pooled,
+                        &timestep,
+                        &img_ids,
+                        &txt_ids,
+                        guidance.as_ref(),
+                    )
+                };
+                let mut out = None;
+                let ms = time_ms(dev, args.warmup, args.reps, || {
+                    out = Some(forward()?);
+                    Ok(())
+                })?;
+                if args.profile {
+                    profile = profiled(|| {
+                        forward()?;
+                        Ok(())
+                    })?;
+                }
+                (ms, out.context("no timed call")?)
+            }
+            FluxComponent::Vae => {
+                let vae =
+                    AutoencoderKL::new(&flux1_vae(), vb.pp("vae")).context("building the VAE")?;
+                let z = bf16(Tensor::randn(0f32, 1f32, (1, 16, gh * 2, gw * 2), dev)?)?;
+                let mut out = None;
+                let ms = time_ms(dev, 1, args.reps, || {
+                    out = Some(vae.decode(&z)?);
+                    Ok(())
+                })?;
+                (ms, out.context("no timed call")?)
+            }
+            FluxComponent::Pipeline => anyhow::bail!(
+                "bench flux --component pipeline is implemented for the FLUX.2 presets"
+            ),
+        };
+        let measured = Measured {
+            ms,
+            output,
+            stages: None,
+            profile,
+        };
+        return report(args, ctx, &params, peak, measured);
+    };
     let (ms, output, stages) = match args.component {
-        Flux2Component::Transformer => {
+        FluxComponent::Transformer => {
             let model = Flux2Transformer2DModel::new(&config, vb.clone())
                 .context("building the transformer")?;
             let hidden = bf16(Tensor::randn(
@@ -128,7 +220,7 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
             }
             (ms, out.context("no timed call")?, None)
         }
-        Flux2Component::Vae => {
+        FluxComponent::Vae => {
             let vae =
                 AutoencoderKLFlux2::new(&flux2_vae(), vb.pp("vae")).context("building the VAE")?;
             let z = bf16(Tensor::randn(0f32, 1f32, (1, 32, gh * 2, gw * 2), dev)?)?;
@@ -139,7 +231,7 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
             })?;
             (ms, out.context("no timed call")?, None)
         }
-        Flux2Component::Pipeline => {
+        FluxComponent::Pipeline => {
             let mut pipeline = Flux2Pipeline::from_parts(
                 Flux2Parts {
                     transformer: Flux2Transformer2DModel::new(&config, vb.pp("transformer"))
@@ -215,7 +307,39 @@ pub fn bench(args: &Flux2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::
             (ms, frames, Some((*step, between(decode_start, decode_end))))
         }
     };
+    let measured = Measured {
+        ms,
+        output,
+        stages,
+        profile,
+    };
+    report(args, ctx, &params, peak, measured)
+}
+
+/// What one run measured.
+struct Measured {
+    ms: f64,
+    output: Tensor,
+    /// The generation's median step and decode.
+    stages: Option<(f64, f64)>,
+    profile: Vec<ProfileSection>,
+}
+
+/// Prints the report of one run.
+fn report(
+    args: &FluxArgs,
+    ctx: &Arc<CudaContext>,
+    params: &AtomicUsize,
+    peak: MemoryPeak,
+    measured: Measured,
+) -> anyhow::Result<()> {
     let peak_gib = peak.finish();
+    let Measured {
+        ms,
+        output,
+        stages,
+        profile,
+    } = measured;
     let report = Report {
         gpu: ctx.name()?,
         preset: args.preset.name().into(),
