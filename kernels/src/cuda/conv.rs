@@ -404,18 +404,6 @@ impl FrameConvOp {
             }
         };
 
-        let mut workspaces = workspaces().lock().expect("conv workspaces poisoned");
-        if workspaces
-            .get(&dev.id())
-            .is_none_or(|ws| ws.len() < plan.workspace)
-        {
-            // SAFETY: scratch memory cuDNN writes before reading.
-            let ws = unsafe { stream.alloc::<u8>(plan.workspace.max(1)) }
-                .map_err(super::driver_err("conv workspace"))?;
-            workspaces.insert(dev.id(), ws);
-        }
-        let (workspace, _wsg) = workspaces[&dev.id()].device_ptr(&stream);
-        let (one, zero) = (1f32, 0f32);
         let calls: Vec<(usize, usize)> = if images > 1 {
             // taps = 1 and stride_t = 1: input frame i is output frame i.
             (0..frames).step_by(images).map(|f| (f, f)).collect()
@@ -425,31 +413,69 @@ impl FrameConvOp {
                 .map(|(item, frame)| (item * t + frame * spec.stride_t, item * t_out + frame))
                 .collect()
         };
-        for (first_in, first_out) in calls {
-            // SAFETY: the call reads `images` packed windows of `taps` contiguous input frames
-            // from `first_in` (in bounds: t_out from out_frames; several images per call only
-            // when taps = 1, in batches that divide the frames) and writes `images` packed
-            // output frames from `first_out`; the workspace holds the plan's bytes; alpha/beta
-            // are f32 as bf16 and f32 data require.
-            unsafe {
-                result::convolution_forward(
-                    handle,
-                    &one as *const f32 as *const c_void,
-                    d.x.0,
-                    (x + (size_of::<T>() * first_in * in_frame) as u64) as *const c_void,
-                    d.w.0,
-                    weight as *const c_void,
-                    d.conv.0,
-                    plan.algo,
-                    workspace as *mut c_void,
-                    plan.workspace,
-                    &zero as *const f32 as *const c_void,
-                    d.y.0,
-                    (y + (size_of::<T>() * first_out * out_frame) as u64) as *mut c_void,
-                )
+        let run = |plan: Plan| -> Result<()> {
+            let mut workspaces = workspaces().lock().expect("conv workspaces poisoned");
+            if workspaces
+                .get(&dev.id())
+                .is_none_or(|ws| ws.len() < plan.workspace)
+            {
+                // SAFETY: scratch memory cuDNN writes before reading.
+                let ws = unsafe { stream.alloc::<u8>(plan.workspace.max(1)) }
+                    .map_err(super::driver_err("conv workspace"))?;
+                workspaces.insert(dev.id(), ws);
             }
-            .map_err(cudnn_err("convolution"))?;
+            let (workspace, _wsg) = workspaces[&dev.id()].device_ptr(&stream);
+            let (one, zero) = (1f32, 0f32);
+            for &(first_in, first_out) in &calls {
+                // SAFETY: the call reads `images` packed windows of `taps` contiguous input
+                // frames from `first_in` (in bounds: t_out from out_frames; several images per
+                // call only when taps = 1, in batches that divide the frames) and writes `images`
+                // packed output frames from `first_out`; the workspace holds the plan's bytes;
+                // alpha/beta are f32 as bf16 and f32 data require.
+                unsafe {
+                    result::convolution_forward(
+                        handle,
+                        &one as *const f32 as *const c_void,
+                        d.x.0,
+                        (x + (size_of::<T>() * first_in * in_frame) as u64) as *const c_void,
+                        d.w.0,
+                        weight as *const c_void,
+                        d.conv.0,
+                        plan.algo,
+                        workspace as *mut c_void,
+                        plan.workspace,
+                        &zero as *const f32 as *const c_void,
+                        d.y.0,
+                        (y + (size_of::<T>() * first_out * out_frame) as u64) as *mut c_void,
+                    )
+                }
+                .map_err(cudnn_err("convolution"))?;
+            }
+            Ok(())
+        };
+        if let Err(err) = run(plan) {
+            // The search measured the plan on these operands, yet on tiny shapes cuDNN has refused
+            // the precomputed-index GEMM at execution (`CUDNN_STATUS_BAD_PARAM`, H100): fall back to
+            // the plain implicit GEMM, which needs no workspace and takes every shape, for good.
+            let plain = Plan {
+                algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                workspace: 0,
+            };
+            if plan.algo == plain.algo {
+                return Err(err);
+            }
+            tracing::warn!(
+                "cuDNN refused {:?} at execution ({err}); using {:?} for this shape",
+                plan.algo,
+                plain.algo
+            );
+            plans()
+                .lock()
+                .expect("conv plans poisoned")
+                .insert(key, plain);
+            run(plain)?;
         }
+        let one = 1f32;
         let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
         let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
         // SAFETY: bias is [o] bf16, broadcast over the packed output; y += bias.
