@@ -104,6 +104,25 @@ fn klein_is_an_image_model_that_takes_references() {
 }
 
 #[test]
+fn a_request_without_steps_runs_the_checkpoints_call_defaults() {
+    // The fixture is a base [klein] (classifier-free guidance); a distilled one runs 4 steps
+    // without guidance; Wan its pipeline's 50 steps at guidance 5.
+    let defaults = Pipeline::call_defaults(&fixture()).unwrap();
+    assert_eq!((defaults.steps, defaults.guidance), (50, 4.0));
+    let distilled = tempfile::tempdir().unwrap();
+    std::fs::write(
+        distilled.path().join("model_index.json"),
+        r#"{"_class_name": "Flux2KleinPipeline", "is_distilled": true}"#,
+    )
+    .unwrap();
+    let defaults = Pipeline::call_defaults(distilled.path()).unwrap();
+    assert_eq!((defaults.steps, defaults.guidance), (4, 1.0));
+    let wan = fixture().join("../tiny-wan-t2v");
+    let defaults = Pipeline::call_defaults(&wan).unwrap();
+    assert_eq!((defaults.steps, defaults.guidance), (50, 5.0));
+}
+
+#[test]
 fn text_to_image_matches_diffusers() {
     let mut pipeline = open();
     check(

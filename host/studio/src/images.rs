@@ -34,8 +34,10 @@ pub struct ImageRequest {
     pub references: Vec<i64>,
     pub width: usize,
     pub height: usize,
-    pub steps: usize,
-    pub guidance: f64,
+    /// The model's own defaults when absent (4 steps without guidance for the distilled FLUX.2
+    /// [klein], its pipeline's call defaults otherwise: `Pipeline::call_defaults`).
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
     /// An installed image model's name; FLUX.2 [klein] (or the only one) when absent.
     pub model: Option<String>,
 }
@@ -115,14 +117,16 @@ impl Generator {
         references: Vec<PathBuf>,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
+        let defaults = videosdgx_engine::pipelines::Pipeline::call_defaults(dir)
+            .map_err(|e| StudioError::Invalid(format!("image model `{name}`: {e:#}")))?;
         let params = GenerateParams {
             prompt: request.prompt.clone(),
             negative_prompt: request.negative_prompt.clone(),
             height: request.height,
             width: request.width,
             frames: 1,
-            steps: request.steps,
-            guidance: request.guidance,
+            steps: request.steps.unwrap_or(defaults.steps),
+            guidance: request.guidance.unwrap_or(defaults.guidance),
             guidance_2: None,
             seed: request.seed.unwrap_or_else(random_seed),
             start_image: None,

@@ -176,7 +176,8 @@ pub struct MakeLook {
     pub character_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Size, steps and guidance; the bible's render settings when absent.
+    /// Size, steps and guidance. When absent: the bible's size, and the image model's own
+    /// steps and guidance (`Pipeline::call_defaults`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render: Option<RenderSettings>,
 }
@@ -223,8 +224,10 @@ pub fn make_look(
         references: Vec::new(),
         width: render.width,
         height: render.height,
-        steps: render.steps,
-        guidance: render.guidance,
+        // The bible's render settings are the shots' (a video model's); an image model runs at its
+        // own defaults unless the request sets them.
+        steps: request.render.as_ref().map(|r| r.steps),
+        guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
     };
     let (output, look) = app.generator.generate_image(
@@ -260,7 +263,8 @@ pub struct MakeKeyframe {
     /// The shot's seed (else a drawn one) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Size, steps and guidance; the bible's render settings when absent.
+    /// Size, steps and guidance. When absent: the bible's size, and the image model's own
+    /// steps and guidance (`Pipeline::call_defaults`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render: Option<RenderSettings>,
 }
@@ -325,8 +329,10 @@ pub fn make_keyframe(
         references: looks.iter().map(|l| l.asset_id).collect(),
         width: render.width,
         height: render.height,
-        steps: render.steps,
-        guidance: render.guidance,
+        // The bible's render settings are the shots' (a video model's); an image model runs at its
+        // own defaults unless the request sets them.
+        steps: request.render.as_ref().map(|r| r.steps),
+        guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
     };
     let (output, ()): (ImageOutput, ()) =

@@ -215,6 +215,13 @@ pub struct Capabilities {
     pub references: References,
 }
 
+/// A checkpoint's default denoising steps and guidance ([`Pipeline::call_defaults`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CallDefaults {
+    pub steps: usize,
+    pub guidance: f64,
+}
+
 /// What a checkpoint does with reference images.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -265,6 +272,35 @@ impl Pipeline {
                 Self::CLASSES.join(", ")
             ),
         })
+    }
+
+    /// The steps and guidance the reference pipeline's call uses by default for the checkpoint in
+    /// `dir` (from `model_index.json` and the transformer config): what a request that names
+    /// neither should run. The distilled FLUX.2 [klein] and FLUX.1 [schnell] take 4 steps without
+    /// guidance; the others their pipeline's defaults.
+    pub fn call_defaults(dir: &Path) -> anyhow::Result<CallDefaults> {
+        let index = read_pipeline_index(dir)?;
+        let setting = |key: &str| index.settings.get(key).and_then(|v| v.as_bool());
+        let (steps, guidance) = match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => (50, 5.0),
+            "Flux2KleinPipeline" if setting("is_distilled") == Some(true) => (4, 1.0),
+            "Flux2KleinPipeline" | "Flux2Pipeline" => (50, 4.0),
+            "FluxPipeline" | "FluxKontextPipeline" => {
+                let config: serde_json::Value =
+                    crate::loader::read_config(&dir.join("transformer").join("config.json"))?;
+                match config["guidance_embeds"].as_bool() {
+                    // [schnell]: timestep-distilled, no guidance embedding.
+                    Some(false) | None => (4, 0.0),
+                    Some(true) => (28, 3.5),
+                }
+            }
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        };
+        Ok(CallDefaults { steps, guidance })
     }
 
     /// What the pipeline in `dir` can do, from `model_index.json` and the component configs

@@ -593,7 +593,6 @@ impl HostServices for StudioServices {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let project = crate::projects::get_project(&app.db, project_id).map_err(failed)?;
-            let defaults = RenderSettings::default();
             let image = ImageRequest {
                 project_id,
                 shot_id: None,
@@ -609,8 +608,8 @@ impl HostServices for StudioServices {
                 references,
                 width: request.width as usize,
                 height: request.height as usize,
-                steps: request.steps.map_or(defaults.steps, |s| s as usize),
-                guidance: request.guidance.unwrap_or(defaults.guidance),
+                steps: request.steps.map(|s| s as usize),
+                guidance: request.guidance,
                 model: None,
             };
             let (output, ()) = app
