@@ -6,7 +6,7 @@
 //! back into the two streams. Attention goes through [`crate::attention`].
 
 use super::rope::{apply_interleaved, rope_tables};
-use super::{Linear, RmsNorm, linear, linear_forward};
+use super::{LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward};
 use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::lora::{LoraError, Visitor, Weight};
@@ -282,6 +282,39 @@ impl JointAttention {
                 linear_forward(&self.to_out, &out.narrow(1, text_len, image_len)?, None)?,
                 linear_forward(&self.to_add_out, &out.narrow(1, 0, text_len)?, None)?,
             ))
+        })
+    }
+}
+
+/// The modulation a double-stream block applies to one stream after its attention: the gate of the
+/// attention residual, then the feed-forward's shift, scale and gate.
+pub(crate) struct StreamTail<'a> {
+    pub gate_msa: &'a Tensor,
+    pub shift_mlp: &'a Tensor,
+    pub scale_mlp: &'a Tensor,
+    pub gate_mlp: &'a Tensor,
+}
+
+impl StreamTail<'_> {
+    /// `x + gate_msa * attn`, then `+ gate_mlp * ff(norm2(x) * (1 + scale_mlp) + shift_mlp)`: the
+    /// rest of an MM-DiT double block for one stream, the same in FLUX.1 and FLUX.2.
+    pub(crate) fn apply(
+        &self,
+        x: &Tensor,
+        attn: &Tensor,
+        norm2: &LayerNorm,
+        ff: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let dev = x.device();
+        let x = section("residual.gated", dev, || {
+            gated_residual(x, attn, self.gate_msa)
+        })?;
+        let normed = section("norm2.modulate", dev, || {
+            norm2.forward_modulated(&x, self.shift_mlp, self.scale_mlp)
+        })?;
+        let ff = ff(&normed)?;
+        section("residual.gated", dev, || {
+            gated_residual(&x, &ff, self.gate_mlp)
         })
     }
 }

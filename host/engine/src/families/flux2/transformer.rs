@@ -11,7 +11,9 @@ use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
-use crate::models::joint_attention::{JointAttention, PosEmbed, Rope, position_rows, split_heads};
+use crate::models::joint_attention::{
+    JointAttention, PosEmbed, Rope, StreamTail, position_rows, split_heads,
+};
 use crate::models::normalization::AdaLayerNormContinuous;
 use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
 use candle_core::{D, DType, Device, Result, Tensor};
@@ -316,25 +318,21 @@ impl Flux2TransformerBlock {
         })?;
         let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope)?;
 
-        // Image stream.
-        let x = section("residual.gated", dev, || gated_residual(x, &attn, gate_msa))?;
-        let normed = section("norm2.modulate", dev, || {
-            self.norm2.forward_modulated(&x, shift_mlp, scale_mlp)
-        })?;
-        let ff = self.ff.forward(&normed)?;
-        let x = section("residual.gated", dev, || gated_residual(&x, &ff, gate_mlp))?;
-
-        // Text stream.
-        let context = section("residual.gated", dev, || {
-            gated_residual(context, &context_attn, c_gate_msa)
-        })?;
-        let normed = section("norm2.modulate", dev, || {
-            self.norm2_context
-                .forward_modulated(&context, c_shift_mlp, c_scale_mlp)
-        })?;
-        let ff = self.ff_context.forward(&normed)?;
-        let context = section("residual.gated", dev, || {
-            gated_residual(&context, &ff, c_gate_mlp)
+        let image = StreamTail {
+            gate_msa,
+            shift_mlp,
+            scale_mlp,
+            gate_mlp,
+        };
+        let x = image.apply(x, &attn, &self.norm2, |h| self.ff.forward(h))?;
+        let text = StreamTail {
+            gate_msa: c_gate_msa,
+            shift_mlp: c_shift_mlp,
+            scale_mlp: c_scale_mlp,
+            gate_mlp: c_gate_mlp,
+        };
+        let context = text.apply(context, &context_attn, &self.norm2_context, |h| {
+            self.ff_context.forward(h)
         })?;
         Ok((clip_f16(context)?, x))
     }
