@@ -195,6 +195,40 @@ pub enum StartImage {
     Unsupported,
 }
 
+/// The token grid (`height / unit`, `width / unit`) of a valid image request to the model `name`
+/// whose latent token covers `unit` pixels a side, or why the request is not one: what every
+/// image family checks before its own rules.
+pub(crate) fn image_grid(
+    name: &str,
+    params: &GenerateParams,
+    unit: usize,
+) -> anyhow::Result<(usize, usize)> {
+    if params.height == 0
+        || !params.height.is_multiple_of(unit)
+        || params.width == 0
+        || !params.width.is_multiple_of(unit)
+    {
+        bail!(
+            "height and width must be positive multiples of {unit} for this model, got {}x{}",
+            params.width,
+            params.height
+        );
+    }
+    if params.frames != 1 {
+        bail!(
+            "{name}: an image model makes one frame, not {}",
+            params.frames
+        );
+    }
+    if params.steps == 0 {
+        bail!("steps must be at least 1");
+    }
+    if params.start_image.is_some() || params.end_image.is_some() {
+        bail!("{name}: an image model takes reference images (--image), not start or end frames");
+    }
+    Ok((params.height / unit, params.width / unit))
+}
+
 /// What a pipeline makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]

@@ -333,34 +333,7 @@ impl FluxPipeline {
 
     /// The packed token grid of a valid request, or why the request is not one.
     fn check(&self, params: &GenerateParams) -> Result<(usize, usize)> {
-        let unit = self.pixels_per_token();
-        if params.height == 0
-            || !params.height.is_multiple_of(unit)
-            || params.width == 0
-            || !params.width.is_multiple_of(unit)
-        {
-            bail!(
-                "height and width must be positive multiples of {unit} for this model, got {}x{}",
-                params.width,
-                params.height
-            );
-        }
-        if params.frames != 1 {
-            bail!(
-                "{}: an image model makes one frame, not {}",
-                self.name,
-                params.frames
-            );
-        }
-        if params.steps == 0 {
-            bail!("steps must be at least 1");
-        }
-        if params.start_image.is_some() || params.end_image.is_some() {
-            bail!(
-                "{}: FLUX.1 takes no start or end frames (Kontext edits the image given with --image)",
-                self.name
-            );
-        }
+        let grid = crate::pipelines::image_grid(&self.name, params, self.pixels_per_token())?;
         match (self.kontext, params.references.len()) {
             (true, 0) => bail!(
                 "{}: FLUX.1 Kontext edits an image: give the image to edit (--image)",
@@ -381,7 +354,7 @@ impl FluxPipeline {
         {
             bail!("max_sequence_length must be 1 to {MAX_SEQUENCE_LENGTH}, got {n}");
         }
-        Ok((params.height / unit, params.width / unit))
+        Ok(grid)
     }
 
     /// Given embeddings (both or neither) or the prompt's, on the device in the model's dtype.

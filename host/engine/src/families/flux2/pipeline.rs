@@ -296,34 +296,7 @@ impl Flux2Pipeline {
 
     /// The patchified latent grid of a valid request, or why the request is not one.
     fn check(&self, params: &GenerateParams) -> Result<(usize, usize)> {
-        let unit = self.pixels_per_token();
-        if params.height == 0
-            || !params.height.is_multiple_of(unit)
-            || params.width == 0
-            || !params.width.is_multiple_of(unit)
-        {
-            bail!(
-                "height and width must be positive multiples of {unit} for this model, got {}x{}",
-                params.width,
-                params.height
-            );
-        }
-        if params.frames != 1 {
-            bail!(
-                "{}: an image model makes one frame, not {}",
-                self.name,
-                params.frames
-            );
-        }
-        if params.steps == 0 {
-            bail!("steps must be at least 1");
-        }
-        if params.start_image.is_some() || params.end_image.is_some() {
-            bail!(
-                "{}: FLUX.2 takes reference images (--image), not start or end frames",
-                self.name
-            );
-        }
+        let grid = crate::pipelines::image_grid(&self.name, params, self.pixels_per_token())?;
         if params.cache.is_some() {
             bail!("{}: step caching is implemented for Wan only", self.name);
         }
@@ -333,7 +306,7 @@ impl Flux2Pipeline {
                 self.name
             );
         }
-        Ok((params.height / unit, params.width / unit))
+        Ok(grid)
     }
 
     /// `[1, 512, 3 * hidden]`: the chat-formatted prompt's hidden states of layers 9, 18 and 27,
