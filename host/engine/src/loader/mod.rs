@@ -262,6 +262,16 @@ impl PipelineIndex {
     }
 }
 
+/// The component folder `name` of the pipeline directory `dir`, or an error naming what is
+/// missing.
+pub fn pipeline_component(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.is_dir() {
+        anyhow::bail!("{}: the pipeline has no {name}/ folder", dir.display());
+    }
+    Ok(path)
+}
+
 /// Reads `dir/model_index.json`.
 pub fn read_pipeline_index(dir: &Path) -> Result<PipelineIndex, LoadError> {
     let path = dir.join("model_index.json");

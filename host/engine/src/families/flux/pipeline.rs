@@ -12,7 +12,7 @@
 
 use super::transformer::FluxTransformer2DModel;
 use crate::image_processor::pil_lanczos;
-use crate::loader::{read_config, read_pipeline_index};
+use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
@@ -89,14 +89,6 @@ pub struct FluxPipeline {
     max_sequence_length: usize,
     /// The LoRA files applied now, kept open for the next generation that names them.
     lora_files: Vec<Arc<LoraFile>>,
-}
-
-fn component(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_dir() {
-        bail!("{}: the pipeline has no {name}/ folder", dir.display());
-    }
-    Ok(path)
 }
 
 impl FluxPipeline {

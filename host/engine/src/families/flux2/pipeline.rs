@@ -8,7 +8,7 @@
 
 use super::transformer::Flux2Transformer2DModel;
 use super::vae::AutoencoderKLFlux2;
-use crate::loader::{read_config, read_pipeline_index};
+use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::pipelines::{
     Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
     initial_noise,
@@ -74,14 +74,6 @@ pub struct Flux2Pipeline {
     transformer: Flux2Transformer2DModel,
     vae: AutoencoderKLFlux2,
     scheduler_config: serde_json::Value,
-}
-
-fn component(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_dir() {
-        bail!("{}: the pipeline has no {name}/ folder", dir.display());
-    }
-    Ok(path)
 }
 
 impl Flux2Pipeline {

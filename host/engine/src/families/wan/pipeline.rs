@@ -20,7 +20,9 @@ use super::prompt::encode_prompt;
 use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use super::vae::{AutoencoderKLWan, WanVaeConfig};
 use crate::image_processor::CLIPImageProcessor;
-use crate::loader::{PipelineIndex, read_config, read_pipeline_index};
+use crate::loader::{
+    PipelineIndex, pipeline_component as component, read_config, read_pipeline_index,
+};
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
@@ -115,14 +117,6 @@ fn start_image_rule(in_channels: usize, z_dim: usize, expand_timesteps: bool) ->
     } else {
         StartImage::Unsupported
     }
-}
-
-fn component(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_dir() {
-        bail!("{}: the pipeline has no {name}/ folder", dir.display());
-    }
-    Ok(path)
 }
 
 impl WanPipeline {
