@@ -195,6 +195,17 @@ pub enum StartImage {
     Unsupported,
 }
 
+/// `on_progress` as the fallible step reporter every pipeline's loop calls: a `Break` becomes the
+/// [`Cancelled`] error.
+pub(crate) fn reporter(
+    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> impl FnMut(Stage, usize, usize) -> anyhow::Result<()> + '_ {
+    move |stage, step, total| match on_progress(&Progress { stage, step, total }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
+    }
+}
+
 /// The token grid (`height / unit`, `width / unit`) of a valid image request to the model `name`
 /// whose latent token covers `unit` pixels a side, or why the request is not one: what every
 /// image family checks before its own rules.

@@ -18,8 +18,7 @@ use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
 use crate::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
-    initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::tokenizer::PromptTokenizer;
@@ -188,10 +187,7 @@ impl FluxPipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<GeneratedVideo> {
-        let mut report = |stage, step, total| match on_progress(&Progress { stage, step, total }) {
-            ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
-        };
+        let mut report = crate::pipelines::reporter(on_progress);
         let (grid_h, grid_w) = self.check(params)?;
         let loras = self.set_loras(&params.loras, params.lora_mode)?;
         let max_length = params

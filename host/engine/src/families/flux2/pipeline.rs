@@ -10,8 +10,7 @@ use super::transformer::Flux2Transformer2DModel;
 use super::vae::AutoencoderKLFlux2;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
-    initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
@@ -165,10 +164,7 @@ impl Flux2Pipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<GeneratedVideo> {
-        let mut report = |stage, step, total| match on_progress(&Progress { stage, step, total }) {
-            ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
-        };
+        let mut report = crate::pipelines::reporter(on_progress);
         let (grid_h, grid_w) = self.check(params)?;
         let cfg =
             matches!(self.variant, Variant::Klein { distilled: false }) && params.guidance > 1.0;

@@ -27,8 +27,8 @@ use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
 use crate::pipelines::{
-    Cancelled, GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage,
-    StartImage, initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
+    initial_noise,
 };
 use crate::schedulers::Scheduler;
 use crate::schedulers::step_cache::{
@@ -384,10 +384,7 @@ impl WanPipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<GeneratedVideo> {
-        let mut report = |stage, step, total| match on_progress(&Progress { stage, step, total }) {
-            ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(()) => Err(anyhow::Error::new(Cancelled)),
-        };
+        let mut report = crate::pipelines::reporter(on_progress);
         let (lat_t, lat_h, lat_w) = self.check_size(params)?;
         let loras = self.set_loras(&params.loras, params.lora_mode)?;
         let z_dim = self.vae.config().z_dim;
