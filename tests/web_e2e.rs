@@ -151,7 +151,8 @@ fn web_ui_end_to_end_in_headless_chromium() {
     println!("{stdout}");
     assert!(
         output.status.success(),
-        "browser test failed (screenshots in {}):\n{stdout}\n{stderr}",
+        // The error first: CI logs keep the head and the tail of a long message.
+        "browser test failed (screenshots in {}):\n{stderr}\n--- steps that passed ---\n{stdout}",
         screenshots.display()
     );
     assert!(stdout.contains("web e2e: all steps passed"));

@@ -357,7 +357,9 @@ try {
     assert.equal(await dialog.locator('input[type=checkbox]').isChecked(), false, 'nothing is granted by default');
     await shot('07-plugin-grants');
     await dialog.getByRole('button', { name: 'Install with these grants' }).click();
-    await page.getByText('Installed storyboard-planner.').waitFor();
+    // Exact: "Uninstalled storyboard-planner." may still be on screen (toasts last 4 s) and
+    // contains this text in a case-insensitive substring match.
+    await page.getByText('Installed storyboard-planner.', { exact: true }).waitFor();
     await page.locator('tr[data-plugin-id="storyboard-planner"] .cap.refused', { hasText: 'text-generation' }).waitFor();
     const planner = (await api('GET', '/api/plugins')).find((p) => p.id === 'storyboard-planner');
     assert.deepEqual([planner.id, planner.granted, planner.denied], ['storyboard-planner', [], ['text-generation']]);

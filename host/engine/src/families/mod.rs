@@ -6,4 +6,5 @@
 
 pub mod flux;
 pub mod flux2;
+pub mod ltx2;
 pub mod wan;

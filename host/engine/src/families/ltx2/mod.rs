@@ -1,0 +1,2 @@
+//! LTX-2 (diffusers `transformer_ltx2.py`, `autoencoder_kl_ltx2.py`, `autoencoder_kl_ltx2_audio.py`,
+//! `pipelines/ltx2/`): one model for video and its sound.

@@ -1,0 +1,4 @@
+//! Parity of the LTX-2 components with diffusers 0.42.1 on the tiny seeded fixtures made by
+//! tests/fixtures/make_ltx2_*_fixtures.py: f32 on the CPU, relative error ‖out − ref‖ / ‖ref‖ at
+//! most 1e-4 per component (tests/fixtures/components/TOLERANCES.md). One test binary for the
+//! family, one module per component.
