@@ -6,7 +6,7 @@
 use image::{Rgb, RgbImage};
 use std::path::PathBuf;
 use std::process::Command;
-use videosdgx_engine::video::write_mp4;
+use videosdgx_engine::video::{Audio, Mp4Writer, write_mp4};
 
 fn chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CHROMIUM") {
@@ -77,49 +77,7 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
         &serde_json::json!({"prompt": "test"}),
     )
     .unwrap();
-    let page = dir.path().join("index.html");
-    std::fs::write(&page, PAGE).unwrap();
-
-    // Chromium's virtual time can run out before a loaded machine's media pipeline reports; a
-    // page that never reported is run again (twice at most) before the test gives up on it.
-    let mut attempts = Vec::new();
-    let result = loop {
-        let output = Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--allow-file-access-from-files",
-                "--autoplay-policy=no-user-gesture-required",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-            ])
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap();
-        let dom = String::from_utf8_lossy(&output.stdout).to_string();
-        // The page's own script also contains the marker: the result element is the last one,
-        // and it holds an object (the script's text between the markers does not).
-        let reported = dom
-            .rsplit("RESULT ")
-            .next()
-            .and_then(|rest| rest.split(" END").next())
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-            .filter(serde_json::Value::is_object);
-        if let Some(result) = reported {
-            break result;
-        }
-        attempts.push(format!(
-            "{dom}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-        assert!(
-            attempts.len() < 3,
-            "the page never reported, in 3 runs: {}",
-            attempts.join("\n---\n")
-        );
-    };
+    let result = run_page(&chromium, dir.path(), PAGE);
     eprintln!("chromium: {result}");
     assert!(
         result.get("error").is_none(),
@@ -144,5 +102,143 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
     assert!(
         pixel[2] > 150 && pixel[0] < 80,
         "after seeking to 1.2 s the picture is blue: {pixel:?}"
+    );
+}
+
+/// Loads `html` as `index.html` beside the files in `dir` and returns the object the page reports
+/// between `RESULT ` and ` END`.
+fn run_page(chromium: &std::path::Path, dir: &std::path::Path, html: &str) -> serde_json::Value {
+    let page = dir.join("index.html");
+    std::fs::write(&page, html).unwrap();
+
+    // Chromium's virtual time can run out before a loaded machine's media pipeline reports; a
+    // page that never reported is run again (twice at most) before the test gives up on it.
+    let mut attempts = Vec::new();
+    loop {
+        let output = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--allow-file-access-from-files",
+                "--autoplay-policy=no-user-gesture-required",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&output.stdout).to_string();
+        // The page's own script also contains the marker: the result element is the last one,
+        // and it holds an object (the script's text between the markers does not).
+        let reported = dom
+            .rsplit("RESULT ")
+            .next()
+            .and_then(|rest| rest.split(" END").next())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .filter(serde_json::Value::is_object);
+        if let Some(result) = reported {
+            return result;
+        }
+        attempts.push(format!(
+            "{dom}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+        assert!(
+            attempts.len() < 3,
+            "the page never reported, in 3 runs: {}",
+            attempts.join("\n---\n")
+        );
+    }
+}
+
+const AUDIO_PAGE: &str = r#"<!doctype html>
+<video id="v" src="clip.mp4" muted preload="auto"></video>
+<script>
+function done(result) {
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = "RESULT " + JSON.stringify(result) + " END";
+  document.body.appendChild(out);
+}
+const v = document.getElementById("v");
+v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
+// The media element plays the file with its sound track, and Web Audio decodes that track.
+v.addEventListener("loadeddata", async () => {
+  try {
+    await v.play();
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    const decodedByElement = v.webkitAudioDecodedByteCount;
+    const bytes = await (await fetch("clip.mp4")).arrayBuffer();
+    const audio = await new OfflineAudioContext(2, 48000, 48000).decodeAudioData(bytes);
+    const left = audio.getChannelData(0);
+    // Zero crossings over the first second give the tone's frequency.
+    let crossings = 0, peak = 0;
+    for (let i = 1; i < audio.sampleRate; i++) {
+      if ((left[i - 1] < 0) !== (left[i] < 0)) crossings++;
+      peak = Math.max(peak, Math.abs(left[i]));
+    }
+    done({ duration: v.duration, decodedByElement, audioDuration: audio.duration,
+           channels: audio.numberOfChannels, frequency: crossings / 2, peak });
+  } catch (err) {
+    done({ error: String(err) });
+  }
+});
+</script>"#;
+
+#[test]
+fn headless_chromium_plays_and_decodes_the_flac_sound_track() {
+    let Some(chromium) = chromium() else {
+        eprintln!(
+            "headless_chromium_plays_and_decodes_the_flac_sound_track: not run, no chromium binary found"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Two seconds of pictures and of a 440 Hz stereo tone at half amplitude, 24 kHz (LTX-2's rate).
+    let rate = 24_000;
+    let samples = (0..2 * rate)
+        .flat_map(|i| {
+            let s = 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin();
+            [s, s]
+        })
+        .collect();
+    let mut writer = Mp4Writer::create(&dir.path().join("clip.mp4"), 160, 96, 16).unwrap();
+    for _ in 0..32 {
+        writer
+            .push(&RgbImage::from_pixel(160, 96, Rgb([40, 160, 40])))
+            .unwrap();
+    }
+    writer.set_audio(Audio::new(rate, 2, samples).unwrap());
+    writer.finish(&serde_json::json!(null)).unwrap();
+
+    let result = run_page(&chromium, dir.path(), AUDIO_PAGE);
+    eprintln!("chromium: {result}");
+    assert!(
+        result.get("error").is_none(),
+        "Chromium could not play the file: {result}"
+    );
+    assert!(
+        (result["duration"].as_f64().unwrap() - 2.0).abs() < 0.01,
+        "{result}"
+    );
+    assert!(
+        result["decodedByElement"].as_u64().unwrap() > 0,
+        "the video element decoded no sound: {result}"
+    );
+    // Web Audio resamples to its context's 48 kHz; the tone and its level survive.
+    assert!(
+        (result["audioDuration"].as_f64().unwrap() - 2.0).abs() < 0.01,
+        "{result}"
+    );
+    assert_eq!(result["channels"], 2, "{result}");
+    assert!(
+        (result["frequency"].as_f64().unwrap() - 440.0).abs() <= 2.0,
+        "{result}"
+    );
+    assert!(
+        (result["peak"].as_f64().unwrap() - 0.5).abs() < 0.02,
+        "{result}"
     );
 }

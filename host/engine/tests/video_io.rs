@@ -5,8 +5,8 @@ use image::{Rgb, RgbImage};
 use serde_json::json;
 use std::path::Path;
 use videosdgx_engine::video::{
-    extract_frame, extract_last_frame, frames_from_tensor, frames_to_tensor, probe, read_mp4,
-    write_mp4, write_png_frames,
+    Audio, Mp4Reader, Mp4Writer, extract_frame, extract_last_frame, frames_from_tensor,
+    frames_to_tensor, probe, read_mp4, write_mp4, write_png_frames,
 };
 
 /// A gradient with a square that moves one step per frame, so frames differ and motion is coded.
@@ -337,4 +337,118 @@ fn levels_and_bit_rates_follow_size_and_rate() {
         err.contains("exceeds the H.264 encoder's 3840x2160 limit"),
         "{err}"
     );
+}
+
+/// `seconds` of a stereo tone: `hz` on the left, twice that on the right, at half amplitude.
+fn tone(rate: u32, seconds: f32, hz: f32) -> Audio {
+    let frames = (rate as f32 * seconds) as usize;
+    let samples = (0..frames)
+        .flat_map(|i| {
+            let t = i as f32 / rate as f32;
+            let wave = |f: f32| 0.5 * (2.0 * std::f32::consts::PI * f * t).sin();
+            [wave(hz), wave(2.0 * hz)]
+        })
+        .collect();
+    Audio::new(rate, 2, samples).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn mp4_sound_track_round_trips_through_flac_to_16_bit_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("talking.mp4");
+    // 1.3 s of sound (not a whole number of FLAC blocks) under 1 s of pictures.
+    let sound = tone(24_000, 1.3, 440.0);
+    let mut writer = Mp4Writer::create(&path, 64, 48, 16).unwrap();
+    for frame in moving_frames(16, 64, 48) {
+        writer.push(&frame).unwrap();
+    }
+    writer.set_audio(sound.clone());
+    writer.finish(&json!({"seed": 3})).unwrap();
+
+    let mut reader = Mp4Reader::open(&path).unwrap();
+    let track = reader.audio.as_ref().expect("a sound track");
+    assert_eq!(
+        (track.codec.as_str(), track.sample_rate, track.channels),
+        ("flac", 24_000, 2)
+    );
+    assert_eq!(track.duration_s, sound.duration_s());
+    assert_eq!(reader.frame_count(), 16);
+    assert_eq!(reader.metadata, json!({"seed": 3}));
+    let decoded = reader.read_audio().unwrap().unwrap();
+    assert_eq!(decoded.frames(), sound.frames());
+    assert!(max_abs_diff(&decoded.samples, &sound.samples) <= 0.5 / 32768.0);
+    // The pictures are unchanged by the sound beside them.
+    assert_eq!(read_mp4(&path).unwrap().frames.len(), 16);
+
+    // A silent clip has no sound track.
+    let silent = dir.path().join("silent.mp4");
+    write_mp4(&silent, &moving_frames(4, 64, 48), 8, &json!(null)).unwrap();
+    let mut reader = Mp4Reader::open(&silent).unwrap();
+    assert!(reader.audio.is_none());
+    assert!(reader.read_audio().unwrap().is_none());
+}
+
+#[test]
+fn a_truncated_sound_track_is_named_and_the_pictures_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mp4");
+    let mut writer = Mp4Writer::create(&path, 64, 48, 8).unwrap();
+    for frame in moving_frames(8, 64, 48) {
+        writer.push(&frame).unwrap();
+    }
+    writer.set_audio(tone(16_000, 1.0, 300.0));
+    writer.finish(&json!(null)).unwrap();
+    // The sound follows the pictures in mdat: cutting the file's tail cuts the sound only.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let err = error_text(Mp4Reader::open(&path).err().expect("refused"));
+    assert!(
+        err.contains("sound track") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn waveforms_are_checked_and_convert_to_wav_tensors_and_other_rates() {
+    let err = error_text(Audio::new(24_000, 2, vec![0.0; 3]).unwrap_err());
+    assert!(
+        err.contains("3 interleaved samples") && err.contains("2 channels"),
+        "{err}"
+    );
+    let err = error_text(Audio::new(24_000, 1, vec![0.0, f32::NAN]).unwrap_err());
+    assert!(err.contains("sample 1 is not a finite number"), "{err}");
+    let err = error_text(Audio::new(0, 1, vec![]).unwrap_err());
+    assert!(err.contains("sample rate 0"), "{err}");
+
+    let sound = tone(24_000, 0.5, 440.0);
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("sound.wav");
+    sound.write_wav(&wav).unwrap();
+    assert_eq!(Audio::read_wav(&wav).unwrap(), sound, "float WAV is exact");
+
+    let tensor = sound.to_tensor(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(tensor.dims(), &[2, 12_000]);
+    assert_eq!(Audio::from_tensor(&tensor, 24_000).unwrap(), sound);
+
+    // Resampling keeps the length in seconds and the tones (against the ideal waveform at the
+    // new rate, away from the edges where the filter starts and ends).
+    let up = sound.resampled(48_000).unwrap();
+    let ideal = tone(48_000, 0.5, 440.0);
+    assert_eq!(up.frames(), ideal.frames());
+    let middle = |a: &Audio| a.samples[2_000..46_000].to_vec();
+    let err = max_abs_diff(&middle(&up), &middle(&ideal));
+    assert!(err < 1e-3, "resampled tone off by {err}");
+    let mono = sound.with_channels(1).unwrap();
+    assert_eq!(mono.channels, 1);
+    assert!((mono.samples[100] - (sound.samples[200] + sound.samples[201]) / 2.0).abs() < 1e-7);
+    let padded = sound.slice(11_000, 2_000);
+    assert_eq!(padded.frames(), 2_000);
+    assert!(padded.samples[2_000..].iter().all(|s| *s == 0.0));
 }

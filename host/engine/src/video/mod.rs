@@ -3,15 +3,17 @@
 //! embedded as MP4 metadata and in PNG stills, tensor <-> frame conversion, and timeline rendering for the stitcher.
 //! Pure Rust plus bundled C sources: it must never shell out to ffmpeg or need system libraries.
 
+mod audio;
 mod frames;
 mod h264;
 mod mp4;
 mod png;
 pub mod timeline;
 
+pub use audio::Audio;
 pub use frames::{frames_from_tensor, frames_to_tensor, write_png_frames};
 pub use h264::{check_encodable_size, level_name, target_bitrate};
-pub use mp4::{FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
+pub use mp4::{AudioTrack, FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
 pub use png::{read_png_metadata, write_png};
 
 use anyhow::{Context, Result, ensure};

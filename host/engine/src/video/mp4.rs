@@ -1,18 +1,19 @@
-//! The MP4 container for one H.264 video track: a streaming writer that puts `moov` before
-//! `mdat` (browsers can play and seek before the download ends) and a reader that walks the
-//! sample table, reading one sample at a time. Generation parameters travel as a
+//! The MP4 container for one H.264 video track and an optional FLAC audio track: a streaming
+//! writer that puts `moov` before `mdat` (browsers can play and seek before the download ends)
+//! and a reader that walks the sample tables, reading one sample at a time. Generation parameters travel as a
 //! QuickTime `mdta`-keyed metadata item (`com.videosdgx.generation`) holding JSON.
 //! The writer never leaves a partial file at the destination: it assembles a temporary file
 //! beside it and renames it into place.
 
+use super::audio::{Audio, FLAC_BLOCK};
 use super::h264::{EncodedSample, H264Decoder, H264Encoder, ParameterSets, codec_string};
 use anyhow::{Context, Result, bail, ensure};
 use image::RgbImage;
 use mp4_atom::{
-    Atom, Avc1, Avcc, Co64, Codec, Dinf, Dref, DrefEntry, Encode, FixedPoint, FourCC, Ftyp, Hdlr,
-    Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov, Mvhd, ReadFrom,
-    Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts, SttsEntry, Tkhd, Trak, Url,
-    Visual, Vmhd,
+    Atom, Avc1, Avcc, Co64, Codec, Dfla, Dinf, Dref, DrefEntry, Encode, FixedPoint, Flac, FourCC,
+    Ftyp, Hdlr, Header, IlstData, IlstDataValue, KeyEntry, Keys, Mdhd, Mdia, Meta, Minf, Moov,
+    Mvhd, ReadFrom, Smhd, Stbl, Stco, Stsc, StscEntry, Stsd, Stss, Stsz, StszSamples, Stts,
+    SttsEntry, Tkhd, Trak, Url, Visual, Vmhd,
 };
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -39,6 +40,7 @@ pub struct Mp4Writer {
     width: u32,
     height: u32,
     fps: u32,
+    audio: Option<Audio>,
 }
 
 impl Mp4Writer {
@@ -57,7 +59,13 @@ impl Mp4Writer {
             width,
             height,
             fps,
+            audio: None,
         })
+    }
+
+    /// Gives the video a sound track (coded as FLAC when the file is finished).
+    pub fn set_audio(&mut self, audio: Audio) {
+        self.audio = Some(audio);
     }
 
     pub fn push(&mut self, frame: &RgbImage) -> Result<()> {
@@ -100,12 +108,22 @@ impl Mp4Writer {
                 .map(FourCC::new)
                 .to_vec(),
         })?;
-        let mdat_header = encode_atom_header(b"mdat", self.payload_len)?;
+        let audio = match &self.audio {
+            Some(audio) => Some(audio.encode_flac().context("coding the sound track")?),
+            None => None,
+        };
+        let audio_len: u64 = audio
+            .iter()
+            .flat_map(|(_, frames)| frames)
+            .map(|f| f.len() as u64)
+            .sum();
+        let mdat_header = encode_atom_header(b"mdat", self.payload_len + audio_len)?;
         // Chunk offsets depend on the size of `moov`, which does not depend on their values.
-        let large = self.payload_len + (64 << 20) > u64::from(u32::MAX);
-        let probe = encode_atom(&self.moov(&params, metadata, 0, large)?)?;
+        let large = self.payload_len + audio_len + (64 << 20) > u64::from(u32::MAX);
+        let moov = |data_start| self.moov(&params, metadata, audio.as_ref(), data_start, large);
+        let probe = encode_atom(&moov(0)?)?;
         let data_start = (ftyp.len() + probe.len() + mdat_header.len()) as u64;
-        let moov = encode_atom(&self.moov(&params, metadata, data_start, large)?)?;
+        let moov = encode_atom(&moov(data_start)?)?;
         debug_assert_eq!(moov.len(), probe.len());
 
         let mut payload = self.payload.into_inner().map_err(|e| e.into_error())?;
@@ -119,6 +137,9 @@ impl Mp4Writer {
             writer.write_all(&moov)?;
             writer.write_all(&mdat_header)?;
             std::io::copy(&mut payload, &mut writer)?;
+            for frame in audio.iter().flat_map(|(_, frames)| frames) {
+                writer.write_all(frame)?;
+            }
             writer.flush()?;
         }
         out.as_file().sync_all()?;
@@ -131,24 +152,19 @@ impl Mp4Writer {
         &self,
         params: &ParameterSets,
         metadata: &serde_json::Value,
+        audio: Option<&(Dfla, Vec<Vec<u8>>)>,
         data_start: u64,
         large: bool,
     ) -> Result<Moov> {
         let frames = self.sample_sizes.len() as u64;
         let media_timescale = self.fps * TICKS_PER_FRAME;
-        let movie_duration = frames * u64::from(MOVIE_TIMESCALE) / u64::from(self.fps);
+        let video_duration = frames * u64::from(MOVIE_TIMESCALE) / u64::from(self.fps);
         let mut offsets = Vec::with_capacity(self.sample_sizes.len());
         let mut offset = data_start;
         for size in &self.sample_sizes {
             offsets.push(offset);
             offset += u64::from(*size);
         }
-        let (stco, co64) = if large {
-            (None, Some(Co64 { entries: offsets }))
-        } else {
-            let entries = offsets.into_iter().map(|o| o as u32).collect();
-            (Some(Stco { entries }), None)
-        };
         let avc1 = Avc1 {
             visual: Visual {
                 data_reference_index: 1,
@@ -173,6 +189,7 @@ impl Mp4Writer {
             stss: Some(Stss {
                 entries: self.keyframes.clone(),
             }),
+            // One sample per chunk.
             stsc: Stsc {
                 entries: vec![StscEntry {
                     first_chunk: 1,
@@ -185,59 +202,159 @@ impl Mp4Writer {
                     sizes: self.sample_sizes.clone(),
                 },
             },
-            stco,
-            co64,
-            ..Stbl::default()
+            ..chunk_offsets(offsets, large)
         };
-        let trak = Trak {
-            tkhd: Tkhd {
-                track_id: 1,
-                duration: movie_duration,
-                enabled: true,
-                in_movie: true,
-                width: FixedPoint::new(self.width as u16, 0),
-                height: FixedPoint::new(self.height as u16, 0),
-                ..Tkhd::default()
-            },
-            mdia: Mdia {
-                mdhd: Mdhd {
-                    timescale: media_timescale,
-                    duration: frames * u64::from(TICKS_PER_FRAME),
-                    language: "und".into(),
-                    ..Mdhd::default()
+        let minf = Minf {
+            vmhd: Some(Vmhd::default()),
+            ..Minf::default()
+        };
+        let mut video = track(
+            1,
+            (b"vide", "VideoHandler"),
+            media_timescale,
+            frames * u64::from(TICKS_PER_FRAME),
+            video_duration,
+            minf,
+            stbl,
+        );
+        video.tkhd.width = FixedPoint::new(self.width as u16, 0);
+        video.tkhd.height = FixedPoint::new(self.height as u16, 0);
+        let mut traks = vec![video];
+        let mut movie_duration = video_duration;
+        if let (Some((dfla, flac_frames)), Some(sound)) = (audio, &self.audio) {
+            let samples = sound.frames() as u64;
+            let duration = samples * u64::from(MOVIE_TIMESCALE) / u64::from(sound.sample_rate);
+            movie_duration = movie_duration.max(duration);
+            let block = FLAC_BLOCK as u64;
+            let mut stts = vec![SttsEntry {
+                sample_count: (samples / block) as u32,
+                sample_delta: FLAC_BLOCK as u32,
+            }];
+            if !samples.is_multiple_of(block) {
+                stts.push(SttsEntry {
+                    sample_count: 1,
+                    sample_delta: (samples % block) as u32,
+                });
+            }
+            stts.retain(|e| e.sample_count > 0);
+            let flac = Flac {
+                audio: mp4_atom::Audio {
+                    data_reference_index: 1,
+                    channel_count: sound.channels,
+                    sample_size: 16,
+                    sample_rate: FixedPoint::new(sound.sample_rate as u16, 0),
                 },
-                hdlr: Hdlr {
-                    handler: FourCC::new(b"vide"),
-                    name: "VideoHandler".into(),
+                dfla: dfla.clone(),
+            };
+            // The sound follows the pictures in `mdat`, as one chunk.
+            let stbl = Stbl {
+                stsd: Stsd {
+                    codecs: vec![Codec::Flac(flac)],
                 },
-                minf: Minf {
-                    vmhd: Some(Vmhd::default()),
-                    dinf: Dinf {
-                        dref: Dref {
-                            entries: vec![DrefEntry::Url(Url {
-                                location: String::new(),
-                            })],
-                        },
+                stts: Stts { entries: stts },
+                stsc: Stsc {
+                    entries: vec![StscEntry {
+                        first_chunk: 1,
+                        samples_per_chunk: flac_frames.len() as u32,
+                        sample_description_index: 1,
+                    }],
+                },
+                stsz: Stsz {
+                    samples: StszSamples::Different {
+                        sizes: flac_frames.iter().map(|f| f.len() as u32).collect(),
                     },
-                    stbl,
-                    ..Minf::default()
                 },
-            },
-            ..Trak::default()
-        };
+                ..chunk_offsets(vec![offset], large)
+            };
+            let minf = Minf {
+                smhd: Some(Smhd::default()),
+                ..Minf::default()
+            };
+            let mut sound_track = track(
+                2,
+                (b"soun", "SoundHandler"),
+                sound.sample_rate,
+                samples,
+                duration,
+                minf,
+                stbl,
+            );
+            sound_track.tkhd.volume = FixedPoint::new(1, 0);
+            traks.push(sound_track);
+        }
         Ok(Moov {
             mvhd: Mvhd {
                 timescale: MOVIE_TIMESCALE,
                 duration: movie_duration,
                 rate: FixedPoint::new(1, 0),
                 volume: FixedPoint::new(1, 0),
-                next_track_id: 2,
+                next_track_id: traks.len() as u32 + 1,
                 ..Mvhd::default()
             },
             meta: Some(metadata_box(metadata)?),
-            trak: vec![trak],
+            trak: traks,
             ..Moov::default()
         })
+    }
+}
+
+/// The chunk offset table: 32-bit (`stco`) unless the file may pass 4 GiB (`co64`).
+fn chunk_offsets(offsets: Vec<u64>, large: bool) -> Stbl {
+    let (stco, co64) = if large {
+        (None, Some(Co64 { entries: offsets }))
+    } else {
+        let entries = offsets.into_iter().map(|o| o as u32).collect();
+        (Some(Stco { entries }), None)
+    };
+    Stbl {
+        stco,
+        co64,
+        ..Stbl::default()
+    }
+}
+
+/// A track: `media_duration` in its own `timescale`, `movie_duration` in the movie's.
+fn track(
+    track_id: u32,
+    (handler, name): (&[u8; 4], &str),
+    timescale: u32,
+    media_duration: u64,
+    movie_duration: u64,
+    minf: Minf,
+    stbl: Stbl,
+) -> Trak {
+    Trak {
+        tkhd: Tkhd {
+            track_id,
+            duration: movie_duration,
+            enabled: true,
+            in_movie: true,
+            ..Tkhd::default()
+        },
+        mdia: Mdia {
+            mdhd: Mdhd {
+                timescale,
+                duration: media_duration,
+                language: "und".into(),
+                ..Mdhd::default()
+            },
+            hdlr: Hdlr {
+                handler: FourCC::new(handler),
+                name: name.into(),
+            },
+            minf: Minf {
+                dinf: Dinf {
+                    dref: Dref {
+                        entries: vec![DrefEntry::Url(Url {
+                            location: String::new(),
+                        })],
+                    },
+                },
+                stbl,
+                ..minf
+            },
+        },
+        ..Trak::default()
     }
 }
 
@@ -336,6 +453,19 @@ pub struct Mp4Reader {
     pub duration_s: f64,
     pub codec: String,
     pub metadata: serde_json::Value,
+    /// The sound track, when the file has one.
+    pub audio: Option<AudioTrack>,
+}
+
+/// An MP4's sound track: where its samples lie and how to decode them.
+pub struct AudioTrack {
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub duration_s: f64,
+    /// `flac`, or the sample entry's four-character code of a codec this reader cannot decode.
+    pub codec: String,
+    dfla: Option<Dfla>,
+    samples: Vec<(u64, u32)>,
 }
 
 impl Mp4Reader {
@@ -385,6 +515,14 @@ impl Mp4Reader {
                 offset + u64::from(*size)
             );
         }
+        let audio = match moov
+            .trak
+            .iter()
+            .find(|t| t.mdia.hdlr.handler == FourCC::new(b"soun"))
+        {
+            Some(trak) => Some(audio_track(trak, file_len).context("the sound track")?),
+            None => None,
+        };
         let timescale = trak.mdia.mdhd.timescale;
         ensure!(timescale > 0, "the video track's timescale is 0");
         let ticks: u64 = stbl
@@ -411,8 +549,32 @@ impl Mp4Reader {
             width: visual.width.into(),
             height: visual.height.into(),
             duration_s,
+            audio,
             file,
         })
+    }
+
+    /// Decodes the whole sound track; `None` when the file has none.
+    pub fn read_audio(&mut self) -> Result<Option<Audio>> {
+        let Some(track) = &self.audio else {
+            return Ok(None);
+        };
+        let Some(dfla) = &track.dfla else {
+            bail!(
+                "the sound track is coded as {}; this reader decodes FLAC only",
+                track.codec
+            );
+        };
+        let mut frames = Vec::with_capacity(track.samples.len());
+        for (i, (offset, size)) in track.samples.iter().enumerate() {
+            let mut frame = vec![0u8; *size as usize];
+            self.file.seek(SeekFrom::Start(*offset))?;
+            self.file
+                .read_exact(&mut frame)
+                .with_context(|| format!("reading sound sample {i}"))?;
+            frames.push(frame);
+        }
+        Audio::decode_flac(dfla, &frames).map(Some)
     }
 
     pub fn frame_count(&self) -> usize {
@@ -509,6 +671,41 @@ impl Iterator for FrameIter<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         self.next_frame().transpose()
     }
+}
+
+fn audio_track(trak: &Trak, file_len: u64) -> Result<AudioTrack> {
+    let stbl = &trak.mdia.minf.stbl;
+    let (codec, dfla, entry) = match stbl.stsd.codecs.first() {
+        Some(Codec::Flac(flac)) => ("flac".to_string(), Some(flac.dfla.clone()), &flac.audio),
+        Some(Codec::Mp4a(mp4a)) => ("mp4a".to_string(), None, &mp4a.audio),
+        Some(Codec::Opus(opus)) => ("Opus".to_string(), None, &opus.audio),
+        Some(other) => bail!("unsupported sample entry {}", codec_name(other)),
+        None => bail!("no sample description"),
+    };
+    let samples = sample_locations(stbl)?;
+    if let Some((i, _)) = samples
+        .iter()
+        .enumerate()
+        .find(|(_, (o, s))| o + u64::from(*s) > file_len)
+    {
+        bail!("the file is truncated: sound sample {i} lies past its end");
+    }
+    let timescale = trak.mdia.mdhd.timescale;
+    ensure!(timescale > 0, "the timescale is 0");
+    let ticks: u64 = stbl
+        .stts
+        .entries
+        .iter()
+        .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
+        .sum();
+    Ok(AudioTrack {
+        sample_rate: u32::from(entry.sample_rate.integer()),
+        channels: entry.channel_count,
+        duration_s: ticks as f64 / f64::from(timescale),
+        codec,
+        dfla,
+        samples,
+    })
 }
 
 /// Walks top-level boxes without reading `mdat`, and decodes `moov`.
