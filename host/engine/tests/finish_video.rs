@@ -1,6 +1,7 @@
 //! The streaming finish on the CPU with the tiny upscaler and RIFE fixtures: a clip with a hard
 //! cut in the middle is retimed x2, upscaled, fitted into a wider frame and encoded; the output
-//! has the target's size, rate and frame count, black bars, and no frame blended across the cut.
+//! has the target's size, rate and frame count, black bars, no frame blended across the cut, and
+//! the source's sound.
 //! Bad requests fail before anything is written.
 
 use candle_core::{DType, Device};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use videosdgx_engine::finishing::finish::{
     FinishCancelled, FinishModels, FinishSpec, FinishTarget, finish_video,
 };
-use videosdgx_engine::video::{probe, read_mp4, write_mp4};
+use videosdgx_engine::video::{Audio, Mp4Reader, Mp4Writer, probe, read_mp4, write_mp4};
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,7 +72,15 @@ fn mean(frame: &RgbImage, rows: std::ops::Range<u32>, cols: std::ops::Range<u32>
 fn a_clip_is_retimed_upscaled_letterboxed_and_never_blended_across_a_cut() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("cut.mp4");
-    write_mp4(&input, &cut_clip(), 8, &json!(null)).unwrap();
+    let mut writer = Mp4Writer::create(&input, 48, 32, 8).unwrap();
+    for frame in cut_clip() {
+        writer.push(&frame).unwrap();
+    }
+    let sound: Vec<f32> = (0..12_000)
+        .map(|i| (i as f32 * 0.05).sin() * 0.25)
+        .collect();
+    writer.set_audio(Audio::new(16_000, 1, sound).unwrap());
+    writer.finish(&json!(null)).unwrap();
     let output = dir.path().join("finished.mp4");
     let spec = spec("128x96@x2");
     let models = FinishModels::load(&spec, &Device::Cpu, DType::F32).unwrap();
@@ -116,6 +125,11 @@ fn a_clip_is_retimed_upscaled_letterboxed_and_never_blended_across_a_cut() {
     ] {
         assert!(stage > 0.0, "{:?}", report.timings);
     }
+
+    // The sound is carried over unchanged.
+    let sound_of = |path: &Path| Mp4Reader::open(path).unwrap().read_audio().unwrap();
+    assert_eq!(sound_of(&output), sound_of(&input));
+    assert!(sound_of(&output).is_some());
 
     let frames = read_mp4(&output).unwrap().frames;
     for (index, frame) in frames.iter().enumerate() {

@@ -9,7 +9,7 @@ use videosdgx_engine::video::timeline::{
     Clip, RenderCancelled, RenderProgress, Segment, SegmentSpan, Time, Timeline, TitleCard,
     Transition, render, validate,
 };
-use videosdgx_engine::video::{probe, read_mp4, write_mp4};
+use videosdgx_engine::video::{Audio, Mp4Reader, Mp4Writer, probe, read_mp4, write_mp4};
 
 const W: u32 = 64;
 const H: u32 = 48;
@@ -67,6 +67,7 @@ fn clip(path: &Path) -> Segment {
         path: path.to_path_buf(),
         trim_in: None,
         trim_out: None,
+        volume: 1.0,
     })
 }
 
@@ -331,6 +332,7 @@ fn trims_in_frames_and_seconds_select_the_source_frames() {
             path: counting.clone(),
             trim_in,
             trim_out,
+            volume: 1.0,
         })
     };
     let timeline = timeline(
@@ -420,6 +422,7 @@ fn impossible_timelines_are_refused_before_rendering() {
                     path: red.clone(),
                     trim_in: Some(Time::Frames(2)),
                     trim_out: Some(Time::Seconds(3.0)),
+                    volume: 1.0,
                 })],
                 vec![],
             ),
@@ -493,4 +496,142 @@ fn timeline_json_is_the_plugin_facing_shape() {
         }
         other => panic!("expected a title card, got {other:?}"),
     }
+}
+
+/// A clip of `frames` solid frames at 8 fps with a tone of `hz` at `rate` Hz (`channels` channels).
+fn speaking_clip(dir: &Path, name: &str, frames: usize, tone: (f32, u32, u16)) -> PathBuf {
+    let (hz, rate, channels) = tone;
+    let path = dir.join(name);
+    let mut writer = Mp4Writer::create(&path, W, H, 8).unwrap();
+    for _ in 0..frames {
+        writer.push(&RgbImage::from_pixel(W, H, Rgb(RED))).unwrap();
+    }
+    let samples = (0..frames * rate as usize / 8)
+        .flat_map(|i| {
+            let s = 0.5 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin();
+            std::iter::repeat_n(s, usize::from(channels))
+        })
+        .collect();
+    writer.set_audio(Audio::new(rate, channels, samples).unwrap());
+    writer.finish(&json!(null)).unwrap();
+    path
+}
+
+/// RMS level and zero-crossing frequency of the left channel over `seconds`.
+fn level_and_pitch(audio: &Audio, seconds: (f64, f64)) -> (f32, f32) {
+    let rate = f64::from(audio.sample_rate);
+    let c = usize::from(audio.channels);
+    let left: Vec<f32> = audio.samples
+        [(seconds.0 * rate) as usize * c..(seconds.1 * rate) as usize * c]
+        .iter()
+        .step_by(c)
+        .copied()
+        .collect();
+    let rms = (left.iter().map(|s| s * s).sum::<f32>() / left.len() as f32).sqrt();
+    let crossings = left
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    (rms, crossings as f32 / 2.0 / (seconds.1 - seconds.0) as f32)
+}
+
+#[test]
+fn the_sound_follows_the_edit_silence_under_silent_clips_and_titles() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 s at 440 Hz (24 kHz stereo), crossfaded (1 s) into 2 s at 1000 Hz (16 kHz mono), a cut to a
+    // silent 1 s clip, a fade through black (1 s) to a 1 s title card.
+    let a = speaking_clip(dir.path(), "a.mp4", 16, (440.0, 24_000, 2));
+    let b = speaking_clip(dir.path(), "b.mp4", 16, (1000.0, 16_000, 1));
+    let silent = solid_clip(dir.path(), "silent.mp4", BLUE, 8, 8, (W, H));
+    let title = Segment::Title(TitleCard {
+        text: "The end".into(),
+        duration: Time::Frames(8),
+        background: [0, 0, 0],
+        color: [255, 255, 255],
+    });
+    let out = dir.path().join("piece.mp4");
+    let report = render_quietly(
+        &timeline(
+            vec![clip(&a), clip(&b), clip(&silent), title],
+            vec![
+                Transition::Crossfade {
+                    duration: Time::Frames(8),
+                },
+                Transition::Cut,
+                Transition::FadeThroughBlack {
+                    duration: Time::Frames(8),
+                },
+            ],
+        ),
+        &out,
+    )
+    .unwrap();
+    assert_eq!(report.sample_rate, Some(24_000));
+    assert_eq!(report.frames, 40);
+    let mut reader = Mp4Reader::open(&out).unwrap();
+    let sound = reader.read_audio().unwrap().expect("a sound track");
+    assert_eq!((sound.sample_rate, sound.channels), (24_000, 2));
+    assert_eq!(sound.frames(), 5 * 24_000, "as long as the pictures");
+
+    // A alone, then both (equal-gain ramps), then B alone at its own pitch (resampled, on both
+    // channels), then silence under the silent clip and the title.
+    let (rms, pitch) = level_and_pitch(&sound, (0.0, 0.9));
+    assert!(
+        (rms - 0.354).abs() < 0.01 && (pitch - 440.0).abs() < 3.0,
+        "{rms} {pitch}"
+    );
+    let (rms, pitch) = level_and_pitch(&sound, (2.05, 2.95));
+    assert!(
+        (rms - 0.354).abs() < 0.01 && (pitch - 1000.0).abs() < 3.0,
+        "{rms} {pitch}"
+    );
+    let right_b = sound.samples[2 * 60_000 + 1];
+    assert_eq!(
+        right_b,
+        sound.samples[2 * 60_000],
+        "mono is copied to both channels"
+    );
+    let (rms, _) = level_and_pitch(&sound, (1.45, 1.55));
+    assert!(
+        rms > 0.2 && rms < 0.45,
+        "both at half gain mid-crossfade: {rms}"
+    );
+    let (rms, _) = level_and_pitch(&sound, (3.0, 5.0));
+    assert_eq!(rms, 0.0);
+}
+
+#[test]
+fn muted_and_silent_timelines_and_volumes_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = speaking_clip(dir.path(), "a.mp4", 8, (440.0, 24_000, 2));
+    let silent = solid_clip(dir.path(), "silent.mp4", BLUE, 8, 8, (W, H));
+
+    // Only silent clips: no sound track at all, as before sound existed.
+    let out = dir.path().join("silent-piece.mp4");
+    let report = render_quietly(&timeline(vec![clip(&silent)], vec![]), &out).unwrap();
+    assert_eq!(report.sample_rate, None);
+    assert!(Mp4Reader::open(&out).unwrap().audio.is_none());
+
+    // A muted clip keeps a (silent) track; a volume outside 0..4 is refused before rendering.
+    let muted = |volume| {
+        Segment::Clip(Clip {
+            path: a.clone(),
+            trim_in: None,
+            trim_out: None,
+            volume,
+        })
+    };
+    let out = dir.path().join("muted.mp4");
+    render_quietly(&timeline(vec![muted(0.0)], vec![]), &out).unwrap();
+    let sound = Mp4Reader::open(&out)
+        .unwrap()
+        .read_audio()
+        .unwrap()
+        .unwrap();
+    assert!(sound.samples.iter().all(|s| *s == 0.0));
+    let err = format!(
+        "{:#}",
+        validate(&timeline(vec![muted(f32::NAN)], vec![])).unwrap_err()
+    );
+    assert!(err.contains("volume NaN is outside 0..4"), "{err}");
 }

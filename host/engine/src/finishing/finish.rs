@@ -454,6 +454,10 @@ pub fn finish_video(
     let upscaler = models.upscaler.as_ref().filter(|_| plan.upscale);
     let mut stages = Stages::new(device);
     let mut writer = Mp4Writer::create(output, plan.width, plan.height, plan.fps)?;
+    // Finishing changes pictures, never time: the sound is carried over as it is.
+    if let Some(sound) = reader.read_audio().context("the source's sound track")? {
+        writer.set_audio(sound);
+    }
     let mut window = SourceWindow::new(reader.frames_from(0)?, device);
     let mut report = FinishReport {
         upscaler: upscaler.map(|u| format!("{} x{}", u.architecture(), u.scale())),

@@ -401,6 +401,7 @@ fn engine_timeline(
                     path: app.assets.file_of(&asset),
                     trim_in: Some(seconds(clip.trim_start_ms)),
                     trim_out: Some(seconds(clip.trim_start_ms.saturating_add(clip.duration_ms))),
+                    volume: 1.0,
                 });
                 let duration = seconds(clip.transition_in.duration_ms);
                 let transition = match clip.transition_in.kind {

@@ -1,9 +1,10 @@
 //! Timeline rendering for the shot stitcher: clips (trimmed, resampled to the output frame rate,
 //! letterboxed to the output size) and title cards, joined by cuts, crossfades or fades through
-//! black, encoded into one MP4.
+//! black, encoded into one MP4 with the clips' sound mixed under the same edit (`sound.rs`).
 //! Frames stream through: one clip is decoded at a time and only the frames a crossfade
 //! overlaps are held, so memory does not grow with the length of the output.
 
+mod sound;
 mod text;
 
 use super::h264::check_encodable_size;
@@ -45,6 +46,13 @@ pub struct Clip {
     /// Where the kept part ends (exclusive); the end when absent.
     #[serde(default)]
     pub trim_out: Option<Time>,
+    /// Gain on the clip's sound: 1 as recorded, 0 muted.
+    #[serde(default = "unity")]
+    pub volume: f32,
+}
+
+fn unity() -> f32 {
+    1.0
 }
 
 /// Centred, wrapped text on a solid background.
@@ -120,6 +128,8 @@ pub struct RenderReport {
     /// Seconds.
     pub duration: f64,
     pub segments: Vec<SegmentSpan>,
+    /// The sound track's sample rate; `None` when no clip has sound (the output is silent).
+    pub sample_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +163,9 @@ enum PlannedSource {
         start_s: f64,
         source_fps: f64,
         source_frames: usize,
+        /// The clip's sound track (rate, channels) and the gain on it.
+        sound: Option<(u32, u16)>,
+        volume: f32,
     },
     Title(TitleCard),
 }
@@ -166,6 +179,9 @@ pub fn render(
     let plan = plan(timeline)?;
     let report = report(timeline, &plan);
     let mut writer = Mp4Writer::create(out, timeline.width, timeline.height, timeline.fps)?;
+    if let Some(mix) = sound::mix(timeline, &plan, &report).context("mixing the sound")? {
+        writer.set_audio(mix);
+    }
     let mut held: Vec<RgbImage> = Vec::new();
     for (index, segment) in plan.iter().enumerate() {
         let mut next_held = Vec::with_capacity(segment.crossfade_out);
@@ -291,6 +307,12 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
         }
         Segment::Clip(clip) => {
             let reader = Mp4Reader::open(&clip.path)?;
+            ensure!(
+                clip.volume.is_finite() && (0.0..=4.0).contains(&clip.volume),
+                "clip {}: volume {} is outside 0..4",
+                clip.path.display(),
+                clip.volume
+            );
             let source_fps = reader.fps;
             let length_s = reader.frame_count() as f64 / source_fps;
             let start_s = clip.trim_in.map_or(0.0, |t| t.seconds(source_fps));
@@ -312,6 +334,8 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
                     start_s,
                     source_fps,
                     source_frames: reader.frame_count(),
+                    sound: reader.audio.as_ref().map(|a| (a.sample_rate, a.channels)),
+                    volume: clip.volume,
                 },
             )
         }
@@ -342,6 +366,7 @@ fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
         fps: timeline.fps,
         duration: start as f64 / f64::from(timeline.fps),
         segments,
+        sample_rate: sound::output_format(plan).map(|(rate, _)| rate),
     }
 }
 
@@ -364,6 +389,7 @@ fn produce(
             start_s,
             source_fps,
             source_frames,
+            ..
         } => {
             // Output frame k shows the source frame on screen at start + k / fps.
             let source_index = |k: usize| {
