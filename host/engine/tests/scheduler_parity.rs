@@ -189,3 +189,33 @@ fn bad_timestep_lists_are_refused_and_unipc_takes_none() {
         .to_string();
     assert!(err.contains("flow-Euler"), "{err}");
 }
+
+#[test]
+fn flow_euler_stretches_the_schedule_to_shift_terminal_as_diffusers_does() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-ltx2/reference/scheduler_terminal.json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut config = reference["config"].clone();
+    config["_class_name"] = "FlowMatchEulerDiscreteScheduler".into();
+    let mut scheduler = Scheduler::from_config(&config, None, None).unwrap();
+    scheduler.set_timesteps(6).unwrap();
+    let expected =
+        |key: &str| -> Vec<f64> { serde_json::from_value(reference[key].clone()).unwrap() };
+    for (got, want) in scheduler.sigmas().iter().zip(expected("sigmas")) {
+        assert!((got - want).abs() < 1e-7, "{:?}", scheduler.sigmas());
+    }
+    assert!(
+        (scheduler.sigmas()[5] - 0.2).abs() < 1e-6,
+        "ends at shift_terminal"
+    );
+    for (got, want) in scheduler.timesteps().iter().zip(expected("timesteps")) {
+        assert!((got - want).abs() < 1e-4, "{:?}", scheduler.timesteps());
+    }
+    let outside = serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 1.5});
+    let err = Scheduler::from_config(&outside, None, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("shift_terminal 1.5 is outside 0..1"), "{err}");
+}

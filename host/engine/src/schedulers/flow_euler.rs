@@ -2,7 +2,8 @@
 //! With a static shift, like the reference, the shift is applied once to the training grid (which
 //! sets σ_max/σ_min) and again to the inference schedule. With `use_dynamic_shifting` (the FLUX
 //! pipelines) the pipeline gives the sigmas and a `mu` that depends on the image size, and the
-//! schedule is their time shift ([`FlowMatchEulerDiscrete::set_sigmas`]).
+//! schedule is their time shift ([`FlowMatchEulerDiscrete::set_sigmas`]). `shift_terminal` (LTX)
+//! then stretches the shifted schedule so that its last sigma is that value.
 
 use super::{linspace, reject_enabled, round_f32};
 use anyhow::{Result, bail};
@@ -13,6 +14,8 @@ pub struct FlowMatchEulerDiscrete {
     shift: f64,
     /// `use_dynamic_shifting`: the schedule needs the pipeline's `mu`.
     time_shift: Option<TimeShift>,
+    /// `shift_terminal`: the last sigma the shifted schedule is stretched to end at.
+    shift_terminal: Option<f64>,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
     step_index: usize,
@@ -32,7 +35,6 @@ impl FlowMatchEulerDiscrete {
             config,
             &[
                 "invert_sigmas",
-                "shift_terminal",
                 "use_karras_sigmas",
                 "use_exponential_sigmas",
                 "use_beta_sigmas",
@@ -50,10 +52,18 @@ impl FlowMatchEulerDiscrete {
             (true, Some("linear")) => Some(TimeShift::Linear),
             (true, Some(other)) => bail!("unknown time_shift_type {other:?}"),
         };
+        let shift_terminal = match config["shift_terminal"].as_f64() {
+            Some(t) if t != 0.0 && !(0.0..1.0).contains(&t) => {
+                bail!("shift_terminal {t} is outside 0..1")
+            }
+            Some(t) if t != 0.0 => Some(t),
+            _ => None,
+        };
         Ok(Self {
             train_steps,
             shift: shift.or(config["shift"].as_f64()).unwrap_or(1.0),
             time_shift,
+            shift_terminal,
             timesteps: vec![],
             sigmas: vec![],
             step_index: 0,
@@ -93,12 +103,26 @@ impl FlowMatchEulerDiscrete {
             .iter()
             .map(|&s| shift(s as f32))
             .collect::<Result<Vec<f32>>>()?;
+        let sigmas = self.stretch_to_terminal(sigmas);
         let train = self.train_steps as f32;
         self.timesteps = sigmas.iter().map(|&s| (s * train) as f64).collect();
         self.sigmas = sigmas.into_iter().map(f64::from).collect();
         self.sigmas.push(0.0);
         self.step_index = 0;
         Ok(())
+    }
+
+    /// `stretch_shift_to_terminal`: `1 − (1 − σ) / s` with `s = (1 − σ_last) / (1 − terminal)`,
+    /// in f32 as numpy computes it; the schedule unchanged without `shift_terminal`.
+    fn stretch_to_terminal(&self, sigmas: Vec<f32>) -> Vec<f32> {
+        let (Some(terminal), Some(&last)) = (self.shift_terminal, sigmas.last()) else {
+            return sigmas;
+        };
+        let scale = (1.0 - last) / (1.0 - terminal) as f32;
+        sigmas
+            .into_iter()
+            .map(|s| 1.0 - (1.0 - s) / scale)
+            .collect()
     }
 
     pub fn set_timesteps(&mut self, steps: usize) {
@@ -109,10 +133,15 @@ impl FlowMatchEulerDiscrete {
         let sigma_max = shifted32(1.0) as f64;
         let sigma_min = shifted32(1.0 / self.train_steps as f32) as f64;
         let shift = self.shift;
-        let sigmas: Vec<f64> = linspace(sigma_max * n, sigma_min * n, steps)
+        let sigmas: Vec<f32> = linspace(sigma_max * n, sigma_min * n, steps)
             .into_iter()
             .map(|t| t / n)
-            .map(|s| round_f32(shift * s / (1.0 + (shift - 1.0) * s)))
+            .map(|s| round_f32(shift * s / (1.0 + (shift - 1.0) * s)) as f32)
+            .collect();
+        let sigmas: Vec<f64> = self
+            .stretch_to_terminal(sigmas)
+            .into_iter()
+            .map(f64::from)
             .collect();
         self.timesteps = sigmas
             .iter()
