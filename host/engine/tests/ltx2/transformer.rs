@@ -1,6 +1,8 @@
 //! `LTX2VideoTransformer3DModel` against diffusers on the fixtures of
 //! tests/fixtures/make_ltx2_transformer_fixtures.py: interleaved float64 RoPE with padded masks
-//! (LTX-2.0), and split float32 RoPE with the LTX-2.3 options, odd sizes and per-token timesteps.
+//! (LTX-2.0), split float32 RoPE with the LTX-2.3 options, odd sizes and per-token timesteps,
+//! spatio-temporal guidance with explicit per-sample coordinates and keyframe tokens, and modality
+//! isolation.
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -51,6 +53,16 @@ fn ltx2_transformer_interleaved_rope_with_padded_masks_matches_diffusers() {
 #[test]
 fn ltx2_transformer_split_rope_with_ltx23_options_matches_diffusers() {
     check("ltx2-transformer-split");
+}
+
+#[test]
+fn ltx2_transformer_guidance_with_explicit_coords_and_keyframes_matches_diffusers() {
+    check("ltx2-transformer-guidance");
+}
+
+#[test]
+fn ltx2_transformer_isolated_modalities_with_every_block_perturbed_matches_diffusers() {
+    check("ltx2-transformer-isolated");
 }
 
 #[test]
