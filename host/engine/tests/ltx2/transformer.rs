@@ -75,8 +75,7 @@ fn ltx2_transformer_rejects_hidden_states_that_do_not_fill_the_grid() {
     inputs.insert("hidden_states".into(), hidden);
     let err = model
         .forward(&LTX2TransformerInputs::from_named(&inputs).unwrap())
-        .err()
-        .expect("23 tokens cannot fill 2 x 3 x 4 latents")
+        .expect_err("23 tokens cannot fill 2 x 3 x 4 latents")
         .to_string();
     assert!(
         err.contains("hidden_states has 23 tokens") && err.contains("24 patches"),

@@ -222,7 +222,7 @@ impl LTX2AudioVideoRotaryPosEmbed {
             (grid(num_frames, pt), grid(height, p), grid(width, p));
         let tokens = gf.len() * gh.len() * gw.len();
         let [sf, sh, sw] = [0, 1, 2].map(|i| self.scale_factors[i] as f32);
-        let mut axes = vec![Vec::with_capacity(tokens * 2); 3];
+        let mut axes: [Vec<f32>; 3] = std::array::from_fn(|_| Vec::with_capacity(tokens * 2));
         for &f in &gf {
             for &h in &gh {
                 for &w in &gw {
