@@ -63,6 +63,57 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
     }
 }
 
+#[test]
+fn model_forward_runs_the_ltx2_transformer_and_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["ltx2-transformer-interleaved", "ltx2-transformer-split"] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let result = forward(
+            &fixture(name).join("model"),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &[],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        for key in ["sample", "audio_sample"] {
+            let err = relative_error(&got[key], &expected[key]);
+            assert!(err <= 1e-4, "{name}/{key}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn model_forward_of_ltx2_with_too_few_video_tokens_names_the_grid_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "ltx2-transformer-interleaved";
+    let mut inputs =
+        candle_core::safetensors::load(fixture(name).join("inputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let hidden = inputs["hidden_states"].narrow(1, 0, 20).unwrap();
+    inputs.insert("hidden_states".into(), hidden);
+    let path = tmp.path().join("inputs.safetensors");
+    candle_core::safetensors::save(&inputs, &path).unwrap();
+    let result = forward(
+        &fixture(name).join("model"),
+        &path,
+        &tmp.path().join("out.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("hidden_states has 20 tokens") && line.contains("2 x 3 x 4"),
+        "{line}"
+    );
+}
+
 fn vae_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/vae")

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
+use videosdgx_engine::families::ltx2::transformer::{
+    LTX2TransformerInputs, LTX2VideoTransformer3DModel,
+};
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
@@ -32,7 +35,13 @@ pub enum ModelCommand {
     /// [, encoder_hidden_states_image] -> sample. Flux2Transformer2DModel: hidden_states,
     /// encoder_hidden_states, timestep (t / 1000, as the pipelines pass it), img_ids, txt_ids (f32
     /// or integer) [, guidance] -> sample. FluxTransformer2DModel: the same plus
-    /// pooled_projections (ids [L, 3]). UMT5EncoderModel, T5EncoderModel: input_ids,
+    /// pooled_projections (ids [L, 3]). LTX2VideoTransformer3DModel: hidden_states,
+    /// audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states, timestep ([B] or
+    /// [B, tokens]), num_frames, height, width, audio_num_frames (one-element tensors) [, fps
+    /// (24), audio_timestep, sigma, audio_sigma, encoder_attention_mask,
+    /// audio_encoder_attention_mask, video_coords, audio_coords, use_cross_timestep,
+    /// isolate_modalities, spatio_temporal_guidance_blocks, perturbation_mask,
+    /// video_keyframes_mask] -> sample, audio_sample. UMT5EncoderModel, T5EncoderModel: input_ids,
     /// attention_mask -> last_hidden_state. CLIPTextModel: input_ids -> last_hidden_state,
     /// pooler_output. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
@@ -184,10 +193,11 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         ComponentClass::WanTransformer3DModel
             | ComponentClass::Flux2Transformer2DModel
             | ComponentClass::FluxTransformer2DModel
+            | ComponentClass::LTX2VideoTransformer3DModel
     );
     if !args.loras.is_empty() && !adaptable {
         bail!(
-            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel)"
+            "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel)"
         );
     }
     let loras = open_loras(&args.loras)?;
@@ -231,6 +241,22 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 inputs.get("guidance"),
             )?;
             vec![("sample", sample)]
+        }
+        ComponentClass::LTX2VideoTransformer3DModel => {
+            for name in [
+                "hidden_states",
+                "audio_hidden_states",
+                "encoder_hidden_states",
+                "audio_encoder_hidden_states",
+                "timestep",
+            ] {
+                input(name)?;
+            }
+            let mut model = LTX2VideoTransformer3DModel::load(&args.model, &device, dtype)?;
+            model.set_loras(&loras, args.lora_mode.into())?;
+            let (sample, audio_sample) =
+                model.forward(&LTX2TransformerInputs::from_named(&inputs)?)?;
+            vec![("sample", sample), ("audio_sample", audio_sample)]
         }
         ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
             let model = T5EncoderModel::load(&args.model, &device, dtype)?;

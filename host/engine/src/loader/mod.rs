@@ -84,6 +84,8 @@ pub enum ComponentClass {
     WanTransformer3DModel,
     Flux2Transformer2DModel,
     FluxTransformer2DModel,
+    /// LTX-2's audio-video diffusion transformer.
+    LTX2VideoTransformer3DModel,
     UMT5EncoderModel,
     /// transformers' `T5EncoderModel` (FLUX.1's T5-XXL).
     T5EncoderModel,
@@ -111,6 +113,7 @@ impl ComponentClass {
         "WanTransformer3DModel",
         "Flux2Transformer2DModel",
         "FluxTransformer2DModel",
+        "LTX2VideoTransformer3DModel",
         "UMT5EncoderModel",
         "T5EncoderModel",
         "CLIPVisionModel",
@@ -137,6 +140,7 @@ impl ComponentClass {
             "WanTransformer3DModel" => Self::WanTransformer3DModel,
             "Flux2Transformer2DModel" => Self::Flux2Transformer2DModel,
             "FluxTransformer2DModel" => Self::FluxTransformer2DModel,
+            "LTX2VideoTransformer3DModel" => Self::LTX2VideoTransformer3DModel,
             "UMT5EncoderModel" => Self::UMT5EncoderModel,
             "T5EncoderModel" => Self::T5EncoderModel,
             "CLIPVisionModel" => Self::CLIPVisionModel,
@@ -159,6 +163,7 @@ impl ComponentClass {
             Self::WanTransformer3DModel
                 | Self::Flux2Transformer2DModel
                 | Self::FluxTransformer2DModel
+                | Self::LTX2VideoTransformer3DModel
                 | Self::UMT5EncoderModel
                 | Self::T5EncoderModel
                 | Self::CLIPVisionModel

@@ -6,7 +6,7 @@
 use super::single_file::SingleFile;
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::families::{flux, flux2};
+use crate::families::{flux, flux2, ltx2};
 use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
@@ -291,6 +291,10 @@ fn build_with(
         ComponentClass::FluxTransformer2DModel => {
             let cfg: flux::transformer::FluxTransformerConfig = super::read_config(&config)?;
             flux::transformer::FluxTransformer2DModel::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2VideoTransformer3DModel => {
+            let cfg: ltx2::transformer::LTX2TransformerConfig = super::read_config(&config)?;
+            ltx2::transformer::LTX2VideoTransformer3DModel::new(&cfg, vb)?;
         }
         ComponentClass::UMT5EncoderModel | ComponentClass::T5EncoderModel => {
             let cfg: t5::T5Config = super::read_config(&config)?;

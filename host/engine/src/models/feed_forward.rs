@@ -21,9 +21,21 @@ impl FeedForward {
         act: Activation,
         vb: VarBuilder,
     ) -> Result<Self> {
+        Self::with_bias(dim, inner, out, act, true, vb)
+    }
+
+    /// `FeedForward(..., bias=bias)`: LTX-2.3's feed-forwards have no biases.
+    pub(crate) fn with_bias(
+        dim: usize,
+        inner: usize,
+        out: usize,
+        act: Activation,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            proj: linear(dim, inner, true, vb.pp("net").pp(0).pp("proj"))?,
-            out: linear(inner, out, true, vb.pp("net").pp(2))?,
+            proj: linear(dim, inner, bias, vb.pp("net").pp(0).pp("proj"))?,
+            out: linear(inner, out, bias, vb.pp("net").pp(2))?,
             act,
         })
     }
