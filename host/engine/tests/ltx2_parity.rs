@@ -5,3 +5,7 @@
 
 #[path = "ltx2/transformer.rs"]
 mod transformer;
+#[path = "ltx2/connectors.rs"]
+mod connectors;
+#[path = "ltx2/latent_upsampler.rs"]
+mod latent_upsampler;

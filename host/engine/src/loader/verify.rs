@@ -320,6 +320,15 @@ fn build_with(
             let cfg: flux2::vae::AutoencoderKLFlux2Config = super::read_config(&config)?;
             flux2::vae::AutoencoderKLFlux2::new(&cfg, vb)?;
         }
+        ComponentClass::LTX2TextConnectors => {
+            let cfg: ltx2::connectors::LTX2TextConnectorsConfig = super::read_config(&config)?;
+            ltx2::connectors::LTX2TextConnectors::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2LatentUpsamplerModel => {
+            let cfg: ltx2::latent_upsampler::LTX2LatentUpsamplerConfig =
+                super::read_config(&config)?;
+            ltx2::latent_upsampler::LTX2LatentUpsamplerModel::new(&cfg, vb)?;
+        }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;
             crate::text::model::LanguageModel::new(&cfg, vb)?;

@@ -3,3 +3,5 @@
 
 pub mod rope;
 pub mod transformer;
+pub mod connectors;
+pub mod latent_upsampler;
