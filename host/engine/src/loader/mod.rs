@@ -95,6 +95,8 @@ pub enum ComponentClass {
     AutoencoderKL,
     /// FLUX.2's image VAE: `AutoencoderKL`'s encoder and decoder plus BatchNorm statistics.
     AutoencoderKLFlux2,
+    /// LTX-2's causal 3-D video VAE.
+    AutoencoderKLLTX2Video,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -118,6 +120,7 @@ impl ComponentClass {
         "AutoencoderKLWan",
         "AutoencoderKL",
         "AutoencoderKLFlux2",
+        "AutoencoderKLLTX2Video",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -144,6 +147,7 @@ impl ComponentClass {
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
             "AutoencoderKL" => Self::AutoencoderKL,
             "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
+            "AutoencoderKLLTX2Video" => Self::AutoencoderKLLTX2Video,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
             | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
@@ -166,6 +170,7 @@ impl ComponentClass {
                 | Self::AutoencoderKLWan
                 | Self::AutoencoderKL
                 | Self::AutoencoderKLFlux2
+                | Self::AutoencoderKLLTX2Video
                 | Self::LanguageModel(_)
         )
     }

@@ -6,7 +6,7 @@
 use super::single_file::SingleFile;
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::families::{flux, flux2};
+use crate::families::{flux, flux2, ltx2};
 use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
@@ -315,6 +315,10 @@ fn build_with(
         ComponentClass::AutoencoderKLFlux2 => {
             let cfg: flux2::vae::AutoencoderKLFlux2Config = super::read_config(&config)?;
             flux2::vae::AutoencoderKLFlux2::new(&cfg, vb)?;
+        }
+        ComponentClass::AutoencoderKLLTX2Video => {
+            let cfg: ltx2::video_vae::AutoencoderKLLTX2VideoConfig = super::read_config(&config)?;
+            ltx2::video_vae::AutoencoderKLLTX2Video::new(&cfg, vb)?;
         }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;

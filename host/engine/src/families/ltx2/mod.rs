@@ -1,2 +1,4 @@
 //! LTX-2 (diffusers `transformer_ltx2.py`, `autoencoder_kl_ltx2.py`, `autoencoder_kl_ltx2_audio.py`,
 //! `pipelines/ltx2/`): one model for video and its sound.
+
+pub mod video_vae;
