@@ -6,7 +6,7 @@
 //! bias added in place where the `cudnn` feature covers the input, candle's conv2d otherwise), so
 //! every model gets the fast path from one place.
 
-use candle_core::{Module, Result, Tensor, bail};
+use candle_core::{DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::FrameConv;
 
@@ -246,6 +246,17 @@ impl Module for Conv3d {
             padded = self.mode.pad_spatial(x, self.pad)?;
             &padded
         };
+        if x.device().is_cpu() && x.dtype() == DType::BF16 {
+            // candle's CPU convolution has no bf16 matmul: convolve in f32, round once.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            return crate::fused::frame_conv(
+                &f32(x)?,
+                &f32(&self.weight)?,
+                &f32(&self.bias)?,
+                self.spec,
+            )?
+            .to_dtype(DType::BF16);
+        }
         crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
     }
 }

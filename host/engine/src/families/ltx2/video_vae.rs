@@ -394,9 +394,8 @@ impl Upsampler3d {
         mode: PaddingMode,
     ) -> Result<Self> {
         let factor = stride.0 * stride.1 * stride.2;
-        let conv_out = in_channels * factor / upscale_factor.max(1);
-        if upscale_factor == 0
-            || !(in_channels * factor).is_multiple_of(upscale_factor)
+        let conv_out = in_channels * factor / upscale_factor;
+        if !(in_channels * factor).is_multiple_of(upscale_factor)
             || !conv_out.is_multiple_of(factor)
             || (residual
                 && (!in_channels.is_multiple_of(factor) || !factor.is_multiple_of(upscale_factor)))
@@ -601,7 +600,7 @@ impl Encoder3d {
             mode,
         )?;
         let mut down_blocks = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, &scaled) in scaling.iter().enumerate().take(n) {
             let vb = vb.pp(format!("down_blocks.{i}"));
             if config.down_block_types[i] != "LTX2VideoDownBlock3D" {
                 bail!("unknown down block type `{}`", config.down_block_types[i]);
@@ -615,7 +614,7 @@ impl Encoder3d {
                 .collect::<Result<_>>()?;
             let kind = config.downsample_type[i].as_str();
             let down_vb = vb.pp("downsamplers.0");
-            let downsampler = match (scaling[i], kind, resample_stride(kind)) {
+            let downsampler = match (scaled, kind, resample_stride(kind)) {
                 (false, _, _) => None,
                 (true, "conv", _) => Some(Downsampler::Conv(CausalConv3d::new(
                     down_vb, channels, channels, 2, mode,
@@ -633,7 +632,7 @@ impl Encoder3d {
             } else {
                 channels
             };
-            if produced != out && i + 1 < n {
+            if produced != out {
                 bail!(
                     "encoder block {i} keeps {channels} channels, but block_out_channels[{i}] is \
                      {out}: the next block would not fit"
@@ -685,10 +684,16 @@ struct Decoder3d {
     mid_block: MidBlock3d,
     up_blocks: Vec<UpBlock3d>,
     conv_out: CausalConv3d,
-    timestep_scale_multiplier: Option<Tensor>,
-    time_embedder: Option<TimeEmbedder>,
+    conditioning: Option<DecoderConditioning>,
+}
+
+/// What a timestep-conditioned decoder adds: the timestep's scale and the modulation of its last
+/// norm.
+struct DecoderConditioning {
+    timestep_scale_multiplier: Tensor,
+    time_embedder: TimeEmbedder,
     /// `[2, C]`: shift, scale.
-    scale_shift_table: Option<Tensor>,
+    scale_shift_table: Tensor,
 }
 
 impl Decoder3d {
@@ -776,7 +781,7 @@ impl Decoder3d {
                     input_channel,
                     output_channel,
                     eps,
-                    conditioned,
+                    false,
                     mode,
                 )?)
             } else {
@@ -840,14 +845,17 @@ impl Decoder3d {
                 1,
                 mode,
             )?,
-            timestep_scale_multiplier: conditioned
-                .then(|| vb.get((), "timestep_scale_multiplier"))
-                .transpose()?,
-            time_embedder: conditioned
-                .then(|| TimeEmbedder::new(vb.pp("time_embedder"), output_channel * 2))
-                .transpose()?,
-            scale_shift_table: conditioned
-                .then(|| vb.get((2, output_channel), "scale_shift_table"))
+            conditioning: conditioned
+                .then(|| -> Result<DecoderConditioning> {
+                    Ok(DecoderConditioning {
+                        timestep_scale_multiplier: vb.get((), "timestep_scale_multiplier")?,
+                        time_embedder: TimeEmbedder::new(
+                            vb.pp("time_embedder"),
+                            output_channel * 2,
+                        )?,
+                        scale_shift_table: vb.get((2, output_channel), "scale_shift_table")?,
+                    })
+                })
                 .transpose()?,
         })
     }
@@ -856,21 +864,25 @@ impl Decoder3d {
     fn forward(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
         let causal = self.causal;
         let mut h = self.conv_in.forward(z, causal)?;
-        let timestep = match (&self.timestep_scale_multiplier, timestep) {
-            (Some(multiplier), Some(t)) => {
+        let timestep = match (&self.conditioning, timestep) {
+            (Some(c), Some(t)) => {
+                let multiplier = &c.timestep_scale_multiplier;
                 Some(t.to_dtype(multiplier.dtype())?.broadcast_mul(multiplier)?)
             }
-            _ => None,
+            (Some(_), None) => {
+                bail!("the decoder is timestep-conditioned: decode needs a timestep")
+            }
+            (None, _) => None,
         };
         h = self.mid_block.forward(&h, timestep.as_ref(), causal)?;
         for block in &self.up_blocks {
             h = block.forward(&h, timestep.as_ref(), causal)?;
         }
         let mut normed = per_channel_rms_norm(&h)?;
-        if let (Some(embedder), Some(table)) = (&self.time_embedder, &self.scale_shift_table) {
-            let temb = embed(Some(embedder), timestep.as_ref(), &h)?.expect("embedded");
-            let shift = table_row(&temb, table, 0)?;
-            let scale = table_row(&temb, table, 1)?;
+        if let (Some(c), Some(t)) = (&self.conditioning, &timestep) {
+            let temb = c.time_embedder.forward(t, &h)?;
+            let shift = table_row(&temb, &c.scale_shift_table, 0)?;
+            let scale = table_row(&temb, &c.scale_shift_table, 1)?;
             normed = modulate(&normed, &shift, &scale)?;
         }
         let h = self
@@ -1088,12 +1100,12 @@ impl AutoencoderKLLTX2Video {
     }
 
     /// `[B, C, F, H, W]` -> frames-major in the model's dtype and device, checking `C`.
-    fn frames_major(&self, x: &Tensor, channels: usize, what: &str, names: &str) -> Result<Tensor> {
+    fn frames_major(&self, x: &Tensor, channels: usize, what: &str) -> Result<Tensor> {
         match x.dims() {
             &[_, c, _, _, _] if c == channels => {}
-            dims => {
-                bail!("{what}: input has shape {dims:?}, expected [batch, {channels}, {names}]")
-            }
+            dims => bail!(
+                "{what}: input has shape {dims:?}, expected [batch, {channels}, frames, height, width]"
+            ),
         }
         x.to_device(&self.device)?
             .to_dtype(self.dtype)?
@@ -1105,12 +1117,7 @@ impl AutoencoderKLLTX2Video {
     /// `[B, latent_channels, 1 + k, H / 32, W / 32]` (published ratios), unnormalised, in the
     /// model's dtype (`vae.encode(x).latent_dist.mode()`).
     pub fn encode(&self, sample: &Tensor) -> Result<Tensor> {
-        let x = self.frames_major(
-            sample,
-            self.config.in_channels,
-            "encode",
-            "frames, height, width",
-        )?;
+        let x = self.frames_major(sample, self.config.in_channels, "encode")?;
         let moments = self.encode_frames(&x)?;
         moments
             .narrow(2, 0, self.config.latent_channels)?
@@ -1207,12 +1214,7 @@ impl AutoencoderKLLTX2Video {
     /// the pipeline's `decode_timestep`) is required where the decoder is timestep-conditioned
     /// and ignored otherwise, as in the reference.
     pub fn decode(&self, latents: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
-        let z = self.frames_major(
-            latents,
-            self.config.latent_channels,
-            "decode",
-            "frames, height, width",
-        )?;
+        let z = self.frames_major(latents, self.config.latent_channels, "decode")?;
         let batch = z.dim(0)?;
         let timestep = match timestep {
             Some(t) if self.config.timestep_conditioning => {
