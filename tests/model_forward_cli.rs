@@ -261,6 +261,85 @@ fn model_forward_on_latents_of_the_wrong_shape_names_the_shape_in_one_line() {
 }
 
 #[test]
+fn model_forward_decodes_and_encodes_with_the_ltx2_video_vae() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The timestep-conditioned decoder (inputs `latents` and `timestep`), then an encode.
+    for (name, method, input, output, key) in [
+        (
+            "ltx2-video-vae-odd",
+            "decode",
+            "inputs",
+            "outputs",
+            "sample",
+        ),
+        (
+            "ltx2-video-vae-tiny",
+            "encode",
+            "encode_inputs",
+            "encode_outputs",
+            "latents",
+        ),
+    ] {
+        let dir = fixture(name);
+        let out = tmp.path().join(format!("{name}-{method}.safetensors"));
+        let result = forward(
+            &dir.join("model"),
+            &dir.join(format!("{input}.safetensors")),
+            &out,
+            &["--json", "--method", method],
+        );
+        assert!(
+            result.status.success(),
+            "{name} {method}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["outputs"][0]["name"], key, "{name} {method}");
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join(format!("{output}.safetensors")), &Device::Cpu)
+                .unwrap();
+        let err = relative_error(&got[key], &expected[key]);
+        assert!(err <= 1e-4, "{name} {method}: relative error {err:e}");
+    }
+    // Latents of the wrong width: one line naming their shape and the expected one.
+    let bad = tmp.path().join("five_channels.safetensors");
+    let latents = Tensor::zeros((1, 5, 2, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents", latents)]),
+        &bad,
+    )
+    .unwrap();
+    let result = forward(
+        &fixture("ltx2-video-vae-tiny").join("model"),
+        &bad,
+        &tmp.path().join("bad.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("[1, 5, 2, 3, 3]") && line.contains("[batch, 4, frames, height, width]"),
+        "{line}"
+    );
+    let result = forward(
+        &fixture("ltx2-video-vae-odd").join("model"),
+        &fixture("ltx2-video-vae-tiny").join("encode_inputs.safetensors"),
+        &tmp.path().join("bad.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(line.contains("no tensor `latents`"), "{line}");
+    let result = forward(
+        &fixture("ltx2-video-vae-tiny").join("model"),
+        &fixture("ltx2-video-vae-tiny").join("encode_outputs.safetensors"),
+        &tmp.path().join("bad.safetensors"),
+        &["--method", "encode"],
+    );
+    let line = one_error_line(&result);
+    assert!(line.contains("no tensor `sample`"), "{line}");
+}
+
+#[test]
 fn model_forward_in_bf16_stays_close_to_the_f32_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");

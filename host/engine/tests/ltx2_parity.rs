@@ -3,9 +3,11 @@
 //! most 1e-4 per component (tests/fixtures/components/TOLERANCES.md). One test binary for the
 //! family, one module per component.
 
-#[path = "ltx2/transformer.rs"]
-mod transformer;
 #[path = "ltx2/connectors.rs"]
 mod connectors;
 #[path = "ltx2/latent_upsampler.rs"]
 mod latent_upsampler;
+#[path = "ltx2/transformer.rs"]
+mod transformer;
+#[path = "ltx2/video_vae.rs"]
+mod video_vae;

@@ -101,6 +101,8 @@ pub enum ComponentClass {
     LTX2TextConnectors,
     /// LTX-2's latent upsampler.
     LTX2LatentUpsamplerModel,
+    /// LTX-2's causal 3-D video VAE.
+    AutoencoderKLLTX2Video,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -127,6 +129,7 @@ impl ComponentClass {
         "AutoencoderKLFlux2",
         "LTX2TextConnectors",
         "LTX2LatentUpsamplerModel",
+        "AutoencoderKLLTX2Video",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -156,6 +159,7 @@ impl ComponentClass {
             "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
             "LTX2TextConnectors" => Self::LTX2TextConnectors,
             "LTX2LatentUpsamplerModel" => Self::LTX2LatentUpsamplerModel,
+            "AutoencoderKLLTX2Video" => Self::AutoencoderKLLTX2Video,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
             | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
@@ -181,6 +185,7 @@ impl ComponentClass {
                 | Self::AutoencoderKLFlux2
                 | Self::LTX2TextConnectors
                 | Self::LTX2LatentUpsamplerModel
+                | Self::AutoencoderKLLTX2Video
                 | Self::LanguageModel(_)
         )
     }

@@ -329,6 +329,10 @@ fn build_with(
                 super::read_config(&config)?;
             ltx2::latent_upsampler::LTX2LatentUpsamplerModel::new(&cfg, vb)?;
         }
+        ComponentClass::AutoencoderKLLTX2Video => {
+            let cfg: ltx2::video_vae::AutoencoderKLLTX2VideoConfig = super::read_config(&config)?;
+            ltx2::video_vae::AutoencoderKLLTX2Video::new(&cfg, vb)?;
+        }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;
             crate::text::model::LanguageModel::new(&cfg, vb)?;

@@ -1,12 +1,12 @@
-//! The convolutions of the image and video models (upscalers, RIFE, the image VAEs, the latent
-//! upsamplers): `nn.Conv2d` with "same" padding (`kernel / 2`, or any other) and any stride, the
-//! `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)` RIFE upsamples with, the zero-padded
-//! `nn.Conv3d` of `[B, C, T, H, W]` tensors, and the N-D pixel shuffles. The convolutions run
-//! through the engine's convolution dispatch point (`fused::frame_conv`: cuDNN with the bias added
-//! in place where the `cudnn` feature covers the input, candle's conv2d otherwise), so every
-//! model gets the fast path from one place.
+//! The convolutions of the image and video models (upscalers, RIFE, the image VAEs, the video
+//! VAEs and latent upsamplers): `nn.Conv2d` with "same" padding (`kernel / 2`, or any other) and
+//! any stride, the `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)` RIFE upsamples with, and
+//! `nn.Conv3d` over frames-major video with torch's spatial padding modes. All run through the
+//! engine's convolution dispatch point (`fused::frame_conv`: cuDNN with the bias added in place
+//! where the `cudnn` feature covers the input, candle's conv2d otherwise), so every model gets the
+//! fast path from one place.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::FrameConv;
 
@@ -103,90 +103,6 @@ impl Module for Conv2d {
     }
 }
 
-/// `nn.Conv3d(in, out, kernel, padding=kernel // 2)` (cubic kernel, stride 1, zeros padded on
-/// every side, time included) on `[B, C, T, H, W]` tensors: per-frame 2-D convolutions over the
-/// temporal taps ([`FrameConv`]).
-pub struct Conv3d {
-    /// `[out, kernel * in, kernel, kernel]`: the temporal taps in front of the input channels.
-    weight: Tensor,
-    bias: Tensor,
-    spec: FrameConv,
-}
-
-impl Conv3d {
-    /// Reads `weight` [out, in, k, k, k] and `bias` [out] under `vb`.
-    pub fn load(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-    ) -> Result<Self> {
-        let weight = vb
-            .get(
-                (out_channels, in_channels, kernel, kernel, kernel),
-                "weight",
-            )?
-            .permute((0, 2, 1, 3, 4))?
-            .reshape((out_channels, kernel * in_channels, kernel, kernel))?;
-        Ok(Self {
-            weight,
-            bias: vb.get(out_channels, "bias")?,
-            spec: FrameConv {
-                taps: kernel,
-                stride_t: 1,
-                pad: kernel / 2,
-                stride: 1,
-            },
-        })
-    }
-}
-
-impl Module for Conv3d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pad = self.spec.pad;
-        let frames = x
-            .permute((0, 2, 1, 3, 4))?
-            .pad_with_zeros(1, pad, pad)?
-            .contiguous()?;
-        crate::fused::frame_conv(&frames, &self.weight, &self.bias, self.spec)?
-            .permute((0, 2, 1, 3, 4))?
-            .contiguous()
-    }
-}
-
-/// `[b, c·p1·p2·p3, d, h, w]` -> `[b, c, d·p1, h·p2, w·p3]`: the spatio-temporal pixel shuffle
-/// (diffusers' `PixelShuffleND(3)`).
-pub fn pixel_shuffle_3d(x: &Tensor, factors: [usize; 3]) -> Result<Tensor> {
-    let (b, cp, d, h, w) = x.dims5()?;
-    let [p1, p2, p3] = factors;
-    if !cp.is_multiple_of(p1 * p2 * p3) {
-        candle_core::bail!(
-            "pixel shuffle by {factors:?}: {cp} channels of {:?} do not split",
-            x.dims()
-        );
-    }
-    let c = cp / (p1 * p2 * p3);
-    x.reshape(vec![b, c, p1, p2, p3, d, h, w])?
-        .permute([0, 1, 5, 2, 6, 3, 7, 4])?
-        .contiguous()?
-        .reshape((b, c, d * p1, h * p2, w * p3))
-}
-
-/// `[b, c·p, f, h, w]` -> `[b, c, f·p, h, w]`: the temporal pixel shuffle (`PixelShuffleND(1)`).
-pub fn pixel_shuffle_temporal(x: &Tensor, factor: usize) -> Result<Tensor> {
-    let (b, cp, f, h, w) = x.dims5()?;
-    if !cp.is_multiple_of(factor) {
-        candle_core::bail!(
-            "temporal pixel shuffle by {factor}: {cp} channels of {:?} do not split",
-            x.dims()
-        );
-    }
-    x.reshape(vec![b, cp / factor, factor, f, h, w])?
-        .permute([0, 1, 3, 2, 4, 5])?
-        .contiguous()?
-        .reshape((b, cp / factor, f * factor, h, w))
-}
-
 /// `nn.ConvTranspose2d(in, out, kernel_size=4, stride=2, padding=1)`, computed as a 3x3
 /// convolution to `4·out` channels followed by a 2x pixel shuffle (the sub-pixel form: each of
 /// the four output phases reads a 2x2 window of the kernel). Exact, and it runs on the same
@@ -249,6 +165,123 @@ fn sub_pixel_weight(weight: &Tensor) -> Result<Tensor> {
     Tensor::stack(&phases, 1)?.reshape((out_channels * 4, in_channels, 3, 3))
 }
 
+/// How `nn.Conv3d`'s `padding_mode` fills the spatial border.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaddingMode {
+    Zeros,
+    Reflect,
+    Replicate,
+}
+
+impl PaddingMode {
+    /// By torch's names (`circular` is not supported).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "zeros" => Self::Zeros,
+            "reflect" => Self::Reflect,
+            "replicate" => Self::Replicate,
+            _ => return None,
+        })
+    }
+
+    /// `x` `[B, T, C, H, W]` padded by `pad` pixels on each side of H and W.
+    fn pad_spatial(self, x: &Tensor, pad: usize) -> Result<Tensor> {
+        let mut x = x.clone();
+        for dim in [3, 4] {
+            x = match self {
+                Self::Zeros => x.pad_with_zeros(dim, pad, pad)?,
+                Self::Replicate => x.pad_with_same(dim, pad, pad)?,
+                Self::Reflect => {
+                    let n = x.dim(dim)?;
+                    if pad >= n {
+                        bail!(
+                            "reflect padding by {pad} needs more than {pad} pixels, input is {:?}",
+                            x.dims()
+                        );
+                    }
+                    let last = n as i64 - 1;
+                    let index: Vec<u32> = (-(pad as i64)..=last + pad as i64)
+                        .map(|i| i.abs().min(2 * last - i) as u32)
+                        .collect();
+                    x.index_select(&Tensor::new(index.as_slice(), x.device())?, dim)?
+                }
+            };
+        }
+        Ok(x)
+    }
+}
+
+/// `nn.Conv3d(in, out, (kt, k, k), stride=(st, s, s), padding=(0, k / 2, k / 2), padding_mode)`
+/// over frames-major video `[B, T, C, H, W]`: time is not padded (callers pad it as their model
+/// does).
+pub struct Conv3d {
+    /// `[out, kt·in, k, k]`: the temporal taps in front of the input channels ([`FrameConv`]).
+    weight: Tensor,
+    bias: Tensor,
+    spec: FrameConv,
+    mode: PaddingMode,
+    pad: usize,
+}
+
+impl Conv3d {
+    /// Reads `weight` [out, in, kt, k, k] and `bias` [out] under `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        (kt, k): (usize, usize),
+        (stride_t, stride): (usize, usize),
+        mode: PaddingMode,
+    ) -> Result<Self> {
+        let weight = vb
+            .get((out_channels, in_channels, kt, k, k), "weight")?
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((out_channels, kt * in_channels, k, k))?;
+        let pad = k / 2;
+        Ok(Self {
+            weight,
+            bias: vb.get(out_channels, "bias")?,
+            spec: FrameConv {
+                taps: kt,
+                stride_t,
+                pad: if mode == PaddingMode::Zeros { pad } else { 0 },
+                stride,
+            },
+            mode,
+            pad,
+        })
+    }
+
+    /// Temporal taps of the kernel.
+    pub fn kernel_t(&self) -> usize {
+        self.spec.taps
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let padded;
+        let x = if self.mode == PaddingMode::Zeros || self.pad == 0 {
+            x
+        } else {
+            padded = self.mode.pad_spatial(x, self.pad)?;
+            &padded
+        };
+        let dtype = conv_dtype(x);
+        if dtype != x.dtype() {
+            let up = |t: &Tensor| t.to_dtype(dtype);
+            return crate::fused::frame_conv(
+                &up(x)?,
+                &up(&self.weight)?,
+                &up(&self.bias)?,
+                self.spec,
+            )?
+            .to_dtype(x.dtype());
+        }
+        crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +338,44 @@ mod tests {
         let got = conv.scaled_per_channel(&beta).unwrap().forward(&x).unwrap();
         let err = crate::models::relative_error(&got, &expected).unwrap();
         assert!(err < 1e-6, "relative error {err:e}");
+    }
+
+    #[test]
+    fn spatial_padding_modes_pad_like_torch() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 6.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 2, 3))
+            .unwrap();
+        let rows = |mode: PaddingMode| {
+            mode.pad_spatial(&x, 1)
+                .unwrap()
+                .reshape((4, 5))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        // torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect") / "replicate".
+        assert_eq!(
+            rows(PaddingMode::Reflect),
+            [
+                [4., 3., 4., 5., 4.],
+                [1., 0., 1., 2., 1.],
+                [4., 3., 4., 5., 4.],
+                [1., 0., 1., 2., 1.]
+            ]
+        );
+        assert_eq!(
+            rows(PaddingMode::Replicate),
+            [
+                [0., 0., 1., 2., 2.],
+                [0., 0., 1., 2., 2.],
+                [3., 3., 4., 5., 5.],
+                [3., 3., 4., 5., 5.]
+            ]
+        );
+        let one_row = x.narrow(3, 0, 1).unwrap();
+        let err = PaddingMode::Reflect.pad_spatial(&one_row, 1).unwrap_err();
+        assert!(err.to_string().contains("[1, 1, 1, 1, 3]"), "{err}");
     }
 }

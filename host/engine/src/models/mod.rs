@@ -13,6 +13,7 @@ mod group_norm;
 pub(crate) mod joint_attention;
 mod linear;
 pub(crate) mod normalization;
+pub mod pixel_shuffle;
 pub(crate) mod rope;
 pub mod t5;
 pub(crate) mod vit;

@@ -8,7 +8,7 @@ use videosdgx_engine::families::ltx2::latent_upsampler::{
     BlurDownsample, LTX2LatentUpsamplerModel, adain_filter_latent, denormalize_latents,
     normalize_latents, tone_map_latents, unpack_latents,
 };
-use videosdgx_engine::models::conv::{pixel_shuffle_3d, pixel_shuffle_temporal};
+use videosdgx_engine::models::pixel_shuffle::pixel_shuffle_3d;
 use videosdgx_engine::models::relative_error;
 
 const TOLERANCE: f64 = 1e-4;
@@ -130,9 +130,11 @@ fn the_upsample_pipeline_steps_match_diffusers() {
         let got = blur.forward(&frames.narrow(2, frame, 1).unwrap().squeeze(2).unwrap());
         assert_close(key, &got.unwrap(), &expected[key]);
     }
-    let shuffled = pixel_shuffle_3d(&inputs["shuffle3d"], [2, 2, 2]).unwrap();
+    // `PixelShuffleND` is channels-major; the engine's shuffle works on frames-major video.
+    let swap = |x: &Tensor| x.permute((0, 2, 1, 3, 4)).unwrap().contiguous().unwrap();
+    let shuffled = swap(&pixel_shuffle_3d(&swap(&inputs["shuffle3d"]), (2, 2, 2)).unwrap());
     assert_close("shuffle3d", &shuffled, &expected["shuffle3d"]);
-    let shuffled = pixel_shuffle_temporal(&inputs["shuffle1d"], 3).unwrap();
+    let shuffled = swap(&pixel_shuffle_3d(&swap(&inputs["shuffle1d"]), (3, 1, 1)).unwrap());
     assert_close("shuffle1d", &shuffled, &expected["shuffle1d"]);
 
     let err = denormalize_latents(latents, &mean.narrow(0, 0, 3).unwrap(), std, 1.0)

@@ -11,7 +11,8 @@
 
 use crate::loader::LoadError;
 use crate::models::GroupNorm;
-use crate::models::conv::{Conv2d, Conv3d, conv_dtype, pixel_shuffle_3d, pixel_shuffle_temporal};
+use crate::models::conv::{Conv2d, Conv3d, PaddingMode, conv_dtype};
+use crate::models::pixel_shuffle::pixel_shuffle_3d;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -103,10 +104,47 @@ impl LTX2LatentUpsamplerConfig {
     }
 }
 
+/// `nn.Conv3d(in, out, 3, padding=1)` on videos `[B, C, F, H, W]`: the frames-major [`Conv3d`]
+/// with time zero-padded too.
+struct VideoConv(Conv3d);
+
+impl VideoConv {
+    fn load(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let conv = Conv3d::load(
+            vb,
+            in_channels,
+            out_channels,
+            (3, 3),
+            (1, 1),
+            PaddingMode::Zeros,
+        )?;
+        Ok(Self(conv))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let frames = x
+            .permute((0, 2, 1, 3, 4))?
+            .pad_with_zeros(1, 1, 1)?
+            .contiguous()?;
+        self.0
+            .forward(&frames)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+}
+
+/// `PixelShuffleND` of videos `[B, C·st·sh·sw, F, H, W]` -> `[B, C, F·st, H·sh, W·sw]`.
+fn shuffle_video(x: &Tensor, factors: (usize, usize, usize)) -> Result<Tensor> {
+    let frames = x.permute((0, 2, 1, 3, 4))?.contiguous()?;
+    pixel_shuffle_3d(&frames, factors)?
+        .permute((0, 2, 1, 3, 4))?
+        .contiguous()
+}
+
 /// A 2-D convolution of frames `[N, C, H, W]` or a 3-D one of videos `[B, C, F, H, W]`, by `dims`.
 enum ConvNd {
     Two(Conv2d),
-    Three(Conv3d),
+    Three(VideoConv),
 }
 
 impl ConvNd {
@@ -115,7 +153,7 @@ impl ConvNd {
         Ok(if dims == 2 {
             Self::Two(Conv2d::load(vb, in_channels, out_channels, 3, 1, true)?)
         } else {
-            Self::Three(Conv3d::load(vb, in_channels, out_channels, 3)?)
+            Self::Three(VideoConv::load(vb, in_channels, out_channels)?)
         })
     }
 
@@ -225,17 +263,17 @@ enum Upsampler {
     /// `Conv2d(mid, 4·mid)` + `PixelShuffleND(2)`, per frame.
     Spatial(Conv2d),
     /// `Conv3d(mid, 2·mid)` + `PixelShuffleND(1)`.
-    Temporal(Conv3d),
+    Temporal(VideoConv),
     /// `Conv3d(mid, 8·mid)` + `PixelShuffleND(3)`.
-    SpatioTemporal(Conv3d),
+    SpatioTemporal(VideoConv),
 }
 
 impl Upsampler {
     fn new(cfg: &LTX2LatentUpsamplerConfig, vb: VarBuilder) -> Result<Self> {
         let mid = cfg.mid_channels;
         Ok(match (cfg.spatial_upsample, cfg.temporal_upsample) {
-            (true, true) => Self::SpatioTemporal(Conv3d::load(vb.pp(0), mid, 8 * mid, 3)?),
-            (false, true) => Self::Temporal(Conv3d::load(vb.pp(0), mid, 2 * mid, 3)?),
+            (true, true) => Self::SpatioTemporal(VideoConv::load(vb.pp(0), mid, 8 * mid)?),
+            (false, true) => Self::Temporal(VideoConv::load(vb.pp(0), mid, 2 * mid)?),
             _ if cfg.use_rational_resampler => {
                 let (num, den) = cfg.rational().map_err(candle_core::Error::Msg)?;
                 Self::Rational {
@@ -257,8 +295,8 @@ impl Upsampler {
                 blur_down,
             } => blur_down.forward(&candle_nn::ops::pixel_shuffle(&conv.forward(x)?, *num)?),
             Self::Spatial(conv) => candle_nn::ops::pixel_shuffle(&conv.forward(x)?, 2),
-            Self::Temporal(conv) => pixel_shuffle_temporal(&conv.forward(x)?, 2),
-            Self::SpatioTemporal(conv) => pixel_shuffle_3d(&conv.forward(x)?, [2, 2, 2]),
+            Self::Temporal(conv) => shuffle_video(&conv.forward(x)?, (2, 1, 1)),
+            Self::SpatioTemporal(conv) => shuffle_video(&conv.forward(x)?, (2, 2, 2)),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! chunked results equal the reference's; it must never be "simplified" into a plain causal conv.
 
 use crate::fused::profile::section;
+use crate::models::pixel_shuffle::pixel_unshuffle_3d;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::FrameConv;
@@ -535,15 +536,10 @@ impl AvgDown3d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (ft, fs) = (self.factor_t, self.factor_s);
         let pad_t = (ft - frames(x) % ft) % ft;
-        let x = x.pad_with_zeros(1, pad_t, 0)?;
-        let (b, t, c, h, w) = x.dims5()?;
-        let (t2, h2, w2) = (t / ft, h / fs, w / fs);
-        let x = x
-            .reshape(vec![b, t2, ft, c, h2, fs, w2, fs])?
-            .permute([0, 1, 3, 2, 5, 7, 4, 6])?
-            .contiguous()?;
-        let group = c * ft * fs * fs / self.out_c;
-        x.reshape((b, t2, self.out_c, group, h2, w2))?.mean(3)
+        let x = pixel_unshuffle_3d(&x.pad_with_zeros(1, pad_t, 0)?, (ft, fs, fs))?;
+        let (b, t2, c, h2, w2) = x.dims5()?;
+        x.reshape((b, t2, self.out_c, c / self.out_c, h2, w2))?
+            .mean(3)
     }
 }
 

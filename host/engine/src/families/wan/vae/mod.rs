@@ -10,6 +10,7 @@
 mod coder;
 mod layers;
 
+use crate::models::pixel_shuffle::{patchify, unpatchify};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -270,29 +271,4 @@ impl AutoencoderKLWan {
         let (mean, inv_std) = self.latent_stats(latents)?;
         Ok(latents.broadcast_div(&inv_std)?.broadcast_add(&mean)?)
     }
-}
-
-/// `[b, f, c, h, w]` -> `[b, f, c*p*p, h/p, w/p]`, channel order (c, w-offset, h-offset) as the reference.
-fn patchify(x: &Tensor, p: usize) -> candle_core::Result<Tensor> {
-    if p == 1 {
-        return Ok(x.clone());
-    }
-    let (b, f, c, h, w) = x.dims5()?;
-    x.reshape(vec![b, f, c, h / p, p, w / p, p])?
-        .permute([0, 1, 2, 6, 4, 3, 5])?
-        .contiguous()?
-        .reshape((b, f, c * p * p, h / p, w / p))
-}
-
-/// Inverse of [`patchify`].
-fn unpatchify(x: &Tensor, p: usize) -> candle_core::Result<Tensor> {
-    if p == 1 {
-        return Ok(x.clone());
-    }
-    let (b, f, cp, h, w) = x.dims5()?;
-    let c = cp / (p * p);
-    x.reshape(vec![b, f, c, p, p, h, w])?
-        .permute([0, 1, 2, 5, 4, 6, 3])?
-        .contiguous()?
-        .reshape((b, f, c, h * p, w * p))
 }
