@@ -95,6 +95,12 @@ pub enum ComponentClass {
     AutoencoderKL,
     /// FLUX.2's image VAE: `AutoencoderKL`'s encoder and decoder plus BatchNorm statistics.
     AutoencoderKLFlux2,
+    /// LTX-2's audio VAE over mel spectrograms.
+    AutoencoderKLLTX2Audio,
+    /// LTX-2's mel-to-waveform vocoder (saved from `pipelines/ltx2`).
+    LTX2Vocoder,
+    /// LTX-2.X's vocoder with bandwidth extension.
+    LTX2VocoderWithBWE,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -118,6 +124,9 @@ impl ComponentClass {
         "AutoencoderKLWan",
         "AutoencoderKL",
         "AutoencoderKLFlux2",
+        "AutoencoderKLLTX2Audio",
+        "LTX2Vocoder",
+        "LTX2VocoderWithBWE",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -144,6 +153,9 @@ impl ComponentClass {
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
             "AutoencoderKL" => Self::AutoencoderKL,
             "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
+            "AutoencoderKLLTX2Audio" => Self::AutoencoderKLLTX2Audio,
+            "LTX2Vocoder" => Self::LTX2Vocoder,
+            "LTX2VocoderWithBWE" => Self::LTX2VocoderWithBWE,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
             | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
@@ -166,6 +178,9 @@ impl ComponentClass {
                 | Self::AutoencoderKLWan
                 | Self::AutoencoderKL
                 | Self::AutoencoderKLFlux2
+                | Self::AutoencoderKLLTX2Audio
+                | Self::LTX2Vocoder
+                | Self::LTX2VocoderWithBWE
                 | Self::LanguageModel(_)
         )
     }

@@ -6,7 +6,7 @@
 use super::single_file::SingleFile;
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::families::{flux, flux2};
+use crate::families::{flux, flux2, ltx2};
 use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
@@ -261,6 +261,8 @@ fn ignorable(class: ComponentClass, tensor: &str) -> bool {
         }
         // The BatchNorm's (int64) step counter, which inference never reads.
         ComponentClass::AutoencoderKLFlux2 => tensor == "bn.num_batches_tracked",
+        // The inverse STFT basis, a persistent buffer that the forward pass never reads.
+        ComponentClass::LTX2VocoderWithBWE => tensor == "mel_stft.stft_fn.inverse_basis",
         _ => false,
     }
 }
@@ -315,6 +317,18 @@ fn build_with(
         ComponentClass::AutoencoderKLFlux2 => {
             let cfg: flux2::vae::AutoencoderKLFlux2Config = super::read_config(&config)?;
             flux2::vae::AutoencoderKLFlux2::new(&cfg, vb)?;
+        }
+        ComponentClass::AutoencoderKLLTX2Audio => {
+            let cfg: ltx2::audio_vae::AutoencoderKLLTX2AudioConfig = super::read_config(&config)?;
+            ltx2::audio_vae::AutoencoderKLLTX2Audio::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2Vocoder => {
+            let cfg: ltx2::vocoder::LTX2VocoderConfig = super::read_config(&config)?;
+            ltx2::vocoder::LTX2Vocoder::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2VocoderWithBWE => {
+            let cfg: ltx2::vocoder::LTX2VocoderWithBWEConfig = super::read_config(&config)?;
+            ltx2::vocoder::LTX2VocoderWithBWE::new(&cfg, vb)?;
         }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;

@@ -241,3 +241,16 @@ fn a_missing_tensor_or_an_unsupported_option_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn the_fixtures_verify_clean() {
+    for name in [
+        "ltx2-audio-vae-causal",
+        "ltx2-audio-vae-width",
+        "ltx2-vocoder-snake",
+        "ltx2-vocoder-bwe",
+    ] {
+        let report = videosdgx_engine::loader::verify(&fixture(name).join("model")).unwrap();
+        assert!(report.is_ok(), "{name}: {report:#?}");
+    }
+}
