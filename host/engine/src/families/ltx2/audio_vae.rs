@@ -564,6 +564,8 @@ pub struct AutoencoderKLLTX2Audio {
     /// Per packed feature (`latent_channels · latent mel bins`), `[base_channels]`.
     latents_mean: Tensor,
     latents_std: Tensor,
+    device: Device,
+    dtype: DType,
     config: AutoencoderKLLTX2AudioConfig,
 }
 
@@ -575,6 +577,8 @@ impl AutoencoderKLLTX2Audio {
             decoder: Decoder::new(config, vb.pp("decoder"))?,
             latents_mean: vb.get(config.base_channels, "latents_mean")?,
             latents_std: vb.get(config.base_channels, "latents_std")?,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
             config: config.clone(),
         })
     }
@@ -594,6 +598,24 @@ impl AutoencoderKLLTX2Audio {
 
     pub fn config(&self) -> &AutoencoderKLLTX2AudioConfig {
         &self.config
+    }
+
+    /// The dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `x` on the model's device and dtype, after checking it is `[batch, channels, frames,
+    /// mel_bins]`.
+    fn input(&self, x: &Tensor, what: &str, channels: usize) -> Result<Tensor> {
+        match x.dims() {
+            &[_, c, t, m] if c == channels && t > 0 && m > 0 => {
+                x.to_device(&self.device)?.to_dtype(self.dtype)
+            }
+            dims => candle_core::bail!(
+                "AutoencoderKLLTX2Audio.{what} has shape {dims:?}; expected [batch, {channels}, frames, mel_bins]"
+            ),
+        }
     }
 
     /// Mel frames per latent frame (`temporal_compression_ratio`).
@@ -646,14 +668,8 @@ impl AutoencoderKLLTX2Audio {
     /// `sample` `[batch, in_channels, frames, mel_bins]` -> the posterior mode
     /// `[batch, latent_channels, frames', mel_bins']`.
     pub fn encode(&self, sample: &Tensor) -> Result<Tensor> {
-        let in_channels = self.config.in_channels;
-        match sample.dims() {
-            &[_, c, t, m] if c == in_channels && t > 0 && m > 0 => {}
-            dims => candle_core::bail!(
-                "AutoencoderKLLTX2Audio.encode: sample has shape {dims:?}; expected [batch, {in_channels}, frames, mel_bins]"
-            ),
-        }
-        let moments = self.encoder.forward(sample)?;
+        let sample = self.input(sample, "encode: sample", self.config.in_channels)?;
+        let moments = self.encoder.forward(&sample)?;
         // `DiagonalGaussianDistribution.mode()`: the first half of the channels (torch.chunk).
         let channels = moments.dim(1)?;
         moments.narrow(1, 0, channels.div_ceil(2))
@@ -662,14 +678,8 @@ impl AutoencoderKLLTX2Audio {
     /// `latents` `[batch, latent_channels, frames, mel_bins']` -> the mel spectrogram
     /// `[batch, output_channels, 4·frames − 3, mel_bins]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let latent_channels = self.config.latent_channels;
-        match latents.dims() {
-            &[_, c, t, m] if c == latent_channels && t > 0 && m > 0 => {}
-            dims => candle_core::bail!(
-                "AutoencoderKLLTX2Audio.decode: latents have shape {dims:?}; expected [batch, {latent_channels}, frames, mel_bins]"
-            ),
-        }
-        self.decoder.forward(latents)
+        let latents = self.input(latents, "decode: latents", self.config.latent_channels)?;
+        self.decoder.forward(&latents)
     }
 
     /// `[B, C, L, M]` -> `[B, L, C·M]` (`_pack_audio_latents`).

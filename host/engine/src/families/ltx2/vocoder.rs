@@ -237,6 +237,8 @@ pub struct LTX2Vocoder {
     act_out: Activation,
     conv_out: Conv1d,
     final_act: FinalActivation,
+    device: Device,
+    dtype: DType,
     config: LTX2VocoderConfig,
 }
 
@@ -315,6 +317,8 @@ impl LTX2Vocoder {
             act_out,
             conv_out,
             final_act,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
             config: config.clone(),
         })
     }
@@ -330,6 +334,11 @@ impl LTX2Vocoder {
 
     pub fn config(&self) -> &LTX2VocoderConfig {
         &self.config
+    }
+
+    /// The dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Samples per second of the waveform it makes.
@@ -367,11 +376,10 @@ impl LTX2Vocoder {
                 "LTX2Vocoder: hidden_states has shape {dims:?}; expected {layout} with channels × mel_bins = {in_channels}"
             ),
         };
-        let x = if time_last {
-            hidden_states.clone()
-        } else {
-            hidden_states.transpose(2, 3)?
-        };
+        let x = hidden_states
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let x = if time_last { x } else { x.transpose(2, 3)? };
         let mut x = self
             .conv_in
             .forward(&x.contiguous()?.reshape((b, c * m, t))?)?;
