@@ -122,7 +122,11 @@ impl ConvTranspose1d {
 
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv_transpose1d(&self.weight, self.padding, 0, self.stride, 1, 1)?
+        // Unpadded, then cropped: candle's col2im path (a matmul, on the CPU and CUDA) only
+        // covers `padding = 0`; the padded form falls back to a direct loop.
+        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+        let len = y.dim(2)? - 2 * self.padding;
+        y.narrow(2, self.padding, len)?
             .broadcast_add(&self.bias.reshape((1, (), 1))?)
     }
 }
