@@ -244,6 +244,50 @@ fn model_forward_decodes_and_encodes_with_the_image_vaes() {
 }
 
 #[test]
+fn model_forward_runs_the_ltx2_sound_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, method, key) in [
+        ("ltx2-audio-vae-causal", "decode", "sample"),
+        ("ltx2-audio-vae-width", "encode", "latents"),
+        ("ltx2-vocoder-leaky", "decode", "sample"),
+        ("ltx2-vocoder-bwe", "decode", "sample"),
+    ] {
+        let out = tmp.path().join(format!("{name}-{method}.safetensors"));
+        let result = forward(
+            &fixture(name).join("model"),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &["--json", "--method", method],
+        );
+        assert!(
+            result.status.success(),
+            "{name} {method}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["outputs"][0]["name"], key, "{name} {method}");
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        let err = relative_error(&got[key], &expected[key]);
+        assert!(err <= 1e-4, "{name} {method}: relative error {err:e}");
+    }
+    // A mel spectrogram of the wrong width for the vocoder: one line naming the shape.
+    let result = forward(
+        &fixture("ltx2-vocoder-snake").join("model"),
+        &fixture("ltx2-vocoder-leaky").join("inputs.safetensors"),
+        &tmp.path().join("bad.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("[2, 2, 7, 8]") && line.contains("channels × mel_bins = 6"),
+        "{line}"
+    );
+}
+
+#[test]
 fn model_forward_on_latents_of_the_wrong_shape_names_the_shape_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     // kl-odd's latents have 3 channels; kl-tiny decodes 4.

@@ -3,6 +3,8 @@
 //! most 1e-4 per component (tests/fixtures/components/TOLERANCES.md). One test binary for the
 //! family, one module per component.
 
+#[path = "ltx2/audio.rs"]
+mod audio;
 #[path = "ltx2/connectors.rs"]
 mod connectors;
 #[path = "ltx2/latent_upsampler.rs"]

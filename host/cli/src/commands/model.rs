@@ -11,12 +11,14 @@ use std::sync::Arc;
 use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
+use videosdgx_engine::families::ltx2::audio_vae::AutoencoderKLLTX2Audio;
 use videosdgx_engine::families::ltx2::connectors::{LTX2TextConnectors, PaddingSide};
 use videosdgx_engine::families::ltx2::latent_upsampler::LTX2LatentUpsamplerModel;
 use videosdgx_engine::families::ltx2::transformer::{
     LTX2TransformerInputs, LTX2VideoTransformer3DModel,
 };
 use videosdgx_engine::families::ltx2::video_vae::AutoencoderKLLTX2Video;
+use videosdgx_engine::families::ltx2::vocoder::{LTX2Vocoder, LTX2VocoderWithBWE};
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
@@ -48,9 +50,12 @@ pub enum ModelCommand {
     /// attention_mask -> last_hidden_state. CLIPTextModel: input_ids -> last_hidden_state,
     /// pooler_output. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,
-    /// AutoencoderKLFlux2, AutoencoderKLLTX2Video: latents [, timestep for a timestep-conditioned
-    /// LTX-2 decoder] -> sample (decode; the image and LTX-2 VAEs' sample is not clamped), or
-    /// with --method encode: sample -> latents (posterior mode, unnormalised). Qwen3ForCausalLM,
+    /// AutoencoderKLFlux2, AutoencoderKLLTX2Video, AutoencoderKLLTX2Audio: latents [, timestep for
+    /// a timestep-conditioned LTX-2 decoder] -> sample (decode; the image and LTX-2 VAEs' sample is
+    /// not clamped; the audio VAE's is a mel spectrogram), or with --method encode: sample ->
+    /// latents (posterior mode, unnormalised). LTX2Vocoder, LTX2VocoderWithBWE: hidden_states (mel
+    /// spectrogram [B, C, frames, mel_bins]) -> sample (waveform [B, channels, samples]).
+    /// Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
     /// LTX2TextConnectors: text_encoder_hidden_states ([B, L, channels, layers] or packed
@@ -86,7 +91,8 @@ pub struct ForwardArgs {
     /// Dtype the weights and activations run in.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
-    /// For VAEs (AutoencoderKLWan, AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLLTX2Video):
+    /// For VAEs (AutoencoderKLWan, AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLLTX2Video,
+    /// AutoencoderKLLTX2Audio):
     /// decode latents (default) or encode a sample.
     #[arg(long, value_enum, default_value_t = Method::Decode)]
     pub method: Method,
@@ -336,6 +342,21 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 )],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
             }
+        }
+        ComponentClass::AutoencoderKLLTX2Audio => {
+            let vae = AutoencoderKLLTX2Audio::load(&args.model, &device, dtype)?;
+            match args.method {
+                Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
+                Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
+            }
+        }
+        ComponentClass::LTX2Vocoder => {
+            let vocoder = LTX2Vocoder::load(&args.model, &device, dtype)?;
+            vec![("sample", vocoder.forward(input("hidden_states")?)?)]
+        }
+        ComponentClass::LTX2VocoderWithBWE => {
+            let vocoder = LTX2VocoderWithBWE::load(&args.model, &device, dtype)?;
+            vec![("sample", vocoder.forward(input("hidden_states")?)?)]
         }
         ComponentClass::LanguageModel(_) => {
             let model = LanguageModel::load(&args.model, &device, dtype)?;

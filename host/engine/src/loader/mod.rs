@@ -103,6 +103,12 @@ pub enum ComponentClass {
     LTX2LatentUpsamplerModel,
     /// LTX-2's causal 3-D video VAE.
     AutoencoderKLLTX2Video,
+    /// LTX-2's audio VAE over mel spectrograms.
+    AutoencoderKLLTX2Audio,
+    /// LTX-2's mel-to-waveform vocoder (saved from `pipelines/ltx2`).
+    LTX2Vocoder,
+    /// LTX-2.X's vocoder with bandwidth extension.
+    LTX2VocoderWithBWE,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -130,6 +136,9 @@ impl ComponentClass {
         "LTX2TextConnectors",
         "LTX2LatentUpsamplerModel",
         "AutoencoderKLLTX2Video",
+        "AutoencoderKLLTX2Audio",
+        "LTX2Vocoder",
+        "LTX2VocoderWithBWE",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -160,6 +169,9 @@ impl ComponentClass {
             "LTX2TextConnectors" => Self::LTX2TextConnectors,
             "LTX2LatentUpsamplerModel" => Self::LTX2LatentUpsamplerModel,
             "AutoencoderKLLTX2Video" => Self::AutoencoderKLLTX2Video,
+            "AutoencoderKLLTX2Audio" => Self::AutoencoderKLLTX2Audio,
+            "LTX2Vocoder" => Self::LTX2Vocoder,
+            "LTX2VocoderWithBWE" => Self::LTX2VocoderWithBWE,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
             | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
@@ -186,6 +198,9 @@ impl ComponentClass {
                 | Self::LTX2TextConnectors
                 | Self::LTX2LatentUpsamplerModel
                 | Self::AutoencoderKLLTX2Video
+                | Self::AutoencoderKLLTX2Audio
+                | Self::LTX2Vocoder
+                | Self::LTX2VocoderWithBWE
                 | Self::LanguageModel(_)
         )
     }

@@ -261,6 +261,8 @@ fn ignorable(class: ComponentClass, tensor: &str) -> bool {
         }
         // The BatchNorm's (int64) step counter, which inference never reads.
         ComponentClass::AutoencoderKLFlux2 => tensor == "bn.num_batches_tracked",
+        // The inverse STFT basis, a persistent buffer that the forward pass never reads.
+        ComponentClass::LTX2VocoderWithBWE => tensor == "mel_stft.stft_fn.inverse_basis",
         _ => false,
     }
 }
@@ -332,6 +334,18 @@ fn build_with(
         ComponentClass::AutoencoderKLLTX2Video => {
             let cfg: ltx2::video_vae::AutoencoderKLLTX2VideoConfig = super::read_config(&config)?;
             ltx2::video_vae::AutoencoderKLLTX2Video::new(&cfg, vb)?;
+        }
+        ComponentClass::AutoencoderKLLTX2Audio => {
+            let cfg: ltx2::audio_vae::AutoencoderKLLTX2AudioConfig = super::read_config(&config)?;
+            ltx2::audio_vae::AutoencoderKLLTX2Audio::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2Vocoder => {
+            let cfg: ltx2::vocoder::LTX2VocoderConfig = super::read_config(&config)?;
+            ltx2::vocoder::LTX2Vocoder::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2VocoderWithBWE => {
+            let cfg: ltx2::vocoder::LTX2VocoderWithBWEConfig = super::read_config(&config)?;
+            ltx2::vocoder::LTX2VocoderWithBWE::new(&cfg, vb)?;
         }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;

@@ -3,10 +3,12 @@
 //! checkpoint keys. This module holds the few building blocks they share; it must never read files
 //! (the loader does) nor pick devices or dtypes (callers do).
 
+pub mod alias_free;
 pub mod autoencoder_kl;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod conv;
+pub mod conv1d;
 pub(crate) mod embeddings;
 pub(crate) mod feed_forward;
 mod group_norm;
