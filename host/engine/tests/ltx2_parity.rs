@@ -2,3 +2,8 @@
 //! tests/fixtures/make_ltx2_*_fixtures.py: f32 on the CPU, relative error ‖out − ref‖ / ‖ref‖ at
 //! most 1e-4 per component (tests/fixtures/components/TOLERANCES.md). One test binary for the
 //! family, one module per component.
+
+#[path = "ltx2/connectors.rs"]
+mod connectors;
+#[path = "ltx2/latent_upsampler.rs"]
+mod latent_upsampler;

@@ -1,9 +1,10 @@
-//! The 2-D convolutions of the image models (upscalers, RIFE, the image VAEs): `nn.Conv2d` with
-//! "same" padding (`kernel / 2`, or any other) and any stride, and the
-//! `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)` RIFE upsamples with. Both run through the
-//! engine's convolution dispatch point (`fused::frame_conv`: cuDNN with the bias added in place
-//! where the `cudnn` feature covers the input, candle's conv2d otherwise), so every image model
-//! gets the fast path from one place.
+//! The convolutions of the image and video models (upscalers, RIFE, the image VAEs, the latent
+//! upsamplers): `nn.Conv2d` with "same" padding (`kernel / 2`, or any other) and any stride, the
+//! `nn.ConvTranspose2d(kernel 4, stride 2, padding 1)` RIFE upsamples with, the zero-padded
+//! `nn.Conv3d` of `[B, C, T, H, W]` tensors, and the N-D pixel shuffles. The convolutions run
+//! through the engine's convolution dispatch point (`fused::frame_conv`: cuDNN with the bias added
+//! in place where the `cudnn` feature covers the input, candle's conv2d otherwise), so every
+//! model gets the fast path from one place.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -79,6 +80,90 @@ impl Module for Conv2d {
         };
         crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec)?.squeeze(1)
     }
+}
+
+/// `nn.Conv3d(in, out, kernel, padding=kernel // 2)` (cubic kernel, stride 1, zeros padded on
+/// every side, time included) on `[B, C, T, H, W]` tensors: per-frame 2-D convolutions over the
+/// temporal taps ([`FrameConv`]).
+pub struct Conv3d {
+    /// `[out, kernel * in, kernel, kernel]`: the temporal taps in front of the input channels.
+    weight: Tensor,
+    bias: Tensor,
+    spec: FrameConv,
+}
+
+impl Conv3d {
+    /// Reads `weight` [out, in, k, k, k] and `bias` [out] under `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+    ) -> Result<Self> {
+        let weight = vb
+            .get(
+                (out_channels, in_channels, kernel, kernel, kernel),
+                "weight",
+            )?
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((out_channels, kernel * in_channels, kernel, kernel))?;
+        Ok(Self {
+            weight,
+            bias: vb.get(out_channels, "bias")?,
+            spec: FrameConv {
+                taps: kernel,
+                stride_t: 1,
+                pad: kernel / 2,
+                stride: 1,
+            },
+        })
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let pad = self.spec.pad;
+        let frames = x
+            .permute((0, 2, 1, 3, 4))?
+            .pad_with_zeros(1, pad, pad)?
+            .contiguous()?;
+        crate::fused::frame_conv(&frames, &self.weight, &self.bias, self.spec)?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
+    }
+}
+
+/// `[b, c·p1·p2·p3, d, h, w]` -> `[b, c, d·p1, h·p2, w·p3]`: the spatio-temporal pixel shuffle
+/// (diffusers' `PixelShuffleND(3)`).
+pub fn pixel_shuffle_3d(x: &Tensor, factors: [usize; 3]) -> Result<Tensor> {
+    let (b, cp, d, h, w) = x.dims5()?;
+    let [p1, p2, p3] = factors;
+    if !cp.is_multiple_of(p1 * p2 * p3) {
+        candle_core::bail!(
+            "pixel shuffle by {factors:?}: {cp} channels of {:?} do not split",
+            x.dims()
+        );
+    }
+    let c = cp / (p1 * p2 * p3);
+    x.reshape(vec![b, c, p1, p2, p3, d, h, w])?
+        .permute([0, 1, 5, 2, 6, 3, 7, 4])?
+        .contiguous()?
+        .reshape((b, c, d * p1, h * p2, w * p3))
+}
+
+/// `[b, c·p, f, h, w]` -> `[b, c, f·p, h, w]`: the temporal pixel shuffle (`PixelShuffleND(1)`).
+pub fn pixel_shuffle_temporal(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (b, cp, f, h, w) = x.dims5()?;
+    if !cp.is_multiple_of(factor) {
+        candle_core::bail!(
+            "temporal pixel shuffle by {factor}: {cp} channels of {:?} do not split",
+            x.dims()
+        );
+    }
+    x.reshape(vec![b, cp / factor, factor, f, h, w])?
+        .permute([0, 1, 3, 2, 4, 5])?
+        .contiguous()?
+        .reshape((b, cp / factor, f * factor, h, w))
 }
 
 /// `nn.ConvTranspose2d(in, out, kernel_size=4, stride=2, padding=1)`, computed as a 3x3

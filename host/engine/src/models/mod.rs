@@ -193,6 +193,20 @@ impl RmsNorm {
         })
     }
 
+    /// `torch.nn.RMSNorm(dim, eps, elementwise_affine=False)`: no checkpoint tensor, a scale of
+    /// ones (so the fused kernel serves it too), which LoRAs leave alone.
+    pub(crate) fn without_affine(
+        dim: usize,
+        eps: f64,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, DType::F32, device)?,
+            eps: eps as f32,
+            name: None,
+        })
+    }
+
     /// Gemma's RMS norm, scaled by `1 + weight` in f32 (the reference rounds once, after the
     /// scale); the sum is taken once at load and kept in f32.
     pub(crate) fn gemma(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {

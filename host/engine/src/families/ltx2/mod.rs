@@ -1,2 +1,5 @@
 //! LTX-2 (diffusers `transformer_ltx2.py`, `autoencoder_kl_ltx2.py`, `autoencoder_kl_ltx2_audio.py`,
 //! `pipelines/ltx2/`): one model for video and its sound.
+
+pub mod connectors;
+pub mod latent_upsampler;
