@@ -63,6 +63,94 @@ fn model_forward_runs_each_component_class_and_matches_the_reference() {
     }
 }
 
+#[test]
+fn model_forward_runs_the_ltx2_connectors_and_latent_upsampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let connector_outputs = [
+        "video_text_embedding",
+        "audio_text_embedding",
+        "attention_mask",
+    ];
+    for (name, outputs) in [
+        ("ltx2-connectors-v20", &connector_outputs[..]),
+        ("ltx2-upsampler-3d", &["sample"][..]),
+    ] {
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        let result = forward(
+            &fixture(name).join("model"),
+            &fixture(name).join("inputs.safetensors"),
+            &out,
+            &["--json"],
+        );
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        for key in outputs {
+            let err = relative_error(&got[*key], &expected[*key]);
+            assert!(err <= 1e-4, "{name}/{key}: relative error {err:e}");
+        }
+    }
+    // bf16 on the CPU: its convolutions run in f32 there (candle has none in half precision).
+    let name = "ltx2-upsampler-2d";
+    let out = tmp.path().join("bf16.safetensors");
+    let result = forward(
+        &fixture(name).join("model"),
+        &fixture(name).join("inputs.safetensors"),
+        &out,
+        &["--dtype", "bf16"],
+    );
+    assert!(
+        result.status.success(),
+        "{name} bf16: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixture(name).join("outputs.safetensors"), &Device::Cpu)
+            .unwrap();
+    let err = relative_error(&got["sample"], &expected["sample"]);
+    assert!(err <= 2e-2, "{name} bf16: relative error {err:e}");
+    // The upsampler's latents handed to the connectors: the missing input is named.
+    let result = forward(
+        &fixture("ltx2-connectors-v20").join("model"),
+        &fixture("ltx2-upsampler-3d").join("inputs.safetensors"),
+        &tmp.path().join("wrong.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("no tensor `text_encoder_hidden_states`"),
+        "{line}"
+    );
+    // Latents without their batch axis: the shape is named.
+    let mut inputs = candle_core::safetensors::load(
+        fixture("ltx2-upsampler-3d").join("inputs.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let flat = inputs["hidden_states"].squeeze(0).unwrap();
+    inputs.insert("hidden_states".into(), flat);
+    let bad = tmp.path().join("bad.safetensors");
+    candle_core::safetensors::save(&inputs, &bad).unwrap();
+    let result = forward(
+        &fixture("ltx2-upsampler-3d").join("model"),
+        &bad,
+        &tmp.path().join("out.safetensors"),
+        &[],
+    );
+    let line = one_error_line(&result);
+    assert!(
+        line.contains("hidden_states") && line.contains("[4, 3, 4, 5]"),
+        "{line}"
+    );
+}
+
 fn vae_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/vae")

@@ -265,7 +265,10 @@ pub(crate) fn frame_conv(
     }
     #[cfg(feature = "cuda")]
     warn_fallback(x, "frame conv");
-    videosdgx_kernels::reference::frame_conv(x, weight, bias, spec)
+    let dtype = crate::models::conv::conv_dtype(x);
+    let cast = |t: &Tensor| t.to_dtype(dtype);
+    videosdgx_kernels::reference::frame_conv(&cast(x)?, &cast(weight)?, &cast(bias)?, spec)?
+        .to_dtype(x.dtype())
 }
 
 /// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused

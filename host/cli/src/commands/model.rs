@@ -11,6 +11,8 @@ use std::sync::Arc;
 use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
+use videosdgx_engine::families::ltx2::connectors::{LTX2TextConnectors, PaddingSide};
+use videosdgx_engine::families::ltx2::latent_upsampler::LTX2LatentUpsamplerModel;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::families::wan::vae::AutoencoderKLWan;
 use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
@@ -40,6 +42,10 @@ pub enum ModelCommand {
     /// with --method encode: sample -> latents (posterior mode). Qwen3ForCausalLM,
     /// Gemma3ForCausalLM, Gemma3ForConditionalGeneration: input_ids, attention_mask
     /// [, pixel_values, token_type_ids] -> logits [, hidden_states with --hidden-states].
+    /// LTX2TextConnectors: text_encoder_hidden_states ([B, L, channels, layers] or packed
+    /// [B, L, channels * layers]), attention_mask [B, L] -> video_text_embedding,
+    /// audio_text_embedding, attention_mask (left padding, scale factor 8: the reference's
+    /// defaults). LTX2LatentUpsamplerModel: hidden_states [B, C, F, H, W] -> sample.
     ///
     /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer or FLUX.1's VAE in the
     /// original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`,
@@ -274,6 +280,24 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 Method::Decode => vec![("sample", vae.decode(input("latents")?)?)],
                 Method::Encode => vec![("latents", vae.encode(input("sample")?)?)],
             }
+        }
+        ComponentClass::LTX2TextConnectors => {
+            let connectors = LTX2TextConnectors::load(&args.model, &device, dtype)?;
+            let out = connectors.forward(
+                input("text_encoder_hidden_states")?,
+                input("attention_mask")?,
+                PaddingSide::Left,
+                8.0,
+            )?;
+            vec![
+                ("video_text_embedding", out.video_text_embedding),
+                ("audio_text_embedding", out.audio_text_embedding),
+                ("attention_mask", out.attention_mask),
+            ]
+        }
+        ComponentClass::LTX2LatentUpsamplerModel => {
+            let upsampler = LTX2LatentUpsamplerModel::load(&args.model, &device, dtype)?;
+            vec![("sample", upsampler.forward(input("hidden_states")?)?)]
         }
         ComponentClass::LanguageModel(_) => {
             let model = LanguageModel::load(&args.model, &device, dtype)?;

@@ -95,6 +95,10 @@ pub enum ComponentClass {
     AutoencoderKL,
     /// FLUX.2's image VAE: `AutoencoderKL`'s encoder and decoder plus BatchNorm statistics.
     AutoencoderKLFlux2,
+    /// LTX-2's text connectors (Gemma 3 hidden states to the video and audio text embeddings).
+    LTX2TextConnectors,
+    /// LTX-2's latent upsampler.
+    LTX2LatentUpsamplerModel,
     /// A `tokenizers` tokenizer (`tokenizer.json`), whatever the transformers class wrapping it.
     Tokenizer,
     /// A scheduler config (`scheduler_config.json`); the class name says which scheduler.
@@ -118,6 +122,8 @@ impl ComponentClass {
         "AutoencoderKLWan",
         "AutoencoderKL",
         "AutoencoderKLFlux2",
+        "LTX2TextConnectors",
+        "LTX2LatentUpsamplerModel",
         "T5TokenizerFast",
         "T5Tokenizer",
         "AutoTokenizer",
@@ -144,6 +150,8 @@ impl ComponentClass {
             "AutoencoderKLWan" => Self::AutoencoderKLWan,
             "AutoencoderKL" => Self::AutoencoderKL,
             "AutoencoderKLFlux2" => Self::AutoencoderKLFlux2,
+            "LTX2TextConnectors" => Self::LTX2TextConnectors,
+            "LTX2LatentUpsamplerModel" => Self::LTX2LatentUpsamplerModel,
             "T5TokenizerFast" | "T5Tokenizer" | "AutoTokenizer" | "CLIPTokenizer"
             | "CLIPTokenizerFast" => Self::Tokenizer,
             "UniPCMultistepScheduler" | "FlowMatchEulerDiscreteScheduler" => Self::Scheduler,
@@ -166,6 +174,8 @@ impl ComponentClass {
                 | Self::AutoencoderKLWan
                 | Self::AutoencoderKL
                 | Self::AutoencoderKLFlux2
+                | Self::LTX2TextConnectors
+                | Self::LTX2LatentUpsamplerModel
                 | Self::LanguageModel(_)
         )
     }

@@ -6,7 +6,7 @@
 use super::single_file::SingleFile;
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::families::wan::{transformer as wan_transformer, vae};
-use crate::families::{flux, flux2};
+use crate::families::{flux, flux2, ltx2};
 use crate::models::{autoencoder_kl, clip_text, clip_vision, t5};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
@@ -315,6 +315,15 @@ fn build_with(
         ComponentClass::AutoencoderKLFlux2 => {
             let cfg: flux2::vae::AutoencoderKLFlux2Config = super::read_config(&config)?;
             flux2::vae::AutoencoderKLFlux2::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2TextConnectors => {
+            let cfg: ltx2::connectors::LTX2TextConnectorsConfig = super::read_config(&config)?;
+            ltx2::connectors::LTX2TextConnectors::new(&cfg, vb)?;
+        }
+        ComponentClass::LTX2LatentUpsamplerModel => {
+            let cfg: ltx2::latent_upsampler::LTX2LatentUpsamplerConfig =
+                super::read_config(&config)?;
+            ltx2::latent_upsampler::LTX2LatentUpsamplerModel::new(&cfg, vb)?;
         }
         ComponentClass::LanguageModel(_) => {
             let cfg = crate::text::model::LanguageModelConfig::read(dir)?;

@@ -6,9 +6,20 @@
 //! in place where the `cudnn` feature covers the input, candle's conv2d otherwise), so every
 //! model gets the fast path from one place.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::FrameConv;
+
+/// The dtype candle convolves `x` in: f32 for half-precision tensors on the CPU, where candle
+/// has no half-precision convolution (the result is rounded back to the dtype of `x`), else its
+/// own.
+pub(crate) fn conv_dtype(x: &Tensor) -> DType {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::BF16 | DType::F16) {
+        DType::F32
+    } else {
+        x.dtype()
+    }
+}
 
 /// `nn.Conv2d(in, out, kernel, stride, padding=kernel // 2)`.
 pub struct Conv2d {
@@ -70,7 +81,17 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let Some(bias) = &self.bias else {
-            return x.conv2d(&self.weight, self.padding, self.stride, 1, 1);
+            let dtype = conv_dtype(x);
+            return x
+                .to_dtype(dtype)?
+                .conv2d(
+                    &self.weight.to_dtype(dtype)?,
+                    self.padding,
+                    self.stride,
+                    1,
+                    1,
+                )?
+                .to_dtype(x.dtype());
         };
         let spec = FrameConv {
             taps: 1,

@@ -11,7 +11,7 @@
 
 use crate::loader::LoadError;
 use crate::models::GroupNorm;
-use crate::models::conv::{Conv2d, Conv3d, pixel_shuffle_3d, pixel_shuffle_temporal};
+use crate::models::conv::{Conv2d, Conv3d, conv_dtype, pixel_shuffle_3d, pixel_shuffle_temporal};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -197,12 +197,15 @@ impl BlurDownsample {
             return Ok(x.clone());
         }
         let channels = x.dim(1)?;
+        let dtype = conv_dtype(x);
         let weight = self
             .kernel
-            .to_dtype(x.dtype())?
+            .to_dtype(dtype)?
             .broadcast_as((channels, 1, BLUR_KERNEL, BLUR_KERNEL))?
             .contiguous()?;
-        x.conv2d(&weight, BLUR_KERNEL / 2, self.stride, 1, channels)
+        x.to_dtype(dtype)?
+            .conv2d(&weight, BLUR_KERNEL / 2, self.stride, 1, channels)?
+            .to_dtype(x.dtype())
     }
 }
 
