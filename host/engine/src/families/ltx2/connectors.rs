@@ -638,14 +638,18 @@ pub struct TextConnectorOutput {
     pub attention_mask: Tensor,
 }
 
+/// The feature extractor: the projection of all stacked layers to the connectors' widths.
+enum TextProjection {
+    /// LTX-2.0: `text_proj_in`, shared by both modalities.
+    Shared(Linear),
+    /// LTX-2.3: `video_text_proj_in` and `audio_text_proj_in`.
+    PerModality { video: Linear, audio: Linear },
+}
+
 /// The LTX-2 text connectors.
 pub struct LTX2TextConnectors {
     config: LTX2TextConnectorsConfig,
-    /// LTX-2.0's shared projection.
-    text_proj_in: Option<Linear>,
-    /// LTX-2.3's per-modality projections.
-    video_text_proj_in: Option<Linear>,
-    audio_text_proj_in: Option<Linear>,
+    projection: TextProjection,
     video_connector: LTX2ConnectorTransformer1d,
     audio_connector: LTX2ConnectorTransformer1d,
     dtype: DType,
@@ -656,25 +660,17 @@ impl LTX2TextConnectors {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let in_dim = cfg.text_encoder_dim();
         let proj = |out: usize, name: &str| linear(in_dim, out, cfg.proj_bias, vb.pp(name));
-        let (text_proj_in, video_text_proj_in, audio_text_proj_in) = if cfg.per_modality_projections
-        {
-            (
-                None,
-                Some(proj(cfg.video_hidden_dim, "video_text_proj_in")?),
-                Some(proj(cfg.audio_hidden_dim, "audio_text_proj_in")?),
-            )
+        let projection = if cfg.per_modality_projections {
+            TextProjection::PerModality {
+                video: proj(cfg.video_hidden_dim, "video_text_proj_in")?,
+                audio: proj(cfg.audio_hidden_dim, "audio_text_proj_in")?,
+            }
         } else {
-            (
-                Some(proj(cfg.caption_channels, "text_proj_in")?),
-                None,
-                None,
-            )
+            TextProjection::Shared(proj(cfg.caption_channels, "text_proj_in")?)
         };
         let [video, audio] = cfg.connectors();
         Ok(Self {
-            text_proj_in,
-            video_text_proj_in,
-            audio_text_proj_in,
+            projection,
             video_connector: LTX2ConnectorTransformer1d::new(
                 cfg,
                 &video,
@@ -737,32 +733,35 @@ impl LTX2TextConnectors {
         let (batch, seq_len, _, _) = hidden.dims4()?;
         let mask = binary_mask(attention_mask, batch, seq_len)?;
 
-        let (video_proj, audio_proj) = if cfg.per_modality_projections {
-            // LTX-2.3.
-            let normed = per_token_rms_norm(&hidden, 1e-6)?
-                .to_dtype(DType::F32)?
-                .reshape((batch, seq_len, c * l))?
-                .broadcast_mul(&mask.unsqueeze(D::Minus1)?)?;
-            let project = |layer: &Option<Linear>, width: usize| -> Result<Tensor> {
-                let layer = layer.as_ref().expect("per-modality projections are built");
-                let scaled = (&normed * (width as f64 / c as f64).sqrt())?;
-                linear_forward(layer, &scaled.to_dtype(self.dtype)?, None)
-            };
-            (
-                project(&self.video_text_proj_in, cfg.video_hidden_dim)?,
-                project(&self.audio_text_proj_in, cfg.audio_hidden_dim)?,
-            )
-        } else {
-            // LTX-2.0.
-            let lengths = mask.sum(1)?;
-            let normed =
-                per_layer_masked_mean_norm(&hidden, &lengths, padding_side, scale_factor, 1e-6)?;
-            let layer = self
-                .text_proj_in
-                .as_ref()
-                .expect("the shared projection is built");
-            let projected = linear_forward(layer, &normed.to_dtype(self.dtype)?, None)?;
-            (projected.clone(), projected)
+        let (video_proj, audio_proj) = match &self.projection {
+            TextProjection::PerModality { video, audio } => {
+                // LTX-2.3: padding zeroed, norms rescaled to each modality's width.
+                let normed = per_token_rms_norm(&hidden, 1e-6)?
+                    .to_dtype(DType::F32)?
+                    .reshape((batch, seq_len, c * l))?
+                    .broadcast_mul(&mask.unsqueeze(D::Minus1)?)?;
+                let project = |layer: &Linear, width: usize| -> Result<Tensor> {
+                    let scaled = (&normed * (width as f64 / c as f64).sqrt())?;
+                    linear_forward(layer, &scaled.to_dtype(self.dtype)?, None)
+                };
+                (
+                    project(video, cfg.video_hidden_dim)?,
+                    project(audio, cfg.audio_hidden_dim)?,
+                )
+            }
+            TextProjection::Shared(layer) => {
+                // LTX-2.0.
+                let lengths = mask.sum(1)?;
+                let normed = per_layer_masked_mean_norm(
+                    &hidden,
+                    &lengths,
+                    padding_side,
+                    scale_factor,
+                    1e-6,
+                )?;
+                let projected = linear_forward(layer, &normed.to_dtype(self.dtype)?, None)?;
+                (projected.clone(), projected)
+            }
         };
 
         // The additive mask: 0 for tokens, the most negative f32 for padding.
