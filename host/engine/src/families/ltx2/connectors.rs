@@ -336,8 +336,7 @@ impl Rotary {
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, dim) = x.dims3()?;
         match self {
-            // The whole width as one head: the pairs never straddle two heads (head dims are even
-            // wherever they could) and the angles run over the full width.
+            // The reference rotates the whole width before splitting it into heads: one head.
             Self::Interleaved { cos, sin } => {
                 rope::apply_interleaved(&x.reshape((b, t, 1, dim))?, cos, sin)?.reshape((b, t, dim))
             }
