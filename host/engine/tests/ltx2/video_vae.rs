@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
-use videosdgx_engine::families::ltx2::video_vae::{AutoencoderKLLTX2Video, Tiling};
+use videosdgx_engine::families::ltx2::video_vae::{
+    AutoencoderKLLTX2Video, AutoencoderKLLTX2VideoConfig, Tiling,
+};
 use videosdgx_engine::models::relative_error;
 
 /// Relative error allowed in f32 (tests/fixtures/components/TOLERANCES.md).
@@ -149,4 +151,29 @@ fn ltx2_video_vae_missing_tensor_and_unsupported_options_are_named() {
             .unwrap()
     );
     assert!(err.contains("decoder_inject_noise"), "{err}");
+}
+
+#[test]
+fn ltx2_video_vae_published_layout_compresses_32x_and_8x() {
+    // The reference's defaults (the published LTX-2 blocks) at a sixteenth of the widths.
+    let defaults = AutoencoderKLLTX2VideoConfig::default();
+    let config = AutoencoderKLLTX2VideoConfig {
+        latent_channels: defaults.latent_channels / 16,
+        block_out_channels: defaults.block_out_channels.iter().map(|c| c / 16).collect(),
+        decoder_block_out_channels: defaults
+            .decoder_block_out_channels
+            .iter()
+            .map(|c| c / 16)
+            .collect(),
+        ..defaults
+    };
+    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let vae = AutoencoderKLLTX2Video::new(&config, vb).unwrap();
+    let sample = Tensor::zeros((1, 3, 9, 64, 64), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(vae.encode(&sample).unwrap().dims(), [1, 8, 2, 2, 2]);
+    let latents = Tensor::zeros((1, 8, 2, 2, 3), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        vae.decode(&latents, None).unwrap().dims(),
+        [1, 3, 9, 64, 96]
+    );
 }
