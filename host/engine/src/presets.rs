@@ -7,7 +7,11 @@
 //! (classifier-free guidance is distilled in). For Wan 2.2's two experts the switch falls after
 //! two steps at both published boundaries (0.875 text-to-video, 0.9 image-to-video: timesteps
 //! 1000 and 937.5 lie above), LightX2V's `boundary_step_index` 2.
+//!
+//! LTX-2's distilled checkpoint runs the 8 sigmas of diffusers' `pipelines/ltx2/utils.py`
+//! (`DISTILLED_SIGMA_VALUES`, from Lightricks' `ltx-pipelines`), without guidance.
 
+use crate::families::ltx2::pipeline::DISTILLED_SIGMAS;
 use crate::pipelines::GenerateParams;
 use crate::schedulers::SchedulerKind;
 
@@ -16,31 +20,48 @@ use crate::schedulers::SchedulerKind;
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,
-    pub scheduler: SchedulerKind,
-    pub flow_shift: f64,
-    pub denoising_steps: &'static [u32],
+    pub schedule: Schedule,
     pub guidance: f64,
 }
 
-const LIGHTX2V_4STEP: [u32; 4] = [1000, 750, 500, 250];
+/// How a preset's steps are placed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Training timesteps on a shifted flow-Euler schedule (LightX2V's `denoising_step_list`).
+    Timesteps {
+        scheduler: SchedulerKind,
+        flow_shift: f64,
+        list: &'static [u32],
+    },
+    /// Noise levels handed to the pipeline's own scheduler as they are.
+    Sigmas(&'static [f64]),
+}
 
-pub const PRESETS: [Preset; 2] = [
+const LIGHTX2V_4STEP: Schedule = Schedule::Timesteps {
+    scheduler: SchedulerKind::FlowEuler,
+    flow_shift: 5.0,
+    list: &[1000, 750, 500, 250],
+};
+
+pub const PRESETS: [Preset; 3] = [
     Preset {
         name: "wan2.1-distill-4step",
         description: "Wan 2.1 with LightX2V's 4-step distillation (model or LoRA): 4 Euler steps, \
                       shift 5, no guidance",
-        scheduler: SchedulerKind::FlowEuler,
-        flow_shift: 5.0,
-        denoising_steps: &LIGHTX2V_4STEP,
+        schedule: LIGHTX2V_4STEP,
         guidance: 1.0,
     },
     Preset {
         name: "wan2.2-distill-4step",
         description: "Wan 2.2 A14B with LightX2V's 4-step distillation (model or LoRA): 4 Euler \
                       steps, shift 5, no guidance, two steps per expert",
-        scheduler: SchedulerKind::FlowEuler,
-        flow_shift: 5.0,
-        denoising_steps: &LIGHTX2V_4STEP,
+        schedule: LIGHTX2V_4STEP,
+        guidance: 1.0,
+    },
+    Preset {
+        name: "ltx2-distilled-8step",
+        description: "LTX-2 distilled: the 8 published sigmas, no guidance",
+        schedule: Schedule::Sigmas(&DISTILLED_SIGMAS),
         guidance: 1.0,
     },
 ];
@@ -56,11 +77,28 @@ pub fn preset(name: &str) -> anyhow::Result<&'static Preset> {
 impl Preset {
     /// `params` with this preset's schedule and guidance.
     pub fn apply(&self, params: &mut GenerateParams) {
-        params.scheduler = Some(self.scheduler);
-        params.flow_shift = Some(self.flow_shift);
-        params.steps = self.denoising_steps.len();
-        params.denoising_steps = Some(self.denoising_steps.to_vec());
+        match &self.schedule {
+            Schedule::Timesteps {
+                scheduler,
+                flow_shift,
+                list,
+            } => {
+                params.scheduler = Some(*scheduler);
+                params.flow_shift = Some(*flow_shift);
+                params.denoising_steps = Some(list.to_vec());
+            }
+            Schedule::Sigmas(sigmas) => params.sigmas = Some(sigmas.to_vec()),
+        }
+        params.steps = self.steps();
         params.guidance = self.guidance;
         params.guidance_2 = None;
+    }
+
+    /// Denoising steps.
+    pub fn steps(&self) -> usize {
+        match &self.schedule {
+            Schedule::Timesteps { list, .. } => list.len(),
+            Schedule::Sigmas(sigmas) => sigmas.len(),
+        }
     }
 }

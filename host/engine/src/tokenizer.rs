@@ -190,6 +190,21 @@ impl PromptTokenizer {
 
     /// Tokenises `text` with special tokens, truncated and right-padded to `max_length`.
     pub fn encode(&self, text: &str, max_length: usize) -> Result<EncodedPrompt> {
+        self.encode_padded(text, max_length, PaddingDirection::Right)
+    }
+
+    /// [`Self::encode`] with the padding in front, as chat-style tokenizers (Gemma's for LTX-2)
+    /// pad.
+    pub fn encode_left_padded(&self, text: &str, max_length: usize) -> Result<EncodedPrompt> {
+        self.encode_padded(text, max_length, PaddingDirection::Left)
+    }
+
+    fn encode_padded(
+        &self,
+        text: &str,
+        max_length: usize,
+        direction: PaddingDirection,
+    ) -> Result<EncodedPrompt> {
         let mut tokenizer = self.tokenizer.clone();
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -199,7 +214,7 @@ impl PromptTokenizer {
             .map_err(|err| anyhow::anyhow!("tokenizer truncation: {err}"))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
-            direction: PaddingDirection::Right,
+            direction,
             pad_id: self.pad_id,
             pad_token: self.pad_token.clone(),
             ..Default::default()

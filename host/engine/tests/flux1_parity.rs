@@ -219,6 +219,9 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         references,
         max_sequence_length: None,
         true_cfg_scale: None,
+        fps: None,
+        sigmas: None,
+        guidance_terms: Default::default(),
     }
 }
 

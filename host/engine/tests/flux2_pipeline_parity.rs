@@ -49,6 +49,9 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         references,
         max_sequence_length: None,
         true_cfg_scale: None,
+        fps: None,
+        sigmas: None,
+        guidance_terms: Default::default(),
     }
 }
 

@@ -9,6 +9,8 @@ mod audio;
 mod connectors;
 #[path = "ltx2/latent_upsampler.rs"]
 mod latent_upsampler;
+#[path = "ltx2/pipeline.rs"]
+mod pipeline;
 #[path = "ltx2/transformer.rs"]
 mod transformer;
 #[path = "ltx2/video_vae.rs"]

@@ -76,6 +76,9 @@ fn params() -> GenerateParams {
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,
+        fps: None,
+        sigmas: None,
+        guidance_terms: Default::default(),
     }
 }
 

@@ -74,6 +74,9 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,
+        fps: None,
+        sigmas: None,
+        guidance_terms: Default::default(),
     }
 }
 

@@ -299,6 +299,9 @@ impl Generator {
                         references: Vec::new(),
                         max_sequence_length: None,
                         true_cfg_scale: None,
+                        fps: None,
+                        sigmas: None,
+                        guidance_terms: Default::default(),
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -140,6 +140,9 @@ impl Generator {
             references: references.into_iter().map(ImageInput::Path).collect(),
             max_sequence_length: None,
             true_cfg_scale: None,
+            fps: None,
+            sigmas: None,
+            guidance_terms: Default::default(),
         };
         let image = self
             .gpu

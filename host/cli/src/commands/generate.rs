@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
-    Capabilities, GenerateInputs, GenerateParams, ImageInput, Output, Pipeline, Progress, Stage,
+    Capabilities, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput, Output, Pipeline,
+    Progress, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -56,12 +57,49 @@ pub struct GenerateArgs {
     /// Initial latents (safetensors, one tensor) instead of the seeded noise.
     #[arg(long)]
     pub latents: Option<PathBuf>,
-    /// Prompt embeddings (safetensors, one tensor `[1, L, text_dim]`) instead of encoding --prompt.
+    /// LTX-2: initial audio latents `[1, C, L, M]` (safetensors, one tensor) instead of the
+    /// seeded noise.
+    #[arg(long)]
+    pub audio_latents: Option<PathBuf>,
+    /// Prompt embeddings instead of encoding --prompt: a safetensors file with one tensor
+    /// `[1, L, text_dim]`, or `prompt_embeds` and `prompt_attention_mask` (LTX-2 needs the mask).
     #[arg(long)]
     pub prompt_embeds: Option<PathBuf>,
-    /// Negative prompt embeddings instead of encoding --negative-prompt.
+    /// Negative prompt embeddings instead of encoding --negative-prompt: one tensor, or
+    /// `negative_prompt_embeds` and `negative_prompt_attention_mask`.
     #[arg(long)]
     pub negative_prompt_embeds: Option<PathBuf>,
+    /// LTX-2: the frame rate the video is made for and played at (24 by default).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// LTX-2: classifier-free guidance of the audio stream (defaults to --guidance).
+    #[arg(long, value_name = "SCALE")]
+    pub audio_guidance_scale: Option<f64>,
+    /// LTX-2: spatio-temporal guidance (a pass with the --spatio-temporal-guidance-blocks'
+    /// self-attention skipped; off by default).
+    #[arg(long, value_name = "SCALE")]
+    pub stg_scale: Option<f64>,
+    /// LTX-2: spatio-temporal guidance of the audio stream (defaults to --stg-scale).
+    #[arg(long, value_name = "SCALE")]
+    pub audio_stg_scale: Option<f64>,
+    /// LTX-2: modality guidance (a pass without the audio-video cross-attention; off at 1).
+    #[arg(long, value_name = "SCALE")]
+    pub modality_scale: Option<f64>,
+    /// LTX-2: modality guidance of the audio stream (defaults to --modality-scale).
+    #[arg(long, value_name = "SCALE")]
+    pub audio_modality_scale: Option<f64>,
+    /// LTX-2: rescale of the guided video estimate towards the conditional one's spread (0 off).
+    #[arg(long, value_name = "FACTOR")]
+    pub guidance_rescale: Option<f64>,
+    /// LTX-2: the same for the audio stream (defaults to --guidance-rescale).
+    #[arg(long, value_name = "FACTOR")]
+    pub audio_guidance_rescale: Option<f64>,
+    /// LTX-2: the transformer blocks spatio-temporal guidance perturbs (28 by default).
+    #[arg(long, value_delimiter = ',', value_name = "BLOCK,...")]
+    pub spatio_temporal_guidance_blocks: Option<Vec<usize>>,
+    /// An audio-video model's sound as a WAV file (32-bit float).
+    #[arg(long, value_name = "FILE.wav")]
+    pub wav: Option<PathBuf>,
     /// FLUX.1: T5 tokens per prompt (512 by default; the published [schnell] examples use 256).
     #[arg(long, value_name = "N")]
     pub max_sequence_length: Option<usize>,
@@ -77,7 +115,8 @@ pub struct GenerateArgs {
     #[arg(long, requires = "negative_prompt_embeds")]
     pub negative_pooled_prompt_embeds: Option<PathBuf>,
     /// Also write the output as safetensors: key `video`, f32 [frames, height, width, 3] in
-    /// [0, 1], or for an image model key `image`, f32 [height, width, 3].
+    /// [0, 1], or for an image model key `image`, f32 [height, width, 3]; an audio-video model
+    /// adds `audio`, the waveform [1, channels, samples] as the pipeline returns it.
     #[arg(long)]
     pub save_tensor: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
@@ -122,6 +161,25 @@ pub struct GenerateArgs {
 pub enum SchedulerArg {
     Unipc,
     FlowEuler,
+}
+
+/// Prompt embeddings and their mask from `path`: the tensors `{name}` and
+/// `{stem}_attention_mask` (`prompt_embeds` + `prompt_attention_mask`, as the reference pipelines
+/// name them), or the file's single tensor without a mask.
+fn embeddings(path: &Path, flag: &str, name: &str) -> Result<(Tensor, Option<Tensor>)> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+    let mask_name = format!("{}_attention_mask", name.trim_end_matches("_embeds"));
+    match tensors.remove(name) {
+        Some(embeds) => Ok((embeds.to_dtype(DType::F32)?, tensors.remove(&mask_name))),
+        None if tensors.contains_key(&mask_name) => {
+            bail!(
+                "{flag}: {} has `{mask_name}` but no `{name}`",
+                path.display()
+            )
+        }
+        None => Ok((single_tensor(path, flag)?, None)),
+    }
 }
 
 /// The single tensor of a safetensors file, named in errors by the flag it came from.
@@ -182,6 +240,18 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         references,
         max_sequence_length: args.max_sequence_length,
         true_cfg_scale: args.true_cfg,
+        fps: args.fps,
+        sigmas: None,
+        guidance_terms: GuidanceTerms {
+            audio_guidance_scale: args.audio_guidance_scale,
+            stg_scale: args.stg_scale,
+            audio_stg_scale: args.audio_stg_scale,
+            modality_scale: args.modality_scale,
+            audio_modality_scale: args.audio_modality_scale,
+            guidance_rescale: args.guidance_rescale,
+            audio_guidance_rescale: args.audio_guidance_rescale,
+            spatio_temporal_guidance_blocks: args.spatio_temporal_guidance_blocks.clone(),
+        },
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);
@@ -235,32 +305,33 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
+    let tensor = |path: &Option<PathBuf>, flag: &str| {
+        path.as_deref().map(|p| single_tensor(p, flag)).transpose()
+    };
+    let (prompt_embeds, prompt_attention_mask) = args
+        .prompt_embeds
+        .as_deref()
+        .map(|p| embeddings(p, "--prompt-embeds", "prompt_embeds"))
+        .transpose()?
+        .unzip();
+    let (negative_prompt_embeds, negative_prompt_attention_mask) = args
+        .negative_prompt_embeds
+        .as_deref()
+        .map(|p| embeddings(p, "--negative-prompt-embeds", "negative_prompt_embeds"))
+        .transpose()?
+        .unzip();
     let inputs = GenerateInputs {
-        latents: args
-            .latents
-            .as_deref()
-            .map(|p| single_tensor(p, "--latents"))
-            .transpose()?,
-        prompt_embeds: args
-            .prompt_embeds
-            .as_deref()
-            .map(|p| single_tensor(p, "--prompt-embeds"))
-            .transpose()?,
-        negative_prompt_embeds: args
-            .negative_prompt_embeds
-            .as_deref()
-            .map(|p| single_tensor(p, "--negative-prompt-embeds"))
-            .transpose()?,
-        pooled_prompt_embeds: args
-            .pooled_prompt_embeds
-            .as_deref()
-            .map(|p| single_tensor(p, "--pooled-prompt-embeds"))
-            .transpose()?,
-        negative_pooled_prompt_embeds: args
-            .negative_pooled_prompt_embeds
-            .as_deref()
-            .map(|p| single_tensor(p, "--negative-pooled-prompt-embeds"))
-            .transpose()?,
+        latents: tensor(&args.latents, "--latents")?,
+        prompt_embeds,
+        negative_prompt_embeds,
+        prompt_attention_mask: prompt_attention_mask.flatten(),
+        negative_prompt_attention_mask: negative_prompt_attention_mask.flatten(),
+        audio_latents: tensor(&args.audio_latents, "--audio-latents")?,
+        pooled_prompt_embeds: tensor(&args.pooled_prompt_embeds, "--pooled-prompt-embeds")?,
+        negative_pooled_prompt_embeds: tensor(
+            &args.negative_pooled_prompt_embeds,
+            "--negative-pooled-prompt-embeds",
+        )?,
     };
     let device = parse_device(&args.device)?;
     let dtype: DType = args.dtype.into();
@@ -288,11 +359,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         } else {
             ("video", video.frames.clone())
         };
-        candle_core::safetensors::save(
-            &std::collections::HashMap::from([(key.to_string(), tensor)]),
-            path,
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        let mut tensors = std::collections::HashMap::from([(key.to_string(), tensor)]);
+        if let Some(sound) = &video.audio {
+            tensors.insert("audio".into(), sound.to_tensor(&Device::Cpu)?.unsqueeze(0)?);
+        }
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match (&args.wav, &video.audio) {
+        (Some(path), Some(sound)) => sound.write_wav(path)?,
+        (Some(_), None) => bail!("--wav: this model makes no sound"),
+        (None, _) => {}
     }
     if let Some(path) = &args.out {
         eprintln!("Writing {}", path.display());
@@ -304,7 +381,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if image {
             videosdgx_engine::video::write_png(path, &frames[0], &record)?;
         } else {
-            videosdgx_engine::video::write_mp4(path, &frames, video.fps, &record)?;
+            videosdgx_engine::video::write_mp4_with_audio(
+                path,
+                &frames,
+                video.fps,
+                video.audio.as_ref(),
+                &record,
+            )?;
         }
     }
     let (frames, height, width, _) = video.frames.dims4()?;
@@ -316,6 +399,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "height": height,
         "width": width,
         "fps": video.fps,
+        "audio": video.audio.as_ref().map(|a| serde_json::json!({
+            "sample_rate": a.sample_rate, "channels": a.channels, "seconds": a.duration_s(),
+        })),
         "seconds": started.elapsed().as_secs_f64(),
         "stage_seconds": stage_seconds,
         "params": params,

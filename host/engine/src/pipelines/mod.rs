@@ -14,6 +14,7 @@ pub use noise::initial_noise;
 
 use crate::families::flux::pipeline::FluxPipeline;
 use crate::families::flux2::pipeline::Flux2Pipeline;
+use crate::families::ltx2::pipeline::{DEFAULT_FPS, LTX2Pipeline};
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
 use anyhow::bail;
@@ -84,6 +85,105 @@ pub struct GenerateParams {
     /// embedded guidance (off unless above 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub true_cfg_scale: Option<f64>,
+    /// LTX-2: the frame rate the video is made for and played at (`frame_rate`; 24 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    /// The noise levels to denoise at, one per step, instead of `steps` evenly spaced ones
+    /// (LTX-2's distilled schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigmas: Option<Vec<f64>>,
+    /// LTX-2: guidance beyond `guidance` (audio's own scale, spatio-temporal and modality
+    /// guidance, rescale); all off when absent.
+    #[serde(default, skip_serializing_if = "GuidanceTerms::is_default")]
+    pub guidance_terms: GuidanceTerms,
+}
+
+/// The guidance options of an audio-video model, named after the reference pipeline's arguments.
+/// `None` takes the default the reference's `--guidance G`-only call means: the audio stream
+/// guided like the video, no spatio-temporal or modality guidance, no rescale.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuidanceTerms {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_guidance_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stg_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_stg_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modality_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_modality_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_rescale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_guidance_rescale: Option<f64>,
+    /// The blocks whose self-attention spatio-temporal guidance skips (the reference's `[28]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spatio_temporal_guidance_blocks: Option<Vec<usize>>,
+}
+
+/// One stream's guidance: classifier-free, spatio-temporal and modality scales and the rescale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamGuidance {
+    pub cfg: f64,
+    pub stg: f64,
+    pub modality: f64,
+    pub rescale: f64,
+}
+
+/// [`GuidanceTerms`] with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioVideoGuidance {
+    pub video: StreamGuidance,
+    pub audio: StreamGuidance,
+    pub stg_blocks: Vec<usize>,
+}
+
+impl GuidanceTerms {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The terms with `guidance` as the video's classifier-free scale, each audio term following
+    /// its video term unless set.
+    pub fn resolve(&self, guidance: f64) -> AudioVideoGuidance {
+        let video = StreamGuidance {
+            cfg: guidance,
+            stg: self.stg_scale.unwrap_or(0.0),
+            modality: self.modality_scale.unwrap_or(1.0),
+            rescale: self.guidance_rescale.unwrap_or(0.0),
+        };
+        AudioVideoGuidance {
+            audio: StreamGuidance {
+                cfg: self.audio_guidance_scale.unwrap_or(video.cfg),
+                stg: self.audio_stg_scale.unwrap_or(video.stg),
+                modality: self.audio_modality_scale.unwrap_or(video.modality),
+                rescale: self.audio_guidance_rescale.unwrap_or(video.rescale),
+            },
+            video,
+            stg_blocks: self
+                .spatio_temporal_guidance_blocks
+                .clone()
+                .unwrap_or_else(|| vec![28]),
+        }
+    }
+}
+
+impl AudioVideoGuidance {
+    /// `do_classifier_free_guidance`.
+    pub fn classifier_free(&self) -> bool {
+        self.video.cfg > 1.0 || self.audio.cfg > 1.0
+    }
+
+    /// `do_spatio_temporal_guidance`.
+    pub fn spatio_temporal(&self) -> bool {
+        self.video.stg > 0.0 || self.audio.stg > 0.0
+    }
+
+    /// `do_modality_isolation_guidance`.
+    pub fn modality_isolation(&self) -> bool {
+        self.video.modality > 1.0 || self.audio.modality > 1.0
+    }
 }
 
 fn is_merge(mode: &LoraMode) -> bool {
@@ -165,6 +265,10 @@ pub struct GeneratedVideo {
     pub loras: Vec<LoraSpec>,
     /// With [`GenerateParams::cache`]: the steps each guidance branch computed and skipped.
     pub cache: Option<CacheReport>,
+    /// The sound of an audio-video model: the vocoder's waveform.
+    pub audio: Option<crate::video::Audio>,
+    /// f32 `[1, C, L, M]` audio latents the audio VAE decoded (audio-video models).
+    pub audio_latents: Option<Tensor>,
 }
 
 /// Tensors that replace what a generation would compute (reproduction and testing).
@@ -176,6 +280,12 @@ pub struct GenerateInputs {
     pub prompt_embeds: Option<Tensor>,
     /// `[1, L, text_dim]` instead of encoding `negative_prompt`.
     pub negative_prompt_embeds: Option<Tensor>,
+    /// `[1, L]`: which of `prompt_embeds`' tokens are real (LTX-2 needs it with its embeddings).
+    pub prompt_attention_mask: Option<Tensor>,
+    /// `[1, L]`, the mask of `negative_prompt_embeds`.
+    pub negative_prompt_attention_mask: Option<Tensor>,
+    /// LTX-2: the audio latents `[1, C, L, M]` instead of the seeded draw.
+    pub audio_latents: Option<Tensor>,
     /// FLUX.1's pooled CLIP embedding `[1, pooled_dim]`, given with `prompt_embeds`.
     pub pooled_prompt_embeds: Option<Tensor>,
     /// FLUX.1's pooled CLIP embedding of the negative prompt, given with
@@ -280,11 +390,21 @@ pub enum References {
     EditOne,
 }
 
+/// LTX-2 makes video with sound from text, at the requested frame rate (24 unless asked).
+const LTX2_CAPABILITIES: Capabilities = Capabilities {
+    output: Output::Video {
+        fps: DEFAULT_FPS as u32,
+    },
+    start_image: StartImage::Unsupported,
+    references: References::Unsupported,
+};
+
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
     Flux(Box<FluxPipeline>),
     Flux2(Box<Flux2Pipeline>),
+    Ltx2(Box<LTX2Pipeline>),
 }
 
 impl Pipeline {
@@ -296,6 +416,7 @@ impl Pipeline {
         "FluxKontextPipeline",
         "Flux2KleinPipeline",
         "Flux2Pipeline",
+        "LTX2Pipeline",
     ];
 
     /// Loads the pipeline in `dir` (weights memory-mapped), chosen by its `model_index.json`.
@@ -311,6 +432,7 @@ impl Pipeline {
             "Flux2KleinPipeline" | "Flux2Pipeline" => {
                 Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
             }
+            "LTX2Pipeline" => Pipeline::Ltx2(Box::new(LTX2Pipeline::load(dir, device, dtype)?)),
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -330,6 +452,7 @@ impl Pipeline {
             "WanPipeline" | "WanImageToVideoPipeline" => (50, 5.0),
             "Flux2KleinPipeline" if setting("is_distilled") == Some(true) => (4, 1.0),
             "Flux2KleinPipeline" | "Flux2Pipeline" => (50, 4.0),
+            "LTX2Pipeline" => (30, 3.0),
             "FluxPipeline" | "FluxKontextPipeline" => {
                 let config: serde_json::Value =
                     crate::loader::read_config(&dir.join("transformer").join("config.json"))?;
@@ -374,6 +497,7 @@ impl Pipeline {
                 start_image: StartImage::Unsupported,
                 references: References::Optional,
             },
+            "LTX2Pipeline" => LTX2_CAPABILITIES,
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -403,6 +527,7 @@ impl Pipeline {
                 start_image: StartImage::Unsupported,
                 references: References::Optional,
             },
+            Pipeline::Ltx2(_) => LTX2_CAPABILITIES,
         }
     }
 
@@ -410,6 +535,7 @@ impl Pipeline {
     pub fn frames_for(&self, seconds: f64) -> usize {
         match self {
             Pipeline::Wan(wan) => wan.frames_for(seconds),
+            Pipeline::Ltx2(ltx) => ltx.frames_for(seconds),
             Pipeline::Flux(_) | Pipeline::Flux2(_) => 1,
         }
     }
@@ -421,6 +547,7 @@ impl Pipeline {
             Pipeline::Wan(wan) => wan.keep_text_encoder(keep),
             Pipeline::Flux(flux) => flux.keep_text_encoder(keep),
             Pipeline::Flux2(flux) => flux.keep_text_encoder(keep),
+            Pipeline::Ltx2(ltx) => ltx.keep_text_encoder(keep),
         }
     }
 
@@ -441,10 +568,29 @@ impl Pipeline {
                 bail!("true_cfg_scale is a FLUX.1 setting; this pipeline's guidance is `guidance`");
             }
         }
+        if !matches!(self, Pipeline::Ltx2(_)) {
+            if params.fps.is_some() {
+                bail!("the frame rate is an LTX-2 setting; this model's rate is fixed");
+            }
+            if params.sigmas.is_some() {
+                bail!(
+                    "a sigma schedule is an LTX-2 setting; this pipeline takes steps (and presets)"
+                );
+            }
+            if !params.guidance_terms.is_default() {
+                bail!(
+                    "audio, spatio-temporal and modality guidance are LTX-2 settings; this pipeline's guidance is `guidance`"
+                );
+            }
+            if inputs.audio_latents.is_some() {
+                bail!("audio latents are for an audio-video model (LTX-2)");
+            }
+        }
         match self {
             Pipeline::Wan(wan) => wan.generate_with(params, inputs, on_progress),
             Pipeline::Flux(flux) => flux.generate(params, inputs, on_progress),
             Pipeline::Flux2(flux) => flux.generate(params, inputs, on_progress),
+            Pipeline::Ltx2(ltx) => ltx.generate(params, inputs, on_progress),
         }
     }
 }

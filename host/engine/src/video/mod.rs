@@ -52,6 +52,17 @@ pub fn write_mp4(
     fps: u32,
     metadata: &serde_json::Value,
 ) -> Result<()> {
+    write_mp4_with_audio(path, frames, fps, None, metadata)
+}
+
+/// [`write_mp4`] with a sound track when `audio` is given.
+pub fn write_mp4_with_audio(
+    path: &Path,
+    frames: &[RgbImage],
+    fps: u32,
+    audio: Option<&Audio>,
+    metadata: &serde_json::Value,
+) -> Result<()> {
     (|| {
         let first = frames
             .first()
@@ -73,6 +84,9 @@ pub fn write_mp4(
         let mut writer = Mp4Writer::create(path, size.0, size.1, fps)?;
         for frame in frames {
             writer.push(frame)?;
+        }
+        if let Some(audio) = audio {
+            writer.set_audio(audio.clone());
         }
         writer.finish(metadata)
     })()

@@ -71,7 +71,7 @@ pub async fn list_presets() -> Json<Vec<PresetInfo>> {
             .map(|p| PresetInfo {
                 name: p.name,
                 description: p.description,
-                steps: p.denoising_steps.len(),
+                steps: p.steps(),
                 guidance: p.guidance,
             })
             .collect(),

@@ -316,6 +316,8 @@ impl FluxPipeline {
             latents: z.to_dtype(DType::F32)?,
             loras,
             cache: None,
+            audio: None,
+            audio_latents: None,
         })
     }
 

@@ -279,6 +279,8 @@ impl Flux2Pipeline {
             latents: z.to_dtype(DType::F32)?,
             loras: Vec::new(),
             cache: None,
+            audio: None,
+            audio_latents: None,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod audio_vae;
 pub mod connectors;
 pub mod latent_upsampler;
+pub mod pipeline;
 pub mod rope;
 pub mod transformer;
 pub mod video_vae;

@@ -680,3 +680,47 @@ impl LTX2VocoderWithBWE {
         waveform.narrow(2, 0, output_samples)
     }
 }
+
+/// Whichever vocoder a pipeline's `vocoder/` folder holds, by its config's `_class_name`.
+pub enum Vocoder {
+    Plain(Box<LTX2Vocoder>),
+    WithBwe(Box<LTX2VocoderWithBWE>),
+}
+
+impl Vocoder {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            #[serde(rename = "_class_name")]
+            class_name: String,
+        }
+        let header: Header = crate::loader::read_config(&dir.join("config.json"))?;
+        Ok(match header.class_name.as_str() {
+            "LTX2Vocoder" => Self::Plain(Box::new(LTX2Vocoder::load(dir, device, dtype)?)),
+            "LTX2VocoderWithBWE" => {
+                Self::WithBwe(Box::new(LTX2VocoderWithBWE::load(dir, device, dtype)?))
+            }
+            other => anyhow::bail!(
+                "{}: `{other}` is not an LTX-2 vocoder (LTX2Vocoder, LTX2VocoderWithBWE)",
+                dir.display()
+            ),
+        })
+    }
+
+    /// A mel spectrogram `[batch, channels, frames, mel_bins]` -> the waveform
+    /// `[batch, channels, samples]`.
+    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Plain(vocoder) => vocoder.forward(mel),
+            Self::WithBwe(vocoder) => vocoder.forward(mel),
+        }
+    }
+
+    /// Samples per second of the waveform.
+    pub fn output_sampling_rate(&self) -> usize {
+        match self {
+            Self::Plain(vocoder) => vocoder.output_sampling_rate(),
+            Self::WithBwe(vocoder) => vocoder.output_sampling_rate(),
+        }
+    }
+}

@@ -565,6 +565,8 @@ impl WanPipeline {
             latents,
             loras,
             cache: params.cache.map(|spec| CacheReport::merge(spec, &caches)),
+            audio: None,
+            audio_latents: None,
         })
     }
 

@@ -271,6 +271,9 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 references: Vec::new(),
                 max_sequence_length: None,
                 true_cfg_scale: None,
+                fps: None,
+                sigmas: None,
+                guidance_terms: Default::default(),
             };
             let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
                 let inputs = GenerateInputs {

@@ -221,6 +221,9 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,
+        fps: None,
+        sigmas: None,
+        guidance_terms: Default::default(),
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;

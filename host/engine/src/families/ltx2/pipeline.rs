@@ -1,0 +1,661 @@
+//! `LTX2Pipeline` (diffusers `pipelines/ltx2/pipeline_ltx2.py`): text to video with its sound.
+//! The prompt's Gemma 3 hidden states (every layer, stacked) pass the text connectors; video and
+//! audio latents are denoised together by the audio-video transformer, each stream with its own
+//! flow-Euler schedule over the same sigmas; guidance is computed on the denoised estimates (x0):
+//! classifier-free, spatio-temporal (a pass with some blocks' self-attention skipped), modality
+//! isolation (a pass without the audio-video cross-attention), then rescaled. The video VAE
+//! decodes the pictures, the audio VAE a mel spectrogram, and the vocoder the waveform.
+
+use super::audio_vae::AutoencoderKLLTX2Audio;
+use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
+use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions};
+use super::video_vae::AutoencoderKLLTX2Video;
+use super::vocoder::Vocoder;
+use crate::loader::{pipeline_component, read_config, read_pipeline_index};
+use crate::pipelines::{
+    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, initial_noise,
+};
+use crate::schedulers::FlowMatchEulerDiscrete;
+use crate::schedulers::linspace;
+use crate::text::decoder::HiddenStates;
+use crate::text::model::LanguageModel;
+use crate::tokenizer::PromptTokenizer;
+use crate::video::Audio;
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Device, Tensor};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+/// Tokens per prompt (`max_sequence_length`).
+const MAX_SEQUENCE_LENGTH: usize = 1024;
+/// The frame rate when the request names none (`frame_rate`).
+pub const DEFAULT_FPS: f64 = 24.0;
+/// `pipelines/ltx2/utils.py`'s `DISTILLED_SIGMA_VALUES`: the 8-step schedule of the distilled model.
+pub const DISTILLED_SIGMAS: [f64; 8] = [
+    1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875,
+];
+
+/// Gemma 3 and its tokenizer; the model is loaded when a prompt needs encoding and released
+/// after, unless asked to stay.
+struct GemmaText {
+    dir: PathBuf,
+    tokenizer: PromptTokenizer,
+    encoder: Option<LanguageModel>,
+}
+
+pub struct LTX2Pipeline {
+    name: String,
+    transformer: LTX2VideoTransformer3DModel,
+    connectors: LTX2TextConnectors,
+    vae: AutoencoderKLLTX2Video,
+    audio_vae: AutoencoderKLLTX2Audio,
+    vocoder: Vocoder,
+    scheduler_config: serde_json::Value,
+    text: Option<GemmaText>,
+    keep_text_encoder: bool,
+    device: Device,
+    dtype: DType,
+}
+
+/// One stream's latents and schedule.
+struct Stream {
+    latents: Tensor,
+    scheduler: FlowMatchEulerDiscrete,
+}
+
+impl LTX2Pipeline {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index = read_pipeline_index(dir)?;
+        let component = |name: &str| pipeline_component(dir, name);
+        // `text_encoder: [null, null]`: a folder that runs from prompt embeddings only.
+        let text = match index.component("text_encoder") {
+            Some(_) => {
+                let encoder_dir = component("text_encoder")?;
+                Some(GemmaText {
+                    tokenizer: PromptTokenizer::from_dir(&component("tokenizer")?)?,
+                    encoder: Some(LanguageModel::load(&encoder_dir, device, dtype)?),
+                    dir: encoder_dir,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            name: dir.display().to_string(),
+            transformer: LTX2VideoTransformer3DModel::load(
+                &component("transformer")?,
+                device,
+                dtype,
+            )?,
+            connectors: LTX2TextConnectors::load(&component("connectors")?, device, dtype)?,
+            vae: AutoencoderKLLTX2Video::load(&component("vae")?, device, dtype)?,
+            audio_vae: AutoencoderKLLTX2Audio::load(&component("audio_vae")?, device, dtype)?,
+            vocoder: Vocoder::load(&component("vocoder")?, device, dtype)?,
+            scheduler_config: read_config(&component("scheduler")?.join("scheduler_config.json"))?,
+            text,
+            keep_text_encoder: false,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Keeps the text encoder loaded between generations (the studio's lane keeps one pipeline
+    /// resident; the CLI releases it after encoding to make room for the transformer).
+    pub fn keep_text_encoder(&mut self, keep: bool) {
+        self.keep_text_encoder = keep;
+    }
+
+    pub fn has_text_encoder(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// The `8k+1` frame count closest to `seconds` at the default frame rate.
+    pub fn frames_for(&self, seconds: f64) -> usize {
+        let step = self.temporal_ratio();
+        let k = (seconds * DEFAULT_FPS / step as f64).round().max(1.0) as usize;
+        k * step + 1
+    }
+
+    /// Latent frames per pixel frame step (`vae_temporal_compression_ratio`).
+    pub fn temporal_ratio(&self) -> usize {
+        self.vae.config().temporal_compression_ratio()
+    }
+
+    /// Pixels per latent a side (`vae_spatial_compression_ratio`).
+    pub fn spatial_ratio(&self) -> usize {
+        self.vae.config().spatial_compression_ratio()
+    }
+
+    pub fn generate(
+        &mut self,
+        params: &GenerateParams,
+        inputs: GenerateInputs,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<GeneratedVideo> {
+        let mut report = crate::pipelines::reporter(on_progress);
+        self.check(params)?;
+        let guidance = params.guidance_terms.resolve(params.guidance);
+        let fps = params.fps.unwrap_or(DEFAULT_FPS);
+        let cfg = guidance.classifier_free();
+
+        report(Stage::EncodingPrompt, 0, 1)?;
+        let (prompt_embeds, prompt_mask) = match inputs.prompt_embeds {
+            Some(embeds) => (
+                embeds,
+                embeddings_mask(inputs.prompt_attention_mask, "prompt")?,
+            ),
+            None => self.prompt_embeds(&params.prompt)?,
+        };
+        let negative = match (cfg, inputs.negative_prompt_embeds) {
+            (false, _) => None,
+            (true, Some(embeds)) => Some((
+                embeds,
+                embeddings_mask(inputs.negative_prompt_attention_mask, "negative prompt")?,
+            )),
+            (true, None) => Some(self.prompt_embeds(&params.negative_prompt)?),
+        };
+        if !self.keep_text_encoder
+            && let Some(text) = &mut self.text
+        {
+            text.encoder = None;
+        }
+        // The unconditional batch first, as the reference concatenates them.
+        let (embeds, mask) = match &negative {
+            Some((negative, negative_mask)) => (
+                cat_batches(negative, &prompt_embeds, "prompt embeddings")?,
+                cat_batches(negative_mask, &prompt_mask, "prompt attention masks")?,
+            ),
+            None => (prompt_embeds.clone(), prompt_mask.clone()),
+        };
+        let text = self
+            .connectors
+            .forward(
+                &embeds.to_device(&self.device)?.to_dtype(self.dtype)?,
+                &mask.to_device(&self.device)?,
+                PaddingSide::Left,
+                8.0,
+            )
+            .context("the text connectors")?;
+        report(Stage::EncodingPrompt, 1, 1)?;
+
+        let shape = self.latent_shape(params)?;
+        let mut video = self.video_stream(params, shape, inputs.latents)?;
+        let audio_frames = self.audio_frames(params.frames, fps);
+        let mut audio = self.audio_stream(params, audio_frames, inputs.audio_latents)?;
+        let steps = video.scheduler.timesteps().to_vec();
+
+        let (_, _, frames, height, width) = shape;
+        let video_positions = Positions::Video {
+            num_frames: frames,
+            height,
+            width,
+            fps: fps as f32,
+        };
+        let audio_positions = Positions::Audio {
+            num_frames: audio_frames,
+        };
+        let (cond_video_text, cond_audio_text, cond_mask) = if cfg {
+            (
+                text.video_text_embedding.narrow(0, 1, 1)?,
+                text.audio_text_embedding.narrow(0, 1, 1)?,
+                text.attention_mask.narrow(0, 1, 1)?,
+            )
+        } else {
+            (
+                text.video_text_embedding.clone(),
+                text.audio_text_embedding.clone(),
+                text.attention_mask.clone(),
+            )
+        };
+
+        report(Stage::Denoising, 0, steps.len())?;
+        for (i, t) in steps.iter().enumerate() {
+            let sigma = video.scheduler.sigmas()[i];
+            let to_x0 = |stream: &Stream, velocity: &Tensor| -> Result<Tensor> {
+                Ok((&stream.latents - (velocity.to_dtype(DType::F32)? * sigma)?)?)
+            };
+            // One transformer pass over `batch` copies of the latents.
+            let predict = |batch: usize,
+                           video_text: &Tensor,
+                           audio_text: &Tensor,
+                           mask: &Tensor,
+                           isolate_modalities: bool,
+                           stg_blocks: Vec<usize>|
+             -> Result<(Tensor, Tensor)> {
+                let repeat = |x: &Tensor| -> Result<Tensor> {
+                    Ok(Tensor::cat(&vec![x; batch], 0)?.to_dtype(self.dtype)?)
+                };
+                let (hidden, audio_hidden) = (repeat(&video.latents)?, repeat(&audio.latents)?);
+                let timestep = Tensor::full(*t as f32, batch, &self.device)?;
+                let inputs = LTX2TransformerInputs {
+                    hidden_states: &hidden,
+                    audio_hidden_states: &audio_hidden,
+                    encoder_hidden_states: video_text,
+                    audio_encoder_hidden_states: audio_text,
+                    timestep: &timestep,
+                    audio_timestep: None,
+                    sigma: Some(&timestep),
+                    audio_sigma: None,
+                    encoder_attention_mask: Some(mask),
+                    audio_encoder_attention_mask: Some(mask),
+                    video_positions: video_positions.clone(),
+                    audio_positions: audio_positions.clone(),
+                    isolate_modalities,
+                    spatio_temporal_guidance_blocks: stg_blocks,
+                    perturbation_mask: None,
+                    use_cross_timestep: true,
+                    video_keyframes_mask: None,
+                };
+                Ok(self.transformer.forward(&inputs)?)
+            };
+            let batch = if cfg { 2 } else { 1 };
+            let (video_out, audio_out) = predict(
+                batch,
+                &text.video_text_embedding,
+                &text.audio_text_embedding,
+                &text.attention_mask,
+                false,
+                Vec::new(),
+            )?;
+            let (video_x0, audio_x0, mut video_delta, mut audio_delta) = if cfg {
+                let video_uncond = to_x0(&video, &video_out.narrow(0, 0, 1)?)?;
+                let video_cond = to_x0(&video, &video_out.narrow(0, 1, 1)?)?;
+                let audio_uncond = to_x0(&audio, &audio_out.narrow(0, 0, 1)?)?;
+                let audio_cond = to_x0(&audio, &audio_out.narrow(0, 1, 1)?)?;
+                let video_delta = ((&video_cond - video_uncond)? * (guidance.video.cfg - 1.0))?;
+                let audio_delta = ((&audio_cond - audio_uncond)? * (guidance.audio.cfg - 1.0))?;
+                (video_cond, audio_cond, video_delta, audio_delta)
+            } else {
+                let video_x0 = to_x0(&video, &video_out)?;
+                let audio_x0 = to_x0(&audio, &audio_out)?;
+                let (video_zero, audio_zero) = (video_x0.zeros_like()?, audio_x0.zeros_like()?);
+                (video_x0, audio_x0, video_zero, audio_zero)
+            };
+            if guidance.spatio_temporal() {
+                let (video_stg, audio_stg) = predict(
+                    1,
+                    &cond_video_text,
+                    &cond_audio_text,
+                    &cond_mask,
+                    false,
+                    guidance.stg_blocks.clone(),
+                )?;
+                let video_stg = to_x0(&video, &video_stg)?;
+                let audio_stg = to_x0(&audio, &audio_stg)?;
+                video_delta = (video_delta + ((&video_x0 - video_stg)? * guidance.video.stg)?)?;
+                audio_delta = (audio_delta + ((&audio_x0 - audio_stg)? * guidance.audio.stg)?)?;
+            }
+            if guidance.modality_isolation() {
+                let (video_alone, audio_alone) = predict(
+                    1,
+                    &cond_video_text,
+                    &cond_audio_text,
+                    &cond_mask,
+                    true,
+                    Vec::new(),
+                )?;
+                let video_alone = to_x0(&video, &video_alone)?;
+                let audio_alone = to_x0(&audio, &audio_alone)?;
+                video_delta = (video_delta
+                    + ((&video_x0 - video_alone)? * (guidance.video.modality - 1.0))?)?;
+                audio_delta = (audio_delta
+                    + ((&audio_x0 - audio_alone)? * (guidance.audio.modality - 1.0))?)?;
+            }
+            let guided = |x0: &Tensor, delta: Tensor, rescale: f64| -> Result<Tensor> {
+                let guided = (x0 + delta)?;
+                if rescale > 0.0 {
+                    rescale_noise_cfg(&guided, x0, rescale)
+                } else {
+                    Ok(guided)
+                }
+            };
+            let video_guided = guided(&video_x0, video_delta, guidance.video.rescale)?;
+            let audio_guided = guided(&audio_x0, audio_delta, guidance.audio.rescale)?;
+            for (stream, x0) in [(&mut video, video_guided), (&mut audio, audio_guided)] {
+                // Back to a velocity for the Euler step: (x − x0) / σ.
+                let velocity = ((&stream.latents - x0)? / sigma)?;
+                stream.latents = stream.scheduler.step(&velocity, &stream.latents)?;
+            }
+            report(Stage::Denoising, i + 1, steps.len())?;
+        }
+
+        report(Stage::Decoding, 0, 2)?;
+        let latents = unpack_latents(&video.latents, shape, self.patch_sizes())?;
+        let scaling = self.vae.config().scaling_factor;
+        let latents = self.vae.denormalize_latents(&latents, scaling)?;
+        let timestep_conditioning = self.vae.config().timestep_conditioning;
+        // `decode_timestep` and `decode_noise_scale` at the reference's default, 0.
+        let decode_timestep = timestep_conditioning
+            .then(|| Tensor::zeros(1, self.dtype, &self.device))
+            .transpose()?;
+        let pictures = self
+            .vae
+            .decode(&latents.to_dtype(self.dtype)?, decode_timestep.as_ref())?;
+        let frames = ((pictures
+            .squeeze(0)?
+            .permute((1, 2, 3, 0))?
+            .to_dtype(DType::F32)?
+            / 2.0)?
+            + 0.5)?
+            .clamp(0f32, 1f32)?
+            .to_device(&Device::Cpu)?;
+        report(Stage::Decoding, 1, 2)?;
+        let audio_latents = self.audio_vae.denormalize_latents(&audio.latents)?;
+        let mel_bins = self.audio_vae.latent_mel_bins()?;
+        let audio_latents = AutoencoderKLLTX2Audio::unpack_latents(&audio_latents, mel_bins)?;
+        let mel = self
+            .audio_vae
+            .decode(&audio_latents.to_dtype(self.dtype)?)?;
+        let waveform = self.vocoder.forward(&mel)?;
+        let sound = Audio::from_tensor(
+            &waveform.squeeze(0)?.to_device(&Device::Cpu)?,
+            self.vocoder.output_sampling_rate() as u32,
+        )
+        .context("the vocoder's waveform")?;
+        report(Stage::Decoding, 2, 2)?;
+        Ok(GeneratedVideo {
+            frames,
+            fps: fps.round() as u32,
+            latents: latents.to_dtype(DType::F32)?,
+            audio: Some(sound),
+            audio_latents: Some(audio_latents.to_dtype(DType::F32)?),
+            loras: Vec::new(),
+            cache: None,
+        })
+    }
+
+    /// Refuses requests the model cannot make, naming the rule.
+    fn check(&self, params: &GenerateParams) -> Result<()> {
+        let spatial = self.spatial_ratio().max(32);
+        let temporal = self.temporal_ratio();
+        if params.height == 0
+            || !params.height.is_multiple_of(spatial)
+            || params.width == 0
+            || !params.width.is_multiple_of(spatial)
+        {
+            bail!(
+                "{}: height and width must be positive multiples of {spatial}, got {}x{}",
+                self.name,
+                params.width,
+                params.height
+            );
+        }
+        if params.frames == 0 || !(params.frames - 1).is_multiple_of(temporal) {
+            bail!(
+                "{}: LTX-2 makes {temporal}k+1 frames (9, 17, ..., 121), not {}",
+                self.name,
+                params.frames
+            );
+        }
+        if params.steps == 0 {
+            bail!("steps must be at least 1");
+        }
+        if let Some(fps) = params.fps
+            && !(fps.is_finite() && fps > 0.0)
+        {
+            bail!("the frame rate must be positive, got {fps}");
+        }
+        if let Some(sigmas) = &params.sigmas
+            && sigmas.len() != params.steps
+        {
+            bail!(
+                "{} sigmas for {} steps: give one sigma per step",
+                sigmas.len(),
+                params.steps
+            );
+        }
+        if params.start_image.is_some() || params.end_image.is_some() {
+            bail!(
+                "{}: image-to-video with LTX-2 is not supported yet; this pipeline makes video from text",
+                self.name
+            );
+        }
+        if !params.references.is_empty() {
+            bail!("{}: a video model takes no reference images", self.name);
+        }
+        if params.cache.is_some() {
+            bail!("{}: step caching is implemented for Wan only", self.name);
+        }
+        if !params.loras.is_empty() {
+            bail!("{}: LoRAs on LTX-2 are not supported yet", self.name);
+        }
+        let blocks = self.transformer.config().num_layers;
+        let guidance = params.guidance_terms.resolve(params.guidance);
+        if let Some(block) = guidance
+            .stg_blocks
+            .iter()
+            .find(|b| guidance.spatio_temporal() && **b >= blocks)
+        {
+            bail!(
+                "spatio-temporal guidance block {block} does not exist: the transformer has {blocks} blocks"
+            );
+        }
+        Ok(())
+    }
+
+    fn patch_sizes(&self) -> (usize, usize) {
+        let config = self.transformer.config();
+        (config.patch_size, config.patch_size_t)
+    }
+
+    /// `[1, C, F, H, W]` of the video latents.
+    fn latent_shape(&self, params: &GenerateParams) -> Result<(usize, usize, usize, usize, usize)> {
+        let channels = self.vae.config().latent_channels;
+        ensure!(
+            channels == self.transformer.config().in_channels,
+            "{}: the VAE has {channels} latent channels but the transformer takes {}",
+            self.name,
+            self.transformer.config().in_channels
+        );
+        let spatial = self.spatial_ratio();
+        Ok((
+            1,
+            channels,
+            (params.frames - 1) / self.temporal_ratio() + 1,
+            params.height / spatial,
+            params.width / spatial,
+        ))
+    }
+
+    /// Audio latent frames for `frames` pixel frames at `fps`: as long as the video.
+    fn audio_frames(&self, frames: usize, fps: f64) -> usize {
+        let per_second = self.audio_vae.sample_rate() as f64
+            / self.audio_vae.mel_hop_length() as f64
+            / self.audio_vae.temporal_compression_ratio() as f64;
+        (frames as f64 / fps * per_second).round() as usize
+    }
+
+    /// The sigmas of a request (its own, or `steps` evenly spaced from 1) and the schedule's
+    /// `mu` for `tokens` video tokens.
+    fn scheduler(&self, params: &GenerateParams, tokens: usize) -> Result<FlowMatchEulerDiscrete> {
+        let mut scheduler = FlowMatchEulerDiscrete::from_config(&self.scheduler_config, None)
+            .with_context(|| format!("{}: scheduler", self.name))?;
+        let sigmas = match &params.sigmas {
+            Some(sigmas) => sigmas.clone(),
+            None => linspace(1.0, 1.0 / params.steps as f64, params.steps),
+        };
+        let setting =
+            |key: &str, default: f64| self.scheduler_config[key].as_f64().unwrap_or(default);
+        let mu = calculate_shift(
+            tokens,
+            setting("base_image_seq_len", 1024.0),
+            setting("max_image_seq_len", 4096.0),
+            setting("base_shift", 0.95),
+            setting("max_shift", 2.05),
+        );
+        scheduler.set_sigmas(&sigmas, Some(mu))?;
+        Ok(scheduler)
+    }
+
+    /// The packed, normalised video latents: the given `[1, C, F, H, W]` ones or seeded noise.
+    fn video_stream(
+        &self,
+        params: &GenerateParams,
+        shape: (usize, usize, usize, usize, usize),
+        given: Option<Tensor>,
+    ) -> Result<Stream> {
+        let latents = match given {
+            Some(latents) => {
+                let expected = [shape.0, shape.1, shape.2, shape.3, shape.4];
+                ensure!(
+                    latents.dims() == expected,
+                    "--latents must be {expected:?} for {} frames of {}x{}, got {:?}",
+                    params.frames,
+                    params.width,
+                    params.height,
+                    latents.dims()
+                );
+                let latents = latents.to_device(&self.device)?.to_dtype(DType::F32)?;
+                self.vae
+                    .normalize_latents(&latents, self.vae.config().scaling_factor)?
+            }
+            None => initial_noise(params.seed, shape, &self.device)?,
+        };
+        let latents = pack_latents(&latents, self.patch_sizes())?;
+        let scheduler = self.scheduler(params, latents.dim(1)?)?;
+        Ok(Stream { latents, scheduler })
+    }
+
+    /// The packed, normalised audio latents: the given `[1, C, L, M]` ones or seeded noise (drawn
+    /// after the video's, from the seed + 1).
+    fn audio_stream(
+        &self,
+        params: &GenerateParams,
+        frames: usize,
+        given: Option<Tensor>,
+    ) -> Result<Stream> {
+        let channels = self.audio_vae.config().latent_channels;
+        let mel_bins = self.audio_vae.latent_mel_bins()?;
+        let shape = (1, channels, frames, mel_bins);
+        let latents = match given {
+            Some(latents) => {
+                let expected = [1, channels, frames, mel_bins];
+                ensure!(
+                    latents.dims() == expected,
+                    "--audio-latents must be {expected:?} for {} frames, got {:?}",
+                    params.frames,
+                    latents.dims()
+                );
+                let packed = AutoencoderKLLTX2Audio::pack_latents(
+                    &latents.to_device(&self.device)?.to_dtype(DType::F32)?,
+                )?;
+                self.audio_vae.normalize_latents(&packed)?
+            }
+            None => AutoencoderKLLTX2Audio::pack_latents(&initial_noise(
+                params.seed.wrapping_add(1),
+                shape,
+                &self.device,
+            )?)?,
+        };
+        // The audio schedule takes the video's mu (the reference deep-copies the scheduler).
+        let video_tokens = {
+            let (_, _, f, h, w) = self.latent_shape(params)?;
+            let (p, pt) = self.patch_sizes();
+            (f / pt) * (h / p) * (w / p)
+        };
+        let scheduler = self.scheduler(params, video_tokens)?;
+        Ok(Stream { latents, scheduler })
+    }
+
+    /// `_get_gemma_prompt_embeds`: the prompt left-padded to 1024 tokens, every hidden state of
+    /// Gemma 3 stacked and flattened to `[1, 1024, hidden · (layers + 1)]`, with its mask.
+    fn prompt_embeds(&mut self, prompt: &str) -> Result<(Tensor, Tensor)> {
+        let Some(text) = &mut self.text else {
+            bail!(
+                "{}: this pipeline has no text encoder; give prompt embeddings (--prompt-embeds)",
+                self.name
+            );
+        };
+        let encoded = text
+            .tokenizer
+            .encode_left_padded(prompt.trim(), MAX_SEQUENCE_LENGTH)?;
+        let encoder = match &mut text.encoder {
+            Some(encoder) => encoder,
+            None => text
+                .encoder
+                .insert(LanguageModel::load(&text.dir, &self.device, self.dtype)?),
+        };
+        let len = encoded.input_ids.len();
+        let ids = Tensor::from_vec(encoded.input_ids, (1, len), &self.device)?;
+        let mask = Tensor::from_vec(encoded.attention_mask, (1, len), &self.device)?;
+        let hidden = encoder.hidden_states(&ids, &mask, HiddenStates::All)?;
+        Ok((stack_text_encoder_hidden_states(&hidden)?, mask))
+    }
+}
+
+/// The attention mask given with prompt embeddings, which LTX-2 cannot do without.
+fn embeddings_mask(mask: Option<Tensor>, what: &str) -> Result<Tensor> {
+    mask.with_context(|| {
+        format!(
+            "the {what} embeddings need their attention mask (`{}` in the file)",
+            mask_name(what)
+        )
+    })
+}
+
+fn mask_name(what: &str) -> &'static str {
+    if what == "prompt" {
+        "prompt_attention_mask"
+    } else {
+        "negative_prompt_attention_mask"
+    }
+}
+
+/// `torch.cat([a, b], 0)` of two single-batch tensors, refusing different shapes by name.
+fn cat_batches(a: &Tensor, b: &Tensor, what: &str) -> Result<Tensor> {
+    ensure!(
+        a.dims()[1..] == b.dims()[1..],
+        "the negative and positive {what} differ in shape: {:?} and {:?}",
+        a.dims(),
+        b.dims()
+    );
+    Ok(Tensor::cat(&[a, b], 0)?)
+}
+
+/// `calculate_shift`: `mu` grows linearly with the token count between the configured ends.
+fn calculate_shift(tokens: usize, base_len: f64, max_len: f64, base: f64, max: f64) -> f64 {
+    let slope = (max - base) / (max_len - base_len);
+    tokens as f64 * slope + (base - slope * base_len)
+}
+
+/// `_pack_latents`: `[B, C, F, H, W]` to tokens `[B, F/pt · H/p · W/p, C · pt · p · p]`.
+fn pack_latents(latents: &Tensor, (p, pt): (usize, usize)) -> Result<Tensor> {
+    let (b, c, f, h, w) = latents.dims5()?;
+    let (f, h, w) = (f / pt, h / p, w / p);
+    Ok(latents
+        .reshape(vec![b, c, f, pt, h, p, w, p])?
+        .permute(vec![0, 2, 4, 6, 1, 3, 5, 7])?
+        .reshape((b, f * h * w, c * pt * p * p))?)
+}
+
+/// `_unpack_latents`: the inverse of [`pack_latents`] for latents of `shape`.
+fn unpack_latents(
+    tokens: &Tensor,
+    shape: (usize, usize, usize, usize, usize),
+    (p, pt): (usize, usize),
+) -> Result<Tensor> {
+    let (b, c, f, h, w) = shape;
+    Ok(tokens
+        .reshape(vec![b, f / pt, h / p, w / p, c, pt, p, p])?
+        .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
+        .reshape(shape)?)
+}
+
+/// `rescale_noise_cfg`: the guided estimate's standard deviation pulled towards the conditional
+/// one's by `rescale` (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+fn rescale_noise_cfg(guided: &Tensor, conditional: &Tensor, rescale: f64) -> Result<Tensor> {
+    let std = |x: &Tensor| -> Result<Tensor> {
+        let flat = x.flatten_from(1)?;
+        let n = flat.dim(1)? as f64;
+        let centred = flat.broadcast_sub(&flat.mean_keepdim(1)?)?;
+        // torch.std's default: the unbiased estimate.
+        Ok((centred.sqr()?.sum_keepdim(1)? / (n - 1.0))?.sqrt()?)
+    };
+    let ratio = std(conditional)?.broadcast_div(&std(guided)?)?;
+    let ratio = ratio.reshape(
+        std::iter::once(guided.dim(0)?)
+            .chain(std::iter::repeat_n(1, guided.rank() - 1))
+            .collect::<Vec<_>>(),
+    )?;
+    let rescaled = guided.broadcast_mul(&ratio)?;
+    Ok(((rescaled * rescale)? + (guided * (1.0 - rescale))?)?)
+}

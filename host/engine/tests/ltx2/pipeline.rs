@@ -1,0 +1,154 @@
+//! `LTX2Pipeline` against diffusers on tests/fixtures/tiny-ltx2 (made by
+//! tests/fixtures/make_ltx2_pipeline_fixtures.py): text-to-video with sound from prompt
+//! embeddings and fixed latents, under plain classifier-free guidance, the distilled sigmas and
+//! every guidance term; the pictures, the waveform and both denoised latents within 1e-3.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use videosdgx_engine::families::ltx2::pipeline::LTX2Pipeline;
+use videosdgx_engine::models::relative_error;
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, GuidanceTerms};
+
+const TOLERANCE: f64 = 1e-3;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-ltx2")
+}
+
+fn reference(file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("reference").join(file), &Device::Cpu).unwrap()
+}
+
+/// The request a reference run's arguments (reference/<run>.json) describe.
+fn params(run: &str) -> GenerateParams {
+    let args: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join(format!("reference/{run}.json"))).unwrap(),
+    )
+    .unwrap();
+    let number = |key: &str| args[key].as_f64();
+    let mut params: GenerateParams = serde_json::from_value(serde_json::json!({
+        "prompt": "", "height": args["height"], "width": args["width"],
+        "frames": args["num_frames"], "steps": args["num_inference_steps"],
+        "guidance": args["guidance_scale"], "seed": 0, "fps": args["frame_rate"],
+        "sigmas": args.get("sigmas"),
+    }))
+    .unwrap();
+    params.guidance_terms = GuidanceTerms {
+        audio_guidance_scale: number("audio_guidance_scale"),
+        stg_scale: number("stg_scale"),
+        audio_stg_scale: number("audio_stg_scale"),
+        modality_scale: number("modality_scale"),
+        audio_modality_scale: number("audio_modality_scale"),
+        guidance_rescale: number("guidance_rescale"),
+        audio_guidance_rescale: number("audio_guidance_rescale"),
+        spatio_temporal_guidance_blocks: args
+            .get("spatio_temporal_guidance_blocks")
+            .map(|b| serde_json::from_value(b.clone()).unwrap()),
+    };
+    params
+}
+
+fn inputs() -> GenerateInputs {
+    let mut prompt = reference("prompt_embeds.safetensors");
+    let mut negative = reference("negative_prompt_embeds.safetensors");
+    GenerateInputs {
+        latents: reference("latents.safetensors").remove("latents"),
+        audio_latents: reference("audio_latents.safetensors").remove("audio_latents"),
+        prompt_embeds: prompt.remove("prompt_embeds"),
+        prompt_attention_mask: prompt.remove("prompt_attention_mask"),
+        negative_prompt_embeds: negative.remove("negative_prompt_embeds"),
+        negative_prompt_attention_mask: negative.remove("negative_prompt_attention_mask"),
+        ..Default::default()
+    }
+}
+
+fn check(run: &str) {
+    let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let out = pipeline
+        .generate(&params(run), inputs(), &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let expected = reference(&format!("{run}.safetensors"));
+    let audio = out.audio.expect("LTX-2 makes sound");
+    for (key, got) in [
+        ("latents", out.latents),
+        ("audio_latents", out.audio_latents.unwrap()),
+        ("video", out.frames),
+        ("audio", audio.to_tensor(&Device::Cpu).unwrap()),
+    ] {
+        assert_eq!(got.dims(), expected[key].dims(), "{run}/{key}");
+        let err = relative_error(&got, &expected[key]).unwrap();
+        eprintln!("{run}/{key}: relative error {err:e}");
+        assert!(err <= TOLERANCE, "{run}/{key}: relative error {err:e}");
+    }
+    assert_eq!((out.fps, audio.sample_rate, audio.channels), (24, 8000, 2));
+}
+
+#[test]
+fn text_to_video_with_sound_under_classifier_free_guidance_matches_diffusers() {
+    check("t2v_cfg");
+}
+
+#[test]
+fn the_distilled_schedule_without_guidance_matches_diffusers() {
+    check("t2v_distilled");
+}
+
+#[test]
+fn spatio_temporal_modality_guidance_and_rescale_match_diffusers() {
+    check("t2v_all_guidance");
+}
+
+#[test]
+fn requests_ltx2_cannot_make_are_refused_by_rule() {
+    let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let mut run = |params: GenerateParams| {
+        pipeline
+            .generate(&params, inputs(), &mut |_| ControlFlow::Continue(()))
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let base = params("t2v_cfg");
+    let err = run(GenerateParams {
+        frames: 10,
+        ..base.clone()
+    });
+    assert!(
+        err.contains("4k+1 frames") && err.contains("not 10"),
+        "{err}"
+    );
+    let err = run(GenerateParams {
+        width: 48,
+        ..base.clone()
+    });
+    assert!(err.contains("multiples of 32"), "{err}");
+    let mut stg = base.clone();
+    stg.guidance_terms.stg_scale = Some(1.0);
+    let err = run(stg);
+    assert!(
+        err.contains("block 28 does not exist") && err.contains("2 blocks"),
+        "{err}"
+    );
+    // Embeddings without their mask, and a prompt without a text encoder.
+    let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let unmasked = GenerateInputs {
+        prompt_attention_mask: None,
+        ..inputs()
+    };
+    let err = pipeline
+        .generate(&base, unmasked, &mut |_| ControlFlow::Continue(()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("prompt_attention_mask"), "{err}");
+    let err = pipeline
+        .generate(&base, GenerateInputs::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no text encoder"), "{err}");
+}
