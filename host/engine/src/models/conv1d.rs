@@ -123,8 +123,15 @@ impl ConvTranspose1d {
 impl Module for ConvTranspose1d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Unpadded, then cropped: candle's col2im path (a matmul, on the CPU and CUDA) only
-        // covers `padding = 0`; the padded form falls back to a direct loop.
-        let y = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
+        // covers `padding = 0`; the padded form falls back to a direct loop. One batch item at a
+        // time: candle 0.11's CPU col2im mixes batch items up when `in > 1`.
+        let items = (0..x.dim(0)?)
+            .map(|i| {
+                x.narrow(0, i, 1)?
+                    .conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y = Tensor::cat(&items, 0)?;
         let len = y.dim(2)? - 2 * self.padding;
         y.narrow(2, self.padding, len)?
             .broadcast_add(&self.bias.reshape((1, (), 1))?)
@@ -136,6 +143,34 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use std::collections::HashMap;
+
+    #[test]
+    fn the_cropped_transposed_convolution_equals_the_padded_one() {
+        let dev = Device::Cpu;
+        for (batch, c_in, kernel, stride) in
+            [(2, 4, 5, 3), (1, 4, 5, 3), (2, 4, 8, 4), (3, 4, 6, 3)]
+        {
+            let weight = Tensor::randn(0f32, 1.0, (c_in, 3, kernel), &dev).unwrap();
+            let bias = Tensor::zeros(3, DType::F32, &dev).unwrap();
+            let padding = (kernel - stride) / 2;
+            let x = Tensor::randn(0f32, 1.0, (batch, c_in, 7), &dev).unwrap();
+            let expected = x
+                .conv_transpose1d(&weight, padding, 0, stride, 1, 1)
+                .unwrap();
+            let vb = VarBuilder::from_tensors(
+                HashMap::from([("weight".into(), weight), ("bias".into(), bias)]),
+                DType::F32,
+                &dev,
+            );
+            let conv = ConvTranspose1d::load(vb, c_in, 3, kernel, stride, padding).unwrap();
+            let got = conv.forward(&x).unwrap();
+            let err = crate::models::relative_error(&got, &expected).unwrap();
+            assert!(
+                err < 1e-6,
+                "{batch} {c_in} {kernel} {stride}: relative error {err:e}"
+            );
+        }
+    }
 
     #[test]
     fn same_padding_keeps_the_length_for_even_kernels_and_dilations() {
