@@ -1182,15 +1182,31 @@ impl LTX2VideoTransformer3DModel {
     }
 
     /// A text mask as the additive bias of the attention: a `[B, L]` 0/1 mask becomes
-    /// `(1 - mask) · -10000` `[B, 1, 1, L]`; a 3-D mask is taken as that bias already.
-    fn attention_bias(mask: &Tensor, batch: usize, text: usize, name: &str) -> Result<Tensor> {
+    /// `(1 - mask) · -10000` `[B, 1, 1, L]`, or none where it keeps every token (the connectors'
+    /// masks with registers), so the attention stays on the fused path; a 3-D mask is taken as
+    /// that bias already.
+    fn attention_bias(
+        mask: &Tensor,
+        batch: usize,
+        text: usize,
+        name: &str,
+    ) -> Result<Option<Tensor>> {
         match *mask.dims() {
             [b, l] if b == batch && l == text => {
                 let keep = mask.to_dtype(DType::F32)?;
-                ((keep.ones_like()? - keep)? * -10000.0)?.reshape((batch, 1, 1, text))
+                if keep
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .all(|&v| v == 1.0)
+                {
+                    return Ok(None);
+                }
+                let bias = ((keep.ones_like()? - keep)? * -10000.0)?;
+                Ok(Some(bias.reshape((batch, 1, 1, text))?))
             }
             [b, q, l] if b == batch && l == text => {
-                mask.to_dtype(DType::F32)?.reshape((b, 1, q, l))
+                Ok(Some(mask.to_dtype(DType::F32)?.reshape((b, 1, q, l))?))
             }
             _ => candle_core::bail!(
                 "{name} must have shape [{batch}, {text}] (1 keep, 0 pad) or an additive [{batch}, queries, {text}], got {:?}",
@@ -1282,11 +1298,13 @@ impl LTX2VideoTransformer3DModel {
         let encoder_attention_mask = inputs
             .encoder_attention_mask
             .map(|m| Self::attention_bias(m, batch, text, "encoder_attention_mask"))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let audio_encoder_attention_mask = inputs
             .audio_encoder_attention_mask
             .map(|m| Self::attention_bias(m, batch, audio_text, "audio_encoder_attention_mask"))
-            .transpose()?;
+            .transpose()?
+            .flatten();
 
         // 1. RoPE of each stream and of the audio-video cross-attention (time axis only).
         let device = inputs.hidden_states.device();
