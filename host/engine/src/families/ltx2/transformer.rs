@@ -517,6 +517,8 @@ struct BlockInputs<'a> {
     ca_audio_rotary_emb: &'a RotaryEmb,
     encoder_attention_mask: Option<&'a Tensor>,
     audio_encoder_attention_mask: Option<&'a Tensor>,
+    /// The video self-attention's additive bias.
+    self_attention_mask: Option<&'a Tensor>,
     use_a2v_cross_attention: bool,
     use_v2a_cross_attention: bool,
 }
@@ -693,9 +695,11 @@ impl LTX2VideoTransformerBlock {
             query_rotary_emb: Some(emb),
             ..Default::default()
         };
-        let attn = self
-            .attn1
-            .forward(&norm, self_args(inputs.video_rotary_emb), perturbation)?;
+        let video_self_args = AttnArgs {
+            attention_mask: inputs.self_attention_mask,
+            ..self_args(inputs.video_rotary_emb)
+        };
+        let attn = self.attn1.forward(&norm, video_self_args, perturbation)?;
         x = gated_residual(&x, &attn, gate_msa)?;
 
         let audio_ada = mod_params(&self.audio_scale_shift_table, inputs.temb_audio)?;
@@ -852,6 +856,9 @@ pub struct LTX2TransformerInputs<'a> {
     /// `[B, text tokens]` multiplicative (1 keep, 0 pad), or an additive `[B, 1 or Lq, text]`.
     pub encoder_attention_mask: Option<&'a Tensor>,
     pub audio_encoder_attention_mask: Option<&'a Tensor>,
+    /// `[B, video tokens, video tokens]` multiplicative (1 full attention, 0 masked, values
+    /// between weaken it): the video self-attention's mask (IC-LoRA reference tokens).
+    pub video_self_attention_mask: Option<&'a Tensor>,
     /// [`Positions::Video`] or video coordinates `[B, 3, tokens, 2]`.
     pub video_positions: Positions,
     /// [`Positions::Audio`] or audio coordinates `[B, 1, tokens, 2]`.
@@ -941,6 +948,7 @@ impl<'a> LTX2TransformerInputs<'a> {
             audio_sigma: tensors.get("audio_sigma"),
             encoder_attention_mask: tensors.get("encoder_attention_mask"),
             audio_encoder_attention_mask: tensors.get("audio_encoder_attention_mask"),
+            video_self_attention_mask: tensors.get("video_self_attention_mask"),
             video_positions,
             audio_positions,
             isolate_modalities: flag("isolate_modalities")?,
@@ -1305,6 +1313,18 @@ impl LTX2VideoTransformer3DModel {
             .map(|m| Self::attention_bias(m, batch, audio_text, "audio_encoder_attention_mask"))
             .transpose()?
             .flatten();
+        // `(1 - mask) · -10000`, shape kept: `[B, 1, Lv, Lv]` against the heads.
+        let video_self_attention_mask = match inputs.video_self_attention_mask {
+            Some(mask) if mask.dims() == [batch, tokens, tokens] => {
+                let keep = mask.to_dtype(DType::F32)?;
+                Some(((keep.ones_like()? - keep)? * -10000.0)?.unsqueeze(1)?)
+            }
+            Some(mask) => candle_core::bail!(
+                "video_self_attention_mask must have shape [{batch}, {tokens}, {tokens}], got {:?}",
+                mask.dims()
+            ),
+            None => None,
+        };
 
         // 1. RoPE of each stream and of the audio-video cross-attention (time axis only).
         let device = inputs.hidden_states.device();
@@ -1442,6 +1462,7 @@ impl LTX2VideoTransformer3DModel {
             ca_audio_rotary_emb: &ca_audio_rotary_emb,
             encoder_attention_mask: encoder_attention_mask.as_ref(),
             audio_encoder_attention_mask: audio_encoder_attention_mask.as_ref(),
+            self_attention_mask: video_self_attention_mask.as_ref(),
             use_a2v_cross_attention: !inputs.isolate_modalities,
             use_v2a_cross_attention: !inputs.isolate_modalities,
         };
