@@ -46,7 +46,7 @@ pub enum ModelCommand {
     /// (24), audio_timestep, sigma, audio_sigma, encoder_attention_mask,
     /// audio_encoder_attention_mask, video_coords, audio_coords, use_cross_timestep,
     /// isolate_modalities, spatio_temporal_guidance_blocks, perturbation_mask,
-    /// video_keyframes_mask] -> sample, audio_sample. UMT5EncoderModel, T5EncoderModel: input_ids,
+    /// video_keyframes_mask, video_self_attention_mask] -> sample, audio_sample. UMT5EncoderModel, T5EncoderModel: input_ids,
     /// attention_mask -> last_hidden_state. CLIPTextModel: input_ids -> last_hidden_state,
     /// pooler_output. CLIPVisionModel: pixel_values -> last_hidden_state,
     /// penultimate_hidden_state, pooler_output. AutoencoderKLWan, AutoencoderKL,

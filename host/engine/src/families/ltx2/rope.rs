@@ -160,13 +160,23 @@ impl RotaryEmb {
         }
         match self.rope_type {
             RopeType::Interleaved => {
-                // Pairs never cross the projection, so it is one "head" of width dim.
-                let shape = if self.batch == 1 {
-                    (b, l, 1, d)
+                // Pairs never straddle a head, so each head is a row of its own with its slice of
+                // the table: rows of head width, which the fused rotary kernel takes.
+                let chunks = if d.is_multiple_of(2 * self.heads) {
+                    self.heads
                 } else {
-                    (1, b * l, 1, d)
+                    1
                 };
-                apply_interleaved(&x.reshape(shape)?, &self.cos, &self.sin)?.reshape((b, l, d))
+                let width = d / chunks;
+                let shape = if self.batch == 1 {
+                    (b, l * chunks, 1, width)
+                } else {
+                    (1, b * l * chunks, 1, width)
+                };
+                let rows = self.batch * l * chunks;
+                let cos = self.cos.reshape((rows, width / 2))?;
+                let sin = self.sin.reshape((rows, width / 2))?;
+                apply_interleaved(&x.reshape(shape)?, &cos, &sin)?.reshape((b, l, d))
             }
             RopeType::Split => {
                 let (h, r) = (self.heads, half / self.heads);

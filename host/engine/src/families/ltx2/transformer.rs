@@ -252,30 +252,62 @@ impl LTX2TransformerConfig {
     }
 }
 
-/// diffusers' `RMSNorm` without a learned scale (the blocks' norms), in f32, then
-/// `* (1 + scale) + shift` where given; returns the dtype of `x`.
-fn rms_norm(x: &Tensor, eps: f64, shift_scale: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
-    let (shift, scale) = shift_scale.unzip();
-    let fused = crate::fused::modulated_norm(
-        x,
-        crate::fused::Norm::Rms,
-        eps,
-        crate::fused::Modulation {
-            scale,
-            shift,
-            ..Default::default()
-        },
-    )?;
-    if let Some(y) = fused {
-        return Ok(y);
+/// diffusers' `RMSNorm` of the blocks: a learned scale only with `norm_elementwise_affine`.
+struct BlockRmsNorm {
+    weight: Option<Tensor>,
+    eps: f64,
+    /// The checkpoint name of `weight`.
+    name: String,
+}
+
+impl BlockRmsNorm {
+    fn new(dim: usize, eps: f64, affine: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: affine.then(|| vb.get(dim, "weight")).transpose()?,
+            eps,
+            name: format!("{}.weight", vb.prefix()),
+        })
     }
-    let x32 = x.to_dtype(DType::F32)?;
-    let variance = x32.sqr()?.mean_keepdim(D::Minus1)?;
-    let mut y = x32.broadcast_div(&(variance + eps)?.sqrt()?)?;
-    if let (Some(shift), Some(scale)) = (shift, scale) {
-        y = y.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?;
+
+    fn visit_weights(&mut self, f: &mut Visitor<'_>) -> std::result::Result<(), LoraError> {
+        match &mut self.weight {
+            Some(tensor) => f(Weight::Tensor {
+                name: self.name.clone(),
+                tensor,
+            }),
+            None => Ok(()),
+        }
     }
-    y.to_dtype(x.dtype())
+
+    /// The norm in f32 (times the scale), then `* (1 + scale) + shift` where given; returns the
+    /// dtype of `x`.
+    fn forward(&self, x: &Tensor, shift_scale: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+        let (shift, scale) = shift_scale.unzip();
+        let fused = crate::fused::modulated_norm(
+            x,
+            crate::fused::Norm::Rms,
+            self.eps,
+            crate::fused::Modulation {
+                weight: self.weight.as_ref(),
+                scale,
+                shift,
+                ..Default::default()
+            },
+        )?;
+        if let Some(y) = fused {
+            return Ok(y);
+        }
+        let x32 = x.to_dtype(DType::F32)?;
+        let variance = x32.sqr()?.mean_keepdim(D::Minus1)?;
+        let mut y = x32.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        if let Some(weight) = &self.weight {
+            y = y.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
+        }
+        if let (Some(shift), Some(scale)) = (shift, scale) {
+            y = y.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?;
+        }
+        y.to_dtype(x.dtype())
+    }
 }
 
 /// `x * (1 + scale) + shift` in f32, in the dtype of `x`.
@@ -517,12 +549,22 @@ struct BlockInputs<'a> {
     ca_audio_rotary_emb: &'a RotaryEmb,
     encoder_attention_mask: Option<&'a Tensor>,
     audio_encoder_attention_mask: Option<&'a Tensor>,
+    /// The video self-attention's additive bias.
+    self_attention_mask: Option<&'a Tensor>,
     use_a2v_cross_attention: bool,
     use_v2a_cross_attention: bool,
 }
 
 /// `LTX2VideoTransformerBlock`.
 struct LTX2VideoTransformerBlock {
+    norm1: BlockRmsNorm,
+    audio_norm1: BlockRmsNorm,
+    norm2: BlockRmsNorm,
+    audio_norm2: BlockRmsNorm,
+    audio_to_video_norm: BlockRmsNorm,
+    video_to_audio_norm: BlockRmsNorm,
+    norm3: BlockRmsNorm,
+    audio_norm3: BlockRmsNorm,
     attn1: LTX2Attention,
     audio_attn1: LTX2Attention,
     attn2: LTX2Attention,
@@ -540,7 +582,6 @@ struct LTX2VideoTransformerBlock {
     video_cross_attn_adaln: bool,
     audio_cross_attn_adaln: bool,
     perturbed_attn: bool,
-    eps: f64,
 }
 
 impl LTX2VideoTransformerBlock {
@@ -568,7 +609,18 @@ impl LTX2VideoTransformerBlock {
         };
         let video_mod = if cfg.cross_attn_mod { 9 } else { 6 };
         let audio_mod = if cfg.audio_cross_attn_mod { 9 } else { 6 };
+        let norm = |dim, name: &str| {
+            BlockRmsNorm::new(dim, cfg.norm_eps, cfg.norm_elementwise_affine, vb.pp(name))
+        };
         Ok(Self {
+            norm1: norm(dim, "norm1")?,
+            audio_norm1: norm(audio_dim, "audio_norm1")?,
+            norm2: norm(dim, "norm2")?,
+            audio_norm2: norm(audio_dim, "audio_norm2")?,
+            audio_to_video_norm: norm(dim, "audio_to_video_norm")?,
+            video_to_audio_norm: norm(audio_dim, "video_to_audio_norm")?,
+            norm3: norm(dim, "norm3")?,
+            audio_norm3: norm(audio_dim, "audio_norm3")?,
             attn1: attn(dim, heads, head_dim, None, video_gated, "attn1")?,
             audio_attn1: attn(
                 audio_dim,
@@ -629,7 +681,6 @@ impl LTX2VideoTransformerBlock {
             video_cross_attn_adaln: cfg.cross_attn_mod,
             audio_cross_attn_adaln: cfg.audio_cross_attn_mod,
             perturbed_attn: cfg.perturbed_attn,
-            eps: cfg.norm_eps,
         })
     }
 
@@ -643,6 +694,18 @@ impl LTX2VideoTransformerBlock {
             &mut self.video_to_audio_attn,
         ] {
             attn.visit_weights(f)?;
+        }
+        for norm in [
+            &mut self.norm1,
+            &mut self.audio_norm1,
+            &mut self.norm2,
+            &mut self.audio_norm2,
+            &mut self.audio_to_video_norm,
+            &mut self.video_to_audio_norm,
+            &mut self.norm3,
+            &mut self.audio_norm3,
+        ] {
+            norm.visit_weights(f)?;
         }
         self.ff.visit_weights(f)?;
         self.audio_ff.visit_weights(f)
@@ -669,7 +732,6 @@ impl LTX2VideoTransformerBlock {
         inputs: &BlockInputs<'_>,
         perturbation: Option<&Perturbation<'_>>,
     ) -> Result<(Tensor, Tensor)> {
-        let eps = self.eps;
         let mut x = hidden_states.clone();
         let mut ax = audio_hidden_states.clone();
         // Only the perturbed processor reads the guidance mask.
@@ -688,14 +750,16 @@ impl LTX2VideoTransformerBlock {
         else {
             unreachable!("six video modulation parameters")
         };
-        let norm = rms_norm(&x, eps, Some((shift_msa, scale_msa)))?;
+        let norm = self.norm1.forward(&x, Some((shift_msa, scale_msa)))?;
         let self_args = |emb| AttnArgs {
             query_rotary_emb: Some(emb),
             ..Default::default()
         };
-        let attn = self
-            .attn1
-            .forward(&norm, self_args(inputs.video_rotary_emb), perturbation)?;
+        let video_self_args = AttnArgs {
+            attention_mask: inputs.self_attention_mask,
+            ..self_args(inputs.video_rotary_emb)
+        };
+        let attn = self.attn1.forward(&norm, video_self_args, perturbation)?;
         x = gated_residual(&x, &attn, gate_msa)?;
 
         let audio_ada = mod_params(&self.audio_scale_shift_table, inputs.temb_audio)?;
@@ -710,7 +774,9 @@ impl LTX2VideoTransformerBlock {
         else {
             unreachable!("six audio modulation parameters")
         };
-        let norm = rms_norm(&ax, eps, Some((audio_shift_msa, audio_scale_msa)))?;
+        let norm = self
+            .audio_norm1
+            .forward(&ax, Some((audio_shift_msa, audio_scale_msa)))?;
         let attn =
             self.audio_attn1
                 .forward(&norm, self_args(inputs.audio_rotary_emb), perturbation)?;
@@ -728,7 +794,7 @@ impl LTX2VideoTransformerBlock {
             audio_context = modulate(&audio_context, &kv[0], &kv[1])?;
         }
         let text_q = self.video_cross_attn_adaln.then(|| &video_ada[6..9]);
-        let norm = rms_norm(&x, eps, text_q.map(|p| (&p[0], &p[1])))?;
+        let norm = self.norm2.forward(&x, text_q.map(|p| (&p[0], &p[1])))?;
         let attn = self.attn2.forward(
             &norm,
             AttnArgs {
@@ -744,7 +810,9 @@ impl LTX2VideoTransformerBlock {
         };
 
         let audio_text_q = self.audio_cross_attn_adaln.then(|| &audio_ada[6..9]);
-        let norm = rms_norm(&ax, eps, audio_text_q.map(|p| (&p[0], &p[1])))?;
+        let norm = self
+            .audio_norm2
+            .forward(&ax, audio_text_q.map(|p| (&p[0], &p[1])))?;
         let attn = self.audio_attn2.forward(
             &norm,
             AttnArgs {
@@ -761,8 +829,8 @@ impl LTX2VideoTransformerBlock {
 
         // 3. Audio-to-video and video-to-audio cross-attention.
         if inputs.use_a2v_cross_attention || inputs.use_v2a_cross_attention {
-            let norm_x = rms_norm(&x, eps, None)?;
-            let norm_ax = rms_norm(&ax, eps, None)?;
+            let norm_x = self.audio_to_video_norm.forward(&x, None)?;
+            let norm_ax = self.video_to_audio_norm.forward(&ax, None)?;
             let table = &self.video_a2v_cross_attn_scale_shift_table;
             let video_ca = mod_params(&table.narrow(0, 0, 4)?, inputs.temb_ca_scale_shift)?;
             let a2v_gate = mod_params(&table.narrow(0, 4, 1)?, inputs.temb_ca_gate)?;
@@ -808,9 +876,11 @@ impl LTX2VideoTransformerBlock {
         }
 
         // 4. Feed-forwards.
-        let norm = rms_norm(&x, eps, Some((shift_mlp, scale_mlp)))?;
+        let norm = self.norm3.forward(&x, Some((shift_mlp, scale_mlp)))?;
         x = gated_residual(&x, &self.ff.forward(&norm)?, gate_mlp)?;
-        let norm = rms_norm(&ax, eps, Some((audio_shift_mlp, audio_scale_mlp)))?;
+        let norm = self
+            .audio_norm3
+            .forward(&ax, Some((audio_shift_mlp, audio_scale_mlp)))?;
         ax = gated_residual(&ax, &self.audio_ff.forward(&norm)?, audio_gate_mlp)?;
         Ok((x, ax))
     }
@@ -852,6 +922,9 @@ pub struct LTX2TransformerInputs<'a> {
     /// `[B, text tokens]` multiplicative (1 keep, 0 pad), or an additive `[B, 1 or Lq, text]`.
     pub encoder_attention_mask: Option<&'a Tensor>,
     pub audio_encoder_attention_mask: Option<&'a Tensor>,
+    /// `[B, video tokens, video tokens]` multiplicative (1 full attention, 0 masked, values
+    /// between weaken it): the video self-attention's mask (IC-LoRA reference tokens).
+    pub video_self_attention_mask: Option<&'a Tensor>,
     /// [`Positions::Video`] or video coordinates `[B, 3, tokens, 2]`.
     pub video_positions: Positions,
     /// [`Positions::Audio`] or audio coordinates `[B, 1, tokens, 2]`.
@@ -941,6 +1014,7 @@ impl<'a> LTX2TransformerInputs<'a> {
             audio_sigma: tensors.get("audio_sigma"),
             encoder_attention_mask: tensors.get("encoder_attention_mask"),
             audio_encoder_attention_mask: tensors.get("audio_encoder_attention_mask"),
+            video_self_attention_mask: tensors.get("video_self_attention_mask"),
             video_positions,
             audio_positions,
             isolate_modalities: flag("isolate_modalities")?,
@@ -1182,15 +1256,31 @@ impl LTX2VideoTransformer3DModel {
     }
 
     /// A text mask as the additive bias of the attention: a `[B, L]` 0/1 mask becomes
-    /// `(1 - mask) · -10000` `[B, 1, 1, L]`; a 3-D mask is taken as that bias already.
-    fn attention_bias(mask: &Tensor, batch: usize, text: usize, name: &str) -> Result<Tensor> {
+    /// `(1 - mask) · -10000` `[B, 1, 1, L]`, or none where it keeps every token (the connectors'
+    /// masks with registers), so the attention stays on the fused path; a 3-D mask is taken as
+    /// that bias already.
+    fn attention_bias(
+        mask: &Tensor,
+        batch: usize,
+        text: usize,
+        name: &str,
+    ) -> Result<Option<Tensor>> {
         match *mask.dims() {
             [b, l] if b == batch && l == text => {
                 let keep = mask.to_dtype(DType::F32)?;
-                ((keep.ones_like()? - keep)? * -10000.0)?.reshape((batch, 1, 1, text))
+                if keep
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .all(|&v| v == 1.0)
+                {
+                    return Ok(None);
+                }
+                let bias = ((keep.ones_like()? - keep)? * -10000.0)?;
+                Ok(Some(bias.reshape((batch, 1, 1, text))?))
             }
             [b, q, l] if b == batch && l == text => {
-                mask.to_dtype(DType::F32)?.reshape((b, 1, q, l))
+                Ok(Some(mask.to_dtype(DType::F32)?.reshape((b, 1, q, l))?))
             }
             _ => candle_core::bail!(
                 "{name} must have shape [{batch}, {text}] (1 keep, 0 pad) or an additive [{batch}, queries, {text}], got {:?}",
@@ -1282,11 +1372,25 @@ impl LTX2VideoTransformer3DModel {
         let encoder_attention_mask = inputs
             .encoder_attention_mask
             .map(|m| Self::attention_bias(m, batch, text, "encoder_attention_mask"))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let audio_encoder_attention_mask = inputs
             .audio_encoder_attention_mask
             .map(|m| Self::attention_bias(m, batch, audio_text, "audio_encoder_attention_mask"))
-            .transpose()?;
+            .transpose()?
+            .flatten();
+        // `(1 - mask) · -10000`, shape kept: `[B, 1, Lv, Lv]` against the heads.
+        let video_self_attention_mask = match inputs.video_self_attention_mask {
+            Some(mask) if mask.dims() == [batch, tokens, tokens] => {
+                let keep = mask.to_dtype(DType::F32)?;
+                Some(((keep.ones_like()? - keep)? * -10000.0)?.unsqueeze(1)?)
+            }
+            Some(mask) => candle_core::bail!(
+                "video_self_attention_mask must have shape [{batch}, {tokens}, {tokens}], got {:?}",
+                mask.dims()
+            ),
+            None => None,
+        };
 
         // 1. RoPE of each stream and of the audio-video cross-attention (time axis only).
         let device = inputs.hidden_states.device();
@@ -1424,6 +1528,7 @@ impl LTX2VideoTransformer3DModel {
             ca_audio_rotary_emb: &ca_audio_rotary_emb,
             encoder_attention_mask: encoder_attention_mask.as_ref(),
             audio_encoder_attention_mask: audio_encoder_attention_mask.as_ref(),
+            self_attention_mask: video_self_attention_mask.as_ref(),
             use_a2v_cross_attention: !inputs.isolate_modalities,
             use_v2a_cross_attention: !inputs.isolate_modalities,
         };
