@@ -609,3 +609,157 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
         "{stderr}"
     );
 }
+
+/// `generate` on the tiny LTX-2 pipeline (tests/fixtures/tiny-ltx2, no text encoder) from the
+/// reference's embeddings (with their masks) and latents, `frames` frames of 32x32.
+fn generate_ltx2(frames: &str, extra: &[&str]) -> Output {
+    let dir = fixtures().join("../tiny-ltx2");
+    let reference = |file: &str| dir.join("reference").join(file);
+    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", dir.to_str().unwrap()])
+        .args([
+            "--height", "32", "--width", "32", "--frames", frames, "--seed", "0",
+        ])
+        .arg("--prompt-embeds")
+        .arg(reference("prompt_embeds.safetensors"))
+        .arg("--negative-prompt-embeds")
+        .arg(reference("negative_prompt_embeds.safetensors"))
+        .arg("--latents")
+        .arg(reference("latents.safetensors"))
+        .arg("--audio-latents")
+        .arg(reference("audio_latents.safetensors"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ltx2_makes_the_reference_video_and_sound_and_an_mp4_that_carries_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let (mp4, wav) = (tmp.path().join("clip.mp4"), tmp.path().join("sound.wav"));
+    let out = generate_ltx2(
+        "9",
+        &[
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+            "--out",
+            mp4.to_str().unwrap(),
+            "--wav",
+            wav.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        fixtures().join("../tiny-ltx2/reference/t2v_cfg.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
+    // The waveform as the pipeline returns it: [batch, channels, samples].
+    let audio = &got["audio"];
+    assert_eq!(audio.dims(), &[1, 2, 264]);
+    assert!(rel_err(&audio.squeeze(0).unwrap(), &expected["audio"]) <= 1e-3);
+
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["fps"], 24);
+    assert_eq!(record["audio"]["sample_rate"], 8000);
+    let mut reader = videosdgx_engine::video::Mp4Reader::open(&mp4).unwrap();
+    assert_eq!(reader.frame_count(), 9);
+    let sound = reader.read_audio().unwrap().expect("a sound track");
+    assert_eq!(
+        (sound.sample_rate, sound.channels, sound.frames()),
+        (8000, 2, 264)
+    );
+    let written = videosdgx_engine::video::Audio::read_wav(&wav).unwrap();
+    assert_eq!(written.samples.len(), 528);
+}
+
+#[test]
+fn ltx2_requests_it_cannot_make_fail_in_one_line() {
+    let out = generate_ltx2(
+        "10",
+        &[
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--save-tensor",
+            "/dev/null",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("4k+1 frames"), "{stderr}");
+    // An STG block past the last one, and the Wan-only step cache.
+    let out = generate_ltx2(
+        "9",
+        &[
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--save-tensor",
+            "/dev/null",
+            "--stg-scale",
+            "1",
+            "--spatio-temporal-guidance-blocks",
+            "0,5",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("block 5 does not exist"), "{stderr}");
+    let out = generate_ltx2(
+        "9",
+        &[
+            "--preset",
+            "ltx2-distilled-8step",
+            "--save-tensor",
+            "/dev/null",
+            "--cache",
+            "teacache",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("step caching is implemented for Wan only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_ltx2_distilled_preset_runs_the_published_sigmas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let out = generate_ltx2(
+        "9",
+        &[
+            "--preset",
+            "ltx2-distilled-8step",
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        fixtures().join("../tiny-ltx2/reference/t2v_distilled.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
+}

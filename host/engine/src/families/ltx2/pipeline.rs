@@ -244,6 +244,7 @@ impl LTX2Pipeline {
                     perturbation_mask: None,
                     use_cross_timestep: true,
                     video_keyframes_mask: None,
+                    video_self_attention_mask: None,
                 };
                 Ok(self.transformer.forward(&inputs)?)
             };
