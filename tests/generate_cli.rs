@@ -668,7 +668,7 @@ fn ltx2_makes_the_reference_video_and_sound_and_an_mp4_that_carries_both() {
     assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
     // The waveform as the pipeline returns it: [batch, channels, samples].
     let audio = &got["audio"];
-    assert_eq!(audio.dims(), &[1, 2, 264]);
+    assert_eq!(audio.dims(), &[1, 2, 2640]);
     assert!(rel_err(&audio.squeeze(0).unwrap(), &expected["audio"]) <= 1e-3);
 
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -679,10 +679,10 @@ fn ltx2_makes_the_reference_video_and_sound_and_an_mp4_that_carries_both() {
     let sound = reader.read_audio().unwrap().expect("a sound track");
     assert_eq!(
         (sound.sample_rate, sound.channels, sound.frames()),
-        (8000, 2, 264)
+        (8000, 2, 2640)
     );
     let written = videosdgx_engine::video::Audio::read_wav(&wav).unwrap();
-    assert_eq!(written.samples.len(), 528);
+    assert_eq!(written.samples.len(), 5280);
 }
 
 #[test]

@@ -318,7 +318,13 @@ impl Generator {
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
         let path = app.scratch_file("generation", "mp4")?;
         let metadata = json!({ "model": request.model, "generate": params });
-        videosdgx_engine::video::write_mp4(&path, &frames, video.fps, &metadata)?;
+        videosdgx_engine::video::write_mp4_with_audio(
+            &path,
+            &frames,
+            video.fps,
+            video.audio.as_ref(),
+            &metadata,
+        )?;
         Ok((params, path))
     }
 }
@@ -680,6 +686,41 @@ mod tests {
         let record = get_generation(&app.db, out.generation_id).unwrap();
         let params: GenerateParams = serde_json::from_value(record.params).unwrap();
         assert_eq!(params, out.params, "the record reproduces the output");
+    }
+
+    #[test]
+    fn an_ltx2_shot_becomes_a_take_with_its_sound() {
+        let (dir, app) = studio();
+        install_fixture_model(dir.path(), "tiny-ltx2");
+        let shot = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-ltx2".into()),
+                ..prompt("a lighthouse keeper says: the storm is coming")
+            },
+        );
+        let out = app
+            .generator
+            .generate_shot(&app, None, &of(shot.id), &mut |_, _, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        // 0.5 s at LTX-2's 24 fps is 12 frames: the nearest 4k+1 count is 13.
+        assert_eq!(
+            (out.params.frames, out.asset.model.as_deref()),
+            (13, Some("tiny-ltx2"))
+        );
+        let mut reader = video::Mp4Reader::open(&app.assets.file_of(&out.asset)).unwrap();
+        assert_eq!((reader.frame_count(), reader.fps), (13, 24.0));
+        let sound = reader
+            .read_audio()
+            .unwrap()
+            .expect("the take carries its sound");
+        assert!(
+            (sound.duration_s() - 13.0 / 24.0).abs() < 0.05,
+            "{}",
+            sound.duration_s()
+        );
     }
 
     #[test]

@@ -101,6 +101,84 @@ fn spatio_temporal_modality_guidance_and_rescale_match_diffusers() {
 }
 
 #[test]
+fn text_to_video_from_a_prompt_through_gemma_3_matches_diffusers() {
+    let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let args: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("reference/t2v_prompt.json")).unwrap(),
+    )
+    .unwrap();
+    let params = GenerateParams {
+        prompt: args["prompt"].as_str().unwrap().into(),
+        negative_prompt: args["negative_prompt"].as_str().unwrap().into(),
+        ..params("t2v_prompt")
+    };
+    let latents = GenerateInputs {
+        latents: reference("latents.safetensors").remove("latents"),
+        audio_latents: reference("audio_latents.safetensors").remove("audio_latents"),
+        ..Default::default()
+    };
+    let out = pipeline
+        .generate(&params, latents, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    let expected = reference("t2v_prompt.safetensors");
+    let audio = out.audio.unwrap().to_tensor(&Device::Cpu).unwrap();
+    for (key, got) in [("video", out.frames), ("audio", audio)] {
+        let err = relative_error(&got, &expected[key]).unwrap();
+        eprintln!("t2v_prompt/{key}: relative error {err:e}");
+        assert!(err <= TOLERANCE, "t2v_prompt/{key}: relative error {err:e}");
+    }
+}
+
+/// A copy of the fixture whose `model_index.json` names no text encoder.
+fn without_text_encoder() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "transformer",
+        "connectors",
+        "vae",
+        "audio_vae",
+        "vocoder",
+        "scheduler",
+    ] {
+        let (from, to) = (fixture().join(name), tmp.path().join(name));
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("model_index.json")).unwrap())
+            .unwrap();
+    index["text_encoder"] = serde_json::json!([null, null]);
+    index["tokenizer"] = serde_json::json!([null, null]);
+    std::fs::write(tmp.path().join("model_index.json"), index.to_string()).unwrap();
+    tmp
+}
+
+#[test]
+fn a_folder_without_a_text_encoder_runs_from_embeddings_only() {
+    let dir = without_text_encoder();
+    let mut pipeline = LTX2Pipeline::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert!(!pipeline.has_text_encoder());
+    let out = pipeline
+        .generate(&params("t2v_distilled"), inputs(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let expected = reference("t2v_distilled.safetensors");
+    assert!(relative_error(&out.frames, &expected["video"]).unwrap() <= TOLERANCE);
+    let err = pipeline
+        .generate(&params("t2v_cfg"), GenerateInputs::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no text encoder"), "{err}");
+}
+
+#[test]
 fn requests_ltx2_cannot_make_are_refused_by_rule() {
     let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
     let mut run = |params: GenerateParams| {
@@ -131,7 +209,7 @@ fn requests_ltx2_cannot_make_are_refused_by_rule() {
         err.contains("block 28 does not exist") && err.contains("2 blocks"),
         "{err}"
     );
-    // Embeddings without their mask, and a prompt without a text encoder.
+    // Embeddings without their mask.
     let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
     let unmasked = GenerateInputs {
         prompt_attention_mask: None,
@@ -143,12 +221,4 @@ fn requests_ltx2_cannot_make_are_refused_by_rule() {
         .unwrap()
         .to_string();
     assert!(err.contains("prompt_attention_mask"), "{err}");
-    let err = pipeline
-        .generate(&base, GenerateInputs::default(), &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("no text encoder"), "{err}");
 }
