@@ -724,6 +724,21 @@ mod tests {
     }
 
     #[test]
+    fn plugins_are_told_the_rules_of_the_shot_s_model() {
+        let (dir, app) = studio();
+        let wan = crate::plugins::calls::video_rules(&app, None);
+        assert_eq!(wan.family, "wan2.1", "the only installed model");
+        install_fixture_model(dir.path(), "tiny-ltx2");
+        let ltx = crate::plugins::calls::video_rules(&app, Some("tiny-ltx2"));
+        assert_eq!((ltx.family.as_str(), ltx.fps), ("ltx2", 24));
+        // Two models and none named: the studio cannot tell, and plans for Wan 2.1.
+        assert_eq!(
+            crate::plugins::calls::video_rules(&app, None).family,
+            "wan2.1"
+        );
+    }
+
+    #[test]
     fn step_caching_is_chosen_per_generation_and_recorded() {
         let (_dir, app) = studio();
         let shot = shot(&app, prompt("a lighthouse at dusk"));

@@ -167,7 +167,8 @@ pub async fn render(
     let model = crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
     let keyframes = keyframes_plan(app, request, &model)?;
     if let Some(target) = &request.finish {
-        let profile = crate::plugins::calls::model_profile(&request.render);
+        let rules = crate::plugins::calls::video_rules(app, Some(&model));
+        let profile = crate::plugins::calls::model_profile(&request.render, &rules);
         let piece = ClipShape {
             width: profile.width,
             height: profile.height,

@@ -370,6 +370,30 @@ pub struct Capabilities {
     pub references: References,
 }
 
+/// What plans for a video model are fitted to ([`Pipeline::video_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VideoRules {
+    /// The family the prompt writers word prompts for: `wan2.1`, `wan2.2`, `ltx2`.
+    pub family: String,
+    pub fps: u32,
+    /// Frame counts are `frame_step · k + 1` (the VAE's temporal compression).
+    pub frame_step: u32,
+    /// The longest clip the model makes, in frames.
+    pub max_frames: u32,
+}
+
+impl VideoRules {
+    /// Wan 2.1's rules: what the studio assumes when no video model can be named.
+    pub fn wan() -> Self {
+        Self {
+            family: "wan2.1".into(),
+            fps: crate::families::wan::pipeline::WAN_FPS,
+            frame_step: 4,
+            max_frames: 81,
+        }
+    }
+}
+
 /// A checkpoint's default denoising steps and guidance ([`Pipeline::call_defaults`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CallDefaults {
@@ -469,6 +493,38 @@ impl Pipeline {
             ),
         };
         Ok(CallDefaults { steps, guidance })
+    }
+
+    /// The family, frame rate and frame-count rule of the video model in `dir` (`None` for an
+    /// image model), from its configs alone.
+    pub fn video_rules(dir: &Path) -> anyhow::Result<Option<VideoRules>> {
+        let index = read_pipeline_index(dir)?;
+        let vae_config =
+            || crate::loader::pipeline_component(dir, "vae").map(|d| d.join("config.json"));
+        Ok(match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => {
+                let vae: crate::families::wan::vae::WanVaeConfig =
+                    crate::loader::read_config(&vae_config()?)?;
+                let two_experts = index.component("transformer_2").is_some();
+                Some(VideoRules {
+                    family: if two_experts { "wan2.2" } else { "wan2.1" }.into(),
+                    frame_step: vae.temporal_scale() as u32,
+                    ..VideoRules::wan()
+                })
+            }
+            "LTX2Pipeline" => {
+                let vae: crate::families::ltx2::video_vae::AutoencoderKLLTX2VideoConfig =
+                    crate::loader::read_config(&vae_config()?)?;
+                Some(VideoRules {
+                    family: "ltx2".into(),
+                    fps: DEFAULT_FPS as u32,
+                    frame_step: vae.temporal_compression_ratio() as u32,
+                    // About ten seconds at 24 fps.
+                    max_frames: 257,
+                })
+            }
+            _ => None,
+        })
     }
 
     /// What the pipeline in `dir` can do, from `model_index.json` and the component configs
@@ -598,6 +654,21 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn video_rules_name_the_family_rate_and_frame_step() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let rules = |name: &str| Pipeline::video_rules(&fixtures.join(name)).unwrap();
+        assert_eq!(rules("tiny-wan-t2v"), Some(VideoRules::wan()));
+        assert_eq!(rules("tiny-wan22-two-experts").unwrap().family, "wan2.2");
+        let ltx = rules("tiny-ltx2").unwrap();
+        // The tiny VAE compresses time 4x (the published one 8x).
+        assert_eq!(
+            (ltx.family.as_str(), ltx.fps, ltx.frame_step),
+            ("ltx2", 24, 4)
+        );
+        assert_eq!(rules("tiny-flux2-klein"), None);
+    }
 
     #[test]
     fn inspecting_the_configs_says_what_loading_says() {

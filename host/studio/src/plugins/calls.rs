@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
+use videosdgx_engine::pipelines::{Pipeline, VideoRules};
 use videosdgx_plugin_host::types::{
     Camera, CameraMove, Character, GeneratedClip, ModelProfile, PlanInput, ProjectSettings, Scene,
     Shot, ShotPrompt, ShotSize, Storyboard, Style, Take, TakeReview, Timeline, Transition,
@@ -29,26 +30,33 @@ use videosdgx_plugin_host::{CallContext, CallError, Limits, World};
 /// Receives `(stage, step, total)`; `Break` stops the plugin call.
 pub type Report<'a> = &'a mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>;
 
-/// Frames per second of the Wan models the studio runs.
-const WAN_FPS: u32 = 16;
-/// Longest Wan clip, in frames (5 s).
-const WAN_MAX_FRAMES: u32 = 81;
 /// Default durations of the transitions a shot's `transition` names.
 const CROSSFADE_MS: u32 = 600;
 const FADE_MS: u32 = 800;
 /// How often a running call's progress is relayed (and a stop request noticed).
 const RELAY_EVERY: Duration = Duration::from_millis(250);
 
-/// What plans are fitted to: the Wan frame rule at the size generation will use.
-pub fn model_profile(render: &RenderSettings) -> ModelProfile {
+/// What plans are fitted to: the video model's family, rate and frame rule at the size
+/// generation will use.
+pub fn model_profile(render: &RenderSettings, rules: &VideoRules) -> ModelProfile {
     ModelProfile {
-        family: "wan2.1".into(),
+        family: rules.family.clone(),
         width: render.width as u32,
         height: render.height as u32,
-        fps: WAN_FPS,
-        max_frames: WAN_MAX_FRAMES,
-        frame_step: 4,
+        fps: rules.fps,
+        max_frames: rules.max_frames,
+        frame_step: rules.frame_step,
     }
+}
+
+/// The rules of the video model `model` names (else the only one installed); Wan 2.1's when
+/// none can be named, so planning works before any model is installed.
+pub fn video_rules(app: &App, model: Option<&str>) -> VideoRules {
+    crate::models::resolve_model(app.data_dir(), model)
+        .and_then(|name| crate::models::video_model_dir(app.data_dir(), &name))
+        .ok()
+        .and_then(|dir| Pipeline::video_rules(&dir).ok().flatten())
+        .unwrap_or_else(VideoRules::wan)
 }
 
 /// Runs one plugin call to its end on a private executor, relaying the progress its host
@@ -305,7 +313,7 @@ pub fn plan(
             title: String::new(),
             style: bible.style(),
             characters: bible.characters(),
-            model: model_profile(&request.render),
+            model: model_profile(&request.render, &video_rules(app, None)),
             shot_transition: Transition {
                 kind: TransitionKind::Cut,
                 duration_ms: 0,
@@ -583,7 +591,10 @@ fn storyboard_for_plugins(
 pub fn shot_characters(app: &App, shot_id: i64) -> Result<Vec<Character>> {
     let shot = shots::get_shot(&app.db, shot_id)?;
     let board = get_storyboard(&app.db, shot.storyboard_id)?;
-    let profile = model_profile(&Bible::parse(&board.description).render_settings());
+    let profile = model_profile(
+        &Bible::parse(&board.description).render_settings(),
+        &video_rules(app, shot.model.as_deref()),
+    );
     let (storyboard, ids) = storyboard_for_plugins(app, board.id, &profile)?;
     let planned = ids
         .iter()
@@ -618,7 +629,7 @@ pub fn expand(
     let shot = shots::get_shot(&app.db, shot_id)?;
     let board = get_storyboard(&app.db, shot.storyboard_id)?;
     let id = registry::choose(&app.db, World::Expander, plugin)?;
-    let profile = model_profile(render);
+    let profile = model_profile(render, &video_rules(app, shot.model.as_deref()));
     let (storyboard, ids) = storyboard_for_plugins(app, board.id, &profile)?;
     let index = ids
         .iter()
@@ -664,7 +675,7 @@ pub fn review(
 ) -> Result<TakeReview> {
     let shot = shots::get_shot(&app.db, take.shot_id)?;
     let board = get_storyboard(&app.db, shot.storyboard_id)?;
-    let profile = model_profile(render);
+    let profile = model_profile(render, &video_rules(app, shot.model.as_deref()));
     let (storyboard, ids) = storyboard_for_plugins(app, board.id, &profile)?;
     let index = ids
         .iter()
@@ -747,7 +758,7 @@ pub fn stitch(
     let render = RenderSettings::default();
     let profile = ModelProfile {
         fps,
-        ..model_profile(&render)
+        ..model_profile(&render, &video_rules(app, None))
     };
     let (storyboard, ids) = storyboard_for_plugins(app, storyboard_id, &profile)?;
     let clips: Vec<GeneratedClip> = clips
@@ -838,7 +849,7 @@ mod tests {
 
     #[test]
     fn frames_follow_the_wan_rule_and_cap() {
-        let profile = model_profile(&RenderSettings::default());
+        let profile = model_profile(&RenderSettings::default(), &VideoRules::wan());
         assert_eq!(fit_frames(5.0, &profile), 81);
         assert_eq!(fit_frames(60.0, &profile), 81);
         assert_eq!(fit_frames(0.0, &profile), 5);

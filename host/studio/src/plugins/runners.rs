@@ -173,7 +173,7 @@ impl JobRunner for Stitch {
         if let Some(target) = &p.finish {
             // The piece is rendered at the storyboard's size and the models' rate.
             let render = Bible::parse(&board.description).render_settings();
-            let profile = calls::model_profile(&render);
+            let profile = calls::model_profile(&render, &calls::video_rules(app, None));
             let piece = ClipShape {
                 width: profile.width,
                 height: profile.height,
