@@ -767,11 +767,10 @@ impl LTX2TextConnectors {
         let additive = ((&mask - 1.0)? * f64::from(f32::MAX))?.reshape((batch, 1, 1, seq_len))?;
         let (video, video_mask) = self.video_connector.forward(&video_proj, &additive)?;
         // As the reference: every entry of the connector's mask is below 1e-6, so this keeps all.
-        let binary = video_mask
-            .lt(1e-6f32)?
-            .reshape((batch, seq_len))?
-            .to_dtype(DType::I64)?;
-        let video = video.broadcast_mul(&binary.to_dtype(video.dtype())?.unsqueeze(D::Minus1)?)?;
+        let keep = video_mask.lt(1e-6f32)?.reshape((batch, seq_len))?;
+        // From the u8 comparison: CUDA has no i64 -> bf16 cast.
+        let video = video.broadcast_mul(&keep.to_dtype(video.dtype())?.unsqueeze(D::Minus1)?)?;
+        let binary = keep.to_dtype(DType::I64)?;
         let (audio, _) = self.audio_connector.forward(&audio_proj, &additive)?;
         Ok(TextConnectorOutput {
             video_text_embedding: video,
