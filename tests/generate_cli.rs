@@ -613,9 +613,22 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
 /// `generate` on the tiny LTX-2 pipeline (tests/fixtures/tiny-ltx2, no text encoder) from the
 /// reference's embeddings (with their masks) and latents, `frames` frames of 32x32.
 fn generate_ltx2(frames: &str, extra: &[&str]) -> Output {
-    let dir = fixtures().join("../tiny-ltx2");
-    let reference = |file: &str| dir.join("reference").join(file);
-    Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+    ltx2_command(
+        &fixtures().join("../tiny-ltx2"),
+        "latents.safetensors",
+        frames,
+    )
+    .args(extra)
+    .output()
+    .unwrap()
+}
+
+/// `generate --model dir` of 32x32 LTX-2 video from the tiny fixture's reference embeddings,
+/// audio latents and the video latents (or noise) of `latents`.
+fn ltx2_command(dir: &Path, latents: &str, frames: &str) -> Command {
+    let reference = |file: &str| fixtures().join("../tiny-ltx2/reference").join(file);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_videosdgx"));
+    command
         .args(["generate", "--model", dir.to_str().unwrap()])
         .args([
             "--height", "32", "--width", "32", "--frames", frames, "--seed", "0",
@@ -625,12 +638,82 @@ fn generate_ltx2(frames: &str, extra: &[&str]) -> Output {
         .arg("--negative-prompt-embeds")
         .arg(reference("negative_prompt_embeds.safetensors"))
         .arg("--latents")
-        .arg(reference("latents.safetensors"))
+        .arg(reference(latents))
         .arg("--audio-latents")
-        .arg(reference("audio_latents.safetensors"))
-        .args(extra)
+        .arg(reference("audio_latents.safetensors"));
+    command
+}
+
+#[test]
+fn ltx2_with_a_start_image_makes_the_reference_image_to_video() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let frame = fixtures().join("../tiny-ltx2/reference/i2v_frame.png");
+    // An `LTX2Pipeline` folder given `--image` runs `LTX2ImageToVideoPipeline`; `--latents` is the
+    // noise the image's latents are blended into.
+    let out = ltx2_command(
+        &fixtures().join("../tiny-ltx2"),
+        "i2v_noise.safetensors",
+        "9",
+    )
+    .args(["--steps", "3", "--guidance", "3", "--image"])
+    .arg(&frame)
+    .arg("--save-tensor")
+    .arg(&tensor)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        fixtures().join("../tiny-ltx2/reference/i2v_cfg.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
+    let audio = got["audio"].squeeze(0).unwrap();
+    assert!(rel_err(&audio, &expected["audio"]) <= 1e-3);
+
+    // An `LTX2ImageToVideoPipeline` folder refuses a request without the image, in one line.
+    let folder = tmp.path().join("ltx2-i2v");
+    let source = fixtures().join("../tiny-ltx2");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let target = folder.join(path.file_name().unwrap());
+            std::fs::create_dir_all(&target).unwrap();
+            for file in std::fs::read_dir(&path).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, target.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let index = std::fs::read_to_string(source.join("model_index.json")).unwrap();
+    std::fs::write(
+        folder.join("model_index.json"),
+        index.replace("\"LTX2Pipeline\"", "\"LTX2ImageToVideoPipeline\""),
+    )
+    .unwrap();
+    let out = ltx2_command(&folder, "i2v_noise.safetensors", "9")
+        .args([
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--save-tensor",
+            "/dev/null",
+        ])
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("image-to-video checkpoint") && stderr.contains("--image"),
+        "{stderr}"
+    );
 }
 
 #[test]

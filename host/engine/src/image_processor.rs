@@ -212,6 +212,12 @@ pub(crate) fn pil_lanczos(image: &RgbImage, width: u32, height: u32) -> RgbImage
     resize(image, width, height, Filter::Lanczos, Backend::Pillow)
 }
 
+/// Pillow's `Image.resize(size, Image.BILINEAR)` of an RGB image, bit-exact: how
+/// `VideoProcessor(resample="bilinear")` resizes LTX-2's start image.
+pub(crate) fn pil_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(image, width, height, Filter::Bilinear, Backend::Pillow)
+}
+
 /// `Image.resize` / torch's uint8 antialiased `interpolate` for RGB: horizontal pass then
 /// vertical pass, each rounded to 8 bits; a dimension that keeps its size is not resampled.
 fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter, backend: Backend) -> RgbImage {

@@ -7,6 +7,8 @@
 mod audio;
 #[path = "ltx2/connectors.rs"]
 mod connectors;
+#[path = "ltx2/image_to_video.rs"]
+mod image_to_video;
 #[path = "ltx2/latent_upsampler.rs"]
 mod latent_upsampler;
 #[path = "ltx2/pipeline.rs"]

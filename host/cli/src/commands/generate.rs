@@ -54,7 +54,8 @@ pub struct GenerateArgs {
     /// MP4 (video models) or PNG (image models) to write, the generation parameters embedded.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Initial latents (safetensors, one tensor) instead of the seeded noise.
+    /// Initial latents (safetensors, one tensor) instead of the seeded noise (LTX-2 with
+    /// `--image`: the noise the image's latents are blended into).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// LTX-2: initial audio latents `[1, C, L, M]` (safetensors, one tensor) instead of the

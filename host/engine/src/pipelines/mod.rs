@@ -14,7 +14,7 @@ pub use noise::initial_noise;
 
 use crate::families::flux::pipeline::FluxPipeline;
 use crate::families::flux2::pipeline::Flux2Pipeline;
-use crate::families::ltx2::pipeline::{DEFAULT_FPS, LTX2Pipeline};
+use crate::families::ltx2::pipeline::{DEFAULT_FPS, LTX2Pipeline, start_image_rule};
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
 use anyhow::bail;
@@ -274,7 +274,8 @@ pub struct GeneratedVideo {
 /// Tensors that replace what a generation would compute (reproduction and testing).
 #[derive(Default)]
 pub struct GenerateInputs {
-    /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw.
+    /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw (LTX-2 with a start image:
+    /// the noise of the frames after the image's).
     pub latents: Option<Tensor>,
     /// `[1, L, text_dim]` instead of encoding `prompt`.
     pub prompt_embeds: Option<Tensor>,
@@ -414,14 +415,17 @@ pub enum References {
     EditOne,
 }
 
-/// LTX-2 makes video with sound from text, at the requested frame rate (24 unless asked).
-const LTX2_CAPABILITIES: Capabilities = Capabilities {
-    output: Output::Video {
-        fps: DEFAULT_FPS as u32,
-    },
-    start_image: StartImage::Unsupported,
-    references: References::Unsupported,
-};
+/// LTX-2 makes video with sound, at the requested frame rate (24 unless asked), from text or
+/// from a start image (which an `LTX2ImageToVideoPipeline` folder needs).
+fn ltx2_capabilities(start_image: StartImage) -> Capabilities {
+    Capabilities {
+        output: Output::Video {
+            fps: DEFAULT_FPS as u32,
+        },
+        start_image,
+        references: References::Unsupported,
+    }
+}
 
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
@@ -441,6 +445,7 @@ impl Pipeline {
         "Flux2KleinPipeline",
         "Flux2Pipeline",
         "LTX2Pipeline",
+        "LTX2ImageToVideoPipeline",
     ];
 
     /// Loads the pipeline in `dir` (weights memory-mapped), chosen by its `model_index.json`.
@@ -456,7 +461,9 @@ impl Pipeline {
             "Flux2KleinPipeline" | "Flux2Pipeline" => {
                 Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
             }
-            "LTX2Pipeline" => Pipeline::Ltx2(Box::new(LTX2Pipeline::load(dir, device, dtype)?)),
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
+                Pipeline::Ltx2(Box::new(LTX2Pipeline::load(dir, device, dtype)?))
+            }
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -476,7 +483,7 @@ impl Pipeline {
             "WanPipeline" | "WanImageToVideoPipeline" => (50, 5.0),
             "Flux2KleinPipeline" if setting("is_distilled") == Some(true) => (4, 1.0),
             "Flux2KleinPipeline" | "Flux2Pipeline" => (50, 4.0),
-            "LTX2Pipeline" => (30, 3.0),
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => (30, 3.0),
             "FluxPipeline" | "FluxKontextPipeline" => {
                 let config: serde_json::Value =
                     crate::loader::read_config(&dir.join("transformer").join("config.json"))?;
@@ -553,7 +560,9 @@ impl Pipeline {
                 start_image: StartImage::Unsupported,
                 references: References::Optional,
             },
-            "LTX2Pipeline" => LTX2_CAPABILITIES,
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => ltx2_capabilities(start_image_rule(
+                index.class_name == "LTX2ImageToVideoPipeline",
+            )),
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -583,7 +592,7 @@ impl Pipeline {
                 start_image: StartImage::Unsupported,
                 references: References::Optional,
             },
-            Pipeline::Ltx2(_) => LTX2_CAPABILITIES,
+            Pipeline::Ltx2(ltx) => ltx2_capabilities(ltx.start_image()),
         }
     }
 
@@ -690,6 +699,7 @@ mod tests {
                 StartImage::Optional,
             ),
             ("tiny-flux2-klein", Output::Image, StartImage::Unsupported),
+            ("tiny-ltx2", Output::Video { fps: 24 }, StartImage::Optional),
         ] {
             let dir = fixtures.join(name);
             let inspected = Pipeline::inspect(&dir).unwrap();

@@ -5,15 +5,23 @@
 //! classifier-free, spatio-temporal (a pass with some blocks' self-attention skipped), modality
 //! isolation (a pass without the audio-video cross-attention), then rescaled. The video VAE
 //! decodes the pictures, the audio VAE a mel spectrogram, and the vocoder the waveform.
+//!
+//! With a start image it is `LTX2ImageToVideoPipeline` (`pipeline_ltx2_image2video.py`): the image,
+//! resized as its `VideoProcessor` does (PIL bilinear to the requested size, no crop) and encoded
+//! by the video VAE, becomes the first latent frame, whose tokens get timestep 0 and keep their
+//! values through every scheduler step; the rest of the loop is the text-to-video one. The
+//! reference re-compresses the image through H.264 first (`image_crf`, CRF 33 for Gemma 3
+//! checkpoints); this port does not, as the reference does with `image_crf=0`.
 
 use super::audio_vae::AutoencoderKLLTX2Audio;
 use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
 use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions};
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
+use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
 };
 use crate::schedulers::FlowMatchEulerDiscrete;
 use crate::schedulers::linspace;
@@ -45,6 +53,9 @@ struct GemmaText {
 
 pub struct LTX2Pipeline {
     name: String,
+    /// An `LTX2ImageToVideoPipeline` folder, which needs a start image; an `LTX2Pipeline` one
+    /// (the same weights) makes video from text, or from a start image when given one.
+    image_to_video: bool,
     transformer: LTX2VideoTransformer3DModel,
     connectors: LTX2TextConnectors,
     vae: AutoencoderKLLTX2Video,
@@ -61,6 +72,13 @@ pub struct LTX2Pipeline {
 struct Stream {
     latents: Tensor,
     scheduler: FlowMatchEulerDiscrete,
+}
+
+/// The video stream of an image-to-video run: its packed latents and `conditioning_mask`, 1 on the
+/// tokens of the first latent frame (the encoded image), 0 elsewhere, `[1, tokens]`.
+struct VideoStream {
+    stream: Stream,
+    conditioning_mask: Option<Tensor>,
 }
 
 impl LTX2Pipeline {
@@ -81,6 +99,7 @@ impl LTX2Pipeline {
         };
         Ok(Self {
             name: dir.display().to_string(),
+            image_to_video: index.class_name == "LTX2ImageToVideoPipeline",
             transformer: LTX2VideoTransformer3DModel::load(
                 &component("transformer")?,
                 device,
@@ -106,6 +125,12 @@ impl LTX2Pipeline {
 
     pub fn has_text_encoder(&self) -> bool {
         self.text.is_some()
+    }
+
+    /// Whether a generation needs a start image: an `LTX2ImageToVideoPipeline` folder does; an
+    /// `LTX2Pipeline` folder takes one when given (both classes load the same components).
+    pub fn start_image(&self) -> StartImage {
+        start_image_rule(self.image_to_video)
     }
 
     /// The `8k+1` frame count closest to `seconds` at the default frame rate.
@@ -178,7 +203,10 @@ impl LTX2Pipeline {
         report(Stage::EncodingPrompt, 1, 1)?;
 
         let shape = self.latent_shape(params)?;
-        let mut video = self.video_stream(params, shape, inputs.latents)?;
+        let VideoStream {
+            stream: mut video,
+            conditioning_mask,
+        } = self.video_stream(params, shape, inputs.latents)?;
         let audio_frames = self.audio_frames(params.frames, fps);
         let mut audio = self.audio_stream(params, audio_frames, inputs.audio_latents)?;
         let steps = video.scheduler.timesteps().to_vec();
@@ -226,13 +254,23 @@ impl LTX2Pipeline {
                 };
                 let (hidden, audio_hidden) = (repeat(&video.latents)?, repeat(&audio.latents)?);
                 let timestep = Tensor::full(*t as f32, batch, &self.device)?;
+                // Image-to-video: `timestep · (1 − conditioning_mask)` per video token, so the
+                // image's tokens are seen as clean; the audio keeps the step's timestep.
+                let video_timestep = match &conditioning_mask {
+                    Some(mask) => Some(
+                        ((mask.ones_like()? - mask)? * *t)?
+                            .broadcast_as((batch, mask.dim(1)?))?
+                            .contiguous()?,
+                    ),
+                    None => None,
+                };
                 let inputs = LTX2TransformerInputs {
                     hidden_states: &hidden,
                     audio_hidden_states: &audio_hidden,
                     encoder_hidden_states: video_text,
                     audio_encoder_hidden_states: audio_text,
-                    timestep: &timestep,
-                    audio_timestep: None,
+                    timestep: video_timestep.as_ref().unwrap_or(&timestep),
+                    audio_timestep: video_timestep.as_ref().map(|_| &timestep),
                     sigma: Some(&timestep),
                     audio_sigma: None,
                     encoder_attention_mask: Some(mask),
@@ -311,10 +349,18 @@ impl LTX2Pipeline {
             };
             let video_guided = guided(&video_x0, video_delta, guidance.video.rescale)?;
             let audio_guided = guided(&audio_x0, audio_delta, guidance.audio.rescale)?;
+            let conditioned = video.latents.clone();
             for (stream, x0) in [(&mut video, video_guided), (&mut audio, audio_guided)] {
                 // Back to a velocity for the Euler step: (x − x0) / σ.
                 let velocity = ((&stream.latents - x0)? / sigma)?;
                 stream.latents = stream.scheduler.step(&velocity, &stream.latents)?;
+            }
+            // The reference steps only the frames after the first; the (elementwise) Euler step
+            // over all tokens with the first frame's put back is the same.
+            if let Some(mask) = &conditioning_mask {
+                let keep = mask.unsqueeze(2)?;
+                video.latents = (conditioned.broadcast_mul(&keep)?
+                    + video.latents.broadcast_mul(&(keep.ones_like()? - &keep)?)?)?;
             }
             report(Stage::Denoising, i + 1, steps.len())?;
         }
@@ -404,10 +450,25 @@ impl LTX2Pipeline {
                 params.steps
             );
         }
-        if params.start_image.is_some() || params.end_image.is_some() {
+        if self.image_to_video && params.start_image.is_none() {
             bail!(
-                "{}: image-to-video with LTX-2 is not supported yet; this pipeline makes video from text",
+                "{}: this is an image-to-video checkpoint (LTX2ImageToVideoPipeline); give a start image (--image)",
                 self.name
+            );
+        }
+        if params.end_image.is_some() {
+            bail!(
+                "{}: LTX-2 conditions on a start image only, not an end image",
+                self.name
+            );
+        }
+        if params.start_image.is_some() && self.patch_sizes() != (1, 1) {
+            // The reference's conditioning mask is one value per token only for 1x1x1 patches.
+            bail!(
+                "{}: image-to-video needs transformer patch sizes of 1, got patch_size {} and patch_size_t {}",
+                self.name,
+                self.patch_sizes().0,
+                self.patch_sizes().1
             );
         }
         if !params.references.is_empty() {
@@ -487,15 +548,19 @@ impl LTX2Pipeline {
         Ok(scheduler)
     }
 
-    /// The packed, normalised video latents: the given `[1, C, F, H, W]` ones or seeded noise.
+    /// The packed, normalised video latents. From text: the given `[1, C, F, H, W]` ones
+    /// (normalised, as the reference's `latents`) or seeded noise. With a start image
+    /// (`prepare_latents` of the image-to-video pipeline): the image's latents as the first frame,
+    /// the rest noise, the given `[1, C, F, H, W]` tensor or the seeded draw (the reference's
+    /// `randn_tensor`; its `latents` argument skips the image and is not what this takes).
     fn video_stream(
         &self,
         params: &GenerateParams,
         shape: (usize, usize, usize, usize, usize),
         given: Option<Tensor>,
-    ) -> Result<Stream> {
-        let latents = match given {
-            Some(latents) => {
+    ) -> Result<VideoStream> {
+        let given = given
+            .map(|latents| {
                 let expected = [shape.0, shape.1, shape.2, shape.3, shape.4];
                 ensure!(
                     latents.dims() == expected,
@@ -505,15 +570,80 @@ impl LTX2Pipeline {
                     params.height,
                     latents.dims()
                 );
-                let latents = latents.to_device(&self.device)?.to_dtype(DType::F32)?;
-                self.vae
-                    .normalize_latents(&latents, self.vae.config().scaling_factor)?
+                Ok(latents.to_device(&self.device)?.to_dtype(DType::F32)?)
+            })
+            .transpose()?;
+        let (latents, conditioning_mask) = match &params.start_image {
+            Some(image) => {
+                let image = image.load_rgb().context("the start image")?;
+                let noise = match given {
+                    Some(noise) => noise,
+                    None => initial_noise(params.seed, shape, &self.device)?,
+                };
+                let (latents, mask) = self.image_latents(&image, params, noise)?;
+                (latents, Some(mask))
             }
-            None => initial_noise(params.seed, shape, &self.device)?,
+            None => {
+                let latents = match given {
+                    Some(latents) => self
+                        .vae
+                        .normalize_latents(&latents, self.vae.config().scaling_factor)?,
+                    None => initial_noise(params.seed, shape, &self.device)?,
+                };
+                (latents, None)
+            }
         };
         let latents = pack_latents(&latents, self.patch_sizes())?;
         let scheduler = self.scheduler(params, latents.dim(1)?)?;
-        Ok(Stream { latents, scheduler })
+        Ok(VideoStream {
+            stream: Stream { latents, scheduler },
+            conditioning_mask,
+        })
+    }
+
+    /// The image-to-video `prepare_latents`: the start image resized to the request (PIL
+    /// bilinear), encoded (the posterior mode), normalised with scaling factor 1 and put in the
+    /// first latent frame of `noise` `[1, C, F, H, W]`; with the packed conditioning mask.
+    fn image_latents(
+        &self,
+        image: &image::RgbImage,
+        params: &GenerateParams,
+        noise: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (width, height) = (params.width as u32, params.height as u32);
+        let image = if image.dimensions() == (width, height) {
+            image.clone()
+        } else {
+            pil_bilinear(image, width, height)
+        };
+        let (h, w) = (params.height, params.width);
+        // `pil_to_numpy` (/ 255) then `normalize` (2x − 1), in f32.
+        let pixels = Tensor::from_vec(image.into_raw(), (h, w, 3), &self.device)?
+            .to_dtype(DType::F32)?
+            .permute((2, 0, 1))?;
+        let pixels = (((pixels / 255.0)? * 2.0)? - 1.0)?.reshape((1, 3, 1, h, w))?;
+        let encoded = self
+            .vae
+            .encode(&pixels.to_dtype(self.dtype)?)
+            .context("encoding the start image")?
+            .to_dtype(DType::F32)?;
+        let encoded = self.vae.normalize_latents(&encoded, 1.0)?;
+        let (_, _, frames, lh, lw) = noise.dims5()?;
+        ensure!(
+            encoded.dims()[3..] == [lh, lw],
+            "{}: the VAE encoded the {w}x{h} start image to a {:?} latent grid, not {lh}x{lw}",
+            self.name,
+            &encoded.dims()[3..]
+        );
+        let init = encoded.repeat((1, 1, frames, 1, 1))?;
+        let mut mask = vec![0f32; frames * lh * lw];
+        mask[..lh * lw].fill(1.0);
+        let mask = Tensor::from_vec(mask, (1, 1, frames, lh, lw), &self.device)?;
+        // `init · mask + noise · (1 − mask)`, as the reference interpolates.
+        let latents =
+            (init.broadcast_mul(&mask)? + noise.broadcast_mul(&(mask.ones_like()? - &mask)?)?)?;
+        let mask = pack_latents(&mask, self.patch_sizes())?.squeeze(2)?;
+        Ok((latents, mask))
     }
 
     /// The packed, normalised audio latents: the given `[1, C, L, M]` ones or seeded noise (drawn
@@ -580,6 +710,15 @@ impl LTX2Pipeline {
         let mask = Tensor::from_vec(encoded.attention_mask, (1, len), &self.device)?;
         let hidden = encoder.hidden_states(&ids, &mask, HiddenStates::All)?;
         Ok((stack_text_encoder_hidden_states(&hidden)?, mask))
+    }
+}
+
+/// [`LTX2Pipeline::start_image`] of a folder, from its `model_index.json` class alone.
+pub fn start_image_rule(image_to_video: bool) -> StartImage {
+    if image_to_video {
+        StartImage::Required
+    } else {
+        StartImage::Optional
     }
 }
 
