@@ -228,6 +228,17 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
     })
 }
 
+/// Reads `dir/config.json` and runs `validate` on it, naming the file when it refuses.
+pub fn read_checked_config<T: DeserializeOwned>(
+    dir: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, LoadError> {
+    let path = dir.join("config.json");
+    let config: T = read_config(&path)?;
+    validate(&config).map_err(|reason| LoadError::BadConfig { path, reason })?;
+    Ok(config)
+}
+
 /// The class of the component in `dir`, read from whichever config file the folder carries.
 pub fn component_class(dir: &Path) -> Result<(ComponentClass, String), LoadError> {
     #[derive(serde::Deserialize)]

@@ -177,6 +177,14 @@ impl LayerNorm {
     }
 }
 
+/// `x / sqrt(mean(x², axis) + eps)` in f32, without a scale: an RMS norm along any one axis (the
+/// channels of pixel norms, the hidden axis of stacked per-layer states).
+pub(crate) fn rms_normalize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let mean_sq = x.sqr()?.mean_keepdim(axis)?;
+    x.broadcast_div(&(mean_sq + eps)?.sqrt()?)
+}
+
 /// `torch.nn.RMSNorm` with a learned scale, computed in f32 and returned in the input dtype.
 #[derive(Debug, Clone)]
 pub(crate) struct RmsNorm {

@@ -6,9 +6,8 @@
 //! latent steps (packing to `[batch, frames, channels·mel_bins]` and the per-feature statistics)
 //! are methods here, as `LTX2Pipeline` spells them.
 
-use crate::loader::LoadError;
-use crate::models::GroupNorm;
 use crate::models::conv::Conv2d;
+use crate::models::{GroupNorm, rms_normalize};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -186,11 +185,7 @@ impl Norm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Pixel => {
-                let x32 = x.to_dtype(DType::F32)?;
-                let rms = (x32.sqr()?.mean_keepdim(1)? + 1e-6)?.sqrt()?;
-                x32.broadcast_div(&rms)?.to_dtype(x.dtype())
-            }
+            Self::Pixel => rms_normalize(x, 1, 1e-6)?.to_dtype(x.dtype()),
             Self::Group(norm) => norm.forward(x),
         }
     }
@@ -586,11 +581,8 @@ impl AutoencoderKLLTX2Audio {
     /// Reads `dir/config.json` and the memory-mapped weights of an `audio_vae` folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let path = dir.join("config.json");
-        let config: AutoencoderKLLTX2AudioConfig = crate::loader::read_config(&path)?;
-        config
-            .validate()
-            .map_err(|reason| LoadError::BadConfig { path, reason })?;
+        let config =
+            crate::loader::read_checked_config(dir, AutoencoderKLLTX2AudioConfig::validate)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading AutoencoderKLLTX2Audio from {}", dir.display()))

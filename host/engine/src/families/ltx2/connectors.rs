@@ -7,13 +7,13 @@
 //! The pipeline's own step before the connectors, stacking the text encoder's hidden states on a
 //! last axis and flattening it (`_get_gemma_prompt_embeds`), is
 //! [`stack_text_encoder_hidden_states`]; the normalisations are public for it as well.
-//! The attention is the self-attention subset of `transformer_ltx2.py`'s `LTX2Attention` (RMS norm
-//! across heads on q and k, interleaved or split RoPE, optional per-head gates).
+//! As in the reference, the blocks use the transformer's `LTX2Attention` and the 1-D RoPE of
+//! [`super::rope`].
 
-use crate::attention::{attention, attention_with_bias};
-use crate::loader::LoadError;
+use super::rope::{LTX2RotaryPosEmbed1d, RopeType, RotaryEmb};
+use super::transformer::{AttnArgs, LTX2Attention};
 use crate::models::feed_forward::FeedForward;
-use crate::models::{Activation, Linear, RmsNorm, linear, linear_forward, rope};
+use crate::models::{Activation, Linear, RmsNorm, linear, linear_forward, rms_normalize};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -134,16 +134,6 @@ impl LTX2TextConnectorsConfig {
         ]
     }
 
-    fn rope_type(&self) -> std::result::Result<RopeType, String> {
-        match self.rope_type.as_str() {
-            "interleaved" => Ok(RopeType::Interleaved),
-            "split" => Ok(RopeType::Split),
-            other => Err(format!(
-                "rope_type `{other}` is not supported; choose `interleaved` or `split`"
-            )),
-        }
-    }
-
     /// Every combination the reference could not run fails here, by field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.caption_channels == 0 || self.text_proj_in_factor == 0 {
@@ -152,7 +142,7 @@ impl LTX2TextConnectorsConfig {
                 self.caption_channels, self.text_proj_in_factor
             ));
         }
-        let rope_type = self.rope_type()?;
+        let rope_type = RopeType::from_name(&self.rope_type)?;
         if self.connector_rope_base_seq_len == 0
             || !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
         {
@@ -290,10 +280,7 @@ pub fn per_layer_masked_mean_norm(
 /// `per_token_rms_norm`: `x * rsqrt(mean(x², hidden axis) + eps)` of `[batch, seq, hidden,
 /// layers]`, each token of each layer on its own, in f32; returns the input dtype.
 pub fn per_token_rms_norm(text_encoder_hidden_states: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = text_encoder_hidden_states.to_dtype(DType::F32)?;
-    let variance = x.sqr()?.mean_keepdim(2)?;
-    x.broadcast_div(&(variance + eps)?.sqrt()?)?
-        .to_dtype(text_encoder_hidden_states.dtype())
+    rms_normalize(text_encoder_hidden_states, 2, eps)?.to_dtype(text_encoder_hidden_states.dtype())
 }
 
 /// Token counts of `[batch]` `sequence_lengths`, each at most `seq_len`.
@@ -316,188 +303,6 @@ fn lengths_of(sequence_lengths: &Tensor, batch: usize, seq_len: usize) -> Result
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RopeType {
-    Interleaved,
-    Split,
-}
-
-/// The rotary tables of one sequence, shared by every sample of the batch.
-enum Rotary {
-    /// `[seq, dim / 2]`: one angle per interleaved pair of the whole width.
-    Interleaved { cos: Tensor, sin: Tensor },
-    /// `[seq, heads, head_dim / 2]`: one angle per (first half, second half) pair of each head.
-    Split { cos: Tensor, sin: Tensor },
-}
-
-impl Rotary {
-    /// `apply_interleaved_rotary_emb` / `apply_split_rotary_emb` of `x` `[batch, seq, dim]`, in
-    /// f32; returns the dtype of `x`.
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, dim) = x.dims3()?;
-        match self {
-            // The reference rotates the whole width before splitting it into heads: one head.
-            Self::Interleaved { cos, sin } => {
-                rope::apply_interleaved(&x.reshape((b, t, 1, dim))?, cos, sin)?.reshape((b, t, dim))
-            }
-            Self::Split { cos, sin } => {
-                let (_, heads, half) = cos.dims3()?;
-                let halves = x.to_dtype(DType::F32)?.reshape((b, t, heads, 2, half))?;
-                let first = halves.narrow(3, 0, 1)?;
-                let second = halves.narrow(3, 1, 1)?;
-                let cos = cos.reshape((1, t, heads, 1, half))?;
-                let sin = sin.reshape((1, t, heads, 1, half))?;
-                let out_first = (first.broadcast_mul(&cos)? - second.broadcast_mul(&sin)?)?;
-                let out_second = (second.broadcast_mul(&cos)? + first.broadcast_mul(&sin)?)?;
-                Tensor::cat(&[out_first, out_second], 3)?
-                    .reshape((b, t, dim))?
-                    .to_dtype(x.dtype())
-            }
-        }
-    }
-}
-
-/// `torch.linspace(0, 1, steps)` as PyTorch computes it (from both ends towards the middle).
-fn linspace_unit(steps: usize) -> Vec<f64> {
-    if steps == 1 {
-        return vec![0.0];
-    }
-    let step = 1.0 / (steps - 1) as f64;
-    (0..steps)
-        .map(|i| {
-            if i < steps / 2 {
-                step * i as f64
-            } else {
-                1.0 - step * (steps - 1 - i) as f64
-            }
-        })
-        .collect()
-}
-
-/// The same in f32 arithmetic.
-fn linspace_unit_f32(steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![0.0];
-    }
-    let step = 1.0f32 / (steps - 1) as f32;
-    (0..steps)
-        .map(|i| {
-            if i < steps / 2 {
-                step * i as f32
-            } else {
-                1.0 - step * (steps - 1 - i) as f32
-            }
-        })
-        .collect()
-}
-
-/// `LTX2RotaryPosEmbed1d`: positions `i / base_seq_len` mapped to [-1, 1] times the frequencies
-/// `theta^linspace(0, 1) · π / 2`, over the connector's whole width.
-struct LTX2RotaryPosEmbed1d {
-    dim: usize,
-    base_seq_len: usize,
-    theta: f64,
-    double_precision: bool,
-    rope_type: RopeType,
-    num_attention_heads: usize,
-}
-
-impl LTX2RotaryPosEmbed1d {
-    fn forward(&self, pos: usize, device: &Device) -> Result<Rotary> {
-        let half = self.dim / 2;
-        let freqs: Vec<f32> = if self.double_precision {
-            linspace_unit(half)
-                .into_iter()
-                .map(|e| (self.theta.powf(e) * std::f64::consts::PI / 2.0) as f32)
-                .collect()
-        } else {
-            let theta = self.theta as f32;
-            linspace_unit_f32(half)
-                .into_iter()
-                .map(|e| theta.powf(e) * std::f32::consts::PI / 2.0)
-                .collect()
-        };
-        let mut cos = Vec::with_capacity(pos * half);
-        let mut sin = Vec::with_capacity(pos * half);
-        for i in 0..pos {
-            let grid = (i as f32 / self.base_seq_len as f32) * 2.0 - 1.0;
-            for freq in &freqs {
-                let angle = grid * freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let table = |values: Vec<f32>| Tensor::from_vec(values, (pos, half), device);
-        let (cos, sin) = (table(cos)?, table(sin)?);
-        Ok(match self.rope_type {
-            RopeType::Interleaved => Rotary::Interleaved { cos, sin },
-            RopeType::Split => {
-                let heads = self.num_attention_heads;
-                let per_head = (pos, heads, half / heads);
-                Rotary::Split {
-                    cos: cos.reshape(per_head)?,
-                    sin: sin.reshape(per_head)?,
-                }
-            }
-        })
-    }
-}
-
-/// The self-attention of `LTX2Attention` with `LTX2AudioVideoAttnProcessor`: q/k/v with biases,
-/// RMS norm across heads on q and k, RoPE on both, SDPA, optional per-head gates `2·σ(logits)`.
-struct LTX2Attention {
-    heads: usize,
-    head_dim: usize,
-    norm_q: RmsNorm,
-    norm_k: RmsNorm,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
-    to_gate_logits: Option<Linear>,
-}
-
-impl LTX2Attention {
-    fn new(dim: usize, heads: usize, head_dim: usize, gated: bool, vb: VarBuilder) -> Result<Self> {
-        let inner = heads * head_dim;
-        Ok(Self {
-            heads,
-            head_dim,
-            norm_q: RmsNorm::new(inner, 1e-6, vb.pp("norm_q"))?,
-            norm_k: RmsNorm::new(inner, 1e-6, vb.pp("norm_k"))?,
-            to_q: linear(dim, inner, true, vb.pp("to_q"))?,
-            to_k: linear(dim, inner, true, vb.pp("to_k"))?,
-            to_v: linear(dim, inner, true, vb.pp("to_v"))?,
-            to_out: linear(inner, dim, true, vb.pp("to_out").pp(0))?,
-            to_gate_logits: gated
-                .then(|| linear(dim, heads, true, vb.pp("to_gate_logits")))
-                .transpose()?,
-        })
-    }
-
-    /// `x` `[batch, seq, dim]`; `bias` the additive mask `[batch, 1, 1, seq]` (f32) when any.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rotary: &Rotary) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor| y.reshape((b, t, self.heads, self.head_dim));
-        let q = rotary.apply(&self.norm_q.forward(&linear_forward(&self.to_q, x, None)?)?)?;
-        let k = rotary.apply(&self.norm_k.forward(&linear_forward(&self.to_k, x, None)?)?)?;
-        let v = linear_forward(&self.to_v, x, None)?;
-        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
-        let mut out = match bias {
-            Some(bias) => {
-                let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-                attention_with_bias(&q, &k, &v, bias, scale)?
-            }
-            None => attention(&q, &k, &v)?,
-        };
-        if let Some(gate_logits) = &self.to_gate_logits {
-            let gates = (candle_nn::ops::sigmoid(&linear_forward(gate_logits, x, None)?)? * 2.0)?;
-            out = out.broadcast_mul(&gates.unsqueeze(D::Minus1)?)?;
-        }
-        linear_forward(&self.to_out, &out.flatten_from(2)?, None)
-    }
-}
-
 /// `LTX2TransformerBlock1d`: pre-norm self-attention and GELU (tanh) feed-forward, residuals.
 struct LTX2TransformerBlock1d {
     norm1: RmsNorm,
@@ -511,14 +316,28 @@ impl LTX2TransformerBlock1d {
         let dim = c.inner_dim();
         Ok(Self {
             norm1: RmsNorm::without_affine(dim, 1e-6, vb.device())?,
-            attn1: LTX2Attention::new(dim, c.heads, c.head_dim, c.gated, vb.pp("attn1"))?,
+            attn1: LTX2Attention::new(
+                dim,
+                c.heads,
+                c.head_dim,
+                None,
+                true,
+                true,
+                c.gated,
+                vb.pp("attn1"),
+            )?,
             norm2: RmsNorm::without_affine(dim, 1e-6, vb.device())?,
             ff: FeedForward::new(dim, 4 * dim, dim, Activation::GeluTanh, vb.pp("ff"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rotary: &Rotary) -> Result<Tensor> {
-        let x = (x + self.attn1.forward(&self.norm1.forward(x)?, bias, rotary)?)?;
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, rotary: &RotaryEmb) -> Result<Tensor> {
+        let args = AttnArgs {
+            attention_mask: bias,
+            query_rotary_emb: Some(rotary),
+            ..Default::default()
+        };
+        let x = (x + self.attn1.forward(&self.norm1.forward(x)?, args, None)?)?;
         &x + self.ff.forward(&self.norm2.forward(&x)?)?
     }
 }
@@ -548,7 +367,7 @@ impl LTX2ConnectorTransformer1d {
                 base_seq_len: cfg.connector_rope_base_seq_len,
                 theta: cfg.rope_theta,
                 double_precision: cfg.rope_double_precision,
-                rope_type: cfg.rope_type().map_err(candle_core::Error::Msg)?,
+                rope_type: RopeType::from_name(&cfg.rope_type).map_err(candle_core::Error::Msg)?,
                 num_attention_heads: c.heads,
             },
             transformer_blocks: (0..c.layers)
@@ -688,11 +507,7 @@ impl LTX2TextConnectors {
     /// Reads a `connectors` folder (`config.json` and the memory-mapped weights).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let path = dir.join("config.json");
-        let config: LTX2TextConnectorsConfig = crate::loader::read_config(&path)?;
-        if let Err(reason) = config.validate() {
-            return Err(LoadError::BadConfig { path, reason }.into());
-        }
+        let config = crate::loader::read_checked_config(dir, LTX2TextConnectorsConfig::validate)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading LTX2TextConnectors from {}", dir.display()))

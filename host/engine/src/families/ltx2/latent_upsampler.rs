@@ -5,11 +5,13 @@
 //! one upsampling stage.
 //!
 //! The steps `LTX2LatentUpsamplePipeline` (`pipeline_ltx2_latent_upsample.py`) takes around the
-//! model are here too: [`denormalize_latents`] (and the pipelines' [`normalize_latents`]) with the
-//! VAE's statistics, [`unpack_latents`] of packed token latents, [`adain_filter_latent`] and
-//! [`tone_map_latents`].
+//! model are here too: [`adain_filter_latent`] and [`tone_map_latents`], and, shared with the
+//! other LTX-2 pipelines and re-exported from where they live, [`denormalize_latents`] (and
+//! [`normalize_latents`]) with the VAE's statistics and [`unpack_latents`] of packed token latents.
 
-use crate::loader::LoadError;
+pub use super::pipeline::unpack_latents;
+use super::video_vae::video_channels;
+pub use super::video_vae::{denormalize_latents, normalize_latents};
 use crate::models::GroupNorm;
 use crate::models::conv::{Conv2d, Conv3d, PaddingMode, conv_dtype};
 use crate::models::pixel_shuffle::pixel_shuffle_3d;
@@ -353,11 +355,7 @@ impl LTX2LatentUpsamplerModel {
     /// Reads a `latent_upsampler` folder (`config.json` and the memory-mapped weights).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let path = dir.join("config.json");
-        let config: LTX2LatentUpsamplerConfig = crate::loader::read_config(&path)?;
-        if let Err(reason) = config.validate() {
-            return Err(LoadError::BadConfig { path, reason }.into());
-        }
+        let config = crate::loader::read_checked_config(dir, LTX2LatentUpsamplerConfig::validate)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading LTX2LatentUpsamplerModel from {}", dir.display()))
@@ -412,92 +410,6 @@ impl LTX2LatentUpsamplerModel {
         let x = stage(&x, &self.post_upsample_res_blocks)?;
         self.final_conv.forward(&x)
     }
-}
-
-/// Checks that `latents` is `[batch, channels, frames, height, width]` and returns the channels.
-fn video_channels(latents: &Tensor, what: &str) -> Result<usize> {
-    match *latents.dims() {
-        [_, c, _, _, _] => Ok(c),
-        _ => candle_core::bail!(
-            "{what}: latents must have shape [batch, channels, frames, height, width], got {:?}",
-            latents.dims()
-        ),
-    }
-}
-
-/// The VAE's per-channel `latents_mean` / `latents_std` (`[channels]`) as `[1, C, 1, 1, 1]` f32.
-fn channel_stats(latents: &Tensor, stats: &[&Tensor], what: &str) -> Result<Vec<Tensor>> {
-    let channels = video_channels(latents, what)?;
-    stats
-        .iter()
-        .map(|s| {
-            if s.elem_count() != channels {
-                candle_core::bail!(
-                    "{what}: statistics of shape {:?} for latents of {channels} channels ({:?})",
-                    s.dims(),
-                    latents.dims()
-                );
-            }
-            s.to_device(latents.device())?
-                .to_dtype(DType::F32)?
-                .reshape((1, channels, 1, 1, 1))
-        })
-        .collect()
-}
-
-/// `_denormalize_latents`: `latents · std / scaling_factor + mean` per channel, from the
-/// standardised latents the transformer makes to the VAE's (in f32; returns the input dtype).
-pub fn denormalize_latents(
-    latents: &Tensor,
-    latents_mean: &Tensor,
-    latents_std: &Tensor,
-    scaling_factor: f64,
-) -> Result<Tensor> {
-    let stats = channel_stats(latents, &[latents_mean, latents_std], "denormalize_latents")?;
-    (latents.to_dtype(DType::F32)?.broadcast_mul(&stats[1])? / scaling_factor)?
-        .broadcast_add(&stats[0])?
-        .to_dtype(latents.dtype())
-}
-
-/// `_normalize_latents`: `(latents - mean) · scaling_factor / std` per channel, the inverse of
-/// [`denormalize_latents`].
-pub fn normalize_latents(
-    latents: &Tensor,
-    latents_mean: &Tensor,
-    latents_std: &Tensor,
-    scaling_factor: f64,
-) -> Result<Tensor> {
-    let stats = channel_stats(latents, &[latents_mean, latents_std], "normalize_latents")?;
-    (latents.to_dtype(DType::F32)?.broadcast_sub(&stats[0])? * scaling_factor)?
-        .broadcast_div(&stats[1])?
-        .to_dtype(latents.dtype())
-}
-
-/// `_unpack_latents`: token latents `[B, F·H·W, C·pt·p·p]` back to `[B, C, F·pt, H·p, W·p]` for
-/// `num_frames` × `height` × `width` tokens of `patch_size_t` × `patch_size`².
-pub fn unpack_latents(
-    latents: &Tensor,
-    num_frames: usize,
-    height: usize,
-    width: usize,
-    patch_size: usize,
-    patch_size_t: usize,
-) -> Result<Tensor> {
-    let (b, tokens, features) = latents.dims3()?;
-    let patch = patch_size_t * patch_size * patch_size;
-    if tokens != num_frames * height * width || patch == 0 || !features.is_multiple_of(patch) {
-        candle_core::bail!(
-            "unpack_latents: latents of shape {:?} are not {num_frames}x{height}x{width} tokens of channels x {patch_size_t}x{patch_size}x{patch_size} patches",
-            latents.dims()
-        );
-    }
-    let c = features / patch;
-    let (p, pt) = (patch_size, patch_size_t);
-    latents
-        .reshape(vec![b, num_frames, height, width, c, pt, p, p])?
-        .permute([0, 4, 1, 5, 2, 6, 3, 7])?
-        .contiguous()?
-        .reshape((b, c, num_frames * pt, height * p, width * p))
 }
 
 /// Per-(sample, channel) mean and unbiased standard deviation of `[B, C, ...]` in f32, each

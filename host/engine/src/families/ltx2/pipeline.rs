@@ -366,7 +366,8 @@ impl LTX2Pipeline {
         }
 
         report(Stage::Decoding, 0, 2)?;
-        let latents = unpack_latents(&video.latents, shape, self.patch_sizes())?;
+        let (p, pt) = self.patch_sizes();
+        let latents = unpack_latents(&video.latents, frames / pt, height / p, width / p, p, pt)?;
         let scaling = self.vae.config().scaling_factor;
         let latents = self.vae.denormalize_latents(&latents, scaling)?;
         let timestep_conditioning = self.vae.config().timestep_conditioning;
@@ -767,17 +768,32 @@ fn pack_latents(latents: &Tensor, (p, pt): (usize, usize)) -> Result<Tensor> {
         .reshape((b, f * h * w, c * pt * p * p))?)
 }
 
-/// `_unpack_latents`: the inverse of [`pack_latents`] for latents of `shape`.
-fn unpack_latents(
-    tokens: &Tensor,
-    shape: (usize, usize, usize, usize, usize),
-    (p, pt): (usize, usize),
-) -> Result<Tensor> {
-    let (b, c, f, h, w) = shape;
-    Ok(tokens
-        .reshape(vec![b, f / pt, h / p, w / p, c, pt, p, p])?
-        .permute(vec![0, 4, 1, 5, 2, 6, 3, 7])?
-        .reshape(shape)?)
+/// `_unpack_latents`: token latents `[B, F·H·W, C·pt·p·p]` back to `[B, C, F·pt, H·p, W·p]` for
+/// `num_frames` × `height` × `width` tokens of `patch_size_t` × `patch_size`², the inverse of
+/// [`pack_latents`].
+pub fn unpack_latents(
+    latents: &Tensor,
+    num_frames: usize,
+    height: usize,
+    width: usize,
+    patch_size: usize,
+    patch_size_t: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, tokens, features) = latents.dims3()?;
+    let patch = patch_size_t * patch_size * patch_size;
+    if tokens != num_frames * height * width || patch == 0 || !features.is_multiple_of(patch) {
+        candle_core::bail!(
+            "unpack_latents: latents of shape {:?} are not {num_frames}x{height}x{width} tokens of channels x {patch_size_t}x{patch_size}x{patch_size} patches",
+            latents.dims()
+        );
+    }
+    let c = features / patch;
+    let (p, pt) = (patch_size, patch_size_t);
+    latents
+        .reshape(vec![b, num_frames, height, width, c, pt, p, p])?
+        .permute([0, 4, 1, 5, 2, 6, 3, 7])?
+        .contiguous()?
+        .reshape((b, c, num_frames * pt, height * p, width * p))
 }
 
 /// `rescale_noise_cfg`: the guided estimate's standard deviation pulled towards the conditional

@@ -1,5 +1,7 @@
 //! `LTX2AudioVideoRotaryPosEmbed` and the two ways of applying it (`apply_interleaved_rotary_emb`,
-//! `apply_split_rotary_emb`), following diffusers' `models/transformers/transformer_ltx2.py`.
+//! `apply_split_rotary_emb`), following diffusers' `models/transformers/transformer_ltx2.py`, and
+//! the text connectors' `LTX2RotaryPosEmbed1d` (`pipelines/ltx2/connectors.py`), which shares
+//! their frequencies and layouts over plain token indices.
 //!
 //! Positions are patch boundaries `[start, end)` in pixel (video: frames in seconds, rows,
 //! columns) or audio (seconds) space; the RoPE angle of a token on an axis is its midpoint as a
@@ -20,13 +22,14 @@ pub enum RopeType {
 }
 
 impl RopeType {
-    pub fn from_name(name: &str) -> Result<Self> {
+    /// The `rope_type` config value, or the reason it is refused.
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
         match name {
             "interleaved" => Ok(Self::Interleaved),
             "split" => Ok(Self::Split),
-            other => candle_core::bail!(
-                "rope_type {other:?} not supported; choose between \"interleaved\" and \"split\""
-            ),
+            other => Err(format!(
+                "rope_type `{other}` is not supported; choose `interleaved` or `split`"
+            )),
         }
     }
 }
@@ -303,6 +306,65 @@ impl LTX2AudioVideoRotaryPosEmbed {
                 }
             }
         }
+        Frequencies {
+            dim: self.dim,
+            theta: self.theta,
+            double_precision: self.double_precision,
+            rope_type: self.rope_type,
+            heads: self.num_attention_heads,
+        }
+        .tables(grid, batch, coords.tokens, axes, device)
+    }
+}
+
+/// `LTX2RotaryPosEmbed1d`: token `i` at `i / base_seq_len` mapped to [-1, 1], one axis over the
+/// whole width.
+#[derive(Debug, Clone)]
+pub struct LTX2RotaryPosEmbed1d {
+    pub dim: usize,
+    pub base_seq_len: usize,
+    pub theta: f64,
+    pub double_precision: bool,
+    pub rope_type: RopeType,
+    pub num_attention_heads: usize,
+}
+
+impl LTX2RotaryPosEmbed1d {
+    /// `forward`: the tables of `pos` tokens, shared by every sample of the batch.
+    pub fn forward(&self, pos: usize, device: &Device) -> Result<RotaryEmb> {
+        let base = self.base_seq_len as f32;
+        let grid = (0..pos).map(|i| (i as f32 / base) * 2.0 - 1.0).collect();
+        Frequencies {
+            dim: self.dim,
+            theta: self.theta,
+            double_precision: self.double_precision,
+            rope_type: self.rope_type,
+            heads: self.num_attention_heads,
+        }
+        .tables(grid, 1, pos, 1, device)
+    }
+}
+
+/// What both embeddings share once positions are in [-1, 1]: the rotated width, the frequencies
+/// `theta^linspace(0, 1) · π/2` and the layout of the pairs.
+struct Frequencies {
+    dim: usize,
+    theta: f64,
+    double_precision: bool,
+    rope_type: RopeType,
+    heads: usize,
+}
+
+impl Frequencies {
+    /// The tables of `grid`: `batch · tokens` rows of `axes` positions each.
+    fn tables(
+        &self,
+        grid: Vec<f32>,
+        batch: usize,
+        tokens: usize,
+        axes: usize,
+        device: &Device,
+    ) -> Result<RotaryEmb> {
         let steps = self.dim / (2 * axes);
         let freqs: Vec<f32> = if self.double_precision {
             linspace_f64(steps)
@@ -316,7 +378,7 @@ impl LTX2AudioVideoRotaryPosEmbed {
                 .map(|e| theta.powf(e) * (std::f64::consts::PI / 2.0) as f32)
                 .collect()
         };
-        let rows = batch * coords.tokens;
+        let rows = batch * tokens;
         let grid = Tensor::from_vec(grid, (rows, 1, axes), device)?;
         let freqs = Tensor::from_vec(freqs, (1, steps, 1), device)?;
         // [rows, steps, axes] flattened: frequency-major, axis-minor, as the reference's
@@ -333,9 +395,9 @@ impl LTX2AudioVideoRotaryPosEmbed {
             cos,
             sin,
             batch,
-            tokens: coords.tokens,
+            tokens,
             rope_type: self.rope_type,
-            heads: self.num_attention_heads,
+            heads: self.heads,
         })
     }
 }

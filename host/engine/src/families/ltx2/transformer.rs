@@ -171,7 +171,7 @@ impl LTX2TransformerConfig {
                 self.activation_fn
             );
         }
-        let rope_type = RopeType::from_name(&self.rope_type)?;
+        let rope_type = RopeType::from_name(&self.rope_type).map_err(candle_core::Error::Msg)?;
         let (dim, audio_dim) = (self.inner_dim(), self.audio_inner_dim());
         if dim == 0 || audio_dim == 0 || self.num_layers == 0 {
             candle_core::bail!(
@@ -391,14 +391,15 @@ impl PixArtAlphaTextProjection {
 
 /// Spatio-temporal guidance of one block's self-attention (`LTX2PerturbedAttnProcessor`):
 /// `mask` `[B, 1, 1]` is 0 where the attention is replaced by its values, 1 where it runs.
-struct Perturbation<'a> {
+pub(super) struct Perturbation<'a> {
     mask: &'a Tensor,
     all_perturbed: bool,
 }
 
 /// `LTX2Attention`: projections, RMS norm of q and k across the heads, RoPE of q and k (each its
-/// own), attention, optional per-head gates, output projection.
-struct LTX2Attention {
+/// own), attention, optional per-head gates, output projection. The text connectors' blocks use it
+/// too.
+pub(super) struct LTX2Attention {
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -411,17 +412,17 @@ struct LTX2Attention {
 
 /// The arguments of one attention call besides its input.
 #[derive(Default, Clone, Copy)]
-struct AttnArgs<'a> {
-    encoder_hidden_states: Option<&'a Tensor>,
+pub(super) struct AttnArgs<'a> {
+    pub(super) encoder_hidden_states: Option<&'a Tensor>,
     /// Additive bias broadcasting to `[B, heads, Lq, Lk]`.
-    attention_mask: Option<&'a Tensor>,
-    query_rotary_emb: Option<&'a RotaryEmb>,
-    key_rotary_emb: Option<&'a RotaryEmb>,
+    pub(super) attention_mask: Option<&'a Tensor>,
+    pub(super) query_rotary_emb: Option<&'a RotaryEmb>,
+    pub(super) key_rotary_emb: Option<&'a RotaryEmb>,
 }
 
 impl LTX2Attention {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(super) fn new(
         query_dim: usize,
         heads: usize,
         dim_head: usize,
@@ -471,7 +472,7 @@ impl LTX2Attention {
         x.reshape((b, l, self.heads, width / self.heads))
     }
 
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: &Tensor,
         args: AttnArgs<'_>,
@@ -1061,7 +1062,7 @@ impl LTX2VideoTransformer3DModel {
     pub fn new(cfg: &LTX2TransformerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let (dim, audio_dim) = (cfg.inner_dim(), cfg.audio_inner_dim());
-        let rope_type = RopeType::from_name(&cfg.rope_type)?;
+        let rope_type = RopeType::from_name(&cfg.rope_type).map_err(candle_core::Error::Msg)?;
         let ada = |dim, n, name: &str| LTX2AdaLayerNormSingle::new(dim, n, vb.pp(name));
         let rope = |dim, max_positions, scale_factors, heads, patch: (usize, usize)| {
             LTX2AudioVideoRotaryPosEmbed {

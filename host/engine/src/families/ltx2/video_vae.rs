@@ -8,11 +8,10 @@
 //! video is frames-major `[batch, frames, channels, height, width]` so that every 3-D convolution
 //! runs through [`Conv3d`] (a wide 2-D convolution over each window of frames).
 
-use crate::loader::LoadError;
-use crate::models::LayerNorm;
 use crate::models::conv::{Conv3d, PaddingMode};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::pixel_shuffle::{patchify, pixel_shuffle_3d, pixel_unshuffle_3d, unpatchify};
+use crate::models::{LayerNorm, rms_normalize};
 use candle_core::{DType, Device, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -171,9 +170,7 @@ impl AutoencoderKLLTX2VideoConfig {
 
 /// `x / sqrt(mean(x², channels) + 1e-8)` over the channels of frames-major `x`, in f32.
 fn per_channel_rms_norm(x: &Tensor) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let mean_sq = x.sqr()?.mean_keepdim(2)?;
-    x.broadcast_div(&(mean_sq + RMS_EPS)?.sqrt()?)
+    rms_normalize(x, 2, RMS_EPS)
 }
 
 /// `h · (1 + scale) + shift` for per-sample `shift`/`scale` `[B, C]` (f32) over frames-major `h`.
@@ -1012,11 +1009,8 @@ impl AutoencoderKLLTX2Video {
     /// Reads `dir/config.json` and the memory-mapped weights of a `vae` folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let path = dir.join("config.json");
-        let config: AutoencoderKLLTX2VideoConfig = crate::loader::read_config(&path)?;
-        if let Err(reason) = config.check_supported() {
-            return Err(LoadError::BadConfig { path, reason }.into());
-        }
+        let config =
+            crate::loader::read_checked_config(dir, AutoencoderKLLTX2VideoConfig::check_supported)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading AutoencoderKLLTX2Video from {}", dir.display()))
@@ -1068,35 +1062,25 @@ impl AutoencoderKLLTX2Video {
         self.use_framewise_decoding = true;
     }
 
-    /// The statistics as `[1, C, 1, 1, 1]` in the dtype and on the device of `latents`, after
-    /// checking that `latents` has `C` channels.
-    fn stats(&self, latents: &Tensor, what: &str) -> Result<(Tensor, Tensor)> {
-        let c = self.config.latent_channels;
-        match latents.dims() {
-            &[_, channels, _, _, _] if channels == c => {}
-            dims => bail!(
-                "{what}: latents have shape {dims:?}, expected [batch, {c}, frames, height, width]"
-            ),
-        }
-        let cast = |t: &Tensor| {
-            t.reshape((1, c, 1, 1, 1))?
-                .to_device(latents.device())?
-                .to_dtype(latents.dtype())
-        };
-        Ok((cast(&self.latents_mean)?, cast(&self.latents_std)?))
-    }
-
-    /// `(latents - mean) · scaling_factor / std` (`LTX2Pipeline._normalize_latents`; the
+    /// [`normalize_latents`] with the VAE's statistics (`LTX2Pipeline._normalize_latents`; the
     /// image-to-video pipeline passes `scaling_factor` 1, the others the config's).
     pub fn normalize_latents(&self, latents: &Tensor, scaling_factor: f64) -> Result<Tensor> {
-        let (mean, std) = self.stats(latents, "normalize_latents")?;
-        (latents.broadcast_sub(&mean)? * scaling_factor)?.broadcast_div(&std)
+        normalize_latents(
+            latents,
+            &self.latents_mean,
+            &self.latents_std,
+            scaling_factor,
+        )
     }
 
-    /// `latents · std / scaling_factor + mean` (`_denormalize_latents`), what `decode` takes.
+    /// [`denormalize_latents`] with the VAE's statistics, what `decode` takes.
     pub fn denormalize_latents(&self, latents: &Tensor, scaling_factor: f64) -> Result<Tensor> {
-        let (mean, std) = self.stats(latents, "denormalize_latents")?;
-        (latents.broadcast_mul(&std)? / scaling_factor)?.broadcast_add(&mean)
+        denormalize_latents(
+            latents,
+            &self.latents_mean,
+            &self.latents_std,
+            scaling_factor,
+        )
     }
 
     /// `[B, C, F, H, W]` -> frames-major in the model's dtype and device, checking `C`.
@@ -1312,4 +1296,64 @@ impl AutoencoderKLLTX2Video {
             sample_frames,
         )
     }
+}
+
+/// Checks that `latents` is `[batch, channels, frames, height, width]` and returns the channels.
+pub(super) fn video_channels(latents: &Tensor, what: &str) -> Result<usize> {
+    match *latents.dims() {
+        [_, c, _, _, _] => Ok(c),
+        _ => bail!(
+            "{what}: latents must have shape [batch, channels, frames, height, width], got {:?}",
+            latents.dims()
+        ),
+    }
+}
+
+/// The per-channel `latents_mean` / `latents_std` (`[channels]`) as `[1, C, 1, 1, 1]` f32.
+fn channel_stats(latents: &Tensor, stats: &[&Tensor], what: &str) -> Result<Vec<Tensor>> {
+    let channels = video_channels(latents, what)?;
+    stats
+        .iter()
+        .map(|s| {
+            if s.elem_count() != channels {
+                bail!(
+                    "{what}: statistics of shape {:?} for latents of {channels} channels ({:?})",
+                    s.dims(),
+                    latents.dims()
+                );
+            }
+            s.to_device(latents.device())?
+                .to_dtype(DType::F32)?
+                .reshape((1, channels, 1, 1, 1))
+        })
+        .collect()
+}
+
+/// `_denormalize_latents` of the LTX-2 pipelines: `latents · std / scaling_factor + mean` per
+/// channel, from the standardised latents the transformer makes to the VAE's (in f32; returns the
+/// input dtype).
+pub fn denormalize_latents(
+    latents: &Tensor,
+    latents_mean: &Tensor,
+    latents_std: &Tensor,
+    scaling_factor: f64,
+) -> Result<Tensor> {
+    let stats = channel_stats(latents, &[latents_mean, latents_std], "denormalize_latents")?;
+    (latents.to_dtype(DType::F32)?.broadcast_mul(&stats[1])? / scaling_factor)?
+        .broadcast_add(&stats[0])?
+        .to_dtype(latents.dtype())
+}
+
+/// `_normalize_latents`: `(latents - mean) · scaling_factor / std` per channel, the inverse of
+/// [`denormalize_latents`].
+pub fn normalize_latents(
+    latents: &Tensor,
+    latents_mean: &Tensor,
+    latents_std: &Tensor,
+    scaling_factor: f64,
+) -> Result<Tensor> {
+    let stats = channel_stats(latents, &[latents_mean, latents_std], "normalize_latents")?;
+    (latents.to_dtype(DType::F32)?.broadcast_sub(&stats[0])? * scaling_factor)?
+        .broadcast_div(&stats[1])?
+        .to_dtype(latents.dtype())
 }

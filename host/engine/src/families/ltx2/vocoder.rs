@@ -5,7 +5,6 @@
 //! VAE's decoded `[batch, channels, frames, mel_bins]` straight in; the output is
 //! `[batch, out_channels, samples]` at [`LTX2Vocoder::output_sampling_rate`].
 
-use crate::loader::LoadError;
 use crate::models::alias_free::{AntiAliasAct1d, SnakeBeta, UpSample1d};
 use crate::models::conv1d::{Conv1d, ConvTranspose1d, PaddingMode, pad1d};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -326,7 +325,7 @@ impl LTX2Vocoder {
     /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let config: LTX2VocoderConfig = read_checked_config(dir, LTX2VocoderConfig::validate)?;
+        let config = crate::loader::read_checked_config(dir, LTX2VocoderConfig::validate)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading LTX2Vocoder from {}", dir.display()))
@@ -401,17 +400,6 @@ impl LTX2Vocoder {
             FinalActivation::Identity => Ok(x),
         }
     }
-}
-
-/// Reads a config and runs its checks, naming the file on failure.
-fn read_checked_config<T: serde::de::DeserializeOwned>(
-    dir: &Path,
-    validate: impl Fn(&T) -> std::result::Result<(), String>,
-) -> std::result::Result<T, LoadError> {
-    let path = dir.join("config.json");
-    let config: T = crate::loader::read_config(&path)?;
-    validate(&config).map_err(|reason| LoadError::BadConfig { path, reason })?;
-    Ok(config)
 }
 
 /// `config.json` of an `LTX2VocoderWithBWE`: the first generator's fields, the bandwidth
@@ -631,8 +619,7 @@ impl LTX2VocoderWithBWE {
     /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let config: LTX2VocoderWithBWEConfig =
-            read_checked_config(dir, LTX2VocoderWithBWEConfig::validate)?;
+        let config = crate::loader::read_checked_config(dir, LTX2VocoderWithBWEConfig::validate)?;
         let vb = crate::loader::open_weights(dir, dtype, device)?;
         Self::new(&config, vb)
             .with_context(|| format!("loading LTX2VocoderWithBWE from {}", dir.display()))
