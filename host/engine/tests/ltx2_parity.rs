@@ -11,6 +11,8 @@ mod connectors;
 mod latent_upsampler;
 #[path = "ltx2/pipeline.rs"]
 mod pipeline;
+#[path = "ltx2/single_file.rs"]
+mod single_file;
 #[path = "ltx2/transformer.rs"]
 mod transformer;
 #[path = "ltx2/video_vae.rs"]

@@ -9,7 +9,7 @@
 //! VAE's statistics, [`unpack_latents`] of packed token latents, [`adain_filter_latent`] and
 //! [`tone_map_latents`].
 
-use crate::loader::LoadError;
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::GroupNorm;
 use crate::models::conv::{Conv2d, Conv3d, PaddingMode, conv_dtype};
 use crate::models::pixel_shuffle::pixel_shuffle_3d;
@@ -350,17 +350,17 @@ impl LTX2LatentUpsamplerModel {
         })
     }
 
-    /// Reads a `latent_upsampler` folder (`config.json` and the memory-mapped weights).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let path = dir.join("config.json");
-        let config: LTX2LatentUpsamplerConfig = crate::loader::read_config(&path)?;
-        if let Err(reason) = config.validate() {
-            return Err(LoadError::BadConfig { path, reason }.into());
-        }
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading LTX2LatentUpsamplerModel from {}", dir.display()))
+    /// Reads a `latent_upsampler` folder (`config.json` and the memory-mapped weights), or
+    /// the released `ltx-2-spatial-upscaler-x2-1.0.safetensors` (the same names; the reference's
+    /// default config, which is that model's).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2LatentUpsampler,
+            infer: |_| Ok(LTX2LatentUpsamplerConfig::default()),
+            check: LTX2LatentUpsamplerConfig::validate,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn config(&self) -> &LTX2LatentUpsamplerConfig {

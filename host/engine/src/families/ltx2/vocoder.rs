@@ -6,6 +6,7 @@
 //! `[batch, out_channels, samples]` at [`LTX2Vocoder::output_sampling_rate`].
 
 use crate::loader::LoadError;
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::alias_free::{AntiAliasAct1d, SnakeBeta, UpSample1d};
 use crate::models::conv1d::{Conv1d, ConvTranspose1d, PaddingMode, pad1d};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -323,13 +324,16 @@ impl LTX2Vocoder {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config: LTX2VocoderConfig = read_checked_config(dir, LTX2VocoderConfig::validate)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading LTX2Vocoder from {}", dir.display()))
+    /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder, or the
+    /// vocoder of an LTX-2 checkpoint (see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2Vocoder,
+            infer: |_| Ok(LTX2VocoderConfig::default()),
+            check: LTX2VocoderConfig::validate,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn config(&self) -> &LTX2VocoderConfig {
