@@ -1021,6 +1021,30 @@ fn ldm_vae_source(name: &str, up_blocks: usize) -> Option<(String, Part)> {
     Some((format!("{coder}.{inner}"), part))
 }
 
+/// The name in an LTX-2 checkpoint (its prefix included) of each diffusers tensor `names` of the
+/// component `layout` (one of the `Ltx2*` component layouts): what diffusers' conversion maps to
+/// that name, to write a component in the original layout. The video VAE's numbering assumes a
+/// downsampler (upsampler) after each block, as the conversion does. `None` for other layouts.
+pub fn ltx2_checkpoint_names(layout: OriginalLayout, names: &[String]) -> Option<Vec<String>> {
+    let (prefix, _) = layout.ltx2_component()?;
+    let count = |group: &str| {
+        names
+            .iter()
+            .filter_map(|name| block(name, group)?.0.parse::<usize>().ok())
+            .map(|i| 2 * (i + 1) + 1)
+            .max()
+            .unwrap_or(0)
+    };
+    let blocks = Blocks {
+        up: count("decoder.up_blocks"),
+        down: count("encoder.down_blocks"),
+    };
+    names
+        .iter()
+        .map(|name| Some(source(layout, prefix, blocks, name)?.0))
+        .collect()
+}
+
 /// `convert_ltx2_transformer_to_diffusers`, backwards: the original name of an
 /// `LTX2VideoTransformer3DModel` tensor.
 fn ltx2_transformer_source(name: &str) -> String {

@@ -5,13 +5,16 @@
 //! classifier-free, spatio-temporal (a pass with some blocks' self-attention skipped), modality
 //! isolation (a pass without the audio-video cross-attention), then rescaled. The video VAE
 //! decodes the pictures, the audio VAE a mel spectrogram, and the vocoder the waveform.
+//! An LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) dropped into the pipeline folder
+//! replaces the transformer's, the VAEs' and the vocoder's weights (their folders then need only
+//! their config.json), as diffusers' `from_single_file` takes the rest from the hub's folder.
 
 use super::audio_vae::AutoencoderKLLTX2Audio;
 use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
 use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions};
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
-use crate::loader::{pipeline_component, read_config, read_pipeline_index};
+use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, initial_noise,
 };
@@ -57,6 +60,32 @@ pub struct LTX2Pipeline {
     dtype: DType,
 }
 
+/// The LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) at the top of a pipeline folder, if
+/// one is there; an error where several are.
+fn checkpoint_file(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file()
+            && single_file::detect_file(&path)? == Some(single_file::OriginalLayout::Ltx2)
+        {
+            found.push(path);
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => bail!(
+            "{}: several LTX-2 checkpoint files ({}); keep the one to run",
+            dir.display(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// One stream's latents and schedule.
 struct Stream {
     latents: Tensor,
@@ -79,17 +108,24 @@ impl LTX2Pipeline {
             }
             None => None,
         };
+        // An LTX-2 checkpoint file in the folder gives the transformer, the VAEs and the vocoder,
+        // whose folders then need only their config.json.
+        let checkpoint = checkpoint_file(dir)?;
+        let weights = |name: &str| match &checkpoint {
+            Some(file) => Ok(file.clone()),
+            None => component(name),
+        };
         Ok(Self {
             name: dir.display().to_string(),
             transformer: LTX2VideoTransformer3DModel::load(
-                &component("transformer")?,
+                &weights("transformer")?,
                 device,
                 dtype,
             )?,
             connectors: LTX2TextConnectors::load(&component("connectors")?, device, dtype)?,
-            vae: AutoencoderKLLTX2Video::load(&component("vae")?, device, dtype)?,
-            audio_vae: AutoencoderKLLTX2Audio::load(&component("audio_vae")?, device, dtype)?,
-            vocoder: Vocoder::load(&component("vocoder")?, device, dtype)?,
+            vae: AutoencoderKLLTX2Video::load(&weights("vae")?, device, dtype)?,
+            audio_vae: AutoencoderKLLTX2Audio::load(&weights("audio_vae")?, device, dtype)?,
+            vocoder: Vocoder::load(&weights("vocoder")?, device, dtype)?,
             scheduler_config: read_config(&component("scheduler")?.join("scheduler_config.json"))?,
             text,
             keep_text_encoder: false,

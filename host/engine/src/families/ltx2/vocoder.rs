@@ -685,20 +685,34 @@ impl LTX2VocoderWithBWE {
     }
 }
 
-/// Whichever vocoder a pipeline's `vocoder/` folder holds, by its config's `_class_name`.
+/// Whichever vocoder a pipeline's `vocoder/` folder holds, by its config's `_class_name`; an
+/// LTX-2 checkpoint file's is an `LTX2Vocoder`.
 pub enum Vocoder {
     Plain(Box<LTX2Vocoder>),
     WithBwe(Box<LTX2VocoderWithBWE>),
 }
 
 impl Vocoder {
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+    /// From a `vocoder` folder, or an LTX-2 checkpoint file (the class then from the
+    /// `vocoder/config.json` beside it, where there is one).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         #[derive(serde::Deserialize)]
         struct Header {
             #[serde(rename = "_class_name")]
             class_name: String,
         }
-        let header: Header = crate::loader::read_config(&dir.join("config.json"))?;
+        let config = match path.parent() {
+            Some(dir) if path.is_file() => dir.join("vocoder").join("config.json"),
+            _ => path.join("config.json"),
+        };
+        let header: Header = if path.is_file() && !config.is_file() {
+            Header {
+                class_name: "LTX2Vocoder".into(),
+            }
+        } else {
+            crate::loader::read_config(&config)?
+        };
+        let dir = path;
         Ok(match header.class_name.as_str() {
             "LTX2Vocoder" => Self::Plain(Box::new(LTX2Vocoder::load(dir, device, dtype)?)),
             "LTX2VocoderWithBWE" => {
