@@ -82,11 +82,25 @@ impl OriginalLayout {
         }
     }
 
+    /// The component layout of an LTX-2 checkpoint that the diffusers class `class_name` reads.
+    pub fn for_ltx2_class(class_name: &str) -> Option<Self> {
+        [
+            Self::Ltx2Transformer,
+            Self::Ltx2VideoVae,
+            Self::Ltx2AudioVae,
+            Self::Ltx2Vocoder,
+        ]
+        .into_iter()
+        .find(|layout| layout.class_name() == class_name)
+    }
+
     /// Tensors of the file the component's conversion drops: the text connectors inside the
     /// transformer's prefix (diffusers reads them as `LTX2TextConnectors`), the VAE statistics
-    /// that have no diffusers buffer, and the fp8 matmul kernels' activation scales.
+    /// that have no diffusers buffer, and the float8 weights' scales (read with their weights).
     fn dropped(self, key: &str) -> bool {
-        key.ends_with(".input_scale")
+        [".input_scale", ".weight_scale", ".scale_weight"]
+            .iter()
+            .any(|scale| key.ends_with(scale))
             || match self {
                 Self::Ltx2Transformer => {
                     key.contains("video_embeddings_connector")
@@ -153,6 +167,38 @@ pub fn open(path: &Path) -> Result<Weights, LoadError> {
     })
 }
 
+/// The LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) at the top of a pipeline folder, which
+/// then gives the transformer, the VAEs and the vocoder (their folders need only config.json);
+/// `None` where there is none, an error where there are several.
+pub fn checkpoint_in(dir: &Path) -> Result<Option<std::path::PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && detect_file(&path)? == Some(OriginalLayout::Ltx2) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(LoadError::BadConfig {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "several LTX-2 checkpoint files ({}); keep the one to run",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name()?.to_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
 /// How [`load_model`] makes a model: the config reader's rules and the constructor.
 pub struct Builder<C, M> {
     pub layout: OriginalLayout,
@@ -204,12 +250,13 @@ pub fn load_model<C: DeserializeOwned, M>(
         Weights::Original(file) => {
             let (file, config) = match (file.layout, layout.ltx2_component()) {
                 (OriginalLayout::Ltx2, Some((_, subfolder))) => {
-                    // The config of a diffusers LTX-2 folder the file lies in.
-                    let config = path
+                    // A component folder's config, else that of the diffusers LTX-2 folder the
+                    // file lies in.
+                    let beside = path
                         .parent()
                         .map(|dir| dir.join(subfolder).join("config.json"))
                         .filter(|config| config.is_file());
-                    (file.component(layout)?, config)
+                    (file.component(layout)?, config.or(beside))
                 }
                 _ => (file, config),
             };
@@ -367,6 +414,12 @@ impl SingleFile {
         }
     }
 
+    /// Whether the stored tensor `name` belongs to the layout: under its prefix and not one its
+    /// conversion drops.
+    pub fn holds(&self, name: &str) -> bool {
+        name.starts_with(self.prefix) && !self.layout.dropped(name)
+    }
+
     /// How many tensors lie under the prefix.
     fn count_all(&self) -> usize {
         self.checkpoint
@@ -432,7 +485,7 @@ impl SingleFile {
             .checkpoint
             .tensors()
             .map(|(name, _)| name)
-            .filter(|name| name.starts_with(self.prefix) && !self.layout.dropped(name))
+            .filter(|name| self.holds(name))
             .find(|name| !used.contains(*name))
         {
             Some(unknown) => Err(LoadError::Tensor {

@@ -148,6 +148,24 @@ fn a_checkpoint_file_in_the_pipeline_folder_replaces_the_component_weights() {
     }
     candle_core::safetensors::save(&checkpoint, tmp.path().join("ltx-2-tiny.safetensors")).unwrap();
     check_at(tmp.path(), "t2v_distilled");
+    // `models verify` reads the components through the file too.
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+
+    // A second checkpoint file leaves the choice open: refused, naming both.
+    std::fs::copy(
+        tmp.path().join("ltx-2-tiny.safetensors"),
+        tmp.path().join("ltx-2-other.safetensors"),
+    )
+    .unwrap();
+    let err = LTX2Pipeline::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("ltx-2-other.safetensors") && err.contains("ltx-2-tiny.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -60,32 +60,6 @@ pub struct LTX2Pipeline {
     dtype: DType,
 }
 
-/// The LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) at the top of a pipeline folder, if
-/// one is there; an error where several are.
-fn checkpoint_file(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_file()
-            && single_file::detect_file(&path)? == Some(single_file::OriginalLayout::Ltx2)
-        {
-            found.push(path);
-        }
-    }
-    match found.len() {
-        0 | 1 => Ok(found.pop()),
-        _ => bail!(
-            "{}: several LTX-2 checkpoint files ({}); keep the one to run",
-            dir.display(),
-            found
-                .iter()
-                .filter_map(|p| p.file_name()?.to_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// One stream's latents and schedule.
 struct Stream {
     latents: Tensor,
@@ -110,7 +84,7 @@ impl LTX2Pipeline {
         };
         // An LTX-2 checkpoint file in the folder gives the transformer, the VAEs and the vocoder,
         // whose folders then need only their config.json.
-        let checkpoint = checkpoint_file(dir)?;
+        let checkpoint = single_file::checkpoint_in(dir)?;
         let weights = |name: &str| match &checkpoint {
             Some(file) => Ok(file.clone()),
             None => component(name),
