@@ -21,7 +21,10 @@ use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Pipeline directory (diffusers layout: model_index.json and component folders).
+    /// Pipeline directory (diffusers layout: model_index.json and component folders). For
+    /// LTX-2, a downloaded checkpoint (`ltx-2-19b-dev.safetensors`, `-fp8`, `-distilled`) put at
+    /// the top of a diffusers LTX-2 folder supplies the transformer's, VAEs' and vocoder's
+    /// weights (their folders then need only config.json); pass the folder.
     #[arg(long)]
     pub model: PathBuf,
     /// What to generate; may be left out when --prompt-embeds replaces it.
