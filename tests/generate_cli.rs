@@ -763,3 +763,24 @@ fn the_ltx2_distilled_preset_runs_the_published_sigmas() {
     .unwrap();
     assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
 }
+
+/// `generate --model` of a bare LTX-2 checkpoint file says where it goes, in one line.
+#[test]
+fn generate_from_a_bare_ltx2_checkpoint_file_says_to_pass_its_folder() {
+    let file = fixtures().join("../components/ltx2-single-file/ltx-2-tiny.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", file.to_str().unwrap()])
+        .args(["--prompt", "a cat", "--save-tensor", "/dev/null"])
+        .args(["--height", "32", "--width", "32", "--seed", "0"])
+        .args(["--steps", "2", "--guidance", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("LTX-2 checkpoint file") && errors[0].contains("model_index.json"),
+        "{stderr}"
+    );
+}

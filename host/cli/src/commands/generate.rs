@@ -308,6 +308,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
+    // A checkpoint file carries no scheduler, connectors or text encoder: the folder around it does.
+    if args.model.is_file()
+        && videosdgx_engine::loader::single_file::detect_file(&args.model)?
+            == Some(videosdgx_engine::loader::single_file::OriginalLayout::Ltx2)
+    {
+        bail!(
+            "--model {}: an LTX-2 checkpoint file; put it at the top of a diffusers LTX-2 folder (model_index.json, scheduler/, connectors/, text_encoder/, tokenizer/, and config.json in transformer/, vae/, audio_vae/, vocoder/) and pass that folder",
+            args.model.display()
+        );
+    }
     let tensor = |path: &Option<PathBuf>, flag: &str| {
         path.as_deref().map(|p| single_tensor(p, flag)).transpose()
     };
