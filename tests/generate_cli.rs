@@ -267,7 +267,7 @@ fn a_distill_preset_sets_the_schedule_and_turns_guidance_off() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("unknown preset `turbo` (known: wan2.1-distill-4step, wan2.2-distill-4step)"),
+        err.contains("unknown preset `turbo` (known: wan2.1-distill-4step, wan2.2-distill-4step, ltx2-distilled-8step)"),
         "{err}"
     );
 }
@@ -845,4 +845,25 @@ fn the_ltx2_distilled_preset_runs_the_published_sigmas() {
     )
     .unwrap();
     assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
+}
+
+/// `generate --model` of a bare LTX-2 checkpoint file says where it goes, in one line.
+#[test]
+fn generate_from_a_bare_ltx2_checkpoint_file_says_to_pass_its_folder() {
+    let file = fixtures().join("../components/ltx2-single-file/ltx-2-tiny.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model", file.to_str().unwrap()])
+        .args(["--prompt", "a cat", "--save-tensor", "/dev/null"])
+        .args(["--height", "32", "--width", "32", "--seed", "0"])
+        .args(["--steps", "2", "--guidance", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("LTX-2 checkpoint file") && errors[0].contains("model_index.json"),
+        "{stderr}"
+    );
 }

@@ -513,6 +513,87 @@ fn model_forward_runs_original_single_files_of_the_flux_transformers() {
 }
 
 #[test]
+fn model_forward_runs_the_components_of_an_ltx2_single_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("ltx2-single-file");
+    for (file, component, class, stem, key) in [
+        (
+            "ltx-2-tiny.safetensors",
+            "transformer",
+            "LTX2VideoTransformer3DModel",
+            "transformer",
+            "sample",
+        ),
+        (
+            "ltx-2-tiny-fp8.safetensors",
+            "transformer",
+            "LTX2VideoTransformer3DModel",
+            "transformer_fp8",
+            "audio_sample",
+        ),
+        (
+            "ltx-2-tiny.safetensors",
+            "vae",
+            "AutoencoderKLLTX2Video",
+            "vae",
+            "sample",
+        ),
+        (
+            "ltx-2-tiny.safetensors",
+            "audio_vae",
+            "AutoencoderKLLTX2Audio",
+            "audio_vae",
+            "sample",
+        ),
+        (
+            "ltx-2-tiny.safetensors",
+            "vocoder",
+            "LTX2Vocoder",
+            "vocoder",
+            "sample",
+        ),
+    ] {
+        let out = tmp.path().join(format!("{stem}.safetensors"));
+        let inputs = dir.join(format!(
+            "{}_inputs.safetensors",
+            stem.trim_end_matches("_fp8")
+        ));
+        let result = forward(
+            &dir.join(file),
+            &inputs,
+            &out,
+            &["--component", component, "--json"],
+        );
+        assert!(
+            result.status.success(),
+            "{stem}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        assert_eq!(record["class"], class);
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected = candle_core::safetensors::load(
+            dir.join(format!("{stem}_outputs.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let err = relative_error(&got[key], &expected[key]);
+        assert!(err <= 1e-4, "{stem}/{key}: relative error {err:e}");
+    }
+    // Without --component, and with the connectors, which the file does not give: one line.
+    for extra in [&[][..], &["--component", "connectors"][..]] {
+        let result = forward(
+            &dir.join("ltx-2-tiny.safetensors"),
+            &dir.join("vae_inputs.safetensors"),
+            &tmp.path().join("none.safetensors"),
+            extra,
+        );
+        let line = one_error_line(&result);
+        assert!(line.contains("--component"), "{line}");
+    }
+}
+
+#[test]
 fn model_forward_on_an_unknown_class_names_the_class() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");

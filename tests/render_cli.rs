@@ -470,6 +470,48 @@ fn an_example_project_renders_on_a_fresh_data_directory_with_a_distill_preset() 
     }
 }
 
+#[test]
+fn an_ltx2_render_delivers_a_piece_with_continuous_sound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    install_tiny_model(&data, "tiny-ltx2");
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("boats.mp4");
+    let output = render_command(&data, &script, &out, "32", "2", "3")
+        .args(["--model", "tiny-ltx2", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
+    assert_eq!(report["shots"].as_array().unwrap().len(), 2, "{report}");
+    // The stitcher planned at LTX-2's rate, and every take and the piece carry sound as long as
+    // their pictures.
+    let mut piece = videosdgx_engine::video::Mp4Reader::open(&out).unwrap();
+    assert_eq!(piece.fps, 24.0);
+    let seconds = piece.duration_s;
+    let sound = piece.read_audio().unwrap().expect("the piece has sound");
+    assert!(
+        (sound.duration_s() - seconds).abs() < 0.05,
+        "{} vs {seconds}",
+        sound.duration_s()
+    );
+    // In 50 ms windows: silence under the 2.5 s title card, sound everywhere after it.
+    let window = usize::from(sound.channels) * sound.sample_rate as usize / 20;
+    let silent: Vec<bool> = sound
+        .samples
+        .chunks(window)
+        .map(|chunk| chunk.iter().all(|s| *s == 0.0))
+        .collect();
+    let title = &piece.metadata["timeline"]["segments"][0];
+    assert_eq!(title["kind"], "title", "{}", piece.metadata);
+    let title_windows = (title["duration"]["seconds"].as_f64().unwrap() * 20.0).round() as usize;
+    assert!(silent[..title_windows].iter().all(|s| *s), "{silent:?}");
+    assert!(
+        !silent[title_windows..].iter().any(|s| *s),
+        "a gap in the shots' sound: {silent:?}"
+    );
+}
+
 /// Copies the tiny Compact x2 upscaler and RIFE 4.6 flownet of tests/fixtures/finishing into
 /// `<data>/models/finishing/`, as a user drops downloaded files there.
 fn install_finishing_models(data: &Path) {

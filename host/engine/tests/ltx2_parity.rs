@@ -13,6 +13,8 @@ mod image_to_video;
 mod latent_upsampler;
 #[path = "ltx2/pipeline.rs"]
 mod pipeline;
+#[path = "ltx2/single_file.rs"]
+mod single_file;
 #[path = "ltx2/transformer.rs"]
 mod transformer;
 #[path = "ltx2/video_vae.rs"]

@@ -21,7 +21,10 @@ use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Pipeline directory (diffusers layout: model_index.json and component folders).
+    /// Pipeline directory (diffusers layout: model_index.json and component folders). For
+    /// LTX-2, a downloaded checkpoint (`ltx-2-19b-dev.safetensors`, `-fp8`, `-distilled`) put at
+    /// the top of a diffusers LTX-2 folder supplies the transformer's, VAEs' and vocoder's
+    /// weights (their folders then need only config.json); pass the folder.
     #[arg(long)]
     pub model: PathBuf,
     /// What to generate; may be left out when --prompt-embeds replaces it.
@@ -305,6 +308,16 @@ impl StageClock {
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
+    }
+    // A checkpoint file carries no scheduler, connectors or text encoder: the folder around it does.
+    if args.model.is_file()
+        && videosdgx_engine::loader::single_file::detect_file(&args.model)?
+            == Some(videosdgx_engine::loader::single_file::OriginalLayout::Ltx2)
+    {
+        bail!(
+            "--model {}: an LTX-2 checkpoint file; put it at the top of a diffusers LTX-2 folder (model_index.json, scheduler/, connectors/, text_encoder/, tokenizer/, and config.json in transformer/, vae/, audio_vae/, vocoder/) and pass that folder",
+            args.model.display()
+        );
     }
     let tensor = |path: &Option<PathBuf>, flag: &str| {
         path.as_deref().map(|p| single_tensor(p, flag)).transpose()

@@ -65,7 +65,11 @@ pub enum ModelCommand {
     ///
     /// A FILE instead of a folder is a FLUX.1 or FLUX.2 transformer or FLUX.1's VAE in the
     /// original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`,
-    /// `ae.safetensors`: config read from the shapes), or a
+    /// `ae.safetensors`: config read from the shapes), an LTX-2 checkpoint
+    /// (`ltx-2-19b-dev.safetensors`, `-distilled`, `-fp8`) with --component naming the part to
+    /// run (each part's config from `<part>/config.json` of a diffusers LTX-2 folder the file
+    /// lies in, else the published model's), LTX-2's spatial upscaler
+    /// (`ltx-2-spatial-upscaler-x2-1.0.safetensors`), or a
     /// bare state dict (safetensors or a PyTorch .pth), its
     /// architecture read from the keys as spandrel does. Upscalers (ESRGAN, RealESRGAN Compact,
     /// SwinIR): image [B, 3, H, W] in [0, 1] -> image [B, 3, H*scale, W*scale], in tiles with
@@ -111,9 +115,23 @@ pub struct ForwardArgs {
     /// receptive field, at most 32 pixels) instead of the whole frame at once.
     #[arg(long, value_name = "N")]
     pub tile: Option<usize>,
+    /// For an LTX-2 checkpoint file: the component to run.
+    #[arg(long, value_enum)]
+    pub component: Option<Ltx2Component>,
     /// Print the written outputs as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The components of an LTX-2 checkpoint file.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ltx2Component {
+    Transformer,
+    Vae,
+    #[value(name = "audio_vae")]
+    AudioVae,
+    Vocoder,
+    Connectors,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -158,6 +176,27 @@ pub fn run(command: ModelCommand) -> Result<()> {
     }
 }
 
+/// The class of the part of an LTX-2 checkpoint that --component names.
+fn ltx2_component(args: &ForwardArgs) -> Result<(ComponentClass, String)> {
+    let layout = match args.component {
+        None => bail!(
+            "{} is an LTX-2 checkpoint: choose its part with --component transformer|vae|audio_vae|vocoder",
+            args.model.display()
+        ),
+        Some(Ltx2Component::Transformer) => OriginalLayout::Ltx2Transformer,
+        Some(Ltx2Component::Vae) => OriginalLayout::Ltx2VideoVae,
+        Some(Ltx2Component::AudioVae) => OriginalLayout::Ltx2AudioVae,
+        Some(Ltx2Component::Vocoder) => OriginalLayout::Ltx2Vocoder,
+        // diffusers' `from_single_file` has no map for them either.
+        Some(Ltx2Component::Connectors) => bail!(
+            "--component connectors: the text connectors are not read from an LTX-2 checkpoint file (diffusers' from_single_file does not map them); run the connectors/ folder of a diffusers LTX-2 pipeline"
+        ),
+    };
+    let class_name = layout.class_name();
+    let class = ComponentClass::from_class_name(class_name).context("an LTX-2 component class")?;
+    Ok((class, class_name.to_string()))
+}
+
 /// Parses `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let ordinal = match spec {
@@ -174,10 +213,21 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 fn forward(args: &ForwardArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = args.dtype.into();
+    let layout = if args.model.is_file() {
+        single_file::detect_file(&args.model)?
+    } else {
+        None
+    };
+    if args.component.is_some() && layout != Some(OriginalLayout::Ltx2) {
+        bail!(
+            "--component: {} is not an LTX-2 checkpoint file (ltx-2-19b-dev.safetensors and the like)",
+            args.model.display()
+        );
+    }
     let (class, class_name) = if args.model.is_file() {
-        // A transformer in its original release's names (`flux1-dev.safetensors`), else a
-        // finishing model's state dict.
-        match single_file::detect_file(&args.model)? {
+        // A model in its original release's names (`flux1-dev.safetensors`,
+        // `ltx-2-19b-dev.safetensors`), else a finishing model's state dict.
+        match layout {
             Some(OriginalLayout::Flux1Transformer) => (
                 ComponentClass::FluxTransformer2DModel,
                 "FluxTransformer2DModel".to_string(),
@@ -189,6 +239,16 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             Some(OriginalLayout::LdmVae) => {
                 (ComponentClass::AutoencoderKL, "AutoencoderKL".to_string())
             }
+            Some(OriginalLayout::Ltx2) => ltx2_component(args)?,
+            Some(OriginalLayout::Ltx2LatentUpsampler) => (
+                ComponentClass::LTX2LatentUpsamplerModel,
+                "LTX2LatentUpsamplerModel".to_string(),
+            ),
+            Some(component) => bail!(
+                "{}: a lone {} in the original layout, which this command does not read",
+                args.model.display(),
+                component.class_name()
+            ),
             None => return forward_state_dict(args, &device, dtype),
         }
     } else {

@@ -10,6 +10,16 @@
 //! file is read once, as for a diffusers folder. Files carry no config: the dimensions are read
 //! from the tensor shapes, and a `config.json` beside the weights (a pipeline's `transformer/`
 //! folder holding the single file) takes precedence.
+//!
+//! LTX-2's checkpoints (`ltx-2-19b-dev.safetensors`, `-distilled`, their `-fp8` variants) hold
+//! several components under prefixes, read as `convert_ltx2_transformer_to_diffusers`,
+//! `convert_ltx2_vae_to_diffusers`, `convert_ltx2_audio_vae_to_diffusers` and the vocoder renames
+//! of diffusers' `scripts/convert_ltx2_to_diffusers.py` map them; a component's config is the
+//! `<subfolder>/config.json` of a diffusers LTX-2 folder the file lies in (as `from_single_file`
+//! takes it from the hub's `Lightricks/LTX-2`), else the reference's defaults, which are the
+//! published model's. The `-fp8` files store float8 (e4m3) weights with a per-tensor
+//! `weight_scale` (and an `input_scale` for the fp8 matmul kernels): each is dequantized on its
+//! own at load, so memory stays at the loaded model's size.
 
 use super::{Checkpoint, LoadError};
 use crate::families::flux::transformer::FluxTransformerConfig;
@@ -32,6 +42,16 @@ pub enum OriginalLayout {
     /// The latent-diffusion `AutoencoderKL` (`encoder.down.N.block.M`, `mid.attn_1`), as FLUX.1's
     /// `ae.safetensors` and Stable Diffusion checkpoints have it.
     LdmVae,
+    /// A whole LTX-2 checkpoint: the transformer (`model.diffusion_model.`), the video VAE
+    /// (`vae.`), the audio VAE (`audio_vae.`) and the vocoder (`vocoder.`); each is read as one
+    /// of the `Ltx2*` layouts below ([`SingleFile::component`]).
+    Ltx2,
+    Ltx2Transformer,
+    Ltx2VideoVae,
+    Ltx2AudioVae,
+    Ltx2Vocoder,
+    /// `ltx-2-spatial-upscaler-x2-1.0.safetensors`: diffusers' own names, no prefix.
+    Ltx2LatentUpsampler,
 }
 
 impl OriginalLayout {
@@ -41,7 +61,57 @@ impl OriginalLayout {
             Self::Flux1Transformer => "FluxTransformer2DModel",
             Self::Flux2Transformer => "Flux2Transformer2DModel",
             Self::LdmVae => "AutoencoderKL",
+            Self::Ltx2 => "LTX2Pipeline",
+            Self::Ltx2Transformer => "LTX2VideoTransformer3DModel",
+            Self::Ltx2VideoVae => "AutoencoderKLLTX2Video",
+            Self::Ltx2AudioVae => "AutoencoderKLLTX2Audio",
+            Self::Ltx2Vocoder => "LTX2Vocoder",
+            Self::Ltx2LatentUpsampler => "LTX2LatentUpsamplerModel",
         }
+    }
+
+    /// The prefix of an LTX-2 component in the checkpoint and its diffusers subfolder (where
+    /// its config is); `None` for layouts that are not a component of an LTX-2 checkpoint.
+    pub fn ltx2_component(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Ltx2Transformer => Some(("model.diffusion_model.", "transformer")),
+            Self::Ltx2VideoVae => Some(("vae.", "vae")),
+            Self::Ltx2AudioVae => Some(("audio_vae.", "audio_vae")),
+            Self::Ltx2Vocoder => Some(("vocoder.", "vocoder")),
+            _ => None,
+        }
+    }
+
+    /// The component layout of an LTX-2 checkpoint that the diffusers class `class_name` reads.
+    pub fn for_ltx2_class(class_name: &str) -> Option<Self> {
+        [
+            Self::Ltx2Transformer,
+            Self::Ltx2VideoVae,
+            Self::Ltx2AudioVae,
+            Self::Ltx2Vocoder,
+        ]
+        .into_iter()
+        .find(|layout| layout.class_name() == class_name)
+    }
+
+    /// Tensors of the file the component's conversion drops: the text connectors inside the
+    /// transformer's prefix (diffusers reads them as `LTX2TextConnectors`), the VAE statistics
+    /// that have no diffusers buffer, and the float8 weights' scales (read with their weights).
+    fn dropped(self, key: &str) -> bool {
+        [".input_scale", ".weight_scale", ".scale_weight"]
+            .iter()
+            .any(|scale| key.ends_with(scale))
+            || match self {
+                Self::Ltx2Transformer => {
+                    key.contains("video_embeddings_connector")
+                        || key.contains("audio_embeddings_connector")
+                }
+                Self::Ltx2VideoVae | Self::Ltx2AudioVae => {
+                    key.contains("per_channel_statistics.channel")
+                        || key.contains("per_channel_statistics.mean-of-stds")
+                }
+                _ => false,
+            }
     }
 }
 
@@ -68,8 +138,12 @@ pub struct SingleFile {
     prefix: &'static str,
     /// The model width (`img_in.weight` rows), by which fused projections split.
     width: usize,
-    /// A VAE's decoder up blocks, which the original numbers from the bottom.
+    /// A VAE's decoder up blocks, which the original numbers from the bottom (LTX-2's video
+    /// VAE: its original decoder blocks, the mid block and the upsamplers counted).
     up_blocks: usize,
+    /// LTX-2's video VAE: the original encoder blocks (the downsamplers and the mid block
+    /// counted), the last being the mid block.
+    down_blocks: usize,
 }
 
 /// Where a component's weights come from.
@@ -91,6 +165,38 @@ pub fn open(path: &Path) -> Result<Weights, LoadError> {
         Some(file) => Weights::Original(file),
         None => Weights::Diffusers(checkpoint),
     })
+}
+
+/// The LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) at the top of a pipeline folder, which
+/// then gives the transformer, the VAEs and the vocoder (their folders need only config.json);
+/// `None` where there is none, an error where there are several.
+pub fn checkpoint_in(dir: &Path) -> Result<Option<std::path::PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && detect_file(&path)? == Some(OriginalLayout::Ltx2) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(LoadError::BadConfig {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "several LTX-2 checkpoint files ({}); keep the one to run",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name()?.to_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 /// How [`load_model`] makes a model: the config reader's rules and the constructor.
@@ -126,6 +232,12 @@ pub fn load_model<C: DeserializeOwned, M>(
         Ok(cfg)
     };
     match open(path)? {
+        Weights::Diffusers(_) if path.is_file() => anyhow::bail!(
+            "{}: not a single-file checkpoint holding a {} (none of the original layouts' keys); \
+             pass the component folder with its config.json instead",
+            path.display(),
+            layout.class_name()
+        ),
         Weights::Diffusers(checkpoint) => {
             let config = config.unwrap_or_else(|| path.join("config.json"));
             let cfg = checked(super::read_config(&config)?, &config)?;
@@ -136,6 +248,18 @@ pub fn load_model<C: DeserializeOwned, M>(
             ))
         }
         Weights::Original(file) => {
+            let (file, config) = match (file.layout, layout.ltx2_component()) {
+                (OriginalLayout::Ltx2, Some((_, subfolder))) => {
+                    // A component folder's config, else that of the diffusers LTX-2 folder the
+                    // file lies in.
+                    let beside = path
+                        .parent()
+                        .map(|dir| dir.join(subfolder).join("config.json"))
+                        .filter(|config| config.is_file());
+                    (file.component(layout)?, config.or(beside))
+                }
+                _ => (file, config),
+            };
             if file.layout != layout {
                 anyhow::bail!(
                     "{}: the file holds a {} in the original layout, not a {}",
@@ -144,12 +268,21 @@ pub fn load_model<C: DeserializeOwned, M>(
                     layout.class_name()
                 );
             }
+            // Where no config was found for an LTX-2 component, the error says where one goes.
+            let hint = match (config.is_none(), layout.ltx2_component()) {
+                (true, Some((_, subfolder))) => format!(
+                    " (no {subfolder}/config.json beside the file: the published model's config \
+                     was assumed; put the file in a diffusers LTX-2 folder for another)"
+                ),
+                _ => String::new(),
+            };
             let cfg = match config {
                 Some(config) => checked(super::read_config(&config)?, &config)?,
                 None => checked((builder.infer)(&file)?, file.path())?,
             };
             let (vb, used) = file.var_builder(dtype, device);
-            let model = (builder.build)(&cfg, vb).with_context(context)?;
+            let model =
+                (builder.build)(&cfg, vb).with_context(|| format!("{}{hint}", context()))?;
             file.check_all_used(&used)?;
             Ok((model, None))
         }
@@ -169,6 +302,16 @@ pub fn detect_file(path: &Path) -> Result<Option<OriginalLayout>, LoadError> {
 impl SingleFile {
     /// Recognises an original layout by its marker tensors; `None` for anything else.
     pub fn detect(checkpoint: Arc<Checkpoint>) -> Result<Option<Self>, LoadError> {
+        if let Some(layout) = Self::detect_ltx2(&checkpoint) {
+            return Ok(Some(Self {
+                checkpoint,
+                layout,
+                prefix: "",
+                width: 0,
+                up_blocks: 0,
+                down_blocks: 0,
+            }));
+        }
         let prefix = ["model.diffusion_model.", "first_stage_model.", "vae."]
             .into_iter()
             .find(|prefix| {
@@ -202,12 +345,87 @@ impl SingleFile {
             prefix,
             width: 0,
             up_blocks: 0,
+            down_blocks: 0,
         };
         match layout {
             OriginalLayout::LdmVae => file.up_blocks = file.count("decoder.up"),
             _ => file.width = file.shape("img_in.weight")?[0],
         }
         Ok(Some(file))
+    }
+
+    /// `CHECKPOINT_KEY_NAMES["ltx2"]` of `infer_diffusers_model_type` for a whole checkpoint;
+    /// the latent upsampler by its first and last convolutions and the upsampler between.
+    fn detect_ltx2(checkpoint: &Checkpoint) -> Option<OriginalLayout> {
+        const LTX2: [&str; 3] = [
+            "model.diffusion_model.av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight",
+            "vae.per_channel_statistics.mean-of-means",
+            "audio_vae.per_channel_statistics.mean-of-means",
+        ];
+        let has = |key: &str| checkpoint.entry(key).is_some();
+        if LTX2.iter().any(|key| has(key)) {
+            Some(OriginalLayout::Ltx2)
+        } else if has("initial_conv.weight")
+            && has("final_conv.weight")
+            && checkpoint
+                .tensors()
+                .any(|(name, _)| name.starts_with("upsampler."))
+        {
+            Some(OriginalLayout::Ltx2LatentUpsampler)
+        } else {
+            None
+        }
+    }
+
+    /// One component of a whole LTX-2 checkpoint, as its own layout; an error naming the file
+    /// where it holds no tensor under the component's prefix.
+    pub fn component(&self, layout: OriginalLayout) -> Result<Self, LoadError> {
+        let Some((prefix, _)) = layout.ltx2_component() else {
+            return Err(self.not_a_component(layout, "is not a component of an LTX-2 checkpoint"));
+        };
+        if self.layout != OriginalLayout::Ltx2 {
+            return Err(self.not_a_component(layout, "the file is not an LTX-2 checkpoint"));
+        }
+        let mut file = Self {
+            checkpoint: self.checkpoint.clone(),
+            layout,
+            prefix,
+            width: 0,
+            up_blocks: 0,
+            down_blocks: 0,
+        };
+        if file.count_all() == 0 {
+            return Err(self.not_a_component(
+                layout,
+                &format!("the LTX-2 checkpoint holds no tensor under `{prefix}`"),
+            ));
+        }
+        if layout == OriginalLayout::Ltx2VideoVae {
+            file.down_blocks = file.count("encoder.down_blocks");
+            file.up_blocks = file.count("decoder.up_blocks");
+        }
+        Ok(file)
+    }
+
+    fn not_a_component(&self, layout: OriginalLayout, reason: &str) -> LoadError {
+        LoadError::BadConfig {
+            path: self.path().to_path_buf(),
+            reason: format!("no {} in it: {reason}", layout.class_name()),
+        }
+    }
+
+    /// Whether the stored tensor `name` belongs to the layout: under its prefix and not one its
+    /// conversion drops.
+    pub fn holds(&self, name: &str) -> bool {
+        name.starts_with(self.prefix) && !self.layout.dropped(name)
+    }
+
+    /// How many tensors lie under the prefix.
+    fn count_all(&self) -> usize {
+        self.checkpoint
+            .tensors()
+            .filter(|(name, _)| name.starts_with(self.prefix))
+            .count()
     }
 
     pub fn layout(&self) -> OriginalLayout {
@@ -229,6 +447,7 @@ impl SingleFile {
             prefix: self.prefix,
             width: self.width,
             up_blocks: self.up_blocks,
+            down_blocks: self.down_blocks,
             used: used.clone(),
         };
         (
@@ -241,7 +460,7 @@ impl SingleFile {
     /// part is taken, from the header alone (what `verify` compares with the config's shapes);
     /// `None` where the file has no such tensor.
     pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
-        let (key, part) = source(self.layout, self.prefix, self.up_blocks, name)?;
+        let (key, part) = source(self.layout, self.prefix, self.blocks(), name)?;
         let shape = &self.checkpoint.entry(&key)?.shape;
         let (rows, rest) = shape.split_first()?;
         let d = self.width;
@@ -266,6 +485,7 @@ impl SingleFile {
             .checkpoint
             .tensors()
             .map(|(name, _)| name)
+            .filter(|name| self.holds(name))
             .find(|name| !used.contains(*name))
         {
             Some(unknown) => Err(LoadError::Tensor {
@@ -280,6 +500,14 @@ impl SingleFile {
                 ),
             }),
             None => Ok(()),
+        }
+    }
+
+    /// The block counts the layout's names depend on.
+    fn blocks(&self) -> Blocks {
+        Blocks {
+            up: self.up_blocks,
+            down: self.down_blocks,
         }
     }
 
@@ -417,27 +645,89 @@ struct Mapped {
     prefix: &'static str,
     width: usize,
     up_blocks: usize,
+    down_blocks: usize,
     used: Used,
+}
+
+/// The original block counts of a VAE (see [`SingleFile`]'s fields).
+#[derive(Clone, Copy)]
+struct Blocks {
+    up: usize,
+    down: usize,
 }
 
 /// The original tensor (with the file's `prefix`) and part that diffusers' `name` comes from.
 fn source(
     layout: OriginalLayout,
     prefix: &str,
-    up_blocks: usize,
+    blocks: Blocks,
     name: &str,
 ) -> Option<(String, Part)> {
     let (key, part) = match layout {
         OriginalLayout::Flux1Transformer => flux1_source(name)?,
         OriginalLayout::Flux2Transformer => flux2_source(name)?,
-        OriginalLayout::LdmVae => ldm_vae_source(name, up_blocks)?,
+        OriginalLayout::LdmVae => ldm_vae_source(name, blocks.up)?,
+        OriginalLayout::Ltx2 => return None,
+        OriginalLayout::Ltx2Transformer => (ltx2_transformer_source(name), Part::Whole),
+        OriginalLayout::Ltx2VideoVae => (ltx2_video_vae_source(name, blocks)?, Part::Whole),
+        OriginalLayout::Ltx2AudioVae => (ltx2_audio_vae_source(name), Part::Whole),
+        OriginalLayout::Ltx2Vocoder => (ltx2_vocoder_source(name), Part::Whole),
+        OriginalLayout::Ltx2LatentUpsampler => (name.to_string(), Part::Whole),
     };
     Some((format!("{prefix}{key}"), part))
 }
 
 impl Mapped {
     fn source(&self, name: &str) -> Option<(String, Part)> {
-        source(self.layout, self.prefix, self.up_blocks, name)
+        let blocks = Blocks {
+            up: self.up_blocks,
+            down: self.down_blocks,
+        };
+        source(self.layout, self.prefix, blocks, name)
+    }
+
+    /// Reads `key` in `dtype`; a float8 weight is multiplied by its `weight_scale` (the `-fp8`
+    /// files), in f32 on the CPU, one tensor at a time.
+    fn read(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor, LoadError> {
+        let is_f8 = self
+            .checkpoint
+            .entry(key)
+            .is_some_and(|entry| entry.dtype == safetensors::Dtype::F8_E4M3);
+        if !is_f8 {
+            return self.checkpoint.load(key, None, dtype, device);
+        }
+        let stem = key.strip_suffix(".weight").unwrap_or(key);
+        let file = self.checkpoint.file_path(0).to_path_buf();
+        let scale_key = [".weight_scale", ".scale_weight"]
+            .iter()
+            .map(|suffix| format!("{stem}{suffix}"))
+            .find(|name| self.checkpoint.entry(name).is_some())
+            .ok_or_else(|| LoadError::Tensor {
+                tensor: key.to_string(),
+                file: file.clone(),
+                reason: format!("a float8 weight without its scale `{stem}.weight_scale`"),
+            })?;
+        let scale = self
+            .checkpoint
+            .load(&scale_key, None, DType::F32, &Device::Cpu)?;
+        for name in [scale_key.clone(), format!("{stem}.input_scale")] {
+            if let Ok(mut used) = self.used.0.lock() {
+                used.insert(name);
+            }
+        }
+        let weight = self.checkpoint.load(key, None, DType::F32, &Device::Cpu)?;
+        let dequantize = || {
+            let scale = scale.flatten_all()?.reshape(())?;
+            weight
+                .broadcast_mul(&scale)?
+                .to_dtype(dtype)?
+                .to_device(device)
+        };
+        dequantize().map_err(|err| LoadError::Tensor {
+            tensor: key.to_string(),
+            file,
+            reason: format!("dequantizing with `{scale_key}`: {err}"),
+        })
     }
 
     fn load(
@@ -454,8 +744,7 @@ impl Mapped {
             }));
         };
         let full = self
-            .checkpoint
-            .load(&key, None, dtype, device)
+            .read(&key, dtype, device)
             .map_err(candle_core::Error::wrap)?;
         if let Ok(mut used) = self.used.0.lock() {
             used.insert(key.clone());
@@ -785,6 +1074,149 @@ fn ldm_vae_source(name: &str, up_blocks: usize) -> Option<(String, Part)> {
     Some((format!("{coder}.{inner}"), part))
 }
 
+/// The name in an LTX-2 checkpoint (its prefix included) of each diffusers tensor `names` of the
+/// component `layout` (one of the `Ltx2*` component layouts): what diffusers' conversion maps to
+/// that name, to write a component in the original layout. The video VAE's numbering assumes a
+/// downsampler (upsampler) after each block, as the conversion does. `None` for other layouts.
+pub fn ltx2_checkpoint_names(layout: OriginalLayout, names: &[String]) -> Option<Vec<String>> {
+    let (prefix, _) = layout.ltx2_component()?;
+    let count = |group: &str| {
+        names
+            .iter()
+            .filter_map(|name| block(name, group)?.0.parse::<usize>().ok())
+            .map(|i| 2 * (i + 1) + 1)
+            .max()
+            .unwrap_or(0)
+    };
+    let blocks = Blocks {
+        up: count("decoder.up_blocks"),
+        down: count("encoder.down_blocks"),
+    };
+    names
+        .iter()
+        .map(|name| Some(source(layout, prefix, blocks, name)?.0))
+        .collect()
+}
+
+/// `convert_ltx2_transformer_to_diffusers`, backwards: the original name of an
+/// `LTX2VideoTransformer3DModel` tensor.
+fn ltx2_transformer_source(name: &str) -> String {
+    const TOP: &[(&str, &str, Part)] = &[
+        ("time_embed", "adaln_single", Part::Whole),
+        ("audio_time_embed", "audio_adaln_single", Part::Whole),
+        ("proj_in", "patchify_proj", Part::Whole),
+        ("audio_proj_in", "audio_patchify_proj", Part::Whole),
+        (
+            "av_cross_attn_video_scale_shift",
+            "av_ca_video_scale_shift_adaln_single",
+            Part::Whole,
+        ),
+        (
+            "av_cross_attn_video_a2v_gate",
+            "av_ca_a2v_gate_adaln_single",
+            Part::Whole,
+        ),
+        (
+            "av_cross_attn_audio_scale_shift",
+            "av_ca_audio_scale_shift_adaln_single",
+            Part::Whole,
+        ),
+        (
+            "av_cross_attn_audio_v2a_gate",
+            "av_ca_v2a_gate_adaln_single",
+            Part::Whole,
+        ),
+    ];
+    // Renamed wherever they occur in a name, as the conversion's `str.replace` does.
+    const ANYWHERE: [(&str, &str); 4] = [
+        (
+            "video_a2v_cross_attn_scale_shift_table",
+            "scale_shift_table_a2v_ca_video",
+        ),
+        (
+            "audio_a2v_cross_attn_scale_shift_table",
+            "scale_shift_table_a2v_ca_audio",
+        ),
+        ("norm_q", "q_norm"),
+        ("norm_k", "k_norm"),
+    ];
+    let key = rename(TOP, name).map_or_else(|| name.to_string(), |(key, _)| key);
+    ANYWHERE
+        .iter()
+        .fold(key, |key, (ours, theirs)| key.replace(ours, theirs))
+}
+
+/// `convert_ltx2_vae_to_diffusers`, backwards: the original name of an
+/// `AutoencoderKLLTX2Video` tensor. The original numbers the encoder's down blocks and
+/// downsamplers in one sequence ending with the mid block, and the decoder's mid block,
+/// upsamplers and up blocks in one sequence starting with the mid block.
+fn ltx2_video_vae_source(name: &str, blocks: Blocks) -> Option<String> {
+    match name {
+        "latents_mean" => return Some("per_channel_statistics.mean-of-means".into()),
+        "latents_std" => return Some("per_channel_statistics.std-of-means".into()),
+        _ => {}
+    }
+    let (coder, rest) = name.split_once('.')?;
+    let index = |i: &str, f: fn(usize) -> usize| Some(f(i.parse::<usize>().ok()?));
+    let inner = match coder {
+        "encoder" => {
+            if let Some(leaf) = rest.strip_prefix("mid_block.") {
+                format!("down_blocks.{}.{leaf}", blocks.down.checked_sub(1)?)
+            } else if let Some((i, leaf)) = block(rest, "down_blocks") {
+                match leaf.strip_prefix("downsamplers.0.") {
+                    Some(leaf) => format!("down_blocks.{}.{leaf}", index(i, |i| 2 * i + 1)?),
+                    None => format!("down_blocks.{}.{leaf}", index(i, |i| 2 * i)?),
+                }
+            } else {
+                rest.to_string()
+            }
+        }
+        "decoder" => {
+            if let Some(leaf) = rest.strip_prefix("mid_block.") {
+                format!("up_blocks.0.{leaf}")
+            } else if let Some((i, leaf)) = block(rest, "up_blocks") {
+                match leaf.strip_prefix("upsamplers.0.") {
+                    Some(leaf) => format!("up_blocks.{}.{leaf}", index(i, |i| 2 * i + 1)?),
+                    None => format!("up_blocks.{}.{leaf}", index(i, |i| 2 * i + 2)?),
+                }
+            } else {
+                rest.to_string()
+            }
+        }
+        _ => return Some(name.to_string()),
+    };
+    Some(format!(
+        "{coder}.{}",
+        inner.replace("resnets", "res_blocks")
+    ))
+}
+
+/// `convert_ltx2_audio_vae_to_diffusers`, backwards: the original name of an
+/// `AutoencoderKLLTX2Audio` tensor.
+fn ltx2_audio_vae_source(name: &str) -> String {
+    match name {
+        "latents_mean" => "per_channel_statistics.mean-of-means".into(),
+        "latents_std" => "per_channel_statistics.std-of-means".into(),
+        _ => name.to_string(),
+    }
+}
+
+/// The vocoder renames of diffusers' `convert_ltx2_to_diffusers.py`, backwards: the original
+/// (HiFi-GAN) name of an `LTX2Vocoder` tensor.
+fn ltx2_vocoder_source(name: &str) -> String {
+    const RENAMES: [(&str, &str); 4] = [
+        ("upsamplers", "ups"),
+        ("resnets", "resblocks"),
+        ("conv_in", "conv_pre"),
+        ("conv_out", "conv_post"),
+    ];
+    RENAMES
+        .iter()
+        .fold(name.to_string(), |key, (ours, theirs)| {
+            key.replace(ours, theirs)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,6 +1281,46 @@ mod tests {
         assert_eq!(
             ldm_vae_source("encoder.down_blocks.1.downsamplers.0.conv.bias", 4),
             Some(("encoder.down.1.downsample.conv.bias".into(), Part::Whole))
+        );
+    }
+
+    #[test]
+    fn ltx2_names_map_to_the_originals() {
+        assert_eq!(
+            ltx2_transformer_source("audio_time_embed.emb.timestep_embedder.linear_1.weight"),
+            "audio_adaln_single.emb.timestep_embedder.linear_1.weight"
+        );
+        assert_eq!(
+            ltx2_transformer_source("transformer_blocks.3.audio_to_video_attn.norm_k.weight"),
+            "transformer_blocks.3.audio_to_video_attn.k_norm.weight"
+        );
+        assert_eq!(
+            ltx2_transformer_source("transformer_blocks.0.video_a2v_cross_attn_scale_shift_table"),
+            "transformer_blocks.0.scale_shift_table_a2v_ca_video"
+        );
+        let blocks = Blocks { up: 7, down: 9 };
+        assert_eq!(
+            ltx2_video_vae_source("encoder.mid_block.resnets.1.conv1.conv.weight", blocks),
+            Some("encoder.down_blocks.8.res_blocks.1.conv1.conv.weight".into())
+        );
+        assert_eq!(
+            ltx2_video_vae_source(
+                "encoder.down_blocks.2.downsamplers.0.conv.conv.bias",
+                blocks
+            ),
+            Some("encoder.down_blocks.5.conv.conv.bias".into())
+        );
+        assert_eq!(
+            ltx2_video_vae_source("decoder.up_blocks.1.resnets.0.conv2.conv.weight", blocks),
+            Some("decoder.up_blocks.4.res_blocks.0.conv2.conv.weight".into())
+        );
+        assert_eq!(
+            ltx2_video_vae_source("decoder.up_blocks.0.upsamplers.0.conv.conv.weight", blocks),
+            Some("decoder.up_blocks.1.conv.conv.weight".into())
+        );
+        assert_eq!(
+            ltx2_vocoder_source("resnets.4.convs1.0.weight"),
+            "resblocks.4.convs1.0.weight"
         );
     }
 

@@ -3,7 +3,7 @@
 //! (recorded by a backend that hands out zero-stride placeholders, so nothing is allocated); they
 //! are compared with the safetensors headers for names, shapes and dtypes. Never reads tensor data.
 
-use super::single_file::SingleFile;
+use super::single_file::{OriginalLayout, SingleFile};
 use super::{Checkpoint, ComponentClass, LoadError, component_class, read_pipeline_index};
 use crate::families::wan::{transformer as wan_transformer, vae};
 use crate::families::{flux, flux2, ltx2};
@@ -89,13 +89,18 @@ impl VerificationReport {
 pub fn verify(dir: &Path) -> Result<VerificationReport, LoadError> {
     if dir.join("model_index.json").is_file() {
         let index = read_pipeline_index(dir)?;
+        // An LTX-2 checkpoint file in the folder holds the weights of the components it maps.
+        let checkpoint = super::single_file::checkpoint_in(dir)?;
         let components = index
             .components
             .iter()
             .map(|c| {
                 let sub = dir.join(&c.name);
+                let weights = checkpoint
+                    .as_deref()
+                    .filter(|_| OriginalLayout::for_ltx2_class(&c.class_name).is_some());
                 match ComponentClass::from_class_name(&c.class_name) {
-                    Some(class) => verify_component(&sub, &c.name, &c.class_name, class),
+                    Some(class) => verify_component(&sub, &c.name, &c.class_name, class, weights),
                     None => {
                         let mut report = ComponentReport::new(&c.name, &c.class_name);
                         report.errors.push(
@@ -124,7 +129,7 @@ pub fn verify(dir: &Path) -> Result<VerificationReport, LoadError> {
     Ok(VerificationReport {
         dir: dir.to_path_buf(),
         pipeline_class: None,
-        components: vec![verify_component(dir, &name, &class_name, class)],
+        components: vec![verify_component(dir, &name, &class_name, class, None)],
     })
 }
 
@@ -133,6 +138,7 @@ fn verify_component(
     name: &str,
     class_name: &str,
     class: ComponentClass,
+    weights: Option<&Path>,
 ) -> ComponentReport {
     let mut report = ComponentReport::new(name, class_name);
     if !dir.is_dir() {
@@ -167,13 +173,24 @@ fn verify_component(
                 report.errors.push(err.to_string());
             }
         }
-        _ => check_weights(dir, class, &mut report),
+        _ => check_weights(dir, class_name, class, weights, &mut report),
     }
     report
 }
 
-fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport) {
-    let checkpoint = match Checkpoint::open(dir) {
+/// `weights`: an LTX-2 checkpoint file holding the component, else the folder's weights.
+fn check_weights(
+    dir: &Path,
+    class_name: &str,
+    class: ComponentClass,
+    weights: Option<&Path>,
+    report: &mut ComponentReport,
+) {
+    let opened = match weights {
+        Some(file) => Checkpoint::open_file(file),
+        None => Checkpoint::open(dir),
+    };
+    let checkpoint = match opened {
         Ok(checkpoint) => Arc::new(checkpoint),
         Err(err) => {
             report.errors.push(err.to_string());
@@ -193,7 +210,20 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
     }
     // A single file in the original release's names (a downloaded `flux1-dev.safetensors` in
     // `transformer/`) is compared through the names it maps to.
-    let original = match SingleFile::detect(checkpoint.clone()) {
+    // An LTX-2 checkpoint is compared through the component of it the class reads.
+    let detected = SingleFile::detect(checkpoint.clone()).and_then(|original| match original {
+        Some(file) if file.layout() == OriginalLayout::Ltx2 => {
+            match OriginalLayout::for_ltx2_class(class_name) {
+                Some(layout) => file.component(layout).map(Some),
+                None => Err(LoadError::BadConfig {
+                    path: file.path().to_path_buf(),
+                    reason: format!("an LTX-2 checkpoint holds no {class_name}"),
+                }),
+            }
+        }
+        other => Ok(other),
+    });
+    let original = match detected {
         Ok(original) => original.map(Arc::new),
         Err(err) => {
             report.errors.push(err.to_string());
@@ -201,7 +231,11 @@ fn check_weights(dir: &Path, class: ComponentClass, report: &mut ComponentReport
         }
     };
 
-    let stored: BTreeSet<String> = checkpoint.tensors().map(|(n, _)| n.to_string()).collect();
+    let stored: BTreeSet<String> = checkpoint
+        .tensors()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| original.as_ref().is_none_or(|file| file.holds(n)))
+        .collect();
     let recorder = Recorder {
         stored: stored.clone(),
         original: original.clone(),

@@ -65,7 +65,11 @@ fn inputs() -> GenerateInputs {
 }
 
 fn check(run: &str) {
-    let mut pipeline = LTX2Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    check_at(&fixture(), run);
+}
+
+fn check_at(dir: &std::path::Path, run: &str) {
+    let mut pipeline = LTX2Pipeline::load(dir, &Device::Cpu, DType::F32).unwrap();
     let out = pipeline
         .generate(&params(run), inputs(), &mut |_| ControlFlow::Continue(()))
         .unwrap();
@@ -93,6 +97,78 @@ fn text_to_video_with_sound_under_classifier_free_guidance_matches_diffusers() {
 #[test]
 fn the_distilled_schedule_without_guidance_matches_diffusers() {
     check("t2v_distilled");
+}
+
+/// The pipeline folder with the transformer's, the VAEs' and the vocoder's weights in one LTX-2
+/// checkpoint file in the original names (their folders keep only config.json).
+#[test]
+fn a_checkpoint_file_in_the_pipeline_folder_replaces_the_component_weights() {
+    use videosdgx_engine::loader::single_file::{OriginalLayout, ltx2_checkpoint_names};
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    };
+    // A folder without a text encoder: the run is from embeddings.
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("model_index.json")).unwrap())
+            .unwrap();
+    index["text_encoder"] = serde_json::json!([null, null]);
+    index["tokenizer"] = serde_json::json!([null, null]);
+    std::fs::write(tmp.path().join("model_index.json"), index.to_string()).unwrap();
+    copy(
+        &fixture().join("scheduler/scheduler_config.json"),
+        &tmp.path().join("scheduler/scheduler_config.json"),
+    );
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        copy(
+            &fixture().join("connectors").join(file),
+            &tmp.path().join("connectors").join(file),
+        );
+    }
+    let mut checkpoint = HashMap::new();
+    for (folder, layout) in [
+        ("transformer", OriginalLayout::Ltx2Transformer),
+        ("vae", OriginalLayout::Ltx2VideoVae),
+        ("audio_vae", OriginalLayout::Ltx2AudioVae),
+        ("vocoder", OriginalLayout::Ltx2Vocoder),
+    ] {
+        let dir = fixture().join(folder);
+        copy(
+            &dir.join("config.json"),
+            &tmp.path().join(folder).join("config.json"),
+        );
+        let weights = candle_core::safetensors::load(
+            dir.join("diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let names: Vec<String> = weights.keys().cloned().collect();
+        let original = ltx2_checkpoint_names(layout, &names).unwrap();
+        for (name, key) in names.iter().zip(original) {
+            checkpoint.insert(key, weights[name].clone());
+        }
+    }
+    candle_core::safetensors::save(&checkpoint, tmp.path().join("ltx-2-tiny.safetensors")).unwrap();
+    check_at(tmp.path(), "t2v_distilled");
+    // `models verify` reads the components through the file too.
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+
+    // A second checkpoint file leaves the choice open: refused, naming both.
+    std::fs::copy(
+        tmp.path().join("ltx-2-tiny.safetensors"),
+        tmp.path().join("ltx-2-other.safetensors"),
+    )
+    .unwrap();
+    let err = LTX2Pipeline::load(tmp.path(), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("ltx-2-other.safetensors") && err.contains("ltx-2-tiny.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]

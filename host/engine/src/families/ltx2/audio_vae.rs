@@ -6,6 +6,7 @@
 //! latent steps (packing to `[batch, frames, channels·mel_bins]` and the per-feature statistics)
 //! are methods here, as `LTX2Pipeline` spells them.
 
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::conv::Conv2d;
 use crate::models::{GroupNorm, rms_normalize};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
@@ -578,14 +579,16 @@ impl AutoencoderKLLTX2Audio {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of an `audio_vae` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config =
-            crate::loader::read_checked_config(dir, AutoencoderKLLTX2AudioConfig::validate)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading AutoencoderKLLTX2Audio from {}", dir.display()))
+    /// Reads `dir/config.json` and the memory-mapped weights of an `audio_vae` folder, or the
+    /// audio VAE of an LTX-2 checkpoint (see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2AudioVae,
+            infer: |_| Ok(AutoencoderKLLTX2AudioConfig::default()),
+            check: AutoencoderKLLTX2AudioConfig::validate,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn config(&self) -> &AutoencoderKLLTX2AudioConfig {

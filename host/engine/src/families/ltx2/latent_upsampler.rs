@@ -12,6 +12,7 @@
 pub use super::pipeline::unpack_latents;
 use super::video_vae::video_channels;
 pub use super::video_vae::{denormalize_latents, normalize_latents};
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::GroupNorm;
 use crate::models::conv::{Conv2d, Conv3d, PaddingMode, conv_dtype};
 use crate::models::pixel_shuffle::pixel_shuffle_3d;
@@ -352,13 +353,17 @@ impl LTX2LatentUpsamplerModel {
         })
     }
 
-    /// Reads a `latent_upsampler` folder (`config.json` and the memory-mapped weights).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config = crate::loader::read_checked_config(dir, LTX2LatentUpsamplerConfig::validate)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading LTX2LatentUpsamplerModel from {}", dir.display()))
+    /// Reads a `latent_upsampler` folder (`config.json` and the memory-mapped weights), or
+    /// the released `ltx-2-spatial-upscaler-x2-1.0.safetensors` (the same names; the reference's
+    /// default config, which is that model's).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2LatentUpsampler,
+            infer: |_| Ok(LTX2LatentUpsamplerConfig::default()),
+            check: LTX2LatentUpsamplerConfig::validate,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn config(&self) -> &LTX2LatentUpsamplerConfig {

@@ -12,6 +12,9 @@
 //! values through every scheduler step; the rest of the loop is the text-to-video one. The
 //! reference re-compresses the image through H.264 first (`image_crf`, CRF 33 for Gemma 3
 //! checkpoints); this port does not, as the reference does with `image_crf=0`.
+//! An LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) dropped into the pipeline folder
+//! replaces the transformer's, the VAEs' and the vocoder's weights (their folders then need only
+//! their config.json), as diffusers' `from_single_file` takes the rest from the hub's folder.
 
 use super::audio_vae::AutoencoderKLLTX2Audio;
 use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
@@ -19,7 +22,7 @@ use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Pos
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
 use crate::image_processor::pil_bilinear;
-use crate::loader::{pipeline_component, read_config, read_pipeline_index};
+use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
 };
@@ -97,18 +100,25 @@ impl LTX2Pipeline {
             }
             None => None,
         };
+        // An LTX-2 checkpoint file in the folder gives the transformer, the VAEs and the vocoder,
+        // whose folders then need only their config.json.
+        let checkpoint = single_file::checkpoint_in(dir)?;
+        let weights = |name: &str| match &checkpoint {
+            Some(file) => Ok(file.clone()),
+            None => component(name),
+        };
         Ok(Self {
             name: dir.display().to_string(),
             image_to_video: index.class_name == "LTX2ImageToVideoPipeline",
             transformer: LTX2VideoTransformer3DModel::load(
-                &component("transformer")?,
+                &weights("transformer")?,
                 device,
                 dtype,
             )?,
             connectors: LTX2TextConnectors::load(&component("connectors")?, device, dtype)?,
-            vae: AutoencoderKLLTX2Video::load(&component("vae")?, device, dtype)?,
-            audio_vae: AutoencoderKLLTX2Audio::load(&component("audio_vae")?, device, dtype)?,
-            vocoder: Vocoder::load(&component("vocoder")?, device, dtype)?,
+            vae: AutoencoderKLLTX2Video::load(&weights("vae")?, device, dtype)?,
+            audio_vae: AutoencoderKLLTX2Audio::load(&weights("audio_vae")?, device, dtype)?,
+            vocoder: Vocoder::load(&weights("vocoder")?, device, dtype)?,
             scheduler_config: read_config(&component("scheduler")?.join("scheduler_config.json"))?,
             text,
             keep_text_encoder: false,

@@ -9,7 +9,7 @@
 
 use super::rope::{Coords, LTX2AudioVideoRotaryPosEmbed, RopeType, RotaryEmb};
 use crate::attention::{attention, attention_with_bias};
-use crate::loader::Checkpoint;
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::feed_forward::FeedForward;
@@ -21,7 +21,6 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `LTX2VideoTransformer3DModel.__init__`; missing fields take the reference defaults (LTX-2 19B).
@@ -1171,16 +1170,20 @@ impl LTX2VideoTransformer3DModel {
     }
 
     /// Reads a `transformer` folder: `config.json` and the memory-mapped safetensors (one file or
-    /// shards with an index), which stay mapped for LoRAs to restore the weights they change.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let cfg: LTX2TransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let checkpoint = Arc::new(Checkpoint::open(dir)?);
-        let vb = checkpoint.clone().shared_var_builder(dtype, device);
-        let mut model = Self::new(&cfg, vb).with_context(|| {
-            format!("loading LTX2VideoTransformer3DModel from {}", dir.display())
-        })?;
-        model.lora = LoraState::from_checkpoint(checkpoint);
+    /// shards with an index), which stay mapped for LoRAs to restore the weights they change; or
+    /// the transformer of an LTX-2 checkpoint (`ltx-2-19b-dev.safetensors`; see
+    /// [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2Transformer,
+            infer: |_| Ok(LTX2TransformerConfig::default()),
+            check: |_| Ok(()),
+            build: Self::new,
+        };
+        let (mut model, checkpoint) = single_file::load_model(path, builder, dtype, device)?;
+        if let Some(checkpoint) = checkpoint {
+            model.lora = LoraState::from_checkpoint(checkpoint);
+        }
         Ok(model)
     }
 

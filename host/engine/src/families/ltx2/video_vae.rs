@@ -8,6 +8,7 @@
 //! video is frames-major `[batch, frames, channels, height, width]` so that every 3-D convolution
 //! runs through [`Conv3d`] (a wide 2-D convolution over each window of frames).
 
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::conv::{Conv3d, PaddingMode};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::pixel_shuffle::{patchify, pixel_shuffle_3d, pixel_unshuffle_3d, unpatchify};
@@ -1006,14 +1007,16 @@ pub struct AutoencoderKLLTX2Video {
 }
 
 impl AutoencoderKLLTX2Video {
-    /// Reads `dir/config.json` and the memory-mapped weights of a `vae` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config =
-            crate::loader::read_checked_config(dir, AutoencoderKLLTX2VideoConfig::check_supported)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading AutoencoderKLLTX2Video from {}", dir.display()))
+    /// Reads `dir/config.json` and the memory-mapped weights of a `vae` folder, or the video
+    /// VAE of an LTX-2 checkpoint (see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2VideoVae,
+            infer: |_| Ok(AutoencoderKLLTX2VideoConfig::default()),
+            check: AutoencoderKLLTX2VideoConfig::check_supported,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn new(config: &AutoencoderKLLTX2VideoConfig, vb: VarBuilder) -> Result<Self> {

@@ -5,6 +5,7 @@
 //! VAE's decoded `[batch, channels, frames, mel_bins]` straight in; the output is
 //! `[batch, out_channels, samples]` at [`LTX2Vocoder::output_sampling_rate`].
 
+use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::alias_free::{AntiAliasAct1d, SnakeBeta, UpSample1d};
 use crate::models::conv1d::{Conv1d, ConvTranspose1d, PaddingMode, pad1d};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -322,13 +323,16 @@ impl LTX2Vocoder {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let config = crate::loader::read_checked_config(dir, LTX2VocoderConfig::validate)?;
-        let vb = crate::loader::open_weights(dir, dtype, device)?;
-        Self::new(&config, vb)
-            .with_context(|| format!("loading LTX2Vocoder from {}", dir.display()))
+    /// Reads `dir/config.json` and the memory-mapped weights of a `vocoder` folder, or the
+    /// vocoder of an LTX-2 checkpoint (see [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::Ltx2Vocoder,
+            infer: |_| Ok(LTX2VocoderConfig::default()),
+            check: LTX2VocoderConfig::validate,
+            build: |config, vb| Self::new(config, vb),
+        };
+        Ok(single_file::load_model(path, builder, dtype, device)?.0)
     }
 
     pub fn config(&self) -> &LTX2VocoderConfig {
@@ -668,20 +672,34 @@ impl LTX2VocoderWithBWE {
     }
 }
 
-/// Whichever vocoder a pipeline's `vocoder/` folder holds, by its config's `_class_name`.
+/// Whichever vocoder a pipeline's `vocoder/` folder holds, by its config's `_class_name`; an
+/// LTX-2 checkpoint file's is an `LTX2Vocoder`.
 pub enum Vocoder {
     Plain(Box<LTX2Vocoder>),
     WithBwe(Box<LTX2VocoderWithBWE>),
 }
 
 impl Vocoder {
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+    /// From a `vocoder` folder, or an LTX-2 checkpoint file (the class then from the
+    /// `vocoder/config.json` beside it, where there is one).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
         #[derive(serde::Deserialize)]
         struct Header {
             #[serde(rename = "_class_name")]
             class_name: String,
         }
-        let header: Header = crate::loader::read_config(&dir.join("config.json"))?;
+        let config = match path.parent() {
+            Some(dir) if path.is_file() => dir.join("vocoder").join("config.json"),
+            _ => path.join("config.json"),
+        };
+        let header: Header = if path.is_file() && !config.is_file() {
+            Header {
+                class_name: "LTX2Vocoder".into(),
+            }
+        } else {
+            crate::loader::read_config(&config)?
+        };
+        let dir = path;
         Ok(match header.class_name.as_str() {
             "LTX2Vocoder" => Self::Plain(Box::new(LTX2Vocoder::load(dir, device, dtype)?)),
             "LTX2VocoderWithBWE" => {
