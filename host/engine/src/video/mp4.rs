@@ -523,16 +523,8 @@ impl Mp4Reader {
             Some(trak) => Some(audio_track(trak, file_len).context("the sound track")?),
             None => None,
         };
-        let timescale = trak.mdia.mdhd.timescale;
-        ensure!(timescale > 0, "the video track's timescale is 0");
-        let ticks: u64 = stbl
-            .stts
-            .entries
-            .iter()
-            .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
-            .sum();
-        ensure!(ticks > 0, "the video track has zero duration");
-        let duration_s = ticks as f64 / f64::from(timescale);
+        let duration_s = track_seconds(trak).context("the video track")?;
+        ensure!(duration_s > 0.0, "the video track has zero duration");
         Ok(Self {
             fps: samples.len() as f64 / duration_s,
             keyframes: stbl.stss.as_ref().map(|s| {
@@ -690,22 +682,31 @@ fn audio_track(trak: &Trak, file_len: u64) -> Result<AudioTrack> {
     {
         bail!("the file is truncated: sound sample {i} lies past its end");
     }
+    let duration_s = track_seconds(trak)?;
+    Ok(AudioTrack {
+        sample_rate: u32::from(entry.sample_rate.integer()),
+        channels: entry.channel_count,
+        duration_s,
+        codec,
+        dfla,
+        samples,
+    })
+}
+
+/// A track's length: its sample durations over its timescale.
+fn track_seconds(trak: &Trak) -> Result<f64> {
     let timescale = trak.mdia.mdhd.timescale;
     ensure!(timescale > 0, "the timescale is 0");
-    let ticks: u64 = stbl
+    let ticks: u64 = trak
+        .mdia
+        .minf
+        .stbl
         .stts
         .entries
         .iter()
         .map(|e| u64::from(e.sample_count) * u64::from(e.sample_delta))
         .sum();
-    Ok(AudioTrack {
-        sample_rate: u32::from(entry.sample_rate.integer()),
-        channels: entry.channel_count,
-        duration_s: ticks as f64 / f64::from(timescale),
-        codec,
-        dfla,
-        samples,
-    })
+    Ok(ticks as f64 / f64::from(timescale))
 }
 
 /// Walks top-level boxes without reading `mdat`, and decodes `moov`.
