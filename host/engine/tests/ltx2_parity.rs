@@ -13,5 +13,7 @@ mod latent_upsampler;
 mod pipeline;
 #[path = "ltx2/transformer.rs"]
 mod transformer;
+#[path = "ltx2/two_stage.rs"]
+mod two_stage;
 #[path = "ltx2/video_vae.rs"]
 mod video_vae;
