@@ -306,19 +306,21 @@ pub fn generate_two_stage(
         height,
         ..params.clone()
     };
-    let (latents, audio_latents) = pipeline.generate_latents(
-        &stage_1,
-        GenerateInputs {
-            latents: inputs.latents,
-            audio_latents: inputs.audio_latents,
-            prompt_embeds: prompt_embeds.clone(),
-            prompt_attention_mask: prompt_attention_mask.clone(),
-            negative_prompt_embeds,
-            negative_prompt_attention_mask,
-            ..Default::default()
-        },
-        on_progress,
-    )?;
+    let (latents, audio_latents) = pipeline
+        .generate_latents(
+            &stage_1,
+            GenerateInputs {
+                latents: inputs.latents,
+                audio_latents: inputs.audio_latents,
+                prompt_embeds: prompt_embeds.clone(),
+                prompt_attention_mask: prompt_attention_mask.clone(),
+                negative_prompt_embeds,
+                negative_prompt_attention_mask,
+                ..Default::default()
+            },
+            on_progress,
+        )
+        .with_context(|| format!("stage 1 of the two-stage generation, at {width}x{height}"))?;
     let upsampled = upsampler
         .upsample(&latents, &UpsampleParams::default())
         .context("upsampling stage 1's latents")?;
