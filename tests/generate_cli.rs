@@ -867,3 +867,51 @@ fn generate_from_a_bare_ltx2_checkpoint_file_says_to_pass_its_folder() {
         "{stderr}"
     );
 }
+
+/// `generate --upsampler`: LTX-2's two-stage generation on tests/fixtures/tiny-ltx2 with the
+/// latent upsampler of tests/fixtures/tiny-ltx2-upsampler (seeded noise: the parity with diffusers,
+/// which needs the reference's noise, is in the engine's ltx2_parity two_stage tests).
+#[test]
+fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
+    let dir = fixtures().join("../tiny-ltx2");
+    let reference = |file: &str| dir.join("reference").join(file);
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let run = |width: &str| {
+        Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+            .args(["generate", "--model", dir.to_str().unwrap()])
+            .arg("--upsampler")
+            .arg(fixtures().join("../tiny-ltx2-upsampler"))
+            .args([
+                "--height", "64", "--width", width, "--frames", "5", "--seed", "3",
+            ])
+            .args(["--steps", "2", "--guidance", "3", "--json"])
+            .arg("--prompt-embeds")
+            .arg(reference("prompt_embeds.safetensors"))
+            .arg("--negative-prompt-embeds")
+            .arg(reference("negative_prompt_embeds.safetensors"))
+            .arg("--save-tensor")
+            .arg(&tensor)
+            .output()
+            .unwrap()
+    };
+    let out = run("64");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(got["video"].dims(), &[5, 64, 64, 3]);
+    assert_eq!(got["audio"].dims(), &[1, 2, 1360]);
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (record["width"].clone(), record["height"].clone()),
+        (64.into(), 64.into())
+    );
+
+    let out = run("96");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("multiples of 32"), "{stderr}");
+}

@@ -221,6 +221,7 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         true_cfg_scale: None,
         fps: None,
         sigmas: None,
+        noise_scale: None,
         guidance_terms: Default::default(),
     }
 }

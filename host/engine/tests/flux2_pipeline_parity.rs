@@ -51,6 +51,7 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         true_cfg_scale: None,
         fps: None,
         sigmas: None,
+        noise_scale: None,
         guidance_terms: Default::default(),
     }
 }

@@ -17,5 +17,7 @@ mod pipeline;
 mod single_file;
 #[path = "ltx2/transformer.rs"]
 mod transformer;
+#[path = "ltx2/two_stage.rs"]
+mod two_stage;
 #[path = "ltx2/video_vae.rs"]
 mod video_vae;

@@ -78,6 +78,7 @@ fn params() -> GenerateParams {
         true_cfg_scale: None,
         fps: None,
         sigmas: None,
+        noise_scale: None,
         guidance_terms: Default::default(),
     }
 }

@@ -76,6 +76,7 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         true_cfg_scale: None,
         fps: None,
         sigmas: None,
+        noise_scale: None,
         guidance_terms: Default::default(),
     }
 }

@@ -301,6 +301,7 @@ impl Generator {
                         true_cfg_scale: None,
                         fps: None,
                         sigmas: None,
+                        noise_scale: None,
                         guidance_terms: Default::default(),
                     };
                     if let Some(name) = &request.render.preset {

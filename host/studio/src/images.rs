@@ -142,6 +142,7 @@ impl Generator {
             true_cfg_scale: None,
             fps: None,
             sigmas: None,
+            noise_scale: None,
             guidance_terms: Default::default(),
         };
         let image = self

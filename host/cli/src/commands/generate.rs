@@ -11,6 +11,9 @@ use clap::Args;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use videosdgx_engine::families::ltx2::latent_upsample_pipeline::{
+    LTX2LatentUpsamplePipeline, generate_two_stage,
+};
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
     Capabilities, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput, Output, Pipeline,
@@ -101,6 +104,15 @@ pub struct GenerateArgs {
     /// LTX-2: the transformer blocks spatio-temporal guidance perturbs (28 by default).
     #[arg(long, value_delimiter = ',', value_name = "BLOCK,...")]
     pub spatio_temporal_guidance_blocks: Option<Vec<usize>>,
+    /// LTX-2: the two-stage generation: stage 1 at the latent upsampler's fraction of --width and
+    /// --height (half), the latents enlarged by this upsampler (an `LTX2LatentUpsamplePipeline`
+    /// folder or a `latent_upsampler` folder), then refined with the distilled stage-2 sigmas.
+    #[arg(long, value_name = "DIR")]
+    pub upsampler: Option<PathBuf>,
+    /// LTX-2: mixes this much fresh noise into --latents/--audio-latents before denoising them
+    /// (the reference's `noise_scale`; 0 by default).
+    #[arg(long, value_name = "SCALE", requires = "latents")]
+    pub noise_scale: Option<f64>,
     /// An audio-video model's sound as a WAV file (32-bit float).
     #[arg(long, value_name = "FILE.wav")]
     pub wav: Option<PathBuf>,
@@ -246,6 +258,7 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         true_cfg_scale: args.true_cfg,
         fps: args.fps,
         sigmas: None,
+        noise_scale: args.noise_scale,
         guidance_terms: GuidanceTerms {
             audio_guidance_scale: args.audio_guidance_scale,
             stg_scale: args.stg_scale,
@@ -341,6 +354,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt_attention_mask: prompt_attention_mask.flatten(),
         negative_prompt_attention_mask: negative_prompt_attention_mask.flatten(),
         audio_latents: tensor(&args.audio_latents, "--audio-latents")?,
+        noise: None,
+        audio_noise: None,
         pooled_prompt_embeds: tensor(&args.pooled_prompt_embeds, "--pooled-prompt-embeds")?,
         negative_pooled_prompt_embeds: tensor(
             &args.negative_pooled_prompt_embeds,
@@ -361,7 +376,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stages.enter(p.stage);
         ControlFlow::Continue(())
     };
-    let video = pipeline.generate(&params, inputs, &mut show)?;
+    let video = match &args.upsampler {
+        None => pipeline.generate(&params, inputs, &mut show)?,
+        Some(dir) => {
+            let Pipeline::Ltx2(ltx2) = &mut pipeline else {
+                bail!(
+                    "--upsampler: the two-stage generation is LTX-2's; {} is another family",
+                    args.model.display()
+                );
+            };
+            eprintln!("loading {}", dir.display());
+            let upsampler = LTX2LatentUpsamplePipeline::load(dir, &device, dtype)?;
+            generate_two_stage(ltx2, &upsampler, &params, inputs, &mut show)?
+        }
+    };
     stages.enter(Stage::Writing);
     // The record names each LoRA by its content too.
     params.loras = video.loras.clone();

@@ -92,6 +92,11 @@ pub struct GenerateParams {
     /// (LTX-2's distilled schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigmas: Option<Vec<f64>>,
+    /// LTX-2: how much fresh noise is mixed into given latents before denoising them
+    /// (`noise_scale`; the refinement stage of the two-stage generation starts from its first
+    /// sigma). 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_scale: Option<f64>,
     /// LTX-2: guidance beyond `guidance` (audio's own scale, spatio-temporal and modality
     /// guidance, rescale); all off when absent.
     #[serde(default, skip_serializing_if = "GuidanceTerms::is_default")]
@@ -287,6 +292,11 @@ pub struct GenerateInputs {
     pub negative_prompt_attention_mask: Option<Tensor>,
     /// LTX-2: the audio latents `[1, C, L, M]` instead of the seeded draw.
     pub audio_latents: Option<Tensor>,
+    /// LTX-2: the noise `noise_scale` mixes into the given `latents` (`[1, C, T, H/s, W/s]`),
+    /// instead of the seeded draw.
+    pub noise: Option<Tensor>,
+    /// LTX-2: the noise `noise_scale` mixes into the given `audio_latents` (`[1, C, L, M]`).
+    pub audio_noise: Option<Tensor>,
     /// FLUX.1's pooled CLIP embedding `[1, pooled_dim]`, given with `prompt_embeds`.
     pub pooled_prompt_embeds: Option<Tensor>,
     /// FLUX.1's pooled CLIP embedding of the negative prompt, given with
@@ -649,6 +659,12 @@ impl Pipeline {
             }
             if inputs.audio_latents.is_some() {
                 bail!("audio latents are for an audio-video model (LTX-2)");
+            }
+            if params.noise_scale.is_some()
+                || inputs.noise.is_some()
+                || inputs.audio_noise.is_some()
+            {
+                bail!("noise_scale (re-noising given latents) is an LTX-2 setting");
             }
         }
         match self {

@@ -77,6 +77,16 @@ impl LTX2LatentUpsamplerConfig {
             })
     }
 
+    /// How much the model enlarges height and width, as (numerator, denominator): the rational
+    /// resampler's scale, 2 for the pixel-shuffle stages, 1 for a temporal-only upsampler.
+    pub fn spatial_scale(&self) -> std::result::Result<(usize, usize), String> {
+        match (self.spatial_upsample, self.temporal_upsample) {
+            (false, _) => Ok((1, 1)),
+            (true, false) if self.use_rational_resampler => self.rational(),
+            (true, _) => Ok((2, 1)),
+        }
+    }
+
     /// Every combination the reference could not run fails here, by field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.dims != 2 && self.dims != 3 {

@@ -3,6 +3,7 @@
 
 pub mod audio_vae;
 pub mod connectors;
+pub mod latent_upsample_pipeline;
 pub mod latent_upsampler;
 pub mod pipeline;
 pub mod rope;

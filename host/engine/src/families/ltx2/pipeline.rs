@@ -166,6 +166,44 @@ impl LTX2Pipeline {
         inputs: GenerateInputs,
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<GeneratedVideo> {
+        self.run(params, inputs, on_progress, true)
+    }
+
+    /// `output_type="latent"`: the denoised video `[1, C, F, H, W]` and audio `[1, C, L, M]`
+    /// latents, denormalised, without decoding them.
+    pub fn generate_latents(
+        &mut self,
+        params: &GenerateParams,
+        inputs: GenerateInputs,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<(Tensor, Tensor)> {
+        let out = self.run(params, inputs, on_progress, false)?;
+        let audio_latents = out.audio_latents.context("LTX-2 makes audio latents")?;
+        Ok((out.latents, audio_latents))
+    }
+
+    /// The scheduler's config (`scheduler/scheduler_config.json`).
+    pub fn scheduler_config(&self) -> &serde_json::Value {
+        &self.scheduler_config
+    }
+
+    /// Swaps in another scheduler config (the two-stage refinement's), returning the previous one.
+    pub fn replace_scheduler_config(&mut self, config: serde_json::Value) -> serde_json::Value {
+        std::mem::replace(&mut self.scheduler_config, config)
+    }
+
+    /// The video VAE's latent channels.
+    pub fn latent_channels(&self) -> usize {
+        self.vae.config().latent_channels
+    }
+
+    fn run(
+        &mut self,
+        params: &GenerateParams,
+        inputs: GenerateInputs,
+        on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+        decode: bool,
+    ) -> Result<GeneratedVideo> {
         let mut report = crate::pipelines::reporter(on_progress);
         self.check(params)?;
         let guidance = params.guidance_terms.resolve(params.guidance);
@@ -216,9 +254,14 @@ impl LTX2Pipeline {
         let VideoStream {
             stream: mut video,
             conditioning_mask,
-        } = self.video_stream(params, shape, inputs.latents)?;
+        } = self.video_stream(params, shape, inputs.latents, inputs.noise)?;
         let audio_frames = self.audio_frames(params.frames, fps);
-        let mut audio = self.audio_stream(params, audio_frames, inputs.audio_latents)?;
+        let mut audio = self.audio_stream(
+            params,
+            audio_frames,
+            inputs.audio_latents,
+            inputs.audio_noise,
+        )?;
         let steps = video.scheduler.timesteps().to_vec();
 
         let (_, _, frames, height, width) = shape;
@@ -380,6 +423,26 @@ impl LTX2Pipeline {
         let latents = unpack_latents(&video.latents, frames / pt, height / p, width / p, p, pt)?;
         let scaling = self.vae.config().scaling_factor;
         let latents = self.vae.denormalize_latents(&latents, scaling)?;
+        let audio_latents = self.audio_vae.denormalize_latents(&audio.latents)?;
+        let mel_bins = self.audio_vae.latent_mel_bins()?;
+        let audio_latents = AutoencoderKLLTX2Audio::unpack_latents(&audio_latents, mel_bins)?;
+        if !decode {
+            // No pictures: zero frames of the size the VAE would make.
+            let spatial = self.spatial_ratio();
+            return Ok(GeneratedVideo {
+                frames: Tensor::zeros(
+                    (0, height * spatial, width * spatial, 3),
+                    DType::F32,
+                    &Device::Cpu,
+                )?,
+                fps: fps.round() as u32,
+                latents: latents.to_dtype(DType::F32)?,
+                audio: None,
+                audio_latents: Some(audio_latents.to_dtype(DType::F32)?),
+                loras: Vec::new(),
+                cache: None,
+            });
+        }
         let timestep_conditioning = self.vae.config().timestep_conditioning;
         // `decode_timestep` and `decode_noise_scale` at the reference's default, 0.
         let decode_timestep = timestep_conditioning
@@ -397,9 +460,6 @@ impl LTX2Pipeline {
             .clamp(0f32, 1f32)?
             .to_device(&Device::Cpu)?;
         report(Stage::Decoding, 1, 2)?;
-        let audio_latents = self.audio_vae.denormalize_latents(&audio.latents)?;
-        let mel_bins = self.audio_vae.latent_mel_bins()?;
-        let audio_latents = AutoencoderKLLTX2Audio::unpack_latents(&audio_latents, mel_bins)?;
         let mel = self
             .audio_vae
             .decode(&audio_latents.to_dtype(self.dtype)?)?;
@@ -451,6 +511,13 @@ impl LTX2Pipeline {
             && !(fps.is_finite() && fps > 0.0)
         {
             bail!("the frame rate must be positive, got {fps}");
+        }
+        if let Some(scale) = params.noise_scale
+            && !(0.0..=1.0).contains(&scale)
+        {
+            bail!(
+                "noise_scale interpolates between the latents and noise: it must be in [0, 1], got {scale}"
+            );
         }
         if let Some(sigmas) = &params.sigmas
             && sigmas.len() != params.steps
@@ -569,6 +636,7 @@ impl LTX2Pipeline {
         params: &GenerateParams,
         shape: (usize, usize, usize, usize, usize),
         given: Option<Tensor>,
+        noise: Option<Tensor>,
     ) -> Result<VideoStream> {
         let given = given
             .map(|latents| {
@@ -584,27 +652,40 @@ impl LTX2Pipeline {
                 Ok(latents.to_device(&self.device)?.to_dtype(DType::F32)?)
             })
             .transpose()?;
+        let patches = self.patch_sizes();
         let (latents, conditioning_mask) = match &params.start_image {
             Some(image) => {
+                ensure!(
+                    params.noise_scale.is_none() && noise.is_none(),
+                    "noise_scale re-noises the given latents of a text-to-video run; image-to-video takes none"
+                );
                 let image = image.load_rgb().context("the start image")?;
                 let noise = match given {
                     Some(noise) => noise,
                     None => initial_noise(params.seed, shape, &self.device)?,
                 };
                 let (latents, mask) = self.image_latents(&image, params, noise)?;
-                (latents, Some(mask))
+                (pack_latents(&latents, patches)?, Some(mask))
             }
             None => {
+                let noised = given.is_some();
                 let latents = match given {
                     Some(latents) => self
                         .vae
                         .normalize_latents(&latents, self.vae.config().scaling_factor)?,
                     None => initial_noise(params.seed, shape, &self.device)?,
                 };
+                let mut latents = pack_latents(&latents, patches)?;
+                let expected = [shape.0, shape.1, shape.2, shape.3, shape.4];
+                if let Some(noise) =
+                    self.noise(params, noised, noise, &expected, "noise", params.seed)?
+                {
+                    latents =
+                        create_noised_state(&latents, params, &pack_latents(&noise, patches)?)?;
+                }
                 (latents, None)
             }
         };
-        let latents = pack_latents(&latents, self.patch_sizes())?;
         let scheduler = self.scheduler(params, latents.dim(1)?)?;
         Ok(VideoStream {
             stream: Stream { latents, scheduler },
@@ -657,14 +738,16 @@ impl LTX2Pipeline {
         Ok((latents, mask))
     }
 
-    /// The packed, normalised audio latents: the given `[1, C, L, M]` ones or seeded noise (drawn
-    /// after the video's, from the seed + 1).
+    /// The packed, normalised audio latents: the given `[1, C, L, M]` ones (noised by
+    /// `noise_scale`) or seeded noise (drawn after the video's, from the seed + 1).
     fn audio_stream(
         &self,
         params: &GenerateParams,
         frames: usize,
         given: Option<Tensor>,
+        noise: Option<Tensor>,
     ) -> Result<Stream> {
+        let noised = given.is_some();
         let channels = self.audio_vae.config().latent_channels;
         let mel_bins = self.audio_vae.latent_mel_bins()?;
         let shape = (1, channels, frames, mel_bins);
@@ -688,6 +771,16 @@ impl LTX2Pipeline {
                 &self.device,
             )?)?,
         };
+        let expected = [1, channels, frames, mel_bins];
+        let seed = params.seed.wrapping_add(1);
+        let latents = match self.noise(params, noised, noise, &expected, "audio noise", seed)? {
+            Some(noise) => create_noised_state(
+                &latents,
+                params,
+                &AutoencoderKLLTX2Audio::pack_latents(&noise)?,
+            )?,
+            None => latents,
+        };
         // The audio schedule takes the video's mu (the reference deep-copies the scheduler).
         let video_tokens = {
             let (_, _, f, h, w) = self.latent_shape(params)?;
@@ -698,9 +791,43 @@ impl LTX2Pipeline {
         Ok(Stream { latents, scheduler })
     }
 
+    /// The noise `_create_noised_state` mixes into given latents of shape `expected`: the given
+    /// one or drawn from `seed`; none without given latents or at a `noise_scale` of 0.
+    fn noise(
+        &self,
+        params: &GenerateParams,
+        latents_given: bool,
+        noise: Option<Tensor>,
+        expected: &[usize],
+        what: &str,
+        seed: u64,
+    ) -> Result<Option<Tensor>> {
+        if !latents_given {
+            ensure!(
+                noise.is_none(),
+                "the {what} re-noises given latents: give them too"
+            );
+            return Ok(None);
+        }
+        if params.noise_scale.unwrap_or(0.0) == 0.0 {
+            return Ok(None);
+        }
+        Ok(Some(match noise {
+            Some(noise) => {
+                ensure!(
+                    noise.dims() == expected,
+                    "the {what} must be {expected:?} like the latents, got {:?}",
+                    noise.dims()
+                );
+                noise.to_device(&self.device)?.to_dtype(DType::F32)?
+            }
+            None => initial_noise(seed, expected, &self.device)?,
+        }))
+    }
+
     /// `_get_gemma_prompt_embeds`: the prompt left-padded to 1024 tokens, every hidden state of
     /// Gemma 3 stacked and flattened to `[1, 1024, hidden · (layers + 1)]`, with its mask.
-    fn prompt_embeds(&mut self, prompt: &str) -> Result<(Tensor, Tensor)> {
+    pub fn prompt_embeds(&mut self, prompt: &str) -> Result<(Tensor, Tensor)> {
         let Some(text) = &mut self.text else {
             bail!(
                 "{}: this pipeline has no text encoder; give prompt embeddings (--prompt-embeds)",
@@ -760,6 +887,16 @@ fn cat_batches(a: &Tensor, b: &Tensor, what: &str) -> Result<Tensor> {
         b.dims()
     );
     Ok(Tensor::cat(&[a, b], 0)?)
+}
+
+/// `_create_noised_state`: `noise_scale · noise + (1 − noise_scale) · latents`.
+fn create_noised_state(
+    latents: &Tensor,
+    params: &GenerateParams,
+    noise: &Tensor,
+) -> Result<Tensor> {
+    let scale = params.noise_scale.unwrap_or(0.0);
+    Ok(((noise * scale)? + (latents * (1.0 - scale))?)?)
 }
 
 /// `calculate_shift`: `mu` grows linearly with the token count between the configured ends.

@@ -273,6 +273,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 true_cfg_scale: None,
                 fps: None,
                 sigmas: None,
+                noise_scale: None,
                 guidance_terms: Default::default(),
             };
             let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {

@@ -223,6 +223,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         true_cfg_scale: None,
         fps: None,
         sigmas: None,
+        noise_scale: None,
         guidance_terms: Default::default(),
     };
     let peak = MemoryPeak::start(ctx);
