@@ -915,3 +915,41 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("multiples of 32"), "{stderr}");
 }
+
+#[test]
+fn ltx2_with_a_lora_makes_the_reference_video_and_records_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("out.safetensors");
+    let lora = fixtures().join("../tiny-ltx2/lora/peft.safetensors");
+    let out = generate_ltx2(
+        "9",
+        &[
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--lora",
+            &format!("{}:0.8", lora.display()),
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = video(&tensor);
+    let expected = candle_core::safetensors::load(
+        fixtures().join("../tiny-ltx2/reference/t2v_cfg_lora.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = rel_err(&got, &expected["video"]);
+    assert!(err <= 1e-3, "relative error {err:e}");
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recorded = &record["params"]["loras"][0];
+    assert_eq!(recorded["strength"], 0.8);
+    assert_eq!(recorded["sha256"].as_str().unwrap().len(), 64);
+}

@@ -140,6 +140,39 @@ fn model_forward_of_flux2_with_a_peft_lora_matches_diffusers_merged_and_at_run_t
 }
 
 #[test]
+fn model_forward_of_ltx2_with_a_peft_lora_matches_diffusers_merged_and_at_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("components/ltx2-transformer-interleaved");
+    let reference = dir.join("lora/reference.safetensors");
+    let lora = format!("{}:0.8", dir.join("lora/peft.safetensors").display());
+    for (mode, prefix) in [("merge", "fused"), ("runtime", "unfused")] {
+        let out = tmp.path().join(format!("{mode}.safetensors"));
+        let args = [
+            "model",
+            "forward",
+            "--model",
+            &fixture("components/ltx2-transformer-interleaved/model"),
+            "--inputs",
+            &fixture("components/ltx2-transformer-interleaved/inputs.safetensors"),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            "--lora",
+            &lora,
+            "--lora-mode",
+            mode,
+        ];
+        let record = succeeded(&videosdgx(&args));
+        assert_eq!(record["loras"][0]["format"], "diffusers");
+        for key in ["sample", "audio_sample"] {
+            let expected = tensor(&reference, &format!("{prefix}_{key}"));
+            let err = relative_error(&tensor(&out, key), &expected).unwrap();
+            assert!(err <= 1e-4, "{mode} {key}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
 fn model_forward_strength_defaults_to_one() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");

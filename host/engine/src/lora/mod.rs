@@ -55,6 +55,38 @@ pub fn resolve_specs(
     Ok((files, resolved))
 }
 
+/// Applies `specs` to `model`, the one transformer of the pipeline `name`, in `mode`, replacing
+/// what was applied before; `opened` keeps the mapped files between generations. Returns the specs
+/// with each file's SHA-256. A spec with a strength per expert (Wan 2.2's two) is refused.
+pub fn apply_specs<M: Adaptable>(
+    name: &str,
+    model: &mut M,
+    specs: &[LoraSpec],
+    opened: &mut Vec<Arc<LoraFile>>,
+    mode: LoraMode,
+) -> anyhow::Result<Vec<LoraSpec>> {
+    if let Some(spec) = specs.iter().find(|spec| spec.strength_2.is_some()) {
+        anyhow::bail!(
+            "{name}: `{}` gives two strengths (HIGH,LOW), but this pipeline has one transformer",
+            spec.path.display()
+        );
+    }
+    let (files, resolved) = resolve_specs(specs, opened)?;
+    let loras: Vec<Lora> = files
+        .iter()
+        .zip(specs)
+        .map(|(file, spec)| Lora {
+            file: file.clone(),
+            strength: spec.strength,
+        })
+        .collect();
+    anyhow::Context::with_context(model.set_loras(&loras, mode), || {
+        format!("{name}: transformer")
+    })?;
+    *opened = files;
+    Ok(resolved)
+}
+
 /// Why a LoRA could not be applied. Each variant names the file, and the key or weight at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {

@@ -13,7 +13,7 @@
 use super::transformer::FluxTransformer2DModel;
 use crate::image_processor::pil_lanczos;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
-use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
+use crate::lora::{LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
@@ -153,27 +153,13 @@ impl FluxPipeline {
     /// Applies `specs` to the transformer, replacing the LoRAs applied before. Returns the specs
     /// with each file's SHA-256; a spec that names one must match it.
     pub fn set_loras(&mut self, specs: &[LoraSpec], mode: LoraMode) -> Result<Vec<LoraSpec>> {
-        if let Some(spec) = specs.iter().find(|spec| spec.strength_2.is_some()) {
-            bail!(
-                "{}: `{}` gives two strengths (HIGH,LOW), but FLUX.1 has one transformer",
-                self.name,
-                spec.path.display()
-            );
-        }
-        let (files, resolved) = crate::lora::resolve_specs(specs, &self.lora_files)?;
-        let loras: Vec<Lora> = files
-            .iter()
-            .zip(specs)
-            .map(|(file, spec)| Lora {
-                file: file.clone(),
-                strength: spec.strength,
-            })
-            .collect();
-        self.transformer
-            .set_loras(&loras, mode)
-            .context("transformer")?;
-        self.lora_files = files;
-        Ok(resolved)
+        crate::lora::apply_specs(
+            &self.name,
+            &mut self.transformer,
+            specs,
+            &mut self.lora_files,
+            mode,
+        )
     }
 
     /// Pixels per packed latent token side: the VAE's downsampling times the 2x2 patch.

@@ -67,6 +67,8 @@ pub struct LTX2Pipeline {
     scheduler_config: serde_json::Value,
     text: Option<GemmaText>,
     keep_text_encoder: bool,
+    /// The LoRA files applied to the transformer, kept mapped between generations.
+    lora_files: Vec<std::sync::Arc<crate::lora::LoraFile>>,
     device: Device,
     dtype: DType,
 }
@@ -122,6 +124,7 @@ impl LTX2Pipeline {
             scheduler_config: read_config(&component("scheduler")?.join("scheduler_config.json"))?,
             text,
             keep_text_encoder: false,
+            lora_files: Vec::new(),
             device: device.clone(),
             dtype,
         })
@@ -206,6 +209,13 @@ impl LTX2Pipeline {
     ) -> Result<GeneratedVideo> {
         let mut report = crate::pipelines::reporter(on_progress);
         self.check(params)?;
+        let loras = crate::lora::apply_specs(
+            &self.name,
+            &mut self.transformer,
+            &params.loras,
+            &mut self.lora_files,
+            params.lora_mode,
+        )?;
         let guidance = params.guidance_terms.resolve(params.guidance);
         let fps = params.fps.unwrap_or(DEFAULT_FPS);
         let cfg = guidance.classifier_free();
@@ -439,7 +449,7 @@ impl LTX2Pipeline {
                 latents: latents.to_dtype(DType::F32)?,
                 audio: None,
                 audio_latents: Some(audio_latents.to_dtype(DType::F32)?),
-                loras: Vec::new(),
+                loras,
                 cache: None,
             });
         }
@@ -476,7 +486,7 @@ impl LTX2Pipeline {
             latents: latents.to_dtype(DType::F32)?,
             audio: Some(sound),
             audio_latents: Some(audio_latents.to_dtype(DType::F32)?),
-            loras: Vec::new(),
+            loras,
             cache: None,
         })
     }
@@ -554,9 +564,6 @@ impl LTX2Pipeline {
         }
         if params.cache.is_some() {
             bail!("{}: step caching is implemented for Wan only", self.name);
-        }
-        if !params.loras.is_empty() {
-            bail!("{}: LoRAs on LTX-2 are not supported yet", self.name);
         }
         let blocks = self.transformer.config().num_layers;
         let guidance = params.guidance_terms.resolve(params.guidance);
