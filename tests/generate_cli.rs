@@ -5,6 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// An output path for runs that must fail before writing (never `/dev/null`: outputs are renamed
+/// onto their destination).
+fn discard() -> String {
+    std::env::temp_dir()
+        .join(format!(
+            "videosdgx-generate-cli-{}.safetensors",
+            std::process::id()
+        ))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-wan-t2v")
 }
@@ -425,7 +438,7 @@ fn an_image_model_writes_a_png_with_its_record_and_the_reference_tensor() {
 
 #[test]
 fn an_image_model_refuses_frames_and_a_video_model_refuses_two_start_frames() {
-    let out = generate_image(&["--frames", "5", "--save-tensor", "/dev/null"]);
+    let out = generate_image(&["--frames", "5", "--save-tensor", &discard()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is an image model"), "{stderr}");
@@ -434,7 +447,7 @@ fn an_image_model_refuses_frames_and_a_video_model_refuses_two_start_frames() {
     let png = png.to_str().unwrap();
     let out = generate(
         "5",
-        &["--image", png, "--image", png, "--save-tensor", "/dev/null"],
+        &["--image", png, "--image", png, "--save-tensor", &discard()],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -600,7 +613,7 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
         "tiny-flux1-kontext",
         "edit",
         "2.5",
-        &["--save-tensor", "/dev/null"],
+        &["--save-tensor", &discard()],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -704,7 +717,7 @@ fn ltx2_with_a_start_image_makes_the_reference_image_to_video() {
             "--guidance",
             "3",
             "--save-tensor",
-            "/dev/null",
+            &discard(),
         ])
         .output()
         .unwrap();
@@ -778,7 +791,7 @@ fn ltx2_requests_it_cannot_make_fail_in_one_line() {
             "--guidance",
             "3",
             "--save-tensor",
-            "/dev/null",
+            &discard(),
         ],
     );
     assert!(!out.status.success());
@@ -793,7 +806,7 @@ fn ltx2_requests_it_cannot_make_fail_in_one_line() {
             "--guidance",
             "3",
             "--save-tensor",
-            "/dev/null",
+            &discard(),
             "--stg-scale",
             "1",
             "--spatio-temporal-guidance-blocks",
@@ -808,7 +821,7 @@ fn ltx2_requests_it_cannot_make_fail_in_one_line() {
             "--preset",
             "ltx2-distilled-8step",
             "--save-tensor",
-            "/dev/null",
+            &discard(),
             "--cache",
             "teacache",
         ],
@@ -853,7 +866,7 @@ fn generate_from_a_bare_ltx2_checkpoint_file_says_to_pass_its_folder() {
     let file = fixtures().join("../components/ltx2-single-file/ltx-2-tiny.safetensors");
     let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
         .args(["generate", "--model", file.to_str().unwrap()])
-        .args(["--prompt", "a cat", "--save-tensor", "/dev/null"])
+        .args(["--prompt", "a cat", "--save-tensor", &discard()])
         .args(["--height", "32", "--width", "32", "--seed", "0"])
         .args(["--steps", "2", "--guidance", "3"])
         .output()
@@ -952,4 +965,17 @@ fn ltx2_with_a_lora_makes_the_reference_video_and_records_the_file() {
     let recorded = &record["params"]["loras"][0];
     assert_eq!(recorded["strength"], 0.8);
     assert_eq!(recorded["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn an_output_that_is_not_a_regular_file_is_refused_before_anything_runs() {
+    let out = generate("5", &["--save-tensor", "/dev/null"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--save-tensor: /dev/null exists and is not a regular file"),
+        "{stderr}"
+    );
+    let null = std::fs::symlink_metadata("/dev/null").unwrap();
+    assert!(!null.is_file(), "/dev/null is still a device");
 }

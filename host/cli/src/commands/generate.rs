@@ -322,6 +322,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
     }
+    for (path, flag) in [
+        (&args.out, "--out"),
+        (&args.save_tensor, "--save-tensor"),
+        (&args.wav, "--wav"),
+    ] {
+        if let Some(path) = path {
+            super::check_output(path, flag)?;
+        }
+    }
     // A checkpoint file carries no scheduler, connectors or text encoder: the folder around it does.
     if args.model.is_file()
         && videosdgx_engine::loader::single_file::detect_file(&args.model)?

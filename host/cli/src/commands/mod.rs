@@ -17,7 +17,7 @@ mod text;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use videosdgx_studio::{App, StudioConfig};
 
 #[derive(Parser, Debug)]
@@ -141,5 +141,18 @@ impl Output {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses an output path that exists and is not a regular file. Outputs are written beside the
+/// destination and renamed onto it (so a failure never leaves half a file), which would replace a
+/// device such as `/dev/null` with a regular file.
+pub(crate) fn check_output(path: &Path, flag: &str) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => anyhow::bail!(
+            "{flag}: {} exists and is not a regular file; outputs replace files, give a file path",
+            path.display()
+        ),
+        _ => Ok(()),
     }
 }

@@ -211,6 +211,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 fn forward(args: &ForwardArgs) -> Result<()> {
+    super::check_output(&args.out, "--out")?;
     let device = parse_device(&args.device)?;
     let dtype = args.dtype.into();
     let layout = if args.model.is_file() {

@@ -51,6 +51,7 @@ pub struct GenerateTextArgs {
 }
 
 pub fn generate_text(args: &GenerateTextArgs) -> Result<()> {
+    super::check_output(&args.out, "--out")?;
     let device = parse_device(&args.device)?;
     let inputs = candle_core::safetensors::load(&args.input_ids, &Device::Cpu)
         .with_context(|| format!("cannot read {}", args.input_ids.display()))?;
