@@ -4,25 +4,17 @@
 //! with an image the pipeline resizes; the pictures, the waveform and both denoised latents within
 //! 1e-3. Also what the image-to-video folder class (`model_index.json`) requires.
 
-use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
+use super::pipeline::{fixture, reference};
+use candle_core::{DType, Device};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use videosdgx_engine::families::ltx2::pipeline::LTX2Pipeline;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, GuidanceTerms, ImageInput, Pipeline, StartImage,
+    GenerateInputs, GenerateParams, ImageInput, Pipeline, StartImage,
 };
 
 const TOLERANCE: f64 = 1e-3;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-ltx2")
-}
-
-fn reference(file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("reference").join(file), &Device::Cpu).unwrap()
-}
 
 /// The request a reference run's arguments (reference/<run>.json) describe, with its image.
 fn params(run: &str) -> GenerateParams {
@@ -30,45 +22,20 @@ fn params(run: &str) -> GenerateParams {
         &std::fs::read_to_string(fixture().join(format!("reference/{run}.json"))).unwrap(),
     )
     .unwrap();
-    let number = |key: &str| args[key].as_f64();
-    let mut params: GenerateParams = serde_json::from_value(serde_json::json!({
-        "prompt": "", "height": args["height"], "width": args["width"],
-        "frames": args["num_frames"], "steps": args["num_inference_steps"],
-        "guidance": args["guidance_scale"], "seed": 0, "fps": args["frame_rate"],
-    }))
-    .unwrap();
-    params.start_image = Some(ImageInput::Path(
-        fixture()
-            .join("reference")
-            .join(args["image"].as_str().unwrap()),
-    ));
-    params.guidance_terms = GuidanceTerms {
-        audio_guidance_scale: number("audio_guidance_scale"),
-        stg_scale: number("stg_scale"),
-        audio_stg_scale: number("audio_stg_scale"),
-        modality_scale: number("modality_scale"),
-        audio_modality_scale: number("audio_modality_scale"),
-        guidance_rescale: number("guidance_rescale"),
-        audio_guidance_rescale: number("audio_guidance_rescale"),
-        spatio_temporal_guidance_blocks: args
-            .get("spatio_temporal_guidance_blocks")
-            .map(|b| serde_json::from_value(b.clone()).unwrap()),
-    };
-    params
+    let image = fixture()
+        .join("reference")
+        .join(args["image"].as_str().unwrap());
+    GenerateParams {
+        start_image: Some(ImageInput::Path(image)),
+        ..super::pipeline::params(run)
+    }
 }
 
 /// The fixed inputs; `latents` is the noise the image is blended into (the reference's draw).
 fn inputs() -> GenerateInputs {
-    let mut prompt = reference("prompt_embeds.safetensors");
-    let mut negative = reference("negative_prompt_embeds.safetensors");
     GenerateInputs {
         latents: reference("i2v_noise.safetensors").remove("noise"),
-        audio_latents: reference("audio_latents.safetensors").remove("audio_latents"),
-        prompt_embeds: prompt.remove("prompt_embeds"),
-        prompt_attention_mask: prompt.remove("prompt_attention_mask"),
-        negative_prompt_embeds: negative.remove("negative_prompt_embeds"),
-        negative_prompt_attention_mask: negative.remove("negative_prompt_attention_mask"),
-        ..Default::default()
+        ..super::pipeline::inputs()
     }
 }
 

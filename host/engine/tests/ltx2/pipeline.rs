@@ -13,16 +13,16 @@ use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, GuidanceTerms}
 
 const TOLERANCE: f64 = 1e-3;
 
-fn fixture() -> PathBuf {
+pub(super) fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-ltx2")
 }
 
-fn reference(file: &str) -> HashMap<String, Tensor> {
+pub(super) fn reference(file: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture().join("reference").join(file), &Device::Cpu).unwrap()
 }
 
 /// The request a reference run's arguments (reference/<run>.json) describe.
-fn params(run: &str) -> GenerateParams {
+pub(super) fn params(run: &str) -> GenerateParams {
     let args: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture().join(format!("reference/{run}.json"))).unwrap(),
     )
@@ -50,7 +50,7 @@ fn params(run: &str) -> GenerateParams {
     params
 }
 
-fn inputs() -> GenerateInputs {
+pub(super) fn inputs() -> GenerateInputs {
     let mut prompt = reference("prompt_embeds.safetensors");
     let mut negative = reference("negative_prompt_embeds.safetensors");
     GenerateInputs {

@@ -224,7 +224,7 @@ impl LTX2Pipeline {
         let (prompt_embeds, prompt_mask) = match inputs.prompt_embeds {
             Some(embeds) => (
                 embeds,
-                embeddings_mask(inputs.prompt_attention_mask, "prompt")?,
+                embeddings_mask(inputs.prompt_attention_mask, "prompt_attention_mask")?,
             ),
             None => self.prompt_embeds(&params.prompt)?,
         };
@@ -232,7 +232,10 @@ impl LTX2Pipeline {
             (false, _) => None,
             (true, Some(embeds)) => Some((
                 embeds,
-                embeddings_mask(inputs.negative_prompt_attention_mask, "negative prompt")?,
+                embeddings_mask(
+                    inputs.negative_prompt_attention_mask,
+                    "negative_prompt_attention_mask",
+                )?,
             )),
             (true, None) => Some(self.prompt_embeds(&params.negative_prompt)?),
         };
@@ -868,21 +871,10 @@ pub fn start_image_rule(image_to_video: bool) -> StartImage {
 }
 
 /// The attention mask given with prompt embeddings, which LTX-2 cannot do without.
-fn embeddings_mask(mask: Option<Tensor>, what: &str) -> Result<Tensor> {
+fn embeddings_mask(mask: Option<Tensor>, name: &str) -> Result<Tensor> {
     mask.with_context(|| {
-        format!(
-            "the {what} embeddings need their attention mask (`{}` in the file)",
-            mask_name(what)
-        )
+        format!("prompt embeddings need their attention mask (`{name}` in the file)")
     })
-}
-
-fn mask_name(what: &str) -> &'static str {
-    if what == "prompt" {
-        "prompt_attention_mask"
-    } else {
-        "negative_prompt_attention_mask"
-    }
 }
 
 /// `torch.cat([a, b], 0)` of two single-batch tensors, refusing different shapes by name.
