@@ -1,23 +1,17 @@
-//! Plays a written MP4 in headless Chromium (the browser the studio's web UI targets): the file
-//! must load, report its duration and size, seek, and show the right picture after the seek.
-//! Needs a `chromium` binary (Debian: `apt-get install chromium`) or `CHROMIUM=/path`; without
-//! one the test reports that it did not run.
+//! Plays written MP4s in headless Chromium (the browser the studio's web UI targets): a file
+//! must load, report its duration and size, seek and show the right picture after the seek, and
+//! play and decode its FLAC sound track. The pages run through tests/web/page-result.mjs
+//! (playwright-core), which waits for them in real time.
+//! Prerequisites (installed by tests/run.sh): /usr/bin/chromium (or `VDGX_CHROMIUM`), node, and
+//! `npm ci` in tests/web/.
 
 use image::{Rgb, RgbImage};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use videosdgx_engine::video::{Audio, Mp4Writer, write_mp4};
 
-fn chromium() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CHROMIUM") {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| {
-            ["chromium", "chromium-browser", "google-chrome"].map(|name| dir.join(name))
-        })
-        .find(|candidate| candidate.is_file())
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web")
 }
 
 const PAGE: &str = r#"<!doctype html>
@@ -27,7 +21,7 @@ const v = document.getElementById("v");
 function done(result) {
   const out = document.createElement("pre");
   out.id = "result";
-  out.textContent = "RESULT " + JSON.stringify(result) + " END";
+  out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
 }
 v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
@@ -53,12 +47,6 @@ v.addEventListener("seeked", () => sample(20));
 
 #[test]
 fn headless_chromium_loads_seeks_and_shows_the_mp4() {
-    let Some(chromium) = chromium() else {
-        eprintln!(
-            "headless_chromium_loads_seeks_and_shows_the_mp4: not run, no chromium binary found"
-        );
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     // One second of red, then one second of blue, at 16 fps.
     let frames: Vec<RgbImage> = (0..32)
@@ -77,7 +65,7 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
         &serde_json::json!({"prompt": "test"}),
     )
     .unwrap();
-    let result = run_page(&chromium, dir.path(), PAGE);
+    let result = run_page(dir.path(), PAGE);
     eprintln!("chromium: {result}");
     assert!(
         result.get("error").is_none(),
@@ -105,52 +93,33 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
     );
 }
 
-/// Loads `html` as `index.html` beside the files in `dir` and returns the object the page reports
-/// between `RESULT ` and ` END`.
-fn run_page(chromium: &std::path::Path, dir: &std::path::Path, html: &str) -> serde_json::Value {
+/// Loads `html` as `index.html` beside the files in `dir` and returns the object the page
+/// reports as the text of its `#result` element.
+fn run_page(dir: &Path, html: &str) -> serde_json::Value {
+    let chromium = std::env::var("VDGX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run tests/run.sh (it installs Debian's chromium) or apt-get install chromium"
+    );
+    assert!(
+        web_dir().join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run tests/run.sh, or `npm ci` in {}",
+        web_dir().display()
+    );
     let page = dir.join("index.html");
     std::fs::write(&page, html).unwrap();
-
-    // Chromium's virtual time can run out before a loaded machine's media pipeline reports; a
-    // page that never reported is run again (twice at most) before the test gives up on it.
-    let mut attempts = Vec::new();
-    loop {
-        let output = Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--allow-file-access-from-files",
-                "--autoplay-policy=no-user-gesture-required",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-            ])
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap();
-        let dom = String::from_utf8_lossy(&output.stdout).to_string();
-        // The page's own script also contains the marker: the result element is the last one,
-        // and it holds an object (the script's text between the markers does not).
-        let reported = dom
-            .rsplit("RESULT ")
-            .next()
-            .and_then(|rest| rest.split(" END").next())
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-            .filter(serde_json::Value::is_object);
-        if let Some(result) = reported {
-            return result;
-        }
-        attempts.push(format!(
-            "{dom}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-        assert!(
-            attempts.len() < 3,
-            "the page never reported, in 3 runs: {}",
-            attempts.join("\n---\n")
-        );
-    }
+    let output = Command::new("node")
+        .arg(web_dir().join("page-result.mjs"))
+        .arg(&page)
+        .output()
+        .expect("cannot run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the page did not report:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{err}: {stdout}"))
 }
 
 const AUDIO_PAGE: &str = r#"<!doctype html>
@@ -159,7 +128,7 @@ const AUDIO_PAGE: &str = r#"<!doctype html>
 function done(result) {
   const out = document.createElement("pre");
   out.id = "result";
-  out.textContent = "RESULT " + JSON.stringify(result) + " END";
+  out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
 }
 const v = document.getElementById("v");
@@ -189,12 +158,6 @@ v.addEventListener("loadeddata", async () => {
 
 #[test]
 fn headless_chromium_plays_and_decodes_the_flac_sound_track() {
-    let Some(chromium) = chromium() else {
-        eprintln!(
-            "headless_chromium_plays_and_decodes_the_flac_sound_track: not run, no chromium binary found"
-        );
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     // Two seconds of pictures and of a 440 Hz stereo tone at half amplitude, 24 kHz (LTX-2's rate).
     let rate = 24_000;
@@ -213,7 +176,7 @@ fn headless_chromium_plays_and_decodes_the_flac_sound_track() {
     writer.set_audio(Audio::new(rate, 2, samples).unwrap());
     writer.finish(&serde_json::json!(null)).unwrap();
 
-    let result = run_page(&chromium, dir.path(), AUDIO_PAGE);
+    let result = run_page(dir.path(), AUDIO_PAGE);
     eprintln!("chromium: {result}");
     assert!(
         result.get("error").is_none(),
