@@ -782,6 +782,81 @@ fn ltx2_makes_the_reference_video_and_sound_and_an_mp4_that_carries_both() {
 }
 
 #[test]
+fn ltx2_conditions_on_a_keyframe_and_a_previous_clip_and_records_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (previous, mp4) = (tmp.path().join("previous.mp4"), tmp.path().join("next.mp4"));
+    let tensor = tmp.path().join("next.safetensors");
+    let keyframe = fixtures().join("../tiny-ltx2/reference/condition_first.png");
+    let steps = ["--steps", "3", "--guidance", "3"];
+    let out = generate_ltx2(
+        "9",
+        &[&steps[..], &["--out", previous.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The keyframe opens the clip; the previous clip's frames guide it from latent frame 1.
+    let keyframe_arg = format!("{}:0", keyframe.display());
+    let clip_arg = format!("{}:1:0.8", previous.display());
+    let conditions = ["--condition", &keyframe_arg, "--condition", &clip_arg];
+    let out = generate_ltx2(
+        "9",
+        &[
+            &steps[..],
+            &conditions,
+            &[
+                "--out",
+                mp4.to_str().unwrap(),
+                "--save-tensor",
+                tensor.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = &videosdgx_engine::video::read_mp4(&mp4).unwrap().metadata["generate"];
+    assert_eq!(
+        record["conditions"],
+        serde_json::json!([
+            {"frames": [keyframe], "index": 0, "strength": 1.0},
+            {"frames": {"video": previous}, "index": 1, "strength": 0.8},
+        ])
+    );
+    // Conditioned, the video is not the text-to-video one of the same seed and latents.
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let unconditioned = candle_core::safetensors::load(
+        fixtures().join("../tiny-ltx2/reference/t2v_cfg.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(rel_err(&got["video"], &unconditioned["video"]) > 1e-2);
+
+    // A condition past the clip's end is refused in one line, naming it.
+    let past_end = format!("{}:3", keyframe.display());
+    let out = generate_ltx2(
+        "9",
+        &[
+            &steps[..],
+            &["--condition", &past_end, "--save-tensor", &discard()],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("condition 1") && stderr.contains("past the end"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn ltx2_requests_it_cannot_make_fail_in_one_line() {
     let out = generate_ltx2(
         "10",

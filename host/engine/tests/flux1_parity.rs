@@ -223,6 +223,7 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         sigmas: None,
         noise_scale: None,
         guidance_terms: Default::default(),
+        conditions: Vec::new(),
     }
 }
 

@@ -53,6 +53,7 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         sigmas: None,
         noise_scale: None,
         guidance_terms: Default::default(),
+        conditions: Vec::new(),
     }
 }
 

@@ -5,6 +5,8 @@
 
 #[path = "ltx2/audio.rs"]
 mod audio;
+#[path = "ltx2/condition.rs"]
+mod condition;
 #[path = "ltx2/connectors.rs"]
 mod connectors;
 #[path = "ltx2/image_to_video.rs"]

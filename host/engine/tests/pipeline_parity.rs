@@ -80,6 +80,7 @@ fn params() -> GenerateParams {
         sigmas: None,
         noise_scale: None,
         guidance_terms: Default::default(),
+        conditions: Vec::new(),
     }
 }
 

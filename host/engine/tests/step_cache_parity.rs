@@ -78,6 +78,7 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         sigmas: None,
         noise_scale: None,
         guidance_terms: Default::default(),
+        conditions: Vec::new(),
     }
 }
 

@@ -303,6 +303,7 @@ impl Generator {
                         sigmas: None,
                         noise_scale: None,
                         guidance_terms: Default::default(),
+                        conditions: Vec::new(),
                     };
                     if let Some(name) = &request.render.preset {
                         videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -144,6 +144,7 @@ impl Generator {
             sigmas: None,
             noise_scale: None,
             guidance_terms: Default::default(),
+            conditions: Vec::new(),
         };
         let image = self
             .gpu

@@ -16,8 +16,8 @@ use videosdgx_engine::families::ltx2::latent_upsample_pipeline::{
 };
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
-    Capabilities, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput, Output, Pipeline,
-    Progress, Stage,
+    Capabilities, FrameCondition, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput,
+    Output, Pipeline, Progress, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -61,7 +61,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Initial latents (safetensors, one tensor) instead of the seeded noise (LTX-2 with
-    /// `--image`: the noise the image's latents are blended into).
+    /// `--image`: the noise the image's latents are blended into; with --condition: the video
+    /// the conditions are placed in, noised by --noise-scale, 1 by default).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// LTX-2: initial audio latents `[1, C, L, M]` (safetensors, one tensor) instead of the
@@ -110,7 +111,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR")]
     pub upsampler: Option<PathBuf>,
     /// LTX-2: mixes this much fresh noise into --latents/--audio-latents before denoising them
-    /// (the reference's `noise_scale`; 0 by default).
+    /// (the reference's `noise_scale`; 0 by default, with --condition the first sigma or 1).
     #[arg(long, value_name = "SCALE", requires = "latents")]
     pub noise_scale: Option<f64>,
     /// An audio-video model's sound as a WAV file (32-bit float).
@@ -144,6 +145,12 @@ pub struct GenerateArgs {
     /// repeatable, for multi-reference editing; FLUX.1 Kontext: the one image to edit).
     #[arg(long)]
     pub image: Vec<PathBuf>,
+    /// LTX-2: frames the video holds to, FILE[:INDEX[:STRENGTH]] (repeatable): an image (a
+    /// keyframe) or an MP4 (frames to continue from) at latent frame INDEX (0, the first, by
+    /// default; k > 0 is pixel frame 8(k − 1) + 1; −1 the last), as firmly as STRENGTH (1, kept,
+    /// by default; lower values guide more loosely).
+    #[arg(long = "condition", value_name = "FILE[:INDEX[:STRENGTH]]")]
+    pub conditions: Vec<FrameCondition>,
     /// Last frame (first+last-frame checkpoints).
     #[arg(long)]
     pub last_image: Option<PathBuf>,
@@ -259,6 +266,7 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         fps: args.fps,
         sigmas: None,
         noise_scale: args.noise_scale,
+        conditions: args.conditions.clone(),
         guidance_terms: GuidanceTerms {
             audio_guidance_scale: args.audio_guidance_scale,
             stg_scale: args.stg_scale,

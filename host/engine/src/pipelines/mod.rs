@@ -101,6 +101,87 @@ pub struct GenerateParams {
     /// guidance, rescale); all off when absent.
     #[serde(default, skip_serializing_if = "GuidanceTerms::is_default")]
     pub guidance_terms: GuidanceTerms,
+    /// LTX-2: images or clips the video is conditioned on at chosen latent frames
+    /// (`LTX2ConditionPipeline`): keyframes anywhere in the clip, or frames to continue from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<FrameCondition>,
+}
+
+/// One conditioning item of an audio-video model (the reference's `LTX2VideoCondition`, without
+/// the H.264 re-compression it applies to single images by default, as with its `crf=0`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameCondition {
+    pub frames: ConditionFrames,
+    /// The latent frame the condition starts at (`index`): 0 replaces the first frames; k > 0 is
+    /// pixel frame (k − 1)·r + 1 for the VAE's temporal ratio r; negative counts from the end
+    /// (−1 is the last latent frame).
+    #[serde(default)]
+    pub index: i64,
+    /// How firmly the frames hold, from 0 (a loose guide) to 1 (kept as given).
+    #[serde(default = "full_strength")]
+    pub strength: f64,
+}
+
+fn full_strength() -> f64 {
+    1.0
+}
+
+impl std::str::FromStr for FrameCondition {
+    type Err = String;
+
+    /// `FILE[:INDEX[:STRENGTH]]`: an image, or an `.mp4` whose frames are used, at latent frame
+    /// INDEX (0 by default) with STRENGTH (1 by default). A path that itself holds a colon is
+    /// taken whole unless what follows it reads as numbers.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let int = |v: &str| v.trim().parse::<i64>().ok();
+        let float = |v: &str| v.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+        let with_strength = s.rsplit_once(':').and_then(|(rest, strength)| {
+            let (path, index) = rest.rsplit_once(':')?;
+            Some((path, int(index)?, float(strength)?))
+        });
+        let with_index = || {
+            let (path, index) = s.rsplit_once(':')?;
+            Some((path, int(index)?, 1.0))
+        };
+        let (path, index, strength) = with_strength.or_else(with_index).unwrap_or((s, 0, 1.0));
+        if path.is_empty() {
+            return Err(format!("`{s}`: expected FILE[:INDEX[:STRENGTH]]"));
+        }
+        let path = PathBuf::from(path);
+        let is_video = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("mp4"));
+        let frames = if is_video {
+            ConditionFrames::Video { video: path }
+        } else {
+            ConditionFrames::Images(vec![ImageInput::Path(path)])
+        };
+        Ok(Self {
+            frames,
+            index,
+            strength,
+        })
+    }
+}
+
+/// The pictures of a [`FrameCondition`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConditionFrames {
+    /// Every frame of an MP4 (as many as fit the clip from the condition's position are used).
+    Video { video: PathBuf },
+    /// One image (a keyframe) or consecutive frames.
+    Images(Vec<ImageInput>),
+}
+
+impl ConditionFrames {
+    /// The frames as 8-bit RGB.
+    pub fn load_rgb(&self) -> anyhow::Result<Vec<image::RgbImage>> {
+        match self {
+            ConditionFrames::Video { video } => Ok(crate::video::read_mp4(video)?.frames),
+            ConditionFrames::Images(images) => images.iter().map(ImageInput::load_rgb).collect(),
+        }
+    }
 }
 
 /// The guidance options of an audio-video model, named after the reference pipeline's arguments.

@@ -4,17 +4,14 @@
 //! with an image the pipeline resizes; the pictures, the waveform and both denoised latents within
 //! 1e-3. Also what the image-to-video folder class (`model_index.json`) requires.
 
-use super::pipeline::{fixture, reference};
+use super::pipeline::{assert_matches_reference, fixture, reference};
 use candle_core::{DType, Device};
 use std::ops::ControlFlow;
 use std::path::Path;
 use videosdgx_engine::families::ltx2::pipeline::LTX2Pipeline;
-use videosdgx_engine::models::relative_error;
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, ImageInput, Pipeline, StartImage,
 };
-
-const TOLERANCE: f64 = 1e-3;
 
 /// The request a reference run's arguments (reference/<run>.json) describe, with its image.
 fn params(run: &str) -> GenerateParams {
@@ -68,19 +65,7 @@ fn check(dir: &Path, run: &str) {
     let out = pipeline
         .generate(&params(run), inputs(), &mut |_| ControlFlow::Continue(()))
         .unwrap();
-    let expected = reference(&format!("{run}.safetensors"));
-    let audio = out.audio.expect("LTX-2 makes sound");
-    for (key, got) in [
-        ("latents", out.latents),
-        ("audio_latents", out.audio_latents.unwrap()),
-        ("video", out.frames),
-        ("audio", audio.to_tensor(&Device::Cpu).unwrap()),
-    ] {
-        assert_eq!(got.dims(), expected[key].dims(), "{run}/{key}");
-        let err = relative_error(&got, &expected[key]).unwrap();
-        eprintln!("{run}/{key}: relative error {err:e}");
-        assert!(err <= TOLERANCE, "{run}/{key}: relative error {err:e}");
-    }
+    assert_matches_reference(run, out);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! `pipelines/ltx2/`): one model for video and its sound.
 
 pub mod audio_vae;
+pub mod condition;
 pub mod connectors;
 pub mod latent_upsample_pipeline;
 pub mod latent_upsampler;

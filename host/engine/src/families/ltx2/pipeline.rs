@@ -12,15 +12,25 @@
 //! values through every scheduler step; the rest of the loop is the text-to-video one. The
 //! reference re-compresses the image through H.264 first (`image_crf`, CRF 33 for Gemma 3
 //! checkpoints); this port does not, as the reference does with `image_crf=0`.
+//!
+//! With frame conditions it is `LTX2ConditionPipeline` (`pipeline_ltx2_condition.py`, see
+//! [`super::condition`]): a condition at latent frame 0 replaces the first tokens, later ones are
+//! appended to the sequence with their own positions, and every token carries its condition's
+//! strength in the conditioning mask. Image-to-video is the special case of one image at frame 0
+//! with strength 1, and runs through the same mask: a token's timestep is the step's times
+//! `1 − mask`, and its denoised estimate is blended with the clean latents by the mask.
 //! An LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) dropped into the pipeline folder
 //! replaces the transformer's, the VAEs' and the vocoder's weights (their folders then need only
 //! their config.json), as diffusers' `from_single_file` takes the rest from the hub's folder.
 
 use super::audio_vae::AutoencoderKLLTX2Audio;
+use super::condition::{self, Clip, ConditionPixels, PatchGeometry, keyframe_coords};
 use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
+use super::rope::Coords;
 use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions};
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
+use crate::finishing::resample::Resampler;
 use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::pipelines::{
@@ -79,11 +89,24 @@ struct Stream {
     scheduler: FlowMatchEulerDiscrete,
 }
 
-/// The video stream of an image-to-video run: its packed latents and `conditioning_mask`, 1 on the
-/// tokens of the first latent frame (the encoded image), 0 elsewhere, `[1, tokens]`.
+/// The video stream: its packed latents, then the tokens of conditions appended after the grid's.
 struct VideoStream {
     stream: Stream,
-    conditioning_mask: Option<Tensor>,
+    /// How the tokens hold to given frames, when a start image or conditions give some.
+    conditioning: Option<Conditioning>,
+    /// The positions of every token when conditions append some; the grid's alone otherwise.
+    coords: Option<Coords>,
+    /// The tokens of the latent grid, which the appended ones follow.
+    grid_tokens: usize,
+}
+
+/// `conditioning_mask` and `clean_latents`: per token, how firmly it keeps given latents, from 0
+/// (denoised freely) to 1 (kept), `[1, tokens]`, and those latents (zeros where none),
+/// `[1, tokens, C]`. A token's timestep is the step's scaled by `1 − mask`, and its denoised
+/// estimate is blended with the clean latents by the mask.
+struct Conditioning {
+    mask: Tensor,
+    clean: Tensor,
 }
 
 impl LTX2Pipeline {
@@ -209,6 +232,7 @@ impl LTX2Pipeline {
     ) -> Result<GeneratedVideo> {
         let mut report = crate::pipelines::reporter(on_progress);
         self.check(params)?;
+        let conditions = self.preprocess_conditions(params)?;
         let loras = crate::lora::apply_specs(
             &self.name,
             &mut self.transformer,
@@ -266,12 +290,15 @@ impl LTX2Pipeline {
         let shape = self.latent_shape(params)?;
         let VideoStream {
             stream: mut video,
-            conditioning_mask,
-        } = self.video_stream(params, shape, inputs.latents, inputs.noise)?;
+            conditioning,
+            coords: video_coords,
+            grid_tokens,
+        } = self.video_stream(params, shape, conditions, inputs.latents, inputs.noise, fps)?;
         let audio_frames = self.audio_frames(params.frames, fps);
         let mut audio = self.audio_stream(
             params,
             audio_frames,
+            video.latents.dim(1)?,
             inputs.audio_latents,
             inputs.audio_noise,
         )?;
@@ -320,15 +347,19 @@ impl LTX2Pipeline {
                 };
                 let (hidden, audio_hidden) = (repeat(&video.latents)?, repeat(&audio.latents)?);
                 let timestep = Tensor::full(*t as f32, batch, &self.device)?;
-                // Image-to-video: `timestep · (1 − conditioning_mask)` per video token, so the
-                // image's tokens are seen as clean; the audio keeps the step's timestep.
-                let video_timestep = match &conditioning_mask {
-                    Some(mask) => Some(
+                // Conditioned: `timestep · (1 − conditioning_mask)` per video token, so given
+                // frames are seen as clean; the audio keeps the step's timestep.
+                let video_timestep = match &conditioning {
+                    Some(Conditioning { mask, .. }) => Some(
                         ((mask.ones_like()? - mask)? * *t)?
                             .broadcast_as((batch, mask.dim(1)?))?
                             .contiguous()?,
                     ),
                     None => None,
+                };
+                let video_positions = match &video_coords {
+                    Some(coords) => Positions::Coords(coords.repeat_batch(batch)),
+                    None => video_positions.clone(),
                 };
                 let inputs = LTX2TransformerInputs {
                     hidden_states: &hidden,
@@ -341,7 +372,7 @@ impl LTX2Pipeline {
                     audio_sigma: None,
                     encoder_attention_mask: Some(mask),
                     audio_encoder_attention_mask: Some(mask),
-                    video_positions: video_positions.clone(),
+                    video_positions,
                     audio_positions: audio_positions.clone(),
                     isolate_modalities,
                     spatio_temporal_guidance_blocks: stg_blocks,
@@ -413,27 +444,29 @@ impl LTX2Pipeline {
                     Ok(guided)
                 }
             };
-            let video_guided = guided(&video_x0, video_delta, guidance.video.rescale)?;
+            let mut video_guided = guided(&video_x0, video_delta, guidance.video.rescale)?;
             let audio_guided = guided(&audio_x0, audio_delta, guidance.audio.rescale)?;
-            let conditioned = video.latents.clone();
+            if let Some(Conditioning { mask, clean }) = &conditioning {
+                // `x0 · (1 − mask) + clean · mask`: a fully kept token's velocity is then 0 and
+                // the Euler step leaves it as it is (the image-to-video reference instead steps
+                // only the frames after the first: the same values).
+                let keep = mask.unsqueeze(2)?;
+                video_guided = (video_guided.broadcast_mul(&(keep.ones_like()? - &keep)?)?
+                    + clean.broadcast_mul(&keep)?)?;
+            }
             for (stream, x0) in [(&mut video, video_guided), (&mut audio, audio_guided)] {
                 // Back to a velocity for the Euler step: (x − x0) / σ.
                 let velocity = ((&stream.latents - x0)? / sigma)?;
                 stream.latents = stream.scheduler.step(&velocity, &stream.latents)?;
-            }
-            // The reference steps only the frames after the first; the (elementwise) Euler step
-            // over all tokens with the first frame's put back is the same.
-            if let Some(mask) = &conditioning_mask {
-                let keep = mask.unsqueeze(2)?;
-                video.latents = (conditioned.broadcast_mul(&keep)?
-                    + video.latents.broadcast_mul(&(keep.ones_like()? - &keep)?)?)?;
             }
             report(Stage::Denoising, i + 1, steps.len())?;
         }
 
         report(Stage::Decoding, 0, 2)?;
         let (p, pt) = self.patch_sizes();
-        let latents = unpack_latents(&video.latents, frames / pt, height / p, width / p, p, pt)?;
+        // The appended conditions' tokens go; the grid's are the video.
+        let latents = video.latents.narrow(1, 0, grid_tokens)?;
+        let latents = unpack_latents(&latents, frames / pt, height / p, width / p, p, pt)?;
         let scaling = self.vae.config().scaling_factor;
         let latents = self.vae.denormalize_latents(&latents, scaling)?;
         let audio_latents = self.audio_vae.denormalize_latents(&audio.latents)?;
@@ -541,11 +574,33 @@ impl LTX2Pipeline {
                 params.steps
             );
         }
-        if self.image_to_video && params.start_image.is_none() {
+        if self.image_to_video && params.start_image.is_none() && params.conditions.is_empty() {
             bail!(
                 "{}: this is an image-to-video checkpoint (LTX2ImageToVideoPipeline); give a start image (--image)",
                 self.name
             );
+        }
+        if !params.conditions.is_empty() {
+            if params.start_image.is_some() {
+                bail!(
+                    "{}: a start image and frame conditions together: give the image as a condition at latent frame 0 instead",
+                    self.name
+                );
+            }
+            if self.patch_sizes() != (1, 1) {
+                // The conditioning mask is one value per token only for 1x1x1 patches.
+                bail!(
+                    "{}: frame conditions need transformer patch sizes of 1, got patch_size {} and patch_size_t {}",
+                    self.name,
+                    self.patch_sizes().0,
+                    self.patch_sizes().1
+                );
+            }
+            let clip = self.clip(params);
+            for (i, condition) in params.conditions.iter().enumerate() {
+                condition::check(condition, &clip)
+                    .with_context(|| format!("condition {}", i + 1))?;
+            }
         }
         if params.end_image.is_some() {
             bail!(
@@ -640,13 +695,16 @@ impl LTX2Pipeline {
     /// (normalised, as the reference's `latents`) or seeded noise. With a start image
     /// (`prepare_latents` of the image-to-video pipeline): the image's latents as the first frame,
     /// the rest noise, the given `[1, C, F, H, W]` tensor or the seeded draw (the reference's
-    /// `randn_tensor`; its `latents` argument skips the image and is not what this takes).
+    /// `randn_tensor`; its `latents` argument skips the image and is not what this takes). With
+    /// frame conditions: see [`Self::conditioned_latents`].
     fn video_stream(
         &self,
         params: &GenerateParams,
         shape: (usize, usize, usize, usize, usize),
+        conditions: Vec<ConditionPixels>,
         given: Option<Tensor>,
         noise: Option<Tensor>,
+        fps: f64,
     ) -> Result<VideoStream> {
         let given = given
             .map(|latents| {
@@ -663,44 +721,201 @@ impl LTX2Pipeline {
             })
             .transpose()?;
         let patches = self.patch_sizes();
-        let (latents, conditioning_mask) = match &params.start_image {
-            Some(image) => {
-                ensure!(
-                    params.noise_scale.is_none() && noise.is_none(),
-                    "noise_scale re-noises the given latents of a text-to-video run; image-to-video takes none"
-                );
-                let image = image.load_rgb().context("the start image")?;
-                let noise = match given {
-                    Some(noise) => noise,
-                    None => initial_noise(params.seed, shape, &self.device)?,
-                };
-                let (latents, mask) = self.image_latents(&image, params, noise)?;
-                (pack_latents(&latents, patches)?, Some(mask))
+        let grid_tokens = {
+            let (_, _, f, h, w) = shape;
+            (f / patches.1) * (h / patches.0) * (w / patches.0)
+        };
+        let (latents, conditioning, coords) = if let Some(image) = &params.start_image {
+            ensure!(
+                params.noise_scale.is_none() && noise.is_none(),
+                "noise_scale re-noises the given latents of a text-to-video run; image-to-video takes none"
+            );
+            let image = image.load_rgb().context("the start image")?;
+            let noise = match given {
+                Some(noise) => noise,
+                None => initial_noise(params.seed, shape, &self.device)?,
+            };
+            let (latents, mask) = self.image_latents(&image, params, noise)?;
+            let latents = pack_latents(&latents, patches)?;
+            // The first frame's tokens hold the image exactly.
+            let clean = latents.broadcast_mul(&mask.unsqueeze(2)?)?;
+            (latents, Some(Conditioning { mask, clean }), None)
+        } else if !conditions.is_empty() {
+            let (latents, conditioning, coords) =
+                self.conditioned_latents(params, shape, conditions, given, noise, fps)?;
+            (latents, Some(conditioning), coords)
+        } else {
+            let noised = given.is_some();
+            let latents = match given {
+                Some(latents) => self
+                    .vae
+                    .normalize_latents(&latents, self.vae.config().scaling_factor)?,
+                None => initial_noise(params.seed, shape, &self.device)?,
+            };
+            let mut latents = pack_latents(&latents, patches)?;
+            let expected = [shape.0, shape.1, shape.2, shape.3, shape.4];
+            let scale = noise_scale(params);
+            if let Some(noise) =
+                self.noise(scale, noised, noise, &expected, "noise", params.seed)?
+            {
+                latents = create_noised_state(&latents, &pack_latents(&noise, patches)?, scale)?;
             }
-            None => {
-                let noised = given.is_some();
-                let latents = match given {
-                    Some(latents) => self
-                        .vae
-                        .normalize_latents(&latents, self.vae.config().scaling_factor)?,
-                    None => initial_noise(params.seed, shape, &self.device)?,
-                };
-                let mut latents = pack_latents(&latents, patches)?;
-                let expected = [shape.0, shape.1, shape.2, shape.3, shape.4];
-                if let Some(noise) =
-                    self.noise(params, noised, noise, &expected, "noise", params.seed)?
-                {
-                    latents =
-                        create_noised_state(&latents, params, &pack_latents(&noise, patches)?)?;
-                }
-                (latents, None)
-            }
+            (latents, None, None)
         };
         let scheduler = self.scheduler(params, latents.dim(1)?)?;
         Ok(VideoStream {
             stream: Stream { latents, scheduler },
-            conditioning_mask,
+            conditioning,
+            coords,
+            grid_tokens,
         })
+    }
+
+    /// `prepare_latents` of `LTX2ConditionPipeline`: the grid's tokens from the given
+    /// `[1, C, F, H, W]` latents (normalised) or zeros; a condition at latent frame 0 replaces
+    /// the first tokens, later ones are appended with their positions; then each token is noised
+    /// by `noise_scale · (1 − mask)` with `noise`, `[1, tokens, C]` over every token (appended ones
+    /// included), given or drawn from the seed. Returns the latents, the conditioning and, when
+    /// tokens were appended, the positions of all of them.
+    fn conditioned_latents(
+        &self,
+        params: &GenerateParams,
+        shape: (usize, usize, usize, usize, usize),
+        conditions: Vec<ConditionPixels>,
+        given: Option<Tensor>,
+        noise: Option<Tensor>,
+        fps: f64,
+    ) -> Result<(Tensor, Conditioning, Option<Coords>)> {
+        let (_, channels, frames, height, width) = shape;
+        let patches = self.patch_sizes();
+        let base = match given {
+            Some(latents) => self
+                .vae
+                .normalize_latents(&latents, self.vae.config().scaling_factor)?,
+            None => Tensor::zeros(shape, DType::F32, &self.device)?,
+        };
+        let mut latents = pack_latents(&base, patches)?;
+        let grid_tokens = latents.dim(1)?;
+        let mut clean = latents.zeros_like()?;
+        let mut mask = vec![0f32; grid_tokens];
+        let mut appended = Vec::new();
+        let mut coords = None::<Coords>;
+        let clip = self.clip(params);
+        for condition in conditions {
+            let encoded = self
+                .vae
+                .encode(&condition.pixels.to_dtype(self.dtype)?)
+                .with_context(|| {
+                    format!(
+                        "encoding the condition at latent frame {}",
+                        condition.latent_index
+                    )
+                })?
+                .to_dtype(DType::F32)?;
+            let encoded = self.vae.normalize_latents(&encoded, 1.0)?;
+            let (_, _, cond_frames, cond_height, cond_width) = encoded.dims5()?;
+            ensure!(
+                (cond_height, cond_width) == (height, width),
+                "{}: the VAE encoded a {}x{} condition to a {cond_width}x{cond_height} latent grid, not {width}x{height}",
+                self.name,
+                params.width,
+                params.height
+            );
+            let tokens = pack_latents(&encoded, patches)?;
+            let n = tokens.dim(1)?;
+            let strength = condition.strength as f32;
+            if condition.latent_index == 0 {
+                ensure!(
+                    cond_frames <= frames,
+                    "{}: a condition of {cond_frames} latent frames does not fit {frames}",
+                    self.name
+                );
+                let rest = grid_tokens - n;
+                latents = Tensor::cat(&[&tokens, &latents.narrow(1, n, rest)?], 1)?;
+                clean = Tensor::cat(&[&tokens, &clean.narrow(1, n, rest)?], 1)?;
+                mask[..n].fill(strength);
+            } else {
+                let pixel_frame = clip.pixel_frame(condition.latent_index);
+                let keyframe = keyframe_coords(
+                    (cond_frames, cond_height, cond_width),
+                    pixel_frame,
+                    condition.frames()?,
+                    fps as f32,
+                    self.patch_geometry(),
+                );
+                let base = match coords.take() {
+                    Some(coords) => coords,
+                    None => self
+                        .transformer
+                        .rope()
+                        .prepare_video_coords(1, frames, height, width, fps as f32),
+                };
+                coords = Some(base.append_tokens(&keyframe));
+                mask.extend(std::iter::repeat_n(strength, n));
+                appended.push(tokens);
+            }
+        }
+        if !appended.is_empty() {
+            let appended = Tensor::cat(&appended, 1)?;
+            latents = Tensor::cat(&[&latents, &appended], 1)?;
+            clean = Tensor::cat(&[&clean, &appended], 1)?;
+        }
+        let tokens = latents.dim(1)?;
+        let mask = Tensor::from_vec(mask, (1, tokens), &self.device)?;
+        let expected = [1, tokens, channels];
+        let noise = match noise {
+            Some(noise) => {
+                ensure!(
+                    noise.dims() == expected,
+                    "with frame conditions the noise covers every token, the conditions' appended ones too: it must be {expected:?}, got {:?}",
+                    noise.dims()
+                );
+                noise.to_device(&self.device)?.to_dtype(DType::F32)?
+            }
+            None => initial_noise(params.seed, expected.as_slice(), &self.device)?,
+        };
+        // A token is noised to `noise_scale` where it is free, less as it holds to a condition.
+        let scaled = ((mask.ones_like()? - &mask)? * noise_scale(params))?.unsqueeze(2)?;
+        let latents = (noise.broadcast_mul(&scaled)?
+            + latents.broadcast_mul(&(scaled.ones_like()? - &scaled)?)?)?;
+        Ok((latents, Conditioning { mask, clean }, coords))
+    }
+
+    /// The request's clip, as the frame conditions see it.
+    fn clip(&self, params: &GenerateParams) -> Clip {
+        Clip {
+            frames: params.frames,
+            height: params.height,
+            width: params.width,
+            temporal_ratio: self.temporal_ratio(),
+        }
+    }
+
+    /// `preprocess_conditions`: the request's conditions read and prepared for the VAE (before
+    /// any model runs, so that a bad file is reported at once).
+    fn preprocess_conditions(&self, params: &GenerateParams) -> Result<Vec<ConditionPixels>> {
+        let resampler = Resampler::default();
+        let clip = self.clip(params);
+        params
+            .conditions
+            .iter()
+            .enumerate()
+            .map(|(i, condition)| {
+                condition::preprocess(condition, &clip, &resampler, &self.device)
+                    .with_context(|| format!("condition {}", i + 1))
+            })
+            .collect()
+    }
+
+    /// Where the transformer's patches and the VAE's ratios put a latent token in pixel space.
+    fn patch_geometry(&self) -> PatchGeometry {
+        let (patch_size, patch_size_t) = self.patch_sizes();
+        PatchGeometry {
+            patch_size,
+            patch_size_t,
+            temporal_ratio: self.temporal_ratio(),
+            spatial_ratio: self.spatial_ratio(),
+        }
     }
 
     /// The image-to-video `prepare_latents`: the start image resized to the request (PIL
@@ -749,11 +964,13 @@ impl LTX2Pipeline {
     }
 
     /// The packed, normalised audio latents: the given `[1, C, L, M]` ones (noised by
-    /// `noise_scale`) or seeded noise (drawn after the video's, from the seed + 1).
+    /// `noise_scale`) or seeded noise (drawn after the video's, from the seed + 1). Its schedule
+    /// is the video's, for `video_tokens` tokens (the reference deep-copies the scheduler).
     fn audio_stream(
         &self,
         params: &GenerateParams,
         frames: usize,
+        video_tokens: usize,
         given: Option<Tensor>,
         noise: Option<Tensor>,
     ) -> Result<Stream> {
@@ -783,19 +1000,14 @@ impl LTX2Pipeline {
         };
         let expected = [1, channels, frames, mel_bins];
         let seed = params.seed.wrapping_add(1);
-        let latents = match self.noise(params, noised, noise, &expected, "audio noise", seed)? {
+        let scale = noise_scale(params);
+        let latents = match self.noise(scale, noised, noise, &expected, "audio noise", seed)? {
             Some(noise) => create_noised_state(
                 &latents,
-                params,
                 &AutoencoderKLLTX2Audio::pack_latents(&noise)?,
+                scale,
             )?,
             None => latents,
-        };
-        // The audio schedule takes the video's mu (the reference deep-copies the scheduler).
-        let video_tokens = {
-            let (_, _, f, h, w) = self.latent_shape(params)?;
-            let (p, pt) = self.patch_sizes();
-            (f / pt) * (h / p) * (w / p)
         };
         let scheduler = self.scheduler(params, video_tokens)?;
         Ok(Stream { latents, scheduler })
@@ -805,7 +1017,7 @@ impl LTX2Pipeline {
     /// one or drawn from `seed`; none without given latents or at a `noise_scale` of 0.
     fn noise(
         &self,
-        params: &GenerateParams,
+        noise_scale: f64,
         latents_given: bool,
         noise: Option<Tensor>,
         expected: &[usize],
@@ -819,7 +1031,7 @@ impl LTX2Pipeline {
             );
             return Ok(None);
         }
-        if params.noise_scale.unwrap_or(0.0) == 0.0 {
+        if noise_scale == 0.0 {
             return Ok(None);
         }
         Ok(Some(match noise {
@@ -889,13 +1101,19 @@ fn cat_batches(a: &Tensor, b: &Tensor, what: &str) -> Result<Tensor> {
 }
 
 /// `_create_noised_state`: `noise_scale · noise + (1 − noise_scale) · latents`.
-fn create_noised_state(
-    latents: &Tensor,
-    params: &GenerateParams,
-    noise: &Tensor,
-) -> Result<Tensor> {
-    let scale = params.noise_scale.unwrap_or(0.0);
-    Ok(((noise * scale)? + (latents * (1.0 - scale))?)?)
+fn create_noised_state(latents: &Tensor, noise: &Tensor, noise_scale: f64) -> Result<Tensor> {
+    Ok(((noise * noise_scale)? + (latents * (1.0 - noise_scale))?)?)
+}
+
+/// How much noise mixes into given latents: the request's `noise_scale`, else none from text or
+/// an image, and with frame conditions what `LTX2ConditionPipeline` infers, the first sigma or 1.
+fn noise_scale(params: &GenerateParams) -> f64 {
+    match (params.noise_scale, &params.sigmas) {
+        (Some(scale), _) => scale,
+        (None, _) if params.conditions.is_empty() => 0.0,
+        (None, Some(sigmas)) if !sigmas.is_empty() => sigmas[0],
+        (None, _) => 1.0,
+    }
 }
 
 /// `calculate_shift`: `mu` grows linearly with the token count between the configured ends.

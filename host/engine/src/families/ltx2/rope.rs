@@ -87,6 +87,40 @@ impl Coords {
         }
     }
 
+    /// The same coordinates for every sample of a batch of `batch` (from a batch of one).
+    pub fn repeat_batch(&self, batch: usize) -> Self {
+        assert_eq!(
+            self.batch, 1,
+            "repeat_batch takes the coordinates of one sample"
+        );
+        Self {
+            batch,
+            values: self.values.repeat(batch),
+            ..self.clone()
+        }
+    }
+
+    /// `torch.cat([self, other], dim=2)`: `other`'s tokens after these, axis by axis.
+    pub fn append_tokens(&self, other: &Coords) -> Self {
+        assert_eq!(
+            (self.batch, self.axes),
+            (other.batch, other.axes),
+            "appended coordinates must have the same batch and axes"
+        );
+        let (mine, theirs) = (self.tokens * 2, other.tokens * 2);
+        let values = self
+            .values
+            .chunks_exact(mine)
+            .zip(other.values.chunks_exact(theirs))
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        Self {
+            tokens: self.tokens + other.tokens,
+            values,
+            ..self.clone()
+        }
+    }
+
     /// Whether every sample of the batch holds the same coordinates (then one table serves all).
     fn shared_across_batch(&self) -> bool {
         let per_sample = self.axes * self.tokens * 2;

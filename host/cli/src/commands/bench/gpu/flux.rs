@@ -275,6 +275,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 sigmas: None,
                 noise_scale: None,
                 guidance_terms: Default::default(),
+                conditions: Vec::new(),
             };
             let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
                 let inputs = GenerateInputs {

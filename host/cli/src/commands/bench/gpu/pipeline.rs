@@ -225,6 +225,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         sigmas: None,
         noise_scale: None,
         guidance_terms: Default::default(),
+        conditions: Vec::new(),
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
