@@ -42,6 +42,10 @@
 # (transformer forward, VAE decode, whole 4-step generation from prompt embeddings), the FLUX.2 [dev] 32B transformer
 # forward and FLUX.1 [dev]'s transformer and VAE, random bf16 weights; anchorflux* the same through diffusers
 # (kernels/bench/flux_reference.py), compiledflux* with torch.compile.
+# ltx2, ltx2vae, ltx2pipe (on request): `bench ltx2`, LTX-2 19B at 768x512, 121 frames (random bf16 weights of the
+# configs in kernels/bench/ltx2_19b.json): the transformer over video and sound, the video VAE decode, a whole
+# distilled 8-step generation from prompt embeddings; anchorltx2* the same through diffusers
+# (kernels/bench/ltx2_reference.py), compiledltx2* with torch.compile.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -137,6 +141,16 @@ for step in "${STEPS[@]}"; do
       [[ "$step" == compiled* ]] && compile=(--compile)
       STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/flux_reference.py" --preset "$preset" \
         --component "$component" "${compile[@]}" ;;
+    ltx2 | ltx2vae | ltx2pipe)
+      component=transformer profile=()
+      case "$step" in ltx2vae) component=vae ;; ltx2pipe) component=pipeline ;; *) profile=(--profile) ;; esac
+      run "$step" "$BIN" bench ltx2 --component "$component" "${profile[@]}" --json ;;
+    anchorltx2 | anchorltx2vae | anchorltx2pipe | compiledltx2 | compiledltx2pipe)
+      component=transformer compile=()
+      case "$step" in *ltx2vae) component=vae ;; *ltx2pipe) component=pipeline ;; esac
+      [[ "$step" == compiled* ]] && compile=(--compile)
+      STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/ltx2_reference.py" --component "$component" \
+        "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;

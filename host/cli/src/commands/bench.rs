@@ -25,6 +25,10 @@ pub enum BenchCommand {
     /// FLUX.1 or FLUX.2 at a preset's published size with random weights: the transformer, the
     /// VAE decode, or (FLUX.2) a whole generation from prompt embeddings.
     Flux(FluxArgs),
+    /// LTX-2 19B at 768x512, 121 frames, with random weights: the transformer over the video and
+    /// its sound, the video VAE decode, or a whole distilled 8-step generation from prompt
+    /// embeddings.
+    Ltx2(Ltx2Args),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
     /// A language model at a preset's published size with random weights: prefill, greedy
@@ -116,13 +120,37 @@ impl FluxPreset {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FluxComponent {
+pub enum ModelComponent {
     /// One transformer forward.
     Transformer,
-    /// The VAE decoding the image's latents.
+    /// The VAE decoding the image's or the clip's latents.
     Vae,
-    /// A whole generation from prompt embeddings: `--steps` steps and the decode.
+    /// A whole generation from prompt embeddings: the steps and the decode.
     Pipeline,
+}
+
+#[derive(Args, Debug)]
+pub struct Ltx2Args {
+    #[arg(long, value_enum, default_value = "transformer")]
+    pub component: ModelComponent,
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    #[arg(long, default_value_t = 768)]
+    pub width: usize,
+    /// Pixel frames, 8k+1.
+    #[arg(long, default_value_t = 121)]
+    pub frames: usize,
+    /// Timed repetitions of the transformer or the VAE (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
+    pub reps: u32,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    /// After timing the transformer, run it once more with the device synchronised around each
+    /// section (summed over the blocks) and report where the time goes.
+    #[arg(long)]
+    pub profile: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +162,7 @@ pub struct FluxArgs {
     #[arg(long, default_value_t = 1024)]
     pub width: usize,
     #[arg(long, value_enum, default_value = "transformer")]
-    pub component: FluxComponent,
+    pub component: ModelComponent,
     /// Denoising steps of the pipeline component (4: the distilled [klein] models).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..).map(|v| v as usize))]
     pub steps: usize,
@@ -319,6 +347,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 let (dev, ctx) = gpu::cuda()?;
                 gpu::flux::bench(&args, &dev, &ctx)
             }
+            BenchCommand::Ltx2(args) => {
+                let (dev, ctx) = gpu::cuda()?;
+                gpu::ltx2::bench(&args, &dev, &ctx)
+            }
             BenchCommand::Kernels(args) => gpu::kernels(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
             BenchCommand::Upscale(_)
@@ -343,6 +375,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 mod gpu {
     pub(super) mod flux;
     mod llm;
+    pub(super) mod ltx2;
     mod pipeline;
 
     use super::configs::{self, transformer_config};

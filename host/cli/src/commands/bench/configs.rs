@@ -215,6 +215,33 @@ pub fn flux2_scheduler() -> serde_json::Value {
     })
 }
 
+/// LTX-2 19B as `Lightricks/LTX-2` ships it in the diffusers layout: each component's
+/// `config.json` and the scheduler's, from kernels/bench/ltx2_19b.json (which the reference
+/// benchmark reads too).
+pub struct Ltx2Configs {
+    pub transformer: serde_json::Value,
+    pub connectors: serde_json::Value,
+    pub vae: serde_json::Value,
+    pub audio_vae: serde_json::Value,
+    pub vocoder: serde_json::Value,
+    pub scheduler: serde_json::Value,
+}
+
+pub fn ltx2_19b() -> Ltx2Configs {
+    let mut configs: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../../kernels/bench/ltx2_19b.json"))
+            .expect("kernels/bench/ltx2_19b.json is JSON");
+    let mut take = |name: &str| configs[name].take();
+    Ltx2Configs {
+        transformer: take("transformer"),
+        connectors: take("connectors"),
+        vae: take("vae"),
+        audio_vae: take("audio_vae"),
+        vocoder: take("vocoder"),
+        scheduler: take("scheduler"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +281,26 @@ mod tests {
                 (21, 480 / shape.vae_stride, 832 / shape.vae_stride)
             );
         }
+    }
+
+    #[test]
+    fn the_ltx2_configs_build_the_engine_configs_and_fit_together() {
+        use videosdgx_engine::families::ltx2::transformer::LTX2TransformerConfig;
+        use videosdgx_engine::families::ltx2::video_vae::AutoencoderKLLTX2VideoConfig;
+        let configs = ltx2_19b();
+        let transformer: LTX2TransformerConfig =
+            serde_json::from_value(configs.transformer).unwrap();
+        let vae: AutoencoderKLLTX2VideoConfig = serde_json::from_value(configs.vae).unwrap();
+        assert_eq!(transformer.in_channels, vae.latent_channels);
+        assert_eq!(
+            (
+                vae.spatial_compression_ratio(),
+                vae.temporal_compression_ratio()
+            ),
+            (32, 8)
+        );
+        assert_eq!(transformer.num_layers, 48);
+        videosdgx_engine::schedulers::FlowMatchEulerDiscrete::from_config(&configs.scheduler, None)
+            .unwrap();
     }
 }

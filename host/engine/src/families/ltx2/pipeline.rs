@@ -83,6 +83,19 @@ pub struct LTX2Pipeline {
     dtype: DType,
 }
 
+/// The models of a pipeline built in memory ([`LTX2Pipeline::from_parts`]).
+pub struct LTX2Parts {
+    pub transformer: LTX2VideoTransformer3DModel,
+    pub connectors: LTX2TextConnectors,
+    pub vae: AutoencoderKLLTX2Video,
+    pub audio_vae: AutoencoderKLLTX2Audio,
+    pub vocoder: Vocoder,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler_config: serde_json::Value,
+    /// What errors call the pipeline.
+    pub name: String,
+}
+
 /// One stream's latents and schedule.
 struct Stream {
     latents: Tensor,
@@ -132,9 +145,7 @@ impl LTX2Pipeline {
             Some(file) => Ok(file.clone()),
             None => component(name),
         };
-        Ok(Self {
-            name: dir.display().to_string(),
-            image_to_video: index.class_name == "LTX2ImageToVideoPipeline",
+        let parts = LTX2Parts {
             transformer: LTX2VideoTransformer3DModel::load(
                 &weights("transformer")?,
                 device,
@@ -145,12 +156,32 @@ impl LTX2Pipeline {
             audio_vae: AutoencoderKLLTX2Audio::load(&weights("audio_vae")?, device, dtype)?,
             vocoder: Vocoder::load(&weights("vocoder")?, device, dtype)?,
             scheduler_config: read_config(&component("scheduler")?.join("scheduler_config.json"))?,
-            text,
+            name: dir.display().to_string(),
+        };
+        let mut pipeline = Self::from_parts(parts, device, dtype);
+        pipeline.image_to_video = index.class_name == "LTX2ImageToVideoPipeline";
+        pipeline.text = text;
+        Ok(pipeline)
+    }
+
+    /// A pipeline of models already in memory, without a text encoder (it runs from prompt
+    /// embeddings), as `LTX2Pipeline`.
+    pub fn from_parts(parts: LTX2Parts, device: &Device, dtype: DType) -> Self {
+        Self {
+            name: parts.name,
+            image_to_video: false,
+            transformer: parts.transformer,
+            connectors: parts.connectors,
+            vae: parts.vae,
+            audio_vae: parts.audio_vae,
+            vocoder: parts.vocoder,
+            scheduler_config: parts.scheduler_config,
+            text: None,
             keep_text_encoder: false,
             lora_files: Vec::new(),
             device: device.clone(),
             dtype,
-        })
+        }
     }
 
     /// Keeps the text encoder loaded between generations (the studio's lane keeps one pipeline

@@ -8,7 +8,7 @@ use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
 use crate::commands::bench::configs::{
     flux1_transformer, flux1_vae, flux2_scheduler, flux2_transformer, flux2_vae,
 };
-use crate::commands::bench::{FluxArgs, FluxComponent};
+use crate::commands::bench::{FluxArgs, ModelComponent};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
@@ -34,7 +34,7 @@ const PIXELS_PER_TOKEN: usize = 16;
 struct Report {
     gpu: String,
     preset: String,
-    component: FluxComponent,
+    component: ModelComponent,
     height: usize,
     width: usize,
     /// Median milliseconds of one call (transformer, VAE), or of the whole generation.
@@ -99,7 +99,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
     let Some(config) = flux2_transformer(args.preset) else {
         // FLUX.1: the transformer and the VAE.
         let (ms, output) = match args.component {
-            FluxComponent::Transformer => {
+            ModelComponent::Transformer => {
                 let config = flux1_transformer(args.preset);
                 let model = FluxTransformer2DModel::new(&config, vb.clone())
                     .context("building the transformer")?;
@@ -151,7 +151,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 }
                 (ms, out.context("no timed call")?)
             }
-            FluxComponent::Vae => {
+            ModelComponent::Vae => {
                 let vae =
                     AutoencoderKL::new(&flux1_vae(), vb.pp("vae")).context("building the VAE")?;
                 let z = bf16(Tensor::randn(0f32, 1f32, (1, 16, gh * 2, gw * 2), dev)?)?;
@@ -162,7 +162,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 })?;
                 (ms, out.context("no timed call")?)
             }
-            FluxComponent::Pipeline => anyhow::bail!(
+            ModelComponent::Pipeline => anyhow::bail!(
                 "bench flux --component pipeline is implemented for the FLUX.2 presets"
             ),
         };
@@ -175,7 +175,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
         return report(args, ctx, &params, peak, measured);
     };
     let (ms, output, stages) = match args.component {
-        FluxComponent::Transformer => {
+        ModelComponent::Transformer => {
             let model = Flux2Transformer2DModel::new(&config, vb.clone())
                 .context("building the transformer")?;
             let hidden = bf16(Tensor::randn(
@@ -220,7 +220,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
             }
             (ms, out.context("no timed call")?, None)
         }
-        FluxComponent::Vae => {
+        ModelComponent::Vae => {
             let vae =
                 AutoencoderKLFlux2::new(&flux2_vae(), vb.pp("vae")).context("building the VAE")?;
             let z = bf16(Tensor::randn(0f32, 1f32, (1, 32, gh * 2, gw * 2), dev)?)?;
@@ -231,7 +231,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
             })?;
             (ms, out.context("no timed call")?, None)
         }
-        FluxComponent::Pipeline => {
+        ModelComponent::Pipeline => {
             let mut pipeline = Flux2Pipeline::from_parts(
                 Flux2Parts {
                     transformer: Flux2Transformer2DModel::new(&config, vb.pp("transformer"))
