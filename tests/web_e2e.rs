@@ -10,6 +10,10 @@
 mod guests;
 #[path = "support/models.rs"]
 mod models;
+#[path = "web_support/page.rs"]
+mod page;
+#[path = "support/studio.rs"]
+mod studio;
 #[path = "web_support/mod.rs"]
 mod web_support;
 
@@ -176,4 +180,178 @@ fn web_ui_end_to_end_in_headless_chromium() {
             "screenshot {name}.png was saved"
         );
     }
+}
+
+/// Plays the piece (`piece.mp4` beside it), lets Web Audio decode its sound track at the track's
+/// own rate `{RATE}` (no resampling: the samples are the file's), and reports, per window of
+/// `{WINDOW}` frames, whether the sound is silent.
+const PIECE_PAGE: &str = r#"<!doctype html>
+<video id="v" src="piece.mp4" muted preload="auto"></video>
+<script>
+function done(result) {
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = JSON.stringify(result);
+  document.body.appendChild(out);
+}
+const v = document.getElementById("v");
+v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
+v.addEventListener("loadeddata", async () => {
+  try {
+    await v.play();
+    const bytes = await (await fetch("piece.mp4")).arrayBuffer();
+    const audio = await new OfflineAudioContext(2, 1, {RATE}).decodeAudioData(bytes);
+    const channels = Array.from({ length: audio.numberOfChannels }, (_, c) => audio.getChannelData(c));
+    const silent = [];
+    for (let start = 0; start < audio.length; start += {WINDOW}) {
+      const end = Math.min(start + {WINDOW}, audio.length);
+      silent.push(channels.every((samples) => samples.subarray(start, end).every((s) => s === 0)));
+    }
+    done({ duration: v.duration, audioDuration: audio.duration, sampleRate: audio.sampleRate,
+           channels: audio.numberOfChannels, silent });
+  } catch (err) {
+    done({ error: String(err) });
+  }
+});
+</script>"#;
+
+/// The issue's bar for sound: a piece of two LTX-2 shots (with their sound) and a Wan shot
+/// (silent), each generated with its own model over the studio's HTTP API and stitched, plays in
+/// Chromium, and its sound track decodes over the piece's whole length: sound under the LTX-2
+/// shots, silence under the title card and the Wan shot, window for window as our MP4 reader
+/// reads it.
+#[test]
+fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
+    check_prerequisites(&repo_root().join("tests/web"));
+    let data = tempfile::tempdir().unwrap();
+    install_tiny_model(data.path(), "tiny-ltx2");
+    install_tiny_model(data.path(), "tiny-wan-t2v");
+    let s = studio::start(data.path());
+    let project = s.post("/api/projects", &serde_json::json!({ "name": "Boats" })).json()["id"]
+        .as_i64()
+        .unwrap();
+    let board = s
+        .post(
+            &format!("/api/projects/{project}/storyboards"),
+            &serde_json::json!({ "title": "Act 1" }),
+        )
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let run_job = |kind: &str, params: serde_json::Value| {
+        let r = s.post(
+            "/api/jobs",
+            &serde_json::json!({ "kind": kind, "params": params, "project_id": project }),
+        );
+        assert_eq!(r.status, 201, "{}", r.json());
+        let id = r.json()["id"].as_i64().unwrap();
+        let job = s.wait_job(id, "finished", |job| {
+            matches!(job["state"].as_str(), Some("succeeded" | "failed"))
+        });
+        assert_eq!(job["state"], "succeeded", "{job}");
+        job
+    };
+    let script = "# Boats\n\n## EXT. CANAL - DAY\n\nMARA sets a paper boat on the water. \"Go on, little one.\"\n\n\
+        CLOSE ON the boat drifting away.\n\nWIDE ON the canal at dusk, the boat a speck of white.\n";
+    run_job("plan", serde_json::json!({ "storyboard_id": board, "script": script }));
+    let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
+    let shots = shots.as_array().unwrap();
+    assert_eq!(shots.len(), 3, "{shots:?}");
+    let models = ["tiny-ltx2", "tiny-wan-t2v", "tiny-ltx2"];
+    for (shot, model) in shots.iter().zip(models) {
+        let r = s.patch(
+            &format!("/api/shots/{}", shot["id"]),
+            &serde_json::json!({ "model": model }),
+        );
+        assert_eq!(r.status, 200, "{}", r.json());
+        let render = serde_json::json!({ "height": 32, "width": 32, "steps": 2, "guidance": 1.0 });
+        run_job(
+            "generate",
+            serde_json::json!({ "shot_id": shot["id"], "render": render }),
+        );
+    }
+    let stitched = run_job("stitch", serde_json::json!({ "storyboard_id": board }));
+    let piece = s.get(&format!(
+        "/api/assets/{}/file",
+        stitched["result"]["asset_id"]
+    ));
+    assert_eq!(piece.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("piece.mp4");
+    std::fs::write(&file, &piece.bytes).unwrap();
+    s.stop();
+
+    // What our reader finds: the piece's length, its sound as long, silent or not per window.
+    let mut reader = videosdgx_engine::video::Mp4Reader::open(&file).unwrap();
+    let sound = reader.read_audio().unwrap().expect("the piece has sound");
+    assert!((sound.duration_s() - reader.duration_s).abs() < 0.05);
+    let (rate, channels) = (sound.sample_rate as usize, usize::from(sound.channels));
+    let window = rate / 20;
+    let silent: Vec<bool> = sound
+        .samples
+        .chunks(window * channels)
+        .map(|chunk| chunk.iter().all(|s| *s == 0.0))
+        .collect();
+    // Title card, the LTX-2 shot, the Wan shot, the LTX-2 shot: silence, sound, silence, sound
+    // (the windows where one segment meets the next may hold either).
+    let timeline = &reader.metadata["timeline"];
+    // A time of the edit: seconds, or frames at `fps` (the timeline's, or a trimmed clip's own).
+    let seconds = |time: &serde_json::Value, fps: f64| {
+        match (time["seconds"].as_f64(), time["frames"].as_f64()) {
+            (Some(seconds), _) => seconds,
+            (None, Some(frames)) => frames / fps,
+            _ => panic!("not a time: {time}"),
+        }
+    };
+    let fps = timeline["fps"].as_f64().unwrap();
+    let segments = timeline["segments"].as_array().unwrap();
+    let kinds: Vec<&str> = segments.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["title", "clip", "clip", "clip"], "{timeline}");
+    let mut start = 0.0;
+    for (i, (segment, heard)) in segments.iter().zip([false, true, false, true]).enumerate() {
+        let length = match segment["kind"].as_str() {
+            Some("title") => seconds(&segment["duration"], fps),
+            _ => {
+                let path = Path::new(segment["path"].as_str().unwrap());
+                let clip = videosdgx_engine::video::Mp4Reader::open(path).unwrap();
+                let trim = |key: &str, or: f64| match &segment[key] {
+                    serde_json::Value::Null => or,
+                    time => seconds(time, clip.fps),
+                };
+                trim("trim_out", clip.duration_s) - trim("trim_in", 0.0)
+            }
+        };
+        let end = start + length;
+        let inner = (start * 20.0).ceil() as usize + 1..(end * 20.0).floor() as usize - 1;
+        assert!(
+            silent[inner.clone()].iter().all(|s| *s != heard),
+            "segment {i}: windows {inner:?} of {silent:?}"
+        );
+        // A crossfade overlaps the next segment with this one's end.
+        let transition = &timeline["transitions"][i];
+        start = match transition["kind"].as_str() {
+            Some("crossfade") => end - seconds(&transition["duration"], fps),
+            _ => end,
+        };
+    }
+
+    let html = PIECE_PAGE
+        .replace("{RATE}", &rate.to_string())
+        .replace("{WINDOW}", &window.to_string());
+    let result = page::run_page(dir.path(), &html);
+    assert!(result.get("error").is_none(), "Chromium could not play the piece: {result}");
+    assert!(
+        (result["duration"].as_f64().unwrap() - reader.duration_s).abs() < 0.05,
+        "{result}"
+    );
+    assert!(
+        (result["audioDuration"].as_f64().unwrap() - sound.duration_s()).abs() < 0.01,
+        "{result}"
+    );
+    assert_eq!(
+        (result["sampleRate"].as_u64(), result["channels"].as_u64()),
+        (Some(rate as u64), Some(channels as u64))
+    );
+    let decoded: Vec<bool> = serde_json::from_value(result["silent"].clone()).unwrap();
+    assert_eq!(decoded, silent, "Chromium's sound differs from the file's");
 }

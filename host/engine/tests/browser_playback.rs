@@ -5,14 +5,12 @@
 //! Prerequisites (installed by tests/run.sh): /usr/bin/chromium (or `VDGX_CHROMIUM`), node, and
 //! `npm ci` in tests/web/.
 
-use image::{Rgb, RgbImage};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use videosdgx_engine::video::{Audio, Mp4Writer, write_mp4};
+#[path = "../../../tests/web_support/page.rs"]
+mod page;
 
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web")
-}
+use image::{Rgb, RgbImage};
+use page::run_page;
+use videosdgx_engine::video::{Audio, Mp4Writer, write_mp4};
 
 const PAGE: &str = r#"<!doctype html>
 <video id="v" src="clip.mp4" muted preload="auto"></video><canvas id="c"></canvas>
@@ -95,33 +93,6 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
 
 /// Loads `html` as `index.html` beside the files in `dir` and returns the object the page
 /// reports as the text of its `#result` element.
-fn run_page(dir: &Path, html: &str) -> serde_json::Value {
-    let chromium = std::env::var("VDGX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run tests/run.sh (it installs Debian's chromium) or apt-get install chromium"
-    );
-    assert!(
-        web_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run tests/run.sh, or `npm ci` in {}",
-        web_dir().display()
-    );
-    let page = dir.join("index.html");
-    std::fs::write(&page, html).unwrap();
-    let output = Command::new("node")
-        .arg(web_dir().join("page-result.mjs"))
-        .arg(&page)
-        .output()
-        .expect("cannot run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the page did not report:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{err}: {stdout}"))
-}
-
 const AUDIO_PAGE: &str = r#"<!doctype html>
 <video id="v" src="clip.mp4" muted preload="auto"></video>
 <script>

@@ -2,7 +2,9 @@
 //! Characters are described with the same words, in the same order, in every shot they
 //! appear in (that is what keeps faces and costumes stable across independently generated
 //! clips); camera, setting, lighting and style follow in a model-specific template, and the
-//! negative prompt joins the model's usual defects with the project's own.
+//! negative prompt joins the model's usual defects with the project's own. LTX-2, which makes the
+//! sound with the pictures, hears every spoken line quoted with who says it and how, and the
+//! sound of the place.
 //!
 //! With `text-generation` the language model rewrites only the action sentence and the camera
 //! phrase in the words the target model family responds to (`rewrite`); the template still
@@ -53,9 +55,11 @@ impl Expander for PromptExpander {
             action: sentence(&shot.action),
             cast,
             speech: speech(&shot, &storyboard),
+            said: said(&shot, &storyboard),
             setting: setting(scene),
             look: storyboard.style.look.trim().to_string(),
             lighting: lighting(scene, &storyboard.style.lighting),
+            ambience: ambience(scene),
         };
         let keyframe_prompt = parts.keyframe(framing(shot.camera.size));
         let family = family(&model);
@@ -64,7 +68,8 @@ impl Expander for PromptExpander {
         }
         let prompt = match family {
             Family::Wan => parts.wan(),
-            Family::Flux | Family::Ltx | Family::Generic => parts.generic(),
+            Family::Ltx => parts.ltx(),
+            Family::Flux | Family::Generic => parts.generic(),
         };
         let mut negative = vec![COMMON_NEGATIVE];
         if family == Family::Wan {
@@ -85,8 +90,8 @@ impl Expander for PromptExpander {
 
 videosdgx_plugin_sdk::export_expander!(PromptExpander);
 
-/// Model families whose prompts are worded differently. Wan has its own template; FLUX and
-/// LTX-2 share the generic one and differ in what the language model is asked to write.
+/// Model families whose prompts are worded differently: Wan and LTX-2 have templates of their
+/// own, FLUX shares the generic one and differs in what the language model is asked to write.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Family {
     Wan,
@@ -113,9 +118,19 @@ struct Parts {
     action: String,
     cast: Vec<String>,
     speech: String,
+    /// Each spoken line, quoted with who says it and how (for LTX-2, which speaks them).
+    said: Vec<SpokenLine>,
     setting: String,
     look: String,
     lighting: String,
+    /// The sound of the place (for LTX-2, which makes it).
+    ambience: String,
+}
+
+struct SpokenLine {
+    text: String,
+    /// `Mara says, whispering: "It still ticks."`
+    sentence: String,
 }
 
 impl Parts {
@@ -138,6 +153,28 @@ impl Parts {
             self.setting.clone(),
             self.lighting.clone(),
             self.look.clone(),
+        ]);
+        join_sentences(&out)
+    }
+
+    /// LTX-2 makes the sound with the pictures and follows one chronological paragraph: camera
+    /// and action, who is who, every line quoted with who says it and how, then place, light,
+    /// look and the sound of the place. A rewritten action may quote the lines itself; those are
+    /// not said twice.
+    fn ltx(&self) -> String {
+        let mut out = vec![format!("{} {}", self.camera, self.action)];
+        out.extend(self.cast.iter().cloned());
+        out.extend(
+            self.said
+                .iter()
+                .filter(|line| !self.action.contains(&line.text))
+                .map(|line| line.sentence.clone()),
+        );
+        out.extend([
+            self.setting.clone(),
+            self.lighting.clone(),
+            self.look.clone(),
+            self.ambience.clone(),
         ]);
         join_sentences(&out)
     }
@@ -227,6 +264,39 @@ fn speech(shot: &Shot, storyboard: &Storyboard) -> String {
         .join(" ")
 }
 
+fn said(shot: &Shot, storyboard: &Storyboard) -> Vec<SpokenLine> {
+    shot.dialogue
+        .iter()
+        .filter(|line| !line.text.trim().is_empty())
+        .map(|line| {
+            let name = storyboard
+                .characters
+                .iter()
+                .find(|c| c.id == line.character_id)
+                .map_or(line.character_id.as_str(), |c| c.name.as_str());
+            let text = line.text.trim().to_string();
+            let how = line.parenthetical.trim();
+            let sentence = if how.is_empty() {
+                format!("{name} says: \"{text}\"")
+            } else {
+                format!("{name} says, {how}: \"{text}\"")
+            };
+            SpokenLine { text, sentence }
+        })
+        .collect()
+}
+
+/// `Ambient sound of the clock shop, night`: the place heard, for a model that makes sound.
+fn ambience(scene: &Scene) -> String {
+    let place = scene.location.trim().to_lowercase();
+    let time = scene.time_of_day.trim().to_lowercase();
+    match (place.is_empty(), time.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!("Ambient sound of the {place}"),
+        (false, false) => format!("Ambient sound of the {place}, {time}"),
+    }
+}
+
 fn framing(size: ShotSize) -> &'static str {
     match size {
         ShotSize::ExtremeWide => "Extreme wide establishing shot",
@@ -298,7 +368,9 @@ fn lighting(scene: &Scene, style_lighting: &str) -> String {
 
 fn sentence(text: &str) -> String {
     let text = text.trim();
-    if text.is_empty() || text.ends_with(['.', '!', '?']) {
+    // A quotation that ends its sentence inside the quotes (`says: "Go."`) ends it.
+    let unquoted = text.trim_end_matches(['"', '\u{201d}']);
+    if text.is_empty() || unquoted.ends_with(['.', '!', '?']) {
         text.to_string()
     } else {
         format!("{text}.")
@@ -387,9 +459,11 @@ pub(crate) mod tests {
             action: sentence(&shot.action),
             cast: cast(&shot, &storyboard).unwrap(),
             speech: speech(&shot, &storyboard),
+            said: said(&shot, &storyboard),
             setting: setting(&storyboard.scenes[0]),
             look: storyboard.style.look.clone(),
             lighting: lighting(&storyboard.scenes[0], &storyboard.style.lighting),
+            ambience: ambience(&storyboard.scenes[0]),
         }
     }
 
@@ -449,13 +523,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ltx2_prompts_quote_each_line_with_who_says_it_and_the_sound_of_the_place() {
+        let ltx = parts().ltx();
+        assert!(
+            ltx.starts_with("Close-up, low angle, slow dolly in: Mara lifts the brass clock"),
+            "{ltx}"
+        );
+        assert!(
+            ltx.contains("Mara says, whispering: \"It still ticks.\""),
+            "{ltx}"
+        );
+        assert!(!ltx.contains("lips moving") && !ltx.contains(".\"."), "{ltx}");
+        assert!(ltx.ends_with("Ambient sound of the clock shop, night."), "{ltx}");
+        assert!(ltx.contains(&format!("Mara: {MARA}")), "{ltx}");
+
+        // A rewrite that quotes the line already does not get it twice.
+        let mut rewritten = parts();
+        rewritten.apply(Rewrite {
+            action: "Mara leans in and whispers, \"It still ticks.\" A clock chimes".into(),
+            camera: "Close-up, slow push in".into(),
+        });
+        let ltx = rewritten.ltx();
+        assert_eq!(ltx.matches("It still ticks.").count(), 1, "{ltx}");
+    }
+
+    #[test]
     fn descriptions_stay_verbatim_whatever_the_rewrite_says() {
         let mut hostile = parts();
         hostile.apply(Rewrite {
             action: "Mara, a tall blonde man, lifts the clock; Tomas is an old woman".into(),
             camera: "Wide shot".into(),
         });
-        for prompt in [hostile.wan(), hostile.generic()] {
+        for prompt in [hostile.wan(), hostile.ltx(), hostile.generic()] {
             assert!(prompt.contains(&format!("Mara: {MARA}")), "{prompt}");
             assert!(prompt.contains(&format!("Tomas: {TOMAS}")), "{prompt}");
         }
