@@ -227,7 +227,9 @@ fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
     install_tiny_model(data.path(), "tiny-ltx2");
     install_tiny_model(data.path(), "tiny-wan-t2v");
     let s = studio::start(data.path());
-    let project = s.post("/api/projects", &serde_json::json!({ "name": "Boats" })).json()["id"]
+    let project = s
+        .post("/api/projects", &serde_json::json!({ "name": "Boats" }))
+        .json()["id"]
         .as_i64()
         .unwrap();
     let board = s
@@ -253,7 +255,10 @@ fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
     };
     let script = "# Boats\n\n## EXT. CANAL - DAY\n\nMARA sets a paper boat on the water. \"Go on, little one.\"\n\n\
         CLOSE ON the boat drifting away.\n\nWIDE ON the canal at dusk, the boat a speck of white.\n";
-    run_job("plan", serde_json::json!({ "storyboard_id": board, "script": script }));
+    run_job(
+        "plan",
+        serde_json::json!({ "storyboard_id": board, "script": script }),
+    );
     let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
     let shots = shots.as_array().unwrap();
     assert_eq!(shots.len(), 3, "{shots:?}");
@@ -296,16 +301,20 @@ fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
     // (the windows where one segment meets the next may hold either).
     let timeline = &reader.metadata["timeline"];
     // A time of the edit: seconds, or frames at `fps` (the timeline's, or a trimmed clip's own).
-    let seconds = |time: &serde_json::Value, fps: f64| {
-        match (time["seconds"].as_f64(), time["frames"].as_f64()) {
-            (Some(seconds), _) => seconds,
-            (None, Some(frames)) => frames / fps,
-            _ => panic!("not a time: {time}"),
-        }
+    let seconds = |time: &serde_json::Value, fps: f64| match (
+        time["seconds"].as_f64(),
+        time["frames"].as_f64(),
+    ) {
+        (Some(seconds), _) => seconds,
+        (None, Some(frames)) => frames / fps,
+        _ => panic!("not a time: {time}"),
     };
     let fps = timeline["fps"].as_f64().unwrap();
     let segments = timeline["segments"].as_array().unwrap();
-    let kinds: Vec<&str> = segments.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = segments
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["title", "clip", "clip", "clip"], "{timeline}");
     let mut start = 0.0;
     for (i, (segment, heard)) in segments.iter().zip([false, true, false, true]).enumerate() {
@@ -339,7 +348,11 @@ fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
         .replace("{RATE}", &rate.to_string())
         .replace("{WINDOW}", &window.to_string());
     let result = page::run_page(dir.path(), &html);
-    assert!(result.get("error").is_none(), "Chromium could not play the piece: {result}");
+    eprintln!("chromium: {result}");
+    assert!(
+        result.get("error").is_none(),
+        "Chromium could not play the piece: {result}"
+    );
     assert!(
         (result["duration"].as_f64().unwrap() - reader.duration_s).abs() < 0.05,
         "{result}"

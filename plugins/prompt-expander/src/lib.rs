@@ -533,8 +533,14 @@ pub(crate) mod tests {
             ltx.contains("Mara says, whispering: \"It still ticks.\""),
             "{ltx}"
         );
-        assert!(!ltx.contains("lips moving") && !ltx.contains(".\"."), "{ltx}");
-        assert!(ltx.ends_with("Ambient sound of the clock shop, night."), "{ltx}");
+        assert!(
+            !ltx.contains("lips moving") && !ltx.contains(".\"."),
+            "{ltx}"
+        );
+        assert!(
+            ltx.ends_with("Ambient sound of the clock shop, night."),
+            "{ltx}"
+        );
         assert!(ltx.contains(&format!("Mara: {MARA}")), "{ltx}");
 
         // A rewrite that quotes the line already does not get it twice.

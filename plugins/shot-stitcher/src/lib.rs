@@ -1,7 +1,8 @@
 //! shot-stitcher: generated clips plus their storyboard to a finished edit. Clips are put in
 //! storyboard order, trimmed to the planned length, entered through the planned transition
 //! (shortened when a clip is too short to hold it), framed by the storyboard's title cards,
-//! and the host renders the timeline to an MP4 (capability `render`).
+//! and the host renders the timeline to an MP4 (capability `render`) at the highest frame rate
+//! among the clips.
 
 use videosdgx_plugin_sdk::types::{
     GeneratedClip, PluginError, StitchResult, Storyboard, Timeline, TimelineClip, TimelineItem,
@@ -37,15 +38,22 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
     let first = clips
         .first()
         .ok_or_else(|| PluginError::InvalidInput("no clips to stitch".into()))?;
-    let (width, height, fps) = (first.info.width, first.info.height, first.info.fps);
+    let (width, height) = (first.info.width, first.info.height);
     for clip in clips {
-        if (clip.info.width, clip.info.height, clip.info.fps) != (width, height, fps) {
+        if (clip.info.width, clip.info.height) != (width, height) {
             return Err(PluginError::InvalidInput(format!(
-                "clip for shot `{}` is {}x{} at {} fps but the first clip is {width}x{height} at {fps} fps",
-                clip.shot_id, clip.info.width, clip.info.height, clip.info.fps
+                "clip for shot `{}` is {}x{} but the first clip is {width}x{height}",
+                clip.shot_id, clip.info.width, clip.info.height
             )));
         }
     }
+    // Models make different rates (Wan 16 fps, LTX-2 24): the edit plays at the highest, and
+    // the host shows each frame of a slower clip for as long as it lasts.
+    let fps = clips
+        .iter()
+        .map(|c| c.info.fps)
+        .max()
+        .unwrap_or(first.info.fps);
     let mut items = Vec::new();
     if let Some(title) = &storyboard.opening_title {
         items.push(TimelineItem::Title(title.clone()));
