@@ -106,8 +106,12 @@ with torch.no_grad():
         cfg = CONFIGS["transformer"]
         x = torch.randn(1, video_tokens, cfg["in_channels"], device=dev, dtype=bf16)
         audio = torch.randn(1, audio_tokens, cfg["audio_in_channels"], device=dev, dtype=bf16)
-        text = torch.randn(1, TEXT_TOKENS, cfg["cross_attention_dim"], device=dev, dtype=bf16)
-        audio_text = torch.randn(1, TEXT_TOKENS, cfg["audio_cross_attention_dim"], device=dev, dtype=bf16)
+        # The connectors' outputs: caption_channels wide where the transformer projects them (2.0).
+        projected = cfg["use_prompt_embeddings"]
+        text_dim = cfg["caption_channels"] if projected else cfg["cross_attention_dim"]
+        audio_text_dim = cfg["caption_channels"] if projected else cfg["audio_cross_attention_dim"]
+        text = torch.randn(1, TEXT_TOKENS, text_dim, device=dev, dtype=bf16)
+        audio_text = torch.randn(1, TEXT_TOKENS, audio_text_dim, device=dev, dtype=bf16)
         mask = torch.ones(1, TEXT_TOKENS, device=dev)
         t = torch.full((1,), 500.0, device=dev)
         call = lambda: model(

@@ -9,6 +9,7 @@
 
 use super::rope::{Coords, LTX2AudioVideoRotaryPosEmbed, RopeType, RotaryEmb};
 use crate::attention::{attention, attention_with_bias};
+use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
@@ -281,6 +282,10 @@ impl BlockRmsNorm {
     /// The norm in f32 (times the scale), then `* (1 + scale) + shift` where given; returns the
     /// dtype of `x`.
     fn forward(&self, x: &Tensor, shift_scale: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+        section("norm.modulate", x.device(), || self.norm(x, shift_scale))
+    }
+
+    fn norm(&self, x: &Tensor, shift_scale: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
         let (shift, scale) = shift_scale.unzip();
         let fused = crate::fused::modulated_norm(
             x,
@@ -311,10 +316,17 @@ impl BlockRmsNorm {
 
 /// `x * (1 + scale) + shift` in f32, in the dtype of `x`.
 fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.to_dtype(DType::F32)?
-        .broadcast_mul(&(scale + 1.0)?)?
-        .broadcast_add(shift)?
-        .to_dtype(x.dtype())
+    section("modulate", x.device(), || {
+        x.to_dtype(DType::F32)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(shift)?
+            .to_dtype(x.dtype())
+    })
+}
+
+/// `x + y · gate`, timed as its own section of the profile.
+fn gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    section("residual.gated", x.device(), || gated_residual(x, y, gate))
 }
 
 /// `get_mod_params`: `table[None, None] + temb.reshape(B, T, n, dim)`, unbound into `n` tensors
@@ -477,31 +489,43 @@ impl LTX2Attention {
         args: AttnArgs<'_>,
         perturbation: Option<&Perturbation<'_>>,
     ) -> Result<Tensor> {
+        let dev = x.device();
         let context = args.encoder_hidden_states.unwrap_or(x);
-        let value = linear_forward(&self.to_v, context, None)?;
+        let value = section("attn.qkv", dev, || {
+            linear_forward(&self.to_v, context, None)
+        })?;
         let hidden = if perturbation.is_some_and(|p| p.all_perturbed) {
             value
         } else {
-            let mut q = self.norm_q.forward(&linear_forward(&self.to_q, x, None)?)?;
-            let mut k = self
-                .norm_k
-                .forward(&linear_forward(&self.to_k, context, None)?)?;
+            let (q, k) = section("attn.qkv", dev, || {
+                Ok((
+                    linear_forward(&self.to_q, x, None)?,
+                    linear_forward(&self.to_k, context, None)?,
+                ))
+            })?;
+            let (mut q, mut k) = section("attn.qk_norm", dev, || {
+                Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?))
+            })?;
             if let Some(q_rope) = args.query_rotary_emb {
-                q = q_rope.apply(&q)?;
-                k = args.key_rotary_emb.unwrap_or(q_rope).apply(&k)?;
+                (q, k) = section("attn.rope", dev, || {
+                    Ok((
+                        q_rope.apply(&q)?,
+                        args.key_rotary_emb.unwrap_or(q_rope).apply(&k)?,
+                    ))
+                })?;
             }
             let (q, k, v) = (
                 self.split_heads(&q)?,
                 self.split_heads(&k)?,
                 self.split_heads(&value)?,
             );
-            let out = match args.attention_mask {
+            let out = section("attn.core", dev, || match args.attention_mask {
                 Some(bias) => {
                     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-                    attention_with_bias(&q, &k, &v, bias, scale)?
+                    attention_with_bias(&q, &k, &v, bias, scale)
                 }
-                None => attention(&q, &k, &v)?,
-            }
+                None => attention(&q, &k, &v),
+            })?
             .flatten_from(2)?;
             match perturbation {
                 // `torch.lerp(value, hidden, mask)`.
@@ -527,7 +551,9 @@ impl LTX2Attention {
             }
             None => hidden,
         };
-        linear_forward(&self.to_out, &hidden, None)
+        section("attn.out", dev, || {
+            linear_forward(&self.to_out, &hidden, None)
+        })
     }
 }
 
@@ -760,7 +786,7 @@ impl LTX2VideoTransformerBlock {
             ..self_args(inputs.video_rotary_emb)
         };
         let attn = self.attn1.forward(&norm, video_self_args, perturbation)?;
-        x = gated_residual(&x, &attn, gate_msa)?;
+        x = gated(&x, &attn, gate_msa)?;
 
         let audio_ada = mod_params(&self.audio_scale_shift_table, inputs.temb_audio)?;
         let [
@@ -780,7 +806,7 @@ impl LTX2VideoTransformerBlock {
         let attn =
             self.audio_attn1
                 .forward(&norm, self_args(inputs.audio_rotary_emb), perturbation)?;
-        ax = gated_residual(&ax, &attn, audio_gate_msa)?;
+        ax = gated(&ax, &attn, audio_gate_msa)?;
 
         // 2. Text cross-attention of each stream, the prompt modulated where the model says so.
         let (mut context, mut audio_context) = (
@@ -805,7 +831,7 @@ impl LTX2VideoTransformerBlock {
             None,
         )?;
         x = match text_q {
-            Some(p) => gated_residual(&x, &attn, &p[2])?,
+            Some(p) => gated(&x, &attn, &p[2])?,
             None => (&x + attn)?,
         };
 
@@ -823,7 +849,7 @@ impl LTX2VideoTransformerBlock {
             None,
         )?;
         ax = match audio_text_q {
-            Some(p) => gated_residual(&ax, &attn, &p[2])?,
+            Some(p) => gated(&ax, &attn, &p[2])?,
             None => (&ax + attn)?,
         };
 
@@ -858,7 +884,7 @@ impl LTX2VideoTransformerBlock {
                     },
                     None,
                 )?;
-                x = gated_residual(&x, &attn, &a2v_gate[0])?;
+                x = gated(&x, &attn, &a2v_gate[0])?;
             }
             if inputs.use_v2a_cross_attention {
                 let attn = self.video_to_audio_attn.forward(
@@ -871,17 +897,17 @@ impl LTX2VideoTransformerBlock {
                     },
                     None,
                 )?;
-                ax = gated_residual(&ax, &attn, &v2a_gate[0])?;
+                ax = gated(&ax, &attn, &v2a_gate[0])?;
             }
         }
 
         // 4. Feed-forwards.
         let norm = self.norm3.forward(&x, Some((shift_mlp, scale_mlp)))?;
-        x = gated_residual(&x, &self.ff.forward(&norm)?, gate_mlp)?;
+        x = gated(&x, &self.ff.forward(&norm)?, gate_mlp)?;
         let norm = self
             .audio_norm3
             .forward(&ax, Some((audio_shift_mlp, audio_scale_mlp)))?;
-        ax = gated_residual(&ax, &self.audio_ff.forward(&norm)?, audio_gate_mlp)?;
+        ax = gated(&ax, &self.audio_ff.forward(&norm)?, audio_gate_mlp)?;
         Ok((x, ax))
     }
 }
@@ -1412,14 +1438,17 @@ impl LTX2VideoTransformer3DModel {
                 audio_coords.axes
             );
         }
-        let video_rotary_emb = self.rope.forward(&video_coords, device)?;
-        let audio_rotary_emb = self.audio_rope.forward(&audio_coords, device)?;
-        let ca_video_rotary_emb = self
-            .cross_attn_rope
-            .forward(&video_coords.leading_axes(1), device)?;
-        let ca_audio_rotary_emb = self
-            .cross_attn_audio_rope
-            .forward(&audio_coords.leading_axes(1), device)?;
+        let (video_rotary_emb, audio_rotary_emb, ca_video_rotary_emb, ca_audio_rotary_emb) =
+            section("rope.tables", device, || {
+                Ok((
+                    self.rope.forward(&video_coords, device)?,
+                    self.audio_rope.forward(&audio_coords, device)?,
+                    self.cross_attn_rope
+                        .forward(&video_coords.leading_axes(1), device)?,
+                    self.cross_attn_audio_rope
+                        .forward(&audio_coords.leading_axes(1), device)?,
+                ))
+            })?;
 
         // 2. Input projections.
         let mut x = linear_forward(&self.proj_in, &inputs.hidden_states.to_dtype(dtype)?, None)?;

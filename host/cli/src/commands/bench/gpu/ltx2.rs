@@ -115,8 +115,15 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
             let cfg = model.config().clone();
             let hidden = bf16(&[1, video_tokens, cfg.in_channels])?;
             let audio_hidden = bf16(&[1, audio_tokens, cfg.audio_in_channels])?;
-            let text = bf16(&[1, TEXT_TOKENS, cfg.cross_attention_dim])?;
-            let audio_text = bf16(&[1, TEXT_TOKENS, cfg.audio_cross_attention_dim])?;
+            // The connectors' outputs: caption_channels wide where the transformer projects
+            // them (LTX-2.0), else already cross_attention_dim.
+            let (text_dim, audio_text_dim) = if cfg.use_prompt_embeddings {
+                (cfg.caption_channels, cfg.caption_channels)
+            } else {
+                (cfg.cross_attention_dim, cfg.audio_cross_attention_dim)
+            };
+            let text = bf16(&[1, TEXT_TOKENS, text_dim])?;
+            let audio_text = bf16(&[1, TEXT_TOKENS, audio_text_dim])?;
             // The connectors' mask: every token kept (registers fill the padding).
             let mask = Tensor::ones((1, TEXT_TOKENS), DType::F32, dev)?;
             let timestep = Tensor::new(&[500f32], dev)?;
@@ -174,6 +181,7 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
             (ms, out.context("no timed call")?, None)
         }
         ModelComponent::Pipeline => {
+            let built = Instant::now();
             let parts = LTX2Parts {
                 transformer: LTX2VideoTransformer3DModel::new(
                     &config(configs.transformer, "transformer")?,
@@ -199,6 +207,11 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 scheduler_config: configs.scheduler,
                 name: "random LTX-2 19B".into(),
             };
+            dev.synchronize()?;
+            tracing::info!(
+                "built the pipeline in {:.1} s",
+                built.elapsed().as_secs_f64()
+            );
             let mut pipeline = LTX2Pipeline::from_parts(parts, dev, DType::BF16);
             let embeds = bf16(&[1, TEXT_TOKENS, GEMMA_HIDDEN * GEMMA_STATES])?;
             let mask: Vec<u32> = (0..TEXT_TOKENS)
@@ -223,6 +236,7 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                     if dev.synchronize().is_err() {
                         return ControlFlow::Break(());
                     }
+                    tracing::info!("{:?} {}/{}", p.stage, p.step, p.total);
                     match p.stage {
                         Stage::Denoising => steps.push(Instant::now()),
                         Stage::Decoding => decode.push(Instant::now()),
