@@ -185,15 +185,8 @@ fn web_ui_end_to_end_in_headless_chromium() {
 /// Plays the piece (`piece.mp4` beside it), lets Web Audio decode its sound track at the track's
 /// own rate `{RATE}` (no resampling: the samples are the file's), and reports, per window of
 /// `{WINDOW}` frames, whether the sound is silent.
-const PIECE_PAGE: &str = r#"<!doctype html>
-<video id="v" src="piece.mp4" muted preload="auto"></video>
+const PIECE_PAGE: &str = r#"<video id="v" src="piece.mp4" muted preload="auto"></video>
 <script>
-function done(result) {
-  const out = document.createElement("pre");
-  out.id = "result";
-  out.textContent = JSON.stringify(result);
-  document.body.appendChild(out);
-}
 const v = document.getElementById("v");
 v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
 v.addEventListener("loadeddata", async () => {

@@ -1,5 +1,5 @@
 //! Runs a local HTML page in headless Chromium through tests/web/page-result.mjs (playwright-core,
-//! waiting in real time) and returns the JSON the page writes into its `#result` element.
+//! waiting in real time) and returns the JSON the page reports by calling `done(result)`.
 //! Prerequisites (installed by tests/run.sh): /usr/bin/chromium (or `VDGX_CHROMIUM`), node, and
 //! `npm ci` in tests/web/.
 
@@ -14,7 +14,16 @@ fn web_dir() -> PathBuf {
         .join("tests/web")
 }
 
-/// Writes `html` as `dir/index.html` (beside the files it loads) and runs it.
+/// Defined for every page: writes the result as JSON into `#result`, which page-result.mjs waits for.
+const DONE: &str = r#"function done(result) {
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = JSON.stringify(result);
+  document.body.appendChild(out);
+}"#;
+
+/// Writes the body `html` (after a `done(result)` function) as `dir/index.html`, beside the files
+/// it loads, and runs it.
 pub fn run_page(dir: &Path, html: &str) -> serde_json::Value {
     let chromium = std::env::var("VDGX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -28,7 +37,11 @@ pub fn run_page(dir: &Path, html: &str) -> serde_json::Value {
         web.display()
     );
     let page = dir.join("index.html");
-    std::fs::write(&page, html).unwrap();
+    std::fs::write(
+        &page,
+        format!("<!doctype html>\n<script>{DONE}</script>\n{html}"),
+    )
+    .unwrap();
     let output = Command::new("node")
         .arg(web.join("page-result.mjs"))
         .arg(&page)

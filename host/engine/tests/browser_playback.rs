@@ -12,16 +12,9 @@ use image::{Rgb, RgbImage};
 use page::run_page;
 use videosdgx_engine::video::{Audio, Mp4Writer, write_mp4};
 
-const PAGE: &str = r#"<!doctype html>
-<video id="v" src="clip.mp4" muted preload="auto"></video><canvas id="c"></canvas>
+const PAGE: &str = r#"<video id="v" src="clip.mp4" muted preload="auto"></video><canvas id="c"></canvas>
 <script>
 const v = document.getElementById("v");
-function done(result) {
-  const out = document.createElement("pre");
-  out.id = "result";
-  out.textContent = JSON.stringify(result);
-  document.body.appendChild(out);
-}
 v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
 v.addEventListener("loadeddata", () => { v.currentTime = 1.2; });
 // A loaded machine may present the frame at the new position a little after `seeked`: the
@@ -93,15 +86,8 @@ fn headless_chromium_loads_seeks_and_shows_the_mp4() {
 
 /// Loads `html` as `index.html` beside the files in `dir` and returns the object the page
 /// reports as the text of its `#result` element.
-const AUDIO_PAGE: &str = r#"<!doctype html>
-<video id="v" src="clip.mp4" muted preload="auto"></video>
+const AUDIO_PAGE: &str = r#"<video id="v" src="clip.mp4" muted preload="auto"></video>
 <script>
-function done(result) {
-  const out = document.createElement("pre");
-  out.id = "result";
-  out.textContent = JSON.stringify(result);
-  document.body.appendChild(out);
-}
 const v = document.getElementById("v");
 v.addEventListener("error", () => done({ error: v.error && v.error.code, message: v.error && v.error.message }));
 // The media element plays the file with its sound track, and Web Audio decodes that track.

@@ -129,17 +129,9 @@ pub enum ModelComponent {
     Pipeline,
 }
 
+/// How `bench flux` and `bench ltx2` time a component and report.
 #[derive(Args, Debug)]
-pub struct Ltx2Args {
-    #[arg(long, value_enum, default_value = "transformer")]
-    pub component: ModelComponent,
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
-    #[arg(long, default_value_t = 768)]
-    pub width: usize,
-    /// Pixel frames, 8k+1.
-    #[arg(long, default_value_t = 121)]
-    pub frames: usize,
+pub struct ModelTiming {
     /// Timed repetitions of the transformer or the VAE (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
     pub reps: u32,
@@ -151,6 +143,21 @@ pub struct Ltx2Args {
     pub profile: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Ltx2Args {
+    #[arg(long, value_enum, default_value = "transformer")]
+    pub component: ModelComponent,
+    #[arg(long, default_value_t = 512)]
+    pub height: usize,
+    #[arg(long, default_value_t = 768)]
+    pub width: usize,
+    /// Pixel frames, 8k+1.
+    #[arg(long, default_value_t = 121)]
+    pub frames: usize,
+    #[command(flatten)]
+    pub timing: ModelTiming,
 }
 
 #[derive(Args, Debug)]
@@ -166,17 +173,8 @@ pub struct FluxArgs {
     /// Denoising steps of the pipeline component (4: the distilled [klein] models).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..).map(|v| v as usize))]
     pub steps: usize,
-    /// Timed repetitions of the transformer or the VAE (the median is reported).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
-    pub reps: u32,
-    #[arg(long, default_value_t = 2)]
-    pub warmup: u32,
-    /// After timing the transformer, run it once more with the device synchronised around each
-    /// section (summed over the blocks) and report where the time goes.
-    #[arg(long)]
-    pub profile: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub timing: ModelTiming,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -426,6 +424,77 @@ mod gpu {
         }
         times.sort_by(f64::total_cmp);
         Ok(times[times.len() / 2])
+    }
+
+    /// max |x| of a benchmark's output, which finite random weights keep finite.
+    fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
+        let m = t
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        anyhow::ensure!(m.is_finite(), "the output is not finite (max |x| = {m})");
+        Ok(m)
+    }
+
+    /// What one timed generation measured.
+    struct GenerationTiming {
+        /// The whole call, wall clock between device synchronisations.
+        ms: f64,
+        /// The median step and the decode, from the progress reports (the device synchronised
+        /// at each).
+        step_ms: f64,
+        decode_ms: f64,
+        output: Tensor,
+    }
+
+    /// Times one call of `generate` (given the progress callback to pass on) after an untimed
+    /// one of the same size, which pays for kernel compilation and algorithm searches.
+    fn time_generation(
+        dev: &Device,
+        mut generate: impl FnMut(
+            &mut dyn FnMut(&videosdgx_engine::pipelines::Progress) -> std::ops::ControlFlow<()>,
+        ) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<GenerationTiming> {
+        use std::ops::ControlFlow;
+        use std::time::Instant;
+        use videosdgx_engine::pipelines::{Progress, Stage};
+        let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
+            let (mut steps, mut decode) = (Vec::new(), Vec::new());
+            dev.synchronize()?;
+            let start = Instant::now();
+            let output = generate(&mut |p: &Progress| {
+                if dev.synchronize().is_err() {
+                    return ControlFlow::Break(());
+                }
+                tracing::info!("{:?} {}/{}", p.stage, p.step, p.total);
+                match p.stage {
+                    Stage::Denoising => steps.push(Instant::now()),
+                    Stage::Decoding => decode.push(Instant::now()),
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            })?;
+            Ok((start.elapsed().as_secs_f64() * 1e3, steps, decode, output))
+        };
+        run().context("the warm-up run")?;
+        let (ms, steps, decode, output) = run()?;
+        let between = |a: &Instant, b: &Instant| b.duration_since(*a).as_secs_f64() * 1e3;
+        let mut step_ms: Vec<f64> = steps.windows(2).map(|w| between(&w[0], &w[1])).collect();
+        step_ms.sort_by(f64::total_cmp);
+        let (Some(decode_start), Some(decode_end), Some(step)) = (
+            decode.first(),
+            decode.last(),
+            step_ms.get(step_ms.len() / 2),
+        ) else {
+            anyhow::bail!("the pipeline reported no steps or no decoding");
+        };
+        Ok(GenerationTiming {
+            ms,
+            step_ms: *step,
+            decode_ms: between(decode_start, decode_end),
+            output,
+        })
     }
 
     /// Samples device memory in use (cuMemGetInfo) every millisecond while alive; the peak

@@ -4,7 +4,9 @@
 //! (`--steps` flow-Euler steps, the VAE decode and the copy to the host; the text encoder is
 //! `bench llm`'s business). The generation is timed once after an untimed run of the same size.
 
-use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
+use super::{
+    MemoryPeak, ProfileSection, RandomWeights, max_abs, profiled, time_generation, time_ms,
+};
 use crate::commands::bench::configs::{
     flux1_transformer, flux1_vae, flux2_scheduler, flux2_transformer, flux2_vae,
 };
@@ -14,16 +16,14 @@ use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
 use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
 use videosdgx_engine::families::flux2::pipeline::{Flux2Parts, Flux2Pipeline, grid_ids, text_ids};
 use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::flux2::vae::AutoencoderKLFlux2;
 use videosdgx_engine::models::autoencoder_kl::AutoencoderKL;
-use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams};
 
 /// Text tokens: the pipelines pad every prompt to 512.
 const TEXT_TOKENS: usize = 512;
@@ -53,16 +53,6 @@ struct Report {
     profile: Vec<ProfileSection>,
     peak_gib: f64,
     params_b: f64,
-}
-
-fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
-    let m = t
-        .to_dtype(DType::F32)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
-    anyhow::ensure!(m.is_finite(), "the output is not finite (max |x| = {m})");
-    Ok(m)
 }
 
 /// Position ids `(0, y, x)` of FLUX.1's image tokens and `(0, 0, 0)` of its text tokens.
@@ -139,11 +129,11 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                     )
                 };
                 let mut out = None;
-                let ms = time_ms(dev, args.warmup, args.reps, || {
+                let ms = time_ms(dev, args.timing.warmup, args.timing.reps, || {
                     out = Some(forward()?);
                     Ok(())
                 })?;
-                if args.profile {
+                if args.timing.profile {
                     profile = profiled(|| {
                         forward()?;
                         Ok(())
@@ -156,7 +146,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                     AutoencoderKL::new(&flux1_vae(), vb.pp("vae")).context("building the VAE")?;
                 let z = bf16(Tensor::randn(0f32, 1f32, (1, 16, gh * 2, gw * 2), dev)?)?;
                 let mut out = None;
-                let ms = time_ms(dev, 1, args.reps, || {
+                let ms = time_ms(dev, 1, args.timing.reps, || {
                     out = Some(vae.decode(&z)?);
                     Ok(())
                 })?;
@@ -197,7 +187,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 .transpose()?;
             let (img_ids, txt_ids) = (grid_ids(0, gh, gw, dev)?, text_ids(TEXT_TOKENS, dev)?);
             let mut out = None;
-            let ms = time_ms(dev, args.warmup, args.reps, || {
+            let ms = time_ms(dev, args.timing.warmup, args.timing.reps, || {
                 out = Some(model.forward(
                     &hidden,
                     &text,
@@ -208,7 +198,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 )?);
                 Ok(())
             })?;
-            if args.profile {
+            if args.timing.profile {
                 profile = profiled(|| {
                     let forward = || {
                         let guidance = guidance.as_ref();
@@ -225,7 +215,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 AutoencoderKLFlux2::new(&flux2_vae(), vb.pp("vae")).context("building the VAE")?;
             let z = bf16(Tensor::randn(0f32, 1f32, (1, 32, gh * 2, gw * 2), dev)?)?;
             let mut out = None;
-            let ms = time_ms(dev, 1, args.reps, || {
+            let ms = time_ms(dev, 1, args.timing.reps, || {
                 out = Some(vae.decode(&z)?);
                 Ok(())
             })?;
@@ -277,39 +267,15 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 guidance_terms: Default::default(),
                 conditions: Vec::new(),
             };
-            let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
+            let timing = time_generation(dev, |on_progress| {
                 let inputs = GenerateInputs {
                     prompt_embeds: Some(embeds.clone()),
                     ..Default::default()
                 };
-                let (mut steps, mut decode) = (Vec::new(), Vec::new());
-                dev.synchronize()?;
-                let start = Instant::now();
-                let image = pipeline.generate(&params, inputs, &mut |p: &Progress| {
-                    if dev.synchronize().is_err() {
-                        return ControlFlow::Break(());
-                    }
-                    match p.stage {
-                        Stage::Denoising => steps.push(Instant::now()),
-                        Stage::Decoding => decode.push(Instant::now()),
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                })?;
-                let ms = start.elapsed().as_secs_f64() * 1e3;
-                Ok((ms, steps, decode, image.frames))
-            };
-            run().context("the warm-up run")?;
-            let (ms, steps, decode, frames) = run()?;
-            let between = |a: &Instant, b: &Instant| b.duration_since(*a).as_secs_f64() * 1e3;
-            let mut step_ms: Vec<f64> = steps.windows(2).map(|w| between(&w[0], &w[1])).collect();
-            step_ms.sort_by(f64::total_cmp);
-            let ([decode_start, decode_end], Some(step)) =
-                (decode.as_slice(), step_ms.get(step_ms.len() / 2))
-            else {
-                anyhow::bail!("the pipeline reported no steps or no decoding");
-            };
-            (ms, frames, Some((*step, between(decode_start, decode_end))))
+                Ok(pipeline.generate(&params, inputs, on_progress)?.frames)
+            })?;
+            let stages = Some((timing.step_ms, timing.decode_ms));
+            (timing.ms, timing.output, stages)
         }
     };
     let measured = Measured {
@@ -360,7 +326,7 @@ fn report(
         peak_gib,
         params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
     };
-    if args.json {
+    if args.timing.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(

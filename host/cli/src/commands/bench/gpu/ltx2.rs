@@ -5,7 +5,9 @@
 //! decodes, the vocoder and the copy to the host; Gemma 3 is `bench llm`'s business). The
 //! generation is timed once after an untimed run of the same size.
 
-use super::{MemoryPeak, ProfileSection, RandomWeights, profiled, time_ms};
+use super::{
+    MemoryPeak, ProfileSection, RandomWeights, max_abs, profiled, time_generation, time_ms,
+};
 use crate::commands::bench::configs::ltx2_19b;
 use crate::commands::bench::{Ltx2Args, ModelComponent};
 use anyhow::Context;
@@ -14,7 +16,6 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -26,7 +27,7 @@ use videosdgx_engine::families::ltx2::transformer::{
 };
 use videosdgx_engine::families::ltx2::video_vae::AutoencoderKLLTX2Video;
 use videosdgx_engine::families::ltx2::vocoder::{LTX2Vocoder, Vocoder};
-use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams, Progress, Stage};
+use videosdgx_engine::pipelines::{GenerateInputs, GenerateParams};
 
 /// Tokens per prompt (the pipeline pads every prompt to 1,024).
 const TEXT_TOKENS: usize = 1024;
@@ -64,16 +65,6 @@ struct Report {
 
 fn config<T: DeserializeOwned>(value: serde_json::Value, what: &str) -> anyhow::Result<T> {
     serde_json::from_value(value).with_context(|| format!("the LTX-2 19B {what} config"))
-}
-
-fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
-    let m = t
-        .to_dtype(DType::F32)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
-    anyhow::ensure!(m.is_finite(), "the output is not finite (max |x| = {m})");
-    Ok(m)
 }
 
 pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
@@ -157,11 +148,11 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 })
             };
             let mut out = None;
-            let ms = time_ms(dev, args.warmup, args.reps, || {
+            let ms = time_ms(dev, args.timing.warmup, args.timing.reps, || {
                 out = Some(forward()?.0);
                 Ok(())
             })?;
-            if args.profile {
+            if args.timing.profile {
                 profile = profiled(|| {
                     forward()?;
                     Ok(())
@@ -174,7 +165,7 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 .context("building the VAE")?;
             let z = bf16(&[1, 128, latent_frames, latent_h, latent_w])?;
             let mut out = None;
-            let ms = time_ms(dev, 1, args.reps, || {
+            let ms = time_ms(dev, 1, args.timing.reps, || {
                 out = Some(vae.decode(&z, None)?);
                 Ok(())
             })?;
@@ -223,43 +214,16 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 "frames": args.frames, "steps": DISTILLED_SIGMAS.len(), "guidance": 1.0,
                 "seed": 0, "fps": FPS, "sigmas": DISTILLED_SIGMAS,
             }))?;
-            let mut run = || -> anyhow::Result<(f64, Vec<Instant>, Vec<Instant>, Tensor)> {
+            let timing = time_generation(dev, |on_progress| {
                 let inputs = GenerateInputs {
                     prompt_embeds: Some(embeds.clone()),
                     prompt_attention_mask: Some(mask.clone()),
                     ..Default::default()
                 };
-                let (mut steps, mut decode) = (Vec::new(), Vec::new());
-                dev.synchronize()?;
-                let start = Instant::now();
-                let video = pipeline.generate(&params, inputs, &mut |p: &Progress| {
-                    if dev.synchronize().is_err() {
-                        return ControlFlow::Break(());
-                    }
-                    tracing::info!("{:?} {}/{}", p.stage, p.step, p.total);
-                    match p.stage {
-                        Stage::Denoising => steps.push(Instant::now()),
-                        Stage::Decoding => decode.push(Instant::now()),
-                        _ => {}
-                    }
-                    ControlFlow::Continue(())
-                })?;
-                let ms = start.elapsed().as_secs_f64() * 1e3;
-                Ok((ms, steps, decode, video.frames))
-            };
-            run().context("the warm-up run")?;
-            let (ms, steps, decode, frames) = run()?;
-            let between = |a: &Instant, b: &Instant| b.duration_since(*a).as_secs_f64() * 1e3;
-            let mut step_ms: Vec<f64> = steps.windows(2).map(|w| between(&w[0], &w[1])).collect();
-            step_ms.sort_by(f64::total_cmp);
-            let (Some(decode_start), Some(decode_end), Some(step)) = (
-                decode.first(),
-                decode.last(),
-                step_ms.get(step_ms.len() / 2),
-            ) else {
-                anyhow::bail!("the pipeline reported no steps or no decoding");
-            };
-            (ms, frames, Some((*step, between(decode_start, decode_end))))
+                Ok(pipeline.generate(&params, inputs, on_progress)?.frames)
+            })?;
+            let stages = Some((timing.step_ms, timing.decode_ms));
+            (timing.ms, timing.output, stages)
         }
     };
     let peak_gib = peak.finish();
@@ -279,7 +243,7 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
         peak_gib,
         params_b: params.load(Ordering::Relaxed) as f64 / 1e9,
     };
-    if args.json {
+    if args.timing.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(

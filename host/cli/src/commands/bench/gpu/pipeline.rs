@@ -8,7 +8,7 @@
 //! one untimed 2-step run of the same pipeline (NVRTC, cuDNN and cuBLAS lazy init). This module
 //! never duplicates the pipeline's loop: it only times it.
 
-use super::{MemoryPeak, RandomWeights};
+use super::{MemoryPeak, RandomWeights, max_abs};
 use crate::commands::bench::configs::{
     pipeline_settings, transformer_config, umt5_xxl, unipc_config,
 };
@@ -92,16 +92,6 @@ struct Timings {
 
 fn ms_between(a: Instant, b: Instant) -> f64 {
     b.duration_since(a).as_secs_f64() * 1e3
-}
-
-fn max_abs(t: &Tensor) -> anyhow::Result<f32> {
-    let m = t
-        .abs()?
-        .max_all()?
-        .to_dtype(DType::F32)?
-        .to_scalar::<f32>()?;
-    anyhow::ensure!(m.is_finite(), "the output is not finite (max |x| = {m})");
-    Ok(m)
 }
 
 /// One generation: the text encoder on both prompts, then the pipeline with their embeddings.
