@@ -19,6 +19,7 @@
 //! strength in the conditioning mask. Image-to-video is the special case of one image at frame 0
 //! with strength 1, and runs through the same mask: a token's timestep is the step's times
 //! `1 − mask`, and its denoised estimate is blended with the clean latents by the mask.
+//!
 //! An LTX-2 checkpoint file (`ltx-2-19b-dev.safetensors`) dropped into the pipeline folder
 //! replaces the transformer's, the VAEs' and the vocoder's weights (their folders then need only
 //! their config.json), as diffusers' `from_single_file` takes the rest from the hub's folder.
