@@ -2,6 +2,7 @@
 //! saved tensor matches diffusers, the MP4 carries the generation record, bad input exits with
 //! one readable line.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -854,6 +855,67 @@ fn ltx2_conditions_on_a_keyframe_and_a_previous_clip_and_records_them() {
         stderr.contains("condition 1") && stderr.contains("past the end"),
         "{stderr}"
     );
+}
+
+#[test]
+fn ltx2_keyframes_from_the_command_line_match_diffusers() {
+    // reference/condition_keyframes: a keyframe opening the clip and a 48x40 one appended at the
+    // last latent frame (strength 0.8), from zero latents and the reference's own noise draws.
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = fixtures().join("../tiny-ltx2/reference");
+    let noise = candle_core::safetensors::load(
+        reference.join("condition_keyframes_noise.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let one = |key: &str| {
+        let path = tmp.path().join(format!("{key}.safetensors"));
+        candle_core::safetensors::save(&HashMap::from([(key, noise[key].clone())]), &path).unwrap();
+        path
+    };
+    let (video_noise, audio_noise) = (one("noise"), one("audio_noise"));
+    let tensor = tmp.path().join("out.safetensors");
+    let first = format!("{}:0", reference.join("condition_first.png").display());
+    let last = format!(
+        "{}:-1:0.8",
+        reference.join("condition_last_48x40.png").display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+        .args(["generate", "--model"])
+        .arg(fixtures().join("../tiny-ltx2"))
+        .args([
+            "--height", "32", "--width", "32", "--frames", "9", "--seed", "0",
+        ])
+        .args(["--steps", "3", "--guidance", "3"])
+        .arg("--prompt-embeds")
+        .arg(reference.join("prompt_embeds.safetensors"))
+        .arg("--negative-prompt-embeds")
+        .arg(reference.join("negative_prompt_embeds.safetensors"))
+        .arg("--audio-latents")
+        .arg(reference.join("audio_latents.safetensors"))
+        .args(["--condition", &first, "--condition", &last])
+        .arg("--noise")
+        .arg(&video_noise)
+        .arg("--audio-noise")
+        .arg(&audio_noise)
+        .arg("--save-tensor")
+        .arg(&tensor)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = candle_core::safetensors::load(&tensor, &candle_core::Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        reference.join("condition_keyframes.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(rel_err(&got["video"], &expected["video"]) <= 1e-3);
+    let audio = got["audio"].squeeze(0).unwrap();
+    assert!(rel_err(&audio, &expected["audio"]) <= 1e-3);
 }
 
 #[test]

@@ -69,6 +69,14 @@ pub struct GenerateArgs {
     /// seeded noise.
     #[arg(long)]
     pub audio_latents: Option<PathBuf>,
+    /// LTX-2: the noise mixed into --latents (safetensors, one tensor, shaped like them) instead
+    /// of the seeded draw; with --condition, the packed noise of every token `[1, tokens, C]`,
+    /// the appended keyframes' included (the reference's `randn_tensor` draws).
+    #[arg(long, value_name = "FILE")]
+    pub noise: Option<PathBuf>,
+    /// LTX-2: the noise mixed into --audio-latents `[1, C, L, M]` instead of the seeded draw.
+    #[arg(long, value_name = "FILE", requires = "audio_latents")]
+    pub audio_noise: Option<PathBuf>,
     /// Prompt embeddings instead of encoding --prompt: a safetensors file with one tensor
     /// `[1, L, text_dim]`, or `prompt_embeds` and `prompt_attention_mask` (LTX-2 needs the mask).
     #[arg(long)]
@@ -371,8 +379,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt_attention_mask: prompt_attention_mask.flatten(),
         negative_prompt_attention_mask: negative_prompt_attention_mask.flatten(),
         audio_latents: tensor(&args.audio_latents, "--audio-latents")?,
-        noise: None,
-        audio_noise: None,
+        noise: tensor(&args.noise, "--noise")?,
+        audio_noise: tensor(&args.audio_noise, "--audio-noise")?,
         pooled_prompt_embeds: tensor(&args.pooled_prompt_embeds, "--pooled-prompt-embeds")?,
         negative_pooled_prompt_embeds: tensor(
             &args.negative_pooled_prompt_embeds,
