@@ -182,19 +182,7 @@ fn hostile_studio(dir: &Path) -> (Server, i64, i64) {
         &["media"],
     );
     assert_eq!(r.status, 201, "{}", r.json());
-    let project = s
-        .post("/api/projects", &json!({ "name": "Hostile" }))
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let board = s
-        .post(
-            &format!("/api/projects/{project}/storyboards"),
-            &json!({ "title": "Act 1" }),
-        )
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let (project, board) = s.storyboard("Hostile");
     let shot = s
         .post(
             &format!("/api/storyboards/{board}/shots"),

@@ -629,7 +629,7 @@ fn flux1_prompt_embeddings_need_their_pooled_embeddings_and_kontext_needs_an_ima
 fn generate_ltx2(frames: &str, extra: &[&str]) -> Output {
     ltx2_command(
         &fixtures().join("../tiny-ltx2"),
-        "latents.safetensors",
+        Some("latents.safetensors"),
         frames,
     )
     .args(extra)
@@ -638,8 +638,8 @@ fn generate_ltx2(frames: &str, extra: &[&str]) -> Output {
 }
 
 /// `generate --model dir` of 32x32 LTX-2 video from the tiny fixture's reference embeddings,
-/// audio latents and the video latents (or noise) of `latents`.
-fn ltx2_command(dir: &Path, latents: &str, frames: &str) -> Command {
+/// audio latents and, when given, the video latents (or noise) of the reference file `latents`.
+fn ltx2_command(dir: &Path, latents: Option<&str>, frames: &str) -> Command {
     let reference = |file: &str| fixtures().join("../tiny-ltx2/reference").join(file);
     let mut command = Command::new(env!("CARGO_BIN_EXE_videosdgx"));
     command
@@ -651,10 +651,11 @@ fn ltx2_command(dir: &Path, latents: &str, frames: &str) -> Command {
         .arg(reference("prompt_embeds.safetensors"))
         .arg("--negative-prompt-embeds")
         .arg(reference("negative_prompt_embeds.safetensors"))
-        .arg("--latents")
-        .arg(reference(latents))
         .arg("--audio-latents")
         .arg(reference("audio_latents.safetensors"));
+    if let Some(latents) = latents {
+        command.arg("--latents").arg(reference(latents));
+    }
     command
 }
 
@@ -667,7 +668,7 @@ fn ltx2_with_a_start_image_makes_the_reference_image_to_video() {
     // noise the image's latents are blended into.
     let out = ltx2_command(
         &fixtures().join("../tiny-ltx2"),
-        "i2v_noise.safetensors",
+        Some("i2v_noise.safetensors"),
         "9",
     )
     .args(["--steps", "3", "--guidance", "3", "--image"])
@@ -711,7 +712,7 @@ fn ltx2_with_a_start_image_makes_the_reference_image_to_video() {
         index.replace("\"LTX2Pipeline\"", "\"LTX2ImageToVideoPipeline\""),
     )
     .unwrap();
-    let out = ltx2_command(&folder, "i2v_noise.safetensors", "9")
+    let out = ltx2_command(&folder, Some("i2v_noise.safetensors"), "9")
         .args([
             "--steps",
             "3",
@@ -880,19 +881,8 @@ fn ltx2_keyframes_from_the_command_line_match_diffusers() {
         "{}:-1:0.8",
         reference.join("condition_last_48x40.png").display()
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args(["generate", "--model"])
-        .arg(fixtures().join("../tiny-ltx2"))
-        .args([
-            "--height", "32", "--width", "32", "--frames", "9", "--seed", "0",
-        ])
+    let out = ltx2_command(&fixtures().join("../tiny-ltx2"), None, "9")
         .args(["--steps", "3", "--guidance", "3"])
-        .arg("--prompt-embeds")
-        .arg(reference.join("prompt_embeds.safetensors"))
-        .arg("--negative-prompt-embeds")
-        .arg(reference.join("negative_prompt_embeds.safetensors"))
-        .arg("--audio-latents")
-        .arg(reference.join("audio_latents.safetensors"))
         .args(["--condition", &first, "--condition", &last])
         .arg("--noise")
         .arg(&video_noise)

@@ -286,19 +286,7 @@ fn plugins_generate_images_with_references_and_bad_inputs_are_refused() {
         &["generate"],
     );
     assert_eq!(r.status, 201, "{}", r.json());
-    let project = s
-        .post("/api/projects", &json!({ "name": "Harbour" }))
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let board = s
-        .post(
-            &format!("/api/projects/{project}/storyboards"),
-            &json!({ "title": "Act 1" }),
-        )
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let (project, board) = s.storyboard("Harbour");
     let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
     let count = |table: &str| -> i64 {
         db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))

@@ -62,20 +62,6 @@ fn install_probe(s: &Server) {
     assert_eq!(r.status, 201, "{}", r.json());
 }
 
-/// A project with one storyboard: (project id, storyboard id).
-fn storyboard(s: &Server) -> (i64, i64) {
-    let project = s
-        .post("/api/projects", &json!({ "name": "Harbour" }))
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let board = s.post(
-        &format!("/api/projects/{project}/storyboards"),
-        &json!({ "title": "Act 1" }),
-    );
-    (project, board.json()["id"].as_i64().unwrap())
-}
-
 /// Submits a `plan` job of the probe with `script`; returns its id.
 fn ask(s: &Server, (project, board): (i64, i64), script: &str) -> i64 {
     let r = s.post(
@@ -257,7 +243,7 @@ fn plugin_text_calls_are_answered_by_the_language_model_as_gpu_jobs() {
     install_qwen(data.path());
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
 
     let text = answer(&s, board, "complete Write one line about a harbour.");
     let chat = chat_jobs(&s);
@@ -301,7 +287,7 @@ fn vision_describe_answers_about_an_image_with_a_model_that_sees() {
     install_gemma(data.path());
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
     let image =
         std::fs::read(guests::repo_root().join("tests/fixtures/text/gemma3_vlm_chat/image.png"))
             .unwrap();
@@ -338,7 +324,7 @@ fn vision_describe_answers_about_an_image_with_a_model_that_sees() {
     assert_eq!(job["params"]["messages"][0]["images"], json!([asset]));
 
     // Another project's asset is not found.
-    let other = storyboard(&s);
+    let other = s.storyboard("Harbour");
     let err = failure(&s, other, &format!("describe {asset} What is shown?"));
     assert!(
         err.contains(&format!("not found: asset `{asset}`")),
@@ -352,7 +338,7 @@ fn cancelling_the_language_model_job_stops_the_plugin_call_with_cancelled() {
     install_qwen(data.path());
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
     let plan = ask(
         &s,
         board,
@@ -404,7 +390,7 @@ fn without_a_language_model_text_calls_fail_naming_what_to_install() {
     let data = tempfile::tempdir().unwrap();
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
     let err = failure(&s, board, "complete hello");
     assert!(
         err.contains("failed: no language model is installed; pull one with `videosdgx models pull Qwen/Qwen3-4B`"),
@@ -420,7 +406,7 @@ fn cancelling_the_plugin_job_cancels_the_language_model_job_it_waits_for() {
     install_tiny_model(data.path(), "tiny-wan-t2v");
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
     // A long generation holds the GPU lane, so the probe's chat job waits in the queue.
     let shot = s.post(
         &format!("/api/storyboards/{}/shots", board.1),
@@ -502,7 +488,7 @@ fn vision_describe_shows_a_video_as_evenly_spaced_frames() {
     ));
     let s = start(data.path());
     install_probe(&s);
-    let board = storyboard(&s);
+    let board = s.storyboard("Harbour");
     let upload = |name: &str, bytes: &[u8]| {
         let r = s.upload(&format!("name={name}&project_id={}", board.0), bytes);
         assert_eq!(r.status, 201, "{}", r.json());

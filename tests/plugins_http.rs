@@ -49,33 +49,6 @@ fn installed_ids(s: &Server) -> Vec<String> {
         .collect()
 }
 
-/// A project with one storyboard; returns (project id, storyboard id).
-fn storyboard(s: &Server) -> (i64, i64) {
-    let project = s
-        .post("/api/projects", &json!({ "name": "Clockmaker" }))
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let board = s.post(
-        &format!("/api/projects/{project}/storyboards"),
-        &json!({ "title": "Act 1" }),
-    );
-    (project, board.json()["id"].as_i64().unwrap())
-}
-
-/// Submits a job with its kind's default attempts and waits for it to finish.
-fn run_job(s: &Server, kind: &str, params: Value, project: i64) -> Value {
-    let r = s.post(
-        "/api/jobs",
-        &json!({ "kind": kind, "params": params, "project_id": project }),
-    );
-    assert_eq!(r.status, 201, "{}", r.json());
-    let id = r.json()["id"].as_i64().unwrap();
-    s.wait_job(id, "finished", |job| {
-        matches!(job["state"].as_str(), Some("succeeded" | "failed"))
-    })
-}
-
 fn clockmaker_script() -> String {
     std::fs::read_to_string(guests::repo_root().join("projects/clockmaker/script.md")).unwrap()
 }
@@ -84,7 +57,7 @@ fn clockmaker_script() -> String {
 fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    let (project, board) = storyboard(&s);
+    let (project, board) = s.storyboard("Clockmaker");
 
     let inspected = s.post_multipart(
         "/api/plugins/inspect",
@@ -131,8 +104,7 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     );
 
     // `slow-host` asks for text generation, which was refused.
-    let job = run_job(
-        &s,
+    let job = s.run_job(
         "plan",
         json!({ "storyboard_id": board, "script": "slow-host", "plugin": "hostile" }),
         project,
@@ -193,7 +165,7 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
 fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    let (project, board) = storyboard(&s);
+    let (project, board) = s.storyboard("Clockmaker");
     install(&s, "hostile", &["assets:read", "media", "project:read"]);
 
     for (script, expected) in [
@@ -202,8 +174,7 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
         ("huge-string", "plugin `hostile` crashed"),
         ("invalid-ids", "NotFound(\"asset `no-such-asset`\")"),
     ] {
-        let job = run_job(
-            &s,
+        let job = s.run_job(
             "plan",
             json!({ "storyboard_id": board, "script": script, "plugin": "hostile" }),
             project,
@@ -224,8 +195,7 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
     assert_eq!(shots, json!([]));
 
     // With two planners enabled and none named, the first-party one plans.
-    let job = run_job(
-        &s,
+    let job = s.run_job(
         "plan",
         json!({ "storyboard_id": board, "script": clockmaker_script() }),
         project,
@@ -259,7 +229,7 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
         &json!({ "description": bible.to_string() }),
     );
     let shot = &shots[1];
-    let job = run_job(&s, "expand", json!({ "shot_id": shot["id"] }), project);
+    let job = s.run_job("expand", json!({ "shot_id": shot["id"] }), project);
     assert_eq!(job["state"], "succeeded", "{job}");
     let prompt = job["result"]["prompt"].as_str().unwrap();
     assert!(
@@ -282,7 +252,7 @@ fn hostile_plugins_fail_their_jobs_and_the_studio_keeps_planning() {
 fn plugin_job_cut_off_by_a_crash_is_interrupted_not_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());
-    let (project, board) = storyboard(&s);
+    let (project, board) = s.storyboard("Clockmaker");
     install(&s, "hostile", &["assets:read", "media", "project:read"]);
     let r = s.post(
         "/api/jobs",
@@ -331,16 +301,15 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     let dir = tempfile::tempdir().unwrap();
     install_tiny_model(dir.path(), "tiny-wan-t2v");
     let s = start(dir.path());
-    let (project, board) = storyboard(&s);
+    let (project, board) = s.storyboard("Clockmaker");
     let script = "# Boats\n\n## EXT. CANAL - DAY\n\nMARA sets a paper boat on the water.\n\nCLOSE ON the boat drifting away.\n";
-    let job = run_job(
-        &s,
+    let job = s.run_job(
         "plan",
         json!({ "storyboard_id": board, "script": script }),
         project,
     );
     assert_eq!(job["state"], "succeeded", "{job}");
-    let early = run_job(&s, "stitch", json!({ "storyboard_id": board }), project);
+    let early = s.run_job("stitch", json!({ "storyboard_id": board }), project);
     assert_eq!(early["state"], "failed");
     assert!(
         early["error"]
@@ -352,15 +321,14 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
     for shot in shots.as_array().unwrap() {
         let render = json!({ "height": 32, "width": 32, "steps": 2, "guidance": 1.0 });
-        let job = run_job(
-            &s,
+        let job = s.run_job(
             "generate",
             json!({ "shot_id": shot["id"], "render": render }),
             project,
         );
         assert_eq!(job["state"], "succeeded", "{job}");
     }
-    let job = run_job(&s, "stitch", json!({ "storyboard_id": board }), project);
+    let job = s.run_job("stitch", json!({ "storyboard_id": board }), project);
     assert_eq!(job["state"], "succeeded", "{job}");
     let asset = s
         .get(&format!("/api/assets/{}", job["result"]["asset_id"]))
@@ -401,7 +369,7 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     );
     let mut replace = again.clone();
     replace["replace"] = json!(true);
-    let job = run_job(&s, "plan", replace, project);
+    let job = s.run_job("plan", replace, project);
     assert_eq!(job["state"], "succeeded", "{job}");
     let shots = s.get(&format!("/api/storyboards/{board}/shots")).json();
     assert!(

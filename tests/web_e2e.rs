@@ -220,29 +220,9 @@ fn a_piece_of_ltx2_and_wan_shots_plays_in_chromium_with_continuous_sound() {
     install_tiny_model(data.path(), "tiny-ltx2");
     install_tiny_model(data.path(), "tiny-wan-t2v");
     let s = studio::start(data.path());
-    let project = s
-        .post("/api/projects", &serde_json::json!({ "name": "Boats" }))
-        .json()["id"]
-        .as_i64()
-        .unwrap();
-    let board = s
-        .post(
-            &format!("/api/projects/{project}/storyboards"),
-            &serde_json::json!({ "title": "Act 1" }),
-        )
-        .json()["id"]
-        .as_i64()
-        .unwrap();
+    let (project, board) = s.storyboard("Boats");
     let run_job = |kind: &str, params: serde_json::Value| {
-        let r = s.post(
-            "/api/jobs",
-            &serde_json::json!({ "kind": kind, "params": params, "project_id": project }),
-        );
-        assert_eq!(r.status, 201, "{}", r.json());
-        let id = r.json()["id"].as_i64().unwrap();
-        let job = s.wait_job(id, "finished", |job| {
-            matches!(job["state"].as_str(), Some("succeeded" | "failed"))
-        });
+        let job = s.run_job(kind, params, project);
         assert_eq!(job["state"], "succeeded", "{job}");
         job
     };

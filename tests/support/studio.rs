@@ -231,6 +231,30 @@ impl Server {
         self.post_multipart("/api/plugins", PLUGIN_FORM_BOUNDARY, &body)
     }
 
+    /// A project named `name` with one storyboard: (project id, storyboard id).
+    pub fn storyboard(&self, name: &str) -> (i64, i64) {
+        let id = |reply: Reply| reply.json()["id"].as_i64().expect("an id");
+        let project = id(self.post("/api/projects", &serde_json::json!({ "name": name })));
+        let board = id(self.post(
+            &format!("/api/projects/{project}/storyboards"),
+            &serde_json::json!({ "title": "Act 1" }),
+        ));
+        (project, board)
+    }
+
+    /// Submits a job of `kind` for `project` and waits until it succeeded or failed.
+    pub fn run_job(&self, kind: &str, params: Value, project: i64) -> Value {
+        let r = self.post(
+            "/api/jobs",
+            &serde_json::json!({ "kind": kind, "params": params, "project_id": project }),
+        );
+        assert_eq!(r.status, 201, "{}", r.json());
+        let id = r.json()["id"].as_i64().unwrap();
+        self.wait_job(id, "finished", |job| {
+            matches!(job["state"].as_str(), Some("succeeded" | "failed"))
+        })
+    }
+
     /// Polls job `id` until `done` accepts it.
     pub fn wait_job(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);

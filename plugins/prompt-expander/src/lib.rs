@@ -144,37 +144,31 @@ impl Parts {
     /// Wan follows long natural-language captions: camera first, then subject and action,
     /// then who is who, then place, light and look.
     fn wan(&self) -> String {
-        let mut out = vec![format!("{} {}", self.camera, self.action)];
-        if !self.cast.is_empty() {
-            out.push(self.cast.join(" "));
-        }
-        out.extend([
-            self.speech.clone(),
-            self.setting.clone(),
-            self.lighting.clone(),
-            self.look.clone(),
-        ]);
-        join_sentences(&out)
+        self.paragraph([self.speech.clone()], "")
     }
 
-    /// LTX-2 makes the sound with the pictures and follows one chronological paragraph: camera
-    /// and action, who is who, every line quoted with who says it and how, then place, light,
-    /// look and the sound of the place. A rewritten action may quote the lines itself; those are
-    /// not said twice.
+    /// LTX-2 makes the sound with the pictures and follows one chronological paragraph: Wan's,
+    /// with every line quoted with who says it and how, and the sound of the place last. A
+    /// rewritten action may quote the lines itself; those are not said twice.
     fn ltx(&self) -> String {
+        let said = self
+            .said
+            .iter()
+            .filter(|line| !self.action.contains(&line.text))
+            .map(|line| line.sentence.clone());
+        self.paragraph(said, &self.ambience)
+    }
+
+    /// Camera and action, the cast, what is said, place, light, look and the sound, as sentences.
+    fn paragraph(&self, speech: impl IntoIterator<Item = String>, sound: &str) -> String {
         let mut out = vec![format!("{} {}", self.camera, self.action)];
         out.extend(self.cast.iter().cloned());
-        out.extend(
-            self.said
-                .iter()
-                .filter(|line| !self.action.contains(&line.text))
-                .map(|line| line.sentence.clone()),
-        );
+        out.extend(speech);
         out.extend([
             self.setting.clone(),
             self.lighting.clone(),
             self.look.clone(),
-            self.ambience.clone(),
+            sound.to_string(),
         ]);
         join_sentences(&out)
     }

@@ -547,6 +547,20 @@ mod gpu {
         params: Arc<AtomicUsize>,
     }
 
+    impl RandomWeights {
+        /// A builder of random `dtype` weights on `dev`, counting them into `params`.
+        fn var_builder(
+            params: &Arc<AtomicUsize>,
+            dtype: DType,
+            dev: &Device,
+        ) -> VarBuilder<'static> {
+            let backend = RandomWeights {
+                params: params.clone(),
+            };
+            VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
+        }
+    }
+
     impl SimpleBackend for RandomWeights {
         fn get(
             &self,
@@ -644,13 +658,7 @@ mod gpu {
         let shape = args.preset.shape();
         let (f, h, w) = token_grid(&shape, args.height, args.width, args.frames)?;
         let params = Arc::new(AtomicUsize::new(0));
-        let vb = VarBuilder::from_backend(
-            Box::new(RandomWeights {
-                params: params.clone(),
-            }),
-            DType::BF16,
-            dev.clone(),
-        );
+        let vb = RandomWeights::var_builder(&params, DType::BF16, &dev);
         let mut profile = Vec::new();
         let mut output_max_abs = None;
         let (ms, peak_gib) = match args.component {

@@ -175,11 +175,20 @@ pub enum ConditionFrames {
 }
 
 impl ConditionFrames {
-    /// The frames as 8-bit RGB.
-    pub fn load_rgb(&self) -> anyhow::Result<Vec<image::RgbImage>> {
+    /// The first `limit` frames (or all, if fewer) as 8-bit RGB; an MP4 is decoded only that far.
+    pub fn load_rgb(&self, limit: usize) -> anyhow::Result<Vec<image::RgbImage>> {
+        use anyhow::Context;
         match self {
-            ConditionFrames::Video { video } => Ok(crate::video::read_mp4(video)?.frames),
-            ConditionFrames::Images(images) => images.iter().map(ImageInput::load_rgb).collect(),
+            ConditionFrames::Video { video } => crate::video::Mp4Reader::open(video)?
+                .frames_from(0)?
+                .take(limit)
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("decoding video {}", video.display())),
+            ConditionFrames::Images(images) => images
+                .iter()
+                .take(limit)
+                .map(ImageInput::load_rgb)
+                .collect(),
         }
     }
 }

@@ -79,17 +79,18 @@ pub fn check(condition: &FrameCondition, clip: &Clip) -> Result<()> {
     Ok(())
 }
 
-/// `preprocess_conditions` for one condition: its frames read, scaled to cover `clip`'s size,
-/// centre-cropped, trimmed to what fits from its position and mapped to [-1, 1], in f32 on
-/// `device`.
+/// `preprocess_conditions` for one condition ([`check`]ed): the frames that fit from its position
+/// read, scaled to cover `clip`'s size, centre-cropped, trimmed to whole latent frames and mapped
+/// to [-1, 1], in f32 on `device`.
 pub fn preprocess(
     condition: &FrameCondition,
     clip: &Clip,
     resampler: &Resampler,
     device: &Device,
 ) -> Result<ConditionPixels> {
-    check(condition, clip)?;
-    let images = condition.frames.load_rgb()?;
+    let latent_index = clip.latent_index(condition.index)?;
+    let start = clip.pixel_frame(latent_index);
+    let images = condition.frames.load_rgb(clip.frames - start)?;
     let Some(first) = images.first() else {
         bail!("a condition needs at least one frame");
     };
@@ -105,8 +106,6 @@ pub fn preprocess(
             other.height()
         );
     }
-    let latent_index = clip.latent_index(condition.index)?;
-    let start = clip.pixel_frame(latent_index);
     let frames = trim_conditioning_sequence(images.len(), clip.frames - start, clip.temporal_ratio);
     let (src_w, src_h) = (src_w as usize, src_h as usize);
     let raw: Vec<u8> = images[..frames]

@@ -14,7 +14,6 @@ use crate::commands::bench::{FluxArgs, ModelComponent};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,13 +75,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
         args.width / PIXELS_PER_TOKEN,
     );
     let params = Arc::new(AtomicUsize::new(0));
-    let vb = VarBuilder::from_backend(
-        Box::new(RandomWeights {
-            params: params.clone(),
-        }),
-        DType::BF16,
-        dev.clone(),
-    );
+    let vb = RandomWeights::var_builder(&params, DType::BF16, dev);
     let bf16 = |t: Tensor| t.to_dtype(DType::BF16);
     let peak = MemoryPeak::start(ctx);
     let mut profile = Vec::new();

@@ -13,7 +13,6 @@ use crate::commands::bench::configs::llm_config;
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -89,13 +88,7 @@ fn profile(
 
 pub fn bench(args: &LlmArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
     let params = Arc::new(AtomicUsize::new(0));
-    let vb = VarBuilder::from_backend(
-        Box::new(RandomWeights {
-            params: params.clone(),
-        }),
-        DType::BF16,
-        dev.clone(),
-    );
+    let vb = RandomWeights::var_builder(&params, DType::BF16, dev);
     let config = llm_config(args.preset);
     let model = LanguageModel::new(&config, vb).context("building the model")?;
     let params = params.load(Ordering::Relaxed);

@@ -13,7 +13,6 @@ use crate::commands::bench::{Ltx2Args, ModelComponent};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -83,13 +82,7 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
     let audio_tokens = (args.frames as f64 / FPS * 25.0).round() as usize;
 
     let params = Arc::new(AtomicUsize::new(0));
-    let vb = VarBuilder::from_backend(
-        Box::new(RandomWeights {
-            params: params.clone(),
-        }),
-        DType::BF16,
-        dev.clone(),
-    );
+    let vb = RandomWeights::var_builder(&params, DType::BF16, dev);
     let configs = ltx2_19b();
     let bf16 = |shape: &[usize]| -> anyhow::Result<Tensor> {
         Ok(Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(DType::BF16)?)

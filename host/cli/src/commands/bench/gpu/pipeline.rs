@@ -16,7 +16,6 @@ use crate::commands::bench::{Component, Preset, WanArgs};
 use anyhow::Context;
 use candle_core::cuda_backend::cudarc::driver::CudaContext;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -160,15 +159,7 @@ fn generate(
 pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Result<()> {
     let shape = args.preset.shape();
     let params = Arc::new(AtomicUsize::new(0));
-    let random = |dtype| {
-        VarBuilder::from_backend(
-            Box::new(RandomWeights {
-                params: params.clone(),
-            }),
-            dtype,
-            dev.clone(),
-        )
-    };
+    let random = |dtype| RandomWeights::var_builder(&params, dtype, dev);
     let settings = pipeline_settings(args.preset)?;
     let encoder = T5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
         .context("building the text encoder")?;
