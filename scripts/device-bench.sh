@@ -143,7 +143,7 @@ for step in "${STEPS[@]}"; do
         --component "$component" "${compile[@]}" ;;
     ltx2 | ltx2vae | ltx2pipe)
       component=transformer profile=()
-      case "$step" in ltx2vae) component=vae ;; ltx2pipe) component=pipeline ;; *) profile=(--profile) ;; esac
+      case "$step" in ltx2vae) component=vae profile=(--profile) ;; ltx2pipe) component=pipeline ;; *) profile=(--profile) ;; esac
       run "$step" "$BIN" bench ltx2 --component "$component" "${profile[@]}" --json ;;
     anchorltx2 | anchorltx2vae | anchorltx2pipe | compiledltx2 | compiledltx2pipe)
       component=transformer compile=()

@@ -125,6 +125,113 @@ NORM_KERNEL(modulated_norm_bf16_d6144, 24, false)
 NORM_KERNEL(modulated_norm_rope_bf16_d2048, 8, true)
 NORM_KERNEL(modulated_norm_rope_bf16_d6144, 24, true)
 
+// RMS norm across a whole row of heads, then the rotary embedding of the row's pairs from tables:
+// LTX-2's q/k path (`rms_norm_across_heads`, then `apply_split_rotary_emb` or the interleaved one)
+// in one pass. x bf16 [rows, D] with row stride x_stride (16-byte aligned), weight fp32 [D] (null:
+// none), cos/sin fp32 [table_rows, D/2] (row r reads table row r % table_rows); y [rows, D]
+// contiguous. Pair p of a row rotates by table entry p: it is (x[2p], x[2p+1]) when split_half is
+// 0 (interleaved), else (x[2hs + i], x[2hs + i + s]) with p = hs + i, s = split_half (the split
+// layout: each head's first half pairs with its second). Lane chunk c holds pairs [8c, 8c + 8),
+// two 16-byte runs of the row (s a multiple of 8 keeps a chunk inside one head), so the whole row
+// stays in registers: D at most 32 lanes x 16 x MAX_CHUNKS. fp32, rounded once.
+template <int MAX_CHUNKS>
+__device__ __forceinline__ void rms_norm_rotary(const bf16_t *__restrict__ x, bf16_t *__restrict__ y,
+                                                const float *__restrict__ weight, const float *__restrict__ cos_t,
+                                                const float *__restrict__ sin_t, long long rows, int d,
+                                                long long x_stride, long long table_rows, int split_half,
+                                                float eps) {
+    const int lane = threadIdx.x % 32;
+    const long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= rows) return;
+    const int chunks = d / 16;
+    const bf16_t *xr = x + r * x_stride;
+    // The offsets of chunk c's two runs: its first and second members of each pair.
+    auto runs = [&](int c, int &a, int &b) {
+        if (split_half) {
+            const int p = 8 * c, head = p / split_half;
+            a = 2 * split_half * head + p % split_half;
+            b = a + split_half;
+        } else {
+            a = 16 * c;
+            b = a + 8;
+        }
+    };
+    uint4 lo[MAX_CHUNKS], hi[MAX_CHUNKS];
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < MAX_CHUNKS; ++i) {
+        const int c = lane + 32 * i;
+        if (c < chunks) {
+            int a, b;
+            runs(c, a, b);
+            lo[i] = *reinterpret_cast<const uint4 *>(xr + a);
+            hi[i] = *reinterpret_cast<const uint4 *>(xr + b);
+            float f[8], g[8];
+            unpack8(lo[i], f);
+            unpack8(hi[i], g);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) ss += f[e] * f[e] + g[e] * g[e];
+        }
+    }
+    const float rstd = rsqrtf(warp_sum(ss) / d + eps);
+    const float *cs_row = cos_t + (r % table_rows) * (d / 2);
+    const float *sn_row = sin_t + (r % table_rows) * (d / 2);
+    bf16_t *yr = y + r * d;
+#pragma unroll
+    for (int i = 0; i < MAX_CHUNKS; ++i) {
+        const int c = lane + 32 * i;
+        if (c < chunks) {
+            int a, b;
+            runs(c, a, b);
+            float f[8], g[8], t[8], cs[8], sn[8];
+            unpack8(lo[i], f);
+            unpack8(hi[i], g);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) { f[e] *= rstd; g[e] *= rstd; }
+            if (weight) {
+                load8(weight, a, t);
+                for (int e = 0; e < 8; ++e) f[e] *= t[e];
+                load8(weight, b, t);
+                for (int e = 0; e < 8; ++e) g[e] *= t[e];
+            }
+            load8(cs_row, 8 * c, cs);
+            load8(sn_row, 8 * c, sn);
+            if (split_half) {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    const float u = f[e], v = g[e];
+                    f[e] = u * cs[e] - v * sn[e];
+                    g[e] = v * cs[e] + u * sn[e];
+                }
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    float u = f[2 * q], v = f[2 * q + 1];
+                    f[2 * q] = u * cs[q] - v * sn[q];
+                    f[2 * q + 1] = u * sn[q] + v * cs[q];
+                    u = g[2 * q], v = g[2 * q + 1];
+                    g[2 * q] = u * cs[q + 4] - v * sn[q + 4];
+                    g[2 * q + 1] = u * sn[q + 4] + v * cs[q + 4];
+                }
+            }
+            *reinterpret_cast<uint4 *>(yr + a) =
+                make_uint4(pack_bf16(f[0], f[1]), pack_bf16(f[2], f[3]), pack_bf16(f[4], f[5]), pack_bf16(f[6], f[7]));
+            *reinterpret_cast<uint4 *>(yr + b) =
+                make_uint4(pack_bf16(g[0], g[1]), pack_bf16(g[2], g[3]), pack_bf16(g[4], g[5]), pack_bf16(g[6], g[7]));
+        }
+    }
+}
+
+#define NORM_ROTARY_KERNEL(NAME, MAX_CHUNKS)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                                   \
+        const bf16_t *x, bf16_t *y, const float *weight, const float *cos_t, const float *sin_t, long long rows, \
+        int d, long long x_stride, long long table_rows, int split_half, float eps) {                         \
+        rms_norm_rotary<MAX_CHUNKS>(x, y, weight, cos_t, sin_t, rows, d, x_stride, table_rows, split_half, eps); \
+    }
+
+NORM_ROTARY_KERNEL(rms_norm_rotary_bf16_d2048, 4)
+NORM_ROTARY_KERNEL(rms_norm_rotary_bf16_d6144, 12)
+
 // Gated residual of Wan's blocks: out = x + y * gate in fp32, rounded once to bf16.
 // x, y, out: bf16 [rows, D] contiguous; gate: fp32, one row per `gate_rows_per` rows (as scale
 // above). One thread per 8 elements, 16-byte accesses; D a multiple of 8.
@@ -167,10 +274,11 @@ template <> struct Pixels16<float> {
     }
 };
 
-// The Wan VAE's RMS norm over channels (F.normalize over dim 1 times sqrt(C) * gamma), optionally
-// followed by SiLU: x, y [outer, C, inner] contiguous in bf16 or f32 (inner = the pixels after the
-// channel dim, a multiple of 16 bytes' worth); scale fp32 [C] = sqrt(C) * gamma.
-// y = x / max(||x||_C, 1e-12) * scale, SiLU'd when `silu`, in fp32, rounded once. A thread owns 16
+// The VAEs' RMS norms over channels, optionally followed by SiLU: x, y [outer, C, inner] contiguous
+// in bf16 or f32 (inner = the pixels after the channel dim, a multiple of 16 bytes' worth), scale
+// fp32 [C]. With eps 0, Wan's (F.normalize over dim 1 times scale = sqrt(C) * gamma):
+// y = x / max(||x||_C, 1e-12) * scale; with eps > 0, LTX-2's PerChannelRMSNorm:
+// y = x * rsqrt(mean_C(x^2) + eps) * scale. SiLU'd when `silu`, in fp32, rounded once. A thread owns 16
 // bytes of adjacent pixels and every `slices`-th channel of them: the block's 256 threads are
 // `slices` rows of 256 / slices pixel groups, so a warp's loads are coalesced along the pixels, and
 // wide, small images (Wan 2.2's 1024 channels at 30 x 52) still fill the GPU. Partial sums of
@@ -179,7 +287,7 @@ template <> struct Pixels16<float> {
 template <typename T>
 __device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__restrict__ y,
                                                  const float *__restrict__ scale, long long outer, int c,
-                                                 long long inner, int silu, int slices) {
+                                                 long long inner, float eps, int silu, int slices) {
     using P = Pixels16<T>;
     constexpr int N = P::N;
     __shared__ float partial[256 * N];
@@ -208,7 +316,7 @@ __device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__r
     for (int e = 0; e < N; ++e) {
         float total = 0.f;
         for (int s = 0; s < slices; ++s) total += partial[(s * per_block + g) * N + e];
-        ss[e] = 1.f / fmaxf(sqrtf(total), 1e-12f);
+        ss[e] = eps > 0.f ? rsqrtf(total / c + eps) : 1.f / fmaxf(sqrtf(total), 1e-12f);
     }
     for (int ch = slice; live && ch < c; ch += slices) {
         float v[N];
@@ -225,15 +333,15 @@ __device__ __forceinline__ void channel_rms_norm(const T *__restrict__ x, T *__r
 
 extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_bf16(const bf16_t *x, bf16_t *y, const float *scale,
                                                                       long long outer, int c, long long inner,
-                                                                      int silu, int slices) {
-    channel_rms_norm<bf16_t>(x, y, scale, outer, c, inner, silu, slices);
+                                                                      float eps, int silu, int slices) {
+    channel_rms_norm<bf16_t>(x, y, scale, outer, c, inner, eps, silu, slices);
 }
 
 // The pipelines keep the VAE in f32, as the reference does.
 extern "C" __global__ void __launch_bounds__(256) channel_rms_norm_f32(const float *x, float *y, const float *scale,
-                                                                     long long outer, int c, long long inner, int silu,
-                                                                     int slices) {
-    channel_rms_norm<float>(x, y, scale, outer, c, inner, silu, slices);
+                                                                     long long outer, int c, long long inner, float eps,
+                                                                     int silu, int slices) {
+    channel_rms_norm<float>(x, y, scale, outer, c, inner, eps, silu, slices);
 }
 
 // GroupNorm over NC[spatial] tensors, as torch.nn.GroupNorm (+ SiLU): a (batch, group) row is the

@@ -2,7 +2,7 @@
 //! with candle's ordinary ops. They define correctness for the GPU checks and run in CI; they are
 //! never used as a silent stand-in for a kernel on the GPU.
 
-use crate::spec::{FrameConv, NormKind, NormSpec, RopeGrid};
+use crate::spec::{ChannelDivisor, FrameConv, NormKind, NormSpec, RopeGrid, RotaryPairs};
 use candle_core::{D, DType, Result, Tensor, bail};
 
 /// Multi-head attention, non-causal: `softmax(q k^T * softmax_scale) v` per (batch, head).
@@ -148,19 +148,23 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) ->
     y.reshape(dims)
 }
 
-/// The Wan VAE's channel RMS norm: `x / max(||x||, 1e-12) * scale` over dim `channel_dim`
-/// (`scale` `[C]`), then SiLU when `silu`; returns f32 in the shape of `x`.
+/// The VAEs' channel RMS norm: `x / divisor * scale` over dim `channel_dim` (`scale` `[C]`), then
+/// SiLU when `silu`; returns f32 in the shape of `x`.
 pub fn channel_rms_norm(
     x: &Tensor,
     scale: &Tensor,
     channel_dim: usize,
+    divisor: ChannelDivisor,
     silu: bool,
 ) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     let c = x.dim(channel_dim)?;
     let mut shape = vec![1; x.rank()];
     shape[channel_dim] = c;
-    let norm = x.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
+    let norm = match divisor {
+        ChannelDivisor::L2 => x.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?,
+        ChannelDivisor::Rms { eps } => (x.sqr()?.mean_keepdim(channel_dim)? + eps)?.sqrt()?,
+    };
     let y = x
         .broadcast_div(&norm)?
         .broadcast_mul(&scale.to_dtype(DType::F32)?.reshape(shape)?)?;
@@ -219,6 +223,51 @@ fn rotate_pairs(pairs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let even = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
     let odd = (x1.broadcast_mul(&sin)? + x2.broadcast_mul(&cos)?)?;
     Tensor::cat(&[even, odd], 4)?.reshape((b, l, h, half * 2))
+}
+
+/// `x [B, L, D]` RMS-normalised over each whole row (times `weight` `[D]` when given), then its
+/// pairs (`pairs`) rotated by the angles whose `cos`/`sin` are `[L or B·L, D / 2]`, in f32: what
+/// [`crate::rms_norm_rotary`] computes on CUDA.
+pub fn rms_norm_rotary(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    pairs: RotaryPairs,
+) -> Result<Tensor> {
+    let table_rows = pairs.check(x, cos, sin)?;
+    let (b, l, d) = x.dims3()?;
+    let rows = b * l;
+    let x = x.to_dtype(DType::F32)?.reshape((rows, d))?;
+    let mut normed = x.broadcast_div(&(x.sqr()?.mean_keepdim(1)? + eps)?.sqrt()?)?;
+    if let Some(w) = weight {
+        normed = normed.broadcast_mul(&w.to_dtype(DType::F32)?.reshape((1, d))?)?;
+    }
+    // Every row's table row, as `[rows, D / 2]`.
+    let table = |t: &Tensor| -> Result<Tensor> {
+        t.to_dtype(DType::F32)?
+            .unsqueeze(0)?
+            .repeat((rows / table_rows, 1, 1))?
+            .reshape((rows, d / 2))
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let rotated = match pairs {
+        RotaryPairs::Interleaved => {
+            rotate_pairs(&normed.reshape((1, rows, 1, d / 2, 2))?, &cos, &sin)?
+        }
+        RotaryPairs::Split { head_dim } => {
+            let (heads, half) = (d / head_dim, head_dim / 2);
+            let halves = normed.reshape((rows, heads, 2, half))?;
+            let (x1, x2) = (halves.narrow(2, 0, 1)?, halves.narrow(2, 1, 1)?);
+            let cos = cos.reshape((rows, heads, 1, half))?;
+            let sin = sin.reshape((rows, heads, 1, half))?;
+            let first = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let second = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+            Tensor::cat(&[first, second], 2)?
+        }
+    };
+    rotated.reshape((b, l, d))
 }
 
 /// The rotary embedding alone: [`rms_norm_rope`] without the norm (what [`crate::rope_tables`]

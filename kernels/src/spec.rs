@@ -141,6 +141,60 @@ pub(crate) fn validate_gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> 
     }
 }
 
+/// What a channel norm divides each pixel's channels by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChannelDivisor {
+    /// Their L2 norm, at least 1e-12 (`F.normalize`: Wan's VAE, whose scale is `sqrt(C)·gamma`).
+    L2,
+    /// Their RMS, `sqrt(mean(x²) + eps)` (LTX-2's `PerChannelRMSNorm`).
+    Rms { eps: f64 },
+}
+
+/// How a rotary embedding from tables pairs the values of a row `[D]` it rotates; table entry `p`
+/// (of `D / 2`) rotates pair `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryPairs {
+    /// `(x[2p], x[2p + 1])`: diffusers' `apply_rotary_emb` with `use_real_unbind_dim=-1`.
+    Interleaved,
+    /// `(x[h·head_dim + i], x[h·head_dim + i + head_dim / 2])`: each head's first half with its
+    /// second (LTX-2's `apply_split_rotary_emb`), pair `p = h·head_dim / 2 + i`.
+    Split { head_dim: usize },
+}
+
+impl RotaryPairs {
+    /// Checks `x [B, L, D]` against the tables `cos`/`sin` `[T, D / 2]`, where `T` is `L` (one
+    /// table for every sample) or `B·L`; returns `T`.
+    pub fn check(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<usize> {
+        let (b, l, d) = x.dims3().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "rotary input must be [batch, seq, dim], got {:?}",
+                x.dims()
+            ))
+        })?;
+        if let Self::Split { head_dim } = *self
+            && (head_dim == 0 || !head_dim.is_multiple_of(2) || !d.is_multiple_of(head_dim))
+        {
+            bail!("rotary head_dim {head_dim} must be even and divide the row width {d}");
+        }
+        let rows = cos.dim(0).unwrap_or(0);
+        if !d.is_multiple_of(2)
+            || cos.dims() != [rows, d / 2]
+            || sin.dims() != cos.dims()
+            || (rows != l && rows != b * l)
+        {
+            bail!(
+                "rotary tables {:?}/{:?} do not fit rows {:?} (want [{l} or {}, {}])",
+                cos.dims(),
+                sin.dims(),
+                x.dims(),
+                b * l,
+                d / 2
+            );
+        }
+        Ok(rows)
+    }
+}
+
 /// The latent token grid of a video: `frames * height * width` tokens in (f, h, w) order, as
 /// Wan's 3-D RoPE sees it after patching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

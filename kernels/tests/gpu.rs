@@ -4,7 +4,9 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use videosdgx_kernels::{NormKind, NormRope, NormSpec, RopeGrid, reference};
+use videosdgx_kernels::{
+    ChannelDivisor, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, reference,
+};
 
 fn gpu() -> Device {
     videosdgx_kernels::set_poison_outputs(true);
@@ -289,25 +291,32 @@ fn linear_with_fused_bias_and_gelu_matches_reference() {
 #[test]
 fn channel_rms_norm_matches_reference_on_vae_layouts() {
     let dev = gpu();
-    // [b, t, c, h, w] with the channel dim 2 (the VAE's causal blocks), [n, c, h, w] with 1.
-    for (shape, channel_dim, silu) in [
-        (vec![1, 4, 96, 24, 40], 2, true),
-        (vec![1, 2, 384, 6, 8], 2, false),
+    // [b, t, c, h, w] with the channel dim 2 (the VAE's causal blocks), [n, c, h, w] with 1;
+    // Wan's L2 divisor and LTX-2's RMS one.
+    let (l2, rms) = (ChannelDivisor::L2, ChannelDivisor::Rms { eps: 1e-8 });
+    for (shape, channel_dim, divisor, silu) in [
+        (vec![1, 4, 96, 24, 40], 2, l2, true),
+        (vec![1, 2, 384, 6, 8], 2, l2, false),
         // Wan 2.2's decoder: many channels, few pixels (the channels split over 32 threads).
-        (vec![1, 2, 1024, 30, 52], 2, true),
-        (vec![3, 384, 10, 8], 1, false),
+        (vec![1, 2, 1024, 30, 52], 2, l2, true),
+        (vec![3, 384, 10, 8], 1, l2, false),
+        // LTX-2's decoder: its first and last widths.
+        (vec![1, 3, 1024, 16, 24], 2, rms, true),
+        (vec![1, 5, 128, 32, 48], 2, rms, false),
     ] {
         let x = randn(&shape, &dev);
         let c = shape[channel_dim];
         let scale = Tensor::randn(1f32, 0.1f32, c, &dev).unwrap();
-        let want = reference::channel_rms_norm(&cpu(&x), &cpu(&scale), channel_dim, silu).unwrap();
+        let want = reference::channel_rms_norm(&cpu(&x), &cpu(&scale), channel_dim, divisor, silu)
+            .unwrap();
         // bf16 rounds the output once; f32 differs from the reference only in summation order.
         for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 1e-5)] {
             let x = x.to_dtype(dtype).unwrap();
-            let got = videosdgx_kernels::channel_rms_norm(&x, &scale, channel_dim, silu).unwrap();
+            let got = videosdgx_kernels::channel_rms_norm(&x, &scale, channel_dim, divisor, silu)
+                .unwrap();
             let err = rel_err(&got, &want);
             eprintln!(
-                "channel norm {dtype:?} {shape:?} dim {channel_dim} silu {silu}: rel err {err:.2e}"
+                "channel norm {dtype:?} {shape:?} dim {channel_dim} {divisor:?} silu {silu}: rel err {err:.2e}"
             );
             assert!(
                 err < bound,
@@ -393,6 +402,69 @@ fn rotary_tables_with_and_without_the_head_norm_match_reference() {
 }
 
 #[test]
+fn rms_norm_rotary_matches_reference_for_both_layouts() {
+    let dev = gpu();
+    // LTX-2's q/k rows: video (32 heads of 128), audio (32 of 64), a connector's 30 heads of 128
+    // as a view into a wider projection, per-sample tables, and a short interleaved row.
+    for (b, l, d, extra, pairs, per_sample) in [
+        (
+            1,
+            1536,
+            4096,
+            0,
+            RotaryPairs::Split { head_dim: 128 },
+            false,
+        ),
+        (2, 126, 2048, 0, RotaryPairs::Split { head_dim: 64 }, true),
+        (
+            1,
+            300,
+            3840,
+            256,
+            RotaryPairs::Split { head_dim: 128 },
+            false,
+        ),
+        (3, 10, 512, 16, RotaryPairs::Interleaved, true),
+    ] {
+        let wide = randn(&[b, l, d + extra], &dev);
+        let x = wide.narrow(2, extra, d).unwrap();
+        let table_rows = if per_sample { b * l } else { l };
+        let angles = Tensor::rand(-3f32, 3f32, (table_rows, d / 2), &dev).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let weight = Tensor::randn(1f32, 0.2f32, d, &dev).unwrap();
+        let want = reference::rms_norm_rotary(
+            &cpu(&x),
+            Some(&cpu(&weight)),
+            1e-6,
+            &cpu(&cos),
+            &cpu(&sin),
+            pairs,
+        )
+        .unwrap();
+        let got =
+            videosdgx_kernels::rms_norm_rotary(&x, Some(&weight), 1e-6, &cos, &sin, pairs).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("rms_norm_rotary {b}x{l}x{d} {pairs:?}: rel err {err:.2e}");
+        assert!(
+            err < 1e-2,
+            "rms_norm_rotary {b}x{l}x{d} {pairs:?}: rel err {err}"
+        );
+    }
+    let x = randn(&[1, 4, 96], &dev);
+    let table = Tensor::zeros((4, 48), DType::F32, &dev).unwrap();
+    let err = videosdgx_kernels::rms_norm_rotary(
+        &x,
+        None,
+        1e-6,
+        &table,
+        &table,
+        RotaryPairs::Split { head_dim: 24 },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+}
+
+#[test]
 fn swiglu_matches_reference_on_a_view_of_a_fused_projection() {
     let dev = gpu();
     for (rows, half, before) in [(4608, 9216, 9216), (3, 16, 0), (1000, 24, 8)] {
@@ -414,7 +486,8 @@ fn channel_rms_norm_into_writes_only_its_view() {
     let (cached, shape) = (2, [1, 4, 96, 24, 40]);
     let x = randn(&shape, &dev);
     let scale = Tensor::randn(1f32, 0.1f32, 96, &dev).unwrap();
-    let want = reference::channel_rms_norm(&cpu(&x), &cpu(&scale), 2, true).unwrap();
+    let want =
+        reference::channel_rms_norm(&cpu(&x), &cpu(&scale), 2, ChannelDivisor::L2, true).unwrap();
     for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 1e-5)] {
         let buffer = randn(&[1, cached + 4, 96, 24, 40], &dev)
             .to_dtype(dtype)
@@ -426,6 +499,7 @@ fn channel_rms_norm_into_writes_only_its_view() {
             &x.to_dtype(dtype).unwrap(),
             &scale,
             2,
+            ChannelDivisor::L2,
             true,
         )
         .unwrap();
@@ -455,6 +529,7 @@ fn channel_rms_norm_into_writes_only_its_view() {
         &randn(&[2, 4, 96, 24, 40], &dev),
         &scale,
         2,
+        ChannelDivisor::L2,
         true,
     )
     .unwrap_err()

@@ -2,7 +2,9 @@
 //! math as diffusers' transformer_wan.py states it), plus the errors bad input must give.
 
 use candle_core::{Device, Tensor};
-use videosdgx_kernels::{FrameConv, NormKind, NormRope, NormSpec, RopeGrid, reference};
+use videosdgx_kernels::{
+    ChannelDivisor, FrameConv, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, reference,
+};
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -340,6 +342,67 @@ fn rms_norm_with_rope_rotates_each_normalised_head() {
 }
 
 #[test]
+fn rms_norm_rotary_normalises_whole_rows_then_rotates_each_layouts_pairs() {
+    // LTX-2's q/k: the RMS norm across all heads, then pairs by table entry: (2p, 2p + 1)
+    // interleaved, or a head's i-th value with its (i + head_dim/2)-th in the split layout. Two
+    // samples with a table each (B·L rows), as conditioned tokens have.
+    let (b, l, heads, hd, eps) = (2, 3, 2, 8, 1e-6);
+    let d = heads * hd;
+    let x = tensor(&[b, l, d], 31);
+    let w = values(d, 32);
+    let angles = values(b * l * d / 2, 33);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = angles.iter().map(|&a| f(a)).collect();
+        Tensor::from_vec(v, (b * l, d / 2), &Device::Cpu).unwrap()
+    };
+    let (cos, sin) = (table(f32::cos), table(f32::sin));
+    let weight = Tensor::new(w.as_slice(), &Device::Cpu).unwrap();
+    let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let zeros = vec![0f32; d];
+    for pairs in [
+        RotaryPairs::Interleaved,
+        RotaryPairs::Split { head_dim: hd },
+    ] {
+        let got = reference::rms_norm_rotary(&x, Some(&weight), eps, &cos, &sin, pairs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut want = vec![0f32; xv.len()];
+        for (r, row) in xv.chunks(d).enumerate() {
+            let n = norm_row(row, NormKind::Rms, eps, &w, &zeros, &zeros, &zeros);
+            for p in 0..d / 2 {
+                let (i, j) = match pairs {
+                    RotaryPairs::Interleaved => (2 * p, 2 * p + 1),
+                    RotaryPairs::Split { head_dim } => {
+                        let (head, k) = (p / (head_dim / 2), p % (head_dim / 2));
+                        (head * head_dim + k, head * head_dim + k + head_dim / 2)
+                    }
+                };
+                let angle = angles[r * d / 2 + p];
+                let (c, s) = (angle.cos(), angle.sin());
+                want[r * d + i] = n[i] * c - n[j] * s;
+                want[r * d + j] = n[j] * c + n[i] * s;
+            }
+        }
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-5, "{pairs:?}: max abs diff {diff}");
+    }
+    // Tables for one sample serve both; tables of another length are refused.
+    let one = |t: &Tensor| t.narrow(0, 0, l).unwrap();
+    let pairs = RotaryPairs::Split { head_dim: hd };
+    let shared = reference::rms_norm_rotary(&x, None, eps, &one(&cos), &one(&sin), pairs).unwrap();
+    assert_eq!(shared.dims(), [b, l, d]);
+    let short = cos.narrow(0, 0, 4).unwrap();
+    let err = reference::rms_norm_rotary(&x, None, eps, &short, &short, pairs).unwrap_err();
+    assert!(err.to_string().contains("do not fit rows"), "{err}");
+    let odd = RotaryPairs::Split { head_dim: 6 };
+    let err = reference::rms_norm_rotary(&x, None, eps, &cos, &sin, odd).unwrap_err();
+    assert!(err.to_string().contains("head_dim 6"), "{err}");
+}
+
+#[test]
 fn norm_rope_rejects_heads_that_do_not_tile_the_row() {
     let grid = RopeGrid {
         frames: 1,
@@ -587,4 +650,43 @@ fn frame_conv_rejects_a_weight_for_another_window() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("at least 3 frames, got 2"), "{err}");
+}
+
+#[test]
+fn channel_rms_norm_divides_each_pixels_channels_by_its_divisor() {
+    // [b, t, c, h, w] over dim 2: Wan's clamped L2 norm (its scale carries sqrt(C)) and LTX-2's
+    // RMS with eps, then SiLU; a pixel of zeros stays zero under both.
+    let (c, pixels) = (3, 4);
+    let mut xv = values(c * pixels, 41);
+    for ch in 0..c {
+        xv[ch * pixels] = 0.0;
+    }
+    let x = Tensor::from_vec(xv.clone(), (1, 1, c, 2, 2), &Device::Cpu).unwrap();
+    let sv = values(c, 42);
+    let scale = Tensor::new(sv.as_slice(), &Device::Cpu).unwrap();
+    let eps = 1e-8;
+    for divisor in [ChannelDivisor::L2, ChannelDivisor::Rms { eps }] {
+        let got = reference::channel_rms_norm(&x, &scale, 2, divisor, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut want = vec![0f32; xv.len()];
+        for p in 0..pixels {
+            let sum: f64 = (0..c)
+                .map(|ch| f64::from(xv[ch * pixels + p]).powi(2))
+                .sum();
+            let div = match divisor {
+                ChannelDivisor::L2 => sum.sqrt().max(1e-12),
+                ChannelDivisor::Rms { eps } => (sum / c as f64 + eps).sqrt(),
+            };
+            for ch in 0..c {
+                let y = f64::from(xv[ch * pixels + p]) / div * f64::from(sv[ch]);
+                want[ch * pixels + p] = (y / (1.0 + (-y).exp())) as f32;
+            }
+        }
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-5, "{divisor:?}: max abs diff {diff}");
+    }
 }

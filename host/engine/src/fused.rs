@@ -13,7 +13,7 @@
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{Result, Tensor};
-use videosdgx_kernels::FrameConv;
+use videosdgx_kernels::{ChannelDivisor, FrameConv};
 
 /// Which normalisation [`modulated_norm`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +126,34 @@ pub(crate) fn rms_norm_rope_tables(
     Ok(None)
 }
 
+/// The RMS norm of each whole row of `x` `[B, L, D]` (times `weight` `[D]`), then the rotary
+/// `pairs` from the tables `cos`/`sin` `[L or B·L, D / 2]`, as one kernel pass (LTX-2's q/k path:
+/// the norm across heads, then the split or interleaved RoPE); `None` where no kernel covers the
+/// inputs (the caller then runs the two, which log their own fallbacks).
+pub(crate) fn rms_norm_rotary(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    pairs: videosdgx_kernels::RotaryPairs,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::norm_rotary_covered(x, pairs) && !disabled("norm") {
+        return videosdgx_kernels::rms_norm_rotary(
+            &x.contiguous()?,
+            Some(weight),
+            eps,
+            cos,
+            sin,
+            pairs,
+        )
+        .map(Some);
+    }
+    let _ = (x, weight, eps, cos, sin, pairs);
+    Ok(None)
+}
+
 /// The rotary embedding of the interleaved pairs of `x` `[B, L, H, D]` from the tables
 /// `cos`/`sin` `[L, D / 2]`.
 pub(crate) fn rope_tables(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
@@ -203,26 +231,28 @@ pub(crate) fn linear(
     Ok(None)
 }
 
-/// The Wan VAE's channel RMS norm (`x / max(||x||, 1e-12) * scale` over `channel_dim`, `scale`
-/// `[C]`), followed by SiLU when `silu`, in `x`'s dtype.
+/// The VAEs' channel RMS norm (`x / divisor * scale` over `channel_dim`, `scale` `[C]`),
+/// followed by SiLU when `silu`, in `x`'s dtype.
 pub(crate) fn channel_norm(
     x: &Tensor,
     scale: &Tensor,
     channel_dim: usize,
+    divisor: ChannelDivisor,
     silu: bool,
 ) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        if let Some(y) = cuda::channel_norm(x, scale, channel_dim, silu)? {
+        if let Some(y) = cuda::channel_norm(x, scale, channel_dim, divisor, silu)? {
             return Ok(Some(y));
         }
         warn_fallback(x, "channel norm");
     }
-    let _ = (x, scale, channel_dim, silu);
+    let _ = (x, scale, channel_dim, divisor, silu);
     Ok(None)
 }
 
-/// [`channel_norm`] written into `dst` (a view of x's shape, e.g. part of a larger buffer);
+/// [`channel_norm`] with Wan's L2 divisor written into `dst` (a view of x's shape, e.g. part of a
+/// larger buffer);
 /// returns whether a fused kernel wrote it. On `false` the caller computes the norm with
 /// [`channel_norm`] (which logs a fallback) and copies it.
 pub(crate) fn channel_norm_into(
@@ -234,7 +264,7 @@ pub(crate) fn channel_norm_into(
 ) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
-        cuda::channel_norm_into(dst, x, scale, channel_dim, silu)
+        cuda::channel_norm_into(dst, x, scale, channel_dim, ChannelDivisor::L2, silu)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -314,7 +344,7 @@ fn warn_fallback(x: &Tensor, op: &'static str) {
 mod cuda {
     use super::{Modulation, Norm};
     use candle_core::{DType, Result, Tensor};
-    use videosdgx_kernels::{NormKind, NormRope, NormSpec, RopeGrid};
+    use videosdgx_kernels::{ChannelDivisor, NormKind, NormRope, NormSpec, RopeGrid};
 
     /// The widest row the norm kernel takes (norm.cu).
     const NORM_MAX_DIM: usize = 6144;
@@ -379,12 +409,13 @@ mod cuda {
         x: &Tensor,
         scale: &Tensor,
         channel_dim: usize,
+        divisor: ChannelDivisor,
         silu: bool,
     ) -> Result<Option<Tensor>> {
         if !channel_norm_takes(x, scale, channel_dim)? {
             return Ok(None);
         }
-        videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, silu).map(Some)
+        videosdgx_kernels::channel_rms_norm(x, scale, channel_dim, divisor, silu).map(Some)
     }
 
     pub(super) fn channel_norm_into(
@@ -392,6 +423,7 @@ mod cuda {
         x: &Tensor,
         scale: &Tensor,
         channel_dim: usize,
+        divisor: ChannelDivisor,
         silu: bool,
     ) -> Result<bool> {
         // The kernel writes a contiguous destination: one batch item's frames, for instance.
@@ -404,7 +436,7 @@ mod cuda {
         {
             return Ok(false);
         }
-        videosdgx_kernels::channel_rms_norm_into(dst, x, scale, channel_dim, silu)?;
+        videosdgx_kernels::channel_rms_norm_into(dst, x, scale, channel_dim, divisor, silu)?;
         Ok(true)
     }
 
@@ -529,6 +561,17 @@ mod cuda {
             && st[3] == 1
             && st[..3].iter().all(|s| s % 8 == 0)
             && layout.start_offset() % 8 == 0
+    }
+
+    /// Whether the norm-and-rotary kernel takes rows `x` `[B, L, D]` with `pairs`: bf16 on CUDA,
+    /// D a multiple of 16 up to [`NORM_MAX_DIM`], a split head's halves of 8k values.
+    pub(super) fn norm_rotary_covered(x: &Tensor, pairs: videosdgx_kernels::RotaryPairs) -> bool {
+        let d = x.dims().last().copied().unwrap_or(0);
+        let half = match pairs {
+            videosdgx_kernels::RotaryPairs::Interleaved => 0,
+            videosdgx_kernels::RotaryPairs::Split { head_dim } => head_dim / 2,
+        };
+        bf16_cuda(x) && x.rank() == 3 && d % 16 == 0 && d <= NORM_MAX_DIM && half % 8 == 0
     }
 
     pub(super) fn group_norm(

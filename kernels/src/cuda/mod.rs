@@ -9,7 +9,7 @@ mod nvrtc;
 #[cfg(feature = "cudnn")]
 pub use conv::frame_conv;
 
-use crate::spec::{NormKind, NormSpec, RopeGrid};
+use crate::spec::{ChannelDivisor, NormKind, NormSpec, RopeGrid, RotaryPairs};
 use crate::targets::{self, AttentionVariant, NORM, ROPE, Source, attention_variant};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
@@ -944,6 +944,7 @@ fn linear_impl(
 struct ChannelNorm {
     scale: Tensor,
     channel_dim: usize,
+    divisor: ChannelDivisor,
     silu: bool,
 }
 
@@ -1080,6 +1081,11 @@ impl ChannelNorm {
         if groups == 0 {
             return Ok(());
         }
+        // The kernel's eps: 0 for the L2 norm's clamp.
+        let eps = match self.divisor {
+            ChannelDivisor::L2 => 0f32,
+            ChannelDivisor::Rms { eps } => eps as f32,
+        };
         let (outer64, c32, inner64, silu, slices32) = (
             outer as i64,
             c as i32,
@@ -1100,6 +1106,7 @@ impl ChannelNorm {
             .arg(&outer64)
             .arg(&c32)
             .arg(&inner64)
+            .arg(&eps)
             .arg(&silu)
             .arg(&slices32);
         // SAFETY: arguments match channel_rms_norm_{bf16,f32} in norm.cu; shapes checked, and `y`
@@ -1109,7 +1116,18 @@ impl ChannelNorm {
     }
 
     /// Checks `scale` against `x` and returns the op with `scale` as a flat f32 tensor on x's device.
-    fn new(x: &Tensor, scale: &Tensor, channel_dim: usize, silu: bool) -> Result<Self> {
+    fn new(
+        x: &Tensor,
+        scale: &Tensor,
+        channel_dim: usize,
+        divisor: ChannelDivisor,
+        silu: bool,
+    ) -> Result<Self> {
+        if let ChannelDivisor::Rms { eps } = divisor
+            && !(eps > 0.0)
+        {
+            bail!("channel norm: the RMS divisor's eps must be positive, got {eps}");
+        }
         let c = x.dim(channel_dim)?;
         if scale.elem_count() != c {
             bail!(
@@ -1132,21 +1150,23 @@ impl ChannelNorm {
         Ok(Self {
             scale,
             channel_dim,
+            divisor,
             silu,
         })
     }
 }
 
-/// The Wan VAE's channel RMS norm on CUDA: `x / max(||x||, 1e-12) * scale` over dim
-/// `channel_dim` of bf16 or f32 `x` (contiguous; the dims after it 16 bytes' worth of elements),
-/// `scale` `[C]` read as f32, then SiLU when `silu`; computed in f32, rounded once to `x`'s dtype.
+/// The VAEs' channel RMS norm on CUDA: `x / divisor * scale` over dim `channel_dim` of bf16 or
+/// f32 `x` (contiguous; the dims after it 16 bytes' worth of elements), `scale` `[C]` read as f32,
+/// then SiLU when `silu`; computed in f32, rounded once to `x`'s dtype.
 pub fn channel_rms_norm(
     x: &Tensor,
     scale: &Tensor,
     channel_dim: usize,
+    divisor: ChannelDivisor,
     silu: bool,
 ) -> Result<Tensor> {
-    let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
+    let op = ChannelNorm::new(x, scale, channel_dim, divisor, silu)?;
     x.contiguous()?.apply_op1_no_bwd(&op)
 }
 
@@ -1157,9 +1177,10 @@ pub fn channel_rms_norm_into(
     x: &Tensor,
     scale: &Tensor,
     channel_dim: usize,
+    divisor: ChannelDivisor,
     silu: bool,
 ) -> Result<()> {
-    let op = ChannelNorm::new(x, scale, channel_dim, silu)?;
+    let op = ChannelNorm::new(x, scale, channel_dim, divisor, silu)?;
     dst.inplace_op2(&x.contiguous()?, &op)
 }
 
@@ -1486,6 +1507,159 @@ fn rope_tables_op(
         weight: weight.map(|w| f32_on(&w.flatten_all()?)).transpose()?,
         cos: f32_on(cos)?,
         sin: f32_on(sin)?,
+        eps: eps as f32,
+    };
+    x.apply_op1_no_bwd(&op)
+}
+
+/// RMS norm of whole rows, then their rotary pairs from tables (norm.cu `rms_norm_rotary_bf16_*`).
+struct NormRotaryRows {
+    weight: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    table_rows: usize,
+    /// Half a head in the split layout, 0 for interleaved pairs.
+    split_half: usize,
+    eps: f32,
+}
+
+impl CustomOp1 for NormRotaryRows {
+    fn name(&self) -> &'static str {
+        "rms-norm-rotary"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("rms_norm_rotary runs on CUDA only; reference::rms_norm_rotary is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = xs.device().clone();
+        let (b, l, d) = xl.shape().dims3()?;
+        let st = xl.stride();
+        // Rows are one run of `b * l` rows `st[1]` apart, each contiguous and 16-byte aligned.
+        if st[2] != 1
+            || (b > 1 && st[0] != st[1] * l)
+            || !xl.start_offset().is_multiple_of(8)
+            || !st[1].is_multiple_of(8)
+        {
+            bail!(
+                "rms_norm_rotary: x must be rows of contiguous, 16-byte aligned values, strides {st:?}"
+            );
+        }
+        let rows = b * l;
+        let mut out = output::<bf16>(&dev, rows * d)?;
+        if rows == 0 {
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()));
+        }
+        let kernel = if d <= 2048 {
+            "rms_norm_rotary_bf16_d2048"
+        } else {
+            "rms_norm_rotary_bf16_d6144"
+        };
+        let func = function(&dev, &NORM, kernel)?;
+        let stream = dev.cuda_stream();
+        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
+        // Device addresses of the f32 operands: cos, sin, weight (0: none).
+        let terms = [
+            Some(self.cos.clone()),
+            Some(self.sin.clone()),
+            self.weight.clone(),
+        ];
+        let guards = terms.iter().map(f32_term).collect::<Result<Vec<_>>>()?;
+        let mut ptrs = [0u64; 3];
+        let mut syncs = Vec::new();
+        for (slot, g) in ptrs.iter_mut().zip(&guards) {
+            if let Some((storage, offset)) = g {
+                let Storage::Cuda(cs) = &**storage else {
+                    bail!("rms_norm_rotary: tables and weight must be on the CUDA device")
+                };
+                let (p, sync) = cs.as_cuda_slice::<f32>()?.device_ptr(&stream);
+                *slot = p + 4 * *offset as u64;
+                syncs.push(sync);
+            }
+        }
+        let [cos, sin, weight] = ptrs;
+        let (rows64, d32, x_row, table_rows, split_half) = (
+            rows as i64,
+            d as i32,
+            st[1] as i64,
+            self.table_rows as i64,
+            self.split_half as i32,
+        );
+        // One warp per row, eight rows per block.
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&x)
+            .arg(&mut out)
+            .arg(&weight)
+            .arg(&cos)
+            .arg(&sin)
+            .arg(&rows64)
+            .arg(&d32)
+            .arg(&x_row)
+            .arg(&table_rows)
+            .arg(&split_half)
+            .arg(&self.eps);
+        // SAFETY: arguments match rms_norm_rotary_bf16_* in norm.cu; shapes, strides and tables
+        // validated by `rms_norm_rotary`.
+        unsafe { launch.launch(cfg) }.map_err(driver_err("rms_norm_rotary launch"))?;
+        drop(syncs);
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((b, l, d)),
+        ))
+    }
+}
+
+/// `x [B, L, D]` (bf16 on CUDA, rows of contiguous 16-byte aligned values) RMS-normalised over
+/// each whole row (times `weight` `[D]` when given), then its `pairs` rotated by the tables
+/// `cos`/`sin` `[L or B·L, D / 2]` (`reference::rms_norm_rotary`): LTX-2's q/k path (the norm
+/// across heads, then the split or interleaved RoPE) in one pass; returns contiguous bf16.
+/// D a multiple of 16 up to 6144; a split head a multiple of 16.
+pub fn rms_norm_rotary(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    pairs: RotaryPairs,
+) -> Result<Tensor> {
+    let table_rows = pairs.check(x, cos, sin)?;
+    let d = x.dim(2)?;
+    if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+        bail!(
+            "rms_norm_rotary: x must be bf16 on CUDA, got {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        );
+    }
+    let split_half = match pairs {
+        RotaryPairs::Interleaved => 0,
+        RotaryPairs::Split { head_dim } => head_dim / 2,
+    };
+    // A lane's 8 pairs are two 16-byte runs inside one head.
+    if !d.is_multiple_of(16) || d > NORM_MAX_DIM || !split_half.is_multiple_of(8) {
+        bail!(
+            "rms_norm_rotary: rows of {d} ({pairs:?}) need a width that is a multiple of 16 up to {NORM_MAX_DIM} and split halves of 8k values"
+        );
+    }
+    if weight.is_some_and(|w| w.elem_count() != d) {
+        bail!("rms_norm_rotary: the weight must hold {d} values");
+    }
+    let f32_on = |t: &Tensor| -> Result<Tensor> {
+        t.to_device(x.device())?.to_dtype(DType::F32)?.contiguous()
+    };
+    let op = NormRotaryRows {
+        weight: weight.map(|w| f32_on(&w.flatten_all()?)).transpose()?,
+        cos: f32_on(cos)?,
+        sin: f32_on(sin)?,
+        table_rows,
+        split_half,
         eps: eps as f32,
     };
     x.apply_op1_no_bwd(&op)

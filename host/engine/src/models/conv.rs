@@ -6,6 +6,7 @@
 //! where the `cudnn` feature covers the input, candle's conv2d otherwise), so every model gets the
 //! fast path from one place.
 
+use crate::fused::profile::section;
 use candle_core::{DType, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::FrameConv;
@@ -264,21 +265,25 @@ impl Module for Conv3d {
         let x = if self.mode == PaddingMode::Zeros || self.pad == 0 {
             x
         } else {
-            padded = self.mode.pad_spatial(x, self.pad)?;
+            padded = section("conv.pad", x.device(), || {
+                self.mode.pad_spatial(x, self.pad)
+            })?;
             &padded
         };
-        let dtype = conv_dtype(x);
-        if dtype != x.dtype() {
-            let up = |t: &Tensor| t.to_dtype(dtype);
-            return crate::fused::frame_conv(
-                &up(x)?,
-                &up(&self.weight)?,
-                &up(&self.bias)?,
-                self.spec,
-            )?
-            .to_dtype(x.dtype());
-        }
-        crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
+        section("conv.frames", x.device(), || {
+            let dtype = conv_dtype(x);
+            if dtype != x.dtype() {
+                let up = |t: &Tensor| t.to_dtype(dtype);
+                return crate::fused::frame_conv(
+                    &up(x)?,
+                    &up(&self.weight)?,
+                    &up(&self.bias)?,
+                    self.spec,
+                )?
+                .to_dtype(x.dtype());
+            }
+            crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
+        })
     }
 }
 

@@ -285,6 +285,19 @@ impl RmsNorm {
     ) -> Result<Option<Tensor>> {
         crate::fused::rms_norm_rope_tables(x, &self.weight, f64::from(self.eps), cos, sin)
     }
+
+    /// The norm of each whole row of `x` `[B, L, D]` (across its heads), then the rotary `pairs`
+    /// of the tables `cos`/`sin` `[L or B·L, D / 2]`, where one fused kernel does both (CUDA
+    /// bf16); `None` otherwise.
+    pub(crate) fn forward_rotary(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pairs: videosdgx_kernels::RotaryPairs,
+    ) -> Result<Option<Tensor>> {
+        crate::fused::rms_norm_rotary(x, &self.weight, f64::from(self.eps), cos, sin, pairs)
+    }
 }
 
 /// Activation functions by the names transformers' `ACT2FN` and diffusers use.

@@ -9,8 +9,10 @@
 //! coordinates and the `[-1, 1]` fractions are computed on the host in f32 with the reference's
 //! operation order (bit for bit); the angles and their cos/sin are f32 tensor ops on the device.
 
+use crate::models::RmsNorm;
 use crate::models::rope::apply_interleaved;
 use candle_core::{DType, Device, Result, Tensor};
+use videosdgx_kernels::RotaryPairs;
 
 /// `rope_type`: how the rotated pairs are laid out in a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,17 +186,9 @@ impl RotaryEmb {
     /// Rotates `x` (`[B, tokens, dim]`, the projection before it is split into heads), in f32;
     /// returns the dtype of `x`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
         let (b, l, d) = x.dims3()?;
-        let half = self.cos.dim(1)?;
-        if l != self.tokens || d != 2 * half || (self.batch != 1 && self.batch != b) {
-            candle_core::bail!(
-                "rotary tables for {} tokens of width {} (batch {}) do not fit a projection of shape {:?}",
-                self.tokens,
-                2 * half,
-                self.batch,
-                x.dims()
-            );
-        }
+        let half = d / 2;
         match self.rope_type {
             RopeType::Interleaved => {
                 // Pairs never straddle a head, so each head is a row of its own with its slice of
@@ -229,6 +223,38 @@ impl RotaryEmb {
                     .to_dtype(x.dtype())
             }
         }
+    }
+
+    /// `apply(norm.forward(x))`: the attention's q/k path (the norm across heads, then this
+    /// rotation), as one fused kernel where one covers it.
+    pub(crate) fn apply_normed(&self, x: &Tensor, norm: &RmsNorm) -> Result<Tensor> {
+        self.check(x)?;
+        let pairs = match self.rope_type {
+            RopeType::Interleaved => RotaryPairs::Interleaved,
+            RopeType::Split => RotaryPairs::Split {
+                head_dim: x.dim(2)? / self.heads,
+            },
+        };
+        match norm.forward_rotary(x, &self.cos, &self.sin, pairs)? {
+            Some(y) => Ok(y),
+            None => self.apply(&norm.forward(x)?),
+        }
+    }
+
+    /// Checks that these tables fit the projection `x` `[B, tokens, dim]`.
+    fn check(&self, x: &Tensor) -> Result<()> {
+        let (b, l, d) = x.dims3()?;
+        let half = self.cos.dim(1)?;
+        if l != self.tokens || d != 2 * half || (self.batch != 1 && self.batch != b) {
+            candle_core::bail!(
+                "rotary tables for {} tokens of width {} (batch {}) do not fit a projection of shape {:?}",
+                self.tokens,
+                2 * half,
+                self.batch,
+                x.dims()
+            );
+        }
+        Ok(())
     }
 }
 

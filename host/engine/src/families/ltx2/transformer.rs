@@ -503,17 +503,15 @@ impl LTX2Attention {
                     linear_forward(&self.to_k, context, None)?,
                 ))
             })?;
-            let (mut q, mut k) = section("attn.qk_norm", dev, || {
-                Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?))
+            let (q, k) = section("attn.qk_norm_rope", dev, || match args.query_rotary_emb {
+                Some(q_rope) => Ok((
+                    q_rope.apply_normed(&q, &self.norm_q)?,
+                    args.key_rotary_emb
+                        .unwrap_or(q_rope)
+                        .apply_normed(&k, &self.norm_k)?,
+                )),
+                None => Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?)),
             })?;
-            if let Some(q_rope) = args.query_rotary_emb {
-                (q, k) = section("attn.rope", dev, || {
-                    Ok((
-                        q_rope.apply(&q)?,
-                        args.key_rotary_emb.unwrap_or(q_rope).apply(&k)?,
-                    ))
-                })?;
-            }
             let (q, k, v) = (
                 self.split_heads(&q)?,
                 self.split_heads(&k)?,
@@ -855,25 +853,22 @@ impl LTX2VideoTransformerBlock {
 
         // 3. Audio-to-video and video-to-audio cross-attention.
         if inputs.use_a2v_cross_attention || inputs.use_v2a_cross_attention {
-            let norm_x = self.audio_to_video_norm.forward(&x, None)?;
-            let norm_ax = self.video_to_audio_norm.forward(&ax, None)?;
             let table = &self.video_a2v_cross_attn_scale_shift_table;
             let video_ca = mod_params(&table.narrow(0, 0, 4)?, inputs.temb_ca_scale_shift)?;
             let a2v_gate = mod_params(&table.narrow(0, 4, 1)?, inputs.temb_ca_gate)?;
             let table = &self.audio_a2v_cross_attn_scale_shift_table;
             let audio_ca = mod_params(&table.narrow(0, 0, 4)?, inputs.temb_ca_audio_scale_shift)?;
             let v2a_gate = mod_params(&table.narrow(0, 4, 1)?, inputs.temb_ca_audio_gate)?;
-            // Each list: a2v scale, a2v shift, v2a scale, v2a shift.
-            let (video_norm_a2v, audio_norm_a2v) = (
-                modulate(&norm_x, &video_ca[1], &video_ca[0])?,
-                modulate(&norm_ax, &audio_ca[1], &audio_ca[0])?,
-            );
-            let (video_norm_v2a, audio_norm_v2a) = (
-                modulate(&norm_x, &video_ca[3], &video_ca[2])?,
-                modulate(&norm_ax, &audio_ca[3], &audio_ca[2])?,
-            );
+            // Each list: a2v scale, a2v shift, v2a scale, v2a shift. Both streams are normed
+            // (and modulated) from their values before either attention adds to them.
+            let (x_in, ax_in) = (x.clone(), ax.clone());
+            let modulated = |norm: &BlockRmsNorm, x: &Tensor, params: &[Tensor], first: usize| {
+                norm.forward(x, Some((&params[first + 1], &params[first])))
+            };
 
             if inputs.use_a2v_cross_attention {
+                let video_norm_a2v = modulated(&self.audio_to_video_norm, &x_in, &video_ca, 0)?;
+                let audio_norm_a2v = modulated(&self.video_to_audio_norm, &ax_in, &audio_ca, 0)?;
                 let attn = self.audio_to_video_attn.forward(
                     &video_norm_a2v,
                     AttnArgs {
@@ -887,6 +882,8 @@ impl LTX2VideoTransformerBlock {
                 x = gated(&x, &attn, &a2v_gate[0])?;
             }
             if inputs.use_v2a_cross_attention {
+                let video_norm_v2a = modulated(&self.audio_to_video_norm, &x_in, &video_ca, 2)?;
+                let audio_norm_v2a = modulated(&self.video_to_audio_norm, &ax_in, &audio_ca, 2)?;
                 let attn = self.video_to_audio_attn.forward(
                     &audio_norm_v2a,
                     AttnArgs {

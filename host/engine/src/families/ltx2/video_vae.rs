@@ -8,6 +8,7 @@
 //! video is frames-major `[batch, frames, channels, height, width]` so that every 3-D convolution
 //! runs through [`Conv3d`] (a wide 2-D convolution over each window of frames).
 
+use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout};
 use crate::models::conv::{Conv3d, PaddingMode};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
@@ -17,6 +18,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use videosdgx_kernels::ChannelDivisor;
 
 /// `PerChannelRMSNorm`'s epsilon (not configurable in the reference).
 const RMS_EPS: f64 = 1e-8;
@@ -169,9 +171,25 @@ impl AutoencoderKLLTX2VideoConfig {
     }
 }
 
-/// `x / sqrt(mean(x², channels) + 1e-8)` over the channels of frames-major `x`, in f32.
-fn per_channel_rms_norm(x: &Tensor) -> Result<Tensor> {
-    rms_normalize(x, 2, RMS_EPS)
+/// `silu(PerChannelRMSNorm(x))` over the channels of frames-major `x`, modulated by
+/// `(shift, scale)` before the SiLU where the timestep conditions it, in `x`'s dtype; one fused
+/// kernel pass without modulation on CUDA.
+fn norm_silu(x: &Tensor, modulation: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    section("vae.norm+silu", x.device(), || {
+        if modulation.is_none() {
+            let ones = Tensor::ones(x.dim(2)?, DType::F32, x.device())?;
+            let divisor = ChannelDivisor::Rms { eps: RMS_EPS };
+            if let Some(y) = crate::fused::channel_norm(x, &ones, 2, divisor, true)? {
+                return Ok(y);
+            }
+        }
+        // `x / sqrt(mean(x², channels) + 1e-8)` in f32.
+        let mut h = rms_normalize(x, 2, RMS_EPS)?;
+        if let Some((shift, scale)) = modulation {
+            h = modulate(&h, shift, scale)?;
+        }
+        h.silu()?.to_dtype(x.dtype())
+    })
 }
 
 /// `h · (1 + scale) + shift` for per-sample `shift`/`scale` `[B, C]` (f32) over frames-major `h`.
@@ -224,11 +242,13 @@ impl CausalConv3d {
 
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let k = self.conv.kernel_t();
-        let x = if causal {
-            x.pad_with_same(1, k - 1, 0)?
-        } else {
-            x.pad_with_same(1, (k - 1) / 2, (k - 1) / 2)?
-        };
+        let x = section("conv.pad", x.device(), || {
+            if causal {
+                x.pad_with_same(1, k - 1, 0)
+            } else {
+                x.pad_with_same(1, (k - 1) / 2, (k - 1) / 2)
+            }
+        })?;
         self.conv.forward(&x)
     }
 }
@@ -282,7 +302,6 @@ impl ResnetBlock3d {
 
     /// `temb` `[B, 4·C]` is the block's timestep embedding where the block is conditioned.
     fn forward(&self, x: &Tensor, temb: Option<&Tensor>, causal: bool) -> Result<Tensor> {
-        let dtype = x.dtype();
         let modulation = match (&self.scale_shift_table, temb) {
             (Some(table), Some(temb)) => Some(
                 (0..4)
@@ -292,27 +311,26 @@ impl ResnetBlock3d {
             (Some(_), None) => bail!("a timestep-conditioned resnet got no timestep embedding"),
             _ => None,
         };
-        let mut h = per_channel_rms_norm(x)?;
-        if let Some(m) = &modulation {
-            h = modulate(&h, &m[0], &m[1])?;
-        }
-        h = self.conv1.forward(&h.silu()?.to_dtype(dtype)?, causal)?;
-        h = per_channel_rms_norm(&h)?;
-        if let Some(m) = &modulation {
-            h = modulate(&h, &m[2], &m[3])?;
-        }
-        h = self.conv2.forward(&h.silu()?.to_dtype(dtype)?, causal)?;
+        let dev = x.device();
+        let m = modulation.as_ref();
+        let h = self
+            .conv1
+            .forward(&norm_silu(x, m.map(|m| (&m[0], &m[1])))?, causal)?;
+        let h = self
+            .conv2
+            .forward(&norm_silu(&h, m.map(|m| (&m[2], &m[3])))?, causal)?;
         let mut shortcut = x.clone();
         if let Some(norm) = &self.norm3 {
             // LayerNorm over the channels, moved last and back.
-            shortcut = norm
-                .forward(&shortcut.permute((0, 1, 3, 4, 2))?)?
-                .permute((0, 1, 4, 2, 3))?;
+            shortcut = section("vae.shortcut_norm", dev, || {
+                norm.forward(&shortcut.permute((0, 1, 3, 4, 2))?)?
+                    .permute((0, 1, 4, 2, 3))
+            })?;
         }
         if let Some(conv) = &self.conv_shortcut {
             shortcut = conv.forward(&shortcut)?;
         }
-        h + shortcut
+        section("vae.residual_add", dev, || h + shortcut)
     }
 }
 
@@ -417,17 +435,22 @@ impl Upsampler3d {
             let frames = t.dim(1)?;
             t.narrow(1, drop, frames - drop)
         };
-        let hidden = trim(pixel_shuffle_3d(
-            &self.conv.forward(x, causal)?,
-            self.stride,
-        )?)?;
-        if !self.residual {
-            return Ok(hidden);
-        }
-        let factor = self.stride.0 * self.stride.1 * self.stride.2;
-        let residual =
-            pixel_shuffle_3d(x, self.stride)?.repeat((1, 1, factor / self.upscale_factor, 1, 1))?;
-        hidden + trim(residual)?
+        let hidden = self.conv.forward(x, causal)?;
+        section("vae.upsample", x.device(), || {
+            let hidden = trim(pixel_shuffle_3d(&hidden, self.stride)?)?;
+            if !self.residual {
+                return Ok(hidden);
+            }
+            let factor = self.stride.0 * self.stride.1 * self.stride.2;
+            let residual = pixel_shuffle_3d(x, self.stride)?.repeat((
+                1,
+                1,
+                factor / self.upscale_factor,
+                1,
+                1,
+            ))?;
+            hidden + trim(residual)?
+        })
     }
 }
 
@@ -668,8 +691,7 @@ impl Encoder3d {
             h = block.forward(&h, self.causal)?;
         }
         h = self.mid_block.forward(&h, None, self.causal)?;
-        let h = per_channel_rms_norm(&h)?.silu()?.to_dtype(x.dtype())?;
-        self.conv_out.forward(&h, self.causal)
+        self.conv_out.forward(&norm_silu(&h, None)?, self.causal)
     }
 }
 
@@ -876,16 +898,18 @@ impl Decoder3d {
         for block in &self.up_blocks {
             h = block.forward(&h, timestep.as_ref(), causal)?;
         }
-        let mut normed = per_channel_rms_norm(&h)?;
-        if let (Some(c), Some(t)) = (&self.conditioning, &timestep) {
-            let temb = c.time_embedder.forward(t, &h)?;
-            let shift = table_row(&temb, &c.scale_shift_table, 0)?;
-            let scale = table_row(&temb, &c.scale_shift_table, 1)?;
-            normed = modulate(&normed, &shift, &scale)?;
-        }
-        let h = self
-            .conv_out
-            .forward(&normed.silu()?.to_dtype(z.dtype())?, causal)?;
+        let modulation = match (&self.conditioning, &timestep) {
+            (Some(c), Some(t)) => {
+                let temb = c.time_embedder.forward(t, &h)?;
+                Some((
+                    table_row(&temb, &c.scale_shift_table, 0)?,
+                    table_row(&temb, &c.scale_shift_table, 1)?,
+                ))
+            }
+            _ => None,
+        };
+        let normed = norm_silu(&h, modulation.as_ref().map(|(shift, scale)| (shift, scale)))?;
+        let h = self.conv_out.forward(&normed, causal)?;
         unpatchify(&h, self.patch_size)
     }
 }

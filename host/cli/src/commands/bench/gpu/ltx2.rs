@@ -162,6 +162,12 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 out = Some(vae.decode(&z, None)?);
                 Ok(())
             })?;
+            if args.timing.profile {
+                profile = profiled(|| {
+                    vae.decode(&z, None)?;
+                    Ok(())
+                })?;
+            }
             (ms, out.context("no timed call")?, None)
         }
         ModelComponent::Pipeline => {

@@ -11,7 +11,7 @@ use crate::fused::profile::section;
 use crate::models::pixel_shuffle::pixel_unshuffle_3d;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videosdgx_kernels::FrameConv;
+use videosdgx_kernels::{ChannelDivisor, FrameConv};
 
 /// Frames of context a kernel-3 causal convolution needs from the previous chunk.
 const CACHE_FRAMES: usize = 2;
@@ -257,6 +257,7 @@ impl RmsNorm {
             x,
             &self.scale,
             channel_dim,
+            ChannelDivisor::L2,
             false,
         )? {
             Some(y) => Ok(y),
@@ -282,7 +283,13 @@ impl RmsNorm {
         section(
             "vae.norm+silu",
             x.device(),
-            || match crate::fused::channel_norm(x, &self.scale, channel_dim, true)? {
+            || match crate::fused::channel_norm(
+                x,
+                &self.scale,
+                channel_dim,
+                ChannelDivisor::L2,
+                true,
+            )? {
                 Some(y) => Ok(y),
                 None => candle_nn::ops::silu(&self.forward_inner(x, channel_dim)?),
             },
