@@ -13,7 +13,10 @@ pub mod targets;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-pub use spec::{ChannelDivisor, FrameConv, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs};
+pub use spec::{
+    ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs,
+    SpatialPad,
+};
 
 #[cfg(feature = "cudnn")]
 pub use cuda::frame_conv;
@@ -21,6 +24,6 @@ pub use cuda::frame_conv;
 pub use cuda::{
     CompileReport, attention, attention_kernel_for, channel_rms_norm, channel_rms_norm_into,
     compile_all, compile_for, compile_report, gated_residual, group_norm, kernel_cache_dir, linear,
-    linear_residual, modulated_norm, rms_norm_rope, rms_norm_rotary, rope_tables, rope3d,
-    set_poison_outputs, swiglu,
+    linear_residual, modulated_norm, pad_frames, rms_norm_rope, rms_norm_rotary, rope_tables,
+    rope3d, set_poison_outputs, swiglu,
 };

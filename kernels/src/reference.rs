@@ -2,7 +2,9 @@
 //! with candle's ordinary ops. They define correctness for the GPU checks and run in CI; they are
 //! never used as a silent stand-in for a kernel on the GPU.
 
-use crate::spec::{ChannelDivisor, FrameConv, NormKind, NormSpec, RopeGrid, RotaryPairs};
+use crate::spec::{
+    ChannelDivisor, FrameConv, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+};
 use candle_core::{D, DType, Result, Tensor, bail};
 
 /// Multi-head attention, non-causal: `softmax(q k^T * softmax_scale) v` per (batch, head).
@@ -311,4 +313,26 @@ pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -
         .conv2d(weight, spec.pad, spec.stride, 1, 1)?
         .broadcast_add(&bias.reshape((1, o, 1, 1))?)?
         .reshape((b, t_out, o, h_out, w_out))
+}
+
+/// `x [B, T, C, H, W]` padded by `padding` with candle's ops: what [`crate::pad_frames`] computes
+/// on CUDA, in `x`'s dtype.
+pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
+    padding.output_shape(x)?;
+    let mut x = x.pad_with_same(1, padding.before, padding.after)?;
+    let pad = padding.pad;
+    for dim in [3, 4] {
+        x = match padding.mode {
+            SpatialPad::Zeros => x.pad_with_zeros(dim, pad, pad)?,
+            SpatialPad::Replicate => x.pad_with_same(dim, pad, pad)?,
+            SpatialPad::Reflect => {
+                let last = x.dim(dim)? as i64 - 1;
+                let index: Vec<u32> = (-(pad as i64)..=last + pad as i64)
+                    .map(|i| i.abs().min(2 * last - i) as u32)
+                    .collect();
+                x.index_select(&Tensor::new(index.as_slice(), x.device())?, dim)?
+            }
+        };
+    }
+    Ok(x)
 }

@@ -141,6 +141,63 @@ pub(crate) fn validate_gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> 
     }
 }
 
+/// How a video's frames are padded in space (`torch.nn.functional.pad`'s modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpatialPad {
+    Zeros,
+    /// The edge pixel repeated.
+    Replicate,
+    /// Mirrored about the edge pixel, which is not repeated; the pad must be smaller than the
+    /// frame.
+    Reflect,
+}
+
+/// The padding of frames-major video `x [B, T, C, H, W]` before a convolution: `before` copies
+/// of the first frame and `after` of the last (a causal convolution's time padding), and `pad`
+/// pixels on each side of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePadding {
+    pub before: usize,
+    pub after: usize,
+    pub pad: usize,
+    pub mode: SpatialPad,
+}
+
+impl FramePadding {
+    /// Checks `x` against this padding; returns the padded shape.
+    pub fn output_shape(&self, x: &Tensor) -> Result<[usize; 5]> {
+        let (b, t, c, h, w) = x.dims5().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "padded video must be [batch, frames, channels, height, width], got {:?}",
+                x.dims()
+            ))
+        })?;
+        self.output_shape_of([b, t, c, h, w])
+    }
+
+    /// [`Self::output_shape`] of the dims `[B, T, C, H, W]`.
+    pub(crate) fn output_shape_of(&self, [b, t, c, h, w]: [usize; 5]) -> Result<[usize; 5]> {
+        if t == 0 {
+            bail!("padding needs at least one frame to repeat");
+        }
+        if self.mode == SpatialPad::Reflect && (self.pad >= h || self.pad >= w) {
+            bail!(
+                "reflect padding by {} needs more than {} pixels, input is {:?}",
+                self.pad,
+                self.pad,
+                [b, t, c, h, w]
+            );
+        }
+        Ok([
+            b,
+            self.before + t + self.after,
+            c,
+            h + 2 * self.pad,
+            w + 2 * self.pad,
+        ])
+    }
+}
+
 /// What a channel norm divides each pixel's channels by.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ChannelDivisor {

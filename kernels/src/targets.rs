@@ -41,7 +41,8 @@ pub const ATTENTION: Source = source!("attention", "attention.cu", false);
 pub const ATTENTION_TMA: Source = source!("attention_tma", "attention_tma.cu", true);
 pub const NORM: Source = source!("norm", "norm.cu", false);
 pub const ROPE: Source = source!("rope", "rope.cu", false);
-pub const ALL_SOURCES: [&Source; 4] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE];
+pub const LAYOUT: Source = source!("layout", "layout.cu", false);
+pub const ALL_SOURCES: [&Source; 5] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE, &LAYOUT];
 
 /// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
 pub struct AttentionVariant {

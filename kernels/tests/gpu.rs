@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use videosdgx_kernels::{
-    ChannelDivisor, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, reference,
+    ChannelDivisor, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+    reference,
 };
 
 fn gpu() -> Device {
@@ -465,6 +466,41 @@ fn rms_norm_rotary_matches_reference_for_both_layouts() {
 }
 
 #[test]
+fn pad_frames_matches_reference_exactly() {
+    let dev = gpu();
+    // LTX-2's decoder convs (non-causal: a frame each side, reflect), a causal one (two frames in
+    // front, replicate), Wan-style zeros; a copy is exact in both dtypes.
+    for (shape, before, after, pad, mode) in [
+        ([1, 16, 64, 18, 26], 1, 1, 1, SpatialPad::Reflect),
+        ([2, 5, 24, 7, 9], 2, 0, 1, SpatialPad::Replicate),
+        ([1, 3, 8, 5, 6], 0, 0, 2, SpatialPad::Zeros),
+    ] {
+        let padding = FramePadding {
+            before,
+            after,
+            pad,
+            mode,
+        };
+        for dtype in [DType::BF16, DType::F32] {
+            let x = randn(&shape, &dev).to_dtype(dtype).unwrap();
+            let want = reference::pad_frames(&cpu(&x), padding).unwrap();
+            let got = videosdgx_kernels::pad_frames(&x, padding).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (cpu(&got).to_dtype(DType::F32).unwrap()
+                - want.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+            assert_eq!(diff, 0.0, "pad_frames {shape:?} {padding:?} {dtype:?}");
+        }
+    }
+}
+
+#[test]
 fn swiglu_matches_reference_on_a_view_of_a_fused_projection() {
     let dev = gpu();
     for (rows, half, before) in [(4608, 9216, 9216), (3, 16, 0), (1000, 24, 8)] {
@@ -543,8 +579,32 @@ fn frame_conv_matches_reference_on_vae_convolutions() {
     use videosdgx_kernels::FrameConv;
     let dev = gpu();
     // The decoder's causal 3x3x3 conv with its cache frames, its temporal upsampler (3x1x1), a
-    // stride-2 2-D downsampler and a 1x1 shortcut, at odd sizes; two batch items.
+    // stride-2 2-D downsampler and a 1x1 shortcut, at odd sizes; two batch items. Then clips long
+    // enough to go one call per tap: LTX-2's decoder conv (in f32, 12 output frames are a batch
+    // of 10 and a last one of 2), and a temporal stride of 2 over two items.
     for (shape, o, k, spec) in [
+        (
+            [1, 14, 64, 128, 192],
+            64,
+            3,
+            FrameConv {
+                taps: 3,
+                stride_t: 1,
+                pad: 1,
+                stride: 1,
+            },
+        ),
+        (
+            [2, 15, 32, 20, 24],
+            48,
+            3,
+            FrameConv {
+                taps: 3,
+                stride_t: 2,
+                pad: 1,
+                stride: 1,
+            },
+        ),
         (
             [1, 6, 96, 40, 52],
             96,

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use videosdgx_kernels::{
-    ChannelDivisor, FrameConv, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, reference,
+    ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs,
+    SpatialPad, reference,
 };
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
@@ -689,4 +690,70 @@ fn channel_rms_norm_divides_each_pixels_channels_by_its_divisor() {
         let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{divisor:?}: max abs diff {diff}");
     }
+}
+
+#[test]
+fn pad_frames_repeats_the_end_frames_and_pads_space_like_torch() {
+    let x = Tensor::arange(0f32, 12.0, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 1, 2, 3))
+        .unwrap();
+    let frames = |mode: SpatialPad| {
+        let padding = FramePadding {
+            before: 1,
+            after: 0,
+            pad: 1,
+            mode,
+        };
+        let y = reference::pad_frames(&x, padding).unwrap();
+        assert_eq!(y.dims(), [1, 3, 1, 4, 5]);
+        let rows = |f: usize| {
+            y.narrow(1, f, 1)
+                .unwrap()
+                .reshape((4, 5))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        // The repeated first frame is the first frame's padding.
+        assert_eq!(rows(0), rows(1));
+        rows(2)
+    };
+    // torch.nn.functional.pad(frame_1, (1, 1, 1, 1), mode="reflect") / "replicate" / zeros.
+    assert_eq!(
+        frames(SpatialPad::Reflect),
+        [
+            [10., 9., 10., 11., 10.],
+            [7., 6., 7., 8., 7.],
+            [10., 9., 10., 11., 10.],
+            [7., 6., 7., 8., 7.]
+        ]
+    );
+    assert_eq!(
+        frames(SpatialPad::Replicate),
+        [
+            [6., 6., 7., 8., 8.],
+            [6., 6., 7., 8., 8.],
+            [9., 9., 10., 11., 11.],
+            [9., 9., 10., 11., 11.]
+        ]
+    );
+    assert_eq!(
+        frames(SpatialPad::Zeros),
+        [
+            [0., 0., 0., 0., 0.],
+            [0., 6., 7., 8., 0.],
+            [0., 9., 10., 11., 0.],
+            [0., 0., 0., 0., 0.]
+        ]
+    );
+    let one_row = x.narrow(3, 0, 1).unwrap();
+    let reflect = FramePadding {
+        before: 0,
+        after: 0,
+        pad: 1,
+        mode: SpatialPad::Reflect,
+    };
+    let err = reference::pad_frames(&one_row, reflect).unwrap_err();
+    assert!(err.to_string().contains("[1, 2, 1, 1, 3]"), "{err}");
 }

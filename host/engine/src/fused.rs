@@ -7,13 +7,13 @@
 //! logged once per op, so the slow path on a GPU is never silent. The kernels compute in f32 and
 //! round once to the input dtype, as the candle versions do.
 //!
-//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual,conv` (or `all`) turns kernels off for A/B timing;
+//! `VIDEOSDGX_UNFUSED=linear,norm,rope,residual,conv,pad` (or `all`) turns kernels off for A/B timing;
 //! attention's own switch is `attention` in the same list ([`crate::attention`]).
 //!
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{Result, Tensor};
-use videosdgx_kernels::{ChannelDivisor, FrameConv};
+use videosdgx_kernels::{ChannelDivisor, FrameConv, FramePadding};
 
 /// Which normalisation [`modulated_norm`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +299,26 @@ pub(crate) fn frame_conv(
     let cast = |t: &Tensor| t.to_dtype(dtype);
     videosdgx_kernels::reference::frame_conv(&cast(x)?, &cast(weight)?, &cast(bias)?, spec)?
         .to_dtype(x.dtype())
+}
+
+/// Frames-major video padded in time and space ([`FramePadding`]) in `x`'s dtype: one kernel
+/// pass on CUDA bf16 or f32, otherwise candle's ops ([`videosdgx_kernels::reference::pad_frames`],
+/// which defines it).
+pub(crate) fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        if !disabled("pad")
+            && x.device().is_cuda()
+            && matches!(
+                x.dtype(),
+                candle_core::DType::BF16 | candle_core::DType::F32
+            )
+        {
+            return videosdgx_kernels::pad_frames(x, padding);
+        }
+        warn_fallback(x, "pad frames");
+    }
+    videosdgx_kernels::reference::pad_frames(x, padding)
 }
 
 /// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused

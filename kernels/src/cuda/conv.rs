@@ -1,11 +1,14 @@
 //! [`FrameConv`] on cuDNN. In the frames-major `[B, T, C, H, W]` layout the `taps` frames one
-//! output frame reads are one contiguous `[taps * C, H, W]` image, so each output frame is a
+//! output frame reads are one contiguous `[taps * C, H, W]` image, so each output frame can be a
 //! single-image 2-D convolution read in place: no gathering copy, no partial sums, one rounding
-//! (f32 accumulation). One call per output frame also keeps cuDNN's workspace small, which is
-//! what lets it use its fast precomputed-index GEMM at full resolution. (A single call over all
-//! frames would need a descriptor whose images overlap, for which cuDNN offers no algorithm.)
-//! With one tap the windows do not overlap, and all frames go to cuDNN as one batch of images:
-//! the image models (upscalers, RIFE) call it that way, on many small images.
+//! (f32 accumulation), and a small workspace, which lets cuDNN use its fast precomputed-index
+//! GEMM at full resolution. (A single call over all frames would need a descriptor whose images
+//! overlap, for which cuDNN offers no algorithm.) That is how short clips go ([`FrameLayout`]).
+//! Long clips copy the windows of a batch of output frames side by side first (one strided 2-D
+//! copy) and convolve the batch in one call: the same arithmetic, in far fewer and larger calls.
+//! With one tap the windows do not overlap, and frames go to cuDNN in batches read in place (a
+//! strided descriptor: the images are `stride_t` frames apart): the image models (upscalers,
+//! RIFE) call it that way, on many small images.
 //! The algorithm for each shape is measured once with `cudnnFindConvolutionForwardAlgorithmEx`
 //! and logged; the bias goes in with one `cudnnAddTensor` over the whole output.
 
@@ -13,6 +16,9 @@ use super::{output, typed_ptr};
 use crate::spec::FrameConv;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUDA_MEMCPY2D, CUmemorytype, cuMemcpy2DAsync_v2,
+};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
@@ -30,7 +36,7 @@ use std::sync::{Mutex, OnceLock};
 const FIND_WORKSPACE_PER_INPUT: usize = 8;
 const MIN_FIND_WORKSPACE: usize = 256 << 20;
 
-/// Input bytes of one cuDNN call over a batch of one-tap frames (see `FrameConvOp::run`).
+/// Input bytes of one cuDNN call over a batch of frames (see `FrameConvOp::calls`).
 const BATCH_INPUT_BYTES: usize = 64 << 20;
 
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
@@ -186,9 +192,9 @@ struct Plan {
     workspace: usize,
 }
 
-/// Everything that decides cuDNN's choice: data type, images per call, window channels, size,
-/// output channels, kernel size, padding and stride.
-type PlanKey = (DeviceId, [usize; 10]);
+/// Everything that decides cuDNN's choice: data type, images per call, window channels, the
+/// frames between images, size, output channels, kernel size, padding and stride.
+type PlanKey = (DeviceId, [usize; 11]);
 
 fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
     static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
@@ -283,7 +289,34 @@ fn find_plan(
     })
 }
 
-struct FrameConvOp(FrameConv);
+/// How a multi-tap convolution goes to cuDNN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FrameLayout {
+    /// Each output frame reads its `taps` input frames as one `[taps·C, H, W]` image in place:
+    /// one call per output frame. (With one tap, frames go in batches.)
+    Windows,
+    /// The windows of a batch of output frames are copied side by side into a scratch buffer
+    /// (one strided 2-D copy) and go to cuDNN as one call.
+    Gathered,
+}
+
+impl FrameLayout {
+    /// Windows in place for short clips, where a batch would be small (Wan's VAE decodes a few
+    /// frames at a time); gathered from twice as many output frames as taps (LTX-2's VAE decodes
+    /// every frame at once, and one call per frame leaves the GPU idle on its small, wide layers).
+    fn for_frames(spec: FrameConv, t_out: usize) -> Self {
+        if spec.taps > 1 && t_out >= 2 * spec.taps {
+            Self::Gathered
+        } else {
+            Self::Windows
+        }
+    }
+}
+
+struct FrameConvOp {
+    spec: FrameConv,
+    layout: FrameLayout,
+}
 
 impl CustomOp3 for FrameConvOp {
     fn name(&self) -> &'static str {
@@ -324,40 +357,81 @@ impl CustomOp3 for FrameConvOp {
     }
 }
 
+/// One batch of cuDNN images: `images` windows of `channels` channels, their first frames
+/// `frame_step` frames apart, convolved with the `[O, channels, kh, kw]` kernel into `images`
+/// packed output frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Batch {
+    images: usize,
+    channels: usize,
+    frame_step: usize,
+}
+
+/// One call: the batch from input frame `input` (copied side by side into the scratch buffer
+/// first when `gather`), written to output frame `output`.
+struct Call {
+    batch: Batch,
+    input: usize,
+    output: usize,
+    gather: bool,
+}
+
 impl FrameConvOp {
+    /// The calls that compute every output frame of `b` items of `t` frames of `frame_bytes`.
+    fn calls(&self, b: usize, t: usize, c: usize, frame_bytes: usize) -> Result<Vec<Call>> {
+        let spec = self.spec;
+        let t_out = spec.out_frames(t)?;
+        let window_bytes = spec.taps * frame_bytes;
+        let (per_call, batch, gather) = match self.layout {
+            // In place: one tap's windows are frames `stride_t` apart.
+            FrameLayout::Windows if spec.taps == 1 => (
+                BATCH_INPUT_BYTES / frame_bytes.max(1),
+                (c, spec.stride_t),
+                false,
+            ),
+            FrameLayout::Windows => (1, (spec.taps * c, spec.stride_t), false),
+            // Packed in the scratch buffer.
+            FrameLayout::Gathered => (
+                BATCH_INPUT_BYTES / window_bytes.max(1),
+                (spec.taps * c, spec.taps),
+                true,
+            ),
+        };
+        let per_call = per_call.clamp(1, t_out);
+        let mut calls = Vec::new();
+        for item in 0..b {
+            for first in (0..t_out).step_by(per_call) {
+                calls.push(Call {
+                    batch: Batch {
+                        images: per_call.min(t_out - first),
+                        channels: batch.0,
+                        frame_step: batch.1,
+                    },
+                    input: item * t + first * spec.stride_t,
+                    output: item * t_out + first,
+                    gather,
+                });
+            }
+        }
+        Ok(calls)
+    }
+
     fn run<T: CudaDType + DeviceRepr + 'static>(
         &self,
         [(xs, xl), (ws, wl), (bs, bl)]: [(&CudaStorage, &Layout); 3],
         dtype: sys::cudnnDataType_t,
         math: sys::cudnnMathType_t,
     ) -> Result<(CudaStorage, Shape)> {
-        let spec = self.0;
+        let spec = self.spec;
         let dev = xs.device().clone();
         let (b, t, c, h, w) = xl.shape().dims5()?;
-        let (o, ck, kh, kw) = wl.shape().dims4()?;
+        let (o, _, kh, kw) = wl.shape().dims4()?;
         let t_out = spec.out_frames(t)?;
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
-        // A one-tap convolution reads every frame on its own (the image models' 2-D layers): then
-        // frames go to cuDNN in equal batches of at most BATCH_INPUT_BYTES (one plan fits every
-        // call), which keeps small images efficient and leaves large frames (and their
-        // workspace) one per call as before.
-        let frames = b * t_out;
-        let images = if spec.taps == 1 && spec.stride_t == 1 {
-            let most = (BATCH_INPUT_BYTES / (size_of::<T>() * in_frame)).clamp(1, frames);
-            (1..=most)
-                .rev()
-                .find(|n| frames.is_multiple_of(*n))
-                .unwrap_or(1)
-        } else {
-            1
-        };
-        let d = Descriptors {
-            x: TensorDesc::packed(dtype, [images, ck, h, w])?,
-            w: FilterDesc::new(dtype, [o, ck, kh, kw])?,
-            conv: ConvDesc::new(spec.pad, spec.stride, math)?,
-            y: TensorDesc::packed(dtype, [images, o, h_out, w_out])?,
-        };
+        let elem = size_of::<T>();
+        let calls = self.calls(b, t, c, elem * in_frame)?;
+
         let mut out = output::<T>(&dev, b * t_out * out_frame)?;
         let stream = dev.cuda_stream();
         let handle = handle(&dev)?;
@@ -365,79 +439,145 @@ impl FrameConvOp {
         let (weight, _wg) = typed_ptr::<T>(ws, wl, &stream)?;
         let (bias, _bg) = typed_ptr::<T>(bs, bl, &stream)?;
         let (y, y_guard) = out.device_ptr_mut(&stream);
+        let x_at = |frame: usize| x + (elem * frame * in_frame) as u64;
+        let y_at = |frame: usize| y + (elem * frame * out_frame) as u64;
+        // The gathered windows of the largest batch.
+        let window_bytes = elem * spec.taps * in_frame;
+        let gathered = calls
+            .iter()
+            .filter(|call| call.gather)
+            .map(|call| call.batch.images * window_bytes)
+            .max()
+            .unwrap_or(0);
+        // SAFETY: scratch that each gathering copy writes in full before the call reads it.
+        let mut scratch = unsafe { stream.alloc::<u8>(gathered.max(1)) }
+            .map_err(super::driver_err("conv scratch"))?;
+        let (scratch, scratch_guard) = scratch.device_ptr_mut(&stream);
+        let input_at = |call: &Call| {
+            if call.gather {
+                scratch
+            } else {
+                x_at(call.input)
+            }
+        };
 
-        let key = (
-            dev.id(),
-            [
-                dtype as usize,
+        // Descriptors and plan of each distinct batch (at most two: full and last).
+        let mut shapes: Vec<(Batch, Descriptors, Plan, PlanKey)> = Vec::new();
+        for call in &calls {
+            let batch = call.batch;
+            if shapes.iter().any(|(known, ..)| *known == batch) {
+                continue;
+            }
+            let Batch {
                 images,
-                ck,
-                h,
-                w,
-                o,
-                kh,
-                kw,
-                spec.pad,
-                spec.stride,
-            ],
-        );
-        let known = plans()
-            .lock()
-            .expect("conv plans poisoned")
-            .get(&key)
-            .copied();
-        let plan = match known {
-            Some(plan) => plan,
-            None => {
-                let what = format!(
-                    "{images} x [{ck}, {h}, {w}] * [{o}, {ck}, {kh}, {kw}] pad {} stride {}",
-                    spec.pad, spec.stride
-                );
-                let limit = (FIND_WORKSPACE_PER_INPUT * size_of::<T>() * images * ck * h * w)
-                    .max(MIN_FIND_WORKSPACE);
-                let plan = find_plan(&dev, handle, &d, (x, weight, y), limit, &what)?;
-                plans()
-                    .lock()
-                    .expect("conv plans poisoned")
-                    .insert(key, plan);
-                plan
-            }
-        };
+                channels,
+                frame_step,
+            } = batch;
+            let d = Descriptors {
+                x: TensorDesc::new(
+                    dtype,
+                    [images, channels, h, w],
+                    [frame_step * in_frame, h * w, w, 1],
+                )?,
+                w: FilterDesc::new(dtype, [o, channels, kh, kw])?,
+                conv: ConvDesc::new(spec.pad, spec.stride, math)?,
+                y: TensorDesc::packed(dtype, [images, o, h_out, w_out])?,
+            };
+            let key = (
+                dev.id(),
+                [
+                    dtype as usize,
+                    images,
+                    channels,
+                    frame_step,
+                    h,
+                    w,
+                    o,
+                    kh,
+                    kw,
+                    spec.pad,
+                    spec.stride,
+                ],
+            );
+            let known = plans()
+                .lock()
+                .expect("conv plans poisoned")
+                .get(&key)
+                .copied();
+            let plan = match known {
+                Some(plan) => plan,
+                None => {
+                    let what = format!(
+                        "{images} x [{channels}, {h}, {w}] * [{o}, {channels}, {kh}, {kw}] pad {} stride {}",
+                        spec.pad, spec.stride
+                    );
+                    let limit = (FIND_WORKSPACE_PER_INPUT * elem * images * channels * h * w)
+                        .max(MIN_FIND_WORKSPACE);
+                    let plan = find_plan(
+                        &dev,
+                        handle,
+                        &d,
+                        (input_at(call), weight, y_at(call.output)),
+                        limit,
+                        &what,
+                    )?;
+                    plans()
+                        .lock()
+                        .expect("conv plans poisoned")
+                        .insert(key, plan);
+                    plan
+                }
+            };
+            shapes.push((batch, d, plan, key));
+        }
 
-        let calls: Vec<(usize, usize)> = if images > 1 {
-            // taps = 1 and stride_t = 1: input frame i is output frame i.
-            (0..frames).step_by(images).map(|f| (f, f)).collect()
-        } else {
-            (0..b)
-                .flat_map(|item| (0..t_out).map(move |frame| (item, frame)))
-                .map(|(item, frame)| (item * t + frame * spec.stride_t, item * t_out + frame))
-                .collect()
-        };
-        let run = |plan: Plan| -> Result<()> {
-            let mut workspaces = workspaces().lock().expect("conv workspaces poisoned");
-            if workspaces
-                .get(&dev.id())
-                .is_none_or(|ws| ws.len() < plan.workspace)
-            {
-                // SAFETY: scratch memory cuDNN writes before reading.
-                let ws = unsafe { stream.alloc::<u8>(plan.workspace.max(1)) }
-                    .map_err(super::driver_err("conv workspace"))?;
-                workspaces.insert(dev.id(), ws);
+        let mut workspaces = workspaces().lock().expect("conv workspaces poisoned");
+        let needed = shapes.iter().map(|s| s.2.workspace).max().unwrap_or(0);
+        if workspaces.get(&dev.id()).is_none_or(|ws| ws.len() < needed) {
+            // SAFETY: scratch memory cuDNN writes before reading.
+            let ws = unsafe { stream.alloc::<u8>(needed.max(1)) }
+                .map_err(super::driver_err("conv workspace"))?;
+            workspaces.insert(dev.id(), ws);
+        }
+        let (workspace, workspace_guard) = workspaces[&dev.id()].device_ptr(&stream);
+        let (one, zero) = (1f32, 0f32);
+        for call in &calls {
+            let shape = shapes
+                .iter_mut()
+                .find(|(batch, ..)| *batch == call.batch)
+                .expect("every call's batch has descriptors");
+            let (_, d, plan, key) = shape;
+            if call.gather {
+                // The batch's windows (`taps` frames from every `stride_t`-th frame) side by side.
+                let copy = CUDA_MEMCPY2D {
+                    srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    srcDevice: x_at(call.input),
+                    srcPitch: elem * spec.stride_t * in_frame,
+                    dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    dstDevice: scratch,
+                    dstPitch: window_bytes,
+                    WidthInBytes: window_bytes,
+                    Height: call.batch.images,
+                    // SAFETY: the remaining fields (offsets, host pointers, arrays) are unused
+                    // for device-to-device copies and zero is their neutral value.
+                    ..unsafe { std::mem::zeroed() }
+                };
+                // SAFETY: the source rows lie in x (the windows of output frames in range), the
+                // destination is the scratch buffer sized for the largest batch; same stream.
+                unsafe { cuMemcpy2DAsync_v2(&copy, stream.cu_stream()).result() }
+                    .map_err(super::driver_err("conv window gather"))?;
             }
-            let (workspace, _wsg) = workspaces[&dev.id()].device_ptr(&stream);
-            let (one, zero) = (1f32, 0f32);
-            for &(first_in, first_out) in &calls {
-                // SAFETY: the call reads `images` packed windows of `taps` contiguous input
-                // frames from `first_in` (in bounds: t_out from out_frames; several images per
-                // call only when taps = 1, in batches that divide the frames) and writes `images`
-                // packed output frames from `first_out`; the workspace holds the plan's bytes;
+            let convolve = |plan: Plan| {
+                // SAFETY: the descriptors describe `images` windows from the call's input (in
+                // bounds: the calls stay within out_frames) and as many packed output frames from
+                // `output`; the workspace holds the plan's bytes (at most `needed`, or none);
                 // alpha/beta are f32 as bf16 and f32 data require.
                 unsafe {
                     result::convolution_forward(
                         handle,
                         &one as *const f32 as *const c_void,
                         d.x.0,
-                        (x + (size_of::<T>() * first_in * in_frame) as u64) as *const c_void,
+                        input_at(call) as *const c_void,
                         d.w.0,
                         weight as *const c_void,
                         d.conv.0,
@@ -446,39 +586,43 @@ impl FrameConvOp {
                         plan.workspace,
                         &zero as *const f32 as *const c_void,
                         d.y.0,
-                        (y + (size_of::<T>() * first_out * out_frame) as u64) as *mut c_void,
+                        y_at(call.output) as *mut c_void,
                     )
                 }
-                .map_err(cudnn_err("convolution"))?;
-            }
-            Ok(())
-        };
-        if let Err(err) = run(plan) {
-            // The search measured the plan on these operands, yet on tiny shapes cuDNN has refused
-            // the precomputed-index GEMM at execution (`CUDNN_STATUS_BAD_PARAM`, H100): fall back to
-            // the plain implicit GEMM, which needs no workspace and takes every shape, for good.
-            let plain = Plan {
-                algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-                workspace: 0,
+                .map_err(cudnn_err("convolution"))
             };
-            if plan.algo == plain.algo {
-                return Err(err);
+            if let Err(err) = convolve(*plan) {
+                // The search measured the plan on these operands, yet on tiny shapes cuDNN has
+                // refused the precomputed-index GEMM at execution (`CUDNN_STATUS_BAD_PARAM`,
+                // H100): fall back to the plain implicit GEMM, which needs no workspace and takes
+                // every shape, for good.
+                let plain = Plan {
+                    algo: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                    workspace: 0,
+                };
+                if plan.algo == plain.algo {
+                    return Err(err);
+                }
+                tracing::warn!(
+                    "cuDNN refused {:?} at execution ({err}); using {:?} for this shape",
+                    plan.algo,
+                    plain.algo
+                );
+                plans()
+                    .lock()
+                    .expect("conv plans poisoned")
+                    .insert(*key, plain);
+                *plan = plain;
+                convolve(plain)?;
             }
-            tracing::warn!(
-                "cuDNN refused {:?} at execution ({err}); using {:?} for this shape",
-                plan.algo,
-                plain.algo
-            );
-            plans()
-                .lock()
-                .expect("conv plans poisoned")
-                .insert(key, plain);
-            run(plain)?;
         }
+        drop(workspace_guard);
+        drop(workspaces);
+        drop(scratch_guard);
         let one = 1f32;
         let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
         let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
-        // SAFETY: bias is [o] bf16, broadcast over the packed output; y += bias.
+        // SAFETY: bias is [o], broadcast over the packed output; y += bias.
         unsafe {
             sys::cudnnAddTensor(
                 handle,
@@ -524,9 +668,10 @@ pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -
             );
         }
     }
+    let layout = FrameLayout::for_frames(spec, spec.out_frames(x.dim(1)?)?);
     x.contiguous()?.apply_op3_no_bwd(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        &FrameConvOp(spec),
+        &FrameConvOp { spec, layout },
     )
 }

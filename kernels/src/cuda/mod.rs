@@ -9,8 +9,10 @@ mod nvrtc;
 #[cfg(feature = "cudnn")]
 pub use conv::frame_conv;
 
-use crate::spec::{ChannelDivisor, NormKind, NormSpec, RopeGrid, RotaryPairs};
-use crate::targets::{self, AttentionVariant, NORM, ROPE, Source, attention_variant};
+use crate::spec::{
+    ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+};
+use crate::targets::{self, AttentionVariant, LAYOUT, NORM, ROPE, Source, attention_variant};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -1663,6 +1665,84 @@ pub fn rms_norm_rotary(
         eps: eps as f32,
     };
     x.apply_op1_no_bwd(&op)
+}
+
+/// Frames-major video padded in time and space (layout.cu `pad_frames_*`).
+struct PadFrames(FramePadding);
+
+impl CustomOp1 for PadFrames {
+    fn name(&self) -> &'static str {
+        "pad-frames"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("pad_frames runs on CUDA only; reference::pad_frames is the CPU version")
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        fn run<T: CudaDType + DeviceRepr + 'static>(
+            padding: FramePadding,
+            xs: &CudaStorage,
+            xl: &Layout,
+            kernel: &'static str,
+        ) -> Result<(CudaStorage, Shape)> {
+            if !xl.is_contiguous() {
+                bail!("pad_frames: x must be contiguous");
+            }
+            let (b, t, c, h, w) = xl.shape().dims5()?;
+            let [_, t_out, _, ho, wo] = padding.output_shape_of([b, t, c, h, w])?;
+            let out_shape = Shape::from_dims(&[b, t_out, c, ho, wo]);
+            let dev = xs.device().clone();
+            let mut out = output::<T>(&dev, out_shape.elem_count())?;
+            let planes = b * t_out * c;
+            if planes * ho * wo == 0 {
+                return Ok((CudaStorage::wrap_cuda_slice(out, dev), out_shape));
+            }
+            let pixel_blocks = (ho * wo).div_ceil(256);
+            if planes > i32::MAX as usize || pixel_blocks > 65_535 || ho * wo > i32::MAX as usize {
+                bail!(
+                    "pad_frames: {:?} is too large for the kernel's grid",
+                    out_shape.dims()
+                );
+            }
+            let func = function(&dev, &LAYOUT, kernel)?;
+            let stream = dev.cuda_stream();
+            let (x, _xg) = typed_ptr::<T>(xs, xl, &stream)?;
+            let mode = match padding.mode {
+                SpatialPad::Zeros => 0i32,
+                SpatialPad::Replicate => 1,
+                SpatialPad::Reflect => 2,
+            };
+            let ints = [t, c, h, w, padding.before, t_out, padding.pad].map(|v| v as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (planes as u32, pixel_blocks as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&func);
+            launch.arg(&x).arg(&mut out);
+            for v in &ints {
+                launch.arg(v);
+            }
+            launch.arg(&mode);
+            // SAFETY: arguments match pad_frames_* in layout.cu; x is contiguous, the output has
+            // the padded shape, and the grid covers it.
+            unsafe { launch.launch(cfg) }.map_err(driver_err("pad_frames launch"))?;
+            Ok((CudaStorage::wrap_cuda_slice(out, dev), out_shape))
+        }
+        match xs.dtype() {
+            DType::BF16 => run::<bf16>(self.0, xs, xl, "pad_frames_bf16"),
+            DType::F32 => run::<f32>(self.0, xs, xl, "pad_frames_f32"),
+            dtype => bail!("pad_frames runs on bf16 or f32, got {dtype:?}"),
+        }
+    }
+}
+
+/// Frames-major video `x [B, T, C, H, W]` (bf16 or f32 on CUDA) padded in time and space by
+/// `padding` in one pass (`reference::pad_frames`).
+pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
+    padding.output_shape(x)?;
+    x.contiguous()?.apply_op1_no_bwd(&PadFrames(padding))
 }
 
 /// SwiGLU over the last dim (norm.cu `swiglu_bf16`).

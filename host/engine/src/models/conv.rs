@@ -7,9 +7,9 @@
 //! fast path from one place.
 
 use crate::fused::profile::section;
-use candle_core::{DType, Module, Result, Tensor, bail};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videosdgx_kernels::FrameConv;
+use videosdgx_kernels::{FrameConv, FramePadding, SpatialPad};
 
 /// The dtype candle convolves `x` in: f32 for half-precision tensors on the CPU, where candle
 /// has no half-precision convolution (the result is rounded back to the dtype of `x`), else its
@@ -185,30 +185,12 @@ impl PaddingMode {
         })
     }
 
-    /// `x` `[B, T, C, H, W]` padded by `pad` pixels on each side of H and W.
-    fn pad_spatial(self, x: &Tensor, pad: usize) -> Result<Tensor> {
-        let mut x = x.clone();
-        for dim in [3, 4] {
-            x = match self {
-                Self::Zeros => x.pad_with_zeros(dim, pad, pad)?,
-                Self::Replicate => x.pad_with_same(dim, pad, pad)?,
-                Self::Reflect => {
-                    let n = x.dim(dim)?;
-                    if pad >= n {
-                        bail!(
-                            "reflect padding by {pad} needs more than {pad} pixels, input is {:?}",
-                            x.dims()
-                        );
-                    }
-                    let last = n as i64 - 1;
-                    let index: Vec<u32> = (-(pad as i64)..=last + pad as i64)
-                        .map(|i| i.abs().min(2 * last - i) as u32)
-                        .collect();
-                    x.index_select(&Tensor::new(index.as_slice(), x.device())?, dim)?
-                }
-            };
+    fn spatial(self) -> SpatialPad {
+        match self {
+            Self::Zeros => SpatialPad::Zeros,
+            Self::Reflect => SpatialPad::Reflect,
+            Self::Replicate => SpatialPad::Replicate,
         }
-        Ok(x)
     }
 }
 
@@ -259,14 +241,28 @@ impl Conv3d {
     }
 }
 
-impl Module for Conv3d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv3d {
+    /// `forward` of `x` after `before` copies of its first frame and `after` of its last (a
+    /// causal convolution's time padding), padded in time and space in one pass.
+    pub fn forward_time_padded(&self, x: &Tensor, before: usize, after: usize) -> Result<Tensor> {
+        // cuDNN pads zeros itself (`spec.pad`).
+        let pad = if self.mode == PaddingMode::Zeros {
+            0
+        } else {
+            self.pad
+        };
         let padded;
-        let x = if self.mode == PaddingMode::Zeros || self.pad == 0 {
+        let x = if before + after + pad == 0 {
             x
         } else {
+            let padding = FramePadding {
+                before,
+                after,
+                pad,
+                mode: self.mode.spatial(),
+            };
             padded = section("conv.pad", x.device(), || {
-                self.mode.pad_spatial(x, self.pad)
+                crate::fused::pad_frames(x, padding)
             })?;
             &padded
         };
@@ -284,6 +280,12 @@ impl Module for Conv3d {
             }
             crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
         })
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_time_padded(x, 0, 0)
     }
 }
 
@@ -343,44 +345,5 @@ mod tests {
         let got = conv.scaled_per_channel(&beta).unwrap().forward(&x).unwrap();
         let err = crate::models::relative_error(&got, &expected).unwrap();
         assert!(err < 1e-6, "relative error {err:e}");
-    }
-
-    #[test]
-    fn spatial_padding_modes_pad_like_torch() {
-        let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, 6.0, &dev)
-            .unwrap()
-            .reshape((1, 1, 1, 2, 3))
-            .unwrap();
-        let rows = |mode: PaddingMode| {
-            mode.pad_spatial(&x, 1)
-                .unwrap()
-                .reshape((4, 5))
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap()
-        };
-        // torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect") / "replicate".
-        assert_eq!(
-            rows(PaddingMode::Reflect),
-            [
-                [4., 3., 4., 5., 4.],
-                [1., 0., 1., 2., 1.],
-                [4., 3., 4., 5., 4.],
-                [1., 0., 1., 2., 1.]
-            ]
-        );
-        assert_eq!(
-            rows(PaddingMode::Replicate),
-            [
-                [0., 0., 1., 2., 2.],
-                [0., 0., 1., 2., 2.],
-                [3., 3., 4., 5., 5.],
-                [3., 3., 4., 5., 5.]
-            ]
-        );
-        let one_row = x.narrow(3, 0, 1).unwrap();
-        let err = PaddingMode::Reflect.pad_spatial(&one_row, 1).unwrap_err();
-        assert!(err.to_string().contains("[1, 1, 1, 1, 3]"), "{err}");
     }
 }

@@ -242,14 +242,11 @@ impl CausalConv3d {
 
     fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let k = self.conv.kernel_t();
-        let x = section("conv.pad", x.device(), || {
-            if causal {
-                x.pad_with_same(1, k - 1, 0)
-            } else {
-                x.pad_with_same(1, (k - 1) / 2, (k - 1) / 2)
-            }
-        })?;
-        self.conv.forward(&x)
+        if causal {
+            self.conv.forward_time_padded(x, k - 1, 0)
+        } else {
+            self.conv.forward_time_padded(x, (k - 1) / 2, (k - 1) / 2)
+        }
     }
 }
 
