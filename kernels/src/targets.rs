@@ -160,7 +160,7 @@ mod tests {
             assert!(variant.shared_bytes <= SM12X_MAX_SHARED_BYTES);
         }
         let names: Vec<_> = sources_for(GB10).map(|s| s.name).collect();
-        assert_eq!(names, ["attention", "norm", "rope"]);
+        assert_eq!(names, ["attention", "norm", "rope", "layout"]);
         for src in sources_for(GB10) {
             assert_eq!(arch(GB10, src).unwrap(), "sm_121");
         }

@@ -277,7 +277,8 @@ export async function storyboardEditor(container, { project, board, actions }) {
 
   async function generate(shot) {
     await flush();
-    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('shoot', generation(shot), project.id));
+    const params = { ...generation(shot), continue_previous: Boolean(continueBox?.checked) };
+    const job = await attempt('Starting the generation', () => endpoints.jobs.submit('shoot', params, project.id));
     if (!job) return;
     jobsFeed.put(job);
     toast(`Shot ${shot.position + 1} queued for generation.`, 'ok');
@@ -369,6 +370,8 @@ export async function storyboardEditor(container, { project, board, actions }) {
   let attentionBox = null;
   let takesBox = null;
   let generateButton = null;
+  /** "Continue from the previous shot": the take starts from that shot's last frame. */
+  let continueBox = null;
   let keyframe = null;
   // Installed models: the shot's model picker lists video models; the keyframe box notes a
   // text-to-video one. Suggestions only: without the list the field still takes any name.
@@ -449,6 +452,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
     attentionBox = h('div');
     takesBox = h('div', { class: 'field' });
     generateButton = h('button', { class: 'primary', id: 'generate', onclick: () => generate(shot) });
+    continueBox = shot.position > 0 ? h('input', { type: 'checkbox', id: 'continue-previous' }) : null;
 
     const refs = h('div', { class: 'refs' }, (shot.references ?? []).map((assetId) => h('div', { class: 'ref' },
       assetThumb({ id: assetId, kind: 'image' }),
@@ -479,6 +483,8 @@ export async function storyboardEditor(container, { project, board, actions }) {
       h('div', { class: 'row wrap' },
         h('button', { id: 'expand', onclick: () => expand(shot, expandOut) }, 'Expand prompt'),
         generateButton,
+        continueBox && h('label', { class: 'small', title: 'Start this take from the last frame of the previous shot\'s chosen take (image-to-video models)' },
+          continueBox, ` Continue from shot ${shot.position}`),
         h('span', { class: 'spacer' }),
         h('button', { class: 'small', id: 'duplicate', onclick: () => duplicate(shot) }, 'Duplicate'),
         h('button', { class: 'small danger', id: 'delete-shot', onclick: () => remove(shot) }, 'Delete'))));

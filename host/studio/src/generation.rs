@@ -181,6 +181,8 @@ pub struct VideoRequest {
     pub seed: Option<u64>,
     /// Asset ids; the first image is the start frame of image-to-video models.
     pub references: Vec<i64>,
+    /// Refuse a model that cannot start from an image, rather than leave the image out.
+    pub start_frame_required: bool,
     pub render: RenderSettings,
 }
 
@@ -212,8 +214,14 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<VideoOutput> {
         let shot = shots::get_shot(&app.db, wanted.shot_id)?;
+        let project_id = project_of_shot(&app.db, shot.id)?;
+        let continuation = if wanted.continue_previous {
+            Some(previous_last_frame(app, project_id, &shot)?)
+        } else {
+            None
+        };
         let request = VideoRequest {
-            project_id: Some(project_of_shot(&app.db, shot.id)?),
+            project_id: Some(project_id),
             shot_id: Some(shot.id),
             model: shot_model(app.data_dir(), &shot)?,
             prompt: wanted.prompt.clone().unwrap_or_else(|| shot.prompt.clone()),
@@ -223,13 +231,15 @@ impl Generator {
                 .unwrap_or_else(|| shot.negative_prompt.clone()),
             length: Length::Seconds(shot.duration_s),
             seed: wanted.seed.or(shot.seed),
-            // The keyframe, when the shot has one, is the start frame (`start_image` takes the
-            // first image; a text-to-video model takes none).
-            references: shot
-                .keyframe_asset_id
+            // The previous shot's last frame when continuing, else the keyframe when the shot has
+            // one, is the start frame (`start_image` takes the first image; a text-to-video model
+            // takes none).
+            references: continuation
                 .into_iter()
+                .chain(shot.keyframe_asset_id)
                 .chain(shot.references.iter().copied())
                 .collect(),
+            start_frame_required: continuation.is_some(),
             render: wanted.render.clone(),
         };
         set_status(&app.db, shot.id, "generating")?;
@@ -288,6 +298,7 @@ impl Generator {
                             app,
                             &request.references,
                             pipeline.capabilities().start_image,
+                            request.start_frame_required,
                         )?,
                         end_image: None,
                         flow_shift: None,
@@ -396,9 +407,22 @@ fn set_status(db: &Db, shot_id: i64, status: &str) -> Result<()> {
     shots::update_shot(db, shot_id, &fields).map(drop)
 }
 
-/// The start frame for image-to-video: the first image among `references`.
-fn start_image(app: &App, references: &[i64], wanted: StartImage) -> Result<Option<ImageInput>> {
+/// The start frame for image-to-video: the first image among `references`; `required` refuses a
+/// model that takes none.
+fn start_image(
+    app: &App,
+    references: &[i64],
+    wanted: StartImage,
+    required: bool,
+) -> Result<Option<ImageInput>> {
     if wanted == StartImage::Unsupported {
+        if required {
+            return Err(StudioError::Invalid(
+                "this model cannot start from an image: continuing a shot needs an image-to-video \
+                 model (LTX-2, Wan image-to-video)"
+                    .into(),
+            ));
+        }
         return Ok(None);
     }
     for id in references {
@@ -413,6 +437,61 @@ fn start_image(app: &App, references: &[i64], wanted: StartImage) -> Result<Opti
         )),
         _ => Ok(None),
     }
+}
+
+/// The last frame of the take before `shot` (the previous shot's chosen take, else its latest),
+/// as an image asset of the project: the start frame of a shot that continues it.
+fn previous_last_frame(app: &App, project_id: i64, shot: &Shot) -> Result<i64> {
+    let previous = shots::list_shots(&app.db, shot.storyboard_id)?
+        .into_iter()
+        .find(|s| s.position + 1 == shot.position)
+        .ok_or_else(|| {
+            StudioError::Invalid(format!(
+                "shot {} opens its storyboard: there is no previous shot to continue",
+                shot.position + 1
+            ))
+        })?;
+    let take = previous
+        .chosen_take_id
+        .or_else(|| previous.takes.last().map(|t| t.id))
+        .ok_or_else(|| {
+            StudioError::Invalid(format!(
+                "shot {} has no take yet to continue from: generate it first",
+                previous.position + 1
+            ))
+        })?;
+    let video = get_asset(&app.db, shots::get_take(&app.db, take)?.asset_id)?;
+    let mut reader = videosdgx_engine::video::Mp4Reader::open(&app.assets.file_of(&video))?;
+    let last = reader.frame_count().checked_sub(1).ok_or_else(|| {
+        StudioError::Invalid(format!(
+            "take {take} of shot {} has no frames",
+            previous.position + 1
+        ))
+    })?;
+    let frame = reader
+        .frames_from(last)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("take {take} ended before its frame {last}"))??;
+    let path = app.scratch_file("continuation", "png")?;
+    frame
+        .save(&path)
+        .map_err(|e| StudioError::Internal(anyhow::Error::new(e).context("writing the frame")))?;
+    let project = crate::projects::get_project(&app.db, project_id)?;
+    let meta = NewAsset {
+        name: format!(
+            "{}-shot-{}-last-frame.png",
+            crate::plugins::calls::file_stem(&project.name),
+            previous.position + 1
+        ),
+        project_id: Some(project_id),
+        caption: format!("The last frame of {}", video.original_name),
+        tags: vec!["continuation".into()],
+        prompt: String::new(),
+        model: video.model.clone(),
+    };
+    let imported = app.assets.import_file(&app.db, &path, &meta);
+    let _ = std::fs::remove_file(&path);
+    Ok(imported?.0.id)
 }
 
 /// The library name of a generated video: `<project>-shot-<n>-take-<k>.mp4` for a shot's take
@@ -502,6 +581,11 @@ pub struct GenerateShot {
     pub negative_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Start from the last frame of the previous shot's chosen take (its latest when none is
+    /// chosen), so the cut continues the action: an image-to-video model's start frame, in place
+    /// of the shot's keyframe. The frame becomes an image asset, recorded as the take's reference.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_previous: bool,
 }
 
 impl GenerateShot {
@@ -723,6 +807,98 @@ mod tests {
             "{}",
             sound.duration_s()
         );
+    }
+
+    #[test]
+    fn a_shot_continues_from_the_last_frame_of_the_previous_take() {
+        let (dir, app) = studio();
+        install_fixture_model(dir.path(), "tiny-ltx2");
+        let first = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-ltx2".into()),
+                ..prompt("a keeper climbs the lighthouse stairs")
+            },
+        );
+        let fields = ShotFields {
+            model: Some("tiny-ltx2".into()),
+            ..prompt("the keeper lights the lamp")
+        };
+        let second = shots::create_shot(&app.db, first.storyboard_id, &fields).unwrap();
+        let continuing = GenerateShot {
+            continue_previous: true,
+            ..of(second.id)
+        };
+        let run =
+            |wanted: &GenerateShot| {
+                app.generator
+                    .generate_shot(&app, None, wanted, &mut |_, _, _| ControlFlow::Continue(()))
+            };
+
+        // Nothing to continue yet: the first shot has no take, and it has no shot before it.
+        let err = run(&continuing).unwrap_err().to_string();
+        assert!(err.contains("shot 1 has no take yet"), "{err}");
+        let previous = run(&of(first.id)).unwrap();
+        let err = run(&GenerateShot {
+            continue_previous: true,
+            ..of(first.id)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("shot 1 opens its storyboard"), "{err}");
+
+        let out = run(&continuing).unwrap();
+        // The start frame is an image asset of the project holding the previous take's last
+        // frame; the take's record names it.
+        let frame_id: i64 = app
+            .db
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT id FROM assets WHERE tags LIKE '%continuation%'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        let frame = get_asset(&app.db, frame_id).unwrap();
+        assert_eq!(
+            (frame.kind, frame.original_name.as_str()),
+            (MediaKind::Image, "p-shot-1-last-frame.png")
+        );
+        let record = get_generation(&app.db, out.generation_id).unwrap();
+        let recorded: GenerateParams = serde_json::from_value(record.params).unwrap();
+        assert_eq!(
+            recorded.start_image,
+            Some(ImageInput::Path(app.assets.file_of(&frame)))
+        );
+        let mut reader = video::Mp4Reader::open(&app.assets.file_of(&previous.asset)).unwrap();
+        let last = reader.frame_count() - 1;
+        let want = reader.frames_from(last).unwrap().next().unwrap().unwrap();
+        let got = image::ImageReader::open(app.assets.file_of(&frame))
+            .unwrap()
+            .with_guessed_format()
+            .unwrap()
+            .decode()
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(
+            got, want,
+            "the start frame is the previous take's last frame"
+        );
+
+        // A text-to-video model cannot start from it: refused, not ignored.
+        let wan = ShotFields {
+            model: Some("tiny-wan-t2v".into()),
+            ..prompt("the lamp turns")
+        };
+        let third = shots::create_shot(&app.db, first.storyboard_id, &wan).unwrap();
+        let err = run(&GenerateShot {
+            continue_previous: true,
+            ..of(third.id)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cannot start from an image"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct ShootShot {
     /// The reviewer plugin; the only enabled one (or the first-party `reviewer`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reviewer: Option<String>,
+    /// Every attempt starts from the last frame of the previous shot's take
+    /// ([`GenerateShot::continue_previous`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_previous: bool,
 }
 
 /// One generated take of the loop.
@@ -118,6 +122,7 @@ pub fn shoot(
         prompt: None,
         negative_prompt: None,
         seed: shot.seed,
+        continue_previous: params.continue_previous,
     };
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut review_note = off;

@@ -203,6 +203,7 @@ impl StudioServices {
                 length: Length::Frames(frames),
                 seed: Some(request.seed),
                 references,
+                start_frame_required: false,
                 render: RenderSettings {
                     height: request.height as usize,
                     width: request.width as usize,
