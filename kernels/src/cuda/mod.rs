@@ -453,6 +453,22 @@ fn f32_term(t: &Option<Tensor>) -> Result<Option<(candle_core::StorageRef<'_>, u
     Ok(Some((storage, offset)))
 }
 
+/// The rows of bf16 `x [B, L, D]` for a one-warp-per-row kernel: one run of `B·L` rows `L`'s
+/// stride apart, each contiguous and 16-byte aligned (a single batch may be a narrowed view, e.g.
+/// the image tokens of a joint text+image sequence).
+fn bf16_rows(xl: &Layout, what: &str) -> Result<usize> {
+    let (b, l, _) = xl.shape().dims3()?;
+    let st = xl.stride();
+    if st[2] != 1
+        || (b > 1 && st[0] != st[1] * l)
+        || !xl.start_offset().is_multiple_of(8)
+        || !st[1].is_multiple_of(8)
+    {
+        bail!("{what}: x must be rows of contiguous, 16-byte aligned values, strides {st:?}");
+    }
+    Ok(b * l)
+}
+
 impl CustomOp1 for ModulatedNorm {
     fn name(&self) -> &'static str {
         "modulated-norm"
@@ -466,18 +482,7 @@ impl CustomOp1 for ModulatedNorm {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
-        // Rows are addressed as one run of `b * l` rows `st[1]` apart; a single batch may be a
-        // narrowed view (the image tokens of a joint text+image sequence).
-        if st[2] != 1
-            || (b > 1 && st[0] != st[1] * l)
-            || !xl.start_offset().is_multiple_of(8)
-            || !st[1].is_multiple_of(8)
-        {
-            bail!(
-                "modulated norm: x must be rows of contiguous, 16-byte aligned values, strides {st:?}"
-            );
-        }
-        let rows = b * l;
+        let rows = bf16_rows(xl, "modulated norm")?;
         let mut out = output::<bf16>(&dev, rows * d)?;
         let func = function(
             &dev,
@@ -1538,17 +1543,7 @@ impl CustomOp1 for NormRotaryRows {
         let dev = xs.device().clone();
         let (b, l, d) = xl.shape().dims3()?;
         let st = xl.stride();
-        // Rows are one run of `b * l` rows `st[1]` apart, each contiguous and 16-byte aligned.
-        if st[2] != 1
-            || (b > 1 && st[0] != st[1] * l)
-            || !xl.start_offset().is_multiple_of(8)
-            || !st[1].is_multiple_of(8)
-        {
-            bail!(
-                "rms_norm_rotary: x must be rows of contiguous, 16-byte aligned values, strides {st:?}"
-            );
-        }
-        let rows = b * l;
+        let rows = bf16_rows(xl, "rms_norm_rotary")?;
         let mut out = output::<bf16>(&dev, rows * d)?;
         if rows == 0 {
             return Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()));
