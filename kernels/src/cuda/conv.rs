@@ -380,6 +380,13 @@ impl FrameConvOp {
     /// The calls that compute every output frame of `b` items of `t` frames of `frame_bytes`.
     fn calls(&self, b: usize, t: usize, c: usize, frame_bytes: usize) -> Result<Vec<Call>> {
         let spec = self.spec;
+        // A one-tap convolution over every frame maps input frame i to output frame i: the items'
+        // frames are one run (the image models' many small images, batched across items).
+        let (b, t) = if spec.taps == 1 && spec.stride_t == 1 {
+            (1, b * t)
+        } else {
+            (b, t)
+        };
         let t_out = spec.out_frames(t)?;
         let window_bytes = spec.taps * frame_bytes;
         let (per_call, batch, gather) = match self.layout {
