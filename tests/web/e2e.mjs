@@ -256,6 +256,11 @@ try {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
     await page.locator('.take .take-review', { hasText: 'not reviewed' }).waitFor();
+    // Only a shot with one before it offers to continue from it.
+    assert.equal(await page.locator('#continue-previous').count(), 0);
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(1).click();
+    await page.getByLabel('Continue from shot 1').waitFor();
+    assert.equal(await page.locator('#continue-previous').isChecked(), false);
   });
 
   await step('play the take in the review screen, seeking over HTTP Range', async () => {
