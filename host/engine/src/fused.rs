@@ -273,9 +273,10 @@ pub(crate) fn channel_norm_into(
     }
 }
 
-/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: cuDNN,
-/// one call per output frame, with the `cudnn` feature on CUDA bf16 or f32; otherwise candle's ops
-/// ([`videosdgx_kernels::reference::frame_conv`], which defines it).
+/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: cuDNN
+/// (frame windows read in place, or gathered into batches for long clips) with the `cudnn` feature
+/// on CUDA bf16 or f32; otherwise candle's ops ([`videosdgx_kernels::reference::frame_conv`], which
+/// defines it).
 pub(crate) fn frame_conv(
     x: &Tensor,
     weight: &Tensor,
