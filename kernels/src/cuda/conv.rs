@@ -556,18 +556,24 @@ impl FrameConvOp {
             let (_, d, plan, key) = shape;
             if call.gather {
                 // The batch's windows (`taps` frames from every `stride_t`-th frame) side by side.
+                // Every field spelled out: the memory-type enums have no zero value.
                 let copy = CUDA_MEMCPY2D {
+                    srcXInBytes: 0,
+                    srcY: 0,
                     srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    srcHost: std::ptr::null(),
                     srcDevice: x_at(call.input),
+                    srcArray: std::ptr::null_mut(),
                     srcPitch: elem * spec.stride_t * in_frame,
+                    dstXInBytes: 0,
+                    dstY: 0,
                     dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                    dstHost: std::ptr::null_mut(),
                     dstDevice: scratch,
+                    dstArray: std::ptr::null_mut(),
                     dstPitch: window_bytes,
                     WidthInBytes: window_bytes,
                     Height: call.batch.images,
-                    // SAFETY: the remaining fields (offsets, host pointers, arrays) are unused
-                    // for device-to-device copies and zero is their neutral value.
-                    ..unsafe { std::mem::zeroed() }
                 };
                 // SAFETY: the source rows lie in x (the windows of output frames in range), the
                 // destination is the scratch buffer sized for the largest batch; same stream.
