@@ -28,6 +28,8 @@
 # times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings. Then
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
+# wan14fp8 (on request): the 14B forward with the blocks' linear layers kept in FP8 (dequantized per product),
+# its device memory and its output's error against the bf16 forward of the same random weights.
 # llm4, llm8, llm4g, llm12 (on request): `bench llm` for Qwen3-4B, Qwen3-8B, Gemma 3 4B and 12B (random weights
 # of the published configs: prefill of 1,000 tokens, 256 greedy decoding steps, every hidden state of 512
 # tokens); anchorllm* the same through transformers (kernels/bench/llm_reference.py), compiledllm* with
@@ -152,6 +154,7 @@ for step in "${STEPS[@]}"; do
       STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/ltx2_reference.py" --component "$component" \
         "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
+    wan14fp8) run wan14fp8 "$BIN" bench wan --preset wan2.1-14b --component transformer --quant fp8 --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     vae22) run vae22 "$BIN" bench wan --preset wan2.2-5b --component vae --profile --json ;;

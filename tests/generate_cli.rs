@@ -1106,3 +1106,32 @@ fn an_output_that_is_not_a_regular_file_is_refused_before_anything_runs() {
     let null = std::fs::symlink_metadata("/dev/null").unwrap();
     assert!(!null.is_file(), "/dev/null is still a device");
 }
+
+#[test]
+fn fp8_weights_generate_close_to_bf16_and_the_record_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dense, fp8) = (tmp.path().join("dense.st"), tmp.path().join("fp8.st"));
+    let mp4 = tmp.path().join("clip.mp4");
+    let run = |saved: &Path, extra: &[&str]| {
+        let mut args = vec!["--save-tensor", saved.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = generate("5", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let record = run(&dense, &[]);
+    assert_eq!(record["quant"], serde_json::Value::Null);
+    let record = run(&fp8, &["--quant", "fp8", "--out", mp4.to_str().unwrap()]);
+    assert_eq!(record["quant"], "fp8");
+    let err = rel_err(&video(&fp8), &video(&dense));
+    assert!(
+        err > 0.0 && err <= 5e-2,
+        "FP8 against f32 weights: relative error {err:e}"
+    );
+    let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
+    assert_eq!(decoded.metadata["quant"], "fp8");
+}

@@ -687,3 +687,41 @@ fn generate_text_writes_transformers_greedy_sequences() {
         expected["sequences"].to_vec2::<i64>().unwrap()
     );
 }
+
+#[test]
+fn model_forward_quantizes_a_transformer_to_fp8_at_load_as_pytorch_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sample.safetensors");
+    let result = forward(
+        &fixture("wan_t2v").join("model"),
+        &fixture("wan_t2v").join("inputs.safetensors"),
+        &out,
+        &["--quant", "fp8"],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(
+        fixture("wan_t2v_fp8").join("outputs.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // The checkpoint PyTorch quantized the same way, run on its dequantized weights.
+    let err = relative_error(&got["sample"], &expected["per_channel"]);
+    assert!(err <= 1e-4, "relative error {err:e}");
+
+    let refused = forward(
+        &fixture("umt5").join("model"),
+        &fixture("umt5").join("inputs.safetensors"),
+        &out,
+        &["--quant", "fp8"],
+    );
+    let line = one_error_line(&refused);
+    assert!(
+        line.contains("--quant") && line.contains("UMT5EncoderModel"),
+        "{line}"
+    );
+}

@@ -390,10 +390,16 @@ mod cuda {
         gelu: bool,
         residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
-        let w = layer.weight();
-        if super::disabled("linear") || !bf16_cuda(x) || !bf16_cuda(w) || w.rank() != 2 {
+        if super::disabled("linear")
+            || !bf16_cuda(x)
+            || !layer.device().is_cuda()
+            || layer.dtype() != DType::BF16
+        {
             return Ok(None);
         }
+        // An FP8 layer's weight is dequantized for the product.
+        let w = layer.weight()?;
+        let w = w.as_ref();
         let (n, k) = w.dims2()?;
         if layer
             .bias()

@@ -411,7 +411,7 @@ fn every_checkpoint_tensor_is_an_adaptable_weight_under_its_own_name() {
             .visit_weights(&mut |w| {
                 match w {
                     Weight::Linear(linear) => {
-                        add(format!("{}.weight", linear.name()), linear.weight().dims());
+                        add(format!("{}.weight", linear.name()), linear.dims());
                         if let Some(bias) = linear.bias() {
                             add(format!("{}.bias", linear.name()), bias.dims());
                         }

@@ -290,6 +290,10 @@ pub struct WanArgs {
     /// section (transformer block parts, VAE layer kinds) and report where the time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Transformer: keep the blocks' linear layers in this format (quantized after building),
+    /// and report the output's relative error against the bf16 forward of the same weights.
+    #[arg(long, value_enum)]
+    pub quant: Option<super::model::QuantArg>,
     #[arg(long)]
     pub json: bool,
 }
@@ -376,6 +380,7 @@ mod gpu {
     pub(super) mod ltx2;
     mod pipeline;
 
+    use super::super::model::QuantArg;
     use super::configs::{self, transformer_config};
     use super::*;
     use anyhow::Context;
@@ -619,6 +624,11 @@ mod gpu {
         tflops: Option<f64>,
         /// max |output| of the last timed call (finite random weights give a finite output).
         output_max_abs: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quant: Option<super::super::model::QuantArg>,
+        /// With --quant: ‖out − out_bf16‖ / ‖out_bf16‖ on the same weights and inputs.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_vs_bf16: Option<f64>,
         /// With --profile: synchronised wall time per section, summed over the layers.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         profile: Vec<ProfileSection>,
@@ -661,9 +671,13 @@ mod gpu {
         let vb = RandomWeights::var_builder(&params, DType::BF16, &dev);
         let mut profile = Vec::new();
         let mut output_max_abs = None;
+        let mut error_vs_bf16 = None;
+        if args.quant.is_some() && args.component != Component::Transformer {
+            anyhow::bail!("--quant: only the transformer component is quantized");
+        }
         let (ms, peak_gib) = match args.component {
             Component::Transformer => {
-                let model = WanTransformer3DModel::new(&transformer_config(&shape), vb)
+                let mut model = WanTransformer3DModel::new(&transformer_config(&shape), vb)
                     .context("building the transformer")?;
                 let latents =
                     Tensor::randn(0f32, 1f32, (1, shape.in_channels, f, h * 2, w * 2), &dev)?
@@ -671,6 +685,15 @@ mod gpu {
                 let timestep = Tensor::new(&[500f32], &dev)?;
                 let text =
                     Tensor::randn(0f32, 1f32, (1, 512, 4096), &dev)?.to_dtype(DType::BF16)?;
+                let dense_out = match args.quant {
+                    Some(QuantArg::Fp8) => {
+                        let out = model.forward(&latents, &timestep, &text, None)?;
+                        videosdgx_engine::models::fp8::quantize_blocks(&mut model)?;
+                        dev.synchronize()?;
+                        Some(out)
+                    }
+                    None => None,
+                };
                 let peak = MemoryPeak::start(&ctx);
                 let mut out = None;
                 let ms = time_ms(&dev, args.warmup, args.reps, || {
@@ -678,6 +701,9 @@ mod gpu {
                     Ok(())
                 })?;
                 let peak = peak.finish();
+                if let (Some(out), Some(dense)) = (&out, &dense_out) {
+                    error_vs_bf16 = Some(videosdgx_engine::models::relative_error(out, dense)?);
+                }
                 if let Some(out) = out {
                     output_max_abs = Some(
                         out.to_dtype(DType::F32)?
@@ -727,6 +753,8 @@ mod gpu {
             tflops: (args.component == Component::Transformer)
                 .then(|| transformer_flops(&shape, f * h * w) / ms / 1e9),
             output_max_abs,
+            quant: args.quant,
+            error_vs_bf16,
             profile,
             peak_gib,
             params_b: params.load(Ordering::Relaxed) as f64 / 1e9,

@@ -111,6 +111,10 @@ pub struct ForwardArgs {
     /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
     #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
     pub lora_mode: LoraModeArg,
+    /// For diffusion transformers: keep the linear layers of the blocks in this format, quantized
+    /// at load (an FP8 checkpoint's layers stay FP8 without it).
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
     /// For upscalers: run in tiles of N x N input pixels (batched, overlapping by the model's
     /// receptive field, at most 32 pixels) instead of the whole frame at once.
     #[arg(long, value_name = "N")]
@@ -147,6 +151,14 @@ impl From<LoraModeArg> for LoraMode {
             LoraModeArg::Runtime => LoraMode::Runtime,
         }
     }
+}
+
+/// Weight formats a transformer can be quantized to at load.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantArg {
+    /// float8 e4m3, one scale per output channel.
+    Fp8,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -275,13 +287,18 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel)"
         );
     }
+    if args.quant.is_some() && !adaptable {
+        bail!(
+            "--quant: {class_name} is not quantized (quantization is for diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel)"
+        );
+    }
     let loras = open_loras(&args.loras)?;
 
     let started = std::time::Instant::now();
     let outputs: Vec<(&str, Tensor)> = match class {
         ComponentClass::WanTransformer3DModel => {
             let mut model = WanTransformer3DModel::load(&args.model, &device, dtype)?;
-            model.set_loras(&loras, args.lora_mode.into())?;
+            adapt(&mut model, &loras, args)?;
             let sample = model.forward(
                 input("hidden_states")?,
                 input("timestep")?,
@@ -292,7 +309,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         }
         ComponentClass::Flux2Transformer2DModel => {
             let mut model = Flux2Transformer2DModel::load(&args.model, &device, dtype)?;
-            model.set_loras(&loras, args.lora_mode.into())?;
+            adapt(&mut model, &loras, args)?;
             let sample = model.forward(
                 input("hidden_states")?,
                 input("encoder_hidden_states")?,
@@ -305,7 +322,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
         }
         ComponentClass::FluxTransformer2DModel => {
             let mut model = FluxTransformer2DModel::load(&args.model, &device, dtype)?;
-            model.set_loras(&loras, args.lora_mode.into())?;
+            adapt(&mut model, &loras, args)?;
             let sample = model.forward(
                 input("hidden_states")?,
                 input("encoder_hidden_states")?,
@@ -328,7 +345,7 @@ fn forward(args: &ForwardArgs) -> Result<()> {
                 input(name)?;
             }
             let mut model = LTX2VideoTransformer3DModel::load(&args.model, &device, dtype)?;
-            model.set_loras(&loras, args.lora_mode.into())?;
+            adapt(&mut model, &loras, args)?;
             let (sample, audio_sample) =
                 model.forward(&LTX2TransformerInputs::from_named(&inputs)?)?;
             vec![("sample", sample), ("audio_sample", audio_sample)]
@@ -570,6 +587,15 @@ fn report(
 }
 
 /// Opens each `--lora` file; one component takes one strength per LoRA.
+/// Quantizes a diffusion transformer as `--quant` asks, then applies the LoRAs.
+fn adapt(model: &mut impl Adaptable, loras: &[Lora], args: &ForwardArgs) -> Result<()> {
+    if args.quant == Some(QuantArg::Fp8) {
+        videosdgx_engine::models::fp8::quantize_blocks(model)?;
+    }
+    model.set_loras(loras, args.lora_mode.into())?;
+    Ok(())
+}
+
 fn open_loras(specs: &[LoraSpec]) -> Result<Vec<Lora>> {
     specs
         .iter()

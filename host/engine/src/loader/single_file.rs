@@ -32,6 +32,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// The float8 weights' scales beside them (`-fp8` files; ComfyUI's `scale_weight`).
+const SCALE_SUFFIXES: [&str; 3] = [".input_scale", ".weight_scale", ".scale_weight"];
+
 /// The original layouts this module reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OriginalLayout {
@@ -98,9 +101,7 @@ impl OriginalLayout {
     /// transformer's prefix (diffusers reads them as `LTX2TextConnectors`), the VAE statistics
     /// that have no diffusers buffer, and the float8 weights' scales (read with their weights).
     fn dropped(self, key: &str) -> bool {
-        [".input_scale", ".weight_scale", ".scale_weight"]
-            .iter()
-            .any(|scale| key.ends_with(scale))
+        SCALE_SUFFIXES.iter().any(|scale| key.ends_with(scale))
             || match self {
                 Self::Ltx2Transformer => {
                     key.contains("video_embeddings_connector")
@@ -686,14 +687,15 @@ impl Mapped {
         source(self.layout, self.prefix, blocks, name)
     }
 
-    /// Reads `key` in `dtype`; a float8 weight is multiplied by its `weight_scale` (the `-fp8`
-    /// files), in f32 on the CPU, one tensor at a time.
+    /// Reads `key` in `dtype`. A float8 weight asked for in float8 comes as stored (a linear
+    /// layer keeps it so, with its scale); in any other dtype it is multiplied by its
+    /// `weight_scale` (the `-fp8` files), in f32 on the CPU, one tensor at a time.
     fn read(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor, LoadError> {
         let is_f8 = self
             .checkpoint
             .entry(key)
             .is_some_and(|entry| entry.dtype == safetensors::Dtype::F8_E4M3);
-        if !is_f8 {
+        if !is_f8 || dtype == DType::F8E4M3 {
             return self.checkpoint.load(key, None, dtype, device);
         }
         let stem = key.strip_suffix(".weight").unwrap_or(key);
@@ -715,10 +717,13 @@ impl Mapped {
                 used.insert(name);
             }
         }
-        let weight = self.checkpoint.load(key, None, DType::F32, &Device::Cpu)?;
+        let weight = self
+            .checkpoint
+            .load(key, None, DType::F8E4M3, &Device::Cpu)?;
         let dequantize = || {
             let scale = scale.flatten_all()?.reshape(())?;
             weight
+                .to_dtype(DType::F32)?
                 .broadcast_mul(&scale)?
                 .to_dtype(dtype)?
                 .to_device(device)
@@ -750,6 +755,10 @@ impl Mapped {
             used.insert(key.clone());
         }
         let d = self.width;
+        // A per-tensor scale serves every part of its weight.
+        if full.elem_count() == 1 && SCALE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            return Ok(full);
+        }
         let rows = full.dim(0)?;
         // Parts are copied out: a view would keep the whole fused tensor alive once per part.
         let tensor = match part {

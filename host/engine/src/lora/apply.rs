@@ -123,7 +123,7 @@ impl Inventory {
             match w {
                 Weight::Linear(linear) => {
                     let name = linear.name();
-                    weights.push((format!("{name}.weight"), linear.weight().dims().to_vec()));
+                    weights.push((format!("{name}.weight"), linear.dims().to_vec()));
                     if let Some(bias) = linear.bias() {
                         weights.push((format!("{name}.bias"), bias.dims().to_vec()));
                     }
@@ -454,6 +454,9 @@ impl LoraState {
                 let weight_name = format!("{name}.weight");
                 let mut merged = Vec::new();
                 let mut adapters = Vec::new();
+                // An FP8 layer takes low-rank LoRAs as side paths whatever the mode: merged, a
+                // LoRA's small changes would mostly round away in float8.
+                let fp8 = linear.fp8().is_some();
                 for delta in plans.get(&weight_name).into_iter().flatten() {
                     match delta {
                         Delta::LowRank {
@@ -461,17 +464,24 @@ impl LoraState {
                             down,
                             up,
                             scale,
-                        } if mode == LoraMode::Runtime => adapters.push(side_path(
-                            &loras[*lora].file,
-                            down,
-                            up,
-                            *scale,
-                            linear.weight(),
-                        )?),
+                        } if mode == LoraMode::Runtime || fp8 => {
+                            adapters.push(side_path(&loras[*lora].file, down, up, *scale, linear)?)
+                        }
+                        Delta::Full { lora, key, .. } if fp8 => {
+                            return Err(LoraError::Unsupported {
+                                path: loras[*lora].file.path().to_path_buf(),
+                                reason: format!(
+                                    "`{key}` is a whole-weight change, which cannot merge into \
+                                     `{weight_name}`, kept in FP8 (load the model without FP8)"
+                                ),
+                            });
+                        }
                         _ => merged.push(delta),
                     }
                 }
-                if let Some(w) = self.merged(&weight_name, linear.weight(), &merged, loras)? {
+                if let Some(dense) = linear.dense_weight().cloned()
+                    && let Some(w) = self.merged(&weight_name, &dense, &merged, loras)?
+                {
                     linear.set_weight(w);
                 }
                 if let Some(bias) = linear.bias().cloned() {
@@ -551,9 +561,9 @@ fn side_path(
     down: &str,
     up: &str,
     scale: f64,
-    weight: &Tensor,
+    layer: &Linear,
 ) -> Result<LowRank, LoraError> {
-    let (dtype, device) = (weight.dtype(), weight.device());
+    let (dtype, device) = (layer.dtype(), layer.device());
     let down = file.tensor(down, dtype, device)?;
     let up = file.tensor(up, dtype, device)?;
     let candle = |source| LoraError::Tensor {

@@ -2,10 +2,13 @@
 //! LoRAs applied at run time add to it ([`crate::lora`]). It remembers the checkpoint name it was
 //! loaded under, so that a LoRA key can find it. The fused dispatch points take it as it is; a
 //! layer with side paths always runs the portable matmul, never a fused epilogue that would skip
-//! them.
+//! them. Its weight is dense, or float8 with a scale ([`Fp8Weight`]): an FP8 checkpoint's layers
+//! stay FP8 in memory and are dequantized for each product.
 
-use candle_core::{Module, Result, Tensor};
+use super::fp8::Fp8Weight;
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::borrow::Cow;
 
 /// A low-rank side path `scale · (x downᵀ) upᵀ`: one LoRA applied at run time.
 #[derive(Debug, Clone)]
@@ -25,25 +28,61 @@ impl LowRank {
     }
 }
 
+/// How a layer keeps its weight.
+#[derive(Debug, Clone)]
+enum Stored {
+    Dense(Tensor),
+    /// Float8 with its scale; products run in `dtype`, the model's.
+    Fp8 {
+        weight: Fp8Weight,
+        dtype: DType,
+    },
+}
+
 /// `nn.Linear` with its checkpoint name and optional low-rank side paths.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: candle_nn::Linear,
+    weight: Stored,
+    bias: Option<Tensor>,
     name: String,
     adapters: Vec<LowRank>,
 }
 
+/// The checkpoint names of an FP8 weight's scale: diffusers-style and LightX2V/LTX-2
+/// (`weight_scale`), ComfyUI's scaled FP8 (`scale_weight`).
+const FP8_SCALE_NAMES: [&str; 2] = ["weight_scale", "scale_weight"];
+
 /// `nn.Linear(in_dim, out_dim, bias)` with the checkpoint's `weight` (`[out, in]`) and `bias` under
-/// the prefix of `vb`, which becomes the layer's name.
+/// the prefix of `vb`, which becomes the layer's name. A weight stored in float8 beside its scale
+/// is kept in float8.
 pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let weight = match FP8_SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) {
+        Some(scale_name) => {
+            let data = vb.get_with_hints_dtype(
+                (out_dim, in_dim),
+                "weight",
+                candle_nn::Init::Const(0.),
+                DType::F8E4M3,
+            )?;
+            let scale = vb.get_unchecked_dtype(scale_name, DType::F32)?;
+            let weight = Fp8Weight::new(data, &scale).map_err(|err| {
+                candle_core::Error::msg(format!("{}.{scale_name}: {err}", vb.prefix()))
+            })?;
+            Stored::Fp8 {
+                weight,
+                dtype: vb.dtype(),
+            }
+        }
+        None => Stored::Dense(vb.get((out_dim, in_dim), "weight")?),
+    };
     let bias = if bias {
         Some(vb.get(out_dim, "bias")?)
     } else {
         None
     };
     Ok(Linear {
-        inner: candle_nn::Linear::new(weight, bias),
+        weight,
+        bias,
         name: vb.prefix(),
         adapters: Vec::new(),
     })
@@ -55,12 +94,67 @@ impl Linear {
         &self.name
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    /// The weight as the products use it: the dense tensor, or the FP8 weight dequantized.
+    pub fn weight(&self) -> Result<Cow<'_, Tensor>> {
+        match &self.weight {
+            Stored::Dense(w) => Ok(Cow::Borrowed(w)),
+            Stored::Fp8 { weight, dtype } => weight.dequantize(*dtype).map(Cow::Owned),
+        }
+    }
+
+    /// The weight, where the layer keeps it dense.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Stored::Dense(w) => Some(w),
+            Stored::Fp8 { .. } => None,
+        }
+    }
+
+    /// The FP8 weight, where the layer keeps one.
+    pub fn fp8(&self) -> Option<&Fp8Weight> {
+        match &self.weight {
+            Stored::Fp8 { weight, .. } => Some(weight),
+            Stored::Dense(_) => None,
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> &[usize] {
+        match &self.weight {
+            Stored::Dense(w) => w.dims(),
+            Stored::Fp8 { weight, .. } => weight.dims(),
+        }
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            Stored::Dense(w) => w.dtype(),
+            Stored::Fp8 { dtype, .. } => *dtype,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match &self.weight {
+            Stored::Dense(w) => w.device(),
+            Stored::Fp8 { weight, .. } => weight.data().device(),
+        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
-        self.inner.bias()
+        self.bias.as_ref()
+    }
+
+    /// Keeps the weight in float8 with one scale per output channel (`--quant fp8`); an FP8
+    /// layer stays as it is.
+    pub fn quantize_fp8(&mut self) -> Result<()> {
+        if let Stored::Dense(w) = &self.weight {
+            self.weight = Stored::Fp8 {
+                weight: Fp8Weight::quantize(w)?,
+                dtype: w.dtype(),
+            };
+        }
+        Ok(())
     }
 
     /// The side paths added to the output, in the order they were attached.
@@ -68,14 +162,15 @@ impl Linear {
         &self.adapters
     }
 
-    /// Replaces the weight (same shape; a merged LoRA or the restored original).
+    /// Replaces the weight with a dense one (same shape; a merged LoRA or the restored
+    /// original).
     pub(crate) fn set_weight(&mut self, weight: Tensor) {
-        self.inner = candle_nn::Linear::new(weight, self.inner.bias().cloned());
+        self.weight = Stored::Dense(weight);
     }
 
     /// Replaces the bias (same shape).
     pub(crate) fn set_bias(&mut self, bias: Tensor) {
-        self.inner = candle_nn::Linear::new(self.inner.weight().clone(), Some(bias));
+        self.bias = Some(bias);
     }
 
     pub(crate) fn set_adapters(&mut self, adapters: Vec<LowRank>) {
@@ -85,7 +180,8 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = self.inner.forward(x)?;
+        let weight = self.weight()?.into_owned();
+        let mut y = candle_nn::Linear::new(weight, self.bias.clone()).forward(x)?;
         for adapter in &self.adapters {
             y = (y + adapter.forward(x)?)?;
         }

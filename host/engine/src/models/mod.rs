@@ -11,6 +11,7 @@ pub mod conv;
 pub mod conv1d;
 pub(crate) mod embeddings;
 pub(crate) mod feed_forward;
+pub mod fp8;
 mod group_norm;
 pub(crate) mod joint_attention;
 mod linear;
@@ -70,7 +71,7 @@ pub(crate) fn clip_f16(x: Tensor) -> Result<Tensor> {
 /// (`_keep_in_fp32_modules`): the input is cast to the weights' dtype first, as PyTorch would
 /// require.
 pub(crate) fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    layer.forward(&x.to_dtype(layer.weight().dtype())?)
+    layer.forward(&x.to_dtype(layer.dtype())?)
 }
 
 /// Layer normalisation over the last dimension computed in f32, like diffusers' `FP32LayerNorm`;

@@ -22,7 +22,7 @@ use candle_core::{DType, Device};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use crate::lora::{LoraMode, LoraSpec};
+use crate::lora::{Adaptable, LoraMode, LoraSpec};
 use crate::schedulers::SchedulerKind;
 use crate::schedulers::step_cache::{CacheReport, CacheSpec};
 use candle_core::Tensor;
@@ -703,6 +703,23 @@ impl Pipeline {
             Pipeline::Ltx2(ltx) => ltx.frames_for(seconds),
             Pipeline::Flux(_) | Pipeline::Flux2(_) => 1,
         }
+    }
+
+    /// Keeps the linear layers of the transformers' blocks in FP8 (`--quant fp8`): about half
+    /// their bf16 memory, each product dequantizing its layer. LoRAs then join those layers as
+    /// side paths. Returns how many layers were quantized.
+    pub fn quantize_fp8(&mut self) -> anyhow::Result<usize> {
+        let transformers: Vec<&mut dyn Adaptable> = match self {
+            Pipeline::Wan(wan) => wan.transformers(),
+            Pipeline::Flux(flux) => vec![flux.transformer()],
+            Pipeline::Flux2(flux) => vec![flux.transformer()],
+            Pipeline::Ltx2(ltx) => vec![ltx.transformer()],
+        };
+        let mut layers = 0;
+        for model in transformers {
+            layers += crate::models::fp8::quantize_blocks(model)?;
+        }
+        Ok(layers)
     }
 
     /// Keeps the text encoder in memory between generations (the default), or drops it after

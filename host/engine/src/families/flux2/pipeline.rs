@@ -146,6 +146,11 @@ impl Flux2Pipeline {
         }
     }
 
+    /// The denoising transformer.
+    pub(crate) fn transformer(&mut self) -> &mut dyn crate::lora::Adaptable {
+        &mut self.transformer
+    }
+
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
     pub fn keep_text_encoder(&mut self, keep: bool) {
         self.keep_text_encoder = keep;

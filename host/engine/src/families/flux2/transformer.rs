@@ -377,7 +377,7 @@ impl Flux2ParallelSelfAttention {
         let h = section("single.qkv_mlp", dev, || {
             linear_forward(&self.to_qkv_mlp_proj, x, None)
         })?;
-        let dim = self.to_out.weight().dim(0)?;
+        let dim = self.to_out.dims()[0];
         let mlp_width = h.dim(D::Minus1)? - 3 * dim;
         let part = |i: usize| split_heads(&h.narrow(D::Minus1, i * dim, dim)?, self.head_dim);
         let (q, k) = section("single.qk_norm+rope", dev, || {

@@ -185,6 +185,11 @@ impl LTX2Pipeline {
         }
     }
 
+    /// The denoising transformer.
+    pub(crate) fn transformer(&mut self) -> &mut dyn crate::lora::Adaptable {
+        &mut self.transformer
+    }
+
     /// Keeps the text encoder loaded between generations (the studio's lane keeps one pipeline
     /// resident; the CLI releases it after encoding to make room for the transformer).
     pub fn keep_text_encoder(&mut self, keep: bool) {

@@ -224,6 +224,15 @@ impl WanPipeline {
         Ok(resolved)
     }
 
+    /// The denoising transformer and Wan 2.2's second expert.
+    pub(crate) fn transformers(&mut self) -> Vec<&mut dyn Adaptable> {
+        let mut models: Vec<&mut dyn Adaptable> = vec![&mut self.transformer];
+        if let Some((expert, _)) = &mut self.transformer_2 {
+            models.push(expert);
+        }
+        models
+    }
+
     /// With `false`, the text encoder is dropped from memory once a generation's prompts are
     /// encoded (and reloaded from disk by the next generation that needs it).
     pub fn keep_text_encoder(&mut self, keep: bool) {

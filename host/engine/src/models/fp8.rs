@@ -1,0 +1,104 @@
+//! Linear-layer weights kept in float8 (e4m3, the "fn" variant without infinities) with a scale,
+//! as FP8 checkpoints store them (`weight` e4m3 plus `weight_scale` or ComfyUI's `scale_weight`,
+//! per tensor or per output channel) and as `--quant fp8` makes them from a bf16 checkpoint at
+//! load (per output channel). The layer holds one byte a weight; the value is `data · scale`.
+
+use crate::lora::{Adaptable, LoraError, Weight};
+use candle_core::{D, DType, Result, Tensor};
+
+/// The largest finite e4m3 value.
+pub const E4M3_MAX: f64 = 448.0;
+
+/// A `[out, in]` weight in e4m3 and its f32 scale: one value (`[]`) or one per output channel
+/// (`[out, 1]`).
+#[derive(Debug, Clone)]
+pub struct Fp8Weight {
+    data: Tensor,
+    scale: Tensor,
+}
+
+impl Fp8Weight {
+    /// `data` (e4m3 `[out, in]`) and its scale (any shape of 1 or `out` elements, any float
+    /// dtype).
+    pub fn new(data: Tensor, scale: &Tensor) -> Result<Self> {
+        if data.dtype() != DType::F8E4M3 || data.rank() != 2 {
+            candle_core::bail!(
+                "an FP8 weight is a 2-D float8 (e4m3) tensor, not {:?} {:?}",
+                data.dtype(),
+                data.dims()
+            );
+        }
+        let out = data.dim(0)?;
+        let scale = scale.to_dtype(DType::F32)?.to_device(data.device())?;
+        let scale = match scale.elem_count() {
+            1 => scale.flatten_all()?.reshape(())?,
+            n if n == out => scale.reshape((out, 1))?,
+            n => candle_core::bail!(
+                "an FP8 weight of {out} output channels takes 1 or {out} scales, not {n}"
+            ),
+        };
+        Ok(Self { data, scale })
+    }
+
+    /// Quantizes `w` (`[out, in]`, any float dtype) with one scale per output channel: each
+    /// row's largest magnitude maps to [`E4M3_MAX`] (an all-zero row keeps scale 1).
+    pub fn quantize(w: &Tensor) -> Result<Self> {
+        let w = w.to_dtype(DType::F32)?;
+        let absmax = w.abs()?.max_keepdim(D::Minus1)?;
+        let zero = absmax.eq(0f64)?;
+        let scale = zero.where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)?;
+        let data = w
+            .broadcast_div(&scale)?
+            .clamp(-E4M3_MAX, E4M3_MAX)?
+            .to_dtype(DType::F8E4M3)?;
+        Self::new(data, &scale)
+    }
+
+    /// `data · scale` in `dtype`, computed in f32 and rounded once.
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        self.data
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&self.scale)?
+            .to_dtype(dtype)
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> &[usize] {
+        self.data.dims()
+    }
+
+    pub fn data(&self) -> &Tensor {
+        &self.data
+    }
+
+    /// f32, `[]` or `[out, 1]`.
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+}
+
+/// Keeps every linear layer of `model`'s repeated blocks (`blocks.N`, `transformer_blocks.N`,
+/// `single_transformer_blocks.N`: nearly all of a transformer's weights) in FP8 with one scale per
+/// output channel, as `--quant fp8` asks; the embeddings, norms and output head stay as loaded.
+/// Layer by layer, so memory peaks at the loaded model plus one layer. Returns how many layers
+/// were quantized.
+pub fn quantize_blocks(model: &mut dyn Adaptable) -> std::result::Result<usize, LoraError> {
+    let class = model.class_name();
+    let mut layers = 0;
+    model.visit_weights(&mut |weight| {
+        if let Weight::Linear(linear) = weight
+            && linear
+                .name()
+                .split('.')
+                .any(|part| part.ends_with("blocks"))
+        {
+            linear.quantize_fp8().map_err(|source| LoraError::Tensor {
+                path: format!("{class} ({})", linear.name()).into(),
+                source,
+            })?;
+            layers += 1;
+        }
+        Ok(())
+    })?;
+    Ok(layers)
+}
