@@ -129,13 +129,17 @@ fn loras_join_fp8_layers_as_side_paths_in_either_mode() {
         strength: 0.8,
     };
     let mut dense = load(&dir);
-    dense.set_loras(std::slice::from_ref(&peft), LoraMode::Runtime).unwrap();
+    dense
+        .set_loras(std::slice::from_ref(&peft), LoraMode::Runtime)
+        .unwrap();
     let dense_out = forward(&dense, &inputs);
 
     let mut model = load(&dir);
     quantize_blocks(&mut model).unwrap();
     let plain = forward(&model, &inputs);
-    model.set_loras(std::slice::from_ref(&peft), LoraMode::Merge).unwrap();
+    model
+        .set_loras(std::slice::from_ref(&peft), LoraMode::Merge)
+        .unwrap();
     let merged = forward(&model, &inputs);
     model.set_loras(&[peft], LoraMode::Runtime).unwrap();
     let runtime = forward(&model, &inputs);
@@ -193,4 +197,87 @@ fn malformed_fp8_scales_are_refused_by_name() {
         err.contains("blocks.0.attn1.to_q") && err.contains("1 or 32 scales, not 3"),
         "{err}"
     );
+}
+
+#[test]
+fn wan_single_files_in_the_release_names_load_as_users_download_them() {
+    let outputs = tensors(&fp8_fixture("outputs.safetensors"));
+    let dense = tensors(&fixtures().join("components/wan_t2v/outputs.safetensors"));
+    for (file, expected, fp8) in [
+        ("wan_t2v.safetensors", &dense["sample"], 0),
+        ("wan_t2v_fp8_scaled.safetensors", &outputs["per_tensor"], 20),
+        (
+            "wan_t2v_fp8_comfy_quant.safetensors",
+            &outputs["per_tensor"],
+            20,
+        ),
+        (
+            "wan_t2v_fp8_lightx2v.safetensors",
+            &outputs["per_channel"],
+            20,
+        ),
+    ] {
+        let stem = file.trim_end_matches(".safetensors");
+        let mut model = load(&fp8_fixture("original").join(stem));
+        assert_eq!(fp8_layers(&mut model).0.len(), fp8, "{file}: FP8 layers");
+        let err = relative_error(&forward(&model, &component_inputs()), expected).unwrap();
+        assert!(err <= 1e-4, "{file}: relative error {err:e}");
+    }
+    // A bare file has no config: its shapes give one, with the published head dim of 128,
+    // which the tiny model's width of 32 does not fit.
+    let bare = fp8_fixture("original/wan_t2v/wan_t2v.safetensors");
+    let err = WanTransformer3DModel::load(&bare, &Device::Cpu, DType::F32)
+        .err()
+        .expect("no head dim of 128");
+    assert!(
+        format!("{err:#}").contains("a width of 32 does not split into heads of 128"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn a_bare_wan_file_implies_its_config_from_the_shapes() {
+    use videosdgx_engine::loader::Checkpoint;
+    use videosdgx_engine::loader::single_file::{OriginalLayout, SingleFile};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("wan2.1_i2v_tiny.safetensors");
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::BF16, &Device::Cpu).unwrap();
+    let p = "model.diffusion_model.";
+    let state: HashMap<String, Tensor> = [
+        ("patch_embedding.weight", zeros(&[256, 36, 1, 2, 2])),
+        ("head.head.weight", zeros(&[64, 256])),
+        ("text_embedding.0.weight", zeros(&[256, 4096])),
+        ("time_embedding.0.weight", zeros(&[256, 256])),
+        ("blocks.0.self_attn.q.weight", zeros(&[256, 256])),
+        ("blocks.0.ffn.0.weight", zeros(&[512, 256])),
+        ("blocks.2.norm3.weight", zeros(&[256])),
+        ("blocks.0.norm3.weight", zeros(&[256])),
+        ("blocks.0.cross_attn.k_img.weight", zeros(&[256, 256])),
+        ("img_emb.proj.0.weight", zeros(&[1280])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("{p}{k}"), v))
+    .collect();
+    candle_core::safetensors::save(&state, &path).unwrap();
+    let file = SingleFile::detect(Arc::new(Checkpoint::open_file(&path).unwrap()))
+        .unwrap()
+        .expect("the Wan layout");
+    assert_eq!(file.layout(), OriginalLayout::WanTransformer);
+    let config = file.wan_config().unwrap();
+    assert_eq!(
+        (config.num_attention_heads, config.attention_head_dim),
+        (2, 128)
+    );
+    assert_eq!((config.in_channels, config.out_channels), (36, Some(16)));
+    assert_eq!(
+        (config.text_dim, config.freq_dim, config.ffn_dim),
+        (4096, 256, 512)
+    );
+    assert_eq!(config.num_layers, 3);
+    assert!(config.cross_attn_norm);
+    assert_eq!(
+        (config.image_dim, config.added_kv_proj_dim),
+        (Some(1280), Some(256))
+    );
+    assert_eq!(config.pos_embed_seq_len, None);
 }

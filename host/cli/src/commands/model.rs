@@ -239,7 +239,8 @@ fn forward(args: &ForwardArgs) -> Result<()> {
     }
     let (class, class_name) = if args.model.is_file() {
         // A model in its original release's names (`flux1-dev.safetensors`,
-        // `ltx-2-19b-dev.safetensors`), else a finishing model's state dict.
+        // `ltx-2-19b-dev.safetensors`, `wan2.1_t2v_14B_fp8_scaled.safetensors`), else a finishing
+        // model's state dict.
         match layout {
             Some(OriginalLayout::Flux1Transformer) => (
                 ComponentClass::FluxTransformer2DModel,
@@ -256,6 +257,10 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             Some(OriginalLayout::Ltx2LatentUpsampler) => (
                 ComponentClass::LTX2LatentUpsamplerModel,
                 "LTX2LatentUpsamplerModel".to_string(),
+            ),
+            Some(OriginalLayout::WanTransformer) => (
+                ComponentClass::WanTransformer3DModel,
+                "WanTransformer3DModel".to_string(),
             ),
             Some(component) => bail!(
                 "{}: a lone {} in the original layout, which this command does not read",

@@ -24,6 +24,7 @@
 use super::{Checkpoint, LoadError};
 use crate::families::flux::transformer::FluxTransformerConfig;
 use crate::families::flux2::transformer::Flux2TransformerConfig;
+use crate::families::wan::transformer::WanTransformerConfig;
 use crate::models::autoencoder_kl::AutoencoderKLConfig;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
@@ -55,6 +56,10 @@ pub enum OriginalLayout {
     Ltx2Vocoder,
     /// `ltx-2-spatial-upscaler-x2-1.0.safetensors`: diffusers' own names, no prefix.
     Ltx2LatentUpsampler,
+    /// The Wan 2.1/2.2 release's transformer (`blocks.N.self_attn.q`, `head.head`), as the
+    /// Comfy-Org repackaged files, Kijai's scaled FP8 files (`scale_weight`, a `scaled_fp8`
+    /// marker) and LightX2V's FP8 files (`weight_scale` per channel) keep it.
+    WanTransformer,
 }
 
 impl OriginalLayout {
@@ -70,6 +75,7 @@ impl OriginalLayout {
             Self::Ltx2AudioVae => "AutoencoderKLLTX2Audio",
             Self::Ltx2Vocoder => "LTX2Vocoder",
             Self::Ltx2LatentUpsampler => "LTX2LatentUpsamplerModel",
+            Self::WanTransformer => "WanTransformer3DModel",
         }
     }
 
@@ -99,9 +105,12 @@ impl OriginalLayout {
 
     /// Tensors of the file the component's conversion drops: the text connectors inside the
     /// transformer's prefix (diffusers reads them as `LTX2TextConnectors`), the VAE statistics
-    /// that have no diffusers buffer, and the float8 weights' scales (read with their weights).
+    /// that have no diffusers buffer, the float8 weights' scales (read with their weights) and
+    /// ComfyUI's quantization markers (`scaled_fp8`, each layer's `comfy_quant`).
     fn dropped(self, key: &str) -> bool {
         SCALE_SUFFIXES.iter().any(|scale| key.ends_with(scale))
+            || key.ends_with("scaled_fp8")
+            || key.ends_with(".comfy_quant")
             || match self {
                 Self::Ltx2Transformer => {
                     key.contains("video_embeddings_connector")
@@ -316,16 +325,19 @@ impl SingleFile {
         let prefix = ["model.diffusion_model.", "first_stage_model.", "vae."]
             .into_iter()
             .find(|prefix| {
-                checkpoint
-                    .entry(&format!("{prefix}img_in.weight"))
-                    .is_some()
-                    || checkpoint
-                        .entry(&format!("{prefix}encoder.conv_in.weight"))
-                        .is_some()
+                [
+                    "img_in.weight",
+                    "encoder.conv_in.weight",
+                    "patch_embedding.weight",
+                ]
+                .iter()
+                .any(|key| checkpoint.entry(&format!("{prefix}{key}")).is_some())
             })
             .unwrap_or("");
         let has = |key: &str| checkpoint.entry(&format!("{prefix}{key}")).is_some();
-        let layout = if has("double_blocks.0.img_attn.qkv.weight") && has("img_in.weight") {
+        let layout = if has("blocks.0.self_attn.q.weight") && has("patch_embedding.weight") {
+            OriginalLayout::WanTransformer
+        } else if has("double_blocks.0.img_attn.qkv.weight") && has("img_in.weight") {
             if has("vector_in.in_layer.weight") {
                 OriginalLayout::Flux1Transformer
             } else if has("double_stream_modulation_img.lin.weight") {
@@ -350,6 +362,7 @@ impl SingleFile {
         };
         match layout {
             OriginalLayout::LdmVae => file.up_blocks = file.count("decoder.up"),
+            OriginalLayout::WanTransformer => {}
             _ => file.width = file.shape("img_in.weight")?[0],
         }
         Ok(Some(file))
@@ -606,6 +619,60 @@ impl SingleFile {
 }
 
 impl SingleFile {
+    /// The `WanTransformer3DModel` config the shapes imply. The head dim is not recorded: 128, as
+    /// every published Wan model has it; the rest are the release's constants (the rotary
+    /// table's length, the norms' eps, q/k norms across the heads).
+    pub fn wan_config(&self) -> Result<WanTransformerConfig, LoadError> {
+        let patch = self.shape("patch_embedding.weight")?;
+        let &[dim, in_channels, ref patch_size @ ..] = patch else {
+            return Err(self.bad_shape("patch_embedding.weight", "a 3-D convolution kernel"));
+        };
+        const HEAD_DIM: usize = 128;
+        if dim % HEAD_DIM != 0 {
+            return Err(LoadError::BadConfig {
+                path: self.path().to_path_buf(),
+                reason: format!(
+                    "a width of {dim} does not split into heads of {HEAD_DIM}; put a config.json with num_attention_heads beside the file"
+                ),
+            });
+        }
+        let patch_size = patch_size.to_vec();
+        let patch_volume: usize = patch_size.iter().product();
+        let image = self.has("img_emb.proj.0.weight");
+        Ok(WanTransformerConfig {
+            num_attention_heads: dim / HEAD_DIM,
+            attention_head_dim: HEAD_DIM,
+            in_channels,
+            out_channels: Some(self.shape("head.head.weight")?[0] / patch_volume.max(1)),
+            patch_size,
+            text_dim: self.shape("text_embedding.0.weight")?[1],
+            freq_dim: self.shape("time_embedding.0.weight")?[1],
+            ffn_dim: self.shape("blocks.0.ffn.0.weight")?[0],
+            num_layers: self.count("blocks"),
+            cross_attn_norm: self.has("blocks.0.norm3.weight"),
+            image_dim: if image {
+                Some(self.shape("img_emb.proj.0.weight")?[0])
+            } else {
+                None
+            },
+            added_kv_proj_dim: self.has("blocks.0.cross_attn.k_img.weight").then_some(dim),
+            pos_embed_seq_len: if self.has("img_emb.emb_pos") {
+                Some(self.shape("img_emb.emb_pos")?[1])
+            } else {
+                None
+            },
+            ..WanTransformerConfig::default()
+        })
+    }
+
+    fn bad_shape(&self, key: &str, expected: &str) -> LoadError {
+        LoadError::Tensor {
+            tensor: format!("{}{key}", self.prefix),
+            file: self.path().to_path_buf(),
+            reason: format!("expected {expected}"),
+        }
+    }
+
     /// The `AutoencoderKL` config the shapes imply. `norm_num_groups` is not recorded: 32, as
     /// every published VAE of this layout has it. The latent scaling is FLUX.1's (0.3611, shift
     /// 0.1159; what `from_single_file` reads from FLUX.1's VAE config) for 16 latent channels,
@@ -674,6 +741,11 @@ fn source(
         OriginalLayout::Ltx2AudioVae => (ltx2_audio_vae_source(name), Part::Whole),
         OriginalLayout::Ltx2Vocoder => (ltx2_vocoder_source(name), Part::Whole),
         OriginalLayout::Ltx2LatentUpsampler => (name.to_string(), Part::Whole),
+        OriginalLayout::WanTransformer => (
+            crate::families::wan::transformer::original_name(name)
+                .unwrap_or_else(|| name.to_string()),
+            Part::Whole,
+        ),
     };
     Some((format!("{prefix}{key}"), part))
 }

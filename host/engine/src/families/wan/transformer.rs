@@ -5,7 +5,7 @@
 
 use crate::attention::attention;
 use crate::fused::profile::section;
-use crate::loader::Checkpoint;
+use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::feed_forward::FeedForward;
@@ -17,7 +17,6 @@ use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `WanTransformer3DModel.__init__`; missing fields take the reference defaults.
@@ -629,16 +628,21 @@ impl WanTransformer3DModel {
         })
     }
 
-    /// Reads `dir/config.json` and the memory-mapped weights of a `transformer` folder, which
-    /// stay mapped: LoRAs restore the weights they change from them.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let cfg: WanTransformerConfig = crate::loader::read_config(&dir.join("config.json"))?;
-        let checkpoint = Arc::new(Checkpoint::open(dir)?);
-        let vb = checkpoint.clone().shared_var_builder(dtype, device);
-        let mut model = Self::new(&cfg, vb)
-            .with_context(|| format!("loading WanTransformer3DModel from {}", dir.display()))?;
-        model.lora = LoraState::from_checkpoint(checkpoint);
+    /// Reads `path/config.json` and the memory-mapped weights of a `transformer` folder (which
+    /// stay mapped: LoRAs restore the weights they change from them), or a single file in the
+    /// Wan release's names (ComfyUI's and LightX2V's downloads, FP8 ones included; see
+    /// [`crate::loader::single_file`]).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> anyhow::Result<Self> {
+        let builder = single_file::Builder {
+            layout: OriginalLayout::WanTransformer,
+            infer: SingleFile::wan_config,
+            check: |_| Ok(()),
+            build: Self::new,
+        };
+        let (mut model, checkpoint) = single_file::load_model(path, builder, dtype, device)?;
+        if let Some(checkpoint) = checkpoint {
+            model.lora = LoraState::from_checkpoint(checkpoint);
+        }
         Ok(model)
     }
 
@@ -832,7 +836,7 @@ impl Adaptable for WanTransformer3DModel {
 /// The name the original Wan release gives the diffusers weight `name`, as ComfyUI, LightX2V
 /// and musubi-tuner LoRAs spell it: the inverse of diffusers' `TRANSFORMER_KEYS_RENAME_DICT`
 /// (`scripts/convert_wan_to_diffusers.py`). `None` where both releases agree.
-fn original_name(name: &str) -> Option<String> {
+pub(crate) fn original_name(name: &str) -> Option<String> {
     const TOP: &[(&str, &str)] = &[
         (
             "condition_embedder.time_embedder.linear_1.",
