@@ -229,6 +229,7 @@ pub fn make_look(
         steps: request.render.as_ref().map(|r| r.steps),
         guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
+        loras: crate::loras::for_look(app, board.id, &character.id)?,
     };
     let (output, look) = app.generator.generate_image(
         app,
@@ -334,6 +335,7 @@ pub fn make_keyframe(
         steps: request.render.as_ref().map(|r| r.steps),
         guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
+        loras: crate::loras::for_shot(app, shot.id, crate::assets::LoraTarget::Image)?,
     };
     let (output, ()): (ImageOutput, ()) =
         app.generator

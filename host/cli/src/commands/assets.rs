@@ -1,4 +1,4 @@
-//! `videosdgx assets ...`: import into, search and reindex the asset library.
+//! `videosdgx assets ...`: import into, search, delete from and reindex the asset library.
 
 use super::Output;
 use anyhow::Context;
@@ -9,7 +9,8 @@ use videosdgx_studio::{App, db};
 
 #[derive(Subcommand, Debug)]
 pub enum AssetsCommand {
-    /// Import an image, video or audio file (checked by content) and print the asset.
+    /// Import an image, video or audio file (checked by content), or a LoRA (a `.safetensors`
+    /// file the engine reads as one), and print the asset.
     Add {
         file: PathBuf,
         /// Project the asset belongs to.
@@ -34,7 +35,7 @@ pub enum AssetsCommand {
         /// Words that must all match; empty lists newest first.
         #[arg(default_value = "")]
         query: String,
-        /// image, video or audio.
+        /// image, video, audio or lora.
         #[arg(long)]
         kind: Option<MediaKind>,
         #[arg(long)]
@@ -57,6 +58,9 @@ pub enum AssetsCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Delete an asset (refused while it is in use: a chosen LoRA, a take, a reference, a
+    /// keyframe, a look).
+    Delete { id: i64 },
     /// Rebuild the search index from the database.
     Reindex {
         #[command(flatten)]
@@ -136,6 +140,11 @@ pub fn run(app: &App, cmd: AssetsCommand) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join("\n")
             })
+        }
+        AssetsCommand::Delete { id } => {
+            app.assets.delete(&app.db, id)?;
+            eprintln!("deleted asset {id}");
+            Ok(())
         }
         AssetsCommand::Reindex { out } => {
             let indexed = app.assets.reindex(&app.db)?;
