@@ -5,6 +5,7 @@
 import * as endpoints from './endpoints.js';
 import { assetBrowser, assetThumb } from './asset-browser.js';
 import { keyframeBox } from './keyframe.js';
+import { loraPicker } from './loras.js';
 import { runJob } from './run-job.js';
 import { loadBible } from './bible.js';
 import * as jobsFeed from './jobs-feed.js';
@@ -476,6 +477,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
         field('Seed (empty = random)', input('seed', { type: 'number', min: 0, step: 1 }))),
       h('datalist', { id: 'cameras' }, CAMERAS.map((c) => h('option', { value: c }))), modelsList,
       h('div', { class: 'field' }, h('label', {}, 'Character & reference images'), refs),
+      loraPicker({ shot: shot.id }, 'Shot LoRAs (over the project\'s and characters\')'),
       field('Keyframe prompt', input('keyframe_prompt', { rows: 2, placeholder: 'The first moment as a still (empty: the prompt)' })),
       keyframe.el,
       expandOut,
