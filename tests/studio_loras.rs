@@ -5,8 +5,11 @@
 //! records each (asset, strengths, SHA-256, where it was chosen) in the DB and the MP4 and
 //! differs from the same shot without them; a LoRA that does not fit the model fails the job
 //! naming the LoRA and loses no take; a chosen LoRA cannot be deleted; the CLI's `assets add`
-//! and `project loras`.
+//! and `project loras`; LoRAs pulled from a hub repository (a local fake hub) by the CLI and by
+//! an `assets.pull_lora` job.
 
+#[path = "support/fake_hub.rs"]
+mod fake_hub;
 #[path = "support/models.rs"]
 mod models;
 #[path = "support/studio.rs"]
@@ -345,4 +348,114 @@ fn loras_are_imported_chosen_applied_and_recorded() {
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["strength"], 0.8);
     assert_eq!(listed[0]["name"], "kohya.safetensors");
+}
+
+#[test]
+fn loras_are_pulled_from_a_hub_into_the_library() {
+    let mut state = fake_hub::HubState::default();
+    let lora = std::fs::read(fixture("lora/comfy.safetensors")).unwrap();
+    for (file, body) in [
+        ("loras/canal.safetensors", lora.clone()),
+        ("loras/readme.safetensors", b"# not tensors".to_vec()),
+        (
+            "loras/peft.safetensors",
+            std::fs::read(fixture("lora/peft.safetensors")).unwrap(),
+        ),
+    ] {
+        state
+            .files
+            .insert(file.to_string(), fake_hub::FakeFile { body, lfs: true });
+    }
+    let hub = fake_hub::HubServer::start(state);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+
+    let out = cli(&[
+        "assets",
+        "pull-lora",
+        fake_hub::REPO,
+        "loras/canal.safetensors",
+        "--tags",
+        "style",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asset: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(asset["kind"], "lora");
+    assert_eq!(asset["original_name"], "canal.safetensors");
+    assert_eq!(asset["sha256"], sha256("lora/comfy.safetensors").as_str());
+    assert_eq!(asset["lora"]["format"], "comfy_ui");
+    let caption = asset["caption"].as_str().unwrap();
+    assert!(
+        caption.contains(fake_hub::REPO) && caption.contains(fake_hub::COMMIT),
+        "{caption}"
+    );
+
+    // Not a LoRA, or not there: refused by name, nothing stored.
+    let out = cli(&[
+        "assets",
+        "pull-lora",
+        fake_hub::REPO,
+        "loras/readme.safetensors",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readme.safetensors: not a LoRA file"), "{err}");
+    let out = cli(&[
+        "assets",
+        "pull-lora",
+        fake_hub::REPO,
+        "loras/gone.safetensors",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no file loras/gone.safetensors"), "{err}");
+    let out = cli(&["assets", "search", "--kind", "lora", "--json"]);
+    let hits: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+
+    // The same through the server's job queue.
+    let s = studio::start_with(&data, &[], |cmd| {
+        cmd.env("HF_ENDPOINT", &hub.endpoint);
+    });
+    let (project, _) = s.storyboard("Canal");
+    let job = s.run_job(
+        "assets.pull_lora",
+        json!({ "repo_id": fake_hub::REPO, "file": "loras/peft.safetensors",
+                "project_id": project }),
+        project,
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let pulled = &job["result"]["asset"];
+    assert_eq!(
+        (pulled["kind"].as_str(), pulled["project_id"].as_i64()),
+        (Some("lora"), Some(project))
+    );
+    let job = s.run_job(
+        "assets.pull_lora",
+        json!({ "repo_id": fake_hub::REPO, "file": "notes.txt" }),
+        project,
+    );
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("a LoRA is a `.safetensors` file"),
+        "{job}"
+    );
 }

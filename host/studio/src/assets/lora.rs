@@ -81,6 +81,72 @@ pub fn probe(path: &Path, name: &str) -> Result<LoraInfo> {
     })
 }
 
+/// A LoRA file of a hub repository to pull into the library.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HubLora {
+    /// `org/name` of the repository.
+    pub repo_id: String,
+    /// The file's path in the repository (a `.safetensors` LoRA).
+    pub file: String,
+    /// Branch, tag or commit; `main` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+impl HubLora {
+    /// The library name: the file's own name.
+    fn name(&self) -> Result<String> {
+        let name = self.file.rsplit('/').next().unwrap_or_default();
+        if !is_lora_name(name) {
+            return Err(StudioError::Invalid(format!(
+                "{}: a LoRA is a `.safetensors` file",
+                self.file
+            )));
+        }
+        Ok(name.to_string())
+    }
+}
+
+/// Downloads `wanted` through `hub` (into the models' hub cache under `data_dir`, where a cut
+/// download resumes) and imports it as a LoRA asset, checked like an upload. Without a caption
+/// of its own the asset's says where it came from (repository, file, commit).
+pub fn pull(
+    library: &super::AssetLibrary,
+    db: &crate::db::Db,
+    data_dir: &Path,
+    hub: &videosdgx_engine::hub::Hub,
+    wanted: &HubLora,
+    meta: super::NewAsset,
+    progress: &mut dyn FnMut(&videosdgx_engine::hub::PullProgress),
+) -> Result<(super::Asset, bool)> {
+    let name = wanted.name()?;
+    let models = crate::models::models_dir(data_dir);
+    let (path, source) = hub
+        .pull_file(
+            &wanted.repo_id,
+            wanted.revision.as_deref(),
+            &wanted.file,
+            &models,
+            progress,
+        )
+        .map_err(|e| StudioError::Invalid(format!("pulling {name}: {e:#}")))?;
+    let caption = if meta.caption.trim().is_empty() {
+        format!(
+            "{} {} at {} ({})",
+            source.repo_id, wanted.file, source.commit, source.endpoint
+        )
+    } else {
+        meta.caption
+    };
+    let meta = super::NewAsset {
+        name,
+        caption,
+        ..meta
+    };
+    library.import_file(db, &path, &meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
