@@ -204,9 +204,16 @@ pub fn list(db: &Db, scope: &Scope) -> Result<Vec<ChosenLora>> {
     db.with(|c| read_choices(c, scope))
 }
 
-/// Replaces the LoRAs chosen for `scope` with `choices` (an empty list clears them).
+/// Replaces the LoRAs chosen for `scope` with `choices` (an empty list clears them; that is
+/// allowed for a character no longer in the bible, whose choices would otherwise keep their
+/// LoRAs from being deleted).
 pub fn set(db: &Db, scope: &Scope, choices: &[LoraChoice]) -> Result<Vec<ChosenLora>> {
-    check_scope(db, scope)?;
+    match scope {
+        Scope::Character { storyboard_id, .. } if choices.is_empty() => {
+            get_storyboard(db, *storyboard_id).map(drop)?
+        }
+        _ => check_scope(db, scope)?,
+    }
     if choices.len() > MAX_CHOICES {
         return Err(StudioError::Invalid(format!(
             "at most {MAX_CHOICES} LoRAs per project, character or shot, got {}",
@@ -403,7 +410,45 @@ pub fn explain(app: &App, applied: &[AppliedLora], err: StudioError) -> StudioEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::StudioConfig;
+    use crate::assets::NewAsset;
+    use crate::projects::{create_project, create_storyboard};
     use std::str::FromStr;
+
+    #[test]
+    fn a_character_removed_from_the_bible_can_still_be_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::open(StudioConfig::new(dir.path())).unwrap();
+        let project = create_project(&app.db, "p").unwrap();
+        let bible = r#"{"characters":[{"id":"mara","name":"Mara"}]}"#;
+        let board = create_storyboard(&app.db, project.id, "s", bible).unwrap();
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/lora/kohya.safetensors");
+        let meta = NewAsset {
+            name: "mara.safetensors".into(),
+            ..Default::default()
+        };
+        let (lora, _) = app.assets.import_file(&app.db, &file, &meta).unwrap();
+        let mara = Scope::Character {
+            storyboard_id: board.id,
+            character_id: "mara".into(),
+        };
+        let choice = LoraChoice::from_str(&format!("{}:0.5", lora.id)).unwrap();
+        set(&app.db, &mara, &[choice.clone()]).unwrap();
+        let uses_of = || app.db.with(|c| uses(c, lora.id)).unwrap();
+        assert_eq!(
+            uses_of(),
+            [format!("character `mara` of storyboard {}", board.id)]
+        );
+
+        crate::projects::update_storyboard(&app.db, board.id, None, Some(r#"{"characters":[]}"#))
+            .unwrap();
+        let err = set(&app.db, &mara, &[choice]).unwrap_err().to_string();
+        assert!(err.contains("has no character `mara`"), "{err}");
+        set(&app.db, &mara, &[]).unwrap();
+        assert!(uses_of().is_empty());
+        app.assets.delete(&app.db, lora.id).unwrap();
+    }
 
     #[test]
     fn choices_read_as_the_command_line_gives_them() {
