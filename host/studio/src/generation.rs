@@ -959,6 +959,62 @@ mod tests {
     }
 
     #[test]
+    fn a_shot_lora_takes_a_strength_per_expert_of_wan_2_2() {
+        let (dir, app) = studio();
+        install_fixture_model(dir.path(), "tiny-wan22-two-experts");
+        let lora_file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/lora/kohya.safetensors");
+        let meta = NewAsset {
+            name: "motion.safetensors".into(),
+            ..Default::default()
+        };
+        let (lora, _) = app.assets.import_file(&app.db, &lora_file, &meta).unwrap();
+        let choice: loras::LoraChoice = format!("{}:0.9,0.4", lora.id).parse().unwrap();
+        let two = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan22-two-experts".into()),
+                ..prompt("a lighthouse at dusk")
+            },
+        );
+        loras::set(&app.db, &loras::Scope::Shot(two.id), &[choice.clone()]).unwrap();
+        let run = |shot_id| {
+            app.generator
+                .generate_shot(&app, None, &of(shot_id), &mut |_, _, _| {
+                    ControlFlow::Continue(())
+                })
+        };
+        let out = run(two.id).unwrap();
+        let spec = &out.params.loras[0];
+        assert_eq!((spec.strength, spec.strength_2), (0.9, Some(0.4)));
+        assert_eq!(spec.sha256.as_deref(), Some(lora.sha256.as_str()));
+        let record = get_generation(&app.db, out.generation_id).unwrap();
+        assert_eq!(record.loras, out.loras);
+        assert_eq!(
+            (record.loras[0].strength_2, record.loras[0].from.as_str()),
+            (Some(0.4), "shot")
+        );
+
+        // One transformer takes one strength: the job fails naming the LoRA, and records nothing.
+        let fields = ShotFields {
+            model: Some("tiny-wan-t2v".into()),
+            ..prompt("fog")
+        };
+        let one = shots::create_shot(&app.db, two.storyboard_id, &fields).unwrap();
+        loras::set(&app.db, &loras::Scope::Shot(one.id), &[choice]).unwrap();
+        let err = run(one.id).unwrap_err();
+        assert!(matches!(err, StudioError::Invalid(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("LoRA asset {} \"motion.safetensors\"", lora.id))
+                && err.contains("gives two strengths (HIGH,LOW)"),
+            "{err}"
+        );
+        let shot = shots::get_shot(&app.db, one.id).unwrap();
+        assert_eq!((shot.status.as_str(), shot.takes.len()), ("failed", 0));
+    }
+
+    #[test]
     fn a_cancelled_generation_records_nothing_and_leaves_the_shot_a_draft() {
         let (_dir, app) = studio();
         let shot = shot(&app, prompt("waves"));
