@@ -977,7 +977,12 @@ mod tests {
                 ..prompt("a lighthouse at dusk")
             },
         );
-        loras::set(&app.db, &loras::Scope::Shot(two.id), &[choice.clone()]).unwrap();
+        loras::set(
+            &app.db,
+            &loras::Scope::Shot(two.id),
+            std::slice::from_ref(&choice),
+        )
+        .unwrap();
         let run = |shot_id| {
             app.generator
                 .generate_shot(&app, None, &of(shot_id), &mut |_, _, _| {

@@ -434,7 +434,7 @@ mod tests {
             character_id: "mara".into(),
         };
         let choice = LoraChoice::from_str(&format!("{}:0.5", lora.id)).unwrap();
-        set(&app.db, &mara, &[choice.clone()]).unwrap();
+        set(&app.db, &mara, std::slice::from_ref(&choice)).unwrap();
         let uses_of = || app.db.with(|c| uses(c, lora.id)).unwrap();
         assert_eq!(
             uses_of(),
