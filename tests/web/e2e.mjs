@@ -255,6 +255,7 @@ try {
       return list.length === 1 && list[0].strength === 0.3 && list;
     });
     assert.equal(applied[0].from, 'shot', 'the shot\'s choice wins over the project\'s');
+    await editor.getByText('Applied to this shot: canal-style.safetensors 0.3 (shot)').waitFor();
     // Left as it was for the steps that follow.
     await api('PUT', `/api/shots/${shots[0].id}/loras`, []);
     await api('PUT', `/api/projects/${projectId}/loras`, []);

@@ -16,6 +16,8 @@ export function loraPicker(scope, label = 'LoRAs') {
   const add = h('select', { 'aria-label': `Add a LoRA to ${label}`, onchange: () => { addChoice(Number(add.value)); add.value = ''; } },
     h('option', { value: '' }, '+ LoRA…'));
   const status = h('span', { class: 'small muted', 'aria-live': 'polite' });
+  // For a shot: what its generation applies, with what it inherits (the precedence rule's result).
+  const applied = scope.shot !== undefined ? h('div', { class: 'small muted lora-applied' }) : null;
   let chosen = [];
   let library = [];
 
@@ -26,6 +28,7 @@ export function loraPicker(scope, label = 'LoRAs') {
     if (saved) {
       chosen = saved;
       status.textContent = 'Saved';
+      showApplied();
     } else {
       status.textContent = 'Not saved';
     }
@@ -34,6 +37,15 @@ export function loraPicker(scope, label = 'LoRAs') {
   function changed() {
     status.textContent = 'Editing…';
     save();
+  }
+
+  async function showApplied() {
+    if (!applied) return;
+    const list = await attempt('Loading the applied LoRAs', () => endpoints.loras.applied(scope.shot));
+    if (!list) return;
+    applied.textContent = list.length
+      ? `Applied to this shot: ${list.map((l) => `${l.name} ${l.strength}${l.strength_2 === undefined ? '' : `,${l.strength_2}`} (${l.from})`).join(' · ')}`
+      : 'No LoRA applies to this shot.';
   }
 
   function addChoice(assetId) {
@@ -82,7 +94,8 @@ export function loraPicker(scope, label = 'LoRAs') {
     chosen = list ?? [];
     library = hits ?? [];
     draw();
+    showApplied();
   });
   draw();
-  return h('div', { class: 'field lora-picker' }, h('label', {}, label), rows, h('div', { class: 'row' }, add, status));
+  return h('div', { class: 'field lora-picker' }, h('label', {}, label), rows, h('div', { class: 'row' }, add, status), applied);
 }
