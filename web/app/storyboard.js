@@ -248,6 +248,12 @@ export async function storyboardEditor(container, { project, board, actions }) {
   async function duplicate(shot) {
     const copy = await attempt('Duplicating the shot', () => endpoints.shots.create(board.id, copyFields(shot)));
     if (!copy) return;
+    // The copy takes the shot's own LoRAs too (inherited ones apply to it anyway).
+    const loras = await attempt('Reading the shot\'s LoRAs', () => endpoints.loras.list({ shot: shot.id }));
+    if (loras?.length) {
+      const choices = loras.map(({ asset_id, strength, strength_2 }) => ({ asset_id, strength, strength_2 }));
+      await attempt('Copying the shot\'s LoRAs', () => endpoints.loras.set({ shot: copy.id }, choices));
+    }
     const order = shots.map((s) => s.id);
     order.splice(order.indexOf(shot.id) + 1, 0, copy.id);
     const result = await attempt('Placing the copy', () => endpoints.shots.reorder(board.id, order));
