@@ -94,6 +94,7 @@ fn loras_are_imported_chosen_applied_and_recorded() {
     assert_eq!(kohya["size_bytes"], bytes.len() as u64);
     let comfy = import(&s, "lora/comfy.safetensors", "canal-style.safetensors");
     let peft = import(&s, "lora/peft_bare.safetensors", "paper-boat.safetensors");
+    let grain = import(&s, "lora/comfy_diff.safetensors", "film-grain.safetensors");
     let flux = import(
         &s,
         "components/flux2-klein-tiny/lora/peft.safetensors",
@@ -127,7 +128,7 @@ fn loras_are_imported_chosen_applied_and_recorded() {
         weights.json()
     );
     let loras = s.get("/api/assets/search?kind=lora&limit=100").json();
-    assert_eq!(loras.as_array().unwrap().len(), 4, "{loras}");
+    assert_eq!(loras.as_array().unwrap().len(), 5, "{loras}");
     // Found by name, like other assets by prompt or caption.
     let hits = s.get("/api/assets/search?q=paper%20boat").json();
     assert_eq!(hits[0]["id"], peft["id"], "{hits}");
@@ -160,7 +161,9 @@ fn loras_are_imported_chosen_applied_and_recorded() {
     put_loras(
         &s,
         &format!("/api/projects/{project}/loras"),
-        json!([{ "asset_id": id(&kohya), "strength": 0.5 }, { "asset_id": id(&flux) }]),
+        json!([{ "asset_id": id(&kohya), "strength": 0.5 },
+               { "asset_id": id(&grain), "strength": 0.6 },
+               { "asset_id": id(&flux) }]),
     );
     let listed = put_loras(
         &s,
@@ -193,8 +196,8 @@ fn loras_are_imported_chosen_applied_and_recorded() {
         r.json()
     );
 
-    // What the shot applies: the character's, then the shot's; the project's kohya is replaced
-    // by the shot's choice of it, and the FLUX LoRA is for the image model, not this one.
+    // What the shot applies: the project's, the character's, then the shot's; the project's
+    // kohya is replaced by the shot's choice of it, and the FLUX LoRA is for the image model.
     let applied = s.get(&format!("/api/shots/{shot}/loras/applied")).json();
     let summary: Vec<(i64, f64, &str)> = applied
         .as_array()
@@ -211,6 +214,7 @@ fn loras_are_imported_chosen_applied_and_recorded() {
     assert_eq!(
         summary,
         vec![
+            (id(&grain), 0.6, "project"),
             (id(&comfy), 0.7, "character:mara"),
             (id(&peft), 0.4, "shot"),
             (id(&kohya), 0.25, "shot"),
@@ -232,9 +236,9 @@ fn loras_are_imported_chosen_applied_and_recorded() {
         .json();
     assert_eq!(generation["loras"], applied, "{generation}");
     let specs = generation["params"]["loras"].as_array().unwrap();
-    assert_eq!(specs.len(), 3);
-    assert_eq!(specs[2]["strength"], 0.25);
-    assert_eq!(specs[2]["sha256"], kohya["sha256"]);
+    assert_eq!(specs.len(), 4);
+    assert_eq!(specs[3]["strength"], 0.25);
+    assert_eq!(specs[3]["sha256"], kohya["sha256"]);
     let asset = s
         .get(&format!("/api/assets/{}", with["result"]["asset_id"]))
         .json();
@@ -311,7 +315,7 @@ fn loras_are_imported_chosen_applied_and_recorded() {
             with["result"]["generation_id"]
         ))
         .json();
-    assert_eq!(generation["loras"][2]["name"], "mara-kohya.safetensors");
+    assert_eq!(generation["loras"][3]["name"], "mara-kohya.safetensors");
     s.stop();
 
     // The command line: import, and the project's LoRAs.
