@@ -111,6 +111,11 @@ fn web_ui_end_to_end_in_headless_chromium() {
     check_prerequisites(&web_dir);
     let fixtures = tempfile::tempdir().unwrap();
     write_reference_png(fixtures.path());
+    std::fs::copy(
+        repo_root().join("tests/fixtures/lora/kohya.safetensors"),
+        fixtures.path().join("style.safetensors"),
+    )
+    .unwrap();
     for plugin in ["storyboard-planner", "hostile"] {
         std::fs::write(
             fixtures.path().join(format!("{plugin}.wasm")),

@@ -225,6 +225,42 @@ try {
     assert.equal(shots[1].references.length, 1);
   });
 
+  await step('import a LoRA, choose it for the project and turn it down on a shot', async () => {
+    await page.goto(`${BASE}/#/assets`);
+    await page.getByRole('heading', { name: 'Asset library' }).waitFor();
+    const bytes64 = fs.readFileSync(path.join(FIXTURES, 'style.safetensors')).toString('base64');
+    const drop = await page.evaluateHandle((b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], 'canal-style.safetensors'));
+      return transfer;
+    }, bytes64);
+    await page.locator('.dropzone').dispatchEvent('drop', { dataTransfer: drop });
+    await page.getByText('Added 1 file to the library.').waitFor();
+    await page.getByLabel('Kind').selectOption('lora');
+    await page.locator('.asset-tile', { hasText: 'canal-style.safetensors' }).waitFor();
+    const [lora] = await api('GET', '/api/assets/search?kind=lora');
+    assert.equal(lora.lora.family, 'Wan');
+
+    await page.goto(`${BASE}/#/projects/${projectId}`);
+    await page.getByLabel('Add a LoRA to Project LoRAs (every shot)').selectOption(String(lora.id));
+    await until(async () => (await api('GET', `/api/projects/${projectId}/loras`)).length === 1);
+    await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
+    const editor = page.locator('.shot-editor');
+    await editor.getByLabel(/^Add a LoRA to Shot LoRAs/).selectOption(String(lora.id));
+    await editor.getByLabel('Strength of canal-style.safetensors').fill('0.3');
+    const shots = await api('GET', `/api/storyboards/${board.id}/shots`);
+    const applied = await until(async () => {
+      const list = await api('GET', `/api/shots/${shots[0].id}/loras/applied`);
+      return list.length === 1 && list[0].strength === 0.3 && list;
+    });
+    assert.equal(applied[0].from, 'shot', 'the shot\'s choice wins over the project\'s');
+    await editor.getByText('Applied to this shot: canal-style.safetensors 0.3 (shot)').waitFor();
+    // Left as it was for the steps that follow.
+    await api('PUT', `/api/shots/${shots[0].id}/loras`, []);
+    await api('PUT', `/api/projects/${projectId}/loras`, []);
+  });
+
   await step('set render settings and the attempt limit, shoot a shot with the tiny model (no reviews without a vision model)', async () => {
     await page.goto(`${BASE}/#/projects/${projectId}`);
     for (const [key, value] of [['width', '32'], ['height', '32'], ['steps', '2'], ['guidance', '3']]) {

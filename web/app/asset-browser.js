@@ -12,6 +12,7 @@ export function assetThumb(asset) {
   const url = endpoints.assets.fileUrl(asset.id);
   if (asset.kind === 'image') return h('div', { class: 'thumb' }, h('img', { src: url, alt: asset.caption || asset.original_name || '', loading: 'lazy' }));
   if (asset.kind === 'video') return h('div', { class: 'thumb' }, h('video', { src: `${url}#t=0.05`, preload: 'metadata', muted: true, 'aria-label': asset.caption || 'video' }));
+  if (asset.kind === 'lora') return h('div', { class: 'thumb lora', title: asset.lora?.family ?? 'LoRA' }, 'LoRA');
   return h('div', { class: 'thumb' }, '♪');
 }
 
@@ -25,7 +26,8 @@ export function assetBrowser({ onPick, fixed = {}, projects = [] } = {}) {
   const field = (label, control) => h('div', { class: 'field' }, h('label', {}, label), control);
   const kind = h('select', { 'aria-label': 'Kind' },
     h('option', { value: '' }, 'Any kind'), h('option', { value: 'image' }, 'Images'),
-    h('option', { value: 'video' }, 'Videos'), h('option', { value: 'audio' }, 'Audio'));
+    h('option', { value: 'video' }, 'Videos'), h('option', { value: 'audio' }, 'Audio'),
+    h('option', { value: 'lora' }, 'LoRAs'));
   const project = h('select', { 'aria-label': 'Project' }, h('option', { value: '' }, 'Any project'),
     projects.map((p) => h('option', { value: p.id }, p.name)));
   const model = h('input', { placeholder: 'e.g. wan2.1-t2v-1.3b', 'aria-label': 'Model' });

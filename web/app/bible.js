@@ -1,10 +1,11 @@
 // Left column of a project: a brief or a script (planned into shots by the planner plugin), the
 // character and style bible that the prompt expander uses to keep shots consistent (with each
-// character's looks), and the render settings with the project's attempt limit for the take
-// reviewer and its keyframes setting.
+// character's looks and LoRAs), and the render settings with the project's attempt limit for the
+// take reviewer, its keyframes setting and its LoRAs.
 
 import * as endpoints from './endpoints.js';
 import { lookArea } from './looks.js';
+import { loraPicker } from './loras.js';
 import { runJob } from './run-job.js';
 import { attempt, confirmDialog, debounce, h, toast } from './ui.js';
 import { clearDraft, loadDraft, saveDraft } from './drafts.js';
@@ -108,8 +109,9 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       h('div', { class: 'row' }, name,
         h('button', { class: 'ghost icon small', 'aria-label': 'Remove character', onclick: () => { row.remove(); changed(); } }, '✕')),
       description,
-      // Looks belong to a saved character (the bible's id); a new one gets them once saved.
-      c.id ? lookArea({ project, board, characterId: c.id }) : null);
+      // Looks and LoRAs belong to a saved character (the bible's id); a new one gets them once saved.
+      c.id ? lookArea({ project, board, characterId: c.id }) : null,
+      c.id ? loraPicker({ storyboard: board.id, character: c.id }, 'Character LoRAs (shots that show them, looks)') : null);
     row.read = () => ({ id: c.id || characterId(name.value), name: name.value.trim(), description: description.value.trim() });
     return row;
   }
@@ -296,5 +298,6 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
       h('div', { class: 'row wrap' },
         h('div', { class: 'field' }, h('label', { for: 'keyframes', title: 'Start every shot from a still of its first moment, with the characters\' chosen looks' },
           'Keyframes'), keyframes),
-        h('div', { class: 'field' }, h('label', { for: 'render-image-model' }, 'Image model (looks, keyframes)'), imageModel))));
+        h('div', { class: 'field' }, h('label', { for: 'render-image-model' }, 'Image model (looks, keyframes)'), imageModel)),
+      loraPicker({ project: project.id }, 'Project LoRAs (every shot)')));
 }

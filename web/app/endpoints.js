@@ -32,10 +32,29 @@ export const looks = {
   choose: (id) => patch(`/api/looks/${id}`, { chosen: true }),
 };
 
+/** `/api/...` of a LoRA scope: {project}, {storyboard, character} or {shot}. */
+function loraPath(scope) {
+  if (scope.shot !== undefined) return `/api/shots/${scope.shot}/loras`;
+  if (scope.character !== undefined) {
+    return `/api/storyboards/${scope.storyboard}/characters/${encodeURIComponent(scope.character)}/loras`;
+  }
+  return `/api/projects/${scope.project}/loras`;
+}
+
+export const loras = {
+  /** [{asset_id, name, strength, strength_2?, target}], in order. */
+  list: (scope) => get(loraPath(scope)),
+  /** Replaces the list: [{asset_id, strength, strength_2?}]. */
+  set: (scope, choices) => put(loraPath(scope), choices),
+  /** What a shot's generation applies after precedence: [{asset_id, name, strength, sha256, from}]. */
+  applied: (shotId, target = 'video') => get(`/api/shots/${shotId}/loras/applied${query({ target })}`),
+};
+
 export const assets = {
   search: (params, opts) => get(`/api/assets/search${query(params)}`, opts),
   get: (id) => get(`/api/assets/${id}`),
   update: (id, fields) => patch(`/api/assets/${id}`, fields),
+  remove: (id) => del(`/api/assets/${id}`),
   upload: (file, fields) => {
     const form = new FormData();
     for (const [key, value] of Object.entries(fields)) if (value !== undefined && value !== '') form.append(key, value);

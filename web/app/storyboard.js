@@ -5,6 +5,7 @@
 import * as endpoints from './endpoints.js';
 import { assetBrowser, assetThumb } from './asset-browser.js';
 import { keyframeBox } from './keyframe.js';
+import { loraPicker } from './loras.js';
 import { runJob } from './run-job.js';
 import { loadBible } from './bible.js';
 import * as jobsFeed from './jobs-feed.js';
@@ -247,6 +248,12 @@ export async function storyboardEditor(container, { project, board, actions }) {
   async function duplicate(shot) {
     const copy = await attempt('Duplicating the shot', () => endpoints.shots.create(board.id, copyFields(shot)));
     if (!copy) return;
+    // The copy takes the shot's own LoRAs too (inherited ones apply to it anyway).
+    const loras = await attempt('Reading the shot\'s LoRAs', () => endpoints.loras.list({ shot: shot.id }));
+    if (loras?.length) {
+      const choices = loras.map(({ asset_id, strength, strength_2 }) => ({ asset_id, strength, strength_2 }));
+      await attempt('Copying the shot\'s LoRAs', () => endpoints.loras.set({ shot: copy.id }, choices));
+    }
     const order = shots.map((s) => s.id);
     order.splice(order.indexOf(shot.id) + 1, 0, copy.id);
     const result = await attempt('Placing the copy', () => endpoints.shots.reorder(board.id, order));
@@ -476,6 +483,7 @@ export async function storyboardEditor(container, { project, board, actions }) {
         field('Seed (empty = random)', input('seed', { type: 'number', min: 0, step: 1 }))),
       h('datalist', { id: 'cameras' }, CAMERAS.map((c) => h('option', { value: c }))), modelsList,
       h('div', { class: 'field' }, h('label', {}, 'Character & reference images'), refs),
+      loraPicker({ shot: shot.id }, 'Shot LoRAs (over the project\'s and characters\')'),
       field('Keyframe prompt', input('keyframe_prompt', { rows: 2, placeholder: 'The first moment as a still (empty: the prompt)' })),
       keyframe.el,
       expandOut,

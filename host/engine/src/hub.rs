@@ -118,14 +118,7 @@ impl Hub {
         check_repo_id(repo_id)?;
         let revision = revision.unwrap_or("main");
         let cache_dir = models_dir.join(CACHE_DIR);
-        std::fs::create_dir_all(&cache_dir)
-            .with_context(|| format!("creating {}", cache_dir.display()))?;
-        let api = ApiBuilder::from_cache(Cache::new(cache_dir.clone()))
-            .with_endpoint(self.endpoint.clone())
-            .with_token(self.token.clone())
-            .with_progress(false)
-            .build()
-            .context("setting up the hub client")?;
+        let api = self.api(&cache_dir)?;
         let info = api
             .repo(Repo::with_revision(
                 repo_id.to_string(),
@@ -174,6 +167,76 @@ impl Hub {
             files: files.clone(),
         };
         install(models_dir, &source, &local)
+    }
+
+    fn api(&self, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("creating {}", cache_dir.display()))?;
+        ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf()))
+            .with_endpoint(self.endpoint.clone())
+            .with_token(self.token.clone())
+            .with_progress(false)
+            .build()
+            .context("setting up the hub client")
+    }
+
+    /// Downloads one file of `repo_id` at `revision` (default `main`) into the hub cache of
+    /// `models_dir` (shared with [`Hub::pull`], so it resumes and is not fetched twice) and
+    /// returns the cached file and where it came from. For single files users pull on their own,
+    /// such as a LoRA; the caller copies it where it belongs.
+    pub fn pull_file(
+        &self,
+        repo_id: &str,
+        revision: Option<&str>,
+        file: &str,
+        models_dir: &Path,
+        progress: &mut dyn FnMut(&PullProgress),
+    ) -> Result<(PathBuf, PullSource)> {
+        check_repo_id(repo_id)?;
+        select_files(std::iter::once(file))?;
+        let revision = revision.unwrap_or("main");
+        let cache_dir = models_dir.join(CACHE_DIR);
+        let api = self.api(&cache_dir)?;
+        let info = api
+            .repo(Repo::with_revision(
+                repo_id.to_string(),
+                RepoType::Model,
+                revision.to_string(),
+            ))
+            .info()
+            .map_err(|err| self.explain(err, repo_id, revision, None))?;
+        ensure!(
+            info.siblings.iter().any(|s| s.rfilename == file),
+            "model repo {repo_id} at {revision} has no file {file}"
+        );
+        let pinned = Repo::with_revision(repo_id.to_string(), RepoType::Model, info.sha.clone());
+        let path = match Cache::new(cache_dir).repo(pinned.clone()).get(file) {
+            Some(path) => path,
+            None => {
+                let adapter = ProgressAdapter {
+                    file,
+                    file_index: 0,
+                    files: 1,
+                    bytes: 0,
+                    file_size: 0,
+                    callback: &mut *progress,
+                };
+                api.repo(pinned)
+                    .download_with_progress(file, adapter)
+                    .map_err(|err| self.explain(err, repo_id, revision, Some(file)))?
+            }
+        };
+        let blob = std::fs::canonicalize(&path)
+            .with_context(|| format!("resolving {}", path.display()))?;
+        check_blob(&blob, file)?;
+        let source = PullSource {
+            repo_id: repo_id.to_string(),
+            revision: revision.to_string(),
+            commit: info.sha,
+            endpoint: self.endpoint.clone(),
+            files: vec![file.to_string()],
+        };
+        Ok((blob, source))
     }
 
     fn explain(

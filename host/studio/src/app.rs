@@ -119,6 +119,7 @@ pub fn default_runners() -> Vec<Arc<dyn JobRunner>> {
     vec![
         Arc::new(runners::Reindex),
         Arc::new(runners::ImportFolder),
+        Arc::new(runners::PullLora),
         Arc::new(GenerateRunner),
         Arc::new(crate::keyframes::LookRunner),
         Arc::new(crate::keyframes::KeyframeRunner),

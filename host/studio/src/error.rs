@@ -11,7 +11,7 @@ pub enum StudioError {
     /// A value is out of range, inconsistent or otherwise refused.
     #[error("{0}")]
     Invalid(String),
-    /// An uploaded or imported file is not an image, video or audio file we accept.
+    /// An uploaded or imported file is not an image, video, audio or LoRA file we accept.
     #[error("{0}")]
     NotMedia(String),
     /// An upload is larger than the configured limit.

@@ -10,6 +10,7 @@ use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
 use crate::gpu::GpuModel;
 use crate::jobs::{JobContext, JobRunner, Lane};
+use crate::loras::{self, AppliedLora};
 use crate::models;
 use crate::shots::{self, Shot, ShotFields};
 use rusqlite::{OptionalExtension, params};
@@ -51,6 +52,8 @@ pub struct Generation {
     #[schema(value_type = Object)]
     pub params: Value,
     pub engine_version: String,
+    /// The LoRAs applied, with where each was chosen (project, character, shot).
+    pub loras: Vec<AppliedLora>,
     pub created_at: String,
 }
 
@@ -58,6 +61,7 @@ pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
     db.with(|c| {
         c.query_row("SELECT * FROM generations WHERE id = ?1", [id], |row| {
             let params: String = row.get("params")?;
+            let loras: String = row.get("loras")?;
             Ok(Generation {
                 id: row.get("id")?,
                 job_id: row.get("job_id")?,
@@ -67,6 +71,7 @@ pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
                 kind: row.get("kind")?,
                 params: serde_json::from_str(&params).unwrap_or(Value::String(params)),
                 engine_version: row.get("engine_version")?,
+                loras: serde_json::from_str(&loras).unwrap_or_default(),
                 created_at: rfc3339(row.get("created_at")?),
             })
         })
@@ -184,6 +189,8 @@ pub struct VideoRequest {
     /// Refuse a model that cannot start from an image, rather than leave the image out.
     pub start_frame_required: bool,
     pub render: RenderSettings,
+    /// The LoRAs to apply ([`crate::loras`]), recorded with the output.
+    pub loras: Vec<AppliedLora>,
 }
 
 /// A recorded output.
@@ -193,6 +200,7 @@ pub struct VideoOutput {
     pub generation_id: i64,
     pub take_id: Option<i64>,
     pub params: GenerateParams,
+    pub loras: Vec<AppliedLora>,
 }
 
 /// Runs Wan pipelines on the GPU lane's resident model.
@@ -241,6 +249,7 @@ impl Generator {
                 .collect(),
             start_frame_required: continuation.is_some(),
             render: wanted.render.clone(),
+            loras: loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?,
         };
         set_status(&app.db, shot.id, "generating")?;
         let outcome = self.generate_video(app, job_id, &request, on_progress);
@@ -278,59 +287,60 @@ impl Generator {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
         let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
-        let (params, video) =
-            self.gpu
-                .with_pipeline(&request.model, dir, on_progress, |pipeline, on_progress| {
-                    let mut params = GenerateParams {
-                        prompt: request.prompt.clone(),
-                        negative_prompt: request.negative_prompt.clone(),
-                        height: request.render.height,
-                        width: request.render.width,
-                        frames: match request.length {
-                            Length::Seconds(seconds) => pipeline.frames_for(seconds),
-                            Length::Frames(frames) => frames,
-                        },
-                        steps: request.render.steps,
-                        guidance: request.render.guidance,
-                        guidance_2: None,
-                        seed: request.seed.unwrap_or_else(random_seed),
-                        start_image: start_image(
-                            app,
-                            &request.references,
-                            pipeline.capabilities().start_image,
-                            request.start_frame_required,
-                        )?,
-                        end_image: None,
-                        flow_shift: None,
-                        scheduler: None,
-                        denoising_steps: None,
-                        loras: Vec::new(),
-                        lora_mode: Default::default(),
-                        cache: request.render.cache_spec()?,
-                        references: Vec::new(),
-                        max_sequence_length: None,
-                        true_cfg_scale: None,
-                        fps: None,
-                        sigmas: None,
-                        noise_scale: None,
-                        guidance_terms: Default::default(),
-                        conditions: Vec::new(),
-                    };
-                    if let Some(name) = &request.render.preset {
-                        videosdgx_engine::presets::preset(name)?.apply(&mut params);
-                    }
-                    let mut report = |p: &Progress| {
-                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
-                    };
-                    let video = pipeline.generate(&params, Default::default(), &mut report)?;
-                    Ok((params, video))
-                })?;
+        let (params, video) = self
+            .gpu
+            .with_pipeline(&request.model, dir, on_progress, |pipeline, on_progress| {
+                let mut params = GenerateParams {
+                    prompt: request.prompt.clone(),
+                    negative_prompt: request.negative_prompt.clone(),
+                    height: request.render.height,
+                    width: request.render.width,
+                    frames: match request.length {
+                        Length::Seconds(seconds) => pipeline.frames_for(seconds),
+                        Length::Frames(frames) => frames,
+                    },
+                    steps: request.render.steps,
+                    guidance: request.render.guidance,
+                    guidance_2: None,
+                    seed: request.seed.unwrap_or_else(random_seed),
+                    start_image: start_image(
+                        app,
+                        &request.references,
+                        pipeline.capabilities().start_image,
+                        request.start_frame_required,
+                    )?,
+                    end_image: None,
+                    flow_shift: None,
+                    scheduler: None,
+                    denoising_steps: None,
+                    loras: request.loras.iter().map(|l| l.spec(app)).collect(),
+                    lora_mode: Default::default(),
+                    cache: request.render.cache_spec()?,
+                    references: Vec::new(),
+                    max_sequence_length: None,
+                    true_cfg_scale: None,
+                    fps: None,
+                    sigmas: None,
+                    noise_scale: None,
+                    guidance_terms: Default::default(),
+                    conditions: Vec::new(),
+                };
+                if let Some(name) = &request.render.preset {
+                    videosdgx_engine::presets::preset(name)?.apply(&mut params);
+                }
+                let mut report =
+                    |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
+                let video = pipeline.generate(&params, Default::default(), &mut report)?;
+                Ok((params, video))
+            })
+            .map_err(|e| loras::explain(app, &request.loras, e))?;
         if on_progress("writing", 0, 1).is_break() {
             return Err(cancelled());
         }
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
         let path = app.scratch_file("generation", "mp4")?;
-        let metadata = json!({ "model": request.model, "generate": params });
+        let metadata =
+            json!({ "model": request.model, "generate": params, "loras": request.loras });
         videosdgx_engine::video::write_mp4_with_audio(
             &path,
             &frames,
@@ -529,14 +539,15 @@ fn record(
         model: Some(request.model.clone()),
     };
     let params_json = serde_json::to_string(params).map_err(anyhow::Error::from)?;
+    let loras_json = serde_json::to_string(&request.loras).map_err(anyhow::Error::from)?;
     // The asset, its generation record and the take in one transaction: a crash never leaves a
     // generated video that is not a take with its record.
     let (asset, (generation_id, take_id)) =
         app.assets
             .import_file_recording(&app.db, path, &meta, |tx, asset| {
                 let generation_id: i64 = tx.query_row(
-                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at, loras)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
                     params![
                         job_id,
                         request.shot_id,
@@ -544,7 +555,8 @@ fn record(
                         request.model,
                         params_json,
                         videosdgx_engine::VERSION,
-                        now_ms()
+                        now_ms(),
+                        loras_json
                     ],
                     |r| r.get(0),
                 )?;
@@ -563,6 +575,7 @@ fn record(
         generation_id,
         take_id,
         params: params.clone(),
+        loras: request.loras.clone(),
     })
 }
 
@@ -664,6 +677,7 @@ impl JobRunner for GenerateRunner {
             "take_id": output.take_id,
             "generation_id": output.generation_id,
             "params": output.params,
+            "loras": output.loras,
         }))
     }
 }
@@ -942,6 +956,67 @@ mod tests {
             Some(expected),
             "the record says how it was made"
         );
+    }
+
+    #[test]
+    fn a_shot_lora_takes_a_strength_per_expert_of_wan_2_2() {
+        let (dir, app) = studio();
+        install_fixture_model(dir.path(), "tiny-wan22-two-experts");
+        let lora_file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/lora/kohya.safetensors");
+        let meta = NewAsset {
+            name: "motion.safetensors".into(),
+            ..Default::default()
+        };
+        let (lora, _) = app.assets.import_file(&app.db, &lora_file, &meta).unwrap();
+        let choice: loras::LoraChoice = format!("{}:0.9,0.4", lora.id).parse().unwrap();
+        let two = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan22-two-experts".into()),
+                ..prompt("a lighthouse at dusk")
+            },
+        );
+        loras::set(
+            &app.db,
+            &loras::Scope::Shot(two.id),
+            std::slice::from_ref(&choice),
+        )
+        .unwrap();
+        let run = |shot_id| {
+            app.generator
+                .generate_shot(&app, None, &of(shot_id), &mut |_, _, _| {
+                    ControlFlow::Continue(())
+                })
+        };
+        let out = run(two.id).unwrap();
+        let spec = &out.params.loras[0];
+        assert_eq!((spec.strength, spec.strength_2), (0.9, Some(0.4)));
+        assert_eq!(spec.sha256.as_deref(), Some(lora.sha256.as_str()));
+        let record = get_generation(&app.db, out.generation_id).unwrap();
+        assert_eq!(record.loras, out.loras);
+        assert_eq!(
+            (record.loras[0].strength_2, record.loras[0].from.as_str()),
+            (Some(0.4), "shot")
+        );
+
+        // One transformer takes one strength: the job fails naming the LoRA, and records nothing.
+        let fields = ShotFields {
+            model: Some("tiny-wan-t2v".into()),
+            ..prompt("fog")
+        };
+        let one = shots::create_shot(&app.db, two.storyboard_id, &fields).unwrap();
+        loras::set(&app.db, &loras::Scope::Shot(one.id), &[choice]).unwrap();
+        let err = run(one.id).unwrap_err();
+        assert!(matches!(err, StudioError::Invalid(_)), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("LoRA asset {} \"motion.safetensors\"", lora.id))
+                && err.contains("gives two strengths (HIGH,LOW)"),
+            "{err}"
+        );
+        let shot = shots::get_shot(&app.db, one.id).unwrap();
+        assert_eq!((shot.status.as_str(), shot.takes.len()), ("failed", 0));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::{Result, StudioError};
 use crate::generation::{Generator, random_seed, stage_name};
+use crate::loras::{self, AppliedLora};
 use crate::models;
 use rusqlite::{Transaction, params};
 use serde::Serialize;
@@ -40,6 +41,8 @@ pub struct ImageRequest {
     pub guidance: Option<f64>,
     /// An installed image model's name; FLUX.2 [klein] (or the only one) when absent.
     pub model: Option<String>,
+    /// The LoRAs to apply ([`crate::loras`]), recorded with the image.
+    pub loras: Vec<AppliedLora>,
 }
 
 /// A recorded image.
@@ -134,7 +137,7 @@ impl Generator {
             flow_shift: None,
             scheduler: None,
             denoising_steps: None,
-            loras: Vec::new(),
+            loras: request.loras.iter().map(|l| l.spec(app)).collect(),
             lora_mode: Default::default(),
             cache: None,
             references: references.into_iter().map(ImageInput::Path).collect(),
@@ -152,7 +155,8 @@ impl Generator {
                 let mut report =
                     |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
                 Ok(pipeline.generate(&params, Default::default(), &mut report)?)
-            })?;
+            })
+            .map_err(|e| loras::explain(app, &request.loras, e))?;
         if on_progress("writing", 0, 1).is_break() {
             return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));
         }
@@ -161,7 +165,7 @@ impl Generator {
             .next()
             .ok_or_else(|| StudioError::Internal(anyhow::anyhow!("the model made no image")))?;
         let path = app.scratch_file("image", "png")?;
-        let metadata = json!({ "model": name, "generate": params });
+        let metadata = json!({ "model": name, "generate": params, "loras": request.loras });
         videosdgx_engine::video::write_png(&path, &frame, &metadata)?;
         Ok((params, path))
     }
@@ -186,12 +190,13 @@ fn record<T>(
         model: Some(model.to_string()),
     };
     let params_json = serde_json::to_string(params).map_err(anyhow::Error::from)?;
+    let loras_json = serde_json::to_string(&request.loras).map_err(anyhow::Error::from)?;
     let (asset, (generation_id, then)) =
         app.assets
             .import_file_recording(&app.db, path, &meta, |tx, asset| {
                 let generation_id: i64 = tx.query_row(
-                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at, loras)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
                     params![
                         job_id,
                         request.shot_id,
@@ -199,7 +204,8 @@ fn record<T>(
                         model,
                         params_json,
                         videosdgx_engine::VERSION,
-                        now_ms()
+                        now_ms(),
+                        loras_json
                     ],
                     |r| r.get(0),
                 )?;

@@ -229,6 +229,7 @@ pub fn make_look(
         steps: request.render.as_ref().map(|r| r.steps),
         guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
+        loras: crate::loras::for_look(app, board.id, &character.id)?,
     };
     let (output, look) = app.generator.generate_image(
         app,
@@ -334,6 +335,7 @@ pub fn make_keyframe(
         steps: request.render.as_ref().map(|r| r.steps),
         guidance: request.render.as_ref().map(|r| r.guidance),
         model: render.image_model.clone(),
+        loras: crate::loras::for_shot(app, shot.id, crate::assets::LoraTarget::Image)?,
     };
     let (output, ()): (ImageOutput, ()) =
         app.generator
@@ -486,6 +488,85 @@ mod tests {
         assert_eq!(
             looks.iter().map(|l| l.chosen).collect::<Vec<_>>(),
             [false, true]
+        );
+    }
+
+    #[test]
+    fn a_character_s_image_lora_adapts_its_looks_and_is_recorded() {
+        // FLUX.1 [dev] as the image model: the engine applies LoRAs to its pipeline.
+        let (_dir, app, board) = studio(&["tiny-flux1-dev"]);
+        let request = MakeLook {
+            render: Some(RenderSettings {
+                image_model: Some("tiny-flux1-dev".into()),
+                ..Bible::parse(BIBLE).render_settings()
+            }),
+            ..parse("look", &look_of(board, "mara")).unwrap()
+        };
+        let plain = make_look(&app, None, &request, &mut go).unwrap();
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let lora_file = fixtures.join("lora/flux1_tiny.safetensors");
+        let meta = crate::assets::NewAsset {
+            name: "mara-face.safetensors".into(),
+            ..Default::default()
+        };
+        let (lora, _) = app.assets.import_file(&app.db, &lora_file, &meta).unwrap();
+        // A Wan LoRA chosen for the project adapts the video model, not the looks.
+        let wan_file = fixtures.join("lora/kohya.safetensors");
+        let (wan, _) = app
+            .assets
+            .import_file(
+                &app.db,
+                &wan_file,
+                &crate::assets::NewAsset {
+                    name: "wan.safetensors".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let choose = |scope: crate::loras::Scope, asset_id: i64| {
+            let choice = crate::loras::LoraChoice {
+                asset_id,
+                strength: 0.9,
+                strength_2: None,
+            };
+            crate::loras::set(&app.db, &scope, &[choice]).unwrap();
+        };
+        choose(crate::loras::Scope::Project(1), wan.id);
+        choose(
+            crate::loras::Scope::Character {
+                storyboard_id: board,
+                character_id: "mara".into(),
+            },
+            lora.id,
+        );
+        let adapted = make_look(&app, None, &request, &mut go).unwrap();
+        let record = get_generation(&app.db, adapted.generation_id).unwrap();
+        assert_eq!(record.loras.len(), 1, "{:?}", record.loras);
+        let applied = &record.loras[0];
+        assert_eq!(
+            (applied.asset_id, applied.from.as_str(), applied.strength),
+            (lora.id, "character:mara", 0.9)
+        );
+        assert_eq!(applied.sha256, lora.sha256);
+        let params: GenerateParams = serde_json::from_value(record.params).unwrap();
+        assert_eq!(
+            params.loras[0].sha256.as_deref(),
+            Some(lora.sha256.as_str())
+        );
+        let pixels = |look: &LookOutcome| {
+            let asset = crate::assets::get_asset(&app.db, look.look.asset_id).unwrap();
+            image::ImageReader::open(app.assets.file_of(&asset))
+                .and_then(|r| r.with_guessed_format())
+                .unwrap()
+                .decode()
+                .unwrap()
+                .to_rgb8()
+        };
+        assert_ne!(
+            pixels(&plain),
+            pixels(&adapted),
+            "the LoRA changes the look"
         );
     }
 

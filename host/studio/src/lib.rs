@@ -14,6 +14,7 @@ pub mod images;
 pub mod jobs;
 pub mod keyframes;
 pub mod language;
+pub mod loras;
 pub mod models;
 pub mod plugins;
 pub mod projects;

@@ -8,12 +8,12 @@ import { attempt, formatBytes, formatDate, h, modal, toast } from '../ui.js';
 export async function render(container) {
   const projects = (await attempt('Loading projects', endpoints.projects.list)) ?? [];
   const browser = assetBrowser({ projects, onPick: (asset) => openAsset(asset, projects, browser) });
-  const fileInput = h('input', { type: 'file', multiple: true, hidden: true, accept: 'image/*,video/*,audio/*',
+  const fileInput = h('input', { type: 'file', multiple: true, hidden: true, accept: 'image/*,video/*,audio/*,.safetensors',
     onchange: () => upload([...fileInput.files]) });
   const dropzone = h('div', { class: 'dropzone', tabindex: 0, role: 'button', 'aria-label': 'Upload files',
     onclick: () => fileInput.click(),
     onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); fileInput.click(); } } },
-  'Drop images, videos or audio here, or press to choose files.');
+  'Drop images, videos, audio or LoRAs (.safetensors) here, or press to choose files.');
 
   for (const type of ['dragenter', 'dragover']) {
     dropzone.addEventListener(type, (e) => { e.preventDefault(); dropzone.classList.add('over'); });
@@ -37,7 +37,7 @@ export async function render(container) {
       dropzone.textContent = `Uploading ${file.name}…`;
       if (await attempt(`Uploading ${file.name}`, () => endpoints.assets.upload(file, fields))) added += 1;
     }
-    dropzone.textContent = 'Drop images, videos or audio here, or press to choose files.';
+    dropzone.textContent = 'Drop images, videos, audio or LoRAs (.safetensors) here, or press to choose files.';
     fileInput.value = '';
     if (added) {
       toast(`Added ${added} file${added > 1 ? 's' : ''} to the library.`, 'ok');
@@ -85,8 +85,15 @@ async function openAsset(asset, projects, browser) {
         `Added ${formatDate(full.created_at)}`,
         full.project_id ? ` · project ${projects.find((p) => p.id === full.project_id)?.name ?? full.project_id}` : '',
         full.model ? h('div', {}, `Model ${full.model}`) : null,
+        full.lora ? h('div', {}, `LoRA · ${full.lora.format} · ${full.lora.modules} modules · `,
+          `${full.lora.family ?? 'family not told by its keys'} · adapts the ${full.lora.target} model`) : null,
+        full.kind === 'lora' ? h('div', {}, `SHA-256 ${full.sha256}`) : null,
         full.prompt ? h('div', {}, `Prompt: ${full.prompt}`) : null),
       h('a', { class: 'button small', href: endpoints.assets.downloadUrl(full.id), download: '' }, 'Download'),
+      // Refused (with where) while the asset is in use: a chosen LoRA, a take, a reference, a look.
+      h('button', { type: 'button', class: 'small danger', onclick: async () => {
+        if (await attempt('Deleting the asset', () => endpoints.assets.remove(full.id)) !== undefined) close('deleted');
+      } }, 'Delete'),
       full.kind === 'image'
         ? h('button', { type: 'button', class: 'small', onclick: () => { close(false); useAsReference(full, projects); } },
           'Use as shot reference…')
@@ -95,7 +102,7 @@ async function openAsset(asset, projects, browser) {
     h('button', { type: 'button', onclick: () => close(false) }, 'Close'),
     h('button', { type: 'submit', class: 'primary' }, 'Save'))), { wide: true });
   if (saved) {
-    toast('Saved.', 'ok');
+    toast(saved === 'deleted' ? 'Deleted.' : 'Saved.', 'ok');
     browser.refresh();
   }
 }

@@ -1,4 +1,4 @@
-//! `videosdgx assets ...`: import into, search and reindex the asset library.
+//! `videosdgx assets ...`: import into, search, delete from and reindex the asset library.
 
 use super::Output;
 use anyhow::Context;
@@ -9,7 +9,8 @@ use videosdgx_studio::{App, db};
 
 #[derive(Subcommand, Debug)]
 pub enum AssetsCommand {
-    /// Import an image, video or audio file (checked by content) and print the asset.
+    /// Import an image, video or audio file (checked by content), or a LoRA (a `.safetensors`
+    /// file the engine reads as one), and print the asset.
     Add {
         file: PathBuf,
         /// Project the asset belongs to.
@@ -34,7 +35,7 @@ pub enum AssetsCommand {
         /// Words that must all match; empty lists newest first.
         #[arg(default_value = "")]
         query: String,
-        /// image, video or audio.
+        /// image, video, audio or lora.
         #[arg(long)]
         kind: Option<MediaKind>,
         #[arg(long)]
@@ -57,6 +58,27 @@ pub enum AssetsCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Download a LoRA (a `.safetensors` file) from a hub repository (`HF_ENDPOINT`,
+    /// `HF_TOKEN` as for `models pull`) and import it; its caption says where it came from.
+    PullLora {
+        /// `org/name` of the repository.
+        repo: String,
+        /// The file's path in the repository.
+        file: String,
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long)]
+        project: Option<i64>,
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        #[arg(long, default_value = "")]
+        caption: String,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Delete an asset (refused while it is in use: a chosen LoRA, a take, a reference, a
+    /// keyframe, a look).
+    Delete { id: i64 },
     /// Rebuild the search index from the database.
     Reindex {
         #[command(flatten)]
@@ -136,6 +158,46 @@ pub fn run(app: &App, cmd: AssetsCommand) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join("\n")
             })
+        }
+        AssetsCommand::PullLora {
+            repo,
+            file,
+            revision,
+            project,
+            tags,
+            caption,
+            out,
+        } => {
+            let wanted = assets::lora::HubLora {
+                repo_id: repo,
+                file,
+                revision,
+            };
+            let meta = NewAsset {
+                project_id: project,
+                caption,
+                tags,
+                ..Default::default()
+            };
+            let hub = videosdgx_engine::hub::Hub::from_env();
+            let (asset, created) = assets::lora::pull(
+                &app.assets,
+                &app.db,
+                app.data_dir(),
+                &hub,
+                &wanted,
+                meta,
+                &mut |_| {},
+            )?;
+            if !created {
+                eprintln!("already in the library as asset {}", asset.id);
+            }
+            out.print(&asset, line)
+        }
+        AssetsCommand::Delete { id } => {
+            app.assets.delete(&app.db, id)?;
+            eprintln!("deleted asset {id}");
+            Ok(())
         }
         AssetsCommand::Reindex { out } => {
             let indexed = app.assets.reindex(&app.db)?;

@@ -2,6 +2,7 @@
 
 use super::Output;
 use clap::Subcommand;
+use videosdgx_studio::loras::{self, ChosenLora, LoraChoice, Scope};
 use videosdgx_studio::{App, projects};
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +41,18 @@ pub enum ProjectCommand {
         #[command(flatten)]
         out: Output,
     },
+    /// Show the LoRAs chosen for the project (applied to every shot), or replace them with the
+    /// LoRA assets given as `ASSET_ID[:STRENGTH]` (`ASSET_ID:HIGH,LOW` for Wan 2.2's two
+    /// experts); `--clear` removes them all.
+    Loras {
+        id: i64,
+        #[arg(conflicts_with = "clear")]
+        loras: Vec<LoraChoice>,
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        out: Output,
+    },
     /// Delete a project with its storyboards and shots (its assets stay in the library).
     Delete { id: i64 },
 }
@@ -70,6 +83,28 @@ pub fn run(app: &App, cmd: ProjectCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             out.print(&projects::update_project(&app.db, id, &fields)?, line)
+        }
+        ProjectCommand::Loras {
+            id,
+            loras: chosen,
+            clear,
+            out,
+        } => {
+            let scope = Scope::Project(id);
+            let listed = if clear || !chosen.is_empty() {
+                loras::set(&app.db, &scope, &chosen)?
+            } else {
+                loras::list(&app.db, &scope)?
+            };
+            out.print(&listed, |ls: &Vec<ChosenLora>| {
+                ls.iter()
+                    .map(|l| {
+                        let low = l.strength_2.map(|s| format!(",{s}")).unwrap_or_default();
+                        format!("{}\t{}\t{}{low}", l.asset_id, l.name, l.strength)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
         }
         ProjectCommand::Delete { id } => {
             projects::delete_project(&app.db, id)?;

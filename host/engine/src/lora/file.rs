@@ -198,6 +198,31 @@ impl LoraFile {
         self.format
     }
 
+    /// How many modules (layers) the file adapts; 0 for a safetensors file that holds no LoRA
+    /// tensor at all.
+    pub fn module_count(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// The model family the keys name, where they tell it (a hint for a library, not a check:
+    /// applying the file is what proves it fits): one of [`looks_like`]'s names, or `Wan` for
+    /// the `blocks.N` layout of Wan's attention and feed-forward layers.
+    pub fn family(&self) -> Option<&'static str> {
+        let keys: Vec<&str> = self.keys().collect();
+        looks_like(keys.iter().copied()).or_else(|| {
+            self.modules
+                .iter()
+                .any(|m| {
+                    let path = m.path.replace('_', ".");
+                    path.starts_with("blocks.")
+                        && ["self.attn", "cross.attn", "attn1", "attn2", "ffn"]
+                            .iter()
+                            .any(|layer| path.contains(layer))
+                })
+                .then_some("Wan")
+        })
+    }
+
     /// SHA-256 of the file's bytes (hex), computed on first use.
     pub fn sha256(&self) -> Result<&str, LoraError> {
         if let Some(digest) = self.sha256.get() {

@@ -28,7 +28,10 @@ pub fn routes() -> Router<Arc<App>> {
             post(upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/assets/search", get(search))
-        .route("/api/assets/{id}", get(get_asset).patch(update_asset))
+        .route(
+            "/api/assets/{id}",
+            get(get_asset).patch(update_asset).delete(delete_asset),
+        )
         .route("/api/assets/{id}/file", get(download))
 }
 
@@ -130,7 +133,8 @@ where
 
 #[utoipa::path(post, path = "/api/assets", tag = "assets", params(UploadMeta),
     request_body(content = Vec<u8>, description = "the file as the raw body, or multipart/form-data \
-        with a `file` part and optional `project_id`, `tags`, `caption` fields",
+        with a `file` part and optional `project_id`, `tags`, `caption` fields; a `.safetensors` file \
+        is imported as a LoRA (kind `lora`) when the engine reads it as one",
         content_type = "application/octet-stream"),
     responses(
         (status = 201, body = Asset, description = "stored"),
@@ -227,6 +231,15 @@ pub async fn update_asset(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/assets/{id}", tag = "assets", params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody, description = "in use (a chosen LoRA, a \
+            take, a reference, a keyframe, a look); the message says where")))]
+pub async fn delete_asset(State(app): AppState, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    app.blocking(move |a| a.assets.delete(&a.db, id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/api/assets/{id}/file", tag = "assets", params(("id" = i64, Path)),
     responses((status = 200, description = "the file"), (status = 206, description = "the requested range"),
         (status = 404, body = super::error::ErrorBody),
@@ -299,7 +312,7 @@ pub struct SearchParams {
     /// Words to find in prompt, caption and tags (all must match). Empty: newest first.
     #[serde(default)]
     pub q: String,
-    /// image, video or audio.
+    /// image, video, audio or lora.
     pub kind: Option<String>,
     pub project_id: Option<i64>,
     /// Comma-separated tags that must all be present.

@@ -8,6 +8,7 @@ pub mod generation;
 pub mod jobs;
 pub mod language;
 pub mod looks;
+pub mod loras;
 pub mod plugins;
 pub mod projects;
 
@@ -51,6 +52,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         assets::upload,
         assets::get_asset,
         assets::update_asset,
+        assets::delete_asset,
         assets::download,
         assets::search,
         jobs::list_jobs,
@@ -68,6 +70,13 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         language::choose_language_model,
         looks::list_looks,
         looks::update_look,
+        loras::project_loras,
+        loras::set_project_loras,
+        loras::character_loras,
+        loras::set_character_loras,
+        loras::shot_loras,
+        loras::set_shot_loras,
+        loras::applied_loras,
         plugins::list_plugins,
         plugins::inspect_plugin,
         plugins::install_plugin,
@@ -91,6 +100,7 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(generation::routes())
         .merge(language::routes())
         .merge(looks::routes())
+        .merge(loras::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Components are larger than JSON bodies: merged after the JSON limit, with their own.
         .merge(plugins::routes())

@@ -15,6 +15,8 @@ pub enum MediaKind {
     Image,
     Video,
     Audio,
+    /// A LoRA (a safetensors file the engine reads as one; see [`super::lora`]).
+    Lora,
 }
 
 impl MediaKind {
@@ -23,6 +25,7 @@ impl MediaKind {
             Self::Image => "image",
             Self::Video => "video",
             Self::Audio => "audio",
+            Self::Lora => "lora",
         }
     }
 }
@@ -34,8 +37,9 @@ impl std::str::FromStr for MediaKind {
             "image" => Ok(Self::Image),
             "video" => Ok(Self::Video),
             "audio" => Ok(Self::Audio),
+            "lora" => Ok(Self::Lora),
             other => Err(StudioError::Invalid(format!(
-                "kind {other:?} is not one of image, video, audio"
+                "kind {other:?} is not one of image, video, audio, lora"
             ))),
         }
     }

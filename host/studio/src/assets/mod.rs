@@ -2,10 +2,12 @@
 //! search index derived from those rows. Imports go stage -> validate -> store -> row -> index, so
 //! a failure at any step leaves what was stored before untouched.
 
+pub mod lora;
 pub mod media;
 pub mod search;
 pub mod store;
 
+pub use lora::{LoraInfo, LoraTarget};
 pub use media::{MediaInfo, MediaKind};
 pub use search::{SearchIndex, SearchQuery};
 pub use store::{BlobStore, Finished, Staged};
@@ -33,6 +35,9 @@ pub struct Asset {
     pub model: Option<String>,
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// What a `lora` asset is (format, modules, family, the model it adapts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraInfo>,
     /// RFC 3339, UTC.
     pub created_at: String,
     #[serde(skip)]
@@ -62,6 +67,7 @@ fn asset_from_row(row: &Row) -> rusqlite::Result<Asset> {
     let kind: String = row.get("kind")?;
     let tags: String = row.get("tags")?;
     let created_ms: i64 = row.get("created_at")?;
+    let lora: Option<String> = row.get("lora")?;
     Ok(Asset {
         id: row.get("id")?,
         sha256: row.get("sha256")?,
@@ -76,6 +82,7 @@ fn asset_from_row(row: &Row) -> rusqlite::Result<Asset> {
         model: row.get("model")?,
         width: row.get("width")?,
         height: row.get("height")?,
+        lora: lora.and_then(|l| serde_json::from_str(&l).ok()),
         created_at: rfc3339(created_ms),
         created_ms,
     })
@@ -264,7 +271,21 @@ impl AssetLibrary {
         let name = checked_file_name(&meta.name)?;
         let tags = normalized_tags(&meta.tags)?;
         let finished = staged.finish()?;
-        let info = media::probe(finished.path(), &name)?;
+        let (info, lora) = if lora::is_lora_name(&name) {
+            let lora = lora::probe(finished.path(), &name)?;
+            let info = MediaInfo {
+                kind: MediaKind::Lora,
+                mime: lora::MIME,
+                width: None,
+                height: None,
+            };
+            (
+                info,
+                Some(serde_json::to_string(&lora).map_err(anyhow::Error::from)?),
+            )
+        } else {
+            (media::probe(finished.path(), &name)?, None)
+        };
         if let Some(project) = meta.project_id {
             crate::projects::get_project(db, project)?;
         }
@@ -283,8 +304,8 @@ impl AssetLibrary {
             }
             let asset = c.query_row(
                 "INSERT INTO assets (sha256, kind, mime, size_bytes, original_name, project_id,
-                     caption, tags, prompt, model, width, height, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING *",
+                     caption, tags, prompt, model, width, height, created_at, lora)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING *",
                 params![
                     sha256,
                     info.kind.as_str(),
@@ -299,6 +320,7 @@ impl AssetLibrary {
                     info.width,
                     info.height,
                     now_ms(),
+                    lora,
                 ],
                 asset_from_row,
             )?;
@@ -337,6 +359,66 @@ impl AssetLibrary {
         })?;
         self.index.upsert(std::slice::from_ref(&asset))?;
         Ok(asset)
+    }
+
+    /// Deletes asset `id`: its row, its index entry, and its file when no other asset has the
+    /// same content. Refused (as a conflict, saying where) while anything uses it: a LoRA chosen
+    /// for a project, character or shot, a take, a shot's reference or keyframe, a look. Its
+    /// generation records stay (their `asset_id` becomes null).
+    pub fn delete(&self, db: &Db, id: i64) -> Result<()> {
+        let asset = db.transaction(|tx| {
+            let asset = tx
+                .query_row("SELECT * FROM assets WHERE id = ?1", [id], asset_from_row)
+                .optional()?
+                .ok_or_else(|| StudioError::not_found("asset", id))?;
+            let mut uses = crate::loras::uses(tx, id)?;
+            for (what, sql) in [
+                ("a take", "SELECT count(*) FROM takes WHERE asset_id = ?1"),
+                (
+                    "a shot's reference",
+                    "SELECT count(*) FROM shot_references WHERE asset_id = ?1",
+                ),
+                (
+                    "a shot's keyframe",
+                    "SELECT count(*) FROM shots WHERE keyframe_asset_id = ?1",
+                ),
+                (
+                    "a character's look",
+                    "SELECT count(*) FROM character_looks WHERE asset_id = ?1",
+                ),
+            ] {
+                let count: i64 = tx.query_row(sql, [id], |r| r.get(0))?;
+                if count > 0 {
+                    uses.push(what.to_string());
+                }
+            }
+            if !uses.is_empty() {
+                let how = if asset.kind == MediaKind::Lora {
+                    "remove it from their LoRAs first"
+                } else {
+                    "it stays in the library"
+                };
+                return Err(StudioError::Conflict(format!(
+                    "asset {id} ({}) is in use by {}: {how}",
+                    asset.original_name,
+                    uses.join(", ")
+                )));
+            }
+            tx.execute("DELETE FROM assets WHERE id = ?1", [id])?;
+            Ok(asset)
+        })?;
+        self.index.remove(id)?;
+        let shared: bool = db.with(|c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM assets WHERE sha256 = ?1)",
+                [&asset.sha256],
+                |r| r.get(0),
+            )?)
+        })?;
+        if !shared {
+            self.store.remove(&asset.sha256)?;
+        }
+        Ok(())
     }
 
     /// Assets matching `q`, best first.

@@ -18,6 +18,7 @@ const WRITER_HEAP: usize = 32 * 1024 * 1024;
 
 struct Fields {
     asset_id: Field,
+    name: Field,
     prompt: Field,
     caption: Field,
     tags_text: Field,
@@ -32,6 +33,8 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let fields = Fields {
         asset_id: b.add_u64_field("asset_id", INDEXED | STORED | FAST),
+        // The file name: what a LoRA (which has no prompt) is found by.
+        name: b.add_text_field("name", TEXT),
         prompt: b.add_text_field("prompt", TEXT),
         caption: b.add_text_field("caption", TEXT),
         tags_text: b.add_text_field("tags_text", TEXT),
@@ -133,6 +136,7 @@ impl SearchIndex {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_u64(f.asset_id, asset.id as u64);
+        doc.add_text(f.name, &asset.original_name);
         doc.add_text(f.prompt, &asset.prompt);
         doc.add_text(f.caption, &asset.caption);
         doc.add_text(f.tags_text, asset.tags.join(" "));
@@ -160,6 +164,15 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Removes asset `id` and commits.
+    pub fn remove(&self, id: i64) -> Result<()> {
+        let mut writer = self.writer()?;
+        writer.delete_term(Term::from_field_u64(self.fields.asset_id, id as u64));
+        writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
     /// Replaces the whole index with documents for `assets` (read in batches by the caller).
     pub fn rebuild(&self, assets: impl Iterator<Item = Result<Asset>>) -> Result<u64> {
         let mut writer = self.writer()?;
@@ -182,7 +195,7 @@ impl SearchIndex {
         let text = q.text.trim();
         if !text.is_empty() {
             let mut parser =
-                QueryParser::for_index(&self.index, vec![f.prompt, f.caption, f.tags_text]);
+                QueryParser::for_index(&self.index, vec![f.name, f.prompt, f.caption, f.tags_text]);
             parser.set_conjunction_by_default();
             // Lenient: user text with stray quotes or colons still searches instead of failing.
             let (query, _errors) = parser.parse_query_lenient(text);

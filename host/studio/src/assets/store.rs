@@ -1,6 +1,7 @@
 //! Content-addressed file store: each blob lives at `<root>/<first two hex>/<sha256>`. Bytes are
 //! staged in `<root>/tmp`, hashed while written, synced, then renamed into place, so a blob that
-//! exists is complete. It never deletes or overwrites a stored blob.
+//! exists is complete. It never overwrites a stored blob, and deletes one only when the library
+//! deletes the last asset of that content ([`super::AssetLibrary::delete`]).
 
 use crate::error::{Result, StudioError};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,14 @@ impl BlobStore {
             len: 0,
             limit,
         })
+    }
+
+    /// Deletes the blob `sha256` (absent already is fine).
+    pub fn remove(&self, sha256: &str) -> Result<()> {
+        match std::fs::remove_file(self.path_of(sha256)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Moves a finished staging file into place (a no-op when the content is already stored).

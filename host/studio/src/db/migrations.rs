@@ -236,6 +236,62 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE shots ADD COLUMN keyframe_prompt TEXT NOT NULL DEFAULT '';
     ALTER TABLE projects ADD COLUMN keyframes INTEGER CHECK (keyframes IN (0, 1));
     "#,
+    // 8: LoRAs. A LoRA is an asset of its own kind (`lora`, a safetensors file the engine read as
+    // one; `lora` holds what it is: format, modules, the family its keys name, whether it adapts
+    // the video or the image model). The assets table is rebuilt for the kind's CHECK (SQLite
+    // cannot alter one; `apply` runs migrations with foreign keys off and checks them after).
+    // LoRAs are chosen, each with a strength (and a second one for Wan 2.2's low-noise expert),
+    // per project, per bible character (storyboard + character id, as looks are) or per shot;
+    // deleting a chosen LoRA asset is refused (no cascade). A generation records the LoRAs it
+    // applied and where each came from.
+    r#"
+    CREATE TABLE assets_new (
+        id            INTEGER PRIMARY KEY,
+        sha256        TEXT NOT NULL CHECK (length(sha256) = 64),
+        kind          TEXT NOT NULL CHECK (kind IN ('image', 'video', 'audio', 'lora')),
+        mime          TEXT NOT NULL,
+        size_bytes    INTEGER NOT NULL,
+        original_name TEXT NOT NULL,
+        project_id    INTEGER REFERENCES projects(id) ON DELETE SET NULL,
+        caption       TEXT NOT NULL DEFAULT '',
+        tags          TEXT NOT NULL DEFAULT '[]',   -- JSON array of strings
+        prompt        TEXT NOT NULL DEFAULT '',
+        model         TEXT,
+        width         INTEGER,
+        height        INTEGER,
+        created_at    INTEGER NOT NULL,
+        lora          TEXT                          -- JSON, for kind 'lora'
+    );
+    INSERT INTO assets_new (id, sha256, kind, mime, size_bytes, original_name, project_id, caption,
+                            tags, prompt, model, width, height, created_at)
+        SELECT id, sha256, kind, mime, size_bytes, original_name, project_id, caption,
+               tags, prompt, model, width, height, created_at FROM assets;
+    DROP TABLE assets;
+    ALTER TABLE assets_new RENAME TO assets;
+    CREATE UNIQUE INDEX assets_content ON assets(sha256, ifnull(project_id, 0));
+    CREATE INDEX assets_project ON assets(project_id);
+
+    CREATE TABLE lora_choices (
+        id            INTEGER PRIMARY KEY,
+        asset_id      INTEGER NOT NULL REFERENCES assets(id),
+        project_id    INTEGER REFERENCES projects(id) ON DELETE CASCADE,
+        storyboard_id INTEGER REFERENCES storyboards(id) ON DELETE CASCADE,
+        character_id  TEXT,
+        shot_id       INTEGER REFERENCES shots(id) ON DELETE CASCADE,
+        position      INTEGER NOT NULL,
+        strength      REAL NOT NULL,
+        strength_2    REAL,
+        CHECK ((project_id IS NOT NULL)
+             + (storyboard_id IS NOT NULL AND character_id IS NOT NULL)
+             + (shot_id IS NOT NULL) = 1)
+    );
+    CREATE INDEX lora_choices_asset ON lora_choices(asset_id);
+    CREATE UNIQUE INDEX lora_choices_scope ON lora_choices(
+        ifnull(project_id, 0), ifnull(storyboard_id, 0), ifnull(character_id, ''),
+        ifnull(shot_id, 0), asset_id);
+
+    ALTER TABLE generations ADD COLUMN loras TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -256,20 +312,50 @@ pub(super) fn apply(conn: &Connection, path: &Path, read_only: bool) -> Result<(
             path.display()
         )));
     }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // A migration that rebuilds a table (SQLite's way to change a CHECK) must not fire the
+    // foreign keys' ON DELETE actions when it drops the old one: keys are off while migrating,
+    // and each migration checks them before it commits. The pragma is a no-op in a transaction.
+    let foreign_keys: bool = conn.pragma_query_value(None, "foreign_keys", |row| row.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let applied = apply_each(conn, found);
+    conn.pragma_update(None, "foreign_keys", foreign_keys)?;
+    applied?;
+    // Migrations rewrite much of the schema (a table rebuild copies a whole table): fold them
+    // into the database file so the write-ahead log starts empty rather than that large.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+fn apply_each(conn: &Connection, found: i64) -> Result<()> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-        ))
-        .map_err(|e| {
+        let failed = |e: StudioError| {
             let _ = conn.execute_batch("ROLLBACK");
-            match StudioError::from(e) {
+            match e {
                 StudioError::Internal(e) => {
                     StudioError::Internal(e.context(format!("migration {version} failed")))
                 }
                 other => other,
             }
-        })?;
+        };
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};"
+        ))
+        .map_err(|e| failed(e.into()))?;
+        let dangling: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| failed(e.into()))?;
+        if dangling > 0 {
+            return Err(failed(StudioError::Internal(anyhow::anyhow!(
+                "{dangling} rows would break foreign keys"
+            ))));
+        }
+        conn.execute_batch("COMMIT").map_err(|e| failed(e.into()))?;
         tracing::info!(version, "applied database migration");
     }
     Ok(())

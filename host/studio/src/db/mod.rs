@@ -173,6 +173,67 @@ mod tests {
     }
 
     #[test]
+    fn the_lora_kind_rebuilds_assets_without_touching_what_refers_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("studio.db");
+        {
+            // Version 7, with a take of a shot and its generation record naming an asset.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", true).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            conn.execute_batch(
+                "INSERT INTO projects (id, name, created_at, updated_at) VALUES (1, 'p', 1, 1);
+                 INSERT INTO storyboards (id, project_id, title, created_at, updated_at)
+                     VALUES (1, 1, 's', 1, 1);
+                 INSERT INTO shots (id, storyboard_id, position, created_at, updated_at)
+                     VALUES (1, 1, 0, 1, 1);
+                 INSERT INTO assets (id, sha256, kind, mime, size_bytes, original_name,
+                     project_id, created_at)
+                     VALUES (5, printf('%064d', 5), 'video', 'video/mp4', 9, 't.mp4', 1, 1);
+                 INSERT INTO generations (id, shot_id, asset_id, model, params, engine_version,
+                     created_at) VALUES (3, 1, 5, 'm', '{}', 'v', 1);
+                 INSERT INTO takes (id, shot_id, asset_id, generation_id, created_at)
+                     VALUES (2, 1, 5, 3, 1);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        db.with(|c| {
+            let take: (i64, i64) = c.query_row(
+                "SELECT asset_id, generation_id FROM takes WHERE id = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            assert_eq!(take, (5, 3), "dropping the old table fired no ON DELETE");
+            let generation: Option<i64> =
+                c.query_row("SELECT asset_id FROM generations WHERE id = 3", [], |r| {
+                    r.get(0)
+                })?;
+            assert_eq!(generation, Some(5));
+            let fk: bool = c.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+            assert!(fk, "foreign keys are back on after migrating");
+            // The new kind is accepted, and the foreign keys still point at the new table.
+            c.execute(
+                "INSERT INTO assets (sha256, kind, mime, size_bytes, original_name, created_at)
+                 VALUES (printf('%064d', 6), 'lora', 'application/x-safetensors', 9, 'l.safetensors', 1)",
+                [],
+            )?;
+            assert!(
+                c.execute(
+                    "INSERT INTO takes (shot_id, asset_id, created_at) VALUES (1, 99, 1)",
+                    []
+                )
+                .is_err()
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn newer_database_is_refused_with_versions_in_the_message() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("studio.db");

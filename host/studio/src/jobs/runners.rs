@@ -119,3 +119,59 @@ impl JobRunner for ImportFolder {
         Ok(json!({ "imported": imported, "existing": existing, "refused": refused }))
     }
 }
+
+/// `assets.pull_lora`: downloads a LoRA file from a hub repository into the library.
+pub struct PullLora;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullLoraParams {
+    repo_id: String,
+    file: String,
+    revision: Option<String>,
+    project_id: Option<i64>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    caption: String,
+}
+
+impl JobRunner for PullLora {
+    fn kind(&self) -> &'static str {
+        "assets.pull_lora"
+    }
+    fn lane(&self) -> Lane {
+        Lane::Cpu
+    }
+    fn check(&self, _app: &App, params: &Value) -> Result<()> {
+        let p: PullLoraParams = parse(self.kind(), params)?;
+        crate::assets::normalized_tags(&p.tags).map(drop)
+    }
+    fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
+        let p: PullLoraParams = parse(self.kind(), params)?;
+        let meta = NewAsset {
+            project_id: p.project_id,
+            caption: p.caption,
+            tags: p.tags,
+            ..Default::default()
+        };
+        let hub = videosdgx_engine::hub::Hub::from_env();
+        let wanted = crate::assets::lora::HubLora {
+            repo_id: p.repo_id,
+            file: p.file,
+            revision: p.revision,
+        };
+        let (asset, created) = crate::assets::lora::pull(
+            &app.assets,
+            &app.db,
+            app.data_dir(),
+            &hub,
+            &wanted,
+            meta,
+            &mut |progress| {
+                let _ = ctx.progress("downloading", progress.bytes, progress.file_size);
+            },
+        )?;
+        Ok(json!({ "asset_id": asset.id, "created": created, "asset": asset }))
+    }
+}

@@ -142,8 +142,15 @@ impl ChatRequest {
             shown += match get_asset(&app.db, *id)?.kind {
                 MediaKind::Image => 1,
                 MediaKind::Video => VIDEO_FRAMES,
-                MediaKind::Audio => {
-                    return invalid(format!("asset {id} is audio, not an image or a video"));
+                kind @ (MediaKind::Audio | MediaKind::Lora) => {
+                    return invalid(format!(
+                        "asset {id} is {}, not an image or a video",
+                        if kind == MediaKind::Audio {
+                            "audio"
+                        } else {
+                            "a LoRA"
+                        }
+                    ));
                 }
             };
         }
@@ -220,6 +227,7 @@ fn shown_images(app: &App, id: i64) -> Result<Vec<RgbImage>> {
                 .collect()
         }
         MediaKind::Audio => Err(unreadable(&"it is audio")),
+        MediaKind::Lora => Err(unreadable(&"it is a LoRA")),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::registry;
 use crate::app::App;
-use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
+use crate::assets::{Asset, LoraTarget, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::StudioError;
 use crate::finishing::{Finished, NO_INTERPOLATOR, NO_UPSCALER};
@@ -213,6 +213,8 @@ impl StudioServices {
                     cache: None,
                     image_model: None,
                 },
+                loras: crate::loras::for_project(app, project_id, LoraTarget::Video)
+                    .map_err(failed)?,
             };
             let output = app
                 .generator
@@ -329,6 +331,7 @@ pub fn asset_info(asset: &Asset) -> AssetInfo {
             MediaKind::Video => AssetKind::Video,
             MediaKind::Image => AssetKind::Image,
             MediaKind::Audio => AssetKind::Audio,
+            MediaKind::Lora => AssetKind::Other,
         },
         name: asset.original_name.clone(),
         mime: asset.mime.clone(),
@@ -613,6 +616,8 @@ impl HostServices for StudioServices {
                 steps: request.steps.map(|s| s as usize),
                 guidance: request.guidance,
                 model: None,
+                loras: crate::loras::for_project(app, project_id, LoraTarget::Image)
+                    .map_err(failed)?,
             };
             let (output, ()) = app
                 .generator
