@@ -1135,3 +1135,49 @@ fn fp8_weights_generate_close_to_bf16_and_the_record_says_so() {
     let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
     assert_eq!(decoded.metadata["quant"], "fp8");
 }
+
+#[test]
+fn flux2_images_take_loras_merged_or_at_run_time_and_record_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cpu = candle_core::Device::Cpu;
+    // A PEFT LoRA on the first double block's query projection (inner width 16).
+    let lora = tmp.path().join("style.safetensors");
+    let pair = HashMap::from([
+        (
+            "transformer.transformer_blocks.0.attn.to_q.lora_A.weight".to_string(),
+            candle_core::Tensor::randn(0f32, 0.5, (4, 16), &cpu).unwrap(),
+        ),
+        (
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight".to_string(),
+            candle_core::Tensor::randn(0f32, 0.5, (16, 4), &cpu).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&pair, &lora).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let saved = tmp.path().join(format!("{name}.safetensors"));
+        let mut args = vec!["--save-tensor", saved.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let out = generate_image(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut tensors = candle_core::safetensors::load(&saved, &cpu).unwrap();
+        (tensors.remove("image").unwrap(), record)
+    };
+    let spec = format!("{}:0.7", lora.display());
+    let (plain, _) = run("plain", &[]);
+    let (merged, record) = run("merged", &["--lora", &spec]);
+    let (runtime, _) = run("runtime", &["--lora", &spec, "--lora-mode", "runtime"]);
+    assert!(
+        rel_err(&merged, &plain) > 1e-3,
+        "the LoRA changes the image"
+    );
+    let err = rel_err(&runtime, &merged);
+    assert!(err <= 1e-4, "run-time against merged: {err:e}");
+    let applied = &record["params"]["loras"][0];
+    assert_eq!(applied["strength"], 0.7);
+    assert_eq!(applied["sha256"].as_str().map(str::len), Some(64));
+}

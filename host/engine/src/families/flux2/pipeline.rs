@@ -9,6 +9,7 @@
 use super::transformer::Flux2Transformer2DModel;
 use super::vae::AutoencoderKLFlux2;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
+use crate::lora::LoraFile;
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
 };
@@ -21,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Tokens per prompt (`max_sequence_length` of the pipelines).
 const MAX_SEQUENCE_LENGTH: usize = 512;
@@ -73,6 +75,8 @@ pub struct Flux2Pipeline {
     transformer: Flux2Transformer2DModel,
     vae: AutoencoderKLFlux2,
     scheduler_config: serde_json::Value,
+    /// LoRA files opened by earlier generations, reused while they stay chosen.
+    lora_files: Vec<Arc<LoraFile>>,
 }
 
 impl Flux2Pipeline {
@@ -122,6 +126,7 @@ impl Flux2Pipeline {
             scheduler_config: read_config(
                 &component(dir, "scheduler")?.join("scheduler_config.json"),
             )?,
+            lora_files: Vec::new(),
         })
     }
 
@@ -143,6 +148,7 @@ impl Flux2Pipeline {
             transformer: parts.transformer,
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
+            lora_files: Vec::new(),
         }
     }
 
@@ -171,6 +177,13 @@ impl Flux2Pipeline {
     ) -> Result<GeneratedVideo> {
         let mut report = crate::pipelines::reporter(on_progress);
         let (grid_h, grid_w) = self.check(params)?;
+        let loras = crate::lora::apply_specs(
+            &self.name,
+            &mut self.transformer,
+            &params.loras,
+            &mut self.lora_files,
+            params.lora_mode,
+        )?;
         let cfg =
             matches!(self.variant, Variant::Klein { distilled: false }) && params.guidance > 1.0;
 
@@ -282,7 +295,7 @@ impl Flux2Pipeline {
             frames,
             fps: 0,
             latents: z.to_dtype(DType::F32)?,
-            loras: Vec::new(),
+            loras,
             cache: None,
             audio: None,
             audio_latents: None,
@@ -294,12 +307,6 @@ impl Flux2Pipeline {
         let grid = crate::pipelines::image_grid(&self.name, params, self.pixels_per_token())?;
         if params.cache.is_some() {
             bail!("{}: step caching is implemented for Wan only", self.name);
-        }
-        if !params.loras.is_empty() {
-            bail!(
-                "{}: LoRAs on FLUX.2 pipelines are not supported yet",
-                self.name
-            );
         }
         Ok(grid)
     }
