@@ -1124,16 +1124,16 @@ fn fp8_weights_generate_close_to_bf16_and_the_record_says_so() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let record = run(&dense, &[]);
-    assert_eq!(record["quant"], serde_json::Value::Null);
+    assert_eq!(record["params"]["quant"], serde_json::Value::Null);
     let record = run(&fp8, &["--quant", "fp8", "--out", mp4.to_str().unwrap()]);
-    assert_eq!(record["quant"], "fp8");
+    assert_eq!(record["params"]["quant"], "fp8");
     let err = rel_err(&video(&fp8), &video(&dense));
     assert!(
         err > 0.0 && err <= 5e-2,
         "FP8 against f32 weights: relative error {err:e}"
     );
     let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
-    assert_eq!(decoded.metadata["quant"], "fp8");
+    assert_eq!(decoded.metadata["generate"]["quant"], "fp8");
 }
 
 #[test]

@@ -80,6 +80,10 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     h('option', { value: 'teacache' }, 'TeaCache'),
     h('option', { value: 'magcache' }, 'MagCache'),
     h('option', { value: 'easycache' }, 'EasyCache'));
+  // FP8 block weights: about half the video model's memory, a little fidelity.
+  const quant = h('select', { id: 'render-quant', onchange: changed },
+    h('option', { value: '' }, 'As stored'),
+    h('option', { value: 'fp8' }, 'FP8'));
   const render = {
     width: renderInput('width', { min: 16, max: 2048, step: 16 }),
     height: renderInput('height', { min: 16, max: 2048, step: 16 }),
@@ -126,6 +130,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     // A threshold set elsewhere (`teacache:0.1`) stays selectable as it is.
     if (method && ![...cache.options].some((o) => o.value === method)) cache.append(h('option', { value: method }, method));
     cache.value = method;
+    quant.value = b.render.quant ?? '';
     setImageModel(b.render.image_model ?? '');
   }
   /** Selects `name`, adding it as an option until the model list arrives. */
@@ -151,6 +156,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         width: number('width'), height: number('height'), steps: number('steps'), guidance: number('guidance'),
         ...(preset.value ? { preset: preset.value } : {}),
         ...(cache.value ? { cache: cache.value } : {}),
+        ...(quant.value ? { quant: quant.value } : {}),
         ...(imageModel.value ? { image_model: imageModel.value } : {}),
       },
     };
@@ -293,6 +299,8 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         h('div', { class: 'field' }, h('label', { for: 'render-preset' }, 'Schedule'), preset),
         h('div', { class: 'field' }, h('label', { for: 'render-cache', title: 'Skips denoising steps that barely change the picture' },
           'Step cache'), cache),
+        h('div', { class: 'field' }, h('label', { for: 'render-quant', title: 'The video model\'s weights in FP8: about half the memory' },
+          'Weights'), quant),
         h('div', { class: 'field' }, h('label', { for: 'max-attempts', title: 'How many takes the reviewer may ask for per shot' },
           'Attempts (1–10)'), maxAttempts)),
       h('div', { class: 'row wrap' },

@@ -216,6 +216,7 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        quant: None,
         references,
         max_sequence_length: None,
         true_cfg_scale: None,

@@ -46,6 +46,7 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        quant: None,
         references,
         max_sequence_length: None,
         true_cfg_scale: None,

@@ -73,6 +73,7 @@ fn params() -> GenerateParams {
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        quant: None,
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,

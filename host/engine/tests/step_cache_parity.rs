@@ -71,6 +71,7 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache,
+        quant: None,
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,

@@ -576,6 +576,7 @@ mod tests {
                 guidance: 1.0,
                 preset: None,
                 cache: None,
+                quant: None,
                 image_model: None,
             },
             ..Default::default()

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateParams, ImageInput, Progress, Stage, StartImage,
+    Cancelled, GenerateParams, ImageInput, Progress, Quant, Stage, StartImage,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -98,6 +98,11 @@ pub struct RenderSettings {
     /// barely changes (`videosdgx_engine::schedulers::step_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// The video model's block weights kept in this format (`fp8`: about half the memory; the
+    /// engine's `--quant`); as loaded when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "fp8")]
+    pub quant: Option<Quant>,
     /// The installed image model that makes keyframes and character looks; FLUX.2 [klein] when
     /// absent ([`crate::models::image_model`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +118,7 @@ impl Default for RenderSettings {
             guidance: 5.0,
             preset: None,
             cache: None,
+            quant: None,
             image_model: None,
         }
     }
@@ -289,50 +295,58 @@ impl Generator {
         let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
         let (params, video) = self
             .gpu
-            .with_pipeline(&request.model, dir, on_progress, |pipeline, on_progress| {
-                let mut params = GenerateParams {
-                    prompt: request.prompt.clone(),
-                    negative_prompt: request.negative_prompt.clone(),
-                    height: request.render.height,
-                    width: request.render.width,
-                    frames: match request.length {
-                        Length::Seconds(seconds) => pipeline.frames_for(seconds),
-                        Length::Frames(frames) => frames,
-                    },
-                    steps: request.render.steps,
-                    guidance: request.render.guidance,
-                    guidance_2: None,
-                    seed: request.seed.unwrap_or_else(random_seed),
-                    start_image: start_image(
-                        app,
-                        &request.references,
-                        pipeline.capabilities().start_image,
-                        request.start_frame_required,
-                    )?,
-                    end_image: None,
-                    flow_shift: None,
-                    scheduler: None,
-                    denoising_steps: None,
-                    loras: request.loras.iter().map(|l| l.spec(app)).collect(),
-                    lora_mode: Default::default(),
-                    cache: request.render.cache_spec()?,
-                    references: Vec::new(),
-                    max_sequence_length: None,
-                    true_cfg_scale: None,
-                    fps: None,
-                    sigmas: None,
-                    noise_scale: None,
-                    guidance_terms: Default::default(),
-                    conditions: Vec::new(),
-                };
-                if let Some(name) = &request.render.preset {
-                    videosdgx_engine::presets::preset(name)?.apply(&mut params);
-                }
-                let mut report =
-                    |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
-                let video = pipeline.generate(&params, Default::default(), &mut report)?;
-                Ok((params, video))
-            })
+            .with_pipeline(
+                &request.model,
+                dir,
+                request.render.quant,
+                on_progress,
+                |pipeline, on_progress| {
+                    let mut params = GenerateParams {
+                        prompt: request.prompt.clone(),
+                        negative_prompt: request.negative_prompt.clone(),
+                        height: request.render.height,
+                        width: request.render.width,
+                        frames: match request.length {
+                            Length::Seconds(seconds) => pipeline.frames_for(seconds),
+                            Length::Frames(frames) => frames,
+                        },
+                        steps: request.render.steps,
+                        guidance: request.render.guidance,
+                        guidance_2: None,
+                        seed: request.seed.unwrap_or_else(random_seed),
+                        start_image: start_image(
+                            app,
+                            &request.references,
+                            pipeline.capabilities().start_image,
+                            request.start_frame_required,
+                        )?,
+                        end_image: None,
+                        flow_shift: None,
+                        scheduler: None,
+                        denoising_steps: None,
+                        loras: request.loras.iter().map(|l| l.spec(app)).collect(),
+                        lora_mode: Default::default(),
+                        cache: request.render.cache_spec()?,
+                        quant: request.render.quant,
+                        references: Vec::new(),
+                        max_sequence_length: None,
+                        true_cfg_scale: None,
+                        fps: None,
+                        sigmas: None,
+                        noise_scale: None,
+                        guidance_terms: Default::default(),
+                        conditions: Vec::new(),
+                    };
+                    if let Some(name) = &request.render.preset {
+                        videosdgx_engine::presets::preset(name)?.apply(&mut params);
+                    }
+                    let mut report = |p: &Progress| {
+                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
+                    };
+                    let video = pipeline.generate(&params, Default::default(), &mut report)?;
+                    Ok((params, video))
+                },
+            )
             .map_err(|e| loras::explain(app, &request.loras, e))?;
         if on_progress("writing", 0, 1).is_break() {
             return Err(cancelled());
@@ -746,6 +760,7 @@ mod tests {
             guidance: 3.0,
             preset: None,
             cache: None,
+            quant: None,
             image_model: None,
         }
     }
@@ -927,6 +942,44 @@ mod tests {
         assert_eq!(
             crate::plugins::calls::video_rules(&app, None).family,
             "wan2.1"
+        );
+    }
+
+    #[test]
+    fn fp8_weights_are_chosen_in_the_render_settings_and_recorded() {
+        let (_dir, app) = studio();
+        let shot = shot(&app, prompt("a lighthouse at dusk"));
+        let run = |quant| {
+            let request = GenerateShot {
+                render: RenderSettings { quant, ..tiny() },
+                ..of(shot.id)
+            };
+            let mut loads = 0;
+            let out = app
+                .generator
+                .generate_shot(&app, None, &request, &mut |stage, _, _| {
+                    loads += usize::from(stage == "loading model");
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            let record = get_generation(&app.db, out.generation_id).unwrap();
+            let params: GenerateParams = serde_json::from_value(record.params).unwrap();
+            (params.quant, loads)
+        };
+        assert_eq!(run(Some(Quant::Fp8)), (Some(Quant::Fp8), 1));
+        assert_eq!(
+            run(Some(Quant::Fp8)),
+            (Some(Quant::Fp8), 0),
+            "kept resident"
+        );
+        assert_eq!(run(None), (None, 1), "reloaded without FP8");
+        let bad: std::result::Result<RenderSettings, _> = serde_json::from_value(
+            json!({ "height": 32, "width": 32, "steps": 2, "guidance": 1.0, "quant": "fp4" }),
+        );
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("unknown variant `fp4`")
         );
     }
 

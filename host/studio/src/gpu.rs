@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
-use videosdgx_engine::pipelines::{Cancelled, Pipeline};
+use videosdgx_engine::pipelines::{Cancelled, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
 
 /// Receives `(stage, step, total)`; `Break` stops the work.
@@ -27,6 +27,7 @@ enum Resident {
     // Boxed: both structs are kilobytes large, and the slot holds one at a time.
     Generation {
         dir: PathBuf,
+        quant: Option<Quant>,
         pipeline: Box<Pipeline>,
     },
     Language {
@@ -68,24 +69,36 @@ impl GpuModel {
         }
     }
 
-    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`), loading it first
-    /// (reported as stage `loading model`, which may stop it) unless it is resident. `f` gets
-    /// `report` back for its own progress.
+    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
+    /// transformers' weights in `quant` (as loaded when `None`), loading it first (reported as
+    /// stage `loading model`, which may stop it) unless it is resident so. A quantized pipeline
+    /// is reloaded for a job that wants other weights. `f` gets `report` back for its own
+    /// progress.
     pub fn with_pipeline<R>(
         &self,
         name: &str,
         dir: &Path,
+        quant: Option<Quant>,
         report: Report,
         f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
     ) -> Result<R> {
         let mut resident = self.lock();
-        if !matches!(&*resident, Some(Resident::Generation { dir: d, .. }) if d == dir) {
+        let loaded = |r: &Option<Resident>| matches!(r, Some(Resident::Generation { dir: d, quant: q, .. }) if d == dir && *q == quant);
+        if !loaded(&resident) {
             release(&mut resident, name);
             loading(report, "loading model")?;
-            let pipeline = Pipeline::open(dir, &self.device, self.dtype)
+            let open = || {
+                let mut pipeline = Pipeline::open(dir, &self.device, self.dtype)?;
+                if let Some(quant) = quant {
+                    pipeline.quantize(quant)?;
+                }
+                anyhow::Ok(pipeline)
+            };
+            let pipeline = open()
                 .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))?;
             *resident = Some(Resident::Generation {
                 dir: dir.to_path_buf(),
+                quant,
                 pipeline: Box::new(pipeline),
             });
         }
@@ -204,7 +217,7 @@ mod tests {
             })
             .unwrap();
         }
-        gpu.with_pipeline("wan", &wan, &mut report, |_, _| Ok(()))
+        gpu.with_pipeline("wan", &wan, None, &mut report, |_, _| Ok(()))
             .unwrap();
         gpu.with_language("qwen", &qwen, &mut report, |_, _| Ok(()))
             .unwrap();

@@ -140,6 +140,7 @@ impl Generator {
             loras: request.loras.iter().map(|l| l.spec(app)).collect(),
             lora_mode: Default::default(),
             cache: None,
+            quant: None,
             references: references.into_iter().map(ImageInput::Path).collect(),
             max_sequence_length: None,
             true_cfg_scale: None,
@@ -151,7 +152,7 @@ impl Generator {
         };
         let image = self
             .gpu
-            .with_pipeline(name, dir, on_progress, |pipeline, on_progress| {
+            .with_pipeline(name, dir, None, on_progress, |pipeline, on_progress| {
                 let mut report =
                     |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
                 Ok(pipeline.generate(&params, Default::default(), &mut report)?)

@@ -272,6 +272,7 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         loras: args.loras.clone(),
         lora_mode: args.lora_mode.into(),
         cache: args.cache,
+        quant: args.quant.map(Into::into),
         references,
         max_sequence_length: args.max_sequence_length,
         true_cfg_scale: args.true_cfg,
@@ -398,9 +399,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     eprintln!("loading {}", args.model.display());
     let mut pipeline = Pipeline::open(&args.model, &device, dtype)?;
     pipeline.keep_text_encoder(!args.drop_text_encoder);
-    if args.quant == Some(QuantArg::Fp8) {
-        let layers = pipeline.quantize_fp8()?;
-        eprintln!("{layers} linear layers kept in FP8");
+    if let Some(quant) = args.quant {
+        let layers = pipeline.quantize(quant.into())?;
+        eprintln!("{layers} linear layers kept in {quant:?}");
     }
     let capabilities = pipeline.capabilities();
     let mut params = params(&args, &capabilities)?;
@@ -449,12 +450,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(path) = &args.out {
         eprintln!("Writing {}", path.display());
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
-        let mut record = serde_json::json!({
-            "generate": params,
-            "model": args.model,
-            "dtype": format!("{:?}", args.dtype),
-            "quant": args.quant,
-        });
+        let mut record = serde_json::json!({ "generate": params, "model": args.model, "dtype": format!("{:?}", args.dtype) });
         if let Some(cache) = &video.cache {
             record["cache"] = serde_json::to_value(cache)?;
         }
@@ -485,7 +481,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
         "stage_seconds": stage_seconds,
         "params": params,
-        "quant": args.quant,
     });
     if let Some(cache) = &video.cache {
         record["cache"] = serde_json::to_value(cache)?;

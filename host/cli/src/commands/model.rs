@@ -29,6 +29,7 @@ use videosdgx_engine::models::{
     autoencoder_kl::AutoencoderKL, clip_text::CLIPTextModel, clip_vision::CLIPVisionModel,
     t5::T5EncoderModel,
 };
+use videosdgx_engine::pipelines::Quant;
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
 
@@ -154,11 +155,18 @@ impl From<LoraModeArg> for LoraMode {
 }
 
 /// Weight formats a transformer can be quantized to at load.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantArg {
     /// float8 e4m3, one scale per output channel.
     Fp8,
+}
+
+impl From<QuantArg> for Quant {
+    fn from(quant: QuantArg) -> Quant {
+        match quant {
+            QuantArg::Fp8 => Quant::Fp8,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -55,6 +55,10 @@ pub struct RenderArgs {
     /// (docs/generation.md, "Step caching").
     #[arg(long)]
     pub cache: Option<String>,
+    /// Keep every shot's transformer block weights in this format (`fp8`: about half the
+    /// memory; docs/generation.md, "FP8 weights").
+    #[arg(long, value_enum)]
+    pub quant: Option<super::model::QuantArg>,
     /// The installed image model that makes the character looks and keyframes (when the project
     /// uses keyframes); default: FLUX.2 [klein] when installed.
     #[arg(long)]
@@ -103,6 +107,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             guidance: args.guidance,
             preset: args.preset,
             cache: args.cache,
+            quant: args.quant.map(Into::into),
             image_model: args.image_model,
         },
         max_attempts: args.max_attempts,

@@ -73,6 +73,11 @@ pub struct GenerateParams {
     /// Step caching (TeaCache, MagCache, EasyCache) and its threshold; off when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// The format the pipeline's transformer weights were quantized to at load
+    /// ([`Pipeline::quantize`]; `None`: as the checkpoint stores them). Set by whoever loaded the
+    /// pipeline, for the record; `generate` does not quantize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<Quant>,
     /// Reference images an image model conditions on (FLUX.2's multi-reference editing: a
     /// character sheet, a previous keyframe).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -528,6 +533,14 @@ fn ltx2_capabilities(start_image: StartImage) -> Capabilities {
 }
 
 /// A model directory's pipeline, whatever its family.
+/// A weight format a pipeline's transformers can be quantized to at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// float8 e4m3, one scale per output channel ([`crate::models::fp8`]).
+    Fp8,
+}
+
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
     Flux(Box<FluxPipeline>),
@@ -705,10 +718,11 @@ impl Pipeline {
         }
     }
 
-    /// Keeps the linear layers of the transformers' blocks in FP8 (`--quant fp8`): about half
-    /// their bf16 memory, each product dequantizing its layer. LoRAs then join those layers as
+    /// Keeps the linear layers of the transformers' blocks in `quant` (`--quant fp8`: about half
+    /// their bf16 memory, each product dequantizing its layer). LoRAs then join those layers as
     /// side paths. Returns how many layers were quantized.
-    pub fn quantize_fp8(&mut self) -> anyhow::Result<usize> {
+    pub fn quantize(&mut self, quant: Quant) -> anyhow::Result<usize> {
+        let Quant::Fp8 = quant;
         let transformers: Vec<&mut dyn Adaptable> = match self {
             Pipeline::Wan(wan) => wan.transformers(),
             Pipeline::Flux(flux) => vec![flux.transformer()],

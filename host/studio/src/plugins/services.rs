@@ -211,6 +211,7 @@ impl StudioServices {
                     guidance: request.guidance.unwrap_or(defaults.guidance),
                     preset: None,
                     cache: None,
+                    quant: None,
                     image_model: None,
                 },
                 loras: crate::loras::for_project(app, project_id, LoraTarget::Video)

@@ -251,6 +251,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 loras: Vec::new(),
                 lora_mode: Default::default(),
                 cache: None,
+                quant: None,
                 references: Vec::new(),
                 max_sequence_length: None,
                 true_cfg_scale: None,

@@ -199,6 +199,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
+        quant: None,
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,
