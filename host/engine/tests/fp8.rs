@@ -281,3 +281,20 @@ fn a_bare_wan_file_implies_its_config_from_the_shapes() {
     );
     assert_eq!(config.pos_embed_seq_len, None);
 }
+
+#[test]
+fn models_verify_accepts_fp8_checkpoints_and_their_markers() {
+    for dir in [
+        "per_channel",
+        "per_tensor",
+        "original/wan_t2v",
+        "original/wan_t2v_fp8_scaled",
+        "original/wan_t2v_fp8_comfy_quant",
+        "original/wan_t2v_fp8_lightx2v",
+    ] {
+        let report = videosdgx_engine::loader::verify(&fp8_fixture(dir)).unwrap();
+        for component in &report.components {
+            assert!(component.is_ok(), "{dir}: {component:?}");
+        }
+    }
+}

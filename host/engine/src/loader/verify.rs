@@ -238,6 +238,7 @@ fn check_weights(
         .collect();
     let recorder = Recorder {
         stored: stored.clone(),
+        checkpoint: checkpoint.clone(),
         original: original.clone(),
         requested: Mutex::new(BTreeMap::new()),
     };
@@ -282,6 +283,10 @@ fn check_weights(
 
 /// Stored tensors the reference also ignores when loading.
 fn ignorable(class: ComponentClass, tensor: &str) -> bool {
+    // ComfyUI's per-layer quantization metadata (JSON bytes), read by no model.
+    if tensor.ends_with(".comfy_quant") {
+        return true;
+    }
     match class {
         // `_keys_to_ignore_on_load_unexpected = ["norm_added_q"]`
         ComponentClass::WanTransformer3DModel => tensor.contains("norm_added_q"),
@@ -396,6 +401,7 @@ fn build_with(
 /// the real checkpoint so constructors pick the same optional layouts they would when loading.
 struct Recorder {
     stored: BTreeSet<String>,
+    checkpoint: Arc<Checkpoint>,
     /// The stored file in the original names, if it is one: `contains_tensor` answers through it.
     original: Option<Arc<SingleFile>>,
     requested: Mutex<BTreeMap<String, Vec<usize>>>,
@@ -421,8 +427,32 @@ impl SimpleBackend for SharedRecorder {
         Tensor::zeros((), dtype, device)?.broadcast_as(shape)
     }
 
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("verification needs a shape for tensor `{name}`")
+    /// A tensor whose shape the model takes as stored (an FP8 weight's scale): the stored
+    /// shape, so only its presence is checked.
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let stored = match &self.0.original {
+            Some(file) => file.mapped(name).map(|(_, shape)| shape),
+            None => self
+                .0
+                .checkpoint
+                .entry(name)
+                .map(|entry| entry.shape.clone()),
+        };
+        let Some(shape) = stored else {
+            candle_core::bail!("tensor `{name}` is missing");
+        };
+        self.get(
+            shape.into(),
+            name,
+            candle_nn::Init::Const(0.),
+            dtype,
+            device,
+        )
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
