@@ -336,3 +336,35 @@ pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
     }
     Ok(x)
 }
+
+/// The scale as the e4m3 conversions take it: f32, `[]` for one value, `[rows, 1]` for one per
+/// row of a `rows`-row weight.
+fn e4m3_scale(scale: &Tensor, rows: usize) -> Result<Tensor> {
+    let scale = scale.to_dtype(DType::F32)?;
+    match scale.elem_count() {
+        1 => scale.flatten_all()?.reshape(()),
+        n if n == rows => scale.reshape((rows, 1)),
+        n => bail!("e4m3: {rows} rows take 1 or {rows} scales, not {n}"),
+    }
+}
+
+/// `data` (float8 e4m3 `[rows, cols]`) times `scale` (one value or one per row) in `dtype`,
+/// computed in f32 and rounded once: what [`crate::fp8_dequantize`] computes on CUDA.
+pub fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    let scale = e4m3_scale(scale, data.dim(0)?)?;
+    data.to_dtype(DType::F32)?
+        .broadcast_mul(&scale)?
+        .to_dtype(dtype)
+}
+
+/// `w / scale` (`w` `[rows, cols]`, `scale` one value or one per row) in float8 e4m3, rounded to
+/// nearest even and saturated to ±448 as PyTorch's `to(torch.float8_e4m3fn)` after a clamp: what
+/// [`crate::fp8_quantize`] computes on CUDA.
+pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    const E4M3_MAX: f64 = 448.0;
+    let scale = e4m3_scale(scale, w.dim(0)?)?;
+    w.to_dtype(DType::F32)?
+        .broadcast_div(&scale)?
+        .clamp(-E4M3_MAX, E4M3_MAX)?
+        .to_dtype(DType::F8E4M3)
+}

@@ -42,7 +42,8 @@ pub const ATTENTION_TMA: Source = source!("attention_tma", "attention_tma.cu", t
 pub const NORM: Source = source!("norm", "norm.cu", false);
 pub const ROPE: Source = source!("rope", "rope.cu", false);
 pub const LAYOUT: Source = source!("layout", "layout.cu", false);
-pub const ALL_SOURCES: [&Source; 5] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE, &LAYOUT];
+pub const QUANT: Source = source!("quant", "quant.cu", false);
+pub const ALL_SOURCES: [&Source; 6] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE, &LAYOUT, &QUANT];
 
 /// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
 pub struct AttentionVariant {
@@ -160,7 +161,7 @@ mod tests {
             assert!(variant.shared_bytes <= SM12X_MAX_SHARED_BYTES);
         }
         let names: Vec<_> = sources_for(GB10).map(|s| s.name).collect();
-        assert_eq!(names, ["attention", "norm", "rope", "layout"]);
+        assert_eq!(names, ["attention", "norm", "rope", "layout", "quant"]);
         for src in sources_for(GB10) {
             assert_eq!(arch(GB10, src).unwrap(), "sm_121");
         }

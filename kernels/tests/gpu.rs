@@ -695,3 +695,44 @@ fn kernel_modules_compile_for_this_gpu() {
         );
     }
 }
+
+#[test]
+fn e4m3_quantize_and_dequantize_match_reference_exactly() {
+    let dev = gpu();
+    let values = |t: &Tensor| -> Vec<f32> {
+        cpu(t)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    // A 14B projection's shape with a scale per row (--quant fp8), an odd one with one scale
+    // from the absolute maximum, and one whose fixed scale saturates most values to ±448.
+    for (rows, cols, scale_of) in [(5120, 5120, "rows"), (37, 301, "max"), (3, 7, "fixed")] {
+        for dtype in [DType::BF16, DType::F32] {
+            let w = (randn(&[rows, cols], &dev).to_dtype(DType::F32).unwrap() * 3.0)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let absolute = w.to_dtype(DType::F32).unwrap().abs().unwrap();
+            let scale = match scale_of {
+                "rows" => (absolute.max_keepdim(1).unwrap() / 448.0).unwrap(),
+                "max" => (absolute.max_all().unwrap() / 448.0).unwrap(),
+                _ => Tensor::new(0.001f32, &dev).unwrap(),
+            };
+            let what = format!("{rows}x{cols} {scale_of} {dtype:?}");
+            let q = videosdgx_kernels::fp8_quantize(&w, &scale).unwrap();
+            let q_want = reference::fp8_quantize(&cpu(&w), &cpu(&scale)).unwrap();
+            assert_eq!(q.dtype(), DType::F8E4M3);
+            let got = values(&q);
+            assert!(got.iter().all(|v| v.is_finite()), "{what}: unwritten bytes");
+            assert_eq!(got, values(&q_want), "{what}: e4m3 bytes");
+            let back = videosdgx_kernels::fp8_dequantize(&q, &scale, dtype).unwrap();
+            let back_want = reference::fp8_dequantize(&q_want, &cpu(&scale), dtype).unwrap();
+            assert_eq!(back.dtype(), dtype);
+            assert_eq!(values(&back), values(&back_want), "{what}: dequantized");
+        }
+    }
+}

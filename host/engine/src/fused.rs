@@ -12,7 +12,7 @@
 //!
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use videosdgx_kernels::{ChannelDivisor, FrameConv, FramePadding};
 
 /// Which normalisation [`modulated_norm`] applies.
@@ -320,6 +320,32 @@ pub(crate) fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
         warn_fallback(x, "pad frames");
     }
     videosdgx_kernels::reference::pad_frames(x, padding)
+}
+
+/// An FP8 weight's `data · scale` in `dtype`: one kernel pass on CUDA (bf16 or f32), otherwise
+/// candle's ops ([`videosdgx_kernels::reference::fp8_dequantize`], which defines it).
+pub(crate) fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        if data.device().is_cuda() && matches!(dtype, DType::BF16 | DType::F32) {
+            return videosdgx_kernels::fp8_dequantize(data, scale, dtype);
+        }
+        warn_fallback(data, "fp8 dequantize");
+    }
+    videosdgx_kernels::reference::fp8_dequantize(data, scale, dtype)
+}
+
+/// `w / scale` in float8 e4m3 (rounded to nearest even, saturated): one kernel pass on CUDA (bf16
+/// or f32 weights), otherwise candle's ops ([`videosdgx_kernels::reference::fp8_quantize`]).
+pub(crate) fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        if w.device().is_cuda() && matches!(w.dtype(), DType::BF16 | DType::F32) {
+            return videosdgx_kernels::fp8_quantize(w, scale);
+        }
+        warn_fallback(w, "fp8 quantize");
+    }
+    videosdgx_kernels::reference::fp8_quantize(w, scale)
 }
 
 /// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused

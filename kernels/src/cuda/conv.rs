@@ -555,30 +555,36 @@ impl FrameConvOp {
                 .expect("every call's batch has descriptors");
             let (_, d, plan, key) = shape;
             if call.gather {
-                // The batch's windows (`taps` frames from every `stride_t`-th frame) side by side.
-                // Every field spelled out: the memory-type enums have no zero value.
-                let copy = CUDA_MEMCPY2D {
-                    srcXInBytes: 0,
-                    srcY: 0,
-                    srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                    srcHost: std::ptr::null(),
-                    srcDevice: x_at(call.input),
-                    srcArray: std::ptr::null_mut(),
-                    srcPitch: elem * spec.stride_t * in_frame,
-                    dstXInBytes: 0,
-                    dstY: 0,
-                    dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                    dstHost: std::ptr::null_mut(),
-                    dstDevice: scratch,
-                    dstArray: std::ptr::null_mut(),
-                    dstPitch: window_bytes,
-                    WidthInBytes: window_bytes,
-                    Height: call.batch.images,
-                };
-                // SAFETY: the source rows lie in x (the windows of output frames in range), the
-                // destination is the scratch buffer sized for the largest batch; same stream.
-                unsafe { cuMemcpy2DAsync_v2(&copy, stream.cu_stream()).result() }
-                    .map_err(super::driver_err("conv window gather"))?;
+                // The batch's windows (`taps` frames from every `stride_t`-th frame) side by side,
+                // one strided copy per tap: a copy's rows may not overlap (pitch ≥ width), and
+                // consecutive windows share frames when stride_t < taps.
+                let frame_bytes = elem * in_frame;
+                for tap in 0..spec.taps {
+                    // Every field spelled out: the memory-type enums have no zero value.
+                    let copy = CUDA_MEMCPY2D {
+                        srcXInBytes: 0,
+                        srcY: 0,
+                        srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                        srcHost: std::ptr::null(),
+                        srcDevice: x_at(call.input + tap),
+                        srcArray: std::ptr::null_mut(),
+                        srcPitch: spec.stride_t * frame_bytes,
+                        dstXInBytes: 0,
+                        dstY: 0,
+                        dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                        dstHost: std::ptr::null_mut(),
+                        dstDevice: scratch + (tap * frame_bytes) as u64,
+                        dstArray: std::ptr::null_mut(),
+                        dstPitch: window_bytes,
+                        WidthInBytes: frame_bytes,
+                        Height: call.batch.images,
+                    };
+                    // SAFETY: the source rows are frames of x (the windows of output frames in
+                    // range), the destination rows lie in the scratch buffer sized for the
+                    // largest batch; same stream.
+                    unsafe { cuMemcpy2DAsync_v2(&copy, stream.cu_stream()).result() }
+                        .map_err(super::driver_err("conv window gather"))?;
+                }
             }
             let convolve = |plan: Plan| {
                 // SAFETY: the descriptors describe `images` windows from the call's input (in

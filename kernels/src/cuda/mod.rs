@@ -12,7 +12,9 @@ pub use conv::frame_conv;
 use crate::spec::{
     ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
-use crate::targets::{self, AttentionVariant, LAYOUT, NORM, ROPE, Source, attention_variant};
+use crate::targets::{
+    self, AttentionVariant, LAYOUT, NORM, QUANT, ROPE, Source, attention_variant,
+};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -1817,4 +1819,114 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
         );
     }
     x.apply_op1_no_bwd(&SwiGlu)
+}
+
+/// Which way an e4m3 conversion goes (quant.cu).
+#[derive(Clone, Copy)]
+enum E4m3 {
+    /// e4m3 bytes to `dtype` (bf16 or f32), times the scale.
+    Dequantize(DType),
+    /// bf16 or f32 divided by the scale, to e4m3.
+    Quantize,
+}
+
+/// `data [rows, cols]` and its f32 scale (one, or one per row) through quant.cu.
+struct E4m3Op(E4m3);
+
+impl CustomOp2 for E4m3Op {
+    fn name(&self) -> &'static str {
+        "e4m3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("the e4m3 kernels run on CUDA only; reference::fp8_* are the CPU versions")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ss: &CudaStorage,
+        sl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (rows, cols) = xl.shape().dims2()?;
+        if !xl.is_contiguous() || !sl.is_contiguous() {
+            bail!("e4m3: data and scale must be contiguous");
+        }
+        let per_row = match sl.shape().elem_count() {
+            1 => 0i32,
+            n if n == rows => 1,
+            n => bail!("e4m3: {rows} rows take 1 or {rows} scales, not {n}"),
+        };
+        let dev = xs.device().clone();
+        let stream = dev.cuda_stream();
+        let n = rows * cols;
+        let (scale, _sg) = typed_ptr::<f32>(ss, sl, &stream)?;
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n64, cols64) = (n as i64, cols as i64);
+        macro_rules! launch {
+            ($input:ty, $output:ty, $kernel:literal) => {{
+                let func = function(&dev, &QUANT, $kernel)?;
+                let (x, _xg) = typed_ptr::<$input>(xs, xl, &stream)?;
+                let mut out = output::<$output>(&dev, n)?;
+                if n > 0 {
+                    let mut launch = stream.launch_builder(&func);
+                    launch
+                        .arg(&x)
+                        .arg(&scale)
+                        .arg(&per_row)
+                        .arg(&mut out)
+                        .arg(&n64)
+                        .arg(&cols64);
+                    // SAFETY: arguments match the kernel in quant.cu; data and output hold
+                    // rows * cols elements, the scale 1 or rows.
+                    unsafe { launch.launch(cfg) }.map_err(driver_err("e4m3 launch"))?;
+                }
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match (self.0, xs.dtype()) {
+            (E4m3::Dequantize(DType::BF16), DType::F8E4M3) => {
+                launch!(float8::F8E4M3, bf16, "dequantize_e4m3_bf16")
+            }
+            (E4m3::Dequantize(DType::F32), DType::F8E4M3) => {
+                launch!(float8::F8E4M3, f32, "dequantize_e4m3_f32")
+            }
+            (E4m3::Quantize, DType::BF16) => launch!(bf16, float8::F8E4M3, "quantize_e4m3_bf16"),
+            (E4m3::Quantize, DType::F32) => launch!(f32, float8::F8E4M3, "quantize_e4m3_f32"),
+            (E4m3::Dequantize(to), from) => {
+                bail!("e4m3: dequantizes float8 to bf16 or f32, not {from:?} to {to:?}")
+            }
+            (E4m3::Quantize, from) => bail!("e4m3: quantizes bf16 or f32, not {from:?}"),
+        };
+        Ok((storage, Shape::from((rows, cols))))
+    }
+}
+
+/// `data` (float8 e4m3 `[rows, cols]` on CUDA) times `scale` (f32, one value or one per row) in
+/// `dtype` (bf16 or f32), rounded once (`reference::fp8_dequantize`).
+pub fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    data.contiguous()?.apply_op2_no_bwd(
+        &scale.to_dtype(DType::F32)?.contiguous()?,
+        &E4m3Op(E4m3::Dequantize(dtype)),
+    )
+}
+
+/// `w / scale` (bf16 or f32 `[rows, cols]` on CUDA; f32 scale, one value or one per row) in
+/// float8 e4m3, rounded to nearest even and saturated to ±448 (`reference::fp8_quantize`).
+pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    w.contiguous()?.apply_op2_no_bwd(
+        &scale.to_dtype(DType::F32)?.contiguous()?,
+        &E4m3Op(E4m3::Quantize),
+    )
 }

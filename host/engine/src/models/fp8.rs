@@ -43,23 +43,15 @@ impl Fp8Weight {
     /// Quantizes `w` (`[out, in]`, any float dtype) with one scale per output channel: each
     /// row's largest magnitude maps to [`E4M3_MAX`] (an all-zero row keeps scale 1).
     pub fn quantize(w: &Tensor) -> Result<Self> {
-        let w = w.to_dtype(DType::F32)?;
-        let absmax = w.abs()?.max_keepdim(D::Minus1)?;
+        let absmax = w.to_dtype(DType::F32)?.abs()?.max_keepdim(D::Minus1)?;
         let zero = absmax.eq(0f64)?;
         let scale = zero.where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)?;
-        let data = w
-            .broadcast_div(&scale)?
-            .clamp(-E4M3_MAX, E4M3_MAX)?
-            .to_dtype(DType::F8E4M3)?;
-        Self::new(data, &scale)
+        Self::new(crate::fused::fp8_quantize(w, &scale)?, &scale)
     }
 
     /// `data · scale` in `dtype`, computed in f32 and rounded once.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
-        self.data
-            .to_dtype(DType::F32)?
-            .broadcast_mul(&self.scale)?
-            .to_dtype(dtype)
+        crate::fused::fp8_dequantize(&self.data, &self.scale, dtype)
     }
 
     /// `[out, in]`.
