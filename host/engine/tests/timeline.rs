@@ -635,3 +635,47 @@ fn muted_and_silent_timelines_and_volumes_out_of_range() {
     );
     assert!(err.contains("volume NaN is outside 0..4"), "{err}");
 }
+
+#[test]
+fn a_clips_volume_scales_its_sound_and_probe_reports_the_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = speaking_clip(dir.path(), "a.mp4", 8, (440.0, 24_000, 2));
+    let silent = solid_clip(dir.path(), "silent.mp4", BLUE, 8, 8, (W, H));
+    let at = |volume| {
+        Segment::Clip(Clip {
+            path: a.clone(),
+            trim_in: None,
+            trim_out: None,
+            volume,
+        })
+    };
+    // The same 1 s tone at full, half and no volume, joined by cuts.
+    let out = dir.path().join("levels.mp4");
+    render_quietly(
+        &timeline(
+            vec![at(1.0), at(0.5), at(0.0)],
+            vec![Transition::Cut, Transition::Cut],
+        ),
+        &out,
+    )
+    .unwrap();
+    let sound = Mp4Reader::open(&out)
+        .unwrap()
+        .read_audio()
+        .unwrap()
+        .unwrap();
+    let (full, _) = level_and_pitch(&sound, (0.05, 0.95));
+    let (half, pitch) = level_and_pitch(&sound, (1.05, 1.95));
+    let (muted, _) = level_and_pitch(&sound, (2.05, 2.95));
+    assert!((full - 0.354).abs() < 0.01, "{full}");
+    assert!((half / full - 0.5).abs() < 0.01, "{half} vs {full}");
+    assert!(
+        (pitch - 440.0).abs() < 3.0,
+        "the gain keeps the pitch: {pitch}"
+    );
+    assert_eq!(muted, 0.0);
+
+    let format = probe(&a).unwrap().audio.expect("a sound track");
+    assert_eq!((format.sample_rate, format.channels), (24_000, 2));
+    assert_eq!(probe(&silent).unwrap().audio, None);
+}
