@@ -70,7 +70,7 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(inspected["world"], "planner");
     assert_eq!(
         inspected["capabilities"],
-        json!(["text-generation", "assets:read", "media", "project:read"])
+        json!(["text-generation", "assets:read", "media", "render", "project:read"])
     );
     assert_eq!(
         inspected["explanations"]["text-generation"],
@@ -79,7 +79,7 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(installed_ids(&s), FIRST_PARTY);
 
     let installed = install(&s, "hostile", &["assets:read", "media", "project:read"]);
-    assert_eq!(installed["denied"], json!(["text-generation"]));
+    assert_eq!(installed["denied"], json!(["render", "text-generation"]));
     assert_eq!(
         installed["granted"],
         json!(["assets:read", "media", "project:read"])

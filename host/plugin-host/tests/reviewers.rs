@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{MemoryServices, context, input, load, runtime};
 use videosdgx_plugin_host::types::{
     Camera, CameraMove, Character, ClipInfo, Shot, ShotPrompt, ShotSize, Storyboard, Style, Take,
-    TakeReview, Transition, TransitionKind, Verdict,
+    TakeReview, TimelineItem, Transition, TransitionKind, Verdict,
 };
 use videosdgx_plugin_host::{CallError, Capability, Grants, Limits, Manifest, World};
 
@@ -30,6 +30,7 @@ fn services(reply: &str) -> Arc<MemoryServices> {
             frames: 33,
             fps: 16,
             duration_ms: 2062,
+            audio: None,
         },
     );
     Arc::new(services)
@@ -87,6 +88,7 @@ fn take(attempt: u32) -> Take {
             frames: 33,
             fps: 16,
             duration_ms: 2062,
+            audio: None,
         },
     }
 }
@@ -347,5 +349,58 @@ async fn a_plugin_built_against_0_1_still_loads_plans_and_reaches_the_language_m
     assert!(
         matches!(err, CallError::Timeout { .. } | CallError::OutOfFuel { .. }),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_0_1_probes_and_renders_without_the_sound_fields() {
+    let services = services("");
+    services.add_video(
+        "talk",
+        ClipInfo {
+            width: 64,
+            height: 48,
+            frames: 25,
+            fps: 24,
+            duration_ms: 1042,
+            audio: Some(videosdgx_plugin_host::types::AudioInfo {
+                sample_rate: 24_000,
+                channels: 1,
+            }),
+        },
+    );
+    let plugin = load("legacy-planner");
+    let ctx = context(
+        services.clone(),
+        Grants::new([Capability::Media, Capability::Render]),
+        Limits::default(),
+    );
+    // 0.1.0's clip-info has no `audio`: the host leaves it out for this plugin.
+    let board = runtime()
+        .plan(&plugin, &ctx, &input("probe talk"))
+        .await
+        .unwrap();
+    assert_eq!(board.title, "64x48, 1042 ms");
+    // 0.1.0's timeline has no `volume`: its clips render at 1, their sound as generated.
+    let board = runtime()
+        .plan(&plugin, &ctx, &input("render talk"))
+        .await
+        .unwrap();
+    assert_eq!(board.title, "render-1");
+    let rendered = services.rendered.lock().unwrap();
+    let [timeline] = rendered.as_slice() else {
+        panic!("{rendered:?}")
+    };
+    assert!(matches!(&timeline.items[0], TimelineItem::Title(t) if t.text == "Legacy"));
+    let TimelineItem::Clip(clip) = &timeline.items[1] else {
+        panic!("{timeline:?}")
+    };
+    assert_eq!((clip.asset_id.as_str(), clip.volume), ("talk", 1.0));
+    assert_eq!(
+        clip.transition_in,
+        Transition {
+            kind: TransitionKind::FadeThroughBlack,
+            duration_ms: 250
+        }
     );
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use videosdgx_plugin_sdk::types::{
     Camera, CameraMove, Character, DialogueLine, PlanInput, PluginError, Scene, Shot, ShotSize,
-    Storyboard, Style, TitleCard, Transition, TransitionKind,
+    Storyboard, Style, Timeline, TimelineClip, TimelineItem, TitleCard, Transition, TransitionKind,
 };
 use videosdgx_plugin_sdk::{Planner, host};
 
@@ -30,6 +30,7 @@ impl Planner for Hostile {
             "files" => files(),
             "sockets" => sockets(),
             "invalid-ids" => invalid_ids(),
+            "bad-volumes" => bad_volumes(input.script.split_whitespace().nth(1).unwrap_or("")),
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
             "remember" => Ok(storyboard(remember())),
@@ -238,6 +239,41 @@ fn invalid_ids() -> Result<Storyboard, PluginError> {
         )));
     }
     Err(PluginError::NotFound(answers.join("; ")))
+}
+
+/// Renders `asset` at gains the host must refuse (each error names the clip), then at the
+/// extremes it must accept (0 and 4).
+fn bad_volumes(asset: &str) -> Result<Storyboard, PluginError> {
+    let render = |volume: f32| {
+        let clip = TimelineClip {
+            asset_id: asset.into(),
+            shot_id: format!("shot-at-{volume}"),
+            trim_start_ms: 0,
+            duration_ms: 500,
+            transition_in: Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
+            volume,
+        };
+        let timeline = Timeline {
+            width: 64,
+            height: 48,
+            fps: 8,
+            items: vec![TimelineItem::Clip(clip)],
+        };
+        host::media::render_timeline(&timeline, "loud.mp4")
+    };
+    let mut answers = Vec::new();
+    for volume in [f32::NAN, f32::INFINITY, -0.5, 4.5] {
+        match render(volume) {
+            Ok(_) => return Ok(storyboard(format!("the host rendered at volume {volume}"))),
+            Err(e) => answers.push(format!("{e:?}")),
+        }
+    }
+    render(0.0)?;
+    render(4.0)?;
+    Err(PluginError::InvalidInput(answers.join("; ")))
 }
 
 /// Spends long in host calls (text generation) and little in its own code: host time must

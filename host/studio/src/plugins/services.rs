@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use videosdgx_engine::finishing::finish::FinishTarget;
 use videosdgx_engine::video;
 use videosdgx_plugin_host::types::{
-    AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem, TransitionKind,
+    AssetInfo, AssetKind, AudioInfo, ClipInfo, GenerationRequest, Timeline, TimelineItem,
+    TransitionKind,
 };
 use videosdgx_plugin_host::{
     AuditEntry, ChatMessage, ChatOptions, ChatReply, FinishReason, HostServices, LogLevel,
@@ -347,6 +348,10 @@ pub fn clip_info(info: &video::VideoInfo) -> ClipInfo {
         frames: info.frames as u32,
         fps: info.fps.round() as u32,
         duration_ms: (info.duration * 1000.0).round() as u32,
+        audio: info.audio.map(|audio| AudioInfo {
+            sample_rate: audio.sample_rate,
+            channels: u32::from(audio.channels),
+        }),
     }
 }
 
@@ -405,7 +410,8 @@ fn engine_timeline(
                     path: app.assets.file_of(&asset),
                     trim_in: Some(seconds(clip.trim_start_ms)),
                     trim_out: Some(seconds(clip.trim_start_ms.saturating_add(clip.duration_ms))),
-                    volume: 1.0,
+                    // The plugin host checked it (a finite gain from 0 to 4).
+                    volume: clip.volume,
                 });
                 let duration = seconds(clip.transition_in.duration_ms);
                 let transition = match clip.transition_in.kind {
