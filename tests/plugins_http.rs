@@ -70,7 +70,13 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(inspected["world"], "planner");
     assert_eq!(
         inspected["capabilities"],
-        json!(["text-generation", "assets:read", "media", "render", "project:read"])
+        json!([
+            "text-generation",
+            "assets:read",
+            "media",
+            "render",
+            "project:read"
+        ])
     );
     assert_eq!(
         inspected["explanations"]["text-generation"],
@@ -337,6 +343,14 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     assert_eq!(asset["project_id"], project);
     let items = job["result"]["timeline"]["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "title card and two clips: {items:?}");
+    let clips: Vec<_> = items.iter().filter_map(|item| item.get("Clip")).collect();
+    assert_eq!(clips.len(), 2, "{items:?}");
+    for clip in clips {
+        assert_eq!(
+            clip["volume"], 1.0,
+            "the stitcher keeps each clip's sound: {clip}"
+        );
+    }
     let audit = s.get("/api/plugins/audit?plugin_id=shot-stitcher").json();
     assert!(
         audit["entries"]
