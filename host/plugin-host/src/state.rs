@@ -718,8 +718,20 @@ impl media::Host for PluginState {
             for (index, item) in timeline.items.iter().enumerate() {
                 if let types::TimelineItem::Clip(clip) = item {
                     check_id("asset id", &clip.asset_id)?;
-                    check_volume(index, clip)?;
+                    check_volume(clip.volume, || {
+                        format!(
+                            "timeline item {index} (clip `{}` of shot `{}`)",
+                            abbreviate(&clip.asset_id),
+                            abbreviate(&clip.shot_id)
+                        )
+                    })?;
                 }
+            }
+            if let Some(soundtrack) = &timeline.soundtrack {
+                check_id("soundtrack asset id", &soundtrack.asset_id)?;
+                check_volume(soundtrack.volume, || {
+                    format!("the soundtrack (`{}`)", soundtrack.asset_id)
+                })?;
             }
             services.render_timeline(timeline, &name).await
         }
@@ -771,16 +783,15 @@ impl media::Host for PluginState {
     }
 }
 
-/// A clip's gain: a number from 0 (muted) to [`MAX_VOLUME`].
-fn check_volume(index: usize, clip: &types::TimelineClip) -> Result<(), PluginError> {
-    if clip.volume.is_finite() && (0.0..=MAX_VOLUME).contains(&clip.volume) {
+/// A clip's or soundtrack's gain: a number from 0 (muted) to [`MAX_VOLUME`]; the error names
+/// what (`what()`) had it.
+fn check_volume(volume: f32, what: impl FnOnce() -> String) -> Result<(), PluginError> {
+    if volume.is_finite() && (0.0..=MAX_VOLUME).contains(&volume) {
         return Ok(());
     }
     Err(PluginError::InvalidInput(format!(
-        "timeline item {index} (clip `{}` of shot `{}`): volume {} is not a gain from 0 to {MAX_VOLUME}",
-        abbreviate(&clip.asset_id),
-        abbreviate(&clip.shot_id),
-        clip.volume
+        "{}: volume {volume} is not a gain from 0 to {MAX_VOLUME}",
+        what()
     )))
 }
 

@@ -335,6 +335,7 @@ async fn stitcher_orders_clips_applies_transitions_and_renders() {
         clips.iter().all(|c| c.volume == 1.0),
         "every clip's sound as generated"
     );
+    assert_eq!(result.timeline.soundtrack, None);
     assert_eq!(services.rendered.lock().unwrap().len(), 1);
 }
 

@@ -334,7 +334,7 @@ async fn a_call_beyond_the_concurrent_limit_is_refused_and_the_pool_recovers() {
 }
 
 #[tokio::test]
-async fn bad_volumes_are_refused_naming_the_clip() {
+async fn bad_volumes_are_refused_naming_the_clip_or_soundtrack() {
     let plugin = load("hostile");
     let services = Arc::new(MemoryServices::default());
     services.add_video(
@@ -365,14 +365,20 @@ async fn bad_volumes_are_refused_naming_the_clip() {
             "{answers}"
         );
     }
+    assert!(
+        answers.contains("the soundtrack (`music`): volume -1 is not a gain from 0 to 4"),
+        "{answers}"
+    );
     // Only the extremes reached the renderer.
     let rendered = services.rendered.lock().unwrap();
-    let volumes: Vec<f32> = rendered
+    let volumes: Vec<(f32, Option<f32>)> = rendered
         .iter()
         .map(|t| match &t.items[0] {
-            videosdgx_plugin_host::types::TimelineItem::Clip(c) => c.volume,
+            videosdgx_plugin_host::types::TimelineItem::Clip(c) => {
+                (c.volume, t.soundtrack.as_ref().map(|s| s.volume))
+            }
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(volumes, [0.0, 4.0]);
+    assert_eq!(volumes, [(0.0, None), (4.0, Some(4.0))]);
 }

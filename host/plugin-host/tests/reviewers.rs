@@ -396,6 +396,7 @@ async fn a_plugin_built_against_0_1_probes_and_renders_without_the_sound_fields(
         panic!("{timeline:?}")
     };
     assert_eq!((clip.asset_id.as_str(), clip.volume), ("talk", 1.0));
+    assert_eq!(timeline.soundtrack, None);
     assert_eq!(
         clip.transition_in,
         Transition {

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use videosdgx_plugin_sdk::types::{
     Camera, CameraMove, Character, DialogueLine, PlanInput, PluginError, Scene, Shot, ShotSize,
-    Storyboard, Style, Timeline, TimelineClip, TimelineItem, TitleCard, Transition, TransitionKind,
+    Soundtrack, Storyboard, Style, Timeline, TimelineClip, TimelineItem, TitleCard, Transition,
+    TransitionKind,
 };
 use videosdgx_plugin_sdk::{Planner, host};
 
@@ -241,10 +242,10 @@ fn invalid_ids() -> Result<Storyboard, PluginError> {
     Err(PluginError::NotFound(answers.join("; ")))
 }
 
-/// Renders `asset` at gains the host must refuse (each error names the clip), then at the
-/// extremes it must accept (0 and 4).
+/// Renders `asset` at gains the host must refuse (each error names the clip, or the soundtrack
+/// `music`), then at the extremes it must accept (0 and 4).
 fn bad_volumes(asset: &str) -> Result<Storyboard, PluginError> {
-    let render = |volume: f32| {
+    let render = |volume: f32, music_volume: Option<f32>| {
         let clip = TimelineClip {
             asset_id: asset.into(),
             shot_id: format!("shot-at-{volume}"),
@@ -261,18 +262,29 @@ fn bad_volumes(asset: &str) -> Result<Storyboard, PluginError> {
             height: 48,
             fps: 8,
             items: vec![TimelineItem::Clip(clip)],
+            soundtrack: music_volume.map(|volume| Soundtrack {
+                asset_id: "music".into(),
+                volume,
+            }),
         };
         host::media::render_timeline(&timeline, "loud.mp4")
     };
     let mut answers = Vec::new();
-    for volume in [f32::NAN, f32::INFINITY, -0.5, 4.5] {
-        match render(volume) {
+    let refused = [
+        (f32::NAN, None),
+        (f32::INFINITY, None),
+        (-0.5, None),
+        (4.5, None),
+        (1.0, Some(-1.0)),
+    ];
+    for (volume, music_volume) in refused {
+        match render(volume, music_volume) {
             Ok(_) => return Ok(storyboard(format!("the host rendered at volume {volume}"))),
             Err(e) => answers.push(format!("{e:?}")),
         }
     }
-    render(0.0)?;
-    render(4.0)?;
+    render(0.0, None)?;
+    render(4.0, Some(4.0))?;
     Err(PluginError::InvalidInput(answers.join("; ")))
 }
 

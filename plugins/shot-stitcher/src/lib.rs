@@ -85,6 +85,7 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
         height,
         fps,
         items,
+        soundtrack: None,
     })
 }
 

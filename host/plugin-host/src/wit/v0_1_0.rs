@@ -214,7 +214,8 @@ pub(crate) fn clip_info(info: latest::types::ClipInfo) -> types::ClipInfo {
     }
 }
 
-/// A 0.1.0 timeline as the host's: every clip at volume 1, its sound as generated.
+/// A 0.1.0 timeline as the host's: every clip at volume 1, its sound as generated, and no
+/// soundtrack.
 pub(crate) fn timeline(timeline: types::Timeline) -> wasmtime::Result<latest::types::Timeline> {
     let items = timeline
         .items
@@ -242,5 +243,6 @@ pub(crate) fn timeline(timeline: types::Timeline) -> wasmtime::Result<latest::ty
         height: timeline.height,
         fps: timeline.fps,
         items,
+        soundtrack: None,
     })
 }

@@ -387,7 +387,7 @@ fn engine_timeline(
     project_id: i64,
     timeline: &Timeline,
 ) -> Result<video::timeline::Timeline, PluginError> {
-    use video::timeline::{Clip, Segment, Time, TitleCard, Transition};
+    use video::timeline::{Clip, Music, Segment, Time, TitleCard, Transition};
     if timeline.items.is_empty() {
         return Err(PluginError::InvalidInput(
             "the timeline has no items".into(),
@@ -410,7 +410,7 @@ fn engine_timeline(
                     path: app.assets.file_of(&asset),
                     trim_in: Some(seconds(clip.trim_start_ms)),
                     trim_out: Some(seconds(clip.trim_start_ms.saturating_add(clip.duration_ms))),
-                    // The plugin host checked it (a finite gain from 0 to 4).
+                    // The plugin host checked it (a finite gain from 0 to 4), as the soundtrack's.
                     volume: clip.volume,
                 });
                 let duration = seconds(clip.transition_in.duration_ms);
@@ -436,6 +436,23 @@ fn engine_timeline(
         }
         segments.push(segment);
     }
+    let music = match &timeline.soundtrack {
+        Some(soundtrack) => {
+            let asset = StudioServices::project_asset(app, project_id, &soundtrack.asset_id)?;
+            // The engine mixes WAV; other audio formats are stored but not decoded.
+            if asset.kind != MediaKind::Audio || asset.mime != "audio/x-wav" {
+                return Err(PluginError::InvalidInput(format!(
+                    "the soundtrack `{}` is not a WAV audio asset ({})",
+                    soundtrack.asset_id, asset.mime
+                )));
+            }
+            Some(Music {
+                path: app.assets.file_of(&asset),
+                volume: soundtrack.volume,
+            })
+        }
+        None => None,
+    };
     Ok(video::timeline::Timeline {
         width: timeline.width,
         height: timeline.height,
@@ -443,6 +460,7 @@ fn engine_timeline(
         segments,
         transitions,
         metadata: serde_json::Value::Null,
+        music,
     })
 }
 
