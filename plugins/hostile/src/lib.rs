@@ -31,7 +31,11 @@ impl Planner for Hostile {
             "files" => files(),
             "sockets" => sockets(),
             "invalid-ids" => invalid_ids(),
-            "bad-volumes" => bad_volumes(input.script.split_whitespace().nth(1).unwrap_or("")),
+            "bad-volumes" => {
+                let mut words = input.script.split_whitespace().skip(1);
+                let clip = words.next().unwrap_or("");
+                bad_volumes(clip, words.next().unwrap_or("music"))
+            }
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
             "remember" => Ok(storyboard(remember())),
@@ -243,8 +247,8 @@ fn invalid_ids() -> Result<Storyboard, PluginError> {
 }
 
 /// Renders `asset` at gains the host must refuse (each error names the clip, or the soundtrack
-/// `music`), then at the extremes it must accept (0 and 4).
-fn bad_volumes(asset: &str) -> Result<Storyboard, PluginError> {
+/// `music`), then at the extremes it must accept (0 alone, 4 with `music` at 4).
+fn bad_volumes(asset: &str, music: &str) -> Result<Storyboard, PluginError> {
     let render = |volume: f32, music_volume: Option<f32>| {
         let clip = TimelineClip {
             asset_id: asset.into(),
@@ -263,7 +267,7 @@ fn bad_volumes(asset: &str) -> Result<Storyboard, PluginError> {
             fps: 8,
             items: vec![TimelineItem::Clip(clip)],
             soundtrack: music_volume.map(|volume| Soundtrack {
-                asset_id: "music".into(),
+                asset_id: music.into(),
                 volume,
             }),
         };
