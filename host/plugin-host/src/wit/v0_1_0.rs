@@ -3,7 +3,8 @@
 //! registered under their 0.1.0 names: a 0.1.0 plugin is served by exactly the code that serves
 //! a 0.2.0 one. 0.1.0's `text` (no `chat`), `generation` (`image` without references) and
 //! `media` (no `upscale`/`interpolate`; `clip-info` without `audio`, `timeline-clip` without
-//! `volume`) have bindings of their own over the same host code. The planner world shares the
+//! `volume`, `timeline` without `soundtrack`) have bindings of their own over the same host
+//! code. The planner world shares the
 //! newest `types` (its records did not change); the expander and stitcher worlds use 0.1.0's
 //! own `types` (0.1.0's `shot-prompt` has no keyframe prompt; its clips and timelines have no
 //! sound fields), and their values cross to the host's as JSON, or field by field where 0.2.0
@@ -158,7 +159,7 @@ impl Bound {
     }
 
     /// A 0.1.0 stitch: its clips carry no sound format, and its timeline's clips play at
-    /// volume 1.
+    /// volume 1 with no soundtrack.
     pub async fn stitch(
         &self,
         store: &mut wasmtime::Store<PluginState>,
