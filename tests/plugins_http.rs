@@ -1,6 +1,7 @@
 //! Plugins over the studio's real HTTP API against a real `videosdgx serve`: inspect and install
 //! with a capability refused, the refused capability denied and audited when used, the planner
-//! and expander jobs the web UI runs, and hostile plugins failing only their own jobs.
+//! and expander jobs the web UI runs, hostile plugins failing only their own jobs, and a
+//! plugin's clip volumes and soundtrack checked and rendered.
 
 #[path = "support/guests.rs"]
 mod guests;
@@ -70,7 +71,13 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(inspected["world"], "planner");
     assert_eq!(
         inspected["capabilities"],
-        json!(["text-generation", "assets:read", "media", "project:read"])
+        json!([
+            "text-generation",
+            "assets:read",
+            "media",
+            "render",
+            "project:read"
+        ])
     );
     assert_eq!(
         inspected["explanations"]["text-generation"],
@@ -79,7 +86,7 @@ fn inspect_installs_nothing_and_a_refused_capability_is_denied_and_audited() {
     assert_eq!(installed_ids(&s), FIRST_PARTY);
 
     let installed = install(&s, "hostile", &["assets:read", "media", "project:read"]);
-    assert_eq!(installed["denied"], json!(["text-generation"]));
+    assert_eq!(installed["denied"], json!(["render", "text-generation"]));
     assert_eq!(
         installed["granted"],
         json!(["assets:read", "media", "project:read"])
@@ -337,6 +344,14 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
     assert_eq!(asset["project_id"], project);
     let items = job["result"]["timeline"]["items"].as_array().unwrap();
     assert_eq!(items.len(), 3, "title card and two clips: {items:?}");
+    let clips: Vec<_> = items.iter().filter_map(|item| item.get("Clip")).collect();
+    assert_eq!(clips.len(), 2, "{items:?}");
+    for clip in clips {
+        assert_eq!(
+            clip["volume"], 1.0,
+            "the stitcher keeps each clip's sound: {clip}"
+        );
+    }
     let audit = s.get("/api/plugins/audit?plugin_id=shot-stitcher").json();
     assert!(
         audit["entries"]
@@ -383,5 +398,96 @@ fn stitch_job_renders_the_chosen_takes_into_one_project_video() {
         let r = s.get(&format!("/api/assets/{asset}"));
         assert_eq!(r.status, 200, "take asset {asset} is still in the library");
     }
+    s.stop();
+}
+
+#[test]
+fn a_plugins_clip_volumes_and_soundtrack_reach_the_rendered_video() {
+    use videosdgx_engine::video::{Audio, Mp4Reader, write_mp4};
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path());
+    let (project, board) = s.storyboard("Clockmaker");
+    // A silent 1 s clip and 0.5 s of a 300 Hz tone (amplitude 0.1) as a WAV asset.
+    let clip = dir.path().join("clip.mp4");
+    let frames = vec![image::RgbImage::new(64, 48); 8];
+    write_mp4(&clip, &frames, 8, &json!({})).unwrap();
+    let wav = dir.path().join("bed.wav");
+    let tone = (0..8_000)
+        .map(|i| 0.1 * (2.0 * std::f32::consts::PI * 300.0 * i as f32 / 16_000.0).sin())
+        .collect();
+    Audio::new(16_000, 1, tone)
+        .unwrap()
+        .write_wav(&wav)
+        .unwrap();
+    let upload = |name: &str, path: &std::path::Path| {
+        let r = s.upload(
+            &format!("name={name}&project_id={project}"),
+            &std::fs::read(path).unwrap(),
+        );
+        assert_eq!(r.status, 201, "{}", r.json());
+        r.json()["id"].as_i64().unwrap()
+    };
+    let (clip, music) = (upload("clip.mp4", &clip), upload("bed.wav", &wav));
+    install(&s, "hostile", &["render"]);
+    let bad_volumes = |soundtrack: i64| {
+        s.run_job(
+            "plan",
+            json!({ "storyboard_id": board, "script": format!("bad-volumes {clip} {soundtrack}"),
+                    "plugin": "hostile" }),
+            project,
+        )
+    };
+
+    // The bad gains are refused by name; the clip at 0 and then at 4 under the music at 4 render.
+    let job = bad_volumes(music);
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "timeline item 0 (clip `{clip}` of shot `shot-at-NaN`): volume NaN is not a gain from 0 to 4"
+        )),
+        "{error}"
+    );
+    let rendered: Vec<Value> = s
+        .get(&format!(
+            "/api/assets/search?kind=video&project_id={project}"
+        ))
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["original_name"] == "loud.mp4")
+        .cloned()
+        .collect();
+    assert_eq!(rendered.len(), 2, "{rendered:?}");
+    let mut tracks = Vec::new();
+    for asset in &rendered {
+        let bytes = s.get(&format!("/api/assets/{}/file", asset["id"])).bytes;
+        let path = dir.path().join(format!("rendered-{}.mp4", asset["id"]));
+        std::fs::write(&path, bytes).unwrap();
+        tracks.push(Mp4Reader::open(&path).unwrap().read_audio().unwrap());
+    }
+    // The silent clip alone has no sound; with the music at 4 the tone is four times louder.
+    let sound = match tracks.as_slice() {
+        [None, Some(sound)] | [Some(sound), None] => sound,
+        other => panic!("expected one silent and one sounding render: {other:?}"),
+    };
+    assert_eq!(
+        (sound.sample_rate, sound.channels, sound.frames()),
+        (16_000, 1, 8_000)
+    );
+    let rms = (sound.samples.iter().map(|s| s * s).sum::<f32>() / 8_000.0).sqrt();
+    assert!((rms - 0.4 / 2f32.sqrt()).abs() < 0.01, "{rms}");
+
+    // A soundtrack that is not a WAV audio asset is refused by name.
+    let job = bad_volumes(clip);
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "the soundtrack `{clip}` is not a WAV audio asset (video/mp4)"
+        )),
+        "{error}"
+    );
     s.stop();
 }

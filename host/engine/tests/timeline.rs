@@ -6,7 +6,7 @@ use serde_json::json;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use videosdgx_engine::video::timeline::{
-    Clip, RenderCancelled, RenderProgress, Segment, SegmentSpan, Time, Timeline, TitleCard,
+    Clip, Music, RenderCancelled, RenderProgress, Segment, SegmentSpan, Time, Timeline, TitleCard,
     Transition, render, validate,
 };
 use videosdgx_engine::video::{Audio, Mp4Reader, Mp4Writer, probe, read_mp4, write_mp4};
@@ -79,6 +79,7 @@ fn timeline(segments: Vec<Segment>, transitions: Vec<Transition>) -> Timeline {
         segments,
         transitions,
         metadata: json!({"project": "test"}),
+        music: None,
     }
 }
 
@@ -245,6 +246,7 @@ fn title_card_draws_centred_text() {
         segments: vec![Segment::Title(card)],
         transitions: vec![],
         metadata: json!(null),
+        music: None,
     };
     let out = dir.path().join("title.mp4");
     render_quietly(&timeline, &out).unwrap();
@@ -305,6 +307,7 @@ fn long_title_wraps_onto_several_lines() {
         segments: vec![Segment::Title(card)],
         transitions: vec![],
         metadata: json!(null),
+        music: None,
     };
     let out = dir.path().join("title.mp4");
     render_quietly(&timeline, &out).unwrap();
@@ -634,4 +637,116 @@ fn muted_and_silent_timelines_and_volumes_out_of_range() {
         validate(&timeline(vec![muted(f32::NAN)], vec![])).unwrap_err()
     );
     assert!(err.contains("volume NaN is outside 0..4"), "{err}");
+}
+
+#[test]
+fn a_clips_volume_scales_its_sound_and_probe_reports_the_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = speaking_clip(dir.path(), "a.mp4", 8, (440.0, 24_000, 2));
+    let silent = solid_clip(dir.path(), "silent.mp4", BLUE, 8, 8, (W, H));
+    let at = |volume| {
+        Segment::Clip(Clip {
+            path: a.clone(),
+            trim_in: None,
+            trim_out: None,
+            volume,
+        })
+    };
+    // The same 1 s tone at full, half and no volume, joined by cuts.
+    let out = dir.path().join("levels.mp4");
+    render_quietly(
+        &timeline(
+            vec![at(1.0), at(0.5), at(0.0)],
+            vec![Transition::Cut, Transition::Cut],
+        ),
+        &out,
+    )
+    .unwrap();
+    let sound = Mp4Reader::open(&out)
+        .unwrap()
+        .read_audio()
+        .unwrap()
+        .unwrap();
+    let (full, _) = level_and_pitch(&sound, (0.05, 0.95));
+    let (half, pitch) = level_and_pitch(&sound, (1.05, 1.95));
+    let (muted, _) = level_and_pitch(&sound, (2.05, 2.95));
+    assert!((full - 0.354).abs() < 0.01, "{full}");
+    assert!((half / full - 0.5).abs() < 0.01, "{half} vs {full}");
+    assert!(
+        (pitch - 440.0).abs() < 3.0,
+        "the gain keeps the pitch: {pitch}"
+    );
+    assert_eq!(muted, 0.0);
+
+    let format = probe(&a).unwrap().audio.expect("a sound track");
+    assert_eq!((format.sample_rate, format.channels), (24_000, 2));
+    assert_eq!(probe(&silent).unwrap().audio, None);
+}
+
+#[test]
+fn music_loops_under_every_segment_at_its_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    // 0.75 s of a 300 Hz mono tone at 16 kHz, under a silent 1 s clip and a 1 s title card, with
+    // a speaking 1 s clip (24 kHz stereo) in between.
+    let wav = dir.path().join("bed.wav");
+    let tone: Vec<f32> = (0..12_000)
+        .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 300.0 * i as f32 / 16_000.0).sin())
+        .collect();
+    Audio::new(16_000, 1, tone)
+        .unwrap()
+        .write_wav(&wav)
+        .unwrap();
+    let silent = solid_clip(dir.path(), "silent.mp4", BLUE, 8, 8, (W, H));
+    let a = speaking_clip(dir.path(), "a.mp4", 8, (440.0, 24_000, 2));
+    let title = Segment::Title(TitleCard {
+        text: "Fin".into(),
+        duration: Time::Frames(8),
+        background: [0, 0, 0],
+        color: [255, 255, 255],
+    });
+    let with_music = |volume| Timeline {
+        music: Some(Music {
+            path: wav.clone(),
+            volume,
+        }),
+        ..timeline(
+            vec![clip(&silent), clip(&a), title.clone()],
+            vec![Transition::Cut, Transition::Cut],
+        )
+    };
+    let out = dir.path().join("bed.mp4");
+    let report = render_quietly(&with_music(0.5), &out).unwrap();
+    assert_eq!(report.sample_rate, Some(24_000), "the highest rate wins");
+    let sound = Mp4Reader::open(&out)
+        .unwrap()
+        .read_audio()
+        .unwrap()
+        .unwrap();
+    assert_eq!(sound.frames(), 3 * 24_000, "cut at the piece's end");
+    // Under the silent clip: the music alone at half volume (RMS of a 0.5 sine, halved), also
+    // past its own 0.75 s, where it loops; the same under the title card.
+    for window in [(0.05, 0.7), (0.8, 0.95), (2.05, 2.95)] {
+        let (rms, pitch) = level_and_pitch(&sound, window);
+        assert!((rms - 0.177).abs() < 0.01, "{window:?}: {rms}");
+        assert!((pitch - 300.0).abs() < 8.0, "{window:?}: {pitch}");
+    }
+    // Under the speaking clip both play: louder than either alone.
+    let (rms, _) = level_and_pitch(&sound, (1.05, 1.95));
+    assert!(
+        (rms - (0.354f32.powi(2) + 0.177f32.powi(2)).sqrt()).abs() < 0.02,
+        "{rms}"
+    );
+
+    // Music alone gives a silent piece a sound track; a bad volume is refused by name.
+    let out = dir.path().join("bed-only.mp4");
+    let mut only = with_music(1.0);
+    only.segments = vec![clip(&silent)];
+    only.transitions = vec![];
+    let report = render_quietly(&only, &out).unwrap();
+    assert_eq!(report.sample_rate, Some(16_000));
+    let err = format!("{:#}", validate(&with_music(4.5)).unwrap_err());
+    assert!(
+        err.contains("music") && err.contains("volume 4.5 is outside 0..4"),
+        "{err}"
+    );
 }

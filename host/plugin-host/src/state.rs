@@ -31,6 +31,9 @@ const MAX_REFERENCES: usize = 8;
 const MAX_STOP_STRINGS: usize = 16;
 const MAX_STOP_BYTES: usize = 256;
 const MAX_SCHEMA_BYTES: usize = 64 << 10;
+/// Highest gain on a timeline clip's sound (+12 dB, enough to lift a quiet take); the engine
+/// refuses more.
+const MAX_VOLUME: f32 = 4.0;
 
 pub(crate) struct PluginState {
     plugin_id: String,
@@ -712,10 +715,23 @@ impl media::Host for PluginState {
         let services = self.services.clone();
         let result = async {
             check_id("output name", &name)?;
-            for item in &timeline.items {
+            for (index, item) in timeline.items.iter().enumerate() {
                 if let types::TimelineItem::Clip(clip) = item {
                     check_id("asset id", &clip.asset_id)?;
+                    check_volume(clip.volume, || {
+                        format!(
+                            "timeline item {index} (clip `{}` of shot `{}`)",
+                            abbreviate(&clip.asset_id),
+                            abbreviate(&clip.shot_id)
+                        )
+                    })?;
                 }
+            }
+            if let Some(soundtrack) = &timeline.soundtrack {
+                check_id("soundtrack asset id", &soundtrack.asset_id)?;
+                check_volume(soundtrack.volume, || {
+                    format!("the soundtrack (`{}`)", soundtrack.asset_id)
+                })?;
             }
             services.render_timeline(timeline, &name).await
         }
@@ -764,5 +780,47 @@ impl media::Host for PluginState {
         }
         .await;
         self.finish(call, result)
+    }
+}
+
+/// A clip's or soundtrack's gain: a number from 0 (muted) to [`MAX_VOLUME`]; the error names
+/// what (`what()`) had it.
+fn check_volume(volume: f32, what: impl FnOnce() -> String) -> Result<(), PluginError> {
+    if volume.is_finite() && (0.0..=MAX_VOLUME).contains(&volume) {
+        return Ok(());
+    }
+    Err(PluginError::InvalidInput(format!(
+        "{}: volume {volume} is not a gain from 0 to {MAX_VOLUME}",
+        what()
+    )))
+}
+
+/// 0.1.0's media: the same host code, with 0.1.0's records (no sound format in a clip's info,
+/// every timeline clip at volume 1).
+impl v0_1_0::media::Host for PluginState {
+    async fn probe(
+        &mut self,
+        asset_id: String,
+    ) -> Result<v0_1_0::types::ClipInfo, v0_1_0::types::PluginError> {
+        let info = media::Host::probe(self, asset_id).await;
+        v0_1_0::answer(info.map(v0_1_0::clip_info))
+    }
+
+    async fn extract_frame(
+        &mut self,
+        asset_id: String,
+        index: u32,
+    ) -> Result<v0_1_0::types::AssetInfo, v0_1_0::types::PluginError> {
+        v0_1_0::answer(media::Host::extract_frame(self, asset_id, index).await)
+    }
+
+    async fn render_timeline(
+        &mut self,
+        timeline: v0_1_0::types::Timeline,
+        name: String,
+    ) -> Result<v0_1_0::types::AssetInfo, v0_1_0::types::PluginError> {
+        let timeline = v0_1_0::timeline(timeline)
+            .map_err(|e| v0_1_0::types::PluginError::Failed(format!("API 0.1.0 timeline: {e}")))?;
+        v0_1_0::answer(media::Host::render_timeline(self, timeline, name).await)
     }
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use support::{MemoryServices, context, input, load, runtime};
-use videosdgx_plugin_host::types::ClipInfo;
+use videosdgx_plugin_host::types::{AudioInfo, ClipInfo};
 use videosdgx_plugin_host::{Capability, Grants, Limits};
 
 fn services() -> Arc<MemoryServices> {
@@ -23,6 +23,7 @@ fn services() -> Arc<MemoryServices> {
             frames: 9,
             fps: 16,
             duration_ms: 562,
+            audio: None,
         },
     );
     Arc::new(services)
@@ -127,4 +128,28 @@ async fn manifests_at_0_2_load_and_newer_minor_versions_are_refused() {
         err.to_string().contains("newer than this host's 0.2.0"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_0_2_sees_whether_a_clip_has_sound() {
+    let services = services();
+    services.add_video(
+        "talk",
+        ClipInfo {
+            width: 32,
+            height: 32,
+            frames: 25,
+            fps: 24,
+            duration_ms: 1042,
+            audio: Some(AudioInfo {
+                sample_rate: 24_000,
+                channels: 2,
+            }),
+        },
+    );
+    let grants = || Grants::new([Capability::Media]);
+    let answer = ask("probe-sound talk", grants(), &services).await.unwrap();
+    assert_eq!(answer, "24000 Hz, 2 channels");
+    let answer = ask("probe-sound 7", grants(), &services).await.unwrap();
+    assert_eq!(answer, "silent");
 }

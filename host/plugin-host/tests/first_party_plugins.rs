@@ -268,6 +268,7 @@ fn clips_for(board: &Storyboard, services: &MemoryServices) -> Vec<GeneratedClip
                 frames: shot.frames,
                 fps: 16,
                 duration_ms: shot.duration_ms,
+                audio: None,
             };
             let asset_id = format!("clip-{}", shot.id);
             services.add_video(&asset_id, info);
@@ -330,6 +331,11 @@ async fn stitcher_orders_clips_applies_transitions_and_renders() {
         }
     );
     assert_eq!(clips[1].transition_in.kind, TransitionKind::Cut);
+    assert!(
+        clips.iter().all(|c| c.volume == 1.0),
+        "every clip's sound as generated"
+    );
+    assert_eq!(result.timeline.soundtrack, None);
     assert_eq!(services.rendered.lock().unwrap().len(), 1);
 }
 

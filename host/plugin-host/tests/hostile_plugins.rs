@@ -139,6 +139,7 @@ async fn upscaling_without_the_media_grant_is_denied_and_audited() {
             frames: 33,
             fps: 16,
             duration_ms: 2062,
+            audio: None,
         },
     );
     let grants = Grants::new([Capability::TextGeneration, Capability::ProjectRead]);
@@ -330,4 +331,54 @@ async fn a_call_beyond_the_concurrent_limit_is_refused_and_the_pool_recovers() {
         .await
         .expect("the slots came back");
     assert_eq!(board.title, "echo after");
+}
+
+#[tokio::test]
+async fn bad_volumes_are_refused_naming_the_clip_or_soundtrack() {
+    let plugin = load("hostile");
+    let services = Arc::new(MemoryServices::default());
+    services.add_video(
+        "clip",
+        videosdgx_plugin_host::types::ClipInfo {
+            width: 64,
+            height: 48,
+            frames: 8,
+            fps: 8,
+            duration_ms: 1000,
+            audio: None,
+        },
+    );
+    let grants = Grants::new([Capability::Render]);
+    let ctx = context(services.clone(), grants, Limits::default());
+    let err = runtime()
+        .plan(&plugin, &ctx, &input("bad-volumes clip"))
+        .await
+        .unwrap_err();
+    let Some(PluginError::InvalidInput(answers)) = err.plugin_error() else {
+        panic!("{err}")
+    };
+    for volume in ["NaN", "inf", "-0.5", "4.5"] {
+        assert!(
+            answers.contains(&format!(
+                "timeline item 0 (clip `clip` of shot `shot-at-{volume}`): volume {volume} is not a gain from 0 to 4"
+            )),
+            "{answers}"
+        );
+    }
+    assert!(
+        answers.contains("the soundtrack (`music`): volume -1 is not a gain from 0 to 4"),
+        "{answers}"
+    );
+    // Only the extremes reached the renderer.
+    let rendered = services.rendered.lock().unwrap();
+    let volumes: Vec<(f32, Option<f32>)> = rendered
+        .iter()
+        .map(|t| match &t.items[0] {
+            videosdgx_plugin_host::types::TimelineItem::Clip(c) => {
+                (c.volume, t.soundtrack.as_ref().map(|s| s.volume))
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(volumes, [(0.0, None), (4.0, Some(4.0))]);
 }

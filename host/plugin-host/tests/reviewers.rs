@@ -1,8 +1,8 @@
 //! The `reviewer` world (API 0.2.0): the first-party reviewer shows the vision model frames of a
 //! take and turns its answer into a review; hostile reviewers (one that never returns, one that
 //! returns a 100 MB reason, one that asks for `vision` without the grant, one with a NaN score)
-//! end with a clear error and the runtime keeps serving; and a plugin built against 0.1.0 still
-//! loads and works beside them.
+//! end with a clear error and the runtime keeps serving; and plugins built against 0.1.0 (a
+//! planner, a stitcher) still load and work beside them, with 0.1.0's records (no sound fields).
 
 mod support;
 
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::{MemoryServices, context, input, load, runtime};
 use videosdgx_plugin_host::types::{
-    Camera, CameraMove, Character, ClipInfo, Shot, ShotPrompt, ShotSize, Storyboard, Style, Take,
-    TakeReview, Transition, TransitionKind, Verdict,
+    Camera, CameraMove, Character, ClipInfo, GeneratedClip, Shot, ShotPrompt, ShotSize, Storyboard,
+    Style, Take, TakeReview, TimelineItem, TitleCard, Transition, TransitionKind, Verdict,
 };
 use videosdgx_plugin_host::{CallError, Capability, Grants, Limits, Manifest, World};
 
@@ -30,6 +30,7 @@ fn services(reply: &str) -> Arc<MemoryServices> {
             frames: 33,
             fps: 16,
             duration_ms: 2062,
+            audio: None,
         },
     );
     Arc::new(services)
@@ -87,6 +88,7 @@ fn take(attempt: u32) -> Take {
             frames: 33,
             fps: 16,
             duration_ms: 2062,
+            audio: None,
         },
     }
 }
@@ -348,4 +350,118 @@ async fn a_plugin_built_against_0_1_still_loads_plans_and_reaches_the_language_m
         matches!(err, CallError::Timeout { .. } | CallError::OutOfFuel { .. }),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_0_1_probes_and_renders_without_the_sound_fields() {
+    let services = services("");
+    services.add_video(
+        "talk",
+        ClipInfo {
+            width: 64,
+            height: 48,
+            frames: 25,
+            fps: 24,
+            duration_ms: 1042,
+            audio: Some(videosdgx_plugin_host::types::AudioInfo {
+                sample_rate: 24_000,
+                channels: 1,
+            }),
+        },
+    );
+    let plugin = load("legacy-planner");
+    let ctx = context(
+        services.clone(),
+        Grants::new([Capability::Media, Capability::Render]),
+        Limits::default(),
+    );
+    // 0.1.0's clip-info has no `audio`: the host leaves it out for this plugin.
+    let board = runtime()
+        .plan(&plugin, &ctx, &input("probe talk"))
+        .await
+        .unwrap();
+    assert_eq!(board.title, "64x48, 1042 ms");
+    // 0.1.0's timeline has no `volume`: its clips render at 1, their sound as generated.
+    let board = runtime()
+        .plan(&plugin, &ctx, &input("render talk"))
+        .await
+        .unwrap();
+    assert_eq!(board.title, "render-1");
+    let rendered = services.rendered.lock().unwrap();
+    let [timeline] = rendered.as_slice() else {
+        panic!("{rendered:?}")
+    };
+    assert!(matches!(&timeline.items[0], TimelineItem::Title(t) if t.text == "Legacy"));
+    let TimelineItem::Clip(clip) = &timeline.items[1] else {
+        panic!("{timeline:?}")
+    };
+    assert_eq!((clip.asset_id.as_str(), clip.volume), ("talk", 1.0));
+    assert_eq!(timeline.soundtrack, None);
+    assert_eq!(
+        clip.transition_in,
+        Transition {
+            kind: TransitionKind::FadeThroughBlack,
+            duration_ms: 250
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_stitcher_built_against_0_1_gets_its_clips_and_renders_at_volume_1() {
+    let services = services("");
+    let talk = ClipInfo {
+        width: 64,
+        height: 32,
+        frames: 25,
+        fps: 24,
+        duration_ms: 1042,
+        audio: Some(videosdgx_plugin_host::types::AudioInfo {
+            sample_rate: 48_000,
+            channels: 2,
+        }),
+    };
+    services.add_video("talk", talk);
+    let clips = [
+        GeneratedClip {
+            shot_id: "s01-01".into(),
+            asset_id: "take-1".into(),
+            info: take(1).info,
+        },
+        GeneratedClip {
+            shot_id: "s01-02".into(),
+            asset_id: "talk".into(),
+            info: talk,
+        },
+    ];
+    let mut board = storyboard();
+    board.opening_title = Some(TitleCard {
+        text: "Clockwork".into(),
+        duration_ms: 1000,
+    });
+    let plugin = load("legacy-stitcher");
+    assert_eq!(plugin.manifest().api_version.to_string(), "0.1.0");
+    let ctx = context(
+        services.clone(),
+        Grants::new([Capability::Render]),
+        Limits::default(),
+    );
+    let result = runtime()
+        .stitch(&plugin, &ctx, &board, &clips, "legacy-cut.mp4")
+        .await
+        .unwrap();
+    assert_eq!(result.output.name, "legacy-cut.mp4");
+    // The clip with sound crossed without its `audio` (0.1.0 has none) and came back at volume
+    // 1, as rendered; the timeline has no soundtrack.
+    let rendered = services.rendered.lock().unwrap();
+    assert_eq!(rendered.as_slice(), std::slice::from_ref(&result.timeline));
+    assert!(matches!(&result.timeline.items[0], TimelineItem::Title(t) if t.text == "Clockwork"));
+    let played: Vec<_> = result.timeline.items[1..]
+        .iter()
+        .map(|item| match item {
+            TimelineItem::Clip(c) => (c.asset_id.as_str(), c.duration_ms, c.volume),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(played, [("take-1", 2062, 1.0), ("talk", 1042, 1.0)]);
+    assert_eq!(result.timeline.soundtrack, None);
 }

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use videosdgx_plugin_sdk::types::{
     Camera, CameraMove, Character, DialogueLine, PlanInput, PluginError, Scene, Shot, ShotSize,
-    Storyboard, Style, TitleCard, Transition, TransitionKind,
+    Soundtrack, Storyboard, Style, Timeline, TimelineClip, TimelineItem, TitleCard, Transition,
+    TransitionKind,
 };
 use videosdgx_plugin_sdk::{Planner, host};
 
@@ -30,6 +31,11 @@ impl Planner for Hostile {
             "files" => files(),
             "sockets" => sockets(),
             "invalid-ids" => invalid_ids(),
+            "bad-volumes" => {
+                let mut words = input.script.split_whitespace().skip(1);
+                let clip = words.next().unwrap_or("");
+                bad_volumes(clip, words.next().unwrap_or("music"))
+            }
             "slow-host" => slow_host(),
             "echo" => Ok(storyboard(input.script)),
             "remember" => Ok(storyboard(remember())),
@@ -238,6 +244,52 @@ fn invalid_ids() -> Result<Storyboard, PluginError> {
         )));
     }
     Err(PluginError::NotFound(answers.join("; ")))
+}
+
+/// Renders `asset` at gains the host must refuse (each error names the clip, or the soundtrack
+/// `music`), then at the extremes it must accept (0 alone, 4 with `music` at 4).
+fn bad_volumes(asset: &str, music: &str) -> Result<Storyboard, PluginError> {
+    let render = |volume: f32, music_volume: Option<f32>| {
+        let clip = TimelineClip {
+            asset_id: asset.into(),
+            shot_id: format!("shot-at-{volume}"),
+            trim_start_ms: 0,
+            duration_ms: 500,
+            transition_in: Transition {
+                kind: TransitionKind::Cut,
+                duration_ms: 0,
+            },
+            volume,
+        };
+        let timeline = Timeline {
+            width: 64,
+            height: 48,
+            fps: 8,
+            items: vec![TimelineItem::Clip(clip)],
+            soundtrack: music_volume.map(|volume| Soundtrack {
+                asset_id: music.into(),
+                volume,
+            }),
+        };
+        host::media::render_timeline(&timeline, "loud.mp4")
+    };
+    let mut answers = Vec::new();
+    let refused = [
+        (f32::NAN, None),
+        (f32::INFINITY, None),
+        (-0.5, None),
+        (4.5, None),
+        (1.0, Some(-1.0)),
+    ];
+    for (volume, music_volume) in refused {
+        match render(volume, music_volume) {
+            Ok(_) => return Ok(storyboard(format!("the host rendered at volume {volume}"))),
+            Err(e) => answers.push(format!("{e:?}")),
+        }
+    }
+    render(0.0, None)?;
+    render(4.0, Some(4.0))?;
+    Err(PluginError::InvalidInput(answers.join("; ")))
 }
 
 /// Spends long in host calls (text generation) and little in its own code: host time must

@@ -1,5 +1,5 @@
-//! A planner built against API 0.2.0 that asks the host's language model, for the host's
-//! tests: the script's first word picks the call, the rest is its argument, and the answer
+//! A planner built against API 0.2.0 that asks the host's language model (or probes a video's
+//! sound), for the host's tests: the script's first word picks the call, the rest is its argument, and the answer
 //! comes back as the storyboard's title (with one placeholder shot, since a plan needs one). Some calls are hostile on purpose (oversized or
 //! malformed requests) and must end with a clear error. Never install this outside tests.
 
@@ -14,7 +14,7 @@ use videosdgx::plugin::types::{
     Camera, CameraMove, PlanInput, PluginError, Scene, Shot, ShotSize, Storyboard, Style,
     Transition, TransitionKind,
 };
-use videosdgx::plugin::vision;
+use videosdgx::plugin::{media, vision};
 
 /// What `chat-json` asks for.
 const SCHEMA: &str = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"], "additionalProperties": false}"#;
@@ -38,6 +38,10 @@ impl Guest for Probe {
                 let (asset, question) = argument.split_once(' ').unwrap_or((argument, ""));
                 vision::describe(asset, question)?
             }
+            "probe-sound" => match media::probe(argument)?.audio {
+                Some(audio) => format!("{} Hz, {} channels", audio.sample_rate, audio.channels),
+                None => "silent".into(),
+            },
             "chat-huge" => chat(vec![user(&"x".repeat(40 << 20))], None)?.text,
             "chat-many" => chat((0..1000).map(|_| user("hi")).collect(), None)?.text,
             "chat-bad-schema" => chat(vec![user(argument)], Some("{not json"))?.text,

@@ -2,7 +2,7 @@
 //! storyboard order, trimmed to the planned length, entered through the planned transition
 //! (shortened when a clip is too short to hold it), framed by the storyboard's title cards,
 //! and the host renders the timeline to an MP4 (capability `render`) at the highest frame rate
-//! among the clips.
+//! among the clips, with each clip's sound at its generated level.
 
 use videosdgx_plugin_sdk::types::{
     GeneratedClip, PluginError, StitchResult, Storyboard, Timeline, TimelineClip, TimelineItem,
@@ -72,6 +72,8 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
             trim_start_ms: 0,
             duration_ms,
             transition_in,
+            // The clip's sound as generated; the host mixes silence under a silent clip.
+            volume: 1.0,
         }));
         previous_ms = Some(duration_ms);
     }
@@ -83,6 +85,7 @@ fn timeline(storyboard: &Storyboard, clips: &[GeneratedClip]) -> Result<Timeline
         height,
         fps,
         items,
+        soundtrack: None,
     })
 }
 

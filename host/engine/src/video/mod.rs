@@ -34,6 +34,16 @@ pub struct VideoInfo {
     pub codec: String,
     /// The embedded generation record, `null` when the file carries none.
     pub metadata: serde_json::Value,
+    /// The sound track's format; `None` for a silent file.
+    #[serde(default)]
+    pub audio: Option<AudioFormat>,
+}
+
+/// A sound track's sample rate and channel count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioFormat {
+    pub sample_rate: u32,
+    pub channels: u16,
 }
 
 /// Every frame of a video plus its timing and embedded record.
@@ -125,6 +135,10 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
         duration: reader.duration_s,
         codec: reader.codec.clone(),
         metadata: reader.metadata.clone(),
+        audio: reader.audio.as_ref().map(|track| AudioFormat {
+            sample_rate: track.sample_rate,
+            channels: track.channels,
+        }),
     })
 }
 

@@ -126,8 +126,8 @@ fn not_a(have: World, wanted: World) -> wasmtime::Error {
 }
 
 /// The pre-instantiated worlds that every version has (modules `planner`, `expander` and
-/// `stitcher` in the calling module) and the calls into their exports. The worlds' exports
-/// are the same in every version, with the `latest` types.
+/// `stitcher` in the calling module) and the call into the planner's export, which is the same
+/// in every version, with the `latest` types. Each version calls the other exports itself.
 macro_rules! bound_worlds {
     () => {
         pub(crate) enum Bound {
@@ -181,28 +181,6 @@ macro_rules! bound_worlds {
                 instance
                     .videosdgx_plugin_planning()
                     .call_plan(&mut *store, input)
-                    .await
-            }
-
-            pub async fn stitch(
-                &self,
-                store: &mut wasmtime::Store<PluginState>,
-                storyboard: &crate::wit::latest::types::Storyboard,
-                clips: &[crate::wit::latest::types::GeneratedClip],
-                output_name: &str,
-            ) -> wasmtime::Result<
-                Result<
-                    crate::wit::latest::types::StitchResult,
-                    crate::wit::latest::types::PluginError,
-                >,
-            > {
-                let Bound::Stitcher(pre) = self else {
-                    return Err(self.wrong_world(crate::manifest::World::Stitcher));
-                };
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .videosdgx_plugin_stitching()
-                    .call_stitch(&mut *store, storyboard, clips, output_name)
                     .await
             }
         }

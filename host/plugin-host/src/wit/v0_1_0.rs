@@ -1,11 +1,14 @@
-//! Bindings of `videosdgx:plugin@0.1.0` (wit/v0.1.0). Every interface but `text` and
-//! `generation` is the same in 0.2.0 or a subset of it (0.2.0's `media` adds `upscale` and
-//! `interpolate`, which a 0.1.0 component cannot import), so those reuse the newest bindings'
-//! types and host traits, registered under their 0.1.0 names: a 0.1.0 plugin is served by
-//! exactly the code that serves a 0.2.0 one. 0.1.0's `text` (no `chat`) and `generation`
-//! (`image` without references) have bindings of their own over the same host code, and the
-//! expander world its own types: 0.1.0's `shot-prompt` has no keyframe prompt, so an
-//! expansion crosses as JSON (the records are otherwise field for field the same).
+//! Bindings of `videosdgx:plugin@0.1.0` (wit/v0.1.0). `log`, `progress`, `project` and
+//! `assets` are the same in 0.2.0, so those reuse the newest bindings' types and host traits,
+//! registered under their 0.1.0 names: a 0.1.0 plugin is served by exactly the code that serves
+//! a 0.2.0 one. 0.1.0's `text` (no `chat`), `generation` (`image` without references) and
+//! `media` (no `upscale`/`interpolate`; `clip-info` without `audio`, `timeline-clip` without
+//! `volume`, `timeline` without `soundtrack`) have bindings of their own over the same host
+//! code. The planner world shares the
+//! newest `types` (its records did not change); the expander and stitcher worlds use 0.1.0's
+//! own `types` (0.1.0's `shot-prompt` has no keyframe prompt; its clips and timelines have no
+//! sound fields), and their values cross to the host's as JSON, or field by field where 0.2.0
+//! added a field.
 
 use crate::state::PluginState;
 use crate::wit::latest;
@@ -24,7 +27,7 @@ mod planner {
             "videosdgx:plugin/progress": crate::wit::latest::progress,
             "videosdgx:plugin/project": crate::wit::latest::project,
             "videosdgx:plugin/assets": crate::wit::latest::assets,
-            "videosdgx:plugin/media": crate::wit::latest::media,
+            "videosdgx:plugin/media": super::stitcher::videosdgx::plugin::media,
         },
     });
 }
@@ -36,15 +39,15 @@ mod expander {
         imports: { default: async },
         exports: { default: async },
         with: {
+            "videosdgx:plugin/types": super::stitcher::videosdgx::plugin::types,
             "videosdgx:plugin/log": crate::wit::latest::log,
             "videosdgx:plugin/progress": crate::wit::latest::progress,
             "videosdgx:plugin/project": crate::wit::latest::project,
             "videosdgx:plugin/assets": crate::wit::latest::assets,
             "videosdgx:plugin/generation": super::planner::videosdgx::plugin::generation,
             "videosdgx:plugin/text": super::planner::videosdgx::plugin::text,
-            "videosdgx:plugin/media": crate::wit::latest::media,
+            "videosdgx:plugin/media": super::stitcher::videosdgx::plugin::media,
         },
-        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
@@ -55,21 +58,23 @@ mod stitcher {
         imports: { default: async },
         exports: { default: async },
         with: {
-            "videosdgx:plugin/types": crate::wit::latest::types,
             "videosdgx:plugin/log": crate::wit::latest::log,
             "videosdgx:plugin/progress": crate::wit::latest::progress,
             "videosdgx:plugin/project": crate::wit::latest::project,
             "videosdgx:plugin/assets": crate::wit::latest::assets,
             "videosdgx:plugin/generation": super::planner::videosdgx::plugin::generation,
             "videosdgx:plugin/text": super::planner::videosdgx::plugin::text,
-            "videosdgx:plugin/media": crate::wit::latest::media,
         },
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
-/// 0.1.0's `text` (`complete` only) and `generation` (`image` without references) interfaces,
-/// for `state.rs` to implement.
+/// 0.1.0's `text` (`complete` only), `generation` (`image` without references) and `media`
+/// (no sound fields, no upscale or interpolate) interfaces, for `state.rs` to implement.
 pub use planner::videosdgx::plugin::{generation, text};
+pub use stitcher::videosdgx::plugin::media;
+/// 0.1.0's own `clip-info` and timeline records, for `state.rs` to convert.
+pub use stitcher::videosdgx::plugin::types;
 
 /// The interfaces a 0.1.0 component may import.
 pub const IMPORTS: &[&str] = &[
@@ -107,7 +112,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
         &mut linker.instance(&name("assets"))?,
         state,
     )?;
-    latest::media::add_to_linker_instance::<_, Data>(&mut linker.instance(&name("media"))?, state)?;
+    media::add_to_linker::<_, Data>(&mut linker, state)?;
     text::add_to_linker::<_, Data>(&mut linker, state)?;
     generation::add_to_linker::<_, Data>(&mut linker, state)?;
     Ok(linker)
@@ -152,4 +157,93 @@ impl Bound {
             Err(error) => Err(convert(&error)?),
         })
     }
+
+    /// A 0.1.0 stitch: its clips carry no sound format, and its timeline's clips play at
+    /// volume 1 with no soundtrack.
+    pub async fn stitch(
+        &self,
+        store: &mut wasmtime::Store<PluginState>,
+        storyboard: &latest::types::Storyboard,
+        clips: &[latest::types::GeneratedClip],
+        output_name: &str,
+    ) -> wasmtime::Result<Result<latest::types::StitchResult, latest::types::PluginError>> {
+        let Bound::Stitcher(pre) = self else {
+            return Err(self.wrong_world(crate::manifest::World::Stitcher));
+        };
+        let clips: Vec<_> = clips
+            .iter()
+            .map(|clip| types::GeneratedClip {
+                shot_id: clip.shot_id.clone(),
+                asset_id: clip.asset_id.clone(),
+                info: clip_info(clip.info),
+            })
+            .collect();
+        let instance = pre.instantiate_async(&mut *store).await?;
+        let stitched = instance
+            .videosdgx_plugin_stitching()
+            .call_stitch(&mut *store, &convert(storyboard)?, &clips, output_name)
+            .await?;
+        Ok(match stitched {
+            Ok(result) => Ok(latest::types::StitchResult {
+                timeline: timeline(result.timeline)?,
+                output: convert(&result.output)?,
+            }),
+            Err(error) => Err(convert(&error)?),
+        })
+    }
+}
+
+/// A host import's answer as 0.1.0's bindings have it (records of the same fields).
+pub(crate) fn answer<T: serde::Serialize, U: serde::de::DeserializeOwned>(
+    result: Result<T, latest::types::PluginError>,
+) -> Result<U, types::PluginError> {
+    let failed = |e: wasmtime::Error| types::PluginError::Failed(format!("API 0.1.0 answer: {e}"));
+    match result {
+        Ok(value) => convert(&value).map_err(failed),
+        Err(error) => Err(convert(&error).map_err(failed)?),
+    }
+}
+
+/// A clip's info as 0.1.0 has it: without its sound format.
+pub(crate) fn clip_info(info: latest::types::ClipInfo) -> types::ClipInfo {
+    types::ClipInfo {
+        width: info.width,
+        height: info.height,
+        frames: info.frames,
+        fps: info.fps,
+        duration_ms: info.duration_ms,
+    }
+}
+
+/// A 0.1.0 timeline as the host's: every clip at volume 1, its sound as generated, and no
+/// soundtrack.
+pub(crate) fn timeline(timeline: types::Timeline) -> wasmtime::Result<latest::types::Timeline> {
+    let items = timeline
+        .items
+        .into_iter()
+        .map(|item| {
+            Ok(match item {
+                types::TimelineItem::Clip(clip) => {
+                    latest::types::TimelineItem::Clip(latest::types::TimelineClip {
+                        asset_id: clip.asset_id,
+                        shot_id: clip.shot_id,
+                        trim_start_ms: clip.trim_start_ms,
+                        duration_ms: clip.duration_ms,
+                        transition_in: convert(&clip.transition_in)?,
+                        volume: 1.0,
+                    })
+                }
+                types::TimelineItem::Title(card) => {
+                    latest::types::TimelineItem::Title(convert(&card)?)
+                }
+            })
+        })
+        .collect::<wasmtime::Result<Vec<_>>>()?;
+    Ok(latest::types::Timeline {
+        width: timeline.width,
+        height: timeline.height,
+        fps: timeline.fps,
+        items,
+        soundtrack: None,
+    })
 }

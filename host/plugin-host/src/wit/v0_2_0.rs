@@ -122,6 +122,23 @@ impl Bound {
             .call_expand(&mut *store, shot, storyboard, model)
             .await
     }
+
+    pub async fn stitch(
+        &self,
+        store: &mut wasmtime::Store<PluginState>,
+        storyboard: &types::Storyboard,
+        clips: &[types::GeneratedClip],
+        output_name: &str,
+    ) -> wasmtime::Result<Result<types::StitchResult, types::PluginError>> {
+        let Bound::Stitcher(pre) = self else {
+            return Err(self.wrong_world(crate::manifest::World::Stitcher));
+        };
+        let instance = pre.instantiate_async(&mut *store).await?;
+        instance
+            .videosdgx_plugin_stitching()
+            .call_stitch(&mut *store, storyboard, clips, output_name)
+            .await
+    }
 }
 
 /// A pre-linked `reviewer` component (a world that 0.1.0 does not have).

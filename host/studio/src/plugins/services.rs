@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use videosdgx_engine::finishing::finish::FinishTarget;
 use videosdgx_engine::video;
 use videosdgx_plugin_host::types::{
-    AssetInfo, AssetKind, ClipInfo, GenerationRequest, Timeline, TimelineItem, TransitionKind,
+    AssetInfo, AssetKind, AudioInfo, ClipInfo, GenerationRequest, Timeline, TimelineItem,
+    TransitionKind,
 };
 use videosdgx_plugin_host::{
     AuditEntry, ChatMessage, ChatOptions, ChatReply, FinishReason, HostServices, LogLevel,
@@ -348,6 +349,10 @@ pub fn clip_info(info: &video::VideoInfo) -> ClipInfo {
         frames: info.frames as u32,
         fps: info.fps.round() as u32,
         duration_ms: (info.duration * 1000.0).round() as u32,
+        audio: info.audio.map(|audio| AudioInfo {
+            sample_rate: audio.sample_rate,
+            channels: u32::from(audio.channels),
+        }),
     }
 }
 
@@ -383,7 +388,7 @@ fn engine_timeline(
     project_id: i64,
     timeline: &Timeline,
 ) -> Result<video::timeline::Timeline, PluginError> {
-    use video::timeline::{Clip, Segment, Time, TitleCard, Transition};
+    use video::timeline::{Clip, Music, Segment, Time, TitleCard, Transition};
     if timeline.items.is_empty() {
         return Err(PluginError::InvalidInput(
             "the timeline has no items".into(),
@@ -406,7 +411,8 @@ fn engine_timeline(
                     path: app.assets.file_of(&asset),
                     trim_in: Some(seconds(clip.trim_start_ms)),
                     trim_out: Some(seconds(clip.trim_start_ms.saturating_add(clip.duration_ms))),
-                    volume: 1.0,
+                    // The plugin host checked it (a finite gain from 0 to 4), as the soundtrack's.
+                    volume: clip.volume,
                 });
                 let duration = seconds(clip.transition_in.duration_ms);
                 let transition = match clip.transition_in.kind {
@@ -431,6 +437,23 @@ fn engine_timeline(
         }
         segments.push(segment);
     }
+    let music = match &timeline.soundtrack {
+        Some(soundtrack) => {
+            let asset = StudioServices::project_asset(app, project_id, &soundtrack.asset_id)?;
+            // The engine mixes WAV; other audio formats are stored but not decoded.
+            if asset.kind != MediaKind::Audio || asset.mime != "audio/x-wav" {
+                return Err(PluginError::InvalidInput(format!(
+                    "the soundtrack `{}` is not a WAV audio asset ({})",
+                    soundtrack.asset_id, asset.mime
+                )));
+            }
+            Some(Music {
+                path: app.assets.file_of(&asset),
+                volume: soundtrack.volume,
+            })
+        }
+        None => None,
+    };
     Ok(video::timeline::Timeline {
         width: timeline.width,
         height: timeline.height,
@@ -438,6 +461,7 @@ fn engine_timeline(
         segments,
         transitions,
         metadata: serde_json::Value::Null,
+        music,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Timeline rendering for the shot stitcher: clips (trimmed, resampled to the output frame rate,
 //! letterboxed to the output size) and title cards, joined by cuts, crossfades or fades through
-//! black, encoded into one MP4 with the clips' sound mixed under the same edit (`sound.rs`).
+//! black, encoded into one MP4 with the clips' sound mixed under the same edit, over optional
+//! music (`sound.rs`).
 //! Frames stream through: one clip is decoded at a time and only the frames a crossfade
 //! overlaps are held, so memory does not grow with the length of the output.
 
@@ -27,6 +28,19 @@ pub struct Timeline {
     /// Embedded in the output next to the timeline itself (e.g. the storyboard it came from).
     #[serde(default)]
     pub metadata: serde_json::Value,
+    /// Sound under the whole piece (a music bed), mixed with the clips' own.
+    #[serde(default)]
+    pub music: Option<Music>,
+}
+
+/// A WAV file played from the start of the piece under every segment, looped when shorter
+/// than the piece and cut at its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Music {
+    pub path: PathBuf,
+    /// Gain, as a clip's volume.
+    #[serde(default = "unity")]
+    pub volume: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,13 +60,25 @@ pub struct Clip {
     /// Where the kept part ends (exclusive); the end when absent.
     #[serde(default)]
     pub trim_out: Option<Time>,
-    /// Gain on the clip's sound: 1 as recorded, 0 muted.
+    /// Gain on the clip's sound: 1 as recorded, 0 muted, at most [`MAX_VOLUME`].
     #[serde(default = "unity")]
     pub volume: f32,
 }
 
 fn unity() -> f32 {
     1.0
+}
+
+/// Highest gain on a clip's or the music's sound (+12 dB).
+pub const MAX_VOLUME: f32 = 4.0;
+
+/// Whether `volume` is a gain the mixer takes: finite, from 0 to [`MAX_VOLUME`].
+fn check_volume(volume: f32) -> Result<()> {
+    ensure!(
+        volume.is_finite() && (0.0..=MAX_VOLUME).contains(&volume),
+        "volume {volume} is outside 0..{MAX_VOLUME}"
+    );
+    Ok(())
 }
 
 /// Centred, wrapped text on a solid background.
@@ -128,7 +154,8 @@ pub struct RenderReport {
     /// Seconds.
     pub duration: f64,
     pub segments: Vec<SegmentSpan>,
-    /// The sound track's sample rate; `None` when no clip has sound (the output is silent).
+    /// The sound track's sample rate; `None` when neither a clip nor music has sound (the
+    /// output is silent).
     pub sample_rate: Option<u32>,
 }
 
@@ -177,9 +204,12 @@ pub fn render(
     progress: &mut dyn FnMut(&RenderProgress) -> ControlFlow<()>,
 ) -> Result<RenderReport> {
     let plan = plan(timeline)?;
-    let report = report(timeline, &plan);
+    let music = sound::load_music(timeline)?;
+    let report = report(timeline, &plan, music.as_ref());
     let mut writer = Mp4Writer::create(out, timeline.width, timeline.height, timeline.fps)?;
-    if let Some(mix) = sound::mix(timeline, &plan, &report).context("mixing the sound")? {
+    if let Some(mix) =
+        sound::mix(timeline, &plan, &report, music.as_ref()).context("mixing the sound")?
+    {
         writer.set_audio(mix);
     }
     let mut held: Vec<RgbImage> = Vec::new();
@@ -307,12 +337,7 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
         }
         Segment::Clip(clip) => {
             let reader = Mp4Reader::open(&clip.path)?;
-            ensure!(
-                clip.volume.is_finite() && (0.0..=4.0).contains(&clip.volume),
-                "clip {}: volume {} is outside 0..4",
-                clip.path.display(),
-                clip.volume
-            );
+            check_volume(clip.volume).with_context(|| format!("clip {}", clip.path.display()))?;
             let source_fps = reader.fps;
             let length_s = reader.frame_count() as f64 / source_fps;
             let start_s = clip.trim_in.map_or(0.0, |t| t.seconds(source_fps));
@@ -350,7 +375,11 @@ fn plan_segment(segment: &Segment, fps: u32) -> Result<PlannedSegment> {
     })
 }
 
-fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
+fn report(
+    timeline: &Timeline,
+    plan: &[PlannedSegment],
+    music: Option<&super::Audio>,
+) -> RenderReport {
     let mut segments = Vec::with_capacity(plan.len());
     let mut start = 0;
     for segment in plan {
@@ -366,7 +395,7 @@ fn report(timeline: &Timeline, plan: &[PlannedSegment]) -> RenderReport {
         fps: timeline.fps,
         duration: start as f64 / f64::from(timeline.fps),
         segments,
-        sample_rate: sound::output_format(plan).map(|(rate, _)| rate),
+        sample_rate: sound::output_format(plan, music).map(|(rate, _)| rate),
     }
 }
 
@@ -458,5 +487,6 @@ fn blend(from: &RgbImage, to: &RgbImage, t: f32) -> RgbImage {
 /// Fails on timelines that cannot render, without decoding anything but clip headers.
 pub fn validate(timeline: &Timeline) -> Result<RenderReport> {
     let plan = plan(timeline)?;
-    Ok(report(timeline, &plan))
+    let music = sound::load_music(timeline)?;
+    Ok(report(timeline, &plan, music.as_ref()))
 }

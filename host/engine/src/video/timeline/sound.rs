@@ -1,28 +1,49 @@
 //! The timeline's sound: each clip's track, trimmed with the clip, resampled to one rate and
 //! mixed under the same edit as the pictures. Clips without sound and title cards are silence;
 //! crossfades are equal-gain ramps over the overlap, fades through black fade the sound too.
+//! The timeline's music, when it has some, plays under everything from the first frame, looped.
 
-use super::{PlannedSegment, PlannedSource, RenderReport, Timeline};
+use super::{PlannedSegment, PlannedSource, RenderReport, Timeline, check_volume};
 use crate::video::{Audio, Mp4Reader};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 
-/// The output's rate and channels: the highest among the clips with sound, `None` when none has.
-pub(super) fn output_format(plan: &[PlannedSegment]) -> Option<(u32, u16)> {
+/// The timeline's music, read and checked; `None` when it has none.
+pub(super) fn load_music(timeline: &Timeline) -> Result<Option<Audio>> {
+    let Some(music) = &timeline.music else {
+        return Ok(None);
+    };
+    let context = || format!("music {}", music.path.display());
+    check_volume(music.volume).with_context(context)?;
+    let audio = Audio::read_wav(&music.path).with_context(context)?;
+    ensure!(
+        audio.frames() > 0,
+        "music {} is empty",
+        music.path.display()
+    );
+    Ok(Some(audio))
+}
+
+/// The output's rate and channels: the highest among the clips with sound and the music, `None`
+/// when nothing has sound.
+pub(super) fn output_format(plan: &[PlannedSegment], music: Option<&Audio>) -> Option<(u32, u16)> {
     plan.iter()
         .filter_map(|segment| match segment.source {
             PlannedSource::Clip { sound, .. } => sound,
             PlannedSource::Title(_) => None,
         })
+        .chain(music.map(|m| (m.sample_rate, m.channels)))
         .reduce(|(rate, channels), (r, c)| (rate.max(r), channels.max(c)))
 }
 
-/// Mixes the sound of every segment where `report` placed it; `None` when no clip has sound.
+/// Mixes the sound of every segment where `report` placed it, over the music; `None` when
+/// nothing has sound.
 pub(super) fn mix(
     timeline: &Timeline,
     plan: &[PlannedSegment],
     report: &RenderReport,
+    music: Option<&Audio>,
 ) -> Result<Option<Audio>> {
-    let Some((rate, channels)) = output_format(plan) else {
+    let Some((rate, channels)) = output_format(plan, music) else {
         return Ok(None);
     };
     let fps = f64::from(timeline.fps);
@@ -56,6 +77,16 @@ pub(super) fn mix(
             for (o, s) in out.samples[(start + i) * c..][..c].iter_mut().zip(frame) {
                 *o += g * s;
             }
+        }
+    }
+    if let (Some(music), Some(bed)) = (music, &timeline.music) {
+        let music = music
+            .resampled(rate)
+            .and_then(|m| m.with_channels(channels))
+            .with_context(|| format!("music {}", bed.path.display()))?;
+        // Looped: output sample i plays music sample i modulo its length.
+        for (o, s) in out.samples.iter_mut().zip(music.samples.iter().cycle()) {
+            *o += bed.volume * s;
         }
     }
     for sample in &mut out.samples {
