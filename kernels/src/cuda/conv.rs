@@ -4,8 +4,10 @@
 //! (f32 accumulation), and a small workspace, which lets cuDNN use its fast precomputed-index
 //! GEMM at full resolution. (A single call over all frames would need a descriptor whose images
 //! overlap, for which cuDNN offers no algorithm.) That is how short clips go ([`FrameLayout`]).
-//! Long clips copy the windows of a batch of output frames side by side first (one strided 2-D
-//! copy) and convolve the batch in one call: the same arithmetic, in far fewer and larger calls.
+//! Long clips may copy the windows of a batch of output frames side by side first (one strided 2-D
+//! copy per tap) and convolve the batch in one call: the same arithmetic, in far fewer and larger
+//! calls. That layout has not yet passed the GPU checks on a device, so it is opt-in
+//! (`VIDEOSDGX_CONV_GATHER=1`) until it has.
 //! With one tap the windows do not overlap, and frames go to cuDNN in batches read in place (a
 //! strided descriptor: the images are `stride_t` frames apart): the image models (upscalers,
 //! RIFE) call it that way, on many small images.
@@ -296,7 +298,7 @@ enum FrameLayout {
     /// one call per output frame. (With one tap, frames go in batches.)
     Windows,
     /// The windows of a batch of output frames are copied side by side into a scratch buffer
-    /// (one strided 2-D copy) and go to cuDNN as one call.
+    /// (one strided 2-D copy per tap) and go to cuDNN as one call.
     Gathered,
 }
 
@@ -304,8 +306,13 @@ impl FrameLayout {
     /// Windows in place for short clips, where a batch would be small (Wan's VAE decodes a few
     /// frames at a time); gathered from twice as many output frames as taps (LTX-2's VAE decodes
     /// every frame at once, and one call per frame leaves the GPU idle on its small, wide layers).
+    /// Gathering is taken only with `VIDEOSDGX_CONV_GATHER=1` until a device call has checked it.
     fn for_frames(spec: FrameConv, t_out: usize) -> Self {
-        if spec.taps > 1 && t_out >= 2 * spec.taps {
+        static GATHER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let gather = *GATHER.get_or_init(|| {
+            std::env::var("VIDEOSDGX_CONV_GATHER").is_ok_and(|v| v == "1")
+        });
+        if gather && spec.taps > 1 && t_out >= 2 * spec.taps {
             Self::Gathered
         } else {
             Self::Windows

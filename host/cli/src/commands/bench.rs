@@ -598,8 +598,10 @@ mod gpu {
             candle_core::bail!("random weights need the shape of {name}")
         }
 
-        fn contains_tensor(&self, _: &str) -> bool {
-            true
+        /// Every tensor a model asks for, but no FP8 scale: the random models are dense (the
+        /// transformer's `--quant` quantizes them after building).
+        fn contains_tensor(&self, name: &str) -> bool {
+            !(name.ends_with("weight_scale") || name.ends_with("scale_weight"))
         }
     }
 
@@ -625,7 +627,7 @@ mod gpu {
         /// max |output| of the last timed call (finite random weights give a finite output).
         output_max_abs: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        quant: Option<super::super::model::QuantArg>,
+        quant: Option<videosdgx_engine::pipelines::Quant>,
         /// With --quant: ‖out − out_bf16‖ / ‖out_bf16‖ on the same weights and inputs.
         #[serde(skip_serializing_if = "Option::is_none")]
         error_vs_bf16: Option<f64>,
@@ -753,7 +755,7 @@ mod gpu {
             tflops: (args.component == Component::Transformer)
                 .then(|| transformer_flops(&shape, f * h * w) / ms / 1e9),
             output_max_abs,
-            quant: args.quant,
+            quant: args.quant.map(Into::into),
             error_vs_bf16,
             profile,
             peak_gib,
