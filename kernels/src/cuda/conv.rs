@@ -309,9 +309,8 @@ impl FrameLayout {
     /// Gathering is taken only with `VIDEOSDGX_CONV_GATHER=1` until a device call has checked it.
     fn for_frames(spec: FrameConv, t_out: usize) -> Self {
         static GATHER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let gather = *GATHER.get_or_init(|| {
-            std::env::var("VIDEOSDGX_CONV_GATHER").is_ok_and(|v| v == "1")
-        });
+        let gather =
+            *GATHER.get_or_init(|| std::env::var("VIDEOSDGX_CONV_GATHER").is_ok_and(|v| v == "1"));
         if gather && spec.taps > 1 && t_out >= 2 * spec.taps {
             Self::Gathered
         } else {

@@ -290,10 +290,15 @@ pub struct WanArgs {
     /// section (transformer block parts, VAE layer kinds) and report where the time goes.
     #[arg(long)]
     pub profile: bool,
-    /// Transformer: keep the blocks' linear layers in this format (quantized after building),
-    /// and report the output's relative error against the bf16 forward of the same weights.
+    /// Keep the transformer blocks' linear layers in this format (quantized after building).
+    /// The transformer component also reports its output's relative error against the bf16
+    /// forward of the same weights.
     #[arg(long, value_enum)]
     pub quant: Option<super::model::QuantArg>,
+    /// Pipeline: run a distilled model's schedule (`wan2.1-distill-4step`, ...: its steps, shift
+    /// and guidance) instead of --steps with guidance 5.
+    #[arg(long)]
+    pub schedule: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -674,8 +679,11 @@ mod gpu {
         let mut profile = Vec::new();
         let mut output_max_abs = None;
         let mut error_vs_bf16 = None;
-        if args.quant.is_some() && args.component != Component::Transformer {
-            anyhow::bail!("--quant: only the transformer component is quantized");
+        if args.quant.is_some() && args.component == Component::Vae {
+            anyhow::bail!("--quant: the VAE is not quantized");
+        }
+        if args.schedule.is_some() && args.component != Component::Pipeline {
+            anyhow::bail!("--schedule: a schedule is for the pipeline component");
         }
         let (ms, peak_gib) = match args.component {
             Component::Transformer => {

@@ -60,7 +60,12 @@ struct PipelineReport {
     frames: usize,
     steps: usize,
     guidance: f64,
-    /// UMT5-XXL on the prompt and the negative prompt.
+    /// The distilled schedule (--schedule) and the weights' format (--quant), where given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quant: Option<videosdgx_engine::pipelines::Quant>,
+    /// UMT5-XXL on the prompt and the negative prompt (the negative one only under guidance).
     text_encode_ms: f64,
     /// Median of the timed run's steps (two transformer forwards and the UniPC update each).
     step_ms: f64,
@@ -93,7 +98,8 @@ fn ms_between(a: Instant, b: Instant) -> f64 {
     b.duration_since(a).as_secs_f64() * 1e3
 }
 
-/// One generation: the text encoder on both prompts, then the pipeline with their embeddings.
+/// One generation: the text encoder on the prompt (and the negative prompt under guidance, as
+/// the pipeline encodes it), then the pipeline with their embeddings.
 fn generate(
     dev: &Device,
     encoder: &T5EncoderModel,
@@ -108,7 +114,11 @@ fn generate(
     dev.synchronize()?;
     let start = Instant::now();
     let prompt_embeds = encode_tokens(encoder, &prompt, dev)?;
-    let negative_prompt_embeds = encode_tokens(encoder, &negative, dev)?;
+    let negative_prompt_embeds = if params.guidance > 1.0 {
+        Some(encode_tokens(encoder, &negative, dev)?)
+    } else {
+        None
+    };
     dev.synchronize()?;
     let encoded = Instant::now();
 
@@ -119,7 +129,7 @@ fn generate(
         GenerateInputs {
             latents: None,
             prompt_embeds: Some(prompt_embeds),
-            negative_prompt_embeds: Some(negative_prompt_embeds),
+            negative_prompt_embeds,
             ..Default::default()
         },
         &mut |p: &Progress| match dev.synchronize() {
@@ -163,8 +173,12 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     let settings = pipeline_settings(args.preset)?;
     let encoder = T5EncoderModel::new(&umt5_xxl(), random(DType::BF16))
         .context("building the text encoder")?;
-    let transformer = WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
-        .context("building the transformer")?;
+    let mut transformer =
+        WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
+            .context("building the transformer")?;
+    if args.quant.is_some() {
+        videosdgx_engine::models::fp8::quantize_blocks(&mut transformer)?;
+    }
     let vae =
         AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;
     let mut pipeline = WanPipeline::from_parts(
@@ -199,7 +213,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         loras: Vec::new(),
         lora_mode: Default::default(),
         cache: None,
-        quant: None,
+        quant: args.quant.map(Into::into),
         references: Vec::new(),
         max_sequence_length: None,
         true_cfg_scale: None,
@@ -212,6 +226,9 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
     call.steps = args.steps as usize;
+    if let Some(name) = &args.schedule {
+        videosdgx_engine::presets::preset(name)?.apply(&mut call);
+    }
     let timings = generate(dev, &encoder, &mut pipeline, &call);
     let peak_gib = peak.finish();
     let mut t = timings?;
@@ -224,7 +241,9 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         width: args.width,
         frames: args.frames,
         steps: call.steps,
-        guidance: GUIDANCE,
+        guidance: call.guidance,
+        schedule: args.schedule.clone(),
+        quant: call.quant,
         text_encode_ms: t.text_encode_ms,
         step_ms: t.step_ms[t.step_ms.len() / 2],
         denoise_ms: t.denoise_ms,
