@@ -118,15 +118,7 @@ impl Hub {
         check_repo_id(repo_id)?;
         let revision = revision.unwrap_or("main");
         let cache_dir = models_dir.join(CACHE_DIR);
-        let api = self.api(&cache_dir)?;
-        let info = api
-            .repo(Repo::with_revision(
-                repo_id.to_string(),
-                RepoType::Model,
-                revision.to_string(),
-            ))
-            .info()
-            .map_err(|err| self.explain(err, repo_id, revision, None))?;
+        let (api, info) = self.repo_info(&cache_dir, repo_id, revision)?;
         let files = select_files(info.siblings.iter().map(|s| s.rfilename.as_str()))?;
         ensure!(
             !files.is_empty(),
@@ -169,6 +161,26 @@ impl Hub {
         install(models_dir, &source, &local)
     }
 
+    /// A client over the hub cache in `cache_dir` and what the hub says of `repo_id` at
+    /// `revision` (its files and the commit the revision names).
+    fn repo_info(
+        &self,
+        cache_dir: &Path,
+        repo_id: &str,
+        revision: &str,
+    ) -> Result<(hf_hub::api::sync::Api, hf_hub::api::RepoInfo)> {
+        let api = self.api(cache_dir)?;
+        let info = api
+            .repo(Repo::with_revision(
+                repo_id.to_string(),
+                RepoType::Model,
+                revision.to_string(),
+            ))
+            .info()
+            .map_err(|err| self.explain(err, repo_id, revision, None))?;
+        Ok((api, info))
+    }
+
     fn api(&self, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
         std::fs::create_dir_all(cache_dir)
             .with_context(|| format!("creating {}", cache_dir.display()))?;
@@ -196,15 +208,7 @@ impl Hub {
         select_files(std::iter::once(file))?;
         let revision = revision.unwrap_or("main");
         let cache_dir = models_dir.join(CACHE_DIR);
-        let api = self.api(&cache_dir)?;
-        let info = api
-            .repo(Repo::with_revision(
-                repo_id.to_string(),
-                RepoType::Model,
-                revision.to_string(),
-            ))
-            .info()
-            .map_err(|err| self.explain(err, repo_id, revision, None))?;
+        let (api, info) = self.repo_info(&cache_dir, repo_id, revision)?;
         ensure!(
             info.siblings.iter().any(|s| s.rfilename == file),
             "model repo {repo_id} at {revision} has no file {file}"

@@ -263,9 +263,16 @@ impl Checkpoint {
             file: path.clone(),
             reason: err.to_string(),
         };
-        let tensor = Tensor::from_raw_buffer(bytes, stored, &entry.shape, device)
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(candle_err)?;
+        // Float8 read as another dtype (a file without scales: scale 1) converts on the CPU:
+        // candle's float8 casts do not run on CUDA.
+        let tensor = if stored == DType::F8E4M3 && dtype != stored {
+            Tensor::from_raw_buffer(bytes, stored, &entry.shape, &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype)?.to_device(device))
+        } else {
+            Tensor::from_raw_buffer(bytes, stored, &entry.shape, device)
+                .and_then(|t| t.to_dtype(dtype))
+        }
+        .map_err(candle_err)?;
         // The tensor now owns a copy: let the kernel drop the mapped pages so that loading a large
         // checkpoint never holds the file pages and the weights in memory together.
         let mapped = &self.files[entry.file];
