@@ -17,7 +17,7 @@ use videosdgx_engine::families::ltx2::latent_upsample_pipeline::{
 use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
     Capabilities, FrameCondition, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput,
-    Output, Pipeline, Progress, Stage,
+    Output, Pipeline, Progress, Quant, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -401,7 +401,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     pipeline.keep_text_encoder(!args.drop_text_encoder);
     if let Some(quant) = args.quant {
         let layers = pipeline.quantize(quant.into())?;
-        eprintln!("{layers} linear layers kept in {quant:?}");
+        eprintln!("{layers} linear layers kept in {}", Quant::from(quant));
     }
     let capabilities = pipeline.capabilities();
     let mut params = params(&args, &capabilities)?;

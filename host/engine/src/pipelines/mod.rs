@@ -541,6 +541,14 @@ pub enum Quant {
     Fp8,
 }
 
+impl std::fmt::Display for Quant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quant::Fp8 => "FP8",
+        })
+    }
+}
+
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
     Flux(Box<FluxPipeline>),
