@@ -4,7 +4,7 @@
 //! and per shot, the more specific choice of one asset winning; a shot generated with them
 //! records each (asset, strengths, SHA-256, where it was chosen) in the DB and the MP4 and
 //! differs from the same shot without them; a LoRA that does not fit the model fails the job
-//! naming the LoRA and loses no take; a chosen LoRA cannot be deleted; the CLI's `assets add`
+//! naming the LoRA and loses no take, and one of another family is refused at submission; a chosen LoRA cannot be deleted; the CLI's `assets add`
 //! and `project loras`; LoRAs pulled from a hub repository (a local fake hub) by the CLI and by
 //! an `assets.pull_lora` job.
 
@@ -271,7 +271,7 @@ fn loras_are_imported_chosen_applied_and_recorded() {
             && error.contains("does not fit"),
         "{error}"
     );
-    // A LoRA of another family is refused, named.
+    // A LoRA of another family is refused when the job is submitted, named, nothing queued.
     let ltx = import(
         &s,
         "components/ltx2-transformer-interleaved/lora/peft.safetensors",
@@ -283,13 +283,21 @@ fn loras_are_imported_chosen_applied_and_recorded() {
         &format!("/api/shots/{shot}/loras"),
         json!([{ "asset_id": id(&ltx) }]),
     );
-    let failed = generate(&s, project, shot);
-    let error = failed["error"].as_str().unwrap();
+    let refused = s.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "project_id": project,
+                 "params": { "shot_id": shot, "render": { "height": 32, "width": 32, "steps": 2 } } }),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.json());
+    let error = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         error.contains(&format!(
-            "LoRA asset {} \"ltx-style.safetensors\"",
+            "LoRA asset {} \"ltx-style.safetensors\" (chosen for the shot) is for LTX-2",
             id(&ltx)
-        )) && error.contains("does not fit WanTransformer3DModel"),
+        )) && error.contains("is Wan"),
         "{error}"
     );
     let takes = s.get(&format!("/api/shots/{shot}")).json()["takes"].clone();

@@ -660,7 +660,10 @@ impl GenerateShot {
                 shot.position + 1
             )));
         }
-        models::video_model_dir(app.data_dir(), &shot_model(app.data_dir(), &shot)?).map(drop)
+        let model = shot_model(app.data_dir(), &shot)?;
+        let dir = models::video_model_dir(app.data_dir(), &model)?;
+        let applied = loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?;
+        loras::check_family(app, &applied, &model, &dir)
     }
 }
 

@@ -25,6 +25,7 @@ use crate::projects::{get_project, get_storyboard};
 use crate::shots;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use utoipa::ToSchema;
 use videosdgx_engine::lora::LoraSpec;
 
@@ -375,6 +376,41 @@ pub fn for_look(app: &App, storyboard_id: i64, character_id: &str) -> Result<Vec
     let from = format!("character:{character_id}");
     add(&app.db, &mut applied, chosen, &from, LoraTarget::Image)?;
     Ok(applied)
+}
+
+/// Refuses, before a job is queued, a LoRA whose keys name another family than the video model
+/// in `dir` (an LTX-2 LoRA on a Wan shot): the engine would refuse it only once the job runs.
+/// LoRAs whose family the keys do not tell, and sizes within a family, are left to the engine.
+pub fn check_family(app: &App, applied: &[AppliedLora], model: &str, dir: &Path) -> Result<()> {
+    let Some(rules) = videosdgx_engine::pipelines::Pipeline::video_rules(dir)
+        .map_err(|e| StudioError::Invalid(format!("model `{model}`: {e:#}")))?
+    else {
+        return Ok(());
+    };
+    // The LoRA family names (`LoraFile::family`) of the video families.
+    let fits = match rules.family.as_str() {
+        "wan2.1" | "wan2.2" => "Wan",
+        "ltx2" => "LTX-2",
+        _ => return Ok(()),
+    };
+    for lora in applied {
+        let asset = get_asset(&app.db, lora.asset_id)?;
+        if let Some(family) = asset.lora.and_then(|info| info.family)
+            && family != fits
+        {
+            return Err(StudioError::Invalid(format!(
+                "LoRA asset {} \"{}\" (chosen for the {}) is for {family}, but the shot's model `{model}` is {fits}",
+                lora.asset_id,
+                lora.name,
+                match lora.from.as_str() {
+                    "project" => "project".to_string(),
+                    "shot" => "shot".to_string(),
+                    other => other.replace("character:", "character "),
+                },
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A failed generation's error with each LoRA's stored file named as the user knows it (`LoRA
