@@ -2,10 +2,43 @@
 
 use super::Output;
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use videosdgx_studio::assets::{self, MediaKind, NewAsset, SearchHit, SearchQuery};
 use videosdgx_studio::{App, db};
+
+/// What an imported asset is filed under.
+#[derive(Args, Debug)]
+pub struct Labels {
+    /// Project the asset belongs to.
+    #[arg(long)]
+    project: Option<i64>,
+    /// Comma-separated tags.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    #[arg(long, default_value = "")]
+    caption: String,
+}
+
+impl Labels {
+    fn asset(self, name: String) -> NewAsset {
+        NewAsset {
+            name,
+            project_id: self.project,
+            caption: self.caption,
+            tags: self.tags,
+            ..Default::default()
+        }
+    }
+}
+
+/// Prints an imported asset, saying when it was in the library already.
+fn print_imported(asset: &assets::Asset, created: bool, out: Output) -> anyhow::Result<()> {
+    if !created {
+        eprintln!("already in the library as asset {}", asset.id);
+    }
+    out.print(asset, line)
+}
 
 #[derive(Subcommand, Debug)]
 pub enum AssetsCommand {
@@ -13,14 +46,8 @@ pub enum AssetsCommand {
     /// file the engine reads as one), and print the asset.
     Add {
         file: PathBuf,
-        /// Project the asset belongs to.
-        #[arg(long)]
-        project: Option<i64>,
-        /// Comma-separated tags.
-        #[arg(long, value_delimiter = ',')]
-        tags: Vec<String>,
-        #[arg(long, default_value = "")]
-        caption: String,
+        #[command(flatten)]
+        labels: Labels,
         #[command(flatten)]
         out: Output,
     },
@@ -67,12 +94,8 @@ pub enum AssetsCommand {
         file: String,
         #[arg(long)]
         revision: Option<String>,
-        #[arg(long)]
-        project: Option<i64>,
-        #[arg(long, value_delimiter = ',')]
-        tags: Vec<String>,
-        #[arg(long, default_value = "")]
-        caption: String,
+        #[command(flatten)]
+        labels: Labels,
         #[command(flatten)]
         out: Output,
     },
@@ -99,33 +122,17 @@ fn line(a: &assets::Asset) -> String {
 
 pub fn run(app: &App, cmd: AssetsCommand) -> anyhow::Result<()> {
     match cmd {
-        AssetsCommand::Add {
-            file,
-            project,
-            tags,
-            caption,
-            out,
-        } => {
+        AssetsCommand::Add { file, labels, out } => {
             let name = file
                 .file_name()
                 .with_context(|| format!("{} does not name a file", file.display()))?
                 .to_string_lossy()
                 .into_owned();
-            let meta = NewAsset {
-                name,
-                project_id: project,
-                caption,
-                tags,
-                ..Default::default()
-            };
             let (asset, created) = app
                 .assets
-                .import_file(&app.db, &file, &meta)
+                .import_file(&app.db, &file, &labels.asset(name))
                 .with_context(|| format!("cannot import {}", file.display()))?;
-            if !created {
-                eprintln!("already in the library as asset {}", asset.id);
-            }
-            out.print(&asset, line)
+            print_imported(&asset, created, out)
         }
         AssetsCommand::Show { id, out } => out.print(&assets::get_asset(&app.db, id)?, line),
         AssetsCommand::Search {
@@ -163,21 +170,13 @@ pub fn run(app: &App, cmd: AssetsCommand) -> anyhow::Result<()> {
             repo,
             file,
             revision,
-            project,
-            tags,
-            caption,
+            labels,
             out,
         } => {
             let wanted = assets::lora::HubLora {
                 repo_id: repo,
                 file,
                 revision,
-            };
-            let meta = NewAsset {
-                project_id: project,
-                caption,
-                tags,
-                ..Default::default()
             };
             let hub = videosdgx_engine::hub::Hub::from_env();
             let (asset, created) = assets::lora::pull(
@@ -186,13 +185,10 @@ pub fn run(app: &App, cmd: AssetsCommand) -> anyhow::Result<()> {
                 app.data_dir(),
                 &hub,
                 &wanted,
-                meta,
+                labels.asset(String::new()),
                 &mut |_| {},
             )?;
-            if !created {
-                eprintln!("already in the library as asset {}", asset.id);
-            }
-            out.print(&asset, line)
+            print_imported(&asset, created, out)
         }
         AssetsCommand::Delete { id } => {
             app.assets.delete(&app.db, id)?;
