@@ -464,7 +464,10 @@ fn read_only_database_serves_reads_and_refuses_writes() {
     )
     .unwrap();
 
-    let s = start_with(&data, &[], |cmd| {
+    // `nobody` may not reach the build's binary (a private CARGO_TARGET_DIR): it runs a copy.
+    let program = dir.path().join("videosdgx");
+    std::fs::copy(studio::BIN, &program).unwrap();
+    let s = studio::start_program(&program, &data, &[], |cmd| {
         if root {
             cmd.uid(NOBODY).gid(NOBODY);
         }

@@ -28,8 +28,18 @@ fn free_port() -> u16 {
 /// Starts `videosdgx --data DATA serve` with `extra` arguments; `tweak` may adjust the command
 /// (e.g. resource limits) before it is spawned.
 pub fn start_with(data: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Server {
+    start_program(Path::new(BIN), data, extra, tweak)
+}
+
+/// [`start_with`] running the binary at `program` (a copy another user can reach).
+pub fn start_program(
+    program: &Path,
+    data: &Path,
+    extra: &[&str],
+    tweak: impl FnOnce(&mut Command),
+) -> Server {
     let port = free_port();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(program);
     cmd.arg("--data")
         .arg(data)
         .args(["serve", "--port", &port.to_string()])
