@@ -346,10 +346,11 @@ fn cancelling_the_language_model_job_stops_the_plugin_call_with_cancelled() {
     );
 
     // The plugin's own job shows the language model's progress while it waits; then one of
-    // its chat jobs is caught while it generates, and cancelled.
+    // its chat jobs is caught while it generates, and cancelled. A cancel that lands after the
+    // last token lets that job succeed; the probe asks again, so the next one is caught.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut relayed = false;
-    let cancelled = loop {
+    let chat = loop {
         assert!(Instant::now() < deadline, "no chat job was caught running");
         let stage = s.get(&format!("/api/jobs/{plan}")).json()["progress"]["stage"].clone();
         relayed |= stage == "language model: generating";
@@ -367,12 +368,14 @@ fn cancelling_the_language_model_job_stops_the_plugin_call_with_cancelled() {
             );
             let id = job["id"].as_i64().unwrap();
             if s.post(&format!("/api/jobs/{id}/cancel"), &json!({})).status == 200 {
-                break id;
+                let chat = finished(&s, id);
+                if chat["state"] != "succeeded" {
+                    break chat;
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let chat = finished(&s, cancelled);
     assert_eq!(chat["state"], "cancelled", "{chat}");
     let plan = finished(&s, plan);
     assert_eq!(plan["state"], "failed", "{plan}");

@@ -64,3 +64,43 @@ extern "C" __global__ void quantize_e4m3_f32(const float *w, const float *scale,
                                              long long n, long long cols) {
     quantize(w, scale, per_row, q, n, cols, [](float v) { return v; });
 }
+
+// NVFP4 weights: two e2m1 values a byte (element 2k in the low nibble, 2k+1 in the high one, as
+// ModelOpt packs them), one e4m3 scale per 16 values of a row, and one f32 scale for the tensor.
+//
+// dequantize_e2m1_*: q [rows, cols/2] bytes to
+// out[r, c] = (e2m1(q[r, c]) * e4m3(block[r, c/16])) * global: the first product is exact in f32,
+// so the value is rounded once (twice for bf16). One byte (two outputs) a thread, grid-stride.
+
+// e2m1: sign, two exponent bits (bias 1), one mantissa bit; 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+__device__ __forceinline__ float e2m1_to_float(unsigned v) {
+    const unsigned e = (v >> 1) & 3, m = v & 1;
+    const float mag = e == 0 ? 0.5f * m : __int_as_float(((e + 126) << 23) | (m << 22));
+    return (v & 8) ? -mag : mag;
+}
+
+template <typename T, typename Store>
+__device__ __forceinline__ void dequantize_nvfp4(const unsigned char *__restrict__ q,
+                                                 const unsigned char *__restrict__ block,
+                                                 const float *__restrict__ global, T *__restrict__ out,
+                                                 long long pairs, long long cols, Store store) {
+    const float g = *global;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < pairs;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long e = 2 * i, row = e / cols, col = e - row * cols;
+        const float s = e4m3_to_float(block[row * (cols / 16) + col / 16]);
+        const unsigned b = q[i];
+        out[e] = store(e2m1_to_float(b & 15) * s * g);
+        out[e + 1] = store(e2m1_to_float(b >> 4) * s * g);
+    }
+}
+
+extern "C" __global__ void dequantize_e2m1_bf16(const unsigned char *q, const unsigned char *block,
+                                                const float *global, bf16_t *out, long long pairs, long long cols) {
+    dequantize_nvfp4(q, block, global, out, pairs, cols, [](float v) { return float_to_bf16(v); });
+}
+
+extern "C" __global__ void dequantize_e2m1_f32(const unsigned char *q, const unsigned char *block,
+                                               const float *global, float *out, long long pairs, long long cols) {
+    dequantize_nvfp4(q, block, global, out, pairs, cols, [](float v) { return v; });
+}

@@ -368,3 +368,62 @@ pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
         .clamp(-E4M3_MAX, E4M3_MAX)?
         .to_dtype(DType::F8E4M3)
 }
+
+/// The magnitudes of the eight e2m1 codes (sign bit 8 aside), code order.
+pub const E2M1_MAGNITUDES: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+
+/// NVFP4 values a block scale serves.
+pub const NVFP4_BLOCK: usize = 16;
+
+/// `(rows, cols)` of an NVFP4 weight: `packed` u8 `[rows, cols/2]` (two e2m1 codes a byte, the
+/// even element low), `block_scales` `[rows, cols/16]`.
+pub(crate) fn nvfp4_dims(packed: &Tensor, block_scales: &Tensor) -> Result<(usize, usize)> {
+    let (rows, half) = packed.dims2()?;
+    let cols = 2 * half;
+    if packed.dtype() != DType::U8
+        || block_scales.dtype() != DType::F8E4M3
+        || cols % NVFP4_BLOCK != 0
+        || block_scales.dims() != [rows, cols / NVFP4_BLOCK]
+    {
+        bail!(
+            "NVFP4: packed codes u8 [rows, cols/2] with e4m3 block scales [rows, cols/16], cols a \
+             multiple of 16; got {:?} {:?} and {:?} {:?}",
+            packed.dtype(),
+            packed.dims(),
+            block_scales.dtype(),
+            block_scales.dims()
+        );
+    }
+    Ok((rows, cols))
+}
+
+/// An NVFP4 weight in `dtype`: `(e2m1(code[r, c]) · e4m3(block_scales[r, c/16])) · global`, the
+/// first product exact in f32: what [`crate::nvfp4_dequantize`] computes on CUDA. `global` is an
+/// f32 scalar.
+pub fn nvfp4_dequantize(
+    packed: &Tensor,
+    block_scales: &Tensor,
+    global: &Tensor,
+    dtype: DType,
+) -> Result<Tensor> {
+    let (rows, cols) = nvfp4_dims(packed, block_scales)?;
+    // Each byte's two values, low nibble first, looked up by the byte.
+    let pairs: Vec<f32> = (0..=255u8)
+        .flat_map(|byte| [byte & 15, byte >> 4])
+        .map(|code| {
+            let magnitude = E2M1_MAGNITUDES[usize::from(code & 7)];
+            if code & 8 != 0 { -magnitude } else { magnitude }
+        })
+        .collect();
+    let device = packed.device();
+    let pairs = Tensor::from_vec(pairs, (256, 2), device)?;
+    let codes = packed.flatten_all()?.to_dtype(DType::U32)?;
+    let values = pairs
+        .index_select(&codes, 0)?
+        .reshape((rows, cols / NVFP4_BLOCK, NVFP4_BLOCK))?;
+    values
+        .broadcast_mul(&block_scales.to_dtype(DType::F32)?.unsqueeze(2)?)?
+        .broadcast_mul(&global.to_dtype(DType::F32)?.reshape(())?)?
+        .reshape((rows, cols))?
+        .to_dtype(dtype)
+}

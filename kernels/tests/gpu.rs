@@ -736,3 +736,58 @@ fn e4m3_quantize_and_dequantize_match_reference_exactly() {
         }
     }
 }
+
+#[test]
+fn nvfp4_dequantize_matches_reference_exactly() {
+    let dev = gpu();
+    // Every code byte, block scales over e4m3's range (subnormals included), a 14B projection's
+    // shape and a small odd one.
+    for (rows, cols) in [(5120, 13824), (3, 48)] {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let codes: Vec<u8> = (0..rows * cols / 2)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 56) as u8
+            })
+            .collect();
+        let packed = Tensor::from_vec(codes, (rows, cols / 2), &Device::Cpu).unwrap();
+        let magnitudes = randn(&[rows, cols / 16], &Device::Cpu)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .abs()
+            .unwrap();
+        let block_scales = reference::fp8_quantize(
+            &(magnitudes * 100.0).unwrap(),
+            &Tensor::new(1f32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let global = Tensor::new(0.0137f32, &Device::Cpu).unwrap();
+        for dtype in [DType::BF16, DType::F32] {
+            let got = videosdgx_kernels::nvfp4_dequantize(
+                &packed.to_device(&dev).unwrap(),
+                &block_scales.to_device(&dev).unwrap(),
+                &global.to_device(&dev).unwrap(),
+                dtype,
+            )
+            .unwrap();
+            let want = reference::nvfp4_dequantize(&packed, &block_scales, &global, dtype).unwrap();
+            let values = |t: &Tensor| -> Vec<f32> {
+                cpu(t)
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let got = values(&got);
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{rows}x{cols} {dtype:?}: unwritten values"
+            );
+            assert_eq!(got, values(&want), "{rows}x{cols} {dtype:?}");
+        }
+    }
+}

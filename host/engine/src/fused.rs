@@ -696,3 +696,22 @@ pub mod profile {
         Ok(out)
     }
 }
+
+/// An NVFP4 weight (`packed` e2m1 codes, e4m3 `block_scales`, f32 `global`) in `dtype`: one
+/// kernel pass on CUDA (bf16 or f32), otherwise candle's ops
+/// ([`videosdgx_kernels::reference::nvfp4_dequantize`], which defines it).
+pub(crate) fn nvfp4_dequantize(
+    packed: &Tensor,
+    block_scales: &Tensor,
+    global: &Tensor,
+    dtype: DType,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        if packed.device().is_cuda() && matches!(dtype, DType::BF16 | DType::F32) {
+            return videosdgx_kernels::nvfp4_dequantize(packed, block_scales, global, dtype);
+        }
+        warn_fallback(packed, "nvfp4 dequantize");
+    }
+    videosdgx_kernels::reference::nvfp4_dequantize(packed, block_scales, global, dtype)
+}

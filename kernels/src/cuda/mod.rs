@@ -1922,6 +1922,97 @@ pub fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Ten
     )
 }
 
+/// An NVFP4 weight (`packed` codes, e4m3 `block_scales`, f32 `global` scale) through quant.cu.
+struct Nvfp4Dequantize(DType);
+
+impl CustomOp3 for Nvfp4Dequantize {
+    fn name(&self) -> &'static str {
+        "nvfp4-dequantize"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("the NVFP4 kernel runs on CUDA only; reference::nvfp4_dequantize is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        qs: &CudaStorage,
+        ql: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if !ql.is_contiguous() || !bl.is_contiguous() || gl.shape().elem_count() != 1 {
+            bail!("NVFP4: contiguous codes and block scales and one global scale");
+        }
+        let (rows, cols) = (ql.dims()[0], 2 * ql.dims()[1]);
+        let dev = qs.device().clone();
+        let stream = dev.cuda_stream();
+        let n = rows * cols;
+        let pairs = n / 2;
+        let (q, _qg) = typed_ptr::<u8>(qs, ql, &stream)?;
+        let (block, _bg) = typed_ptr::<float8::F8E4M3>(bs, bl, &stream)?;
+        let (global, _gg) = typed_ptr::<f32>(gs, gl, &stream)?;
+        let cfg = LaunchConfig {
+            grid_dim: (pairs.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (pairs64, cols64) = (pairs as i64, cols as i64);
+        macro_rules! launch {
+            ($output:ty, $kernel:literal) => {{
+                let func = function(&dev, &QUANT, $kernel)?;
+                let mut out = output::<$output>(&dev, n)?;
+                if n > 0 {
+                    let mut launch = stream.launch_builder(&func);
+                    launch
+                        .arg(&q)
+                        .arg(&block)
+                        .arg(&global)
+                        .arg(&mut out)
+                        .arg(&pairs64)
+                        .arg(&cols64);
+                    // SAFETY: arguments match the kernel in quant.cu; the codes hold rows * cols
+                    // / 2 bytes, the block scales rows * cols / 16, the output rows * cols.
+                    unsafe { launch.launch(cfg) }.map_err(driver_err("NVFP4 launch"))?;
+                }
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match self.0 {
+            DType::BF16 => launch!(bf16, "dequantize_e2m1_bf16"),
+            DType::F32 => launch!(f32, "dequantize_e2m1_f32"),
+            to => bail!("NVFP4: dequantizes to bf16 or f32, not {to:?}"),
+        };
+        Ok((storage, Shape::from((rows, cols))))
+    }
+}
+
+/// An NVFP4 weight (`packed` u8 `[rows, cols/2]` on CUDA, e4m3 `block_scales` `[rows, cols/16]`,
+/// f32 scalar `global`) in `dtype` (bf16 or f32) (`reference::nvfp4_dequantize`).
+pub fn nvfp4_dequantize(
+    packed: &Tensor,
+    block_scales: &Tensor,
+    global: &Tensor,
+    dtype: DType,
+) -> Result<Tensor> {
+    crate::reference::nvfp4_dims(packed, block_scales)?;
+    packed.contiguous()?.apply_op3_no_bwd(
+        &block_scales.contiguous()?,
+        &global.to_dtype(DType::F32)?.contiguous()?,
+        &Nvfp4Dequantize(dtype),
+    )
+}
+
 /// `w / scale` (bf16 or f32 `[rows, cols]` on CUDA; f32 scale, one value or one per row) in
 /// float8 e4m3, rounded to nearest even and saturated to ±448 (`reference::fp8_quantize`).
 pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {

@@ -385,7 +385,6 @@ mod gpu {
     pub(super) mod ltx2;
     mod pipeline;
 
-    use super::super::model::QuantArg;
     use super::configs::{self, transformer_config};
     use super::*;
     use anyhow::Context;
@@ -696,9 +695,9 @@ mod gpu {
                 let text =
                     Tensor::randn(0f32, 1f32, (1, 512, 4096), &dev)?.to_dtype(DType::BF16)?;
                 let dense_out = match args.quant {
-                    Some(QuantArg::Fp8) => {
+                    Some(quant) => {
                         let out = model.forward(&latents, &timestep, &text, None)?;
-                        videosdgx_engine::models::fp8::quantize_blocks(&mut model)?;
+                        videosdgx_engine::models::quant::quantize_blocks(&mut model, quant.into())?;
                         dev.synchronize()?;
                         Some(out)
                     }

@@ -25,6 +25,7 @@ use videosdgx_engine::finishing::{self, interpolate::Rife, upscale::Upscaler};
 use videosdgx_engine::loader::single_file::{self, OriginalLayout};
 use videosdgx_engine::loader::{ComponentClass, StateDict, component_class};
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
+use videosdgx_engine::models::quant::quantize_blocks;
 use videosdgx_engine::models::{
     autoencoder_kl::AutoencoderKL, clip_text::CLIPTextModel, clip_vision::CLIPVisionModel,
     t5::T5EncoderModel,
@@ -159,12 +160,15 @@ impl From<LoraModeArg> for LoraMode {
 pub enum QuantArg {
     /// float8 e4m3, one scale per output channel.
     Fp8,
+    /// 4-bit e2m1, an e4m3 scale per 16 values and one per tensor (weight-only on Hopper).
+    Nvfp4,
 }
 
 impl From<QuantArg> for Quant {
     fn from(quant: QuantArg) -> Quant {
         match quant {
             QuantArg::Fp8 => Quant::Fp8,
+            QuantArg::Nvfp4 => Quant::Nvfp4,
         }
     }
 }
@@ -599,16 +603,16 @@ fn report(
     Ok(())
 }
 
-/// Opens each `--lora` file; one component takes one strength per LoRA.
 /// Quantizes a diffusion transformer as `--quant` asks, then applies the LoRAs.
 fn adapt(model: &mut impl Adaptable, loras: &[Lora], args: &ForwardArgs) -> Result<()> {
-    if args.quant == Some(QuantArg::Fp8) {
-        videosdgx_engine::models::fp8::quantize_blocks(model)?;
+    if let Some(quant) = args.quant {
+        quantize_blocks(model, quant.into())?;
     }
     model.set_loras(loras, args.lora_mode.into())?;
     Ok(())
 }
 
+/// Opens each `--lora` file; one component takes one strength per LoRA.
 fn open_loras(specs: &[LoraSpec]) -> Result<Vec<Lora>> {
     specs
         .iter()

@@ -249,9 +249,10 @@ impl Checkpoint {
                 found: entry.shape.clone(),
             });
         }
+        // Integer tensors (NVFP4's packed codes, ComfyUI's markers) load only as themselves.
         let stored = DType::try_from(entry.dtype)
             .ok()
-            .filter(|dt| dt.is_float())
+            .filter(|dt| dt.is_float() || *dt == dtype)
             .ok_or_else(|| LoadError::UnsupportedDtype {
                 tensor: name.to_string(),
                 file: path.clone(),

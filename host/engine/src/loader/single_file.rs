@@ -33,8 +33,17 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// The float8 weights' scales beside them (`-fp8` files; ComfyUI's `scale_weight`).
-const SCALE_SUFFIXES: [&str; 3] = [".input_scale", ".weight_scale", ".scale_weight"];
+/// The quantized weights' scales beside them: float8 (`-fp8` files; ComfyUI's `scale_weight`) and
+/// NVFP4 (ModelOpt's and ComfyUI's `weight_scale_2`, LightX2V's global scales; its `alpha` is
+/// dropped by the Wan layout alone, where no parameter has that name).
+const SCALE_SUFFIXES: [&str; 6] = [
+    ".input_scale",
+    ".weight_scale",
+    ".scale_weight",
+    ".weight_scale_2",
+    ".weight_global_scale",
+    ".input_global_scale",
+];
 
 /// The original layouts this module reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +114,7 @@ impl OriginalLayout {
 
     /// Tensors of the file the component's conversion drops: the text connectors inside the
     /// transformer's prefix (diffusers reads them as `LTX2TextConnectors`), the VAE statistics
-    /// that have no diffusers buffer, the float8 weights' scales (read with their weights) and
+    /// that have no diffusers buffer, the quantized weights' scales (read with their weights) and
     /// ComfyUI's quantization markers (`scaled_fp8`, each layer's `comfy_quant`).
     fn dropped(self, key: &str) -> bool {
         SCALE_SUFFIXES.iter().any(|scale| key.ends_with(scale))
@@ -120,6 +129,7 @@ impl OriginalLayout {
                     key.contains("per_channel_statistics.channel")
                         || key.contains("per_channel_statistics.mean-of-stds")
                 }
+                Self::WanTransformer => key.ends_with(".alpha"),
                 _ => false,
             }
     }
@@ -476,7 +486,8 @@ impl SingleFile {
     pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
         let (key, part) = source(self.layout, self.prefix, self.blocks(), name)?;
         let shape = &self.checkpoint.entry(&key)?.shape;
-        let (rows, rest) = shape.split_first()?;
+        // A scalar (a quantized layer's tensor scale) is whole.
+        let (rows, rest) = shape.split_first().unwrap_or((&0, &[]));
         let d = self.width;
         let shape = match part {
             Part::Whole | Part::SwapHalves => shape.clone(),
@@ -831,7 +842,7 @@ impl Mapped {
         if full.elem_count() == 1 && SCALE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             return Ok(full);
         }
-        let rows = full.dim(0)?;
+        let rows = full.dims().first().copied().unwrap_or(0);
         // Parts are copied out: a view would keep the whole fused tensor alive once per part.
         let tensor = match part {
             Part::Whole => full,

@@ -198,16 +198,6 @@ fn check_weights(
         }
     };
     report.tensors = checkpoint.tensors().count();
-    for (tensor, entry) in checkpoint.tensors() {
-        let float = DType::try_from(entry.dtype).is_ok_and(|dt| dt.is_float());
-        if !float && !ignorable(class, tensor) {
-            report.bad_dtypes.push(format!(
-                "{tensor} ({}, {})",
-                entry.dtype,
-                checkpoint.file_path(entry.file).display()
-            ));
-        }
-    }
     // A single file in the original release's names (a downloaded `flux1-dev.safetensors` in
     // `transformer/`) is compared through the names it maps to.
     // An LTX-2 checkpoint is compared through the component of it the class reads.
@@ -249,8 +239,9 @@ fn check_weights(
             return;
         }
     };
-    let mut used = BTreeSet::new();
-    for (tensor, expected) in &requested {
+    // The stored tensors read, with the dtype the model asked for.
+    let mut used = BTreeMap::new();
+    for (tensor, (expected, dtype)) in &requested {
         let found = match &original {
             Some(file) => file
                 .mapped(tensor)
@@ -271,20 +262,34 @@ fn check_weights(
                         found: shape,
                     });
                 }
-                used.insert(key);
+                used.insert(key, *dtype);
             }
+        }
+    }
+    // Floats convert to whatever the model computes in; other dtypes (NVFP4's packed codes) only
+    // serve a model that reads them as they are.
+    for (tensor, entry) in checkpoint.tensors() {
+        let stored = DType::try_from(entry.dtype).ok();
+        let readable = stored.is_some_and(|dt| dt.is_float() || used.get(tensor) == Some(&dt));
+        if !readable && !ignorable(class, tensor) {
+            report.bad_dtypes.push(format!(
+                "{tensor} ({}, {})",
+                entry.dtype,
+                checkpoint.file_path(entry.file).display()
+            ));
         }
     }
     report.unexpected = stored
         .into_iter()
-        .filter(|t| !used.contains(t) && !ignorable(class, t))
+        .filter(|t| !used.contains_key(t) && !ignorable(class, t))
         .collect();
 }
 
 /// Stored tensors the reference also ignores when loading.
 fn ignorable(class: ComponentClass, tensor: &str) -> bool {
-    // ComfyUI's per-layer quantization metadata (JSON bytes), read by no model.
-    if tensor.ends_with(".comfy_quant") {
+    // ComfyUI's per-layer quantization metadata (JSON bytes), read by no model, and quantized
+    // layers' activation scales, which weight-only products do not read.
+    if tensor.ends_with(".comfy_quant") || tensor.ends_with(".input_scale") {
         return true;
     }
     match class {
@@ -312,7 +317,7 @@ fn build_with(
     dir: &Path,
     class: ComponentClass,
     recorder: Recorder,
-) -> anyhow::Result<BTreeMap<String, Vec<usize>>> {
+) -> anyhow::Result<BTreeMap<String, (Vec<usize>, DType)>> {
     let recorder = std::sync::Arc::new(recorder);
     let vb = VarBuilder::from_backend(
         Box::new(SharedRecorder(recorder.clone())),
@@ -404,7 +409,8 @@ struct Recorder {
     checkpoint: Arc<Checkpoint>,
     /// The stored file in the original names, if it is one: `contains_tensor` answers through it.
     original: Option<Arc<SingleFile>>,
-    requested: Mutex<BTreeMap<String, Vec<usize>>>,
+    /// Each tensor asked for: its shape and dtype.
+    requested: Mutex<BTreeMap<String, (Vec<usize>, DType)>>,
 }
 
 struct SharedRecorder(std::sync::Arc<Recorder>);
@@ -422,7 +428,7 @@ impl SimpleBackend for SharedRecorder {
             .requested
             .lock()
             .expect("recorder lock")
-            .insert(name.to_string(), shape.dims().to_vec());
+            .insert(name.to_string(), (shape.dims().to_vec(), dtype));
         // A zero-stride view: the right shape, one element of memory.
         Tensor::zeros((), dtype, device)?.broadcast_as(shape)
     }

@@ -454,9 +454,9 @@ impl LoraState {
                 let weight_name = format!("{name}.weight");
                 let mut merged = Vec::new();
                 let mut adapters = Vec::new();
-                // An FP8 layer takes low-rank LoRAs as side paths whatever the mode: merged, a
-                // LoRA's small changes would mostly round away in float8.
-                let fp8 = linear.fp8().is_some();
+                // A quantized layer takes low-rank LoRAs as side paths whatever the mode: merged,
+                // a LoRA's small changes would mostly round away in float8 or 4 bits.
+                let quantized = linear.dense_weight().is_none();
                 for delta in plans.get(&weight_name).into_iter().flatten() {
                     match delta {
                         Delta::LowRank {
@@ -464,15 +464,16 @@ impl LoraState {
                             down,
                             up,
                             scale,
-                        } if mode == LoraMode::Runtime || fp8 => {
+                        } if mode == LoraMode::Runtime || quantized => {
                             adapters.push(side_path(&loras[*lora].file, down, up, *scale, linear)?)
                         }
-                        Delta::Full { lora, key, .. } if fp8 => {
+                        Delta::Full { lora, key, .. } if quantized => {
                             return Err(LoraError::Unsupported {
                                 path: loras[*lora].file.path().to_path_buf(),
                                 reason: format!(
                                     "`{key}` is a whole-weight change, which cannot merge into \
-                                     `{weight_name}`, kept in FP8 (load the model without FP8)"
+                                     `{weight_name}`, kept quantized (load the model without \
+                                     quantization)"
                                 ),
                             });
                         }

@@ -3,7 +3,6 @@
 //! per tensor or per output channel) and as `--quant fp8` makes them from a bf16 checkpoint at
 //! load (per output channel). The layer holds one byte a weight; the value is `data · scale`.
 
-use crate::lora::{Adaptable, LoraError, Weight};
 use candle_core::{D, DType, Result, Tensor};
 
 /// The largest finite e4m3 value.
@@ -67,30 +66,4 @@ impl Fp8Weight {
     pub fn scale(&self) -> &Tensor {
         &self.scale
     }
-}
-
-/// Keeps every linear layer of `model`'s repeated blocks (`blocks.N`, `transformer_blocks.N`,
-/// `single_transformer_blocks.N`: nearly all of a transformer's weights) in FP8 with one scale per
-/// output channel, as `--quant fp8` asks; the embeddings, norms and output head stay as loaded.
-/// Layer by layer, so memory peaks at the loaded model plus one layer. Returns how many layers
-/// were quantized.
-pub fn quantize_blocks(model: &mut dyn Adaptable) -> std::result::Result<usize, LoraError> {
-    let class = model.class_name();
-    let mut layers = 0;
-    model.visit_weights(&mut |weight| {
-        if let Weight::Linear(linear) = weight
-            && linear
-                .name()
-                .split('.')
-                .any(|part| part.ends_with("blocks"))
-        {
-            linear.quantize_fp8().map_err(|source| LoraError::Tensor {
-                path: format!("{class} ({})", linear.name()).into(),
-                source,
-            })?;
-            layers += 1;
-        }
-        Ok(())
-    })?;
-    Ok(layers)
 }

@@ -2,10 +2,12 @@
 //! LoRAs applied at run time add to it ([`crate::lora`]). It remembers the checkpoint name it was
 //! loaded under, so that a LoRA key can find it. The fused dispatch points take it as it is; a
 //! layer with side paths always runs the portable matmul, never a fused epilogue that would skip
-//! them. Its weight is dense, or float8 with a scale ([`Fp8Weight`]): an FP8 checkpoint's layers
-//! stay FP8 in memory and are dequantized for each product.
+//! them. Its weight is dense, float8 with a scale ([`Fp8Weight`]) or NVFP4 ([`Nvfp4Weight`]): a
+//! quantized checkpoint's layers stay quantized in memory and are dequantized for each product.
 
 use super::fp8::Fp8Weight;
+use super::nvfp4::{Nvfp4Layout, Nvfp4Weight};
+use super::quant::Quant;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::borrow::Cow;
@@ -37,6 +39,11 @@ enum Stored {
         weight: Fp8Weight,
         dtype: DType,
     },
+    /// NVFP4; products run in `dtype`, the model's.
+    Nvfp4 {
+        weight: Nvfp4Weight,
+        dtype: DType,
+    },
 }
 
 /// `nn.Linear` with its checkpoint name and optional low-rank side paths.
@@ -53,11 +60,18 @@ pub struct Linear {
 const FP8_SCALE_NAMES: [&str; 2] = ["weight_scale", "scale_weight"];
 
 /// `nn.Linear(in_dim, out_dim, bias)` with the checkpoint's `weight` (`[out, in]`) and `bias` under
-/// the prefix of `vb`, which becomes the layer's name. A weight stored in float8 beside its scale
-/// is kept in float8.
+/// the prefix of `vb`, which becomes the layer's name. A weight stored in NVFP4, or in float8
+/// beside its scale, is kept so.
 pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = match FP8_SCALE_NAMES.iter().find(|n| vb.contains_tensor(n)) {
-        Some(scale_name) => {
+    let fp8_scale = FP8_SCALE_NAMES.iter().find(|n| vb.contains_tensor(n));
+    let weight = match (Nvfp4Layout::of(&vb), fp8_scale) {
+        (Some(layout), _) => Stored::Nvfp4 {
+            weight: Nvfp4Weight::load(layout, in_dim, out_dim, &vb).map_err(|err| {
+                candle_core::Error::msg(format!("{} ({layout:?} NVFP4): {err}", vb.prefix()))
+            })?,
+            dtype: vb.dtype(),
+        },
+        (None, Some(scale_name)) => {
             let data = vb.get_with_hints_dtype(
                 (out_dim, in_dim),
                 "weight",
@@ -73,7 +87,7 @@ pub(crate) fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) 
                 dtype: vb.dtype(),
             }
         }
-        None => Stored::Dense(vb.get((out_dim, in_dim), "weight")?),
+        (None, None) => Stored::Dense(vb.get((out_dim, in_dim), "weight")?),
     };
     let bias = if bias {
         Some(vb.get(out_dim, "bias")?)
@@ -94,11 +108,13 @@ impl Linear {
         &self.name
     }
 
-    /// The weight as the products use it: the dense tensor, or the FP8 weight dequantized.
+    /// The weight as the products use it: the dense tensor, or the quantized weight
+    /// dequantized.
     pub fn weight(&self) -> Result<Cow<'_, Tensor>> {
         match &self.weight {
             Stored::Dense(w) => Ok(Cow::Borrowed(w)),
             Stored::Fp8 { weight, dtype } => weight.dequantize(*dtype).map(Cow::Owned),
+            Stored::Nvfp4 { weight, dtype } => weight.dequantize(*dtype).map(Cow::Owned),
         }
     }
 
@@ -106,7 +122,7 @@ impl Linear {
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match &self.weight {
             Stored::Dense(w) => Some(w),
-            Stored::Fp8 { .. } => None,
+            Stored::Fp8 { .. } | Stored::Nvfp4 { .. } => None,
         }
     }
 
@@ -114,7 +130,15 @@ impl Linear {
     pub fn fp8(&self) -> Option<&Fp8Weight> {
         match &self.weight {
             Stored::Fp8 { weight, .. } => Some(weight),
-            Stored::Dense(_) => None,
+            Stored::Dense(_) | Stored::Nvfp4 { .. } => None,
+        }
+    }
+
+    /// The NVFP4 weight, where the layer keeps one.
+    pub fn nvfp4(&self) -> Option<&Nvfp4Weight> {
+        match &self.weight {
+            Stored::Nvfp4 { weight, .. } => Some(weight),
+            Stored::Dense(_) | Stored::Fp8 { .. } => None,
         }
     }
 
@@ -123,6 +147,7 @@ impl Linear {
         match &self.weight {
             Stored::Dense(w) => w.dims(),
             Stored::Fp8 { weight, .. } => weight.dims(),
+            Stored::Nvfp4 { weight, .. } => weight.dims(),
         }
     }
 
@@ -130,7 +155,7 @@ impl Linear {
     pub fn dtype(&self) -> DType {
         match &self.weight {
             Stored::Dense(w) => w.dtype(),
-            Stored::Fp8 { dtype, .. } => *dtype,
+            Stored::Fp8 { dtype, .. } | Stored::Nvfp4 { dtype, .. } => *dtype,
         }
     }
 
@@ -138,6 +163,7 @@ impl Linear {
         match &self.weight {
             Stored::Dense(w) => w.device(),
             Stored::Fp8 { weight, .. } => weight.data().device(),
+            Stored::Nvfp4 { weight, .. } => weight.packed().device(),
         }
     }
 
@@ -145,16 +171,28 @@ impl Linear {
         self.bias.as_ref()
     }
 
-    /// Keeps the weight in float8 with one scale per output channel (`--quant fp8`); an FP8
-    /// layer stays as it is.
-    pub fn quantize_fp8(&mut self) -> Result<()> {
-        if let Stored::Dense(w) = &self.weight {
-            self.weight = Stored::Fp8 {
+    /// Keeps a dense weight in `quant` (`--quant`): float8 with one scale per output channel, or
+    /// NVFP4 where the input width is a multiple of 16. Returns whether the layer changed; a
+    /// quantized layer stays as it is.
+    pub fn quantize(&mut self, quant: Quant) -> Result<bool> {
+        let Stored::Dense(w) = &self.weight else {
+            return Ok(false);
+        };
+        let dtype = w.dtype();
+        self.weight = match quant {
+            Quant::Fp8 => Stored::Fp8 {
                 weight: Fp8Weight::quantize(w)?,
-                dtype: w.dtype(),
-            };
-        }
-        Ok(())
+                dtype,
+            },
+            Quant::Nvfp4 if w.dim(1)? % videosdgx_kernels::reference::NVFP4_BLOCK == 0 => {
+                Stored::Nvfp4 {
+                    weight: Nvfp4Weight::quantize(w)?,
+                    dtype,
+                }
+            }
+            Quant::Nvfp4 => return Ok(false),
+        };
+        Ok(true)
     }
 
     /// The side paths added to the output, in the order they were attached.

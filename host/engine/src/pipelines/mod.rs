@@ -10,6 +10,7 @@
 
 mod noise;
 
+pub use crate::models::quant::Quant;
 pub use noise::initial_noise;
 
 use crate::families::flux::pipeline::FluxPipeline;
@@ -533,22 +534,6 @@ fn ltx2_capabilities(start_image: StartImage) -> Capabilities {
 }
 
 /// A model directory's pipeline, whatever its family.
-/// A weight format a pipeline's transformers can be quantized to at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quant {
-    /// float8 e4m3, one scale per output channel ([`crate::models::fp8`]).
-    Fp8,
-}
-
-impl std::fmt::Display for Quant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Quant::Fp8 => "FP8",
-        })
-    }
-}
-
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
     Flux(Box<FluxPipeline>),
@@ -727,10 +712,9 @@ impl Pipeline {
     }
 
     /// Keeps the linear layers of the transformers' blocks in `quant` (`--quant fp8`: about half
-    /// their bf16 memory, each product dequantizing its layer). LoRAs then join those layers as
-    /// side paths. Returns how many layers were quantized.
+    /// their bf16 memory; `nvfp4`: 0.28×; each product dequantizing its layer). LoRAs then join
+    /// those layers as side paths. Returns how many layers were quantized.
     pub fn quantize(&mut self, quant: Quant) -> anyhow::Result<usize> {
-        let Quant::Fp8 = quant;
         let transformers: Vec<&mut dyn Adaptable> = match self {
             Pipeline::Wan(wan) => wan.transformers(),
             Pipeline::Flux(flux) => vec![flux.transformer()],
@@ -739,7 +723,7 @@ impl Pipeline {
         };
         let mut layers = 0;
         for model in transformers {
-            layers += crate::models::fp8::quantize_blocks(model)?;
+            layers += crate::models::quant::quantize_blocks(model, quant)?;
         }
         Ok(layers)
     }

@@ -176,8 +176,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     let mut transformer =
         WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
             .context("building the transformer")?;
-    if args.quant.is_some() {
-        videosdgx_engine::models::fp8::quantize_blocks(&mut transformer)?;
+    if let Some(quant) = args.quant {
+        videosdgx_engine::models::quant::quantize_blocks(&mut transformer, quant)?;
     }
     let vae =
         AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;

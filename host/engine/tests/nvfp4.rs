@@ -1,0 +1,249 @@
+//! NVFP4 weights on the tiny Wan transformer (tests/fixtures/make_nvfp4_fixtures.py): the three
+//! layouts in circulation (ModelOpt, ComfyUI, LightX2V) load into one form, stay 4-bit in memory
+//! and match diffusers run on their dequantized weights; quantizing at load (`--quant nvfp4`)
+//! reproduces ModelOpt's bytes; LoRAs join NVFP4 layers as side paths; malformed layers are
+//! refused by name.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
+use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, Weight};
+use videosdgx_engine::models::nvfp4::Nvfp4Weight;
+use videosdgx_engine::models::quant::{Quant, quantize_blocks};
+use videosdgx_engine::models::relative_error;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn nvfp4_fixture(file: &str) -> PathBuf {
+    fixtures().join("components/wan_t2v_nvfp4").join(file)
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn load(dir: &Path) -> WanTransformer3DModel {
+    WanTransformer3DModel::load(dir, &Device::Cpu, DType::F32).unwrap()
+}
+
+fn forward(model: &WanTransformer3DModel, inputs: &Path) -> Tensor {
+    let t = tensors(inputs);
+    model
+        .forward(
+            &t["hidden_states"],
+            &t["timestep"],
+            &t["encoder_hidden_states"],
+            None,
+        )
+        .unwrap()
+}
+
+fn component_inputs() -> PathBuf {
+    fixtures().join("components/wan_t2v/inputs.safetensors")
+}
+
+/// Every NVFP4 layer by name, and how many linear layers stay dense.
+fn nvfp4_layers(model: &mut WanTransformer3DModel) -> (Vec<(String, Nvfp4Weight)>, usize) {
+    let (mut quantized, mut dense) = (Vec::new(), 0);
+    model
+        .visit_weights(&mut |w| {
+            if let Weight::Linear(linear) = w {
+                match linear.nvfp4() {
+                    Some(q) => quantized.push((linear.name().to_string(), q.clone())),
+                    None => dense += 1,
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    (quantized, dense)
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all()?.to_vec1())
+        .unwrap()
+}
+
+/// Two blocks of q, k, v, out for two attentions and the feed-forward's first layer; its second
+/// (input width 40, not a multiple of 16) stays dense.
+const LAYERS: usize = 18;
+
+#[test]
+fn each_nvfp4_layout_stays_4_bit_and_matches_diffusers_on_its_dequantized_weights() {
+    let outputs = tensors(&nvfp4_fixture("outputs.safetensors"));
+    for (dir, expected) in [
+        ("modelopt", "modelopt"),
+        ("original/wan_t2v_nvfp4_comfy", "modelopt"),
+        ("original/wan_t2v_nvfp4_lightx2v", "lightx2v"),
+        ("original/wan_t2v_nvfp4_lightx2v_alpha", "lightx2v_alpha"),
+    ] {
+        let mut model = load(&nvfp4_fixture(dir));
+        let (layers, dense) = nvfp4_layers(&mut model);
+        assert_eq!(layers.len(), LAYERS, "{dir}: NVFP4 layers");
+        assert!(
+            dense > 0,
+            "{dir}: the embeddings, the head and ffn.2 stay dense"
+        );
+        for (name, weight) in &layers {
+            let [out, inner] = [weight.dims()[0], weight.dims()[1]];
+            assert_eq!(weight.packed().dtype(), DType::U8, "{dir} {name}");
+            assert_eq!(
+                weight.packed().dims(),
+                [out, inner / 2],
+                "{dir} {name}: unpadded"
+            );
+            assert_eq!(
+                weight.block_scales().dims(),
+                [out, inner / 16],
+                "{dir} {name}"
+            );
+        }
+        let sample = forward(&model, &component_inputs());
+        let err = relative_error(&sample, &outputs[expected]).unwrap();
+        assert!(err <= 1e-4, "{dir}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn quantizing_at_load_reproduces_modelopt_bytes_and_its_checkpoint() {
+    let mut model = load(&fixtures().join("components/wan_t2v/model"));
+    assert_eq!(quantize_blocks(&mut model, Quant::Nvfp4).unwrap(), LAYERS);
+    let expected = tensors(&nvfp4_fixture("quantized.safetensors"));
+    let (layers, _) = nvfp4_layers(&mut model);
+    for (name, weight) in &layers {
+        let packed = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        assert_eq!(
+            packed(weight.packed()),
+            packed(&expected[&format!("{name}.weight")]),
+            "{name}: the packed codes"
+        );
+        assert_eq!(
+            values(weight.block_scales()),
+            values(&expected[&format!("{name}.weight_scale")]),
+            "{name}: the block scales"
+        );
+        assert_eq!(
+            values(weight.global()),
+            values(&expected[&format!("{name}.weight_scale_2")]),
+            "{name}: the tensor scale"
+        );
+    }
+    let outputs = tensors(&nvfp4_fixture("outputs.safetensors"));
+    let err = relative_error(&forward(&model, &component_inputs()), &outputs["modelopt"]).unwrap();
+    assert!(err <= 1e-4, "quantized at load: relative error {err:e}");
+    // Already-quantized layers are left alone.
+    assert_eq!(quantize_blocks(&mut model, Quant::Nvfp4).unwrap(), 0);
+}
+
+#[test]
+fn loras_join_nvfp4_layers_as_side_paths() {
+    let dir = fixtures().join("tiny-wan-t2v/transformer");
+    let inputs = fixtures().join("lora/inputs_t2v.safetensors");
+    let peft = Lora {
+        file: Arc::new(LoraFile::open(&fixtures().join("lora/peft.safetensors")).unwrap()),
+        strength: 0.8,
+    };
+    let mut model = load(&dir);
+    assert!(quantize_blocks(&mut model, Quant::Nvfp4).unwrap() > 0);
+    let plain = forward(&model, &inputs);
+    model
+        .set_loras(std::slice::from_ref(&peft), LoraMode::Merge)
+        .unwrap();
+    let merged = forward(&model, &inputs);
+    model.set_loras(&[peft], LoraMode::Runtime).unwrap();
+    let runtime = forward(&model, &inputs);
+    assert!(
+        relative_error(&plain, &merged).unwrap() > 1e-2,
+        "the LoRA applies"
+    );
+    let err = relative_error(&merged, &runtime).unwrap();
+    assert!(
+        err <= 1e-6,
+        "merge mode on NVFP4 layers is the side path: {err:e}"
+    );
+}
+
+/// The ModelOpt checkpoint with `change` applied, in a temporary directory.
+fn altered_modelopt(change: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        nvfp4_fixture("modelopt/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let mut state = tensors(&nvfp4_fixture(
+        "modelopt/diffusion_pytorch_model.safetensors",
+    ));
+    change(&mut state);
+    candle_core::safetensors::save(
+        &state,
+        tmp.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    tmp
+}
+
+#[test]
+fn malformed_nvfp4_layers_are_refused_by_name() {
+    let q = "blocks.0.attn1.to_q";
+    let cases: Vec<(Box<dyn FnOnce(&mut HashMap<String, Tensor>)>, &str)> = vec![
+        (
+            Box::new(|s| {
+                s.insert(
+                    format!("{q}.weight_scale"),
+                    Tensor::ones((32, 3), DType::F32, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(DType::F8E4M3)
+                        .unwrap(),
+                );
+            }),
+            "weight_scale",
+        ),
+        (
+            Box::new(|s| {
+                s.insert(
+                    format!("{q}.weight_scale_2"),
+                    Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+                );
+            }),
+            "2 tensor scales",
+        ),
+        (
+            Box::new(|s| {
+                s.insert(
+                    format!("{q}.weight"),
+                    Tensor::zeros((32, 32), DType::U8, &Device::Cpu).unwrap(),
+                );
+            }),
+            "weight",
+        ),
+    ];
+    for (change, says) in cases {
+        let dir = altered_modelopt(change);
+        let err = WanTransformer3DModel::load(dir.path(), &Device::Cpu, DType::F32)
+            .err()
+            .expect("a malformed layer");
+        let err = format!("{err:#}");
+        assert!(err.contains(q) && err.contains(says), "{says}: {err}");
+    }
+}
+
+#[test]
+fn models_verify_accepts_nvfp4_checkpoints() {
+    for dir in [
+        "modelopt",
+        "original/wan_t2v_nvfp4_comfy",
+        "original/wan_t2v_nvfp4_lightx2v",
+        "original/wan_t2v_nvfp4_lightx2v_alpha",
+    ] {
+        let report = videosdgx_engine::loader::verify(&nvfp4_fixture(dir)).unwrap();
+        for component in &report.components {
+            assert!(component.is_ok(), "{dir}: {component:?}");
+        }
+    }
+}
