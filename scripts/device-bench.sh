@@ -28,8 +28,9 @@
 # times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings. Then
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
-# wan14fp8 (on request): the 14B forward with the blocks' linear layers kept in FP8 (dequantized per product),
-# its device memory and its output's error against the bf16 forward of the same random weights.
+# wan14fp8, wan14nvfp4 (on request): the 14B forward with the blocks' linear layers kept in FP8 or NVFP4
+# (dequantized per product), its device memory and its output's error against the bf16 forward of the same
+# random weights.
 # pipe14distill, pipe14distillfp8 (on request): the whole Wan 2.1 14B generation at 480x832x81 on the 4-step
 # distilled schedule (text encoding, 4 steps without guidance, decode), in bf16 and with FP8 block weights: the
 # fast-paths issue's headline run, from random weights.
@@ -162,7 +163,8 @@ for step in "${STEPS[@]}"; do
       STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/ltx2_reference.py" --component "$component" \
         "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
-    wan14fp8) run wan14fp8 "$BIN" bench wan --preset wan2.1-14b --component transformer --quant fp8 --json ;;
+    wan14fp8 | wan14nvfp4) run "$step" "$BIN" bench wan --preset wan2.1-14b --component transformer \
+      --quant "${step#wan14}" --json ;;
     pipe14distill | pipe14distillfp8)
       quant=()
       [[ $step == *fp8 ]] && quant=(--quant fp8)

@@ -1017,7 +1017,7 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
     let reference = |file: &str| dir.join("reference").join(file);
     let tmp = tempfile::tempdir().unwrap();
     let tensor = tmp.path().join("out.safetensors");
-    let run = |width: &str| {
+    let run_with = |width: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_videosdgx"))
             .args(["generate", "--model", dir.to_str().unwrap()])
             .arg("--upsampler")
@@ -1025,6 +1025,7 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
             .args([
                 "--height", "64", "--width", width, "--frames", "5", "--seed", "3",
             ])
+            .args(extra)
             .args(["--steps", "2", "--guidance", "3", "--json"])
             .arg("--prompt-embeds")
             .arg(reference("prompt_embeds.safetensors"))
@@ -1035,6 +1036,7 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
             .output()
             .unwrap()
     };
+    let run = |width: &str| run_with(width, &[]);
     let out = run("64");
     assert!(
         out.status.success(),
@@ -1054,6 +1056,24 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("multiples of 32"), "{stderr}");
+
+    // A LoRA for the refinement alone is recorded apart from the generation's own.
+    let lora = dir.join("lora/peft.safetensors");
+    let refine = format!("{}:0.8", lora.display());
+    let out = run_with("64", &["--refine-lora", &refine]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["loras"], serde_json::Value::Null, "{record}");
+    assert_eq!(record["refine_loras"][0]["strength"], 0.8, "{record}");
+    assert_eq!(
+        record["refine_loras"][0]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{record}"
+    );
 }
 
 #[test]
@@ -1108,9 +1128,9 @@ fn an_output_that_is_not_a_regular_file_is_refused_before_anything_runs() {
 }
 
 #[test]
-fn fp8_weights_generate_close_to_bf16_and_the_record_says_so() {
+fn quantized_weights_generate_close_to_full_precision_and_the_record_says_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dense, fp8) = (tmp.path().join("dense.st"), tmp.path().join("fp8.st"));
+    let dense = tmp.path().join("dense.st");
     let mp4 = tmp.path().join("clip.mp4");
     let run = |saved: &Path, extra: &[&str]| {
         let mut args = vec!["--save-tensor", saved.to_str().unwrap(), "--json"];
@@ -1125,15 +1145,20 @@ fn fp8_weights_generate_close_to_bf16_and_the_record_says_so() {
     };
     let record = run(&dense, &[]);
     assert_eq!(record["params"]["quant"], serde_json::Value::Null);
-    let record = run(&fp8, &["--quant", "fp8", "--out", mp4.to_str().unwrap()]);
-    assert_eq!(record["params"]["quant"], "fp8");
-    let err = rel_err(&video(&fp8), &video(&dense));
-    assert!(
-        err > 0.0 && err <= 5e-2,
-        "FP8 against f32 weights: relative error {err:e}"
-    );
-    let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
-    assert_eq!(decoded.metadata["generate"]["quant"], "fp8");
+    // 3 mantissa bits against 1: NVFP4 strays further.
+    for (quant, bound) in [("fp8", 5e-2), ("nvfp4", 2.5e-1)] {
+        let saved = tmp.path().join(format!("{quant}.st"));
+        let record = run(&saved, &["--quant", quant, "--out", mp4.to_str().unwrap()]);
+        assert_eq!(record["params"]["quant"], quant);
+        let err = rel_err(&video(&saved), &video(&dense));
+        eprintln!("{quant} against f32 weights: relative error {err:e}");
+        assert!(
+            err > 0.0 && err <= bound,
+            "{quant} against f32 weights: relative error {err:e}"
+        );
+        let decoded = videosdgx_engine::video::read_mp4(&mp4).unwrap();
+        assert_eq!(decoded.metadata["generate"]["quant"], quant);
+    }
 }
 
 #[test]

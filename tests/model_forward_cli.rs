@@ -689,29 +689,35 @@ fn generate_text_writes_transformers_greedy_sequences() {
 }
 
 #[test]
-fn model_forward_quantizes_a_transformer_to_fp8_at_load_as_pytorch_does() {
+fn model_forward_quantizes_a_transformer_at_load_as_pytorch_does() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sample.safetensors");
-    let result = forward(
-        &fixture("wan_t2v").join("model"),
-        &fixture("wan_t2v").join("inputs.safetensors"),
-        &out,
-        &["--quant", "fp8"],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let expected = candle_core::safetensors::load(
-        fixture("wan_t2v_fp8").join("outputs.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    // The checkpoint PyTorch quantized the same way, run on its dequantized weights.
-    let err = relative_error(&got["sample"], &expected["per_channel"]);
-    assert!(err <= 1e-4, "relative error {err:e}");
+    // The checkpoint PyTorch quantized the same way (per channel; ModelOpt's NVFP4), run on its
+    // dequantized weights.
+    for (quant, fixtures, expected) in [
+        ("fp8", "wan_t2v_fp8", "per_channel"),
+        ("nvfp4", "wan_t2v_nvfp4", "modelopt"),
+    ] {
+        let result = forward(
+            &fixture("wan_t2v").join("model"),
+            &fixture("wan_t2v").join("inputs.safetensors"),
+            &out,
+            &["--quant", quant],
+        );
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let outputs = candle_core::safetensors::load(
+            fixture(fixtures).join("outputs.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let err = relative_error(&got["sample"], &outputs[expected]);
+        assert!(err <= 1e-4, "{quant}: relative error {err:e}");
+    }
 
     let refused = forward(
         &fixture("umt5").join("model"),
@@ -724,4 +730,29 @@ fn model_forward_quantizes_a_transformer_to_fp8_at_load_as_pytorch_does() {
         line.contains("--quant") && line.contains("UMT5EncoderModel"),
         "{line}"
     );
+}
+
+#[test]
+fn model_forward_runs_an_nvfp4_file_as_comfyui_stores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sample.safetensors");
+    let result = forward(
+        &fixture("wan_t2v_nvfp4").join("original/wan_t2v_nvfp4_comfy"),
+        &fixture("wan_t2v").join("inputs.safetensors"),
+        &out,
+        &[],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let outputs = candle_core::safetensors::load(
+        fixture("wan_t2v_nvfp4").join("outputs.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = relative_error(&got["sample"], &outputs["modelopt"]);
+    assert!(err <= 1e-4, "relative error {err:e}");
 }

@@ -382,7 +382,7 @@ pub(crate) fn nvfp4_dims(packed: &Tensor, block_scales: &Tensor) -> Result<(usiz
     let cols = 2 * half;
     if packed.dtype() != DType::U8
         || block_scales.dtype() != DType::F8E4M3
-        || cols % NVFP4_BLOCK != 0
+        || !cols.is_multiple_of(NVFP4_BLOCK)
         || block_scales.dims() != [rows, cols / NVFP4_BLOCK]
     {
         bail!(

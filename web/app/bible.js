@@ -80,10 +80,12 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     h('option', { value: 'teacache' }, 'TeaCache'),
     h('option', { value: 'magcache' }, 'MagCache'),
     h('option', { value: 'easycache' }, 'EasyCache'));
-  // FP8 block weights: about half the video model's memory, a little fidelity.
+  // Quantized block weights: FP8 about half the video model's memory, NVFP4 a little over a
+  // quarter, each for a little fidelity.
   const quant = h('select', { id: 'render-quant', onchange: changed },
     h('option', { value: '' }, 'As stored'),
-    h('option', { value: 'fp8' }, 'FP8'));
+    h('option', { value: 'fp8' }, 'FP8'),
+    h('option', { value: 'nvfp4' }, 'NVFP4'));
   const render = {
     width: renderInput('width', { min: 16, max: 2048, step: 16 }),
     height: renderInput('height', { min: 16, max: 2048, step: 16 }),

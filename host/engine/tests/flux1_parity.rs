@@ -215,6 +215,7 @@ fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateP
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        refine_loras: Vec::new(),
         cache: None,
         quant: None,
         references,

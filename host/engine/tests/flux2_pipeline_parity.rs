@@ -45,6 +45,7 @@ fn params(guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        refine_loras: Vec::new(),
         cache: None,
         quant: None,
         references,

@@ -168,8 +168,8 @@ fn loras_join_nvfp4_layers_as_side_paths() {
     );
 }
 
-/// The ModelOpt checkpoint with `change` applied, in a temporary directory.
-fn altered_modelopt(change: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
+/// The ModelOpt checkpoint with tensor `name` replaced, in a temporary directory.
+fn altered_modelopt(name: &str, tensor: Tensor) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(
         nvfp4_fixture("modelopt/config.json"),
@@ -179,7 +179,7 @@ fn altered_modelopt(change: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfi
     let mut state = tensors(&nvfp4_fixture(
         "modelopt/diffusion_pytorch_model.safetensors",
     ));
-    change(&mut state);
+    state.insert(name.to_string(), tensor);
     candle_core::safetensors::save(
         &state,
         tmp.path().join("diffusion_pytorch_model.safetensors"),
@@ -191,41 +191,26 @@ fn altered_modelopt(change: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfi
 #[test]
 fn malformed_nvfp4_layers_are_refused_by_name() {
     let q = "blocks.0.attn1.to_q";
-    let cases: Vec<(Box<dyn FnOnce(&mut HashMap<String, Tensor>)>, &str)> = vec![
+    let cpu = &Device::Cpu;
+    let three_blocks = Tensor::ones((32, 3), DType::F32, cpu)
+        .unwrap()
+        .to_dtype(DType::F8E4M3)
+        .unwrap();
+    for (tensor, replacement, says) in [
+        ("weight_scale", three_blocks, "weight_scale"),
         (
-            Box::new(|s| {
-                s.insert(
-                    format!("{q}.weight_scale"),
-                    Tensor::ones((32, 3), DType::F32, &Device::Cpu)
-                        .unwrap()
-                        .to_dtype(DType::F8E4M3)
-                        .unwrap(),
-                );
-            }),
-            "weight_scale",
-        ),
-        (
-            Box::new(|s| {
-                s.insert(
-                    format!("{q}.weight_scale_2"),
-                    Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
-                );
-            }),
+            "weight_scale_2",
+            Tensor::ones(2, DType::F32, cpu).unwrap(),
             "2 tensor scales",
         ),
         (
-            Box::new(|s| {
-                s.insert(
-                    format!("{q}.weight"),
-                    Tensor::zeros((32, 32), DType::U8, &Device::Cpu).unwrap(),
-                );
-            }),
+            "weight",
+            Tensor::zeros((32, 32), DType::U8, cpu).unwrap(),
             "weight",
         ),
-    ];
-    for (change, says) in cases {
-        let dir = altered_modelopt(change);
-        let err = WanTransformer3DModel::load(dir.path(), &Device::Cpu, DType::F32)
+    ] {
+        let dir = altered_modelopt(&format!("{q}.{tensor}"), replacement);
+        let err = WanTransformer3DModel::load(dir.path(), cpu, DType::F32)
             .err()
             .expect("a malformed layer");
         let err = format!("{err:#}");

@@ -72,6 +72,7 @@ fn params() -> GenerateParams {
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        refine_loras: Vec::new(),
         cache: None,
         quant: None,
         references: Vec::new(),

@@ -70,6 +70,7 @@ fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        refine_loras: Vec::new(),
         cache,
         quant: None,
         references: Vec::new(),

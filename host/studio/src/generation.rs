@@ -98,8 +98,8 @@ pub struct RenderSettings {
     /// barely changes (`videosdgx_engine::schedulers::step_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
-    /// The video model's block weights kept in this format (`fp8`: about half the memory; the
-    /// engine's `--quant`); as loaded when absent.
+    /// The video model's block weights kept in this format (`fp8`: about half the memory,
+    /// `nvfp4`: 0.28×; the engine's `--quant`); as loaded when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "fp8")]
     pub quant: Option<Quant>,
@@ -326,6 +326,7 @@ impl Generator {
                         denoising_steps: None,
                         loras: request.loras.iter().map(|l| l.spec(app)).collect(),
                         lora_mode: Default::default(),
+                        refine_loras: Vec::new(),
                         cache: request.render.cache_spec()?,
                         quant: request.render.quant,
                         references: Vec::new(),

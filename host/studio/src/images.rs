@@ -139,6 +139,7 @@ impl Generator {
             denoising_steps: None,
             loras: request.loras.iter().map(|l| l.spec(app)).collect(),
             lora_mode: Default::default(),
+            refine_loras: Vec::new(),
             cache: None,
             quant: None,
             references: references.into_iter().map(ImageInput::Path).collect(),

@@ -118,6 +118,15 @@ pub struct GenerateArgs {
     /// folder or a `latent_upsampler` folder), then refined with the distilled stage-2 sigmas.
     #[arg(long, value_name = "DIR")]
     pub upsampler: Option<PathBuf>,
+    /// LTX-2's two-stage generation: a LoRA added for the refinement alone, FILE[:STRENGTH] (1 by
+    /// default): the published workflow refines a dev checkpoint with its distilled LoRA
+    /// (`ltx-2-19b-distilled-lora-384.safetensors`). Repeatable.
+    #[arg(
+        long = "refine-lora",
+        value_name = "FILE[:STRENGTH]",
+        requires = "upsampler"
+    )]
+    pub refine_loras: Vec<LoraSpec>,
     /// LTX-2: mixes this much fresh noise into --latents/--audio-latents before denoising them
     /// (the reference's `noise_scale`; 0 by default, with --condition the first sigma or 1).
     #[arg(long, value_name = "SCALE", requires = "latents")]
@@ -271,6 +280,7 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         denoising_steps: None,
         loras: args.loras.clone(),
         lora_mode: args.lora_mode.into(),
+        refine_loras: args.refine_loras.clone(),
         cache: args.cache,
         quant: args.quant.map(Into::into),
         references,
@@ -425,8 +435,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     };
     stages.enter(Stage::Writing);
-    // The record names each LoRA by its content too.
-    params.loras = video.loras.clone();
+    // The record names each LoRA by its content too; the last pass's list ends with the
+    // refinement's own.
+    let (loras, refine_loras) = video
+        .loras
+        .split_at(params.loras.len().min(video.loras.len()));
+    params.loras = loras.to_vec();
+    params.refine_loras = refine_loras.to_vec();
 
     let image = capabilities.output == Output::Image;
     if let Some(path) = &args.save_tensor {

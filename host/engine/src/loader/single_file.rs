@@ -783,9 +783,9 @@ impl Mapped {
         }
         let stem = key.strip_suffix(".weight").unwrap_or(key);
         let file = self.checkpoint.file_path(0).to_path_buf();
-        let scale_key = [".weight_scale", ".scale_weight"]
+        let scale_key = crate::models::fp8::FP8_SCALE_NAMES
             .iter()
-            .map(|suffix| format!("{stem}{suffix}"))
+            .map(|name| format!("{stem}.{name}"))
             .find(|name| self.checkpoint.entry(name).is_some())
             .ok_or_else(|| LoadError::Tensor {
                 tensor: key.to_string(),

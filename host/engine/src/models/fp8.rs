@@ -8,6 +8,10 @@ use candle_core::{D, DType, Result, Tensor};
 /// The largest finite e4m3 value.
 pub const E4M3_MAX: f64 = 448.0;
 
+/// The checkpoint names of an FP8 weight's scale beside it: diffusers-style and LightX2V/LTX-2
+/// (`weight_scale`), ComfyUI's scaled FP8 (`scale_weight`).
+pub(crate) const FP8_SCALE_NAMES: [&str; 2] = ["weight_scale", "scale_weight"];
+
 /// A `[out, in]` weight in e4m3 and its f32 scale: one value (`[]`) or one per output channel
 /// (`[out, 1]`).
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! them. Its weight is dense, float8 with a scale ([`Fp8Weight`]) or NVFP4 ([`Nvfp4Weight`]): a
 //! quantized checkpoint's layers stay quantized in memory and are dequantized for each product.
 
-use super::fp8::Fp8Weight;
+use super::fp8::{FP8_SCALE_NAMES, Fp8Weight};
 use super::nvfp4::{Nvfp4Layout, Nvfp4Weight};
 use super::quant::Quant;
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -54,10 +54,6 @@ pub struct Linear {
     name: String,
     adapters: Vec<LowRank>,
 }
-
-/// The checkpoint names of an FP8 weight's scale: diffusers-style and LightX2V/LTX-2
-/// (`weight_scale`), ComfyUI's scaled FP8 (`scale_weight`).
-const FP8_SCALE_NAMES: [&str; 2] = ["weight_scale", "scale_weight"];
 
 /// `nn.Linear(in_dim, out_dim, bias)` with the checkpoint's `weight` (`[out, in]`) and `bias` under
 /// the prefix of `vb`, which becomes the layer's name. A weight stored in NVFP4, or in float8
@@ -184,7 +180,10 @@ impl Linear {
                 weight: Fp8Weight::quantize(w)?,
                 dtype,
             },
-            Quant::Nvfp4 if w.dim(1)? % videosdgx_kernels::reference::NVFP4_BLOCK == 0 => {
+            Quant::Nvfp4
+                if w.dim(1)?
+                    .is_multiple_of(videosdgx_kernels::reference::NVFP4_BLOCK) =>
+            {
                 Stored::Nvfp4 {
                     weight: Nvfp4Weight::quantize(w)?,
                     dtype,

@@ -65,7 +65,7 @@ impl Nvfp4Weight {
         let cols = 2 * half;
         if packed.dtype() != DType::U8
             || block_scales.dtype() != DType::F8E4M3
-            || cols % NVFP4_BLOCK != 0
+            || !cols.is_multiple_of(NVFP4_BLOCK)
             || block_scales.dims() != [rows, cols / NVFP4_BLOCK]
             || global.elem_count() != 1
         {
@@ -101,7 +101,7 @@ impl Nvfp4Weight {
         vb: &VarBuilder,
     ) -> Result<Self> {
         let (half, blocks) = (in_dim / 2, in_dim / NVFP4_BLOCK);
-        if in_dim % NVFP4_BLOCK != 0 {
+        if !in_dim.is_multiple_of(NVFP4_BLOCK) {
             candle_core::bail!("NVFP4 needs an input width that is a multiple of 16, not {in_dim}");
         }
         let scalar = |name: &str| vb.get_unchecked_dtype(name, DType::F32);
@@ -170,7 +170,7 @@ impl Nvfp4Weight {
     /// at ±6. A block whose scale rounds to 0 stores zeros.
     pub fn quantize(w: &Tensor) -> Result<Self> {
         let (rows, cols) = w.dims2()?;
-        if cols % NVFP4_BLOCK != 0 {
+        if !cols.is_multiple_of(NVFP4_BLOCK) {
             candle_core::bail!("NVFP4 needs an input width that is a multiple of 16, not {cols}");
         }
         let w = w

@@ -71,6 +71,12 @@ pub struct GenerateParams {
     /// How the LoRAs are applied (merged into the weights unless asked otherwise).
     #[serde(default, skip_serializing_if = "is_merge")]
     pub lora_mode: LoraMode,
+    /// LoRAs added for the refinement alone, after `loras`: LTX-2's two-stage generation
+    /// ([`crate::families::ltx2::latent_upsample_pipeline::generate_two_stage`]) refines a dev
+    /// checkpoint with its distilled LoRA, as the published workflow does. Only the two-stage
+    /// generation reads them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refine_loras: Vec<LoraSpec>,
     /// Step caching (TeaCache, MagCache, EasyCache) and its threshold; off when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,

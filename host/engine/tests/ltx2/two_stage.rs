@@ -141,6 +141,48 @@ fn the_two_stage_generation_matches_diffusers() {
 }
 
 #[test]
+fn a_refine_lora_applies_to_stage_2_alone_as_diffusers_loads_it() {
+    let expected = load(upsampler_dir().join("reference/two_stage_refine_lora.safetensors"));
+    let lora = fixtures().join("tiny-ltx2/lora/peft.safetensors");
+    let params = GenerateParams {
+        refine_loras: vec![format!("{}:0.8", lora.display()).parse().unwrap()],
+        ..params()
+    };
+    let mut pipeline = pipeline();
+    let out = generate_two_stage(
+        &mut pipeline,
+        &upsampler(),
+        &params,
+        inputs(true, true),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    close("refined latents", &out.latents, &expected["latents_out"]);
+    close(
+        "refined audio latents",
+        &out.audio_latents.unwrap(),
+        &expected["audio_latents_out"],
+    );
+    assert_eq!(out.loras.len(), 1, "stage 2 applied the refine LoRA");
+    assert!(out.loras[0].sha256.is_some());
+    // Stage 1 ran without it (the reference's did), and it is gone afterwards: the same
+    // pipeline's plain run still matches its reference.
+    let plain = generate_two_stage(
+        &mut pipeline,
+        &upsampler(),
+        &self::params(),
+        inputs(true, true),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    close(
+        "latents without it",
+        &plain.latents,
+        &reference()["latents_out"],
+    );
+}
+
+#[test]
 fn the_upsample_pipeline_options_and_decoding_match_diffusers() {
     let expected = load(upsampler_dir().join("reference/upsample_filters.safetensors"));
     let params = UpsampleParams {

@@ -244,7 +244,8 @@ fn check_channels(
 /// The two-stage generation: `params` describe the final video; stage 1 runs them at the
 /// upsampler's fraction of the size, stage 2 refines the enlarged latents with
 /// [`STAGE_2_DISTILLED_SIGMAS`] (re-noised to the first, guidance off, the sigmas unshifted as the
-/// published example sets the scheduler) and decodes. `inputs.latents`/`audio_latents` replace
+/// published example sets the scheduler), with `params.refine_loras` added to `params.loras`
+/// (the distilled LoRA of a dev checkpoint), and decodes. The video's `loras` are stage 2's. `inputs.latents`/`audio_latents` replace
 /// stage 1's noise and `inputs.noise`/`audio_noise` stage 2's re-noising draw (from the seed + 2
 /// and + 3 otherwise).
 pub fn generate_two_stage(
@@ -304,6 +305,7 @@ pub fn generate_two_stage(
     let stage_1 = GenerateParams {
         width,
         height,
+        refine_loras: Vec::new(),
         ..params.clone()
     };
     let (latents, audio_latents) = pipeline
@@ -332,6 +334,8 @@ pub fn generate_two_stage(
         guidance: 1.0,
         guidance_terms: GuidanceTerms::default(),
         seed: params.seed.wrapping_add(2),
+        loras: [params.loras.as_slice(), &params.refine_loras].concat(),
+        refine_loras: Vec::new(),
         ..params.clone()
     };
     let mut unshifted = pipeline.scheduler_config().clone();

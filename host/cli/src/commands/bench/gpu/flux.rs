@@ -250,6 +250,7 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 denoising_steps: None,
                 loras: Vec::new(),
                 lora_mode: Default::default(),
+                refine_loras: Vec::new(),
                 cache: None,
                 quant: None,
                 references: Vec::new(),

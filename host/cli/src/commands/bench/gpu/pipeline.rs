@@ -212,6 +212,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         denoising_steps: None,
         loras: Vec::new(),
         lora_mode: Default::default(),
+        refine_loras: Vec::new(),
         cache: None,
         quant: args.quant.map(Into::into),
         references: Vec::new(),
