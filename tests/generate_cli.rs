@@ -1067,10 +1067,11 @@ fn ltx2_two_stage_generation_makes_the_full_size_video_with_sound() {
         String::from_utf8_lossy(&out.stderr)
     );
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(record["loras"], serde_json::Value::Null, "{record}");
-    assert_eq!(record["refine_loras"][0]["strength"], 0.8, "{record}");
+    let params = &record["params"];
+    assert_eq!(params["loras"], serde_json::Value::Null, "{record}");
+    assert_eq!(params["refine_loras"][0]["strength"], 0.8, "{record}");
     assert_eq!(
-        record["refine_loras"][0]["sha256"].as_str().map(str::len),
+        params["refine_loras"][0]["sha256"].as_str().map(str::len),
         Some(64),
         "{record}"
     );
