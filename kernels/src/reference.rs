@@ -377,7 +377,7 @@ pub const NVFP4_BLOCK: usize = 16;
 
 /// `(rows, cols)` of an NVFP4 weight: `packed` u8 `[rows, cols/2]` (two e2m1 codes a byte, the
 /// even element low), `block_scales` `[rows, cols/16]`.
-pub(crate) fn nvfp4_dims(packed: &Tensor, block_scales: &Tensor) -> Result<(usize, usize)> {
+pub fn nvfp4_dims(packed: &Tensor, block_scales: &Tensor) -> Result<(usize, usize)> {
     let (rows, half) = packed.dims2()?;
     let cols = 2 * half;
     if packed.dtype() != DType::U8

@@ -381,6 +381,8 @@ try {
     await card.getByRole('button', { name: 'Delete' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
     await page.getByText('Deleted “Scratch”.').waitFor();
+    // The list is fetched again after the toast: on a loaded machine it redraws a moment later.
+    await card.waitFor({ state: 'detached' });
     assert.equal(await card.count(), 0);
   });
 

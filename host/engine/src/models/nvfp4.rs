@@ -8,7 +8,7 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use videosdgx_kernels::reference::{E2M1_MAGNITUDES, NVFP4_BLOCK};
+use videosdgx_kernels::reference::{E2M1_MAGNITUDES, NVFP4_BLOCK, nvfp4_dims};
 
 /// The largest e2m1 magnitude.
 const E2M1_MAX: f64 = 6.0;
@@ -61,22 +61,10 @@ pub struct Nvfp4Weight {
 impl Nvfp4Weight {
     /// The internal form's parts; shapes and dtypes are checked.
     pub fn new(packed: Tensor, block_scales: Tensor, global: &Tensor) -> Result<Self> {
-        let (rows, half) = packed.dims2()?;
-        let cols = 2 * half;
-        if packed.dtype() != DType::U8
-            || block_scales.dtype() != DType::F8E4M3
-            || !cols.is_multiple_of(NVFP4_BLOCK)
-            || block_scales.dims() != [rows, cols / NVFP4_BLOCK]
-            || global.elem_count() != 1
-        {
+        let (rows, cols) = nvfp4_dims(&packed, &block_scales)?;
+        if global.elem_count() != 1 {
             candle_core::bail!(
-                "an NVFP4 weight is u8 codes [out, in/2] with e4m3 block scales [out, in/16] \
-                 (in a multiple of 16) and one tensor scale; got {:?} {:?}, {:?} {:?} and {} \
-                 tensor scales",
-                packed.dtype(),
-                packed.dims(),
-                block_scales.dtype(),
-                block_scales.dims(),
+                "an NVFP4 weight has one tensor scale, not {} tensor scales",
                 global.elem_count()
             );
         }

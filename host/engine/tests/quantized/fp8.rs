@@ -3,45 +3,18 @@
 //! quantizing at load (`--quant fp8`) reproduces PyTorch's bytes; LoRAs join FP8 layers as side
 //! paths; malformed scales are refused by name.
 
+use super::{component_inputs, fixtures, forward, load, tensors};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, Weight};
 use videosdgx_engine::models::quant::{Quant, quantize_blocks};
 use videosdgx_engine::models::relative_error;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn fp8_fixture(file: &str) -> PathBuf {
     fixtures().join("components/wan_t2v_fp8").join(file)
-}
-
-fn tensors(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn load(dir: &Path) -> WanTransformer3DModel {
-    WanTransformer3DModel::load(dir, &Device::Cpu, DType::F32).unwrap()
-}
-
-fn forward(model: &WanTransformer3DModel, inputs: &Path) -> Tensor {
-    let t = tensors(inputs);
-    model
-        .forward(
-            &t["hidden_states"],
-            &t["timestep"],
-            &t["encoder_hidden_states"],
-            None,
-        )
-        .unwrap()
-}
-
-fn component_inputs() -> PathBuf {
-    fixtures().join("components/wan_t2v/inputs.safetensors")
 }
 
 /// The name, data and scale of every FP8 layer, and how many layers stay dense.
