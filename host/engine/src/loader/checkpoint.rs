@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,11 +38,21 @@ pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, TensorEntry>,
+    /// `LAYER.comfy_quant` for each layer a header's `_quantization_metadata` lists: ComfyUI
+    /// turns that header (ModelOpt's single-file export, Black Forest Labs' NVFP4 files) into the
+    /// same per-layer markers its own files store as tensors, and so does [`Checkpoint::contains`].
+    markers: BTreeSet<String>,
 }
 
 #[derive(serde::Deserialize)]
 struct ShardIndex {
     weight_map: BTreeMap<String, String>,
+}
+
+/// A safetensors header's `_quantization_metadata`: `{"layers": {LAYER: {"format": ...}}}`.
+#[derive(serde::Deserialize)]
+struct QuantizationMetadata {
+    layers: BTreeMap<String, serde_json::Value>,
 }
 
 impl Checkpoint {
@@ -81,6 +91,7 @@ impl Checkpoint {
                 dir: dir.to_path_buf(),
                 files: Vec::new(),
                 tensors: BTreeMap::new(),
+                markers: BTreeSet::new(),
             };
             checkpoint.add_file(&dir.join(single), None)?;
             return Ok(checkpoint);
@@ -102,6 +113,7 @@ impl Checkpoint {
             dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
             files: Vec::new(),
             tensors: BTreeMap::new(),
+            markers: BTreeSet::new(),
         };
         checkpoint.add_file(path, None)?;
         Ok(checkpoint)
@@ -126,6 +138,7 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             files: Vec::new(),
             tensors: BTreeMap::new(),
+            markers: BTreeSet::new(),
         };
         for (shard, tensors) in shards {
             let path = dir.join(shard);
@@ -161,6 +174,20 @@ impl Checkpoint {
             })?;
         let data_start = 8 + header_len;
         let file_metadata = metadata.metadata().clone().unwrap_or_default();
+        if let Some(listing) = file_metadata.get("_quantization_metadata") {
+            let layers = serde_json::from_str::<QuantizationMetadata>(listing).map_err(|err| {
+                LoadError::BadHeader {
+                    path: path.to_path_buf(),
+                    reason: format!("_quantization_metadata: {err}"),
+                }
+            })?;
+            self.markers.extend(
+                layers
+                    .layers
+                    .into_keys()
+                    .map(|layer| format!("{layer}.comfy_quant")),
+            );
+        }
         let infos: HashMap<String, &safetensors::tensor::TensorInfo> = metadata.tensors();
         if let Some(expected) = expected
             && let Some(absent) = expected.iter().find(|name| !infos.contains_key(**name))
@@ -211,6 +238,12 @@ impl Checkpoint {
 
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
+    }
+
+    /// Whether the checkpoint holds tensor `name`, or the header marks it (a layer's
+    /// `comfy_quant` listed in `_quantization_metadata`).
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name) || self.markers.contains(name)
     }
 
     /// The file holding tensor entries with `file` index `i`.
@@ -363,6 +396,6 @@ impl SimpleBackend for Checkpoint {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.contains(name)
     }
 }

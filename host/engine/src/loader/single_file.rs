@@ -26,12 +26,14 @@ use crate::families::flux::transformer::FluxTransformerConfig;
 use crate::families::flux2::transformer::Flux2TransformerConfig;
 use crate::families::wan::transformer::WanTransformerConfig;
 use crate::models::autoencoder_kl::AutoencoderKLConfig;
+use crate::models::nvfp4::{self, Nvfp4Layout};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use videosdgx_kernels::reference::NVFP4_BLOCK;
 
 /// The quantized weights' scales beside them: float8 (`-fp8` files; ComfyUI's `scale_weight`) and
 /// NVFP4 (ModelOpt's and ComfyUI's `weight_scale_2`, LightX2V's global scales; its `alpha` is
@@ -483,16 +485,37 @@ impl SingleFile {
     /// The stored tensor that diffusers' `name` comes from and the shape `name` has once its
     /// part is taken, from the header alone (what `verify` compares with the config's shapes);
     /// `None` where the file has no such tensor.
+    /// Whether diffusers' `name` comes from a tensor of the file, or from a marker of its
+    /// header ([`Checkpoint::contains`]).
+    pub fn contains(&self, name: &str) -> bool {
+        source(self.layout, self.prefix, self.blocks(), name)
+            .is_some_and(|(key, _)| self.checkpoint.contains(&key))
+    }
+
     pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
         let (key, part) = source(self.layout, self.prefix, self.blocks(), name)?;
         let shape = &self.checkpoint.entry(&key)?.shape;
-        // A scalar (a quantized layer's tensor scale) is whole.
-        let (rows, rest) = shape.split_first().unwrap_or((&0, &[]));
+        // A per-tensor scale serves every part of its weight (as `Mapped::load` reads it).
+        if shape.iter().product::<usize>() == 1 && SCALE_SUFFIXES.iter().any(|s| name.ends_with(s))
+        {
+            return Some((key, shape.clone()));
+        }
+        let (&stored_rows, rest) = shape.split_first().unwrap_or((&0, &[]));
+        // A part of swizzled NVFP4 block scales is cut from the logical rows and tiled again
+        // (see `Mapped::load`).
+        let tiled = (part != Part::Whole)
+            .then(|| swizzled_scales(&self.checkpoint, &key))
+            .flatten();
+        let rows = tiled.map_or(stored_rows, |(rows, _)| rows);
+        let tile = |rows: usize| match tiled {
+            Some(_) => rows.div_ceil(128) * 128,
+            None => rows,
+        };
         let d = self.width;
         let shape = match part {
             Part::Whole | Part::SwapHalves => shape.clone(),
-            Part::Rows(_) => [&[d], rest].concat(),
-            Part::RowsFrom(i) => [&[rows.saturating_sub(i * d)], rest].concat(),
+            Part::Rows(_) => [&[tile(d)], rest].concat(),
+            Part::RowsFrom(i) => [&[tile(rows.saturating_sub(i * d))], rest].concat(),
             Part::Squeeze => shape.iter().take(2).copied().collect(),
         };
         Some((key, shape))
@@ -842,6 +865,15 @@ impl Mapped {
         if full.elem_count() == 1 && SCALE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             return Ok(full);
         }
+        // NVFP4 block scales in swizzled tiles: a fused projection's parts are rows of the
+        // logical scales, so they are cut from those and tiled again.
+        let tiled = (part != Part::Whole)
+            .then(|| swizzled_scales(&self.checkpoint, &key))
+            .flatten();
+        let full = match tiled {
+            Some((rows, blocks)) => nvfp4::unswizzle(&full, rows, blocks)?,
+            None => full,
+        };
         let rows = full.dims().first().copied().unwrap_or(0);
         // Parts are copied out: a view would keep the whole fused tensor alive once per part.
         let tensor = match part {
@@ -866,6 +898,10 @@ impl Mapped {
                     reason: format!("{rows} rows do not split into {name} (model width {d})"),
                 }));
             }
+        };
+        let tensor = match tiled {
+            Some(_) => nvfp4::swizzle(&tensor)?,
+            None => tensor,
         };
         if let Some(shape) = shape
             && tensor.dims() != shape.dims()
@@ -904,8 +940,23 @@ impl SimpleBackend for Mapped {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.source(name)
-            .is_some_and(|(key, _)| self.checkpoint.entry(&key).is_some())
+            .is_some_and(|(key, _)| self.checkpoint.contains(&key))
     }
+}
+
+/// The logical `[rows, blocks]` of `key` if it is an NVFP4 layer's block scales stored in swizzled
+/// tiles (ComfyUI's and LightX2V's layouts), read from the layer's packed weight.
+fn swizzled_scales(checkpoint: &Checkpoint, key: &str) -> Option<(usize, usize)> {
+    let stem = key.strip_suffix(".weight_scale")?;
+    let layout = Nvfp4Layout::from_names(|name| checkpoint.contains(&format!("{stem}.{name}")))?;
+    let &[rows, half] = checkpoint
+        .entry(&format!("{stem}.weight"))?
+        .shape
+        .as_slice()
+    else {
+        return None;
+    };
+    layout.swizzled().then_some((rows, 2 * half / NVFP4_BLOCK))
 }
 
 /// `theirs` + the rest of `name` after `ours`, where `name` is `ours` or `ours.*`.

@@ -227,7 +227,6 @@ fn check_weights(
         .filter(|n| original.as_ref().is_none_or(|file| file.holds(n)))
         .collect();
     let recorder = Recorder {
-        stored: stored.clone(),
         checkpoint: checkpoint.clone(),
         original: original.clone(),
         requested: Mutex::new(BTreeMap::new()),
@@ -405,7 +404,6 @@ fn build_with(
 /// A backend that records requests instead of reading data. It answers `contains_tensor` from
 /// the real checkpoint so constructors pick the same optional layouts they would when loading.
 struct Recorder {
-    stored: BTreeSet<String>,
     checkpoint: Arc<Checkpoint>,
     /// The stored file in the original names, if it is one: `contains_tensor` answers through it.
     original: Option<Arc<SingleFile>>,
@@ -463,8 +461,8 @@ impl SimpleBackend for SharedRecorder {
 
     fn contains_tensor(&self, name: &str) -> bool {
         match &self.0.original {
-            Some(file) => file.mapped(name).is_some(),
-            None => self.0.stored.contains(name),
+            Some(file) => file.contains(name),
+            None => self.0.checkpoint.contains(name),
         }
     }
 }

@@ -32,17 +32,28 @@ pub enum Nvfp4Layout {
 impl Nvfp4Layout {
     /// The layout of the linear layer under `vb`, if it is stored in NVFP4.
     pub fn of(vb: &VarBuilder) -> Option<Self> {
-        if vb.contains_tensor("weight_scale_2") {
-            Some(if vb.contains_tensor("comfy_quant") {
+        Self::from_names(|name| vb.contains_tensor(name))
+    }
+
+    /// The layout of a layer that holds the tensors (names after the layer's prefix) for which
+    /// `holds` is true, if it is NVFP4.
+    pub fn from_names(holds: impl Fn(&str) -> bool) -> Option<Self> {
+        if holds("weight_scale_2") {
+            Some(if holds("comfy_quant") {
                 Self::ComfyUi
             } else {
                 Self::ModelOpt
             })
-        } else if vb.contains_tensor("weight_global_scale") || vb.contains_tensor("alpha") {
+        } else if holds("weight_global_scale") || holds("alpha") {
             Some(Self::LightX2v)
         } else {
             None
         }
+    }
+
+    /// Whether the block scales are stored in swizzled tiles ([`unswizzle`]).
+    pub fn swizzled(self) -> bool {
+        matches!(self, Self::ComfyUi | Self::LightX2v)
     }
 }
 
@@ -264,6 +275,19 @@ pub fn unswizzle(swizzled: &Tensor, rows: usize, cols: usize) -> Result<Tensor> 
         .narrow(1, 0, cols)
 }
 
+/// The inverse of [`unswizzle`]: `[rows, cols]` block scales in swizzled tiles, zero-padded.
+pub fn swizzle(logical: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = logical.dims2()?;
+    let (padded_rows, padded_cols) = (rows.div_ceil(128) * 128, cols.div_ceil(4) * 4);
+    logical
+        .pad_with_zeros(0, 0, padded_rows - rows)?
+        .pad_with_zeros(1, 0, padded_cols - cols)?
+        .reshape((padded_rows / 128, 4, 32, padded_cols / 4, 4))?
+        // Exchanging the tile-column and in-tile-row axes is its own inverse.
+        .permute((0, 3, 2, 1, 4))?
+        .reshape((padded_rows, padded_cols))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +360,15 @@ mod tests {
             .flat_map(|r| (0..cols).map(move |c| (r * 8 + c) as f32))
             .collect();
         assert_eq!(values(&logical), want);
+        assert_eq!(
+            values(&swizzle(&logical).unwrap()),
+            values(&swizzled),
+            "swizzle inverts it"
+        );
+        // In e4m3, as checkpoints store scales.
+        let e4m3 = logical.to_dtype(DType::F8E4M3).unwrap();
+        let back = unswizzle(&swizzle(&e4m3).unwrap(), rows, cols).unwrap();
+        assert_eq!(values(&back), values(&e4m3));
         assert!(unswizzle(&swizzled, 300, 5).is_err(), "too few scales");
     }
 

@@ -204,3 +204,91 @@ fn models_verify_accepts_nvfp4_checkpoints() {
         }
     }
 }
+
+/// Black Forest Labs' FLUX.2 [dev] NVFP4 file as it is stored: their names with q/k/v fused,
+/// ComfyUI's storage, and the quantized layers named by the header's `_quantization_metadata`
+/// instead of `comfy_quant` tensors; the text stream's q/k/v stays bf16.
+#[test]
+fn a_flux2_file_naming_its_nvfp4_layers_in_the_header_matches_diffusers() {
+    use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
+    let dir = fixtures().join("components/flux2_nvfp4");
+    let file = dir.join("flux2-dev-nvfp4.safetensors");
+    let mut model = Flux2Transformer2DModel::load(&file, &Device::Cpu, DType::F32).unwrap();
+    let mut quantized = Vec::new();
+    model
+        .visit_weights(&mut |w| {
+            if let Weight::Linear(linear) = w
+                && linear.nvfp4().is_some()
+            {
+                quantized.push(linear.name().to_string());
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The image stream's q, k and v (cut from one fused layer), its output and feed-forward, the
+    // text stream's output and feed-forward, and both single blocks' two layers.
+    assert_eq!(quantized.len(), 13, "{quantized:?}");
+    assert!(quantized.iter().any(|n| n.ends_with("attn.to_k")));
+    assert!(!quantized.iter().any(|n| n.ends_with("add_k_proj")));
+    let inputs = tensors(&fixtures().join("components/flux2-dev-tiny/inputs.safetensors"));
+    let sample = model
+        .forward(
+            &inputs["hidden_states"],
+            &inputs["encoder_hidden_states"],
+            &inputs["timestep"],
+            &inputs["img_ids"],
+            &inputs["txt_ids"],
+            inputs.get("guidance"),
+        )
+        .unwrap();
+    let expected = &tensors(&dir.join("outputs.safetensors"))["sample"];
+    let err = relative_error(&sample, expected).unwrap();
+    eprintln!("FLUX.2 NVFP4 file: relative error {err:e}");
+    assert!(err <= 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn a_malformed_quantization_header_is_refused_naming_the_file() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("listed.safetensors");
+    let bytes = [0u8; 4];
+    let header = std::collections::HashMap::from([(
+        "_quantization_metadata".to_string(),
+        r#"{"layers": ["double_blocks.0.img_attn.qkv"]}"#.to_string(),
+    )]);
+    safetensors::serialize_to_file(
+        [("w", TensorView::new(Dtype::F32, vec![1], &bytes).unwrap())],
+        Some(header),
+        &path,
+    )
+    .unwrap();
+    let err = videosdgx_engine::loader::Checkpoint::open_file(&path)
+        .err()
+        .expect("layers must be an object");
+    let err = err.to_string();
+    assert!(
+        err.contains("listed.safetensors") && err.contains("_quantization_metadata"),
+        "{err}"
+    );
+}
+
+#[test]
+fn models_verify_accepts_the_flux2_nvfp4_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("components/flux2-dev-tiny/model/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("components/flux2_nvfp4/flux2-dev-nvfp4.safetensors"),
+        tmp.path().join("flux2-dev-nvfp4.safetensors"),
+    )
+    .unwrap();
+    let report = videosdgx_engine::loader::verify(tmp.path()).unwrap();
+    assert!(!report.components.is_empty());
+    for component in &report.components {
+        assert!(component.is_ok(), "{component:?}");
+    }
+}
