@@ -472,27 +472,35 @@ fn model_forward_of_flux1_without_pooled_projections_or_guidance_names_what_is_m
     }
 }
 
-/// Single files in the original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`),
-/// recognised from their keys, the config read from their shapes.
+/// Single files in the original release's names (`flux1-dev.safetensors`, `flux2-dev.safetensors`,
+/// `flux2-dev-nvfp4.safetensors`), recognised from their keys, the config read from their shapes.
 #[test]
 fn model_forward_runs_original_single_files_of_the_flux_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, file, class) in [
+    for (name, file, inputs, class) in [
         (
             "flux1-single-file",
             "flux1-tiny.safetensors",
+            "flux1-single-file",
             "FluxTransformer2DModel",
         ),
         (
             "flux2-dev-tiny",
             "original.safetensors",
+            "flux2-dev-tiny",
+            "Flux2Transformer2DModel",
+        ),
+        (
+            "flux2_nvfp4",
+            "flux2-dev-nvfp4.safetensors",
+            "flux2-dev-tiny",
             "Flux2Transformer2DModel",
         ),
     ] {
         let out = tmp.path().join(format!("{name}.safetensors"));
         let result = forward(
             &fixture(name).join(file),
-            &fixture(name).join("inputs.safetensors"),
+            &fixture(inputs).join("inputs.safetensors"),
             &out,
             &["--json"],
         );
