@@ -15,6 +15,8 @@ use videosdgx_engine::text::sampling::{Sampler, SamplingParams};
 const VISION_FIXTURES: &[&str] = &["gemma3_vlm", "gemma3_vlm_hub_layout"];
 const TEXT_FIXTURES: &[&str] = &[
     "qwen3",
+    // ModelOpt's NVFP4 export of it (tests/fixtures/make_nvfp4_fixtures.py), run weight-only.
+    "qwen3_nvfp4",
     "qwen3_sliding",
     "gemma3_text",
     "gemma3_text_softcap",

@@ -292,3 +292,15 @@ fn models_verify_accepts_the_flux2_nvfp4_file() {
         assert!(component.is_ok(), "{component:?}");
     }
 }
+
+/// ModelOpt's NVFP4 export of a language model (text/qwen3_nvfp4; its logits and greedy
+/// generation are checked with the other language models in text_parity.rs).
+#[test]
+fn models_verify_accepts_a_modelopt_nvfp4_language_model() {
+    let report =
+        videosdgx_engine::loader::verify(&fixtures().join("text/qwen3_nvfp4/model")).unwrap();
+    assert!(!report.components.is_empty());
+    for component in &report.components {
+        assert!(component.is_ok(), "{component:?}");
+    }
+}
