@@ -634,14 +634,21 @@ fn text_fixture(name: &str) -> PathBuf {
 #[test]
 fn model_forward_runs_language_models_with_hidden_states() {
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["qwen3_sliding", "gemma3_text"] {
+    // The last: qwen3 quantized at load, against its ModelOpt NVFP4 export's reference.
+    for (name, model, quant) in [
+        ("qwen3_sliding", "qwen3_sliding", None),
+        ("gemma3_text", "gemma3_text", None),
+        ("qwen3_nvfp4", "qwen3", Some("nvfp4")),
+    ] {
         let out = tmp.path().join(format!("{name}.safetensors"));
         let dir = text_fixture(name);
+        let mut extra = vec!["--hidden-states"];
+        extra.extend(quant.iter().flat_map(|q| ["--quant", q]));
         let result = forward(
-            &dir.join("model"),
+            &text_fixture(model).join("model"),
             &dir.join("forward_inputs.safetensors"),
             &out,
-            &["--hidden-states"],
+            &extra,
         );
         assert!(
             result.status.success(),
@@ -663,37 +670,45 @@ fn model_forward_runs_language_models_with_hidden_states() {
 #[test]
 fn generate_text_writes_transformers_greedy_sequences() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = text_fixture("qwen3");
     let out = tmp.path().join("sequences.safetensors");
-    let result = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
-        .args([
-            "generate-text",
-            "--greedy",
-            "--max-new-tokens",
-            "32",
-            "--model",
-        ])
-        .arg(dir.join("model"))
-        .arg("--input-ids")
-        .arg(dir.join("generate_inputs.safetensors"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
-    let expected =
-        candle_core::safetensors::load(dir.join("generate_outputs.safetensors"), &Device::Cpu)
+    // The last: quantized at load, the greedy text of its ModelOpt NVFP4 export.
+    for (reference, extra) in [
+        ("qwen3", &[][..]),
+        ("qwen3_nvfp4", &["--quant", "nvfp4"][..]),
+    ] {
+        let dir = text_fixture(reference);
+        let result = Command::new(env!("CARGO_BIN_EXE_videosdgx"))
+            .args([
+                "generate-text",
+                "--greedy",
+                "--max-new-tokens",
+                "32",
+                "--model",
+            ])
+            .arg(text_fixture("qwen3").join("model"))
+            .arg("--input-ids")
+            .arg(dir.join("generate_inputs.safetensors"))
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
             .unwrap();
-    assert_eq!(got["sequences"].dtype(), candle_core::DType::I64);
-    assert_eq!(
-        got["sequences"].to_vec2::<i64>().unwrap(),
-        expected["sequences"].to_vec2::<i64>().unwrap()
-    );
+        assert!(
+            result.status.success(),
+            "{reference}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join("generate_outputs.safetensors"), &Device::Cpu)
+                .unwrap();
+        assert_eq!(got["sequences"].dtype(), candle_core::DType::I64);
+        assert_eq!(
+            got["sequences"].to_vec2::<i64>().unwrap(),
+            expected["sequences"].to_vec2::<i64>().unwrap(),
+            "{reference}"
+        );
+    }
 }
 
 #[test]

@@ -113,8 +113,9 @@ pub struct ForwardArgs {
     /// Merge the LoRAs into the weights, or run them as low-rank side paths of the linear layers.
     #[arg(long, value_enum, default_value_t = LoraModeArg::Merge)]
     pub lora_mode: LoraModeArg,
-    /// For diffusion transformers: keep the linear layers of the blocks in this format, quantized
-    /// at load (an FP8 checkpoint's layers stay FP8 without it).
+    /// For diffusion transformers and language models: keep the linear layers of the blocks (the
+    /// decoder layers' projections) in this format, quantized at load (a quantized checkpoint's
+    /// layers stay so without it).
     #[arg(long, value_enum)]
     pub quant: Option<QuantArg>,
     /// For upscalers: run in tiles of N x N input pixels (batched, overlapping by the model's
@@ -304,9 +305,9 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             "--lora: {class_name} takes no LoRA (LoRAs adapt diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel)"
         );
     }
-    if args.quant.is_some() && !adaptable {
+    if args.quant.is_some() && !adaptable && !matches!(class, ComponentClass::LanguageModel(_)) {
         bail!(
-            "--quant: {class_name} is not quantized (quantization is for diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel)"
+            "--quant: {class_name} is not quantized (quantization is for diffusion transformers: WanTransformer3DModel, FluxTransformer2DModel, Flux2Transformer2DModel, LTX2VideoTransformer3DModel; and language models)"
         );
     }
     let loras = open_loras(&args.loras)?;
@@ -454,7 +455,10 @@ fn forward(args: &ForwardArgs) -> Result<()> {
             vec![("sample", vocoder.forward(input("hidden_states")?)?)]
         }
         ComponentClass::LanguageModel(_) => {
-            let model = LanguageModel::load(&args.model, &device, dtype)?;
+            let mut model = LanguageModel::load(&args.model, &device, dtype)?;
+            if let Some(quant) = args.quant {
+                model.quantize(quant.into())?;
+            }
             let hidden = if args.hidden_states {
                 HiddenStates::All
             } else {

@@ -2,7 +2,7 @@
 //! transformers' `generate`) and `videosdgx chat` (a conversation with a language model folder,
 //! streamed to stdout).
 
-use super::model::{DTypeArg, parse_device};
+use super::model::{DTypeArg, QuantArg, parse_device};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -48,6 +48,10 @@ pub struct GenerateTextArgs {
     pub device: String,
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Keep the decoder layers' projections in this format, quantized at load (a quantized
+    /// checkpoint's layers stay so without it).
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
 }
 
 pub fn generate_text(args: &GenerateTextArgs) -> Result<()> {
@@ -63,7 +67,10 @@ pub fn generate_text(args: &GenerateTextArgs) -> Result<()> {
         Some(mask) => token_rows(mask, "attention_mask")?,
         None => input_ids.iter().map(|row| vec![1; row.len()]).collect(),
     };
-    let model = LanguageModel::load(&args.model, &device, args.dtype.into())?;
+    let mut model = LanguageModel::load(&args.model, &device, args.dtype.into())?;
+    if let Some(quant) = args.quant {
+        model.quantize(quant.into())?;
+    }
     let defaults = GenerationConfig::from_dir(&args.model)?;
     let stop = StopAt {
         max_new_tokens: args.max_new_tokens,
@@ -148,6 +155,9 @@ pub struct ChatArgs {
     pub device: String,
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Keep the decoder layers' projections in this format, quantized at load.
+    #[arg(long, value_enum)]
+    pub quant: Option<QuantArg>,
     /// Print the reply as one JSON record instead of streaming its text.
     #[arg(long)]
     pub json: bool,
@@ -176,7 +186,10 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
                 .to_rgb8())
         })
         .collect::<Result<Vec<_>>>()?;
-    let model = ChatModel::load(&args.model, &device, args.dtype.into())?;
+    let mut model = ChatModel::load(&args.model, &device, args.dtype.into())?;
+    if let Some(quant) = args.quant {
+        model.quantize(quant.into())?;
+    }
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::text("system", system));

@@ -74,6 +74,11 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
+    /// Keeps the language model's decoder projections in `quant` ([`LanguageModel::quantize`]).
+    pub fn quantize(&mut self, quant: crate::models::quant::Quant) -> candle_core::Result<usize> {
+        self.model.quantize(quant)
+    }
+
     /// Reads the model, `tokenizer.json`, the chat template, `generation_config.json` and, for
     /// models that see, `preprocessor_config.json`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {

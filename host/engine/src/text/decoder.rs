@@ -8,6 +8,7 @@
 use super::cache::DecoderCache;
 use super::mask::AttentionLayout;
 use crate::fused::profile::section;
+use crate::models::quant::Quant;
 use crate::models::{Activation, Linear, RmsNorm, linear, linear_forward};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -401,6 +402,28 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Keeps every layer's projections (q, k, v, o, gate, up, down) in `quant` where the format
+    /// takes their shape, as ModelOpt's exports keep them; the embeddings, norms and head stay as
+    /// loaded. Returns how many layers were quantized.
+    pub fn quantize(&mut self, quant: Quant) -> Result<usize> {
+        let mut quantized = 0;
+        for layer in &mut self.layers {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            for linear in [
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                quantized += usize::from(linear.quantize(quant)?);
+            }
+        }
+        Ok(quantized)
+    }
+
     /// `model` is positioned at the decoder's prefix (`model.`, `model.language_model.`, ...);
     /// `lm_head` at the head's, unused when the embeddings are tied. `qk_norm`: Qwen3 and
     /// Gemma 3 norm queries and keys per head.

@@ -160,6 +160,12 @@ impl LanguageModel {
         self.architecture
     }
 
+    /// Keeps the decoder's projections in `quant` (`--quant`; a vision tower stays as loaded).
+    /// Returns how many layers were quantized.
+    pub fn quantize(&mut self, quant: crate::models::quant::Quant) -> candle_core::Result<usize> {
+        self.decoder.quantize(quant)
+    }
+
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }

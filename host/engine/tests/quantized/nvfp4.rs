@@ -304,3 +304,36 @@ fn models_verify_accepts_a_modelopt_nvfp4_language_model() {
         assert!(component.is_ok(), "{component:?}");
     }
 }
+
+/// `--quant nvfp4` on a language model reproduces ModelOpt's export of it (text/qwen3_nvfp4,
+/// quantized by the same PyTorch port) byte for byte, and so its logits.
+#[test]
+fn quantizing_a_language_model_at_load_reproduces_its_modelopt_export() {
+    use videosdgx_engine::text::decoder::{HiddenStates, Logits};
+    use videosdgx_engine::text::model::{LanguageModel, ModelInput};
+    let text = fixtures().join("text");
+    let mut model =
+        LanguageModel::load(&text.join("qwen3/model"), &Device::Cpu, DType::F32).unwrap();
+    // Three layers of q, k, v, o, gate and up; down's input width (100) is not a multiple of 16.
+    assert_eq!(model.quantize(Quant::Nvfp4).unwrap(), 18);
+    let export =
+        LanguageModel::load(&text.join("qwen3_nvfp4/model"), &Device::Cpu, DType::F32).unwrap();
+    let inputs = tensors(&text.join("qwen3/forward_inputs.safetensors"));
+    let input = ModelInput {
+        input_ids: &inputs["input_ids"],
+        attention_mask: inputs.get("attention_mask"),
+        pixel_values: None,
+        token_type_ids: None,
+    };
+    let logits = |m: &LanguageModel| {
+        m.forward(&input, &HiddenStates::None, Logits::All)
+            .unwrap()
+            .logits
+            .unwrap()
+    };
+    let (quantized, exported) = (logits(&model), logits(&export));
+    let expected = &tensors(&text.join("qwen3_nvfp4/forward_outputs.safetensors"))["logits"];
+    assert_eq!(values(&quantized), values(&exported), "the same weights");
+    let err = relative_error(&quantized, expected).unwrap();
+    assert!(err <= 1e-4, "relative error {err:e}");
+}
