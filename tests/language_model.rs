@@ -191,6 +191,23 @@ fn models_list_shows_language_models_and_the_chosen_one() {
         listed.contains(&format!("language model: {QWEN} (chosen")),
         "{listed}"
     );
+
+    // Its decoder quantized when it loads; choosing it again without --quant clears that.
+    let chosen = stdout(&videosdgx(
+        data.path(),
+        &["models", "use-llm", QWEN, "--quant", "nvfp4"],
+    ));
+    assert_eq!(
+        chosen.trim(),
+        format!("language model: {QWEN} (Qwen3ForCausalLM), weights in NVFP4")
+    );
+    let listed = stdout(&videosdgx(data.path(), &["models", "list", "--json"]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["language_model"]["quant"], "nvfp4");
+    stdout(&videosdgx(data.path(), &["models", "use-llm", QWEN]));
+    let listed = stdout(&videosdgx(data.path(), &["models", "list", "--json"]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["language_model"]["quant"], Value::Null);
 }
 
 #[test]
@@ -219,6 +236,16 @@ fn the_language_model_is_shown_and_chosen_over_http() {
     assert_eq!(s.get("/api/language-model").json()["name"], QWEN);
     let r = s.put("/api/language-model", &json!({ "name": "missing/model" }));
     assert_eq!(r.status, 422);
+    let r = s.put("/api/language-model", &json!({ "name": QWEN, "quant": "int3" }));
+    assert_eq!(r.status, 422, "an unknown format: {}", r.json());
+    // Quantized when it loads, and it answers so.
+    let r = s.put("/api/language-model", &json!({ "name": QWEN, "quant": "nvfp4" }));
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(s.get("/api/language-model").json()["quant"], "nvfp4");
+    install_probe(&s);
+    let board = s.storyboard("Harbour");
+    let text = answer(&s, board, "complete Write one line about a harbour.");
+    assert!(!text.is_empty());
     let models = s.get("/api/models").json();
     let qwen = models
         .as_array()

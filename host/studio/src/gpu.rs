@@ -32,6 +32,7 @@ enum Resident {
     },
     Language {
         dir: PathBuf,
+        quant: Option<Quant>,
         model: Box<ChatModel>,
     },
     /// The upscaler and interpolator files of a finish, loaded together.
@@ -108,24 +109,35 @@ impl GpuModel {
         }
     }
 
-    /// Runs `f` on the language model `name` (in `dir`), as [`GpuModel::with_pipeline`] does
-    /// (stage `loading language model`).
+    /// Runs `f` on the language model `name` (in `dir`) with its decoder's weights in `quant`
+    /// (as loaded when `None`), as [`GpuModel::with_pipeline`] does (stage `loading language
+    /// model`).
     pub fn with_language<R>(
         &self,
         name: &str,
         dir: &Path,
+        quant: Option<Quant>,
         report: Report,
         f: impl FnOnce(&ChatModel, Report) -> Result<R>,
     ) -> Result<R> {
         let mut resident = self.lock();
-        if !matches!(&*resident, Some(Resident::Language { dir: d, .. }) if d == dir) {
+        if !matches!(&*resident, Some(Resident::Language { dir: d, quant: q, .. }) if d == dir && *q == quant)
+        {
             release(&mut resident, name);
             loading(report, "loading language model")?;
-            let model = ChatModel::load(dir, &self.device, self.dtype).map_err(|e| {
+            let open = || {
+                let mut model = ChatModel::load(dir, &self.device, self.dtype)?;
+                if let Some(quant) = quant {
+                    model.quantize(quant)?;
+                }
+                anyhow::Ok(model)
+            };
+            let model = open().map_err(|e| {
                 StudioError::Internal(e.context(format!("loading language model `{name}`")))
             })?;
             *resident = Some(Resident::Language {
                 dir: dir.to_path_buf(),
+                quant,
                 model: Box::new(model),
             });
         }
@@ -211,7 +223,7 @@ mod tests {
             ControlFlow::Continue(())
         };
         for _ in 0..2 {
-            gpu.with_language("qwen", &qwen, &mut report, |model, _| {
+            gpu.with_language("qwen", &qwen, None, &mut report, |model, _| {
                 assert!(!model.sees_images());
                 Ok(())
             })
@@ -219,13 +231,25 @@ mod tests {
         }
         gpu.with_pipeline("wan", &wan, None, &mut report, |_, _| Ok(()))
             .unwrap();
-        gpu.with_language("qwen", &qwen, &mut report, |_, _| Ok(()))
+        gpu.with_language("qwen", &qwen, None, &mut report, |_, _| Ok(()))
             .unwrap();
+        // Other weights are another model: reloaded, then reused.
+        for _ in 0..2 {
+            gpu.with_language(
+                "qwen",
+                &qwen,
+                Some(Quant::Nvfp4),
+                &mut report,
+                |_, _| Ok(()),
+            )
+            .unwrap();
+        }
         assert_eq!(
             loads,
             [
                 "loading language model",
                 "loading model",
+                "loading language model",
                 "loading language model"
             ]
         );
@@ -238,6 +262,7 @@ mod tests {
             .with_language(
                 "qwen",
                 &fixture("text/qwen3/model"),
+                None,
                 &mut |_, _, _| ControlFlow::Break(()),
                 |_, _| Ok(()),
             )

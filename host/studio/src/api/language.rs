@@ -10,6 +10,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
+use videosdgx_engine::pipelines::Quant;
 
 type AppState = State<Arc<App>>;
 
@@ -33,6 +34,11 @@ pub async fn get_language_model(State(app): AppState) -> ApiResult<Json<Language
 pub struct ChooseLanguageModel {
     /// An installed language model's name, e.g. `Qwen/Qwen3-4B`.
     pub name: String,
+    /// The format its decoder is quantized to when it loads (`fp8`, `nvfp4`); as stored when
+    /// absent.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "nvfp4")]
+    pub quant: Option<Quant>,
 }
 
 /// Chooses the language model (persisted). 422 when `name` is not an installed language model.
@@ -44,7 +50,7 @@ pub async fn choose_language_model(
     Json(body): Json<ChooseLanguageModel>,
 ) -> ApiResult<Json<LanguageModel>> {
     Ok(Json(
-        app.blocking(move |a| language::choose(a, &body.name))
+        app.blocking(move |a| language::choose(a, &body.name, body.quant))
             .await?,
     ))
 }

@@ -267,6 +267,7 @@ impl JobRunner for ChatRunner {
         let reply = app.gpu.with_language(
             &model.name,
             &model.path,
+            model.quant,
             &mut |stage, step, total| ctx.progress(stage, step, total),
             |chat, report| {
                 if report("generating", 0, budget).is_break() {

@@ -2,7 +2,8 @@
 //! job kind that runs one request on the GPU lane ([`job`]). The configured model is the one
 //! the user chose (the `language_model` setting), else the smallest installed Qwen3 or
 //! Gemma 3 by size on disk. A language model is a transformers folder under `models/`, pulled
-//! or copied there.
+//! or copied there. Its decoder can be quantized at load (the `language_model_quant` setting,
+//! chosen with it).
 
 pub mod job;
 
@@ -16,9 +17,12 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use utoipa::ToSchema;
 use videosdgx_engine::hub::{LocalModel, ModelKind};
+use videosdgx_engine::pipelines::Quant;
 use videosdgx_engine::text::model::Architecture;
 
 const SETTING: &str = "language_model";
+/// The weight format the chosen model is quantized to at load; absent: as stored.
+const QUANT_SETTING: &str = "language_model_quant";
 /// What the errors suggest installing.
 pub const SUGGESTED: &str = "Qwen/Qwen3-4B";
 /// What to install for questions about images.
@@ -45,12 +49,16 @@ pub struct LanguageModel {
     pub sees_images: bool,
     pub size_bytes: u64,
     pub chosen_by: ChosenBy,
+    /// The format its decoder is quantized to at load (`fp8`, `nvfp4`); absent: as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "nvfp4")]
+    pub quant: Option<Quant>,
     #[serde(skip)]
     pub path: PathBuf,
 }
 
 impl LanguageModel {
-    fn of(model: LocalModel, chosen_by: ChosenBy) -> LanguageModel {
+    fn of(model: LocalModel, chosen_by: ChosenBy, quant: Option<Quant>) -> LanguageModel {
         let architecture = model.architecture.unwrap_or_default();
         LanguageModel {
             sees_images: Architecture::from_name(&architecture)
@@ -59,6 +67,7 @@ impl LanguageModel {
             name: model.name,
             size_bytes: model.size_bytes,
             chosen_by,
+            quant,
             path: model.path,
         }
     }
@@ -88,8 +97,19 @@ pub fn language_models(data_dir: &Path) -> Result<Vec<LocalModel>> {
 pub fn configured(app: &App) -> Result<LanguageModel> {
     let installed = language_models(app.data_dir())?;
     if let Some(name) = settings::get(&app.db, SETTING)? {
+        let quant = match settings::get(&app.db, QUANT_SETTING)? {
+            Some(quant) => Some(
+                serde_json::from_value(serde_json::Value::String(quant.clone())).map_err(|_| {
+                    StudioError::Invalid(format!(
+                        "the setting {QUANT_SETTING} holds `{quant}`, not fp8 or nvfp4; choose \
+                         again with `videosdgx models use-llm {name}`"
+                    ))
+                })?,
+            ),
+            None => None,
+        };
         return match installed.into_iter().find(|m| m.name == name) {
-            Some(model) => Ok(LanguageModel::of(model, ChosenBy::Setting)),
+            Some(model) => Ok(LanguageModel::of(model, ChosenBy::Setting, quant)),
             None => Err(StudioError::Invalid(format!(
                 "the chosen language model `{name}` is no longer installed; pull it again with \
                  `videosdgx models pull {name}` or choose another with `videosdgx models use-llm NAME`"
@@ -99,7 +119,7 @@ pub fn configured(app: &App) -> Result<LanguageModel> {
     installed
         .into_iter()
         .min_by_key(|m| (m.size_bytes, m.name.clone()))
-        .map(|model| LanguageModel::of(model, ChosenBy::Default))
+        .map(|model| LanguageModel::of(model, ChosenBy::Default, None))
         .ok_or_else(|| {
             StudioError::Invalid(format!(
                 "no language model is installed; pull one with `videosdgx models pull {SUGGESTED}` \
@@ -109,8 +129,9 @@ pub fn configured(app: &App) -> Result<LanguageModel> {
         })
 }
 
-/// Makes installed language model `name` the configured one.
-pub fn choose(app: &App, name: &str) -> Result<LanguageModel> {
+/// Makes installed language model `name` the configured one, its decoder quantized to `quant`
+/// at load (as stored when `None`).
+pub fn choose(app: &App, name: &str, quant: Option<Quant>) -> Result<LanguageModel> {
     let all = list_models(app.data_dir())?;
     let Some(model) = all.iter().find(|m| m.name == name) else {
         let installed: Vec<&str> = all
@@ -134,7 +155,16 @@ pub fn choose(app: &App, name: &str) -> Result<LanguageModel> {
             Architecture::KNOWN.join(", ")
         )));
     }
-    settings::set(&app.db, SETTING, name)?;
-    tracing::info!(model = name, "language model chosen");
-    Ok(LanguageModel::of(model.clone(), ChosenBy::Setting))
+    let quant_value = quant
+        .map(|q| serde_json::to_value(q).map_err(anyhow::Error::from))
+        .transpose()?;
+    settings::set_all(
+        &app.db,
+        &[
+            (SETTING, Some(name)),
+            (QUANT_SETTING, quant_value.as_ref().and_then(|v| v.as_str())),
+        ],
+    )?;
+    tracing::info!(model = name, ?quant, "language model chosen");
+    Ok(LanguageModel::of(model.clone(), ChosenBy::Setting, quant))
 }
