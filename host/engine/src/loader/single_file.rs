@@ -482,9 +482,6 @@ impl SingleFile {
         )
     }
 
-    /// The stored tensor that diffusers' `name` comes from and the shape `name` has once its
-    /// part is taken, from the header alone (what `verify` compares with the config's shapes);
-    /// `None` where the file has no such tensor.
     /// Whether diffusers' `name` comes from a tensor of the file, or from a marker of its
     /// header ([`Checkpoint::contains`]).
     pub fn contains(&self, name: &str) -> bool {
@@ -492,6 +489,9 @@ impl SingleFile {
             .is_some_and(|(key, _)| self.checkpoint.contains(&key))
     }
 
+    /// The stored tensor that diffusers' `name` comes from and the shape `name` has once its
+    /// part is taken, from the header alone (what `verify` compares with the config's shapes);
+    /// `None` where the file has no such tensor.
     pub fn mapped(&self, name: &str) -> Option<(String, Vec<usize>)> {
         let (key, part) = source(self.layout, self.prefix, self.blocks(), name)?;
         let shape = &self.checkpoint.entry(&key)?.shape;
