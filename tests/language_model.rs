@@ -236,10 +236,16 @@ fn the_language_model_is_shown_and_chosen_over_http() {
     assert_eq!(s.get("/api/language-model").json()["name"], QWEN);
     let r = s.put("/api/language-model", &json!({ "name": "missing/model" }));
     assert_eq!(r.status, 422);
-    let r = s.put("/api/language-model", &json!({ "name": QWEN, "quant": "int3" }));
+    let r = s.put(
+        "/api/language-model",
+        &json!({ "name": QWEN, "quant": "int3" }),
+    );
     assert_eq!(r.status, 422, "an unknown format: {}", r.json());
     // Quantized when it loads, and it answers so.
-    let r = s.put("/api/language-model", &json!({ "name": QWEN, "quant": "nvfp4" }));
+    let r = s.put(
+        "/api/language-model",
+        &json!({ "name": QWEN, "quant": "nvfp4" }),
+    );
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(s.get("/api/language-model").json()["quant"], "nvfp4");
     install_probe(&s);

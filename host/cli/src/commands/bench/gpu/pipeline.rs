@@ -177,7 +177,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         WanTransformer3DModel::new(&transformer_config(&shape), random(DType::BF16))
             .context("building the transformer")?;
     if let Some(quant) = args.quant {
-        videosdgx_engine::models::quant::quantize_blocks(&mut transformer, quant)?;
+        videosdgx_engine::models::quant::quantize_blocks(&mut transformer, quant.into())?;
     }
     let vae =
         AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;
