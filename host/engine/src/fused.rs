@@ -609,7 +609,7 @@ mod cuda {
         let d = x.dims()[3];
         let (_, layout) = x.storage_and_layout();
         let st = layout.stride();
-        d % 8 == 0
+        d.is_multiple_of(8)
             && d <= 256
             && st[3] == 1
             && st[..3].iter().all(|s| s % 8 == 0)

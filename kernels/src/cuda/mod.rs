@@ -1132,8 +1132,9 @@ impl ChannelNorm {
         divisor: ChannelDivisor,
         silu: bool,
     ) -> Result<Self> {
+        // NaN is refused too.
         if let ChannelDivisor::Rms { eps } = divisor
-            && !(eps > 0.0)
+            && eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             bail!("channel norm: the RMS divisor's eps must be positive, got {eps}");
         }
@@ -1771,8 +1772,8 @@ impl CustomOp1 for SwiGlu {
             .all(|i| dims[i] == 1 || st[i] == st[i + 1] * dims[i + 1]);
         if st[dims.len() - 1] != 1
             || !regular
-            || half % 8 != 0
-            || row_stride % 8 != 0
+            || !half.is_multiple_of(8)
+            || !row_stride.is_multiple_of(8)
             || !xl.start_offset().is_multiple_of(8)
         {
             bail!(
