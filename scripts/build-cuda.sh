@@ -20,7 +20,8 @@
 # build only): upstream's GGUF/MoE static kernels, which VideosDGX never runs and which take most
 # of an hour to compile on a 2-core builder, become aborting stubs.
 #
-# Output: dist/videosdgx-cuda-sm<CAP>[-aarch64] (stripped) and the same with .xz.
+# Output: dist/videosdgx-cuda-sm<CAP>[-aarch64] (stripped) and the same with .xz. With
+# VIDEOSDGX_CUDA_CHECK=1 it only runs clippy on the CUDA build (see below).
 # Run it on the GPU machine with the CUDA 13.0 libraries on the loader path, e.g.
 #   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib ./videosdgx-cuda-sm90 bench wan
 #   LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/sbsa-linux/lib ./videosdgx-cuda-sm121-aarch64 bench wan
@@ -150,6 +151,14 @@ cp "$REPO/Cargo.lock" "$lock_backup"
 trap 'cp "$lock_backup" "$REPO/Cargo.lock"; rm -f "$lock_backup"' EXIT
 # VIDEOSDGX_CARGO_EXTRA: more cargo arguments, split on spaces.
 read -ra extra <<<"${VIDEOSDGX_CARGO_EXTRA:-}"
+# VIDEOSDGX_CUDA_CHECK=1: only type-check and lint the CUDA build, its tests and the GPU checks
+# included (minutes, no codegen), as CI cannot: it builds without CUDA.
+if [[ "${VIDEOSDGX_CUDA_CHECK:-0}" == 1 ]]; then
+  cargo clippy --manifest-path "$REPO/Cargo.toml" -p videosdgx -p videosdgx-kernels \
+    --features "$(sed 's/[^,]*/videosdgx\/&/g' <<<"$FEATURES")" --tests "${TARGET_ARGS[@]}" \
+    --config "patch.crates-io.candle-kernels.path=\"$patched\"" "${extra[@]}" -- -D warnings
+  exit
+fi
 cargo build --release --manifest-path "$REPO/Cargo.toml" -p videosdgx --features "$FEATURES" "${TARGET_ARGS[@]}" \
   --config "patch.crates-io.candle-kernels.path=\"$patched\"" "${extra[@]}"
 mkdir -p "$REPO/dist"
