@@ -33,6 +33,17 @@ fn randn(shape: &[usize], dev: &Device) -> Tensor {
         .unwrap()
 }
 
+/// Every element of `t` in f32, on the CPU (exact for e4m3, bf16 and f32).
+fn values(t: &Tensor) -> Vec<f32> {
+    cpu(t)
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// ||got - want|| / ||want|| in f32 on the CPU; NaN anywhere in `got` fails.
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     let got = got
@@ -699,15 +710,6 @@ fn kernel_modules_compile_for_this_gpu() {
 #[test]
 fn e4m3_quantize_and_dequantize_match_reference_exactly() {
     let dev = gpu();
-    let values = |t: &Tensor| -> Vec<f32> {
-        cpu(t)
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
     // A 14B projection's shape with a scale per row (--quant fp8), an odd one with one scale
     // from the absolute maximum, and one whose fixed scale saturates most values to ±448.
     for (rows, cols, scale_of) in [(5120, 5120, "rows"), (37, 301, "max"), (3, 7, "fixed")] {
@@ -773,15 +775,6 @@ fn nvfp4_dequantize_matches_reference_exactly() {
             )
             .unwrap();
             let want = reference::nvfp4_dequantize(&packed, &block_scales, &global, dtype).unwrap();
-            let values = |t: &Tensor| -> Vec<f32> {
-                cpu(t)
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            };
             let got = values(&got);
             assert!(
                 got.iter().all(|v| v.is_finite()),

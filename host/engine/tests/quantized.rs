@@ -9,7 +9,10 @@ mod nvfp4;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
+use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode};
+use videosdgx_engine::models::quant::{Quant, quantize_blocks};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -39,4 +42,24 @@ fn forward(model: &WanTransformer3DModel, inputs: &Path) -> Tensor {
 /// wan_t2v's inputs, on which every quantized fixture's reference ran.
 fn component_inputs() -> PathBuf {
     fixtures().join("components/wan_t2v/inputs.safetensors")
+}
+
+/// The tiny Wan T2V transformer quantized to `quant`, and its outputs on the LoRA fixtures'
+/// inputs without a LoRA, with the PEFT LoRA (strength 0.8) merged, and with it at run time.
+fn with_a_lora(quant: Quant) -> (WanTransformer3DModel, [Tensor; 3]) {
+    let inputs = fixtures().join("lora/inputs_t2v.safetensors");
+    let peft = Lora {
+        file: Arc::new(LoraFile::open(&fixtures().join("lora/peft.safetensors")).unwrap()),
+        strength: 0.8,
+    };
+    let mut model = load(&fixtures().join("tiny-wan-t2v/transformer"));
+    assert!(quantize_blocks(&mut model, quant).unwrap() > 0);
+    let plain = forward(&model, &inputs);
+    model
+        .set_loras(std::slice::from_ref(&peft), LoraMode::Merge)
+        .unwrap();
+    let merged = forward(&model, &inputs);
+    model.set_loras(&[peft], LoraMode::Runtime).unwrap();
+    let runtime = forward(&model, &inputs);
+    (model, [plain, merged, runtime])
 }

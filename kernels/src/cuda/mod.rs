@@ -1822,6 +1822,16 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     x.apply_op1_no_bwd(&SwiGlu)
 }
 
+/// 256 threads a block over `n` items for quant.cu's grid-stride loops (at most 524,280 blocks;
+/// a thread takes several items beyond that).
+fn grid_stride(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Which way an e4m3 conversion goes (quant.cu).
 #[derive(Clone, Copy)]
 enum E4m3 {
@@ -1869,11 +1879,7 @@ impl CustomOp2 for E4m3Op {
         let stream = dev.cuda_stream();
         let n = rows * cols;
         let (scale, _sg) = typed_ptr::<f32>(ss, sl, &stream)?;
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_stride(n);
         let (n64, cols64) = (n as i64, cols as i64);
         macro_rules! launch {
             ($input:ty, $output:ty, $kernel:literal) => {{
@@ -1963,11 +1969,7 @@ impl CustomOp3 for Nvfp4Dequantize {
         let (q, _qg) = typed_ptr::<u8>(qs, ql, &stream)?;
         let (block, _bg) = typed_ptr::<float8::F8E4M3>(bs, bl, &stream)?;
         let (global, _gg) = typed_ptr::<f32>(gs, gl, &stream)?;
-        let cfg = LaunchConfig {
-            grid_dim: (pairs.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_stride(pairs);
         let (pairs64, cols64) = (pairs as i64, cols as i64);
         macro_rules! launch {
             ($output:ty, $kernel:literal) => {{

@@ -3,7 +3,7 @@
 //! quantizing at load (`--quant fp8`) reproduces PyTorch's bytes; LoRAs join FP8 layers as side
 //! paths; malformed scales are refused by name.
 
-use super::{component_inputs, fixtures, forward, load, tensors};
+use super::{component_inputs, fixtures, forward, load, tensors, with_a_lora};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -107,15 +107,7 @@ fn loras_join_fp8_layers_as_side_paths_in_either_mode() {
         .unwrap();
     let dense_out = forward(&dense, &inputs);
 
-    let mut model = load(&dir);
-    quantize_blocks(&mut model, Quant::Fp8).unwrap();
-    let plain = forward(&model, &inputs);
-    model
-        .set_loras(std::slice::from_ref(&peft), LoraMode::Merge)
-        .unwrap();
-    let merged = forward(&model, &inputs);
-    model.set_loras(&[peft], LoraMode::Runtime).unwrap();
-    let runtime = forward(&model, &inputs);
+    let (mut model, [plain, merged, runtime]) = with_a_lora(Quant::Fp8);
 
     assert!(
         relative_error(&plain, &merged).unwrap() > 1e-2,

@@ -4,12 +4,11 @@
 //! reproduces ModelOpt's bytes; LoRAs join NVFP4 layers as side paths; malformed layers are
 //! refused by name.
 
-use super::{component_inputs, fixtures, forward, load, tensors};
+use super::{component_inputs, fixtures, forward, load, tensors, with_a_lora};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
-use std::sync::Arc;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
-use videosdgx_engine::lora::{Adaptable, Lora, LoraFile, LoraMode, Weight};
+use videosdgx_engine::lora::{Adaptable, Weight};
 use videosdgx_engine::models::nvfp4::Nvfp4Weight;
 use videosdgx_engine::models::quant::{Quant, quantize_blocks};
 use videosdgx_engine::models::relative_error;
@@ -114,21 +113,7 @@ fn quantizing_at_load_reproduces_modelopt_bytes_and_its_checkpoint() {
 
 #[test]
 fn loras_join_nvfp4_layers_as_side_paths() {
-    let dir = fixtures().join("tiny-wan-t2v/transformer");
-    let inputs = fixtures().join("lora/inputs_t2v.safetensors");
-    let peft = Lora {
-        file: Arc::new(LoraFile::open(&fixtures().join("lora/peft.safetensors")).unwrap()),
-        strength: 0.8,
-    };
-    let mut model = load(&dir);
-    assert!(quantize_blocks(&mut model, Quant::Nvfp4).unwrap() > 0);
-    let plain = forward(&model, &inputs);
-    model
-        .set_loras(std::slice::from_ref(&peft), LoraMode::Merge)
-        .unwrap();
-    let merged = forward(&model, &inputs);
-    model.set_loras(&[peft], LoraMode::Runtime).unwrap();
-    let runtime = forward(&model, &inputs);
+    let (_, [plain, merged, runtime]) = with_a_lora(Quant::Nvfp4);
     assert!(
         relative_error(&plain, &merged).unwrap() > 1e-2,
         "the LoRA applies"
