@@ -17,14 +17,7 @@ pub fn get(db: &Db, key: &str) -> Result<Option<String>> {
 }
 
 pub fn set(db: &Db, key: &str, value: &str) -> Result<()> {
-    db.with(|c| {
-        c.execute(
-            "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            params![key, value, now_ms()],
-        )?;
-        Ok(())
-    })
+    set_all(db, &[(key, Some(value))])
 }
 
 /// Sets (`Some`) or clears (`None`) several keys in one transaction: settings that only make
