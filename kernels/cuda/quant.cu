@@ -65,6 +65,45 @@ extern "C" __global__ void quantize_e4m3_f32(const float *w, const float *scale,
     quantize(w, scale, per_row, q, n, cols, [](float v) { return v; });
 }
 
+// quantize_rows_e4m3_bf16: the activations of an FP8 GEMM, one scale a row (token): x [rows, cols]
+// bf16 to q = e4m3(x / s) with s = max|x[row]| / 448 (1 for an all-zero row), the arithmetic of
+// quantize_e4m3_* with that scale, so the bytes match the CPU's. One block a row (grid-stride over
+// rows), 16-byte loads (cols a multiple of 8): the row's maximum by a block reduction, then a second
+// pass over the row, which L2 still holds.
+extern "C" __global__ void quantize_rows_e4m3_bf16(const bf16_t *__restrict__ x, unsigned char *__restrict__ q,
+                                                   float *__restrict__ scale, long long rows, long long cols) {
+    __shared__ float partial[32];
+    const long long chunks = cols / 8;
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const uint4 *xr = reinterpret_cast<const uint4 *>(x + row * cols);
+        float m = 0.f;
+        for (long long c = threadIdx.x; c < chunks; c += blockDim.x) {
+            float f[8];
+            unpack8(xr[c], f);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(f[i]));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
+        __syncthreads();
+        m = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) m = fmaxf(m, partial[w]);
+        const float s = m == 0.f ? 1.f : __fdiv_rn(m, 448.f);
+        if (threadIdx.x == 0) scale[row] = s;
+        uint2 *qr = reinterpret_cast<uint2 *>(q + row * cols);
+        for (long long c = threadIdx.x; c < chunks; c += blockDim.x) {
+            float f[8];
+            unpack8(xr[c], f);
+            u32 b[2] = {0, 0};
+#pragma unroll
+            for (int i = 0; i < 8; ++i) b[i / 4] |= (u32)float_to_e4m3(__fdiv_rn(f[i], s)) << (8 * (i % 4));
+            qr[c] = make_uint2(b[0], b[1]);
+        }
+        __syncthreads(); // `partial` is reused by the next row
+    }
+}
+
 // NVFP4 weights: two e2m1 values a byte (element 2k in the low nibble, 2k+1 in the high one, as
 // ModelOpt packs them), one e4m3 scale per 16 values of a row, and one f32 scale for the tensor.
 //

@@ -337,6 +337,9 @@ pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
     Ok(x)
 }
 
+/// The largest finite e4m3 value.
+pub const E4M3_MAX: f64 = 448.0;
+
 /// The scale as the e4m3 conversions take it: f32, `[]` for one value, `[rows, 1]` for one per
 /// row of a `rows`-row weight.
 fn e4m3_scale(scale: &Tensor, rows: usize) -> Result<Tensor> {
@@ -361,12 +364,34 @@ pub fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Ten
 /// nearest even and saturated to ±448 as PyTorch's `to(torch.float8_e4m3fn)` after a clamp: what
 /// [`crate::fp8_quantize`] computes on CUDA.
 pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    const E4M3_MAX: f64 = 448.0;
     let scale = e4m3_scale(scale, w.dim(0)?)?;
     w.to_dtype(DType::F32)?
         .broadcast_div(&scale)?
         .clamp(-E4M3_MAX, E4M3_MAX)?
         .to_dtype(DType::F8E4M3)
+}
+
+/// The per-row scales of [`fp8_quantize_rows`]: `max |x[row]| / 448` in f32, 1 for an all-zero
+/// row, `[rows, 1]` (any device).
+pub fn fp8_row_scales(x: &Tensor) -> Result<Tensor> {
+    let cols = x.dim(candle_core::D::Minus1)?;
+    let absmax = x
+        .to_dtype(DType::F32)?
+        .reshape(((), cols))?
+        .abs()?
+        .max_keepdim(1)?;
+    absmax
+        .eq(0f64)?
+        .where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)
+}
+
+/// Activations quantized per row (token) for an FP8 GEMM: `x [.., cols]` to e4m3 of x's shape
+/// with [`fp8_row_scales`], and those scales as `[rows]`.
+pub fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cols = x.dim(candle_core::D::Minus1)?;
+    let scale = fp8_row_scales(x)?;
+    let q = fp8_quantize(&x.reshape(((), cols))?, &scale)?.reshape(x.shape())?;
+    Ok((q, scale.flatten_all()?))
 }
 
 /// The magnitudes of the eight e2m1 codes (sign bit 8 aside), code order.

@@ -740,6 +740,112 @@ fn e4m3_quantize_and_dequantize_match_reference_exactly() {
 }
 
 #[test]
+fn fp8_row_quantize_matches_reference_exactly() {
+    let dev = gpu();
+    // Tokens of a 14B block's widths (the FFN's 13,824 too), a ragged count, an all-zero row.
+    for (rows, cols) in [(4096, 5120), (77, 13824), (3, 16)] {
+        let x = (randn(&[1, rows, cols], &dev).to_dtype(DType::F32).unwrap() * 5.0)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let x = x
+            .slice_assign(
+                &[0..1, 1..2, 0..cols],
+                &x.i((.., 1..2, ..)).unwrap().zeros_like().unwrap(),
+            )
+            .unwrap();
+        let (q, scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
+        let (q_want, scale_want) = reference::fp8_quantize_rows(&cpu(&x)).unwrap();
+        assert_eq!((q.dims(), q.dtype()), (x.dims(), DType::F8E4M3));
+        assert_eq!(scale.dims(), [rows]);
+        let what = format!("{rows}x{cols}");
+        assert_eq!(values(&scale), values(&scale_want), "{what}: scales");
+        assert_eq!(
+            values(&scale)[1],
+            1.0,
+            "{what}: an all-zero row keeps scale 1"
+        );
+        let got = values(&q);
+        assert!(got.iter().all(|v| v.is_finite()), "{what}: unwritten bytes");
+        assert_eq!(got, values(&q_want), "{what}: e4m3 bytes");
+    }
+}
+
+#[test]
+fn fp8_linear_matches_reference() {
+    let dev = gpu();
+    let x = randn(&[1, 64, 256], &dev);
+    let w = videosdgx_kernels::fp8_quantize(
+        &randn(&[256, 256], &dev),
+        &Tensor::new(0.01f32, &dev).unwrap(),
+    )
+    .unwrap();
+    let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
+    let one = Tensor::new(1f32, &dev).unwrap();
+    if !videosdgx_kernels::fp8_linear_supported(&dev).unwrap() {
+        eprintln!("no FP8 GEMM with per-row scales on this GPU: checking that it says so");
+        assert!(videosdgx_kernels::linear_fp8(&xq, &x_scale, &w, &one, None, false, None).is_err());
+        return;
+    }
+    // Wan 14B's projection and FFN shapes at a reduced token count, a ragged row count; weight
+    // scales per output channel (--quant fp8) or one per tensor (ComfyUI's scaled FP8).
+    for (rows, k, n, bias, gelu, per_channel) in [
+        (1000, 5120, 5120, true, false, true),
+        (777, 5120, 13824, true, true, true),
+        (300, 13824, 5120, true, false, false),
+        (123, 256, 512, false, false, true),
+    ] {
+        let x = randn(&[1, rows, k], &dev);
+        let w =
+            (randn(&[n, k], &dev).to_dtype(DType::F32).unwrap() * (k as f64).powf(-0.5)).unwrap();
+        let w_scale = if per_channel {
+            reference::fp8_row_scales(&w).unwrap()
+        } else {
+            (w.abs().unwrap().max_all().unwrap() / reference::E4M3_MAX).unwrap()
+        };
+        let wq = videosdgx_kernels::fp8_quantize(&w, &w_scale).unwrap();
+        let b = bias.then(|| randn(&[n], &dev));
+        let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
+        let got =
+            videosdgx_kernels::linear_fp8(&xq, &x_scale, &wq, &w_scale, b.as_ref(), gelu, None)
+                .unwrap();
+        assert_eq!((got.dims(), got.dtype()), (&[1, rows, n][..], DType::BF16));
+        // The same FP8 values multiplied in f32 on the CPU.
+        let x_values =
+            reference::fp8_dequantize(&cpu(&xq).squeeze(0).unwrap(), &cpu(&x_scale), DType::F32)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+        let w_values = reference::fp8_dequantize(&cpu(&wq), &cpu(&w_scale), DType::F32).unwrap();
+        let want =
+            reference::linear(&x_values, &w_values, b.as_ref().map(cpu).as_ref(), gelu).unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("fp8 linear {rows}x{k}x{n} bias {bias} gelu {gelu}: rel err {err:.2e}");
+        assert!(err < 1e-2, "fp8 linear {rows}x{k}x{n}: rel err {err}");
+    }
+    // The residual enters the epilogue.
+    let (x, r) = (randn(&[1, 500, 512], &dev), randn(&[1, 500, 512], &dev));
+    let w = (randn(&[512, 512], &dev).to_dtype(DType::F32).unwrap() * (512f64).powf(-0.5)).unwrap();
+    let w_scale = reference::fp8_row_scales(&w).unwrap();
+    let wq = videosdgx_kernels::fp8_quantize(&w, &w_scale).unwrap();
+    let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
+    let got =
+        videosdgx_kernels::linear_fp8(&xq, &x_scale, &wq, &w_scale, None, false, Some(&r)).unwrap();
+    let x_values =
+        reference::fp8_dequantize(&cpu(&xq).squeeze(0).unwrap(), &cpu(&x_scale), DType::F32)
+            .unwrap();
+    let w_values = reference::fp8_dequantize(&cpu(&wq), &cpu(&w_scale), DType::F32).unwrap();
+    let want = (reference::linear(&x_values, &w_values, None, false).unwrap()
+        + cpu(&r).squeeze(0).unwrap().to_dtype(DType::F32).unwrap())
+    .unwrap()
+    .unsqueeze(0)
+    .unwrap();
+    let err = rel_err(&got, &want);
+    eprintln!("fp8 linear + residual 500x512x512: rel err {err:.2e}");
+    assert!(err < 1e-2, "fp8 linear + residual: rel err {err}");
+}
+
+#[test]
 fn nvfp4_dequantize_matches_reference_exactly() {
     let dev = gpu();
     // Every code byte, block scales over e4m3's range (subnormals included), a 14B projection's

@@ -757,3 +757,35 @@ fn pad_frames_repeats_the_end_frames_and_pads_space_like_torch() {
     let err = reference::pad_frames(&one_row, reflect).unwrap_err();
     assert!(err.to_string().contains("[1, 2, 1, 1, 3]"), "{err}");
 }
+
+#[test]
+fn fp8_row_quantization_maps_each_rows_largest_magnitude_to_448() {
+    // Three tokens of 16: ordinary values, an all-zero row, one large value among small ones.
+    let mut rows = values(48, 9);
+    rows[16..32].fill(0.0);
+    rows[40] = -1000.0;
+    let x = Tensor::from_vec(rows.clone(), (1, 3, 16), &Device::Cpu).unwrap();
+    let (q, scale) = reference::fp8_quantize_rows(&x).unwrap();
+    assert_eq!(q.dims(), [1, 3, 16]);
+    let scale = scale.to_vec1::<f32>().unwrap();
+    let max = |r: &[f32]| r.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_eq!(scale, [max(&rows[..16]) / 448.0, 1.0, 1000.0 / 448.0]);
+    let q = q
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(max(&q[..16]), 448.0);
+    assert!(q[16..32].iter().all(|v| *v == 0.0));
+    assert_eq!(q[40], -448.0);
+    // Dequantized, every value is within e4m3's rounding step (3 mantissa bits) of the input.
+    for (i, (got, want)) in q.iter().zip(&rows).enumerate() {
+        let back = got * scale[i / 16];
+        assert!(
+            (back - want).abs() <= want.abs() / 16.0 + scale[i / 16] / 512.0,
+            "element {i}: {want} came back as {back}"
+        );
+    }
+}

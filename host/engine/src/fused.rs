@@ -348,6 +348,23 @@ pub(crate) fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
     videosdgx_kernels::reference::fp8_quantize(w, scale)
 }
 
+/// `x [.., cols]` in float8 e4m3 with one scale per row (`max |row| / 448`), and those scales
+/// (f32 `[rows]`): one kernel on CUDA (bf16, `cols` a multiple of 8), otherwise the scales from
+/// candle's ops and [`fp8_quantize`] ([`videosdgx_kernels::reference::fp8_quantize_rows`] defines
+/// both).
+pub(crate) fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cols = x.dim(candle_core::D::Minus1)?;
+    #[cfg(feature = "cuda")]
+    {
+        if x.device().is_cuda() && x.dtype() == DType::BF16 && cols.is_multiple_of(8) {
+            return videosdgx_kernels::fp8_quantize_rows(x);
+        }
+    }
+    let scale = videosdgx_kernels::reference::fp8_row_scales(x)?;
+    let q = fp8_quantize(&x.reshape(((), cols))?, &scale)?.reshape(x.shape())?;
+    Ok((q, scale.flatten_all()?))
+}
+
 /// Whether `VIDEOSDGX_UNFUSED` (a comma-separated list of op names, or `all`) turns the fused
 /// kernel of `op` off, so one binary can time both paths.
 #[cfg(feature = "cuda")]
@@ -423,7 +440,12 @@ mod cuda {
         {
             return Ok(None);
         }
-        // An FP8 layer's weight is dequantized for the product.
+        if let Some(fp8) = layer.fp8()
+            && let Some(y) = linear_fp8(layer, fp8, x, gelu, residual)?
+        {
+            return Ok(Some(y));
+        }
+        // A quantized layer's weight is dequantized for the product.
         let w = layer.weight()?;
         let w = w.as_ref();
         let (n, k) = w.dims2()?;
@@ -446,6 +468,45 @@ mod cuda {
             }
             Some(_) => Ok(None),
         }
+    }
+
+    /// An FP8 layer as an FP8 GEMM: `x` quantized per token, the product scaled per token and
+    /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU's
+    /// cuBLASLt has no such GEMM or the widths are not multiples of 16.
+    fn linear_fp8(
+        layer: &crate::models::Linear,
+        weight: &crate::models::fp8::Fp8Weight,
+        x: &Tensor,
+        gelu: bool,
+        residual: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let (n, k) = weight.dims2()?;
+        let takes_residual = residual.is_none_or(|r| {
+            !gelu && bf16_cuda(r) && r.rank() == x.rank() && r.dims().last() == Some(&n)
+        });
+        if super::disabled("fp8_gemm")
+            || !k.is_multiple_of(16)
+            || !n.is_multiple_of(16)
+            || x.dim(candle_core::D::Minus1)? != k
+            || layer
+                .bias()
+                .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
+            || !takes_residual
+            || !videosdgx_kernels::fp8_linear_supported(x.device())?
+        {
+            return Ok(None);
+        }
+        let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(x)?;
+        videosdgx_kernels::linear_fp8(
+            &xq,
+            &x_scale,
+            weight.data(),
+            weight.scale(),
+            layer.bias(),
+            gelu,
+            residual,
+        )
+        .map(Some)
     }
 
     /// Whether the channel-norm kernel takes `x` (bf16 or f32 on CUDA, 8-pixel groups).

@@ -1,4 +1,6 @@
-//! bf16 GEMMs on cuBLASLt with fused epilogues (bias, tanh GELU, a residual as C with beta 1).
+//! GEMMs on cuBLASLt with fused epilogues (bias, tanh GELU, a residual as C with beta 1): bf16
+//! operands, or float8 (e4m3) operands each scaled per row (the activations per token, the weight
+//! per output channel: cuBLASLt's outer-vector scaling), always with a bf16 output.
 //!
 //! cuBLASLt's heuristic ranks its algorithms without running them, and its first pick can be far
 //! from the best for some epilogues (the FFN's GELU: 1.81 ms against 1.20 for the same GEMM with
@@ -22,18 +24,32 @@ const CANDIDATES: usize = 16;
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// `d[rows, n] = x[rows, k] w[n, k]^T (+ bias[n]) (then GELU) (+ d when accumulate)`, row-major,
-/// every operand bf16 on one device and given by its device address.
+/// every operand on one device and given by its device address; `d`, the bias and the residual
+/// bf16.
 pub(super) struct Gemm {
     pub rows: usize,
     pub n: usize,
     pub k: usize,
     pub x: u64,
     pub w: u64,
+    pub operands: Operands,
     pub d: u64,
     pub bias: Option<u64>,
     pub gelu: bool,
     /// `d` holds a residual to add (beta 1).
     pub accumulate: bool,
+}
+
+/// What `x` and `w` hold.
+#[derive(Clone, Copy)]
+pub(super) enum Operands {
+    Bf16,
+    /// e4m3, the product of row `r` of x and row `c` of w multiplied by `x_scale[r] · w_scale[c]`
+    /// (f32 vectors of `rows` and `n` elements).
+    Fp8 {
+        x_scale: u64,
+        w_scale: u64,
+    },
 }
 
 /// A cuBLASLt handle and its workspace on one device.
@@ -63,6 +79,7 @@ struct Key {
     k: usize,
     epilogue: u32,
     accumulate: bool,
+    fp8: bool,
 }
 
 fn lt(dev: &CudaDevice) -> Result<Arc<Lt>> {
@@ -122,9 +139,15 @@ impl Drop for Plan {
 impl Plan {
     /// Row-major `d[rows, n] = x[rows, k] w[n, k]^T` is column-major `d^T (n x rows) = w^T x^T`:
     /// A = w read transposed (k x n, ld k), B = x (k x rows, ld k), C = D (n x rows, ld n); the
-    /// bias runs along C's rows, i.e. along d's last dim.
+    /// bias runs along C's rows, i.e. along d's last dim. FP8 needs exactly this transposed A and
+    /// plain B; A's outer-vector scale runs along C's rows (w's output channels), B's along its
+    /// columns (x's rows).
     fn new(g: &Gemm, epilogue: sys::cublasLtEpilogue_t) -> Result<Self> {
         let bf16 = sys::cudaDataType_t::CUDA_R_16BF;
+        let input = match g.operands {
+            Operands::Bf16 => bf16,
+            Operands::Fp8 { .. } => sys::cudaDataType_t::CUDA_R_8F_E4M3,
+        };
         let (rows, n, k) = (g.rows as u64, g.n as u64, g.k as u64);
         let desc = result::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -139,9 +162,9 @@ impl Plan {
             pref: std::ptr::null_mut(),
         };
         plan.a =
-            result::create_matrix_layout(bf16, k, n, k as i64).map_err(driver_err("layout"))?;
+            result::create_matrix_layout(input, k, n, k as i64).map_err(driver_err("layout"))?;
         plan.b =
-            result::create_matrix_layout(bf16, k, rows, k as i64).map_err(driver_err("layout"))?;
+            result::create_matrix_layout(input, k, rows, k as i64).map_err(driver_err("layout"))?;
         plan.c =
             result::create_matrix_layout(bf16, n, rows, n as i64).map_err(driver_err("layout"))?;
         plan.pref = result::create_matmul_pref().map_err(driver_err("preference"))?;
@@ -154,6 +177,22 @@ impl Plan {
             set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
             if let Some(bias) = &g.bias {
                 set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias)?;
+            }
+            if let Operands::Fp8 { x_scale, w_scale } = &g.operands {
+                let outer =
+                    sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+                set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer)?;
+                set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer)?;
+                set_desc(
+                    plan.desc,
+                    Attr::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                    w_scale,
+                )?;
+                set_desc(
+                    plan.desc,
+                    Attr::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                    x_scale,
+                )?;
             }
             result::set_matmul_pref_attribute(
                 plan.pref,
@@ -196,12 +235,52 @@ fn epilogue_of(g: &Gemm) -> sys::cublasLtEpilogue_t {
     }
 }
 
+/// Whether cuBLASLt on `dev` has an algorithm for FP8 operands with outer-vector scales (Hopper
+/// does; other architectures may not), asked once per device on a small plan.
+pub(super) fn fp8_supported(dev: &CudaDevice) -> Result<bool> {
+    static SUPPORTED: OnceLock<Mutex<HashMap<DeviceId, bool>>> = OnceLock::new();
+    let mut known = SUPPORTED
+        .get_or_init(Default::default)
+        .lock()
+        .expect("FP8 support poisoned");
+    if let Some(&supported) = known.get(&dev.id()) {
+        return Ok(supported);
+    }
+    let lt = lt(dev)?;
+    let probe = Gemm {
+        rows: 64,
+        n: 64,
+        k: 64,
+        x: 0,
+        w: 0,
+        operands: Operands::Fp8 {
+            x_scale: 0,
+            w_scale: 0,
+        },
+        d: 0,
+        bias: None,
+        gelu: false,
+        accumulate: false,
+    };
+    let supported = heuristic(&lt, &Plan::new(&probe, epilogue_of(&probe))?, 1).is_ok();
+    tracing::info!(
+        "kernels: cublasLt FP8 GEMMs with per-row scales {}",
+        if supported {
+            "available: FP8 layers run as FP8 GEMMs"
+        } else {
+            "unavailable on this GPU: FP8 layers are dequantized for each product"
+        }
+    );
+    known.insert(dev.id(), supported);
+    Ok(supported)
+}
+
 /// Enqueues `g` on the device's stream with the shape's tuned algorithm (tuning it on first use).
 ///
 /// # Safety
-/// The addresses in `g` must hold the operands it describes, bf16 on `dev`, alive until the
-/// GEMM has run on the device's stream.
-pub(super) unsafe fn gemm_bf16(dev: &CudaDevice, g: &Gemm) -> Result<()> {
+/// The addresses in `g` must hold the operands it describes on `dev`, alive until the GEMM has
+/// run on the device's stream.
+pub(super) unsafe fn gemm(dev: &CudaDevice, g: &Gemm) -> Result<()> {
     let lt = lt(dev)?;
     let epilogue = epilogue_of(g);
     let plan = Plan::new(g, epilogue)?;
@@ -212,6 +291,7 @@ pub(super) unsafe fn gemm_bf16(dev: &CudaDevice, g: &Gemm) -> Result<()> {
         k: g.k,
         epilogue: epilogue as u32,
         accumulate: g.accumulate,
+        fp8: matches!(g.operands, Operands::Fp8 { .. }),
     };
     let cached = algorithms()
         .lock()
@@ -335,12 +415,13 @@ fn fastest(
     };
     let first = timed.iter().find(|t| t.1 == 0).map_or(f32::NAN, |t| t.0);
     tracing::info!(
-        "kernels: cublasLt {}x{}x{} (bias {}, gelu {}): candidate {i} of {} at {ms:.3} ms (heuristic's first: {first:.3} ms)",
+        "kernels: cublasLt {}x{}x{} (bias {}, gelu {}, fp8 {}): candidate {i} of {} at {ms:.3} ms (heuristic's first: {first:.3} ms)",
         g.rows,
         g.n,
         g.k,
         g.bias.is_some(),
         g.gelu,
+        matches!(g.operands, Operands::Fp8 { .. }),
         candidates.len()
     );
     Ok(candidates[i])

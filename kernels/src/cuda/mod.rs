@@ -800,6 +800,20 @@ struct LinearLt {
     gelu: bool,
     /// Added to the product in the epilogue (`beta = 1`): same shape as the output.
     residual: Option<Tensor>,
+    /// FP8 operands' f32 scales, one per row of x and one per output channel.
+    fp8_scales: Option<(Tensor, Tensor)>,
+}
+
+/// The device address of `t`, a tensor on `stream`'s CUDA device, read as `T`.
+fn tensor_ptr<'a, T: CudaDType + 'static>(
+    t: &'a (candle_core::StorageRef<'_>, &Layout),
+    stream: &'a CudaStream,
+    what: &str,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let Storage::Cuda(cs) = &*t.0 else {
+        bail!("linear: {what} must be on the CUDA device")
+    };
+    typed_ptr::<T>(cs, t.1, stream)
 }
 
 impl CustomOp2 for LinearLt {
@@ -831,29 +845,50 @@ impl CustomOp2 for LinearLt {
         }
         let m = xl.shape().elem_count() / k;
         let mut out = output::<bf16>(&dev, m * n)?;
-        let residual_storage = self.residual.as_ref().map(|r| r.storage_and_layout());
-        if let Some((storage, layout)) = &residual_storage {
-            let Storage::Cuda(cs) = &**storage else {
+        let stream = dev.cuda_stream();
+        if let Some(residual) = &self.residual {
+            let (storage, layout) = residual.storage_and_layout();
+            let Storage::Cuda(cs) = &*storage else {
                 bail!("linear: residual must be on the CUDA device")
             };
             let start = layout.start_offset();
             let src = cs.as_cuda_slice::<bf16>()?.slice(start..start + m * n);
-            dev.cuda_stream()
+            stream
                 .memcpy_dtod(&src, &mut out)
                 .map_err(driver_err("residual copy"))?;
         }
-        let stream = dev.cuda_stream();
-        let (x, _xg) = typed_ptr::<bf16>(xs, xl, &stream)?;
-        let (w, _wg) = typed_ptr::<bf16>(ws, wl, &stream)?;
-        let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
-        let bias = match &bias_storage {
-            Some((storage, layout)) => {
-                let Storage::Cuda(cs) = &**storage else {
-                    bail!("linear: bias must be on the CUDA device")
-                };
-                Some(typed_ptr::<bf16>(cs, layout, &stream)?)
-            }
-            None => None,
+        let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = bias
+            .as_ref()
+            .map(|b| tensor_ptr::<bf16>(b, &stream, "bias"))
+            .transpose()?;
+        let scales = self
+            .fp8_scales
+            .as_ref()
+            .map(|(x, w)| (x.storage_and_layout(), w.storage_and_layout()));
+        let scales = scales
+            .as_ref()
+            .map(|(x, w)| {
+                Ok::<_, candle_core::Error>((
+                    tensor_ptr::<f32>(x, &stream, "x's scales")?,
+                    tensor_ptr::<f32>(w, &stream, "the weight's scales")?,
+                ))
+            })
+            .transpose()?;
+        let ((x, _xg), (w, _wg), operands) = match &scales {
+            None => (
+                typed_ptr::<bf16>(xs, xl, &stream)?,
+                typed_ptr::<bf16>(ws, wl, &stream)?,
+                gemm::Operands::Bf16,
+            ),
+            Some(((x_scale, _), (w_scale, _))) => (
+                typed_ptr::<float8::F8E4M3>(xs, xl, &stream)?,
+                typed_ptr::<float8::F8E4M3>(ws, wl, &stream)?,
+                gemm::Operands::Fp8 {
+                    x_scale: *x_scale,
+                    w_scale: *w_scale,
+                },
+            ),
         };
         let (d, out_guard) = out.device_ptr_mut(&stream);
         let gemm = gemm::Gemm {
@@ -862,14 +897,16 @@ impl CustomOp2 for LinearLt {
             k,
             x,
             w,
+            operands,
             d,
             bias: bias.as_ref().map(|(p, _)| *p),
             gelu: self.gelu,
-            accumulate: residual_storage.is_some(),
+            accumulate: self.residual.is_some(),
         };
-        // SAFETY: x is m x k, w is n x k, out is m x n and bias n, all bf16 on this device
-        // (shapes checked by `linear`), and their guards outlive the enqueued GEMM's inputs.
-        unsafe { gemm::gemm_bf16(&dev, &gemm) }?;
+        // SAFETY: x is m x k, w is n x k (bf16, or e4m3 with m and n f32 scales), out is m x n
+        // and bias n, bf16, all on this device (shapes checked by `linear_impl`), and their
+        // guards outlive the enqueued GEMM's inputs.
+        unsafe { gemm::gemm(&dev, &gemm) }?;
         drop(out_guard);
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = n;
@@ -881,7 +918,7 @@ impl CustomOp2 for LinearLt {
 /// with a fused epilogue: `x [.., K]`, `weight [N, K]`, `bias [N]`, all bf16 on one CUDA device;
 /// accumulates in f32 and rounds once to bf16. Errors on anything else.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
-    linear_impl(x, weight, bias, gelu, None)
+    linear_impl(x, weight, bias, gelu, None, None)
 }
 
 /// `residual + x w^T + bias` as one cuBLASLt matmul (the residual enters as C with beta 1):
@@ -892,7 +929,63 @@ pub fn linear_residual(
     bias: Option<&Tensor>,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    linear_impl(x, weight, bias, false, Some(residual))
+    linear_impl(x, weight, bias, false, Some(residual), None)
+}
+
+/// [`linear`] (with `residual` as in [`linear_residual`]) on FP8 operands: `x` e4m3 `[.., K]`
+/// with `x_scale` f32, one per row of x (as [`fp8_quantize_rows`] makes them), `weight` e4m3
+/// `[N, K]` with `w_scale` f32, one or one per output channel; the product of row `r` and channel
+/// `c` is multiplied by `x_scale[r] · w_scale[c]` in f32 before the epilogue; bias, residual and
+/// output bf16. `K` and `N` multiples of 16. Errors where [`fp8_linear_supported`] is false.
+pub fn linear_fp8(
+    x: &Tensor,
+    x_scale: &Tensor,
+    weight: &Tensor,
+    w_scale: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let rows = x.elem_count() / k.max(1);
+    if x.dtype() != DType::F8E4M3 || weight.dtype() != DType::F8E4M3 {
+        bail!(
+            "linear_fp8: x and weight must be e4m3, got {:?} and {:?}",
+            x.dtype(),
+            weight.dtype()
+        );
+    }
+    if !k.is_multiple_of(16) || !n.is_multiple_of(16) {
+        bail!("linear_fp8: K ({k}) and N ({n}) must be multiples of 16");
+    }
+    let w_scale = match w_scale.elem_count() {
+        1 => w_scale.flatten_all()?.broadcast_as(n)?,
+        c if c == n => w_scale.flatten_all()?,
+        c => bail!("linear_fp8: {n} output channels take 1 or {n} scales, not {c}"),
+    };
+    if x_scale.elem_count() != rows {
+        bail!(
+            "linear_fp8: x has {rows} rows but {} scales",
+            x_scale.elem_count()
+        );
+    }
+    let scales = [x_scale.flatten_all()?, w_scale].map(|s| {
+        if s.dtype() != DType::F32 || !s.device().same_device(x.device()) {
+            bail!("linear_fp8: scales must be f32 on x's device");
+        }
+        s.contiguous()
+    });
+    let [x_scale, w_scale] = scales;
+    linear_impl(x, weight, bias, gelu, residual, Some((x_scale?, w_scale?)))
+}
+
+/// Whether [`linear_fp8`] runs on `device`: a CUDA GPU whose cuBLASLt multiplies FP8 operands
+/// with per-row scales (Hopper).
+pub fn fp8_linear_supported(device: &Device) -> Result<bool> {
+    match device {
+        Device::Cuda(dev) => gemm::fp8_supported(dev),
+        _ => Ok(false),
+    }
 }
 
 fn linear_impl(
@@ -901,6 +994,7 @@ fn linear_impl(
     bias: Option<&Tensor>,
     gelu: bool,
     residual: Option<&Tensor>,
+    fp8_scales: Option<(Tensor, Tensor)>,
 ) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
     if x.dim(candle_core::D::Minus1)? != k {
@@ -925,14 +1019,21 @@ fn linear_impl(
             );
         }
     }
-    for t in [Some(x), Some(weight), bias, residual]
-        .into_iter()
-        .flatten()
-    {
-        if t.dtype() != DType::BF16 || !t.device().is_cuda() || !t.device().same_device(x.device())
-        {
+    let operand_dtype = if fp8_scales.is_some() {
+        DType::F8E4M3
+    } else {
+        DType::BF16
+    };
+    for (t, dtype) in [
+        (Some(x), operand_dtype),
+        (Some(weight), operand_dtype),
+        (bias, DType::BF16),
+        (residual, DType::BF16),
+    ] {
+        let Some(t) = t else { continue };
+        if t.dtype() != dtype || !t.device().is_cuda() || !t.device().same_device(x.device()) {
             bail!(
-                "linear: operands must be bf16 on the CUDA device of x, got {:?} on {:?}",
+                "linear: {dtype:?} operands on the CUDA device of x expected, got {:?} on {:?}",
                 t.dtype(),
                 t.device()
             );
@@ -946,6 +1047,7 @@ fn linear_impl(
             bias,
             gelu,
             residual,
+            fp8_scales,
         },
     )
 }
@@ -1927,6 +2029,70 @@ pub fn fp8_dequantize(data: &Tensor, scale: &Tensor, dtype: DType) -> Result<Ten
         &scale.to_dtype(DType::F32)?.contiguous()?,
         &E4m3Op(E4m3::Dequantize(dtype)),
     )
+}
+
+/// The activations of an FP8 GEMM quantized per row (token): `x` bf16 `[.., cols]` on CUDA, `cols`
+/// a multiple of 8, to e4m3 of x's shape and f32 scales, one per row of x (`[rows]`), as
+/// `reference::fp8_quantize_rows` (the same bytes), in one kernel.
+pub fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let Device::Cuda(dev) = x.device() else {
+        bail!("fp8_quantize_rows: x must be on CUDA, got {:?}", x.device());
+    };
+    let cols = x.dim(candle_core::D::Minus1)?;
+    if x.dtype() != DType::BF16 || !cols.is_multiple_of(8) {
+        bail!(
+            "fp8_quantize_rows: x must be bf16 with rows a multiple of 8 wide, got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        );
+    }
+    let rows = x.elem_count() / cols.max(1);
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cuda(xs) = &*storage else {
+        bail!("fp8_quantize_rows: x must be on CUDA");
+    };
+    let stream = dev.cuda_stream();
+    let mut q = output::<float8::F8E4M3>(dev, rows * cols)?;
+    let mut scale = output::<f32>(dev, rows)?;
+    if rows * cols > 0 {
+        let func = function(dev, &QUANT, "quantize_rows_e4m3_bf16")?;
+        let (xp, _xg) = typed_ptr::<bf16>(xs, layout, &stream)?;
+        let (rows64, cols64) = (rows as i64, cols as i64);
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&xp)
+            .arg(&mut q)
+            .arg(&mut scale)
+            .arg(&rows64)
+            .arg(&cols64);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.clamp(1, 65_535 * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel in quant.cu; x and q hold rows * cols elements
+        // (16-byte aligned rows: cols is a multiple of 8), scale rows.
+        unsafe { launch.launch(cfg) }.map_err(driver_err("FP8 row quantize launch"))?;
+    }
+    let wrap = |storage, shape: Shape| {
+        Tensor::from_storage(
+            Storage::Cuda(storage),
+            shape,
+            candle_core::op::BackpropOp::none(),
+            false,
+        )
+    };
+    Ok((
+        wrap(
+            CudaStorage::wrap_cuda_slice(q, dev.clone()),
+            x.shape().clone(),
+        ),
+        wrap(
+            CudaStorage::wrap_cuda_slice(scale, dev.clone()),
+            Shape::from(rows),
+        ),
+    ))
 }
 
 /// An NVFP4 weight (`packed` codes, e4m3 `block_scales`, f32 `global` scale) through quant.cu.

@@ -635,6 +635,13 @@ mod gpu {
         /// With --quant: ‖out − out_bf16‖ / ‖out_bf16‖ on the same weights and inputs.
         #[serde(skip_serializing_if = "Option::is_none")]
         error_vs_bf16: Option<f64>,
+        /// With --quant: the same error after each block, in order (the bf16 and the quantized
+        /// blocks on the same embedded inputs).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        block_errors_vs_bf16: Option<Vec<f64>>,
+        /// With --quant: the blocks' linear weights in GiB, in bf16 and as quantized.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        block_weights_gib: Option<(f64, f64)>,
         /// With --profile: synchronised wall time per section, summed over the layers.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         profile: Vec<ProfileSection>,
@@ -678,6 +685,12 @@ mod gpu {
         let mut profile = Vec::new();
         let mut output_max_abs = None;
         let mut error_vs_bf16 = None;
+        let mut block_errors_vs_bf16 = None;
+        let mut block_weights_gib = None;
+        let block_weights = |model: &mut WanTransformer3DModel| {
+            videosdgx_engine::models::quant::block_weight_bytes(model)
+                .map(|bytes| bytes as f64 / (1u64 << 30) as f64)
+        };
         if args.quant.is_some() && args.component == Component::Vae {
             anyhow::bail!("--quant: the VAE is not quantized");
         }
@@ -696,8 +709,27 @@ mod gpu {
                     Tensor::randn(0f32, 1f32, (1, 512, 4096), &dev)?.to_dtype(DType::BF16)?;
                 let dense_out = match args.quant {
                     Some(quant) => {
-                        let out = model.forward(&latents, &timestep, &text, None)?;
+                        // The bf16 forward, keeping every block's output, then the same blocks
+                        // quantized on the same inputs: the error after each block.
+                        let embedded = model.embed(&latents, &timestep, &text, None)?;
+                        let mut dense_blocks = Vec::new();
+                        let x = model.blocks_inspected(&embedded, &mut |_, x| {
+                            dense_blocks.push(x.clone());
+                            Ok(())
+                        })?;
+                        let out = model.head(&embedded, &x)?;
+                        let dense_bytes = block_weights(&mut model)?;
                         videosdgx_engine::models::quant::quantize_blocks(&mut model, quant.into())?;
+                        block_weights_gib = Some((dense_bytes, block_weights(&mut model)?));
+                        let mut errors = Vec::new();
+                        model.blocks_inspected(&embedded, &mut |i, x| {
+                            errors.push(videosdgx_engine::models::relative_error(
+                                x,
+                                &dense_blocks[i],
+                            )?);
+                            Ok(())
+                        })?;
+                        block_errors_vs_bf16 = Some(errors);
                         dev.synchronize()?;
                         Some(out)
                     }
@@ -764,6 +796,8 @@ mod gpu {
             output_max_abs,
             quant: args.quant.map(Into::into),
             error_vs_bf16,
+            block_errors_vs_bf16,
+            block_weights_gib,
             profile,
             peak_gib,
             params_b: params.load(Ordering::Relaxed) as f64 / 1e9,

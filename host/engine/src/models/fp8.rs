@@ -3,10 +3,8 @@
 //! per tensor or per output channel) and as `--quant fp8` makes them from a bf16 checkpoint at
 //! load (per output channel). The layer holds one byte a weight; the value is `data · scale`.
 
-use candle_core::{D, DType, Result, Tensor};
-
-/// The largest finite e4m3 value.
-pub const E4M3_MAX: f64 = 448.0;
+use candle_core::{DType, Result, Tensor};
+pub use videosdgx_kernels::reference::E4M3_MAX;
 
 /// The checkpoint names of an FP8 weight's scale beside it: diffusers-style and LightX2V/LTX-2
 /// (`weight_scale`), ComfyUI's scaled FP8 (`scale_weight`).
@@ -46,10 +44,8 @@ impl Fp8Weight {
     /// Quantizes `w` (`[out, in]`, any float dtype) with one scale per output channel: each
     /// row's largest magnitude maps to [`E4M3_MAX`] (an all-zero row keeps scale 1).
     pub fn quantize(w: &Tensor) -> Result<Self> {
-        let absmax = w.to_dtype(DType::F32)?.abs()?.max_keepdim(D::Minus1)?;
-        let zero = absmax.eq(0f64)?;
-        let scale = zero.where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)?;
-        Self::new(crate::fused::fp8_quantize(w, &scale)?, &scale)
+        let (data, scale) = crate::fused::fp8_quantize_rows(w)?;
+        Self::new(data, &scale)
     }
 
     /// `data · scale` in `dtype`, computed in f32 and rounded once.
@@ -60,6 +56,11 @@ impl Fp8Weight {
     /// `[out, in]`.
     pub fn dims(&self) -> &[usize] {
         self.data.dims()
+    }
+
+    /// `(out, in)`.
+    pub fn dims2(&self) -> Result<(usize, usize)> {
+        self.data.dims2()
     }
 
     pub fn data(&self) -> &Tensor {

@@ -147,6 +147,20 @@ impl Linear {
         }
     }
 
+    /// Bytes the weight and bias take in memory, as stored (codes and scales for a quantized
+    /// weight).
+    pub fn stored_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let weight = match &self.weight {
+            Stored::Dense(w) => bytes(w),
+            Stored::Fp8 { weight, .. } => bytes(weight.data()) + bytes(weight.scale()),
+            Stored::Nvfp4 { weight, .. } => {
+                bytes(weight.packed()) + bytes(weight.block_scales()) + bytes(weight.global())
+            }
+        };
+        weight + self.bias.as_ref().map_or(0, bytes)
+    }
+
     /// The dtype the layer computes in.
     pub fn dtype(&self) -> DType {
         match &self.weight {

@@ -1,6 +1,7 @@
 //! Quantizing a model's weights at load (`--quant fp8|nvfp4`): the formats a linear layer can keep
 //! its weight in ([`super::fp8`], [`super::nvfp4`]) and the pass that converts a model's blocks.
 
+use super::Linear;
 use crate::lora::{Adaptable, Weight};
 use candle_core::Result;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,32 @@ impl std::fmt::Display for Quant {
     }
 }
 
+/// Whether `linear` belongs to one of a model's repeated blocks (`blocks.N`,
+/// `transformer_blocks.N`, `single_transformer_blocks.N`).
+fn in_blocks(linear: &Linear) -> bool {
+    linear
+        .name()
+        .split('.')
+        .any(|part| part.ends_with("blocks"))
+}
+
+/// Bytes the linear layers of `model`'s repeated blocks take as stored: what
+/// [`quantize_blocks`] shrinks.
+pub fn block_weight_bytes(model: &mut dyn Adaptable) -> Result<usize> {
+    let mut bytes = 0;
+    model
+        .visit_weights(&mut |weight| {
+            if let Weight::Linear(linear) = weight
+                && in_blocks(linear)
+            {
+                bytes += linear.stored_bytes();
+            }
+            Ok(())
+        })
+        .map_err(candle_core::Error::wrap)?;
+    Ok(bytes)
+}
+
 /// Keeps every linear layer of `model`'s repeated blocks (`blocks.N`, `transformer_blocks.N`,
 /// `single_transformer_blocks.N`: nearly all of a transformer's weights) in `quant`; the
 /// embeddings, norms and output head stay as loaded, as do layers already quantized and, for
@@ -37,10 +64,7 @@ pub fn quantize_blocks(model: &mut dyn Adaptable, quant: Quant) -> Result<usize>
         .visit_weights(&mut |weight| {
             if let Weight::Linear(linear) = weight
                 && failed.is_none()
-                && linear
-                    .name()
-                    .split('.')
-                    .any(|part| part.ends_with("blocks"))
+                && in_blocks(linear)
             {
                 match linear.quantize(quant) {
                     Ok(true) => layers += 1,

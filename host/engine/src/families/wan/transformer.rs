@@ -764,14 +764,25 @@ impl WanTransformer3DModel {
 
     /// The transformer blocks over the embedded tokens: `[B, L, dim]`.
     pub fn blocks(&self, embedded: &WanEmbedded) -> Result<Tensor> {
+        self.blocks_inspected(embedded, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::blocks`], handing each block's output to `inspect` with the block's index (how the
+    /// FP8 and NVFP4 benchmarks follow the error through the depth).
+    pub fn blocks_inspected(
+        &self,
+        embedded: &WanEmbedded,
+        inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let mut x = embedded.hidden.clone();
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(
                 &x,
                 &embedded.context,
                 &embedded.timestep_proj,
                 &embedded.rope,
             )?;
+            inspect(i, &x)?;
         }
         Ok(x)
     }
