@@ -782,7 +782,7 @@ fn fp8_linear_matches_reference() {
     .unwrap();
     let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
     let one = Tensor::new(1f32, &dev).unwrap();
-    if !videosdgx_kernels::fp8_linear_supported(&dev).unwrap() {
+    if !videosdgx_kernels::fp8_linear_supported(&dev, false, false).unwrap() {
         eprintln!("no FP8 GEMM with per-row scales on this GPU: checking that it says so");
         assert!(videosdgx_kernels::linear_fp8(&xq, &x_scale, &w, &one, None, false, None).is_err());
         return;
@@ -795,6 +795,10 @@ fn fp8_linear_matches_reference() {
         (300, 13824, 5120, true, false, false),
         (123, 256, 512, false, false, true),
     ] {
+        assert!(
+            videosdgx_kernels::fp8_linear_supported(&dev, bias, gelu).unwrap(),
+            "no FP8 GEMM with bias {bias}, gelu {gelu}"
+        );
         let x = randn(&[1, rows, k], &dev);
         let w =
             (randn(&[n, k], &dev).to_dtype(DType::F32).unwrap() * (k as f64).powf(-0.5)).unwrap();

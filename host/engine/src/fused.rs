@@ -492,7 +492,7 @@ mod cuda {
                 .bias()
                 .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
             || !takes_residual
-            || !videosdgx_kernels::fp8_linear_supported(x.device())?
+            || !videosdgx_kernels::fp8_linear_supported(x.device(), layer.bias().is_some(), gelu)?
         {
             return Ok(None);
         }

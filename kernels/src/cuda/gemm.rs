@@ -235,15 +235,17 @@ fn epilogue_of(g: &Gemm) -> sys::cublasLtEpilogue_t {
     }
 }
 
-/// Whether cuBLASLt on `dev` has an algorithm for FP8 operands with outer-vector scales (Hopper
-/// does; other architectures may not), asked once per device on a small plan.
-pub(super) fn fp8_supported(dev: &CudaDevice) -> Result<bool> {
-    static SUPPORTED: OnceLock<Mutex<HashMap<DeviceId, bool>>> = OnceLock::new();
+/// Whether cuBLASLt on `dev` has an algorithm for FP8 operands with outer-vector scales and this
+/// epilogue (Hopper does; other architectures may not), asked once per device and epilogue on a
+/// small plan.
+pub(super) fn fp8_supported(dev: &CudaDevice, bias: bool, gelu: bool) -> Result<bool> {
+    type Known = Mutex<HashMap<(DeviceId, bool, bool), bool>>;
+    static SUPPORTED: OnceLock<Known> = OnceLock::new();
     let mut known = SUPPORTED
         .get_or_init(Default::default)
         .lock()
         .expect("FP8 support poisoned");
-    if let Some(&supported) = known.get(&dev.id()) {
+    if let Some(&supported) = known.get(&(dev.id(), bias, gelu)) {
         return Ok(supported);
     }
     let lt = lt(dev)?;
@@ -258,20 +260,20 @@ pub(super) fn fp8_supported(dev: &CudaDevice) -> Result<bool> {
             w_scale: 0,
         },
         d: 0,
-        bias: None,
-        gelu: false,
+        bias: bias.then_some(0),
+        gelu,
         accumulate: false,
     };
     let supported = heuristic(&lt, &Plan::new(&probe, epilogue_of(&probe))?, 1).is_ok();
     tracing::info!(
-        "kernels: cublasLt FP8 GEMMs with per-row scales {}",
+        "kernels: cublasLt FP8 GEMMs with per-row scales (bias {bias}, gelu {gelu}) {}",
         if supported {
             "available: FP8 layers run as FP8 GEMMs"
         } else {
-            "unavailable on this GPU: FP8 layers are dequantized for each product"
+            "unavailable on this GPU: such FP8 layers are dequantized for each product"
         }
     );
-    known.insert(dev.id(), supported);
+    known.insert((dev.id(), bias, gelu), supported);
     Ok(supported)
 }
 

@@ -936,7 +936,7 @@ pub fn linear_residual(
 /// with `x_scale` f32, one per row of x (as [`fp8_quantize_rows`] makes them), `weight` e4m3
 /// `[N, K]` with `w_scale` f32, one or one per output channel; the product of row `r` and channel
 /// `c` is multiplied by `x_scale[r] · w_scale[c]` in f32 before the epilogue; bias, residual and
-/// output bf16. `K` and `N` multiples of 16. Errors where [`fp8_linear_supported`] is false.
+/// output bf16. `K` and `N` multiples of 16. Errors where [`fp8_linear_supported`] says no.
 pub fn linear_fp8(
     x: &Tensor,
     x_scale: &Tensor,
@@ -979,11 +979,11 @@ pub fn linear_fp8(
     linear_impl(x, weight, bias, gelu, residual, Some((x_scale?, w_scale?)))
 }
 
-/// Whether [`linear_fp8`] runs on `device`: a CUDA GPU whose cuBLASLt multiplies FP8 operands
-/// with per-row scales (Hopper).
-pub fn fp8_linear_supported(device: &Device) -> Result<bool> {
+/// Whether [`linear_fp8`] runs on `device` with a bias or not and GELU or not: a CUDA GPU whose
+/// cuBLASLt multiplies FP8 operands with per-row scales into that epilogue (Hopper).
+pub fn fp8_linear_supported(device: &Device, bias: bool, gelu: bool) -> Result<bool> {
     match device {
-        Device::Cuda(dev) => gemm::fp8_supported(dev),
+        Device::Cuda(dev) => gemm::fp8_supported(dev, bias, gelu),
         _ => Ok(false),
     }
 }
