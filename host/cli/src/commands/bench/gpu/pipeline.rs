@@ -1,7 +1,7 @@
 //! `bench wan --component pipeline`: one text-to-video generation as `videosdgx generate` runs it,
 //! at a preset's full published size with random weights: the UMT5-XXL text encoder on the prompt
 //! and the negative prompt, `--steps` UniPC steps with classifier-free guidance through the engine's
-//! own [`WanPipeline`] (built from the in-memory models), and the f32 VAE decode.
+//! own [`WanPipeline`] (built from the in-memory models), the f32 VAE decode, and the MP4 written.
 //!
 //! Stage times are wall clock between device synchronisations (in the pipeline's progress callback
 //! for the steps); the step time is the median over the steps of the one timed run, which follows
@@ -72,7 +72,9 @@ struct PipelineReport {
     denoise_ms: f64,
     /// The f32 VAE decode and the frames' copy to the host.
     decode_ms: f64,
-    /// Text encoding plus the pipeline call (denoising, decoding).
+    /// The frames encoded (H.264) and written as an MP4, as `generate --out` writes it.
+    mp4_ms: f64,
+    /// Text encoding, the pipeline call (denoising, decoding) and the MP4.
     total_ms: f64,
     /// max |x| of the denoised latents and of the frames (finite random weights, finite video).
     latents_max_abs: f32,
@@ -89,6 +91,7 @@ struct Timings {
     step_ms: Vec<f64>,
     denoise_ms: f64,
     decode_ms: f64,
+    mp4_ms: f64,
     total_ms: f64,
     latents_max_abs: f32,
     output_max_abs: f32,
@@ -147,7 +150,12 @@ fn generate(
         return Err(err).context("synchronising the device between steps");
     }
     let video = video?;
+    let generated = Instant::now();
+    let mp4 = std::env::temp_dir().join(format!("videosdgx-bench-{}.mp4", std::process::id()));
+    let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
+    videosdgx_engine::video::write_mp4(&mp4, &frames, video.fps, &serde_json::json!({}))?;
     let end = Instant::now();
+    std::fs::remove_file(&mp4)?;
     let at = |stage| marks.iter().filter(move |(s, _)| *s == stage).map(|m| m.1);
     let steps: Vec<Instant> = at(Stage::Denoising).collect();
     let decode: Vec<Instant> = at(Stage::Decoding).collect();
@@ -160,6 +168,7 @@ fn generate(
         step_ms: steps.windows(2).map(|w| ms_between(w[0], w[1])).collect(),
         denoise_ms: ms_between(*first, *last),
         decode_ms: ms_between(*decode_start, *decode_end),
+        mp4_ms: ms_between(generated, end),
         total_ms: ms_between(start, end),
         latents_max_abs: max_abs(&video.latents)?,
         output_max_abs: max_abs(&video.frames)?,
@@ -249,6 +258,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         step_ms: t.step_ms[t.step_ms.len() / 2],
         denoise_ms: t.denoise_ms,
         decode_ms: t.decode_ms,
+        mp4_ms: t.mp4_ms,
         total_ms: t.total_ms,
         latents_max_abs: t.latents_max_abs,
         output_max_abs: t.output_max_abs,
@@ -260,7 +270,8 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     } else {
         println!(
             "{} pipeline on {}, {}x{}x{}, {} steps, guidance {}: total {:.0} ms = text {:.0} ms + \
-             denoise {:.0} ms (step {:.1} ms, median) + decode {:.0} ms; peak {:.1} GiB, {:.2}B params",
+             denoise {:.0} ms (step {:.1} ms, median) + decode {:.0} ms + MP4 {:.0} ms; peak {:.1} GiB, \
+             {:.2}B params",
             super::preset_name(report.preset),
             report.gpu,
             report.height,
@@ -273,6 +284,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
             report.denoise_ms,
             report.step_ms,
             report.decode_ms,
+            report.mp4_ms,
             report.peak_gib,
             report.params_b
         );
