@@ -25,7 +25,6 @@ __device__ __forceinline__ bf16_t float_to_bf16(float x) {
     return r;
 }
 
-__device__ __forceinline__ float bf16_to_float(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
 
 template <typename T, typename Store>
 __device__ __forceinline__ void dequantize(const unsigned char *__restrict__ q, const float *__restrict__ scale,

@@ -16,15 +16,21 @@ pub const SM12X_MAX_SHARED_BYTES: u32 = 99 * 1024;
 pub const SM90_MAX_SHARED_BYTES: u32 = 227 * 1024;
 
 /// One kernel source file. `hopper_only` sources use wgmma and build for `sm_90a`, which only
-/// compute capability 9.0 runs.
+/// compute capability 9.0 runs; every source needs at least `min_capability`.
 pub struct Source {
     pub name: &'static str,
     pub code: &'static str,
     pub hopper_only: bool,
+    pub min_capability: Capability,
 }
 
+/// What the bf16 `mma.sync` kernels need (Ampere).
+pub const BF16_MMA: Capability = (8, 0);
+/// What `mma.sync` on float8 (e4m3) needs (Ada; Hopper and Blackwell have it).
+pub const FP8_MMA: Capability = (8, 9);
+
 macro_rules! source {
-    ($name:literal, $file:literal, $hopper_only:expr) => {
+    ($name:literal, $file:literal, $hopper_only:expr, $min_capability:expr) => {
         Source {
             name: $name,
             // NVRTC compiles one string without include paths: the shared header goes first.
@@ -33,17 +39,27 @@ macro_rules! source {
                 include_str!(concat!("../cuda/", $file))
             ),
             hopper_only: $hopper_only,
+            min_capability: $min_capability,
         }
     };
 }
 
-pub const ATTENTION: Source = source!("attention", "attention.cu", false);
-pub const ATTENTION_TMA: Source = source!("attention_tma", "attention_tma.cu", true);
-pub const NORM: Source = source!("norm", "norm.cu", false);
-pub const ROPE: Source = source!("rope", "rope.cu", false);
-pub const LAYOUT: Source = source!("layout", "layout.cu", false);
-pub const QUANT: Source = source!("quant", "quant.cu", false);
-pub const ALL_SOURCES: [&Source; 6] = [&ATTENTION, &ATTENTION_TMA, &NORM, &ROPE, &LAYOUT, &QUANT];
+pub const ATTENTION: Source = source!("attention", "attention.cu", false, BF16_MMA);
+pub const ATTENTION_TMA: Source = source!("attention_tma", "attention_tma.cu", true, HOPPER);
+pub const NORM: Source = source!("norm", "norm.cu", false, BF16_MMA);
+pub const ROPE: Source = source!("rope", "rope.cu", false, BF16_MMA);
+pub const LAYOUT: Source = source!("layout", "layout.cu", false, BF16_MMA);
+pub const QUANT: Source = source!("quant", "quant.cu", false, BF16_MMA);
+pub const GEMM: Source = source!("gemm", "gemm.cu", false, FP8_MMA);
+pub const ALL_SOURCES: [&Source; 7] = [
+    &ATTENTION,
+    &ATTENTION_TMA,
+    &NORM,
+    &ROPE,
+    &LAYOUT,
+    &QUANT,
+    &GEMM,
+];
 
 /// One compiled configuration of the attention kernel (see `attention.cu`, `attention_tma.cu`).
 pub struct AttentionVariant {
@@ -103,11 +119,12 @@ pub fn attention_variant(head_dim: usize, cc: Capability) -> Option<&'static Att
     }
 }
 
-/// The sources a GPU of capability `cc` runs: Hopper-only ones only on Hopper.
+/// The sources a GPU of capability `cc` runs: Hopper-only ones only on Hopper, each only from its
+/// minimum capability.
 pub fn sources_for(cc: Capability) -> impl Iterator<Item = &'static Source> {
     ALL_SOURCES
         .into_iter()
-        .filter(move |s| cc == HOPPER || !s.hopper_only)
+        .filter(move |s| (cc == HOPPER || !s.hopper_only) && cc >= s.min_capability)
 }
 
 /// The NVRTC target for `src` on capability `cc`: its exact architecture (`sm_121` on GB10),
@@ -117,6 +134,13 @@ pub fn arch(cc: Capability, src: &Source) -> Result<String, String> {
     if major < 8 {
         return Err(format!(
             "the fused kernels need compute capability 8.0 or newer (mma.sync bf16), this GPU is {major}.{minor}"
+        ));
+    }
+    if cc < src.min_capability {
+        let (min_major, min_minor) = src.min_capability;
+        return Err(format!(
+            "kernel module {} needs compute capability {min_major}.{min_minor} or newer, this GPU is {major}.{minor}",
+            src.name
         ));
     }
     if src.hopper_only && cc != HOPPER {
@@ -161,7 +185,10 @@ mod tests {
             assert!(variant.shared_bytes <= SM12X_MAX_SHARED_BYTES);
         }
         let names: Vec<_> = sources_for(GB10).map(|s| s.name).collect();
-        assert_eq!(names, ["attention", "norm", "rope", "layout", "quant"]);
+        assert_eq!(
+            names,
+            ["attention", "norm", "rope", "layout", "quant", "gemm"]
+        );
         for src in sources_for(GB10) {
             assert_eq!(arch(GB10, src).unwrap(), "sm_121");
         }
@@ -183,6 +210,14 @@ mod tests {
         assert_eq!(sources_for(HOPPER).count(), ALL_SOURCES.len());
         assert!(attention_variant(96, HOPPER).is_none());
         assert!(arch((7, 5), &NORM).unwrap_err().contains("8.0 or newer"));
+    }
+
+    #[test]
+    fn the_fp8_gemm_needs_ada_or_newer() {
+        const AMPERE: Capability = (8, 0);
+        assert!(!sources_for(AMPERE).any(|s| s.name == "gemm"));
+        assert!(arch(AMPERE, &GEMM).unwrap_err().contains("8.9 or newer"));
+        assert_eq!(arch((8, 9), &GEMM).unwrap(), "sm_89");
     }
 
     #[test]

@@ -771,82 +771,151 @@ fn fp8_row_quantize_matches_reference_exactly() {
     }
 }
 
+/// The two FP8 GEMMs: cuBLASLt where the GPU has it (else the same kernel as the second), and
+/// gemm.cu's mma.sync kernel.
+type Fp8Linear = fn(
+    &Tensor,
+    &Tensor,
+    &Tensor,
+    &Tensor,
+    Option<&Tensor>,
+    bool,
+    Option<&Tensor>,
+) -> candle_core::Result<Tensor>;
+const FP8_LINEARS: [(&str, Fp8Linear); 2] = [
+    ("linear_fp8", videosdgx_kernels::linear_fp8),
+    ("mma.sync", videosdgx_kernels::linear_fp8_mma_sync),
+];
+
+/// `x` (bf16) quantized per row and `w` (f32) per output channel or per tensor, and their product
+/// in f32 on the CPU from the same FP8 values.
+struct Fp8Case {
+    xq: Tensor,
+    x_scale: Tensor,
+    wq: Tensor,
+    w_scale: Tensor,
+}
+
+impl Fp8Case {
+    fn new(x: &Tensor, w: &Tensor, per_channel: bool) -> Self {
+        let w_scale = if per_channel {
+            reference::fp8_row_scales(w).unwrap()
+        } else {
+            (w.abs().unwrap().max_all().unwrap() / reference::E4M3_MAX).unwrap()
+        };
+        let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(x).unwrap();
+        let wq = videosdgx_kernels::fp8_quantize(w, &w_scale).unwrap();
+        Self {
+            xq,
+            x_scale,
+            wq,
+            w_scale,
+        }
+    }
+
+    fn reference(&self, bias: Option<&Tensor>, gelu: bool) -> Tensor {
+        let rows = self.x_scale.elem_count();
+        let x_values = reference::fp8_dequantize(
+            &cpu(&self.xq).reshape((rows, ())).unwrap(),
+            &cpu(&self.x_scale),
+            DType::F32,
+        )
+        .unwrap();
+        let w_values =
+            reference::fp8_dequantize(&cpu(&self.wq), &cpu(&self.w_scale), DType::F32).unwrap();
+        reference::linear(&x_values, &w_values, bias.map(cpu).as_ref(), gelu)
+            .unwrap()
+            .reshape(
+                self.xq
+                    .dims()
+                    .split_last()
+                    .unwrap()
+                    .1
+                    .iter()
+                    .copied()
+                    .chain([w_values.dim(0).unwrap()])
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+    }
+}
+
 #[test]
 fn fp8_linear_matches_reference() {
     let dev = gpu();
-    let x = randn(&[1, 64, 256], &dev);
-    let w = videosdgx_kernels::fp8_quantize(
-        &randn(&[256, 256], &dev),
-        &Tensor::new(0.01f32, &dev).unwrap(),
-    )
-    .unwrap();
-    let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
-    let one = Tensor::new(1f32, &dev).unwrap();
-    if !videosdgx_kernels::fp8_linear_supported(&dev, false, false).unwrap() {
-        eprintln!("no FP8 GEMM with per-row scales on this GPU: checking that it says so");
-        assert!(videosdgx_kernels::linear_fp8(&xq, &x_scale, &w, &one, None, false, None).is_err());
+    if !videosdgx_kernels::fp8_linear_supported(&dev).unwrap() {
+        eprintln!("no FP8 products on this GPU: checking that it says so");
+        let case = Fp8Case::new(
+            &randn(&[64, 256], &dev),
+            &randn(&[256, 256], &dev).to_dtype(DType::F32).unwrap(),
+            true,
+        );
+        assert!(
+            videosdgx_kernels::linear_fp8(
+                &case.xq,
+                &case.x_scale,
+                &case.wq,
+                &case.w_scale,
+                None,
+                false,
+                None
+            )
+            .is_err()
+        );
         return;
     }
-    // Wan 14B's projection and FFN shapes at a reduced token count, a ragged row count; weight
-    // scales per output channel (--quant fp8) or one per tensor (ComfyUI's scaled FP8).
+    // Wan 14B's projection and FFN shapes at a reduced token count, ragged row and column counts
+    // (tiles only partly inside), a K that is not a multiple of the 64-byte stage; weight scales
+    // per output channel (--quant fp8) or one per tensor (ComfyUI's scaled FP8).
     for (rows, k, n, bias, gelu, per_channel) in [
         (1000, 5120, 5120, true, false, true),
         (777, 5120, 13824, true, true, true),
         (300, 13824, 5120, true, false, false),
-        (123, 256, 512, false, false, true),
+        (123, 272, 528, false, false, true),
     ] {
-        assert!(
-            videosdgx_kernels::fp8_linear_supported(&dev, bias, gelu).unwrap(),
-            "no FP8 GEMM with bias {bias}, gelu {gelu}"
-        );
         let x = randn(&[1, rows, k], &dev);
         let w =
             (randn(&[n, k], &dev).to_dtype(DType::F32).unwrap() * (k as f64).powf(-0.5)).unwrap();
-        let w_scale = if per_channel {
-            reference::fp8_row_scales(&w).unwrap()
-        } else {
-            (w.abs().unwrap().max_all().unwrap() / reference::E4M3_MAX).unwrap()
-        };
-        let wq = videosdgx_kernels::fp8_quantize(&w, &w_scale).unwrap();
         let b = bias.then(|| randn(&[n], &dev));
-        let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
-        let got =
-            videosdgx_kernels::linear_fp8(&xq, &x_scale, &wq, &w_scale, b.as_ref(), gelu, None)
-                .unwrap();
-        assert_eq!((got.dims(), got.dtype()), (&[1, rows, n][..], DType::BF16));
-        // The same FP8 values multiplied in f32 on the CPU.
-        let x_values =
-            reference::fp8_dequantize(&cpu(&xq).squeeze(0).unwrap(), &cpu(&x_scale), DType::F32)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-        let w_values = reference::fp8_dequantize(&cpu(&wq), &cpu(&w_scale), DType::F32).unwrap();
-        let want =
-            reference::linear(&x_values, &w_values, b.as_ref().map(cpu).as_ref(), gelu).unwrap();
-        let err = rel_err(&got, &want);
-        eprintln!("fp8 linear {rows}x{k}x{n} bias {bias} gelu {gelu}: rel err {err:.2e}");
-        assert!(err < 1e-2, "fp8 linear {rows}x{k}x{n}: rel err {err}");
+        let case = Fp8Case::new(&x, &w, per_channel);
+        let want = case.reference(b.as_ref(), gelu);
+        for (name, linear) in FP8_LINEARS {
+            let got = linear(
+                &case.xq,
+                &case.x_scale,
+                &case.wq,
+                &case.w_scale,
+                b.as_ref(),
+                gelu,
+                None,
+            )
+            .unwrap();
+            assert_eq!((got.dims(), got.dtype()), (&[1, rows, n][..], DType::BF16));
+            let err = rel_err(&got, &want);
+            eprintln!("{name} {rows}x{k}x{n} bias {bias} gelu {gelu}: rel err {err:.2e}");
+            assert!(err < 1e-2, "{name} {rows}x{k}x{n}: rel err {err}");
+        }
     }
     // The residual enters the epilogue.
     let (x, r) = (randn(&[1, 500, 512], &dev), randn(&[1, 500, 512], &dev));
     let w = (randn(&[512, 512], &dev).to_dtype(DType::F32).unwrap() * (512f64).powf(-0.5)).unwrap();
-    let w_scale = reference::fp8_row_scales(&w).unwrap();
-    let wq = videosdgx_kernels::fp8_quantize(&w, &w_scale).unwrap();
-    let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x).unwrap();
-    let got =
-        videosdgx_kernels::linear_fp8(&xq, &x_scale, &wq, &w_scale, None, false, Some(&r)).unwrap();
-    let x_values =
-        reference::fp8_dequantize(&cpu(&xq).squeeze(0).unwrap(), &cpu(&x_scale), DType::F32)
-            .unwrap();
-    let w_values = reference::fp8_dequantize(&cpu(&wq), &cpu(&w_scale), DType::F32).unwrap();
-    let want = (reference::linear(&x_values, &w_values, None, false).unwrap()
-        + cpu(&r).squeeze(0).unwrap().to_dtype(DType::F32).unwrap())
-    .unwrap()
-    .unsqueeze(0)
-    .unwrap();
-    let err = rel_err(&got, &want);
-    eprintln!("fp8 linear + residual 500x512x512: rel err {err:.2e}");
-    assert!(err < 1e-2, "fp8 linear + residual: rel err {err}");
+    let case = Fp8Case::new(&x, &w, true);
+    let want = (case.reference(None, false) + cpu(&r).to_dtype(DType::F32).unwrap()).unwrap();
+    for (name, linear) in FP8_LINEARS {
+        let got = linear(
+            &case.xq,
+            &case.x_scale,
+            &case.wq,
+            &case.w_scale,
+            None,
+            false,
+            Some(&r),
+        )
+        .unwrap();
+        let err = rel_err(&got, &want);
+        eprintln!("{name} + residual 500x512x512: rel err {err:.2e}");
+        assert!(err < 1e-2, "{name} + residual: rel err {err}");
+    }
 }
 
 #[test]

@@ -471,8 +471,8 @@ mod cuda {
     }
 
     /// An FP8 layer as an FP8 GEMM: `x` quantized per token, the product scaled per token and
-    /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU's
-    /// cuBLASLt has no such GEMM or the widths are not multiples of 16.
+    /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU
+    /// has no FP8 products (before Ada) or the widths are not multiples of 16.
     fn linear_fp8(
         layer: &crate::models::Linear,
         weight: &crate::models::fp8::Fp8Weight,
@@ -492,7 +492,7 @@ mod cuda {
                 .bias()
                 .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
             || !takes_residual
-            || !videosdgx_kernels::fp8_linear_supported(x.device(), layer.bias().is_some(), gelu)?
+            || !videosdgx_kernels::fp8_linear_supported(x.device())?
         {
             return Ok(None);
         }

@@ -13,7 +13,7 @@ use crate::spec::{
     ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 use crate::targets::{
-    self, AttentionVariant, LAYOUT, NORM, QUANT, ROPE, Source, attention_variant,
+    self, AttentionVariant, GEMM, LAYOUT, NORM, QUANT, ROPE, Source, attention_variant,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
@@ -800,8 +800,24 @@ struct LinearLt {
     gelu: bool,
     /// Added to the product in the epilogue (`beta = 1`): same shape as the output.
     residual: Option<Tensor>,
-    /// FP8 operands' f32 scales, one per row of x and one per output channel.
-    fp8_scales: Option<(Tensor, Tensor)>,
+    /// With FP8 operands: their scales and the kernel that multiplies them.
+    fp8: Option<Fp8Operands>,
+}
+
+/// FP8 operands' f32 scales, one per row of x and one per output channel.
+struct Fp8Operands {
+    x_scale: Tensor,
+    w_scale: Tensor,
+    kernel: Fp8Kernel,
+}
+
+/// What multiplies FP8 operands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fp8Kernel {
+    /// cuBLASLt with outer-vector scales (Hopper).
+    CublasLt,
+    /// gemm.cu's `mma.sync` kernel (every GPU from Ada on; GB10).
+    MmaSync,
 }
 
 /// The device address of `t`, a tensor on `stream`'s CUDA device, read as `T`.
@@ -862,10 +878,12 @@ impl CustomOp2 for LinearLt {
             .as_ref()
             .map(|b| tensor_ptr::<bf16>(b, &stream, "bias"))
             .transpose()?;
-        let scales = self
-            .fp8_scales
-            .as_ref()
-            .map(|(x, w)| (x.storage_and_layout(), w.storage_and_layout()));
+        let scales = self.fp8.as_ref().map(|f| {
+            (
+                f.x_scale.storage_and_layout(),
+                f.w_scale.storage_and_layout(),
+            )
+        });
         let scales = scales
             .as_ref()
             .map(|(x, w)| {
@@ -890,24 +908,57 @@ impl CustomOp2 for LinearLt {
                 },
             ),
         };
-        let (d, out_guard) = out.device_ptr_mut(&stream);
-        let gemm = gemm::Gemm {
-            rows: m,
-            n,
-            k,
-            x,
-            w,
-            operands,
-            d,
-            bias: bias.as_ref().map(|(p, _)| *p),
-            gelu: self.gelu,
-            accumulate: self.residual.is_some(),
-        };
-        // SAFETY: x is m x k, w is n x k (bf16, or e4m3 with m and n f32 scales), out is m x n
-        // and bias n, bf16, all on this device (shapes checked by `linear_impl`), and their
-        // guards outlive the enqueued GEMM's inputs.
-        unsafe { gemm::gemm(&dev, &gemm) }?;
-        drop(out_guard);
+        if let (Some(fp8), gemm::Operands::Fp8 { x_scale, w_scale }) = (&self.fp8, operands)
+            && fp8.kernel == Fp8Kernel::MmaSync
+        {
+            let func = function(&dev, &GEMM, "gemm_e4m3_rowscaled")?;
+            let bias = bias.as_ref().map_or(0, |(p, _)| *p);
+            let (m64, n64, k64) = (m as i64, n as i64, k as i64);
+            let (gelu, accumulate) = (self.gelu as i32, self.residual.is_some() as i32);
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&x)
+                .arg(&x_scale)
+                .arg(&w)
+                .arg(&w_scale)
+                .arg(&bias)
+                .arg(&mut out)
+                .arg(&m64)
+                .arg(&n64)
+                .arg(&k64)
+                .arg(&gelu)
+                .arg(&accumulate);
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            if m * n > 0 {
+                // SAFETY: arguments match gemm.cu's kernel: x m x k and w n x k e4m3 (k a
+                // multiple of 16), m and n f32 scales, bias n bf16 or null, out m x n bf16
+                // holding the residual when accumulating; the guards outlive the launch.
+                unsafe { launch.launch(cfg) }.map_err(driver_err("FP8 GEMM launch"))?;
+            }
+        } else {
+            let (d, out_guard) = out.device_ptr_mut(&stream);
+            let gemm = gemm::Gemm {
+                rows: m,
+                n,
+                k,
+                x,
+                w,
+                operands,
+                d,
+                bias: bias.as_ref().map(|(p, _)| *p),
+                gelu: self.gelu,
+                accumulate: self.residual.is_some(),
+            };
+            // SAFETY: x is m x k, w is n x k (bf16, or e4m3 with m and n f32 scales), out is
+            // m x n and bias n, bf16, all on this device (shapes checked by `linear_impl`), and
+            // their guards outlive the enqueued GEMM's inputs.
+            unsafe { gemm::gemm(&dev, &gemm) }?;
+            drop(out_guard);
+        }
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = n;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
@@ -936,7 +987,9 @@ pub fn linear_residual(
 /// with `x_scale` f32, one per row of x (as [`fp8_quantize_rows`] makes them), `weight` e4m3
 /// `[N, K]` with `w_scale` f32, one or one per output channel; the product of row `r` and channel
 /// `c` is multiplied by `x_scale[r] · w_scale[c]` in f32 before the epilogue; bias, residual and
-/// output bf16. `K` and `N` multiples of 16. Errors where [`fp8_linear_supported`] says no.
+/// output bf16. `K` and `N` multiples of 16. Runs on cuBLASLt where it has such a GEMM with this
+/// epilogue (Hopper), else on gemm.cu's `mma.sync` kernel; errors where
+/// [`fp8_linear_supported`] says no.
 pub fn linear_fp8(
     x: &Tensor,
     x_scale: &Tensor,
@@ -946,6 +999,55 @@ pub fn linear_fp8(
     gelu: bool,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let Device::Cuda(dev) = x.device() else {
+        bail!("linear_fp8: x must be on CUDA, got {:?}", x.device());
+    };
+    let kernel = if gemm::fp8_supported(dev, bias.is_some(), gelu)? {
+        Fp8Kernel::CublasLt
+    } else {
+        Fp8Kernel::MmaSync
+    };
+    linear_fp8_on(kernel, x, x_scale, weight, w_scale, bias, gelu, residual)
+}
+
+/// [`linear_fp8`] on gemm.cu's `mma.sync` kernel whatever the GPU (the checks and benchmarks
+/// compare it with cuBLASLt on Hopper).
+#[doc(hidden)]
+pub fn linear_fp8_mma_sync(
+    x: &Tensor,
+    x_scale: &Tensor,
+    weight: &Tensor,
+    w_scale: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    linear_fp8_on(
+        Fp8Kernel::MmaSync,
+        x,
+        x_scale,
+        weight,
+        w_scale,
+        bias,
+        gelu,
+        residual,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_fp8_on(
+    kernel: Fp8Kernel,
+    x: &Tensor,
+    x_scale: &Tensor,
+    weight: &Tensor,
+    w_scale: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !fp8_linear_supported(x.device())? {
+        bail!("linear_fp8: FP8 products need a CUDA GPU of compute capability 8.9 or newer");
+    }
     let (n, k) = weight.dims2()?;
     let rows = x.elem_count() / k.max(1);
     if x.dtype() != DType::F8E4M3 || weight.dtype() != DType::F8E4M3 {
@@ -976,14 +1078,25 @@ pub fn linear_fp8(
         s.contiguous()
     });
     let [x_scale, w_scale] = scales;
-    linear_impl(x, weight, bias, gelu, residual, Some((x_scale?, w_scale?)))
+    linear_impl(
+        x,
+        weight,
+        bias,
+        gelu,
+        residual,
+        Some(Fp8Operands {
+            x_scale: x_scale?,
+            w_scale: w_scale?,
+            kernel,
+        }),
+    )
 }
 
-/// Whether [`linear_fp8`] runs on `device` with a bias or not and GELU or not: a CUDA GPU whose
-/// cuBLASLt multiplies FP8 operands with per-row scales into that epilogue (Hopper).
-pub fn fp8_linear_supported(device: &Device, bias: bool, gelu: bool) -> Result<bool> {
+/// Whether [`linear_fp8`] runs on `device`: a CUDA GPU of compute capability 8.9 or newer (FP8
+/// `mma.sync`; Hopper's cuBLASLt where it has the GEMM).
+pub fn fp8_linear_supported(device: &Device) -> Result<bool> {
     match device {
-        Device::Cuda(dev) => gemm::fp8_supported(dev, bias, gelu),
+        Device::Cuda(dev) => Ok(compute_capability(dev)? >= targets::FP8_MMA),
         _ => Ok(false),
     }
 }
@@ -994,7 +1107,7 @@ fn linear_impl(
     bias: Option<&Tensor>,
     gelu: bool,
     residual: Option<&Tensor>,
-    fp8_scales: Option<(Tensor, Tensor)>,
+    fp8: Option<Fp8Operands>,
 ) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
     if x.dim(candle_core::D::Minus1)? != k {
@@ -1019,7 +1132,7 @@ fn linear_impl(
             );
         }
     }
-    let operand_dtype = if fp8_scales.is_some() {
+    let operand_dtype = if fp8.is_some() {
         DType::F8E4M3
     } else {
         DType::BF16
@@ -1047,7 +1160,7 @@ fn linear_impl(
             bias,
             gelu,
             residual,
-            fp8_scales,
+            fp8,
         },
     )
 }

@@ -951,6 +951,63 @@ mod gpu {
             gbps: Some(bytes / ms / 1e6),
         });
 
+        // The 14B FFN's up-projection (32,760 tokens x 5,120 -> 13,824, bias and GELU): bf16,
+        // and FP8 per token and channel through each FP8 GEMM, plus the activations' quantization.
+        let (k, n) = (5120usize, 13824usize);
+        let x = bf16(&[1, l, k])?;
+        let w = (bf16(&[n, k])?.to_dtype(DType::F32)? * (k as f64).powf(-0.5))?;
+        let bias = bf16(&[n])?;
+        let flops = 2.0 * (l * k * n) as f64;
+        let gemm_shape = format!("{l}x{k}x{n} bias+gelu");
+        let w_bf16 = w.to_dtype(DType::BF16)?;
+        let ms = time_ms(&dev, 3, args.reps, || {
+            videosdgx_kernels::linear(&x, &w_bf16, Some(&bias), true)?;
+            Ok(())
+        })?;
+        timings.push(KernelTiming {
+            kernel: "linear_bf16_cublaslt".into(),
+            shape: gemm_shape.clone(),
+            ms,
+            tflops: Some(flops / ms / 1e9),
+            gbps: None,
+        });
+        if videosdgx_kernels::fp8_linear_supported(&dev)? {
+            let w_scale = videosdgx_kernels::reference::fp8_row_scales(&w)?;
+            let wq = videosdgx_kernels::fp8_quantize(&w, &w_scale)?;
+            let ms = time_ms(&dev, 3, args.reps, || {
+                videosdgx_kernels::fp8_quantize_rows(&x)?;
+                Ok(())
+            })?;
+            timings.push(KernelTiming {
+                kernel: "quantize_rows_e4m3_bf16".into(),
+                shape: format!("1x{l}x{k}"),
+                ms,
+                tflops: None,
+                gbps: Some((3 * l * k) as f64 / ms / 1e6),
+            });
+            let (xq, x_scale) = videosdgx_kernels::fp8_quantize_rows(&x)?;
+            let fp8_gemms: [(&str, fn(_, _, _, _, _, _, _) -> _); 2] = [
+                ("linear_fp8", videosdgx_kernels::linear_fp8),
+                (
+                    "linear_fp8_mma_sync",
+                    videosdgx_kernels::linear_fp8_mma_sync,
+                ),
+            ];
+            for (kernel, gemm) in fp8_gemms {
+                let ms = time_ms(&dev, 3, args.reps, || {
+                    gemm(&xq, &x_scale, &wq, &w_scale, Some(&bias), true, None)?;
+                    Ok(())
+                })?;
+                timings.push(KernelTiming {
+                    kernel: kernel.into(),
+                    shape: gemm_shape.clone(),
+                    ms,
+                    tflops: Some(flops / ms / 1e9),
+                    gbps: None,
+                });
+            }
+        }
+
         let report = KernelsReport {
             gpu: ctx.name()?,
             shares_host_memory: videosdgx_engine::loader::memory::shares_host_memory(&dev),
