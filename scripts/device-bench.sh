@@ -28,12 +28,13 @@
 # times one call after a 2-step warm-up; pipeline.txt compares the two videos and the timings. Then
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
-# wan14fp8, wan14nvfp4 (on request): the 14B forward with the blocks' linear layers kept in FP8 or NVFP4
-# (dequantized per product), its device memory and its output's error against the bf16 forward of the same
-# random weights.
+# wan14fp8, wan14nvfp4 (on request): the 14B forward with the blocks' linear layers kept in FP8 (as FP8 GEMMs,
+# VIDEOSDGX_FP8_GEMM=1; wan14fp8_dequant: dequantized per product) or NVFP4 (dequantized per product), its device
+# memory, the blocks' weight bytes, and its output's error against the bf16 forward of the same random weights
+# (after each block too).
 # pipe14distill, pipe14distillfp8 (on request): the whole Wan 2.1 14B generation at 480x832x81 on the 4-step
-# distilled schedule (text encoding, 4 steps without guidance, decode), in bf16 and with FP8 block weights: the
-# fast-paths issue's headline run, from random weights.
+# distilled schedule (text encoding, 4 steps without guidance, decode, MP4), in bf16 and with FP8 block weights
+# (FP8 GEMMs): the fast-paths issue's headline run, from random weights.
 # llm4, llm8, llm4g, llm12 (on request): `bench llm` for Qwen3-4B, Qwen3-8B, Gemma 3 4B and 12B (random weights
 # of the published configs: prefill of 1,000 tokens, 256 greedy decoding steps, every hidden state of 512
 # tokens); anchorllm* the same through transformers (kernels/bench/llm_reference.py), compiledllm* with
@@ -163,13 +164,16 @@ for step in "${STEPS[@]}"; do
       STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/ltx2_reference.py" --component "$component" \
         "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
-    wan14fp8 | wan14nvfp4) run "$step" "$BIN" bench wan --preset wan2.1-14b --component transformer \
-      --quant "${step#wan14}" --json ;;
+    wan14fp8 | wan14fp8_dequant | wan14nvfp4)
+      quant="${step#wan14}" gemm=1
+      [[ $step == *_dequant ]] && gemm=0
+      VIDEOSDGX_FP8_GEMM=$gemm run "$step" "$BIN" bench wan --preset wan2.1-14b --component transformer \
+        --quant "${quant%_dequant}" --json ;;
     pipe14distill | pipe14distillfp8)
       quant=()
       [[ $step == *fp8 ]] && quant=(--quant fp8)
-      run "$step" "$BIN" bench wan --preset wan2.1-14b --component pipeline --schedule wan2.1-distill-4step \
-        "${quant[@]}" --json ;;
+      VIDEOSDGX_FP8_GEMM=1 run "$step" "$BIN" bench wan --preset wan2.1-14b --component pipeline \
+        --schedule wan2.1-distill-4step "${quant[@]}" --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     vae22) run vae22 "$BIN" bench wan --preset wan2.2-5b --component vae --profile --json ;;

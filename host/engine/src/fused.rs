@@ -472,7 +472,8 @@ mod cuda {
 
     /// An FP8 layer as an FP8 GEMM: `x` quantized per token, the product scaled per token and
     /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU
-    /// has no FP8 products (before Ada) or the widths are not multiples of 16.
+    /// has no FP8 products (before Ada) or the widths are not multiples of 16, and unless
+    /// `VIDEOSDGX_FP8_GEMM=1`: opt-in until the GPU checks have passed on a device.
     fn linear_fp8(
         layer: &crate::models::Linear,
         weight: &crate::models::fp8::Fp8Weight,
@@ -484,7 +485,10 @@ mod cuda {
         let takes_residual = residual.is_none_or(|r| {
             !gelu && bf16_cuda(r) && r.rank() == x.rank() && r.dims().last() == Some(&n)
         });
-        if super::disabled("fp8_gemm")
+        static OPTED_IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let opted_in =
+            *OPTED_IN.get_or_init(|| std::env::var("VIDEOSDGX_FP8_GEMM").is_ok_and(|v| v == "1"));
+        if !opted_in
             || !k.is_multiple_of(16)
             || !n.is_multiple_of(16)
             || x.dim(candle_core::D::Minus1)? != k
