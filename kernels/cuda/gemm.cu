@@ -1,5 +1,7 @@
-// FP8 GEMM on mma.sync (sm_89 and newer; GB10's sm_121 above all, whose cuBLASLt lacks per-row
-// scaled FP8): out[m, n] = epilogue(x_scale[m] * w_scale[n] * sum_k x[m, k] w[n, k]), m16n8k32
+// FP8 products (sm_89 and newer): a GEMM for GPUs whose cuBLASLt has no FP8 matmul (GB10's sm_121
+// above all), and the epilogue of cuBLASLt's unscaled one (scale_product_bf16, at the end).
+//
+// gemm_e4m3_rowscaled, on mma.sync: out[m, n] = epilogue(x_scale[m] * w_scale[n] * sum_k x[m, k] w[n, k]), m16n8k32
 // e4m3 products accumulated in f32. x [M, K] and w [N, K] are e4m3 with K contiguous, K a multiple
 // of 16; the epilogue adds bias[n] and then applies GELU (tanh), or adds what `out` holds (the
 // residual, `accumulate`), and rounds to bf16.
@@ -122,5 +124,33 @@ extern "C" __global__ void __launch_bounds__(256)
                 *dst = pack_bf16(v[0], v[1]);
             }
         }
+    }
+}
+
+// scale_product_bf16: the epilogue of an FP8 GEMM that ran without scales (cuBLASLt's plain e4m3
+// matmul into bf16, where it has none with per-row scales), in place on d [m, n]:
+// d[r, c] = act(d[r, c] * x_scale[r] * w_scale[c] + bias[c]) + residual[r, c], where act is GELU
+// (tanh) when `gelu`, and bias and residual are optional (null). Eight values (16 bytes) of d a
+// thread, grid-stride; n a multiple of 8.
+extern "C" __global__ void scale_product_bf16(bf16_t *d, const float *__restrict__ x_scale,
+                                              const float *__restrict__ w_scale, const bf16_t *__restrict__ bias,
+                                              const bf16_t *__restrict__ residual, long long m, long long n,
+                                              int gelu) {
+    const long long chunks = m * n / 8;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < chunks;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long e = i * 8, r = e / n, c = e - r * n;
+        uint4 *chunk = reinterpret_cast<uint4 *>(d) + i;
+        float v[8];
+        unpack8(*chunk, v);
+        const float rs = x_scale[r];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            v[j] = v[j] * rs * w_scale[c + j];
+            if (bias) v[j] += bf16_to_float(bias[c + j]);
+            if (gelu) v[j] = gelu_tanh(v[j]);
+            if (residual) v[j] += bf16_to_float(residual[e + j]);
+        }
+        *chunk = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
     }
 }

@@ -65,7 +65,7 @@ extern "C" __global__ void quantize_e4m3_f32(const float *w, const float *scale,
 }
 
 // quantize_rows_e4m3_bf16: the activations of an FP8 GEMM, one scale a row (token): x [rows, cols]
-// bf16 to q = e4m3(x / s) with s = max|x[row]| / 448 (1 for an all-zero row), the arithmetic of
+// bf16 to q = e4m3(x / s) with s = max|x[row]| * (1/448) (1 for an all-zero row), the arithmetic of
 // quantize_e4m3_* with that scale, so the bytes match the CPU's. One block a row (grid-stride over
 // rows), 16-byte loads (cols a multiple of 8): the row's maximum by a block reduction, then a second
 // pass over the row, which L2 still holds.
@@ -88,7 +88,7 @@ extern "C" __global__ void quantize_rows_e4m3_bf16(const bf16_t *__restrict__ x,
         __syncthreads();
         m = 0.f;
         for (int w = 0; w < (int)(blockDim.x >> 5); ++w) m = fmaxf(m, partial[w]);
-        const float s = m == 0.f ? 1.f : __fdiv_rn(m, 448.f);
+        const float s = m == 0.f ? 1.f : __fmul_rn(m, 1.f / 448.f); // as the reference: max * (1/448)
         if (threadIdx.x == 0) scale[row] = s;
         uint2 *qr = reinterpret_cast<uint2 *>(q + row * cols);
         for (long long c = threadIdx.x; c < chunks; c += blockDim.x) {

@@ -371,8 +371,9 @@ pub fn fp8_quantize(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
         .to_dtype(DType::F8E4M3)
 }
 
-/// The per-row scales of [`fp8_quantize_rows`]: `max |x[row]| / 448` in f32, 1 for an all-zero
-/// row, `[rows, 1]` (any device).
+/// The per-row scales of [`fp8_quantize_rows`]: `max |x[row]| · (1/448)` in f32 (candle divides
+/// by a constant as a multiplication by its reciprocal), 1 for an all-zero row, `[rows, 1]` (any
+/// device).
 pub fn fp8_row_scales(x: &Tensor) -> Result<Tensor> {
     let cols = x.dim(candle_core::D::Minus1)?;
     let absmax = x

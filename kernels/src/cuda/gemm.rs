@@ -50,6 +50,19 @@ pub(super) enum Operands {
         x_scale: u64,
         w_scale: u64,
     },
+    /// e4m3 without scales: the caller scales the bf16 product.
+    Fp8Unscaled,
+}
+
+impl Operands {
+    /// Tells the operand kinds apart in the tuned algorithms' keys.
+    fn kind(self) -> u8 {
+        match self {
+            Operands::Bf16 => 0,
+            Operands::Fp8 { .. } => 1,
+            Operands::Fp8Unscaled => 2,
+        }
+    }
 }
 
 /// A cuBLASLt handle and its workspace on one device.
@@ -79,7 +92,7 @@ struct Key {
     k: usize,
     epilogue: u32,
     accumulate: bool,
-    fp8: bool,
+    operands: u8,
 }
 
 fn lt(dev: &CudaDevice) -> Result<Arc<Lt>> {
@@ -146,7 +159,7 @@ impl Plan {
         let bf16 = sys::cudaDataType_t::CUDA_R_16BF;
         let input = match g.operands {
             Operands::Bf16 => bf16,
-            Operands::Fp8 { .. } => sys::cudaDataType_t::CUDA_R_8F_E4M3,
+            Operands::Fp8 { .. } | Operands::Fp8Unscaled => sys::cudaDataType_t::CUDA_R_8F_E4M3,
         };
         let (rows, n, k) = (g.rows as u64, g.n as u64, g.k as u64);
         let desc = result::create_matmul_desc(
@@ -235,17 +248,23 @@ fn epilogue_of(g: &Gemm) -> sys::cublasLtEpilogue_t {
     }
 }
 
-/// Whether cuBLASLt on `dev` has an algorithm for FP8 operands with outer-vector scales and this
-/// epilogue (Hopper does; other architectures may not), asked once per device and epilogue on a
-/// small plan.
-pub(super) fn fp8_supported(dev: &CudaDevice, bias: bool, gelu: bool) -> Result<bool> {
-    type Known = Mutex<HashMap<(DeviceId, bool, bool), bool>>;
+/// Whether cuBLASLt on `dev` has an algorithm for FP8 operands, with outer-vector scales and this
+/// epilogue when `scaled` (Hopper may lack it), or plain e4m3 into bf16 otherwise; asked once per
+/// device and kind on a small plan.
+pub(super) fn fp8_supported(
+    dev: &CudaDevice,
+    scaled: bool,
+    bias: bool,
+    gelu: bool,
+) -> Result<bool> {
+    type Known = Mutex<HashMap<(DeviceId, bool, bool, bool), bool>>;
     static SUPPORTED: OnceLock<Known> = OnceLock::new();
     let mut known = SUPPORTED
         .get_or_init(Default::default)
         .lock()
         .expect("FP8 support poisoned");
-    if let Some(&supported) = known.get(&(dev.id(), bias, gelu)) {
+    let key = (dev.id(), scaled, bias, gelu);
+    if let Some(&supported) = known.get(&key) {
         return Ok(supported);
     }
     let lt = lt(dev)?;
@@ -255,9 +274,13 @@ pub(super) fn fp8_supported(dev: &CudaDevice, bias: bool, gelu: bool) -> Result<
         k: 64,
         x: 0,
         w: 0,
-        operands: Operands::Fp8 {
-            x_scale: 0,
-            w_scale: 0,
+        operands: if scaled {
+            Operands::Fp8 {
+                x_scale: 0,
+                w_scale: 0,
+            }
+        } else {
+            Operands::Fp8Unscaled
         },
         d: 0,
         bias: bias.then_some(0),
@@ -266,14 +289,19 @@ pub(super) fn fp8_supported(dev: &CudaDevice, bias: bool, gelu: bool) -> Result<
     };
     let supported = heuristic(&lt, &Plan::new(&probe, epilogue_of(&probe))?, 1).is_ok();
     tracing::info!(
-        "kernels: cublasLt FP8 GEMMs with per-row scales (bias {bias}, gelu {gelu}) {}",
-        if supported {
-            "available: FP8 layers run as FP8 GEMMs"
+        "kernels: cublasLt FP8 GEMMs {} (bias {bias}, gelu {gelu}): {}",
+        if scaled {
+            "with per-row scales"
         } else {
-            "unavailable on this GPU: such FP8 layers are dequantized for each product"
+            "without scales"
+        },
+        if supported {
+            "available"
+        } else {
+            "unavailable"
         }
     );
-    known.insert((dev.id(), bias, gelu), supported);
+    known.insert(key, supported);
     Ok(supported)
 }
 
@@ -293,7 +321,7 @@ pub(super) unsafe fn gemm(dev: &CudaDevice, g: &Gemm) -> Result<()> {
         k: g.k,
         epilogue: epilogue as u32,
         accumulate: g.accumulate,
-        fp8: matches!(g.operands, Operands::Fp8 { .. }),
+        operands: g.operands.kind(),
     };
     let cached = algorithms()
         .lock()
@@ -417,13 +445,13 @@ fn fastest(
     };
     let first = timed.iter().find(|t| t.1 == 0).map_or(f32::NAN, |t| t.0);
     tracing::info!(
-        "kernels: cublasLt {}x{}x{} (bias {}, gelu {}, fp8 {}): candidate {i} of {} at {ms:.3} ms (heuristic's first: {first:.3} ms)",
+        "kernels: cublasLt {}x{}x{} (bias {}, gelu {}, operands {}): candidate {i} of {} at {ms:.3} ms (heuristic's first: {first:.3} ms)",
         g.rows,
         g.n,
         g.k,
         g.bias.is_some(),
         g.gelu,
-        matches!(g.operands, Operands::Fp8 { .. }),
+        ["bf16", "e4m3 scaled", "e4m3"][g.operands.kind() as usize],
         candidates.len()
     );
     Ok(candidates[i])

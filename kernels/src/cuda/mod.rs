@@ -814,8 +814,11 @@ struct Fp8Operands {
 /// What multiplies FP8 operands.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fp8Kernel {
-    /// cuBLASLt with outer-vector scales (Hopper).
-    CublasLt,
+    /// cuBLASLt with outer-vector scales and the epilogue.
+    CublasLtScaled,
+    /// cuBLASLt's plain e4m3 matmul into bf16, then gemm.cu's `scale_product_bf16` for the scales
+    /// and the epilogue (Hopper's cuBLASLt has no outer-vector scales).
+    CublasLtThenScale,
     /// gemm.cu's `mma.sync` kernel (every GPU from Ada on; GB10).
     MmaSync,
 }
@@ -862,7 +865,12 @@ impl CustomOp2 for LinearLt {
         let m = xl.shape().elem_count() / k;
         let mut out = output::<bf16>(&dev, m * n)?;
         let stream = dev.cuda_stream();
-        if let Some(residual) = &self.residual {
+        let kernel = self.fp8.as_ref().map(|f| f.kernel);
+        // The residual enters as the GEMM's C (beta 1), except after an unscaled FP8 product,
+        // where the scaling pass adds it.
+        if let Some(residual) = &self.residual
+            && kernel != Some(Fp8Kernel::CublasLtThenScale)
+        {
             let (storage, layout) = residual.storage_and_layout();
             let Storage::Cuda(cs) = &*storage else {
                 bail!("linear: residual must be on the CUDA device")
@@ -908,8 +916,8 @@ impl CustomOp2 for LinearLt {
                 },
             ),
         };
-        if let (Some(fp8), gemm::Operands::Fp8 { x_scale, w_scale }) = (&self.fp8, operands)
-            && fp8.kernel == Fp8Kernel::MmaSync
+        if let (Some(Fp8Kernel::MmaSync), gemm::Operands::Fp8 { x_scale, w_scale }) =
+            (kernel, operands)
         {
             let func = function(&dev, &GEMM, "gemm_e4m3_rowscaled")?;
             let bias = bias.as_ref().map_or(0, |(p, _)| *p);
@@ -938,6 +946,54 @@ impl CustomOp2 for LinearLt {
                 // multiple of 16), m and n f32 scales, bias n bf16 or null, out m x n bf16
                 // holding the residual when accumulating; the guards outlive the launch.
                 unsafe { launch.launch(cfg) }.map_err(driver_err("FP8 GEMM launch"))?;
+            }
+        } else if let (
+            Some(Fp8Kernel::CublasLtThenScale),
+            gemm::Operands::Fp8 { x_scale, w_scale },
+        ) = (kernel, operands)
+        {
+            let (d, out_guard) = out.device_ptr_mut(&stream);
+            let gemm = gemm::Gemm {
+                rows: m,
+                n,
+                k,
+                x,
+                w,
+                operands: gemm::Operands::Fp8Unscaled,
+                d,
+                bias: None,
+                gelu: false,
+                accumulate: false,
+            };
+            // SAFETY: x is m x k and w n x k e4m3, out m x n bf16, all on this device (shapes
+            // checked by `linear_impl`), and their guards outlive the enqueued GEMM's inputs.
+            unsafe { gemm::gemm(&dev, &gemm) }?;
+            drop(out_guard);
+            let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
+            let residual = residual
+                .as_ref()
+                .map(|r| tensor_ptr::<bf16>(r, &stream, "residual"))
+                .transpose()?;
+            let func = function(&dev, &GEMM, "scale_product_bf16")?;
+            let bias = bias.as_ref().map_or(0, |(p, _)| *p);
+            let residual = residual.as_ref().map_or(0, |(p, _)| *p);
+            let (m64, n64, gelu) = (m as i64, n as i64, self.gelu as i32);
+            let mut launch = stream.launch_builder(&func);
+            launch
+                .arg(&mut out)
+                .arg(&x_scale)
+                .arg(&w_scale)
+                .arg(&bias)
+                .arg(&residual)
+                .arg(&m64)
+                .arg(&n64)
+                .arg(&gelu);
+            if m * n > 0 {
+                // SAFETY: arguments match gemm.cu's kernel: out m x n bf16 (n a multiple of 16),
+                // m and n f32 scales, bias n and residual m x n bf16 or null; the guards outlive
+                // the launch.
+                unsafe { launch.launch(grid_stride(m * n / 8)) }
+                    .map_err(driver_err("FP8 scaling launch"))?;
             }
         } else {
             let (d, out_guard) = out.device_ptr_mut(&stream);
@@ -987,8 +1043,9 @@ pub fn linear_residual(
 /// with `x_scale` f32, one per row of x (as [`fp8_quantize_rows`] makes them), `weight` e4m3
 /// `[N, K]` with `w_scale` f32, one or one per output channel; the product of row `r` and channel
 /// `c` is multiplied by `x_scale[r] · w_scale[c]` in f32 before the epilogue; bias, residual and
-/// output bf16. `K` and `N` multiples of 16. Runs on cuBLASLt where it has such a GEMM with this
-/// epilogue (Hopper), else on gemm.cu's `mma.sync` kernel; errors where
+/// output bf16. `K` and `N` multiples of 16. Runs on cuBLASLt with outer-vector scales where it
+/// has such a GEMM with this epilogue, else on cuBLASLt's plain FP8 matmul followed by a scaling
+/// pass (Hopper), else on gemm.cu's `mma.sync` kernel (GB10); errors where
 /// [`fp8_linear_supported`] says no.
 pub fn linear_fp8(
     x: &Tensor,
@@ -1002,8 +1059,10 @@ pub fn linear_fp8(
     let Device::Cuda(dev) = x.device() else {
         bail!("linear_fp8: x must be on CUDA, got {:?}", x.device());
     };
-    let kernel = if gemm::fp8_supported(dev, bias.is_some(), gelu)? {
-        Fp8Kernel::CublasLt
+    let kernel = if gemm::fp8_supported(dev, true, bias.is_some(), gelu)? {
+        Fp8Kernel::CublasLtScaled
+    } else if gemm::fp8_supported(dev, false, false, false)? {
+        Fp8Kernel::CublasLtThenScale
     } else {
         Fp8Kernel::MmaSync
     };

@@ -602,10 +602,20 @@ mod gpu {
             candle_core::bail!("random weights need the shape of {name}")
         }
 
-        /// Every tensor a model asks for, but no FP8 scale: the random models are dense (the
+        /// Every tensor a model asks for, but none of the names that mark a quantized layer (FP8
+        /// scales, the NVFP4 layouts' scales and markers): the random models are dense (the
         /// transformer's `--quant` quantizes them after building).
         fn contains_tensor(&self, name: &str) -> bool {
-            !(name.ends_with("weight_scale") || name.ends_with("scale_weight"))
+            const QUANTIZED: [&str; 7] = [
+                "weight_scale",
+                "scale_weight",
+                "weight_scale_2",
+                "comfy_quant",
+                "weight_global_scale",
+                "input_global_scale",
+                "alpha",
+            ];
+            !QUANTIZED.contains(&name.rsplit('.').next().unwrap_or(name))
         }
     }
 
