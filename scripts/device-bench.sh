@@ -53,8 +53,8 @@
 # configs in kernels/bench/ltx2_19b.json): the transformer over video and sound, the video VAE decode, a whole
 # distilled 8-step generation from prompt embeddings; anchorltx2* the same through diffusers
 # (kernels/bench/ltx2_reference.py), compiledltx2* with torch.compile. ltx2vae and ltx2pipe run a second time as
-# *_gather with the gathered frame-convolution layout (VIDEOSDGX_CONV_GATHER=1, opt-in until checked on a device;
-# the checks step runs with it on).
+# *_in_place with every frame convolution reading its window in place (VIDEOSDGX_CONV_GATHER=0), the A/B of the
+# gathered layout.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -100,8 +100,7 @@ llm_preset() {
 
 for step in "${STEPS[@]}"; do
   case "$step" in
-    # The gathered frame-convolution layout is opt-in until these checks pass with it on.
-    checks) VIDEOSDGX_CONV_GATHER=1 run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
+    checks) run checks "$WORK/gpu-checks" --test-threads 1 --nocapture ;;
     fixtures) run fixtures python3 "$BUNDLE/gpu_parity.py" "$BIN" "$BUNDLE/fixtures" --device cuda --dtype bf16 \
       --json "$OUT/fixtures.json" ;;
     kernels) run kernels "$BIN" bench kernels --json ;;
@@ -156,7 +155,7 @@ for step in "${STEPS[@]}"; do
       case "$step" in ltx2vae) component=vae profile=(--profile) ;; ltx2pipe) component=pipeline ;; *) profile=(--profile) ;; esac
       run "$step" "$BIN" bench ltx2 --component "$component" "${profile[@]}" --json
       [[ $component == transformer ]] ||
-        VIDEOSDGX_CONV_GATHER=1 run "${step}_gather" "$BIN" bench ltx2 --component "$component" "${profile[@]}" --json ;;
+        VIDEOSDGX_CONV_GATHER=0 run "${step}_in_place" "$BIN" bench ltx2 --component "$component" "${profile[@]}" --json ;;
     anchorltx2 | anchorltx2vae | anchorltx2pipe | compiledltx2 | compiledltx2pipe)
       component=transformer compile=()
       case "$step" in *ltx2vae) component=vae ;; *ltx2pipe) component=pipeline ;; esac

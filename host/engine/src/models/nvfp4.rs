@@ -106,8 +106,10 @@ impl Nvfp4Weight {
         let scalar = |name: &str| vb.get_unchecked_dtype(name, DType::F32);
         let device = vb.device().clone();
         // The layouts with padding, swizzling or swapped nibbles are rearranged on the CPU, where
-        // every dtype can be permuted; ModelOpt's loads as it is.
+        // every dtype can be permuted, and made contiguous there (candle has no CUDA copy kernel
+        // for float8); ModelOpt's loads as it is.
         let cpu = vb.clone().set_device(Device::Cpu);
+        let on = |t: &Tensor| t.contiguous()?.to_device(&device);
         let padded = |name, dtype| -> Result<Tensor> {
             let t = cpu.get_unchecked_dtype(name, dtype)?;
             let (rows, cols) = t.dims2()?;
@@ -133,13 +135,12 @@ impl Nvfp4Weight {
                 scalar("weight_scale_2")?,
             ),
             Nvfp4Layout::ComfyUi => (
-                swap_nibbles(&padded("weight", DType::U8)?)?.to_device(&device)?,
-                unswizzle(
+                on(&swap_nibbles(&padded("weight", DType::U8)?)?)?,
+                on(&unswizzle(
                     &cpu.get_unchecked_dtype("weight_scale", DType::F8E4M3)?,
                     out_dim,
                     blocks,
-                )?
-                .to_device(&device)?,
+                )?)?,
                 scalar("weight_scale_2")?,
             ),
             Nvfp4Layout::LightX2v => {
@@ -149,13 +150,12 @@ impl Nvfp4Weight {
                     (scalar("alpha")? * scalar("input_global_scale")?)?
                 };
                 (
-                    padded("weight", DType::U8)?.to_device(&device)?,
-                    unswizzle(
+                    on(&padded("weight", DType::U8)?)?,
+                    on(&unswizzle(
                         &cpu.get_unchecked_dtype("weight_scale", DType::F8E4M3)?,
                         out_dim,
                         blocks,
-                    )?
-                    .to_device(&device)?,
+                    )?)?,
                     global,
                 )
             }
