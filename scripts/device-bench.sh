@@ -29,7 +29,7 @@
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
 # wan14fp8, wan14nvfp4 (on request): the 14B forward with the blocks' linear layers kept in FP8 (as FP8 GEMMs,
-# VIDEOSDGX_FP8_GEMM=1; wan14fp8_dequant: dequantized per product) or NVFP4 (dequantized per product), its device
+# the default; wan14fp8_dequant: VIDEOSDGX_FP8_GEMM=0, dequantized per product) or NVFP4 (dequantized per product), its device
 # memory, the blocks' weight bytes, and its output's error against the bf16 forward of the same random weights
 # (after each block too).
 # pipe14distill, pipe14distillfp8 (on request): the whole Wan 2.1 14B generation at 480x832x81 on the 4-step
@@ -171,7 +171,7 @@ for step in "${STEPS[@]}"; do
     pipe14distill | pipe14distillfp8)
       quant=()
       [[ $step == *fp8 ]] && quant=(--quant fp8)
-      VIDEOSDGX_FP8_GEMM=1 run "$step" "$BIN" bench wan --preset wan2.1-14b --component pipeline \
+      run "$step" "$BIN" bench wan --preset wan2.1-14b --component pipeline \
         --schedule wan2.1-distill-4step "${quant[@]}" --json ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;

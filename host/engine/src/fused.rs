@@ -472,8 +472,8 @@ mod cuda {
 
     /// An FP8 layer as an FP8 GEMM: `x` quantized per token, the product scaled per token and
     /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU
-    /// has no FP8 products (before Ada) or the widths are not multiples of 16, and unless
-    /// `VIDEOSDGX_FP8_GEMM=1`: opt-in until the GPU checks have passed on a device.
+    /// has no FP8 products (before Ada) or the widths are not multiples of 16, and with
+    /// `VIDEOSDGX_FP8_GEMM=0` (the weight-only A/B of the benchmarks).
     fn linear_fp8(
         layer: &crate::models::Linear,
         weight: &crate::models::fp8::Fp8Weight,
@@ -485,10 +485,9 @@ mod cuda {
         let takes_residual = residual.is_none_or(|r| {
             !gelu && bf16_cuda(r) && r.rank() == x.rank() && r.dims().last() == Some(&n)
         });
-        static OPTED_IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let opted_in =
-            *OPTED_IN.get_or_init(|| std::env::var("VIDEOSDGX_FP8_GEMM").is_ok_and(|v| v == "1"));
-        if !opted_in
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("VIDEOSDGX_FP8_GEMM").as_deref() != Ok("0"));
+        if !on
             || !k.is_multiple_of(16)
             || !n.is_multiple_of(16)
             || x.dim(candle_core::D::Minus1)? != k

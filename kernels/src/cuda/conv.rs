@@ -310,7 +310,7 @@ impl FrameLayout {
     fn for_frames(spec: FrameConv, t_out: usize) -> Self {
         static GATHER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let gather =
-            *GATHER.get_or_init(|| std::env::var("VIDEOSDGX_CONV_GATHER").is_ok_and(|v| v != "0"));
+            *GATHER.get_or_init(|| std::env::var("VIDEOSDGX_CONV_GATHER").as_deref() != Ok("0"));
         if gather && spec.taps > 1 && t_out >= 2 * spec.taps {
             Self::Gathered
         } else {
