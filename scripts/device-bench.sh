@@ -29,7 +29,7 @@
 # `bench wan --component pipeline --json` (pipeline_bench.txt) times the same generation in-process from random
 # weights, text encoding included (UMT5-XXL on 512 tokens, prompt and negative prompt), with its own 2-step warm-up.
 # wan14fp8, wan14nvfp4 (on request): the 14B forward with the blocks' linear layers kept in FP8 (as FP8 GEMMs,
-# the default; wan14fp8_dequant: VIDEOSDGX_FP8_GEMM=0, dequantized per product) or NVFP4 (dequantized per product), its device
+# the default; wan14fp8_dequant: VIDEOSDGX_UNFUSED=fp8_gemm, dequantized per product) or NVFP4 (dequantized per product), its device
 # memory, the blocks' weight bytes, and its output's error against the bf16 forward of the same random weights
 # (after each block too).
 # pipe14distill, pipe14distillfp8 (on request): the whole Wan 2.1 14B generation at 480x832x81 on the 4-step
@@ -164,9 +164,9 @@ for step in "${STEPS[@]}"; do
         "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
     wan14fp8 | wan14fp8_dequant | wan14nvfp4)
-      quant="${step#wan14}" gemm=1
-      [[ $step == *_dequant ]] && gemm=0
-      VIDEOSDGX_FP8_GEMM=$gemm run "$step" "$BIN" bench wan --preset wan2.1-14b --component transformer \
+      quant="${step#wan14}" unfused=""
+      [[ $step == *_dequant ]] && unfused=fp8_gemm
+      VIDEOSDGX_UNFUSED=$unfused run "$step" "$BIN" bench wan --preset wan2.1-14b --component transformer \
         --quant "${quant%_dequant}" --json ;;
     pipe14distill | pipe14distillfp8)
       quant=()

@@ -433,10 +433,21 @@ mod cuda {
         gelu: bool,
         residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
+        let &[n, k] = layer.dims() else {
+            return Ok(None);
+        };
+        let residual_fits = residual.is_none_or(|r| {
+            !gelu && bf16_cuda(r) && r.rank() == x.rank() && r.dims().last() == Some(&n)
+        });
         if super::disabled("linear")
             || !bf16_cuda(x)
             || !layer.device().is_cuda()
             || layer.dtype() != DType::BF16
+            || x.dim(candle_core::D::Minus1)? != k
+            || layer
+                .bias()
+                .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
+            || !residual_fits
         {
             return Ok(None);
         }
@@ -447,33 +458,16 @@ mod cuda {
         }
         // A quantized layer's weight is dequantized for the product.
         let w = layer.weight()?;
-        let w = w.as_ref();
-        let (n, k) = w.dims2()?;
-        if layer
-            .bias()
-            .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
-            || x.dim(candle_core::D::Minus1)? != k
-        {
-            return Ok(None);
-        }
         match residual {
-            None => videosdgx_kernels::linear(x, w, layer.bias(), gelu).map(Some),
-            Some(r)
-                if !gelu
-                    && bf16_cuda(r)
-                    && r.rank() == x.rank()
-                    && r.dim(candle_core::D::Minus1)? == n =>
-            {
-                videosdgx_kernels::linear_residual(x, w, layer.bias(), r).map(Some)
-            }
-            Some(_) => Ok(None),
+            None => videosdgx_kernels::linear(x, &w, layer.bias(), gelu).map(Some),
+            Some(r) => videosdgx_kernels::linear_residual(x, &w, layer.bias(), r).map(Some),
         }
     }
 
-    /// An FP8 layer as an FP8 GEMM: `x` quantized per token, the product scaled per token and
-    /// output channel in the GEMM, bias, GELU and residual in its epilogue. `None` where the GPU
-    /// has no FP8 products (before Ada) or the widths are not multiples of 16, and with
-    /// `VIDEOSDGX_FP8_GEMM=0` (the weight-only A/B of the benchmarks).
+    /// An FP8 layer (whose operands [`linear`] checked) as an FP8 GEMM: `x` quantized per token,
+    /// the product scaled per token and output channel, bias, GELU and residual in the epilogue.
+    /// `None` where the GPU has no FP8 products (before Ada) or the widths are not multiples of
+    /// 16, and with `VIDEOSDGX_UNFUSED=fp8_gemm` (the weight-only A/B of the benchmarks).
     fn linear_fp8(
         layer: &crate::models::Linear,
         weight: &crate::models::fp8::Fp8Weight,
@@ -482,19 +476,9 @@ mod cuda {
         residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         let (n, k) = weight.dims2()?;
-        let takes_residual = residual.is_none_or(|r| {
-            !gelu && bf16_cuda(r) && r.rank() == x.rank() && r.dims().last() == Some(&n)
-        });
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("VIDEOSDGX_FP8_GEMM").as_deref() != Ok("0"));
-        if !on
+        if super::disabled("fp8_gemm")
             || !k.is_multiple_of(16)
             || !n.is_multiple_of(16)
-            || x.dim(candle_core::D::Minus1)? != k
-            || layer
-                .bias()
-                .is_some_and(|b| !bf16_cuda(b) || b.dims() != [n])
-            || !takes_residual
             || !videosdgx_kernels::fp8_linear_supported(x.device())?
         {
             return Ok(None);
