@@ -34,7 +34,8 @@
 # (after each block too).
 # pipe14distill, pipe14distillfp8 (on request): the whole Wan 2.1 14B generation at 480x832x81 on the 4-step
 # distilled schedule (text encoding, 4 steps without guidance, decode, MP4), in bf16 and with FP8 block weights
-# (FP8 GEMMs): the fast-paths issue's headline run, from random weights.
+# (FP8 GEMMs): the fast-paths issue's headline run, from random weights; anchorpipe14distill the same generation
+# through diffusers' WanPipeline (kernels/bench/wan_distill_reference.py).
 # llm4, llm8, llm4g, llm12 (on request): `bench llm` for Qwen3-4B, Qwen3-8B, Gemma 3 4B and 12B (random weights
 # of the published configs: prefill of 1,000 tokens, 256 greedy decoding steps, every hidden state of 512
 # tokens); anchorllm* the same through transformers (kernels/bench/llm_reference.py), compiledllm* with
@@ -173,6 +174,7 @@ for step in "${STEPS[@]}"; do
       [[ $step == *fp8 ]] && quant=(--quant fp8)
       run "$step" "$BIN" bench wan --preset wan2.1-14b --component pipeline \
         --schedule wan2.1-distill-4step "${quant[@]}" --json ;;
+    anchorpipe14distill) STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/wan_distill_reference.py" ;;
     wan22) run wan22 "$BIN" bench wan --preset wan2.2-5b --component transformer --json ;;
     vae) run vae "$BIN" bench wan --preset wan2.1-1.3b --component vae --profile --json ;;
     vae22) run vae22 "$BIN" bench wan --preset wan2.2-5b --component vae --profile --json ;;
