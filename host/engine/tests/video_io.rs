@@ -61,6 +61,44 @@ fn mp4_round_trip_keeps_frames_rate_and_generation_record() {
 }
 
 #[test]
+fn frames_coded_on_all_cores_make_the_stream_one_encoder_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 fps: a keyframe every 16 frames, so 70 frames are 5 groups of pictures.
+    let frames = moving_frames(70, 96, 64);
+    let one_by_one = dir.path().join("one_by_one.mp4");
+    let mut writer = Mp4Writer::create(&one_by_one, 96, 64, 8).unwrap();
+    for frame in &frames {
+        writer.push(frame).unwrap();
+    }
+    writer.finish(&json!(null)).unwrap();
+    // Starting mid-group, then pushing on: the group in progress, runs of whole groups on
+    // threads, and the last run's encoder carrying on.
+    let mixed = dir.path().join("mixed.mp4");
+    let mut writer = Mp4Writer::create(&mixed, 96, 64, 8).unwrap();
+    for frame in &frames[..5] {
+        writer.push(frame).unwrap();
+    }
+    writer.push_all(&frames[5..60]).unwrap();
+    for frame in &frames[60..] {
+        writer.push(frame).unwrap();
+    }
+    writer.finish(&json!(null)).unwrap();
+    let all_at_once = dir.path().join("all_at_once.mp4");
+    write_mp4(&all_at_once, &frames, 8, &json!(null)).unwrap();
+
+    for path in [&one_by_one, &mixed, &all_at_once] {
+        let reader = Mp4Reader::open(path).unwrap();
+        assert_eq!(reader.keyframes(), vec![0, 16, 32, 48, 64], "{path:?}");
+        let video = read_mp4(path).unwrap();
+        assert_eq!(video.frames.len(), 70);
+        for (i, (original, decoded)) in frames.iter().zip(&video.frames).enumerate() {
+            let error = mean_abs_diff(original, decoded);
+            assert!(error < 6.0, "{path:?} frame {i}: mean abs error {error}");
+        }
+    }
+}
+
+#[test]
 fn output_is_faststart_constrained_baseline_h264() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.mp4");

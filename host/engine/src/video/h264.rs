@@ -32,7 +32,7 @@ pub struct EncodedSample {
 }
 
 /// Parameter sets of the stream, stored once in `avcC` rather than in every sample.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ParameterSets {
     pub sps: Vec<u8>,
     pub pps: Vec<u8>,
@@ -43,6 +43,7 @@ pub struct H264Encoder {
     encoder: Encoder,
     width: u32,
     height: u32,
+    fps: u32,
     params: Option<ParameterSets>,
 }
 
@@ -71,8 +72,19 @@ impl H264Encoder {
             encoder,
             width,
             height,
+            fps,
             params: None,
         })
+    }
+
+    /// A new encoder of the same stream, which starts a group of pictures with a keyframe.
+    pub fn fresh(&self) -> Result<Self> {
+        Self::new(self.width, self.height, self.fps)
+    }
+
+    /// Frames per group of pictures: every this many frames is a keyframe, counted from the first.
+    pub fn keyframe_period(&self) -> usize {
+        (self.fps * KEYFRAME_INTERVAL_S) as usize
     }
 
     pub fn encode(&mut self, frame: &RgbImage) -> Result<EncodedSample> {

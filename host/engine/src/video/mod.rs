@@ -92,9 +92,7 @@ pub fn write_mp4_with_audio(
             );
         }
         let mut writer = Mp4Writer::create(path, size.0, size.1, fps)?;
-        for frame in frames {
-            writer.push(frame)?;
-        }
+        writer.push_all(frames)?;
         if let Some(audio) = audio {
             writer.set_audio(audio.clone());
         }

@@ -70,10 +70,82 @@ impl Mp4Writer {
 
     pub fn push(&mut self, frame: &RgbImage) -> Result<()> {
         let index = self.sample_sizes.len();
-        let EncodedSample { data, is_keyframe } = self
+        let sample = self
             .encoder
             .encode(frame)
             .with_context(|| format!("frame {index}"))?;
+        self.append(sample)
+    }
+
+    /// Encodes `frames` after those already pushed into the stream that [`push`](Self::push)ing
+    /// them one by one would make (the same keyframes), with runs of whole groups of pictures
+    /// coded on all cores at once: a group starts with a keyframe, so groups need nothing from
+    /// each other. The encoder of the last run carries on, so `push` may follow.
+    pub fn push_all(&mut self, frames: &[RgbImage]) -> Result<()> {
+        let period = self.encoder.keyframe_period();
+        let written = self.frames_written();
+        // The frames before the next group boundary belong to the group being coded.
+        let head = ((period - written % period) % period).min(frames.len());
+        for frame in &frames[..head] {
+            self.push(frame)?;
+        }
+        let rest = &frames[head..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let groups = rest.len().div_ceil(period);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let run_len = groups.div_ceil(threads.min(groups)) * period;
+        let template = &self.encoder;
+        let coded = std::thread::scope(|scope| {
+            let runs: Vec<_> = rest
+                .chunks(run_len)
+                .enumerate()
+                .map(|(run, frames)| {
+                    let first = written + head + run * run_len;
+                    scope.spawn(move || -> Result<(H264Encoder, Vec<EncodedSample>)> {
+                        let mut encoder = template.fresh()?;
+                        let samples = frames
+                            .iter()
+                            .enumerate()
+                            .map(|(i, f)| {
+                                encoder
+                                    .encode(f)
+                                    .with_context(|| format!("frame {}", first + i))
+                            })
+                            .collect::<Result<_>>()?;
+                        Ok((encoder, samples))
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|run| {
+                    run.join()
+                        .map_err(|_| anyhow::anyhow!("an H.264 encoder thread panicked"))?
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (encoder, samples) in coded {
+            // Same configuration, so the same SPS/PPS; `avcC` holds one pair for the stream.
+            if let (Some(ours), Some(theirs)) =
+                (self.encoder.parameter_sets(), encoder.parameter_sets())
+            {
+                ensure!(
+                    ours == theirs,
+                    "the parallel H.264 encoders wrote different parameter sets"
+                );
+            }
+            for sample in samples {
+                self.append(sample)?;
+            }
+            self.encoder = encoder;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, sample: EncodedSample) -> Result<()> {
+        let index = self.sample_sizes.len();
+        let EncodedSample { data, is_keyframe } = sample;
         self.payload
             .write_all(&data)
             .context("spooling encoded video")?;
@@ -571,6 +643,14 @@ impl Mp4Reader {
 
     pub fn frame_count(&self) -> usize {
         self.samples.len()
+    }
+
+    /// The frames decoding can start from (every frame when the file marks none).
+    pub fn keyframes(&self) -> Vec<usize> {
+        match &self.keyframes {
+            Some(keys) => keys.clone(),
+            None => (0..self.samples.len()).collect(),
+        }
     }
 
     /// Decodes frames `start..` in order; decoding starts at the nearest keyframe before `start`.
