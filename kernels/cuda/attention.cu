@@ -1,5 +1,6 @@
 // Fused multi-head attention forward, FlashAttention-2 style on mma.sync (sm_80 and later:
-// H100/H200 sm_90, GB10 sm_121). bf16 in and out, fp32 accumulation and softmax, non-causal.
+// H100/H200 sm_90, GB10 sm_121). bf16 in and out, fp32 accumulation and softmax. Non-causal for
+// the diffusion transformers; the causal variant serves language models (below).
 //
 // Layout: q [B, Lq, H, D], k/v [B, Lk, H, D], o [B, Lq, H, D]; the last dimension is contiguous,
 // the other three are strided (element strides), so views cut from a fused QKV projection work.
@@ -63,13 +64,21 @@ __device__ __forceinline__ void load_tile(bf16_t *tile, const bf16_t *base, long
     }
 }
 
-template <int D, int WARPS, int BN>
+// CAUSAL: the attention of a language model. Query head h reads key/value head h / groups
+// (grouped-query attention); query row i sits at sequence position q_pos0 + i (q_pos0 keys are
+// cached before it) and sees the keys [lo, hi] with hi = min(position, last real key) and
+// lo = max(first real key, position - window + 1) (window 0: none). key_range holds each
+// sequence's first and last real key ([B][2], null when every key is real). A row that sees no
+// key averages every key, as the reference's additive mask of the dtype's minimum makes it do.
+// A block visits only the key tiles its rows see.
+template <int D, int WARPS, int BN, bool CAUSAL>
 __device__ __forceinline__ void attention_fwd(const bf16_t *__restrict__ q, const bf16_t *__restrict__ k,
                                               const bf16_t *__restrict__ v, bf16_t *__restrict__ o,
                                               int lq, int lk, long long q_sb, long long q_sl, long long q_sh,
                                               long long k_sb, long long k_sl, long long k_sh, long long v_sb,
                                               long long v_sl, long long v_sh, long long o_sb, long long o_sl,
-                                              long long o_sh, float scale_log2) {
+                                              long long o_sh, float scale_log2, int groups, int q_pos0,
+                                              int window, const int *__restrict__ key_range) {
     constexpr int BM = 16 * WARPS;
     constexpr int THREADS = 32 * WARPS;
     constexpr int KSTEPS = D / 16;   // k-steps over the head dim for S = Q K^T
@@ -87,14 +96,46 @@ __device__ __forceinline__ void attention_fwd(const bf16_t *__restrict__ q, cons
     const int h = blockIdx.y, b = blockIdx.z;
 
     const bf16_t *qb = q + b * q_sb + h * q_sh;
-    const bf16_t *kb = k + b * k_sb + h * k_sh;
-    const bf16_t *vb = v + b * v_sb + h * v_sh;
+    const bf16_t *kb = k + b * k_sb + (h / groups) * k_sh;
+    const bf16_t *vb = v + b * v_sb + (h / groups) * v_sh;
     bf16_t *ob = o + b * o_sb + h * o_sh;
+
+    // The keys each of this thread's two rows sees, and the key tiles the block visits.
+    int key_lo[2] = {0, 0}, key_hi[2] = {lk - 1, lk - 1};
+    bool sees_none[2] = {false, false};
+    int t_begin = 0, t_end = (lk + BN - 1) / BN;
+    if (CAUSAL) {
+        __shared__ int block_lo, block_hi;
+        if (threadIdx.x == 0) {
+            block_lo = lk;
+            block_hi = -1;
+        }
+        __syncthreads();
+        const int first = key_range ? key_range[2 * b] : 0;
+        const int last = key_range ? key_range[2 * b + 1] : lk - 1;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = m0 + warp * 16 + g + r * 8;
+            const int pos = q_pos0 + row;
+            const int hi = min(pos, last);
+            const int lo = window > 0 ? max(first, pos - window + 1) : first;
+            sees_none[r] = lo > hi;
+            key_lo[r] = sees_none[r] ? 0 : lo;
+            key_hi[r] = sees_none[r] ? lk - 1 : hi;
+            if (row < lq && tig == 0) {
+                atomicMin(&block_lo, key_lo[r]);
+                atomicMax(&block_hi, key_hi[r]);
+            }
+        }
+        __syncthreads();
+        t_begin = block_lo / BN;
+        t_end = block_hi / BN + 1;
+    }
 
     load_tile<D, BM, THREADS>(qs, qb, q_sl, m0, lq);
     cp_async_commit();
-    load_tile<D, BN, THREADS>(ks, kb, k_sl, 0, lk);
-    load_tile<D, BN, THREADS>(vs, vb, v_sl, 0, lk);
+    load_tile<D, BN, THREADS>(ks, kb, k_sl, t_begin * BN, lk);
+    load_tile<D, BN, THREADS>(vs, vb, v_sl, t_begin * BN, lk);
     cp_async_commit();
 
     cp_async_wait<1>();
@@ -116,10 +157,9 @@ __device__ __forceinline__ void attention_fwd(const bf16_t *__restrict__ q, cons
     float row_max[2] = {NEG_INF, NEG_INF};
     float row_sum[2] = {0.f, 0.f};
 
-    const int n_tiles = (lk + BN - 1) / BN;
-    for (int t = 0; t < n_tiles; ++t) {
-        const int buf = t & 1;
-        if (t + 1 < n_tiles) {
+    for (int t = t_begin; t < t_end; ++t) {
+        const int buf = (t - t_begin) & 1;
+        if (t + 1 < t_end) {
             load_tile<D, BN, THREADS>(ks + (buf ^ 1) * BN * D, kb, k_sl, (t + 1) * BN, lk);
             load_tile<D, BN, THREADS>(vs + (buf ^ 1) * BN * D, vb, v_sl, (t + 1) * BN, lk);
         }
@@ -148,9 +188,19 @@ __device__ __forceinline__ void attention_fwd(const bf16_t *__restrict__ q, cons
             }
         }
 
-        // Keys past the end of the sequence take no weight.
+        // Keys a row does not see, and keys past the end of the sequence, take no weight.
         const int k0 = t * BN;
-        if (k0 + BN > lk) {
+        if (CAUSAL) {
+#pragma unroll
+            for (int nt = 0; nt < NTILES; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e >> 1, col = k0 + nt * 8 + tig * 2 + (e & 1);
+                    const bool seen = col >= key_lo[r] && col <= key_hi[r];
+                    s[nt][e] = seen ? (sees_none[r] ? 0.f : s[nt][e]) : NEG_INF;
+                }
+            }
+        } else if (k0 + BN > lk) {
 #pragma unroll
             for (int nt = 0; nt < NTILES; ++nt) {
                 int col = k0 + nt * 8 + tig * 2;
@@ -230,10 +280,26 @@ __device__ __forceinline__ void attention_fwd(const bf16_t *__restrict__ q, cons
         NAME(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *o, int lq, int lk, long long q_sb,     \
              long long q_sl, long long q_sh, long long k_sb, long long k_sl, long long k_sh, long long v_sb,   \
              long long v_sl, long long v_sh, long long o_sb, long long o_sl, long long o_sh, float scale_log2) { \
-        attention_fwd<D, WARPS, BN>(q, k, v, o, lq, lk, q_sb, q_sl, q_sh, k_sb, k_sl, k_sh, v_sb, v_sl, v_sh,  \
-                                    o_sb, o_sl, o_sh, scale_log2);                                           \
+        attention_fwd<D, WARPS, BN, false>(q, k, v, o, lq, lk, q_sb, q_sl, q_sh, k_sb, k_sl, k_sh, v_sb, v_sl,  \
+                                           v_sh, o_sb, o_sl, o_sh, scale_log2, 1, 0, 0, nullptr);              \
+    }
+
+#define CAUSAL_ATTENTION_KERNEL(NAME, D, WARPS, BN)                                                           \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1)                                              \
+        NAME(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *o, int lq, int lk, long long q_sb,     \
+             long long q_sl, long long q_sh, long long k_sb, long long k_sl, long long k_sh, long long v_sb,   \
+             long long v_sl, long long v_sh, long long o_sb, long long o_sl, long long o_sh, float scale_log2, \
+             int groups, int q_pos0, int window, const int *key_range) {                                     \
+        attention_fwd<D, WARPS, BN, true>(q, k, v, o, lq, lk, q_sb, q_sl, q_sh, k_sb, k_sl, k_sh, v_sb, v_sl,   \
+                                          v_sh, o_sb, o_sl, o_sh, scale_log2, groups, q_pos0, window,          \
+                                          key_range);                                                        \
     }
 
 // Measured on H200 (kernels/NOTES.md): 8 warps with 64-key tiles beat 4 warps and 128-key tiles.
 ATTENTION_KERNEL(attention_mma_d128_w8_n64, 128, 8, 64)
 ATTENTION_KERNEL(attention_mma_d64_w8_n64, 64, 8, 64)
+CAUSAL_ATTENTION_KERNEL(attention_causal_mma_d128_w8_n64, 128, 8, 64)
+CAUSAL_ATTENTION_KERNEL(attention_causal_mma_d64_w8_n64, 64, 8, 64)
+// Gemma 3's head dim: half the rows and keys per block keep Q and O in registers and the tiles
+// within GB10's 99 KiB of shared memory.
+CAUSAL_ATTENTION_KERNEL(attention_causal_mma_d256_w4_n32, 256, 4, 32)

@@ -3,7 +3,8 @@
 //! never used as a silent stand-in for a kernel on the GPU.
 
 use crate::spec::{
-    ChannelDivisor, FrameConv, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+    CausalMask, ChannelDivisor, FrameConv, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs,
+    SpatialPad,
 };
 use candle_core::{D, DType, Result, Tensor, bail};
 
@@ -31,6 +32,62 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
     let out = probs.matmul(&v)?;
     debug_assert_eq!(out.dims(), [b, h, lq, d]);
     out.transpose(1, 2)?.contiguous()
+}
+
+/// A language model's causal attention, `softmax(q k^T * softmax_scale + mask) v`, with
+/// grouped key/value heads: query head `h` reads key/value head `h / (H / Hkv)`.
+///
+/// `q [B, Lq, H, Dh]`, `k`/`v [B, Lk, Hkv, Dh]`; returns f32 `[B, Lq, H, Dh]`. Which keys each
+/// query sees is `mask`'s rule ([`CausalMask::visible`]); a query that sees none averages every key.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    softmax_scale: f32,
+    mask: &CausalMask,
+) -> Result<Tensor> {
+    let (b, lq, h, d) = q.dims4()?;
+    let (kb, lk, kv_heads, kd) = k.dims4()?;
+    if (kb, kd) != (b, d) || v.dims() != k.dims() || kv_heads == 0 || h % kv_heads != 0 {
+        bail!(
+            "causal attention shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    mask.check(b, lq, lk)?;
+    let heads_first = |t: &Tensor| t.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous();
+    let groups = h / kv_heads;
+    let kv_of_head: Vec<u32> = (0..h).map(|i| (i / groups) as u32).collect();
+    let kv_of_head = Tensor::new(kv_of_head, q.device())?;
+    let (q, k, v) = (
+        heads_first(q)?,
+        heads_first(k)?.index_select(&kv_of_head, 1)?,
+        heads_first(v)?.index_select(&kv_of_head, 1)?,
+    );
+    // Visible keys keep their score, the others get -inf; a row that sees none gets all zeros.
+    let (mut keep, mut bias) = (Vec::with_capacity(b * lq), Vec::with_capacity(b * lq * lk));
+    for seq in 0..b {
+        for row in 0..lq {
+            let visible = mask.visible(seq, row, lk);
+            keep.push(if visible.is_some() { 1f32 } else { 0.0 });
+            bias.extend((0..lk).map(|key| match visible {
+                Some((lo, hi)) if !(lo..=hi).contains(&key) => f32::NEG_INFINITY,
+                _ => 0.0,
+            }));
+        }
+    }
+    let keep = Tensor::from_vec(keep, (b, 1, lq, 1), q.device())?;
+    let bias = Tensor::from_vec(bias, (b, 1, lq, lk), q.device())?;
+    let scores = (q.matmul(&k.t()?)? * f64::from(softmax_scale))?
+        .broadcast_mul(&keep)?
+        .broadcast_add(&bias)?;
+    let scores = scores
+        .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
+        .exp()?;
+    let probs = scores.broadcast_div(&scores.sum_keepdim(D::Minus1)?)?;
+    probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 
 /// The normalisation and modulation described by `spec`, over the last dim of `x [B, L, D]`;

@@ -382,3 +382,68 @@ impl FrameConv {
         ])
     }
 }
+
+/// Which keys each query of a language model's causal attention sees
+/// ([`crate::reference::causal_attention`] and the CUDA kernel): every real key up to its own
+/// position, the last `window` of them in a sliding-window layer. A query that sees none (a
+/// padding position before its sequence's first real token) averages every key, as the
+/// reference's additive mask of the dtype's minimum makes it do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CausalMask {
+    /// Keys before the first query (a KV cache's length): query row `i` is at position
+    /// `offset + i`.
+    pub offset: usize,
+    /// A sliding-window layer's window (at least 1).
+    pub window: Option<usize>,
+    /// Each sequence's first and last real (non-padding) key; `None` when every key is real.
+    pub real_keys: Option<Vec<(usize, usize)>>,
+}
+
+impl CausalMask {
+    /// The first and last key that query row `row` of sequence `b` sees among `keys`, `None`
+    /// when it sees none.
+    pub fn visible(&self, b: usize, row: usize, keys: usize) -> Option<(usize, usize)> {
+        let position = self.offset + row;
+        let (first, last) = self
+            .real_keys
+            .as_ref()
+            .map_or((0, keys.saturating_sub(1)), |r| r[b]);
+        let hi = position.min(last);
+        let lo = self
+            .window
+            .map_or(first, |w| first.max((position + 1).saturating_sub(w)));
+        (lo <= hi).then_some((lo, hi))
+    }
+
+    /// Refuses a mask that does not fit `batch` sequences of `queries` new and `keys` keys in all.
+    pub fn check(&self, batch: usize, queries: usize, keys: usize) -> Result<()> {
+        if self.offset + queries > keys {
+            bail!(
+                "causal mask: {queries} queries after {} cached keys need {} keys, got {keys}",
+                self.offset,
+                self.offset + queries
+            );
+        }
+        if self.window == Some(0) {
+            bail!("causal mask: a sliding window must hold at least one key");
+        }
+        if let Some(ranges) = &self.real_keys {
+            if ranges.len() != batch {
+                bail!(
+                    "causal mask: {} real-key ranges for a batch of {batch}",
+                    ranges.len()
+                );
+            }
+            if let Some((b, (first, last))) = ranges
+                .iter()
+                .enumerate()
+                .find(|(_, (first, last))| first > last || *last >= keys)
+            {
+                bail!(
+                    "causal mask: sequence {b}'s real keys {first}..={last} do not lie in 0..{keys}"
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -101,11 +101,32 @@ pub const ATTENTION_MMA_D64: AttentionVariant = AttentionVariant {
     tensor_maps: false,
 };
 
+// The causal attention of language models (attention.cu, `CAUSAL`): mma.sync on every GPU, since
+// a prompt of a few thousand tokens gives the TMA kernel's pipeline too little to hide.
+pub const ATTENTION_CAUSAL_MMA_D64: AttentionVariant = AttentionVariant {
+    name: "attention_causal_mma_d64_w8_n64",
+    ..ATTENTION_MMA_D64
+};
+pub const ATTENTION_CAUSAL_MMA_D128: AttentionVariant = AttentionVariant {
+    name: "attention_causal_mma_d128_w8_n64",
+    ..ATTENTION_MMA_D128
+};
+/// Gemma 3's head dim: 4 warps and 32-key tiles.
+pub const ATTENTION_CAUSAL_MMA_D256: AttentionVariant = AttentionVariant {
+    name: "attention_causal_mma_d256_w4_n32",
+    source: &ATTENTION,
+    threads: 128,
+    block_m: 64,
+    shared_bytes: (64 * 256 + 4 * 32 * 256) * 2,
+    tensor_maps: false,
+};
+
 // The launch configurations' shared memory, checked when this crate compiles: the mma.sync
 // variants are what sm_120/sm_121 run, so they must fit GB10's 99 KiB.
 const _: () = {
     assert!(ATTENTION_MMA_D128.shared_bytes <= SM12X_MAX_SHARED_BYTES);
     assert!(ATTENTION_MMA_D64.shared_bytes <= SM12X_MAX_SHARED_BYTES);
+    assert!(ATTENTION_CAUSAL_MMA_D256.shared_bytes <= SM12X_MAX_SHARED_BYTES);
     assert!(ATTENTION_TMA_D128.shared_bytes <= SM90_MAX_SHARED_BYTES);
 };
 
@@ -115,6 +136,16 @@ pub fn attention_variant(head_dim: usize, cc: Capability) -> Option<&'static Att
         (128, HOPPER) => Some(&ATTENTION_TMA_D128),
         (128, _) => Some(&ATTENTION_MMA_D128),
         (64, _) => Some(&ATTENTION_MMA_D64),
+        _ => None,
+    }
+}
+
+/// The causal attention configuration for `head_dim`, the same on every GPU, if there is one.
+pub fn causal_attention_variant(head_dim: usize) -> Option<&'static AttentionVariant> {
+    match head_dim {
+        64 => Some(&ATTENTION_CAUSAL_MMA_D64),
+        128 => Some(&ATTENTION_CAUSAL_MMA_D128),
+        256 => Some(&ATTENTION_CAUSAL_MMA_D256),
         _ => None,
     }
 }
@@ -182,6 +213,11 @@ mod tests {
             let variant = attention_variant(head_dim, GB10).unwrap();
             assert!(!variant.source.hopper_only, "{}", variant.name);
             assert!(!variant.tensor_maps, "{}", variant.name);
+            assert!(variant.shared_bytes <= SM12X_MAX_SHARED_BYTES);
+        }
+        for head_dim in [64, 128, 256] {
+            let variant = causal_attention_variant(head_dim).unwrap();
+            assert!(!variant.source.hopper_only && !variant.tensor_maps);
             assert!(variant.shared_bytes <= SM12X_MAX_SHARED_BYTES);
         }
         let names: Vec<_> = sources_for(GB10).map(|s| s.name).collect();

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use videosdgx_kernels::{
-    ChannelDivisor, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
-    reference,
+    CausalMask, ChannelDivisor, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs,
+    SpatialPad, reference,
 };
 
 fn gpu() -> Device {
@@ -141,6 +141,61 @@ fn attention_refuses_what_it_has_no_kernel_for() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("must be bf16"), "{err}");
+}
+
+#[test]
+fn causal_attention_matches_reference_for_prompts_caches_padding_and_windows() {
+    let dev = gpu();
+    // (batch, new queries, keys, heads, key/value heads, head_dim, window, left padding of the
+    // first sequence): a Qwen3 prompt, decoding one token after a cache, a chunk after a cache,
+    // a padded batch with a sliding window at Gemma 3's head dim, and head_dim 64.
+    for (b, lq, lk, h, kv, d, window, pad) in [
+        (1, 1000, 1000, 8, 2, 128, None, 0),
+        (1, 1, 777, 8, 2, 128, None, 0),
+        (1, 300, 1000, 4, 4, 128, None, 0),
+        (2, 333, 333, 4, 2, 256, Some(100), 37),
+        (2, 129, 200, 6, 3, 64, Some(64), 90),
+    ] {
+        // Keys and values as a KV cache holds them, [B, Hkv, capacity, D], cut to the keys so far
+        // and viewed as [B, Lk, Hkv, D]: strided, as the decoder passes them.
+        let cache = |dev: &Device| {
+            randn(&[b, kv, lk + 64, d], dev)
+                .narrow(2, 0, lk)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+        };
+        let (q, k, v) = (randn(&[b, lq, h, d], &dev), cache(&dev), cache(&dev));
+        let mask = CausalMask {
+            offset: lk - lq,
+            window,
+            real_keys: (pad > 0).then(|| vec![(pad, lk - 1), (0, lk - 1)]),
+        };
+        let scale = (d as f32).powf(-0.5);
+        let got = videosdgx_kernels::causal_attention(&q, &k, &v, scale, &mask).unwrap();
+        assert_eq!(got.dims(), [b, lq, h, d]);
+        let want = reference::causal_attention(&cpu(&q), &cpu(&k), &cpu(&v), scale, &mask).unwrap();
+        let err = rel_err(&got, &want);
+        assert!(
+            err < 1e-2,
+            "[{b},{lq},{lk},{h}/{kv},{d}] window {window:?} pad {pad}: rel err {err}"
+        );
+    }
+}
+
+#[test]
+fn causal_attention_refuses_what_it_has_no_kernel_for() {
+    let dev = gpu();
+    let x = randn(&[1, 64, 2, 96], &dev);
+    let err = videosdgx_kernels::causal_attention(&x, &x, &x, 0.1, &CausalMask::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head_dim 96 not supported"), "{err}");
+    let (q, kv) = (randn(&[1, 8, 3, 64], &dev), randn(&[1, 8, 2, 64], &dev));
+    let err = videosdgx_kernels::causal_attention(&q, &kv, &kv, 0.1, &CausalMask::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shapes disagree"), "{err}");
 }
 
 #[test]

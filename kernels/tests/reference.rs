@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use videosdgx_kernels::{
-    ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs,
-    SpatialPad, reference,
+    CausalMask, ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid,
+    RotaryPairs, SpatialPad, reference,
 };
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
@@ -107,6 +107,103 @@ fn attention_rejects_mismatched_head_counts() {
         &tensor(&[1, 4, 3, 8], 2),
         &tensor(&[1, 4, 3, 8], 3),
         1.0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("shapes disagree"), "{err}");
+}
+
+#[test]
+fn causal_attention_matches_a_masked_scalar_loop_with_grouped_heads() {
+    // Two sequences of 9 keys, the first left-padded by 5 (as generation pads a batch), 6 new
+    // queries after 3 cached keys (the first two of the padded sequence see no key), 6 query
+    // heads over 2 key/value heads, with and without a window.
+    let (b, lq, lk, h, kv_heads, d) = (2, 6, 9, 6, 2, 8);
+    let real = |seq: usize, key: usize| seq == 1 || key >= 5;
+    let (q, k, v) = (
+        tensor(&[b, lq, h, d], 7),
+        tensor(&[b, lk, kv_heads, d], 8),
+        tensor(&[b, lk, kv_heads, d], 9),
+    );
+    let (qv, kv, vv) = (
+        q.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        k.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    let scale = 0.3f32;
+    for window in [None, Some(3)] {
+        let mask = CausalMask {
+            offset: lk - lq,
+            window,
+            real_keys: Some(vec![(5, lk - 1), (0, lk - 1)]),
+        };
+        let got = reference::causal_attention(&q, &k, &v, scale, &mask).unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut want = vec![0f32; b * lq * h * d];
+        for seq in 0..b {
+            for head in 0..h {
+                let kv_head = head / (h / kv_heads);
+                for i in 0..lq {
+                    let position = lk - lq + i;
+                    // transformers' masking_utils: causal, within the window, real keys only.
+                    let seen = |j: usize| {
+                        j <= position && window.is_none_or(|w| j + w > position) && real(seq, j)
+                    };
+                    let qi = |e| f64::from(qv[((seq * lq + i) * h + head) * d + e]);
+                    let kj = |j, e| ((seq * lk + j) * kv_heads + kv_head) * d + e;
+                    let scores: Vec<f64> = (0..lk)
+                        .map(|j| (0..d).map(|e| qi(e) * f64::from(kv[kj(j, e)])).sum::<f64>())
+                        .collect();
+                    let any = (0..lk).any(seen);
+                    let w: Vec<f64> = (0..lk)
+                        .map(|j| match (any, seen(j)) {
+                            (false, _) => 1.0,
+                            (true, true) => (scores[j] * f64::from(scale)).exp(),
+                            (true, false) => 0.0,
+                        })
+                        .collect();
+                    let z: f64 = w.iter().sum();
+                    for e in 0..d {
+                        let o: f64 = (0..lk).map(|j| w[j] / z * f64::from(vv[kj(j, e)])).sum();
+                        want[((seq * lq + i) * h + head) * d + e] = o as f32;
+                    }
+                }
+            }
+        }
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-5, "window {window:?}: {diff}");
+    }
+}
+
+#[test]
+fn causal_masks_that_do_not_fit_are_refused() {
+    let x = tensor(&[1, 4, 2, 8], 1);
+    let refused = |mask: CausalMask| {
+        reference::causal_attention(&x, &x, &x, 1.0, &mask)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refused(CausalMask {
+        offset: 1,
+        ..Default::default()
+    });
+    assert!(err.contains("need 5 keys, got 4"), "{err}");
+    let err = refused(CausalMask {
+        window: Some(0),
+        ..Default::default()
+    });
+    assert!(err.contains("at least one key"), "{err}");
+    let err = refused(CausalMask {
+        real_keys: Some(vec![(2, 4)]),
+        ..Default::default()
+    });
+    assert!(err.contains("real keys 2..=4 do not lie in 0..4"), "{err}");
+    let err = reference::causal_attention(
+        &x,
+        &tensor(&[1, 4, 3, 8], 2),
+        &x,
+        1.0,
+        &CausalMask::default(),
     )
     .unwrap_err()
     .to_string();

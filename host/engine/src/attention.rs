@@ -6,7 +6,8 @@
 //! and it computes scores and softmax in f32 whatever the input dtype (as PyTorch's SDPA does).
 //! This module must never hold model weights or know which model calls it.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
+use videosdgx_kernels::CausalMask;
 
 /// Upper bound on the f32 score block of one query chunk (bytes). 256 MiB keeps a 1.3B Wan forward
 /// at 33x256x256 within a few chunks without dominating peak memory.
@@ -50,6 +51,40 @@ fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Opt
         )
     });
     Ok(None)
+}
+
+/// Whether [`causal_attention`] has a kernel for a language model's attention in `dtype` on
+/// `device` at `head_dim`: the `cuda` feature, bf16 on a CUDA device, head dim 64, 128 or 256, and
+/// `attention` not in `VIDEOSDGX_UNFUSED`. Elsewhere a language model masks its scores itself.
+pub fn causal_kernel_available(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda()
+        && dtype == DType::BF16
+        && videosdgx_kernels::targets::causal_attention_variant(head_dim).is_some()
+    {
+        return !crate::fused::disabled("attention");
+    }
+    let _ = (device, dtype, head_dim);
+    false
+}
+
+/// A language model's causal attention with grouped key/value heads on the fused kernel, where
+/// [`causal_kernel_available`] says it runs: `q [B, Lq, H, D]`, `k`/`v [B, Lk, Hkv, D]` (the keys
+/// so far, cached first), the keys each query sees given by `mask`. Returns `[B, Lq, H, D]`.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &CausalMask,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return videosdgx_kernels::causal_attention(q, k, v, scale as f32, mask);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (q, k, v, scale, mask);
+        candle_core::bail!("causal attention: the fused kernel needs a build with the cuda feature")
+    }
 }
 
 /// Attention with an additive score bias, for T5-style relative position bias and padding masks.

@@ -20,6 +20,9 @@ const TEXT_FIXTURES: &[&str] = &[
     "qwen3_sliding",
     "gemma3_text",
     "gemma3_text_softcap",
+    // Head dims 64 and 256, which the fused causal attention kernel takes on a GPU.
+    "qwen3_hd64",
+    "gemma3_text_hd256",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -10,10 +10,11 @@ mod nvrtc;
 pub use conv::frame_conv;
 
 use crate::spec::{
-    ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+    CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 use crate::targets::{
     self, AttentionVariant, GEMM, LAYOUT, NORM, QUANT, ROPE, Source, attention_variant,
+    causal_attention_variant,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
@@ -296,6 +297,8 @@ impl TensorMap {
 struct FusedAttention {
     scale: f32,
     variant: &'static AttentionVariant,
+    /// The causal kernel's mask and query heads per key/value head.
+    causal: Option<(CausalMask, usize)>,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -374,6 +377,24 @@ impl CustomOp3 for FusedAttention {
             // describe live tensors that outlive the launch (their guards are held above).
             unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
         } else {
+            let causal = match &self.causal {
+                Some((mask, groups)) => {
+                    let ranges = match &mask.real_keys {
+                        Some(ranges) => {
+                            let flat: Vec<i32> = ranges
+                                .iter()
+                                .flat_map(|&(first, last)| [first as i32, last as i32])
+                                .collect();
+                            Some(dev.clone_htod(&flat)?)
+                        }
+                        None => None,
+                    };
+                    let window = mask.window.unwrap_or(0) as i32;
+                    Some((*groups as i32, mask.offset as i32, window, ranges))
+                }
+                None => None,
+            };
+            let no_ranges = 0u64;
             let mut launch = stream.launch_builder(&func);
             launch
                 .arg(&q)
@@ -386,7 +407,15 @@ impl CustomOp3 for FusedAttention {
                 launch.arg(s);
             }
             launch.arg(&scale_log2);
-            // SAFETY: argument list matches the kernel signature in attention.cu; shapes checked.
+            if let Some((groups, offset, window, ranges)) = &causal {
+                launch.arg(groups).arg(offset).arg(window);
+                match ranges {
+                    Some(ranges) => launch.arg(ranges),
+                    None => launch.arg(&no_ranges),
+                };
+            }
+            // SAFETY: argument list matches the kernel signature in attention.cu (the causal
+            // kernels take four more); shapes and the mask checked.
             unsafe { launch.launch(cfg) }.map_err(driver_err("attention launch"))?;
         }
         Ok((
@@ -435,6 +464,54 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
         &FusedAttention {
             scale: softmax_scale,
             variant,
+            causal: None,
+        },
+    )
+}
+
+/// The causal attention of a language model: `softmax(q k^T * softmax_scale + mask) v` with the
+/// keys each query sees given by `mask` ([`CausalMask`]), and grouped key/value heads (query head
+/// `h` reads key/value head `h / (H / Hkv)`).
+///
+/// `q [B, Lq, H, D]`, `k`/`v [B, Lk, Hkv, D]` (the keys so far: cached, then new), all bf16 on one
+/// CUDA device, D = 64, 128 or 256, last dim contiguous (other dims may be strided views, e.g. a
+/// KV cache's). Returns bf16 `[B, Lq, H, D]`. Errors, rather than falling back, on anything else.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    softmax_scale: f32,
+    mask: &CausalMask,
+) -> Result<Tensor> {
+    let (b, lq, h, d) = q.dims4()?;
+    let (kb, lk, kv_heads, kd) = k.dims4()?;
+    if (kb, kd) != (b, d) || v.dims() != k.dims() || kv_heads == 0 || h % kv_heads != 0 {
+        bail!(
+            "causal attention: shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    mask.check(b, lq, lk)?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.dtype() != DType::BF16 {
+            bail!("causal attention: {name} must be bf16, got {:?}", t.dtype());
+        }
+        if !t.device().is_cuda() || !t.device().same_device(q.device()) {
+            bail!("causal attention: {name} must be on the CUDA device of q");
+        }
+    }
+    let Some(variant) = causal_attention_variant(d) else {
+        bail!("causal attention: head_dim {d} not supported (64, 128 or 256)");
+    };
+    q.apply_op3_no_bwd(
+        k,
+        v,
+        &FusedAttention {
+            scale: softmax_scale,
+            variant,
+            causal: Some((mask.clone(), h / kv_heads)),
         },
     )
 }

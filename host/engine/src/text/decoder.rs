@@ -12,6 +12,15 @@ use crate::models::quant::Quant;
 use crate::models::{Activation, Linear, RmsNorm, linear, linear_forward};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use videosdgx_kernels::CausalMask;
+
+/// Which keys a layer's queries see, in the form its attention path takes.
+enum KeyMask {
+    /// Additive `[B, 1, T, L]` scores (0 or the dtype's minimum), for the portable path.
+    Additive(Tensor),
+    /// The fused kernel's causal rule ([`crate::attention::causal_attention`]).
+    Causal(CausalMask),
+}
 
 /// Where the norms sit around each sub-layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,13 +202,13 @@ impl Attention {
         })
     }
 
-    /// `x`: `[B, T, hidden]`; `mask`: additive `[B, 1, T, L]` over the cached and new keys;
+    /// `x`: `[B, T, hidden]`; `mask`: which of the cached and new keys each query sees;
     /// `residual` is added to the output projection (in its epilogue where fused).
     fn forward(
         &self,
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
-        mask: &Tensor,
+        mask: &KeyMask,
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -218,26 +227,39 @@ impl Attention {
             y.reshape((b, t, heads, d))
         };
         let (cos, sin) = cos_sin;
-        let rotate = |y: Tensor| -> Result<Tensor> {
-            candle_nn::rotary_emb::rope_thd(&y, cos, sin)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let heads_first = |y: Tensor| y.transpose(1, 2)?.contiguous();
+        // q stays `[B, T, heads, D]`, the layout the fused kernel reads; k and v go to the cache
+        // as `[B, kv_heads, T, D]`.
         let (q, k, v) = section("attn.qkv+norm+rope", dev, || {
-            let q = rotate(project(&self.q_proj, self.heads, &self.q_norm)?)?;
-            let k = rotate(project(&self.k_proj, self.kv_heads, &self.k_norm)?)?;
-            let v = project(&self.v_proj, self.kv_heads, &None)?
-                .transpose(1, 2)?
-                .contiguous()?;
-            Ok((q, k, v))
+            let q = candle_nn::rotary_emb::rope_thd(
+                &project(&self.q_proj, self.heads, &self.q_norm)?,
+                cos,
+                sin,
+            )?;
+            let k = candle_nn::rotary_emb::rope_thd(
+                &project(&self.k_proj, self.kv_heads, &self.k_norm)?,
+                cos,
+                sin,
+            )?;
+            let v = project(&self.v_proj, self.kv_heads, &None)?;
+            Ok((q, heads_first(k)?, heads_first(v)?))
         })?;
         let (k, v) = match cache {
             Some(cache) => section("attn.cache", dev, || cache.append(&k, &v))?,
             None => (k, v),
         };
-        let out = section("attn.scores+softmax", dev, || self.attend(&q, &k, &v, mask))?;
+        let out = section("attn.scores+softmax", dev, || match mask {
+            KeyMask::Causal(mask) => crate::attention::causal_attention(
+                &q,
+                &k.transpose(1, 2)?,
+                &v.transpose(1, 2)?,
+                self.scale,
+                mask,
+            ),
+            KeyMask::Additive(mask) => self.attend(&heads_first(q)?, &k, &v, mask)?.transpose(1, 2),
+        })?;
         section("attn.out", dev, || {
-            let out = out.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
+            let out = out.reshape((b, t, self.heads * d))?;
             linear_forward(&self.o_proj, &out, residual)
         })
     }
@@ -335,7 +357,7 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         cos_sin: &(Tensor, Tensor),
-        mask: &Tensor,
+        mask: &KeyMask,
         cache: Option<&mut candle_nn::kv_cache::KvCache>,
     ) -> Result<Tensor> {
         let dev = x.device();
@@ -545,6 +567,17 @@ impl Decoder {
             w.dedup();
             w
         };
+        // The fused kernel where it runs and the layout lets it; additive masks otherwise.
+        let fused =
+            crate::attention::causal_kernel_available(&self.device, self.dtype, self.cfg.head_dim);
+        let key_mask = |window: Option<usize>| -> Result<KeyMask> {
+            if fused && let Some(mask) = layout.causal_mask(past, window) {
+                return Ok(KeyMask::Causal(mask));
+            }
+            layout
+                .additive_mask(past, t, window, self.dtype, &self.device)
+                .map(KeyMask::Additive)
+        };
         let (cos_sin, full_mask, window_masks) =
             section("rope tables+masks", &self.device, || {
                 let positions = layout.positions(past, t);
@@ -553,10 +586,10 @@ impl Decoder {
                     .iter()
                     .map(|(_, rope)| rope.cos_sin(&positions, self.dtype, &self.device))
                     .collect::<Result<Vec<_>>>()?;
-                let full_mask = layout.additive_mask(past, t, None, self.dtype, &self.device)?;
+                let full_mask = key_mask(None)?;
                 let window_masks = windows
                     .iter()
-                    .map(|&w| layout.additive_mask(past, t, Some(w), self.dtype, &self.device))
+                    .map(|&w| key_mask(Some(w)))
                     .collect::<Result<Vec<_>>>()?;
                 Ok((cos_sin, full_mask, window_masks))
             })?;

@@ -5,6 +5,7 @@
 //! masked averages them instead of producing NaN.
 
 use candle_core::{DType, Device, Result, Tensor};
+use videosdgx_kernels::CausalMask;
 
 /// The padding, positions and image blocks of a batch of sequences, for every token so far.
 #[derive(Debug, Clone)]
@@ -133,6 +134,35 @@ impl AttentionLayout {
             .collect()
     }
 
+    /// The same rule as [`additive_mask`](Self::additive_mask) for the queries `start..` as the
+    /// fused kernel takes it, where it can say it: no image blocks, and each sequence's real
+    /// tokens one run (left or right padding). `None` otherwise.
+    pub fn causal_mask(&self, start: usize, sliding_window: Option<usize>) -> Option<CausalMask> {
+        if self.blocks.is_some() {
+            return None;
+        }
+        let runs = self
+            .real
+            .iter()
+            .map(|row| {
+                let first = row.iter().position(|&r| r)?;
+                let last = row.iter().rposition(|&r| r)?;
+                row[first..=last]
+                    .iter()
+                    .all(|&r| r)
+                    .then_some((first, last))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let all_real = runs
+            .iter()
+            .all(|&(first, last)| first == 0 && last + 1 == self.len());
+        Some(CausalMask {
+            offset: start,
+            window: sliding_window,
+            real_keys: (!all_real).then_some(runs),
+        })
+    }
+
     /// The additive mask `[B, 1, len, start + len]` in `dtype` of the queries
     /// `start..start + len` over every key so far, causal and within `sliding_window` when given.
     pub fn additive_mask(
@@ -197,6 +227,52 @@ mod tests {
         assert_eq!(seen[2], vec![false, true, true, false, false]);
         // The padded query sees nothing (an all-masked row).
         assert_eq!(seen[0], vec![false; 5]);
+    }
+
+    #[test]
+    fn the_kernels_causal_mask_sees_what_the_additive_mask_sees() {
+        for (mask, start) in [
+            (vec![vec![1, 1, 1, 1, 1, 1]], 0),
+            (vec![vec![0, 0, 1, 1, 1, 1], vec![1, 1, 1, 1, 1, 1]], 0),
+            (vec![vec![1, 1, 1, 1, 0, 0]], 0),
+            (vec![vec![0, 0, 0, 1, 1, 1], vec![0, 1, 1, 1, 1, 1]], 2),
+        ] {
+            let layout = AttentionLayout::for_forward(&mask).unwrap();
+            let len = layout.len() - start;
+            for window in [None, Some(1), Some(3)] {
+                let causal = layout.causal_mask(start, window).unwrap();
+                let additive = layout
+                    .additive_mask(start, len, window, DType::F32, &Device::Cpu)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .to_vec3::<f32>()
+                    .unwrap();
+                for (b, rows) in additive.iter().enumerate() {
+                    for (row, keys) in rows.iter().enumerate() {
+                        let seen: Vec<bool> = keys.iter().map(|&v| v == 0.0).collect();
+                        let want = match causal.visible(b, row, layout.len()) {
+                            Some((lo, hi)) => {
+                                (0..layout.len()).map(|k| (lo..=hi).contains(&k)).collect()
+                            }
+                            None => vec![false; layout.len()],
+                        };
+                        assert_eq!(
+                            seen, want,
+                            "{mask:?} from {start}, window {window:?}, row {b}/{row}"
+                        );
+                    }
+                }
+            }
+        }
+        // Holes in the padding and image blocks need the additive mask.
+        let holes = AttentionLayout::for_forward(&[vec![1, 0, 1]]).unwrap();
+        assert!(holes.causal_mask(0, None).is_none());
+        let images = AttentionLayout::for_forward(&[vec![1; 3]])
+            .unwrap()
+            .with_image_blocks(&[vec![0, 1, 1]])
+            .unwrap();
+        assert!(images.causal_mask(0, None).is_none());
     }
 
     #[test]
