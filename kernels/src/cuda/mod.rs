@@ -1069,8 +1069,13 @@ impl CustomOp2 for LinearLt {
                 // SAFETY: arguments match gemm.cu's kernel: out m x n bf16 (n a multiple of 16),
                 // m and n f32 scales, bias n and residual m x n bf16 or null; the guards outlive
                 // the launch.
-                unsafe { launch.launch(grid_stride(m * n / 8)) }
-                    .map_err(driver_err("FP8 scaling launch"))?;
+                // Threads across a row's 8-column chunks, blocks down the rows (2,048 at once).
+                let cfg = LaunchConfig {
+                    grid_dim: ((n / 8).div_ceil(256) as u32, m.min(2048) as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                unsafe { launch.launch(cfg) }.map_err(driver_err("FP8 scaling launch"))?;
             }
         } else {
             let (d, out_guard) = out.device_ptr_mut(&stream);

@@ -32,6 +32,7 @@ use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Pos
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
 use crate::finishing::resample::Resampler;
+use crate::fused::profile::section;
 use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::pipelines::{
@@ -531,22 +532,26 @@ impl LTX2Pipeline {
         let decode_timestep = timestep_conditioning
             .then(|| Tensor::zeros(1, self.dtype, &self.device))
             .transpose()?;
-        let pictures = self
-            .vae
-            .decode(&latents.to_dtype(self.dtype)?, decode_timestep.as_ref())?;
-        let frames = ((pictures
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .to_dtype(DType::F32)?
-            / 2.0)?
-            + 0.5)?
-            .clamp(0f32, 1f32)?
-            .to_device(&Device::Cpu)?;
+        let dev = &self.device;
+        let pictures = section("decode.video_vae", dev, || {
+            self.vae
+                .decode(&latents.to_dtype(self.dtype)?, decode_timestep.as_ref())
+        })?;
+        let frames = section("decode.frames_to_host", dev, || {
+            ((pictures
+                .squeeze(0)?
+                .permute((1, 2, 3, 0))?
+                .to_dtype(DType::F32)?
+                / 2.0)?
+                + 0.5)?
+                .clamp(0f32, 1f32)?
+                .to_device(&Device::Cpu)
+        })?;
         report(Stage::Decoding, 1, 2)?;
-        let mel = self
-            .audio_vae
-            .decode(&audio_latents.to_dtype(self.dtype)?)?;
-        let waveform = self.vocoder.forward(&mel)?;
+        let mel = section("decode.audio_vae", dev, || {
+            self.audio_vae.decode(&audio_latents.to_dtype(self.dtype)?)
+        })?;
+        let waveform = section("decode.vocoder", dev, || self.vocoder.forward(&mel))?;
         let sound = Audio::from_tensor(
             &waveform.squeeze(0)?.to_device(&Device::Cpu)?,
             self.vocoder.output_sampling_rate() as u32,

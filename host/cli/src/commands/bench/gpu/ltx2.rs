@@ -213,14 +213,21 @@ pub fn bench(args: &Ltx2Args, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 "frames": args.frames, "steps": DISTILLED_SIGMAS.len(), "guidance": 1.0,
                 "seed": 0, "fps": FPS, "sigmas": DISTILLED_SIGMAS,
             }))?;
-            let timing = time_generation(dev, |on_progress| {
+            let mut generate = |on_progress: &mut dyn FnMut(&_) -> _| {
                 let inputs = GenerateInputs {
                     prompt_embeds: Some(embeds.clone()),
                     prompt_attention_mask: Some(mask.clone()),
                     ..Default::default()
                 };
                 Ok(pipeline.generate(&params, inputs, on_progress)?.frames)
-            })?;
+            };
+            let timing = time_generation(dev, &mut generate)?;
+            if args.timing.profile {
+                profile = profiled(|| {
+                    generate(&mut |_| std::ops::ControlFlow::Continue(()))?;
+                    Ok(())
+                })?;
+            }
             let stages = Some((timing.step_ms, timing.decode_ms));
             (timing.ms, timing.output, stages)
         }
