@@ -6,7 +6,7 @@ use serde_json::json;
 use std::path::Path;
 use videosdgx_engine::video::{
     Audio, Mp4Reader, Mp4Writer, extract_frame, extract_last_frame, frames_from_tensor,
-    frames_to_tensor, probe, read_mp4, write_mp4, write_png_frames,
+    frames_to_tensor, pictures_to_frames, probe, read_mp4, write_mp4, write_png_frames,
 };
 
 /// A gradient with a square that moves one step per frame, so frames differ and motion is coded.
@@ -96,6 +96,42 @@ fn frames_coded_on_all_cores_make_the_stream_one_encoder_makes() {
             assert!(error < 6.0, "{path:?} frame {i}: mean abs error {error}");
         }
     }
+}
+
+#[test]
+fn decoded_pictures_become_frames_bit_for_bit_as_the_tensor_ops_make_them() {
+    use candle_core::{DType, Device, Tensor};
+    for dtype in [DType::BF16, DType::F32] {
+        // Beyond [-1, 1] too, so the clamp matters.
+        let pictures = Tensor::randn(0f32, 0.9, (3, 5, 6, 10), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let got = pictures_to_frames(&pictures).unwrap();
+        assert_eq!((got.dims(), got.dtype()), (&[5, 6, 10, 3][..], DType::F32));
+        let want = ((pictures
+            .permute((1, 2, 3, 0))
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            / 2.0)
+            .unwrap()
+            + 0.5)
+            .unwrap()
+            .clamp(0f32, 1f32)
+            .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        assert_eq!(bits(&got), bits(&want), "{dtype:?}");
+    }
+    let err = pictures_to_frames(&Tensor::zeros((3, 4, 4), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("[channels, frames, height, width]"),
+        "{err:#}"
+    );
 }
 
 #[test]

@@ -62,11 +62,24 @@ fn modules() -> &'static Mutex<HashMap<ModuleKey, Arc<CudaModule>>> {
     MODULES.get_or_init(Default::default)
 }
 
+/// The GPU's compute capability, asked of the driver once per device (every attention and FP8
+/// product dispatches on it).
 fn compute_capability(dev: &CudaDevice) -> Result<(i32, i32)> {
-    dev.cuda_stream()
+    static KNOWN: OnceLock<Mutex<HashMap<DeviceId, (i32, i32)>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(cc) = known.lock().expect("capabilities poisoned").get(&dev.id()) {
+        return Ok(*cc);
+    }
+    let cc = dev
+        .cuda_stream()
         .context()
         .compute_capability()
-        .map_err(driver_err("compute capability"))
+        .map_err(driver_err("compute capability"))?;
+    known
+        .lock()
+        .expect("capabilities poisoned")
+        .insert(dev.id(), cc);
+    Ok(cc)
 }
 
 /// The NVRTC target for `src` on this GPU (see [`targets::arch`]).

@@ -38,6 +38,64 @@ pub fn frames_from_tensor(video: &Tensor) -> Result<Vec<RgbImage>> {
         .collect())
 }
 
+/// A decoder's pictures `[C, F, H, W]` in [-1, 1] (any float dtype, any device) as the frames a
+/// pipeline returns: f32 `[F, H, W, C]` in [0, 1] on the CPU, `clamp(x / 2 + 0.5, 0, 1)` in f32 as
+/// diffusers' postprocessing computes it. Only the decoder's own bytes cross to the host (half as
+/// many as f32 for a bf16 decoder); the f32 arithmetic, which gives the same bits on the CPU, runs
+/// there on every core.
+pub fn pictures_to_frames(pictures: &Tensor) -> Result<Tensor> {
+    let (channels, frames, height, width) = pictures.dims4().with_context(|| {
+        format!(
+            "decoded pictures must be [channels, frames, height, width], got {:?}",
+            pictures.dims()
+        )
+    })?;
+    let dtype = match pictures.dtype() {
+        DType::BF16 | DType::F32 => pictures.dtype(),
+        _ => DType::F32,
+    };
+    let host = pictures
+        .to_dtype(dtype)?
+        .permute((1, 2, 3, 0))?
+        .contiguous()?
+        .to_device(&Device::Cpu)?;
+    let mut values = vec![0f32; host.elem_count()];
+    {
+        let (storage, layout) = host.storage_and_layout();
+        let start = layout.start_offset();
+        match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                postprocess_in_parallel(&v[start..], &mut values, |x| x.to_f32())
+            }
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+                postprocess_in_parallel(&v[start..], &mut values, |x| x)
+            }
+            _ => unreachable!("converted to bf16 or f32 on the CPU above"),
+        }
+    }
+    Ok(Tensor::from_vec(
+        values,
+        (frames, height, width, channels),
+        &Device::Cpu,
+    )?)
+}
+
+/// `out[i] = clamp(f32(src[i]) * 0.5 + 0.5, 0, 1)` in chunks on every core (`* 0.5` is exact, so
+/// this rounds once, as `x / 2 + 0.5` does).
+fn postprocess_in_parallel<T: Copy + Sync>(src: &[T], out: &mut [f32], to_f32: fn(T) -> f32) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = out.len().div_ceil(threads).max(1 << 16);
+    std::thread::scope(|scope| {
+        for (src, out) in src.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            scope.spawn(move || {
+                for (o, &x) in out.iter_mut().zip(src) {
+                    *o = (to_f32(x) * 0.5 + 0.5).clamp(0.0, 1.0);
+                }
+            });
+        }
+    });
+}
+
 /// Frames as an f32 `[F, H, W, 3]` tensor in [0, 1] (the inverse of [`frames_from_tensor`]).
 pub fn frames_to_tensor(frames: &[RgbImage], device: &Device) -> Result<Tensor> {
     let first = frames.first().context("no frames to convert")?;

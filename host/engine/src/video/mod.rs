@@ -11,7 +11,7 @@ mod png;
 pub mod timeline;
 
 pub use audio::Audio;
-pub use frames::{frames_from_tensor, frames_to_tensor, write_png_frames};
+pub use frames::{frames_from_tensor, frames_to_tensor, pictures_to_frames, write_png_frames};
 pub use h264::{check_encodable_size, level_name, target_bitrate};
 pub use mp4::{AudioTrack, FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};
 pub use png::{read_png_metadata, write_png};

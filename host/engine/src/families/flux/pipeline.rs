@@ -296,10 +296,8 @@ impl FluxPipeline {
         let z = ((unpack(&latents, grid_h, grid_w)? / vae.scaling_factor)?
             + vae.shift_factor.unwrap_or(0.0))?;
         let image = self.vae.decode(&z)?;
-        let frames = ((image.squeeze(0)?.permute((1, 2, 0))?.to_dtype(DType::F32)? / 2.0)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .unsqueeze(0)?
-            .to_device(&Device::Cpu)?;
+        // [3, H, W] as one frame.
+        let frames = crate::video::pictures_to_frames(&image.squeeze(0)?.unsqueeze(1)?)?;
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
             frames,

@@ -196,14 +196,7 @@ impl LTX2LatentUpsamplePipeline {
                 .to_dtype(vae.dtype())?,
             timestep.as_ref(),
         )?;
-        Ok(((pictures
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .to_dtype(DType::F32)?
-            / 2.0)?
-            + 0.5)?
-            .clamp(0f32, 1f32)?
-            .to_device(&Device::Cpu)?)
+        crate::video::pictures_to_frames(&pictures.squeeze(0)?)
     }
 
     /// (`vae_temporal_compression_ratio`, `vae_spatial_compression_ratio`): the VAE's, or the

@@ -538,14 +538,8 @@ impl LTX2Pipeline {
                 .decode(&latents.to_dtype(self.dtype)?, decode_timestep.as_ref())
         })?;
         let frames = section("decode.frames_to_host", dev, || {
-            ((pictures
-                .squeeze(0)?
-                .permute((1, 2, 3, 0))?
-                .to_dtype(DType::F32)?
-                / 2.0)?
-                + 0.5)?
-                .clamp(0f32, 1f32)?
-                .to_device(&Device::Cpu)
+            crate::video::pictures_to_frames(&pictures.squeeze(0)?)
+                .map_err(candle_core::Error::wrap)
         })?;
         report(Stage::Decoding, 1, 2)?;
         let mel = section("decode.audio_vae", dev, || {

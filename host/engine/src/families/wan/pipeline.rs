@@ -563,10 +563,7 @@ impl WanPipeline {
         // 5. Decoding.
         report(Stage::Decoding, 0, 1)?;
         let video = self.vae.decode(&self.vae.denormalize_latents(&latents)?)?;
-        let frames = ((video.squeeze(0)?.permute((1, 2, 3, 0))? / 2.0)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .to_device(&Device::Cpu)?
-            .contiguous()?;
+        let frames = crate::video::pictures_to_frames(&video.squeeze(0)?)?;
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
             frames,
