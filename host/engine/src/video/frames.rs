@@ -1,7 +1,7 @@
 //! Conversions between RGB frames and the `[F, H, W, 3]` f32 tensors pipelines return, and PNG dumps.
 
 use anyhow::{Context, Result, ensure};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use image::RgbImage;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -54,23 +54,29 @@ pub fn pictures_to_frames(pictures: &Tensor) -> Result<Tensor> {
         DType::BF16 | DType::F32 => pictures.dtype(),
         _ => DType::F32,
     };
-    let host = pictures
+    let channels_last = pictures
         .to_dtype(dtype)?
         .permute((1, 2, 3, 0))?
-        .contiguous()?
-        .to_device(&Device::Cpu)?;
-    let mut values = vec![0f32; host.elem_count()];
+        .contiguous()?;
+    let mut values = vec![0f32; channels_last.elem_count()];
     {
-        let (storage, layout) = host.storage_and_layout();
-        let start = layout.start_offset();
+        let (storage, layout) = channels_last.storage_and_layout();
+        let range = layout.start_offset()..layout.start_offset() + values.len();
         match &*storage {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
-                postprocess_in_parallel(&v[start..], &mut values, |x| x.to_f32())
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                postprocess_in_parallel(&v[range], &mut values, |x| x.to_f32())
             }
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-                postprocess_in_parallel(&v[start..], &mut values, |x| x)
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                postprocess_in_parallel(&v[range], &mut values, |x| x)
             }
-            _ => unreachable!("converted to bf16 or f32 on the CPU above"),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(cuda) => match dtype {
+                DType::BF16 => {
+                    staged::to_host(cuda, range, &mut values, |x: half::bf16| x.to_f32())?
+                }
+                _ => staged::to_host(cuda, range, &mut values, |x: f32| x)?,
+            },
+            _ => anyhow::bail!("decoded pictures on a device this build cannot read back"),
         }
     }
     Ok(Tensor::from_vec(
@@ -78,6 +84,47 @@ pub fn pictures_to_frames(pictures: &Tensor) -> Result<Tensor> {
         (frames, height, width, channels),
         &Device::Cpu,
     )?)
+}
+
+/// CUDA pictures come over a chunk at a time through page-locked memory: a pageable copy of a
+/// whole clip (hundreds of MB) runs at a fraction of the link's speed.
+#[cfg(feature = "cuda")]
+mod staged {
+    use anyhow::{Result, anyhow};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+    use candle_core::cuda_backend::{CudaDType, CudaStorage};
+    use std::ops::Range;
+
+    /// Elements per staged chunk (32 MiB of f32).
+    const CHUNK: usize = 8 << 20;
+
+    /// [`super::postprocess_in_parallel`] over `range` of `storage`, staged.
+    pub(super) fn to_host<T>(
+        storage: &CudaStorage,
+        range: Range<usize>,
+        out: &mut [f32],
+        to_f32: fn(T) -> f32,
+    ) -> Result<()>
+    where
+        T: CudaDType + DeviceRepr + ValidAsZeroBits + Copy + Sync,
+    {
+        let driver = |e| anyhow!("copying the decoded pictures to the host: {e:?}");
+        let slice = storage.as_cuda_slice::<T>()?;
+        let stream = storage.device().cuda_stream();
+        let chunk = CHUNK.min(range.len()).max(1);
+        // Flags 0: cached, not write-combined, since the CPU reads it. SAFETY: each chunk is
+        // read only after the copy into it completed (`as_slice` waits for it).
+        let mut staging =
+            unsafe { stream.context().alloc_pinned_with_flags::<T>(chunk, 0) }.map_err(driver)?;
+        for (start, out) in range.clone().step_by(chunk).zip(out.chunks_mut(chunk)) {
+            let view = slice.slice(start..start + out.len());
+            stream.memcpy_dtoh(&view, &mut staging).map_err(driver)?;
+            let host = staging.as_slice().map_err(driver)?;
+            super::postprocess_in_parallel(&host[..out.len()], out, to_f32);
+        }
+        Ok(())
+    }
 }
 
 /// `out[i] = clamp(f32(src[i]) * 0.5 + 0.5, 0, 1)` in chunks on every core (`* 0.5` is exact, so
