@@ -113,15 +113,18 @@ mod staged {
         let slice = storage.as_cuda_slice::<T>()?;
         let stream = storage.device().cuda_stream();
         let chunk = CHUNK.min(range.len()).max(1);
-        // Flags 0: cached, not write-combined, since the CPU reads it. SAFETY: each chunk is
-        // read only after the copy into it completed (`as_slice` waits for it).
+        // Flags 0: cached, not write-combined, since the CPU reads it. SAFETY: the memory is
+        // only touched through `as_mut_slice`, which waits for any work recorded on it.
         let mut staging =
             unsafe { stream.context().alloc_pinned_with_flags::<T>(chunk, 0) }.map_err(driver)?;
         for (start, out) in range.clone().step_by(chunk).zip(out.chunks_mut(chunk)) {
             let view = slice.slice(start..start + out.len());
-            stream.memcpy_dtoh(&view, &mut staging).map_err(driver)?;
-            let host = staging.as_slice().map_err(driver)?;
-            super::postprocess_in_parallel(&host[..out.len()], out, to_f32);
+            // The copy fills its whole destination, so it gets exactly the chunk's length (the
+            // last chunk is shorter). Into page-locked memory it is asynchronous: wait for it.
+            let host = &mut staging.as_mut_slice().map_err(driver)?[..out.len()];
+            stream.memcpy_dtoh(&view, host).map_err(driver)?;
+            stream.synchronize().map_err(driver)?;
+            super::postprocess_in_parallel(host, out, to_f32);
         }
         Ok(())
     }
