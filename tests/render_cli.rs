@@ -234,6 +234,61 @@ fn render_plans_generates_and_stitches_a_screenplay_into_one_mp4() {
 }
 
 #[test]
+fn a_render_on_two_cards_records_the_card_of_every_generation() {
+    let (tmp, data) = studio_with_model();
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("paper-boats.mp4");
+    let mut render = render_command(&data, &script, &out, "32", "2", "1");
+    let output = render
+        .args(["--gpus", "cpu,cpu", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
+    assert_eq!(report["shots"].as_array().unwrap().len(), 2, "{report}");
+
+    // Generations name the lane they ran on; jobs that held no card name none.
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT kind, card FROM jobs ORDER BY id")
+        .unwrap();
+    let jobs: Vec<(String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut kinds: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
+    kinds[3..7].sort();
+    assert_eq!(
+        kinds,
+        [
+            "plan", "expand", "expand", "generate", "generate", "shoot", "shoot", "stitch"
+        ]
+    );
+    for (kind, card) in &jobs {
+        match kind.as_str() {
+            "generate" => assert!(
+                matches!(card.as_deref(), Some("cpu#0" | "cpu#1")),
+                "{jobs:?}"
+            ),
+            _ => assert_eq!(card, &None, "{jobs:?}"),
+        }
+    }
+
+    // Cards that are not there are refused before anything is queued.
+    let output = videosdgx(
+        &data,
+        &["--gpus", "cuda:7", "render", script.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("no CUDA device 7"), "{err}");
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 8);
+}
+
+#[test]
 fn ctrl_c_cancels_the_running_generation_job_and_fails_the_render() {
     let (tmp, data) = studio_with_model();
     let script = tmp.path().join("paper-boats.md");

@@ -641,6 +641,10 @@ try {
       // The project's queue showed the loop's stage as the job reported it.
       const stages = await page.evaluate(() => window.__stages);
       assert.ok(stages.some((t) => /^attempt [12]\/2: /.test(t)), `stages shown: ${[...new Set(stages)]}`);
+      // The queue says which card each take was generated on (this studio's one: the CPU).
+      const generation = (await reviewApi('GET', '/api/jobs')).find((j) => j.kind === 'generate' && j.project_id === projectId);
+      assert.equal(generation.card, 'cpu');
+      await page.locator(`.queue .job[data-job-id="${generation.id}"] .meta`, { hasText: 'on cpu' }).waitFor();
       const [board] = await reviewApi('GET', `/api/projects/${projectId}/storyboards`);
       const [reviewed] = await reviewApi('GET', `/api/storyboards/${board.id}/shots`);
       shotId = reviewed.id;

@@ -86,14 +86,16 @@ export function jobCard(job, { onReproduce } = {}) {
 
 /** The card's two status lines: what the job is doing, and its step and ETA. */
 function describe(job, p) {
+  // The card a job runs (or ran) on, e.g. "on cuda:1", when the studio has one.
+  const card = job.card ? `on ${job.card}` : '';
   switch (job.state) {
     case 'running': {
       const steps = p.total ? `step ${p.step} of ${p.total}` : '';
       const eta = p.eta_s !== undefined && p.eta_s !== null ? `ETA ${formatDuration(p.eta_s)}` : '';
-      return [p.stage ? String(p.stage) : 'starting', [steps, eta].filter(Boolean).join(' · ')];
+      return [p.stage ? String(p.stage) : 'starting', [card, steps, eta].filter(Boolean).join(' · ')];
     }
     case 'queued': return ['waiting for its lane', ''];
-    case 'succeeded': return [job.finished_at ? `done ${new Date(job.finished_at).toLocaleTimeString()}` : 'done', ''];
+    case 'succeeded': return [job.finished_at ? `done ${new Date(job.finished_at).toLocaleTimeString()}` : 'done', card];
     case 'failed': return [`failed after ${job.attempts ?? 1} attempt(s)`, ''];
     case 'interrupted': return ['interrupted by a server restart', ''];
     case 'cancelled': return ['cancelled', ''];

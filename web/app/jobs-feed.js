@@ -66,7 +66,7 @@ function connect() {
     const id = data.job_id;
     if (id === undefined) return;
     const change = data.type === 'progress'
-      ? { id, progress: data.progress }
+      ? { id, progress: data.progress, ...(data.card ? { card: data.card } : {}) }
       : { id, state: data.state, attempts: data.attempts, error: data.error };
     if (jobs.has(id)) put(change);
     else get(`/api/jobs/${id}`).then(put, () => {});

@@ -5,7 +5,7 @@ use crate::assets::AssetLibrary;
 use crate::db::Db;
 use crate::error::{Result, StudioError};
 use crate::generation::{GenerateRunner, Generator};
-use crate::gpu::GpuModel;
+use crate::gpu::{CardSet, Gpus};
 use crate::jobs::{JobQueue, JobRunner, runners};
 use crate::plugins::Plugins;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ pub struct StudioConfig {
     pub max_upload_bytes: u64,
     /// Demand sign-in even on loopback (it is always demanded on other addresses).
     pub require_auth: bool,
+    /// The cards jobs run on (`--gpus`).
+    pub gpus: CardSet,
 }
 
 impl StudioConfig {
@@ -28,6 +30,7 @@ impl StudioConfig {
             data_dir: data_dir.into(),
             max_upload_bytes: Self::DEFAULT_MAX_UPLOAD_BYTES,
             require_auth: false,
+            gpus: CardSet::all(),
         }
     }
 }
@@ -37,8 +40,9 @@ pub struct App {
     pub db: Db,
     pub assets: AssetLibrary,
     pub jobs: JobQueue,
-    /// The GPU lane's one resident model, shared by generation and the language model.
-    pub gpu: Arc<GpuModel>,
+    /// The cards and the model each holds, shared by generation, finishing and the language
+    /// model: the GPU lane runs a job per card.
+    pub gpus: Arc<Gpus>,
     pub generator: Generator,
     pub plugins: Plugins,
 }
@@ -63,14 +67,14 @@ impl App {
         let assets = AssetLibrary::open(dir, &db)?;
         let plugins = Plugins::new(dir);
         crate::plugins::first_party::sync(&db, &plugins)?;
-        let gpu = Arc::new(GpuModel::new());
+        let gpus = Arc::new(Gpus::open(&config.gpus)?);
         Ok(App {
             config,
             db,
             assets,
             jobs: JobQueue::new(runners),
-            generator: Generator::new(gpu.clone()),
-            gpu,
+            generator: Generator::new(gpus.clone()),
+            gpus,
             plugins,
         })
     }

@@ -396,9 +396,11 @@ fn run_finish(
     let mut record = finish_record(&resolved)?;
     let source_path = app.assets.file_of(&resolved.asset);
     let out = app.scratch_file("finish", "mp4")?;
-    let outcome = app
-        .gpu
-        .with_finishing(&resolved.spec, on_progress, |models, device, report| {
+    let outcome = app.gpus.with_finishing(
+        job_id,
+        &resolved.spec,
+        on_progress,
+        |models, device, report| {
             finish_video(
                 &source_path,
                 &out,
@@ -415,7 +417,8 @@ fn run_finish(
                     StudioError::Internal(e.context("finishing"))
                 }
             })
-        });
+        },
+    );
     let report = match outcome {
         Ok(report) => report,
         Err(e) => {

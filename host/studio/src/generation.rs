@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
-use crate::gpu::GpuModel;
+use crate::gpu::Gpus;
 use crate::jobs::{JobContext, JobRunner, Lane};
 use crate::loras::{self, AppliedLora};
 use crate::models;
@@ -209,14 +209,14 @@ pub struct VideoOutput {
     pub loras: Vec<AppliedLora>,
 }
 
-/// Runs Wan pipelines on the GPU lane's resident model.
+/// Runs generation pipelines on the studio's cards.
 pub struct Generator {
-    pub(crate) gpu: Arc<GpuModel>,
+    pub(crate) gpus: Arc<Gpus>,
 }
 
 impl Generator {
-    pub fn new(gpu: Arc<GpuModel>) -> Generator {
-        Generator { gpu }
+    pub fn new(gpus: Arc<Gpus>) -> Generator {
+        Generator { gpus }
     }
 
     /// Generates a shot as a new take, keeping the shot's status current.
@@ -279,7 +279,7 @@ impl Generator {
     ) -> Result<VideoOutput> {
         request.render.check()?;
         let dir = models::video_model_dir(app.data_dir(), &request.model)?;
-        let (params, path) = self.render(app, &dir, request, on_progress)?;
+        let (params, path) = self.render(app, job_id, &dir, request, on_progress)?;
         let recorded = record(app, job_id, request, &params, &path);
         let _ = std::fs::remove_file(&path);
         recorded
@@ -288,14 +288,16 @@ impl Generator {
     fn render(
         &self,
         app: &App,
+        job_id: Option<i64>,
         dir: &Path,
         request: &VideoRequest,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
         let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
         let (params, video) = self
-            .gpu
+            .gpus
             .with_pipeline(
+                job_id,
                 &request.model,
                 dir,
                 request.render.quant,

@@ -1,15 +1,21 @@
-//! The model the GPU lane holds. One model is resident at a time, a generation pipeline, a language
-//! model or a pair of finishing models (upscaler, RIFE), on the device every GPU job uses (CUDA in bf16 when built with `cuda` and a GPU is
-//! present, else the CPU in f32). A job that needs the resident model reuses it; a job that
-//! needs another one releases it first (logged), so two models never share the accelerator's
-//! memory. Holding the lock while a model runs also serialises the plugins' own generations
-//! with the GPU lane's jobs. Nothing else in the studio loads a model.
+//! The cards jobs run on and the model each one holds. A card is a CUDA device (bf16) or, where
+//! there is none, a CPU lane (f32); `--gpus` chooses them, every CUDA device by default. Each card
+//! keeps one resident model at a time: a generation pipeline, a language model or a pair of
+//! finishing models (upscaler, RIFE). Work that needs a model takes a free card, preferring one
+//! that already holds that model (no reload), then an empty one, then any (whose model is
+//! released first, logged, so two models never share a card's memory). With every card busy it
+//! waits, reporting `waiting for a GPU` so that it can be cancelled meanwhile. A card is held for
+//! the whole run, which also serialises the plugins' own generations with the GPU lane's jobs on
+//! that card. Nothing else in the studio loads a model.
 
 use crate::error::{Result, StudioError};
 use candle_core::{DType, Device};
+use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::str::FromStr;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
 use videosdgx_engine::pipelines::{Cancelled, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
@@ -17,10 +23,117 @@ use videosdgx_engine::text::chat::ChatModel;
 /// Receives `(stage, step, total)`; `Break` stops the work.
 pub type Report<'a> = &'a mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>;
 
-pub struct GpuModel {
-    device: Device,
-    dtype: DType,
-    resident: Mutex<Option<Resident>>,
+/// How often work waiting for a card reports, so that a cancel reaches it.
+const WAIT_REPORT: Duration = Duration::from_millis(250);
+
+/// A device the studio runs models on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Card {
+    Cuda(usize),
+    Cpu,
+}
+
+impl fmt::Display for Card {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Card::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+            Card::Cpu => f.write_str("cpu"),
+        }
+    }
+}
+
+/// The cards of `--gpus`: `all` (every CUDA device this build sees, else one CPU lane) or a comma
+/// list of CUDA ordinals (`0`, `cuda:1`) and CPU lanes (`cpu`, once per lane).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardSet(Vec<Card>);
+
+impl CardSet {
+    /// Every CUDA device, else one CPU lane.
+    pub fn all() -> CardSet {
+        match cuda_devices() {
+            0 => CardSet(vec![Card::Cpu]),
+            n => CardSet((0..n).map(Card::Cuda).collect()),
+        }
+    }
+
+    pub fn cards(&self) -> &[Card] {
+        &self.0
+    }
+
+    /// Refuses CUDA ordinals this machine does not have.
+    pub fn check(&self) -> Result<()> {
+        let present = cuda_devices();
+        for card in &self.0 {
+            if let Card::Cuda(ordinal) = card
+                && *ordinal >= present
+            {
+                return Err(StudioError::Invalid(format!(
+                    "no CUDA device {ordinal}: this machine has {present}{}",
+                    if cfg!(feature = "cuda") {
+                        ""
+                    } else {
+                        " (this build has no CUDA)"
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for CardSet {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl FromStr for CardSet {
+    type Err = String;
+
+    fn from_str(spec: &str) -> std::result::Result<CardSet, String> {
+        let spec = spec.trim();
+        if spec == "all" {
+            return Ok(CardSet::all());
+        }
+        let mut cards = Vec::new();
+        for item in spec.split(',').map(str::trim) {
+            let card = match item {
+                "cpu" => Card::Cpu,
+                _ => item
+                    .strip_prefix("cuda:")
+                    .unwrap_or(item)
+                    .parse()
+                    .map(Card::Cuda)
+                    .map_err(|_| {
+                        format!("`{item}` is not a card: write `all`, `0,1`, `cuda:0` or `cpu`")
+                    })?,
+            };
+            if card != Card::Cpu && cards.contains(&card) {
+                return Err(format!("{card} is named twice"));
+            }
+            cards.push(card);
+        }
+        Ok(CardSet(cards))
+    }
+}
+
+/// CUDA devices the driver reports; none without CUDA in the build or a driver.
+fn cuda_devices() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
+/// What a piece of work needs resident on its card.
+#[derive(Clone, Copy)]
+enum Wanted<'a> {
+    Generation(&'a Path, Option<Quant>),
+    Language(&'a Path, Option<Quant>),
+    Finishing(&'a (Option<PathBuf>, Option<PathBuf>)),
 }
 
 enum Resident {
@@ -53,43 +166,131 @@ impl Resident {
                 .unwrap_or(Path::new("finishing")),
         }
     }
+
+    fn is(&self, wanted: Wanted) -> bool {
+        match (self, wanted) {
+            (Resident::Generation { dir, quant, .. }, Wanted::Generation(d, q))
+            | (Resident::Language { dir, quant, .. }, Wanted::Language(d, q)) => {
+                dir == d && *quant == q
+            }
+            (Resident::Finishing { files, .. }, Wanted::Finishing(f)) => files == f,
+            _ => false,
+        }
+    }
 }
 
-impl GpuModel {
-    pub fn new() -> GpuModel {
-        let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
-        let dtype = if device.is_cuda() {
-            DType::BF16
-        } else {
-            DType::F32
-        };
-        GpuModel {
-            device,
-            dtype,
-            resident: Mutex::new(None),
+/// One card and its resident model.
+struct CardModel {
+    card: Card,
+    label: String,
+    /// Opened at first use: a one-shot command that runs no model opens no device.
+    device: OnceLock<Device>,
+    dtype: DType,
+    resident: Mutex<Option<Resident>>,
+}
+
+impl CardModel {
+    fn device(&self) -> Result<&Device> {
+        if let Some(device) = self.device.get() {
+            return Ok(device);
         }
+        let device = match self.card {
+            Card::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
+                StudioError::Internal(anyhow::anyhow!("cannot open {}: {e}", self.card))
+            })?,
+            Card::Cpu => Device::Cpu,
+        };
+        Ok(self.device.get_or_init(|| device))
+    }
+}
+
+/// Who holds each card.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    Free,
+    /// Held for the job with this id, or for work outside any job.
+    Held(Option<i64>),
+}
+
+/// The studio's cards and who holds each.
+pub struct Gpus {
+    cards: Vec<CardModel>,
+    slots: Mutex<Vec<Slot>>,
+    freed: Condvar,
+}
+
+impl Gpus {
+    /// The cards of `set`, each opened when first used.
+    pub fn open(set: &CardSet) -> Result<Gpus> {
+        set.check()?;
+        let cpu_lanes = set.cards().iter().filter(|c| **c == Card::Cpu).count();
+        let mut cpu_lane = 0;
+        let cards: Vec<CardModel> = set
+            .cards()
+            .iter()
+            .map(|&card| {
+                let (label, dtype) = match card {
+                    Card::Cuda(_) => (card.to_string(), DType::BF16),
+                    Card::Cpu if cpu_lanes == 1 => (card.to_string(), DType::F32),
+                    Card::Cpu => {
+                        cpu_lane += 1;
+                        (format!("cpu#{}", cpu_lane - 1), DType::F32)
+                    }
+                };
+                CardModel {
+                    card,
+                    label,
+                    device: OnceLock::new(),
+                    dtype,
+                    resident: Mutex::new(None),
+                }
+            })
+            .collect();
+        Ok(Gpus {
+            slots: Mutex::new(vec![Slot::Free; cards.len()]),
+            cards,
+            freed: Condvar::new(),
+        })
+    }
+
+    /// How many cards there are: as many generations run at once.
+    pub fn len(&self) -> usize {
+        self.cards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty()
+    }
+
+    /// The card job `job` holds now, by name (`cuda:1`).
+    pub fn card_of(&self, job: i64) -> Option<&str> {
+        let slots = self.lock_slots();
+        let index = slots.iter().position(|s| *s == Slot::Held(Some(job)))?;
+        Some(&self.cards[index].label)
     }
 
     /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
-    /// transformers' weights in `quant` (as loaded when `None`), loading it first (reported as
-    /// stage `loading model`, which may stop it) unless it is resident so. A quantized pipeline
-    /// is reloaded for a job that wants other weights. `f` gets `report` back for its own
-    /// progress.
+    /// transformers' weights in `quant` (as loaded when `None`), on a card taken for `job`,
+    /// loading the pipeline first (reported as stage `loading model`, which may stop it) unless
+    /// that card holds it so. A quantized pipeline is reloaded for work that wants other weights.
+    /// `f` gets `report` back for its own progress.
     pub fn with_pipeline<R>(
         &self,
+        job: Option<i64>,
         name: &str,
         dir: &Path,
         quant: Option<Quant>,
         report: Report,
         f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
     ) -> Result<R> {
-        let mut resident = self.lock();
-        let loaded = |r: &Option<Resident>| matches!(r, Some(Resident::Generation { dir: d, quant: q, .. }) if d == dir && *q == quant);
-        if !loaded(&resident) {
+        let wanted = Wanted::Generation(dir, quant);
+        let card = self.take(job, wanted, report)?;
+        let mut resident = card.resident();
+        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, name);
             loading(report, "loading model")?;
             let open = || {
-                let mut pipeline = Pipeline::open(dir, &self.device, self.dtype)?;
+                let mut pipeline = Pipeline::open(dir, card.model().device()?, card.model().dtype)?;
                 if let Some(quant) = quant {
                     pipeline.quantize(quant)?;
                 }
@@ -110,23 +311,25 @@ impl GpuModel {
     }
 
     /// Runs `f` on the language model `name` (in `dir`) with its decoder's weights in `quant`
-    /// (as loaded when `None`), as [`GpuModel::with_pipeline`] does (stage `loading language
+    /// (as loaded when `None`), as [`Gpus::with_pipeline`] does (stage `loading language
     /// model`).
     pub fn with_language<R>(
         &self,
+        job: Option<i64>,
         name: &str,
         dir: &Path,
         quant: Option<Quant>,
         report: Report,
         f: impl FnOnce(&ChatModel, Report) -> Result<R>,
     ) -> Result<R> {
-        let mut resident = self.lock();
-        if !matches!(&*resident, Some(Resident::Language { dir: d, quant: q, .. }) if d == dir && *q == quant)
-        {
+        let wanted = Wanted::Language(dir, quant);
+        let card = self.take(job, wanted, report)?;
+        let mut resident = card.resident();
+        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, name);
             loading(report, "loading language model")?;
             let open = || {
-                let mut model = ChatModel::load(dir, &self.device, self.dtype)?;
+                let mut model = ChatModel::load(dir, card.model().device()?, card.model().dtype)?;
                 if let Some(quant) = quant {
                     model.quantize(quant)?;
                 }
@@ -147,20 +350,24 @@ impl GpuModel {
         }
     }
 
-    /// Runs `f` on the finishing models `spec` names (loaded as [`GpuModel::with_pipeline`]
-    /// does, stage `loading finishing models`), with the device frames go to.
+    /// Runs `f` on the finishing models `spec` names (loaded as [`Gpus::with_pipeline`] does,
+    /// stage `loading finishing models`), with the device frames go to.
     pub fn with_finishing<R>(
         &self,
+        job: Option<i64>,
         spec: &FinishSpec,
         report: Report,
         f: impl FnOnce(&FinishModels, &Device, Report) -> Result<R>,
     ) -> Result<R> {
-        let mut resident = self.lock();
         let files = (spec.upscaler.clone(), spec.interpolator.clone());
-        if !matches!(&*resident, Some(Resident::Finishing { files: f, .. }) if *f == files) {
+        let wanted = Wanted::Finishing(&files);
+        let card = self.take(job, wanted, report)?;
+        let (device, dtype) = (card.model().device()?, card.model().dtype);
+        let mut resident = card.resident();
+        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, "finishing models");
             loading(report, "loading finishing models")?;
-            let models = FinishModels::load(spec, &self.device, self.dtype)
+            let models = FinishModels::load(spec, device, dtype)
                 .map_err(|e| StudioError::Invalid(format!("{e:#}")))?;
             *resident = Some(Resident::Finishing {
                 files,
@@ -168,23 +375,82 @@ impl GpuModel {
             });
         }
         match resident.as_ref() {
-            Some(Resident::Finishing { models, .. }) => f(models, &self.device, report),
+            Some(Resident::Finishing { models, .. }) => f(models, device, report),
             _ => unreachable!("made resident above"),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Resident>> {
-        self.resident.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes a free card for `job`: one holding `wanted`, else an empty one, else the first free.
+    /// Waits while all are busy, reporting `waiting for a GPU`; a stop asked for then takes none.
+    fn take(&self, job: Option<i64>, wanted: Wanted, report: Report) -> Result<Taken<'_>> {
+        let mut slots = self.lock_slots();
+        loop {
+            let free: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i] == Slot::Free)
+                .collect();
+            // A free card's resident model is locked only here, under `slots`: no one waits.
+            let holds = |i: &&usize, test: &dyn Fn(&Option<Resident>) -> bool| {
+                test(
+                    &self.cards[**i]
+                        .resident
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                )
+            };
+            let chosen = free
+                .iter()
+                .find(|i| holds(i, &|r| r.as_ref().is_some_and(|r| r.is(wanted))))
+                .or_else(|| free.iter().find(|i| holds(i, &|r| r.is_none())))
+                .or(free.first());
+            if let Some(&index) = chosen {
+                slots[index] = Slot::Held(job);
+                return Ok(Taken { gpus: self, index });
+            }
+            drop(slots);
+            loading(report, "waiting for a GPU")?;
+            slots = self.lock_slots();
+            if slots.iter().all(|s| *s != Slot::Free) {
+                slots = self
+                    .freed
+                    .wait_timeout(slots, WAIT_REPORT)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl Default for GpuModel {
-    fn default() -> Self {
-        Self::new()
+/// A card held until dropped.
+struct Taken<'a> {
+    gpus: &'a Gpus,
+    index: usize,
+}
+
+impl Taken<'_> {
+    fn model(&self) -> &CardModel {
+        &self.gpus.cards[self.index]
+    }
+
+    fn resident(&self) -> MutexGuard<'_, Option<Resident>> {
+        self.model()
+            .resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Reports a load about to start; a stop asked for here stops before the slow part.
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.gpus.lock_slots()[self.index] = Slot::Free;
+        self.gpus.freed.notify_all();
+    }
+}
+
+/// Reports a stage before slow or blocking work; a stop asked for here stops before it.
 fn loading(report: Report, stage: &str) -> Result<()> {
     match report(stage, 0, 1) {
         ControlFlow::Continue(()) => Ok(()),
@@ -192,13 +458,13 @@ fn loading(report: Report, stage: &str) -> Result<()> {
     }
 }
 
-/// Frees the resident model before `next` is loaded: the device holds one model at a time.
+/// Frees the resident model before `next` is loaded: a card holds one model at a time.
 fn release(resident: &mut Option<Resident>, next: &str) {
     if let Some(old) = resident.take() {
         tracing::info!(
             released = %old.dir().display(),
             loading = next,
-            "the GPU lane holds one model at a time: releasing the resident one"
+            "a card holds one model at a time: releasing the resident one"
         );
     }
 }
@@ -206,6 +472,7 @@ fn release(resident: &mut Option<Resident>, next: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     fn fixture(path: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -213,9 +480,13 @@ mod tests {
             .join(path)
     }
 
+    fn cpu_lanes(n: usize) -> Gpus {
+        Gpus::open(&vec!["cpu"; n].join(",").parse().unwrap()).unwrap()
+    }
+
     #[test]
     fn the_resident_model_is_reused_and_released_only_for_another() {
-        let gpu = GpuModel::new();
+        let gpus = cpu_lanes(1);
         let (wan, qwen) = (fixture("tiny-wan-t2v"), fixture("text/qwen3/model"));
         let mut loads = Vec::new();
         let mut report = |stage: &str, _: u64, _: u64| {
@@ -223,19 +494,20 @@ mod tests {
             ControlFlow::Continue(())
         };
         for _ in 0..2 {
-            gpu.with_language("qwen", &qwen, None, &mut report, |model, _| {
+            gpus.with_language(None, "qwen", &qwen, None, &mut report, |model, _| {
                 assert!(!model.sees_images());
                 Ok(())
             })
             .unwrap();
         }
-        gpu.with_pipeline("wan", &wan, None, &mut report, |_, _| Ok(()))
+        gpus.with_pipeline(None, "wan", &wan, None, &mut report, |_, _| Ok(()))
             .unwrap();
-        gpu.with_language("qwen", &qwen, None, &mut report, |_, _| Ok(()))
+        gpus.with_language(None, "qwen", &qwen, None, &mut report, |_, _| Ok(()))
             .unwrap();
         // Other weights are another model: reloaded, then reused.
         for _ in 0..2 {
-            gpu.with_language(
+            gpus.with_language(
+                None,
                 "qwen",
                 &qwen,
                 Some(Quant::Nvfp4),
@@ -257,9 +529,10 @@ mod tests {
 
     #[test]
     fn a_stop_before_loading_loads_nothing() {
-        let gpu = GpuModel::new();
-        let err = gpu
+        let gpus = cpu_lanes(1);
+        let err = gpus
             .with_language(
+                None,
                 "qwen",
                 &fixture("text/qwen3/model"),
                 None,
@@ -268,6 +541,165 @@ mod tests {
             )
             .unwrap_err();
         assert!(crate::generation::is_cancelled(&err), "{err}");
-        assert!(gpu.lock().is_none());
+        assert!(gpus.cards[0].resident.lock().unwrap().is_none());
+        assert_eq!(*gpus.lock_slots(), [Slot::Free]);
+    }
+
+    #[test]
+    fn work_goes_to_the_card_that_holds_its_model() {
+        let gpus = cpu_lanes(2);
+        let (wan, qwen) = (fixture("tiny-wan-t2v"), fixture("text/qwen3/model"));
+        let mut loads = Vec::new();
+        let mut report = |stage: &str, _: u64, _: u64| {
+            loads.push(stage.to_string());
+            ControlFlow::Continue(())
+        };
+        let mut cards = Vec::new();
+        gpus.with_language(Some(1), "qwen", &qwen, None, &mut report, |_, _| {
+            cards.push(gpus.card_of(1).unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        gpus.with_pipeline(Some(2), "wan", &wan, None, &mut report, |_, _| {
+            cards.push(gpus.card_of(2).unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        for job in [3, 4] {
+            gpus.with_language(Some(job), "qwen", &qwen, None, &mut report, |_, _| {
+                cards.push(gpus.card_of(job).unwrap().to_string());
+                Ok(())
+            })
+            .unwrap();
+        }
+        gpus.with_pipeline(Some(5), "wan", &wan, None, &mut report, |_, _| {
+            cards.push(gpus.card_of(5).unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        // Each model was loaded once, on a card of its own, and found there again.
+        assert_eq!(loads, ["loading language model", "loading model"]);
+        assert_eq!(cards, ["cpu#0", "cpu#1", "cpu#0", "cpu#0", "cpu#1"]);
+        assert_eq!(gpus.card_of(5), None, "a card is given back after the work");
+    }
+
+    /// Two threads at once each run work holding the language model on some card, in which they
+    /// wait (up to `patience`) until both are inside their work; the cards they held.
+    fn meet_inside(gpus: &Gpus, patience: Duration) -> Vec<Result<String>> {
+        let qwen = fixture("text/qwen3/model");
+        // How many are inside now, and whether both ever were at once.
+        let (inside, arrived) = (Mutex::new((0, false)), Condvar::new());
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = [1, 2]
+                .map(|job| {
+                    let (qwen, inside, arrived) = (&qwen, &inside, &arrived);
+                    scope.spawn(move || {
+                        let meet = |_: &ChatModel, _: Report| {
+                            let mut here = inside.lock().unwrap();
+                            here.0 += 1;
+                            here.1 |= here.0 == 2;
+                            arrived.notify_all();
+                            let (mut here, _) = arrived
+                                .wait_timeout_while(here, patience, |(_, met)| !*met)
+                                .unwrap();
+                            here.0 -= 1;
+                            if !here.1 {
+                                return Err(StudioError::Conflict("alone on the cards".into()));
+                            }
+                            Ok(gpus.card_of(job).unwrap().to_string())
+                        };
+                        let mut report = |_: &str, _, _| ControlFlow::Continue(());
+                        gpus.with_language(Some(job), "qwen", qwen, None, &mut report, meet)
+                    })
+                })
+                .into_iter()
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn two_cards_run_two_pieces_of_work_at_once() {
+        let mut cards: Vec<String> = meet_inside(&cpu_lanes(2), Duration::from_secs(60))
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        cards.sort();
+        assert_eq!(cards, ["cpu#0", "cpu#1"]);
+    }
+
+    #[test]
+    fn one_card_runs_one_piece_of_work_at_a_time() {
+        let runs = meet_inside(&cpu_lanes(1), Duration::from_millis(500));
+        // The first run waits inside for the second, which waits for the card: the first gives
+        // up and leaves, and only then does the second get in, alone too.
+        assert!(runs.iter().all(Result::is_err), "{runs:?}");
+    }
+
+    #[test]
+    fn work_waiting_for_a_card_says_so_and_can_be_cancelled() {
+        let gpus = cpu_lanes(1);
+        let qwen = fixture("text/qwen3/model");
+        let (inside, entered) = mpsc::channel();
+        let (leave, told) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let (gpus, qwen) = (&gpus, &qwen);
+            let holder = scope.spawn(move || {
+                gpus.with_language(
+                    Some(1),
+                    "qwen",
+                    qwen,
+                    None,
+                    &mut |_, _, _| ControlFlow::Continue(()),
+                    |_, _| {
+                        inside.send(()).unwrap();
+                        told.recv().unwrap();
+                        Ok(())
+                    },
+                )
+            });
+            entered.recv().unwrap();
+            let mut stages = Vec::new();
+            let err = gpus
+                .with_language(
+                    Some(2),
+                    "qwen",
+                    qwen,
+                    None,
+                    &mut |stage, _, _| {
+                        stages.push(stage.to_string());
+                        // Stop at the second report of the wait.
+                        if stages.len() == 2 {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    },
+                    |_, _| Ok(()),
+                )
+                .unwrap_err();
+            assert!(crate::generation::is_cancelled(&err), "{err}");
+            assert_eq!(stages, ["waiting for a GPU", "waiting for a GPU"]);
+            leave.send(()).unwrap();
+            holder.join().unwrap().unwrap();
+        });
+        assert_eq!(*gpus.lock_slots(), [Slot::Free]);
+    }
+
+    #[test]
+    fn card_sets_are_read_from_the_command_line_form() {
+        let set = |s: &str| s.parse::<CardSet>();
+        assert_eq!(
+            set("0, cuda:2").unwrap().cards(),
+            [Card::Cuda(0), Card::Cuda(2)]
+        );
+        assert_eq!(set("cpu,cpu").unwrap().cards(), [Card::Cpu, Card::Cpu]);
+        assert_eq!(set("all").unwrap(), CardSet::all());
+        assert_eq!(set("0,cuda:0").unwrap_err(), "cuda:0 is named twice");
+        assert!(set("gpu1").unwrap_err().contains("`gpu1` is not a card"));
+        assert!(set("").is_err());
+        let missing = set("cuda:64").unwrap().check().unwrap_err().to_string();
+        assert!(missing.contains("no CUDA device 64"), "{missing}");
+        assert!(Gpus::open(&set("cuda:64").unwrap()).is_err());
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use videosdgx_engine::hub::LocalModel;
 use videosdgx_engine::pipelines::{Cancelled, GenerateParams, ImageInput, Progress};
 
 /// One image to generate and record.
@@ -89,14 +90,8 @@ impl Generator {
     ) -> Result<(ImageOutput, T)> {
         let model = models::image_model(app.data_dir(), request.model.as_deref())?;
         let references = reference_images(app, request.project_id, &request.references)?;
-        let (params, path) = self.render_image(
-            app,
-            &model.name,
-            &model.path,
-            request,
-            references,
-            on_progress,
-        )?;
+        let (params, path) =
+            self.render_image(app, job_id, &model, request, references, on_progress)?;
         let recorded = record(app, job_id, &model.name, request, &params, &path, then);
         let _ = std::fs::remove_file(&path);
         let (asset, generation_id, then) = recorded?;
@@ -114,12 +109,13 @@ impl Generator {
     fn render_image(
         &self,
         app: &App,
-        name: &str,
-        dir: &Path,
+        job_id: Option<i64>,
+        model: &LocalModel,
         request: &ImageRequest,
         references: Vec<PathBuf>,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
+        let (name, dir) = (&model.name, &model.path);
         let defaults = videosdgx_engine::pipelines::Pipeline::call_defaults(dir)
             .map_err(|e| StudioError::Invalid(format!("image model `{name}`: {e:#}")))?;
         let params = GenerateParams {
@@ -152,12 +148,20 @@ impl Generator {
             conditions: Vec::new(),
         };
         let image = self
-            .gpu
-            .with_pipeline(name, dir, None, on_progress, |pipeline, on_progress| {
-                let mut report =
-                    |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
-                Ok(pipeline.generate(&params, Default::default(), &mut report)?)
-            })
+            .gpus
+            .with_pipeline(
+                job_id,
+                name,
+                dir,
+                None,
+                on_progress,
+                |pipeline, on_progress| {
+                    let mut report = |p: &Progress| {
+                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
+                    };
+                    Ok(pipeline.generate(&params, Default::default(), &mut report)?)
+                },
+            )
             .map_err(|e| loras::explain(app, &request.loras, e))?;
         if on_progress("writing", 0, 1).is_break() {
             return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));

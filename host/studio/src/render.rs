@@ -4,7 +4,8 @@
 //! screen that has none chosen and a keyframe of every shot ([`crate::keyframes`]), shoot every
 //! shot (generate from its keyframe, review, regenerate: [`crate::shoot`];
 //! recorded as generations, takes and reviews), stitch the chosen takes with the stitcher
-//! plugin, and copy the rendered MP4 out. Every step is a job of the kind the web UI submits
+//! plugin, and copy the rendered MP4 out. Looks, keyframes and shots each run as many at a time
+//! as there are cards. Every step is a job of the kind the web UI submits
 //! (`plan`, `expand`, `look`, `keyframe`, `shoot`, `stitch`), run by the job queue's workers in this process and
 //! recorded like any other; nothing here is CLI-specific and nothing here does a step's work
 //! itself. With `finish` the stitch step finishes the piece (a `finish` job on the GPU lane:
@@ -24,6 +25,7 @@ use crate::projects::{self, ProjectFields};
 use crate::server::{QueueWorkers, ServerLock};
 use crate::shoot::{self, Attempt, ShootOutcome};
 use crate::shots::{self, ShotFields};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -286,29 +288,41 @@ async fn render_on_queue(
             .filter(|l| l.chosen)
             .map(|l| l.character_id)
             .collect();
-        for character in on_screen.iter().filter(|c| !chosen.contains(c)) {
-            let params = json!({
-                "storyboard_id": board.id, "character_id": character, "render": request.render,
+        let steps = on_screen
+            .iter()
+            .filter(|c| !chosen.contains(c))
+            .map(|character| {
+                let params = json!({
+                    "storyboard_id": board.id, "character_id": character, "render": request.render,
+                });
+                (job("look", params), format!("look of {character}"))
             });
-            let what = format!("look of {character}");
-            looks.push(step_result(
-                run_step(app, job("look", params), &what, progress).await?,
-            )?);
+        for made in run_together(app, steps.collect(), progress).await? {
+            looks.push(step_result(made)?);
         }
-        for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
-            let what = format!("keyframe {}/{count}", index + 1);
+        let steps = plan.shot_ids.iter().enumerate().map(|(index, &shot_id)| {
             let params = json!({ "shot_id": shot_id, "render": request.render });
-            let made: KeyframeOutcome =
-                step_result(run_step(app, job("keyframe", params), &what, progress).await?)?;
-            stills[index] = Some(made);
+            (
+                job("keyframe", params),
+                format!("keyframe {}/{count}", index + 1),
+            )
+        });
+        for (still, made) in stills
+            .iter_mut()
+            .zip(run_together(app, steps.collect(), progress).await?)
+        {
+            *still = Some(step_result::<KeyframeOutcome>(made)?);
         }
     }
 
-    let mut rendered = Vec::new();
-    for (index, &shot_id) in plan.shot_ids.iter().enumerate() {
-        let what = format!("shot {}/{count}", index + 1);
+    let steps = plan.shot_ids.iter().enumerate().map(|(index, &shot_id)| {
         let params = json!({ "shot_id": shot_id, "render": request.render });
-        let done = run_step(app, job("shoot", params), &what, progress).await?;
+        (job("shoot", params), format!("shot {}/{count}", index + 1))
+    });
+    let shoots = run_together(app, steps.collect(), progress).await?;
+    let mut rendered = Vec::new();
+    for ((index, &shot_id), done) in plan.shot_ids.iter().enumerate().zip(shoots) {
+        let what = format!("shot {}/{count}", index + 1);
         let job_id = done.id;
         let shot: ShootOutcome = step_result(done)?;
         let chosen = shot
@@ -362,6 +376,29 @@ async fn render_on_queue(
         duration_s: info.duration,
         timeline: stitched.timeline,
     })
+}
+
+/// Runs independent steps as many at a time as there are cards, so that the queue spreads them
+/// over the cards (one after the other on one card, as the one card would run them anyway), and
+/// returns their jobs in order. The first to fail stops the render; dropping the steps still
+/// running cancels their jobs.
+async fn run_together(
+    app: &Arc<App>,
+    steps: Vec<(NewJob, String)>,
+    progress: Progress<'_>,
+) -> Result<Vec<crate::jobs::Job>> {
+    let progress = std::sync::Mutex::new(progress);
+    let heard = &progress;
+    stream::iter(steps)
+        .map(|(new, what)| async move {
+            let mut relay = |stage: &str, step, total| {
+                (heard.lock().unwrap_or_else(|p| p.into_inner()))(stage, step, total)
+            };
+            run_step(app, new, &what, &mut relay).await
+        })
+        .buffered(app.gpus.len())
+        .try_collect()
+        .await
 }
 
 /// What an `expand` job returns.

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// CPU-lane workers beside the single GPU-lane worker.
+/// CPU-lane workers beside the GPU lane's one per card, at least. A `shoot` job holds a CPU
+/// worker while its takes generate, so there is one more than cards: every card can be fed and
+/// plans, prompts and stitches still run.
 const CPU_WORKERS: usize = 2;
 /// How long shutdown waits for running jobs to reach a stopping point.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -73,7 +75,7 @@ impl QueueWorkers {
         Ok(QueueWorkers {
             app: app.clone(),
             _lock: lock,
-            handles: JobQueue::start(app, CPU_WORKERS),
+            handles: JobQueue::start(app, CPU_WORKERS.max(app.gpus.len() + 1)),
         })
     }
 

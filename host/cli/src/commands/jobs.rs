@@ -46,11 +46,14 @@ fn parse_state(s: &str) -> Result<JobState, String> {
 
 fn line(j: &Job) -> String {
     let state = serde_json::to_value(j.state).unwrap_or_default();
-    let progress = j
+    let mut progress = j
         .progress
         .as_ref()
         .map(|p| format!("{} {}/{}", p.stage, p.step, p.total))
         .unwrap_or_default();
+    if let Some(card) = &j.card {
+        progress = format!("{progress} on {card}").trim_start().to_string();
+    }
     format!(
         "{}\t{}\t{}\tattempt {}/{}\t{}\t{}",
         j.id,

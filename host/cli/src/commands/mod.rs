@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use videosdgx_studio::gpu::CardSet;
 use videosdgx_studio::{App, StudioConfig};
 
 #[derive(Parser, Debug)]
@@ -27,6 +28,10 @@ pub struct Cli {
     /// (e.g. ~/.local/share/videosdgx).
     #[arg(long, global = true, env = "VIDEOSDGX_DATA")]
     pub data: Option<PathBuf>,
+    /// The cards jobs run on, one generation per card at a time: `all` (every CUDA device, else
+    /// the CPU), CUDA ordinals (`0,1`, `cuda:1`) or CPU lanes (`cpu`, once per lane).
+    #[arg(long, global = true, env = "VIDEOSDGX_GPUS")]
+    pub gpus: Option<CardSet>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -83,18 +88,22 @@ impl Cli {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let data = data_dir(cli.data)?;
+    let mut studio = StudioConfig::new(data.clone());
+    if let Some(gpus) = cli.gpus {
+        studio.gpus = gpus;
+    }
     match cli.command {
-        Command::Serve(args) => serve::run(data, args),
-        Command::Project(cmd) => project::run(&open(data)?, cmd),
-        Command::Assets(cmd) => assets::run(&open(data)?, cmd),
-        Command::Jobs(cmd) => jobs::run(&open(data)?, cmd),
+        Command::Serve(args) => serve::run(studio, args),
+        Command::Project(cmd) => project::run(&open(studio)?, cmd),
+        Command::Assets(cmd) => assets::run(&open(studio)?, cmd),
+        Command::Jobs(cmd) => jobs::run(&open(studio)?, cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Auth(cmd) => auth::run(&data, cmd),
         Command::Models(command) => models::run(command, data),
-        Command::Plugins(args) => plugins::run(args, &open(data)?),
+        Command::Plugins(args) => plugins::run(args, &open(studio)?),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
-        Command::Render(args) => render::run(open(data)?, *args),
+        Command::Render(args) => render::run(open(studio)?, *args),
         Command::GenerateText(args) => text::generate_text(&args),
         Command::Chat(args) => text::chat(&args),
     }
@@ -111,10 +120,9 @@ pub fn data_dir(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the studio's data directory for a one-shot command.
-pub fn open(data: PathBuf) -> anyhow::Result<App> {
-    let shown = data.display().to_string();
-    App::open(StudioConfig::new(data))
-        .with_context(|| format!("cannot open studio data in {shown}"))
+pub fn open(config: StudioConfig) -> anyhow::Result<App> {
+    let shown = config.data_dir.display().to_string();
+    App::open(config).with_context(|| format!("cannot open studio data in {shown}"))
 }
 
 /// `--json` for commands that print records.

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use videosdgx_engine::hub::{self, LocalModel, ModelKind, PullProgress};
 use videosdgx_engine::pipelines::{Output, References, StartImage};
+use videosdgx_studio::StudioConfig;
 use videosdgx_studio::finishing::{self, FinishingKind, FinishingModel};
 use videosdgx_studio::language::{self, ChosenBy};
 use videosdgx_studio::models::Role;
@@ -122,7 +123,7 @@ pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
             }
         }
         ModelsCommand::List { json } => {
-            let app = super::open(data.clone())?;
+            let app = super::open(StudioConfig::new(data.clone()))?;
             let models = hub::list(&models_dir)?;
             // No language model installed is not an error when listing.
             let language = language::configured(&app).ok();
@@ -183,7 +184,11 @@ pub fn run(command: ModelsCommand, data: PathBuf) -> Result<()> {
             }
         }
         ModelsCommand::UseLlm { name, quant } => {
-            let chosen = language::choose(&super::open(data)?, &name, quant.map(Into::into))?;
+            let chosen = language::choose(
+                &super::open(StudioConfig::new(data))?,
+                &name,
+                quant.map(Into::into),
+            )?;
             match chosen.quant {
                 Some(quant) => println!(
                     "language model: {} ({}), weights in {quant}",

@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
 use std::sync::Arc;
 use videosdgx_studio::{App, StudioConfig, server};
 
@@ -21,10 +20,10 @@ pub struct ServeArgs {
     pub require_auth: bool,
 }
 
-pub fn run(data: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut config: StudioConfig, args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let mut config = StudioConfig::new(data.clone());
+        let data = config.data_dir.clone();
         config.max_upload_bytes = args.max_upload_bytes;
         config.require_auth = args.require_auth;
         let app = tokio::task::spawn_blocking(move || App::open(config))

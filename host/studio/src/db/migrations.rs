@@ -292,6 +292,10 @@ pub const MIGRATIONS: &[&str] = &[
 
     ALTER TABLE generations ADD COLUMN loras TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 9: several cards. The card a job last ran on (`cuda:1`), kept after it ends.
+    r#"
+    ALTER TABLE jobs ADD COLUMN card TEXT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

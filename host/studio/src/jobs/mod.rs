@@ -1,5 +1,6 @@
 //! The persistent job queue. Jobs are rows in the database; a job kind maps to a [`JobRunner`];
-//! one worker drains the GPU lane (one generation at a time) while CPU workers run alongside.
+//! a worker per card drains the GPU lane (one generation per card at a time) while CPU workers
+//! run alongside. A job's record names the card it ran on.
 //! Progress is persisted and broadcast as [`JobEvent`]s. A job found `running` at start was cut
 //! off by a crash: it is re-queued, or marked interrupted once its attempts are spent. Nothing
 //! here knows what a job does; runners live in [`runners`].
@@ -33,7 +34,7 @@ const RELAY_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
-    /// One job at a time: generations share the accelerator.
+    /// One job per card at a time: a generation has a card to itself.
     Gpu,
     Cpu,
 }
@@ -104,6 +105,8 @@ pub struct Job {
     pub result: Option<Value>,
     pub error: Option<String>,
     pub project_id: Option<i64>,
+    /// The card the job last ran on (`cuda:1`), for jobs that used one.
+    pub card: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -122,6 +125,8 @@ pub enum JobEvent {
     Progress {
         job_id: i64,
         progress: JobProgress,
+        /// The card the job holds now, if any.
+        card: Option<String>,
     },
 }
 
@@ -168,6 +173,7 @@ fn job_from_row(row: &Row) -> rusqlite::Result<Job> {
         result: json("result")?,
         error: row.get("error")?,
         project_id: row.get("project_id")?,
+        card: row.get("card")?,
         created_at: rfc3339(row.get("created_at")?),
         started_at: row.get::<_, Option<i64>>("started_at")?.map(rfc3339),
         finished_at: row.get::<_, Option<i64>>("finished_at")?.map(rfc3339),
@@ -241,14 +247,16 @@ impl JobContext {
             .last_persist
             .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
             || step == total;
+        let card = self.app.gpus.card_of(self.job_id).map(str::to_owned);
         if due {
             pace.last_persist = Some(Instant::now());
             let json = serde_json::to_string(&progress).expect("progress serializes");
             // Persisting doubles as the check for a cancel requested by another process.
             let cancelled = self.app.db.with(|c| {
                 Ok(c.query_row(
-                    "UPDATE jobs SET progress = ?2 WHERE id = ?1 RETURNING cancel_requested",
-                    params![self.job_id, json],
+                    "UPDATE jobs SET progress = ?2, card = ifnull(?3, card) WHERE id = ?1
+                     RETURNING cancel_requested",
+                    params![self.job_id, json, card],
                     |r| r.get::<_, bool>(0),
                 )?)
             });
@@ -261,6 +269,7 @@ impl JobContext {
         self.events.publish(JobEvent::Progress {
             job_id: self.job_id,
             progress,
+            card,
         });
         if self.should_stop() {
             ControlFlow::Break(())
@@ -449,9 +458,9 @@ impl JobQueue {
         Ok(jobs)
     }
 
-    /// Starts the lane workers: one for the GPU lane, `cpu_workers` for the CPU lane.
+    /// Starts the lane workers: one per card for the GPU lane, `cpu_workers` for the CPU lane.
     pub fn start(app: &Arc<App>, cpu_workers: usize) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut lanes = vec![Lane::Gpu];
+        let mut lanes = vec![Lane::Gpu; app.gpus.len()];
         lanes.extend(std::iter::repeat_n(Lane::Cpu, cpu_workers.max(1)));
         lanes
             .into_iter()
@@ -561,7 +570,7 @@ pub async fn run_to_end(
     loop {
         tokio::select! {
             event = events.recv() => match event.map(|e| e.event) {
-                Ok(JobEvent::Progress { job_id, progress }) if job_id == id => latest = progress,
+                Ok(JobEvent::Progress { job_id, progress, .. }) if job_id == id => latest = progress,
                 Ok(JobEvent::State { job_id, state, .. }) if job_id == id && state.is_finished() => {
                     break;
                 }
@@ -864,6 +873,89 @@ mod tests {
         assert_eq!(job.attempts, 1);
         assert!(job.error.unwrap().starts_with("cancelled: stopped at step"));
         assert!(reports.iter().any(|p| p.stage == "spinning" && p.step >= 3));
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
+    /// Holds the tiny language model on a card and waits there, up to a minute, until as many
+    /// jobs as `together` are inside theirs.
+    struct MeetOnACard {
+        together: usize,
+        inside: std::sync::Mutex<usize>,
+        arrived: std::sync::Condvar,
+    }
+
+    impl JobRunner for MeetOnACard {
+        fn kind(&self) -> &'static str {
+            "test.meet_on_a_card"
+        }
+        fn lane(&self) -> Lane {
+            Lane::Gpu
+        }
+        fn check(&self, _app: &App, _params: &Value) -> Result<()> {
+            Ok(())
+        }
+        fn run(&self, app: &App, ctx: &JobContext, _params: &Value) -> Result<Value> {
+            let qwen = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/text/qwen3/model");
+            app.gpus.with_language(
+                Some(ctx.job_id()),
+                "qwen",
+                &qwen,
+                None,
+                &mut |stage, step, total| ctx.progress(stage, step, total),
+                |_, _| {
+                    let mut inside = self.inside.lock().unwrap();
+                    *inside += 1;
+                    self.arrived.notify_all();
+                    let (inside, waited) = self
+                        .arrived
+                        .wait_timeout_while(inside, Duration::from_secs(60), |n| *n < self.together)
+                        .unwrap();
+                    if waited.timed_out() {
+                        return Err(StudioError::Conflict(format!("only {} came", *inside)));
+                    }
+                    Ok(Value::Null)
+                },
+            )
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_card_runs_a_job_at_once_and_the_record_names_the_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StudioConfig::new(dir.path());
+        config.gpus = "cpu,cpu".parse().unwrap();
+        let meet = MeetOnACard {
+            together: 2,
+            inside: Default::default(),
+            arrived: Default::default(),
+        };
+        let app = Arc::new(
+            App::open_with_runners(config, vec![Arc::new(meet) as Arc<dyn JobRunner>]).unwrap(),
+        );
+        // One CPU worker: the GPU lane's two are what run the jobs side by side.
+        let workers = JobQueue::start(&app, 1);
+        let new = NewJob {
+            kind: "test.meet_on_a_card".into(),
+            params: Value::Null,
+            max_attempts: Some(1),
+            project_id: None,
+        };
+        let both = futures_util::future::join_all((0..2).map(|_| async {
+            run_to_end(&app, new.clone(), &mut |_| ControlFlow::Continue(())).await
+        }))
+        .await;
+        let mut cards = Vec::new();
+        for job in both {
+            let job = job.unwrap();
+            assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+            cards.push(job.card.unwrap());
+        }
+        cards.sort();
+        assert_eq!(cards, ["cpu#0", "cpu#1"]);
         app.jobs.stop();
         for w in workers {
             w.await.unwrap();

@@ -264,7 +264,8 @@ impl JobRunner for ChatRunner {
         let options = request.engine_options();
         let budget = u64::from(request.options.max_tokens);
         let stopped = || StudioError::Internal(anyhow::Error::new(Cancelled));
-        let reply = app.gpu.with_language(
+        let reply = app.gpus.with_language(
+            Some(ctx.job_id()),
             &model.name,
             &model.path,
             model.quant,
