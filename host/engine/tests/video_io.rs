@@ -5,8 +5,9 @@ use image::{Rgb, RgbImage};
 use serde_json::json;
 use std::path::Path;
 use videosdgx_engine::video::{
-    Audio, Mp4Reader, Mp4Writer, extract_frame, extract_last_frame, frames_from_tensor,
-    frames_to_tensor, pictures_to_frames, probe, read_mp4, write_mp4, write_png_frames,
+    Audio, BackgroundMp4Writer, Mp4Reader, Mp4Writer, extract_frame, extract_last_frame,
+    frames_from_tensor, frames_to_tensor, pictures_to_frames, probe, read_mp4, write_mp4,
+    write_png_frames,
 };
 
 /// A gradient with a square that moves one step per frame, so frames differ and motion is coded.
@@ -96,6 +97,60 @@ fn frames_coded_on_all_cores_make_the_stream_one_encoder_makes() {
             assert!(error < 6.0, "{path:?} frame {i}: mean abs error {error}");
         }
     }
+}
+
+#[test]
+fn frames_coded_on_a_thread_of_their_own_make_the_same_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 fps: a keyframe every 16 frames; 70 frames are batches of whole groups and a rest.
+    let frames = moving_frames(70, 96, 64);
+    let path = dir.path().join("background.mp4");
+    let mut writer =
+        BackgroundMp4Writer::start(Mp4Writer::create(&path, 96, 64, 8).unwrap()).unwrap();
+    for frame in &frames {
+        writer.push(frame.clone()).unwrap();
+    }
+    assert!(
+        !path.exists(),
+        "nothing appears before the file is finished"
+    );
+    let record = json!({"finish": "4k24"});
+    writer.finish(&record).unwrap();
+    let reader = Mp4Reader::open(&path).unwrap();
+    assert_eq!(reader.keyframes(), vec![0, 16, 32, 48, 64]);
+    let video = read_mp4(&path).unwrap();
+    assert_eq!((video.frames.len(), &video.metadata), (70, &record));
+    for (i, (original, decoded)) in frames.iter().zip(&video.frames).enumerate() {
+        let error = mean_abs_diff(original, decoded);
+        assert!(error < 6.0, "frame {i}: mean abs error {error}");
+    }
+
+    // A frame the coder refuses is reported (at a later push, or at the end), and an abandoned
+    // writer leaves no file.
+    let broken = dir.path().join("broken.mp4");
+    let mut writer =
+        BackgroundMp4Writer::start(Mp4Writer::create(&broken, 96, 64, 8).unwrap()).unwrap();
+    writer.push(frames[0].clone()).unwrap();
+    let pushed = (0..40).try_for_each(|_| writer.push(RgbImage::new(32, 32)));
+    let err = match pushed {
+        Err(e) => e,
+        Ok(()) => writer.finish(&json!(null)).unwrap_err(),
+    };
+    assert!(error_text(err).contains("frame 1"), "names the frame");
+    assert!(!broken.exists());
+    let abandoned = dir.path().join("abandoned.mp4");
+    let mut writer =
+        BackgroundMp4Writer::start(Mp4Writer::create(&abandoned, 96, 64, 8).unwrap()).unwrap();
+    for frame in &frames[..20] {
+        writer.push(frame.clone()).unwrap();
+    }
+    drop(writer);
+    assert!(!abandoned.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file is left"
+    );
 }
 
 #[test]

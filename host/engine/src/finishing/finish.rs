@@ -12,7 +12,7 @@
 use super::interpolate::{PlannedFrame, Retime, Rife, plan_frames};
 use super::scene_cut::is_scene_cut;
 use super::upscale::Upscaler;
-use crate::video::{Mp4Reader, Mp4Writer, check_encodable_size, level_name};
+use crate::video::{BackgroundMp4Writer, Mp4Reader, Mp4Writer, check_encodable_size, level_name};
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
@@ -396,6 +396,8 @@ pub struct StageTimings {
     pub interpolate_s: f64,
     pub upscale_s: f64,
     pub resize_s: f64,
+    /// Time the finish waited for the H.264 coder, which codes on threads of its own while the
+    /// next frames are made (the last groups after the last frame).
     pub encode_s: f64,
     pub total_s: f64,
 }
@@ -417,7 +419,7 @@ pub struct FinishReport {
     pub timings: StageTimings,
 }
 
-/// Where a finish is: `frame` of `total` output frames encoded.
+/// Where a finish is: `frame` of `total` output frames made and handed to the coder.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FinishProgress {
     pub frame: usize,
@@ -430,7 +432,7 @@ pub struct FinishProgress {
 pub struct FinishCancelled;
 
 /// Finishes `input` into `output` (an H.264 MP4 carrying `metadata`). `progress` hears every
-/// encoded frame; `Break` stops the finish at the end of the batch, with [`FinishCancelled`].
+/// frame handed to the coder; `Break` stops the finish at the end of the batch, with [`FinishCancelled`].
 /// The output appears complete or not at all (the writer renames a finished temporary file).
 pub fn finish_video(
     input: &Path,
@@ -458,6 +460,7 @@ pub fn finish_video(
     if let Some(sound) = reader.read_audio().context("the source's sound track")? {
         writer.set_audio(sound);
     }
+    let mut writer = BackgroundMp4Writer::start(writer)?;
     let mut window = SourceWindow::new(reader.frames_from(0)?, device);
     let mut report = FinishReport {
         upscaler: upscaler.map(|u| format!("{} x{}", u.architecture(), u.scale())),
@@ -487,7 +490,7 @@ pub fn finish_video(
             None => pictures,
         };
         let frames = stages.time(Stage::Resize, || to_frames(&pictures, &plan))?;
-        for frame in &frames {
+        for frame in frames {
             stages.time(Stage::Encode, || writer.push(frame))?;
             report.frames += 1;
             let at = FinishProgress {

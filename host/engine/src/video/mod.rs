@@ -4,6 +4,7 @@
 //! Pure Rust plus bundled C sources: it must never shell out to ffmpeg or need system libraries.
 
 mod audio;
+mod background_writer;
 mod frames;
 mod h264;
 mod mp4;
@@ -11,6 +12,7 @@ mod png;
 pub mod timeline;
 
 pub use audio::Audio;
+pub use background_writer::BackgroundMp4Writer;
 pub use frames::{frames_from_tensor, frames_to_tensor, pictures_to_frames, write_png_frames};
 pub use h264::{check_encodable_size, level_name, target_bitrate};
 pub use mp4::{AudioTrack, FrameIter, METADATA_KEY, Mp4Reader, Mp4Writer};

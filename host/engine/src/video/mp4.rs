@@ -82,7 +82,7 @@ impl Mp4Writer {
     /// coded on all cores at once: a group starts with a keyframe, so groups need nothing from
     /// each other. The encoder of the last run carries on, so `push` may follow.
     pub fn push_all(&mut self, frames: &[RgbImage]) -> Result<()> {
-        let period = self.encoder.keyframe_period();
+        let period = self.keyframe_period();
         let written = self.frames_written();
         // The frames before the next group boundary belong to the group being coded.
         let head = ((period - written % period) % period).min(frames.len());
@@ -160,6 +160,16 @@ impl Mp4Writer {
 
     pub fn frames_written(&self) -> usize {
         self.sample_sizes.len()
+    }
+
+    /// Frames from one keyframe to the next.
+    pub(super) fn keyframe_period(&self) -> usize {
+        self.encoder.keyframe_period()
+    }
+
+    /// Bytes of one RGB frame.
+    pub(super) fn frame_bytes(&self) -> usize {
+        self.width as usize * self.height as usize * 3
     }
 
     /// Writes `ftyp`, `moov` and `mdat` to a temporary file beside the destination, then renames it.

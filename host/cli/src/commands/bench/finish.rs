@@ -13,7 +13,7 @@ use std::time::Instant;
 use videosdgx_engine::finishing::finish::{
     FinishModels, FinishSpec, FinishTarget, RateTarget, finish_video,
 };
-use videosdgx_engine::video::{Mp4Writer, level_name, probe, target_bitrate};
+use videosdgx_engine::video::{BackgroundMp4Writer, Mp4Writer, level_name, probe, target_bitrate};
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -23,7 +23,8 @@ pub struct EncodeArgs {
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..))]
     pub frames: u32,
     /// Encode the frames as one clip, runs of keyframe groups on every core (how a generation's
-    /// MP4 is written), instead of one by one as they stream in (how `finish` writes).
+    /// MP4 is written), instead of as they stream in to a coding thread that gathers them into
+    /// groups (how `finish` writes).
     #[arg(long)]
     pub whole_clip: bool,
     #[arg(long)]
@@ -99,15 +100,18 @@ pub fn encode(args: &EncodeArgs) -> anyhow::Result<()> {
         false => Vec::new(),
     };
     let started = Instant::now();
-    let mut writer = Mp4Writer::create(&path, width, height, fps)?;
+    let writer = Mp4Writer::create(&path, width, height, fps)?;
     if args.whole_clip {
+        let mut writer = writer;
         writer.push_all(&clip)?;
+        writer.finish(&serde_json::Value::Null)?;
     } else {
+        let mut writer = BackgroundMp4Writer::start(writer)?;
         for frame in frames.iter().cycle().take(args.frames as usize) {
-            writer.push(frame)?;
+            writer.push(frame.clone())?;
         }
+        writer.finish(&serde_json::Value::Null)?;
     }
-    writer.finish(&serde_json::Value::Null)?;
     let seconds = started.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&path)?.len() as f64;
     let report = EncodeReport {
