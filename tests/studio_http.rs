@@ -31,6 +31,7 @@ fn health_answers_and_openapi_documents_every_route() {
         "/api/assets/search",
         "/api/jobs/{id}/cancel",
         "/api/jobs/{id}/events",
+        "/api/gpus",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
@@ -366,6 +367,16 @@ fn jobs_run_stream_events_and_cannot_be_cancelled_twice() {
     assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
     let listed = s.get("/api/jobs?state=succeeded").json();
     assert_eq!(listed[0]["id"], id);
+}
+
+#[test]
+fn the_cards_of_the_gpu_lane_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), &["--gpus", "cpu,cpu"], |_| {});
+    let cards = s.get("/api/gpus");
+    assert_eq!(cards.status, 200);
+    let free = |card: &str| json!({ "card": card, "model": null, "busy": false, "job_id": null });
+    assert_eq!(cards.json(), json!([free("cpu#0"), free("cpu#1")]));
 }
 
 #[test]

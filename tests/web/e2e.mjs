@@ -283,6 +283,8 @@ try {
     assert.match(done.result.review_note ?? '', /reviews are off/);
     const [first] = await api('GET', `/api/storyboards/${board.id}/shots`);
     assert.equal(first.status, 'generated');
+    // The page names the studio's one card and the model it kept loaded.
+    await page.locator('#cards [data-card="cpu"]', { hasText: 'cpu · tiny-wan-t2v · free' }).waitFor();
     assert.equal(first.takes.length, 1);
     assert.equal(first.chosen_take_id, first.takes[0].id);
     assert.equal(first.takes[0].review, null);

@@ -71,6 +71,8 @@ export const jobs = {
   submit: (kind, params, projectId) => post('/api/jobs', { kind, params, project_id: projectId }),
   cancel: (id) => post(`/api/jobs/${id}/cancel`),
   retry: (id) => post(`/api/jobs/${id}/retry`),
+  /** The cards the GPU lane runs on: what each holds and the job it runs now. */
+  cards: () => get('/api/gpus'),
 };
 
 export const generations = {

@@ -10,12 +10,14 @@
 
 use crate::error::{Result, StudioError};
 use candle_core::{DType, Device};
+use serde::Serialize;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+use utoipa::ToSchema;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
 use videosdgx_engine::pipelines::{Cancelled, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
@@ -217,6 +219,22 @@ pub struct Gpus {
     cards: Vec<CardModel>,
     slots: Mutex<Vec<Slot>>,
     freed: Condvar,
+    /// What each card holds, by folder name, for [`Gpus::states`]: the resident model itself is
+    /// locked while it runs.
+    holding: Mutex<Vec<Option<String>>>,
+}
+
+/// A card as the API shows it: what it holds and what it runs now.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CardState {
+    /// `cuda:1`, or `cpu` (`cpu#0`, `cpu#1` for several CPU lanes).
+    pub card: String,
+    /// The model loaded on it (its folder's name), if any.
+    pub model: Option<String>,
+    /// Whether work holds it now.
+    pub busy: bool,
+    /// The job that work runs for (none for a plugin's call outside a job).
+    pub job_id: Option<i64>,
 }
 
 impl Gpus {
@@ -248,6 +266,7 @@ impl Gpus {
             .collect();
         Ok(Gpus {
             slots: Mutex::new(vec![Slot::Free; cards.len()]),
+            holding: Mutex::new(vec![None; cards.len()]),
             cards,
             freed: Condvar::new(),
         })
@@ -260,6 +279,30 @@ impl Gpus {
 
     pub fn is_empty(&self) -> bool {
         self.cards.is_empty()
+    }
+
+    /// Every card, what it holds and whom for.
+    pub fn states(&self) -> Vec<CardState> {
+        let slots = self.lock_slots().clone();
+        let holding = self
+            .holding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.cards
+            .iter()
+            .zip(slots)
+            .zip(holding)
+            .map(|((card, slot), model)| CardState {
+                card: card.label.clone(),
+                model,
+                busy: slot != Slot::Free,
+                job_id: match slot {
+                    Slot::Held(job) => job,
+                    Slot::Free => None,
+                },
+            })
+            .collect()
     }
 
     /// The card job `job` holds now, by name (`cuda:1`).
@@ -304,6 +347,7 @@ impl Gpus {
                 pipeline: Box::new(pipeline),
             });
         }
+        card.note(&resident);
         match resident.as_mut() {
             Some(Resident::Generation { pipeline, .. }) => f(pipeline, report),
             _ => unreachable!("made resident above"),
@@ -344,6 +388,7 @@ impl Gpus {
                 model: Box::new(model),
             });
         }
+        card.note(&resident);
         match resident.as_ref() {
             Some(Resident::Language { model, .. }) => f(model, report),
             _ => unreachable!("made resident above"),
@@ -374,6 +419,7 @@ impl Gpus {
                 models: Box::new(models),
             });
         }
+        card.note(&resident);
         match resident.as_ref() {
             Some(Resident::Finishing { models, .. }) => f(models, device, report),
             _ => unreachable!("made resident above"),
@@ -441,10 +487,23 @@ impl Taken<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Records what the card holds, for [`Gpus::states`]: once loaded, and when given back.
+    fn note(&self, resident: &Option<Resident>) {
+        let name = resident.as_ref().map(|r| {
+            r.dir().file_name().map_or_else(
+                || r.dir().display().to_string(),
+                |n| n.to_string_lossy().into(),
+            )
+        });
+        self.gpus.holding.lock().unwrap_or_else(|p| p.into_inner())[self.index] = name;
+    }
 }
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
+        // Also after a load that failed or was stopped: the card may hold nothing now.
+        self.note(&self.resident());
         self.gpus.lock_slots()[self.index] = Slot::Free;
         self.gpus.freed.notify_all();
     }
@@ -684,6 +743,48 @@ mod tests {
             holder.join().unwrap().unwrap();
         });
         assert_eq!(*gpus.lock_slots(), [Slot::Free]);
+    }
+
+    #[test]
+    fn cards_say_what_they_hold_and_whom_for() {
+        let gpus = cpu_lanes(2);
+        let state = |card: &str, model: Option<&str>, job_id: Option<i64>| CardState {
+            card: card.into(),
+            model: model.map(Into::into),
+            busy: job_id.is_some(),
+            job_id,
+        };
+        assert_eq!(
+            gpus.states(),
+            [state("cpu#0", None, None), state("cpu#1", None, None)]
+        );
+        let wan = fixture("tiny-wan-t2v");
+        let mut report = |_: &str, _, _| ControlFlow::Continue(());
+        gpus.with_pipeline(Some(7), "wan", &wan, None, &mut report, |_, _| {
+            assert_eq!(
+                gpus.states(),
+                [
+                    state("cpu#0", Some("tiny-wan-t2v"), Some(7)),
+                    state("cpu#1", None, None)
+                ]
+            );
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(gpus.states()[0], state("cpu#0", Some("tiny-wan-t2v"), None));
+        // Another model wanted on a card released what it held; a load stopped then leaves the
+        // card holding nothing.
+        let one = cpu_lanes(1);
+        one.with_pipeline(None, "wan", &wan, None, &mut report, |_, _| Ok(()))
+            .unwrap();
+        assert_eq!(one.states(), [state("cpu", Some("tiny-wan-t2v"), None)]);
+        let qwen = fixture("text/qwen3/model");
+        let mut stop = |_: &str, _, _| ControlFlow::Break(());
+        let err = one
+            .with_language(None, "qwen", &qwen, None, &mut stop, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(crate::generation::is_cancelled(&err), "{err}");
+        assert_eq!(one.states(), [state("cpu", None, None)]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Routes for the job queue: submit, list, get, cancel, retry, and Server-Sent Event streams of
-//! job state changes and progress.
+//! Routes for the job queue: submit, list, get, cancel, retry, Server-Sent Event streams of job
+//! state changes and progress, and the cards the GPU lane runs on.
 
 use super::error::{ApiResult, Json, Path, Query};
 use crate::app::App;
+use crate::gpu::CardState;
 use crate::jobs::journal::{Missed, Numbered};
 use crate::jobs::{self, Job, JobEvent, JobState, NewJob};
 use axum::Router;
@@ -28,6 +29,14 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/jobs/{id}/cancel", post(cancel_job))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/jobs/{id}/events", get(job_events))
+        .route("/api/gpus", get(list_gpus))
+}
+
+/// The cards GPU-lane jobs run on (`--gpus`): what each holds and the job it runs now.
+#[utoipa::path(get, path = "/api/gpus", tag = "jobs",
+    responses((status = 200, body = [CardState])))]
+pub async fn list_gpus(State(app): AppState) -> Json<Vec<CardState>> {
+    Json(app.gpus.states())
 }
 
 #[derive(Deserialize, IntoParams)]

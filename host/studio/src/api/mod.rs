@@ -62,6 +62,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         jobs::retry_job,
         jobs::all_events,
         jobs::job_events,
+        jobs::list_gpus,
         generation::list_models,
         generation::list_presets,
         generation::get_generation,
