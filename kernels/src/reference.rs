@@ -46,19 +46,10 @@ pub fn causal_attention(
     softmax_scale: f32,
     mask: &CausalMask,
 ) -> Result<Tensor> {
-    let (b, lq, h, d) = q.dims4()?;
-    let (kb, lk, kv_heads, kd) = k.dims4()?;
-    if (kb, kd) != (b, d) || v.dims() != k.dims() || kv_heads == 0 || h % kv_heads != 0 {
-        bail!(
-            "causal attention shapes disagree: q {:?}, k {:?}, v {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    mask.check(b, lq, lk)?;
+    let groups = mask.check_operands(q, k, v)?;
+    let (b, lq, h, _) = q.dims4()?;
+    let lk = k.dim(1)?;
     let heads_first = |t: &Tensor| t.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous();
-    let groups = h / kv_heads;
     let kv_of_head: Vec<u32> = (0..h).map(|i| (i / groups) as u32).collect();
     let kv_of_head = Tensor::new(kv_of_head, q.device())?;
     let (q, k, v) = (

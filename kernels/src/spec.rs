@@ -415,8 +415,26 @@ impl CausalMask {
         (lo <= hi).then_some((lo, hi))
     }
 
+    /// Checks causal attention's operands, `q [B, Lq, H, D]` and `k`/`v [B, Lk, Hkv, D]` with
+    /// `Hkv` dividing `H`, against each other and this mask; returns the query heads a key/value
+    /// head serves (`H / Hkv`).
+    pub fn check_operands(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<usize> {
+        let (b, lq, h, d) = q.dims4()?;
+        let (kb, lk, kv_heads, kd) = k.dims4()?;
+        if (kb, kd) != (b, d) || v.dims() != k.dims() || kv_heads == 0 || h % kv_heads != 0 {
+            bail!(
+                "causal attention: shapes disagree: q {:?}, k {:?}, v {:?}",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        self.check(b, lq, lk)?;
+        Ok(h / kv_heads)
+    }
+
     /// Refuses a mask that does not fit `batch` sequences of `queries` new and `keys` keys in all.
-    pub fn check(&self, batch: usize, queries: usize, keys: usize) -> Result<()> {
+    fn check(&self, batch: usize, queries: usize, keys: usize) -> Result<()> {
         if self.offset + queries > keys {
             bail!(
                 "causal mask: {queries} queries after {} cached keys need {} keys, got {keys}",

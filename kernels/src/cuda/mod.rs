@@ -496,17 +496,8 @@ pub fn causal_attention(
     softmax_scale: f32,
     mask: &CausalMask,
 ) -> Result<Tensor> {
-    let (b, lq, h, d) = q.dims4()?;
-    let (kb, lk, kv_heads, kd) = k.dims4()?;
-    if (kb, kd) != (b, d) || v.dims() != k.dims() || kv_heads == 0 || h % kv_heads != 0 {
-        bail!(
-            "causal attention: shapes disagree: q {:?}, k {:?}, v {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    mask.check(b, lq, lk)?;
+    let groups = mask.check_operands(q, k, v)?;
+    let d = q.dim(3)?;
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         if t.dtype() != DType::BF16 {
             bail!("causal attention: {name} must be bf16, got {:?}", t.dtype());
@@ -524,7 +515,7 @@ pub fn causal_attention(
         &FusedAttention {
             scale: softmax_scale,
             variant,
-            causal: Some((mask.clone(), h / kv_heads)),
+            causal: Some((mask.clone(), groups)),
         },
     )
 }
