@@ -121,6 +121,16 @@ if [[ "${VIDEOSDGX_CUDNN:-0}" == 1 ]]; then
     awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/cudnn_stub.c"
   "$CC_TARGET" -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$CUDA_ROOT/lib/stubs/libcudnn.so" "$CUDA_ROOT/lib/stubs/cudnn_stub.c"
 fi
+# With VIDEOSDGX_NCCL=1: the `nccl` feature (one generation split across cards). Likewise linked
+# against a stub (soname libnccl.so.2, every nccl* function cudarc declares); at run time the
+# loader must find a real libnccl.so.2 (2.18 or newer), e.g. the nvidia-nccl-cu13 wheel's.
+if [[ "${VIDEOSDGX_NCCL:-0}" == 1 ]]; then
+  FEATURES="$FEATURES,nccl"
+  grep -ohE '^\s+fn nccl[A-Za-z0-9_]+\(' "$cudarc_src/src/nccl/sys/mod.rs" |
+    sed -E 's/^\s+fn (nccl[A-Za-z0-9_]+)\(/\1/' | sort -u |
+    awk '{ printf "int %s(void) { return 999; }\n", $1 }' >"$CUDA_ROOT/lib/stubs/nccl_stub.c"
+  "$CC_TARGET" -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$CUDA_ROOT/lib/stubs/libnccl.so" "$CUDA_ROOT/lib/stubs/nccl_stub.c"
+fi
 
 # cudarc links against $CUDA_ROOT/lib (the target's libraries); nvcc (PTX only) is the host's.
 export CUDA_ROOT
@@ -179,6 +189,9 @@ if ((CROSS)); then
   ln -s "$CUDA_ROOT/lib/stubs/libcuda.so" "$smoke/libcuda.so.1"
   if [[ "$FEATURES" == *cudnn* ]]; then
     ln -s "$CUDA_ROOT/lib/stubs/libcudnn.so" "$smoke/libcudnn.so.9"
+  fi
+  if [[ "$FEATURES" == *nccl* ]]; then
+    ln -s "$CUDA_ROOT/lib/stubs/libnccl.so" "$smoke/libnccl.so.2"
   fi
   read -ra runner <<<"$CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER"
   guest=("${runner[@]}" -E "LD_LIBRARY_PATH=$CUDA_ROOT/lib:$smoke" "$REPO/dist/videosdgx-cuda-sm$CAP$SUFFIX")

@@ -11,6 +11,7 @@ pub mod image_processor;
 pub mod loader;
 pub mod lora;
 pub mod models;
+pub mod parallel;
 pub mod pipelines;
 pub mod presets;
 pub mod schedulers;

@@ -26,6 +26,7 @@ use crate::loader::{
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
+use crate::parallel::{Split, exchange_guidance};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
     initial_noise,
@@ -104,6 +105,8 @@ pub struct WanPipeline {
     /// TeaCache/MagCache tables from `transformer/step_cache.json`, which take precedence over the
     /// published ones (see [`WanPipeline::calibration`]).
     calibration: Option<Calibration>,
+    /// This rank's part when one generation is split across cards.
+    split: Split,
 }
 
 /// A transformer that takes more channels than the VAE's latents takes the encoded start image
@@ -185,6 +188,7 @@ impl WanPipeline {
             expand_timesteps: parts.expand_timesteps,
             lora_files: Vec::new(),
             calibration: None,
+            split: Split::default(),
         })
     }
 
@@ -333,6 +337,22 @@ impl WanPipeline {
         on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<GeneratedVideo> {
         self.generate_with(params, GenerateInputs::default(), on_progress)
+    }
+
+    /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]):
+    /// every rank runs the same generation with the same parameters; the first rank decodes the
+    /// video, the others return its latents and zero frames.
+    pub fn set_split(&mut self, split: Split) -> Result<()> {
+        self.transformer
+            .set_sequence_parallel(split.sequence.clone())
+            .with_context(|| format!("{}: transformer", self.name))?;
+        if let Some((expert, _)) = &mut self.transformer_2 {
+            expert
+                .set_sequence_parallel(split.sequence.clone())
+                .with_context(|| format!("{}: transformer_2", self.name))?;
+        }
+        self.split = split;
+        Ok(())
     }
 
     /// Pixel frames per latent frame and pixels per latent pixel (with the transformer's patch).
@@ -522,6 +542,18 @@ impl WanPipeline {
             .map(|(_, ratio)| ratio * scheduler.num_train_timesteps() as f64);
         let timesteps = scheduler.timesteps().to_vec();
         let branches = 1 + usize::from(negative_embeds.is_some());
+        let cfg_branch = match self.split.cfg_branch() {
+            Some(_) if negative_embeds.is_none() => bail!(
+                "{}: CFG parallel needs guidance (a guidance scale above 1)",
+                self.name
+            ),
+            // The cache's rule reads the conditional pass to decide for both.
+            Some(_) if params.cache.is_some() => bail!(
+                "{}: a step cache cannot run under CFG parallel; split the sequence instead",
+                self.name
+            ),
+            branch => branch,
+        };
         let mut caches = self.step_caches(params, timesteps.len(), branches)?;
 
         // 4. Denoising.
@@ -543,13 +575,23 @@ impl WanPipeline {
                 text,
                 image: image_embeds.as_ref(),
             };
-            let cond = predict(model, cache.as_deref_mut(), i, 0, call(&prompt_embeds))?;
-            let prediction = match &negative_embeds {
-                Some(negative) => {
+            let prediction = match (&negative_embeds, cfg_branch, &self.split.cfg) {
+                (Some(negative), Some(branch), Some(group)) => {
+                    let text = if branch == 0 {
+                        &prompt_embeds
+                    } else {
+                        negative
+                    };
+                    let mine = predict(model, None, i, branch, call(text))?;
+                    let (cond, uncond) = exchange_guidance(group.as_ref(), &mine)?;
+                    (&uncond + ((cond - &uncond)? * guidance)?)?
+                }
+                (Some(negative), ..) => {
+                    let cond = predict(model, cache.as_deref_mut(), i, 0, call(&prompt_embeds))?;
                     let uncond = predict(model, cache, i, 1, call(negative))?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
-                None => cond,
+                (None, ..) => predict(model, cache, i, 0, call(&prompt_embeds))?,
             };
             latents = scheduler.step(&prediction.to_dtype(DType::F32)?, &latents)?;
             report(Stage::Denoising, i + 1, timesteps.len())?;
@@ -560,10 +602,18 @@ impl WanPipeline {
             latents = blend_first_frame(&latents, latent, mask)?;
         }
 
-        // 5. Decoding.
+        // 5. Decoding (once, on the first rank of a split generation).
         report(Stage::Decoding, 0, 1)?;
-        let video = self.vae.decode(&self.vae.denormalize_latents(&latents)?)?;
-        let frames = crate::video::pictures_to_frames(&video.squeeze(0)?)?;
+        let frames = if self.split.leads() {
+            let video = self.vae.decode(&self.vae.denormalize_latents(&latents)?)?;
+            crate::video::pictures_to_frames(&video.squeeze(0)?)?
+        } else {
+            Tensor::zeros(
+                (0, params.height, params.width, 3),
+                DType::F32,
+                &Device::Cpu,
+            )?
+        };
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
             frames,

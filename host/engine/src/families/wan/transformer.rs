@@ -13,10 +13,12 @@ use crate::models::rope::{apply_interleaved, rope_tables};
 use crate::models::{
     Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
 };
+use crate::parallel::SequenceParallel;
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `WanTransformer3DModel.__init__`; missing fields take the reference defaults.
@@ -245,12 +247,14 @@ impl WanAttention {
     }
 
     /// Self-attention when `context` is `None` (with rotary tables), cross-attention otherwise;
-    /// with `residual`, returns `residual + attention` (one fused epilogue on CUDA bf16).
+    /// with `residual`, returns `residual + attention` (one fused epilogue on CUDA bf16). Under
+    /// sequence parallel, `x` holds this rank's tokens and self-attention trades them for heads.
     fn forward(
         &self,
         x: &Tensor,
         context: Option<&Tensor>,
         rope: Option<&RotaryTables>,
+        sequence: Option<&SequenceParallel>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let mut context = context.unwrap_or(x).clone();
@@ -286,13 +290,25 @@ impl WanAttention {
                 linear_forward(&self.to_v, &context, None)?,
             ))
         })?;
+        // Split, the rotation waits for the whole sequence: after the norm, which spans heads.
+        let rope_now = rope.filter(|_| sequence.is_none());
         let (q, k) = section(names[1], dev, || {
             Ok((
-                self.norm_heads(&self.norm_q, &q, rope)?,
-                self.norm_heads(&self.norm_k, &k, rope)?,
+                self.norm_heads(&self.norm_q, &q, rope_now)?,
+                self.norm_heads(&self.norm_k, &k, rope_now)?,
             ))
         })?;
         let v = self.split_heads(&v)?;
+        let (q, k, v) = match (sequence, rope) {
+            (Some(sp), Some(rope)) => section("sequence.all_to_all", dev, || {
+                let tokens = rope.grid.iter().product();
+                let q = sp.heads_to_sequence(&q, tokens)?;
+                let k = sp.heads_to_sequence(&k, tokens)?;
+                let v = sp.heads_to_sequence(&v, tokens)?;
+                Ok((rope.apply(&q)?, rope.apply(&k)?, v))
+            })?,
+            _ => (q, k, v),
+        };
 
         let image_out = match (&self.added_kv, image_context) {
             (Some(added), Some(image)) if image.dim(1)? > 0 => {
@@ -307,7 +323,11 @@ impl WanAttention {
             _ => None,
         };
 
-        let mut out = section(names[2], dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let mut out = section(names[2], dev, || attention(&q, &k, &v))?;
+        if let (Some(sp), Some(_)) = (sequence, rope) {
+            out = section("sequence.all_to_all", dev, || sp.sequence_to_heads(&out))?;
+        }
+        let mut out = out.flatten_from(2)?;
         if let Some(image_out) = image_out {
             out = (out + image_out)?;
         }
@@ -398,6 +418,7 @@ impl WanTransformerBlock {
         context: &Tensor,
         timestep_proj: &Tensor,
         rope: &RotaryTables,
+        sequence: Option<&SequenceParallel>,
     ) -> Result<Tensor> {
         let dev = x.device();
         let m = section("modulation", dev, || {
@@ -410,7 +431,9 @@ impl WanTransformerBlock {
         let normed = section("norm1.modulate", dev, || {
             modulate(&self.norm1, x, shift_msa, scale_msa)
         })?;
-        let attn = self.attn1.forward(&normed, None, Some(rope), None)?;
+        let attn = self
+            .attn1
+            .forward(&normed, None, Some(rope), sequence, None)?;
         let x = section("residual1.gated", dev, || {
             gated_residual(x, &attn, gate_msa)
         })?;
@@ -421,7 +444,9 @@ impl WanTransformerBlock {
             None => Ok(x.clone()),
         })?;
         // The residual add rides in the output projection's epilogue.
-        let x = self.attn2.forward(&normed, Some(context), None, Some(&x))?;
+        let x = self
+            .attn2
+            .forward(&normed, Some(context), None, None, Some(&x))?;
 
         // 3. Feed-forward
         let normed = section("norm3.modulate", dev, || {
@@ -577,6 +602,8 @@ pub struct WanTransformer3DModel {
     scale_shift_table: Tensor,
     dtype: DType,
     lora: LoraState,
+    /// This rank's sequence group when one generation is split across cards.
+    sequence: Option<Arc<SequenceParallel>>,
 }
 
 impl WanTransformer3DModel {
@@ -625,6 +652,7 @@ impl WanTransformer3DModel {
             dtype: vb.dtype(),
             config: cfg.clone(),
             lora: LoraState::default(),
+            sequence: None,
         })
     }
 
@@ -648,6 +676,18 @@ impl WanTransformer3DModel {
 
     pub fn config(&self) -> &WanTransformerConfig {
         &self.config
+    }
+
+    /// Splits every later call's tokens across the ranks of `sequence` (Ulysses; see
+    /// [`crate::parallel`]), or with `None` runs whole again. Every rank of the group must make
+    /// the same calls; each returns the whole output.
+    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+        if let Some(sp) = &sequence {
+            sp.check_heads(self.config.num_attention_heads)?;
+        }
+        // A group of one splits nothing: keep the fused whole-sequence path.
+        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
+        Ok(())
     }
 
     /// The dtype of the activations (the dtype the model was loaded in).
@@ -752,14 +792,20 @@ impl WanTransformer3DModel {
             Some(image) => Tensor::cat(&[image, text], 1)?,
             None => text,
         };
-        Ok(WanEmbedded {
+        let mut embedded = WanEmbedded {
             hidden: x,
             temb,
             timestep_proj,
             context,
             rope,
             grid,
-        })
+            sequence: self.sequence.clone(),
+        };
+        // Each rank keeps its tokens (and their timesteps); `temb` stays whole, as the step
+        // caches read it and every rank must decide alike.
+        embedded.hidden = embedded.local_tokens(&embedded.hidden)?;
+        embedded.timestep_proj = embedded.local_tokens(&embedded.timestep_proj)?;
+        Ok(embedded)
     }
 
     /// The transformer blocks over the embedded tokens: `[B, L, dim]`.
@@ -781,6 +827,7 @@ impl WanTransformer3DModel {
                 &embedded.context,
                 &embedded.timestep_proj,
                 &embedded.rope,
+                embedded.sequence.as_deref(),
             )?;
             inspect(i, &x)?;
         }
@@ -790,15 +837,21 @@ impl WanTransformer3DModel {
     /// The output norm, projection and unpatchify of the blocks' output `x`.
     pub fn head(&self, embedded: &WanEmbedded, x: &Tensor) -> Result<Tensor> {
         let m = modulation(&self.scale_shift_table, &embedded.temb, 2)?;
-        let x = modulate(&self.norm_out, x, &m[0], &m[1])?;
-        let x = self.proj_out.forward(&x)?;
+        let (shift, scale) = (embedded.local_tokens(&m[0])?, embedded.local_tokens(&m[1])?);
+        let x = modulate(&self.norm_out, x, &shift, &scale)?;
+        let mut x = self.proj_out.forward(&x)?;
+        if let Some(sp) = &embedded.sequence {
+            let tokens = embedded.grid.iter().product();
+            x = section("sequence.gather", x.device(), || sp.gather(&x, tokens))?;
+        }
         self.unpatchify(&x, embedded.grid)
     }
 }
 
 /// What [`WanTransformer3DModel::embed`] computes once per call for the blocks and the head.
 pub struct WanEmbedded {
-    /// Patch tokens entering the first block, `[B, L, dim]`.
+    /// Patch tokens entering the first block, `[B, L, dim]` (this rank's share of them under
+    /// sequence parallel).
     pub hidden: Tensor,
     /// The time embedding `[B, S, dim]` (the original Wan's `e`), which TeaCache watches; in the
     /// model's dtype, as diffusers keeps it (the original keeps it in f32).
@@ -807,6 +860,18 @@ pub struct WanEmbedded {
     context: Tensor,
     rope: RotaryTables,
     grid: [usize; 3],
+    sequence: Option<Arc<SequenceParallel>>,
+}
+
+impl WanEmbedded {
+    /// This rank's share of a per-token `[B, L, …]` tensor under sequence parallel; a tensor with
+    /// one row per sample, or any tensor of an unsplit call, as it is.
+    fn local_tokens(&self, t: &Tensor) -> Result<Tensor> {
+        match &self.sequence {
+            Some(sp) if t.dim(1)? == self.grid.iter().product::<usize>() => sp.shard(t, 1),
+            _ => Ok(t.clone()),
+        }
+    }
 }
 
 impl Adaptable for WanTransformer3DModel {

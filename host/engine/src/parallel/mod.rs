@@ -1,0 +1,328 @@
+//! One generation split across several ranks (cards), the way xDiT's USP splits a diffusion
+//! transformer:
+//! - **Sequence parallel** (DeepSpeed-Ulysses): each rank holds a contiguous share of the tokens;
+//!   around self-attention an all-to-all trades the token split for a head split, so every rank
+//!   attends over the whole sequence with `heads / N` heads; the output is gathered once, after
+//!   the model's last projection.
+//! - **CFG parallel**: the conditional and unconditional passes of classifier-free guidance run on
+//!   different ranks, and their predictions are exchanged.
+//!
+//! Both combine (2 × Ulysses 2 on four cards): see [`Layout`]. Ranks talk only through
+//! [`Collective::exchange`]; on CUDA that is NCCL ([`nccl`]), on the CPU an in-process exchange
+//! between the rank threads ([`local`]) that makes the split path testable without GPUs.
+
+pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+mod ranks;
+
+pub use ranks::{RankContext, run_ranks};
+
+use candle_core::{Device, Result, Shape, Tensor};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One rank's view of a communicator: the one primitive every split is built from.
+pub trait Collective: Send + Sync {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Sends `outgoing[p]` to rank `p` and returns, in rank order, what every rank sent this one;
+    /// `incoming[p]` is the shape rank `p` sends here, in the dtype of `outgoing`. Every rank of
+    /// the group calls it together.
+    fn exchange(&self, outgoing: &[Tensor], incoming: &[Shape]) -> Result<Vec<Tensor>>;
+}
+
+/// How the ranks of one generation share the work: `ulysses` ranks split each pass's tokens, and
+/// with `cfg` a second set of as many ranks runs the unconditional pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Layout {
+    pub ulysses: usize,
+    pub cfg: bool,
+}
+
+impl Layout {
+    /// The layout for `ranks` cards: with `cfg`, half of them run each guidance branch; Ulysses
+    /// splits the tokens over the rest.
+    pub fn new(ranks: usize, cfg: bool) -> candle_core::Result<Self> {
+        if ranks == 0 || (cfg && !ranks.is_multiple_of(2)) {
+            candle_core::bail!(
+                "{ranks} ranks cannot run{}: give a positive{} number of cards",
+                if cfg { " CFG parallel" } else { "" },
+                if cfg { ", even" } else { "" }
+            );
+        }
+        Ok(Self {
+            ulysses: ranks / (1 + usize::from(cfg)),
+            cfg,
+        })
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.ulysses * (1 + usize::from(self.cfg))
+    }
+
+    /// The communicators, in the order every rank joins them: first the sequence groups (one per
+    /// guidance branch, of one rank where the tokens are not split), then the CFG pairs (one per
+    /// token share).
+    pub fn groups(&self) -> Vec<(GroupKind, Vec<usize>)> {
+        let u = self.ulysses;
+        let branches = 1 + usize::from(self.cfg);
+        let mut groups: Vec<_> = (0..branches)
+            .map(|b| (GroupKind::Sequence, (b * u..(b + 1) * u).collect()))
+            .collect();
+        if self.cfg {
+            groups.extend((0..u).map(|i| (GroupKind::Cfg, vec![i, u + i])));
+        }
+        groups
+    }
+}
+
+/// What a communicator of a [`Layout`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Ulysses' all-to-all and the final gather of one guidance branch's tokens.
+    Sequence,
+    /// The two guidance branches' predictions.
+    Cfg,
+}
+
+/// What one rank of a split generation holds: its sequence group and its CFG group.
+#[derive(Clone, Default)]
+pub struct Split {
+    pub sequence: Option<Arc<SequenceParallel>>,
+    pub cfg: Option<Arc<dyn Collective>>,
+}
+
+impl Split {
+    /// The guidance branch this rank computes (0 conditional, 1 unconditional) under CFG parallel.
+    pub fn cfg_branch(&self) -> Option<usize> {
+        self.cfg.as_ref().map(|group| group.rank())
+    }
+
+    /// Whether this is the first rank of its generation (the one that decodes and reports).
+    pub fn leads(&self) -> bool {
+        self.sequence.as_ref().is_none_or(|sp| sp.rank() == 0)
+            && self.cfg.as_ref().is_none_or(|group| group.rank() == 0)
+    }
+}
+
+/// Ulysses over one communicator, with the time its exchanges take when timing is on (which
+/// synchronises the device around each exchange, so it is for benchmarks only).
+pub struct SequenceParallel {
+    group: Arc<dyn Collective>,
+    timing: Mutex<Option<CommTime>>,
+}
+
+/// Time a rank spent exchanging, and how many exchanges.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CommTime {
+    pub exchanges: usize,
+    pub ms: f64,
+}
+
+impl SequenceParallel {
+    pub fn new(group: Arc<dyn Collective>) -> Self {
+        Self {
+            group,
+            timing: Mutex::new(None),
+        }
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.group.size()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// Starts (or with `false` stops) timing the exchanges, from zero.
+    pub fn time_exchanges(&self, on: bool) {
+        *self.timing.lock().expect("timing poisoned") = on.then(CommTime::default);
+    }
+
+    /// The exchanges timed since [`Self::time_exchanges`].
+    pub fn exchange_time(&self) -> Option<CommTime> {
+        *self.timing.lock().expect("timing poisoned")
+    }
+
+    /// The contiguous token range of every rank; the first `tokens % N` ranks hold one more.
+    pub fn split(&self, tokens: usize) -> Vec<Range<usize>> {
+        let n = self.ranks();
+        let (share, extra) = (tokens / n, tokens % n);
+        let mut start = 0;
+        (0..n)
+            .map(|r| {
+                let len = share + usize::from(r < extra);
+                start += len;
+                start - len..start
+            })
+            .collect()
+    }
+
+    /// This rank's share of `x` along `dim` (the token dimension, of full length there). Every
+    /// rank must hold at least one token.
+    pub fn shard(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        let tokens = x.dim(dim)?;
+        if tokens < self.ranks() {
+            candle_core::bail!(
+                "{tokens} tokens cannot be split across {} ranks: a smaller video, or fewer ranks",
+                self.ranks()
+            );
+        }
+        let range = &self.split(tokens)[self.rank()];
+        x.narrow(dim, range.start, range.len())
+    }
+
+    /// Refuses a head count the ranks cannot share evenly, naming the counts that work.
+    pub fn check_heads(&self, heads: usize) -> Result<()> {
+        let n = self.ranks();
+        if !heads.is_multiple_of(n) {
+            let fits: Vec<String> = (1..=heads)
+                .filter(|d| heads.is_multiple_of(*d))
+                .map(|d| d.to_string())
+                .collect();
+            candle_core::bail!(
+                "{heads} attention heads cannot be split across {n} ranks; sequence parallel takes {} ranks",
+                fits.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// `[B, s_r, H, D]` (this rank's tokens, every head) to `[B, S, H/N, D]` (every token, this
+    /// rank's heads), for a sequence of `tokens` in all.
+    pub fn heads_to_sequence(&self, x: &Tensor, tokens: usize) -> Result<Tensor> {
+        let (b, local, heads, d) = x.dims4()?;
+        let n = self.ranks();
+        if n == 1 {
+            return Ok(x.clone());
+        }
+        let per_rank = heads / n;
+        let outgoing = (0..n)
+            .map(|p| x.narrow(2, p * per_rank, per_rank)?.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let incoming = self
+            .split(tokens)
+            .iter()
+            .map(|r| Shape::from((b, r.len(), per_rank, d)))
+            .collect::<Vec<_>>();
+        debug_assert_eq!(incoming[self.rank()].dims()[1], local);
+        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 1)
+    }
+
+    /// The inverse of [`Self::heads_to_sequence`]: `[B, S, H/N, D]` to `[B, s_r, H, D]`.
+    pub fn sequence_to_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, tokens, per_rank, d) = x.dims4()?;
+        if self.ranks() == 1 {
+            return Ok(x.clone());
+        }
+        let ranges = self.split(tokens);
+        let outgoing = ranges
+            .iter()
+            .map(|r| x.narrow(1, r.start, r.len())?.contiguous())
+            .collect::<Result<Vec<_>>>()?;
+        let mine = ranges[self.rank()].len();
+        let incoming = vec![Shape::from((b, mine, per_rank, d)); self.ranks()];
+        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 2)
+    }
+
+    /// Every rank's `[B, s_r, C]` joined into `[B, S, C]` on every rank.
+    pub fn gather(&self, x: &Tensor, tokens: usize) -> Result<Tensor> {
+        let (b, _, c) = x.dims3()?;
+        if self.ranks() == 1 {
+            return Ok(x.clone());
+        }
+        let x = x.contiguous()?;
+        let outgoing = vec![x.clone(); self.ranks()];
+        let incoming = self
+            .split(tokens)
+            .iter()
+            .map(|r| Shape::from((b, r.len(), c)))
+            .collect::<Vec<_>>();
+        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 1)
+    }
+
+    fn exchange(
+        &self,
+        outgoing: &[Tensor],
+        incoming: &[Shape],
+        device: &Device,
+    ) -> Result<Vec<Tensor>> {
+        let timed = self.timing.lock().expect("timing poisoned").is_some();
+        if !timed {
+            return self.group.exchange(outgoing, incoming);
+        }
+        device.synchronize()?;
+        let start = Instant::now();
+        let out = self.group.exchange(outgoing, incoming)?;
+        device.synchronize()?;
+        let spent = start.elapsed();
+        if let Some(time) = self.timing.lock().expect("timing poisoned").as_mut() {
+            time.exchanges += 1;
+            time.ms += Duration::as_secs_f64(&spent) * 1e3;
+        }
+        Ok(out)
+    }
+}
+
+/// Under CFG parallel, this rank's prediction exchanged with its partner's: `(cond, uncond)`.
+pub fn exchange_guidance(group: &dyn Collective, mine: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mine = mine.contiguous()?;
+    let shape = mine.shape().clone();
+    let mut both = group.exchange(&[mine.clone(), mine], &[shape.clone(), shape])?;
+    let uncond = both.pop().expect("two ranks");
+    let cond = both.pop().expect("two ranks");
+    Ok((cond, uncond))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_differ_by_at_most_one_token_and_cover_the_sequence() {
+        let groups = local::LocalGroup::create(3);
+        let sp = SequenceParallel::new(groups[1].clone());
+        assert_eq!(sp.split(8), vec![0..3, 3..6, 6..8]);
+        assert_eq!(sp.split(2), vec![0..1, 1..2, 2..2]);
+        assert!(sp.check_heads(6).is_ok());
+        let err = sp.check_heads(40).unwrap_err().to_string();
+        assert!(
+            err.contains("40 attention heads cannot be split across 3 ranks")
+                && err.contains("1, 2, 4, 5, 8, 10, 20, 40"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layouts_pair_the_guidance_branches_of_each_token_share() {
+        let both = Layout::new(4, true).unwrap();
+        assert_eq!((both.ulysses, both.ranks()), (2, 4));
+        use GroupKind::{Cfg, Sequence};
+        assert_eq!(
+            Layout::new(1, false).unwrap().groups(),
+            vec![(Sequence, vec![0])]
+        );
+        assert_eq!(
+            both.groups(),
+            vec![
+                (Sequence, vec![0, 1]),
+                (Sequence, vec![2, 3]),
+                (Cfg, vec![0, 2]),
+                (Cfg, vec![1, 3])
+            ]
+        );
+        assert_eq!(
+            Layout::new(2, true).unwrap().groups(),
+            vec![(Sequence, vec![0]), (Sequence, vec![1]), (Cfg, vec![0, 1])]
+        );
+        assert_eq!(
+            Layout::new(3, false).unwrap().groups(),
+            vec![(Sequence, vec![0, 1, 2])]
+        );
+        let err = Layout::new(3, true).unwrap_err().to_string();
+        assert!(err.contains("even"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Starting the ranks of one split generation: a thread per card, each joining the communicators
+//! of its [`Layout`] and then running the same work on its share.
+
+use super::local::LocalGroup;
+use super::{Collective, GroupKind, Layout, SequenceParallel, Split};
+#[cfg(feature = "nccl")]
+use anyhow::Context;
+use anyhow::{Result, bail};
+use candle_core::Device;
+use std::sync::Arc;
+
+/// What one rank runs with.
+pub struct RankContext {
+    pub rank: usize,
+    pub device: Device,
+    pub split: Split,
+}
+
+/// How the ranks of one communicator meet.
+enum Meeting {
+    /// CPU lanes: the handles of an in-process group.
+    Local(Vec<Arc<LocalGroup>>),
+    #[cfg(feature = "nccl")]
+    Nccl(super::nccl::UniqueId),
+}
+
+/// Runs `work` once per rank of `layout`, rank `r` on `devices[r]`, and returns every rank's result
+/// in rank order. A rank that fails stops its CPU peers at their next exchange, and the first
+/// failure (in rank order) is returned.
+pub fn run_ranks<T: Send>(
+    layout: Layout,
+    devices: &[Device],
+    work: impl Fn(RankContext) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    if devices.len() != layout.ranks() {
+        bail!(
+            "this split needs {} cards, {} were given",
+            layout.ranks(),
+            devices.len()
+        );
+    }
+    let cpu = devices.iter().all(Device::is_cpu);
+    if !cpu && !devices.iter().all(Device::is_cuda) {
+        bail!("a split generation runs on CUDA cards only or on CPU lanes only");
+    }
+    let groups = layout.groups();
+    let meetings = groups
+        .iter()
+        .map(|(_, members)| meeting(cpu, members.len()))
+        .collect::<Result<Vec<_>>>()?;
+    let abort_all = |why: &str| {
+        for meeting in &meetings {
+            #[cfg_attr(not(feature = "nccl"), allow(irrefutable_let_patterns))]
+            if let Meeting::Local(handles) = meeting {
+                handles.iter().for_each(|h| h.abort(why));
+            }
+        }
+    };
+    let (groups, meetings, work) = (&groups, &meetings, &work);
+    std::thread::scope(|s| {
+        let ranks: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(rank, device)| {
+                s.spawn(move || {
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let split = join(rank, device, groups, meetings)?;
+                        work(RankContext {
+                            rank,
+                            device: device.clone(),
+                            split,
+                        })
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank} panicked")));
+                    if let Err(e) = &outcome {
+                        abort_all(&format!("rank {rank} failed: {e:#}"));
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        ranks
+            .into_iter()
+            .map(|rank| rank.join().expect("rank panics are caught"))
+            .collect()
+    })
+}
+
+fn meeting(cpu: bool, size: usize) -> Result<Meeting> {
+    if cpu {
+        return Ok(Meeting::Local(LocalGroup::create(size)));
+    }
+    #[cfg(feature = "nccl")]
+    {
+        Ok(Meeting::Nccl(super::nccl::UniqueId::new()?))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = size;
+        bail!(
+            "this build cannot split a generation across CUDA cards: it was built without NCCL \
+             (scripts/build-cuda.sh with VIDEOSDGX_NCCL=1)"
+        )
+    }
+}
+
+/// Joins the communicators `rank` belongs to, in the layout's order (the same on every rank, so
+/// NCCL's blocking joins cannot wait on each other in a cycle).
+#[cfg_attr(not(feature = "nccl"), allow(unused_variables))]
+fn join(
+    rank: usize,
+    device: &Device,
+    groups: &[(GroupKind, Vec<usize>)],
+    meetings: &[Meeting],
+) -> Result<Split> {
+    let mut split = Split::default();
+    for ((kind, members), meeting) in groups.iter().zip(meetings) {
+        let Some(member) = members.iter().position(|&m| m == rank) else {
+            continue;
+        };
+        let group: Arc<dyn Collective> = match meeting {
+            Meeting::Local(handles) => handles[member].clone(),
+            #[cfg(feature = "nccl")]
+            Meeting::Nccl(id) => Arc::new(
+                super::nccl::NcclGroup::join(*id, member, members.len(), device)
+                    .with_context(|| format!("rank {rank} joining its {kind:?} group"))?,
+            ),
+        };
+        match kind {
+            GroupKind::Sequence => split.sequence = Some(Arc::new(SequenceParallel::new(group))),
+            GroupKind::Cfg => split.cfg = Some(group),
+        }
+    }
+    Ok(split)
+}
