@@ -29,6 +29,10 @@ pub enum BenchCommand {
     /// its sound, the video VAE decode, or a whole distilled 8-step generation from prompt
     /// embeddings.
     Ltx2(Ltx2Args),
+    /// One Wan transformer call on one card, then split across several (Ulysses sequence
+    /// parallel, with --cfg also CFG parallel): times, the ratio, per-rank exchange time, and the
+    /// split output's error against the one-card output.
+    Split(SplitArgs),
     /// The fused kernels at Wan 2.1 shapes (attention, modulated norm, RoPE) and NVRTC compile time.
     Kernels(KernelArgs),
     /// A language model at a preset's published size with random weights: prefill, greedy
@@ -304,6 +308,31 @@ pub struct WanArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[arg(long, value_enum, default_value = "wan2.1-14b")]
+    pub preset: Preset,
+    #[arg(long, default_value_t = 480)]
+    pub height: usize,
+    #[arg(long, default_value_t = 832)]
+    pub width: usize,
+    #[arg(long, default_value_t = 81)]
+    pub frames: usize,
+    /// The CUDA cards to split across, e.g. `0,1` (default: every card).
+    #[arg(long, value_delimiter = ',')]
+    pub cards: Vec<usize>,
+    /// Time one guided step (the conditional and the unconditional call), with half the cards on
+    /// each branch (CFG parallel) and the rest of the split over the tokens.
+    #[arg(long)]
+    pub cfg: bool,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..))]
+    pub reps: u32,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct KernelArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(5..))]
     pub reps: u32,
@@ -359,6 +388,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 gpu::ltx2::bench(&args, &dev, &ctx)
             }
             BenchCommand::Kernels(args) => gpu::kernels(&args),
+            BenchCommand::Split(args) => gpu::split::bench(&args),
             BenchCommand::Llm(args) => gpu::llm(&args),
             BenchCommand::Upscale(_)
             | BenchCommand::Interpolate(_)
@@ -384,6 +414,7 @@ mod gpu {
     mod llm;
     pub(super) mod ltx2;
     mod pipeline;
+    pub(super) mod split;
 
     use super::configs::{self, transformer_config};
     use super::*;
@@ -551,9 +582,11 @@ mod gpu {
 
     /// Random weights created on the device as each tensor is asked for: N(0, 1/fan_in) for
     /// matrices, N(0, 0.02) for vectors (plus 1 for norm scales), so activations stay finite.
-    /// Counts the parameters it hands out.
+    /// Counts the parameters it hands out. Seeded, each tensor's values are instead a hash of its
+    /// name and index (uniform, of the same mean and variance), the same on every card.
     struct RandomWeights {
         params: Arc<AtomicUsize>,
+        seeded: bool,
     }
 
     impl RandomWeights {
@@ -563,10 +596,55 @@ mod gpu {
             dtype: DType,
             dev: &Device,
         ) -> VarBuilder<'static> {
+            Self::builder(params, dtype, dev, false)
+        }
+
+        /// [`Self::var_builder`] with the same weights on every card (for the ranks of a split).
+        fn seeded_var_builder(
+            params: &Arc<AtomicUsize>,
+            dtype: DType,
+            dev: &Device,
+        ) -> VarBuilder<'static> {
+            Self::builder(params, dtype, dev, true)
+        }
+
+        fn builder(
+            params: &Arc<AtomicUsize>,
+            dtype: DType,
+            dev: &Device,
+            seeded: bool,
+        ) -> VarBuilder<'static> {
             let backend = RandomWeights {
                 params: params.clone(),
+                seeded,
             };
             VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
+        }
+
+        /// `mean + std * u` with `u` uniform of unit variance: the fraction of
+        /// `sin(i * φ + seed) * 43758.5453` (a shader hash), `seed` from the tensor's name.
+        fn hashed(
+            s: &Shape,
+            name: &str,
+            mean: f32,
+            std: f32,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            let seed = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            // The element index as row * cols + col: two short ranges cross to the device, not
+            // one as long as the tensor.
+            let rows = s.dims().first().copied().unwrap_or(1).max(1);
+            let cols = s.elem_count() / rows;
+            let range = |n: usize| Tensor::arange(0u32, n as u32, dev)?.to_dtype(DType::F32);
+            let i = (range(rows)?.reshape((rows, 1))? * cols as f64)?
+                .broadcast_add(&range(cols)?.reshape((1, cols))?)?;
+            let x = (i.affine(0.618_034, f64::from(seed % 10_007))?.sin()? * 43_758.545_3)?;
+            let unit = (x.sub(&x.floor()?)? - 0.5)?;
+            (unit * f64::from(std * 12f32.sqrt()))?
+                .affine(1.0, f64::from(mean))?
+                .reshape(s)
         }
     }
 
@@ -581,9 +659,9 @@ mod gpu {
         ) -> candle_core::Result<Tensor> {
             self.params.fetch_add(s.elem_count(), Ordering::Relaxed);
             let dims = s.dims();
-            let t = if dims.len() >= 2 {
+            let (mean, std) = if dims.len() >= 2 {
                 let fan_in: usize = dims[1..].iter().product();
-                Tensor::randn(0f32, (fan_in as f32).powf(-0.5), s, dev)?
+                (0f32, (fan_in as f32).powf(-0.5))
             } else {
                 // Norm scales and BatchNorm variances near 1 (a variance must stay positive).
                 let mean = if (name.contains("norm") && name.ends_with("weight"))
@@ -593,7 +671,11 @@ mod gpu {
                 } else {
                     0f32
                 };
-                Tensor::randn(mean, 0.02f32, s, dev)?
+                (mean, 0.02f32)
+            };
+            let t = match self.seeded {
+                true => Self::hashed(&s, name, mean, std, dev)?,
+                false => Tensor::randn(mean, std, s, dev)?,
             };
             t.to_dtype(dtype)
         }
