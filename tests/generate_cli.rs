@@ -114,6 +114,85 @@ fn generate_from_reference_latents_and_embeds_saves_the_diffusers_video() {
 }
 
 #[test]
+fn a_generation_split_across_cpu_lanes_saves_the_diffusers_video() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = fixtures().join("reference");
+    let arg = |name: &str| reference.join(name).to_str().unwrap().to_string();
+    let (latents, embeds, negative) = (
+        arg("latents.safetensors"),
+        arg("prompt_embeds.safetensors"),
+        arg("negative_prompt_embeds.safetensors"),
+    );
+    // Tokens split two ways; the guidance branches on two lanes; both on four.
+    for (devices, cfg) in [
+        ("cpu,cpu", false),
+        ("cpu,cpu", true),
+        ("cpu,cpu,cpu,cpu", true),
+    ] {
+        let tensor = tmp.path().join(format!("{devices}-{cfg}.safetensors"));
+        let mut extra = vec![
+            "--latents",
+            &latents,
+            "--prompt-embeds",
+            &embeds,
+            "--negative-prompt-embeds",
+            &negative,
+            "--device",
+            devices,
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+        ];
+        if cfg {
+            extra.push("--cfg-parallel");
+        }
+        let out = generate("5", &extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{devices} {cfg}: {stderr}");
+        // One rank reports: each step once.
+        assert_eq!(stderr.matches("Denoising 4/4").count(), 1, "{stderr}");
+        let err = rel_err(
+            &video(&tensor),
+            &video(&reference.join("video_from_embeds.safetensors")),
+        );
+        assert!(err <= 1e-3, "{devices} {cfg}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn splits_the_model_or_the_cards_cannot_take_are_refused_in_one_line() {
+    let discard = discard();
+    let out = generate(
+        "5",
+        &[
+            "--device",
+            "cpu,cpu,cpu",
+            "--cfg-parallel",
+            "--save-tensor",
+            &discard,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("CFG parallel") && stderr.contains("even"),
+        "{stderr}"
+    );
+    // The tiny model has two heads.
+    let out = generate("5", &["--device", "cpu,cpu,cpu", "--save-tensor", &discard]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 attention heads cannot be split across 3 ranks"),
+        "{stderr}"
+    );
+    let out = generate_image(&["--device", "cpu,cpu", "--save-tensor", &discard]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a generation split across cards runs Wan models so far"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn generate_writes_an_mp4_with_the_generation_record() {
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = tmp.path().join("clip.mp4");

@@ -15,9 +15,10 @@ use videosdgx_engine::families::ltx2::latent_upsample_pipeline::{
     LTX2LatentUpsamplePipeline, generate_two_stage,
 };
 use videosdgx_engine::lora::LoraSpec;
+use videosdgx_engine::parallel::{Layout, generate_split};
 use videosdgx_engine::pipelines::{
-    Capabilities, FrameCondition, GenerateInputs, GenerateParams, GuidanceTerms, ImageInput,
-    Output, Pipeline, Progress, Quant, Stage,
+    Capabilities, FrameCondition, GenerateInputs, GenerateParams, GeneratedVideo, GuidanceTerms,
+    ImageInput, Output, Pipeline, Progress, Quant, Stage,
 };
 use videosdgx_engine::schedulers::SchedulerKind;
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
@@ -153,9 +154,14 @@ pub struct GenerateArgs {
     /// adds `audio`, the waveform [1, channels, samples] as the pipeline returns it.
     #[arg(long)]
     pub save_tensor: Option<PathBuf>,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// `cpu`, `cuda` or `cuda:N`. Several, comma-separated (`cuda:0,cuda:1`), split one
+    /// generation across them (Wan models): each card takes a share of the tokens.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// With several --device: the conditional and the unconditional pass of classifier-free
+    /// guidance on different halves of the cards, the tokens split within each half.
+    #[arg(long)]
+    pub cfg_parallel: bool,
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Start frame of an image-to-video model, or a reference image of an image model (FLUX.2:
@@ -349,6 +355,29 @@ impl StageClock {
     }
 }
 
+/// The generation on one card: the pipeline's own, or LTX-2's two stages with --upsampler.
+fn generate_one_card(
+    args: &GenerateArgs,
+    pipeline: &mut Pipeline,
+    device: &Device,
+    params: &GenerateParams,
+    inputs: GenerateInputs,
+    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<GeneratedVideo> {
+    let Some(dir) = &args.upsampler else {
+        return pipeline.generate(params, inputs, on_progress);
+    };
+    let Pipeline::Ltx2(ltx2) = pipeline else {
+        bail!(
+            "--upsampler: the two-stage generation is LTX-2's; {} is another family",
+            args.model.display()
+        );
+    };
+    eprintln!("loading {}", dir.display());
+    let upsampler = LTX2LatentUpsamplePipeline::load(dir, device, args.dtype.into())?;
+    generate_two_stage(ltx2, &upsampler, params, inputs, on_progress)
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.out.is_none() && args.save_tensor.is_none() {
         bail!("nothing to write: give --out VIDEO.mp4 and/or --save-tensor FILE");
@@ -402,36 +431,65 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "--negative-pooled-prompt-embeds",
         )?,
     };
-    let device = parse_device(&args.device)?;
+    let devices = args
+        .device
+        .iter()
+        .map(|spec| parse_device(spec))
+        .collect::<Result<Vec<_>>>()?;
+    let split = (devices.len() > 1 || args.cfg_parallel)
+        .then(|| Layout::new(devices.len(), args.cfg_parallel))
+        .transpose()
+        .context("--device with --cfg-parallel")?;
     let dtype: DType = args.dtype.into();
     let started = Instant::now();
     let mut stages = StageClock::new(Stage::LoadingModel);
-    eprintln!("loading {}", args.model.display());
-    let mut pipeline = Pipeline::open(&args.model, &device, dtype)?;
-    pipeline.keep_text_encoder(!args.drop_text_encoder);
-    if let Some(quant) = args.quant {
-        let layers = pipeline.quantize(quant.into())?;
-        eprintln!("{layers} linear layers kept in {}", Quant::from(quant));
-    }
-    let capabilities = pipeline.capabilities();
-    let mut params = params(&args, &capabilities)?;
     let mut show = |p: &Progress| {
         eprintln!("{:?} {}/{}", p.stage, p.step, p.total);
         stages.enter(p.stage);
         ControlFlow::Continue(())
     };
-    let video = match &args.upsampler {
-        None => pipeline.generate(&params, inputs, &mut show)?,
-        Some(dir) => {
-            let Pipeline::Ltx2(ltx2) = &mut pipeline else {
-                bail!(
-                    "--upsampler: the two-stage generation is LTX-2's; {} is another family",
-                    args.model.display()
-                );
-            };
-            eprintln!("loading {}", dir.display());
-            let upsampler = LTX2LatentUpsamplePipeline::load(dir, &device, dtype)?;
-            generate_two_stage(ltx2, &upsampler, &params, inputs, &mut show)?
+    let prepare = |pipeline: &mut Pipeline| -> Result<()> {
+        pipeline.keep_text_encoder(!args.drop_text_encoder);
+        if let Some(quant) = args.quant {
+            let layers = pipeline.quantize(quant.into())?;
+            eprintln!("{layers} linear layers kept in {}", Quant::from(quant));
+        }
+        Ok(())
+    };
+    eprintln!("loading {}", args.model.display());
+    let (capabilities, mut params, video) = match split {
+        Some(layout) => {
+            if args.upsampler.is_some() {
+                bail!("--upsampler: the two-stage generation runs on one card");
+            }
+            let capabilities = Pipeline::inspect(&args.model)?;
+            let params = params(&args, &capabilities)?;
+            let video = generate_split(
+                &args.model,
+                dtype,
+                layout,
+                &devices,
+                prepare,
+                &params,
+                inputs,
+                &mut show,
+            )?;
+            (capabilities, params, video)
+        }
+        None => {
+            let mut pipeline = Pipeline::open(&args.model, &devices[0], dtype)?;
+            prepare(&mut pipeline)?;
+            let capabilities = pipeline.capabilities();
+            let params = params(&args, &capabilities)?;
+            let video = generate_one_card(
+                &args,
+                &mut pipeline,
+                &devices[0],
+                &params,
+                inputs,
+                &mut show,
+            )?;
+            (capabilities, params, video)
         }
     };
     stages.enter(Stage::Writing);

@@ -11,11 +11,13 @@
 //! [`Collective::exchange`]; on CUDA that is NCCL ([`nccl`]), on the CPU an in-process exchange
 //! between the rank threads ([`local`]) that makes the split path testable without GPUs.
 
+mod generate;
 pub mod local;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 mod ranks;
 
+pub use generate::generate_split;
 pub use ranks::{RankContext, run_ranks};
 
 use candle_core::{Device, Result, Shape, Tensor};
@@ -62,15 +64,14 @@ impl Layout {
         self.ulysses * (1 + usize::from(self.cfg))
     }
 
-    /// The communicators, in the order every rank joins them: first the sequence groups (one per
-    /// guidance branch, of one rank where the tokens are not split), then the CFG pairs (one per
-    /// token share).
+    /// The communicators, in the order every rank joins them: every rank's, then the sequence
+    /// groups (one per guidance branch, of one rank where the tokens are not split), then the CFG
+    /// pairs (one per token share).
     pub fn groups(&self) -> Vec<(GroupKind, Vec<usize>)> {
         let u = self.ulysses;
         let branches = 1 + usize::from(self.cfg);
-        let mut groups: Vec<_> = (0..branches)
-            .map(|b| (GroupKind::Sequence, (b * u..(b + 1) * u).collect()))
-            .collect();
+        let mut groups = vec![(GroupKind::World, (0..self.ranks()).collect())];
+        groups.extend((0..branches).map(|b| (GroupKind::Sequence, (b * u..(b + 1) * u).collect())));
         if self.cfg {
             groups.extend((0..u).map(|i| (GroupKind::Cfg, vec![i, u + i])));
         }
@@ -81,15 +82,19 @@ impl Layout {
 /// What a communicator of a [`Layout`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKind {
+    /// Every rank: the decisions they must take together (stop at this step?).
+    World,
     /// Ulysses' all-to-all and the final gather of one guidance branch's tokens.
     Sequence,
     /// The two guidance branches' predictions.
     Cfg,
 }
 
-/// What one rank of a split generation holds: its sequence group and its CFG group.
+/// What one rank of a split generation holds: the group of every rank, its sequence group and
+/// its CFG group.
 #[derive(Clone, Default)]
 pub struct Split {
+    pub world: Option<Arc<dyn Collective>>,
     pub sequence: Option<Arc<SequenceParallel>>,
     pub cfg: Option<Arc<dyn Collective>>,
 }
@@ -267,6 +272,19 @@ impl SequenceParallel {
     }
 }
 
+/// Whether any rank of `world` wants to stop: every rank calls it at the same point with its own
+/// wish and all get the same answer, so they stop together (a rank that stopped alone would leave
+/// its peers waiting at their next exchange).
+pub fn agree_to_stop(world: &dyn Collective, stop: bool, device: &Device) -> Result<bool> {
+    let wish = Tensor::new(&[f32::from(u8::from(stop))], device)?;
+    let wishes = world.exchange(
+        &vec![wish; world.size()],
+        &vec![Shape::from(1); world.size()],
+    )?;
+    let any = Tensor::cat(&wishes, 0)?.max_all()?.to_scalar::<f32>()?;
+    Ok(any > 0.0)
+}
+
 /// Under CFG parallel, this rank's prediction exchanged with its partner's: `(cond, uncond)`.
 pub fn exchange_guidance(group: &dyn Collective, mine: &Tensor) -> Result<(Tensor, Tensor)> {
     let mine = mine.contiguous()?;
@@ -298,16 +316,17 @@ mod tests {
 
     #[test]
     fn layouts_pair_the_guidance_branches_of_each_token_share() {
+        use GroupKind::{Cfg, Sequence, World};
         let both = Layout::new(4, true).unwrap();
         assert_eq!((both.ulysses, both.ranks()), (2, 4));
-        use GroupKind::{Cfg, Sequence};
         assert_eq!(
             Layout::new(1, false).unwrap().groups(),
-            vec![(Sequence, vec![0])]
+            vec![(World, vec![0]), (Sequence, vec![0])]
         );
         assert_eq!(
             both.groups(),
             vec![
+                (World, vec![0, 1, 2, 3]),
                 (Sequence, vec![0, 1]),
                 (Sequence, vec![2, 3]),
                 (Cfg, vec![0, 2]),
@@ -316,11 +335,16 @@ mod tests {
         );
         assert_eq!(
             Layout::new(2, true).unwrap().groups(),
-            vec![(Sequence, vec![0]), (Sequence, vec![1]), (Cfg, vec![0, 1])]
+            vec![
+                (World, vec![0, 1]),
+                (Sequence, vec![0]),
+                (Sequence, vec![1]),
+                (Cfg, vec![0, 1])
+            ]
         );
         assert_eq!(
             Layout::new(3, false).unwrap().groups(),
-            vec![(Sequence, vec![0, 1, 2])]
+            vec![(World, vec![0, 1, 2]), (Sequence, vec![0, 1, 2])]
         );
         let err = Layout::new(3, true).unwrap_err().to_string();
         assert!(err.contains("even"), "{err}");

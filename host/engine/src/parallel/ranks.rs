@@ -7,7 +7,7 @@ use super::{Collective, GroupKind, Layout, SequenceParallel, Split};
 use anyhow::Context;
 use anyhow::{Result, bail};
 use candle_core::Device;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What one rank runs with.
 pub struct RankContext {
@@ -25,8 +25,8 @@ enum Meeting {
 }
 
 /// Runs `work` once per rank of `layout`, rank `r` on `devices[r]`, and returns every rank's result
-/// in rank order. A rank that fails stops its CPU peers at their next exchange, and the first
-/// failure (in rank order) is returned.
+/// in rank order. A rank that fails stops its CPU peers at their next exchange, and the error of
+/// the rank that failed first is returned (not its peers' "stopped" errors).
 pub fn run_ranks<T: Send>(
     layout: Layout,
     devices: &[Device],
@@ -56,7 +56,8 @@ pub fn run_ranks<T: Send>(
             }
         }
     };
-    let (groups, meetings, work) = (&groups, &meetings, &work);
+    let first_failure = Mutex::new(None);
+    let (groups, meetings, work, first_failure) = (&groups, &meetings, &work, &first_failure);
     std::thread::scope(|s| {
         let ranks: Vec<_> = devices
             .iter()
@@ -73,16 +74,24 @@ pub fn run_ranks<T: Send>(
                     }))
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank} panicked")));
                     if let Err(e) = &outcome {
+                        first_failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(rank);
                         abort_all(&format!("rank {rank} failed: {e:#}"));
                     }
                     outcome
                 })
             })
             .collect();
-        ranks
+        let mut outcomes: Vec<Result<T>> = ranks
             .into_iter()
             .map(|rank| rank.join().expect("rank panics are caught"))
-            .collect()
+            .collect();
+        match *first_failure.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(rank) => Err(outcomes.swap_remove(rank).err().expect("that rank failed")),
+            None => outcomes.into_iter().collect(),
+        }
     })
 }
 
@@ -127,9 +136,52 @@ fn join(
             ),
         };
         match kind {
+            GroupKind::World => split.world = Some(group),
             GroupKind::Sequence => split.sequence = Some(Arc::new(SequenceParallel::new(group))),
             GroupKind::Cfg => split.cfg = Some(group),
         }
     }
     Ok(split)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::agree_to_stop;
+
+    #[test]
+    fn the_rank_that_failed_first_names_the_error_and_its_peers_stop() {
+        let devices = vec![Device::Cpu; 3];
+        let err = run_ranks(Layout::new(3, false).unwrap(), &devices, |rank| {
+            if rank.rank == 2 {
+                bail!("card 2 ran out of memory");
+            }
+            // Waits for rank 2, which never comes: the abort releases it.
+            let world = rank.split.world.expect("a world group");
+            agree_to_stop(world.as_ref(), false, &rank.device)?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(format!("{err:#}"), "card 2 ran out of memory");
+        let err = run_ranks(Layout::new(2, false).unwrap(), &devices[..2], |rank| {
+            assert!(rank.rank == 0, "rank 1 panics");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "rank 1 panicked");
+    }
+
+    #[test]
+    fn one_rank_wishing_to_stop_stops_every_rank() {
+        let devices = vec![Device::Cpu; 3];
+        let answers = run_ranks(Layout::new(3, false).unwrap(), &devices, |rank| {
+            let world = rank.split.world.expect("a world group");
+            Ok([
+                agree_to_stop(world.as_ref(), false, &rank.device)?,
+                agree_to_stop(world.as_ref(), rank.rank == 1, &rank.device)?,
+            ])
+        })
+        .unwrap();
+        assert_eq!(answers, vec![[false, true]; 3]);
+    }
 }

@@ -379,7 +379,7 @@ pub struct GeneratedVideo {
 }
 
 /// Tensors that replace what a generation would compute (reproduction and testing).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct GenerateInputs {
     /// Initial noise `[1, C, T, H/s, W/s]` instead of the seeded draw (LTX-2 with a start image:
     /// the noise of the frames after the image's).
@@ -732,6 +732,16 @@ impl Pipeline {
             layers += crate::models::quant::quantize_blocks(model, quant)?;
         }
         Ok(layers)
+    }
+
+    /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]).
+    pub fn set_split(&mut self, split: crate::parallel::Split) -> anyhow::Result<()> {
+        match self {
+            Pipeline::Wan(wan) => wan.set_split(split),
+            _ => bail!(
+                "a generation split across cards runs Wan models so far; run this model on one card"
+            ),
+        }
     }
 
     /// Keeps the text encoder in memory between generations (the default), or drops it after

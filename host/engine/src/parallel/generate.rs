@@ -1,0 +1,48 @@
+//! A whole generation split across cards: every rank opens the pipeline on its card and runs the
+//! same generation on its share; the first rank's video is the result. Progress reaches the caller
+//! from the first rank, and every report is also where the ranks agree whether to stop, so a
+//! cancel stops all of them at the same step.
+
+use super::{Layout, agree_to_stop, run_ranks};
+use crate::pipelines::{GenerateInputs, GenerateParams, GeneratedVideo, Pipeline, Progress};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Generates with the pipeline in `dir` split over `devices` by `layout`; `prepare` readies each
+/// rank's pipeline before it joins (quantization, dropping the text encoder).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_split(
+    dir: &Path,
+    dtype: DType,
+    layout: Layout,
+    devices: &[Device],
+    prepare: impl Fn(&mut Pipeline) -> Result<()> + Sync,
+    params: &GenerateParams,
+    inputs: GenerateInputs,
+    on_progress: &mut (dyn FnMut(&Progress) -> ControlFlow<()> + Send),
+) -> Result<GeneratedVideo> {
+    let on_progress = Mutex::new(on_progress);
+    let mut videos = run_ranks(layout, devices, |rank| {
+        let mut pipeline = Pipeline::open(dir, &rank.device, dtype)?;
+        prepare(&mut pipeline)?;
+        let world = rank
+            .split
+            .world
+            .clone()
+            .context("a split has a world group")?;
+        let leads = rank.split.leads();
+        pipeline.set_split(rank.split)?;
+        let mut report = |p: &Progress| {
+            let stop = leads && on_progress.lock().unwrap_or_else(|e| e.into_inner())(p).is_break();
+            match agree_to_stop(world.as_ref(), stop, &rank.device) {
+                Ok(false) => ControlFlow::Continue(()),
+                Ok(true) | Err(_) => ControlFlow::Break(()),
+            }
+        };
+        pipeline.generate(params, inputs.clone(), &mut report)
+    })?;
+    Ok(videos.swap_remove(0))
+}
