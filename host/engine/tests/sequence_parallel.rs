@@ -1,12 +1,14 @@
 //! One generation split across ranks (crate::parallel) gives what the unsplit one gives: the Wan
-//! transformer under Ulysses sequence parallel on 2, 3 and 4 CPU ranks (even and uneven token
-//! shares, a rank with no tokens), and the Wan pipeline under sequence parallel, CFG parallel and
-//! both. f32 on the CPU: the split changes only the order of a few sums, so 1e-5 relative.
+//! and LTX-2 transformers under Ulysses sequence parallel on 2 to 4 CPU ranks (even and uneven
+//! token shares), and the Wan pipeline under sequence parallel, CFG parallel and both. f32 on the CPU: the split changes only the order of a few sums, so 1e-5 relative.
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use videosdgx_engine::families::ltx2::transformer::{
+    LTX2TransformerInputs, LTX2VideoTransformer3DModel,
+};
 use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
@@ -73,6 +75,51 @@ fn the_split_transformer_matches_the_whole_one_for_every_wan_variant() {
     }
     // Four heads over four ranks: one head each.
     check_split_forward("wan_i2v", &inputs("wan_i2v"), 4);
+}
+
+#[test]
+fn the_split_ltx2_transformer_matches_the_whole_one_video_and_sound() {
+    // LTX-2.0's interleaved RoPE with padded masks; LTX-2.3's split RoPE, gates and prompt
+    // modulation with per-token timesteps; keyframes with explicit coordinates and
+    // spatio-temporal guidance; isolated modalities.
+    for name in [
+        "ltx2-transformer-interleaved",
+        "ltx2-transformer-split",
+        "ltx2-transformer-guidance",
+        "ltx2-transformer-isolated",
+    ] {
+        let load = || {
+            LTX2VideoTransformer3DModel::load(
+                &component(name).join("model"),
+                &Device::Cpu,
+                DType::F32,
+            )
+        };
+        let inputs = inputs(name);
+        let forward = |model: &LTX2VideoTransformer3DModel| {
+            model.forward(&LTX2TransformerInputs::from_named(&inputs)?)
+        };
+        let (sample, audio) = forward(&load().unwrap()).unwrap();
+        let devices = vec![Device::Cpu; 2];
+        let outputs = run_ranks(Layout::new(2, false).unwrap(), &devices, |rank| {
+            let mut model = load()?;
+            model.set_sequence_parallel(rank.split.sequence)?;
+            Ok(forward(&model)?)
+        })
+        .unwrap();
+        for (rank, (split_sample, split_audio)) in outputs.iter().enumerate() {
+            for (what, got, want) in [
+                ("video", split_sample, &sample),
+                ("sound", split_audio, &audio),
+            ] {
+                let err = relative_error(got, want).unwrap();
+                assert!(
+                    err <= TOLERANCE,
+                    "{name}, rank {rank}: {what} relative error {err:e}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

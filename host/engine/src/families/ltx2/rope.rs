@@ -241,6 +241,22 @@ impl RotaryEmb {
         }
     }
 
+    /// The tables of the tokens in `range` alone (a rank's share of a split sequence).
+    pub(crate) fn tokens(&self, range: std::ops::Range<usize>) -> Result<RotaryEmb> {
+        let half = self.cos.dim(1)?;
+        let rows = |t: &Tensor| {
+            t.reshape((self.batch, self.tokens, half))?
+                .narrow(1, range.start, range.len())?
+                .reshape((self.batch * range.len(), half))
+        };
+        Ok(RotaryEmb {
+            cos: rows(&self.cos)?,
+            sin: rows(&self.sin)?,
+            tokens: range.len(),
+            ..self.clone()
+        })
+    }
+
     /// Checks that these tables fit the projection `x` `[B, tokens, dim]`.
     fn check(&self, x: &Tensor) -> Result<()> {
         let (b, l, d) = x.dims3()?;

@@ -17,11 +17,13 @@ use crate::models::feed_forward::FeedForward;
 use crate::models::{
     Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
 };
+use crate::parallel::SequenceParallel;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `LTX2VideoTransformer3DModel.__init__`; missing fields take the reference defaults (LTX-2 19B).
@@ -429,6 +431,9 @@ pub(super) struct AttnArgs<'a> {
     pub(super) attention_mask: Option<&'a Tensor>,
     pub(super) query_rotary_emb: Option<&'a RotaryEmb>,
     pub(super) key_rotary_emb: Option<&'a RotaryEmb>,
+    /// Self-attention over a sequence split across ranks, of this many tokens in all: the
+    /// all-to-all trades this rank's tokens for a share of the heads around the attention.
+    pub(super) sequence: Option<(&'a SequenceParallel, usize)>,
 }
 
 impl LTX2Attention {
@@ -512,19 +517,31 @@ impl LTX2Attention {
                 )),
                 None => Ok((self.norm_q.forward(&q)?, self.norm_k.forward(&k)?)),
             })?;
-            let (q, k, v) = (
+            let (mut q, mut k, mut v) = (
                 self.split_heads(&q)?,
                 self.split_heads(&k)?,
                 self.split_heads(&value)?,
             );
-            let out = section("attn.core", dev, || match args.attention_mask {
+            if let Some((sp, tokens)) = args.sequence {
+                (q, k, v) = section("sequence.all_to_all", dev, || {
+                    Ok((
+                        sp.heads_to_sequence(&q, tokens)?,
+                        sp.heads_to_sequence(&k, tokens)?,
+                        sp.heads_to_sequence(&v, tokens)?,
+                    ))
+                })?;
+            }
+            let mut out = section("attn.core", dev, || match args.attention_mask {
                 Some(bias) => {
                     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
                     attention_with_bias(&q, &k, &v, bias, scale)
                 }
                 None => attention(&q, &k, &v),
-            })?
-            .flatten_from(2)?;
+            })?;
+            if let Some((sp, _)) = args.sequence {
+                out = section("sequence.all_to_all", dev, || sp.sequence_to_heads(&out))?;
+            }
+            let out = out.flatten_from(2)?;
             match perturbation {
                 // `torch.lerp(value, hidden, mask)`.
                 Some(p) => {
@@ -570,7 +587,12 @@ struct BlockInputs<'a> {
     video_rotary_emb: &'a RotaryEmb,
     audio_rotary_emb: &'a RotaryEmb,
     ca_video_rotary_emb: &'a RotaryEmb,
+    /// The cross-attention tables of every video token, which video-to-audio attention reads as
+    /// keys (`ca_video_rotary_emb` holds this rank's under sequence parallel).
+    ca_video_key_rotary_emb: &'a RotaryEmb,
     ca_audio_rotary_emb: &'a RotaryEmb,
+    /// This rank's sequence group and the video tokens in all, when the video is split.
+    sequence: Option<(&'a SequenceParallel, usize)>,
     encoder_attention_mask: Option<&'a Tensor>,
     audio_encoder_attention_mask: Option<&'a Tensor>,
     /// The video self-attention's additive bias.
@@ -781,6 +803,7 @@ impl LTX2VideoTransformerBlock {
         };
         let video_self_args = AttnArgs {
             attention_mask: inputs.self_attention_mask,
+            sequence: inputs.sequence,
             ..self_args(inputs.video_rotary_emb)
         };
         let attn = self.attn1.forward(&norm, video_self_args, perturbation)?;
@@ -882,14 +905,20 @@ impl LTX2VideoTransformerBlock {
                 x = gated(&x, &attn, &a2v_gate[0])?;
             }
             if inputs.use_v2a_cross_attention {
-                let video_norm_v2a = modulated(&self.audio_to_video_norm, &x_in, &video_ca, 2)?;
+                let mut video_norm_v2a = modulated(&self.audio_to_video_norm, &x_in, &video_ca, 2)?;
+                // The audio attends to every video token: a split video is gathered first.
+                if let Some((sp, tokens)) = inputs.sequence {
+                    video_norm_v2a = section("sequence.gather", x.device(), || {
+                        sp.gather(&video_norm_v2a, tokens)
+                    })?;
+                }
                 let audio_norm_v2a = modulated(&self.video_to_audio_norm, &ax_in, &audio_ca, 2)?;
                 let attn = self.video_to_audio_attn.forward(
                     &audio_norm_v2a,
                     AttnArgs {
                         encoder_hidden_states: Some(&video_norm_v2a),
                         query_rotary_emb: Some(inputs.ca_audio_rotary_emb),
-                        key_rotary_emb: Some(inputs.ca_video_rotary_emb),
+                        key_rotary_emb: Some(inputs.ca_video_key_rotary_emb),
                         ..Default::default()
                     },
                     None,
@@ -1078,6 +1107,8 @@ pub struct LTX2VideoTransformer3DModel {
     audio_proj_out: Linear,
     dtype: DType,
     lora: LoraState,
+    /// This rank's sequence group when one generation is split across cards.
+    sequence: Option<Arc<SequenceParallel>>,
 }
 
 impl LTX2VideoTransformer3DModel {
@@ -1189,6 +1220,7 @@ impl LTX2VideoTransformer3DModel {
             dtype: vb.dtype(),
             config: cfg.clone(),
             lora: LoraState::default(),
+            sequence: None,
         })
     }
 
@@ -1212,6 +1244,18 @@ impl LTX2VideoTransformer3DModel {
 
     pub fn config(&self) -> &LTX2TransformerConfig {
         &self.config
+    }
+
+    /// Splits every later call's video tokens across the ranks of `sequence` (Ulysses; see
+    /// [`crate::parallel`]), or with `None` runs whole again. The audio stream, a few hundred
+    /// tokens, runs whole on every rank. Every rank must make the same calls; each returns the
+    /// whole output.
+    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+        if let Some(sp) = &sequence {
+            sp.check_heads(self.config.num_attention_heads)?;
+        }
+        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
+        Ok(())
     }
 
     /// The dtype of the activations (the dtype the model was loaded in).
@@ -1447,6 +1491,27 @@ impl LTX2VideoTransformer3DModel {
                 ))
             })?;
 
+        // Under sequence parallel this rank keeps its share of the video tokens, of their tables
+        // and of anything given per token; video-to-audio attention keeps every token's keys.
+        let split = self.sequence.as_deref().map(|sp| (sp, tokens));
+        let local = |t: Tensor| -> Result<Tensor> {
+            match split {
+                Some((sp, _)) if t.rank() >= 2 && t.dim(1)? == tokens => sp.shard(&t, 1),
+                _ => Ok(t),
+            }
+        };
+        let ca_video_key_rotary_emb = ca_video_rotary_emb.clone();
+        let (video_rotary_emb, ca_video_rotary_emb) = match split {
+            Some((sp, _)) => {
+                let mine = sp.split(tokens)[sp.rank()].clone();
+                (
+                    video_rotary_emb.tokens(mine.clone())?,
+                    ca_video_rotary_emb.tokens(mine)?,
+                )
+            }
+            None => (video_rotary_emb, ca_video_rotary_emb),
+        };
+
         // 2. Input projections.
         let mut x = linear_forward(&self.proj_in, &inputs.hidden_states.to_dtype(dtype)?, None)?;
         let mut ax = linear_forward(
@@ -1461,10 +1526,12 @@ impl LTX2VideoTransformer3DModel {
             let marker = mask.gt(0.0)?.to_dtype(dtype)?;
             x = (x + marker.broadcast_mul(&embedding.unsqueeze(0)?)?)?;
         }
+        let mut x = local(x)?;
 
         // 3. Timestep embeddings and modulation parameters.
         let gate_scale = cfg.cross_attn_timestep_scale_multiplier / cfg.timestep_scale_multiplier;
         let (temb, embedded_timestep) = self.time_embed.forward(timestep, batch, dtype)?;
+        let (temb, embedded_timestep) = (local(temb)?, local(embedded_timestep)?);
         let (temb_audio, audio_embedded_timestep) =
             self.audio_time_embed
                 .forward(audio_timestep, batch, dtype)?;
@@ -1493,6 +1560,8 @@ impl LTX2VideoTransformer3DModel {
         let (temb_ca_gate, _) =
             self.av_cross_attn_video_a2v_gate
                 .forward(&scaled(video_ca_timestep)?, batch, dtype)?;
+        let (temb_ca_scale_shift, temb_ca_gate) =
+            (local(temb_ca_scale_shift)?, local(temb_ca_gate)?);
         let (temb_ca_audio_scale_shift, _) =
             self.av_cross_attn_audio_scale_shift
                 .forward(audio_ca_timestep, batch, dtype)?;
@@ -1555,7 +1624,9 @@ impl LTX2VideoTransformer3DModel {
             video_rotary_emb: &video_rotary_emb,
             audio_rotary_emb: &audio_rotary_emb,
             ca_video_rotary_emb: &ca_video_rotary_emb,
+            ca_video_key_rotary_emb: &ca_video_key_rotary_emb,
             ca_audio_rotary_emb: &ca_audio_rotary_emb,
+            sequence: split,
             encoder_attention_mask: encoder_attention_mask.as_ref(),
             audio_encoder_attention_mask: audio_encoder_attention_mask.as_ref(),
             self_attention_mask: video_self_attention_mask.as_ref(),
@@ -1575,13 +1646,16 @@ impl LTX2VideoTransformer3DModel {
             let x = norm.forward_modulated(x, &params[0], &params[1])?;
             linear_forward(proj, &x, None)
         };
-        let sample = output(
+        let mut sample = output(
             &x,
             &self.scale_shift_table,
             &embedded_timestep,
             &self.norm_out,
             &self.proj_out,
         )?;
+        if let Some((sp, tokens)) = split {
+            sample = section("sequence.gather", device, || sp.gather(&sample, tokens))?;
+        }
         let audio_sample = output(
             &ax,
             &self.audio_scale_shift_table,
