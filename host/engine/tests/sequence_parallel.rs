@@ -12,8 +12,10 @@ use videosdgx_engine::families::ltx2::transformer::{
 use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::parallel::{Layout, run_ranks};
-use videosdgx_engine::pipelines::{GenerateParams, Progress};
+use videosdgx_engine::parallel::{Layout, generate_split, run_ranks};
+use videosdgx_engine::pipelines::{
+    GenerateInputs, GenerateParams, GuidanceTerms, Pipeline, Progress,
+};
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
 const TOLERANCE: f64 = 1e-5;
@@ -222,7 +224,7 @@ fn params() -> GenerateParams {
 }
 
 /// Generates with `params` on the ranks of `layout`: every rank's (frames, latents).
-fn generate_split(
+fn generate_on_ranks(
     layout: Layout,
     params: &GenerateParams,
 ) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
@@ -248,7 +250,7 @@ fn a_split_generation_gives_the_unsplit_video_under_every_layout() {
             // The tiny model has two heads: three-way Ulysses is refused (tested above).
             continue;
         }
-        let outputs = generate_split(layout, &p).unwrap();
+        let outputs = generate_on_ranks(layout, &p).unwrap();
         let (frames, latents) = &outputs[0];
         let err = relative_error(frames, &expected.frames).unwrap();
         assert!(
@@ -272,11 +274,11 @@ fn cfg_parallel_without_guidance_or_with_a_step_cache_is_refused() {
     let layout = Layout::new(2, true).unwrap();
     let mut p = params();
     p.guidance = 1.0;
-    let err = format!("{:#}", generate_split(layout, &p).unwrap_err());
+    let err = format!("{:#}", generate_on_ranks(layout, &p).unwrap_err());
     assert!(err.contains("CFG parallel needs guidance"), "{err}");
     let mut p = params();
     p.cache = Some("easycache".parse::<CacheSpec>().unwrap());
-    let err = format!("{:#}", generate_split(layout, &p).unwrap_err());
+    let err = format!("{:#}", generate_on_ranks(layout, &p).unwrap_err());
     assert!(
         err.contains("step cache cannot run under CFG parallel"),
         "{err}"
@@ -291,7 +293,96 @@ fn a_step_cache_decides_alike_on_every_rank_of_a_sequence_split() {
     let mut whole =
         WanPipeline::load(&fixtures().join("tiny-wan-t2v"), &Device::Cpu, DType::F32).unwrap();
     let expected = whole.generate(&p, &mut quiet).unwrap();
-    let outputs = generate_split(Layout::new(2, false).unwrap(), &p).unwrap();
+    let outputs = generate_on_ranks(Layout::new(2, false).unwrap(), &p).unwrap();
     let err = relative_error(&outputs[0].0, &expected.frames).unwrap();
     assert!(err <= TOLERANCE, "relative error {err:e}");
+}
+
+#[test]
+fn a_split_ltx2_generation_gives_the_unsplit_video_and_sound() {
+    // Classifier-free, spatio-temporal and modality guidance, as one batch on every rank.
+    let dir = fixtures().join("tiny-ltx2");
+    let reference = |file: &str| {
+        candle_core::safetensors::load(dir.join("reference").join(file), &Device::Cpu).unwrap()
+    };
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("reference/t2v_all_guidance.json")).unwrap(),
+    )
+    .unwrap();
+    let mut params: GenerateParams = serde_json::from_value(serde_json::json!({
+        "prompt": "", "height": run["height"], "width": run["width"],
+        "frames": run["num_frames"], "steps": run["num_inference_steps"],
+        "guidance": run["guidance_scale"], "seed": 0, "fps": run["frame_rate"],
+    }))
+    .unwrap();
+    params.guidance_terms = serde_json::from_value::<GuidanceTerms>(run.clone()).unwrap();
+    let (mut prompt, mut negative) = (
+        reference("prompt_embeds.safetensors"),
+        reference("negative_prompt_embeds.safetensors"),
+    );
+    let inputs = GenerateInputs {
+        latents: reference("latents.safetensors").remove("latents"),
+        audio_latents: reference("audio_latents.safetensors").remove("audio_latents"),
+        prompt_embeds: prompt.remove("prompt_embeds"),
+        prompt_attention_mask: prompt.remove("prompt_attention_mask"),
+        negative_prompt_embeds: negative.remove("negative_prompt_embeds"),
+        negative_prompt_attention_mask: negative.remove("negative_prompt_attention_mask"),
+        ..Default::default()
+    };
+    let whole = Pipeline::open(&dir, &Device::Cpu, DType::F32)
+        .unwrap()
+        .generate(&params, inputs.clone(), &mut quiet)
+        .unwrap();
+    let mut reports = 0;
+    let split = generate_split(
+        &dir,
+        DType::F32,
+        Layout::new(2, false).unwrap(),
+        &[Device::Cpu, Device::Cpu],
+        |_| Ok(()),
+        &params,
+        inputs,
+        &mut |_| {
+            reports += 1;
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert!(reports > params.steps, "the first rank reports progress");
+    let sound = |v: &videosdgx_engine::pipelines::GeneratedVideo| {
+        v.audio.as_ref().unwrap().to_tensor(&Device::Cpu).unwrap()
+    };
+    for (what, got, want) in [
+        ("video", split.frames.clone(), whole.frames.clone()),
+        ("sound", sound(&split), sound(&whole)),
+    ] {
+        let err = relative_error(&got, &want).unwrap();
+        assert!(err <= TOLERANCE, "{what}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn a_cancel_stops_every_rank_of_a_split_generation() {
+    let mut p = params();
+    p.steps = 6;
+    let Err(err) = generate_split(
+        &fixtures().join("tiny-wan-t2v"),
+        DType::F32,
+        Layout::new(2, true).unwrap(),
+        &[Device::Cpu, Device::Cpu],
+        |_| Ok(()),
+        &p,
+        GenerateInputs::default(),
+        &mut |progress| match progress.step {
+            2 => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+    ) else {
+        panic!("the cancel was not obeyed");
+    };
+    assert!(
+        err.downcast_ref::<videosdgx_engine::pipelines::Cancelled>()
+            .is_some(),
+        "{err:#}"
+    );
 }

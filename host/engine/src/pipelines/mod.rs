@@ -738,8 +738,9 @@ impl Pipeline {
     pub fn set_split(&mut self, split: crate::parallel::Split) -> anyhow::Result<()> {
         match self {
             Pipeline::Wan(wan) => wan.set_split(split),
-            _ => bail!(
-                "a generation split across cards runs Wan models so far; run this model on one card"
+            Pipeline::Ltx2(ltx) => ltx.set_split(split),
+            Pipeline::Flux(_) | Pipeline::Flux2(_) => bail!(
+                "a generation split across cards runs Wan and LTX-2 models so far; run this model on one card"
             ),
         }
     }

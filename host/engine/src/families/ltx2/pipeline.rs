@@ -35,6 +35,7 @@ use crate::finishing::resample::Resampler;
 use crate::fused::profile::section;
 use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
+use crate::parallel::Split;
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
 };
@@ -83,6 +84,8 @@ pub struct LTX2Pipeline {
     lora_files: Vec<std::sync::Arc<crate::lora::LoraFile>>,
     device: Device,
     dtype: DType,
+    /// This rank's part when one generation is split across cards.
+    split: Split,
 }
 
 /// The models of a pipeline built in memory ([`LTX2Pipeline::from_parts`]).
@@ -183,7 +186,25 @@ impl LTX2Pipeline {
             lora_files: Vec::new(),
             device: device.clone(),
             dtype,
+            split: Split::default(),
         }
+    }
+
+    /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]):
+    /// the video's tokens are shared (the guidance passes run batched on every rank); the first
+    /// rank decodes the video and its sound, the others return the latents and zero frames.
+    pub fn set_split(&mut self, split: Split) -> Result<()> {
+        if split.cfg.is_some() {
+            bail!(
+                "{}: LTX-2 runs its guidance passes as one batch; split its tokens instead of the guidance (no --cfg-parallel)",
+                self.name
+            );
+        }
+        self.transformer
+            .set_sequence_parallel(split.sequence.clone())
+            .with_context(|| format!("{}: transformer", self.name))?;
+        self.split = split;
+        Ok(())
     }
 
     /// The denoising transformer.
@@ -510,7 +531,12 @@ impl LTX2Pipeline {
         let audio_latents = self.audio_vae.denormalize_latents(&audio.latents)?;
         let mel_bins = self.audio_vae.latent_mel_bins()?;
         let audio_latents = AutoencoderKLLTX2Audio::unpack_latents(&audio_latents, mel_bins)?;
-        if !decode {
+        if !decode || !self.split.leads() {
+            if decode {
+                // The first rank decodes; the others report alike, as split ranks must.
+                report(Stage::Decoding, 1, 2)?;
+                report(Stage::Decoding, 2, 2)?;
+            }
             // No pictures: zero frames of the size the VAE would make.
             let spatial = self.spatial_ratio();
             return Ok(GeneratedVideo {
