@@ -141,6 +141,7 @@ fn a_generation_split_across_cpu_lanes_saves_the_diffusers_video() {
             devices,
             "--save-tensor",
             tensor.to_str().unwrap(),
+            "--json",
         ];
         if cfg {
             extra.push("--cfg-parallel");
@@ -150,6 +151,18 @@ fn a_generation_split_across_cpu_lanes_saves_the_diffusers_video() {
         assert!(out.status.success(), "{devices} {cfg}: {stderr}");
         // One rank reports: each step once.
         assert_eq!(stderr.matches("Denoising 4/4").count(), 1, "{stderr}");
+        // The record gives every rank's time and exchanges.
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ranks = record["ranks"].as_array().unwrap();
+        assert_eq!(ranks.len(), devices.split(',').count(), "{record}");
+        for rank in ranks {
+            assert_eq!(rank["device"], "cpu");
+            assert!(
+                rank["exchange"]["exchanges"].as_u64().unwrap() > 4,
+                "{rank}"
+            );
+            assert!(rank["seconds"].as_f64().unwrap() > 0.0, "{rank}");
+        }
         let err = rel_err(
             &video(&tensor),
             &video(&reference.join("video_from_embeds.safetensors")),

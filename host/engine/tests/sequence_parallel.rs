@@ -349,6 +349,15 @@ fn a_split_ltx2_generation_gives_the_unsplit_video_and_sound() {
     )
     .unwrap();
     assert!(reports > params.steps, "the first rank reports progress");
+    assert_eq!(split.ranks.len(), 2);
+    for rank in &split.ranks {
+        // The video's self-attention trades tokens twice a block, the stop agreement once a
+        // report; all within the rank's time.
+        assert!(rank.exchange.exchanges > params.steps, "{rank:?}");
+        assert!(rank.exchange.ms / 1e3 <= rank.seconds, "{rank:?}");
+        assert_eq!(rank.device, "cpu");
+    }
+    let split = split.video;
     let sound = |v: &videosdgx_engine::pipelines::GeneratedVideo| {
         v.audio.as_ref().unwrap().to_tensor(&Device::Cpu).unwrap()
     };

@@ -457,14 +457,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Ok(())
     };
     eprintln!("loading {}", args.model.display());
-    let (capabilities, mut params, video) = match split {
+    let (capabilities, mut params, video, ranks) = match split {
         Some(layout) => {
             if args.upsampler.is_some() {
                 bail!("--upsampler: the two-stage generation runs on one card");
             }
             let capabilities = Pipeline::inspect(&args.model)?;
             let params = params(&args, &capabilities)?;
-            let video = generate_split(
+            let split = generate_split(
                 &args.model,
                 dtype,
                 layout,
@@ -474,7 +474,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 inputs,
                 &mut show,
             )?;
-            (capabilities, params, video)
+            (capabilities, params, split.video, Some(split.ranks))
         }
         None => {
             let mut pipeline = Pipeline::open(&args.model, &devices[0], dtype)?;
@@ -489,7 +489,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 inputs,
                 &mut show,
             )?;
-            (capabilities, params, video)
+            (capabilities, params, video, None)
         }
     };
     stages.enter(Stage::Writing);
@@ -557,6 +557,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     });
     if let Some(cache) = &video.cache {
         record["cache"] = serde_json::to_value(cache)?;
+    }
+    if let Some(ranks) = &ranks {
+        record["ranks"] = serde_json::to_value(ranks)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record)?);

@@ -2,14 +2,16 @@
 //! shared mailbox. CPU lanes (`--gpus cpu,cpu`) run the split path with it, which is how the
 //! tests check that a split generation matches an unsplit one without GPUs; CUDA ranks use NCCL.
 
-use super::Collective;
+use super::{Collective, CommTime};
 use candle_core::{Result, Shape, Tensor};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// One rank's handle on an in-process group.
 pub struct LocalGroup {
     rank: usize,
     shared: Arc<Shared>,
+    spent: Mutex<CommTime>,
 }
 
 struct Shared {
@@ -44,6 +46,7 @@ impl LocalGroup {
                 Arc::new(LocalGroup {
                     rank,
                     shared: shared.clone(),
+                    spent: Mutex::new(CommTime::default()),
                 })
             })
             .collect()
@@ -92,7 +95,12 @@ impl Collective for LocalGroup {
         self.shared.size
     }
 
+    fn exchange_time(&self) -> Result<CommTime> {
+        Ok(*self.spent.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn exchange(&self, outgoing: &[Tensor], incoming: &[Shape]) -> Result<Vec<Tensor>> {
+        let start = Instant::now();
         let size = self.shared.size;
         if outgoing.len() != size || incoming.len() != size {
             candle_core::bail!(
@@ -124,6 +132,10 @@ impl Collective for LocalGroup {
             self.shared.changed.notify_all();
         }
         drop(round);
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        spent.exchanges += 1;
+        spent.ms += start.elapsed().as_secs_f64() * 1e3;
+        drop(spent);
         for (p, (tensor, shape)) in received.iter().zip(incoming).enumerate() {
             if tensor.shape() != shape || tensor.dtype() != outgoing[p].dtype() {
                 candle_core::bail!(

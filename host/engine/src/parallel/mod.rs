@@ -17,13 +17,12 @@ pub mod local;
 pub mod nccl;
 mod ranks;
 
-pub use generate::generate_split;
+pub use generate::{RankTime, SplitGeneration, generate_split};
 pub use ranks::{RankContext, run_ranks};
 
 use candle_core::{Device, Result, Shape, Tensor};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 /// One rank's view of a communicator: the one primitive every split is built from.
 pub trait Collective: Send + Sync {
@@ -33,6 +32,10 @@ pub trait Collective: Send + Sync {
     /// `incoming[p]` is the shape rank `p` sends here, in the dtype of `outgoing`. Every rank of
     /// the group calls it together.
     fn exchange(&self, outgoing: &[Tensor], incoming: &[Shape]) -> Result<Vec<Tensor>>;
+    /// The exchanges so far and the time they took, waiting for slower peers included (on CUDA
+    /// between events on the stream, read once the work has finished: call it after a
+    /// synchronisation).
+    fn exchange_time(&self) -> Result<CommTime>;
 }
 
 /// How the ranks of one generation share the work: `ulysses` ranks split each pass's tokens, and
@@ -101,6 +104,18 @@ pub struct Split {
 
 impl Split {
     /// The guidance branch this rank computes (0 conditional, 1 unconditional) under CFG parallel.
+    /// The time this rank spent in the exchanges of all its groups so far.
+    pub fn exchange_time(&self) -> Result<CommTime> {
+        let mut total = CommTime::default();
+        for group in [&self.world, &self.cfg].into_iter().flatten() {
+            total = total + group.exchange_time()?;
+        }
+        if let Some(sp) = &self.sequence {
+            total = total + sp.group().exchange_time()?;
+        }
+        Ok(total)
+    }
+
     pub fn cfg_branch(&self) -> Option<usize> {
         self.cfg.as_ref().map(|group| group.rank())
     }
@@ -112,26 +127,35 @@ impl Split {
     }
 }
 
-/// Ulysses over one communicator, with the time its exchanges take when timing is on (which
-/// synchronises the device around each exchange, so it is for benchmarks only).
+/// Ulysses over one communicator.
 pub struct SequenceParallel {
     group: Arc<dyn Collective>,
-    timing: Mutex<Option<CommTime>>,
 }
 
 /// Time a rank spent exchanging, and how many exchanges.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct CommTime {
     pub exchanges: usize,
     pub ms: f64,
 }
 
+impl std::ops::Add for CommTime {
+    type Output = CommTime;
+    fn add(self, other: CommTime) -> CommTime {
+        CommTime {
+            exchanges: self.exchanges + other.exchanges,
+            ms: self.ms + other.ms,
+        }
+    }
+}
+
 impl SequenceParallel {
     pub fn new(group: Arc<dyn Collective>) -> Self {
-        Self {
-            group,
-            timing: Mutex::new(None),
-        }
+        Self { group }
+    }
+
+    pub fn group(&self) -> &dyn Collective {
+        self.group.as_ref()
     }
 
     pub fn ranks(&self) -> usize {
@@ -140,16 +164,6 @@ impl SequenceParallel {
 
     pub fn rank(&self) -> usize {
         self.group.rank()
-    }
-
-    /// Starts (or with `false` stops) timing the exchanges, from zero.
-    pub fn time_exchanges(&self, on: bool) {
-        *self.timing.lock().expect("timing poisoned") = on.then(CommTime::default);
-    }
-
-    /// The exchanges timed since [`Self::time_exchanges`].
-    pub fn exchange_time(&self) -> Option<CommTime> {
-        *self.timing.lock().expect("timing poisoned")
     }
 
     /// The contiguous token range of every rank; the first `tokens % N` ranks hold one more.
@@ -214,7 +228,7 @@ impl SequenceParallel {
             .map(|r| Shape::from((b, r.len(), per_rank, d)))
             .collect::<Vec<_>>();
         debug_assert_eq!(incoming[self.rank()].dims()[1], local);
-        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 1)
+        Tensor::cat(&self.group.exchange(&outgoing, &incoming)?, 1)
     }
 
     /// The inverse of [`Self::heads_to_sequence`]: `[B, S, H/N, D]` to `[B, s_r, H, D]`.
@@ -230,7 +244,7 @@ impl SequenceParallel {
             .collect::<Result<Vec<_>>>()?;
         let mine = ranges[self.rank()].len();
         let incoming = vec![Shape::from((b, mine, per_rank, d)); self.ranks()];
-        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 2)
+        Tensor::cat(&self.group.exchange(&outgoing, &incoming)?, 2)
     }
 
     /// Every rank's `[B, s_r, C]` joined into `[B, S, C]` on every rank.
@@ -246,29 +260,7 @@ impl SequenceParallel {
             .iter()
             .map(|r| Shape::from((b, r.len(), c)))
             .collect::<Vec<_>>();
-        Tensor::cat(&self.exchange(&outgoing, &incoming, x.device())?, 1)
-    }
-
-    fn exchange(
-        &self,
-        outgoing: &[Tensor],
-        incoming: &[Shape],
-        device: &Device,
-    ) -> Result<Vec<Tensor>> {
-        let timed = self.timing.lock().expect("timing poisoned").is_some();
-        if !timed {
-            return self.group.exchange(outgoing, incoming);
-        }
-        device.synchronize()?;
-        let start = Instant::now();
-        let out = self.group.exchange(outgoing, incoming)?;
-        device.synchronize()?;
-        let spent = start.elapsed();
-        if let Some(time) = self.timing.lock().expect("timing poisoned").as_mut() {
-            time.exchanges += 1;
-            time.ms += Duration::as_secs_f64(&spent) * 1e3;
-        }
-        Ok(out)
+        Tensor::cat(&self.group.exchange(&outgoing, &incoming)?, 1)
     }
 }
 

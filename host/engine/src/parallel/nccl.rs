@@ -3,8 +3,9 @@
 //! with the `nccl` feature links `libnccl.so.2` (the `nvidia-nccl-cu13` wheel's or the
 //! distribution's), as candle links the other CUDA libraries.
 
-use super::Collective;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+use super::{Collective, CommTime};
+use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::cudarc::nccl::{result, safe};
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
@@ -51,6 +52,9 @@ pub struct NcclGroup {
     device: CudaDevice,
     rank: usize,
     size: usize,
+    /// Events around each exchange not yet read, and the time of those read.
+    pending: Mutex<Vec<(CudaEvent, CudaEvent)>>,
+    spent: Mutex<CommTime>,
 }
 
 struct SendComm(safe::Comm);
@@ -76,7 +80,16 @@ impl NcclGroup {
             device: device.clone(),
             rank,
             size,
+            pending: Mutex::new(Vec::new()),
+            spent: Mutex::new(CommTime::default()),
         })
+    }
+
+    fn event(&self) -> Result<CudaEvent> {
+        self.device
+            .cuda_stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| candle_core::Error::Msg(format!("recording a CUDA event: {e}")))
     }
 
     fn exchange_typed<T: safe::NcclType + DeviceRepr + candle_core::cuda_backend::CudaDType>(
@@ -97,6 +110,7 @@ impl NcclGroup {
             });
         }
         let storages: Vec<_> = outgoing.iter().map(|t| t.storage_and_layout()).collect();
+        let start = self.event()?;
         result::group_start().map_err(nccl_err("ncclGroupStart"))?;
         let mut launched = Ok(());
         for (p, (storage, layout)) in storages.iter().enumerate() {
@@ -131,6 +145,11 @@ impl NcclGroup {
         // The group must be closed even when a call in it failed.
         result::group_end().map_err(nccl_err("ncclGroupEnd"))?;
         launched?;
+        let end = self.event()?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((start, end));
         drop(storages);
         received
             .into_iter()
@@ -157,6 +176,19 @@ impl Collective for NcclGroup {
 
     fn size(&self) -> usize {
         self.size
+    }
+
+    fn exchange_time(&self) -> Result<CommTime> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        for (start, end) in pending {
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| candle_core::Error::Msg(format!("timing an exchange: {e}")))?;
+            spent.exchanges += 1;
+            spent.ms += f64::from(ms);
+        }
+        Ok(*spent)
     }
 
     fn exchange(&self, outgoing: &[Tensor], incoming: &[Shape]) -> Result<Vec<Tensor>> {

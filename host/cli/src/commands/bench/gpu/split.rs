@@ -3,8 +3,8 @@
 //! Every rank builds the same seeded random weights, so the split output is compared with the
 //! one-card output of the same weights and inputs. Rank 0 times the one-card call first, on its
 //! own card, before the split (its peers wait at their first exchange); then every rank times the
-//! split call (CUDA events, median after warm-up) and one more call with its exchanges timed
-//! between device synchronisations: the rest of its time is compute.
+//! split call (CUDA events, median after warm-up) and its exchanges (CUDA events around each, the
+//! mean per call): the rest of its time is compute.
 
 use super::{RandomWeights, time_ms};
 use crate::commands::bench::configs::transformer_config;
@@ -15,7 +15,6 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::parallel::{CommTime, Layout, RankContext, exchange_guidance, run_ranks};
@@ -49,8 +48,8 @@ struct RankTiming {
     rank: usize,
     card: usize,
     ms: f64,
-    /// Of one more call, with the device synchronised around each exchange: time spent
-    /// exchanging, and the rest of that call (compute, and waiting for slower peers' compute).
+    /// Per call: the exchanges and the time they took (waiting for slower peers included), and
+    /// the rest of the call.
     exchange: CommTime,
     compute_ms: f64,
 }
@@ -194,39 +193,19 @@ fn rank_bench(
     };
 
     model.set_sequence_parallel(rank.split.sequence.clone())?;
+    let before = rank.split.exchange_time()?;
     let mut out = None;
     let ms = time_ms(dev, args.warmup, args.reps, || {
         out = Some(call(&model)?);
         Ok(())
     })?;
-
-    // One more call, every exchange timed between synchronisations.
-    let sequence = rank.split.sequence.as_ref();
-    sequence.inspect(|sp| sp.time_exchanges(true));
-    dev.synchronize()?;
-    let start = Instant::now();
-    let mut exchange = CommTime::default();
-    let profiled = match &rank.split.cfg {
-        Some(pair) => {
-            let mine = forward(&model, &texts[pair.rank()])?;
-            dev.synchronize()?;
-            let t = Instant::now();
-            let (cond, uncond) = exchange_guidance(pair.as_ref(), &mine)?;
-            dev.synchronize()?;
-            exchange.exchanges += 1;
-            exchange.ms += t.elapsed().as_secs_f64() * 1e3;
-            guided(&cond, &uncond)?
-        }
-        None => call(&model)?,
+    // Every call of the warm-up and the timed runs exchanged alike: the mean per call.
+    let calls = f64::from(args.warmup + args.reps);
+    let spent = rank.split.exchange_time()?;
+    let exchange = CommTime {
+        exchanges: ((spent.exchanges - before.exchanges) as f64 / calls).round() as usize,
+        ms: (spent.ms - before.ms) / calls,
     };
-    dev.synchronize()?;
-    let total_ms = start.elapsed().as_secs_f64() * 1e3;
-    drop(profiled);
-    if let Some(timed) = sequence.and_then(|sp| sp.exchange_time()) {
-        exchange.exchanges += timed.exchanges;
-        exchange.ms += timed.ms;
-    }
-    sequence.inspect(|sp| sp.time_exchanges(false));
 
     let split_out = host(&out.context("timed")?)?;
     Ok(RankResult {
@@ -235,7 +214,7 @@ fn rank_bench(
             card,
             ms,
             exchange,
-            compute_ms: total_ms - exchange.ms,
+            compute_ms: ms - exchange.ms,
         },
         one_card: one_card.map(|(ms, whole)| (ms, whole, split_out)),
     })
