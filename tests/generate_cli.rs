@@ -197,10 +197,16 @@ fn splits_the_model_or_the_cards_cannot_take_are_refused_in_one_line() {
         stderr.contains("2 attention heads cannot be split across 3 ranks"),
         "{stderr}"
     );
-    let out = generate_image(&["--device", "cpu,cpu", "--save-tensor", &discard]);
+    let out = generate_image(&[
+        "--device",
+        "cpu,cpu",
+        "--cfg-parallel",
+        "--save-tensor",
+        &discard,
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("a generation split across cards runs Wan and LTX-2 models so far"),
+        stderr.contains("CFG parallel is for Wan models"),
         "{stderr}"
     );
 }

@@ -1,18 +1,20 @@
-//! One generation split across ranks (crate::parallel) gives what the unsplit one gives: the Wan
-//! and LTX-2 transformers under Ulysses sequence parallel on 2 to 4 CPU ranks (even and uneven
-//! token shares), and the Wan pipeline under sequence parallel, CFG parallel and both. f32 on the CPU: the split changes only the order of a few sums, so 1e-5 relative.
+//! One generation split across ranks (crate::parallel) gives what the unsplit one gives: the Wan,
+//! LTX-2, FLUX.1 and FLUX.2 transformers under Ulysses sequence parallel on 2 to 4 CPU ranks (even
+//! and uneven token shares), and the pipelines under sequence parallel, CFG parallel and both. f32 on the CPU: the split changes only the order of a few sums, so 1e-5 relative.
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use videosdgx_engine::families::flux::transformer::FluxTransformer2DModel;
+use videosdgx_engine::families::flux2::transformer::Flux2Transformer2DModel;
 use videosdgx_engine::families::ltx2::transformer::{
     LTX2TransformerInputs, LTX2VideoTransformer3DModel,
 };
 use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::parallel::{Layout, generate_split, run_ranks};
+use videosdgx_engine::parallel::{Layout, SequenceParallel, generate_split, run_ranks};
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, GuidanceTerms, Pipeline, Progress,
 };
@@ -122,6 +124,111 @@ fn the_split_ltx2_transformer_matches_the_whole_one_video_and_sound() {
             }
         }
     }
+}
+
+/// `forward` of the model `load` gives, on two CPU ranks against one.
+fn check_split<M>(
+    what: &str,
+    load: impl Fn() -> anyhow::Result<M> + Sync,
+    split: impl Fn(&mut M, Option<std::sync::Arc<SequenceParallel>>) -> candle_core::Result<()> + Sync,
+    forward: impl Fn(&M) -> candle_core::Result<Tensor> + Sync,
+) {
+    let whole = forward(&load().unwrap()).unwrap();
+    let devices = vec![Device::Cpu; 2];
+    let outputs = run_ranks(Layout::new(2, false).unwrap(), &devices, |rank| {
+        let mut model = load()?;
+        split(&mut model, rank.split.sequence)?;
+        Ok(forward(&model)?)
+    })
+    .unwrap();
+    for (rank, out) in outputs.iter().enumerate() {
+        let err = relative_error(out, &whole).unwrap();
+        assert!(
+            err <= TOLERANCE,
+            "{what}, rank {rank}: relative error {err:e}"
+        );
+    }
+}
+
+#[test]
+fn the_split_flux_transformers_match_the_whole_ones() {
+    // FLUX.1 [dev] with guidance; FLUX.2 [klein] (batch of 2, per-sample ids) and [dev] (9 image
+    // tokens: shares of 5 and 4).
+    let inputs1 = inputs("flux1-dev-tiny");
+    check_split(
+        "flux1-dev-tiny",
+        || {
+            FluxTransformer2DModel::load(
+                &component("flux1-dev-tiny").join("model"),
+                &Device::Cpu,
+                DType::F32,
+            )
+        },
+        FluxTransformer2DModel::set_sequence_parallel,
+        |model| {
+            model.forward(
+                &inputs1["hidden_states"],
+                &inputs1["encoder_hidden_states"],
+                &inputs1["pooled_projections"],
+                &inputs1["timestep"],
+                &inputs1["img_ids"],
+                &inputs1["txt_ids"],
+                inputs1.get("guidance"),
+            )
+        },
+    );
+    for name in ["flux2-klein-tiny", "flux2-dev-tiny"] {
+        let inputs = inputs(name);
+        check_split(
+            name,
+            || {
+                Flux2Transformer2DModel::load(
+                    &component(name).join("model"),
+                    &Device::Cpu,
+                    DType::F32,
+                )
+            },
+            Flux2Transformer2DModel::set_sequence_parallel,
+            |model| {
+                model.forward(
+                    &inputs["hidden_states"],
+                    &inputs["encoder_hidden_states"],
+                    &inputs["timestep"],
+                    &inputs["img_ids"],
+                    &inputs["txt_ids"],
+                    inputs.get("guidance"),
+                )
+            },
+        );
+    }
+}
+
+#[test]
+fn a_split_flux2_generation_gives_the_unsplit_image() {
+    let dir = fixtures().join("tiny-flux2-klein");
+    let mut params: GenerateParams = serde_json::from_value(serde_json::json!({
+        "prompt": "a red fox in the snow", "height": 32, "width": 48, "frames": 1,
+        "steps": 3, "guidance": 1.0, "seed": 3,
+    }))
+    .unwrap();
+    params.negative_prompt.clear();
+    let whole = Pipeline::open(&dir, &Device::Cpu, DType::F32)
+        .unwrap()
+        .generate(&params, GenerateInputs::default(), &mut quiet)
+        .unwrap();
+    let split = generate_split(
+        &dir,
+        DType::F32,
+        Layout::new(2, false).unwrap(),
+        &[Device::Cpu, Device::Cpu],
+        |_| Ok(()),
+        &params,
+        GenerateInputs::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let err = relative_error(&split.video.frames, &whole.frames).unwrap();
+    assert!(err <= TOLERANCE, "relative error {err:e}");
 }
 
 #[test]

@@ -10,8 +10,10 @@ use super::{LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward};
 use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::lora::{LoraError, Visitor, Weight};
+use crate::parallel::SequenceParallel;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::ops::Range;
 
 /// Splits the last dim of `x` into heads of `head_dim`: `[B, L, H * D]` to `[B, L, H, D]`.
 pub(crate) fn split_heads(x: &Tensor, head_dim: usize) -> Result<Tensor> {
@@ -89,6 +91,25 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
+    /// The tables of the joint sequence one rank of `split` holds: every text token, then its
+    /// share of the image tokens.
+    pub(crate) fn share(&self, split: &JointSplit<'_>) -> Result<Rope> {
+        let image = split.image_range();
+        let rows = |t: &Tensor| {
+            Tensor::cat(
+                &[
+                    t.narrow(0, 0, split.text_len)?,
+                    t.narrow(0, split.text_len + image.start, image.len())?,
+                ],
+                0,
+            )
+        };
+        Ok(Rope {
+            cos: rows(&self.cos)?,
+            sin: rows(&self.sin)?,
+        })
+    }
+
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         apply_interleaved(x, &self.cos, &self.sin)
     }
@@ -100,6 +121,74 @@ impl Rope {
             None => self.apply(&norm_heads(norm, x)?),
         }
     }
+}
+
+/// A FLUX transformer call split across ranks ([`crate::parallel`]): the image tokens are
+/// shared out, the text tokens (a few hundred) stay whole on every rank.
+#[derive(Clone, Copy)]
+pub(crate) struct JointSplit<'a> {
+    pub(crate) sequence: &'a SequenceParallel,
+    pub(crate) text_len: usize,
+    /// The image tokens in all.
+    pub(crate) image_len: usize,
+}
+
+impl JointSplit<'_> {
+    fn image_range(&self) -> Range<usize> {
+        self.sequence.split(self.image_len)[self.sequence.rank()].clone()
+    }
+
+    /// This rank's share of the image tokens `[B, image_len, C]`.
+    pub(crate) fn shard_image(&self, x: &Tensor) -> Result<Tensor> {
+        self.sequence.shard(x, 1)
+    }
+
+    /// Every rank's image tokens `[B, share, C]` joined into `[B, image_len, C]`.
+    pub(crate) fn gather_image(&self, x: &Tensor) -> Result<Tensor> {
+        section("sequence.gather", x.device(), || {
+            self.sequence.gather(x, self.image_len)
+        })
+    }
+}
+
+/// Attention over the rotated joint q/k/v `[B, text + image, H, D]`: whole, or under `split` with
+/// this rank's image tokens. Split, the image tokens go through Ulysses' all-to-all (every image
+/// token, a share of the heads), the text takes the same heads locally, and the text's output is
+/// gathered across the heads again.
+pub(crate) fn joint_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    split: Option<&JointSplit<'_>>,
+) -> Result<Tensor> {
+    let dev = q.device();
+    let Some(split) = split else {
+        return section("attn.attention", dev, || attention(q, k, v));
+    };
+    let (sp, text_len) = (split.sequence, split.text_len);
+    let heads_share = |t: &Tensor| -> Result<Tensor> {
+        let image = t.narrow(1, text_len, t.dim(1)? - text_len)?;
+        Tensor::cat(
+            &[
+                sp.own_heads(&t.narrow(1, 0, text_len)?)?,
+                sp.heads_to_sequence(&image, split.image_len)?,
+            ],
+            1,
+        )
+    };
+    let (q, k, v) = section("sequence.all_to_all", dev, || {
+        Ok((heads_share(q)?, heads_share(k)?, heads_share(v)?))
+    })?;
+    let out = section("attn.attention", dev, || attention(&q, &k, &v))?;
+    section("sequence.all_to_all", dev, || {
+        Tensor::cat(
+            &[
+                sp.gather_heads(&out.narrow(1, 0, text_len)?)?,
+                sp.sequence_to_heads(&out.narrow(1, text_len, split.image_len)?)?,
+            ],
+            1,
+        )
+    })
 }
 
 /// The q/k/v projections of one stream with their per-head RMS q/k norms (`to_q`, `to_k`,
@@ -257,12 +346,14 @@ impl JointAttention {
         f(Weight::Linear(&mut self.to_add_out))
     }
 
-    /// Returns the attention outputs of the image stream `x` and the text stream `context`.
+    /// Returns the attention outputs of the image stream `x` and the text stream `context` (under
+    /// `split`, `x` holds this rank's image tokens and `rope` their tables).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         context: &Tensor,
         rope: &Rope,
+        split: Option<&JointSplit<'_>>,
     ) -> Result<(Tensor, Tensor)> {
         let dev = x.device();
         let [q, k, v] = self.image.forward(x)?;
@@ -274,7 +365,7 @@ impl JointAttention {
             ))
         })?;
         let v = Tensor::cat(&[cv, v], 1)?;
-        let out = section("attn.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let out = joint_attention(&q, &k, &v, split)?.flatten_from(2)?;
         let text_len = context.dim(1)?;
         let image_len = out.dim(1)? - text_len;
         section("attn.out", dev, || {

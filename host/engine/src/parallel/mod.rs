@@ -247,6 +247,24 @@ impl SequenceParallel {
         Tensor::cat(&self.group.exchange(&outgoing, &incoming)?, 2)
     }
 
+    /// This rank's share of the heads of `x` `[B, L, H, D]`: `[B, L, H/N, D]`, the heads the
+    /// all-to-all gives it.
+    pub fn own_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let per_rank = x.dim(2)? / self.ranks();
+        x.narrow(2, self.rank() * per_rank, per_rank)
+    }
+
+    /// Every rank's heads `[B, L, H/N, D]` of the same tokens joined into `[B, L, H, D]`.
+    pub fn gather_heads(&self, x: &Tensor) -> Result<Tensor> {
+        if self.ranks() == 1 {
+            return Ok(x.clone());
+        }
+        let x = x.contiguous()?;
+        let outgoing = vec![x.clone(); self.ranks()];
+        let incoming = vec![x.shape().clone(); self.ranks()];
+        Tensor::cat(&self.group.exchange(&outgoing, &incoming)?, 2)
+    }
+
     /// Every rank's `[B, s_r, C]` joined into `[B, S, C]` on every rank.
     pub fn gather(&self, x: &Tensor, tokens: usize) -> Result<Tensor> {
         let (b, _, c) = x.dims3()?;

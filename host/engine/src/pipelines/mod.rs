@@ -354,6 +354,16 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// Zero frames of the requested size: what a rank of a split generation returns when another
+/// rank decodes.
+pub(crate) fn no_frames(params: &GenerateParams) -> candle_core::Result<Tensor> {
+    Tensor::zeros(
+        (0, params.height, params.width, 3),
+        DType::F32,
+        &Device::Cpu,
+    )
+}
+
 /// The callback asked to stop; returned (inside `anyhow::Error`) by [`Pipeline::generate`].
 /// Test with `err.downcast_ref::<Cancelled>()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -739,9 +749,8 @@ impl Pipeline {
         match self {
             Pipeline::Wan(wan) => wan.set_split(split),
             Pipeline::Ltx2(ltx) => ltx.set_split(split),
-            Pipeline::Flux(_) | Pipeline::Flux2(_) => bail!(
-                "a generation split across cards runs Wan and LTX-2 models so far; run this model on one card"
-            ),
+            Pipeline::Flux(flux) => flux.set_split(split),
+            Pipeline::Flux2(flux) => flux.set_split(split),
         }
     }
 

@@ -17,8 +17,10 @@ use crate::lora::{LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
+use crate::parallel::Split;
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
+    no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::tokenizer::PromptTokenizer;
@@ -88,6 +90,8 @@ pub struct FluxPipeline {
     max_sequence_length: usize,
     /// The LoRA files applied now, kept open for the next generation that names them.
     lora_files: Vec<Arc<LoraFile>>,
+    /// This rank's part when one generation is split across cards.
+    split: Split,
 }
 
 impl FluxPipeline {
@@ -137,12 +141,30 @@ impl FluxPipeline {
                 .and_then(|v| v.as_u64())
                 .map_or(MAX_SEQUENCE_LENGTH, |n| n as usize),
             lora_files: Vec::new(),
+            split: Split::default(),
         })
     }
 
     /// Whether this is `FluxKontextPipeline` (it needs an image to edit).
     pub fn is_kontext(&self) -> bool {
         self.kontext
+    }
+
+    /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]):
+    /// the image's tokens are shared; the first rank decodes the image, the others return its
+    /// latents and zero frames.
+    pub fn set_split(&mut self, split: Split) -> Result<()> {
+        if split.cfg.is_some() {
+            bail!(
+                "{}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)",
+                self.name
+            );
+        }
+        self.transformer
+            .set_sequence_parallel(split.sequence.clone())
+            .with_context(|| format!("{}: transformer", self.name))?;
+        self.split = split;
+        Ok(())
     }
 
     /// The denoising transformer.
@@ -295,9 +317,14 @@ impl FluxPipeline {
         let vae = self.vae.config();
         let z = ((unpack(&latents, grid_h, grid_w)? / vae.scaling_factor)?
             + vae.shift_factor.unwrap_or(0.0))?;
-        let image = self.vae.decode(&z)?;
-        // [3, H, W] as one frame.
-        let frames = crate::video::pictures_to_frames(&image.squeeze(0)?.unsqueeze(1)?)?;
+        let frames = match self.split.leads() {
+            // [3, H, W] as one frame.
+            true => {
+                let image = self.vae.decode(&z)?;
+                crate::video::pictures_to_frames(&image.squeeze(0)?.unsqueeze(1)?)?
+            }
+            false => no_frames(params)?,
+        };
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
             frames,

@@ -6,23 +6,25 @@
 //! embedding and, for [dev], the guidance scale. IP-adapter and ControlNet residuals are not
 //! implemented. Dimensions come only from the config. Attention goes through [`crate::attention`].
 
-use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::feed_forward::FeedForward;
 use crate::models::joint_attention::{
-    HeadProjections, JointAttention, PosEmbed, Rope, StreamTail, position_rows,
+    HeadProjections, JointAttention, JointSplit, PosEmbed, Rope, StreamTail, joint_attention,
+    position_rows,
 };
 use crate::models::normalization::{AdaLayerNormContinuous, AdaLayerNormZero};
 use crate::models::{
     Activation, LayerNorm, Linear, clip_f16, gated_residual, linear, linear_forward,
 };
+use crate::parallel::SequenceParallel;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `FluxPosEmbed(theta=10000, ...)`: FLUX.1 fixes the rotary base.
 const ROPE_THETA: f64 = 10000.0;
@@ -214,6 +216,7 @@ impl FluxTransformerBlock {
         context: &Tensor,
         temb: &Tensor,
         rope: &Rope,
+        split: Option<&JointSplit<'_>>,
     ) -> Result<(Tensor, Tensor)> {
         let dev = x.device();
         let (normed, modulation) = section("norm1.modulate", dev, || self.norm1.forward(x, temb))?;
@@ -226,7 +229,7 @@ impl FluxTransformerBlock {
         let [c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp] = &modulation[..] else {
             candle_core::bail!("AdaLayerNormZero must give 6 chunks");
         };
-        let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope)?;
+        let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope, split)?;
 
         let image = StreamTail {
             gate_msa,
@@ -278,7 +281,13 @@ impl FluxSingleTransformerBlock {
         self.attn.visit_weights(f)
     }
 
-    fn forward(&self, x: &Tensor, temb: &Tensor, rope: &Rope) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        rope: &Rope,
+        split: Option<&JointSplit<'_>>,
+    ) -> Result<Tensor> {
         let dev = x.device();
         let (normed, modulation) = section("norm.modulate", dev, || self.norm.forward(x, temb))?;
         let [gate] = &modulation[..] else {
@@ -288,7 +297,7 @@ impl FluxSingleTransformerBlock {
             Activation::GeluTanh.apply(&linear_forward(&self.proj_mlp, &normed, None)?)
         })?;
         let [q, k, v] = self.attn.forward_rotated(&normed, rope)?;
-        let out = section("single.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let out = joint_attention(&q, &k, &v, split)?.flatten_from(2)?;
         let h = section("single.out", dev, || {
             linear_forward(&self.proj_out, &Tensor::cat(&[out, mlp], D::Minus1)?, None)
         })?;
@@ -312,6 +321,8 @@ pub struct FluxTransformer2DModel {
     proj_out: Linear,
     dtype: DType,
     lora: LoraState,
+    /// This rank's sequence group when one generation is split across cards.
+    sequence: Option<Arc<SequenceParallel>>,
 }
 
 impl FluxTransformer2DModel {
@@ -349,6 +360,7 @@ impl FluxTransformer2DModel {
             dtype: vb.dtype(),
             config: cfg.clone(),
             lora: LoraState::default(),
+            sequence: None,
         })
     }
 
@@ -371,6 +383,17 @@ impl FluxTransformer2DModel {
 
     pub fn config(&self) -> &FluxTransformerConfig {
         &self.config
+    }
+
+    /// Splits every later call's image tokens across the ranks of `sequence` (Ulysses; see
+    /// [`crate::parallel`]), or with `None` runs whole again; the text tokens stay whole on every
+    /// rank. Every rank must make the same calls; each returns the whole output.
+    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+        if let Some(sp) = &sequence {
+            sp.check_heads(self.config.num_attention_heads)?;
+        }
+        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
+        Ok(())
     }
 
     /// The dtype of the activations (the dtype the model was loaded in).
@@ -447,8 +470,20 @@ impl FluxTransformer2DModel {
         let rope = self
             .pos_embed
             .forward(&[&text_rows, &image_rows], hidden_states.device())?;
+        let split = self.sequence.as_deref().map(|sequence| JointSplit {
+            sequence,
+            text_len,
+            image_len,
+        });
+        let rope = match &split {
+            Some(split) => rope.share(split)?,
+            None => rope,
+        };
 
         let mut x = linear_forward(&self.x_embedder, &hidden_states.to_dtype(self.dtype)?, None)?;
+        if let Some(split) = &split {
+            x = split.shard_image(&x)?;
+        }
         let temb = self.time_text_embed.forward(
             &timestep,
             guidance.as_ref(),
@@ -461,16 +496,20 @@ impl FluxTransformer2DModel {
         )?;
 
         for block in &self.transformer_blocks {
-            (context, x) = block.forward(&x, &context, &temb, &rope)?;
+            (context, x) = block.forward(&x, &context, &temb, &rope, split.as_ref())?;
         }
         let mut joint = Tensor::cat(&[context, x], 1)?;
         for block in &self.single_transformer_blocks {
-            joint = block.forward(&joint, &temb, &rope)?;
+            joint = block.forward(&joint, &temb, &rope, split.as_ref())?;
         }
-        let x = joint.narrow(1, text_len, image_len)?;
+        let x = joint.narrow(1, text_len, joint.dim(1)? - text_len)?;
 
         let x = self.norm_out.forward(&x, &temb)?;
-        linear_forward(&self.proj_out, &x, None)
+        let sample = linear_forward(&self.proj_out, &x, None)?;
+        match &split {
+            Some(split) => split.gather_image(&sample),
+            None => Ok(sample),
+        }
     }
 }
 

@@ -10,8 +10,10 @@ use super::transformer::Flux2Transformer2DModel;
 use super::vae::AutoencoderKLFlux2;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::LoraFile;
+use crate::parallel::Split;
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
+    no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
@@ -77,6 +79,8 @@ pub struct Flux2Pipeline {
     scheduler_config: serde_json::Value,
     /// LoRA files opened by earlier generations, reused while they stay chosen.
     lora_files: Vec<Arc<LoraFile>>,
+    /// This rank's part when one generation is split across cards.
+    split: Split,
 }
 
 impl Flux2Pipeline {
@@ -127,6 +131,7 @@ impl Flux2Pipeline {
                 &component(dir, "scheduler")?.join("scheduler_config.json"),
             )?,
             lora_files: Vec::new(),
+            split: Split::default(),
         })
     }
 
@@ -149,7 +154,25 @@ impl Flux2Pipeline {
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
             lora_files: Vec::new(),
+            split: Split::default(),
         }
+    }
+
+    /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]):
+    /// the image's tokens are shared; the first rank decodes the image, the others return its
+    /// latents and zero frames.
+    pub fn set_split(&mut self, split: Split) -> Result<()> {
+        if split.cfg.is_some() {
+            bail!(
+                "{}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)",
+                self.name
+            );
+        }
+        self.transformer
+            .set_sequence_parallel(split.sequence.clone())
+            .with_context(|| format!("{}: transformer", self.name))?;
+        self.split = split;
+        Ok(())
     }
 
     /// The denoising transformer.
@@ -285,9 +308,14 @@ impl Flux2Pipeline {
         let z = self
             .vae
             .unpatchify_latents(&self.vae.denormalize_latents(&latents)?)?;
-        let image = self.vae.decode(&z)?;
-        // [3, H, W] as one frame.
-        let frames = crate::video::pictures_to_frames(&image.squeeze(0)?.unsqueeze(1)?)?;
+        let frames = match self.split.leads() {
+            // [3, H, W] as one frame.
+            true => {
+                let image = self.vae.decode(&z)?;
+                crate::video::pictures_to_frames(&image.squeeze(0)?.unsqueeze(1)?)?
+            }
+            false => no_frames(params)?,
+        };
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
             frames,

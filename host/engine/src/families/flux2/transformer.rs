@@ -6,20 +6,22 @@
 //! `Flux2KleinPipeline` call; the reference-image KV cache (`kv_cache_mode`) is not implemented.
 //! Dimensions come only from the config. Attention goes through [`crate::attention`].
 
-use crate::attention::attention;
 use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
 use crate::models::embeddings::{TimestepEmbedding, timestep_features};
 use crate::models::joint_attention::{
-    JointAttention, PosEmbed, Rope, StreamTail, position_rows, split_heads,
+    JointAttention, JointSplit, PosEmbed, Rope, StreamTail, joint_attention, position_rows,
+    split_heads,
 };
 use crate::models::normalization::AdaLayerNormContinuous;
 use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
+use crate::parallel::SequenceParallel;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The reference config (`transformer/config.json`), field names as in diffusers'
 /// `Flux2Transformer2DModel.__init__`; missing fields take the reference defaults (FLUX.2 [dev]).
@@ -284,6 +286,7 @@ impl Flux2TransformerBlock {
         mod_img: &[Tensor],
         mod_txt: &[Tensor],
         rope: &Rope,
+        split: Option<&JointSplit<'_>>,
     ) -> Result<(Tensor, Tensor)> {
         let dev = x.device();
         let [
@@ -316,7 +319,7 @@ impl Flux2TransformerBlock {
                     .forward_modulated(context, c_shift_msa, c_scale_msa)?,
             ))
         })?;
-        let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope)?;
+        let (attn, context_attn) = self.attn.forward(&normed, &normed_context, rope, split)?;
 
         let image = StreamTail {
             gate_msa,
@@ -372,7 +375,7 @@ impl Flux2ParallelSelfAttention {
         f(Weight::Linear(&mut self.to_out))
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Rope, split: Option<&JointSplit<'_>>) -> Result<Tensor> {
         let dev = x.device();
         let h = section("single.qkv_mlp", dev, || {
             linear_forward(&self.to_qkv_mlp_proj, x, None)
@@ -387,7 +390,7 @@ impl Flux2ParallelSelfAttention {
             ))
         })?;
         let v = part(2)?;
-        let out = section("single.attention", dev, || attention(&q, &k, &v))?.flatten_from(2)?;
+        let out = joint_attention(&q, &k, &v, split)?.flatten_from(2)?;
         let mlp = section("single.mlp_act", dev, || {
             swiglu(&h.narrow(D::Minus1, 3 * dim, mlp_width)?)
         })?;
@@ -412,7 +415,13 @@ impl Flux2SingleTransformerBlock {
     }
 
     /// `modulation`: the block's (shift, scale, gate).
-    fn forward(&self, x: &Tensor, modulation: &[Tensor], rope: &Rope) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        modulation: &[Tensor],
+        rope: &Rope,
+        split: Option<&JointSplit<'_>>,
+    ) -> Result<Tensor> {
         let dev = x.device();
         let [shift, scale, gate] = modulation else {
             candle_core::bail!("single-stream modulation must hold 3 tensors");
@@ -420,7 +429,7 @@ impl Flux2SingleTransformerBlock {
         let normed = section("norm.modulate", dev, || {
             self.norm.forward_modulated(x, shift, scale)
         })?;
-        let attn = self.attn.forward(&normed, rope)?;
+        let attn = self.attn.forward(&normed, rope, split)?;
         clip_f16(section("residual.gated", dev, || {
             gated_residual(x, &attn, gate)
         })?)
@@ -444,6 +453,8 @@ pub struct Flux2Transformer2DModel {
     proj_out: Linear,
     dtype: DType,
     lora: LoraState,
+    /// This rank's sequence group when one generation is split across cards.
+    sequence: Option<Arc<SequenceParallel>>,
 }
 
 impl Flux2Transformer2DModel {
@@ -499,6 +510,7 @@ impl Flux2Transformer2DModel {
             dtype: vb.dtype(),
             config: cfg.clone(),
             lora: LoraState::default(),
+            sequence: None,
         })
     }
 
@@ -521,6 +533,17 @@ impl Flux2Transformer2DModel {
 
     pub fn config(&self) -> &Flux2TransformerConfig {
         &self.config
+    }
+
+    /// Splits every later call's image tokens across the ranks of `sequence` (Ulysses; see
+    /// [`crate::parallel`]), or with `None` runs whole again; the text tokens stay whole on every
+    /// rank. Every rank must make the same calls; each returns the whole output.
+    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+        if let Some(sp) = &sequence {
+            sp.check_heads(self.config.num_attention_heads)?;
+        }
+        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
+        Ok(())
     }
 
     /// The dtype of the activations (the dtype the model was loaded in).
@@ -583,6 +606,15 @@ impl Flux2Transformer2DModel {
         let text_rows = position_rows(txt_ids, "txt_ids", "encoder_hidden_states", text_len, axes)?;
         let device = hidden_states.device();
         let rope = self.pos_embed.forward(&[&text_rows, &image_rows], device)?;
+        let split = self.sequence.as_deref().map(|sequence| JointSplit {
+            sequence,
+            text_len,
+            image_len,
+        });
+        let rope = match &split {
+            Some(split) => rope.share(split)?,
+            None => rope,
+        };
 
         // 1. Time (and guidance) embedding and the modulation shared by all blocks.
         let temb = self
@@ -594,6 +626,9 @@ impl Flux2Transformer2DModel {
 
         // 2. Input projections.
         let mut x = linear_forward(&self.x_embedder, &hidden_states.to_dtype(self.dtype)?, None)?;
+        if let Some(split) = &split {
+            x = split.shard_image(&x)?;
+        }
         let mut context = linear_forward(
             &self.context_embedder,
             &encoder_hidden_states.to_dtype(self.dtype)?,
@@ -602,19 +637,24 @@ impl Flux2Transformer2DModel {
 
         // 3. Double-stream blocks.
         for block in &self.transformer_blocks {
-            (context, x) = block.forward(&x, &context, &mod_img, &mod_txt, &rope)?;
+            (context, x) =
+                block.forward(&x, &context, &mod_img, &mod_txt, &rope, split.as_ref())?;
         }
 
         // 4. Single-stream blocks over [text, image].
         let mut joint = Tensor::cat(&[context, x], 1)?;
         for block in &self.single_transformer_blocks {
-            joint = block.forward(&joint, &mod_single, &rope)?;
+            joint = block.forward(&joint, &mod_single, &rope, split.as_ref())?;
         }
-        let x = joint.narrow(1, text_len, image_len)?;
+        let x = joint.narrow(1, text_len, joint.dim(1)? - text_len)?;
 
         // 5. Output.
         let x = self.norm_out.forward(&x, &temb)?;
-        linear_forward(&self.proj_out, &x, None)
+        let sample = linear_forward(&self.proj_out, &x, None)?;
+        match &split {
+            Some(split) => split.gather_image(&sample),
+            None => Ok(sample),
+        }
     }
 }
 

@@ -608,11 +608,7 @@ impl WanPipeline {
             let video = self.vae.decode(&self.vae.denormalize_latents(&latents)?)?;
             crate::video::pictures_to_frames(&video.squeeze(0)?)?
         } else {
-            Tensor::zeros(
-                (0, params.height, params.width, 3),
-                DType::F32,
-                &Device::Cpu,
-            )?
+            crate::pipelines::no_frames(params)?
         };
         report(Stage::Decoding, 1, 1)?;
         Ok(GeneratedVideo {
