@@ -14,7 +14,7 @@ use videosdgx_engine::families::ltx2::transformer::{
 use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::parallel::{Layout, SequenceParallel, generate_split, run_ranks};
+use videosdgx_engine::parallel::{Layout, SequenceSplit, generate_split, run_ranks};
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, GuidanceTerms, Pipeline, Progress,
 };
@@ -39,35 +39,50 @@ fn load(name: &str) -> WanTransformer3DModel {
     WanTransformer3DModel::load(&component(name).join("model"), &Device::Cpu, DType::F32).unwrap()
 }
 
-fn forward(model: &WanTransformer3DModel, inputs: &HashMap<String, Tensor>) -> Tensor {
-    model
-        .forward(
-            &inputs["hidden_states"],
-            &inputs["timestep"],
-            &inputs["encoder_hidden_states"],
-            inputs.get("encoder_hidden_states_image"),
-        )
-        .unwrap()
+fn forward(
+    model: &WanTransformer3DModel,
+    inputs: &HashMap<String, Tensor>,
+) -> candle_core::Result<Tensor> {
+    model.forward(
+        &inputs["hidden_states"],
+        &inputs["timestep"],
+        &inputs["encoder_hidden_states"],
+        inputs.get("encoder_hidden_states_image"),
+    )
 }
 
-/// The transformer `name` on `ranks` CPU ranks: every rank's output against the unsplit one.
-fn check_split_forward(name: &str, inputs: &HashMap<String, Tensor>, ranks: usize) {
-    let whole = forward(&load(name), inputs);
+/// The outputs of `forward` on the model `load` gives, on `ranks` CPU ranks (every rank's)
+/// against one.
+fn check_split<M: SequenceSplit>(
+    what: &str,
+    ranks: usize,
+    load: impl Fn() -> anyhow::Result<M> + Sync,
+    forward: impl Fn(&M) -> candle_core::Result<Vec<Tensor>> + Sync,
+) {
+    let whole = forward(&load().unwrap()).unwrap();
     let devices = vec![Device::Cpu; ranks];
     let outputs = run_ranks(Layout::new(ranks, false).unwrap(), &devices, |rank| {
-        let mut model = load(name);
+        let mut model = load()?;
         model.set_sequence_parallel(rank.split.sequence)?;
-        Ok(forward(&model, inputs))
+        Ok(forward(&model)?)
     })
     .unwrap();
-    for (rank, out) in outputs.iter().enumerate() {
-        assert_eq!(out.dims(), whole.dims(), "{name}, rank {rank} of {ranks}");
-        let err = relative_error(out, &whole).unwrap();
-        assert!(
-            err <= TOLERANCE,
-            "{name}, rank {rank} of {ranks}: relative error {err:e}"
-        );
+    for (rank, outputs) in outputs.iter().enumerate() {
+        for (i, (got, want)) in outputs.iter().zip(&whole).enumerate() {
+            assert_eq!(got.dims(), want.dims(), "{what}, output {i}, rank {rank}");
+            let err = relative_error(got, want).unwrap();
+            assert!(
+                err <= TOLERANCE,
+                "{what}, output {i}, rank {rank} of {ranks}: relative error {err:e}"
+            );
+        }
     }
+}
+
+/// The Wan transformer `name` on `inputs`, split over `ranks`.
+fn check_wan(name: &str, inputs: &HashMap<String, Tensor>, ranks: usize) {
+    let load = || Ok(load(name));
+    check_split(name, ranks, load, |model| Ok(vec![forward(model, inputs)?]));
 }
 
 #[test]
@@ -75,10 +90,10 @@ fn the_split_transformer_matches_the_whole_one_for_every_wan_variant() {
     // Text-to-video; image-to-video with the CLIP branch; first and last frame with the image
     // position embedding and a temporal patch; Wan 2.2 with one timestep per token.
     for name in ["wan_t2v", "wan_i2v", "wan_flf2v", "wan22_ti2v"] {
-        check_split_forward(name, &inputs(name), 2);
+        check_wan(name, &inputs(name), 2);
     }
     // Four heads over four ranks: one head each.
-    check_split_forward("wan_i2v", &inputs("wan_i2v"), 4);
+    check_wan("wan_i2v", &inputs("wan_i2v"), 4);
 }
 
 #[test]
@@ -100,53 +115,10 @@ fn the_split_ltx2_transformer_matches_the_whole_one_video_and_sound() {
             )
         };
         let inputs = inputs(name);
-        let forward = |model: &LTX2VideoTransformer3DModel| {
-            model.forward(&LTX2TransformerInputs::from_named(&inputs)?)
-        };
-        let (sample, audio) = forward(&load().unwrap()).unwrap();
-        let devices = vec![Device::Cpu; 2];
-        let outputs = run_ranks(Layout::new(2, false).unwrap(), &devices, |rank| {
-            let mut model = load()?;
-            model.set_sequence_parallel(rank.split.sequence)?;
-            Ok(forward(&model)?)
-        })
-        .unwrap();
-        for (rank, (split_sample, split_audio)) in outputs.iter().enumerate() {
-            for (what, got, want) in [
-                ("video", split_sample, &sample),
-                ("sound", split_audio, &audio),
-            ] {
-                let err = relative_error(got, want).unwrap();
-                assert!(
-                    err <= TOLERANCE,
-                    "{name}, rank {rank}: {what} relative error {err:e}"
-                );
-            }
-        }
-    }
-}
-
-/// `forward` of the model `load` gives, on two CPU ranks against one.
-fn check_split<M>(
-    what: &str,
-    load: impl Fn() -> anyhow::Result<M> + Sync,
-    split: impl Fn(&mut M, Option<std::sync::Arc<SequenceParallel>>) -> candle_core::Result<()> + Sync,
-    forward: impl Fn(&M) -> candle_core::Result<Tensor> + Sync,
-) {
-    let whole = forward(&load().unwrap()).unwrap();
-    let devices = vec![Device::Cpu; 2];
-    let outputs = run_ranks(Layout::new(2, false).unwrap(), &devices, |rank| {
-        let mut model = load()?;
-        split(&mut model, rank.split.sequence)?;
-        Ok(forward(&model)?)
-    })
-    .unwrap();
-    for (rank, out) in outputs.iter().enumerate() {
-        let err = relative_error(out, &whole).unwrap();
-        assert!(
-            err <= TOLERANCE,
-            "{what}, rank {rank}: relative error {err:e}"
-        );
+        check_split(name, 2, load, |model| {
+            let (sample, audio) = model.forward(&LTX2TransformerInputs::from_named(&inputs)?)?;
+            Ok(vec![sample, audio])
+        });
     }
 }
 
@@ -157,6 +129,7 @@ fn the_split_flux_transformers_match_the_whole_ones() {
     let inputs1 = inputs("flux1-dev-tiny");
     check_split(
         "flux1-dev-tiny",
+        2,
         || {
             FluxTransformer2DModel::load(
                 &component("flux1-dev-tiny").join("model"),
@@ -164,9 +137,8 @@ fn the_split_flux_transformers_match_the_whole_ones() {
                 DType::F32,
             )
         },
-        FluxTransformer2DModel::set_sequence_parallel,
         |model| {
-            model.forward(
+            Ok(vec![model.forward(
                 &inputs1["hidden_states"],
                 &inputs1["encoder_hidden_states"],
                 &inputs1["pooled_projections"],
@@ -174,13 +146,14 @@ fn the_split_flux_transformers_match_the_whole_ones() {
                 &inputs1["img_ids"],
                 &inputs1["txt_ids"],
                 inputs1.get("guidance"),
-            )
+            )?])
         },
     );
     for name in ["flux2-klein-tiny", "flux2-dev-tiny"] {
         let inputs = inputs(name);
         check_split(
             name,
+            2,
             || {
                 Flux2Transformer2DModel::load(
                     &component(name).join("model"),
@@ -188,16 +161,15 @@ fn the_split_flux_transformers_match_the_whole_ones() {
                     DType::F32,
                 )
             },
-            Flux2Transformer2DModel::set_sequence_parallel,
             |model| {
-                model.forward(
+                Ok(vec![model.forward(
                     &inputs["hidden_states"],
                     &inputs["encoder_hidden_states"],
                     &inputs["timestep"],
                     &inputs["img_ids"],
                     &inputs["txt_ids"],
                     inputs.get("guidance"),
-                )
+                )?])
             },
         );
     }
@@ -239,14 +211,14 @@ fn uneven_token_shares_give_the_same_output() {
         "hidden_states".into(),
         Tensor::randn(0f32, 1., (1, 4, 3, 6, 6), &Device::Cpu).unwrap(),
     );
-    check_split_forward("wan_t2v", &odd, 2);
+    check_wan("wan_t2v", &odd, 2);
     // 1 x 1 x 5 = 5 patch tokens over four ranks: 2, 1, 1, 1.
     let mut few = inputs("wan_i2v");
     few.insert(
         "hidden_states".into(),
         Tensor::randn(0f32, 1., (2, 6, 1, 2, 10), &Device::Cpu).unwrap(),
     );
-    check_split_forward("wan_i2v", &few, 4);
+    check_wan("wan_i2v", &few, 4);
 }
 
 #[test]
@@ -261,12 +233,7 @@ fn fewer_tokens_than_ranks_are_refused_by_name() {
     let err = run_ranks(Layout::new(4, false).unwrap(), &devices, |rank| {
         let mut model = load("wan_i2v");
         model.set_sequence_parallel(rank.split.sequence)?;
-        model.forward(
-            &few["hidden_states"],
-            &few["timestep"],
-            &few["encoder_hidden_states"],
-            few.get("encoder_hidden_states_image"),
-        )?;
+        forward(&model, &few)?;
         Ok(())
     })
     .unwrap_err();
@@ -299,35 +266,11 @@ fn quiet(_: &Progress) -> ControlFlow<()> {
 }
 
 fn params() -> GenerateParams {
-    GenerateParams {
-        prompt: "a cat walks on the grass".into(),
-        negative_prompt: "blurry".into(),
-        height: 32,
-        width: 48,
-        frames: 5,
-        steps: 3,
-        guidance: 5.0,
-        guidance_2: None,
-        seed: 7,
-        start_image: None,
-        end_image: None,
-        flow_shift: None,
-        scheduler: None,
-        denoising_steps: None,
-        loras: Vec::new(),
-        lora_mode: Default::default(),
-        refine_loras: Vec::new(),
-        cache: None,
-        quant: None,
-        references: Vec::new(),
-        max_sequence_length: None,
-        true_cfg_scale: None,
-        fps: None,
-        sigmas: None,
-        noise_scale: None,
-        guidance_terms: Default::default(),
-        conditions: Vec::new(),
-    }
+    serde_json::from_value(serde_json::json!({
+        "prompt": "a cat walks on the grass", "negative_prompt": "blurry",
+        "height": 32, "width": 48, "frames": 5, "steps": 3, "guidance": 5.0, "seed": 7,
+    }))
+    .unwrap()
 }
 
 /// Generates with `params` on the ranks of `layout`: every rank's (frames, latents).

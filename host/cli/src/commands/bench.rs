@@ -596,29 +596,15 @@ mod gpu {
             dtype: DType,
             dev: &Device,
         ) -> VarBuilder<'static> {
-            Self::builder(params, dtype, dev, false)
-        }
-
-        /// [`Self::var_builder`] with the same weights on every card (for the ranks of a split).
-        fn seeded_var_builder(
-            params: &Arc<AtomicUsize>,
-            dtype: DType,
-            dev: &Device,
-        ) -> VarBuilder<'static> {
-            Self::builder(params, dtype, dev, true)
-        }
-
-        fn builder(
-            params: &Arc<AtomicUsize>,
-            dtype: DType,
-            dev: &Device,
-            seeded: bool,
-        ) -> VarBuilder<'static> {
-            let backend = RandomWeights {
+            Self {
                 params: params.clone(),
-                seeded,
-            };
-            VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
+                seeded: false,
+            }
+            .into_builder(dtype, dev)
+        }
+
+        fn into_builder(self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+            VarBuilder::from_backend(Box::new(self), dtype, dev.clone())
         }
 
         /// `mean + std * u` with `u` uniform of unit variance: the fraction of

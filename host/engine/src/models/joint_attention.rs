@@ -92,8 +92,11 @@ pub(crate) struct Rope {
 
 impl Rope {
     /// The tables of the joint sequence one rank of `split` holds: every text token, then its
-    /// share of the image tokens.
-    pub(crate) fn share(&self, split: &JointSplit<'_>) -> Result<Rope> {
+    /// share of the image tokens (all of them, unsplit).
+    pub(crate) fn for_split(self, split: Option<&JointSplit<'_>>) -> Result<Rope> {
+        let Some(split) = split else {
+            return Ok(self);
+        };
         let image = split.image_range();
         let rows = |t: &Tensor| {
             Tensor::cat(
@@ -133,7 +136,20 @@ pub(crate) struct JointSplit<'a> {
     pub(crate) image_len: usize,
 }
 
-impl JointSplit<'_> {
+impl<'a> JointSplit<'a> {
+    /// The split of a call with `text_len` and `image_len` tokens, when `sequence` splits it.
+    pub(crate) fn new(
+        sequence: Option<&'a SequenceParallel>,
+        text_len: usize,
+        image_len: usize,
+    ) -> Option<Self> {
+        sequence.map(|sequence| Self {
+            sequence,
+            text_len,
+            image_len,
+        })
+    }
+
     fn image_range(&self) -> Range<usize> {
         self.sequence.split(self.image_len)[self.sequence.rank()].clone()
     }

@@ -93,6 +93,46 @@ pub enum GroupKind {
     Cfg,
 }
 
+/// A transformer whose tokens can be split across ranks (Ulysses): it keeps its share of the
+/// tokens after embedding them, trades tokens for heads around self-attention, and gathers its
+/// output at the end.
+pub trait SequenceSplit {
+    /// The attention heads a split shares out.
+    fn split_heads(&self) -> usize;
+    /// Where the transformer keeps its sequence group.
+    fn sequence_slot(&mut self) -> &mut Option<Arc<SequenceParallel>>;
+
+    /// Splits every later call's tokens across the ranks of `sequence`, or with `None` runs whole
+    /// again. Every rank of the group must make the same calls; each returns the whole output.
+    fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+        if let Some(sp) = &sequence {
+            sp.check_heads(self.split_heads())?;
+        }
+        // A group of one splits nothing: the whole-sequence path (and its fused kernels) stays.
+        *self.sequence_slot() = sequence.filter(|sp| sp.ranks() > 1);
+        Ok(())
+    }
+}
+
+/// Makes `transformer` one rank of `split` for a model whose guidance passes stay together on a
+/// rank (LTX-2 batches them, FLUX rarely guides): only its tokens are split.
+pub(crate) fn split_tokens_only(
+    name: &str,
+    transformer: &mut dyn SequenceSplit,
+    split: Split,
+) -> anyhow::Result<Split> {
+    use anyhow::Context;
+    if split.cfg.is_some() {
+        anyhow::bail!(
+            "{name}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)"
+        );
+    }
+    transformer
+        .set_sequence_parallel(split.sequence.clone())
+        .with_context(|| format!("{name}: transformer"))?;
+    Ok(split)
+}
+
 /// What one rank of a split generation holds: the group of every rank, its sequence group and
 /// its CFG group.
 #[derive(Clone, Default)]

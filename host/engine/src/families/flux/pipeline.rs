@@ -17,7 +17,7 @@ use crate::lora::{LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
-use crate::parallel::Split;
+use crate::parallel::{Split, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
     no_frames,
@@ -154,16 +154,7 @@ impl FluxPipeline {
     /// the image's tokens are shared; the first rank decodes the image, the others return its
     /// latents and zero frames.
     pub fn set_split(&mut self, split: Split) -> Result<()> {
-        if split.cfg.is_some() {
-            bail!(
-                "{}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)",
-                self.name
-            );
-        }
-        self.transformer
-            .set_sequence_parallel(split.sequence.clone())
-            .with_context(|| format!("{}: transformer", self.name))?;
-        self.split = split;
+        self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use crate::models::normalization::{AdaLayerNormContinuous, AdaLayerNormZero};
 use crate::models::{
     Activation, LayerNorm, Linear, clip_f16, gated_residual, linear, linear_forward,
 };
-use crate::parallel::SequenceParallel;
+use crate::parallel::{SequenceParallel, SequenceSplit};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -385,17 +385,6 @@ impl FluxTransformer2DModel {
         &self.config
     }
 
-    /// Splits every later call's image tokens across the ranks of `sequence` (Ulysses; see
-    /// [`crate::parallel`]), or with `None` runs whole again; the text tokens stay whole on every
-    /// rank. Every rank must make the same calls; each returns the whole output.
-    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
-        if let Some(sp) = &sequence {
-            sp.check_heads(self.config.num_attention_heads)?;
-        }
-        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
-        Ok(())
-    }
-
     /// The dtype of the activations (the dtype the model was loaded in).
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -470,15 +459,8 @@ impl FluxTransformer2DModel {
         let rope = self
             .pos_embed
             .forward(&[&text_rows, &image_rows], hidden_states.device())?;
-        let split = self.sequence.as_deref().map(|sequence| JointSplit {
-            sequence,
-            text_len,
-            image_len,
-        });
-        let rope = match &split {
-            Some(split) => rope.share(split)?,
-            None => rope,
-        };
+        let split = JointSplit::new(self.sequence.as_deref(), text_len, image_len);
+        let rope = rope.for_split(split.as_ref())?;
 
         let mut x = linear_forward(&self.x_embedder, &hidden_states.to_dtype(self.dtype)?, None)?;
         if let Some(split) = &split {
@@ -510,6 +492,17 @@ impl FluxTransformer2DModel {
             Some(split) => split.gather_image(&sample),
             None => Ok(sample),
         }
+    }
+}
+
+/// Splits the image tokens (the text stays whole on every rank).
+impl SequenceSplit for FluxTransformer2DModel {
+    fn split_heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+
+    fn sequence_slot(&mut self) -> &mut Option<Arc<SequenceParallel>> {
+        &mut self.sequence
     }
 }
 

@@ -10,7 +10,7 @@ use super::transformer::Flux2Transformer2DModel;
 use super::vae::AutoencoderKLFlux2;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::LoraFile;
-use crate::parallel::Split;
+use crate::parallel::{Split, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
     no_frames,
@@ -162,16 +162,7 @@ impl Flux2Pipeline {
     /// the image's tokens are shared; the first rank decodes the image, the others return its
     /// latents and zero frames.
     pub fn set_split(&mut self, split: Split) -> Result<()> {
-        if split.cfg.is_some() {
-            bail!(
-                "{}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)",
-                self.name
-            );
-        }
-        self.transformer
-            .set_sequence_parallel(split.sequence.clone())
-            .with_context(|| format!("{}: transformer", self.name))?;
-        self.split = split;
+        self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
     }
 

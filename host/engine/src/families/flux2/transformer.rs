@@ -16,7 +16,7 @@ use crate::models::joint_attention::{
 };
 use crate::models::normalization::AdaLayerNormContinuous;
 use crate::models::{LayerNorm, Linear, RmsNorm, clip_f16, gated_residual, linear, linear_forward};
-use crate::parallel::SequenceParallel;
+use crate::parallel::{SequenceParallel, SequenceSplit};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -535,17 +535,6 @@ impl Flux2Transformer2DModel {
         &self.config
     }
 
-    /// Splits every later call's image tokens across the ranks of `sequence` (Ulysses; see
-    /// [`crate::parallel`]), or with `None` runs whole again; the text tokens stay whole on every
-    /// rank. Every rank must make the same calls; each returns the whole output.
-    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
-        if let Some(sp) = &sequence {
-            sp.check_heads(self.config.num_attention_heads)?;
-        }
-        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
-        Ok(())
-    }
-
     /// The dtype of the activations (the dtype the model was loaded in).
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -606,15 +595,8 @@ impl Flux2Transformer2DModel {
         let text_rows = position_rows(txt_ids, "txt_ids", "encoder_hidden_states", text_len, axes)?;
         let device = hidden_states.device();
         let rope = self.pos_embed.forward(&[&text_rows, &image_rows], device)?;
-        let split = self.sequence.as_deref().map(|sequence| JointSplit {
-            sequence,
-            text_len,
-            image_len,
-        });
-        let rope = match &split {
-            Some(split) => rope.share(split)?,
-            None => rope,
-        };
+        let split = JointSplit::new(self.sequence.as_deref(), text_len, image_len);
+        let rope = rope.for_split(split.as_ref())?;
 
         // 1. Time (and guidance) embedding and the modulation shared by all blocks.
         let temb = self
@@ -655,6 +637,17 @@ impl Flux2Transformer2DModel {
             Some(split) => split.gather_image(&sample),
             None => Ok(sample),
         }
+    }
+}
+
+/// Splits the image tokens (the text stays whole on every rank).
+impl SequenceSplit for Flux2Transformer2DModel {
+    fn split_heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+
+    fn sequence_slot(&mut self) -> &mut Option<Arc<SequenceParallel>> {
+        &mut self.sequence
     }
 }
 

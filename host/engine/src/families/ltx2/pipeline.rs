@@ -35,7 +35,7 @@ use crate::finishing::resample::Resampler;
 use crate::fused::profile::section;
 use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
-use crate::parallel::Split;
+use crate::parallel::{Split, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
 };
@@ -191,19 +191,10 @@ impl LTX2Pipeline {
     }
 
     /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]):
-    /// the video's tokens are shared (the guidance passes run batched on every rank); the first
+    /// the video's tokens are shared (the guidance passes stay one batch on every rank); the first
     /// rank decodes the video and its sound, the others return the latents and zero frames.
     pub fn set_split(&mut self, split: Split) -> Result<()> {
-        if split.cfg.is_some() {
-            bail!(
-                "{}: LTX-2 runs its guidance passes as one batch; split its tokens instead of the guidance (no --cfg-parallel)",
-                self.name
-            );
-        }
-        self.transformer
-            .set_sequence_parallel(split.sequence.clone())
-            .with_context(|| format!("{}: transformer", self.name))?;
-        self.split = split;
+        self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
     }
 

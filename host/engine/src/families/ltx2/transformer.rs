@@ -17,7 +17,7 @@ use crate::models::feed_forward::FeedForward;
 use crate::models::{
     Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
 };
-use crate::parallel::SequenceParallel;
+use crate::parallel::{SequenceParallel, SequenceSplit};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -1246,18 +1246,6 @@ impl LTX2VideoTransformer3DModel {
         &self.config
     }
 
-    /// Splits every later call's video tokens across the ranks of `sequence` (Ulysses; see
-    /// [`crate::parallel`]), or with `None` runs whole again. The audio stream, a few hundred
-    /// tokens, runs whole on every rank. Every rank must make the same calls; each returns the
-    /// whole output.
-    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
-        if let Some(sp) = &sequence {
-            sp.check_heads(self.config.num_attention_heads)?;
-        }
-        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
-        Ok(())
-    }
-
     /// The dtype of the activations (the dtype the model was loaded in).
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -1664,6 +1652,17 @@ impl LTX2VideoTransformer3DModel {
             &self.audio_proj_out,
         )?;
         Ok((sample, audio_sample))
+    }
+}
+
+/// Splits the video tokens (the audio stream, a few hundred tokens, runs whole on every rank).
+impl SequenceSplit for LTX2VideoTransformer3DModel {
+    fn split_heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+
+    fn sequence_slot(&mut self) -> &mut Option<Arc<SequenceParallel>> {
+        &mut self.sequence
     }
 }
 

@@ -26,7 +26,7 @@ use crate::loader::{
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
-use crate::parallel::{Split, exchange_guidance};
+use crate::parallel::{SequenceSplit, Split, exchange_guidance};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
     initial_noise,

@@ -13,7 +13,7 @@ use crate::models::rope::{apply_interleaved, rope_tables};
 use crate::models::{
     Activation, LayerNorm, Linear, RmsNorm, gated_residual, linear, linear_forward,
 };
-use crate::parallel::SequenceParallel;
+use crate::parallel::{SequenceParallel, SequenceSplit};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -678,18 +678,6 @@ impl WanTransformer3DModel {
         &self.config
     }
 
-    /// Splits every later call's tokens across the ranks of `sequence` (Ulysses; see
-    /// [`crate::parallel`]), or with `None` runs whole again. Every rank of the group must make
-    /// the same calls; each returns the whole output.
-    pub fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
-        if let Some(sp) = &sequence {
-            sp.check_heads(self.config.num_attention_heads)?;
-        }
-        // A group of one splits nothing: keep the fused whole-sequence path.
-        self.sequence = sequence.filter(|sp| sp.ranks() > 1);
-        Ok(())
-    }
-
     /// The dtype of the activations (the dtype the model was loaded in).
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -871,6 +859,17 @@ impl WanEmbedded {
             Some(sp) if t.dim(1)? == self.grid.iter().product::<usize>() => sp.shard(t, 1),
             _ => Ok(t.clone()),
         }
+    }
+}
+
+/// Splits the tokens.
+impl SequenceSplit for WanTransformer3DModel {
+    fn split_heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+
+    fn sequence_slot(&mut self) -> &mut Option<Arc<SequenceParallel>> {
+        &mut self.sequence
     }
 }
 

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::parallel::{CommTime, Layout, RankContext, exchange_guidance, run_ranks};
+use videosdgx_engine::parallel::{
+    CommTime, Layout, RankContext, SequenceSplit, exchange_guidance, run_ranks,
+};
 
 const GUIDANCE: f64 = 5.0;
 
@@ -150,7 +152,12 @@ fn rank_bench(
 ) -> anyhow::Result<RankResult> {
     let dev = &rank.device;
     let params = Arc::new(AtomicUsize::new(0));
-    let vb = RandomWeights::seeded_var_builder(&params, DType::BF16, dev);
+    // Seeded: every card builds the same weights.
+    let vb = RandomWeights {
+        params,
+        seeded: true,
+    }
+    .into_builder(DType::BF16, dev);
     let mut model = WanTransformer3DModel::new(config, vb).context("building the transformer")?;
     let bf16 = |t: &Tensor| t.to_device(dev)?.to_dtype(DType::BF16);
     let latents = bf16(latents)?;
