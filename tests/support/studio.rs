@@ -15,6 +15,8 @@ pub struct Server {
     pub base: String,
     pub data: PathBuf,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` with every request (a `--require-auth` studio).
+    token: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -66,6 +68,7 @@ pub fn start_program(
         base: format!("http://127.0.0.1:{port}"),
         data: data.to_owned(),
         agent,
+        token: None,
     };
     server.wait_ready();
     server
@@ -144,6 +147,19 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Sends `token` with every later request.
+    pub fn with_token(mut self, token: &str) -> Server {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -158,7 +174,7 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        reply(self.agent.get(self.url(path)).call())
+        reply(self.authorized(self.agent.get(self.url(path))).call())
     }
 
     pub fn get_with(&self, path: &str, header: (&str, &str)) -> Reply {
@@ -171,7 +187,7 @@ impl Server {
     }
 
     pub fn delete(&self, path: &str) -> Reply {
-        reply(self.agent.delete(self.url(path)).call())
+        reply(self.authorized(self.agent.delete(self.url(path))).call())
     }
 
     /// Sends `body` with any method and headers, exactly as given (no Content-Type is added).
@@ -181,6 +197,9 @@ impl Server {
             .uri(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         reply(self.agent.run(request.body(body.to_vec()).unwrap()))
     }
@@ -194,7 +213,11 @@ impl Server {
             "PUT" => self.agent.put(url),
             other => panic!("unsupported method {other}"),
         };
-        reply(req.header("content-type", "application/json").send(body))
+        reply(
+            self.authorized(req)
+                .header("content-type", "application/json")
+                .send(body),
+        )
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Reply {

@@ -1,0 +1,468 @@
+//! `videosdgx worker --join URL --token TOKEN`: lends this machine's cards to a studio on
+//! another. The worker registers its cards over the studio's API, then a thread per card polls
+//! for that card's generation tasks and runs each with the studio's own card code
+//! (`Gpus::generate`, the pipeline kept resident between tasks), reporting progress (a refusal
+//! means the job was cancelled or moved: the task stops) and sending the MP4 and its
+//! parameters back. The studio records the output; the worker keeps no state but its models.
+//! A model it lacks is pulled from the studio's `/api/hub` with `models pull`'s code. A heartbeat
+//! keeps the registration alive; when the studio no longer knows the worker (it restarted, or
+//! dropped a silent worker) it registers again.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use videosdgx_engine::hub::{Hub, PullProgress};
+use videosdgx_studio::generation::is_cancelled;
+use videosdgx_studio::gpu::{CardSet, Gpus};
+use videosdgx_studio::models;
+use videosdgx_studio::workers::{
+    Assignment, Registered, Registration, TaskOutcome, TaskProgress, VERSION,
+};
+
+/// How long a call whose studio went away waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A call without a body.
+const NO_BODY: Option<&()> = None;
+/// How often progress is sent while a stage goes on (a new stage is sent at once).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The studio's URL, e.g. http://studio.local:7860.
+    #[arg(long, value_name = "URL")]
+    pub join: String,
+    /// The studio's access token (printed by `videosdgx serve` at its first start on a network
+    /// address, or by `videosdgx auth reset-token` there); not needed by a studio on loopback
+    /// without --require-auth.
+    #[arg(long, env = "VIDEOSDGX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The name the studio shows this worker's cards under (`NAME/cuda:0`); default: the host
+    /// name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// A studio's API, with the token.
+struct Studio {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// A studio's answer: its status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).context("the studio's answer is not what a worker reads")
+    }
+
+    /// The message of the API's `{"error": {"code", "message"}}`, else the body.
+    fn error(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| {
+                Some(format!(
+                    "{} ({})",
+                    v["error"]["message"].as_str()?,
+                    v["error"]["code"].as_str()?
+                ))
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned())
+    }
+}
+
+impl Studio {
+    fn new(url: &str, token: Option<String>) -> Result<Studio> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 9 {
+            bail!("--join {url}: give the studio's URL, e.g. http://studio.local:7860");
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Studio { base, token, agent })
+    }
+
+    /// Calls `path` with `body` as JSON, if any.
+    fn call(&self, method: &str, path: &str, body: Option<&impl Serialize>) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = match body {
+            Some(body) => self.agent.run(
+                request
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(body)?)?,
+            ),
+            None => self.agent.run(request.body(())?),
+        };
+        self.answer(response)
+    }
+
+    fn answer(
+        &self,
+        response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer> {
+        let response =
+            response.with_context(|| format!("cannot reach the studio at {}", self.base))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_vec()
+            .with_context(|| format!("the studio at {} broke off its answer", self.base))?;
+        Ok(Answer { status, body })
+    }
+
+    /// Sends the file at `path` as the body of a PUT.
+    fn put_file(&self, path: &str, file: &Path) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.agent.put(&url).header("content-type", "video/mp4");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let file =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        self.answer(request.send(file))
+    }
+}
+
+/// Registers with the studio; the errors a person can act on say what to do.
+fn register(studio: &Studio, registration: &Registration) -> Result<Registered> {
+    let answer = studio.call("POST", "/api/workers", Some(registration))?;
+    match answer.status {
+        201 => answer.json(),
+        401 => bail!(
+            "the studio at {} refused the access token{}: {}",
+            studio.base,
+            if studio.token.is_none() {
+                " (none was given: pass --token or set VIDEOSDGX_TOKEN)"
+            } else {
+                ""
+            },
+            answer.error()
+        ),
+        404 => bail!(
+            "{} answers, but not as a VideosDGX studio that takes workers: {}",
+            studio.base,
+            answer.error()
+        ),
+        _ => bail!(
+            "the studio at {} refused this worker: {}",
+            studio.base,
+            answer.error()
+        ),
+    }
+}
+
+/// The current registration, replaced when the studio asks for a new one.
+struct Session {
+    registered: RwLock<Registered>,
+}
+
+impl Session {
+    fn id(&self) -> String {
+        self.registered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
+    }
+}
+
+pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
+    cards.check()?;
+    if cards.cards().is_empty() {
+        bail!("a worker lends at least one card: --gpus all, 0,1, cuda:0 or cpu");
+    }
+    let studio = Arc::new(Studio::new(&args.join, args.token)?);
+    let name = match args.name {
+        Some(name) => name,
+        None => host_name(),
+    };
+    // Each card is a set of its own, so that a card's thread runs its tasks on that card.
+    let mut labels = Vec::new();
+    let mut lanes = Vec::new();
+    let gpus = Gpus::open(&cards)?;
+    for (card, state) in cards.cards().iter().zip(gpus.states()) {
+        labels.push(state.card);
+        lanes.push(Gpus::open(
+            &card.to_string().parse().map_err(anyhow::Error::msg)?,
+        )?);
+    }
+    drop(gpus);
+    let registration = Registration {
+        name: name.clone(),
+        cards: labels.clone(),
+        version: VERSION.into(),
+    };
+    let registered = register(&studio, &registration)?;
+    eprintln!(
+        "joined the studio at {} as `{name}` with {}",
+        studio.base,
+        labels.join(", ")
+    );
+    let session = Arc::new(Session {
+        registered: RwLock::new(registered),
+    });
+    // One model pull at a time: two cards wanting the same model install it once.
+    let pulls = Arc::new(Mutex::new(()));
+    for (index, lane) in lanes.into_iter().enumerate() {
+        let (studio, session, data, pulls) =
+            (studio.clone(), session.clone(), data.clone(), pulls.clone());
+        std::thread::Builder::new()
+            .name(format!("card-{index}"))
+            .spawn(move || {
+                let card = Lane {
+                    studio: &studio,
+                    session: &session,
+                    index,
+                    gpus: &lane,
+                    data: &data,
+                    pulls: &pulls,
+                };
+                card.serve()
+            })?;
+    }
+    loop {
+        let heartbeat = {
+            let registered = session.registered.read().unwrap_or_else(|p| p.into_inner());
+            Duration::from_millis(registered.heartbeat_ms.max(100))
+        };
+        std::thread::sleep(heartbeat);
+        let path = format!("/api/workers/{}/heartbeat", session.id());
+        match studio.call("POST", &path, NO_BODY) {
+            Ok(answer) if answer.status == 204 => {}
+            Ok(answer) if answer.status == 404 => {
+                // The studio restarted or dropped this worker: join again.
+                match register(&studio, &registration) {
+                    Ok(registered) => {
+                        tracing::info!("registered again with the studio");
+                        *session
+                            .registered
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner()) = registered;
+                    }
+                    Err(e) => tracing::warn!("cannot register again: {e:#}"),
+                }
+            }
+            Ok(answer) => tracing::warn!("heartbeat refused: {}", answer.error()),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "worker".into())
+}
+
+/// One of this worker's cards, serving its tasks.
+struct Lane<'a> {
+    studio: &'a Studio,
+    session: &'a Session,
+    index: usize,
+    gpus: &'a Gpus,
+    data: &'a Path,
+    pulls: &'a Mutex<()>,
+}
+
+impl Lane<'_> {
+    fn serve(&self) -> ! {
+        loop {
+            let id = self.session.id();
+            let path = format!("/api/workers/{id}/cards/{}/next", self.index);
+            match self.studio.call("POST", &path, NO_BODY) {
+                Ok(answer) if answer.status == 200 => match answer.json::<Assignment>() {
+                    Ok(assignment) => self.run(&id, assignment),
+                    Err(e) => tracing::warn!("{e:#}"),
+                },
+                Ok(answer) if answer.status == 204 => {}
+                // Unknown worker: the heartbeat registers again; wait for it.
+                Ok(answer) => {
+                    tracing::debug!("poll refused: {}", answer.error());
+                    std::thread::sleep(RETRY_AFTER);
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    fn run(&self, id: &str, assignment: Assignment) {
+        let task_path = format!("/api/workers/{id}/tasks/{}", assignment.task_id);
+        let mut progress = Progress {
+            studio: self.studio,
+            path: format!("{task_path}/progress"),
+            stage: String::new(),
+            sent: Instant::now(),
+        };
+        let out = self
+            .data
+            .join("tmp")
+            .join(format!("worker-{}.mp4", assignment.task_id));
+        let outcome = self.generate(&assignment, &out, &mut progress);
+        let reply = match outcome {
+            Ok(params) => self
+                .studio
+                .put_file(&format!("{task_path}/video"), &out)
+                .and_then(|answer| match answer.status {
+                    204 => self.studio.call(
+                        "POST",
+                        &format!("{task_path}/outcome"),
+                        Some(&TaskOutcome::Succeeded {
+                            params: Box::new(params),
+                        }),
+                    ),
+                    _ => Ok(answer),
+                }),
+            Err(e) if is_stop(&e) => {
+                tracing::info!(task = %assignment.task_id, "stopped: the studio withdrew the task");
+                let _ = std::fs::remove_file(&out);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(task = %assignment.task_id, "failed: {e:#}");
+                self.studio.call(
+                    "POST",
+                    &format!("{task_path}/outcome"),
+                    Some(&TaskOutcome::Failed {
+                        error: format!("{e:#}"),
+                    }),
+                )
+            }
+        };
+        let _ = std::fs::remove_file(&out);
+        match reply {
+            Ok(answer) if answer.status == 204 => {
+                tracing::info!(task = %assignment.task_id, "task ended and reported");
+            }
+            Ok(answer) => {
+                tracing::warn!(task = %assignment.task_id, "the studio refused the result: {}", answer.error());
+            }
+            Err(e) => tracing::warn!(task = %assignment.task_id, "{e:#}"),
+        }
+    }
+
+    fn generate(
+        &self,
+        assignment: &Assignment,
+        out: &Path,
+        progress: &mut Progress,
+    ) -> Result<videosdgx_engine::pipelines::GenerateParams> {
+        let task = &assignment.task;
+        let mut report = |stage: &str, step: u64, total: u64| progress.send(stage, step, total);
+        let dir = self.model_dir(&task.model, &mut report)?;
+        std::fs::create_dir_all(out.parent().expect("under tmp"))?;
+        Ok(self.gpus.generate(None, &dir, task, out, &mut report)?)
+    }
+
+    /// The folder of installed video model `name`: this worker's, else pulled from the studio.
+    fn model_dir(
+        &self,
+        name: &str,
+        report: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<PathBuf> {
+        let _one_pull = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(dir) = models::video_model_dir(self.data, name) {
+            return Ok(dir);
+        }
+        tracing::info!(model = name, "pulling the model from the studio");
+        let hub =
+            Hub::new(format!("{}/api/hub", self.studio.base)).with_token(self.studio.token.clone());
+        let mut stopped = false;
+        let pulled = hub.pull(
+            name,
+            None,
+            &models::models_dir(self.data),
+            &mut |p: &PullProgress| {
+                stopped |= report("pulling model", p.bytes, p.file_size.max(1)).is_break();
+            },
+        );
+        if stopped {
+            bail!(Stopped);
+        }
+        pulled.with_context(|| format!("pulling model `{name}` from the studio"))?;
+        Ok(models::video_model_dir(self.data, name)?)
+    }
+}
+
+/// The studio withdrew the task while it was pulled (the job was cancelled or moved).
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the studio withdrew the task")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether `err` is a stop the studio asked for (not a failure to report).
+fn is_stop(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Stopped>().is_some()
+        || err
+            .downcast_ref::<videosdgx_studio::StudioError>()
+            .is_some_and(is_cancelled)
+}
+
+/// Sends a task's progress to the studio; its refusal stops the task.
+struct Progress<'a> {
+    studio: &'a Studio,
+    path: String,
+    stage: String,
+    sent: Instant,
+}
+
+impl Progress<'_> {
+    fn send(&mut self, stage: &str, step: u64, total: u64) -> ControlFlow<()> {
+        if stage == self.stage && self.sent.elapsed() < PROGRESS_EVERY && step < total {
+            return ControlFlow::Continue(());
+        }
+        self.stage = stage.to_string();
+        self.sent = Instant::now();
+        let progress = TaskProgress {
+            stage: stage.to_string(),
+            step,
+            total,
+        };
+        match self.studio.call("POST", &self.path, Some(&progress)) {
+            Ok(answer) if answer.status == 204 => ControlFlow::Continue(()),
+            // 409: cancelled or given to another card; 404: this worker was dropped.
+            Ok(answer) if matches!(answer.status, 404 | 409) => {
+                tracing::info!("the studio stops the task: {}", answer.error());
+                ControlFlow::Break(())
+            }
+            Ok(answer) => {
+                tracing::warn!("progress refused: {}", answer.error());
+                ControlFlow::Continue(())
+            }
+            // A studio briefly away: the lease decides, not one lost report.
+            Err(e) => {
+                tracing::warn!("{e:#}");
+                ControlFlow::Continue(())
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Workers on other machines, on one machine: a real `videosdgx serve --gpus none
+//! --require-auth` on loopback and real `videosdgx worker --join` processes with CPU cards and
+//! data directories of their own. A worker generates a shot whose video lands in the studio
+//! (pulling the model it lacks from the studio), two workers run two jobs at once, a worker
+//! SIGKILLed mid-job leaves the job to the other one with nothing recorded twice, and the
+//! protocol refuses what it must: a wrong token, another version, a late result, a path out of a
+//! model's folder.
+
+#[path = "support/models.rs"]
+mod models;
+#[path = "support/studio.rs"]
+mod studio;
+
+use models::install_tiny_model;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use studio::{BIN, Server, start_with};
+
+/// A new access token for the studio in `data`, before it starts.
+fn token(data: &Path) -> String {
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["auth", "reset-token", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A studio with no card of its own and the tiny Wan model, demanding the token, whose
+/// workers are dropped after `lease` seconds of silence.
+fn studio(data: &Path, lease: &str) -> (Server, String) {
+    install_tiny_model(data, "tiny-wan-t2v");
+    let token = token(data);
+    let server = start_with(
+        data,
+        &["--gpus", "none", "--require-auth", "--worker-lease", lease],
+        |_| {},
+    )
+    .with_token(&token);
+    (server, token)
+}
+
+/// A `videosdgx worker` process; killed when dropped.
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(server: &Server, token: &str, name: &str, data: &Path) -> Worker {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--gpus",
+                "cpu",
+                "worker",
+                "--join",
+                &server.base,
+                "--token",
+                token,
+            ])
+            .args(["--name", name])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let prefix = format!("[{name}]");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{prefix} {line}");
+            }
+        });
+        let worker = Worker { child };
+        wait_for(server, &format!("card {name}/cpu"), |s| {
+            cards(s).iter().any(|c| c["card"] == format!("{name}/cpu"))
+        });
+        worker
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cards(server: &Server) -> Vec<Value> {
+    let reply = server.get("/api/gpus");
+    assert_eq!(reply.status, 200);
+    reply.json().as_array().unwrap().clone()
+}
+
+fn wait_for(server: &Server, what: &str, done: impl Fn(&Server) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(server) {
+        assert!(Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shot of the tiny model in a new project: (project, shot).
+fn shot(server: &Server, name: &str) -> (i64, i64) {
+    let (project, board) = server.storyboard(name);
+    let shot = server.post(
+        &format!("/api/storyboards/{board}/shots"),
+        &json!({ "prompt": "a paper boat on a canal", "duration_s": 0.25, "model": "tiny-wan-t2v" }),
+    );
+    assert_eq!(shot.status, 201, "{}", shot.json());
+    (project, shot.json()["id"].as_i64().unwrap())
+}
+
+/// Submits the generation of `shot` at `size`x`size` in `steps` steps: the job's id.
+fn generate(server: &Server, project: i64, shot: i64, size: u32, steps: u32) -> i64 {
+    let reply = server.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "project_id": project, "params": { "shot_id": shot,
+                 "render": { "height": size, "width": size, "steps": steps, "guidance": 3.0 } } }),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    reply.json()["id"].as_i64().unwrap()
+}
+
+fn finished(server: &Server, job: i64) -> Value {
+    server.wait_job(job, "finished", |j| {
+        matches!(
+            j["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        )
+    })
+}
+
+/// POSTs `body` with `token`, not the server's: (status, JSON answer).
+fn post_with_token(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answer = agent
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .send_json(body)
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.body_mut().read_json().unwrap())
+}
+
+/// The studio's database, read directly.
+fn db(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join("studio.db")).unwrap()
+}
+
+fn count(data: &Path, sql: &str) -> i64 {
+    db(data).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_worker_generates_a_shot_for_a_studio_without_cards_with_the_model_pulled_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, token) = studio(&tmp.path().join("studio"), "15");
+    assert!(cards(&server).is_empty(), "--gpus none: no card of its own");
+    let worker_data = tmp.path().join("worker");
+    let _worker = Worker::start(&server, &token, "spark-2", &worker_data);
+    assert!(
+        !worker_data.join("models/tiny-wan-t2v").exists(),
+        "the worker starts without the model"
+    );
+
+    let (project, shot) = shot(&server, "Canal");
+    let job = finished(&server, generate(&server, project, shot, 32, 2));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["card"], "spark-2/cpu");
+    // The worker pulled the model from the studio, whole and with its files' checksums.
+    let pulled = worker_data.join("models/tiny-wan-t2v");
+    for file in [
+        "model_index.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(pulled.join(file)).unwrap(),
+            std::fs::read(server.data.join("models/tiny-wan-t2v").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    // The video is the studio's: an asset, a take of the shot with its generation record.
+    let asset = job["result"]["asset_id"].as_i64().unwrap();
+    let video = server.get(&format!("/api/assets/{asset}/file"));
+    assert_eq!(video.status, 200);
+    assert_eq!(&video.bytes[4..8], b"ftyp", "an MP4");
+    let generation = server.get(&format!(
+        "/api/generations/{}",
+        job["result"]["generation_id"]
+    ));
+    assert_eq!(generation.json()["model"], "tiny-wan-t2v");
+    assert_eq!(generation.json()["params"]["steps"], 2);
+    let taken = server.get(&format!("/api/shots/{shot}")).json();
+    assert_eq!(taken["takes"].as_array().unwrap().len(), 1, "{taken}");
+    assert_eq!(taken["status"], "generated");
+    // The card keeps the model: the next generation loads nothing.
+    assert_eq!(cards(&server)[0]["model"], "tiny-wan-t2v");
+    let second = finished(&server, generate(&server, project, shot, 32, 2));
+    assert_eq!(second["state"], "succeeded", "{second}");
+    assert_eq!(count(&server.data, "SELECT count(*) FROM takes"), 2);
+}
+
+#[test]
+fn two_workers_run_two_jobs_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, token) = studio(&tmp.path().join("studio"), "15");
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        let data = tmp.path().join(name);
+        install_tiny_model(&data, "tiny-wan-t2v");
+        workers.push(Worker::start(&server, &token, name, &data));
+    }
+    let jobs: Vec<i64> = ["One", "Two"]
+        .map(|name| {
+            let (project, shot) = shot(&server, name);
+            generate(&server, project, shot, 64, 60)
+        })
+        .into();
+    // Both run at once, one on each worker's card.
+    wait_for(&server, "both cards busy", |s| {
+        cards(s).iter().all(|c| c["busy"] == true)
+    });
+    let mut ran_on: Vec<String> = jobs
+        .iter()
+        .map(|&job| {
+            let job = finished(&server, job);
+            assert_eq!(job["state"], "succeeded", "{job}");
+            job["card"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ran_on.sort();
+    assert_eq!(ran_on, ["w1/cpu", "w2/cpu"]);
+}
+
+#[test]
+fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, token) = studio(&tmp.path().join("studio"), "1.5");
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        let data = tmp.path().join(name);
+        install_tiny_model(&data, "tiny-wan-t2v");
+        workers.push(Worker::start(&server, &token, name, &data));
+    }
+    let (project, shot) = shot(&server, "Canal");
+    // Both cards are empty: the first free one, w1's, takes the job.
+    let job = generate(&server, project, shot, 64, 200);
+    server.wait_job(job, "denoising on w1", |j| {
+        j["card"] == "w1/cpu" && j["progress"]["stage"] == "denoising"
+    });
+    workers.remove(0).sigkill();
+
+    let job = finished(&server, job);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["card"], "w2/cpu");
+    assert_eq!(job["attempts"], 2, "the cut-off attempt, then w2's");
+    assert!(
+        cards(&server).iter().all(|c| c["card"] != "w1/cpu"),
+        "the silent worker's card left"
+    );
+    // Exactly one output: one asset, one generation record, one take; the database is sound.
+    let data = &server.data;
+    assert_eq!(count(data, "SELECT count(*) FROM assets"), 1);
+    assert_eq!(count(data, "SELECT count(*) FROM generations"), 1);
+    assert_eq!(count(data, "SELECT count(*) FROM takes"), 1);
+    let integrity: String = db(data)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}
+
+/// The worker protocol spoken by the test itself, as a worker that misbehaves would.
+#[test]
+fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _token) = studio(&tmp.path().join("studio"), "1");
+    let version = server.get("/api/health").json()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let join = |version: &str| {
+        server.post(
+            "/api/workers",
+            &json!({ "name": "ghost", "cards": ["cpu"], "version": version }),
+        )
+    };
+
+    // A wrong token is refused in the API's error shape, by the worker command too.
+    let (status, body) = post_with_token(
+        &format!("{}/api/workers", server.base),
+        "vdgx_wrong",
+        &json!({ "name": "ghost", "cards": ["cpu"], "version": version }),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    let refused = Command::new(BIN)
+        .arg("--data")
+        .arg(tmp.path().join("w"))
+        .args([
+            "--gpus",
+            "cpu",
+            "worker",
+            "--join",
+            &server.base,
+            "--token",
+            "vdgx_wrong",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused the access token"), "{said}");
+    let nowhere = Command::new(BIN)
+        .arg("--data")
+        .arg(tmp.path().join("w"))
+        .args([
+            "--gpus",
+            "cpu",
+            "worker",
+            "--join",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ])
+        .output()
+        .unwrap();
+    assert!(!nowhere.status.success());
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        said.contains("cannot reach the studio at http://127.0.0.1:9"),
+        "{said}"
+    );
+
+    // Another version is refused, saying so.
+    let other = join("0.0.1");
+    assert_eq!(other.status, 409);
+    assert_eq!(other.error_code(), "incompatible_version");
+
+    // A task taken, then silence past the lease: the task goes back to the queue and what the
+    // worker sends about it afterwards is refused.
+    let joined = join(&version);
+    assert_eq!(joined.status, 201, "{}", joined.json());
+    let id = joined.json()["id"].as_str().unwrap().to_string();
+    let (project, shot) = shot(&server, "Ghost");
+    let job = generate(&server, project, shot, 32, 2);
+    let task = server.post(&format!("/api/workers/{id}/cards/0/next"), &json!(null));
+    assert_eq!(
+        task.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&task.bytes)
+    );
+    let task_id = task.json()["task_id"].as_str().unwrap().to_string();
+    assert_eq!(task.json()["task"]["model"], "tiny-wan-t2v");
+    let progress = json!({ "stage": "denoising", "step": 1, "total": 2 });
+    let reported = server.post(
+        &format!("/api/workers/{id}/tasks/{task_id}/progress"),
+        &progress,
+    );
+    assert_eq!(reported.status, 204);
+    // Heartbeats keep it alive meanwhile.
+    server.wait_job(job, "progress from the worker", |j| {
+        let beat = server.post(&format!("/api/workers/{id}/heartbeat"), &json!(null));
+        assert_eq!(beat.status, 204);
+        j["progress"]["stage"] == "denoising" && j["card"] == "ghost/cpu"
+    });
+    let queued_again = server.wait_job(job, "queued again", |j| j["state"] == "queued");
+    assert!(
+        queued_again["error"]
+            .as_str()
+            .unwrap()
+            .contains("worker `ghost` stopped answering"),
+        "{queued_again}"
+    );
+    assert_eq!(queued_again["attempts"], 1);
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/api/workers/{id}/tasks/{task_id}/progress"),
+            progress.to_string(),
+        ),
+        (
+            "PUT",
+            format!("/api/workers/{id}/tasks/{task_id}/video"),
+            "not a video".into(),
+        ),
+        (
+            "POST",
+            format!("/api/workers/{id}/tasks/{task_id}/outcome"),
+            json!({ "failed": { "error": "late" } }).to_string(),
+        ),
+    ] {
+        let late = server.send(
+            method,
+            &path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(late.status, 404, "{path}: {}", late.json());
+        assert_eq!(late.error_code(), "not_found", "register again");
+    }
+    assert_eq!(count(&server.data, "SELECT count(*) FROM assets"), 0);
+    assert!(cards(&server).is_empty(), "the ghost's card left");
+
+    // A worker that answers but whose task was cancelled hears it on its next report.
+    let joined = join(&version);
+    let id = joined.json()["id"].as_str().unwrap().to_string();
+    let task = server.post(&format!("/api/workers/{id}/cards/0/next"), &json!(null));
+    assert_eq!(task.status, 200);
+    let task_id = task.json()["task_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        server
+            .post(&format!("/api/jobs/{job}/cancel"), &json!(null))
+            .status,
+        200
+    );
+    // Its reports keep it alive until one is refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let told = loop {
+        let told = server.post(
+            &format!("/api/workers/{id}/tasks/{task_id}/progress"),
+            &progress,
+        );
+        if told.status != 204 {
+            break told;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancel never reached the worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(told.status, 409);
+    assert_eq!(told.error_code(), "conflict");
+    let cancelled = server.wait_job(job, "cancelled", |j| j["state"] == "cancelled");
+    assert_eq!(cancelled["attempts"], 2);
+
+    // Model files: served by name from the model's folder, never from outside it.
+    let listing = server
+        .get("/api/hub/api/models/tiny-wan-t2v/revision/main")
+        .json();
+    assert!(
+        listing["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rfilename"] == "model_index.json"),
+        "{listing}"
+    );
+    let file = server.get("/api/hub/tiny-wan-t2v/resolve/main/model_index.json");
+    assert_eq!(file.status, 200);
+    assert_eq!(
+        file.bytes,
+        std::fs::read(server.data.join("models/tiny-wan-t2v/model_index.json")).unwrap()
+    );
+    for escape in [
+        "/api/hub/tiny-wan-t2v/resolve/main/..%2F..%2Fstudio.db",
+        "/api/hub/tiny-wan-t2v/resolve/main/%2E%2E/%2E%2E/studio.db",
+        "/api/hub/tiny-wan-t2v/resolve/main/../../studio.db",
+    ] {
+        let refused = server.get(escape);
+        assert!(
+            matches!(refused.status, 400 | 404),
+            "{escape}: {}",
+            refused.status
+        );
+        assert!(!refused.bytes.starts_with(b"SQLite"), "{escape}");
+        let code = refused.error_code();
+        assert!(
+            code == "bad_path" || code == "not_found",
+            "{escape}: {code}"
+        );
+    }
+    let missing = server.get("/api/hub/nope/resolve/main/model_index.json");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+    let unauthenticated = studio::fetch(&format!(
+        "{}/api/hub/tiny-wan-t2v/resolve/main/model_index.json",
+        server.base
+    ));
+    assert_eq!(unauthenticated.status, 401);
+}
