@@ -43,13 +43,12 @@ fn token(data: &Path) -> String {
 fn studio(data: &Path, lease: &str) -> (Server, String) {
     install_tiny_model(data, "tiny-wan-t2v");
     let token = token(data);
-    let server = start_with(
-        data,
-        &["--gpus", "none", "--require-auth", "--worker-lease", lease],
-        |_| {},
-    )
-    .with_token(&token);
+    let server = start_with(data, &studio_args(lease), |_| {}).with_token(&token);
     (server, token)
+}
+
+fn studio_args(lease: &str) -> [&str; 5] {
+    ["--gpus", "none", "--require-auth", "--worker-lease", lease]
 }
 
 /// A `videosdgx worker` process; killed when dropped.
@@ -220,6 +219,26 @@ fn a_worker_generates_a_shot_for_a_studio_without_cards_with_the_model_pulled_fr
     let second = finished(&server, generate(&server, project, shot, 32, 2));
     assert_eq!(second["state"], "succeeded", "{second}");
     assert_eq!(count(&server.data, "SELECT count(*) FROM takes"), 2);
+
+    // A studio that stops is not held up by the worker's poll; restarted, it knows no worker
+    // until the worker, told so, registers again.
+    let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+    let data = server.data.clone();
+    let stopping = Instant::now();
+    server.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    let server = studio::start_on(Path::new(BIN), port, &data, &studio_args("15"), |_| {})
+        .with_token(&token);
+    wait_for(&server, "the worker registered again", |s| {
+        cards(s).iter().any(|c| c["card"] == "spark-2/cpu")
+    });
+    let third = finished(&server, generate(&server, project, shot, 32, 2));
+    assert_eq!(third["state"], "succeeded", "{third}");
+    assert_eq!(third["card"], "spark-2/cpu");
 }
 
 #[test]

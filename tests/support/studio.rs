@@ -40,7 +40,17 @@ pub fn start_program(
     extra: &[&str],
     tweak: impl FnOnce(&mut Command),
 ) -> Server {
-    let port = free_port();
+    start_on(program, free_port(), data, extra, tweak)
+}
+
+/// [`start_program`] on `port` (a studio restarted where its clients know it).
+pub fn start_on(
+    program: &Path,
+    port: u16,
+    data: &Path,
+    extra: &[&str],
+    tweak: impl FnOnce(&mut Command),
+) -> Server {
     let mut cmd = Command::new(program);
     cmd.arg("--data")
         .arg(data)

@@ -82,7 +82,13 @@ pub async fn next_task(
     Path((id, card)): Path<(String, usize)>,
 ) -> ApiResult<Response> {
     let wait = Duration::from_millis(app.config.worker_lease.as_millis() as u64 / 3);
-    Ok(match app.workers.next_task(&id, card, wait).await? {
+    // A studio that stops answers at once: a poll must not hold up its shutdown.
+    let mut closing = app.jobs.closing();
+    let next = tokio::select! {
+        next = app.workers.next_task(&id, card, wait) => next?,
+        _ = closing.wait_for(|closing| *closing) => None,
+    };
+    Ok(match next {
         Some(assignment) => Json(assignment).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
