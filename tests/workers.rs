@@ -1,7 +1,8 @@
 //! Workers on other machines, on one machine: a real `videosdgx serve --gpus none
 //! --require-auth` on loopback and real `videosdgx worker --join` processes with CPU cards and
 //! data directories of their own. A worker generates a shot whose video lands in the studio
-//! (pulling the model it lacks from the studio), two workers run two jobs at once, a worker
+//! (pulling the model it lacks from the studio), an image-to-video shot with a LoRA runs on a
+//! worker that fetches both files from the studio, two workers run two jobs at once, a worker
 //! SIGKILLed mid-job leaves the job to the other one with nothing recorded twice, and the
 //! protocol refuses what it must: a wrong token, another version, a late result, a path out of a
 //! model's folder.
@@ -239,6 +240,117 @@ fn a_worker_generates_a_shot_for_a_studio_without_cards_with_the_model_pulled_fr
     let third = finished(&server, generate(&server, project, shot, 32, 2));
     assert_eq!(third["state"], "succeeded", "{third}");
     assert_eq!(third["card"], "spark-2/cpu");
+}
+
+/// A fixture file's bytes.
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(rel),
+    )
+    .unwrap()
+}
+
+/// A 32x32 PNG.
+fn png() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 90]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+#[test]
+fn a_worker_fetches_the_start_frame_and_loras_a_task_names_from_the_studio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let studio_data = tmp.path().join("studio");
+    install_tiny_model(&studio_data, "tiny-wan-i2v");
+    let (server, token) = studio(&studio_data, "15");
+    let worker_data = tmp.path().join("worker");
+    let _worker = Worker::start(&server, &token, "spark-2", &worker_data);
+
+    let (project, board) = server.storyboard("Canal");
+    let created = |reply: studio::Reply| {
+        assert!(matches!(reply.status, 200 | 201), "{}", reply.json());
+        reply.json()
+    };
+    let new_shot = |model: &str, references: Value| {
+        created(server.post(
+            &format!("/api/storyboards/{board}/shots"),
+            &json!({ "prompt": "a paper boat drifts away", "duration_s": 0.25,
+                     "model": model, "references": references }),
+        ))["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let choose = |shot: i64, lora: &Value| {
+        created(server.put(
+            &format!("/api/shots/{shot}/loras"),
+            &json!([{ "asset_id": lora["id"] }]),
+        ))
+    };
+    let start = created(server.upload(&format!("name=start.png&project_id={project}"), &png()));
+    let style = created(server.upload(
+        &format!("name=canal-style.safetensors&project_id={project}"),
+        &fixture("lora/kohya.safetensors"),
+    ));
+    let image_to_video = new_shot("tiny-wan-i2v", json!([start["id"]]));
+    let with_lora = new_shot("tiny-wan-t2v", json!([]));
+    choose(with_lora, &style);
+    let studio_path = |asset: &Value| {
+        let sha = asset["sha256"].as_str().unwrap();
+        server.data.join("assets").join(&sha[..2]).join(sha)
+    };
+    for (shot, asset) in [(image_to_video, &start), (with_lora, &style)] {
+        let job = finished(&server, generate(&server, project, shot, 32, 2));
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["card"], "spark-2/cpu");
+        // The worker fetched the file the task named, checked by its SHA-256.
+        let sha = asset["sha256"].as_str().unwrap();
+        assert_eq!(
+            std::fs::read(worker_data.join("worker-files").join(sha)).unwrap(),
+            std::fs::read(studio_path(asset)).unwrap()
+        );
+        // The record names the studio's file, not the worker's copy.
+        let generation = server
+            .get(&format!(
+                "/api/generations/{}",
+                job["result"]["generation_id"]
+            ))
+            .json();
+        let recorded = if shot == image_to_video {
+            &generation["params"]["start_image"]
+        } else {
+            &generation["params"]["loras"][0]["path"]
+        };
+        assert_eq!(
+            recorded.as_str(),
+            studio_path(asset).to_str(),
+            "{generation}"
+        );
+    }
+    // A LoRA that does not fit fails the job by its name, as on the studio's own cards.
+    let misfit = created(server.upload(
+        &format!("name=i2v-only.safetensors&project_id={project}"),
+        &fixture("lora/comfy_i2v.safetensors"),
+    ));
+    choose(image_to_video, &misfit);
+    let reply = server.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "project_id": project, "max_attempts": 1,
+                 "params": { "shot_id": image_to_video,
+                             "render": { "height": 32, "width": 32, "steps": 2 } } }),
+    );
+    let job = finished(&server, reply.json()["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "LoRA asset {} \"i2v-only.safetensors\"",
+            misfit["id"]
+        )),
+        "{error}"
+    );
 }
 
 #[test]

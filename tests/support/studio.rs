@@ -245,8 +245,7 @@ impl Server {
     /// Uploads `bytes` as a raw body; `query` carries name, project_id, tags, caption.
     pub fn upload(&self, query: &str, bytes: &[u8]) -> Reply {
         reply(
-            self.agent
-                .post(self.url(&format!("/api/assets?{query}")))
+            self.authorized(self.agent.post(self.url(&format!("/api/assets?{query}"))))
                 .header("content-type", "application/octet-stream")
                 .send(bytes),
         )
@@ -258,8 +257,7 @@ impl Server {
 
     pub fn post_multipart(&self, path: &str, boundary: &str, body: &[u8]) -> Reply {
         reply(
-            self.agent
-                .post(self.url(path))
+            self.authorized(self.agent.post(self.url(path)))
                 .header(
                     "content-type",
                     format!("multipart/form-data; boundary={boundary}"),

@@ -16,6 +16,7 @@ use crate::shots::{self, Shot, ShotFields};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -316,6 +317,7 @@ impl Generator {
             )?,
             loras: request.loras.iter().map(|l| l.spec(app)).collect(),
             applied_loras: request.loras.clone(),
+            local_files: HashMap::new(),
         };
         let path = app.scratch_file("generation", "mp4")?;
         let params = self
@@ -344,19 +346,48 @@ pub struct GenerationTask {
     pub length: Length,
     pub seed: u64,
     pub render: RenderSettings,
-    /// The start frame, a file of the studio's: a task with one runs on the studio's cards.
+    /// The start frame, a file of the studio's.
     pub start_image: Option<ImageInput>,
-    /// LoRA files of the studio's: a task with any runs on the studio's cards.
+    /// LoRA files of the studio's.
     pub loras: Vec<LoraSpec>,
     /// The LoRAs as the output's embedded record names them.
     pub applied_loras: Vec<AppliedLora>,
+    /// Where this machine keeps the studio's files the task names, when elsewhere: a worker's
+    /// copies. The engine reads these; the record keeps the studio's paths.
+    #[serde(skip)]
+    pub local_files: HashMap<PathBuf, PathBuf>,
 }
 
 impl GenerationTask {
-    /// Whether a worker's card may run it: it names no file of the studio's (start frames and
-    /// LoRAs are not sent to workers yet).
+    /// The studio's files the task names: its start frame and its LoRAs.
+    pub fn files(&self) -> Vec<&Path> {
+        let start = match &self.start_image {
+            Some(ImageInput::Path(path)) => Some(path.as_path()),
+            _ => None,
+        };
+        start
+            .into_iter()
+            .chain(self.loras.iter().map(|l| l.path.as_path()))
+            .collect()
+    }
+
+    /// Whether a worker's card may run it: every file it names is a blob of the asset store,
+    /// named by its SHA-256, which the worker fetches by that name
+    /// ([`crate::workers::Workers::task_file`]) and checks.
     pub fn runs_anywhere(&self) -> bool {
-        self.start_image.is_none() && self.loras.is_empty()
+        self.files().iter().all(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_sha256)
+        })
+    }
+
+    /// `path` where this machine keeps it.
+    fn local(&self, path: &Path) -> PathBuf {
+        self.local_files
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| path.to_path_buf())
     }
 
     /// Runs the task on `pipeline`: the engine's parameters and the video.
@@ -402,7 +433,14 @@ impl GenerationTask {
         }
         let mut report =
             |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
-        let video = pipeline.generate(&params, Default::default(), &mut report)?;
+        let mut local = params.clone();
+        if let Some(ImageInput::Path(path)) = &mut local.start_image {
+            *path = self.local(path);
+        }
+        for lora in &mut local.loras {
+            lora.path = self.local(&lora.path);
+        }
+        let video = pipeline.generate(&local, Default::default(), &mut report)?;
         Ok((params, video))
     }
 
@@ -452,6 +490,11 @@ pub fn recover_shots(db: &Db) -> Result<usize> {
             [],
         )?)
     })
+}
+
+/// Whether `name` is a SHA-256 in lowercase hex, as the asset store names its blobs.
+pub fn is_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether `err` is a generation stopped by its progress callback.

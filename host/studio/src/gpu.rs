@@ -9,7 +9,7 @@
 //! that card. Nothing else in the studio loads a model.
 //!
 //! Workers on other machines (`videosdgx worker --join`, [`crate::workers`]) add their cards
-//! here while they answer: a generation task ([`GenerationTask::runs_anywhere`]) may take one of
+//! here while they answer: a video generation ([`GenerationTask::runs_anywhere`]) may take one of
 //! them like any other card; everything else runs on the studio's own.
 
 use crate::error::{Result, StudioError};
@@ -543,7 +543,7 @@ impl Gpus {
             if !anywhere && cards.iter().all(|c| c.remote.is_some()) {
                 return Err(StudioError::Invalid(
                     "this work runs on the studio's own cards, and it has none (`--gpus none`): \
-                     workers' cards run only generations of videos without a start frame or LoRAs"
+                     workers' cards run only video generations"
                         .into(),
                 ));
             }

@@ -447,6 +447,25 @@ impl Workers {
         offer.events.send(event).map_err(|_| withdrawn(task_id))
     }
 
+    /// The studio's file named `sha256` that task `task_id` names (its start frame, a LoRA),
+    /// while the task is the card's: nothing else is served this way.
+    pub fn task_file(&self, id: &str, task_id: &str, sha256: &str) -> Result<PathBuf> {
+        let cards = self.seen(id)?;
+        let card = find_task(&cards, task_id)?;
+        let mailbox = card.offer(task_id)?;
+        let offer = mailbox.as_ref().expect("checked by offer");
+        offer
+            .task
+            .files()
+            .into_iter()
+            .find(|path| path.file_name().is_some_and(|n| n == sha256))
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StudioError::NotFound {
+                what: "file",
+                id: format!("{sha256} of task {task_id}"),
+            })
+    }
+
     /// Whether worker `id`'s task `task_id` is still its card's (for an upload that just ended).
     pub fn still_running(&self, id: &str, task_id: &str) -> Result<()> {
         let cards = self.seen(id)?;

@@ -13,12 +13,13 @@ use clap::Args;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use videosdgx_engine::hub::{Hub, PullProgress};
-use videosdgx_studio::generation::is_cancelled;
+use videosdgx_studio::generation::{is_cancelled, is_sha256};
 use videosdgx_studio::gpu::{CardSet, Gpus};
 use videosdgx_studio::models;
 use videosdgx_studio::workers::{
@@ -127,6 +128,17 @@ impl Studio {
             .read_to_vec()
             .with_context(|| format!("the studio at {} broke off its answer", self.base))?;
         Ok(Answer { status, body })
+    }
+
+    /// GETs `path`, whatever its status, for a body read as it comes.
+    fn get(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request
+            .call()
+            .with_context(|| format!("cannot reach the studio at {}", self.base))
     }
 
     /// Sends the file at `path` as the body of a PUT.
@@ -321,7 +333,7 @@ impl Lane<'_> {
             .data
             .join("tmp")
             .join(format!("worker-{}.mp4", assignment.task_id));
-        let outcome = self.generate(&assignment, &out, &mut progress);
+        let outcome = self.generate(id, assignment.clone(), &out, &mut progress);
         let reply = match outcome {
             Ok(params) => self
                 .studio
@@ -366,15 +378,75 @@ impl Lane<'_> {
 
     fn generate(
         &self,
-        assignment: &Assignment,
+        id: &str,
+        assignment: Assignment,
         out: &Path,
         progress: &mut Progress,
     ) -> Result<videosdgx_engine::pipelines::GenerateParams> {
-        let task = &assignment.task;
+        let mut task = assignment.task;
         let mut report = |stage: &str, step: u64, total: u64| progress.send(stage, step, total);
         let dir = self.model_dir(&task.model, &mut report)?;
+        let files: Vec<PathBuf> = task.files().into_iter().map(Path::to_path_buf).collect();
+        for file in files {
+            let local = self.fetch(id, &assignment.task_id, &file)?;
+            task.local_files.insert(file, local);
+        }
         std::fs::create_dir_all(out.parent().expect("under tmp"))?;
-        Ok(self.gpus.generate(None, &dir, task, out, &mut report)?)
+        match self.gpus.generate(None, &dir, &task, out, &mut report) {
+            Ok(params) => Ok(params),
+            Err(e) if is_cancelled(&e) => Err(e.into()),
+            // The studio names its files in errors (a LoRA that does not fit, by its asset):
+            // its paths, not this worker's copies.
+            Err(e) => {
+                let mut message = format!("{e:#}");
+                for (studio, local) in &task.local_files {
+                    message = message
+                        .replace(&local.display().to_string(), &studio.display().to_string());
+                }
+                bail!(message)
+            }
+        }
+    }
+
+    /// A copy of the studio's file `path` that the task names (a start frame, a LoRA), kept
+    /// under `DATA/worker-files/` by the SHA-256 it is named by, fetched once and checked.
+    fn fetch(&self, id: &str, task_id: &str, path: &Path) -> Result<PathBuf> {
+        let sha256 = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| is_sha256(n))
+            .with_context(|| format!("the task names {}, not a stored file", path.display()))?;
+        let local = self.data.join("worker-files").join(sha256);
+        if local.is_file() {
+            return Ok(local);
+        }
+        std::fs::create_dir_all(local.parent().expect("under worker-files"))?;
+        let request = format!("/api/workers/{id}/tasks/{task_id}/files/{sha256}");
+        let response = self.studio.get(&request)?;
+        if response.status() != 200 {
+            let status = response.status().as_u16();
+            let answer = self.studio.answer(Ok(response))?;
+            bail!(
+                "fetching file {sha256} of the task: HTTP {status}: {}",
+                answer.error()
+            );
+        }
+        let part = local.with_extension("part");
+        let mut hashing = Hashing {
+            file: std::fs::File::create(&part)
+                .with_context(|| format!("creating {}", part.display()))?,
+            hasher: Sha256::new(),
+        };
+        std::io::copy(&mut response.into_body().into_reader(), &mut hashing)
+            .with_context(|| format!("fetching file {sha256} of the task"))?;
+        let actual = hex::encode(hashing.hasher.finalize());
+        if actual != sha256 {
+            let _ = std::fs::remove_file(&part);
+            bail!("file {sha256} of the task arrived corrupt (SHA-256 {actual})");
+        }
+        hashing.file.sync_all()?;
+        std::fs::rename(&part, &local)?;
+        Ok(local)
     }
 
     /// The folder of installed video model `name`: this worker's, else pulled from the studio.
@@ -404,6 +476,24 @@ impl Lane<'_> {
         }
         pulled.with_context(|| format!("pulling model `{name}` from the studio"))?;
         Ok(models::video_model_dir(self.data, name)?)
+    }
+}
+
+/// Writes a file and hashes what it writes.
+struct Hashing {
+    file: std::fs::File,
+    hasher: Sha256,
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 

@@ -90,6 +90,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         workers::heartbeat,
         workers::next_task,
         workers::progress,
+        workers::task_file,
         workers::upload_video,
         workers::outcome,
         hub::hub,

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -25,6 +25,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/workers/{id}/heartbeat", post(heartbeat))
         .route("/api/workers/{id}/cards/{card}/next", post(next_task))
         .route("/api/workers/{id}/tasks/{task}/progress", post(progress))
+        .route(
+            "/api/workers/{id}/tasks/{task}/files/{sha256}",
+            get(task_file),
+        )
         // The upload handler counts bytes itself against `max_upload_bytes`.
         .route(
             "/api/workers/{id}/tasks/{task}/video",
@@ -108,6 +112,27 @@ pub async fn progress(
 ) -> ApiResult<StatusCode> {
     app.workers.progress(&id, &task, progress)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A file of the studio's the task names (its start frame, a LoRA), by the SHA-256 its path
+/// ends in; `Range` resumes.
+#[utoipa::path(get, path = "/api/workers/{id}/tasks/{task}/files/{sha256}", tag = "workers",
+    params(("id" = String, Path), ("task" = String, Path), ("sha256" = String, Path)),
+    responses((status = 200, description = "the file"), (status = 206),
+        (status = 404, body = super::error::ErrorBody, description = "the task names no such \
+            file"),
+        (status = 409, body = super::error::ErrorBody)))]
+pub async fn task_file(
+    State(app): AppState,
+    Path((id, task, sha256)): Path<(String, String, String)>,
+    request: Request,
+) -> ApiResult<Response> {
+    let path = app.workers.task_file(&id, &task, &sha256)?;
+    let served = tower_http::services::ServeFile::new(&path)
+        .try_call(request)
+        .await
+        .map_err(StudioError::from)?;
+    Ok(served.map(axum::body::Body::new).into_response())
 }
 
 /// The task's MP4, as the raw body (at most `--max-upload-bytes`).
