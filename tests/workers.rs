@@ -1,12 +1,15 @@
 //! Workers on other machines, on one machine: a real `videosdgx serve --gpus none
 //! --require-auth` on loopback and real `videosdgx worker --join` processes with CPU cards and
 //! data directories of their own. A worker generates a shot whose video lands in the studio
-//! (pulling the model it lacks from the studio), an image-to-video shot with a LoRA runs on a
+//! (pulling the model it lacks from the studio, or from the hub the studio pulled it from), an
+//! image-to-video shot with a LoRA runs on a
 //! worker that fetches both files from the studio, two workers run two jobs at once, a worker
 //! SIGKILLed mid-job leaves the job to the other one with nothing recorded twice, and the
 //! protocol refuses what it must: a wrong token, another version, a late result, a path out of a
 //! model's folder.
 
+#[path = "support/fake_hub.rs"]
+mod fake_hub;
 #[path = "support/models.rs"]
 mod models;
 #[path = "support/studio.rs"]
@@ -59,6 +62,18 @@ struct Worker {
 
 impl Worker {
     fn start(server: &Server, token: &str, name: &str, data: &Path) -> Worker {
+        Worker::start_with(server, token, name, data, &[], &[])
+    }
+
+    /// [`Worker::start`] with `extra` arguments and `env` set.
+    fn start_with(
+        server: &Server,
+        token: &str,
+        name: &str,
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(data)
@@ -72,6 +87,8 @@ impl Worker {
                 token,
             ])
             .args(["--name", name])
+            .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -349,6 +366,108 @@ fn a_worker_fetches_the_start_frame_and_loras_a_task_names_from_the_studio() {
             "LoRA asset {} \"i2v-only.safetensors\"",
             misfit["id"]
         )),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_worker_pulls_a_model_from_the_hub_the_studio_pulled_it_from_at_the_same_commit() {
+    // A hub holding the tiny Wan model, which the studio pulls as `models pull` does.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut state = fake_hub::HubState::default();
+    let model = fixtures.join("tiny-wan-t2v");
+    let mut folders = vec![model.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(&model)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                let body = std::fs::read(&path).unwrap();
+                state
+                    .files
+                    .insert(name, fake_hub::FakeFile { body, lfs: true });
+            }
+        }
+    }
+    let hub = fake_hub::HubServer::start(state);
+    let tmp = tempfile::tempdir().unwrap();
+    let studio_data = tmp.path().join("studio");
+    let pulled = Command::new(BIN)
+        .arg("--data")
+        .arg(&studio_data)
+        .args(["models", "pull", fake_hub::REPO])
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let (server, token) = studio(&studio_data, "15");
+    let studio_downloads = hub.requests_for("/model_index.json").len();
+
+    let worker_data = tmp.path().join("worker");
+    let _worker = Worker::start_with(
+        &server,
+        &token,
+        "spark-2",
+        &worker_data,
+        &["--models-from", "hub"],
+        &[("HF_ENDPOINT", &hub.endpoint)],
+    );
+    let (project, board) = server.storyboard("Canal");
+    let new_shot = |model: &str| {
+        server
+            .post(
+                &format!("/api/storyboards/{board}/shots"),
+                &json!({ "prompt": "a paper boat", "duration_s": 0.25, "model": model }),
+            )
+            .json()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let job = finished(
+        &server,
+        generate(&server, project, new_shot(fake_hub::REPO), 32, 2),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["card"], "spark-2/cpu");
+    assert!(
+        hub.requests_for("/model_index.json").len() > studio_downloads,
+        "the worker downloaded from the hub"
+    );
+    let source: Value = serde_json::from_slice(
+        &std::fs::read(
+            worker_data
+                .join("models")
+                .join(fake_hub::REPO)
+                .join(".videosdgx-source.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(source["commit"], fake_hub::COMMIT);
+
+    // A model copied into the studio by hand has no hub to come from: the job says so.
+    let reply = server.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "project_id": project, "max_attempts": 1,
+                 "params": { "shot_id": new_shot("tiny-wan-t2v"),
+                             "render": { "height": 32, "width": 32, "steps": 2 } } }),
+    );
+    let job = finished(&server, reply.json()["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "failed");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("copied into the studio, not pulled from a hub"),
         "{error}"
     );
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
+use videosdgx_engine::hub::{PullSource, SOURCE_FILE};
 use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Quant};
 
 /// How often a card waiting for its worker checks that the worker still answers and that the
@@ -68,6 +69,10 @@ pub struct Assignment {
     pub task_id: String,
     #[schema(value_type = Object)]
     pub task: GenerationTask,
+    /// Where the studio's copy of the task's model was pulled from (none for a folder copied
+    /// there by hand): a worker that pulls models from the hub pulls that commit.
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<PullSource>,
 }
 
 /// A task's progress, as the worker reports it.
@@ -126,6 +131,7 @@ impl Presence {
 struct Offer {
     id: String,
     task: GenerationTask,
+    source: Option<PullSource>,
     picked: bool,
     events: mpsc::Sender<TaskEvent>,
     /// Where the uploaded MP4 goes.
@@ -171,9 +177,13 @@ impl RemoteCard {
     ) -> Result<GenerateParams> {
         let (events, heard) = mpsc::channel();
         let id = random_id();
+        let source = std::fs::read(dir.join(SOURCE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         *lock(&self.mailbox) = Some(Offer {
             id: id.clone(),
             task: task.clone(),
+            source,
             picked: false,
             events,
             out: out.to_path_buf(),
@@ -395,6 +405,7 @@ impl Workers {
                 return Ok(Some(Assignment {
                     task_id: offer.id.clone(),
                     task: offer.task.clone(),
+                    source: offer.source.clone(),
                 }));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

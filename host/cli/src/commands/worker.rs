@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use videosdgx_engine::hub::{Hub, PullProgress};
+use videosdgx_engine::hub::{Hub, PullProgress, PullSource};
 use videosdgx_studio::generation::{is_cancelled, is_sha256};
 use videosdgx_studio::gpu::{CardSet, Gpus};
 use videosdgx_studio::models;
@@ -47,6 +47,17 @@ pub struct WorkerArgs {
     /// name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Where a model this worker lacks comes from: the studio (its installed copy), or the
+    /// hub the studio pulled it from (HF_ENDPOINT and HF_TOKEN, as `models pull`), at the
+    /// same commit.
+    #[arg(long, value_enum, default_value_t = ModelsFrom::Studio)]
+    pub models_from: ModelsFrom,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelsFrom {
+    Studio,
+    Hub,
 }
 
 /// A studio's API, with the token.
@@ -241,6 +252,7 @@ pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
             .name(format!("card-{index}"))
             .spawn(move || {
                 let card = Lane {
+                    models_from: args.models_from,
                     studio: &studio,
                     session: &session,
                     index,
@@ -289,6 +301,7 @@ fn host_name() -> String {
 
 /// One of this worker's cards, serving its tasks.
 struct Lane<'a> {
+    models_from: ModelsFrom,
     studio: &'a Studio,
     session: &'a Session,
     index: usize,
@@ -385,7 +398,7 @@ impl Lane<'_> {
     ) -> Result<videosdgx_engine::pipelines::GenerateParams> {
         let mut task = assignment.task;
         let mut report = |stage: &str, step: u64, total: u64| progress.send(stage, step, total);
-        let dir = self.model_dir(&task.model, &mut report)?;
+        let dir = self.model_dir(&task.model, assignment.source.as_ref(), &mut report)?;
         let files: Vec<PathBuf> = task.files().into_iter().map(Path::to_path_buf).collect();
         for file in files {
             let local = self.fetch(id, &assignment.task_id, &file)?;
@@ -449,23 +462,41 @@ impl Lane<'_> {
         Ok(local)
     }
 
-    /// The folder of installed video model `name`: this worker's, else pulled from the studio.
+    /// The folder of installed video model `name`: this worker's, else pulled from the studio
+    /// or from the hub the studio's copy came from (`source`).
     fn model_dir(
         &self,
         name: &str,
+        source: Option<&PullSource>,
         report: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<PathBuf> {
         let _one_pull = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(dir) = models::video_model_dir(self.data, name) {
             return Ok(dir);
         }
-        tracing::info!(model = name, "pulling the model from the studio");
-        let hub =
-            Hub::new(format!("{}/api/hub", self.studio.base)).with_token(self.studio.token.clone());
+        let (hub, repo_id, revision) = match (self.models_from, source) {
+            (ModelsFrom::Studio, _) => (
+                Hub::new(format!("{}/api/hub", self.studio.base))
+                    .with_token(self.studio.token.clone()),
+                name,
+                None,
+            ),
+            (ModelsFrom::Hub, Some(source)) => (
+                Hub::from_env(),
+                source.repo_id.as_str(),
+                Some(source.commit.as_str()),
+            ),
+            (ModelsFrom::Hub, None) => bail!(
+                "model `{name}` was copied into the studio, not pulled from a hub: start the \
+                 worker with --models-from studio, or copy it into {}",
+                models::models_dir(self.data).display()
+            ),
+        };
+        tracing::info!(model = name, from = ?self.models_from, "pulling the model");
         let mut stopped = false;
         let pulled = hub.pull(
-            name,
-            None,
+            repo_id,
+            revision,
             &models::models_dir(self.data),
             &mut |p: &PullProgress| {
                 stopped |= report("pulling model", p.bytes, p.file_size.max(1)).is_break();
@@ -474,7 +505,7 @@ impl Lane<'_> {
         if stopped {
             bail!(Stopped);
         }
-        pulled.with_context(|| format!("pulling model `{name}` from the studio"))?;
+        pulled.with_context(|| format!("pulling model `{name}`"))?;
         Ok(models::video_model_dir(self.data, name)?)
     }
 }
