@@ -603,10 +603,24 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
         "{said}"
     );
 
-    // Another version is refused, saying so.
+    // Another version is refused, saying so; so are names that are not names.
     let other = join("0.0.1");
     assert_eq!(other.status, 409);
     assert_eq!(other.error_code(), "incompatible_version");
+    for (name, card) in [
+        ("", "cpu"),
+        ("a/b", "cpu"),
+        ("ghost", "<b>cpu</b>"),
+        ("ghost", ""),
+    ] {
+        let bad = server.post(
+            "/api/workers",
+            &json!({ "name": name, "cards": [card], "version": version }),
+        );
+        assert_eq!(bad.status, 422, "{name:?} {card:?}");
+        assert_eq!(bad.error_code(), "invalid");
+    }
+    assert!(cards(&server).is_empty());
 
     // A task taken, then silence past the lease: the task goes back to the queue and what the
     // worker sends about it afterwards is refused.
@@ -751,4 +765,25 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
         server.base
     ));
     assert_eq!(unauthenticated.status, 401);
+}
+
+#[test]
+fn a_render_without_cards_of_its_own_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("script.md");
+    std::fs::write(
+        &script,
+        "# Boats\n\n## EXT. CANAL - DAY\n\nA paper boat drifts.\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .args(["--gpus", "none", "render"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--gpus none leaves it none"), "{said}");
 }

@@ -310,6 +310,18 @@ impl Workers {
         if registration.cards.is_empty() || registration.cards.len() > 64 {
             return Err(StudioError::Invalid("a worker lends 1 to 64 cards".into()));
         }
+        for card in &registration.cards {
+            if card.is_empty()
+                || card.len() > 32
+                || !card
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '#' | '-' | '_'))
+            {
+                return Err(StudioError::Invalid(format!(
+                    "card {card:?}: name cards as --gpus does (`cuda:0`, `cpu`, `cpu#1`)"
+                )));
+            }
+        }
         let presence = Arc::new(Presence {
             name: name.to_string(),
             lease: self.lease,
@@ -322,7 +334,7 @@ impl Workers {
             .map(|card| {
                 Arc::new(RemoteCard {
                     presence: presence.clone(),
-                    label: format!("{name}/{}", card.trim()),
+                    label: format!("{name}/{card}"),
                     mailbox: Mutex::new(None),
                     offered: tokio::sync::Notify::new(),
                     resident: Mutex::new(None),

@@ -108,7 +108,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugins(args) => plugins::run(args, &open(studio)?),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
-        Command::Render(args) => render::run(open(studio)?, *args),
+        Command::Render(args) => {
+            // No worker joins a render: its generations need a card of this machine's.
+            anyhow::ensure!(
+                !studio.gpus.cards().is_empty(),
+                "render runs its generations on this machine's cards: --gpus none leaves it none"
+            );
+            render::run(open(studio)?, *args)
+        }
         Command::GenerateText(args) => text::generate_text(&args),
         Command::Chat(args) => text::chat(&args),
     }
