@@ -112,6 +112,13 @@ impl Worker {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "worker exited with {status}");
+    }
 }
 
 impl Drop for Worker {
@@ -541,6 +548,34 @@ fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twi
     assert_eq!(integrity, "ok");
 }
 
+#[test]
+fn a_worker_that_stops_hands_its_job_back_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A lease far longer than the test: only the worker's leaving can hand the job back.
+    let (server, token) = studio(&tmp.path().join("studio"), "600");
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        let data = tmp.path().join(name);
+        install_tiny_model(&data, "tiny-wan-t2v");
+        workers.push(Worker::start(&server, &token, name, &data));
+    }
+    let (project, shot) = shot(&server, "Canal");
+    let job = generate(&server, project, shot, 64, 200);
+    server.wait_job(job, "denoising on w1", |j| {
+        j["card"] == "w1/cpu" && j["progress"]["stage"] == "denoising"
+    });
+    workers.remove(0).stop();
+    assert!(
+        cards(&server).iter().all(|c| c["card"] != "w1/cpu"),
+        "a worker that left has no cards"
+    );
+    let job = finished(&server, job);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["card"], "w2/cpu");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(count(&server.data, "SELECT count(*) FROM takes"), 1);
+}
+
 /// The worker protocol spoken by the test itself, as a worker that misbehaves would.
 #[test]
 fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_paths() {
@@ -687,6 +722,7 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
     }
     assert_eq!(count(&server.data, "SELECT count(*) FROM assets"), 0);
     assert!(cards(&server).is_empty(), "the ghost's card left");
+    assert_eq!(server.delete(&format!("/api/workers/{id}")).status, 404);
 
     // A worker that answers but whose task was cancelled hears it on its next report.
     let joined = join(&version);

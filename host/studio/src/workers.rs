@@ -109,8 +109,10 @@ struct Presence {
     name: String,
     lease: Duration,
     last_seen: Mutex<Instant>,
-    /// Set once the worker was silent past its lease or replaced: it never comes back.
+    /// Set once the worker was silent past its lease, replaced or left: it never comes back.
     gone: AtomicBool,
+    /// It said it was leaving (a worker that stops), rather than fall silent.
+    left: AtomicBool,
 }
 
 impl Presence {
@@ -234,8 +236,13 @@ impl RemoteCard {
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
                     if !self.alive() {
                         return Err(StudioError::Internal(anyhow::anyhow!(
-                            "worker `{}` stopped answering while {} ran this generation",
+                            "worker `{}` {} while {} ran this generation",
                             self.presence.name,
+                            if self.presence.left.load(Ordering::Relaxed) {
+                                "left"
+                            } else {
+                                "stopped answering"
+                            },
                             self.label
                         )));
                     }
@@ -327,6 +334,7 @@ impl Workers {
             lease: self.lease,
             last_seen: Mutex::new(Instant::now()),
             gone: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         });
         let cards: Vec<Arc<RemoteCard>> = registration
             .cards
@@ -394,6 +402,19 @@ impl Workers {
                 "worker {id} lent {count} cards; there is no card {card}"
             ))
         })
+    }
+
+    /// Worker `id` leaves (it is stopping): its cards leave now, and the task each ran goes
+    /// back to the queue without waiting for the lease.
+    pub fn leave(&self, id: &str) -> Result<()> {
+        let worker = lock(&self.registered)
+            .remove(id)
+            .filter(|w| w.presence.alive())
+            .ok_or_else(|| StudioError::not_found("worker", id))?;
+        worker.presence.left.store(true, Ordering::Relaxed);
+        worker.presence.gone.store(true, Ordering::Relaxed);
+        tracing::info!(worker = %worker.presence.name, "a worker left: its cards leave");
+        Ok(())
     }
 
     /// A sign of life from worker `id`.

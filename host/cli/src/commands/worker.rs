@@ -263,12 +263,22 @@ pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
                 card.serve()
             })?;
     }
+    let stop = stop_signal()?;
     loop {
         let heartbeat = {
             let registered = session.registered.read().unwrap_or_else(|p| p.into_inner());
             Duration::from_millis(registered.heartbeat_ms.max(100))
         };
-        std::thread::sleep(heartbeat);
+        if stop.recv_timeout(heartbeat).is_ok() {
+            // Leaving hands a running generation back at once, rather than after the lease.
+            let path = format!("/api/workers/{}", session.id());
+            match studio.call("DELETE", &path, NO_BODY) {
+                Ok(answer) if answer.status == 204 => eprintln!("left the studio"),
+                Ok(answer) => eprintln!("leaving the studio: {}", answer.error()),
+                Err(e) => eprintln!("leaving the studio: {e:#}"),
+            }
+            return Ok(());
+        }
         let path = format!("/api/workers/{}/heartbeat", session.id());
         match studio.call("POST", &path, NO_BODY) {
             Ok(answer) if answer.status == 204 => {}
@@ -289,6 +299,22 @@ pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
             Err(e) => tracing::warn!("{e:#}"),
         }
     }
+}
+
+/// Receives once SIGINT or SIGTERM arrives.
+fn stop_signal() -> Result<std::sync::mpsc::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal listener")?;
+    let (stop, stopped) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(videosdgx_studio::server::shutdown_signal());
+            let _ = stop.send(());
+        })?;
+    Ok(stopped)
 }
 
 fn host_name() -> String {

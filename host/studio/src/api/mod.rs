@@ -87,6 +87,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         plugins::uninstall_plugin,
         plugins::audit_log,
         workers::register,
+        workers::leave,
         workers::heartbeat,
         workers::next_task,
         workers::progress,

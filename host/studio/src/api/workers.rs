@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -22,6 +22,7 @@ type AppState = State<Arc<App>>;
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/workers", post(register))
+        .route("/api/workers/{id}", delete(leave))
         .route("/api/workers/{id}/heartbeat", post(heartbeat))
         .route("/api/workers/{id}/cards/{card}/next", post(next_task))
         .route("/api/workers/{id}/tasks/{task}/progress", post(progress))
@@ -63,6 +64,16 @@ pub async fn register(
     app.gpus.join(&cards);
     JobQueue::start_for(&app, &cards);
     Ok((StatusCode::CREATED, Json(registered)))
+}
+
+/// The worker leaves (it is stopping): its cards leave at once and the generation each ran is
+/// retried on another card.
+#[utoipa::path(delete, path = "/api/workers/{id}", tag = "workers",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn leave(State(app): AppState, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    app.workers.leave(&id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A sign of life (every call of a worker counts as one).
