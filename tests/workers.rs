@@ -77,17 +77,10 @@ impl Worker {
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(data)
-            .args([
-                "--gpus",
-                "cpu",
-                "worker",
-                "--join",
-                &server.base,
-                "--token",
-                token,
-            ])
+            .args(["--gpus", gpus(extra)])
+            .args(["worker", "--join", &server.base, "--token", token])
             .args(["--name", name])
-            .args(extra)
+            .args(worker_args(extra))
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -102,8 +95,14 @@ impl Worker {
             }
         });
         let worker = Worker { child };
-        wait_for(server, &format!("card {name}/cpu"), |s| {
-            cards(s).iter().any(|c| c["card"] == format!("{name}/cpu"))
+        let lent = gpus(extra).split(',').count();
+        wait_for(server, &format!("the cards of {name}"), |s| {
+            let prefix = format!("{name}/cpu");
+            cards(s)
+                .iter()
+                .filter(|c| c["card"].as_str().unwrap().starts_with(&prefix))
+                .count()
+                == lent
         });
         worker
     }
@@ -119,6 +118,28 @@ impl Worker {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "worker exited with {status}");
     }
+}
+
+/// The cards a worker started with `extra` lends: `--gpus G` among them, else one CPU lane.
+fn gpus<'a>(extra: &[&'a str]) -> &'a str {
+    extra
+        .windows(2)
+        .find(|pair| pair[0] == "--gpus")
+        .map_or("cpu", |pair| pair[1])
+}
+
+/// `extra` without its `--gpus` (a global argument, given before the subcommand).
+fn worker_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = Vec::new();
+    let mut rest = extra.iter();
+    while let Some(&arg) = rest.next() {
+        if arg == "--gpus" {
+            rest.next();
+        } else {
+            args.push(arg);
+        }
+    }
+    args
 }
 
 impl Drop for Worker {
@@ -282,6 +303,29 @@ fn png() -> Vec<u8> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
     bytes.into_inner()
+}
+
+/// Generates two shots, sees every card busy at once, and returns the cards they ran on.
+fn two_jobs_at_once(server: &Server) -> Vec<String> {
+    let jobs: Vec<i64> = ["One", "Two"]
+        .map(|name| {
+            let (project, shot) = shot(server, name);
+            generate(server, project, shot, 64, 60)
+        })
+        .into();
+    wait_for(server, "every card busy", |s| {
+        cards(s).iter().all(|c| c["busy"] == true)
+    });
+    let mut ran_on: Vec<String> = jobs
+        .iter()
+        .map(|&job| {
+            let job = finished(server, job);
+            assert_eq!(job["state"], "succeeded", "{job}");
+            job["card"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ran_on.sort();
+    ran_on
 }
 
 #[test]
@@ -489,26 +533,17 @@ fn two_workers_run_two_jobs_at_once() {
         install_tiny_model(&data, "tiny-wan-t2v");
         workers.push(Worker::start(&server, &token, name, &data));
     }
-    let jobs: Vec<i64> = ["One", "Two"]
-        .map(|name| {
-            let (project, shot) = shot(&server, name);
-            generate(&server, project, shot, 64, 60)
-        })
-        .into();
-    // Both run at once, one on each worker's card.
-    wait_for(&server, "both cards busy", |s| {
-        cards(s).iter().all(|c| c["busy"] == true)
-    });
-    let mut ran_on: Vec<String> = jobs
-        .iter()
-        .map(|&job| {
-            let job = finished(&server, job);
-            assert_eq!(job["state"], "succeeded", "{job}");
-            job["card"].as_str().unwrap().to_string()
-        })
-        .collect();
-    ran_on.sort();
-    assert_eq!(ran_on, ["w1/cpu", "w2/cpu"]);
+    assert_eq!(two_jobs_at_once(&server), ["w1/cpu", "w2/cpu"]);
+}
+
+#[test]
+fn a_worker_lending_two_cards_runs_two_jobs_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, token) = studio(&tmp.path().join("studio"), "15");
+    let data = tmp.path().join("w");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    let _worker = Worker::start_with(&server, &token, "w", &data, &["--gpus", "cpu,cpu"], &[]);
+    assert_eq!(two_jobs_at_once(&server), ["w/cpu#0", "w/cpu#1"]);
 }
 
 #[test]
