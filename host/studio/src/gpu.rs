@@ -566,13 +566,18 @@ impl Gpus {
                 });
             }
             drop(cards);
+            let seen = slots.clone();
             drop(slots);
             loading(report, "waiting for a GPU")?;
-            slots = self
-                .freed
-                .wait_timeout(self.lock_slots(), WAIT_REPORT)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            slots = self.lock_slots();
+            // Unless a card was given back or joined meanwhile, wait for one.
+            if *slots == seen {
+                slots = self
+                    .freed
+                    .wait_timeout(slots, WAIT_REPORT)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
         }
     }
 
@@ -912,7 +917,7 @@ mod tests {
         assert_eq!(one.states(), [state("cpu", None, None)]);
     }
 
-    /// A worker named `name` lending one CPU card, joined to `gpus`, dropped after `lease`.
+    /// A worker named `name` lending one CPU card, joined to `gpus`.
     fn join_worker(gpus: &Gpus, workers: &crate::workers::Workers, name: &str) {
         let registration = crate::workers::Registration {
             name: name.into(),
