@@ -422,6 +422,55 @@ fn a_worker_fetches_the_start_frame_and_loras_a_task_names_from_the_studio() {
 }
 
 #[test]
+fn a_worker_makes_a_characters_look_and_a_shots_keyframe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let studio_data = tmp.path().join("studio");
+    install_tiny_model(&studio_data, "tiny-flux2-klein");
+    let (server, token) = studio(&studio_data, "15");
+    let _worker = Worker::start(&server, &token, "spark-2", &tmp.path().join("worker"));
+    let (project, shot) = shot(&server, "Canal");
+    let board = server.get(&format!("/api/shots/{shot}")).json()["storyboard_id"].clone();
+    let bible =
+        json!({ "characters": [{ "id": "mara", "name": "Mara", "description": "a keeper" }] });
+    let r = server.patch(
+        &format!("/api/storyboards/{board}"),
+        &json!({ "description": bible.to_string() }),
+    );
+    assert_eq!(r.status, 200, "{}", r.json());
+    let render = json!({ "height": 32, "width": 32, "steps": 2, "guidance": 1.0 });
+    for (kind, params) in [
+        (
+            "look",
+            json!({ "storyboard_id": board, "character_id": "mara", "render": render }),
+        ),
+        ("keyframe", json!({ "shot_id": shot, "render": render })),
+    ] {
+        let job = server.run_job(kind, params, project);
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["card"], "spark-2/cpu", "{kind}");
+        let result = &job["result"];
+        let asset = result["asset_id"]
+            .as_i64()
+            .or(result["look"]["asset_id"].as_i64())
+            .unwrap();
+        let png = server.get(&format!("/api/assets/{asset}/file"));
+        assert!(png.bytes.starts_with(b"\x89PNG"), "{kind}: a PNG");
+        let generation = server
+            .get(&format!(
+                "/api/generations/{}",
+                job["result"]["generation_id"]
+            ))
+            .json();
+        assert_eq!(generation["model"], "tiny-flux2-klein", "{kind}");
+        assert_eq!(generation["params"]["frames"], 1, "{kind}");
+    }
+    assert!(
+        server.get(&format!("/api/shots/{shot}")).json()["keyframe_asset_id"].is_i64(),
+        "the keyframe is the shot's"
+    );
+}
+
+#[test]
 fn a_worker_pulls_a_model_from_the_hub_the_studio_pulled_it_from_at_the_same_commit() {
     // A hub holding the tiny Wan model, which the studio pulls as `models pull` does.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
@@ -737,7 +786,7 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
         ),
         (
             "PUT",
-            format!("/api/workers/{id}/tasks/{task_id}/video"),
+            format!("/api/workers/{id}/tasks/{task_id}/output"),
             "not a video".into(),
         ),
         (

@@ -315,8 +315,10 @@ impl Generator {
                 capabilities.start_image,
                 request.start_frame_required,
             )?,
+            references: Vec::new(),
             loras: request.loras.iter().map(|l| l.spec(app)).collect(),
             applied_loras: request.loras.clone(),
+            still: false,
             local_files: HashMap::new(),
         };
         let path = app.scratch_file("generation", "mp4")?;
@@ -348,10 +350,14 @@ pub struct GenerationTask {
     pub render: RenderSettings,
     /// The start frame, a file of the studio's.
     pub start_image: Option<ImageInput>,
+    /// Images an image model conditions on (a character's look), files of the studio's.
+    pub references: Vec<PathBuf>,
     /// LoRA files of the studio's.
     pub loras: Vec<LoraSpec>,
     /// The LoRAs as the output's embedded record names them.
     pub applied_loras: Vec<AppliedLora>,
+    /// A still of an image model, written as a PNG; a video is written as an MP4.
+    pub still: bool,
     /// Where this machine keeps the studio's files the task names, when elsewhere: a worker's
     /// copies. The engine reads these; the record keeps the studio's paths.
     #[serde(skip)]
@@ -359,7 +365,7 @@ pub struct GenerationTask {
 }
 
 impl GenerationTask {
-    /// The studio's files the task names: its start frame and its LoRAs.
+    /// The studio's files the task names: its start frame, references and LoRAs.
     pub fn files(&self) -> Vec<&Path> {
         let start = match &self.start_image {
             Some(ImageInput::Path(path)) => Some(path.as_path()),
@@ -367,6 +373,7 @@ impl GenerationTask {
         };
         start
             .into_iter()
+            .chain(self.references.iter().map(PathBuf::as_path))
             .chain(self.loras.iter().map(|l| l.path.as_path()))
             .collect()
     }
@@ -419,7 +426,12 @@ impl GenerationTask {
             refine_loras: Vec::new(),
             cache: self.render.cache_spec()?,
             quant: self.render.quant,
-            references: Vec::new(),
+            references: self
+                .references
+                .iter()
+                .cloned()
+                .map(ImageInput::Path)
+                .collect(),
             max_sequence_length: None,
             true_cfg_scale: None,
             fps: None,
@@ -434,8 +446,10 @@ impl GenerationTask {
         let mut report =
             |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
         let mut local = params.clone();
-        if let Some(ImageInput::Path(path)) = &mut local.start_image {
-            *path = self.local(path);
+        for image in local.start_image.iter_mut().chain(&mut local.references) {
+            if let ImageInput::Path(path) = image {
+                *path = self.local(path);
+            }
         }
         for lora in &mut local.loras {
             lora.path = self.local(&lora.path);
@@ -444,7 +458,8 @@ impl GenerationTask {
         Ok((params, video))
     }
 
-    /// Writes `video` to `out` as an MP4 embedding its generation record (stage `writing`).
+    /// Writes `video` to `out` as an MP4, or a still's one frame as a PNG, embedding its
+    /// generation record (stage `writing`).
     pub fn write(
         &self,
         params: &GenerateParams,
@@ -458,6 +473,13 @@ impl GenerationTask {
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
         let metadata =
             json!({ "model": self.model, "generate": params, "loras": self.applied_loras });
+        if self.still {
+            let frame = frames
+                .first()
+                .ok_or_else(|| StudioError::Internal(anyhow::anyhow!("the model made no image")))?;
+            videosdgx_engine::video::write_png(out, frame, &metadata)?;
+            return Ok(());
+        }
         videosdgx_engine::video::write_mp4_with_audio(
             out,
             &frames,

@@ -9,8 +9,9 @@
 //! that card. Nothing else in the studio loads a model.
 //!
 //! Workers on other machines (`videosdgx worker --join`, [`crate::workers`]) add their cards
-//! here while they answer: a video generation ([`GenerationTask::runs_anywhere`]) may take one of
-//! them like any other card; everything else runs on the studio's own.
+//! here while they answer: a generation ([`GenerationTask::runs_anywhere`]: a video, a look, a
+//! keyframe) may take one of them like any other card; the language model and finishing run on
+//! the studio's own.
 
 use crate::error::{Result, StudioError};
 use crate::generation::GenerationTask;
@@ -369,9 +370,10 @@ impl Gpus {
     }
 
     /// Runs generation `task` with the pipeline of its model (installed in `dir`) on a card
-    /// taken for `job`, and writes the video to `out`. A studio's card loads the pipeline as
-    /// [`Gpus::with_pipeline`] does and is given back before the MP4 is written; a worker's card
-    /// runs the whole task on its worker, which sends the MP4.
+    /// taken for `job`, and writes its output (an MP4, a still's PNG) to `out`. A studio's card
+    /// loads the pipeline unless it holds it (stage `loading model`, which may stop it) and is
+    /// given back before the output is written; a worker's card runs the whole task on its
+    /// worker, which sends the output.
     pub fn generate(
         &self,
         job: Option<i64>,
@@ -399,12 +401,10 @@ impl Gpus {
         Ok(params)
     }
 
-    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
-    /// transformers' weights in `quant` (as loaded when `None`), on a card taken for `job`,
-    /// loading the pipeline first (reported as stage `loading model`, which may stop it) unless
-    /// that card holds it so. A quantized pipeline is reloaded for work that wants other weights.
-    /// `f` gets `report` back for its own progress.
-    pub fn with_pipeline<R>(
+    /// [`Gpus::on_pipeline`] on a studio's card taken for `job`: what the tests of residency
+    /// run, without a task.
+    #[cfg(test)]
+    fn with_pipeline<R>(
         &self,
         job: Option<i64>,
         name: &str,
@@ -417,7 +417,11 @@ impl Gpus {
         self.on_pipeline(card, name, dir, quant, report, f)
     }
 
-    /// [`Gpus::with_pipeline`] on a card of the studio's already taken.
+    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
+    /// transformers' weights in `quant` (as loaded when `None`), on `card` (the studio's),
+    /// loading the pipeline first (reported as stage `loading model`, which may stop it) unless
+    /// that card holds it so. A quantized pipeline is reloaded for work that wants other weights.
+    /// `f` gets `report` back for its own progress.
     fn on_pipeline<R>(
         &self,
         card: Taken,
@@ -543,7 +547,7 @@ impl Gpus {
             if !anywhere && cards.iter().all(|c| c.remote.is_some()) {
                 return Err(StudioError::Invalid(
                     "this work runs on the studio's own cards, and it has none (`--gpus none`): \
-                     workers' cards run only video generations"
+                     workers' cards run only generations (videos, looks, keyframes)"
                         .into(),
                 ));
             }

@@ -3,11 +3,12 @@
 //! studio's [`crate::gpu::Gpus`] (`worker-name/cuda:0`) with a lane worker of its own, so the
 //! queue's scheduling, progress, retries and card records treat it like any other. The
 //! studio's database stays the one record of jobs: a worker holds no job, only the
-//! [`GenerationTask`] its card was handed, and sends back the MP4 and the engine's parameters,
+//! [`GenerationTask`] its card was handed, and sends back the output (an MP4, a still's PNG)
+//! and the engine's parameters,
 //! which the studio records as it records its own cards' outputs.
 //!
 //! A card's task is offered in its mailbox; the worker's poll for that card picks it up, its
-//! progress goes to the job, the MP4 is uploaded, then the outcome is reported. Every call of a
+//! progress goes to the job, the output is uploaded, then the outcome is reported. Every call of a
 //! worker counts as a sign of life; one silent for longer than the lease is gone: its cards
 //! leave, the task its card ran fails (the queue retries the job on another card), and anything
 //! it sends later about that task is refused, so nothing is recorded twice.
@@ -88,7 +89,7 @@ pub struct TaskProgress {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskOutcome {
-    /// The MP4 was uploaded; these are the engine's parameters it was made with.
+    /// The output was uploaded; these are the engine's parameters it was made with.
     Succeeded {
         #[schema(value_type = Object)]
         params: Box<GenerateParams>,
@@ -168,7 +169,7 @@ impl RemoteCard {
             .map(|(d, q)| d == dir && *q == quant)
     }
 
-    /// Runs `task` (model installed in the studio's `dir`) on this card's worker and has the MP4
+    /// Runs `task` (model installed in the studio's `dir`) on this card's worker and has its output
     /// uploaded to `out`; `report` gets the worker's progress and may stop the task.
     pub fn run(
         &self,
@@ -461,7 +462,7 @@ impl Workers {
             .map_err(|_| withdrawn(task_id))
     }
 
-    /// Where the MP4 of task `task_id` is to be written, while the task is the card's.
+    /// Where the output of task `task_id` is to be written, while the task is the card's.
     pub fn upload_target(&self, id: &str, task_id: &str) -> Result<PathBuf> {
         let cards = self.seen(id)?;
         let card = find_task(&cards, task_id)?;
@@ -469,7 +470,7 @@ impl Workers {
         Ok(mailbox.as_ref().expect("checked by offer").out.clone())
     }
 
-    /// Ends task `task_id` with the worker's outcome; a success needs the MP4 uploaded first.
+    /// Ends task `task_id` with the worker's outcome; a success needs the output uploaded first.
     pub fn finish(&self, id: &str, task_id: &str, outcome: TaskOutcome) -> Result<()> {
         let cards = self.seen(id)?;
         let card = find_task(&cards, task_id)?;
@@ -479,8 +480,8 @@ impl Workers {
                 let out = &mailbox.as_ref().expect("checked by offer").out;
                 if !out.is_file() {
                     return Err(StudioError::Invalid(format!(
-                        "task {task_id} succeeded, but its video was not uploaded: PUT it to \
-                         /api/workers/{id}/tasks/{task_id}/video first"
+                        "task {task_id} succeeded, but its output was not uploaded: PUT it to \
+                         /api/workers/{id}/tasks/{task_id}/output first"
                     )));
                 }
                 TaskEvent::Succeeded(params)

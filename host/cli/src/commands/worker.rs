@@ -2,7 +2,7 @@
 //! another. The worker registers its cards over the studio's API, then a thread per card polls
 //! for that card's generation tasks and runs each with the studio's own card code
 //! (`Gpus::generate`, the pipeline kept resident between tasks), reporting progress (a refusal
-//! means the job was cancelled or moved: the task stops) and sending the MP4 and its
+//! means the job was cancelled or moved: the task stops) and sending the output and its
 //! parameters back. The studio records the output; the worker keeps no state but its models.
 //! A model it lacks is pulled from the studio's `/api/hub` with `models pull`'s code. A heartbeat
 //! keeps the registration alive; when the studio no longer knows the worker (it restarted, or
@@ -155,7 +155,10 @@ impl Studio {
     /// Sends the file at `path` as the body of a PUT.
     fn put_file(&self, path: &str, file: &Path) -> Result<Answer> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.agent.put(&url).header("content-type", "video/mp4");
+        let mut request = self
+            .agent
+            .put(&url)
+            .header("content-type", "application/octet-stream");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -368,15 +371,16 @@ impl Lane<'_> {
             stage: String::new(),
             sent: Instant::now(),
         };
-        let out = self
-            .data
-            .join("tmp")
-            .join(format!("worker-{}.mp4", assignment.task_id));
+        let out = self.data.join("tmp").join(format!(
+            "worker-{}.{}",
+            assignment.task_id,
+            if assignment.task.still { "png" } else { "mp4" }
+        ));
         let outcome = self.generate(id, assignment.clone(), &out, &mut progress);
         let reply = match outcome {
             Ok(params) => self
                 .studio
-                .put_file(&format!("{task_path}/video"), &out)
+                .put_file(&format!("{task_path}/output"), &out)
                 .and_then(|answer| match answer.status {
                     204 => self.studio.call(
                         "POST",
@@ -488,7 +492,7 @@ impl Lane<'_> {
         Ok(local)
     }
 
-    /// The folder of installed video model `name`: this worker's, else pulled from the studio
+    /// The folder of installed model `name`: this worker's, else pulled from the studio
     /// or from the hub the studio's copy came from (`source`).
     fn model_dir(
         &self,
@@ -497,7 +501,7 @@ impl Lane<'_> {
         report: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<PathBuf> {
         let _one_pull = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(dir) = models::video_model_dir(self.data, name) {
+        if let Some(dir) = self.installed(name)? {
             return Ok(dir);
         }
         let (hub, repo_id, revision) = match (self.models_from, source) {
@@ -532,7 +536,17 @@ impl Lane<'_> {
             bail!(Stopped);
         }
         pulled.with_context(|| format!("pulling model `{name}`"))?;
-        Ok(models::video_model_dir(self.data, name)?)
+        self.installed(name)?.with_context(|| {
+            format!("model `{name}` was pulled, but is not a model folder of this worker's")
+        })
+    }
+
+    /// The folder of this worker's installed model `name` (a video or an image model).
+    fn installed(&self, name: &str) -> Result<Option<PathBuf>> {
+        Ok(models::list_models(self.data)?
+            .into_iter()
+            .find(|model| model.name == name)
+            .map(|model| model.path))
     }
 }
 

@@ -92,7 +92,7 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         workers::next_task,
         workers::progress,
         workers::task_file,
-        workers::upload_video,
+        workers::upload_output,
         workers::outcome,
         hub::hub,
     ),

@@ -1,5 +1,5 @@
 //! Routes of workers on other machines (`videosdgx worker --join`, [`crate::workers`]): join,
-//! signs of life, a card's next task, a task's progress, its video and its outcome. Behind the
+//! signs of life, a card's next task, a task's files, progress, output and outcome. Behind the
 //! same access token as every other route.
 
 use super::error::{ApiError, ApiResult, Json, Path};
@@ -32,8 +32,8 @@ pub fn routes() -> Router<Arc<App>> {
         )
         // The upload handler counts bytes itself against `max_upload_bytes`.
         .route(
-            "/api/workers/{id}/tasks/{task}/video",
-            put(upload_video).layer(DefaultBodyLimit::disable()),
+            "/api/workers/{id}/tasks/{task}/output",
+            put(upload_output).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/workers/{id}/tasks/{task}/outcome", post(outcome))
 }
@@ -146,13 +146,14 @@ pub async fn task_file(
     Ok(served.map(axum::body::Body::new).into_response())
 }
 
-/// The task's MP4, as the raw body (at most `--max-upload-bytes`).
-#[utoipa::path(put, path = "/api/workers/{id}/tasks/{task}/video", tag = "workers",
+/// The task's output (its MP4, or a still's PNG), as the raw body (at most
+/// `--max-upload-bytes`).
+#[utoipa::path(put, path = "/api/workers/{id}/tasks/{task}/output", tag = "workers",
     params(("id" = String, Path), ("task" = String, Path)),
-    request_body(content = Vec<u8>, content_type = "video/mp4"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 204), (status = 409, body = super::error::ErrorBody),
         (status = 413, body = super::error::ErrorBody)))]
-pub async fn upload_video(
+pub async fn upload_output(
     State(app): AppState,
     Path((id, task)): Path<(String, String)>,
     request: Request,
@@ -174,7 +175,7 @@ pub async fn upload_video(
         let _ = tokio::fs::remove_file(&part).await;
         return Err(e.into());
     }
-    // The task may have gone meanwhile (the worker was dropped): its video is not wanted.
+    // The task may have gone meanwhile (the worker was dropped): its output is not wanted.
     if let Err(e) = app.workers.still_running(&id, &task) {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(e.into());
@@ -205,7 +206,7 @@ async fn write_body(
     Ok(())
 }
 
-/// How the task ended: `{"succeeded": {"params": …}}` after its video was uploaded, or
+/// How the task ended: `{"succeeded": {"params": …}}` after its output was uploaded, or
 /// `{"failed": {"error": "…"}}`.
 #[utoipa::path(post, path = "/api/workers/{id}/tasks/{task}/outcome", tag = "workers",
     params(("id" = String, Path), ("task" = String, Path)), request_body = TaskOutcome,
