@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use studio::{BIN, Server, start_with};
 
@@ -58,6 +59,8 @@ fn studio_args(lease: &str) -> [&str; 5] {
 /// A `videosdgx worker` process; killed when dropped.
 struct Worker {
     child: Child,
+    /// What it logged so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Worker {
@@ -89,12 +92,15 @@ impl Worker {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let prefix = format!("[{name}]");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("{prefix} {line}");
+                kept.lock().unwrap().push(line);
             }
         });
-        let worker = Worker { child };
+        let worker = Worker { child, log };
         let lent = gpus(extra).split(',').count();
         wait_for(server, &format!("the cards of {name}"), |s| {
             let prefix = format!("{name}/cpu");
@@ -105,6 +111,16 @@ impl Worker {
                 == lent
         });
         worker
+    }
+
+    /// How many lines it logged that contain `text`.
+    fn logged(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
     }
 
     fn sigkill(mut self) {
@@ -572,17 +588,20 @@ fn a_worker_pulls_a_model_from_the_hub_the_studio_pulled_it_from_at_the_same_com
     );
 }
 
+/// Two workers on one machine (one per GPU there) share its data directory: both want the
+/// model it lacks at once, and it is pulled once.
 #[test]
 fn two_workers_run_two_jobs_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, token) = studio(&tmp.path().join("studio"), "15");
-    let mut workers = Vec::new();
-    for name in ["w1", "w2"] {
-        let data = tmp.path().join(name);
-        install_tiny_model(&data, "tiny-wan-t2v");
-        workers.push(Worker::start(&server, &token, name, &data));
-    }
+    let shared = tmp.path().join("machine");
+    let workers: Vec<Worker> = ["w1", "w2"]
+        .iter()
+        .map(|name| Worker::start(&server, &token, name, &shared))
+        .collect();
     assert_eq!(two_jobs_at_once(&server), ["w1/cpu", "w2/cpu"]);
+    let pulls: usize = workers.iter().map(|w| w.logged("pulling the model")).sum();
+    assert_eq!(pulls, 1, "the second found the model the first pulled");
 }
 
 #[test]

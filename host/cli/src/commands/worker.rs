@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use videosdgx_engine::hub::{Hub, PullProgress, PullSource};
 use videosdgx_studio::generation::{is_cancelled, is_sha256};
@@ -246,11 +246,8 @@ pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
     let session = Arc::new(Session {
         registered: RwLock::new(registered),
     });
-    // One model pull at a time: two cards wanting the same model install it once.
-    let pulls = Arc::new(Mutex::new(()));
     for (index, lane) in lanes.into_iter().enumerate() {
-        let (studio, session, data, pulls) =
-            (studio.clone(), session.clone(), data.clone(), pulls.clone());
+        let (studio, session, data) = (studio.clone(), session.clone(), data.clone());
         std::thread::Builder::new()
             .name(format!("card-{index}"))
             .spawn(move || {
@@ -261,7 +258,6 @@ pub fn run(data: PathBuf, cards: CardSet, args: WorkerArgs) -> Result<()> {
                     index,
                     gpus: &lane,
                     data: &data,
-                    pulls: &pulls,
                 };
                 card.serve()
             })?;
@@ -336,7 +332,6 @@ struct Lane<'a> {
     index: usize,
     gpus: &'a Gpus,
     data: &'a Path,
-    pulls: &'a Mutex<()>,
 }
 
 impl Lane<'_> {
@@ -474,7 +469,9 @@ impl Lane<'_> {
                 answer.error()
             );
         }
-        let part = local.with_extension("part");
+        // Named by the task too: cards and workers sharing this data directory never write the
+        // same partial file.
+        let part = local.with_extension(format!("{task_id}.part"));
         let mut hashing = Hashing {
             file: std::fs::File::create(&part)
                 .with_context(|| format!("creating {}", part.display()))?,
@@ -500,7 +497,14 @@ impl Lane<'_> {
         source: Option<&PullSource>,
         report: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<PathBuf> {
-        let _one_pull = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        // One pull at a time, whichever card or worker process on this data directory asks:
+        // a model wanted twice is installed once (`File::lock` holds until the file closes).
+        let models_dir = models::models_dir(self.data);
+        std::fs::create_dir_all(&models_dir)?;
+        let lock = models_dir.join(".worker-pull.lock");
+        let _one_pull = std::fs::File::create(&lock)
+            .and_then(|file| file.lock().map(|()| file))
+            .with_context(|| format!("locking {}", lock.display()))?;
         if let Some(dir) = self.installed(name)? {
             return Ok(dir);
         }
@@ -524,14 +528,9 @@ impl Lane<'_> {
         };
         tracing::info!(model = name, from = ?self.models_from, "pulling the model");
         let mut stopped = false;
-        let pulled = hub.pull(
-            repo_id,
-            revision,
-            &models::models_dir(self.data),
-            &mut |p: &PullProgress| {
-                stopped |= report("pulling model", p.bytes, p.file_size.max(1)).is_break();
-            },
-        );
+        let pulled = hub.pull(repo_id, revision, &models_dir, &mut |p: &PullProgress| {
+            stopped |= report("pulling model", p.bytes, p.file_size.max(1)).is_break();
+        });
         if stopped {
             bail!(Stopped);
         }
