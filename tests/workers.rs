@@ -617,7 +617,7 @@ fn a_worker_lending_two_cards_runs_two_jobs_at_once() {
 #[test]
 fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let (server, token) = studio(&tmp.path().join("studio"), "1.5");
+    let (server, token) = studio(&tmp.path().join("studio"), "3");
     let mut workers = Vec::new();
     for name in ["w1", "w2"] {
         let data = tmp.path().join(name);
