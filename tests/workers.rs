@@ -740,6 +740,18 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
         said.contains("cannot reach the studio at http://127.0.0.1:9"),
         "{said}"
     );
+    let no_url = Command::new(BIN)
+        .arg("--data")
+        .arg(tmp.path().join("w"))
+        .args(["--gpus", "cpu", "worker", "--join", "studio.local:7860"])
+        .output()
+        .unwrap();
+    assert!(!no_url.status.success());
+    let said = String::from_utf8_lossy(&no_url.stderr);
+    assert!(
+        said.contains("give the studio's URL, e.g. http://"),
+        "{said}"
+    );
 
     // Another version is refused, saying so; so are names that are not names.
     let other = join("0.0.1");

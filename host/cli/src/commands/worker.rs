@@ -446,8 +446,9 @@ impl Lane<'_> {
         }
     }
 
-    /// A copy of the studio's file `path` that the task names (a start frame, a LoRA), kept
-    /// under `DATA/worker-files/` by the SHA-256 it is named by, fetched once and checked.
+    /// A copy of the studio's file `path` that the task names (a start frame, a reference image,
+    /// a LoRA), kept under `DATA/worker-files/` by the SHA-256 it is named by, fetched once and
+    /// checked.
     fn fetch(&self, id: &str, task_id: &str, path: &Path) -> Result<PathBuf> {
         let sha256 = path
             .file_name()
