@@ -135,7 +135,6 @@ struct Offer {
     id: String,
     task: GenerationTask,
     source: Option<PullSource>,
-    picked: bool,
     events: mpsc::Sender<TaskEvent>,
     /// Where the uploaded MP4 goes.
     out: PathBuf,
@@ -187,7 +186,6 @@ impl RemoteCard {
             id: id.clone(),
             task: task.clone(),
             source,
-            picked: false,
             events,
             out: out.to_path_buf(),
         });
@@ -423,7 +421,10 @@ impl Workers {
         self.seen(id).map(drop)
     }
 
-    /// The next task of card `card` of worker `id`, waiting up to `wait` for one.
+    /// The task of card `card` of worker `id`, waiting up to `wait` for one. A card's poller
+    /// asks only when it runs nothing, so a task it was already given is given again: the
+    /// answer that carried it was lost (a poll cut off), and the task would otherwise wait for
+    /// a worker that never got it.
     pub async fn next_task(
         &self,
         id: &str,
@@ -434,8 +435,7 @@ impl Workers {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = card.offered.notified();
-            if let Some(offer) = lock(&card.mailbox).as_mut().filter(|o| !o.picked) {
-                offer.picked = true;
+            if let Some(offer) = lock(&card.mailbox).as_ref() {
                 return Ok(Some(Assignment {
                     task_id: offer.id.clone(),
                     task: offer.task.clone(),
@@ -535,4 +535,98 @@ fn random_id() -> String {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::{Length, RenderSettings};
+    use std::ops::ControlFlow;
+
+    fn task() -> GenerationTask {
+        GenerationTask {
+            model: "tiny".into(),
+            prompt: "a paper boat".into(),
+            negative_prompt: String::new(),
+            length: Length::Frames(1),
+            seed: 7,
+            render: RenderSettings::default(),
+            start_image: None,
+            references: Vec::new(),
+            loras: Vec::new(),
+            applied_loras: Vec::new(),
+            still: false,
+            local_files: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_task_is_offered_until_it_ends_and_refused_after() {
+        let workers = Workers::new(Duration::from_secs(600));
+        let registration = Registration {
+            name: "spark-2".into(),
+            cards: vec!["cuda:0".into()],
+            version: VERSION.into(),
+        };
+        let (registered, cards) = workers.register(&registration).unwrap();
+        let id = registered.id.as_str();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let next = || {
+            runtime
+                .block_on(workers.next_task(id, 0, Duration::from_secs(60)))
+                .unwrap()
+                .expect("a task")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.mp4");
+        std::thread::scope(|scope| {
+            let card = &cards[0];
+            let out = &out;
+            let running = scope.spawn(move || {
+                let mut stages = Vec::new();
+                let mut report = |stage: &str, _, _| {
+                    stages.push(stage.to_string());
+                    ControlFlow::Continue(())
+                };
+                let ended = card.run(Path::new("/models/tiny"), &task(), out, &mut report);
+                (ended, stages)
+            });
+            let first = next();
+            assert_eq!(first.task.prompt, "a paper boat");
+            // The answer that carried it was lost: the card's next poll gets the same task.
+            assert_eq!(next().task_id, first.task_id);
+            let step = TaskProgress {
+                stage: "denoising".into(),
+                step: 1,
+                total: 2,
+            };
+            workers.progress(id, &first.task_id, step.clone()).unwrap();
+            let failed = TaskOutcome::Failed {
+                error: "out of memory".into(),
+            };
+            workers.finish(id, &first.task_id, failed.clone()).unwrap();
+            let (ended, stages) = running.join().unwrap();
+            let err = ended.unwrap_err().to_string();
+            assert_eq!(err, "on spark-2/cuda:0: out of memory");
+            assert_eq!(stages[..2], ["sent to spark-2/cuda:0", "denoising"]);
+            // Whatever comes about it later is refused.
+            for refused in [
+                workers.progress(id, &first.task_id, step).unwrap_err(),
+                workers.finish(id, &first.task_id, failed).unwrap_err(),
+                workers.upload_target(id, &first.task_id).unwrap_err(),
+            ] {
+                assert!(matches!(refused, StudioError::Conflict(_)), "{refused}");
+            }
+            assert!(
+                runtime
+                    .block_on(workers.next_task(id, 0, Duration::from_millis(10)))
+                    .unwrap()
+                    .is_none(),
+                "nothing more to do"
+            );
+        });
+    }
 }

@@ -372,20 +372,34 @@ impl Lane<'_> {
             if assignment.task.still { "png" } else { "mp4" }
         ));
         let outcome = self.generate(id, assignment.clone(), &out, &mut progress);
+        // The studio waits for this task's end while this worker answers: a report it did not
+        // get is sent again until it answers (it drops a worker gone silent, answering 404).
+        let until_answered = |send: &dyn Fn() -> Result<Answer>| loop {
+            match send() {
+                Ok(answer) => return answer,
+                Err(e) => {
+                    tracing::warn!(task = %assignment.task_id, "{e:#}; trying again");
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        };
         let reply = match outcome {
-            Ok(params) => self
-                .studio
-                .put_file(&format!("{task_path}/output"), &out)
-                .and_then(|answer| match answer.status {
-                    204 => self.studio.call(
-                        "POST",
-                        &format!("{task_path}/outcome"),
-                        Some(&TaskOutcome::Succeeded {
-                            params: Box::new(params),
-                        }),
-                    ),
-                    _ => Ok(answer),
-                }),
+            Ok(params) => {
+                let uploaded =
+                    until_answered(&|| self.studio.put_file(&format!("{task_path}/output"), &out));
+                match uploaded.status {
+                    204 => until_answered(&|| {
+                        self.studio.call(
+                            "POST",
+                            &format!("{task_path}/outcome"),
+                            Some(&TaskOutcome::Succeeded {
+                                params: Box::new(params.clone()),
+                            }),
+                        )
+                    }),
+                    _ => uploaded,
+                }
+            }
             Err(e) if is_stop(&e) => {
                 tracing::info!(task = %assignment.task_id, "stopped: the studio withdrew the task");
                 let _ = std::fs::remove_file(&out);
@@ -393,24 +407,20 @@ impl Lane<'_> {
             }
             Err(e) => {
                 tracing::warn!(task = %assignment.task_id, "failed: {e:#}");
-                self.studio.call(
-                    "POST",
-                    &format!("{task_path}/outcome"),
-                    Some(&TaskOutcome::Failed {
-                        error: format!("{e:#}"),
-                    }),
-                )
+                let failed = TaskOutcome::Failed {
+                    error: format!("{e:#}"),
+                };
+                until_answered(&|| {
+                    self.studio
+                        .call("POST", &format!("{task_path}/outcome"), Some(&failed))
+                })
             }
         };
         let _ = std::fs::remove_file(&out);
-        match reply {
-            Ok(answer) if answer.status == 204 => {
-                tracing::info!(task = %assignment.task_id, "task ended and reported");
-            }
-            Ok(answer) => {
-                tracing::warn!(task = %assignment.task_id, "the studio refused the result: {}", answer.error());
-            }
-            Err(e) => tracing::warn!(task = %assignment.task_id, "{e:#}"),
+        if reply.status == 204 {
+            tracing::info!(task = %assignment.task_id, "task ended and reported");
+        } else {
+            tracing::warn!(task = %assignment.task_id, "the studio refused the result: {}", reply.error());
         }
     }
 
