@@ -818,7 +818,8 @@ fn the_protocol_refuses_wrong_tokens_other_versions_late_results_and_escaping_pa
         (
             "PUT",
             format!("/api/workers/{id}/tasks/{task_id}/output"),
-            "not a video".into(),
+            // Large: refused before it is read, it is still read, so the answer arrives.
+            "not a video".repeat(1 << 20),
         ),
         (
             "POST",

@@ -384,6 +384,11 @@ impl Lane<'_> {
             }
         };
         let reply = match outcome {
+            // Asked first: a task withdrawn meanwhile is not uploaded.
+            Ok(_) if progress.send("uploading", 0, 1).is_break() => {
+                let _ = std::fs::remove_file(&out);
+                return;
+            }
             Ok(params) => {
                 let uploaded =
                     until_answered(&|| self.studio.put_file(&format!("{task_path}/output"), &out));

@@ -167,7 +167,22 @@ pub async fn upload_output(
     if declared.is_some_and(|len| len > limit) {
         return Err(StudioError::TooLarge { limit }.into());
     }
-    let out = app.workers.upload_target(&id, &task)?;
+    let out = match app.workers.upload_target(&id, &task) {
+        Ok(out) => out,
+        Err(refused) => {
+            // Read to its end (bounded by the limit) so that the worker, still sending, gets
+            // this answer rather than a connection reset it would send the output again after.
+            let mut body = request.into_body().into_data_stream();
+            let mut read = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                read += chunk.len() as u64;
+                if read > limit {
+                    break;
+                }
+            }
+            return Err(refused.into());
+        }
+    };
     // Written beside its place and renamed: a video cut off never looks whole.
     let part = out.with_extension("part");
     let written = write_body(request, &part, limit).await;
