@@ -652,6 +652,34 @@ fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twi
 }
 
 #[test]
+fn an_output_the_studio_refuses_fails_the_task_rather_than_leave_it_waiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("studio");
+    install_tiny_model(&data, "tiny-wan-t2v");
+    let token = token(&data);
+    let mut args = studio_args("15").to_vec();
+    args.extend(["--max-upload-bytes", "100"]);
+    let server = start_with(&data, &args, |_| {}).with_token(&token);
+    let worker_data = tmp.path().join("worker");
+    install_tiny_model(&worker_data, "tiny-wan-t2v");
+    let _worker = Worker::start(&server, &token, "spark-2", &worker_data);
+    let (project, shot) = shot(&server, "Canal");
+    let reply = server.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "project_id": project, "max_attempts": 1,
+                 "params": { "shot_id": shot,
+                             "render": { "height": 32, "width": 32, "steps": 2 } } }),
+    );
+    let job = finished(&server, reply.json()["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("the studio refused the output") || error.contains("cannot send the output"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_worker_that_stops_hands_its_job_back_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     // A lease far longer than the test: only the worker's leaving can hand the job back.

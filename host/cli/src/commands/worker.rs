@@ -28,6 +28,8 @@ use videosdgx_studio::workers::{
 
 /// How long a call whose studio went away waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often an output that does not get through is sent before its task is failed.
+const UPLOAD_TRIES: u32 = 5;
 /// A call without a body.
 const NO_BODY: Option<&()> = None;
 /// How often progress is sent while a stage goes on (a new stage is sent at once).
@@ -389,22 +391,31 @@ impl Lane<'_> {
                 let _ = std::fs::remove_file(&out);
                 return;
             }
-            Ok(params) => {
-                let uploaded =
-                    until_answered(&|| self.studio.put_file(&format!("{task_path}/output"), &out));
-                match uploaded.status {
-                    204 => until_answered(&|| {
-                        self.studio.call(
-                            "POST",
-                            &format!("{task_path}/outcome"),
-                            Some(&TaskOutcome::Succeeded {
-                                params: Box::new(params.clone()),
-                            }),
-                        )
-                    }),
-                    _ => uploaded,
+            Ok(params) => match self.upload(&format!("{task_path}/output"), &out) {
+                Ok(answer) if answer.status == 204 => until_answered(&|| {
+                    self.studio.call(
+                        "POST",
+                        &format!("{task_path}/outcome"),
+                        Some(&TaskOutcome::Succeeded {
+                            params: Box::new(params.clone()),
+                        }),
+                    )
+                }),
+                // The task is gone (withdrawn, or this worker dropped): nothing to report.
+                Ok(answer) if matches!(answer.status, 404 | 409) => answer,
+                // Refused (too large) or not sent: the task fails, to be retried elsewhere.
+                refused => {
+                    let error = match refused {
+                        Ok(answer) => format!("the studio refused the output: {}", answer.error()),
+                        Err(e) => format!("cannot send the output to the studio: {e:#}"),
+                    };
+                    let failed = TaskOutcome::Failed { error };
+                    until_answered(&|| {
+                        self.studio
+                            .call("POST", &format!("{task_path}/outcome"), Some(&failed))
+                    })
                 }
-            }
+            },
             Err(e) if is_stop(&e) => {
                 tracing::info!(task = %assignment.task_id, "stopped: the studio withdrew the task");
                 let _ = std::fs::remove_file(&out);
@@ -426,6 +437,22 @@ impl Lane<'_> {
             tracing::info!(task = %assignment.task_id, "task ended and reported");
         } else {
             tracing::warn!(task = %assignment.task_id, "the studio refused the result: {}", reply.error());
+        }
+    }
+
+    /// PUTs the output at `file` to `path`, trying again a few times when it does not get
+    /// through (a refusal answered before the body was sent may reach this end as a reset).
+    fn upload(&self, path: &str, file: &Path) -> Result<Answer> {
+        let mut tries = 1;
+        loop {
+            match self.studio.put_file(path, file) {
+                Err(e) if tries < UPLOAD_TRIES => {
+                    tracing::warn!("{e:#}; trying again");
+                    tries += 1;
+                    std::thread::sleep(RETRY_AFTER);
+                }
+                sent => return sent,
+            }
         }
     }
 
