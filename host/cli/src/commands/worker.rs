@@ -373,7 +373,19 @@ impl Lane<'_> {
             assignment.task_id,
             if assignment.task.still { "png" } else { "mp4" }
         ));
-        let outcome = self.generate(id, assignment.clone(), &out, &mut progress);
+        // A panic fails the task like an error: the card's thread lives on, and the studio,
+        // which hears this worker's heartbeats, is told rather than left waiting.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.generate(id, assignment.clone(), &out, &mut progress)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or(panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(anyhow::anyhow!("the generation panicked: {what}"))
+        });
         // The studio waits for this task's end while this worker answers: a report it did not
         // get is sent again until it answers (it drops a worker gone silent, answering 404).
         let until_answered = |send: &dyn Fn() -> Result<Answer>| loop {
