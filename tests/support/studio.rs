@@ -15,6 +15,8 @@ pub struct Server {
     pub base: String,
     pub data: PathBuf,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` with every request (a `--require-auth` studio).
+    token: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -38,7 +40,17 @@ pub fn start_program(
     extra: &[&str],
     tweak: impl FnOnce(&mut Command),
 ) -> Server {
-    let port = free_port();
+    start_on(program, free_port(), data, extra, tweak)
+}
+
+/// [`start_program`] on `port` (a studio restarted where its clients know it).
+pub fn start_on(
+    program: &Path,
+    port: u16,
+    data: &Path,
+    extra: &[&str],
+    tweak: impl FnOnce(&mut Command),
+) -> Server {
     let mut cmd = Command::new(program);
     cmd.arg("--data")
         .arg(data)
@@ -66,6 +78,7 @@ pub fn start_program(
         base: format!("http://127.0.0.1:{port}"),
         data: data.to_owned(),
         agent,
+        token: None,
     };
     server.wait_ready();
     server
@@ -144,6 +157,19 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Sends `token` with every later request.
+    pub fn with_token(mut self, token: &str) -> Server {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -158,7 +184,7 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        reply(self.agent.get(self.url(path)).call())
+        reply(self.authorized(self.agent.get(self.url(path))).call())
     }
 
     pub fn get_with(&self, path: &str, header: (&str, &str)) -> Reply {
@@ -171,7 +197,7 @@ impl Server {
     }
 
     pub fn delete(&self, path: &str) -> Reply {
-        reply(self.agent.delete(self.url(path)).call())
+        reply(self.authorized(self.agent.delete(self.url(path))).call())
     }
 
     /// Sends `body` with any method and headers, exactly as given (no Content-Type is added).
@@ -181,6 +207,9 @@ impl Server {
             .uri(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         reply(self.agent.run(request.body(body.to_vec()).unwrap()))
     }
@@ -194,7 +223,11 @@ impl Server {
             "PUT" => self.agent.put(url),
             other => panic!("unsupported method {other}"),
         };
-        reply(req.header("content-type", "application/json").send(body))
+        reply(
+            self.authorized(req)
+                .header("content-type", "application/json")
+                .send(body),
+        )
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Reply {
@@ -212,8 +245,7 @@ impl Server {
     /// Uploads `bytes` as a raw body; `query` carries name, project_id, tags, caption.
     pub fn upload(&self, query: &str, bytes: &[u8]) -> Reply {
         reply(
-            self.agent
-                .post(self.url(&format!("/api/assets?{query}")))
+            self.authorized(self.agent.post(self.url(&format!("/api/assets?{query}"))))
                 .header("content-type", "application/octet-stream")
                 .send(bytes),
         )
@@ -225,8 +257,7 @@ impl Server {
 
     pub fn post_multipart(&self, path: &str, boundary: &str, body: &[u8]) -> Reply {
         reply(
-            self.agent
-                .post(self.url(path))
+            self.authorized(self.agent.post(self.url(path)))
                 .header(
                     "content-type",
                     format!("multipart/form-data; boundary={boundary}"),

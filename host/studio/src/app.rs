@@ -8,8 +8,10 @@ use crate::generation::{GenerateRunner, Generator};
 use crate::gpu::{CardSet, Gpus};
 use crate::jobs::{JobQueue, JobRunner, runners};
 use crate::plugins::Plugins;
+use crate::workers::Workers;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct StudioConfig {
@@ -20,10 +22,13 @@ pub struct StudioConfig {
     pub require_auth: bool,
     /// The cards jobs run on (`--gpus`).
     pub gpus: CardSet,
+    /// How long a worker may stay silent before its cards leave and its task is retried.
+    pub worker_lease: Duration,
 }
 
 impl StudioConfig {
     pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+    pub const DEFAULT_WORKER_LEASE: Duration = Duration::from_secs(15);
 
     pub fn new(data_dir: impl Into<PathBuf>) -> StudioConfig {
         StudioConfig {
@@ -31,6 +36,7 @@ impl StudioConfig {
             max_upload_bytes: Self::DEFAULT_MAX_UPLOAD_BYTES,
             require_auth: false,
             gpus: CardSet::all(),
+            worker_lease: Self::DEFAULT_WORKER_LEASE,
         }
     }
 }
@@ -45,6 +51,8 @@ pub struct App {
     pub gpus: Arc<Gpus>,
     pub generator: Generator,
     pub plugins: Plugins,
+    /// Workers on other machines lending their cards ([`crate::workers`]).
+    pub workers: Workers,
 }
 
 impl App {
@@ -69,6 +77,7 @@ impl App {
         crate::plugins::first_party::sync(&db, &plugins)?;
         let gpus = Arc::new(Gpus::open(&config.gpus)?);
         Ok(App {
+            workers: Workers::new(config.worker_lease),
             config,
             db,
             assets,

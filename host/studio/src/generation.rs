@@ -16,12 +16,15 @@ use crate::shots::{self, Shot, ShotFields};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
+use videosdgx_engine::lora::LoraSpec;
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateParams, ImageInput, Progress, Quant, Stage, StartImage,
+    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
+    StartImage,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -171,7 +174,8 @@ impl RenderSettings {
 }
 
 /// How long a video is: a duration (rounded to the model's frame grid) or a frame count.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Length {
     Seconds(f64),
     Frames(usize),
@@ -293,79 +297,197 @@ impl Generator {
         request: &VideoRequest,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, PathBuf)> {
-        let cancelled = || StudioError::Internal(anyhow::Error::new(Cancelled));
-        let (params, video) = self
+        // What the model takes is read from its configs: the task is settled before a card is
+        // taken, so that any card, the studio's or a worker's, can run it as it is.
+        let capabilities = Pipeline::inspect(dir).map_err(|e| {
+            StudioError::Internal(e.context(format!("reading model `{}`", request.model)))
+        })?;
+        let task = GenerationTask {
+            model: request.model.clone(),
+            prompt: request.prompt.clone(),
+            negative_prompt: request.negative_prompt.clone(),
+            length: request.length,
+            seed: request.seed.unwrap_or_else(random_seed),
+            render: request.render.clone(),
+            start_image: start_image(
+                app,
+                &request.references,
+                capabilities.start_image,
+                request.start_frame_required,
+            )?,
+            references: Vec::new(),
+            loras: request.loras.iter().map(|l| l.spec(app)).collect(),
+            applied_loras: request.loras.clone(),
+            still: false,
+            local_files: HashMap::new(),
+        };
+        let path = app.scratch_file("generation", "mp4")?;
+        let params = self
             .gpus
-            .with_pipeline(
-                job_id,
-                &request.model,
-                dir,
-                request.render.quant,
-                on_progress,
-                |pipeline, on_progress| {
-                    let mut params = GenerateParams {
-                        prompt: request.prompt.clone(),
-                        negative_prompt: request.negative_prompt.clone(),
-                        height: request.render.height,
-                        width: request.render.width,
-                        frames: match request.length {
-                            Length::Seconds(seconds) => pipeline.frames_for(seconds),
-                            Length::Frames(frames) => frames,
-                        },
-                        steps: request.render.steps,
-                        guidance: request.render.guidance,
-                        guidance_2: None,
-                        seed: request.seed.unwrap_or_else(random_seed),
-                        start_image: start_image(
-                            app,
-                            &request.references,
-                            pipeline.capabilities().start_image,
-                            request.start_frame_required,
-                        )?,
-                        end_image: None,
-                        flow_shift: None,
-                        scheduler: None,
-                        denoising_steps: None,
-                        loras: request.loras.iter().map(|l| l.spec(app)).collect(),
-                        lora_mode: Default::default(),
-                        refine_loras: Vec::new(),
-                        cache: request.render.cache_spec()?,
-                        quant: request.render.quant,
-                        references: Vec::new(),
-                        max_sequence_length: None,
-                        true_cfg_scale: None,
-                        fps: None,
-                        sigmas: None,
-                        noise_scale: None,
-                        guidance_terms: Default::default(),
-                        conditions: Vec::new(),
-                    };
-                    if let Some(name) = &request.render.preset {
-                        videosdgx_engine::presets::preset(name)?.apply(&mut params);
-                    }
-                    let mut report = |p: &Progress| {
-                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
-                    };
-                    let video = pipeline.generate(&params, Default::default(), &mut report)?;
-                    Ok((params, video))
-                },
-            )
-            .map_err(|e| loras::explain(app, &request.loras, e))?;
+            .generate(job_id, dir, &task, &path, on_progress)
+            .map_err(|e| loras::explain(app, &request.loras, e));
+        match params {
+            Ok(params) => Ok((params, path)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One video generation as a value: what a card runs with the pipeline of `model` resident on
+/// it, the studio's own card or a worker's ([`crate::workers`]), which receives it as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationTask {
+    /// The installed model's name (its folder under `models/`).
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub length: Length,
+    pub seed: u64,
+    pub render: RenderSettings,
+    /// The start frame, a file of the studio's.
+    pub start_image: Option<ImageInput>,
+    /// Images an image model conditions on (a character's look), files of the studio's.
+    pub references: Vec<PathBuf>,
+    /// LoRA files of the studio's.
+    pub loras: Vec<LoraSpec>,
+    /// The LoRAs as the output's embedded record names them.
+    pub applied_loras: Vec<AppliedLora>,
+    /// A still of an image model, written as a PNG; a video is written as an MP4.
+    pub still: bool,
+    /// Where this machine keeps the studio's files the task names, when elsewhere: a worker's
+    /// copies. The engine reads these; the record keeps the studio's paths.
+    #[serde(skip)]
+    pub local_files: HashMap<PathBuf, PathBuf>,
+}
+
+impl GenerationTask {
+    /// The studio's files the task names: its start frame, references and LoRAs.
+    pub fn files(&self) -> Vec<&Path> {
+        let start = match &self.start_image {
+            Some(ImageInput::Path(path)) => Some(path.as_path()),
+            _ => None,
+        };
+        start
+            .into_iter()
+            .chain(self.references.iter().map(PathBuf::as_path))
+            .chain(self.loras.iter().map(|l| l.path.as_path()))
+            .collect()
+    }
+
+    /// Whether a worker's card may run it: every file it names is a blob of the asset store,
+    /// named by its SHA-256, which the worker fetches by that name
+    /// ([`crate::workers::Workers::task_file`]) and checks.
+    pub fn runs_anywhere(&self) -> bool {
+        self.files().iter().all(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_sha256)
+        })
+    }
+
+    /// `path` where this machine keeps it.
+    fn local(&self, path: &Path) -> PathBuf {
+        self.local_files
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| path.to_path_buf())
+    }
+
+    /// Runs the task on `pipeline`: the engine's parameters and the video.
+    pub fn generate(
+        &self,
+        pipeline: &mut Pipeline,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<(GenerateParams, GeneratedVideo)> {
+        let mut params = GenerateParams {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            height: self.render.height,
+            width: self.render.width,
+            frames: match self.length {
+                Length::Seconds(seconds) => pipeline.frames_for(seconds),
+                Length::Frames(frames) => frames,
+            },
+            steps: self.render.steps,
+            guidance: self.render.guidance,
+            guidance_2: None,
+            seed: self.seed,
+            start_image: self.start_image.clone(),
+            end_image: None,
+            flow_shift: None,
+            scheduler: None,
+            denoising_steps: None,
+            loras: self.loras.clone(),
+            lora_mode: Default::default(),
+            refine_loras: Vec::new(),
+            cache: self.render.cache_spec()?,
+            quant: self.render.quant,
+            references: self
+                .references
+                .iter()
+                .cloned()
+                .map(ImageInput::Path)
+                .collect(),
+            max_sequence_length: None,
+            true_cfg_scale: None,
+            fps: None,
+            sigmas: None,
+            noise_scale: None,
+            guidance_terms: Default::default(),
+            conditions: Vec::new(),
+        };
+        if let Some(name) = &self.render.preset {
+            videosdgx_engine::presets::preset(name)?.apply(&mut params);
+        }
+        let mut report =
+            |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
+        let mut local = params.clone();
+        for image in local.start_image.iter_mut().chain(&mut local.references) {
+            if let ImageInput::Path(path) = image {
+                *path = self.local(path);
+            }
+        }
+        for lora in &mut local.loras {
+            lora.path = self.local(&lora.path);
+        }
+        let video = pipeline.generate(&local, Default::default(), &mut report)?;
+        Ok((params, video))
+    }
+
+    /// Writes `video` to `out` as an MP4, or a still's one frame as a PNG, embedding its
+    /// generation record (stage `writing`).
+    pub fn write(
+        &self,
+        params: &GenerateParams,
+        video: &GeneratedVideo,
+        out: &Path,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<()> {
         if on_progress("writing", 0, 1).is_break() {
-            return Err(cancelled());
+            return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));
         }
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
-        let path = app.scratch_file("generation", "mp4")?;
         let metadata =
-            json!({ "model": request.model, "generate": params, "loras": request.loras });
+            json!({ "model": self.model, "generate": params, "loras": self.applied_loras });
+        if self.still {
+            let frame = frames
+                .first()
+                .ok_or_else(|| StudioError::Internal(anyhow::anyhow!("the model made no image")))?;
+            videosdgx_engine::video::write_png(out, frame, &metadata)?;
+            return Ok(());
+        }
         videosdgx_engine::video::write_mp4_with_audio(
-            &path,
+            out,
             &frames,
             video.fps,
             video.audio.as_ref(),
             &metadata,
         )?;
-        Ok((params, path))
+        Ok(())
     }
 }
 
@@ -390,6 +512,11 @@ pub fn recover_shots(db: &Db) -> Result<usize> {
             [],
         )?)
     })
+}
+
+/// Whether `name` is a SHA-256 in lowercase hex, as the asset store names its blobs.
+pub fn is_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Whether `err` is a generation stopped by its progress callback.

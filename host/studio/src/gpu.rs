@@ -7,19 +7,26 @@
 //! waits, reporting `waiting for a GPU` so that it can be cancelled meanwhile. A card is held for
 //! the whole run, which also serialises the plugins' own generations with the GPU lane's jobs on
 //! that card. Nothing else in the studio loads a model.
+//!
+//! Workers on other machines (`videosdgx worker --join`, [`crate::workers`]) add their cards
+//! here while they answer: a generation ([`GenerationTask::runs_anywhere`]: a video, a look, a
+//! keyframe) may take one of them like any other card; the language model and finishing run on
+//! the studio's own.
 
 use crate::error::{Result, StudioError};
+use crate::generation::GenerationTask;
+use crate::workers::RemoteCard;
 use candle_core::{DType, Device};
 use serde::Serialize;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 use utoipa::ToSchema;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
-use videosdgx_engine::pipelines::{Cancelled, Pipeline, Quant};
+use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
 
 /// Receives `(stage, step, total)`; `Break` stops the work.
@@ -44,8 +51,9 @@ impl fmt::Display for Card {
     }
 }
 
-/// The cards of `--gpus`: `all` (every CUDA device this build sees, else one CPU lane) or a comma
-/// list of CUDA ordinals (`0`, `cuda:1`) and CPU lanes (`cpu`, once per lane).
+/// The cards of `--gpus`: `all` (every CUDA device this build sees, else one CPU lane), a comma
+/// list of CUDA ordinals (`0`, `cuda:1`) and CPU lanes (`cpu`, once per lane), or `none` (a
+/// studio whose generations all run on workers' cards).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardSet(Vec<Card>);
 
@@ -94,8 +102,10 @@ impl FromStr for CardSet {
 
     fn from_str(spec: &str) -> std::result::Result<CardSet, String> {
         let spec = spec.trim();
-        if spec == "all" {
-            return Ok(CardSet::all());
+        match spec {
+            "all" => return Ok(CardSet::all()),
+            "none" => return Ok(CardSet(Vec::new())),
+            _ => {}
         }
         let mut cards = Vec::new();
         for item in spec.split(',').map(str::trim) {
@@ -107,7 +117,9 @@ impl FromStr for CardSet {
                     .parse()
                     .map(Card::Cuda)
                     .map_err(|_| {
-                        format!("`{item}` is not a card: write `all`, `0,1`, `cuda:0` or `cpu`")
+                        format!(
+                            "`{item}` is not a card: write `all`, `none`, `0,1`, `cuda:0` or `cpu`"
+                        )
                     })?,
             };
             if card != Card::Cpu && cards.contains(&card) {
@@ -189,9 +201,32 @@ struct CardModel {
     device: OnceLock<Device>,
     dtype: DType,
     resident: Mutex<Option<Resident>>,
+    /// What the card holds, by folder name, for [`Gpus::states`]: the resident model itself is
+    /// locked while it runs.
+    holding: Mutex<Option<String>>,
+    /// A worker's card: it runs generation tasks on that worker, whose pipeline stays resident
+    /// there (`resident` stays empty).
+    remote: Option<Arc<RemoteCard>>,
 }
 
 impl CardModel {
+    /// A worker's card is there while its worker answers.
+    fn alive(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.alive())
+    }
+
+    /// Whether the card holds `wanted` (`Some(false)`: it holds another model; `None`: none).
+    fn holds(&self, wanted: Wanted) -> Option<bool> {
+        if let (Some(remote), Wanted::Generation(dir, quant)) = (&self.remote, wanted) {
+            return remote.holds(dir, quant);
+        }
+        self.resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.is(wanted))
+    }
+
     fn device(&self) -> Result<&Device> {
         if let Some(device) = self.device.get() {
             return Ok(device);
@@ -216,18 +251,18 @@ enum Slot {
 
 /// The studio's cards and who holds each.
 pub struct Gpus {
-    cards: Vec<CardModel>,
+    /// The studio's own cards, then workers' cards in the order they joined (a card that left
+    /// keeps its place, unused: indexes stay valid). Locked after `slots` when both are.
+    cards: RwLock<Vec<Arc<CardModel>>>,
     slots: Mutex<Vec<Slot>>,
     freed: Condvar,
-    /// What each card holds, by folder name, for [`Gpus::states`]: the resident model itself is
-    /// locked while it runs.
-    holding: Mutex<Vec<Option<String>>>,
 }
 
 /// A card as the API shows it: what it holds and what it runs now.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct CardState {
-    /// `cuda:1`, or `cpu` (`cpu#0`, `cpu#1` for several CPU lanes).
+    /// `cuda:1`, or `cpu` (`cpu#0`, `cpu#1` for several CPU lanes); a worker's card is named
+    /// after its worker (`spark-2/cuda:0`).
     pub card: String,
     /// The model loaded on it (its folder's name), if any.
     pub model: Option<String>,
@@ -243,7 +278,7 @@ impl Gpus {
         set.check()?;
         let cpu_lanes = set.cards().iter().filter(|c| **c == Card::Cpu).count();
         let mut cpu_lane = 0;
-        let cards: Vec<CardModel> = set
+        let cards: Vec<Arc<CardModel>> = set
             .cards()
             .iter()
             .map(|&card| {
@@ -255,47 +290,69 @@ impl Gpus {
                         (format!("cpu#{}", cpu_lane - 1), DType::F32)
                     }
                 };
-                CardModel {
+                Arc::new(CardModel {
                     card,
                     label,
                     device: OnceLock::new(),
                     dtype,
                     resident: Mutex::new(None),
-                }
+                    holding: Mutex::new(None),
+                    remote: None,
+                })
             })
             .collect();
         Ok(Gpus {
             slots: Mutex::new(vec![Slot::Free; cards.len()]),
-            holding: Mutex::new(vec![None; cards.len()]),
-            cards,
+            cards: RwLock::new(cards),
             freed: Condvar::new(),
         })
     }
 
-    /// How many cards there are: as many generations run at once.
+    /// Adds a worker's cards; each is used while its worker answers.
+    pub fn join(&self, remote: &[Arc<RemoteCard>]) {
+        let mut slots = self.lock_slots();
+        let mut cards = self.cards.write().unwrap_or_else(|p| p.into_inner());
+        for card in remote {
+            cards.push(Arc::new(CardModel {
+                card: Card::Cpu,
+                label: card.label().to_string(),
+                device: OnceLock::new(),
+                dtype: DType::F32,
+                resident: Mutex::new(None),
+                holding: Mutex::new(None),
+                remote: Some(card.clone()),
+            }));
+            slots.push(Slot::Free);
+        }
+        drop((slots, cards));
+        // Work waiting for a card may take one of these.
+        self.freed.notify_all();
+    }
+
+    /// The cards there are now (the studio's and those of workers that answer): as many
+    /// generations run at once.
     pub fn len(&self) -> usize {
-        self.cards.len()
+        self.lock_cards().iter().filter(|c| c.alive()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cards.is_empty()
+        self.len() == 0
     }
 
-    /// Every card, what it holds and whom for.
+    /// Every card there is, what it holds and whom for.
     pub fn states(&self) -> Vec<CardState> {
         let slots = self.lock_slots().clone();
-        let holding = self
-            .holding
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        self.cards
+        self.lock_cards()
             .iter()
             .zip(slots)
-            .zip(holding)
-            .map(|((card, slot), model)| CardState {
+            .filter(|(card, _)| card.alive())
+            .map(|(card, slot)| CardState {
                 card: card.label.clone(),
-                model,
+                model: card
+                    .holding
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
                 busy: slot != Slot::Free,
                 job_id: match slot {
                     Slot::Held(job) => job,
@@ -306,18 +363,48 @@ impl Gpus {
     }
 
     /// The card job `job` holds now, by name (`cuda:1`).
-    pub fn card_of(&self, job: i64) -> Option<&str> {
+    pub fn card_of(&self, job: i64) -> Option<String> {
         let slots = self.lock_slots();
         let index = slots.iter().position(|s| *s == Slot::Held(Some(job)))?;
-        Some(&self.cards[index].label)
+        Some(self.lock_cards()[index].label.clone())
     }
 
-    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
-    /// transformers' weights in `quant` (as loaded when `None`), on a card taken for `job`,
-    /// loading the pipeline first (reported as stage `loading model`, which may stop it) unless
-    /// that card holds it so. A quantized pipeline is reloaded for work that wants other weights.
-    /// `f` gets `report` back for its own progress.
-    pub fn with_pipeline<R>(
+    /// Runs generation `task` with the pipeline of its model (installed in `dir`) on a card
+    /// taken for `job`, and writes its output (an MP4, a still's PNG) to `out`. A studio's card
+    /// loads the pipeline unless it holds it (stage `loading model`, which may stop it) and is
+    /// given back before the output is written; a worker's card runs the whole task on its
+    /// worker, which sends the output.
+    pub fn generate(
+        &self,
+        job: Option<i64>,
+        dir: &Path,
+        task: &GenerationTask,
+        out: &Path,
+        report: Report,
+    ) -> Result<GenerateParams> {
+        let wanted = Wanted::Generation(dir, task.render.quant);
+        let card = self.take(job, wanted, task.runs_anywhere(), report)?;
+        if let Some(remote) = card.model().remote.clone() {
+            let params = remote.run(dir, task, out, report);
+            card.note_remote(&task.model, params.is_ok());
+            return params;
+        }
+        let (params, video) = self.on_pipeline(
+            card,
+            &task.model,
+            dir,
+            task.render.quant,
+            report,
+            |pipeline, report| task.generate(pipeline, report),
+        )?;
+        task.write(&params, &video, out, report)?;
+        Ok(params)
+    }
+
+    /// [`Gpus::on_pipeline`] on a studio's card taken for `job`: what the tests of residency
+    /// run, without a task.
+    #[cfg(test)]
+    fn with_pipeline<R>(
         &self,
         job: Option<i64>,
         name: &str,
@@ -326,8 +413,25 @@ impl Gpus {
         report: Report,
         f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
     ) -> Result<R> {
+        let card = self.take(job, Wanted::Generation(dir, quant), false, report)?;
+        self.on_pipeline(card, name, dir, quant, report, f)
+    }
+
+    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`) with its
+    /// transformers' weights in `quant` (as loaded when `None`), on `card` (the studio's),
+    /// loading the pipeline first (reported as stage `loading model`, which may stop it) unless
+    /// that card holds it so. A quantized pipeline is reloaded for work that wants other weights.
+    /// `f` gets `report` back for its own progress.
+    fn on_pipeline<R>(
+        &self,
+        card: Taken,
+        name: &str,
+        dir: &Path,
+        quant: Option<Quant>,
+        report: Report,
+        f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
+    ) -> Result<R> {
         let wanted = Wanted::Generation(dir, quant);
-        let card = self.take(job, wanted, report)?;
         let mut resident = card.resident();
         if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, name);
@@ -367,7 +471,7 @@ impl Gpus {
         f: impl FnOnce(&ChatModel, Report) -> Result<R>,
     ) -> Result<R> {
         let wanted = Wanted::Language(dir, quant);
-        let card = self.take(job, wanted, report)?;
+        let card = self.take(job, wanted, false, report)?;
         let mut resident = card.resident();
         if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, name);
@@ -406,7 +510,7 @@ impl Gpus {
     ) -> Result<R> {
         let files = (spec.upscaler.clone(), spec.interpolator.clone());
         let wanted = Wanted::Finishing(&files);
-        let card = self.take(job, wanted, report)?;
+        let card = self.take(job, wanted, false, report)?;
         let (device, dtype) = (card.model().device()?, card.model().dtype);
         let mut resident = card.resident();
         if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
@@ -426,36 +530,52 @@ impl Gpus {
         }
     }
 
-    /// Takes a free card for `job`: one holding `wanted`, else an empty one, else the first free.
-    /// Waits while all are busy, reporting `waiting for a GPU`; a stop asked for then takes none.
-    fn take(&self, job: Option<i64>, wanted: Wanted, report: Report) -> Result<Taken<'_>> {
+    /// Takes a free card for `job`: one holding `wanted`, else an empty one, else the first free;
+    /// a worker's card only when the work runs `anywhere`. Waits while all are busy (or, for
+    /// work that may go anywhere, while there is none: a worker may join), reporting `waiting
+    /// for a GPU`; a stop asked for then takes none.
+    fn take(
+        &self,
+        job: Option<i64>,
+        wanted: Wanted,
+        anywhere: bool,
+        report: Report,
+    ) -> Result<Taken<'_>> {
         let mut slots = self.lock_slots();
         loop {
-            let free: Vec<usize> = (0..slots.len())
-                .filter(|&i| slots[i] == Slot::Free)
-                .collect();
+            let cards = self.lock_cards();
+            if !anywhere && cards.iter().all(|c| c.remote.is_some()) {
+                return Err(StudioError::Invalid(
+                    "this work runs on the studio's own cards, and it has none (`--gpus none`): \
+                     workers' cards run only generations (videos, looks, keyframes)"
+                        .into(),
+                ));
+            }
             // A free card's resident model is locked only here, under `slots`: no one waits.
-            let holds = |i: &&usize, test: &dyn Fn(&Option<Resident>) -> bool| {
-                test(
-                    &self.cards[**i]
-                        .resident
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()),
-                )
-            };
+            let free: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i] == Slot::Free && cards[i].alive())
+                .filter(|&i| anywhere || cards[i].remote.is_none())
+                .collect();
             let chosen = free
                 .iter()
-                .find(|i| holds(i, &|r| r.as_ref().is_some_and(|r| r.is(wanted))))
-                .or_else(|| free.iter().find(|i| holds(i, &|r| r.is_none())))
+                .find(|&&i| cards[i].holds(wanted) == Some(true))
+                .or_else(|| free.iter().find(|&&i| cards[i].holds(wanted).is_none()))
                 .or(free.first());
             if let Some(&index) = chosen {
                 slots[index] = Slot::Held(job);
-                return Ok(Taken { gpus: self, index });
+                return Ok(Taken {
+                    gpus: self,
+                    index,
+                    card: cards[index].clone(),
+                });
             }
+            drop(cards);
+            let seen = slots.clone();
             drop(slots);
             loading(report, "waiting for a GPU")?;
             slots = self.lock_slots();
-            if slots.iter().all(|s| *s != Slot::Free) {
+            // Unless a card was given back or joined meanwhile, wait for one.
+            if *slots == seen {
                 slots = self
                     .freed
                     .wait_timeout(slots, WAIT_REPORT)
@@ -463,6 +583,10 @@ impl Gpus {
                     .0;
             }
         }
+    }
+
+    fn lock_cards(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<CardModel>>> {
+        self.cards.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
@@ -474,11 +598,19 @@ impl Gpus {
 struct Taken<'a> {
     gpus: &'a Gpus,
     index: usize,
+    card: Arc<CardModel>,
 }
 
 impl Taken<'_> {
     fn model(&self) -> &CardModel {
-        &self.gpus.cards[self.index]
+        &self.card
+    }
+
+    /// Records what a worker's card holds after a task of `model`: its pipeline stays resident
+    /// on the worker when the task succeeded.
+    fn note_remote(&self, model: &str, succeeded: bool) {
+        *self.card.holding.lock().unwrap_or_else(|p| p.into_inner()) =
+            succeeded.then(|| model.rsplit('/').next().unwrap_or(model).to_string());
     }
 
     fn resident(&self) -> MutexGuard<'_, Option<Resident>> {
@@ -496,14 +628,16 @@ impl Taken<'_> {
                 |n| n.to_string_lossy().into(),
             )
         });
-        self.gpus.holding.lock().unwrap_or_else(|p| p.into_inner())[self.index] = name;
+        *self.card.holding.lock().unwrap_or_else(|p| p.into_inner()) = name;
     }
 }
 
 impl Drop for Taken<'_> {
     fn drop(&mut self) {
         // Also after a load that failed or was stopped: the card may hold nothing now.
-        self.note(&self.resident());
+        if self.card.remote.is_none() {
+            self.note(&self.resident());
+        }
         self.gpus.lock_slots()[self.index] = Slot::Free;
         self.gpus.freed.notify_all();
     }
@@ -600,7 +734,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(crate::generation::is_cancelled(&err), "{err}");
-        assert!(gpus.cards[0].resident.lock().unwrap().is_none());
+        assert!(gpus.lock_cards()[0].resident.lock().unwrap().is_none());
         assert_eq!(*gpus.lock_slots(), [Slot::Free]);
     }
 
@@ -787,6 +921,86 @@ mod tests {
         assert_eq!(one.states(), [state("cpu", None, None)]);
     }
 
+    /// A worker named `name` lending one CPU card, joined to `gpus`.
+    fn join_worker(gpus: &Gpus, workers: &crate::workers::Workers, name: &str) {
+        let registration = crate::workers::Registration {
+            name: name.into(),
+            cards: vec!["cpu".into()],
+            version: crate::workers::VERSION.into(),
+        };
+        let (_, cards) = workers.register(&registration).unwrap();
+        gpus.join(&cards);
+    }
+
+    #[test]
+    fn only_generations_that_run_anywhere_take_a_workers_card() {
+        let workers = crate::workers::Workers::new(Duration::from_secs(600));
+        let gpus = cpu_lanes(1);
+        join_worker(&gpus, &workers, "spark-2");
+        let names: Vec<String> = gpus.states().into_iter().map(|s| s.card).collect();
+        assert_eq!(names, ["cpu", "spark-2/cpu"]);
+        // With the studio's card busy, a language model waits for it rather than go to the
+        // worker's card.
+        let qwen = fixture("text/qwen3/model");
+        std::thread::scope(|scope| {
+            let (inside, entered) = mpsc::channel();
+            let (leave, told) = mpsc::channel::<()>();
+            let gpus = &gpus;
+            let qwen = &qwen;
+            let holder = scope.spawn(move || {
+                let mut report = |_: &str, _, _| ControlFlow::Continue(());
+                gpus.with_language(Some(1), "qwen", qwen, None, &mut report, |_, _| {
+                    inside.send(()).unwrap();
+                    told.recv().unwrap();
+                    Ok(())
+                })
+            });
+            entered.recv().unwrap();
+            let mut stages = Vec::new();
+            let mut stop_second = |stage: &str, _, _| {
+                stages.push(stage.to_string());
+                if stages.len() == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            };
+            let err = gpus
+                .with_language(Some(2), "qwen", qwen, None, &mut stop_second, |_, _| Ok(()))
+                .unwrap_err();
+            assert!(crate::generation::is_cancelled(&err), "{err}");
+            assert_eq!(stages, ["waiting for a GPU", "waiting for a GPU"]);
+            leave.send(()).unwrap();
+            holder.join().unwrap().unwrap();
+        });
+        // A studio without cards of its own refuses such work at once.
+        let none = Gpus::open(&"none".parse().unwrap()).unwrap();
+        join_worker(&none, &workers, "spark-3");
+        let mut report = |_: &str, _, _| ControlFlow::Continue(());
+        let err = none
+            .with_language(None, "qwen", &qwen, None, &mut report, |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runs on the studio's own cards"), "{err}");
+    }
+
+    #[test]
+    fn a_workers_cards_leave_when_it_goes_silent_or_registers_again() {
+        let workers = crate::workers::Workers::new(Duration::from_millis(200));
+        let gpus = Gpus::open(&"none".parse().unwrap()).unwrap();
+        assert_eq!(gpus.len(), 0);
+        join_worker(&gpus, &workers, "spark-2");
+        join_worker(&gpus, &workers, "spark-3");
+        assert_eq!(gpus.len(), 2);
+        // A worker that restarted replaces its old registration.
+        join_worker(&gpus, &workers, "spark-2");
+        let names: Vec<String> = gpus.states().into_iter().map(|s| s.card).collect();
+        assert_eq!(names, ["spark-3/cpu", "spark-2/cpu"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(gpus.states().is_empty(), "silent past the lease");
+        assert_eq!(gpus.len(), 0);
+    }
+
     #[test]
     fn card_sets_are_read_from_the_command_line_form() {
         let set = |s: &str| s.parse::<CardSet>();
@@ -799,6 +1013,7 @@ mod tests {
         assert_eq!(set("0,cuda:0").unwrap_err(), "cuda:0 is named twice");
         assert!(set("gpu1").unwrap_err().contains("`gpu1` is not a card"));
         assert!(set("").is_err());
+        assert!(set("none").unwrap().cards().is_empty());
         let missing = set("cuda:64").unwrap().check().unwrap_err().to_string();
         assert!(missing.contains("no CUDA device 64"), "{missing}");
         assert!(Gpus::open(&set("cuda:64").unwrap()).is_err());

@@ -1,6 +1,6 @@
-//! Generating a still: the installed image model ([`crate::models::image_model`]) runs on the GPU
-//! lane's resident pipeline, conditioned on reference images (a character's look, a previous
-//! keyframe); the PNG carries its generation record (as a video's MP4 does) and is imported as
+//! Generating a still: the installed image model ([`crate::models::image_model`]) runs on a
+//! card's resident pipeline (the studio's, or a worker's: a still is a [`GenerationTask`] too),
+//! conditioned on reference images (a character's look, a previous keyframe); the PNG carries its generation record (as a video's MP4 does) and is imported as
 //! an asset with its record in `generations`, together with what the caller records about it (a
 //! character's look, a shot's keyframe) in one transaction: a crash leaves all or nothing.
 
@@ -8,16 +8,16 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::now_ms;
 use crate::error::{Result, StudioError};
-use crate::generation::{Generator, random_seed, stage_name};
+use crate::generation::{GenerationTask, Generator, Length, RenderSettings, random_seed};
 use crate::loras::{self, AppliedLora};
 use crate::models;
 use rusqlite::{Transaction, params};
 use serde::Serialize;
-use serde_json::json;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use videosdgx_engine::hub::LocalModel;
-use videosdgx_engine::pipelines::{Cancelled, GenerateParams, ImageInput, Progress};
+use videosdgx_engine::pipelines::GenerateParams;
 
 /// One image to generate and record.
 #[derive(Debug, Clone)]
@@ -118,62 +118,37 @@ impl Generator {
         let (name, dir) = (&model.name, &model.path);
         let defaults = videosdgx_engine::pipelines::Pipeline::call_defaults(dir)
             .map_err(|e| StudioError::Invalid(format!("image model `{name}`: {e:#}")))?;
-        let params = GenerateParams {
+        let task = GenerationTask {
+            model: name.clone(),
             prompt: request.prompt.clone(),
             negative_prompt: request.negative_prompt.clone(),
-            height: request.height,
-            width: request.width,
-            frames: 1,
-            steps: request.steps.unwrap_or(defaults.steps),
-            guidance: request.guidance.unwrap_or(defaults.guidance),
-            guidance_2: None,
+            length: Length::Frames(1),
             seed: request.seed.unwrap_or_else(random_seed),
+            render: RenderSettings {
+                height: request.height,
+                width: request.width,
+                steps: request.steps.unwrap_or(defaults.steps),
+                guidance: request.guidance.unwrap_or(defaults.guidance),
+                preset: None,
+                cache: None,
+                quant: None,
+                image_model: None,
+            },
             start_image: None,
-            end_image: None,
-            flow_shift: None,
-            scheduler: None,
-            denoising_steps: None,
+            references,
             loras: request.loras.iter().map(|l| l.spec(app)).collect(),
-            lora_mode: Default::default(),
-            refine_loras: Vec::new(),
-            cache: None,
-            quant: None,
-            references: references.into_iter().map(ImageInput::Path).collect(),
-            max_sequence_length: None,
-            true_cfg_scale: None,
-            fps: None,
-            sigmas: None,
-            noise_scale: None,
-            guidance_terms: Default::default(),
-            conditions: Vec::new(),
+            applied_loras: request.loras.clone(),
+            still: true,
+            local_files: HashMap::new(),
         };
-        let image = self
-            .gpus
-            .with_pipeline(
-                job_id,
-                name,
-                dir,
-                None,
-                on_progress,
-                |pipeline, on_progress| {
-                    let mut report = |p: &Progress| {
-                        on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
-                    };
-                    Ok(pipeline.generate(&params, Default::default(), &mut report)?)
-                },
-            )
-            .map_err(|e| loras::explain(app, &request.loras, e))?;
-        if on_progress("writing", 0, 1).is_break() {
-            return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));
-        }
-        let frame = videosdgx_engine::video::frames_from_tensor(&image.frames)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StudioError::Internal(anyhow::anyhow!("the model made no image")))?;
         let path = app.scratch_file("image", "png")?;
-        let metadata = json!({ "model": name, "generate": params, "loras": request.loras });
-        videosdgx_engine::video::write_png(&path, &frame, &metadata)?;
-        Ok((params, path))
+        match self.gpus.generate(job_id, dir, &task, &path, on_progress) {
+            Ok(params) => Ok((params, path)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(loras::explain(app, &request.loras, e))
+            }
+        }
     }
 }
 

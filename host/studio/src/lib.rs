@@ -24,6 +24,7 @@ pub mod settings;
 pub mod shoot;
 pub mod shots;
 pub mod web;
+pub mod workers;
 
 pub use app::{App, StudioConfig};
 pub use error::{Result, StudioError};

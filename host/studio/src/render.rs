@@ -396,7 +396,7 @@ async fn run_together(
             };
             run_step(app, new, &what, &mut relay).await
         })
-        .buffered(app.gpus.len())
+        .buffered(app.gpus.len().max(1))
         .try_collect()
         .await
 }

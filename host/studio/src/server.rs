@@ -83,8 +83,9 @@ impl QueueWorkers {
     /// to resume at the next start.
     pub async fn stop(self) {
         self.app.jobs.stop();
+        let joined = self.app.jobs.joined_workers();
         let all = async {
-            for handle in self.handles {
+            for handle in self.handles.into_iter().chain(joined) {
                 let _ = handle.await;
             }
         };

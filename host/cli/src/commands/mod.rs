@@ -13,6 +13,7 @@ mod project;
 mod render;
 mod serve;
 mod text;
+mod worker;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -29,7 +30,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIDEOSDGX_DATA")]
     pub data: Option<PathBuf>,
     /// The cards jobs run on, one generation per card at a time: `all` (every CUDA device, else
-    /// the CPU), CUDA ordinals (`0,1`, `cuda:1`) or CPU lanes (`cpu`, once per lane).
+    /// the CPU), CUDA ordinals (`0,1`, `cuda:1`), CPU lanes (`cpu`, once per lane), or, for
+    /// `serve`, `none` (generations run on workers' cards only).
     #[arg(long, global = true, env = "VIDEOSDGX_GPUS")]
     pub gpus: Option<CardSet>,
     #[command(subcommand)]
@@ -40,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the studio server (HTTP API and job queue) until SIGINT/SIGTERM.
     Serve(serve::ServeArgs),
+    /// Lend this machine's cards (--gpus) to a studio on another: run its generations here.
+    Worker(worker::WorkerArgs),
     /// Create, list, show, rename and delete projects.
     #[command(subcommand)]
     Project(project::ProjectCommand),
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::run(studio, args),
+        Command::Worker(args) => worker::run(data, studio.gpus, args),
         Command::Project(cmd) => project::run(&open(studio)?, cmd),
         Command::Assets(cmd) => assets::run(&open(studio)?, cmd),
         Command::Jobs(cmd) => jobs::run(&open(studio)?, cmd),
@@ -103,7 +108,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugins(args) => plugins::run(args, &open(studio)?),
         Command::Model(command) => model::run(command),
         Command::Generate(args) => generate::run(*args),
-        Command::Render(args) => render::run(open(studio)?, *args),
+        Command::Render(args) => {
+            // No worker joins a render: its generations need a card of this machine's.
+            anyhow::ensure!(
+                !studio.gpus.cards().is_empty(),
+                "render runs its generations on this machine's cards: --gpus none leaves it none"
+            );
+            render::run(open(studio)?, *args)
+        }
         Command::GenerateText(args) => text::generate_text(&args),
         Command::Chat(args) => text::chat(&args),
     }

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Ask for the access token even on loopback (always asked on any other address).
     #[arg(long, env = "VIDEOSDGX_REQUIRE_AUTH")]
     pub require_auth: bool,
+    /// Seconds a worker (`videosdgx worker --join`) may stay silent before its cards leave and
+    /// the generation it ran is retried on another card.
+    #[arg(long, value_name = "SECONDS", default_value_t = StudioConfig::DEFAULT_WORKER_LEASE.as_secs_f64())]
+    pub worker_lease: f64,
 }
 
 pub fn run(mut config: StudioConfig, args: ServeArgs) -> anyhow::Result<()> {
@@ -26,6 +30,10 @@ pub fn run(mut config: StudioConfig, args: ServeArgs) -> anyhow::Result<()> {
         let data = config.data_dir.clone();
         config.max_upload_bytes = args.max_upload_bytes;
         config.require_auth = args.require_auth;
+        if !(args.worker_lease.is_finite() && (0.3..=3600.0).contains(&args.worker_lease)) {
+            anyhow::bail!("--worker-lease must be 0.3 to 3600 seconds");
+        }
+        config.worker_lease = std::time::Duration::from_secs_f64(args.worker_lease);
         let app = tokio::task::spawn_blocking(move || App::open(config))
             .await?
             .with_context(|| format!("cannot open studio data in {}", data.display()))?;

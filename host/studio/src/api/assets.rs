@@ -283,7 +283,7 @@ pub async fn download(
 
 /// `ServeFile`'s own refusals (a range outside the file, a failed `If-Match`) come with an empty
 /// body; they get the API's error shape instead, keeping `Content-Range: bytes */size`.
-fn conditional_refusal(response: &Response, size: u64) -> Option<Response> {
+pub(crate) fn conditional_refusal(response: &Response, size: u64) -> Option<Response> {
     let error = match response.status() {
         StatusCode::RANGE_NOT_SATISFIABLE => ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,

@@ -5,12 +5,14 @@
 pub mod assets;
 pub mod error;
 pub mod generation;
+pub mod hub;
 pub mod jobs;
 pub mod language;
 pub mod looks;
 pub mod loras;
 pub mod plugins;
 pub mod projects;
+pub mod workers;
 
 use crate::app::App;
 use axum::Router;
@@ -84,6 +86,15 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         plugins::update_plugin,
         plugins::uninstall_plugin,
         plugins::audit_log,
+        workers::register,
+        workers::leave,
+        workers::heartbeat,
+        workers::next_task,
+        workers::progress,
+        workers::task_file,
+        workers::upload_output,
+        workers::outcome,
+        hub::hub,
     ),
     components(schemas(error::ErrorBody, crate::jobs::JobEvent))
 )]
@@ -102,6 +113,8 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(language::routes())
         .merge(looks::routes())
         .merge(loras::routes())
+        .merge(workers::routes())
+        .merge(hub::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Components are larger than JSON bodies: merged after the JSON limit, with their own.
         .merge(plugins::routes())

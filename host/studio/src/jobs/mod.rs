@@ -12,6 +12,7 @@ pub mod steps;
 use crate::app::App;
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
+use crate::workers::RemoteCard;
 use journal::{Journal, Numbered};
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
@@ -247,7 +248,7 @@ impl JobContext {
             .last_persist
             .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
             || step == total;
-        let card = self.app.gpus.card_of(self.job_id).map(str::to_owned);
+        let card = self.app.gpus.card_of(self.job_id);
         if due {
             pace.last_persist = Some(Instant::now());
             let json = serde_json::to_string(&progress).expect("progress serializes");
@@ -287,6 +288,8 @@ pub struct JobQueue {
     stopping: Arc<AtomicBool>,
     stopped: Notify,
     closing: tokio::sync::watch::Sender<bool>,
+    /// The lane workers of workers' cards, started as they join: waited for at stop.
+    joined: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl JobQueue {
@@ -299,6 +302,7 @@ impl JobQueue {
             stopping: Arc::new(AtomicBool::new(false)),
             stopped: Notify::new(),
             closing: tokio::sync::watch::channel(false).0,
+            joined: Mutex::new(Vec::new()),
         }
     }
 
@@ -464,8 +468,27 @@ impl JobQueue {
         lanes.extend(std::iter::repeat_n(Lane::Cpu, cpu_workers.max(1)));
         lanes
             .into_iter()
-            .map(|lane| tokio::spawn(worker(app.clone(), lane)))
+            .map(|lane| tokio::spawn(worker(app.clone(), lane, None)))
             .collect()
+    }
+
+    /// Adds a GPU-lane worker for each of `cards` (a worker's, just joined), which ends when
+    /// its card leaves: the lane keeps a worker per card there is.
+    pub fn start_for(app: &Arc<App>, cards: &[Arc<RemoteCard>]) {
+        let mut joined = app.jobs.joined.lock().unwrap_or_else(|p| p.into_inner());
+        joined.retain(|handle| !handle.is_finished());
+        for card in cards {
+            joined.push(tokio::spawn(worker(
+                app.clone(),
+                Lane::Gpu,
+                Some(card.clone()),
+            )));
+        }
+    }
+
+    /// The lane workers of workers' cards, to wait for after [`JobQueue::stop`].
+    pub fn joined_workers(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut *self.joined.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Asks workers to stop: running jobs stop at their next progress report and go back to the
@@ -537,6 +560,10 @@ impl JobQueue {
             Ok(stored?)
         })?;
         self.announce(&finished);
+        if finished.state == JobState::Queued {
+            // Back in the queue for another attempt: a worker that is free takes it now.
+            self.wake[&finished.lane].notify_one();
+        }
         Ok(finished)
     }
 }
@@ -637,9 +664,10 @@ pub fn list_jobs(db: &Db, state: Option<JobState>, limit: u32) -> Result<Vec<Job
     })
 }
 
-async fn worker(app: Arc<App>, lane: Lane) {
+/// Runs the jobs of `lane`, one at a time; the worker of a worker's `card` ends when it leaves.
+async fn worker(app: Arc<App>, lane: Lane, card: Option<Arc<RemoteCard>>) {
     let queue = &app.jobs;
-    while !queue.stopping.load(Ordering::Relaxed) {
+    while !queue.stopping.load(Ordering::Relaxed) && card.as_ref().is_none_or(|c| c.alive()) {
         let claimed = {
             let app = app.clone();
             tokio::task::spawn_blocking(move || app.jobs.claim(&app.db, lane)).await
