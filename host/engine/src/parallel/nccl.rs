@@ -11,8 +11,7 @@ use candle_core::{CudaDevice, CudaStorage, DType, Device, Result, Shape, Storage
 use half::{bf16, f16};
 use std::sync::Mutex;
 
-/// The bootstrap token of one communicator: made by one process, handed to every rank (over the
-/// studio's API when the ranks are on several machines).
+/// The bootstrap token of one communicator, made once and handed to every rank.
 #[derive(Clone, Copy)]
 pub struct UniqueId(safe::Id);
 
@@ -21,26 +20,6 @@ impl UniqueId {
         safe::Id::new()
             .map(Self)
             .map_err(nccl_err("ncclGetUniqueId"))
-    }
-
-    /// The 128 bytes NCCL's bootstrap needs, to send to another process.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.internal().iter().map(|&c| c as u8).collect()
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let internal: [std::ffi::c_char; 128] = bytes
-            .iter()
-            .map(|&b| b as std::ffi::c_char)
-            .collect::<Vec<_>>()
-            .try_into()
-            .map_err(|_| {
-                candle_core::Error::Msg(format!(
-                    "an NCCL unique id is 128 bytes, got {}",
-                    bytes.len()
-                ))
-            })?;
-        Ok(Self(safe::Id::uninit(internal)))
     }
 }
 
