@@ -56,6 +56,9 @@
 # (kernels/bench/ltx2_reference.py), compiledltx2* with torch.compile. ltx2vae and ltx2pipe run a second time as
 # *_in_place with every frame convolution reading its window in place (VIDEOSDGX_CONV_GATHER=0), the A/B of the
 # gathered layout.
+# split14, split14_720, split14cfg (on request, on a machine with several GPUs and a binary built with
+# VIDEOSDGX_NCCL=1): the 14B transformer call on one card and split across every card (`bench split`), at
+# 480x832x81, at 720x1280x81, and as a guided step with CFG parallel.
 # Results go to /tmp/videosdgx-results (one file per step), packed into $OUT/results.tgz after every step (a call
 # brings back only 8 files), and each step's tail is printed.
 set -uo pipefail
@@ -68,6 +71,9 @@ PACK="${OUT:-/tmp/out}"
 OUT=/tmp/videosdgx-results
 mkdir -p "$OUT" "$PACK"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+# A binary built with VIDEOSDGX_NCCL=1 loads libnccl.so.2: PyTorch's (the same one PyTorch loads).
+nccl="$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0] + "/lib")' 2>/dev/null)"
+[[ -n "$nccl" ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$nccl"
 export PYTHONUNBUFFERED=1 RUST_LOG="${RUST_LOG:-info}"
 WORK=/tmp/videosdgx-bench
 mkdir -p "$WORK"
@@ -164,6 +170,10 @@ for step in "${STEPS[@]}"; do
       STEP_TIMEOUT=540 run "$step" python3 "$BUNDLE/bench/ltx2_reference.py" --component "$component" \
         "${compile[@]}" ;;
     wan14) run wan14 "$BIN" bench wan --preset wan2.1-14b --component transformer --profile --json ;;
+    split14 | split14_720 | split14cfg)
+      args=()
+      case "$step" in split14_720) args=(--height 720 --width 1280) ;; split14cfg) args=(--cfg) ;; esac
+      STEP_TIMEOUT=540 run "$step" "$BIN" bench split --preset wan2.1-14b "${args[@]}" --json ;;
     wan14fp8 | wan14fp8_dequant | wan14nvfp4)
       quant="${step#wan14}" unfused=""
       [[ $step == *_dequant ]] && unfused=fp8_gemm
