@@ -156,10 +156,6 @@ impl Split {
         Ok(total)
     }
 
-    pub fn cfg_branch(&self) -> Option<usize> {
-        self.cfg.as_ref().map(|group| group.rank())
-    }
-
     /// Whether this is the first rank of its generation (the one that decodes and reports).
     pub fn leads(&self) -> bool {
         self.sequence.as_ref().is_none_or(|sp| sp.rank() == 0)

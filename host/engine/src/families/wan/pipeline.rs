@@ -542,7 +542,8 @@ impl WanPipeline {
             .map(|(_, ratio)| ratio * scheduler.num_train_timesteps() as f64);
         let timesteps = scheduler.timesteps().to_vec();
         let branches = 1 + usize::from(negative_embeds.is_some());
-        let cfg_branch = match self.split.cfg_branch() {
+        // Under CFG parallel, the pair this rank computes one guidance branch of (its rank).
+        let cfg_pair = match &self.split.cfg {
             Some(_) if negative_embeds.is_none() => bail!(
                 "{}: CFG parallel needs guidance (a guidance scale above 1)",
                 self.name
@@ -552,7 +553,7 @@ impl WanPipeline {
                 "{}: a step cache cannot run under CFG parallel; split the sequence instead",
                 self.name
             ),
-            branch => branch,
+            pair => pair.clone(),
         };
         let mut caches = self.step_caches(params, timesteps.len(), branches)?;
 
@@ -575,15 +576,16 @@ impl WanPipeline {
                 text,
                 image: image_embeds.as_ref(),
             };
-            let prediction = match (&negative_embeds, cfg_branch, &self.split.cfg) {
-                (Some(negative), Some(branch), Some(group)) => {
+            let prediction = match (&negative_embeds, &cfg_pair) {
+                (Some(negative), Some(pair)) => {
+                    let branch = pair.rank();
                     let text = if branch == 0 {
                         &prompt_embeds
                     } else {
                         negative
                     };
                     let mine = predict(model, None, i, branch, call(text))?;
-                    let (cond, uncond) = exchange_guidance(group.as_ref(), &mine)?;
+                    let (cond, uncond) = exchange_guidance(pair.as_ref(), &mine)?;
                     (&uncond + ((cond - &uncond)? * guidance)?)?
                 }
                 (Some(negative), ..) => {
