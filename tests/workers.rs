@@ -614,22 +614,30 @@ fn a_worker_lending_two_cards_runs_two_jobs_at_once() {
     assert_eq!(two_jobs_at_once(&server), ["w/cpu#0", "w/cpu#1"]);
 }
 
-#[test]
-fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (server, token) = studio(&tmp.path().join("studio"), "3");
-    let mut workers = Vec::new();
-    for name in ["w1", "w2"] {
-        let data = tmp.path().join(name);
-        install_tiny_model(&data, "tiny-wan-t2v");
-        workers.push(Worker::start(&server, &token, name, &data));
-    }
+/// A studio under `dir` with the worker lease `lease`, two workers `w1` and `w2`, and a long
+/// generation that `w1` (the first free card: both are empty) is denoising.
+fn a_job_denoising_on_w1_of_two(dir: &Path, lease: &str) -> (Server, Vec<Worker>, i64) {
+    let (server, token) = studio(&dir.join("studio"), lease);
+    let workers = ["w1", "w2"]
+        .iter()
+        .map(|name| {
+            let data = dir.join(name);
+            install_tiny_model(&data, "tiny-wan-t2v");
+            Worker::start(&server, &token, name, &data)
+        })
+        .collect();
     let (project, shot) = shot(&server, "Canal");
-    // Both cards are empty: the first free one, w1's, takes the job.
     let job = generate(&server, project, shot, 64, 200);
     server.wait_job(job, "denoising on w1", |j| {
         j["card"] == "w1/cpu" && j["progress"]["stage"] == "denoising"
     });
+    (server, workers, job)
+}
+
+#[test]
+fn a_worker_killed_mid_job_leaves_the_job_to_another_and_nothing_is_recorded_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, mut workers, job) = a_job_denoising_on_w1_of_two(tmp.path(), "3");
     workers.remove(0).sigkill();
 
     let job = finished(&server, job);
@@ -683,18 +691,7 @@ fn an_output_the_studio_refuses_fails_the_task_rather_than_leave_it_waiting() {
 fn a_worker_that_stops_hands_its_job_back_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     // A lease far longer than the test: only the worker's leaving can hand the job back.
-    let (server, token) = studio(&tmp.path().join("studio"), "600");
-    let mut workers = Vec::new();
-    for name in ["w1", "w2"] {
-        let data = tmp.path().join(name);
-        install_tiny_model(&data, "tiny-wan-t2v");
-        workers.push(Worker::start(&server, &token, name, &data));
-    }
-    let (project, shot) = shot(&server, "Canal");
-    let job = generate(&server, project, shot, 64, 200);
-    server.wait_job(job, "denoising on w1", |j| {
-        j["card"] == "w1/cpu" && j["progress"]["stage"] == "denoising"
-    });
+    let (server, mut workers, job) = a_job_denoising_on_w1_of_two(tmp.path(), "600");
     workers.remove(0).stop();
     assert!(
         cards(&server).iter().all(|c| c["card"] != "w1/cpu"),

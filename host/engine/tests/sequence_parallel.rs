@@ -14,9 +14,11 @@ use videosdgx_engine::families::ltx2::transformer::{
 use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
-use videosdgx_engine::parallel::{Layout, SequenceSplit, generate_split, run_ranks};
+use videosdgx_engine::parallel::{
+    Layout, SequenceSplit, SplitGeneration, generate_split, run_ranks,
+};
 use videosdgx_engine::pipelines::{
-    GenerateInputs, GenerateParams, GuidanceTerms, Pipeline, Progress,
+    GenerateInputs, GenerateParams, GeneratedVideo, GuidanceTerms, Pipeline, Progress,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -175,30 +177,40 @@ fn the_split_flux_transformers_match_the_whole_ones() {
     }
 }
 
-#[test]
-fn a_split_flux2_generation_gives_the_unsplit_image() {
-    let dir = fixtures().join("tiny-flux2-klein");
-    let mut params: GenerateParams = serde_json::from_value(serde_json::json!({
-        "prompt": "a red fox in the snow", "height": 32, "width": 48, "frames": 1,
-        "steps": 3, "guidance": 1.0, "seed": 3,
-    }))
-    .unwrap();
-    params.negative_prompt.clear();
-    let whole = Pipeline::open(&dir, &Device::Cpu, DType::F32)
+/// The pipeline in `dir` on one CPU lane, then split across two (its progress to `on_progress`).
+fn whole_and_split(
+    dir: &std::path::Path,
+    params: &GenerateParams,
+    inputs: GenerateInputs,
+    on_progress: &mut (dyn FnMut(&Progress) -> ControlFlow<()> + Send),
+) -> (GeneratedVideo, SplitGeneration) {
+    let whole = Pipeline::open(dir, &Device::Cpu, DType::F32)
         .unwrap()
-        .generate(&params, GenerateInputs::default(), &mut quiet)
+        .generate(params, inputs.clone(), &mut quiet)
         .unwrap();
     let split = generate_split(
-        &dir,
+        dir,
         DType::F32,
         Layout::new(2, false).unwrap(),
         &[Device::Cpu, Device::Cpu],
         |_| Ok(()),
-        &params,
-        GenerateInputs::default(),
-        &mut |_| ControlFlow::Continue(()),
+        params,
+        inputs,
+        on_progress,
     )
     .unwrap();
+    (whole, split)
+}
+
+#[test]
+fn a_split_flux2_generation_gives_the_unsplit_image() {
+    let dir = fixtures().join("tiny-flux2-klein");
+    let params: GenerateParams = serde_json::from_value(serde_json::json!({
+        "prompt": "a red fox in the snow", "height": 32, "width": 48, "frames": 1,
+        "steps": 3, "guidance": 1.0, "seed": 3,
+    }))
+    .unwrap();
+    let (whole, split) = whole_and_split(&dir, &params, GenerateInputs::default(), &mut quiet);
     let err = relative_error(&split.video.frames, &whole.frames).unwrap();
     assert!(err <= TOLERANCE, "relative error {err:e}");
 }
@@ -379,25 +391,11 @@ fn a_split_ltx2_generation_gives_the_unsplit_video_and_sound() {
         negative_prompt_attention_mask: negative.remove("negative_prompt_attention_mask"),
         ..Default::default()
     };
-    let whole = Pipeline::open(&dir, &Device::Cpu, DType::F32)
-        .unwrap()
-        .generate(&params, inputs.clone(), &mut quiet)
-        .unwrap();
     let mut reports = 0;
-    let split = generate_split(
-        &dir,
-        DType::F32,
-        Layout::new(2, false).unwrap(),
-        &[Device::Cpu, Device::Cpu],
-        |_| Ok(()),
-        &params,
-        inputs,
-        &mut |_| {
-            reports += 1;
-            ControlFlow::Continue(())
-        },
-    )
-    .unwrap();
+    let (whole, split) = whole_and_split(&dir, &params, inputs, &mut |_| {
+        reports += 1;
+        ControlFlow::Continue(())
+    });
     assert!(reports > params.steps, "the first rank reports progress");
     assert_eq!(split.ranks.len(), 2);
     for rank in &split.ranks {
@@ -408,9 +406,7 @@ fn a_split_ltx2_generation_gives_the_unsplit_video_and_sound() {
         assert_eq!(rank.device, "cpu");
     }
     let split = split.video;
-    let sound = |v: &videosdgx_engine::pipelines::GeneratedVideo| {
-        v.audio.as_ref().unwrap().to_tensor(&Device::Cpu).unwrap()
-    };
+    let sound = |v: &GeneratedVideo| v.audio.as_ref().unwrap().to_tensor(&Device::Cpu).unwrap();
     for (what, got, want) in [
         ("video", split.frames.clone(), whole.frames.clone()),
         ("sound", sound(&split), sound(&whole)),

@@ -109,6 +109,19 @@ async fn join_writer(handle: tokio::task::JoinHandle<Result<Staged>>) -> Result<
         .map_err(|e| StudioError::Internal(anyhow::anyhow!("upload task failed: {e}")))?
 }
 
+/// Refuses a body whose declared length is over `limit` before reading any of it.
+pub(super) fn refuse_declared_oversize(request: &Request, limit: u64) -> Result<()> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit => Err(StudioError::TooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
 /// Sends `stream` to the writer. When the writer stops early (the upload is too large, the disk
 /// is full) the rest of the body is still read and dropped: a client that is still sending then
 /// receives the error response, where an unread body would have the connection reset under it.
@@ -147,14 +160,7 @@ pub async fn upload(
     request: Request,
 ) -> ApiResult<(StatusCode, Json<Asset>)> {
     let limit = app.config.max_upload_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(StudioError::TooLarge { limit }.into());
-    }
+    refuse_declared_oversize(&request, limit)?;
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)

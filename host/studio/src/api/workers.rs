@@ -9,7 +9,7 @@ use crate::jobs::JobQueue;
 use crate::workers::{Assignment, Registered, Registration, TaskOutcome, TaskProgress, VERSION};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use std::sync::Arc;
@@ -159,14 +159,7 @@ pub async fn upload_output(
     request: Request,
 ) -> ApiResult<StatusCode> {
     let limit = app.config.max_upload_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(StudioError::TooLarge { limit }.into());
-    }
+    super::assets::refuse_declared_oversize(&request, limit)?;
     let out = match app.workers.upload_target(&id, &task) {
         Ok(out) => out,
         Err(refused) => {
