@@ -29,6 +29,13 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ float bf16_to_float(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
 
+// A float rounded to nearest bf16.
+__device__ __forceinline__ bf16_t float_to_bf16(float x) {
+    bf16_t r;
+    asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(x));
+    return r;
+}
+
 // Eight packed bf16 values (16 bytes) as floats, in order.
 __device__ __forceinline__ void unpack8(const uint4 &raw, float (&f)[8]) {
     const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};

@@ -19,11 +19,6 @@ __device__ __forceinline__ unsigned char float_to_e4m3(float x) {
     return (unsigned char)(pair & 0xff);
 }
 
-__device__ __forceinline__ bf16_t float_to_bf16(float x) {
-    bf16_t r;
-    asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(r) : "f"(x));
-    return r;
-}
 
 
 template <typename T, typename Store>

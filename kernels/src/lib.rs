@@ -27,5 +27,5 @@ pub use cuda::{
     fp8_linear_supported, fp8_quantize, fp8_quantize_rows, gated_residual, group_norm,
     kernel_cache_dir, linear, linear_fp8, linear_fp8_mma_sync, linear_residual, modulated_norm,
     nvfp4_dequantize, pad_frames, rms_norm_rope, rms_norm_rotary, rope_tables, rope3d,
-    set_poison_outputs, swiglu,
+    set_poison_outputs, swiglu, warp,
 };

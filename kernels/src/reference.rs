@@ -385,6 +385,88 @@ pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
     Ok(x)
 }
 
+/// Backward warp: out(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with the sample
+/// point clamped into the image (border padding). `image` [B, C, H, W], `flow` [B, 2, H, W] in
+/// pixels (x first). This is RIFE's `warplayer.warp`: `grid_sample(mode="bilinear",
+/// padding_mode="border", align_corners=True)` on the normalised grid plus flow / ((size − 1) / 2),
+/// which is a displacement in pixels. Computed in f32 and returned in the image's dtype: what
+/// [`crate::warp`] computes on CUDA.
+///
+/// The four neighbours of every output pixel are fetched with one `index_select` from the image
+/// laid out as rows of channels, [B·H·W, C], so the index costs 4·B·H·W whatever C is.
+pub fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = image.dims4()?;
+    check_warp_flow(image, flow)?;
+    let device = image.device();
+    let flow = flow.to_dtype(DType::F32)?;
+    let ramp = |n: usize| Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32);
+    let xs = ramp(w)?.reshape((1, 1, w))?;
+    let ys = ramp(h)?.reshape((1, h, 1))?;
+    let last = |n: usize| (n - 1) as f32;
+    let x = flow
+        .narrow(1, 0, 1)?
+        .squeeze(1)?
+        .broadcast_add(&xs)?
+        .clamp(0f32, last(w))?;
+    let y = flow
+        .narrow(1, 1, 1)?
+        .squeeze(1)?
+        .broadcast_add(&ys)?
+        .clamp(0f32, last(h))?;
+    let x0 = x.floor()?;
+    let y0 = y.floor()?;
+    let fx = (&x - &x0)?;
+    let fy = (&y - &y0)?;
+    // At the last row or column the upper neighbour has weight 0; clamping keeps it in range.
+    let x1 = (&x0 + 1.0)?.clamp(0f32, last(w))?;
+    let y1 = (&y0 + 1.0)?.clamp(0f32, last(h))?;
+    let row0 = (y0 * w as f64)?;
+    let row1 = (y1 * w as f64)?;
+    // Offsets within one image are exact in f32 (below 2^24 pixels); the batch offset is added
+    // in u32 so that batches of large frames stay exact too.
+    let local = Tensor::stack(
+        &[
+            (&row0 + &x0)?,
+            (&row0 + &x1)?,
+            (&row1 + &x0)?,
+            (&row1 + &x1)?,
+        ],
+        1,
+    )?
+    .to_dtype(DType::U32)?;
+    let base = (Tensor::arange(0u32, b as u32, device)? * (h * w) as f64)?.reshape((b, 1, 1, 1))?;
+    let index = local.broadcast_add(&base)?.flatten_all()?;
+    let gx = (1.0 - &fx)?;
+    let gy = (1.0 - &fy)?;
+    let weights = Tensor::stack(&[(&gx * &gy)?, (&fx * &gy)?, (&gx * &fy)?, (&fx * &fy)?], 1)?
+        .reshape((b, 4, h * w, 1))?;
+    let rows = image
+        .to_dtype(DType::F32)?
+        .permute((0, 2, 3, 1))?
+        .reshape((b * h * w, c))?;
+    rows.index_select(&index, 0)?
+        .reshape((b, 4, h * w, c))?
+        .broadcast_mul(&weights)?
+        .sum(1)?
+        .reshape((b, h, w, c))?
+        .permute((0, 3, 1, 2))?
+        .to_dtype(image.dtype())?
+        .contiguous()
+}
+
+/// `flow` must be [B, 2, H, W] for `image` [B, C, H, W].
+pub(crate) fn check_warp_flow(image: &Tensor, flow: &Tensor) -> Result<()> {
+    let (b, _, h, w) = image.dims4()?;
+    if flow.dims() != [b, 2, h, w] {
+        bail!(
+            "warp: flow {:?} does not match image {:?} (want [B, 2, H, W])",
+            flow.dims(),
+            image.dims()
+        )
+    }
+    Ok(())
+}
+
 /// The largest finite e4m3 value.
 pub const E4M3_MAX: f64 = 448.0;
 

@@ -567,6 +567,26 @@ fn pad_frames_matches_reference_exactly() {
 }
 
 #[test]
+fn warp_matches_reference() {
+    let dev = gpu();
+    // RIFE's sizes (both frames with their features, batched; 4.25 pads 480 to 512) and odd ones;
+    // flows of several pixels, many running off the border.
+    for (b, c, h, w) in [(16, 7, 512, 832), (3, 3, 17, 29), (1, 1, 1, 5)] {
+        // bf16 values in f32, so that both dtypes warp the same image.
+        let image = randn(&[b, c, h, w], &dev).to_dtype(DType::F32).unwrap();
+        let flow = (randn(&[b, 2, h, w], &dev) * 8.0).unwrap();
+        let want = reference::warp(&cpu(&image), &cpu(&flow)).unwrap();
+        for (dtype, bound) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+            let got = videosdgx_kernels::warp(&image.to_dtype(dtype).unwrap(), &flow).unwrap();
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), dtype));
+            let err = rel_err(&got, &want);
+            eprintln!("warp {b}x{c}x{h}x{w} {dtype:?}: rel err {err:.2e}");
+            assert!(err < bound, "warp {b}x{c}x{h}x{w} {dtype:?}: rel err {err}");
+        }
+    }
+}
+
+#[test]
 fn swiglu_matches_reference_on_a_view_of_a_fused_projection() {
     let dev = gpu();
     for (rows, half, before) in [(4608, 9216, 9216), (3, 16, 0), (1000, 24, 8)] {

@@ -887,3 +887,92 @@ fn fp8_row_quantization_maps_each_rows_largest_magnitude_to_448() {
         );
     }
 }
+
+fn planes(data: &[f32], shape: (usize, usize, usize, usize)) -> Tensor {
+    Tensor::from_slice(data, shape, &Device::Cpu).unwrap()
+}
+
+fn flat(x: &Tensor) -> Vec<f32> {
+    x.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn warp_by_whole_pixels_shifts_and_clamps_at_the_border() {
+    // 1x3 image [10, 20, 30]; flow +1 reads the right neighbour, the last pixel clamps.
+    let image = planes(&[10., 20., 30.], (1, 1, 1, 3));
+    let flow = planes(&[1., 1., 1., 0., 0., 0.], (1, 2, 1, 3));
+    assert_eq!(
+        flat(&reference::warp(&image, &flow).unwrap()),
+        [20., 30., 30.]
+    );
+    // Flow −5 runs off the left: border padding repeats the first pixel.
+    let flow = planes(&[-5., -5., -5., 0., 0., 0.], (1, 2, 1, 3));
+    assert_eq!(
+        flat(&reference::warp(&image, &flow).unwrap()),
+        [10., 10., 10.]
+    );
+}
+
+#[test]
+fn warp_interpolates_bilinearly_in_both_directions() {
+    // 2x2 image [[0, 10], [20, 30]], every pixel sampling the centre (0.5, 0.5) of the square:
+    // mean 15. Two channels, the second doubled; batch of two with different flows.
+    let image = planes(
+        &[
+            0., 10., 20., 30., 0., 20., 40., 60., 0., 10., 20., 30., 0., 20., 40., 60.,
+        ],
+        (2, 2, 2, 2),
+    );
+    let centre = [0.5, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, -0.5];
+    let quarter = [0.25, 0.25, 0.25, 0.25, 0., 0., 0., 0.];
+    let flow = planes(&[centre, quarter].concat(), (2, 2, 2, 2));
+    let got = flat(&reference::warp(&image, &flow).unwrap());
+    assert_eq!(got[..8], [15., 15., 15., 15., 30., 30., 30., 30.]);
+    // x + 0.25: 0.75·left + 0.25·right on the first column; the last column clamps.
+    assert_eq!(got[8..12], [2.5, 10., 22.5, 30.]);
+}
+
+/// `grid_sample(bilinear, border, align_corners=True)` as a scalar loop over PyTorch's
+/// normalised coordinates: the grid is the pixel centre plus flow / ((size − 1) / 2), mapped back
+/// to pixels and clamped.
+#[test]
+fn warp_matches_a_scalar_grid_sample_loop_on_random_flows() {
+    let (b, c, h, w) = (2, 3, 5, 7);
+    let image = tensor(&[b, c, h, w], 41);
+    let flow = (tensor(&[b, 2, h, w], 42) * 3.0).unwrap();
+    let got = flat(&reference::warp(&image, &flow).unwrap());
+    let (img, fl) = (flat(&image), flat(&flow));
+    let mut want = vec![0f32; b * c * h * w];
+    for n in 0..b {
+        for y in 0..h {
+            for x in 0..w {
+                let at = |ch: usize| ((n * 2 + ch) * h + y) * w + x;
+                let unnormalise = |g: f32, size: usize| (g + 1.0) / 2.0 * (size - 1) as f32;
+                let gx = 2.0 * x as f32 / (w - 1) as f32 - 1.0 + fl[at(0)] / ((w - 1) as f32 / 2.0);
+                let gy = 2.0 * y as f32 / (h - 1) as f32 - 1.0 + fl[at(1)] / ((h - 1) as f32 / 2.0);
+                let sx = unnormalise(gx, w).clamp(0.0, (w - 1) as f32);
+                let sy = unnormalise(gy, h).clamp(0.0, (h - 1) as f32);
+                let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+                let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+                for ch in 0..c {
+                    let p = |yy: usize, xx: usize| img[((n * c + ch) * h + yy) * w + xx];
+                    want[((n * c + ch) * h + y) * w + x] = p(y0, x0) * (1.0 - fx) * (1.0 - fy)
+                        + p(y0, x1) * fx * (1.0 - fy)
+                        + p(y1, x0) * (1.0 - fx) * fy
+                        + p(y1, x1) * fx * fy;
+                }
+            }
+        }
+    }
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "warp vs grid_sample loop: {diff}");
+}
+
+#[test]
+fn warp_refuses_a_flow_of_another_size() {
+    let image = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let flow = Tensor::zeros((1, 2, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = reference::warp(&image, &flow).unwrap_err().to_string();
+    assert!(err.contains("flow"), "{err}");
+}

@@ -302,6 +302,26 @@ pub(crate) fn frame_conv(
         .to_dtype(x.dtype())
 }
 
+/// RIFE's backward warp of `image [B, C, H, W]` by `flow [B, 2, H, W]` (pixels, x first; border
+/// padding), in the image's dtype: one kernel pass on CUDA (bf16 or f32), otherwise candle's ops
+/// ([`videosdgx_kernels::reference::warp`], which defines it).
+pub(crate) fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        if !disabled("warp")
+            && image.device().is_cuda()
+            && matches!(
+                image.dtype(),
+                candle_core::DType::BF16 | candle_core::DType::F32
+            )
+        {
+            return videosdgx_kernels::warp(image, flow);
+        }
+        warn_fallback(image, "warp");
+    }
+    videosdgx_kernels::reference::warp(image, flow)
+}
+
 /// Frames-major video padded in time and space ([`FramePadding`]) in `x`'s dtype: one kernel
 /// pass on CUDA bf16 or f32, otherwise candle's ops ([`videosdgx_kernels::reference::pad_frames`],
 /// which defines it).

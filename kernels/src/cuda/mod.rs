@@ -6,8 +6,10 @@
 mod conv;
 mod gemm;
 mod nvrtc;
+mod resample;
 #[cfg(feature = "cudnn")]
 pub use conv::frame_conv;
+pub use resample::warp;
 
 use crate::spec::{
     CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,

@@ -408,6 +408,30 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// One call of `f` with the engine's section profiler on: synchronised wall time per section.
+fn profiled(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<ProfileSection>> {
+    use videosdgx_engine::fused::profile;
+    profile::enable(true);
+    let result = f();
+    let sections = profile::report()
+        .into_iter()
+        .map(|(section, ms, calls)| ProfileSection {
+            section: section.into(),
+            ms,
+            calls,
+        })
+        .collect();
+    profile::enable(false);
+    result.map(|()| sections)
+}
+
+#[derive(Serialize)]
+struct ProfileSection {
+    section: String,
+    ms: f64,
+    calls: usize,
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     pub(super) mod flux;
@@ -726,32 +750,6 @@ mod gpu {
         peak_gib: f64,
         params_b: f64,
         reps: u32,
-    }
-
-    /// One call of `f` with the engine's section profiler on: synchronised wall time per section.
-    pub(super) fn profiled(
-        f: impl FnOnce() -> anyhow::Result<()>,
-    ) -> anyhow::Result<Vec<ProfileSection>> {
-        use videosdgx_engine::fused::profile;
-        profile::enable(true);
-        let result = f();
-        let sections = profile::report()
-            .into_iter()
-            .map(|(section, ms, calls)| ProfileSection {
-                section: section.into(),
-                ms,
-                calls,
-            })
-            .collect();
-        profile::enable(false);
-        result.map(|()| sections)
-    }
-
-    #[derive(Serialize)]
-    pub(super) struct ProfileSection {
-        section: String,
-        ms: f64,
-        calls: usize,
     }
 
     pub fn wan(args: &WanArgs) -> anyhow::Result<()> {

@@ -154,7 +154,21 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
 
 fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
     // LeakyReLU(0.2) as max(x, 0.2·x): two ops where candle_nn's max/min form takes five.
-    x.maximum(&(x * 0.2)?)
+    section("activation", x, || x.maximum(&(x * 0.2)?))
+}
+
+/// The block's inputs side by side along the channels.
+fn concat(parts: &[Tensor]) -> candle_core::Result<Tensor> {
+    section("concat", &parts[0], || Tensor::cat(parts, 1))
+}
+
+/// A profiled section (`fused::profile`) on the device of `x`.
+fn section<T>(
+    name: &'static str,
+    x: &Tensor,
+    f: impl FnOnce() -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    crate::fused::profile::section(name, x.device(), f)
 }
 
 /// `Head`: the per-frame features that 4.7+ feed to every block beside the frames.
@@ -198,7 +212,8 @@ impl ResConv {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        leaky_relu(&(self.conv.forward(x)? + x)?)
+        let y = self.conv.forward(x)?;
+        leaky_relu(&section("residual", x, || y + x)?)
     }
 }
 
@@ -251,7 +266,9 @@ impl IfBlock {
     ) -> candle_core::Result<BlockOutput> {
         let (_, _, h, w) = x.dims4()?;
         let mut x = if scale > 1 {
-            resampler.resize_bilinear(x, h / scale, w / scale)?
+            section("rife resize", x, || {
+                resampler.resize_bilinear(x, h / scale, w / scale)
+            })?
         } else {
             x.clone()
         };
@@ -261,9 +278,14 @@ impl IfBlock {
         for res in &self.convblock {
             x = res.forward(&x)?;
         }
-        let tmp = candle_nn::ops::pixel_shuffle(&self.lastconv.forward(&x)?, 2)?;
+        let tmp = self.lastconv.forward(&x)?;
+        let tmp = section("pixel shuffle", &tmp, || {
+            candle_nn::ops::pixel_shuffle(&tmp, 2)
+        })?;
         let tmp = if scale > 1 {
-            resampler.resize_bilinear(&tmp, h, w)?
+            section("rife resize", &tmp, || {
+                resampler.resize_bilinear(&tmp, h, w)
+            })?
         } else {
             tmp
         };
@@ -431,7 +453,7 @@ impl Rife {
                         parts.extend([encoded(&src0)?, encoded(&src1)?]);
                     }
                     parts.push(timestep.clone());
-                    block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?
+                    block.forward(&concat(&parts)?, scale, &self.resampler)?
                 }
                 Some((prev, warped)) => {
                     // [warped img0, warped img1, warped f0, warped f1, t, mask, features, flow]
@@ -443,7 +465,7 @@ impl Rife {
                     parts.extend([timestep.clone(), prev.mask.clone()]);
                     parts.extend(prev.features.clone());
                     parts.push((&prev.flow / scale as f64)?);
-                    let out = block.forward(&Tensor::cat(&parts, 1)?, scale, &self.resampler)?;
+                    let out = block.forward(&concat(&parts)?, scale, &self.resampler)?;
                     let mask = if self.head.is_some() {
                         out.mask
                     } else {
@@ -464,14 +486,16 @@ impl Rife {
             };
             let flow = &estimate.flow;
             let flows = Tensor::cat(&[flow.narrow(1, 0, 2)?, flow.narrow(1, 2, 2)?], 0)?;
-            let warped = self.resampler.warp(&image, &flows)?;
+            let warped = section("rife warp", &image, || crate::fused::warp(&image, &flows))?;
             state = Some((estimate, warped));
         }
         let (estimate, warped) = state.expect("IFNet has blocks");
         let (warped0, warped1) = split(&warped)?;
-        let mask = candle_nn::ops::sigmoid(&estimate.mask)?;
-        let keep = (1.0 - &mask)?;
-        warped0.broadcast_mul(&mask)? + warped1.broadcast_mul(&keep)?
+        section("rife merge", &warped, || {
+            let mask = candle_nn::ops::sigmoid(&estimate.mask)?;
+            let keep = (1.0 - &mask)?;
+            warped0.broadcast_mul(&mask)? + warped1.broadcast_mul(&keep)?
+        })
     }
 
     /// The frame at `timestep` in (0, 1) between `img0` and `img1`: f32 [B, 3, H, W] in [0, 1]

@@ -1,9 +1,9 @@
 //! Image resampling that candle lacks, written with tensor ops only so that one implementation runs
-//! on the CPU and on CUDA: PyTorch's bilinear `F.interpolate` and the bilinear backward warp that
-//! optical-flow nets (RIFE) do with `F.grid_sample`. Layout NCHW throughout.
+//! on the CPU and on CUDA: PyTorch's bilinear `F.interpolate`. Layout NCHW throughout. (The
+//! bilinear backward warp that optical-flow nets do with `F.grid_sample` is `fused::warp`, a
+//! kernel of its own on CUDA.)
 //!
-//! A `Resampler` keeps the tables these need (interpolation matrices, index ramps) per size, on the
-//! device that used them: a video resamples the same sizes every frame, and a fresh host-to-device
+//! A `Resampler` keeps the interpolation matrices per size, on the device that used them: a video resamples the same sizes every frame, and a fresh host-to-device
 //! upload per call would make the GPU stream drain each time. For the same reason scalars are
 //! made on the device (`Tensor::full`) rather than uploaded.
 
@@ -20,11 +20,9 @@ enum Table {
         len_out: usize,
         dtype: DType,
     },
-    /// 0, 1, ..., n − 1 as u32.
-    Ramp(usize),
 }
 
-/// Bilinear resize and backward warp with their tables made once per size (see the module).
+/// Bilinear resize with its tables made once per size (see the module).
 #[derive(Default)]
 pub struct Resampler {
     tables: Mutex<HashMap<Table, Tensor>>,
@@ -44,7 +42,6 @@ impl Resampler {
                 len_out,
                 dtype,
             } => interpolation_matrix(len_in, len_out, device)?.to_dtype(dtype)?,
-            Table::Ramp(n) => Tensor::arange(0u32, n as u32, device)?,
         };
         tables.insert(key, table.clone());
         Ok(table)
@@ -79,81 +76,6 @@ impl Resampler {
                 .matmul(&x.contiguous()?)?;
         }
         Ok(x)
-    }
-
-    /// Backward warp: output(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with border
-    /// padding. `image` [B, C, H, W], `flow` [B, 2, H, W] in pixels (x first). This is RIFE's
-    /// `warplayer.warp`: `grid_sample(mode="bilinear", padding_mode="border", align_corners=True)`
-    /// on the normalised grid plus flow / ((size − 1) / 2), which is a displacement in pixels.
-    /// Computed in f32 (as `warp` does) and returned in the image's dtype.
-    ///
-    /// The four neighbours of every output pixel are fetched with one `index_select` from the
-    /// image laid out as rows of channels, [B·H·W, C], so the index costs 4·B·H·W whatever C is.
-    pub fn warp(&self, image: &Tensor, flow: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = image.dims4()?;
-        if flow.dims() != [b, 2, h, w] {
-            candle_core::bail!(
-                "warp: flow {:?} does not match image {:?} (want [B, 2, H, W])",
-                flow.dims(),
-                image.dims()
-            )
-        }
-        let device = image.device();
-        let flow = flow.to_dtype(DType::F32)?;
-        let ramp =
-            |n| -> Result<Tensor> { self.table(Table::Ramp(n), device)?.to_dtype(DType::F32) };
-        let xs = ramp(w)?.reshape((1, 1, w))?;
-        let ys = ramp(h)?.reshape((1, h, 1))?;
-        // Border padding: the sample point itself is clamped into the image.
-        let x = clamp(
-            &flow.narrow(1, 0, 1)?.squeeze(1)?.broadcast_add(&xs)?,
-            0.0,
-            (w - 1) as f32,
-        )?;
-        let y = clamp(
-            &flow.narrow(1, 1, 1)?.squeeze(1)?.broadcast_add(&ys)?,
-            0.0,
-            (h - 1) as f32,
-        )?;
-        let x0 = x.floor()?;
-        let y0 = y.floor()?;
-        let fx = (&x - &x0)?;
-        let fy = (&y - &y0)?;
-        // At the last row or column the upper neighbour has weight 0; clamping keeps it in range.
-        let x1 = clamp(&(&x0 + 1.0)?, 0.0, (w - 1) as f32)?;
-        let y1 = clamp(&(&y0 + 1.0)?, 0.0, (h - 1) as f32)?;
-        let row0 = (y0 * w as f64)?;
-        let row1 = (y1 * w as f64)?;
-        // Offsets within one image are exact in f32 (below 2^24 pixels); the batch offset is
-        // added in u32 so that batches of large frames stay exact too.
-        let local = Tensor::stack(
-            &[
-                (&row0 + &x0)?,
-                (&row0 + &x1)?,
-                (&row1 + &x0)?,
-                (&row1 + &x1)?,
-            ],
-            1,
-        )?
-        .to_dtype(DType::U32)?;
-        let base = (self.table(Table::Ramp(b), device)? * (h * w) as f64)?.reshape((b, 1, 1, 1))?;
-        let index = local.broadcast_add(&base)?.flatten_all()?;
-        let gx = (1.0 - &fx)?;
-        let gy = (1.0 - &fy)?;
-        let weights = Tensor::stack(&[(&gx * &gy)?, (&fx * &gy)?, (&gx * &fy)?, (&fx * &fy)?], 1)?
-            .reshape((b, 4, h * w, 1))?;
-        let rows = image
-            .to_dtype(DType::F32)?
-            .permute((0, 2, 3, 1))?
-            .reshape((b * h * w, c))?;
-        rows.index_select(&index, 0)?
-            .reshape((b, 4, h * w, c))?
-            .broadcast_mul(&weights)?
-            .sum(1)?
-            .reshape((b, h, w, c))?
-            .permute((0, 3, 1, 2))?
-            .to_dtype(image.dtype())?
-            .contiguous()
     }
 }
 
@@ -272,42 +194,6 @@ mod tests {
     }
 
     #[test]
-    fn warp_by_whole_pixels_shifts_and_clamps_at_the_border() {
-        // 1x3 image [10, 20, 30]; flow +1 reads the right neighbour, the last pixel clamps.
-        let image = t(&[10., 20., 30.], (1, 1, 1, 3));
-        let flow = t(&[1., 1., 1., 0., 0., 0.], (1, 2, 1, 3));
-        assert_eq!(
-            values(&Resampler::default().warp(&image, &flow).unwrap()),
-            [20., 30., 30.]
-        );
-        // Flow −5 runs off the left: border padding repeats the first pixel.
-        let flow = t(&[-5., -5., -5., 0., 0., 0.], (1, 2, 1, 3));
-        assert_eq!(
-            values(&Resampler::default().warp(&image, &flow).unwrap()),
-            [10., 10., 10.]
-        );
-    }
-
-    #[test]
-    fn warp_interpolates_bilinearly_in_both_directions() {
-        // 2x2 image [[0, 10], [20, 30]], every pixel sampling the centre (0.5, 0.5) of the
-        // square: mean 15. Two channels, the second doubled; batch of two with different flows.
-        let image = t(
-            &[
-                0., 10., 20., 30., 0., 20., 40., 60., 0., 10., 20., 30., 0., 20., 40., 60.,
-            ],
-            (2, 2, 2, 2),
-        );
-        let centre = [0.5, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, -0.5];
-        let quarter = [0.25, 0.25, 0.25, 0.25, 0., 0., 0., 0.];
-        let flow = t(&[centre, quarter].concat(), (2, 2, 2, 2));
-        let got = values(&Resampler::default().warp(&image, &flow).unwrap());
-        assert_eq!(got[..8], [15., 15., 15., 15., 30., 30., 30., 30.]);
-        // x + 0.25: 0.75·left + 0.25·right on the first column; the last column clamps.
-        assert_eq!(got[8..12], [2.5, 10., 22.5, 30.]);
-    }
-
-    #[test]
     fn a_resampler_keeps_its_tables_apart_by_size_and_dtype() {
         let resampler = Resampler::default();
         let x = t(&[0.0, 4.0], (1, 1, 1, 2));
@@ -322,25 +208,7 @@ mod tests {
             assert!((got[1] - 2.0).abs() < 1e-6 && got[0] == 0.0, "{got:?}");
         }
         let image = t(&[10., 20., 30.], (1, 1, 1, 3));
-        let flow = t(&[0.5, 0.5, 0.5, 0., 0., 0.], (1, 2, 1, 3));
-        assert_eq!(
-            values(&resampler.warp(&image, &flow).unwrap()),
-            [15., 25., 30.]
-        );
         assert_eq!(values(&clamp(&image, 12.0, 25.0).unwrap()), [12., 20., 25.]);
-    }
-
-    #[test]
-    fn warp_refuses_a_flow_of_another_size() {
-        let image = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu).unwrap();
-        let flow = Tensor::zeros((1, 2, 4, 5), DType::F32, &Device::Cpu).unwrap();
-        assert!(
-            Resampler::default()
-                .warp(&image, &flow)
-                .unwrap_err()
-                .to_string()
-                .contains("flow")
-        );
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl Module for Conv2d {
             pad: self.padding,
             stride: self.stride,
         };
-        crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec)?.squeeze(1)
+        crate::fused::profile::section("conv2d", x.device(), || {
+            crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec)?.squeeze(1)
+        })
     }
 }
 
@@ -130,7 +132,10 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::pixel_shuffle(&self.conv.forward(x)?, 2)
+        let y = self.conv.forward(x)?;
+        crate::fused::profile::section("pixel shuffle", x.device(), || {
+            candle_nn::ops::pixel_shuffle(&y, 2)
+        })
     }
 }
 

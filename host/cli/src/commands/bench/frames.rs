@@ -42,6 +42,10 @@ pub struct FramesArgs {
     pub dtype: super::super::model::DTypeArg,
     #[arg(long)]
     pub json: bool,
+    /// After the timed runs, one more with the engine's section profiler on (synchronised wall
+    /// time per section, in the JSON record).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Serialize)]
@@ -57,21 +61,31 @@ struct FramesReport {
     seconds: f64,
     frames_per_second: f64,
     device: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<super::ProfileSection>,
 }
 
 pub fn upscale(args: &FramesArgs) -> Result<()> {
     let (device, dtype) = device_and_dtype(args)?;
     let model = Upscaler::load(&args.model, &device, dtype)?;
     let clip = random_clip(args, &device)?;
-    let seconds = timed(args, &device, || {
+    let run = || {
         for first in (0..args.frames).step_by(args.batch) {
             let n = args.batch.min(args.frames - first);
             model.upscale(&clip.narrow(0, first, n)?, args.tile)?;
         }
         Ok(())
-    })?;
+    };
+    let (seconds, profile) = timed(args, &device, run)?;
     let name = format!("{} x{}", model.architecture(), model.scale());
-    report(args, "upscale", name, args.frames, seconds, &device)
+    report(
+        args,
+        "upscale",
+        name,
+        args.frames,
+        (seconds, profile),
+        &device,
+    )
 }
 
 pub fn interpolate(args: &FramesArgs) -> Result<()> {
@@ -79,7 +93,7 @@ pub fn interpolate(args: &FramesArgs) -> Result<()> {
     let model = Rife::load(&args.model, &device, dtype)?;
     let clip = random_clip(args, &device)?;
     let pairs = args.frames - 1;
-    let seconds = timed(args, &device, || {
+    let run = || {
         for first in (0..pairs).step_by(args.batch) {
             let n = args.batch.min(pairs - first);
             model.interpolate(
@@ -89,9 +103,17 @@ pub fn interpolate(args: &FramesArgs) -> Result<()> {
             )?;
         }
         Ok(())
-    })?;
+    };
+    let (seconds, profile) = timed(args, &device, run)?;
     let name = format!("RIFE {} x2", model.version());
-    report(args, "interpolate", name, pairs, seconds, &device)
+    report(
+        args,
+        "interpolate",
+        name,
+        pairs,
+        (seconds, profile),
+        &device,
+    )
 }
 
 fn device_and_dtype(args: &FramesArgs) -> Result<(Device, DType)> {
@@ -107,8 +129,13 @@ fn random_clip(args: &FramesArgs, device: &Device) -> Result<Tensor> {
         .context("making the random clip")
 }
 
-/// One warm-up run, then the median of `reps` runs, each ending with the device synchronised.
-fn timed(args: &FramesArgs, device: &Device, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+/// One warm-up run, then the median of `reps` runs, each ending with the device synchronised;
+/// with `--profile`, one more run's sections.
+fn timed(
+    args: &FramesArgs,
+    device: &Device,
+    mut run: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<super::ProfileSection>)> {
     run()?;
     device.synchronize()?;
     let mut times = Vec::with_capacity(args.reps as usize);
@@ -119,7 +146,15 @@ fn timed(args: &FramesArgs, device: &Device, mut run: impl FnMut() -> Result<()>
         times.push(started.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let profile = if args.profile {
+        super::profiled(|| {
+            run()?;
+            Ok(device.synchronize()?)
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok((times[times.len() / 2], profile))
 }
 
 fn report(
@@ -127,7 +162,7 @@ fn report(
     task: &'static str,
     model: String,
     outputs: usize,
-    seconds: f64,
+    (seconds, profile): (f64, Vec<super::ProfileSection>),
     device: &Device,
 ) -> Result<()> {
     let record = FramesReport {
@@ -141,6 +176,7 @@ fn report(
         seconds,
         frames_per_second: outputs as f64 / seconds,
         device: format!("{device:?}"),
+        profile,
     };
     if args.json {
         println!("{}", serde_json::to_string(&record)?);

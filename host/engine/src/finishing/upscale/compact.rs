@@ -7,7 +7,7 @@
 //!   + nearest(x)
 //! ```
 
-use super::layers::upsample_nearest;
+use super::layers::{section, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
@@ -101,12 +101,16 @@ impl Network for Compact {
         for (conv, slopes) in &self.body {
             out = conv.forward(&out)?;
             // PReLU: x where positive, slope · x elsewhere.
-            out = out
-                .ge(0f32)?
-                .where_cond(&out, &out.broadcast_mul(slopes)?)?;
+            out = section("activation", &out, || {
+                out.ge(0f32)?.where_cond(&out, &out.broadcast_mul(slopes)?)
+            })?;
         }
-        let out = candle_nn::ops::pixel_shuffle(&self.conv_last.forward(&out)?, self.scale)?;
-        Ok((out + upsample_nearest(x, self.scale)?)?)
+        let out = self.conv_last.forward(&out)?;
+        let out = section("pixel shuffle", &out, || {
+            candle_nn::ops::pixel_shuffle(&out, self.scale)
+        })?;
+        let base = upsample_nearest(x, self.scale)?;
+        Ok(section("residual", x, || out + base)?)
     }
 }
 

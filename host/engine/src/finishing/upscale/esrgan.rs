@@ -7,7 +7,7 @@
 //!   → hr conv → lrelu → conv_last
 //! ```
 
-use super::layers::{leaky_relu, upsample_nearest};
+use super::layers::{leaky_relu, section, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
@@ -167,23 +167,19 @@ struct DenseBlock {
 impl DenseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [conv1, conv2, conv3, conv4] = &self.convs;
+        let cat = |parts: &[&Tensor]| section("concat", x, || Tensor::cat(parts, 1));
         let x1 = leaky_relu(&conv1.forward(x)?, SLOPE)?;
-        let mut x2 = leaky_relu(&conv2.forward(&Tensor::cat(&[x, &x1], 1)?)?, SLOPE)?;
+        let mut x2 = leaky_relu(&conv2.forward(&cat(&[x, &x1])?)?, SLOPE)?;
         if let Some(conv1x1) = &self.conv1x1 {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
-        let x3 = leaky_relu(&conv3.forward(&Tensor::cat(&[x, &x1, &x2], 1)?)?, SLOPE)?;
-        let mut x4 = leaky_relu(
-            &conv4.forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)?)?,
-            SLOPE,
-        )?;
+        let x3 = leaky_relu(&conv3.forward(&cat(&[x, &x1, &x2])?)?, SLOPE)?;
+        let mut x4 = leaky_relu(&conv4.forward(&cat(&[x, &x1, &x2, &x3])?)?, SLOPE)?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        let x5 = self
-            .conv5
-            .forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1)?)?;
-        Ok((x5 + x)?)
+        let x5 = self.conv5.forward(&cat(&[x, &x1, &x2, &x3, &x4])?)?;
+        Ok(section("residual", x, || x5 + x)?)
     }
 }
 
@@ -196,7 +192,7 @@ impl Rrdb {
         for block in &self.0 {
             out = block.forward(&out)?;
         }
-        Ok(((out * RESIDUAL_SCALE)? + x)?)
+        Ok(section("residual", x, || (out * RESIDUAL_SCALE)? + x)?)
     }
 }
 

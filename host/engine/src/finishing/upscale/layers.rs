@@ -4,7 +4,16 @@ use candle_core::{DType, Result, Tensor};
 
 /// `LeakyReLU(slope)` for a slope in (0, 1): `max(x, slope·x)`, two passes instead of candle's four.
 pub(super) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    x.maximum(&(x * slope)?)
+    section("activation", x, || x.maximum(&(x * slope)?))
+}
+
+/// A profiled section (`fused::profile`) on the device of `x`.
+pub(super) fn section<T>(
+    name: &'static str,
+    x: &Tensor,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    crate::fused::profile::section(name, x.device(), f)
 }
 
 /// Pads the bottom and right of `x [B, C, H, W]` by `pad_h` and `pad_w` as spandrel's
@@ -31,7 +40,9 @@ pub(super) fn pad_reflect_then_replicate(x: &Tensor, pad_h: usize, pad_w: usize)
 /// Nearest-neighbour upsampling by an integer factor (`F.interpolate(mode="nearest")`).
 pub(super) fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(h * factor, w * factor)
+    section("upsample", x, || {
+        x.upsample_nearest2d(h * factor, w * factor)
+    })
 }
 
 /// A per-channel vector as `[1, C, 1, 1]`, for broadcasting over images.

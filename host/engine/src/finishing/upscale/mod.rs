@@ -169,10 +169,12 @@ impl Upscaler {
             None => self.net.forward(&x)?,
         };
         let scale = self.scale();
-        Ok(y.clamp(0f32, 1f32)?
-            .narrow(2, 0, h * scale)?
-            .narrow(3, 0, w * scale)?
-            .to_dtype(DType::F32)?)
+        Ok(layers::section("output", &y, || {
+            y.clamp(0f32, 1f32)?
+                .narrow(2, 0, h * scale)?
+                .narrow(3, 0, w * scale)?
+                .to_dtype(DType::F32)
+        })?)
     }
 
     fn pad(&self, x: &Tensor) -> Result<Tensor> {
