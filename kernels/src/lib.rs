@@ -14,8 +14,8 @@ pub mod targets;
 mod cuda;
 
 pub use spec::{
-    CausalMask, ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid,
-    RotaryPairs, SpatialPad,
+    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormRope,
+    NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 
 #[cfg(feature = "cudnn")]

@@ -3,8 +3,8 @@
 //! never used as a silent stand-in for a kernel on the GPU.
 
 use crate::spec::{
-    CausalMask, ChannelDivisor, FrameConv, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs,
-    SpatialPad,
+    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormSpec,
+    RopeGrid, RotaryPairs, SpatialPad,
 };
 use candle_core::{D, DType, Result, Tensor, bail};
 
@@ -337,10 +337,16 @@ pub fn swiglu(x: &Tensor) -> Result<Tensor> {
         .mul(&x.narrow(candle_core::D::Minus1, half, half)?)
 }
 
-/// A [`FrameConv`] with candle's ordinary ops, in `x`'s dtype on `x`'s device (the engine's
-/// portable path): the frames each output frame reads are gathered side by side on the channel
-/// dim, then one 2-D convolution runs over every output frame.
-pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
+/// A [`FrameConv`] and its [`Epilogue`] with candle's ordinary ops, in `x`'s dtype on `x`'s device
+/// (the engine's portable path): the frames each output frame reads are gathered side by side on
+/// the channel dim, then one 2-D convolution runs over every output frame.
+pub fn frame_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
     let [b, t_out, o, h_out, w_out] = spec.output_shape(x, weight, bias)?;
     let frames_of_tap = |tap: usize| {
         if spec.stride_t == 1 {
@@ -356,11 +362,31 @@ pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -
         .collect::<Result<Vec<_>>>()?;
     let windows = Tensor::cat(&taps, 2)?;
     let (_, _, ck, h, w) = windows.dims5()?;
-    windows
+    let y = windows
         .reshape((b * t_out, ck, h, w))?
         .conv2d(weight, spec.pad, spec.stride, 1, 1)?
         .broadcast_add(&bias.reshape((1, o, 1, 1))?)?
-        .reshape((b, t_out, o, h_out, w_out))
+        .reshape((b, t_out, o, h_out, w_out))?;
+    conv_epilogue(&y, epilogue)
+}
+
+/// `activation(y + residual)` of a convolution's output `y [B, T, O, H, W]` (bias added), as
+/// [`Epilogue`] defines it.
+fn conv_epilogue(y: &Tensor, epilogue: &Epilogue) -> Result<Tensor> {
+    let o = y.dim(2)?;
+    epilogue.check(y.dims(), o)?;
+    let y = match &epilogue.residual {
+        Some(residual) => (y + residual.to_dtype(y.dtype())?)?,
+        None => y.clone(),
+    };
+    let negative = match &epilogue.activation {
+        Activation::None => return Ok(y),
+        Activation::LeakyRelu(slope) => (&y * *slope as f64)?,
+        Activation::PRelu(slopes) => {
+            y.broadcast_mul(&slopes.to_dtype(y.dtype())?.reshape((1, 1, o, 1, 1))?)?
+        }
+    };
+    y.ge(0f32)?.where_cond(&y, &negative)
 }
 
 /// `x [B, T, C, H, W]` padded by `padding` with candle's ops: what [`crate::pad_frames`] computes

@@ -465,3 +465,60 @@ impl CausalMask {
         Ok(())
     }
 }
+
+/// What a convolution does to its output after adding the bias, in the same pass as the bias on
+/// CUDA: `activation(conv(x) + bias + residual)`. The default adds the bias only.
+#[derive(Debug, Clone, Default)]
+pub struct Epilogue {
+    /// Added before the activation; shaped as the convolution's output.
+    pub residual: Option<Tensor>,
+    pub activation: Activation,
+}
+
+/// The activation of an [`Epilogue`].
+#[derive(Debug, Clone, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    /// `x` where `x ≥ 0`, else `slope · x` (`nn.LeakyReLU`).
+    LeakyRelu(f32),
+    /// `x` where `x ≥ 0`, else `slopes[c] · x` with one slope per output channel (`nn.PReLU`).
+    PRelu(Tensor),
+}
+
+impl Epilogue {
+    /// `activation(conv(x) + bias)`.
+    pub fn activation(activation: Activation) -> Self {
+        Self {
+            residual: None,
+            activation,
+        }
+    }
+
+    /// Checks the residual against the output's shape and the PReLU slopes against its `o`
+    /// channels.
+    pub fn check(&self, output: &[usize], o: usize) -> Result<()> {
+        if let Some(residual) = &self.residual
+            && residual.dims() != output
+        {
+            bail!(
+                "conv epilogue: residual {:?} does not match the output {output:?}",
+                residual.dims()
+            );
+        }
+        if let Activation::PRelu(slopes) = &self.activation
+            && slopes.elem_count() != o
+        {
+            bail!(
+                "conv epilogue: {} PReLU slopes for {o} output channels",
+                slopes.elem_count()
+            );
+        }
+        Ok(())
+    }
+
+    /// Only the bias: what cuDNN's own bias add does.
+    pub fn is_bias_only(&self) -> bool {
+        self.residual.is_none() && matches!(self.activation, Activation::None)
+    }
+}

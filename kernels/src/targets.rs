@@ -49,14 +49,16 @@ pub const ATTENTION_TMA: Source = source!("attention_tma", "attention_tma.cu", t
 pub const NORM: Source = source!("norm", "norm.cu", false, BF16_MMA);
 pub const ROPE: Source = source!("rope", "rope.cu", false, BF16_MMA);
 pub const LAYOUT: Source = source!("layout", "layout.cu", false, BF16_MMA);
+pub const IMAGE: Source = source!("image", "image.cu", false, BF16_MMA);
 pub const QUANT: Source = source!("quant", "quant.cu", false, BF16_MMA);
 pub const GEMM: Source = source!("gemm", "gemm.cu", false, FP8_MMA);
-pub const ALL_SOURCES: [&Source; 7] = [
+pub const ALL_SOURCES: [&Source; 8] = [
     &ATTENTION,
     &ATTENTION_TMA,
     &NORM,
     &ROPE,
     &LAYOUT,
+    &IMAGE,
     &QUANT,
     &GEMM,
 ];
@@ -223,7 +225,15 @@ mod tests {
         let names: Vec<_> = sources_for(GB10).map(|s| s.name).collect();
         assert_eq!(
             names,
-            ["attention", "norm", "rope", "layout", "quant", "gemm"]
+            [
+                "attention",
+                "norm",
+                "rope",
+                "layout",
+                "image",
+                "quant",
+                "gemm"
+            ]
         );
         for src in sources_for(GB10) {
             assert_eq!(arch(GB10, src).unwrap(), "sm_121");

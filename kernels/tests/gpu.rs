@@ -662,7 +662,7 @@ fn channel_rms_norm_into_writes_only_its_view() {
 #[cfg(feature = "cudnn")]
 #[test]
 fn frame_conv_matches_reference_on_vae_convolutions() {
-    use videosdgx_kernels::FrameConv;
+    use videosdgx_kernels::{Epilogue, FrameConv};
     let dev = gpu();
     // The decoder's causal 3x3x3 conv with its cache frames, its temporal upsampler (3x1x1), a
     // stride-2 2-D downsampler and a 1x1 shortcut, at odd sizes; two batch items. Then clips long
@@ -754,18 +754,94 @@ fn frame_conv_matches_reference_on_vae_convolutions() {
         .unwrap();
         let bias = randn(&[o], &dev);
         let f32_cpu = |t: &Tensor| cpu(t).to_dtype(DType::F32).unwrap();
-        let want =
-            reference::frame_conv(&f32_cpu(&x), &f32_cpu(&w), &f32_cpu(&bias), spec).unwrap();
+        let bias_only = Epilogue::default();
+        let want = reference::frame_conv(
+            &f32_cpu(&x),
+            &f32_cpu(&w),
+            &f32_cpu(&bias),
+            spec,
+            &bias_only,
+        )
+        .unwrap();
         // bf16 rounds operands and output; f32 runs on TF32 tensor cores (10-bit mantissa).
         for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 2e-3)] {
             let [x, w, bias] = [&x, &w, &bias].map(|t| t.to_dtype(dtype).unwrap());
-            let got = videosdgx_kernels::frame_conv(&x, &w, &bias, spec).unwrap();
+            let got = videosdgx_kernels::frame_conv(&x, &w, &bias, spec, &bias_only).unwrap();
             let err = rel_err(&got, &want);
             eprintln!("frame conv {dtype:?} {shape:?} -> {o}, k {k}, {spec:?}: rel err {err:.2e}");
             assert!(
                 err < bound,
                 "frame conv {dtype:?} {shape:?} {spec:?}: rel err {err}"
             );
+        }
+    }
+}
+
+#[cfg(feature = "cudnn")]
+#[test]
+fn frame_conv_epilogue_matches_reference() {
+    use videosdgx_kernels::{Activation, Epilogue, FrameConv};
+    let dev = gpu();
+    let spec = FrameConv {
+        taps: 1,
+        stride_t: 1,
+        pad: 1,
+        stride: 1,
+    };
+    // The image models' convolutions: RIFE's ResConv (residual, LeakyReLU), Real-ESRGAN's dense
+    // layers (LeakyReLU), the compact net's PReLU; and an odd size.
+    for (shape, o) in [
+        ([8, 1, 64, 64, 104], 64),
+        ([4, 1, 64, 120, 208], 32),
+        ([3, 1, 8, 9, 13], 16),
+    ] {
+        let c = shape[2];
+        let x = randn(&shape, &dev);
+        let w = (randn(&[o, c, 3, 3], &dev) * (1.0 / ((c * 9) as f64).sqrt())).unwrap();
+        let bias = randn(&[o], &dev);
+        let residual = randn(&[shape[0], 1, o, shape[3], shape[4]], &dev);
+        let slopes = randn(&[o], &dev);
+        let f32_cpu = |t: &Tensor| cpu(t).to_dtype(DType::F32).unwrap();
+        for activation in [
+            Activation::None,
+            Activation::LeakyRelu(0.2),
+            Activation::PRelu(slopes.clone()),
+        ] {
+            for with_residual in [false, true] {
+                let epilogue = |dtype: DType, on_cpu: bool| Epilogue {
+                    residual: with_residual.then(|| {
+                        let r = residual.to_dtype(dtype).unwrap();
+                        if on_cpu { f32_cpu(&r) } else { r }
+                    }),
+                    activation: match &activation {
+                        Activation::PRelu(s) if on_cpu => Activation::PRelu(f32_cpu(s)),
+                        Activation::PRelu(s) => Activation::PRelu(s.to_dtype(dtype).unwrap()),
+                        other => other.clone(),
+                    },
+                };
+                let want = reference::frame_conv(
+                    &f32_cpu(&x),
+                    &f32_cpu(&w),
+                    &f32_cpu(&bias),
+                    spec,
+                    &epilogue(DType::F32, true),
+                )
+                .unwrap();
+                for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 2e-3)] {
+                    let [x, w, bias] = [&x, &w, &bias].map(|t| t.to_dtype(dtype).unwrap());
+                    let got =
+                        videosdgx_kernels::frame_conv(&x, &w, &bias, spec, &epilogue(dtype, false))
+                            .unwrap();
+                    let err = rel_err(&got, &want);
+                    eprintln!(
+                        "conv epilogue {dtype:?} {shape:?} -> {o} {activation:?} residual {with_residual}: rel err {err:.2e}"
+                    );
+                    assert!(
+                        err < bound,
+                        "conv epilogue {dtype:?} {shape:?}: rel err {err}"
+                    );
+                }
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use videosdgx_kernels::{
-    CausalMask, ChannelDivisor, FrameConv, FramePadding, NormKind, NormRope, NormSpec, RopeGrid,
-    RotaryPairs, SpatialPad, reference,
+    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormRope,
+    NormSpec, RopeGrid, RotaryPairs, SpatialPad, reference,
 };
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
@@ -719,7 +719,7 @@ fn frame_conv_matches_the_causal_conv3d_loop() {
         let x = tensor(&shape, 11);
         let w = tensor(&[o, spec.taps * shape[2], k, k], 12);
         let bias = tensor(&[o], 13);
-        let got = reference::frame_conv(&x, &w, &bias, spec).unwrap();
+        let got = reference::frame_conv(&x, &w, &bias, spec, &Epilogue::default()).unwrap();
         let want = frame_conv_loop(&x, &w, &bias, spec);
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(max_abs_diff(&got, &want) < 1e-4, "{shape:?} {spec:?}");
@@ -735,7 +735,9 @@ fn frame_conv_rejects_a_weight_for_another_window() {
         stride: 1,
     };
     let x = tensor(&[1, 4, 2, 5, 5], 1);
-    let err = reference::frame_conv(&x, &tensor(&[3, 2, 3, 3], 2), &tensor(&[3], 3), spec)
+    let bias_only = Epilogue::default();
+    let weight = tensor(&[3, 2, 3, 3], 2);
+    let err = reference::frame_conv(&x, &weight, &tensor(&[3], 3), spec, &bias_only)
         .unwrap_err()
         .to_string();
     assert!(err.contains("needs 6 input channels (3 taps x 2)"), "{err}");
@@ -744,10 +746,73 @@ fn frame_conv_rejects_a_weight_for_another_window() {
         &tensor(&[3, 6, 3, 3], 2),
         &tensor(&[3], 3),
         spec,
+        &bias_only,
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("at least 3 frames, got 2"), "{err}");
+}
+
+/// The epilogue as its definition reads, element by element: act(conv + bias + residual).
+#[test]
+fn frame_conv_epilogue_adds_the_residual_then_activates() {
+    let spec = FrameConv {
+        taps: 1,
+        stride_t: 1,
+        pad: 1,
+        stride: 1,
+    };
+    let (x, w, bias) = (
+        tensor(&[2, 1, 3, 4, 5], 51),
+        tensor(&[4, 3, 3, 3], 52),
+        tensor(&[4], 53),
+    );
+    let plain = reference::frame_conv(&x, &w, &bias, spec, &Epilogue::default()).unwrap();
+    let residual = tensor(plain.dims(), 54);
+    let slopes = Tensor::new(&[0.1f32, -0.5, 1.5, 0.0], &Device::Cpu).unwrap();
+    let sum: Vec<f32> = flat(&(&plain + &residual).unwrap());
+    for (activation, slope_of) in [
+        (Activation::None, None),
+        (Activation::LeakyRelu(0.2), Some([0.2f32; 4])),
+        (Activation::PRelu(slopes), Some([0.1, -0.5, 1.5, 0.0])),
+    ] {
+        let epilogue = Epilogue {
+            residual: Some(residual.clone()),
+            activation,
+        };
+        let got = flat(&reference::frame_conv(&x, &w, &bias, spec, &epilogue).unwrap());
+        let want: Vec<f32> = sum
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| match slope_of {
+                Some(slopes) if v < 0.0 => v * slopes[(i / 20) % 4],
+                _ => v,
+            })
+            .collect();
+        assert!(max_abs_diff(&got, &want) < 1e-6, "{epilogue:?}");
+    }
+    let wrong = Epilogue {
+        residual: Some(tensor(&[2, 1, 4, 4, 4], 55)),
+        activation: Activation::None,
+    };
+    let err = reference::frame_conv(&x, &w, &bias, spec, &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("residual"), "{err}");
+    let slopes = Tensor::new(&[0.1f32, 0.2], &Device::Cpu).unwrap();
+    let err = reference::frame_conv(
+        &x,
+        &w,
+        &bias,
+        spec,
+        &Epilogue::activation(Activation::PRelu(slopes)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("2 PReLU slopes for 4 output channels"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{DType, Result, Tensor};
-use videosdgx_kernels::{ChannelDivisor, FrameConv, FramePadding};
+use videosdgx_kernels::{ChannelDivisor, Epilogue, FrameConv, FramePadding};
 
 /// Which normalisation [`modulated_norm`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,15 +273,16 @@ pub(crate) fn channel_norm_into(
     }
 }
 
-/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions) in `x`'s dtype: cuDNN
-/// (frame windows read in place, or gathered into batches for long clips) with the `cudnn` feature
-/// on CUDA bf16 or f32; otherwise candle's ops ([`videosdgx_kernels::reference::frame_conv`], which
-/// defines it).
+/// A [`FrameConv`] (the VAE's causal 3-D and per-frame 2-D convolutions, the image models' 2-D
+/// ones) finished by `epilogue`, in `x`'s dtype: cuDNN (frame windows read in place, or gathered
+/// into batches for long clips) with the `cudnn` feature on CUDA bf16 or f32; otherwise candle's
+/// ops ([`videosdgx_kernels::reference::frame_conv`], which defines it).
 pub(crate) fn frame_conv(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     spec: FrameConv,
+    epilogue: &Epilogue,
 ) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
     if !disabled("conv")
@@ -292,14 +293,20 @@ pub(crate) fn frame_conv(
         )
         && spec.frames_aligned(x, weight, bias)?
     {
-        return videosdgx_kernels::frame_conv(x, weight, bias, spec);
+        return videosdgx_kernels::frame_conv(x, weight, bias, spec, epilogue);
     }
     #[cfg(feature = "cuda")]
     warn_fallback(x, "frame conv");
     let dtype = crate::models::conv::conv_dtype(x);
     let cast = |t: &Tensor| t.to_dtype(dtype);
-    videosdgx_kernels::reference::frame_conv(&cast(x)?, &cast(weight)?, &cast(bias)?, spec)?
-        .to_dtype(x.dtype())
+    videosdgx_kernels::reference::frame_conv(
+        &cast(x)?,
+        &cast(weight)?,
+        &cast(bias)?,
+        spec,
+        epilogue,
+    )?
+    .to_dtype(x.dtype())
 }
 
 /// RIFE's backward warp of `image [B, C, H, W]` by `flow [B, 2, H, W]` (pixels, x first; border

@@ -12,10 +12,11 @@
 //! strided descriptor: the images are `stride_t` frames apart): the image models (upscalers,
 //! RIFE) call it that way, on many small images.
 //! The algorithm for each shape is measured once with `cudnnFindConvolutionForwardAlgorithmEx`
-//! and logged; the bias goes in with one `cudnnAddTensor` over the whole output.
+//! and logged; the bias goes in with one `cudnnAddTensor` over the whole output, or, with an
+//! activation or a residual ([`Epilogue`]), in one pass of our own that applies them too.
 
 use super::{output, typed_ptr};
-use crate::spec::FrameConv;
+use crate::spec::{Epilogue, FrameConv};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
 use candle_core::cuda_backend::cudarc::driver::sys::{
@@ -322,6 +323,7 @@ impl FrameLayout {
 struct FrameConvOp {
     spec: FrameConv,
     layout: FrameLayout,
+    epilogue: Epilogue,
 }
 
 impl CustomOp3 for FrameConvOp {
@@ -429,7 +431,7 @@ impl FrameConvOp {
         Ok(calls)
     }
 
-    fn run<T: CudaDType + DeviceRepr + 'static>(
+    fn run<T: CudaDType + DeviceRepr + candle_core::WithDType>(
         &self,
         [(xs, xl), (ws, wl), (bs, bl)]: [(&CudaStorage, &Layout); 3],
         dtype: sys::cudnnDataType_t,
@@ -644,23 +646,33 @@ impl FrameConvOp {
         drop(workspace_guard);
         drop(workspaces);
         drop(scratch_guard);
-        let one = 1f32;
-        let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
-        let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
-        // SAFETY: bias is [o], broadcast over the packed output; y += bias.
-        unsafe {
-            sys::cudnnAddTensor(
-                handle,
-                &one as *const f32 as *const c_void,
-                bias_desc.0,
-                bias as *const c_void,
-                &one as *const f32 as *const c_void,
-                out_desc.0,
-                y as *mut c_void,
-            )
-            .result()
+        if self.epilogue.is_bias_only() {
+            let one = 1f32;
+            let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
+            let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
+            // SAFETY: bias is [o], broadcast over the packed output; y += bias.
+            unsafe {
+                sys::cudnnAddTensor(
+                    handle,
+                    &one as *const f32 as *const c_void,
+                    bias_desc.0,
+                    bias as *const c_void,
+                    &one as *const f32 as *const c_void,
+                    out_desc.0,
+                    y as *mut c_void,
+                )
+                .result()
+            }
+            .map_err(cudnn_err("bias add"))?;
+        } else {
+            super::image::conv_epilogue::<T>(
+                &dev,
+                y,
+                bias,
+                &self.epilogue,
+                (b * t_out * o, o, h_out * w_out),
+            )?;
         }
-        .map_err(cudnn_err("bias add"))?;
         drop(y_guard);
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
@@ -671,9 +683,16 @@ impl FrameConvOp {
 
 /// [`FrameConv`] of `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`, all
 /// bf16 or all f32 on one CUDA device, through cuDNN (f32 accumulation, rounded once; TF32 tensor
-/// cores for f32, as PyTorch allows by default). Frames must be
-/// [`FrameConv::frames_aligned`]. Errors on anything else.
-pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -> Result<Tensor> {
+/// cores for f32, as PyTorch allows by default), finished by `epilogue` (its residual and slopes
+/// of the same dtype). Frames must be [`FrameConv::frames_aligned`]. Errors on anything else.
+pub fn frame_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
+    epilogue.check(&spec.output_shape(x, weight, bias)?, weight.dim(0)?)?;
     if !spec.frames_aligned(x, weight, bias)? {
         bail!(
             "frame conv: input or output frames of {:?} are not 16-byte aligned",
@@ -697,6 +716,10 @@ pub fn frame_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, spec: FrameConv) -
     x.contiguous()?.apply_op3_no_bwd(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        &FrameConvOp { spec, layout },
+        &FrameConvOp {
+            spec,
+            layout,
+            epilogue: epilogue.clone(),
+        },
     )
 }

@@ -5,11 +5,11 @@
 #[cfg(feature = "cudnn")]
 mod conv;
 mod gemm;
+mod image;
 mod nvrtc;
-mod resample;
 #[cfg(feature = "cudnn")]
 pub use conv::frame_conv;
-pub use resample::warp;
+pub use image::warp;
 
 use crate::spec::{
     CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
@@ -913,7 +913,7 @@ fn tensor_ptr<'a, T: CudaDType + 'static>(
     what: &str,
 ) -> Result<(u64, SyncOnDrop<'a>)> {
     let Storage::Cuda(cs) = &*t.0 else {
-        bail!("linear: {what} must be on the CUDA device")
+        bail!("{what} must be on the CUDA device")
     };
     typed_ptr::<T>(cs, t.1, stream)
 }
@@ -967,7 +967,7 @@ impl CustomOp2 for LinearLt {
         let bias = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = bias
             .as_ref()
-            .map(|b| tensor_ptr::<bf16>(b, &stream, "bias"))
+            .map(|b| tensor_ptr::<bf16>(b, &stream, "linear: bias"))
             .transpose()?;
         let scales = self.fp8.as_ref().map(|f| {
             (
@@ -979,8 +979,8 @@ impl CustomOp2 for LinearLt {
             .as_ref()
             .map(|(x, w)| {
                 Ok::<_, candle_core::Error>((
-                    tensor_ptr::<f32>(x, &stream, "x's scales")?,
-                    tensor_ptr::<f32>(w, &stream, "the weight's scales")?,
+                    tensor_ptr::<f32>(x, &stream, "linear: x's scales")?,
+                    tensor_ptr::<f32>(w, &stream, "linear: the weight's scales")?,
                 ))
             })
             .transpose()?;
@@ -1055,7 +1055,7 @@ impl CustomOp2 for LinearLt {
             let residual = self.residual.as_ref().map(|r| r.storage_and_layout());
             let residual = residual
                 .as_ref()
-                .map(|r| tensor_ptr::<bf16>(r, &stream, "residual"))
+                .map(|r| tensor_ptr::<bf16>(r, &stream, "linear: residual"))
                 .transpose()?;
             let func = function(&dev, &GEMM, "scale_product_bf16")?;
             let bias = bias.as_ref().map_or(0, |(p, _)| *p);

@@ -32,6 +32,7 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
+use videosdgx_kernels::{Activation, Epilogue};
 
 /// One row of the table above.
 struct Variant {
@@ -152,9 +153,13 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
         })
 }
 
-fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    // LeakyReLU(0.2) as max(x, 0.2·x): two ops where candle_nn's max/min form takes five.
-    section("activation", x, || x.maximum(&(x * 0.2)?))
+/// RIFE's activation, `LeakyReLU(0.2)` after every convolution but the last of a block: in the
+/// pass that adds the convolution's bias (and, in `ResConv`, its residual).
+fn leaky_relu(residual: Option<&Tensor>) -> Epilogue {
+    Epilogue {
+        residual: residual.cloned(),
+        activation: Activation::LeakyRelu(0.2),
+    }
 }
 
 /// The block's inputs side by side along the channels.
@@ -191,9 +196,9 @@ impl Head {
 
     /// `x` already clamped to [0, 1] (as `Head.forward` does first).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = leaky_relu(&self.cnn0.forward(x)?)?;
-        let x = leaky_relu(&self.cnn1.forward(&x)?)?;
-        let x = leaky_relu(&self.cnn2.forward(&x)?)?;
+        let x = self.cnn0.forward_with(x, &leaky_relu(None))?;
+        let x = self.cnn1.forward_with(&x, &leaky_relu(None))?;
+        let x = self.cnn2.forward_with(&x, &leaky_relu(None))?;
         self.cnn3.forward(&x)
     }
 }
@@ -212,8 +217,7 @@ impl ResConv {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv.forward(x)?;
-        leaky_relu(&section("residual", x, || y + x)?)
+        self.conv.forward_with(x, &leaky_relu(Some(x)))
     }
 }
 
@@ -273,7 +277,7 @@ impl IfBlock {
             x.clone()
         };
         for conv in &self.conv0 {
-            x = leaky_relu(&conv.forward(&x)?)?;
+            x = conv.forward_with(&x, &leaky_relu(None))?;
         }
         for res in &self.convblock {
             x = res.forward(&x)?;

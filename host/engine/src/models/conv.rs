@@ -9,7 +9,7 @@
 use crate::fused::profile::section;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videosdgx_kernels::{FrameConv, FramePadding, SpatialPad};
+use videosdgx_kernels::{Epilogue, FrameConv, FramePadding, SpatialPad};
 
 /// The dtype candle convolves `x` in: f32 for half-precision tensors on the CPU, where candle
 /// has no half-precision convolution (the result is rounded back to the dtype of `x`), else its
@@ -77,11 +77,14 @@ impl Conv2d {
             ..self
         })
     }
-}
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The convolution of `x [B, C, H, W]` finished by `epilogue` (its residual `[B, O, H', W']`):
+    /// one pass over the output for the bias, the residual and the activation on CUDA.
+    pub fn forward_with(&self, x: &Tensor, epilogue: &Epilogue) -> Result<Tensor> {
         let Some(bias) = &self.bias else {
+            if !epilogue.is_bias_only() {
+                candle_core::bail!("a convolution without bias takes no activation or residual");
+            }
             let dtype = conv_dtype(x);
             return x
                 .to_dtype(dtype)?
@@ -100,9 +103,25 @@ impl Module for Conv2d {
             pad: self.padding,
             stride: self.stride,
         };
-        crate::fused::profile::section("conv2d", x.device(), || {
-            crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec)?.squeeze(1)
+        // The frames-major layout has one frame per image: [B, 1, C, H, W].
+        let epilogue = Epilogue {
+            residual: epilogue
+                .residual
+                .as_ref()
+                .map(|r| r.unsqueeze(1))
+                .transpose()?,
+            activation: epilogue.activation.clone(),
+        };
+        section("conv2d", x.device(), || {
+            crate::fused::frame_conv(&x.unsqueeze(1)?, &self.weight, bias, spec, &epilogue)?
+                .squeeze(1)
         })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &Epilogue::default())
     }
 }
 
@@ -133,7 +152,7 @@ impl ConvTranspose2d {
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.conv.forward(x)?;
-        crate::fused::profile::section("pixel shuffle", x.device(), || {
+        section("pixel shuffle", x.device(), || {
             candle_nn::ops::pixel_shuffle(&y, 2)
         })
     }
@@ -280,10 +299,11 @@ impl Conv3d {
                     &up(&self.weight)?,
                     &up(&self.bias)?,
                     self.spec,
+                    &Epilogue::default(),
                 )?
                 .to_dtype(x.dtype());
             }
-            crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec)
+            crate::fused::frame_conv(x, &self.weight, &self.bias, self.spec, &Epilogue::default())
         })
     }
 }

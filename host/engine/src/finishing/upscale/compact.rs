@@ -14,6 +14,7 @@ use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use videosdgx_kernels::{Activation, Epilogue};
 
 pub(super) fn detect(dict: &StateDict) -> bool {
     dict.contains("body.0.weight") && dict.contains("body.1.weight")
@@ -21,7 +22,8 @@ pub(super) fn detect(dict: &StateDict) -> bool {
 
 pub(super) struct Compact {
     /// Each convolution before the last with its PReLU slopes (`[1, C, 1, 1]`).
-    body: Vec<(Conv2d, Tensor)>,
+    /// Each convolution with its PReLU.
+    body: Vec<(Conv2d, Epilogue)>,
     conv_last: Conv2d,
     scale: usize,
 }
@@ -62,7 +64,7 @@ impl Compact {
                 let slopes = vb
                     .pp(format!("body.{}", 2 * i + 1))
                     .get(num_feat, "weight")?;
-                Ok((conv, slopes.reshape((1, num_feat, 1, 1))?))
+                Ok((conv, Epilogue::activation(Activation::PRelu(slopes))))
             })
             .collect::<Result<Vec<_>>>()?;
         let conv_last = Conv2d::load(
@@ -98,12 +100,8 @@ impl Network for Compact {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = x.clone();
-        for (conv, slopes) in &self.body {
-            out = conv.forward(&out)?;
-            // PReLU: x where positive, slope · x elsewhere.
-            out = section("activation", &out, || {
-                out.ge(0f32)?.where_cond(&out, &out.broadcast_mul(slopes)?)
-            })?;
+        for (conv, prelu) in &self.body {
+            out = conv.forward_with(&out, prelu)?;
         }
         let out = self.conv_last.forward(&out)?;
         let out = section("pixel shuffle", &out, || {

@@ -7,7 +7,7 @@
 //!   → hr conv → lrelu → conv_last
 //! ```
 
-use super::layers::{leaky_relu, section, upsample_nearest};
+use super::layers::{leaky, plus, section, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
@@ -168,18 +168,19 @@ impl DenseBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [conv1, conv2, conv3, conv4] = &self.convs;
         let cat = |parts: &[&Tensor]| section("concat", x, || Tensor::cat(parts, 1));
-        let x1 = leaky_relu(&conv1.forward(x)?, SLOPE)?;
-        let mut x2 = leaky_relu(&conv2.forward(&cat(&[x, &x1])?)?, SLOPE)?;
+        let x1 = conv1.forward_with(x, &leaky(SLOPE))?;
+        let mut x2 = conv2.forward_with(&cat(&[x, &x1])?, &leaky(SLOPE))?;
         if let Some(conv1x1) = &self.conv1x1 {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
-        let x3 = leaky_relu(&conv3.forward(&cat(&[x, &x1, &x2])?)?, SLOPE)?;
-        let mut x4 = leaky_relu(&conv4.forward(&cat(&[x, &x1, &x2, &x3])?)?, SLOPE)?;
+        let x3 = conv3.forward_with(&cat(&[x, &x1, &x2])?, &leaky(SLOPE))?;
+        let mut x4 = conv4.forward_with(&cat(&[x, &x1, &x2, &x3])?, &leaky(SLOPE))?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        let x5 = self.conv5.forward(&cat(&[x, &x1, &x2, &x3, &x4])?)?;
-        Ok(section("residual", x, || x5 + x)?)
+        Ok(self
+            .conv5
+            .forward_with(&cat(&[x, &x1, &x2, &x3, &x4])?, &plus(x))?)
     }
 }
 
@@ -318,11 +319,11 @@ impl Network for Esrgan {
         for block in &self.blocks {
             trunk = block.forward(&trunk)?;
         }
-        let mut x = (self.trunk_conv.forward(&trunk)? + features)?;
+        let mut x = self.trunk_conv.forward_with(&trunk, &plus(&features))?;
         for conv in &self.up_convs {
-            x = leaky_relu(&conv.forward(&upsample_nearest(&x, 2)?)?, SLOPE)?;
+            x = conv.forward_with(&upsample_nearest(&x, 2)?, &leaky(SLOPE))?;
         }
-        let x = leaky_relu(&self.hr_conv.forward(&x)?, SLOPE)?;
+        let x = self.hr_conv.forward_with(&x, &leaky(SLOPE))?;
         Ok(self.conv_last.forward(&x)?)
     }
 }

@@ -1,10 +1,19 @@
 //! The pieces the upscalers share: activations, upsampling and spandrel's padding.
 
 use candle_core::{DType, Result, Tensor};
+use videosdgx_kernels::{Activation, Epilogue};
 
-/// `LeakyReLU(slope)` for a slope in (0, 1): `max(x, slope·x)`, two passes instead of candle's four.
-pub(super) fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    section("activation", x, || x.maximum(&(x * slope)?))
+/// A convolution's `LeakyReLU(slope)`, in the pass that adds its bias ([`Epilogue`]).
+pub(super) fn leaky(slope: f64) -> Epilogue {
+    Epilogue::activation(Activation::LeakyRelu(slope as f32))
+}
+
+/// A convolution's residual added in the pass that adds its bias ([`Epilogue`]).
+pub(super) fn plus(residual: &Tensor) -> Epilogue {
+    Epilogue {
+        residual: Some(residual.clone()),
+        activation: Activation::None,
+    }
 }
 
 /// A profiled section (`fused::profile`) on the device of `x`.

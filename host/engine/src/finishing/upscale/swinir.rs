@@ -14,7 +14,7 @@
 //! The input is reflect-padded to a multiple of the window beforehand ([`super::Upscaler`]), as
 //! SwinIR's `check_image_size` does.
 
-use super::layers::{leaky_relu, per_channel, upsample_nearest};
+use super::layers::{leaky, per_channel, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
@@ -74,8 +74,8 @@ impl ResiConv {
         Ok(match self {
             Self::One(conv) => conv.forward(x)?,
             Self::Three([a, b, c]) => {
-                let x = leaky_relu(&a.forward(x)?, SLOPE)?;
-                let x = leaky_relu(&b.forward(&x)?, SLOPE)?;
+                let x = a.forward_with(x, &leaky(SLOPE))?;
+                let x = b.forward_with(&x, &leaky(SLOPE))?;
                 c.forward(&x)?
             }
         })
@@ -470,7 +470,7 @@ impl Network for SwinIr {
                 upsample,
                 conv_last,
             } => {
-                let mut y = leaky_relu(&before.forward(&body)?, SLOPE_BEFORE_UPSAMPLE)?;
+                let mut y = before.forward_with(&body, &leaky(SLOPE_BEFORE_UPSAMPLE))?;
                 for (conv, factor) in upsample {
                     y = candle_nn::ops::pixel_shuffle(&conv.forward(&y)?, *factor)?;
                 }
@@ -485,11 +485,11 @@ impl Network for SwinIr {
                 hr,
                 conv_last,
             } => {
-                let mut y = leaky_relu(&before.forward(&body)?, SLOPE_BEFORE_UPSAMPLE)?;
+                let mut y = before.forward_with(&body, &leaky(SLOPE_BEFORE_UPSAMPLE))?;
                 for conv in up {
-                    y = leaky_relu(&conv.forward(&upsample_nearest(&y, 2)?)?, SLOPE)?;
+                    y = conv.forward_with(&upsample_nearest(&y, 2)?, &leaky(SLOPE))?;
                 }
-                conv_last.forward(&leaky_relu(&hr.forward(&y)?, SLOPE)?)?
+                conv_last.forward(&hr.forward_with(&y, &leaky(SLOPE))?)?
             }
             Reconstruction::Residual { conv_last } => (&x + conv_last.forward(&body)?)?,
         };

@@ -11,7 +11,7 @@ use crate::fused::profile::section;
 use crate::models::pixel_shuffle::pixel_unshuffle_3d;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use videosdgx_kernels::{ChannelDivisor, FrameConv};
+use videosdgx_kernels::{ChannelDivisor, Epilogue, FrameConv};
 
 /// Frames of context a kernel-3 causal convolution needs from the previous chunk.
 const CACHE_FRAMES: usize = 2;
@@ -127,7 +127,13 @@ impl CausalConv3d {
     /// The convolution of an input already padded in time.
     fn convolve(&self, padded: &Tensor) -> Result<Tensor> {
         section("vae.conv3d", padded.device(), || {
-            crate::fused::frame_conv(padded, &self.weight, &self.bias, self.conv)
+            crate::fused::frame_conv(
+                padded,
+                &self.weight,
+                &self.bias,
+                self.conv,
+                &Epilogue::default(),
+            )
         })
     }
 
@@ -229,6 +235,7 @@ impl Module for Conv2d {
                 &self.weight,
                 &self.bias,
                 self.conv,
+                &Epilogue::default(),
             )?;
             y.squeeze(0)
         })

@@ -1,0 +1,185 @@
+//! The image models' per-pixel kernels (image.cu): the convolutions' epilogue (see
+//! `conv.rs`) and the backward warp of optical-flow nets.
+
+use super::{driver_err, function, output, tensor_ptr, typed_ptr};
+use crate::spec::{Activation, Epilogue};
+use crate::targets::IMAGE;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, bail};
+use half::bf16;
+
+/// Finishes a convolution's output in place (`conv_epilogue_*`): `y` (device pointer) holds
+/// `planes` contiguous planes of `hw` pixels, plane `i` of channel `i % o`; `bias` is `[o]`. The
+/// residual and the PReLU slopes come from `epilogue` (checked against the output by the caller,
+/// [`Epilogue::check`]), all of dtype `T`.
+pub(super) fn conv_epilogue<T: CudaDType + DeviceRepr + WithDType>(
+    dev: &CudaDevice,
+    y: u64,
+    bias: u64,
+    epilogue: &Epilogue,
+    (planes, o, hw): (usize, usize, usize),
+) -> Result<()> {
+    if planes * hw == 0 {
+        return Ok(());
+    }
+    let kernel = match T::DTYPE {
+        DType::BF16 => "conv_epilogue_bf16",
+        DType::F32 => "conv_epilogue_f32",
+        dtype => bail!("conv epilogue runs on bf16 or f32, got {dtype:?}"),
+    };
+    if planes > i32::MAX as usize || hw > i32::MAX as usize {
+        bail!("conv epilogue: {planes} planes of {hw} pixels exceed 32-bit indexing");
+    }
+    let stream = dev.cuda_stream();
+    let residual = epilogue
+        .residual
+        .as_ref()
+        .map(|r| operand::<T>(r, "residual"))
+        .transpose()?;
+    let (act, slope, slopes) = match &epilogue.activation {
+        Activation::None => (0i32, 0f32, None),
+        Activation::LeakyRelu(slope) => (1, *slope, None),
+        Activation::PRelu(slopes) => (2, 0.0, Some(operand::<T>(slopes, "PReLU slopes")?)),
+    };
+    let residual = residual
+        .as_ref()
+        .map(|r| tensor_ptr::<T>(r, &stream, "conv epilogue: residual"))
+        .transpose()?;
+    let slopes = slopes
+        .as_ref()
+        .map(|s| tensor_ptr::<T>(s, &stream, "conv epilogue: PReLU slopes"))
+        .transpose()?;
+    let (residual_ptr, slopes_ptr) = (
+        residual.as_ref().map_or(0, |r| r.0),
+        slopes.as_ref().map_or(0, |s| s.0),
+    );
+    let func = function(dev, &IMAGE, kernel)?;
+    let (o32, hw32, planes32) = (o as i32, hw as i32, planes as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (hw.div_ceil(256) as u32, planes.min(65_535) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&y)
+        .arg(&bias)
+        .arg(&residual_ptr)
+        .arg(&slopes_ptr)
+        .arg(&act)
+        .arg(&slope)
+        .arg(&o32)
+        .arg(&hw32)
+        .arg(&planes32);
+    // SAFETY: arguments match conv_epilogue_* in image.cu; y holds planes·hw elements of T, bias
+    // o, the residual (when given) y's count and the slopes o (checked by the caller); a null
+    // pointer stands for an absent term.
+    unsafe { launch.launch(cfg) }.map_err(driver_err("conv epilogue launch"))?;
+    Ok(())
+}
+
+/// A contiguous epilogue operand of dtype `T`, with its storage held.
+fn operand<'a, T: WithDType>(
+    t: &'a Tensor,
+    what: &str,
+) -> Result<(candle_core::StorageRef<'a>, &'a Layout)> {
+    if !t.is_contiguous() || t.dtype() != T::DTYPE {
+        bail!(
+            "conv epilogue: the {what} must be contiguous {:?}",
+            T::DTYPE
+        );
+    }
+    Ok(t.storage_and_layout())
+}
+
+/// `image [B, C, H, W]` (bf16 or f32, contiguous) warped by `flow` (f32 `[B, 2, H, W]`).
+struct Warp;
+
+impl CustomOp2 for Warp {
+    fn name(&self) -> &'static str {
+        "warp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("warp runs on CUDA only; reference::warp is the CPU version")
+    }
+
+    fn cuda_fwd(
+        &self,
+        is: &CudaStorage,
+        il: &Layout,
+        fs: &CudaStorage,
+        fl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if !il.is_contiguous() || !fl.is_contiguous() || fs.dtype() != DType::F32 {
+            bail!("warp: image and f32 flow must be contiguous");
+        }
+        match is.dtype() {
+            DType::BF16 => launch::<bf16>(is, il, fs, fl, "warp_bf16"),
+            DType::F32 => launch::<f32>(is, il, fs, fl, "warp_f32"),
+            dtype => bail!("warp runs on bf16 or f32 images, got {dtype:?}"),
+        }
+    }
+}
+
+fn launch<T: CudaDType + DeviceRepr + 'static>(
+    is: &CudaStorage,
+    il: &Layout,
+    fs: &CudaStorage,
+    fl: &Layout,
+    kernel: &'static str,
+) -> Result<(CudaStorage, Shape)> {
+    let (b, c, h, w) = il.shape().dims4()?;
+    let dev = is.device().clone();
+    let mut out = output::<T>(&dev, b * c * h * w)?;
+    let pixels = b * h * w;
+    if pixels > 0 && c > 0 {
+        let func = function(&dev, &IMAGE, kernel)?;
+        let stream = dev.cuda_stream();
+        let (image, _ig) = typed_ptr::<T>(is, il, &stream)?;
+        let (flow, _fg) = typed_ptr::<f32>(fs, fl, &stream)?;
+        let (c32, h32, w32, pixels64) = (c as i32, h as i32, w as i32, pixels as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (pixels.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&image)
+            .arg(&flow)
+            .arg(&mut out)
+            .arg(&c32)
+            .arg(&h32)
+            .arg(&w32)
+            .arg(&pixels64);
+        // SAFETY: arguments match warp_* in image.cu; image and out hold B·C·H·W elements and
+        // flow B·2·H·W, all contiguous (checked above and by `warp`).
+        unsafe { launch.launch(cfg) }.map_err(driver_err("warp launch"))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((b, c, h, w)),
+    ))
+}
+
+/// `reference::warp` on CUDA: `image [B, C, H, W]` (bf16 or f32) warped by `flow [B, 2, H, W]`
+/// (any float dtype, used in f32), in the image's dtype.
+pub fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
+    crate::reference::check_warp_flow(image, flow)?;
+    let (_, _, h, w) = image.dims4()?;
+    if h * w > i32::MAX as usize {
+        bail!("warp: {h}x{w} frames are too large for 32-bit pixel offsets");
+    }
+    image
+        .contiguous()?
+        .apply_op2_no_bwd(&flow.to_dtype(DType::F32)?.contiguous()?, &Warp)
+}
