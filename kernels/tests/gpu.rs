@@ -846,6 +846,34 @@ fn frame_conv_epilogue_matches_reference() {
     }
 }
 
+/// Real-ESRGAN's dense blocks convolve the first channels of a larger buffer in place: the same
+/// result as the packed copy, frames batched several to a call.
+#[cfg(feature = "cudnn")]
+#[test]
+fn frame_conv_reads_a_channel_prefix_in_place() {
+    use videosdgx_kernels::{Epilogue, FrameConv};
+    let dev = gpu();
+    let spec = FrameConv {
+        taps: 1,
+        stride_t: 1,
+        pad: 1,
+        stride: 1,
+    };
+    let buffer = randn(&[4, 1, 192, 120, 208], &dev);
+    let w = (randn(&[32, 96, 3, 3], &dev) * 0.1).unwrap();
+    let bias = randn(&[32], &dev);
+    let prefix = buffer.narrow(2, 0, 96).unwrap();
+    assert!(!prefix.is_contiguous());
+    let epilogue = Epilogue::default();
+    let packed =
+        videosdgx_kernels::frame_conv(&prefix.contiguous().unwrap(), &w, &bias, spec, &epilogue)
+            .unwrap();
+    let in_place = videosdgx_kernels::frame_conv(&prefix, &w, &bias, spec, &epilogue).unwrap();
+    let err = rel_err(&in_place, &packed);
+    eprintln!("frame conv of a channel prefix: rel err {err:.2e} against its packed copy");
+    assert!(err < 1e-3, "frame conv of a channel prefix: rel err {err}");
+}
+
 #[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();

@@ -41,6 +41,10 @@ const MIN_FIND_WORKSPACE: usize = 256 << 20;
 
 /// Input bytes of one cuDNN call over a batch of frames (see `FrameConvOp::calls`).
 const BATCH_INPUT_BYTES: usize = 64 << 20;
+/// The same for one-tap convolutions, whose batches are read in place: the image models' frames
+/// go several to a call (cuDNN's NCHW kernels run one 480x832 frame of 64 channels at about half
+/// their rate over four; H100, 2026-12-07).
+const ONE_TAP_BATCH_INPUT_BYTES: usize = 1 << 30;
 
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
 /// shapes timing noise sometimes picked them, and then a frame other than the one searched on was
@@ -400,7 +404,7 @@ impl FrameConvOp {
         let (per_call, batch, gather) = match self.layout {
             // In place: one tap's windows are frames `stride_t` apart.
             FrameLayout::Windows if spec.taps == 1 => (
-                BATCH_INPUT_BYTES / frame_bytes.max(1),
+                ONE_TAP_BATCH_INPUT_BYTES / frame_bytes.max(1),
                 (c, spec.stride_t),
                 false,
             ),
@@ -444,6 +448,12 @@ impl FrameConvOp {
         let t_out = spec.out_frames(t)?;
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
+        // One-tap frames may lie apart (a channel prefix of a larger buffer); windows of several
+        // taps read consecutive frames as one image, so they need them packed.
+        let in_stride = match frame_stride(xl) {
+            Some(stride) if spec.taps == 1 || stride == in_frame => stride,
+            _ => bail!("frame conv: x's frames must be packed (or, for one tap, evenly spaced)"),
+        };
         let elem = size_of::<T>();
         let calls = self.calls(b, t, c, elem * in_frame)?;
 
@@ -454,7 +464,7 @@ impl FrameConvOp {
         let (weight, _wg) = typed_ptr::<T>(ws, wl, &stream)?;
         let (bias, _bg) = typed_ptr::<T>(bs, bl, &stream)?;
         let (y, y_guard) = out.device_ptr_mut(&stream);
-        let x_at = |frame: usize| x + (elem * frame * in_frame) as u64;
+        let x_at = |frame: usize| x + (elem * frame * in_stride) as u64;
         let y_at = |frame: usize| y + (elem * frame * out_frame) as u64;
         // The gathered windows of the largest batch.
         let window_bytes = elem * spec.taps * in_frame;
@@ -492,7 +502,7 @@ impl FrameConvOp {
                 x: TensorDesc::new(
                     dtype,
                     [images, channels, h, w],
-                    [frame_step * in_frame, h * w, w, 1],
+                    [frame_step * in_stride, h * w, w, 1],
                 )?,
                 w: FilterDesc::new(dtype, [o, channels, kh, kw])?,
                 conv: ConvDesc::new(spec.pad, spec.stride, math)?,
@@ -504,7 +514,7 @@ impl FrameConvOp {
                     dtype as usize,
                     images,
                     channels,
-                    frame_step,
+                    frame_step * in_stride,
                     h,
                     w,
                     o,
@@ -681,6 +691,30 @@ impl FrameConvOp {
     }
 }
 
+/// The distance in elements between consecutive frames of `x [B, T, C, H, W]` (taken in order
+/// over B and T) when every frame is packed, the frames are evenly spaced without overlapping,
+/// and every frame starts 16-byte aligned; `None` otherwise. Dims of size 1 may have any stride.
+fn frame_stride(l: &Layout) -> Option<usize> {
+    let (dims, strides) = (l.dims(), l.stride());
+    let [b, t, c, h, w] = dims else { return None };
+    let frame = c * h * w;
+    let packed = [
+        (*c, strides[2], h * w),
+        (*h, strides[3], *w),
+        (*w, strides[4], 1),
+    ]
+    .iter()
+    .all(|&(n, stride, want)| n == 1 || stride == want);
+    let stride = match (*b, *t) {
+        (_, t) if t > 1 => strides[1],
+        (b, _) if b > 1 => strides[0],
+        _ => frame,
+    };
+    let even = *b == 1 || *t == 1 || strides[0] == t * stride;
+    let aligned = (stride.is_multiple_of(8) || b * t == 1) && l.start_offset().is_multiple_of(8);
+    (packed && even && stride >= frame && aligned).then_some(stride)
+}
+
 /// [`FrameConv`] of `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`, all
 /// bf16 or all f32 on one CUDA device, through cuDNN (f32 accumulation, rounded once; TF32 tensor
 /// cores for f32, as PyTorch allows by default), finished by `epilogue` (its residual and slopes
@@ -713,7 +747,12 @@ pub fn frame_conv(
         }
     }
     let layout = FrameLayout::for_frames(spec, spec.out_frames(x.dim(1)?)?);
-    x.contiguous()?.apply_op3_no_bwd(
+    // One tap reads frames in place wherever they lie evenly spaced (see `run`).
+    let x = match frame_stride(x.layout()) {
+        Some(_) if spec.taps == 1 => x.clone(),
+        _ => x.contiguous()?,
+    };
+    x.apply_op3_no_bwd(
         &weight.contiguous()?,
         &bias.contiguous()?,
         &FrameConvOp {

@@ -50,6 +50,11 @@ impl Conv2d {
         })
     }
 
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
     /// The same convolution with `padding` zeros on every side instead of `kernel / 2` (diffusers'
     /// `Downsample2D` pads asymmetrically itself, then convolves with none).
     pub fn with_padding(self, padding: usize) -> Self {

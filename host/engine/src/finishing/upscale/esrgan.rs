@@ -165,22 +165,34 @@ struct DenseBlock {
 }
 
 impl DenseBlock {
+    /// The input and each output are written once, side by side on the channels, into one
+    /// buffer; each convolution reads the channels so far as a view of it (no concatenation).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [conv1, conv2, conv3, conv4] = &self.convs;
-        let cat = |parts: &[&Tensor]| section("concat", x, || Tensor::cat(parts, 1));
+        let (b, c, h, w) = x.dims4()?;
+        let growth = conv1.out_channels();
+        // SAFETY: every channel is written (below) before a convolution reads it.
+        let dense = unsafe { Tensor::empty((b, c + 4 * growth, h, w), x.dtype(), x.device())? };
+        let mut written = 0;
+        let mut append = |part: &Tensor| -> Result<Tensor> {
+            section("concat", x, || {
+                dense.slice_set(&part.contiguous()?, 1, written)
+            })?;
+            written += part.dim(1)?;
+            Ok(dense.narrow(1, 0, written)?)
+        };
+        append(x)?;
         let x1 = conv1.forward_with(x, &leaky(SLOPE))?;
-        let mut x2 = conv2.forward_with(&cat(&[x, &x1])?, &leaky(SLOPE))?;
+        let mut x2 = conv2.forward_with(&append(&x1)?, &leaky(SLOPE))?;
         if let Some(conv1x1) = &self.conv1x1 {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
-        let x3 = conv3.forward_with(&cat(&[x, &x1, &x2])?, &leaky(SLOPE))?;
-        let mut x4 = conv4.forward_with(&cat(&[x, &x1, &x2, &x3])?, &leaky(SLOPE))?;
+        let x3 = conv3.forward_with(&append(&x2)?, &leaky(SLOPE))?;
+        let mut x4 = conv4.forward_with(&append(&x3)?, &leaky(SLOPE))?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        Ok(self
-            .conv5
-            .forward_with(&cat(&[x, &x1, &x2, &x3, &x4])?, &plus(x))?)
+        Ok(self.conv5.forward_with(&append(&x4)?, &plus(x))?)
     }
 }
 
