@@ -95,6 +95,34 @@ pub fn run_ranks<T: Send>(
     })
 }
 
+/// Runs `work` on every item at once, a thread each (loading a model on each card of a split),
+/// and returns the results in order, or the error of the first item in order that failed.
+pub fn on_every_card<I: Send, T: Send>(
+    items: Vec<I>,
+    work: impl Fn(usize, I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let work = &work;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| s.spawn(move || work(i, item)))
+            .collect();
+        // Every thread is joined before the first error is picked: a panic left unjoined would
+        // panic the scope.
+        let outcomes: Vec<Result<T>> = threads
+            .into_iter()
+            .enumerate()
+            .map(|(i, thread)| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("card {i} panicked")))
+            })
+            .collect();
+        outcomes.into_iter().collect()
+    })
+}
+
 fn meeting(cpu: bool, size: usize) -> Result<Meeting> {
     if cpu {
         return Ok(Meeting::Local(LocalGroup::create(size)));
