@@ -200,6 +200,26 @@ mod tests {
     }
 
     #[test]
+    fn work_on_every_card_comes_back_in_order_with_the_first_failure_in_order() {
+        let squares = on_every_card(vec![1, 2, 3], |i, n| Ok((i, n * n))).unwrap();
+        assert_eq!(squares, [(0, 1), (1, 4), (2, 9)]);
+        // Card 2 panics, card 1 fails: card 1's error, and the panic does not escape.
+        let err = on_every_card(vec![(); 3], |i, ()| match i {
+            1 => bail!("card 1 cannot load the model"),
+            2 => panic!("card 2 panics"),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "card 1 cannot load the model");
+        let err = on_every_card(vec![(); 2], |i, ()| {
+            assert!(i == 0, "card 1 panics");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "card 1 panicked");
+    }
+
+    #[test]
     fn one_rank_wishing_to_stop_stops_every_rank() {
         let devices = vec![Device::Cpu; 3];
         let answers = run_ranks(Layout::new(3, false).unwrap(), &devices, |rank| {
