@@ -248,15 +248,7 @@ fn a_render_on_two_cards_records_the_card_of_every_generation() {
     assert_eq!(report["shots"].as_array().unwrap().len(), 2, "{report}");
 
     // Generations name the lane they ran on; jobs that held no card name none.
-    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT kind, card FROM jobs ORDER BY id")
-        .unwrap();
-    let jobs: Vec<(String, Option<String>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let jobs = jobs_and_cards(&data);
     let mut kinds: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
     kinds[3..7].sort();
     assert_eq!(
@@ -282,10 +274,51 @@ fn a_render_on_two_cards_records_the_card_of_every_generation() {
     );
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("no CUDA device 7"), "{err}");
-    let count: i64 = db
-        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+    assert_eq!(jobs_and_cards(&data).len(), 8);
+}
+
+#[test]
+fn a_render_split_across_two_cards_runs_each_generation_on_both() {
+    let (tmp, data) = studio_with_model();
+    let script = tmp.path().join("paper-boats.md");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let out = tmp.path().join("paper-boats.mp4");
+    // More cards than the studio has are refused before anything is queued.
+    let output = render_command(&data, &script, &out, "32", "2", "1")
+        .args(["--gpus", "cpu,cpu", "--split-cards", "3"])
+        .output()
         .unwrap();
-    assert_eq!(count, 8);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("split_cards: 3 cards for one generation, and the studio has 2 of its own"),
+        "{err}"
+    );
+    assert!(jobs_and_cards(&data).is_empty(), "nothing is queued");
+
+    let output = render_command(&data, &script, &out, "32", "2", "1")
+        .args(["--gpus", "cpu,cpu", "--split-cards", "2", "--json"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_str(&succeeded(output)).unwrap();
+    assert_eq!(report["shots"].as_array().unwrap().len(), 2, "{report}");
+    let generations: Vec<Option<String>> = jobs_and_cards(&data)
+        .into_iter()
+        .filter(|(kind, _)| kind == "generate")
+        .map(|(_, card)| card)
+        .collect();
+    assert_eq!(generations, vec![Some("cpu#0+cpu#1".to_string()); 2]);
+}
+
+/// Every job's kind and the card(s) it ran on, in the order they were queued.
+fn jobs_and_cards(data: &Path) -> Vec<(String, Option<String>)> {
+    let db = rusqlite::Connection::open(data.join("studio.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT kind, card FROM jobs ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[test]

@@ -86,6 +86,10 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     h('option', { value: '' }, 'As stored'),
     h('option', { value: 'fp8' }, 'FP8'),
     h('option', { value: 'nvfp4' }, 'NVFP4'));
+  // One shot's generation split across several of the studio's cards, taken together (and
+  // CFG parallel: half of them compute the unconditional guidance branch).
+  const splitCards = h('input', { id: 'render-split-cards', type: 'number', min: 1, max: 16, step: 1, oninput: changed });
+  const cfgParallel = h('input', { id: 'render-cfg-parallel', type: 'checkbox', style: 'width:auto', onchange: changed });
   const render = {
     width: renderInput('width', { min: 16, max: 2048, step: 16 }),
     height: renderInput('height', { min: 16, max: 2048, step: 16 }),
@@ -133,6 +137,8 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     if (method && ![...cache.options].some((o) => o.value === method)) cache.append(h('option', { value: method }, method));
     cache.value = method;
     quant.value = b.render.quant ?? '';
+    splitCards.value = b.render.split_cards ?? 1;
+    cfgParallel.checked = b.render.cfg_parallel ?? false;
     setImageModel(b.render.image_model ?? '');
   }
   /** Selects `name`, adding it as an option until the model list arrives. */
@@ -159,6 +165,8 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         ...(preset.value ? { preset: preset.value } : {}),
         ...(cache.value ? { cache: cache.value } : {}),
         ...(quant.value ? { quant: quant.value } : {}),
+        ...(Number(splitCards.value) > 1 ? { split_cards: Number(splitCards.value) } : {}),
+        ...(cfgParallel.checked ? { cfg_parallel: true } : {}),
         ...(imageModel.value ? { image_model: imageModel.value } : {}),
       },
     };
@@ -303,6 +311,10 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
           'Step cache'), cache),
         h('div', { class: 'field' }, h('label', { for: 'render-quant', title: 'The video model\'s weights in FP8: about half the memory' },
           'Weights'), quant),
+        h('div', { class: 'field' }, h('label', { for: 'render-split-cards', title: 'Split each shot\'s generation across this many of the studio\'s cards' },
+          'Cards per shot'), splitCards),
+        h('div', { class: 'field' }, h('label', { for: 'render-cfg-parallel', title: 'Half of the cards compute the guidance\'s unconditional pass (Wan, an even card count)' },
+          'CFG parallel'), cfgParallel),
         h('div', { class: 'field' }, h('label', { for: 'max-attempts', title: 'How many takes the reviewer may ask for per shot' },
           'Attempts (1–10)'), maxAttempts)),
       h('div', { class: 'row wrap' },

@@ -15,7 +15,7 @@ use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::parallel::{
-    Layout, SequenceSplit, SplitGeneration, generate_split, run_ranks,
+    Layout, SequenceSplit, SplitGeneration, generate_split, generate_split_on, run_ranks,
 };
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, GuidanceTerms, Pipeline, Progress,
@@ -328,6 +328,69 @@ fn a_split_generation_gives_the_unsplit_video_under_every_layout() {
             let err = relative_error(rank_latents, latents).unwrap();
             assert_eq!(err, 0.0, "{layout:?}: rank {rank} has other latents");
         }
+    }
+}
+
+#[test]
+fn pipelines_that_ran_a_split_then_generate_alone_as_fresh_ones() {
+    let dir = fixtures().join("tiny-wan-t2v");
+    let p = params();
+    let open = || Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
+    let fresh = open()
+        .generate(&p, GenerateInputs::default(), &mut quiet)
+        .unwrap();
+    let mut pipelines = [open(), open()];
+    let split = generate_split_on(
+        pipelines.iter_mut().collect(),
+        Layout::new(2, false).unwrap(),
+        &p,
+        GenerateInputs::default(),
+        &mut quiet,
+    )
+    .unwrap();
+    let err = relative_error(&split.video.frames, &fresh.frames).unwrap();
+    assert!(err <= TOLERANCE, "split: relative error {err:e}");
+    // A split that fails (CFG parallel without guidance) leaves them whole too.
+    let mut unguided = p.clone();
+    unguided.guidance = 1.0;
+    let Err(err) = generate_split_on(
+        pipelines.iter_mut().collect(),
+        Layout::new(2, true).unwrap(),
+        &unguided,
+        GenerateInputs::default(),
+        &mut quiet,
+    ) else {
+        panic!("CFG parallel without guidance ran");
+    };
+    assert!(
+        format!("{err:#}").contains("CFG parallel needs guidance"),
+        "{err:#}"
+    );
+    // Both at once: were they still ranks of a split, they would run it together (rank 1
+    // decoding nothing) rather than wait for each other forever.
+    let p = &p;
+    let alone: Vec<GeneratedVideo> = std::thread::scope(|s| {
+        let runs: Vec<_> = pipelines
+            .iter_mut()
+            .map(|pipeline| {
+                s.spawn(move || {
+                    pipeline
+                        .generate(p, GenerateInputs::default(), &mut quiet)
+                        .unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    for (rank, video) in alone.iter().enumerate() {
+        // Rank 1 decoded nothing while split; alone, every pipeline decodes the same video.
+        assert_eq!(
+            video.frames.dims(),
+            fresh.frames.dims(),
+            "pipeline of rank {rank}"
+        );
+        let err = relative_error(&video.frames, &fresh.frames).unwrap();
+        assert_eq!(err, 0.0, "pipeline of rank {rank}");
     }
 }
 

@@ -577,10 +577,7 @@ mod tests {
                 width: 32,
                 steps: 2,
                 guidance: 1.0,
-                preset: None,
-                cache: None,
-                quant: None,
-                image_model: None,
+                ..RenderSettings::default()
             },
             ..Default::default()
         };

@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::assets::{Asset, MediaKind, NewAsset, get_asset};
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
-use crate::gpu::Gpus;
+use crate::gpu::{Generated, Gpus};
 use crate::jobs::{JobContext, JobRunner, Lane};
 use crate::loras::{self, AppliedLora};
 use crate::models;
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use videosdgx_engine::lora::LoraSpec;
+use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, generate_split_on};
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
     StartImage,
@@ -106,6 +107,16 @@ pub struct RenderSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "fp8")]
     pub quant: Option<Quant>,
+    /// How many of the studio's own cards one generation is split across (sequence parallel:
+    /// each card holds the pipeline and a share of the tokens; `videosdgx_engine::parallel`);
+    /// 1 runs it on one card. Workers' cards take no part.
+    #[serde(skip_serializing_if = "is_one")]
+    #[schema(minimum = 1, example = 2)]
+    pub split_cards: usize,
+    /// With a split, half of its cards compute the unconditional guidance branch (CFG parallel,
+    /// Wan models with guidance above 1): an even `split_cards`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cfg_parallel: bool,
     /// The installed image model that makes keyframes and character looks; FLUX.2 [klein] when
     /// absent ([`crate::models::image_model`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,9 +133,15 @@ impl Default for RenderSettings {
             preset: None,
             cache: None,
             quant: None,
+            split_cards: 1,
+            cfg_parallel: false,
             image_model: None,
         }
     }
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Upper bounds that keep a typo from queueing a job no GPU can finish.
@@ -145,7 +162,20 @@ impl RenderSettings {
             .transpose()
     }
 
+    /// How one generation is split across cards (`None`: on one card), refused as the engine
+    /// refuses it (no cards, CFG parallel on an odd count). Whether the studio has the cards is
+    /// [`crate::gpu::Gpus::check_split`]'s.
+    pub fn split(&self) -> Result<Option<Layout>> {
+        if self.split_cards == 1 && !self.cfg_parallel {
+            return Ok(None);
+        }
+        Layout::new(self.split_cards, self.cfg_parallel)
+            .map(Some)
+            .map_err(|e| StudioError::Invalid(format!("split_cards: {e}")))
+    }
+
     pub fn check(&self) -> Result<()> {
+        self.split()?;
         if let Some(name) = &self.preset {
             videosdgx_engine::presets::preset(name)
                 .map_err(|e| StudioError::Invalid(e.to_string()))?;
@@ -211,6 +241,9 @@ pub struct VideoOutput {
     pub take_id: Option<i64>,
     pub params: GenerateParams,
     pub loras: Vec<AppliedLora>,
+    /// Each card's time when the generation was split across cards.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<RankTime>,
 }
 
 /// Runs generation pipelines on the studio's cards.
@@ -283,8 +316,8 @@ impl Generator {
     ) -> Result<VideoOutput> {
         request.render.check()?;
         let dir = models::video_model_dir(app.data_dir(), &request.model)?;
-        let (params, path) = self.render(app, job_id, &dir, request, on_progress)?;
-        let recorded = record(app, job_id, request, &params, &path);
+        let (generated, path) = self.render(app, job_id, &dir, request, on_progress)?;
+        let recorded = record(app, job_id, request, generated, &path);
         let _ = std::fs::remove_file(&path);
         recorded
     }
@@ -296,7 +329,7 @@ impl Generator {
         dir: &Path,
         request: &VideoRequest,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
-    ) -> Result<(GenerateParams, PathBuf)> {
+    ) -> Result<(Generated, PathBuf)> {
         // What the model takes is read from its configs: the task is settled before a card is
         // taken, so that any card, the studio's or a worker's, can run it as it is.
         let capabilities = Pipeline::inspect(dir).map_err(|e| {
@@ -322,12 +355,12 @@ impl Generator {
             local_files: HashMap::new(),
         };
         let path = app.scratch_file("generation", "mp4")?;
-        let params = self
+        let generated = self
             .gpus
             .generate(job_id, dir, &task, &path, on_progress)
             .map_err(|e| loras::explain(app, &request.loras, e));
-        match params {
-            Ok(params) => Ok((params, path)),
+        match generated {
+            Ok(generated) => Ok((generated, path)),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 Err(e)
@@ -403,6 +436,33 @@ impl GenerationTask {
         pipeline: &mut Pipeline,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, GeneratedVideo)> {
+        let (params, local) = self.params(pipeline)?;
+        let video = pipeline.generate(&local, Default::default(), &mut reporter(on_progress))?;
+        Ok((params, video))
+    }
+
+    /// Runs the task split by `layout` across `pipelines`, one per card, each already resident
+    /// there: the engine's parameters, the first card's video and every card's time.
+    pub fn generate_split(
+        &self,
+        pipelines: Vec<&mut Pipeline>,
+        layout: Layout,
+        on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+    ) -> Result<(GenerateParams, SplitGeneration)> {
+        let (params, local) = self.params(&*pipelines[0])?;
+        let split = generate_split_on(
+            pipelines,
+            layout,
+            &local,
+            Default::default(),
+            &mut reporter(on_progress),
+        )?;
+        Ok((params, split))
+    }
+
+    /// The engine's parameters for this task with `pipeline`'s model, and the same naming this
+    /// machine's copies of the task's files (what the engine reads; the record keeps the first).
+    fn params(&self, pipeline: &Pipeline) -> Result<(GenerateParams, GenerateParams)> {
         let mut params = GenerateParams {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -443,8 +503,6 @@ impl GenerationTask {
         if let Some(name) = &self.render.preset {
             videosdgx_engine::presets::preset(name)?.apply(&mut params);
         }
-        let mut report =
-            |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64);
         let mut local = params.clone();
         for image in local.start_image.iter_mut().chain(&mut local.references) {
             if let ImageInput::Path(path) = image {
@@ -454,16 +512,16 @@ impl GenerationTask {
         for lora in &mut local.loras {
             lora.path = self.local(&lora.path);
         }
-        let video = pipeline.generate(&local, Default::default(), &mut report)?;
-        Ok((params, video))
+        Ok((params, local))
     }
 
     /// Writes `video` to `out` as an MP4, or a still's one frame as a PNG, embedding its
-    /// generation record (stage `writing`).
+    /// generation record (stage `writing`) with each card's time when it was split (`ranks`).
     pub fn write(
         &self,
         params: &GenerateParams,
         video: &GeneratedVideo,
+        ranks: &[RankTime],
         out: &Path,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<()> {
@@ -471,8 +529,11 @@ impl GenerationTask {
             return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));
         }
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
-        let metadata =
+        let mut metadata =
             json!({ "model": self.model, "generate": params, "loras": self.applied_loras });
+        if !ranks.is_empty() {
+            metadata["ranks"] = json!(ranks);
+        }
         if self.still {
             let frame = frames
                 .first()
@@ -489,6 +550,13 @@ impl GenerationTask {
         )?;
         Ok(())
     }
+}
+
+/// The engine's progress as the studio's `(stage, step, total)` reports.
+fn reporter(
+    on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
+) -> impl FnMut(&Progress) -> ControlFlow<()> {
+    move |p: &Progress| on_progress(stage_name(p.stage), p.step as u64, p.total as u64)
 }
 
 /// Shots left `generating` by a process that died mid-generation go back to what their takes
@@ -671,9 +739,10 @@ fn record(
     app: &App,
     job_id: Option<i64>,
     request: &VideoRequest,
-    params: &GenerateParams,
+    generated: Generated,
     path: &Path,
 ) -> Result<VideoOutput> {
+    let params = &generated.params;
     let meta = NewAsset {
         name: output_name(&app.db, request, params.seed)?,
         project_id: request.project_id,
@@ -718,8 +787,9 @@ fn record(
         asset,
         generation_id,
         take_id,
-        params: params.clone(),
+        params: generated.params,
         loras: request.loras.clone(),
+        ranks: generated.ranks,
     })
 }
 
@@ -774,9 +844,11 @@ impl GenerateShot {
         Ok(request)
     }
 
-    /// Whether this generation can run: its shot has a prompt (or this one gives it) and its
-    /// model is installed. What the `generate` and `shoot` jobs check at submission.
+    /// Whether this generation can run: its shot has a prompt (or this one gives it), its
+    /// model is installed and the studio has the cards it is split across. What the `generate`
+    /// and `shoot` jobs check at submission.
     pub fn check_runnable(&self, app: &App) -> Result<()> {
+        app.gpus.check_split(&self.render)?;
         let shot = shots::get_shot(&app.db, self.shot_id)?;
         if self
             .prompt
@@ -818,14 +890,18 @@ impl JobRunner for GenerateRunner {
             &request,
             &mut |stage, step, total| ctx.progress(stage, step, total),
         )?;
-        Ok(json!({
+        let mut result = json!({
             "shot_id": request.shot_id,
             "asset_id": output.asset.id,
             "take_id": output.take_id,
             "generation_id": output.generation_id,
             "params": output.params,
             "loras": output.loras,
-        }))
+        });
+        if !output.ranks.is_empty() {
+            result["ranks"] = json!(output.ranks);
+        }
+        Ok(result)
     }
 }
 
@@ -891,10 +967,7 @@ mod tests {
             width: 32,
             steps: 2,
             guidance: 3.0,
-            preset: None,
-            cache: None,
-            quant: None,
-            image_model: None,
+            ..RenderSettings::default()
         }
     }
 
@@ -1239,6 +1312,46 @@ mod tests {
         assert_eq!(recover_shots(&app.db).unwrap(), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shot_split_across_two_cards_is_one_job_on_both_with_each_cards_time() {
+        use crate::jobs::{JobQueue, JobState, NewJob, run_to_end};
+        let dir = tempfile::tempdir().unwrap();
+        install_tiny_model(dir.path());
+        let mut config = StudioConfig::new(dir.path());
+        config.gpus = "cpu,cpu".parse().unwrap();
+        let app = Arc::new(App::open(config).unwrap());
+        let shot = shot(&app, prompt("a lighthouse at dusk"));
+        let workers = JobQueue::start(&app, 1);
+        let render = RenderSettings {
+            split_cards: 2,
+            ..tiny()
+        };
+        let new = NewJob {
+            kind: "generate".into(),
+            params: json!({ "shot_id": shot.id, "render": render }),
+            max_attempts: Some(1),
+            project_id: None,
+        };
+        let job = run_to_end(&app, new, &mut |_| ControlFlow::Continue(()))
+            .await
+            .unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert_eq!(job.card.as_deref(), Some("cpu#0+cpu#1"));
+        let result = job.result.unwrap();
+        let ranks: Vec<&str> = result["ranks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["device"].as_str().unwrap())
+            .collect();
+        assert_eq!(ranks, ["cpu#0", "cpu#1"]);
+        assert_eq!(job.params["render"]["split_cards"], 2);
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
     #[test]
     fn bad_requests_are_refused_before_queueing() {
         let (_dir, app) = studio();
@@ -1283,6 +1396,19 @@ mod tests {
                 "threshold must be a positive number",
             ),
             (json!({ "shot_id": 999 }), "shot 999 not found"),
+            // The studio of these tests has one card.
+            (
+                json!({ "shot_id": fine.id, "render": { "split_cards": 2 } }),
+                "split_cards: 2 cards for one generation, and the studio has 1 of its own",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "split_cards": 0 } }),
+                "split_cards: 0 ranks cannot run",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cfg_parallel": true } }),
+                "split_cards: 1 ranks cannot run CFG parallel: give a positive, even number",
+            ),
         ] {
             let err = GenerateRunner.check(&app, &params).unwrap_err().to_string();
             assert!(err.contains(expected), "{params}: {err}");

@@ -12,12 +12,19 @@
 //! here while they answer: a generation ([`GenerationTask::runs_anywhere`]: a video, a look, a
 //! keyframe) may take one of them like any other card; the language model and finishing run on
 //! the studio's own.
+//!
+//! A generation split across cards ([`RenderSettings::split_cards`]) takes that many of the
+//! studio's own cards at once, never some of them: two split generations can never each hold
+//! part of what the other waits for. While one waits, no single piece of work takes a studio
+//! card, so cards freed one by one gather for it instead of going to later work.
 
 use crate::error::{Result, StudioError};
-use crate::generation::GenerationTask;
+use crate::generation::{GenerationTask, RenderSettings};
 use crate::workers::RemoteCard;
+use anyhow::Context;
 use candle_core::{DType, Device};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -26,6 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 use utoipa::ToSchema;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
+use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, on_every_card};
 use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
 
@@ -241,7 +249,7 @@ impl CardModel {
     }
 }
 
-/// Who holds each card.
+/// Who holds a card.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Slot {
     Free,
@@ -249,12 +257,53 @@ enum Slot {
     Held(Option<i64>),
 }
 
+/// Who holds each card, and the split generations waiting for theirs.
+#[derive(Debug, Clone, PartialEq)]
+struct Slots {
+    held: Vec<Slot>,
+    /// The tickets of split generations waiting for cards, oldest first: the first takes its
+    /// cards once enough are free; while any waits, single work takes no studio card.
+    splits: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+/// What a piece of work takes.
+#[derive(Clone, Copy)]
+enum Need {
+    /// One card; a worker's too when the work runs `anywhere`.
+    One { anywhere: bool },
+    /// This many of the studio's own cards, for one split generation.
+    Split(usize),
+}
+
+/// A split generation's place among those waiting for cards; leaving it (cards taken, stopped,
+/// refused) lets the next one, or single work, go on.
+struct SplitTurn<'a> {
+    gpus: &'a Gpus,
+    ticket: u64,
+}
+
+impl Drop for SplitTurn<'_> {
+    fn drop(&mut self) {
+        self.gpus.lock_slots().splits.retain(|t| *t != self.ticket);
+        self.gpus.freed.notify_all();
+    }
+}
+
+/// What a generation ran with: the engine's parameters and, when it was split across cards,
+/// each card's time (rank order; `device` is the card's name).
+#[derive(Debug)]
+pub struct Generated {
+    pub params: GenerateParams,
+    pub ranks: Vec<RankTime>,
+}
+
 /// The studio's cards and who holds each.
 pub struct Gpus {
     /// The studio's own cards, then workers' cards in the order they joined (a card that left
     /// keeps its place, unused: indexes stay valid). Locked after `slots` when both are.
     cards: RwLock<Vec<Arc<CardModel>>>,
-    slots: Mutex<Vec<Slot>>,
+    slots: Mutex<Slots>,
     freed: Condvar,
 }
 
@@ -302,7 +351,11 @@ impl Gpus {
             })
             .collect();
         Ok(Gpus {
-            slots: Mutex::new(vec![Slot::Free; cards.len()]),
+            slots: Mutex::new(Slots {
+                held: vec![Slot::Free; cards.len()],
+                splits: VecDeque::new(),
+                next_ticket: 0,
+            }),
             cards: RwLock::new(cards),
             freed: Condvar::new(),
         })
@@ -322,7 +375,7 @@ impl Gpus {
                 holding: Mutex::new(None),
                 remote: Some(card.clone()),
             }));
-            slots.push(Slot::Free);
+            slots.held.push(Slot::Free);
         }
         drop((slots, cards));
         // Work waiting for a card may take one of these.
@@ -341,7 +394,7 @@ impl Gpus {
 
     /// Every card there is, what it holds and whom for.
     pub fn states(&self) -> Vec<CardState> {
-        let slots = self.lock_slots().clone();
+        let slots = self.lock_slots().held.clone();
         self.lock_cards()
             .iter()
             .zip(slots)
@@ -362,18 +415,40 @@ impl Gpus {
             .collect()
     }
 
-    /// The card job `job` holds now, by name (`cuda:1`).
+    /// The card job `job` holds now, by name (`cuda:1`); the cards of a split generation
+    /// joined by `+` (`cuda:0+cuda:1`).
     pub fn card_of(&self, job: i64) -> Option<String> {
         let slots = self.lock_slots();
-        let index = slots.iter().position(|s| *s == Slot::Held(Some(job)))?;
-        Some(self.lock_cards()[index].label.clone())
+        let cards = self.lock_cards();
+        let names: Vec<&str> = (0..slots.held.len())
+            .filter(|&i| slots.held[i] == Slot::Held(Some(job)))
+            .map(|i| cards[i].label.as_str())
+            .collect();
+        (!names.is_empty()).then(|| names.join("+"))
+    }
+
+    /// How `render` splits one generation across the studio's own cards (`None`: it runs on
+    /// one); refused, before any card is taken, when the layout cannot run or the studio has
+    /// fewer cards of its own.
+    pub fn check_split(&self, render: &RenderSettings) -> Result<Option<Layout>> {
+        let Some(layout) = render.split()? else {
+            return Ok(None);
+        };
+        let own = self
+            .lock_cards()
+            .iter()
+            .filter(|c| c.remote.is_none())
+            .count();
+        check_own_cards(layout.ranks(), own)?;
+        Ok(Some(layout))
     }
 
     /// Runs generation `task` with the pipeline of its model (installed in `dir`) on a card
     /// taken for `job`, and writes its output (an MP4, a still's PNG) to `out`. A studio's card
     /// loads the pipeline unless it holds it (stage `loading model`, which may stop it) and is
     /// given back before the output is written; a worker's card runs the whole task on its
-    /// worker, which sends the output.
+    /// worker, which sends the output. A task split across cards takes that many studio cards at
+    /// once ([`Gpus::with_split_pipelines`]).
     pub fn generate(
         &self,
         job: Option<i64>,
@@ -381,13 +456,36 @@ impl Gpus {
         task: &GenerationTask,
         out: &Path,
         report: Report,
-    ) -> Result<GenerateParams> {
+    ) -> Result<Generated> {
+        if let Some(layout) = self.check_split(&task.render)? {
+            let (params, SplitGeneration { video, ranks }) = self.with_split_pipelines(
+                job,
+                &task.model,
+                dir,
+                task.render.quant,
+                layout.ranks(),
+                report,
+                |pipelines, cards, report| {
+                    let (params, mut split) = task.generate_split(pipelines, layout, report)?;
+                    // Named as the studio names its cards (two CPU lanes are both `cpu` to it).
+                    for (rank, card) in split.ranks.iter_mut().zip(cards) {
+                        rank.device = card.clone();
+                    }
+                    Ok((params, split))
+                },
+            )?;
+            task.write(&params, &video, &ranks, out, report)?;
+            return Ok(Generated { params, ranks });
+        }
         let wanted = Wanted::Generation(dir, task.render.quant);
         let card = self.take(job, wanted, task.runs_anywhere(), report)?;
         if let Some(remote) = card.model().remote.clone() {
             let params = remote.run(dir, task, out, report);
             card.note_remote(&task.model, params.is_ok());
-            return params;
+            return params.map(|params| Generated {
+                params,
+                ranks: Vec::new(),
+            });
         }
         let (params, video) = self.on_pipeline(
             card,
@@ -397,8 +495,11 @@ impl Gpus {
             report,
             |pipeline, report| task.generate(pipeline, report),
         )?;
-        task.write(&params, &video, out, report)?;
-        Ok(params)
+        task.write(&params, &video, &[], out, report)?;
+        Ok(Generated {
+            params,
+            ranks: Vec::new(),
+        })
     }
 
     /// [`Gpus::on_pipeline`] on a studio's card taken for `job`: what the tests of residency
@@ -436,26 +537,64 @@ impl Gpus {
         if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
             release(&mut resident, name);
             loading(report, "loading model")?;
-            let open = || {
-                let mut pipeline = Pipeline::open(dir, card.model().device()?, card.model().dtype)?;
-                if let Some(quant) = quant {
-                    pipeline.quantize(quant)?;
-                }
-                anyhow::Ok(pipeline)
-            };
-            let pipeline = open()
+            make_resident(card.model(), &mut resident, dir, quant)
                 .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))?;
-            *resident = Some(Resident::Generation {
-                dir: dir.to_path_buf(),
-                quant,
-                pipeline: Box::new(pipeline),
-            });
         }
         card.note(&resident);
-        match resident.as_mut() {
-            Some(Resident::Generation { pipeline, .. }) => f(pipeline, report),
-            _ => unreachable!("made resident above"),
+        f(resident_pipeline(&mut resident), report)
+    }
+
+    /// Runs `f` on the generation pipeline of installed model `name` (in `dir`, in `quant`) made
+    /// resident on each of `count` studio cards taken at once for `job` ([`Gpus::on_pipeline`]
+    /// for one card); `f` also gets the cards' names, in the pipelines' order. Every card holds
+    /// its pipeline before `f` runs: a card that fails to load fails the work with its error,
+    /// and every card is given back.
+    #[allow(clippy::too_many_arguments)]
+    fn with_split_pipelines<R>(
+        &self,
+        job: Option<i64>,
+        name: &str,
+        dir: &Path,
+        quant: Option<Quant>,
+        count: usize,
+        report: Report,
+        f: impl FnOnce(Vec<&mut Pipeline>, &[String], Report) -> Result<R>,
+    ) -> Result<R> {
+        let wanted = Wanted::Generation(dir, quant);
+        let cards = self.take_cards(job, wanted, Need::Split(count), report)?;
+        let names: Vec<String> = cards.iter().map(|c| c.model().label.clone()).collect();
+        // Locked after `cards` were taken, so released before they are given back.
+        let mut residents: Vec<_> = cards.iter().map(Taken::resident).collect();
+        let loads = residents
+            .iter()
+            .filter(|r| !r.as_ref().is_some_and(|r| r.is(wanted)))
+            .count();
+        if loads > 0 {
+            for resident in &mut residents {
+                if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
+                    release(resident, name);
+                }
+            }
+            loading(report, "loading model")?;
         }
+        // Loaded on every card at once; a card that holds it already returns at once.
+        let each: Vec<_> = residents
+            .iter_mut()
+            .map(|r| &mut **r)
+            .zip(cards.iter().map(Taken::model))
+            .collect();
+        on_every_card(each, |_, (resident, card)| {
+            make_resident(card, resident, dir, quant)
+                .with_context(|| format!("loading model `{name}` on {}", card.label))
+        })?;
+        for (card, resident) in cards.iter().zip(&residents) {
+            card.note(resident);
+        }
+        f(
+            residents.iter_mut().map(|r| resident_pipeline(r)).collect(),
+            &names,
+            report,
+        )
     }
 
     /// Runs `f` on the language model `name` (in `dir`) with its decoder's weights in `quant`
@@ -530,10 +669,7 @@ impl Gpus {
         }
     }
 
-    /// Takes a free card for `job`: one holding `wanted`, else an empty one, else the first free;
-    /// a worker's card only when the work runs `anywhere`. Waits while all are busy (or, for
-    /// work that may go anywhere, while there is none: a worker may join), reporting `waiting
-    /// for a GPU`; a stop asked for then takes none.
+    /// Takes a free card for `job` ([`Gpus::take_cards`]).
     fn take(
         &self,
         job: Option<i64>,
@@ -541,38 +677,90 @@ impl Gpus {
         anywhere: bool,
         report: Report,
     ) -> Result<Taken<'_>> {
+        let mut taken = self.take_cards(job, wanted, Need::One { anywhere }, report)?;
+        Ok(taken.pop().expect("one card taken"))
+    }
+
+    /// Takes the free cards `need` asks for, for `job`, all at once: those holding `wanted`
+    /// first, then empty ones, then any; a worker's card only for one piece of work that runs
+    /// `anywhere`. Waits while too few are free (or, for work that may go anywhere, while there
+    /// is none: a worker may join), reporting `waiting for a GPU` (`waiting for N GPUs`); a stop
+    /// asked for then takes none. Split generations take their cards in the order they came,
+    /// before any single work takes a studio card.
+    fn take_cards(
+        &self,
+        job: Option<i64>,
+        wanted: Wanted,
+        need: Need,
+        report: Report,
+    ) -> Result<Vec<Taken<'_>>> {
+        // Declared before `slots`, so dropped after it: leaving the queue locks the slots.
+        let mut turn: Option<SplitTurn> = None;
         let mut slots = self.lock_slots();
         loop {
             let cards = self.lock_cards();
-            if !anywhere && cards.iter().all(|c| c.remote.is_some()) {
-                return Err(StudioError::Invalid(
-                    "this work runs on the studio's own cards, and it has none (`--gpus none`): \
-                     workers' cards run only generations (videos, looks, keyframes)"
-                        .into(),
-                ));
-            }
+            let own = cards.iter().filter(|c| c.remote.is_none()).count();
+            let count = match need {
+                Need::One { anywhere: false } if own == 0 => {
+                    return Err(StudioError::Invalid(
+                        "this work runs on the studio's own cards, and it has none (`--gpus \
+                         none`): workers' cards run only generations (videos, looks, keyframes)"
+                            .into(),
+                    ));
+                }
+                Need::One { .. } => 1,
+                Need::Split(count) => {
+                    check_own_cards(count, own)?;
+                    count
+                }
+            };
+            let first_split = slots.splits.front().copied();
+            let may_take = |card: &CardModel| match need {
+                Need::One { anywhere } if card.remote.is_some() => anywhere,
+                Need::One { .. } => first_split.is_none(),
+                Need::Split(_) => {
+                    card.remote.is_none()
+                        && first_split.is_none_or(|t| turn.as_ref().is_some_and(|m| m.ticket == t))
+                }
+            };
             // A free card's resident model is locked only here, under `slots`: no one waits.
-            let free: Vec<usize> = (0..slots.len())
-                .filter(|&i| slots[i] == Slot::Free && cards[i].alive())
-                .filter(|&i| anywhere || cards[i].remote.is_none())
+            let mut free: Vec<usize> = (0..slots.held.len())
+                .filter(|&i| slots.held[i] == Slot::Free && cards[i].alive())
+                .filter(|&i| may_take(&cards[i]))
                 .collect();
-            let chosen = free
-                .iter()
-                .find(|&&i| cards[i].holds(wanted) == Some(true))
-                .or_else(|| free.iter().find(|&&i| cards[i].holds(wanted).is_none()))
-                .or(free.first());
-            if let Some(&index) = chosen {
-                slots[index] = Slot::Held(job);
-                return Ok(Taken {
-                    gpus: self,
-                    index,
-                    card: cards[index].clone(),
-                });
+            free.sort_by_cached_key(|&i| match cards[i].holds(wanted) {
+                Some(true) => 0,
+                None => 1,
+                Some(false) => 2,
+            });
+            if free.len() >= count {
+                let taken = free[..count]
+                    .iter()
+                    .map(|&index| {
+                        slots.held[index] = Slot::Held(job);
+                        Taken {
+                            gpus: self,
+                            index,
+                            card: cards[index].clone(),
+                        }
+                    })
+                    .collect();
+                drop((cards, slots));
+                return Ok(taken);
+            }
+            if matches!(need, Need::Split(_)) && turn.is_none() {
+                let ticket = slots.next_ticket;
+                slots.next_ticket += 1;
+                slots.splits.push_back(ticket);
+                turn = Some(SplitTurn { gpus: self, ticket });
             }
             drop(cards);
             let seen = slots.clone();
             drop(slots);
-            loading(report, "waiting for a GPU")?;
+            match need {
+                Need::One { .. } => loading(report, "waiting for a GPU")?,
+                Need::Split(count) => loading(report, &format!("waiting for {count} GPUs"))?,
+            }
             slots = self.lock_slots();
             // Unless a card was given back or joined meanwhile, wait for one.
             if *slots == seen {
@@ -589,7 +777,7 @@ impl Gpus {
         self.cards.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+    fn lock_slots(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -638,8 +826,53 @@ impl Drop for Taken<'_> {
         if self.card.remote.is_none() {
             self.note(&self.resident());
         }
-        self.gpus.lock_slots()[self.index] = Slot::Free;
+        self.gpus.lock_slots().held[self.index] = Slot::Free;
         self.gpus.freed.notify_all();
+    }
+}
+
+/// Refuses a split over more cards than the studio's own: workers' cards take no part in one.
+fn check_own_cards(count: usize, own: usize) -> Result<()> {
+    if count > own {
+        return Err(StudioError::Invalid(format!(
+            "split_cards: {count} cards for one generation, and the studio has {own} of its own \
+             (`--gpus`); workers' cards take no part in a split"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the generation pipeline of `dir` with its transformers' weights in `quant` onto
+/// `card`, unless `resident` holds it so (a model it holds otherwise was released first).
+fn make_resident(
+    card: &CardModel,
+    resident: &mut Option<Resident>,
+    dir: &Path,
+    quant: Option<Quant>,
+) -> anyhow::Result<()> {
+    if resident
+        .as_ref()
+        .is_some_and(|r| r.is(Wanted::Generation(dir, quant)))
+    {
+        return Ok(());
+    }
+    let mut pipeline = Pipeline::open(dir, card.device()?, card.dtype)?;
+    if let Some(quant) = quant {
+        pipeline.quantize(quant)?;
+    }
+    *resident = Some(Resident::Generation {
+        dir: dir.to_path_buf(),
+        quant,
+        pipeline: Box::new(pipeline),
+    });
+    Ok(())
+}
+
+/// The generation pipeline a card was made to hold ([`make_resident`]).
+fn resident_pipeline(resident: &mut Option<Resident>) -> &mut Pipeline {
+    match resident {
+        Some(Resident::Generation { pipeline, .. }) => pipeline,
+        _ => unreachable!("made resident before"),
     }
 }
 
@@ -735,7 +968,7 @@ mod tests {
             .unwrap_err();
         assert!(crate::generation::is_cancelled(&err), "{err}");
         assert!(gpus.lock_cards()[0].resident.lock().unwrap().is_none());
-        assert_eq!(*gpus.lock_slots(), [Slot::Free]);
+        assert_eq!(gpus.lock_slots().held, [Slot::Free]);
     }
 
     #[test]
@@ -876,7 +1109,7 @@ mod tests {
             leave.send(()).unwrap();
             holder.join().unwrap().unwrap();
         });
-        assert_eq!(*gpus.lock_slots(), [Slot::Free]);
+        assert_eq!(gpus.lock_slots().held, [Slot::Free]);
     }
 
     #[test]
@@ -999,6 +1232,344 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert!(gpus.states().is_empty(), "silent past the lease");
         assert_eq!(gpus.len(), 0);
+    }
+
+    /// The tiny Wan model's generation, split across `split_cards` of the studio's cards.
+    fn tiny_task(split_cards: usize) -> GenerationTask {
+        GenerationTask {
+            model: "tiny-wan-t2v".into(),
+            prompt: "a cat walks on the grass".into(),
+            negative_prompt: "blurry".into(),
+            length: crate::generation::Length::Frames(5),
+            seed: 7,
+            render: RenderSettings {
+                height: 32,
+                width: 48,
+                steps: 3,
+                guidance: 5.0,
+                split_cards,
+                ..RenderSettings::default()
+            },
+            start_image: None,
+            references: Vec::new(),
+            loras: Vec::new(),
+            applied_loras: Vec::new(),
+            still: false,
+            local_files: Default::default(),
+        }
+    }
+
+    /// How long a test waits for what must happen before it fails rather than hang.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn quiet(_: &str, _: u64, _: u64) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    #[test]
+    fn a_split_generation_is_the_one_card_generation_and_holds_every_card_it_runs_on() {
+        let gpus = cpu_lanes(2);
+        let wan = fixture("tiny-wan-t2v");
+        let task = tiny_task(2);
+        let layout = gpus.check_split(&task.render).unwrap().expect("a split");
+        let (params, whole) = gpus
+            .with_pipeline(None, "wan", &wan, None, &mut quiet, |p, r| {
+                task.generate(p, r)
+            })
+            .unwrap();
+        let mut while_denoising = None;
+        let mut watch = |stage: &str, _, _| {
+            if stage == "denoising" && while_denoising.is_none() {
+                while_denoising = Some((gpus.card_of(9), gpus.states()));
+            }
+            ControlFlow::Continue(())
+        };
+        let (split_params, split) = gpus
+            .with_split_pipelines(Some(9), "wan", &wan, None, 2, &mut watch, |p, _, r| {
+                task.generate_split(p, layout, r)
+            })
+            .unwrap();
+        assert_eq!(split_params, params);
+        let err =
+            videosdgx_engine::models::relative_error(&split.video.frames, &whole.frames).unwrap();
+        assert!(err <= 1e-5, "relative error {err:e}");
+        let held = |card: &str| CardState {
+            card: card.into(),
+            model: Some("tiny-wan-t2v".into()),
+            busy: true,
+            job_id: Some(9),
+        };
+        assert_eq!(
+            while_denoising,
+            Some((
+                Some("cpu#0+cpu#1".to_string()),
+                vec![held("cpu#0"), held("cpu#1")]
+            ))
+        );
+        assert_eq!(gpus.card_of(9), None, "every card is given back");
+        // Written like any generation, each card's time named after it; both cards hold the
+        // pipeline now, so nothing is loaded again.
+        let out = tempfile::tempdir().unwrap();
+        let out = out.path().join("split.mp4");
+        let mut stages = Vec::new();
+        let generated = gpus
+            .generate(Some(10), &wan, &task, &out, &mut |stage, _, _| {
+                stages.push(stage.to_string());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(generated.params, params);
+        let ranks: Vec<&str> = generated.ranks.iter().map(|r| r.device.as_str()).collect();
+        assert_eq!(ranks, ["cpu#0", "cpu#1"]);
+        assert!(!stages.iter().any(|s| s == "loading model"), "{stages:?}");
+        assert!(out.metadata().unwrap().len() > 0);
+        assert!(gpus.states().iter().all(|s| !s.busy));
+    }
+
+    /// Runs `work` on a thread as job `job`, signalling on `waiting` the first time it waits for
+    /// cards.
+    fn waiting_signal(
+        waiting: mpsc::Sender<i64>,
+        job: i64,
+    ) -> impl FnMut(&str, u64, u64) -> ControlFlow<()> {
+        let mut told = false;
+        move |stage: &str, _, _| {
+            if stage.starts_with("waiting for") && !told {
+                told = true;
+                waiting.send(job).unwrap();
+            }
+            ControlFlow::Continue(())
+        }
+    }
+
+    #[test]
+    fn a_waiting_split_gets_the_freed_cards_before_later_single_work_and_all_finish() {
+        let gpus = cpu_lanes(2);
+        let wan = fixture("tiny-wan-t2v");
+        let order = Mutex::new(Vec::new());
+        let (inside, entered) = mpsc::channel();
+        let (waiting, waits) = mpsc::channel();
+        std::thread::scope(|scope| {
+            // Made in the scope: a failing assertion drops `leave`, and the holder leaves.
+            let (leave, told) = mpsc::channel::<()>();
+            let (gpus, wan, order) = (&gpus, &wan, &order);
+            let holder = scope.spawn(move || {
+                gpus.with_pipeline(Some(1), "wan", wan, None, &mut quiet, |_, _| {
+                    inside.send(()).unwrap();
+                    let _ = told.recv();
+                    Ok(())
+                })
+            });
+            entered.recv().unwrap();
+            let split = |job: i64| {
+                let waiting = waiting.clone();
+                scope.spawn(move || {
+                    let mut report = waiting_signal(waiting, job);
+                    gpus.with_split_pipelines(
+                        Some(job),
+                        "wan",
+                        wan,
+                        None,
+                        2,
+                        &mut report,
+                        |p, _, _| {
+                            assert_eq!(p.len(), 2);
+                            order.lock().unwrap().push(job);
+                            Ok(())
+                        },
+                    )
+                })
+            };
+            let first_split = split(2);
+            assert_eq!(waits.recv_timeout(PATIENCE).expect("waits for cards"), 2);
+            let second_split = split(3);
+            assert_eq!(waits.recv_timeout(PATIENCE).expect("waits for cards"), 3);
+            let single = {
+                let waiting = waiting.clone();
+                scope.spawn(move || {
+                    let mut report = waiting_signal(waiting, 4);
+                    gpus.with_pipeline(Some(4), "wan", wan, None, &mut report, |_, _| {
+                        order.lock().unwrap().push(4);
+                        Ok(())
+                    })
+                })
+            };
+            assert_eq!(waits.recv_timeout(PATIENCE).expect("waits for cards"), 4);
+            // The free card is kept for the splits waiting before it.
+            assert!(!gpus.states()[1].busy, "{:?}", gpus.states());
+            leave.send(()).unwrap();
+            for run in [holder, first_split, second_split, single] {
+                run.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(*order.lock().unwrap(), [2, 3, 4]);
+        let slots = gpus.lock_slots();
+        assert_eq!(
+            (slots.held.as_slice(), slots.splits.len()),
+            ([Slot::Free; 2].as_slice(), 0)
+        );
+    }
+
+    #[test]
+    fn a_split_stopped_while_waiting_or_running_gives_every_card_back() {
+        let gpus = cpu_lanes(2);
+        let wan = fixture("tiny-wan-t2v");
+        let task = tiny_task(2);
+        let (inside, entered) = mpsc::channel();
+        std::thread::scope(|scope| {
+            // Made in the scope: a failing assertion drops `leave`, and the holder leaves.
+            let (leave, told) = mpsc::channel::<()>();
+            let (gpus, wan) = (&gpus, &wan);
+            let holder = scope.spawn(move || {
+                gpus.with_pipeline(Some(1), "wan", wan, None, &mut quiet, |_, _| {
+                    inside.send(()).unwrap();
+                    let _ = told.recv();
+                    Ok(())
+                })
+            });
+            entered.recv().unwrap();
+            let mut stages = Vec::new();
+            let out = Path::new("never-written.mp4");
+            let err = gpus
+                .generate(Some(2), wan, &task, out, &mut |stage, _, _| {
+                    stages.push(stage.to_string());
+                    match stages.len() {
+                        2 => ControlFlow::Break(()),
+                        _ => ControlFlow::Continue(()),
+                    }
+                })
+                .unwrap_err();
+            assert!(crate::generation::is_cancelled(&err), "{err}");
+            assert_eq!(stages, ["waiting for 2 GPUs", "waiting for 2 GPUs"]);
+            // Single work takes the free card at once: the split no longer waits for it.
+            let mut stages = Vec::new();
+            gpus.with_pipeline(
+                Some(3),
+                "wan",
+                wan,
+                None,
+                &mut |stage, _, _| {
+                    stages.push(stage.to_string());
+                    ControlFlow::Continue(())
+                },
+                |_, _| Ok(()),
+            )
+            .unwrap();
+            assert_eq!(stages, ["loading model"]);
+            leave.send(()).unwrap();
+            holder.join().unwrap().unwrap();
+        });
+        // Stopped mid-denoising: every rank stops, every card is free and keeps its pipeline.
+        let out = tempfile::tempdir().unwrap();
+        let out = out.path().join("stopped.mp4");
+        let err = gpus
+            .generate(Some(4), &wan, &task, &out, &mut |stage, step, _| {
+                if stage == "denoising" && step >= 1 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap_err();
+        assert!(crate::generation::is_cancelled(&err), "{err}");
+        assert!(!out.exists());
+        let states = gpus.states();
+        assert!(
+            states
+                .iter()
+                .all(|s| !s.busy && s.model.as_deref() == Some("tiny-wan-t2v")),
+            "{states:?}"
+        );
+        assert_eq!(gpus.lock_slots().splits.len(), 0);
+    }
+
+    #[test]
+    fn a_card_that_fails_to_load_fails_the_split_by_name_and_frees_every_card() {
+        let data = tempfile::tempdir().unwrap();
+        crate::generation::install_fixture_model(data.path(), "tiny-wan-t2v");
+        let wan = data.path().join("models/tiny-wan-t2v");
+        let gpus = cpu_lanes(2);
+        gpus.with_pipeline(None, "wan", &wan, None, &mut quiet, |_, _| Ok(()))
+            .unwrap();
+        // cpu#0 holds the pipeline; cpu#1 must load it from a folder broken since.
+        std::fs::write(
+            wan.join("transformer/diffusion_pytorch_model.safetensors"),
+            b"not a checkpoint",
+        )
+        .unwrap();
+        let out = data.path().join("out.mp4");
+        let err = gpus
+            .generate(Some(5), &wan, &tiny_task(2), &out, &mut quiet)
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with("loading model `tiny-wan-t2v` on cpu#1:"),
+            "{message}"
+        );
+        let states = gpus.states();
+        assert!(states.iter().all(|s| !s.busy), "{states:?}");
+        assert_eq!(states[0].model.as_deref(), Some("tiny-wan-t2v"));
+        assert_eq!(states[1].model, None);
+    }
+
+    #[test]
+    fn splits_the_studio_cannot_run_are_refused_before_taking_a_card() {
+        let workers = crate::workers::Workers::new(Duration::from_secs(600));
+        let gpus = cpu_lanes(2);
+        // A worker's card is no card of the studio's.
+        join_worker(&gpus, &workers, "spark-2");
+        let refusal = |split_cards, cfg_parallel| {
+            let render = RenderSettings {
+                split_cards,
+                cfg_parallel,
+                ..RenderSettings::default()
+            };
+            gpus.check_split(&render).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refusal(3, false),
+            "split_cards: 3 cards for one generation, and the studio has 2 of its own \
+             (`--gpus`); workers' cards take no part in a split"
+        );
+        assert!(
+            refusal(0, false).contains("0 ranks cannot run"),
+            "{}",
+            refusal(0, false)
+        );
+        assert!(
+            refusal(1, true).contains("even number of cards"),
+            "{}",
+            refusal(1, true)
+        );
+        let mut reports = 0;
+        let err = gpus
+            .generate(
+                None,
+                &fixture("tiny-wan-t2v"),
+                &tiny_task(3),
+                Path::new("x.mp4"),
+                &mut |_, _, _| {
+                    reports += 1;
+                    ControlFlow::Continue(())
+                },
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("3 cards for one generation"),
+            "{err}"
+        );
+        assert_eq!(reports, 0, "refused before waiting");
+        assert!(gpus.states().iter().all(|s| !s.busy));
+        let both = RenderSettings {
+            split_cards: 2,
+            cfg_parallel: true,
+            ..RenderSettings::default()
+        };
+        assert_eq!(
+            gpus.check_split(&both).unwrap(),
+            Some(Layout::new(2, true).unwrap())
+        );
+        assert_eq!(gpus.check_split(&RenderSettings::default()).unwrap(), None);
     }
 
     #[test]

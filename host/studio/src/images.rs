@@ -132,6 +132,8 @@ impl Generator {
                 preset: None,
                 cache: None,
                 quant: None,
+                split_cards: 1,
+                cfg_parallel: false,
                 image_model: None,
             },
             start_image: None,
@@ -143,7 +145,7 @@ impl Generator {
         };
         let path = app.scratch_file("image", "png")?;
         match self.gpus.generate(job_id, dir, &task, &path, on_progress) {
-            Ok(params) => Ok((params, path)),
+            Ok(generated) => Ok((generated.params, path)),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 Err(loras::explain(app, &request.loras, e))

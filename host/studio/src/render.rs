@@ -162,6 +162,7 @@ pub async fn render(
     progress: Progress<'_>,
 ) -> Result<RenderReport> {
     request.render.check()?;
+    app.gpus.check_split(&request.render)?;
     // Refuse before anything is written when a step could not run.
     for world in [World::Planner, World::Expander, World::Stitcher] {
         registry::choose(&app.db, world, None)?;

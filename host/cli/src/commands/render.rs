@@ -59,6 +59,14 @@ pub struct RenderArgs {
     /// memory; docs/generation.md, "FP8 weights").
     #[arg(long, value_enum)]
     pub quant: Option<super::model::QuantArg>,
+    /// Split each shot's generation across this many of the studio's cards (`--gpus`), which
+    /// it takes at once (docs/ARCHITECTURE.md, "Cards and residency").
+    #[arg(long, default_value_t = RenderSettings::default().split_cards)]
+    pub split_cards: usize,
+    /// With --split-cards, half of the cards compute the unconditional guidance branch (Wan
+    /// models with guidance above 1; an even --split-cards).
+    #[arg(long)]
+    pub cfg_parallel: bool,
     /// The installed image model that makes the character looks and keyframes (when the project
     /// uses keyframes); default: FLUX.2 [klein] when installed.
     #[arg(long)]
@@ -108,6 +116,8 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             preset: args.preset,
             cache: args.cache,
             quant: args.quant.map(Into::into),
+            split_cards: args.split_cards,
+            cfg_parallel: args.cfg_parallel,
             image_model: args.image_model,
         },
         max_attempts: args.max_attempts,

@@ -485,7 +485,7 @@ impl Lane<'_> {
         }
         std::fs::create_dir_all(out.parent().expect("under tmp"))?;
         match self.gpus.generate(None, &dir, &task, out, &mut report) {
-            Ok(params) => Ok(params),
+            Ok(generated) => Ok(generated.params),
             Err(e) if is_cancelled(&e) => Err(e.into()),
             // The studio names its files in errors (a LoRA that does not fit, by its asset):
             // its paths, not this worker's copies.

@@ -17,8 +17,8 @@ pub mod local;
 pub mod nccl;
 mod ranks;
 
-pub use generate::{RankTime, SplitGeneration, generate_split};
-pub use ranks::{RankContext, run_ranks};
+pub use generate::{RankTime, SplitGeneration, generate_split, generate_split_on};
+pub use ranks::{RankContext, on_every_card, run_ranks};
 
 use candle_core::{Device, Result, Shape, Tensor};
 use std::ops::Range;

@@ -95,6 +95,34 @@ pub fn run_ranks<T: Send>(
     })
 }
 
+/// Runs `work` on every item at once, a thread each (loading a model on each card of a split),
+/// and returns the results in order, or the error of the first item in order that failed.
+pub fn on_every_card<I: Send, T: Send>(
+    items: Vec<I>,
+    work: impl Fn(usize, I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let work = &work;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| s.spawn(move || work(i, item)))
+            .collect();
+        // Every thread is joined before the first error is picked: a panic left unjoined would
+        // panic the scope.
+        let outcomes: Vec<Result<T>> = threads
+            .into_iter()
+            .enumerate()
+            .map(|(i, thread)| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("card {i} panicked")))
+            })
+            .collect();
+        outcomes.into_iter().collect()
+    })
+}
+
 fn meeting(cpu: bool, size: usize) -> Result<Meeting> {
     if cpu {
         return Ok(Meeting::Local(LocalGroup::create(size)));
@@ -169,6 +197,26 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "rank 1 panicked");
+    }
+
+    #[test]
+    fn work_on_every_card_comes_back_in_order_with_the_first_failure_in_order() {
+        let squares = on_every_card(vec![1, 2, 3], |i, n| Ok((i, n * n))).unwrap();
+        assert_eq!(squares, [(0, 1), (1, 4), (2, 9)]);
+        // Card 2 panics, card 1 fails: card 1's error, and the panic does not escape.
+        let err = on_every_card(vec![(); 3], |i, ()| match i {
+            1 => bail!("card 1 cannot load the model"),
+            2 => panic!("card 2 panics"),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "card 1 cannot load the model");
+        let err = on_every_card(vec![(); 2], |i, ()| {
+            assert!(i == 0, "card 1 panics");
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "card 1 panicked");
     }
 
     #[test]

@@ -754,6 +754,24 @@ impl Pipeline {
         }
     }
 
+    /// Makes this pipeline whole again after a split generation: it then generates alone on its
+    /// card, as a freshly opened one does.
+    pub fn clear_split(&mut self) {
+        // Without groups nothing is checked: running whole is never refused.
+        self.set_split(crate::parallel::Split::default())
+            .expect("a pipeline runs whole");
+    }
+
+    /// The card this pipeline runs on.
+    pub fn device(&self) -> &Device {
+        match self {
+            Pipeline::Wan(wan) => wan.device(),
+            Pipeline::Ltx2(ltx) => ltx.device(),
+            Pipeline::Flux(flux) => flux.device(),
+            Pipeline::Flux2(flux) => flux.device(),
+        }
+    }
+
     /// Keeps the text encoder in memory between generations (the default), or drops it after
     /// encoding so the denoiser has the memory to itself.
     pub fn keep_text_encoder(&mut self, keep: bool) {

@@ -210,10 +210,7 @@ impl StudioServices {
                     width: request.width as usize,
                     steps: request.steps.map_or(defaults.steps, |s| s as usize),
                     guidance: request.guidance.unwrap_or(defaults.guidance),
-                    preset: None,
-                    cache: None,
-                    quant: None,
-                    image_model: None,
+                    ..defaults
                 },
                 loras: crate::loras::for_project(app, project_id, LoraTarget::Video)
                     .map_err(failed)?,

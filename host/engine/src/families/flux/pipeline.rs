@@ -163,6 +163,11 @@ impl FluxPipeline {
         &mut self.transformer
     }
 
+    /// The card it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
     pub fn keep_text_encoder(&mut self, keep: bool) {
         self.keep_text_encoder = keep;

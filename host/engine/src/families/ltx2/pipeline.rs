@@ -203,6 +203,11 @@ impl LTX2Pipeline {
         &mut self.transformer
     }
 
+    /// The card it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Keeps the text encoder loaded between generations (the studio's lane keeps one pipeline
     /// resident; the CLI releases it after encoding to make room for the transformer).
     pub fn keep_text_encoder(&mut self, keep: bool) {

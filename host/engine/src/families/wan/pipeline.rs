@@ -237,6 +237,11 @@ impl WanPipeline {
         models
     }
 
+    /// The card it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// With `false`, the text encoder is dropped from memory once a generation's prompts are
     /// encoded (and reloaded from disk by the next generation that needs it).
     pub fn keep_text_encoder(&mut self, keep: bool) {
