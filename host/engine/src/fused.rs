@@ -309,45 +309,6 @@ pub(crate) fn frame_conv(
     .to_dtype(x.dtype())
 }
 
-/// A channels-last 2-D convolution (`x [B, H, W, C]`, `weight [O, kh, kw, C]`, `spec` one tap)
-/// finished by `epilogue`, in `x`'s dtype: cuDNN's NHWC kernels with the `cudnn` feature on CUDA
-/// bf16 or f32; otherwise candle's ops ([`videosdgx_kernels::reference::image_conv_nhwc`], which
-/// defines it).
-pub(crate) fn image_conv_nhwc(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    spec: FrameConv,
-    epilogue: &Epilogue,
-) -> Result<Tensor> {
-    #[cfg(feature = "cudnn")]
-    if !disabled("conv")
-        && x.device().is_cuda()
-        && matches!(
-            x.dtype(),
-            candle_core::DType::BF16 | candle_core::DType::F32
-        )
-    {
-        return videosdgx_kernels::image_conv_nhwc(x, weight, bias, spec, epilogue);
-    }
-    #[cfg(feature = "cuda")]
-    warn_fallback(x, "image conv");
-    let dtype = crate::models::conv::conv_dtype(x);
-    let cast = |t: &Tensor| t.to_dtype(dtype);
-    let epilogue = Epilogue {
-        residual: epilogue.residual.as_ref().map(cast).transpose()?,
-        activation: epilogue.activation.clone(),
-    };
-    videosdgx_kernels::reference::image_conv_nhwc(
-        &cast(x)?,
-        &cast(weight)?,
-        &cast(bias)?,
-        spec,
-        &epilogue,
-    )?
-    .to_dtype(x.dtype())
-}
-
 /// RIFE's backward warp of `image [B, C, H, W]` by `flow [B, 2, H, W]` (pixels, x first; border
 /// padding), in the image's dtype: one kernel pass on CUDA (bf16 or f32), otherwise candle's ops
 /// ([`videosdgx_kernels::reference::warp`], which defines it).

@@ -131,20 +131,20 @@ impl Drop for TensorDesc {
 struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    /// `dims` as [K, C, kh, kw] whatever the memory order: `[K, C, kh, kw]`, or `[K, kh, kw, C]`
-    /// when `channels_last`.
-    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4], channels_last: bool) -> Result<Self> {
+    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
         let desc =
             Self(result::create_filter_descriptor().map_err(cudnn_err("filter descriptor"))?);
         let [k, c, h, w] = dims.map(|d| d as i32);
-        let format = if channels_last {
-            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
-        } else {
-            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
-        };
         // SAFETY: a fresh descriptor.
-        unsafe { result::set_filter4d_descriptor(desc.0, dtype, format, [k, c, h, w]) }
-            .map_err(cudnn_err("filter descriptor"))?;
+        unsafe {
+            result::set_filter4d_descriptor(
+                desc.0,
+                dtype,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                [k, c, h, w],
+            )
+        }
+        .map_err(cudnn_err("filter descriptor"))?;
         Ok(desc)
     }
 }
@@ -200,9 +200,8 @@ struct Plan {
 }
 
 /// Everything that decides cuDNN's choice: data type, images per call, window channels, the
-/// elements between images, size, output channels, kernel size, padding, stride and whether the
-/// channels are last.
-type PlanKey = (DeviceId, [usize; 12]);
+/// frames between images, size, output channels, kernel size, padding and stride.
+type PlanKey = (DeviceId, [usize; 11]);
 
 fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
     static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
@@ -329,9 +328,6 @@ struct FrameConvOp {
     spec: FrameConv,
     layout: FrameLayout,
     epilogue: Epilogue,
-    /// x `[B, T, H, W, C]`, the weight `[O, kh, kw, C]` and the output `[B, T, H', W', O]`
-    /// (one tap only): cuDNN's NHWC kernels.
-    channels_last: bool,
 }
 
 impl CustomOp3 for FrameConvOp {
@@ -447,15 +443,8 @@ impl FrameConvOp {
     ) -> Result<(CudaStorage, Shape)> {
         let spec = self.spec;
         let dev = xs.device().clone();
-        let channels_last = self.channels_last;
-        let (b, t, c, h, w) = match xl.shape().dims5()? {
-            (b, t, h, w, c) if channels_last => (b, t, c, h, w),
-            dims => dims,
-        };
-        let (o, kh, kw) = match wl.shape().dims4()? {
-            (o, kh, kw, _) if channels_last => (o, kh, kw),
-            (o, _, kh, kw) => (o, kh, kw),
-        };
+        let (b, t, c, h, w) = xl.shape().dims5()?;
+        let (o, _, kh, kw) = wl.shape().dims4()?;
         let t_out = spec.out_frames(t)?;
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
@@ -509,23 +498,15 @@ impl FrameConvOp {
                 channels,
                 frame_step,
             } = batch;
-            let image_stride = frame_step * in_stride;
             let d = Descriptors {
-                x: if channels_last {
-                    let strides = [image_stride, 1, w * channels, channels];
-                    TensorDesc::new(dtype, [images, channels, h, w], strides)?
-                } else {
-                    let strides = [image_stride, h * w, w, 1];
-                    TensorDesc::new(dtype, [images, channels, h, w], strides)?
-                },
-                w: FilterDesc::new(dtype, [o, channels, kh, kw], channels_last)?,
+                x: TensorDesc::new(
+                    dtype,
+                    [images, channels, h, w],
+                    [frame_step * in_stride, h * w, w, 1],
+                )?,
+                w: FilterDesc::new(dtype, [o, channels, kh, kw])?,
                 conv: ConvDesc::new(spec.pad, spec.stride, math)?,
-                y: if channels_last {
-                    let strides = [out_frame, 1, w_out * o, o];
-                    TensorDesc::new(dtype, [images, o, h_out, w_out], strides)?
-                } else {
-                    TensorDesc::packed(dtype, [images, o, h_out, w_out])?
-                },
+                y: TensorDesc::packed(dtype, [images, o, h_out, w_out])?,
             };
             let key = (
                 dev.id(),
@@ -541,7 +522,6 @@ impl FrameConvOp {
                     kw,
                     spec.pad,
                     spec.stride,
-                    usize::from(channels_last),
                 ],
             );
             let known = plans()
@@ -676,7 +656,7 @@ impl FrameConvOp {
         drop(workspace_guard);
         drop(workspaces);
         drop(scratch_guard);
-        if self.epilogue.is_bias_only() && !channels_last {
+        if self.epilogue.is_bias_only() {
             let one = 1f32;
             let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
             let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
@@ -695,29 +675,18 @@ impl FrameConvOp {
             }
             .map_err(cudnn_err("bias add"))?;
         } else {
-            let channels = if channels_last {
-                super::image::Channels::Last
-            } else {
-                super::image::Channels::Planes(h_out * w_out)
-            };
-            let elements = b * t_out * out_frame;
             super::image::conv_epilogue::<T>(
                 &dev,
-                (y, bias),
+                y,
+                bias,
                 &self.epilogue,
-                elements,
-                o,
-                channels,
+                (b * t_out * o, o, h_out * w_out),
             )?;
         }
         drop(y_guard);
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from_dims(&if channels_last {
-                [b, t_out, h_out, w_out, o]
-            } else {
-                [b, t_out, o, h_out, w_out]
-            }),
+            Shape::from_dims(&[b, t_out, o, h_out, w_out]),
         ))
     }
 }
@@ -790,56 +759,6 @@ pub fn frame_conv(
             spec,
             layout,
             epilogue: epilogue.clone(),
-            channels_last: false,
         },
     )
-}
-
-/// A 2-D convolution of channels-last images: `x [B, H, W, C]` with `weight [O, kh, kw, C]` and
-/// `bias [O]` (`spec` one tap: padding and stride), all bf16 or all f32 on one CUDA device, through
-/// cuDNN's NHWC kernels, finished by `epilogue` (residual `[B, H', W', O]`); returns
-/// `[B, H', W', O]` (`reference::image_conv_nhwc`). Evenly spaced images are read in place.
-pub fn image_conv_nhwc(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    spec: FrameConv,
-    epilogue: &Epilogue,
-) -> Result<Tensor> {
-    let [b, h_out, w_out, o] = crate::spec::nhwc_output_shape(x, weight, bias, spec)?;
-    epilogue.check(&[b, h_out, w_out, o], o)?;
-    for t in [x, weight, bias] {
-        if t.dtype() != x.dtype() || !t.device().is_cuda() || !t.device().same_device(x.device()) {
-            bail!(
-                "image conv: operands must be {:?} on the CUDA device of x, got {:?} on {:?}",
-                x.dtype(),
-                t.dtype(),
-                t.device()
-            );
-        }
-    }
-    let x = x.unsqueeze(1)?;
-    let x = match frame_stride(x.layout()) {
-        Some(_) => x,
-        None => x.contiguous()?,
-    };
-    let epilogue = Epilogue {
-        residual: epilogue
-            .residual
-            .as_ref()
-            .map(|r| r.contiguous()?.unsqueeze(1))
-            .transpose()?,
-        activation: epilogue.activation.clone(),
-    };
-    x.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        &FrameConvOp {
-            spec,
-            layout: FrameLayout::Windows,
-            epilogue,
-            channels_last: true,
-        },
-    )?
-    .squeeze(1)
 }

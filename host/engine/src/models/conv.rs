@@ -28,8 +28,6 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
-    /// The weight as `[out, kh, kw, in]`, made at the first channels-last call.
-    weight_channels_last: std::sync::OnceLock<Tensor>,
 }
 
 impl Conv2d {
@@ -44,17 +42,12 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
         let bias = bias.then(|| vb.get(out_channels, "bias")).transpose()?;
-        Ok(Self::new(weight, bias, kernel / 2, stride))
-    }
-
-    fn new(weight: Tensor, bias: Option<Tensor>, padding: usize, stride: usize) -> Self {
-        Self {
+        Ok(Self {
             weight,
             bias,
-            padding,
+            padding: kernel / 2,
             stride,
-            weight_channels_last: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     /// Output channels.
@@ -70,12 +63,11 @@ impl Conv2d {
 
     /// The same convolution with its output multiplied by `factor` (folded into the weights).
     pub fn scaled(self, factor: f64) -> Result<Self> {
-        Ok(Self::new(
-            (self.weight * factor)?,
-            self.bias.map(|b| b * factor).transpose()?,
-            self.padding,
-            self.stride,
-        ))
+        Ok(Self {
+            weight: (self.weight * factor)?,
+            bias: self.bias.map(|b| b * factor).transpose()?,
+            ..self
+        })
     }
 
     /// The same convolution with output channel `o` multiplied by `factor[o]`, folded into the
@@ -84,36 +76,10 @@ impl Conv2d {
     pub fn scaled_per_channel(self, factor: &Tensor) -> Result<Self> {
         let factor = factor.to_dtype(self.weight.dtype())?.flatten_all()?;
         let per_channel = factor.reshape((factor.elem_count(), 1, 1, 1))?;
-        Ok(Self::new(
-            self.weight.broadcast_mul(&per_channel)?,
-            self.bias.map(|b| b.broadcast_mul(&factor)).transpose()?,
-            self.padding,
-            self.stride,
-        ))
-    }
-
-    /// The convolution of channels-last images `x [B, H, W, C]` finished by `epilogue` (its
-    /// residual `[B, H', W', O]`), returning `[B, H', W', O]`: cuDNN's NHWC kernels on CUDA, which
-    /// run the upscalers' narrow layers far faster than NCHW.
-    pub fn forward_channels_last(&self, x: &Tensor, epilogue: &Epilogue) -> Result<Tensor> {
-        let Some(bias) = &self.bias else {
-            candle_core::bail!("channels-last convolutions take a bias");
-        };
-        let weight = match self.weight_channels_last.get() {
-            Some(weight) => weight.clone(),
-            None => {
-                let weight = self.weight.permute((0, 2, 3, 1))?.contiguous()?;
-                self.weight_channels_last.get_or_init(|| weight).clone()
-            }
-        };
-        let spec = FrameConv {
-            taps: 1,
-            stride_t: 1,
-            pad: self.padding,
-            stride: self.stride,
-        };
-        section("conv2d", x.device(), || {
-            crate::fused::image_conv_nhwc(x, &weight, bias, spec, epilogue)
+        Ok(Self {
+            weight: self.weight.broadcast_mul(&per_channel)?,
+            bias: self.bias.map(|b| b.broadcast_mul(&factor)).transpose()?,
+            ..self
         })
     }
 
@@ -178,12 +144,12 @@ impl ConvTranspose2d {
         let weight = vb.get((in_channels, out_channels, 4, 4), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
         Ok(Self {
-            conv: Conv2d::new(
-                sub_pixel_weight(&weight)?,
-                Some(bias.unsqueeze(1)?.repeat((1, 4))?.flatten_all()?),
-                1,
-                1,
-            ),
+            conv: Conv2d {
+                weight: sub_pixel_weight(&weight)?,
+                bias: Some(bias.unsqueeze(1)?.repeat((1, 4))?.flatten_all()?),
+                padding: 1,
+                stride: 1,
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use videosdgx_kernels::{Activation, Epilogue};
 
@@ -98,18 +98,14 @@ impl Network for Compact {
         self.body.len() + 1
     }
 
-    /// Channels last through the body (cuDNN's NHWC kernels run these 64-channel layers about
-    /// 1.75x faster than NCHW); the pixel shuffle reads the last layer's channels-last output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = section("layout", x, || x.permute((0, 2, 3, 1))?.contiguous())?;
+        let mut out = x.clone();
         for (conv, prelu) in &self.body {
-            out = conv.forward_channels_last(&out, prelu)?;
+            out = conv.forward_with(&out, prelu)?;
         }
-        let out = self
-            .conv_last
-            .forward_channels_last(&out, &Epilogue::default())?;
+        let out = self.conv_last.forward(&out)?;
         let out = section("pixel shuffle", &out, || {
-            pixel_shuffle_channels_last(&out, self.scale)
+            candle_nn::ops::pixel_shuffle(&out, self.scale)
         })?;
         let base = upsample_nearest(x, self.scale)?;
         Ok(section("residual", x, || out + base)?)
@@ -118,17 +114,6 @@ impl Network for Compact {
 
 /// Spandrel's `get_scale_and_output_channels`: the pixel shuffle's input channels are
 /// `scale² × out`, with `out` tried as the input channels, then 3, 4 and 1.
-/// `pixel_shuffle(y, r)` of channels-last `y [B, H, W, C·r²]`: NCHW `[B, C, H·r, W·r]`, where
-/// output pixel (h·r + i, w·r + j) of channel c is input channel c·r² + i·r + j.
-fn pixel_shuffle_channels_last(y: &Tensor, r: usize) -> candle_core::Result<Tensor> {
-    let (b, h, w, channels) = y.dims4()?;
-    let c = channels / (r * r);
-    y.reshape((b, h, w, c, r, r))?
-        .permute((0, 3, 1, 4, 2, 5))?
-        .contiguous()?
-        .reshape((b, c, h * r, w * r))
-}
-
 fn scale_and_output_channels(channels: usize, in_channels: usize) -> Option<(usize, usize)> {
     [in_channels, 3, 4, 1].into_iter().find_map(|out| {
         if out == 0 || !channels.is_multiple_of(out) {
