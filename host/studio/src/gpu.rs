@@ -533,14 +533,10 @@ impl Gpus {
         f: impl FnOnce(&mut Pipeline, Report) -> Result<R>,
     ) -> Result<R> {
         let wanted = Wanted::Generation(dir, quant);
-        let mut resident = card.resident();
-        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
-            release(&mut resident, name);
-            loading(report, "loading model")?;
-            make_resident(card.model(), &mut resident, dir, quant)
-                .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))?;
-        }
-        card.note(&resident);
+        let mut resident = card.holding(wanted, name, "loading model", report, || {
+            load_generation(card.model(), dir, quant)
+                .map_err(|e| StudioError::Internal(e.context(format!("loading model `{name}`"))))
+        })?;
         f(resident_pipeline(&mut resident), report)
     }
 
@@ -611,10 +607,7 @@ impl Gpus {
     ) -> Result<R> {
         let wanted = Wanted::Language(dir, quant);
         let card = self.take(job, wanted, false, report)?;
-        let mut resident = card.resident();
-        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
-            release(&mut resident, name);
-            loading(report, "loading language model")?;
+        let resident = card.holding(wanted, name, "loading language model", report, || {
             let open = || {
                 let mut model = ChatModel::load(dir, card.model().device()?, card.model().dtype)?;
                 if let Some(quant) = quant {
@@ -625,13 +618,12 @@ impl Gpus {
             let model = open().map_err(|e| {
                 StudioError::Internal(e.context(format!("loading language model `{name}`")))
             })?;
-            *resident = Some(Resident::Language {
+            Ok(Resident::Language {
                 dir: dir.to_path_buf(),
                 quant,
                 model: Box::new(model),
-            });
-        }
-        card.note(&resident);
+            })
+        })?;
         match resident.as_ref() {
             Some(Resident::Language { model, .. }) => f(model, report),
             _ => unreachable!("made resident above"),
@@ -651,18 +643,15 @@ impl Gpus {
         let wanted = Wanted::Finishing(&files);
         let card = self.take(job, wanted, false, report)?;
         let (device, dtype) = (card.model().device()?, card.model().dtype);
-        let mut resident = card.resident();
-        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
-            release(&mut resident, "finishing models");
-            loading(report, "loading finishing models")?;
+        let stage = "loading finishing models";
+        let resident = card.holding(wanted, "finishing models", stage, report, || {
             let models = FinishModels::load(spec, device, dtype)
                 .map_err(|e| StudioError::Invalid(format!("{e:#}")))?;
-            *resident = Some(Resident::Finishing {
-                files,
+            Ok(Resident::Finishing {
+                files: files.clone(),
                 models: Box::new(models),
-            });
-        }
-        card.note(&resident);
+            })
+        })?;
         match resident.as_ref() {
             Some(Resident::Finishing { models, .. }) => f(models, device, report),
             _ => unreachable!("made resident above"),
@@ -808,6 +797,27 @@ impl Taken<'_> {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The card's resident model, made `wanted` (`name`) unless it is already: what the card
+    /// held is released, `stage` reported (a stop asked for then loads nothing) and `load` run.
+    /// What the card holds is noted either way.
+    fn holding(
+        &self,
+        wanted: Wanted,
+        name: &str,
+        stage: &str,
+        report: Report,
+        load: impl FnOnce() -> Result<Resident>,
+    ) -> Result<MutexGuard<'_, Option<Resident>>> {
+        let mut resident = self.resident();
+        if !resident.as_ref().is_some_and(|r| r.is(wanted)) {
+            release(&mut resident, name);
+            loading(report, stage)?;
+            *resident = Some(load()?);
+        }
+        self.note(&resident);
+        Ok(resident)
+    }
+
     /// Records what the card holds, for [`Gpus::states`]: once loaded, and when given back.
     fn note(&self, resident: &Option<Resident>) {
         let name = resident.as_ref().map(|r| {
@@ -850,22 +860,26 @@ fn make_resident(
     dir: &Path,
     quant: Option<Quant>,
 ) -> anyhow::Result<()> {
-    if resident
+    if !resident
         .as_ref()
         .is_some_and(|r| r.is(Wanted::Generation(dir, quant)))
     {
-        return Ok(());
+        *resident = Some(load_generation(card, dir, quant)?);
     }
+    Ok(())
+}
+
+/// The generation pipeline in `dir` opened on `card`, its transformers' weights in `quant`.
+fn load_generation(card: &CardModel, dir: &Path, quant: Option<Quant>) -> anyhow::Result<Resident> {
     let mut pipeline = Pipeline::open(dir, card.device()?, card.dtype)?;
     if let Some(quant) = quant {
         pipeline.quantize(quant)?;
     }
-    *resident = Some(Resident::Generation {
+    Ok(Resident::Generation {
         dir: dir.to_path_buf(),
         quant,
         pipeline: Box::new(pipeline),
-    });
-    Ok(())
+    })
 }
 
 /// The generation pipeline a card was made to hold ([`make_resident`]).
