@@ -200,32 +200,14 @@ fn reference(pipeline: &str, file: &str, key: &str) -> Tensor {
 fn params(prompt: &str, guidance: f64, references: Vec<ImageInput>) -> GenerateParams {
     GenerateParams {
         prompt: prompt.into(),
-        negative_prompt: String::new(),
         height: 32,
         width: 48,
         frames: 1,
         steps: 4,
         guidance,
-        guidance_2: None,
         seed: 0,
-        start_image: None,
-        end_image: None,
-        flow_shift: None,
-        scheduler: None,
-        denoising_steps: None,
-        loras: Vec::new(),
-        lora_mode: Default::default(),
-        refine_loras: Vec::new(),
-        cache: None,
-        quant: None,
         references,
-        max_sequence_length: None,
-        true_cfg_scale: None,
-        fps: None,
-        sigmas: None,
-        noise_scale: None,
-        guidance_terms: Default::default(),
-        conditions: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -63,26 +63,8 @@ fn params() -> GenerateParams {
         frames: call["num_frames"].as_u64().unwrap() as usize,
         steps: call["num_inference_steps"].as_u64().unwrap() as usize,
         guidance: call["guidance_scale"].as_f64().unwrap(),
-        guidance_2: None,
         seed: 0,
-        start_image: None,
-        end_image: None,
-        flow_shift: None,
-        scheduler: None,
-        denoising_steps: None,
-        loras: Vec::new(),
-        lora_mode: Default::default(),
-        refine_loras: Vec::new(),
-        cache: None,
-        quant: None,
-        references: Vec::new(),
-        max_sequence_length: None,
-        true_cfg_scale: None,
-        fps: None,
-        sigmas: None,
-        noise_scale: None,
-        guidance_terms: Default::default(),
-        conditions: Vec::new(),
+        ..Default::default()
     }
 }
 

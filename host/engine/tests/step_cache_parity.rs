@@ -54,33 +54,14 @@ fn rel_err(out: &Tensor, reference: &Tensor) -> f64 {
 
 fn params(steps: usize, cache: Option<CacheSpec>) -> GenerateParams {
     GenerateParams {
-        prompt: String::new(),
-        negative_prompt: String::new(),
         height: 32,
         width: 32,
         frames: 5,
         steps,
         guidance: 5.0,
-        guidance_2: None,
         seed: 0,
-        start_image: None,
-        end_image: None,
-        flow_shift: None,
-        scheduler: None,
-        denoising_steps: None,
-        loras: Vec::new(),
-        lora_mode: Default::default(),
-        refine_loras: Vec::new(),
         cache,
-        quant: None,
-        references: Vec::new(),
-        max_sequence_length: None,
-        true_cfg_scale: None,
-        fps: None,
-        sigmas: None,
-        noise_scale: None,
-        guidance_terms: Default::default(),
-        conditions: Vec::new(),
+        ..Default::default()
     }
 }
 

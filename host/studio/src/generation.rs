@@ -474,16 +474,9 @@ impl GenerationTask {
             },
             steps: self.render.steps,
             guidance: self.render.guidance,
-            guidance_2: None,
             seed: self.seed,
             start_image: self.start_image.clone(),
-            end_image: None,
-            flow_shift: None,
-            scheduler: None,
-            denoising_steps: None,
             loras: self.loras.clone(),
-            lora_mode: Default::default(),
-            refine_loras: Vec::new(),
             cache: self.render.cache_spec()?,
             quant: self.render.quant,
             references: self
@@ -492,13 +485,7 @@ impl GenerationTask {
                 .cloned()
                 .map(ImageInput::Path)
                 .collect(),
-            max_sequence_length: None,
-            true_cfg_scale: None,
-            fps: None,
-            sigmas: None,
-            noise_scale: None,
-            guidance_terms: Default::default(),
-            conditions: Vec::new(),
+            ..Default::default()
         };
         if let Some(name) = &self.render.preset {
             videosdgx_engine::presets::preset(name)?.apply(&mut params);

@@ -283,7 +283,6 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
             SchedulerArg::Unipc => SchedulerKind::Unipc,
             SchedulerArg::FlowEuler => SchedulerKind::FlowEuler,
         }),
-        denoising_steps: None,
         loras: args.loras.clone(),
         lora_mode: args.lora_mode.into(),
         refine_loras: args.refine_loras.clone(),
@@ -293,7 +292,6 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
         max_sequence_length: args.max_sequence_length,
         true_cfg_scale: args.true_cfg,
         fps: args.fps,
-        sigmas: None,
         noise_scale: args.noise_scale,
         conditions: args.conditions.clone(),
         guidance_terms: GuidanceTerms {
@@ -306,6 +304,7 @@ fn params(args: &GenerateArgs, capabilities: &Capabilities) -> anyhow::Result<Ge
             audio_guidance_rescale: args.audio_guidance_rescale,
             spatio_temporal_guidance_blocks: args.spatio_temporal_guidance_blocks.clone(),
         },
+        ..Default::default()
     };
     if let Some(name) = &args.preset {
         videosdgx_engine::presets::preset(name)?.apply(&mut params);

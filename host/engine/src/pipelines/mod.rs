@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Everything that determines a generated video (with the model directory and dtype).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerateParams {
     pub prompt: String,
     #[serde(default)]

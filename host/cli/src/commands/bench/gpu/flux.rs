@@ -234,33 +234,13 @@ pub fn bench(args: &FluxArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::R
                 dev,
             )?;
             let params = GenerateParams {
-                prompt: String::new(),
-                negative_prompt: String::new(),
                 height: args.height,
                 width: args.width,
                 frames: 1,
                 steps: args.steps,
                 guidance: 4.0,
-                guidance_2: None,
                 seed: 0,
-                start_image: None,
-                end_image: None,
-                flow_shift: None,
-                scheduler: None,
-                denoising_steps: None,
-                loras: Vec::new(),
-                lora_mode: Default::default(),
-                refine_loras: Vec::new(),
-                cache: None,
-                quant: None,
-                references: Vec::new(),
-                max_sequence_length: None,
-                true_cfg_scale: None,
-                fps: None,
-                sigmas: None,
-                noise_scale: None,
-                guidance_terms: Default::default(),
-                conditions: Vec::new(),
+                ..Default::default()
             };
             let timing = time_generation(dev, |on_progress| {
                 let inputs = GenerateInputs {

@@ -205,33 +205,14 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         DType::BF16,
     )?;
     let mut call = GenerateParams {
-        prompt: String::new(),
-        negative_prompt: String::new(),
         height: args.height,
         width: args.width,
         frames: args.frames,
         steps: WARMUP_STEPS,
         guidance: GUIDANCE,
-        guidance_2: None,
         seed: 0,
-        start_image: None,
-        end_image: None,
-        flow_shift: None,
-        scheduler: None,
-        denoising_steps: None,
-        loras: Vec::new(),
-        lora_mode: Default::default(),
-        refine_loras: Vec::new(),
-        cache: None,
         quant: args.quant.map(Into::into),
-        references: Vec::new(),
-        max_sequence_length: None,
-        true_cfg_scale: None,
-        fps: None,
-        sigmas: None,
-        noise_scale: None,
-        guidance_terms: Default::default(),
-        conditions: Vec::new(),
+        ..Default::default()
     };
     let peak = MemoryPeak::start(ctx);
     generate(dev, &encoder, &mut pipeline, &call).context("the warm-up run")?;
