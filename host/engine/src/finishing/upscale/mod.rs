@@ -170,10 +170,10 @@ impl Upscaler {
         };
         let scale = self.scale();
         Ok(layers::section("output", &y, || {
-            y.clamp(0f32, 1f32)?
-                .narrow(2, 0, h * scale)?
-                .narrow(3, 0, w * scale)?
-                .to_dtype(DType::F32)
+            // Bounds made on the device: candle's scalar clamp uploads them, which drains the
+            // stream once per call.
+            let y = y.narrow(2, 0, h * scale)?.narrow(3, 0, w * scale)?;
+            super::resample::clamp(&y, 0.0, 1.0)?.to_dtype(DType::F32)
         })?)
     }
 
