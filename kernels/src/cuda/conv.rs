@@ -41,10 +41,11 @@ const MIN_FIND_WORKSPACE: usize = 256 << 20;
 
 /// Input bytes of one cuDNN call over a batch of frames (see `FrameConvOp::calls`).
 const BATCH_INPUT_BYTES: usize = 64 << 20;
-/// The same for one-tap convolutions, whose batches are read in place: the image models' frames
+/// The same for images, one frame per item (the image models' convolutions, read in place): they
 /// go several to a call (cuDNN's NCHW kernels run one 480x832 frame of 64 channels at about half
-/// their rate over four; H100, 2026-12-07).
-const ONE_TAP_BATCH_INPUT_BYTES: usize = 1 << 30;
+/// their rate over four; H100, 2026-12-07). A clip's frames (the video VAEs) keep the smaller
+/// budget, which bounds cuDNN's workspace beside a loaded video model.
+const IMAGE_BATCH_INPUT_BYTES: usize = 1 << 30;
 
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
 /// shapes timing noise sometimes picked them, and then a frame other than the one searched on was
@@ -392,6 +393,11 @@ impl FrameConvOp {
     /// The calls that compute every output frame of `b` items of `t` frames of `frame_bytes`.
     fn calls(&self, b: usize, t: usize, c: usize, frame_bytes: usize) -> Result<Vec<Call>> {
         let spec = self.spec;
+        let budget = if t == 1 {
+            IMAGE_BATCH_INPUT_BYTES
+        } else {
+            BATCH_INPUT_BYTES
+        };
         // A one-tap convolution over every frame maps input frame i to output frame i: the items'
         // frames are one run (the image models' many small images, batched across items).
         let (b, t) = if spec.taps == 1 && spec.stride_t == 1 {
@@ -403,11 +409,9 @@ impl FrameConvOp {
         let window_bytes = spec.taps * frame_bytes;
         let (per_call, batch, gather) = match self.layout {
             // In place: one tap's windows are frames `stride_t` apart.
-            FrameLayout::Windows if spec.taps == 1 => (
-                ONE_TAP_BATCH_INPUT_BYTES / frame_bytes.max(1),
-                (c, spec.stride_t),
-                false,
-            ),
+            FrameLayout::Windows if spec.taps == 1 => {
+                (budget / frame_bytes.max(1), (c, spec.stride_t), false)
+            }
             FrameLayout::Windows => (1, (spec.taps * c, spec.stride_t), false),
             // Packed in the scratch buffer.
             FrameLayout::Gathered => (
