@@ -495,6 +495,19 @@ impl Epilogue {
         }
     }
 
+    /// `LeakyReLU(slope)(conv(x) + bias)`.
+    pub fn leaky_relu(slope: f32) -> Self {
+        Self::activation(Activation::LeakyRelu(slope))
+    }
+
+    /// The same with `residual` added before the activation.
+    pub fn with_residual(self, residual: &Tensor) -> Self {
+        Self {
+            residual: Some(residual.clone()),
+            ..self
+        }
+    }
+
     /// Checks the residual against the output's shape and the PReLU slopes against its `o`
     /// channels.
     pub fn check(&self, output: &[usize], o: usize) -> Result<()> {

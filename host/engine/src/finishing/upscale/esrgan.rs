@@ -7,15 +7,17 @@
 //!   → hr conv → lrelu → conv_last
 //! ```
 
-use super::layers::{leaky, plus, section, upsample_nearest};
+use super::layers::upsample_nearest;
 use super::{Network, Padding, dim, expect_rgb, seq_len};
+use crate::finishing::section;
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
 use anyhow::{Result, bail};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use videosdgx_kernels::Epilogue;
 
-const SLOPE: f64 = 0.2;
+const SLOPE: f32 = 0.2;
 /// Each dense block and each RRDB adds its output scaled by this to its input.
 const RESIDUAL_SCALE: f64 = 0.2;
 
@@ -182,17 +184,19 @@ impl DenseBlock {
             Ok(dense.narrow(1, 0, written)?)
         };
         append(x)?;
-        let x1 = conv1.forward_with(x, &leaky(SLOPE))?;
-        let mut x2 = conv2.forward_with(&append(&x1)?, &leaky(SLOPE))?;
+        let x1 = conv1.forward_with(x, &Epilogue::leaky_relu(SLOPE))?;
+        let mut x2 = conv2.forward_with(&append(&x1)?, &Epilogue::leaky_relu(SLOPE))?;
         if let Some(conv1x1) = &self.conv1x1 {
             x2 = (x2 + conv1x1.forward(x)?)?;
         }
-        let x3 = conv3.forward_with(&append(&x2)?, &leaky(SLOPE))?;
-        let mut x4 = conv4.forward_with(&append(&x3)?, &leaky(SLOPE))?;
+        let x3 = conv3.forward_with(&append(&x2)?, &Epilogue::leaky_relu(SLOPE))?;
+        let mut x4 = conv4.forward_with(&append(&x3)?, &Epilogue::leaky_relu(SLOPE))?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
-        Ok(self.conv5.forward_with(&append(&x4)?, &plus(x))?)
+        Ok(self
+            .conv5
+            .forward_with(&append(&x4)?, &Epilogue::default().with_residual(x))?)
     }
 }
 
@@ -331,11 +335,15 @@ impl Network for Esrgan {
         for block in &self.blocks {
             trunk = block.forward(&trunk)?;
         }
-        let mut x = self.trunk_conv.forward_with(&trunk, &plus(&features))?;
+        let mut x = self
+            .trunk_conv
+            .forward_with(&trunk, &Epilogue::default().with_residual(&features))?;
         for conv in &self.up_convs {
-            x = conv.forward_with(&upsample_nearest(&x, 2)?, &leaky(SLOPE))?;
+            x = conv.forward_with(&upsample_nearest(&x, 2)?, &Epilogue::leaky_relu(SLOPE))?;
         }
-        let x = self.hr_conv.forward_with(&x, &leaky(SLOPE))?;
+        let x = self
+            .hr_conv
+            .forward_with(&x, &Epilogue::leaky_relu(SLOPE))?;
         Ok(self.conv_last.forward(&x)?)
     }
 }

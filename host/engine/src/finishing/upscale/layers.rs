@@ -1,29 +1,7 @@
 //! The pieces the upscalers share: activations, upsampling and spandrel's padding.
 
+use crate::finishing::section;
 use candle_core::{DType, Result, Tensor};
-use videosdgx_kernels::{Activation, Epilogue};
-
-/// A convolution's `LeakyReLU(slope)`, in the pass that adds its bias ([`Epilogue`]).
-pub(super) fn leaky(slope: f64) -> Epilogue {
-    Epilogue::activation(Activation::LeakyRelu(slope as f32))
-}
-
-/// A convolution's residual added in the pass that adds its bias ([`Epilogue`]).
-pub(super) fn plus(residual: &Tensor) -> Epilogue {
-    Epilogue {
-        residual: Some(residual.clone()),
-        activation: Activation::None,
-    }
-}
-
-/// A profiled section (`fused::profile`) on the device of `x`.
-pub(super) fn section<T>(
-    name: &'static str,
-    x: &Tensor,
-    f: impl FnOnce() -> Result<T>,
-) -> Result<T> {
-    crate::fused::profile::section(name, x.device(), f)
-}
 
 /// Pads the bottom and right of `x [B, C, H, W]` by `pad_h` and `pad_w` as spandrel's
 /// `pad_tensor` does: reflection (which reaches at most `size - 1` pixels), then replication of

@@ -169,7 +169,7 @@ impl Upscaler {
             None => self.net.forward(&x)?,
         };
         let scale = self.scale();
-        Ok(layers::section("output", &y, || {
+        Ok(super::section("output", &y, || {
             // Bounds made on the device: candle's scalar clamp uploads them, which drains the
             // stream once per call.
             let y = y.narrow(2, 0, h * scale)?.narrow(3, 0, w * scale)?;

@@ -14,7 +14,7 @@
 //! The input is reflect-padded to a multiple of the window beforehand ([`super::Upscaler`]), as
 //! SwinIR's `check_image_size` does.
 
-use super::layers::{leaky, per_channel, upsample_nearest};
+use super::layers::{per_channel, upsample_nearest};
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::loader::StateDict;
 use crate::models::conv::Conv2d;
@@ -22,14 +22,15 @@ use crate::models::{LayerNorm, Linear, linear, linear_forward};
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use videosdgx_kernels::Epilogue;
 
 const RGB_MEAN: [f32; 3] = [0.4488, 0.4371, 0.4040];
 const LN_EPS: f64 = 1e-5;
 /// Score given to pairs of tokens that a shifted window joins across the image border.
 const MASKED: f32 = -100.0;
 /// `nn.LeakyReLU()`'s default slope, after `conv_before_upsample`.
-const SLOPE_BEFORE_UPSAMPLE: f64 = 0.01;
-const SLOPE: f64 = 0.2;
+const SLOPE_BEFORE_UPSAMPLE: f32 = 0.01;
+const SLOPE: f32 = 0.2;
 
 pub(super) fn detect(dict: &StateDict) -> bool {
     let block = "layers.0.residual_group.blocks.0";
@@ -74,8 +75,8 @@ impl ResiConv {
         Ok(match self {
             Self::One(conv) => conv.forward(x)?,
             Self::Three([a, b, c]) => {
-                let x = a.forward_with(x, &leaky(SLOPE))?;
-                let x = b.forward_with(&x, &leaky(SLOPE))?;
+                let x = a.forward_with(x, &Epilogue::leaky_relu(SLOPE))?;
+                let x = b.forward_with(&x, &Epilogue::leaky_relu(SLOPE))?;
                 c.forward(&x)?
             }
         })
@@ -470,7 +471,8 @@ impl Network for SwinIr {
                 upsample,
                 conv_last,
             } => {
-                let mut y = before.forward_with(&body, &leaky(SLOPE_BEFORE_UPSAMPLE))?;
+                let mut y =
+                    before.forward_with(&body, &Epilogue::leaky_relu(SLOPE_BEFORE_UPSAMPLE))?;
                 for (conv, factor) in upsample {
                     y = candle_nn::ops::pixel_shuffle(&conv.forward(&y)?, *factor)?;
                 }
@@ -485,11 +487,13 @@ impl Network for SwinIr {
                 hr,
                 conv_last,
             } => {
-                let mut y = before.forward_with(&body, &leaky(SLOPE_BEFORE_UPSAMPLE))?;
+                let mut y =
+                    before.forward_with(&body, &Epilogue::leaky_relu(SLOPE_BEFORE_UPSAMPLE))?;
                 for conv in up {
-                    y = conv.forward_with(&upsample_nearest(&y, 2)?, &leaky(SLOPE))?;
+                    y =
+                        conv.forward_with(&upsample_nearest(&y, 2)?, &Epilogue::leaky_relu(SLOPE))?;
                 }
-                conv_last.forward(&hr.forward_with(&y, &leaky(SLOPE))?)?
+                conv_last.forward(&hr.forward_with(&y, &Epilogue::leaky_relu(SLOPE))?)?
             }
             Reconstruction::Residual { conv_last } => (&x + conv_last.forward(&body)?)?,
         };
