@@ -15,7 +15,8 @@ use videosdgx_engine::families::wan::pipeline::WanPipeline;
 use videosdgx_engine::families::wan::transformer::WanTransformer3DModel;
 use videosdgx_engine::models::relative_error;
 use videosdgx_engine::parallel::{
-    Layout, SequenceSplit, SplitGeneration, generate_split, generate_split_on, run_ranks,
+    Layout, SequenceSplit, SplitGeneration, SplitRefused, generate_split, generate_split_on,
+    run_ranks,
 };
 use videosdgx_engine::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, GuidanceTerms, Pipeline, Progress,
@@ -350,20 +351,46 @@ fn pipelines_that_ran_a_split_then_generate_alone_as_fresh_ones() {
     .unwrap();
     let err = relative_error(&split.video.frames, &fresh.frames).unwrap();
     assert!(err <= TOLERANCE, "split: relative error {err:e}");
-    // A split that fails (CFG parallel without guidance) leaves them whole too.
+    // A layout the model cannot take is refused before the pipelines become ranks: nothing ran
+    // far enough to report.
     let mut unguided = p.clone();
     unguided.guidance = 1.0;
+    let mut reports = 0;
     let Err(err) = generate_split_on(
         pipelines.iter_mut().collect(),
         Layout::new(2, true).unwrap(),
         &unguided,
         GenerateInputs::default(),
-        &mut quiet,
+        &mut |_| {
+            reports += 1;
+            ControlFlow::Continue(())
+        },
     ) else {
         panic!("CFG parallel without guidance ran");
     };
+    assert_eq!(
+        err.downcast_ref::<SplitRefused>(),
+        Some(&SplitRefused::CfgParallelUnguided)
+    );
+    assert_eq!(reports, 0);
+    // A split that fails while the ranks run (one patch token for two ranks) leaves them whole.
+    let one_token = GenerateParams {
+        height: 16,
+        width: 16,
+        frames: 1,
+        ..p.clone()
+    };
+    let Err(err) = generate_split_on(
+        pipelines.iter_mut().collect(),
+        Layout::new(2, false).unwrap(),
+        &one_token,
+        GenerateInputs::default(),
+        &mut quiet,
+    ) else {
+        panic!("one token was split across two ranks");
+    };
     assert!(
-        format!("{err:#}").contains("CFG parallel needs guidance"),
+        format!("{err:#}").contains("1 tokens cannot be split across 2 ranks"),
         "{err:#}"
     );
     // Both at once: were they still ranks of a split, they would run it together (rank 1
@@ -399,7 +426,13 @@ fn cfg_parallel_without_guidance_or_with_a_step_cache_is_refused() {
     let layout = Layout::new(2, true).unwrap();
     let mut p = params();
     p.guidance = 1.0;
-    let err = format!("{:#}", generate_on_ranks(layout, &p).unwrap_err());
+    let err = generate_on_ranks(layout, &p).unwrap_err();
+    // The refusal keeps its kind through the ranks, so callers can tell it from a failed run.
+    assert_eq!(
+        err.downcast_ref::<SplitRefused>(),
+        Some(&SplitRefused::CfgParallelUnguided)
+    );
+    let err = format!("{err:#}");
     assert!(err.contains("CFG parallel needs guidance"), "{err}");
     let mut p = params();
     p.cache = Some("easycache".parse::<CacheSpec>().unwrap());

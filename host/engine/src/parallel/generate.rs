@@ -4,7 +4,7 @@
 //! cancel stops all of them at the same step. Each rank's time, and the part of it spent
 //! exchanging, come back with the video.
 
-use super::{CommTime, Layout, RankContext, agree_to_stop, on_every_card, run_ranks};
+use super::{CommTime, Layout, RankContext, agree_to_stop, check_layout, on_every_card, run_ranks};
 use crate::pipelines::{GenerateInputs, GenerateParams, GeneratedVideo, Pipeline, Progress};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, DeviceLocation};
@@ -28,9 +28,9 @@ pub struct RankTime {
     pub exchange: CommTime,
 }
 
-/// Generates with the pipeline in `dir` split over `devices` by `layout`: opens it on every card
-/// at once, readies each with `prepare` (quantization, dropping the text encoder), then runs
-/// [`generate_split_on`].
+/// Generates with the pipeline in `dir` split over `devices` by `layout`: refuses a layout the
+/// model's configs cannot take, opens the pipeline on every card at once, readies each with
+/// `prepare` (quantization, dropping the text encoder), then runs [`generate_split_on`].
 #[allow(clippy::too_many_arguments)]
 pub fn generate_split(
     dir: &Path,
@@ -42,6 +42,8 @@ pub fn generate_split(
     inputs: GenerateInputs,
     on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<SplitGeneration> {
+    let model = Pipeline::inspect_split(dir)?;
+    check_layout(layout, &model, params.guidance, params.cache.is_some())?;
     let mut pipelines = on_every_card(devices.iter().collect(), |_, device| {
         let mut pipeline = Pipeline::open(dir, device, dtype)?;
         prepare(&mut pipeline)?;
@@ -57,7 +59,8 @@ pub fn generate_split(
 }
 
 /// Generates on pipelines that are already open, rank `r` on `pipelines[r]` (on its card), split
-/// by `layout`. Each pipeline is a rank only for this call: whatever the outcome, it runs whole
+/// by `layout`; a layout the model cannot take is refused ([`super::SplitRefused`]) before any
+/// rank joins. Each pipeline is a rank only for this call: whatever the outcome, it runs whole
 /// again afterwards (the studio keeps them resident for the next generation). `on_progress` runs
 /// on the caller's thread, while the ranks wait for its answer.
 pub fn generate_split_on(
@@ -67,6 +70,14 @@ pub fn generate_split_on(
     inputs: GenerateInputs,
     on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<SplitGeneration> {
+    if let Some(first) = pipelines.first() {
+        check_layout(
+            layout,
+            &first.split_support(),
+            params.guidance,
+            params.cache.is_some(),
+        )?;
+    }
     let devices: Vec<Device> = pipelines.iter().map(|p| p.device().clone()).collect();
     // One lock per rank, each taken by its rank's thread only.
     let pipelines: Vec<Mutex<&mut Pipeline>> = pipelines.into_iter().map(Mutex::new).collect();

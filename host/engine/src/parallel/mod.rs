@@ -10,6 +10,11 @@
 //! Both combine (2 × Ulysses 2 on four cards): see [`Layout`]. Ranks talk only through
 //! [`Collective::exchange`]; on CUDA that is NCCL ([`nccl`]), on the CPU an in-process exchange
 //! between the rank threads ([`local`]) that makes the split path testable without GPUs.
+//!
+//! Whether a model can take a layout is one rule, [`check_layout`], over what its configs say
+//! ([`SplitSupport`]): the studio applies it when work is submitted, the engine before the ranks
+//! join and again where each rank joins. Its refusals ([`SplitRefused`]) are the same on every
+//! attempt.
 
 mod generate;
 pub mod local;
@@ -93,6 +98,102 @@ pub enum GroupKind {
     Cfg,
 }
 
+/// What a model offers a split, from its transformers' configs: read before anything is loaded
+/// (`Pipeline::inspect_split`) or from a loaded pipeline (`Pipeline::split_support`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitSupport {
+    /// The attention heads of each of its transformers (Wan 2.2 has two experts): what sequence
+    /// parallel shares out among the ranks of a guidance branch.
+    pub heads: Vec<usize>,
+    /// Whether its guidance branches are passes of their own that CFG parallel can put on
+    /// different ranks (Wan's); LTX-2 batches its passes and the FLUX models rarely guide.
+    pub cfg_parallel: bool,
+}
+
+impl SplitSupport {
+    /// A model whose tokens alone are split ([`split_tokens_only`]).
+    pub fn tokens_only(heads: usize) -> Self {
+        Self {
+            heads: vec![heads],
+            cfg_parallel: false,
+        }
+    }
+}
+
+/// Why a model or a request cannot take a split. Nothing about the run causes it, so another
+/// attempt is refused alike: the layout or the request must change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitRefused {
+    #[error(
+        "{heads} attention heads cannot be split across {ranks} ranks; sequence parallel takes {} ranks",
+        ranks_sharing(.heads)
+    )]
+    Heads { heads: usize, ranks: usize },
+    #[error(
+        "CFG parallel is for Wan models; split this model's tokens only (without CFG parallel)"
+    )]
+    CfgParallelUnsupported,
+    #[error("CFG parallel needs guidance (a guidance scale above 1)")]
+    CfgParallelUnguided,
+    // The cache's rule reads the conditional pass to decide for both branches.
+    #[error("a step cache cannot run under CFG parallel; split the sequence instead")]
+    CfgParallelWithStepCache,
+}
+
+/// The rank counts that share `heads` evenly.
+fn ranks_sharing(heads: &usize) -> String {
+    let fits: Vec<String> = (1..=*heads)
+        .filter(|d| heads.is_multiple_of(*d))
+        .map(|d| d.to_string())
+        .collect();
+    fits.join(", ")
+}
+
+/// Whether a model offering `model` can run, split by `layout`, a generation guided at `guidance`
+/// (on above 1) with or without a step cache: the one rule the studio checks work against when
+/// it is submitted and the engine before the ranks join.
+pub fn check_layout(
+    layout: Layout,
+    model: &SplitSupport,
+    guidance: f64,
+    step_cache: bool,
+) -> std::result::Result<(), SplitRefused> {
+    if layout.cfg {
+        check_cfg_parallel(model.cfg_parallel, guidance, step_cache)?;
+    }
+    model
+        .heads
+        .iter()
+        .try_for_each(|&heads| check_heads(heads, layout.ulysses))
+}
+
+/// Refuses a head count `ranks` cannot share evenly.
+fn check_heads(heads: usize, ranks: usize) -> std::result::Result<(), SplitRefused> {
+    if heads.is_multiple_of(ranks) {
+        Ok(())
+    } else {
+        Err(SplitRefused::Heads { heads, ranks })
+    }
+}
+
+/// Refuses CFG parallel for a model whose guidance branches are not passes of their own
+/// (`separate_branches`), or for a request without guidance or with a step cache.
+pub(crate) fn check_cfg_parallel(
+    separate_branches: bool,
+    guidance: f64,
+    step_cache: bool,
+) -> std::result::Result<(), SplitRefused> {
+    if !separate_branches {
+        Err(SplitRefused::CfgParallelUnsupported)
+    } else if guidance <= 1.0 {
+        Err(SplitRefused::CfgParallelUnguided)
+    } else if step_cache {
+        Err(SplitRefused::CfgParallelWithStepCache)
+    } else {
+        Ok(())
+    }
+}
+
 /// A transformer whose tokens can be split across ranks (Ulysses): it keeps its share of the
 /// tokens after embedding them, trades tokens for heads around self-attention, and gathers its
 /// output at the end.
@@ -104,9 +205,12 @@ pub trait SequenceSplit {
 
     /// Splits every later call's tokens across the ranks of `sequence`, or with `None` runs whole
     /// again. Every rank of the group must make the same calls; each returns the whole output.
-    fn set_sequence_parallel(&mut self, sequence: Option<Arc<SequenceParallel>>) -> Result<()> {
+    fn set_sequence_parallel(
+        &mut self,
+        sequence: Option<Arc<SequenceParallel>>,
+    ) -> anyhow::Result<()> {
         if let Some(sp) = &sequence {
-            sp.check_heads(self.split_heads())?;
+            check_heads(self.split_heads(), sp.ranks())?;
         }
         // A group of one splits nothing: the whole-sequence path (and its fused kernels) stays.
         *self.sequence_slot() = sequence.filter(|sp| sp.ranks() > 1);
@@ -123,8 +227,8 @@ pub(crate) fn split_tokens_only(
 ) -> anyhow::Result<Split> {
     use anyhow::Context;
     if split.cfg.is_some() {
-        anyhow::bail!(
-            "{name}: CFG parallel is for Wan models; split this model's tokens instead (no --cfg-parallel)"
+        return Err(
+            anyhow::Error::new(SplitRefused::CfgParallelUnsupported).context(name.to_string())
         );
     }
     transformer
@@ -228,22 +332,6 @@ impl SequenceParallel {
         }
         let range = &self.split(tokens)[self.rank()];
         x.narrow(dim, range.start, range.len())
-    }
-
-    /// Refuses a head count the ranks cannot share evenly, naming the counts that work.
-    pub fn check_heads(&self, heads: usize) -> Result<()> {
-        let n = self.ranks();
-        if !heads.is_multiple_of(n) {
-            let fits: Vec<String> = (1..=heads)
-                .filter(|d| heads.is_multiple_of(*d))
-                .map(|d| d.to_string())
-                .collect();
-            candle_core::bail!(
-                "{heads} attention heads cannot be split across {n} ranks; sequence parallel takes {} ranks",
-                fits.join(", ")
-            );
-        }
-        Ok(())
     }
 
     /// `[B, s_r, H, D]` (this rank's tokens, every head) to `[B, S, H/N, D]` (every token, this
@@ -351,12 +439,53 @@ mod tests {
         let sp = SequenceParallel::new(groups[1].clone());
         assert_eq!(sp.split(8), vec![0..3, 3..6, 6..8]);
         assert_eq!(sp.split(2), vec![0..1, 1..2, 2..2]);
-        assert!(sp.check_heads(6).is_ok());
-        let err = sp.check_heads(40).unwrap_err().to_string();
-        assert!(
-            err.contains("40 attention heads cannot be split across 3 ranks")
-                && err.contains("1, 2, 4, 5, 8, 10, 20, 40"),
-            "{err}"
+    }
+
+    #[test]
+    fn layouts_a_model_cannot_take_are_refused_naming_why() {
+        let wan = SplitSupport {
+            heads: vec![40, 40],
+            cfg_parallel: true,
+        };
+        let check = |ranks, cfg, model: &SplitSupport, guidance, cache| {
+            check_layout(Layout::new(ranks, cfg).unwrap(), model, guidance, cache)
+        };
+        assert_eq!(check(4, false, &wan, 5.0, true), Ok(()));
+        assert_eq!(check(8, true, &wan, 5.0, false), Ok(()));
+        let err = check(3, false, &wan, 5.0, false).unwrap_err();
+        assert_eq!(
+            err,
+            SplitRefused::Heads {
+                heads: 40,
+                ranks: 3
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "40 attention heads cannot be split across 3 ranks; sequence parallel takes \
+             1, 2, 4, 5, 8, 10, 20, 40 ranks"
+        );
+        // Under CFG parallel the tokens of each guidance branch are split over half the ranks.
+        assert_eq!(
+            check(6, true, &wan, 5.0, false),
+            Err(SplitRefused::Heads {
+                heads: 40,
+                ranks: 3
+            })
+        );
+        assert_eq!(
+            check(2, true, &wan, 1.0, false),
+            Err(SplitRefused::CfgParallelUnguided)
+        );
+        assert_eq!(
+            check(2, true, &wan, 5.0, true),
+            Err(SplitRefused::CfgParallelWithStepCache)
+        );
+        let ltx = SplitSupport::tokens_only(32);
+        assert_eq!(check(2, false, &ltx, 3.0, false), Ok(()));
+        assert_eq!(
+            check(2, true, &ltx, 3.0, false),
+            Err(SplitRefused::CfgParallelUnsupported)
         );
     }
 

@@ -18,6 +18,7 @@ use crate::families::flux2::pipeline::Flux2Pipeline;
 use crate::families::ltx2::pipeline::{DEFAULT_FPS, LTX2Pipeline, start_image_rule};
 use crate::families::wan::WanPipeline;
 use crate::loader::read_pipeline_index;
+use crate::parallel::SplitSupport;
 use anyhow::bail;
 use candle_core::{DType, Device};
 use std::ops::ControlFlow;
@@ -744,6 +745,33 @@ impl Pipeline {
         Ok(layers)
     }
 
+    /// What a split of this pipeline can share out ([`crate::parallel::check_layout`]).
+    pub fn split_support(&self) -> SplitSupport {
+        match self {
+            Pipeline::Wan(wan) => wan.split_support(),
+            Pipeline::Ltx2(ltx) => ltx.split_support(),
+            Pipeline::Flux(flux) => flux.split_support(),
+            Pipeline::Flux2(flux) => flux.split_support(),
+        }
+    }
+
+    /// [`Pipeline::split_support`] of the pipeline in `dir`, from its transformers' configs alone
+    /// (no weights are read): what a split is checked against before it is queued.
+    pub fn inspect_split(dir: &Path) -> anyhow::Result<SplitSupport> {
+        let index = read_pipeline_index(dir)?;
+        match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => WanPipeline::inspect_split(dir, &index),
+            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_split(dir),
+            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_split(dir),
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_split(dir),
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        }
+    }
+
     /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]).
     pub fn set_split(&mut self, split: crate::parallel::Split) -> anyhow::Result<()> {
         match self {
@@ -883,6 +911,28 @@ mod tests {
             );
             let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
             assert_eq!(loaded.capabilities(), inspected, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_split_a_model_takes_is_read_from_its_configs_as_loading_reads_it() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for (name, heads, cfg_parallel) in [
+            ("tiny-wan-t2v", vec![2], true),
+            ("tiny-wan22-two-experts", vec![2, 2], true),
+            ("tiny-ltx2", vec![2], false),
+            ("tiny-flux1-dev", vec![2], false),
+            ("tiny-flux2-klein", vec![2], false),
+        ] {
+            let dir = fixtures.join(name);
+            let inspected = Pipeline::inspect_split(&dir).unwrap();
+            let expected = SplitSupport {
+                heads,
+                cfg_parallel,
+            };
+            assert_eq!(inspected, expected, "{name}");
+            let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
+            assert_eq!(loaded.split_support(), inspected, "{name}");
         }
     }
 }

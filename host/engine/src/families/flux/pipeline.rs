@@ -10,14 +10,14 @@
 //! Unlike the reference, Kontext generates at the requested size instead of rescaling it to
 //! `max_area` (1024² pixels): callers choose the size.
 
-use super::transformer::FluxTransformer2DModel;
+use super::transformer::{FluxTransformer2DModel, FluxTransformerConfig};
 use crate::image_processor::pil_lanczos;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::{LoraFile, LoraMode, LoraSpec};
 use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
-use crate::parallel::{Split, split_tokens_only};
+use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
     no_frames,
@@ -156,6 +156,18 @@ impl FluxPipeline {
     pub fn set_split(&mut self, split: Split) -> Result<()> {
         self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
+    }
+
+    /// What a split can share out: the heads of the joint attention (the text stays whole).
+    pub fn split_support(&self) -> SplitSupport {
+        SplitSupport::tokens_only(self.transformer.split_heads())
+    }
+
+    /// [`FluxPipeline::split_support`] of the pipeline in `dir`, from its transformer's config alone.
+    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+        let transformer: FluxTransformerConfig =
+            read_config(&component(dir, "transformer")?.join("config.json"))?;
+        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
     }
 
     /// The denoising transformer.

@@ -6,11 +6,11 @@
 //! time-shifted by the empirical `mu` of the image size, classifier-free guidance for the base
 //! [klein] models and the guidance embedding for [dev].
 
-use super::transformer::Flux2Transformer2DModel;
+use super::transformer::{Flux2Transformer2DModel, Flux2TransformerConfig};
 use super::vae::AutoencoderKLFlux2;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::LoraFile;
-use crate::parallel::{Split, split_tokens_only};
+use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
     no_frames,
@@ -164,6 +164,18 @@ impl Flux2Pipeline {
     pub fn set_split(&mut self, split: Split) -> Result<()> {
         self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
+    }
+
+    /// What a split can share out: the heads of the joint attention (the text stays whole).
+    pub fn split_support(&self) -> SplitSupport {
+        SplitSupport::tokens_only(self.transformer.split_heads())
+    }
+
+    /// [`Flux2Pipeline::split_support`] of the pipeline in `dir`, from its transformer's config alone.
+    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+        let transformer: Flux2TransformerConfig =
+            read_config(&component(dir, "transformer")?.join("config.json"))?;
+        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
     }
 
     /// The denoising transformer.

@@ -28,14 +28,16 @@ use super::audio_vae::AutoencoderKLLTX2Audio;
 use super::condition::{self, Clip, ConditionPixels, PatchGeometry, keyframe_coords};
 use super::connectors::{LTX2TextConnectors, PaddingSide, stack_text_encoder_hidden_states};
 use super::rope::Coords;
-use super::transformer::{LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions};
+use super::transformer::{
+    LTX2TransformerConfig, LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions,
+};
 use super::video_vae::AutoencoderKLLTX2Video;
 use super::vocoder::Vocoder;
 use crate::finishing::resample::Resampler;
 use crate::fused::profile::section;
 use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
-use crate::parallel::{Split, split_tokens_only};
+use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
 };
@@ -196,6 +198,24 @@ impl LTX2Pipeline {
     pub fn set_split(&mut self, split: Split) -> Result<()> {
         self.split = split_tokens_only(&self.name, &mut self.transformer, split)?;
         Ok(())
+    }
+
+    /// What a split can share out: the video's heads (the guidance passes are one batch).
+    pub fn split_support(&self) -> SplitSupport {
+        SplitSupport::tokens_only(self.transformer.split_heads())
+    }
+
+    /// [`LTX2Pipeline::split_support`] of the pipeline in `dir`, from its transformer's config
+    /// alone.
+    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+        let config = dir.join("transformer").join("config.json");
+        // Without one, loading takes the original checkpoint for the published model, as here.
+        let transformer = if config.is_file() {
+            read_config(&config)?
+        } else {
+            LTX2TransformerConfig::default()
+        };
+        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
     }
 
     /// The denoising transformer.

@@ -26,7 +26,7 @@ use crate::loader::{
 use crate::lora::{Adaptable, Lora, LoraFile, LoraMode, LoraSpec};
 use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
-use crate::parallel::{SequenceSplit, Split, exchange_guidance};
+use crate::parallel::{SequenceSplit, Split, SplitSupport, check_cfg_parallel, exchange_guidance};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
     initial_noise,
@@ -360,6 +360,35 @@ impl WanPipeline {
         Ok(())
     }
 
+    /// What a split can share out: the heads of each expert; the guidance branches are passes of
+    /// their own.
+    pub fn split_support(&self) -> SplitSupport {
+        let experts =
+            std::iter::once(&self.transformer).chain(self.transformer_2.iter().map(|(t, _)| t));
+        SplitSupport {
+            heads: experts.map(SequenceSplit::split_heads).collect(),
+            cfg_parallel: true,
+        }
+    }
+
+    /// [`WanPipeline::split_support`] of the pipeline in `dir`, from its transformers' configs
+    /// alone.
+    pub fn inspect_split(dir: &Path, index: &PipelineIndex) -> Result<SplitSupport> {
+        let experts = std::iter::once("transformer")
+            .chain(index.component("transformer_2").map(|_| "transformer_2"));
+        let heads = experts
+            .map(|name| {
+                let config: WanTransformerConfig =
+                    read_config(&component(dir, name)?.join("config.json"))?;
+                Ok(config.num_attention_heads)
+            })
+            .collect::<Result<_>>()?;
+        Ok(SplitSupport {
+            heads,
+            cfg_parallel: true,
+        })
+    }
+
     /// Pixel frames per latent frame and pixels per latent pixel (with the transformer's patch).
     fn check_size(&self, params: &GenerateParams) -> Result<(usize, usize, usize)> {
         let vae = self.vae.config();
@@ -548,18 +577,11 @@ impl WanPipeline {
         let timesteps = scheduler.timesteps().to_vec();
         let branches = 1 + usize::from(negative_embeds.is_some());
         // Under CFG parallel, the pair this rank computes one guidance branch of (its rank).
-        let cfg_pair = match &self.split.cfg {
-            Some(_) if negative_embeds.is_none() => bail!(
-                "{}: CFG parallel needs guidance (a guidance scale above 1)",
-                self.name
-            ),
-            // The cache's rule reads the conditional pass to decide for both.
-            Some(_) if params.cache.is_some() => bail!(
-                "{}: a step cache cannot run under CFG parallel; split the sequence instead",
-                self.name
-            ),
-            pair => pair.clone(),
-        };
+        let cfg_pair = self.split.cfg.clone();
+        if cfg_pair.is_some() {
+            check_cfg_parallel(true, params.guidance, params.cache.is_some())
+                .with_context(|| self.name.clone())?;
+        }
         let mut caches = self.step_caches(params, timesteps.len(), branches)?;
 
         // 4. Denoising.
