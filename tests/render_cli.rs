@@ -293,6 +293,30 @@ fn a_render_split_across_two_cards_runs_each_generation_on_both() {
         err.contains("split_cards: 3 cards for one generation, and the studio has 2 of its own"),
         "{err}"
     );
+    // So are layouts the model cannot take: the tiny model has two heads, and without guidance
+    // (--guidance 1 here) there is no unconditional pass to put on other cards.
+    for (gpus, split, expected) in [
+        (
+            "cpu,cpu,cpu",
+            &["--split-cards", "3"][..],
+            "`tiny-wan-t2v` cannot be split across 3 cards: 2 attention heads cannot be split \
+             across 3 ranks",
+        ),
+        (
+            "cpu,cpu",
+            &["--split-cards", "2", "--cfg-parallel"][..],
+            "`tiny-wan-t2v` cannot be split across 2 cards with CFG parallel: CFG parallel \
+             needs guidance",
+        ),
+    ] {
+        let output = render_command(&data, &script, &out, "32", "2", "1")
+            .args(["--gpus", gpus])
+            .args(split)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && err.contains(expected), "{err}");
+    }
     assert!(jobs_and_cards(&data).is_empty(), "nothing is queued");
 
     let output = render_command(&data, &script, &out, "32", "2", "1")

@@ -11,6 +11,11 @@ pub enum StudioError {
     /// A value is out of range, inconsistent or otherwise refused.
     #[error("{0}")]
     Invalid(String),
+    /// Work that the model or the studio's cards can never run as asked (a split the model's
+    /// heads or guidance cannot take, more cards than the studio has): every attempt would be
+    /// refused alike, so the job queue does not retry it.
+    #[error("{0}")]
+    Refused(String),
     /// An uploaded or imported file is not an image, video, audio or LoRA file we accept.
     #[error("{0}")]
     NotMedia(String),
@@ -58,6 +63,7 @@ impl StudioError {
         match self {
             Self::NotFound { .. } => "not_found",
             Self::Invalid(_) => "invalid",
+            Self::Refused(_) => "refused",
             Self::NotMedia(_) => "not_media",
             Self::TooLarge { .. } => "too_large",
             Self::StorageFull(_) => "storage_full",
@@ -102,6 +108,11 @@ impl From<tantivy::TantivyError> for StudioError {
 }
 
 impl StudioError {
+    /// Whether another attempt would fail alike: the job queue fails such a job at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+
     /// Adds context to internal errors; errors with their own code keep their message.
     pub fn context_internal(self, context: String) -> Self {
         match self {

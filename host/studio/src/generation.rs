@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use videosdgx_engine::lora::LoraSpec;
-use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, generate_split_on};
+use videosdgx_engine::parallel::{
+    Layout, RankTime, SplitGeneration, SplitRefused, generate_split_on,
+};
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
     StartImage,
@@ -163,8 +165,8 @@ impl RenderSettings {
     }
 
     /// How one generation is split across cards (`None`: on one card), refused as the engine
-    /// refuses it (no cards, CFG parallel on an odd count). Whether the studio has the cards is
-    /// [`crate::gpu::Gpus::check_split`]'s.
+    /// refuses it (no cards, CFG parallel on an odd count). Whether the studio has the cards and
+    /// the model takes the layout is [`crate::gpu::Gpus::check_split`]'s.
     pub fn split(&self) -> Result<Option<Layout>> {
         if self.split_cards == 1 && !self.cfg_parallel {
             return Ok(None);
@@ -172,6 +174,17 @@ impl RenderSettings {
         Layout::new(self.split_cards, self.cfg_parallel)
             .map(Some)
             .map_err(|e| StudioError::Invalid(format!("split_cards: {e}")))
+    }
+
+    /// The guidance scale a generation with these settings runs at: its preset's when it names
+    /// one, else `guidance`.
+    pub fn run_guidance(&self) -> Result<f64> {
+        match &self.preset {
+            Some(name) => Ok(videosdgx_engine::presets::preset(name)
+                .map_err(|e| StudioError::Invalid(e.to_string()))?
+                .guidance),
+            None => Ok(self.guidance),
+        }
     }
 
     pub fn check(&self) -> Result<()> {
@@ -456,7 +469,15 @@ impl GenerationTask {
             &local,
             Default::default(),
             &mut reporter(on_progress),
-        )?;
+        )
+        .map_err(|e| {
+            // What the engine refuses here it refuses on every attempt.
+            if e.downcast_ref::<SplitRefused>().is_some() {
+                StudioError::Refused(format!("{e:#}"))
+            } else {
+                StudioError::Internal(e)
+            }
+        })?;
         Ok((params, split))
     }
 
@@ -832,10 +853,9 @@ impl GenerateShot {
     }
 
     /// Whether this generation can run: its shot has a prompt (or this one gives it), its
-    /// model is installed and the studio has the cards it is split across. What the `generate`
-    /// and `shoot` jobs check at submission.
+    /// model is installed, and the studio's cards and the model take its split. What the
+    /// `generate` and `shoot` jobs check at submission.
     pub fn check_runnable(&self, app: &App) -> Result<()> {
-        app.gpus.check_split(&self.render)?;
         let shot = shots::get_shot(&app.db, self.shot_id)?;
         if self
             .prompt
@@ -851,6 +871,7 @@ impl GenerateShot {
         }
         let model = shot_model(app.data_dir(), &shot)?;
         let dir = models::video_model_dir(app.data_dir(), &model)?;
+        app.gpus.check_split(&self.render, &model, &dir)?;
         let applied = loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?;
         loras::check_family(app, &applied, &model, &dir)
     }
@@ -1406,6 +1427,140 @@ mod tests {
             .check(&app, &json!({ "shot_id": empty.id }))
             .unwrap_err();
         assert_eq!(err.to_string(), "shot 1 has no prompt");
+    }
+
+    /// A studio on `cards` CPU lanes with the tiny Wan and LTX-2 models.
+    fn studio_on_lanes(cards: usize) -> (tempfile::TempDir, Arc<App>) {
+        let dir = tempfile::tempdir().unwrap();
+        install_tiny_model(dir.path());
+        install_fixture_model(dir.path(), "tiny-ltx2");
+        let mut config = StudioConfig::new(dir.path());
+        config.gpus = vec!["cpu"; cards].join(",").parse().unwrap();
+        let app = Arc::new(App::open(config).unwrap());
+        (dir, app)
+    }
+
+    #[test]
+    fn splits_the_model_cannot_take_are_refused_at_submission_and_queue_nothing() {
+        use crate::jobs::{NewJob, list_jobs};
+        let (_dir, app) = studio_on_lanes(3);
+        let wan = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan-t2v".into()),
+                ..prompt("a storm")
+            },
+        );
+        let ltx = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-ltx2".into()),
+                ..prompt("a storm")
+            },
+        );
+        let guided_split = json!({ "split_cards": 2, "cfg_parallel": true, "guidance": 5.0 });
+        for (kind, shot_id, render, expected) in [
+            (
+                "generate",
+                wan.id,
+                json!({ "split_cards": 3 }),
+                "`tiny-wan-t2v` cannot be split across 3 cards: 2 attention heads cannot be split \
+                 across 3 ranks; sequence parallel takes 1, 2 ranks",
+            ),
+            (
+                "generate",
+                wan.id,
+                json!({ "split_cards": 2, "cfg_parallel": true, "guidance": 1.0 }),
+                "`tiny-wan-t2v` cannot be split across 2 cards with CFG parallel: CFG parallel \
+                 needs guidance (a guidance scale above 1)",
+            ),
+            (
+                "shoot",
+                wan.id,
+                json!({ "split_cards": 2, "cfg_parallel": true, "cache": "easycache" }),
+                "`tiny-wan-t2v` cannot be split across 2 cards with CFG parallel: a step cache \
+                 cannot run under CFG parallel",
+            ),
+            (
+                "generate",
+                ltx.id,
+                guided_split,
+                "`tiny-ltx2` cannot be split across 2 cards with CFG parallel: CFG parallel is \
+                 for Wan models",
+            ),
+        ] {
+            let new = NewJob {
+                kind: kind.into(),
+                params: json!({ "shot_id": shot_id, "render": render }),
+                max_attempts: None,
+                project_id: None,
+            };
+            let err = app.jobs.submit(&app, &new).unwrap_err();
+            assert_eq!(err.code(), "refused", "{err}");
+            assert!(
+                err.to_string().starts_with(expected),
+                "{kind} {render}: {err}"
+            );
+        }
+        assert!(list_jobs(&app.db, None, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_refused_when_the_job_runs_fails_it_once_before_taking_a_card() {
+        use crate::jobs::{JobQueue, JobState, NewJob, get_job};
+        let (_dir, app) = studio_on_lanes(2);
+        let shot = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan-t2v".into()),
+                ..prompt("a lighthouse at dusk")
+            },
+        );
+        let render = RenderSettings {
+            split_cards: 2,
+            cfg_parallel: true,
+            ..tiny()
+        };
+        let new = NewJob {
+            kind: "generate".into(),
+            params: json!({ "shot_id": shot.id, "render": render }),
+            max_attempts: None,
+            project_id: None,
+        };
+        let id = app.jobs.submit(&app, &new).unwrap().id;
+        // While it waits, the shot moves to a model that batches its guidance passes.
+        let ltx = ShotFields {
+            model: Some("tiny-ltx2".into()),
+            ..Default::default()
+        };
+        shots::update_shot(&app.db, shot.id, &ltx).unwrap();
+        let workers = JobQueue::start(&app, 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let job = loop {
+            let job = get_job(&app.db, id).unwrap();
+            if job.state.is_finished() {
+                break job;
+            }
+            assert!(std::time::Instant::now() < deadline, "{job:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert_eq!((job.attempts, job.max_attempts), (1, 3), "not retried");
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with(
+                "`tiny-ltx2` cannot be split across 2 cards with CFG parallel: CFG parallel is \
+                 for Wan models"
+            ),
+            "{error}"
+        );
+        assert_eq!(job.card, None, "no card was taken");
+        let shot = shots::get_shot(&app.db, shot.id).unwrap();
+        assert_eq!((shot.status.as_str(), shot.takes.len()), ("failed", 0));
     }
 
     #[test]

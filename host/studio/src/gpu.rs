@@ -33,7 +33,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 use utoipa::ToSchema;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
-use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, on_every_card};
+use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, check_layout, on_every_card};
 use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Pipeline, Quant};
 use videosdgx_engine::text::chat::ChatModel;
 
@@ -427,10 +427,17 @@ impl Gpus {
         (!names.is_empty()).then(|| names.join("+"))
     }
 
-    /// How `render` splits one generation across the studio's own cards (`None`: it runs on
-    /// one); refused, before any card is taken, when the layout cannot run or the studio has
-    /// fewer cards of its own.
-    pub fn check_split(&self, render: &RenderSettings) -> Result<Option<Layout>> {
+    /// How `render` splits one generation of installed model `model` (in `dir`) across the
+    /// studio's own cards (`None`: it runs on one); refused before any card is taken when the
+    /// layout is none, and, for good ([`StudioError::Refused`]), when the studio has fewer cards
+    /// of its own or the model's configs cannot take it (the engine's
+    /// [`videosdgx_engine::parallel::check_layout`]: heads, guidance, step cache).
+    pub fn check_split(
+        &self,
+        render: &RenderSettings,
+        model: &str,
+        dir: &Path,
+    ) -> Result<Option<Layout>> {
         let Some(layout) = render.split()? else {
             return Ok(None);
         };
@@ -440,6 +447,21 @@ impl Gpus {
             .filter(|c| c.remote.is_none())
             .count();
         check_own_cards(layout.ranks(), own)?;
+        let support = Pipeline::inspect_split(dir)
+            .map_err(|e| StudioError::Internal(e.context(format!("reading model `{model}`"))))?;
+        check_layout(
+            layout,
+            &support,
+            render.run_guidance()?,
+            render.cache.is_some(),
+        )
+        .map_err(|refused| {
+            StudioError::Refused(format!(
+                "`{model}` cannot be split across {} cards{}: {refused}",
+                layout.ranks(),
+                if layout.cfg { " with CFG parallel" } else { "" }
+            ))
+        })?;
         Ok(Some(layout))
     }
 
@@ -457,7 +479,7 @@ impl Gpus {
         out: &Path,
         report: Report,
     ) -> Result<Generated> {
-        if let Some(layout) = self.check_split(&task.render)? {
+        if let Some(layout) = self.check_split(&task.render, &task.model, dir)? {
             let (params, SplitGeneration { video, ranks }) = self.with_split_pipelines(
                 job,
                 &task.model,
@@ -844,7 +866,7 @@ impl Drop for Taken<'_> {
 /// Refuses a split over more cards than the studio's own: workers' cards take no part in one.
 fn check_own_cards(count: usize, own: usize) -> Result<()> {
     if count > own {
-        return Err(StudioError::Invalid(format!(
+        return Err(StudioError::Refused(format!(
             "split_cards: {count} cards for one generation, and the studio has {own} of its own \
              (`--gpus`); workers' cards take no part in a split"
         )));
@@ -1285,7 +1307,10 @@ mod tests {
         let gpus = cpu_lanes(2);
         let wan = fixture("tiny-wan-t2v");
         let task = tiny_task(2);
-        let layout = gpus.check_split(&task.render).unwrap().expect("a split");
+        let layout = gpus
+            .check_split(&task.render, &task.model, &wan)
+            .unwrap()
+            .expect("a split");
         let (params, whole) = gpus
             .with_pipeline(None, "wan", &wan, None, &mut quiet, |p, r| {
                 task.generate(p, r)
@@ -1530,18 +1555,26 @@ mod tests {
     fn splits_the_studio_cannot_run_are_refused_before_taking_a_card() {
         let workers = crate::workers::Workers::new(Duration::from_secs(600));
         let gpus = cpu_lanes(2);
+        let wan = fixture("tiny-wan-t2v");
         // A worker's card is no card of the studio's.
         join_worker(&gpus, &workers, "spark-2");
+        let check = |render: &RenderSettings| gpus.check_split(render, "tiny-wan-t2v", &wan);
         let refusal = |split_cards, cfg_parallel| {
             let render = RenderSettings {
                 split_cards,
                 cfg_parallel,
                 ..RenderSettings::default()
             };
-            gpus.check_split(&render).unwrap_err().to_string()
+            check(&render).unwrap_err().to_string()
         };
+        let err = check(&RenderSettings {
+            split_cards: 3,
+            ..RenderSettings::default()
+        })
+        .unwrap_err();
+        assert!(err.is_permanent(), "{err:?}");
         assert_eq!(
-            refusal(3, false),
+            err.to_string(),
             "split_cards: 3 cards for one generation, and the studio has 2 of its own \
              (`--gpus`); workers' cards take no part in a split"
         );
@@ -1579,11 +1612,78 @@ mod tests {
             cfg_parallel: true,
             ..RenderSettings::default()
         };
-        assert_eq!(
-            gpus.check_split(&both).unwrap(),
-            Some(Layout::new(2, true).unwrap())
+        assert_eq!(check(&both).unwrap(), Some(Layout::new(2, true).unwrap()));
+        assert_eq!(check(&RenderSettings::default()).unwrap(), None);
+        // What the model's configs cannot take: refused for good, the guidance a preset sets
+        // included.
+        for (render, expected) in [
+            (
+                RenderSettings {
+                    guidance: 1.0,
+                    ..both.clone()
+                },
+                "CFG parallel needs guidance",
+            ),
+            (
+                RenderSettings {
+                    preset: Some("wan2.1-distill-4step".into()),
+                    ..both.clone()
+                },
+                "CFG parallel needs guidance",
+            ),
+            (
+                RenderSettings {
+                    cache: Some("teacache".into()),
+                    ..both.clone()
+                },
+                "a step cache cannot run under CFG parallel",
+            ),
+        ] {
+            let err = check(&render).unwrap_err();
+            assert!(err.is_permanent(), "{err:?}");
+            let err = err.to_string();
+            assert!(
+                err.starts_with(
+                    "`tiny-wan-t2v` cannot be split across 2 cards with CFG parallel: "
+                ) && err.contains(expected),
+                "{err}"
+            );
+        }
+        let heads = cpu_lanes(3).check_split(
+            &RenderSettings {
+                split_cards: 3,
+                ..RenderSettings::default()
+            },
+            "tiny-wan-t2v",
+            &wan,
         );
-        assert_eq!(gpus.check_split(&RenderSettings::default()).unwrap(), None);
+        assert_eq!(
+            heads.unwrap_err().to_string(),
+            "`tiny-wan-t2v` cannot be split across 3 cards: 2 attention heads cannot be split \
+             across 3 ranks; sequence parallel takes 1, 2 ranks"
+        );
+    }
+
+    #[test]
+    fn a_split_the_engine_refuses_once_the_cards_are_taken_fails_for_good_and_frees_them() {
+        let gpus = cpu_lanes(2);
+        let wan = fixture("tiny-wan-t2v");
+        let mut task = tiny_task(2);
+        task.render.guidance = 1.0;
+        // Past the studio's check (as when the model changed after it): the engine's own.
+        let Err(err) =
+            gpus.with_split_pipelines(Some(4), "wan", &wan, None, 2, &mut quiet, |p, _, r| {
+                task.generate_split(p, Layout::new(2, true).unwrap(), r)
+            })
+        else {
+            panic!("CFG parallel without guidance ran");
+        };
+        assert!(err.is_permanent(), "{err:?}");
+        assert!(
+            err.to_string().contains("CFG parallel needs guidance"),
+            "{err}"
+        );
+        assert!(gpus.states().iter().all(|s| !s.busy));
     }
 
     #[test]

@@ -162,12 +162,13 @@ pub async fn render(
     progress: Progress<'_>,
 ) -> Result<RenderReport> {
     request.render.check()?;
-    app.gpus.check_split(&request.render)?;
     // Refuse before anything is written when a step could not run.
     for world in [World::Planner, World::Expander, World::Stitcher] {
         registry::choose(&app.db, world, None)?;
     }
     let model = crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
+    let dir = crate::models::video_model_dir(app.data_dir(), &model)?;
+    app.gpus.check_split(&request.render, &model, &dir)?;
     let keyframes = keyframes_plan(app, request, &model)?;
     if let Some(target) = &request.finish {
         let rules = crate::plugins::calls::video_rules(app, Some(&model));

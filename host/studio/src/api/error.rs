@@ -47,7 +47,7 @@ impl From<StudioError> for ApiError {
     fn from(err: StudioError) -> Self {
         let status = match &err {
             StudioError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StudioError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StudioError::Invalid(_) | StudioError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StudioError::NotMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             StudioError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StudioError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,

@@ -62,7 +62,11 @@ pub async fn list_jobs(
 }
 
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = NewJob,
-    responses((status = 201, body = Job), (status = 422, body = super::error::ErrorBody),
+    responses((status = 201, body = Job),
+        (status = 422, body = super::error::ErrorBody,
+            description = "bad parameters (`invalid`), or work the model or the studio's cards \
+                can never run as asked (`refused`: a `split_cards`/`cfg_parallel` layout the \
+                model's heads or guidance, or the studio's own cards, cannot take)"),
         (status = 409, body = super::error::ErrorBody,
             description = "the job would undo work: a `plan` of a storyboard whose shots have \
                 generated takes, without `\"replace\": true` in its params")))]

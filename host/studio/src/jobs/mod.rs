@@ -547,6 +547,13 @@ impl JobQueue {
                     params![job.id, format!("stopped by shutdown: {text}")],
                     job_from_row,
                 ),
+                // Another attempt would be refused alike: the attempts left are not spent on it.
+                (Err(e), false, false) if e.is_permanent() => c.query_row(
+                    "UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3
+                     WHERE id = ?1 RETURNING *",
+                    params![job.id, text, now],
+                    job_from_row,
+                ),
                 (Err(_), false, false) => c.query_row(
                     "UPDATE jobs SET
                         state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
@@ -755,9 +762,10 @@ mod tests {
     use super::*;
     use crate::app::StudioConfig;
 
-    /// Fails until its `succeed_on` attempt; counts the attempts it saw.
+    /// Fails with `failure` until its `succeed_on` attempt; counts the attempts it saw.
     struct Flaky {
         succeed_on: u32,
+        failure: fn(String) -> StudioError,
         seen: std::sync::atomic::AtomicU32,
     }
 
@@ -775,16 +783,21 @@ mod tests {
             let attempt = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
             let _ = ctx.progress("working", 1, 2);
             if attempt < self.succeed_on {
-                return Err(StudioError::Invalid(format!("attempt {attempt} failed")));
+                return Err((self.failure)(format!("attempt {attempt} failed")));
             }
             Ok(serde_json::json!({ "attempt": attempt }))
         }
     }
 
-    async fn run_until_finished(succeed_on: u32, max_attempts: u32) -> (Job, Vec<JobEvent>) {
+    async fn run_until_finished(
+        succeed_on: u32,
+        failure: fn(String) -> StudioError,
+        max_attempts: u32,
+    ) -> (Job, Vec<JobEvent>) {
         let dir = tempfile::tempdir().unwrap();
         let flaky = Arc::new(Flaky {
             succeed_on,
+            failure,
             seen: Default::default(),
         });
         let app = Arc::new(
@@ -825,7 +838,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failing_job_is_retried_then_succeeds() {
-        let (job, events) = run_until_finished(2, 3).await;
+        let (job, events) = run_until_finished(2, StudioError::Invalid, 3).await;
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.attempts, 2);
         assert_eq!(job.result.unwrap()["attempt"], 2);
@@ -839,10 +852,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn job_failing_every_attempt_fails_at_its_limit_with_the_error() {
-        let (job, _) = run_until_finished(u32::MAX, 2).await;
+        let (job, _) = run_until_finished(u32::MAX, StudioError::Invalid, 2).await;
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(job.attempts, 2);
         assert_eq!(job.error.as_deref(), Some("attempt 2 failed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_fails_the_job_at_once_with_attempts_left() {
+        let (job, _) = run_until_finished(2, StudioError::Refused, 3).await;
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 1, "not retried");
+        assert_eq!(job.error.as_deref(), Some("attempt 1 failed"));
     }
 
     /// Reports progress until told to stop.

@@ -26,6 +26,7 @@ pub async fn run_step(
     .map_err(|err| match err {
         // Refused at submission: say which step was.
         StudioError::Invalid(m) => StudioError::Invalid(format!("{what}: {m}")),
+        StudioError::Refused(m) => StudioError::Refused(format!("{what}: {m}")),
         StudioError::Conflict(m) => StudioError::Conflict(format!("{what}: {m}")),
         other => other.context_internal(what.to_string()),
     })?;

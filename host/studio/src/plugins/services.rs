@@ -313,7 +313,7 @@ fn user_turn(text: &str, images: Vec<i64>) -> ChatTurn {
 /// A generation's error as the plugin sees it: the request's fault, a stop, or the host's.
 fn generation_error(err: StudioError) -> PluginError {
     match err {
-        StudioError::Invalid(why) => PluginError::InvalidInput(why),
+        StudioError::Invalid(why) | StudioError::Refused(why) => PluginError::InvalidInput(why),
         e if crate::generation::is_cancelled(&e) => PluginError::Cancelled,
         other => failed(other),
     }
