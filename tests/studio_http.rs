@@ -1,6 +1,8 @@
 //! The studio HTTP API over real loopback HTTP against a real `videosdgx serve` process and a real
 //! SQLite file: resources, search, downloads, job events, and every kind of bad input and fault.
 
+#[path = "support/models.rs"]
+mod models;
 #[path = "support/studio.rs"]
 mod studio;
 
@@ -377,6 +379,66 @@ fn the_cards_of_the_gpu_lane_are_listed() {
     assert_eq!(cards.status, 200);
     let free = |card: &str| json!({ "card": card, "model": null, "busy": false, "job_id": null });
     assert_eq!(cards.json(), json!([free("cpu#0"), free("cpu#1")]));
+}
+
+#[test]
+fn a_split_the_model_cannot_take_is_refused_unqueued_and_a_split_take_says_how_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    models::install_tiny_model(dir.path(), "tiny-wan-t2v");
+    let s = start_with(dir.path(), &["--gpus", "cpu,cpu"], |_| {});
+    let (project, board) = s.storyboard("Split");
+    let shot = s.post(
+        &format!("/api/storyboards/{board}/shots"),
+        &json!({ "prompt": "a lighthouse at dusk", "duration_s": 0.5, "seed": 7 }),
+    );
+    let shot = shot.json()["id"].as_i64().unwrap();
+    let generate = |guidance: f64| {
+        let render = json!({
+            "height": 32, "width": 32, "steps": 2, "guidance": guidance,
+            "split_cards": 2, "cfg_parallel": true,
+        });
+        json!({ "shot_id": shot, "render": render })
+    };
+    // The tiny Wan model computes no unconditional pass without guidance.
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "params": generate(1.0), "project_id": project }),
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (422, "refused"));
+    assert_eq!(
+        r.json()["error"]["message"],
+        "`tiny-wan-t2v` cannot be split across 2 cards with CFG parallel: CFG parallel needs \
+         guidance (a guidance scale above 1)"
+    );
+    assert_eq!(s.get("/api/jobs").json(), json!([]), "nothing is queued");
+
+    let job = s.run_job("generate", generate(3.0), project);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let generation = s
+        .get(&format!(
+            "/api/generations/{}",
+            job["result"]["generation_id"]
+        ))
+        .json();
+    let layout = &generation["layout"];
+    assert_eq!(
+        (&layout["split_cards"], &layout["cfg_parallel"]),
+        (&json!(2), &json!(true)),
+        "{generation}"
+    );
+    let devices: Vec<&Value> = layout["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["device"])
+        .collect();
+    assert_eq!(devices, [&json!("cpu#0"), &json!("cpu#1")]);
+    assert!(
+        generation["params"].get("split_cards").is_none(),
+        "{generation}"
+    );
+    let takes = &s.get(&format!("/api/shots/{shot}")).json()["takes"];
+    assert_eq!(&takes[0]["layout"], layout);
 }
 
 #[test]

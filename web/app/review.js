@@ -9,6 +9,15 @@ import { runJob } from './run-job.js';
 import { attentionNote, shotVideo, takeReview } from './storyboard.js';
 import { attempt, clear, confirmDialog, h, toast } from './ui.js';
 
+/** For a take generated across several cards: how many, and each card's time on hover. */
+function takeSplit(layout) {
+  if (!layout || layout.split_cards < 2) return null;
+  const times = layout.ranks.map((r) =>
+    `${r.device}: ${r.seconds.toFixed(1)} s, ${(r.exchange.ms / 1000).toFixed(1)} s of it exchanging`);
+  return h('span', { class: 'small muted take-split', title: times.join('\n') },
+    `${layout.split_cards} cards${layout.cfg_parallel ? ', CFG parallel' : ''}`);
+}
+
 /** Delivery targets offered for finishing (the grammar is docs/finishing.md's). */
 const FINISH_TARGETS = [
   ['4k24', '4K (3840×2160), 24 fps'],
@@ -68,7 +77,8 @@ export async function reviewScreen(container, { project, board, actions }) {
             ? h('span', { class: 'small muted finish-of' },
               `${t.finish_target} finish of take ${shot.takes.findIndex((s) => s.id === t.finished_from) + 1}`)
             : h('button', { class: 'small finish-take', title: `Finish this take as ${finishTarget.value}`, onclick: (e) => finishTake(e.target, t) }, 'Finish'),
-          takeReview(t.review))));
+          takeReview(t.review),
+          takeSplit(t.layout))));
     }));
   }
 

@@ -60,7 +60,45 @@ pub struct Generation {
     pub engine_version: String,
     /// The LoRAs applied, with where each was chosen (project, character, shot).
     pub loras: Vec<AppliedLora>,
+    /// How it was laid out across cards.
+    pub layout: GenerationLayout,
     pub created_at: String,
+}
+
+/// How a generation was laid out across the studio's cards: how it was computed, which `params`
+/// (what it computed) leave out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenerationLayout {
+    /// The cards it ran on at once (the render setting; 1: one card).
+    pub split_cards: usize,
+    /// Whether half of them computed the unconditional guidance branch.
+    pub cfg_parallel: bool,
+    /// Each card's time when it was split, in rank order: `device` (the card), `seconds` (its
+    /// pipeline's loading excluded) and `exchange` (`exchanges` and the `ms` they took); empty on
+    /// one card.
+    #[schema(value_type = Vec<Object>)]
+    pub ranks: Vec<RankTime>,
+}
+
+impl GenerationLayout {
+    /// The layout of a generation split by `split` (`None`: on one card) whose ranks took `ranks`.
+    fn of(split: Option<Layout>, ranks: Vec<RankTime>) -> Self {
+        GenerationLayout {
+            split_cards: split.map_or(1, |layout| layout.ranks()),
+            cfg_parallel: split.is_some_and(|layout| layout.cfg),
+            ranks,
+        }
+    }
+
+    /// Read from a row holding the `generations` columns `split_cards`, `cfg_parallel`, `ranks`.
+    pub(crate) fn from_row(row: &rusqlite::Row) -> rusqlite::Result<Self> {
+        let ranks: String = row.get("ranks")?;
+        Ok(GenerationLayout {
+            split_cards: row.get::<_, i64>("split_cards")? as usize,
+            cfg_parallel: row.get("cfg_parallel")?,
+            ranks: serde_json::from_str(&ranks).unwrap_or_default(),
+        })
+    }
 }
 
 pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
@@ -78,6 +116,7 @@ pub fn get_generation(db: &Db, id: i64) -> Result<Generation> {
                 params: serde_json::from_str(&params).unwrap_or(Value::String(params)),
                 engine_version: row.get("engine_version")?,
                 loras: serde_json::from_str(&loras).unwrap_or_default(),
+                layout: GenerationLayout::from_row(row)?,
                 created_at: rfc3339(row.get("created_at")?),
             })
         })
@@ -761,14 +800,17 @@ fn record(
     };
     let params_json = serde_json::to_string(params).map_err(anyhow::Error::from)?;
     let loras_json = serde_json::to_string(&request.loras).map_err(anyhow::Error::from)?;
+    let layout = GenerationLayout::of(generated.split, generated.ranks.clone());
+    let ranks_json = serde_json::to_string(&layout.ranks).map_err(anyhow::Error::from)?;
     // The asset, its generation record and the take in one transaction: a crash never leaves a
     // generated video that is not a take with its record.
     let (asset, (generation_id, take_id)) =
         app.assets
             .import_file_recording(&app.db, path, &meta, |tx, asset| {
                 let generation_id: i64 = tx.query_row(
-                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at, loras)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                    "INSERT INTO generations (job_id, shot_id, asset_id, model, params, engine_version, created_at, loras,
+                                              split_cards, cfg_parallel, ranks)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
                     params![
                         job_id,
                         request.shot_id,
@@ -777,7 +819,10 @@ fn record(
                         params_json,
                         videosdgx_engine::VERSION,
                         now_ms(),
-                        loras_json
+                        loras_json,
+                        layout.split_cards as i64,
+                        layout.cfg_parallel,
+                        ranks_json
                     ],
                     |r| r.get(0),
                 )?;
@@ -1360,75 +1405,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bad_requests_are_refused_before_queueing() {
-        let (_dir, app) = studio();
-        let missing = shot(
-            &app,
-            ShotFields {
-                model: Some("Wan-AI/Wan2.1-T2V-14B-Diffusers".into()),
-                ..prompt("a storm")
-            },
-        );
-        let err = GenerateRunner
-            .check(&app, &json!({ "shot_id": missing.id }))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(
-                "`Wan-AI/Wan2.1-T2V-14B-Diffusers` is not installed (installed: tiny-wan-t2v)"
-            ),
-            "{err}"
-        );
-
-        let fine = shot(&app, prompt("calm sea"));
-        for (params, expected) in [
-            (
-                json!({ "shot_id": fine.id, "render": { "steps": 0 } }),
-                "steps must be between 1 and 200",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "width": 100000 } }),
-                "larger than",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "fps": 8 } }),
-                "unknown field `fps`",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "cache": "fastcache" } }),
-                "cache: unknown cache method \"fastcache\"",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "cache": "teacache:-1" } }),
-                "threshold must be a positive number",
-            ),
-            (json!({ "shot_id": 999 }), "shot 999 not found"),
-            // The studio of these tests has one card.
-            (
-                json!({ "shot_id": fine.id, "render": { "split_cards": 2 } }),
-                "split_cards: 2 cards for one generation, and the studio has 1 of its own",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "split_cards": 0 } }),
-                "split_cards: 0 ranks cannot run",
-            ),
-            (
-                json!({ "shot_id": fine.id, "render": { "cfg_parallel": true } }),
-                "split_cards: 1 ranks cannot run CFG parallel: give a positive, even number",
-            ),
-        ] {
-            let err = GenerateRunner.check(&app, &params).unwrap_err().to_string();
-            assert!(err.contains(expected), "{params}: {err}");
-        }
-
-        let empty = shot(&app, ShotFields::default());
-        let err = GenerateRunner
-            .check(&app, &json!({ "shot_id": empty.id }))
-            .unwrap_err();
-        assert_eq!(err.to_string(), "shot 1 has no prompt");
-    }
-
     /// A studio on `cards` CPU lanes with the tiny Wan and LTX-2 models.
     fn studio_on_lanes(cards: usize) -> (tempfile::TempDir, Arc<App>) {
         let dir = tempfile::tempdir().unwrap();
@@ -1438,6 +1414,75 @@ mod tests {
         config.gpus = vec!["cpu"; cards].join(",").parse().unwrap();
         let app = Arc::new(App::open(config).unwrap());
         (dir, app)
+    }
+
+    #[test]
+    fn a_generation_records_how_it_was_laid_out_across_cards_apart_from_its_params() {
+        let (_dir, app) = studio_on_lanes(2);
+        let shot = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan-t2v".into()),
+                ..prompt("a lighthouse at dusk")
+            },
+        );
+        let run = |render: RenderSettings| {
+            let request = GenerateShot {
+                render,
+                ..of(shot.id)
+            };
+            let out = app
+                .generator
+                .generate_shot(&app, None, &request, &mut |_, _, _| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            (
+                out.clone(),
+                get_generation(&app.db, out.generation_id).unwrap(),
+            )
+        };
+        let (whole, one_card) = run(tiny());
+        let unsplit = GenerationLayout {
+            split_cards: 1,
+            cfg_parallel: false,
+            ranks: Vec::new(),
+        };
+        assert_eq!(one_card.layout, unsplit);
+        let both = RenderSettings {
+            split_cards: 2,
+            cfg_parallel: true,
+            ..tiny()
+        };
+        let (split, record) = run(both);
+        assert_eq!(record.layout.ranks.len(), split.ranks.len());
+        assert_eq!(
+            (record.layout.split_cards, record.layout.cfg_parallel),
+            (2, true)
+        );
+        let devices: Vec<&str> = record
+            .layout
+            .ranks
+            .iter()
+            .map(|r| r.device.as_str())
+            .collect();
+        assert_eq!(devices, ["cpu#0", "cpu#1"]);
+        assert!(
+            record
+                .layout
+                .ranks
+                .iter()
+                .all(|r| r.seconds > 0.0 && r.exchange.exchanges > 0),
+            "{:?}",
+            record.layout.ranks
+        );
+        // How it was computed is no part of what: the params are the one-card generation's.
+        assert_eq!(record.params, one_card.params);
+        assert_eq!(split.params, whole.params);
+        // The shot's takes carry their generation's layout.
+        let takes = shots::get_shot(&app.db, shot.id).unwrap().takes;
+        let layouts: Vec<Option<GenerationLayout>> = takes.into_iter().map(|t| t.layout).collect();
+        assert_eq!(layouts, [Some(unsplit), Some(record.layout)]);
     }
 
     #[test]
@@ -1561,6 +1606,75 @@ mod tests {
         assert_eq!(job.card, None, "no card was taken");
         let shot = shots::get_shot(&app.db, shot.id).unwrap();
         assert_eq!((shot.status.as_str(), shot.takes.len()), ("failed", 0));
+    }
+
+    #[test]
+    fn bad_requests_are_refused_before_queueing() {
+        let (_dir, app) = studio();
+        let missing = shot(
+            &app,
+            ShotFields {
+                model: Some("Wan-AI/Wan2.1-T2V-14B-Diffusers".into()),
+                ..prompt("a storm")
+            },
+        );
+        let err = GenerateRunner
+            .check(&app, &json!({ "shot_id": missing.id }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "`Wan-AI/Wan2.1-T2V-14B-Diffusers` is not installed (installed: tiny-wan-t2v)"
+            ),
+            "{err}"
+        );
+
+        let fine = shot(&app, prompt("calm sea"));
+        for (params, expected) in [
+            (
+                json!({ "shot_id": fine.id, "render": { "steps": 0 } }),
+                "steps must be between 1 and 200",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "width": 100000 } }),
+                "larger than",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "fps": 8 } }),
+                "unknown field `fps`",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cache": "fastcache" } }),
+                "cache: unknown cache method \"fastcache\"",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cache": "teacache:-1" } }),
+                "threshold must be a positive number",
+            ),
+            (json!({ "shot_id": 999 }), "shot 999 not found"),
+            // The studio of these tests has one card.
+            (
+                json!({ "shot_id": fine.id, "render": { "split_cards": 2 } }),
+                "split_cards: 2 cards for one generation, and the studio has 1 of its own",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "split_cards": 0 } }),
+                "split_cards: 0 ranks cannot run",
+            ),
+            (
+                json!({ "shot_id": fine.id, "render": { "cfg_parallel": true } }),
+                "split_cards: 1 ranks cannot run CFG parallel: give a positive, even number",
+            ),
+        ] {
+            let err = GenerateRunner.check(&app, &params).unwrap_err().to_string();
+            assert!(err.contains(expected), "{params}: {err}");
+        }
+
+        let empty = shot(&app, ShotFields::default());
+        let err = GenerateRunner
+            .check(&app, &json!({ "shot_id": empty.id }))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "shot 1 has no prompt");
     }
 
     #[test]

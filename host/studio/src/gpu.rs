@@ -290,11 +290,12 @@ impl Drop for SplitTurn<'_> {
     }
 }
 
-/// What a generation ran with: the engine's parameters and, when it was split across cards,
-/// each card's time (rank order; `device` is the card's name).
+/// What a generation ran with: the engine's parameters and, when it was split across cards, how
+/// and each card's time (rank order; `device` is the card's name).
 #[derive(Debug)]
 pub struct Generated {
     pub params: GenerateParams,
+    pub split: Option<Layout>,
     pub ranks: Vec<RankTime>,
 }
 
@@ -497,7 +498,11 @@ impl Gpus {
                 },
             )?;
             task.write(&params, &video, &ranks, out, report)?;
-            return Ok(Generated { params, ranks });
+            return Ok(Generated {
+                params,
+                split: Some(layout),
+                ranks,
+            });
         }
         let wanted = Wanted::Generation(dir, task.render.quant);
         let card = self.take(job, wanted, task.runs_anywhere(), report)?;
@@ -506,6 +511,7 @@ impl Gpus {
             card.note_remote(&task.model, params.is_ok());
             return params.map(|params| Generated {
                 params,
+                split: None,
                 ranks: Vec::new(),
             });
         }
@@ -520,6 +526,7 @@ impl Gpus {
         task.write(&params, &video, &[], out, report)?;
         Ok(Generated {
             params,
+            split: None,
             ranks: Vec::new(),
         })
     }

@@ -4,6 +4,7 @@
 
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
+use crate::generation::GenerationLayout;
 use crate::projects::get_storyboard;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
@@ -62,6 +63,9 @@ pub struct Take {
     pub created_at: String,
     /// The reviewer's verdict, when the take was reviewed.
     pub review: Option<Review>,
+    /// How its generation was laid out across cards, as its generation record says (listed
+    /// with its shot; none without a record).
+    pub layout: Option<GenerationLayout>,
 }
 
 /// A reviewer plugin's judgement of one take.
@@ -159,6 +163,7 @@ fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
         finish_target: row.get("finish_target")?,
         created_at: rfc3339(row.get("created_at")?),
         review: None,
+        layout: None,
     })
 }
 
@@ -222,6 +227,22 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
         let review = review?;
         if let Some(take) = shot.takes.iter_mut().find(|t| t.id == review.take_id) {
             take.review = Some(review);
+        }
+    }
+    let mut layouts = c.prepare_cached(
+        "SELECT t.id AS take_id, g.split_cards, g.cfg_parallel, g.ranks
+         FROM takes t JOIN generations g ON g.id = t.generation_id WHERE t.shot_id = ?1",
+    )?;
+    let rows = layouts.query_map([id], |row| {
+        Ok((
+            row.get::<_, i64>("take_id")?,
+            GenerationLayout::from_row(row)?,
+        ))
+    })?;
+    for row in rows {
+        let (take_id, layout) = row?;
+        if let Some(take) = shot.takes.iter_mut().find(|t| t.id == take_id) {
+            take.layout = Some(layout);
         }
     }
     Ok(shot)

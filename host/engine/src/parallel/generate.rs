@@ -20,7 +20,7 @@ pub struct SplitGeneration {
 }
 
 /// One rank's wall time (its pipeline's loading excluded) and its exchanges.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RankTime {
     pub rank: usize,
     pub device: String,

@@ -273,7 +273,7 @@ pub struct SequenceParallel {
 }
 
 /// Time a rank spent exchanging, and how many exchanges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommTime {
     pub exchanges: usize,
     pub ms: f64,

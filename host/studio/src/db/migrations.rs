@@ -296,6 +296,27 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN card TEXT;
     "#,
+    // 10: how a generation was laid out across cards (how it was computed; `params` say what):
+    // the cards it was split across, whether half of them ran the unconditional guidance branch,
+    // and each card's time (JSON, rank order; empty on one card). Earlier rows ran on one card,
+    // except those of a split `generate` job, whose render settings and result say how.
+    r#"
+    ALTER TABLE generations ADD COLUMN split_cards INTEGER NOT NULL DEFAULT 1
+        CHECK (split_cards >= 1);
+    ALTER TABLE generations ADD COLUMN cfg_parallel INTEGER NOT NULL DEFAULT 0
+        CHECK (cfg_parallel IN (0, 1));
+    ALTER TABLE generations ADD COLUMN ranks TEXT NOT NULL DEFAULT '[]';
+    UPDATE generations
+    SET split_cards = json_array_length(jobs.result, '$.ranks'),
+        cfg_parallel = json_extract(jobs.params, '$.render.cfg_parallel') IS 1,
+        ranks = json_extract(jobs.result, '$.ranks')
+    FROM jobs
+    WHERE jobs.id = generations.job_id AND jobs.kind = 'generate'
+        AND CASE WHEN json_valid(jobs.result) AND json_valid(jobs.params)
+                 THEN json_type(jobs.result, '$.ranks') = 'array'
+                      AND json_array_length(jobs.result, '$.ranks') > 0
+                 ELSE 0 END;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -234,6 +234,60 @@ mod tests {
     }
 
     #[test]
+    fn generations_of_an_older_database_get_the_layout_their_jobs_ran_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("studio.db");
+        {
+            // Version 9: a split generate job, a one-card one, and a finish without a job.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..9] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 9).unwrap();
+            let ranks = r#"[{"rank":0,"device":"cuda:0","seconds":2.5,"exchange":{"exchanges":9,"ms":40.0}},
+                            {"rank":1,"device":"cuda:1","seconds":2.4,"exchange":{"exchanges":9,"ms":41.0}}]"#;
+            conn.execute(
+                "INSERT INTO jobs (id, kind, lane, params, state, result, created_at) VALUES
+                     (1, 'generate', 'gpu',
+                      '{\"shot_id\": 1, \"render\": {\"split_cards\": 2, \"cfg_parallel\": true}}',
+                      'succeeded', json_object('generation_id', 1, 'ranks', json(?1)), 1),
+                     (2, 'generate', 'gpu', '{\"shot_id\": 1}', 'succeeded',
+                      '{\"generation_id\": 2}', 1)",
+                [ranks],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO generations (id, job_id, model, params, engine_version, created_at)
+                     VALUES (1, 1, 'm', '{}', 'v', 1), (2, 2, 'm', '{}', 'v', 1);
+                 INSERT INTO generations (id, model, params, engine_version, created_at, kind)
+                     VALUES (3, 'm', '{}', 'v', 1, 'finish');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let layouts = db
+            .with(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT split_cards, cfg_parallel, json_array_length(ranks),
+                            json_extract(ranks, '$[1].device')
+                     FROM generations ORDER BY id",
+                )?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<(i64, bool, i64, Option<String>)>>>()?)
+            })
+            .unwrap();
+        assert_eq!(
+            layouts,
+            [
+                (2, true, 2, Some("cuda:1".into())),
+                (1, false, 0, None),
+                (1, false, 0, None)
+            ]
+        );
+    }
+
+    #[test]
     fn newer_database_is_refused_with_versions_in_the_message() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("studio.db");
