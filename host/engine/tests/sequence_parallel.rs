@@ -250,10 +250,39 @@ fn fewer_tokens_than_ranks_are_refused_by_name() {
         Ok(())
     })
     .unwrap_err();
+    // Found where the transformer shards them, the refusal still says what it is, so that a
+    // caller does not try again.
+    assert_eq!(
+        err.downcast_ref::<SplitRefused>(),
+        Some(&SplitRefused::Tokens {
+            tokens: 3,
+            ranks: 4
+        })
+    );
     let err = format!("{err:#}");
     assert!(
-        err.contains("3 tokens cannot be split across 4 ranks"),
+        err.contains("this size has 3 tokens, fewer than the 4 ranks"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_size_with_fewer_tokens_than_ranks_is_refused_by_the_ranks_of_a_pipeline() {
+    // 16x16 pixels, one frame: a single 2x2 patch of the 8x VAE's latents.
+    let one_token = GenerateParams {
+        height: 16,
+        width: 16,
+        frames: 1,
+        ..params()
+    };
+    let err = generate_on_ranks(Layout::new(2, false).unwrap(), &one_token).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<SplitRefused>(),
+        Some(&SplitRefused::Tokens {
+            tokens: 1,
+            ranks: 2
+        }),
+        "{err:#}"
     );
 }
 
@@ -373,7 +402,7 @@ fn pipelines_that_ran_a_split_then_generate_alone_as_fresh_ones() {
         Some(&SplitRefused::CfgParallelUnguided)
     );
     assert_eq!(reports, 0);
-    // A split that fails while the ranks run (one patch token for two ranks) leaves them whole.
+    // A size with fewer tokens than ranks is refused alike (one patch token for two ranks).
     let one_token = GenerateParams {
         height: 16,
         width: 16,
@@ -385,12 +414,38 @@ fn pipelines_that_ran_a_split_then_generate_alone_as_fresh_ones() {
         Layout::new(2, false).unwrap(),
         &one_token,
         GenerateInputs::default(),
-        &mut quiet,
+        &mut |_| {
+            reports += 1;
+            ControlFlow::Continue(())
+        },
     ) else {
         panic!("one token was split across two ranks");
     };
+    assert_eq!(
+        err.downcast_ref::<SplitRefused>(),
+        Some(&SplitRefused::Tokens {
+            tokens: 1,
+            ranks: 2
+        })
+    );
+    assert_eq!(reports, 0);
+    // A split that fails while the ranks run (a frame count the VAE cannot take) leaves them
+    // whole.
+    let bad_frames = GenerateParams {
+        frames: 4,
+        ..p.clone()
+    };
+    let Err(err) = generate_split_on(
+        pipelines.iter_mut().collect(),
+        Layout::new(2, false).unwrap(),
+        &bad_frames,
+        GenerateInputs::default(),
+        &mut quiet,
+    ) else {
+        panic!("4 frames were generated");
+    };
     assert!(
-        format!("{err:#}").contains("1 tokens cannot be split across 2 ranks"),
+        format!("{err:#}").contains("frames must be 4k+1"),
         "{err:#}"
     );
     // Both at once: were they still ranks of a split, they would run it together (rank 1

@@ -27,7 +27,7 @@ use videosdgx_engine::parallel::{
 };
 use videosdgx_engine::pipelines::{
     Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
-    StartImage,
+    StartImage, VideoSize,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -215,6 +215,15 @@ impl RenderSettings {
             .map_err(|e| StudioError::Invalid(format!("split_cards: {e}")))
     }
 
+    /// The size of a generation of `frames` with these settings.
+    pub fn size(&self, frames: usize) -> VideoSize {
+        VideoSize {
+            height: self.height,
+            width: self.width,
+            frames,
+        }
+    }
+
     /// The guidance scale a generation with these settings runs at: its preset's when it names
     /// one, else `guidance`.
     pub fn run_guidance(&self) -> Result<f64> {
@@ -261,6 +270,17 @@ impl RenderSettings {
 pub enum Length {
     Seconds(f64),
     Frames(usize),
+}
+
+impl Length {
+    /// The frames of a generation this long with the model in `dir`, from its configs (as
+    /// [`GenerationTask::params`] has them from the loaded pipeline).
+    pub fn frames(self, dir: &Path) -> anyhow::Result<usize> {
+        match self {
+            Length::Seconds(seconds) => Pipeline::inspect_frames_for(dir, seconds),
+            Length::Frames(frames) => Ok(frames),
+        }
+    }
 }
 
 /// One video to generate and record.
@@ -916,7 +936,8 @@ impl GenerateShot {
         }
         let model = shot_model(app.data_dir(), &shot)?;
         let dir = models::video_model_dir(app.data_dir(), &model)?;
-        app.gpus.check_split(&self.render, &model, &dir)?;
+        app.gpus
+            .check_split(&self.render, &model, &dir, Length::Seconds(shot.duration_s))?;
         let applied = loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?;
         loras::check_family(app, &applied, &model, &dir)
     }

@@ -19,7 +19,7 @@
 //! card, so cards freed one by one gather for it instead of going to later work.
 
 use crate::error::{Result, StudioError};
-use crate::generation::{GenerationTask, RenderSettings};
+use crate::generation::{GenerationTask, Length, RenderSettings};
 use crate::workers::RemoteCard;
 use anyhow::Context;
 use candle_core::{DType, Device};
@@ -428,16 +428,18 @@ impl Gpus {
         (!names.is_empty()).then(|| names.join("+"))
     }
 
-    /// How `render` splits one generation of installed model `model` (in `dir`) across the
-    /// studio's own cards (`None`: it runs on one); refused before any card is taken when the
-    /// layout is none, and, for good ([`StudioError::Refused`]), when the studio has fewer cards
-    /// of its own or the model's configs cannot take it (the engine's
-    /// [`videosdgx_engine::parallel::check_layout`]: heads, guidance, step cache).
+    /// How `render` splits one generation `length` long of installed model `model` (in `dir`)
+    /// across the studio's own cards (`None`: it runs on one); refused before any card is taken
+    /// when the layout is none, and, for good ([`StudioError::Refused`]), when the studio has
+    /// fewer cards of its own or the model's configs cannot take it (the engine's
+    /// [`videosdgx_engine::parallel::check_layout`]: heads, guidance, step cache, and tokens
+    /// enough for every card at this size).
     pub fn check_split(
         &self,
         render: &RenderSettings,
         model: &str,
         dir: &Path,
+        length: Length,
     ) -> Result<Option<Layout>> {
         let Some(layout) = render.split()? else {
             return Ok(None);
@@ -448,8 +450,10 @@ impl Gpus {
             .filter(|c| c.remote.is_none())
             .count();
         check_own_cards(layout.ranks(), own)?;
-        let support = Pipeline::inspect_split(dir)
-            .map_err(|e| StudioError::Internal(e.context(format!("reading model `{model}`"))))?;
+        let reading =
+            |e: anyhow::Error| StudioError::Internal(e.context(format!("reading model `{model}`")));
+        let size = render.size(length.frames(dir).map_err(reading)?);
+        let support = Pipeline::inspect_split(dir, size).map_err(reading)?;
         check_layout(
             layout,
             &support,
@@ -480,7 +484,7 @@ impl Gpus {
         out: &Path,
         report: Report,
     ) -> Result<Generated> {
-        if let Some(layout) = self.check_split(&task.render, &task.model, dir)? {
+        if let Some(layout) = self.check_split(&task.render, &task.model, dir, task.length)? {
             let (params, SplitGeneration { video, ranks }) = self.with_split_pipelines(
                 job,
                 &task.model,
@@ -1315,7 +1319,7 @@ mod tests {
         let wan = fixture("tiny-wan-t2v");
         let task = tiny_task(2);
         let layout = gpus
-            .check_split(&task.render, &task.model, &wan)
+            .check_split(&task.render, &task.model, &wan, task.length)
             .unwrap()
             .expect("a split");
         let (params, whole) = gpus
@@ -1565,7 +1569,9 @@ mod tests {
         let wan = fixture("tiny-wan-t2v");
         // A worker's card is no card of the studio's.
         join_worker(&gpus, &workers, "spark-2");
-        let check = |render: &RenderSettings| gpus.check_split(render, "tiny-wan-t2v", &wan);
+        let check = |render: &RenderSettings| {
+            gpus.check_split(render, "tiny-wan-t2v", &wan, Length::Seconds(5.0))
+        };
         let refusal = |split_cards, cfg_parallel| {
             let render = RenderSettings {
                 split_cards,
@@ -1663,11 +1669,33 @@ mod tests {
             },
             "tiny-wan-t2v",
             &wan,
+            Length::Seconds(5.0),
         );
         assert_eq!(
             heads.unwrap_err().to_string(),
             "`tiny-wan-t2v` cannot be split across 3 cards: 2 attention heads cannot be split \
              across 3 ranks; sequence parallel takes 1, 2 ranks"
+        );
+        // 16x16 pixels make one patch token a latent frame: one frame has one for two cards;
+        // a quarter second, rounded to the VAE's 5 frames, has two.
+        let small = RenderSettings {
+            height: 16,
+            width: 16,
+            split_cards: 2,
+            ..RenderSettings::default()
+        };
+        let small_split = |length| gpus.check_split(&small, "tiny-wan-t2v", &wan, length);
+        let err = small_split(Length::Frames(1)).unwrap_err();
+        assert!(err.is_permanent(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "`tiny-wan-t2v` cannot be split across 2 cards: a generation of this size has 1 \
+             tokens, fewer than the 2 ranks that would share them: make it larger or split it \
+             across fewer cards"
+        );
+        assert_eq!(
+            small_split(Length::Seconds(0.25)).unwrap(),
+            Some(Layout::new(2, false).unwrap())
         );
     }
 

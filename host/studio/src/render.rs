@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::assets::get_asset;
 use crate::error::{Result, StudioError};
 use crate::finishing::{self, Finished};
-use crate::generation::RenderSettings;
+use crate::generation::{Length, RenderSettings};
 use crate::jobs::NewJob;
 use crate::jobs::steps::{run_step, step_result};
 use crate::keyframes::{self, KeyframeOutcome, LookOutcome};
@@ -168,7 +168,10 @@ pub async fn render(
     }
     let model = crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
     let dir = crate::models::video_model_dir(app.data_dir(), &model)?;
-    app.gpus.check_split(&request.render, &model, &dir)?;
+    // The shots' lengths are planned later (each shot's job is checked with its own): the
+    // shortest clip has the fewest tokens.
+    app.gpus
+        .check_split(&request.render, &model, &dir, Length::Frames(1))?;
     let keyframes = keyframes_plan(app, request, &model)?;
     if let Some(target) = &request.finish {
         let rules = crate::plugins::calls::video_rules(app, Some(&model));

@@ -29,7 +29,7 @@ pub struct RankTime {
 }
 
 /// Generates with the pipeline in `dir` split over `devices` by `layout`: refuses a layout the
-/// model's configs cannot take, opens the pipeline on every card at once, readies each with
+/// model's configs cannot take for the requested size, opens the pipeline on every card at once, readies each with
 /// `prepare` (quantization, dropping the text encoder), then runs [`generate_split_on`].
 #[allow(clippy::too_many_arguments)]
 pub fn generate_split(
@@ -42,7 +42,7 @@ pub fn generate_split(
     inputs: GenerateInputs,
     on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
 ) -> Result<SplitGeneration> {
-    let model = Pipeline::inspect_split(dir)?;
+    let model = Pipeline::inspect_split(dir, params.size())?;
     check_layout(layout, &model, params.guidance, params.cache.is_some())?;
     let mut pipelines = on_every_card(devices.iter().collect(), |_, device| {
         let mut pipeline = Pipeline::open(dir, device, dtype)?;
@@ -73,7 +73,7 @@ pub fn generate_split_on(
     if let Some(first) = pipelines.first() {
         check_layout(
             layout,
-            &first.split_support(),
+            &first.split_support(params.size()),
             params.guidance,
             params.cache.is_some(),
         )?;

@@ -27,7 +27,7 @@ pub use ranks::{RankContext, on_every_card, run_ranks};
 
 use candle_core::{Device, Result, Shape, Tensor};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One rank's view of a communicator: the one primitive every split is built from.
 pub trait Collective: Send + Sync {
@@ -98,8 +98,9 @@ pub enum GroupKind {
     Cfg,
 }
 
-/// What a model offers a split, from its transformers' configs: read before anything is loaded
-/// (`Pipeline::inspect_split`) or from a loaded pipeline (`Pipeline::split_support`).
+/// What a model offers a split of a generation of one size, from its configs: read before
+/// anything is loaded (`Pipeline::inspect_split`) or from a loaded pipeline
+/// (`Pipeline::split_support`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitSupport {
     /// The attention heads of each of its transformers (Wan 2.2 has two experts): what sequence
@@ -108,14 +109,19 @@ pub struct SplitSupport {
     /// Whether its guidance branches are passes of their own that CFG parallel can put on
     /// different ranks (Wan's); LTX-2 batches its passes and the FLUX models rarely guide.
     pub cfg_parallel: bool,
+    /// The tokens sequence parallel shares out in a generation of that size: the latent grid's
+    /// patches (Wan, FLUX), LTX-2's video tokens. Tokens that conditions append to them (a
+    /// reference image, LTX-2's keyframes) are not counted, so the rule follows from the size.
+    pub tokens: usize,
 }
 
 impl SplitSupport {
-    /// A model whose tokens alone are split ([`split_tokens_only`]).
-    pub fn tokens_only(heads: usize) -> Self {
+    /// A model whose `tokens` alone are split ([`split_tokens_only`]).
+    pub fn tokens_only(heads: usize, tokens: usize) -> Self {
         Self {
             heads: vec![heads],
             cfg_parallel: false,
+            tokens,
         }
     }
 }
@@ -138,6 +144,12 @@ pub enum SplitRefused {
     // The cache's rule reads the conditional pass to decide for both branches.
     #[error("a step cache cannot run under CFG parallel; split the sequence instead")]
     CfgParallelWithStepCache,
+    // Every rank must hold at least one token.
+    #[error(
+        "a generation of this size has {tokens} tokens, fewer than the {ranks} ranks that would \
+         share them: make it larger or split it across fewer cards"
+    )]
+    Tokens { tokens: usize, ranks: usize },
 }
 
 /// The rank counts that share `heads` evenly.
@@ -149,9 +161,9 @@ fn ranks_sharing(heads: &usize) -> String {
     fits.join(", ")
 }
 
-/// Whether a model offering `model` can run, split by `layout`, a generation guided at `guidance`
-/// (on above 1) with or without a step cache: the one rule the studio checks work against when
-/// it is submitted and the engine before the ranks join.
+/// Whether a model offering `model` (for the generation's size) can run, split by `layout`, a
+/// generation guided at `guidance` (on above 1) with or without a step cache: the one rule the
+/// studio checks work against when it is submitted and the engine before the ranks join.
 pub fn check_layout(
     layout: Layout,
     model: &SplitSupport,
@@ -164,7 +176,18 @@ pub fn check_layout(
     model
         .heads
         .iter()
-        .try_for_each(|&heads| check_heads(heads, layout.ulysses))
+        .try_for_each(|&heads| check_heads(heads, layout.ulysses))?;
+    check_tokens(model.tokens, layout.ulysses)
+}
+
+/// Refuses fewer tokens than the `ranks` that share them (more than one: a group of one splits
+/// nothing).
+fn check_tokens(tokens: usize, ranks: usize) -> std::result::Result<(), SplitRefused> {
+    if ranks > 1 && tokens < ranks {
+        Err(SplitRefused::Tokens { tokens, ranks })
+    } else {
+        Ok(())
+    }
 }
 
 /// Refuses a head count `ranks` cannot share evenly.
@@ -270,6 +293,9 @@ impl Split {
 /// Ulysses over one communicator.
 pub struct SequenceParallel {
     group: Arc<dyn Collective>,
+    /// Why this rank could not take its share of a call's tokens, kept for [`run_ranks`] to
+    /// return: the transformers fail with candle's errors, which carry only text.
+    refused: OnceLock<SplitRefused>,
 }
 
 /// Time a rank spent exchanging, and how many exchanges.
@@ -291,7 +317,15 @@ impl std::ops::Add for CommTime {
 
 impl SequenceParallel {
     pub fn new(group: Arc<dyn Collective>) -> Self {
-        Self { group }
+        Self {
+            group,
+            refused: OnceLock::new(),
+        }
+    }
+
+    /// Why a call's tokens could not be shared out on this rank, once one could not.
+    pub fn refused(&self) -> Option<&SplitRefused> {
+        self.refused.get()
     }
 
     pub fn group(&self) -> &dyn Collective {
@@ -321,14 +355,12 @@ impl SequenceParallel {
     }
 
     /// This rank's share of `x` along `dim` (the token dimension, of full length there). Every
-    /// rank must hold at least one token.
+    /// rank must hold at least one token: fewer tokens are refused ([`Self::refused`]).
     pub fn shard(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
         let tokens = x.dim(dim)?;
-        if tokens < self.ranks() {
-            candle_core::bail!(
-                "{tokens} tokens cannot be split across {} ranks: a smaller video, or fewer ranks",
-                self.ranks()
-            );
+        if let Err(refused) = check_tokens(tokens, self.ranks()) {
+            let _ = self.refused.set(refused.clone());
+            return Err(candle_core::Error::wrap(refused));
         }
         let range = &self.split(tokens)[self.rank()];
         x.narrow(dim, range.start, range.len())
@@ -446,6 +478,7 @@ mod tests {
         let wan = SplitSupport {
             heads: vec![40, 40],
             cfg_parallel: true,
+            tokens: 32760,
         };
         let check = |ranks, cfg, model: &SplitSupport, guidance, cache| {
             check_layout(Layout::new(ranks, cfg).unwrap(), model, guidance, cache)
@@ -481,12 +514,31 @@ mod tests {
             check(2, true, &wan, 5.0, true),
             Err(SplitRefused::CfgParallelWithStepCache)
         );
-        let ltx = SplitSupport::tokens_only(32);
+        let ltx = SplitSupport::tokens_only(32, 6144);
         assert_eq!(check(2, false, &ltx, 3.0, false), Ok(()));
         assert_eq!(
             check(2, true, &ltx, 3.0, false),
             Err(SplitRefused::CfgParallelUnsupported)
         );
+        // A size too small for the ranks that share its tokens: under CFG parallel, half of them.
+        let tiny = SplitSupport { tokens: 3, ..wan };
+        let err = check(8, true, &tiny, 5.0, false).unwrap_err();
+        assert_eq!(
+            err,
+            SplitRefused::Tokens {
+                tokens: 3,
+                ranks: 4
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "a generation of this size has 3 tokens, fewer than the 4 ranks that would share \
+             them: make it larger or split it across fewer cards"
+        );
+        assert_eq!(check(2, true, &tiny, 5.0, false), Ok(()));
+        // One card shares nothing.
+        let none = SplitSupport { tokens: 0, ..tiny };
+        assert_eq!(check(2, true, &none, 5.0, false), Ok(()));
     }
 
     #[test]

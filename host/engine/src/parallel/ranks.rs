@@ -26,7 +26,8 @@ enum Meeting {
 
 /// Runs `work` once per rank of `layout`, rank `r` on `devices[r]`, and returns every rank's result
 /// in rank order. A rank that fails stops its CPU peers at their next exchange, and the error of
-/// the rank that failed first is returned (not its peers' "stopped" errors).
+/// the rank that failed first is returned (not its peers' "stopped" errors); a rank whose
+/// sequence group could not share out a call's tokens fails with that [`super::SplitRefused`].
 pub fn run_ranks<T: Send>(
     layout: Layout,
     devices: &[Device],
@@ -66,10 +67,19 @@ pub fn run_ranks<T: Send>(
                 s.spawn(move || {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let split = join(rank, device, groups, meetings)?;
+                        let sequence = split.sequence.clone();
                         work(RankContext {
                             rank,
                             device: device.clone(),
                             split,
+                        })
+                        .map_err(|e| {
+                            // Too few tokens to share, found where the transformer shards them:
+                            // the same on every attempt, so said in the type callers act on.
+                            match sequence.as_deref().and_then(SequenceParallel::refused) {
+                                Some(refused) => anyhow::Error::new(refused.clone()),
+                                None => e,
+                            }
                         })
                     }))
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank} panicked")));

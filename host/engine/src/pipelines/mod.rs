@@ -120,6 +120,25 @@ pub struct GenerateParams {
     pub conditions: Vec<FrameCondition>,
 }
 
+impl GenerateParams {
+    /// The size asked for, which the generation's tokens follow from.
+    pub fn size(&self) -> VideoSize {
+        VideoSize {
+            height: self.height,
+            width: self.width,
+            frames: self.frames,
+        }
+    }
+}
+
+/// A generation's size in pixels and frames (one for an image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSize {
+    pub height: usize,
+    pub width: usize,
+    pub frames: usize,
+}
+
 /// One conditioning item of an audio-video model (the reference's `LTX2VideoCondition`, without
 /// the H.264 re-compression it applies to single images by default, as with its `crf=0`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -728,6 +747,27 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::frames_for`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_frames_for(dir: &Path, seconds: f64) -> anyhow::Result<usize> {
+        let index = read_pipeline_index(dir)?;
+        match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => {
+                WanPipeline::inspect_frames_for(dir, seconds)
+            }
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
+                LTX2Pipeline::inspect_frames_for(dir, seconds)
+            }
+            "FluxPipeline" | "FluxKontextPipeline" | "Flux2KleinPipeline" | "Flux2Pipeline" => {
+                Ok(1)
+            }
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        }
+    }
+
     /// Keeps the linear layers of the transformers' blocks in `quant` (`--quant fp8`: about half
     /// their bf16 memory; `nvfp4`: 0.28×; each product dequantizing its layer). LoRAs then join
     /// those layers as side paths. Returns how many layers were quantized.
@@ -745,25 +785,28 @@ impl Pipeline {
         Ok(layers)
     }
 
-    /// What a split of this pipeline can share out ([`crate::parallel::check_layout`]).
-    pub fn split_support(&self) -> SplitSupport {
+    /// What a split of this pipeline's generation of `size` can share out
+    /// ([`crate::parallel::check_layout`]).
+    pub fn split_support(&self, size: VideoSize) -> SplitSupport {
         match self {
-            Pipeline::Wan(wan) => wan.split_support(),
-            Pipeline::Ltx2(ltx) => ltx.split_support(),
-            Pipeline::Flux(flux) => flux.split_support(),
-            Pipeline::Flux2(flux) => flux.split_support(),
+            Pipeline::Wan(wan) => wan.split_support(size),
+            Pipeline::Ltx2(ltx) => ltx.split_support(size),
+            Pipeline::Flux(flux) => flux.split_support(size),
+            Pipeline::Flux2(flux) => flux.split_support(size),
         }
     }
 
-    /// [`Pipeline::split_support`] of the pipeline in `dir`, from its transformers' configs alone
-    /// (no weights are read): what a split is checked against before it is queued.
-    pub fn inspect_split(dir: &Path) -> anyhow::Result<SplitSupport> {
+    /// [`Pipeline::split_support`] of the pipeline in `dir`, from its configs alone (no weights
+    /// are read): what a split is checked against before it is queued.
+    pub fn inspect_split(dir: &Path, size: VideoSize) -> anyhow::Result<SplitSupport> {
         let index = read_pipeline_index(dir)?;
         match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => WanPipeline::inspect_split(dir, &index),
-            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_split(dir),
-            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_split(dir),
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_split(dir),
+            "WanPipeline" | "WanImageToVideoPipeline" => {
+                WanPipeline::inspect_split(dir, &index, size)
+            }
+            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_split(dir, size),
+            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_split(dir, size),
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_split(dir, size),
             other => bail!(
                 "{}: `{other}` pipelines are not supported (supported: {})",
                 dir.display(),
@@ -917,22 +960,31 @@ mod tests {
     #[test]
     fn the_split_a_model_takes_is_read_from_its_configs_as_loading_reads_it() {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-        for (name, heads, cfg_parallel) in [
-            ("tiny-wan-t2v", vec![2], true),
-            ("tiny-wan22-two-experts", vec![2, 2], true),
-            ("tiny-ltx2", vec![2], false),
-            ("tiny-flux1-dev", vec![2], false),
-            ("tiny-flux2-klein", vec![2], false),
+        let size = |frames| VideoSize {
+            height: 32,
+            width: 48,
+            frames,
+        };
+        // The tokens of 32x48 pixels: Wan's 8x VAE and 2x2 patches, 2 latent frames of 5 (a 2x3
+        // grid each); LTX-2's tiny 8x VAE with 1x1 patches (4x6, 2 latent frames); FLUX.1's 16
+        // pixels a token, the tiny FLUX.2 VAE's 4.
+        for (name, frames, heads, cfg_parallel, tokens) in [
+            ("tiny-wan-t2v", 5, vec![2], true, 12),
+            ("tiny-wan22-two-experts", 5, vec![2, 2], true, 12),
+            ("tiny-ltx2", 5, vec![2], false, 48),
+            ("tiny-flux1-dev", 1, vec![2], false, 6),
+            ("tiny-flux2-klein", 1, vec![2], false, 96),
         ] {
             let dir = fixtures.join(name);
-            let inspected = Pipeline::inspect_split(&dir).unwrap();
+            let inspected = Pipeline::inspect_split(&dir, size(frames)).unwrap();
             let expected = SplitSupport {
                 heads,
                 cfg_parallel,
+                tokens,
             };
             assert_eq!(inspected, expected, "{name}");
             let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
-            assert_eq!(loaded.split_support(), inspected, "{name}");
+            assert_eq!(loaded.split_support(size(frames)), inspected, "{name}");
         }
     }
 }

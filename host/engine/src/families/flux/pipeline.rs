@@ -14,13 +14,13 @@ use super::transformer::{FluxTransformer2DModel, FluxTransformerConfig};
 use crate::image_processor::pil_lanczos;
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::{LoraFile, LoraMode, LoraSpec};
-use crate::models::autoencoder_kl::AutoencoderKL;
+use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
-    no_frames,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, VideoSize,
+    initial_noise, no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::tokenizer::PromptTokenizer;
@@ -158,16 +158,24 @@ impl FluxPipeline {
         Ok(())
     }
 
-    /// What a split can share out: the heads of the joint attention (the text stays whole).
-    pub fn split_support(&self) -> SplitSupport {
-        SplitSupport::tokens_only(self.transformer.split_heads())
+    /// What a split of a generation of `size` can share out: the heads of the joint attention
+    /// and the image tokens (the text stays whole).
+    pub fn split_support(&self, size: VideoSize) -> SplitSupport {
+        SplitSupport::tokens_only(
+            self.transformer.split_heads(),
+            image_tokens(self.vae.config(), size),
+        )
     }
 
-    /// [`FluxPipeline::split_support`] of the pipeline in `dir`, from its transformer's config alone.
-    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+    /// [`FluxPipeline::split_support`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_split(dir: &Path, size: VideoSize) -> Result<SplitSupport> {
         let transformer: FluxTransformerConfig =
             read_config(&component(dir, "transformer")?.join("config.json"))?;
-        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
+        let vae = read_config(&component(dir, "vae")?.join("config.json"))?;
+        Ok(SplitSupport::tokens_only(
+            transformer.num_attention_heads,
+            image_tokens(&vae, size),
+        ))
     }
 
     /// The denoising transformer.
@@ -195,11 +203,6 @@ impl FluxPipeline {
             &mut self.lora_files,
             mode,
         )
-    }
-
-    /// Pixels per packed latent token side: the VAE's downsampling times the 2x2 patch.
-    fn pixels_per_token(&self) -> usize {
-        2 << self.vae.config().block_out_channels.len().saturating_sub(1)
     }
 
     pub fn generate(
@@ -347,7 +350,8 @@ impl FluxPipeline {
 
     /// The packed token grid of a valid request, or why the request is not one.
     fn check(&self, params: &GenerateParams) -> Result<(usize, usize)> {
-        let grid = crate::pipelines::image_grid(&self.name, params, self.pixels_per_token())?;
+        let grid =
+            crate::pipelines::image_grid(&self.name, params, pixels_per_token(self.vae.config()))?;
         match (self.kontext, params.references.len()) {
             (true, 0) => bail!(
                 "{}: FLUX.1 Kontext edits an image: give the image to edit (--image)",
@@ -458,7 +462,7 @@ impl FluxPipeline {
     /// mode), shifted and scaled as the pipeline's `_encode_vae_image` does.
     fn encode_image(&self, image: &ImageInput) -> Result<(Tensor, Tensor)> {
         let image = image.load_rgb().context("the image to edit")?;
-        let unit = self.pixels_per_token() as u32;
+        let unit = pixels_per_token(self.vae.config()) as u32;
         let (width, height) = kontext_size(image.dimensions(), unit)
             .with_context(|| format!("{}: the image to edit", self.name))?;
         let image = pil_lanczos(&image, width, height);
@@ -510,6 +514,19 @@ fn calculate_shift(config: &serde_json::Value, image_seq_len: usize) -> f64 {
     let m = (max_shift - base_shift) / (max_len - base_len);
     let b = base_shift - m * base_len;
     image_seq_len as f64 * m + b
+}
+
+/// Pixels per packed latent token side under the VAE of `vae`: its downsampling times the 2x2
+/// patch.
+fn pixels_per_token(vae: &AutoencoderKLConfig) -> usize {
+    2 << vae.block_out_channels.len().saturating_sub(1)
+}
+
+/// The image tokens of a generation of `size`: its packed latent grid, the tokens the image to
+/// edit (Kontext) appends come after these.
+fn image_tokens(vae: &AutoencoderKLConfig, size: VideoSize) -> usize {
+    let unit = pixels_per_token(vae);
+    (size.height / unit) * (size.width / unit)
 }
 
 /// `_pack_latents`: `[B, C, H, W]` → `[B, (H/2)·(W/2), 4C]`, each token a 2x2 patch.

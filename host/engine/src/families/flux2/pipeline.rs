@@ -7,13 +7,13 @@
 //! [klein] models and the guidance embedding for [dev].
 
 use super::transformer::{Flux2Transformer2DModel, Flux2TransformerConfig};
-use super::vae::AutoencoderKLFlux2;
+use super::vae::{AutoencoderKLFlux2, AutoencoderKLFlux2Config};
 use crate::loader::{pipeline_component as component, read_config, read_pipeline_index};
 use crate::lora::LoraFile;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, initial_noise,
-    no_frames,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, VideoSize,
+    initial_noise, no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
@@ -166,16 +166,24 @@ impl Flux2Pipeline {
         Ok(())
     }
 
-    /// What a split can share out: the heads of the joint attention (the text stays whole).
-    pub fn split_support(&self) -> SplitSupport {
-        SplitSupport::tokens_only(self.transformer.split_heads())
+    /// What a split of a generation of `size` can share out: the heads of the joint attention
+    /// and the image tokens (the text stays whole).
+    pub fn split_support(&self, size: VideoSize) -> SplitSupport {
+        SplitSupport::tokens_only(
+            self.transformer.split_heads(),
+            image_tokens(self.vae.config(), size),
+        )
     }
 
-    /// [`Flux2Pipeline::split_support`] of the pipeline in `dir`, from its transformer's config alone.
-    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+    /// [`Flux2Pipeline::split_support`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_split(dir: &Path, size: VideoSize) -> Result<SplitSupport> {
         let transformer: Flux2TransformerConfig =
             read_config(&component(dir, "transformer")?.join("config.json"))?;
-        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
+        let vae = read_config(&component(dir, "vae")?.join("config.json"))?;
+        Ok(SplitSupport::tokens_only(
+            transformer.num_attention_heads,
+            image_tokens(&vae, size),
+        ))
     }
 
     /// The denoising transformer.
@@ -191,13 +199,6 @@ impl Flux2Pipeline {
     /// See [`crate::pipelines::Pipeline::keep_text_encoder`].
     pub fn keep_text_encoder(&mut self, keep: bool) {
         self.keep_text_encoder = keep;
-    }
-
-    /// Pixels per patchified latent token: the VAE's downsampling (`vae_scale_factor`) times
-    /// the 2x2 patch.
-    fn pixels_per_token(&self) -> usize {
-        let blocks = self.vae.config().block_out_channels.len();
-        2 << blocks.saturating_sub(1)
     }
 
     pub fn generate(
@@ -338,7 +339,8 @@ impl Flux2Pipeline {
 
     /// The patchified latent grid of a valid request, or why the request is not one.
     fn check(&self, params: &GenerateParams) -> Result<(usize, usize)> {
-        let grid = crate::pipelines::image_grid(&self.name, params, self.pixels_per_token())?;
+        let grid =
+            crate::pipelines::image_grid(&self.name, params, pixels_per_token(self.vae.config()))?;
         if params.cache.is_some() {
             bail!("{}: step caching is implemented for Wan only", self.name);
         }
@@ -394,7 +396,7 @@ impl Flux2Pipeline {
         if references.is_empty() {
             return Ok((None, None));
         }
-        let unit = self.pixels_per_token() as u32;
+        let unit = pixels_per_token(self.vae.config()) as u32;
         let mut tokens = Vec::new();
         let mut ids = Vec::new();
         for (i, reference) in references.iter().enumerate() {
@@ -460,6 +462,19 @@ fn empirical_mu(image_seq_len: usize, steps: usize) -> f64 {
     let a = (m_200 - m_10) / 190.0;
     let b = m_200 - 200.0 * a;
     a * steps as f64 + b
+}
+
+/// Pixels per patchified latent token under the VAE of `vae`: its downsampling
+/// (`vae_scale_factor`) times the 2x2 patch.
+fn pixels_per_token(vae: &AutoencoderKLFlux2Config) -> usize {
+    2 << vae.block_out_channels.len().saturating_sub(1)
+}
+
+/// The image tokens of a generation of `size`: its patchified latent grid, the reference images'
+/// tokens come after these.
+fn image_tokens(vae: &AutoencoderKLFlux2Config, size: VideoSize) -> usize {
+    let unit = pixels_per_token(vae);
+    (size.height / unit) * (size.width / unit)
 }
 
 /// `[B, C, H, W]` → `[B, H·W, C]`.

@@ -31,7 +31,7 @@ use super::rope::Coords;
 use super::transformer::{
     LTX2TransformerConfig, LTX2TransformerInputs, LTX2VideoTransformer3DModel, Positions,
 };
-use super::video_vae::AutoencoderKLLTX2Video;
+use super::video_vae::{AutoencoderKLLTX2Video, AutoencoderKLLTX2VideoConfig};
 use super::vocoder::Vocoder;
 use crate::finishing::resample::Resampler;
 use crate::fused::profile::section;
@@ -39,7 +39,8 @@ use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, VideoSize,
+    initial_noise,
 };
 use crate::schedulers::FlowMatchEulerDiscrete;
 use crate::schedulers::linspace;
@@ -200,14 +201,17 @@ impl LTX2Pipeline {
         Ok(())
     }
 
-    /// What a split can share out: the video's heads (the guidance passes are one batch).
-    pub fn split_support(&self) -> SplitSupport {
-        SplitSupport::tokens_only(self.transformer.split_heads())
+    /// What a split of a generation of `size` can share out: the video's heads and tokens (the
+    /// guidance passes are one batch; the audio runs whole on every rank).
+    pub fn split_support(&self, size: VideoSize) -> SplitSupport {
+        SplitSupport::tokens_only(
+            self.transformer.split_heads(),
+            video_tokens(self.transformer.config(), self.vae.config(), size),
+        )
     }
 
-    /// [`LTX2Pipeline::split_support`] of the pipeline in `dir`, from its transformer's config
-    /// alone.
-    pub fn inspect_split(dir: &Path) -> Result<SplitSupport> {
+    /// [`LTX2Pipeline::split_support`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_split(dir: &Path, size: VideoSize) -> Result<SplitSupport> {
         let config = dir.join("transformer").join("config.json");
         // Without one, loading takes the original checkpoint for the published model, as here.
         let transformer = if config.is_file() {
@@ -215,7 +219,11 @@ impl LTX2Pipeline {
         } else {
             LTX2TransformerConfig::default()
         };
-        Ok(SplitSupport::tokens_only(transformer.num_attention_heads))
+        let vae = read_config(&pipeline_component(dir, "vae")?.join("config.json"))?;
+        Ok(SplitSupport::tokens_only(
+            transformer.num_attention_heads,
+            video_tokens(&transformer, &vae, size),
+        ))
     }
 
     /// The denoising transformer.
@@ -246,9 +254,13 @@ impl LTX2Pipeline {
 
     /// The `8k+1` frame count closest to `seconds` at the default frame rate.
     pub fn frames_for(&self, seconds: f64) -> usize {
-        let step = self.temporal_ratio();
-        let k = (seconds * DEFAULT_FPS / step as f64).round().max(1.0) as usize;
-        k * step + 1
+        frames_for(self.vae.config(), seconds)
+    }
+
+    /// [`LTX2Pipeline::frames_for`] of the pipeline in `dir`, from its VAE's config alone.
+    pub fn inspect_frames_for(dir: &Path, seconds: f64) -> Result<usize> {
+        let vae = read_config(&pipeline_component(dir, "vae")?.join("config.json"))?;
+        Ok(frames_for(&vae, seconds))
     }
 
     /// Latent frames per pixel frame step (`vae_temporal_compression_ratio`).
@@ -729,14 +741,8 @@ impl LTX2Pipeline {
             self.name,
             self.transformer.config().in_channels
         );
-        let spatial = self.spatial_ratio();
-        Ok((
-            1,
-            channels,
-            (params.frames - 1) / self.temporal_ratio() + 1,
-            params.height / spatial,
-            params.width / spatial,
-        ))
+        let (frames, height, width) = latent_grid(self.vae.config(), params.size());
+        Ok((1, channels, frames, height, width))
     }
 
     /// Audio latent frames for `frames` pixel frames at `fps`: as long as the video.
@@ -799,10 +805,7 @@ impl LTX2Pipeline {
             })
             .transpose()?;
         let patches = self.patch_sizes();
-        let grid_tokens = {
-            let (_, _, f, h, w) = shape;
-            (f / patches.1) * (h / patches.0) * (w / patches.0)
-        };
+        let grid_tokens = video_tokens(self.transformer.config(), self.vae.config(), params.size());
         let (latents, conditioning, coords) = if let Some(image) = &params.start_image {
             ensure!(
                 params.noise_scale.is_none() && noise.is_none(),
@@ -1158,6 +1161,36 @@ pub fn start_image_rule(image_to_video: bool) -> StartImage {
     } else {
         StartImage::Optional
     }
+}
+
+/// The `8k+1` frame count (for the VAE of `vae`'s ratio) closest to `seconds` at the default
+/// frame rate.
+fn frames_for(vae: &AutoencoderKLLTX2VideoConfig, seconds: f64) -> usize {
+    let step = vae.temporal_compression_ratio();
+    let k = (seconds * DEFAULT_FPS / step as f64).round().max(1.0) as usize;
+    k * step + 1
+}
+
+/// The latent frames, height and width of a generation of `size` under the VAE of `vae`.
+fn latent_grid(vae: &AutoencoderKLLTX2VideoConfig, size: VideoSize) -> (usize, usize, usize) {
+    let spatial = vae.spatial_compression_ratio();
+    (
+        size.frames.saturating_sub(1) / vae.temporal_compression_ratio() + 1,
+        size.height / spatial,
+        size.width / spatial,
+    )
+}
+
+/// The video tokens of a generation of `size`: its latent grid in the transformer's patches, the
+/// tokens conditions append to come after them (and a split shares out all of them).
+fn video_tokens(
+    transformer: &LTX2TransformerConfig,
+    vae: &AutoencoderKLLTX2VideoConfig,
+    size: VideoSize,
+) -> usize {
+    let (frames, height, width) = latent_grid(vae, size);
+    let (p, pt) = (transformer.patch_size, transformer.patch_size_t);
+    (frames / pt) * (height / p) * (width / p)
 }
 
 /// The attention mask given with prompt embeddings, which LTX-2 cannot do without.

@@ -29,7 +29,7 @@ use crate::models::t5::T5EncoderModel;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, check_cfg_parallel, exchange_guidance};
 use crate::pipelines::{
     GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
-    initial_noise,
+    VideoSize, initial_noise,
 };
 use crate::schedulers::Scheduler;
 use crate::schedulers::step_cache::{
@@ -120,6 +120,31 @@ fn start_image_rule(in_channels: usize, z_dim: usize, expand_timesteps: bool) ->
     } else {
         StartImage::Unsupported
     }
+}
+
+/// The frame count the VAE of `vae` takes closest to `seconds` (at least one latent step).
+fn frames_for(vae: &WanVaeConfig, seconds: f64) -> usize {
+    let ts = vae.temporal_scale();
+    let steps = (seconds.max(0.0) * WAN_FPS as f64 / ts as f64).round() as usize;
+    ts * steps.max(1) + 1
+}
+
+/// The latent frames, height and width of a generation of `size` under the VAE of `vae`.
+fn latent_size(vae: &WanVaeConfig, size: VideoSize) -> (usize, usize, usize) {
+    let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
+    (
+        size.frames.saturating_sub(1) / ts + 1,
+        size.height / ss,
+        size.width / ss,
+    )
+}
+
+/// The patch tokens of a generation of `size`: its latents cut into the transformer's patches,
+/// the sequence the transformer attends over (and a split shares out).
+fn patch_tokens(transformer: &WanTransformerConfig, vae: &WanVaeConfig, size: VideoSize) -> usize {
+    let (frames, height, width) = latent_size(vae, size);
+    let patch = &transformer.patch_size;
+    (frames / patch[0]) * (height / patch[1]) * (width / patch[2])
 }
 
 impl WanPipeline {
@@ -261,9 +286,13 @@ impl WanPipeline {
 
     /// The frame count (`4k+1` for the Wan VAEs, at least one latent step) closest to `seconds`.
     pub fn frames_for(&self, seconds: f64) -> usize {
-        let ts = self.vae.config().temporal_scale();
-        let steps = (seconds.max(0.0) * WAN_FPS as f64 / ts as f64).round() as usize;
-        ts * steps.max(1) + 1
+        frames_for(self.vae.config(), seconds)
+    }
+
+    /// [`WanPipeline::frames_for`] of the pipeline in `dir`, from its VAE's config alone.
+    pub fn inspect_frames_for(dir: &Path, seconds: f64) -> Result<usize> {
+        let vae: WanVaeConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
+        Ok(frames_for(&vae, seconds))
     }
 
     /// Whether a generation needs, may take, or cannot take a start image.
@@ -360,36 +389,38 @@ impl WanPipeline {
         Ok(())
     }
 
-    /// What a split can share out: the heads of each expert; the guidance branches are passes of
-    /// their own.
-    pub fn split_support(&self) -> SplitSupport {
+    /// What a split of a generation of `size` can share out: the heads of each expert and the
+    /// patch tokens; the guidance branches are passes of their own.
+    pub fn split_support(&self, size: VideoSize) -> SplitSupport {
         let experts =
             std::iter::once(&self.transformer).chain(self.transformer_2.iter().map(|(t, _)| t));
         SplitSupport {
             heads: experts.map(SequenceSplit::split_heads).collect(),
             cfg_parallel: true,
+            tokens: patch_tokens(self.transformer.config(), self.vae.config(), size),
         }
     }
 
-    /// [`WanPipeline::split_support`] of the pipeline in `dir`, from its transformers' configs
-    /// alone.
-    pub fn inspect_split(dir: &Path, index: &PipelineIndex) -> Result<SplitSupport> {
+    /// [`WanPipeline::split_support`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_split(
+        dir: &Path,
+        index: &PipelineIndex,
+        size: VideoSize,
+    ) -> Result<SplitSupport> {
         let experts = std::iter::once("transformer")
             .chain(index.component("transformer_2").map(|_| "transformer_2"));
-        let heads = experts
-            .map(|name| {
-                let config: WanTransformerConfig =
-                    read_config(&component(dir, name)?.join("config.json"))?;
-                Ok(config.num_attention_heads)
-            })
-            .collect::<Result<_>>()?;
+        let configs = experts
+            .map(|name| Ok(read_config(&component(dir, name)?.join("config.json"))?))
+            .collect::<Result<Vec<WanTransformerConfig>>>()?;
+        let vae: WanVaeConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
         Ok(SplitSupport {
-            heads,
+            heads: configs.iter().map(|c| c.num_attention_heads).collect(),
             cfg_parallel: true,
+            tokens: patch_tokens(&configs[0], &vae, size),
         })
     }
 
-    /// Pixel frames per latent frame and pixels per latent pixel (with the transformer's patch).
+    /// The latent frames, height and width of a valid request, or why the request is not one.
     fn check_size(&self, params: &GenerateParams) -> Result<(usize, usize, usize)> {
         let vae = self.vae.config();
         let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
@@ -418,11 +449,7 @@ impl WanPipeline {
         if params.steps == 0 {
             bail!("steps must be at least 1");
         }
-        Ok((
-            (params.frames - 1) / ts + 1,
-            params.height / ss,
-            params.width / ss,
-        ))
+        Ok(latent_size(vae, params.size()))
     }
 
     fn prompt_embeds(&mut self, prompt: &str) -> Result<Tensor> {
