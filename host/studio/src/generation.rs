@@ -1500,10 +1500,18 @@ mod tests {
         // How it was computed is no part of what: the params are the one-card generation's.
         assert_eq!(record.params, one_card.params);
         assert_eq!(split.params, whole.params);
-        // The shot's takes carry their generation's layout.
+        // The shot's takes carry their generation's layout, and so does a take read or added
+        // alone.
         let takes = shots::get_shot(&app.db, shot.id).unwrap().takes;
         let layouts: Vec<Option<GenerationLayout>> = takes.into_iter().map(|t| t.layout).collect();
-        assert_eq!(layouts, [Some(unsplit), Some(record.layout)]);
+        assert_eq!(layouts, [Some(unsplit), Some(record.layout.clone())]);
+        let take = shots::get_take(&app.db, split.take_id.unwrap()).unwrap();
+        assert_eq!(take.layout.as_ref(), Some(&record.layout));
+        let added = app
+            .db
+            .with(|c| shots::add_take(c, shot.id, split.asset.id, record.id))
+            .unwrap();
+        assert_eq!(added.layout, Some(record.layout));
     }
 
     #[test]

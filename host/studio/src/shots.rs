@@ -63,8 +63,8 @@ pub struct Take {
     pub created_at: String,
     /// The reviewer's verdict, when the take was reviewed.
     pub review: Option<Review>,
-    /// How its generation was laid out across cards, as its generation record says (listed
-    /// with its shot; none without a record).
+    /// How its generation was laid out across cards, as its generation record says (none
+    /// without a record).
     pub layout: Option<GenerationLayout>,
 }
 
@@ -153,7 +153,14 @@ impl ShotFields {
     }
 }
 
+/// Takes with their generation's layout columns (null without a record): every take is read
+/// through it, so each says how it was laid out wherever it is returned.
+const SELECT_TAKES: &str = "SELECT t.*, g.split_cards, g.cfg_parallel, g.ranks
+     FROM takes t LEFT JOIN generations g ON g.id = t.generation_id";
+
+/// A row of [`SELECT_TAKES`].
 fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
+    let recorded = row.get::<_, Option<i64>>("split_cards")?.is_some();
     Ok(Take {
         id: row.get("id")?,
         shot_id: row.get("shot_id")?,
@@ -163,8 +170,21 @@ fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
         finish_target: row.get("finish_target")?,
         created_at: rfc3339(row.get("created_at")?),
         review: None,
-        layout: None,
+        layout: recorded
+            .then(|| GenerationLayout::from_row(row))
+            .transpose()?,
     })
+}
+
+/// Take `id`, read on `c` (in the caller's transaction, if any).
+fn read_take(c: &Connection, id: i64) -> Result<Take> {
+    c.query_row(
+        &format!("{SELECT_TAKES} WHERE t.id = ?1"),
+        [id],
+        take_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StudioError::not_found("take", id))
 }
 
 fn review_from_row(row: &Row) -> rusqlite::Result<Review> {
@@ -216,7 +236,9 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
     shot.references = refs
         .query_map([id], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut takes = c.prepare_cached("SELECT * FROM takes WHERE shot_id = ?1 ORDER BY id")?;
+    let mut takes = c.prepare_cached(&format!(
+        "{SELECT_TAKES} WHERE t.shot_id = ?1 ORDER BY t.id"
+    ))?;
     shot.takes = takes
         .query_map([id], take_from_row)?
         .collect::<rusqlite::Result<_>>()?;
@@ -227,22 +249,6 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
         let review = review?;
         if let Some(take) = shot.takes.iter_mut().find(|t| t.id == review.take_id) {
             take.review = Some(review);
-        }
-    }
-    let mut layouts = c.prepare_cached(
-        "SELECT t.id AS take_id, g.split_cards, g.cfg_parallel, g.ranks
-         FROM takes t JOIN generations g ON g.id = t.generation_id WHERE t.shot_id = ?1",
-    )?;
-    let rows = layouts.query_map([id], |row| {
-        Ok((
-            row.get::<_, i64>("take_id")?,
-            GenerationLayout::from_row(row)?,
-        ))
-    })?;
-    for row in rows {
-        let (take_id, layout) = row?;
-        if let Some(take) = shot.takes.iter_mut().find(|t| t.id == take_id) {
-            take.layout = Some(layout);
         }
     }
     Ok(shot)
@@ -411,12 +417,13 @@ pub fn reorder_shots(db: &Db, storyboard_id: i64, order: &[i64]) -> Result<Vec<S
 /// Records a generated output as a take of a shot. For the generation runner and plugins:
 /// call it inside the transaction that writes the generation record.
 pub fn add_take(c: &Connection, shot_id: i64, asset_id: i64, generation_id: i64) -> Result<Take> {
-    Ok(c.query_row(
+    let id = c.query_row(
         "INSERT INTO takes (shot_id, asset_id, generation_id, created_at) VALUES (?1, ?2, ?3, ?4)
-         RETURNING *",
+         RETURNING id",
         params![shot_id, asset_id, generation_id, now_ms()],
-        take_from_row,
-    )?)
+        |row| row.get(0),
+    )?;
+    read_take(c, id)
 }
 
 /// Records a finish of take `source` as a new take of the same shot.
@@ -427,21 +434,18 @@ pub fn add_finished_take(
     generation_id: i64,
     target: &str,
 ) -> Result<Take> {
-    Ok(c.query_row(
+    let id = c.query_row(
         "INSERT INTO takes (shot_id, asset_id, generation_id, finished_from, finish_target, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING *",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
         params![source.shot_id, asset_id, generation_id, source.id, target, now_ms()],
-        take_from_row,
-    )?)
+        |row| row.get(0),
+    )?;
+    read_take(c, id)
 }
 
 /// One take, by id.
 pub fn get_take(db: &Db, id: i64) -> Result<Take> {
-    db.with(|c| {
-        c.query_row("SELECT * FROM takes WHERE id = ?1", [id], take_from_row)
-            .optional()?
-            .ok_or_else(|| StudioError::not_found("take", id))
-    })
+    db.with(|c| read_take(c, id))
 }
 
 /// Records the review of a take (a take is reviewed once).
