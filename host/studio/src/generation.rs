@@ -583,11 +583,13 @@ impl GenerationTask {
     }
 
     /// Writes `video` to `out` as an MP4, or a still's one frame as a PNG, embedding its
-    /// generation record (stage `writing`) with each card's time when it was split (`ranks`).
+    /// generation record (stage `writing`) with how it was laid out across cards (`split`, `None`
+    /// on one; each card's time in `ranks`), as the studio's record shows it.
     pub fn write(
         &self,
         params: &GenerateParams,
         video: &GeneratedVideo,
+        split: Option<Layout>,
         ranks: &[RankTime],
         out: &Path,
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
@@ -596,11 +598,13 @@ impl GenerationTask {
             return Err(StudioError::Internal(anyhow::Error::new(Cancelled)));
         }
         let frames = videosdgx_engine::video::frames_from_tensor(&video.frames)?;
-        let mut metadata =
-            json!({ "model": self.model, "generate": params, "loras": self.applied_loras });
-        if !ranks.is_empty() {
-            metadata["ranks"] = json!(ranks);
-        }
+        let layout = GenerationLayout::of(split, ranks.to_vec());
+        let metadata = json!({
+            "model": self.model,
+            "generate": params,
+            "loras": self.applied_loras,
+            "layout": layout,
+        });
         if self.still {
             let frame = frames
                 .first()
@@ -1500,6 +1504,15 @@ mod tests {
         // How it was computed is no part of what: the params are the one-card generation's.
         assert_eq!(record.params, one_card.params);
         assert_eq!(split.params, whole.params);
+        // The video's embedded record says it as the API does.
+        let embedded = |out: &VideoOutput| {
+            video::probe(&app.assets.file_of(&out.asset))
+                .unwrap()
+                .metadata["layout"]
+                .clone()
+        };
+        assert_eq!(embedded(&whole), json!(unsplit));
+        assert_eq!(embedded(&split), json!(record.layout));
         // The shot's takes carry their generation's layout, and so does a take read or added
         // alone.
         let takes = shots::get_shot(&app.db, shot.id).unwrap().takes;

@@ -501,7 +501,7 @@ impl Gpus {
                     Ok((params, split))
                 },
             )?;
-            task.write(&params, &video, &ranks, out, report)?;
+            task.write(&params, &video, Some(layout), &ranks, out, report)?;
             return Ok(Generated {
                 params,
                 split: Some(layout),
@@ -527,7 +527,7 @@ impl Gpus {
             report,
             |pipeline, report| task.generate(pipeline, report),
         )?;
-        task.write(&params, &video, &[], out, report)?;
+        task.write(&params, &video, None, &[], out, report)?;
         Ok(Generated {
             params,
             split: None,
