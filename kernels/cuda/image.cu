@@ -1,4 +1,4 @@
-// Per-pixel kernels of the image models (upscalers, RIFE), NCHW.
+// Per-pixel kernels of the image models (upscalers, RIFE).
 
 __device__ __forceinline__ float load_float(const float *p) { return *p; }
 __device__ __forceinline__ float load_float(const bf16_t *p) { return bf16_to_float(*p); }
@@ -34,6 +34,32 @@ extern "C" __global__ void conv_epilogue_bf16(bf16_t *y, const bf16_t *bias, con
 extern "C" __global__ void conv_epilogue_f32(float *y, const float *bias, const float *residual, const float *slopes,
                                              int act, float slope, int c, int hw, int planes) {
     conv_epilogue<float>(y, bias, residual, slopes, act, slope, c, hw, planes);
+}
+
+// conv_epilogue_last: the same for channels-last output y [pixels, C]: channel i % C. Grid-stride
+// over the elements.
+template <typename T>
+__device__ __forceinline__ void conv_epilogue_last(T *__restrict__ y, const T *__restrict__ bias,
+                                                   const T *__restrict__ residual, const T *__restrict__ slopes,
+                                                   int act, float slope, int c, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const int ch = (int)(i % c);
+        float v = load_float(y + i) + load_float(bias + ch);
+        if (residual) v += load_float(residual + i);
+        if (act == 1) v = v >= 0.f ? v : v * slope;
+        if (act == 2) v = v >= 0.f ? v : v * load_float(slopes + ch);
+        store_float(y + i, v);
+    }
+}
+
+extern "C" __global__ void conv_epilogue_last_bf16(bf16_t *y, const bf16_t *bias, const bf16_t *residual,
+                                                   const bf16_t *slopes, int act, float slope, int c, long long n) {
+    conv_epilogue_last<bf16_t>(y, bias, residual, slopes, act, slope, c, n);
+}
+
+extern "C" __global__ void conv_epilogue_last_f32(float *y, const float *bias, const float *residual,
+                                                  const float *slopes, int act, float slope, int c, long long n) {
+    conv_epilogue_last<float>(y, bias, residual, slopes, act, slope, c, n);
 }
 
 // warp: the backward warp of optical-flow nets (RIFE's warplayer, `F.grid_sample` bilinear with

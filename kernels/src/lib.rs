@@ -18,8 +18,6 @@ pub use spec::{
     NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 
-#[cfg(feature = "cudnn")]
-pub use cuda::frame_conv;
 #[cfg(feature = "cuda")]
 pub use cuda::{
     CompileReport, attention, attention_kernel_for, causal_attention, channel_rms_norm,
@@ -29,3 +27,5 @@ pub use cuda::{
     nvfp4_dequantize, pad_frames, rms_norm_rope, rms_norm_rotary, rope_tables, rope3d,
     set_poison_outputs, swiglu, warp,
 };
+#[cfg(feature = "cudnn")]
+pub use cuda::{frame_conv, image_conv_nhwc};

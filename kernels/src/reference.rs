@@ -370,6 +370,28 @@ pub fn frame_conv(
     conv_epilogue(&y, epilogue)
 }
 
+/// [`crate::spec::nhwc_output_shape`]'s channels-last convolution with its [`Epilogue`]: the
+/// NCHW [`frame_conv`] between two transpositions.
+pub fn image_conv_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
+    crate::spec::nhwc_output_shape(x, weight, bias, spec)?;
+    let first = |t: &Tensor| t.permute((0, 3, 1, 2))?.contiguous()?.unsqueeze(1);
+    let epilogue = Epilogue {
+        residual: epilogue.residual.as_ref().map(first).transpose()?,
+        activation: epilogue.activation.clone(),
+    };
+    let weight = weight.permute((0, 3, 1, 2))?.contiguous()?;
+    frame_conv(&first(x)?, &weight, bias, spec, &epilogue)?
+        .squeeze(1)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
+}
+
 /// `activation(y + residual)` of a convolution's output `y [B, T, O, H, W]` (bias added), as
 /// [`Epilogue`] defines it.
 fn conv_epilogue(y: &Tensor, epilogue: &Epilogue) -> Result<Tensor> {

@@ -487,6 +487,21 @@ pub enum Activation {
 }
 
 impl Epilogue {
+    /// The same epilogue with its residual and slopes in `dtype`.
+    pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Self> {
+        Ok(Self {
+            residual: self
+                .residual
+                .as_ref()
+                .map(|r| r.to_dtype(dtype))
+                .transpose()?,
+            activation: match &self.activation {
+                Activation::PRelu(slopes) => Activation::PRelu(slopes.to_dtype(dtype)?),
+                other => other.clone(),
+            },
+        })
+    }
+
     /// `activation(conv(x) + bias)`.
     pub fn activation(activation: Activation) -> Self {
         Self {
@@ -534,4 +549,38 @@ impl Epilogue {
     pub fn is_bias_only(&self) -> bool {
         self.residual.is_none() && matches!(self.activation, Activation::None)
     }
+}
+
+/// Checks `x [B, H, W, C]`, `weight [O, kh, kw, C]` and `bias [O]` of a channels-last 2-D
+/// convolution (`spec`: one tap, its padding and stride) against each other; returns the output
+/// shape `[B, H', W', O]`.
+pub fn nhwc_output_shape(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+) -> Result<[usize; 4]> {
+    let (b, h, w, c) = x.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "image conv input must be [batch, height, width, channels], got {:?}",
+            x.dims()
+        ))
+    })?;
+    let (o, kh, kw, ck) = weight.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "image conv weight must be [out, kh, kw, in], got {:?}",
+            weight.dims()
+        ))
+    })?;
+    if spec.taps != 1 || spec.stride_t != 1 {
+        bail!("image conv: one tap only, got {spec:?}");
+    }
+    if ck != c || bias.dims() != [o] {
+        bail!(
+            "image conv: weight {:?} and bias {:?} do not fit {c} input channels",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    Ok([b, spec.out_size(h, kh)?, spec.out_size(w, kw)?, o])
 }

@@ -874,6 +874,81 @@ fn frame_conv_reads_a_channel_prefix_in_place() {
     assert!(err < 1e-3, "frame conv of a channel prefix: rel err {err}");
 }
 
+/// cuDNN's channels-last path against the reference, epilogue included, on the upscalers' shapes.
+#[cfg(feature = "cudnn")]
+#[test]
+fn image_conv_nhwc_matches_reference() {
+    use videosdgx_kernels::{Activation, Epilogue, FrameConv};
+    let dev = gpu();
+    for ([b, h, w, c], o, stride) in [
+        ([4, 120, 208, 64], 32, 1),
+        ([2, 60, 104, 3], 64, 1),
+        ([3, 17, 29, 16], 48, 2),
+    ] {
+        let spec = FrameConv {
+            taps: 1,
+            stride_t: 1,
+            pad: 1,
+            stride,
+        };
+        let x = randn(&[b, h, w, c], &dev);
+        let weight = (randn(&[o, 3, 3, c], &dev) * (1.0 / ((c * 9) as f64).sqrt())).unwrap();
+        let bias = randn(&[o], &dev);
+        let out = [b, (h - 1) / stride + 1, (w - 1) / stride + 1, o];
+        let residual = randn(&out, &dev);
+        let slopes = randn(&[o], &dev);
+        let f32_cpu = |t: &Tensor| cpu(t).to_dtype(DType::F32).unwrap();
+        for (activation, with_residual) in [
+            (Activation::None, false),
+            (Activation::LeakyRelu(0.2), true),
+            (Activation::PRelu(slopes.clone()), false),
+        ] {
+            let epilogue = |dtype: DType, on_cpu: bool| {
+                let cast = |t: &Tensor| {
+                    if on_cpu {
+                        f32_cpu(t)
+                    } else {
+                        t.to_dtype(dtype).unwrap()
+                    }
+                };
+                Epilogue {
+                    residual: with_residual.then(|| cast(&residual)),
+                    activation: match &activation {
+                        Activation::PRelu(s) => Activation::PRelu(cast(s)),
+                        other => other.clone(),
+                    },
+                }
+            };
+            let want = reference::image_conv_nhwc(
+                &f32_cpu(&x),
+                &f32_cpu(&weight),
+                &f32_cpu(&bias),
+                spec,
+                &epilogue(DType::F32, true),
+            )
+            .unwrap();
+            for (dtype, bound) in [(DType::BF16, 1e-2), (DType::F32, 2e-3)] {
+                let [x, weight, bias] = [&x, &weight, &bias].map(|t| t.to_dtype(dtype).unwrap());
+                let got = videosdgx_kernels::image_conv_nhwc(
+                    &x,
+                    &weight,
+                    &bias,
+                    spec,
+                    &epilogue(dtype, false),
+                )
+                .unwrap();
+                assert_eq!(got.dims(), out);
+                let err = rel_err(&got, &want);
+                eprintln!(
+                    "image conv nhwc {dtype:?} {:?} -> {o} stride {stride} {activation:?}: rel err {err:.2e}",
+                    [b, h, w, c]
+                );
+                assert!(err < bound, "image conv nhwc {dtype:?}: rel err {err}");
+            }
+        }
+    }
+}
+
 #[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();

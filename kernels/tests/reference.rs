@@ -1041,3 +1041,53 @@ fn warp_refuses_a_flow_of_another_size() {
     let err = reference::warp(&image, &flow).unwrap_err().to_string();
     assert!(err.contains("flow"), "{err}");
 }
+
+/// The channels-last convolution is the NCHW one between transpositions, epilogue included.
+#[test]
+fn image_conv_nhwc_is_frame_conv_in_channels_last_order() {
+    let spec = FrameConv {
+        taps: 1,
+        stride_t: 1,
+        pad: 1,
+        stride: 2,
+    };
+    let (x, w, bias) = (
+        tensor(&[2, 5, 7, 6], 61),
+        tensor(&[4, 5, 3, 3], 62),
+        tensor(&[4], 63),
+    );
+    let nchw = reference::frame_conv(
+        &x.unsqueeze(1).unwrap(),
+        &w,
+        &bias,
+        spec,
+        &Epilogue::default(),
+    )
+    .unwrap()
+    .squeeze(1)
+    .unwrap();
+    let residual = tensor(nchw.dims(), 64);
+    let epilogue = Epilogue {
+        residual: Some(residual.unsqueeze(1).unwrap()),
+        activation: Activation::LeakyRelu(0.2),
+    };
+    let want = reference::frame_conv(&x.unsqueeze(1).unwrap(), &w, &bias, spec, &epilogue)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap();
+    let last = |t: &Tensor| t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+    let nhwc_epilogue = Epilogue {
+        residual: Some(last(&residual)),
+        activation: Activation::LeakyRelu(0.2),
+    };
+    let got =
+        reference::image_conv_nhwc(&last(&x), &last(&w), &bias, spec, &nhwc_epilogue).unwrap();
+    assert_eq!(got.dims(), [2, 4, 3, 4]);
+    assert!(max_abs_diff(&flat(&got), &flat(&want.contiguous().unwrap())) < 1e-6);
+    let err = reference::image_conv_nhwc(&last(&x), &w, &bias, spec, &Epilogue::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit 5 input channels"), "{err}");
+}

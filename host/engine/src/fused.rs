@@ -285,26 +285,70 @@ pub(crate) fn frame_conv(
     epilogue: &Epilogue,
 ) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
-    if !disabled("conv")
+    if cudnn_takes(x) && spec.frames_aligned(x, weight, bias)? {
+        return videosdgx_kernels::frame_conv(x, weight, bias, spec, epilogue);
+    }
+    #[cfg(feature = "cuda")]
+    warn_fallback(x, "frame conv");
+    reference_conv(
+        videosdgx_kernels::reference::frame_conv,
+        (x, weight, bias),
+        spec,
+        epilogue,
+    )
+}
+
+/// A channels-last 2-D convolution (`x [B, H, W, C]`, `weight [O, kh, kw, C]`, `spec` one tap)
+/// finished by `epilogue`, in `x`'s dtype: cuDNN's NHWC kernels with the `cudnn` feature on CUDA
+/// bf16 or f32; otherwise candle's ops ([`videosdgx_kernels::reference::image_conv_nhwc`], which
+/// defines it).
+pub(crate) fn image_conv_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if cudnn_takes(x) {
+        return videosdgx_kernels::image_conv_nhwc(x, weight, bias, spec, epilogue);
+    }
+    #[cfg(feature = "cuda")]
+    warn_fallback(x, "image conv");
+    reference_conv(
+        videosdgx_kernels::reference::image_conv_nhwc,
+        (x, weight, bias),
+        spec,
+        epilogue,
+    )
+}
+
+/// Whether cuDNN takes a convolution of `x`: on CUDA, in bf16 or f32, unless turned off.
+#[cfg(feature = "cudnn")]
+fn cudnn_takes(x: &Tensor) -> bool {
+    !disabled("conv")
         && x.device().is_cuda()
         && matches!(
             x.dtype(),
             candle_core::DType::BF16 | candle_core::DType::F32
         )
-        && spec.frames_aligned(x, weight, bias)?
-    {
-        return videosdgx_kernels::frame_conv(x, weight, bias, spec, epilogue);
-    }
-    #[cfg(feature = "cuda")]
-    warn_fallback(x, "frame conv");
+}
+
+/// A reference convolution in the dtype candle convolves `x` in (f32 for half precision on the
+/// CPU), every operand cast to it, the result returned in `x`'s dtype.
+fn reference_conv(
+    conv: fn(&Tensor, &Tensor, &Tensor, FrameConv, &Epilogue) -> Result<Tensor>,
+    (x, weight, bias): (&Tensor, &Tensor, &Tensor),
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
     let dtype = crate::models::conv::conv_dtype(x);
-    let cast = |t: &Tensor| t.to_dtype(dtype);
-    videosdgx_kernels::reference::frame_conv(
-        &cast(x)?,
-        &cast(weight)?,
-        &cast(bias)?,
+    conv(
+        &x.to_dtype(dtype)?,
+        &weight.to_dtype(dtype)?,
+        &bias.to_dtype(dtype)?,
         spec,
-        epilogue,
+        &epilogue.to_dtype(dtype)?,
     )?
     .to_dtype(x.dtype())
 }

@@ -132,20 +132,20 @@ impl Drop for TensorDesc {
 struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4]) -> Result<Self> {
+    /// `dims` as [K, C, kh, kw] whatever the memory order: `[K, C, kh, kw]`, or `[K, kh, kw, C]`
+    /// when `channels_last`.
+    fn new(dtype: sys::cudnnDataType_t, dims: [usize; 4], channels_last: bool) -> Result<Self> {
         let desc =
             Self(result::create_filter_descriptor().map_err(cudnn_err("filter descriptor"))?);
         let [k, c, h, w] = dims.map(|d| d as i32);
+        let format = if channels_last {
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+        } else {
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+        };
         // SAFETY: a fresh descriptor.
-        unsafe {
-            result::set_filter4d_descriptor(
-                desc.0,
-                dtype,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                [k, c, h, w],
-            )
-        }
-        .map_err(cudnn_err("filter descriptor"))?;
+        unsafe { result::set_filter4d_descriptor(desc.0, dtype, format, [k, c, h, w]) }
+            .map_err(cudnn_err("filter descriptor"))?;
         Ok(desc)
     }
 }
@@ -201,8 +201,9 @@ struct Plan {
 }
 
 /// Everything that decides cuDNN's choice: data type, images per call, window channels, the
-/// frames between images, size, output channels, kernel size, padding and stride.
-type PlanKey = (DeviceId, [usize; 11]);
+/// elements between images, size, output channels, kernel size, padding, stride and whether the
+/// channels are last.
+type PlanKey = (DeviceId, [usize; 12]);
 
 fn plans() -> &'static Mutex<HashMap<PlanKey, Plan>> {
     static PLANS: OnceLock<Mutex<HashMap<PlanKey, Plan>>> = OnceLock::new();
@@ -329,6 +330,9 @@ struct FrameConvOp {
     spec: FrameConv,
     layout: FrameLayout,
     epilogue: Epilogue,
+    /// x `[B, T, H, W, C]`, the weight `[O, kh, kw, C]` and the output `[B, T, H', W', O]`
+    /// (one tap only): cuDNN's NHWC kernels.
+    channels_last: bool,
 }
 
 impl CustomOp3 for FrameConvOp {
@@ -447,8 +451,15 @@ impl FrameConvOp {
     ) -> Result<(CudaStorage, Shape)> {
         let spec = self.spec;
         let dev = xs.device().clone();
-        let (b, t, c, h, w) = xl.shape().dims5()?;
-        let (o, _, kh, kw) = wl.shape().dims4()?;
+        let channels_last = self.channels_last;
+        let (b, t, c, h, w) = match xl.shape().dims5()? {
+            (b, t, h, w, c) if channels_last => (b, t, c, h, w),
+            dims => dims,
+        };
+        let (o, kh, kw) = match wl.shape().dims4()? {
+            (o, kh, kw, _) if channels_last => (o, kh, kw),
+            (o, _, kh, kw) => (o, kh, kw),
+        };
         let t_out = spec.out_frames(t)?;
         let (h_out, w_out) = (spec.out_size(h, kh)?, spec.out_size(w, kw)?);
         let (in_frame, out_frame) = (c * h * w, o * h_out * w_out);
@@ -502,15 +513,23 @@ impl FrameConvOp {
                 channels,
                 frame_step,
             } = batch;
+            let image_stride = frame_step * in_stride;
             let d = Descriptors {
-                x: TensorDesc::new(
-                    dtype,
-                    [images, channels, h, w],
-                    [frame_step * in_stride, h * w, w, 1],
-                )?,
-                w: FilterDesc::new(dtype, [o, channels, kh, kw])?,
+                x: if channels_last {
+                    let strides = [image_stride, 1, w * channels, channels];
+                    TensorDesc::new(dtype, [images, channels, h, w], strides)?
+                } else {
+                    let strides = [image_stride, h * w, w, 1];
+                    TensorDesc::new(dtype, [images, channels, h, w], strides)?
+                },
+                w: FilterDesc::new(dtype, [o, channels, kh, kw], channels_last)?,
                 conv: ConvDesc::new(spec.pad, spec.stride, math)?,
-                y: TensorDesc::packed(dtype, [images, o, h_out, w_out])?,
+                y: if channels_last {
+                    let strides = [out_frame, 1, w_out * o, o];
+                    TensorDesc::new(dtype, [images, o, h_out, w_out], strides)?
+                } else {
+                    TensorDesc::packed(dtype, [images, o, h_out, w_out])?
+                },
             };
             let key = (
                 dev.id(),
@@ -526,6 +545,7 @@ impl FrameConvOp {
                     kw,
                     spec.pad,
                     spec.stride,
+                    usize::from(channels_last),
                 ],
             );
             let known = plans()
@@ -660,7 +680,7 @@ impl FrameConvOp {
         drop(workspace_guard);
         drop(workspaces);
         drop(scratch_guard);
-        if self.epilogue.is_bias_only() {
+        if self.epilogue.is_bias_only() && !channels_last {
             let one = 1f32;
             let bias_desc = TensorDesc::packed(dtype, [1, o, 1, 1])?;
             let out_desc = TensorDesc::packed(dtype, [b * t_out, o, h_out, w_out])?;
@@ -679,18 +699,29 @@ impl FrameConvOp {
             }
             .map_err(cudnn_err("bias add"))?;
         } else {
+            let channels = if channels_last {
+                super::image::Channels::Last
+            } else {
+                super::image::Channels::Planes(h_out * w_out)
+            };
+            let elements = b * t_out * out_frame;
             super::image::conv_epilogue::<T>(
                 &dev,
-                y,
-                bias,
+                (y, bias),
                 &self.epilogue,
-                (b * t_out * o, o, h_out * w_out),
+                elements,
+                o,
+                channels,
             )?;
         }
         drop(y_guard);
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from_dims(&[b, t_out, o, h_out, w_out]),
+            Shape::from_dims(&if channels_last {
+                [b, t_out, h_out, w_out, o]
+            } else {
+                [b, t_out, o, h_out, w_out]
+            }),
         ))
     }
 }
@@ -719,6 +750,25 @@ fn frame_stride(l: &Layout) -> Option<usize> {
     (packed && even && stride >= frame && aligned).then_some(stride)
 }
 
+/// Refuses operands (x first) that are not all bf16 or all f32 on x's CUDA device.
+fn check_operands(what: &str, operands: [&Tensor; 3]) -> Result<()> {
+    let x = operands[0];
+    if !matches!(x.dtype(), DType::BF16 | DType::F32) {
+        bail!("{what} runs on bf16 or f32, got {:?}", x.dtype());
+    }
+    for t in operands {
+        if t.dtype() != x.dtype() || !t.device().is_cuda() || !t.device().same_device(x.device()) {
+            bail!(
+                "{what}: operands must be {:?} on the CUDA device of x, got {:?} on {:?}",
+                x.dtype(),
+                t.dtype(),
+                t.device()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// [`FrameConv`] of `x [B, T, C, H, W]` with `weight [O, taps * C, kh, kw]` and `bias [O]`, all
 /// bf16 or all f32 on one CUDA device, through cuDNN (f32 accumulation, rounded once; TF32 tensor
 /// cores for f32, as PyTorch allows by default), finished by `epilogue` (its residual and slopes
@@ -737,19 +787,7 @@ pub fn frame_conv(
             x.dims()
         );
     }
-    if !matches!(x.dtype(), DType::BF16 | DType::F32) {
-        bail!("frame conv runs on bf16 or f32, got {:?}", x.dtype());
-    }
-    for t in [x, weight, bias] {
-        if t.dtype() != x.dtype() || !t.device().is_cuda() || !t.device().same_device(x.device()) {
-            bail!(
-                "frame conv: operands must be {:?} on the CUDA device of x, got {:?} on {:?}",
-                x.dtype(),
-                t.dtype(),
-                t.device()
-            );
-        }
-    }
+    check_operands("frame conv", [x, weight, bias])?;
     let layout = FrameLayout::for_frames(spec, spec.out_frames(x.dim(1)?)?);
     // One tap reads frames in place wherever they lie evenly spaced (see `run`).
     let x = match frame_stride(x.layout()) {
@@ -763,6 +801,47 @@ pub fn frame_conv(
             spec,
             layout,
             epilogue: epilogue.clone(),
+            channels_last: false,
         },
     )
+}
+
+/// A 2-D convolution of channels-last images: `x [B, H, W, C]` with `weight [O, kh, kw, C]` and
+/// `bias [O]` (`spec` one tap: padding and stride), all bf16 or all f32 on one CUDA device, through
+/// cuDNN's NHWC kernels, finished by `epilogue` (residual `[B, H', W', O]`); returns
+/// `[B, H', W', O]` (`reference::image_conv_nhwc`). Evenly spaced images are read in place.
+pub fn image_conv_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: FrameConv,
+    epilogue: &Epilogue,
+) -> Result<Tensor> {
+    let [b, h_out, w_out, o] = crate::spec::nhwc_output_shape(x, weight, bias, spec)?;
+    epilogue.check(&[b, h_out, w_out, o], o)?;
+    check_operands("image conv", [x, weight, bias])?;
+    let x = x.unsqueeze(1)?;
+    let x = match frame_stride(x.layout()) {
+        Some(_) => x,
+        None => x.contiguous()?,
+    };
+    let epilogue = Epilogue {
+        residual: epilogue
+            .residual
+            .as_ref()
+            .map(|r| r.contiguous()?.unsqueeze(1))
+            .transpose()?,
+        activation: epilogue.activation.clone(),
+    };
+    x.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &FrameConvOp {
+            spec,
+            layout: FrameLayout::Windows,
+            epilogue,
+            channels_last: true,
+        },
+    )?
+    .squeeze(1)
 }

@@ -10,25 +10,37 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, bail};
 use half::bf16;
 
+/// Where a convolution's output keeps its channels.
+pub(super) enum Channels {
+    /// Planes of this many pixels, plane `i` of channel `i % o` (NCHW).
+    Planes(usize),
+    /// Every pixel's channels side by side (NHWC).
+    Last,
+}
+
 /// Finishes a convolution's output in place (`conv_epilogue_*`): `y` (device pointer) holds
-/// `planes` contiguous planes of `hw` pixels, plane `i` of channel `i % o`; `bias` is `[o]`. The
-/// residual and the PReLU slopes come from `epilogue` (checked against the output by the caller,
+/// `elements` values of `o` channels laid out as `channels` say; `bias` is `[o]`. The residual
+/// and the PReLU slopes come from `epilogue` (checked against the output by the caller,
 /// [`Epilogue::check`]), all of dtype `T`.
 pub(super) fn conv_epilogue<T: CudaDType + DeviceRepr + WithDType>(
     dev: &CudaDevice,
-    y: u64,
-    bias: u64,
+    (y, bias): (u64, u64),
     epilogue: &Epilogue,
-    (planes, o, hw): (usize, usize, usize),
+    elements: usize,
+    o: usize,
+    channels: Channels,
 ) -> Result<()> {
-    if planes * hw == 0 {
+    if elements == 0 {
         return Ok(());
     }
-    let kernel = match T::DTYPE {
-        DType::BF16 => "conv_epilogue_bf16",
-        DType::F32 => "conv_epilogue_f32",
-        dtype => bail!("conv epilogue runs on bf16 or f32, got {dtype:?}"),
+    let (kernel, hw) = match (T::DTYPE, channels) {
+        (DType::BF16, Channels::Planes(hw)) => ("conv_epilogue_bf16", hw),
+        (DType::F32, Channels::Planes(hw)) => ("conv_epilogue_f32", hw),
+        (DType::BF16, Channels::Last) => ("conv_epilogue_last_bf16", 0),
+        (DType::F32, Channels::Last) => ("conv_epilogue_last_f32", 0),
+        (dtype, _) => bail!("conv epilogue runs on bf16 or f32, got {dtype:?}"),
     };
+    let planes = elements.checked_div(hw).unwrap_or(0);
     if planes > i32::MAX as usize || hw > i32::MAX as usize {
         bail!("conv epilogue: {planes} planes of {hw} pixels exceed 32-bit indexing");
     }
@@ -56,12 +68,8 @@ pub(super) fn conv_epilogue<T: CudaDType + DeviceRepr + WithDType>(
         slopes.as_ref().map_or(0, |s| s.0),
     );
     let func = function(dev, &IMAGE, kernel)?;
-    let (o32, hw32, planes32) = (o as i32, hw as i32, planes as i32);
-    let cfg = LaunchConfig {
-        grid_dim: (hw.div_ceil(256) as u32, planes.min(65_535) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let o32 = o as i32;
+    let (hw32, planes32, elements64) = (hw as i32, planes as i32, elements as i64);
     let mut launch = stream.launch_builder(&func);
     launch
         .arg(&y)
@@ -70,10 +78,23 @@ pub(super) fn conv_epilogue<T: CudaDType + DeviceRepr + WithDType>(
         .arg(&slopes_ptr)
         .arg(&act)
         .arg(&slope)
-        .arg(&o32)
-        .arg(&hw32)
-        .arg(&planes32);
-    // SAFETY: arguments match conv_epilogue_* in image.cu; y holds planes·hw elements of T, bias
+        .arg(&o32);
+    let cfg = if hw > 0 {
+        launch.arg(&hw32).arg(&planes32);
+        LaunchConfig {
+            grid_dim: (hw.div_ceil(256) as u32, planes.min(65_535) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    } else {
+        launch.arg(&elements64);
+        LaunchConfig {
+            grid_dim: (elements.div_ceil(256).min(1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    };
+    // SAFETY: arguments match conv_epilogue_* in image.cu; y holds `elements` values of T, bias
     // o, the residual (when given) y's count and the slopes o (checked by the caller); a null
     // pointer stands for an absent term.
     unsafe { launch.launch(cfg) }.map_err(driver_err("conv epilogue launch"))?;

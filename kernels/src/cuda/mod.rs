@@ -8,7 +8,7 @@ mod gemm;
 mod image;
 mod nvrtc;
 #[cfg(feature = "cudnn")]
-pub use conv::frame_conv;
+pub use conv::{frame_conv, image_conv_nhwc};
 pub use image::warp;
 
 use crate::spec::{

@@ -28,9 +28,9 @@
 use super::resample::{Resampler, clamp, pad_to_multiple};
 use super::section;
 use crate::loader::StateDict;
-use crate::models::conv::{Conv2d, ConvTranspose2d};
+use crate::models::conv::{Conv2d, ConvTranspose2d, to_channels_last};
 use anyhow::{Context, Result, bail, ensure};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
 use videosdgx_kernels::Epilogue;
@@ -183,12 +183,14 @@ impl Head {
         })
     }
 
-    /// `x` already clamped to [0, 1] (as `Head.forward` does first).
+    /// `x` already clamped to [0, 1] (as `Head.forward` does first); channels last inside.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.cnn0.forward_with(x, &leaky_relu())?;
-        let x = self.cnn1.forward_with(&x, &leaky_relu())?;
-        let x = self.cnn2.forward_with(&x, &leaky_relu())?;
-        self.cnn3.forward(&x)
+        let x = self
+            .cnn0
+            .forward_channels_last(&to_channels_last(x)?, &leaky_relu())?;
+        let x = self.cnn1.forward_channels_last(&x, &leaky_relu())?;
+        let x = self.cnn2.forward_channels_last(&x, &leaky_relu())?;
+        self.cnn3.forward_channels_last(&x, 1)
     }
 }
 
@@ -205,8 +207,10 @@ impl ResConv {
         })
     }
 
+    /// Channels last.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward_with(x, &leaky_relu().with_residual(x))
+        self.conv
+            .forward_channels_last(x, &leaky_relu().with_residual(x))
     }
 }
 
@@ -250,7 +254,8 @@ impl IfBlock {
 
     /// `x`: the block's inputs at full resolution, the previous flow (if any) concatenated last,
     /// already divided by `scale` — the reference resizes the flow and then divides; with `scale`
-    /// a power of two both orders round the same, and one resize serves both.
+    /// a power of two both orders round the same, and one resize serves both. The convolutions
+    /// run channels last, from the resized input to the final pixel shuffle.
     fn forward(
         &self,
         x: &Tensor,
@@ -265,16 +270,14 @@ impl IfBlock {
         } else {
             x.clone()
         };
+        x = to_channels_last(&x)?;
         for conv in &self.conv0 {
-            x = conv.forward_with(&x, &leaky_relu())?;
+            x = conv.forward_channels_last(&x, &leaky_relu())?;
         }
         for res in &self.convblock {
             x = res.forward(&x)?;
         }
-        let tmp = self.lastconv.forward(&x)?;
-        let tmp = section("pixel shuffle", &tmp, || {
-            candle_nn::ops::pixel_shuffle(&tmp, 2)
-        })?;
+        let tmp = self.lastconv.forward_channels_last(&x, 2)?;
         let tmp = if scale > 1 {
             section("rife resize", &tmp, || {
                 resampler.resize_bilinear(&tmp, h, w)

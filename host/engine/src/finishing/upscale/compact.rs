@@ -11,9 +11,9 @@ use super::layers::upsample_nearest;
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::finishing::section;
 use crate::loader::StateDict;
-use crate::models::conv::Conv2d;
+use crate::models::conv::{Conv2d, pixel_shuffle_channels_last, to_channels_last};
 use anyhow::{Result, bail};
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use videosdgx_kernels::{Activation, Epilogue};
 
@@ -99,15 +99,17 @@ impl Network for Compact {
         self.body.len() + 1
     }
 
+    /// Channels last through the body (cuDNN's NHWC kernels run these 64-channel layers about
+    /// 1.75x faster than NCHW); the pixel shuffle reads the last layer's channels-last output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = x.clone();
+        let mut out = to_channels_last(x)?;
         for (conv, prelu) in &self.body {
-            out = conv.forward_with(&out, prelu)?;
+            out = conv.forward_channels_last(&out, prelu)?;
         }
-        let out = self.conv_last.forward(&out)?;
-        let out = section("pixel shuffle", &out, || {
-            candle_nn::ops::pixel_shuffle(&out, self.scale)
-        })?;
+        let out = self
+            .conv_last
+            .forward_channels_last(&out, &Epilogue::default())?;
+        let out = pixel_shuffle_channels_last(&out, self.scale)?;
         let base = upsample_nearest(x, self.scale)?;
         Ok(section("residual", x, || out + base)?)
     }
