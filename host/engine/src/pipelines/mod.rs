@@ -661,7 +661,7 @@ impl Pipeline {
                     ..VideoRules::wan()
                 })
             }
-            "LTX2Pipeline" => {
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
                 let vae: crate::families::ltx2::video_vae::AutoencoderKLLTX2VideoConfig =
                     crate::loader::read_config(&vae_config()?)?;
                 Some(VideoRules {
@@ -921,6 +921,22 @@ mod tests {
             ("ltx2", 24, 4)
         );
         assert_eq!(rules("tiny-flux2-klein"), None);
+
+        // The image-to-video folder of the same model plans by the same rules (its configs only).
+        let i2v = tempfile::tempdir().unwrap();
+        let index = std::fs::read_to_string(fixtures.join("tiny-ltx2/model_index.json")).unwrap();
+        std::fs::write(
+            i2v.path().join("model_index.json"),
+            index.replace("\"LTX2Pipeline\"", "\"LTX2ImageToVideoPipeline\""),
+        )
+        .unwrap();
+        std::fs::create_dir(i2v.path().join("vae")).unwrap();
+        std::fs::copy(
+            fixtures.join("tiny-ltx2/vae/config.json"),
+            i2v.path().join("vae/config.json"),
+        )
+        .unwrap();
+        assert_eq!(Pipeline::video_rules(i2v.path()).unwrap(), Some(ltx));
     }
 
     #[test]
