@@ -442,6 +442,33 @@ fn a_split_the_model_cannot_take_is_refused_unqueued_and_a_split_take_says_how_i
 }
 
 #[test]
+fn a_size_the_model_cannot_make_is_refused_unqueued_naming_the_multiple() {
+    let dir = tempfile::tempdir().unwrap();
+    models::install_tiny_model(dir.path(), "tiny-wan-t2v");
+    let s = start(dir.path());
+    let (project, board) = s.storyboard("Size");
+    let shot = s.post(
+        &format!("/api/storyboards/{board}/shots"),
+        &json!({ "prompt": "a lighthouse at dusk", "duration_s": 0.5, "seed": 7 }),
+    );
+    let params = json!({
+        "shot_id": shot.json()["id"],
+        "render": { "height": 300, "width": 500, "steps": 2 },
+    });
+    let r = s.post(
+        "/api/jobs",
+        &json!({ "kind": "generate", "params": params, "project_id": project }),
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (422, "refused"));
+    assert_eq!(
+        r.json()["error"]["message"],
+        "`tiny-wan-t2v` cannot make it: height and width must be positive multiples of 16 (VAE \
+         scale 8 x patch 2x2), got 500x300"
+    );
+    assert_eq!(s.get("/api/jobs").json(), json!([]), "nothing is queued");
+}
+
+#[test]
 fn locked_database_gives_503_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path());

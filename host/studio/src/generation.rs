@@ -26,8 +26,8 @@ use videosdgx_engine::parallel::{
     Layout, RankTime, SplitGeneration, SplitRefused, generate_split_on,
 };
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
-    StartImage, VideoSize,
+    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, SizeRefused,
+    Stage, StartImage, VideoSize,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -233,6 +233,19 @@ impl RenderSettings {
                 .guidance),
             None => Ok(self.guidance),
         }
+    }
+
+    /// Refuses for good a size the model `model` in `dir` cannot make `length` long: the engine's
+    /// rule for its family over its configs ([`Pipeline::inspect_size`], no weights), checked
+    /// before a generation is queued and before it takes a card, so that a size no attempt can
+    /// make is not retried.
+    pub fn check_size(&self, model: &str, dir: &Path, length: Length) -> Result<()> {
+        let reading =
+            |e: anyhow::Error| StudioError::Internal(e.context(format!("reading model `{model}`")));
+        let size = self.size(length.frames(dir).map_err(reading)?);
+        Pipeline::inspect_size(dir, size)
+            .map_err(reading)?
+            .map_err(|refused| StudioError::Refused(format!("`{model}` cannot make it: {refused}")))
     }
 
     pub fn check(&self) -> Result<()> {
@@ -509,7 +522,9 @@ impl GenerationTask {
         on_progress: &mut dyn FnMut(&str, u64, u64) -> ControlFlow<()>,
     ) -> Result<(GenerateParams, GeneratedVideo)> {
         let (params, local) = self.params(pipeline)?;
-        let video = pipeline.generate(&local, Default::default(), &mut reporter(on_progress))?;
+        let video = pipeline
+            .generate(&local, Default::default(), &mut reporter(on_progress))
+            .map_err(engine_error)?;
         Ok((params, video))
     }
 
@@ -529,14 +544,7 @@ impl GenerationTask {
             Default::default(),
             &mut reporter(on_progress),
         )
-        .map_err(|e| {
-            // What the engine refuses here it refuses on every attempt.
-            if e.downcast_ref::<SplitRefused>().is_some() {
-                StudioError::Refused(format!("{e:#}"))
-            } else {
-                StudioError::Internal(e)
-            }
-        })?;
+        .map_err(engine_error)?;
         Ok((params, split))
     }
 
@@ -620,6 +628,16 @@ impl GenerationTask {
             &metadata,
         )?;
         Ok(())
+    }
+}
+
+/// A generation's error as the studio's: what the engine refuses for the request itself (a
+/// split, a size) it refuses on every attempt.
+fn engine_error(e: anyhow::Error) -> StudioError {
+    if e.downcast_ref::<SplitRefused>().is_some() || e.downcast_ref::<SizeRefused>().is_some() {
+        StudioError::Refused(format!("{e:#}"))
+    } else {
+        StudioError::Internal(e)
     }
 }
 
@@ -922,8 +940,8 @@ impl GenerateShot {
     }
 
     /// Whether this generation can run: its shot has a prompt (or this one gives it), its
-    /// model is installed, and the studio's cards and the model take its split. What the
-    /// `generate` and `shoot` jobs check at submission.
+    /// model is installed and makes its size, and the studio's cards and the model take its
+    /// split. What the `generate` and `shoot` jobs check at submission.
     pub fn check_runnable(&self, app: &App) -> Result<()> {
         let shot = shots::get_shot(&app.db, self.shot_id)?;
         if self
@@ -940,8 +958,9 @@ impl GenerateShot {
         }
         let model = shot_model(app.data_dir(), &shot)?;
         let dir = models::video_model_dir(app.data_dir(), &model)?;
-        app.gpus
-            .check_split(&self.render, &model, &dir, Length::Seconds(shot.duration_s))?;
+        let length = Length::Seconds(shot.duration_s);
+        self.render.check_size(&model, &dir, length)?;
+        app.gpus.check_split(&self.render, &model, &dir, length)?;
         let applied = loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?;
         loras::check_family(app, &applied, &model, &dir)
     }
@@ -1648,6 +1667,137 @@ mod tests {
         assert_eq!(job.card, None, "no card was taken");
         let shot = shots::get_shot(&app.db, shot.id).unwrap();
         assert_eq!((shot.status.as_str(), shot.takes.len()), ("failed", 0));
+    }
+
+    #[test]
+    fn sizes_the_model_cannot_make_are_refused_at_submission_and_queue_nothing() {
+        use crate::jobs::{NewJob, list_jobs};
+        let (_dir, app) = studio_on_lanes(1);
+        let on = |model: &str| {
+            let fields = ShotFields {
+                model: Some(model.into()),
+                ..prompt("a storm")
+            };
+            shot(&app, fields).id
+        };
+        let (wan, ltx) = (on("tiny-wan-t2v"), on("tiny-ltx2"));
+        for (kind, shot_id, (width, height), expected) in [
+            (
+                "generate",
+                wan,
+                (500, 300),
+                "`tiny-wan-t2v` cannot make it: height and width must be positive multiples of 16 \
+                 (VAE scale 8 x patch 2x2), got 500x300",
+            ),
+            (
+                "shoot",
+                wan,
+                (500, 300),
+                "`tiny-wan-t2v` cannot make it: height and width must be positive multiples of 16",
+            ),
+            // Wan's 16 is not LTX-2's 32.
+            (
+                "generate",
+                ltx,
+                (48, 48),
+                "height and width must be positive multiples of 32, got 48x48",
+            ),
+        ] {
+            let new = NewJob {
+                kind: kind.into(),
+                params: json!({ "shot_id": shot_id, "render": { "width": width, "height": height } }),
+                max_attempts: None,
+                project_id: None,
+            };
+            let err = app.jobs.submit(&app, &new).unwrap_err();
+            assert_eq!(err.code(), "refused", "{err}");
+            assert!(err.to_string().contains(expected), "{kind}: {err}");
+        }
+        assert!(list_jobs(&app.db, None, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_size_refused_when_the_job_runs_fails_it_once_before_taking_a_card() {
+        use crate::jobs::{JobQueue, JobState, NewJob, get_job};
+        let (_dir, app) = studio_on_lanes(1);
+        let fields = ShotFields {
+            model: Some("tiny-wan-t2v".into()),
+            ..prompt("a lighthouse at dusk")
+        };
+        let shot = shot(&app, fields);
+        let render = RenderSettings {
+            width: 48,
+            height: 48,
+            ..tiny()
+        };
+        let new = NewJob {
+            kind: "generate".into(),
+            params: json!({ "shot_id": shot.id, "render": render }),
+            max_attempts: None,
+            project_id: None,
+        };
+        let id = app.jobs.submit(&app, &new).unwrap().id;
+        // While it waits, the shot moves to a model whose sides are multiples of 32.
+        let ltx = ShotFields {
+            model: Some("tiny-ltx2".into()),
+            ..Default::default()
+        };
+        shots::update_shot(&app.db, shot.id, &ltx).unwrap();
+        let workers = JobQueue::start(&app, 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let job = loop {
+            let job = get_job(&app.db, id).unwrap();
+            if job.state.is_finished() {
+                break job;
+            }
+            assert!(std::time::Instant::now() < deadline, "{job:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        app.jobs.stop();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert_eq!((job.attempts, job.max_attempts), (1, 3), "not retried");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("height and width must be positive multiples of 32, got 48x48"),
+            "{error}"
+        );
+        assert_eq!(job.card, None, "no card was taken");
+    }
+
+    #[test]
+    fn a_size_the_engine_refuses_fails_for_good() {
+        // What the configs cannot tell (a worker's model, say) the engine refuses when it runs.
+        let (dir, _app) = studio();
+        let model = models::video_model_dir(dir.path(), "tiny-wan-t2v").unwrap();
+        let mut pipeline =
+            Pipeline::open(&model, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+        let task = GenerationTask {
+            model: "tiny-wan-t2v".into(),
+            prompt: "a storm".into(),
+            negative_prompt: String::new(),
+            length: Length::Frames(5),
+            seed: 7,
+            render: RenderSettings {
+                width: 500,
+                height: 300,
+                ..tiny()
+            },
+            start_image: None,
+            references: Vec::new(),
+            loras: Vec::new(),
+            applied_loras: Vec::new(),
+            still: false,
+            local_files: HashMap::new(),
+        };
+        let err = task
+            .generate(&mut pipeline, &mut |_, _, _| ControlFlow::Continue(()))
+            .err()
+            .expect("refused");
+        assert!(err.is_permanent(), "{err:?}");
+        assert!(err.to_string().contains("multiples of 16"), "{err}");
     }
 
     #[test]

@@ -475,7 +475,8 @@ impl Gpus {
     /// loads the pipeline unless it holds it (stage `loading model`, which may stop it) and is
     /// given back before the output is written; a worker's card runs the whole task on its
     /// worker, which sends the output. A task split across cards takes that many studio cards at
-    /// once ([`Gpus::with_split_pipelines`]).
+    /// once ([`Gpus::with_split_pipelines`]). A size the model cannot make or a split it cannot
+    /// take is refused for good before any card is taken.
     pub fn generate(
         &self,
         job: Option<i64>,
@@ -484,6 +485,7 @@ impl Gpus {
         out: &Path,
         report: Report,
     ) -> Result<Generated> {
+        task.render.check_size(&task.model, dir, task.length)?;
         if let Some(layout) = self.check_split(&task.render, &task.model, dir, task.length)? {
             let (params, SplitGeneration { video, ranks }) = self.with_split_pipelines(
                 job,

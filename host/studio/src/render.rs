@@ -169,7 +169,8 @@ pub async fn render(
     let model = crate::models::resolve_model(app.data_dir(), request.model.as_deref())?;
     let dir = crate::models::video_model_dir(app.data_dir(), &model)?;
     // The shots' lengths are planned later (each shot's job is checked with its own): the
-    // shortest clip has the fewest tokens.
+    // shortest clip has the fewest tokens, and one frame is a length every model makes.
+    request.render.check_size(&model, &dir, Length::Frames(1))?;
     app.gpus
         .check_split(&request.render, &model, &dir, Length::Frames(1))?;
     let keyframes = keyframes_plan(app, request, &model)?;

@@ -139,6 +139,29 @@ pub struct VideoSize {
     pub frames: usize,
 }
 
+impl VideoSize {
+    /// Whether the height and the width are positive multiples of these.
+    pub(crate) fn sides_are_multiples(&self, of_height: usize, of_width: usize) -> bool {
+        self.height != 0
+            && self.height.is_multiple_of(of_height)
+            && self.width != 0
+            && self.width.is_multiple_of(of_width)
+    }
+
+    /// Whether the frame count is `step·k + 1`: what a VAE compressing time `step`-fold decodes.
+    pub(crate) fn frames_are_step_plus_one(&self, step: usize) -> bool {
+        self.frames != 0 && (self.frames - 1).is_multiple_of(step)
+    }
+}
+
+/// A size the model cannot make: its sides or frame count break the model's rule, which the
+/// message names. The same rule refuses it from the configs ([`Pipeline::inspect_size`]) and at
+/// generation; nothing about the run causes it, so another attempt is refused alike. Generation
+/// returns it inside `anyhow::Error` (test with `err.downcast_ref::<SizeRefused>()`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SizeRefused(pub(crate) String);
+
 /// One conditioning item of an audio-video model (the reference's `LTX2VideoCondition`, without
 /// the H.264 re-compression it applies to single images by default, as with its `crf=0`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -459,6 +482,24 @@ pub(crate) fn reporter(
     }
 }
 
+/// The sizes the image model `name` whose latent token covers `unit` pixels a side makes: one
+/// frame, sides positive multiples of `unit`. The rule of every image family.
+pub(crate) fn image_size(name: &str, size: VideoSize, unit: usize) -> Result<(), SizeRefused> {
+    if !size.sides_are_multiples(unit, unit) {
+        return Err(SizeRefused(format!(
+            "height and width must be positive multiples of {unit} for this model, got {}x{}",
+            size.width, size.height
+        )));
+    }
+    if size.frames != 1 {
+        return Err(SizeRefused(format!(
+            "{name}: an image model makes one frame, not {}",
+            size.frames
+        )));
+    }
+    Ok(())
+}
+
 /// The token grid (`height / unit`, `width / unit`) of a valid image request to the model `name`
 /// whose latent token covers `unit` pixels a side, or why the request is not one: what every
 /// image family checks before its own rules.
@@ -467,23 +508,7 @@ pub(crate) fn image_grid(
     params: &GenerateParams,
     unit: usize,
 ) -> anyhow::Result<(usize, usize)> {
-    if params.height == 0
-        || !params.height.is_multiple_of(unit)
-        || params.width == 0
-        || !params.width.is_multiple_of(unit)
-    {
-        bail!(
-            "height and width must be positive multiples of {unit} for this model, got {}x{}",
-            params.width,
-            params.height
-        );
-    }
-    if params.frames != 1 {
-        bail!(
-            "{name}: an image model makes one frame, not {}",
-            params.frames
-        );
-    }
+    image_size(name, params.size(), unit)?;
     if params.steps == 0 {
         bail!("steps must be at least 1");
     }
@@ -815,6 +840,25 @@ impl Pipeline {
         }
     }
 
+    /// Whether the pipeline in `dir` makes a generation of `size` (its family's rule: sides and
+    /// frame count), from its configs alone (no weights are read): what a generation is checked
+    /// against before it is queued, refused as generating it would be. The outer error is
+    /// reading the configs; the inner one the model's refusal.
+    pub fn inspect_size(dir: &Path, size: VideoSize) -> anyhow::Result<Result<(), SizeRefused>> {
+        let index = read_pipeline_index(dir)?;
+        match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => WanPipeline::inspect_size(dir, size),
+            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_size(dir, size),
+            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_size(dir, size),
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_size(dir, size),
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Self::CLASSES.join(", ")
+            ),
+        }
+    }
+
     /// Makes this pipeline one rank of a generation split across cards ([`crate::parallel`]).
     pub fn set_split(&mut self, split: crate::parallel::Split) -> anyhow::Result<()> {
         match self {
@@ -970,6 +1014,70 @@ mod tests {
             );
             let loaded = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
             assert_eq!(loaded.capabilities(), inspected, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_sizes_a_model_makes_are_read_from_its_configs_as_generating_refuses_them() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let size = |height, width, frames| VideoSize {
+            height,
+            width,
+            frames,
+        };
+        for (name, frames, sides) in [
+            (
+                "tiny-wan-t2v",
+                5,
+                "height and width must be positive multiples of 16 (VAE scale 8 x patch 2x2), got 50x30",
+            ),
+            (
+                "tiny-wan22-ti2v",
+                5,
+                "height and width must be positive multiples of 32 (VAE scale 16 x patch 2x2), got 50x30",
+            ),
+            (
+                "tiny-ltx2",
+                5,
+                "height and width must be positive multiples of 32, got 50x30",
+            ),
+            (
+                "tiny-flux1-dev",
+                1,
+                "height and width must be positive multiples of 16 for this model, got 50x30",
+            ),
+            (
+                "tiny-flux2-klein",
+                1,
+                "height and width must be positive multiples of 4 for this model, got 50x30",
+            ),
+        ] {
+            let dir = fixtures.join(name);
+            let taken = Pipeline::inspect_size(&dir, size(32, 64, frames)).unwrap();
+            assert_eq!(taken, Ok(()), "{name}");
+            let mut pipeline = Pipeline::open(&dir, &Device::Cpu, DType::F32).unwrap();
+            for (bad, expected) in [
+                (size(30, 50, frames), sides),
+                (size(32, 64, frames + 1), "frame"),
+            ] {
+                let refused = Pipeline::inspect_size(&dir, bad).unwrap().unwrap_err();
+                assert!(refused.to_string().contains(expected), "{name}: {refused}");
+                let params = GenerateParams {
+                    prompt: "a storm".into(),
+                    height: bad.height,
+                    width: bad.width,
+                    frames: bad.frames,
+                    steps: 1,
+                    ..Default::default()
+                };
+                let err = pipeline
+                    .generate(&params, Default::default(), &mut |_| {
+                        ControlFlow::Continue(())
+                    })
+                    .err()
+                    .expect("refused");
+                assert_eq!(err.downcast_ref::<SizeRefused>(), Some(&refused), "{name}");
+            }
         }
     }
 

@@ -19,8 +19,8 @@ use crate::models::clip_text::CLIPTextModel;
 use crate::models::t5::T5EncoderModel;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, VideoSize,
-    initial_noise, no_frames,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, SizeRefused, Stage,
+    VideoSize, image_size, initial_noise, no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::tokenizer::PromptTokenizer;
@@ -176,6 +176,14 @@ impl FluxPipeline {
             transformer.num_attention_heads,
             image_tokens(&vae, size),
         ))
+    }
+
+    /// The sizes the pipeline in `dir` makes ([`crate::pipelines::image_size`] for its VAE), from
+    /// its configs alone.
+    pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
+        let vae: AutoencoderKLConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
+        let name = dir.display().to_string();
+        Ok(image_size(&name, size, pixels_per_token(&vae)))
     }
 
     /// The denoising transformer.

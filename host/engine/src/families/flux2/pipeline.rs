@@ -12,8 +12,8 @@ use crate::loader::{pipeline_component as component, read_config, read_pipeline_
 use crate::lora::LoraFile;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, VideoSize,
-    initial_noise, no_frames,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, SizeRefused, Stage,
+    VideoSize, image_size, initial_noise, no_frames,
 };
 use crate::schedulers::{FlowMatchEulerDiscrete, linspace};
 use crate::text::chat_template::{ChatMessage, ChatTemplate};
@@ -184,6 +184,15 @@ impl Flux2Pipeline {
             transformer.num_attention_heads,
             image_tokens(&vae, size),
         ))
+    }
+
+    /// The sizes the pipeline in `dir` makes ([`crate::pipelines::image_size`] for its VAE), from
+    /// its configs alone.
+    pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
+        let vae: AutoencoderKLFlux2Config =
+            read_config(&component(dir, "vae")?.join("config.json"))?;
+        let name = dir.display().to_string();
+        Ok(image_size(&name, size, pixels_per_token(&vae)))
     }
 
     /// The denoising transformer.

@@ -39,8 +39,8 @@ use crate::image_processor::pil_bilinear;
 use crate::loader::{pipeline_component, read_config, read_pipeline_index, single_file};
 use crate::parallel::{SequenceSplit, Split, SplitSupport, split_tokens_only};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, Progress, Stage, StartImage, VideoSize,
-    initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, Progress, SizeRefused, Stage, StartImage,
+    VideoSize, initial_noise,
 };
 use crate::schedulers::FlowMatchEulerDiscrete;
 use crate::schedulers::linspace;
@@ -261,6 +261,12 @@ impl LTX2Pipeline {
     pub fn inspect_frames_for(dir: &Path, seconds: f64) -> Result<usize> {
         let vae = read_config(&pipeline_component(dir, "vae")?.join("config.json"))?;
         Ok(frames_for(&vae, seconds))
+    }
+
+    /// [`size_rule`] of the pipeline in `dir`, from its VAE's config alone.
+    pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
+        let vae = read_config(&pipeline_component(dir, "vae")?.join("config.json"))?;
+        Ok(size_rule(&dir.display().to_string(), &vae, size))
     }
 
     /// Latent frames per pixel frame step (`vae_temporal_compression_ratio`).
@@ -619,27 +625,7 @@ impl LTX2Pipeline {
 
     /// Refuses requests the model cannot make, naming the rule.
     fn check(&self, params: &GenerateParams) -> Result<()> {
-        let spatial = self.spatial_ratio().max(32);
-        let temporal = self.temporal_ratio();
-        if params.height == 0
-            || !params.height.is_multiple_of(spatial)
-            || params.width == 0
-            || !params.width.is_multiple_of(spatial)
-        {
-            bail!(
-                "{}: height and width must be positive multiples of {spatial}, got {}x{}",
-                self.name,
-                params.width,
-                params.height
-            );
-        }
-        if params.frames == 0 || !(params.frames - 1).is_multiple_of(temporal) {
-            bail!(
-                "{}: LTX-2 makes {temporal}k+1 frames (9, 17, ..., 121), not {}",
-                self.name,
-                params.frames
-            );
-        }
+        size_rule(&self.name, self.vae.config(), params.size())?;
         if params.steps == 0 {
             bail!("steps must be at least 1");
         }
@@ -1161,6 +1147,31 @@ pub fn start_image_rule(image_to_video: bool) -> StartImage {
     } else {
         StartImage::Optional
     }
+}
+
+/// The sizes the LTX-2 model `name` with the VAE of `vae` makes: sides multiples of its spatial
+/// ratio and at least 32 (the reference pipeline's rule), `ratio·k + 1` frames for its temporal
+/// ratio.
+fn size_rule(
+    name: &str,
+    vae: &AutoencoderKLLTX2VideoConfig,
+    size: VideoSize,
+) -> Result<(), SizeRefused> {
+    let spatial = vae.spatial_compression_ratio().max(32);
+    let temporal = vae.temporal_compression_ratio();
+    if !size.sides_are_multiples(spatial, spatial) {
+        return Err(SizeRefused(format!(
+            "{name}: height and width must be positive multiples of {spatial}, got {}x{}",
+            size.width, size.height
+        )));
+    }
+    if !size.frames_are_step_plus_one(temporal) {
+        return Err(SizeRefused(format!(
+            "{name}: LTX-2 makes {temporal}k+1 frames (9, 17, ..., 121), not {}",
+            size.frames
+        )));
+    }
+    Ok(())
 }
 
 /// The `8k+1` frame count (for the VAE of `vae`'s ratio) closest to `seconds` at the default

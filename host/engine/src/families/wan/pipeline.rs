@@ -28,8 +28,8 @@ use crate::models::clip_vision::CLIPVisionModel;
 use crate::models::t5::T5EncoderModel;
 use crate::parallel::{SequenceSplit, Split, SplitSupport, check_cfg_parallel, exchange_guidance};
 use crate::pipelines::{
-    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, Stage, StartImage,
-    VideoSize, initial_noise,
+    GenerateInputs, GenerateParams, GeneratedVideo, ImageInput, Progress, SizeRefused, Stage,
+    StartImage, VideoSize, initial_noise,
 };
 use crate::schedulers::Scheduler;
 use crate::schedulers::step_cache::{
@@ -137,6 +137,35 @@ fn latent_size(vae: &WanVaeConfig, size: VideoSize) -> (usize, usize, usize) {
         size.height / ss,
         size.width / ss,
     )
+}
+
+/// The sizes a Wan model makes: `ts·k + 1` frames for the VAE's temporal scale `ts`, sides
+/// multiples of its spatial scale times the transformer's patch (a token is a whole patch of
+/// latents).
+fn size_rule(
+    transformer: &WanTransformerConfig,
+    vae: &WanVaeConfig,
+    size: VideoSize,
+) -> Result<(), SizeRefused> {
+    let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
+    let (ph, pw) = (transformer.patch_size[1], transformer.patch_size[2]);
+    if !size.frames_are_step_plus_one(ts) {
+        return Err(SizeRefused(format!(
+            "frames must be {ts}k+1 (e.g. {}, {}), got {}",
+            ts + 1,
+            4 * ts + 1,
+            size.frames
+        )));
+    }
+    if !size.sides_are_multiples(ss * ph, ss * pw) {
+        return Err(SizeRefused(format!(
+            "height and width must be positive multiples of {} (VAE scale {ss} x patch {ph}x{pw}), got {}x{}",
+            ss * ph.max(pw),
+            size.width,
+            size.height
+        )));
+    }
+    Ok(())
 }
 
 /// The patch tokens of a generation of `size`: its latents cut into the transformer's patches,
@@ -420,32 +449,18 @@ impl WanPipeline {
         })
     }
 
+    /// [`size_rule`] of the pipeline in `dir`, from its configs alone.
+    pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
+        let transformer: WanTransformerConfig =
+            read_config(&component(dir, "transformer")?.join("config.json"))?;
+        let vae: WanVaeConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
+        Ok(size_rule(&transformer, &vae, size))
+    }
+
     /// The latent frames, height and width of a valid request, or why the request is not one.
     fn check_size(&self, params: &GenerateParams) -> Result<(usize, usize, usize)> {
         let vae = self.vae.config();
-        let (ts, ss) = (vae.temporal_scale(), vae.spatial_scale());
-        let patch = &self.transformer.config().patch_size;
-        let (ph, pw) = (patch[1], patch[2]);
-        if params.frames == 0 || !(params.frames - 1).is_multiple_of(ts) {
-            bail!(
-                "frames must be {ts}k+1 (e.g. {}, {}), got {}",
-                ts + 1,
-                4 * ts + 1,
-                params.frames
-            );
-        }
-        if params.height == 0
-            || !params.height.is_multiple_of(ss * ph)
-            || params.width == 0
-            || !params.width.is_multiple_of(ss * pw)
-        {
-            bail!(
-                "height and width must be positive multiples of {} (VAE scale {ss} x patch {ph}x{pw}), got {}x{}",
-                ss * ph.max(pw),
-                params.width,
-                params.height
-            );
-        }
+        size_rule(self.transformer.config(), vae, params.size())?;
         if params.steps == 0 {
             bail!("steps must be at least 1");
         }
