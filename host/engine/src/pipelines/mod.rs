@@ -482,9 +482,10 @@ pub(crate) fn reporter(
     }
 }
 
-/// The sizes the image model `name` whose latent token covers `unit` pixels a side makes: one
-/// frame, sides positive multiples of `unit`. The rule of every image family.
-pub(crate) fn image_size(name: &str, size: VideoSize, unit: usize) -> Result<(), SizeRefused> {
+/// The sizes an image model whose latent token covers `unit` pixels a side makes: one frame,
+/// sides positive multiples of `unit`. The rule of every image family. Its messages name no
+/// model or folder: the studio returns them to API clients under the model's own name.
+pub(crate) fn image_size(size: VideoSize, unit: usize) -> Result<(), SizeRefused> {
     if !size.sides_are_multiples(unit, unit) {
         return Err(SizeRefused(format!(
             "height and width must be positive multiples of {unit} for this model, got {}x{}",
@@ -493,7 +494,7 @@ pub(crate) fn image_size(name: &str, size: VideoSize, unit: usize) -> Result<(),
     }
     if size.frames != 1 {
         return Err(SizeRefused(format!(
-            "{name}: an image model makes one frame, not {}",
+            "an image model makes one frame, not {}",
             size.frames
         )));
     }
@@ -508,7 +509,7 @@ pub(crate) fn image_grid(
     params: &GenerateParams,
     unit: usize,
 ) -> anyhow::Result<(usize, usize)> {
-    image_size(name, params.size(), unit)?;
+    image_size(params.size(), unit)?;
     if params.steps == 0 {
         bail!("steps must be at least 1");
     }

@@ -182,8 +182,7 @@ impl FluxPipeline {
     /// its configs alone.
     pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
         let vae: AutoencoderKLConfig = read_config(&component(dir, "vae")?.join("config.json"))?;
-        let name = dir.display().to_string();
-        Ok(image_size(&name, size, pixels_per_token(&vae)))
+        Ok(image_size(size, pixels_per_token(&vae)))
     }
 
     /// The denoising transformer.

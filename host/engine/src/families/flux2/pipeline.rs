@@ -191,8 +191,7 @@ impl Flux2Pipeline {
     pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
         let vae: AutoencoderKLFlux2Config =
             read_config(&component(dir, "vae")?.join("config.json"))?;
-        let name = dir.display().to_string();
-        Ok(image_size(&name, size, pixels_per_token(&vae)))
+        Ok(image_size(size, pixels_per_token(&vae)))
     }
 
     /// The denoising transformer.

@@ -266,7 +266,7 @@ impl LTX2Pipeline {
     /// [`size_rule`] of the pipeline in `dir`, from its VAE's config alone.
     pub fn inspect_size(dir: &Path, size: VideoSize) -> Result<Result<(), SizeRefused>> {
         let vae = read_config(&pipeline_component(dir, "vae")?.join("config.json"))?;
-        Ok(size_rule(&dir.display().to_string(), &vae, size))
+        Ok(size_rule(&vae, size))
     }
 
     /// Latent frames per pixel frame step (`vae_temporal_compression_ratio`).
@@ -625,7 +625,7 @@ impl LTX2Pipeline {
 
     /// Refuses requests the model cannot make, naming the rule.
     fn check(&self, params: &GenerateParams) -> Result<()> {
-        size_rule(&self.name, self.vae.config(), params.size())?;
+        size_rule(self.vae.config(), params.size())?;
         if params.steps == 0 {
             bail!("steps must be at least 1");
         }
@@ -1149,25 +1149,20 @@ pub fn start_image_rule(image_to_video: bool) -> StartImage {
     }
 }
 
-/// The sizes the LTX-2 model `name` with the VAE of `vae` makes: sides multiples of its spatial
-/// ratio and at least 32 (the reference pipeline's rule), `ratio·k + 1` frames for its temporal
-/// ratio.
-fn size_rule(
-    name: &str,
-    vae: &AutoencoderKLLTX2VideoConfig,
-    size: VideoSize,
-) -> Result<(), SizeRefused> {
+/// The sizes an LTX-2 model with the VAE of `vae` makes: sides multiples of its spatial ratio and
+/// at least 32 (the reference pipeline's rule), `ratio·k + 1` frames for its temporal ratio.
+fn size_rule(vae: &AutoencoderKLLTX2VideoConfig, size: VideoSize) -> Result<(), SizeRefused> {
     let spatial = vae.spatial_compression_ratio().max(32);
     let temporal = vae.temporal_compression_ratio();
     if !size.sides_are_multiples(spatial, spatial) {
         return Err(SizeRefused(format!(
-            "{name}: height and width must be positive multiples of {spatial}, got {}x{}",
+            "height and width must be positive multiples of {spatial}, got {}x{}",
             size.width, size.height
         )));
     }
     if !size.frames_are_step_plus_one(temporal) {
         return Err(SizeRefused(format!(
-            "{name}: LTX-2 makes {temporal}k+1 frames (9, 17, ..., 121), not {}",
+            "LTX-2 makes {temporal}k+1 frames (9, 17, ..., 121), not {}",
             size.frames
         )));
     }
