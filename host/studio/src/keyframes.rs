@@ -10,7 +10,7 @@
 use crate::app::App;
 use crate::db::{Db, now_ms, rfc3339};
 use crate::error::{Result, StudioError};
-use crate::generation::{RenderSettings, random_seed};
+use crate::generation::{Length, RenderSettings, random_seed};
 use crate::images::{ImageOutput, ImageRequest};
 use crate::jobs::{JobContext, JobRunner, Lane};
 use crate::models;
@@ -145,6 +145,13 @@ fn settings(
     };
     render.check()?;
     Ok(render)
+}
+
+/// Refuses, before a look or keyframe is queued, a render whose image model is not installed or
+/// cannot make its size (one frame of it: [`RenderSettings::check_size`]).
+fn check_image_model(app: &App, render: &RenderSettings) -> Result<()> {
+    let model = models::image_model(app.data_dir(), render.image_model.as_deref())?;
+    render.check_size(&model.name, &model.path, Length::Frames(1))
 }
 
 /// A reference portrait's prompt: the character's description verbatim (as every shot's prompt
@@ -375,7 +382,7 @@ impl JobRunner for LookRunner {
         let request: MakeLook = parse("look", params)?;
         bible_character(app, request.storyboard_id, &request.character_id)?;
         let render = settings(app, request.storyboard_id, request.render)?;
-        models::image_model(app.data_dir(), render.image_model.as_deref()).map(drop)
+        check_image_model(app, &render)
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeLook = parse("look", params)?;
@@ -404,7 +411,7 @@ impl JobRunner for KeyframeRunner {
         let shot = shots::get_shot(&app.db, request.shot_id)?;
         keyframe_prompt(&shot)?;
         let render = settings(app, shot.storyboard_id, request.render)?;
-        models::image_model(app.data_dir(), render.image_model.as_deref()).map(drop)
+        check_image_model(app, &render)
     }
     fn run(&self, app: &App, ctx: &JobContext, params: &Value) -> Result<Value> {
         let request: MakeKeyframe = parse("keyframe", params)?;
@@ -593,6 +600,29 @@ mod tests {
             .to_string();
         assert_eq!(err, "shot 1 has no prompt");
         assert!(list_looks(&app.db, board).unwrap().is_empty());
+    }
+
+    #[test]
+    fn looks_and_keyframes_of_a_size_the_image_model_cannot_make_are_refused_before_queueing() {
+        let (_dir, app, board) = studio(&["tiny-flux1-dev"]);
+        let render = json!({ "width": 40, "height": 40, "steps": 2 });
+        let expected = "`tiny-flux1-dev` cannot make it: height and width must be positive \
+                        multiples of 16 for this model, got 40x40";
+        let mut look = look_of(board, "mara");
+        look["render"] = render.clone();
+        let err = LookRunner.check(&app, &look).unwrap_err();
+        assert_eq!((err.code(), err.to_string().as_str()), ("refused", expected));
+        let fields = ShotFields {
+            prompt: Some("a clock tower at dawn".into()),
+            ..ShotFields::default()
+        };
+        let shot = shots::create_shot(&app.db, board, &fields).unwrap();
+        let keyframe = json!({ "shot_id": shot.id, "render": render });
+        let err = KeyframeRunner.check(&app, &keyframe).unwrap_err();
+        assert_eq!((err.code(), err.to_string().as_str()), ("refused", expected));
+        // A size it makes passes.
+        look["render"] = json!({ "width": 32, "height": 48, "steps": 2 });
+        LookRunner.check(&app, &look).unwrap();
     }
 
     #[test]
