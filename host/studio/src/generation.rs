@@ -22,12 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use videosdgx_engine::lora::LoraSpec;
-use videosdgx_engine::parallel::{
-    Layout, RankTime, SplitGeneration, SplitRefused, generate_split_on,
-};
+use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, generate_split_on};
 use videosdgx_engine::pipelines::{
-    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, SizeRefused,
-    Stage, StartImage, VideoSize,
+    Cancelled, GenerateParams, GeneratedVideo, ImageInput, Pipeline, Progress, Quant, Stage,
+    StartImage, VideoSize,
 };
 use videosdgx_engine::schedulers::step_cache::CacheSpec;
 
@@ -634,7 +632,7 @@ impl GenerationTask {
 /// A generation's error as the studio's: what the engine refuses for the request itself (a
 /// split, a size) it refuses on every attempt.
 fn engine_error(e: anyhow::Error) -> StudioError {
-    if e.downcast_ref::<SplitRefused>().is_some() || e.downcast_ref::<SizeRefused>().is_some() {
+    if videosdgx_engine::pipelines::is_refusal(&e) {
         StudioError::Refused(format!("{e:#}"))
     } else {
         StudioError::Internal(e)

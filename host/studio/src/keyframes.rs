@@ -611,7 +611,10 @@ mod tests {
         let mut look = look_of(board, "mara");
         look["render"] = render.clone();
         let err = LookRunner.check(&app, &look).unwrap_err();
-        assert_eq!((err.code(), err.to_string().as_str()), ("refused", expected));
+        assert_eq!(
+            (err.code(), err.to_string().as_str()),
+            ("refused", expected)
+        );
         let fields = ShotFields {
             prompt: Some("a clock tower at dawn".into()),
             ..ShotFields::default()
@@ -619,7 +622,10 @@ mod tests {
         let shot = shots::create_shot(&app.db, board, &fields).unwrap();
         let keyframe = json!({ "shot_id": shot.id, "render": render });
         let err = KeyframeRunner.check(&app, &keyframe).unwrap_err();
-        assert_eq!((err.code(), err.to_string().as_str()), ("refused", expected));
+        assert_eq!(
+            (err.code(), err.to_string().as_str()),
+            ("refused", expected)
+        );
         // A size it makes passes.
         look["render"] = json!({ "width": 32, "height": 48, "steps": 2 });
         LookRunner.check(&app, &look).unwrap();

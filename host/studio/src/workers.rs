@@ -94,15 +94,20 @@ pub enum TaskOutcome {
         #[schema(value_type = Object)]
         params: Box<GenerateParams>,
     },
-    /// The task failed there (the job may be retried).
-    Failed { error: String },
+    /// The task failed there: retried elsewhere unless `refused`, which says the engine refused
+    /// the request itself (a size or a split the model cannot take), as every card would.
+    Failed {
+        error: String,
+        #[serde(default)]
+        refused: bool,
+    },
 }
 
 /// What a card waiting for its worker hears.
 enum TaskEvent {
     Progress(TaskProgress),
     Succeeded(Box<GenerateParams>),
-    Failed(String),
+    Failed { error: String, refused: bool },
 }
 
 /// A worker's signs of life.
@@ -226,11 +231,13 @@ impl RemoteCard {
                     last = progress;
                 }
                 Ok(TaskEvent::Succeeded(params)) => return Ok(*params),
-                Ok(TaskEvent::Failed(error)) => {
-                    return Err(StudioError::Internal(anyhow::anyhow!(
-                        "on {}: {error}",
-                        self.label
-                    )));
+                Ok(TaskEvent::Failed { error, refused }) => {
+                    let error = format!("on {}: {error}", self.label);
+                    return Err(if refused {
+                        StudioError::Refused(error)
+                    } else {
+                        StudioError::Internal(anyhow::anyhow!(error))
+                    });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
                     if !self.alive() {
@@ -486,7 +493,7 @@ impl Workers {
                 }
                 TaskEvent::Succeeded(params)
             }
-            TaskOutcome::Failed { error } => TaskEvent::Failed(error),
+            TaskOutcome::Failed { error, refused } => TaskEvent::Failed { error, refused },
         };
         let offer = mailbox.take().expect("checked by offer");
         offer.events.send(event).map_err(|_| withdrawn(task_id))
@@ -560,20 +567,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_task_is_offered_until_it_ends_and_refused_after() {
-        let workers = Workers::new(Duration::from_secs(600));
+    /// Worker `spark-2` with one card, joined to `workers`.
+    fn join_spark(workers: &Workers) -> (Registered, Vec<Arc<RemoteCard>>) {
         let registration = Registration {
             name: "spark-2".into(),
             cards: vec!["cuda:0".into()],
             version: VERSION.into(),
         };
-        let (registered, cards) = workers.register(&registration).unwrap();
-        let id = registered.id.as_str();
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        workers.register(&registration).unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A worker whose engine refused the request itself (a size, a split) fails the generation
+    /// for good: every card would refuse it alike, so the queue does not try it elsewhere.
+    #[test]
+    fn a_refusal_on_a_worker_fails_the_generation_for_good() {
+        let workers = Workers::new(Duration::from_secs(600));
+        let (registered, cards) = join_spark(&workers);
+        let id = registered.id.as_str();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.mp4");
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| {
+                let mut report = |_: &str, _, _| ControlFlow::Continue(());
+                cards[0].run(Path::new("/models/tiny"), &task(), &out, &mut report)
+            });
+            let offered = runtime()
+                .block_on(workers.next_task(id, 0, Duration::from_secs(60)))
+                .unwrap()
+                .expect("a task");
+            let refused = TaskOutcome::Failed {
+                error: "height and width must be positive multiples of 16".into(),
+                refused: true,
+            };
+            workers.finish(id, &offered.task_id, refused).unwrap();
+            let err = running.join().unwrap().unwrap_err();
+            assert!(err.is_permanent(), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "on spark-2/cuda:0: height and width must be positive multiples of 16"
+            );
+        });
+    }
+
+    #[test]
+    fn a_task_is_offered_until_it_ends_and_refused_after() {
+        let workers = Workers::new(Duration::from_secs(600));
+        let (registered, cards) = join_spark(&workers);
+        let id = registered.id.as_str();
+        let runtime = runtime();
         let next = || {
             runtime
                 .block_on(workers.next_task(id, 0, Duration::from_secs(60)))
@@ -606,11 +654,13 @@ mod tests {
             workers.progress(id, &first.task_id, step.clone()).unwrap();
             let failed = TaskOutcome::Failed {
                 error: "out of memory".into(),
+                refused: false,
             };
             workers.finish(id, &first.task_id, failed.clone()).unwrap();
             let (ended, stages) = running.join().unwrap();
-            let err = ended.unwrap_err().to_string();
-            assert_eq!(err, "on spark-2/cuda:0: out of memory");
+            let err = ended.unwrap_err();
+            assert!(!err.is_permanent(), "{err:?}");
+            assert_eq!(err.to_string(), "on spark-2/cuda:0: out of memory");
             assert_eq!(stages[..2], ["sent to spark-2/cuda:0", "denoising"]);
             // Whatever comes about it later is refused.
             for refused in [

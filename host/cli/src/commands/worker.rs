@@ -421,7 +421,10 @@ impl Lane<'_> {
                         Ok(answer) => format!("the studio refused the output: {}", answer.error()),
                         Err(e) => format!("cannot send the output to the studio: {e:#}"),
                     };
-                    let failed = TaskOutcome::Failed { error };
+                    let failed = TaskOutcome::Failed {
+                        error,
+                        refused: false,
+                    };
                     until_answered(&|| {
                         self.studio
                             .call("POST", &format!("{task_path}/outcome"), Some(&failed))
@@ -437,6 +440,7 @@ impl Lane<'_> {
                 tracing::warn!(task = %assignment.task_id, "failed: {e:#}");
                 let failed = TaskOutcome::Failed {
                     error: format!("{e:#}"),
+                    refused: videosdgx_engine::pipelines::is_refusal(&e),
                 };
                 until_answered(&|| {
                     self.studio

@@ -162,6 +162,13 @@ impl VideoSize {
 #[error("{0}")]
 pub struct SizeRefused(pub(crate) String);
 
+/// Whether `e` is the engine refusing the request itself ([`SizeRefused`], or a split the model
+/// cannot take, [`crate::parallel::SplitRefused`]): another attempt, on any card, is refused alike.
+pub fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<SizeRefused>().is_some()
+        || e.downcast_ref::<crate::parallel::SplitRefused>().is_some()
+}
+
 /// One conditioning item of an audio-video model (the reference's `LTX2VideoCondition`, without
 /// the H.264 re-compression it applies to single images by default, as with its `crf=0`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
