@@ -602,6 +602,32 @@ fn ltx2_capabilities(start_image: StartImage) -> Capabilities {
     }
 }
 
+/// The family of the pipeline a `model_index.json` names: the one place its `_class_name` is
+/// mapped, so that every config-only question and loading agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Wan,
+    Flux,
+    Flux2,
+    Ltx2,
+}
+
+impl Family {
+    fn of(dir: &Path, index: &crate::loader::PipelineIndex) -> anyhow::Result<Self> {
+        Ok(match index.class_name.as_str() {
+            "WanPipeline" | "WanImageToVideoPipeline" => Self::Wan,
+            "FluxPipeline" | "FluxKontextPipeline" => Self::Flux,
+            "Flux2KleinPipeline" | "Flux2Pipeline" => Self::Flux2,
+            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => Self::Ltx2,
+            other => bail!(
+                "{}: `{other}` pipelines are not supported (supported: {})",
+                dir.display(),
+                Pipeline::CLASSES.join(", ")
+            ),
+        })
+    }
+}
+
 /// A model directory's pipeline, whatever its family.
 pub enum Pipeline {
     Wan(Box<WanPipeline>),
@@ -625,25 +651,11 @@ impl Pipeline {
 
     /// Loads the pipeline in `dir` (weights memory-mapped), chosen by its `model_index.json`.
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Pipeline> {
-        let index = read_pipeline_index(dir)?;
-        Ok(match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => {
-                Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?))
-            }
-            "FluxPipeline" | "FluxKontextPipeline" => {
-                Pipeline::Flux(Box::new(FluxPipeline::load(dir, device, dtype)?))
-            }
-            "Flux2KleinPipeline" | "Flux2Pipeline" => {
-                Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?))
-            }
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
-                Pipeline::Ltx2(Box::new(LTX2Pipeline::load(dir, device, dtype)?))
-            }
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
+        Ok(match Family::of(dir, &read_pipeline_index(dir)?)? {
+            Family::Wan => Pipeline::Wan(Box::new(WanPipeline::load(dir, device, dtype)?)),
+            Family::Flux => Pipeline::Flux(Box::new(FluxPipeline::load(dir, device, dtype)?)),
+            Family::Flux2 => Pipeline::Flux2(Box::new(Flux2Pipeline::load(dir, device, dtype)?)),
+            Family::Ltx2 => Pipeline::Ltx2(Box::new(LTX2Pipeline::load(dir, device, dtype)?)),
         })
     }
 
@@ -654,12 +666,17 @@ impl Pipeline {
     pub fn call_defaults(dir: &Path) -> anyhow::Result<CallDefaults> {
         let index = read_pipeline_index(dir)?;
         let setting = |key: &str| index.settings.get(key).and_then(|v| v.as_bool());
-        let (steps, guidance) = match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => (50, 5.0),
-            "Flux2KleinPipeline" if setting("is_distilled") == Some(true) => (4, 1.0),
-            "Flux2KleinPipeline" | "Flux2Pipeline" => (50, 4.0),
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => (30, 3.0),
-            "FluxPipeline" | "FluxKontextPipeline" => {
+        let (steps, guidance) = match Family::of(dir, &index)? {
+            Family::Wan => (50, 5.0),
+            Family::Flux2
+                if index.class_name == "Flux2KleinPipeline"
+                    && setting("is_distilled") == Some(true) =>
+            {
+                (4, 1.0)
+            }
+            Family::Flux2 => (50, 4.0),
+            Family::Ltx2 => (30, 3.0),
+            Family::Flux => {
                 let config: serde_json::Value =
                     crate::loader::read_config(&dir.join("transformer").join("config.json"))?;
                 match config["guidance_embeds"].as_bool() {
@@ -668,11 +685,6 @@ impl Pipeline {
                     Some(true) => (28, 3.5),
                 }
             }
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
         };
         Ok(CallDefaults { steps, guidance })
     }
@@ -683,8 +695,8 @@ impl Pipeline {
         let index = read_pipeline_index(dir)?;
         let vae_config =
             || crate::loader::pipeline_component(dir, "vae").map(|d| d.join("config.json"));
-        Ok(match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => {
+        Ok(match Family::of(dir, &index).ok() {
+            Some(Family::Wan) => {
                 let vae: crate::families::wan::vae::WanVaeConfig =
                     crate::loader::read_config(&vae_config()?)?;
                 let two_experts = index.component("transformer_2").is_some();
@@ -694,7 +706,7 @@ impl Pipeline {
                     ..VideoRules::wan()
                 })
             }
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
+            Some(Family::Ltx2) => {
                 let vae: crate::families::ltx2::video_vae::AutoencoderKLLTX2VideoConfig =
                     crate::loader::read_config(&vae_config()?)?;
                 Some(VideoRules {
@@ -713,15 +725,15 @@ impl Pipeline {
     /// alone (no weights are read): what listing installed models needs.
     pub fn inspect(dir: &Path) -> anyhow::Result<Capabilities> {
         let index = read_pipeline_index(dir)?;
-        Ok(match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => Capabilities {
+        Ok(match Family::of(dir, &index)? {
+            Family::Wan => Capabilities {
                 output: Output::Video {
                     fps: crate::families::wan::pipeline::WAN_FPS,
                 },
                 start_image: WanPipeline::inspect_start_image(dir, &index)?,
                 references: References::Unsupported,
             },
-            "FluxPipeline" | "FluxKontextPipeline" => Capabilities {
+            Family::Flux => Capabilities {
                 output: Output::Image,
                 start_image: StartImage::Unsupported,
                 references: if index.class_name == "FluxKontextPipeline" {
@@ -730,19 +742,14 @@ impl Pipeline {
                     References::Unsupported
                 },
             },
-            "Flux2KleinPipeline" | "Flux2Pipeline" => Capabilities {
+            Family::Flux2 => Capabilities {
                 output: Output::Image,
                 start_image: StartImage::Unsupported,
                 references: References::Optional,
             },
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => ltx2_capabilities(start_image_rule(
+            Family::Ltx2 => ltx2_capabilities(start_image_rule(
                 index.class_name == "LTX2ImageToVideoPipeline",
             )),
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
         })
     }
 
@@ -782,22 +789,10 @@ impl Pipeline {
 
     /// [`Pipeline::frames_for`] of the pipeline in `dir`, from its configs alone.
     pub fn inspect_frames_for(dir: &Path, seconds: f64) -> anyhow::Result<usize> {
-        let index = read_pipeline_index(dir)?;
-        match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => {
-                WanPipeline::inspect_frames_for(dir, seconds)
-            }
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => {
-                LTX2Pipeline::inspect_frames_for(dir, seconds)
-            }
-            "FluxPipeline" | "FluxKontextPipeline" | "Flux2KleinPipeline" | "Flux2Pipeline" => {
-                Ok(1)
-            }
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
+        match Family::of(dir, &read_pipeline_index(dir)?)? {
+            Family::Wan => WanPipeline::inspect_frames_for(dir, seconds),
+            Family::Ltx2 => LTX2Pipeline::inspect_frames_for(dir, seconds),
+            Family::Flux | Family::Flux2 => Ok(1),
         }
     }
 
@@ -833,18 +828,11 @@ impl Pipeline {
     /// are read): what a split is checked against before it is queued.
     pub fn inspect_split(dir: &Path, size: VideoSize) -> anyhow::Result<SplitSupport> {
         let index = read_pipeline_index(dir)?;
-        match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => {
-                WanPipeline::inspect_split(dir, &index, size)
-            }
-            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_split(dir, size),
-            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_split(dir, size),
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_split(dir, size),
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
+        match Family::of(dir, &index)? {
+            Family::Wan => WanPipeline::inspect_split(dir, &index, size),
+            Family::Flux => FluxPipeline::inspect_split(dir, size),
+            Family::Flux2 => Flux2Pipeline::inspect_split(dir, size),
+            Family::Ltx2 => LTX2Pipeline::inspect_split(dir, size),
         }
     }
 
@@ -853,17 +841,11 @@ impl Pipeline {
     /// against before it is queued, refused as generating it would be. The outer error is
     /// reading the configs; the inner one the model's refusal.
     pub fn inspect_size(dir: &Path, size: VideoSize) -> anyhow::Result<Result<(), SizeRefused>> {
-        let index = read_pipeline_index(dir)?;
-        match index.class_name.as_str() {
-            "WanPipeline" | "WanImageToVideoPipeline" => WanPipeline::inspect_size(dir, size),
-            "FluxPipeline" | "FluxKontextPipeline" => FluxPipeline::inspect_size(dir, size),
-            "Flux2KleinPipeline" | "Flux2Pipeline" => Flux2Pipeline::inspect_size(dir, size),
-            "LTX2Pipeline" | "LTX2ImageToVideoPipeline" => LTX2Pipeline::inspect_size(dir, size),
-            other => bail!(
-                "{}: `{other}` pipelines are not supported (supported: {})",
-                dir.display(),
-                Self::CLASSES.join(", ")
-            ),
+        match Family::of(dir, &read_pipeline_index(dir)?)? {
+            Family::Wan => WanPipeline::inspect_size(dir, size),
+            Family::Flux => FluxPipeline::inspect_size(dir, size),
+            Family::Flux2 => Flux2Pipeline::inspect_size(dir, size),
+            Family::Ltx2 => LTX2Pipeline::inspect_size(dir, size),
         }
     }
 
