@@ -285,7 +285,7 @@ pub(crate) fn frame_conv(
     epilogue: &Epilogue,
 ) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
-    if cudnn_takes(x) && spec.frames_aligned(x, weight, bias)? {
+    if kernel_takes("conv", x) && spec.frames_aligned(x, weight, bias)? {
         return videosdgx_kernels::frame_conv(x, weight, bias, spec, epilogue);
     }
     #[cfg(feature = "cuda")]
@@ -310,7 +310,7 @@ pub(crate) fn image_conv_nhwc(
     epilogue: &Epilogue,
 ) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
-    if cudnn_takes(x) {
+    if kernel_takes("conv", x) {
         return videosdgx_kernels::image_conv_nhwc(x, weight, bias, spec, epilogue);
     }
     #[cfg(feature = "cuda")]
@@ -321,17 +321,6 @@ pub(crate) fn image_conv_nhwc(
         spec,
         epilogue,
     )
-}
-
-/// Whether cuDNN takes a convolution of `x`: on CUDA, in bf16 or f32, unless turned off.
-#[cfg(feature = "cudnn")]
-fn cudnn_takes(x: &Tensor) -> bool {
-    !disabled("conv")
-        && x.device().is_cuda()
-        && matches!(
-            x.dtype(),
-            candle_core::DType::BF16 | candle_core::DType::F32
-        )
 }
 
 /// A reference convolution in the dtype candle convolves `x` in (f32 for half precision on the
@@ -359,13 +348,7 @@ fn reference_conv(
 pub(crate) fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     {
-        if !disabled("warp")
-            && image.device().is_cuda()
-            && matches!(
-                image.dtype(),
-                candle_core::DType::BF16 | candle_core::DType::F32
-            )
-        {
+        if kernel_takes("warp", image) {
             return videosdgx_kernels::warp(image, flow);
         }
         warn_fallback(image, "warp");
@@ -379,13 +362,7 @@ pub(crate) fn warp(image: &Tensor, flow: &Tensor) -> Result<Tensor> {
 pub(crate) fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     {
-        if !disabled("pad")
-            && x.device().is_cuda()
-            && matches!(
-                x.dtype(),
-                candle_core::DType::BF16 | candle_core::DType::F32
-            )
-        {
+        if kernel_takes("pad", x) {
             return videosdgx_kernels::pad_frames(x, padding);
         }
         warn_fallback(x, "pad frames");
@@ -451,6 +428,13 @@ pub(crate) fn disabled(op: &str) -> bool {
             .collect()
     });
     off.iter().any(|o| o == op || o == "all")
+}
+
+/// Whether the kernel of `op` takes `x`: on CUDA, in bf16 or f32, unless `VIDEOSDGX_UNFUSED` turns
+/// it off.
+#[cfg(feature = "cuda")]
+fn kernel_takes(op: &str, x: &Tensor) -> bool {
+    !disabled(op) && x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F32)
 }
 
 /// One warning per op and process when a CUDA input takes the portable path.

@@ -480,6 +480,27 @@ pub struct GenerationTask {
     pub local_files: HashMap<PathBuf, PathBuf>,
 }
 
+#[cfg(test)]
+impl GenerationTask {
+    /// A text-to-video task of `model`: seed 7, no negative prompt, images or LoRAs.
+    pub(crate) fn plain(model: &str, prompt: &str, length: Length, render: RenderSettings) -> Self {
+        Self {
+            model: model.into(),
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            length,
+            seed: 7,
+            render,
+            start_image: None,
+            references: Vec::new(),
+            loras: Vec::new(),
+            applied_loras: Vec::new(),
+            still: false,
+            local_files: HashMap::new(),
+        }
+    }
+}
+
 impl GenerationTask {
     /// The studio's files the task names: its start frame, references and LoRAs.
     pub fn files(&self) -> Vec<&Path> {
@@ -1609,36 +1630,28 @@ mod tests {
         assert!(list_jobs(&app.db, None, 10).unwrap().is_empty());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_split_refused_when_the_job_runs_fails_it_once_before_taking_a_card() {
-        use crate::jobs::{JobQueue, JobState, NewJob, get_job};
-        let (_dir, app) = studio_on_lanes(2);
-        let shot = shot(
-            &app,
-            ShotFields {
-                model: Some("tiny-wan-t2v".into()),
-                ..prompt("a lighthouse at dusk")
-            },
-        );
-        let render = RenderSettings {
-            split_cards: 2,
-            cfg_parallel: true,
-            ..tiny()
-        };
+    /// Submits a `generate` job for `shot` with `render`, moves the shot to `tiny-ltx2` while the
+    /// job waits (what was checked at submission no longer holds), and runs the queue until the
+    /// job ends.
+    async fn generate_after_the_shot_moves_to_ltx2(
+        app: &Arc<App>,
+        shot: i64,
+        render: &RenderSettings,
+    ) -> crate::jobs::Job {
+        use crate::jobs::{JobQueue, NewJob, get_job};
         let new = NewJob {
             kind: "generate".into(),
-            params: json!({ "shot_id": shot.id, "render": render }),
+            params: json!({ "shot_id": shot, "render": render }),
             max_attempts: None,
             project_id: None,
         };
-        let id = app.jobs.submit(&app, &new).unwrap().id;
-        // While it waits, the shot moves to a model that batches its guidance passes.
+        let id = app.jobs.submit(app, &new).unwrap().id;
         let ltx = ShotFields {
             model: Some("tiny-ltx2".into()),
             ..Default::default()
         };
-        shots::update_shot(&app.db, shot.id, &ltx).unwrap();
-        let workers = JobQueue::start(&app, 1);
+        shots::update_shot(&app.db, shot, &ltx).unwrap();
+        let workers = JobQueue::start(app, 1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let job = loop {
             let job = get_job(&app.db, id).unwrap();
@@ -1652,6 +1665,27 @@ mod tests {
         for w in workers {
             w.await.unwrap();
         }
+        job
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_split_refused_when_the_job_runs_fails_it_once_before_taking_a_card() {
+        use crate::jobs::JobState;
+        let (_dir, app) = studio_on_lanes(2);
+        let shot = shot(
+            &app,
+            ShotFields {
+                model: Some("tiny-wan-t2v".into()),
+                ..prompt("a lighthouse at dusk")
+            },
+        );
+        let render = RenderSettings {
+            split_cards: 2,
+            cfg_parallel: true,
+            ..tiny()
+        };
+        // While it waits, the shot moves to a model that batches its guidance passes.
+        let job = generate_after_the_shot_moves_to_ltx2(&app, shot.id, &render).await;
         assert_eq!(job.state, JobState::Failed, "{job:?}");
         assert_eq!((job.attempts, job.max_attempts), (1, 3), "not retried");
         let error = job.error.unwrap();
@@ -1717,7 +1751,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_size_refused_when_the_job_runs_fails_it_once_before_taking_a_card() {
-        use crate::jobs::{JobQueue, JobState, NewJob, get_job};
+        use crate::jobs::JobState;
         let (_dir, app) = studio_on_lanes(1);
         let fields = ShotFields {
             model: Some("tiny-wan-t2v".into()),
@@ -1729,33 +1763,8 @@ mod tests {
             height: 48,
             ..tiny()
         };
-        let new = NewJob {
-            kind: "generate".into(),
-            params: json!({ "shot_id": shot.id, "render": render }),
-            max_attempts: None,
-            project_id: None,
-        };
-        let id = app.jobs.submit(&app, &new).unwrap().id;
         // While it waits, the shot moves to a model whose sides are multiples of 32.
-        let ltx = ShotFields {
-            model: Some("tiny-ltx2".into()),
-            ..Default::default()
-        };
-        shots::update_shot(&app.db, shot.id, &ltx).unwrap();
-        let workers = JobQueue::start(&app, 1);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let job = loop {
-            let job = get_job(&app.db, id).unwrap();
-            if job.state.is_finished() {
-                break job;
-            }
-            assert!(std::time::Instant::now() < deadline, "{job:?}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
-        app.jobs.stop();
-        for w in workers {
-            w.await.unwrap();
-        }
+        let job = generate_after_the_shot_moves_to_ltx2(&app, shot.id, &render).await;
         assert_eq!(job.state, JobState::Failed, "{job:?}");
         assert_eq!((job.attempts, job.max_attempts), (1, 3), "not retried");
         let error = job.error.unwrap();
@@ -1773,24 +1782,12 @@ mod tests {
         let model = models::video_model_dir(dir.path(), "tiny-wan-t2v").unwrap();
         let mut pipeline =
             Pipeline::open(&model, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-        let task = GenerationTask {
-            model: "tiny-wan-t2v".into(),
-            prompt: "a storm".into(),
-            negative_prompt: String::new(),
-            length: Length::Frames(5),
-            seed: 7,
-            render: RenderSettings {
-                width: 500,
-                height: 300,
-                ..tiny()
-            },
-            start_image: None,
-            references: Vec::new(),
-            loras: Vec::new(),
-            applied_loras: Vec::new(),
-            still: false,
-            local_files: HashMap::new(),
+        let render = RenderSettings {
+            width: 500,
+            height: 300,
+            ..tiny()
         };
+        let task = GenerationTask::plain("tiny-wan-t2v", "a storm", Length::Frames(5), render);
         let err = task
             .generate(&mut pipeline, &mut |_, _, _| ControlFlow::Continue(()))
             .err()

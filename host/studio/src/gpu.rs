@@ -1285,26 +1285,22 @@ mod tests {
 
     /// The tiny Wan model's generation, split across `split_cards` of the studio's cards.
     fn tiny_task(split_cards: usize) -> GenerationTask {
+        let render = RenderSettings {
+            height: 32,
+            width: 48,
+            steps: 3,
+            guidance: 5.0,
+            split_cards,
+            ..RenderSettings::default()
+        };
         GenerationTask {
-            model: "tiny-wan-t2v".into(),
-            prompt: "a cat walks on the grass".into(),
             negative_prompt: "blurry".into(),
-            length: crate::generation::Length::Frames(5),
-            seed: 7,
-            render: RenderSettings {
-                height: 32,
-                width: 48,
-                steps: 3,
-                guidance: 5.0,
-                split_cards,
-                ..RenderSettings::default()
-            },
-            start_image: None,
-            references: Vec::new(),
-            loras: Vec::new(),
-            applied_loras: Vec::new(),
-            still: false,
-            local_files: Default::default(),
+            ..GenerationTask::plain(
+                "tiny-wan-t2v",
+                "a cat walks on the grass",
+                crate::generation::Length::Frames(5),
+                render,
+            )
         }
     }
 

@@ -551,20 +551,12 @@ mod tests {
     use std::ops::ControlFlow;
 
     fn task() -> GenerationTask {
-        GenerationTask {
-            model: "tiny".into(),
-            prompt: "a paper boat".into(),
-            negative_prompt: String::new(),
-            length: Length::Frames(1),
-            seed: 7,
-            render: RenderSettings::default(),
-            start_image: None,
-            references: Vec::new(),
-            loras: Vec::new(),
-            applied_loras: Vec::new(),
-            still: false,
-            local_files: HashMap::new(),
-        }
+        GenerationTask::plain(
+            "tiny",
+            "a paper boat",
+            Length::Frames(1),
+            RenderSettings::default(),
+        )
     }
 
     /// Worker `spark-2` with one card, joined to `workers`.
