@@ -1563,6 +1563,32 @@ mod tests {
             .with(|c| shots::add_take(c, shot.id, split.asset.id, record.id))
             .unwrap();
         assert_eq!(added.layout, Some(record.layout));
+        // A reviewed take says what its reviewer said, read alone or with its shot.
+        let review = shots::add_review(
+            &app.db,
+            &shots::NewReview {
+                take_id: take.id,
+                plugin_id: "critic".into(),
+                accept: false,
+                score: 0.25,
+                reasons: "the storm is missing".into(),
+                revised_prompt: Some("a storm at sea".into()),
+                revised_negative_prompt: None,
+                attempt: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            shots::get_take(&app.db, take.id).unwrap().review,
+            Some(review.clone())
+        );
+        let reviews: Vec<Option<shots::Review>> = shots::get_shot(&app.db, shot.id)
+            .unwrap()
+            .takes
+            .into_iter()
+            .map(|t| t.review)
+            .collect();
+        assert_eq!(reviews, [None, Some(review), None]);
     }
 
     #[test]

@@ -153,10 +153,17 @@ impl ShotFields {
     }
 }
 
-/// Takes with their generation's layout columns (null without a record): every take is read
-/// through it, so each says how it was laid out wherever it is returned.
-const SELECT_TAKES: &str = "SELECT t.*, g.split_cards, g.cfg_parallel, g.ranks
-     FROM takes t LEFT JOIN generations g ON g.id = t.generation_id";
+/// Takes with their generation's layout columns (null without a record) and their review
+/// (`review_*`, null before one): every take is read through it, so each says how it was laid out
+/// and what its reviewer said wherever it is returned.
+const SELECT_TAKES: &str = "SELECT t.*, g.split_cards, g.cfg_parallel, g.ranks,
+         r.id AS review_id, r.take_id AS review_take_id, r.plugin_id AS review_plugin_id,
+         r.verdict AS review_verdict, r.score AS review_score, r.reasons AS review_reasons,
+         r.revised_prompt AS review_revised_prompt,
+         r.revised_negative_prompt AS review_revised_negative_prompt,
+         r.attempt AS review_attempt, r.created_at AS review_created_at
+     FROM takes t LEFT JOIN generations g ON g.id = t.generation_id
+         LEFT JOIN take_reviews r ON r.take_id = t.id";
 
 /// A row of [`SELECT_TAKES`].
 fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
@@ -169,7 +176,10 @@ fn take_from_row(row: &Row) -> rusqlite::Result<Take> {
         finished_from: row.get("finished_from")?,
         finish_target: row.get("finish_target")?,
         created_at: rfc3339(row.get("created_at")?),
-        review: None,
+        review: match row.get::<_, Option<i64>>("review_id")? {
+            Some(_) => Some(review_from_row(row, "review_")?),
+            None => None,
+        },
         layout: recorded
             .then(|| GenerationLayout::from_row(row))
             .transpose()?,
@@ -187,18 +197,20 @@ fn read_take(c: &Connection, id: i64) -> Result<Take> {
     .ok_or_else(|| StudioError::not_found("take", id))
 }
 
-fn review_from_row(row: &Row) -> rusqlite::Result<Review> {
+/// A review from `row`'s columns named `prefix` + the table's (`review_` in [`SELECT_TAKES`]).
+fn review_from_row(row: &Row, prefix: &str) -> rusqlite::Result<Review> {
+    let column = |name: &str| format!("{prefix}{name}");
     Ok(Review {
-        id: row.get("id")?,
-        take_id: row.get("take_id")?,
-        plugin_id: row.get("plugin_id")?,
-        verdict: row.get("verdict")?,
-        score: row.get("score")?,
-        reasons: row.get("reasons")?,
-        revised_prompt: row.get("revised_prompt")?,
-        revised_negative_prompt: row.get("revised_negative_prompt")?,
-        attempt: row.get("attempt")?,
-        created_at: rfc3339(row.get("created_at")?),
+        id: row.get(&*column("id"))?,
+        take_id: row.get(&*column("take_id"))?,
+        plugin_id: row.get(&*column("plugin_id"))?,
+        verdict: row.get(&*column("verdict"))?,
+        score: row.get(&*column("score"))?,
+        reasons: row.get(&*column("reasons"))?,
+        revised_prompt: row.get(&*column("revised_prompt"))?,
+        revised_negative_prompt: row.get(&*column("revised_negative_prompt"))?,
+        attempt: row.get(&*column("attempt"))?,
+        created_at: rfc3339(row.get(&*column("created_at"))?),
     })
 }
 
@@ -242,15 +254,6 @@ fn load_shot(c: &Connection, id: i64) -> Result<Shot> {
     shot.takes = takes
         .query_map([id], take_from_row)?
         .collect::<rusqlite::Result<_>>()?;
-    let mut reviews = c.prepare_cached(
-        "SELECT r.* FROM take_reviews r JOIN takes t ON t.id = r.take_id WHERE t.shot_id = ?1",
-    )?;
-    for review in reviews.query_map([id], review_from_row)? {
-        let review = review?;
-        if let Some(take) = shot.takes.iter_mut().find(|t| t.id == review.take_id) {
-            take.review = Some(review);
-        }
-    }
     Ok(shot)
 }
 
@@ -466,7 +469,7 @@ pub fn add_review(db: &Db, review: &NewReview) -> Result<Review> {
                 review.attempt,
                 now_ms()
             ],
-            review_from_row,
+            |row| review_from_row(row, ""),
         )?)
     })
 }
