@@ -573,6 +573,50 @@ pub fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((q, scale.flatten_all()?))
 }
 
+/// The float8 operands of [`crate::attention_fp8`], dequantized to f32: `q` with a scale per token
+/// ([`fp8_quantize_rows`]), `k` with one per 128-key tile of a head and `v` with one per channel of
+/// a head, each scale the largest magnitude it covers times 1/448 (1 where all are zero). `q [B,
+/// Lq, H, D]`, `k`/`v [B, Lk, H, D]`; attention over the three is what the kernel approximates
+/// (it also keeps the probabilities in e4m3).
+pub fn attention_fp8_operands(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dequantize = |x: &Tensor, scale: &Tensor| -> Result<Tensor> {
+        x.to_dtype(DType::F32)?
+            .broadcast_div(scale)?
+            .clamp(-E4M3_MAX, E4M3_MAX)?
+            .to_dtype(DType::F8E4M3)?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(scale)
+    };
+    let absmax_scale = |absmax: Tensor| -> Result<Tensor> {
+        absmax
+            .eq(0f64)?
+            .where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)
+    };
+    let (q8, q_scale) = fp8_quantize_rows(q)?;
+    let q = q8
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&q_scale.reshape(q.dims()[..3].to_vec())?.unsqueeze(3)?)?;
+    // K: [B, Lk, H, D] padded with zeros to whole tiles, a scale per (batch, tile, head).
+    let (b, lk, h, d) = k.dims4()?;
+    let tiles = lk.div_ceil(128);
+    let padded = k
+        .to_dtype(DType::F32)?
+        .pad_with_zeros(1, 0, tiles * 128 - lk)?
+        .reshape((b, tiles, 128, h, d))?;
+    let k_scale = absmax_scale(padded.abs()?.max_keepdim(4)?.max_keepdim(2)?)?;
+    let k = dequantize(&padded, &k_scale)?
+        .reshape((b, tiles * 128, h, d))?
+        .narrow(1, 0, lk)?;
+    // V: a scale per (batch, head, channel) over every key.
+    let v_scale = absmax_scale(v.to_dtype(DType::F32)?.abs()?.max_keepdim(1)?)?;
+    let v = dequantize(v, &v_scale)?;
+    Ok((q, k, v))
+}
+
 /// The magnitudes of the eight e2m1 codes (sign bit 8 aside), code order.
 pub const E2M1_MAGNITUDES: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
 

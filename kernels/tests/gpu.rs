@@ -129,6 +129,71 @@ fn attention_reads_strided_views_of_a_fused_qkv_projection() {
 }
 
 #[test]
+fn fp8_attention_matches_reference_on_its_float8_operands() {
+    let dev = gpu();
+    // (batch, q_len, kv_len, heads, logit gain): ragged lengths, a partial last key tile and a
+    // key count that is not a multiple of 16, flat (gain 1) and peaked (gain 4) softmaxes as
+    // trained models have, and a key channel with a large offset (K's per-tile scale).
+    for (b, lq, lk, h, gain) in [
+        (1, 2100, 2100, 2, 1.0),
+        (2, 1000, 777, 3, 4.0),
+        (1, 300, 130, 2, 4.0),
+    ] {
+        let q = (randn(&[b, lq, h, 128], &dev).to_dtype(DType::F32).unwrap() * gain)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let k = randn(&[b, lk, h, 128], &dev);
+        let offset = Tensor::full(6f32, (b, lk, h, 1), &dev)
+            .unwrap()
+            .pad_with_zeros(3, 5, 122)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let k = (k + offset).unwrap();
+        let v = randn(&[b, lk, h, 128], &dev);
+        let scale = 128f32.powf(-0.5);
+        let what = format!("[{b},{lq},{lk},{h}] gain {gain}");
+        let got = videosdgx_kernels::attention_fp8(&q, &k, &v, scale).unwrap();
+        assert_eq!((got.dims(), got.dtype()), (q.dims(), DType::BF16), "{what}");
+        let (q8, k8, v8) = reference::attention_fp8_operands(&cpu(&q), &cpu(&k), &cpu(&v)).unwrap();
+        let err = rel_err(&got, &reference::attention(&q8, &k8, &v8, scale).unwrap());
+        let exact = rel_err(
+            &got,
+            &reference::attention(&cpu(&q), &cpu(&k), &cpu(&v), scale).unwrap(),
+        );
+        eprintln!("{what}: rel err {err} against its float8 operands, {exact} against bf16's");
+        // The probabilities' e4m3 rounding (2^-4 relative) is what remains.
+        assert!(err < 4e-2, "{what}: rel err {err}");
+        assert!(
+            exact < 6e-2,
+            "{what}: rel err against the exact attention {exact}"
+        );
+    }
+}
+
+#[test]
+fn fp8_attention_reads_strided_views_and_refuses_other_head_dims() {
+    let dev = gpu();
+    let (b, l, h) = (1, 700, 4);
+    let qkv = randn(&[b, l, 3, h, 128], &dev);
+    let (q, k, v) = (
+        qkv.i((.., .., 0)).unwrap(),
+        qkv.i((.., .., 1)).unwrap(),
+        qkv.i((.., .., 2)).unwrap(),
+    );
+    let got = videosdgx_kernels::attention_fp8(&q, &k, &v, 0.1).unwrap();
+    let (q8, k8, v8) = reference::attention_fp8_operands(&cpu(&q), &cpu(&k), &cpu(&v)).unwrap();
+    let err = rel_err(&got, &reference::attention(&q8, &k8, &v8, 0.1).unwrap());
+    assert!(err < 4e-2, "rel err {err}");
+    let x = randn(&[1, 64, 2, 64], &dev);
+    let err = videosdgx_kernels::attention_fp8(&x, &x, &x, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head dim 128"), "{err}");
+}
+
+#[test]
 fn attention_refuses_what_it_has_no_kernel_for() {
     let dev = gpu();
     let x = randn(&[1, 64, 2, 96], &dev);

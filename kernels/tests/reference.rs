@@ -81,6 +81,94 @@ fn attention_matches_scalar_softmax_loop() {
 }
 
 #[test]
+fn fp8_attention_operands_scale_q_per_token_k_per_tile_and_v_per_channel() {
+    use candle_core::{DType, IndexOp};
+    // Two key tiles (the second partial); one large key in the second tile and one large value
+    // channel must coarsen only their own tile and channel.
+    let (b, lk, h, d) = (1, 130, 2, 8);
+    let q = tensor(&[b, 5, h, d], 1);
+    let k = tensor(&[b, lk, h, d], 2);
+    let k = k
+        .slice_assign(
+            &[0..1, 129..130, 0..1, 0..1],
+            &Tensor::full(900f32, (1, 1, 1, 1), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let v = tensor(&[b, lk, h, d], 3);
+    let v = v
+        .slice_assign(
+            &[0..1, 7..8, 1..2, 3..4],
+            &Tensor::full(-700f32, (1, 1, 1, 1), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let (q8, k8, v8) = reference::attention_fp8_operands(&q, &k, &v).unwrap();
+    assert_eq!(
+        (q8.dims(), k8.dims(), v8.dims()),
+        (q.dims(), k.dims(), v.dims())
+    );
+
+    // The e4m3 round trip of `x` at one scale, element by element.
+    let round_trip = |x: &Tensor, scale: f32| -> Vec<f32> {
+        let flat = x.flatten_all().unwrap().unsqueeze(0).unwrap();
+        let scale_t = Tensor::new(scale, &Device::Cpu).unwrap();
+        let q = reference::fp8_quantize(&flat, &scale_t).unwrap();
+        reference::fp8_dequantize(&q, &scale_t, DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let absmax = |x: &Tensor| -> f32 {
+        x.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let flat = |x: Tensor| -> Vec<f32> { x.flatten_all().unwrap().to_vec1().unwrap() };
+    // K's first tile of head 0 has its own scale; the large key is alone in the second.
+    let tile0 = k.i((.., 0..128, 0..1, ..)).unwrap();
+    assert_eq!(
+        flat(k8.i((.., 0..128, 0..1, ..)).unwrap()),
+        round_trip(&tile0, absmax(&tile0) * (1.0 / 448.0))
+    );
+    let large = flat(k8.i((.., 129..130, 0..1, 0..1)).unwrap())[0];
+    assert!(
+        (large - 900.0).abs() < 1e-3,
+        "the largest key maps to 448 x its scale: {large}"
+    );
+    // V's channel 3 of head 1 is coarse; channel 2 of the same head is not.
+    let channel =
+        |x: &Tensor, head: usize, c: usize| x.i((.., .., head..head + 1, c..c + 1)).unwrap();
+    for c in [2, 3] {
+        let want = channel(&v, 1, c);
+        assert_eq!(
+            flat(channel(&v8, 1, c)),
+            round_trip(&want, absmax(&want) * (1.0 / 448.0)),
+            "channel {c}"
+        );
+    }
+    // Q: each token and head its own scale.
+    let token = q.i((.., 3..4, 1..2, ..)).unwrap();
+    assert_eq!(
+        flat(q8.i((.., 3..4, 1..2, ..)).unwrap()),
+        round_trip(&token, absmax(&token) * (1.0 / 448.0))
+    );
+    // Rounding error within e4m3's half step (2^-4 relative) on every normal value.
+    let (x, y) = (flat(v.clone()), flat(v8));
+    for (x, y) in x.iter().zip(&y) {
+        assert!(
+            (x - y).abs() <= x.abs() / 16.0 + 700.0 / 448.0 * 2f32.powi(-9),
+            "{x} -> {y}"
+        );
+    }
+}
+
+#[test]
 fn attention_over_one_key_returns_that_keys_value() {
     let (q, k, v) = (
         tensor(&[1, 4, 2, 8], 4),
