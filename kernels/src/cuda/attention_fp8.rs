@@ -128,25 +128,22 @@ pub fn attention_fp8(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> 
         variant.shared_bytes as i32,
     )
     .map_err(driver_err("shared memory limit"))?;
-    let row = (h * d) as u64;
     let (k8p, _k8g) = k8.device_ptr(&stream);
     let (vt8p, _vt8g) = vt8.device_ptr(&stream);
-    let boxes = [TILE as u32, 1, TILE as u32, 1];
+    // q and k: [B, L, H, 128] bytes in tiles of 128 tokens of a head.
+    let tokens = |ptr, len: usize| {
+        let row = (h * d) as u64;
+        TensorMap::tiled(
+            ptr,
+            TensorMapElement::Byte,
+            [d, h, len, b],
+            [d as u64, row, len as u64 * row],
+            [TILE as u32, 1, TILE as u32, 1],
+        )
+    };
     let maps = [
-        TensorMap::tiled(
-            q8p,
-            TensorMapElement::Byte,
-            [d, h, lq, b],
-            [d as u64, row, lq as u64 * row],
-            boxes,
-        )?,
-        TensorMap::tiled(
-            k8p,
-            TensorMapElement::Byte,
-            [d, h, lk, b],
-            [d as u64, row, lk as u64 * row],
-            boxes,
-        )?,
+        tokens(q8p, lq)?,
+        tokens(k8p, lk)?,
         TensorMap::tiled(
             vt8p,
             TensorMapElement::Byte,
