@@ -9,7 +9,7 @@ mod image;
 mod nvrtc;
 #[cfg(feature = "cudnn")]
 pub use conv::{frame_conv, image_conv_nhwc};
-pub use image::warp;
+pub use image::{scatter_channels, warp};
 
 use crate::spec::{
     CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
