@@ -354,12 +354,7 @@ pub(crate) fn scatter_channels(
     #[cfg(feature = "cuda")]
     {
         let elem = part.dtype().size_in_bytes();
-        if !disabled("scatter")
-            && part.device().is_cuda()
-            && matches!(
-                part.dtype(),
-                candle_core::DType::BF16 | candle_core::DType::F32
-            )
+        if kernel_takes("scatter", part)
             && (buffer.layout().start_offset() * elem).is_multiple_of(16)
             && ChannelSlot::vectorizes(slots, part, elem)
         {
