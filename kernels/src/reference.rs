@@ -3,8 +3,8 @@
 //! never used as a silent stand-in for a kernel on the GPU.
 
 use crate::spec::{
-    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormSpec,
-    RopeGrid, RotaryPairs, SpatialPad,
+    Activation, CausalMask, ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding,
+    NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 use candle_core::{D, DType, Result, Tensor, bail};
 
@@ -431,6 +431,21 @@ pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
         };
     }
     Ok(x)
+}
+
+/// Copies the channels-last `part [.., C]` into every slot of the flat `buffer`: channel
+/// `slot.offset` of the images `[pixels, slot.pitch]` starting `slot.start` elements in, one
+/// `slice_set` per slot. What [`crate::scatter_channels`] does on CUDA in one pass.
+pub fn scatter_channels(buffer: &Tensor, part: &Tensor, slots: &[ChannelSlot]) -> Result<()> {
+    let (pixels, c) = ChannelSlot::check(buffer, part, slots)?;
+    let part = part.contiguous()?.reshape((pixels, c))?;
+    for slot in slots {
+        buffer
+            .narrow(0, slot.start, pixels * slot.pitch)?
+            .reshape((pixels, slot.pitch))?
+            .slice_set(&part, 1, slot.offset)?;
+    }
+    Ok(())
 }
 
 /// Backward warp: out(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with the sample

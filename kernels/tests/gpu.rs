@@ -1014,6 +1014,46 @@ fn image_conv_nhwc_matches_reference() {
     }
 }
 
+/// The channel scatter (Real-ESRGAN's dense inputs) copies exactly what one `slice_set` per slot
+/// does, and leaves the rest of the buffer as it was.
+#[test]
+fn scatter_channels_matches_reference() {
+    use videosdgx_kernels::ChannelSlot;
+    let dev = gpu();
+    let (pixels, c, growth) = (2 * 60 * 104, 64, 32);
+    for dtype in [DType::BF16, DType::F32] {
+        let mut start = 0;
+        let inputs: Vec<(usize, usize)> = (1..=4)
+            .map(|k| {
+                let input = (start, c + k * growth);
+                start += pixels * input.1;
+                input
+            })
+            .collect();
+        let before = randn(&[start], &dev).to_dtype(dtype).unwrap();
+        let (ours, want) = (before.copy().unwrap(), before.copy().unwrap());
+        let mut written = 0;
+        for width in [c, growth, growth, growth, growth] {
+            let part = randn(&[2, 60, 104, width], &dev).to_dtype(dtype).unwrap();
+            let slots: Vec<ChannelSlot> = inputs
+                .iter()
+                .filter(|&&(_, pitch)| pitch > written)
+                .map(|&(start, pitch)| ChannelSlot {
+                    start,
+                    pitch,
+                    offset: written,
+                })
+                .collect();
+            videosdgx_kernels::scatter_channels(&ours, &part, &slots).unwrap();
+            reference::scatter_channels(&want, &part, &slots).unwrap();
+            written += width;
+        }
+        let err = rel_err(&ours, &want);
+        eprintln!("scatter channels {dtype:?}: rel err {err:.2e}");
+        assert_eq!(err, 0.0, "scatter channels {dtype:?}");
+    }
+}
+
 #[test]
 fn kernel_modules_compile_for_this_gpu() {
     let dev = gpu();

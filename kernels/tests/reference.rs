@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use videosdgx_kernels::{
-    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormRope,
-    NormSpec, RopeGrid, RotaryPairs, SpatialPad, reference,
+    Activation, CausalMask, ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding,
+    NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, SpatialPad, reference,
 };
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
@@ -1178,4 +1178,56 @@ fn image_conv_nhwc_is_frame_conv_in_channels_last_order() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("do not fit 5 input channels"), "{err}");
+}
+
+/// Each slot of the buffer gets the part at its channel offset, and nothing else changes: a
+/// dense block's inputs as concatenations.
+#[test]
+fn scatter_channels_writes_the_part_into_each_slot_only() {
+    let (pixels, c) = (6, 4);
+    let part = tensor(&[2, 3, c], 1);
+    let before = tensor(&[pixels * 12 + pixels * 8 + 3], 2);
+    let buffer = before.copy().unwrap();
+    let slots = [
+        ChannelSlot {
+            start: 0,
+            pitch: 12,
+            offset: 8,
+        },
+        ChannelSlot {
+            start: pixels * 12 + 3,
+            pitch: 8,
+            offset: 0,
+        },
+    ];
+    reference::scatter_channels(&buffer, &part, &slots).unwrap();
+    let got = buffer.to_vec1::<f32>().unwrap();
+    let mut want = before.to_vec1::<f32>().unwrap();
+    let part = part.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for slot in slots {
+        for p in 0..pixels {
+            for ch in 0..c {
+                want[slot.start + p * slot.pitch + slot.offset + ch] = part[p * c + ch];
+            }
+        }
+    }
+    assert_eq!(got, want);
+
+    let too_wide = ChannelSlot {
+        start: 0,
+        pitch: 12,
+        offset: 9,
+    };
+    let err = reference::scatter_channels(&buffer, &tensor(&[pixels, c], 3), &[too_wide])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit"), "{err}");
+    let past_the_end = ChannelSlot {
+        start: pixels * 12 + 4,
+        pitch: 8,
+        offset: 0,
+    };
+    assert!(
+        reference::scatter_channels(&buffer, &tensor(&[pixels, c], 3), &[past_the_end]).is_err()
+    );
 }

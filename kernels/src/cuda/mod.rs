@@ -11,7 +11,7 @@ mod nvrtc;
 pub use attention_fp8::{attention_fp8, attention_fp8_supported};
 #[cfg(feature = "cudnn")]
 pub use conv::{frame_conv, image_conv_nhwc};
-pub use image::warp;
+pub use image::{scatter_channels, warp};
 
 use crate::spec::{
     CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
