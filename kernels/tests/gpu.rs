@@ -163,10 +163,13 @@ fn fp8_attention_matches_reference_on_its_float8_operands() {
             &reference::attention(&cpu(&q), &cpu(&k), &cpu(&v), scale).unwrap(),
         );
         eprintln!("{what}: rel err {err} against its float8 operands, {exact} against bf16's");
-        // The probabilities' e4m3 rounding (2^-4 relative) is what remains.
+        // Against attention over its own float8 operands, what remains is the probabilities' e4m3
+        // rounding (H100: 2.5e-2 flat, 0.8e-2 peaked). Against the exact attention the operands'
+        // rounding adds to it, the more the sharper the softmax (H100: 5.5e-2 flat, 9.5e-2
+        // peaked on these random inputs; 1.2e-2 on the 14B forward after 40 blocks).
         assert!(err < 4e-2, "{what}: rel err {err}");
         assert!(
-            exact < 6e-2,
+            exact < 0.15,
             "{what}: rel err against the exact attention {exact}"
         );
     }
