@@ -62,6 +62,49 @@ extern "C" __global__ void conv_epilogue_last_f32(float *y, const float *bias, c
     conv_epilogue_last<float>(y, bias, residual, slopes, act, slope, c, n);
 }
 
+// scatter_channels: copies a channels-last part src [pixels, c16] (in 16-byte units) into `slots`
+// (1 to 4) channels-last images of the same pixels, wider than the part: slot k's copy of pixel p
+// starts at dk + p * pk (the part's channel offset folded into dk). Real-ESRGAN's dense blocks
+// give every convolution its own packed input, and each output joins all the later ones in one
+// pass, read once. Grid-stride over the part's 16-byte units.
+extern "C" __global__ void scatter_channels_16b(const uint4 *__restrict__ src, long long pixels, int c16, int slots,
+                                                uint4 *d0, long long p0, uint4 *d1, long long p1, uint4 *d2,
+                                                long long p2, uint4 *d3, long long p3) {
+    const long long n = pixels * c16;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long p = i / c16;
+        const long long v = i - p * c16;
+        const uint4 x = src[i];
+        d0[p * p0 + v] = x;
+        if (slots > 1) d1[p * p1 + v] = x;
+        if (slots > 2) d2[p * p2 + v] = x;
+        if (slots > 3) d3[p * p3 + v] = x;
+    }
+}
+
+// conv_epilogue_last_bf16x8: conv_epilogue_last for bf16 with C a multiple of 8 (C8 = C / 8):
+// each thread finishes 8 channels of one pixel with 16-byte loads and stores (y and the residual
+// 16-byte aligned), and indexes in 32 bits (fewer than 2^31 chunks, checked by the host).
+extern "C" __global__ void conv_epilogue_last_bf16x8(bf16_t *y, const bf16_t *bias, const bf16_t *residual,
+                                                     const bf16_t *slopes, int act, float slope, int c8, int chunks) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks; i += gridDim.x * blockDim.x) {
+        const int ch = (i % c8) * 8;
+        uint4 *yv = reinterpret_cast<uint4 *>(y) + i;
+        float v[8], r[8];
+        unpack8(*yv, v);
+        if (residual) unpack8(reinterpret_cast<const uint4 *>(residual)[i], r);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            float x = v[k] + bf16_to_float(bias[ch + k]);
+            if (residual) x += r[k];
+            if (act == 1) x = x >= 0.f ? x : x * slope;
+            if (act == 2) x = x >= 0.f ? x : x * bf16_to_float(slopes[ch + k]);
+            v[k] = x;
+        }
+        *yv = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+    }
+}
+
 // warp: the backward warp of optical-flow nets (RIFE's warplayer, `F.grid_sample` bilinear with
 // border padding and align_corners=True): out[b, ch, y, x] = img[b, ch] sampled bilinearly at
 // (x + flow[b, 0, y, x], y + flow[b, 1, y, x]), the sample point clamped into the image. img and

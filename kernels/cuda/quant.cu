@@ -19,6 +19,33 @@ __device__ __forceinline__ unsigned char float_to_e4m3(float x) {
     return (unsigned char)(pair & 0xff);
 }
 
+// An activation scale: max|x| * (1/448) (multiplied, as the CPU reference computes it), 1 for all
+// zeros.
+__device__ __forceinline__ float e4m3_scale_of(float absmax) {
+    return absmax == 0.f ? 1.f : __fmul_rn(absmax, 1.f / 448.f);
+}
+
+// Eight values as e4m3 bytes of x / s (IEEE division), the first in the lowest byte.
+__device__ __forceinline__ uint2 quantize8_e4m3(const float (&f)[8], float s) {
+    u32 w[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i / 4] |= (u32)float_to_e4m3(__fdiv_rn(f[i], s)) << (8 * (i % 4));
+    return make_uint2(w[0], w[1]);
+}
+
+// The largest `m` of the block's threads (blockDim.x a multiple of 32), through `partial` (32
+// floats of shared memory, free to reuse when this returns).
+__device__ __forceinline__ float block_max(float m, float *partial) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = 0.f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) m = fmaxf(m, partial[w]);
+    __syncthreads();
+    return m;
+}
+
 
 
 template <typename T, typename Store>
@@ -77,24 +104,14 @@ extern "C" __global__ void quantize_rows_e4m3_bf16(const bf16_t *__restrict__ x,
 #pragma unroll
             for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(f[i]));
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = m;
-        __syncthreads();
-        m = 0.f;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) m = fmaxf(m, partial[w]);
-        const float s = m == 0.f ? 1.f : __fmul_rn(m, 1.f / 448.f); // as the reference: max * (1/448)
+        const float s = e4m3_scale_of(block_max(m, partial));
         if (threadIdx.x == 0) scale[row] = s;
         uint2 *qr = reinterpret_cast<uint2 *>(q + row * cols);
         for (long long c = threadIdx.x; c < chunks; c += blockDim.x) {
             float f[8];
             unpack8(xr[c], f);
-            u32 b[2] = {0, 0};
-#pragma unroll
-            for (int i = 0; i < 8; ++i) b[i / 4] |= (u32)float_to_e4m3(__fdiv_rn(f[i], s)) << (8 * (i % 4));
-            qr[c] = make_uint2(b[0], b[1]);
+            qr[c] = quantize8_e4m3(f, s);
         }
-        __syncthreads(); // `partial` is reused by the next row
     }
 }
 
@@ -136,4 +153,77 @@ extern "C" __global__ void dequantize_e2m1_bf16(const unsigned char *q, const un
 extern "C" __global__ void dequantize_e2m1_f32(const unsigned char *q, const unsigned char *block,
                                                const float *global, float *out, long long pairs, long long cols) {
     dequantize_nvfp4(q, block, global, out, pairs, cols, [](float v) { return v; });
+}
+
+// The float8 operands of attention_fp8_wgmma_tma_d128 (attention_tma.cu), from bf16 [B, L, H, 128]
+// views (element strides sb, sl, sh; the head dim contiguous). Q goes through
+// quantize_rows_e4m3_bf16 (a scale a token); the scales here are e4m3_scale_of's too.
+constexpr int ATT_D = 128, ATT_TILE = 128;
+
+// K: one scale per 128-key tile of a (batch, head), written to scale [B, H, tiles]; q is [B, L, H,
+// 128] contiguous. Grid (tiles, H, B), 256 threads: thread t covers 8-element chunk t % 16 of rows
+// t / 16 + 16 i.
+extern "C" __global__ void quantize_attention_k_e4m3(const bf16_t *__restrict__ x, long long sb, long long sl,
+                                                     long long sh, int len, unsigned char *__restrict__ q,
+                                                     float *__restrict__ scale) {
+    __shared__ float partial[32];
+    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, heads = gridDim.y;
+    const int chunk = threadIdx.x % 16, first = threadIdx.x / 16;
+    const bf16_t *xb = x + b * sb + h * sh + chunk * 8;
+    float m = 0.f;
+    for (int r = first; r < ATT_TILE; r += 16) {
+        const int row = tile * ATT_TILE + r;
+        if (row >= len) break;
+        float f[8];
+        unpack8(*reinterpret_cast<const uint4 *>(xb + row * sl), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(f[i]));
+    }
+    const float s = e4m3_scale_of(block_max(m, partial));
+    if (threadIdx.x == 0) scale[(b * heads + h) * (long long)gridDim.x + tile] = s;
+    for (int r = first; r < ATT_TILE; r += 16) {
+        const int row = tile * ATT_TILE + r;
+        if (row >= len) break;
+        float f[8];
+        unpack8(*reinterpret_cast<const uint4 *>(xb + row * sl), f);
+        *reinterpret_cast<uint2 *>(q + (((long long)b * len + row) * heads + h) * ATT_D + chunk * 8) = quantize8_e4m3(f, s);
+    }
+}
+
+// V's largest magnitude per (batch, head, channel) into vmax [B, H, 128] (f32 bits, zeroed
+// before; non-negative floats order as their bits). Grid (tiles, H, B), one thread a channel.
+extern "C" __global__ void attention_v_channel_max(const bf16_t *__restrict__ x, long long sb, long long sl,
+                                                   long long sh, int len, unsigned int *__restrict__ vmax) {
+    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, d = threadIdx.x;
+    const bf16_t *xb = x + b * sb + h * sh + d;
+    float m = 0.f;
+    const int end = min(len, (tile + 1) * ATT_TILE);
+    for (int row = tile * ATT_TILE; row < end; ++row) m = fmaxf(m, fabsf(bf16_to_float(xb[row * sl])));
+    atomicMax(vmax + (b * gridDim.y + h) * ATT_D + d, __float_as_uint(m));
+}
+
+// V with one scale a channel (written to scale [B, H, 128]), transposed to vt [B, H, 128, padded]
+// (padded = len rounded up to 16): in each 16 keys, slot p holds key (p % 4 / 2) * 8 + p / 4 * 2 +
+// p % 2, the order in which the attention kernel's P fragments hold their keys; keys past len are
+// zeros. Grid (padded / 128 rounded up, H, B), one thread a channel, 16 keys a store.
+extern "C" __global__ void quantize_attention_v_e4m3(const bf16_t *__restrict__ x, long long sb, long long sl,
+                                                     long long sh, int len, int padded,
+                                                     const unsigned int *__restrict__ vmax,
+                                                     float *__restrict__ scale, unsigned char *__restrict__ vt) {
+    const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z, d = threadIdx.x;
+    const long long bhd = (b * gridDim.y + h) * (long long)ATT_D + d;
+    const float s = e4m3_scale_of(__uint_as_float(vmax[bhd]));
+    if (tile == 0) scale[bhd] = s;
+    const bf16_t *xb = x + b * sb + h * sh + d;
+    const int end = min(padded, (tile + 1) * ATT_TILE);
+    for (int group = tile * ATT_TILE; group < end; group += 16) {
+        u32 w[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int p = 0; p < 16; ++p) {
+            const int key = group + (p % 4 / 2) * 8 + p / 4 * 2 + p % 2;
+            const float v = key < len ? bf16_to_float(xb[key * sl]) : 0.f;
+            w[p / 4] |= (u32)float_to_e4m3(__fdiv_rn(v, s)) << (8 * (p % 4));
+        }
+        *reinterpret_cast<uint4 *>(vt + bhd * padded + group) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
 }

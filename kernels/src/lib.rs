@@ -14,18 +14,18 @@ pub mod targets;
 mod cuda;
 
 pub use spec::{
-    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormRope,
-    NormSpec, RopeGrid, RotaryPairs, SpatialPad,
+    Activation, CausalMask, ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding,
+    NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 
 #[cfg(feature = "cuda")]
 pub use cuda::{
-    CompileReport, attention, attention_kernel_for, causal_attention, channel_rms_norm,
-    channel_rms_norm_into, compile_all, compile_for, compile_report, fp8_dequantize,
-    fp8_linear_supported, fp8_quantize, fp8_quantize_rows, gated_residual, group_norm,
-    kernel_cache_dir, linear, linear_fp8, linear_fp8_mma_sync, linear_residual, modulated_norm,
-    nvfp4_dequantize, pad_frames, rms_norm_rope, rms_norm_rotary, rope_tables, rope3d,
-    set_poison_outputs, swiglu, warp,
+    CompileReport, attention, attention_fp8, attention_fp8_supported, attention_kernel_for,
+    causal_attention, channel_rms_norm, channel_rms_norm_into, compile_all, compile_for,
+    compile_report, fp8_dequantize, fp8_linear_supported, fp8_quantize, fp8_quantize_rows,
+    gated_residual, group_norm, kernel_cache_dir, linear, linear_fp8, linear_fp8_mma_sync,
+    linear_residual, modulated_norm, nvfp4_dequantize, pad_frames, rms_norm_rope, rms_norm_rotary,
+    rope_tables, rope3d, scatter_channels, set_poison_outputs, swiglu, warp,
 };
 #[cfg(feature = "cudnn")]
 pub use cuda::{frame_conv, image_conv_nhwc};

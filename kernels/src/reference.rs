@@ -3,8 +3,8 @@
 //! never used as a silent stand-in for a kernel on the GPU.
 
 use crate::spec::{
-    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormSpec,
-    RopeGrid, RotaryPairs, SpatialPad,
+    Activation, CausalMask, ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding,
+    NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
 };
 use candle_core::{D, DType, Result, Tensor, bail};
 
@@ -433,6 +433,21 @@ pub fn pad_frames(x: &Tensor, padding: FramePadding) -> Result<Tensor> {
     Ok(x)
 }
 
+/// Copies the channels-last `part [.., C]` into every slot of the flat `buffer`: channel
+/// `slot.offset` of the images `[pixels, slot.pitch]` starting `slot.start` elements in, one
+/// `slice_set` per slot. What [`crate::scatter_channels`] does on CUDA in one pass.
+pub fn scatter_channels(buffer: &Tensor, part: &Tensor, slots: &[ChannelSlot]) -> Result<()> {
+    let (pixels, c) = ChannelSlot::check(buffer, part, slots)?;
+    let part = part.contiguous()?.reshape((pixels, c))?;
+    for slot in slots {
+        buffer
+            .narrow(0, slot.start, pixels * slot.pitch)?
+            .reshape((pixels, slot.pitch))?
+            .slice_set(&part, 1, slot.offset)?;
+    }
+    Ok(())
+}
+
 /// Backward warp: out(y, x) = image(y + flow_y, x + flow_x), sampled bilinearly with the sample
 /// point clamped into the image (border padding). `image` [B, C, H, W], `flow` [B, 2, H, W] in
 /// pixels (x first). This is RIFE's `warplayer.warp`: `grid_sample(mode="bilinear",
@@ -571,6 +586,50 @@ pub fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let scale = fp8_row_scales(x)?;
     let q = fp8_quantize(&x.reshape(((), cols))?, &scale)?.reshape(x.shape())?;
     Ok((q, scale.flatten_all()?))
+}
+
+/// The float8 operands of [`crate::attention_fp8`], dequantized to f32: `q` with a scale per token
+/// ([`fp8_quantize_rows`]), `k` with one per 128-key tile of a head and `v` with one per channel of
+/// a head, each scale the largest magnitude it covers times 1/448 (1 where all are zero). `q [B,
+/// Lq, H, D]`, `k`/`v [B, Lk, H, D]`; attention over the three is what the kernel approximates
+/// (it also keeps the probabilities in e4m3).
+pub fn attention_fp8_operands(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dequantize = |x: &Tensor, scale: &Tensor| -> Result<Tensor> {
+        x.to_dtype(DType::F32)?
+            .broadcast_div(scale)?
+            .clamp(-E4M3_MAX, E4M3_MAX)?
+            .to_dtype(DType::F8E4M3)?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(scale)
+    };
+    let absmax_scale = |absmax: Tensor| -> Result<Tensor> {
+        absmax
+            .eq(0f64)?
+            .where_cond(&absmax.ones_like()?, &(absmax / E4M3_MAX)?)
+    };
+    let (q8, q_scale) = fp8_quantize_rows(q)?;
+    let q = q8
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&q_scale.reshape(q.dims()[..3].to_vec())?.unsqueeze(3)?)?;
+    // K: [B, Lk, H, D] padded with zeros to whole tiles, a scale per (batch, tile, head).
+    let (b, lk, h, d) = k.dims4()?;
+    let tiles = lk.div_ceil(128);
+    let padded = k
+        .to_dtype(DType::F32)?
+        .pad_with_zeros(1, 0, tiles * 128 - lk)?
+        .reshape((b, tiles, 128, h, d))?;
+    let k_scale = absmax_scale(padded.abs()?.max_keepdim(4)?.max_keepdim(2)?)?;
+    let k = dequantize(&padded, &k_scale)?
+        .reshape((b, tiles * 128, h, d))?
+        .narrow(1, 0, lk)?;
+    // V: a scale per (batch, head, channel) over every key.
+    let v_scale = absmax_scale(v.to_dtype(DType::F32)?.abs()?.max_keepdim(1)?)?;
+    let v = dequantize(v, &v_scale)?;
+    Ok((q, k, v))
 }
 
 /// The magnitudes of the eight e2m1 codes (sign bit 8 aside), code order.

@@ -584,3 +584,69 @@ pub fn nhwc_output_shape(
     }
     Ok([b, spec.out_size(h, kh)?, spec.out_size(w, kw)?, o])
 }
+
+/// Where [`scatter_channels`](crate::reference::scatter_channels) copies a channels-last part:
+/// into channel `offset` of the channels-last images `[pixels, pitch]` that start `start`
+/// elements into the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSlot {
+    pub start: usize,
+    pub pitch: usize,
+    pub offset: usize,
+}
+
+/// At most this many slots per scatter (the kernel's arguments).
+pub const MAX_CHANNEL_SLOTS: usize = 4;
+
+impl ChannelSlot {
+    /// Checks the channels-last `part [.., C]` against `slots` of the flat `buffer`; returns the
+    /// part's pixels and channels.
+    pub fn check(buffer: &Tensor, part: &Tensor, slots: &[Self]) -> Result<(usize, usize)> {
+        if buffer.rank() != 1 || part.rank() == 0 {
+            bail!(
+                "scatter channels: the buffer must be flat and the part [.., C], got {:?} and {:?}",
+                buffer.dims(),
+                part.dims()
+            );
+        }
+        if buffer.dtype() != part.dtype() || !buffer.device().same_device(part.device()) {
+            bail!(
+                "scatter channels: a {:?} part on {:?} into a {:?} buffer on {:?}",
+                part.dtype(),
+                part.device(),
+                buffer.dtype(),
+                buffer.device()
+            );
+        }
+        if slots.is_empty() || slots.len() > MAX_CHANNEL_SLOTS {
+            bail!(
+                "scatter channels: 1 to {MAX_CHANNEL_SLOTS} slots, got {}",
+                slots.len()
+            );
+        }
+        let c = part.dim(part.rank() - 1)?;
+        let pixels = part.elem_count().checked_div(c).unwrap_or(0);
+        let len = buffer.elem_count();
+        for slot in slots {
+            if slot.offset + c > slot.pitch || slot.start + pixels * slot.pitch > len {
+                bail!(
+                    "scatter channels: {pixels} pixels of {c} channels do not fit {slot:?} of a buffer of {len}"
+                );
+            }
+        }
+        Ok((pixels, c))
+    }
+
+    /// Whether every copy moves whole 16-byte units from 16-byte-aligned addresses (the CUDA
+    /// kernel's condition), for elements of `elem` bytes.
+    pub fn vectorizes(slots: &[Self], part: &Tensor, elem: usize) -> bool {
+        let c = part.dims().last().copied().unwrap_or(0);
+        let aligned = |elements: usize| (elements * elem).is_multiple_of(16);
+        part.is_contiguous()
+            && aligned(c)
+            && aligned(part.layout().start_offset())
+            && slots
+                .iter()
+                .all(|s| aligned(s.pitch) && aligned(s.start + s.offset))
+    }
+}

@@ -86,6 +86,12 @@ pub const ATTENTION_TMA_D128: AttentionVariant = AttentionVariant {
     shared_bytes: 7 * 128 * 128 * 2 + 1024 + 7 * 8,
     tensor_maps: true,
 };
+/// The same kernel on float8 operands (`attention_fp8`): tiles of 128 x 128 bytes.
+pub const ATTENTION_FP8_TMA_D128: AttentionVariant = AttentionVariant {
+    name: "attention_fp8_wgmma_tma_d128",
+    shared_bytes: 7 * 128 * 128 + 1024 + 7 * 8,
+    ..ATTENTION_TMA_D128
+};
 pub const ATTENTION_MMA_D128: AttentionVariant = AttentionVariant {
     name: "attention_mma_d128_w8_n64",
     source: &ATTENTION,

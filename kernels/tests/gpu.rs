@@ -129,6 +129,74 @@ fn attention_reads_strided_views_of_a_fused_qkv_projection() {
 }
 
 #[test]
+fn fp8_attention_matches_reference_on_its_float8_operands() {
+    let dev = gpu();
+    // (batch, q_len, kv_len, heads, logit gain): ragged lengths, a partial last key tile and a
+    // key count that is not a multiple of 16, flat (gain 1) and peaked (gain 4) softmaxes as
+    // trained models have, and a key channel with a large offset (K's per-tile scale).
+    for (b, lq, lk, h, gain) in [
+        (1, 2100, 2100, 2, 1.0),
+        (2, 1000, 777, 3, 4.0),
+        (1, 300, 130, 2, 4.0),
+    ] {
+        let q = (randn(&[b, lq, h, 128], &dev).to_dtype(DType::F32).unwrap() * gain)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let k = randn(&[b, lk, h, 128], &dev);
+        let offset = Tensor::full(6f32, (b, lk, h, 1), &dev)
+            .unwrap()
+            .pad_with_zeros(3, 5, 122)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let k = (k + offset).unwrap();
+        let v = randn(&[b, lk, h, 128], &dev);
+        let scale = 128f32.powf(-0.5);
+        let what = format!("[{b},{lq},{lk},{h}] gain {gain}");
+        let got = videosdgx_kernels::attention_fp8(&q, &k, &v, scale).unwrap();
+        assert_eq!((got.dims(), got.dtype()), (q.dims(), DType::BF16), "{what}");
+        let (q8, k8, v8) = reference::attention_fp8_operands(&cpu(&q), &cpu(&k), &cpu(&v)).unwrap();
+        let err = rel_err(&got, &reference::attention(&q8, &k8, &v8, scale).unwrap());
+        let exact = rel_err(
+            &got,
+            &reference::attention(&cpu(&q), &cpu(&k), &cpu(&v), scale).unwrap(),
+        );
+        eprintln!("{what}: rel err {err} against its float8 operands, {exact} against bf16's");
+        // Against attention over its own float8 operands, what remains is the probabilities' e4m3
+        // rounding (H100: 2.5e-2 flat, 0.8e-2 peaked). Against the exact attention the operands'
+        // rounding adds to it, the more the sharper the softmax (H100: 5.5e-2 flat, 9.5e-2
+        // peaked on these random inputs; 1.2e-2 on the 14B forward after 40 blocks).
+        assert!(err < 4e-2, "{what}: rel err {err}");
+        assert!(
+            exact < 0.15,
+            "{what}: rel err against the exact attention {exact}"
+        );
+    }
+}
+
+#[test]
+fn fp8_attention_reads_strided_views_and_refuses_other_head_dims() {
+    let dev = gpu();
+    let (b, l, h) = (1, 700, 4);
+    let qkv = randn(&[b, l, 3, h, 128], &dev);
+    let (q, k, v) = (
+        qkv.i((.., .., 0)).unwrap(),
+        qkv.i((.., .., 1)).unwrap(),
+        qkv.i((.., .., 2)).unwrap(),
+    );
+    let got = videosdgx_kernels::attention_fp8(&q, &k, &v, 0.1).unwrap();
+    let (q8, k8, v8) = reference::attention_fp8_operands(&cpu(&q), &cpu(&k), &cpu(&v)).unwrap();
+    let err = rel_err(&got, &reference::attention(&q8, &k8, &v8, 0.1).unwrap());
+    assert!(err < 4e-2, "rel err {err}");
+    let x = randn(&[1, 64, 2, 64], &dev);
+    let err = videosdgx_kernels::attention_fp8(&x, &x, &x, 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head dim 128"), "{err}");
+}
+
+#[test]
 fn attention_refuses_what_it_has_no_kernel_for() {
     let dev = gpu();
     let x = randn(&[1, 64, 2, 96], &dev);
@@ -946,6 +1014,46 @@ fn image_conv_nhwc_matches_reference() {
                 assert!(err < bound, "image conv nhwc {dtype:?}: rel err {err}");
             }
         }
+    }
+}
+
+/// The channel scatter (Real-ESRGAN's dense inputs) copies exactly what one `slice_set` per slot
+/// does, and leaves the rest of the buffer as it was.
+#[test]
+fn scatter_channels_matches_reference() {
+    use videosdgx_kernels::ChannelSlot;
+    let dev = gpu();
+    let (pixels, c, growth) = (2 * 60 * 104, 64, 32);
+    for dtype in [DType::BF16, DType::F32] {
+        let mut start = 0;
+        let inputs: Vec<(usize, usize)> = (1..=4)
+            .map(|k| {
+                let input = (start, c + k * growth);
+                start += pixels * input.1;
+                input
+            })
+            .collect();
+        let before = randn(&[start], &dev).to_dtype(dtype).unwrap();
+        let (ours, want) = (before.copy().unwrap(), before.copy().unwrap());
+        let mut written = 0;
+        for width in [c, growth, growth, growth, growth] {
+            let part = randn(&[2, 60, 104, width], &dev).to_dtype(dtype).unwrap();
+            let slots: Vec<ChannelSlot> = inputs
+                .iter()
+                .filter(|&&(_, pitch)| pitch > written)
+                .map(|&(start, pitch)| ChannelSlot {
+                    start,
+                    pitch,
+                    offset: written,
+                })
+                .collect();
+            videosdgx_kernels::scatter_channels(&ours, &part, &slots).unwrap();
+            reference::scatter_channels(&want, &part, &slots).unwrap();
+            written += width;
+        }
+        let err = rel_err(&ours, &want);
+        eprintln!("scatter channels {dtype:?}: rel err {err:.2e}");
+        assert_eq!(err, 0.0, "scatter channels {dtype:?}");
     }
 }
 

@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use videosdgx_kernels::{
-    Activation, CausalMask, ChannelDivisor, Epilogue, FrameConv, FramePadding, NormKind, NormRope,
-    NormSpec, RopeGrid, RotaryPairs, SpatialPad, reference,
+    Activation, CausalMask, ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding,
+    NormKind, NormRope, NormSpec, RopeGrid, RotaryPairs, SpatialPad, reference,
 };
 
 /// Deterministic values in [-2, 2) (xorshift), so failures reproduce.
@@ -78,6 +78,94 @@ fn attention_matches_scalar_softmax_loop() {
         }
     }
     assert!(max_abs_diff(&got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &want) < 1e-5);
+}
+
+#[test]
+fn fp8_attention_operands_scale_q_per_token_k_per_tile_and_v_per_channel() {
+    use candle_core::{DType, IndexOp};
+    // Two key tiles (the second partial); one large key in the second tile and one large value
+    // channel must coarsen only their own tile and channel.
+    let (b, lk, h, d) = (1, 130, 2, 8);
+    let q = tensor(&[b, 5, h, d], 1);
+    let k = tensor(&[b, lk, h, d], 2);
+    let k = k
+        .slice_assign(
+            &[0..1, 129..130, 0..1, 0..1],
+            &Tensor::full(900f32, (1, 1, 1, 1), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let v = tensor(&[b, lk, h, d], 3);
+    let v = v
+        .slice_assign(
+            &[0..1, 7..8, 1..2, 3..4],
+            &Tensor::full(-700f32, (1, 1, 1, 1), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let (q8, k8, v8) = reference::attention_fp8_operands(&q, &k, &v).unwrap();
+    assert_eq!(
+        (q8.dims(), k8.dims(), v8.dims()),
+        (q.dims(), k.dims(), v.dims())
+    );
+
+    // The e4m3 round trip of `x` at one scale, element by element.
+    let round_trip = |x: &Tensor, scale: f32| -> Vec<f32> {
+        let flat = x.flatten_all().unwrap().unsqueeze(0).unwrap();
+        let scale_t = Tensor::new(scale, &Device::Cpu).unwrap();
+        let q = reference::fp8_quantize(&flat, &scale_t).unwrap();
+        reference::fp8_dequantize(&q, &scale_t, DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let absmax = |x: &Tensor| -> f32 {
+        x.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let flat = |x: Tensor| -> Vec<f32> { x.flatten_all().unwrap().to_vec1().unwrap() };
+    // K's first tile of head 0 has its own scale; the large key is alone in the second.
+    let tile0 = k.i((.., 0..128, 0..1, ..)).unwrap();
+    assert_eq!(
+        flat(k8.i((.., 0..128, 0..1, ..)).unwrap()),
+        round_trip(&tile0, absmax(&tile0) * (1.0 / 448.0))
+    );
+    let large = flat(k8.i((.., 129..130, 0..1, 0..1)).unwrap())[0];
+    assert!(
+        (large - 900.0).abs() < 1e-3,
+        "the largest key maps to 448 x its scale: {large}"
+    );
+    // V's channel 3 of head 1 is coarse; channel 2 of the same head is not.
+    let channel =
+        |x: &Tensor, head: usize, c: usize| x.i((.., .., head..head + 1, c..c + 1)).unwrap();
+    for c in [2, 3] {
+        let want = channel(&v, 1, c);
+        assert_eq!(
+            flat(channel(&v8, 1, c)),
+            round_trip(&want, absmax(&want) * (1.0 / 448.0)),
+            "channel {c}"
+        );
+    }
+    // Q: each token and head its own scale.
+    let token = q.i((.., 3..4, 1..2, ..)).unwrap();
+    assert_eq!(
+        flat(q8.i((.., 3..4, 1..2, ..)).unwrap()),
+        round_trip(&token, absmax(&token) * (1.0 / 448.0))
+    );
+    // Rounding error within e4m3's half step (2^-4 relative) on every normal value.
+    let (x, y) = (flat(v.clone()), flat(v8));
+    for (x, y) in x.iter().zip(&y) {
+        assert!(
+            (x - y).abs() <= x.abs() / 16.0 + 700.0 / 448.0 * 2f32.powi(-9),
+            "{x} -> {y}"
+        );
+    }
 }
 
 #[test]
@@ -1090,4 +1178,56 @@ fn image_conv_nhwc_is_frame_conv_in_channels_last_order() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("do not fit 5 input channels"), "{err}");
+}
+
+/// Each slot of the buffer gets the part at its channel offset, and nothing else changes: a
+/// dense block's inputs as concatenations.
+#[test]
+fn scatter_channels_writes_the_part_into_each_slot_only() {
+    let (pixels, c) = (6, 4);
+    let part = tensor(&[2, 3, c], 1);
+    let before = tensor(&[pixels * 12 + pixels * 8 + 3], 2);
+    let buffer = before.copy().unwrap();
+    let slots = [
+        ChannelSlot {
+            start: 0,
+            pitch: 12,
+            offset: 8,
+        },
+        ChannelSlot {
+            start: pixels * 12 + 3,
+            pitch: 8,
+            offset: 0,
+        },
+    ];
+    reference::scatter_channels(&buffer, &part, &slots).unwrap();
+    let got = buffer.to_vec1::<f32>().unwrap();
+    let mut want = before.to_vec1::<f32>().unwrap();
+    let part = part.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for slot in slots {
+        for p in 0..pixels {
+            for ch in 0..c {
+                want[slot.start + p * slot.pitch + slot.offset + ch] = part[p * c + ch];
+            }
+        }
+    }
+    assert_eq!(got, want);
+
+    let too_wide = ChannelSlot {
+        start: 0,
+        pitch: 12,
+        offset: 9,
+    };
+    let err = reference::scatter_channels(&buffer, &tensor(&[pixels, c], 3), &[too_wide])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit"), "{err}");
+    let past_the_end = ChannelSlot {
+        start: pixels * 12 + 4,
+        pitch: 8,
+        offset: 0,
+    };
+    assert!(
+        reference::scatter_channels(&buffer, &tensor(&[pixels, c], 3), &[past_the_end]).is_err()
+    );
 }

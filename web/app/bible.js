@@ -86,6 +86,10 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     h('option', { value: '' }, 'As stored'),
     h('option', { value: 'fp8' }, 'FP8'),
     h('option', { value: 'nvfp4' }, 'NVFP4'));
+  // Self-attention in float8 (Wan on Hopper cards): its two products at twice the rate.
+  const attention = h('select', { id: 'render-attention', onchange: changed },
+    h('option', { value: '' }, 'Exact'),
+    h('option', { value: 'fp8' }, 'FP8'));
   // One shot's generation split across several of the studio's cards, taken together (and
   // CFG parallel: half of them compute the unconditional guidance branch).
   const splitCards = h('input', { id: 'render-split-cards', type: 'number', min: 1, max: 16, step: 1, oninput: changed });
@@ -137,6 +141,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
     if (method && ![...cache.options].some((o) => o.value === method)) cache.append(h('option', { value: method }, method));
     cache.value = method;
     quant.value = b.render.quant ?? '';
+    attention.value = b.render.attention ?? '';
     splitCards.value = b.render.split_cards ?? 1;
     cfgParallel.checked = b.render.cfg_parallel ?? false;
     setImageModel(b.render.image_model ?? '');
@@ -165,6 +170,7 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
         ...(preset.value ? { preset: preset.value } : {}),
         ...(cache.value ? { cache: cache.value } : {}),
         ...(quant.value ? { quant: quant.value } : {}),
+        ...(attention.value ? { attention: attention.value } : {}),
         ...(Number(splitCards.value) > 1 ? { split_cards: Number(splitCards.value) } : {}),
         ...(cfgParallel.checked ? { cfg_parallel: true } : {}),
         ...(imageModel.value ? { image_model: imageModel.value } : {}),
@@ -311,6 +317,8 @@ export function bibleEditor({ project, board, bible }, onPlanned) {
           'Step cache'), cache),
         h('div', { class: 'field' }, h('label', { for: 'render-quant', title: 'The video model\'s weights in FP8: about half the memory' },
           'Weights'), quant),
+        h('div', { class: 'field' }, h('label', { for: 'render-attention', title: 'The video model\'s attention in FP8 (Wan on Hopper cards): faster, about 2-3% off' },
+          'Attention'), attention),
         h('div', { class: 'field' }, h('label', { for: 'render-split-cards', title: 'Split each shot\'s generation across this many of the studio\'s cards' },
           'Cards per shot'), splitCards),
         h('div', { class: 'field' }, h('label', { for: 'render-cfg-parallel', title: 'Half of the cards compute the guidance\'s unconditional pass (Wan, an even card count)' },

@@ -29,6 +29,70 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     chunked_attention(q, k, v, None, scale, SCORE_BLOCK_BYTES)
 }
 
+/// The arithmetic a model's self-attention runs in (`--attention`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionPrecision {
+    /// The inputs' own dtype (bf16 on a GPU), probabilities in bf16.
+    #[default]
+    Exact,
+    /// q, k and v quantized to float8 e4m3 (q a scale per token, k per 128 keys, v per channel),
+    /// probabilities in e4m3: both products at twice the bf16 rate on Hopper
+    /// ([`videosdgx_kernels::attention_fp8`]), at about 2-3% relative error on the output.
+    Fp8,
+}
+
+impl AttentionPrecision {
+    pub fn is_exact(&self) -> bool {
+        *self == AttentionPrecision::Exact
+    }
+}
+
+/// [`attention`] in `precision`. Float8 runs where its kernel does (bf16 on a Hopper GPU, head
+/// dim 128, the `cuda` feature); elsewhere the exact attention runs, with one warning per process.
+pub fn attention_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    precision: AttentionPrecision,
+) -> Result<Tensor> {
+    if precision == AttentionPrecision::Fp8 {
+        #[cfg(feature = "cuda")]
+        if fp8_kernel_runs(q, k, v)? {
+            let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+            return videosdgx_kernels::attention_fp8(q, k, v, scale as f32);
+        }
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "attention: float8 runs on Hopper GPUs at head dim 128 in bf16; {:?} {:?} at head dim {:?} takes exact attention",
+                q.device().location(),
+                q.dtype(),
+                q.dim(D::Minus1).ok()
+            )
+        });
+    }
+    attention(q, k, v)
+}
+
+/// Whether float8 attention runs on `device` in `dtype` (the `cuda` feature, bf16 on a Hopper
+/// GPU, `attention` not in `VIDEOSDGX_UNFUSED`), for a model whose head dim is 128.
+pub fn fp8_available(device: &Device, dtype: DType) -> bool {
+    #[cfg(feature = "cuda")]
+    if dtype == DType::BF16 && !crate::fused::disabled("attention") {
+        return videosdgx_kernels::attention_fp8_supported(device).unwrap_or(false);
+    }
+    let _ = (device, dtype);
+    false
+}
+
+/// Whether the float8 kernel takes these operands: [`fp8_available`] at head dim 128.
+#[cfg(feature = "cuda")]
+fn fp8_kernel_runs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<bool> {
+    let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
+    Ok(bf16 && q.dim(D::Minus1)? == 128 && fp8_available(q.device(), q.dtype()))
+}
+
 /// The fused kernel's result when one covers these inputs; `None` otherwise, with one warning per
 /// process when the inputs are on CUDA, so the slow path on a GPU is never silent.
 #[cfg(feature = "cuda")]

@@ -13,7 +13,7 @@
 //! [`profile`] times named sections of a forward when a benchmark asks for it.
 
 use candle_core::{DType, Result, Tensor};
-use videosdgx_kernels::{ChannelDivisor, Epilogue, FrameConv, FramePadding};
+use videosdgx_kernels::{ChannelDivisor, ChannelSlot, Epilogue, FrameConv, FramePadding};
 
 /// Which normalisation [`modulated_norm`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +340,29 @@ fn reference_conv(
         &epilogue.to_dtype(dtype)?,
     )?
     .to_dtype(x.dtype())
+}
+
+/// Copies the channels-last `part [.., C]` into every [`ChannelSlot`] of the flat `buffer`: one
+/// pass that reads the part once on CUDA where every copy moves whole 16-byte units, otherwise
+/// one `slice_set` per slot ([`videosdgx_kernels::reference::scatter_channels`], which defines
+/// it).
+pub(crate) fn scatter_channels(
+    buffer: &Tensor,
+    part: &Tensor,
+    slots: &[ChannelSlot],
+) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let elem = part.dtype().size_in_bytes();
+        if kernel_takes("scatter", part)
+            && (buffer.layout().start_offset() * elem).is_multiple_of(16)
+            && ChannelSlot::vectorizes(slots, part, elem)
+        {
+            return videosdgx_kernels::scatter_channels(buffer, part, slots);
+        }
+        warn_fallback(part, "scatter channels");
+    }
+    videosdgx_kernels::reference::scatter_channels(buffer, part, slots)
 }
 
 /// RIFE's backward warp of `image [B, C, H, W]` by `flow [B, 2, H, W]` (pixels, x first; border

@@ -63,3 +63,26 @@ fn with_a_lora(quant: Quant) -> (WanTransformer3DModel, [Tensor; 3]) {
     let runtime = forward(&model, &inputs);
     (model, [plain, merged, runtime])
 }
+
+/// Float8 attention runs only on a Hopper GPU in bf16, and only for Wan: elsewhere a pipeline
+/// declines it and says so, so that the record carries what ran.
+#[test]
+fn fp8_attention_is_declined_where_it_cannot_run() {
+    use videosdgx_engine::pipelines::{AttentionPrecision, Pipeline};
+    for (pipeline, dtype) in [
+        ("tiny-wan-t2v", DType::F32),
+        ("tiny-wan-t2v", DType::BF16),
+        ("tiny-flux2-klein", DType::F32),
+    ] {
+        let mut pipeline = Pipeline::open(&fixtures().join(pipeline), &Device::Cpu, dtype).unwrap();
+        assert_eq!(
+            pipeline.set_attention_precision(AttentionPrecision::Fp8),
+            AttentionPrecision::Exact,
+            "{dtype:?}"
+        );
+        assert_eq!(
+            pipeline.set_attention_precision(AttentionPrecision::Exact),
+            AttentionPrecision::Exact
+        );
+    }
+}

@@ -129,12 +129,7 @@ impl Generator {
                 width: request.width,
                 steps: request.steps.unwrap_or(defaults.steps),
                 guidance: request.guidance.unwrap_or(defaults.guidance),
-                preset: None,
-                cache: None,
-                quant: None,
-                split_cards: 1,
-                cfg_parallel: false,
-                image_model: None,
+                ..RenderSettings::default()
             },
             start_image: None,
             references,

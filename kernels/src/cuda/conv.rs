@@ -50,14 +50,25 @@ const IMAGE_BATCH_INPUT_BYTES: usize = 1 << 30;
 /// The algorithms the search may pick: the GEMM family. FFT and Winograd are left out: on tiny
 /// shapes timing noise sometimes picked them, and then a frame other than the one searched on was
 /// refused (`CUDNN_STATUS_BAD_PARAM`, seen on H100); at the VAE's real sizes the implicit GEMMs win.
-const ALGORITHMS: [sys::cudnnConvolutionFwdAlgo_t; 3] = {
+/// `VIDEOSDGX_CONV_WINOGRAD=1` lets the Winograd algorithms compete too (the A/B of the benchmarks).
+fn algorithms() -> &'static [sys::cudnnConvolutionFwdAlgo_t] {
     use sys::cudnnConvolutionFwdAlgo_t::*;
-    [
-        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-        CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
-    ]
-};
+    static ALGORITHMS: OnceLock<Vec<sys::cudnnConvolutionFwdAlgo_t>> = OnceLock::new();
+    ALGORITHMS.get_or_init(|| {
+        let mut algorithms = vec![
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        ];
+        if std::env::var("VIDEOSDGX_CONV_WINOGRAD").as_deref() == Ok("1") {
+            algorithms.extend([
+                CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+                CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+            ]);
+        }
+        algorithms
+    })
+}
 
 fn cudnn_err(what: &'static str) -> impl FnOnce(result::CudnnError) -> candle_core::Error {
     move |e| candle_core::Error::Msg(format!("cuDNN {what}: {e:?}"))
@@ -224,7 +235,7 @@ struct Descriptors {
 }
 
 /// Runs every algorithm cuDNN offers for these descriptors on the real operands and keeps the
-/// fastest of [`ALGORITHMS`] that succeeded. The search's scratch is as large as the hungriest algorithm within
+/// fastest of [`algorithms`] that succeeded. The search's scratch is as large as the hungriest algorithm within
 /// `limit` bytes asks for, and is freed afterwards.
 fn find_plan(
     dev: &CudaDevice,
@@ -235,7 +246,7 @@ fn find_plan(
     what: &str,
 ) -> Result<Plan> {
     let stream = dev.cuda_stream();
-    let scratch_bytes = ALGORITHMS
+    let scratch_bytes = algorithms()
         .iter()
         .filter_map(|&algo| {
             // SAFETY: live handle and descriptors; algorithms that do not apply return an error.
@@ -281,7 +292,7 @@ fn find_plan(
     let best = found[..count as usize].iter().find(|p| {
         p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
             && p.memory <= scratch_bytes
-            && ALGORITHMS.contains(&p.algo)
+            && algorithms().contains(&p.algo)
     });
     let Some(best) = best else {
         bail!("cuDNN has no algorithm for the convolution {what}")

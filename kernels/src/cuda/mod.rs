@@ -2,14 +2,16 @@
 //! check the inputs, and launch on candle's stream as custom ops. Every load is logged with the
 //! kernel's name and architecture, so a run's log says which kernel did the work.
 
+mod attention_fp8;
 #[cfg(feature = "cudnn")]
 mod conv;
 mod gemm;
 mod image;
 mod nvrtc;
+pub use attention_fp8::{attention_fp8, attention_fp8_supported};
 #[cfg(feature = "cudnn")]
 pub use conv::{frame_conv, image_conv_nhwc};
-pub use image::warp;
+pub use image::{scatter_channels, warp};
 
 use crate::spec::{
     CausalMask, ChannelDivisor, FramePadding, NormKind, NormSpec, RopeGrid, RotaryPairs, SpatialPad,
@@ -275,21 +277,42 @@ impl TensorMap {
     /// dims (D, H, L, B) read in boxes of 64 x 1 x 128 x 1 with 128-byte swizzle, the tile half
     /// that attention_tma.cu expects; out-of-range rows read as zeros.
     fn bhld(ptr: u64, [b, l, h, d]: [usize; 4], [sb, sl, sh]: [i64; 3]) -> Result<Self> {
+        Self::tiled(
+            ptr,
+            TensorMapElement::Bf16,
+            [d, h, l, b],
+            [sh as u64 * 2, sl as u64 * 2, sb as u64 * 2],
+            [64, 1, 128, 1],
+        )
+    }
+
+    /// A 4-D tensor of `element`s at `ptr`: `dims` innermost first, the outer three dims'
+    /// `byte_strides`, read in boxes of `boxes` elements into 128-byte-swizzled shared memory (the
+    /// innermost box dim at most 128 bytes); out-of-range elements read as zeros.
+    fn tiled(
+        ptr: u64,
+        element: TensorMapElement,
+        dims: [usize; 4],
+        byte_strides: [u64; 3],
+        boxes: [u32; 4],
+    ) -> Result<Self> {
         use candle_core::cuda_backend::cudarc::driver::sys;
         let mut map = TensorMap([0; 16]);
-        let dims = [d as u64, h as u64, l as u64, b as u64];
-        let strides = [sh as u64 * 2, sl as u64 * 2, sb as u64 * 2];
-        let boxes = [64u32, 1, 128, 1];
+        let dims = dims.map(|d| d as u64);
         let element_strides = [1u32; 4];
+        let data_type = match element {
+            TensorMapElement::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            TensorMapElement::Byte => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        };
         // SAFETY: every array has the rank's length; map is 128 bytes, 128-aligned.
         let rc = unsafe {
             sys::cuTensorMapEncodeTiled(
                 (&mut map as *mut TensorMap).cast(),
-                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                data_type,
                 4,
                 ptr as *mut std::ffi::c_void,
                 dims.as_ptr(),
-                strides.as_ptr(),
+                byte_strides.as_ptr(),
                 boxes.as_ptr(),
                 element_strides.as_ptr(),
                 sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -300,13 +323,17 @@ impl TensorMap {
         };
         if rc != sys::CUresult::CUDA_SUCCESS {
             bail!(
-                "fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for shape {:?}, strides {:?}",
-                [b, l, h, d],
-                [sb, sl, sh]
+                "fused attention: cuTensorMapEncodeTiled failed ({rc:?}) for dims {dims:?}, byte strides {byte_strides:?}"
             );
         }
         Ok(map)
     }
+}
+
+/// The elements a [`TensorMap`] reads: bf16, or bytes (float8).
+enum TensorMapElement {
+    Bf16,
+    Byte,
 }
 
 struct FusedAttention {
@@ -446,30 +473,7 @@ impl CustomOp3 for FusedAttention {
 /// dim contiguous (other dims may be strided views). Returns bf16 `[B, Lq, H, D]`. Errors,
 /// rather than falling back, on anything else. Which kernel runs: [`attention_kernel_for`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Result<Tensor> {
-    let (b, _, h, d) = q.dims4()?;
-    let (kb, lk, kh, kd) = k.dims4()?;
-    if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
-        bail!(
-            "fused attention: shapes disagree: q {:?}, k {:?}, v {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    if lk == 0 {
-        bail!("fused attention: k/v have no tokens");
-    }
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        if t.dtype() != DType::BF16 {
-            bail!("fused attention: {name} must be bf16, got {:?}", t.dtype());
-        }
-        if !t.device().is_cuda() || !t.device().same_device(q.device()) {
-            bail!("fused attention: {name} must be on the CUDA device of q");
-        }
-    }
-    let Device::Cuda(dev) = q.device() else {
-        unreachable!("checked above")
-    };
+    let (dev, d) = check_attention_operands(q, k, v, "fused attention")?;
     let Some(variant) = attention_variant(d, compute_capability(dev)?) else {
         bail!("fused attention: head_dim {d} not supported (64 or 128)");
     };
@@ -482,6 +486,41 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Resu
             causal: None,
         },
     )
+}
+
+/// The CUDA device and head dim of non-causal attention operands: `q [B, Lq, H, D]`, `k`/`v
+/// [B, Lk, H, D]` with keys, all bf16 on q's CUDA device.
+fn check_attention_operands<'a>(
+    q: &'a Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    what: &str,
+) -> Result<(&'a CudaDevice, usize)> {
+    let (b, _, h, d) = q.dims4()?;
+    let (kb, lk, kh, kd) = k.dims4()?;
+    if (kb, kh, kd) != (b, h, d) || v.dims() != k.dims() {
+        bail!(
+            "{what}: shapes disagree: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if lk == 0 {
+        bail!("{what}: k/v have no tokens");
+    }
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.dtype() != DType::BF16 {
+            bail!("{what}: {name} must be bf16, got {:?}", t.dtype());
+        }
+        if !t.device().is_cuda() || !t.device().same_device(q.device()) {
+            bail!("{what}: {name} must be on the CUDA device of q");
+        }
+    }
+    let Device::Cuda(dev) = q.device() else {
+        unreachable!("checked above")
+    };
+    Ok((dev, d))
 }
 
 /// The causal attention of a language model: `softmax(q k^T * softmax_scale + mask) v` with the
@@ -2326,9 +2365,12 @@ pub fn fp8_quantize_rows(x: &Tensor) -> Result<(Tensor, Tensor)> {
             .arg(&mut scale)
             .arg(&rows64)
             .arg(&cols64);
+        // A block a row, a thread per 16-byte chunk up to 256: attention's 128-wide rows (a head
+        // each) take one warp.
+        let threads = (cols / 8).next_power_of_two().clamp(32, 256) as u32;
         let cfg = LaunchConfig {
             grid_dim: (rows.clamp(1, 65_535 * 8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel in quant.cu; x and q hold rows * cols elements

@@ -299,6 +299,10 @@ pub struct WanArgs {
     /// forward of the same weights.
     #[arg(long, value_enum)]
     pub quant: Option<super::model::QuantArg>,
+    /// Self-attention in float8 (`fp8`); the transformer component then also reports the
+    /// output's relative error against the exact forward.
+    #[arg(long, value_enum, default_value_t = super::model::AttentionArg::Exact)]
+    pub attention: super::model::AttentionArg,
     /// Pipeline: run a distilled model's schedule (`wan2.1-distill-4step`, ...: its steps, shift
     /// and guidance) instead of --steps with guidance 5.
     #[arg(long)]
@@ -734,7 +738,10 @@ mod gpu {
         output_max_abs: Option<f32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         quant: Option<videosdgx_engine::pipelines::Quant>,
-        /// With --quant: ‖out − out_bf16‖ / ‖out_bf16‖ on the same weights and inputs.
+        #[serde(skip_serializing_if = "videosdgx_engine::pipelines::AttentionPrecision::is_exact")]
+        attention: videosdgx_engine::pipelines::AttentionPrecision,
+        /// With --quant or --attention fp8: ‖out − out_bf16‖ / ‖out_bf16‖ on the same weights and
+        /// inputs.
         #[serde(skip_serializing_if = "Option::is_none")]
         error_vs_bf16: Option<f64>,
         /// With --quant: the same error after each block, in order (the bf16 and the quantized
@@ -783,33 +790,39 @@ mod gpu {
                 let timestep = Tensor::new(&[500f32], &dev)?;
                 let text =
                     Tensor::randn(0f32, 1f32, (1, 512, 4096), &dev)?.to_dtype(DType::BF16)?;
-                let dense_out = match args.quant {
-                    Some(quant) => {
-                        // The bf16 forward, keeping every block's output, then the same blocks
-                        // quantized on the same inputs: the error after each block.
-                        let embedded = model.embed(&latents, &timestep, &text, None)?;
-                        let mut dense_blocks = Vec::new();
-                        let x = model.blocks_inspected(&embedded, &mut |_, x| {
-                            dense_blocks.push(x.clone());
-                            Ok(())
-                        })?;
-                        let out = model.head(&embedded, &x)?;
+                let attention =
+                    videosdgx_engine::pipelines::AttentionPrecision::from(args.attention);
+                let approximated = args.quant.is_some() || attention != Default::default();
+                let dense_out = if approximated {
+                    // The bf16 forward, keeping every block's output, then the same blocks
+                    // quantized (and in float8 attention) on the same inputs: the error after
+                    // each block.
+                    let embedded = model.embed(&latents, &timestep, &text, None)?;
+                    let mut dense_blocks = Vec::new();
+                    let x = model.blocks_inspected(&embedded, &mut |_, x| {
+                        dense_blocks.push(x.clone());
+                        Ok(())
+                    })?;
+                    let out = model.head(&embedded, &x)?;
+                    if let Some(quant) = args.quant {
                         let dense_bytes = block_weights(&mut model)?;
                         videosdgx_engine::models::quant::quantize_blocks(&mut model, quant.into())?;
                         block_weights_gib = Some((dense_bytes, block_weights(&mut model)?));
-                        let mut errors = Vec::new();
-                        model.blocks_inspected(&embedded, &mut |i, x| {
-                            errors.push(videosdgx_engine::models::relative_error(
-                                x,
-                                &dense_blocks[i],
-                            )?);
-                            Ok(())
-                        })?;
-                        block_errors_vs_bf16 = Some(errors);
-                        dev.synchronize()?;
-                        Some(out)
                     }
-                    None => None,
+                    model.set_attention_precision(attention);
+                    let mut errors = Vec::new();
+                    model.blocks_inspected(&embedded, &mut |i, x| {
+                        errors.push(videosdgx_engine::models::relative_error(
+                            x,
+                            &dense_blocks[i],
+                        )?);
+                        Ok(())
+                    })?;
+                    block_errors_vs_bf16 = Some(errors);
+                    dev.synchronize()?;
+                    Some(out)
+                } else {
+                    None
                 };
                 let peak = MemoryPeak::start(&ctx);
                 let mut out = None;
@@ -871,6 +884,7 @@ mod gpu {
                 .then(|| transformer_flops(&shape, f * h * w) / ms / 1e9),
             output_max_abs,
             quant: args.quant.map(Into::into),
+            attention: args.attention.into(),
             error_vs_bf16,
             block_errors_vs_bf16,
             block_weights_gib,
@@ -975,6 +989,23 @@ mod gpu {
             tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9),
             gbps: None,
         });
+        if name == videosdgx_kernels::targets::ATTENTION_TMA_D128.name {
+            // Float8 attention, its operands' quantization included.
+            let ms = time_ms(&dev, 3, args.reps, || {
+                videosdgx_kernels::attention_fp8(&q, &k, &v, scale)?;
+                Ok(())
+            })?;
+            timings.push(KernelTiming {
+                kernel: format!(
+                    "{} + quantize",
+                    videosdgx_kernels::targets::ATTENTION_FP8_TMA_D128.name
+                ),
+                shape: format!("self 1x{heads}x{l}x{d}"),
+                ms,
+                tflops: Some(4.0 * (l * l * d * heads) as f64 / ms / 1e9),
+                gbps: None,
+            });
+        }
         let ms = time_ms(&dev, 3, args.reps, || {
             videosdgx_kernels::attention(&q, &kt, &vt, scale)?;
             Ok(())

@@ -30,7 +30,7 @@ use videosdgx_engine::models::{
     autoencoder_kl::AutoencoderKL, clip_text::CLIPTextModel, clip_vision::CLIPVisionModel,
     t5::T5EncoderModel,
 };
-use videosdgx_engine::pipelines::Quant;
+use videosdgx_engine::pipelines::{AttentionPrecision, Quant};
 use videosdgx_engine::text::decoder::{HiddenStates, Logits};
 use videosdgx_engine::text::model::{LanguageModel, ModelInput};
 
@@ -163,6 +163,25 @@ pub enum QuantArg {
     Fp8,
     /// 4-bit e2m1, an e4m3 scale per 16 values and one per tensor (weight-only on Hopper).
     Nvfp4,
+}
+
+/// What self-attention is computed in (`--attention`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AttentionArg {
+    /// The model's own dtype.
+    #[default]
+    Exact,
+    /// q, k, v and the probabilities in float8 e4m3 (Hopper; about 2-3% relative error).
+    Fp8,
+}
+
+impl From<AttentionArg> for AttentionPrecision {
+    fn from(arg: AttentionArg) -> AttentionPrecision {
+        match arg {
+            AttentionArg::Exact => AttentionPrecision::Exact,
+            AttentionArg::Fp8 => AttentionPrecision::Fp8,
+        }
+    }
 }
 
 impl From<QuantArg> for Quant {

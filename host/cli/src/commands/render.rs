@@ -59,6 +59,10 @@ pub struct RenderArgs {
     /// memory; docs/generation.md, "FP8 weights").
     #[arg(long, value_enum)]
     pub quant: Option<super::model::QuantArg>,
+    /// The video model's self-attention in float8 (Wan on Hopper GPUs; about 2-3% relative
+    /// error on its output).
+    #[arg(long, value_enum, default_value_t = super::model::AttentionArg::Exact)]
+    pub attention: super::model::AttentionArg,
     /// Split each shot's generation across this many of the studio's cards (`--gpus`), which
     /// it takes at once (docs/ARCHITECTURE.md, "Cards and residency").
     #[arg(long, default_value_t = RenderSettings::default().split_cards)]
@@ -116,6 +120,7 @@ pub fn run(app: App, args: RenderArgs) -> anyhow::Result<()> {
             preset: args.preset,
             cache: args.cache,
             quant: args.quant.map(Into::into),
+            attention: args.attention.into(),
             split_cards: args.split_cards,
             cfg_parallel: args.cfg_parallel,
             image_model: args.image_model,

@@ -50,8 +50,9 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     padding: usize,
     stride: usize,
-    /// The weight as `[out, kh, kw, in]`, made at the first channels-last call.
-    weight_channels_last: std::sync::OnceLock<Tensor>,
+    /// The weight as `[out, kh, kw, in]` and the bias (zeros when there is none), made at the
+    /// first channels-last call.
+    channels_last: std::sync::OnceLock<(Tensor, Tensor)>,
 }
 
 impl Conv2d {
@@ -75,7 +76,7 @@ impl Conv2d {
             bias,
             padding,
             stride,
-            weight_channels_last: std::sync::OnceLock::new(),
+            channels_last: std::sync::OnceLock::new(),
         }
     }
 
@@ -118,14 +119,15 @@ impl Conv2d {
     /// residual `[B, H', W', O]`), returning `[B, H', W', O]`: cuDNN's NHWC kernels on CUDA, which
     /// run the upscalers' narrow layers far faster than NCHW.
     pub fn forward_channels_last(&self, x: &Tensor, epilogue: &Epilogue) -> Result<Tensor> {
-        let Some(bias) = &self.bias else {
-            candle_core::bail!("channels-last convolutions take a bias");
-        };
-        let weight = match self.weight_channels_last.get() {
-            Some(weight) => weight,
+        let (weight, bias) = match self.channels_last.get() {
+            Some(operands) => operands,
             None => {
                 let weight = self.weight.permute((0, 2, 3, 1))?.contiguous()?;
-                self.weight_channels_last.get_or_init(|| weight)
+                let bias = match &self.bias {
+                    Some(bias) => bias.clone(),
+                    None => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?,
+                };
+                self.channels_last.get_or_init(|| (weight, bias))
             }
         };
         let spec = FrameConv {

@@ -13,6 +13,7 @@ mod noise;
 pub use crate::models::quant::Quant;
 pub use noise::initial_noise;
 
+pub use crate::attention::AttentionPrecision;
 use crate::families::flux::pipeline::FluxPipeline;
 use crate::families::flux2::pipeline::Flux2Pipeline;
 use crate::families::ltx2::pipeline::{DEFAULT_FPS, LTX2Pipeline, start_image_rule};
@@ -86,6 +87,10 @@ pub struct GenerateParams {
     /// pipeline, for the record; `generate` does not quantize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quant: Option<Quant>,
+    /// The arithmetic the transformers' self-attention was set to
+    /// ([`Pipeline::set_attention_precision`]), for the record likewise.
+    #[serde(default, skip_serializing_if = "AttentionPrecision::is_exact")]
+    pub attention: AttentionPrecision,
     /// Reference images an image model conditions on (FLUX.2's multi-reference editing: a
     /// character sheet, a previous keyframe).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -811,6 +816,23 @@ impl Pipeline {
             layers += crate::models::quant::quantize_blocks(model, quant)?;
         }
         Ok(layers)
+    }
+
+    /// Runs the transformers' self-attention in `precision` (`--attention fp8`) where it runs (the
+    /// Wan family on a Hopper GPU in bf16) and exactly elsewhere; returns the precision its
+    /// transformers now run in, which the record should carry.
+    pub fn set_attention_precision(&mut self, precision: AttentionPrecision) -> AttentionPrecision {
+        match self {
+            Pipeline::Wan(wan) => wan.set_attention_precision(precision),
+            _ => {
+                if !precision.is_exact() {
+                    tracing::warn!(
+                        "attention {precision:?}: built for the Wan family only; exact attention runs"
+                    );
+                }
+                AttentionPrecision::Exact
+            }
+        }
     }
 
     /// What a split of this pipeline's generation of `size` can share out

@@ -19,6 +19,7 @@
 use super::prompt::encode_prompt;
 use super::transformer::{WanTransformer3DModel, WanTransformerConfig};
 use super::vae::{AutoencoderKLWan, WanVaeConfig};
+use crate::attention::AttentionPrecision;
 use crate::image_processor::CLIPImageProcessor;
 use crate::loader::{
     PipelineIndex, pipeline_component as component, read_config, read_pipeline_index,
@@ -289,6 +290,28 @@ impl WanPipeline {
             models.push(expert);
         }
         models
+    }
+
+    /// Runs the transformers' self-attention in `precision` where it can run
+    /// ([`crate::attention::fp8_available`] for float8; exact elsewhere); returns the precision
+    /// they now run in.
+    pub fn set_attention_precision(&mut self, precision: AttentionPrecision) -> AttentionPrecision {
+        let runs = match precision {
+            AttentionPrecision::Fp8
+                if !crate::attention::fp8_available(&self.device, self.dtype) =>
+            {
+                tracing::warn!(
+                    "attention fp8: runs in bf16 on Hopper GPUs; exact attention runs here"
+                );
+                AttentionPrecision::Exact
+            }
+            precision => precision,
+        };
+        self.transformer.set_attention_precision(runs);
+        if let Some((expert, _)) = &mut self.transformer_2 {
+            expert.set_attention_precision(runs);
+        }
+        runs
     }
 
     /// The card it runs on.

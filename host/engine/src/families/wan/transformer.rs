@@ -3,7 +3,7 @@
 //! `models/transformers/transformer_wan.py` line by line. Dimensions come only from the config.
 //! Attention goes through [`crate::attention`]; this file must never implement attention itself.
 
-use crate::attention::attention;
+use crate::attention::{AttentionPrecision, attention, attention_in};
 use crate::fused::profile::section;
 use crate::loader::single_file::{self, OriginalLayout, SingleFile};
 use crate::lora::{Adaptable, LoraError, LoraState, Visitor, Weight};
@@ -170,6 +170,8 @@ struct WanAttention {
     norm_k: RmsNorm,
     added_kv: Option<AddedKv>,
     heads: usize,
+    /// What the self-attention's scores and probabilities are computed in.
+    precision: AttentionPrecision,
 }
 
 impl WanAttention {
@@ -198,6 +200,7 @@ impl WanAttention {
             norm_k: RmsNorm::new(inner, eps, vb.pp("norm_k"))?,
             added_kv,
             heads,
+            precision: AttentionPrecision::default(),
         })
     }
 
@@ -323,7 +326,10 @@ impl WanAttention {
             _ => None,
         };
 
-        let mut out = section(names[2], dev, || attention(&q, &k, &v))?;
+        let mut out = section(names[2], dev, || match rope {
+            Some(_) => attention_in(&q, &k, &v, self.precision),
+            None => attention(&q, &k, &v),
+        })?;
         if let (Some(sp), Some(_)) = (sequence, rope) {
             out = section("sequence.all_to_all", dev, || sp.sequence_to_heads(&out))?;
         }
@@ -672,6 +678,14 @@ impl WanTransformer3DModel {
             model.lora = LoraState::from_checkpoint(checkpoint);
         }
         Ok(model)
+    }
+
+    /// Runs every block's self-attention in `precision` (the text cross-attention, 512 keys, stays
+    /// exact).
+    pub fn set_attention_precision(&mut self, precision: AttentionPrecision) {
+        for block in &mut self.blocks {
+            block.attn1.precision = precision;
+        }
     }
 
     pub fn config(&self) -> &WanTransformerConfig {

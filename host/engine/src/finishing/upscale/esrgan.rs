@@ -7,15 +7,15 @@
 //!   → hr conv → lrelu → conv_last
 //! ```
 
-use super::layers::upsample_nearest;
+use super::layers::upsample_nearest_channels_last;
 use super::{Network, Padding, dim, expect_rgb, seq_len};
 use crate::finishing::section;
 use crate::loader::StateDict;
-use crate::models::conv::Conv2d;
+use crate::models::conv::{Conv2d, to_channels_last};
 use anyhow::{Result, bail};
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use videosdgx_kernels::Epilogue;
+use videosdgx_kernels::{ChannelSlot, Epilogue};
 
 const SLOPE: f32 = 0.2;
 /// Each dense block and each RRDB adds its output scaled by this to its input.
@@ -167,36 +167,89 @@ struct DenseBlock {
 }
 
 impl DenseBlock {
-    /// The input and each output are written once, side by side on the channels, into one
-    /// buffer; each convolution reads the channels so far as a view of it (no concatenation).
+    /// Channels last. Convolution k reads the block's input and outputs 1..k side by side on the
+    /// channels ([`DenseInputs`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [conv1, conv2, conv3, conv4] = &self.convs;
-        let (b, c, h, w) = x.dims4()?;
-        let growth = conv1.out_channels();
-        // SAFETY: every channel is written (below) before a convolution reads it.
-        let dense = unsafe { Tensor::empty((b, c + 4 * growth, h, w), x.dtype(), x.device())? };
-        let mut written = 0;
-        let mut append = |part: &Tensor| -> Result<Tensor> {
-            section("concat", x, || {
-                dense.slice_set(&part.contiguous()?, 1, written)
-            })?;
-            written += part.dim(1)?;
-            Ok(dense.narrow(1, 0, written)?)
-        };
-        append(x)?;
-        let x1 = conv1.forward_with(x, &Epilogue::leaky_relu(SLOPE))?;
-        let mut x2 = conv2.forward_with(&append(&x1)?, &Epilogue::leaky_relu(SLOPE))?;
+        let leaky = Epilogue::leaky_relu(SLOPE);
+        let mut inputs = DenseInputs::new(x, conv1.out_channels())?;
+        inputs.append(x)?;
+        let x1 = conv1.forward_channels_last(x, &leaky)?;
+        let mut x2 = conv2.forward_channels_last(&inputs.append(&x1)?, &leaky)?;
         if let Some(conv1x1) = &self.conv1x1 {
-            x2 = (x2 + conv1x1.forward(x)?)?;
+            x2 = (x2 + conv1x1.forward_channels_last(x, &Epilogue::default())?)?;
         }
-        let x3 = conv3.forward_with(&append(&x2)?, &Epilogue::leaky_relu(SLOPE))?;
-        let mut x4 = conv4.forward_with(&append(&x3)?, &Epilogue::leaky_relu(SLOPE))?;
+        let x3 = conv3.forward_channels_last(&inputs.append(&x2)?, &leaky)?;
+        let mut x4 = conv4.forward_channels_last(&inputs.append(&x3)?, &leaky)?;
         if self.conv1x1.is_some() {
             x4 = (x4 + &x2)?;
         }
         Ok(self
             .conv5
-            .forward_with(&append(&x4)?, &Epilogue::default().with_residual(x))?)
+            .forward_channels_last(&inputs.append(&x4)?, &Epilogue::default().with_residual(x))?)
+    }
+}
+
+/// The inputs of a dense block's convolutions 2 to 5, each its own packed channels-last image in
+/// one buffer (cuDNN's NHWC kernels take no channel prefix of a wider image): convolution k reads
+/// the block's input and outputs 1 to k - 1. Each part is written once into every input that
+/// reads it, in one pass.
+struct DenseInputs {
+    buffer: Tensor,
+    /// Where each input starts in the buffer, and its channels.
+    inputs: [(usize, usize); 4],
+    /// `[B, H, W]`.
+    pixels: (usize, usize, usize),
+    written: usize,
+}
+
+impl DenseInputs {
+    fn new(x: &Tensor, growth: usize) -> Result<Self> {
+        let (b, h, w, c) = x.dims4()?;
+        let area = b * h * w;
+        let mut start = 0;
+        let inputs = [1, 2, 3, 4].map(|k| {
+            let input = (start, c + k * growth);
+            start += area * input.1;
+            input
+        });
+        // SAFETY: every input's channels are written (`append`) before its convolution reads it.
+        let buffer = unsafe { Tensor::empty(start, x.dtype(), x.device())? };
+        Ok(Self {
+            buffer,
+            inputs,
+            pixels: (b, h, w),
+            written: 0,
+        })
+    }
+
+    /// Writes `part` beside the channels so far into every input that reads it; returns the
+    /// channels so far as one packed image (the input they complete, or the first part itself).
+    fn append(&mut self, part: &Tensor) -> Result<Tensor> {
+        let slots: Vec<ChannelSlot> = self
+            .inputs
+            .iter()
+            .filter(|&&(_, channels)| channels > self.written)
+            .map(|&(start, pitch)| ChannelSlot {
+                start,
+                pitch,
+                offset: self.written,
+            })
+            .collect();
+        section("concat", part, || {
+            crate::fused::scatter_channels(&self.buffer, part, &slots)
+        })?;
+        self.written += part.dim(3)?;
+        let (b, h, w) = self.pixels;
+        Ok(
+            match self.inputs.iter().find(|&&(_, c)| c == self.written) {
+                Some(&(start, c)) => self
+                    .buffer
+                    .narrow(0, start, b * h * w * c)?
+                    .reshape((b, h, w, c))?,
+                None => part.clone(),
+            },
+        )
     }
 }
 
@@ -325,25 +378,31 @@ impl Network for Esrgan {
         convs * self.shuffle.unwrap_or(1)
     }
 
+    /// Channels last from the first convolution's input to the last one's output.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = match self.shuffle {
             Some(factor) => candle_nn::ops::pixel_unshuffle(x, factor)?,
             None => x.clone(),
         };
-        let features = self.conv_first.forward(&x)?;
+        let no_epilogue = Epilogue::default();
+        let leaky = Epilogue::leaky_relu(SLOPE);
+        let features = self
+            .conv_first
+            .forward_channels_last(&to_channels_last(&x)?, &no_epilogue)?;
         let mut trunk = features.clone();
         for block in &self.blocks {
             trunk = block.forward(&trunk)?;
         }
         let mut x = self
             .trunk_conv
-            .forward_with(&trunk, &Epilogue::default().with_residual(&features))?;
+            .forward_channels_last(&trunk, &Epilogue::default().with_residual(&features))?;
         for conv in &self.up_convs {
-            x = conv.forward_with(&upsample_nearest(&x, 2)?, &Epilogue::leaky_relu(SLOPE))?;
+            x = conv.forward_channels_last(&upsample_nearest_channels_last(&x, 2)?, &leaky)?;
         }
-        let x = self
-            .hr_conv
-            .forward_with(&x, &Epilogue::leaky_relu(SLOPE))?;
-        Ok(self.conv_last.forward(&x)?)
+        let x = self.hr_conv.forward_channels_last(&x, &leaky)?;
+        let x = self.conv_last.forward_channels_last(&x, &no_epilogue)?;
+        Ok(section("layout", &x, || {
+            x.permute((0, 3, 1, 2))?.contiguous()
+        })?)
     }
 }

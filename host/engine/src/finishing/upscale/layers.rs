@@ -32,6 +32,17 @@ pub(super) fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
     })
 }
 
+/// Nearest-neighbour upsampling of channels-last `x [B, H, W, C]` by an integer factor.
+pub(super) fn upsample_nearest_channels_last(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    section("upsample", x, || {
+        x.reshape((b, h, 1, w, 1, c))?
+            .broadcast_as((b, h, factor, w, factor, c))?
+            .contiguous()?
+            .reshape((b, h * factor, w * factor, c))
+    })
+}
+
 /// A per-channel vector as `[1, C, 1, 1]`, for broadcasting over images.
 pub(super) fn per_channel(
     values: &[f32],
@@ -45,6 +56,18 @@ pub(super) fn per_channel(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn channels_last_upsampling_matches_the_nchw_one() {
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 3, 5), &Device::Cpu).unwrap();
+        let last = crate::models::conv::to_channels_last(&x).unwrap();
+        let got = upsample_nearest_channels_last(&last, 3)
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap();
+        let want = upsample_nearest(&x, 3).unwrap();
+        assert_eq!(crate::models::relative_error(&got, &want).unwrap(), 0.0);
+    }
 
     #[test]
     fn padding_reflects_then_replicates_like_spandrel() {

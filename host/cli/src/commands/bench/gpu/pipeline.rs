@@ -60,11 +60,14 @@ struct PipelineReport {
     frames: usize,
     steps: usize,
     guidance: f64,
-    /// The distilled schedule (--schedule) and the weights' format (--quant), where given.
+    /// The distilled schedule (--schedule), the weights' format (--quant) and float8 attention
+    /// (--attention), where given.
     #[serde(skip_serializing_if = "Option::is_none")]
     schedule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quant: Option<videosdgx_engine::pipelines::Quant>,
+    #[serde(skip_serializing_if = "videosdgx_engine::pipelines::AttentionPrecision::is_exact")]
+    attention: videosdgx_engine::pipelines::AttentionPrecision,
     /// UMT5-XXL on the prompt and the negative prompt (the negative one only under guidance).
     text_encode_ms: f64,
     /// Median of the timed run's steps (two transformer forwards and the UniPC update each).
@@ -188,6 +191,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
     if let Some(quant) = args.quant {
         videosdgx_engine::models::quant::quantize_blocks(&mut transformer, quant.into())?;
     }
+    transformer.set_attention_precision(args.attention.into());
     let vae =
         AutoencoderKLWan::new(random(DType::F32), settings.vae).context("building the VAE")?;
     let mut pipeline = WanPipeline::from_parts(
@@ -212,6 +216,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         guidance: GUIDANCE,
         seed: 0,
         quant: args.quant.map(Into::into),
+        attention: args.attention.into(),
         ..Default::default()
     };
     let peak = MemoryPeak::start(ctx);
@@ -235,6 +240,7 @@ pub fn bench(args: &WanArgs, dev: &Device, ctx: &Arc<CudaContext>) -> anyhow::Re
         guidance: call.guidance,
         schedule: args.schedule.clone(),
         quant: call.quant,
+        attention: call.attention,
         text_encode_ms: t.text_encode_ms,
         step_ms: t.step_ms[t.step_ms.len() / 2],
         denoise_ms: t.denoise_ms,
