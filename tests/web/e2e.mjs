@@ -266,14 +266,18 @@ try {
     for (const [key, value] of [['width', '32'], ['height', '32'], ['steps', '2'], ['guidance', '3']]) {
       await page.locator(`#render-${key}`).fill(value);
     }
+    await page.locator('#render-attention').selectOption('fp8');
     await page.locator('#max-attempts').fill('2');
-    await until(async () => JSON.parse((await api('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}').render?.width === 32);
+    await until(async () => {
+      const { render } = JSON.parse((await api('GET', `/api/projects/${projectId}/storyboards`))[0].description || '{}');
+      return render?.width === 32 && render?.attention === 'fp8';
+    });
     await until(async () => (await api('GET', `/api/projects/${projectId}`)).max_attempts === 2);
     await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
     await page.locator('#generate').click();
     await page.getByText('Shot 1 queued for generation.').waitFor();
     const job = await until(async () => (await api('GET', '/api/jobs')).find((j) => j.kind === 'shoot'));
-    assert.deepEqual(job.params.render, { width: 32, height: 32, steps: 2, guidance: 3 });
+    assert.deepEqual(job.params.render, { width: 32, height: 32, steps: 2, guidance: 3, attention: 'fp8' });
     await page.goto(`${BASE}/#/jobs`);
     const card = page.locator(`.job[data-job-id="${job.id}"]`);
     await card.locator('.badge.succeeded').waitFor({ timeout: 180_000 });
@@ -291,6 +295,7 @@ try {
     const generation = await api('GET', `/api/generations/${done.result.attempts[0].generation_id}`);
     assert.equal(generation.params.prompt, first.prompt);
     assert.equal(generation.model, 'tiny-wan-t2v');
+    assert.equal(generation.params.attention, undefined, 'float8 attention needs a Hopper GPU: the CPU ran it exactly, and the record says so');
     await page.goto(`${BASE}/#/projects/${projectId}`);
     await page.locator('.timeline .shot-card[data-shot-id]').nth(0).click();
     await page.locator('.take .take-review', { hasText: 'not reviewed' }).waitFor();
@@ -368,6 +373,14 @@ try {
     await card.locator('.badge.succeeded').waitFor();
     assert.match(await card.locator('.title').textContent(), /Reindex the asset library/);
     await shot('05-jobs');
+  });
+
+  await step('a page whose code cannot be fetched says so on the page, with no uncaught error', async () => {
+    await page.route('**/app/views/jobs.js', (r) => r.abort());
+    await page.goto(`${BASE}/#/jobs`);
+    await page.reload();
+    await page.getByText(/Opening the page failed/).waitFor();
+    await page.unroute('**/app/views/jobs.js');
   });
 
   await step('delete a project after confirming', async () => {

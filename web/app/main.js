@@ -32,8 +32,9 @@ async function route() {
     if (link.dataset.nav === nav) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  const module = await load();
-  if (current !== generation) return;
+  // A module that cannot be fetched (offline, signed out meanwhile) is said on the page.
+  const module = await attempt('Opening the page', load);
+  if (current !== generation || !module) return;
   clear(view);
   const result = await attempt('Opening the page', () => module.render(view, params(m)));
   if (current !== generation) { if (typeof result === 'function') result(); return; }
