@@ -194,6 +194,14 @@ fn fp8_attention_reads_strided_views_and_refuses_other_head_dims() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dim 128"), "{err}");
+    let none = Tensor::zeros((1, 0, 4, 128), DType::BF16, &dev).unwrap();
+    for attention in [
+        videosdgx_kernels::attention,
+        videosdgx_kernels::attention_fp8,
+    ] {
+        let err = attention(&none, &k, &v, 0.1).unwrap_err().to_string();
+        assert!(err.contains("need tokens"), "{err}");
+    }
 }
 
 #[test]

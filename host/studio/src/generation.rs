@@ -147,7 +147,7 @@ pub struct RenderSettings {
     #[schema(value_type = Option<String>, example = "fp8")]
     pub quant: Option<Quant>,
     /// The video model's self-attention in float8 (`fp8`: Wan on Hopper GPUs, both attention
-    /// products at twice the bf16 rate, about 2-3% relative error on its output); exact when
+    /// products at twice the bf16 rate; the 14B forward's output moves about 1%); exact when
     /// absent.
     #[serde(default, skip_serializing_if = "AttentionPrecision::is_exact")]
     #[schema(value_type = Option<String>, example = "fp8")]

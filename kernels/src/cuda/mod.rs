@@ -506,8 +506,12 @@ fn check_attention_operands<'a>(
             v.dims()
         );
     }
-    if lk == 0 {
-        bail!("{what}: k/v have no tokens");
+    if lk == 0 || q.dim(1)? == 0 {
+        bail!(
+            "{what}: q, k and v need tokens, got q {:?}, k {:?}",
+            q.dims(),
+            k.dims()
+        );
     }
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         if t.dtype() != DType::BF16 {

@@ -59,8 +59,8 @@ pub struct RenderArgs {
     /// memory; docs/generation.md, "FP8 weights").
     #[arg(long, value_enum)]
     pub quant: Option<super::model::QuantArg>,
-    /// The video model's self-attention in float8 (Wan on Hopper GPUs; about 2-3% relative
-    /// error on its output).
+    /// The video model's self-attention in float8 (Wan on Hopper GPUs; the 14B forward's output
+    /// moves about 1%).
     #[arg(long, value_enum, default_value_t = super::model::AttentionArg::Exact)]
     pub attention: super::model::AttentionArg,
     /// Split each shot's generation across this many of the studio's cards (`--gpus`), which
