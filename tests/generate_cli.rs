@@ -212,6 +212,40 @@ fn splits_the_model_or_the_cards_cannot_take_are_refused_in_one_line() {
 }
 
 #[test]
+fn float8_attention_where_it_cannot_run_says_so_and_the_record_keeps_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensor = tmp.path().join("video.safetensors");
+    let plain = tmp.path().join("plain.safetensors");
+    let out = generate(
+        "5",
+        &[
+            "--attention",
+            "fp8",
+            "--save-tensor",
+            tensor.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--attention fp8: float8 attention runs for Wan models in bf16 on Hopper GPUs"
+        ),
+        "{stderr}"
+    );
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(record["params"].get("attention").is_none(), "{record}");
+    // What ran is the exact attention.
+    assert!(
+        generate("5", &["--save-tensor", plain.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(rel_err(&video(&tensor), &video(&plain)), 0.0);
+}
+
+#[test]
 fn generate_writes_an_mp4_with_the_generation_record() {
     let tmp = tempfile::tempdir().unwrap();
     let mp4 = tmp.path().join("clip.mp4");

@@ -463,7 +463,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let applied = pipeline.set_attention_precision(asked);
         *attention.lock().expect("attention record poisoned") = applied;
         if applied != asked {
-            eprintln!("--attention {asked:?}: this model's family runs exact attention");
+            eprintln!(
+                "--attention fp8: float8 attention runs for Wan models in bf16 on Hopper GPUs; this generation computes attention exactly"
+            );
         }
         Ok(())
     };
