@@ -16,6 +16,11 @@
 // Tiles sit in the 128-byte-swizzled layout wgmma reads and TMA writes: a 128-element row is two
 // 64-element halves (128 bytes each), all rows' first halves then all rows' second halves; in each
 // 1024-byte group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ r.
+//
+// The float8 kernel (attention_fp8_wgmma_tma_d128) is the same body on e4m3 operands: a row is one
+// 128-byte half, both products are k32, V arrives transposed ([B, H, 128, L]: float8 wgmma reads
+// no MN-major operand), and q, k and v carry scales (quant.cu) that the softmax and the output
+// apply.
 
 #define NEG_INF (__int_as_float(0xff800000))
 
