@@ -777,6 +777,9 @@ mod gpu {
         if args.quant.is_some() && args.component == Component::Vae {
             anyhow::bail!("--quant: the VAE is not quantized");
         }
+        if args.attention != Default::default() && args.component == Component::Vae {
+            anyhow::bail!("--attention: float8 attention is the transformer's");
+        }
         if args.schedule.is_some() && args.component != Component::Pipeline {
             anyhow::bail!("--schedule: a schedule is for the pipeline component");
         }
