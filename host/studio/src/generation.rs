@@ -243,14 +243,18 @@ impl RenderSettings {
     /// Refuses for good a size the model `model` in `dir` cannot make `length` long: the engine's
     /// rule for its family over its configs ([`Pipeline::inspect_size`], no weights), checked
     /// before a generation is queued and before it takes a card, so that a size no attempt can
-    /// make is not retried.
-    pub fn check_size(&self, model: &str, dir: &Path, length: Length) -> Result<()> {
+    /// make is not retried. Returns the size it checked, which a split is checked at
+    /// ([`crate::gpu::Gpus::check_split`]).
+    pub fn check_size(&self, model: &str, dir: &Path, length: Length) -> Result<VideoSize> {
         let reading =
             |e: anyhow::Error| StudioError::Internal(e.context(format!("reading model `{model}`")));
         let size = self.size(length.frames(dir).map_err(reading)?);
         Pipeline::inspect_size(dir, size)
             .map_err(reading)?
-            .map_err(|refused| StudioError::Refused(format!("`{model}` cannot make it: {refused}")))
+            .map_err(|refused| {
+                StudioError::Refused(format!("`{model}` cannot make it: {refused}"))
+            })?;
+        Ok(size)
     }
 
     pub fn check(&self) -> Result<()> {
@@ -992,8 +996,8 @@ impl GenerateShot {
         let model = shot_model(app.data_dir(), &shot)?;
         let dir = models::video_model_dir(app.data_dir(), &model)?;
         let length = Length::Seconds(shot.duration_s);
-        self.render.check_size(&model, &dir, length)?;
-        app.gpus.check_split(&self.render, &model, &dir, length)?;
+        let size = self.render.check_size(&model, &dir, length)?;
+        app.gpus.check_split(&self.render, &model, &dir, size)?;
         let applied = loras::for_shot(app, shot.id, crate::assets::LoraTarget::Video)?;
         loras::check_family(app, &applied, &model, &dir)
     }

@@ -19,7 +19,7 @@
 //! card, so cards freed one by one gather for it instead of going to later work.
 
 use crate::error::{Result, StudioError};
-use crate::generation::{GenerationTask, Length, RenderSettings};
+use crate::generation::{GenerationTask, RenderSettings};
 use crate::workers::RemoteCard;
 use anyhow::Context;
 use candle_core::{DType, Device};
@@ -34,7 +34,7 @@ use std::time::Duration;
 use utoipa::ToSchema;
 use videosdgx_engine::finishing::finish::{FinishModels, FinishSpec};
 use videosdgx_engine::parallel::{Layout, RankTime, SplitGeneration, check_layout, on_every_card};
-use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Pipeline, Quant};
+use videosdgx_engine::pipelines::{Cancelled, GenerateParams, Pipeline, Quant, VideoSize};
 use videosdgx_engine::text::chat::ChatModel;
 
 /// Receives `(stage, step, total)`; `Break` stops the work.
@@ -428,8 +428,8 @@ impl Gpus {
         (!names.is_empty()).then(|| names.join("+"))
     }
 
-    /// How `render` splits one generation `length` long of installed model `model` (in `dir`)
-    /// across the studio's own cards (`None`: it runs on one); refused before any card is taken
+    /// How `render` splits one generation of `size` (as [`RenderSettings::check_size`] resolved
+    /// it) of installed model `model` (in `dir`) across the studio's own cards (`None`: it runs on one); refused before any card is taken
     /// when the layout is none, and, for good ([`StudioError::Refused`]), when the studio has
     /// fewer cards of its own or the model's configs cannot take it (the engine's
     /// [`videosdgx_engine::parallel::check_layout`]: heads, guidance, step cache, and tokens
@@ -439,7 +439,7 @@ impl Gpus {
         render: &RenderSettings,
         model: &str,
         dir: &Path,
-        length: Length,
+        size: VideoSize,
     ) -> Result<Option<Layout>> {
         let Some(layout) = render.split()? else {
             return Ok(None);
@@ -450,10 +450,8 @@ impl Gpus {
             .filter(|c| c.remote.is_none())
             .count();
         check_own_cards(layout.ranks(), own)?;
-        let reading =
-            |e: anyhow::Error| StudioError::Internal(e.context(format!("reading model `{model}`")));
-        let size = render.size(length.frames(dir).map_err(reading)?);
-        let support = Pipeline::inspect_split(dir, size).map_err(reading)?;
+        let support = Pipeline::inspect_split(dir, size)
+            .map_err(|e| StudioError::Internal(e.context(format!("reading model `{model}`"))))?;
         check_layout(
             layout,
             &support,
@@ -485,8 +483,8 @@ impl Gpus {
         out: &Path,
         report: Report,
     ) -> Result<Generated> {
-        task.render.check_size(&task.model, dir, task.length)?;
-        if let Some(layout) = self.check_split(&task.render, &task.model, dir, task.length)? {
+        let size = task.render.check_size(&task.model, dir, task.length)?;
+        if let Some(layout) = self.check_split(&task.render, &task.model, dir, size)? {
             let (params, SplitGeneration { video, ranks }) = self.with_split_pipelines(
                 job,
                 &task.model,
@@ -947,12 +945,25 @@ fn release(resident: &mut Option<Resident>, next: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::Length;
     use std::sync::mpsc;
 
     fn fixture(path: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures")
             .join(path)
+    }
+
+    /// [`Gpus::check_split`] of a generation `length` long of `model` in `dir`, at the size
+    /// submission resolves for it.
+    fn check_split_for(
+        gpus: &Gpus,
+        render: &RenderSettings,
+        model: &str,
+        dir: &Path,
+        length: Length,
+    ) -> Result<Option<Layout>> {
+        gpus.check_split(render, model, dir, render.size(length.frames(dir).unwrap()))
     }
 
     fn cpu_lanes(n: usize) -> Gpus {
@@ -1316,8 +1327,7 @@ mod tests {
         let gpus = cpu_lanes(2);
         let wan = fixture("tiny-wan-t2v");
         let task = tiny_task(2);
-        let layout = gpus
-            .check_split(&task.render, &task.model, &wan, task.length)
+        let layout = check_split_for(&gpus, &task.render, &task.model, &wan, task.length)
             .unwrap()
             .expect("a split");
         let (params, whole) = gpus
@@ -1568,7 +1578,7 @@ mod tests {
         // A worker's card is no card of the studio's.
         join_worker(&gpus, &workers, "spark-2");
         let check = |render: &RenderSettings| {
-            gpus.check_split(render, "tiny-wan-t2v", &wan, Length::Seconds(5.0))
+            check_split_for(&gpus, render, "tiny-wan-t2v", &wan, Length::Seconds(5.0))
         };
         let refusal = |split_cards, cfg_parallel| {
             let render = RenderSettings {
@@ -1660,7 +1670,8 @@ mod tests {
                 "{err}"
             );
         }
-        let heads = cpu_lanes(3).check_split(
+        let heads = check_split_for(
+            &cpu_lanes(3),
             &RenderSettings {
                 split_cards: 3,
                 ..RenderSettings::default()
@@ -1682,7 +1693,7 @@ mod tests {
             split_cards: 2,
             ..RenderSettings::default()
         };
-        let small_split = |length| gpus.check_split(&small, "tiny-wan-t2v", &wan, length);
+        let small_split = |length| check_split_for(&gpus, &small, "tiny-wan-t2v", &wan, length);
         let err = small_split(Length::Frames(1)).unwrap_err();
         assert!(err.is_permanent(), "{err:?}");
         assert_eq!(

@@ -151,7 +151,9 @@ fn settings(
 /// cannot make its size (one frame of it: [`RenderSettings::check_size`]).
 fn check_image_model(app: &App, render: &RenderSettings) -> Result<()> {
     let model = models::image_model(app.data_dir(), render.image_model.as_deref())?;
-    render.check_size(&model.name, &model.path, Length::Frames(1))
+    render
+        .check_size(&model.name, &model.path, Length::Frames(1))
+        .map(drop)
 }
 
 /// A reference portrait's prompt: the character's description verbatim (as every shot's prompt

@@ -170,9 +170,8 @@ pub async fn render(
     let dir = crate::models::video_model_dir(app.data_dir(), &model)?;
     // The shots' lengths are planned later (each shot's job is checked with its own): the
     // shortest clip has the fewest tokens, and one frame is a length every model makes.
-    request.render.check_size(&model, &dir, Length::Frames(1))?;
-    app.gpus
-        .check_split(&request.render, &model, &dir, Length::Frames(1))?;
+    let size = request.render.check_size(&model, &dir, Length::Frames(1))?;
+    app.gpus.check_split(&request.render, &model, &dir, size)?;
     let keyframes = keyframes_plan(app, request, &model)?;
     if let Some(target) = &request.finish {
         let rules = crate::plugins::calls::video_rules(app, Some(&model));
