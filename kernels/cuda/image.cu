@@ -5,6 +5,24 @@ __device__ __forceinline__ float load_float(const bf16_t *p) { return bf16_to_fl
 __device__ __forceinline__ void store_float(float *p, float v) { *p = v; }
 __device__ __forceinline__ void store_float(bf16_t *p, float v) { *p = float_to_bf16(v); }
 
+// The activation of the epilogues below: act 0: none, 1: LeakyReLU(slope), 2: PReLU(slopes[ch]).
+template <typename T>
+__device__ __forceinline__ float activate(float v, int act, float slope, const T *__restrict__ slopes, int ch) {
+    if (act == 1) v = v >= 0.f ? v : v * slope;
+    if (act == 2) v = v >= 0.f ? v : v * load_float(slopes + ch);
+    return v;
+}
+
+// Element i of channel ch finished in place: act(y + bias[ch] + residual[i]).
+template <typename T>
+__device__ __forceinline__ void finish_element(T *__restrict__ y, const T *__restrict__ bias,
+                                               const T *__restrict__ residual, const T *__restrict__ slopes,
+                                               int act, float slope, int ch, long long i) {
+    float v = load_float(y + i) + load_float(bias + ch);
+    if (residual) v += load_float(residual + i);
+    store_float(y + i, activate(v, act, slope, slopes, ch));
+}
+
 // conv_epilogue: a convolution's output y [planes = N·C, HW] (contiguous) finished in place:
 // y = act(y + bias[c] + residual), the residual (null for none) in y's layout, act 0: none,
 // 1: LeakyReLU(slope), 2: PReLU(slopes[c]). f32 arithmetic, rounded once. Grid x over a plane's
@@ -15,15 +33,8 @@ __device__ __forceinline__ void conv_epilogue(T *__restrict__ y, const T *__rest
                                               float slope, int c, int hw, int planes) {
     const int p = blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= hw) return;
-    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int ch = plane % c;
-        const long long i = (long long)plane * hw + p;
-        float v = load_float(y + i) + load_float(bias + ch);
-        if (residual) v += load_float(residual + i);
-        if (act == 1) v = v >= 0.f ? v : v * slope;
-        if (act == 2) v = v >= 0.f ? v : v * load_float(slopes + ch);
-        store_float(y + i, v);
-    }
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y)
+        finish_element(y, bias, residual, slopes, act, slope, plane % c, (long long)plane * hw + p);
 }
 
 extern "C" __global__ void conv_epilogue_bf16(bf16_t *y, const bf16_t *bias, const bf16_t *residual,
@@ -42,14 +53,8 @@ template <typename T>
 __device__ __forceinline__ void conv_epilogue_last(T *__restrict__ y, const T *__restrict__ bias,
                                                    const T *__restrict__ residual, const T *__restrict__ slopes,
                                                    int act, float slope, int c, long long n) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const int ch = (int)(i % c);
-        float v = load_float(y + i) + load_float(bias + ch);
-        if (residual) v += load_float(residual + i);
-        if (act == 1) v = v >= 0.f ? v : v * slope;
-        if (act == 2) v = v >= 0.f ? v : v * load_float(slopes + ch);
-        store_float(y + i, v);
-    }
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        finish_element(y, bias, residual, slopes, act, slope, (int)(i % c), i);
 }
 
 extern "C" __global__ void conv_epilogue_last_bf16(bf16_t *y, const bf16_t *bias, const bf16_t *residual,
@@ -97,9 +102,7 @@ extern "C" __global__ void conv_epilogue_last_bf16x8(bf16_t *y, const bf16_t *bi
         for (int k = 0; k < 8; ++k) {
             float x = v[k] + bf16_to_float(bias[ch + k]);
             if (residual) x += r[k];
-            if (act == 1) x = x >= 0.f ? x : x * slope;
-            if (act == 2) x = x >= 0.f ? x : x * bf16_to_float(slopes[ch + k]);
-            v[k] = x;
+            v[k] = activate(x, act, slope, slopes, ch + k);
         }
         *yv = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
     }
